@@ -1,0 +1,1 @@
+"""setup-mesh: build and keep a multi-cluster Istio mesh."""

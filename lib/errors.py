@@ -1,0 +1,44 @@
+"""The error types every command reports; the CLI turns them into one message and an exit code."""
+from __future__ import annotations
+
+
+class MeshError(Exception):
+    """A failure the user can act on. ``hint`` says how to fix it."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(MeshError):
+    """Bad input or usage, found before any cluster is touched (exit 2)."""
+
+    exit_code = 2
+
+
+class ToolMissing(ConfigError):
+    """A required program (kubectl, istioctl, make, openssl) is not on PATH."""
+
+
+class CommandFailed(MeshError):
+    """A subprocess exited non-zero or ran out of time."""
+
+    def __init__(self, command, exit_code: int | None, stderr_tail: str, timed_out: bool = False):
+        self.command = command
+        self.exit_code_of_command = exit_code
+        self.stderr_tail = stderr_tail
+        self.timed_out = timed_out
+        if timed_out:
+            what = f"timed out after {command.timeout:g}s"
+        else:
+            what = f"exited with code {exit_code}"
+        message = f"`{command.pasteable()}` {what}"
+        if stderr_tail:
+            message += ":\n" + stderr_tail
+        super().__init__(message)

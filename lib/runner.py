@@ -1,0 +1,209 @@
+"""The one place that starts programs. Nothing else in setup-mesh imports ``sh``.
+
+A :class:`Command` is plain data; a runner turns it into a :class:`Result`. ``ShRunner`` runs it for
+real, ``RecordingRunner`` only records it (dry-run and unit tests). Every run is reported to the
+listeners (the run log, the reporter) with secrets already removed.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Protocol, Sequence
+
+from .errors import CommandFailed, ToolMissing
+from .redact import redact
+
+STDERR_TAIL_LINES = 12
+
+INSTALL_HINTS = {
+    "kubectl": "install kubectl (https://kubernetes.io/docs/tasks/tools/) and put it on PATH",
+    "istioctl": "download an Istio release (curl -L https://istio.io/downloadIstio | sh -) and put its bin/ on PATH",
+    "make": "install GNU make (e.g. apt-get install make)",
+    "openssl": "install openssl (e.g. apt-get install openssl)",
+}
+
+
+@dataclass(frozen=True)
+class Command:
+    """A program to run: argv plus where and how. Never a shell string."""
+
+    argv: tuple[str, ...]
+    context: str | None = None  # the kube context the command acts on, for reports
+    stdin: str | None = None  # may carry secrets: never printed or logged unless stdin_shown
+    stdin_shown: bool = False  # the stdin holds no secret and may be printed (dry-run heredocs)
+    env: Mapping[str, str] = field(default_factory=dict)  # added to the inherited environment
+    cwd: str | None = None
+    timeout: float | None = None
+    secret_output: bool = False  # stdout holds credentials (e.g. a remote secret): never logged
+    check: bool = True  # raise CommandFailed on a non-zero exit
+
+    def __post_init__(self):
+        object.__setattr__(self, "argv", tuple(str(a) for a in self.argv))
+
+    @property
+    def program(self) -> str:
+        return self.argv[0]
+
+    def pasteable(self, with_stdin: bool = False) -> str:
+        """The command as a line a user can paste into a POSIX shell.
+
+        With ``with_stdin`` a printable stdin is added as a heredoc; a secret one is only named.
+        """
+        parts = []
+        if self.cwd:
+            parts.append(f"cd {shlex.quote(self.cwd)} &&")
+        parts.extend(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
+        parts.append(shlex.join(self.argv))
+        line = " ".join(parts)
+        if self.stdin is not None:
+            if with_stdin and self.stdin_shown:
+                line += " <<'EOF'\n" + self.stdin.rstrip("\n") + "\nEOF"
+            else:
+                line += " < " + ("MANIFEST" if self.stdin_shown else "SECRET-MANIFEST")
+        return line
+
+
+@dataclass
+class Result:
+    command: Command
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration: float
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+    def stderr_tail(self, lines: int = STDERR_TAIL_LINES) -> str:
+        return redact("\n".join(self.stderr.strip().splitlines()[-lines:]))
+
+
+Listener = Callable[[Result], None]
+
+
+class Runner(Protocol):
+    def run(self, command: Command) -> Result: ...
+
+
+class _Base:
+    def __init__(self) -> None:
+        self.listeners: list[Listener] = []
+        self._lock = threading.Lock()
+
+    def _finish(self, result: Result) -> Result:
+        for listener in list(self.listeners):
+            listener(result)
+        cmd = result.command
+        if cmd.check and not result.ok:
+            raise CommandFailed(cmd, None if result.timed_out else result.exit_code,
+                                result.stderr_tail(), timed_out=result.timed_out)
+        return result
+
+
+def _umask_077() -> None:
+    # Files a tool writes for us (keys from make/openssl) are private from the first byte.
+    os.umask(0o077)
+
+
+class ShRunner(_Base):
+    """Runs commands for real through ``sh``."""
+
+    def __init__(self, path: str | None = None) -> None:
+        super().__init__()
+        self.path = path
+        self.spawned = 0
+
+    def which(self, program: str) -> str | None:
+        import sh
+
+        try:
+            return str(sh.Command(program, search_paths=self.path.split(os.pathsep) if self.path else None))
+        except sh.CommandNotFound:
+            return None
+
+    def require(self, program: str) -> str:
+        found = self.which(program)
+        if not found:
+            raise ToolMissing(f"{program} was not found on PATH", hint=INSTALL_HINTS.get(program))
+        return found
+
+    def run(self, command: Command) -> Result:
+        import sh
+
+        try:
+            program = sh.Command(command.program)
+        except sh.CommandNotFound:
+            raise ToolMissing(f"{command.program} was not found on PATH",
+                              hint=INSTALL_HINTS.get(os.path.basename(command.program)))
+        env = dict(os.environ)
+        env.update(command.env)
+        kwargs = dict(
+            _env=env,
+            _cwd=command.cwd,
+            _tty_out=False,
+            _tty_in=False,
+            _ok_code=list(range(256)),
+            _timeout=command.timeout,
+            _preexec_fn=_umask_077,
+            _decode_errors="replace",
+            _truncate_exc=False,
+        )
+        if command.stdin is not None:
+            kwargs["_in"] = command.stdin
+        with self._lock:
+            self.spawned += 1
+        start = time.monotonic()
+        timed_out = False
+        try:
+            proc = program(*command.argv[1:], **kwargs)
+            exit_code, out, err = proc.exit_code, proc.stdout, proc.stderr
+        except sh.TimeoutException as exc:
+            timed_out = True
+            exit_code = exc.exit_code if isinstance(exc.exit_code, int) else -1
+            out, err = b"", b""
+        duration = time.monotonic() - start
+        result = Result(command, exit_code, _text(out), _text(err), duration, timed_out)
+        return self._finish(result)
+
+
+def _text(data) -> str:
+    if isinstance(data, bytes):
+        return data.decode("utf-8", "replace")
+    return data or ""
+
+
+Responder = Callable[[Command], "tuple[int, str, str] | None"]
+
+
+class RecordingRunner(_Base):
+    """Records commands instead of running them. ``responder`` may script outputs for tests."""
+
+    def __init__(self, responder: Responder | None = None) -> None:
+        super().__init__()
+        self.commands: list[Command] = []
+        self.responder = responder
+
+    def which(self, program: str) -> str | None:
+        return program
+
+    def require(self, program: str) -> str:
+        return program
+
+    def run(self, command: Command) -> Result:
+        with self._lock:
+            self.commands.append(command)
+        answer = self.responder(command) if self.responder else None
+        code, out, err = answer if answer is not None else (0, "", "")
+        return self._finish(Result(command, code, out, err, 0.0))
+
+    def lines(self) -> list[str]:
+        return [c.pasteable() for c in self.commands]
+
+
+def argv_of(commands: Sequence[Command]) -> list[list[str]]:
+    return [list(c.argv) for c in commands]
