@@ -1,6 +1,158 @@
 #!/usr/bin/env python3
-"""setup-mesh: build and keep a multi-cluster Istio service mesh. Wiring only; the work is in lib/."""
-from lib.cli import main
+"""setup-mesh: build and keep a multi-cluster Istio service mesh across Kubernetes clusters.
+
+This file is wiring only: it parses options and hands over to lib/.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from lib import commands
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+    help=(
+        "Build and keep a multi-cluster Istio service mesh.\n\n"
+        "prep-mesh writes a workspace (topology.yaml, base.yaml, the root CA); edit topology.yaml to list "
+        "your kube contexts and their networks; apply makes the clusters match it; status shows the "
+        "mesh's health; teardown removes it again."
+    ),
+)
+
+Workdir = Annotated[Path, typer.Option("--workdir", "-w", envvar="WORKDIR", show_envvar=True,
+                                       help="The workspace folder holding topology.yaml, base.yaml and certs/.")]
+Kubeconfig = Annotated[Optional[str], typer.Option("--kubeconfig", help="Kubeconfig file (default: KUBECONFIG, else ~/.kube/config).")]
+IstioDir = Annotated[Optional[str], typer.Option("--istio-dir", envvar="ISTIO_DIR", show_envvar=True,
+                                                 help="Unpacked Istio release (default: the one holding istioctl on PATH, else istio-* in the workdir).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings, errors and the final result.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Print every command as it runs (pasteable), with exit code and time.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for unexpected errors.")]
+Yes = Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to confirmations (for scripts).")]
+Parallel = Annotated[int, typer.Option("--parallel", "-p", min=1, help="How many clusters are worked on at once.")]
+Timeout = Annotated[float, typer.Option("--timeout", min=1, help="Seconds any one command may take.")]
+
+
+@app.command("prep-mesh")
+def prep_mesh(
+    workdir: Workdir = Path("."),
+    mesh_id: Annotated[Optional[str], typer.Option("--mesh-id", envvar="MESH_ID", show_envvar=True,
+                                                   help="The mesh's id (Istio meshID) for a new topology.yaml [default: mesh1].")] = None,
+    org: Annotated[Optional[str], typer.Option("--org", envvar="ORG_NAME", show_envvar=True,
+                                               help="Organisation (O=) of the new root CA and the clusters' intermediate CAs [default: the Makefile's, Istio].")] = None,
+    istio_dir: IstioDir = None,
+    context: Annotated[Optional[List[str]], typer.Option("--context", help="NAME[=NETWORK]: a kube context to list in a new topology.yaml (repeatable).")] = None,
+    root_days: Annotated[Optional[int], typer.Option("--root-days", min=1, help="Validity of a new root CA in days [default: the Makefile's, 3650].")] = None,
+    key_size: Annotated[Optional[int], typer.Option("--key-size", min=1024, help="RSA key size of a new root CA [default: the Makefile's, 4096].")] = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Prepare a workspace: topology.yaml, base.yaml and the mesh's root CA (certs/).
+
+    Each file is written only if missing; nothing is ever overwritten, so a second run changes
+    nothing. The root CA is made by the Istio release's tools/certs/Makefile.selfsigned.mk.
+    Touches no cluster.
+    """
+    commands.run_guarded(debug, quiet, False, lambda r, rep: commands.prep_mesh(
+        workdir, mesh_id=mesh_id, org=org, istio_dir=istio_dir, contexts=context or [],
+        root_days=root_days, key_size=key_size, runner=r, reporter=rep))
+
+
+@app.command()
+def apply(
+    workdir: Workdir = Path("."),
+    kubeconfig: Kubeconfig = None,
+    istio_dir: IstioDir = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (per cluster, the exact commands) and change nothing.")] = False,
+    yes: Yes = False,
+    parallel: Parallel = commands.DEFAULT_PARALLEL,
+    gateway_timeout: Annotated[float, typer.Option("--gateway-timeout", min=1, help="Seconds to wait for east-west gateways to get an address.")] = 300.0,
+    timeout: Timeout = commands.DEFAULT_TIMEOUT,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+    debug: Debug = False,
+) -> None:
+    """Make the clusters match topology.yaml and base.yaml.
+
+    Per cluster: intermediate CA and secret cacerts, namespace istio-system with its network label,
+    the cluster's IstioOperator (base.yaml plus meshID, clusterName and network) installed with
+    istioctl; across networks, east-west gateways; then every cluster's remote secret in every other
+    cluster. Clusters removed from topology.yaml are uninstalled after confirmation. Unchanged
+    clusters are not reinstalled.
+    """
+    commands.run_guarded(debug, quiet, verbose, lambda r, rep: commands.apply(
+        workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, dry_run=dry_run, yes=yes, parallel=parallel,
+        gateway_timeout=gateway_timeout, timeout=timeout, runner=r, reporter=rep))
+
+
+@app.command()
+def teardown(
+    workdir: Workdir = Path("."),
+    kubeconfig: Kubeconfig = None,
+    istio_dir: IstioDir = None,
+    yes: Yes = False,
+    purge_certs: Annotated[bool, typer.Option("--purge-certs", help="Also delete certs/ (the root CA and every intermediate) from the workdir.")] = False,
+    parallel: Parallel = commands.DEFAULT_PARALLEL,
+    timeout: Timeout = commands.DEFAULT_TIMEOUT,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+    debug: Debug = False,
+) -> None:
+    """Remove everything setup-mesh created from every cluster in topology.yaml and in the recorded state.
+
+    Remote secrets, east-west and cross-network gateways, Istio (istioctl uninstall --purge),
+    cacerts and istio-system. Keeps certs/ unless --purge-certs. Asks first unless -y.
+    """
+    commands.run_guarded(debug, quiet, verbose, lambda r, rep: commands.teardown(
+        workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, yes=yes, purge_certs=purge_certs,
+        parallel=parallel, timeout=timeout, runner=r, reporter=rep))
+
+
+def _status(workdir, kubeconfig, istio_dir, output, wait, wait_timeout, parallel, debug):
+    if output not in ("table", "json"):
+        raise typer.BadParameter("use table or json", param_hint="-o/--output")
+    commands.run_guarded(debug, output == "json", False, lambda r, rep: commands.status(
+        workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, output=output, wait=wait,
+        wait_timeout=wait_timeout, parallel=parallel, runner=r, reporter=rep))
+
+
+STATUS_HELP = """Show the mesh's health, reading only.
+
+Per cluster: reachable, Istio version, network label, cluster name, cacerts (chains to this
+workspace's root? days left), east-west gateway address, remote secrets from every peer, and
+whether the installed overlay matches what apply would install now. Exit 0 when healthy.
+"""
+
+
+def _status_command(name: str, help_text: str):
+    @app.command(name, help=help_text)
+    def _cmd(
+        workdir: Workdir = Path("."),
+        kubeconfig: Kubeconfig = None,
+        istio_dir: IstioDir = None,
+        output: Annotated[str, typer.Option("--output", "-o", help="table or json (a stable document for scripts).")] = "table",
+        wait: Annotated[bool, typer.Option("--wait", help="Poll until the mesh is healthy or --timeout passes.")] = False,
+        wait_timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds --wait polls for.")] = 300.0,
+        parallel: Parallel = commands.DEFAULT_PARALLEL,
+        debug: Debug = False,
+    ) -> None:
+        _status(workdir, kubeconfig, istio_dir, output, wait, wait_timeout, parallel, debug)
+
+    return _cmd
+
+
+_status_command("status", STATUS_HELP)
+_status_command("describe", "Same as status (the name the original setup-mesh.sh used).")
+
+
+def main() -> None:
+    app()
+
 
 if __name__ == "__main__":
     main()

@@ -117,6 +117,7 @@ class ShRunner(_Base):
         super().__init__()
         self.path = path
         self.spawned = 0
+        self._running: dict[int, object] = {}
 
     def which(self, program: str) -> str | None:
         import sh
@@ -147,7 +148,8 @@ class ShRunner(_Base):
             _cwd=command.cwd,
             _tty_out=False,
             _tty_in=False,
-            _ok_code=list(range(256)),
+            _ok_code=list(range(-64, 256)),  # signals show as negative codes
+            _bg_exc=False,
             _timeout=command.timeout,
             _preexec_fn=_umask_077,
             _decode_errors="replace",
@@ -155,20 +157,36 @@ class ShRunner(_Base):
         )
         if command.stdin is not None:
             kwargs["_in"] = command.stdin
-        with self._lock:
-            self.spawned += 1
         start = time.monotonic()
         timed_out = False
+        proc = program(*command.argv[1:], _bg=True, **kwargs)
+        with self._lock:
+            self.spawned += 1
+            self._running[id(proc)] = proc
         try:
-            proc = program(*command.argv[1:], **kwargs)
+            proc.wait()
             exit_code, out, err = proc.exit_code, proc.stdout, proc.stderr
         except sh.TimeoutException as exc:
             timed_out = True
             exit_code = exc.exit_code if isinstance(exc.exit_code, int) else -1
-            out, err = b"", b""
+            out, err = proc.stdout, proc.stderr
+        finally:
+            with self._lock:
+                self._running.pop(id(proc), None)
         duration = time.monotonic() - start
         result = Result(command, exit_code, _text(out), _text(err), duration, timed_out)
         return self._finish(result)
+
+
+    def terminate_all(self) -> None:
+        """Ends every running command (Ctrl-C): the next run repairs what they left half done."""
+        with self._lock:
+            running = list(self._running.values())
+        for proc in running:
+            try:
+                proc.terminate()
+            except Exception:  # already gone
+                pass
 
 
 def _text(data) -> str:

@@ -1,0 +1,104 @@
+"""The mesh's certificates: made by Istio's own Makefile, read with ``cryptography``."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from .overlay import CACERTS_FILES
+from .release import Release
+from .runner import Command
+
+CERTS_DIR = "certs"
+ROOT_CERT = "root-cert.pem"
+ROOT_KEY = "root-key.pem"
+MAKE_TIMEOUT = 300.0
+
+
+def certs_dir(workdir: Path) -> Path:
+    return workdir / CERTS_DIR
+
+
+def root_ca_command(release: Release, directory: Path, variables: dict[str, str]) -> Command:
+    """``make -f .../Makefile.selfsigned.mk root-ca`` with Makefile variables on the command line."""
+    return Command(
+        ("make", "-f", str(release.certs_makefile), "root-ca", *(f"{k}={v}" for k, v in sorted(variables.items()))),
+        cwd=str(directory),
+        timeout=MAKE_TIMEOUT,
+    )
+
+
+def cacerts_command(release: Release, directory: Path, cluster_name: str, variables: dict[str, str]) -> Command:
+    return Command(
+        ("make", "-f", str(release.certs_makefile), f"{cluster_name}-cacerts",
+         *(f"{k}={v}" for k, v in sorted(variables.items()))),
+        cwd=str(directory),
+        timeout=MAKE_TIMEOUT,
+    )
+
+
+def secure_tree(directory: Path) -> None:
+    """certs/ and every folder in it 0700, every key 0600: the make recipes do not set modes."""
+    if not directory.is_dir():
+        return
+    os.chmod(directory, 0o700)
+    for path in directory.rglob("*"):
+        if path.is_dir():
+            os.chmod(path, 0o700)
+        elif path.name.endswith("-key.pem"):
+            os.chmod(path, 0o600)
+
+
+def cacerts_files(directory: Path, cluster_name: str) -> dict[str, Path]:
+    return {name: directory / cluster_name / name for name in CACERTS_FILES}
+
+
+def has_cacerts(directory: Path, cluster_name: str) -> bool:
+    return all(p.is_file() and p.stat().st_size > 0 for p in cacerts_files(directory, cluster_name).values())
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    subject: str
+    organization: str | None
+    fingerprint: str  # SHA-256, hex
+    not_after: dt.datetime
+    is_ca: bool
+
+    def days_left(self, now: dt.datetime | None = None) -> int:
+        now = now or dt.datetime.now(dt.timezone.utc)
+        return (self.not_after - now).days
+
+
+def read_cert(pem: bytes) -> CertInfo:
+    cert = x509.load_pem_x509_certificate(pem)
+    orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    return CertInfo(
+        subject=cert.subject.rfc4514_string(),
+        organization=str(orgs[0].value) if orgs else None,
+        fingerprint=cert.fingerprint(hashes.SHA256()).hex(),
+        not_after=cert.not_valid_after_utc,
+        is_ca=is_ca,
+    )
+
+
+def read_pem_chain(pem: bytes) -> list[CertInfo]:
+    return [read_cert(c.public_bytes(Encoding.PEM)) for c in x509.load_pem_x509_certificates(pem)]
+
+
+def root_organization(directory: Path) -> str | None:
+    """The organisation of the workspace's root CA: intermediates are issued under the same name."""
+    path = directory / ROOT_CERT
+    if not path.is_file():
+        return None
+    return read_cert(path.read_bytes()).organization

@@ -1,0 +1,373 @@
+"""What each CLI command does, from validated inputs to the summary. setup_mesh.py only wires options here."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import typer
+
+from . import certs
+from .config import BASE_FILE, PREP_HINT, TOPOLOGY_FILE, Cluster, Topology, load_base, load_topology, resolve_contexts
+from .errors import ConfigError, MeshError
+from .executor import Executor, Phase, RunContext, Step
+from .fsutil import write_atomic
+from .kube import Observed, Tools, parse_inspect
+from .plan import ApplyPlan, Removal, build_apply_plan, desired_state, teardown_plan
+from .prep import parse_context_options, prep_mesh as _prep_mesh, report as _report_prep
+from .release import Release, find_istioctl, find_release
+from .reporter import Reporter
+from .runlog import RunLog
+from .runner import Result, ShRunner
+from .state import State
+
+DEFAULT_PARALLEL = 8
+DEFAULT_TIMEOUT = 600.0
+INSPECT_TIMEOUT = 30.0
+
+
+def run_guarded(debug: bool, quiet: bool, verbose: bool, body: Callable[[ShRunner, Reporter], int | None]) -> None:
+    """Runs a command body; errors become one message and an exit code, never a traceback."""
+    reporter = Reporter(quiet=quiet, verbose=verbose)
+    runner = ShRunner()
+    runner.listeners.append(reporter.command)
+    try:
+        code = body(runner, reporter) or 0
+    except MeshError as exc:
+        reporter.error(exc)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        runner.terminate_all()
+        reporter.error(MeshError("interrupted", hint="run the same command again: it picks up where this one stopped"))
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+        if debug:
+            traceback.print_exc()
+        reporter.error(MeshError(f"internal error: {exc!r}", hint="re-run with --debug for the traceback, and report it"))
+        code = 1
+    finally:
+        reporter.stop_progress()
+    raise typer.Exit(code)
+
+
+# --- prep-mesh -------------------------------------------------------------------------------
+
+def prep_mesh(workdir: Path, *, contexts: list[str], reporter: Reporter, **kwargs) -> int:
+    result = _prep_mesh(workdir, contexts=parse_context_options(contexts), reporter=reporter, **kwargs)
+    _report_prep(result, workdir, reporter)
+    return 0
+
+
+# --- shared set-up -----------------------------------------------------------------------------
+
+@dataclass
+class Workspace:
+    workdir: Path
+    topology: Topology
+    base: dict
+    state: State
+    notes: list[str]
+
+
+def load_workspace(workdir: Path, kubeconfig: str | None, lenient: bool) -> Workspace:
+    """Validate the inputs. ``lenient`` (dry-run) turns facts about this machine into notes."""
+    if not workdir.is_dir():
+        raise ConfigError(f"workdir {workdir} does not exist", hint=PREP_HINT)
+    topology = load_topology(workdir / TOPOLOGY_FILE)
+    base = load_base(workdir / BASE_FILE).operator
+    notes: list[str] = []
+    try:
+        topology = resolve_contexts(topology, kubeconfig)
+    except ConfigError as exc:
+        if not lenient:
+            raise
+        notes.append(f"{exc.message} (current state cannot be read)")
+    return Workspace(workdir, topology, base, State.load(workdir), notes)
+
+
+def find_tools(istio_dir: str | None, runner: ShRunner, lenient: bool, notes: list[str], timeout: float) -> Tools:
+    istioctl = find_istioctl(istio_dir)
+    if not istioctl:
+        if not lenient:
+            raise ConfigError("istioctl was not found on PATH or in --istio-dir/ISTIO_DIR",
+                              hint="download an Istio release (curl -L https://istio.io/downloadIstio | sh -) and put its bin/ on PATH")
+        notes.append("istioctl is not on PATH: the plan names it as `istioctl`")
+    if not lenient:
+        runner.require("kubectl")
+    return Tools(kubectl="kubectl", istioctl=istioctl or "istioctl", timeout=timeout)
+
+
+def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Reporter, parallel: int,
+                     title: str = "read current state") -> dict[str, Observed]:
+    """One read per cluster, in parallel. An unreachable cluster is an Observed with an error."""
+    def step_for(cluster: Cluster) -> Step:
+        command = tools.inspect(cluster, INSPECT_TIMEOUT)
+
+        def action(ctx: RunContext) -> None:
+            try:
+                seen = parse_inspect(ctx.run(command).stdout)
+            except MeshError as exc:
+                seen = Observed(reachable=False, error=exc.message)
+            except ValueError as exc:
+                seen = Observed(reachable=False, error=f"unreadable answer from kubectl: {exc}")
+            with ctx.lock:
+                ctx.shared.setdefault("observed", {})[cluster.context] = seen
+
+        return Step(title, commands=[command], action=action)
+
+    phase = Phase(title)
+    for cluster in clusters:
+        phase.add(cluster.context, step_for(cluster))
+    executor = Executor(runner, reporter, parallel)
+    executor.run_phase(phase)
+    if executor.outcome.interrupted:
+        raise KeyboardInterrupt
+    return executor.shared.get("observed", {})
+
+
+def confirm(question: str, yes: bool, reporter: Reporter) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise ConfigError(f"{question} needs confirmation, and there is no terminal to ask on",
+                          hint="re-run with -y to confirm")
+    reporter.stop_progress()
+    if not typer.confirm(question, default=False):
+        raise ConfigError("cancelled; nothing was changed")
+
+
+def _open_log(workdir: Path, command: str, runner: ShRunner) -> RunLog:
+    log = RunLog.create(workdir, command)
+    runner.listeners.append(log.record)
+    return log
+
+
+# --- apply ---------------------------------------------------------------------------------------
+
+def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_run: bool, yes: bool,
+          parallel: int, gateway_timeout: float, timeout: float, runner: ShRunner, reporter: Reporter) -> int:
+    ws = load_workspace(workdir, kubeconfig, lenient=dry_run)
+    topology = ws.topology
+    tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout)
+    cert_dir = certs.certs_dir(workdir)
+    need_make = [c for c in topology.clusters if not certs.has_cacerts(cert_dir, c.name)]
+    release: Release | None = None
+    root_present = (cert_dir / certs.ROOT_CERT).is_file() and (cert_dir / certs.ROOT_KEY).is_file()
+    if need_make:
+        if not root_present:
+            problem = ConfigError(f"the mesh's root CA is missing ({cert_dir / certs.ROOT_CERT})", hint=PREP_HINT)
+            if not dry_run:
+                raise problem
+            ws.notes.append(f"{problem.message}: {problem.hint}")
+        try:
+            release = find_release(istio_dir, workdir)
+        except ConfigError as exc:
+            if not dry_run:
+                raise
+            ws.notes.append("no Istio release found (--istio-dir, ISTIO_DIR, istioctl on PATH, istio-* in the workdir): "
+                            "the plan names the Makefile as <istio>/tools/certs/Makefile.selfsigned.mk")
+        if not dry_run:
+            for tool in ("make", "openssl"):
+                runner.require(tool)
+    for cluster in topology.clusters:
+        if cluster.server_is_local and not cluster.api_server:
+            reporter.warn(f"context {cluster.context!r} names the API server {cluster.server}, which other clusters "
+                          f"cannot reach: set api_server: for it in {topology.path} (passed to create-remote-secret --server)")
+    intermediate_vars = {}
+    org = certs.root_organization(cert_dir)
+    if org:
+        intermediate_vars["INTERMEDIATE_ORG"] = org
+
+    in_topology = {c.context for c in topology.clusters}
+    removed = [Removal(ctx, entry.get("cluster_name", ctx), entry.get("kubeconfig"), False)
+               for ctx, entry in ws.state.clusters.items() if ctx not in in_topology]
+    removed_clusters = [Cluster(context=r.context, network="", name=r.cluster_name, kubeconfig=r.kubeconfig)
+                        for r in removed]
+
+    reporter.start_progress([(c.context, c.network) for c in topology.clusters])
+    readable = not (dry_run and ws.notes and any("kubeconfig" in n for n in ws.notes))
+    observed = inspect_clusters(list(topology.clusters) + removed_clusters, tools, runner, reporter, parallel) if readable else {}
+    desired = desired_state(topology, ws.base)
+    plan = build_apply_plan(topology=topology, desired=desired,
+                            observed={c.context: observed.get(c.context) for c in topology.clusters},
+                            removed=removed, removed_observed=observed, workdir=workdir, tools=tools,
+                            release=release, intermediate_vars=intermediate_vars, gateway_timeout=gateway_timeout)
+    unreachable = {c.context: observed[c.context].error for c in topology.clusters
+                   if c.context in observed and not observed[c.context].reachable}
+
+    if dry_run:
+        reporter.stop_progress()
+        print_plan(plan, topology, observed if readable else None, ws.notes, workdir, reporter)
+        return 0
+
+    if unreachable:
+        reporter.stop_progress()
+        for context, error in unreachable.items():
+            reporter.finish_cluster(context, False, "unreachable")
+        lines = "\n".join(f"  {ctx}: {err}" for ctx, err in unreachable.items())
+        hint_ctx = next(iter(unreachable))
+        raise MeshError(f"cannot read {len(unreachable)} cluster(s); nothing was changed:\n{lines}",
+                        hint=f"check access with `kubectl --context {hint_ctx} get namespace istio-system`, "
+                             f"or remove the context from {topology.path}")
+    if plan.deletes_anything:
+        reporter.stop_progress()
+        _describe_deletions(plan, reporter)
+        confirm("Remove the clusters and secrets listed above?", yes, reporter)
+        reporter.start_progress([(c.context, c.network) for c in topology.clusters])
+    for gone in plan.removals:
+        if not gone.reachable:
+            reporter.warn(f"removed context {gone.context!r} is unreachable: Istio, cacerts and istio-system are left "
+                          f"there; remove them with `istioctl uninstall --purge -y --context {gone.context}` and "
+                          f"`kubectl --context {gone.context} delete namespace istio-system`")
+
+    log = _open_log(workdir, "apply", runner)
+    executor = Executor(runner, reporter, parallel)
+    outcome = executor.run_phases(plan.phases)
+    reporter.stop_progress()
+
+    # Record what is now true, even after a partial failure, so the next run repairs only the rest.
+    for cluster in topology.clusters:
+        failed = cluster.context in outcome.failures
+        setup_done = "record what was applied" in outcome.done_steps.get(cluster.context, [])
+        if setup_done or (cluster.context in plan.unchanged and not failed):
+            ws.state.record(cluster, desired[cluster.context].fingerprint)
+        elif cluster.context not in plan.unchanged and not ws.state.has(cluster.context):
+            ws.state.record(cluster, None)  # touched: teardown must know it even if set-up failed
+    for gone in plan.removals:
+        if gone.context not in outcome.failures:
+            ws.state.forget(gone.context)
+    ws.state.save(topology.mesh_id)
+
+    for cluster in topology.clusters:
+        if cluster.context not in outcome.failures:
+            reporter.finish_cluster(cluster.context, True, "unchanged" if cluster.context in plan.unchanged else "")
+    for gone in plan.removals:
+        if gone.context not in outcome.failures:
+            reporter.finish_cluster(gone.context, True, "removed" if gone.reachable else "removed (unreachable)")
+    title = "apply interrupted" if outcome.interrupted else ("apply finished" if outcome.ok else "apply failed")
+    reporter.summary(title, outcome.failures, str(log.path))
+    log.close()
+    if outcome.interrupted:
+        return 130
+    return 0 if outcome.ok else 1
+
+
+def _describe_deletions(plan: ApplyPlan, reporter: Reporter) -> None:
+    for gone in plan.removals:
+        what = "uninstall Istio and delete istio-system" if gone.reachable else "unreachable: only its secrets are removed"
+        reporter.info(f"cluster {gone.cluster_name} (context {gone.context}) left topology.yaml: {what}")
+    for context, names in plan.prunes.items():
+        reporter.info(f"{context}: delete remote secrets of clusters no longer in the mesh: {', '.join(names)}")
+
+
+def print_plan(plan: ApplyPlan, topology: Topology, observed: dict[str, Observed] | None, notes: list[str],
+               workdir: Path, reporter: Reporter) -> None:
+    out = reporter.info
+    out(f"Plan for mesh {topology.mesh_id}: {len(topology.clusters)} cluster(s) on "
+        f"{', '.join(topology.networks)} (dry run: nothing is changed)")
+    for note in notes:
+        reporter.warn(note)
+    if observed is None:
+        reporter.warn("could not read the clusters' current state: the plan assumes they hold nothing yet")
+    for cluster in topology.clusters:
+        seen = (observed or {}).get(cluster.context)
+        if observed is not None and seen is not None and not seen.reachable:
+            reporter.warn(f"could not read current state of {cluster.context}: {seen.error}")
+    for phase in plan.phases:
+        if not phase:
+            continue
+        out("")
+        out(f"== {phase.name}")
+        for context, steps in phase.steps.items():
+            out(f"-- {context}")
+            for step in steps:
+                out(f"   # {step.title}")
+                for path, content in step.files:
+                    out(_indent(f"cat > {_shell_path(path, workdir)} <<'EOF'\n{content.rstrip()}\nEOF", 3))
+                for command in step.commands:
+                    out(_indent(command.pasteable(with_stdin=True), 3))
+                if step.note:
+                    out(f"   # {step.note}")
+    if plan.unchanged:
+        out("")
+        out("unchanged: " + ", ".join(plan.unchanged))
+    if not any(plan.phases):
+        out("")
+        out("nothing to do: every cluster matches topology.yaml and base.yaml")
+
+
+def _indent(text: str, n: int) -> str:
+    return "\n".join(" " * n + line for line in text.splitlines())
+
+
+def _shell_path(path: Path, workdir: Path) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
+
+
+# --- teardown ----------------------------------------------------------------------------------
+
+def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, yes: bool, purge_certs: bool,
+             parallel: int, timeout: float, runner: ShRunner, reporter: Reporter) -> int:
+    if not workdir.is_dir():
+        raise ConfigError(f"workdir {workdir} does not exist", hint="pass the --workdir that apply used")
+    state = State.load(workdir)
+    clusters: list[Cluster] = []
+    topology_path = workdir / TOPOLOGY_FILE
+    if topology_path.exists():
+        topology = resolve_contexts(load_topology(topology_path), kubeconfig)
+        clusters.extend(topology.clusters)
+    elif not state.clusters:
+        raise ConfigError(f"nothing to tear down: no {TOPOLOGY_FILE} and no recorded state in {workdir}",
+                          hint="pass the --workdir that apply used")
+    known = {c.context for c in clusters}
+    for context, entry in state.clusters.items():
+        if context not in known:
+            clusters.append(Cluster(context=context, network=entry.get("network", ""),
+                                    name=entry.get("cluster_name", context), kubeconfig=entry.get("kubeconfig")))
+    tools = find_tools(istio_dir, runner, False, [], timeout)
+    what = ", ".join(c.context for c in clusters)
+    confirm(f"Remove Istio, its secrets and istio-system from {what}?", yes, reporter)
+
+    reporter.start_progress([(c.context, c.network) for c in clusters])
+    observed = inspect_clusters(clusters, tools, runner, reporter, parallel)
+    log = _open_log(workdir, "teardown", runner)
+    phase = teardown_plan(tools, clusters, observed)
+    executor = Executor(runner, reporter, parallel)
+    for context, seen in observed.items():
+        if not seen.reachable:
+            executor.outcome.failures[context] = MeshError(
+                f"unreachable: {seen.error}", hint=f"check `kubectl --context {context} get ns`, then run teardown again")
+            reporter.finish_cluster(context, False, "unreachable")
+    outcome = executor.run_phases([phase])
+    reporter.stop_progress()
+    for cluster in clusters:
+        if cluster.context not in outcome.failures:
+            state.forget(cluster.context)
+            reporter.finish_cluster(cluster.context, True, "" if cluster.context in phase.steps else "nothing to remove")
+    state.save(state.mesh_id)
+    if purge_certs and outcome.ok:
+        shutil.rmtree(certs.certs_dir(workdir), ignore_errors=True)
+        reporter.info(f"deleted {certs.certs_dir(workdir)}")
+    title = "teardown interrupted" if outcome.interrupted else ("teardown finished" if outcome.ok else "teardown failed")
+    reporter.summary(title, outcome.failures, str(log.path))
+    log.close()
+    if outcome.interrupted:
+        return 130
+    return 0 if outcome.ok else 1
+
+
+# --- status ----------------------------------------------------------------------------------------
+
+def status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, output: str, wait: bool,
+           wait_timeout: float, parallel: int, runner: ShRunner, reporter: Reporter) -> int:
+    from .status import run_status
+
+    return run_status(workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, output=output, wait=wait,
+                      wait_timeout=wait_timeout, parallel=parallel, runner=runner, reporter=reporter)

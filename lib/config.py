@@ -1,0 +1,280 @@
+"""Loading and validating topology.yaml, base.yaml and the kubeconfig, before any cluster is touched."""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from .errors import ConfigError
+from .yamlfile import LocatedDoc, load_located
+
+TOPOLOGY_FILE = "topology.yaml"
+BASE_FILE = "base.yaml"
+PREP_HINT = "run `./setup_mesh.py prep-mesh` in the workdir first (or pass --workdir)"
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Kubernetes label values: a network name ends up as the value of topology.istio.io/network.
+LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+CONTEXT_KEYS = {
+    "network": "the network this cluster sits on (clusters on one network reach each other's pods directly)",
+    "cluster_name": "Istio's name for the cluster (DNS-1123 label; default: the context name)",
+    "api_server": "API server URL other clusters use to reach this one (create-remote-secret --server)",
+    "kubeconfig": "a kubeconfig file for this context only (default: --kubeconfig, KUBECONFIG, ~/.kube/config)",
+}
+TOP_KEYS = {"mesh_id", "contexts"}
+
+# Values setup-mesh owns in every cluster's IstioOperator: where each comes from.
+RESERVED_VALUES = {
+    ("spec", "values", "global", "meshID"): "topology.yaml mesh_id",
+    ("spec", "values", "global", "multiCluster", "clusterName"): "topology.yaml contexts.<context>.cluster_name (default: the context name)",
+    ("spec", "values", "global", "network"): "topology.yaml contexts.<context>.network",
+    ("spec", "values", "global", "meshNetworks"): "the networks in topology.yaml (Istio finds each network's gateway by its topology.istio.io/network label)",
+}
+
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
+
+
+@dataclass(frozen=True)
+class Cluster:
+    context: str
+    network: str
+    name: str  # Istio's cluster name
+    api_server: str | None = None
+    kubeconfig: str | None = None  # explicit kubeconfig file for this context, if any
+    server: str | None = None  # the API server URL the kubeconfig names
+
+    @property
+    def remote_server(self) -> str | None:
+        return self.api_server or self.server
+
+    @property
+    def server_is_local(self) -> bool:
+        """True when peers would be told to reach this cluster at a loopback address."""
+        url = self.remote_server
+        if not url:
+            return False
+        host = urlparse(url).hostname or ""
+        return host in LOCAL_HOSTS or host.startswith("127.")
+
+
+@dataclass(frozen=True)
+class Topology:
+    mesh_id: str
+    clusters: tuple[Cluster, ...]
+    path: Path
+
+    @property
+    def networks(self) -> list[str]:
+        return sorted({c.network for c in self.clusters})
+
+    @property
+    def multi_network(self) -> bool:
+        return len(self.networks) > 1
+
+    def by_context(self, context: str) -> Cluster:
+        for c in self.clusters:
+            if c.context == context:
+                return c
+        raise KeyError(context)
+
+
+@dataclass
+class Base:
+    path: Path
+    operator: dict[str, Any]
+    doc: LocatedDoc | None = field(default=None, repr=False)
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", int: "a number", float: "a number",
+            bool: "true/false", type(None): "empty"}.get(type(value), type(value).__name__)
+
+
+def load_topology(path: Path) -> Topology:
+    doc = load_located(path, "topology file", missing_hint=PREP_HINT)
+    data = doc.data
+    if data is None:
+        raise ConfigError(f"{path}: topology file is empty", hint="it needs mesh_id: and contexts:; see prep-mesh's example")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{doc.where()}: topology must be a mapping with mesh_id and contexts, not {_type_name(data)}")
+    for key in data:
+        if key not in TOP_KEYS:
+            raise ConfigError(f"{doc.where(key)}: unknown key {key!r} in topology",
+                              hint="allowed top-level keys: mesh_id, contexts")
+    mesh_id = data.get("mesh_id")
+    if mesh_id is None or mesh_id == "":
+        raise ConfigError(f"{doc.where('mesh_id') if 'mesh_id' in data else path}: mesh_id is required",
+                          hint="add e.g. `mesh_id: mesh1` at the top of topology.yaml")
+    if not isinstance(mesh_id, str) or not LABEL_VALUE.match(mesh_id) or len(mesh_id) > 63:
+        raise ConfigError(f"{doc.where('mesh_id')}: invalid mesh_id {mesh_id!r}",
+                          hint="use letters, digits, '-', '_' or '.', at most 63 characters, e.g. mesh1")
+    contexts = data.get("contexts")
+    if contexts is None or contexts == {}:
+        raise ConfigError(f"{doc.where('contexts') if 'contexts' in data else path}: contexts is empty or missing",
+                          hint="list each kube context under contexts:, e.g.\n  contexts:\n    my-context:\n      network: network1")
+    if not isinstance(contexts, dict):
+        raise ConfigError(f"{doc.where('contexts')}: contexts must be a mapping of kube context names, not {_type_name(contexts)}")
+    clusters: list[Cluster] = []
+    seen: dict[str, str] = {}
+    for context, spec in contexts.items():
+        where = doc.where("contexts", context)
+        if not isinstance(context, str) or not context:
+            raise ConfigError(f"{where}: context names must be non-empty strings, got {context!r}",
+                              hint="quote the context name as it appears in `kubectl config get-contexts`")
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{where}: context {context!r} must be a mapping with at least network:, not {_type_name(spec)}",
+                              hint=f"write it as\n  {context}:\n    network: network1")
+        for key in spec:
+            if key not in CONTEXT_KEYS:
+                raise ConfigError(f"{doc.where('contexts', context, key)}: unknown key {key!r} in context {context!r}",
+                                  hint="allowed keys: " + ", ".join(CONTEXT_KEYS))
+        network = spec.get("network")
+        if network is None or network == "":
+            raise ConfigError(f"{where}: context {context!r} has no network",
+                              hint="add `network: NAME` (clusters that reach each other's pods directly share a network)")
+        if not isinstance(network, str) or not LABEL_VALUE.match(network) or len(network) > 63:
+            raise ConfigError(f"{doc.where('contexts', context, 'network')}: invalid network {network!r} for context {context!r}",
+                              hint="a network is a Kubernetes label value: letters, digits, '-', '_', '.', at most 63 characters")
+        name = spec.get("cluster_name", context)
+        if not isinstance(name, str) or not DNS1123_LABEL.match(name) or len(name) > 63:
+            if "cluster_name" in spec:
+                raise ConfigError(f"{doc.where('contexts', context, 'cluster_name')}: invalid cluster_name {name!r}",
+                                  hint="a cluster name is a DNS-1123 label: lower-case letters, digits and '-', at most 63 characters")
+            raise ConfigError(f"{where}: context {context!r} is not a valid Istio cluster name",
+                              hint=f"set `cluster_name:` under {context!r} to a DNS-1123 label (lower-case letters, digits, '-'), e.g. cluster_name: {_suggest(context)}")
+        if name in seen:
+            raise ConfigError(f"{where}: cluster name {name!r} of context {context!r} is already used by context {seen[name]!r}",
+                              hint="give each context its own cluster_name")
+        seen[name] = context
+        api_server = spec.get("api_server")
+        if api_server is not None:
+            parsed = urlparse(str(api_server))
+            if not isinstance(api_server, str) or parsed.scheme not in ("https", "http") or not parsed.hostname:
+                raise ConfigError(f"{doc.where('contexts', context, 'api_server')}: invalid api_server {api_server!r}",
+                                  hint="use the URL other clusters can reach, e.g. https://203.0.113.10:6443")
+        kubeconfig = spec.get("kubeconfig")
+        if kubeconfig is not None:
+            if not isinstance(kubeconfig, str) or not kubeconfig:
+                raise ConfigError(f"{doc.where('contexts', context, 'kubeconfig')}: kubeconfig must be a file path")
+            kubeconfig = str((path.parent / os.path.expanduser(kubeconfig)).resolve())
+        clusters.append(Cluster(context=context, network=network, name=name, api_server=api_server, kubeconfig=kubeconfig))
+    return Topology(mesh_id=mesh_id, clusters=tuple(clusters), path=path)
+
+
+def _suggest(context: str) -> str:
+    s = re.sub(r"[^a-z0-9-]+", "-", context.lower()).strip("-")
+    return (s[-63:].strip("-") or "cluster1")
+
+
+def _get(data: Any, keys: tuple) -> tuple[bool, Any]:
+    for k in keys:
+        if not isinstance(data, dict) or k not in data:
+            return False, None
+        data = data[k]
+    return True, data
+
+
+def load_base(path: Path) -> Base:
+    doc = load_located(path, "base IstioOperator", missing_hint=PREP_HINT)
+    data = doc.data
+    hint = "base.yaml must be an IstioOperator: apiVersion: install.istio.io/v1alpha1, kind: IstioOperator, spec: {...}"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{doc.where()}: base.yaml is not an IstioOperator (it is {_type_name(data)})", hint=hint)
+    if data.get("kind") != "IstioOperator":
+        raise ConfigError(f"{doc.where('kind') if 'kind' in data else path}: base.yaml has kind {data.get('kind')!r}, expected IstioOperator", hint=hint)
+    api = data.get("apiVersion")
+    if api != "install.istio.io/v1alpha1":
+        raise ConfigError(f"{doc.where('apiVersion') if 'apiVersion' in data else path}: base.yaml has apiVersion {api!r}, expected install.istio.io/v1alpha1", hint=hint)
+    spec = data.get("spec")
+    if spec is not None and not isinstance(spec, dict):
+        raise ConfigError(f"{doc.where('spec')}: spec must be a mapping, not {_type_name(spec)}", hint=hint)
+    for keys in (("spec", "values"), ("spec", "values", "global"), ("spec", "values", "global", "multiCluster")):
+        present, value = _get(data, keys)
+        if present and value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{doc.where(*keys)}: {'.'.join(keys)} must be a mapping, not {_type_name(value)}", hint=hint)
+    problems = []
+    for keys, source in RESERVED_VALUES.items():
+        present, _ = _get(data, keys)
+        if present:
+            problems.append(f"  {doc.where(*keys)}: {'.'.join(keys)} is set by setup-mesh from {source}")
+    if problems:
+        raise ConfigError("base.yaml sets values that setup-mesh owns:\n" + "\n".join(problems),
+                          hint="delete those lines from base.yaml; set mesh_id, network and cluster_name in topology.yaml instead")
+    return Base(path=path, operator=data, doc=doc)
+
+
+# --- kubeconfig -------------------------------------------------------------------------------
+
+def kubeconfig_files(explicit: str | None) -> list[str]:
+    """The kubeconfig files kubectl would read: --kubeconfig, else KUBECONFIG, else ~/.kube/config."""
+    if explicit:
+        return [explicit]
+    env = os.environ.get("KUBECONFIG")
+    if env:
+        return [p for p in env.split(os.pathsep) if p]
+    return [os.path.expanduser("~/.kube/config")]
+
+
+def _read_kubeconfig(path: str) -> dict | None:
+    doc = load_located(Path(path), "kubeconfig")
+    return doc.data if isinstance(doc.data, dict) else None
+
+
+def resolve_contexts(topology: Topology, explicit_kubeconfig: str | None) -> Topology:
+    """Check every context exists in its kubeconfig and note the API server it names."""
+    default_files = kubeconfig_files(explicit_kubeconfig)
+    cache: dict[str, dict | None] = {}
+
+    def load(path: str, required: bool, origin: str) -> dict | None:
+        if path not in cache:
+            if not os.path.exists(path):
+                if required:
+                    raise ConfigError(f"kubeconfig file not found: {path} ({origin})",
+                                      hint="check the path, or point --kubeconfig / KUBECONFIG at your kubeconfig")
+                cache[path] = None
+            else:
+                cache[path] = _read_kubeconfig(path)
+        return cache[path]
+
+    resolved = []
+    for cluster in topology.clusters:
+        if cluster.kubeconfig:
+            files = [cluster.kubeconfig]
+            origin = f"kubeconfig of context {cluster.context!r} in {topology.path}"
+        else:
+            files = default_files
+            origin = "--kubeconfig" if explicit_kubeconfig else ("KUBECONFIG" if os.environ.get("KUBECONFIG") else "default location")
+        # kubectl tolerates missing entries in a KUBECONFIG list, but not a missing explicit file.
+        explicit = bool(cluster.kubeconfig or explicit_kubeconfig) or len(files) == 1
+        configs = [load(f, explicit, origin) for f in files]
+        context_entry, cluster_entry = _find_context(configs, cluster.context)
+        if context_entry is None:
+            where = " or ".join(files)
+            raise ConfigError(f"{topology.path}: context {cluster.context!r} is not in the kubeconfig ({where})",
+                              hint="check `kubectl config get-contexts`; fix the name in topology.yaml or add the context to your kubeconfig")
+        server = (cluster_entry or {}).get("server")
+        resolved.append(Cluster(**{**cluster.__dict__, "server": server}))
+    return Topology(mesh_id=topology.mesh_id, clusters=tuple(resolved), path=topology.path)
+
+
+def _find_context(configs: list[dict | None], name: str) -> tuple[dict | None, dict | None]:
+    context = None
+    for cfg in configs:
+        for entry in (cfg or {}).get("contexts") or []:
+            if isinstance(entry, dict) and entry.get("name") == name:
+                context = entry.get("context") or {}
+                break
+        if context is not None:
+            break
+    if context is None:
+        return None, None
+    cluster_name = context.get("cluster")
+    for cfg in configs:
+        for entry in (cfg or {}).get("clusters") or []:
+            if isinstance(entry, dict) and entry.get("name") == cluster_name:
+                return context, entry.get("cluster") or {}
+    return context, {}

@@ -1,0 +1,37 @@
+"""File writes that never leave a half-written file behind."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
+    """Write to a temporary file in the same folder, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(raw)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_if_changed(path: Path, data: str, mode: int = 0o644) -> bool:
+    """Atomic write unless the file already holds exactly ``data``; True when it was written."""
+    try:
+        if path.read_text() == data:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    write_atomic(path, data, mode)
+    return True

@@ -1,0 +1,197 @@
+"""kubectl and istioctl command lines for one cluster, and reading what a cluster holds."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from .config import Cluster
+from .overlay import (APPLIED_ANNOTATION, CLUSTER_ANNOTATION, EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE,
+                      MULTICLUSTER_LABEL, NETWORK_LABEL, SECRET_SOURCE_ANNOTATION)
+from .runner import Command
+
+READER_SERVICE_ACCOUNT = "istio-reader-service-account"
+
+
+@dataclass(frozen=True)
+class Tools:
+    kubectl: str = "kubectl"
+    istioctl: str = "istioctl"
+    timeout: float = 600.0
+
+    def _target(self, cluster: Cluster) -> list[str]:
+        args = []
+        if cluster.kubeconfig:
+            args += ["--kubeconfig", cluster.kubeconfig]
+        return args + ["--context", cluster.context]
+
+    def kubectl_cmd(self, cluster: Cluster, *args: str, stdin: str | None = None, stdin_shown: bool = False,
+                    secret_output: bool = False, check: bool = True, timeout: float | None = None) -> Command:
+        return Command((self.kubectl, *self._target(cluster), *args), context=cluster.context, stdin=stdin,
+                       stdin_shown=stdin_shown, secret_output=secret_output, check=check,
+                       timeout=timeout or self.timeout)
+
+    def istioctl_cmd(self, cluster: Cluster, *args: str, secret_output: bool = False,
+                     timeout: float | None = None) -> Command:
+        return Command((self.istioctl, *args, *self._target(cluster)), context=cluster.context,
+                       secret_output=secret_output, timeout=timeout or self.timeout)
+
+    # --- the commands setup-mesh uses -----------------------------------------------------
+    def apply(self, cluster: Cluster, manifest: str | None, shown: bool) -> Command:
+        """Server-side apply: no last-applied annotation, so secret data is never copied into one."""
+        return self.kubectl_cmd(cluster, "apply", "--server-side", f"--field-manager={FIELD_MANAGER}",
+                                "--force-conflicts", "-f", "-", stdin=manifest, stdin_shown=shown)
+
+    def inspect(self, cluster: Cluster, timeout: float) -> Command:
+        # One read gives the namespace, its secrets (cacerts, remote secrets, tokens) and services.
+        return self.kubectl_cmd(cluster, "get", "namespaces,secrets,services", "-n", ISTIO_NAMESPACE, "-o", "json",
+                                secret_output=True, timeout=timeout)
+
+
+def _b64(data: dict, key: str) -> bytes | None:
+    value = (data or {}).get(key)
+    if value is None:
+        return None
+    try:
+        return base64.b64decode(value)
+    except (ValueError, TypeError):
+        return None
+
+
+def token_fingerprint(cluster_name: str, server: str | None, token: str | bytes | None) -> str | None:
+    """Identifies the credentials a remote secret carries, without keeping them."""
+    if not token:
+        return None
+    raw = token if isinstance(token, bytes) else token.encode()
+    return hashlib.sha256(b"\0".join([cluster_name.encode(), (server or "").encode(), raw])).hexdigest()[:16]
+
+
+@dataclass
+class RemoteSecretInfo:
+    name: str
+    cluster: str  # the cluster it gives access to
+    source: str | None  # setup-mesh's fingerprint of its credentials
+    server: str | None
+    suspicious_local: bool = False
+
+
+@dataclass
+class Observed:
+    """What one read of a cluster showed. Secret data is reduced to what is needed and then dropped."""
+
+    reachable: bool = False
+    error: str | None = None
+    namespace: bool = False
+    network_label: str | None = None
+    applied: str | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
+    cacerts: dict[str, bytes] | None = None  # public parts only: ca-cert, cert-chain, root-cert
+    remote_secrets: dict[str, RemoteSecretInfo] = field(default_factory=dict)  # by cluster name
+    reader_token: str | None = None  # fingerprint input only; never printed
+    eastwest_exists: bool = False
+    eastwest_address: str | None = None
+    istiod_service: bool = False
+
+
+def parse_inspect(output: str) -> Observed:
+    data = json.loads(output or "{}")
+    items = data.get("items", []) if data.get("kind") == "List" else [data]
+    seen = Observed(reachable=True)
+    tokens: list[tuple[str, str]] = []
+    for item in items:
+        kind = item.get("kind")
+        meta = item.get("metadata") or {}
+        name = meta.get("name")
+        if kind == "Namespace":
+            if name == ISTIO_NAMESPACE:
+                seen.namespace = True
+                seen.network_label = (meta.get("labels") or {}).get(NETWORK_LABEL)
+                seen.annotations = dict(meta.get("annotations") or {})
+                seen.applied = seen.annotations.get(APPLIED_ANNOTATION)
+        elif kind == "Secret" and meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE:
+            secret_data = item.get("data") or {}
+            labels = meta.get("labels") or {}
+            annotations = meta.get("annotations") or {}
+            if name == "cacerts":
+                seen.cacerts = {k: v for k in ("ca-cert.pem", "cert-chain.pem", "root-cert.pem")
+                                if (v := _b64(secret_data, k)) is not None}
+            elif labels.get(MULTICLUSTER_LABEL) == "true":
+                info = _remote_secret_info(name, annotations, secret_data)
+                seen.remote_secrets[info.cluster] = info
+            elif (item.get("type") == "kubernetes.io/service-account-token"
+                  and annotations.get("kubernetes.io/service-account.name") == READER_SERVICE_ACCOUNT):
+                token = _b64(secret_data, "token")
+                if token:
+                    tokens.append((name, token.decode(errors="replace")))
+        elif kind == "Service" and meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE:
+            if name == EASTWEST_NAME:
+                seen.eastwest_exists = True
+                seen.eastwest_address = service_address(item)
+            elif name == "istiod":
+                seen.istiod_service = True
+    if tokens:
+        seen.reader_token = sorted(tokens)[0][1]
+    return seen
+
+
+def service_address(service: dict[str, Any]) -> str | None:
+    """The address Istio would use for a gateway: LoadBalancer ingress IP/hostname, else externalIPs."""
+    for ingress in ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []:
+        address = ingress.get("ip") or ingress.get("hostname")
+        if address:
+            return address
+    external = (service.get("spec") or {}).get("externalIPs") or []
+    return external[0] if external else None
+
+
+def _remote_secret_info(name: str, annotations: dict, data: dict) -> RemoteSecretInfo:
+    cluster = annotations.get(CLUSTER_ANNOTATION)
+    if not cluster:
+        cluster = name.removeprefix("istio-remote-secret-")
+    server = None
+    for key in data:
+        raw = _b64(data, key)
+        if raw is None:
+            continue
+        try:
+            config = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            continue
+        if isinstance(config, dict):
+            for entry in config.get("clusters") or []:
+                server = ((entry or {}).get("cluster") or {}).get("server") or server
+    from urllib.parse import urlparse
+
+    host = urlparse(server).hostname if server else None
+    local = bool(host) and (host in ("localhost", "::1", "0.0.0.0") or host.startswith("127."))
+    return RemoteSecretInfo(name=name, cluster=cluster, source=annotations.get(SECRET_SOURCE_ANNOTATION),
+                            server=server, suspicious_local=local)
+
+
+def parse_remote_secret(output: str, cluster_name: str) -> tuple[dict[str, Any], str | None]:
+    """The Secret that create-remote-secret printed, and the fingerprint of the token it carries."""
+    docs = [d for d in yaml.safe_load_all(output) if d]
+    secrets = [d for d in docs if isinstance(d, dict) and d.get("kind") == "Secret"]
+    if len(secrets) != 1:
+        raise ValueError(f"expected one Secret from create-remote-secret, got {len(secrets)}")
+    secret = secrets[0]
+    token = server = None
+    payload = (secret.get("stringData") or {}).get(cluster_name)
+    if payload is None and cluster_name in (secret.get("data") or {}):
+        payload = (_b64(secret["data"], cluster_name) or b"").decode()
+    config = yaml.safe_load(payload) if payload else None
+    if isinstance(config, dict):
+        for entry in config.get("clusters") or []:
+            server = ((entry or {}).get("cluster") or {}).get("server") or server
+        for entry in config.get("users") or []:
+            token = ((entry or {}).get("user") or {}).get("token") or token
+    meta = secret.setdefault("metadata", {})
+    meta.pop("creationTimestamp", None)
+    fp = token_fingerprint(cluster_name, server, token)
+    if fp:
+        meta.setdefault("annotations", {})[SECRET_SOURCE_ANNOTATION] = fp
+    return secret, fp

@@ -1,0 +1,144 @@
+"""Pure derivation of what each cluster gets: its IstioOperator, east-west gateway and manifests.
+
+Nothing here reads files or runs programs, so the output can be compared with golden files.
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+from typing import Any
+
+from .config import Cluster, Topology
+
+ISTIO_NAMESPACE = "istio-system"
+NETWORK_LABEL = "topology.istio.io/network"
+EASTWEST_NAME = "istio-eastwestgateway"
+CROSS_NETWORK_GATEWAY = "cross-network-gateway"
+CACERTS_FILES = ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")
+# What setup-mesh records on istio-system: the fingerprint of everything it installed there.
+APPLIED_ANNOTATION = "setup-mesh.io/applied"
+# On each remote secret: the fingerprint of the cluster it came from, so stale copies are replaced.
+SECRET_SOURCE_ANNOTATION = "setup-mesh.io/source"
+MULTICLUSTER_LABEL = "istio/multiCluster"
+CLUSTER_ANNOTATION = "networking.istio.io/cluster"
+FIELD_MANAGER = "setup-mesh"
+
+
+def cluster_operator(base: dict[str, Any], topology: Topology, cluster: Cluster) -> dict[str, Any]:
+    """base.yaml with the reserved values of this cluster set; everything else unchanged."""
+    operator = copy.deepcopy(base)
+    spec = operator.setdefault("spec", None) or {}
+    operator["spec"] = spec
+    values = spec.get("values") or {}
+    spec["values"] = values
+    global_values = values.get("global") or {}
+    values["global"] = global_values
+    global_values["meshID"] = topology.mesh_id
+    multi = global_values.get("multiCluster") or {}
+    global_values["multiCluster"] = multi
+    multi["clusterName"] = cluster.name
+    global_values["network"] = cluster.network
+    return operator
+
+
+def eastwest_operator(base: dict[str, Any], cluster: Cluster) -> dict[str, Any]:
+    """The east-west gateway IstioOperator for the cluster's network (as gen-eastwest-gateway.sh makes it)."""
+    network = cluster.network
+    base_spec = base.get("spec") or {}
+    spec: dict[str, Any] = {}
+    # The gateway must run the same control-plane revision and images as the cluster's istiod.
+    for key in ("revision", "hub", "tag"):
+        if base_spec.get(key):
+            spec[key] = base_spec[key]
+    spec["profile"] = "empty"
+    spec["components"] = {
+        "ingressGateways": [
+            {
+                "name": EASTWEST_NAME,
+                "label": {
+                    "istio": "eastwestgateway",
+                    "app": EASTWEST_NAME,
+                    NETWORK_LABEL: network,
+                },
+                "enabled": True,
+                "k8s": {
+                    "env": [{"name": "ISTIO_META_REQUESTED_NETWORK_VIEW", "value": network}],
+                    "service": {
+                        "ports": [
+                            {"name": "status-port", "port": 15021, "targetPort": 15021},
+                            {"name": "tls", "port": 15443, "targetPort": 15443},
+                            {"name": "tls-istiod", "port": 15012, "targetPort": 15012},
+                            {"name": "tls-webhook", "port": 15017, "targetPort": 15017},
+                        ]
+                    },
+                },
+            }
+        ]
+    }
+    spec["values"] = {
+        "gateways": {"istio-ingressgateway": {"injectionTemplate": "gateway"}},
+        "global": {"network": network},
+    }
+    return {
+        "apiVersion": "install.istio.io/v1alpha1",
+        "kind": "IstioOperator",
+        "metadata": {"name": "eastwest"},
+        "spec": spec,
+    }
+
+
+def cross_network_gateway() -> dict[str, Any]:
+    """The Gateway that exposes every service (*.local) on the east-west gateway's port 15443."""
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": CROSS_NETWORK_GATEWAY, "namespace": ISTIO_NAMESPACE},
+        "spec": {
+            "selector": {"istio": "eastwestgateway"},
+            "servers": [
+                {
+                    "port": {"number": 15443, "name": "tls", "protocol": "TLS"},
+                    "tls": {"mode": "AUTO_PASSTHROUGH"},
+                    "hosts": ["*.local"],
+                }
+            ],
+        },
+    }
+
+
+def namespace_manifest(cluster: Cluster) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": ISTIO_NAMESPACE, "labels": {NETWORK_LABEL: cluster.network}},
+    }
+
+
+def cacerts_manifest(files: dict[str, bytes]) -> dict[str, Any]:
+    """Secret cacerts from the cluster's intermediate CA files (the key travels only on stdin)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "cacerts", "namespace": ISTIO_NAMESPACE},
+        "type": "Opaque",
+        "data": {name: base64.b64encode(files[name]).decode() for name in CACERTS_FILES},
+    }
+
+
+def manifest_list(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "List", "items": items}
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of JSON-able data: what was installed, to skip unchanged clusters."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, separators=(",", ":")).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def remote_secret_name(cluster_name: str) -> str:
+    return f"istio-remote-secret-{cluster_name}"

@@ -1,0 +1,273 @@
+"""From what should be (topology, base.yaml) and what is (one read per cluster) to a plan of steps.
+
+Building the plan runs nothing; the same plan is printed by --dry-run and run by apply.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import certs
+from .config import Cluster, Topology
+from .errors import MeshError
+from .executor import Phase, RunContext, Step
+from .kube import Observed, Tools, parse_remote_secret, service_address, token_fingerprint
+from .overlay import (APPLIED_ANNOTATION, CROSS_NETWORK_GATEWAY, EASTWEST_NAME, ISTIO_NAMESPACE, cacerts_manifest,
+                      cluster_operator, cross_network_gateway, eastwest_operator, fingerprint, manifest_list,
+                      namespace_manifest)
+from .release import Release
+from .yamlfile import dump
+
+OVERLAY_DIR = "overlays"
+GATEWAY_POLL_SECONDS = 1.0
+
+
+@dataclass
+class Desired:
+    """Everything apply will install in one cluster, derived from the inputs alone."""
+
+    cluster: Cluster
+    operator: dict
+    eastwest: dict | None
+    gateway: dict | None
+    fingerprint: str
+
+    def overlay_path(self, workdir: Path) -> Path:
+        return workdir / OVERLAY_DIR / f"{self.cluster.name}.yaml"
+
+    def eastwest_path(self, workdir: Path) -> Path:
+        return workdir / OVERLAY_DIR / f"{self.cluster.name}-eastwest.yaml"
+
+
+def desired_state(topology: Topology, base: dict) -> dict[str, Desired]:
+    result = {}
+    for cluster in topology.clusters:
+        operator = cluster_operator(base, topology, cluster)
+        eastwest = eastwest_operator(base, cluster) if topology.multi_network else None
+        gateway = cross_network_gateway() if topology.multi_network else None
+        # cacerts is compared with the cluster's copy directly, so it is not part of the fingerprint.
+        fp = fingerprint(operator, eastwest, gateway, cluster.network)
+        result[cluster.context] = Desired(cluster, operator, eastwest, gateway, fp)
+    return result
+
+
+@dataclass
+class Removal:
+    context: str
+    cluster_name: str
+    kubeconfig: str | None
+    reachable: bool
+
+
+@dataclass
+class ApplyPlan:
+    phases: list[Phase]
+    removals: list[Removal] = field(default_factory=list)
+    prunes: dict[str, list[str]] = field(default_factory=dict)  # context -> secret names
+    unchanged: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def deletes_anything(self) -> bool:
+        return bool(self.removals or any(self.prunes.values()))
+
+
+def _cacerts_step(tools: Tools, cluster: Cluster, cert_dir: Path) -> Step:
+    def action(ctx: RunContext) -> None:
+        files = {name: path.read_bytes() for name, path in certs.cacerts_files(cert_dir, cluster.name).items()}
+        manifest = dump(manifest_list([namespace_manifest(cluster), cacerts_manifest(files)]))
+        ctx.run(tools.apply(cluster, manifest, shown=False))
+
+    return Step(f"namespace {ISTIO_NAMESPACE} (network {cluster.network}) and secret cacerts",
+                commands=[tools.apply(cluster, None, shown=False)], action=action,
+                note=f"stdin: Namespace {ISTIO_NAMESPACE} labelled {cluster.network} and Secret cacerts made from "
+                     f"{cert_dir / cluster.name}/*.pem (holds the CA key: not shown)")
+
+
+def _install_steps(tools: Tools, workdir: Path, d: Desired) -> list[Step]:
+    cluster = d.cluster
+    steps = [Step("install Istio", files=[(d.overlay_path(workdir), dump(d.operator))],
+                  commands=[tools.istioctl_cmd(cluster, "install", "-y", "-f", str(d.overlay_path(workdir)))])]
+    if d.eastwest is not None:
+        steps.append(Step("install east-west gateway", files=[(d.eastwest_path(workdir), dump(d.eastwest))],
+                          commands=[tools.istioctl_cmd(cluster, "install", "-y", "-f", str(d.eastwest_path(workdir)))]))
+        steps.append(Step(f"expose services (Gateway {CROSS_NETWORK_GATEWAY})",
+                          commands=[tools.apply(cluster, dump(d.gateway), shown=True)]))
+    return steps
+
+
+def record_step(tools: Tools, cluster: Cluster, fp: str) -> Step:
+    return Step("record what was applied", commands=[tools.kubectl_cmd(
+        cluster, "annotate", "--overwrite", "namespace", ISTIO_NAMESPACE, f"{APPLIED_ANNOTATION}={fp}")])
+
+
+def wait_gateway_step(tools: Tools, cluster: Cluster, timeout: float) -> Step:
+    command = tools.kubectl_cmd(cluster, "get", "service", EASTWEST_NAME, "-n", ISTIO_NAMESPACE, "-o", "json",
+                                timeout=min(tools.timeout, 60.0))
+
+    def action(ctx: RunContext) -> None:
+        import json
+
+        deadline = time.monotonic() + timeout
+        while True:
+            address = service_address(json.loads(ctx.run(command).stdout or "{}"))
+            if address:
+                with ctx.lock:
+                    ctx.shared.setdefault("gateway_address", {})[cluster.context] = address
+                return
+            if time.monotonic() >= deadline:
+                raise MeshError(f"east-west gateway {EASTWEST_NAME} has no address after {timeout:g}s",
+                                hint=f"check the LoadBalancer: {command.pasteable()} ; raise --gateway-timeout if it is slow")
+            if ctx.cancelled.wait(GATEWAY_POLL_SECONDS):
+                return
+
+    return Step("wait for the east-west gateway's address", commands=[command], action=action)
+
+
+def export_step(tools: Tools, cluster: Cluster) -> Step:
+    args = ["create-remote-secret", "--name", cluster.name]
+    if cluster.api_server:
+        args += ["--server", cluster.api_server]
+    command = tools.istioctl_cmd(cluster, *args, secret_output=True)
+
+    def action(ctx: RunContext) -> None:
+        result = ctx.run(command)
+        try:
+            secret, _ = parse_remote_secret(result.stdout, cluster.name)
+        except ValueError as exc:
+            raise MeshError(f"`{command.pasteable()}` printed no usable Secret: {exc}",
+                            hint="run it by hand to see what istioctl printed") from None
+        with ctx.lock:
+            ctx.shared.setdefault("remote_secrets", {})[cluster.context] = secret
+
+    return Step("create its remote secret", commands=[command], action=action)
+
+
+def import_step(tools: Tools, target: Cluster, peers: list[Cluster]) -> Step:
+    names = ", ".join(p.name for p in peers)
+
+    def action(ctx: RunContext) -> None:
+        exported = ctx.shared.get("remote_secrets", {})
+        items = [exported[p.context] for p in peers if p.context in exported]
+        missing = [p.name for p in peers if p.context not in exported]
+        if items:
+            ctx.run(tools.apply(target, dump(manifest_list(items)), shown=False))
+        if missing:
+            raise MeshError(f"no remote secret of {', '.join(missing)} to apply (creating it failed)",
+                            hint="see that cluster's error above; the next apply adds the secret")
+
+    return Step(f"apply remote secrets of {names}", commands=[tools.apply(target, None, shown=False)], action=action,
+                note=f"stdin: the Secrets printed by create-remote-secret for {names} (hold tokens: not shown)")
+
+
+def prune_step(tools: Tools, target: Cluster, names: list[str]) -> Step:
+    return Step(f"delete stale remote secrets ({', '.join(names)})", commands=[tools.kubectl_cmd(
+        target, "delete", "secret", "-n", ISTIO_NAMESPACE, "--ignore-not-found", *names)])
+
+
+def uninstall_steps(tools: Tools, cluster: Cluster, secrets: list[str]) -> list[Step]:
+    """Istio, then what setup-mesh created, then istio-system (the Gateway goes with Istio's CRDs)."""
+    to_delete = ["cacerts", *secrets]
+    return [
+        Step("uninstall Istio", commands=[tools.istioctl_cmd(cluster, "uninstall", "--purge", "-y")]),
+        Step("delete cacerts and remote secrets", commands=[tools.kubectl_cmd(
+            cluster, "delete", "secret", "-n", ISTIO_NAMESPACE, "--ignore-not-found", *to_delete)]),
+        Step(f"delete namespace {ISTIO_NAMESPACE}", commands=[tools.kubectl_cmd(
+            cluster, "delete", "namespace", ISTIO_NAMESPACE, "--ignore-not-found")]),
+    ]
+
+
+def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observed: dict[str, Observed | None],
+                     removed: list[Removal], removed_observed: dict[str, Observed | None], workdir: Path,
+                     tools: Tools, release: Release | None, intermediate_vars: dict[str, str],
+                     gateway_timeout: float) -> ApplyPlan:
+    cert_dir = certs.certs_dir(workdir)
+    setup, gateways, export, imports, prune, remove = (Phase("set up and install"), Phase("gateways ready"),
+                                                       Phase("export remote secrets"), Phase("import remote secrets"),
+                                                       Phase("prune"), Phase("remove clusters"))
+    plan = ApplyPlan([setup, gateways, export, imports, prune, remove])
+    names = {c.name for c in topology.clusters}
+
+    # Per cluster: set-up and install, only what differs from what the cluster holds.
+    for cluster in topology.clusters:
+        d = desired[cluster.context]
+        seen = observed.get(cluster.context) or Observed()
+        steps: list[Step] = []
+        if not certs.has_cacerts(cert_dir, cluster.name):
+            makefile = release.certs_makefile if release else Path("<istio>/tools/certs/Makefile.selfsigned.mk")
+            steps.append(Step("make intermediate CA", commands=[certs.cacerts_command(
+                Release(makefile.parents[2]), cert_dir, cluster.name, intermediate_vars)]))
+        local_ca = _read(cert_dir / cluster.name / "ca-cert.pem")
+        cacerts_current = (seen.cacerts or {}).get("ca-cert.pem") == local_ca and local_ca is not None
+        if steps or not seen.namespace or seen.network_label != cluster.network or not cacerts_current:
+            steps.append(_cacerts_step(tools, cluster, cert_dir))
+        if seen.applied != d.fingerprint or (d.eastwest is not None and not seen.eastwest_exists):
+            steps.extend(_install_steps(tools, workdir, d))
+        if steps:
+            steps.append(record_step(tools, cluster, d.fingerprint))
+            for step in steps:
+                setup.add(cluster.context, step)
+        else:
+            plan.unchanged.append(cluster.context)
+        if topology.multi_network and not (seen.eastwest_address and not steps):
+            gateways.add(cluster.context, wait_gateway_step(tools, cluster, gateway_timeout))
+
+    # Secret exchange: each cluster's secret is made once and applied once per target that lacks it.
+    # A peer's copy is current when it carries the credentials the source cluster holds now.
+    current_fp = {c.context: token_fingerprint(c.name, c.remote_server, (observed.get(c.context) or Observed()).reader_token)
+                  for c in topology.clusters}
+    needed_sources: set[str] = set()
+    for target in topology.clusters:
+        seen = observed.get(target.context) or Observed()
+        peers = []
+        for peer in topology.clusters:
+            if peer is target:
+                continue
+            have = seen.remote_secrets.get(peer.name)
+            if have is None or have.source is None or have.source != current_fp[peer.context]:
+                peers.append(peer)
+        if peers:
+            imports.add(target.context, import_step(tools, target, peers))
+            needed_sources.update(p.context for p in peers)
+        stale = sorted(info.name for name, info in seen.remote_secrets.items() if name not in names)
+        if stale:
+            plan.prunes[target.context] = stale
+            prune.add(target.context, prune_step(tools, target, stale))
+    for cluster in topology.clusters:
+        if cluster.context in needed_sources:
+            export.add(cluster.context, export_step(tools, cluster))
+
+    # Clusters dropped from topology.yaml: uninstall where reachable.
+    for gone in removed:
+        seen = removed_observed.get(gone.context)
+        gone.reachable = bool(seen and seen.reachable)
+        plan.removals.append(gone)
+        if gone.reachable:
+            cluster = Cluster(context=gone.context, network="", name=gone.cluster_name, kubeconfig=gone.kubeconfig)
+            secrets = sorted(info.name for info in seen.remote_secrets.values())
+            for step in uninstall_steps(tools, cluster, secrets):
+                remove.add(gone.context, step)
+    return plan
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def teardown_plan(tools: Tools, clusters: list[Cluster], observed: dict[str, Observed | None]) -> Phase:
+    phase = Phase("teardown")
+    for cluster in clusters:
+        seen = observed.get(cluster.context)
+        if seen is None or not seen.reachable:
+            continue
+        if not seen.namespace and not seen.istiod_service:
+            continue  # nothing of ours is left there
+        secrets = sorted(info.name for info in seen.remote_secrets.values())
+        for step in uninstall_steps(tools, cluster, secrets):
+            phase.add(cluster.context, step)
+    return phase
+

@@ -1,0 +1,201 @@
+"""prep-mesh: the workspace (topology.yaml, base.yaml) and the mesh's root CA. Touches no cluster."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import certs
+from .config import BASE_FILE, LABEL_VALUE, TOPOLOGY_FILE, kubeconfig_files
+from .errors import ConfigError
+from .fsutil import write_atomic
+from .release import find_release
+from .reporter import Reporter
+from .runner import Runner
+
+DEFAULT_MESH_ID = "mesh1"
+
+TOPOLOGY_HEADER = """\
+# topology.yaml: which clusters form the mesh and how they are connected.
+#
+# mesh_id   the mesh's name (Istio's meshID); the same in every cluster.
+# contexts  one entry per cluster, keyed by its kube context name (`kubectl config get-contexts`):
+#   network       required. Clusters whose pods reach each other directly share a network; clusters
+#                 on different networks talk through east-west gateways that setup-mesh installs.
+#   cluster_name  optional. Istio's name for the cluster (a DNS-1123 label); default: the context name.
+#                 Set it when the context name is not a valid label (e.g. gke_project_zone_name).
+#   api_server    optional. The API server URL other clusters use to reach this one, when the
+#                 kubeconfig names a local or private address (passed to create-remote-secret --server).
+#   kubeconfig    optional. A kubeconfig file for this context only.
+#
+# To add a cluster: add its context here and run `./setup_mesh.py apply`.
+# To remove one: delete its entry and run `./setup_mesh.py apply` (it asks before removing).
+"""
+
+BASE_TEMPLATE = """\
+# base.yaml: the IstioOperator every cluster's installation is derived from.
+# Edit it freely (profile, meshConfig, components, values): it reaches every cluster unchanged.
+#
+# Reserved: setup-mesh sets these for each cluster from topology.yaml, so they are never set here
+# (apply refuses to run while base.yaml sets any of them):
+#   spec.values.global.meshID                    <- mesh_id
+#   spec.values.global.multiCluster.clusterName  <- contexts.<context>.cluster_name (default: the context name)
+#   spec.values.global.network                   <- contexts.<context>.network
+#   spec.values.global.meshNetworks              <- not needed: Istio finds each network's east-west
+#                                                   gateway by its topology.istio.io/network label
+apiVersion: install.istio.io/v1alpha1
+kind: IstioOperator
+spec:
+  profile: default
+  meshConfig:
+    accessLogFile: /dev/stdout
+"""
+
+
+@dataclass
+class PrepResult:
+    created: list[Path] = field(default_factory=list)
+    kept: list[Path] = field(default_factory=list)
+
+
+def topology_text(mesh_id: str, contexts: list[tuple[str, str]], known_contexts: list[str]) -> str:
+    text = TOPOLOGY_HEADER + "\n" + yaml.safe_dump({"mesh_id": mesh_id}, sort_keys=False)
+    if contexts:
+        text += yaml.safe_dump({"contexts": {c: {"network": n} for c, n in contexts}}, sort_keys=False)
+        return text
+    text += "contexts:\n"
+    text += "  # Uncomment the contexts that join the mesh and set their networks, e.g.\n"
+    examples = known_contexts or ["cluster1", "cluster2"]
+    for i, name in enumerate(examples):
+        entry = yaml.safe_dump({name: {"network": f"network{1 if i == 0 else 2}"}}, sort_keys=False)
+        text += "".join(f"  # {line}\n" for line in entry.splitlines())
+    return text
+
+
+def parse_context_options(values: list[str]) -> list[tuple[str, str]]:
+    """``--context NAME[=NETWORK]`` values; the network defaults to network1."""
+    parsed = []
+    for value in values:
+        name, _, network = value.partition("=")
+        network = network or "network1"
+        if not name:
+            raise ConfigError(f"--context {value!r}: the context name is empty", hint="use --context NAME or NAME=NETWORK")
+        if not LABEL_VALUE.match(network):
+            raise ConfigError(f"--context {value!r}: invalid network {network!r}",
+                              hint="letters, digits, '-', '_', '.' (a Kubernetes label value)")
+        parsed.append((name, network))
+    return parsed
+
+
+def _known_contexts() -> list[str]:
+    """Context names from the user's kubeconfig, offered as commented examples (no cluster is contacted)."""
+    names: list[str] = []
+    for path in kubeconfig_files(None):
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        for entry in data.get("contexts") or [] if isinstance(data, dict) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry["name"] not in names:
+                names.append(entry["name"])
+    return names
+
+
+def prep_mesh(workdir: Path, *, mesh_id: str | None, org: str | None, istio_dir: str | None,
+              contexts: list[tuple[str, str]], root_days: int | None, key_size: int | None,
+              runner: Runner, reporter: Reporter) -> PrepResult:
+    result = PrepResult()
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"workdir {workdir} is not a folder", hint="pass --workdir with a folder path")
+    if mesh_id is not None and (not LABEL_VALUE.match(mesh_id) or len(mesh_id) > 63):
+        raise ConfigError(f"invalid mesh id {mesh_id!r}", hint="letters, digits, '-', '_' or '.', at most 63 characters, e.g. mesh1")
+    topology_path = workdir / TOPOLOGY_FILE
+    base_path = workdir / BASE_FILE
+    cert_dir = certs.certs_dir(workdir)
+    root_files = [cert_dir / certs.ROOT_CERT, cert_dir / certs.ROOT_KEY]
+    need_root = not all(p.is_file() for p in root_files)
+
+    # Everything that can fail is checked before the first file is written.
+    release = None
+    if need_root:
+        release = find_release(istio_dir, workdir)
+        for tool in ("make", "openssl"):
+            runner.require(tool)
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    if topology_path.exists():
+        result.kept.append(topology_path)
+        if mesh_id is not None:
+            _warn_if_differs(topology_path, mesh_id, reporter)
+    else:
+        write_atomic(topology_path, topology_text(mesh_id or DEFAULT_MESH_ID, contexts, _known_contexts()))
+        result.created.append(topology_path)
+    if base_path.exists():
+        result.kept.append(base_path)
+    else:
+        write_atomic(base_path, BASE_TEMPLATE)
+        result.created.append(base_path)
+
+    cert_dir.mkdir(mode=0o700, exist_ok=True)
+    certs.secure_tree(cert_dir)
+    if need_root:
+        variables = {}
+        if org:
+            variables["ROOTCA_ORG"] = org
+        if root_days:
+            variables["ROOTCA_DAYS"] = str(root_days)
+        if key_size:
+            variables["ROOTCA_KEYSZ"] = str(key_size)
+        reporter.info(f"making the root CA with {release.certs_makefile}")
+        try:
+            runner.run(certs.root_ca_command(release, cert_dir, variables))
+        finally:
+            certs.secure_tree(cert_dir)
+        missing = [p for p in root_files if not p.is_file()]
+        if missing:
+            raise ConfigError(f"make root-ca finished but did not write {', '.join(map(str, missing))}",
+                              hint=f"check {release.certs_makefile} is Istio's certs Makefile")
+        result.created.extend(root_files)
+    else:
+        result.kept.extend(root_files)
+        existing_org = certs.root_organization(cert_dir)
+        if org and existing_org != org:
+            reporter.warn(f"kept the existing root CA (organisation {existing_org!r}); --org {org!r} applies only to a new root CA")
+    return result
+
+
+def _warn_if_differs(topology_path: Path, mesh_id: str, reporter: Reporter) -> None:
+    try:
+        current = (yaml.safe_load(topology_path.read_text()) or {}).get("mesh_id")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return
+    if current != mesh_id:
+        reporter.warn(f"kept {topology_path} with mesh_id {current!r}; edit it to change the mesh id to {mesh_id!r}")
+
+
+def report(result: PrepResult, workdir: Path, reporter: Reporter) -> None:
+    for path in result.created:
+        reporter.success(f"created {_rel(path, workdir)}")
+    for path in result.kept:
+        reporter.info(f"kept    {_rel(path, workdir)} (already there)")
+    reporter.info("")
+    reporter.info("Next:")
+    reporter.info(f"  1. edit {_rel(workdir / TOPOLOGY_FILE, Path.cwd())}: list your kube contexts and their networks")
+    reporter.info(f"  2. optionally customise {_rel(workdir / BASE_FILE, Path.cwd())} (the IstioOperator every cluster gets)")
+    workdir_flag = "" if workdir.resolve() == Path.cwd().resolve() else f" --workdir {_quote(str(workdir))}"
+    reporter.info(f"  3. preview with `./setup_mesh.py apply --dry-run{workdir_flag}`, then run `./setup_mesh.py apply{workdir_flag}`")
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return os.path.relpath(path, base)
+    except ValueError:
+        return str(path)
+
+
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)

@@ -1,0 +1,71 @@
+"""Reading YAML files with line numbers, so errors can say where they are."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+Location = tuple  # a path of keys/indexes into the document
+
+
+class LocatedDoc:
+    """A parsed YAML document plus the line of every key and value in it."""
+
+    def __init__(self, path: Path, data: Any, lines: dict[Location, int]):
+        self.path = path
+        self.data = data
+        self._lines = lines
+
+    def line(self, *where) -> int | None:
+        return self._lines.get(tuple(where))
+
+    def where(self, *where) -> str:
+        """``file:line`` for a location (or just the file when unknown)."""
+        line = self.line(*where)
+        return f"{self.path}:{line}" if line else str(self.path)
+
+
+def _walk(node: yaml.Node, here: Location, lines: dict[Location, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.start_mark)
+            lines.setdefault(here + (key,), key_node.start_mark.line + 1)
+            _walk(value_node, here + (key,), lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines.setdefault(here + (i,), item.start_mark.line + 1)
+            _walk(item, here + (i,), lines)
+
+
+def load_located(path: Path, what: str, missing_hint: str | None = None) -> LocatedDoc:
+    """Load one YAML document from ``path``; every failure is a ConfigError naming the place."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}", hint=missing_hint) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        data = [yaml.load(yaml.serialize(n), Loader=yaml.SafeLoader) for n in nodes if n is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{at}: {what} is not valid YAML: {problem}",
+                          hint="fix the YAML syntax at that line (indentation, quotes, colons)") from None
+    nodes = [n for n in nodes if n is not None]
+    if len(nodes) > 1:
+        raise ConfigError(f"{path}:{nodes[1].start_mark.line + 1}: {what} must hold one YAML document, found {len(nodes)}",
+                          hint="remove the extra '---' documents")
+    lines: dict[Location, int] = {}
+    if nodes:
+        _walk(nodes[0], (), lines)
+    return LocatedDoc(path, data[0] if data else None, lines)
+
+
+def dump(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=1000)
