@@ -1,0 +1,148 @@
+"""topology.yaml and base.yaml validation: every bad input is refused with where and how to fix it."""
+from pathlib import Path
+
+import pytest
+
+from lib.config import load_base, load_topology, resolve_contexts
+from lib.errors import ConfigError
+
+GOOD_BASE = "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  profile: default\n"
+
+BAD_TOPOLOGIES = [
+    ("mesh_id: [\n", "not valid YAML"),
+    ("", "topology file is empty"),
+    ("- a\n- b\n", "must be a mapping"),
+    ("contexts:\n  c1:\n    network: n1\n", "mesh_id is required"),
+    ("mesh_id: 'has space'\ncontexts:\n  c1:\n    network: n1\n", "invalid mesh_id"),
+    ("mesh_id: m\n", "contexts is empty or missing"),
+    ("mesh_id: m\ncontexts: {}\n", "contexts is empty or missing"),
+    ("mesh_id: m\ncontexts:\n  - c1\n", "contexts must be a mapping"),
+    ("mesh_id: m\ncontexts:\n  c1:\n    network: n1\nextra: 1\n", "unknown key 'extra'"),
+    ("mesh_id: m\ncontexts:\n  c1:\n    network: n1\n    netwrk: n2\n", "unknown key 'netwrk' in context 'c1'"),
+    ("mesh_id: m\ncontexts:\n  c1: {}\n", "has no network"),
+    ("mesh_id: m\ncontexts:\n  c1: network1\n", "must be a mapping with at least network"),
+    ("mesh_id: m\ncontexts:\n  c1:\n    network: 'bad net'\n", "invalid network 'bad net'"),
+    ("mesh_id: m\ncontexts:\n  gke_proj_zone_name:\n    network: n1\n", "set `cluster_name:`"),
+    ("mesh_id: m\ncontexts:\n  c1:\n    network: n1\n    cluster_name: Bad_Name\n", "invalid cluster_name 'Bad_Name'"),
+    ("mesh_id: m\ncontexts:\n  c1:\n    network: n1\n    cluster_name: x\n  c2:\n    network: n1\n    cluster_name: x\n",
+     "cluster name 'x' of context 'c2' is already used by context 'c1'"),
+    ("mesh_id: m\ncontexts:\n  c1:\n    network: n1\n    api_server: not-a-url\n", "invalid api_server"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD_TOPOLOGIES)
+def test_bad_topology_is_refused_with_a_clear_message(tmp_path, text, message):
+    path = tmp_path / "topology.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_topology(path)
+    assert message in f"{info.value.message}\n{info.value.hint}"
+    assert str(path) in info.value.message or "topology" in info.value.message
+    assert info.value.exit_code == 2
+
+
+def test_error_names_the_line(tmp_path):
+    path = tmp_path / "topology.yaml"
+    path.write_text("mesh_id: m\ncontexts:\n  c1:\n    network: n1\n  c2:\n    network: n1\n    colour: red\n")
+    with pytest.raises(ConfigError) as info:
+        load_topology(path)
+    assert f"{path}:7:" in info.value.message
+
+
+def test_missing_topology_points_to_prep_mesh(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_topology(tmp_path / "topology.yaml")
+    assert "prep-mesh" in info.value.hint
+
+
+def test_cluster_name_defaults_to_context_and_options_are_kept(tmp_path):
+    path = tmp_path / "topology.yaml"
+    path.write_text("mesh_id: m1\ncontexts:\n  c1:\n    network: n1\n  'gke_p_z_c2':\n    network: n2\n"
+                    "    cluster_name: c2\n    api_server: https://10.0.0.2:6443\n    kubeconfig: other.yaml\n")
+    topology = load_topology(path)
+    c1, c2 = topology.clusters
+    assert (c1.context, c1.name, c1.network) == ("c1", "c1", "n1")
+    assert (c2.context, c2.name, c2.api_server) == ("gke_p_z_c2", "c2", "https://10.0.0.2:6443")
+    assert c2.kubeconfig == str(tmp_path / "other.yaml")
+    assert topology.multi_network
+
+
+RESERVED = [
+    ("    global:\n      meshID: x\n", "spec.values.global.meshID", 7),
+    ("    global:\n      multiCluster:\n        clusterName: x\n", "spec.values.global.multiCluster.clusterName", 8),
+    ("    global:\n      network: x\n", "spec.values.global.network", 7),
+    ("    global:\n      meshNetworks: {}\n", "spec.values.global.meshNetworks", 7),
+]
+
+
+@pytest.mark.parametrize("extra,key,line", RESERVED)
+def test_reserved_value_in_base_is_refused_with_its_line(tmp_path, extra, key, line):
+    path = tmp_path / "base.yaml"
+    path.write_text(GOOD_BASE + "  values:\n" + extra)
+    with pytest.raises(ConfigError) as info:
+        load_base(path)
+    assert f"{path}:{line}: {key} is set by setup-mesh from" in info.value.message
+    assert "topology.yaml" in info.value.hint
+
+
+def test_every_reserved_value_is_named_at_once(tmp_path):
+    path = tmp_path / "base.yaml"
+    path.write_text(GOOD_BASE + "  values:\n    global:\n      meshID: a\n      network: b\n")
+    with pytest.raises(ConfigError) as info:
+        load_base(path)
+    assert "meshID" in info.value.message and "network" in info.value.message
+
+
+@pytest.mark.parametrize("text,message", [
+    ("kind: Deployment\napiVersion: apps/v1\n", "expected IstioOperator"),
+    ("apiVersion: v1\nkind: IstioOperator\n", "expected install.istio.io/v1alpha1"),
+    ("- 1\n", "not an IstioOperator"),
+    (GOOD_BASE.replace("spec:\n  profile: default\n", "spec: 3\n"), "spec must be a mapping"),
+    (GOOD_BASE + "---\n" + GOOD_BASE, "one YAML document"),
+])
+def test_base_that_is_not_an_istio_operator_is_refused(tmp_path, text, message):
+    path = tmp_path / "base.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_base(path)
+    assert message in info.value.message
+
+
+def _kubeconfig(path: Path, contexts: dict[str, str]) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": c, "cluster": {"server": s}} for c, s in contexts.items()],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": c, "context": {"cluster": c, "user": "u"}} for c in contexts],
+    }))
+
+
+def test_contexts_must_exist_in_the_kubeconfig(tmp_path, monkeypatch):
+    kubeconfig = tmp_path / "kc"
+    _kubeconfig(kubeconfig, {"c1": "https://127.0.0.1:6443"})
+    path = tmp_path / "topology.yaml"
+    path.write_text("mesh_id: m\ncontexts:\n  c1:\n    network: n\n  c2:\n    network: n\n")
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    with pytest.raises(ConfigError) as info:
+        resolve_contexts(load_topology(path), None)
+    assert "context 'c2' is not in the kubeconfig" in info.value.message
+
+
+def test_missing_kubeconfig_file_is_an_error(tmp_path):
+    path = tmp_path / "topology.yaml"
+    path.write_text("mesh_id: m\ncontexts:\n  c1:\n    network: n\n")
+    with pytest.raises(ConfigError) as info:
+        resolve_contexts(load_topology(path), str(tmp_path / "nope"))
+    assert "kubeconfig file not found" in info.value.message
+
+
+def test_per_context_kubeconfig_and_local_server_detection(tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    _kubeconfig(tmp_path / "one.yaml", {"c1": "https://127.0.0.1:6443"})
+    path = tmp_path / "topology.yaml"
+    path.write_text("mesh_id: m\ncontexts:\n  c1:\n    network: n\n    kubeconfig: one.yaml\n")
+    cluster = resolve_contexts(load_topology(path), None).clusters[0]
+    assert cluster.server == "https://127.0.0.1:6443"
+    assert cluster.server_is_local

@@ -1,0 +1,16 @@
+from lib.redact import redact
+
+KEY = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEAx\n-----END RSA PRIVATE KEY-----"
+
+
+def test_pem_blocks_tokens_and_long_base64_are_removed():
+    text = f"before\n{KEY}\nafter token: abc.def-ghi\nAuthorization: Bearer s3cr3t\ndata: {'A' * 200}"
+    out = redact(text)
+    assert "BEGIN RSA PRIVATE KEY" not in out and "MIIEpAIBAAKCAQEAx" not in out
+    assert "abc.def-ghi" not in out and "s3cr3t" not in out and "A" * 200 not in out
+    assert out.startswith("before\n") and "after" in out
+
+
+def test_ordinary_text_is_kept():
+    text = "kubectl --context cluster1 apply -f overlays/cluster1.yaml exited with code 1"
+    assert redact(text) == text

@@ -1,0 +1,67 @@
+"""The one subprocess seam: argv only, pasteable lines, failures that carry the command and stderr."""
+import os
+import stat
+
+import pytest
+
+from lib.errors import CommandFailed, ToolMissing
+from lib.runner import Command, RecordingRunner, ShRunner
+
+
+def test_pasteable_quotes_every_argument():
+    cmd = Command(("kubectl", "--context", "my ctx; rm -rf /", "get", "ns"), cwd="/tmp/a b", env={"X": "1 2"})
+    assert cmd.pasteable() == "cd '/tmp/a b' && X='1 2' kubectl --context 'my ctx; rm -rf /' get ns"
+
+
+def test_secret_stdin_is_never_shown():
+    cmd = Command(("kubectl", "apply", "-f", "-"), stdin="data: c2VjcmV0")
+    assert "c2VjcmV0" not in cmd.pasteable(with_stdin=True)
+    shown = Command(("kubectl", "apply", "-f", "-"), stdin="kind: Gateway", stdin_shown=True)
+    assert shown.pasteable(with_stdin=True).endswith("<<'EOF'\nkind: Gateway\nEOF")
+
+
+def test_arguments_with_shell_metacharacters_reach_the_program_unchanged(tmp_path):
+    weird = "a b;$(touch pwned)`x`'\""
+    result = ShRunner().run(Command(("printf", "%s", weird), cwd=str(tmp_path)))
+    assert result.stdout == weird
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_failure_carries_command_exit_code_and_stderr_tail():
+    runner = ShRunner()
+    seen = []
+    runner.listeners.append(seen.append)
+    with pytest.raises(CommandFailed) as info:
+        runner.run(Command(("sh", "-c", "echo first >&2; echo last >&2; exit 3")))
+    assert info.value.exit_code_of_command == 3
+    assert info.value.stderr_tail == "first\nlast"
+    assert "sh -c" in info.value.message
+    assert seen[0].exit_code == 3 and seen[0].duration >= 0
+
+
+def test_timeout_is_reported_as_such():
+    with pytest.raises(CommandFailed) as info:
+        ShRunner().run(Command(("sleep", "5"), timeout=0.3))
+    assert info.value.timed_out
+    assert "timed out after 0.3s" in info.value.message
+
+
+def test_stdin_is_passed_and_files_written_by_tools_are_private(tmp_path):
+    ShRunner().run(Command(("sh", "-c", "cat > out.txt"), stdin="hello", cwd=str(tmp_path)))
+    path = tmp_path / "out.txt"
+    assert path.read_text() == "hello"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_missing_program_is_a_tool_missing_error():
+    with pytest.raises(ToolMissing) as info:
+        ShRunner().run(Command(("istioctl-does-not-exist", "version")))
+    assert "not found on PATH" in info.value.message
+
+
+def test_recording_runner_records_and_scripts_answers():
+    runner = RecordingRunner(lambda c: (1, "", "boom") if "fail" in c.argv else None)
+    runner.run(Command(("kubectl", "get", "ns")))
+    with pytest.raises(CommandFailed):
+        runner.run(Command(("kubectl", "fail")))
+    assert runner.lines() == ["kubectl get ns", "kubectl fail"]
