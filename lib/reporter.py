@@ -47,10 +47,10 @@ class Reporter:
         self._live: Live | None = None
 
     # --- plain messages -------------------------------------------------------------------
-    def _print(self, text: str, style: str | None = None) -> None:
+    def _print(self, text: str, style: str | None = None, stderr: bool = False) -> None:
         text = escape(redact(text))
         with self._lock:
-            target = self._live.console if self._live else self.console
+            target = self.err if stderr else (self._live.console if self._live else self.console)
             target.print(text, style=style)
 
     def info(self, text: str) -> None:
@@ -62,7 +62,7 @@ class Reporter:
             self._print(text, style="green")
 
     def warn(self, text: str) -> None:
-        self._print(f"warning: {text}", style="yellow")
+        self._print(f"warning: {text}", style="yellow", stderr=True)
 
     def error(self, exc: MeshError) -> None:
         text = f"error: {exc.message}"

@@ -1,0 +1,118 @@
+"""The plan: what apply would do, from desired and observed state (no cluster needed)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lib.config import Cluster, Topology, load_base
+from lib.kube import Observed, RemoteSecretInfo, Tools, token_fingerprint
+from lib.plan import Removal, build_apply_plan, desired_state
+from tests import goldens
+
+ROOT = Path(__file__).resolve().parent.parent
+CLUSTERS = (Cluster("c1", "n1", "c1", server="https://c1:6443"), Cluster("c2", "n1", "c2", server="https://c2:6443"),
+            Cluster("c3", "n2", "c3", server="https://c3:6443"))
+
+
+def _workdir(tmp_path):
+    for c in CLUSTERS:
+        d = tmp_path / "certs" / c.name
+        d.mkdir(parents=True)
+        for name in ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"):
+            (d / name).write_text(f"{c.name}-{name}")
+    return tmp_path
+
+
+def _healthy(topology, desired):
+    observed = {}
+    for c in topology.clusters:
+        peers = {p.name: RemoteSecretInfo(f"istio-remote-secret-{p.name}", p.name,
+                                          token_fingerprint(p.name, p.remote_server, f"tok-{p.name}"), p.server)
+                 for p in topology.clusters if p is not c}
+        observed[c.context] = Observed(
+            reachable=True, namespace=True, network_label=c.network, applied=desired[c.context].fingerprint,
+            cacerts={"ca-cert.pem": f"{c.name}-ca-cert.pem".encode()}, remote_secrets=peers,
+            reader_token=f"tok-{c.name}", eastwest_exists=True, eastwest_address="198.51.100.1")
+    return observed
+
+
+def _plan(tmp_path, observed, removed=()):
+    topology = Topology("m", CLUSTERS, tmp_path / "topology.yaml")
+    desired = desired_state(topology, {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {}})
+    obs = observed(topology, desired) if callable(observed) else observed
+    return build_apply_plan(topology=topology, desired=desired, observed=obs, removed=list(removed),
+                            removed_observed=obs, workdir=_workdir(tmp_path), tools=Tools(), release=None,
+                            intermediate_vars={}, gateway_timeout=5)
+
+
+def _steps(plan):
+    return {(phase.name, ctx): [s.title for s in steps] for phase in plan.phases for ctx, steps in phase.steps.items()}
+
+
+def test_a_healthy_mesh_plans_nothing(tmp_path):
+    plan = _plan(tmp_path, _healthy)
+    assert _steps(plan) == {}
+    assert plan.unchanged == ["c1", "c2", "c3"]
+
+
+def test_a_missing_secret_is_exported_once_and_applied_only_where_missing(tmp_path):
+    def observed(topology, desired):
+        obs = _healthy(topology, desired)
+        del obs["c1"].remote_secrets["c3"]
+        return obs
+
+    assert _steps(_plan(tmp_path, observed)) == {
+        ("export remote secrets", "c3"): ["create its remote secret"],
+        ("import remote secrets", "c1"): ["apply remote secrets of c3"],
+    }
+
+
+def test_a_rotated_token_refreshes_that_clusters_secret_everywhere(tmp_path):
+    def observed(topology, desired):
+        obs = _healthy(topology, desired)
+        obs["c2"].reader_token = "new-token"
+        return obs
+
+    steps = _steps(_plan(tmp_path, observed))
+    assert steps[("export remote secrets", "c2")] == ["create its remote secret"]
+    assert steps[("import remote secrets", "c1")] == ["apply remote secrets of c2"]
+    assert steps[("import remote secrets", "c3")] == ["apply remote secrets of c2"]
+
+
+def test_a_changed_overlay_reinstalls_only_that_cluster(tmp_path):
+    def observed(topology, desired):
+        obs = _healthy(topology, desired)
+        obs["c3"].applied = "something-else"
+        return obs
+
+    steps = _steps(_plan(tmp_path, observed))
+    assert steps[("set up and install", "c3")] == ["install Istio", "install east-west gateway",
+                                                   "expose services (Gateway cross-network-gateway)",
+                                                   "record what was applied"]
+    assert [k for k in steps if k[0] == "set up and install"] == [("set up and install", "c3")]
+
+
+def test_stale_secrets_and_removed_clusters(tmp_path):
+    def observed(topology, desired):
+        obs = _healthy(topology, desired)
+        obs["c1"].remote_secrets["old"] = RemoteSecretInfo("istio-remote-secret-old", "old", "x", None)
+        obs["gone"] = Observed(reachable=True, namespace=True)
+        return obs
+
+    plan = _plan(tmp_path, observed, [Removal("gone", "gone", None, False)])
+    assert plan.prunes == {"c1": ["istio-remote-secret-old"]}
+    assert plan.deletes_anything
+    assert _steps(plan)[("remove clusters", "gone")] == ["uninstall Istio", "delete cacerts and remote secrets",
+                                                         "delete namespace istio-system"]
+
+
+def test_dry_run_of_the_bundled_example_matches_the_golden_plan(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("ISTIO_DIR", "WORKDIR")}
+    env.update(KUBECONFIG=str(tmp_path / "no-kubeconfig"), PATH="/usr/bin:/bin", HOME=str(tmp_path))
+    result = subprocess.run([sys.executable, str(ROOT / "setup_mesh.py"), "apply", "--dry-run"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    goldens.check("plan-bundled-example.txt", result.stdout.replace(str(tmp_path), "<tmp>"))
+    assert not (ROOT / "overlays").exists() and not (ROOT / ".setup-mesh").exists(), "a dry run writes nothing"
