@@ -1,8 +1,6 @@
 """What each CLI command does, from validated inputs to the summary. setup_mesh.py only wires options here."""
 from __future__ import annotations
 
-import datetime as dt
-import json
 import shutil
 import sys
 import traceback
@@ -15,15 +13,14 @@ import typer
 from . import certs
 from .config import BASE_FILE, PREP_HINT, TOPOLOGY_FILE, Cluster, Topology, load_base, load_topology, resolve_contexts
 from .errors import ConfigError, MeshError
-from .executor import Executor, Phase, RunContext, Step
-from .fsutil import write_atomic
+from .executor import Executor, Outcome, Phase, RunContext, Step
 from .kube import Observed, Tools, parse_inspect
 from .plan import ApplyPlan, Removal, build_apply_plan, desired_state, teardown_plan
 from .prep import parse_context_options, prep_mesh as _prep_mesh, report as _report_prep
 from .release import Release, find_istioctl, find_release
 from .reporter import Reporter
 from .runlog import RunLog
-from .runner import Result, ShRunner
+from .runner import ShRunner
 from .state import State
 
 DEFAULT_PARALLEL = 8
@@ -72,6 +69,7 @@ class Workspace:
     base: dict
     state: State
     notes: list[str]
+    contexts_resolved: bool = True
 
 
 def load_workspace(workdir: Path, kubeconfig: str | None, lenient: bool) -> Workspace:
@@ -81,13 +79,15 @@ def load_workspace(workdir: Path, kubeconfig: str | None, lenient: bool) -> Work
     topology = load_topology(workdir / TOPOLOGY_FILE)
     base = load_base(workdir / BASE_FILE).operator
     notes: list[str] = []
+    resolved = True
     try:
         topology = resolve_contexts(topology, kubeconfig)
     except ConfigError as exc:
         if not lenient:
             raise
+        resolved = False
         notes.append(f"{exc.message} (current state cannot be read)")
-    return Workspace(workdir, topology, base, State.load(workdir), notes)
+    return Workspace(workdir, topology, base, State.load(workdir), notes, resolved)
 
 
 def find_tools(istio_dir: str | None, runner: ShRunner, lenient: bool, notes: list[str], timeout: float) -> Tools:
@@ -166,7 +166,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
             ws.notes.append(f"{problem.message}: {problem.hint}")
         try:
             release = find_release(istio_dir, workdir)
-        except ConfigError as exc:
+        except ConfigError:
             if not dry_run:
                 raise
             ws.notes.append("no Istio release found (--istio-dir, ISTIO_DIR, istioctl on PATH, istio-* in the workdir): "
@@ -190,30 +190,22 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
                         for r in removed]
 
     reporter.start_progress([(c.context, c.network) for c in topology.clusters])
-    readable = not (dry_run and ws.notes and any("kubeconfig" in n for n in ws.notes))
+    readable = ws.contexts_resolved
     observed = inspect_clusters(list(topology.clusters) + removed_clusters, tools, runner, reporter, parallel) if readable else {}
     desired = desired_state(topology, ws.base)
+    # An unreachable cluster sits this run out (and is reported); the others go ahead.
+    unreachable = {c.context: observed[c.context] for c in topology.clusters
+                   if c.context in observed and not observed[c.context].reachable}
     plan = build_apply_plan(topology=topology, desired=desired,
                             observed={c.context: observed.get(c.context) for c in topology.clusters},
+                            skip=set() if dry_run else set(unreachable),
                             removed=removed, removed_observed=observed, workdir=workdir, tools=tools,
                             release=release, intermediate_vars=intermediate_vars, gateway_timeout=gateway_timeout)
-    unreachable = {c.context: observed[c.context].error for c in topology.clusters
-                   if c.context in observed and not observed[c.context].reachable}
-
     if dry_run:
         reporter.stop_progress()
         print_plan(plan, topology, observed if readable else None, ws.notes, workdir, reporter)
         return 0
 
-    if unreachable:
-        reporter.stop_progress()
-        for context, error in unreachable.items():
-            reporter.finish_cluster(context, False, "unreachable")
-        lines = "\n".join(f"  {ctx}: {err}" for ctx, err in unreachable.items())
-        hint_ctx = next(iter(unreachable))
-        raise MeshError(f"cannot read {len(unreachable)} cluster(s); nothing was changed:\n{lines}",
-                        hint=f"check access with `kubectl --context {hint_ctx} get namespace istio-system`, "
-                             f"or remove the context from {topology.path}")
     if plan.deletes_anything:
         reporter.stop_progress()
         _describe_deletions(plan, reporter)
@@ -227,6 +219,11 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
 
     log = _open_log(workdir, "apply", runner)
     executor = Executor(runner, reporter, parallel)
+    for context, seen in unreachable.items():
+        executor.fail_before_start(context, "read current state", MeshError(
+            f"cannot read the cluster: {seen.error}",
+            hint=f"check access with `kubectl --context {context} get namespace istio-system`, "
+                 f"or remove the context from {topology.path}"))
     outcome = executor.run_phases(plan.phases)
     reporter.stop_progress()
 
@@ -249,7 +246,12 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     for gone in plan.removals:
         if gone.context not in outcome.failures:
             reporter.finish_cluster(gone.context, True, "removed" if gone.reachable else "removed (unreachable)")
-    title = "apply interrupted" if outcome.interrupted else ("apply finished" if outcome.ok else "apply failed")
+    return _finish("apply", outcome, log, reporter)
+
+
+def _finish(name: str, outcome: Outcome, log: RunLog, reporter: Reporter) -> int:
+    """The summary table, then the exit code: 0 all done, 1 something failed, 130 interrupted."""
+    title = f"{name} interrupted" if outcome.interrupted else (f"{name} finished" if outcome.ok else f"{name} failed")
     reporter.summary(title, outcome.failures, str(log.path))
     log.close()
     if outcome.interrupted:
@@ -342,9 +344,9 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
     executor = Executor(runner, reporter, parallel)
     for context, seen in observed.items():
         if not seen.reachable:
-            executor.outcome.failures[context] = MeshError(
-                f"unreachable: {seen.error}", hint=f"check `kubectl --context {context} get ns`, then run teardown again")
-            reporter.finish_cluster(context, False, "unreachable")
+            executor.fail_before_start(context, "read current state", MeshError(
+                f"cannot read the cluster: {seen.error}",
+                hint=f"check access with `kubectl --context {context} get ns`, then run teardown again"))
     outcome = executor.run_phases([phase])
     reporter.stop_progress()
     for cluster in clusters:
@@ -355,12 +357,7 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
     if purge_certs and outcome.ok:
         shutil.rmtree(certs.certs_dir(workdir), ignore_errors=True)
         reporter.info(f"deleted {certs.certs_dir(workdir)}")
-    title = "teardown interrupted" if outcome.interrupted else ("teardown finished" if outcome.ok else "teardown failed")
-    reporter.summary(title, outcome.failures, str(log.path))
-    log.close()
-    if outcome.interrupted:
-        return 130
-    return 0 if outcome.ok else 1
+    return _finish("teardown", outcome, log, reporter)
 
 
 # --- status ----------------------------------------------------------------------------------------

@@ -112,6 +112,10 @@ class Executor:
             return
         pool.shutdown(wait=True)
 
+    def fail_before_start(self, cluster: str, step: str, exc: MeshError) -> None:
+        """Mark a cluster failed before the run (e.g. unreachable), so it sits out every phase."""
+        self._fail(cluster, Step(step), exc, 0.0)
+
     def interrupt(self) -> None:
         self.outcome.interrupted = True
         self.cancelled.set()

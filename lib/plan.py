@@ -148,14 +148,11 @@ def import_step(tools: Tools, target: Cluster, peers: list[Cluster]) -> Step:
     names = ", ".join(p.name for p in peers)
 
     def action(ctx: RunContext) -> None:
+        # A peer whose export failed is reported on its own; the next apply brings its secret.
         exported = ctx.shared.get("remote_secrets", {})
         items = [exported[p.context] for p in peers if p.context in exported]
-        missing = [p.name for p in peers if p.context not in exported]
         if items:
             ctx.run(tools.apply(target, dump(manifest_list(items)), shown=False))
-        if missing:
-            raise MeshError(f"no remote secret of {', '.join(missing)} to apply (creating it failed)",
-                            hint="see that cluster's error above; the next apply adds the secret")
 
     return Step(f"apply remote secrets of {names}", commands=[tools.apply(target, None, shown=False)], action=action,
                 note=f"stdin: the Secrets printed by create-remote-secret for {names} (hold tokens: not shown)")
@@ -181,7 +178,8 @@ def uninstall_steps(tools: Tools, cluster: Cluster, secrets: list[str]) -> list[
 def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observed: dict[str, Observed | None],
                      removed: list[Removal], removed_observed: dict[str, Observed | None], workdir: Path,
                      tools: Tools, release: Release | None, intermediate_vars: dict[str, str],
-                     gateway_timeout: float) -> ApplyPlan:
+                     gateway_timeout: float, skip: set[str] = frozenset()) -> ApplyPlan:
+    """``skip``: contexts that could not be read; they get no step, and their secrets are left as they are."""
     cert_dir = certs.certs_dir(workdir)
     setup, gateways, export, imports, prune, remove = (Phase("set up and install"), Phase("gateways ready"),
                                                        Phase("export remote secrets"), Phase("import remote secrets"),
@@ -189,8 +187,9 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
     plan = ApplyPlan([setup, gateways, export, imports, prune, remove])
     names = {c.name for c in topology.clusters}
 
+    members = [c for c in topology.clusters if c.context not in skip]
     # Per cluster: set-up and install, only what differs from what the cluster holds.
-    for cluster in topology.clusters:
+    for cluster in members:
         d = desired[cluster.context]
         seen = observed.get(cluster.context) or Observed()
         steps: list[Step] = []
@@ -216,12 +215,12 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
     # Secret exchange: each cluster's secret is made once and applied once per target that lacks it.
     # A peer's copy is current when it carries the credentials the source cluster holds now.
     current_fp = {c.context: token_fingerprint(c.name, c.remote_server, (observed.get(c.context) or Observed()).reader_token)
-                  for c in topology.clusters}
+                  for c in members}
     needed_sources: set[str] = set()
-    for target in topology.clusters:
+    for target in members:
         seen = observed.get(target.context) or Observed()
         peers = []
-        for peer in topology.clusters:
+        for peer in members:
             if peer is target:
                 continue
             have = seen.remote_secrets.get(peer.name)
@@ -234,7 +233,7 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
         if stale:
             plan.prunes[target.context] = stale
             prune.add(target.context, prune_step(tools, target, stale))
-    for cluster in topology.clusters:
+    for cluster in members:
         if cluster.context in needed_sources:
             export.add(cluster.context, export_step(tools, cluster))
 

@@ -151,7 +151,8 @@ class Reporter:
             if not self.quiet or failures:
                 self.console.print(table)
         for cluster, exc in failures.items():
-            self._print(f"{cluster}: {exc.message}", style="red")
+            step = getattr(exc, "step", None)
+            self._print(f"{cluster}: {step + ': ' if step else ''}{exc.message}", style="red")
             if exc.hint:
                 self._print(f"  hint: {exc.hint}")
         if failures and log_path:

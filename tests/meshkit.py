@@ -1,0 +1,91 @@
+"""Helpers for end-to-end tests: a workspace made by prep-mesh over a sandbox of emulated clusters."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST_KEYS = {"ROOTCA_KEYSZ": "2048", "INTERMEDIATE_KEYSZ": "2048"}
+
+
+@dataclass
+class Mesh:
+    sandbox: object
+    workdir: Path
+
+    @property
+    def env(self) -> dict:
+        env = dict(self.sandbox.env)
+        env.update(FAST_KEYS)
+        return env
+
+    def run(self, *args: str, env: dict | None = None, timeout: float = 300, stdin: str | None = None):
+        full_env = self.env
+        full_env.update(env or {})
+        return subprocess.run([sys.executable, str(ROOT / "setup_mesh.py"), *args, "--workdir", str(self.workdir)],
+                              env=full_env, capture_output=True, text=True, timeout=timeout,
+                              input=stdin if stdin is not None else "")
+
+    def apply(self, *args: str, env: dict | None = None, ok: bool = True):
+        result = self.run("apply", "-y", *args, env=env)
+        if ok:
+            assert result.returncode == 0, f"apply failed:\n{result.stdout}\n{result.stderr}"
+        return result
+
+    def write_topology(self, networks: dict[str, str], mesh_id: str = "mesh1", extra: dict | None = None) -> None:
+        contexts = {ctx: {"network": net, **((extra or {}).get(ctx, {}))} for ctx, net in networks.items()}
+        (self.workdir / "topology.yaml").write_text(yaml.safe_dump({"mesh_id": mesh_id, "contexts": contexts}))
+
+    # --- reading the clusters ---------------------------------------------------------------
+    def get(self, ctx: str, *args: str, check: bool = True):
+        result = self.sandbox.kubectl(ctx, "get", *args, "-o", "json", check=check)
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    def remote_secrets(self, ctx: str) -> dict[str, dict]:
+        items = self.get(ctx, "secrets", "-n", "istio-system", "-l", "istio/multiCluster=true")["items"]
+        return {s["metadata"]["annotations"]["networking.istio.io/cluster"]: s for s in items}
+
+    def secret_kubeconfig(self, secret: dict) -> dict:
+        (name, value), = secret["data"].items()
+        return yaml.safe_load(base64.b64decode(value))
+
+    def installs(self) -> list[dict]:
+        """istioctl install calls the stand-in received, oldest first."""
+        return [c for c in self.sandbox.istioctl_calls() if c["argv"][1:2] in (["install"], ["apply"])]
+
+    def control_plane_installs(self) -> list[dict]:
+        return [c for c in self.installs() if (c.get("merged") or {}).get("spec", {}).get("profile") != "empty"]
+
+
+def make_mesh(sandbox, workdir: Path, networks: dict[str, str], base_extra: str = "") -> Mesh:
+    mesh = Mesh(sandbox, workdir)
+    result = mesh.run("prep-mesh", "--org", "Test Org")
+    assert result.returncode == 0, result.stderr
+    mesh.write_topology(networks)
+    if base_extra:
+        with open(workdir / "base.yaml", "a") as handle:
+            handle.write(base_extra)
+    return mesh
+
+
+def workdir_snapshot(workdir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(workdir)): p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()}
+
+
+def scan_for_secrets(text: str) -> list[str]:
+    """Key material or tokens that must never be printed or logged."""
+    found = []
+    for marker in ("PRIVATE KEY", "BEGIN CERTIFICATE", "token:", "client-key-data", "eyJ"):
+        if marker in text:
+            found.append(marker)
+    return found
+
+
+os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")

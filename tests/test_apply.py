@@ -1,0 +1,148 @@
+"""apply on the sandbox: three clusters on two networks, a single-network mesh, refusals, re-runs."""
+import base64
+import subprocess
+
+import pytest
+import yaml
+
+from tests.meshkit import make_mesh, scan_for_secrets, workdir_snapshot
+
+THREE = {"cluster1": "network1", "cluster2": "network1", "cluster3": "network2"}
+BASE_EXTRA = "  values:\n    pilot:\n      env:\n        PILOT_ENABLE_WORKLOAD_ENTRY_AUTOREGISTRATION: \"true\"\n"
+
+
+@pytest.fixture(scope="module")
+def applied(tmp_path_factory):
+    """One three-cluster, two-network mesh built by apply, shared by the read-only tests below."""
+    from tests.sandbox import Sandbox
+
+    root = tmp_path_factory.mktemp("mesh3")
+    sandbox = Sandbox.up(root / "sandbox", list(THREE))
+    try:
+        mesh = make_mesh(sandbox, root / "ws", THREE, BASE_EXTRA)
+        result = mesh.apply()
+        yield mesh, result
+    finally:
+        sandbox.down()
+
+
+def test_every_cacerts_chains_to_the_one_root(applied, tmp_path):
+    mesh, _ = applied
+    root = mesh.workdir / "certs" / "root-cert.pem"
+    for ctx in THREE:
+        secret = mesh.get(ctx, "secret", "cacerts", "-n", "istio-system")
+        assert sorted(secret["data"]) == ["ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem"]
+        for name, value in secret["data"].items():
+            (tmp_path / f"{ctx}-{name}").write_bytes(base64.b64decode(value))
+        assert (tmp_path / f"{ctx}-root-cert.pem").read_bytes() == root.read_bytes()
+        verify = subprocess.run(["openssl", "verify", "-CAfile", str(root), str(tmp_path / f"{ctx}-ca-cert.pem")],
+                                capture_output=True, text=True)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        assert "last-applied-configuration" not in str(secret["metadata"].get("annotations", {})), \
+            "the CA key must not be copied into an annotation"
+
+
+def test_namespaces_carry_the_network_label(applied):
+    mesh, _ = applied
+    for ctx, network in THREE.items():
+        ns = mesh.get(ctx, "namespace", "istio-system")
+        assert ns["metadata"]["labels"]["topology.istio.io/network"] == network
+
+
+def test_overlay_carries_base_and_reserved_values_and_is_what_istioctl_got(applied):
+    mesh, _ = applied
+    calls = mesh.control_plane_installs()
+    assert sorted(c["context"] for c in calls) == sorted(THREE)
+    for call in calls:
+        ctx = call["context"]
+        overlay = yaml.safe_load((mesh.workdir / "overlays" / f"{ctx}.yaml").read_text())
+        values = overlay["spec"]["values"]
+        assert values["global"]["meshID"] == "mesh1"
+        assert values["global"]["multiCluster"]["clusterName"] == ctx
+        assert values["global"]["network"] == THREE[ctx]
+        assert values["pilot"]["env"]["PILOT_ENABLE_WORKLOAD_ENTRY_AUTOREGISTRATION"] == "true"
+        assert overlay["spec"]["meshConfig"]["accessLogFile"] == "/dev/stdout"
+        assert call["merged"] == overlay
+
+
+def test_eastwest_gateways_and_cross_network_gateway_exist(applied):
+    mesh, _ = applied
+    for ctx, network in THREE.items():
+        svc = mesh.get(ctx, "service", "istio-eastwestgateway", "-n", "istio-system")
+        assert svc["spec"]["type"] == "LoadBalancer"
+        assert svc["metadata"]["labels"]["topology.istio.io/network"] == network
+        assert {p["port"] for p in svc["spec"]["ports"]} == {15021, 15443, 15012, 15017}
+        assert svc["status"]["loadBalancer"]["ingress"]
+        gateway = mesh.get(ctx, "gateways.networking.istio.io", "cross-network-gateway", "-n", "istio-system")
+        server = gateway["spec"]["servers"][0]
+        assert server["port"]["number"] == 15443 and server["tls"]["mode"] == "AUTO_PASSTHROUGH"
+        assert server["hosts"] == ["*.local"]
+
+
+def test_remote_secret_matrix_is_complete(applied):
+    mesh, _ = applied
+    pairs = 0
+    for target in THREE:
+        secrets = mesh.remote_secrets(target)
+        assert sorted(secrets) == sorted(c for c in THREE if c != target)
+        for source, secret in secrets.items():
+            kubeconfig = mesh.secret_kubeconfig(secret)
+            assert kubeconfig["clusters"][0]["name"] == source
+            assert kubeconfig["clusters"][0]["cluster"]["server"] == mesh.sandbox.url(source)
+            pairs += 1
+    assert pairs == len(THREE) * (len(THREE) - 1)
+
+
+def test_output_has_a_summary_and_a_localhost_warning_but_no_secrets(applied):
+    mesh, result = applied
+    out = result.stdout + result.stderr
+    assert "apply finished" in out
+    for ctx in THREE:
+        assert ctx in out
+    assert "set api_server:" in out, "loopback API servers are pointed out with the fix"
+    assert scan_for_secrets(out) == []
+    logs = list((mesh.workdir / ".setup-mesh" / "logs").glob("apply-*.log"))
+    assert logs
+    for log in logs:
+        text = log.read_text()
+        assert "create-remote-secret" in text and "exit=0" in text
+        assert scan_for_secrets(text) == []
+
+
+def test_rerun_with_nothing_changed_installs_nothing_and_only_reads(applied):
+    mesh, _ = applied
+    installs = len(mesh.installs())
+    before = {ctx: len(mesh.sandbox.requests(ctx)) for ctx in THREE}
+    result = mesh.apply()
+    assert len(mesh.installs()) == installs
+    for ctx in THREE:
+        new = mesh.sandbox.requests(ctx)[before[ctx]:]
+        writes = [r for r in new if r["method"] not in ("GET", "HEAD")]
+        assert writes == [], f"{ctx} got writes on a no-op re-run: {writes}"
+    assert "unchanged" in result.stdout
+
+
+def test_single_network_mesh_has_no_gateways(sandbox_factory, tmp_path):
+    sandbox = sandbox_factory(["east", "west"])
+    mesh = make_mesh(sandbox, tmp_path / "ws", {"east": "net1", "west": "net1"})
+    mesh.apply()
+    for ctx in ("east", "west"):
+        assert mesh.get(ctx, "service", "istio-eastwestgateway", "-n", "istio-system", check=False) is None
+        gateways = mesh.sandbox.kubectl(ctx, "get", "gateways.networking.istio.io", "-A", "-o", "name")
+        assert gateways.stdout.strip() == ""
+        assert len(mesh.remote_secrets(ctx)) == 1
+    assert not list((tmp_path / "ws" / "overlays").glob("*-eastwest.yaml"))
+
+
+def test_reserved_value_in_base_is_refused_before_any_request(sandbox_factory, tmp_path):
+    sandbox = sandbox_factory(["east", "west"])
+    mesh = make_mesh(sandbox, tmp_path / "ws", {"east": "n1", "west": "n2"},
+                     "  values:\n    global:\n      network: mine\n")
+    before = {ctx: len(sandbox.requests(ctx)) for ctx in ("east", "west")}
+    snapshot = workdir_snapshot(mesh.workdir)
+    result = mesh.run("apply", "-y")
+    assert result.returncode == 2
+    assert "base.yaml:" in result.stderr and "spec.values.global.network is set by setup-mesh" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert {ctx: len(sandbox.requests(ctx)) for ctx in ("east", "west")} == before
+    assert workdir_snapshot(mesh.workdir) == snapshot

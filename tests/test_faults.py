@@ -1,0 +1,142 @@
+"""Bad input and faults while running: clear errors, nothing lost, the next run converges."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from tests.meshkit import ROOT, make_mesh, scan_for_secrets
+
+NETS = {"cluster1": "network1", "cluster2": "network2"}
+
+
+@pytest.fixture
+def mesh(sandbox_factory, tmp_path):
+    return make_mesh(sandbox_factory(list(NETS)), tmp_path / "ws", NETS)
+
+
+# --- bad input, refused before any cluster is touched ------------------------------------------
+
+def _requests(mesh):
+    return {ctx: len(mesh.sandbox.requests(ctx)) for ctx in mesh.sandbox.contexts}
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("missing-topology", "topology file not found"),
+    ("missing-base", "base IstioOperator not found"),
+    ("missing-root", "root CA is missing"),
+    ("unknown-context", "context 'nowhere' is not in the kubeconfig"),
+    ("bad-yaml", "is not valid YAML"),
+    ("missing-istioctl", "istioctl was not found"),
+])
+def test_bad_input_is_refused_before_any_request(mesh, case, expect):
+    env = {}
+    if case == "missing-topology":
+        (mesh.workdir / "topology.yaml").unlink()
+    elif case == "missing-base":
+        (mesh.workdir / "base.yaml").unlink()
+    elif case == "missing-root":
+        (mesh.workdir / "certs" / "root-key.pem").unlink()
+    elif case == "unknown-context":
+        mesh.write_topology({**NETS, "nowhere": "network1"})
+    elif case == "bad-yaml":
+        (mesh.workdir / "topology.yaml").write_text("mesh_id: m\ncontexts:\n  c1: [\n")
+    elif case == "missing-istioctl":
+        path = [p for p in mesh.env["PATH"].split(os.pathsep) if not os.path.exists(os.path.join(p, "istioctl"))]
+        env = {"PATH": os.pathsep.join(path), "ISTIO_DIR": ""}
+    before = _requests(mesh)
+    result = mesh.run("apply", "-y", env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert expect in result.stderr
+    assert "hint:" in result.stderr and "Traceback" not in result.stderr
+    if case in ("missing-topology", "missing-base", "missing-root"):
+        assert "prep-mesh" in result.stderr
+    assert _requests(mesh) == before
+
+
+# --- faults while running -----------------------------------------------------------------------
+
+def test_unreachable_cluster_is_named_and_the_others_go_ahead(mesh):
+    mesh.sandbox.stop_cluster("cluster2")
+    result = mesh.run("apply", "-y")
+    assert result.returncode == 1
+    out = result.stdout + result.stderr
+    assert "cluster2: read current state: cannot read the cluster" in out
+    assert "kubectl --context cluster2 get namespace istio-system" in out
+    assert mesh.get("cluster1", "deployment", "istiod", "-n", "istio-system")
+    assert mesh.remote_secrets("cluster1") == {}, "no secret of a cluster that could not be read"
+
+
+def test_failing_install_is_reported_and_the_next_run_converges(mesh):
+    result = mesh.apply(env={"ISTIOCTL_STANDIN_FAIL": "cluster2/install"}, ok=False)
+    assert result.returncode == 1
+    out = result.stdout + result.stderr
+    assert "install Istio" in out and "istioctl install -y -f" in out and "--context cluster2" in out
+    assert "run log:" in out
+    assert mesh.get("cluster1", "deployment", "istiod", "-n", "istio-system")  # the other cluster finished
+    assert not list(mesh.workdir.rglob("*.tmp")), "no half-written file is left"
+    mesh.apply()
+    assert sorted(mesh.remote_secrets("cluster1")) == ["cluster2"]
+    assert sorted(mesh.remote_secrets("cluster2")) == ["cluster1"]
+
+
+def test_command_exceeding_its_timeout(mesh):
+    result = mesh.apply("--timeout", "1", env={"ISTIOCTL_STANDIN_LATENCY": "cluster1/install=5"}, ok=False)
+    assert result.returncode == 1
+    assert "timed out after 1s" in result.stdout + result.stderr
+
+
+def test_gateway_that_never_gets_an_address(sandbox_factory, tmp_path):
+    sandbox = sandbox_factory(list(NETS), lb_delay={"cluster1": 0.0, "cluster2": None})
+    mesh = make_mesh(sandbox, tmp_path / "ws", NETS)
+    result = mesh.apply("--gateway-timeout", "2", ok=False)
+    assert result.returncode == 1
+    out = result.stdout + result.stderr
+    assert "cluster2" in out and "no address after 2s" in out
+    assert "cluster1: " not in out.split("apply failed")[-1].replace("cluster1: ok", "")
+
+
+def test_interrupt_stops_cleanly_and_the_next_run_converges(mesh):
+    env = dict(mesh.env, ISTIOCTL_STANDIN_LATENCY="install=4")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "setup_mesh.py"), "apply", "-y", "--workdir", str(mesh.workdir)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stdout:  # progress lines are plain when output is not a terminal
+        seen.append(line)
+        if "install Istio ..." in line:
+            break
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    out = "".join(seen) + out
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in out + err and "Traceback" not in err
+    assert not list(mesh.workdir.rglob("*.tmp"))
+    mesh.apply()
+    assert sorted(mesh.remote_secrets("cluster2")) == ["cluster1"]
+
+
+def test_context_names_with_spaces_and_shell_characters(sandbox_factory, tmp_path):
+    contexts = ["team a; echo x", "b $(touch pwned)"]
+    sandbox = sandbox_factory(contexts)
+    mesh = make_mesh(sandbox, tmp_path / "ws", {})
+    (mesh.workdir / "topology.yaml").write_text(yaml.safe_dump({"mesh_id": "m", "contexts": {
+        contexts[0]: {"network": "n1", "cluster_name": "team-a"},
+        contexts[1]: {"network": "n2", "cluster_name": "team-b"}}}))
+    mesh.apply()
+    assert sorted(mesh.remote_secrets(contexts[0])) == ["team-b"]
+    assert not (tmp_path / "pwned").exists() and not (ROOT / "pwned").exists()
+
+
+def test_no_key_or_token_in_any_output_or_log(mesh):
+    outputs = [mesh.apply("-v"), mesh.run("apply", "--dry-run"), mesh.run("status"), mesh.run("teardown", "-y", "-v")]
+    text = "".join(r.stdout + r.stderr for r in outputs)
+    for log in (mesh.workdir / ".setup-mesh" / "logs").glob("*.log"):
+        text += log.read_text()
+    assert scan_for_secrets(text) == []
+    kubeconfig = yaml.safe_load(open(mesh.sandbox.kubeconfig))
+    for user in kubeconfig["users"]:
+        assert user["user"]["token"] not in text

@@ -1,0 +1,92 @@
+"""Growing, shrinking, previewing and tearing down a mesh by editing topology.yaml."""
+import pytest
+
+from tests.meshkit import make_mesh, workdir_snapshot
+
+NETS = {"cluster1": "network1", "cluster2": "network1", "cluster3": "network2"}
+
+
+@pytest.fixture
+def mesh3(sandbox_factory, tmp_path):
+    sandbox = sandbox_factory(list(NETS) + ["cluster4"])
+    mesh = make_mesh(sandbox, tmp_path / "ws", NETS)
+    mesh.apply()
+    return mesh
+
+
+def test_adding_a_cluster_installs_only_that_cluster(mesh3):
+    before = len(mesh3.control_plane_installs())
+    mesh3.write_topology({**NETS, "cluster4": "network2"})
+    mesh3.apply()
+    new = mesh3.control_plane_installs()[before:]
+    assert [c["context"] for c in new] == ["cluster4"]
+    for target in ("cluster1", "cluster2", "cluster3", "cluster4"):
+        assert sorted(mesh3.remote_secrets(target)) == sorted(c for c in ("cluster1", "cluster2", "cluster3", "cluster4") if c != target)
+
+
+def test_removing_a_cluster_clears_its_secrets_and_uninstalls_it(mesh3):
+    mesh3.write_topology({"cluster1": "network1", "cluster3": "network2"})
+    refused = mesh3.run("apply")  # no terminal, no -y
+    assert refused.returncode == 2 and "-y" in refused.stderr
+    assert "cluster2" in mesh3.remote_secrets("cluster1"), "a refused run changes nothing"
+    mesh3.apply()
+    for target in ("cluster1", "cluster3"):
+        assert "cluster2" not in mesh3.remote_secrets(target)
+    assert mesh3.get("cluster2", "namespace", "istio-system", check=False) is None
+    assert mesh3.get("cluster2", "deployment", "istiod", "-n", "istio-system", check=False) is None
+    uninstalls = [c for c in mesh3.sandbox.istioctl_calls() if c["argv"][1:2] == ["uninstall"]]
+    assert [c["context"] for c in uninstalls] == ["cluster2"]
+
+
+def test_stale_secrets_are_pruned_even_without_the_state_file(mesh3):
+    (mesh3.workdir / ".setup-mesh" / "state.json").unlink()
+    mesh3.write_topology({"cluster1": "network1", "cluster3": "network2"})
+    mesh3.apply()
+    assert sorted(mesh3.remote_secrets("cluster1")) == ["cluster3"]
+    assert sorted(mesh3.remote_secrets("cluster3")) == ["cluster1"]
+
+
+def test_dry_run_changes_nothing_anywhere(mesh3):
+    mesh3.write_topology({"cluster1": "network1", "cluster3": "network2", "cluster4": "network2"})
+    (mesh3.workdir / "base.yaml").write_text((mesh3.workdir / "base.yaml").read_text().replace(
+        "accessLogFile: /dev/stdout", "accessLogFile: /dev/null"))
+    dumps = {ctx: mesh3.sandbox.dump(ctx) for ctx in mesh3.sandbox.contexts}
+    files = workdir_snapshot(mesh3.workdir)
+    result = mesh3.run("apply", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert {ctx: mesh3.sandbox.dump(ctx) for ctx in mesh3.sandbox.contexts} == dumps
+    assert workdir_snapshot(mesh3.workdir) == files
+    out = result.stdout
+    assert "istioctl install -y -f" in out and "--context cluster4" in out
+    assert "accessLogFile: /dev/null" in out, "the new overlay is shown"
+    assert "uninstall --purge -y --context cluster2" in out
+    assert "delete secret -n istio-system --ignore-not-found istio-remote-secret-cluster2" in out
+
+
+def test_dry_run_without_reachable_clusters_still_prints_the_plan(mesh3):
+    for ctx in mesh3.sandbox.contexts:
+        mesh3.sandbox.stop_cluster(ctx)
+    result = mesh3.run("apply", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "could not read current state of cluster1" in result.stdout + result.stderr
+    assert "istioctl create-remote-secret --name cluster1" in result.stdout
+
+
+def test_teardown_removes_everything_and_twice_is_fine(mesh3):
+    refused = mesh3.run("teardown")
+    assert refused.returncode == 2 and "-y" in refused.stderr
+    result = mesh3.run("teardown", "-y")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for ctx in NETS:
+        assert mesh3.get(ctx, "namespace", "istio-system", check=False) is None
+        crds = mesh3.sandbox.kubectl(ctx, "get", "crd", "-o", "name").stdout
+        assert "istio.io" not in crds
+        webhooks = mesh3.sandbox.kubectl(ctx, "get", "mutatingwebhookconfigurations,validatingwebhookconfigurations",
+                                         "-o", "name").stdout
+        assert "istio" not in webhooks
+        secrets = mesh3.sandbox.kubectl(ctx, "get", "secrets", "-A", "-l", "istio/multiCluster=true", "-o", "name")
+        assert secrets.stdout.strip() == ""
+    assert (mesh3.workdir / "certs" / "root-key.pem").exists(), "certs/ is kept without --purge-certs"
+    again = mesh3.run("teardown", "-y", "--purge-certs")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert not (mesh3.workdir / "certs").exists()

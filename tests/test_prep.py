@@ -1,0 +1,134 @@
+"""prep-mesh on the stand-in Istio release: files, permissions, reruns, options and errors."""
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+
+from tests.sandbox.release import materialize_release
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST_KEYS = {"ROOTCA_KEYSZ": "2048", "INTERMEDIATE_KEYSZ": "2048"}
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    return materialize_release(tmp_path_factory.mktemp("release"))
+
+
+def run(args, env=None, cwd=None):
+    full_env = {k: v for k, v in os.environ.items() if k not in ("WORKDIR", "MESH_ID", "ORG_NAME", "ISTIO_DIR")}
+    full_env.update(FAST_KEYS)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, str(ROOT / "setup_mesh.py"), "prep-mesh", *args], env=full_env,
+                          cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def subject_org(path: Path) -> str:
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    return cert.subject.get_attributes_for_oid(x509.oid.NameOID.ORGANIZATION_NAME)[0].value
+
+
+def test_creates_workspace_with_private_keys(tmp_path, release):
+    ws = tmp_path / "ws"
+    result = run(["--workdir", str(ws), "--istio-dir", str(release), "--mesh-id", "prod", "--org", "Acme Corp"])
+    assert result.returncode == 0, result.stderr
+    topology = yaml.safe_load((ws / "topology.yaml").read_text())
+    assert topology["mesh_id"] == "prod"
+    base = yaml.safe_load((ws / "base.yaml").read_text())
+    assert base["kind"] == "IstioOperator" and "meshID" not in str(base)
+    assert "meshID" in (ws / "base.yaml").read_text(), "the comments name the reserved values"
+    assert mode(ws / "certs") == 0o700
+    assert mode(ws / "certs" / "root-key.pem") == 0o600
+    assert subject_org(ws / "certs" / "root-cert.pem") == "Acme Corp"
+    for name in ("topology.yaml", "base.yaml", "certs/root-cert.pem", "certs/root-key.pem"):
+        assert f"created {name}" in result.stdout
+    assert "apply --dry-run" in result.stdout, "it ends with the next step"
+
+
+def test_second_run_changes_nothing(tmp_path, release):
+    ws = tmp_path / "ws"
+    assert run(["--workdir", str(ws), "--istio-dir", str(release)]).returncode == 0
+    (ws / "topology.yaml").write_text("mesh_id: edited\ncontexts:\n  a:\n    network: n\n")
+    before = {p: p.read_bytes() for p in ws.rglob("*") if p.is_file()}
+    again = run(["--workdir", str(ws), "--istio-dir", str(release), "--mesh-id", "other"])
+    assert again.returncode == 0, again.stderr
+    assert {p: p.read_bytes() for p in ws.rglob("*") if p.is_file()} == before
+    assert "kept    topology.yaml" in again.stdout and "kept    certs/root-key.pem" in again.stdout
+    assert "mesh_id 'edited'" in again.stdout  # the ignored --mesh-id is pointed out
+
+
+def test_environment_variables_work_and_flags_win(tmp_path, release):
+    ws = tmp_path / "ws"
+    env = {"WORKDIR": str(ws), "MESH_ID": "from-env", "ORG_NAME": "Env Org", "ISTIO_DIR": str(release)}
+    assert run([], env=env).returncode == 0
+    assert yaml.safe_load((ws / "topology.yaml").read_text())["mesh_id"] == "from-env"
+    assert subject_org(ws / "certs" / "root-cert.pem") == "Env Org"
+    ws2 = tmp_path / "ws2"
+    result = run(["--workdir", str(ws2), "--mesh-id", "from-flag", "--org", "Flag Org"], env=env)
+    assert result.returncode == 0, result.stderr
+    assert not (ws / "certs" / "x").exists()
+    assert yaml.safe_load((ws2 / "topology.yaml").read_text())["mesh_id"] == "from-flag"
+    assert subject_org(ws2 / "certs" / "root-cert.pem") == "Flag Org"
+
+
+def test_release_is_found_from_istioctl_on_path_through_a_symlink(tmp_path, release):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "istioctl").symlink_to(release / "bin" / "istioctl")
+    ws = tmp_path / "ws"
+    result = run(["--workdir", str(ws)], env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr
+    assert str(release / "tools/certs/Makefile.selfsigned.mk") in result.stdout
+
+
+def test_release_is_found_in_the_workdir(tmp_path, release):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    shutil.copytree(release, ws / release.name, symlinks=True)
+    result = run(["--workdir", str(ws)])
+    assert result.returncode == 0, result.stderr
+
+
+def test_contexts_given_on_the_command_line(tmp_path, release):
+    ws = tmp_path / "ws"
+    assert run(["--workdir", str(ws), "--istio-dir", str(release), "--context", "east=net1", "--context", "west"]).returncode == 0
+    assert yaml.safe_load((ws / "topology.yaml").read_text())["contexts"] == {
+        "east": {"network": "net1"}, "west": {"network": "network1"}}
+
+
+def test_no_release_is_a_clear_error_listing_where_it_looked(tmp_path):
+    ws = tmp_path / "ws"
+    result = run(["--workdir", str(ws)], env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert "no Istio release found" in result.stderr and "istioctl on PATH: not found" in result.stderr
+    assert "downloadIstio" in result.stderr and "Traceback" not in result.stderr
+    assert not ws.exists(), "nothing is written when it cannot finish"
+
+
+def test_istio_dir_that_is_not_a_release(tmp_path):
+    result = run(["--workdir", str(tmp_path / "ws"), "--istio-dir", str(tmp_path)])
+    assert result.returncode == 2
+    assert "Makefile.selfsigned.mk is missing" in result.stderr
+
+
+@pytest.mark.parametrize("missing", ["make", "openssl"])
+def test_missing_make_or_openssl_is_named(tmp_path, release, missing):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("make", "openssl", "sh", "cat", "cp", "mkdir", "rm"):
+        if tool != missing and shutil.which(tool):
+            (bin_dir / tool).symlink_to(shutil.which(tool))
+    result = run(["--workdir", str(tmp_path / "ws"), "--istio-dir", str(release)], env={"PATH": str(bin_dir)})
+    assert result.returncode == 2
+    assert f"{missing} was not found on PATH" in result.stderr
+    assert "Traceback" not in result.stderr
