@@ -64,7 +64,7 @@ def test_second_run_changes_nothing(tmp_path, release):
     assert again.returncode == 0, again.stderr
     assert {p: p.read_bytes() for p in ws.rglob("*") if p.is_file()} == before
     assert "kept    topology.yaml" in again.stdout and "kept    certs/root-key.pem" in again.stdout
-    assert "mesh_id 'edited'" in again.stdout  # the ignored --mesh-id is pointed out
+    assert "mesh_id 'edited'" in again.stderr  # the ignored --mesh-id is pointed out
 
 
 def test_environment_variables_work_and_flags_win(tmp_path, release):
