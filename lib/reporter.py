@@ -84,7 +84,7 @@ class Reporter:
         for name, network in clusters:
             self.rows[name] = ClusterRow(name, network)
         if self.console.is_terminal and not self.quiet:
-            self._live = Live(self._table(), console=self.console, refresh_per_second=8, transient=False,
+            self._live = Live(self._table(), console=self.console, refresh_per_second=8, transient=True,
                               get_renderable=self._table)
             self._live.start()
 
