@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import ssl
 import subprocess
 import sys
@@ -18,9 +17,6 @@ import pytest
 import yaml
 
 from tests.sandbox.release import VERSION, materialize_release
-
-ROOT = Path(__file__).resolve().parent.parent
-
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -39,77 +35,9 @@ def records(istio_dir):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-class _LocalSandbox:
-    """Used only when tests/conftest.py provides no sandbox_factory: same contract, fewer features."""
-
-    def __init__(self, directory, contexts, lb_delay=0.0):
-        self.dir = Path(directory)
-        self.procs = {}
-        self.servers = {}
-        users, clusters, ctxs = [], [], []
-        for ctx in contexts:
-            state = self.dir / f"state-{ctx}"
-            state.mkdir(parents=True, exist_ok=True)
-            proc = subprocess.Popen([sys.executable, "-m", "tests.sandbox.apiserver", "--name", ctx,
-                                     "--token", f"token-{ctx}", "--lb-delay", str(lb_delay),
-                                     "--state-dir", str(state)],
-                                    cwd=ROOT, stdout=subprocess.PIPE, text=True)
-            line = proc.stdout.readline()
-            port = int(line.rsplit(":", 1)[1])
-            self.procs[ctx] = proc
-            self.servers[ctx] = f"https://127.0.0.1:{port}"
-            ca = base64.b64encode((state / "ca.crt").read_bytes()).decode()
-            clusters.append({"name": ctx, "cluster": {"server": self.servers[ctx], "certificate-authority-data": ca}})
-            users.append({"name": ctx, "user": {"token": f"token-{ctx}"}})
-            ctxs.append({"name": ctx, "context": {"cluster": ctx, "user": ctx}})
-        self.kubeconfig = self.dir / "kubeconfig"
-        self.kubeconfig.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "clusters": clusters,
-                                                   "users": users, "contexts": ctxs,
-                                                   "current-context": contexts[0]}))
-        self.istio_dir = materialize_release(self.dir)
-        kubectl = shutil.which("kubectl")
-        path = os.pathsep.join(p for p in [str(self.istio_dir / "bin"), os.path.dirname(kubectl or ""),
-                                           os.environ.get("PATH", "")] if p)
-        self.env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PATH=path, ISTIO_DIR=str(self.istio_dir))
-
-    def kubectl(self, ctx, *args, stdin=None, check=True):
-        return run(["kubectl", "--context", ctx, *args], self.env, stdin=stdin, check=check)
-
-    def get_json(self, ctx, *args):
-        return json.loads(self.kubectl(ctx, "get", *args, "-o", "json").stdout)
-
-    def stop_cluster(self, ctx):
-        proc = self.procs.pop(ctx)
-        proc.terminate()
-        proc.wait(10)
-
-    def down(self):
-        for ctx in list(self.procs):
-            self.stop_cluster(ctx)
-
-
 @pytest.fixture
-def make_sandbox(request, tmp_path):
-    """make(contexts, lb_delay=0.0) -> sandbox, from conftest's sandbox_factory when there is one."""
-    try:
-        return request.getfixturevalue("sandbox_factory")
-    except pytest.FixtureLookupError:
-        pass
-    made = []
-
-    def make(contexts, lb_delay=0.0):
-        sb = _LocalSandbox(tmp_path / f"sb{len(made)}", contexts, lb_delay)
-        made.append(sb)
-        return sb
-
-    yield make
-    for sb in made:
-        sb.down()
-
-
-@pytest.fixture
-def sb(make_sandbox):
-    return make_sandbox(["c1", "c2"])
+def sb(sandbox_factory):
+    return sandbox_factory(["c1", "c2"])
 
 
 def istioctl(sb, *args, stdin=None, env=None, timeout=60):
@@ -333,7 +261,7 @@ def test_install_leaves_what_a_real_install_leaves(sb, tmp_path):
 
     rec = [r for r in records(sb.istio_dir) if r["command"] == "install"][-1]
     assert rec["context"] == "c1"
-    expected = {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "metadata": {}, "spec": {}}
+    expected = {}
     for f in (f1, f2):
         for k, v in yaml.safe_load(Path(f).read_text()).items():
             if isinstance(v, dict):
@@ -362,8 +290,8 @@ def test_default_profile_installs_an_ingress_gateway(sb):
     assert svc["spec"]["selector"] == {"app": "istio-ingressgateway", "istio": "ingressgateway"}
 
 
-def test_eastwest_gateway_gets_a_load_balancer_address(make_sandbox, tmp_path):
-    sb = make_sandbox(["c1"], lb_delay=0.3)
+def test_eastwest_gateway_gets_a_load_balancer_address(sandbox_factory, tmp_path):
+    sb = sandbox_factory(["c1"], lb_delay=0.3)
     ew = write(tmp_path / "ew.yaml", eastwest(sb, "network1"))
     proc = istioctl(sb, "install", "-y", "-f", ew)
     assert proc.returncode == 0, proc.stderr
@@ -391,9 +319,9 @@ def test_eastwest_gateway_gets_a_load_balancer_address(make_sandbox, tmp_path):
     assert wait_for(address)
 
 
-def test_reinstalling_an_unnamed_iop_prunes_the_eastwest_gateway(make_sandbox, tmp_path):
+def test_reinstalling_an_unnamed_iop_prunes_the_eastwest_gateway(sandbox_factory, tmp_path):
     # Real istioctl: an IstioOperator without metadata.name owns every installed gateway of its revision.
-    sb = make_sandbox(["c1"])
+    sb = sandbox_factory(["c1"])
     main = write(tmp_path / "main.yaml", cluster_iop("c1", "network1"))
     ew = write(tmp_path / "ew.yaml", eastwest(sb, "network1"))
     assert istioctl(sb, "install", "-y", "-f", main).returncode == 0
@@ -454,7 +382,9 @@ def test_remote_secret_has_the_real_shape_and_a_working_token(sb, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("# This file is autogenerated, do not edit.\napiVersion: v1\nkind: Secret\n")
     assert proc.stdout.endswith("---\n")
-    assert proc.stderr.startswith("warn: server in Kubeconfig is https://127.0.0.1:")
+    assert proc.stderr.startswith("warn: server in Kubeconfig is http")
+    assert "127.0.0.1" in proc.stderr or "localhost" in proc.stderr
+    assert "This is likely not reachable from inside the cluster" in proc.stderr
     assert "pass --server with the container IP for the API Server" in proc.stderr
     docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
     assert len(docs) == 1
