@@ -191,6 +191,8 @@ def parse_remote_secret(output: str, cluster_name: str) -> tuple[dict[str, Any],
             token = ((entry or {}).get("user") or {}).get("token") or token
     meta = secret.setdefault("metadata", {})
     meta.pop("creationTimestamp", None)
+    # istioctl takes the namespace from the kubeconfig context when one is set; Istio reads istio-system.
+    meta["namespace"] = ISTIO_NAMESPACE
     fp = token_fingerprint(cluster_name, server, token)
     if fp:
         meta.setdefault("annotations", {})[SECRET_SOURCE_ANNOTATION] = fp
