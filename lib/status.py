@@ -1,0 +1,671 @@
+"""status / describe: the mesh's health, read from every cluster and changing nothing.
+
+Reading is separated from judging: :func:`collect` reads the clusters (in parallel), :func:`evaluate`
+turns what was read plus the workspace into a :class:`MeshStatus` without running anything, and the
+renderers print it as tables or as the JSON document described in docs/status-json.md.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shlex
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from . import certs
+from .config import PREP_HINT, Cluster, Topology
+from .errors import MeshError
+from .kube import Observed, Tools
+from .overlay import EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL
+from .redact import redact
+from .reporter import Reporter
+
+WAIT_POLL_SECONDS = 2.0
+EXPIRY_WARN_DAYS = 30
+READ_TIMEOUT = 30.0
+ISTIOD_CONTAINER = "discovery"
+# Image tag suffixes that name a build flavour, not a version.
+_TAG_VARIANTS = ("-distroless", "-debug")
+
+# Secret states in the peer matrix and in the JSON document.
+PRESENT, MISSING, STALE, LOCAL = "present", "missing", "stale", "local"
+
+ERROR, WARNING = "error", "warning"
+
+
+# --- what one cluster shows ----------------------------------------------------------------------
+
+@dataclass
+class Istiod:
+    """The istiod Deployment, as far as status needs it."""
+
+    read: bool = False  # False when the read failed (see error)
+    installed: bool = False
+    version: str | None = None
+    ready: bool | None = None  # at least one ready replica
+    cluster_id: str | None = None  # its CLUSTER_ID env: the cluster name Istio runs under
+    error: str | None = None
+
+
+def istiod_name(base: dict) -> str:
+    revision = ((base or {}).get("spec") or {}).get("revision")
+    return f"istiod-{revision}" if revision and revision != "default" else "istiod"
+
+
+def image_version(image: str | None) -> str | None:
+    """``docker.io/istio/pilot:1.29.0`` -> ``1.29.0``; None when the image names no tag."""
+    if not image:
+        return None
+    image = image.split("@", 1)[0]
+    last = image.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return None
+    tag = last.rsplit(":", 1)[1]
+    for variant in _TAG_VARIANTS:
+        tag = tag.removesuffix(variant)
+    return tag or None
+
+
+def parse_istiod(output: str) -> Istiod:
+    """The answer of ``kubectl get deployment istiod -o json --ignore-not-found`` (empty: not there)."""
+    if not (output or "").strip():
+        return Istiod(read=True, installed=False)
+    data = json.loads(output)
+    if data.get("kind") == "List":
+        items = data.get("items") or []
+        if not items:
+            return Istiod(read=True, installed=False)
+        data = items[0]
+    containers = (((data.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
+    container = next((c for c in containers if c.get("name") == ISTIOD_CONTAINER), containers[0] if containers else {})
+    cluster_id = None
+    for env in container.get("env") or []:
+        if env.get("name") == "CLUSTER_ID" and env.get("value"):
+            cluster_id = env["value"]
+    ready = int((data.get("status") or {}).get("readyReplicas") or 0) > 0
+    return Istiod(read=True, installed=True, version=image_version(container.get("image")), ready=ready,
+                  cluster_id=cluster_id)
+
+
+# --- the report ------------------------------------------------------------------------------------
+
+@dataclass
+class Problem:
+    code: str
+    message: str
+    hint: str
+    severity: str = ERROR
+
+    def to_json(self) -> dict[str, str]:
+        return {"code": self.code, "message": redact(self.message), "hint": self.hint, "severity": self.severity}
+
+
+@dataclass
+class Cacerts:
+    present: bool | None = None  # None: not known (cluster unreachable)
+    chains_to_root: bool | None = None
+    root_fingerprint: str | None = None  # SHA-256 of the root-cert.pem in the cluster's cacerts
+    expires: dt.datetime | None = None  # of ca-cert.pem, the cluster's intermediate CA
+    days_left: int | None = None
+
+
+@dataclass
+class ClusterStatus:
+    cluster: Cluster
+    reachable: bool
+    error: str | None = None
+    istio_installed: bool | None = None
+    istio_version: str | None = None
+    istio_ready: bool | None = None
+    network_label: str | None = None
+    cacerts: Cacerts = field(default_factory=Cacerts)
+    gateway_required: bool = False
+    gateway_address: str | None = None
+    gateway_exists: bool | None = None
+    remote_secrets: dict[str, str] = field(default_factory=dict)  # source cluster name -> state
+    stale_secrets: list[str] = field(default_factory=list)  # secret names
+    drift: bool | None = None
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not any(p.severity == ERROR for p in self.problems)
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.cacerts
+        return {
+            "context": self.cluster.context,
+            "cluster_name": self.cluster.name,
+            "network": self.cluster.network,
+            "reachable": self.reachable,
+            "error": redact(_short_error(self.error)) if self.error else None,
+            "istio": {"installed": self.istio_installed, "version": self.istio_version, "ready": self.istio_ready},
+            "network_label": self.network_label,
+            "cacerts": {
+                "present": c.present,
+                "chains_to_root": c.chains_to_root,
+                "root_fingerprint": c.root_fingerprint,
+                "expires": _iso(c.expires),
+                "days_left": c.days_left,
+            },
+            "gateway": {"required": self.gateway_required, "address": self.gateway_address},
+            "remote_secrets": dict(sorted(self.remote_secrets.items())),
+            "stale_secrets": sorted(self.stale_secrets),
+            "drift": self.drift,
+            "problems": [p.to_json() for p in self.problems],
+        }
+
+
+@dataclass
+class MeshStatus:
+    mesh_id: str
+    root_fingerprint: str | None
+    clusters: list[ClusterStatus]
+    problems: list[Problem] = field(default_factory=list)  # about the workspace, not one cluster
+
+    @property
+    def healthy(self) -> bool:
+        return all(c.healthy for c in self.clusters) and not any(p.severity == ERROR for p in self.problems)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mesh_id": self.mesh_id,
+            "healthy": self.healthy,
+            "root_fingerprint": self.root_fingerprint,
+            "problems": [p.to_json() for p in self.problems],
+            "clusters": [c.to_json() for c in self.clusters],
+        }
+
+    def errors(self) -> list[tuple[str | None, Problem]]:
+        found: list[tuple[str | None, Problem]] = [(None, p) for p in self.problems if p.severity == ERROR]
+        for c in self.clusters:
+            found.extend((c.cluster.context, p) for p in c.problems if p.severity == ERROR)
+        return found
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# --- hints -------------------------------------------------------------------------------------
+
+class Hints:
+    """The commands a hint names, pasteable from where the user runs setup-mesh."""
+
+    def __init__(self, workdir: Path, topology: Topology):
+        self.workdir = workdir
+        self.topology = topology
+        self._flag = "" if _same_dir(workdir, Path.cwd()) else f" --workdir {shlex.quote(str(workdir))}"
+
+    @property
+    def apply(self) -> str:
+        return f"./setup_mesh.py apply{self._flag}"
+
+    @property
+    def dry_run(self) -> str:
+        return f"./setup_mesh.py apply --dry-run{self._flag}"
+
+    def kubectl(self, cluster: Cluster, *args: str) -> str:
+        argv = ["kubectl"]
+        if cluster.kubeconfig:
+            argv += ["--kubeconfig", cluster.kubeconfig]
+        return shlex.join([*argv, "--context", cluster.context, *args])
+
+    def path(self, *parts: str) -> str:
+        target = self.workdir.joinpath(*parts)
+        if _same_dir(self.workdir, Path.cwd()):
+            target = Path(*parts)
+        return shlex.quote(str(target))
+
+    @property
+    def topology_file(self) -> str:
+        return self.path(self.topology.path.name)
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+# --- judging ---------------------------------------------------------------------------------------
+
+@dataclass
+class Workspace:
+    """The inputs status compares the clusters with."""
+
+    workdir: Path
+    topology: Topology
+    fingerprints: dict[str, str]  # context -> what apply would install now
+    root_pem: bytes | None  # certs/root-cert.pem
+    local_ca: dict[str, bytes | None]  # cluster name -> certs/<name>/ca-cert.pem
+    istiod_deployment: str = "istiod"
+
+
+def _load_cert(pem: bytes | None) -> x509.Certificate | None:
+    if not pem:
+        return None
+    try:
+        return x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        return None
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+
+
+def evaluate(ws: Workspace, observed: dict[str, Observed], istiod: dict[str, Istiod],
+             now: dt.datetime | None = None) -> MeshStatus:
+    """What the clusters show against what the workspace says. Runs nothing."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    topology = ws.topology
+    hints = Hints(ws.workdir, topology)
+    root = _load_cert(ws.root_pem)
+    root_fp = certs.read_cert(ws.root_pem).fingerprint if root is not None else None
+    mesh_problems: list[Problem] = []
+    if ws.root_pem is None:
+        mesh_problems.append(Problem("root_ca_missing",
+                                     f"the mesh's root CA {ws.workdir / certs.CERTS_DIR / certs.ROOT_CERT} is missing: "
+                                     "no cluster's cacerts can be checked against it", PREP_HINT))
+    elif root is None:
+        mesh_problems.append(Problem("root_ca_unreadable",
+                                     f"{ws.workdir / certs.CERTS_DIR / certs.ROOT_CERT} is not a PEM certificate",
+                                     f"restore it from a backup, or start a new root with `rm -r {hints.path(certs.CERTS_DIR)}` "
+                                     f"and {PREP_HINT} (every cluster then gets a new intermediate CA on apply)"))
+    names = {c.name for c in topology.clusters}
+    result = []
+    for cluster in topology.clusters:
+        seen = observed.get(cluster.context) or Observed(reachable=False, error="not read")
+        result.append(_judge(cluster, seen, istiod.get(cluster.context) or Istiod(), ws, hints, root, root_fp,
+                             names, now))
+    return MeshStatus(topology.mesh_id, root_fp, result, mesh_problems)
+
+
+def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Workspace, hints: Hints,
+           root: x509.Certificate | None, root_fp: str | None, names: set[str], now: dt.datetime) -> ClusterStatus:
+    topology = ws.topology
+    status = ClusterStatus(cluster, reachable=seen.reachable, gateway_required=topology.multi_network)
+    add = status.problems.append
+    if not seen.reachable:
+        status.error = seen.error
+        add(Problem("unreachable", f"cannot read the cluster: {_short_error(seen.error)}",
+                    f"check access with `{hints.kubectl(cluster, 'get', 'ns')}`, or remove the context from "
+                    f"{hints.topology_file}"))
+        return status
+
+    # istio-system, its network label, Istio itself
+    status.network_label = seen.network_label
+    if istiod.read:
+        status.istio_installed = istiod.installed
+        status.istio_version = istiod.version
+        status.istio_ready = istiod.ready
+    set_up = seen.namespace
+    if not seen.namespace:
+        add(Problem("namespace_missing", f"namespace {ISTIO_NAMESPACE} does not exist: the cluster is not set up",
+                    hints.apply))
+    else:
+        if seen.network_label is None:
+            add(Problem("network_label_missing",
+                        f"namespace {ISTIO_NAMESPACE} has no {NETWORK_LABEL} label (expected {cluster.network})",
+                        f"{hints.apply} (labels {ISTIO_NAMESPACE} {NETWORK_LABEL}={cluster.network})"))
+        elif seen.network_label != cluster.network:
+            add(Problem("network_label_wrong",
+                        f"namespace {ISTIO_NAMESPACE} is labelled {NETWORK_LABEL}={seen.network_label}, "
+                        f"topology.yaml says {cluster.network}",
+                        f"{hints.apply} (relabels it), or set network: {seen.network_label} for {cluster.context} "
+                        f"in {hints.topology_file} if that is the right network"))
+    if not istiod.read:
+        add(Problem("istio_unreadable", f"cannot read the istiod Deployment: {istiod.error or 'no answer'}",
+                    f"check with `{hints.kubectl(cluster, 'get', 'deployment', '-n', ISTIO_NAMESPACE)}`"))
+    elif not istiod.installed and set_up:
+        add(Problem("istio_missing", f"Istio is not installed (no {ws.istiod_deployment} Deployment in "
+                                     f"{ISTIO_NAMESPACE})", hints.apply))
+    elif istiod.installed and not istiod.ready:
+        add(Problem("istiod_not_ready", f"the {ws.istiod_deployment} Deployment has no ready replica",
+                    f"look at its pods: `{hints.kubectl(cluster, 'get', 'pods', '-n', ISTIO_NAMESPACE, '-l', 'app=istiod')}`"))
+    if istiod.installed and istiod.cluster_id and istiod.cluster_id != cluster.name:
+        add(Problem("cluster_name_wrong", f"istiod runs as cluster {istiod.cluster_id}, topology.yaml names it "
+                                          f"{cluster.name}", hints.apply))
+
+    # cacerts
+    _judge_cacerts(status, cluster, seen, ws, hints, root, root_fp, set_up, now)
+
+    # east-west gateway
+    status.gateway_exists = seen.eastwest_exists
+    status.gateway_address = seen.eastwest_address
+    if status.gateway_required and set_up:
+        if not seen.eastwest_exists:
+            add(Problem("gateway_missing", f"the east-west gateway ({EASTWEST_NAME}) is not installed; "
+                                           f"topology.yaml has {len(topology.networks)} networks", hints.apply))
+        elif not seen.eastwest_address:
+            add(Problem("gateway_pending", f"the east-west gateway service {EASTWEST_NAME} has no address yet",
+                        f"check its LoadBalancer with `{hints.kubectl(cluster, 'get', 'service', EASTWEST_NAME, '-n', ISTIO_NAMESPACE)}`"
+                        f"; clusters without a load balancer need one (e.g. MetalLB) or spec.externalIPs"))
+
+    # remote secrets, from every peer
+    for peer in topology.clusters:
+        if peer is cluster:
+            continue
+        info = seen.remote_secrets.get(peer.name)
+        if info is None:
+            status.remote_secrets[peer.name] = MISSING
+            if set_up:  # a cluster that is not set up at all is reported once, above
+                add(Problem("remote_secret_missing", f"no remote secret of {peer.name}: this cluster cannot discover "
+                                                     f"{peer.name}'s endpoints", hints.apply))
+        elif info.suspicious_local:
+            status.remote_secrets[peer.name] = LOCAL
+            if peer.api_server and not peer.server_is_local:
+                hint = f"{hints.apply} (replaces it with one naming {peer.api_server})"
+            else:
+                hint = f"set api_server: for {peer.context} in {hints.topology_file}, then {hints.apply}"
+            add(Problem("remote_secret_local", f"the remote secret of {peer.name} ({info.name}) names the API server "
+                                               f"{info.server}, which this cluster cannot reach", hint))
+        else:
+            status.remote_secrets[peer.name] = PRESENT
+    for name, info in sorted(seen.remote_secrets.items()):
+        if name not in names:
+            status.remote_secrets[name] = STALE
+            status.stale_secrets.append(info.name)
+            add(Problem("remote_secret_stale", f"remote secret {info.name} gives access to cluster {name}, which is "
+                                               f"not in topology.yaml",
+                        f"{hints.apply} (prunes it), or `{hints.kubectl(cluster, 'delete', 'secret', '-n', ISTIO_NAMESPACE, info.name)}`"))
+
+    # drift: what is installed against what apply would install now
+    if set_up:
+        want = ws.fingerprints.get(cluster.context)
+        status.drift = seen.applied != want
+        if status.drift and istiod.installed:
+            if seen.applied is None:
+                message = (f"{ISTIO_NAMESPACE} carries no record of what setup-mesh installed "
+                           f"(installed by hand, or apply did not finish)")
+            else:
+                message = "the installation differs from what topology.yaml and base.yaml describe now"
+            add(Problem("drift", message, f"preview with `{hints.dry_run}`, then {hints.apply}"))
+    return status
+
+
+def _short_error(error: str | None) -> str:
+    """kubectl's own words, once each: not the command line that failed (the hint names one to try)."""
+    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("`"):
+        lines = lines[1:]
+    return " / ".join(dict.fromkeys(lines)) or "no answer"
+
+
+def _judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: Workspace, hints: Hints,
+                   root: x509.Certificate | None, root_fp: str | None, set_up: bool, now: dt.datetime) -> None:
+    add = status.problems.append
+    c = status.cacerts
+    c.present = seen.cacerts is not None
+    if not c.present:
+        if set_up:
+            add(Problem("cacerts_missing", "secret cacerts is missing: istiod signs workloads with a self-made CA "
+                                           "that no other cluster trusts", hints.apply))
+        return
+    files = seen.cacerts or {}
+    ca = _load_cert(files.get("ca-cert.pem"))
+    cluster_root = _load_cert(files.get("root-cert.pem"))
+    if cluster_root is not None:
+        c.root_fingerprint = certs.read_cert(files["root-cert.pem"]).fingerprint
+    if ca is None:
+        add(Problem("cacerts_unreadable", "secret cacerts holds no readable ca-cert.pem",
+                    f"`rm -r {hints.path(certs.CERTS_DIR, cluster.name)}`, then {hints.apply} "
+                    f"(re-issues the intermediate CA from this workspace's root)"))
+        c.chains_to_root = False if root is not None else None
+        return
+    info = certs.read_cert(files["ca-cert.pem"])
+    c.expires = info.not_after
+    c.days_left = info.days_left(now)
+    if root is not None:
+        c.chains_to_root = c.root_fingerprint == root_fp and _issued_by(ca, root)
+        if not c.chains_to_root:
+            local = _load_cert(ws.local_ca.get(cluster.name))
+            local_ok = local is not None and _issued_by(local, root)
+            if local_ok:
+                hint = f"{hints.apply} (installs certs/{cluster.name}/, which this workspace's root issued)"
+            else:
+                hint = (f"`rm -r {hints.path(certs.CERTS_DIR, cluster.name)}`, then {hints.apply} "
+                        f"(re-issues the intermediate CA from this workspace's root)")
+            what = ("its root-cert.pem is another root" if c.root_fingerprint != root_fp
+                    else "its ca-cert.pem was not issued by this workspace's root")
+            add(Problem("cacerts_foreign_root", f"secret cacerts does not chain to this workspace's root CA "
+                                                f"({what}): workloads here are not trusted by the other clusters",
+                        hint))
+    if c.days_left < 0:
+        add(Problem("cacerts_expired", f"the intermediate CA in cacerts expired on {_iso(c.expires)}",
+                    f"`rm -r {hints.path(certs.CERTS_DIR, cluster.name)}`, then {hints.apply}"))
+    elif c.days_left < EXPIRY_WARN_DAYS:
+        add(Problem("cacerts_expiring", f"the intermediate CA in cacerts expires in {c.days_left} day(s) "
+                                        f"({_iso(c.expires)})",
+                    f"`rm -r {hints.path(certs.CERTS_DIR, cluster.name)}`, then {hints.apply} "
+                    f"(re-issues it from this workspace's root)", severity=WARNING))
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+def read_istiod(clusters: list[Cluster], tools: Tools, runner, parallel: int, name: str) -> dict[str, Istiod]:
+    def one(cluster: Cluster) -> tuple[str, Istiod]:
+        command = tools.kubectl_cmd(cluster, "get", "deployment", name, "-n", ISTIO_NAMESPACE, "-o", "json",
+                                    "--ignore-not-found", timeout=READ_TIMEOUT)
+        try:
+            return cluster.context, parse_istiod(runner.run(command).stdout)
+        except MeshError as exc:
+            return cluster.context, Istiod(read=False, error=exc.message)
+        except ValueError as exc:
+            return cluster.context, Istiod(read=False, error=f"unreadable answer from kubectl: {exc}")
+
+    if not clusters:
+        return {}
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(clusters))), thread_name_prefix="status") as pool:
+        return dict(pool.map(one, clusters))
+
+
+def collect(ws: Workspace, tools: Tools, runner, reporter: Reporter, parallel: int) -> MeshStatus:
+    from .commands import inspect_clusters
+
+    # The reads report no progress: status prints one report at the end.
+    silent = Reporter(console=reporter.console, err_console=reporter.err, quiet=True)
+    clusters = list(ws.topology.clusters)
+    # The istiod read runs beside the main read rather than after it: one round trip of latency, not two.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="status-istiod") as side:
+        istiod_reads = side.submit(read_istiod, clusters, tools, runner, parallel, ws.istiod_deployment)
+        observed = inspect_clusters(clusters, tools, runner, silent, parallel, title="read status")
+        istiod = istiod_reads.result()
+    return evaluate(ws, observed, istiod)
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def run_status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, output: str, wait: bool,
+               wait_timeout: float, parallel: int, runner, reporter: Reporter) -> int:
+    from .commands import find_tools, load_workspace
+    from .plan import desired_state
+
+    loaded = load_workspace(workdir, kubeconfig, lenient=False)
+    tools = find_tools(istio_dir, runner, False, loaded.notes, READ_TIMEOUT)
+    cert_dir = certs.certs_dir(workdir)
+    desired = desired_state(loaded.topology, loaded.base)
+    ws = Workspace(
+        workdir=workdir,
+        topology=loaded.topology,
+        fingerprints={ctx: d.fingerprint for ctx, d in desired.items()},
+        root_pem=_read_bytes(cert_dir / certs.ROOT_CERT),
+        local_ca={c.name: _read_bytes(cert_dir / c.name / "ca-cert.pem") for c in loaded.topology.clusters},
+        istiod_deployment=istiod_name(loaded.base),
+    )
+
+    deadline = time.monotonic() + wait_timeout
+    polls = 0
+    while True:
+        status = collect(ws, tools, runner, reporter, parallel)
+        polls += 1
+        remaining = deadline - time.monotonic()
+        if not wait or status.healthy or remaining <= 0:
+            break
+        if output != "json":
+            errors = status.errors()
+            reporter.info(f"waiting for {len(errors)} problem(s) to clear: "
+                          + ", ".join(sorted({f"{ctx or 'workspace'} {p.code}" for ctx, p in errors})))
+        time.sleep(min(WAIT_POLL_SECONDS, max(remaining, 0.0)))
+
+    if output == "json":
+        reporter.console.out(json.dumps(status.to_json(), indent=2), highlight=False)
+    else:
+        render(status, reporter)
+    if wait and not status.healthy:
+        still = "; ".join(f"{ctx + ': ' if ctx else ''}{p.code}" for ctx, p in status.errors())
+        reporter.error(MeshError(f"the mesh is still unhealthy after {wait_timeout:g}s ({polls} check(s)): {still}",
+                                 hint="see the problems and hints above; raise --timeout if it is only slow"))
+    return 0 if status.healthy else 1
+
+
+# --- printing --------------------------------------------------------------------------------------
+
+def render(status: MeshStatus, reporter: Reporter) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = _wide_console(reporter.console)
+
+    def say(text: str, style: str | None = None) -> None:
+        console.print(escape(redact(text)), style=style)
+
+    table = Table(title=f"mesh {escape(status.mesh_id)}", header_style="bold")
+    for column in ("cluster", "reachable", "istio", "network", "cacerts", "gateway", "secrets", "drift"):
+        table.add_column(column, overflow="fold")
+    for c in status.clusters:
+        label = c.cluster.context if c.cluster.name == c.cluster.context else f"{c.cluster.context} ({c.cluster.name})"
+        table.add_row(escape(label), *(_cell(text, ok) for text, ok in _row(c)))
+    console.print(table)
+
+    matrix = _matrix(status)
+    if matrix is not None:
+        console.print(matrix)
+
+    if status.healthy:
+        warnings = sum(1 for _, p in _all_problems(status) if p.severity == WARNING)
+        say("healthy" + (f" ({warnings} warning(s) below)" if warnings else ""), style="green")
+    for ctx, problem in _all_problems(status):
+        style = "red" if problem.severity == ERROR else "yellow"
+        say(f"{ctx or 'workspace'}: {problem.code}: {problem.message}", style=style)
+        say(f"  hint: {problem.hint}")
+
+
+def _wide_console(console):
+    """Pipes and CI logs have no width to respect: there, tables are as wide as their cells. A terminal's
+    width is kept (cells fold)."""
+    from rich.console import Console
+
+    if console.is_terminal:
+        return console
+    return Console(file=console.file, width=max(console.width, 200), highlight=False, soft_wrap=True,
+                   color_system=console.color_system, force_terminal=False, no_color=console.no_color)
+
+
+def _all_problems(status: MeshStatus) -> list[tuple[str | None, Problem]]:
+    found: list[tuple[str | None, Problem]] = [(None, p) for p in status.problems]
+    for c in status.clusters:
+        found.extend((c.cluster.context, p) for p in c.problems)
+    return found
+
+
+def _cell(text: str, ok: bool | None) -> str:
+    from rich.markup import escape
+
+    text = escape(redact(text))
+    if ok is None:
+        return f"[dim]{text}[/]"
+    return f"[green]{text}[/]" if ok else f"[red]{text}[/]"
+
+
+def _row(c: ClusterStatus) -> list[tuple[str, bool | None]]:
+    if not c.reachable:
+        return [("no", False)] + [("?", None)] * 6
+    codes = {p.code for p in c.problems}
+    if c.istio_installed is None:
+        istio = ("?", None)
+    elif c.istio_installed:
+        istio = (c.istio_version or "installed", not codes & {"cluster_name_wrong", "istiod_not_ready"})
+    else:
+        istio = ("not installed", False)
+    if c.network_label is None:
+        network = (f"unlabelled (want {c.cluster.network})", False)
+    elif c.network_label != c.cluster.network:
+        network = (f"{c.network_label} (want {c.cluster.network})", False)
+    else:
+        network = (c.network_label, True)
+    ca = c.cacerts
+    if not ca.present:
+        cacerts = ("missing", False)
+    elif ca.chains_to_root is False:
+        cacerts = ("foreign root", False)
+    elif ca.days_left is None:
+        cacerts = ("unreadable", False)
+    else:
+        days = f"{ca.days_left}d left"
+        cacerts = (days if ca.chains_to_root else f"{days}, root unchecked",
+                   ca.days_left >= EXPIRY_WARN_DAYS if ca.chains_to_root else None)
+    if not c.gateway_required:
+        gateway = (c.gateway_address or "not needed", None)
+    elif not c.gateway_exists:
+        gateway = ("missing", False)
+    else:
+        gateway = (c.gateway_address or "pending", bool(c.gateway_address))
+    peers = [s for s in c.remote_secrets.values() if s != STALE]
+    good = sum(1 for s in peers if s == PRESENT)
+    secrets_text = f"{good}/{len(peers)}"
+    if c.stale_secrets:
+        secrets_text += f", {len(c.stale_secrets)} stale"
+    secrets = (secrets_text, good == len(peers) and not c.stale_secrets)
+    drift = ("?", None) if c.drift is None else (("yes", False) if c.drift else ("no", True))
+    return [("yes", True), istio, network, cacerts, gateway, secrets, drift]
+
+
+_MARKS = {PRESENT: "[green]✓[/]", MISSING: "[red]missing[/]", STALE: "[yellow]stale[/]", LOCAL: "[red]local[/]"}
+
+
+def _matrix(status: MeshStatus):
+    """Rows: the cluster holding the secrets; columns: the peer each secret gives access to."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    members = [c.cluster.name for c in status.clusters]
+    if len(members) < 2 and not any(c.stale_secrets for c in status.clusters):
+        return None
+    extra = sorted({name for c in status.clusters for name, s in c.remote_secrets.items() if s == STALE})
+    table = Table(title="remote secrets (row: cluster holding them; column: cluster they reach)",
+                  header_style="bold")
+    table.add_column("", overflow="fold")
+    for name in members + extra:
+        table.add_column(escape(name) + (" (not in topology)" if name in extra else ""), overflow="fold")
+    for c in status.clusters:
+        cells = []
+        for name in members + extra:
+            if name == c.cluster.name:
+                cells.append("[dim]—[/]")
+            elif not c.reachable:
+                cells.append("[dim]?[/]")
+            else:
+                state = c.remote_secrets.get(name)
+                cells.append(_MARKS.get(state, "") if state else "")
+        table.add_row(escape(c.cluster.name), *cells)
+    return table

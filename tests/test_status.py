@@ -1,0 +1,549 @@
+"""status: reads every cluster, judges it against the workspace, reports problems with hints.
+
+The pure part (evaluate) is checked with certificates made here; the rest runs ./setup_mesh.py
+against a sandbox mesh built the way a user builds one (prep-mesh, topology.yaml, apply).
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import io
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from rich.console import Console
+
+from lib.config import Cluster, Topology
+from lib.kube import Observed, RemoteSecretInfo
+from lib.reporter import Reporter
+from lib.status import Istiod, Workspace, evaluate, image_version, parse_istiod, render
+
+NOW = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+
+
+# --- certificates made in-process (fast) ---------------------------------------------------------
+
+def _ca(name: str, issuer=None, days: int = 3650):
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Test"),
+                         x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    issuer_cert, issuer_key = issuer or (None, key)
+    cert = (x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer_cert.subject if issuer_cert else subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - dt.timedelta(days=30))
+            .not_valid_after(NOW + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(issuer_key, hashes.SHA256()))
+    return cert, key
+
+
+def _pem(cert) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture(scope="module")
+def roots():
+    root = _ca("Root CA")
+    other = _ca("Root CA")  # same name, another key: only the signature tells them apart
+    return root, other
+
+
+def _cacerts(root, days: int = 3650) -> dict[str, bytes]:
+    inter, _ = _ca("Intermediate CA", issuer=root, days=days)
+    return {"ca-cert.pem": _pem(inter), "root-cert.pem": _pem(root[0]), "cert-chain.pem": _pem(inter) + _pem(root[0])}
+
+
+def _topology(tmp_path: Path, networks=("n1", "n1", "n2"), api_servers=True) -> Topology:
+    clusters = tuple(Cluster(context=f"c{i + 1}", network=net, name=f"c{i + 1}",
+                             api_server=f"https://c{i + 1}.example:6443" if api_servers else None,
+                             server=f"https://127.0.0.1:{6440 + i}")
+                     for i, net in enumerate(networks))
+    return Topology("mesh1", clusters, tmp_path / "topology.yaml")
+
+
+def _healthy(topology: Topology, root) -> tuple[dict[str, Observed], dict[str, Istiod]]:
+    observed, istiod = {}, {}
+    for c in topology.clusters:
+        secrets = {p.name: RemoteSecretInfo(f"istio-remote-secret-{p.name}", p.name, "fp", p.api_server)
+                   for p in topology.clusters if p is not c}
+        observed[c.context] = Observed(reachable=True, namespace=True, network_label=c.network, applied="fp-" + c.context,
+                                       cacerts=_cacerts(root), remote_secrets=secrets, eastwest_exists=True,
+                                       eastwest_address="198.51.100.9", istiod_service=True)
+        istiod[c.context] = Istiod(read=True, installed=True, version="1.29.0", ready=True, cluster_id=c.name)
+    return observed, istiod
+
+
+def _ws(tmp_path, topology, root, local=None) -> Workspace:
+    return Workspace(tmp_path, topology, {c.context: "fp-" + c.context for c in topology.clusters},
+                     _pem(root[0]), local or {})
+
+
+def _codes(status, context: str) -> list[str]:
+    return [p.code for c in status.clusters if c.cluster.context == context for p in c.problems]
+
+
+def test_image_tag_is_the_version():
+    assert image_version("docker.io/istio/pilot:1.29.0") == "1.29.0"
+    assert image_version("registry.local:5000/istio/pilot:1.28.1-distroless") == "1.28.1"
+    assert image_version("gcr.io/istio/pilot:1.27.0@sha256:" + "a" * 64) == "1.27.0"
+    assert image_version("registry.local:5000/istio/pilot") is None
+    assert image_version(None) is None
+
+
+def test_istiod_deployment_is_parsed():
+    assert parse_istiod("") == Istiod(read=True, installed=False)
+    seen = parse_istiod('{"kind": "Deployment", "spec": {"template": {"spec": {"containers": [{"name": "discovery",'
+                        ' "image": "istio/pilot:1.29.0", "env": [{"name": "CLUSTER_ID", "value": "c1"}]}]}}},'
+                        ' "status": {"readyReplicas": 1}}')
+    assert (seen.installed, seen.version, seen.ready, seen.cluster_id) == (True, "1.29.0", True, "c1")
+
+
+def test_healthy_inputs_give_no_problem(tmp_path, roots):
+    topology = _topology(tmp_path)
+    observed, istiod = _healthy(topology, roots[0])
+    status = evaluate(_ws(tmp_path, topology, roots[0]), observed, istiod, now=NOW)
+    assert status.healthy, [(c.cluster.context, c.problems) for c in status.clusters]
+    doc = status.to_json()
+    assert doc["clusters"][0]["remote_secrets"] == {"c2": "present", "c3": "present"}
+    assert doc["clusters"][0]["cacerts"]["chains_to_root"] is True
+    assert doc["clusters"][0]["cacerts"]["days_left"] == 3650
+
+
+def test_same_named_root_with_another_key_is_foreign(tmp_path, roots):
+    root, other = roots
+    topology = _topology(tmp_path)
+    observed, istiod = _healthy(topology, root)
+    observed["c2"].cacerts = _cacerts(other)
+    # the local intermediate is this root's: apply alone repairs it
+    local_inter, _ = _ca("Intermediate CA", issuer=root)
+    status = evaluate(_ws(tmp_path, topology, root, {"c2": _pem(local_inter)}), observed, istiod, now=NOW)
+    assert _codes(status, "c2") == ["cacerts_foreign_root"]
+    problem = status.clusters[1].problems[0]
+    assert "rm -r" not in problem.hint and "./setup_mesh.py apply" in problem.hint
+    # the intermediate on disk is foreign too: it must be re-issued first
+    status = evaluate(_ws(tmp_path, topology, root, {"c2": observed["c2"].cacerts["ca-cert.pem"]}), observed, istiod,
+                      now=NOW)
+    assert status.clusters[1].problems[0].hint.startswith("`rm -r ")
+    # a foreign intermediate shipped with this workspace's root-cert.pem is still caught by the signature
+    forged = _cacerts(other)
+    forged["root-cert.pem"] = _pem(root[0])
+    observed["c2"].cacerts = forged
+    status = evaluate(_ws(tmp_path, topology, root), observed, istiod, now=NOW)
+    assert "not issued by this workspace's root" in status.clusters[1].problems[0].message
+
+
+def test_expiry_under_30_days_warns_and_past_expiry_fails(tmp_path, roots):
+    topology = _topology(tmp_path)
+    observed, istiod = _healthy(topology, roots[0])
+    observed["c1"].cacerts = _cacerts(roots[0], days=10)
+    observed["c3"].cacerts = _cacerts(roots[0], days=-2)
+    status = evaluate(_ws(tmp_path, topology, roots[0]), observed, istiod, now=NOW)
+    assert _codes(status, "c1") == ["cacerts_expiring"]
+    assert status.clusters[0].problems[0].severity == "warning" and status.clusters[0].healthy
+    assert _codes(status, "c3") == ["cacerts_expired"]
+    assert not status.healthy
+
+
+def test_local_secret_hint_depends_on_api_server(tmp_path, roots):
+    for api_servers, expected in ((False, "set api_server: for c2 in"), (True, "replaces it with one naming https://c2")):
+        topology = _topology(tmp_path, api_servers=api_servers)
+        observed, istiod = _healthy(topology, roots[0])
+        observed["c1"].remote_secrets["c2"] = RemoteSecretInfo("istio-remote-secret-c2", "c2", "fp",
+                                                               "https://127.0.0.1:6441", suspicious_local=True)
+        status = evaluate(_ws(tmp_path, topology, roots[0]), observed, istiod, now=NOW)
+        assert _codes(status, "c1") == ["remote_secret_local"]
+        assert expected in status.clusters[0].problems[0].hint
+
+
+def test_a_cluster_never_set_up_is_one_problem_not_many(tmp_path, roots):
+    topology = _topology(tmp_path)
+    observed, istiod = _healthy(topology, roots[0])
+    observed["c3"] = Observed(reachable=True)
+    istiod["c3"] = Istiod(read=True, installed=False)
+    status = evaluate(_ws(tmp_path, topology, roots[0]), observed, istiod, now=NOW)
+    assert _codes(status, "c3") == ["namespace_missing"]
+    assert status.to_json()["clusters"][2]["remote_secrets"] == {"c1": "missing", "c2": "missing"}
+
+
+def test_one_network_needs_no_gateway(tmp_path, roots):
+    topology = _topology(tmp_path, networks=("n1", "n1"))
+    observed, istiod = _healthy(topology, roots[0])
+    for seen in observed.values():
+        seen.eastwest_exists, seen.eastwest_address = False, None
+    status = evaluate(_ws(tmp_path, topology, roots[0]), observed, istiod, now=NOW)
+    assert status.healthy
+    assert status.to_json()["clusters"][0]["gateway"] == {"required": False, "address": None}
+
+
+def test_no_workspace_root_is_a_workspace_problem(tmp_path, roots):
+    topology = _topology(tmp_path)
+    observed, istiod = _healthy(topology, roots[0])
+    ws = _ws(tmp_path, topology, roots[0])
+    ws.root_pem = None
+    status = evaluate(ws, observed, istiod, now=NOW)
+    assert [p.code for p in status.problems] == ["root_ca_missing"]
+    assert status.to_json()["clusters"][0]["cacerts"]["chains_to_root"] is None
+
+
+def test_every_problem_code_and_field_is_documented(tmp_path, roots):
+    import re
+
+    doc = (ROOT / "docs" / "status-json.md").read_text()
+    source = (ROOT / "lib" / "status.py").read_text()
+    emitted = set(re.findall(r'Problem\("([a-z_]+)"', source))
+    documented = dict(re.findall(r"^\| `([a-z_]+)` \| (error|warning) \|", doc, re.M))
+    assert emitted == set(documented)
+    assert documented["cacerts_expiring"] == "warning"
+    topology = _topology(tmp_path)
+    observed, istiod = _healthy(topology, roots[0])
+    sample = evaluate(_ws(tmp_path, topology, roots[0]), observed, istiod, now=NOW).to_json()
+    fields = set(sample) | {f"{k}.{sub}" if isinstance(v, dict) and k != "remote_secrets" else k
+                            for k, v in sample["clusters"][0].items() for sub in (v if isinstance(v, dict) else [None])}
+    for name in fields:
+        assert f"| `{name}` |" in doc, f"{name} is not documented"
+
+
+def test_table_names_every_problem_with_its_hint(tmp_path, roots):
+    topology = _topology(tmp_path)
+    observed, istiod = _healthy(topology, roots[0])
+    del observed["c1"].remote_secrets["c3"]
+    observed["c1"].remote_secrets["gone"] = RemoteSecretInfo("istio-remote-secret-gone", "gone", "fp", None)
+    observed["c3"].remote_secrets["c1"].suspicious_local = True
+    observed["c3"].eastwest_address = None
+    observed["c2"] = Observed(reachable=False, error="connection refused")
+    status = evaluate(_ws(tmp_path, topology, roots[0]), observed, istiod, now=NOW)
+    out = io.StringIO()
+    render(status, Reporter(console=Console(file=out, width=160, highlight=False, soft_wrap=True)))
+    text = out.getvalue()
+    assert "c1: remote_secret_missing" in text and "hint: ./setup_mesh.py apply" in text
+    assert "c2: unreachable" in text and "kubectl --context c2 get ns" in text
+    assert "c3: remote_secret_local" in text and "c3: gateway_pending" in text and "c1: remote_secret_stale" in text
+    matrix = text.split("remote secrets")[1].splitlines()
+    assert "gone (not in topology)" in matrix[2]
+    row = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
+           for line in matrix if line.startswith("│")}
+    assert row == {"c1": ["—", "✓", "missing", "stale"], "c2": ["?", "—", "?", "?"], "c3": ["local", "✓", "—", ""]}
+    assert "pending" in text.split("remote secrets")[0]
+
+
+# --- on the sandbox: a mesh built by prep-mesh and apply -----------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+NETS = {"cluster1": "network1", "cluster2": "network1", "cluster3": "network2"}
+FAST_KEYS = {"ROOTCA_KEYSZ": "2048", "INTERMEDIATE_KEYSZ": "2048"}
+CLUSTER_FIELDS = {"context", "cluster_name", "network", "reachable", "error", "istio", "network_label", "cacerts",
+                  "gateway", "remote_secrets", "stale_secrets", "drift", "problems"}
+
+
+class Mesh:
+    def __init__(self, sandbox, workdir: Path):
+        self.sandbox = sandbox
+        self.workdir = workdir
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        # From the repository, as a user would run it: hints then carry --workdir.
+        return subprocess.run([sys.executable, str(ROOT / "setup_mesh.py"), *args, "--workdir", str(self.workdir)],
+                              env={**self.sandbox.env, **FAST_KEYS}, cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def status(self, *args: str) -> tuple[int, dict]:
+        result = self.cli("status", "-o", "json", *args)
+        assert result.returncode in (0, 1), result.stderr
+        return result.returncode, json.loads(result.stdout)  # stdout is the document and nothing else
+
+    def apply(self) -> None:
+        result = self.cli("apply", "-y")
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def kubectl(self, ctx: str, *args: str, stdin: str | None = None) -> str:
+        return self.sandbox.kubectl(ctx, *args, stdin=stdin).stdout
+
+    def write_topology(self, api_servers: dict[str, str | None]) -> None:
+        contexts = {}
+        for ctx, net in self.networks.items():
+            contexts[ctx] = {"network": net}
+            if api_servers.get(ctx):
+                contexts[ctx]["api_server"] = api_servers[ctx]
+        (self.workdir / "topology.yaml").write_text(yaml.safe_dump({"mesh_id": "mesh1", "contexts": contexts}))
+
+
+def _build(sandbox, workdir: Path, networks: dict[str, str], ok: bool = True, *apply_args: str) -> Mesh:
+    mesh = Mesh(sandbox, workdir)
+    mesh.networks = networks
+    result = mesh.cli("prep-mesh")
+    assert result.returncode == 0, result.stderr
+    # Every sandbox API server listens on 127.0.0.1: name addresses peers could reach, as a user would.
+    mesh.write_topology({ctx: f"https://{ctx}.mesh.test:6443" for ctx in networks})
+    result = mesh.cli("apply", "-y", *apply_args)
+    assert (result.returncode == 0) == ok, result.stdout + result.stderr
+    return mesh
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    """Three clusters on two networks, healthy; every test leaves it healthy again (the last one stops a cluster)."""
+    from tests.sandbox import Sandbox
+
+    root = tmp_path_factory.mktemp("status")
+    sandbox = Sandbox.up(root / "sandbox", list(NETS))
+    try:
+        yield _build(sandbox, root / "ws", NETS)
+    finally:
+        sandbox.down()
+
+
+def _cluster(doc: dict, ctx: str) -> dict:
+    return next(c for c in doc["clusters"] if c["context"] == ctx)
+
+
+def _problems(doc: dict, ctx: str) -> dict[str, dict]:
+    return {p["code"]: p for p in _cluster(doc, ctx)["problems"]}
+
+
+def _unhealthy_only(doc: dict, ctx: str, *codes: str) -> None:
+    assert not doc["healthy"]
+    for c in doc["clusters"]:
+        expected = set(codes) if c["context"] == ctx else set()
+        assert {p["code"] for p in c["problems"]} == expected, (c["context"], c["problems"])
+
+
+def _repaired_by_apply(mesh: Mesh) -> None:
+    mesh.apply()
+    code, doc = mesh.status()
+    assert code == 0 and doc["healthy"], [(c["context"], c["problems"]) for c in doc["clusters"]]
+
+
+def test_healthy_mesh_reads_only_and_reports_every_field(mesh):
+    before = {ctx: len(mesh.sandbox.requests(ctx)) for ctx in NETS}
+    code, doc = mesh.status()
+    assert code == 0 and doc["healthy"] is True
+    assert set(doc) == {"mesh_id", "healthy", "root_fingerprint", "problems", "clusters"}
+    assert doc["mesh_id"] == "mesh1" and doc["problems"] == []
+    root_fp = doc["root_fingerprint"]
+    assert len(root_fp) == 64
+    for ctx, net in NETS.items():
+        c = _cluster(doc, ctx)
+        assert set(c) == CLUSTER_FIELDS
+        assert (c["cluster_name"], c["network"], c["network_label"], c["reachable"], c["error"]) == (ctx, net, net, True, None)
+        assert c["istio"] == {"installed": True, "version": "1.29.0", "ready": True}
+        assert c["cacerts"]["present"] and c["cacerts"]["chains_to_root"] and c["cacerts"]["root_fingerprint"] == root_fp
+        assert c["cacerts"]["days_left"] > 3000 and c["cacerts"]["expires"].endswith("Z")
+        assert c["gateway"]["required"] and c["gateway"]["address"].startswith("198.51.100.")
+        assert c["remote_secrets"] == {p: "present" for p in NETS if p != ctx}
+        assert c["stale_secrets"] == [] and c["drift"] is False and c["problems"] == []
+    for ctx in NETS:  # status only reads
+        assert {r["method"] for r in mesh.sandbox.requests(ctx)[before[ctx]:]} == {"GET"}
+
+    table = mesh.cli("describe")
+    assert table.returncode == 0, table.stderr
+    assert "healthy" in table.stdout and "1.29.0" in table.stdout and "✓" in table.stdout
+    # neither keys nor tokens reach any output
+    key = (mesh.workdir / "certs" / "cluster1" / "ca-key.pem").read_text()
+    for text in (table.stdout, table.stderr, json.dumps(doc)):
+        assert "PRIVATE KEY" not in text and key.splitlines()[1] not in text
+        assert not any(mesh.sandbox.token(ctx) in text for ctx in NETS)
+
+
+def test_missing_remote_secret(mesh):
+    mesh.kubectl("cluster1", "delete", "secret", "istio-remote-secret-cluster3", "-n", "istio-system")
+    code, doc = mesh.status()
+    assert code == 1
+    _unhealthy_only(doc, "cluster1", "remote_secret_missing")
+    assert _cluster(doc, "cluster1")["remote_secrets"] == {"cluster2": "present", "cluster3": "missing"}
+    problem = _problems(doc, "cluster1")["remote_secret_missing"]
+    assert "cluster3" in problem["message"] and problem["hint"].startswith("./setup_mesh.py apply --workdir ")
+    table = mesh.cli("status")
+    assert table.returncode == 1
+    assert "cluster1: remote_secret_missing" in table.stdout and "hint: ./setup_mesh.py apply" in table.stdout
+    matrix = table.stdout.split("remote secrets")[1]
+    assert "missing" in matrix.splitlines()[4]  # row cluster1 (after title and header lines)
+    _repaired_by_apply(mesh)
+
+
+def test_stale_secret_of_a_cluster_not_in_the_topology(mesh):
+    stale = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+             "metadata": {"name": "istio-remote-secret-old-cluster", "namespace": "istio-system",
+                          "labels": {"istio/multiCluster": "true"},
+                          "annotations": {"networking.istio.io/cluster": "old-cluster"}},
+             "stringData": {"old-cluster": yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "clusters": [
+                 {"name": "old-cluster", "cluster": {"server": "https://old.mesh.test:6443"}}]})}}
+    mesh.kubectl("cluster2", "apply", "-f", "-", stdin=json.dumps(stale))
+    code, doc = mesh.status()
+    assert code == 1
+    _unhealthy_only(doc, "cluster2", "remote_secret_stale")
+    c2 = _cluster(doc, "cluster2")
+    assert c2["remote_secrets"]["old-cluster"] == "stale"
+    assert c2["stale_secrets"] == ["istio-remote-secret-old-cluster"]
+    assert "prunes it" in _problems(doc, "cluster2")["remote_secret_stale"]["hint"]
+    _repaired_by_apply(mesh)
+
+
+def test_remote_secret_naming_a_loopback_server(mesh):
+    # As if made by hand with `istioctl create-remote-secret` from a kubeconfig naming 127.0.0.1.
+    secret = json.loads(mesh.kubectl("cluster1", "get", "secret", "istio-remote-secret-cluster2", "-n", "istio-system",
+                                     "-o", "json"))
+    (key, value), = secret["data"].items()
+    config = yaml.safe_load(base64.b64decode(value))
+    config["clusters"][0]["cluster"]["server"] = "https://127.0.0.1:6443"
+    secret["data"][key] = base64.b64encode(yaml.safe_dump(config).encode()).decode()
+    meta = secret["metadata"]
+    secret["metadata"] = {"name": meta["name"], "namespace": meta["namespace"], "labels": meta["labels"],
+                          "annotations": {"networking.istio.io/cluster": "cluster2"}}
+    mesh.kubectl("cluster1", "replace", "-f", "-", stdin=json.dumps(secret))
+
+    code, doc = mesh.status()
+    assert code == 1
+    _unhealthy_only(doc, "cluster1", "remote_secret_local")
+    assert _cluster(doc, "cluster1")["remote_secrets"]["cluster2"] == "local"
+    # topology.yaml gives cluster2 a reachable api_server: apply alone replaces the secret
+    assert "replaces it with one naming https://cluster2.mesh.test:6443" in \
+        _problems(doc, "cluster1")["remote_secret_local"]["hint"]
+    # without one, the field to set is named
+    topology = (mesh.workdir / "topology.yaml").read_text()
+    mesh.write_topology({ctx: f"https://{ctx}.mesh.test:6443" for ctx in NETS if ctx != "cluster2"})
+    try:
+        code, doc = mesh.status()
+        hint = _problems(doc, "cluster1")["remote_secret_local"]["hint"]
+        assert hint.startswith("set api_server: for cluster2 in ") and "then ./setup_mesh.py apply" in hint
+    finally:
+        (mesh.workdir / "topology.yaml").write_text(topology)
+    _repaired_by_apply(mesh)
+
+
+def _foreign_cacerts(mesh: Mesh, where: Path) -> Path:
+    """cluster2's cacerts files made from another root, with the release's own Makefile."""
+    where.mkdir()
+    makefile = mesh.sandbox.istio_dir / "tools" / "certs" / "Makefile.selfsigned.mk"
+    subprocess.run(["make", "-f", str(makefile), "root-ca", "cluster2-cacerts", *(f"{k}={v}" for k, v in FAST_KEYS.items())],
+                   cwd=where, check=True, capture_output=True)
+    return where / "cluster2"
+
+
+def test_cacerts_from_another_root(mesh, tmp_path):
+    foreign = _foreign_cacerts(mesh, tmp_path / "other-root")
+    files = [f"--from-file={name}={foreign / name}" for name in ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")]
+    manifest = mesh.kubectl("cluster2", "create", "secret", "generic", "cacerts", "-n", "istio-system", *files,
+                            "--dry-run=client", "-o", "json")
+    mesh.kubectl("cluster2", "replace", "-f", "-", stdin=manifest)
+
+    code, doc = mesh.status()
+    assert code == 1
+    _unhealthy_only(doc, "cluster2", "cacerts_foreign_root")
+    cacerts = _cluster(doc, "cluster2")["cacerts"]
+    assert cacerts["present"] is True and cacerts["chains_to_root"] is False
+    assert cacerts["root_fingerprint"] != doc["root_fingerprint"]
+    # certs/cluster2 in the workdir is this root's: apply puts it back
+    assert _problems(doc, "cluster2")["cacerts_foreign_root"]["hint"].startswith("./setup_mesh.py apply")
+
+    # when the workdir's own intermediate is the foreign one, it must be re-issued first
+    local = mesh.workdir / "certs" / "cluster2"
+    for path in foreign.iterdir():
+        (local / path.name).write_bytes(path.read_bytes())
+    code, doc = mesh.status()
+    hint = _problems(doc, "cluster2")["cacerts_foreign_root"]["hint"]
+    assert hint == (f"`rm -r {local}`, then ./setup_mesh.py apply --workdir {mesh.workdir} "
+                    "(re-issues the intermediate CA from this workspace's root)")
+    subprocess.run(["rm", "-r", str(local)], check=True)  # following the hint
+    _repaired_by_apply(mesh)
+
+
+def test_network_label_missing_then_wrong(mesh):
+    for change, label, code_expected in (("topology.istio.io/network-", None, "network_label_missing"),
+                                         ("topology.istio.io/network=network9", "network9", "network_label_wrong")):
+        mesh.kubectl("cluster3", "label", "namespace", "istio-system", change, "--overwrite")
+        code, doc = mesh.status()
+        assert code == 1
+        _unhealthy_only(doc, "cluster3", code_expected)
+        assert _cluster(doc, "cluster3")["network_label"] == label
+        assert _problems(doc, "cluster3")[code_expected]["hint"].startswith("./setup_mesh.py apply")
+    _repaired_by_apply(mesh)
+
+
+def test_gateway_without_address(mesh):
+    # A LoadBalancer that gives no address looks the same: the service exists, its status names none.
+    patch = lambda kind: mesh.kubectl("cluster1", "patch", "service", "istio-eastwestgateway", "-n", "istio-system",
+                                      "-p", json.dumps({"spec": {"type": kind}}))
+    patch("NodePort")
+    try:
+        code, doc = mesh.status()
+        assert code == 1
+        _unhealthy_only(doc, "cluster1", "gateway_pending")
+        assert _cluster(doc, "cluster1")["gateway"] == {"required": True, "address": None}
+        hint = _problems(doc, "cluster1")["gateway_pending"]["hint"]
+        assert "kubectl --context cluster1 get service istio-eastwestgateway -n istio-system" in hint
+    finally:
+        patch("LoadBalancer")
+    code, doc = mesh.status()
+    assert code == 0 and _cluster(doc, "cluster1")["gateway"]["address"]
+
+
+def test_drift_after_editing_base_yaml(mesh):
+    base = mesh.workdir / "base.yaml"
+    original = base.read_text()
+    base.write_text(original + "    accessLogEncoding: JSON\n")  # under meshConfig
+    try:
+        code, doc = mesh.status()
+        assert code == 1
+        for ctx in NETS:
+            c = _cluster(doc, ctx)
+            assert c["drift"] is True and [p["code"] for p in c["problems"]] == ["drift"]
+            assert "apply --dry-run" in c["problems"][0]["hint"]
+    finally:
+        base.write_text(original)
+    code, doc = mesh.status()
+    assert code == 0 and all(c["drift"] is False for c in doc["clusters"])
+
+
+def test_wait_returns_once_the_mesh_is_healthy_again(mesh):
+    mesh.kubectl("cluster2", "label", "namespace", "istio-system", "topology.istio.io/network-")
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "setup_mesh.py"), "status", "--wait", "--timeout", "60",
+                             "-o", "json", "--workdir", str(mesh.workdir)], env=mesh.sandbox.env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        assert proc.poll() is None, "status --wait returned while the mesh was unhealthy"
+        mesh.kubectl("cluster2", "label", "namespace", "istio-system", "topology.istio.io/network=network1")
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert json.loads(out)["healthy"] is True
+    assert time.monotonic() - started < 15
+
+
+def test_unreachable_cluster_is_reported_and_the_rest_still_read(mesh):
+    # Last on this mesh: the cluster stays stopped.
+    mesh.sandbox.stop_cluster("cluster3")
+    code, doc = mesh.status()
+    assert code == 1
+    c3 = _cluster(doc, "cluster3")
+    assert c3["reachable"] is False and c3["error"]
+    assert c3["istio"] == {"installed": None, "version": None, "ready": None} and c3["drift"] is None
+    assert c3["remote_secrets"] == {} and set(c3) == CLUSTER_FIELDS
+    problem = _problems(doc, "cluster3")["unreachable"]
+    assert "kubectl --context cluster3 get ns" in problem["hint"]
+    for ctx in ("cluster1", "cluster2"):
+        assert _cluster(doc, ctx)["reachable"] and _cluster(doc, ctx)["problems"] == []
+    table = mesh.cli("status")
+    assert table.returncode == 1 and "cluster3: unreachable" in table.stdout
+
+    started = time.monotonic()
+    result = mesh.cli("status", "--wait", "--timeout", "3")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert 3 <= elapsed < 15, elapsed
+    assert "still unhealthy after 3s" in result.stderr and "cluster3: unreachable" in result.stderr
