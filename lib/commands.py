@@ -15,7 +15,7 @@ from .config import BASE_FILE, PREP_HINT, TOPOLOGY_FILE, Cluster, Topology, load
 from .errors import ConfigError, MeshError
 from .executor import Executor, Outcome, Phase, RunContext, Step
 from .kube import Observed, Tools, parse_inspect
-from .plan import ApplyPlan, Removal, build_apply_plan, desired_state, teardown_plan
+from .plan import RECORD_TITLE, ApplyPlan, Removal, build_apply_plan, desired_state, teardown_plan
 from .prep import parse_context_options, prep_mesh as _prep_mesh, report as _report_prep
 from .release import Release, find_istioctl, find_release
 from .reporter import Reporter
@@ -154,34 +154,11 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     ws = load_workspace(workdir, kubeconfig, lenient=dry_run)
     topology = ws.topology
     tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout)
-    cert_dir = certs.certs_dir(workdir)
-    need_make = [c for c in topology.clusters if not certs.has_cacerts(cert_dir, c.name)]
-    release: Release | None = None
-    root_present = (cert_dir / certs.ROOT_CERT).is_file() and (cert_dir / certs.ROOT_KEY).is_file()
-    if need_make:
-        if not root_present:
-            problem = ConfigError(f"the mesh's root CA is missing ({cert_dir / certs.ROOT_CERT})", hint=PREP_HINT)
-            if not dry_run:
-                raise problem
-            ws.notes.append(f"{problem.message}: {problem.hint}")
-        try:
-            release = find_release(istio_dir, workdir)
-        except ConfigError:
-            if not dry_run:
-                raise
-            ws.notes.append("no Istio release found (--istio-dir, ISTIO_DIR, istioctl on PATH, istio-* in the workdir): "
-                            "the plan names the Makefile as <istio>/tools/certs/Makefile.selfsigned.mk")
-        if not dry_run:
-            for tool in ("make", "openssl"):
-                runner.require(tool)
+    release, intermediate_vars = _certs_prerequisites(ws, istio_dir, runner, dry_run)
     for cluster in topology.clusters:
         if cluster.server_is_local and not cluster.api_server:
             reporter.warn(f"context {cluster.context!r} names the API server {cluster.server}, which other clusters "
                           f"cannot reach: set api_server: for it in {topology.path} (passed to create-remote-secret --server)")
-    intermediate_vars = {}
-    org = certs.root_organization(cert_dir)
-    if org:
-        intermediate_vars["INTERMEDIATE_ORG"] = org
 
     in_topology = {c.context for c in topology.clusters}
     removed = [Removal(ctx, entry.get("cluster_name", ctx), entry.get("kubeconfig"), False)
@@ -227,19 +204,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     outcome = executor.run_phases(plan.phases)
     reporter.stop_progress()
 
-    # Record what is now true, even after a partial failure, so the next run repairs only the rest.
-    for cluster in topology.clusters:
-        failed = cluster.context in outcome.failures
-        setup_done = "record what was applied" in outcome.done_steps.get(cluster.context, [])
-        if setup_done or (cluster.context in plan.unchanged and not failed):
-            ws.state.record(cluster, desired[cluster.context].fingerprint)
-        elif cluster.context not in plan.unchanged and not ws.state.has(cluster.context):
-            ws.state.record(cluster, None)  # touched: teardown must know it even if set-up failed
-    for gone in plan.removals:
-        if gone.context not in outcome.failures:
-            ws.state.forget(gone.context)
-    ws.state.save(topology.mesh_id)
-
+    _record_state(ws, plan, desired, outcome)
     for cluster in topology.clusters:
         if cluster.context not in outcome.failures:
             reporter.finish_cluster(cluster.context, True, "unchanged" if cluster.context in plan.unchanged else "")
@@ -247,6 +212,47 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
         if gone.context not in outcome.failures:
             reporter.finish_cluster(gone.context, True, "removed" if gone.reachable else "removed (unreachable)")
     return _finish("apply", outcome, log, reporter)
+
+
+def _certs_prerequisites(ws: Workspace, istio_dir: str | None, runner: ShRunner,
+                         dry_run: bool) -> tuple[Release | None, dict[str, str]]:
+    """What making missing intermediate CAs needs: the root CA, the Istio release, make and openssl."""
+    cert_dir = certs.certs_dir(ws.workdir)
+    release: Release | None = None
+    if any(not certs.has_cacerts(cert_dir, c.name) for c in ws.topology.clusters):
+        if not ((cert_dir / certs.ROOT_CERT).is_file() and (cert_dir / certs.ROOT_KEY).is_file()):
+            problem = ConfigError(f"the mesh's root CA is missing ({cert_dir / certs.ROOT_CERT})", hint=PREP_HINT)
+            if not dry_run:
+                raise problem
+            ws.notes.append(f"{problem.message}: {problem.hint}")
+        try:
+            release = find_release(istio_dir, ws.workdir)
+        except ConfigError:
+            if not dry_run:
+                raise
+            ws.notes.append("no Istio release found (--istio-dir, ISTIO_DIR, istioctl on PATH, istio-* in the workdir): "
+                            "the plan names the Makefile as <istio>/tools/certs/Makefile.selfsigned.mk")
+        if not dry_run:
+            for tool in ("make", "openssl"):
+                runner.require(tool)
+    # Intermediates are issued under the root's organisation, as the original script used one ORG_NAME.
+    org = certs.root_organization(cert_dir)
+    return release, ({"INTERMEDIATE_ORG": org} if org else {})
+
+
+def _record_state(ws: Workspace, plan: ApplyPlan, desired: dict, outcome: Outcome) -> None:
+    """Record what is now true, even after a partial failure, so the next run repairs only the rest."""
+    for cluster in ws.topology.clusters:
+        failed = cluster.context in outcome.failures
+        setup_done = RECORD_TITLE in outcome.done_steps.get(cluster.context, [])
+        if setup_done or (cluster.context in plan.unchanged and not failed):
+            ws.state.record(cluster, desired[cluster.context].fingerprint)
+        elif cluster.context not in plan.unchanged and not ws.state.has(cluster.context):
+            ws.state.record(cluster, None)  # touched: teardown must know it even if set-up failed
+    for gone in plan.removals:
+        if gone.context not in outcome.failures:
+            ws.state.forget(gone.context)
+    ws.state.save(ws.topology.mesh_id)
 
 
 def _finish(name: str, outcome: Outcome, log: RunLog, reporter: Reporter) -> int:

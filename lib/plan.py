@@ -21,6 +21,7 @@ from .yamlfile import dump
 
 OVERLAY_DIR = "overlays"
 GATEWAY_POLL_SECONDS = 1.0
+RECORD_TITLE = "record what was applied"
 
 
 @dataclass
@@ -98,7 +99,7 @@ def _install_steps(tools: Tools, workdir: Path, d: Desired) -> list[Step]:
 
 
 def record_step(tools: Tools, cluster: Cluster, fp: str) -> Step:
-    return Step("record what was applied", commands=[tools.kubectl_cmd(
+    return Step(RECORD_TITLE, commands=[tools.kubectl_cmd(
         cluster, "annotate", "--overwrite", "namespace", ISTIO_NAMESPACE, f"{APPLIED_ANNOTATION}={fp}")])
 
 
