@@ -166,6 +166,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     removed_clusters = [Cluster(context=r.context, network="", name=r.cluster_name, kubeconfig=r.kubeconfig)
                         for r in removed]
 
+    log = None if dry_run else _open_log(workdir, "apply", runner)  # a dry run writes nothing, not even a log
     reporter.start_progress([(c.context, c.network) for c in topology.clusters])
     readable = ws.contexts_resolved
     observed = inspect_clusters(list(topology.clusters) + removed_clusters, tools, runner, reporter, parallel) if readable else {}
@@ -194,7 +195,6 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
                           f"there; remove them with `istioctl uninstall --purge -y --context {gone.context}` and "
                           f"`kubectl --context {gone.context} delete namespace istio-system`")
 
-    log = _open_log(workdir, "apply", runner)
     executor = Executor(runner, reporter, parallel)
     for context, seen in unreachable.items():
         executor.fail_before_start(context, "read current state", MeshError(
@@ -343,9 +343,9 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
     what = ", ".join(c.context for c in clusters)
     confirm(f"Remove Istio, its secrets and istio-system from {what}?", yes, reporter)
 
+    log = _open_log(workdir, "teardown", runner)
     reporter.start_progress([(c.context, c.network) for c in clusters])
     observed = inspect_clusters(clusters, tools, runner, reporter, parallel)
-    log = _open_log(workdir, "teardown", runner)
     phase = teardown_plan(tools, clusters, observed)
     executor = Executor(runner, reporter, parallel)
     for context, seen in observed.items():
