@@ -38,7 +38,7 @@ def run_guarded(debug: bool, quiet: bool, verbose: bool, body: Callable[[ShRunne
     except MeshError as exc:
         reporter.error(exc)
         code = exc.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):  # Ctrl-C, also at a confirmation prompt
         runner.terminate_all()
         reporter.error(MeshError("interrupted", hint="run the same command again: it picks up where this one stopped"))
         code = 130
