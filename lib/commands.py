@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import click  # typer.confirm raises click.Abort on Ctrl-C
 import typer
 
 from . import certs
@@ -38,7 +39,7 @@ def run_guarded(debug: bool, quiet: bool, verbose: bool, body: Callable[[ShRunne
     except MeshError as exc:
         reporter.error(exc)
         code = exc.exit_code
-    except (KeyboardInterrupt, typer.Abort):  # Ctrl-C, also at a confirmation prompt
+    except (KeyboardInterrupt, click.exceptions.Abort):  # Ctrl-C, also at a confirmation prompt
         runner.terminate_all()
         reporter.error(MeshError("interrupted", hint="run the same command again: it picks up where this one stopped"))
         code = 130
