@@ -168,9 +168,13 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
                         for r in removed]
 
     log = None if dry_run else _open_log(workdir, "apply", runner)  # a dry run writes nothing, not even a log
-    reporter.start_progress([(c.context, c.network) for c in topology.clusters])
+    if not dry_run:
+        reporter.start_progress([(c.context, c.network) for c in topology.clusters])
+    # A dry run's output is the plan alone: its reads report no progress.
+    read_reporter = Reporter(quiet=True, err_console=reporter.err) if dry_run else reporter
     readable = ws.contexts_resolved
-    observed = inspect_clusters(list(topology.clusters) + removed_clusters, tools, runner, reporter, parallel) if readable else {}
+    observed = (inspect_clusters(list(topology.clusters) + removed_clusters, tools, runner, read_reporter, parallel)
+                if readable else {})
     desired = desired_state(topology, ws.base)
     # An unreachable cluster sits this run out (and is reported); the others go ahead.
     unreachable = {c.context: observed[c.context] for c in topology.clusters

@@ -98,6 +98,19 @@ def _install_steps(tools: Tools, workdir: Path, d: Desired) -> list[Step]:
     return steps
 
 
+def _remove_gateways_step(tools: Tools, workdir: Path, d: Desired, seen: Observed) -> Step:
+    """The mesh is on one network now: the east-west gateway and its Gateway are not needed any more."""
+    commands = [tools.kubectl_cmd(d.cluster, "delete", "gateways.networking.istio.io", CROSS_NETWORK_GATEWAY,
+                                  "-n", ISTIO_NAMESPACE, "--ignore-not-found")]
+    files = []
+    if seen.eastwest_exists:
+        path = d.eastwest_path(workdir)
+        old = Cluster(context=d.cluster.context, network=seen.network_label or d.cluster.network, name=d.cluster.name)
+        files.append((path, dump(eastwest_operator(d.operator, old))))
+        commands.append(tools.istioctl_cmd(d.cluster, "uninstall", "-y", "-f", str(path)))
+    return Step("remove the east-west gateway (one network now)", commands=commands, files=files)
+
+
 def record_step(tools: Tools, cluster: Cluster, fp: str) -> Step:
     return Step(RECORD_TITLE, commands=[tools.kubectl_cmd(
         cluster, "annotate", "--overwrite", "namespace", ISTIO_NAMESPACE, f"{APPLIED_ANNOTATION}={fp}")])
@@ -204,6 +217,8 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             steps.append(_cacerts_step(tools, cluster, cert_dir))
         if seen.applied != d.fingerprint or (d.eastwest is not None and not seen.eastwest_exists):
             steps.extend(_install_steps(tools, workdir, d))
+            if d.eastwest is None and seen.applied is not None:
+                steps.append(_remove_gateways_step(tools, workdir, d, seen))
         if steps:
             steps.append(record_step(tools, cluster, d.fingerprint))
             for step in steps:

@@ -90,3 +90,14 @@ def test_teardown_removes_everything_and_twice_is_fine(mesh3):
     again = mesh3.run("teardown", "-y", "--purge-certs")
     assert again.returncode == 0, again.stdout + again.stderr
     assert not (mesh3.workdir / "certs").exists()
+
+
+def test_going_down_to_one_network_removes_the_gateways(mesh3):
+    mesh3.write_topology({ctx: "network1" for ctx in NETS})
+    mesh3.apply()
+    for ctx in NETS:
+        assert mesh3.get(ctx, "service", "istio-eastwestgateway", "-n", "istio-system", check=False) is None
+        gateways = mesh3.sandbox.kubectl(ctx, "get", "gateways.networking.istio.io", "-A", "-o", "name").stdout
+        assert gateways.strip() == ""
+        assert mesh3.get(ctx, "namespace", "istio-system")["metadata"]["labels"]["topology.istio.io/network"] == "network1"
+    assert sorted(mesh3.remote_secrets("cluster3")) == ["cluster1", "cluster2"]
