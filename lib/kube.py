@@ -47,9 +47,9 @@ class Tools:
                                 "--force-conflicts", "-f", "-", stdin=manifest, stdin_shown=shown)
 
     def inspect(self, cluster: Cluster, timeout: float) -> Command:
-        # One read gives the namespace, its secrets (cacerts, remote secrets, tokens) and services.
-        return self.kubectl_cmd(cluster, "get", "namespaces,secrets,services", "-n", ISTIO_NAMESPACE, "-o", "json",
-                                secret_output=True, timeout=timeout)
+        # One read gives the namespace, its secrets (cacerts, remote secrets, tokens), services and deployments.
+        return self.kubectl_cmd(cluster, "get", "namespaces,secrets,services,deployments", "-n", ISTIO_NAMESPACE,
+                                "-o", "json", secret_output=True, timeout=timeout)
 
 
 def _b64(data: dict, key: str) -> bytes | None:
@@ -95,6 +95,7 @@ class Observed:
     eastwest_exists: bool = False
     eastwest_address: str | None = None
     istiod_service: bool = False
+    deployments: dict[str, dict] = field(default_factory=dict)  # in istio-system, by name
 
 
 def parse_inspect(output: str) -> Observed:
@@ -133,6 +134,8 @@ def parse_inspect(output: str) -> Observed:
                 seen.eastwest_address = service_address(item)
             elif name == "istiod":
                 seen.istiod_service = True
+        elif kind == "Deployment" and meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE:
+            seen.deployments[name] = item
     if tokens:
         seen.reader_token = sorted(tokens)[0][1]
     return seen

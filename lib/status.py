@@ -10,7 +10,6 @@ import datetime as dt
 import json
 import shlex
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,16 +71,11 @@ def image_version(image: str | None) -> str | None:
     return tag or None
 
 
-def parse_istiod(output: str) -> Istiod:
-    """The answer of ``kubectl get deployment istiod -o json --ignore-not-found`` (empty: not there)."""
-    if not (output or "").strip():
+def parse_istiod(deployment: dict | None) -> Istiod:
+    """The istiod Deployment as the cluster read returned it (None: not there)."""
+    if not deployment:
         return Istiod(read=True, installed=False)
-    data = json.loads(output)
-    if data.get("kind") == "List":
-        items = data.get("items") or []
-        if not items:
-            return Istiod(read=True, installed=False)
-        data = items[0]
+    data = deployment
     containers = (((data.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []
     container = next((c for c in containers if c.get("name") == ISTIOD_CONTAINER), containers[0] if containers else {})
     cluster_id = None
@@ -457,34 +451,14 @@ def _judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: 
 
 # --- reading ---------------------------------------------------------------------------------------
 
-def read_istiod(clusters: list[Cluster], tools: Tools, runner, parallel: int, name: str) -> dict[str, Istiod]:
-    def one(cluster: Cluster) -> tuple[str, Istiod]:
-        command = tools.kubectl_cmd(cluster, "get", "deployment", name, "-n", ISTIO_NAMESPACE, "-o", "json",
-                                    "--ignore-not-found", timeout=READ_TIMEOUT)
-        try:
-            return cluster.context, parse_istiod(runner.run(command).stdout)
-        except MeshError as exc:
-            return cluster.context, Istiod(read=False, error=exc.message)
-        except ValueError as exc:
-            return cluster.context, Istiod(read=False, error=f"unreadable answer from kubectl: {exc}")
-
-    if not clusters:
-        return {}
-    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(clusters))), thread_name_prefix="status") as pool:
-        return dict(pool.map(one, clusters))
-
-
 def collect(ws: Workspace, tools: Tools, runner, reporter: Reporter, parallel: int) -> MeshStatus:
     from .commands import inspect_clusters
 
     # The reads report no progress: status prints one report at the end.
     silent = Reporter(console=reporter.console, err_console=reporter.err, quiet=True)
-    clusters = list(ws.topology.clusters)
-    # The istiod read runs beside the main read rather than after it: one round trip of latency, not two.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="status-istiod") as side:
-        istiod_reads = side.submit(read_istiod, clusters, tools, runner, parallel, ws.istiod_deployment)
-        observed = inspect_clusters(clusters, tools, runner, silent, parallel, title="read status")
-        istiod = istiod_reads.result()
+    observed = inspect_clusters(list(ws.topology.clusters), tools, runner, silent, parallel, title="read status")
+    istiod = {ctx: parse_istiod(seen.deployments.get(ws.istiod_deployment)) if seen.reachable
+              else Istiod(read=False, error=seen.error) for ctx, seen in observed.items()}
     return evaluate(ws, observed, istiod)
 
 

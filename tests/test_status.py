@@ -103,10 +103,11 @@ def test_image_tag_is_the_version():
 
 
 def test_istiod_deployment_is_parsed():
-    assert parse_istiod("") == Istiod(read=True, installed=False)
-    seen = parse_istiod('{"kind": "Deployment", "spec": {"template": {"spec": {"containers": [{"name": "discovery",'
-                        ' "image": "istio/pilot:1.29.0", "env": [{"name": "CLUSTER_ID", "value": "c1"}]}]}}},'
-                        ' "status": {"readyReplicas": 1}}')
+    assert parse_istiod(None) == Istiod(read=True, installed=False)
+    seen = parse_istiod(json.loads(
+        '{"kind": "Deployment", "spec": {"template": {"spec": {"containers": [{"name": "discovery",'
+        ' "image": "istio/pilot:1.29.0", "env": [{"name": "CLUSTER_ID", "value": "c1"}]}]}}},'
+        ' "status": {"readyReplicas": 1}}'))
     assert (seen.installed, seen.version, seen.ready, seen.cluster_id) == (True, "1.29.0", True, "c1")
 
 
