@@ -59,6 +59,15 @@ def cacerts_files(directory: Path, cluster_name: str) -> dict[str, Path]:
     return {name: directory / cluster_name / name for name in CACERTS_FILES}
 
 
+def discard_incomplete(directory: Path, cluster_name: str) -> None:
+    """Remove empty outputs of a failed make, which make would otherwise take as already made."""
+    folder = directory / cluster_name
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.is_file() and path.stat().st_size == 0:
+                path.unlink()
+
+
 def has_cacerts(directory: Path, cluster_name: str) -> bool:
     return all(p.is_file() and p.stat().st_size > 0 for p in cacerts_files(directory, cluster_name).values())
 

@@ -77,6 +77,7 @@ class RemoteSecretInfo:
     source: str | None  # setup-mesh's fingerprint of its credentials
     server: str | None
     suspicious_local: bool = False
+    manifest: dict | None = field(default=None, repr=False)  # a copy to apply elsewhere; holds a token
 
 
 @dataclass
@@ -121,7 +122,7 @@ def parse_inspect(output: str) -> Observed:
                 seen.cacerts = {k: v for k in ("ca-cert.pem", "cert-chain.pem", "root-cert.pem")
                                 if (v := _b64(secret_data, k)) is not None}
             elif labels.get(MULTICLUSTER_LABEL) == "true":
-                info = _remote_secret_info(name, annotations, secret_data)
+                info = _remote_secret_info(name, annotations, secret_data, labels, item.get("type"))
                 seen.remote_secrets[info.cluster] = info
             elif (item.get("type") == "kubernetes.io/service-account-token"
                   and annotations.get("kubernetes.io/service-account.name") == READER_SERVICE_ACCOUNT):
@@ -151,7 +152,9 @@ def service_address(service: dict[str, Any]) -> str | None:
     return external[0] if external else None
 
 
-def _remote_secret_info(name: str, annotations: dict, data: dict) -> RemoteSecretInfo:
+def _remote_secret_info(name: str, annotations: dict, data: dict, labels: dict | None = None,
+                        secret_type: str | None = None) -> RemoteSecretInfo:
+    labels = labels or {}
     cluster = annotations.get(CLUSTER_ANNOTATION)
     if not cluster:
         cluster = name.removeprefix("istio-remote-secret-")
@@ -171,8 +174,15 @@ def _remote_secret_info(name: str, annotations: dict, data: dict) -> RemoteSecre
 
     host = urlparse(server).hostname if server else None
     local = bool(host) and (host in ("localhost", "::1", "0.0.0.0") or host.startswith("127."))
+    manifest = {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": ISTIO_NAMESPACE, "labels": dict(labels),
+                     "annotations": {k: v for k, v in annotations.items() if not k.startswith("kubectl.kubernetes.io/")}},
+        "type": secret_type or "Opaque",
+        "data": dict(data),
+    }
     return RemoteSecretInfo(name=name, cluster=cluster, source=annotations.get(SECRET_SOURCE_ANNOTATION),
-                            server=server, suspicious_local=local)
+                            server=server, suspicious_local=local, manifest=manifest)
 
 
 def parse_remote_secret(output: str, cluster_name: str) -> tuple[dict[str, Any], str | None]:

@@ -4,6 +4,7 @@ Building the plan runs nothing; the same plan is printed by --dry-run and run by
 """
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,24 @@ def _cacerts_step(tools: Tools, cluster: Cluster, cert_dir: Path) -> Step:
                      f"{cert_dir / cluster.name}/*.pem (holds the CA key: not shown)")
 
 
+# The certs Makefile signs every intermediate with the root's serial file (root-cert.srl): one at a time.
+_MAKE_LOCK = threading.Lock()
+
+
+def _intermediate_step(release: Release | None, cert_dir: Path, cluster: Cluster, variables: dict[str, str]) -> Step:
+    command = certs.cacerts_command(release or Release(Path("<istio>")), cert_dir, cluster.name, variables)
+
+    def action(ctx: RunContext) -> None:
+        with _MAKE_LOCK:
+            try:
+                ctx.run(command)
+            except MeshError:
+                certs.discard_incomplete(cert_dir, cluster.name)  # an empty file would look made to make
+                raise
+
+    return Step("make intermediate CA", commands=[command], action=action)
+
+
 def _install_steps(tools: Tools, workdir: Path, d: Desired) -> list[Step]:
     cluster = d.cluster
     steps = [Step("install Istio", files=[(d.overlay_path(workdir), dump(d.operator))],
@@ -158,18 +177,20 @@ def export_step(tools: Tools, cluster: Cluster) -> Step:
     return Step("create its remote secret", commands=[command], action=action)
 
 
-def import_step(tools: Tools, target: Cluster, peers: list[Cluster]) -> Step:
+def import_step(tools: Tools, target: Cluster, peers: list[Cluster], copies: dict[str, dict]) -> Step:
+    """Apply the peers' secrets in one go; ``copies`` are current ones read from other clusters."""
     names = ", ".join(p.name for p in peers)
 
     def action(ctx: RunContext) -> None:
         # A peer whose export failed is reported on its own; the next apply brings its secret.
-        exported = ctx.shared.get("remote_secrets", {})
-        items = [exported[p.context] for p in peers if p.context in exported]
+        available = {**copies, **ctx.shared.get("remote_secrets", {})}
+        items = [available[p.context] for p in peers if p.context in available]
         if items:
             ctx.run(tools.apply(target, dump(manifest_list(items)), shown=False))
 
     return Step(f"apply remote secrets of {names}", commands=[tools.apply(target, None, shown=False)], action=action,
-                note=f"stdin: the Secrets printed by create-remote-secret for {names} (hold tokens: not shown)")
+                note=f"stdin: the remote secrets of {names}, from create-remote-secret or copied from a peer "
+                     f"(hold tokens: not shown)")
 
 
 def prune_step(tools: Tools, target: Cluster, names: list[str]) -> Step:
@@ -195,22 +216,40 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
                      gateway_timeout: float, skip: set[str] = frozenset()) -> ApplyPlan:
     """``skip``: contexts that could not be read; they get no step, and their secrets are left as they are."""
     cert_dir = certs.certs_dir(workdir)
-    setup, gateways, export, imports, prune, remove = (Phase("set up and install"), Phase("gateways ready"),
-                                                       Phase("export remote secrets"), Phase("import remote secrets"),
-                                                       Phase("prune"), Phase("remove clusters"))
-    plan = ApplyPlan([setup, gateways, export, imports, prune, remove])
+    # Two phases for the members: each cluster's own chain (set-up, install, its remote secret), then
+    # what needs the others (their secrets, and the gateway address, which nothing else waits for).
+    setup, connect, prune, remove = (Phase("set up, install, export remote secret"),
+                                     Phase("import remote secrets, gateways ready"), Phase("prune"),
+                                     Phase("remove clusters"))
+    plan = ApplyPlan([setup, connect, prune, remove])
     names = {c.name for c in topology.clusters}
-
     members = [c for c in topology.clusters if c.context not in skip]
-    # Per cluster: set-up and install, only what differs from what the cluster holds.
+    seen_of = {c.context: observed.get(c.context) or Observed() for c in members}
+
+    # Secret exchange: a peer's copy is current when it carries the credentials its cluster holds now.
+    # A missing copy is taken from another member that holds a current one, else made once by istioctl.
+    current_fp = {c.context: token_fingerprint(c.name, c.remote_server, seen_of[c.context].reader_token)
+                  for c in members}
+    held = {}  # peer context -> a current copy of its secret held somewhere
+    for holder in members:
+        for peer in members:
+            info = seen_of[holder.context].remote_secrets.get(peer.name)
+            if info and info.manifest and info.source and info.source == current_fp[peer.context]:
+                held.setdefault(peer.context, info.manifest)
+    imports: dict[str, list[Cluster]] = {}
+    for target in members:
+        for peer in members:
+            have = seen_of[target.context].remote_secrets.get(peer.name)
+            if peer is not target and (have is None or have.source is None or have.source != current_fp[peer.context]):
+                imports.setdefault(target.context, []).append(peer)
+    needed_sources = {p.context for peers in imports.values() for p in peers if p.context not in held}
+
     for cluster in members:
         d = desired[cluster.context]
-        seen = observed.get(cluster.context) or Observed()
+        seen = seen_of[cluster.context]
         steps: list[Step] = []
         if not certs.has_cacerts(cert_dir, cluster.name):
-            makefile = release.certs_makefile if release else Path("<istio>/tools/certs/Makefile.selfsigned.mk")
-            steps.append(Step("make intermediate CA", commands=[certs.cacerts_command(
-                Release(makefile.parents[2]), cert_dir, cluster.name, intermediate_vars)]))
+            steps.append(_intermediate_step(release, cert_dir, cluster, intermediate_vars))
         local_ca = _read(cert_dir / cluster.name / "ca-cert.pem")
         cacerts_current = (seen.cacerts or {}).get("ca-cert.pem") == local_ca and local_ca is not None
         if steps or not seen.namespace or seen.network_label != cluster.network or not cacerts_current:
@@ -219,39 +258,26 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             steps.extend(_install_steps(tools, workdir, d))
             if d.eastwest is None and seen.applied is not None:
                 steps.append(_remove_gateways_step(tools, workdir, d, seen))
-        if steps:
+        changed = bool(steps)
+        if changed:
             steps.append(record_step(tools, cluster, d.fingerprint))
-            for step in steps:
-                setup.add(cluster.context, step)
         else:
             plan.unchanged.append(cluster.context)
-        if topology.multi_network and not (seen.eastwest_address and not steps):
-            gateways.add(cluster.context, wait_gateway_step(tools, cluster, gateway_timeout))
+        if cluster.context in needed_sources:
+            steps.append(export_step(tools, cluster))
+        for step in steps:
+            setup.add(cluster.context, step)
 
-    # Secret exchange: each cluster's secret is made once and applied once per target that lacks it.
-    # A peer's copy is current when it carries the credentials the source cluster holds now.
-    current_fp = {c.context: token_fingerprint(c.name, c.remote_server, (observed.get(c.context) or Observed()).reader_token)
-                  for c in members}
-    needed_sources: set[str] = set()
-    for target in members:
-        seen = observed.get(target.context) or Observed()
-        peers = []
-        for peer in members:
-            if peer is target:
-                continue
-            have = seen.remote_secrets.get(peer.name)
-            if have is None or have.source is None or have.source != current_fp[peer.context]:
-                peers.append(peer)
-        if peers:
-            imports.add(target.context, import_step(tools, target, peers))
-            needed_sources.update(p.context for p in peers)
+        if cluster.context in imports:
+            peers = imports[cluster.context]
+            connect.add(cluster.context, import_step(tools, cluster, peers, {p.context: held[p.context]
+                                                                               for p in peers if p.context in held}))
+        if topology.multi_network and (changed or not seen.eastwest_address):
+            connect.add(cluster.context, wait_gateway_step(tools, cluster, gateway_timeout))
         stale = sorted(info.name for name, info in seen.remote_secrets.items() if name not in names)
         if stale:
-            plan.prunes[target.context] = stale
-            prune.add(target.context, prune_step(tools, target, stale))
-    for cluster in members:
-        if cluster.context in needed_sources:
-            export.add(cluster.context, export_step(tools, cluster))
+            plan.prunes[cluster.context] = stale
+            prune.add(cluster.context, prune_step(tools, cluster, stale))
 
     # Clusters dropped from topology.yaml: uninstall where reachable.
     for gone in removed:

@@ -29,7 +29,8 @@ def _healthy(topology, desired):
     observed = {}
     for c in topology.clusters:
         peers = {p.name: RemoteSecretInfo(f"istio-remote-secret-{p.name}", p.name,
-                                          token_fingerprint(p.name, p.remote_server, f"tok-{p.name}"), p.server)
+                                          token_fingerprint(p.name, p.remote_server, f"tok-{p.name}"), p.server,
+                                          manifest={"kind": "Secret", "metadata": {"name": f"copy-of-{p.name}"}})
                  for p in topology.clusters if p is not c}
         observed[c.context] = Observed(
             reachable=True, namespace=True, network_label=c.network, applied=desired[c.context].fingerprint,
@@ -57,15 +58,33 @@ def test_a_healthy_mesh_plans_nothing(tmp_path):
     assert plan.unchanged == ["c1", "c2", "c3"]
 
 
-def test_a_missing_secret_is_exported_once_and_applied_only_where_missing(tmp_path):
+IMPORT = "import remote secrets, gateways ready"
+SETUP = "set up, install, export remote secret"
+
+
+def test_a_missing_secret_is_copied_from_a_peer_that_holds_a_current_one(tmp_path):
     def observed(topology, desired):
         obs = _healthy(topology, desired)
         del obs["c1"].remote_secrets["c3"]
         return obs
 
+    plan = _plan(tmp_path, observed)
+    assert _steps(plan) == {(IMPORT, "c1"): ["apply remote secrets of c3"]}
+    argvs = [c.argv for phase in plan.phases for steps in phase.steps.values() for st in steps for c in st.commands]
+    assert not any("create-remote-secret" in argv for argv in argvs)
+
+
+def test_a_secret_nobody_holds_is_exported_once(tmp_path):
+    def observed(topology, desired):
+        obs = _healthy(topology, desired)
+        del obs["c1"].remote_secrets["c3"]
+        del obs["c2"].remote_secrets["c3"]
+        return obs
+
     assert _steps(_plan(tmp_path, observed)) == {
-        ("export remote secrets", "c3"): ["create its remote secret"],
-        ("import remote secrets", "c1"): ["apply remote secrets of c3"],
+        (SETUP, "c3"): ["create its remote secret"],
+        (IMPORT, "c1"): ["apply remote secrets of c3"],
+        (IMPORT, "c2"): ["apply remote secrets of c3"],
     }
 
 
@@ -76,9 +95,9 @@ def test_a_rotated_token_refreshes_that_clusters_secret_everywhere(tmp_path):
         return obs
 
     steps = _steps(_plan(tmp_path, observed))
-    assert steps[("export remote secrets", "c2")] == ["create its remote secret"]
-    assert steps[("import remote secrets", "c1")] == ["apply remote secrets of c2"]
-    assert steps[("import remote secrets", "c3")] == ["apply remote secrets of c2"]
+    assert steps[(SETUP, "c2")] == ["create its remote secret"]
+    assert steps[(IMPORT, "c1")] == ["apply remote secrets of c2"]
+    assert steps[(IMPORT, "c3")] == ["apply remote secrets of c2"]
 
 
 def test_a_changed_overlay_reinstalls_only_that_cluster(tmp_path):
@@ -88,10 +107,10 @@ def test_a_changed_overlay_reinstalls_only_that_cluster(tmp_path):
         return obs
 
     steps = _steps(_plan(tmp_path, observed))
-    assert steps[("set up and install", "c3")] == ["install Istio", "install east-west gateway",
-                                                   "expose services (Gateway cross-network-gateway)",
-                                                   "record what was applied"]
-    assert [k for k in steps if k[0] == "set up and install"] == [("set up and install", "c3")]
+    assert steps[(SETUP, "c3")] == ["install Istio", "install east-west gateway",
+                                    "expose services (Gateway cross-network-gateway)", "record what was applied"]
+    assert steps[(IMPORT, "c3")] == ["wait for the east-west gateway's address"]
+    assert sorted(steps) == [(IMPORT, "c3"), (SETUP, "c3")]
 
 
 def test_stale_secrets_and_removed_clusters(tmp_path):

@@ -1,0 +1,55 @@
+"""Certificates: intermediates made through the release's Makefile, read with cryptography."""
+import subprocess
+
+from lib import certs
+from lib.config import Cluster
+from lib.executor import Executor, Phase
+from lib.plan import _intermediate_step
+from lib.release import Release
+from lib.reporter import Reporter
+from lib.runner import ShRunner
+from tests.sandbox.release import materialize_release
+
+
+def test_intermediates_made_in_parallel_all_chain_to_the_root(tmp_path, monkeypatch):
+    # The Makefile signs with one serial file; concurrent makes must not corrupt each other's output.
+    monkeypatch.setenv("ROOTCA_KEYSZ", "2048")
+    monkeypatch.setenv("INTERMEDIATE_KEYSZ", "2048")
+    release = Release(materialize_release(tmp_path / "rel"))
+    cert_dir = tmp_path / "certs"
+    cert_dir.mkdir()
+    runner = ShRunner()
+    runner.run(certs.root_ca_command(release, cert_dir, {"ROOTCA_ORG": "Org"}))
+    phase = Phase("certs")
+    names = [f"c{i}" for i in range(8)]
+    for name in names:
+        phase.add(name, _intermediate_step(release, cert_dir, Cluster(name, "n", name), {"INTERMEDIATE_ORG": "Org"}))
+    outcome = Executor(runner, Reporter(quiet=True), parallel=8).run_phases([phase])
+    assert outcome.ok, outcome.failures
+    for name in names:
+        assert certs.has_cacerts(cert_dir, name)
+        verify = subprocess.run(["openssl", "verify", "-CAfile", str(cert_dir / "root-cert.pem"),
+                                 str(cert_dir / name / "ca-cert.pem")], capture_output=True, text=True)
+        assert verify.returncode == 0, verify.stderr
+        info = certs.read_cert((cert_dir / name / "ca-cert.pem").read_bytes())
+        assert info.is_ca and info.organization == "Org" and f"L={name}" in info.subject
+        chain = certs.read_pem_chain((cert_dir / name / "cert-chain.pem").read_bytes())
+        assert [c.fingerprint for c in chain][1] == certs.read_cert((cert_dir / "root-cert.pem").read_bytes()).fingerprint
+
+
+def test_a_failed_make_leaves_no_empty_file_behind(tmp_path):
+    folder = tmp_path / "c1"
+    folder.mkdir()
+    (folder / "ca-cert.pem").write_text("")
+    (folder / "ca-key.pem").write_text("KEY")
+    certs.discard_incomplete(tmp_path, "c1")
+    assert sorted(p.name for p in folder.iterdir()) == ["ca-key.pem"]
+    assert not certs.has_cacerts(tmp_path, "c1")
+
+
+def test_root_organisation_is_read_from_the_certificate(tmp_path):
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(tmp_path / "k"),
+                    "-out", str(tmp_path / "root-cert.pem"), "-subj", "/O=Acme Mesh/CN=Root CA", "-days", "2"],
+                   check=True, capture_output=True)
+    assert certs.root_organization(tmp_path) == "Acme Mesh"
+    assert certs.read_cert((tmp_path / "root-cert.pem").read_bytes()).days_left() in (1, 2)
