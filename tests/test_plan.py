@@ -4,9 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
-from lib.config import Cluster, Topology, load_base
+from lib.config import Cluster, Topology
 from lib.kube import Observed, RemoteSecretInfo, Tools, token_fingerprint
 from lib.plan import Removal, build_apply_plan, desired_state
 from tests import goldens
