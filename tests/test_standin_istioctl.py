@@ -7,7 +7,6 @@ import json
 import os
 import ssl
 import subprocess
-import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor

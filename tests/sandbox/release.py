@@ -11,7 +11,6 @@ release_template/README-standin.md).
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
