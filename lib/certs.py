@@ -6,11 +6,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
-
 from .overlay import CACERTS_FILES
 from .release import Release
 from .runner import Command
@@ -86,6 +81,11 @@ class CertInfo:
 
 
 def read_cert(pem: bytes) -> CertInfo:
+    # Imported here: most runs read no certificate, and the import costs a tenth of a second.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
     cert = x509.load_pem_x509_certificate(pem)
     orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
     try:
@@ -102,6 +102,9 @@ def read_cert(pem: bytes) -> CertInfo:
 
 
 def read_pem_chain(pem: bytes) -> list[CertInfo]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
     return [read_cert(c.public_bytes(Encoding.PEM)) for c in x509.load_pem_x509_certificates(pem)]
 
 

@@ -240,9 +240,11 @@ def _certs_prerequisites(ws: Workspace, istio_dir: str | None, runner: ShRunner,
         if not dry_run:
             for tool in ("make", "openssl"):
                 runner.require(tool)
-    # Intermediates are issued under the root's organisation, as the original script used one ORG_NAME.
-    org = certs.root_organization(cert_dir)
-    return release, ({"INTERMEDIATE_ORG": org} if org else {})
+        # Intermediates are issued under the root's organisation, as the original script used one ORG_NAME.
+        org = certs.root_organization(cert_dir)
+        if org:
+            return release, {"INTERMEDIATE_ORG": org}
+    return release, {}
 
 
 def _record_state(ws: Workspace, plan: ApplyPlan, desired: dict, outcome: Outcome) -> None:
