@@ -18,6 +18,13 @@ _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
 REDACTED = "[redacted]"
 
 
+def _looks_encoded(run: str) -> bool:
+    """Encoded data mixes cases and digits throughout; a long path or name does not."""
+    upper = sum(c.isupper() for c in run)
+    digits = sum(c.isdigit() for c in run)
+    return upper >= len(run) // 10 and digits >= len(run) // 20
+
+
 def redact(text: str) -> str:
     if not text:
         return text
@@ -25,5 +32,5 @@ def redact(text: str) -> str:
     text = _FIELDS.sub(lambda m: m.group("key") + REDACTED, text)
     text = _BEARER.sub(lambda m: m.group(1) + REDACTED, text)
     text = _JWT.sub(REDACTED, text)
-    text = _B64.sub(REDACTED, text)
+    text = _B64.sub(lambda m: REDACTED if _looks_encoded(m.group(0)) else m.group(0), text)
     return text

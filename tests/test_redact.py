@@ -14,3 +14,13 @@ def test_pem_blocks_tokens_and_long_base64_are_removed():
 def test_ordinary_text_is_kept():
     text = "kubectl --context cluster1 apply -f overlays/cluster1.yaml exited with code 1"
     assert redact(text) == text
+
+
+def test_long_paths_are_not_mistaken_for_encoded_data():
+    import base64
+    import os
+
+    path = "/home/someone/projects/" + "/".join(["platform-team-multicluster-workspaces"] * 4) + "/certs"
+    assert redact(f"wrote {path}") == f"wrote {path}"
+    blob = base64.b64encode(os.urandom(120)).decode()
+    assert blob not in redact(f"data: x\n{blob}")
