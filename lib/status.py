@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from . import certs
 from .config import PREP_HINT, Cluster, Topology
 from .errors import MeshError
-from .kube import Observed, Tools
+from .kube import Observed, Tools, token_fingerprint
 from .overlay import EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL
 from .redact import redact
 from .reporter import Reporter
@@ -33,7 +33,7 @@ ISTIOD_CONTAINER = "discovery"
 _TAG_VARIANTS = ("-distroless", "-debug")
 
 # Secret states in the peer matrix and in the JSON document.
-PRESENT, MISSING, STALE, LOCAL = "present", "missing", "stale", "local"
+PRESENT, MISSING, STALE, LOCAL, OUTDATED = "present", "missing", "stale", "local", "outdated"
 
 ERROR, WARNING = "error", "warning"
 
@@ -281,16 +281,20 @@ def evaluate(ws: Workspace, observed: dict[str, Observed], istiod: dict[str, Ist
                                      f"restore it from a backup, or start a new root with `rm -r {hints.path(certs.CERTS_DIR)}` "
                                      f"and {PREP_HINT} (every cluster then gets a new intermediate CA on apply)"))
     names = {c.name for c in topology.clusters}
+    # The credentials each cluster issues now (None when it could not be read): older copies are outdated.
+    current = {c.name: token_fingerprint(c.name, c.remote_server, observed[c.context].reader_token)
+               if c.context in observed and observed[c.context].reachable else None for c in topology.clusters}
     result = []
     for cluster in topology.clusters:
         seen = observed.get(cluster.context) or Observed(reachable=False, error="not read")
         result.append(_judge(cluster, seen, istiod.get(cluster.context) or Istiod(), ws, hints, root, root_fp,
-                             names, now))
+                             names, now, current))
     return MeshStatus(topology.mesh_id, root_fp, result, mesh_problems)
 
 
 def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Workspace, hints: Hints,
-           root: x509.Certificate | None, root_fp: str | None, names: set[str], now: dt.datetime) -> ClusterStatus:
+           root: x509.Certificate | None, root_fp: str | None, names: set[str], now: dt.datetime,
+           current: dict[str, str | None]) -> ClusterStatus:
     topology = ws.topology
     status = ClusterStatus(cluster, reachable=seen.reachable, gateway_required=topology.multi_network)
     add = status.problems.append
@@ -368,6 +372,11 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Workspace, hint
                 hint = f"set api_server: for {peer.context} in {hints.topology_file}, then {hints.apply}"
             add(Problem("remote_secret_local", f"the remote secret of {peer.name} ({info.name}) names the API server "
                                                f"{info.server}, which this cluster cannot reach", hint))
+        elif current.get(peer.name) and info.source != current[peer.name]:
+            status.remote_secrets[peer.name] = OUTDATED
+            add(Problem("remote_secret_outdated", f"the remote secret of {peer.name} ({info.name}) does not carry the "
+                                                  f"credentials {peer.name} issues now (its reader token changed, or the "
+                                                  f"secret was not made by setup-mesh)", hints.apply))
         else:
             status.remote_secrets[peer.name] = PRESENT
     for name, info in sorted(seen.remote_secrets.items()):
@@ -614,7 +623,8 @@ def _row(c: ClusterStatus) -> list[tuple[str, bool | None]]:
     return [("yes", True), istio, network, cacerts, gateway, secrets, drift]
 
 
-_MARKS = {PRESENT: "[green]✓[/]", MISSING: "[red]missing[/]", STALE: "[yellow]stale[/]", LOCAL: "[red]local[/]"}
+_MARKS = {PRESENT: "[green]✓[/]", MISSING: "[red]missing[/]", STALE: "[yellow]stale[/]", LOCAL: "[red]local[/]",
+          OUTDATED: "[red]outdated[/]"}
 
 
 def _matrix(status: MeshStatus):

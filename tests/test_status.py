@@ -526,6 +526,23 @@ def test_wait_returns_once_the_mesh_is_healthy_again(mesh):
     assert time.monotonic() - started < 15
 
 
+def test_remote_secret_with_outdated_credentials(mesh):
+    # cluster2's reader token changes (as after a reinstall): the copies its peers hold no longer work.
+    token_secret = "istio-reader-service-account-istio-remote-secret-token"
+    mesh.kubectl("cluster2", "delete", "secret", "-n", "istio-system", token_secret)
+    mesh.kubectl("cluster2", "apply", "-f", "-", stdin=(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: " + token_secret + "\n  namespace: istio-system\n"
+        "  annotations:\n    kubernetes.io/service-account.name: istio-reader-service-account\n"
+        "type: kubernetes.io/service-account-token\n"))
+    code, doc = mesh.status()
+    assert code == 1 and not doc["healthy"]
+    for ctx in ("cluster1", "cluster3"):
+        assert _cluster(doc, ctx)["remote_secrets"]["cluster2"] == "outdated"
+        assert set(_problems(doc, ctx)) == {"remote_secret_outdated"}
+    assert _problems(doc, "cluster2") == {}
+    _repaired_by_apply(mesh)
+
+
 def test_unreachable_cluster_is_reported_and_the_rest_still_read(mesh):
     # Last on this mesh: the cluster stays stopped.
     mesh.sandbox.stop_cluster("cluster3")
@@ -548,3 +565,4 @@ def test_unreachable_cluster_is_reported_and_the_rest_still_read(mesh):
     assert result.returncode == 1
     assert 3 <= elapsed < 15, elapsed
     assert "still unhealthy after 3s" in result.stderr and "cluster3: unreachable" in result.stderr
+
