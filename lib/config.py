@@ -257,7 +257,9 @@ def resolve_contexts(topology: Topology, explicit_kubeconfig: str | None) -> Top
             raise ConfigError(f"{topology.path}: context {cluster.context!r} is not in the kubeconfig ({where})",
                               hint="check `kubectl config get-contexts`; fix the name in topology.yaml or add the context to your kubeconfig")
         server = (cluster_entry or {}).get("server")
-        resolved.append(Cluster(**{**cluster.__dict__, "server": server}))
+        # kubectl and istioctl must read the same file that was checked here.
+        kubeconfig_file = cluster.kubeconfig or (os.path.abspath(explicit_kubeconfig) if explicit_kubeconfig else None)
+        resolved.append(Cluster(**{**cluster.__dict__, "server": server, "kubeconfig": kubeconfig_file}))
     return Topology(mesh_id=topology.mesh_id, clusters=tuple(resolved), path=topology.path)
 
 

@@ -146,3 +146,13 @@ def test_reserved_value_in_base_is_refused_before_any_request(sandbox_factory, t
     assert "Traceback" not in result.stderr
     assert {ctx: len(sandbox.requests(ctx)) for ctx in ("east", "west")} == before
     assert workdir_snapshot(mesh.workdir) == snapshot
+
+
+def test_kubeconfig_option_reaches_kubectl_and_istioctl(sandbox_factory, tmp_path):
+    sandbox = sandbox_factory(["east", "west"])
+    mesh = make_mesh(sandbox, tmp_path / "ws", {"east": "n1", "west": "n1"})
+    result = mesh.run("apply", "-y", "--kubeconfig", str(sandbox.kubeconfig),
+                      env={"KUBECONFIG": str(tmp_path / "not-there")})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(mesh.remote_secrets("east")) == ["west"]
+    assert all(call["kubeconfig"] == str(sandbox.kubeconfig) for call in mesh.sandbox.istioctl_calls())
