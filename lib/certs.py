@@ -101,13 +101,6 @@ def read_cert(pem: bytes) -> CertInfo:
     )
 
 
-def read_pem_chain(pem: bytes) -> list[CertInfo]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    return [read_cert(c.public_bytes(Encoding.PEM)) for c in x509.load_pem_x509_certificates(pem)]
-
-
 def root_organization(directory: Path) -> str | None:
     """The organisation of the workspace's root CA: intermediates are issued under the same name."""
     path = directory / ROOT_CERT

@@ -25,13 +25,3 @@ def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
             pass
         raise
 
-
-def write_if_changed(path: Path, data: str, mode: int = 0o644) -> bool:
-    """Atomic write unless the file already holds exactly ``data``; True when it was written."""
-    try:
-        if path.read_text() == data:
-            return False
-    except (FileNotFoundError, UnicodeDecodeError):
-        pass
-    write_atomic(path, data, mode)
-    return True

@@ -139,6 +139,3 @@ def fingerprint(*parts: Any) -> str:
         digest.update(b"\0")
     return digest.hexdigest()[:16]
 
-
-def remote_secret_name(cluster_name: str) -> str:
-    return f"istio-remote-secret-{cluster_name}"

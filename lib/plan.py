@@ -68,7 +68,6 @@ class ApplyPlan:
     removals: list[Removal] = field(default_factory=list)
     prunes: dict[str, list[str]] = field(default_factory=dict)  # context -> secret names
     unchanged: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
     @property
     def deletes_anything(self) -> bool:

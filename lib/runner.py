@@ -11,7 +11,7 @@ import shlex
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Callable, Mapping, Protocol
 
 from .errors import CommandFailed, ToolMissing
 from .redact import redact
@@ -116,7 +116,6 @@ class ShRunner(_Base):
     def __init__(self, path: str | None = None) -> None:
         super().__init__()
         self.path = path
-        self.spawned = 0
         self._running: dict[int, object] = {}
 
     def which(self, program: str) -> str | None:
@@ -161,7 +160,6 @@ class ShRunner(_Base):
         timed_out = False
         proc = program(*command.argv[1:], _bg=True, **kwargs)
         with self._lock:
-            self.spawned += 1
             self._running[id(proc)] = proc
         try:
             proc.wait()
@@ -222,6 +220,3 @@ class RecordingRunner(_Base):
     def lines(self) -> list[str]:
         return [c.pasteable() for c in self.commands]
 
-
-def argv_of(commands: Sequence[Command]) -> list[list[str]]:
-    return [list(c.argv) for c in commands]
