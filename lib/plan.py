@@ -12,7 +12,7 @@ from pathlib import Path
 from . import certs
 from .config import Cluster, Topology
 from .errors import MeshError
-from .executor import Phase, RunContext, Step
+from .executor import Interrupted, Phase, RunContext, Step
 from .kube import Observed, Tools, parse_remote_secret, service_address, token_fingerprint
 from .overlay import (APPLIED_ANNOTATION, CROSS_NETWORK_GATEWAY, EASTWEST_NAME, ISTIO_NAMESPACE, cacerts_manifest,
                       cluster_operator, cross_network_gateway, eastwest_operator, fingerprint, manifest_list,
@@ -152,7 +152,7 @@ def wait_gateway_step(tools: Tools, cluster: Cluster, timeout: float) -> Step:
                 raise MeshError(f"east-west gateway {EASTWEST_NAME} has no address after {timeout:g}s",
                                 hint=f"check the LoadBalancer: {command.pasteable()} ; raise --gateway-timeout if it is slow")
             if ctx.cancelled.wait(GATEWAY_POLL_SECONDS):
-                return
+                raise Interrupted()
 
     return Step("wait for the east-west gateway's address", commands=[command], action=action)
 
