@@ -29,13 +29,21 @@ def root_ca_command(release: Release, directory: Path, variables: dict[str, str]
     )
 
 
-def cacerts_command(release: Release, directory: Path, cluster_name: str, variables: dict[str, str]) -> Command:
+def cacerts_command(release: Release, directory: Path, cluster_name: str, variables: dict[str, str],
+                    target: str | None = None) -> Command:
+    """``make ... <name>-cacerts``; ``target`` names another of the Makefile's targets for <name>."""
     return Command(
-        ("make", "-f", str(release.certs_makefile), f"{cluster_name}-cacerts",
+        ("make", "-f", str(release.certs_makefile), target or f"{cluster_name}-cacerts",
          *(f"{k}={v}" for k, v in sorted(variables.items()))),
         cwd=str(directory),
         timeout=MAKE_TIMEOUT,
     )
+
+
+def intermediate_key_command(release: Release, directory: Path, cluster_name: str,
+                             variables: dict[str, str]) -> Command:
+    """Only the intermediate's key (the Makefile's ``<name>/ca-key.pem`` target): the slow part."""
+    return cacerts_command(release, directory, cluster_name, variables, target=f"{cluster_name}/ca-key.pem")
 
 
 def secure_tree(directory: Path) -> None:

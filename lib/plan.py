@@ -86,22 +86,27 @@ def _cacerts_step(tools: Tools, cluster: Cluster, cert_dir: Path) -> Step:
                      f"{cert_dir / cluster.name}/*.pem (holds the CA key: not shown)")
 
 
-# The certs Makefile signs every intermediate with the root's serial file (root-cert.srl): one at a time.
-_MAKE_LOCK = threading.Lock()
+# The certs Makefile signs every intermediate with the root's serial file (root-cert.srl), which
+# concurrent signings corrupt: keys are made side by side, signing happens one at a time.
+_SIGNING_LOCK = threading.Lock()
 
 
 def _intermediate_step(release: Release | None, cert_dir: Path, cluster: Cluster, variables: dict[str, str]) -> Step:
-    command = certs.cacerts_command(release or Release(Path("<istio>")), cert_dir, cluster.name, variables)
+    release = release or Release(Path("<istio>"))
+    make_key = certs.intermediate_key_command(release, cert_dir, cluster.name, variables)
+    make_rest = certs.cacerts_command(release, cert_dir, cluster.name, variables)
 
     def action(ctx: RunContext) -> None:
-        with _MAKE_LOCK:
-            try:
-                ctx.run(command)
-            except MeshError:
-                certs.discard_incomplete(cert_dir, cluster.name)  # an empty file would look made to make
-                raise
+        try:
+            if not (cert_dir / cluster.name / "ca-key.pem").is_file():
+                ctx.run(make_key)
+            with _SIGNING_LOCK:
+                ctx.run(make_rest)
+        except MeshError:
+            certs.discard_incomplete(cert_dir, cluster.name)  # an empty file would look made to make
+            raise
 
-    return Step("make intermediate CA", commands=[command], action=action)
+    return Step("make intermediate CA", commands=[make_key, make_rest], action=action)
 
 
 def _install_steps(tools: Tools, workdir: Path, d: Desired) -> list[Step]:
