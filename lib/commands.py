@@ -1,6 +1,7 @@
 """What each CLI command does, from validated inputs to the summary. setup_mesh.py only wires options here."""
 from __future__ import annotations
 
+import shlex
 import shutil
 import sys
 import traceback
@@ -186,7 +187,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
                             release=release, intermediate_vars=intermediate_vars, gateway_timeout=gateway_timeout)
     if dry_run:
         reporter.stop_progress()
-        print_plan(plan, topology, observed if readable else None, ws.notes, workdir, reporter)
+        print_plan(plan, topology, observed if readable else None, ws.notes, reporter)
         return 0
 
     if plan.deletes_anything:
@@ -281,7 +282,7 @@ def _describe_deletions(plan: ApplyPlan, reporter: Reporter) -> None:
 
 
 def print_plan(plan: ApplyPlan, topology: Topology, observed: dict[str, Observed] | None, notes: list[str],
-               workdir: Path, reporter: Reporter) -> None:
+               reporter: Reporter) -> None:
     out = reporter.info
     out(f"Plan for mesh {topology.mesh_id}: {len(topology.clusters)} cluster(s) on "
         f"{', '.join(topology.networks)} (dry run: nothing is changed)")
@@ -303,7 +304,8 @@ def print_plan(plan: ApplyPlan, topology: Topology, observed: dict[str, Observed
             for step in steps:
                 out(f"   # {step.title}")
                 for path, content in step.files:
-                    out(_indent(f"cat > {_shell_path(path, workdir)} <<'EOF'\n{content.rstrip()}\nEOF", 3))
+                    write = f"mkdir -p {shlex.quote(str(path.parent))} && cat > {shlex.quote(str(path))} <<'EOF'"
+                    out(_indent(f"{write}\n{content.rstrip()}\nEOF", 3))
                 for command in step.commands:
                     out(_indent(command.pasteable(with_stdin=True), 3))
                 if step.note:
@@ -318,12 +320,6 @@ def print_plan(plan: ApplyPlan, topology: Topology, observed: dict[str, Observed
 
 def _indent(text: str, n: int) -> str:
     return "\n".join(" " * n + line for line in text.splitlines())
-
-
-def _shell_path(path: Path, workdir: Path) -> str:
-    import shlex
-
-    return shlex.quote(str(path))
 
 
 # --- teardown ----------------------------------------------------------------------------------

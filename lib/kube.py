@@ -30,15 +30,14 @@ class Tools:
         return args + ["--context", cluster.context]
 
     def kubectl_cmd(self, cluster: Cluster, *args: str, stdin: str | None = None, stdin_shown: bool = False,
-                    secret_output: bool = False, check: bool = True, timeout: float | None = None) -> Command:
+                    check: bool = True, timeout: float | None = None) -> Command:
         return Command((self.kubectl, *self._target(cluster), *args), context=cluster.context, stdin=stdin,
-                       stdin_shown=stdin_shown, secret_output=secret_output, check=check,
+                       stdin_shown=stdin_shown, check=check,
                        timeout=timeout or self.timeout)
 
-    def istioctl_cmd(self, cluster: Cluster, *args: str, secret_output: bool = False,
-                     timeout: float | None = None) -> Command:
+    def istioctl_cmd(self, cluster: Cluster, *args: str, timeout: float | None = None) -> Command:
         return Command((self.istioctl, *args, *self._target(cluster)), context=cluster.context,
-                       secret_output=secret_output, timeout=timeout or self.timeout)
+                       timeout=timeout or self.timeout)
 
     # --- the commands setup-mesh uses -----------------------------------------------------
     def apply(self, cluster: Cluster, manifest: str | None, shown: bool) -> Command:
@@ -49,7 +48,7 @@ class Tools:
     def inspect(self, cluster: Cluster, timeout: float) -> Command:
         # One read gives the namespace, its secrets (cacerts, remote secrets, tokens), services and deployments.
         return self.kubectl_cmd(cluster, "get", "namespaces,secrets,services,deployments", "-n", ISTIO_NAMESPACE,
-                                "-o", "json", secret_output=True, timeout=timeout)
+                                "-o", "json", timeout=timeout)
 
 
 def _b64(data: dict, key: str) -> bytes | None:

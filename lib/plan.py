@@ -166,7 +166,7 @@ def export_step(tools: Tools, cluster: Cluster) -> Step:
     args = ["create-remote-secret", "--name", cluster.name]
     if cluster.api_server:
         args += ["--server", cluster.api_server]
-    command = tools.istioctl_cmd(cluster, *args, secret_output=True)
+    command = tools.istioctl_cmd(cluster, *args)
 
     def action(ctx: RunContext) -> None:
         result = ctx.run(command)

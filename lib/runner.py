@@ -1,7 +1,10 @@
 """The one place that starts programs. Nothing else in setup-mesh imports ``sh``.
 
+A command's stdout is handed back to the caller only: it is never printed or logged, since some
+(a remote secret, a read of secrets) carry credentials.
+
 A :class:`Command` is plain data; a runner turns it into a :class:`Result`. ``ShRunner`` runs it for
-real, ``RecordingRunner`` only records it (dry-run and unit tests). Every run is reported to the
+real, ``RecordingRunner`` only records it (tests). Every run is reported to the
 listeners (the run log, the reporter) with secrets already removed.
 """
 from __future__ import annotations
@@ -37,7 +40,6 @@ class Command:
     env: Mapping[str, str] = field(default_factory=dict)  # added to the inherited environment
     cwd: str | None = None
     timeout: float | None = None
-    secret_output: bool = False  # stdout holds credentials (e.g. a remote secret): never logged
     check: bool = True  # raise CommandFailed on a non-zero exit
 
     def __post_init__(self):
