@@ -97,7 +97,8 @@ def _known_contexts() -> list[str]:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError):
             continue
-        for entry in data.get("contexts") or [] if isinstance(data, dict) else []:
+        entries = data.get("contexts") if isinstance(data, dict) else None
+        for entry in entries if isinstance(entries, list) else []:
             if isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry["name"] not in names:
                 names.append(entry["name"])
     return names

@@ -132,3 +132,18 @@ def test_missing_make_or_openssl_is_named(tmp_path, release, missing):
     assert result.returncode == 2
     assert f"{missing} was not found on PATH" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_kubeconfig_contexts_are_offered_as_comments_and_apply_then_asks_for_them(tmp_path, release):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "clusters": [], "users": [],
+                                          "contexts": [{"name": "kind-east", "context": {}},
+                                                       {"name": "kind-west", "context": {}}]}))
+    ws = tmp_path / "ws"
+    assert run(["--workdir", str(ws), "--istio-dir", str(release)], env={"KUBECONFIG": str(kubeconfig)}).returncode == 0
+    text = (ws / "topology.yaml").read_text()
+    assert "  # kind-east:\n  #   network: network1\n  # kind-west:\n  #   network: network2\n" in text
+    assert yaml.safe_load(text)["contexts"] is None, "nothing joins the mesh until the user says so"
+    applied = subprocess.run([sys.executable, str(ROOT / "setup_mesh.py"), "apply", "--workdir", str(ws)],
+                             env={**os.environ, "KUBECONFIG": str(kubeconfig)}, capture_output=True, text=True)
+    assert applied.returncode == 2 and "contexts is empty or missing" in applied.stderr
