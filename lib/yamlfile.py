@@ -49,8 +49,9 @@ def load_located(path: Path, what: str, missing_hint: str | None = None) -> Loca
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
     try:
+        # Parsed twice: once into nodes (for line numbers), once into data.
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
-        data = [yaml.load(yaml.serialize(n), Loader=yaml.SafeLoader) for n in nodes if n is not None]
+        data = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
