@@ -31,7 +31,7 @@ Kubeconfig = Annotated[Optional[str], typer.Option("--kubeconfig", help="Kubecon
 IstioDir = Annotated[Optional[str], typer.Option("--istio-dir", envvar="ISTIO_DIR", show_envvar=True,
                                                  help="Unpacked Istio release (default: the one holding istioctl on PATH, else istio-* in the workdir).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings, errors and the final result.")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Print every command as it runs (pasteable), with exit code and time.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Print every command it runs (pasteable), with its exit code and time.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for unexpected errors.")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to confirmations (for scripts).")]
 Parallel = Annotated[int, typer.Option("--parallel", "-p", min=1, help="How many clusters are worked on at once.")]
