@@ -19,6 +19,13 @@ DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # Kubernetes label values: a network name ends up as the value of topology.istio.io/network.
 LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
+
+
+def is_label_value(value: object) -> bool:
+    """A valid Kubernetes label value (what mesh ids and network names end up as)."""
+    return isinstance(value, str) and bool(LABEL_VALUE.match(value)) and len(value) <= 63
+
+
 CONTEXT_KEYS = {
     "network": "the network this cluster sits on (clusters on one network reach each other's pods directly)",
     "cluster_name": "Istio's name for the cluster (DNS-1123 label; default: the context name)",
@@ -109,7 +116,7 @@ def load_topology(path: Path) -> Topology:
     if mesh_id is None or mesh_id == "":
         raise ConfigError(f"{doc.where('mesh_id') if 'mesh_id' in data else path}: mesh_id is required",
                           hint="add e.g. `mesh_id: mesh1` at the top of topology.yaml")
-    if not isinstance(mesh_id, str) or not LABEL_VALUE.match(mesh_id) or len(mesh_id) > 63:
+    if not is_label_value(mesh_id):
         raise ConfigError(f"{doc.where('mesh_id')}: invalid mesh_id {mesh_id!r}",
                           hint="use letters, digits, '-', '_' or '.', at most 63 characters, e.g. mesh1")
     contexts = data.get("contexts")
@@ -136,7 +143,7 @@ def load_topology(path: Path) -> Topology:
         if network is None or network == "":
             raise ConfigError(f"{where}: context {context!r} has no network",
                               hint="add `network: NAME` (clusters that reach each other's pods directly share a network)")
-        if not isinstance(network, str) or not LABEL_VALUE.match(network) or len(network) > 63:
+        if not is_label_value(network):
             raise ConfigError(f"{doc.where('contexts', context, 'network')}: invalid network {network!r} for context {context!r}",
                               hint="a network is a Kubernetes label value: letters, digits, '-', '_', '.', at most 63 characters")
         name = spec.get("cluster_name", context)

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from . import certs
-from .config import BASE_FILE, LABEL_VALUE, TOPOLOGY_FILE, kubeconfig_files
+from .config import BASE_FILE, TOPOLOGY_FILE, is_label_value, kubeconfig_files
 from .errors import ConfigError
 from .fsutil import write_atomic
 from .release import find_release
@@ -82,7 +82,7 @@ def parse_context_options(values: list[str]) -> list[tuple[str, str]]:
         network = network or "network1"
         if not name:
             raise ConfigError(f"--context {value!r}: the context name is empty", hint="use --context NAME or NAME=NETWORK")
-        if not LABEL_VALUE.match(network):
+        if not is_label_value(network):
             raise ConfigError(f"--context {value!r}: invalid network {network!r}",
                               hint="letters, digits, '-', '_', '.' (a Kubernetes label value)")
         parsed.append((name, network))
@@ -110,7 +110,7 @@ def prep_mesh(workdir: Path, *, mesh_id: str | None, org: str | None, istio_dir:
     result = PrepResult()
     if workdir.exists() and not workdir.is_dir():
         raise ConfigError(f"workdir {workdir} is not a folder", hint="pass --workdir with a folder path")
-    if mesh_id is not None and (not LABEL_VALUE.match(mesh_id) or len(mesh_id) > 63):
+    if mesh_id is not None and not is_label_value(mesh_id):
         raise ConfigError(f"invalid mesh id {mesh_id!r}", hint="letters, digits, '-', '_' or '.', at most 63 characters, e.g. mesh1")
     topology_path = workdir / TOPOLOGY_FILE
     base_path = workdir / BASE_FILE
