@@ -99,17 +99,22 @@ def test_gateway_that_never_gets_an_address(sandbox_factory, tmp_path):
     assert "cluster1: " not in out.split("apply failed")[-1].replace("cluster1: ok", "")
 
 
-def test_interrupt_stops_cleanly_and_the_next_run_converges(mesh):
+@pytest.mark.parametrize("whole_group", [False, True], ids=["signal-to-setup-mesh", "ctrl-c-to-the-process-group"])
+def test_interrupt_stops_cleanly_and_the_next_run_converges(mesh, whole_group):
     env = dict(mesh.env, ISTIOCTL_STANDIN_LATENCY="install=4")
     proc = subprocess.Popen([sys.executable, str(ROOT / "setup_mesh.py"), "apply", "-y", "--workdir", str(mesh.workdir)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=whole_group)
     seen = []
     for line in proc.stdout:  # progress lines are plain when output is not a terminal
         seen.append(line)
         if "install Istio ..." in line:
             break
     time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    if whole_group:  # what a terminal does on Ctrl-C: kubectl and istioctl get the signal too
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     out = "".join(seen) + out
     assert proc.returncode == 130, out + err
