@@ -15,8 +15,9 @@ import typer
 from . import certs
 from .config import BASE_FILE, PREP_HINT, TOPOLOGY_FILE, Cluster, Topology, load_base, load_topology, resolve_contexts
 from .errors import ConfigError, MeshError
-from .executor import Executor, Outcome, Phase, RunContext, Step
+from .executor import RERUN_HINT, Executor, Outcome, Phase, RunContext, Step
 from .kube import Observed, Tools, parse_inspect
+from .overlay import ISTIO_NAMESPACE
 from .plan import RECORD_TITLE, ApplyPlan, Removal, build_apply_plan, desired_state, teardown_plan
 from .prep import parse_context_options, prep_mesh as _prep_mesh, report as _report_prep
 from .release import Release, find_istioctl, find_release
@@ -42,7 +43,7 @@ def run_guarded(debug: bool, quiet: bool, verbose: bool, body: Callable[[ShRunne
         code = exc.exit_code
     except (KeyboardInterrupt, click.exceptions.Abort):  # Ctrl-C, also at a confirmation prompt
         runner.terminate_all()
-        reporter.error(MeshError("interrupted", hint="run the same command again: it picks up where this one stopped"))
+        reporter.error(MeshError("interrupted", hint=RERUN_HINT))
         code = 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
         if debug:
@@ -203,10 +204,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
 
     executor = Executor(runner, reporter, parallel)
     for context, seen in unreachable.items():
-        executor.fail_before_start(context, "read current state", MeshError(
-            f"cannot read the cluster: {seen.error}",
-            hint=f"check access with `kubectl --context {context} get namespace istio-system`, "
-                 f"or remove the context from {topology.path}"))
+        _sit_out(executor, tools, topology.by_context(context), seen, f"or remove the context from {topology.path}")
     outcome = executor.run_phases(plan.phases)
     reporter.stop_progress()
 
@@ -261,6 +259,13 @@ def _record_state(ws: Workspace, plan: ApplyPlan, desired: dict, outcome: Outcom
         if gone.context not in outcome.failures:
             ws.state.forget(gone.context)
     ws.state.save(ws.topology.mesh_id)
+
+
+def _sit_out(executor: Executor, tools: Tools, cluster: Cluster, seen: Observed, then: str) -> None:
+    """A cluster that could not be read is reported with the command to check it, and does nothing."""
+    check = tools.kubectl_cmd(cluster, "get", "namespace", ISTIO_NAMESPACE).pasteable()
+    executor.fail_before_start(cluster.context, "read current state", MeshError(
+        f"cannot read the cluster: {seen.error}", hint=f"check access with `{check}`, {then}"))
 
 
 def _finish(name: str, outcome: Outcome, log: RunLog, reporter: Reporter) -> int:
@@ -351,11 +356,10 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
     observed = inspect_clusters(clusters, tools, runner, reporter, parallel)
     phase = teardown_plan(tools, clusters, observed)
     executor = Executor(runner, reporter, parallel)
-    for context, seen in observed.items():
-        if not seen.reachable:
-            executor.fail_before_start(context, "read current state", MeshError(
-                f"cannot read the cluster: {seen.error}",
-                hint=f"check access with `kubectl --context {context} get ns`, then run teardown again"))
+    for cluster in clusters:
+        seen = observed.get(cluster.context)
+        if seen is not None and not seen.reachable:
+            _sit_out(executor, tools, cluster, seen, "then run teardown again")
     outcome = executor.run_phases([phase])
     reporter.stop_progress()
     for cluster in clusters:

@@ -57,10 +57,12 @@ class RunContext:
         return self.runner.run(command)
 
 
+RERUN_HINT = "run the same command again: it picks up where this one stopped"
+
+
 class Interrupted(MeshError):
     def __init__(self) -> None:
-        super().__init__("interrupted before this step finished",
-                         hint="run the same command again: it picks up where this one stopped")
+        super().__init__("interrupted before this step finished", hint=RERUN_HINT)
 
 
 @dataclass
