@@ -36,18 +36,24 @@ class State:
         return context in self.clusters
 
     def record(self, cluster: Cluster, fingerprint: str | None) -> None:
-        self.clusters[cluster.context] = {
-            "cluster_name": cluster.name,
-            "network": cluster.network,
-            "kubeconfig": cluster.kubeconfig,
-            "fingerprint": fingerprint,
-            "applied_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        }
+        entry = {"cluster_name": cluster.name, "network": cluster.network, "kubeconfig": cluster.kubeconfig,
+                 "fingerprint": fingerprint}
+        old = self.clusters.get(cluster.context) or {}
+        if {k: old.get(k) for k in entry} == entry:
+            return  # nothing new was applied: keep when it was
+        entry["applied_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.clusters[cluster.context] = entry
 
     def forget(self, context: str) -> None:
         self.clusters.pop(context, None)
 
     def save(self, mesh_id: str | None) -> None:
+        """Write the state, unless the file already says exactly this (a no-op run writes nothing)."""
         self.mesh_id = mesh_id
-        data = {"mesh_id": mesh_id, "clusters": dict(sorted(self.clusters.items()))}
-        write_atomic(self.path, json.dumps(data, indent=2) + "\n", mode=0o600)
+        text = json.dumps({"mesh_id": mesh_id, "clusters": dict(sorted(self.clusters.items()))}, indent=2) + "\n"
+        try:
+            if self.path.read_text() == text:
+                return
+        except OSError:
+            pass
+        write_atomic(self.path, text, mode=0o600)
