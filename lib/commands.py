@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import click  # typer.confirm raises click.Abort on Ctrl-C
 import typer
 
 from . import certs
@@ -41,7 +40,8 @@ def run_guarded(debug: bool, quiet: bool, verbose: bool, body: Callable[[ShRunne
     except MeshError as exc:
         reporter.error(exc)
         code = exc.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):  # Ctrl-C, also at a confirmation prompt
+    except (KeyboardInterrupt, typer.Abort):  # Ctrl-C, also at a confirmation prompt (typer.Abort is
+        # click's own class in typers that depend on click, and typer's in those that vendor it)
         runner.terminate_all()
         reporter.error(MeshError("interrupted", hint=RERUN_HINT))
         code = 130
