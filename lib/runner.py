@@ -4,8 +4,7 @@ A command's stdout is handed back to the caller only: it is never printed or log
 (a remote secret, a read of secrets) carry credentials.
 
 A :class:`Command` is plain data; a runner turns it into a :class:`Result`. ``ShRunner`` runs it for
-real, ``RecordingRunner`` only records it (tests). Every run is reported to the
-listeners (the run log, the reporter) with secrets already removed.
+real. Every run is reported to the listeners (the run log, the reporter) with secrets already removed.
 """
 from __future__ import annotations
 
@@ -193,32 +192,3 @@ def _text(data) -> str:
     if isinstance(data, bytes):
         return data.decode("utf-8", "replace")
     return data or ""
-
-
-Responder = Callable[[Command], "tuple[int, str, str] | None"]
-
-
-class RecordingRunner(_Base):
-    """Records commands instead of running them. ``responder`` may script outputs for tests."""
-
-    def __init__(self, responder: Responder | None = None) -> None:
-        super().__init__()
-        self.commands: list[Command] = []
-        self.responder = responder
-
-    def which(self, program: str) -> str | None:
-        return program
-
-    def require(self, program: str) -> str:
-        return program
-
-    def run(self, command: Command) -> Result:
-        with self._lock:
-            self.commands.append(command)
-        answer = self.responder(command) if self.responder else None
-        code, out, err = answer if answer is not None else (0, "", "")
-        return self._finish(Result(command, code, out, err, 0.0))
-
-    def lines(self) -> list[str]:
-        return [c.pasteable() for c in self.commands]
-

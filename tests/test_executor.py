@@ -5,7 +5,8 @@ import time
 from lib.errors import MeshError
 from lib.executor import Executor, Phase, Step
 from lib.reporter import Reporter
-from lib.runner import Command, RecordingRunner
+from lib.runner import Command
+from tests.recording import RecordingRunner
 
 
 def _quiet():

@@ -5,7 +5,8 @@ import stat
 import pytest
 
 from lib.errors import CommandFailed, ToolMissing
-from lib.runner import Command, RecordingRunner, ShRunner
+from lib.runner import Command, ShRunner
+from tests.recording import RecordingRunner
 
 
 def test_pasteable_quotes_every_argument():
