@@ -1,6 +1,7 @@
 """Reading YAML files with line numbers, so errors can say where they are."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -68,5 +69,23 @@ def load_located(path: Path, what: str, missing_hint: str | None = None) -> Loca
     return LocatedDoc(path, data[0] if data else None, lines)
 
 
+# Plain scalars that kubectl's YAML parser (YAML 1.2 rules) reads as numbers while PyYAML (YAML 1.1)
+# writes them unquoted, e.g. a hex digest "87731235093e71": they must be quoted to stay strings.
+_YAML12_NUMBER = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|0o[0-7]+|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)")
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    if _YAML12_NUMBER.fullmatch(value):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="'")
+    return dumper.represent_str(value)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
 def dump(data: Any) -> str:
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=1000)
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000)
