@@ -97,8 +97,9 @@ def test_output_has_a_summary_and_a_localhost_warning_but_no_secrets(applied):
     mesh, result = applied
     out = result.stdout + result.stderr
     assert "apply finished" in out
-    for ctx in THREE:
-        assert ctx in out
+    rows = {cells[0]: cells[1:] for line in result.stdout.splitlines() if line.startswith("│")
+            for cells in [[c.strip() for c in line.strip("│").split("│")]]}
+    assert {ctx: rows.get(ctx, [None, None])[:2] for ctx in THREE} == {ctx: [net, "ok"] for ctx, net in THREE.items()}
     assert "set api_server:" in out, "loopback API servers are pointed out with the fix"
     assert scan_for_secrets(out) == []
     logs = list((mesh.workdir / ".setup-mesh" / "logs").glob("apply-*.log"))
@@ -155,4 +156,30 @@ def test_kubeconfig_option_reaches_kubectl_and_istioctl(sandbox_factory, tmp_pat
                       env={"KUBECONFIG": str(tmp_path / "not-there")})
     assert result.returncode == 0, result.stdout + result.stderr
     assert sorted(mesh.remote_secrets("east")) == ["west"]
-    assert all(call["kubeconfig"] == str(sandbox.kubeconfig) for call in mesh.sandbox.istioctl_calls())
+    calls = mesh.sandbox.istioctl_calls()
+    assert {c["command"] for c in calls} >= {"install", "create-remote-secret"}
+    assert [c for c in calls if c["kubeconfig"] != str(sandbox.kubeconfig)] == []
+
+
+GKE = {"gke_proj_europe-west1_east": ("east", "network1"), "gke_proj_europe-west1_west": ("west", "network2")}
+
+
+def test_cluster_names_that_differ_from_contexts_survive_a_second_apply(sandbox_factory, tmp_path):
+    """GKE-style contexts are not valid cluster names: remote secrets are named after cluster_name."""
+    sandbox = sandbox_factory(list(GKE))
+    mesh = make_mesh(sandbox, tmp_path / "ws", {})
+    mesh.write_topology({ctx: net for ctx, (_, net) in GKE.items()},
+                        extra={ctx: {"cluster_name": name, "api_server": f"https://{name}.mesh.test:6443"}
+                               for ctx, (name, _) in GKE.items()})
+    mesh.apply()
+    expected = {"gke_proj_europe-west1_east": ["west"], "gke_proj_europe-west1_west": ["east"]}
+    assert {ctx: sorted(mesh.remote_secrets(ctx)) for ctx in GKE} == expected
+    before = {ctx: len(sandbox.requests(ctx)) for ctx in GKE}
+    again = mesh.apply()
+    assert {ctx: sorted(mesh.remote_secrets(ctx)) for ctx in GKE} == expected, \
+        f"the second apply lost remote secrets:\n{again.stdout}"
+    for ctx in GKE:
+        writes = [r for r in sandbox.requests(ctx)[before[ctx]:] if r["method"] not in ("GET", "HEAD")]
+        assert writes == [], f"{ctx} got writes on a second apply with nothing changed: {writes}"
+    status = mesh.run("status")
+    assert status.returncode == 0, status.stdout + status.stderr

@@ -145,3 +145,29 @@ def test_no_key_or_token_in_any_output_or_log(mesh):
     kubeconfig = yaml.safe_load(open(mesh.sandbox.kubeconfig))
     for user in kubeconfig["users"]:
         assert user["user"]["token"] not in text
+
+
+def test_token_in_a_failing_tools_stderr_is_neither_shown_nor_logged(mesh):
+    result = mesh.apply(env={"ISTIOCTL_STANDIN_FAIL": "cluster2/create-remote-secret=token-refresh"}, ok=False)
+    assert result.returncode == 1
+    out = result.stdout + result.stderr
+    # The failure itself reaches the user: only the credential in it is removed.
+    assert "oauth2: cannot fetch token" in out and "create-remote-secret" in out
+    assert "invalid_grant" in out and "has expired" in out
+    logs = list((mesh.workdir / ".setup-mesh" / "logs").glob("apply-*.log"))
+    assert len(logs) == 1
+    log = logs[0].read_text()
+    assert "oauth2: cannot fetch token" in log, "the log keeps the stderr tail"
+    assert scan_for_secrets(out) == [], f"a JWT reached the output:\n{out}"
+    assert scan_for_secrets(log) == [], f"a JWT reached the run log {logs[0]}"
+
+
+def test_a_deleted_east_west_gateway_is_reinstalled_by_the_next_apply(mesh):
+    mesh.apply()
+    mesh.sandbox.kubectl("cluster2", "delete", "deployment,service", "istio-eastwestgateway", "-n", "istio-system")
+    result = mesh.apply("--gateway-timeout", "5", ok=False)
+    assert result.returncode == 0, f"apply did not bring back the deleted east-west gateway:\n{result.stdout}{result.stderr}"
+    service = mesh.get("cluster2", "service", "istio-eastwestgateway", "-n", "istio-system")
+    assert service["status"]["loadBalancer"]["ingress"], "the re-installed gateway got an address"
+    assert mesh.get("cluster2", "deployment", "istio-eastwestgateway", "-n", "istio-system")
+    assert mesh.run("status").returncode == 0
