@@ -1,4 +1,5 @@
 """topology.yaml and base.yaml validation: every bad input is refused with where and how to fix it."""
+import re
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,8 @@ def test_bad_topology_is_refused_with_a_clear_message(tmp_path, text, message):
     with pytest.raises(ConfigError) as info:
         load_topology(path)
     assert message in f"{info.value.message}\n{info.value.hint}"
-    assert str(path) in info.value.message or "topology" in info.value.message
+    # Where: the message starts with the file, and the line when the problem is on one.
+    assert re.match(rf"{re.escape(str(path))}(:\d+)*: ", info.value.message), info.value.message
     assert info.value.exit_code == 2
 
 

@@ -74,9 +74,10 @@ def test_environment_variables_work_and_flags_win(tmp_path, release):
     assert yaml.safe_load((ws / "topology.yaml").read_text())["mesh_id"] == "from-env"
     assert subject_org(ws / "certs" / "root-cert.pem") == "Env Org"
     ws2 = tmp_path / "ws2"
+    first = {p: p.read_bytes() for p in ws.rglob("*") if p.is_file()}
     result = run(["--workdir", str(ws2), "--mesh-id", "from-flag", "--org", "Flag Org"], env=env)
     assert result.returncode == 0, result.stderr
-    assert not (ws / "certs" / "x").exists()
+    assert {p: p.read_bytes() for p in ws.rglob("*") if p.is_file()} == first, "--workdir wins over WORKDIR"
     assert yaml.safe_load((ws2 / "topology.yaml").read_text())["mesh_id"] == "from-flag"
     assert subject_org(ws2 / "certs" / "root-cert.pem") == "Flag Org"
 

@@ -293,16 +293,34 @@ def _build(sandbox, workdir: Path, networks: dict[str, str], ok: bool = True, *a
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory):
-    """Three clusters on two networks, healthy; every test leaves it healthy again (the last one stops a cluster)."""
+def shared_mesh(tmp_path_factory):
+    """Three clusters on two networks, built once for this module (building one takes seconds)."""
     from tests.sandbox import Sandbox
 
     root = tmp_path_factory.mktemp("status")
     sandbox = Sandbox.up(root / "sandbox", list(NETS))
     try:
-        yield _build(sandbox, root / "ws", NETS)
+        built = _build(sandbox, root / "ws", NETS)
+        built.inputs = {name: (built.workdir / name).read_bytes() for name in ("topology.yaml", "base.yaml")}
+        yield built
     finally:
         sandbox.down()
+
+
+@pytest.fixture
+def mesh(shared_mesh):
+    """The shared mesh, healthy at the start of every test: a test that fails half-way (and so does not
+    repair what it broke) fails alone instead of failing every test after it."""
+    for name, content in shared_mesh.inputs.items():
+        (shared_mesh.workdir / name).write_bytes(content)
+    for ctx in set(NETS) - set(shared_mesh.sandbox.running_contexts()):
+        shared_mesh.sandbox.start_cluster(ctx)  # empty again: apply rebuilds it
+    code, _ = shared_mesh.status()
+    if code != 0:
+        shared_mesh.apply()
+        code, doc = shared_mesh.status()
+        assert code == 0, f"the shared mesh could not be repaired by apply: {doc}"
+    return shared_mesh
 
 
 def _cluster(doc: dict, ctx: str) -> dict:
@@ -544,7 +562,6 @@ def test_remote_secret_with_outdated_credentials(mesh):
 
 
 def test_unreachable_cluster_is_reported_and_the_rest_still_read(mesh):
-    # Last on this mesh: the cluster stays stopped.
     mesh.sandbox.stop_cluster("cluster3")
     code, doc = mesh.status()
     assert code == 1
