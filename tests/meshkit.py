@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -79,12 +80,15 @@ def workdir_snapshot(workdir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(workdir)): p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()}
 
 
+# A kubeconfig or Secret field holding a token, with its value (not "[redacted]").
+_TOKEN_FIELD = re.compile(r"""token["']?\s*:\s*["']?(?!\[redacted)[A-Za-z0-9._~+/=-]{16,}""")
+
+
 def scan_for_secrets(text: str) -> list[str]:
     """Key material or tokens that must never be printed or logged."""
-    found = []
-    for marker in ("PRIVATE KEY", "BEGIN CERTIFICATE", "token:", "client-key-data", "eyJ"):
-        if marker in text:
-            found.append(marker)
+    found = [marker for marker in ("PRIVATE KEY", "BEGIN CERTIFICATE", "client-key-data", "eyJ") if marker in text]
+    if _TOKEN_FIELD.search(text):
+        found.append("token:")
     return found
 
 
