@@ -113,6 +113,34 @@ def teardown(
         parallel=parallel, timeout=timeout, runner=r, reporter=rep))
 
 
+@app.command("rotate-certs")
+def rotate_certs(
+    workdir: Workdir = Path("."),
+    kubeconfig: Kubeconfig = None,
+    istio_dir: IstioDir = None,
+    context: Annotated[Optional[List[str]], typer.Option("--context", help="Only this kube context (repeatable; default: every cluster in topology.yaml).")] = None,
+    expiring_within: Annotated[Optional[int], typer.Option("--expiring-within", min=0, metavar="DAYS", help="Only intermediates that expire within DAYS days.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
+    parallel: Parallel = commands.DEFAULT_PARALLEL,
+    timeout: Timeout = commands.DEFAULT_TIMEOUT,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+    debug: Debug = False,
+) -> None:
+    """Re-issue the clusters' intermediate CAs under the workspace's root and update their cacerts.
+
+    The replaced files are kept in backups/<time>-intermediates/ (0700, keys 0600); istiod reloads
+    cacerts on its own, and each control plane is confirmed running afterwards. A run that failed or
+    was interrupted is finished by the next one.
+    """
+    from lib.rotate import rotate_intermediates
+
+    commands.run_guarded(debug, quiet, verbose, lambda r, rep: rotate_intermediates(
+        workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, contexts=context or [],
+        expiring_within=expiring_within, dry_run=dry_run, parallel=parallel, timeout=timeout,
+        runner=r, reporter=rep))
+
+
 def _status(workdir, kubeconfig, istio_dir, output, wait, wait_timeout, parallel, debug):
     if output not in ("table", "json"):
         raise typer.BadParameter("use table or json", param_hint="-o/--output")

@@ -219,11 +219,11 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
 
 
 def _certs_prerequisites(ws: Workspace, istio_dir: str | None, runner: ShRunner,
-                         dry_run: bool) -> tuple[Release | None, dict[str, str]]:
-    """What making missing intermediate CAs needs: the root CA, the Istio release, make and openssl."""
+                         dry_run: bool, force: bool = False) -> tuple[Release | None, dict[str, str]]:
+    """What making missing intermediate CAs (``force``: any) needs: the root CA, the Istio release, make, openssl."""
     cert_dir = certs.certs_dir(ws.workdir)
     release: Release | None = None
-    if any(not certs.has_cacerts(cert_dir, c.name) for c in ws.topology.clusters):
+    if force or any(not certs.has_cacerts(cert_dir, c.name) for c in ws.topology.clusters):
         if not ((cert_dir / certs.ROOT_CERT).is_file() and (cert_dir / certs.ROOT_KEY).is_file()):
             problem = ConfigError(f"the mesh's root CA is missing ({cert_dir / certs.ROOT_CERT})", hint=PREP_HINT)
             if not dry_run:
@@ -287,9 +287,10 @@ def _describe_deletions(plan: ApplyPlan, reporter: Reporter) -> None:
 
 
 def print_plan(plan: ApplyPlan, topology: Topology, observed: dict[str, Observed] | None, notes: list[str],
-               reporter: Reporter) -> None:
+               reporter: Reporter, title: str = "Plan",
+               nothing: str = "nothing to do: every cluster matches topology.yaml and base.yaml") -> None:
     out = reporter.info
-    out(f"Plan for mesh {topology.mesh_id}: {len(topology.clusters)} cluster(s) on "
+    out(f"{title} for mesh {topology.mesh_id}: {len(topology.clusters)} cluster(s) on "
         f"{', '.join(topology.networks)} (dry run: nothing is changed)")
     for note in notes:
         reporter.warn(note)
@@ -320,7 +321,7 @@ def print_plan(plan: ApplyPlan, topology: Topology, observed: dict[str, Observed
         out("unchanged: " + ", ".join(plan.unchanged))
     if not any(plan.phases):
         out("")
-        out("nothing to do: every cluster matches topology.yaml and base.yaml")
+        out(nothing)
 
 
 def _indent(text: str, n: int) -> str:
