@@ -48,6 +48,12 @@ def test_up_env_down(cli_dir, kubectl_bin):
     up = sandbox_cli("up", "--clusters", "2", "--dir", str(cli_dir))
     assert f"source {cli_dir}/env" in up.stdout and "cluster1" in up.stdout and "cluster2" in up.stdout
     state = json.loads((cli_dir / "sandbox.json").read_text())
+    # the addresses peers' control planes use: printed and written for topology.yaml, never loopback
+    api_servers = json.loads((cli_dir / "api_servers.json").read_text())
+    assert api_servers == {c: f"https://{c}.sandbox.test:6443" for c in ("cluster1", "cluster2")}
+    assert all(url in up.stdout for url in api_servers.values())
+    hosts = json.loads((cli_dir / "hosts.json").read_text())
+    assert hosts == {f"{c}.sandbox.test": state["clusters"][c]["port"] for c in ("cluster1", "cluster2")}
     pids = [state["clusters"][c]["pid"] for c in ("cluster1", "cluster2")]
     assert all(_process_alive(pid) for pid in pids), "emulators must outlive the `up` command"
 

@@ -415,14 +415,27 @@ def test_remote_secret_has_the_real_shape_and_a_working_token(sb, tmp_path):
     assert exists(sb, "c1", "clusterrolebinding", "istio-reader-clusterrole-istio-system")
 
     # --server replaces the address and silences the warning; the secret applies to the other cluster
-    proc = istioctl(sb, "create-remote-secret", "--name", "c1", "--server", server, "--context", "c1")
-    assert proc.stderr == ""
     assert istioctl(sb, "install", "-y", "--context", "c2").returncode == 0
-    sb.kubectl("c2", "apply", "-f", "-", stdin=proc.stdout)
-    table = istioctl(sb, "remote-clusters", "--context", "c2").stdout.splitlines()
-    assert table[0].split() == ["NAME", "SECRET", "STATUS", "ISTIOD", "REVISION"]
-    row = next(line.split() for line in table[1:] if line.startswith("c1 "))
-    assert row[1:3] == ["istio-system/istio-remote-secret-c1", "synced"]
+
+    asked = []  # requests c1 got during each remote-clusters
+
+    def c2_sees_c1(address: str) -> list[str]:
+        proc = istioctl(sb, "create-remote-secret", "--name", "c1", "--server", address, "--context", "c1")
+        assert proc.stderr == ""
+        sb.kubectl("c2", "apply", "-f", "-", stdin=proc.stdout)
+        before = len(sb.requests("c1"))
+        table = istioctl(sb, "remote-clusters", "--context", "c2").stdout.splitlines()
+        asked.append(len(sb.requests("c1")) - before)
+        assert table[0].split() == ["NAME", "SECRET", "STATUS", "ISTIOD", "REVISION"]
+        # itself (installed without a cluster name: istiod runs as "Kubernetes"), with no secret
+        assert next(line.split() for line in table[1:] if line.startswith("Kubernetes "))[1] == "synced"
+        return next(line.split() for line in table[1:] if line.startswith("c1 "))
+
+    # the address c1's peers reach (not loopback): c2's control plane syncs it
+    assert c2_sees_c1(sb.api_server("c1"))[1:3] == ["istio-system/istio-remote-secret-c1", "synced"]
+    # an address c2 cannot reach is never contacted and times out, as istiod reports it
+    assert c2_sees_c1("https://c1.unreachable.test:6443")[1:3] == ["istio-system/istio-remote-secret-c1", "timeout"]
+    assert asked[0] > 0 and asked[1] == 0
 
 
 def test_remote_secret_default_name_is_the_kube_system_uid(sb):

@@ -9,6 +9,11 @@
 - ``istio-<version>/``: the stand-in Istio release, when ``tests/sandbox/release.py`` is present.
 - ``env``: a file to ``source`` (KUBECONFIG, KUBECACHEDIR, PATH, ISTIO_DIR).
 - ``sandbox.json``: process ids, ports and tokens, so ``Sandbox.load(directory).down()`` works from any process.
+- ``api_servers.json``: context -> the API server URL its peers' control planes use (``https://<name>.sandbox.test:6443``),
+  for ``api_server:`` in topology.yaml. Like a kind cluster's container IP, the address is not loopback; only the
+  sandbox's own stand-ins (the emulators' mesh model, the istioctl stand-in through them) know it, from
+  ``hosts.json`` (name -> loopback port). ``.test`` is reserved (RFC 6761): nothing resolves it by accident, and
+  nothing sends traffic anywhere but loopback.
 - ``clusters/<name>/``: each emulator's ``requests.jsonl``, ``ca.crt`` and logs.
 
 The emulators keep running until ``down()`` (or ``python -m tests.sandbox down --dir DIR``).
@@ -37,6 +42,10 @@ from .kubectl import pinned_kubectl
 
 APISERVER = Path(__file__).resolve().parent / "apiserver.py"
 STATE_FILE = "sandbox.json"
+HOSTS_FILE = "hosts.json"
+API_SERVERS_FILE = "api_servers.json"
+API_DOMAIN = "sandbox.test"  # RFC 6761: reserved for testing, never resolves outside the sandbox
+API_PORT = 6443
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
 _LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
@@ -229,6 +238,14 @@ class Sandbox:
         env["PATH"] = os.pathsep.join(path + [os.environ.get("PATH", "")])
         return env
 
+    def api_host(self, ctx: str) -> str:
+        """The non-loopback name peers use for ``ctx``'s API server (a DNS label under sandbox.test)."""
+        return self._cluster(ctx).get("host") or _api_host(ctx, set())
+
+    def api_server(self, ctx: str) -> str:
+        """The URL to put in topology.yaml as ``api_server:`` for ``ctx``."""
+        return f"https://{self.api_host(ctx)}:{API_PORT}"
+
     def url(self, ctx: str) -> str:
         """The server URL in the kubeconfig (TLS)."""
         return f"https://127.0.0.1:{self._cluster(ctx)['port']}"
@@ -311,12 +328,15 @@ class Sandbox:
         argv = [sys.executable, "-S", str(APISERVER), f"--name={ctx}", f"--token={token}", f"--state-dir={state_dir}",
                 f"--lb-ip-start={10 + (index * 20) % 240}"]
         argv += ["--lb-never"] if lb_delay is None else ["--lb-delay", str(float(lb_delay))]
+        taken = {c.get("host") for name, c in self._state["clusters"].items() if name != ctx}
+        host = (self._state["clusters"].get(ctx) or {}).get("host") or _api_host(ctx, taken)
+        argv += [f"--hostname={host}", f"--hosts={self.dir / HOSTS_FILE}"]
         with open(state_dir / "stdout.log", "wb") as out, open(state_dir / "stderr.log", "ab") as err:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
                                     close_fds=True)
         self._procs[ctx] = proc
         self._state["clusters"][ctx] = {"pid": proc.pid, "port": None, "token": token, "state_dir": str(state_dir),
-                                        "lb_delay": lb_delay, "running": True}
+                                        "lb_delay": lb_delay, "running": True, "host": host}
 
     def _await_ready(self, ctx: str) -> None:
         info = self._state["clusters"][ctx]
@@ -396,7 +416,25 @@ class Sandbox:
         for key, value in sorted((self._state.get("extra_env") or {}).items()):
             lines.append(f"export {key}={shlex.quote(str(value))}")
         (self.dir / "env").write_text("\n".join(lines) + "\n")
+        hosts = {self.api_host(c): self._state["clusters"][c]["port"] for c in self.contexts}
+        _write_json(self.dir / HOSTS_FILE, hosts)
+        _write_json(self.dir / API_SERVERS_FILE, {c: self.api_server(c) for c in self.contexts})
         self._save_state()
+
+
+def _api_host(ctx: str, taken: set) -> str:
+    label = re.sub(r"[^a-z0-9-]+", "-", ctx.lower()).strip("-")[:50] or "cluster"
+    name, n = label, 1
+    while f"{name}.{API_DOMAIN}" in taken:
+        n += 1
+        name = f"{label}-{n}"
+    return f"{name}.{API_DOMAIN}"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
 
 
 def _materialize_release(directory: Path) -> Path | None:

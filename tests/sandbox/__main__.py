@@ -62,6 +62,10 @@ def cmd_up(args) -> int:
     print(f"started {len(sandbox.contexts)} emulated cluster(s) in {directory}:")
     for ctx in sandbox.contexts:
         print(f"  {ctx:<20} {sandbox.url(ctx):<28} pid {sandbox.pid(ctx)}")
+    print("API server addresses for topology.yaml (api_server:), as peers' control planes reach them "
+          f"(also in {directory / 'api_servers.json'}):")
+    for ctx in sandbox.contexts:
+        print(f"  {ctx:<20} {sandbox.api_server(ctx)}")
     if sandbox.istio_dir:
         print(f"stand-in Istio release: {sandbox.istio_dir}")
     else:

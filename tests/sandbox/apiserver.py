@@ -43,6 +43,11 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+try:
+    from . import meshmodel
+except ImportError:  # run as a script: the module sits next to this file
+    import meshmodel
+
 SERVER_VERSION = {
     "major": "1",
     "minor": "33",
@@ -797,7 +802,7 @@ def _b64_error(value: str) -> str | None:
     return None
 
 
-def make_tls_material(name: str) -> tuple[str, str, str] | None:
+def make_tls_material(name: str, hostnames: list[str] | tuple[str, ...] = ()) -> tuple[str, str, str] | None:
     """A fresh self-signed cluster CA that also serves 127.0.0.1: (ca, cert, key) PEMs; ca == cert.
 
     One openssl run per cluster keeps start-up cheap; kubectl (Go) and Python's ssl both accept a trusted
@@ -813,7 +818,8 @@ def make_tls_material(name: str) -> tuple[str, str, str] | None:
              "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature,keyEncipherment",
              "-addext", "extendedKeyUsage=serverAuth",
              "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-                        "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"],
+                        "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+                        + "".join(f",DNS:{h}" for h in hostnames)],
             cwd=tmp, check=True, capture_output=True, timeout=20)
         cert = open(os.path.join(tmp, "tls.crt"), encoding="ascii").read()
         key = open(os.path.join(tmp, "tls.key"), encoding="ascii").read()
@@ -851,8 +857,10 @@ class Cluster:
     """The state of one emulated cluster and the controllers acting on it."""
 
     def __init__(self, name: str, token: str, lb_delay: float | None = 0.0, lb_ip_start: int = 10,
-                 ca_pem: str | None = None):
+                 ca_pem: str | None = None, hosts_file: str | None = None):
         self.name = name
+        self.hosts_file = hosts_file  # the sandbox's API server names (see meshmodel.py)
+        self.call_counters: dict = {}  # round-robin position per (calling pod, host, port)
         self.token = token
         self.lb_delay = lb_delay
         self.lock = threading.RLock()
@@ -1414,8 +1422,8 @@ class Cluster:
         elif rt.group == "" and rt.plural == "pods":
             self._default_pod_spec(obj.get("spec"))
             if old is None:
-                obj["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
-                                 "podIP": "10.244.0." + str(len(self.objects) % 250 + 2)}
+                self._inject_sidecar(obj)
+                obj["status"] = self._pod_status(obj)
         elif rt.group == "apiextensions.k8s.io" and rt.plural == "customresourcedefinitions":
             spec = obj.setdefault("spec", {})
             names = spec.setdefault("names", {})
@@ -1766,6 +1774,7 @@ class Cluster:
             self._service_controller(rt, key, obj)
         elif group == "apps" and plural == "deployments":
             self._deployment_controller(rt, key, obj)
+            self._replicate_pods(key, obj)
         elif group == "apiextensions.k8s.io" and plural == "customresourcedefinitions":
             self._rebuild_crd_types()
             if old is not None:
@@ -1777,6 +1786,8 @@ class Cluster:
         if rt.group == "" and rt.plural == "secrets":
             for tok in [t for t, ref in self.tokens.items() if ref == key]:
                 del self.tokens[tok]
+        if rt.group == "apps" and rt.plural == "deployments":
+            self._replicate_pods(key, None, obj["metadata"].get("uid"))
         if rt.group == "apiextensions.k8s.io" and rt.plural == "customresourcedefinitions":
             spec = obj.get("spec", {})
             target = (spec.get("group", ""), (spec.get("names") or {}).get("plural", ""))
@@ -1872,6 +1883,96 @@ class Cluster:
         new = copy.deepcopy(obj)
         new["status"] = status
         self._commit(rt, key, new, "MODIFIED", obj)
+
+    # -- pods: what the ReplicaSet controller, the scheduler, the kubelet and Istio's injector do ------
+
+    def _replicate_pods(self, key, deployment: dict | None, deleted_uid: str | None = None):
+        """Keeps ``spec.replicas`` pods of the current template per Deployment; none once it is deleted.
+
+        Simplified: the pods are owned by the Deployment itself (no ReplicaSet objects).
+        """
+        ns = key[2]
+        uid = deployment["metadata"]["uid"] if deployment else deleted_uid
+        pod_rt = self.lookup("", "v1", "pods")
+        owned = [k for k, o in self.objects.items() if k[:3] == ("", "pods", ns) and any(
+            ref.get("uid") == uid for ref in (o["metadata"].get("ownerReferences") or []))]
+        if deployment is None:
+            for k in sorted(owned):
+                self._force_delete(pod_rt, k)
+            return
+        spec = deployment.get("spec") or {}
+        template = spec.get("template") or {}
+        digest = hashlib.sha1(json.dumps(template, sort_keys=True).encode()).hexdigest()
+        alphabet = "bcdfghjklmnpqrstvwxz2456789"
+        template_hash = "".join(alphabet[int(digest[i:i + 2], 16) % len(alphabet)] for i in range(0, 20, 2))
+        keep = []
+        for k in sorted(owned):
+            labels = self.objects[k]["metadata"].get("labels") or {}
+            if labels.get("pod-template-hash") == template_hash and len(keep) < int(spec.get("replicas", 1) or 0):
+                keep.append(k)
+            else:
+                self._force_delete(pod_rt, k)
+        for _ in range(int(spec.get("replicas", 1) or 0) - len(keep)):
+            name = f"{key[3]}-{template_hash}-" + "".join(pysecrets.choice(alphabet) for _ in range(5))
+            meta = copy.deepcopy(template.get("metadata") or {})
+            meta.update({"name": name, "namespace": ns})
+            meta["labels"] = {**(meta.get("labels") or {}), "pod-template-hash": template_hash}
+            meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "Deployment", "name": key[3], "uid": uid,
+                                        "controller": True, "blockOwnerDeletion": True}]
+            body = {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+                    "spec": copy.deepcopy(template.get("spec") or {})}
+            body["spec"]["nodeName"] = f"{_node_name(self.name)}-control-plane"
+            try:
+                self._create(pod_rt, ns, body, {})
+            except ApiError:  # e.g. the namespace is being deleted
+                return
+
+    def _inject_sidecar(self, pod: dict):
+        """Istio's injector, as its webhook selects namespaces: one istio-proxy container is added."""
+        ns = pod["metadata"].get("namespace", "")
+        spec = pod.setdefault("spec", {})
+        if not meshmodel.View(self.name, self.objects).in_mesh(ns):
+            return
+        if any(c.get("name") == "istio-proxy" for c in spec.get("containers") or []):
+            return
+        spec.setdefault("containers", []).append({
+            "name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.29.0", "args": ["proxy", "sidecar"],
+            "imagePullPolicy": "IfNotPresent", "terminationMessagePath": "/dev/termination-log",
+            "terminationMessagePolicy": "File"})
+        pod["metadata"].setdefault("annotations", {})["sidecar.istio.io/status"] = json.dumps(
+            {"containers": ["istio-proxy"], "revision": "default"}, separators=(",", ":"))
+
+    def _pod_status(self, pod: dict) -> dict:
+        """Running and ready, unless an image cannot be pulled: registries under the reserved .invalid
+        domain never resolve, so their images stay in ImagePullBackOff."""
+        containers = (pod.get("spec") or {}).get("containers") or []
+        statuses, unready = [], []
+        for c in containers:
+            image = str(c.get("image", ""))
+            first = image.split("/", 1)[0] if "/" in image else ""
+            registry = first.split(":", 1)[0].lower() if ("." in first or ":" in first) else "docker.io"
+            if registry.endswith(".invalid"):
+                unready.append(c.get("name", ""))
+                statuses.append({"name": c.get("name"), "image": image, "imageID": "", "ready": False,
+                                 "restartCount": 0, "started": False, "state": {"waiting": {
+                                     "reason": "ImagePullBackOff",
+                                     "message": f'Back-off pulling image "{image}": ErrImagePull: failed to pull '
+                                                f'and unpack image "{image}": failed to resolve reference '
+                                                f'"{image}": dial tcp: lookup {registry}: no such host'}}})
+            else:
+                statuses.append({"name": c.get("name"), "image": image, "imageID": "", "ready": True,
+                                 "restartCount": 0, "started": True,
+                                 "state": {"running": {"startedAt": now_rfc3339()}}})
+        ready = "False" if unready else "True"
+        conditions = [{"type": "PodScheduled", "status": "True"}, {"type": "Initialized", "status": "True"},
+                      {"type": "ContainersReady", "status": ready}, {"type": "Ready", "status": ready}]
+        if unready:
+            for cond in conditions[2:]:
+                cond.update({"reason": "ContainersNotReady",
+                             "message": f"containers with unready status: [{' '.join(unready)}]"})
+        return {"phase": "Pending" if unready else "Running", "conditions": conditions,
+                "podIP": "10.244.0." + str(len(self.objects) % 250 + 2), "hostIP": NODE_ADDRESS,
+                "startTime": now_rfc3339(), "containerStatuses": statuses}
 
     def _schedule(self, delay: float, fn, *args):
         heapq.heappush(self.timers, (time.monotonic() + delay, id(args), fn, args))
@@ -2022,6 +2123,35 @@ class Cluster:
         return schema
 
     # -- dump ----------------------------------------------------------------------------------
+
+    # -- the mesh model (tests/sandbox/meshmodel.py) -----------------------------------------------
+
+    def mesh_view(self) -> "meshmodel.View":
+        with self.lock:
+            return meshmodel.View(self.name, copy.deepcopy(self.objects))
+
+    def remote_clusters(self) -> dict:
+        """What this cluster's control plane has synced, per remote secret (istioctl remote-clusters)."""
+        hosts = meshmodel.load_hosts(self.hosts_file)
+        rows = [{"secret": f"{meshmodel.ISTIO_NS}/{p.secret}", "cluster": p.cluster_id, "status": p.status,
+                 "reason": p.reason} for p in meshmodel.peers(self.mesh_view(), hosts)]
+        return {"cluster": self.name, "clusters": rows}
+
+    def run_in_pod(self, pod: dict, container: dict, argv: list[str]) -> tuple[int, bytes, bytes, str | None]:
+        """(exit code, stdout, stderr, internal error) of a command run in a container."""
+        image = str(container.get("image", ""))
+        if argv[:1] == ["curl"] and "curl" in image.rsplit("/", 1)[-1]:
+            local = self.mesh_view()
+            mesh = meshmodel.Mesh(local, meshmodel.load_hosts(self.hosts_file))
+            with self.lock:
+                code, out, err = meshmodel.curl(mesh, local, pod, argv, self.call_counters)
+            return code, out, err, None
+        if argv[:1] == ["hostname"]:
+            return 0, (pod["metadata"]["name"] + "\n").encode(), b"", None
+        exe = argv[0] if argv else ""
+        return 0, b"", b"", (f"error executing command in container: failed to exec in container: failed to start "
+                             f"exec: OCI runtime exec failed: exec failed: unable to start container process: "
+                             f"exec: {json.dumps(exe)}: executable file not found in $PATH: unknown")
 
     def dump(self) -> bytes:
         with self.lock:
@@ -2260,8 +2390,13 @@ def table_columns(rt: ResType):
     if key == ("", "pods"):
         def pod_row(o):
             n = len((o.get("spec") or {}).get("containers") or [])
-            phase = (o.get("status") or {}).get("phase", "Pending")
-            return [name(o), f"{n if phase == 'Running' else 0}/{n}", phase, 0, age(o)]
+            status = o.get("status") or {}
+            phase = status.get("phase", "Pending")
+            statuses = status.get("containerStatuses")
+            ready = sum(1 for c in statuses if c.get("ready")) if statuses else (n if phase == "Running" else 0)
+            # like the real printer: a waiting container's reason replaces the phase
+            waiting = [((c.get("state") or {}).get("waiting") or {}).get("reason") for c in statuses or []]
+            return [name(o), f"{ready}/{n}", next((w for w in waiting if w), phase), 0, age(o)]
         return _cols("Name", "Ready", "Status", "Restarts", "Age"), pod_row
     if key == ("", "nodes"):
         return (_cols("Name", "Status", "Roles", "Age", "Version"),
@@ -2360,6 +2495,29 @@ class _Watch:
         self.rt, self.ns, self.query, self.table = rt, ns, query, table
 
 
+class _Exec:
+    def __init__(self, pod, container, argv, protocol):
+        self.pod, self.container, self.argv, self.protocol = pod, container, argv, protocol
+
+
+# kubectl 1.30+ runs exec over WebSocket (channel protocol v5, v4 accepted) and falls back to SPDY
+# only when the upgrade fails; the emulator speaks the WebSocket protocol.
+EXEC_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    if n < 126:
+        head += bytes([n])
+    elif n < 65536:
+        head += bytes([126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([127]) + n.to_bytes(8, "big")
+    return head + payload
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "sandbox-apiserver"
@@ -2413,6 +2571,10 @@ class Handler(BaseHTTPRequestHandler):
         self.extra_headers = None
         try:
             result = self._route(path, query, body)
+            if isinstance(result, _Exec):
+                self._log(path, split.query, 101)
+                self._serve_exec(result)
+                return
             if isinstance(result, _Watch):
                 code = 200
                 self._log(path, split.query, code)
@@ -2450,6 +2612,92 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
         self.wfile.flush()
 
+    def _exec_request(self, cluster: Cluster, ns: str, name: str) -> _Exec:
+        params = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
+        with cluster.lock:
+            pod = copy.deepcopy(cluster.get(cluster.lookup("", "v1", "pods"), ns, name))
+        upgrade = (self.headers.get("Upgrade") or "").lower()
+        offered = [p.strip() for p in (self.headers.get("Sec-WebSocket-Protocol") or "").split(",") if p.strip()]
+        if self.command != "GET" or upgrade != "websocket" or not self.headers.get("Sec-WebSocket-Key"):
+            raise ApiError(400, "Upgrade request required", "BadRequest")
+        protocol = next((p for p in EXEC_PROTOCOLS if p in offered), None)
+        if protocol is None:
+            raise ApiError(400, f"unable to upgrade connection: requested protocols {offered} are not supported "
+                                f"(supported: {list(EXEC_PROTOCOLS)})", "BadRequest")
+        containers = (pod.get("spec") or {}).get("containers") or []
+        wanted = (params.get("container") or [""])[0]
+        if not wanted:
+            if len(containers) != 1:
+                raise ApiError(400, f"a container name must be specified for pod {name}, choose one of: "
+                                    f"[{' '.join(c.get('name', '') for c in containers)}]", "BadRequest")
+            wanted = containers[0].get("name", "")
+        container = next((c for c in containers if c.get("name") == wanted), None)
+        if container is None:
+            raise ApiError(400, f"container {wanted} is not valid for pod {name}", "BadRequest")
+        running = {s.get("name") for s in (pod.get("status") or {}).get("containerStatuses") or []
+                   if "running" in (s.get("state") or {})}
+        if wanted not in running:
+            raise ApiError(400, f'unable to upgrade connection: container not found ("{wanted}")', "BadRequest")
+        argv = params.get("command") or []
+        if not argv:
+            raise ApiError(400, "you must specify at least 1 command", "BadRequest")
+        return _Exec(pod, container, argv, protocol)
+
+    def _serve_exec(self, ex: _Exec):
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
+        self.close_connection = True
+        head = ["HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade",
+                f"Sec-WebSocket-Accept: {accept}", f"Sec-WebSocket-Protocol: {ex.protocol}"]
+        try:
+            self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode())
+            self.wfile.flush()
+            code, out, err, internal = self.server.cluster.run_in_pod(ex.pod, ex.container, ex.argv)
+            frames = b""
+            if out:
+                frames += ws_frame(0x2, b"\x01" + out)
+            if err:
+                frames += ws_frame(0x2, b"\x02" + err)
+            if internal:
+                status = {"metadata": {}, "status": "Failure", "message": f"Internal error occurred: {internal}",
+                          "reason": "InternalError", "details": {"causes": [{"message": internal}]}, "code": 500}
+            elif code:
+                status = {"metadata": {}, "status": "Failure",
+                          "message": f"command terminated with non-zero exit code: error executing command "
+                                     f"{json.dumps(ex.argv)}, exit code {code}",
+                          "reason": "NonZeroExitCode",
+                          "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
+            else:
+                status = {"metadata": {}, "status": "Success"}
+            frames += ws_frame(0x2, b"\x03" + json.dumps(status, separators=(",", ":")).encode())
+            frames += ws_frame(0x8, (1000).to_bytes(2, "big"))
+            self.wfile.write(frames)
+            self.wfile.flush()
+            self._drain_websocket()
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            pass
+
+    def _drain_websocket(self, timeout: float = 5.0):
+        """Reads the client's frames until its close frame (answering pings), so it sees a clean close."""
+        deadline = time.monotonic() + timeout
+        self.connection.settimeout(timeout)
+        while time.monotonic() < deadline:
+            head = self.rfile.read(2)
+            if len(head) < 2:
+                return
+            opcode, length = head[0] & 0x0F, head[1] & 0x7F
+            if length == 126:
+                length = int.from_bytes(self.rfile.read(2), "big")
+            elif length == 127:
+                length = int.from_bytes(self.rfile.read(8), "big")
+            mask = self.rfile.read(4) if head[1] & 0x80 else b"\0\0\0\0"
+            payload = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(length)))
+            if opcode == 0x8:
+                return
+            if opcode == 0x9:
+                self.wfile.write(ws_frame(0xA, payload))
+                self.wfile.flush()
+
     def _stream_watch(self, w: _Watch):
         head = ["HTTP/1.1 200 OK", "Content-Type: application/json", "Transfer-Encoding: chunked",
                 "Cache-Control: no-cache, private", f"Date: {self.date_time_string()}"]
@@ -2485,6 +2733,8 @@ class Handler(BaseHTTPRequestHandler):
             return 200, cluster.dump(), "application/json"
         if path == "/_sandbox/ca.crt":
             return 200, cluster.ca_pem.encode(), "application/x-pem-file"
+        if path == "/_sandbox/istiod/remote-clusters":
+            return 200, cluster.remote_clusters(), "application/json"
         if not cluster.authenticate(self.headers.get("Authorization")):
             raise ApiError(401, "Unauthorized", "Unauthorized")
         method = self.command
@@ -2569,6 +2819,8 @@ class Handler(BaseHTTPRequestHandler):
             rt = cluster.lookup(group, version, resource)
         if rt is None:
             raise no_resource()
+        if (group, resource, sub) == ("", "pods", "exec") and ns is not None and name is not None:
+            return self._exec_request(cluster, ns, name)
         if ns is not None and not rt.namespaced:
             raise no_resource()
         if rt.namespaced and ns is None and name is not None:
@@ -2875,16 +3127,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lb-ip-start", type=int, default=10,
                         help=f"last octet of the first LoadBalancer address ({LB_PREFIX}N, default 10)")
     parser.add_argument("--state-dir", help="directory for requests.jsonl (one line per request) and ca.crt")
+    parser.add_argument("--hostname", action="append", default=[],
+                        help="a name the server's certificate also holds (repeatable)")
+    parser.add_argument("--hosts", help="JSON file mapping the sandbox's API server names to loopback ports "
+                                        "(read by the mesh model, see meshmodel.py)")
     parser.add_argument("--no-tls", action="store_true",
                         help="plain HTTP only (note: kubectl sends no credentials over plain HTTP)")
     args = parser.parse_args(argv)
 
-    material = None if args.no_tls else make_tls_material(args.name)
+    material = None if args.no_tls else make_tls_material(args.name, args.hostname)
     if material is None and not args.no_tls:
         print("warning: openssl failed; serving plain HTTP only (kubectl will not send its token)",
               file=sys.stderr)
     ca_pem = material[0] if material else None
-    cluster = Cluster(args.name, args.token, None if args.lb_never else args.lb_delay, args.lb_ip_start, ca_pem)
+    cluster = Cluster(args.name, args.token, None if args.lb_never else args.lb_delay, args.lb_ip_start, ca_pem,
+                      args.hosts)
     server = Server(cluster, args.state_dir, tls_context(material[1], material[2]) if material else None)
     if args.state_dir:
         with open(os.path.join(args.state_dir, "ca.crt"), "w", encoding="ascii") as fh:
