@@ -10,7 +10,7 @@ import datetime as dt
 import json
 import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ _TAG_VARIANTS = ("-distroless", "-debug")
 
 # Secret states in the peer matrix and in the JSON document.
 PRESENT, MISSING, STALE, LOCAL, OUTDATED = "present", "missing", "stale", "local", "outdated"
+# What istiod reports per remote cluster (istioctl remote-clusters).
+SYNCED = "synced"
 
 ERROR, WARNING = "error", "warning"
 
@@ -52,9 +54,15 @@ class Istiod:
     error: str | None = None
 
 
-def istiod_name(base: dict) -> str:
+def istio_revision(base: dict) -> str | None:
+    """base.yaml's spec.revision; None for the default revision."""
     revision = ((base or {}).get("spec") or {}).get("revision")
-    return f"istiod-{revision}" if revision and revision != "default" else "istiod"
+    return revision if revision and revision != "default" else None
+
+
+def istiod_name(base: dict) -> str:
+    revision = istio_revision(base)
+    return f"istiod-{revision}" if revision else "istiod"
 
 
 def image_version(image: str | None) -> str | None:
@@ -85,6 +93,65 @@ def parse_istiod(deployment: dict | None) -> Istiod:
     ready = int((data.get("status") or {}).get("readyReplicas") or 0) > 0
     return Istiod(read=True, installed=True, version=image_version(container.get("image")), ready=ready,
                   cluster_id=cluster_id)
+
+
+# --- istiod's own view: istioctl remote-clusters -----------------------------------------------------
+
+@dataclass(frozen=True)
+class RemoteClusterRow:
+    name: str  # the cluster id istiod knows the remote by
+    secret: str  # "<namespace>/<secret>"; empty for istiod's own cluster
+    status: str  # synced | syncing | timeout | closed
+    istiod: str  # the istiod pod reporting it
+    revision: str = ""
+
+
+def parse_remote_clusters(output: str) -> list[RemoteClusterRow]:
+    """The table ``istioctl remote-clusters`` prints: NAME SECRET STATUS ISTIOD (1.30), plus REVISION (1.31).
+
+    Columns are padded to their widest cell and SECRET is empty for istiod's own cluster, so cells are
+    cut at the header's column starts rather than split on blanks.
+    """
+    lines = [line for line in output.splitlines() if line.strip()]
+    header = next((i for i, line in enumerate(lines) if line.split()[:1] == ["NAME"]), None)
+    if header is None:
+        raise ValueError("no NAME SECRET STATUS ISTIOD header in the output of istioctl remote-clusters")
+    columns = lines[header].split()
+    if columns[:4] != ["NAME", "SECRET", "STATUS", "ISTIOD"]:
+        raise ValueError(f"unexpected columns {' '.join(columns)} from istioctl remote-clusters")
+    starts, at = [], 0
+    for column in columns:
+        at = lines[header].index(column, at)
+        starts.append(at)
+        at += len(column)
+    rows = []
+    for line in lines[header + 1:]:
+        cells = [line[start:end].strip() for start, end in zip(starts, starts[1:] + [len(line)])]
+        cells += [""] * (len(columns) - len(cells))
+        values = dict(zip(columns, cells))
+        rows.append(RemoteClusterRow(values["NAME"], values["SECRET"], values["STATUS"], values["ISTIOD"],
+                                     values.get("REVISION", "")))
+    return rows
+
+
+def istiod_view(rows: list[RemoteClusterRow]) -> dict[str, str]:
+    """Remote cluster -> what istiod reports for it; with several istiod pods, the worst report wins."""
+    rank = {SYNCED: 0, "syncing": 1, "closed": 2, "timeout": 3}
+    view: dict[str, str] = {}
+    for row in rows:
+        if not row.secret:  # istiod's own cluster
+            continue
+        if row.name not in view or rank.get(row.status, 4) > rank.get(view[row.name], 4):
+            view[row.name] = row.status
+    return view
+
+
+@dataclass
+class IstiodView:
+    """What one cluster's istiod reports about its remote clusters; None fields when it was not asked."""
+
+    remotes: dict[str, str] | None = None  # cluster name -> synced | syncing | timeout | closed
+    error: str | None = None
 
 
 # --- the report ------------------------------------------------------------------------------------
@@ -124,6 +191,7 @@ class ClusterStatus:
     gateway_exists: bool | None = None
     remote_secrets: dict[str, str] = field(default_factory=dict)  # source cluster name -> state
     stale_secrets: list[str] = field(default_factory=list)  # secret names
+    remote_clusters: dict[str, str] | None = None  # istiod's view: peer -> synced/syncing/timeout/closed
     drift: bool | None = None
     problems: list[Problem] = field(default_factory=list)
 
@@ -151,6 +219,7 @@ class ClusterStatus:
             "gateway": {"required": self.gateway_required, "address": self.gateway_address},
             "remote_secrets": dict(sorted(self.remote_secrets.items())),
             "stale_secrets": sorted(self.stale_secrets),
+            "remote_clusters": dict(sorted(self.remote_clusters.items())) if self.remote_clusters is not None else None,
             "drift": self.drift,
             "problems": [p.to_json() for p in self.problems],
         }
@@ -243,6 +312,7 @@ class Workspace:
     root_pem: bytes | None  # certs/root-cert.pem
     local_ca: dict[str, bytes | None]  # cluster name -> certs/<name>/ca-cert.pem
     istiod_deployment: str = "istiod"
+    revision: str | None = None  # base.yaml's spec.revision, when not the default
 
 
 def _load_cert(pem: bytes | None) -> x509.Certificate | None:
@@ -263,7 +333,7 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 
 def evaluate(ws: Workspace, observed: dict[str, Observed], istiod: dict[str, Istiod],
-             now: dt.datetime | None = None) -> MeshStatus:
+             now: dt.datetime | None = None, views: dict[str, IstiodView] | None = None) -> MeshStatus:
     """What the clusters show against what the workspace says. Runs nothing."""
     now = now or dt.datetime.now(dt.timezone.utc)
     topology = ws.topology
@@ -289,7 +359,51 @@ def evaluate(ws: Workspace, observed: dict[str, Observed], istiod: dict[str, Ist
         seen = observed.get(cluster.context) or Observed(reachable=False, error="not read")
         result.append(_judge(cluster, seen, istiod.get(cluster.context) or Istiod(), ws, hints, root, root_fp,
                              names, now, current))
+    reachable = {c.name for c in topology.clusters if (observed.get(c.context) or Observed()).reachable}
+    for status in result:
+        _judge_istiod_view(status, (views or {}).get(status.cluster.context), topology, hints, reachable)
     return MeshStatus(topology.mesh_id, root_fp, result, mesh_problems)
+
+
+# What istiod reports for a peer -> (problem code, hint).
+_NOT_SYNCED = {
+    "timeout": ("remote_cluster_timeout", "istiod cannot reach {peer}'s API server at the address in the secret, or {peer} refuses its "
+               "credentials: check that this cluster reaches {server} ({api_server}), then {apply}; istiod's log "
+               "says more: `{logs}`"),
+    "syncing": ("remote_cluster_syncing", "istiod is still reading {peer}: wait a moment and check again with `{wait}`"),
+    "closed": ("remote_cluster_closed", "istiod stopped watching {peer} (its secret was removed or replaced): {apply}"),
+}
+_NOT_LOADED = ("remote_cluster_not_loaded", "istiod has not loaded {peer}'s secret: check again in a moment, then {apply}")
+
+
+def _judge_istiod_view(status: ClusterStatus, view: IstiodView | None, topology: Topology, hints: Hints,
+                       reachable: set[str]) -> None:
+    """One problem per peer istiod does not report synced, unless a cause is already named (the peer's
+    secret is missing, local or outdated, or the peer cannot be read at all)."""
+    if view is None or not status.reachable:
+        return
+    if view.error:
+        status.problems.append(Problem("istiod_view_unreadable", f"`istioctl remote-clusters` failed: "
+                                                                 f"{_short_error(view.error)}",
+                                       f"check istiod with `{hints.kubectl(status.cluster, 'get', 'pods', '-n', ISTIO_NAMESPACE, '-l', 'app=istiod')}`",
+                                       severity=WARNING))
+        return
+    remotes = view.remotes or {}
+    status.remote_clusters = {p.name: remotes.get(p.name, "not loaded")
+                              for p in topology.clusters if p is not status.cluster}
+    for peer in topology.clusters:
+        if peer is status.cluster:
+            continue
+        state = status.remote_clusters[peer.name]
+        if state == SYNCED or status.remote_secrets.get(peer.name) != PRESENT or peer.name not in reachable:
+            continue
+        code, hint = _NOT_SYNCED.get(state, _NOT_LOADED)
+        hint = hint.format(
+            peer=peer.name, server=peer.remote_server or "the address in the secret",
+            api_server=f"api_server: for {peer.context} in {hints.topology_file}", apply=hints.apply,
+            wait=f"./setup_mesh.py status --wait{hints._flag}",
+            logs=hints.kubectl(status.cluster, "logs", "-n", ISTIO_NAMESPACE, "deploy/istiod"))
+        status.problems.append(Problem(code, f"istiod reports remote cluster {peer.name} as {state}", hint))
 
 
 def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Workspace, hints: Hints,
@@ -468,7 +582,44 @@ def collect(ws: Workspace, tools: Tools, runner, reporter: Reporter, parallel: i
     observed = inspect_clusters(list(ws.topology.clusters), tools, runner, silent, parallel, title="read status")
     istiod = {ctx: parse_istiod(seen.deployments.get(ws.istiod_deployment)) if seen.reachable
               else Istiod(read=False, error=seen.error) for ctx, seen in observed.items()}
-    return evaluate(ws, observed, istiod)
+    asked = [c for c in ws.topology.clusters if istiod.get(c.context) and istiod[c.context].installed]
+    views = read_istiod_views(asked, ws.revision, tools, runner, silent, parallel)
+    return evaluate(ws, observed, istiod, views=views)
+
+
+def read_istiod_views(clusters: list[Cluster], revision: str | None, tools: Tools, runner, reporter: Reporter,
+                      parallel: int) -> dict[str, IstiodView]:
+    """``istioctl remote-clusters`` against each cluster's istiod, in parallel."""
+    from .executor import Executor, Phase, RunContext, Step
+
+    def step_for(cluster: Cluster) -> Step:
+        args = ["remote-clusters"] + (["--revision", revision] if revision else [])
+        command = replace(tools.istioctl_cmd(cluster, *args, timeout=READ_TIMEOUT), check=False)
+
+        def action(ctx: RunContext) -> None:
+            try:
+                result = ctx.run(command)
+                if result.ok:
+                    view = IstiodView(remotes=istiod_view(parse_remote_clusters(result.stdout)))
+                else:
+                    view = IstiodView(error=result.stderr_tail() or f"exit code {result.exit_code}")
+            except ValueError as exc:
+                view = IstiodView(error=str(exc))
+            except MeshError as exc:
+                view = IstiodView(error=exc.message)
+            with ctx.lock:
+                ctx.shared.setdefault("views", {})[cluster.context] = view
+
+        return Step("read istiod's remote clusters", commands=[command], action=action)
+
+    phase = Phase("read istiod's remote clusters")
+    for cluster in clusters:
+        phase.add(cluster.context, step_for(cluster))
+    executor = Executor(runner, reporter, parallel)
+    executor.run_phase(phase)
+    if executor.outcome.interrupted:
+        raise KeyboardInterrupt
+    return executor.shared.get("views", {})
 
 
 def _read_bytes(path: Path) -> bytes | None:
@@ -494,6 +645,7 @@ def run_status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
         root_pem=_read_bytes(cert_dir / certs.ROOT_CERT),
         local_ca={c.name: _read_bytes(cert_dir / c.name / "ca-cert.pem") for c in loaded.topology.clusters},
         istiod_deployment=istiod_name(loaded.base),
+        revision=istio_revision(loaded.base),
     )
 
     deadline = time.monotonic() + wait_timeout
@@ -533,7 +685,7 @@ def render(status: MeshStatus, reporter: Reporter) -> None:
         console.print(escape(redact(text)), style=style)
 
     table = Table(title=f"mesh {escape(status.mesh_id)}", header_style="bold")
-    for column in ("cluster", "reachable", "istio", "network", "cacerts", "gateway", "secrets", "drift"):
+    for column in ("cluster", "reachable", "istio", "network", "cacerts", "gateway", "secrets", "synced", "drift"):
         table.add_column(column, overflow="fold")
     for c in status.clusters:
         label = c.cluster.context if c.cluster.name == c.cluster.context else f"{c.cluster.context} ({c.cluster.name})"
@@ -582,7 +734,7 @@ def _cell(text: str, ok: bool | None) -> str:
 
 def _row(c: ClusterStatus) -> list[tuple[str, bool | None]]:
     if not c.reachable:
-        return [("no", False)] + [("?", None)] * 6
+        return [("no", False)] + [("?", None)] * 7
     codes = {p.code for p in c.problems}
     if c.istio_installed is None:
         istio = ("?", None)
@@ -619,8 +771,13 @@ def _row(c: ClusterStatus) -> list[tuple[str, bool | None]]:
     if c.stale_secrets:
         secrets_text += f", {len(c.stale_secrets)} stale"
     secrets = (secrets_text, good == len(peers) and not c.stale_secrets)
+    if c.remote_clusters is None:
+        synced = ("?", None)
+    else:  # istiod's own view
+        count = sum(1 for s in c.remote_clusters.values() if s == SYNCED)
+        synced = (f"{count}/{len(c.remote_clusters)}", count == len(c.remote_clusters))
     drift = ("?", None) if c.drift is None else (("yes", False) if c.drift else ("no", True))
-    return [("yes", True), istio, network, cacerts, gateway, secrets, drift]
+    return [("yes", True), istio, network, cacerts, gateway, secrets, synced, drift]
 
 
 _MARKS = {PRESENT: "[green]✓[/]", MISSING: "[red]missing[/]", STALE: "[yellow]stale[/]", LOCAL: "[red]local[/]",
@@ -636,8 +793,8 @@ def _matrix(status: MeshStatus):
     if len(members) < 2 and not any(c.stale_secrets for c in status.clusters):
         return None
     extra = sorted({name for c in status.clusters for name, s in c.remote_secrets.items() if s == STALE})
-    table = Table(title="remote secrets (row: cluster holding them; column: cluster they reach)",
-                  header_style="bold")
+    table = Table(title="remote secrets (row: cluster holding them; column: cluster they reach; "
+                        "istiod's report when not synced)", header_style="bold")
     table.add_column("", overflow="fold")
     for name in members + extra:
         table.add_column(escape(name) + (" (not in topology)" if name in extra else ""), overflow="fold")
@@ -650,6 +807,10 @@ def _matrix(status: MeshStatus):
                 cells.append("[dim]?[/]")
             else:
                 state = c.remote_secrets.get(name)
-                cells.append(_MARKS.get(state, "") if state else "")
+                cell = _MARKS.get(state, "") if state else ""
+                synced = (c.remote_clusters or {}).get(name)
+                if state == PRESENT and synced not in (None, SYNCED):
+                    cell = f"[red]{escape(synced)}[/]"
+                cells.append(cell)
         table.add_row(escape(c.cluster.name), *cells)
     return table

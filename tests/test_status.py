@@ -102,6 +102,36 @@ def test_image_tag_is_the_version():
     assert image_version(None) is None
 
 
+REMOTE_CLUSTERS_1_30 = """\
+NAME         SECRET                                        STATUS     ISTIOD
+cluster2     istio-system/istio-remote-secret-cluster2     synced     istiod-7b69f8c4d-x5kqp
+cluster1                                                   synced     istiod-7b69f8c4d-x5kqp
+cluster3     istio-system/istio-remote-secret-cluster3     timeout    istiod-7b69f8c4d-x5kqp
+"""
+REMOTE_CLUSTERS_1_31 = """\
+NAME         SECRET                                        STATUS      ISTIOD                         REVISION
+cluster1                                                   synced      istiod-canary-5d8f9c-abcde     canary
+cluster2     istio-system/istio-remote-secret-cluster2     syncing     istiod-canary-5d8f9c-abcde     canary
+cluster2     istio-system/istio-remote-secret-cluster2     synced      istiod-canary-5d8f9c-fghij     canary
+"""
+
+
+def test_remote_clusters_output_of_both_releases_is_parsed():
+    from lib.status import istiod_view, parse_remote_clusters
+
+    rows = parse_remote_clusters(REMOTE_CLUSTERS_1_30)
+    assert [(r.name, r.secret, r.status, r.revision) for r in rows] == [
+        ("cluster2", "istio-system/istio-remote-secret-cluster2", "synced", ""),
+        ("cluster1", "", "synced", ""),
+        ("cluster3", "istio-system/istio-remote-secret-cluster3", "timeout", "")]
+    assert istiod_view(rows) == {"cluster2": "synced", "cluster3": "timeout"}  # not its own cluster
+    rows = parse_remote_clusters(REMOTE_CLUSTERS_1_31)
+    assert {r.revision for r in rows} == {"canary"} and rows[0].istiod == "istiod-canary-5d8f9c-abcde"
+    assert istiod_view(rows) == {"cluster2": "syncing"}  # one istiod pod not synced yet is what counts
+    with pytest.raises(ValueError):
+        parse_remote_clusters("Error: unable to find any Istiod instances\n")
+
+
 def test_istiod_deployment_is_parsed():
     assert parse_istiod(None) == Istiod(read=True, installed=False)
     seen = parse_istiod(json.loads(
@@ -203,7 +233,7 @@ def test_every_problem_code_and_field_is_documented(tmp_path, roots):
 
     doc = (ROOT / "docs" / "status-json.md").read_text()
     source = (ROOT / "lib" / "status.py").read_text()
-    emitted = set(re.findall(r'Problem\("([a-z_]+)"', source))
+    emitted = set(re.findall(r'Problem\("([a-z_]+)"', source)) | set(re.findall(r'\("(remote_cluster_[a-z_]+)"', source))
     documented = dict(re.findall(r"^\| `([a-z_]+)` \| (error|warning) \|", doc, re.M))
     assert emitted == set(documented)
     assert documented["cacerts_expiring"] == "warning"
@@ -245,7 +275,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NETS = {"cluster1": "network1", "cluster2": "network1", "cluster3": "network2"}
 FAST_KEYS = {"ROOTCA_KEYSZ": "2048", "INTERMEDIATE_KEYSZ": "2048"}
 CLUSTER_FIELDS = {"context", "cluster_name", "network", "reachable", "error", "istio", "network_label", "cacerts",
-                  "gateway", "remote_secrets", "stale_secrets", "drift", "problems"}
+                  "gateway", "remote_secrets", "stale_secrets", "remote_clusters", "drift", "problems"}
 
 
 class Mesh:
@@ -285,8 +315,8 @@ def _build(sandbox, workdir: Path, networks: dict[str, str], ok: bool = True, *a
     mesh.networks = networks
     result = mesh.cli("prep-mesh")
     assert result.returncode == 0, result.stderr
-    # Every sandbox API server listens on 127.0.0.1: name addresses peers could reach, as a user would.
-    mesh.write_topology({ctx: f"https://{ctx}.mesh.test:6443" for ctx in networks})
+    # Every sandbox API server listens on 127.0.0.1: name the addresses peers reach, as a user would.
+    mesh.write_topology({ctx: sandbox.api_server(ctx) for ctx in networks})
     result = mesh.cli("apply", "-y", *apply_args)
     assert (result.returncode == 0) == ok, result.stdout + result.stderr
     return mesh
@@ -362,6 +392,7 @@ def test_healthy_mesh_reads_only_and_reports_every_field(mesh):
         assert c["gateway"]["required"] and c["gateway"]["address"].startswith("198.51.100.")
         assert c["remote_secrets"] == {p: "present" for p in NETS if p != ctx}
         assert c["stale_secrets"] == [] and c["drift"] is False and c["problems"] == []
+        assert c["remote_clusters"] == {p: "synced" for p in NETS if p != ctx}  # istiod's own view
     for ctx in NETS:  # status only reads
         assert {r["method"] for r in mesh.sandbox.requests(ctx)[before[ctx]:]} == {"GET"}
 
@@ -427,11 +458,11 @@ def test_remote_secret_naming_a_loopback_server(mesh):
     _unhealthy_only(doc, "cluster1", "remote_secret_local")
     assert _cluster(doc, "cluster1")["remote_secrets"]["cluster2"] == "local"
     # topology.yaml gives cluster2 a reachable api_server: apply alone replaces the secret
-    assert "replaces it with one naming https://cluster2.mesh.test:6443" in \
+    assert f"replaces it with one naming {mesh.sandbox.api_server('cluster2')}" in \
         _problems(doc, "cluster1")["remote_secret_local"]["hint"]
     # without one, the field to set is named
     topology = (mesh.workdir / "topology.yaml").read_text()
-    mesh.write_topology({ctx: f"https://{ctx}.mesh.test:6443" for ctx in NETS if ctx != "cluster2"})
+    mesh.write_topology({ctx: mesh.sandbox.api_server(ctx) for ctx in NETS if ctx != "cluster2"})
     try:
         code, doc = mesh.status()
         hint = _problems(doc, "cluster1")["remote_secret_local"]["hint"]
@@ -544,6 +575,31 @@ def test_wait_returns_once_the_mesh_is_healthy_again(mesh):
     assert time.monotonic() - started < 15
 
 
+def test_istiod_reports_a_timeout_for_a_peer_whose_secret_names_an_unreachable_address(mesh):
+    # topology.yaml names an address for cluster3 that no other cluster reaches; apply puts it in the secrets
+    unreachable = "https://cluster3.unreachable.test:6443"
+    mesh.write_topology({ctx: unreachable if ctx == "cluster3" else mesh.sandbox.api_server(ctx) for ctx in NETS})
+    try:
+        mesh.apply()
+        code, doc = mesh.status()
+        assert code == 1
+        for ctx in ("cluster1", "cluster2"):
+            c = _cluster(doc, ctx)
+            assert c["remote_secrets"]["cluster3"] == "present"
+            assert c["remote_clusters"] == {**{p: "synced" for p in NETS if p not in (ctx, "cluster3")},
+                                            "cluster3": "timeout"}
+            problem = _problems(doc, ctx)["remote_cluster_timeout"]
+            assert "cluster3" in problem["message"] and unreachable in problem["hint"]
+            assert f"kubectl --context {ctx} logs -n istio-system deploy/istiod" in problem["hint"]
+        assert _problems(doc, "cluster3") == {}
+        table = mesh.cli("status")
+        assert table.returncode == 1 and "cluster1: remote_cluster_timeout" in table.stdout
+        assert "timeout" in table.stdout.split("remote secrets")[1]
+    finally:
+        mesh.write_topology({ctx: mesh.sandbox.api_server(ctx) for ctx in NETS})
+    _repaired_by_apply(mesh)
+
+
 def test_remote_secret_with_outdated_credentials(mesh):
     # cluster2's reader token changes (as after a reinstall): the copies its peers hold no longer work.
     token_secret = "istio-reader-service-account-istio-remote-secret-token"
@@ -568,11 +624,13 @@ def test_unreachable_cluster_is_reported_and_the_rest_still_read(mesh):
     c3 = _cluster(doc, "cluster3")
     assert c3["reachable"] is False and c3["error"]
     assert c3["istio"] == {"installed": None, "version": None, "ready": None} and c3["drift"] is None
-    assert c3["remote_secrets"] == {} and set(c3) == CLUSTER_FIELDS
+    assert c3["remote_secrets"] == {} and c3["remote_clusters"] is None and set(c3) == CLUSTER_FIELDS
     problem = _problems(doc, "cluster3")["unreachable"]
     assert "kubectl --context cluster3 get ns" in problem["hint"]
     for ctx in ("cluster1", "cluster2"):
         assert _cluster(doc, ctx)["reachable"] and _cluster(doc, ctx)["problems"] == []
+        # istiod cannot reach it either; the cause is named once, on cluster3
+        assert _cluster(doc, ctx)["remote_clusters"]["cluster3"] == "timeout"
     table = mesh.cli("status")
     assert table.returncode == 1 and "cluster3: unreachable" in table.stdout
 
