@@ -203,6 +203,13 @@ def load_base(path: Path) -> Base:
         present, value = _get(data, keys)
         if present and value is not None and not isinstance(value, dict):
             raise ConfigError(f"{doc.where(*keys)}: {'.'.join(keys)} must be a mapping, not {_type_name(value)}", hint=hint)
+    present, name = _get(data, ("metadata", "name"))
+    if present and name is not None:
+        # The name labels everything istioctl installs for it; the east-west gateway already uses `eastwest`.
+        if not isinstance(name, str) or not DNS1123_LABEL.match(name) or len(name) > 63 or name == "eastwest":
+            raise ConfigError(f"{doc.where('metadata', 'name')}: metadata.name {name!r} cannot name the control plane's IstioOperator",
+                              hint="use a DNS-1123 label other than `eastwest` (the east-west gateway's), "
+                                   "or delete the line to use `setup-mesh`")
     problems = []
     for keys, source in RESERVED_VALUES.items():
         present, _ = _get(data, keys)

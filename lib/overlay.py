@@ -15,6 +15,11 @@ from .config import Cluster, Topology
 ISTIO_NAMESPACE = "istio-system"
 NETWORK_LABEL = "topology.istio.io/network"
 EASTWEST_NAME = "istio-eastwestgateway"
+# IstioOperator names: istioctl install labels what it applies with the IstioOperator's name and prunes
+# by those labels. An unnamed control plane would prune every other install of its revision, the
+# east-west gateway included, so the control plane always has a name (base.yaml may choose it).
+CONTROL_PLANE_IOP = "setup-mesh"
+EASTWEST_IOP = "eastwest"
 CROSS_NETWORK_GATEWAY = "cross-network-gateway"
 CACERTS_FILES = ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")
 # What setup-mesh records on istio-system: the fingerprint of everything it installed there.
@@ -27,8 +32,14 @@ FIELD_MANAGER = "setup-mesh"
 
 
 def cluster_operator(base: dict[str, Any], topology: Topology, cluster: Cluster) -> dict[str, Any]:
-    """base.yaml with the reserved values of this cluster set; everything else unchanged."""
+    """base.yaml with the reserved values of this cluster set, and a name; everything else unchanged."""
     operator = copy.deepcopy(base)
+    metadata = operator.get("metadata") or {}
+    if not metadata.get("name"):
+        # metadata first, as in any manifest: the name is the first thing a reader of the overlay looks for.
+        operator = {k: v for k, v in operator.items() if k in ("apiVersion", "kind")} | \
+            {"metadata": {"name": CONTROL_PLANE_IOP, **metadata}} | \
+            {k: v for k, v in operator.items() if k not in ("apiVersion", "kind", "metadata")}
     spec = operator.setdefault("spec", None) or {}
     operator["spec"] = spec
     values = spec.get("values") or {}
@@ -48,8 +59,12 @@ def eastwest_operator(base: dict[str, Any], cluster: Cluster) -> dict[str, Any]:
     network = cluster.network
     base_spec = base.get("spec") or {}
     spec: dict[str, Any] = {}
-    # The gateway must run the same control-plane revision and images as the cluster's istiod.
-    for key in ("revision", "hub", "tag"):
+    # The gateway must run the same control-plane revision and images as the cluster's istiod;
+    # istioctl reads the revision from spec.revision or, failing that, spec.values.revision.
+    revision = control_plane_revision(base)
+    if revision:
+        spec["revision"] = revision
+    for key in ("hub", "tag"):
         if base_spec.get(key):
             spec[key] = base_spec[key]
     spec["profile"] = "empty"
@@ -84,9 +99,18 @@ def eastwest_operator(base: dict[str, Any], cluster: Cluster) -> dict[str, Any]:
     return {
         "apiVersion": "install.istio.io/v1alpha1",
         "kind": "IstioOperator",
-        "metadata": {"name": "eastwest"},
+        "metadata": {"name": EASTWEST_IOP},
         "spec": spec,
     }
+
+
+def control_plane_revision(operator: dict[str, Any]) -> str | None:
+    """The revision an IstioOperator installs. istioctl copies spec.revision into the values, then merges
+    the user's spec.values over them, so spec.values.revision wins when both are set."""
+    spec = operator.get("spec") or {}
+    values = spec.get("values") or {}
+    revision = values["revision"] if values.get("revision") is not None else spec.get("revision")
+    return str(revision) if revision and revision != "default" else None
 
 
 def cross_network_gateway() -> dict[str, Any]:

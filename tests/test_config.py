@@ -101,6 +101,8 @@ def test_every_reserved_value_is_named_at_once(tmp_path):
     ("- 1\n", "not an IstioOperator"),
     (GOOD_BASE.replace("spec:\n  profile: default\n", "spec: 3\n"), "spec must be a mapping"),
     (GOOD_BASE + "---\n" + GOOD_BASE, "one YAML document"),
+    (GOOD_BASE + "metadata:\n  name: eastwest\n", "base.yaml:6: metadata.name 'eastwest' cannot name"),
+    (GOOD_BASE + "metadata:\n  name: My_Plane\n", "metadata.name 'My_Plane' cannot name"),
 ])
 def test_base_that_is_not_an_istio_operator_is_refused(tmp_path, text, message):
     path = tmp_path / "base.yaml"

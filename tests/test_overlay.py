@@ -80,3 +80,27 @@ def test_single_network_mesh_has_no_gateway(tmp_path):
     (tmp_path / "topology.yaml").write_text("mesh_id: m\ncontexts:\n  a:\n    network: n\n  b:\n    network: n\n")
     desired = desired_state(load_topology(tmp_path / "topology.yaml"), base)
     assert all(d.eastwest is None and d.gateway is None for d in desired.values())
+
+
+def test_control_plane_operator_has_a_stable_name_unless_base_names_it(tmp_path):
+    # istioctl prunes by the IstioOperator's name: unnamed, it would prune the east-west gateway's objects.
+    base, topology = _inputs(tmp_path)
+    operators = [cluster_operator(base, topology, c) for c in topology.clusters]
+    assert [op["metadata"]["name"] for op in operators] == ["setup-mesh"] * len(operators)
+    assert list(operators[0])[:3] == ["apiVersion", "kind", "metadata"]
+    base["metadata"] = {"name": "mine", "namespace": "istio-system"}
+    named = cluster_operator(base, topology, topology.clusters[0])
+    assert named["metadata"] == {"name": "mine", "namespace": "istio-system"}
+    eastwest = eastwest_operator(base, topology.clusters[0])
+    assert eastwest["metadata"]["name"] != named["metadata"]["name"]
+
+
+def test_eastwest_gateway_follows_a_revision_set_in_values(tmp_path):
+    base, topology = _inputs(tmp_path)
+    cluster = topology.clusters[0]
+    del base["spec"]["revision"]
+    assert "revision" not in eastwest_operator(base, cluster)["spec"]
+    base["spec"]["values"]["revision"] = "blue"
+    assert eastwest_operator(base, cluster)["spec"]["revision"] == "blue"
+    base["spec"]["revision"] = "canary"  # istioctl merges the user's values last: values.revision wins
+    assert eastwest_operator(base, cluster)["spec"]["revision"] == "blue"
