@@ -163,7 +163,9 @@ def wait_gateway_step(tools: Tools, cluster: Cluster, timeout: float) -> Step:
 
 
 def export_step(tools: Tools, cluster: Cluster) -> Step:
-    args = ["create-remote-secret", "--name", cluster.name]
+    # Without -n, istioctl makes the reader account and its token in the namespace of the kubeconfig's
+    # current context (whatever --context says), where neither Istio nor setup-mesh looks for them.
+    args = ["create-remote-secret", "--namespace", ISTIO_NAMESPACE, "--name", cluster.name]
     if cluster.api_server:
         args += ["--server", cluster.api_server]
     command = tools.istioctl_cmd(cluster, *args)

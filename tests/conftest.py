@@ -21,12 +21,14 @@ def kubectl_bin() -> Path:
 
 @pytest.fixture
 def sandbox_factory(tmp_path: Path, kubectl_bin: Path) -> Callable[..., Sandbox]:
-    """``make(contexts, lb_delay=0.0, env=None)`` starts a Sandbox under tmp_path; all are stopped at teardown."""
+    """``make(contexts, lb_delay=0.0, env=None, namespaces=None)`` starts a Sandbox under tmp_path; all are
+    stopped at teardown. ``namespaces``: context -> the default namespace of its kubeconfig context."""
     made: list[Sandbox] = []
 
     def make(contexts: Sequence[str], lb_delay: "float | None | Mapping[str, float | None]" = 0.0,
-             env: Mapping[str, str] | None = None) -> Sandbox:
-        sandbox = Sandbox.up(tmp_path / f"sandbox{len(made) + 1}", contexts, lb_delay=lb_delay, env=env)
+             env: Mapping[str, str] | None = None, namespaces: Mapping[str, str] | None = None) -> Sandbox:
+        sandbox = Sandbox.up(tmp_path / f"sandbox{len(made) + 1}", contexts, lb_delay=lb_delay, env=env,
+                             namespaces=namespaces)
         made.append(sandbox)
         return sandbox
 

@@ -69,7 +69,7 @@ def test_dry_run_without_reachable_clusters_still_prints_the_plan(mesh3):
     result = mesh3.run("apply", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert "could not read current state of cluster1" in result.stdout + result.stderr
-    assert "istioctl create-remote-secret --name cluster1" in result.stdout
+    assert "istioctl create-remote-secret --namespace istio-system --name cluster1" in result.stdout
 
 
 def test_teardown_removes_everything_and_twice_is_fine(mesh3):

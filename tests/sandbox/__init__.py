@@ -4,6 +4,7 @@
 (``tests/sandbox/apiserver.py``) and writes, in ``directory``:
 
 - ``kubeconfig``: one cluster, user (bearer token) and context per name; current context is the first.
+  A context may name a default namespace (``namespaces=``), as many users' contexts do.
   The servers speak TLS (kubectl only sends credentials over TLS); the CA is embedded in the kubeconfig.
 - ``bin/kubectl``: a link to the pinned kubectl.
 - ``istio-<version>/``: the stand-in Istio release, when ``tests/sandbox/release.py`` is present.
@@ -118,11 +119,12 @@ class Sandbox:
     @classmethod
     def up(cls, directory: Path, contexts: Sequence[str],
            lb_delay: "float | None | Mapping[str, float | None]" = 0.0,
-           env: Mapping[str, str] | None = None) -> "Sandbox":
+           env: Mapping[str, str] | None = None, namespaces: Mapping[str, str] | None = None) -> "Sandbox":
         """Start one emulated cluster per context and write kubeconfig, env, bin/ and the stand-in release.
 
         ``lb_delay``: seconds before LoadBalancer Services get an address; None means never; a dict sets it
         per context (missing contexts: 0). ``env``: extra variables for ``.env`` and the ``env`` file.
+        ``namespaces``: context -> the default namespace its kubeconfig context names (missing: none).
         """
         contexts = list(contexts)
         if not contexts:
@@ -138,8 +140,11 @@ class Sandbox:
                 raise RuntimeError(f"a sandbox is already running in {directory} "
                                    f"({', '.join(old.running_contexts())}); stop it first with down()")
         kubectl = pinned_kubectl()
+        unknown = sorted(set(namespaces or {}) - set(contexts))
+        if unknown:
+            raise ValueError(f"namespaces given for unknown contexts: {unknown}")
         sandbox = cls(directory, {"version": 1, "clusters": {}, "order": [], "extra_env": dict(env or {}),
-                                  "istio_dir": None})
+                                  "istio_dir": None, "context_namespaces": dict(namespaces or {})})
         try:
             for ctx in contexts:
                 sandbox._spawn(ctx, cls._delay_for(lb_delay, ctx))
@@ -399,7 +404,11 @@ class Sandbox:
             clusters.append({"name": ctx, "cluster": {"server": f"https://127.0.0.1:{info['port']}",
                                                       "certificate-authority-data": base64.b64encode(ca).decode()}})
             users.append({"name": ctx, "user": {"token": info["token"]}})
-            contexts.append({"name": ctx, "context": {"cluster": ctx, "user": ctx}})
+            context = {"cluster": ctx, "user": ctx}
+            namespace = (self._state.get("context_namespaces") or {}).get(ctx)
+            if namespace:
+                context["namespace"] = namespace
+            contexts.append({"name": ctx, "context": context})
         config = {"apiVersion": "v1", "kind": "Config", "preferences": {}, "clusters": clusters, "users": users,
                   "contexts": contexts, "current-context": self.contexts[0]}
         tmp = self.dir / "kubeconfig.tmp"

@@ -41,6 +41,17 @@ def _parse_lb_delay(text: str):
         raise argparse.ArgumentTypeError(f"expected seconds, 'never', or CTX=SECONDS[,CTX=never...]: {text!r}")
 
 
+def _parse_namespaces(text: str) -> dict[str, str]:
+    """``ctx=ns,ctx2=ns2``: the default namespace each kubeconfig context names."""
+    out = {}
+    for item in text.split(","):
+        ctx, eq, namespace = item.partition("=")
+        if not eq or not ctx.strip() or not namespace.strip():
+            raise argparse.ArgumentTypeError(f"expected CTX=NAMESPACE[,CTX=NAMESPACE...]: {text!r}")
+        out[ctx.strip()] = namespace.strip()
+    return out
+
+
 def _contexts(args) -> list[str]:
     if args.contexts:
         names = [c.strip() for c in args.contexts.split(",") if c.strip()]
@@ -55,7 +66,7 @@ def _contexts(args) -> list[str]:
 def cmd_up(args) -> int:
     directory = Path(args.dir).resolve()
     try:
-        sandbox = Sandbox.up(directory, _contexts(args), lb_delay=args.lb_delay)
+        sandbox = Sandbox.up(directory, _contexts(args), lb_delay=args.lb_delay, namespaces=args.namespaces)
     except (RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -122,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--lb-delay", type=_parse_lb_delay, default=0.0, metavar="SECONDS|never|CTX=S,...",
                     help="delay before LoadBalancer Services get an address (default 0); 'never' keeps them "
                          "pending; CTX=S sets it per context")
+    up.add_argument("--namespaces", type=_parse_namespaces, default=None, metavar="CTX=NS,...",
+                    help="give these kubeconfig contexts a default namespace, as many users' contexts have")
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop every emulated cluster of DIR (safe to repeat)")
