@@ -15,8 +15,8 @@ TWO = {"cluster1": "network1", "cluster2": "network1"}
 def mesh2(sandbox_factory, tmp_path):
     sandbox = sandbox_factory(list(TWO))
     mesh = make_mesh(sandbox, tmp_path / "ws", TWO)
-    # Addresses peers could reach (any https URL): status is healthy only then.
-    mesh.write_topology(TWO, extra={ctx: {"api_server": f"https://{ctx}.example:6443"} for ctx in TWO})
+    # Addresses the peers' control planes reach: status is healthy only then.
+    mesh.write_topology(TWO, extra={ctx: {"api_server": sandbox.api_server(ctx)} for ctx in TWO})
     mesh.apply()
     return mesh
 
