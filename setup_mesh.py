@@ -5,12 +5,13 @@ This file is wiring only: it parses options and hands over to lib/.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
 
-from lib import commands
+from lib import __version__, commands, invocation
 
 app = typer.Typer(
     add_completion=False,
@@ -25,30 +26,61 @@ app = typer.Typer(
     ),
 )
 
-Workdir = Annotated[Path, typer.Option("--workdir", "-w", envvar="WORKDIR", show_envvar=True,
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"setup-mesh {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_version,
+                                                help="Print the version and exit.")] = False) -> None:
+    pass
+
+
+def _record_workdir(ctx: typer.Context, param: typer.CallbackParam, value: Path) -> Path:
+    """Hints repeat --workdir only when it was given on the command line (env and default carry over)."""
+    given = str(value) if ctx.get_parameter_source(param.name).name == "COMMANDLINE" else None
+    invocation.set_current(invocation.Invocation(invocation.program_from_argv0(sys.argv[0]), given))
+    return value
+
+
+def _env(name: str) -> list[str]:
+    """SETUP_MESH_NAME first, then the original script's plain NAME."""
+    return [f"SETUP_MESH_{name}", name]
+
+
+Workdir = Annotated[Path, typer.Option("--workdir", "-w", envvar=_env("WORKDIR"), show_envvar=True, metavar="DIR",
+                                       callback=_record_workdir,
                                        help="The workspace folder holding topology.yaml, base.yaml and certs/.")]
-Kubeconfig = Annotated[Optional[str], typer.Option("--kubeconfig", help="Kubeconfig file (default: KUBECONFIG, else ~/.kube/config).")]
-IstioDir = Annotated[Optional[str], typer.Option("--istio-dir", envvar="ISTIO_DIR", show_envvar=True,
+Kubeconfig = Annotated[Optional[str], typer.Option("--kubeconfig", metavar="FILE", help="Kubeconfig file (default: KUBECONFIG, else ~/.kube/config).")]
+IstioDir = Annotated[Optional[str], typer.Option("--istio-dir", envvar=_env("ISTIO_DIR"), show_envvar=True, metavar="DIR",
                                                  help="Unpacked Istio release (default: the one holding istioctl on PATH, else istio-* in the workdir).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings, errors and the final result.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Print every command it runs (pasteable), with its exit code and time.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for unexpected errors.")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to confirmations (for scripts).")]
-Parallel = Annotated[int, typer.Option("--parallel", "-p", min=1, help="How many clusters are worked on at once.")]
-Timeout = Annotated[float, typer.Option("--timeout", min=1, help="Seconds any one command may take.")]
+Parallel = Annotated[int, typer.Option("--parallel", "-p", min=1, metavar="N", help="How many clusters are worked on at once.")]
+Timeout = Annotated[float, typer.Option("--timeout", min=1, metavar="SECONDS", help="Seconds any one command may take.")]
+Contexts = Annotated[Optional[List[str]], typer.Option("--context", metavar="CONTEXT",
+                                                       help="Only this kube context (repeatable; default: every cluster in topology.yaml).")]
 
 
 @app.command("prep-mesh")
 def prep_mesh(
     workdir: Workdir = Path("."),
-    mesh_id: Annotated[Optional[str], typer.Option("--mesh-id", envvar="MESH_ID", show_envvar=True,
+    mesh_id: Annotated[Optional[str], typer.Option("--mesh-id", envvar=_env("MESH_ID"), show_envvar=True, metavar="ID",
                                                    help="The mesh's id (Istio meshID) for a new topology.yaml [default: mesh1].")] = None,
-    org: Annotated[Optional[str], typer.Option("--org", envvar="ORG_NAME", show_envvar=True,
+    org: Annotated[Optional[str], typer.Option("--org", envvar=_env("ORG_NAME"), show_envvar=True, metavar="NAME",
                                                help="Organisation (O=) of the new root CA and the clusters' intermediate CAs [default: the Makefile's, Istio].")] = None,
     istio_dir: IstioDir = None,
-    context: Annotated[Optional[List[str]], typer.Option("--context", help="NAME[=NETWORK]: a kube context to list in a new topology.yaml (repeatable).")] = None,
-    root_days: Annotated[Optional[int], typer.Option("--root-days", min=1, help="Validity of a new root CA in days [default: the Makefile's, 3650].")] = None,
-    key_size: Annotated[Optional[int], typer.Option("--key-size", min=1024, help="RSA key size of a new root CA [default: the Makefile's, 4096].")] = None,
+    add_context: Annotated[Optional[List[str]], typer.Option("--add-context", metavar="NAME[=NETWORK]",
+                                                             help="A kube context to list in a new topology.yaml (repeatable).")] = None,
+    old_context: Annotated[Optional[List[str]], typer.Option("--context", hidden=True)] = None,  # the earlier spelling
+    root_days: Annotated[Optional[int], typer.Option("--root-days", min=1, metavar="DAYS", help="Validity of a new root CA in days [default: the Makefile's, 3650].")] = None,
+    key_size: Annotated[Optional[int], typer.Option("--key-size", min=1024, metavar="BITS", help="RSA key size of a new root CA [default: the Makefile's, 4096].")] = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -59,7 +91,7 @@ def prep_mesh(
     Touches no cluster.
     """
     commands.run_guarded(debug, quiet, False, lambda r, rep: commands.prep_mesh(
-        workdir, mesh_id=mesh_id, org=org, istio_dir=istio_dir, contexts=context or [],
+        workdir, mesh_id=mesh_id, org=org, istio_dir=istio_dir, contexts=[*(add_context or []), *(old_context or [])],
         root_days=root_days, key_size=key_size, runner=r, reporter=rep))
 
 
@@ -71,7 +103,7 @@ def apply(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (per cluster, the exact commands) and change nothing.")] = False,
     yes: Yes = False,
     parallel: Parallel = commands.DEFAULT_PARALLEL,
-    gateway_timeout: Annotated[float, typer.Option("--gateway-timeout", min=1, help="Seconds to wait for east-west gateways to get an address.")] = 300.0,
+    gateway_timeout: Annotated[float, typer.Option("--gateway-timeout", min=1, metavar="SECONDS", help="Seconds to wait for east-west gateways to get an address.")] = 300.0,
     timeout: Timeout = commands.DEFAULT_TIMEOUT,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -118,7 +150,7 @@ def rotate_certs(
     workdir: Workdir = Path("."),
     kubeconfig: Kubeconfig = None,
     istio_dir: IstioDir = None,
-    context: Annotated[Optional[List[str]], typer.Option("--context", help="Only this kube context (repeatable; default: every cluster in topology.yaml).")] = None,
+    context: Contexts = None,
     expiring_within: Annotated[Optional[int], typer.Option("--expiring-within", min=0, metavar="DAYS", help="Only intermediates that expire within DAYS days.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
     parallel: Parallel = commands.DEFAULT_PARALLEL,
@@ -141,11 +173,11 @@ def rotate_certs(
         runner=r, reporter=rep))
 
 
-def _status(workdir, kubeconfig, istio_dir, output, wait, wait_timeout, parallel, debug):
+def _status(workdir, kubeconfig, istio_dir, contexts, output, wait, wait_timeout, parallel, debug):
     if output not in ("table", "json"):
         raise typer.BadParameter("use table or json", param_hint="-o/--output")
     commands.run_guarded(debug, output == "json", False, lambda r, rep: commands.status(
-        workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, output=output, wait=wait,
+        workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, contexts=contexts, output=output, wait=wait,
         wait_timeout=wait_timeout, parallel=parallel, runner=r, reporter=rep))
 
 
@@ -163,13 +195,14 @@ def _status_command(name: str, help_text: str):
         workdir: Workdir = Path("."),
         kubeconfig: Kubeconfig = None,
         istio_dir: IstioDir = None,
-        output: Annotated[str, typer.Option("--output", "-o", help="table or json (a stable document for scripts).")] = "table",
-        wait: Annotated[bool, typer.Option("--wait", help="Poll until the mesh is healthy or --timeout passes.")] = False,
-        wait_timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds --wait polls for.")] = 300.0,
+        context: Contexts = None,
+        output: Annotated[str, typer.Option("--output", "-o", metavar="FORMAT", help="table or json (a stable document for scripts).")] = "table",
+        wait: Annotated[bool, typer.Option("--wait", help="Poll until the mesh is healthy or --wait-timeout passes.")] = False,
+        wait_timeout: Annotated[float, typer.Option("--wait-timeout", min=1, metavar="SECONDS", help="Seconds --wait polls for.")] = 300.0,
         parallel: Parallel = commands.DEFAULT_PARALLEL,
         debug: Debug = False,
     ) -> None:
-        _status(workdir, kubeconfig, istio_dir, output, wait, wait_timeout, parallel, debug)
+        _status(workdir, kubeconfig, istio_dir, context or [], output, wait, wait_timeout, parallel, debug)
 
     return _cmd
 

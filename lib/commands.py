@@ -12,9 +12,10 @@ from typing import Callable
 import typer
 
 from . import certs
-from .config import BASE_FILE, PREP_HINT, TOPOLOGY_FILE, Cluster, Topology, load_base, load_topology, resolve_contexts
-from .errors import ConfigError, MeshError
+from .config import BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, load_base, load_topology, resolve_contexts
+from .errors import Cancelled, ConfigError, MeshError
 from .executor import RERUN_HINT, Executor, Outcome, Phase, RunContext, Step
+from .invocation import prep_hint
 from .kube import Observed, Tools, parse_inspect
 from .overlay import ISTIO_NAMESPACE
 from .plan import RECORD_TITLE, ApplyPlan, Removal, build_apply_plan, desired_state, teardown_plan
@@ -78,7 +79,7 @@ class Workspace:
 def load_workspace(workdir: Path, kubeconfig: str | None, lenient: bool) -> Workspace:
     """Validate the inputs. ``lenient`` (dry-run) turns facts about this machine into notes."""
     if not workdir.is_dir():
-        raise ConfigError(f"workdir {workdir} does not exist", hint=PREP_HINT)
+        raise ConfigError(f"workdir {workdir} does not exist", hint=prep_hint())
     topology = load_topology(workdir / TOPOLOGY_FILE)
     base = load_base(workdir / BASE_FILE).operator
     notes: list[str] = []
@@ -141,7 +142,7 @@ def confirm(question: str, yes: bool, reporter: Reporter) -> None:
                           hint="re-run with -y to confirm")
     reporter.stop_progress()
     if not typer.confirm(question, default=False):
-        raise ConfigError("cancelled; nothing was changed")
+        raise Cancelled("cancelled at the prompt; nothing was changed")
 
 
 def _open_log(workdir: Path, command: str, runner: ShRunner) -> RunLog:
@@ -225,7 +226,7 @@ def _certs_prerequisites(ws: Workspace, istio_dir: str | None, runner: ShRunner,
     release: Release | None = None
     if force or any(not certs.has_cacerts(cert_dir, c.name) for c in ws.topology.clusters):
         if not ((cert_dir / certs.ROOT_CERT).is_file() and (cert_dir / certs.ROOT_KEY).is_file()):
-            problem = ConfigError(f"the mesh's root CA is missing ({cert_dir / certs.ROOT_CERT})", hint=PREP_HINT)
+            problem = ConfigError(f"the mesh's root CA is missing ({cert_dir / certs.ROOT_CERT})", hint=prep_hint())
             if not dry_run:
                 raise problem
             ws.notes.append(f"{problem.message}: {problem.hint}")
@@ -376,9 +377,10 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
 
 # --- status ----------------------------------------------------------------------------------------
 
-def status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, output: str, wait: bool,
-           wait_timeout: float, parallel: int, runner: ShRunner, reporter: Reporter) -> int:
+def status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, contexts: list[str], output: str,
+           wait: bool, wait_timeout: float, parallel: int, runner: ShRunner, reporter: Reporter) -> int:
     from .status import run_status
 
     return run_status(workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, output=output, wait=wait,
-                      wait_timeout=wait_timeout, parallel=parallel, runner=runner, reporter=reporter)
+                      wait_timeout=wait_timeout, parallel=parallel, runner=runner, reporter=reporter,
+                      contexts=contexts)

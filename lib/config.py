@@ -1,6 +1,7 @@
 """Loading and validating topology.yaml, base.yaml and the kubeconfig, before any cluster is touched."""
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass, field
@@ -9,16 +10,22 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .errors import ConfigError
+from .invocation import prep_hint
 from .yamlfile import LocatedDoc, load_located
 
 TOPOLOGY_FILE = "topology.yaml"
 BASE_FILE = "base.yaml"
-PREP_HINT = "run `./setup_mesh.py prep-mesh` in the workdir first (or pass --workdir)"
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # Kubernetes label values: a network name ends up as the value of topology.istio.io/network.
 LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
+
+
+def did_you_mean(word: object, choices) -> str:
+    """`did you mean 'x'? ` for a near miss (a typo), else nothing."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.75)
+    return f"did you mean {close[0]!r}? " if close else ""
 
 
 def is_label_value(value: object) -> bool:
@@ -33,6 +40,9 @@ CONTEXT_KEYS = {
     "kubeconfig": "a kubeconfig file for this context only (default: --kubeconfig, KUBECONFIG, ~/.kube/config)",
 }
 TOP_KEYS = {"mesh_id", "contexts"}
+OPERATOR_KEYS = ("apiVersion", "kind", "metadata", "spec")
+OPERATOR_SPEC_KEYS = ("profile", "installPackagePath", "namespace", "hub", "tag", "revision", "compatibilityVersion",
+                      "meshConfig", "components", "values", "unvalidatedValues")
 
 # Values setup-mesh owns in every cluster's IstioOperator: where each comes from.
 RESERVED_VALUES = {
@@ -102,7 +112,7 @@ def _type_name(value: Any) -> str:
 
 
 def load_topology(path: Path) -> Topology:
-    doc = load_located(path, "topology file", missing_hint=PREP_HINT)
+    doc = load_located(path, "topology file", missing_hint=prep_hint())
     data = doc.data
     if data is None:
         raise ConfigError(f"{path}: topology file is empty", hint="it needs mesh_id: and contexts:; see prep-mesh's example")
@@ -111,7 +121,7 @@ def load_topology(path: Path) -> Topology:
     for key in data:
         if key not in TOP_KEYS:
             raise ConfigError(f"{doc.where(key)}: unknown key {key!r} in topology",
-                              hint="allowed top-level keys: mesh_id, contexts")
+                              hint=did_you_mean(key, TOP_KEYS) + "allowed top-level keys: mesh_id, contexts")
     mesh_id = data.get("mesh_id")
     if mesh_id is None or mesh_id == "":
         raise ConfigError(f"{doc.where('mesh_id') if 'mesh_id' in data else path}: mesh_id is required",
@@ -138,7 +148,7 @@ def load_topology(path: Path) -> Topology:
         for key in spec:
             if key not in CONTEXT_KEYS:
                 raise ConfigError(f"{doc.where('contexts', context, key)}: unknown key {key!r} in context {context!r}",
-                                  hint="allowed keys: " + ", ".join(CONTEXT_KEYS))
+                                  hint=did_you_mean(key, CONTEXT_KEYS) + "allowed keys: " + ", ".join(CONTEXT_KEYS))
         network = spec.get("network")
         if network is None or network == "":
             raise ConfigError(f"{where}: context {context!r} has no network",
@@ -186,7 +196,7 @@ def _get(data: Any, keys: tuple) -> tuple[bool, Any]:
 
 
 def load_base(path: Path) -> Base:
-    doc = load_located(path, "base IstioOperator", missing_hint=PREP_HINT)
+    doc = load_located(path, "base IstioOperator", missing_hint=prep_hint())
     data = doc.data
     hint = "base.yaml must be an IstioOperator: apiVersion: install.istio.io/v1alpha1, kind: IstioOperator, spec: {...}"
     if not isinstance(data, dict):
@@ -196,9 +206,18 @@ def load_base(path: Path) -> Base:
     api = data.get("apiVersion")
     if api != "install.istio.io/v1alpha1":
         raise ConfigError(f"{doc.where('apiVersion') if 'apiVersion' in data else path}: base.yaml has apiVersion {api!r}, expected install.istio.io/v1alpha1", hint=hint)
+    for key in data:
+        if key not in OPERATOR_KEYS:
+            raise ConfigError(f"{doc.where(key)}: unknown key {key!r} in base.yaml",
+                              hint=did_you_mean(key, OPERATOR_KEYS) + "an IstioOperator has " + ", ".join(OPERATOR_KEYS))
     spec = data.get("spec")
     if spec is not None and not isinstance(spec, dict):
         raise ConfigError(f"{doc.where('spec')}: spec must be a mapping, not {_type_name(spec)}", hint=hint)
+    for key in spec or {}:
+        # Only near misses are refused: istioctl knows the full list, which grows with Istio releases.
+        suggestion = did_you_mean(key, OPERATOR_SPEC_KEYS) if key not in OPERATOR_SPEC_KEYS else ""
+        if suggestion:
+            raise ConfigError(f"{doc.where('spec', key)}: unknown key {key!r} in spec", hint=suggestion.rstrip())
     for keys in (("spec", "values"), ("spec", "values", "global"), ("spec", "values", "global", "multiCluster")):
         present, value = _get(data, keys)
         if present and value is not None and not isinstance(value, dict):
@@ -222,6 +241,20 @@ def load_base(path: Path) -> Base:
 
 
 # --- kubeconfig -------------------------------------------------------------------------------
+
+def select_clusters(topology: Topology, contexts: list[str]) -> list[Cluster]:
+    """The clusters named with --context (context or cluster name; all when none), in topology order.
+    A name not in topology.yaml is bad input."""
+    if not contexts:
+        return list(topology.clusters)
+    known = [c.context for c in topology.clusters] + [c.name for c in topology.clusters]
+    for name in contexts:
+        if name not in known:
+            raise ConfigError(f"--context {name}: not in {topology.path}",
+                              hint=did_you_mean(name, known) + "name contexts listed there: "
+                              + ", ".join(c.context for c in topology.clusters))
+    return [c for c in topology.clusters if c.context in contexts or c.name in contexts]
+
 
 def kubeconfig_files(explicit: str | None) -> list[str]:
     """The kubeconfig files kubectl would read: --kubeconfig, else KUBECONFIG, else ~/.kube/config."""

@@ -22,6 +22,10 @@ class ConfigError(MeshError):
     exit_code = 2
 
 
+class Cancelled(MeshError):
+    """The user answered no at a confirmation: a cancellation (exit 1), not bad input."""
+
+
 class ToolMissing(ConfigError):
     """A required program (kubectl, istioctl, make, openssl) is not on PATH."""
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from . import certs
+from . import certs, invocation
 from .config import BASE_FILE, TOPOLOGY_FILE, is_label_value, kubeconfig_files
 from .errors import ConfigError
 from .fsutil import write_atomic
@@ -185,8 +185,7 @@ def report(result: PrepResult, workdir: Path, reporter: Reporter) -> None:
     reporter.info("Next:")
     reporter.info(f"  1. edit {_rel(workdir / TOPOLOGY_FILE, Path.cwd())}: list your kube contexts and their networks")
     reporter.info(f"  2. optionally customise {_rel(workdir / BASE_FILE, Path.cwd())} (the IstioOperator every cluster gets)")
-    workdir_flag = "" if workdir.resolve() == Path.cwd().resolve() else f" --workdir {_quote(str(workdir))}"
-    reporter.info(f"  3. preview with `./setup_mesh.py apply --dry-run{workdir_flag}`, then run `./setup_mesh.py apply{workdir_flag}`")
+    reporter.info(f"  3. preview with `{invocation.command('apply', '--dry-run')}`, then run `{invocation.command('apply')}`")
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -194,9 +193,3 @@ def _rel(path: Path, base: Path) -> str:
         return os.path.relpath(path, base)
     except ValueError:
         return str(path)
-
-
-def _quote(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)

@@ -8,7 +8,7 @@ from pathlib import Path
 from . import certs, lifecycle
 from .commands import (_certs_prerequisites, _finish, _open_log, _sit_out, find_tools, inspect_clusters,
                        load_workspace, print_plan)
-from .config import Cluster
+from .config import Cluster, select_clusters
 from .errors import ConfigError, MeshError
 from .executor import Executor, Interrupted, Phase, RunContext, Step
 from .kube import Observed, Tools
@@ -19,18 +19,6 @@ from .runner import ShRunner
 
 CONTROL_PLANE_WAIT = 120.0  # seconds istiod may take to be ready again
 POLL_SECONDS = 1.0
-
-
-def select_clusters(topology, contexts: list[str]) -> list[Cluster]:
-    """The clusters named with --context (all when none), in topology order; an unknown name is bad input."""
-    if not contexts:
-        return list(topology.clusters)
-    known = {c.context for c in topology.clusters} | {c.name for c in topology.clusters}
-    unknown = [c for c in contexts if c not in known]
-    if unknown:
-        raise ConfigError(f"--context {', '.join(unknown)}: not in {topology.path}",
-                          hint="name contexts listed there: " + ", ".join(c.context for c in topology.clusters))
-    return [c for c in topology.clusters if c.context in contexts or c.name in contexts]
 
 
 def backup_step(workdir: Path, cluster: Cluster, backup: Path) -> Step:

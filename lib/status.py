@@ -17,9 +17,10 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from . import certs
-from .config import PREP_HINT, Cluster, Topology
+from . import certs, invocation
+from .config import Cluster, Topology, select_clusters
 from .errors import MeshError
+from .invocation import prep_hint
 from .kube import Observed, Tools, token_fingerprint
 from .overlay import EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL
 from .redact import redact
@@ -266,15 +267,14 @@ class Hints:
     def __init__(self, workdir: Path, topology: Topology):
         self.workdir = workdir
         self.topology = topology
-        self._flag = "" if _same_dir(workdir, Path.cwd()) else f" --workdir {shlex.quote(str(workdir))}"
 
     @property
     def apply(self) -> str:
-        return f"./setup_mesh.py apply{self._flag}"
+        return invocation.command("apply")
 
     @property
     def dry_run(self) -> str:
-        return f"./setup_mesh.py apply --dry-run{self._flag}"
+        return invocation.command("apply", "--dry-run")
 
     def kubectl(self, cluster: Cluster, *args: str) -> str:
         argv = ["kubectl"]
@@ -344,12 +344,12 @@ def evaluate(ws: Workspace, observed: dict[str, Observed], istiod: dict[str, Ist
     if ws.root_pem is None:
         mesh_problems.append(Problem("root_ca_missing",
                                      f"the mesh's root CA {ws.workdir / certs.CERTS_DIR / certs.ROOT_CERT} is missing: "
-                                     "no cluster's cacerts can be checked against it", PREP_HINT))
+                                     "no cluster's cacerts can be checked against it", prep_hint()))
     elif root is None:
         mesh_problems.append(Problem("root_ca_unreadable",
                                      f"{ws.workdir / certs.CERTS_DIR / certs.ROOT_CERT} is not a PEM certificate",
                                      f"restore it from a backup, or start a new root with `rm -r {hints.path(certs.CERTS_DIR)}` "
-                                     f"and {PREP_HINT} (every cluster then gets a new intermediate CA on apply)"))
+                                     f"and {prep_hint()} (every cluster then gets a new intermediate CA on apply)"))
     names = {c.name for c in topology.clusters}
     # The credentials each cluster issues now (None when it could not be read): older copies are outdated.
     current = {c.name: token_fingerprint(c.name, c.remote_server, observed[c.context].reader_token)
@@ -401,7 +401,7 @@ def _judge_istiod_view(status: ClusterStatus, view: IstiodView | None, topology:
         hint = hint.format(
             peer=peer.name, server=peer.remote_server or "the address in the secret",
             api_server=f"api_server: for {peer.context} in {hints.topology_file}", apply=hints.apply,
-            wait=f"./setup_mesh.py status --wait{hints._flag}",
+            wait=invocation.command("status", "--wait"),
             logs=hints.kubectl(status.cluster, "logs", "-n", ISTIO_NAMESPACE, "deploy/istiod"))
         status.problems.append(Problem(code, f"istiod reports remote cluster {peer.name} as {state}", hint))
 
@@ -630,11 +630,13 @@ def _read_bytes(path: Path) -> bytes | None:
 
 
 def run_status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, output: str, wait: bool,
-               wait_timeout: float, parallel: int, runner, reporter: Reporter) -> int:
+               wait_timeout: float, parallel: int, runner, reporter: Reporter, contexts: list[str] = ()) -> int:
     from .commands import find_tools, load_workspace
     from .plan import desired_state
 
     loaded = load_workspace(workdir, kubeconfig, lenient=False)
+    # Every cluster is still read: whether a shown cluster holds its peers' current secrets depends on them.
+    shown = {c.context for c in select_clusters(loaded.topology, list(contexts))}
     tools = find_tools(istio_dir, runner, False, loaded.notes, READ_TIMEOUT)
     cert_dir = certs.certs_dir(workdir)
     desired = desired_state(loaded.topology, loaded.base)
@@ -652,6 +654,7 @@ def run_status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
     polls = 0
     while True:
         status = collect(ws, tools, runner, reporter, parallel)
+        status = replace(status, clusters=[c for c in status.clusters if c.cluster.context in shown])
         polls += 1
         remaining = deadline - time.monotonic()
         if not wait or status.healthy or remaining <= 0:
@@ -669,7 +672,7 @@ def run_status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
     if wait and not status.healthy:
         still = "; ".join(f"{ctx + ': ' if ctx else ''}{p.code}" for ctx, p in status.errors())
         reporter.error(MeshError(f"the mesh is still unhealthy after {wait_timeout:g}s ({polls} check(s)): {still}",
-                                 hint="see the problems and hints above; raise --timeout if it is only slow"))
+                                 hint="see the problems and hints above; raise --wait-timeout if it is only slow"))
     return 0 if status.healthy else 1
 
 

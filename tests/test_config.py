@@ -20,6 +20,9 @@ BAD_TOPOLOGIES = [
     ("mesh_id: m\ncontexts:\n  - c1\n", "contexts must be a mapping"),
     ("mesh_id: m\ncontexts:\n  c1:\n    network: n1\nextra: 1\n", "unknown key 'extra'"),
     ("mesh_id: m\ncontexts:\n  c1:\n    network: n1\n    netwrk: n2\n", "unknown key 'netwrk' in context 'c1'"),
+    ("mesh_id: m\ncontexts:\n  c1:\n    network: n1\n    netwrk: n2\n", "did you mean 'network'?"),
+    ("mesh_id: m\ncontexts:\n  c1:\n    network: n1\n    apiserver: https://x\n", "did you mean 'api_server'?"),
+    ("mesh_ids: m\ncontexts:\n  c1:\n    network: n1\n", "did you mean 'mesh_id'?"),
     ("mesh_id: m\ncontexts:\n  c1: {}\n", "has no network"),
     ("mesh_id: m\ncontexts:\n  c1: network1\n", "must be a mapping with at least network"),
     ("mesh_id: m\ncontexts:\n  c1:\n    network: 'bad net'\n", "invalid network 'bad net'"),
@@ -41,6 +44,33 @@ def test_bad_topology_is_refused_with_a_clear_message(tmp_path, text, message):
     # Where: the message starts with the file, and the line when the problem is on one.
     assert re.match(rf"{re.escape(str(path))}(:\d+)*: ", info.value.message), info.value.message
     assert info.value.exit_code == 2
+
+
+def test_a_key_close_to_none_gets_no_guess(tmp_path):
+    path = tmp_path / "topology.yaml"
+    path.write_text("mesh_id: m\ncontexts:\n  c1:\n    network: n1\n    colour: red\n")
+    with pytest.raises(ConfigError) as info:
+        load_topology(path)
+    assert "did you mean" not in info.value.hint and "allowed keys: network" in info.value.hint
+
+
+@pytest.mark.parametrize("text,where,guess", [
+    ("spec:\n  valeus: {}\n", 4, "did you mean 'values'?"),
+    ("spec:\n  meshconfig: {}\n", 4, "did you mean 'meshConfig'?"),
+    ("metdata: {}\n", 3, "did you mean 'metadata'?"),
+])
+def test_base_key_close_to_an_istio_operator_field_is_refused_with_a_guess(tmp_path, text, where, guess):
+    path = tmp_path / "base.yaml"
+    path.write_text("apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\n" + text)
+    with pytest.raises(ConfigError) as info:
+        load_base(path)
+    assert info.value.message.startswith(f"{path}:{where}:") and guess in info.value.hint
+
+
+def test_unfamiliar_spec_fields_far_from_known_ones_pass_to_istioctl(tmp_path):
+    path = tmp_path / "base.yaml"
+    path.write_text(GOOD_BASE + "  someFutureField: 1\n")
+    assert load_base(path).operator["spec"]["someFutureField"] == 1
 
 
 def test_error_names_the_line(tmp_path):

@@ -100,11 +100,32 @@ def test_release_is_found_in_the_workdir(tmp_path, release):
     assert result.returncode == 0, result.stderr
 
 
-def test_contexts_given_on_the_command_line(tmp_path, release):
+@pytest.mark.parametrize("flag", ["--add-context", "--context"])  # --context: the earlier spelling
+def test_contexts_given_on_the_command_line(tmp_path, release, flag):
     ws = tmp_path / "ws"
-    assert run(["--workdir", str(ws), "--istio-dir", str(release), "--context", "east=net1", "--context", "west"]).returncode == 0
+    assert run(["--workdir", str(ws), "--istio-dir", str(release), flag, "east=net1", flag, "west"]).returncode == 0
     assert yaml.safe_load((ws / "topology.yaml").read_text())["contexts"] == {
         "east": {"network": "net1"}, "west": {"network": "network1"}}
+
+
+def test_prefixed_environment_names_win_over_the_plain_ones(tmp_path, release):
+    env = {"SETUP_MESH_WORKDIR": str(tmp_path / "a"), "WORKDIR": str(tmp_path / "b"),
+           "SETUP_MESH_MESH_ID": "prefixed", "MESH_ID": "plain", "SETUP_MESH_ORG_NAME": "Prefixed Org",
+           "SETUP_MESH_ISTIO_DIR": str(release)}
+    result = run([], env=env)
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load((tmp_path / "a" / "topology.yaml").read_text())["mesh_id"] == "prefixed"
+    assert subject_org(tmp_path / "a" / "certs" / "root-cert.pem") == "Prefixed Org"
+    assert not (tmp_path / "b").exists()
+
+
+def test_next_steps_name_the_program_and_workdir_as_given(tmp_path, release):
+    given = run(["--workdir", "ws", "--istio-dir", str(release)], cwd=tmp_path)
+    script = str(ROOT / "setup_mesh.py")
+    assert f"run `{script} apply --workdir ws`" in given.stdout
+    # A workdir from the environment is not repeated: the pasted command gets it the same way.
+    from_env = run([], env={"WORKDIR": str(tmp_path / "ws2"), "ISTIO_DIR": str(release)})
+    assert f"preview with `{script} apply --dry-run`" in from_env.stdout
 
 
 def test_no_release_is_a_clear_error_listing_where_it_looked(tmp_path):

@@ -162,7 +162,7 @@ def test_same_named_root_with_another_key_is_foreign(tmp_path, roots):
     status = evaluate(_ws(tmp_path, topology, root, {"c2": _pem(local_inter)}), observed, istiod, now=NOW)
     assert _codes(status, "c2") == ["cacerts_foreign_root"]
     problem = status.clusters[1].problems[0]
-    assert "rm -r" not in problem.hint and "./setup_mesh.py apply" in problem.hint
+    assert "rm -r" not in problem.hint and "setup-mesh apply" in problem.hint
     # the intermediate on disk is foreign too: it must be re-issued first
     status = evaluate(_ws(tmp_path, topology, root, {"c2": observed["c2"].cacerts["ca-cert.pem"]}), observed, istiod,
                       now=NOW)
@@ -258,7 +258,7 @@ def test_table_names_every_problem_with_its_hint(tmp_path, roots):
     out = io.StringIO()
     render(status, Reporter(console=Console(file=out, width=160, highlight=False, soft_wrap=True)))
     text = out.getvalue()
-    assert "c1: remote_secret_missing" in text and "hint: ./setup_mesh.py apply" in text
+    assert "c1: remote_secret_missing" in text and "hint: setup-mesh apply" in text
     assert "c2: unreachable" in text and "kubectl --context c2 get ns" in text
     assert "c3: remote_secret_local" in text and "c3: gateway_pending" in text and "c1: remote_secret_stale" in text
     matrix = text.split("remote secrets")[1].splitlines()
@@ -272,6 +272,7 @@ def test_table_names_every_problem_with_its_hint(tmp_path, roots):
 # --- on the sandbox: a mesh built by prep-mesh and apply -----------------------------------------
 
 ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = str(ROOT / "setup_mesh.py")  # hints name the program as it was run
 NETS = {"cluster1": "network1", "cluster2": "network1", "cluster3": "network2"}
 FAST_KEYS = {"ROOTCA_KEYSZ": "2048", "INTERMEDIATE_KEYSZ": "2048"}
 CLUSTER_FIELDS = {"context", "cluster_name", "network", "reachable", "error", "istio", "network_label", "cacerts",
@@ -413,10 +414,10 @@ def test_missing_remote_secret(mesh):
     _unhealthy_only(doc, "cluster1", "remote_secret_missing")
     assert _cluster(doc, "cluster1")["remote_secrets"] == {"cluster2": "present", "cluster3": "missing"}
     problem = _problems(doc, "cluster1")["remote_secret_missing"]
-    assert "cluster3" in problem["message"] and problem["hint"].startswith("./setup_mesh.py apply --workdir ")
+    assert "cluster3" in problem["message"] and problem["hint"].startswith(f"{SCRIPT} apply --workdir ")
     table = mesh.cli("status")
     assert table.returncode == 1
-    assert "cluster1: remote_secret_missing" in table.stdout and "hint: ./setup_mesh.py apply" in table.stdout
+    assert "cluster1: remote_secret_missing" in table.stdout and f"hint: {SCRIPT} apply" in table.stdout
     matrix = table.stdout.split("remote secrets")[1]
     assert "missing" in matrix.splitlines()[4]  # row cluster1 (after title and header lines)
     _repaired_by_apply(mesh)
@@ -466,7 +467,7 @@ def test_remote_secret_naming_a_loopback_server(mesh):
     try:
         code, doc = mesh.status()
         hint = _problems(doc, "cluster1")["remote_secret_local"]["hint"]
-        assert hint.startswith("set api_server: for cluster2 in ") and "then ./setup_mesh.py apply" in hint
+        assert hint.startswith("set api_server: for cluster2 in ") and f"then {SCRIPT} apply" in hint
     finally:
         (mesh.workdir / "topology.yaml").write_text(topology)
     _repaired_by_apply(mesh)
@@ -495,7 +496,7 @@ def test_cacerts_from_another_root(mesh, tmp_path):
     assert cacerts["present"] is True and cacerts["chains_to_root"] is False
     assert cacerts["root_fingerprint"] != doc["root_fingerprint"]
     # certs/cluster2 in the workdir is this root's: apply puts it back
-    assert _problems(doc, "cluster2")["cacerts_foreign_root"]["hint"].startswith("./setup_mesh.py apply")
+    assert _problems(doc, "cluster2")["cacerts_foreign_root"]["hint"].startswith(f"{SCRIPT} apply")
 
     # when the workdir's own intermediate is the foreign one, it must be re-issued first
     local = mesh.workdir / "certs" / "cluster2"
@@ -503,7 +504,7 @@ def test_cacerts_from_another_root(mesh, tmp_path):
         (local / path.name).write_bytes(path.read_bytes())
     code, doc = mesh.status()
     hint = _problems(doc, "cluster2")["cacerts_foreign_root"]["hint"]
-    assert hint == (f"`rm -r {local}`, then ./setup_mesh.py apply --workdir {mesh.workdir} "
+    assert hint == (f"`rm -r {local}`, then {SCRIPT} apply --workdir {mesh.workdir} "
                     "(re-issues the intermediate CA from this workspace's root)")
     subprocess.run(["rm", "-r", str(local)], check=True)  # following the hint
     _repaired_by_apply(mesh)
@@ -517,7 +518,7 @@ def test_network_label_missing_then_wrong(mesh):
         assert code == 1
         _unhealthy_only(doc, "cluster3", code_expected)
         assert _cluster(doc, "cluster3")["network_label"] == label
-        assert _problems(doc, "cluster3")[code_expected]["hint"].startswith("./setup_mesh.py apply")
+        assert _problems(doc, "cluster3")[code_expected]["hint"].startswith(f"{SCRIPT} apply")
     _repaired_by_apply(mesh)
 
 
@@ -559,7 +560,7 @@ def test_drift_after_editing_base_yaml(mesh):
 def test_wait_returns_once_the_mesh_is_healthy_again(mesh):
     mesh.kubectl("cluster2", "label", "namespace", "istio-system", "topology.istio.io/network-")
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "setup_mesh.py"), "status", "--wait", "--timeout", "60",
+    proc = subprocess.Popen([sys.executable, str(ROOT / "setup_mesh.py"), "status", "--wait", "--wait-timeout", "60",
                              "-o", "json", "--workdir", str(mesh.workdir)], env=mesh.sandbox.env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -635,7 +636,7 @@ def test_unreachable_cluster_is_reported_and_the_rest_still_read(mesh):
     assert table.returncode == 1 and "cluster3: unreachable" in table.stdout
 
     started = time.monotonic()
-    result = mesh.cli("status", "--wait", "--timeout", "3")
+    result = mesh.cli("status", "--wait", "--wait-timeout", "3")
     elapsed = time.monotonic() - started
     assert result.returncode == 1
     assert 3 <= elapsed < 15, elapsed
