@@ -336,7 +336,7 @@ def cli_env(box) -> dict[str, str]:
 def prep(box, workdir: Path, networks: dict[str, str], timeout: float) -> CliRun:
     args = ["prep-mesh", "--workdir", str(workdir), "-q"]
     for ctx, net in networks.items():
-        args += ["--context", f"{ctx}={net}"]
+        args += ["--add-context", f"{ctx}={net}"]
     return run_cli(args, cli_env(box), timeout)
 
 
