@@ -44,8 +44,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 try:
-    from . import meshmodel
+    from . import gatewaycontroller, meshmodel
 except ImportError:  # run as a script: the module sits next to this file
+    import gatewaycontroller
     import meshmodel
 
 SERVER_VERSION = {
@@ -881,6 +882,7 @@ class Cluster:
         self.openapi_cache: dict | None = None
         self.bytes_cache: dict[str, bytes] = {}  # serialized discovery/openapi answers; cleared when types change
         self.stopping = False
+        self.gateway_reconcile_pending = False
         with self.lock:
             self._bootstrap()
         self.controller = threading.Thread(target=self._run_timers, name="controllers", daemon=True)
@@ -1775,14 +1777,22 @@ class Cluster:
         elif group == "apps" and plural == "deployments":
             self._deployment_controller(rt, key, obj)
             self._replicate_pods(key, obj)
+        elif group == "apps" and plural == "daemonsets":
+            self._daemonset_controller(rt, key, obj)
         elif group == "apiextensions.k8s.io" and plural == "customresourcedefinitions":
             self._rebuild_crd_types()
             if old is not None:
                 self._prune_custom_objects()
+        if gatewaycontroller.watches(group, plural):
+            self._gateway_controller_soon()
 
     def _after_delete(self, rt: ResType, key, obj: dict):
         for k in [k for k in self.applied if k[0] == key]:
             del self.applied[k]
+        if (rt.group, rt.plural) == (gatewaycontroller.GROUP, "gateways"):
+            gatewaycontroller.collect_garbage(self, obj["metadata"].get("uid"))
+        if gatewaycontroller.watches(rt.group, rt.plural):
+            self._gateway_controller_soon()
         if rt.group == "" and rt.plural == "secrets":
             for tok in [t for t, ref in self.tokens.items() if ref == key]:
                 del self.tokens[tok]
@@ -1860,6 +1870,18 @@ class Cluster:
         new = copy.deepcopy(obj)
         new.setdefault("status", {})["loadBalancer"] = {"ingress": [{"ip": ip, "ipMode": "VIP"}]}
         self._commit(self.lookup("", "v1", "services"), key, new, "MODIFIED", obj)
+        self._gateway_controller_soon()
+
+    def _gateway_controller_soon(self):
+        """istiod's gateway controllers react shortly after a write, not within it."""
+        if not self.gateway_reconcile_pending:
+            self.gateway_reconcile_pending = True
+            self._schedule(0.0, self._run_gateway_controller)
+
+    def _run_gateway_controller(self):
+        with self.lock:
+            self.gateway_reconcile_pending = False
+            gatewaycontroller.reconcile(self)
 
     def _deployment_controller(self, rt: ResType, key, obj: dict):
         spec = obj.get("spec", {})
@@ -1879,6 +1901,18 @@ class Cluster:
         old_status = obj.get("status") or {}
         comparable = {k: v for k, v in old_status.items() if k != "conditions"}
         if comparable == {k: v for k, v in status.items() if k != "conditions"} and old_status.get("conditions"):
+            return
+        new = copy.deepcopy(obj)
+        new["status"] = status
+        self._commit(rt, key, new, "MODIFIED", obj)
+
+    def _daemonset_controller(self, rt: ResType, key, obj: dict):
+        """One pod per node, ready at once: the cluster has a single node."""
+        nodes = sum(1 for k in self.objects if k[:2] == ("", "nodes"))
+        status = {"currentNumberScheduled": nodes, "desiredNumberScheduled": nodes, "numberAvailable": nodes,
+                  "numberMisscheduled": 0, "numberReady": nodes, "updatedNumberScheduled": nodes,
+                  "observedGeneration": obj["metadata"].get("generation", 1)}
+        if obj.get("status") == status:
             return
         new = copy.deepcopy(obj)
         new["status"] = status
@@ -2345,16 +2379,32 @@ def _svc_ports(obj: dict) -> str:
     return ",".join(parts) or "<none>"
 
 
+_JSONPATH_STEP = re.compile(r"""\.([^.\[\]]+)|\[(\d+|\*)\]|\[\?\(@\.([^=!<> ]+)\s*==\s*["']([^"']*)["']\)\]""")
+
+
 def _jsonpath_simple(obj: dict, path: str):
-    cur = obj
-    for part in re.findall(r"[^.\[\]]+", path.lstrip(".")):
-        if isinstance(cur, dict):
-            cur = cur.get(part)
-        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
-            cur = cur[int(part)]
-        else:
-            return None
-    return cur
+    """The JSONPath subset CRD printer columns use: fields, [N], [*] and [?(@.field=="value")] filters.
+    Several matches print comma-separated, as the API server's printer does."""
+    current = [obj]
+    for m in _JSONPATH_STEP.finditer(path if path.startswith((".", "[")) else "." + path):
+        field, index, key, value = m.groups()
+        nxt = []
+        for cur in current:
+            if field is not None and isinstance(cur, dict) and field in cur:
+                nxt.append(cur[field])
+            elif index is not None and isinstance(cur, list):
+                if index == "*":
+                    nxt.extend(cur)
+                elif int(index) < len(cur):
+                    nxt.append(cur[int(index)])
+            elif key is not None and isinstance(cur, list):
+                nxt.extend(item for item in cur if isinstance(item, dict) and str(item.get(key)) == value)
+        current = nxt
+    if not current:
+        return None
+    if len(current) == 1:
+        return current[0]
+    return ",".join(v if isinstance(v, str) else json.dumps(v) for v in current)
 
 
 def table_columns(rt: ResType):
@@ -2407,6 +2457,14 @@ def table_columns(rt: ResType):
             return [name(o), f"{st.get('readyReplicas', 0)}/{spec.get('replicas', 1)}",
                     st.get("updatedReplicas", 0), st.get("availableReplicas", 0), age(o)]
         return _cols("Name", "Ready", "Up-to-date", "Available", "Age"), dep_row
+    if key == ("apps", "daemonsets"):
+        def ds_row(o):
+            st = o.get("status") or {}
+            selector = ((o.get("spec") or {}).get("template") or {}).get("spec", {}).get("nodeSelector") or {}
+            return [name(o), st.get("desiredNumberScheduled", 0), st.get("currentNumberScheduled", 0),
+                    st.get("numberReady", 0), st.get("updatedNumberScheduled", 0), st.get("numberAvailable", 0),
+                    ",".join(f"{k}={v}" for k, v in sorted(selector.items())) or "<none>", age(o)]
+        return _cols("Name", "Desired", "Current", "Ready", "Up-to-date", "Available", "Node Selector", "Age"), ds_row
     if key == ("apiextensions.k8s.io", "customresourcedefinitions"):
         return _cols("Name", "Created At"), lambda o: [name(o), o["metadata"].get("creationTimestamp", "")]
     return _cols("Name", "Age"), lambda o: [name(o), age(o)]
