@@ -26,6 +26,20 @@ class Release:
     def istioctl(self) -> Path:
         return self.root / "bin" / "istioctl"
 
+    @property
+    def version(self) -> str | None:
+        """The release's version: manifest.yaml's ``version:`` (every release tarball has it), else the
+        folder's name (istio-X.Y.Z)."""
+        try:
+            for line in (self.root / "manifest.yaml").read_text().splitlines():
+                match = re.fullmatch(r"version:\s*[\"']?([0-9][^\"'\s]*)[\"']?\s*", line)
+                if match:
+                    return match.group(1)
+        except OSError:
+            pass
+        match = re.fullmatch(r"istio-([0-9]+\.[0-9]+\.[0-9]+.*)", self.root.name)
+        return match.group(1) if match else None
+
 
 def _version_key(path: Path) -> tuple:
     return tuple(int(x) if x.isdigit() else -1 for x in re.split(r"[.-]", path.name.removeprefix("istio-")))

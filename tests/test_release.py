@@ -2,7 +2,7 @@
 import pytest
 
 from lib.errors import ConfigError
-from lib.release import find_istioctl, find_release
+from lib.release import Release, find_istioctl, find_release
 
 
 def _release(path):
@@ -50,3 +50,12 @@ def test_istioctl_from_the_release_when_not_on_path(tmp_path, monkeypatch):
     release = _release(tmp_path / "istio-1.29.0")
     assert find_istioctl(str(release)) == str(release / "bin" / "istioctl")
     assert find_istioctl(None) is None
+
+
+def test_a_releases_version_comes_from_its_manifest_else_its_folder_name(tmp_path):
+    release = tmp_path / "my-istio"
+    release.mkdir()
+    (release / "manifest.yaml").write_text("dependencies: {}\nversion: 1.30.3\ndocker: docker.io/istio\n")
+    assert Release(release).version == "1.30.3"
+    assert Release(tmp_path / "istio-1.29.0").version == "1.29.0"
+    assert Release(tmp_path / "elsewhere").version is None
