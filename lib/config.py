@@ -52,6 +52,21 @@ RESERVED_VALUES = {
     ("spec", "values", "global", "meshNetworks"): "the networks in topology.yaml (Istio finds each network's gateway by its topology.istio.io/network label)",
 }
 
+# Data-plane modes: base.yaml's spec.profile ambient makes the whole mesh ambient.
+AMBIENT = "ambient"
+SIDECAR = "sidecar"
+MULTI_NETWORK_ENV = "AMBIENT_ENABLE_MULTI_NETWORK"
+# Where base.yaml could set the ambient multi-network switch itself; setup-mesh owns it in an ambient mesh.
+PILOT_ENV_SWITCH = ("spec", "values", "pilot", "env", MULTI_NETWORK_ENV)
+PILOT_K8S_ENV = ("spec", "components", "pilot", "k8s", "env")
+
+
+def data_plane_mode(operator: dict[str, Any]) -> str:
+    """ambient when base.yaml's profile is ambient, else sidecar."""
+    spec = (operator or {}).get("spec")
+    return AMBIENT if isinstance(spec, dict) and spec.get("profile") == AMBIENT else SIDECAR
+
+
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 
 
@@ -234,10 +249,31 @@ def load_base(path: Path) -> Base:
         present, _ = _get(data, keys)
         if present:
             problems.append(f"  {doc.where(*keys)}: {'.'.join(keys)} is set by setup-mesh from {source}")
+    hint = "delete those lines from base.yaml; set mesh_id, network and cluster_name in topology.yaml instead"
+    ambient_problems = _ambient_reserved(data, doc)
+    if ambient_problems:
+        problems += ambient_problems
+        hint = "delete those lines from base.yaml: setup-mesh sets them for every istiod of an ambient mesh"
     if problems:
-        raise ConfigError("base.yaml sets values that setup-mesh owns:\n" + "\n".join(problems),
-                          hint="delete those lines from base.yaml; set mesh_id, network and cluster_name in topology.yaml instead")
+        raise ConfigError("base.yaml sets values that setup-mesh owns:\n" + "\n".join(problems), hint=hint)
     return Base(path=path, operator=data, doc=doc)
+
+
+def _ambient_reserved(data: dict, doc: LocatedDoc) -> list[str]:
+    """In an ambient mesh the multi-network switch is setup-mesh's, wherever base.yaml would put it."""
+    if data_plane_mode(data) != AMBIENT:
+        return []
+    why = f"is set by setup-mesh: spec.profile ambient ({doc.where('spec', 'profile')}) turns it on in every istiod"
+    problems = []
+    present, _ = _get(data, PILOT_ENV_SWITCH)
+    if present:
+        problems.append(f"  {doc.where(*PILOT_ENV_SWITCH)}: {'.'.join(PILOT_ENV_SWITCH)} {why}")
+    present, env = _get(data, PILOT_K8S_ENV)
+    for i, entry in enumerate(env if present and isinstance(env, list) else []):
+        if isinstance(entry, dict) and entry.get("name") == MULTI_NETWORK_ENV:
+            problems.append(f"  {doc.where(*PILOT_K8S_ENV, i)}: {'.'.join(PILOT_K8S_ENV)}[{i}] "
+                            f"({MULTI_NETWORK_ENV}) {why}")
+    return problems
 
 
 # --- kubeconfig -------------------------------------------------------------------------------

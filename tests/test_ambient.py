@@ -1,0 +1,152 @@
+"""Ambient mode's pure parts: the istiod switch, the east-west Gateway, its status, the Gateway API CRD
+choice, and base.yaml's reserved ambient values."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lib import ambient, gatewayapi
+from lib.config import load_base
+from lib.errors import ConfigError
+
+RELEASE = Path(__file__).parent / "sandbox" / "release_template"
+AMBIENT_BASE = "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  profile: ambient\n"
+
+
+def test_the_profile_decides_the_data_plane_mode():
+    assert ambient.data_plane_mode({"spec": {"profile": "ambient"}}) == ambient.AMBIENT
+    assert ambient.data_plane_mode({"spec": {"profile": "default"}}) == ambient.SIDECAR
+    assert ambient.data_plane_mode({"spec": None}) == ambient.SIDECAR
+    assert ambient.data_plane_mode({}) == ambient.SIDECAR
+
+
+def test_the_multi_network_switch_is_added_to_istiods_env_and_keeps_base_yamls_entries():
+    base = {"spec": {"profile": "ambient", "components": {"pilot": {"k8s": {
+        "env": [{"name": "PILOT_TRACE_SAMPLING", "value": "5"}], "resources": {"requests": {"cpu": "1"}}}}}}}
+    operator = ambient.with_multi_network_switch(base)
+    k8s = operator["spec"]["components"]["pilot"]["k8s"]
+    assert k8s["env"] == [{"name": "PILOT_TRACE_SAMPLING", "value": "5"},
+                          {"name": "AMBIENT_ENABLE_MULTI_NETWORK", "value": "true"}]
+    assert k8s["resources"] == {"requests": {"cpu": "1"}}
+    assert base["spec"]["components"]["pilot"]["k8s"]["env"] == [{"name": "PILOT_TRACE_SAMPLING", "value": "5"}]
+    # applying it twice gives the same overlay (a re-derived plan is stable)
+    assert ambient.with_multi_network_switch(operator) == operator
+    bare = ambient.with_multi_network_switch({"spec": {"profile": "ambient"}})
+    assert bare["spec"]["components"] == {"pilot": {"k8s": {"env": [
+        {"name": "AMBIENT_ENABLE_MULTI_NETWORK", "value": "true"}]}}}
+
+
+def test_the_east_west_gateway_is_what_the_release_sample_prints():
+    script = RELEASE / "samples" / "multicluster" / "gen-eastwest-gateway.sh"
+    printed = yaml.safe_load(subprocess.run(["bash", str(script), "--network", "net2", "--ambient"],
+                                            capture_output=True, text=True, check=True).stdout)
+    assert ambient.east_west_gateway("net2", {"spec": {"profile": "ambient"}}) == printed
+
+
+def test_the_east_west_gateway_names_the_revision_base_yaml_installs():
+    gateway = ambient.east_west_gateway("net1", {"spec": {"profile": "ambient", "revision": "1-29-0"}})
+    assert gateway["metadata"]["labels"] == {"topology.istio.io/network": "net1", "istio.io/rev": "1-29-0"}
+    gateway = ambient.east_west_gateway("net1", {"spec": {"revision": "default"}})
+    assert "istio.io/rev" not in gateway["metadata"]["labels"]
+
+
+@pytest.mark.parametrize("status,expected", [
+    (None, ambient.GatewayStatus(None, False, "NoController", "no istiod has taken the Gateway up yet")),
+    ({"conditions": [{"type": "Accepted", "status": "True"},
+                     {"type": "Programmed", "status": "False", "reason": "AddressNotAssigned", "message": "pending"}]},
+     ambient.GatewayStatus(None, False, "AddressNotAssigned", "pending")),
+    ({"addresses": [{"type": "IPAddress", "value": "198.51.100.7"}],
+      "conditions": [{"type": "Programmed", "status": "True", "reason": "Programmed", "message": "ok"}]},
+     ambient.GatewayStatus("198.51.100.7", True, "Programmed", "ok")),
+    ({"addresses": [{"type": "Hostname", "value": "ew.example.com"}],
+      "conditions": [{"type": "Programmed", "status": "True", "reason": "Programmed"}]},
+     ambient.GatewayStatus("ew.example.com", True, "Programmed", None)),
+])
+def test_gateway_status_is_read_from_addresses_and_the_programmed_condition(status, expected):
+    gateway = {"kind": "Gateway", "metadata": {"name": "istio-eastwestgateway"}}
+    if status is not None:
+        gateway["status"] = status
+    assert ambient.gateway_status(gateway) == expected
+
+
+# --- Gateway API CRDs ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("istio,expected", [("1.29.0", "v1.4.0"), ("1.28.2", "v1.4.0"), ("1.30.3", "v1.5.1"),
+                                            ("1.31.0-rc.0", "v1.6.0"), ("1.20.0", None), (None, None), ("dev", None)])
+def test_the_gateway_api_release_istio_expects(istio, expected):
+    assert gatewayapi.expected_version(istio) == expected
+
+
+def test_the_default_source_is_the_standard_channel_of_the_expected_release():
+    source = gatewayapi.choose_source(None, "1.30.3")
+    assert source.location == ("https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.5.1/"
+                               "standard-install.yaml")
+    assert source.version == "v1.5.1" and source.is_url
+
+
+def test_an_istio_release_of_unknown_expectations_needs_the_option():
+    with pytest.raises(ConfigError) as info:
+        gatewayapi.choose_source(None, "1.40.0")
+    assert "1.40.0" in info.value.message and "--gateway-api-crds" in info.value.hint
+
+
+def test_a_crd_file_given_is_read_for_its_version(tmp_path):
+    crds = Path(__file__).parent / "gateway-api" / "standard-v1.4.0.yaml"
+    source = gatewayapi.choose_source(str(crds), "1.40.0")
+    assert (source.location, source.version, source.is_url) == (str(crds.resolve()), "v1.4.0", False)
+    url = gatewayapi.choose_source("https://example.com/gw/v1.3.0/standard-install.yaml", None)
+    assert url.version == "v1.3.0" and url.is_url
+    with pytest.raises(ConfigError) as info:
+        gatewayapi.choose_source(str(tmp_path / "missing.yaml"), "1.29.0")
+    assert "no such file" in info.value.message
+
+
+def test_what_a_cluster_holds_is_read_from_the_crds_annotations():
+    assert gatewayapi.parse_crd_annotations("") == gatewayapi.ClusterCrds(installed=False)
+    held = gatewayapi.parse_crd_annotations(
+        '{"gateway.networking.k8s.io/bundle-version":"v1.2.1","gateway.networking.k8s.io/channel":"experimental"}')
+    assert held == gatewayapi.ClusterCrds(True, "v1.2.1", "experimental")
+    assert gatewayapi.parse_crd_annotations("{}") == gatewayapi.ClusterCrds(True, None, None)
+
+
+def test_older_crds_are_reported_and_left_alone():
+    assert gatewayapi.older_than_needed(gatewayapi.ClusterCrds(False), "v1.4.0") is None
+    assert gatewayapi.older_than_needed(gatewayapi.ClusterCrds(True, "v1.4.0"), "v1.4.0") is None
+    assert gatewayapi.older_than_needed(gatewayapi.ClusterCrds(True, "v1.5.1"), "v1.4.0") is None
+    note = gatewayapi.older_than_needed(gatewayapi.ClusterCrds(True, "v1.2.1"), "v1.4.0")
+    assert "v1.2.1, older than the v1.4.0" in note and "left as they are" in note
+    assert "no gateway.networking.k8s.io/bundle-version" in gatewayapi.older_than_needed(
+        gatewayapi.ClusterCrds(True, None), "v1.4.0")
+
+
+# --- base.yaml ----------------------------------------------------------------------------------
+
+def test_base_yaml_cannot_set_the_ambient_switch_in_istiods_values(tmp_path):
+    path = tmp_path / "base.yaml"
+    path.write_text(AMBIENT_BASE + "  values:\n    pilot:\n      env:\n        AMBIENT_ENABLE_MULTI_NETWORK: 'true'\n")
+    with pytest.raises(ConfigError) as info:
+        load_base(path)
+    assert f"{path}:8: spec.values.pilot.env.AMBIENT_ENABLE_MULTI_NETWORK is set by setup-mesh" in info.value.message
+    assert f"spec.profile ambient ({path}:4)" in info.value.message
+    assert "ambient mesh" in info.value.hint
+
+
+def test_base_yaml_cannot_set_the_ambient_switch_in_istiods_k8s_env(tmp_path):
+    path = tmp_path / "base.yaml"
+    path.write_text(AMBIENT_BASE + "  components:\n    pilot:\n      k8s:\n        env:\n"
+                                   "        - name: PILOT_TRACE_SAMPLING\n          value: '5'\n"
+                                   "        - name: AMBIENT_ENABLE_MULTI_NETWORK\n          value: 'false'\n")
+    with pytest.raises(ConfigError) as info:
+        load_base(path)
+    assert (f"{path}:11: spec.components.pilot.k8s.env[1] (AMBIENT_ENABLE_MULTI_NETWORK) is set by setup-mesh"
+            in info.value.message)
+
+
+def test_other_istiod_env_in_an_ambient_base_is_the_users(tmp_path):
+    path = tmp_path / "base.yaml"
+    path.write_text(AMBIENT_BASE + "  components:\n    pilot:\n      k8s:\n        env:\n"
+                                   "        - name: PILOT_TRACE_SAMPLING\n          value: '5'\n")
+    assert load_base(path).operator["spec"]["components"]["pilot"]["k8s"]["env"][0]["name"] == "PILOT_TRACE_SAMPLING"
