@@ -17,7 +17,6 @@ from .overlay import EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL, control_plan
 
 EAST_WEST_CLASS = "istio-east-west"
 GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
-GATEWAY_RESOURCE = "gateways.gateway.networking.k8s.io"  # kubectl's name for the kind, unambiguous
 REVISION_LABEL = "istio.io/rev"
 HBONE_PORT = 15008
 def with_multi_network_switch(operator: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """What each CLI command does, from validated inputs to the summary. setup_mesh.py only wires options here."""
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import sys
@@ -16,6 +17,7 @@ from .config import BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, load_base, load
 from .errors import Cancelled, ConfigError, MeshError
 from .executor import RERUN_HINT, Executor, Outcome, Phase, RunContext, Step
 from .invocation import prep_hint
+from .gatewayapi import parse_crd_annotations
 from .kube import Observed, Tools, parse_inspect
 from .overlay import ISTIO_NAMESPACE
 from .plan import RECORD_TITLE, ApplyPlan, Removal, build_apply_plan, desired_state, teardown_plan
@@ -107,14 +109,21 @@ def find_tools(istio_dir: str | None, runner: ShRunner, lenient: bool, notes: li
 
 
 def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Reporter, parallel: int,
-                     title: str = "read current state") -> dict[str, Observed]:
-    """One read per cluster, in parallel. An unreachable cluster is an Observed with an error."""
+                     title: str = "read current state", ambient: bool = False) -> dict[str, Observed]:
+    """One read per cluster, in parallel. An unreachable cluster is an Observed with an error.
+    ``ambient``: also the Gateway API CRDs and, where they exist, the east-west Gateway."""
     def step_for(cluster: Cluster) -> Step:
         command = tools.inspect(cluster, INSPECT_TIMEOUT)
+        crds_command = tools.gateway_api_crds(cluster, INSPECT_TIMEOUT)
+        gateway_command = tools.east_west_gateway(cluster, INSPECT_TIMEOUT)
 
         def action(ctx: RunContext) -> None:
             try:
                 seen = parse_inspect(ctx.run(command).stdout)
+                if ambient:
+                    seen.gateway_api = parse_crd_annotations(ctx.run(crds_command).stdout)
+                    if seen.gateway_api.installed:
+                        seen.eastwest_gateway = json.loads(ctx.run(gateway_command).stdout or "null")
             except MeshError as exc:
                 seen = Observed(reachable=False, error=exc.message)
             except ValueError as exc:
@@ -122,7 +131,7 @@ def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Re
             with ctx.lock:
                 ctx.shared.setdefault("observed", {})[cluster.context] = seen
 
-        return Step(title, commands=[command], action=action)
+        return Step(title, commands=[command, *([crds_command, gateway_command] if ambient else [])], action=action)
 
     phase = Phase(title)
     for cluster in clusters:

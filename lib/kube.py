@@ -12,9 +12,12 @@ import yaml
 from .config import Cluster
 from .overlay import (APPLIED_ANNOTATION, CLUSTER_ANNOTATION, EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE,
                       MULTICLUSTER_LABEL, NETWORK_LABEL, SECRET_SOURCE_ANNOTATION)
+from .gatewayapi import GATEWAY_CRD, ClusterCrds
 from .runner import Command
 
 READER_SERVICE_ACCOUNT = "istio-reader-service-account"
+GATEWAY_RESOURCE = "gateways.gateway.networking.k8s.io"  # the Gateway API kind, not Istio's networking Gateway
+MANAGED_GATEWAY_LABEL = "gateway.istio.io/managed"  # on what istiod deploys for a Gateway API gateway
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,16 @@ class Tools:
         """Server-side apply: no last-applied annotation, so secret data is never copied into one."""
         return self.kubectl_cmd(cluster, "apply", "--server-side", f"--field-manager={FIELD_MANAGER}",
                                 "--force-conflicts", "-f", "-", stdin=manifest, stdin_shown=shown)
+
+    def gateway_api_crds(self, cluster: Cluster, timeout: float) -> Command:
+        """The Gateway CRD's annotations (its bundle version), or nothing when the cluster has no such CRD."""
+        return self.kubectl_cmd(cluster, "get", "customresourcedefinition", GATEWAY_CRD, "--ignore-not-found",
+                                "-o", "jsonpath={.metadata.annotations}", timeout=timeout)
+
+    def east_west_gateway(self, cluster: Cluster, timeout: float) -> Command:
+        """The ambient east-west Gateway, with the status istiod writes (nothing when there is none)."""
+        return self.kubectl_cmd(cluster, "get", GATEWAY_RESOURCE, EASTWEST_NAME, "-n", ISTIO_NAMESPACE,
+                                "--ignore-not-found", "-o", "json", timeout=timeout)
 
     def inspect(self, cluster: Cluster, timeout: float) -> Command:
         # One read gives the namespace, its secrets (cacerts, remote secrets, tokens), services and deployments.
@@ -94,6 +107,12 @@ class Observed:
     reader_token: str | None = None  # fingerprint input only; never printed
     eastwest_exists: bool = False
     eastwest_address: str | None = None
+    # Who made the east-west gateway's Service: "gateway" (istiod, for an ambient Gateway) or "operator"
+    # (istioctl, from the sidecar-mode gateway IstioOperator).
+    eastwest_made_by: str | None = None
+    # Ambient meshes only (read when base.yaml is ambient): the Gateway API CRDs and the east-west Gateway.
+    gateway_api: ClusterCrds | None = None
+    eastwest_gateway: dict | None = None
     istiod_service: bool = False
     deployments: dict[str, dict] = field(default_factory=dict)  # in istio-system, by name
 
@@ -132,6 +151,8 @@ def parse_inspect(output: str) -> Observed:
             if name == EASTWEST_NAME:
                 seen.eastwest_exists = True
                 seen.eastwest_address = service_address(item)
+                made_by_istiod = MANAGED_GATEWAY_LABEL in (meta.get("labels") or {})
+                seen.eastwest_made_by = "gateway" if made_by_istiod else "operator"
             elif name == "istiod":
                 seen.istiod_service = True
         elif kind == "Deployment" and meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE:

@@ -18,10 +18,12 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from . import certs, invocation
-from .config import Cluster, Topology, select_clusters
+from .ambient import gateway_status
+from .config import AMBIENT, SIDECAR, Cluster, Topology, data_plane_mode, select_clusters
+from .gatewayapi import expected_version, older_than_needed
 from .errors import MeshError
 from .invocation import prep_hint
-from .kube import Observed, Tools, token_fingerprint
+from .kube import GATEWAY_RESOURCE, Observed, Tools, token_fingerprint
 from .overlay import EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL
 from .redact import redact
 from .reporter import Reporter
@@ -190,6 +192,9 @@ class ClusterStatus:
     gateway_required: bool = False
     gateway_address: str | None = None
     gateway_exists: bool | None = None
+    ambient: bool = False  # the mesh is ambient: the fields below are reported
+    gateway_programmed: bool | None = None  # ambient: the Gateway's Programmed condition
+    gateway_api_crds: str | None = None  # ambient: the Gateway API CRDs' bundle version, "missing" or "unversioned"
     remote_secrets: dict[str, str] = field(default_factory=dict)  # source cluster name -> state
     stale_secrets: list[str] = field(default_factory=list)  # secret names
     remote_clusters: dict[str, str] | None = None  # istiod's view: peer -> synced/syncing/timeout/closed
@@ -217,7 +222,9 @@ class ClusterStatus:
                 "expires": _iso(c.expires),
                 "days_left": c.days_left,
             },
-            "gateway": {"required": self.gateway_required, "address": self.gateway_address},
+            "gateway": {"required": self.gateway_required, "address": self.gateway_address,
+                        **({"programmed": self.gateway_programmed} if self.ambient else {})},
+            **({"gateway_api_crds": self.gateway_api_crds} if self.ambient else {}),
             "remote_secrets": dict(sorted(self.remote_secrets.items())),
             "stale_secrets": sorted(self.stale_secrets),
             "remote_clusters": dict(sorted(self.remote_clusters.items())) if self.remote_clusters is not None else None,
@@ -313,6 +320,7 @@ class Workspace:
     local_ca: dict[str, bytes | None]  # cluster name -> certs/<name>/ca-cert.pem
     istiod_deployment: str = "istiod"
     revision: str | None = None  # base.yaml's spec.revision, when not the default
+    data_plane: str = SIDECAR  # ambient: the east-west gateway is a Gateway API Gateway
 
 
 def _load_cert(pem: bytes | None) -> x509.Certificate | None:
@@ -410,7 +418,8 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Workspace, hint
            root: x509.Certificate | None, root_fp: str | None, names: set[str], now: dt.datetime,
            current: dict[str, str | None]) -> ClusterStatus:
     topology = ws.topology
-    status = ClusterStatus(cluster, reachable=seen.reachable, gateway_required=topology.multi_network)
+    status = ClusterStatus(cluster, reachable=seen.reachable, gateway_required=topology.multi_network,
+                           ambient=ws.data_plane == AMBIENT)
     add = status.problems.append
     if not seen.reachable:
         status.error = seen.error
@@ -457,16 +466,19 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Workspace, hint
     _judge_cacerts(status, cluster, seen, ws, hints, root, root_fp, set_up, now)
 
     # east-west gateway
-    status.gateway_exists = seen.eastwest_exists
-    status.gateway_address = seen.eastwest_address
-    if status.gateway_required and set_up:
-        if not seen.eastwest_exists:
-            add(Problem("gateway_missing", f"the east-west gateway ({EASTWEST_NAME}) is not installed; "
-                                           f"topology.yaml has {len(topology.networks)} networks", hints.apply))
-        elif not seen.eastwest_address:
-            add(Problem("gateway_pending", f"the east-west gateway service {EASTWEST_NAME} has no address yet",
-                        f"check its LoadBalancer with `{hints.kubectl(cluster, 'get', 'service', EASTWEST_NAME, '-n', ISTIO_NAMESPACE)}`"
-                        f"; clusters without a load balancer need one (e.g. MetalLB) or spec.externalIPs"))
+    if ws.data_plane == AMBIENT:
+        _judge_ambient_gateway(status, cluster, seen, istiod, hints, set_up)
+    else:
+        status.gateway_exists = seen.eastwest_exists
+        status.gateway_address = seen.eastwest_address
+        if status.gateway_required and set_up:
+            if not seen.eastwest_exists:
+                add(Problem("gateway_missing", f"the east-west gateway ({EASTWEST_NAME}) is not installed; "
+                                               f"topology.yaml has {len(topology.networks)} networks", hints.apply))
+            elif not seen.eastwest_address:
+                add(Problem("gateway_pending", f"the east-west gateway service {EASTWEST_NAME} has no address yet",
+                            f"check its LoadBalancer with `{hints.kubectl(cluster, 'get', 'service', EASTWEST_NAME, '-n', ISTIO_NAMESPACE)}`"
+                            f"; clusters without a load balancer need one (e.g. MetalLB) or spec.externalIPs"))
 
     # remote secrets, from every peer
     for peer in topology.clusters:
@@ -513,6 +525,42 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Workspace, hint
                 message = "the installation differs from what topology.yaml and base.yaml describe now"
             add(Problem("drift", message, f"preview with `{hints.dry_run}`, then {hints.apply}"))
     return status
+
+
+def _judge_ambient_gateway(status: ClusterStatus, cluster: Cluster, seen: Observed, istiod: Istiod, hints: Hints,
+                           set_up: bool) -> None:
+    """Ambient: the Gateway API CRDs, and the east-west Gateway as istiod reports it in its status."""
+    add = status.problems.append
+    crds = seen.gateway_api
+    if crds is not None:
+        status.gateway_api_crds = (crds.version or "unversioned") if crds.installed else "missing"
+        if not crds.installed:
+            add(Problem("gateway_api_crds_missing", "the Gateway API CRDs are not installed: ambient multicluster "
+                                                    "needs them for its east-west gateway", hints.apply))
+        else:
+            older = older_than_needed(crds, expected_version(istiod.version))
+            if older:
+                add(Problem("gateway_api_crds_old", older, f"upgrade them yourself; setup-mesh leaves CRDs it did "
+                                                           f"not install alone", severity=WARNING))
+    gateway = seen.eastwest_gateway
+    status.gateway_exists = gateway is not None
+    if gateway is None:
+        if status.gateway_required and set_up and (crds is None or crds.installed):
+            add(Problem("gateway_missing", f"the east-west Gateway ({EASTWEST_NAME}, class istio-east-west) is "
+                                           f"not there; topology.yaml has {len(hints.topology.networks)} "
+                                           f"networks", hints.apply))
+        return
+    reported = gateway_status(gateway)
+    status.gateway_address = reported.address
+    status.gateway_programmed = reported.programmed
+    if seen.eastwest_made_by == "operator":
+        add(Problem("gateway_sidecar_mode", f"service {EASTWEST_NAME} belongs to a sidecar-mode east-west gateway "
+                                            f"(an IstioOperator), so istiod cannot deploy the ambient one", hints.apply))
+    elif not reported.programmed:
+        add(Problem("gateway_not_programmed", f"the east-west Gateway is not programmed: {reported.reason}"
+                                              + (f" ({reported.message})" if reported.message else ""),
+                    f"see istiod's report with `{hints.kubectl(cluster, 'get', GATEWAY_RESOURCE, EASTWEST_NAME, '-n', ISTIO_NAMESPACE, '-o', 'yaml')}`"
+                    f"; without an address, check the LoadBalancer of service {EASTWEST_NAME}"))
 
 
 def _short_error(error: str | None) -> str:
@@ -579,7 +627,8 @@ def collect(ws: Workspace, tools: Tools, runner, reporter: Reporter, parallel: i
 
     # The reads report no progress: status prints one report at the end.
     silent = Reporter(console=reporter.console, err_console=reporter.err, quiet=True)
-    observed = inspect_clusters(list(ws.topology.clusters), tools, runner, silent, parallel, title="read status")
+    observed = inspect_clusters(list(ws.topology.clusters), tools, runner, silent, parallel, title="read status",
+                                ambient=ws.data_plane == AMBIENT)
     istiod = {ctx: parse_istiod(seen.deployments.get(ws.istiod_deployment)) if seen.reachable
               else Istiod(read=False, error=seen.error) for ctx, seen in observed.items()}
     asked = [c for c in ws.topology.clusters if istiod.get(c.context) and istiod[c.context].installed]
@@ -648,6 +697,7 @@ def run_status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
         local_ca={c.name: _read_bytes(cert_dir / c.name / "ca-cert.pem") for c in loaded.topology.clusters},
         istiod_deployment=istiod_name(loaded.base),
         revision=istio_revision(loaded.base),
+        data_plane=data_plane_mode(loaded.base),
     )
 
     deadline = time.monotonic() + wait_timeout
@@ -766,6 +816,8 @@ def _row(c: ClusterStatus) -> list[tuple[str, bool | None]]:
         gateway = (c.gateway_address or "not needed", None)
     elif not c.gateway_exists:
         gateway = ("missing", False)
+    elif c.gateway_programmed is False:
+        gateway = (f"{c.gateway_address or 'no address'}, not programmed", False)
     else:
         gateway = (c.gateway_address or "pending", bool(c.gateway_address))
     peers = [s for s in c.remote_secrets.values() if s != STALE]

@@ -150,3 +150,63 @@ def test_other_istiod_env_in_an_ambient_base_is_the_users(tmp_path):
     path.write_text(AMBIENT_BASE + "  components:\n    pilot:\n      k8s:\n        env:\n"
                                    "        - name: PILOT_TRACE_SAMPLING\n          value: '5'\n")
     assert load_base(path).operator["spec"]["components"]["pilot"]["k8s"]["env"][0]["name"] == "PILOT_TRACE_SAMPLING"
+
+
+# --- status --------------------------------------------------------------------------------------
+
+def _ambient_status(tmp_path, root, change):
+    from dataclasses import replace
+
+    from lib.gatewayapi import ClusterCrds
+    from lib.status import evaluate
+    from tests.test_status import NOW, _healthy, _topology, _ws
+
+    topology = _topology(tmp_path)
+    observed, istiod = _healthy(topology, root)
+    for seen in observed.values():
+        seen.eastwest_made_by = "gateway"
+        seen.gateway_api = ClusterCrds(True, "v1.4.0", "standard")
+        seen.eastwest_gateway = {"kind": "Gateway", "status": {
+            "addresses": [{"type": "IPAddress", "value": "198.51.100.9"}],
+            "conditions": [{"type": "Programmed", "status": "True", "reason": "Programmed"}]}}
+    change(observed)
+    ws = replace(_ws(tmp_path, topology, root), data_plane=ambient.AMBIENT)
+    return evaluate(ws, observed, istiod, now=NOW)
+
+
+def _problems(status, context):
+    return {p.code: p for c in status.clusters if c.cluster.context == context for p in c.problems}
+
+
+def test_status_of_a_healthy_ambient_mesh_reports_the_gateways_address_and_programmed(tmp_path):
+    from tests.test_status import _ca
+
+    status = _ambient_status(tmp_path, _ca("Root CA"), lambda observed: None)
+    assert status.healthy, [p.message for c in status.clusters for p in c.problems]
+    doc = status.to_json()["clusters"][0]
+    assert doc["gateway"] == {"required": True, "address": "198.51.100.9", "programmed": True}
+    assert doc["gateway_api_crds"] == "v1.4.0"
+
+
+def test_status_of_an_ambient_mesh_names_what_keeps_the_gateway_from_working(tmp_path):
+    from lib.gatewayapi import ClusterCrds
+    from tests.test_status import _ca
+
+    def change(observed):
+        observed["c1"].gateway_api = ClusterCrds(False)
+        observed["c1"].eastwest_gateway = None
+        observed["c2"].eastwest_gateway["status"] = {"conditions": [
+            {"type": "Programmed", "status": "False", "reason": "AddressNotAssigned", "message": "address pending"}]}
+        observed["c3"].eastwest_made_by = "operator"
+        observed["c3"].gateway_api = ClusterCrds(True, "v1.1.0", "standard")
+
+    status = _ambient_status(tmp_path, _ca("Root CA"), change)
+    c1, c2, c3 = (_problems(status, c) for c in ("c1", "c2", "c3"))
+    assert "gateway_api_crds_missing" in c1 and "gateway_missing" not in c1  # one cause, named once
+    assert "AddressNotAssigned (address pending)" in c2["gateway_not_programmed"].message
+    assert "gateways.gateway.networking.k8s.io istio-eastwestgateway" in c2["gateway_not_programmed"].hint
+    assert "gateway_sidecar_mode" in c3
+    assert c3["gateway_api_crds_old"].severity == "warning" and "v1.1.0" in c3["gateway_api_crds_old"].message
+    docs = {c["context"]: c for c in status.to_json()["clusters"]}
+    assert docs["c1"]["gateway_api_crds"] == "missing"
+    assert docs["c2"]["gateway"]["programmed"] is False
