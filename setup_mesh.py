@@ -211,6 +211,43 @@ _status_command("status", STATUS_HELP)
 _status_command("describe", "Same as status (the name the original setup-mesh.sh used).")
 
 
+@app.command()
+def verify(
+    workdir: Workdir = Path("."),
+    kubeconfig: Kubeconfig = None,
+    istio_dir: IstioDir = None,
+    namespace: Annotated[str, typer.Option("--namespace", "-n", help="The throwaway namespace verify creates (and deletes) in every cluster.")] = "setup-mesh-verify",
+    registry: Annotated[Optional[str], typer.Option("--registry", help="Pull both images from this registry instead (an air-gapped mirror), e.g. mirror.example.com/istio.")] = None,
+    helloworld_tag: Annotated[str, typer.Option("--helloworld-tag", help="Tag of the helloworld image (examples-helloworld-v1).")] = "1.0",
+    curl_tag: Annotated[str, typer.Option("--curl-tag", help="Tag of the curl image (curlimages/curl).")] = "8.16.0",
+    ready_timeout: Annotated[float, typer.Option("--ready-timeout", min=1, help="Seconds to wait for the pods to be ready.")] = 180.0,
+    keep: Annotated[bool, typer.Option("--keep", help="Leave the namespace and its workloads in place (to look at them).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what it would create and run; touch no cluster.")] = False,
+    output: Annotated[str, typer.Option("--output", "-o", help="table or json (a stable document for scripts).")] = "table",
+    parallel: Parallel = commands.DEFAULT_PARALLEL,
+    timeout: Timeout = commands.DEFAULT_TIMEOUT,
+    quiet: Quiet = False,
+    verbose: Verbose = False,
+    debug: Debug = False,
+) -> None:
+    """Prove that traffic crosses the mesh: every cluster calls helloworld in every cluster.
+
+    Deploys helloworld (answering with its cluster's name) and a curl client in a throwaway namespace
+    of every cluster, calls helloworld.<namespace>:5000/hello from each, prints the matrix (row:
+    calling cluster, column: answering cluster) and, for every pair that does not answer, the likely
+    cause with a hint. Deletes what it created, also after a failure or Ctrl-C, unless --keep.
+    Exit 0 only when every cluster reaches every cluster.
+    """
+    from lib.verify import Images, Options
+
+    if output not in ("table", "json"):
+        raise typer.BadParameter("use table or json", param_hint="-o/--output")
+    options = Options(namespace=namespace, images=Images.from_options(registry, helloworld_tag, curl_tag),
+                      ready_timeout=ready_timeout, keep=keep, dry_run=dry_run, output=output, parallel=parallel)
+    commands.run_guarded(debug, quiet or output == "json", verbose, lambda r, rep: commands.verify(
+        workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, options=options, timeout=timeout, runner=r, reporter=rep))
+
+
 def main() -> None:
     app()
 

@@ -393,3 +393,13 @@ def status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, cont
     return run_status(workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, output=output, wait=wait,
                       wait_timeout=wait_timeout, parallel=parallel, runner=runner, reporter=reporter,
                       contexts=contexts)
+
+
+# --- verify ----------------------------------------------------------------------------------------
+
+def verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, options, timeout: float,
+           runner: ShRunner, reporter: Reporter) -> int:
+    from .verify import run_verify
+
+    return run_verify(workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, options=options, timeout=timeout,
+                      runner=runner, reporter=reporter)

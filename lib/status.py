@@ -678,18 +678,13 @@ def _read_bytes(path: Path) -> bytes | None:
         return None
 
 
-def run_status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, output: str, wait: bool,
-               wait_timeout: float, parallel: int, runner, reporter: Reporter, contexts: list[str] = ()) -> int:
-    from .commands import find_tools, load_workspace
+def status_workspace(workdir: Path, loaded) -> Workspace:
+    """What status compares the clusters with, from a loaded workspace (commands.load_workspace)."""
     from .plan import desired_state
 
-    loaded = load_workspace(workdir, kubeconfig, lenient=False)
-    # Every cluster is still read: whether a shown cluster holds its peers' current secrets depends on them.
-    shown = {c.context for c in select_clusters(loaded.topology, list(contexts))}
-    tools = find_tools(istio_dir, runner, False, loaded.notes, READ_TIMEOUT)
     cert_dir = certs.certs_dir(workdir)
     desired = desired_state(loaded.topology, loaded.base)
-    ws = Workspace(
+    return Workspace(
         workdir=workdir,
         topology=loaded.topology,
         fingerprints={ctx: d.fingerprint for ctx, d in desired.items()},
@@ -699,6 +694,17 @@ def run_status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
         revision=istio_revision(loaded.base),
         data_plane=data_plane_mode(loaded.base),
     )
+
+
+def run_status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, output: str, wait: bool,
+               wait_timeout: float, parallel: int, runner, reporter: Reporter, contexts: list[str] = ()) -> int:
+    from .commands import find_tools, load_workspace
+
+    loaded = load_workspace(workdir, kubeconfig, lenient=False)
+    # Every cluster is still read: whether a shown cluster holds its peers' current secrets depends on them.
+    shown = {c.context for c in select_clusters(loaded.topology, list(contexts))}
+    tools = find_tools(istio_dir, runner, False, loaded.notes, READ_TIMEOUT)
+    ws = status_workspace(workdir, loaded)
 
     deadline = time.monotonic() + wait_timeout
     polls = 0

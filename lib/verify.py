@@ -1,0 +1,621 @@
+"""verify: prove that traffic crosses the mesh, and name what breaks it where it does not.
+
+In every cluster: a throwaway namespace enabled for the cluster's control plane, the helloworld
+Service (port 5000) and one helloworld Deployment whose answer names the cluster (its
+SERVICE_VERSION), and a curl client. Once they are ready, every cluster's client calls
+``helloworld.<ns>:5000/hello`` until every cluster that should answer has, or the calls run out.
+The result is a matrix (calling cluster x answering cluster). For a pair that does not answer, the
+likely causes come from what status already reads (remote secrets, istiod's own view, cacerts, the
+east-west gateways) plus the cross-network Gateway and the pods' sidecars. Everything created is
+deleted at the end, also after a failure or Ctrl-C, unless --keep.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import Cluster, Topology
+from .errors import ConfigError, MeshError
+from .executor import Executor, Phase, RunContext, Step
+from .kube import Tools
+from .overlay import CROSS_NETWORK_GATEWAY, ISTIO_NAMESPACE, manifest_list
+from .redact import redact
+from .reporter import Reporter
+from .yamlfile import dump
+
+DEFAULT_NAMESPACE = "setup-mesh-verify"
+DEFAULT_HELLOWORLD_IMAGE = "registry.istio.io/release/examples-helloworld-v1"
+DEFAULT_HELLOWORLD_TAG = "1.0"
+DEFAULT_CURL_IMAGE = "curlimages/curl"
+DEFAULT_CURL_TAG = "8.16.0"
+DEFAULT_READY_TIMEOUT = 180.0
+CALL_TIMEOUT = 5  # seconds per call (curl --max-time)
+POLL_SECONDS = 1.0
+ROUNDS = 3  # batches of calls before a pair counts as not reached
+CREATED_BY = "app.kubernetes.io/created-by"  # label on the namespace: what verify may delete
+CREATOR = "setup-mesh-verify"
+HELLO = re.compile(r"Hello version: (?P<version>[^,\s]+), instance: (?P<instance>\S+)")
+
+
+# --- what verify deploys (one place, so other data-plane modes are one small addition) --------------
+
+@dataclass(frozen=True)
+class Images:
+    helloworld: str
+    curl: str
+
+    @classmethod
+    def from_options(cls, registry: str | None, helloworld_tag: str, curl_tag: str) -> "Images":
+        """``--registry`` replaces where both images come from (an air-gapped mirror); tags are options too."""
+        hello, curl = DEFAULT_HELLOWORLD_IMAGE, DEFAULT_CURL_IMAGE
+        if registry:
+            registry = registry.rstrip("/")
+            hello = f"{registry}/{hello.rsplit('/', 1)[-1]}"
+            curl = f"{registry}/{curl.rsplit('/', 1)[-1]}"
+        return cls(f"{hello}:{helloworld_tag}", f"{curl}:{curl_tag}")
+
+
+def mesh_labels(revision: str | None) -> dict[str, str]:
+    """How a namespace joins the cluster's control plane: the injection label, or the revision's label
+    (``istio-injection`` would take precedence over ``istio.io/rev``, so it is not set then)."""
+    return {"istio.io/rev": revision} if revision else {"istio-injection": "enabled"}
+
+
+def namespace_manifest(namespace: str, revision: str | None) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": namespace, "labels": {CREATED_BY: CREATOR, **mesh_labels(revision)}}}
+
+
+def helloworld_service(namespace: str) -> dict[str, Any]:
+    """The same Service in every cluster: Istio merges same-named services into one across the mesh."""
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "helloworld", "namespace": namespace,
+                         "labels": {"app": "helloworld", "service": "helloworld"}},
+            "spec": {"selector": {"app": "helloworld"}, "ports": [{"name": "http", "port": 5000}]}}
+
+
+def helloworld_deployment(namespace: str, cluster: Cluster, image: str) -> dict[str, Any]:
+    """One version per cluster, named after it: SERVICE_VERSION is what /hello answers."""
+    labels = {"app": "helloworld", "version": cluster.name}
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": f"helloworld-{cluster.name}", "namespace": namespace, "labels": dict(labels)},
+            "spec": {"replicas": 1, "selector": {"matchLabels": dict(labels)},
+                     "template": {"metadata": {"labels": dict(labels)}, "spec": {"containers": [{
+                         "name": "helloworld", "image": image, "imagePullPolicy": "IfNotPresent",
+                         "env": [{"name": "SERVICE_VERSION", "value": cluster.name}],
+                         "ports": [{"containerPort": 5000}],
+                         "resources": {"requests": {"cpu": "100m"}}}]}}}}
+
+
+def curl_manifests(namespace: str, image: str) -> list[dict[str, Any]]:
+    labels = {"app": "curl"}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "curl", "namespace": namespace}},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "curl", "namespace": namespace, "labels": {**labels, "service": "curl"}},
+         "spec": {"selector": dict(labels), "ports": [{"name": "http", "port": 80}]}},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "curl", "namespace": namespace},
+         "spec": {"replicas": 1, "selector": {"matchLabels": dict(labels)},
+                  "template": {"metadata": {"labels": dict(labels)}, "spec": {
+                      "serviceAccountName": "curl", "terminationGracePeriodSeconds": 0,
+                      "containers": [{"name": "curl", "image": image, "imagePullPolicy": "IfNotPresent",
+                                      "command": ["/bin/sleep", "infinity"]}]}}}},
+    ]
+
+
+def manifests(namespace: str, cluster: Cluster, revision: str | None, images: Images) -> list[dict[str, Any]]:
+    return [namespace_manifest(namespace, revision), helloworld_service(namespace),
+            helloworld_deployment(namespace, cluster, images.helloworld), *curl_manifests(namespace, images.curl)]
+
+
+# --- the commands ----------------------------------------------------------------------------------
+
+def _url(namespace: str) -> str:
+    return f"helloworld.{namespace}:5000/hello"
+
+
+def call_command(tools: Tools, cluster: Cluster, namespace: str, calls: int):
+    # One exec per batch: curl makes one call per URL (the sidecar balances each request on its own).
+    return tools.kubectl_cmd(cluster, "exec", "-n", namespace, "deploy/curl", "-c", "curl", "--",
+                             "curl", "-sS", "--max-time", str(CALL_TIMEOUT), *([_url(namespace)] * calls),
+                             check=False, timeout=CALL_TIMEOUT * calls + 30)
+
+
+def pods_command(tools: Tools, cluster: Cluster, namespace: str):
+    return tools.kubectl_cmd(cluster, "get", "pods", "-n", namespace, "-o", "json", timeout=30)
+
+
+def cleanup_command(tools: Tools, cluster: Cluster, namespace: str):
+    return tools.kubectl_cmd(cluster, "delete", "namespace", namespace, "--ignore-not-found", "--timeout=120s",
+                             check=False, timeout=150)
+
+
+# --- reading pods ----------------------------------------------------------------------------------
+
+@dataclass
+class PodState:
+    name: str
+    ready: bool
+    reason: str  # why not ready ("" when ready)
+    sidecar: bool
+
+
+def pod_states(pods_json: str) -> dict[str, list[PodState]]:
+    """app label -> its pods, with readiness and, when not ready, the reason kubectl would show."""
+    out: dict[str, list[PodState]] = {}
+    for pod in json.loads(pods_json or "{}").get("items") or []:
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        status = pod.get("status") or {}
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        reason = ""
+        if not ready:
+            for cs in status.get("containerStatuses") or []:
+                waiting = (cs.get("state") or {}).get("waiting") or {}
+                if waiting.get("reason"):
+                    reason = f"{cs.get('name')}: {waiting['reason']}" + (f": {waiting['message']}" if waiting.get("message") else "")
+                    break
+            if not reason:
+                cond = next((c for c in status.get("conditions") or [] if c.get("status") != "True"), {})
+                reason = status.get("phase") or "Pending"
+                if cond.get("reason") or cond.get("message"):
+                    reason += f": {cond.get('reason', '')} {cond.get('message', '')}".rstrip()
+        containers = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
+        app = (meta.get("labels") or {}).get("app", "")
+        out.setdefault(app, []).append(PodState(meta.get("name", ""), ready, reason, "istio-proxy" in containers))
+    return out
+
+
+def answers(output: str) -> list[str]:
+    """The versions (cluster names) that answered, one per successful call."""
+    return [m.group("version") for m in HELLO.finditer(output)]
+
+
+# --- the result ------------------------------------------------------------------------------------
+
+@dataclass
+class Cause:
+    code: str
+    message: str
+    hint: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"code": self.code, "message": redact(self.message), "hint": self.hint}
+
+
+@dataclass
+class Pair:
+    source: str  # cluster name of the caller
+    target: str
+    reached: bool
+    answers: int = 0
+    causes: list[Cause] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"from": self.source, "to": self.target, "reached": self.reached, "answers": self.answers,
+                "causes": [c.to_json() for c in self.causes]}
+
+
+@dataclass
+class ClusterRun:
+    """What happened in one cluster."""
+
+    applied: bool = False
+    error: str | None = None  # a step failed (deploy, exec)
+    client: PodState | None = None
+    server: PodState | None = None
+    answered_by: dict[str, int] = field(default_factory=dict)  # cluster name -> answers
+    failures: list[str] = field(default_factory=list)  # call errors, distinct
+
+
+@dataclass
+class VerifyResult:
+    mesh_id: str
+    namespace: str
+    clusters: list[str]
+    pairs: list[Pair]
+    problems: list[Cause]  # per cluster problems that are not about one pair
+    kept: bool
+
+    @property
+    def ok(self) -> bool:
+        return all(p.reached for p in self.pairs) and not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mesh_id": self.mesh_id, "namespace": self.namespace, "ok": self.ok, "clusters": self.clusters,
+                "pairs": [p.to_json() for p in self.pairs], "problems": [p.to_json() for p in self.problems],
+                "kept": self.kept}
+
+
+# --- judging (pure) ----------------------------------------------------------------------------------
+
+@dataclass
+class Facts:
+    """What status read, reduced to what explains a pair that does not answer."""
+
+    status: Any  # status.MeshStatus
+    exposes_local: dict[str, bool | None]  # cluster name -> a Gateway in istio-system exposes *.local on 15443
+
+
+def judge(topology: Topology, runs: dict[str, ClusterRun], facts: Facts, hints: Any) -> tuple[list[Pair], list[Cause]]:
+    by_name = {c.cluster.name: c for c in facts.status.clusters}
+    problems: list[Cause] = []
+    for cluster in topology.clusters:
+        run = runs.get(cluster.context) or ClusterRun()
+        if run.error:
+            problems.append(Cause("step_failed", f"{cluster.name}: {run.error}", f"re-run verify; {hints.apply} "
+                                                                                 "if the cluster is not set up"))
+        for what, pod in (("curl client", run.client), ("helloworld", run.server)):
+            if run.applied and not run.error and pod is not None and not pod.ready:
+                problems.append(Cause("pod_not_ready", f"{cluster.name}: the {what} pod {pod.name} is not ready: "
+                                                       f"{pod.reason}",
+                                      f"look at it with `{hints.kubectl(cluster, 'describe', 'pod', '-n', hints.namespace, pod.name)}`"
+                                      "; for images from a mirror use --registry and the tag options"))
+    pairs = []
+    for src in topology.clusters:
+        run = runs.get(src.context) or ClusterRun()
+        for dst in topology.clusters:
+            count = run.answered_by.get(dst.name, 0)
+            pair = Pair(src.name, dst.name, count > 0, count)
+            if not pair.reached:
+                pair.causes = _causes(src, dst, runs, by_name, facts, topology, hints)
+            pairs.append(pair)
+    return pairs, problems
+
+
+def _causes(src: Cluster, dst: Cluster, runs: dict[str, ClusterRun], by_name: dict, facts: Facts,
+            topology: Topology, hints: Any) -> list[Cause]:
+    causes: list[Cause] = []
+    add = lambda code, message, hint: causes.append(Cause(code, message, hint))  # noqa: E731
+    src_run, dst_run = runs.get(src.context) or ClusterRun(), runs.get(dst.context) or ClusterRun()
+    if src_run.error or dst_run.error:
+        add("step_failed", f"verify could not run in {src.name if src_run.error else dst.name}", "see the problems above")
+        return causes
+    if src_run.client is None or not src_run.client.ready:
+        add("client_not_ready", f"the curl client in {src.name} is not ready, so nothing was called from it",
+            "see the pod_not_ready problem above")
+        return causes
+    if dst_run.server is None or not dst_run.server.ready:
+        add("helloworld_not_ready", f"helloworld in {dst.name} is not ready", "see the pod_not_ready problem above")
+        return causes
+    s, d = by_name.get(src.name), by_name.get(dst.name)
+    if src == dst:
+        add("local_call_failed", f"{src.name} does not reach its own helloworld: "
+                                 f"{'; '.join(src_run.failures) or 'no answer'}",
+            f"check the Service and its endpoints: `{hints.kubectl(src, 'get', 'endpoints', 'helloworld', '-n', hints.namespace)}`")
+        return causes
+    if not src_run.client.sidecar:
+        add("sidecar_missing", f"the curl pod in {src.name} has no istio-proxy sidecar: its calls stay in {src.name}",
+            f"the namespace is labelled {mesh_label_text(hints.revision)}; check that {src.name}'s injector "
+            f"(`{hints.kubectl(src, 'get', 'mutatingwebhookconfigurations')}`) matches it")
+    if not dst_run.server.sidecar:
+        add("sidecar_missing", f"the helloworld pod in {dst.name} has no istio-proxy sidecar: it cannot take "
+                               f"mTLS calls from other clusters",
+            f"the namespace is labelled {mesh_label_text(hints.revision)}; check that {dst.name}'s injector "
+            f"(`{hints.kubectl(dst, 'get', 'mutatingwebhookconfigurations')}`) matches it")
+    if s is not None and s.reachable:
+        secret = s.remote_secrets.get(dst.name)
+        if secret in ("missing", "local", "outdated"):
+            what = {"missing": f"{src.name} holds no remote secret of {dst.name}",
+                    "local": f"{src.name}'s remote secret of {dst.name} names a loopback API server",
+                    "outdated": f"{src.name}'s remote secret of {dst.name} carries credentials {dst.name} no longer issues"}
+            problem = next((p for p in s.problems if p.code == f"remote_secret_{secret}"), None)
+            add(f"remote_secret_{secret}", what[secret], problem.hint if problem else hints.apply)
+        synced = (s.remote_clusters or {}).get(dst.name)
+        if synced not in (None, "synced"):
+            problem = next((p for p in s.problems if p.code.startswith("remote_cluster_")), None)
+            add("peer_not_synced", f"{src.name}'s istiod reports {dst.name} as {synced}",
+                problem.hint if problem else f"{hints.status} shows why")
+    roots = [c.cacerts.root_fingerprint if c is not None and c.reachable else None for c in (s, d)]
+    foreign = [c.cluster.name for c in (s, d) if c is not None and c.cacerts.chains_to_root is False]
+    if foreign or (all(roots) and roots[0] != roots[1]) or any(c is not None and c.reachable and not c.cacerts.present
+                                                                for c in (s, d)):
+        names = ", ".join(dict.fromkeys(foreign)) or f"{src.name} and {dst.name}"
+        add("cacerts_other_root", f"the cacerts of {names} do not chain to one root: their workloads do not trust "
+                                  f"each other", hints.apply)
+    if src.network != dst.network and d is not None and d.reachable:
+        if not d.gateway_address:
+            add("gateway_no_address", f"{dst.name}'s east-west gateway has no address, so {src.name} (on "
+                                      f"{src.network}) cannot send to {dst.network}",
+                f"check its LoadBalancer: `{hints.kubectl(dst, 'get', 'service', 'istio-eastwestgateway', '-n', ISTIO_NAMESPACE)}`")
+        if facts.exposes_local.get(dst.name) is False:
+            add("cross_network_gateway_missing", f"{dst.name} has no Gateway exposing *.local on port 15443 "
+                                                 f"({CROSS_NETWORK_GATEWAY}), so its east-west gateway takes no "
+                                                 f"traffic from other networks", hints.apply)
+    if not causes:
+        add("unknown", f"no answer from {dst.name} ({'; '.join(src_run.failures) or 'other clusters answered'}), "
+                       f"and nothing status reads explains it",
+            f"look at what the client's sidecar knows: `istioctl proxy-config endpoint deploy/curl.{hints.namespace} "
+            f"--context {src.context} | grep helloworld`, and at {hints.status}")
+    return causes
+
+
+def mesh_label_text(revision: str | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in mesh_labels(revision).items())
+
+
+def exposes_local(gateways_json: str) -> bool:
+    for gw in json.loads(gateways_json or "{}").get("items") or []:
+        for server in (gw.get("spec") or {}).get("servers") or []:
+            if (server.get("port") or {}).get("number") == 15443 and "*.local" in (server.get("hosts") or []):
+                return True
+    return False
+
+
+# --- running it ------------------------------------------------------------------------------------
+
+@dataclass
+class Options:
+    namespace: str = DEFAULT_NAMESPACE
+    images: Images = field(default_factory=lambda: Images.from_options(None, DEFAULT_HELLOWORLD_TAG, DEFAULT_CURL_TAG))
+    ready_timeout: float = DEFAULT_READY_TIMEOUT
+    keep: bool = False
+    dry_run: bool = False
+    output: str = "table"
+    parallel: int = 8
+
+
+class VerifyHints:
+    def __init__(self, status_hints: Any, namespace: str, revision: str | None):
+        self._h = status_hints
+        self.namespace = namespace
+        self.revision = revision
+        self.apply = status_hints.apply
+        self.status = f"./setup_mesh.py status{status_hints._flag}"
+
+    def kubectl(self, cluster: Cluster, *args: str) -> str:
+        return self._h.kubectl(cluster, *args)
+
+
+def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, options: Options, timeout: float,
+               runner, reporter: Reporter) -> int:
+    from .commands import find_tools, load_workspace
+    from .status import Hints, collect, istio_revision, status_workspace
+
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", options.namespace) or len(options.namespace) > 63:
+        raise ConfigError(f"--namespace {options.namespace!r} is not a valid namespace name",
+                          hint="use lower-case letters, digits and '-' (at most 63), e.g. setup-mesh-verify")
+    loaded = load_workspace(workdir, kubeconfig, lenient=options.dry_run)
+    topology = loaded.topology
+    tools = find_tools(istio_dir, runner, options.dry_run, loaded.notes, timeout)
+    revision = istio_revision(loaded.base)
+    plan = {c.context: manifests(options.namespace, c, revision, options.images) for c in topology.clusters}
+    if options.dry_run:
+        _print_dry_run(topology, tools, plan, options, revision, loaded.notes, reporter)
+        return 0
+
+    ws = status_workspace(workdir, loaded)
+    hints = VerifyHints(Hints(workdir, topology), options.namespace, revision)
+    quiet = Reporter(console=reporter.console, err_console=reporter.err, quiet=True)
+    status = collect(ws, tools, runner, quiet, options.parallel)
+    unreachable = [c for c in status.clusters if not c.reachable]
+    if unreachable:
+        names = ", ".join(c.cluster.context for c in unreachable)
+        raise MeshError(f"cannot read {names}: verify needs every cluster of the mesh",
+                        hint=f"{hints.status} says more; or remove the context from {topology.path}")
+    gateways: dict[str, bool | None] = {}
+    not_ours = _pre_read(topology, tools, runner, options, quiet, gateways)
+    if not_ours:
+        raise ConfigError(f"namespace {options.namespace} already exists in {', '.join(not_ours)} and was not created "
+                        f"by verify (no {CREATED_BY}={CREATOR} label): verify deletes its namespace when done, so it "
+                        f"will not use that one", hint="pass another name with --namespace")
+
+    runs = {c.context: ClusterRun() for c in topology.clusters}
+    progress = options.output != "json"
+    if progress:
+        reporter.start_progress([(c.context, c.network) for c in topology.clusters])
+    step_reporter = reporter if progress else quiet
+    executor = Executor(runner, step_reporter, options.parallel)
+    try:
+        executor.run_phases([
+            _phase("deploy", topology, lambda c: _deploy_step(tools, c, plan[c.context], runs[c.context])),
+            _phase("wait for pods", topology, lambda c: _wait_step(tools, c, options, runs[c.context])),
+            _phase("call helloworld", topology, lambda c: _call_step(tools, c, options, topology, runs[c.context])),
+        ])
+    finally:
+        reporter.stop_progress()
+        if not options.keep:
+            _cleanup(topology, tools, runner, options, runs, reporter)
+    if executor.outcome.interrupted:
+        raise KeyboardInterrupt
+    for context, exc in executor.outcome.failures.items():
+        runs[context].error = runs[context].error or exc.message.splitlines()[0]
+    pairs, problems = judge(topology, runs, Facts(status, gateways), hints)
+    result = VerifyResult(topology.mesh_id, options.namespace, [c.name for c in topology.clusters], pairs, problems,
+                          options.keep)
+    if options.output == "json":
+        reporter.console.out(json.dumps(result.to_json(), indent=2), highlight=False)
+    else:
+        render(result, reporter, options, topology, tools)
+    return 0 if result.ok else 1
+
+
+def _phase(name: str, topology: Topology, make) -> Phase:
+    phase = Phase(name)
+    for cluster in topology.clusters:
+        phase.add(cluster.context, make(cluster))
+    return phase
+
+
+def _deploy_step(tools: Tools, cluster: Cluster, items: list[dict], run: ClusterRun) -> Step:
+    command = tools.apply(cluster, dump(manifest_list(items)), shown=True)
+
+    def action(ctx: RunContext) -> None:
+        run.applied = True  # from here on, cleanup has something to remove
+        ctx.run(command)
+
+    return Step("deploy helloworld and curl", commands=[command], action=action)
+
+
+def _wait_step(tools: Tools, cluster: Cluster, options: Options, run: ClusterRun) -> Step:
+    command = pods_command(tools, cluster, options.namespace)
+
+    def action(ctx: RunContext) -> None:
+        deadline = time.monotonic() + options.ready_timeout
+        while True:
+            pods = pod_states(ctx.run(command).stdout)
+            run.client = _one(pods.get("curl"))
+            run.server = _one(pods.get("helloworld"))
+            ready = run.client is not None and run.client.ready and run.server is not None and run.server.ready
+            if ready or time.monotonic() >= deadline:
+                return
+            if ctx.cancelled.wait(POLL_SECONDS):
+                return
+
+    return Step("wait for pods", commands=[command], action=action)
+
+
+def _one(pods: list[PodState] | None) -> PodState | None:
+    if not pods:
+        return None
+    return next((p for p in pods if p.ready), pods[0])
+
+
+def _call_step(tools: Tools, cluster: Cluster, options: Options, topology: Topology, run: ClusterRun) -> Step:
+    calls = max(4, 3 * len(topology.clusters))
+    command = call_command(tools, cluster, options.namespace, calls)
+    expected = {c.name for c in topology.clusters}
+
+    def action(ctx: RunContext) -> None:
+        if run.client is None or not run.client.ready:
+            return
+        for _ in range(ROUNDS):
+            result = ctx.run(command)
+            for version in answers(result.stdout):
+                run.answered_by[version] = run.answered_by.get(version, 0) + 1
+            for line in (result.stdout + "\n" + result.stderr).splitlines():
+                line = line.strip()
+                if line and not HELLO.search(line) and not line.startswith("command terminated"):
+                    if line not in run.failures and len(run.failures) < 5:
+                        run.failures.append(line)
+            if expected <= set(run.answered_by):
+                return
+
+    return Step("call helloworld", commands=[command], action=action)
+
+
+def gateways_command(tools: Tools, cluster: Cluster):
+    return tools.kubectl_cmd(cluster, "get", "gateways.networking.istio.io", "-n", ISTIO_NAMESPACE, "-o", "json",
+                             check=False, timeout=30)
+
+
+def _pre_read(topology: Topology, tools: Tools, runner, options: Options, reporter: Reporter,
+              gateways: dict[str, bool | None]) -> list[str]:
+    """Reads what status does not: the cross-network Gateways, and whether the namespace exists already.
+    Returns the contexts where it exists and verify did not create it."""
+    found: dict[str, bool] = {}
+
+    def step_for(cluster: Cluster) -> Step:
+        namespace = tools.kubectl_cmd(cluster, "get", "namespace", options.namespace, "--ignore-not-found", "-o",
+                                      "json", timeout=30)
+        gateway = gateways_command(tools, cluster)
+
+        def action(ctx: RunContext) -> None:
+            out = ctx.run(namespace).stdout.strip()
+            if out:
+                labels = (json.loads(out).get("metadata") or {}).get("labels") or {}
+                found[cluster.context] = labels.get(CREATED_BY) == CREATOR
+            result = ctx.run(gateway)  # fails without Istio's CRDs: then nothing is known
+            try:
+                gateways[cluster.name] = exposes_local(result.stdout) if result.ok else None
+            except ValueError:
+                gateways[cluster.name] = None
+
+        return Step("read namespace and gateways", commands=[namespace, gateway], action=action)
+
+    executor = Executor(runner, reporter, options.parallel)
+    executor.run_phase(_phase("read namespace and gateways", topology, step_for))
+    if executor.outcome.interrupted:
+        raise KeyboardInterrupt
+    if executor.outcome.failures:
+        context, exc = next(iter(executor.outcome.failures.items()))
+        raise MeshError(f"{context}: {exc.message}")
+    return [ctx for ctx, ours in found.items() if not ours]
+
+
+def _cleanup(topology: Topology, tools: Tools, runner, options: Options, runs: dict[str, ClusterRun],
+             reporter: Reporter) -> None:
+    """Deletes the namespace (and with it everything verify made) wherever verify began to deploy.
+    Runs after success, failure and Ctrl-C alike."""
+    touched = [c for c in topology.clusters if runs[c.context].applied]
+    if not touched:
+        return
+    quiet = Reporter(console=reporter.console, err_console=reporter.err, quiet=True)
+    executor = Executor(runner, quiet, options.parallel)
+    executor.run_phase(_phase("clean up", Topology(topology.mesh_id, tuple(touched), topology.path),
+                              lambda c: Step("clean up", commands=[cleanup_command(tools, c, options.namespace)])))
+    for context, exc in executor.outcome.failures.items():
+        reporter.warn(f"{context}: could not delete namespace {options.namespace}: {exc.message.splitlines()[-1]}; "
+                      f"delete it with `kubectl --context {context} delete namespace {options.namespace}`")
+
+
+# --- printing --------------------------------------------------------------------------------------
+
+def render(result: VerifyResult, reporter: Reporter, options: Options, topology: Topology, tools: Tools) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"traffic in mesh {escape(result.mesh_id)} (row: calling cluster; column: answering cluster)",
+                  header_style="bold")
+    table.add_column("from \\ to")
+    for name in result.clusters:
+        table.add_column(escape(name), justify="center")
+    by_pair = {(p.source, p.target): p for p in result.pairs}
+    for source in result.clusters:
+        cells = []
+        for target in result.clusters:
+            pair = by_pair[(source, target)]
+            cells.append(f"[green]✓ {pair.answers}[/]" if pair.reached else "[red]✗[/]")
+        table.add_row(escape(source), *cells)
+    reporter.console.print(table)
+    say = lambda text, style=None: reporter.console.print(escape(redact(text)), style=style)  # noqa: E731
+    for problem in result.problems:
+        say(f"{problem.code}: {problem.message}", "red")
+        say(f"  hint: {problem.hint}")
+    for pair in result.pairs:
+        if pair.reached:
+            continue
+        for cause in pair.causes:
+            say(f"{pair.source} -> {pair.target}: {cause.code}: {cause.message}", "red")
+            say(f"  hint: {cause.hint}")
+    if result.ok:
+        say(f"every cluster reaches every cluster ({len(result.clusters)}x{len(result.clusters)})", "green")
+    else:
+        missing = sum(1 for p in result.pairs if not p.reached)
+        say(f"{missing} of {len(result.pairs)} pair(s) not reached", "red")
+    if options.keep:
+        say(f"kept namespace {options.namespace} in every cluster; delete it with "
+            + "; ".join(cleanup_command(tools, c, options.namespace).pasteable() for c in topology.clusters))
+
+
+def _print_dry_run(topology: Topology, tools: Tools, plan: dict[str, list[dict]], options: Options,
+                   revision: str | None, notes: list[str], reporter: Reporter) -> None:
+    out = reporter.info
+    out(f"verify on mesh {topology.mesh_id}: {len(topology.clusters)} cluster(s), namespace {options.namespace} "
+        f"({mesh_label_text(revision)}) (dry run: nothing is created)")
+    for note in notes:
+        reporter.warn(note)
+    calls = max(4, 3 * len(topology.clusters))
+    out("reads first what status reads, plus per cluster: "
+        f"$ kubectl get namespace {options.namespace} --ignore-not-found -o json; "
+        f"$ kubectl get gateways.networking.istio.io -n {ISTIO_NAMESPACE} -o json")
+    for cluster in topology.clusters:
+        out("")
+        out(f"== {cluster.context}")
+        kinds = ", ".join(f"{m['kind']} {m['metadata']['name']}" for m in plan[cluster.context])
+        out(f"  create: {kinds} (helloworld answers version {cluster.name}; images {options.images.helloworld}, "
+            f"{options.images.curl})")
+        out("  $ " + tools.apply(cluster, dump(manifest_list(plan[cluster.context])), shown=True).pasteable(with_stdin=True)
+            .replace("\n", "\n    "))
+        out(f"  wait up to {options.ready_timeout:g}s for the pods: $ {pods_command(tools, cluster, options.namespace).pasteable()}")
+        out(f"  call (up to {ROUNDS} times, until every cluster answered): "
+            f"$ {call_command(tools, cluster, options.namespace, calls).pasteable()}")
+        if options.keep:
+            out("  keep the namespace (--keep)")
+        else:
+            out(f"  clean up: $ {cleanup_command(tools, cluster, options.namespace).pasteable()}")
