@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import invocation
 from .config import Cluster, Topology
 from .errors import ConfigError, MeshError
 from .executor import Executor, Phase, RunContext, Step
@@ -372,7 +373,7 @@ class VerifyHints:
         self.namespace = namespace
         self.revision = revision
         self.apply = status_hints.apply
-        self.status = f"./setup_mesh.py status{status_hints._flag}"
+        self.status = invocation.command("status")
 
     def kubectl(self, cluster: Cluster, *args: str) -> str:
         return self._h.kubectl(cluster, *args)

@@ -180,7 +180,7 @@ def test_missing_remote_secret_breaks_one_direction(mesh):
     _failed_only(doc, {("cluster1", "cluster3"): "remote_secret_missing"})
     cause = _pair(doc, "cluster1", "cluster3")["causes"][0]
     assert "cluster1 holds no remote secret of cluster3" in cause["message"]
-    assert cause["hint"].startswith("./setup_mesh.py apply")
+    assert cause["hint"].startswith(f"{ROOT / 'setup_mesh.py'} apply --workdir {mesh.workdir}")
     table = mesh.cli("verify")
     assert table.returncode == 1
     assert "cluster1 -> cluster3: remote_secret_missing" in table.stdout and "1 of 9 pair(s) not reached" in table.stdout
