@@ -215,7 +215,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     executor = Executor(runner, reporter, parallel)
     for context, seen in unreachable.items():
         _sit_out(executor, tools, topology.by_context(context), seen, f"or remove the context from {topology.path}")
-    outcome = executor.run_phases(plan.phases)
+    outcome = executor.run_plan(plan.phases)
     reporter.stop_progress()
 
     _record_state(ws, plan, desired, outcome)

@@ -78,6 +78,7 @@ class Cluster:
     api_server: str | None = None
     kubeconfig: str | None = None  # explicit kubeconfig file for this context, if any
     server: str | None = None  # the API server URL the kubeconfig names
+    primary: str | None = None  # context of the primary whose istiod configures this cluster (a remote)
 
     @property
     def remote_server(self) -> str | None:

@@ -1,6 +1,7 @@
-"""Runs a plan: phases in order, clusters in parallel inside a phase, each cluster's steps in order.
+"""Runs a plan: each cluster's steps in order, clusters in parallel wherever dependencies allow.
 
-A cluster whose step fails stops there and sits out the later phases; the other clusters go on.
+A step may wait for a step of another cluster (``Step.after``). A cluster whose step fails stops there;
+a step that requires it makes its own cluster sit the run out, with that reason; the others go on.
 Ctrl-C stops starting new steps, ends the running commands and still reports what was done.
 """
 from __future__ import annotations
@@ -18,16 +19,33 @@ from .reporter import Reporter
 from .runner import Command, Runner
 
 
+@dataclass(frozen=True)
+class After:
+    """A dependency on another cluster's step, named by its key. ``required``: the step cannot run
+    unless that one succeeded; otherwise it only waits for that one to end, whatever the outcome.
+    A dependency on a step the plan does not hold is met (there is nothing to wait for)."""
+
+    cluster: str
+    key: str
+    required: bool = True
+
+
 @dataclass
 class Step:
     """One unit of work on one cluster. ``commands`` are what a dry-run shows and, with no
-    ``action``, what runs; ``files`` are written (atomically) before the commands."""
+    ``action``, what runs; ``files`` are written (atomically) before the commands. ``key`` names the
+    step for dependencies (default: its title); ``after`` lists the steps of other clusters it waits for."""
 
     title: str
     commands: list[Command] = field(default_factory=list)
     files: list[tuple[Path, str]] = field(default_factory=list)
     action: Callable[["RunContext"], None] | None = None
     note: str = ""
+    key: str = ""
+    after: list[After] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.key = self.key or self.title
 
 
 @dataclass
@@ -87,6 +105,7 @@ class Executor:
         self.outcome = Outcome()
 
     def run_phases(self, phases: list[Phase]) -> Outcome:
+        """Phases one after the other: every cluster ends a phase before any starts the next."""
         for phase in phases:
             if self.cancelled.is_set():
                 break
@@ -94,23 +113,81 @@ class Executor:
         return self.outcome
 
     def run_phase(self, phase: Phase) -> None:
-        work = {c: s for c, s in phase.steps.items() if s and c not in self.outcome.failures}
-        if not work:
+        self.run_steps(phase.steps, phase.name)
+
+    def run_plan(self, phases: list[Phase]) -> Outcome:
+        """Phases as one graph: each cluster's steps in phase order, and no wait between clusters other
+        than the steps' own dependencies."""
+        chains: dict[str, list[Step]] = {}
+        for phase in phases:
+            for cluster, steps in phase.steps.items():
+                chains.setdefault(cluster, []).extend(steps)
+        self.run_steps(chains, "run")
+        return self.outcome
+
+    def run_steps(self, chains: dict[str, list[Step]], name: str) -> None:
+        """Each cluster's chain in order, at most ``parallel`` steps at once, a step starting as soon as its
+        cluster's previous step and its dependencies allow."""
+        chains = {c: list(s) for c, s in chains.items() if s and c not in self.outcome.failures}
+        if not chains:
             return
-        pool = ThreadPoolExecutor(max_workers=min(self.parallel, len(work)), thread_name_prefix="cluster")
-        futures: dict[Future, str] = {pool.submit(self._run_cluster, c, s): c for c, s in work.items()}
-        pending = set(futures)
+        planned = {(c, s.key) for c, steps in chains.items() for s in steps}
+        done: set[tuple[str, str]] = set()
+        position = {c: 0 for c in chains}
+        running: dict[Future, str] = {}
+        pool = ThreadPoolExecutor(max_workers=min(self.parallel, len(chains)), thread_name_prefix="cluster")
+
+        def ended(cluster: str, key: str) -> bool:
+            """That step will not run (any more): it is done, its cluster stopped, or the plan lacks it."""
+            if (cluster, key) in done or (cluster, key) not in planned:
+                return True
+            return cluster in self.outcome.failures
+
+        def schedule() -> None:
+            for cluster, steps in chains.items():
+                if len(running) >= self.parallel:
+                    return
+                if cluster in running.values() or cluster in self.outcome.failures or position[cluster] >= len(steps):
+                    continue
+                step = steps[position[cluster]]
+                if not all(ended(a.cluster, a.key) for a in step.after):
+                    continue
+                blocked = [a for a in step.after if a.required and (a.cluster, a.key) in planned
+                           and (a.cluster, a.key) not in done]
+                if blocked:
+                    a = blocked[0]
+                    self._fail(cluster, step, MeshError(
+                        f"sits this run out: it needs {a.cluster} to {a.key}, which did not happen",
+                        hint=f"fix {a.cluster} first (see its failure), then {RERUN_HINT}"), 0.0)
+                    continue
+                running[pool.submit(self._run_step, cluster, step)] = cluster
+
         try:
-            while pending:
+            schedule()
+            while running:
                 # A short timeout keeps the main thread responsive to Ctrl-C.
-                _, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                finished, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    cluster = running.pop(future)
+                    step = chains[cluster][position[cluster]]
+                    if future.result():
+                        done.add((cluster, step.key))
+                        position[cluster] += 1
+                if self.cancelled.is_set():
+                    continue
+                schedule()
+            stuck = [c for c, steps in chains.items() if position[c] < len(steps) and c not in self.outcome.failures]
+            for cluster in stuck:  # only a plan whose dependencies form a cycle gets here
+                self._fail(cluster, chains[cluster][position[cluster]], MeshError(
+                    "internal error: this step waits for a step that waits for it",
+                    hint="re-run with --debug and report this"), 0.0)
         except KeyboardInterrupt:
             self.interrupt()
             pool.shutdown(wait=True, cancel_futures=True)
-            for future, cluster in futures.items():
-                if future.cancelled() and cluster not in self.outcome.failures:
+            for cluster, steps in chains.items():
+                if cluster not in self.outcome.failures and position[cluster] < len(steps):
                     self.outcome.failures[cluster] = Interrupted()
-                    self.reporter.finish_cluster(cluster, False, f"{phase.name}: interrupted")
+                    self.reporter.finish_cluster(cluster, False, f"{name}: interrupted")
             return
         pool.shutdown(wait=True)
 
@@ -125,34 +202,35 @@ class Executor:
         if stop:
             stop()
 
-    def _run_cluster(self, cluster: str, steps: list[Step]) -> None:
+    def _run_step(self, cluster: str, step: Step) -> bool:
         ctx = RunContext(self.runner, self.reporter, cluster, self.shared, self.lock, self.cancelled)
-        for step in steps:
-            if self.cancelled.is_set():
-                self._fail(cluster, step, Interrupted(), 0.0)
-                return
-            self.reporter.step(cluster, step.title)
-            start = time.monotonic()
-            try:
-                for path, content in step.files:
-                    write_atomic(path, content)
-                if step.action:
-                    step.action(ctx)
-                else:
-                    for command in step.commands:
-                        ctx.run(command)
-            except MeshError as exc:
-                if self.cancelled.is_set() and isinstance(exc, CommandFailed):
-                    exc = Interrupted()
-                self._fail(cluster, step, exc, time.monotonic() - start)
-                return
-            except Exception as exc:  # a bug must not take the other clusters down with it
-                self._fail(cluster, step, MeshError(f"unexpected error: {exc!r}",
-                                                    hint="re-run with --debug and report this"),
-                           time.monotonic() - start)
-                return
-            self.reporter.step_done(cluster, step.title, True, time.monotonic() - start)
+        if self.cancelled.is_set():
+            self._fail(cluster, step, Interrupted(), 0.0)
+            return False
+        self.reporter.step(cluster, step.title)
+        start = time.monotonic()
+        try:
+            for path, content in step.files:
+                write_atomic(path, content)
+            if step.action:
+                step.action(ctx)
+            else:
+                for command in step.commands:
+                    ctx.run(command)
+        except MeshError as exc:
+            if self.cancelled.is_set() and isinstance(exc, CommandFailed):
+                exc = Interrupted()
+            self._fail(cluster, step, exc, time.monotonic() - start)
+            return False
+        except Exception as exc:  # a bug must not take the other clusters down with it
+            self._fail(cluster, step, MeshError(f"unexpected error: {exc!r}",
+                                                hint="re-run with --debug and report this"),
+                       time.monotonic() - start)
+            return False
+        self.reporter.step_done(cluster, step.title, True, time.monotonic() - start)
+        with self.lock:
             self.outcome.done_steps.setdefault(cluster, []).append(step.title)
+        return True
 
     def _fail(self, cluster: str, step: Step, exc: MeshError, seconds: float) -> None:
         exc.step = step.title  # type: ignore[attr-defined]

@@ -12,46 +12,26 @@ from pathlib import Path
 from . import certs
 from .config import Cluster, Topology
 from .errors import MeshError
-from .executor import Interrupted, Phase, RunContext, Step
+from .desired import Desired, desired_state
+from .executor import After, Interrupted, Phase, RunContext, Step
 from .kube import Observed, Tools, parse_remote_secret, service_address, token_fingerprint
-from .overlay import (APPLIED_ANNOTATION, CROSS_NETWORK_GATEWAY, EASTWEST_NAME, ISTIO_NAMESPACE, cacerts_manifest,
-                      cluster_operator, cross_network_gateway, eastwest_operator, fingerprint, manifest_list,
-                      namespace_manifest)
+from .overlay import (APPLIED_ANNOTATION, CROSS_NETWORK_GATEWAY, EASTWEST_NAME, ISTIO_NAMESPACE, cacerts_manifest, eastwest_operator,
+                      manifest_list, namespace_manifest)
 from .release import Release
 from .yamlfile import dump
 
 OVERLAY_DIR = "overlays"
 GATEWAY_POLL_SECONDS = 1.0
 RECORD_TITLE = "record what was applied"
+EXPORT_KEY = "export its remote secret"
 
 
-@dataclass
-class Desired:
-    """Everything apply will install in one cluster, derived from the inputs alone."""
-
-    cluster: Cluster
-    operator: dict
-    eastwest: dict | None
-    gateway: dict | None
-    fingerprint: str
-
-    def overlay_path(self, workdir: Path) -> Path:
-        return workdir / OVERLAY_DIR / f"{self.cluster.name}.yaml"
-
-    def eastwest_path(self, workdir: Path) -> Path:
-        return workdir / OVERLAY_DIR / f"{self.cluster.name}-eastwest.yaml"
+def overlay_path(workdir: Path, cluster: Cluster) -> Path:
+    return workdir / OVERLAY_DIR / f"{cluster.name}.yaml"
 
 
-def desired_state(topology: Topology, base: dict) -> dict[str, Desired]:
-    result = {}
-    for cluster in topology.clusters:
-        operator = cluster_operator(base, topology, cluster)
-        eastwest = eastwest_operator(base, cluster) if topology.multi_network else None
-        gateway = cross_network_gateway() if topology.multi_network else None
-        # cacerts is compared with the cluster's copy directly, so it is not part of the fingerprint.
-        fp = fingerprint(operator, eastwest, gateway, cluster.network)
-        result[cluster.context] = Desired(cluster, operator, eastwest, gateway, fp)
-    return result
+def eastwest_path(workdir: Path, cluster: Cluster) -> Path:
+    return workdir / OVERLAY_DIR / f"{cluster.name}-eastwest.yaml"
 
 
 @dataclass
@@ -74,10 +54,13 @@ class ApplyPlan:
         return bool(self.removals or any(self.prunes.values()))
 
 
-def _cacerts_step(tools: Tools, cluster: Cluster, cert_dir: Path) -> Step:
+def _cacerts_step(tools: Tools, cluster: Cluster, cert_dir: Path, namespace: dict | None = None) -> Step:
+    """istio-system as ``namespace`` says (default: labelled with the cluster's network) and secret cacerts."""
+    namespace = namespace or namespace_manifest(cluster)
+
     def action(ctx: RunContext) -> None:
         files = {name: path.read_bytes() for name, path in certs.cacerts_files(cert_dir, cluster.name).items()}
-        manifest = dump(manifest_list([namespace_manifest(cluster), cacerts_manifest(files)]))
+        manifest = dump(manifest_list([namespace, cacerts_manifest(files)]))
         ctx.run(tools.apply(cluster, manifest, shown=False))
 
     return Step(f"namespace {ISTIO_NAMESPACE} (network {cluster.network}) and secret cacerts",
@@ -111,13 +94,17 @@ def _intermediate_step(release: Release | None, cert_dir: Path, cluster: Cluster
 
 def _install_steps(tools: Tools, workdir: Path, d: Desired) -> list[Step]:
     cluster = d.cluster
-    steps = [Step("install Istio", files=[(d.overlay_path(workdir), dump(d.operator))],
-                  commands=[tools.istioctl_cmd(cluster, "install", "-y", "-f", str(d.overlay_path(workdir)))])]
+    overlay = overlay_path(workdir, cluster)
+    steps = [Step("install Istio", files=[(overlay, dump(d.operator))],
+                  commands=[tools.istioctl_cmd(cluster, "install", "-y", "-f", str(overlay))])]
     if d.eastwest is not None:
-        steps.append(Step("install east-west gateway", files=[(d.eastwest_path(workdir), dump(d.eastwest))],
-                          commands=[tools.istioctl_cmd(cluster, "install", "-y", "-f", str(d.eastwest_path(workdir)))]))
-        steps.append(Step(f"expose services (Gateway {CROSS_NETWORK_GATEWAY})",
-                          commands=[tools.apply(cluster, dump(d.gateway), shown=True)]))
+        path = eastwest_path(workdir, cluster)
+        steps.append(Step("install east-west gateway", files=[(path, dump(d.eastwest))],
+                          commands=[tools.istioctl_cmd(cluster, "install", "-y", "-f", str(path))]))
+    for unit in d.istio_objects:
+        steps.append(Step(unit.title, commands=[tools.apply(cluster, dump(manifest_list(unit.objects)
+                                                                          if len(unit.objects) > 1 else unit.objects[0]),
+                                                            shown=True)]))
     return steps
 
 
@@ -127,7 +114,7 @@ def _remove_gateways_step(tools: Tools, workdir: Path, d: Desired, seen: Observe
                                   "-n", ISTIO_NAMESPACE, "--ignore-not-found")]
     files = []
     if seen.eastwest_exists:
-        path = d.eastwest_path(workdir)
+        path = eastwest_path(workdir, d.cluster)
         old = Cluster(context=d.cluster.context, network=seen.network_label or d.cluster.network, name=d.cluster.name)
         files.append((path, dump(eastwest_operator(d.operator, old))))
         commands.append(tools.istioctl_cmd(d.cluster, "uninstall", "-y", "-f", str(path)))
@@ -180,7 +167,7 @@ def export_step(tools: Tools, cluster: Cluster) -> Step:
         with ctx.lock:
             ctx.shared.setdefault("remote_secrets", {})[cluster.context] = secret
 
-    return Step("create its remote secret", commands=[command], action=action)
+    return Step("create its remote secret", commands=[command], action=action, key=EXPORT_KEY)
 
 
 def import_step(tools: Tools, target: Cluster, peers: list[Cluster], copies: dict[str, dict]) -> Step:
@@ -194,9 +181,11 @@ def import_step(tools: Tools, target: Cluster, peers: list[Cluster], copies: dic
         if items:
             ctx.run(tools.apply(target, dump(manifest_list(items)), shown=False))
 
+    # Waits for the peers' exports, but goes ahead without a peer whose export failed.
     return Step(f"apply remote secrets of {names}", commands=[tools.apply(target, None, shown=False)], action=action,
                 note=f"stdin: the remote secrets of {names}, from create-remote-secret or copied from a peer "
-                     f"(hold tokens: not shown)")
+                     f"(hold tokens: not shown)",
+                after=[After(p.context, EXPORT_KEY, required=False) for p in peers])
 
 
 def prune_step(tools: Tools, target: Cluster, names: list[str]) -> Step:
@@ -222,8 +211,9 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
                      gateway_timeout: float, skip: set[str] = frozenset()) -> ApplyPlan:
     """``skip``: contexts that could not be read; they get no step, and their secrets are left as they are."""
     cert_dir = certs.certs_dir(workdir)
-    # Two phases for the members: each cluster's own chain (set-up, install, its remote secret), then
-    # what needs the others (their secrets, and the gateway address, which nothing else waits for).
+    # Each member's own chain (set-up, install, its remote secret), then what needs the others (their
+    # secrets, and the gateway address); phases group the steps for the reader, the steps' dependencies
+    # (Step.after) are what orders clusters against each other.
     setup, connect, prune, remove = (Phase("set up, install, export remote secret"),
                                      Phase("import remote secrets, gateways ready"), Phase("prune"),
                                      Phase("remove clusters"))
@@ -244,9 +234,11 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
                 held.setdefault(peer.context, info.manifest)
     imports: dict[str, list[Cluster]] = {}
     for target in members:
+        duty = set(desired[target.context].member.holds_secrets_of)
         for peer in members:
             have = seen_of[target.context].remote_secrets.get(peer.name)
-            if peer is not target and (have is None or have.source is None or have.source != current_fp[peer.context]):
+            if peer.context in duty and (have is None or have.source is None
+                                         or have.source != current_fp[peer.context]):
                 imports.setdefault(target.context, []).append(peer)
     needed_sources = {p.context for peers in imports.values() for p in peers if p.context not in held}
 
@@ -259,7 +251,7 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
         local_ca = _read(cert_dir / cluster.name / "ca-cert.pem")
         cacerts_current = (seen.cacerts or {}).get("ca-cert.pem") == local_ca and local_ca is not None
         if steps or not seen.namespace or seen.network_label != cluster.network or not cacerts_current:
-            steps.append(_cacerts_step(tools, cluster, cert_dir))
+            steps.append(_cacerts_step(tools, cluster, cert_dir, d.namespace_manifest()))
         if seen.applied != d.fingerprint or (d.eastwest is not None and not seen.eastwest_exists):
             steps.extend(_install_steps(tools, workdir, d))
             if d.eastwest is None and seen.applied is not None:
@@ -278,7 +270,7 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             peers = imports[cluster.context]
             connect.add(cluster.context, import_step(tools, cluster, peers, {p.context: held[p.context]
                                                                                for p in peers if p.context in held}))
-        if topology.multi_network and (changed or not seen.eastwest_address):
+        if d.eastwest is not None and (changed or not seen.eastwest_address):
             connect.add(cluster.context, wait_gateway_step(tools, cluster, gateway_timeout))
         stale = sorted(info.name for name, info in seen.remote_secrets.items() if name not in names)
         if stale:

@@ -680,7 +680,7 @@ def _read_bytes(path: Path) -> bytes | None:
 
 def status_workspace(workdir: Path, loaded) -> Workspace:
     """What status compares the clusters with, from a loaded workspace (commands.load_workspace)."""
-    from .plan import desired_state
+    from .desired import desired_state
 
     cert_dir = certs.certs_dir(workdir)
     desired = desired_state(loaded.topology, loaded.base)

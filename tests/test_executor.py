@@ -1,9 +1,9 @@
-"""The executor: phases in order, clusters in parallel within a phase, failures kept to their cluster."""
+"""The executor: clusters in parallel, steps in order, dependencies between clusters, failures kept to their cluster."""
 import threading
 import time
 
 from lib.errors import MeshError
-from lib.executor import Executor, Phase, Step
+from lib.executor import After, Executor, Phase, Step
 from lib.reporter import Reporter
 from lib.runner import Command
 from tests.recording import RecordingRunner
@@ -83,3 +83,65 @@ def test_failing_before_start_keeps_a_cluster_out():
     executor.fail_before_start("gone", "read current state", MeshError("cannot read"))
     outcome = executor.run_phases([phase])
     assert "gone" not in outcome.done_steps and outcome.failures["gone"].step == "read current state"
+
+
+def test_a_step_waits_for_the_step_of_another_cluster_it_depends_on():
+    order = []
+
+    def slow(ctx):
+        time.sleep(0.2)
+        order.append(("primary", "exposed"))
+
+    def record(name):
+        return lambda ctx: order.append((ctx.cluster, name))
+
+    phase = Phase("p")
+    phase.add("primary", Step("expose istiod", action=slow))
+    phase.add("remote", Step("prepare", action=record("prepare")))
+    phase.add("remote", Step("install", action=record("install"), after=[After("primary", "expose istiod")]))
+    phase.add("other", Step("install", action=record("install")))
+    outcome = Executor(RecordingRunner(), _quiet(), parallel=3).run_plan([phase])
+    assert outcome.ok
+    # The remote prepares and the unrelated cluster installs while the primary works; the remote installs after.
+    assert order.index(("primary", "exposed")) < order.index(("remote", "install"))
+    assert order.index(("remote", "prepare")) < order.index(("primary", "exposed"))
+    assert order.index(("other", "install")) < order.index(("primary", "exposed"))
+
+
+def test_a_failed_dependency_makes_the_dependent_sit_out_with_that_reason():
+    def fail(ctx):
+        raise MeshError("gateway has no address")
+
+    ran = []
+    phase = Phase("p")
+    phase.add("primary", Step("expose istiod", action=fail))
+    phase.add("remote", Step("install", action=lambda ctx: ran.append("remote"),
+                             after=[After("primary", "expose istiod")]))
+    phase.add("peer", Step("import", action=lambda ctx: ran.append("peer"),
+                           after=[After("primary", "expose istiod", required=False)]))
+    outcome = Executor(RecordingRunner(), _quiet(), parallel=3).run_plan([phase])
+    assert ran == ["peer"], "an optional dependency waits for the step to end, whatever its outcome"
+    failure = outcome.failures["remote"]
+    assert failure.step == "install" and "primary" in failure.message and "expose istiod" in failure.message
+    assert outcome.failures["primary"].message == "gateway has no address"
+
+
+def test_a_dependency_on_a_step_the_plan_lacks_is_met():
+    phase = Phase("p")
+    phase.add("remote", Step("install", action=lambda ctx: None, after=[After("primary", "expose istiod")]))
+    outcome = Executor(RecordingRunner(), _quiet(), parallel=1).run_plan([phase])
+    assert outcome.ok and outcome.done_steps == {"remote": ["install"]}
+
+
+def test_run_plan_does_not_hold_clusters_at_phase_boundaries():
+    # run_phases ends a phase everywhere before the next; run_plan lets a fast cluster run ahead.
+    order = []
+    first, second = Phase("first"), Phase("second")
+    first.add("slow", Step("one", action=lambda ctx: (time.sleep(0.3), order.append("slow one"))))
+    first.add("fast", Step("one", action=lambda ctx: order.append("fast one")))
+    second.add("fast", Step("two", action=lambda ctx: order.append("fast two")))
+    Executor(RecordingRunner(), _quiet(), parallel=2).run_plan([first, second])
+    assert order == ["fast one", "fast two", "slow one"]
+    order.clear()
+    Executor(RecordingRunner(), _quiet(), parallel=2).run_phases([first, second])
+    assert order == ["fast one", "slow one", "fast two"]

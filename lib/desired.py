@@ -1,0 +1,129 @@
+"""Each cluster's desired state, composed from small parts of the mesh model (pure: no files, no programs).
+
+A part is a function ``part(inputs, member, desired)`` that adds to ``desired`` what one aspect of the
+member's place in the mesh requires: values in its IstioOperator, an east-west gateway, Istio objects
+applied after the install, labels or annotations on istio-system. A part looks at the member (role,
+network, data-plane mode, duties) and does nothing where it does not apply. ``PARTS`` runs them in
+order, so later parts see what earlier ones made (the control-plane IstioOperator comes first).
+
+A new aspect of the mesh, e.g. another data-plane mode, is one more part appended to ``PARTS`` (and, if
+it needs a new duty, one more field on ``lib.mesh.Member``). The plan installs whatever the parts
+produce: ``operator`` and ``eastwest`` with istioctl, each ``IstioObjects`` with one kubectl apply,
+the namespace fields with the cacerts step. Values a part sets for the user are listed in
+``lib.config.RESERVED_VALUES`` so that base.yaml cannot set them too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from .mesh import Member, Mesh, mesh_model
+from .config import Topology
+from .overlay import (CROSS_NETWORK_GATEWAY, ISTIO_NAMESPACE, NETWORK_LABEL, cluster_operator,
+                      cross_network_gateway, eastwest_operator, fingerprint)
+
+
+@dataclass
+class IstioObjects:
+    """Istio configuration applied with kubectl after the install, as one unit with a purpose."""
+
+    purpose: str  # e.g. "expose services"
+    objects: list[dict[str, Any]]
+
+    @property
+    def title(self) -> str:
+        return f"{self.purpose} ({', '.join(o['kind'] + ' ' + o['metadata']['name'] for o in self.objects)})"
+
+
+@dataclass
+class Desired:
+    """Everything apply installs in one cluster."""
+
+    member: Member
+    operator: dict[str, Any] = field(default_factory=dict)
+    eastwest: dict[str, Any] | None = None
+    istio_objects: list[IstioObjects] = field(default_factory=list)
+    namespace_labels: dict[str, str] = field(default_factory=dict)
+    namespace_annotations: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def cluster(self):
+        return self.member.cluster
+
+    @property
+    def gateway(self) -> dict[str, Any] | None:
+        """The cross-network Gateway, when this cluster's east-west gateway carries service traffic."""
+        for unit in self.istio_objects:
+            for obj in unit.objects:
+                if obj["kind"] == "Gateway" and obj["metadata"]["name"] == CROSS_NETWORK_GATEWAY:
+                    return obj
+        return None
+
+    @property
+    def fingerprint(self) -> str:
+        """What was installed, to skip unchanged clusters. What a multi-primary mesh installs is hashed as
+        it always was; anything more is added only when present, so recorded fingerprints stay valid."""
+        parts: list[Any] = [self.operator, self.eastwest, self.gateway, self.member.network]
+        others = [u.objects for u in self.istio_objects
+                  if not any(o["metadata"]["name"] == CROSS_NETWORK_GATEWAY for o in u.objects)]
+        if others:
+            parts.append(others)
+        if self.namespace_annotations:
+            parts.append(self.namespace_annotations)
+        return fingerprint(*parts)
+
+    def namespace_manifest(self) -> dict[str, Any]:
+        metadata: dict[str, Any] = {"name": ISTIO_NAMESPACE, "labels": dict(self.namespace_labels)}
+        if self.namespace_annotations:
+            metadata["annotations"] = dict(self.namespace_annotations)
+        return {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
+
+
+@dataclass(frozen=True)
+class Inputs:
+    mesh: Mesh
+    base: dict[str, Any]  # base.yaml, validated
+    addresses: Mapping[str, str] = field(default_factory=dict)  # context -> its east-west gateway's address
+
+
+Part = Callable[[Inputs, Member, Desired], None]
+
+
+def network_label(inputs: Inputs, member: Member, d: Desired) -> None:
+    """Every cluster: istio-system carries its network, which is how Istio maps clusters to networks."""
+    d.namespace_labels[NETWORK_LABEL] = member.network
+
+
+def primary_control_plane(inputs: Inputs, member: Member, d: Desired) -> None:
+    """A primary: base.yaml with the mesh's identity values (mesh, cluster, network)."""
+    if member.is_primary:
+        d.operator = cluster_operator(inputs.base, inputs.mesh.topology, member.cluster)
+
+
+def eastwest_gateway(inputs: Inputs, member: Member, d: Desired) -> None:
+    """The east-west gateway, for a cluster whose network others must reach or whose istiod remotes use."""
+    if member.eastwest:
+        d.eastwest = eastwest_operator(inputs.base, member.cluster)
+
+
+def expose_services(inputs: Inputs, member: Member, d: Desired) -> None:
+    """Cross-network service traffic through the east-west gateway (samples/multicluster/expose-services.yaml)."""
+    if member.exposes_services:
+        d.istio_objects.append(IstioObjects("expose services", [cross_network_gateway()]))
+
+
+PARTS: list[Part] = [network_label, primary_control_plane, eastwest_gateway, expose_services]
+
+
+def derive(inputs: Inputs, member: Member) -> Desired:
+    d = Desired(member)
+    for part in PARTS:
+        part(inputs, member, d)
+    return d
+
+
+def desired_state(topology: Topology, base: dict[str, Any],
+                  addresses: Mapping[str, str] | None = None) -> dict[str, Desired]:
+    """Every cluster's desired state, by context."""
+    inputs = Inputs(mesh_model(topology), base, dict(addresses or {}))
+    return {m.context: derive(inputs, m) for m in inputs.mesh.members}
