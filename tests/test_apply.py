@@ -169,7 +169,7 @@ def test_cluster_names_that_differ_from_contexts_survive_a_second_apply(sandbox_
     sandbox = sandbox_factory(list(GKE))
     mesh = make_mesh(sandbox, tmp_path / "ws", {})
     mesh.write_topology({ctx: net for ctx, (_, net) in GKE.items()},
-                        extra={ctx: {"cluster_name": name, "api_server": f"https://{name}.mesh.test:6443"}
+                        extra={ctx: {"cluster_name": name, "api_server": sandbox.api_server(ctx)}
                                for ctx, (name, _) in GKE.items()})
     mesh.apply()
     expected = {"gke_proj_europe-west1_east": ["west"], "gke_proj_europe-west1_west": ["east"]}
