@@ -100,7 +100,8 @@ def apply(
     workdir: Workdir = Path("."),
     kubeconfig: Kubeconfig = None,
     istio_dir: IstioDir = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (per cluster, the exact commands) and change nothing.")] = False,
+    context: Contexts = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print per cluster what would change (-v: every command) and change nothing.")] = False,
     yes: Yes = False,
     parallel: Parallel = commands.DEFAULT_PARALLEL,
     gateway_timeout: Annotated[float, typer.Option("--gateway-timeout", min=1, metavar="SECONDS", help="Seconds to wait for east-west gateways to get an address.")] = 300.0,
@@ -119,7 +120,7 @@ def apply(
     """
     commands.run_guarded(debug, quiet, verbose, lambda r, rep: commands.apply(
         workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, dry_run=dry_run, yes=yes, parallel=parallel,
-        gateway_timeout=gateway_timeout, timeout=timeout, runner=r, reporter=rep))
+        gateway_timeout=gateway_timeout, timeout=timeout, runner=r, reporter=rep, contexts=context or []))
 
 
 @app.command()
@@ -129,6 +130,7 @@ def teardown(
     istio_dir: IstioDir = None,
     yes: Yes = False,
     purge_certs: Annotated[bool, typer.Option("--purge-certs", help="Also delete certs/ (the root CA and every intermediate) from the workdir.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed, per cluster, and change nothing.")] = False,
     parallel: Parallel = commands.DEFAULT_PARALLEL,
     timeout: Timeout = commands.DEFAULT_TIMEOUT,
     quiet: Quiet = False,
@@ -138,11 +140,12 @@ def teardown(
     """Remove everything setup-mesh created from every cluster in topology.yaml and in the recorded state.
 
     Remote secrets, east-west and cross-network gateways, Istio (istioctl uninstall --purge),
-    cacerts and istio-system. Keeps certs/ unless --purge-certs. Asks first unless -y.
+    cacerts and istio-system. Keeps certs/ unless --purge-certs. Reads the clusters first: with
+    nothing to remove it says so without asking; otherwise it asks first unless -y.
     """
     commands.run_guarded(debug, quiet, verbose, lambda r, rep: commands.teardown(
         workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, yes=yes, purge_certs=purge_certs,
-        parallel=parallel, timeout=timeout, runner=r, reporter=rep))
+        parallel=parallel, timeout=timeout, runner=r, reporter=rep, dry_run=dry_run))
 
 
 @app.command("rotate-certs")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shlex
 import shutil
 import sys
 import traceback
@@ -12,8 +11,9 @@ from typing import Callable
 
 import typer
 
-from . import certs
-from .config import BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, load_base, load_topology, resolve_contexts
+from . import certs, invocation
+from .config import (BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, load_base, load_topology, resolve_contexts,
+                     select_clusters)
 from .errors import Cancelled, ConfigError, MeshError
 from .executor import RERUN_HINT, Executor, Outcome, Phase, RunContext, Step
 from .invocation import prep_hint
@@ -21,6 +21,7 @@ from .gatewayapi import parse_crd_annotations
 from .kube import Observed, Tools, parse_inspect
 from .overlay import ISTIO_NAMESPACE
 from .plan import RECORD_TITLE, ApplyPlan, Removal, build_apply_plan, desired_state, teardown_plan
+from .planview import print_plan
 from .prep import parse_context_options, prep_mesh as _prep_mesh, report as _report_prep
 from .release import Release, find_istioctl, find_release
 from .reporter import Reporter
@@ -163,9 +164,12 @@ def _open_log(workdir: Path, command: str, runner: ShRunner) -> RunLog:
 # --- apply ---------------------------------------------------------------------------------------
 
 def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_run: bool, yes: bool,
-          parallel: int, gateway_timeout: float, timeout: float, runner: ShRunner, reporter: Reporter) -> int:
+          parallel: int, gateway_timeout: float, timeout: float, runner: ShRunner, reporter: Reporter,
+          contexts: list[str] = ()) -> int:
     ws = load_workspace(workdir, kubeconfig, lenient=dry_run)
     topology = ws.topology
+    chosen = select_clusters(topology, list(contexts))
+    only = {c.context for c in chosen} if contexts else None
     tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout)
     release, intermediate_vars = _certs_prerequisites(ws, istio_dir, runner, dry_run)
     for cluster in topology.clusters:
@@ -174,26 +178,30 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
                           f"cannot reach: set api_server: for it in {topology.path} (passed to create-remote-secret --server)")
 
     in_topology = {c.context for c in topology.clusters}
+    # With --context, clusters removed from topology.yaml wait for an apply of the whole mesh.
     removed = [Removal(ctx, entry.get("cluster_name", ctx), entry.get("kubeconfig"), False)
-               for ctx, entry in ws.state.clusters.items() if ctx not in in_topology]
+               for ctx, entry in ws.state.clusters.items() if ctx not in in_topology and only is None]
     removed_clusters = [Cluster(context=r.context, network="", name=r.cluster_name, kubeconfig=r.kubeconfig)
                         for r in removed]
 
     log = None if dry_run else _open_log(workdir, "apply", runner)  # a dry run writes nothing, not even a log
     if not dry_run:
-        reporter.start_progress([(c.context, c.network) for c in topology.clusters])
+        reporter.start_progress([(c.context, c.network) for c in chosen])
     # A dry run's output is the plan alone: its reads report no progress.
-    read_reporter = Reporter(quiet=True, err_console=reporter.err) if dry_run else reporter
+    # With --context the other clusters are read too (their current secrets), without a row of their own.
+    read_reporter = Reporter(quiet=True, err_console=reporter.err) if dry_run or only is not None else reporter
     readable = ws.contexts_resolved
     observed = (inspect_clusters(list(topology.clusters) + removed_clusters, tools, runner, read_reporter, parallel)
                 if readable else {})
     desired = desired_state(topology, ws.base)
     # An unreachable cluster sits this run out (and is reported); the others go ahead.
-    unreachable = {c.context: observed[c.context] for c in topology.clusters
+    unreachable = {c.context: observed[c.context] for c in chosen
                    if c.context in observed and not observed[c.context].reachable}
     plan = build_apply_plan(topology=topology, desired=desired,
                             observed={c.context: observed.get(c.context) for c in topology.clusters},
-                            skip=set() if dry_run else set(unreachable),
+                            skip=set() if dry_run else {c.context for c in topology.clusters
+                                                        if c.context in observed and not observed[c.context].reachable},
+                            only=only,
                             removed=removed, removed_observed=observed, workdir=workdir, tools=tools,
                             release=release, intermediate_vars=intermediate_vars, gateway_timeout=gateway_timeout)
     if dry_run:
@@ -205,7 +213,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
         reporter.stop_progress()
         _describe_deletions(plan, reporter)
         confirm("Remove the clusters and secrets listed above?", yes, reporter)
-        reporter.start_progress([(c.context, c.network) for c in topology.clusters])
+        reporter.start_progress([(c.context, c.network) for c in chosen])
     for gone in plan.removals:
         if not gone.reachable:
             reporter.warn(f"removed context {gone.context!r} is unreachable: Istio, cacerts and istio-system are left "
@@ -218,10 +226,10 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     outcome = executor.run_plan(plan.phases)
     reporter.stop_progress()
 
-    _record_state(ws, plan, desired, outcome)
-    for cluster in topology.clusters:
+    _record_state(ws, plan, desired, outcome, chosen)
+    for cluster in chosen:
         if cluster.context not in outcome.failures:
-            reporter.finish_cluster(cluster.context, True, "unchanged" if cluster.context in plan.unchanged else "")
+            reporter.finish_cluster(cluster.context, True)
     for gone in plan.removals:
         if gone.context not in outcome.failures:
             reporter.finish_cluster(gone.context, True, "removed" if gone.reachable else "removed (unreachable)")
@@ -256,9 +264,9 @@ def _certs_prerequisites(ws: Workspace, istio_dir: str | None, runner: ShRunner,
     return release, {}
 
 
-def _record_state(ws: Workspace, plan: ApplyPlan, desired: dict, outcome: Outcome) -> None:
+def _record_state(ws: Workspace, plan: ApplyPlan, desired: dict, outcome: Outcome, worked_on: list[Cluster]) -> None:
     """Record what is now true, even after a partial failure, so the next run repairs only the rest."""
-    for cluster in ws.topology.clusters:
+    for cluster in worked_on:
         failed = cluster.context in outcome.failures
         setup_done = RECORD_TITLE in outcome.done_steps.get(cluster.context, [])
         if setup_done or (cluster.context in plan.unchanged and not failed):
@@ -296,52 +304,10 @@ def _describe_deletions(plan: ApplyPlan, reporter: Reporter) -> None:
         reporter.info(f"{context}: delete remote secrets of clusters no longer in the mesh: {', '.join(names)}")
 
 
-def print_plan(plan: ApplyPlan, topology: Topology, observed: dict[str, Observed] | None, notes: list[str],
-               reporter: Reporter, title: str = "Plan",
-               nothing: str = "nothing to do: every cluster matches topology.yaml and base.yaml") -> None:
-    out = reporter.info
-    out(f"{title} for mesh {topology.mesh_id}: {len(topology.clusters)} cluster(s) on "
-        f"{', '.join(topology.networks)} (dry run: nothing is changed)")
-    for note in notes:
-        reporter.warn(note)
-    if observed is None:
-        reporter.warn("could not read the clusters' current state: the plan assumes they hold nothing yet")
-    for cluster in topology.clusters:
-        seen = (observed or {}).get(cluster.context)
-        if observed is not None and seen is not None and not seen.reachable:
-            reporter.warn(f"could not read current state of {cluster.context}: {seen.error}")
-    for phase in plan.phases:
-        if not phase:
-            continue
-        out("")
-        out(f"== {phase.name}")
-        for context, steps in phase.steps.items():
-            out(f"-- {context}")
-            for step in steps:
-                out(f"   # {step.title}")
-                for path, content in step.files:
-                    write = f"mkdir -p {shlex.quote(str(path.parent))} && cat > {shlex.quote(str(path))} <<'EOF'"
-                    out(_indent(f"{write}\n{content.rstrip()}\nEOF", 3))
-                for command in step.commands:
-                    out(_indent(command.pasteable(with_stdin=True), 3))
-                if step.note:
-                    out(f"   # {step.note}")
-    if plan.unchanged:
-        out("")
-        out("unchanged: " + ", ".join(plan.unchanged))
-    if not any(plan.phases):
-        out("")
-        out(nothing)
-
-
-def _indent(text: str, n: int) -> str:
-    return "\n".join(" " * n + line for line in text.splitlines())
-
-
 # --- teardown ----------------------------------------------------------------------------------
 
 def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, yes: bool, purge_certs: bool,
-             parallel: int, timeout: float, runner: ShRunner, reporter: Reporter) -> int:
+             parallel: int, timeout: float, runner: ShRunner, reporter: Reporter, dry_run: bool = False) -> int:
     if not workdir.is_dir():
         raise ConfigError(f"workdir {workdir} does not exist", hint="pass the --workdir that apply used")
     state = State.load(workdir)
@@ -359,18 +325,37 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
             clusters.append(Cluster(context=context, network=entry.get("network", ""),
                                     name=entry.get("cluster_name", context), kubeconfig=entry.get("kubeconfig")))
     tools = find_tools(istio_dir, runner, False, [], timeout)
-    what = ", ".join(c.context for c in clusters)
-    confirm(f"Remove Istio, its secrets and istio-system from {what}?", yes, reporter)
+
+    # Read first: what is there decides whether to ask at all, and what the question names.
+    observed = inspect_clusters(clusters, tools, runner, Reporter(quiet=True, err_console=reporter.err), parallel)
+    phase = teardown_plan(tools, clusters, observed)
+    unreachable = {c.context: observed[c.context] for c in clusters
+                   if c.context in observed and not observed[c.context].reachable}
+    cert_dir = certs.certs_dir(workdir)
+    if dry_run:
+        view = Topology(state.mesh_id or "(unrecorded)", tuple(clusters), topology_path)
+        print_plan(ApplyPlan([phase], actions={ctx: "remove" for ctx in phase.steps}), view, observed, [],
+                   reporter, title="Teardown plan", nothing="nothing to remove: no cluster holds what setup-mesh "
+                   "creates", command="teardown")
+        if cert_dir.exists():
+            reporter.info(f"{cert_dir.name}/ is " + ("deleted (--purge-certs)" if purge_certs else
+                                                   "kept (the root CA and intermediates; --purge-certs deletes it)"))
+        return 0
+    if not phase and not unreachable:
+        for cluster in clusters:
+            state.forget(cluster.context)
+        state.save(state.mesh_id)
+        reporter.success("nothing to remove: no cluster holds what setup-mesh creates")
+        _purge_or_keep_certs(cert_dir, purge_certs, reporter)
+        return 0
+    if phase:
+        confirm(f"Remove Istio, its secrets and istio-system from {', '.join(phase.steps)}?", yes, reporter)
 
     log = _open_log(workdir, "teardown", runner)
     reporter.start_progress([(c.context, c.network) for c in clusters])
-    observed = inspect_clusters(clusters, tools, runner, reporter, parallel)
-    phase = teardown_plan(tools, clusters, observed)
     executor = Executor(runner, reporter, parallel)
-    for cluster in clusters:
-        seen = observed.get(cluster.context)
-        if seen is not None and not seen.reachable:
-            _sit_out(executor, tools, cluster, seen, "then run teardown again")
+    for context, seen in unreachable.items():
+        _sit_out(executor, tools, next(c for c in clusters if c.context == context), seen, "then run teardown again")
     outcome = executor.run_phases([phase])
     reporter.stop_progress()
     for cluster in clusters:
@@ -378,10 +363,21 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
             state.forget(cluster.context)
             reporter.finish_cluster(cluster.context, True, "" if cluster.context in phase.steps else "nothing to remove")
     state.save(state.mesh_id)
-    if purge_certs and outcome.ok:
-        shutil.rmtree(certs.certs_dir(workdir), ignore_errors=True)
-        reporter.info(f"deleted {certs.certs_dir(workdir)}")
-    return _finish("teardown", outcome, log, reporter)
+    code = _finish("teardown", outcome, log, reporter)
+    if outcome.ok:
+        _purge_or_keep_certs(cert_dir, purge_certs, reporter)
+    return code
+
+
+def _purge_or_keep_certs(cert_dir: Path, purge: bool, reporter: Reporter) -> None:
+    if not cert_dir.exists():
+        return
+    if purge:
+        shutil.rmtree(cert_dir, ignore_errors=True)
+        reporter.info(f"deleted {cert_dir}")
+    else:
+        reporter.info(f"kept {cert_dir.name}/ (the root CA and intermediates): a new apply reuses them; "
+                      f"`{invocation.command('teardown', '--purge-certs')}` deletes them")
 
 
 # --- status ----------------------------------------------------------------------------------------

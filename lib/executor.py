@@ -34,13 +34,20 @@ class After:
 class Step:
     """One unit of work on one cluster. ``commands`` are what a dry-run shows and, with no
     ``action``, what runs; ``files`` are written (atomically) before the commands. ``key`` names the
-    step for dependencies (default: its title); ``after`` lists the steps of other clusters it waits for."""
+    step for dependencies (default: its title); ``after`` lists the steps of other clusters it waits for.
+    ``done`` is what the cluster's result says once the step ran ("installed"; empty for bookkeeping);
+    an action may return a more exact one. ``change`` is the step's line in a plan, diff-like
+    ("+ Istio", "~ ...", "- ..."), with ``details`` under it; "" marks bookkeeping (shown with the
+    commands only), None shows the title."""
 
     title: str
     commands: list[Command] = field(default_factory=list)
     files: list[tuple[Path, str]] = field(default_factory=list)
-    action: Callable[["RunContext"], None] | None = None
+    action: Callable[["RunContext"], str | None] | None = None
     note: str = ""
+    done: str = ""
+    change: str | None = None
+    details: list[str] = field(default_factory=list)
     key: str = ""
     after: list[After] = field(default_factory=list)
 
@@ -113,6 +120,8 @@ class Executor:
         return self.outcome
 
     def run_phase(self, phase: Phase) -> None:
+        if any(phase.steps.values()):
+            self.reporter.phase(phase.name)
         self.run_steps(phase.steps, phase.name)
 
     def run_plan(self, phases: list[Phase]) -> Outcome:
@@ -187,7 +196,7 @@ class Executor:
             for cluster, steps in chains.items():
                 if cluster not in self.outcome.failures and position[cluster] < len(steps):
                     self.outcome.failures[cluster] = Interrupted()
-                    self.reporter.finish_cluster(cluster, False, f"{name}: interrupted")
+                    self.reporter.finish_cluster(cluster, False, "interrupted before it started", interrupted=True)
             return
         pool.shutdown(wait=True)
 
@@ -209,11 +218,12 @@ class Executor:
             return False
         self.reporter.step(cluster, step.title)
         start = time.monotonic()
+        done = step.done
         try:
             for path, content in step.files:
                 write_atomic(path, content)
             if step.action:
-                step.action(ctx)
+                done = step.action(ctx) or done
             else:
                 for command in step.commands:
                     ctx.run(command)
@@ -227,7 +237,8 @@ class Executor:
                                                 hint="re-run with --debug and report this"),
                        time.monotonic() - start)
             return False
-        self.reporter.step_done(cluster, step.title, True, time.monotonic() - start)
+        self.reporter.step_done(cluster, step.title, True, time.monotonic() - start, done=done)
+        self.reporter.idle(cluster)  # until its next step starts, if it has one
         with self.lock:
             self.outcome.done_steps.setdefault(cluster, []).append(step.title)
         return True
@@ -236,4 +247,5 @@ class Executor:
         exc.step = step.title  # type: ignore[attr-defined]
         with self.lock:
             self.outcome.failures[cluster] = exc
-        self.reporter.step_done(cluster, step.title, False, seconds, detail=exc.message.splitlines()[0])
+        self.reporter.step_done(cluster, step.title, False, seconds, detail=exc.message.splitlines()[0],
+                                interrupted=isinstance(exc, Interrupted))

@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from . import certs
 from .config import Cluster, Topology
 from .errors import MeshError
@@ -18,6 +20,7 @@ from .kube import Observed, Tools, parse_remote_secret, service_address, token_f
 from .overlay import (APPLIED_ANNOTATION, CROSS_NETWORK_GATEWAY, EASTWEST_NAME, ISTIO_NAMESPACE, cacerts_manifest, eastwest_operator,
                       manifest_list, namespace_manifest)
 from .release import Release
+from .yamldiff import diff
 from .yamlfile import dump
 
 OVERLAY_DIR = "overlays"
@@ -48,6 +51,8 @@ class ApplyPlan:
     removals: list[Removal] = field(default_factory=list)
     prunes: dict[str, list[str]] = field(default_factory=dict)  # context -> secret names
     unchanged: list[str] = field(default_factory=list)
+    actions: dict[str, str] = field(default_factory=dict)  # context -> install | remove (else: change)
+    secrets: dict[str, int] | None = None  # remote secrets to add, replace, prune
 
     @property
     def deletes_anything(self) -> bool:
@@ -89,23 +94,49 @@ def _intermediate_step(release: Release | None, cert_dir: Path, cluster: Cluster
             certs.discard_incomplete(cert_dir, cluster.name)  # an empty file would look made to make
             raise
 
-    return Step("make intermediate CA", commands=[make_key, make_rest], action=action)
+    return Step("make intermediate CA", commands=[make_key, make_rest], action=action,
+                change=f"+ intermediate CA ({cert_dir.name}/{cluster.name}/)")
 
 
-def _install_steps(tools: Tools, workdir: Path, d: Desired) -> list[Step]:
+def _install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | None = None) -> list[Step]:
+    """A first install shows what is added; a re-install, the paths that change in each overlay (the
+    overlays/ files are what was installed last)."""
     cluster = d.cluster
+    fresh = seen is None or seen.applied is None
     overlay = overlay_path(workdir, cluster)
+    changed = _changed(overlay, d.operator, fresh, workdir)
     steps = [Step("install Istio", files=[(overlay, dump(d.operator))],
-                  commands=[tools.istioctl_cmd(cluster, "install", "-y", "-f", str(overlay))])]
+                  commands=[tools.istioctl_cmd(cluster, "install", "-y", "-f", str(overlay))],
+                  done="installed" if fresh else "updated",
+                  change=f"{changed[0] or '~'} Istio ({OVERLAY_DIR}/{overlay.name})",
+                  details=changed[1] if changed[0] else ["(its overlay is unchanged: installed again)"])]
+    fresh_gateway = fresh or not (seen and seen.eastwest_exists)
     if d.eastwest is not None:
         path = eastwest_path(workdir, cluster)
+        eastwest = _changed(path, d.eastwest, fresh_gateway, workdir)
         steps.append(Step("install east-west gateway", files=[(path, dump(d.eastwest))],
-                          commands=[tools.istioctl_cmd(cluster, "install", "-y", "-f", str(path))]))
-    for unit in d.istio_objects:
+                          commands=[tools.istioctl_cmd(cluster, "install", "-y", "-f", str(path))],
+                          change=eastwest[0] and f"{eastwest[0]} east-west gateway ({OVERLAY_DIR}/{path.name})",
+                          details=eastwest[1]))
+    for unit in d.istio_objects:  # applied again on every install; shown when they are new
         steps.append(Step(unit.title, commands=[tools.apply(cluster, dump(manifest_list(unit.objects)
                                                                           if len(unit.objects) > 1 else unit.objects[0]),
-                                                            shown=True)]))
+                                                            shown=True)],
+                          change=f"+ {unit.title}" if fresh_gateway else ""))
     return steps
+
+
+def _changed(path: Path, new: dict, fresh: bool, workdir: Path) -> tuple[str, list[str]]:
+    """(sign, changed paths) of an overlay against the file last installed: ("+", []) when new,
+    ("", []) when the same."""
+    if fresh:
+        return "+", []
+    try:
+        old = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return "~", [f"(no readable {OVERLAY_DIR}/{path.name} to compare with: installed again as a whole)"]
+    found = diff(old, new)
+    return ("~", [d.describe() for d in found]) if found else ("", [])
 
 
 def _remove_gateways_step(tools: Tools, workdir: Path, d: Desired, seen: Observed) -> Step:
@@ -118,12 +149,14 @@ def _remove_gateways_step(tools: Tools, workdir: Path, d: Desired, seen: Observe
         old = Cluster(context=d.cluster.context, network=seen.network_label or d.cluster.network, name=d.cluster.name)
         files.append((path, dump(eastwest_operator(d.operator, old))))
         commands.append(tools.istioctl_cmd(d.cluster, "uninstall", "-y", "-f", str(path)))
-    return Step("remove the east-west gateway (one network now)", commands=commands, files=files)
+    return Step("remove the east-west gateway (one network now)", commands=commands, files=files,
+                done="east-west gateway removed",
+                change=f"- east-west gateway and Gateway {CROSS_NETWORK_GATEWAY} (one network now)")
 
 
 def record_step(tools: Tools, cluster: Cluster, fp: str) -> Step:
     return Step(RECORD_TITLE, commands=[tools.kubectl_cmd(
-        cluster, "annotate", "--overwrite", "namespace", ISTIO_NAMESPACE, f"{APPLIED_ANNOTATION}={fp}")])
+        cluster, "annotate", "--overwrite", "namespace", ISTIO_NAMESPACE, f"{APPLIED_ANNOTATION}={fp}")], change="")
 
 
 def wait_gateway_step(tools: Tools, cluster: Cluster, timeout: float) -> Step:
@@ -146,7 +179,7 @@ def wait_gateway_step(tools: Tools, cluster: Cluster, timeout: float) -> Step:
             if ctx.cancelled.wait(GATEWAY_POLL_SECONDS):
                 raise Interrupted()
 
-    return Step("wait for the east-west gateway's address", commands=[command], action=action)
+    return Step("wait for the east-west gateway's address", commands=[command], action=action, change="")
 
 
 def export_step(tools: Tools, cluster: Cluster) -> Step:
@@ -167,49 +200,79 @@ def export_step(tools: Tools, cluster: Cluster) -> Step:
         with ctx.lock:
             ctx.shared.setdefault("remote_secrets", {})[cluster.context] = secret
 
-    return Step("create its remote secret", commands=[command], action=action, key=EXPORT_KEY)
+    return Step("create its remote secret", commands=[command], action=action, key=EXPORT_KEY, change="")
 
 
-def import_step(tools: Tools, target: Cluster, peers: list[Cluster], copies: dict[str, dict]) -> Step:
-    """Apply the peers' secrets in one go; ``copies`` are current ones read from other clusters."""
+def import_step(tools: Tools, target: Cluster, peers: list[Cluster], copies: dict[str, dict],
+                replacing: frozenset[str] = frozenset()) -> Step:
+    """Apply the peers' secrets in one go; ``copies`` are current ones read from other clusters;
+    ``replacing``: the peers whose (outdated) secret the target already holds."""
     names = ", ".join(p.name for p in peers)
 
-    def action(ctx: RunContext) -> None:
+    def action(ctx: RunContext) -> str:
         # A peer whose export failed is reported on its own; the next apply brings its secret.
         available = {**copies, **ctx.shared.get("remote_secrets", {})}
-        items = [available[p.context] for p in peers if p.context in available]
-        if items:
-            ctx.run(tools.apply(target, dump(manifest_list(items)), shown=False))
+        brought = [p for p in peers if p.context in available]
+        if brought:
+            ctx.run(tools.apply(target, dump(manifest_list([available[p.context] for p in brought])), shown=False))
+        replaced = sum(1 for p in brought if p.context in replacing)
+        return secrets_done(len(brought) - replaced, replaced, 0)
 
+    title = f"import {peers[0].name}'s secret" if len(peers) == 1 else f"import {len(peers)} peers' secrets"
+    added = [p.name for p in peers if p.context not in replacing]
+    renewed = [p.name for p in peers if p.context in replacing]
+    change = "; ".join(filter(None, [
+        added and f"+ remote secret{'s' * (len(added) > 1)} of " + ", ".join(added),
+        renewed and ("~ " if not added else "replace ") + f"remote secret{'s' * (len(renewed) > 1)} of "
+        + ", ".join(renewed) + " (new credentials)"]))
     # Waits for the peers' exports, but goes ahead without a peer whose export failed.
-    return Step(f"apply remote secrets of {names}", commands=[tools.apply(target, None, shown=False)], action=action,
+    return Step(title, commands=[tools.apply(target, None, shown=False)], action=action, change=change,
                 note=f"stdin: the remote secrets of {names}, from create-remote-secret or copied from a peer "
                      f"(hold tokens: not shown)",
                 after=[After(p.context, EXPORT_KEY, required=False) for p in peers])
 
 
+def secrets_done(added: int, replaced: int, pruned: int) -> str:
+    """`2 secrets imported, 1 replaced`: the words a cluster's result uses for its remote secrets."""
+    parts = []
+    if added:
+        parts.append(f"{added} secret{'s' * (added != 1)} imported")
+    if replaced:
+        parts.append(f"{replaced} secret{'s' * (replaced != 1)} replaced" if not added else f"{replaced} replaced")
+    if pruned:
+        parts.append(f"{pruned} stale secret{'s' * (pruned != 1)} pruned")
+    return ", ".join(parts)
+
+
 def prune_step(tools: Tools, target: Cluster, names: list[str]) -> Step:
-    return Step(f"delete stale remote secrets ({', '.join(names)})", commands=[tools.kubectl_cmd(
-        target, "delete", "secret", "-n", ISTIO_NAMESPACE, "--ignore-not-found", *names)])
+    return Step(f"delete {len(names)} stale remote secret{'s' * (len(names) != 1)}", commands=[tools.kubectl_cmd(
+        target, "delete", "secret", "-n", ISTIO_NAMESPACE, "--ignore-not-found", *names)],
+        done=secrets_done(0, 0, len(names)), change="- stale remote secrets: " + ", ".join(names))
 
 
 def uninstall_steps(tools: Tools, cluster: Cluster, secrets: list[str]) -> list[Step]:
     """Istio, then what setup-mesh created, then istio-system (the Gateway goes with Istio's CRDs)."""
     to_delete = ["cacerts", *secrets]
     return [
-        Step("uninstall Istio", commands=[tools.istioctl_cmd(cluster, "uninstall", "--purge", "-y")]),
+        Step("uninstall Istio", commands=[tools.istioctl_cmd(cluster, "uninstall", "--purge", "-y")],
+             change="- Istio (istioctl uninstall --purge)"),
         Step("delete cacerts and remote secrets", commands=[tools.kubectl_cmd(
-            cluster, "delete", "secret", "-n", ISTIO_NAMESPACE, "--ignore-not-found", *to_delete)]),
+            cluster, "delete", "secret", "-n", ISTIO_NAMESPACE, "--ignore-not-found", *to_delete)],
+            change=f"- secret cacerts" + (f" and {len(secrets)} remote secret{'s' * (len(secrets) != 1)}"
+                                            if secrets else "")),
         Step(f"delete namespace {ISTIO_NAMESPACE}", commands=[tools.kubectl_cmd(
-            cluster, "delete", "namespace", ISTIO_NAMESPACE, "--ignore-not-found")]),
+            cluster, "delete", "namespace", ISTIO_NAMESPACE, "--ignore-not-found")], done="removed",
+            change=f"- namespace {ISTIO_NAMESPACE}"),
     ]
 
 
 def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observed: dict[str, Observed | None],
                      removed: list[Removal], removed_observed: dict[str, Observed | None], workdir: Path,
                      tools: Tools, release: Release | None, intermediate_vars: dict[str, str],
-                     gateway_timeout: float, skip: set[str] = frozenset()) -> ApplyPlan:
-    """``skip``: contexts that could not be read; they get no step, and their secrets are left as they are."""
+                     gateway_timeout: float, skip: set[str] = frozenset(),
+                     only: set[str] | None = None) -> ApplyPlan:
+    """``skip``: contexts that could not be read; they get no step, and their secrets are left as they are.
+    ``only``: the contexts to change (--context); the others are read for their current secrets only."""
     cert_dir = certs.certs_dir(workdir)
     # Each member's own chain (set-up, install, its remote secret), then what needs the others (their
     # secrets, and the gateway address); phases group the steps for the reader, the steps' dependencies
@@ -217,7 +280,7 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
     setup, connect, prune, remove = (Phase("set up, install, export remote secret"),
                                      Phase("import remote secrets, gateways ready"), Phase("prune"),
                                      Phase("remove clusters"))
-    plan = ApplyPlan([setup, connect, prune, remove])
+    plan = ApplyPlan([setup, connect, prune, remove], secrets={"add": 0, "replace": 0, "prune": 0})
     names = {c.name for c in topology.clusters}
     members = [c for c in topology.clusters if c.context not in skip]
     seen_of = {c.context: observed.get(c.context) or Observed() for c in members}
@@ -240,9 +303,14 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             if peer.context in duty and (have is None or have.source is None
                                          or have.source != current_fp[peer.context]):
                 imports.setdefault(target.context, []).append(peer)
+    if only is not None:  # a peer outside the selection is not asked for a secret nobody holds
+        imports = {target: kept for target, peers in imports.items() if target in only
+                   for kept in [[p for p in peers if p.context in only or p.context in held]] if kept}
     needed_sources = {p.context for peers in imports.values() for p in peers if p.context not in held}
 
     for cluster in members:
+        if only is not None and cluster.context not in only:
+            continue
         d = desired[cluster.context]
         seen = seen_of[cluster.context]
         steps: list[Step] = []
@@ -250,10 +318,23 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             steps.append(_intermediate_step(release, cert_dir, cluster, intermediate_vars))
         local_ca = _read(cert_dir / cluster.name / "ca-cert.pem")
         cacerts_current = (seen.cacerts or {}).get("ca-cert.pem") == local_ca and local_ca is not None
+        installing = seen.applied != d.fingerprint or (d.eastwest is not None and not seen.eastwest_exists)
         if steps or not seen.namespace or seen.network_label != cluster.network or not cacerts_current:
-            steps.append(_cacerts_step(tools, cluster, cert_dir, d.namespace_manifest()))
-        if seen.applied != d.fingerprint or (d.eastwest is not None and not seen.eastwest_exists):
-            steps.extend(_install_steps(tools, workdir, d))
+            step = _cacerts_step(tools, cluster, cert_dir, d.namespace_manifest())
+            if not seen.namespace:
+                step.change = f"+ namespace {ISTIO_NAMESPACE} (network {cluster.network}) and secret cacerts"
+            else:
+                label = seen.network_label != cluster.network
+                step.change = ", ".join(filter(None, [
+                    label and f"~ network label: {seen.network_label or '(none)'} → {cluster.network}",
+                    not cacerts_current and ("~ " if not label else "") + "secret cacerts"
+                    f" ({cert_dir.name}/{cluster.name}/)"])) or "~ secret cacerts"
+                if not installing:
+                    step.done = "cacerts updated"
+            steps.append(step)
+        if installing:
+            steps.extend(_install_steps(tools, workdir, d, seen))
+            plan.actions[cluster.context] = "install" if seen.applied is None else "change"
             if d.eastwest is None and seen.applied is not None:
                 steps.append(_remove_gateways_step(tools, workdir, d, seen))
         changed = bool(steps)
@@ -268,13 +349,18 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
 
         if cluster.context in imports:
             peers = imports[cluster.context]
+            replacing = frozenset(p.context for p in peers if p.name in seen.remote_secrets)
+            plan.secrets["replace"] += len(replacing)
+            plan.secrets["add"] += len(peers) - len(replacing)
             connect.add(cluster.context, import_step(tools, cluster, peers, {p.context: held[p.context]
-                                                                               for p in peers if p.context in held}))
+                                                                               for p in peers if p.context in held},
+                                                     replacing))
         if d.eastwest is not None and (changed or not seen.eastwest_address):
             connect.add(cluster.context, wait_gateway_step(tools, cluster, gateway_timeout))
         stale = sorted(info.name for name, info in seen.remote_secrets.items() if name not in names)
         if stale:
             plan.prunes[cluster.context] = stale
+            plan.secrets["prune"] += len(stale)
             prune.add(cluster.context, prune_step(tools, cluster, stale))
 
     # Clusters dropped from topology.yaml: uninstall where reachable.
@@ -282,6 +368,7 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
         seen = removed_observed.get(gone.context)
         gone.reachable = bool(seen and seen.reachable)
         plan.removals.append(gone)
+        plan.actions[gone.context] = "remove"
         if gone.reachable:
             cluster = Cluster(context=gone.context, network="", name=gone.cluster_name, kubeconfig=gone.kubeconfig)
             secrets = sorted(info.name for info in seen.remote_secrets.values())

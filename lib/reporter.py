@@ -10,10 +10,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .errors import CommandFailed, MeshError
 from .redact import redact
@@ -26,13 +27,28 @@ class ClusterRow:
     network: str = ""
     step: str = "waiting"
     started: float = field(default_factory=time.monotonic)
+    step_started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     ok: bool | None = None  # None while running
-    detail: str = ""
+    idle: bool = False  # done with its steps in this phase, waiting for the others
+    detail: str = ""  # an explicit result, or what failed
+    interrupted: bool = False
+    done: list[str] = field(default_factory=list)  # what its finished steps did, in order
 
     @property
     def elapsed(self) -> float:
         return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def result(self) -> str:
+        """What was done to the cluster, in words: unchanged only when nothing that changes it ran."""
+        did = ", ".join(dict.fromkeys(d for d in self.done if d))
+        if self.ok is None:
+            return "not finished" + (f" ({did})" if did else "")
+        if not self.ok:
+            what = "interrupted" if self.interrupted else "failed"
+            return f"{what}: {self.detail}" + (f" (done: {did})" if did else "")
+        return self.detail or did or "unchanged"
 
 
 class Reporter:
@@ -43,6 +59,8 @@ class Reporter:
         self.quiet = quiet
         self.verbose = verbose
         self.rows: dict[str, ClusterRow] = {}
+        self.warnings: list[str] = []
+        self.phase_text = ""
         self._lock = threading.Lock()
         self._live: Live | None = None
 
@@ -62,6 +80,10 @@ class Reporter:
             self._print(text, style="green")
 
     def warn(self, text: str) -> None:
+        """Printed at once, counted in the summary, and repeated after its table."""
+        with self._lock:
+            if text not in self.warnings:
+                self.warnings.append(text)
         self._print(f"warning: {text}", style="yellow", stderr=True)
 
     def error(self, exc: MeshError) -> None:
@@ -93,67 +115,112 @@ class Reporter:
             self._live.stop()
             self._live = None
 
+    def phase(self, name: str, position: str = "") -> None:
+        """A phase starts; clusters with nothing to do in it say so instead of showing a stale step."""
+        with self._lock:
+            self.phase_text = f"phase {position}: {name}" if position else name
+            for row in self.rows.values():
+                if row.ok is None:
+                    row.step, row.idle = "—", True
+        if not self._live and not self.quiet and position:
+            self._print(f"{dt.datetime.now():%H:%M:%S} {self.phase_text}")
+
     def step(self, cluster: str, step: str) -> None:
         with self._lock:
             row = self.rows.setdefault(cluster, ClusterRow(cluster))
-            row.step = step
+            row.step, row.idle, row.step_started = step, False, time.monotonic()
         if not self._live and not self.quiet:
             self._line(cluster, f"{step} ...")
 
-    def step_done(self, cluster: str, step: str, ok: bool, seconds: float, detail: str = "") -> None:
+    def step_done(self, cluster: str, step: str, ok: bool, seconds: float, detail: str = "", done: str = "",
+                  interrupted: bool = False) -> None:
         if not self._live and not self.quiet:
-            mark = "ok" if ok else "FAILED"
+            mark = "ok" if ok else ("interrupted" if interrupted else "FAILED")
             self._line(cluster, f"{step}: {mark} ({seconds:.1f}s){' - ' + detail if detail else ''}")
-        if not ok:
-            self.finish_cluster(cluster, False, f"{step} failed")
+        if ok:
+            with self._lock:
+                self.rows.setdefault(cluster, ClusterRow(cluster)).done.append(done)
+        else:
+            self.finish_cluster(cluster, False, step, interrupted=interrupted)
 
-    def finish_cluster(self, cluster: str, ok: bool, detail: str = "") -> None:
+    def idle(self, cluster: str) -> None:
+        """The cluster finished its steps in this phase; others may still be busy."""
+        with self._lock:
+            row = self.rows.setdefault(cluster, ClusterRow(cluster))
+            if row.ok is None:
+                row.step, row.idle, row.step_started = "waiting for peers", True, time.monotonic()
+
+    def finish_cluster(self, cluster: str, ok: bool, detail: str = "", interrupted: bool = False) -> None:
+        """``detail``: for a failure, the step that failed; for a success, a result that replaces the
+        list of what was done (e.g. "removed")."""
         with self._lock:
             row = self.rows.setdefault(cluster, ClusterRow(cluster))
             if row.finished is None or (row.ok and not ok):
                 row.finished = time.monotonic()
                 row.ok = ok
                 row.detail = detail
+                row.interrupted = interrupted
                 row.step = "done" if ok else row.step
 
     def _line(self, cluster: str, text: str) -> None:
         stamp = dt.datetime.now().strftime("%H:%M:%S")
         self._print(f"{stamp} {cluster}: {text}")
 
-    def _table(self) -> Table:
-        table = Table(box=None, show_header=True, header_style="bold")
-        table.add_column("cluster")
-        table.add_column("network")
-        table.add_column("step")
-        table.add_column("elapsed", justify="right")
-        table.add_column("")
+    def _table(self) -> Group:
+        """The live view: the phase, where each cluster is, and how long its current step has taken."""
+        table = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
+        table.add_column("cluster", no_wrap=True)
+        if self.console.width >= 100:
+            table.add_column("network", no_wrap=True)
+        table.add_column("step", no_wrap=True, overflow="ellipsis", ratio=1)
+        table.add_column("time", justify="right", no_wrap=True)
+        table.add_column("", no_wrap=True)
+        now = time.monotonic()
         for row in self.rows.values():
-            mark = "…" if row.ok is None else ("[green]✓[/]" if row.ok else "[red]✗[/]")
-            table.add_row(escape(row.name), escape(row.network), escape(row.step), f"{row.elapsed:.1f}s", mark)
-        return table
+            if row.ok is None:
+                mark = "…"
+                step = f"[dim]{escape(row.step)}[/]" if row.idle else escape(row.step)
+                spent = "" if row.idle else f"{now - row.step_started:.1f}s"
+            else:
+                mark = "[green]✓[/]" if row.ok else ("[yellow]■[/]" if row.interrupted else "[red]✗[/]")
+                step = escape(row.result)
+                spent = f"{row.elapsed:.1f}s"
+            cells = [escape(row.name)] + ([escape(row.network)] if self.console.width >= 100 else [])
+            table.add_row(*cells, step, spent, mark)
+        return Group(Text(self.phase_text, style="bold", no_wrap=True, overflow="ellipsis"), table)
 
     # --- end of a run ---------------------------------------------------------------------
     def summary(self, title: str, failures: dict[str, CommandFailed | MeshError], log_path: str | None) -> None:
-        table = Table(title=title, header_style="bold")
-        table.add_column("cluster")
-        table.add_column("network")
-        table.add_column("result")
-        table.add_column("time", justify="right")
+        """The result table (also with -q), what failed with its hint, and the warnings again: a run
+        that status would call unhealthy does not end in plain green."""
+        counts = f"{len(self.warnings)} warning{'s' * (len(self.warnings) != 1)}" if self.warnings else ""
+        style = "red" if failures else ("yellow" if self.warnings else "green")
+        heading = f"[{style}]{escape(title)}[/]" + (f" ({counts})" if counts else "")
+        wide = self.console.width >= 100
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        table.add_column("cluster", no_wrap=True)
+        if wide:
+            table.add_column("network", no_wrap=True)
+        table.add_column("result", ratio=1)  # words: it may wrap between them, never inside one
+        table.add_column("time", justify="right", no_wrap=True)
         for row in self.rows.values():
             if row.ok is None:
-                result = "[yellow]not finished[/]"
+                result = f"[yellow]{escape(row.result)}[/]"
             elif row.ok:
-                result = "[green]ok[/]" + (f" ({escape(row.detail)})" if row.detail else "")
+                result = f"[green]{escape(row.result)}[/]"
             else:
-                result = f"[red]failed[/]: {escape(row.detail)}"
-            table.add_row(escape(row.name), escape(row.network), result, f"{row.elapsed:.1f}s")
+                result = f"[{'yellow' if row.interrupted else 'red'}]{escape(row.result)}[/]"
+            cells = [escape(row.name)] + ([escape(row.network)] if wide else [])
+            table.add_row(*cells, result, f"{row.elapsed:.1f}s")
         with self._lock:
-            if not self.quiet or failures:
-                self.console.print(table)
+            self.console.print(heading)
+            self.console.print(table)
         for cluster, exc in failures.items():
             step = getattr(exc, "step", None)
             self._print(f"{cluster}: {step + ': ' if step else ''}{exc.message}", style="red")
             if exc.hint:
                 self._print(f"  hint: {exc.hint}")
+        for text in self.warnings:
+            self._print(f"warning: {text}", style="yellow")
         if failures and log_path:
             self._print(f"run log: {log_path}")

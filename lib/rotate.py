@@ -115,7 +115,7 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
 
     if dry_run:
         print_plan(ApplyPlan([phase]), topology, observed if ws.contexts_resolved else None, ws.notes, reporter,
-                   title="rotate-certs plan")
+                   title="rotate-certs plan", command="rotate-certs")
         return 0
 
     lifecycle.save_rotation(workdir, rotation)  # before anything changes: an interrupted run is resumed

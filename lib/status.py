@@ -7,6 +7,7 @@ renderers print it as tables or as the JSON document described in docs/status-js
 from __future__ import annotations
 
 import datetime as dt
+import os
 import json
 import shlex
 import time
@@ -165,6 +166,7 @@ class Problem:
     message: str
     hint: str
     severity: str = ERROR
+    peer: str | None = None  # the peer a per-peer problem is about (lets the table view group them)
 
     def to_json(self) -> dict[str, str]:
         return {"code": self.code, "message": redact(self.message), "hint": self.hint, "severity": self.severity}
@@ -411,7 +413,8 @@ def _judge_istiod_view(status: ClusterStatus, view: IstiodView | None, topology:
             api_server=f"api_server: for {peer.context} in {hints.topology_file}", apply=hints.apply,
             wait=invocation.command("status", "--wait"),
             logs=hints.kubectl(status.cluster, "logs", "-n", ISTIO_NAMESPACE, "deploy/istiod"))
-        status.problems.append(Problem(code, f"istiod reports remote cluster {peer.name} as {state}", hint))
+        status.problems.append(Problem(code, f"istiod reports remote cluster {peer.name} as {state}", hint,
+                                       peer=peer.name))
 
 
 def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Workspace, hints: Hints,
@@ -489,7 +492,7 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Workspace, hint
             status.remote_secrets[peer.name] = MISSING
             if set_up:  # a cluster that is not set up at all is reported once, above
                 add(Problem("remote_secret_missing", f"no remote secret of {peer.name}: this cluster cannot discover "
-                                                     f"{peer.name}'s endpoints", hints.apply))
+                                                     f"{peer.name}'s endpoints", hints.apply, peer=peer.name))
         elif info.suspicious_local:
             status.remote_secrets[peer.name] = LOCAL
             if peer.api_server and not peer.server_is_local:
@@ -497,12 +500,12 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Workspace, hint
             else:
                 hint = f"set api_server: for {peer.context} in {hints.topology_file}, then {hints.apply}"
             add(Problem("remote_secret_local", f"the remote secret of {peer.name} ({info.name}) names the API server "
-                                               f"{info.server}, which this cluster cannot reach", hint))
+                                               f"{info.server}, which this cluster cannot reach", hint, peer=peer.name))
         elif current.get(peer.name) and info.source != current[peer.name]:
             status.remote_secrets[peer.name] = OUTDATED
             add(Problem("remote_secret_outdated", f"the remote secret of {peer.name} ({info.name}) does not carry the "
                                                   f"credentials {peer.name} issues now (its reader token changed, or the "
-                                                  f"secret was not made by setup-mesh)", hints.apply))
+                                                  f"secret was not made by setup-mesh)", hints.apply, peer=peer.name))
         else:
             status.remote_secrets[peer.name] = PRESENT
     for name, info in sorted(seen.remote_secrets.items()):
@@ -735,143 +738,17 @@ def run_status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
 # --- printing --------------------------------------------------------------------------------------
 
 def render(status: MeshStatus, reporter: Reporter) -> None:
-    from rich.markup import escape
-    from rich.table import Table
+    from .statusview import render as render_view
 
-    console = _wide_console(reporter.console)
-
-    def say(text: str, style: str | None = None) -> None:
-        console.print(escape(redact(text)), style=style)
-
-    table = Table(title=f"mesh {escape(status.mesh_id)}", header_style="bold")
-    for column in ("cluster", "reachable", "istio", "network", "cacerts", "gateway", "secrets", "synced", "drift"):
-        table.add_column(column, overflow="fold")
-    for c in status.clusters:
-        label = c.cluster.context if c.cluster.name == c.cluster.context else f"{c.cluster.context} ({c.cluster.name})"
-        table.add_row(escape(label), *(_cell(text, ok) for text, ok in _row(c)))
-    console.print(table)
-
-    matrix = _matrix(status)
-    if matrix is not None:
-        console.print(matrix)
-
-    if status.healthy:
-        warnings = sum(1 for _, p in _all_problems(status) if p.severity == WARNING)
-        say("healthy" + (f" ({warnings} warning(s) below)" if warnings else ""), style="green")
-    for ctx, problem in _all_problems(status):
-        style = "red" if problem.severity == ERROR else "yellow"
-        say(f"{ctx or 'workspace'}: {problem.code}: {problem.message}", style=style)
-        say(f"  hint: {problem.hint}")
+    render_view(status, _wide_console(reporter.console))
 
 
 def _wide_console(console):
     """Pipes and CI logs have no width to respect: there, tables are as wide as their cells. A terminal's
-    width is kept (cells fold)."""
+    width is kept (columns are dropped to fit)."""
     from rich.console import Console
 
-    if console.is_terminal:
+    if console.is_terminal or os.environ.get("COLUMNS"):
         return console
     return Console(file=console.file, width=max(console.width, 200), highlight=False, soft_wrap=True,
                    color_system=console.color_system, force_terminal=False, no_color=console.no_color)
-
-
-def _all_problems(status: MeshStatus) -> list[tuple[str | None, Problem]]:
-    found: list[tuple[str | None, Problem]] = [(None, p) for p in status.problems]
-    for c in status.clusters:
-        found.extend((c.cluster.context, p) for p in c.problems)
-    return found
-
-
-def _cell(text: str, ok: bool | None) -> str:
-    from rich.markup import escape
-
-    text = escape(redact(text))
-    if ok is None:
-        return f"[dim]{text}[/]"
-    return f"[green]{text}[/]" if ok else f"[red]{text}[/]"
-
-
-def _row(c: ClusterStatus) -> list[tuple[str, bool | None]]:
-    if not c.reachable:
-        return [("no", False)] + [("?", None)] * 7
-    codes = {p.code for p in c.problems}
-    if c.istio_installed is None:
-        istio = ("?", None)
-    elif c.istio_installed:
-        istio = (c.istio_version or "installed", not codes & {"cluster_name_wrong", "istiod_not_ready"})
-    else:
-        istio = ("not installed", False)
-    if c.network_label is None:
-        network = (f"unlabelled (want {c.cluster.network})", False)
-    elif c.network_label != c.cluster.network:
-        network = (f"{c.network_label} (want {c.cluster.network})", False)
-    else:
-        network = (c.network_label, True)
-    ca = c.cacerts
-    if not ca.present:
-        cacerts = ("missing", False)
-    elif ca.chains_to_root is False:
-        cacerts = ("foreign root", False)
-    elif ca.days_left is None:
-        cacerts = ("unreadable", False)
-    else:
-        days = f"{ca.days_left}d left"
-        cacerts = (days if ca.chains_to_root else f"{days}, root unchecked",
-                   ca.days_left >= EXPIRY_WARN_DAYS if ca.chains_to_root else None)
-    if not c.gateway_required:
-        gateway = (c.gateway_address or "not needed", None)
-    elif not c.gateway_exists:
-        gateway = ("missing", False)
-    elif c.gateway_programmed is False:
-        gateway = (f"{c.gateway_address or 'no address'}, not programmed", False)
-    else:
-        gateway = (c.gateway_address or "pending", bool(c.gateway_address))
-    peers = [s for s in c.remote_secrets.values() if s != STALE]
-    good = sum(1 for s in peers if s == PRESENT)
-    secrets_text = f"{good}/{len(peers)}"
-    if c.stale_secrets:
-        secrets_text += f", {len(c.stale_secrets)} stale"
-    secrets = (secrets_text, good == len(peers) and not c.stale_secrets)
-    if c.remote_clusters is None:
-        synced = ("?", None)
-    else:  # istiod's own view
-        count = sum(1 for s in c.remote_clusters.values() if s == SYNCED)
-        synced = (f"{count}/{len(c.remote_clusters)}", count == len(c.remote_clusters))
-    drift = ("?", None) if c.drift is None else (("yes", False) if c.drift else ("no", True))
-    return [("yes", True), istio, network, cacerts, gateway, secrets, synced, drift]
-
-
-_MARKS = {PRESENT: "[green]✓[/]", MISSING: "[red]missing[/]", STALE: "[yellow]stale[/]", LOCAL: "[red]local[/]",
-          OUTDATED: "[red]outdated[/]"}
-
-
-def _matrix(status: MeshStatus):
-    """Rows: the cluster holding the secrets; columns: the peer each secret gives access to."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    members = [c.cluster.name for c in status.clusters]
-    if len(members) < 2 and not any(c.stale_secrets for c in status.clusters):
-        return None
-    extra = sorted({name for c in status.clusters for name, s in c.remote_secrets.items() if s == STALE})
-    table = Table(title="remote secrets (row: cluster holding them; column: cluster they reach; "
-                        "istiod's report when not synced)", header_style="bold")
-    table.add_column("", overflow="fold")
-    for name in members + extra:
-        table.add_column(escape(name) + (" (not in topology)" if name in extra else ""), overflow="fold")
-    for c in status.clusters:
-        cells = []
-        for name in members + extra:
-            if name == c.cluster.name:
-                cells.append("[dim]—[/]")
-            elif not c.reachable:
-                cells.append("[dim]?[/]")
-            else:
-                state = c.remote_secrets.get(name)
-                cell = _MARKS.get(state, "") if state else ""
-                synced = (c.remote_clusters or {}).get(name)
-                if state == PRESENT and synced not in (None, SYNCED):
-                    cell = f"[red]{escape(synced)}[/]"
-                cells.append(cell)
-        table.add_row(escape(c.cluster.name), *cells)
-    return table

@@ -35,10 +35,16 @@ class Mesh:
                               input=stdin if stdin is not None else "")
 
     def apply(self, *args: str, env: dict | None = None, ok: bool = True):
-        result = self.run("apply", "-y", *args, env=env)
+        result = self.run("apply", "-y", *args, env={"COLUMNS": "160", **(env or {})})
         if ok:
             assert result.returncode == 0, f"apply failed:\n{result.stdout}\n{result.stderr}"
         return result
+
+    def results(self, stdout: str) -> dict[str, str]:
+        """Each cluster's result as apply's summary reports it (run with COLUMNS=160: one line a row)."""
+        table = stdout.split("\ncluster ")[-1].splitlines()[1:]
+        rows = [re.split(r"\s{2,}", line.strip()) for line in table if re.search(r"\d+\.\ds$", line)]
+        return {row[0]: row[-2] for row in rows}
 
     def write_topology(self, networks: dict[str, str], mesh_id: str = "mesh1", extra: dict | None = None) -> None:
         contexts = {ctx: {"network": net, **((extra or {}).get(ctx, {}))} for ctx, net in networks.items()}

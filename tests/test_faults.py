@@ -137,7 +137,8 @@ def test_context_names_with_spaces_and_shell_characters(sandbox_factory, tmp_pat
 
 
 def test_no_key_or_token_in_any_output_or_log(mesh):
-    outputs = [mesh.apply("-v"), mesh.run("apply", "--dry-run"), mesh.run("status"), mesh.run("teardown", "-y", "-v")]
+    outputs = [mesh.apply("-v"), mesh.run("apply", "--dry-run"), mesh.run("apply", "--dry-run", "-v"),
+               mesh.run("status"), mesh.run("teardown", "-y", "-v")]
     text = "".join(r.stdout + r.stderr for r in outputs)
     for log in (mesh.workdir / ".setup-mesh" / "logs").glob("*.log"):
         text += log.read_text()

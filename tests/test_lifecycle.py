@@ -17,7 +17,10 @@ def mesh3(sandbox_factory, tmp_path):
 def test_adding_a_cluster_installs_only_that_cluster(mesh3):
     before = len(mesh3.control_plane_installs())
     mesh3.write_topology({**NETS, "cluster4": "network2"})
-    mesh3.apply()
+    result = mesh3.apply()
+    assert mesh3.results(result.stdout) == {"cluster1": "1 secret imported", "cluster2": "1 secret imported",
+                                            "cluster3": "1 secret imported",
+                                            "cluster4": "installed, 3 secrets imported"}, result.stdout
     new = mesh3.control_plane_installs()[before:]
     assert [c["context"] for c in new] == ["cluster4"]
     for target in ("cluster1", "cluster2", "cluster3", "cluster4"):
@@ -29,13 +32,35 @@ def test_removing_a_cluster_clears_its_secrets_and_uninstalls_it(mesh3):
     refused = mesh3.run("apply")  # no terminal, no -y
     assert refused.returncode == 2 and "-y" in refused.stderr
     assert "cluster2" in mesh3.remote_secrets("cluster1"), "a refused run changes nothing"
-    mesh3.apply()
+    result = mesh3.apply()
+    assert mesh3.results(result.stdout) == {"cluster1": "1 stale secret pruned", "cluster3": "1 stale secret pruned",
+                                            "cluster2": "removed"}, result.stdout
     for target in ("cluster1", "cluster3"):
         assert "cluster2" not in mesh3.remote_secrets(target)
     assert mesh3.get("cluster2", "namespace", "istio-system", check=False) is None
     assert mesh3.get("cluster2", "deployment", "istiod", "-n", "istio-system", check=False) is None
     uninstalls = [c for c in mesh3.sandbox.istioctl_calls() if c["argv"][1:2] == ["uninstall"]]
     assert [c["context"] for c in uninstalls] == ["cluster2"]
+
+
+def test_context_limits_apply_to_that_cluster(mesh3):
+    mesh3.write_topology({**NETS, "cluster4": "network2"})
+    result = mesh3.apply("--context", "cluster4")
+    assert mesh3.results(result.stdout) == {"cluster4": "installed, 3 secrets imported"}, result.stdout
+    assert sorted(mesh3.remote_secrets("cluster4")) == ["cluster1", "cluster2", "cluster3"]
+    assert "cluster4" not in mesh3.remote_secrets("cluster1"), "the other clusters are not touched"
+    rest = mesh3.apply()
+    assert mesh3.results(rest.stdout) == {"cluster1": "1 secret imported", "cluster2": "1 secret imported",
+                                          "cluster3": "1 secret imported", "cluster4": "unchanged"}, rest.stdout
+
+
+def test_a_new_api_server_replaces_that_clusters_secret_in_its_peers(mesh3):
+    mesh3.write_topology(NETS, extra={"cluster1": {"api_server": "https://cluster1.example:6443"}})
+    result = mesh3.apply()
+    assert mesh3.results(result.stdout) == {"cluster1": "unchanged", "cluster2": "1 secret replaced",
+                                            "cluster3": "1 secret replaced"}, result.stdout
+    again = mesh3.apply()
+    assert set(mesh3.results(again.stdout).values()) == {"unchanged"}, again.stdout
 
 
 def test_stale_secrets_are_pruned_even_without_the_state_file(mesh3):
@@ -52,7 +77,14 @@ def test_dry_run_changes_nothing_anywhere(mesh3):
         "accessLogFile: /dev/stdout", "accessLogFile: /dev/null"))
     dumps = {ctx: mesh3.sandbox.dump(ctx) for ctx in mesh3.sandbox.contexts}
     files = workdir_snapshot(mesh3.workdir)
-    result = mesh3.run("apply", "--dry-run")
+    short = mesh3.run("apply", "--dry-run")
+    assert short.returncode == 0, short.stderr
+    # By default: what changes, per cluster, and the counts.
+    assert "cluster1 (network1): change\n  ~ Istio (overlays/cluster1.yaml)\n" \
+           "      ~ spec.meshConfig.accessLogFile: /dev/stdout → /dev/null\n" in short.stdout
+    assert "cluster4 (network2): install\n" in short.stdout and "cluster2: remove\n" in short.stdout
+    assert "Plan: 1 install, 2 change, 1 remove; secrets: 4 add, 0 replace, 2 prune." in short.stdout
+    result = mesh3.run("apply", "--dry-run", "-v")  # every command and manifest
     assert result.returncode == 0, result.stderr
     assert {ctx: mesh3.sandbox.dump(ctx) for ctx in mesh3.sandbox.contexts} == dumps
     assert workdir_snapshot(mesh3.workdir) == files
@@ -66,7 +98,7 @@ def test_dry_run_changes_nothing_anywhere(mesh3):
 def test_dry_run_without_reachable_clusters_still_prints_the_plan(mesh3):
     for ctx in mesh3.sandbox.contexts:
         mesh3.sandbox.stop_cluster(ctx)
-    result = mesh3.run("apply", "--dry-run")
+    result = mesh3.run("apply", "--dry-run", "-v")
     assert result.returncode == 0, result.stderr
     assert "could not read current state of cluster1" in result.stdout + result.stderr
     assert "istioctl create-remote-secret --namespace istio-system --name cluster1" in result.stdout
@@ -75,8 +107,18 @@ def test_dry_run_without_reachable_clusters_still_prints_the_plan(mesh3):
 def test_teardown_removes_everything_and_twice_is_fine(mesh3):
     refused = mesh3.run("teardown")
     assert refused.returncode == 2 and "-y" in refused.stderr
-    result = mesh3.run("teardown", "-y")
+    dumps = {ctx: mesh3.sandbox.dump(ctx) for ctx in NETS}
+    preview = mesh3.run("teardown", "--dry-run")
+    assert preview.returncode == 0, preview.stderr
+    assert {ctx: mesh3.sandbox.dump(ctx) for ctx in NETS} == dumps, "a dry run changes nothing"
+    for ctx in NETS:
+        assert f"{ctx} (network{NETS[ctx][-1]}): remove\n  - Istio (istioctl uninstall --purge)\n" \
+               "  - secret cacerts and 2 remote secrets\n  - namespace istio-system\n" in preview.stdout
+    assert "Plan: 3 remove." in preview.stdout and "certs/ is kept" in preview.stdout
+    result = mesh3.run("teardown", "-y", env={"COLUMNS": "160"})
     assert result.returncode == 0, result.stdout + result.stderr
+    assert mesh3.results(result.stdout) == {ctx: "removed" for ctx in NETS}, result.stdout
+    assert "kept certs/ (the root CA and intermediates)" in result.stdout
     for ctx in NETS:
         assert mesh3.get(ctx, "namespace", "istio-system", check=False) is None
         crds = mesh3.sandbox.kubectl(ctx, "get", "crd", "-o", "name").stdout
@@ -87,8 +129,10 @@ def test_teardown_removes_everything_and_twice_is_fine(mesh3):
         secrets = mesh3.sandbox.kubectl(ctx, "get", "secrets", "-A", "-l", "istio/multiCluster=true", "-o", "name")
         assert secrets.stdout.strip() == ""
     assert (mesh3.workdir / "certs" / "root-key.pem").exists(), "certs/ is kept without --purge-certs"
-    again = mesh3.run("teardown", "-y", "--purge-certs")
+    # Nothing left: said without a question, even with no terminal and no -y.
+    again = mesh3.run("teardown", "--purge-certs")
     assert again.returncode == 0, again.stdout + again.stderr
+    assert "nothing to remove" in again.stdout
     assert not (mesh3.workdir / "certs").exists()
 
 

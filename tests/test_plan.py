@@ -68,7 +68,7 @@ def test_a_missing_secret_is_copied_from_a_peer_that_holds_a_current_one(tmp_pat
         return obs
 
     plan = _plan(tmp_path, observed)
-    assert _steps(plan) == {(IMPORT, "c1"): ["apply remote secrets of c3"]}
+    assert _steps(plan) == {(IMPORT, "c1"): ["import c3's secret"]}
     argvs = [c.argv for phase in plan.phases for steps in phase.steps.values() for st in steps for c in st.commands]
     assert not any("create-remote-secret" in argv for argv in argvs)
 
@@ -82,8 +82,8 @@ def test_a_secret_nobody_holds_is_exported_once(tmp_path):
 
     assert _steps(_plan(tmp_path, observed)) == {
         (SETUP, "c3"): ["create its remote secret"],
-        (IMPORT, "c1"): ["apply remote secrets of c3"],
-        (IMPORT, "c2"): ["apply remote secrets of c3"],
+        (IMPORT, "c1"): ["import c3's secret"],
+        (IMPORT, "c2"): ["import c3's secret"],
     }
 
 
@@ -95,8 +95,8 @@ def test_a_rotated_token_refreshes_that_clusters_secret_everywhere(tmp_path):
 
     steps = _steps(_plan(tmp_path, observed))
     assert steps[(SETUP, "c2")] == ["create its remote secret"]
-    assert steps[(IMPORT, "c1")] == ["apply remote secrets of c2"]
-    assert steps[(IMPORT, "c3")] == ["apply remote secrets of c2"]
+    assert steps[(IMPORT, "c1")] == ["import c2's secret"]
+    assert steps[(IMPORT, "c3")] == ["import c2's secret"]
 
 
 def test_a_changed_overlay_reinstalls_only_that_cluster(tmp_path):
@@ -129,8 +129,43 @@ def test_stale_secrets_and_removed_clusters(tmp_path):
 def test_dry_run_of_the_bundled_example_matches_the_golden_plan(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("ISTIO_DIR", "WORKDIR")}
     env.update(KUBECONFIG=str(tmp_path / "no-kubeconfig"), PATH="/usr/bin:/bin", HOME=str(tmp_path))
-    result = subprocess.run([sys.executable, str(ROOT / "setup_mesh.py"), "apply", "--dry-run"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    goldens.check("plan-bundled-example.txt", result.stdout.replace(str(tmp_path), "<tmp>"))
+    for flags, golden in ((), "plan-bundled-example.txt"), (("-v",), "plan-bundled-example-full.txt"):
+        result = subprocess.run([sys.executable, "setup_mesh.py", "apply", "--dry-run", *flags], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        goldens.check(golden, result.stdout.replace(str(tmp_path), "<tmp>"))
     assert not (ROOT / "overlays").exists() and not (ROOT / ".setup-mesh").exists(), "a dry run writes nothing"
+
+
+def test_only_the_selected_contexts_get_steps(tmp_path):
+    def observed(topology, desired):
+        obs = _healthy(topology, desired)
+        del obs["c1"].remote_secrets["c3"]  # c2 holds a current copy of c3's secret
+        del obs["c2"].remote_secrets["c1"]
+        return obs
+
+    topology = Topology("m", CLUSTERS, tmp_path / "topology.yaml")
+    desired = desired_state(topology, {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {}})
+    plan = build_apply_plan(topology=topology, desired=desired, observed=observed(topology, desired), removed=[],
+                            removed_observed={}, workdir=_workdir(tmp_path), tools=Tools(), release=None,
+                            intermediate_vars={}, gateway_timeout=5, only={"c1"})
+    assert _steps(plan) == {(IMPORT, "c1"): ["import c3's secret"]}, "c2 is not touched, c3 is read only"
+
+
+def test_a_secret_nobody_holds_is_not_made_in_an_unselected_peer(tmp_path):
+    def observed(topology, desired):
+        obs = _healthy(topology, desired)
+        for holder in ("c1", "c2"):
+            del obs[holder].remote_secrets["c3"]
+        return obs
+
+    topology = Topology("m", CLUSTERS, tmp_path / "topology.yaml")
+    desired = desired_state(topology, {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {}})
+    plan = build_apply_plan(topology=topology, desired=desired, observed=observed(topology, desired), removed=[],
+                            removed_observed={}, workdir=_workdir(tmp_path), tools=Tools(), release=None,
+                            intermediate_vars={}, gateway_timeout=5, only={"c1"})
+    assert _steps(plan) == {}
+    both = build_apply_plan(topology=topology, desired=desired, observed=observed(topology, desired), removed=[],
+                            removed_observed={}, workdir=_workdir(tmp_path / "b"), tools=Tools(), release=None,
+                            intermediate_vars={}, gateway_timeout=5, only={"c1", "c3"})
+    assert _steps(both) == {(SETUP, "c3"): ["create its remote secret"], (IMPORT, "c1"): ["import c3's secret"]}

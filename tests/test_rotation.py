@@ -92,7 +92,10 @@ def test_expiring_within_and_context_limit_what_is_reissued(mesh2):
 def test_dry_run_shows_the_plan_and_changes_nothing(mesh2):
     dumps = {ctx: mesh2.sandbox.dump(ctx) for ctx in TWO}
     files = workdir_snapshot(mesh2.workdir)
-    result = mesh2.run("rotate-certs", "--dry-run")
+    short = mesh2.run("rotate-certs", "--dry-run")
+    assert short.returncode == 0, short.stdout + short.stderr
+    assert "cluster1 (network1): change" in short.stdout and "back up the intermediate CA" in short.stdout
+    result = mesh2.run("rotate-certs", "--dry-run", "-v")  # every command
     assert result.returncode == 0, result.stdout + result.stderr
     assert {ctx: mesh2.sandbox.dump(ctx) for ctx in TWO} == dumps
     assert workdir_snapshot(mesh2.workdir) == files

@@ -246,6 +246,24 @@ def test_every_problem_code_and_field_is_documented(tmp_path, roots):
         assert f"| `{name}` |" in doc, f"{name} is not documented"
 
 
+def test_one_cause_is_one_line_naming_every_cluster_it_affects(tmp_path, roots, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # a terminal's width: kept, where a pipe's is not
+    topology = _topology(tmp_path)
+    observed, istiod = _healthy(topology, roots[0])
+    for holder in ("c2", "c3"):  # c1's secret names a loopback address, in both peers
+        observed[holder].remote_secrets["c1"].suspicious_local = True
+        observed[holder].remote_secrets["c1"].server = "https://127.0.0.1:6443"
+    status = evaluate(_ws(tmp_path, topology, roots[0]), observed, istiod, now=NOW)
+    out = io.StringIO()
+    render(status, Reporter(console=Console(file=out, width=80, highlight=False)))
+    problems = out.getvalue().split("✗ ", 1)[1].splitlines()
+    assert problems[0].startswith("c2, c3: the remote secret of c1 (istio-remote-secret-c1) names the API server")
+    assert sum(1 for line in problems if line.startswith("✗ ")) == 0, "one cause, one entry"
+    assert sum(1 for line in problems if "hint:" in line) == 1
+    assert problems[-1] == "unhealthy: 1 problem in 2 of 3 clusters"
+    assert max(len(line.rstrip()) for line in out.getvalue().splitlines()) <= 80
+
+
 def test_table_names_every_problem_with_its_hint(tmp_path, roots):
     topology = _topology(tmp_path)
     observed, istiod = _healthy(topology, roots[0])
@@ -258,14 +276,18 @@ def test_table_names_every_problem_with_its_hint(tmp_path, roots):
     out = io.StringIO()
     render(status, Reporter(console=Console(file=out, width=160, highlight=False, soft_wrap=True)))
     text = out.getvalue()
-    assert "c1: remote_secret_missing" in text and "hint: setup-mesh apply" in text
-    assert "c2: unreachable" in text and "kubectl --context c2 get ns" in text
-    assert "c3: remote_secret_local" in text and "c3: gateway_pending" in text and "c1: remote_secret_stale" in text
-    matrix = text.split("remote secrets")[1].splitlines()
+    assert "✗ c1: no remote secret of c3: this cluster cannot discover c3's endpoints\n  hint: setup-mesh apply\n" in text
+    assert "✗ c2: cannot read the cluster: connection refused" in text and "kubectl --context c2 get ns" in text
+    assert "✗ c3: the east-west gateway service istio-eastwestgateway has no address yet" in text
+    assert "✗ c1: remote secret istio-remote-secret-gone gives access to cluster gone" in text
+    assert "remote_secret" not in text, "codes are for -o json"
+    assert text.rstrip().splitlines()[-1] == "unhealthy: 5 problems in 3 of 3 clusters"
+    matrix = text.split("remote secrets (")[1].splitlines()
     assert "gone (not in topology)" in matrix[2]
-    row = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
-           for line in matrix if line.startswith("│")}
-    assert row == {"c1": ["—", "✓", "missing", "stale"], "c2": ["?", "—", "?", "?"], "c3": ["local", "✓", "—", ""]}
+    row = {line.split()[0]: line.split()[1:] for line in matrix[4:7]}
+    assert row == {"c1": ["—", "✓", "missing", "stale"], "c2": ["?", "—", "?", "?"], "c3": ["local", "✓", "—"]}
+    table = {line.split()[0]: line.split()[1:] for line in text.split("remote secrets (")[0].splitlines()[4:7]}
+    assert table["c1"][5:7] == ["1/2", "missing,stale"] and table["c3"][5:7] == ["1/2", "local"]
     assert "pending" in text.split("remote secrets")[0]
 
 
@@ -642,3 +664,25 @@ def test_unreachable_cluster_is_reported_and_the_rest_still_read(mesh):
     assert 3 <= elapsed < 15, elapsed
     assert "still unhealthy after 3s" in result.stderr and "cluster3: unreachable" in result.stderr
 
+
+
+def test_a_problem_every_pair_shares_is_one_entry_with_one_hint():
+    from lib.status import ClusterStatus, MeshStatus, Problem
+    from lib.statusview import group_problems
+
+    names = ["c1", "c2", "c3", "c4"]
+    clusters = []
+    for holder in names:
+        c = ClusterStatus(Cluster(holder, "n1", holder), reachable=True)
+        c.problems = [Problem("remote_cluster_timeout", f"istiod reports remote cluster {peer} as timeout",
+                              f"check that {holder} reaches {peer}", peer=peer) for peer in names if peer != holder]
+        clusters.append(c)
+    causes = group_problems(MeshStatus("m", None, clusters))
+    assert len(causes) == 1
+    assert causes[0].where == "every cluster, for each of its 3 peers"
+    assert causes[0].message == "istiod cannot reach the API servers of c1, c2, c3, c4 at the addresses in their secrets"
+    assert causes[0].hint == "for c1 and c2, and likewise for the others: check that c1 reaches c2"
+    # Only some pairs: each holder is named with its peers.
+    clusters[0].problems, clusters[1].problems = [], clusters[1].problems[:1]
+    causes = group_problems(MeshStatus("m", None, clusters))
+    assert causes[0].where == "c2 (c1); c3 (c1, c2, c4); c4 (c1, c2, c3)"

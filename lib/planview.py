@@ -1,0 +1,122 @@
+"""How a plan reads: by default per cluster what changes, diff-like, and a counts line; with -v
+every command and manifest, pasteable. Works from the plan's data (each step's change, details,
+commands), so any step renders the same way."""
+from __future__ import annotations
+
+import shlex
+
+from . import invocation
+from .config import Topology
+from .executor import Step
+from .kube import Observed
+from .plan import ApplyPlan
+from .reporter import Reporter
+
+NOTHING = "nothing to do: every cluster matches topology.yaml and base.yaml"
+
+
+def print_plan(plan: ApplyPlan, topology: Topology, observed: dict[str, Observed] | None, notes: list[str],
+               reporter: Reporter, title: str = "Plan", nothing: str = NOTHING, command: str = "apply") -> None:
+    out = reporter.info
+    count = len(topology.clusters)
+    out(f"{title} (dry run, changes nothing): mesh {topology.mesh_id}, {count} cluster{'s' * (count != 1)} on "
+        f"{', '.join(topology.networks)}")
+    for note in notes:
+        reporter.warn(note)
+    if observed is None:
+        reporter.warn("could not read the clusters' current state: the plan assumes they hold nothing yet")
+    for cluster in topology.clusters:
+        seen = (observed or {}).get(cluster.context)
+        if observed is not None and seen is not None and not seen.reachable:
+            reporter.warn(f"could not read current state of {cluster.context}: {seen.error}")
+    (_full if reporter.verbose else _changes)(plan, topology, out)
+    steps = _by_cluster(plan, topology)
+    if not steps:
+        out("")
+        out(nothing)
+        return
+    out("")
+    out(counts_line(plan, steps))
+    if not reporter.verbose:
+        out(f"Every command and manifest: {invocation.command(command, '--dry-run', '-v')}")
+
+
+def _by_cluster(plan: ApplyPlan, topology: Topology) -> dict[str, list[Step]]:
+    """Each cluster's steps across the phases, in the order they run; clusters in topology order,
+    then the removed ones."""
+    found: dict[str, list[Step]] = {c.context: [] for c in topology.clusters}
+    for phase in plan.phases:
+        for context, steps in phase.steps.items():
+            found.setdefault(context, []).extend(steps)
+    for gone in plan.removals:
+        found.setdefault(gone.context, [])
+    return {context: steps for context, steps in found.items() if steps or plan.actions.get(context)}
+
+
+def _action(plan: ApplyPlan, context: str, steps: list[Step]) -> str:
+    if context in plan.actions:
+        return plan.actions[context]
+    return "change" if any(s.change != "" for s in steps) else "unchanged"
+
+
+def _changes(plan: ApplyPlan, topology: Topology, out) -> None:
+    networks = {c.context: c.network for c in topology.clusters}
+    unchanged = []
+    for context, steps in _by_cluster(plan, topology).items():
+        action = _action(plan, context, steps)
+        if action == "unchanged":
+            unchanged.append(context)
+            continue
+        where = f" ({networks[context]})" if context in networks else ""
+        removal = next((r for r in plan.removals if r.context == context), None)
+        if removal is not None and not removal.reachable:
+            action = "remove (unreachable: only its secrets in the other clusters are deleted)"
+        out("")
+        out(f"{context}{where}: {action}")
+        for step in steps:
+            if step.change == "":
+                continue
+            out(f"  {step.change if step.change is not None else '· ' + step.title}")
+            for line in step.details:
+                out(f"      {line}")
+    unchanged += [c for c in plan.unchanged if c not in unchanged and c not in _by_cluster(plan, topology)]
+    if unchanged:
+        out("")
+        out("unchanged: " + ", ".join(c.context for c in topology.clusters if c.context in unchanged))
+
+
+def counts_line(plan: ApplyPlan, steps: dict[str, list[Step]]) -> str:
+    actions = [_action(plan, context, s) for context, s in steps.items()]
+    clusters = ", ".join(f"{actions.count(a)} {a}" for a in ("install", "change", "remove")
+                         if actions.count(a) or plan.secrets is not None)
+    line = f"Plan: {clusters or 'nothing to change'}"
+    if plan.secrets is not None:
+        line += "; secrets: " + ", ".join(f"{plan.secrets[k]} {k}" for k in ("add", "replace", "prune"))
+    return line + "."
+
+
+def _full(plan: ApplyPlan, topology: Topology, out) -> None:
+    """Every step with its files, commands and notes, pasteable in order."""
+    for phase in plan.phases:
+        if not phase:
+            continue
+        out("")
+        out(f"== {phase.name}")
+        for context, steps in phase.steps.items():
+            out(f"-- {context}")
+            for step in steps:
+                out(f"   # {step.title}")
+                for path, content in step.files:
+                    write = f"mkdir -p {shlex.quote(str(path.parent))} && cat > {shlex.quote(str(path))} <<'EOF'"
+                    out(_indent(f"{write}\n{content.rstrip()}\nEOF", 3))
+                for command in step.commands:
+                    out(_indent(command.pasteable(with_stdin=True), 3))
+                if step.note:
+                    out(f"   # {step.note}")
+    if plan.unchanged:
+        out("")
+        out("unchanged: " + ", ".join(plan.unchanged))
+
+
+def _indent(text: str, n: int) -> str:
+    return "\n".join(" " * n + line for line in text.splitlines())

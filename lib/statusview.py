@@ -1,0 +1,220 @@
+"""How status reads in a terminal: one row per cluster, the remote-secret matrix, and problems
+grouped by cause (one line naming the clusters it affects, one hint). Codes are for -o json."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from .redact import redact
+from .status import (ERROR, EXPIRY_WARN_DAYS, LOCAL, MISSING, OUTDATED, PRESENT, STALE, SYNCED, WARNING,
+                     ClusterStatus, MeshStatus, Problem)
+
+COLUMNS = ("cluster", "up", "istio", "network", "cacerts", "gateway", "secrets", "synced", "drift")
+DROP_ORDER = ("synced", "istio", "drift", "up")  # what goes first when the terminal is narrow
+
+
+# One line for a problem that many (cluster, peer) pairs share; {peers}: the peers it is about.
+MERGED = {
+    "remote_secret_missing": "remote secrets missing (clusters cannot discover their peers' endpoints)",
+    "remote_secret_local": "the remote secrets of {peers} name loopback API servers other clusters cannot reach",
+    "remote_secret_outdated": "remote secrets carry credentials their clusters no longer issue",
+    "remote_cluster_timeout": "istiod cannot reach the API servers of {peers} at the addresses in their secrets",
+    "remote_cluster_syncing": "istiod is still reading {peers}",
+    "remote_cluster_closed": "istiod stopped watching {peers}",
+}
+
+
+@dataclass
+class Cause:
+    severity: str
+    message: str
+    hint: str
+    where: str  # the clusters (or holder: peers) it affects
+
+
+def render(status: MeshStatus, console: Console) -> None:
+    console.print(_fitting(console, lambda dropped: _table(status, dropped)))
+    matrix = _matrix(status)
+    if matrix is not None:
+        console.print("remote secrets (row holds column's; istiod's word if not synced)", style="bold")
+        console.print(matrix)
+    causes = group_problems(status)
+    for cause in causes:
+        mark, style = ("✗", "red") if cause.severity == ERROR else ("!", "yellow")
+        console.print(f"[{style}]{mark}[/] {escape(redact(f'{cause.where}: {cause.message}'))}")
+        console.print(f"  hint: {escape(redact(cause.hint))}", style="dim" if cause.severity == WARNING else None)
+    errors = sum(1 for c in causes if c.severity == ERROR)
+    warnings = len(causes) - errors
+    if status.healthy:
+        console.print("[green]healthy[/]" + (f" ({warnings} warning{'s' * (warnings != 1)} above)" if warnings else ""))
+    else:
+        affected = sum(1 for c in status.clusters if not c.healthy)
+        console.print(f"[red]unhealthy[/]: {errors} problem{'s' * (errors != 1)} in {affected} of "
+                      f"{len(status.clusters)} clusters" + (f", {warnings} warning{'s' * (warnings != 1)}"
+                                                           if warnings else ""))
+
+
+def group_problems(status: MeshStatus) -> list[Cause]:
+    """One cause, one entry: problems with the same message and hint name every cluster they affect,
+    and a per-peer problem that several peers share is one entry naming the pairs. Errors first."""
+    found: list[tuple[str | None, Problem]] = [(None, p) for p in status.problems]
+    for c in status.clusters:
+        found.extend((c.cluster.context, p) for p in c.problems)
+    found.sort(key=lambda item: item[1].severity != ERROR)
+    by_code: dict[str, list[tuple[str | None, Problem]]] = {}
+    for context, problem in found:
+        by_code.setdefault(problem.code, []).append((context, problem))
+    causes: list[Cause] = []
+    for code, items in by_code.items():
+        distinct = {(p.message, p.hint) for _, p in items}
+        if len(distinct) > 1 and code in MERGED and all(p.peer for _, p in items):
+            causes.append(_merged(code, items, status))
+            continue
+        same: dict[tuple[str, str, str], list[str | None]] = {}
+        for context, problem in items:
+            contexts = same.setdefault((problem.severity, problem.message, problem.hint), [])
+            if context not in contexts:
+                contexts.append(context)
+        causes.extend(Cause(sev, message, hint, ", ".join(c or "workspace" for c in contexts))
+                      for (sev, message, hint), contexts in same.items())
+    return sorted(causes, key=lambda c: c.severity != ERROR)
+
+
+def _merged(code: str, items: list[tuple[str | None, Problem]], status: MeshStatus) -> Cause:
+    peers_of: dict[str, list[str]] = {}
+    for context, problem in items:
+        peers_of.setdefault(context or "workspace", []).append(problem.peer or "")
+    peers = sorted({p for ps in peers_of.values() for p in ps})
+    members = len(status.clusters)
+    if len(peers_of) == members and all(len(ps) == members - 1 for ps in peers_of.values()):
+        where = f"every cluster, for each of its {members - 1} peers"
+    else:
+        where = "; ".join(f"{holder} ({', '.join(ps)})" for holder, ps in peers_of.items())
+    first_holder, first = items[0][0], items[0][1]
+    hint = first.hint if len({p.hint for _, p in items}) == 1 else \
+        f"for {first_holder} and {first.peer}, and likewise for the others: {first.hint}"
+    return Cause(first.severity, MERGED[code].format(peers=", ".join(peers)), hint, where)
+
+
+def _fitting(console: Console, build):
+    """The table with as many columns as fit; values are never folded inside a cell."""
+    dropped: list[str] = []
+    table = build(dropped)
+    for column in DROP_ORDER:
+        if _natural_width(table) <= console.width:
+            break
+        dropped.append(column)
+        table = build(dropped)
+    return table
+
+
+def _natural_width(table: Table) -> int:
+    """Width of the table with no cell shortened: widest cell per column, plus padding."""
+    widths = [max([Text.from_markup(str(column.header)).cell_len]
+                  + [Text.from_markup(str(cell)).cell_len for cell in column.cells]) for column in table.columns]
+    return sum(widths) + 2 * len(widths) + len(widths) + 1  # padding, then the box's separators and edges
+
+
+def _table(status: MeshStatus, dropped: list[str]) -> Table:
+    table = Table(title=f"mesh {escape(status.mesh_id)}", title_justify="left", header_style="bold",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    shown = [c for c in COLUMNS if c not in dropped]
+    for column in shown:
+        table.add_column(column, no_wrap=True)
+    for c in status.clusters:
+        label = c.cluster.context if c.cluster.name == c.cluster.context else f"{c.cluster.context} ({c.cluster.name})"
+        cells = dict(zip(COLUMNS[1:], (_cell(text, ok) for text, ok in _row(c))))
+        table.add_row(escape(label), *(cells[column] for column in shown[1:]))
+    return table
+
+
+def _cell(text: str, ok: bool | None) -> str:
+    text = escape(redact(text))
+    if ok is None:
+        return f"[dim]{text}[/]"
+    return f"[green]{text}[/]" if ok else f"[red]{text}[/]"
+
+
+def _row(c: ClusterStatus) -> list[tuple[str, bool | None]]:
+    if not c.reachable:
+        return [("no", False)] + [("?", None)] * 7
+    codes = {p.code for p in c.problems}
+    if c.istio_installed is None:
+        istio = ("?", None)
+    elif c.istio_installed:
+        istio = (c.istio_version or "installed", not codes & {"cluster_name_wrong", "istiod_not_ready"})
+    else:
+        istio = ("no", False)
+    if c.network_label is None:
+        network = ("unlabelled", False)
+    elif c.network_label != c.cluster.network:
+        network = (f"{c.network_label}≠{c.cluster.network}", False)
+    else:
+        network = (c.network_label, True)
+    ca = c.cacerts
+    if not ca.present:
+        cacerts = ("missing", False)
+    elif ca.chains_to_root is False:
+        cacerts = ("foreign", False)
+    elif ca.days_left is None:
+        cacerts = ("unreadable", False)
+    else:
+        cacerts = (f"{ca.days_left}d" + ("" if ca.chains_to_root else "?"),
+                   ca.days_left >= EXPIRY_WARN_DAYS if ca.chains_to_root else None)
+    if not c.gateway_required:
+        gateway = (c.gateway_address or "-", None)
+    elif not c.gateway_exists:
+        gateway = ("missing", False)
+    elif c.gateway_programmed is False:
+        gateway = (f"{c.gateway_address or 'no address'}, not programmed", False)
+    else:
+        gateway = (c.gateway_address or "pending", bool(c.gateway_address))
+    peers = [s for s in c.remote_secrets.values() if s != STALE]
+    good = sum(1 for s in peers if s == PRESENT)
+    # The secrets column counts what the matrix shows: held secrets that are not in working order are named.
+    flaws = [state for state in (MISSING, LOCAL, OUTDATED) if state in peers] + ["stale"] * bool(c.stale_secrets)
+    secrets = (f"{good}/{len(peers)}" + (f" {','.join(flaws)}" if flaws else ""), not flaws)
+    if c.remote_clusters is None:
+        synced = ("?", None)
+    else:  # istiod's own view
+        count = sum(1 for s in c.remote_clusters.values() if s == SYNCED)
+        synced = (f"{count}/{len(c.remote_clusters)}", count == len(c.remote_clusters))
+    drift = ("?", None) if c.drift is None else (("yes", False) if c.drift else ("no", True))
+    return [("yes", True), istio, network, cacerts, gateway, secrets, synced, drift]
+
+
+_MARKS = {PRESENT: "[green]✓[/]", MISSING: "[red]missing[/]", STALE: "[yellow]stale[/]", LOCAL: "[red]local[/]",
+          OUTDATED: "[red]outdated[/]"}
+
+
+def _matrix(status: MeshStatus) -> Table | None:
+    """Rows: the cluster holding the secrets; columns: the peer each secret gives access to."""
+    members = [c.cluster.name for c in status.clusters]
+    if len(members) < 2 and not any(c.stale_secrets for c in status.clusters):
+        return None
+    extra = sorted({name for c in status.clusters for name, s in c.remote_secrets.items() if s == STALE})
+    table = Table(header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("", no_wrap=True)
+    for name in members + extra:
+        table.add_column(escape(name) + (" (not in topology)" if name in extra else ""), no_wrap=True)
+    for c in status.clusters:
+        cells = []
+        for name in members + extra:
+            if name == c.cluster.name:
+                cells.append("[dim]—[/]")
+            elif not c.reachable:
+                cells.append("[dim]?[/]")
+            else:
+                state = c.remote_secrets.get(name)
+                cell = _MARKS.get(state, "") if state else ""
+                synced = (c.remote_clusters or {}).get(name)
+                if state == PRESENT and synced not in (None, SYNCED):
+                    cell = f"[red]{escape(synced)}[/]"
+                cells.append(cell)
+        table.add_row(escape(c.cluster.name), *cells)
+    return table
