@@ -119,7 +119,7 @@ cluster4 (network2): install
   + namespace istio-system (network network2) and secret cacerts
   + Istio (overlays/cluster4.yaml)
   + east-west gateway (overlays/cluster4-eastwest.yaml)
-  + Gateway cross-network-gateway
+  + expose services (Gateway cross-network-gateway)
   + remote secrets of cluster1, cluster2, cluster3
 
 gone: remove
