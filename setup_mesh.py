@@ -105,6 +105,7 @@ def apply(
     yes: Yes = False,
     parallel: Parallel = commands.DEFAULT_PARALLEL,
     gateway_timeout: Annotated[float, typer.Option("--gateway-timeout", min=1, metavar="SECONDS", help="Seconds to wait for east-west gateways to get an address.")] = 300.0,
+    gateway_api_crds: Annotated[Optional[str], typer.Option("--gateway-api-crds", metavar="PATH|URL", help="Ambient meshes: the Gateway API CRDs to install where a cluster has none (default: the standard channel of the release your Istio expects).")] = None,
     timeout: Timeout = commands.DEFAULT_TIMEOUT,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -120,7 +121,8 @@ def apply(
     """
     commands.run_guarded(debug, quiet, verbose, lambda r, rep: commands.apply(
         workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, dry_run=dry_run, yes=yes, parallel=parallel,
-        gateway_timeout=gateway_timeout, timeout=timeout, runner=r, reporter=rep, contexts=context or []))
+        gateway_timeout=gateway_timeout, timeout=timeout, runner=r, reporter=rep, contexts=context or [],
+        gateway_api_crds=gateway_api_crds))
 
 
 @app.command()

@@ -12,12 +12,12 @@ from typing import Callable
 import typer
 
 from . import certs, invocation
-from .config import (BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, load_base, load_topology, resolve_contexts,
-                     select_clusters)
+from .config import (AMBIENT, BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, data_plane_mode, load_base, load_topology,
+                     resolve_contexts, select_clusters)
 from .errors import Cancelled, ConfigError, MeshError
 from .executor import RERUN_HINT, Executor, Outcome, Phase, RunContext, Step
 from .invocation import prep_hint
-from .gatewayapi import parse_crd_annotations
+from .gatewayapi import CrdSource, choose_source, expected_version, older_than_needed, parse_crd_annotations
 from .kube import Observed, Tools, parse_inspect
 from .overlay import ISTIO_NAMESPACE
 from .plan import RECORD_TITLE, ApplyPlan, Removal, build_apply_plan, desired_state, teardown_plan
@@ -165,13 +165,19 @@ def _open_log(workdir: Path, command: str, runner: ShRunner) -> RunLog:
 
 def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_run: bool, yes: bool,
           parallel: int, gateway_timeout: float, timeout: float, runner: ShRunner, reporter: Reporter,
-          contexts: list[str] = ()) -> int:
+          contexts: list[str] = (), gateway_api_crds: str | None = None) -> int:
     ws = load_workspace(workdir, kubeconfig, lenient=dry_run)
     topology = ws.topology
     chosen = select_clusters(topology, list(contexts))
     only = {c.context for c in chosen} if contexts else None
     tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout)
     release, intermediate_vars = _certs_prerequisites(ws, istio_dir, runner, dry_run)
+    ambient = data_plane_mode(ws.base) == AMBIENT
+    istio_version = _istio_version(istio_dir, ws) if ambient else None
+    crd_source = _gateway_api_source(gateway_api_crds, istio_version, ws, dry_run) if ambient else None
+    if ambient and not topology.multi_network and len(topology.clusters) > 1:
+        reporter.warn(f"an ambient mesh on one network ({topology.networks[0]}) is alpha in Istio (untested "
+                      f"upstream); across networks it is beta since Istio 1.29")
     for cluster in topology.clusters:
         if cluster.server_is_local and not cluster.api_server:
             reporter.warn(f"context {cluster.context!r} names the API server {cluster.server}, which other clusters "
@@ -191,8 +197,15 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     # With --context the other clusters are read too (their current secrets), without a row of their own.
     read_reporter = Reporter(quiet=True, err_console=reporter.err) if dry_run or only is not None else reporter
     readable = ws.contexts_resolved
-    observed = (inspect_clusters(list(topology.clusters) + removed_clusters, tools, runner, read_reporter, parallel)
+    observed = (inspect_clusters(list(topology.clusters) + removed_clusters, tools, runner, read_reporter, parallel,
+                                 ambient=ambient)
                 if readable else {})
+    if ambient:
+        for cluster in topology.clusters:
+            seen = observed.get(cluster.context)
+            older = seen and seen.gateway_api and older_than_needed(seen.gateway_api, expected_version(istio_version))
+            if older:
+                reporter.warn(f"{cluster.context}: {older}")
     desired = desired_state(topology, ws.base)
     # An unreachable cluster sits this run out (and is reported); the others go ahead.
     unreachable = {c.context: observed[c.context] for c in chosen
@@ -203,7 +216,8 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
                                                         if c.context in observed and not observed[c.context].reachable},
                             only=only,
                             removed=removed, removed_observed=observed, workdir=workdir, tools=tools,
-                            release=release, intermediate_vars=intermediate_vars, gateway_timeout=gateway_timeout)
+                            release=release, intermediate_vars=intermediate_vars, gateway_timeout=gateway_timeout,
+                            gateway_api=crd_source)
     if dry_run:
         reporter.stop_progress()
         print_plan(plan, topology, observed if readable else None, ws.notes, reporter)
@@ -212,7 +226,8 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     if plan.deletes_anything:
         reporter.stop_progress()
         _describe_deletions(plan, reporter)
-        confirm("Remove the clusters and secrets listed above?", yes, reporter)
+        confirm("Replace or remove what is listed above?" if plan.replacements
+                else "Remove the clusters and secrets listed above?", yes, reporter)
         reporter.start_progress([(c.context, c.network) for c in chosen])
     for gone in plan.removals:
         if not gone.reachable:
@@ -234,6 +249,26 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
         if gone.context not in outcome.failures:
             reporter.finish_cluster(gone.context, True, "removed" if gone.reachable else "removed (unreachable)")
     return _finish("apply", outcome, log, reporter)
+
+
+def _istio_version(istio_dir: str | None, ws: Workspace) -> str | None:
+    """The version of the Istio release in use (the one holding istioctl), when one is found."""
+    try:
+        return find_release(istio_dir, ws.workdir).version
+    except ConfigError:
+        return None
+
+
+def _gateway_api_source(option: str | None, istio_version: str | None, ws: Workspace, dry_run: bool) -> CrdSource | None:
+    """Where clusters of an ambient mesh that lack the Gateway API CRDs get them: --gateway-api-crds, else
+    the standard channel of the release the Istio release in use expects."""
+    try:
+        return choose_source(option, istio_version)
+    except ConfigError as exc:
+        if not dry_run:
+            raise
+        ws.notes.append(f"{exc.message}: {exc.hint}")
+        return None
 
 
 def _certs_prerequisites(ws: Workspace, istio_dir: str | None, runner: ShRunner,
@@ -302,6 +337,9 @@ def _describe_deletions(plan: ApplyPlan, reporter: Reporter) -> None:
         reporter.info(f"cluster {gone.cluster_name} (context {gone.context}) left topology.yaml: {what}")
     for context, names in plan.prunes.items():
         reporter.info(f"{context}: delete remote secrets of clusters no longer in the mesh: {', '.join(names)}")
+    for context, what in plan.replacements.items():
+        for line in what:
+            reporter.info(f"{context}: base.yaml's profile changed the data-plane mode: {line}")
 
 
 # --- teardown ----------------------------------------------------------------------------------

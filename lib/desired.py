@@ -17,8 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from .ambient import GATEWAY_API_VERSION, east_west_gateway, with_multi_network_switch
+from .config import AMBIENT, SIDECAR, Topology, data_plane_mode
 from .mesh import Member, Mesh, mesh_model
-from .config import Topology
 from .overlay import (CROSS_NETWORK_GATEWAY, ISTIO_NAMESPACE, NETWORK_LABEL, cluster_operator,
                       cross_network_gateway, eastwest_operator, fingerprint)
 
@@ -49,6 +50,23 @@ class Desired:
     @property
     def cluster(self):
         return self.member.cluster
+
+    @property
+    def data_plane(self) -> str:
+        return self.member.data_plane
+
+    @property
+    def ambient(self) -> bool:
+        return self.member.data_plane == AMBIENT
+
+    @property
+    def ambient_gateway(self) -> dict[str, Any] | None:
+        """The ambient east-west Gateway (Gateway API), which istiod deploys."""
+        for unit in self.istio_objects:
+            for obj in unit.objects:
+                if obj["kind"] == "Gateway" and obj["apiVersion"] == GATEWAY_API_VERSION:
+                    return obj
+        return None
 
     @property
     def gateway(self) -> dict[str, Any] | None:
@@ -102,17 +120,28 @@ def primary_control_plane(inputs: Inputs, member: Member, d: Desired) -> None:
 
 def eastwest_gateway(inputs: Inputs, member: Member, d: Desired) -> None:
     """The east-west gateway, for a cluster whose network others must reach or whose istiod remotes use."""
-    if member.eastwest:
+    if member.eastwest and member.data_plane == SIDECAR:
         d.eastwest = eastwest_operator(inputs.base, member.cluster)
 
 
 def expose_services(inputs: Inputs, member: Member, d: Desired) -> None:
     """Cross-network service traffic through the east-west gateway (samples/multicluster/expose-services.yaml)."""
-    if member.exposes_services:
+    if member.exposes_services and member.data_plane == SIDECAR:
         d.istio_objects.append(IstioObjects("expose services", [cross_network_gateway()]))
 
 
-PARTS: list[Part] = [network_label, primary_control_plane, eastwest_gateway, expose_services]
+def ambient_data_plane(inputs: Inputs, member: Member, d: Desired) -> None:
+    """Ambient (Istio's ambient multicluster guide): istiod's multi-network switch, and across networks the
+    east-west gateway as a Gateway API Gateway that istiod deploys, instead of the two parts above."""
+    if member.data_plane != AMBIENT:
+        return
+    if member.is_primary:
+        d.operator = with_multi_network_switch(d.operator)
+    if member.exposes_services:
+        d.istio_objects.append(IstioObjects("east-west gateway", [east_west_gateway(member.network, inputs.base)]))
+
+
+PARTS: list[Part] = [network_label, primary_control_plane, eastwest_gateway, expose_services, ambient_data_plane]
 
 
 def derive(inputs: Inputs, member: Member) -> Desired:
@@ -125,5 +154,5 @@ def derive(inputs: Inputs, member: Member) -> Desired:
 def desired_state(topology: Topology, base: dict[str, Any],
                   addresses: Mapping[str, str] | None = None) -> dict[str, Desired]:
     """Every cluster's desired state, by context."""
-    inputs = Inputs(mesh_model(topology), base, dict(addresses or {}))
+    inputs = Inputs(mesh_model(topology, data_plane_mode(base)), base, dict(addresses or {}))
     return {m.context: derive(inputs, m) for m in inputs.mesh.members}

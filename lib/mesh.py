@@ -14,9 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from .config import Cluster, Topology
-
-SIDECAR = "sidecar"
+from .config import SIDECAR, Cluster, Topology
 
 
 class Role(str, Enum):
@@ -87,9 +85,9 @@ class Mesh:
         return [m for m in self.members if m.is_primary]
 
 
-def mesh_model(topology: Topology) -> Mesh:
+def mesh_model(topology: Topology, data_plane: str = SIDECAR) -> Mesh:
     """Every cluster's role and duties. topology.yaml has been validated: a remote's primary exists and
-    is itself a primary."""
+    is itself a primary. ``data_plane``: base.yaml's mode, the same for the whole mesh."""
     by_context = {c.context: c for c in topology.clusters}
     remotes_of: dict[str, list[str]] = {c.context: [] for c in topology.clusters}
     for c in topology.clusters:
@@ -105,7 +103,7 @@ def mesh_model(topology: Topology) -> Mesh:
             members.append(Member(
                 cluster=c, role=Role.REMOTE, control_plane=c.primary, remotes=(),
                 eastwest=eastwest, exposes_services=False, exposes_istiod=False,
-                holds_secrets_of=()))
+                holds_secrets_of=(), data_plane=data_plane))
         else:
             remotes = tuple(remotes_of[c.context])
             # Every other cluster's secret, so this istiod sees all endpoints (Istio's own multicluster tests
@@ -114,5 +112,5 @@ def mesh_model(topology: Topology) -> Mesh:
             members.append(Member(
                 cluster=c, role=Role.PRIMARY, control_plane=c.context, remotes=remotes,
                 eastwest=multi_network or bool(remotes), exposes_services=multi_network,
-                exposes_istiod=bool(remotes), holds_secrets_of=peers))
+                exposes_istiod=bool(remotes), holds_secrets_of=peers, data_plane=data_plane))
     return Mesh(mesh_id=topology.mesh_id, members=tuple(members), topology=topology)

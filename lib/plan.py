@@ -12,12 +12,16 @@ from pathlib import Path
 import yaml
 
 from . import certs
-from .config import Cluster, Topology
+from .config import SIDECAR, Cluster, Topology
 from .errors import MeshError
+from .ambient import gateway_status
 from .desired import Desired, desired_state
 from .executor import After, Interrupted, Phase, RunContext, Step
-from .kube import Observed, Tools, parse_remote_secret, service_address, token_fingerprint
-from .overlay import (APPLIED_ANNOTATION, CROSS_NETWORK_GATEWAY, EASTWEST_NAME, ISTIO_NAMESPACE, cacerts_manifest, eastwest_operator,
+from .gatewayapi import CrdSource
+from .kube import (GATEWAY_RESOURCE, MANAGED_GATEWAY_LABEL, Observed, Tools, parse_remote_secret, service_address,
+                   token_fingerprint)
+from .overlay import (APPLIED_ANNOTATION, CROSS_NETWORK_GATEWAY, EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE,
+                      cacerts_manifest, eastwest_operator,
                       manifest_list, namespace_manifest)
 from .release import Release
 from .yamldiff import diff
@@ -35,6 +39,8 @@ def overlay_path(workdir: Path, cluster: Cluster) -> Path:
 
 def eastwest_path(workdir: Path, cluster: Cluster) -> Path:
     return workdir / OVERLAY_DIR / f"{cluster.name}-eastwest.yaml"
+# On istio-system, next to what was applied: the data-plane mode it was applied in (absent: sidecar).
+DATA_PLANE_ANNOTATION = "setup-mesh.io/data-plane"
 
 
 @dataclass
@@ -53,10 +59,11 @@ class ApplyPlan:
     unchanged: list[str] = field(default_factory=list)
     actions: dict[str, str] = field(default_factory=dict)  # context -> install | remove (else: change)
     secrets: dict[str, int] | None = None  # remote secrets to add, replace, prune
+    replacements: dict[str, list[str]] = field(default_factory=dict)  # context -> what a mode switch replaces
 
     @property
     def deletes_anything(self) -> bool:
-        return bool(self.removals or any(self.prunes.values()))
+        return bool(self.removals or any(self.prunes.values()) or any(self.replacements.values()))
 
 
 def _cacerts_step(tools: Tools, cluster: Cluster, cert_dir: Path, namespace: dict | None = None) -> Step:
@@ -139,6 +146,26 @@ def _changed(path: Path, new: dict, fresh: bool, workdir: Path) -> tuple[str, li
     return ("~", [d.describe() for d in found]) if found else ("", [])
 
 
+def gateway_api_crds_step(tools: Tools, cluster: Cluster, source: CrdSource) -> Step:
+    """Server-side: the CRDs are too large for the last-applied annotation client-side apply writes."""
+    return Step(f"install the Gateway API CRDs ({source.version or 'from ' + source.location})",
+                commands=[tools.kubectl_cmd(cluster, "apply", "--server-side", f"--field-manager={FIELD_MANAGER}",
+                                            "-f", source.location)],
+                change=f"+ Gateway API CRDs ({source.version or source.location})")
+
+
+def _remove_ambient_gateway_step(tools: Tools, cluster: Cluster) -> Step:
+    """Back to sidecar mode: the Gateway, and what istiod deployed for it, give the name back to the
+    sidecar-mode gateway (istiod's objects are deleted too, so none lingers until garbage collection)."""
+    return Step(f"remove the ambient east-west gateway (Gateway {EASTWEST_NAME})", commands=[
+        tools.kubectl_cmd(cluster, "delete", GATEWAY_RESOURCE, EASTWEST_NAME, "-n", ISTIO_NAMESPACE,
+                          "--ignore-not-found"),
+        tools.kubectl_cmd(cluster, "delete", "deployment,service,serviceaccount", "-n", ISTIO_NAMESPACE,
+                          "-l", f"gateway.networking.k8s.io/gateway-name={EASTWEST_NAME},{MANAGED_GATEWAY_LABEL}",
+                          "--ignore-not-found")],
+                change=f"- ambient east-west gateway (Gateway {EASTWEST_NAME})")
+
+
 def _remove_gateways_step(tools: Tools, workdir: Path, d: Desired, seen: Observed) -> Step:
     """The mesh is on one network now: the east-west gateway and its Gateway are not needed any more."""
     commands = [tools.kubectl_cmd(d.cluster, "delete", "gateways.networking.istio.io", CROSS_NETWORK_GATEWAY,
@@ -154,13 +181,29 @@ def _remove_gateways_step(tools: Tools, workdir: Path, d: Desired, seen: Observe
                 change=f"- east-west gateway and Gateway {CROSS_NETWORK_GATEWAY} (one network now)")
 
 
-def record_step(tools: Tools, cluster: Cluster, fp: str) -> Step:
+def _remove_sidecar_gateway_step(tools: Tools, workdir: Path, d: Desired, seen: Observed) -> Step:
+    """To ambient: the sidecar-mode east-west gateway holds the name istiod's ambient gateway takes."""
+    step = _remove_gateways_step(tools, workdir, d, seen)
+    step.title = "remove the sidecar-mode east-west gateway (ambient now)"
+    step.change = f"- sidecar-mode east-west gateway and Gateway {CROSS_NETWORK_GATEWAY} (ambient now)"
+    return step
+
+
+def record_step(tools: Tools, cluster: Cluster, fp: str, data_plane: str = SIDECAR, was: str | None = None) -> Step:
+    """The fingerprint of what was applied, and the data-plane mode when not sidecar (``was``: the mode
+    recorded before, whose annotation a sidecar mesh removes)."""
+    mode = ([f"{DATA_PLANE_ANNOTATION}={data_plane}"] if data_plane != SIDECAR
+            else [f"{DATA_PLANE_ANNOTATION}-"] if was not in (None, SIDECAR) else [])
     return Step(RECORD_TITLE, commands=[tools.kubectl_cmd(
-        cluster, "annotate", "--overwrite", "namespace", ISTIO_NAMESPACE, f"{APPLIED_ANNOTATION}={fp}")], change="")
+        cluster, "annotate", "--overwrite", "namespace", ISTIO_NAMESPACE, f"{APPLIED_ANNOTATION}={fp}", *mode)],
+        change="")
 
 
-def wait_gateway_step(tools: Tools, cluster: Cluster, timeout: float) -> Step:
-    command = tools.kubectl_cmd(cluster, "get", "service", EASTWEST_NAME, "-n", ISTIO_NAMESPACE, "-o", "json",
+def wait_gateway_step(tools: Tools, cluster: Cluster, timeout: float, ambient: bool = False) -> Step:
+    """Until the east-west gateway has an address: its Service's LoadBalancer, or for an ambient Gateway
+    where istiod reports it (status.addresses, once Programmed)."""
+    kind = GATEWAY_RESOURCE if ambient else "service"
+    command = tools.kubectl_cmd(cluster, "get", kind, EASTWEST_NAME, "-n", ISTIO_NAMESPACE, "-o", "json",
                                 timeout=min(tools.timeout, 60.0))
 
     def action(ctx: RunContext) -> None:
@@ -168,12 +211,22 @@ def wait_gateway_step(tools: Tools, cluster: Cluster, timeout: float) -> Step:
 
         deadline = time.monotonic() + timeout
         while True:
-            address = service_address(json.loads(ctx.run(command).stdout or "{}"))
+            seen = json.loads(ctx.run(command).stdout or "{}")
+            if ambient:
+                reported = gateway_status(seen)
+                address = reported.address if reported.programmed else None
+            else:
+                address = service_address(seen)
             if address:
                 with ctx.lock:
                     ctx.shared.setdefault("gateway_address", {})[cluster.context] = address
                 return
             if time.monotonic() >= deadline:
+                if ambient:
+                    raise MeshError(f"istiod has not programmed the east-west Gateway {EASTWEST_NAME} after "
+                                    f"{timeout:g}s: {reported.reason}" + (f" ({reported.message})" if reported.message else ""),
+                                    hint=f"see its status: {command.pasteable()} ; raise --gateway-timeout if the "
+                                         f"LoadBalancer is only slow")
                 raise MeshError(f"east-west gateway {EASTWEST_NAME} has no address after {timeout:g}s",
                                 hint=f"check the LoadBalancer: {command.pasteable()} ; raise --gateway-timeout if it is slow")
             if ctx.cancelled.wait(GATEWAY_POLL_SECONDS):
@@ -270,9 +323,10 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
                      removed: list[Removal], removed_observed: dict[str, Observed | None], workdir: Path,
                      tools: Tools, release: Release | None, intermediate_vars: dict[str, str],
                      gateway_timeout: float, skip: set[str] = frozenset(),
-                     only: set[str] | None = None) -> ApplyPlan:
+                     only: set[str] | None = None, gateway_api: CrdSource | None = None) -> ApplyPlan:
     """``skip``: contexts that could not be read; they get no step, and their secrets are left as they are.
-    ``only``: the contexts to change (--context); the others are read for their current secrets only."""
+    ``only``: the contexts to change (--context); the others are read for their current secrets only.
+    ``gateway_api``: where an ambient mesh's clusters that lack the Gateway API CRDs get them from."""
     cert_dir = certs.certs_dir(workdir)
     # Each member's own chain (set-up, install, its remote secret), then what needs the others (their
     # secrets, and the gateway address); phases group the steps for the reader, the steps' dependencies
@@ -318,7 +372,8 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             steps.append(_intermediate_step(release, cert_dir, cluster, intermediate_vars))
         local_ca = _read(cert_dir / cluster.name / "ca-cert.pem")
         cacerts_current = (seen.cacerts or {}).get("ca-cert.pem") == local_ca and local_ca is not None
-        installing = seen.applied != d.fingerprint or (d.eastwest is not None and not seen.eastwest_exists)
+        installing = (seen.applied != d.fingerprint or (d.eastwest is not None and not seen.eastwest_exists)
+                      or (d.ambient_gateway is not None and seen.eastwest_gateway is None))
         if steps or not seen.namespace or seen.network_label != cluster.network or not cacerts_current:
             step = _cacerts_step(tools, cluster, cert_dir, d.namespace_manifest())
             if not seen.namespace:
@@ -332,14 +387,27 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
                 if not installing:
                     step.done = "cacerts updated"
             steps.append(step)
+        was = seen.annotations.get(DATA_PLANE_ANNOTATION, SIDECAR) if seen.applied is not None else None
+        if was is not None and was != d.data_plane:
+            plan.replacements[cluster.context] = _switch_description(was, d)
+        if d.ambient and seen.gateway_api is not None and not seen.gateway_api.installed and gateway_api is not None:
+            steps.append(gateway_api_crds_step(tools, cluster, gateway_api))
         if installing:
+            # The other mode's gateway holds the name this mode's gateway takes: it goes first.
+            if d.ambient and seen.eastwest_made_by == "operator":
+                steps.append(_remove_sidecar_gateway_step(tools, workdir, d, seen))
+            elif not d.ambient and seen.eastwest_made_by == "gateway":
+                steps.append(_remove_ambient_gateway_step(tools, cluster))
             steps.extend(_install_steps(tools, workdir, d, seen))
             plan.actions[cluster.context] = "install" if seen.applied is None else "change"
-            if d.eastwest is None and seen.applied is not None:
-                steps.append(_remove_gateways_step(tools, workdir, d, seen))
+            if d.eastwest is None and d.ambient_gateway is None and seen.applied is not None:  # none needed now
+                if seen.eastwest_made_by == "gateway":
+                    steps.append(_remove_ambient_gateway_step(tools, cluster))
+                elif not d.ambient:
+                    steps.append(_remove_gateways_step(tools, workdir, d, seen))
         changed = bool(steps)
         if changed:
-            steps.append(record_step(tools, cluster, d.fingerprint))
+            steps.append(record_step(tools, cluster, d.fingerprint, d.data_plane, was))
         else:
             plan.unchanged.append(cluster.context)
         if cluster.context in needed_sources:
@@ -355,7 +423,11 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             connect.add(cluster.context, import_step(tools, cluster, peers, {p.context: held[p.context]
                                                                                for p in peers if p.context in held},
                                                      replacing))
-        if d.eastwest is not None and (changed or not seen.eastwest_address):
+        if d.ambient_gateway is not None:
+            ready = gateway_status(seen.eastwest_gateway).programmed
+            if changed or not ready:
+                connect.add(cluster.context, wait_gateway_step(tools, cluster, gateway_timeout, ambient=True))
+        elif d.eastwest is not None and (changed or not seen.eastwest_address):
             connect.add(cluster.context, wait_gateway_step(tools, cluster, gateway_timeout))
         stale = sorted(info.name for name, info in seen.remote_secrets.items() if name not in names)
         if stale:
@@ -375,6 +447,23 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             for step in uninstall_steps(tools, cluster, secrets):
                 remove.add(gone.context, step)
     return plan
+
+
+def _switch_description(was: str, d: Desired) -> list[str]:
+    """What changing base.yaml's profile between ambient and sidecar replaces in a running cluster."""
+    if d.ambient:
+        what = ["Istio is reinstalled with profile ambient (adds ztunnel and istio-cni; workloads stay as they are "
+                "until their namespaces are labelled istio.io/dataplane-mode=ambient)"]
+        if d.ambient_gateway is not None:
+            what.append(f"the sidecar-mode east-west gateway (IstioOperator eastwest, Gateway {CROSS_NETWORK_GATEWAY}) "
+                        f"is replaced by the ambient Gateway {EASTWEST_NAME}")
+    else:
+        profile = (d.operator.get("spec") or {}).get("profile") or "default"
+        what = [f"Istio is reinstalled with profile {profile} (removes ztunnel and istio-cni: workloads in ambient "
+                f"namespaces lose the mesh until they get sidecars)"]
+        if d.eastwest is not None:
+            what.append(f"the ambient Gateway {EASTWEST_NAME} is replaced by the sidecar-mode east-west gateway")
+    return what
 
 
 def _read(path: Path) -> bytes | None:

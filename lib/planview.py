@@ -30,6 +30,10 @@ def print_plan(plan: ApplyPlan, topology: Topology, observed: dict[str, Observed
         if observed is not None and seen is not None and not seen.reachable:
             reporter.warn(f"could not read current state of {cluster.context}: {seen.error}")
     (_full if reporter.verbose else _changes)(plan, topology, out)
+    for context, what in plan.replacements.items():
+        out("")
+        for line in what:
+            out(f"{context} replaces (apply asks first): {line}")
     steps = _by_cluster(plan, topology)
     if not steps:
         out("")
