@@ -12,8 +12,8 @@ from typing import Callable
 import typer
 
 from . import certs, invocation
-from .config import (AMBIENT, BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, data_plane_mode, load_base, load_topology,
-                     resolve_contexts, select_clusters)
+from .config import (AMBIENT, BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, check_data_plane, data_plane_mode, load_base,
+                     load_topology, resolve_contexts, select_clusters)
 from .errors import Cancelled, ConfigError, MeshError
 from .executor import RERUN_HINT, Executor, Outcome, Phase, RunContext, Step
 from .invocation import prep_hint
@@ -84,7 +84,9 @@ def load_workspace(workdir: Path, kubeconfig: str | None, lenient: bool) -> Work
     if not workdir.is_dir():
         raise ConfigError(f"workdir {workdir} does not exist", hint=prep_hint())
     topology = load_topology(workdir / TOPOLOGY_FILE)
-    base = load_base(workdir / BASE_FILE).operator
+    loaded_base = load_base(workdir / BASE_FILE)
+    check_data_plane(topology, loaded_base)
+    base = loaded_base.operator
     notes: list[str] = []
     resolved = True
     try:

@@ -277,6 +277,21 @@ def _ambient_reserved(data: dict, doc: LocatedDoc) -> list[str]:
     return problems
 
 
+def check_data_plane(topology: Topology, base: Base) -> None:
+    """What Istio does not support in ambient mode is refused before any cluster is touched: remote
+    clusters (primary-remote), since ambient multicluster is multi-primary only."""
+    if data_plane_mode(base.operator) != AMBIENT:
+        return
+    remotes = [c for c in topology.clusters if c.primary]
+    if remotes:
+        where = base.doc.where("spec", "profile") if base.doc else str(base.path)
+        names = ", ".join(f"{c.context} (primary: {c.primary})" for c in remotes)
+        raise ConfigError(f"{where}: profile ambient does not support remote clusters, and {topology.path} makes "
+                          f"these remote: {names}",
+                          hint="Istio's ambient multicluster is multi-primary only: drop `primary:` from those "
+                               "contexts (each runs its own istiod), or use a sidecar profile such as default")
+
+
 # --- kubeconfig -------------------------------------------------------------------------------
 
 def select_clusters(topology: Topology, contexts: list[str]) -> list[Cluster]:

@@ -210,3 +210,23 @@ def test_status_of_an_ambient_mesh_names_what_keeps_the_gateway_from_working(tmp
     docs = {c["context"]: c for c in status.to_json()["clusters"]}
     assert docs["c1"]["gateway_api_crds"] == "missing"
     assert docs["c2"]["gateway"]["programmed"] is False
+
+
+# --- shapes Istio does not support ----------------------------------------------------------------
+
+def test_ambient_with_remote_clusters_is_refused_before_any_cluster_is_touched(tmp_path):
+    from lib.config import Cluster, Topology, check_data_plane
+
+    path = tmp_path / "base.yaml"
+    path.write_text(AMBIENT_BASE)
+    base = load_base(path)
+    clusters = (Cluster("east", "n1", "east"), Cluster("west", "n2", "west", primary="east"))
+    topology = Topology("mesh1", clusters, tmp_path / "topology.yaml")
+    with pytest.raises(ConfigError) as info:
+        check_data_plane(topology, base)
+    assert f"{path}:4: profile ambient does not support remote clusters" in info.value.message
+    assert "west (primary: east)" in info.value.message and "multi-primary" in info.value.hint
+    path.write_text(AMBIENT_BASE.replace("ambient", "default"))
+    check_data_plane(topology, load_base(path))  # sidecar mode supports them
+    path.write_text(AMBIENT_BASE)
+    check_data_plane(Topology("mesh1", clusters[:1], tmp_path / "topology.yaml"), load_base(path))

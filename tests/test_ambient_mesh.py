@@ -137,3 +137,24 @@ def test_switching_back_to_ambient_converges(ambient_mesh):
     # the sidecar-mode gateway's IstioOperator objects are gone, not only the Service's name
     for ctx in THREE:
         assert mesh.get(ctx, "deployments", "-n", NS, "-l", "operator.istio.io/component=IngressGateways")["items"] == []
+
+
+def test_unsupported_or_alpha_shapes_are_named_before_any_cluster_is_touched(sandbox_factory, tmp_path):
+    sandbox = sandbox_factory(["east", "west"])
+    mesh = make_mesh(sandbox, tmp_path / "ws", {"east": "net1", "west": "net1"})
+    set_profile(mesh, "ambient")
+    base = mesh.workdir / "base.yaml"
+    good = base.read_text()
+    base.write_text(good + "  values:\n    pilot:\n      env:\n        AMBIENT_ENABLE_MULTI_NETWORK: 'false'\n")
+    refused = mesh.run("apply", "-y", "--gateway-api-crds", str(CRDS))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "AMBIENT_ENABLE_MULTI_NETWORK is set by setup-mesh" in refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert all(r["method"] in ("GET", "HEAD") for ctx in ("east", "west") for r in sandbox.requests(ctx))
+
+    base.write_text(good)
+    plan = mesh.run("apply", "--dry-run", "--gateway-api-crds", str(CRDS))
+    assert plan.returncode == 0, plan.stderr
+    assert "alpha in Istio" in plan.stdout + plan.stderr
+    assert "install the Gateway API CRDs (v1.4.0)" in plan.stdout
+    assert "istio-east-west" not in plan.stdout  # one network: no east-west gateway
