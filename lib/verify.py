@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import invocation
-from .config import Cluster, Topology
+from .config import AMBIENT, Cluster, Topology, data_plane_mode
 from .errors import ConfigError, MeshError
 from .executor import Executor, Phase, RunContext, Step
 from .kube import Tools
@@ -39,6 +39,8 @@ POLL_SECONDS = 1.0
 ROUNDS = 2  # batches of calls before a pair counts as not reached
 CREATED_BY = "app.kubernetes.io/created-by"  # label on the namespace: what verify may delete
 CREATOR = "setup-mesh-verify"
+AMBIENT_MODE_LABEL = "istio.io/dataplane-mode"  # on a namespace: its pods join the ambient mesh through ztunnel
+GLOBAL_SERVICE_LABEL = "istio.io/global"  # on a Service: reachable from every cluster of an ambient mesh
 HELLO = re.compile(r"Hello version: (?P<version>[^,\s]+), instance: (?P<instance>\S+)")
 
 
@@ -60,22 +62,28 @@ class Images:
         return cls(f"{hello}:{helloworld_tag}", f"{curl}:{curl_tag}")
 
 
-def mesh_labels(revision: str | None) -> dict[str, str]:
-    """How a namespace joins the cluster's control plane: the injection label, or the revision's label
+def mesh_labels(revision: str | None, ambient: bool = False) -> dict[str, str]:
+    """How a namespace joins the cluster's control plane: in an ambient mesh ztunnel takes it in
+    (istio.io/dataplane-mode=ambient); else the injection label, or the revision's label
     (``istio-injection`` would take precedence over ``istio.io/rev``, so it is not set then)."""
+    if ambient:
+        return {AMBIENT_MODE_LABEL: "ambient"}
     return {"istio.io/rev": revision} if revision else {"istio-injection": "enabled"}
 
 
-def namespace_manifest(namespace: str, revision: str | None) -> dict[str, Any]:
+def namespace_manifest(namespace: str, revision: str | None, ambient: bool = False) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": namespace, "labels": {CREATED_BY: CREATOR, **mesh_labels(revision)}}}
+            "metadata": {"name": namespace, "labels": {CREATED_BY: CREATOR, **mesh_labels(revision, ambient)}}}
 
 
-def helloworld_service(namespace: str) -> dict[str, Any]:
-    """The same Service in every cluster: Istio merges same-named services into one across the mesh."""
+def helloworld_service(namespace: str, ambient: bool = False) -> dict[str, Any]:
+    """The same Service in every cluster: Istio merges same-named services into one across the mesh (in
+    an ambient mesh only those labelled istio.io/global=true, as Istio's ambient verify guide does)."""
+    labels = {"app": "helloworld", "service": "helloworld"}
+    if ambient:
+        labels[GLOBAL_SERVICE_LABEL] = "true"
     return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "helloworld", "namespace": namespace,
-                         "labels": {"app": "helloworld", "service": "helloworld"}},
+            "metadata": {"name": "helloworld", "namespace": namespace, "labels": labels},
             "spec": {"selector": {"app": "helloworld"}, "ports": [{"name": "http", "port": 5000}]}}
 
 
@@ -108,8 +116,9 @@ def curl_manifests(namespace: str, image: str) -> list[dict[str, Any]]:
     ]
 
 
-def manifests(namespace: str, cluster: Cluster, revision: str | None, images: Images) -> list[dict[str, Any]]:
-    return [namespace_manifest(namespace, revision), helloworld_service(namespace),
+def manifests(namespace: str, cluster: Cluster, revision: str | None, images: Images,
+              ambient: bool = False) -> list[dict[str, Any]]:
+    return [namespace_manifest(namespace, revision, ambient), helloworld_service(namespace, ambient),
             helloworld_deployment(namespace, cluster, images.helloworld), *curl_manifests(namespace, images.curl)]
 
 
@@ -296,11 +305,12 @@ def _causes(src: Cluster, dst: Cluster, runs: dict[str, ClusterRun], by_name: di
                                  f"{'; '.join(src_run.failures) or 'no answer'}",
             f"check the Service and its endpoints: `{hints.kubectl(src, 'get', 'endpoints', 'helloworld', '-n', hints.namespace)}`")
         return causes
-    if not src_run.client.sidecar:
+    ambient = hints.ambient  # no sidecars in an ambient mesh: ztunnel carries the calls
+    if not ambient and not src_run.client.sidecar:
         add("sidecar_missing", f"the curl pod in {src.name} has no istio-proxy sidecar: its calls stay in {src.name}",
             f"the namespace is labelled {mesh_label_text(hints.revision)}; check that {src.name}'s injector "
             f"(`{hints.kubectl(src, 'get', 'mutatingwebhookconfigurations')}`) matches it")
-    if not dst_run.server.sidecar:
+    if not ambient and not dst_run.server.sidecar:
         add("sidecar_missing", f"the helloworld pod in {dst.name} has no istio-proxy sidecar: it cannot take "
                                f"mTLS calls from other clusters",
             f"the namespace is labelled {mesh_label_text(hints.revision)}; check that {dst.name}'s injector "
@@ -330,7 +340,7 @@ def _causes(src: Cluster, dst: Cluster, runs: dict[str, ClusterRun], by_name: di
             add("gateway_no_address", f"{dst.name}'s east-west gateway has no address, so {src.name} (on "
                                       f"{src.network}) cannot send to {dst.network}",
                 f"check its LoadBalancer: `{hints.kubectl(dst, 'get', 'service', 'istio-eastwestgateway', '-n', ISTIO_NAMESPACE)}`")
-        if facts.exposes_local.get(dst.name) is False:
+        if not ambient and facts.exposes_local.get(dst.name) is False:
             add("cross_network_gateway_missing", f"{dst.name} has no Gateway exposing *.local on port 15443 "
                                                  f"({CROSS_NETWORK_GATEWAY}), so its east-west gateway takes no "
                                                  f"traffic from other networks", hints.apply)
@@ -368,10 +378,11 @@ class Options:
 
 
 class VerifyHints:
-    def __init__(self, status_hints: Any, namespace: str, revision: str | None):
+    def __init__(self, status_hints: Any, namespace: str, revision: str | None, ambient: bool = False):
         self._h = status_hints
         self.namespace = namespace
         self.revision = revision
+        self.ambient = ambient
         self.apply = status_hints.apply
         self.status = invocation.command("status")
 
@@ -391,13 +402,14 @@ def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
     topology = loaded.topology
     tools = find_tools(istio_dir, runner, options.dry_run, loaded.notes, timeout)
     revision = istio_revision(loaded.base)
-    plan = {c.context: manifests(options.namespace, c, revision, options.images) for c in topology.clusters}
+    ambient = data_plane_mode(loaded.base) == AMBIENT
+    plan = {c.context: manifests(options.namespace, c, revision, options.images, ambient) for c in topology.clusters}
     if options.dry_run:
         _print_dry_run(topology, tools, plan, options, revision, loaded.notes, reporter)
         return 0
 
     ws = status_workspace(workdir, loaded)
-    hints = VerifyHints(Hints(workdir, topology), options.namespace, revision)
+    hints = VerifyHints(Hints(workdir, topology), options.namespace, revision, ambient)
     quiet = Reporter(console=reporter.console, err_console=reporter.err, quiet=True)
     status = collect(ws, tools, runner, quiet, options.parallel)
     unreachable = [c for c in status.clusters if not c.reachable]

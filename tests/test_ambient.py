@@ -230,3 +230,20 @@ def test_ambient_with_remote_clusters_is_refused_before_any_cluster_is_touched(t
     check_data_plane(topology, load_base(path))  # sidecar mode supports them
     path.write_text(AMBIENT_BASE)
     check_data_plane(Topology("mesh1", clusters[:1], tmp_path / "topology.yaml"), load_base(path))
+
+
+# --- verify ----------------------------------------------------------------------------------------
+
+def test_verify_in_an_ambient_mesh_enables_its_namespace_for_ambient_and_makes_helloworld_global():
+    from lib.config import Cluster
+    from lib.verify import Images, manifests
+
+    cluster = Cluster("c1", "n1", "c1")
+    images = Images("registry.example/helloworld:1.0", "registry.example/curl:8")
+    namespace, service = manifests("check", cluster, None, images, ambient=True)[:2]
+    assert namespace["metadata"]["labels"]["istio.io/dataplane-mode"] == "ambient"
+    assert "istio-injection" not in namespace["metadata"]["labels"]
+    assert service["metadata"]["labels"]["istio.io/global"] == "true"
+    sidecar_namespace, sidecar_service = manifests("check", cluster, None, images)[:2]
+    assert sidecar_namespace["metadata"]["labels"]["istio-injection"] == "enabled"
+    assert "istio.io/global" not in sidecar_service["metadata"]["labels"]
