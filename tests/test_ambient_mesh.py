@@ -156,5 +156,5 @@ def test_unsupported_or_alpha_shapes_are_named_before_any_cluster_is_touched(san
     plan = mesh.run("apply", "--dry-run", "--gateway-api-crds", str(CRDS))
     assert plan.returncode == 0, plan.stderr
     assert "alpha in Istio" in plan.stdout + plan.stderr
-    assert "install the Gateway API CRDs (v1.4.0)" in plan.stdout
+    assert "+ Gateway API CRDs (v1.4.0)" in plan.stdout
     assert "istio-east-west" not in plan.stdout  # one network: no east-west gateway
