@@ -93,6 +93,8 @@ def _merged(code: str, items: list[tuple[str | None, Problem]], status: MeshStat
     members = len(status.clusters)
     if len(peers_of) == members and all(len(ps) == members - 1 for ps in peers_of.values()):
         where = f"every cluster, for each of its {members - 1} peers"
+    elif len({tuple(ps) for ps in peers_of.values()}) == 1:
+        where = f"{', '.join(peers_of)} (about {', '.join(next(iter(peers_of.values())))})"
     else:
         where = "; ".join(f"{holder} ({', '.join(ps)})" for holder, ps in peers_of.items())
     first_holder, first = items[0][0], items[0][1]
