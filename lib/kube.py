@@ -99,6 +99,7 @@ class Observed:
     reachable: bool = False
     error: str | None = None
     namespace: bool = False
+    namespace_terminating: bool = False  # being deleted: what is in it now will be gone
     network_label: str | None = None
     applied: str | None = None
     annotations: dict[str, str] = field(default_factory=dict)
@@ -129,6 +130,7 @@ def parse_inspect(output: str) -> Observed:
         if kind == "Namespace":
             if name == ISTIO_NAMESPACE:
                 seen.namespace = True
+                seen.namespace_terminating = bool(meta.get("deletionTimestamp"))
                 seen.network_label = (meta.get("labels") or {}).get(NETWORK_LABEL)
                 seen.annotations = dict(meta.get("annotations") or {})
                 seen.applied = seen.annotations.get(APPLIED_ANNOTATION)

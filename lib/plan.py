@@ -181,6 +181,12 @@ def _remove_gateways_step(tools: Tools, workdir: Path, d: Desired, seen: Observe
                 change=f"- east-west gateway and Gateway {CROSS_NETWORK_GATEWAY} (one network now)")
 
 
+def await_namespace_deleted_step(tools: Tools, cluster: Cluster) -> Step:
+    """Nothing can be created in a namespace being deleted (kube-apiserver answers 403 Forbidden)."""
+    return Step(f"{ISTIO_NAMESPACE} is being deleted: wait until it is gone", commands=[tools.kubectl_cmd(
+        cluster, "wait", "--for=delete", f"namespace/{ISTIO_NAMESPACE}", f"--timeout={tools.timeout:g}s")])
+
+
 def _remove_sidecar_gateway_step(tools: Tools, workdir: Path, d: Desired, seen: Observed) -> Step:
     """To ambient: the sidecar-mode east-west gateway holds the name istiod's ambient gateway takes."""
     step = _remove_gateways_step(tools, workdir, d, seen)
@@ -337,7 +343,10 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
     plan = ApplyPlan([setup, connect, prune, remove], secrets={"add": 0, "replace": 0, "prune": 0})
     names = {c.name for c in topology.clusters}
     members = [c for c in topology.clusters if c.context not in skip]
-    seen_of = {c.context: observed.get(c.context) or Observed() for c in members}
+    # A terminating istio-system is as good as gone: plan a fresh install, after waiting for it to go.
+    terminating = {c.context for c in members if (observed.get(c.context) or Observed()).namespace_terminating}
+    seen_of = {c.context: Observed(reachable=True) if c.context in terminating else observed.get(c.context) or Observed()
+               for c in members}
 
     # Secret exchange: a peer's copy is current when it carries the credentials its cluster holds now.
     # A missing copy is taken from another member that holds a current one, else made once by istioctl.
@@ -368,6 +377,8 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
         d = desired[cluster.context]
         seen = seen_of[cluster.context]
         steps: list[Step] = []
+        if cluster.context in terminating:
+            steps.append(await_namespace_deleted_step(tools, cluster))
         if not certs.has_cacerts(cert_dir, cluster.name):
             steps.append(_intermediate_step(release, cert_dir, cluster, intermediate_vars))
         local_ca = _read(cert_dir / cluster.name / "ca-cert.pem")

@@ -6,7 +6,7 @@ from typing import Callable, Mapping, Sequence
 
 import pytest
 
-from tests.sandbox import Sandbox
+from tests.sandbox import LB_DELAY, Sandbox
 from tests.sandbox.kubectl import pinned_kubectl
 
 
@@ -21,14 +21,16 @@ def kubectl_bin() -> Path:
 
 @pytest.fixture
 def sandbox_factory(tmp_path: Path, kubectl_bin: Path) -> Callable[..., Sandbox]:
-    """``make(contexts, lb_delay=0.0, env=None, namespaces=None)`` starts a Sandbox under tmp_path; all are
-    stopped at teardown. ``namespaces``: context -> the default namespace of its kubeconfig context."""
+    """``make(contexts, lb_delay=LB_DELAY, env=None, namespaces=None, **delays)`` starts a Sandbox under tmp_path
+    (see Sandbox.up); all are stopped at teardown. ``namespaces``: context -> the default namespace of its
+    kubeconfig context."""
     made: list[Sandbox] = []
 
-    def make(contexts: Sequence[str], lb_delay: "float | None | Mapping[str, float | None]" = 0.0,
-             env: Mapping[str, str] | None = None, namespaces: Mapping[str, str] | None = None) -> Sandbox:
+    def make(contexts: Sequence[str], lb_delay: "float | None | Mapping[str, float | None]" = LB_DELAY,
+             env: Mapping[str, str] | None = None, namespaces: Mapping[str, str] | None = None,
+             **delays: float) -> Sandbox:
         sandbox = Sandbox.up(tmp_path / f"sandbox{len(made) + 1}", contexts, lb_delay=lb_delay, env=env,
-                             namespaces=namespaces)
+                             namespaces=namespaces, **delays)
         made.append(sandbox)
         return sandbox
 

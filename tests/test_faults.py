@@ -171,3 +171,20 @@ def test_a_deleted_east_west_gateway_is_reinstalled_by_the_next_apply(mesh):
     service = mesh.get("cluster2", "service", "istio-eastwestgateway", "-n", "istio-system")
     assert service["status"]["loadBalancer"]["ingress"], "the re-installed gateway got an address"
     assert mesh.get("cluster2", "deployment", "istio-eastwestgateway", "-n", "istio-system")
+
+
+def test_apply_while_istio_system_is_still_terminating(sandbox_factory, tmp_path):
+    sandbox = sandbox_factory(list(NETS), namespace_delete_delay=2.0)
+    mesh = make_mesh(sandbox, tmp_path / "ws", NETS)
+    mesh.apply()
+    # Someone deleted istio-system without waiting: the namespace controller is still emptying it.
+    sandbox.kubectl("cluster2", "delete", "namespace", "istio-system", "--wait=false")
+    result = mesh.apply(ok=False)
+    assert result.returncode == 0, f"apply failed on a terminating namespace:\n{result.stdout}{result.stderr}"
+    assert "istio-system is being deleted" in result.stdout, "the wait is said, not silent"
+    namespace = mesh.get("cluster2", "namespace", "istio-system")
+    assert "deletionTimestamp" not in namespace["metadata"]
+    assert namespace["metadata"]["labels"]["topology.istio.io/network"] == "network2"
+    assert mesh.get("cluster2", "secret", "cacerts", "-n", "istio-system")
+    assert sorted(mesh.remote_secrets("cluster2")) == ["cluster1"]
+    assert sorted(mesh.remote_secrets("cluster1")) == ["cluster2"]

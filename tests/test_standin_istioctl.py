@@ -510,3 +510,26 @@ def test_stopped_cluster_is_reported_like_client_go(sb):
     last = proc.stderr.splitlines()[-1]
     assert last.startswith("Error: check minimum supported Kubernetes version: error getting Kubernetes version: Get ")
     assert last.endswith("connect: connection refused")
+
+
+# ----------------------------------------------------------------------------- readiness
+
+
+def test_install_waits_until_its_deployments_are_ready(sandbox_factory, tmp_path):
+    sb = sandbox_factory(["c1"], ready_delay=1.0)
+    started = time.monotonic()
+    done = istioctl(sb, "install", "-y", "-f", write(tmp_path / "c1.yaml", cluster_iop("c1", "n1")), "--context", "c1")
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - started >= 0.9
+    status = sb.get_json("c1", "deployment", "istiod", "-n", "istio-system")["status"]
+    assert status["readyReplicas"] == status["replicas"] >= 1
+
+
+def test_install_fails_when_deployments_are_not_ready_in_time(sandbox_factory, tmp_path):
+    sb = sandbox_factory(["c1"], ready_delay=5.0)
+    failed = istioctl(sb, "install", "-y", "-f", write(tmp_path / "c1.yaml", cluster_iop("c1", "n1")), "--context", "c1",
+                      "--readiness-timeout", "500ms")
+    assert failed.returncode == 1
+    assert ("✘ Istiod encountered an error: failed to wait for resource: resources not ready after 500ms: "
+            "context deadline exceeded\n  Deployment/istio-system/istiod") in failed.stderr
+    assert failed.stderr.rstrip().splitlines()[-2].startswith("Error: failed to install manifests: failed to wait")

@@ -48,6 +48,10 @@ API_SERVERS_FILE = "api_servers.json"
 API_DOMAIN = "sandbox.test"  # RFC 6761: reserved for testing, never resolves outside the sandbox
 API_PORT = 6443
 START_TIMEOUT = 20.0
+# What a real cluster takes, scaled down so tests stay fast but every wait is exercised.
+LB_DELAY = 0.2  # a LoadBalancer Service gets its address
+READY_DELAY = 0.2  # a new Deployment's replicas are ready
+NAMESPACE_DELETE_DELAY = 0.2  # a deleted namespace is Terminating
 STOP_TIMEOUT = 5.0
 _LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 
@@ -118,13 +122,16 @@ class Sandbox:
 
     @classmethod
     def up(cls, directory: Path, contexts: Sequence[str],
-           lb_delay: "float | None | Mapping[str, float | None]" = 0.0,
-           env: Mapping[str, str] | None = None, namespaces: Mapping[str, str] | None = None) -> "Sandbox":
+           lb_delay: "float | None | Mapping[str, float | None]" = LB_DELAY,
+           env: Mapping[str, str] | None = None, namespaces: Mapping[str, str] | None = None,
+           ready_delay: float = READY_DELAY, namespace_delete_delay: float = NAMESPACE_DELETE_DELAY) -> "Sandbox":
         """Start one emulated cluster per context and write kubeconfig, env, bin/ and the stand-in release.
 
         ``lb_delay``: seconds before LoadBalancer Services get an address; None means never; a dict sets it
-        per context (missing contexts: 0). ``env``: extra variables for ``.env`` and the ``env`` file.
+        per context (missing contexts: LB_DELAY). ``env``: extra variables for ``.env`` and the ``env`` file.
         ``namespaces``: context -> the default namespace its kubeconfig context names (missing: none).
+        ``ready_delay``: seconds before a new Deployment is ready; ``namespace_delete_delay``: seconds a
+        deleted namespace stays Terminating.
         """
         contexts = list(contexts)
         if not contexts:
@@ -144,7 +151,9 @@ class Sandbox:
         if unknown:
             raise ValueError(f"namespaces given for unknown contexts: {unknown}")
         sandbox = cls(directory, {"version": 1, "clusters": {}, "order": [], "extra_env": dict(env or {}),
-                                  "istio_dir": None, "context_namespaces": dict(namespaces or {})})
+                                  "istio_dir": None, "context_namespaces": dict(namespaces or {}),
+                                  "ready_delay": float(ready_delay),
+                                  "namespace_delete_delay": float(namespace_delete_delay)})
         try:
             for ctx in contexts:
                 sandbox._spawn(ctx, cls._delay_for(lb_delay, ctx))
@@ -201,7 +210,7 @@ class Sandbox:
         self._stop(ctx)
         self._save_state()
 
-    def start_cluster(self, ctx: str, lb_delay: float | None = 0.0) -> None:
+    def start_cluster(self, ctx: str, lb_delay: float | None = LB_DELAY) -> None:
         """Start a new (or restart a stopped) cluster in this sandbox, with a fresh, empty state."""
         info = self._state["clusters"].get(ctx)
         if info and info.get("running") and _process_alive(info["pid"]):
@@ -310,7 +319,7 @@ class Sandbox:
     @staticmethod
     def _delay_for(lb_delay, ctx: str) -> float | None:
         if isinstance(lb_delay, Mapping):
-            return lb_delay.get(ctx, 0.0)
+            return lb_delay.get(ctx, LB_DELAY)
         return lb_delay
 
     def _cluster(self, ctx: str) -> dict:
@@ -336,6 +345,8 @@ class Sandbox:
         taken = {c.get("host") for name, c in self._state["clusters"].items() if name != ctx}
         host = (self._state["clusters"].get(ctx) or {}).get("host") or _api_host(ctx, taken)
         argv += [f"--hostname={host}", f"--hosts={self.dir / HOSTS_FILE}"]
+        argv += [f"--ready-delay={self._state.get('ready_delay', 0.0)}",
+                 f"--namespace-delete-delay={self._state.get('namespace_delete_delay', 0.0)}"]
         with open(state_dir / "stdout.log", "wb") as out, open(state_dir / "stderr.log", "ab") as err:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
                                     close_fds=True)
@@ -455,4 +466,4 @@ def _materialize_release(directory: Path) -> Path | None:
     return Path(module.materialize_release(directory)).resolve()
 
 
-__all__ = ["Sandbox", "KubectlFailed", "pinned_kubectl"]
+__all__ = ["Sandbox", "KubectlFailed", "pinned_kubectl", "LB_DELAY", "READY_DELAY", "NAMESPACE_DELETE_DELAY"]

@@ -66,7 +66,8 @@ def _contexts(args) -> list[str]:
 def cmd_up(args) -> int:
     directory = Path(args.dir).resolve()
     try:
-        sandbox = Sandbox.up(directory, _contexts(args), lb_delay=args.lb_delay, namespaces=args.namespaces)
+        sandbox = Sandbox.up(directory, _contexts(args), lb_delay=args.lb_delay, namespaces=args.namespaces,
+                             ready_delay=args.ready_delay, namespace_delete_delay=args.namespace_delete_delay)
     except (RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -135,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
                          "pending; CTX=S sets it per context")
     up.add_argument("--namespaces", type=_parse_namespaces, default=None, metavar="CTX=NS,...",
                     help="give these kubeconfig contexts a default namespace, as many users' contexts have")
+    up.add_argument("--ready-delay", type=float, default=0.0, metavar="SECONDS",
+                    help="delay before a new Deployment's replicas are ready (default 0)")
+    up.add_argument("--namespace-delete-delay", type=float, default=0.0, metavar="SECONDS",
+                    help="how long a deleted namespace stays Terminating (default 0)")
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop every emulated cluster of DIR (safe to repeat)")

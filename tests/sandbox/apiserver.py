@@ -858,12 +858,15 @@ class Cluster:
     """The state of one emulated cluster and the controllers acting on it."""
 
     def __init__(self, name: str, token: str, lb_delay: float | None = 0.0, lb_ip_start: int = 10,
-                 ca_pem: str | None = None, hosts_file: str | None = None):
+                 ca_pem: str | None = None, hosts_file: str | None = None, ready_delay: float = 0.0,
+                 namespace_delete_delay: float = 0.0):
         self.name = name
         self.hosts_file = hosts_file  # the sandbox's API server names (see meshmodel.py)
         self.call_counters: dict = {}  # round-robin position per (calling pod, host, port)
         self.token = token
         self.lb_delay = lb_delay
+        self.ready_delay = ready_delay  # seconds before a new Deployment's replicas are ready
+        self.namespace_delete_delay = namespace_delete_delay  # seconds a deleted namespace stays Terminating
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
         self.rv = 0
@@ -990,6 +993,10 @@ class Cluster:
     def _namespace_exists(self, ns: str) -> bool:
         return ("", "namespaces", "", ns) in self.objects
 
+    def _namespace_terminating(self, ns: str) -> bool:
+        obj = self.objects.get(("", "namespaces", "", ns))
+        return bool(obj and obj["metadata"].get("deletionTimestamp"))
+
     # -- authentication ------------------------------------------------------------------------
 
     def authenticate(self, header: str | None) -> bool:
@@ -1104,6 +1111,13 @@ class Cluster:
         name = meta.get("name", "")
         if rt.namespaced and not self._namespace_exists(ns):
             raise namespace_not_found(ns)
+        if rt.namespaced and self._namespace_terminating(ns):
+            # The NamespaceLifecycle admission plugin: nothing new in a namespace being deleted.
+            details = _details(rt, name)
+            details["causes"] = [{"reason": "NamespaceTerminating", "message": f"namespace {ns} is being terminated",
+                                  "field": "metadata.namespace"}]
+            raise ApiError(403, f'{_qualified(rt)} "{name}" is forbidden: unable to create new content in namespace '
+                                f"{ns} because it is being terminated", "Forbidden", details)
         self._admit(rt, body, None)
         self._validate(rt, body)
         key = self._key(rt, ns, name)
@@ -1262,7 +1276,7 @@ class Cluster:
             return old
         if query.get("dryRun") == "All":
             return new
-        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+        if meta.get("deletionTimestamp") and not meta.get("finalizers") and not _is_namespace(rt):
             obj = self._commit(rt, key, new, "DELETED", old)
             self._after_delete(rt, key, obj)
             return obj
@@ -1351,20 +1365,35 @@ class Cluster:
             new["metadata"]["deletionTimestamp"] = now_rfc3339()
             new["metadata"]["deletionGracePeriodSeconds"] = 0
             return self._commit(rt, key, new, "MODIFIED", obj)
-        if rt.plural == "namespaces" and not rt.group:
-            for child in sorted(k for k in self.objects if k[2] == key[3] and k[1] != "namespaces"):
-                child_type = self._type_of_key(child)
-                if child in self.objects:
-                    self._force_delete(child_type, child)
-            final = copy.deepcopy(self.objects[key])
-            final["metadata"]["deletionTimestamp"] = now_rfc3339()
-            final.setdefault("status", {})["phase"] = "Terminating"
-            gone = self._commit(rt, key, final, "DELETED", obj)
-            self._after_delete(rt, key, gone)
-            return gone
+        if _is_namespace(rt):
+            # Terminating until the namespace controller has emptied it and removed its "kubernetes"
+            # finalizer (spec.finalizers), which takes namespace_delete_delay seconds here.
+            if obj["metadata"].get("deletionTimestamp"):
+                return obj
+            terminating = copy.deepcopy(obj)
+            terminating["metadata"]["deletionTimestamp"] = now_rfc3339()
+            terminating["metadata"]["deletionGracePeriodSeconds"] = 0
+            terminating.setdefault("status", {})["phase"] = "Terminating"
+            committed = self._commit(rt, key, terminating, "MODIFIED", obj)
+            self._schedule(self.namespace_delete_delay, self._finalize_namespace, key, obj["metadata"]["uid"])
+            return committed
         gone = self._commit(rt, key, copy.deepcopy(obj), "DELETED", obj)
         self._after_delete(rt, key, gone)
         return gone
+
+    def _finalize_namespace(self, key, uid: str):
+        """The namespace controller: delete everything in the namespace, then the namespace itself."""
+        obj = self.objects.get(key)
+        if obj is None or obj["metadata"].get("uid") != uid:
+            return
+        for child in sorted(k for k in self.objects if k[2] == key[3] and k[1] != "namespaces"):
+            if child in self.objects:
+                self._force_delete(self._type_of_key(child), child)
+        rt = self.lookup("", "v1", "namespaces")
+        final = copy.deepcopy(self.objects[key])
+        final["spec"]["finalizers"] = []
+        gone = self._commit(rt, key, final, "DELETED", obj)
+        self._after_delete(rt, key, gone)
 
     def _force_delete(self, rt: ResType | None, key):
         obj = self.objects.get(key)
@@ -1883,10 +1912,15 @@ class Cluster:
             self.gateway_reconcile_pending = False
             gatewaycontroller.reconcile(self)
 
-    def _deployment_controller(self, rt: ResType, key, obj: dict):
+    def _deployment_controller(self, rt: ResType, key, obj: dict, started: bool = False):
         spec = obj.get("spec", {})
         replicas = int(spec.get("replicas", 1) or 0)
         status = {"observedGeneration": obj["metadata"].get("generation", 1)}
+        started = started or "readyReplicas" in (obj.get("status") or {})
+        if replicas and self.ready_delay > 0 and not started:
+            # New pods take a while to start; a rolling update keeps the old ones ready meanwhile.
+            self._deployment_unready(rt, key, obj, status, replicas)
+            return
         if replicas:
             status.update({"replicas": replicas, "updatedReplicas": replicas, "readyReplicas": replicas,
                            "availableReplicas": replicas})
@@ -2007,6 +2041,28 @@ class Cluster:
         return {"phase": "Pending" if unready else "Running", "conditions": conditions,
                 "podIP": "10.244.0." + str(len(self.objects) % 250 + 2), "hostIP": NODE_ADDRESS,
                 "startTime": now_rfc3339(), "containerStatuses": statuses}
+
+    def _deployment_unready(self, rt: ResType, key, obj: dict, status: dict, replicas: int):
+        stamp = now_rfc3339()
+        status.update({"replicas": replicas, "updatedReplicas": replicas, "unavailableReplicas": replicas})
+        status["conditions"] = [
+            {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable",
+             "message": "Deployment does not have minimum availability.", "lastUpdateTime": stamp,
+             "lastTransitionTime": stamp},
+            {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
+             "message": f'ReplicaSet "{key[3]}-{hashlib.sha1(key[3].encode()).hexdigest()[:10]}" is progressing.',
+             "lastUpdateTime": stamp, "lastTransitionTime": stamp},
+        ]
+        new = copy.deepcopy(obj)
+        new["status"] = status
+        self._commit(rt, key, new, "MODIFIED", obj)
+        self._schedule(self.ready_delay, self._deployment_ready, key, obj["metadata"]["uid"])
+
+    def _deployment_ready(self, key, uid: str):
+        obj = self.objects.get(key)
+        if obj is None or obj["metadata"].get("uid") != uid:
+            return
+        self._deployment_controller(self.lookup("apps", "v1", "deployments"), key, obj, started=True)
 
     def _schedule(self, delay: float, fn, *args):
         heapq.heappush(self.timers, (time.monotonic() + delay, id(args), fn, args))
@@ -2192,6 +2248,10 @@ class Cluster:
             items = [{"group": k[0], "resource": k[1], "namespace": k[2], "name": k[3], "object": self.objects[k]}
                      for k in sorted(self.objects)]
             return json.dumps({"cluster": self.name, "objects": items}, sort_keys=True, indent=1).encode()
+
+
+def _is_namespace(rt: ResType) -> bool:
+    return rt.group == "" and rt.plural == "namespaces"
 
 
 def _spec_part(obj: dict) -> dict:
@@ -3182,6 +3242,10 @@ def main(argv: list[str] | None = None) -> int:
     lb.add_argument("--lb-delay", type=float, default=0.0,
                     help="seconds before a LoadBalancer Service gets an address (default 0)")
     lb.add_argument("--lb-never", action="store_true", help="LoadBalancer Services never get an address")
+    parser.add_argument("--ready-delay", type=float, default=0.0,
+                        help="seconds before a new Deployment's replicas are ready (default 0)")
+    parser.add_argument("--namespace-delete-delay", type=float, default=0.0,
+                        help="seconds a deleted namespace stays Terminating before it is gone (default 0)")
     parser.add_argument("--lb-ip-start", type=int, default=10,
                         help=f"last octet of the first LoadBalancer address ({LB_PREFIX}N, default 10)")
     parser.add_argument("--state-dir", help="directory for requests.jsonl (one line per request) and ca.crt")
@@ -3199,7 +3263,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     ca_pem = material[0] if material else None
     cluster = Cluster(args.name, args.token, None if args.lb_never else args.lb_delay, args.lb_ip_start, ca_pem,
-                      args.hosts)
+                      args.hosts, ready_delay=args.ready_delay, namespace_delete_delay=args.namespace_delete_delay)
     server = Server(cluster, args.state_dir, tls_context(material[1], material[2]) if material else None)
     if args.state_dir:
         with open(os.path.join(args.state_dir, "ca.crt"), "w", encoding="ascii") as fh:
