@@ -1,4 +1,5 @@
 """Bad input and faults while running: clear errors, nothing lost, the next run converges."""
+import json
 import os
 import signal
 import subprocess
@@ -173,18 +174,33 @@ def test_a_deleted_east_west_gateway_is_reinstalled_by_the_next_apply(mesh):
     assert mesh.get("cluster2", "deployment", "istio-eastwestgateway", "-n", "istio-system")
 
 
-def test_apply_while_istio_system_is_still_terminating(sandbox_factory, tmp_path):
-    sandbox = sandbox_factory(list(NETS), namespace_delete_delay=2.0)
-    mesh = make_mesh(sandbox, tmp_path / "ws", NETS)
+def test_apply_while_istio_system_is_still_terminating(mesh):
     mesh.apply()
-    # Someone deleted istio-system without waiting: the namespace controller is still emptying it.
-    sandbox.kubectl("cluster2", "delete", "namespace", "istio-system", "--wait=false")
-    result = mesh.apply(ok=False)
-    assert result.returncode == 0, f"apply failed on a terminating namespace:\n{result.stdout}{result.stderr}"
-    assert "istio-system is being deleted" in result.stdout, "the wait is said, not silent"
+    # Someone deleted istio-system without waiting, and something in it holds a finalizer: the namespace
+    # stays Terminating until that finalizer is removed, as on a real cluster.
+    mesh.sandbox.kubectl("cluster2", "apply", "-f", "-", stdin=json.dumps({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "hold", "namespace": "istio-system", "finalizers": ["example.com/hold"]}}))
+    mesh.sandbox.kubectl("cluster2", "delete", "namespace", "istio-system", "--wait=false")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "setup_mesh.py"), "apply", "-y", "--workdir", str(mesh.workdir)],
+                            env=mesh.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "cluster2: istio-system is being deleted: wait until it is gone ..." in line:
+            break
+    time.sleep(1)
+    assert proc.poll() is None, "apply waits for the namespace to go"
+    mesh.sandbox.kubectl("cluster2", "patch", "configmap", "hold", "-n", "istio-system", "--type=merge",
+                         "-p", '{"metadata":{"finalizers":null}}')
+    out, err = proc.communicate(timeout=300)
+    out = "".join(seen) + out
+    assert proc.returncode == 0, f"apply failed on a terminating namespace:\n{out}{err}"
+    assert "istio-system is being deleted" in out, "the wait is said, not silent"
     namespace = mesh.get("cluster2", "namespace", "istio-system")
     assert "deletionTimestamp" not in namespace["metadata"]
     assert namespace["metadata"]["labels"]["topology.istio.io/network"] == "network2"
     assert mesh.get("cluster2", "secret", "cacerts", "-n", "istio-system")
+    assert mesh.get("cluster2", "deployment", "istiod", "-n", "istio-system")
     assert sorted(mesh.remote_secrets("cluster2")) == ["cluster1"]
     assert sorted(mesh.remote_secrets("cluster1")) == ["cluster2"]

@@ -79,3 +79,21 @@ def test_a_loadbalancer_address_arrives_after_a_while(slow):
                         "--timeout=20s")
     assert wait.stdout.strip() == "service/gw condition met"
     assert slow.get_json("c1", "service", "gw")["status"]["loadBalancer"]["ingress"][0]["ip"]
+
+
+def test_content_with_a_finalizer_keeps_its_namespace_terminating(sandbox_factory):
+    sandbox = sandbox_factory(["c1"], namespace_delete_delay=0.0)
+    sandbox.kubectl("c1", "create", "namespace", "work")
+    sandbox.kubectl("c1", "apply", "-f", "-", stdin=json.dumps({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "hold", "namespace": "work", "finalizers": ["example.com/hold"]}}))
+    sandbox.kubectl("c1", "delete", "namespace", "work", "--wait=false")
+    time.sleep(0.5)
+    assert sandbox.get_json("c1", "namespace", "work")["status"]["phase"] == "Terminating"
+    held = sandbox.get_json("c1", "configmap", "hold", "-n", "work")
+    assert held["metadata"]["deletionTimestamp"], "the controller deleted it; its finalizer keeps it"
+    sandbox.kubectl("c1", "patch", "configmap", "hold", "-n", "work", "--type=merge",
+                    "-p", '{"metadata":{"finalizers":null}}')
+    wait = sandbox.kubectl("c1", "wait", "--for=delete", "namespace/work", "--timeout=10s")
+    assert wait.returncode == 0
+    assert sandbox.kubectl("c1", "get", "namespace", "work", check=False).returncode == 1

@@ -1386,9 +1386,19 @@ class Cluster:
         obj = self.objects.get(key)
         if obj is None or obj["metadata"].get("uid") != uid:
             return
+        held = False
         for child in sorted(k for k in self.objects if k[2] == key[3] and k[1] != "namespaces"):
-            if child in self.objects:
+            if child not in self.objects:
+                continue
+            if self.objects[child]["metadata"].get("finalizers"):
+                # Deleted, but it stays (and the namespace with it) until its finalizers are removed.
+                self._delete(self._type_of_key(child), child)
+                held = True
+            else:
                 self._force_delete(self._type_of_key(child), child)
+        if held:
+            self._schedule(0.1, self._finalize_namespace, key, uid)
+            return
         rt = self.lookup("", "v1", "namespaces")
         final = copy.deepcopy(self.objects[key])
         final["spec"]["finalizers"] = []
