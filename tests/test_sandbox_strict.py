@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-DELAY = 1.0  # long enough to observe each state in between
+DELAY = 3.0  # long enough to observe each state in between, even on a busy machine
 
 
 @pytest.fixture
@@ -18,6 +18,7 @@ def slow(sandbox_factory):
 def test_a_deleted_namespace_is_terminating_and_refuses_new_content(slow):
     slow.kubectl("c1", "create", "namespace", "work")
     slow.kubectl("c1", "create", "configmap", "old", "-n", "work")
+    _hold(slow, "work")  # keeps it Terminating for as long as this test looks
     deleted = slow.kubectl("c1", "delete", "namespace", "work", "--wait=false")
     assert deleted.stdout.strip() == 'namespace "work" deleted'
     ns = slow.get_json("c1", "namespace", "work")
@@ -36,12 +37,24 @@ def test_a_deleted_namespace_is_terminating_and_refuses_new_content(slow):
     assert applied.stderr.strip() == ('Error from server (Forbidden): secrets "s" is forbidden: unable to create new '
                                       'content in namespace work because it is being terminated')
     # What is already there can still be read and changed until the controller removes it.
-    slow.kubectl("c1", "label", "configmap", "old", "-n", "work", "still=here")
+    slow.kubectl("c1", "label", "configmap", "hold", "-n", "work", "still=here")
 
-    time.sleep(DELAY + 0.5)
+    _release(slow, "work")
+    slow.kubectl("c1", "wait", "--for=delete", "namespace/work", "--timeout=20s")
     gone = slow.kubectl("c1", "get", "namespace", "work", check=False)
     assert gone.returncode == 1 and gone.stderr.strip() == 'Error from server (NotFound): namespaces "work" not found'
     assert slow.kubectl("c1", "get", "configmaps", "-n", "work", "-o", "name").stdout == ""
+
+
+def _hold(sandbox, namespace: str) -> None:
+    sandbox.kubectl(sandbox.contexts[0], "apply", "-f", "-", stdin=json.dumps({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "hold", "namespace": namespace, "finalizers": ["example.com/hold"]}}))
+
+
+def _release(sandbox, namespace: str) -> None:
+    sandbox.kubectl(sandbox.contexts[0], "patch", "configmap", "hold", "-n", namespace, "--type=merge",
+                    "-p", '{"metadata":{"finalizers":null}}')
 
 
 def test_kubectl_delete_waits_until_the_namespace_is_gone(slow):
@@ -84,16 +97,93 @@ def test_a_loadbalancer_address_arrives_after_a_while(slow):
 def test_content_with_a_finalizer_keeps_its_namespace_terminating(sandbox_factory):
     sandbox = sandbox_factory(["c1"], namespace_delete_delay=0.0)
     sandbox.kubectl("c1", "create", "namespace", "work")
-    sandbox.kubectl("c1", "apply", "-f", "-", stdin=json.dumps({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "hold", "namespace": "work", "finalizers": ["example.com/hold"]}}))
+    _hold(sandbox, "work")
     sandbox.kubectl("c1", "delete", "namespace", "work", "--wait=false")
     time.sleep(0.5)
     assert sandbox.get_json("c1", "namespace", "work")["status"]["phase"] == "Terminating"
     held = sandbox.get_json("c1", "configmap", "hold", "-n", "work")
     assert held["metadata"]["deletionTimestamp"], "the controller deleted it; its finalizer keeps it"
-    sandbox.kubectl("c1", "patch", "configmap", "hold", "-n", "work", "--type=merge",
-                    "-p", '{"metadata":{"finalizers":null}}')
+    _release(sandbox, "work")
     wait = sandbox.kubectl("c1", "wait", "--for=delete", "namespace/work", "--timeout=10s")
     assert wait.returncode == 0
     assert sandbox.kubectl("c1", "get", "namespace", "work", check=False).returncode == 1
+
+
+# --- server-side apply: field ownership ------------------------------------------------------------
+
+def _managers(sandbox, *what) -> dict[str, dict]:
+    obj = sandbox.get_json("c1", *what, "--show-managed-fields")
+    return {f'{e["manager"]}/{e["operation"]}': e["fieldsV1"] for e in obj["metadata"]["managedFields"]}
+
+
+def _ssa(sandbox, manifest: dict, manager: str, *flags: str):
+    return sandbox.kubectl("c1", "apply", "--server-side", f"--field-manager={manager}", *flags, "-f", "-",
+                           stdin=json.dumps(manifest), check=False)
+
+
+def _config(labels: dict, data: dict | None = None) -> dict:
+    doc = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": "default",
+                                                                   "labels": labels}}
+    if data is not None:
+        doc["data"] = data
+    return doc
+
+
+@pytest.fixture
+def c1(sandbox_factory):
+    return sandbox_factory(["c1"])
+
+
+def test_managed_fields_record_who_owns_what(c1):
+    assert _ssa(c1, _config({"a": "1"}, {"k": "v"}), "mesh").returncode == 0
+    c1.kubectl("c1", "label", "configmap", "cfg", "-n", "default", "b=2")
+    obj = c1.get_json("c1", "configmap", "cfg", "-n", "default", "--show-managed-fields")
+    owners = {(e["manager"], e["operation"]): e for e in obj["metadata"]["managedFields"]}
+    assert owners[("mesh", "Apply")]["fieldsV1"] == {"f:data": {"f:k": {}}, "f:metadata": {"f:labels": {"f:a": {}}}}
+    assert owners[("kubectl-label", "Update")]["fieldsV1"] == {"f:metadata": {"f:labels": {"f:b": {}}}}
+    assert owners[("mesh", "Apply")]["fieldsType"] == "FieldsV1" and owners[("mesh", "Apply")]["time"]
+    plain = c1.get_json("c1", "configmap", "cfg", "-n", "default")
+    assert "managedFields" not in plain["metadata"], "kubectl hides them unless asked"
+
+
+def test_applying_another_managers_field_is_a_conflict_unless_forced(c1):
+    assert _ssa(c1, _config({"team": "a"}), "first").returncode == 0
+    clash = _ssa(c1, _config({"team": "b"}), "second")
+    assert clash.returncode == 1
+    assert clash.stderr.startswith('error: Apply failed with 1 conflict: conflict with "first": .metadata.labels.team\n'
+                                   "Please review the fields above--they currently have other managers.")
+    assert "--force-conflicts" in clash.stderr
+    assert c1.get_json("c1", "configmap", "cfg", "-n", "default")["metadata"]["labels"] == {"team": "a"}
+    # The same value is no conflict: both own the field.
+    assert _ssa(c1, _config({"team": "a"}), "second").returncode == 0
+    forced = _ssa(c1, _config({"team": "b"}), "second", "--force-conflicts")
+    assert forced.returncode == 0, forced.stderr
+    assert c1.get_json("c1", "configmap", "cfg", "-n", "default")["metadata"]["labels"] == {"team": "b"}
+    owners = _managers(c1, "configmap", "cfg", "-n", "default")
+    assert owners == {"second/Apply": {"f:metadata": {"f:labels": {"f:team": {}}}}}, "forcing takes the field over"
+
+
+def test_a_field_changed_by_an_update_conflicts_with_its_manager(c1):
+    assert _ssa(c1, _config({"net": "n1"}, {"k": "v"}), "mesh").returncode == 0
+    c1.kubectl("c1", "label", "configmap", "cfg", "-n", "default", "net=n2", "--overwrite")
+    assert _managers(c1, "configmap", "cfg", "-n", "default")["mesh/Apply"] == {"f:data": {"f:k": {}}}, \
+        "the label's new value belongs to kubectl-label now"
+    clash = _ssa(c1, _config({"net": "n1"}, {"k": "v"}), "mesh")
+    assert clash.returncode == 1
+    assert clash.stderr.startswith('error: Apply failed with 1 conflict: conflict with "kubectl-label" using v1: '
+                                   ".metadata.labels.net\n")
+    several = _ssa(c1, _config({"net": "n3"}, {"k": "w"}), "other")
+    assert several.returncode == 1
+    assert several.stderr.startswith('error: Apply failed with 2 conflicts: conflicts with "kubectl-label" using v1:\n'
+                                     '- .metadata.labels.net\nconflicts with "mesh":\n- .data.k\n')
+
+
+def test_fields_a_manager_stops_applying_are_removed_unless_someone_else_owns_them(c1):
+    assert _ssa(c1, _config({"a": "1", "b": "2"}, {"k1": "v", "k2": "v"}), "mesh").returncode == 0
+    assert _ssa(c1, _config({"c": "3"}), "other").returncode == 0
+    assert _ssa(c1, _config({"a": "1", "c": "3"}), "mesh").returncode == 0
+    obj = c1.get_json("c1", "configmap", "cfg", "-n", "default")
+    assert obj["metadata"]["labels"] == {"a": "1", "c": "3"}, "b went; c stays: other still applies it"
+    assert "data" not in obj, "keys mesh no longer applies are removed"
+    assert _ssa(c1, _config({"a": "1"}), "mesh").returncode == 0
+    assert c1.get_json("c1", "configmap", "cfg", "-n", "default")["metadata"]["labels"] == {"a": "1", "c": "3"}

@@ -759,24 +759,164 @@ def _reorder(items: list, order: list, key: str | None) -> list:
     return ordered + rest
 
 
-def prune_applied(live, previous, new, kind: str, path: tuple[str, ...] = ()):
-    """Server-side apply approximation: drop from ``live`` what this manager applied before but not now."""
-    if isinstance(live, dict) and isinstance(previous, dict) and isinstance(new, dict):
-        for key, prev_value in previous.items():
-            if path == () and key in ("apiVersion", "kind"):
-                continue
-            if path == ("metadata",) and key in ("name", "namespace"):
-                continue
-            if key not in new:
-                live.pop(key, None)
-            elif key in live:
-                prune_applied(live[key], prev_value, new[key], kind, path + (key,))
-    elif isinstance(live, list) and isinstance(previous, list) and isinstance(new, list):
-        key = merge_key_for(path, kind)
-        if key and key != PRIMITIVE_MERGE:
-            new_keys = {json.dumps(i.get(key)) for i in new if isinstance(i, dict)}
-            gone = {json.dumps(i.get(key)) for i in previous if isinstance(i, dict)} - new_keys
-            live[:] = [i for i in live if not (isinstance(i, dict) and json.dumps(i.get(key)) in gone)]
+# ------------------------------------------------------------- field ownership (server-side apply)
+#
+# As kube-apiserver keeps it (structured-merge-diff): every object's metadata.managedFields lists, per
+# manager and operation, the fields it owns (fieldsV1). A path is a tuple of elements ("f", field name),
+# ("k", JSON of an associative list item's key) or ("v", JSON of a set member); lists without a merge
+# key are atomic (one field). An update takes the fields it changed from the others; an apply owns the
+# fields of its configuration, conflicts (409) with another manager's differing value unless forced,
+# and removes the fields it applied before and no longer applies, when nobody else owns them.
+
+_UNOWNED_METADATA = {"name", "namespace", "uid", "resourceVersion", "creationTimestamp", "deletionTimestamp",
+                     "deletionGracePeriodSeconds", "generation", "managedFields", "selfLink"}
+
+
+def field_values(obj, kind: str, with_status: bool = True) -> dict[tuple, object]:
+    """Every field path of ``obj`` a manager can own -> its value (None for an associative list item)."""
+    out: dict[tuple, object] = {}
+
+    def walk(value, path: tuple, names: tuple):
+        if isinstance(value, dict):
+            if not value and path:
+                out[path] = {}
+            for k, v in value.items():
+                if not path and (k in ("apiVersion", "kind") or (k == "status" and not with_status)):
+                    continue
+                if names == ("metadata",) and k in _UNOWNED_METADATA:
+                    continue
+                walk(v, path + (("f", k),), names + (k,))
+        elif isinstance(value, list):
+            key = merge_key_for(names, kind)
+            if key == PRIMITIVE_MERGE:
+                for item in value:
+                    out[path + (("v", json.dumps(item, sort_keys=True, separators=(",", ":"))),)] = item
+            elif key and value and all(isinstance(i, dict) and key in i for i in value):
+                for item in value:
+                    item_path = path + (("k", json.dumps({key: item[key]}, separators=(",", ":"))),)
+                    out[item_path] = None
+                    for k, v in item.items():
+                        walk(v, item_path + (("f", k),), names + (k,))
+            else:
+                out[path] = value
+        else:
+            out[path] = value
+
+    walk(obj, (), ())
+    return out
+
+
+def _element_text(el) -> str:
+    return f"{el[0]}:{el[1]}"
+
+
+def fields_v1(paths) -> dict:
+    tree: dict = {}
+    for path in paths:
+        node = tree
+        for el in path:
+            node = node.setdefault(_element_text(el), {})
+    for path in paths:  # an owned item that also has owned fields is marked with "."
+        node = tree
+        for el in path:
+            node = node[_element_text(el)]
+        if path and any(k != "." for k in node):
+            node["."] = {}
+    return tree
+
+
+def paths_of(tree: dict, prefix: tuple = ()) -> set:
+    out = set()
+    for key, sub in (tree or {}).items():
+        if key == ".":
+            out.add(prefix)
+            continue
+        path = prefix + ((key[0], key[2:]),)
+        if sub:
+            out |= paths_of(sub, path)
+        else:
+            out.add(path)
+    return out
+
+
+def path_text(path: tuple) -> str:
+    """fieldpath.Path.String(): .metadata.labels.app, .spec.ports[port=443,protocol="TCP"], [="x"]."""
+    out = ""
+    for kind, value in path:
+        if kind == "f":
+            out += "." + value
+        elif kind == "k":
+            out += "[" + ",".join(f"{k}={json.dumps(v)}" for k, v in json.loads(value).items()) + "]"
+        else:
+            out += f"[={value}]"
+    return out
+
+
+def manager_text(entry: dict) -> str:
+    """How kube-apiserver names a manager in a conflict (its identifier: no time)."""
+    text = json.dumps(entry["manager"])
+    if entry.get("subresource"):
+        text += f" with subresource {json.dumps(entry['subresource'])}"
+    if entry.get("operation") == "Update":
+        text += f" using {entry.get('apiVersion')}"
+    return text
+
+
+def apply_conflict(conflicts: list[tuple[dict, tuple]]) -> ApiError:
+    causes = [{"type": "FieldManagerConflict", "message": f"conflict with {manager_text(e)}", "field": path_text(p)}
+              for e, p in conflicts]
+    if len(conflicts) == 1:
+        entry, path = conflicts[0]
+        message = f"Apply failed with 1 conflict: conflict with {manager_text(entry)}: {path_text(path)}"
+    else:
+        by_manager: dict[str, list[str]] = {}
+        for entry, path in conflicts:
+            by_manager.setdefault(manager_text(entry), []).append(path_text(path))
+        lines = []
+        for manager in sorted(by_manager):
+            lines.append(f"conflicts with {manager}:")
+            lines.extend(f"- {p}" for p in by_manager[manager])
+        message = f"Apply failed with {len(conflicts)} conflicts: " + "\n".join(lines)
+    return ApiError(409, message, "Conflict", {"causes": causes})
+
+
+def remove_path(obj, path: tuple) -> None:
+    """Remove one owned field (or list item) from ``obj``; parents left empty go too."""
+    trail = [obj]
+    node = obj
+    for kind, value in path[:-1]:
+        if kind == "f" and isinstance(node, dict):
+            node = node.get(value)
+        elif kind == "k" and isinstance(node, list):
+            key = json.loads(value)
+            node = next((i for i in node if isinstance(i, dict) and all(i.get(k) == v for k, v in key.items())), None)
+        else:
+            return
+        if node is None:
+            return
+        trail.append(node)
+    kind, value = path[-1]
+    if kind == "f" and isinstance(node, dict):
+        node.pop(value, None)
+    elif kind == "k" and isinstance(node, list):
+        key = json.loads(value)
+        node[:] = [i for i in node if not (isinstance(i, dict) and all(i.get(k) == v for k, v in key.items()))]
+    elif kind == "v" and isinstance(node, list):
+        node[:] = [i for i in node if json.dumps(i, sort_keys=True, separators=(",", ":")) != value]
+    for depth in range(len(path) - 1, 0, -1):  # drop the maps this left empty (metadata stays)
+        parent, child = trail[depth - 1], trail[depth]
+        el_kind, el_value = path[depth - 1]
+        if child in ({}, []) and el_kind == "f" and isinstance(parent, dict) and path[:depth] != (("f", "metadata"),):
+            parent.pop(el_value, None)
+        else:
+            break
+
+
+def manager_from_agent(agent: str | None) -> str | None:
+    """kube-apiserver's default field manager: the User-Agent up to its first "/"."""
+    if not agent:
+        return None
+    return agent.split("/", 1)[0][:128] or None
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -876,7 +1016,6 @@ class Cluster:
         self.builtin_index = {(t.group, t.version, t.plural): t for t in self.builtin}
         self.crd_types: dict[tuple[str, str, str], ResType] = {}
         self.tokens: dict[str, tuple] = {}
-        self.applied: dict[tuple, dict] = {}
         self.next_cluster_ip = 2
         self.next_node_port = 30000
         self.next_lb_ip = max(1, min(254, lb_ip_start))
@@ -997,6 +1136,73 @@ class Cluster:
         obj = self.objects.get(("", "namespaces", "", ns))
         return bool(obj and obj["metadata"].get("deletionTimestamp"))
 
+    # -- field ownership -------------------------------------------------------------------------
+
+    @staticmethod
+    def _manager_of(query: dict) -> str | None:
+        return query.get("fieldManager") or query.get("_agentManager")
+
+    def _entry(self, rt: ResType, manager: str, operation: str, paths, old_entry: dict | None = None) -> dict:
+        tree = fields_v1(paths)
+        if old_entry is not None and old_entry.get("fieldsV1") == tree:
+            return old_entry  # nothing changed hands: the entry (and its time) stays as it was
+        return {"manager": manager, "operation": operation, "apiVersion": rt.api_version, "time": now_rfc3339(),
+                "fieldsType": "FieldsV1", "fieldsV1": tree}
+
+    def _owners_after_update(self, rt: ResType, old: dict, new: dict, manager: str | None) -> list[dict]:
+        """An update's manager takes the fields it changed; fields it removed belong to nobody."""
+        entries = list((old.get("metadata") or {}).get("managedFields") or [])
+        if manager is None:
+            return entries
+        before = field_values(old, rt.kind, not rt.status_split)
+        after = field_values(new, rt.kind, not rt.status_split)
+        changed = {p for p, v in after.items() if p not in before or before[p] != v}
+        removed = set(before) - set(after)
+        result, mine, mine_entry = [], set(), None
+        for entry in entries:
+            paths = paths_of(entry.get("fieldsV1")) - removed
+            if (entry.get("manager"), entry.get("operation"), entry.get("subresource")) == (manager, "Update", None):
+                mine, mine_entry = paths, entry
+                continue
+            paths -= changed
+            if paths:
+                result.append(self._entry(rt, entry["manager"], entry["operation"], paths, entry) | (
+                    {"subresource": entry["subresource"]} if entry.get("subresource") else {}))
+        if mine | changed:
+            result.append(self._entry(rt, manager, "Update", mine | changed, mine_entry))
+        return result
+
+    def _owners_after_apply(self, rt: ResType, live: dict | None, config: dict, new: dict, manager: str,
+                            force: bool) -> list[dict]:
+        """Conflicts, ownership and removals of an apply; removes from ``new`` what the manager dropped."""
+        applied = field_values(config, rt.kind, not rt.status_split)
+        live_values = field_values(live, rt.kind, not rt.status_split) if live else {}
+        entries = list(((live or {}).get("metadata") or {}).get("managedFields") or [])
+        conflicts, others, previous, previous_entry = [], [], set(), None
+        for entry in entries:
+            paths = paths_of(entry.get("fieldsV1"))
+            if (entry.get("manager"), entry.get("operation"), entry.get("subresource")) == (manager, "Apply", None):
+                previous, previous_entry = paths, entry
+                continue
+            clash = sorted((p for p in paths & set(applied)
+                            if applied[p] is not None and p in live_values and live_values[p] != applied[p]),
+                           key=path_text)
+            conflicts.extend((entry, p) for p in clash)
+            others.append((entry, paths - set(clash)))
+        if conflicts and not force:
+            raise apply_conflict(conflicts)
+        owned_by_others = set().union(*(paths for _, paths in others)) if others else set()
+        for path in sorted(previous - set(applied), key=len, reverse=True):
+            if not any(other[:len(path)] == path for other in owned_by_others):
+                remove_path(new, path)
+        result = []
+        for entry, paths in others:
+            if paths:
+                result.append(self._entry(rt, entry["manager"], entry["operation"], paths, entry) | (
+                    {"subresource": entry["subresource"]} if entry.get("subresource") else {}))
+        result.append(self._entry(rt, manager, "Apply", set(applied), previous_entry))
+        return result
+
     # -- authentication ------------------------------------------------------------------------
 
     def authenticate(self, header: str | None) -> bool:
@@ -1092,9 +1298,11 @@ class Cluster:
         return body
 
     def _create(self, rt: ResType, ns: str | None, body, query: dict, uid: str | None = None,
-                manager: str | None = None) -> dict:
+                manager: str | None = None, managed: list | None = None) -> dict:
         body = self._check_type(rt, body)
         meta = body["metadata"]
+        creator = None if manager else self._manager_of(query)
+        requested = field_values(body, rt.kind, not rt.status_split) if creator else {}
         if rt.namespaced:
             if meta.get("namespace") and meta["namespace"] != ns:
                 raise ApiError(400, "the namespace of the provided object does not match the namespace sent on "
@@ -1130,11 +1338,13 @@ class Cluster:
         if rt.status_split and rt.crd:
             body.pop("status", None)
         self._allocate(rt, body, None)
+        if managed is not None:
+            meta["managedFields"] = managed
+        elif creator and requested:
+            meta["managedFields"] = [self._entry(rt, creator, "Update", set(requested))]
         if query.get("dryRun") == "All":
             return body
         obj = self._commit(rt, key, body, "ADDED", None)
-        if manager:
-            self.applied[(key, manager)] = copy.deepcopy(body)
         self._after_write(rt, key, None, obj)
         return obj
 
@@ -1223,26 +1433,25 @@ class Cluster:
             raise ApiError(400, f"the name of the object ({meta['name']}) does not match the name on the URL "
                                 f"({name})")
         meta["name"] = name
+        force = str(query.get("force", "")).lower() in ("true", "1")
         if old is None:
             if sub:
                 raise not_found(rt, name)
-            obj = self._create(rt, ns, patch, query, manager=manager)
+            owners = self._owners_after_apply(rt, None, patch, {}, manager, force)
+            obj = self._create(rt, ns, patch, query, manager=manager, managed=owners)
             return 201, self._present(rt, obj)
         new = self._present(rt, old)
-        previous = self.applied.get((key, manager))
-        if previous is not None:
-            prune_applied(new, previous, patch, rt.kind)
         if rt.crd:
             new = merge_patch(new, patch)
         else:
             new = strategic_merge(new, patch, rt.kind)
+        owners = self._owners_after_apply(rt, old, patch, new, manager, force)
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
-        obj = self._update(rt, key, old, new, query, sub)
-        if query.get("dryRun") != "All":
-            self.applied[(key, manager)] = copy.deepcopy(patch)
+        obj = self._update(rt, key, old, new, query, sub, managed=owners)
         return 200, self._present(rt, obj)
 
-    def _update(self, rt: ResType, key, old: dict, new: dict, query: dict, sub: str | None) -> dict:
+    def _update(self, rt: ResType, key, old: dict, new: dict, query: dict, sub: str | None,
+                managed: list | None = None) -> dict:
         if sub == "status":
             merged = copy.deepcopy(old)
             if "status" in new:
@@ -1272,6 +1481,11 @@ class Cluster:
             self._allocate(rt, new, old)
         if rt.generation and _spec_part(new) != _spec_part(old):
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
+        if managed is None:
+            managed = (old_meta.get("managedFields") or [] if sub == "status"
+                       else self._owners_after_update(rt, old, new, self._manager_of(query)))
+        if managed:
+            meta["managedFields"] = managed
         if new == old:
             return old
         if query.get("dryRun") == "All":
@@ -1826,8 +2040,6 @@ class Cluster:
             self._gateway_controller_soon()
 
     def _after_delete(self, rt: ResType, key, obj: dict):
-        for k in [k for k in self.applied if k[0] == key]:
-            del self.applied[k]
         if (rt.group, rt.plural) == (gatewaycontroller.GROUP, "gateways"):
             gatewaycontroller.collect_garbage(self, obj["metadata"].get("uid"))
         if gatewaycontroller.watches(rt.group, rt.plural):
@@ -2934,6 +3146,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _resource(self, cluster: Cluster, method: str, group: str, version: str, rest: list[str], query: dict,
                   body: bytes):
+        # Writes without ?fieldManager= are owned by the client's User-Agent name, as kube-apiserver does it.
+        query = {**query, "_agentManager": manager_from_agent(self.headers.get("User-Agent"))}
         if rest[0] == "namespaces" and len(rest) >= 3 and not (
                 group == "" and len(rest) == 3 and rest[2] in ("status", "finalize")):
             ns, resource, tail = rest[1], rest[2], rest[3:]
