@@ -1,0 +1,103 @@
+"""setup-mesh at a terminal: the live progress table, and the confirmation prompt answered with no, Ctrl-C
+or Ctrl-D. Each runs ./setup_mesh.py on a pseudo-terminal, as a user types it."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tests.meshkit import FAST_KEYS, ROOT, make_mesh
+from tests.terminal import CTRL_C, CTRL_D, Terminal, plain
+
+NETS = {"cluster1": "network1", "cluster2": "network2"}
+HIDE_CURSOR, SHOW_CURSOR = "\x1b[?25l", "\x1b[?25h"
+
+
+@pytest.fixture
+def mesh(sandbox_factory, tmp_path):
+    return make_mesh(sandbox_factory(list(NETS)), tmp_path / "ws", NETS)
+
+
+def at_terminal(mesh, *args: str) -> Terminal:
+    env = dict(mesh.sandbox.env, **FAST_KEYS)
+    return Terminal([sys.executable, str(ROOT / "setup_mesh.py"), *args, "--workdir", str(mesh.workdir)], env)
+
+
+def dumps(mesh) -> dict[str, str]:
+    return {ctx: mesh.sandbox.dump(ctx) for ctx in mesh.sandbox.contexts}
+
+
+def summary_rows(text: str) -> dict[str, list[str]]:
+    return {cells[0]: cells[1:] for line in plain(text).splitlines() if line.startswith("│")
+            for cells in [[c.strip() for c in line.strip().strip("│").split("│")]]}
+
+
+def test_apply_draws_a_live_table_and_leaves_the_terminal_clean(mesh):
+    term = at_terminal(mesh, "apply", "-y")
+    assert term.wait() == 0, plain(term.output)
+    out = term.output
+    # A live table, redrawn in place (cursor up, erase line), not a log of timestamped lines.
+    assert out.count("\x1b[1A") + out.count("\x1b[2K") > 4, "the table is redrawn in place"
+    assert "install Istio" in plain(out), "rows show the step each cluster is on"
+    assert " cluster1: install Istio ..." not in plain(out), "no plain progress lines on a terminal"
+    # It ends cleanly: the cursor hidden for the live table is shown again, and the summary is last.
+    assert out.rfind(SHOW_CURSOR) > out.rfind(HIDE_CURSOR) >= 0
+    rows = summary_rows(out[out.rfind(SHOW_CURSOR):])
+    assert {ctx: rows.get(ctx, ["", ""])[:2] for ctx in NETS} == {ctx: [net, "ok"] for ctx, net in NETS.items()}
+    assert "apply finished" in plain(out)
+
+
+def test_status_at_a_terminal(mesh):
+    mesh.apply()
+    term = at_terminal(mesh, "status")
+    code = term.wait()
+    text = plain(term.output)
+    assert code == 1, text  # the sandbox's API servers are loopback addresses: remote_secret_local
+    assert "cluster1: remote_secret_local" in text and "hint: set api_server: for cluster1" in text
+    assert term.output.count(HIDE_CURSOR) == term.output.count(SHOW_CURSOR)
+
+
+@pytest.mark.parametrize("answer,code,message", [
+    (b"n\r", 2, "error: cancelled; nothing was changed"),
+    (b"\r", 2, "error: cancelled; nothing was changed"),  # the default is no
+    (CTRL_C, 130, "error: interrupted"),
+    (CTRL_D, 130, "error: interrupted"),
+], ids=["no", "enter", "ctrl-c", "ctrl-d"])
+def test_teardown_prompt_declined_changes_nothing(mesh, answer, code, message):
+    mesh.apply()
+    before, files = dumps(mesh), sorted(p.name for p in mesh.workdir.rglob("*"))
+    term = at_terminal(mesh, "teardown")
+    term.expect("Remove Istio, its secrets and istio-system from cluster1, cluster2? [y/N]:")
+    term.send(answer)
+    assert term.wait() == code, plain(term.output)
+    text = plain(term.output)
+    assert message in text and "Traceback" not in text
+    assert dumps(mesh) == before, "a declined teardown touches no cluster"
+    assert sorted(p.name for p in mesh.workdir.rglob("*")) == files, "and writes no file (not even a run log)"
+
+
+def test_apply_asks_before_removing_a_cluster_and_goes_ahead_on_yes(mesh):
+    mesh.apply()
+    mesh.write_topology({"cluster1": "network1"})
+    term = at_terminal(mesh, "apply")
+    term.expect("Remove the clusters and secrets listed above? [y/N]:")
+    assert "cluster2" in plain(term.output), "what would be removed is named before the question"
+    term.send(b"y\r")
+    assert term.wait() == 0, plain(term.output)
+    assert mesh.get("cluster2", "namespace", "istio-system", check=False) is None
+    assert mesh.remote_secrets("cluster1") == {}
+
+
+def test_ctrl_c_while_applying_stops_everything_and_the_next_run_converges(mesh):
+    env_latency = {"ISTIOCTL_STANDIN_LATENCY": "install=3"}
+    term = Terminal([sys.executable, str(ROOT / "setup_mesh.py"), "apply", "-y", "--workdir", str(mesh.workdir)],
+                    dict(mesh.sandbox.env, **FAST_KEYS, **env_latency))
+    term.expect("install Istio")
+    term.send(CTRL_C)
+    assert term.wait(timeout=60) == 130, plain(term.output)
+    out = term.output
+    assert "apply interrupted" in plain(out) and "Traceback" not in plain(out)
+    assert out.rfind(SHOW_CURSOR) > out.rfind(HIDE_CURSOR), "the cursor is shown again"
+    assert "run log:" in plain(out)
+    mesh.apply()
+    assert sorted(mesh.remote_secrets("cluster2")) == ["cluster1"]
