@@ -3,9 +3,11 @@ namespaces terminate over time, Deployments and LoadBalancers take time, and eve
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
+import yaml
 
 DELAY = 3.0  # long enough to observe each state in between, even on a busy machine
 
@@ -187,3 +189,52 @@ def test_fields_a_manager_stops_applying_are_removed_unless_someone_else_owns_th
     assert "data" not in obj, "keys mesh no longer applies are removed"
     assert _ssa(c1, _config({"a": "1"}), "mesh").returncode == 0
     assert c1.get_json("c1", "configmap", "cfg", "-n", "default")["metadata"]["labels"] == {"a": "1", "c": "3"}
+
+
+# --- authorization: a service account's token may do only what RBAC grants --------------------------
+
+def _reader_kubeconfig(sandbox, tmp_path) -> str:
+    """The kubeconfig istioctl create-remote-secret prints for c1: the reader service account's token."""
+    secret, = (d for d in yaml.safe_load_all(subprocess.run(
+        [str(sandbox.istio_dir / "bin" / "istioctl"), "create-remote-secret", "--name", "c1", "--context", "c1"],
+        env=sandbox.env, capture_output=True, text=True, check=True, timeout=60).stdout) if d)
+    path = tmp_path / "reader.kubeconfig"
+    path.write_text(secret["stringData"]["c1"])
+    return str(path)
+
+
+def test_the_reader_token_reads_what_istios_role_grants_and_nothing_more(c1, tmp_path):
+    install = subprocess.run([str(c1.istio_dir / "bin" / "istioctl"), "install", "-y", "--context", "c1"],
+                             env=c1.env, capture_output=True, text=True, timeout=120)
+    assert install.returncode == 0, install.stderr
+    reader = _reader_kubeconfig(c1, tmp_path)
+
+    def as_reader(*args):
+        return c1.kubectl(None, "--kubeconfig", reader, *args, check=False)
+
+    assert as_reader("get", "secrets", "-n", "istio-system", "-o", "name").returncode == 0
+    assert as_reader("get", "pods,services", "-A", "-o", "name").returncode == 0
+    denied = as_reader("create", "configmap", "x", "-n", "default")
+    assert denied.returncode == 1
+    assert denied.stderr.strip() == (
+        'error: failed to create configmap: configmaps is forbidden: User '
+        '"system:serviceaccount:istio-system:istio-reader-service-account" cannot create resource "configmaps" '
+        'in API group "" in the namespace "default"')
+    denied = as_reader("delete", "namespace", "istio-system")
+    assert denied.returncode == 1 and denied.stderr.strip() == (
+        'Error from server (Forbidden): namespaces "istio-system" is forbidden: User '
+        '"system:serviceaccount:istio-system:istio-reader-service-account" cannot delete resource "namespaces" '
+        'in API group "" at the cluster scope')
+    can_i = as_reader("auth", "can-i", "list", "secrets", "-n", "istio-system")
+    assert (can_i.returncode, can_i.stdout.strip()) == (0, "yes")
+    cannot = as_reader("auth", "can-i", "create", "secrets", "-n", "istio-system")
+    assert (cannot.returncode, cannot.stdout.strip()) == (1, "no")
+
+    # Without its ClusterRoleBinding, the same token reads nothing: the forbidden a peer's istiod would get.
+    c1.kubectl("c1", "delete", "clusterrolebinding", "istio-reader-clusterrole-istio-system")
+    denied = as_reader("get", "pods", "-n", "istio-system")
+    assert denied.returncode == 1 and denied.stderr.strip() == (
+        'Error from server (Forbidden): pods is forbidden: User '
+        '"system:serviceaccount:istio-system:istio-reader-service-account" cannot list resource "pods" '
+        'in API group "" in the namespace "istio-system"')
+    assert c1.kubectl("c1", "get", "pods", "-n", "istio-system").returncode == 0, "the admin token still may"

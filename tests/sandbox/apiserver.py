@@ -1217,6 +1217,65 @@ class Cluster:
                 return False
             return ref in self.objects
 
+    def user_of(self, header: str | None) -> tuple[str, list[str]] | None:
+        """The service account a token belongs to, as (user name, groups); None for the admin token."""
+        tok = (header or "")[7:].strip()
+        with self.lock:
+            ref = self.tokens.get(tok)
+            if not ref or (self.token and pysecrets.compare_digest(tok, self.token)):
+                return None
+            ns, name = ref[2], ref[3]
+            if ref[1] == "secrets":
+                name = ((self.objects.get(ref) or {}).get("metadata", {}).get("annotations") or {}).get(
+                    "kubernetes.io/service-account.name", name)
+        return (f"system:serviceaccount:{ns}:{name}",
+                ["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"])
+
+    def authorize(self, user: tuple[str, list[str]], verb: str, group: str, resource: str, ns: str | None,
+                  name: str | None) -> None:
+        """RBAC, as kube-apiserver's authorizer: allowed when a (Cluster)RoleBinding of the user grants it."""
+        username, groups = user
+        if group == "authorization.k8s.io" and resource in ("selfsubjectaccessreviews", "selfsubjectrulesreviews"):
+            return  # system:basic-user, bound to every authenticated user
+
+        def subject_matches(subject: dict) -> bool:
+            kind = subject.get("kind")
+            if kind == "ServiceAccount":
+                return f"system:serviceaccount:{subject.get('namespace')}:{subject.get('name')}" == username
+            if kind == "Group":
+                return subject.get("name") in groups
+            return kind == "User" and subject.get("name") == username
+
+        def rule_allows(rule: dict) -> bool:
+            verbs, api_groups = rule.get("verbs") or [], rule.get("apiGroups") or []
+            resources, names = rule.get("resources") or [], rule.get("resourceNames") or []
+            return ((verb in verbs or "*" in verbs) and (group in api_groups or "*" in api_groups)
+                    and (resource in resources or "*" in resources
+                         or ("/" in resource and f"*/{resource.split('/', 1)[1]}" in resources))
+                    and (not names or (name is not None and name in names)))
+
+        with self.lock:
+            bindings = [(b, None) for k, b in self.objects.items()
+                        if k[:2] == ("rbac.authorization.k8s.io", "clusterrolebindings")]
+            if ns:
+                bindings += [(b, ns) for k, b in self.objects.items()
+                             if k[:3] == ("rbac.authorization.k8s.io", "rolebindings", ns)]
+            for binding, where in bindings:
+                if not any(subject_matches(s) for s in binding.get("subjects") or []):
+                    continue
+                ref = binding.get("roleRef") or {}
+                if ref.get("kind") == "ClusterRole":
+                    role = self.objects.get(("rbac.authorization.k8s.io", "clusterroles", "", ref.get("name")))
+                else:
+                    role = self.objects.get(("rbac.authorization.k8s.io", "roles", where or "", ref.get("name")))
+                if role and any(rule_allows(r) for r in role.get("rules") or []):
+                    return
+        what = f'{resource.split("/")[0]}.{group}' if group else resource.split("/")[0]
+        scope = f'in the namespace "{ns}"' if ns else "at the cluster scope"
+        raise ApiError(403, f'{what}{f" {json.dumps(name)}" if name else ""} is forbidden: User "{username}" cannot '
+                            f'{verb} resource "{resource}" in API group "{group}" {scope}', "Forbidden",
+                       {"name": name or "", **({"group": group} if group else {}), "kind": resource.split("/")[0]})
+
     # -- read ----------------------------------------------------------------------------------
 
     def get(self, rt: ResType, ns: str | None, name: str) -> dict:
@@ -3171,6 +3230,14 @@ class Handler(BaseHTTPRequestHandler):
             sub = "status"
         if sub is not None and sub not in rt.subresources:
             raise no_resource()
+        user = cluster.user_of(self.headers.get("Authorization"))
+        if user is not None:  # a service account's token: only what RBAC grants it
+            verb = {"GET": "watch" if query.get("watch") in ("true", "1") else ("get" if name else "list"),
+                    "POST": "create", "PUT": "update", "PATCH": "patch",
+                    "DELETE": "delete" if name else "deletecollection"}.get(method, method.lower())
+            if sub == "status" and "finalize" in rest:
+                sub = "finalize"
+            cluster.authorize(user, verb, group, resource + (f"/{sub}" if sub else ""), ns, name)
         if query.get("dryRun") not in (None, "", "All"):
             raise ApiError(400, f'dryRun: Unsupported value: "{query["dryRun"]}": supported values: "All"')
         protobuf = "protobuf" in (self.headers.get("Content-Type") or "") and method in ("POST", "PUT", "PATCH")
@@ -3180,7 +3247,18 @@ class Handler(BaseHTTPRequestHandler):
                                "MethodNotAllowed")
             review = decode_protobuf_request(body, rt.kind) if protobuf else _json_body(body)
             review = review if isinstance(review, dict) else {}
-            review["status"] = {"allowed": True, "reason": "sandbox clusters allow every request"}
+            attrs = (review.get("spec") or {}).get("resourceAttributes")
+            if user is not None and rt.kind == "SelfSubjectAccessReview" and isinstance(attrs, dict):
+                try:
+                    cluster.authorize(user, attrs.get("verb", ""), attrs.get("group", ""),
+                                      attrs.get("resource", "") + (f"/{attrs['subresource']}"
+                                                                   if attrs.get("subresource") else ""),
+                                      attrs.get("namespace") or None, attrs.get("name") or None)
+                    review["status"] = {"allowed": True, "reason": "allowed by RBAC"}
+                except ApiError:
+                    review["status"] = {"allowed": False}
+            else:
+                review["status"] = {"allowed": True, "reason": "sandbox clusters allow every request"}
             review.setdefault("metadata", {})["creationTimestamp"] = None
             return 201, review, "application/json"
         if protobuf and sub != "token":
