@@ -5,13 +5,24 @@ This file is wiring only: it parses options and hands over to lib/.
 """
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
 
-from lib import __version__, commands, invocation
+# From a checkout (./setup_mesh.py, or an editable install) the code is the checkout's lib/. A wheel
+# installs lib/ as the package setup_mesh_lib, so that it never claims the generic top-level name
+# `lib` in site-packages; in this process it then answers to `lib` as well, so imports read the same.
+_CHECKOUT = Path(__file__).resolve().parent
+if (_CHECKOUT / "lib" / "__init__.py").is_file():
+    if str(_CHECKOUT) not in sys.path:
+        sys.path.insert(0, str(_CHECKOUT))
+else:
+    sys.modules.setdefault("lib", importlib.import_module("setup_mesh_lib"))
+
+from lib import __version__, commands, invocation  # noqa: E402 - after the choice above
 
 app = typer.Typer(
     add_completion=False,
@@ -133,21 +144,23 @@ def teardown(
     yes: Yes = False,
     purge_certs: Annotated[bool, typer.Option("--purge-certs", help="Also delete certs/ (the root CA and every intermediate) from the workdir.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed, per cluster, and change nothing.")] = False,
+    remove_crds: Annotated[bool, typer.Option("--remove-crds", help="Delete Istio's CRDs even where others' Istio resources exist (they are deleted with them).")] = False,
     parallel: Parallel = commands.DEFAULT_PARALLEL,
     timeout: Timeout = commands.DEFAULT_TIMEOUT,
     quiet: Quiet = False,
     verbose: Verbose = False,
     debug: Debug = False,
 ) -> None:
-    """Remove everything setup-mesh created from every cluster in topology.yaml and in the recorded state.
+    """Remove what setup-mesh created from every cluster in topology.yaml and in the recorded state.
 
-    Remote secrets, east-west and cross-network gateways, Istio (istioctl uninstall --purge),
-    cacerts and istio-system. Keeps certs/ unless --purge-certs. Reads the clusters first: with
-    nothing to remove it says so without asking; otherwise it asks first unless -y.
+    Its IstioOperators (control plane, east-west gateway), the cross-network Gateway, remote secrets,
+    cacerts and istio-system. Istio's CRDs go too where no other Istio resources exist; otherwise they
+    are kept and named (--remove-crds deletes them anyway). Keeps certs/ unless --purge-certs. Reads
+    the clusters first: with nothing to remove it says so without asking; otherwise it asks first unless -y.
     """
     commands.run_guarded(debug, quiet, verbose, lambda r, rep: commands.teardown(
         workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, yes=yes, purge_certs=purge_certs,
-        parallel=parallel, timeout=timeout, runner=r, reporter=rep, dry_run=dry_run))
+        parallel=parallel, timeout=timeout, runner=r, reporter=rep, dry_run=dry_run, remove_crds=remove_crds))
 
 
 @app.command("rotate-certs")

@@ -18,9 +18,9 @@ from .errors import Cancelled, ConfigError, MeshError
 from .executor import RERUN_HINT, Executor, Outcome, Phase, RunContext, Step
 from .invocation import prep_hint
 from .gatewayapi import CrdSource, choose_source, expected_version, older_than_needed, parse_crd_annotations
-from .kube import Observed, Tools, parse_inspect
-from .overlay import ISTIO_NAMESPACE
-from .plan import RECORD_TITLE, ApplyPlan, Removal, build_apply_plan, desired_state, teardown_plan
+from .kube import IstioUsage, Observed, Tools, is_missing_category, parse_inspect, parse_istio_usage
+from .overlay import EASTWEST_IOP, ISTIO_NAMESPACE, control_plane_name, made_by_setup_mesh
+from .plan import RECORD_TITLE, ApplyPlan, Removal, Uninstall, build_apply_plan, desired_state, teardown_plan
 from .planview import print_plan
 from .prep import parse_context_options, prep_mesh as _prep_mesh, report as _report_prep
 from .release import Release, find_istioctl, find_release
@@ -111,30 +111,16 @@ def find_tools(istio_dir: str | None, runner: ShRunner, lenient: bool, notes: li
     return Tools(kubectl="kubectl", istioctl=istioctl or "istioctl", timeout=timeout)
 
 
-def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Reporter, parallel: int,
-                     title: str = "read current state", ambient: bool = False) -> dict[str, Observed]:
-    """One read per cluster, in parallel. An unreachable cluster is an Observed with an error.
-    ``ambient``: also the Gateway API CRDs and, where they exist, the east-west Gateway."""
+def read_clusters(clusters: list[Cluster], runner, reporter: Reporter, parallel: int, title: str,
+                  read: Callable[[RunContext, Cluster], object]) -> dict[str, object]:
+    """``read`` on every cluster, in parallel: context -> what it returned."""
     def step_for(cluster: Cluster) -> Step:
-        command = tools.inspect(cluster, INSPECT_TIMEOUT)
-        crds_command = tools.gateway_api_crds(cluster, INSPECT_TIMEOUT)
-        gateway_command = tools.east_west_gateway(cluster, INSPECT_TIMEOUT)
-
         def action(ctx: RunContext) -> None:
-            try:
-                seen = parse_inspect(ctx.run(command).stdout)
-                if ambient:
-                    seen.gateway_api = parse_crd_annotations(ctx.run(crds_command).stdout)
-                    if seen.gateway_api.installed:
-                        seen.eastwest_gateway = json.loads(ctx.run(gateway_command).stdout or "null")
-            except MeshError as exc:
-                seen = Observed(reachable=False, error=exc.message)
-            except ValueError as exc:
-                seen = Observed(reachable=False, error=f"unreadable answer from kubectl: {exc}")
+            value = read(ctx, cluster)
             with ctx.lock:
-                ctx.shared.setdefault("observed", {})[cluster.context] = seen
+                ctx.shared.setdefault("read", {})[cluster.context] = value
 
-        return Step(title, commands=[command, *([crds_command, gateway_command] if ambient else [])], action=action)
+        return Step(title, action=action)
 
     phase = Phase(title)
     for cluster in clusters:
@@ -143,7 +129,61 @@ def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Re
     executor.run_phase(phase)
     if executor.outcome.interrupted:
         raise KeyboardInterrupt
-    return executor.shared.get("observed", {})
+    return executor.shared.get("read", {})
+
+
+def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Reporter, parallel: int,
+                     title: str = "read current state", ambient: bool = False) -> dict[str, Observed]:
+    """One read per cluster, in parallel. An unreachable cluster is an Observed with an error.
+    ``ambient``: also the Gateway API CRDs and, where they exist, the east-west Gateway."""
+    def read(ctx: RunContext, cluster: Cluster) -> Observed:
+        try:
+            seen = parse_inspect(ctx.run(tools.inspect(cluster, INSPECT_TIMEOUT)).stdout)
+            if ambient:
+                seen.gateway_api = parse_crd_annotations(ctx.run(tools.gateway_api_crds(cluster, INSPECT_TIMEOUT)).stdout)
+                if seen.gateway_api.installed:
+                    seen.eastwest_gateway = json.loads(
+                        ctx.run(tools.east_west_gateway(cluster, INSPECT_TIMEOUT)).stdout or "null")
+            return seen
+        except MeshError as exc:
+            return Observed(reachable=False, error=exc.message)
+        except ValueError as exc:
+            return Observed(reachable=False, error=f"unreadable answer from kubectl: {exc}")
+
+    return read_clusters(clusters, runner, reporter, parallel, title, read)
+
+
+def read_istio_usage(clusters: list[Cluster], tools: Tools, runner, reporter: Reporter, parallel: int,
+                     ours: frozenset[str]) -> dict[str, IstioUsage | MeshError]:
+    """Which Istio resources and control planes others made in each cluster (what keeps Istio's CRDs)."""
+    def read(ctx: RunContext, cluster: Cluster) -> IstioUsage | MeshError:
+        try:
+            resources = ctx.run(tools.istio_resources(cluster, INSPECT_TIMEOUT))
+            if not resources.ok and not is_missing_category(resources.stderr):
+                return MeshError(f"cannot list Istio resources: {resources.stderr_tail()}")
+            deployments = ctx.run(tools.istio_deployments(cluster, INSPECT_TIMEOUT))
+            return parse_istio_usage(resources.stdout if resources.ok else None, deployments.stdout, ours,
+                                     made_by_setup_mesh)
+        except MeshError as exc:
+            return exc
+        except ValueError as exc:
+            return MeshError(f"unreadable answer from kubectl: {exc}")
+
+    return read_clusters(clusters, runner, reporter, parallel, "read who else uses Istio", read)
+
+
+def describe_kept(context: str, how: Uninstall) -> str | None:
+    """What teardown keeps in one cluster, and why; None when it removes everything of Istio's."""
+    if not how.usage.foreign:
+        return None
+    if how.remove_crds:
+        return (f"{context}: --remove-crds: Istio's CRDs are deleted, and with them these resources that setup-mesh "
+                f"did not make: {how.usage.describe()}")
+    kept = "Istio's CRDs and base (webhooks, reader roles)"
+    if how.usage.in_namespace(ISTIO_NAMESPACE):
+        kept += f" and namespace {ISTIO_NAMESPACE}"
+    return (f"{context}: keeps {kept}, because Istio resources setup-mesh did not make exist: "
+            f"{how.usage.describe()}. --remove-crds deletes the CRDs anyway, and those resources with them")
 
 
 def confirm(question: str, yes: bool, reporter: Reporter) -> None:
@@ -209,6 +249,11 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
             if older:
                 reporter.warn(f"{cluster.context}: {older}")
     desired = desired_state(topology, ws.base)
+    # Clusters leaving the mesh are uninstalled; Istio's CRDs there stay if others use Istio.
+    leaving = [c for c in removed_clusters if (seen := observed.get(c.context)) and seen.reachable]
+    ours = frozenset({control_plane_name(ws.base), EASTWEST_IOP})
+    usage = read_istio_usage(leaving, tools, runner, read_reporter, parallel, ours) if leaving else {}
+    uninstall = {ctx: Uninstall(workdir, ours, found) for ctx, found in usage.items() if isinstance(found, IstioUsage)}
     # An unreachable cluster sits this run out (and is reported); the others go ahead.
     unreachable = {c.context: observed[c.context] for c in chosen
                    if c.context in observed and not observed[c.context].reachable}
@@ -219,7 +264,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
                             only=only,
                             removed=removed, removed_observed=observed, workdir=workdir, tools=tools,
                             release=release, intermediate_vars=intermediate_vars, gateway_timeout=gateway_timeout,
-                            gateway_api=crd_source)
+                            gateway_api=crd_source, uninstall=uninstall)
     if dry_run:
         reporter.stop_progress()
         print_plan(plan, topology, observed if readable else None, ws.notes, reporter)
@@ -228,6 +273,9 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     if plan.deletes_anything:
         reporter.stop_progress()
         _describe_deletions(plan, reporter)
+        for context, how in uninstall.items():
+            if (kept := describe_kept(context, how)):
+                reporter.info(kept)
         confirm("Replace or remove what is listed above?" if plan.replacements
                 else "Remove the clusters and secrets listed above?", yes, reporter)
         reporter.start_progress([(c.context, c.network) for c in chosen])
@@ -346,8 +394,16 @@ def _describe_deletions(plan: ApplyPlan, reporter: Reporter) -> None:
 
 # --- teardown ----------------------------------------------------------------------------------
 
+def _our_operators(workdir: Path) -> frozenset[str]:
+    """The IstioOperator names setup-mesh installs: the control plane's (base.yaml may name it) and the gateway's."""
+    base_path = workdir / BASE_FILE
+    base = load_base(base_path).operator if base_path.exists() else {}
+    return frozenset({control_plane_name(base), EASTWEST_IOP})
+
+
 def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, yes: bool, purge_certs: bool,
-             parallel: int, timeout: float, runner: ShRunner, reporter: Reporter, dry_run: bool = False) -> int:
+             parallel: int, timeout: float, runner: ShRunner, reporter: Reporter, dry_run: bool = False,
+             remove_crds: bool = False) -> int:
     if not workdir.is_dir():
         raise ConfigError(f"workdir {workdir} does not exist", hint="pass the --workdir that apply used")
     state = State.load(workdir)
@@ -365,37 +421,55 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
             clusters.append(Cluster(context=context, network=entry.get("network", ""),
                                     name=entry.get("cluster_name", context), kubeconfig=entry.get("kubeconfig")))
     tools = find_tools(istio_dir, runner, False, [], timeout)
+    ours = _our_operators(workdir)
 
     # Read first: what is there decides whether to ask at all, and what the question names.
-    observed = inspect_clusters(clusters, tools, runner, Reporter(quiet=True, err_console=reporter.err), parallel)
-    phase = teardown_plan(tools, clusters, observed)
+    quiet = Reporter(quiet=True, err_console=reporter.err)
+    observed = inspect_clusters(clusters, tools, runner, quiet, parallel)
+    present = [c for c in clusters if (seen := observed.get(c.context)) and seen.reachable
+               and (seen.namespace or seen.istiod_service)]
+    usage = read_istio_usage(present, tools, runner, quiet, parallel, ours) if present else {}
+    uninstall = {ctx: Uninstall(workdir, ours, found, remove_crds) for ctx, found in usage.items()
+                 if isinstance(found, IstioUsage)}
+    # A cluster whose Istio users could not be read is not touched: it fails, and is reported.
+    readable = {ctx: seen for ctx, seen in observed.items() if ctx in uninstall or ctx not in usage}
+    phase = teardown_plan(tools, clusters, readable, uninstall)
     unreachable = {c.context: observed[c.context] for c in clusters
                    if c.context in observed and not observed[c.context].reachable}
+    unread = {ctx: found for ctx, found in usage.items() if isinstance(found, MeshError)}
     cert_dir = certs.certs_dir(workdir)
+    kept = [line for context, how in uninstall.items() if (line := describe_kept(context, how))]
     if dry_run:
         view = Topology(state.mesh_id or "(unrecorded)", tuple(clusters), topology_path)
         print_plan(ApplyPlan([phase], actions={ctx: "remove" for ctx in phase.steps}), view, observed, [],
                    reporter, title="Teardown plan", nothing="nothing to remove: no cluster holds what setup-mesh "
                    "creates", command="teardown")
+        for line in kept:
+            reporter.info(line)
         if cert_dir.exists():
             reporter.info(f"{cert_dir.name}/ is " + ("deleted (--purge-certs)" if purge_certs else
                                                    "kept (the root CA and intermediates; --purge-certs deletes it)"))
         return 0
-    if not phase and not unreachable:
+    if not phase and not unreachable and not unread:
         for cluster in clusters:
             state.forget(cluster.context)
         state.save(state.mesh_id)
         reporter.success("nothing to remove: no cluster holds what setup-mesh creates")
         _purge_or_keep_certs(cert_dir, purge_certs, reporter)
         return 0
+    for line in kept:
+        reporter.info(line)
     if phase:
-        confirm(f"Remove Istio, its secrets and istio-system from {', '.join(phase.steps)}?", yes, reporter)
+        confirm(f"Remove setup-mesh's Istio, its secrets and istio-system from {', '.join(phase.steps)}?", yes,
+                reporter)
 
     log = _open_log(workdir, "teardown", runner)
     reporter.start_progress([(c.context, c.network) for c in clusters])
     executor = Executor(runner, reporter, parallel)
     for context, seen in unreachable.items():
         _sit_out(executor, tools, next(c for c in clusters if c.context == context), seen, "then run teardown again")
+    for context, failed in unread.items():
+        executor.fail_before_start(context, "read who else uses Istio", failed)
     outcome = executor.run_phases([phase])
     reporter.stop_progress()
     for cluster in clusters:

@@ -5,7 +5,7 @@ import base64
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -18,6 +18,11 @@ from .runner import Command
 READER_SERVICE_ACCOUNT = "istio-reader-service-account"
 GATEWAY_RESOURCE = "gateways.gateway.networking.k8s.io"  # the Gateway API kind, not Istio's networking Gateway
 MANAGED_GATEWAY_LABEL = "gateway.istio.io/managed"  # on what istiod deploys for a Gateway API gateway
+# Every kind Istio's CRDs define is in this category, so one `kubectl get` lists all Istio resources.
+ISTIO_CATEGORY = "istio-io"
+COMPONENT_LABEL = "operator.istio.io/component"
+OWNER_LABEL = "install.operator.istio.io/owning-resource"
+OWNER_NAMESPACE_LABEL = "install.operator.istio.io/owning-resource-namespace"
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,14 @@ class Tools:
         """The ambient east-west Gateway, with the status istiod writes (nothing when there is none)."""
         return self.kubectl_cmd(cluster, "get", GATEWAY_RESOURCE, EASTWEST_NAME, "-n", ISTIO_NAMESPACE,
                                 "--ignore-not-found", "-o", "json", timeout=timeout)
+
+    def istio_resources(self, cluster: Cluster, timeout: float) -> Command:
+        return self.kubectl_cmd(cluster, "get", ISTIO_CATEGORY, "--all-namespaces", "-o", "json", check=False,
+                                timeout=timeout)
+
+    def istio_deployments(self, cluster: Cluster, timeout: float) -> Command:
+        return self.kubectl_cmd(cluster, "get", "deployments", "--all-namespaces", "-l", COMPONENT_LABEL, "-o", "json",
+                                timeout=timeout)
 
     def inspect(self, cluster: Cluster, timeout: float) -> Command:
         # One read gives the namespace, its secrets (cacerts, remote secrets, tokens), services and deployments.
@@ -232,3 +245,59 @@ def parse_remote_secret(output: str, cluster_name: str) -> tuple[dict[str, Any],
     if fp:
         meta.setdefault("annotations", {})[SECRET_SOURCE_ANNOTATION] = fp
     return secret, fp
+
+
+@dataclass
+class IstioUsage:
+    """Istio objects in a cluster that setup-mesh did not make. While any exist, Istio's CRDs stay:
+    deleting a CRD deletes every resource of its kind, in every namespace."""
+
+    resources: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, namespace) -> count
+    control_planes: list[str] = field(default_factory=list)  # namespace/name of others' Istio deployments
+
+    @property
+    def foreign(self) -> bool:
+        return bool(self.resources or self.control_planes)
+
+    def in_namespace(self, namespace: str) -> bool:
+        return any(ns == namespace for _, ns in self.resources) or any(
+            cp.split("/", 1)[0] == namespace for cp in self.control_planes)
+
+    def describe(self) -> str:
+        by_kind: dict[str, list[tuple[str, int]]] = {}
+        for (kind, namespace), count in sorted(self.resources.items()):
+            by_kind.setdefault(kind, []).append((namespace, count))
+        parts = [f"{sum(c for _, c in places)} {kind} in {', '.join(ns or '(cluster)' for ns, _ in places)}"
+                 for kind, places in by_kind.items()]
+        if self.control_planes:
+            parts.append(f"Istio deployments installed by others: {', '.join(self.control_planes)}")
+        return "; ".join(parts)
+
+
+def is_missing_category(result_stderr: str) -> bool:
+    # kubectl's answer when no Istio CRD is installed: nothing of Istio's exists.
+    return "doesn't have a resource type" in result_stderr
+
+
+def parse_istio_usage(resources: str | None, deployments: str, ours: set[str],
+                      own_resource: Callable[[dict], bool]) -> IstioUsage:
+    """``ours``: the IstioOperator names setup-mesh installs; ``own_resource`` says which Istio
+    resources setup-mesh made itself."""
+    usage = IstioUsage()
+    for item in (json.loads(resources).get("items") or []) if resources else []:
+        if own_resource(item):
+            continue
+        meta = item.get("metadata") or {}
+        key = (item.get("kind") or "?", meta.get("namespace") or "")
+        usage.resources[key] = usage.resources.get(key, 0) + 1
+    for item in json.loads(deployments or "{}").get("items") or []:
+        meta = item.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        owner = labels.get(OWNER_LABEL)
+        namespace = meta.get("namespace") or ""
+        # Earlier versions installed the control plane without a name: its objects have no owner (or "unknown").
+        legacy_ours = namespace == ISTIO_NAMESPACE and owner in (None, "", "unknown")
+        if owner not in ours and not legacy_ours:
+            usage.control_planes.append(f"{namespace}/{meta.get('name')}")
+    usage.control_planes.sort()
+    return usage

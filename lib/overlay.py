@@ -29,6 +29,21 @@ SECRET_SOURCE_ANNOTATION = "setup-mesh.io/source"
 MULTICLUSTER_LABEL = "istio/multiCluster"
 CLUSTER_ANNOTATION = "networking.istio.io/cluster"
 FIELD_MANAGER = "setup-mesh"
+# On the Istio resources setup-mesh makes itself, so teardown can tell them from everybody else's.
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+
+
+def made_by_setup_mesh(item: dict[str, Any]) -> bool:
+    meta = item.get("metadata") or {}
+    if (meta.get("labels") or {}).get(MANAGED_BY_LABEL) == FIELD_MANAGER:
+        return True
+    # Earlier versions made the cross-network Gateway without the label.
+    return (item.get("kind") == "Gateway" and meta.get("name") == CROSS_NETWORK_GATEWAY
+            and meta.get("namespace") == ISTIO_NAMESPACE)
+
+
+def control_plane_name(base: dict[str, Any]) -> str:
+    return (base.get("metadata") or {}).get("name") or CONTROL_PLANE_IOP
 
 
 def cluster_operator(base: dict[str, Any], topology: Topology, cluster: Cluster) -> dict[str, Any]:
@@ -113,12 +128,37 @@ def control_plane_revision(operator: dict[str, Any]) -> str | None:
     return str(revision) if revision and revision != "default" else None
 
 
+# What each profile installs; istioctl install waits for each component's readiness in turn.
+_PROFILE_COMPONENTS = {
+    "empty": set(), "minimal": {"base", "pilot"}, "remote": {"base", "pilot"},
+    "default": {"base", "pilot", "ingressGateways"}, "preview": {"base", "pilot", "ingressGateways"},
+    "demo": {"base", "pilot", "ingressGateways", "egressGateways"}, "ambient": {"base", "pilot", "cni", "ztunnel"},
+}
+_ALL_COMPONENTS = {"base", "pilot", "cni", "ztunnel", "ingressGateways", "egressGateways"}
+
+
+def sequential_waits(operator: dict[str, Any]) -> int:
+    """How many components `istioctl install` waits for one after another (at least 1). Unsure means more:
+    counting too many only makes istioctl give up earlier, with its own list of what is not ready."""
+    spec = operator.get("spec") or {}
+    components = spec.get("components") or {}
+    enabled = set(_PROFILE_COMPONENTS.get(spec.get("profile") or "default", _ALL_COMPONENTS))
+    for key in ("base", "pilot", "cni", "ztunnel"):
+        component = components.get(key)
+        if isinstance(component, dict) and component.get("enabled") is not None:
+            (enabled.add if component["enabled"] else enabled.discard)(key)
+    for key in ("ingressGateways", "egressGateways"):
+        if any(isinstance(g, dict) and g.get("enabled") is not False for g in components.get(key) or []):
+            enabled.add(key)
+    return max(1, len(enabled))
+
+
 def cross_network_gateway() -> dict[str, Any]:
     """The Gateway that exposes every service (*.local) on the east-west gateway's port 15443."""
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "Gateway",
-        "metadata": {"name": CROSS_NETWORK_GATEWAY, "namespace": ISTIO_NAMESPACE},
+        "metadata": {"name": CROSS_NETWORK_GATEWAY, "namespace": ISTIO_NAMESPACE, "labels": {MANAGED_BY_LABEL: FIELD_MANAGER}},
         "spec": {
             "selector": {"istio": "eastwestgateway"},
             "servers": [

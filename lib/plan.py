@@ -18,16 +18,17 @@ from .ambient import gateway_status
 from .desired import Desired, desired_state
 from .executor import After, Interrupted, Phase, RunContext, Step
 from .gatewayapi import CrdSource
-from .kube import (GATEWAY_RESOURCE, MANAGED_GATEWAY_LABEL, Observed, Tools, parse_remote_secret, service_address,
-                   token_fingerprint)
+from .kube import (COMPONENT_LABEL, GATEWAY_RESOURCE, MANAGED_GATEWAY_LABEL, OWNER_LABEL, OWNER_NAMESPACE_LABEL, IstioUsage,
+                   Observed, Tools, parse_remote_secret, service_address, token_fingerprint)
 from .overlay import (APPLIED_ANNOTATION, CROSS_NETWORK_GATEWAY, EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE,
-                      cacerts_manifest, eastwest_operator,
-                      manifest_list, namespace_manifest)
+                      NETWORK_LABEL, cacerts_manifest, eastwest_operator, manifest_list, namespace_manifest,
+                      sequential_waits)
 from .release import Release
 from .yamldiff import diff
 from .yamlfile import dump
 
 OVERLAY_DIR = "overlays"
+UNINSTALL_DIR = Path(".setup-mesh") / "uninstall"
 GATEWAY_POLL_SECONDS = 1.0
 RECORD_TITLE = "record what was applied"
 EXPORT_KEY = "export its remote secret"
@@ -105,6 +106,25 @@ def _intermediate_step(release: Release | None, cert_dir: Path, cluster: Cluster
                 change=f"+ intermediate CA ({cert_dir.name}/{cluster.name}/)")
 
 
+def readiness_timeout(timeout: float, operator: dict) -> str:
+    """istioctl install waits up to --readiness-timeout for each component in turn; setup-mesh kills a
+    command after --timeout. Sharing the time out keeps istioctl's own "not ready" report instead of a kill."""
+    margin = min(30.0, timeout / 10)
+    return f"{max(1, int((timeout - margin) / sequential_waits(operator)))}s"
+
+
+def install_command(tools: Tools, cluster: Cluster, path: Path, operator: dict):
+    return tools.istioctl_cmd(cluster, "install", "-y", "-f", str(path),
+                              "--readiness-timeout", readiness_timeout(tools.timeout, operator))
+
+
+def gateway_network(seen: Observed) -> str | None:
+    """The network the east-west gateway's Deployment selects its pods by (None: no such Deployment)."""
+    deployment = seen.deployments.get(EASTWEST_NAME) or {}
+    match = (((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
+    return match.get(NETWORK_LABEL) if deployment else None
+
+
 def _install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | None = None) -> list[Step]:
     """A first install shows what is added; a re-install, the paths that change in each overlay (the
     overlays/ files are what was installed last)."""
@@ -113,16 +133,23 @@ def _install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | Non
     overlay = overlay_path(workdir, cluster)
     changed = _changed(overlay, d.operator, fresh, workdir)
     steps = [Step("install Istio", files=[(overlay, dump(d.operator))],
-                  commands=[tools.istioctl_cmd(cluster, "install", "-y", "-f", str(overlay))],
+                  commands=[install_command(tools, cluster, overlay, d.operator)],
                   done="installed" if fresh else "updated",
                   change=f"{changed[0] or '~'} Istio ({OVERLAY_DIR}/{overlay.name})",
                   details=changed[1] if changed[0] else ["(its overlay is unchanged: installed again)"])]
     fresh_gateway = fresh or not (seen and seen.eastwest_exists)
     if d.eastwest is not None:
+        old_network = gateway_network(seen)
+        if old_network is not None and old_network != cluster.network:
+            # A Deployment's selector cannot change, and the gateway's names its network: its Deployment
+            # is replaced. Its Service (and so its address) is updated in place.
+            steps.append(Step(f"remove the east-west gateway's Deployment (it selects network {old_network})",
+                              commands=[tools.kubectl_cmd(cluster, "delete", "deployment", EASTWEST_NAME, "-n",
+                                                          ISTIO_NAMESPACE, "--ignore-not-found")]))
         path = eastwest_path(workdir, cluster)
         eastwest = _changed(path, d.eastwest, fresh_gateway, workdir)
         steps.append(Step("install east-west gateway", files=[(path, dump(d.eastwest))],
-                          commands=[tools.istioctl_cmd(cluster, "install", "-y", "-f", str(path))],
+                          commands=[install_command(tools, cluster, path, d.eastwest)],
                           change=eastwest[0] and f"{eastwest[0]} east-west gateway ({OVERLAY_DIR}/{path.name})",
                           details=eastwest[1]))
     for unit in d.istio_objects:  # applied again on every install; shown when they are new
@@ -309,30 +336,81 @@ def prune_step(tools: Tools, target: Cluster, names: list[str]) -> Step:
         done=secrets_done(0, 0, len(names)), change="- stale remote secrets: " + ", ".join(names))
 
 
-def uninstall_steps(tools: Tools, cluster: Cluster, secrets: list[str]) -> list[Step]:
-    """Istio, then what setup-mesh created, then istio-system (the Gateway goes with Istio's CRDs)."""
-    to_delete = ["cacerts", *secrets]
-    return [
-        Step("uninstall Istio", commands=[tools.istioctl_cmd(cluster, "uninstall", "--purge", "-y")],
-             change="- Istio (istioctl uninstall --purge)"),
-        Step("delete cacerts and remote secrets", commands=[tools.kubectl_cmd(
-            cluster, "delete", "secret", "-n", ISTIO_NAMESPACE, "--ignore-not-found", *to_delete)],
-            change=f"- secret cacerts" + (f" and {len(secrets)} remote secret{'s' * (len(secrets) != 1)}"
-                                            if secrets else "")),
-        Step(f"delete namespace {ISTIO_NAMESPACE}", commands=[tools.kubectl_cmd(
+@dataclass(frozen=True)
+class Uninstall:
+    """How to remove setup-mesh from one cluster, decided from what the cluster holds."""
+
+    workdir: Path
+    ours: frozenset[str]  # the IstioOperator names setup-mesh installs (control plane, east-west gateway)
+    usage: IstioUsage  # Istio objects others made
+    remove_crds: bool = False  # delete Istio's CRDs even though others' resources exist (and go with them)
+
+    @property
+    def purge(self) -> bool:
+        return self.remove_crds or not self.usage.foreign
+
+
+def _installed_operators(seen: Observed, ours: frozenset[str]) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """setup-mesh's IstioOperators (name, namespace) found on istio-system's deployments, and the
+    revisions of control planes installed unnamed by earlier versions."""
+    named, revisions = set(), set()
+    for item in seen.deployments.values():
+        labels = (item.get("metadata") or {}).get("labels") or {}
+        if COMPONENT_LABEL not in labels:
+            continue
+        owner = labels.get(OWNER_LABEL)
+        if owner in ours:
+            named.add((owner, labels.get(OWNER_NAMESPACE_LABEL)))
+        elif owner in (None, "", "unknown"):
+            revisions.add(labels.get("istio.io/rev") or "default")
+    return sorted(named, key=lambda n: (n[0], n[1] or "")), sorted(revisions)
+
+
+def uninstall_steps(tools: Tools, cluster: Cluster, secrets: list[str], seen: Observed, how: Uninstall) -> list[Step]:
+    """setup-mesh's Istio, then its secrets, then istio-system. Istio's CRDs (and with them every Istio
+    resource) go only when nobody else uses Istio there, or when asked to with --remove-crds."""
+    steps = []
+    if how.purge:
+        steps.append(Step("uninstall Istio and its CRDs", commands=[tools.istioctl_cmd(cluster, "uninstall", "--purge", "-y")],
+                          change="- Istio (istioctl uninstall --purge)"))
+    else:
+        named, revisions = _installed_operators(seen, how.ours)
+        files, commands = [], []
+        for name, namespace in named:
+            # `uninstall -f` removes what the file's IstioOperator name owns; nothing else in the file matters.
+            path = how.workdir / UNINSTALL_DIR / f"{cluster.name}-{name}.yaml"
+            metadata = {"name": name, **({"namespace": namespace} if namespace else {})}
+            files.append((path, dump({"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator",
+                                      "metadata": metadata})))
+            commands.append(tools.istioctl_cmd(cluster, "uninstall", "-y", "-f", str(path)))
+        for revision in revisions:
+            commands.append(tools.istioctl_cmd(cluster, "uninstall", "-y", "-r", revision))
+        commands.append(tools.kubectl_cmd(cluster, "delete", "gateways.networking.istio.io", CROSS_NETWORK_GATEWAY,
+                                          "-n", ISTIO_NAMESPACE, "--ignore-not-found"))
+        steps.append(Step("uninstall setup-mesh's IstioOperators (Istio's CRDs are kept)", commands=commands,
+                          files=files, change="- setup-mesh's IstioOperators and Gateway (Istio's CRDs are kept: "
+                                              f"others use Istio here: {how.usage.describe()})"))
+    steps.append(Step("delete cacerts and remote secrets", commands=[tools.kubectl_cmd(
+        cluster, "delete", "secret", "-n", ISTIO_NAMESPACE, "--ignore-not-found", "cacerts", *secrets)],
+        change=f"- secret cacerts" + (f" and {len(secrets)} remote secret{'s' * (len(secrets) != 1)}"
+                                        if secrets else "")))
+    if how.purge or not how.usage.in_namespace(ISTIO_NAMESPACE):
+        steps.append(Step(f"delete namespace {ISTIO_NAMESPACE}", commands=[tools.kubectl_cmd(
             cluster, "delete", "namespace", ISTIO_NAMESPACE, "--ignore-not-found")], done="removed",
-            change=f"- namespace {ISTIO_NAMESPACE}"),
-    ]
+            change=f"- namespace {ISTIO_NAMESPACE}"))
+    return steps
 
 
 def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observed: dict[str, Observed | None],
                      removed: list[Removal], removed_observed: dict[str, Observed | None], workdir: Path,
                      tools: Tools, release: Release | None, intermediate_vars: dict[str, str],
                      gateway_timeout: float, skip: set[str] = frozenset(),
-                     only: set[str] | None = None, gateway_api: CrdSource | None = None) -> ApplyPlan:
+                     only: set[str] | None = None, gateway_api: CrdSource | None = None,
+                     uninstall: dict[str, Uninstall] | None = None) -> ApplyPlan:
     """``skip``: contexts that could not be read; they get no step, and their secrets are left as they are.
     ``only``: the contexts to change (--context); the others are read for their current secrets only.
-    ``gateway_api``: where an ambient mesh's clusters that lack the Gateway API CRDs get them from."""
+    ``gateway_api``: where an ambient mesh's clusters that lack the Gateway API CRDs get them from.
+    ``uninstall``: how each reachable removed cluster is uninstalled (from what else uses Istio there)."""
     cert_dir = certs.certs_dir(workdir)
     # Each member's own chain (set-up, install, its remote secret), then what needs the others (their
     # secrets, and the gateway address); phases group the steps for the reader, the steps' dependencies
@@ -449,13 +527,14 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
     # Clusters dropped from topology.yaml: uninstall where reachable.
     for gone in removed:
         seen = removed_observed.get(gone.context)
-        gone.reachable = bool(seen and seen.reachable)
+        # A cluster whose Istio users could not be read is left as it is, like an unreachable one.
+        gone.reachable = bool(seen and seen.reachable and gone.context in (uninstall or {}))
         plan.removals.append(gone)
         plan.actions[gone.context] = "remove"
         if gone.reachable:
             cluster = Cluster(context=gone.context, network="", name=gone.cluster_name, kubeconfig=gone.kubeconfig)
             secrets = sorted(info.name for info in seen.remote_secrets.values())
-            for step in uninstall_steps(tools, cluster, secrets):
+            for step in uninstall_steps(tools, cluster, secrets, seen, uninstall[gone.context]):
                 remove.add(gone.context, step)
     return plan
 
@@ -484,7 +563,8 @@ def _read(path: Path) -> bytes | None:
         return None
 
 
-def teardown_plan(tools: Tools, clusters: list[Cluster], observed: dict[str, Observed | None]) -> Phase:
+def teardown_plan(tools: Tools, clusters: list[Cluster], observed: dict[str, Observed | None],
+                  uninstall: dict[str, Uninstall]) -> Phase:
     phase = Phase("teardown")
     for cluster in clusters:
         seen = observed.get(cluster.context)
@@ -493,7 +573,7 @@ def teardown_plan(tools: Tools, clusters: list[Cluster], observed: dict[str, Obs
         if not seen.namespace and not seen.istiod_service:
             continue  # nothing of ours is left there
         secrets = sorted(info.name for info in seen.remote_secrets.values())
-        for step in uninstall_steps(tools, cluster, secrets):
+        for step in uninstall_steps(tools, cluster, secrets, seen, uninstall[cluster.context]):
             phase.add(cluster.context, step)
     return phase
 

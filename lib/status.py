@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import json
+import re
 import shlex
 import time
 from dataclasses import dataclass, field, replace
@@ -25,7 +26,7 @@ from .gatewayapi import expected_version, older_than_needed
 from .errors import MeshError
 from .invocation import prep_hint
 from .kube import GATEWAY_RESOURCE, Observed, Tools, token_fingerprint
-from .overlay import EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL
+from .overlay import EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL, control_plane_revision
 from .redact import redact
 from .reporter import Reporter
 
@@ -35,6 +36,9 @@ READ_TIMEOUT = 30.0
 ISTIOD_CONTAINER = "discovery"
 # Image tag suffixes that name a build flavour, not a version.
 _TAG_VARIANTS = ("-distroless", "-debug")
+# Istio release tags: 1.29.0, 1.30.0-beta.1, 1.29.0-rc.0 (and istio's own dev builds, 1.30-dev).
+_RELEASE_TAG = re.compile(r"^\d+\.\d+(\.\d+)?(-[0-9A-Za-z.]+)?$")
+UNKNOWN_VERSION = "unknown"
 
 # Secret states in the peer matrix and in the JSON document.
 PRESENT, MISSING, STALE, LOCAL, OUTDATED = "present", "missing", "stale", "local", "outdated"
@@ -59,9 +63,8 @@ class Istiod:
 
 
 def istio_revision(base: dict) -> str | None:
-    """base.yaml's spec.revision; None for the default revision."""
-    revision = ((base or {}).get("spec") or {}).get("revision")
-    return revision if revision and revision != "default" else None
+    """The revision base.yaml installs (spec.values.revision or spec.revision); None for the default one."""
+    return control_plane_revision(base or {})
 
 
 def istiod_name(base: dict) -> str:
@@ -70,17 +73,19 @@ def istiod_name(base: dict) -> str:
 
 
 def image_version(image: str | None) -> str | None:
-    """``docker.io/istio/pilot:1.29.0`` -> ``1.29.0``; None when the image names no tag."""
+    """``docker.io/istio/pilot:1.29.0`` -> ``1.29.0``; None without an image; UNKNOWN_VERSION when the
+    image is pinned by digest alone or its tag is not a version (``latest``, a custom build): a tag
+    like that says nothing reliable about what runs."""
     if not image:
         return None
     image = image.split("@", 1)[0]
     last = image.rsplit("/", 1)[-1]
     if ":" not in last:
-        return None
+        return UNKNOWN_VERSION
     tag = last.rsplit(":", 1)[1]
     for variant in _TAG_VARIANTS:
         tag = tag.removesuffix(variant)
-    return tag or None
+    return tag if _RELEASE_TAG.match(tag) else UNKNOWN_VERSION
 
 
 def parse_istiod(deployment: dict | None) -> Istiod:

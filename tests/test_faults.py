@@ -204,3 +204,45 @@ def test_apply_while_istio_system_is_still_terminating(mesh):
     assert mesh.get("cluster2", "deployment", "istiod", "-n", "istio-system")
     assert sorted(mesh.remote_secrets("cluster2")) == ["cluster1"]
     assert sorted(mesh.remote_secrets("cluster1")) == ["cluster2"]
+
+
+def test_ctrl_c_at_a_confirmation_prompt_is_interrupted(sandbox_factory, tmp_path):
+    """Ctrl-C typed at teardown's question, on a real terminal (a pty whose driver sends SIGINT)."""
+    import fcntl
+    import pty
+    import termios
+
+    sandbox = sandbox_factory(["cluster1"])
+    mesh = make_mesh(sandbox, tmp_path / "ws", {"cluster1": "network1"})
+    master, slave = pty.openpty()
+
+    def controlling_terminal():
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "setup_mesh.py"), "teardown", "--workdir", str(mesh.workdir)],
+                            env=dict(mesh.env, TERM="dumb", COLUMNS="200"), stdin=slave, stdout=slave, stderr=slave,
+                            preexec_fn=controlling_terminal, close_fds=True)
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 60
+    while b"[y/N]" not in seen and time.monotonic() < deadline:
+        try:
+            seen += os.read(master, 4096)
+        except OSError:
+            break
+    assert b"[y/N]" in seen, seen.decode(errors="replace")
+    os.write(master, b"\x03")  # the terminal turns it into SIGINT for the foreground process group
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            seen += os.read(master, 4096)
+        except OSError:
+            break
+    proc.wait(timeout=10)
+    os.close(master)
+    text = seen.decode(errors="replace")
+    assert proc.returncode == 130, text
+    assert "interrupted" in text and "Traceback" not in text
+    writes = [r for r in sandbox.requests("cluster1") if r["method"] not in ("GET", "HEAD")]
+    assert writes == [], "nothing was changed"

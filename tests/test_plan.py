@@ -6,8 +6,8 @@ from pathlib import Path
 
 
 from lib.config import Cluster, Topology
-from lib.kube import Observed, RemoteSecretInfo, Tools, token_fingerprint
-from lib.plan import Removal, build_apply_plan, desired_state
+from lib.kube import IstioUsage, Observed, RemoteSecretInfo, Tools, parse_istio_usage, token_fingerprint
+from lib.plan import Removal, Uninstall, build_apply_plan, desired_state, uninstall_steps
 from tests import goldens
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,13 +38,13 @@ def _healthy(topology, desired):
     return observed
 
 
-def _plan(tmp_path, observed, removed=()):
+def _plan(tmp_path, observed, removed=(), uninstall=None):
     topology = Topology("m", CLUSTERS, tmp_path / "topology.yaml")
     desired = desired_state(topology, {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {}})
     obs = observed(topology, desired) if callable(observed) else observed
     return build_apply_plan(topology=topology, desired=desired, observed=obs, removed=list(removed),
                             removed_observed=obs, workdir=_workdir(tmp_path), tools=Tools(), release=None,
-                            intermediate_vars={}, gateway_timeout=5)
+                            intermediate_vars={}, gateway_timeout=5, uninstall=uninstall)
 
 
 def _steps(plan):
@@ -119,11 +119,68 @@ def test_stale_secrets_and_removed_clusters(tmp_path):
         obs["gone"] = Observed(reachable=True, namespace=True)
         return obs
 
-    plan = _plan(tmp_path, observed, [Removal("gone", "gone", None, False)])
+    how = Uninstall(tmp_path, OURS, IstioUsage())
+    plan = _plan(tmp_path, observed, [Removal("gone", "gone", None, False)], uninstall={"gone": how})
     assert plan.prunes == {"c1": ["istio-remote-secret-old"]}
     assert plan.deletes_anything
-    assert _steps(plan)[("remove clusters", "gone")] == ["uninstall Istio", "delete cacerts and remote secrets",
+    assert _steps(plan)[("remove clusters", "gone")] == ["uninstall Istio and its CRDs", "delete cacerts and remote secrets",
                                                          "delete namespace istio-system"]
+    unread = _plan(tmp_path / "again", observed, [Removal("gone", "gone", None, False)], uninstall={})
+    assert ("remove clusters", "gone") not in _steps(unread), "who else uses Istio there is unknown: touch nothing"
+    assert [r.reachable for r in unread.removals] == [False]
+
+
+OURS = frozenset({"setup-mesh", "eastwest"})
+
+
+def _deployment(name, owner, rev="default"):
+    labels = {"operator.istio.io/component": "Pilot", "istio.io/rev": rev}
+    if owner is not None:
+        labels["install.operator.istio.io/owning-resource"] = owner
+    return {"kind": "Deployment", "metadata": {"name": name, "namespace": "istio-system", "labels": labels}}
+
+
+def test_uninstall_keeps_crds_and_others_control_planes_when_others_use_istio(tmp_path):
+    cluster = Cluster("c1", "n1", "c1")
+    seen = Observed(reachable=True, namespace=True, deployments={
+        "istiod": _deployment("istiod", "setup-mesh"), "istio-eastwestgateway": _deployment("istio-eastwestgateway", "eastwest"),
+        "istiod-old": _deployment("istiod-old", None, rev="old"), "istiod-team": _deployment("istiod-team", "team-plane")})
+    usage = IstioUsage(resources={("VirtualService", "shop"): 2})
+    steps = uninstall_steps(Tools(), cluster, ["istio-remote-secret-c2"], seen, Uninstall(tmp_path, OURS, usage))
+    argvs = [" ".join(c.argv) for s in steps for c in s.commands]
+    assert not any("--purge" in a for a in argvs)
+    files = {path.name: text for s in steps for path, text in s.files}
+    assert sorted(files) == ["c1-eastwest.yaml", "c1-setup-mesh.yaml"]
+    assert "name: eastwest" in files["c1-eastwest.yaml"]
+    assert any(a.endswith("uninstall -y -r old --context c1") for a in argvs), "unnamed installs of earlier versions"
+    assert not any("team" in a for a in argvs), "another IstioOperator's control plane is not ours"
+    assert any("delete namespace istio-system" in a for a in argvs)
+    in_istio_system = Uninstall(tmp_path, OURS, IstioUsage(resources={("PeerAuthentication", "istio-system"): 1}))
+    argvs = [" ".join(c.argv) for s in uninstall_steps(Tools(), cluster, [], seen, in_istio_system) for c in s.commands]
+    assert not any("delete namespace" in a for a in argvs), "others' resources live in istio-system: it stays"
+    forced = Uninstall(tmp_path, OURS, usage, remove_crds=True)
+    argvs = [" ".join(c.argv) for s in uninstall_steps(Tools(), cluster, [], seen, forced) for c in s.commands]
+    assert argvs[0].startswith("istioctl uninstall --purge -y")
+
+
+def test_istio_usage_tells_setup_mesh_objects_from_others():
+    import json
+
+    from lib.overlay import cross_network_gateway, made_by_setup_mesh
+
+    resources = json.dumps({"items": [
+        {**cross_network_gateway(), "kind": "Gateway"},
+        {"kind": "Gateway", "metadata": {"name": "cross-network-gateway", "namespace": "istio-system"}},  # earlier versions
+        {"kind": "VirtualService", "metadata": {"name": "a", "namespace": "shop"}},
+        {"kind": "VirtualService", "metadata": {"name": "b", "namespace": "shop"}},
+        {"kind": "AuthorizationPolicy", "metadata": {"name": "c", "namespace": "bank"}}]})
+    deployments = json.dumps({"items": [_deployment("istiod", "setup-mesh"), _deployment("istiod-legacy", "unknown"),
+                                        {**_deployment("istiod", "theirs"), "metadata": {**_deployment("istiod", "theirs")["metadata"], "namespace": "other"}}]})
+    usage = parse_istio_usage(resources, deployments, OURS, made_by_setup_mesh)
+    assert usage.resources == {("VirtualService", "shop"): 2, ("AuthorizationPolicy", "bank"): 1}
+    assert usage.control_planes == ["other/istiod"]
+    assert usage.describe() == "1 AuthorizationPolicy in bank; 2 VirtualService in shop; Istio deployments installed by others: other/istiod"
+    assert not parse_istio_usage(None, '{"items": []}', OURS, made_by_setup_mesh).foreign
 
 
 def test_dry_run_of_the_bundled_example_matches_the_golden_plan(tmp_path):
@@ -169,3 +226,36 @@ def test_a_secret_nobody_holds_is_not_made_in_an_unselected_peer(tmp_path):
                             removed_observed={}, workdir=_workdir(tmp_path / "b"), tools=Tools(), release=None,
                             intermediate_vars={}, gateway_timeout=5, only={"c1", "c3"})
     assert _steps(both) == {(SETUP, "c3"): ["create its remote secret"], (IMPORT, "c1"): ["import c3's secret"]}
+
+
+def test_istioctl_gives_up_waiting_before_setup_mesh_kills_it():
+    from lib.overlay import sequential_waits
+    from lib.plan import install_command
+
+    default = {"spec": {"profile": "default"}}
+    assert sequential_waits(default) == 3  # base, istiod, ingress gateway, one after another
+    assert sequential_waits({"spec": {"profile": "default", "components": {
+        "ingressGateways": [{"name": "istio-ingressgateway", "enabled": False}]}}}) == 3, "unsure counts more"
+    assert sequential_waits({"spec": {"profile": "minimal", "components": {"cni": {"enabled": True}}}}) == 3
+    assert sequential_waits({"spec": {"profile": "empty", "components": {"ingressGateways": [{"name": "gw"}]}}}) == 1
+    for timeout in (600.0, 45.0):
+        argv = install_command(Tools(timeout=timeout), CLUSTERS[0], Path("o.yaml"), default).argv
+        readiness = float(argv[argv.index("--readiness-timeout") + 1].rstrip("s"))
+        assert readiness * 3 < timeout and readiness * 3 > timeout * 0.8
+
+
+def test_a_network_change_replaces_the_gateway_deployment_whose_selector_names_it(tmp_path):
+    def observed(topology, desired):
+        obs = _healthy(topology, desired)
+        obs["c3"].applied = "network-was-different"
+        obs["c3"].deployments["istio-eastwestgateway"] = {"spec": {"selector": {"matchLabels": {
+            "istio": "eastwestgateway", "topology.istio.io/network": "old-network"}}}}
+        obs["c1"].deployments["istio-eastwestgateway"] = {"spec": {"selector": {"matchLabels": {
+            "istio": "eastwestgateway", "topology.istio.io/network": "n1"}}}}
+        obs["c1"].applied = "something-else"
+        return obs
+
+    steps = _steps(_plan(tmp_path, observed))
+    assert steps[(SETUP, "c3")][:3] == ["install Istio", "remove the east-west gateway's Deployment (it selects network old-network)",
+                                        "install east-west gateway"]
+    assert not any("remove the east-west" in title for title in steps[(SETUP, "c1")]), "same network: updated in place"

@@ -18,7 +18,7 @@ import yaml
 from tests.meshkit import make_mesh
 
 CONTEXTS = ["ctx-a", "ctx-b", "ctx-c"]
-NAMES = {"ctx-a": "alpha", "ctx-b": "beta", "ctx-c": "gamma"}
+NAMES = {"ctx-a": "alpha", "ctx-b": "beta", "ctx-c": "gamma", "ctx-d": "delta"}  # ctx-d: a cluster that joins
 NETS = {"ctx-a": "network1", "ctx-b": "network1", "ctx-c": "network2"}
 
 
@@ -53,13 +53,23 @@ def exports(mesh) -> list[str]:
     return [c["context"] for c in mesh.sandbox.istioctl_calls() if c["argv"][1:2] == ["create-remote-secret"]]
 
 
-@pytest.fixture
-def mesh(sandbox_factory, tmp_path):
-    sandbox = sandbox_factory(CONTEXTS)
+def _applied_mesh(sandbox_factory, tmp_path, spare=()):
+    """The three-cluster mesh, applied; ``spare`` contexts exist in the sandbox but not in the mesh."""
+    sandbox = sandbox_factory(CONTEXTS + list(spare))
     mesh = make_mesh(sandbox, tmp_path / "ws", NETS)
     _topology(mesh, NETS)
     mesh.apply()
     return mesh
+
+
+@pytest.fixture
+def mesh(sandbox_factory, tmp_path):
+    return _applied_mesh(sandbox_factory, tmp_path)
+
+
+def installs_since(mesh, count: int) -> list[str]:
+    """The contexts whose control plane was installed after the first ``count`` installs."""
+    return sorted(c["context"] for c in mesh.control_plane_installs()[count:])
 
 
 def _edit_base(mesh, old: str, new: str) -> None:
@@ -125,3 +135,131 @@ def test_contexts_with_a_default_namespace_stay_idempotent_and_leave_nothing_the
             accounts = mesh.get(ctx, "serviceaccounts", "-n", namespace)["items"]
             assert [a["metadata"]["name"] for a in accounts if "istio" in a["metadata"]["name"]] == []
             assert mesh.get(ctx, "clusterrole", f"istio-reader-clusterrole-{namespace}", check=False) is None
+
+
+FOREIGN_VS = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}
+"""
+FOREIGN_PA = """apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+"""
+
+
+def test_teardown_keeps_other_peoples_istio_configuration(mesh):
+    sandbox = mesh.sandbox
+    sandbox.kubectl("ctx-a", "create", "namespace", "shop")
+    sandbox.kubectl("ctx-a", "apply", "-f", "-", stdin=FOREIGN_VS)
+    sandbox.kubectl("ctx-b", "apply", "-f", "-", stdin=FOREIGN_PA)
+    result = mesh.run("teardown", "-y")
+    assert result.returncode == 0, result.stdout + result.stderr
+    said = " ".join((result.stdout + result.stderr).split())
+    assert "ctx-a: keeps Istio's CRDs" in said and "1 VirtualService in shop" in said and "--remove-crds" in said
+    assert "ctx-b: keeps Istio's CRDs and base (webhooks, reader roles) and namespace istio-system" in said
+    assert "ctx-c: keeps" not in said
+    for ctx in CONTEXTS:
+        for kind, name in (("deployment", "istiod"), ("service", "istio-eastwestgateway"), ("secret", "cacerts")):
+            assert mesh.get(ctx, kind, name, "-n", "istio-system", check=False) is None, (ctx, kind)
+        assert mesh.remote_secrets(ctx) == {}
+    for ctx in ("ctx-a", "ctx-b"):  # the CRDs stayed: setup-mesh's own Gateway went nonetheless
+        assert sandbox.kubectl(ctx, "get", "gateways.networking.istio.io", "-A", "-o", "name").stdout.strip() == ""
+    assert mesh.get("ctx-a", "virtualservice", "reviews", "-n", "shop")["spec"]["hosts"] == ["reviews"]
+    assert mesh.get("ctx-a", "namespace", "istio-system", check=False) is None
+    assert mesh.get("ctx-b", "peerauthentication", "default", "-n", "istio-system")["spec"]["mtls"]["mode"] == "STRICT"
+    crds = {ctx: sandbox.kubectl(ctx, "get", "crd", "-o", "name").stdout for ctx in CONTEXTS}
+    assert "virtualservices.networking.istio.io" in crds["ctx-a"] and "istio.io" in crds["ctx-b"]
+    assert "istio.io" not in crds["ctx-c"], "nobody else used Istio there: its CRDs go"
+    assert mesh.get("ctx-c", "namespace", "istio-system", check=False) is None
+    assert [c["argv"] for c in sandbox.istioctl_calls() if "--purge" in c["argv"]] == [
+        ["istioctl", "uninstall", "--purge", "-y", "--context", "ctx-c"]]
+
+
+def test_one_clusters_network_changes_only_that_cluster(mesh):
+    before, exported, installs = snapshot(mesh), len(exports(mesh)), len(mesh.control_plane_installs())
+    networks = {**NETS, "ctx-b": "network2"}
+    _topology(mesh, networks)
+    mesh.apply()
+    after = snapshot(mesh)
+    assert installs_since(mesh, installs) == ["ctx-b"]
+    assert mesh.get("ctx-b", "namespace", "istio-system")["metadata"]["labels"]["topology.istio.io/network"] == "network2"
+    service = mesh.get("ctx-b", "service", "istio-eastwestgateway", "-n", "istio-system")
+    assert service["metadata"]["labels"]["topology.istio.io/network"] == "network2"
+    assert after == before, "the gateway is updated in place: same Service, same address; nothing else moves"
+    assert len(exports(mesh)) == exported
+
+
+def test_down_to_one_network_and_back_keeps_control_planes_and_secrets(mesh):
+    before, exported = snapshot(mesh), len(exports(mesh))
+    _topology(mesh, {ctx: "network1" for ctx in CONTEXTS})
+    mesh.apply()
+    single = snapshot(mesh)
+    for ctx in CONTEXTS:
+        assert single[ctx]["eastwest"] is None, "one network needs no east-west gateway"
+        assert {k: v for k, v in single[ctx].items() if k != "eastwest"} == \
+            {k: v for k, v in before[ctx].items() if k != "eastwest"}
+    _topology(mesh, NETS)  # a second network again
+    mesh.apply()
+    again = snapshot(mesh)
+    for ctx in CONTEXTS:
+        assert again[ctx]["eastwest"] is not None and again[ctx]["eastwest"][1], "every cluster has a gateway address"
+        assert again[ctx]["istiod"] == before[ctx]["istiod"] and again[ctx]["cacerts"] == before[ctx]["cacerts"]
+        assert again[ctx]["remote_secrets"] == before[ctx]["remote_secrets"]
+    assert len(exports(mesh)) == exported, "networks come and go without new remote secrets"
+
+
+def test_a_cluster_added_then_removed_touches_only_what_concerns_it(sandbox_factory, tmp_path):
+    mesh = _applied_mesh(sandbox_factory, tmp_path, spare=["ctx-d"])
+    before, exported, installs = snapshot(mesh), len(exports(mesh)), len(mesh.control_plane_installs())
+    _topology(mesh, {**NETS, "ctx-d": "network2"})
+    mesh.apply()
+    grown = snapshot(mesh, CONTEXTS + ["ctx-d"])
+    assert installs_since(mesh, installs) == ["ctx-d"]
+    assert exports(mesh)[exported:] == ["ctx-d"], "the others' secrets are copied, not made again"
+    for ctx in CONTEXTS:
+        assert {k: v for k, v in grown[ctx].items() if k != "remote_secrets"} == \
+            {k: v for k, v in before[ctx].items() if k != "remote_secrets"}
+        secrets = dict(grown[ctx]["remote_secrets"])
+        assert secrets.pop("delta") and secrets == before[ctx]["remote_secrets"]
+    assert sorted(grown["ctx-d"]["remote_secrets"]) == ["alpha", "beta", "gamma"]
+
+    _topology(mesh, NETS)
+    mesh.apply()
+    assert snapshot(mesh) == before, "removing it takes its secrets and nothing else"
+    assert mesh.get("ctx-d", "namespace", "istio-system", check=False) is None
+    assert len(exports(mesh)) == exported + 1
+
+
+def test_a_new_api_server_re_exports_that_clusters_secret_only(mesh):
+    before, exported, installs = snapshot(mesh), len(exports(mesh)), len(mesh.control_plane_installs())
+    _topology(mesh, NETS, extra={"ctx-a": {"api_server": "https://alpha.example.com:6443"}})
+    mesh.apply()
+    after = snapshot(mesh)
+    assert exports(mesh)[exported:] == ["ctx-a"]
+    assert installs_since(mesh, installs) == []
+    for ctx in ("ctx-b", "ctx-c"):
+        server = mesh.secret_kubeconfig(mesh.remote_secrets(ctx)["alpha"])["clusters"][0]["cluster"]["server"]
+        assert server == "https://alpha.example.com:6443"
+        assert after[ctx]["remote_secrets"]["alpha"] != before[ctx]["remote_secrets"]["alpha"]
+    for ctx in CONTEXTS:
+        assert {k: v for k, v in after[ctx].items() if k != "remote_secrets"} == \
+            {k: v for k, v in before[ctx].items() if k != "remote_secrets"}
+        assert {n: d for n, d in after[ctx]["remote_secrets"].items() if n != "alpha"} == \
+            {n: d for n, d in before[ctx]["remote_secrets"].items() if n != "alpha"}
+
+
+def test_re_apply_after_a_failed_run_repairs_only_what_failed(mesh):
+    before, exported, installs = snapshot(mesh), len(exports(mesh)), len(mesh.control_plane_installs())
+    _edit_base(mesh, "accessLogFile: /dev/stdout", "accessLogFile: /dev/null")
+    failed = mesh.apply(env={"ISTIOCTL_STANDIN_FAIL": "ctx-b/install"}, ok=False)
+    assert failed.returncode == 1 and "ctx-b" in failed.stdout + failed.stderr
+    first = installs_since(mesh, installs)
+    assert sorted(set(first)) == CONTEXTS
+    mesh.apply()
+    assert installs_since(mesh, installs + len(first)) == ["ctx-b"], "the repair re-does only the failed cluster"
+    mesh_config = yaml.safe_load(mesh.get("ctx-b", "configmap", "istio", "-n", "istio-system")["data"]["mesh"])
+    assert mesh_config["accessLogFile"] == "/dev/null"
+    assert snapshot(mesh) == before
+    assert len(exports(mesh)) == exported

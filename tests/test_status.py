@@ -98,7 +98,12 @@ def test_image_tag_is_the_version():
     assert image_version("docker.io/istio/pilot:1.29.0") == "1.29.0"
     assert image_version("registry.local:5000/istio/pilot:1.28.1-distroless") == "1.28.1"
     assert image_version("gcr.io/istio/pilot:1.27.0@sha256:" + "a" * 64) == "1.27.0"
-    assert image_version("registry.local:5000/istio/pilot") is None
+    assert image_version("registry.local:5000/istio/pilot") == "unknown"
+    assert image_version("docker.io/istio/pilot:1.30.0-beta.1") == "1.30.0-beta.1"
+    # A custom build or a moving tag says nothing reliable about the version: never show it as one.
+    assert image_version("registry.local/istio/pilot:latest") == "unknown"
+    assert image_version("registry.local/istio/pilot:my-fix-build") == "unknown"
+    assert image_version("registry.local/istio/pilot@sha256:" + "b" * 64) == "unknown"
     assert image_version(None) is None
 
 
