@@ -6,8 +6,8 @@ import yaml
 from rich.console import Console
 
 from lib.config import Cluster, Topology
-from lib.kube import Observed, RemoteSecretInfo, Tools, token_fingerprint
-from lib.plan import Removal, build_apply_plan, desired_state
+from lib.kube import IstioUsage, Observed, RemoteSecretInfo, Tools, token_fingerprint
+from lib.plan import Removal, Uninstall, build_apply_plan, desired_state
 from lib.planview import print_plan
 from lib.reporter import Reporter
 
@@ -53,9 +53,12 @@ def _applied(clusters, base, members=None):
 
 def _render(tmp_path, clusters, base, observed, width, removed=(), verbose=False) -> str:
     topology = Topology("mesh1", clusters, tmp_path / "topology.yaml")
+    # A removed cluster that was read and holds no one else's Istio objects is purged.
+    uninstall = {gone.context: Uninstall(tmp_path, frozenset({"setup-mesh", "eastwest"}), IstioUsage())
+                 for gone in removed}
     plan = build_apply_plan(topology=topology, desired=desired_state(topology, base), observed=observed,
                             removed=list(removed), removed_observed=observed, workdir=tmp_path, tools=Tools(),
-                            release=None, intermediate_vars={}, gateway_timeout=5)
+                            release=None, intermediate_vars={}, gateway_timeout=5, uninstall=uninstall)
     out = io.StringIO()
     reporter = Reporter(console=Console(file=out, width=width), err_console=Console(file=io.StringIO()),
                         verbose=verbose)
@@ -155,6 +158,6 @@ def test_verbose_shows_every_command_and_the_new_overlay(tmp_path):
     _workspace(tmp_path, FOUR, BASE)
     edited = {**BASE, "spec": {"profile": "default", "meshConfig": {"accessLogFile": "/dev/null"}}}
     text = _render(tmp_path, FOUR, edited, _applied(FOUR, BASE), 160, verbose=True)
-    assert "istioctl install -y -f <ws>/overlays/cluster1.yaml --context cluster1" in text
+    assert "istioctl install -y -f <ws>/overlays/cluster1.yaml --readiness-timeout 190s --context cluster1" in text
     assert "accessLogFile: /dev/null" in text
     assert text.splitlines()[-1] == "Plan: 0 install, 4 change, 0 remove; secrets: 0 add, 0 replace, 0 prune."

@@ -212,7 +212,7 @@ def test_gateway_needs_its_crd(two_clusters):
     assert "configured" in apply(sb, "cluster1", updated)
     gw = sb.get_json("cluster1", "gw", "cross-network-gateway", "-n", "istio-system")
     assert gw["spec"]["servers"][0]["port"]["number"] == 15444 and gw["metadata"]["generation"] == 2
-    assert "serverside-applied" in apply(sb, "cluster1", GATEWAY, "--server-side")
+    assert "serverside-applied" in apply(sb, "cluster1", GATEWAY, "--server-side", "--force-conflicts")
     gw = sb.get_json("cluster1", "gw", "cross-network-gateway", "-n", "istio-system")
     assert gw["spec"]["servers"][0]["port"]["number"] == 15443
 
