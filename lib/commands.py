@@ -15,7 +15,7 @@ from . import certs, invocation
 from .config import (AMBIENT, BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, check_data_plane, data_plane_mode, load_base,
                      load_topology, resolve_contexts, select_clusters)
 from .errors import Cancelled, ConfigError, MeshError
-from .executor import RERUN_HINT, Executor, Outcome, Phase, RunContext, Step
+from .executor import RERUN_HINT, Executor, Outcome, Phase, RunContext, Step, read_clusters
 from .invocation import prep_hint
 from .gatewayapi import CrdSource, choose_source, expected_version, older_than_needed, parse_crd_annotations
 from .kube import IstioUsage, Observed, Tools, is_missing_category, parse_inspect, parse_istio_usage
@@ -109,27 +109,6 @@ def find_tools(istio_dir: str | None, runner: ShRunner, lenient: bool, notes: li
     if not lenient:
         runner.require("kubectl")
     return Tools(kubectl="kubectl", istioctl=istioctl or "istioctl", timeout=timeout)
-
-
-def read_clusters(clusters: list[Cluster], runner, reporter: Reporter, parallel: int, title: str,
-                  read: Callable[[RunContext, Cluster], object]) -> dict[str, object]:
-    """``read`` on every cluster, in parallel: context -> what it returned."""
-    def step_for(cluster: Cluster) -> Step:
-        def action(ctx: RunContext) -> None:
-            value = read(ctx, cluster)
-            with ctx.lock:
-                ctx.shared.setdefault("read", {})[cluster.context] = value
-
-        return Step(title, action=action)
-
-    phase = Phase(title)
-    for cluster in clusters:
-        phase.add(cluster.context, step_for(cluster))
-    executor = Executor(runner, reporter, parallel)
-    executor.run_phase(phase)
-    if executor.outcome.interrupted:
-        raise KeyboardInterrupt
-    return executor.shared.get("read", {})
 
 
 def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Reporter, parallel: int,

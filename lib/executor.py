@@ -11,12 +11,15 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .errors import CommandFailed, MeshError
 from .fsutil import write_atomic
 from .reporter import Reporter
 from .runner import Command, Runner
+
+if TYPE_CHECKING:
+    from .config import Cluster
 
 
 @dataclass(frozen=True)
@@ -249,3 +252,24 @@ class Executor:
             self.outcome.failures[cluster] = exc
         self.reporter.step_done(cluster, step.title, False, seconds, detail=exc.message.splitlines()[0],
                                 interrupted=isinstance(exc, Interrupted))
+
+
+def read_clusters(clusters: list[Cluster], runner, reporter: Reporter, parallel: int, title: str,
+                  read: Callable[[RunContext, Cluster], object]) -> dict[str, object]:
+    """``read`` on every cluster, in parallel: context -> what it returned."""
+    def step_for(cluster: Cluster) -> Step:
+        def action(ctx: RunContext) -> None:
+            value = read(ctx, cluster)
+            with ctx.lock:
+                ctx.shared.setdefault("read", {})[cluster.context] = value
+
+        return Step(title, action=action)
+
+    phase = Phase(title)
+    for cluster in clusters:
+        phase.add(cluster.context, step_for(cluster))
+    executor = Executor(runner, reporter, parallel)
+    executor.run_phase(phase)
+    if executor.outcome.interrupted:
+        raise KeyboardInterrupt
+    return executor.shared.get("read", {})

@@ -647,36 +647,23 @@ def collect(ws: Workspace, tools: Tools, runner, reporter: Reporter, parallel: i
 def read_istiod_views(clusters: list[Cluster], revision: str | None, tools: Tools, runner, reporter: Reporter,
                       parallel: int) -> dict[str, IstiodView]:
     """``istioctl remote-clusters`` against each cluster's istiod, in parallel."""
-    from .executor import Executor, Phase, RunContext, Step
+    from .executor import RunContext, read_clusters
 
-    def step_for(cluster: Cluster) -> Step:
-        args = ["remote-clusters"] + (["--revision", revision] if revision else [])
+    args = ["remote-clusters"] + (["--revision", revision] if revision else [])
+
+    def read(ctx: RunContext, cluster: Cluster) -> IstiodView:
         command = replace(tools.istioctl_cmd(cluster, *args, timeout=READ_TIMEOUT), check=False)
+        try:
+            result = ctx.run(command)
+            if result.ok:
+                return IstiodView(remotes=istiod_view(parse_remote_clusters(result.stdout)))
+            return IstiodView(error=result.stderr_tail() or f"exit code {result.exit_code}")
+        except ValueError as exc:
+            return IstiodView(error=str(exc))
+        except MeshError as exc:
+            return IstiodView(error=exc.message)
 
-        def action(ctx: RunContext) -> None:
-            try:
-                result = ctx.run(command)
-                if result.ok:
-                    view = IstiodView(remotes=istiod_view(parse_remote_clusters(result.stdout)))
-                else:
-                    view = IstiodView(error=result.stderr_tail() or f"exit code {result.exit_code}")
-            except ValueError as exc:
-                view = IstiodView(error=str(exc))
-            except MeshError as exc:
-                view = IstiodView(error=exc.message)
-            with ctx.lock:
-                ctx.shared.setdefault("views", {})[cluster.context] = view
-
-        return Step("read istiod's remote clusters", commands=[command], action=action)
-
-    phase = Phase("read istiod's remote clusters")
-    for cluster in clusters:
-        phase.add(cluster.context, step_for(cluster))
-    executor = Executor(runner, reporter, parallel)
-    executor.run_phase(phase)
-    if executor.outcome.interrupted:
-        raise KeyboardInterrupt
-    return executor.shared.get("views", {})
+    return read_clusters(clusters, runner, reporter, parallel, "read istiod's remote clusters", read)
 
 
 def _read_bytes(path: Path) -> bytes | None:
