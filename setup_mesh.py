@@ -75,6 +75,14 @@ Debug = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to confirmations (for scripts).")]
 Parallel = Annotated[int, typer.Option("--parallel", "-p", min=1, metavar="N", help="How many clusters are worked on at once.")]
 Timeout = Annotated[float, typer.Option("--timeout", min=1, metavar="SECONDS", help="Seconds any one command may take.")]
+def _check_output(value: str) -> str:
+    if value not in ("table", "json"):
+        raise typer.BadParameter("use table or json")
+    return value
+
+
+Output = Annotated[str, typer.Option("--output", "-o", metavar="FORMAT", callback=_check_output,
+                                     help="table or json (a stable document for scripts).")]
 Contexts = Annotated[Optional[List[str]], typer.Option("--context", metavar="CONTEXT",
                                                        help="Only this kube context (repeatable; default: every cluster in topology.yaml).")]
 
@@ -192,8 +200,6 @@ def rotate_certs(
 
 
 def _status(workdir, kubeconfig, istio_dir, contexts, output, wait, wait_timeout, parallel, debug):
-    if output not in ("table", "json"):
-        raise typer.BadParameter("use table or json", param_hint="-o/--output")
     commands.run_guarded(debug, output == "json", False, lambda r, rep: commands.status(
         workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, contexts=contexts, output=output, wait=wait,
         wait_timeout=wait_timeout, parallel=parallel, runner=r, reporter=rep))
@@ -214,7 +220,7 @@ def _status_command(name: str, help_text: str):
         kubeconfig: Kubeconfig = None,
         istio_dir: IstioDir = None,
         context: Contexts = None,
-        output: Annotated[str, typer.Option("--output", "-o", metavar="FORMAT", help="table or json (a stable document for scripts).")] = "table",
+        output: Output = "table",
         wait: Annotated[bool, typer.Option("--wait", help="Poll until the mesh is healthy or --wait-timeout passes.")] = False,
         wait_timeout: Annotated[float, typer.Option("--wait-timeout", min=1, metavar="SECONDS", help="Seconds --wait polls for.")] = 300.0,
         parallel: Parallel = commands.DEFAULT_PARALLEL,
@@ -241,7 +247,7 @@ def verify(
     ready_timeout: Annotated[float, typer.Option("--ready-timeout", min=1, metavar="SECONDS", help="Seconds to wait for the pods to be ready.")] = 180.0,
     keep: Annotated[bool, typer.Option("--keep", help="Leave the namespace and its workloads in place (to look at them).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what it would create and run; touch no cluster.")] = False,
-    output: Annotated[str, typer.Option("--output", "-o", metavar="FORMAT", help="table or json (a stable document for scripts).")] = "table",
+    output: Output = "table",
     parallel: Parallel = commands.DEFAULT_PARALLEL,
     timeout: Timeout = commands.DEFAULT_TIMEOUT,
     quiet: Quiet = False,
@@ -258,8 +264,6 @@ def verify(
     """
     from lib.verify import Images, Options
 
-    if output not in ("table", "json"):
-        raise typer.BadParameter("use table or json", param_hint="-o/--output")
     options = Options(namespace=namespace, images=Images.from_options(registry, helloworld_tag, curl_tag),
                       ready_timeout=ready_timeout, keep=keep, dry_run=dry_run, output=output, parallel=parallel)
     commands.run_guarded(debug, quiet or output == "json", verbose, lambda r, rep: commands.verify(
