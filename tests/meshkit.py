@@ -31,7 +31,7 @@ class Mesh:
         full_env = self.env
         full_env.update(env or {})
         return subprocess.run([sys.executable, str(ROOT / "setup_mesh.py"), *args, "--workdir", str(self.workdir)],
-                              env=full_env, capture_output=True, text=True, timeout=timeout,
+                              env=full_env, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                               input=stdin if stdin is not None else "")
 
     def apply(self, *args: str, env: dict | None = None, ok: bool = True):
@@ -51,6 +51,9 @@ class Mesh:
         (self.workdir / "topology.yaml").write_text(yaml.safe_dump({"mesh_id": mesh_id, "contexts": contexts}))
 
     # --- reading the clusters ---------------------------------------------------------------
+    def kubectl(self, ctx: str, *args: str, stdin: str | None = None) -> str:
+        return self.sandbox.kubectl(ctx, *args, stdin=stdin).stdout
+
     def get(self, ctx: str, *args: str, check: bool = True):
         result = self.sandbox.kubectl(ctx, "get", *args, "-o", "json", check=check)
         return json.loads(result.stdout) if result.returncode == 0 else None

@@ -38,13 +38,13 @@ def _healthy(topology, desired):
     return observed
 
 
-def _plan(tmp_path, observed, removed=(), uninstall=None):
+def _plan(tmp_path, observed, removed=(), uninstall=None, only=None):
     topology = Topology("m", CLUSTERS, tmp_path / "topology.yaml")
     desired = desired_state(topology, {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {}})
     obs = observed(topology, desired) if callable(observed) else observed
     return build_apply_plan(topology=topology, desired=desired, observed=obs, removed=list(removed),
                             removed_observed=obs, workdir=_workdir(tmp_path), tools=Tools(), release=None,
-                            intermediate_vars={}, gateway_timeout=5, uninstall=uninstall)
+                            intermediate_vars={}, gateway_timeout=5, uninstall=uninstall, only=only)
 
 
 def _steps(plan):
@@ -201,11 +201,7 @@ def test_only_the_selected_contexts_get_steps(tmp_path):
         del obs["c2"].remote_secrets["c1"]
         return obs
 
-    topology = Topology("m", CLUSTERS, tmp_path / "topology.yaml")
-    desired = desired_state(topology, {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {}})
-    plan = build_apply_plan(topology=topology, desired=desired, observed=observed(topology, desired), removed=[],
-                            removed_observed={}, workdir=_workdir(tmp_path), tools=Tools(), release=None,
-                            intermediate_vars={}, gateway_timeout=5, only={"c1"})
+    plan = _plan(tmp_path, observed, only={"c1"})
     assert _steps(plan) == {(IMPORT, "c1"): ["import c3's secret"]}, "c2 is not touched, c3 is read only"
 
 
@@ -216,15 +212,8 @@ def test_a_secret_nobody_holds_is_not_made_in_an_unselected_peer(tmp_path):
             del obs[holder].remote_secrets["c3"]
         return obs
 
-    topology = Topology("m", CLUSTERS, tmp_path / "topology.yaml")
-    desired = desired_state(topology, {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {}})
-    plan = build_apply_plan(topology=topology, desired=desired, observed=observed(topology, desired), removed=[],
-                            removed_observed={}, workdir=_workdir(tmp_path), tools=Tools(), release=None,
-                            intermediate_vars={}, gateway_timeout=5, only={"c1"})
-    assert _steps(plan) == {}
-    both = build_apply_plan(topology=topology, desired=desired, observed=observed(topology, desired), removed=[],
-                            removed_observed={}, workdir=_workdir(tmp_path / "b"), tools=Tools(), release=None,
-                            intermediate_vars={}, gateway_timeout=5, only={"c1", "c3"})
+    assert _steps(_plan(tmp_path, observed, only={"c1"})) == {}
+    both = _plan(tmp_path / "b", observed, only={"c1", "c3"})
     assert _steps(both) == {(SETUP, "c3"): ["create its remote secret"], (IMPORT, "c1"): ["import c3's secret"]}
 
 

@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from rich.console import Console
 
+from tests import meshkit
+from tests.meshkit import FAST_KEYS
 from lib.config import Cluster, Topology
 from lib.kube import Observed, RemoteSecretInfo
 from lib.reporter import Reporter
@@ -301,33 +303,15 @@ def test_table_names_every_problem_with_its_hint(tmp_path, roots):
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = str(ROOT / "setup_mesh.py")  # hints name the program as it was run
 NETS = {"cluster1": "network1", "cluster2": "network1", "cluster3": "network2"}
-FAST_KEYS = {"ROOTCA_KEYSZ": "2048", "INTERMEDIATE_KEYSZ": "2048"}
 CLUSTER_FIELDS = {"context", "cluster_name", "network", "reachable", "error", "istio", "network_label", "cacerts",
                   "gateway", "remote_secrets", "stale_secrets", "remote_clusters", "drift", "problems"}
 
 
-class Mesh:
-    def __init__(self, sandbox, workdir: Path):
-        self.sandbox = sandbox
-        self.workdir = workdir
-
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        # From the repository, as a user would run it: hints then carry --workdir.
-        return subprocess.run([sys.executable, str(ROOT / "setup_mesh.py"), *args, "--workdir", str(self.workdir)],
-                              env={**self.sandbox.env, **FAST_KEYS}, cwd=ROOT, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-
+class Mesh(meshkit.Mesh):
     def status(self, *args: str) -> tuple[int, dict]:
-        result = self.cli("status", "-o", "json", *args)
+        result = self.run("status", "-o", "json", *args)
         assert result.returncode in (0, 1), result.stderr
         return result.returncode, json.loads(result.stdout)  # stdout is the document and nothing else
-
-    def apply(self) -> None:
-        result = self.cli("apply", "-y")
-        assert result.returncode == 0, result.stdout + result.stderr
-
-    def kubectl(self, ctx: str, *args: str, stdin: str | None = None) -> str:
-        return self.sandbox.kubectl(ctx, *args, stdin=stdin).stdout
 
     def write_topology(self, api_servers: dict[str, str | None]) -> None:
         contexts = {}
@@ -341,11 +325,11 @@ class Mesh:
 def _build(sandbox, workdir: Path, networks: dict[str, str], ok: bool = True, *apply_args: str) -> Mesh:
     mesh = Mesh(sandbox, workdir)
     mesh.networks = networks
-    result = mesh.cli("prep-mesh")
+    result = mesh.run("prep-mesh")
     assert result.returncode == 0, result.stderr
     # Every sandbox API server listens on 127.0.0.1: name the addresses peers reach, as a user would.
     mesh.write_topology({ctx: sandbox.api_server(ctx) for ctx in networks})
-    result = mesh.cli("apply", "-y", *apply_args)
+    result = mesh.run("apply", "-y", *apply_args)
     assert (result.returncode == 0) == ok, result.stdout + result.stderr
     return mesh
 
@@ -424,7 +408,7 @@ def test_healthy_mesh_reads_only_and_reports_every_field(mesh):
     for ctx in NETS:  # status only reads
         assert {r["method"] for r in mesh.sandbox.requests(ctx)[before[ctx]:]} == {"GET"}
 
-    table = mesh.cli("describe")
+    table = mesh.run("describe")
     assert table.returncode == 0, table.stderr
     assert "healthy" in table.stdout and "1.29.0" in table.stdout and "✓" in table.stdout
     # neither keys nor tokens reach any output
@@ -442,7 +426,7 @@ def test_missing_remote_secret(mesh):
     assert _cluster(doc, "cluster1")["remote_secrets"] == {"cluster2": "present", "cluster3": "missing"}
     problem = _problems(doc, "cluster1")["remote_secret_missing"]
     assert "cluster3" in problem["message"] and problem["hint"].startswith(f"{SCRIPT} apply --workdir ")
-    table = mesh.cli("status")
+    table = mesh.run("status")
     assert table.returncode == 1
     assert "✗ cluster1: no remote secret of cluster3" in table.stdout and f"hint: {SCRIPT} apply" in table.stdout
     assert "remote_secret_missing" not in table.stdout, "codes are for -o json"
@@ -621,7 +605,7 @@ def test_istiod_reports_a_timeout_for_a_peer_whose_secret_names_an_unreachable_a
             assert "cluster3" in problem["message"] and unreachable in problem["hint"]
             assert f"kubectl --context {ctx} logs -n istio-system deploy/istiod" in problem["hint"]
         assert _problems(doc, "cluster3") == {}
-        table = mesh.cli("status")
+        table = mesh.run("status")
         assert table.returncode == 1
         assert "✗ cluster1, cluster2 (about cluster3): istiod cannot reach the API servers of cluster3" in table.stdout
         assert "timeout" in table.stdout.split("remote secrets")[1]
@@ -661,11 +645,11 @@ def test_unreachable_cluster_is_reported_and_the_rest_still_read(mesh):
         assert _cluster(doc, ctx)["reachable"] and _cluster(doc, ctx)["problems"] == []
         # istiod cannot reach it either; the cause is named once, on cluster3
         assert _cluster(doc, ctx)["remote_clusters"]["cluster3"] == "timeout"
-    table = mesh.cli("status")
+    table = mesh.run("status")
     assert table.returncode == 1 and "✗ cluster3: cannot read the cluster" in table.stdout
 
     started = time.monotonic()
-    result = mesh.cli("status", "--wait", "--wait-timeout", "3")
+    result = mesh.run("status", "--wait", "--wait-timeout", "3")
     elapsed = time.monotonic() - started
     assert result.returncode == 1
     assert 3 <= elapsed < 15, elapsed

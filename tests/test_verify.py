@@ -16,6 +16,7 @@ import yaml
 
 from lib.config import Cluster
 from lib.verify import Images, answers, manifests, pod_states
+from tests import meshkit
 from tests.meshkit import FAST_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,29 +74,13 @@ def test_answers_and_pod_states_are_read_as_kubectl_shows_them():
 
 # --- on the sandbox ------------------------------------------------------------------------------------
 
-class Mesh:
-    def __init__(self, sandbox, workdir: Path):
-        self.sandbox = sandbox
-        self.workdir = workdir
-
-    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(ROOT / "setup_mesh.py"), *args, "--workdir", str(self.workdir)],
-                              env={**self.sandbox.env, **FAST_KEYS}, cwd=ROOT, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-
+class Mesh(meshkit.Mesh):
     def verify(self, *args: str) -> tuple[int, dict]:
-        result = self.cli("verify", "-o", "json", *args)
+        result = self.run("verify", "-o", "json", *args)
         assert result.returncode in (0, 1), result.stdout + result.stderr
         doc = json.loads(result.stdout)  # stdout is the document and nothing else
         self.assert_nothing_left()
         return result.returncode, doc
-
-    def apply(self) -> None:
-        result = self.cli("apply", "-y")
-        assert result.returncode == 0, result.stdout + result.stderr
-
-    def kubectl(self, ctx: str, *args: str, stdin: str | None = None) -> str:
-        return self.sandbox.kubectl(ctx, *args, stdin=stdin).stdout
 
     def write_topology(self, api_servers: dict[str, str]) -> None:
         contexts = {ctx: {"network": net, "api_server": api_servers[ctx]} for ctx, net in NETS.items()}
@@ -117,7 +102,7 @@ def mesh(tmp_path_factory):
     sandbox = Sandbox.up(root / "sandbox", list(NETS))
     try:
         m = Mesh(sandbox, root / "ws")
-        assert m.cli("prep-mesh").returncode == 0
+        assert m.run("prep-mesh").returncode == 0
         m.write_topology({ctx: sandbox.api_server(ctx) for ctx in NETS})
         m.apply()
         yield m
@@ -152,7 +137,7 @@ def test_healthy_mesh_gives_a_full_matrix_and_leaves_nothing(mesh):
     assert [(p["from"], p["to"]) for p in doc["pairs"]] == [(a, b) for a in NETS for b in NETS]
     assert all(p["reached"] and p["answers"] > 0 and p["causes"] == [] for p in doc["pairs"])
 
-    table = mesh.cli("verify")
+    table = mesh.run("verify")
     assert table.returncode == 0, table.stderr
     assert "every cluster reaches every cluster (3x3)" in table.stdout
     matrix = table.stdout.split("answering cluster)")[1]
@@ -162,7 +147,7 @@ def test_healthy_mesh_gives_a_full_matrix_and_leaves_nothing(mesh):
 
 def test_dry_run_lists_what_it_would_do_and_touches_nothing(mesh):
     before = {ctx: len(mesh.sandbox.requests(ctx)) for ctx in NETS}
-    result = mesh.cli("verify", "--dry-run", "--registry", "mirror.example.com/istio")
+    result = mesh.run("verify", "--dry-run", "--registry", "mirror.example.com/istio")
     assert result.returncode == 0, result.stderr
     for ctx in NETS:
         assert f"== {ctx}" in result.stdout
@@ -181,7 +166,7 @@ def test_missing_remote_secret_breaks_one_direction(mesh):
     cause = _pair(doc, "cluster1", "cluster3")["causes"][0]
     assert "cluster1 holds no remote secret of cluster3" in cause["message"]
     assert cause["hint"].startswith(f"{ROOT / 'setup_mesh.py'} apply --workdir {mesh.workdir}")
-    table = mesh.cli("verify")
+    table = mesh.run("verify")
     assert table.returncode == 1
     assert "cluster1 -> cluster3: remote_secret_missing" in table.stdout and "1 of 9 pair(s) not reached" in table.stdout
     _repaired(mesh)
@@ -277,7 +262,7 @@ def test_pods_that_never_become_ready_are_reported_with_their_reason(mesh):
 
 
 def test_keep_leaves_the_namespace_and_a_later_run_reuses_and_removes_it(mesh):
-    result = mesh.cli("verify", "--keep")
+    result = mesh.run("verify", "--keep")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"kept namespace {NS}" in result.stdout
     for ctx in NETS:
@@ -291,7 +276,7 @@ def test_a_namespace_verify_did_not_create_is_never_used(mesh):
     mesh.kubectl("cluster2", "create", "namespace", "team-app")
     mesh.kubectl("cluster2", "create", "configmap", "keep-me", "-n", "team-app")
     try:
-        result = mesh.cli("verify", "--namespace", "team-app")
+        result = mesh.run("verify", "--namespace", "team-app")
         assert result.returncode == 2
         assert "namespace team-app already exists in cluster2 and was not created by verify" in result.stderr
         assert "Traceback" not in result.stderr
