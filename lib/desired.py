@@ -15,7 +15,7 @@ the namespace fields with the cacerts step. Values a part sets for the user are 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from .ambient import GATEWAY_API_VERSION, east_west_gateway, with_multi_network_switch
 from .config import AMBIENT, SIDECAR, Topology, data_plane_mode
@@ -101,7 +101,6 @@ class Desired:
 class Inputs:
     mesh: Mesh
     base: dict[str, Any]  # base.yaml, validated
-    addresses: Mapping[str, str] = field(default_factory=dict)  # context -> its east-west gateway's address
 
 
 Part = Callable[[Inputs, Member, Desired], None]
@@ -151,8 +150,7 @@ def derive(inputs: Inputs, member: Member) -> Desired:
     return d
 
 
-def desired_state(topology: Topology, base: dict[str, Any],
-                  addresses: Mapping[str, str] | None = None) -> dict[str, Desired]:
+def desired_state(topology: Topology, base: dict[str, Any]) -> dict[str, Desired]:
     """Every cluster's desired state, by context."""
-    inputs = Inputs(mesh_model(topology, data_plane_mode(base)), base, dict(addresses or {}))
+    inputs = Inputs(mesh_model(topology, data_plane_mode(base)), base)
     return {m.context: derive(inputs, m) for m in inputs.mesh.members}

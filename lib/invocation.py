@@ -46,10 +46,6 @@ def set_current(invocation: Invocation) -> None:
     _current = invocation
 
 
-def current() -> Invocation:
-    return _current
-
-
 def command(*args: str) -> str:
     """A setup-mesh command line as the user would paste it now."""
     return _current.command(*args)

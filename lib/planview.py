@@ -66,7 +66,8 @@ def _action(plan: ApplyPlan, context: str, steps: list[Step]) -> str:
 def _changes(plan: ApplyPlan, topology: Topology, out) -> None:
     networks = {c.context: c.network for c in topology.clusters}
     unchanged = []
-    for context, steps in _by_cluster(plan, topology).items():
+    by_cluster = _by_cluster(plan, topology)
+    for context, steps in by_cluster.items():
         action = _action(plan, context, steps)
         if action == "unchanged":
             unchanged.append(context)
@@ -83,7 +84,7 @@ def _changes(plan: ApplyPlan, topology: Topology, out) -> None:
             out(f"  {step.change if step.change is not None else '· ' + step.title}")
             for line in step.details:
                 out(f"      {line}")
-    unchanged += [c for c in plan.unchanged if c not in unchanged and c not in _by_cluster(plan, topology)]
+    unchanged += [c for c in plan.unchanged if c not in unchanged and c not in by_cluster]
     if unchanged:
         out("")
         out("unchanged: " + ", ".join(c.context for c in topology.clusters if c.context in unchanged))

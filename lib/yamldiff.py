@@ -13,10 +13,6 @@ class Difference:
     old: object = MISSING
     new: object = MISSING
 
-    @property
-    def sign(self) -> str:
-        return "+" if self.old is MISSING else ("-" if self.new is MISSING else "~")
-
     def describe(self, limit: int = 32) -> str:
         """`~ spec.meshConfig.accessLogFile: /dev/stdout → /dev/null` (long values shortened)."""
         if self.old is MISSING:
