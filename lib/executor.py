@@ -134,6 +134,8 @@ class Executor:
         for phase in phases:
             for cluster, steps in phase.steps.items():
                 chains.setdefault(cluster, []).extend(steps)
+        if any(chains.values()):  # the live table's header names what runs now, not the last read
+            self.reporter.phase(" → ".join(phase.name for phase in phases if phase))
         self.run_steps(chains, "run")
         return self.outcome
 
