@@ -20,10 +20,11 @@ from .executor import After, Interrupted, Phase, RunContext, Step
 from .gatewayapi import CrdSource
 from .kube import (COMPONENT_LABEL, GATEWAY_RESOURCE, MANAGED_GATEWAY_LABEL, OWNER_LABEL, OWNER_NAMESPACE_LABEL, IstioUsage,
                    Observed, Tools, parse_remote_secret, service_address, token_fingerprint)
-from .overlay import (APPLIED_ANNOTATION, CROSS_NETWORK_GATEWAY, EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE,
-                      NETWORK_LABEL, cacerts_manifest, eastwest_operator, manifest_list, namespace_manifest,
+from .overlay import (APPLIED_ANNOTATION, CROSS_NETWORK_GATEWAY, EASTWEST_IOP, EASTWEST_NAME, FIELD_MANAGER,
+                      ISTIO_NAMESPACE, NETWORK_LABEL, cacerts_manifest, manifest_list, namespace_manifest,
                       sequential_waits)
 from .release import Release
+from .runner import Command
 from .yamldiff import diff
 from .yamlfile import dump
 
@@ -184,13 +185,17 @@ def gateway_api_crds_step(tools: Tools, cluster: Cluster, source: CrdSource) -> 
 def _remove_ambient_gateway_step(tools: Tools, cluster: Cluster) -> Step:
     """Back to sidecar mode: the Gateway, and what istiod deployed for it, give the name back to the
     sidecar-mode gateway (istiod's objects are deleted too, so none lingers until garbage collection)."""
-    return Step(f"remove the ambient east-west gateway (Gateway {EASTWEST_NAME})", commands=[
-        tools.kubectl_cmd(cluster, "delete", GATEWAY_RESOURCE, EASTWEST_NAME, "-n", ISTIO_NAMESPACE,
-                          "--ignore-not-found"),
-        tools.kubectl_cmd(cluster, "delete", "deployment,service,serviceaccount", "-n", ISTIO_NAMESPACE,
-                          "-l", f"gateway.networking.k8s.io/gateway-name={EASTWEST_NAME},{MANAGED_GATEWAY_LABEL}",
-                          "--ignore-not-found")],
+    return Step(f"remove the ambient east-west gateway (Gateway {EASTWEST_NAME})",
+                commands=_ambient_gateway_removal(tools, cluster),
                 change=f"- ambient east-west gateway (Gateway {EASTWEST_NAME})")
+
+
+def _ambient_gateway_removal(tools: Tools, cluster: Cluster) -> list[Command]:
+    return [tools.kubectl_cmd(cluster, "delete", GATEWAY_RESOURCE, EASTWEST_NAME, "-n", ISTIO_NAMESPACE,
+                              "--ignore-not-found"),
+            tools.kubectl_cmd(cluster, "delete", "deployment,service,serviceaccount", "-n", ISTIO_NAMESPACE,
+                              "-l", f"gateway.networking.k8s.io/gateway-name={EASTWEST_NAME},{MANAGED_GATEWAY_LABEL}",
+                              "--ignore-not-found")]
 
 
 def _remove_gateways_step(tools: Tools, workdir: Path, d: Desired, seen: Observed) -> Step:
@@ -199,10 +204,9 @@ def _remove_gateways_step(tools: Tools, workdir: Path, d: Desired, seen: Observe
                                   "-n", ISTIO_NAMESPACE, "--ignore-not-found")]
     files = []
     if seen.eastwest_exists:
-        path = eastwest_path(workdir, d.cluster)
-        old = Cluster(context=d.cluster.context, network=seen.network_label or d.cluster.network, name=d.cluster.name)
-        files.append((path, dump(eastwest_operator(d.operator, old))))
-        commands.append(tools.istioctl_cmd(d.cluster, "uninstall", "-y", "-f", str(path)))
+        file, command = _uninstall_operator(tools, workdir, d.cluster, EASTWEST_IOP)
+        files.append(file)
+        commands.append(command)
     return Step("remove the east-west gateway (one network now)", commands=commands, files=files,
                 done="east-west gateway removed",
                 change=f"- east-west gateway and Gateway {CROSS_NETWORK_GATEWAY} (one network now)")
@@ -366,6 +370,16 @@ def _installed_operators(seen: Observed, ours: frozenset[str]) -> tuple[list[tup
     return sorted(named, key=lambda n: (n[0], n[1] or "")), sorted(revisions)
 
 
+def _uninstall_operator(tools: Tools, workdir: Path, cluster: Cluster, name: str,
+                        namespace: str | None = None) -> tuple[tuple[Path, str], Command]:
+    """The file and command that remove what one IstioOperator installed: `uninstall -f` selects by the
+    file's metadata.name (and namespace); nothing else in the file matters."""
+    path = workdir / UNINSTALL_DIR / f"{cluster.name}-{name}.yaml"
+    metadata = {"name": name, **({"namespace": namespace} if namespace else {})}
+    manifest = dump({"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "metadata": metadata})
+    return (path, manifest), tools.istioctl_cmd(cluster, "uninstall", "-y", "-f", str(path))
+
+
 def uninstall_steps(tools: Tools, cluster: Cluster, secrets: list[str], seen: Observed, how: Uninstall) -> list[Step]:
     """setup-mesh's Istio, then its secrets, then istio-system. Istio's CRDs (and with them every Istio
     resource) go only when nobody else uses Istio there, or when asked to with --remove-crds."""
@@ -377,16 +391,16 @@ def uninstall_steps(tools: Tools, cluster: Cluster, secrets: list[str], seen: Ob
         named, revisions = _installed_operators(seen, how.ours)
         files, commands = [], []
         for name, namespace in named:
-            # `uninstall -f` removes what the file's IstioOperator name owns; nothing else in the file matters.
-            path = how.workdir / UNINSTALL_DIR / f"{cluster.name}-{name}.yaml"
-            metadata = {"name": name, **({"namespace": namespace} if namespace else {})}
-            files.append((path, dump({"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator",
-                                      "metadata": metadata})))
-            commands.append(tools.istioctl_cmd(cluster, "uninstall", "-y", "-f", str(path)))
+            file, command = _uninstall_operator(tools, how.workdir, cluster, name, namespace)
+            files.append(file)
+            commands.append(command)
         for revision in revisions:
             commands.append(tools.istioctl_cmd(cluster, "uninstall", "-y", "-r", revision))
         commands.append(tools.kubectl_cmd(cluster, "delete", "gateways.networking.istio.io", CROSS_NETWORK_GATEWAY,
                                           "-n", ISTIO_NAMESPACE, "--ignore-not-found"))
+        if seen.eastwest_made_by == "gateway":
+            # istiod made this one for the ambient Gateway; with istiod gone nothing would reconcile it.
+            commands.extend(_ambient_gateway_removal(tools, cluster))
         steps.append(Step("uninstall setup-mesh's IstioOperators (Istio's CRDs are kept)", commands=commands,
                           files=files, change="- setup-mesh's IstioOperators and Gateway (Istio's CRDs are kept: "
                                               f"others use Istio here: {how.usage.describe()})"))
@@ -491,7 +505,8 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             plan.actions[cluster.context] = "install" if seen.applied is None else "change"
             if d.eastwest is None and d.ambient_gateway is None and seen.applied is not None:  # none needed now
                 if seen.eastwest_made_by == "gateway":
-                    steps.append(_remove_ambient_gateway_step(tools, cluster))
+                    if d.ambient:  # in sidecar mode it was removed above, before the install
+                        steps.append(_remove_ambient_gateway_step(tools, cluster))
                 elif not d.ambient:
                     steps.append(_remove_gateways_step(tools, workdir, d, seen))
         changed = bool(steps)

@@ -163,6 +163,21 @@ def test_uninstall_keeps_crds_and_others_control_planes_when_others_use_istio(tm
     assert argvs[0].startswith("istioctl uninstall --purge -y")
 
 
+def test_uninstall_that_keeps_istio_still_removes_the_ambient_gateway_istiod_made(tmp_path):
+    """With istiod gone nothing reconciles the Deployment and Service it made for the ambient Gateway."""
+    cluster = Cluster("c1", "n1", "c1")
+    usage = IstioUsage(resources={("VirtualService", "shop"): 2})
+    ambient = Observed(reachable=True, namespace=True, eastwest_made_by="gateway")
+    argvs = [" ".join(c.argv) for s in uninstall_steps(Tools(), cluster, [], ambient, Uninstall(tmp_path, OURS, usage))
+             for c in s.commands]
+    assert any("delete gateways.gateway.networking.k8s.io istio-eastwestgateway" in a for a in argvs)
+    assert any("gateway.networking.k8s.io/gateway-name=istio-eastwestgateway" in a for a in argvs)
+    sidecar = Observed(reachable=True, namespace=True, eastwest_made_by="operator")
+    argvs = [" ".join(c.argv) for s in uninstall_steps(Tools(), cluster, [], sidecar, Uninstall(tmp_path, OURS, usage))
+             for c in s.commands]
+    assert not any("gateway.networking.k8s.io" in a for a in argvs), "a sidecar mesh may have no Gateway API CRDs"
+
+
 def test_istio_usage_tells_setup_mesh_objects_from_others():
     import json
 
