@@ -26,6 +26,7 @@ from .kube import Tools
 from .overlay import CROSS_NETWORK_GATEWAY, ISTIO_NAMESPACE, manifest_list
 from .redact import redact
 from .reporter import Reporter
+from .status import LOCAL, MISSING, OUTDATED, SYNCED
 from .yamlfile import dump
 
 DEFAULT_NAMESPACE = "setup-mesh-verify"
@@ -317,15 +318,16 @@ def _causes(src: Cluster, dst: Cluster, runs: dict[str, ClusterRun], by_name: di
             f"(`{hints.kubectl(dst, 'get', 'mutatingwebhookconfigurations')}`) matches it")
     if s is not None and s.reachable:
         secret = s.remote_secrets.get(dst.name)
-        if secret in ("missing", "local", "outdated"):
-            what = {"missing": f"{src.name} holds no remote secret of {dst.name}",
-                    "local": f"{src.name}'s remote secret of {dst.name} names a loopback API server",
-                    "outdated": f"{src.name}'s remote secret of {dst.name} carries credentials {dst.name} no longer issues"}
-            problem = next((p for p in s.problems if p.code == f"remote_secret_{secret}"), None)
+        about_dst = [p for p in s.problems if p.peer == dst.name]  # a hint about another peer would mislead
+        if secret in (MISSING, LOCAL, OUTDATED):
+            what = {MISSING: f"{src.name} holds no remote secret of {dst.name}",
+                    LOCAL: f"{src.name}'s remote secret of {dst.name} names a loopback API server",
+                    OUTDATED: f"{src.name}'s remote secret of {dst.name} carries credentials {dst.name} no longer issues"}
+            problem = next((p for p in about_dst if p.code == f"remote_secret_{secret}"), None)
             add(f"remote_secret_{secret}", what[secret], problem.hint if problem else hints.apply)
         synced = (s.remote_clusters or {}).get(dst.name)
-        if synced not in (None, "synced") and secret not in ("missing", "local", "outdated"):  # else: that cause
-            problem = next((p for p in s.problems if p.code.startswith("remote_cluster_")), None)
+        if synced not in (None, SYNCED) and secret not in (MISSING, LOCAL, OUTDATED):  # else: that cause
+            problem = next((p for p in about_dst if p.code.startswith("remote_cluster_")), None)
             add("peer_not_synced", f"{src.name}'s istiod reports {dst.name} as {synced}",
                 problem.hint if problem else f"{hints.status} shows why")
     roots = [c.cacerts.root_fingerprint if c is not None and c.reachable else None for c in (s, d)]
@@ -352,8 +354,8 @@ def _causes(src: Cluster, dst: Cluster, runs: dict[str, ClusterRun], by_name: di
     return causes
 
 
-def mesh_label_text(revision: str | None) -> str:
-    return ", ".join(f"{k}={v}" for k, v in mesh_labels(revision).items())
+def mesh_label_text(revision: str | None, ambient: bool = False) -> str:
+    return ", ".join(f"{k}={v}" for k, v in mesh_labels(revision, ambient).items())
 
 
 def exposes_local(gateways_json: str) -> bool:
@@ -405,7 +407,7 @@ def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
     ambient = data_plane_mode(loaded.base) == AMBIENT
     plan = {c.context: manifests(options.namespace, c, revision, options.images, ambient) for c in topology.clusters}
     if options.dry_run:
-        _print_dry_run(topology, tools, plan, options, revision, loaded.notes, reporter)
+        _print_dry_run(topology, tools, plan, options, revision, ambient, loaded.notes, reporter)
         return 0
 
     ws = status_workspace(workdir, loaded)
@@ -418,7 +420,7 @@ def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
         raise MeshError(f"cannot read {names}: verify needs every cluster of the mesh",
                         hint=f"{hints.status} says more; or remove the context from {topology.path}")
     gateways: dict[str, bool | None] = {}
-    not_ours = _pre_read(topology, tools, runner, options, quiet, gateways)
+    not_ours = _pre_read(topology, tools, runner, options, quiet, gateways, ambient)
     if not_ours:
         raise ConfigError(f"namespace {options.namespace} already exists in {', '.join(not_ours)} and was not created "
                         f"by verify (no {CREATED_BY}={CREATOR} label): verify deletes its namespace when done, so it "
@@ -524,8 +526,9 @@ def gateways_command(tools: Tools, cluster: Cluster):
 
 
 def _pre_read(topology: Topology, tools: Tools, runner, options: Options, reporter: Reporter,
-              gateways: dict[str, bool | None]) -> list[str]:
-    """Reads what status does not: the cross-network Gateways, and whether the namespace exists already.
+              gateways: dict[str, bool | None], ambient: bool) -> list[str]:
+    """Reads what status does not: the cross-network Gateways (not in an ambient mesh, whose east-west
+    gateway is a Gateway API Gateway), and whether the namespace exists already.
     Returns the contexts where it exists and verify did not create it."""
     found: dict[str, bool] = {}
 
@@ -539,6 +542,8 @@ def _pre_read(topology: Topology, tools: Tools, runner, options: Options, report
             if out:
                 labels = (json.loads(out).get("metadata") or {}).get("labels") or {}
                 found[cluster.context] = labels.get(CREATED_BY) == CREATOR
+            if ambient:
+                return
             result = ctx.run(gateway)  # fails without Istio's CRDs: then nothing is known
             try:
                 gateways[cluster.name] = exposes_local(result.stdout) if result.ok else None
@@ -570,7 +575,7 @@ def _cleanup(topology: Topology, tools: Tools, runner, options: Options, runs: d
                               lambda c: Step("clean up", commands=[cleanup_command(tools, c, options.namespace)])))
     for context, exc in executor.outcome.failures.items():
         reporter.warn(f"{context}: could not delete namespace {options.namespace}: {exc.message.splitlines()[-1]}; "
-                      f"delete it with `kubectl --context {context} delete namespace {options.namespace}`")
+                      f"delete it with `{cleanup_command(tools, topology.by_context(context), options.namespace).pasteable()}`")
 
 
 # --- printing --------------------------------------------------------------------------------------
@@ -613,16 +618,16 @@ def render(result: VerifyResult, reporter: Reporter, options: Options, topology:
 
 
 def _print_dry_run(topology: Topology, tools: Tools, plan: dict[str, list[dict]], options: Options,
-                   revision: str | None, notes: list[str], reporter: Reporter) -> None:
+                   revision: str | None, ambient: bool, notes: list[str], reporter: Reporter) -> None:
     out = reporter.info
     out(f"verify on mesh {topology.mesh_id}: {len(topology.clusters)} cluster(s), namespace {options.namespace} "
-        f"({mesh_label_text(revision)}) (dry run: nothing is created)")
+        f"({mesh_label_text(revision, ambient)}) (dry run: nothing is created)")
     for note in notes:
         reporter.warn(note)
     calls = calls_per_round(len(topology.clusters))
     out("reads first what status reads, plus per cluster: "
-        f"$ kubectl get namespace {options.namespace} --ignore-not-found -o json; "
-        f"$ kubectl get gateways.networking.istio.io -n {ISTIO_NAMESPACE} -o json")
+        f"$ kubectl get namespace {options.namespace} --ignore-not-found -o json"
+        + ("" if ambient else f"; $ kubectl get gateways.networking.istio.io -n {ISTIO_NAMESPACE} -o json"))
     for cluster in topology.clusters:
         out("")
         out(f"== {cluster.context}")
