@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import Sandbox
+from . import LB_DELAY, NAMESPACE_DELETE_DELAY, READY_DELAY, Sandbox
 
 
 def _parse_lb_delay(text: str):
@@ -131,15 +131,15 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--contexts", help="comma-separated context names, e.g. east,west")
     which.add_argument("--clusters", type=int, help="number of clusters, named cluster1..clusterN")
     up.add_argument("--dir", required=True, help="directory for kubeconfig, env, bin/, logs and state")
-    up.add_argument("--lb-delay", type=_parse_lb_delay, default=0.0, metavar="SECONDS|never|CTX=S,...",
-                    help="delay before LoadBalancer Services get an address (default 0); 'never' keeps them "
+    up.add_argument("--lb-delay", type=_parse_lb_delay, default=LB_DELAY, metavar="SECONDS|never|CTX=S,...",
+                    help=f"delay before LoadBalancer Services get an address (default {LB_DELAY}); 'never' keeps them "
                          "pending; CTX=S sets it per context")
     up.add_argument("--namespaces", type=_parse_namespaces, default=None, metavar="CTX=NS,...",
                     help="give these kubeconfig contexts a default namespace, as many users' contexts have")
-    up.add_argument("--ready-delay", type=float, default=0.0, metavar="SECONDS",
-                    help="delay before a new Deployment's replicas are ready (default 0)")
-    up.add_argument("--namespace-delete-delay", type=float, default=0.0, metavar="SECONDS",
-                    help="how long a deleted namespace stays Terminating (default 0)")
+    up.add_argument("--ready-delay", type=float, default=READY_DELAY, metavar="SECONDS",
+                    help=f"delay before a new Deployment's replicas are ready (default {READY_DELAY})")
+    up.add_argument("--namespace-delete-delay", type=float, default=NAMESPACE_DELETE_DELAY, metavar="SECONDS",
+                    help=f"how long a deleted namespace stays Terminating (default {NAMESPACE_DELETE_DELAY})")
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop every emulated cluster of DIR (safe to repeat)")

@@ -863,7 +863,7 @@ def manager_text(entry: dict) -> str:
 
 
 def apply_conflict(conflicts: list[tuple[dict, tuple]]) -> ApiError:
-    causes = [{"type": "FieldManagerConflict", "message": f"conflict with {manager_text(e)}", "field": path_text(p)}
+    causes = [{"reason": "FieldManagerConflict", "message": f"conflict with {manager_text(e)}", "field": path_text(p)}
               for e, p in conflicts]
     if len(conflicts) == 1:
         entry, path = conflicts[0]
@@ -1852,6 +1852,17 @@ class Cluster:
     def _allocate(self, rt: ResType, obj: dict, old: dict | None):
         if rt.group == "" and rt.plural == "services":
             spec = obj["spec"]
+            if old is not None:  # an update keeps what was allocated, as kube-apiserver does
+                old_spec = old.get("spec") or {}
+                if not spec.get("clusterIP") and old_spec.get("clusterIP") and spec.get("type") != "ExternalName":
+                    spec["clusterIP"] = old_spec["clusterIP"]
+                    spec["clusterIPs"] = list(old_spec.get("clusterIPs") or [old_spec["clusterIP"]])
+                old_ports = {(p.get("port"), p.get("protocol", "TCP")): p for p in old_spec.get("ports") or []
+                             if isinstance(p, dict)}
+                for p in spec.get("ports") or []:
+                    before = old_ports.get((p.get("port"), p.get("protocol", "TCP"))) if isinstance(p, dict) else None
+                    if before and "nodePort" in before and "nodePort" not in p:
+                        p["nodePort"] = before["nodePort"]
             if spec.get("type") != "ExternalName" and not spec.get("clusterIP"):
                 ip = f"10.96.{self.next_cluster_ip // 250}.{self.next_cluster_ip % 250 + 1}"
                 self.next_cluster_ip += 1
@@ -3063,7 +3074,7 @@ class Handler(BaseHTTPRequestHandler):
             elif code:
                 status = {"metadata": {}, "status": "Failure",
                           "message": f"command terminated with non-zero exit code: error executing command "
-                                     f"{json.dumps(ex.argv)}, exit code {code}",
+                                     f"[{' '.join(ex.argv)}], exit code {code}",
                           "reason": "NonZeroExitCode",
                           "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
             else:

@@ -22,6 +22,11 @@ from __future__ import annotations
 import copy
 import time
 
+try:
+    from .meshmodel import NETWORK_LABEL, service_address
+except ImportError:  # loaded by apiserver.py run as a script
+    from meshmodel import NETWORK_LABEL, service_address
+
 GROUP = "gateway.networking.k8s.io"
 EAST_WEST_CLASS = "istio-east-west"
 EAST_WEST_CONTROLLER = "istio.io/eastwest-controller"
@@ -29,7 +34,6 @@ MANAGED_LABEL = "gateway.istio.io/managed"
 MANAGED_VALUE = "istio.io-eastwest-controller"
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 CLASS_LABEL = "gateway.networking.k8s.io/gateway-class-name"
-NETWORK_LABEL = "topology.istio.io/network"
 REV_LABEL = "istio.io/rev"
 
 
@@ -183,25 +187,13 @@ def _deploy(cluster, gateway: dict, istiod: dict) -> None:
                 merged = dict(updated.get(field) or {})
                 merged.update(desired[field])
                 updated[field] = merged
-        if plural == "services":  # keep what the API server allocated
-            for allocated in ("clusterIP", "clusterIPs"):
-                if allocated in (live.get("spec") or {}):
-                    updated["spec"][allocated] = live["spec"][allocated]
-            live_ports = {p.get("port"): p for p in live["spec"].get("ports") or []}
-            for p in updated["spec"]["ports"]:
-                if "nodePort" in live_ports.get(p["port"], {}):
-                    p["nodePort"] = live_ports[p["port"]]["nodePort"]
         if updated != live:
             cluster._update(rt, key, live, updated, {}, None)
 
 
 def _address(service: dict | None) -> dict | None:
-    for ingress in (((service or {}).get("status") or {}).get("loadBalancer") or {}).get("ingress") or []:
-        if ingress.get("ip"):
-            return {"type": "IPAddress", "value": ingress["ip"]}
-        if ingress.get("hostname"):
-            return {"type": "Hostname", "value": ingress["hostname"]}
-    return None
+    found = service_address(service)
+    return {"type": found[0], "value": found[1]} if found else None
 
 
 def _report_status(cluster, gateway_type, key) -> None:

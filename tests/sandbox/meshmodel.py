@@ -31,6 +31,18 @@ from urllib.parse import urlsplit
 CONNECT_TIMEOUT = 2.0
 ISTIO_NS = "istio-system"
 NETWORK_LABEL = "topology.istio.io/network"
+
+
+def service_address(service: dict | None) -> tuple[str, str] | None:
+    """Where istiod finds a gateway Service: its LoadBalancer's ingress (IP, else hostname), else an
+    external IP. ("IPAddress" | "Hostname", value)."""
+    for ingress in (((service or {}).get("status") or {}).get("loadBalancer") or {}).get("ingress") or []:
+        if ingress.get("ip"):
+            return "IPAddress", ingress["ip"]
+        if ingress.get("hostname"):
+            return "Hostname", ingress["hostname"]
+    external = ((service or {}).get("spec") or {}).get("externalIPs") or []
+    return ("IPAddress", external[0]) if external else None
 EASTWEST = "istio-eastwestgateway"
 CROSS_NETWORK_PORT = 15443
 
@@ -90,12 +102,8 @@ class View:
 
     @property
     def gateway_address(self) -> str | None:
-        svc = self.get("", "services", ISTIO_NS, EASTWEST) or {}
-        for ingress in ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []:
-            if ingress.get("ip") or ingress.get("hostname"):
-                return ingress.get("ip") or ingress.get("hostname")
-        external = (svc.get("spec") or {}).get("externalIPs") or []
-        return external[0] if external else None
+        found = service_address(self.get("", "services", ISTIO_NS, EASTWEST))
+        return found[1] if found else None
 
     @property
     def exposes_local(self) -> bool:
