@@ -1,4 +1,4 @@
-"""File writes that never leave a half-written file behind."""
+"""File writes that never leave a half-written file behind, and reads of files that may be missing."""
 from __future__ import annotations
 
 import os
@@ -25,3 +25,11 @@ def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
             pass
         raise
 
+
+
+def read_if_present(path: Path) -> bytes | None:
+    """The file's bytes, or None when it cannot be read (missing, a folder, no permission)."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None

@@ -62,8 +62,9 @@ class CrdSource:
 def choose_source(option: str | None, istio_version: str | None) -> CrdSource:
     """--gateway-api-crds PATH|URL, else the standard channel of the release Istio expects."""
     if option:
-        if option.startswith(("https://", "http://")):
-            return CrdSource(option, _version_in_url(option))
+        given = CrdSource(option, _version_in_url(option))
+        if given.is_url:
+            return given
         path = Path(option).expanduser()
         if not path.is_file():
             raise ConfigError(f"{OPTION} {option}: no such file",

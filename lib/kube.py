@@ -16,7 +16,7 @@ from .gatewayapi import GATEWAY_CRD, ClusterCrds
 from .runner import Command
 
 READER_SERVICE_ACCOUNT = "istio-reader-service-account"
-GATEWAY_RESOURCE = "gateways.gateway.networking.k8s.io"  # the Gateway API kind, not Istio's networking Gateway
+GATEWAY_RESOURCE = GATEWAY_CRD  # a CRD is named as its resource: the Gateway API kind, not Istio's Gateway
 MANAGED_GATEWAY_LABEL = "gateway.istio.io/managed"  # on what istiod deploys for a Gateway API gateway
 # Every kind Istio's CRDs define is in this category, so one `kubectl get` lists all Istio resources.
 ISTIO_CATEGORY = "istio-io"

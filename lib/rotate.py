@@ -9,6 +9,7 @@ from . import certs, lifecycle
 from .commands import (_certs_prerequisites, _finish, _open_log, _sit_out, find_tools, inspect_clusters,
                        load_workspace, print_plan)
 from .config import Cluster, select_clusters
+from .fsutil import read_if_present
 from .errors import ConfigError, MeshError
 from .executor import Executor, Interrupted, Phase, RunContext, Step
 from .kube import Observed, Tools
@@ -108,7 +109,7 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
             if local[cluster.context].fingerprint is not None:
                 phase.add(cluster.context, backup_step(workdir, cluster, backup))
             phase.add(cluster.context, _intermediate_step(release, cert_dir, cluster, variables))
-        local_ca = _read(cert_dir / cluster.name / "ca-cert.pem")
+        local_ca = read_if_present(cert_dir / cluster.name / "ca-cert.pem")
         if reissue or local_ca is None or (seen.cacerts or {}).get("ca-cert.pem") != local_ca:
             phase.add(cluster.context, _cacerts_step(tools, cluster, cert_dir))
         phase.add(cluster.context, confirm_step(tools, cluster, deployment))
@@ -135,10 +136,3 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
     if not outcome.ok and not resuming:
         reporter.info("the next rotate-certs finishes this rotation (it re-issues nothing twice)")
     return _finish("rotate-certs", outcome, log, reporter)
-
-
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None

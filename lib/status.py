@@ -23,6 +23,7 @@ from . import certs, invocation
 from .ambient import gateway_status
 from .config import AMBIENT, SIDECAR, Cluster, Topology, data_plane_mode, select_clusters
 from .gatewayapi import expected_version, older_than_needed
+from .fsutil import read_if_present
 from .errors import MeshError
 from .invocation import prep_hint
 from .kube import GATEWAY_RESOURCE, Observed, Tools, token_fingerprint
@@ -62,13 +63,8 @@ class Istiod:
     error: str | None = None
 
 
-def istio_revision(base: dict) -> str | None:
-    """The revision base.yaml installs (spec.values.revision or spec.revision); None for the default one."""
-    return control_plane_revision(base or {})
-
-
 def istiod_name(base: dict) -> str:
-    revision = istio_revision(base)
+    revision = control_plane_revision(base)
     return f"istiod-{revision}" if revision else "istiod"
 
 
@@ -666,13 +662,6 @@ def read_istiod_views(clusters: list[Cluster], revision: str | None, tools: Tool
     return read_clusters(clusters, runner, reporter, parallel, "read istiod's remote clusters", read)
 
 
-def _read_bytes(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
-
-
 def status_workspace(workdir: Path, loaded) -> Workspace:
     """What status compares the clusters with, from a loaded workspace (commands.load_workspace)."""
     from .desired import desired_state
@@ -683,10 +672,10 @@ def status_workspace(workdir: Path, loaded) -> Workspace:
         workdir=workdir,
         topology=loaded.topology,
         fingerprints={ctx: d.fingerprint for ctx, d in desired.items()},
-        root_pem=_read_bytes(cert_dir / certs.ROOT_CERT),
-        local_ca={c.name: _read_bytes(cert_dir / c.name / "ca-cert.pem") for c in loaded.topology.clusters},
+        root_pem=read_if_present(cert_dir / certs.ROOT_CERT),
+        local_ca={c.name: read_if_present(cert_dir / c.name / "ca-cert.pem") for c in loaded.topology.clusters},
         istiod_deployment=istiod_name(loaded.base),
-        revision=istio_revision(loaded.base),
+        revision=control_plane_revision(loaded.base),
         data_plane=data_plane_mode(loaded.base),
     )
 

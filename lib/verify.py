@@ -23,7 +23,7 @@ from .config import AMBIENT, Cluster, Topology, data_plane_mode
 from .errors import ConfigError, MeshError
 from .executor import Executor, Phase, RunContext, Step
 from .kube import Tools
-from .overlay import CROSS_NETWORK_GATEWAY, ISTIO_NAMESPACE, manifest_list
+from .overlay import CROSS_NETWORK_GATEWAY, ISTIO_NAMESPACE, control_plane_revision, manifest_list
 from .redact import redact
 from .reporter import Reporter
 from .status import LOCAL, MISSING, OUTDATED, SYNCED
@@ -395,7 +395,7 @@ class VerifyHints:
 def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, options: Options, timeout: float,
                runner, reporter: Reporter) -> int:
     from .commands import find_tools, load_workspace
-    from .status import Hints, collect, istio_revision, status_workspace
+    from .status import Hints, collect, status_workspace
 
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", options.namespace) or len(options.namespace) > 63:
         raise ConfigError(f"--namespace {options.namespace!r} is not a valid namespace name",
@@ -403,7 +403,7 @@ def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
     loaded = load_workspace(workdir, kubeconfig, lenient=options.dry_run)
     topology = loaded.topology
     tools = find_tools(istio_dir, runner, options.dry_run, loaded.notes, timeout)
-    revision = istio_revision(loaded.base)
+    revision = control_plane_revision(loaded.base)
     ambient = data_plane_mode(loaded.base) == AMBIENT
     plan = {c.context: manifests(options.namespace, c, revision, options.images, ambient) for c in topology.clusters}
     if options.dry_run:
