@@ -19,7 +19,7 @@ from .executor import RERUN_HINT, Executor, Outcome, Phase, RunContext, Step, re
 from .invocation import prep_hint
 from .gatewayapi import CrdSource, choose_source, expected_version, older_than_needed, parse_crd_annotations
 from .kube import IstioUsage, Observed, Tools, is_missing_category, parse_inspect, parse_istio_usage
-from .overlay import EASTWEST_IOP, ISTIO_NAMESPACE, control_plane_name, made_by_setup_mesh
+from .overlay import ISTIO_NAMESPACE, made_by_setup_mesh, our_operators
 from .plan import RECORD_TITLE, ApplyPlan, Removal, Uninstall, build_apply_plan, desired_state, teardown_plan
 from .planview import print_plan
 from .prep import parse_context_options, prep_mesh as _prep_mesh, report as _report_prep
@@ -230,16 +230,15 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     desired = desired_state(topology, ws.base)
     # Clusters leaving the mesh are uninstalled; Istio's CRDs there stay if others use Istio.
     leaving = [c for c in removed_clusters if (seen := observed.get(c.context)) and seen.reachable]
-    ours = frozenset({control_plane_name(ws.base), EASTWEST_IOP})
+    ours = our_operators(ws.base)
     usage = read_istio_usage(leaving, tools, runner, read_reporter, parallel, ours) if leaving else {}
     uninstall = {ctx: Uninstall(workdir, ours, found) for ctx, found in usage.items() if isinstance(found, IstioUsage)}
     # An unreachable cluster sits this run out (and is reported); the others go ahead.
-    unreachable = {c.context: observed[c.context] for c in chosen
-                   if c.context in observed and not observed[c.context].reachable}
+    unreadable = {c.context for c in topology.clusters if c.context in observed and not observed[c.context].reachable}
+    unreachable = {c.context: observed[c.context] for c in chosen if c.context in unreadable}
     plan = build_apply_plan(topology=topology, desired=desired,
                             observed={c.context: observed.get(c.context) for c in topology.clusters},
-                            skip=set() if dry_run else {c.context for c in topology.clusters
-                                                        if c.context in observed and not observed[c.context].reachable},
+                            skip=set() if dry_run else unreadable,
                             only=only,
                             removed=removed, removed_observed=observed, workdir=workdir, tools=tools,
                             release=release, intermediate_vars=intermediate_vars, gateway_timeout=gateway_timeout,
@@ -374,10 +373,9 @@ def _describe_deletions(plan: ApplyPlan, reporter: Reporter) -> None:
 # --- teardown ----------------------------------------------------------------------------------
 
 def _our_operators(workdir: Path) -> frozenset[str]:
-    """The IstioOperator names setup-mesh installs: the control plane's (base.yaml may name it) and the gateway's."""
+    """What setup-mesh installed, by the workspace's base.yaml (teardown runs without it too)."""
     base_path = workdir / BASE_FILE
-    base = load_base(base_path).operator if base_path.exists() else {}
-    return frozenset({control_plane_name(base), EASTWEST_IOP})
+    return our_operators(load_base(base_path).operator if base_path.exists() else {})
 
 
 def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, yes: bool, purge_certs: bool,
@@ -411,8 +409,7 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
     uninstall = {ctx: Uninstall(workdir, ours, found, remove_crds) for ctx, found in usage.items()
                  if isinstance(found, IstioUsage)}
     # A cluster whose Istio users could not be read is not touched: it fails, and is reported.
-    readable = {ctx: seen for ctx, seen in observed.items() if ctx in uninstall or ctx not in usage}
-    phase = teardown_plan(tools, clusters, readable, uninstall)
+    phase = teardown_plan(tools, clusters, observed, uninstall)
     unreachable = {c.context: observed[c.context] for c in clusters
                    if c.context in observed and not observed[c.context].reachable}
     unread = {ctx: found for ctx, found in usage.items() if isinstance(found, MeshError)}

@@ -46,6 +46,11 @@ def control_plane_name(base: dict[str, Any]) -> str:
     return (base.get("metadata") or {}).get("name") or CONTROL_PLANE_IOP
 
 
+def our_operators(base: dict[str, Any]) -> frozenset[str]:
+    """The IstioOperator names setup-mesh installs: the control plane's (base.yaml may name it) and the gateway's."""
+    return frozenset({control_plane_name(base), EASTWEST_IOP})
+
+
 def cluster_operator(base: dict[str, Any], topology: Topology, cluster: Cluster) -> dict[str, Any]:
     """base.yaml with the reserved values of this cluster set, and a name; everything else unchanged."""
     operator = copy.deepcopy(base)

@@ -13,6 +13,7 @@ import yaml
 
 from . import certs
 from .config import SIDECAR, Cluster, Topology
+from .fsutil import read_if_present
 from .errors import MeshError
 from .ambient import gateway_status
 from .desired import Desired, desired_state
@@ -126,11 +127,11 @@ def gateway_network(seen: Observed) -> str | None:
     return match.get(NETWORK_LABEL) if deployment else None
 
 
-def _install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | None = None) -> list[Step]:
+def _install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed) -> list[Step]:
     """A first install shows what is added; a re-install, the paths that change in each overlay (the
     overlays/ files are what was installed last)."""
     cluster = d.cluster
-    fresh = seen is None or seen.applied is None
+    fresh = seen.applied is None
     overlay = overlay_path(workdir, cluster)
     changed = _changed(overlay, d.operator, fresh, workdir)
     steps = [Step("install Istio", files=[(overlay, dump(d.operator))],
@@ -138,7 +139,7 @@ def _install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | Non
                   done="installed" if fresh else "updated",
                   change=f"{changed[0] or '~'} Istio ({OVERLAY_DIR}/{overlay.name})",
                   details=changed[1] if changed[0] else ["(its overlay is unchanged: installed again)"])]
-    fresh_gateway = fresh or not (seen and seen.eastwest_exists)
+    fresh_gateway = fresh or not seen.eastwest_exists
     if d.eastwest is not None:
         old_network = gateway_network(seen)
         if old_network is not None and old_network != cluster.network:
@@ -473,7 +474,7 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             steps.append(await_namespace_deleted_step(tools, cluster))
         if not certs.has_cacerts(cert_dir, cluster.name):
             steps.append(_intermediate_step(release, cert_dir, cluster, intermediate_vars))
-        local_ca = _read(cert_dir / cluster.name / "ca-cert.pem")
+        local_ca = read_if_present(cert_dir / cluster.name / "ca-cert.pem")
         cacerts_current = (seen.cacerts or {}).get("ca-cert.pem") == local_ca and local_ca is not None
         installing = (seen.applied != d.fingerprint or (d.eastwest is not None and not seen.eastwest_exists)
                       or (d.ambient_gateway is not None and seen.eastwest_gateway is None))
@@ -571,24 +572,16 @@ def _switch_description(was: str, d: Desired) -> list[str]:
     return what
 
 
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
-
-
-def teardown_plan(tools: Tools, clusters: list[Cluster], observed: dict[str, Observed | None],
+def teardown_plan(tools: Tools, clusters: list[Cluster], observed: dict[str, Observed],
                   uninstall: dict[str, Uninstall]) -> Phase:
+    """``uninstall``: the clusters that hold something of setup-mesh's and were read whole (who else uses
+    Istio there included); the others get no step."""
     phase = Phase("teardown")
     for cluster in clusters:
-        seen = observed.get(cluster.context)
-        if seen is None or not seen.reachable:
+        if cluster.context not in uninstall:
             continue
-        if not seen.namespace and not seen.istiod_service:
-            continue  # nothing of ours is left there
+        seen = observed[cluster.context]
         secrets = sorted(info.name for info in seen.remote_secrets.values())
         for step in uninstall_steps(tools, cluster, secrets, seen, uninstall[cluster.context]):
             phase.add(cluster.context, step)
     return phase
-
