@@ -229,6 +229,11 @@ def test_the_reader_token_reads_what_istios_role_grants_and_nothing_more(c1, tmp
     assert (can_i.returncode, can_i.stdout.strip()) == (0, "yes")
     cannot = as_reader("auth", "can-i", "create", "secrets", "-n", "istio-system")
     assert (cannot.returncode, cannot.stdout.strip()) == (1, "no")
+    pod = c1.kubectl("c1", "get", "pods", "-n", "istio-system", "-o", "name").stdout.split()[0].split("/")[1]
+    denied = as_reader("exec", "-n", "istio-system", pod, "--", "true")
+    assert denied.returncode == 1, "reading pods grants no exec into them"
+    assert ('cannot create resource "pods/exec" in API group "" in the namespace "istio-system"'
+            in denied.stderr), denied.stderr
 
     # Without its ClusterRoleBinding, the same token reads nothing: the forbidden a peer's istiod would get.
     c1.kubectl("c1", "delete", "clusterrolebinding", "istio-reader-clusterrole-istio-system")

@@ -3231,24 +3231,25 @@ class Handler(BaseHTTPRequestHandler):
             rt = cluster.lookup(group, version, resource)
         if rt is None:
             raise no_resource()
+        user = cluster.user_of(self.headers.get("Authorization"))
         if (group, resource, sub) == ("", "pods", "exec") and ns is not None and name is not None:
+            if user is not None:  # the WebSocket upgrade is a GET, authorized as kube-apiserver does: create
+                cluster.authorize(user, "create", "", "pods/exec", ns, name)
             return self._exec_request(cluster, ns, name)
         if ns is not None and not rt.namespaced:
             raise no_resource()
         if rt.namespaced and ns is None and name is not None:
             raise no_resource()
+        requested = sub  # RBAC names the finalize subresource; storage treats it as a status write
         if sub == "finalize":
             sub = "status"
         if sub is not None and sub not in rt.subresources:
             raise no_resource()
-        user = cluster.user_of(self.headers.get("Authorization"))
         if user is not None:  # a service account's token: only what RBAC grants it
             verb = {"GET": "watch" if query.get("watch") in ("true", "1") else ("get" if name else "list"),
                     "POST": "create", "PUT": "update", "PATCH": "patch",
                     "DELETE": "delete" if name else "deletecollection"}.get(method, method.lower())
-            if sub == "status" and "finalize" in rest:
-                sub = "finalize"
-            cluster.authorize(user, verb, group, resource + (f"/{sub}" if sub else ""), ns, name)
+            cluster.authorize(user, verb, group, resource + (f"/{requested}" if requested else ""), ns, name)
         if query.get("dryRun") not in (None, "", "All"):
             raise ApiError(400, f'dryRun: Unsupported value: "{query["dryRun"]}": supported values: "All"')
         protobuf = "protobuf" in (self.headers.get("Content-Type") or "") and method in ("POST", "PUT", "PATCH")
