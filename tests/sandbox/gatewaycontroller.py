@@ -177,8 +177,8 @@ def _deploy(cluster, gateway: dict, istiod: dict) -> None:
         if live is None:
             cluster._create(rt, ns, desired, {})
             continue
-        if (live["metadata"].get("labels") or {}).get(MANAGED_LABEL) != MANAGED_VALUE:
-            continue  # someone else's object: istiod never takes it over
+        if MANAGED_LABEL not in (live["metadata"].get("labels") or {}):
+            continue  # someone else's object: istiod takes over only what carries its managed label
         updated = copy.deepcopy(live)
         updated["metadata"]["labels"] = desired["metadata"]["labels"]
         updated["metadata"]["ownerReferences"] = desired["metadata"]["ownerReferences"]
@@ -212,15 +212,18 @@ def _report_status(cluster, gateway_type, key) -> None:
                 "observedGeneration": generation,
                 "lastTransitionTime": previous.get("lastTransitionTime") if same else _now()}
 
+    host = f"{name}.{ns}.svc.cluster.local"
+    ports = sorted({lst.get("port") for lst in (gateway.get("spec") or {}).get("listeners") or []
+                    if isinstance(lst, dict) and lst.get("port")})
+    services = ", ".join(f"{host}:{port}" for port in ports) or host
     conditions = [condition("Accepted", True, "Accepted", "Resource accepted")]
     if address:
-        conditions.append(condition("Programmed", True, "Programmed", "Resource programmed, assigned to service(s) "
-                                    f"{name}.{ns}.svc.cluster.local:15008"))
+        conditions.append(condition("Programmed", True, "Programmed",
+                                    f"Resource programmed, assigned to service(s) {services}"))
     else:
         conditions.append(condition("Programmed", False, "AddressNotAssigned",
-                                    f"Assigned to service(s) {name}.{ns}.svc.cluster.local:15008, but failed to "
-                                    "assign to all requested addresses: address pending for "
-                                    f"{name}.{ns}.svc.cluster.local"))
+                                    f"Assigned to service(s) {services}, but failed to assign to all requested "
+                                    f"addresses: address pending for hostname \"{host}\""))
     status = {"conditions": conditions}
     if address:
         status["addresses"] = [address]
