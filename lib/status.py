@@ -256,11 +256,15 @@ class MeshStatus:
             "clusters": [c.to_json() for c in self.clusters],
         }
 
-    def errors(self) -> list[tuple[str | None, Problem]]:
-        found: list[tuple[str | None, Problem]] = [(None, p) for p in self.problems if p.severity == ERROR]
+    def all_problems(self) -> list[tuple[str | None, Problem]]:
+        """(context, problem) for every problem; context None for the mesh's own."""
+        found: list[tuple[str | None, Problem]] = [(None, p) for p in self.problems]
         for c in self.clusters:
-            found.extend((c.cluster.context, p) for p in c.problems if p.severity == ERROR)
+            found.extend((c.cluster.context, p) for p in c.problems)
         return found
+
+    def errors(self) -> list[tuple[str | None, Problem]]:
+        return [(context, p) for context, p in self.all_problems() if p.severity == ERROR]
 
 
 def _iso(value: dt.datetime | None) -> str | None:

@@ -62,10 +62,7 @@ def render(status: MeshStatus, console: Console) -> None:
 def group_problems(status: MeshStatus) -> list[Cause]:
     """One cause, one entry: problems with the same message and hint name every cluster they affect,
     and a per-peer problem that several peers share is one entry naming the pairs. Errors first."""
-    found: list[tuple[str | None, Problem]] = [(None, p) for p in status.problems]
-    for c in status.clusters:
-        found.extend((c.cluster.context, p) for p in c.problems)
-    found.sort(key=lambda item: item[1].severity != ERROR)
+    found = sorted(status.all_problems(), key=lambda item: item[1].severity != ERROR)
     by_code: dict[str, list[tuple[str | None, Problem]]] = {}
     for context, problem in found:
         by_code.setdefault(problem.code, []).append((context, problem))
