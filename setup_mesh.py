@@ -178,7 +178,9 @@ def rotate_certs(
     istio_dir: IstioDir = None,
     context: Contexts = None,
     expiring_within: Annotated[Optional[int], typer.Option("--expiring-within", min=0, metavar="DAYS", help="Only intermediates that expire within DAYS days.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
+    root: Annotated[bool, typer.Option("--root", help="Move the whole mesh to a new root CA, one stage per run (three stages).")] = False,
+    min_wait: Annotated[str, typer.Option("--min-wait", metavar="DURATION", help="With --root: how long a stage must have been in place everywhere before the next starts (24h, 90m, 0).")] = "24h",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (with --root: the next stage) and change nothing.")] = False,
     parallel: Parallel = commands.DEFAULT_PARALLEL,
     timeout: Timeout = commands.DEFAULT_TIMEOUT,
     quiet: Quiet = False,
@@ -190,9 +192,21 @@ def rotate_certs(
     The replaced files are kept in backups/<time>-intermediates/ (0700, keys 0600); istiod reloads
     cacerts on its own, and each control plane is confirmed running afterwards. A run that failed or
     was interrupted is finished by the next one.
-    """
-    from lib.rotate import rotate_intermediates
 
+    With --root: move the mesh to a new root in three stages, one per run: (1) trust both roots with
+    the old intermediates, (2) intermediates of the new root, trusting both, (3) trust only the new
+    root. A stage starts only when the previous one is in place in every cluster and has been for
+    --min-wait (default 24h, the workload certificate lifetime).
+    """
+    from lib.rotate import rotate_intermediates, rotate_root
+
+    if root:
+        if context or expiring_within is not None:
+            raise typer.BadParameter("a new root is introduced to every cluster at once",
+                                     param_hint="--context/--expiring-within with --root")
+        commands.run_guarded(debug, quiet, verbose, lambda r, rep: rotate_root(
+            workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, min_wait=min_wait, dry_run=dry_run,
+            parallel=parallel, timeout=timeout, runner=r, reporter=rep))
     commands.run_guarded(debug, quiet, verbose, lambda r, rep: rotate_intermediates(
         workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, contexts=context or [],
         expiring_within=expiring_within, dry_run=dry_run, parallel=parallel, timeout=timeout,

@@ -11,7 +11,7 @@ from typing import Callable
 
 import typer
 
-from . import certs, invocation
+from . import certs, invocation, lifecycle
 from .config import (AMBIENT, BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, check_data_plane, data_plane_mode, load_base,
                      load_topology, resolve_contexts, select_clusters)
 from .errors import Cancelled, ConfigError, MeshError
@@ -187,12 +187,15 @@ def _open_log(workdir: Path, command: str, runner: ShRunner) -> RunLog:
 def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_run: bool, yes: bool,
           parallel: int, gateway_timeout: float, timeout: float, runner: ShRunner, reporter: Reporter,
           contexts: list[str] = (), gateway_api_crds: str | None = None) -> int:
+    if not dry_run:
+        lifecycle.resume_finish(workdir)  # a root transition's last rename, if a run was cut short there
     ws = load_workspace(workdir, kubeconfig, lenient=dry_run)
     topology = ws.topology
     chosen = select_clusters(topology, list(contexts))
     only = {c.context for c in chosen} if contexts else None
+    transition = lifecycle.load_transition(workdir)
     tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout)
-    release, intermediate_vars = _certs_prerequisites(ws, istio_dir, runner, dry_run)
+    release, intermediate_vars = _certs_prerequisites(ws, istio_dir, runner, dry_run, transition=transition)
     ambient = data_plane_mode(ws.base) == AMBIENT
     istio_version = _istio_version(istio_dir, ws) if ambient else None
     crd_source = _gateway_api_source(gateway_api_crds, istio_version, ws, dry_run) if ambient else None
@@ -227,7 +230,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
             older = seen and seen.gateway_api and older_than_needed(seen.gateway_api, expected_version(istio_version))
             if older:
                 reporter.warn(f"{cluster.context}: {older}")
-    desired = desired_state(topology, ws.base)
+    desired = desired_state(topology, ws.base, transition=transition)
     # Clusters leaving the mesh are uninstalled; Istio's CRDs there stay if others use Istio.
     leaving = [c for c in removed_clusters if (seen := observed.get(c.context)) and seen.reachable]
     ours = our_operators(ws.base)
@@ -242,7 +245,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
                             only=only,
                             removed=removed, removed_observed=observed, workdir=workdir, tools=tools,
                             release=release, intermediate_vars=intermediate_vars, gateway_timeout=gateway_timeout,
-                            gateway_api=crd_source, uninstall=uninstall)
+                            gateway_api=crd_source, uninstall=uninstall, transition=transition)
     if dry_run:
         reporter.stop_progress()
         print_plan(plan, topology, observed if readable else None, ws.notes, reporter)
@@ -300,9 +303,12 @@ def _gateway_api_source(option: str | None, istio_version: str | None, ws: Works
 
 
 def _certs_prerequisites(ws: Workspace, istio_dir: str | None, runner: ShRunner,
-                         dry_run: bool, force: bool = False) -> tuple[Release | None, dict[str, str]]:
-    """What making missing intermediate CAs (``force``: any) needs: the root CA, the Istio release, make, openssl."""
-    cert_dir = certs.certs_dir(ws.workdir)
+                         dry_run: bool, force: bool = False,
+                         transition: "lifecycle.Transition | None" = None) -> tuple[Release | None, dict[str, str]]:
+    """What making missing intermediate CAs (``force``: any) needs: the root CA, the Istio release, make, openssl.
+
+    During a root transition the intermediates come from the root that the stage runs on."""
+    cert_dir = lifecycle.issuing_dir(ws.workdir, transition)
     release: Release | None = None
     if force or any(not certs.has_cacerts(cert_dir, c.name) for c in ws.topology.clusters):
         if not ((cert_dir / certs.ROOT_CERT).is_file() and (cert_dir / certs.ROOT_KEY).is_file()):

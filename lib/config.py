@@ -50,6 +50,7 @@ RESERVED_VALUES = {
     ("spec", "values", "global", "multiCluster", "clusterName"): "topology.yaml contexts.<context>.cluster_name (default: the context name)",
     ("spec", "values", "global", "network"): "topology.yaml contexts.<context>.network",
     ("spec", "values", "global", "meshNetworks"): "the networks in topology.yaml (Istio finds each network's gateway by its topology.istio.io/network label)",
+    ("spec", "values", "pilot", "env", "ISTIO_MULTIROOT_MESH"): "rotate-certs --root (set while a root transition needs istiod to accept a second root)",
 }
 
 # Data-plane modes: base.yaml's spec.profile ambient makes the whole mesh ambient.

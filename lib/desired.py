@@ -20,8 +20,9 @@ from typing import Any, Callable
 from .ambient import GATEWAY_API_VERSION, east_west_gateway, with_multi_network_switch
 from .config import AMBIENT, SIDECAR, Topology, data_plane_mode
 from .mesh import Member, Mesh, mesh_model
+from .lifecycle import MULTIROOT_ENV, Transition
 from .overlay import (CROSS_NETWORK_GATEWAY, ISTIO_NAMESPACE, NETWORK_LABEL, cluster_operator,
-                      cross_network_gateway, eastwest_operator, fingerprint)
+                      cross_network_gateway, eastwest_operator, fingerprint, with_pilot_env)
 
 
 @dataclass
@@ -101,6 +102,7 @@ class Desired:
 class Inputs:
     mesh: Mesh
     base: dict[str, Any]  # base.yaml, validated
+    transition: Transition | None = None  # a move to a new root under way (rotate-certs --root)
 
 
 Part = Callable[[Inputs, Member, Desired], None]
@@ -140,7 +142,14 @@ def ambient_data_plane(inputs: Inputs, member: Member, d: Desired) -> None:
         d.istio_objects.append(IstioObjects("east-west gateway", [east_west_gateway(member.network, inputs.base)]))
 
 
-PARTS: list[Part] = [network_label, primary_control_plane, eastwest_gateway, expose_services, ambient_data_plane]
+def root_transition(inputs: Inputs, member: Member, d: Desired) -> None:
+    """While the mesh moves to a new root, istiod must accept a changed root bundle (ISTIO_MULTIROOT_MESH)."""
+    if inputs.transition is not None and d.operator:
+        d.operator = with_pilot_env(d.operator, {MULTIROOT_ENV: "true"})
+
+
+PARTS: list[Part] = [network_label, primary_control_plane, root_transition, eastwest_gateway, expose_services,
+                     ambient_data_plane]
 
 
 def derive(inputs: Inputs, member: Member) -> Desired:
@@ -150,7 +159,8 @@ def derive(inputs: Inputs, member: Member) -> Desired:
     return d
 
 
-def desired_state(topology: Topology, base: dict[str, Any]) -> dict[str, Desired]:
-    """Every cluster's desired state, by context."""
-    inputs = Inputs(mesh_model(topology, data_plane_mode(base)), base)
+def desired_state(topology: Topology, base: dict[str, Any],
+                  transition: Transition | None = None) -> dict[str, Desired]:
+    """Every cluster's desired state, by context; ``transition``: a move to a new root under way."""
+    inputs = Inputs(mesh_model(topology, data_plane_mode(base)), base, transition)
     return {m.context: derive(inputs, m) for m in inputs.mesh.members}

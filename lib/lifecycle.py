@@ -146,3 +146,207 @@ def needs_reissue(rotation: Rotation, context: str, current: Intermediate) -> bo
     if context not in rotation.replaced:
         return False
     return current.fingerprint is None or current.fingerprint == rotation.replaced[context]
+
+
+# --- moving the mesh to a new root ----------------------------------------------------------------
+
+NEXT_DIR = "certs-next"  # the new root and its intermediates, made by the Makefile in a folder of its own
+TRANSITION_FILE = "transition.json"  # in certs-next/: the stage the workspace has reached
+# On istio-system: the stage whose cacerts the cluster holds, under which new root, since when.
+TRANSITION_ANNOTATION = "setup-mesh.io/root-transition"
+MULTIROOT_ENV = "ISTIO_MULTIROOT_MESH"  # istiod accepts a changed root bundle only with this set
+LAST_STAGE = 3
+STAGES = {
+    1: "trust both roots, keep the old intermediate",
+    2: "switch to an intermediate of the new root, trust both roots",
+    3: "trust only the new root",
+}
+
+
+@dataclass
+class Transition:
+    stage: int
+    old_root: str  # SHA-256 fingerprints
+    new_root: str
+    started: str
+
+    @property
+    def backup_name(self) -> str:
+        return stamp(parse_iso(self.started) or utc_now()) + "-root"
+
+    def annotation(self, since: str) -> str:
+        return f"stage={self.stage} root={self.new_root[:16]} since={since}"
+
+
+def next_dir(workdir: Path) -> Path:
+    return workdir / NEXT_DIR
+
+
+def load_transition(workdir: Path) -> Transition | None:
+    path = next_dir(workdir) / TRANSITION_FILE
+    try:
+        data = json.loads(path.read_text())
+        transition = Transition(int(data["stage"]), str(data["old_root"]), str(data["new_root"]), str(data["started"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot read the root transition's record {path}: {exc}",
+                          hint=f"restore it from a copy of the workspace; {next_dir(workdir)} holds the new root") from None
+    if not 1 <= transition.stage <= LAST_STAGE:
+        raise ConfigError(f"{path}: stage {transition.stage} is not one of 1..{LAST_STAGE}",
+                          hint="restore it from a copy of the workspace")
+    return transition
+
+
+def save_transition(workdir: Path, transition: Transition) -> None:
+    write_atomic(next_dir(workdir) / TRANSITION_FILE, json.dumps({
+        "stage": transition.stage, "old_root": transition.old_root, "new_root": transition.new_root,
+        "started": transition.started}, indent=2) + "\n", mode=0o600)
+
+
+def issuing_dir(workdir: Path, transition: Transition | None) -> Path:
+    """Where the intermediates the clusters must run on live: the new root's folder from stage 2 on."""
+    if transition is not None and transition.stage >= 2:
+        return next_dir(workdir)
+    return certs.certs_dir(workdir)
+
+
+def split_pems(bundle: bytes | None) -> list[bytes]:
+    """The certificates in a PEM bundle, each normalised to end with one newline."""
+    marker = b"-----END CERTIFICATE-----"
+    found = []
+    for part in (bundle or b"").split(marker)[:-1]:
+        start = part.find(b"-----BEGIN CERTIFICATE-----")
+        if start >= 0:
+            found.append(part[start:].strip() + b"\n" + marker + b"\n")
+    return found
+
+
+def stage_roots(stage: int | None, old_root: bytes, new_root: bytes) -> bytes:
+    """The root-cert.pem a cluster holds at a stage: both roots in stages 1 and 2, the one in charge first."""
+    if stage == 1:
+        return old_root + new_root
+    if stage == 2:
+        return new_root + old_root
+    return new_root
+
+
+def cacerts_for_stage(stage: int | None, intermediate: dict[str, bytes], old_root: bytes,
+                      new_root: bytes) -> dict[str, bytes]:
+    """Secret cacerts: the intermediate's files as the Makefile made them, with the stage's root bundle."""
+    files = dict(intermediate)
+    if stage in (1, 2):
+        files["root-cert.pem"] = stage_roots(stage, old_root, new_root)
+    return files
+
+
+def desired_cacerts(workdir: Path, cluster_name: str, transition: Transition | None) -> dict[str, bytes] | None:
+    """What the cluster's cacerts must hold now; None while its intermediate is still to be made."""
+    folder = issuing_dir(workdir, transition)
+    if not certs.has_cacerts(folder, cluster_name):
+        return None
+    files = {name: path.read_bytes() for name, path in certs.cacerts_files(folder, cluster_name).items()}
+    if transition is None:
+        return files
+    old_root = (certs.certs_dir(workdir) / certs.ROOT_CERT).read_bytes()
+    new_root = (next_dir(workdir) / certs.ROOT_CERT).read_bytes()
+    return cacerts_for_stage(transition.stage, files, old_root, new_root)
+
+
+def holds(seen: dict[str, bytes] | None, want: dict[str, bytes] | None) -> bool:
+    """The cluster's cacerts (public parts) is what ``want`` says; roots compare as a set, as istiod does."""
+    if not seen or not want:
+        return False
+    return (seen.get("ca-cert.pem") == want["ca-cert.pem"] and seen.get("cert-chain.pem") == want["cert-chain.pem"]
+            and set(split_pems(seen.get("root-cert.pem"))) == set(split_pems(want["root-cert.pem"])))
+
+
+def parse_annotation(value: str | None) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in (value or "").split() if "=" in part)
+
+
+def stage_since(transition: Transition, annotations: dict[str, str]) -> dt.datetime | None:
+    """When the cluster got the transition's current stage, from its istio-system annotation."""
+    fields = parse_annotation(annotations.get(TRANSITION_ANNOTATION))
+    if fields.get("stage") != str(transition.stage) or fields.get("root") != transition.new_root[:16]:
+        return None
+    return parse_iso(fields.get("since"))
+
+
+@dataclass
+class ClusterView:
+    context: str
+    reachable: bool
+    in_place: bool  # holds the stage's cacerts and says so on istio-system
+    since: dt.datetime | None = None
+
+
+@dataclass
+class Move:
+    """What a `rotate-certs --root` run does next."""
+
+    kind: str  # start | converge | wait | advance | finish
+    stage: int
+    behind: list[str] = field(default_factory=list)  # contexts to bring to the stage
+    unreachable: list[str] = field(default_factory=list)
+    ready_at: dt.datetime | None = None  # wait: when the next stage may start
+
+
+def decide(transition: Transition | None, views: list[ClusterView], now: dt.datetime,
+           min_wait: dt.timedelta) -> Move:
+    """At most one stage per run, and only once the current one is in place everywhere and has lasted."""
+    if transition is None:
+        return Move("start", 1, behind=[v.context for v in views])
+    unreachable = [v.context for v in views if not v.reachable]
+    behind = [v.context for v in views if v.reachable and not v.in_place]
+    if behind or unreachable:
+        return Move("converge", transition.stage, behind=behind, unreachable=unreachable)
+    if transition.stage == LAST_STAGE:
+        return Move("finish", LAST_STAGE)
+    since = max((v.since or now for v in views), default=now)
+    if now < since + min_wait:
+        return Move("wait", transition.stage, ready_at=since + min_wait)
+    return Move("advance", transition.stage + 1, behind=[v.context for v in views])
+
+
+def finish_transition(workdir: Path, transition: Transition) -> Path:
+    """The new root becomes the workspace's; the old root, its key and intermediates go to a dated backup.
+
+    Two renames, each resumable: a run interrupted between them finds certs/ gone and completes.
+    """
+    backup = backup_dir(workdir, transition.backup_name)
+    current = certs.certs_dir(workdir)
+    if current.is_dir() and next_dir(workdir).is_dir():
+        move_to_backup(current, backup)
+    resume_finish(workdir)
+    return backup
+
+
+def resume_finish(workdir: Path) -> None:
+    """Completes a finish that was interrupted after the old root went to its backup."""
+    current, new = certs.certs_dir(workdir), next_dir(workdir)
+    if not current.exists() and new.is_dir():
+        os.replace(new, current)
+    (current / TRANSITION_FILE).unlink(missing_ok=True)
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """--min-wait: a number with a unit (30s, 90m, 24h, 2d); a bare number is hours."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    raw = text.strip().lower()
+    unit = raw[-1:] if raw[-1:] in units else "h"
+    number = raw[:-1] if raw[-1:] in units else raw
+    try:
+        value = float(number)
+    except ValueError:
+        raise ConfigError(f"--min-wait {text!r} is not a duration",
+                          hint="give a number with a unit: 24h (the default), 90m, 0") from None
+    if value < 0:
+        raise ConfigError(f"--min-wait {text!r} is negative", hint="give 0 or more, e.g. 24h or 0")
+    return dt.timedelta(seconds=value * units[unit])
+
+
+def describe_wait(delta: dt.timedelta) -> str:
+    minutes = max(0, int(delta.total_seconds() // 60))
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m"

@@ -74,6 +74,16 @@ def cluster_operator(base: dict[str, Any], topology: Topology, cluster: Cluster)
     return operator
 
 
+def with_pilot_env(operator: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """The IstioOperator with ``env`` added to istiod's values.pilot.env; the entries already there are kept."""
+    operator = copy.deepcopy(operator)
+    values = operator.setdefault("spec", {}).setdefault("values", {})
+    pilot = values.get("pilot") or {}
+    values["pilot"] = pilot
+    pilot["env"] = {**(pilot.get("env") or {}), **env}
+    return operator
+
+
 def eastwest_operator(base: dict[str, Any], cluster: Cluster) -> dict[str, Any]:
     """The east-west gateway IstioOperator for the cluster's network (as gen-eastwest-gateway.sh makes it)."""
     network = cluster.network

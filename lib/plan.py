@@ -4,6 +4,7 @@ Building the plan runs nothing; the same plan is printed by --dry-run and run by
 """
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from dataclasses import dataclass, field
@@ -11,9 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from . import certs
+from . import certs, lifecycle
 from .config import SIDECAR, Cluster, Topology
-from .fsutil import read_if_present
 from .errors import MeshError
 from .ambient import gateway_status
 from .desired import Desired, desired_state
@@ -21,6 +21,7 @@ from .executor import After, Interrupted, Phase, RunContext, Step
 from .gatewayapi import CrdSource
 from .kube import (COMPONENT_LABEL, GATEWAY_RESOURCE, MANAGED_GATEWAY_LABEL, OWNER_LABEL, OWNER_NAMESPACE_LABEL, IstioUsage,
                    Observed, Tools, parse_remote_secret, service_address, token_fingerprint)
+from .lifecycle import Transition
 from .overlay import (APPLIED_ANNOTATION, CROSS_NETWORK_GATEWAY, EASTWEST_IOP, EASTWEST_NAME, FIELD_MANAGER,
                       ISTIO_NAMESPACE, NETWORK_LABEL, cacerts_manifest, manifest_list, namespace_manifest,
                       sequential_waits)
@@ -69,19 +70,40 @@ class ApplyPlan:
         return bool(self.removals or any(self.prunes.values()) or any(self.replacements.values()))
 
 
-def _cacerts_step(tools: Tools, cluster: Cluster, cert_dir: Path, namespace: dict | None = None) -> Step:
-    """istio-system as ``namespace`` says (default: labelled with the cluster's network) and secret cacerts."""
+def _cacerts_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: dict | None = None,
+                  transition: Transition | None = None) -> Step:
+    """istio-system as ``namespace`` says (default: labelled with the cluster's network) and secret cacerts
+    as the certificates' lifecycle says; during a root transition istio-system also records the stage."""
     namespace = namespace or namespace_manifest(cluster)
+    folder = lifecycle.issuing_dir(workdir, transition) / cluster.name
 
     def action(ctx: RunContext) -> None:
-        files = {name: path.read_bytes() for name, path in certs.cacerts_files(cert_dir, cluster.name).items()}
-        manifest = dump(manifest_list([namespace, cacerts_manifest(files)]))
+        files = lifecycle.desired_cacerts(workdir, cluster.name, transition)
+        if files is None:
+            raise MeshError(f"the intermediate CA in {folder} is incomplete",
+                            hint=f"delete {folder} and run the same command again: it makes a new one")
+        manifest_ns = copy.deepcopy(namespace)
+        if transition is not None:
+            since = lifecycle.iso(lifecycle.utc_now())
+            manifest_ns["metadata"].setdefault("annotations", {})[lifecycle.TRANSITION_ANNOTATION] = \
+                transition.annotation(since)
+        manifest = dump(manifest_list([manifest_ns, cacerts_manifest(files)]))
         ctx.run(tools.apply(cluster, manifest, shown=False))
 
+    stage = (f" and the root bundle of stage {transition.stage} ({lifecycle.STAGES[transition.stage]})"
+             if transition is not None and transition.stage < lifecycle.LAST_STAGE else "")
     return Step(f"namespace {ISTIO_NAMESPACE} (network {cluster.network}) and secret cacerts",
                 commands=[tools.apply(cluster, None, shown=False)], action=action,
                 note=f"stdin: Namespace {ISTIO_NAMESPACE} labelled {cluster.network} and Secret cacerts made from "
-                     f"{cert_dir / cluster.name}/*.pem (holds the CA key: not shown)")
+                     f"{folder}/*.pem{stage} (holds the CA key: not shown)")
+
+
+def cacerts_in_place(seen: Observed, cluster: Cluster, workdir: Path, transition: Transition | None) -> bool:
+    """The cluster holds what its cacerts must hold now (and, mid-transition, says which stage it is at)."""
+    want = lifecycle.desired_cacerts(workdir, cluster.name, transition)
+    if not lifecycle.holds(seen.cacerts, want):
+        return False
+    return transition is None or lifecycle.stage_since(transition, seen.annotations) is not None
 
 
 # The certs Makefile signs every intermediate with the root's serial file (root-cert.srl), which
@@ -421,12 +443,15 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
                      tools: Tools, release: Release | None, intermediate_vars: dict[str, str],
                      gateway_timeout: float, skip: set[str] = frozenset(),
                      only: set[str] | None = None, gateway_api: CrdSource | None = None,
-                     uninstall: dict[str, Uninstall] | None = None) -> ApplyPlan:
+                     uninstall: dict[str, Uninstall] | None = None,
+                     transition: Transition | None = None) -> ApplyPlan:
     """``skip``: contexts that could not be read; they get no step, and their secrets are left as they are.
     ``only``: the contexts to change (--context); the others are read for their current secrets only.
     ``gateway_api``: where an ambient mesh's clusters that lack the Gateway API CRDs get them from.
-    ``uninstall``: how each reachable removed cluster is uninstalled (from what else uses Istio there)."""
-    cert_dir = certs.certs_dir(workdir)
+    ``uninstall``: how each reachable removed cluster is uninstalled (from what else uses Istio there).
+    ``transition``: a root transition under way; clusters get (and keep) the certificates of its stage."""
+    cert_dir = lifecycle.issuing_dir(workdir, transition)
+    stage_note = f", stage {transition.stage} of the move to a new root" if transition is not None else ""
     # Each member's own chain (set-up, install, its remote secret), then what needs the others (their
     # secrets, and the gateway address); phases group the steps for the reader, the steps' dependencies
     # (Step.after) are what orders clusters against each other.
@@ -474,12 +499,11 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             steps.append(await_namespace_deleted_step(tools, cluster))
         if not certs.has_cacerts(cert_dir, cluster.name):
             steps.append(_intermediate_step(release, cert_dir, cluster, intermediate_vars))
-        local_ca = read_if_present(cert_dir / cluster.name / "ca-cert.pem")
-        cacerts_current = (seen.cacerts or {}).get("ca-cert.pem") == local_ca and local_ca is not None
+        cacerts_current = cacerts_in_place(seen, cluster, workdir, transition)
         installing = (seen.applied != d.fingerprint or (d.eastwest is not None and not seen.eastwest_exists)
                       or (d.ambient_gateway is not None and seen.eastwest_gateway is None))
         if steps or not seen.namespace or seen.network_label != cluster.network or not cacerts_current:
-            step = _cacerts_step(tools, cluster, cert_dir, d.namespace_manifest())
+            step = _cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition)
             if not seen.namespace:
                 step.change = f"+ namespace {ISTIO_NAMESPACE} (network {cluster.network}) and secret cacerts"
             else:
@@ -487,7 +511,7 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
                 step.change = ", ".join(filter(None, [
                     label and f"~ network label: {seen.network_label or '(none)'} → {cluster.network}",
                     not cacerts_current and ("~ " if not label else "") + "secret cacerts"
-                    f" ({cert_dir.name}/{cluster.name}/)"])) or "~ secret cacerts"
+                    f" ({cert_dir.name}/{cluster.name}/{stage_note})"])) or "~ secret cacerts"
                 if not installing:
                     step.done = "cacerts updated"
             steps.append(step)

@@ -9,12 +9,13 @@ from . import certs, lifecycle
 from .commands import (_certs_prerequisites, _finish, _open_log, _sit_out, find_tools, inspect_clusters,
                        load_workspace, print_plan)
 from .config import Cluster, select_clusters
-from .fsutil import read_if_present
 from .errors import ConfigError, MeshError
 from .executor import Executor, Interrupted, Phase, RunContext, Step
 from .kube import Observed, Tools
 from .overlay import ISTIO_NAMESPACE
-from .plan import ApplyPlan, _cacerts_step, _intermediate_step
+from .plan import ApplyPlan, _cacerts_step, _intermediate_step, cacerts_in_place, desired_state
+from .plan import RECORD_TITLE
+from .release import Release
 from .reporter import Reporter
 from .runner import ShRunner
 
@@ -63,6 +64,11 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
     topology = ws.topology
     chosen = select_clusters(topology, contexts)
     cert_dir = certs.certs_dir(workdir)
+    transition = lifecycle.load_transition(workdir)
+    if transition is not None:
+        raise ConfigError(f"a move to a new root is under way (stage {transition.stage} of {lifecycle.LAST_STAGE}): "
+                          f"its intermediates are made by rotate-certs --root",
+                          hint="run rotate-certs --root until it reports the transition complete, then rotate-certs")
     if not ((cert_dir / certs.ROOT_CERT).is_file() and (cert_dir / certs.ROOT_KEY).is_file()):
         raise ConfigError(f"the mesh's root CA is missing ({cert_dir / certs.ROOT_CERT})",
                           hint="rotate-certs re-issues intermediates under the workspace's root; restore certs/ "
@@ -99,6 +105,7 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
 
     backup = lifecycle.backup_dir(workdir, rotation.backup_name)
     deployment = istiod_name(ws.base)
+    namespaces = {ctx: d.namespace_manifest() for ctx, d in desired_state(topology, ws.base).items()}
     phase = Phase("re-issue intermediate CAs and update cacerts")
     for cluster in targets:
         if cluster.context in unreachable and not dry_run:
@@ -109,9 +116,8 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
             if local[cluster.context].fingerprint is not None:
                 phase.add(cluster.context, backup_step(workdir, cluster, backup))
             phase.add(cluster.context, _intermediate_step(release, cert_dir, cluster, variables))
-        local_ca = read_if_present(cert_dir / cluster.name / "ca-cert.pem")
-        if reissue or local_ca is None or (seen.cacerts or {}).get("ca-cert.pem") != local_ca:
-            phase.add(cluster.context, _cacerts_step(tools, cluster, cert_dir))
+        if reissue or not cacerts_in_place(seen, cluster, workdir, None):
+            phase.add(cluster.context, _cacerts_step(tools, cluster, workdir, namespaces[cluster.context]))
         phase.add(cluster.context, confirm_step(tools, cluster, deployment))
 
     if dry_run:
@@ -136,3 +142,181 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
     if not outcome.ok and not resuming:
         reporter.info("the next rotate-certs finishes this rotation (it re-issues nothing twice)")
     return _finish("rotate-certs", outcome, log, reporter)
+
+
+# --- rotate-certs --root -----------------------------------------------------------------------------
+
+DEFAULT_MIN_WAIT = "24h"  # the workload certificate lifetime: by then every workload has renewed
+
+
+def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, min_wait: str, dry_run: bool,
+                parallel: int, timeout: float, runner: ShRunner, reporter: Reporter) -> int:
+    """One stage of the move to a new root per run; see lifecycle.decide for when a stage may start."""
+    from .plan import _install_steps, record_step
+    from .release import find_release
+    from .status import istiod_name
+
+    wait = lifecycle.parse_duration(min_wait)
+    if not dry_run:
+        lifecycle.resume_finish(workdir)
+    ws = load_workspace(workdir, kubeconfig, lenient=dry_run)
+    topology = ws.topology
+    cert_dir, new_dir = certs.certs_dir(workdir), lifecycle.next_dir(workdir)
+    if not ((cert_dir / certs.ROOT_CERT).is_file() and (cert_dir / certs.ROOT_KEY).is_file()):
+        raise ConfigError(f"the mesh's root CA is missing ({cert_dir / certs.ROOT_CERT})",
+                          hint="restore certs/ from a backup: the clusters trust that root, and a new one is "
+                               "introduced only next to it")
+    transition = lifecycle.load_transition(workdir)
+    tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout)
+    try:
+        release = find_release(istio_dir, workdir)
+    except ConfigError:
+        if not dry_run:
+            raise
+        release = None
+        ws.notes.append("no Istio release found: the plan names the Makefile as <istio>/tools/certs/Makefile.selfsigned.mk")
+    if not dry_run:
+        for tool in ("make", "openssl"):
+            runner.require(tool)
+    org = certs.root_organization(cert_dir)
+    variables = {"INTERMEDIATE_ORG": org} if org else {}
+
+    log = None if dry_run else _open_log(workdir, "rotate-certs", runner)
+    read_reporter = Reporter(quiet=True, err_console=reporter.err) if dry_run else reporter
+    observed = (inspect_clusters(list(topology.clusters), tools, runner, read_reporter, parallel)
+                if ws.contexts_resolved else {})
+    now = lifecycle.utc_now()
+    views = []
+    for cluster in topology.clusters:
+        seen = observed.get(cluster.context) or Observed(reachable=False, error="not read")
+        in_place = transition is not None and cacerts_in_place(seen, cluster, workdir, transition)
+        views.append(lifecycle.ClusterView(cluster.context, seen.reachable, in_place,
+                                           lifecycle.stage_since(transition, seen.annotations) if transition else None))
+    move = lifecycle.decide(transition, views, now, wait)
+
+    if move.kind == "start":
+        # Only from a mesh that is in step: every cluster reachable and on the workspace's root.
+        not_ready = [c.context for c in topology.clusters
+                     if not (observed.get(c.context) or Observed()).reachable
+                     or not cacerts_in_place(observed[c.context], c, workdir, None)]
+        if not_ready and not dry_run:
+            raise MeshError(f"not every cluster runs on the workspace's root yet ({', '.join(not_ready)}): "
+                            f"a new root is introduced only to a mesh that is in step",
+                            hint="run apply (and check status) first, then rotate-certs --root")
+    if move.kind == "wait":
+        since = move.ready_at - wait
+        reporter.info(f"stage {transition.stage} of {lifecycle.LAST_STAGE} ({lifecycle.STAGES[transition.stage]}) "
+                      f"is in place in every cluster since {lifecycle.iso(since)}")
+        reporter.info(f"stage {transition.stage + 1} ({lifecycle.STAGES[transition.stage + 1]}) can start at "
+                      f"{lifecycle.iso(move.ready_at)} (in {lifecycle.describe_wait(move.ready_at - now)}), when "
+                      f"every workload has renewed its certificate: run rotate-certs --root again then "
+                      f"(--min-wait 0 if every workload has been restarted since)")
+        if log:
+            log.close()
+        return 0
+
+    # The stage this run brings the clusters to.
+    if move.kind == "start":
+        old_fp = certs.read_cert((cert_dir / certs.ROOT_CERT).read_bytes()).fingerprint
+        planned = lifecycle.Transition(1, old_fp, "", lifecycle.iso(now))
+    elif move.kind == "advance":
+        planned = lifecycle.Transition(move.stage, transition.old_root, transition.new_root, transition.started)
+    else:
+        planned = transition
+    targets = [c for c in topology.clusters if c.context in move.behind]
+    desired = desired_state(topology, ws.base, transition=planned)
+    deployment = istiod_name(ws.base)
+    issuer = lifecycle.issuing_dir(workdir, planned)
+    phase = Phase(f"stage {planned.stage} of {lifecycle.LAST_STAGE}: {lifecycle.STAGES[planned.stage]}")
+    for cluster in targets:
+        seen = observed.get(cluster.context) or Observed()
+        d = desired[cluster.context]
+        if seen.applied != d.fingerprint:
+            # istiod must accept a second root before it sees one (the reserved value ISTIO_MULTIROOT_MESH).
+            phase.add(cluster.context, _install_steps(tools, workdir, d, seen)[0])
+            phase.add(cluster.context, record_step(tools, cluster, d.fingerprint, d.data_plane))
+        if not certs.has_cacerts(issuer, cluster.name):
+            phase.add(cluster.context, _intermediate_step(release, issuer, cluster, variables))
+        phase.add(cluster.context, _cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition=planned))
+        phase.add(cluster.context, confirm_step(tools, cluster, deployment))
+    make_root = certs.root_ca_command(release or _NO_RELEASE, new_dir, {"ROOTCA_ORG": org} if org else {})
+
+    if dry_run:
+        reporter.info(_move_text(move, planned))
+        if move.kind == "start":
+            reporter.info(f"first the new root: mkdir -p {new_dir} && {make_root.pasteable()}")
+        plan = ApplyPlan([phase] if move.kind != "finish" else [])
+        print_plan(plan, topology, observed if ws.contexts_resolved else None, ws.notes, reporter,
+                   title="rotate-certs --root plan",
+                   nothing="no cluster changes in this stage" if move.kind != "finish" else
+                   f"then certs/ becomes the new root (the old one kept in "
+                   f"{lifecycle.backup_dir(workdir, transition.backup_name)}) and istiod drops "
+                   f"{lifecycle.MULTIROOT_ENV} (reinstalled with apply's overlay)")
+        return 0
+
+    if move.kind == "start":
+        new_dir.mkdir(mode=0o700, exist_ok=True)
+        runner.run(make_root)  # the Makefile keeps files that exist: a repeated start reuses the same root
+        certs.secure_tree(new_dir)
+        planned.new_root = certs.read_cert((new_dir / certs.ROOT_CERT).read_bytes()).fingerprint
+        reporter.info(f"made a new root CA in {new_dir}")
+    if move.kind in ("start", "advance"):
+        lifecycle.save_transition(workdir, planned)  # the workspace leads; the clusters follow
+    reporter.info(_move_text(move, planned))
+
+    executor = Executor(runner, reporter, parallel)
+    if targets or move.unreachable:
+        reporter.start_progress([(c.context, c.network) for c in topology.clusters
+                                 if c.context in move.behind or c.context in move.unreachable])
+    for context in move.unreachable:
+        _sit_out(executor, tools, topology.by_context(context), observed[context], "then run rotate-certs --root again")
+    outcome = executor.run_phases([phase])
+    certs.secure_tree(new_dir)
+    for cluster in targets:
+        if RECORD_TITLE in outcome.done_steps.get(cluster.context, []):
+            ws.state.record(cluster, desired[cluster.context].fingerprint)
+
+    complete = outcome.ok and planned.stage == lifecycle.LAST_STAGE
+    if complete:
+        backup = lifecycle.finish_transition(workdir, planned)
+        final = desired_state(topology, ws.base)
+        last = Phase("drop the second root from istiod")
+        for cluster in topology.clusters:
+            d = final[cluster.context]
+            last.add(cluster.context, _install_steps(tools, workdir, d, observed[cluster.context])[0])
+            last.add(cluster.context, record_step(tools, cluster, d.fingerprint, d.data_plane))
+            last.add(cluster.context, Step("the root transition is complete here", commands=[tools.kubectl_cmd(
+                cluster, "annotate", "namespace", ISTIO_NAMESPACE, f"{lifecycle.TRANSITION_ANNOTATION}-")]))
+        outcome = executor.run_phases([last])
+        for cluster in topology.clusters:
+            if RECORD_TITLE in outcome.done_steps.get(cluster.context, []):
+                ws.state.record(cluster, final[cluster.context].fingerprint)
+    reporter.stop_progress()
+    ws.state.save(topology.mesh_id)
+    for cluster in topology.clusters:
+        if cluster.context not in outcome.failures and (cluster in targets or complete):
+            reporter.finish_cluster(cluster.context, True, f"stage {planned.stage}" if not complete else "new root")
+    if complete:
+        reporter.info(f"the mesh runs on the new root: certs/ holds it; the old root, its key and intermediates "
+                      f"are kept in {backup}")
+    elif outcome.ok:
+        reporter.info(f"stage {planned.stage} of {lifecycle.LAST_STAGE} is in place in every cluster; run "
+                      f"rotate-certs --root again in {lifecycle.describe_wait(wait)} or later for stage "
+                      f"{planned.stage + 1} ({lifecycle.STAGES[planned.stage + 1]})")
+    else:
+        reporter.info(f"stage {planned.stage} is not in place everywhere yet: run rotate-certs --root again "
+                      f"(it finishes this stage and goes no further)")
+    return _finish("rotate-certs --root", outcome, log, reporter)
+
+
+_NO_RELEASE = Release(Path("<istio>"))
+
+
+def _move_text(move: lifecycle.Move, planned: lifecycle.Transition) -> str:
+    stage = f"stage {planned.stage} of {lifecycle.LAST_STAGE} ({lifecycle.STAGES[planned.stage]})"
+    return {
+        "start": f"starting the move to a new root: {stage}",
+        "advance": f"moving on to {stage}",
+        "converge": f"bringing {', '.join(move.behind) or 'no reachable cluster'} to {stage}",
+        "finish": f"every cluster is at {stage}: completing the transition",
+    }[move.kind]

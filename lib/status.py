@@ -19,7 +19,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from . import certs, invocation
+from . import certs, invocation, lifecycle
 from .ambient import gateway_status
 from .config import AMBIENT, SIDECAR, Cluster, Topology, data_plane_mode, select_clusters
 from .gatewayapi import expected_version, older_than_needed
@@ -180,6 +180,9 @@ class Cacerts:
     root_fingerprint: str | None = None  # SHA-256 of the root-cert.pem in the cluster's cacerts
     expires: dt.datetime | None = None  # of ca-cert.pem, the cluster's intermediate CA
     days_left: int | None = None
+    chains_to: str | None = None  # which of the workspace's roots issued ca-cert.pem: "current" or "new"
+    roots_trusted: int | None = None  # certificates in its root-cert.pem: 2 during a root transition
+    stage: int | None = None  # the root transition's stage the cluster is at
 
 
 @dataclass
@@ -224,6 +227,9 @@ class ClusterStatus:
                 "root_fingerprint": c.root_fingerprint,
                 "expires": _iso(c.expires),
                 "days_left": c.days_left,
+                "chains_to": c.chains_to,
+                "roots_trusted": c.roots_trusted,
+                "transition_stage": c.stage,
             },
             "gateway": {"required": self.gateway_required, "address": self.gateway_address,
                         **({"programmed": self.gateway_programmed} if self.ambient else {})},
@@ -242,6 +248,8 @@ class MeshStatus:
     root_fingerprint: str | None
     clusters: list[ClusterStatus]
     problems: list[Problem] = field(default_factory=list)  # about the workspace, not one cluster
+    root: dict[str, Any] | None = None  # the workspace's root: expires, days_left
+    transition: dict[str, Any] | None = None  # a move to a new root under way
 
     @property
     def healthy(self) -> bool:
@@ -254,6 +262,8 @@ class MeshStatus:
             "root_fingerprint": self.root_fingerprint,
             "problems": [p.to_json() for p in self.problems],
             "clusters": [c.to_json() for c in self.clusters],
+            "root": self.root,
+            "transition": self.transition,
         }
 
     def all_problems(self) -> list[tuple[str | None, Problem]]:
@@ -285,6 +295,9 @@ class Hints:
     @property
     def apply(self) -> str:
         return invocation.command("apply")
+
+    def rotate(self, *args: str) -> str:
+        return invocation.command("rotate-certs", *args)
 
     @property
     def dry_run(self) -> str:
@@ -328,6 +341,9 @@ class Workspace:
     istiod_deployment: str = "istiod"
     revision: str | None = None  # base.yaml's spec.revision, when not the default
     data_plane: str = SIDECAR  # ambient: the east-west gateway is a Gateway API Gateway
+    transition: lifecycle.Transition | None = None  # a move to a new root under way
+    new_root_pem: bytes | None = None  # certs-next/root-cert.pem during a transition
+    expected: dict[str, dict[str, bytes] | None] = field(default_factory=dict)  # name -> the stage's cacerts
 
 
 def _load_cert(pem: bytes | None) -> x509.Certificate | None:
@@ -377,7 +393,54 @@ def evaluate(ws: Workspace, observed: dict[str, Observed], istiod: dict[str, Ist
     reachable = {c.name for c in topology.clusters if (observed.get(c.context) or Observed()).reachable}
     for status in result:
         _judge_istiod_view(status, (views or {}).get(status.cluster.context), topology, hints, reachable)
-    return MeshStatus(topology.mesh_id, root_fp, result, mesh_problems)
+    root_info = _judge_roots(ws, root, now, hints, mesh_problems)
+    transition = _transition_summary(ws, result, observed, hints)
+    return MeshStatus(topology.mesh_id, root_fp, result, mesh_problems, root_info, transition)
+
+
+def _judge_roots(ws: Workspace, root: x509.Certificate | None, now: dt.datetime, hints: Hints,
+                 problems: list[Problem]) -> dict[str, Any] | None:
+    """Days left for the workspace's root (and, mid-transition, the new one): warning under 30, error expired."""
+    if root is None:
+        return None
+    info = certs.read_cert(ws.root_pem)
+    days = info.days_left(now)
+    if ws.transition is None:
+        if days < 0:
+            problems.append(Problem("root_ca_expired", f"the mesh's root CA expired on {_iso(info.not_after)}: "
+                                                       "cross-cluster mTLS fails", hints.rotate("--root")))
+        elif days < EXPIRY_WARN_DAYS:
+            problems.append(Problem("root_ca_expiring", f"the mesh's root CA expires in {days} day(s) "
+                                                        f"({_iso(info.not_after)})",
+                                    f"{hints.rotate('--root')} (moves the mesh to a new root in three runs, "
+                                    f"at least a day apart)", severity=WARNING))
+    result = {"expires": _iso(info.not_after), "days_left": days}
+    if ws.new_root_pem:
+        new = certs.read_cert(ws.new_root_pem)
+        result["new_root"] = {"fingerprint": new.fingerprint, "expires": _iso(new.not_after),
+                              "days_left": new.days_left(now)}
+    return result
+
+
+def _transition_summary(ws: Workspace, clusters: list[ClusterStatus], observed: dict[str, Observed],
+                        hints: Hints) -> dict[str, Any] | None:
+    """Where a move to a new root stands, and the command for its next stage."""
+    t = ws.transition
+    if t is None:
+        return None
+    in_step = all(c.cacerts.stage == t.stage for c in clusters)
+    since = [lifecycle.stage_since(t, (observed.get(c.cluster.context) or Observed()).annotations) for c in clusters]
+    latest = max((s for s in since if s is not None), default=None)
+    if not in_step:
+        next_step = f"{hints.rotate('--root')} (brings every cluster to stage {t.stage})"
+    elif t.stage == lifecycle.LAST_STAGE:
+        next_step = f"{hints.rotate('--root')} (completes the transition: certs/ becomes the new root)"
+    else:
+        ready = latest + dt.timedelta(hours=24) if latest else None
+        next_step = (f"{hints.rotate('--root')} from {_iso(ready)} (stage {t.stage + 1}: "
+                     f"{lifecycle.STAGES[t.stage + 1]}; --min-wait shortens the 24h wait)")
+    return {"stage": t.stage, "stages": lifecycle.LAST_STAGE, "description": lifecycle.STAGES[t.stage],
+            "started": t.started, "in_step": in_step, "since": _iso(latest) if in_step else None, "next": next_step}
 
 
 # What istiod reports for a peer -> (problem code, hint).
@@ -603,7 +666,22 @@ def _judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: 
     info = certs.read_cert(files["ca-cert.pem"])
     c.expires = info.not_after
     c.days_left = info.days_left(now)
-    if root is not None:
+    c.roots_trusted = len(lifecycle.split_pems(files.get("root-cert.pem")))
+    if root is not None and _issued_by(ca, root):
+        c.chains_to = "current"
+    elif ws.new_root_pem and (new_root := _load_cert(ws.new_root_pem)) is not None and _issued_by(ca, new_root):
+        c.chains_to = "new"
+    if ws.transition is not None:
+        # Mid-transition a cluster is in step when it holds exactly what the stage says.
+        t = ws.transition
+        c.chains_to_root = c.chains_to is not None
+        if lifecycle.holds(seen.cacerts, ws.expected.get(cluster.name)) and lifecycle.stage_since(t, seen.annotations):
+            c.stage = t.stage
+        else:
+            add(Problem("root_transition_behind",
+                        f"secret cacerts is not at stage {t.stage} of the move to a new root "
+                        f"({lifecycle.STAGES[t.stage]})", f"{hints.rotate('--root')} (brings every cluster to the stage)"))
+    elif root is not None:
         c.chains_to_root = c.root_fingerprint == root_fp and _issued_by(ca, root)
         if not c.chains_to_root:
             local = _load_cert(ws.local_ca.get(cluster.name))
@@ -620,12 +698,12 @@ def _judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: 
                         hint))
     if c.days_left < 0:
         add(Problem("cacerts_expired", f"the intermediate CA in cacerts expired on {_iso(c.expires)}",
-                    f"`rm -r {hints.path(certs.CERTS_DIR, cluster.name)}`, then {hints.apply}"))
+                    f"{hints.rotate('--context', cluster.context)} (re-issues it from this workspace's root)"))
     elif c.days_left < EXPIRY_WARN_DAYS:
         add(Problem("cacerts_expiring", f"the intermediate CA in cacerts expires in {c.days_left} day(s) "
                                         f"({_iso(c.expires)})",
-                    f"`rm -r {hints.path(certs.CERTS_DIR, cluster.name)}`, then {hints.apply} "
-                    f"(re-issues it from this workspace's root)", severity=WARNING))
+                    f"{hints.rotate('--context', cluster.context)} (re-issues it from this workspace's root), or "
+                    f"{hints.rotate('--expiring-within', str(EXPIRY_WARN_DAYS))} for every such cluster", severity=WARNING))
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -671,7 +749,8 @@ def status_workspace(workdir: Path, loaded) -> Workspace:
     from .desired import desired_state
 
     cert_dir = certs.certs_dir(workdir)
-    desired = desired_state(loaded.topology, loaded.base)
+    transition = lifecycle.load_transition(workdir)
+    desired = desired_state(loaded.topology, loaded.base, transition=transition)
     return Workspace(
         workdir=workdir,
         topology=loaded.topology,
@@ -681,6 +760,10 @@ def status_workspace(workdir: Path, loaded) -> Workspace:
         istiod_deployment=istiod_name(loaded.base),
         revision=control_plane_revision(loaded.base),
         data_plane=data_plane_mode(loaded.base),
+        transition=transition,
+        new_root_pem=read_if_present(lifecycle.next_dir(workdir) / certs.ROOT_CERT) if transition else None,
+        expected={c.name: lifecycle.desired_cacerts(workdir, c.name, transition) for c in loaded.topology.clusters}
+        if transition else {},
     )
 
 

@@ -43,6 +43,8 @@ def render(status: MeshStatus, console: Console) -> None:
     if matrix is not None:
         console.print("remote secrets (row holds column's; istiod's word if not synced)", style="bold")
         console.print(matrix)
+    for line in lifecycle_lines(status):
+        console.print(escape(redact(line)))
     causes = group_problems(status)
     for cause in causes:
         mark, style = ("✗", "red") if cause.severity == ERROR else ("!", "yellow")
@@ -57,6 +59,23 @@ def render(status: MeshStatus, console: Console) -> None:
         console.print(f"[red]unhealthy[/]: {errors} problem{'s' * (errors != 1)} in {affected} of "
                       f"{len(status.clusters)} clusters" + (f", {warnings} warning{'s' * (warnings != 1)}"
                                                            if warnings else ""))
+
+
+def lifecycle_lines(status: MeshStatus) -> list[str]:
+    """The root CA's days left and, during a move to a new root, where it stands and what comes next."""
+    lines = []
+    if status.root:
+        line = f"root CA: {status.root['days_left']}d left (expires {status.root['expires']})"
+        if status.root.get("new_root"):
+            line += f"; new root: {status.root['new_root']['days_left']}d left"
+        lines.append(line)
+    t = status.transition
+    if t:
+        where = (f"in place in every cluster since {t['since']}" if t["in_step"]
+                 else "not yet in place in every cluster")
+        lines.append(f"root transition: stage {t['stage']} of {t['stages']} ({t['description']}), {where}")
+        lines.append(f"  next: {t['next']}")
+    return lines
 
 
 def group_problems(status: MeshStatus) -> list[Cause]:
@@ -163,8 +182,11 @@ def _row(c: ClusterStatus) -> list[tuple[str, bool | None]]:
     elif ca.days_left is None:
         cacerts = ("unreadable", False)
     else:
-        cacerts = (f"{ca.days_left}d" + ("" if ca.chains_to_root else "?"),
-                   ca.days_left >= EXPIRY_WARN_DAYS if ca.chains_to_root else None)
+        # Mid-transition: which root issued the intermediate, and how many roots the cluster trusts.
+        text = ", ".join([f"{ca.days_left}d" + ("" if ca.chains_to_root else "?")]
+                         + ["new root"] * (ca.chains_to == "new")
+                         + [f"{ca.roots_trusted} roots"] * ((ca.roots_trusted or 0) > 1))
+        cacerts = (text, ca.days_left >= EXPIRY_WARN_DAYS if ca.chains_to_root else None)
     if not c.gateway_required:
         gateway = (c.gateway_address or "-", None)
     elif not c.gateway_exists:

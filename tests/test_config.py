@@ -104,6 +104,7 @@ RESERVED = [
     ("    global:\n      multiCluster:\n        clusterName: x\n", "spec.values.global.multiCluster.clusterName", 8),
     ("    global:\n      network: x\n", "spec.values.global.network", 7),
     ("    global:\n      meshNetworks: {}\n", "spec.values.global.meshNetworks", 7),
+    ("    pilot:\n      env:\n        ISTIO_MULTIROOT_MESH: 'true'\n", "spec.values.pilot.env.ISTIO_MULTIROOT_MESH", 8),
 ]
 
 

@@ -104,3 +104,17 @@ def test_eastwest_gateway_follows_a_revision_set_in_values(tmp_path):
     assert eastwest_operator(base, cluster)["spec"]["revision"] == "blue"
     base["spec"]["revision"] = "canary"  # istioctl merges the user's values last: values.revision wins
     assert eastwest_operator(base, cluster)["spec"]["revision"] == "blue"
+
+
+def test_a_root_transition_adds_the_multiroot_env_to_istiod_and_keeps_base_env(tmp_path):
+    from lib.lifecycle import Transition
+
+    (tmp_path / "base.yaml").write_text(BASE.replace("  values:\n", "  values:\n    pilot:\n      env:\n        PILOT_X: '1'\n"))
+    base, topology = load_base(tmp_path / "base.yaml").operator, load_topology(ROOT / "topology.yaml")
+    plain = desired_state(topology, base)
+    during = desired_state(topology, base, transition=Transition(1, "old", "new", "2026-11-29T08:00:00Z"))
+    for ctx in plain:
+        assert plain[ctx].operator["spec"]["values"]["pilot"]["env"] == {"PILOT_X": "1"}
+        assert during[ctx].operator["spec"]["values"]["pilot"]["env"] == {"PILOT_X": "1", "ISTIO_MULTIROOT_MESH": "true"}
+        assert during[ctx].fingerprint != plain[ctx].fingerprint, "the change is installed, then recorded"
+    assert "ISTIO_MULTIROOT_MESH" not in str(base), "base.yaml's data is not modified"

@@ -33,7 +33,8 @@ def _healthy(topology, desired):
                  for p in topology.clusters if p is not c}
         observed[c.context] = Observed(
             reachable=True, namespace=True, network_label=c.network, applied=desired[c.context].fingerprint,
-            cacerts={"ca-cert.pem": f"{c.name}-ca-cert.pem".encode()}, remote_secrets=peers,
+            cacerts={name: f"{c.name}-{name}".encode() for name in ("ca-cert.pem", "cert-chain.pem", "root-cert.pem")},
+            remote_secrets=peers,
             reader_token=f"tok-{c.name}", eastwest_exists=True, eastwest_address="198.51.100.1")
     return observed
 

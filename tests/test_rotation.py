@@ -1,5 +1,6 @@
 """rotate-certs on the sandbox, with the real make and openssl: intermediates re-issued under the same root."""
 import base64
+import json
 import stat
 import subprocess
 
@@ -134,3 +135,147 @@ def test_a_failed_rotation_is_finished_by_the_next_run_without_reissuing_twice(m
     assert cacerts(mesh2, "cluster2")["ca-cert.pem"] == (mesh2.workdir / "certs" / "cluster2" / "ca-cert.pem").read_bytes()
     assert not (mesh2.workdir / ".setup-mesh" / "rotation.json").exists()
     assert len(list((mesh2.workdir / "backups").iterdir())) == 1, "one rotation, one backup folder"
+
+
+# --- the move to a new root -------------------------------------------------------------------------
+
+def pems(bundle: bytes) -> list[bytes]:
+    from lib.lifecycle import split_pems
+    return split_pems(bundle)
+
+
+def istiod_env(mesh, ctx) -> dict[str, str]:
+    deployment = mesh.get(ctx, "deployment", "istiod", "-n", "istio-system")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in container.get("env") or []}
+
+
+def check_stage(mesh, tmp_path, stage, old_root, new_root):
+    """Every cluster's cacerts trusts what the stage says, checked with openssl."""
+    for ctx in mesh.sandbox.contexts:
+        if ctx not in TWO and not (mesh.workdir / "certs" / ctx).exists() and not (mesh.workdir / "certs-next" / ctx).exists():
+            continue
+        held = cacerts(mesh, ctx)
+        roots = pems(held["root-cert.pem"])
+        ca = held["ca-cert.pem"]
+        signer, other = (old_root, new_root) if stage == 1 else (new_root, old_root)
+        assert verify(signer, ca, tmp_path).returncode == 0, f"{ctx}: intermediate not issued by the stage's root"
+        assert verify(other, ca, tmp_path).returncode != 0
+        assert verify(held["root-cert.pem"], ca, tmp_path).returncode == 0, f"{ctx}: own bundle does not verify"
+        assert held["cert-chain.pem"] == ca + signer
+        if stage in (1, 2):
+            assert sorted(roots) == sorted([old_root, new_root]), f"{ctx}: stage {stage} trusts both roots"
+            assert istiod_env(mesh, ctx).get("ISTIO_MULTIROOT_MESH") == "true"
+        else:
+            assert roots == [new_root]
+        annotation = mesh.get(ctx, "namespace", "istio-system")["metadata"].get("annotations", {})
+        if stage < 3:
+            assert f"stage={stage} " in annotation.get("setup-mesh.io/root-transition", "")
+        else:  # complete: the clusters no longer carry a transition
+            assert "setup-mesh.io/root-transition" not in annotation
+
+
+def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_run(sandbox_factory, tmp_path):
+    contexts = {**TWO, "cluster3": "network1"}
+    sandbox = sandbox_factory(list(contexts))
+    mesh = make_mesh(sandbox, tmp_path / "ws", TWO)
+    extra = {ctx: {"api_server": sandbox.api_server(ctx)} for ctx in contexts}
+    mesh.write_topology(TWO, extra=extra)
+    mesh.apply()
+    ws = mesh.workdir
+    old_root = (ws / "certs" / "root-cert.pem").read_bytes()
+    old_key = (ws / "certs" / "root-key.pem").read_bytes()
+
+    preview = mesh.run("rotate-certs", "--root", "--dry-run")
+    assert preview.returncode == 0, preview.stdout + preview.stderr
+    assert "stage 1 of 3" in preview.stdout and "root-ca" in preview.stdout
+    assert not (ws / "certs-next").exists()
+
+    # Stage 1: both roots trusted, old intermediates; istiod set to accept a second root first.
+    first = mesh.run("rotate-certs", "--root")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert scan_for_secrets(first.stdout + first.stderr) == []
+    new_root = (ws / "certs-next" / "root-cert.pem").read_bytes()
+    assert new_root != old_root
+    assert stat.S_IMODE((ws / "certs-next").stat().st_mode) == 0o700
+    assert stat.S_IMODE((ws / "certs-next" / "root-key.pem").stat().st_mode) == 0o600
+    check_stage(mesh, tmp_path, 1, old_root, new_root)
+    status = mesh.run("status", "-o", "json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    doc = json.loads(status.stdout)
+    assert doc["transition"]["stage"] == 1 and doc["transition"]["in_step"]
+    assert "rotate-certs --root --workdir " in doc["transition"]["next"]
+    assert " from " in doc["transition"]["next"]
+    assert doc["root"]["new_root"]["days_left"] > 3000
+    for c in doc["clusters"]:
+        assert (c["cacerts"]["chains_to"], c["cacerts"]["roots_trusted"], c["cacerts"]["transition_stage"]) == ("current", 2, 1)
+    table = mesh.run("status")
+    assert "root transition: stage 1 of 3" in table.stdout and "3649d, 2 roots" in table.stdout
+
+    # Too early for stage 2: nothing changes.
+    before = {ctx: cacerts(mesh, ctx) for ctx in TWO}
+    early = mesh.run("rotate-certs", "--root")
+    assert early.returncode == 0, early.stdout + early.stderr
+    assert "can start at" in early.stdout
+    assert {ctx: cacerts(mesh, ctx) for ctx in TWO} == before
+
+    # A cluster added mid-transition gets the current stage's certificates from apply.
+    mesh.write_topology(contexts, extra=extra)
+    mesh.apply()
+    check_stage(mesh, tmp_path, 1, old_root, new_root)
+    assert cacerts(mesh, "cluster3")["ca-cert.pem"] == (ws / "certs" / "cluster3" / "ca-cert.pem").read_bytes()
+    installs = len(mesh.installs())
+    mesh.apply()
+    assert len(mesh.installs()) == installs, "apply keeps what the transition put in place"
+    check_stage(mesh, tmp_path, 1, old_root, new_root)
+
+    # A cluster out of reach holds the mesh at stage 1, whatever --min-wait says.
+    restore = cut_off(mesh, "cluster2")
+    blocked = mesh.run("rotate-certs", "--root", "--min-wait", "0")
+    restore()
+    assert blocked.returncode == 1 and "cluster2" in blocked.stdout + blocked.stderr
+    check_stage(mesh, tmp_path, 1, old_root, new_root)
+
+    # Stage 2; a run that stopped before cluster2 (its stage-1 cacerts put back) is finished by the next.
+    stage1_secret = mesh.get("cluster2", "secret", "cacerts", "-n", "istio-system")
+    stage1_note = mesh.get("cluster2", "namespace", "istio-system")["metadata"]["annotations"]["setup-mesh.io/root-transition"]
+    second = mesh.run("rotate-certs", "--root", "--min-wait", "0")
+    assert second.returncode == 0, second.stdout + second.stderr
+    check_stage(mesh, tmp_path, 2, old_root, new_root)
+    mesh.sandbox.kubectl("cluster2", "apply", "-f", "-", stdin=json.dumps({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": stage1_secret["data"],
+        "metadata": {"name": "cacerts", "namespace": "istio-system"}}))
+    mesh.sandbox.kubectl("cluster2", "annotate", "--overwrite", "namespace", "istio-system",
+                         f"setup-mesh.io/root-transition={stage1_note}")
+    behind = mesh.run("status", "-o", "json")
+    assert behind.returncode == 1
+    problems = {c["context"]: [p["code"] for p in c["problems"]] for c in json.loads(behind.stdout)["clusters"]}
+    assert problems == {"cluster1": [], "cluster2": ["root_transition_behind"], "cluster3": []}
+    stuck = mesh.run("rotate-certs", "--root", "--min-wait", "0")
+    assert stuck.returncode == 0, stuck.stdout + stuck.stderr
+    assert "bringing cluster2 to stage 2" in stuck.stdout, "finishes the stage, goes no further"
+    check_stage(mesh, tmp_path, 2, old_root, new_root)
+    status = mesh.run("status", "-o", "json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert {c["cacerts"]["chains_to"] for c in json.loads(status.stdout)["clusters"]} == {"new"}
+
+    # Stage 3: only the new root; then the workspace's root is the new one, the old one kept.
+    last = mesh.run("rotate-certs", "--root", "--min-wait", "0")
+    assert last.returncode == 0, last.stdout + last.stderr
+    check_stage(mesh, tmp_path, 3, old_root, new_root)
+    assert (ws / "certs" / "root-cert.pem").read_bytes() == new_root
+    assert not (ws / "certs-next").exists()
+    kept = [p for p in (ws / "backups").iterdir() if p.name.endswith("-root")]
+    assert len(kept) == 1 and (kept[0] / "root-key.pem").read_bytes() == old_key
+    assert stat.S_IMODE((kept[0] / "root-key.pem").stat().st_mode) == 0o600
+    for ctx in contexts:
+        assert "ISTIO_MULTIROOT_MESH" not in istiod_env(mesh, ctx)
+    status = mesh.run("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    installs = len(mesh.installs())
+    mesh.apply()
+    assert len(mesh.installs()) == installs
+    again = mesh.run("rotate-certs")
+    assert again.returncode == 0, again.stdout + again.stderr
+    for ctx in contexts:
+        assert verify(new_root, cacerts(mesh, ctx)["ca-cert.pem"], tmp_path).returncode == 0

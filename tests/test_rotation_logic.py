@@ -27,3 +27,53 @@ def test_an_intermediate_is_reissued_once_per_rotation():
     assert not needs_reissue(rotation, "b", inter("b", "made", 3650))
     assert not needs_reissue(rotation, "c", inter("c", "x", 1)), "not part of this rotation"
     assert rotation.backup_name == "20261129T080000Z-intermediates"
+
+
+def test_a_root_transition_advances_one_stage_only_when_every_cluster_is_in_place_and_has_waited():
+    from lib.lifecycle import ClusterView, Transition, decide
+
+    day = dt.timedelta(hours=24)
+    assert decide(None, [ClusterView("a", True, False)], NOW, day).kind == "start"
+    t = Transition(1, "old", "new", "2026-11-28T00:00:00Z")
+    fresh = [ClusterView("a", True, True, NOW - dt.timedelta(hours=2)), ClusterView("b", True, True, NOW - day * 2)]
+    wait = decide(t, fresh, NOW, day)
+    assert wait.kind == "wait" and wait.ready_at == NOW + dt.timedelta(hours=22), "the last cluster's time counts"
+    assert decide(t, fresh, NOW, dt.timedelta(0)).kind == "advance"
+    assert decide(t, fresh, NOW, dt.timedelta(0)).stage == 2
+    behind = decide(t, [fresh[0], ClusterView("b", True, False), ClusterView("c", False, False)], NOW, dt.timedelta(0))
+    assert (behind.kind, behind.stage, behind.behind, behind.unreachable) == ("converge", 1, ["b"], ["c"])
+    last = Transition(3, "old", "new", "2026-11-28T00:00:00Z")
+    assert decide(last, fresh, NOW, day).kind == "finish", "dropping the old root needs no further wait"
+
+
+def test_each_stage_puts_the_right_roots_in_cacerts():
+    from lib.lifecycle import cacerts_for_stage, holds
+
+    inter = {"ca-cert.pem": b"I", "ca-key.pem": b"K", "cert-chain.pem": b"I+R", "root-cert.pem": b"R"}
+    old = b"-----BEGIN CERTIFICATE-----\nOLD\n-----END CERTIFICATE-----\n"
+    new = b"-----BEGIN CERTIFICATE-----\nNEW\n-----END CERTIFICATE-----\n"
+    assert cacerts_for_stage(1, inter, old, new)["root-cert.pem"] == old + new
+    assert cacerts_for_stage(2, inter, old, new)["root-cert.pem"] == new + old
+    assert cacerts_for_stage(3, inter, old, new)["root-cert.pem"] == b"R", "as the Makefile made it"
+    assert cacerts_for_stage(1, inter, old, new)["ca-key.pem"] == b"K"
+    want = cacerts_for_stage(1, inter, old, new)
+    seen = {"ca-cert.pem": b"I", "cert-chain.pem": b"I+R", "root-cert.pem": new + old}
+    assert holds(seen, want), "roots compare as a set, as istiod compares them"
+    assert not holds({**seen, "root-cert.pem": old}, want)
+    assert not holds({**seen, "ca-cert.pem": b"other"}, want)
+    assert not holds(None, want)
+
+
+def test_min_wait_takes_units_and_refuses_nonsense():
+    import pytest
+
+    from lib.errors import ConfigError
+    from lib.lifecycle import parse_duration
+
+    assert parse_duration("24h") == dt.timedelta(hours=24)
+    assert parse_duration("90m") == dt.timedelta(minutes=90)
+    assert parse_duration("0") == dt.timedelta(0)
+    assert parse_duration("2") == dt.timedelta(hours=2)
+    for bad in ("soon", "-1h"):
+        with pytest.raises(ConfigError):
+            parse_duration(bad)

@@ -390,7 +390,8 @@ def test_healthy_mesh_reads_only_and_reports_every_field(mesh):
     before = {ctx: len(mesh.sandbox.requests(ctx)) for ctx in NETS}
     code, doc = mesh.status()
     assert code == 0 and doc["healthy"] is True
-    assert set(doc) == {"mesh_id", "healthy", "root_fingerprint", "problems", "clusters"}
+    assert set(doc) == {"mesh_id", "healthy", "root_fingerprint", "problems", "clusters", "root", "transition"}
+    assert doc["transition"] is None and doc["root"]["days_left"] > 3000
     assert doc["mesh_id"] == "mesh1" and doc["problems"] == []
     root_fp = doc["root_fingerprint"]
     assert len(root_fp) == 64
