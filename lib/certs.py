@@ -82,6 +82,7 @@ class CertInfo:
     fingerprint: str  # SHA-256, hex
     not_after: dt.datetime
     is_ca: bool
+    common_name: str | None = None
 
     def days_left(self, now: dt.datetime | None = None) -> int:
         now = now or dt.datetime.now(dt.timezone.utc)
@@ -96,6 +97,7 @@ def read_cert(pem: bytes) -> CertInfo:
 
     cert = x509.load_pem_x509_certificate(pem)
     orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     try:
         is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except x509.ExtensionNotFound:
@@ -106,6 +108,7 @@ def read_cert(pem: bytes) -> CertInfo:
         fingerprint=cert.fingerprint(hashes.SHA256()).hex(),
         not_after=cert.not_valid_after_utc,
         is_ca=is_ca,
+        common_name=str(names[0].value) if names else None,
     )
 
 

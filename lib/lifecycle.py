@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,6 +177,15 @@ class Transition:
 
     def annotation(self, since: str) -> str:
         return f"stage={self.stage} root={self.new_root[:16]} since={since}"
+
+
+def next_root_name(current: str | None, when: dt.datetime) -> str:
+    """The new root's common name: the current one (without the time an earlier move added) and when
+    this move started. During the move the clusters trust both roots; made by the same Makefile they
+    would share one name, and a verifier that looks a trust anchor up by name (openssl verify of the
+    root itself, for one) could pick the other root."""
+    base = re.sub(r" \d{8}T\d{6}Z$", "", current or "") or "Root CA"
+    return f"{base} {stamp(when)}"
 
 
 def next_dir(workdir: Path) -> Path:

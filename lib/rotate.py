@@ -166,6 +166,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         raise ConfigError(f"the mesh's root CA is missing ({cert_dir / certs.ROOT_CERT})",
                           hint="restore certs/ from a backup: the clusters trust that root, and a new one is "
                                "introduced only next to it")
+    root_info = _read_root(cert_dir / certs.ROOT_CERT)
     transition = lifecycle.load_transition(workdir)
     tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout)
     try:
@@ -178,7 +179,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     if not dry_run:
         for tool in ("make", "openssl"):
             runner.require(tool)
-    org = certs.root_organization(cert_dir)
+    org = root_info.organization
     variables = {"INTERMEDIATE_ORG": org} if org else {}
 
     log = None if dry_run else _open_log(workdir, "rotate-certs", runner)
@@ -186,6 +187,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     observed = (inspect_clusters(list(topology.clusters), tools, runner, read_reporter, parallel)
                 if ws.contexts_resolved else {})
     now = lifecycle.utc_now()
+    current_root = root_info.fingerprint
     views = []
     for cluster in topology.clusters:
         seen = observed.get(cluster.context) or Observed(reachable=False, error="not read")
@@ -217,8 +219,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
 
     # The stage this run brings the clusters to.
     if move.kind == "start":
-        old_fp = certs.read_cert((cert_dir / certs.ROOT_CERT).read_bytes()).fingerprint
-        planned = lifecycle.Transition(1, old_fp, "", lifecycle.iso(now))
+        planned = lifecycle.Transition(1, current_root, "", lifecycle.iso(now))
     elif move.kind == "advance":
         planned = lifecycle.Transition(move.stage, transition.old_root, transition.new_root, transition.started)
     else:
@@ -239,7 +240,8 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
             phase.add(cluster.context, _intermediate_step(release, issuer, cluster, variables))
         phase.add(cluster.context, _cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition=planned))
         phase.add(cluster.context, confirm_step(tools, cluster, deployment))
-    make_root = certs.root_ca_command(release or _NO_RELEASE, new_dir, {"ROOTCA_ORG": org} if org else {})
+    root_vars = {"ROOTCA_CN": lifecycle.next_root_name(root_info.common_name, now), **({"ROOTCA_ORG": org} if org else {})}
+    make_root = certs.root_ca_command(release or _NO_RELEASE, new_dir, root_vars)
 
     if dry_run:
         reporter.info(_move_text(move, planned))
@@ -310,6 +312,14 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
 
 
 _NO_RELEASE = Release(Path("<istio>"))
+
+
+def _read_root(path: Path) -> certs.CertInfo:
+    try:
+        return certs.read_cert(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the mesh's root CA {path}: {exc}",
+                          hint="restore certs/ from a backup of the workspace") from None
 
 
 def _move_text(move: lifecycle.Move, planned: lifecycle.Transition) -> str:

@@ -42,7 +42,7 @@ def test_rotation_reissues_every_intermediate_under_the_same_root(mesh2, tmp_pat
     before = {ctx: cacerts(mesh2, ctx) for ctx in TWO}
     root = (mesh2.workdir / "certs" / "root-cert.pem").read_bytes()
     installs = len(mesh2.installs())
-    result = mesh2.run("rotate-certs")
+    result = mesh2.mesh.run("rotate-certs")
     assert result.returncode == 0, result.stdout + result.stderr
     assert scan_for_secrets(result.stdout + result.stderr) == []
     for ctx in TWO:
@@ -65,7 +65,7 @@ def test_rotation_reissues_every_intermediate_under_the_same_root(mesh2, tmp_pat
     assert stat.S_IMODE(backups[0].stat().st_mode) == 0o700
     assert stat.S_IMODE((mesh2.workdir / "certs" / "cluster1" / "ca-key.pem").stat().st_mode) == 0o600
     assert len(mesh2.installs()) == installs, "istiod reloads cacerts: nothing is reinstalled"
-    status = mesh2.run("status")
+    status = mesh2.mesh.run("status")
     assert status.returncode == 0, status.stdout + status.stderr
     # Nothing else to do for apply: what rotate-certs installed is what apply would install.
     mesh2.apply()
@@ -76,27 +76,27 @@ def test_rotation_reissues_every_intermediate_under_the_same_root(mesh2, tmp_pat
 def test_expiring_within_and_context_limit_what_is_reissued(mesh2):
     before = {ctx: cacerts(mesh2, ctx)["ca-cert.pem"] for ctx in TWO}
     files = workdir_snapshot(mesh2.workdir)
-    none = mesh2.run("rotate-certs", "--expiring-within", "30")  # the Makefile's intermediates last 10 years
+    none = mesh2.mesh.run("rotate-certs", "--expiring-within", "30")  # the Makefile's intermediates last 10 years
     assert none.returncode == 0, none.stdout + none.stderr
     assert "nothing to do" in none.stdout
     assert {ctx: cacerts(mesh2, ctx)["ca-cert.pem"] for ctx in TWO} == before
     assert workdir_snapshot(mesh2.workdir).keys() - files.keys() <= {k for k in workdir_snapshot(mesh2.workdir)
                                                                      if k.startswith(".setup-mesh/logs/")}
-    one = mesh2.run("rotate-certs", "--context", "cluster2", "--expiring-within", "4000")
+    one = mesh2.mesh.run("rotate-certs", "--context", "cluster2", "--expiring-within", "4000")
     assert one.returncode == 0, one.stdout + one.stderr
     assert cacerts(mesh2, "cluster1")["ca-cert.pem"] == before["cluster1"]
     assert cacerts(mesh2, "cluster2")["ca-cert.pem"] != before["cluster2"]
-    unknown = mesh2.run("rotate-certs", "--context", "nope")
+    unknown = mesh2.mesh.run("rotate-certs", "--context", "nope")
     assert unknown.returncode == 2 and "nope" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
 def test_dry_run_shows_the_plan_and_changes_nothing(mesh2):
     dumps = {ctx: mesh2.sandbox.dump(ctx) for ctx in TWO}
     files = workdir_snapshot(mesh2.workdir)
-    short = mesh2.run("rotate-certs", "--dry-run")
+    short = mesh2.mesh.run("rotate-certs", "--dry-run")
     assert short.returncode == 0, short.stdout + short.stderr
     assert "cluster1 (network1): change" in short.stdout and "back up the intermediate CA" in short.stdout
-    result = mesh2.run("rotate-certs", "--dry-run", "-v")  # every command
+    result = mesh2.mesh.run("rotate-certs", "--dry-run", "-v")  # every command
     assert result.returncode == 0, result.stdout + result.stderr
     assert {ctx: mesh2.sandbox.dump(ctx) for ctx in TWO} == dumps
     assert workdir_snapshot(mesh2.workdir) == files
@@ -121,14 +121,14 @@ def cut_off(mesh, ctx):
 def test_a_failed_rotation_is_finished_by_the_next_run_without_reissuing_twice(mesh2):
     old2 = (mesh2.workdir / "certs" / "cluster2" / "ca-cert.pem").read_bytes()
     restore = cut_off(mesh2, "cluster2")
-    failed = mesh2.run("rotate-certs")
+    failed = mesh2.mesh.run("rotate-certs")
     restore()
     assert failed.returncode == 1
     assert "cluster2" in failed.stdout + failed.stderr
     first = (mesh2.workdir / "certs" / "cluster1" / "ca-cert.pem").read_bytes()
     assert cacerts(mesh2, "cluster1")["ca-cert.pem"] == first
     assert cacerts(mesh2, "cluster2")["ca-cert.pem"] == old2
-    again = mesh2.run("rotate-certs")
+    again = mesh2.mesh.run("rotate-certs")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "finishing the rotation" in again.stdout
     assert (mesh2.workdir / "certs" / "cluster1" / "ca-cert.pem").read_bytes() == first, "not re-issued twice"
@@ -150,29 +150,35 @@ def istiod_env(mesh, ctx) -> dict[str, str]:
     return {e["name"]: e.get("value") for e in container.get("env") or []}
 
 
-def check_stage(mesh, tmp_path, stage, old_root, new_root):
-    """Every cluster's cacerts trusts what the stage says, checked with openssl."""
-    for ctx in mesh.sandbox.contexts:
-        if ctx not in TWO and not (mesh.workdir / "certs" / ctx).exists() and not (mesh.workdir / "certs-next" / ctx).exists():
-            continue
-        held = cacerts(mesh, ctx)
-        roots = pems(held["root-cert.pem"])
-        ca = held["ca-cert.pem"]
+def check_stage(mesh, tmp_path, stage, old_root, new_root, contexts, old_intermediates):
+    """Every cluster's cacerts holds and trusts what the stage says, asked of openssl: its intermediate is
+    issued by the stage's root, its root bundle accepts each root that must still be trusted (and no
+    other), the intermediate every cluster holds now, and up to stage 2 the intermediates the clusters
+    held before the move (what workloads that have not renewed yet still present)."""
+    held = {ctx: cacerts(mesh, ctx) for ctx in contexts}
+    for ctx in contexts:
+        bundle, ca = held[ctx]["root-cert.pem"], held[ctx]["ca-cert.pem"]
         signer, other = (old_root, new_root) if stage == 1 else (new_root, old_root)
         assert verify(signer, ca, tmp_path).returncode == 0, f"{ctx}: intermediate not issued by the stage's root"
         assert verify(other, ca, tmp_path).returncode != 0
-        assert verify(held["root-cert.pem"], ca, tmp_path).returncode == 0, f"{ctx}: own bundle does not verify"
-        assert held["cert-chain.pem"] == ca + signer
+        assert held[ctx]["cert-chain.pem"] == ca + signer
+        trusts = (verify(bundle, old_root, tmp_path).returncode == 0, verify(bundle, new_root, tmp_path).returncode == 0)
+        assert trusts == ((True, True) if stage < 3 else (False, True)), f"{ctx} at stage {stage} trusts {trusts}"
+        for peer in contexts:
+            assert verify(bundle, held[peer]["ca-cert.pem"], tmp_path).returncode == 0, f"{ctx} rejects {peer}"
+            was = verify(bundle, old_intermediates[peer], tmp_path).returncode == 0
+            assert was == (stage < 3), f"{ctx} at stage {stage}: {peer}'s intermediate from before the move"
         if stage in (1, 2):
-            assert sorted(roots) == sorted([old_root, new_root]), f"{ctx}: stage {stage} trusts both roots"
+            assert sorted(pems(bundle)) == sorted([old_root, new_root]), f"{ctx}: stage {stage} trusts both roots"
             assert istiod_env(mesh, ctx).get("ISTIO_MULTIROOT_MESH") == "true"
         else:
-            assert roots == [new_root]
+            assert pems(bundle) == [new_root]
         annotation = mesh.get(ctx, "namespace", "istio-system")["metadata"].get("annotations", {})
         if stage < 3:
             assert f"stage={stage} " in annotation.get("setup-mesh.io/root-transition", "")
         else:  # complete: the clusters no longer carry a transition
             assert "setup-mesh.io/root-transition" not in annotation
+            assert "ISTIO_MULTIROOT_MESH" not in istiod_env(mesh, ctx)
 
 
 def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_run(sandbox_factory, tmp_path):
@@ -185,7 +191,7 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
     ws = mesh.workdir
     old_root = (ws / "certs" / "root-cert.pem").read_bytes()
     old_key = (ws / "certs" / "root-key.pem").read_bytes()
-
+    old_intermediates = {ctx: cacerts(mesh, ctx)["ca-cert.pem"] for ctx in TWO}
     preview = mesh.run("rotate-certs", "--root", "--dry-run")
     assert preview.returncode == 0, preview.stdout + preview.stderr
     assert "stage 1 of 3" in preview.stdout and "root-ca" in preview.stdout
@@ -199,7 +205,7 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
     assert new_root != old_root
     assert stat.S_IMODE((ws / "certs-next").stat().st_mode) == 0o700
     assert stat.S_IMODE((ws / "certs-next" / "root-key.pem").stat().st_mode) == 0o600
-    check_stage(mesh, tmp_path, 1, old_root, new_root)
+    check_stage(mesh, tmp_path, 1, old_root, new_root, TWO, old_intermediates)
     status = mesh.run("status", "-o", "json")
     assert status.returncode == 0, status.stdout + status.stderr
     doc = json.loads(status.stdout)
@@ -222,26 +228,27 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
     # A cluster added mid-transition gets the current stage's certificates from apply.
     mesh.write_topology(contexts, extra=extra)
     mesh.apply()
-    check_stage(mesh, tmp_path, 1, old_root, new_root)
+    old_intermediates["cluster3"] = cacerts(mesh, "cluster3")["ca-cert.pem"]
+    check_stage(mesh, tmp_path, 1, old_root, new_root, contexts, old_intermediates)
     assert cacerts(mesh, "cluster3")["ca-cert.pem"] == (ws / "certs" / "cluster3" / "ca-cert.pem").read_bytes()
     installs = len(mesh.installs())
     mesh.apply()
     assert len(mesh.installs()) == installs, "apply keeps what the transition put in place"
-    check_stage(mesh, tmp_path, 1, old_root, new_root)
+    check_stage(mesh, tmp_path, 1, old_root, new_root, contexts, old_intermediates)
 
     # A cluster out of reach holds the mesh at stage 1, whatever --min-wait says.
     restore = cut_off(mesh, "cluster2")
     blocked = mesh.run("rotate-certs", "--root", "--min-wait", "0")
     restore()
     assert blocked.returncode == 1 and "cluster2" in blocked.stdout + blocked.stderr
-    check_stage(mesh, tmp_path, 1, old_root, new_root)
+    check_stage(mesh, tmp_path, 1, old_root, new_root, contexts, old_intermediates)
 
     # Stage 2; a run that stopped before cluster2 (its stage-1 cacerts put back) is finished by the next.
     stage1_secret = mesh.get("cluster2", "secret", "cacerts", "-n", "istio-system")
     stage1_note = mesh.get("cluster2", "namespace", "istio-system")["metadata"]["annotations"]["setup-mesh.io/root-transition"]
     second = mesh.run("rotate-certs", "--root", "--min-wait", "0")
     assert second.returncode == 0, second.stdout + second.stderr
-    check_stage(mesh, tmp_path, 2, old_root, new_root)
+    check_stage(mesh, tmp_path, 2, old_root, new_root, contexts, old_intermediates)
     mesh.sandbox.kubectl("cluster2", "apply", "-f", "-", stdin=json.dumps({
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": stage1_secret["data"],
         "metadata": {"name": "cacerts", "namespace": "istio-system"}}))
@@ -254,7 +261,7 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
     stuck = mesh.run("rotate-certs", "--root", "--min-wait", "0")
     assert stuck.returncode == 0, stuck.stdout + stuck.stderr
     assert "bringing cluster2 to stage 2" in stuck.stdout, "finishes the stage, goes no further"
-    check_stage(mesh, tmp_path, 2, old_root, new_root)
+    check_stage(mesh, tmp_path, 2, old_root, new_root, contexts, old_intermediates)
     status = mesh.run("status", "-o", "json")
     assert status.returncode == 0, status.stdout + status.stderr
     assert {c["cacerts"]["chains_to"] for c in json.loads(status.stdout)["clusters"]} == {"new"}
@@ -262,19 +269,18 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
     # Stage 3: only the new root; then the workspace's root is the new one, the old one kept.
     last = mesh.run("rotate-certs", "--root", "--min-wait", "0")
     assert last.returncode == 0, last.stdout + last.stderr
-    check_stage(mesh, tmp_path, 3, old_root, new_root)
+    check_stage(mesh, tmp_path, 3, old_root, new_root, contexts, old_intermediates)
     assert (ws / "certs" / "root-cert.pem").read_bytes() == new_root
     assert not (ws / "certs-next").exists()
     kept = [p for p in (ws / "backups").iterdir() if p.name.endswith("-root")]
     assert len(kept) == 1 and (kept[0] / "root-key.pem").read_bytes() == old_key
     assert stat.S_IMODE((kept[0] / "root-key.pem").stat().st_mode) == 0o600
-    for ctx in contexts:
-        assert "ISTIO_MULTIROOT_MESH" not in istiod_env(mesh, ctx)
     status = mesh.run("status")
     assert status.returncode == 0, status.stdout + status.stderr
     installs = len(mesh.installs())
     mesh.apply()
     assert len(mesh.installs()) == installs
+
     again = mesh.run("rotate-certs")
     assert again.returncode == 0, again.stdout + again.stderr
     for ctx in contexts:

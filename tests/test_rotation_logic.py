@@ -77,3 +77,14 @@ def test_min_wait_takes_units_and_refuses_nonsense():
     for bad in ("soon", "-1h"):
         with pytest.raises(ConfigError):
             parse_duration(bad)
+
+
+def test_the_new_root_is_named_apart_from_the_one_it_replaces():
+    from lib.lifecycle import next_root_name
+
+    first = next_root_name("Root CA", NOW)
+    assert first != "Root CA" and first.startswith("Root CA ")
+    later = next_root_name(first, NOW + dt.timedelta(days=3650))
+    assert later.startswith("Root CA ") and later.count(" ") == 2 and later != first, "one time, the latest"
+    assert next_root_name(None, NOW).startswith("Root CA ")
+    assert next_root_name("Example Inc Root", NOW).startswith("Example Inc Root ")
