@@ -275,6 +275,13 @@ def parse_annotation(value: str | None) -> dict[str, str]:
     return dict(part.split("=", 1) for part in (value or "").split() if "=" in part)
 
 
+def completed_here(current_root: str | None, annotations: dict[str, str]) -> bool:
+    """The cluster still records a transition to the root the workspace now holds: that transition's
+    completion was cut short there (its istiod may still accept a second root)."""
+    fields = parse_annotation(annotations.get(TRANSITION_ANNOTATION))
+    return bool(current_root) and fields.get("root") == current_root[:16]
+
+
 def stage_since(transition: Transition, annotations: dict[str, str]) -> dt.datetime | None:
     """When the cluster got the transition's current stage, from its istio-system annotation."""
     fields = parse_annotation(annotations.get(TRANSITION_ANNOTATION))
@@ -289,13 +296,14 @@ class ClusterView:
     reachable: bool
     in_place: bool  # holds the stage's cacerts and says so on istio-system
     since: dt.datetime | None = None
+    completing: bool = False  # no transition in the workspace, but the cluster records one to its root
 
 
 @dataclass
 class Move:
     """What a `rotate-certs --root` run does next."""
 
-    kind: str  # start | converge | wait | advance | finish
+    kind: str  # start | converge | wait | advance | finish | complete (a finish cut short, in ``behind``)
     stage: int
     behind: list[str] = field(default_factory=list)  # contexts to bring to the stage
     unreachable: list[str] = field(default_factory=list)
@@ -306,6 +314,9 @@ def decide(transition: Transition | None, views: list[ClusterView], now: dt.date
            min_wait: dt.timedelta) -> Move:
     """At most one stage per run, and only once the current one is in place everywhere and has lasted."""
     if transition is None:
+        completing = [v.context for v in views if v.reachable and v.completing]
+        if completing:  # the last run's completion first; a new transition is another run's decision
+            return Move("complete", LAST_STAGE, behind=completing)
         return Move("start", 1, behind=[v.context for v in views])
     unreachable = [v.context for v in views if not v.reachable]
     behind = [v.context for v in views if v.reachable and not v.in_place]

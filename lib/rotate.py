@@ -192,9 +192,46 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     for cluster in topology.clusters:
         seen = observed.get(cluster.context) or Observed(reachable=False, error="not read")
         in_place = transition is not None and cacerts_in_place(seen, cluster, workdir, transition)
-        views.append(lifecycle.ClusterView(cluster.context, seen.reachable, in_place,
-                                           lifecycle.stage_since(transition, seen.annotations) if transition else None))
+        views.append(lifecycle.ClusterView(
+            cluster.context, seen.reachable, in_place,
+            lifecycle.stage_since(transition, seen.annotations) if transition else None,
+            completing=transition is None and lifecycle.completed_here(current_root, seen.annotations)))
     move = lifecycle.decide(transition, views, now, wait)
+    final = desired_state(topology, ws.base)
+
+    def completion(clusters: list[Cluster]) -> Phase:
+        """istiod back to one root (without ISTIO_MULTIROOT_MESH), and the clusters' record of the move removed."""
+        last = Phase("drop the second root from istiod")
+        for cluster in clusters:
+            d, seen = final[cluster.context], observed[cluster.context]
+            if seen.applied != d.fingerprint:
+                last.add(cluster.context, _install_steps(tools, workdir, d, seen)[0])
+                last.add(cluster.context, record_step(tools, cluster, d.fingerprint, d.data_plane))
+            last.add(cluster.context, Step("the root transition is complete here", commands=[tools.kubectl_cmd(
+                cluster, "annotate", "namespace", ISTIO_NAMESPACE, f"{lifecycle.TRANSITION_ANNOTATION}-")]))
+        return last
+
+    if move.kind == "complete":
+        # An earlier run made the new root the workspace's but did not reach every istiod afterwards.
+        targets = [c for c in topology.clusters if c.context in move.behind]
+        reporter.info(f"the move to the root in certs/ is complete in the workspace; finishing it in "
+                      f"{', '.join(move.behind)} (no new transition is started)")
+        phase = completion(targets)
+        if dry_run:
+            print_plan(ApplyPlan([phase]), topology, observed if ws.contexts_resolved else None, ws.notes, reporter,
+                       title="rotate-certs --root plan", command="rotate-certs")
+            return 0
+        executor = Executor(runner, reporter, parallel)
+        reporter.start_progress([(c.context, c.network) for c in targets])
+        outcome = executor.run_phases([phase])
+        reporter.stop_progress()
+        for cluster in targets:
+            if RECORD_TITLE in outcome.done_steps.get(cluster.context, []):
+                ws.state.record(cluster, final[cluster.context].fingerprint)
+            if cluster.context not in outcome.failures:
+                reporter.finish_cluster(cluster.context, True, "new root")
+        ws.state.save(topology.mesh_id)
+        return _finish("rotate-certs --root", outcome, log, reporter)
 
     if move.kind == "start":
         # Only from a mesh that is in step: every cluster reachable and on the workspace's root.
@@ -280,16 +317,10 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
 
     complete = outcome.ok and planned.stage == lifecycle.LAST_STAGE
     if complete:
+        # The workspace first: a run cut short after this finds the clusters' records of the move and
+        # finishes it there (the "complete" move above) instead of starting a new one.
         backup = lifecycle.finish_transition(workdir, planned)
-        final = desired_state(topology, ws.base)
-        last = Phase("drop the second root from istiod")
-        for cluster in topology.clusters:
-            d = final[cluster.context]
-            last.add(cluster.context, _install_steps(tools, workdir, d, observed[cluster.context])[0])
-            last.add(cluster.context, record_step(tools, cluster, d.fingerprint, d.data_plane))
-            last.add(cluster.context, Step("the root transition is complete here", commands=[tools.kubectl_cmd(
-                cluster, "annotate", "namespace", ISTIO_NAMESPACE, f"{lifecycle.TRANSITION_ANNOTATION}-")]))
-        outcome = executor.run_phases([last])
+        outcome = executor.run_phases([completion(topology.clusters)])
         for cluster in topology.clusters:
             if RECORD_TITLE in outcome.done_steps.get(cluster.context, []):
                 ws.state.record(cluster, final[cluster.context].fingerprint)

@@ -281,6 +281,15 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
     mesh.apply()
     assert len(mesh.installs()) == installs
 
+    # A completion cut short in one cluster (it still records the move) is finished, not taken for a new start.
+    mesh.sandbox.kubectl("cluster2", "annotate", "--overwrite", "namespace", "istio-system",
+                         f"setup-mesh.io/root-transition={stage1_note.replace('stage=1', 'stage=3')}")
+    leftover = mesh.run("rotate-certs", "--root")
+    assert leftover.returncode == 0, leftover.stdout + leftover.stderr
+    assert "no new transition is started" in leftover.stdout
+    assert not (ws / "certs-next").exists() and (ws / "certs" / "root-cert.pem").read_bytes() == new_root
+    check_stage(mesh, tmp_path, 3, old_root, new_root, contexts, old_intermediates)
+
     again = mesh.run("rotate-certs")
     assert again.returncode == 0, again.stdout + again.stderr
     for ctx in contexts:

@@ -46,6 +46,21 @@ def test_a_root_transition_advances_one_stage_only_when_every_cluster_is_in_plac
     assert decide(last, fresh, NOW, day).kind == "finish", "dropping the old root needs no further wait"
 
 
+def test_a_completion_cut_short_is_finished_before_any_new_transition_starts():
+    from lib.lifecycle import TRANSITION_ANNOTATION, ClusterView, completed_here, decide
+
+    current = "ab" * 32  # the root certs/ holds now: the transition's new root
+    note = {TRANSITION_ANNOTATION: f"stage=3 root={current[:16]} since=2026-11-29T08:00:00Z"}
+    assert completed_here(current, note)
+    assert not completed_here("cd" * 32, note), "a record of a move to another root is not this one's"
+    assert not completed_here(current, {})
+    views = [ClusterView("a", True, False), ClusterView("b", True, False, completing=True),
+             ClusterView("c", False, False, completing=True)]
+    move = decide(None, views, NOW, dt.timedelta(hours=24))
+    assert (move.kind, move.behind) == ("complete", ["b"]), "only what can be reached is finished"
+    assert decide(None, views[:1], NOW, dt.timedelta(0)).kind == "start"
+
+
 def test_each_stage_puts_the_right_roots_in_cacerts():
     from lib.lifecycle import cacerts_for_stage, holds
 
