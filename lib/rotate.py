@@ -5,7 +5,7 @@ import json
 import time
 from pathlib import Path
 
-from . import certs, lifecycle
+from . import certs, invocation, lifecycle
 from .commands import (_certs_prerequisites, _finish, _open_log, _sit_out, find_tools, inspect_clusters,
                        load_workspace, print_plan)
 from .config import Cluster, select_clusters
@@ -266,7 +266,15 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     deployment = istiod_name(ws.base)
     issuer = lifecycle.issuing_dir(workdir, planned)
     phase = Phase(f"stage {planned.stage} of {lifecycle.LAST_STAGE}: {lifecycle.STAGES[planned.stage]}")
+    # A cluster apply has not set up yet (added to topology.yaml meanwhile) is apply's to set up: it
+    # gets the stage's certificates there, and its gateway and secrets, which this command does not make.
+    not_set_up = [c for c in targets if (observed.get(c.context) or Observed()).applied is None]
+    for cluster in not_set_up:
+        ws.notes.append(f"{cluster.context} is not set up yet: apply sets it up with the certificates of stage "
+                        f"{planned.stage}")
     for cluster in targets:
+        if cluster in not_set_up:
+            continue
         seen = observed.get(cluster.context) or Observed()
         d = desired[cluster.context]
         if seen.applied != d.fingerprint:
@@ -309,6 +317,11 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
                                  if c.context in move.behind or c.context in move.unreachable])
     for context in move.unreachable:
         _sit_out(executor, tools, topology.by_context(context), observed[context], "then run rotate-certs --root again")
+    for cluster in not_set_up:
+        executor.fail_before_start(cluster.context, f"stage {planned.stage}", MeshError(
+            "not set up by apply yet: the move to a new root changes clusters that are part of the mesh",
+            hint=f"run `{invocation.command('apply')}` (it gives the cluster the certificates of stage "
+                 f"{planned.stage}), then `{invocation.command('rotate-certs', '--root')}` again"))
     outcome = executor.run_phases([phase])
     certs.secure_tree(new_dir)
     for cluster in targets:

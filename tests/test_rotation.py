@@ -225,8 +225,13 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
     assert "can start at" in early.stdout
     assert {ctx: cacerts(mesh, ctx) for ctx in TWO} == before
 
-    # A cluster added mid-transition gets the current stage's certificates from apply.
+    # A cluster added mid-transition is apply's to set up; rotate-certs --root says so and leaves it alone.
     mesh.write_topology(contexts, extra=extra)
+    added = mesh.run("rotate-certs", "--root")
+    assert added.returncode == 1
+    assert "not set up by apply yet" in added.stdout + added.stderr and "apply" in added.stdout + added.stderr
+    assert mesh.get("cluster3", "namespace", "istio-system", check=False) is None
+    # apply gives it the current stage's certificates.
     mesh.apply()
     old_intermediates["cluster3"] = cacerts(mesh, "cluster3")["ca-cert.pem"]
     check_stage(mesh, tmp_path, 1, old_root, new_root, contexts, old_intermediates)
