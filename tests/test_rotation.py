@@ -1,6 +1,7 @@
 """rotate-certs on the sandbox, with the real make and openssl: intermediates re-issued under the same root."""
 import base64
 import json
+import shutil
 import stat
 import subprocess
 
@@ -42,7 +43,7 @@ def test_rotation_reissues_every_intermediate_under_the_same_root(mesh2, tmp_pat
     before = {ctx: cacerts(mesh2, ctx) for ctx in TWO}
     root = (mesh2.workdir / "certs" / "root-cert.pem").read_bytes()
     installs = len(mesh2.installs())
-    result = mesh2.mesh.run("rotate-certs")
+    result = mesh2.run("rotate-certs")
     assert result.returncode == 0, result.stdout + result.stderr
     assert scan_for_secrets(result.stdout + result.stderr) == []
     for ctx in TWO:
@@ -65,7 +66,7 @@ def test_rotation_reissues_every_intermediate_under_the_same_root(mesh2, tmp_pat
     assert stat.S_IMODE(backups[0].stat().st_mode) == 0o700
     assert stat.S_IMODE((mesh2.workdir / "certs" / "cluster1" / "ca-key.pem").stat().st_mode) == 0o600
     assert len(mesh2.installs()) == installs, "istiod reloads cacerts: nothing is reinstalled"
-    status = mesh2.mesh.run("status")
+    status = mesh2.run("status")
     assert status.returncode == 0, status.stdout + status.stderr
     # Nothing else to do for apply: what rotate-certs installed is what apply would install.
     mesh2.apply()
@@ -76,27 +77,27 @@ def test_rotation_reissues_every_intermediate_under_the_same_root(mesh2, tmp_pat
 def test_expiring_within_and_context_limit_what_is_reissued(mesh2):
     before = {ctx: cacerts(mesh2, ctx)["ca-cert.pem"] for ctx in TWO}
     files = workdir_snapshot(mesh2.workdir)
-    none = mesh2.mesh.run("rotate-certs", "--expiring-within", "30")  # the Makefile's intermediates last 10 years
+    none = mesh2.run("rotate-certs", "--expiring-within", "30")  # the Makefile's intermediates last 10 years
     assert none.returncode == 0, none.stdout + none.stderr
     assert "nothing to do" in none.stdout
     assert {ctx: cacerts(mesh2, ctx)["ca-cert.pem"] for ctx in TWO} == before
     assert workdir_snapshot(mesh2.workdir).keys() - files.keys() <= {k for k in workdir_snapshot(mesh2.workdir)
                                                                      if k.startswith(".setup-mesh/logs/")}
-    one = mesh2.mesh.run("rotate-certs", "--context", "cluster2", "--expiring-within", "4000")
+    one = mesh2.run("rotate-certs", "--context", "cluster2", "--expiring-within", "4000")
     assert one.returncode == 0, one.stdout + one.stderr
     assert cacerts(mesh2, "cluster1")["ca-cert.pem"] == before["cluster1"]
     assert cacerts(mesh2, "cluster2")["ca-cert.pem"] != before["cluster2"]
-    unknown = mesh2.mesh.run("rotate-certs", "--context", "nope")
+    unknown = mesh2.run("rotate-certs", "--context", "nope")
     assert unknown.returncode == 2 and "nope" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
 def test_dry_run_shows_the_plan_and_changes_nothing(mesh2):
     dumps = {ctx: mesh2.sandbox.dump(ctx) for ctx in TWO}
     files = workdir_snapshot(mesh2.workdir)
-    short = mesh2.mesh.run("rotate-certs", "--dry-run")
+    short = mesh2.run("rotate-certs", "--dry-run")
     assert short.returncode == 0, short.stdout + short.stderr
     assert "cluster1 (network1): change" in short.stdout and "back up the intermediate CA" in short.stdout
-    result = mesh2.mesh.run("rotate-certs", "--dry-run", "-v")  # every command
+    result = mesh2.run("rotate-certs", "--dry-run", "-v")  # every command
     assert result.returncode == 0, result.stdout + result.stderr
     assert {ctx: mesh2.sandbox.dump(ctx) for ctx in TWO} == dumps
     assert workdir_snapshot(mesh2.workdir) == files
@@ -121,14 +122,14 @@ def cut_off(mesh, ctx):
 def test_a_failed_rotation_is_finished_by_the_next_run_without_reissuing_twice(mesh2):
     old2 = (mesh2.workdir / "certs" / "cluster2" / "ca-cert.pem").read_bytes()
     restore = cut_off(mesh2, "cluster2")
-    failed = mesh2.mesh.run("rotate-certs")
+    failed = mesh2.run("rotate-certs")
     restore()
     assert failed.returncode == 1
     assert "cluster2" in failed.stdout + failed.stderr
     first = (mesh2.workdir / "certs" / "cluster1" / "ca-cert.pem").read_bytes()
     assert cacerts(mesh2, "cluster1")["ca-cert.pem"] == first
     assert cacerts(mesh2, "cluster2")["ca-cert.pem"] == old2
-    again = mesh2.mesh.run("rotate-certs")
+    again = mesh2.run("rotate-certs")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "finishing the rotation" in again.stdout
     assert (mesh2.workdir / "certs" / "cluster1" / "ca-cert.pem").read_bytes() == first, "not re-issued twice"
@@ -192,21 +193,27 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
     old_root = (ws / "certs" / "root-cert.pem").read_bytes()
     old_key = (ws / "certs" / "root-key.pem").read_bytes()
     old_intermediates = {ctx: cacerts(mesh, ctx)["ca-cert.pem"] for ctx in TWO}
-    preview = mesh.run("rotate-certs", "--root", "--dry-run")
+    outputs = []
+
+    def run(*args):
+        result = mesh.run(*args)
+        outputs.append(result.stdout + result.stderr)
+        return result
+
+    preview = run("rotate-certs", "--root", "--dry-run")
     assert preview.returncode == 0, preview.stdout + preview.stderr
     assert "stage 1 of 3" in preview.stdout and "root-ca" in preview.stdout
     assert not (ws / "certs-next").exists()
 
     # Stage 1: both roots trusted, old intermediates; istiod set to accept a second root first.
-    first = mesh.run("rotate-certs", "--root")
+    first = run("rotate-certs", "--root")
     assert first.returncode == 0, first.stdout + first.stderr
-    assert scan_for_secrets(first.stdout + first.stderr) == []
     new_root = (ws / "certs-next" / "root-cert.pem").read_bytes()
     assert new_root != old_root
     assert stat.S_IMODE((ws / "certs-next").stat().st_mode) == 0o700
     assert stat.S_IMODE((ws / "certs-next" / "root-key.pem").stat().st_mode) == 0o600
     check_stage(mesh, tmp_path, 1, old_root, new_root, TWO, old_intermediates)
-    status = mesh.run("status", "-o", "json")
+    status = run("status", "-o", "json")
     assert status.returncode == 0, status.stdout + status.stderr
     doc = json.loads(status.stdout)
     assert doc["transition"]["stage"] == 1 and doc["transition"]["in_step"]
@@ -215,19 +222,19 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
     assert doc["root"]["new_root"]["days_left"] > 3000
     for c in doc["clusters"]:
         assert (c["cacerts"]["chains_to"], c["cacerts"]["roots_trusted"], c["cacerts"]["transition_stage"]) == ("current", 2, 1)
-    table = mesh.run("status")
+    table = run("status")
     assert "root transition: stage 1 of 3" in table.stdout and "3649d, 2 roots" in table.stdout
 
     # Too early for stage 2: nothing changes.
     before = {ctx: cacerts(mesh, ctx) for ctx in TWO}
-    early = mesh.run("rotate-certs", "--root")
+    early = run("rotate-certs", "--root")
     assert early.returncode == 0, early.stdout + early.stderr
     assert "can start at" in early.stdout
     assert {ctx: cacerts(mesh, ctx) for ctx in TWO} == before
 
     # A cluster added mid-transition is apply's to set up; rotate-certs --root says so and leaves it alone.
     mesh.write_topology(contexts, extra=extra)
-    added = mesh.run("rotate-certs", "--root")
+    added = run("rotate-certs", "--root")
     assert added.returncode == 1
     assert "not set up by apply yet" in added.stdout + added.stderr and "apply" in added.stdout + added.stderr
     assert mesh.get("cluster3", "namespace", "istio-system", check=False) is None
@@ -243,15 +250,21 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
 
     # A cluster out of reach holds the mesh at stage 1, whatever --min-wait says.
     restore = cut_off(mesh, "cluster2")
-    blocked = mesh.run("rotate-certs", "--root", "--min-wait", "0")
+    blocked = run("rotate-certs", "--root", "--min-wait", "0")
     restore()
     assert blocked.returncode == 1 and "cluster2" in blocked.stdout + blocked.stderr
     check_stage(mesh, tmp_path, 1, old_root, new_root, contexts, old_intermediates)
 
+    # The next runs come from another machine: the same workspace, in another place.
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(ws, elsewhere, symlinks=True)
+    shutil.rmtree(ws)
+    mesh.workdir = ws = elsewhere
+
     # Stage 2; a run that stopped before cluster2 (its stage-1 cacerts put back) is finished by the next.
     stage1_secret = mesh.get("cluster2", "secret", "cacerts", "-n", "istio-system")
     stage1_note = mesh.get("cluster2", "namespace", "istio-system")["metadata"]["annotations"]["setup-mesh.io/root-transition"]
-    second = mesh.run("rotate-certs", "--root", "--min-wait", "0")
+    second = run("rotate-certs", "--root", "--min-wait", "0")
     assert second.returncode == 0, second.stdout + second.stderr
     check_stage(mesh, tmp_path, 2, old_root, new_root, contexts, old_intermediates)
     mesh.sandbox.kubectl("cluster2", "apply", "-f", "-", stdin=json.dumps({
@@ -259,28 +272,34 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
         "metadata": {"name": "cacerts", "namespace": "istio-system"}}))
     mesh.sandbox.kubectl("cluster2", "annotate", "--overwrite", "namespace", "istio-system",
                          f"setup-mesh.io/root-transition={stage1_note}")
-    behind = mesh.run("status", "-o", "json")
+    behind = run("status", "-o", "json")
     assert behind.returncode == 1
     problems = {c["context"]: [p["code"] for p in c["problems"]] for c in json.loads(behind.stdout)["clusters"]}
     assert problems == {"cluster1": [], "cluster2": ["root_transition_behind"], "cluster3": []}
-    stuck = mesh.run("rotate-certs", "--root", "--min-wait", "0")
+    stuck = run("rotate-certs", "--root", "--min-wait", "0")
     assert stuck.returncode == 0, stuck.stdout + stuck.stderr
     assert "bringing cluster2 to stage 2" in stuck.stdout, "finishes the stage, goes no further"
     check_stage(mesh, tmp_path, 2, old_root, new_root, contexts, old_intermediates)
-    status = mesh.run("status", "-o", "json")
+    status = run("status", "-o", "json")
     assert status.returncode == 0, status.stdout + status.stderr
     assert {c["cacerts"]["chains_to"] for c in json.loads(status.stdout)["clusters"]} == {"new"}
+    installs = len(mesh.installs())
+    mesh.apply()
+    assert len(mesh.installs()) == installs, "apply keeps stage 2 as it is"
+    check_stage(mesh, tmp_path, 2, old_root, new_root, contexts, old_intermediates)
 
     # Stage 3: only the new root; then the workspace's root is the new one, the old one kept.
-    last = mesh.run("rotate-certs", "--root", "--min-wait", "0")
+    last = run("rotate-certs", "--root", "--min-wait", "0")
     assert last.returncode == 0, last.stdout + last.stderr
     check_stage(mesh, tmp_path, 3, old_root, new_root, contexts, old_intermediates)
     assert (ws / "certs" / "root-cert.pem").read_bytes() == new_root
     assert not (ws / "certs-next").exists()
     kept = [p for p in (ws / "backups").iterdir() if p.name.endswith("-root")]
     assert len(kept) == 1 and (kept[0] / "root-key.pem").read_bytes() == old_key
+    assert stat.S_IMODE(kept[0].stat().st_mode) == 0o700
     assert stat.S_IMODE((kept[0] / "root-key.pem").stat().st_mode) == 0o600
-    status = mesh.run("status")
+    assert stat.S_IMODE((kept[0] / "cluster1" / "ca-key.pem").stat().st_mode) == 0o600
+    status = run("status")
     assert status.returncode == 0, status.stdout + status.stderr
     installs = len(mesh.installs())
     mesh.apply()
@@ -289,13 +308,18 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
     # A completion cut short in one cluster (it still records the move) is finished, not taken for a new start.
     mesh.sandbox.kubectl("cluster2", "annotate", "--overwrite", "namespace", "istio-system",
                          f"setup-mesh.io/root-transition={stage1_note.replace('stage=1', 'stage=3')}")
-    leftover = mesh.run("rotate-certs", "--root")
+    leftover = run("rotate-certs", "--root")
     assert leftover.returncode == 0, leftover.stdout + leftover.stderr
     assert "no new transition is started" in leftover.stdout
     assert not (ws / "certs-next").exists() and (ws / "certs" / "root-cert.pem").read_bytes() == new_root
     check_stage(mesh, tmp_path, 3, old_root, new_root, contexts, old_intermediates)
 
-    again = mesh.run("rotate-certs")
+    again = run("rotate-certs")
     assert again.returncode == 0, again.stdout + again.stderr
     for ctx in contexts:
         assert verify(new_root, cacerts(mesh, ctx)["ca-cert.pem"], tmp_path).returncode == 0
+    # No key, in what was printed or in the run logs.
+    logs = sorted((ws / ".setup-mesh" / "logs").iterdir())
+    assert logs
+    for text in outputs + [log.read_text() for log in logs]:
+        assert scan_for_secrets(text) == []
