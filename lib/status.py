@@ -405,15 +405,16 @@ def _judge_roots(ws: Workspace, root: x509.Certificate | None, now: dt.datetime,
         return None
     info = certs.read_cert(ws.root_pem)
     days = info.days_left(now)
-    if ws.transition is None:
-        if days < 0:
-            problems.append(Problem("root_ca_expired", f"the mesh's root CA expired on {_iso(info.not_after)}: "
-                                                       "cross-cluster mTLS fails", hints.rotate("--root")))
-        elif days < EXPIRY_WARN_DAYS:
-            problems.append(Problem("root_ca_expiring", f"the mesh's root CA expires in {days} day(s) "
-                                                        f"({_iso(info.not_after)})",
-                                    f"{hints.rotate('--root')} (moves the mesh to a new root in three runs, "
-                                    f"at least a day apart)", severity=WARNING))
+    # Mid-transition the old root still signs (stage 1) and is still trusted (stages 1 and 2).
+    remedy = (f"{hints.rotate('--root')} (continues the move to the new root already under way)"
+              if ws.transition is not None else
+              f"{hints.rotate('--root')} (moves the mesh to a new root in three runs, at least a day apart)")
+    if days < 0:
+        problems.append(Problem("root_ca_expired", f"the mesh's root CA expired on {_iso(info.not_after)}: "
+                                                   "cross-cluster mTLS fails", remedy))
+    elif days < EXPIRY_WARN_DAYS:
+        problems.append(Problem("root_ca_expiring", f"the mesh's root CA expires in {days} day(s) "
+                                                    f"({_iso(info.not_after)})", remedy, severity=WARNING))
     result = {"expires": _iso(info.not_after), "days_left": days}
     if ws.new_root_pem:
         new = certs.read_cert(ws.new_root_pem)
@@ -696,14 +697,18 @@ def _judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: 
             add(Problem("cacerts_foreign_root", f"secret cacerts does not chain to this workspace's root CA "
                                                 f"({what}): workloads here are not trusted by the other clusters",
                         hint))
+    if ws.transition is not None:  # rotate-certs alone waits for the move, whose stage 2 re-issues every intermediate
+        reissue = reissue_all = (f"{hints.rotate('--root')} (stage 2 of the move to the new root re-issues every "
+                                 f"intermediate)")
+    else:
+        reissue = f"{hints.rotate('--context', cluster.context)} (re-issues it from this workspace's root)"
+        reissue_all = (f"{reissue}, or {hints.rotate('--expiring-within', str(EXPIRY_WARN_DAYS))} for every such "
+                       f"cluster")
     if c.days_left < 0:
-        add(Problem("cacerts_expired", f"the intermediate CA in cacerts expired on {_iso(c.expires)}",
-                    f"{hints.rotate('--context', cluster.context)} (re-issues it from this workspace's root)"))
+        add(Problem("cacerts_expired", f"the intermediate CA in cacerts expired on {_iso(c.expires)}", reissue))
     elif c.days_left < EXPIRY_WARN_DAYS:
         add(Problem("cacerts_expiring", f"the intermediate CA in cacerts expires in {c.days_left} day(s) "
-                                        f"({_iso(c.expires)})",
-                    f"{hints.rotate('--context', cluster.context)} (re-issues it from this workspace's root), or "
-                    f"{hints.rotate('--expiring-within', str(EXPIRY_WARN_DAYS))} for every such cluster", severity=WARNING))
+                                        f"({_iso(c.expires)})", reissue_all, severity=WARNING))
 
 
 # --- reading ---------------------------------------------------------------------------------------

@@ -678,3 +678,101 @@ def test_a_problem_every_pair_shares_is_one_entry_with_one_hint():
     clusters[0].problems, clusters[1].problems = [], clusters[1].problems[:1]
     causes = group_problems(MeshStatus("m", None, clusters))
     assert causes[0].where == "c2 (c1); c3 (c1, c2, c4); c4 (c1, c2, c3)"
+
+
+# --- the certificates' lifecycle: the root's expiry, a move to a new root --------------------------
+
+def test_the_roots_days_left_warn_under_30_and_fail_once_expired(tmp_path):
+    topology = _topology(tmp_path)
+    for days, code, healthy in ((400, None, True), (10, "root_ca_expiring", True), (-1, "root_ca_expired", False)):
+        root = _ca("Root CA", days=days)
+        observed, istiod = _healthy(topology, root)
+        status = evaluate(_ws(tmp_path, topology, root), observed, istiod, now=NOW)
+        assert [p.code for p in status.problems] == ([code] if code else [])
+        assert status.healthy is healthy
+        assert status.to_json()["root"]["days_left"] == days
+        if code:
+            assert "rotate-certs --root" in status.problems[0].hint
+        text = _rendered(status)
+        assert f"root CA: {days}d left" in text
+
+
+def _rendered(status) -> str:
+    out = io.StringIO()
+    render(status, Reporter(console=Console(file=out, width=200), err_console=Console(file=io.StringIO())))
+    return out.getvalue()
+
+
+def _mid_transition(tmp_path, roots, stage: int):
+    """A mesh at ``stage`` of the move from roots[0] to roots[1], every cluster in step."""
+    from lib import lifecycle
+
+    old, new = roots
+    topology = _topology(tmp_path)
+    observed, istiod = _healthy(topology, old)
+    transition = lifecycle.Transition(stage, "old", certs_fp(new[0]), "2029-12-30T00:00:00Z")
+    since = "2029-12-31T12:00:00Z"
+    expected = {}
+    for c in topology.clusters:
+        files = _cacerts(old if stage == 1 else new)
+        files["root-cert.pem"] = lifecycle.stage_roots(stage, _pem(old[0]), _pem(new[0]))
+        expected[c.name] = files
+        observed[c.context].cacerts = dict(files)
+        observed[c.context].annotations = {lifecycle.TRANSITION_ANNOTATION: transition.annotation(since)}
+    ws = _ws(tmp_path, topology, old)
+    ws.transition, ws.new_root_pem, ws.expected = transition, _pem(new[0]), expected
+    return ws, observed, istiod
+
+
+def certs_fp(cert) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def test_a_mesh_in_step_mid_transition_is_healthy_and_says_what_comes_next(tmp_path, roots):
+    ws, observed, istiod = _mid_transition(tmp_path, roots, 2)
+    status = evaluate(ws, observed, istiod, now=NOW)
+    assert status.healthy, [(c.cluster.context, c.problems) for c in status.clusters]
+    doc = status.to_json()
+    assert doc["transition"]["stage"] == 2 and doc["transition"]["in_step"] is True
+    assert doc["transition"]["since"] == "2029-12-31T12:00:00Z"
+    assert "rotate-certs --root" in doc["transition"]["next"] and "from 2030-01-01T12:00:00Z" in doc["transition"]["next"]
+    assert doc["root"]["new_root"]["fingerprint"] == certs_fp(roots[1][0])
+    for c in doc["clusters"]:
+        assert (c["cacerts"]["chains_to"], c["cacerts"]["roots_trusted"], c["cacerts"]["transition_stage"]) == ("new", 2, 2)
+        assert c["cacerts"]["chains_to_root"] is True
+    text = _rendered(status)
+    assert "root transition: stage 2 of 3" in text and "in place in every cluster since 2029-12-31T12:00:00Z" in text
+    assert "3650d, new root, 2 roots" in text and "healthy" in text
+
+
+def test_a_cluster_behind_the_stage_is_named_with_the_command_that_brings_it_there(tmp_path, roots):
+    from lib import lifecycle
+
+    ws, observed, istiod = _mid_transition(tmp_path, roots, 2)
+    old, new = roots
+    behind = _cacerts(old)  # still stage 1: the old intermediate, both roots
+    behind["root-cert.pem"] = lifecycle.stage_roots(1, _pem(old[0]), _pem(new[0]))
+    observed["c2"].cacerts = behind
+    status = evaluate(ws, observed, istiod, now=NOW)
+    assert _codes(status, "c2") == ["root_transition_behind"] and _codes(status, "c1") == []
+    assert not status.healthy
+    problem = status.clusters[1].problems[0]
+    assert "stage 2" in problem.message and "rotate-certs --root" in problem.hint
+    doc = status.to_json()
+    assert doc["transition"]["in_step"] is False and doc["transition"]["since"] is None
+    assert "brings every cluster to stage 2" in doc["transition"]["next"]
+    assert doc["clusters"][1]["cacerts"]["chains_to"] == "current"
+    assert doc["clusters"][1]["cacerts"]["transition_stage"] is None
+
+
+def test_an_intermediate_expiring_mid_transition_points_to_the_move(tmp_path, roots):
+    ws, observed, istiod = _mid_transition(tmp_path, roots, 1)
+    old, new = roots
+    soon = _cacerts(old, days=10)
+    soon["root-cert.pem"] = observed["c1"].cacerts["root-cert.pem"]
+    observed["c1"].cacerts = soon
+    ws.expected["c1"] = dict(soon)
+    status = evaluate(ws, observed, istiod, now=NOW)
+    assert _codes(status, "c1") == ["cacerts_expiring"]
+    hint = status.clusters[0].problems[0].hint
+    assert "rotate-certs --root" in hint and "--context" not in hint, "rotate-certs alone is refused mid-transition"
