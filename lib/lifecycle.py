@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -157,6 +158,7 @@ TRANSITION_FILE = "transition.json"  # in certs-next/: the stage the workspace h
 TRANSITION_ANNOTATION = "setup-mesh.io/root-transition"
 MULTIROOT_ENV = "ISTIO_MULTIROOT_MESH"  # istiod accepts a changed root bundle only with this set
 LAST_STAGE = 3
+MAX_WAIT = dt.timedelta(days=3650)  # the Makefile's root lifetime: no stage needs to last longer
 STAGES = {
     1: "trust both roots, keep the old intermediate",
     2: "switch to an intermediate of the new root, trust both roots",
@@ -258,9 +260,20 @@ def desired_cacerts(workdir: Path, cluster_name: str, transition: Transition | N
     files = {name: path.read_bytes() for name, path in certs.cacerts_files(folder, cluster_name).items()}
     if transition is None:
         return files
-    old_root = (certs.certs_dir(workdir) / certs.ROOT_CERT).read_bytes()
-    new_root = (next_dir(workdir) / certs.ROOT_CERT).read_bytes()
+    old_root = _transition_root(certs.certs_dir(workdir) / certs.ROOT_CERT, "old")
+    new_root = _transition_root(next_dir(workdir) / certs.ROOT_CERT, "new")
     return cacerts_for_stage(transition.stage, files, old_root, new_root)
+
+
+def _transition_root(path: Path, which: str) -> bytes:
+    """One of the two roots a move to a new root needs until it completes."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"the {which} root of the move to a new root cannot be read ({path}: "
+                          f"{exc.strerror or exc})",
+                          hint="restore certs/ and certs-next/ from a copy of the workspace: the clusters trust "
+                               "both roots until the move completes") from None
 
 
 def holds(seen: dict[str, bytes] | None, want: dict[str, bytes] | None) -> bool:
@@ -364,7 +377,11 @@ def parse_duration(text: str) -> dt.timedelta:
                           hint="give a number with a unit: 24h (the default), 90m, 0") from None
     if value < 0:
         raise ConfigError(f"--min-wait {text!r} is negative", hint="give 0 or more, e.g. 24h or 0")
-    return dt.timedelta(seconds=value * units[unit])
+    seconds = value * units[unit]
+    if not math.isfinite(seconds) or seconds > MAX_WAIT.total_seconds():
+        raise ConfigError(f"--min-wait {text!r} is longer than a root lives",
+                          hint="give at most 3650d; the default, 24h, is the workload certificate lifetime")
+    return dt.timedelta(seconds=seconds)
 
 
 def describe_wait(delta: dt.timedelta) -> str:

@@ -89,7 +89,7 @@ def test_min_wait_takes_units_and_refuses_nonsense():
     assert parse_duration("90m") == dt.timedelta(minutes=90)
     assert parse_duration("0") == dt.timedelta(0)
     assert parse_duration("2") == dt.timedelta(hours=2)
-    for bad in ("soon", "-1h"):
+    for bad in ("soon", "-1h", "", "inf", "nan", "1e300d", "3651d"):
         with pytest.raises(ConfigError):
             parse_duration(bad)
 
@@ -103,3 +103,19 @@ def test_the_new_root_is_named_apart_from_the_one_it_replaces():
     assert later.startswith("Root CA ") and later.count(" ") == 2 and later != first, "one time, the latest"
     assert next_root_name(None, NOW).startswith("Root CA ")
     assert next_root_name("Example Inc Root", NOW).startswith("Example Inc Root ")
+
+
+def test_a_transition_whose_roots_are_gone_is_a_message_not_a_crash(tmp_path):
+    import pytest
+
+    from lib.errors import ConfigError
+    from lib.lifecycle import Transition, desired_cacerts
+
+    for folder in ("certs", "certs-next"):
+        (tmp_path / folder / "c1").mkdir(parents=True, exist_ok=True)
+        for name in ("ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem"):
+            (tmp_path / folder / "c1" / name).write_text("x")
+    (tmp_path / "certs" / "root-cert.pem").write_text("old")
+    with pytest.raises(ConfigError) as caught:
+        desired_cacerts(tmp_path, "c1", Transition(2, "old", "new", "2026-11-29T08:00:00Z"))
+    assert "new root" in caught.value.message and "certs-next" in caught.value.message
