@@ -44,13 +44,17 @@ OPERATOR_KEYS = ("apiVersion", "kind", "metadata", "spec")
 OPERATOR_SPEC_KEYS = ("profile", "installPackagePath", "namespace", "hub", "tag", "revision", "compatibilityVersion",
                       "meshConfig", "components", "values", "unvalidatedValues")
 
+# istiod accepts a changed root bundle only with this set; rotate-certs --root sets it while it needs it.
+MULTIROOT_ENV = "ISTIO_MULTIROOT_MESH"
+MULTIROOT_VALUE = ("spec", "values", "pilot", "env", MULTIROOT_ENV)
+
 # Values setup-mesh owns in every cluster's IstioOperator: where each comes from.
 RESERVED_VALUES = {
     ("spec", "values", "global", "meshID"): "topology.yaml mesh_id",
     ("spec", "values", "global", "multiCluster", "clusterName"): "topology.yaml contexts.<context>.cluster_name (default: the context name)",
     ("spec", "values", "global", "network"): "topology.yaml contexts.<context>.network",
     ("spec", "values", "global", "meshNetworks"): "the networks in topology.yaml (Istio finds each network's gateway by its topology.istio.io/network label)",
-    ("spec", "values", "pilot", "env", "ISTIO_MULTIROOT_MESH"): "rotate-certs --root (set while a root transition needs istiod to accept a second root)",
+    MULTIROOT_VALUE: "rotate-certs --root (set while a root transition needs istiod to accept a second root)",
 }
 
 # Data-plane modes: base.yaml's spec.profile ambient makes the whole mesh ambient.
@@ -251,6 +255,13 @@ def load_base(path: Path) -> Base:
         present, _ = _get(data, keys)
         if present:
             problems.append(f"  {doc.where(*keys)}: {'.'.join(keys)} is set by setup-mesh from {source}")
+    # istiod's env may also be given as a list in components.pilot.k8s.env, where it overrides values.pilot.env.
+    present, env = _get(data, PILOT_K8S_ENV)
+    multiroot = RESERVED_VALUES[MULTIROOT_VALUE]
+    for i, entry in enumerate(env if present and isinstance(env, list) else []):
+        if isinstance(entry, dict) and entry.get("name") == MULTIROOT_ENV:
+            problems.append(f"  {doc.where(*PILOT_K8S_ENV, i)}: {'.'.join(PILOT_K8S_ENV)}[{i}] ({MULTIROOT_ENV}) "
+                            f"is set by setup-mesh from {multiroot}")
     hint = "delete those lines from base.yaml; set mesh_id, network and cluster_name in topology.yaml instead"
     ambient_problems = _ambient_reserved(data, doc)
     if ambient_problems:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .ambient import GATEWAY_API_VERSION, east_west_gateway, with_multi_network_switch
-from .config import AMBIENT, SIDECAR, Topology, data_plane_mode
+from .config import AMBIENT, MULTIROOT_ENV, SIDECAR, Topology, data_plane_mode
 from .mesh import Member, Mesh, mesh_model
-from .lifecycle import MULTIROOT_ENV, Transition
+from .lifecycle import Transition
 from .overlay import (CROSS_NETWORK_GATEWAY, ISTIO_NAMESPACE, NETWORK_LABEL, cluster_operator,
                       cross_network_gateway, eastwest_operator, fingerprint, with_pilot_env)
 

@@ -156,7 +156,6 @@ NEXT_DIR = "certs-next"  # the new root and its intermediates, made by the Makef
 TRANSITION_FILE = "transition.json"  # in certs-next/: the stage the workspace has reached
 # On istio-system: the stage whose cacerts the cluster holds, under which new root, since when.
 TRANSITION_ANNOTATION = "setup-mesh.io/root-transition"
-MULTIROOT_ENV = "ISTIO_MULTIROOT_MESH"  # istiod accepts a changed root bundle only with this set
 LAST_STAGE = 3
 MAX_WAIT = dt.timedelta(days=3650)  # the Makefile's root lifetime: no stage needs to last longer
 STAGES = {

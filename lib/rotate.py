@@ -8,7 +8,7 @@ from pathlib import Path
 from . import certs, invocation, lifecycle
 from .commands import (_certs_prerequisites, _finish, _open_log, _sit_out, find_tools, inspect_clusters,
                        load_workspace, print_plan)
-from .config import Cluster, select_clusters
+from .config import MULTIROOT_ENV, Cluster, select_clusters
 from .errors import ConfigError, MeshError
 from .executor import Executor, Interrupted, Phase, RunContext, Step
 from .kube import Observed, Tools
@@ -298,7 +298,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
                    nothing="no cluster changes in this stage" if move.kind != "finish" else
                    f"then certs/ becomes the new root (the old one kept in "
                    f"{lifecycle.backup_dir(workdir, transition.backup_name)}) and istiod drops "
-                   f"{lifecycle.MULTIROOT_ENV} (reinstalled with apply's overlay)")
+                   f"{MULTIROOT_ENV} (reinstalled with apply's overlay)")
         return 0
 
     if move.kind == "start":

@@ -118,6 +118,21 @@ def test_reserved_value_in_base_is_refused_with_its_line(tmp_path, extra, key, l
     assert "topology.yaml" in info.value.hint
 
 
+def test_the_second_root_switch_is_refused_in_istiods_env_list_too(tmp_path):
+    path = tmp_path / "base.yaml"
+    path.write_text(GOOD_BASE + "  components:\n    pilot:\n      k8s:\n        env:\n"
+                    "        - name: PILOT_X\n          value: '1'\n"
+                    "        - name: ISTIO_MULTIROOT_MESH\n          value: 'false'\n")
+    with pytest.raises(ConfigError) as info:
+        load_base(path)
+    assert "spec.components.pilot.k8s.env[1] (ISTIO_MULTIROOT_MESH) is set by setup-mesh from rotate-certs --root" \
+        in info.value.message
+    assert f"{path}:" in info.value.message
+    path.write_text(GOOD_BASE + "  components:\n    pilot:\n      k8s:\n        env:\n"
+                    "        - name: PILOT_X\n          value: '1'\n")
+    load_base(path)  # other entries are the user's
+
+
 def test_every_reserved_value_is_named_at_once(tmp_path):
     path = tmp_path / "base.yaml"
     path.write_text(GOOD_BASE + "  values:\n    global:\n      meshID: a\n      network: b\n")
