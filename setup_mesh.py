@@ -22,7 +22,8 @@ if (_CHECKOUT / "lib" / "__init__.py").is_file():
 else:
     sys.modules.setdefault("lib", importlib.import_module("setup_mesh_lib"))
 
-from lib import __version__, commands, invocation  # noqa: E402 - after the choice above
+from lib import __version__, commands, invocation, lifecycle  # noqa: E402 - after the choice above
+from lib.errors import ConfigError  # noqa: E402
 
 app = typer.Typer(
     add_completion=False,
@@ -78,6 +79,15 @@ Timeout = Annotated[float, typer.Option("--timeout", min=1, metavar="SECONDS", h
 def _check_output(value: str) -> str:
     if value not in ("table", "json"):
         raise typer.BadParameter("use table or json")
+    return value
+
+
+def _check_min_wait(value: Optional[str]) -> Optional[str]:
+    if value is not None:
+        try:
+            lifecycle.parse_duration(value)
+        except ConfigError as exc:
+            raise typer.BadParameter(f"{exc.message}: {exc.hint}") from None
     return value
 
 
@@ -179,7 +189,7 @@ def rotate_certs(
     context: Contexts = None,
     expiring_within: Annotated[Optional[int], typer.Option("--expiring-within", min=0, metavar="DAYS", help="Only intermediates that expire within DAYS days.")] = None,
     root: Annotated[bool, typer.Option("--root", help="Move the whole mesh to a new root CA, one stage per run (three stages).")] = False,
-    min_wait: Annotated[str, typer.Option("--min-wait", metavar="DURATION", help="With --root: how long a stage must have been in place everywhere before the next starts (24h, 90m, 0).")] = "24h",
+    min_wait: Annotated[Optional[str], typer.Option("--min-wait", metavar="DURATION", callback=_check_min_wait, help="With --root: how long a stage must have been in place everywhere before the next starts (24h, 90m, 0) [default: 24h, the workload certificate lifetime].")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (with --root: the next stage) and change nothing.")] = False,
     parallel: Parallel = commands.DEFAULT_PARALLEL,
     timeout: Timeout = commands.DEFAULT_TIMEOUT,
@@ -204,13 +214,17 @@ def rotate_certs(
         if context or expiring_within is not None:
             raise typer.BadParameter("a new root is introduced to every cluster at once",
                                      param_hint="--context/--expiring-within with --root")
+        wait = lifecycle.parse_duration(min_wait) if min_wait is not None else lifecycle.WORKLOAD_CERT_LIFETIME
         commands.run_guarded(debug, quiet, verbose, lambda r, rep: rotate_root(
-            workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, min_wait=min_wait, dry_run=dry_run,
+            workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, min_wait=wait, dry_run=dry_run,
             parallel=parallel, timeout=timeout, runner=r, reporter=rep))
-    commands.run_guarded(debug, quiet, verbose, lambda r, rep: rotate_intermediates(
-        workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, contexts=context or [],
-        expiring_within=expiring_within, dry_run=dry_run, parallel=parallel, timeout=timeout,
-        runner=r, reporter=rep))
+    elif min_wait is not None:
+        raise typer.BadParameter("only a move to a new root waits between stages", param_hint="--min-wait without --root")
+    else:
+        commands.run_guarded(debug, quiet, verbose, lambda r, rep: rotate_intermediates(
+            workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, contexts=context or [],
+            expiring_within=expiring_within, dry_run=dry_run, parallel=parallel, timeout=timeout,
+            runner=r, reporter=rep))
 
 
 def _status(workdir, kubeconfig, istio_dir, contexts, output, wait, wait_timeout, parallel, debug):

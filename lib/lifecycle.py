@@ -157,6 +157,9 @@ TRANSITION_FILE = "transition.json"  # in certs-next/: the stage the workspace h
 # On istio-system: the stage whose cacerts the cluster holds, under which new root, since when.
 TRANSITION_ANNOTATION = "setup-mesh.io/root-transition"
 LAST_STAGE = 3
+# The default --min-wait: istiod issues workload certificates for 24 h and the agents renew them after
+# about half of that, so a stage in place for this long is what every workload presents.
+WORKLOAD_CERT_LIFETIME = dt.timedelta(hours=24)
 MAX_WAIT = dt.timedelta(days=3650)  # the Makefile's root lifetime: no stage needs to last longer
 STAGES = {
     1: "trust both roots, keep the old intermediate",
@@ -364,7 +367,7 @@ def resume_finish(workdir: Path) -> None:
 
 
 def parse_duration(text: str) -> dt.timedelta:
-    """--min-wait: a number with a unit (30s, 90m, 24h, 2d); a bare number is hours."""
+    """--min-wait's value: a number with a unit (30s, 90m, 24h, 2d); a bare number is hours."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     raw = text.strip().lower()
     unit = raw[-1:] if raw[-1:] in units else "h"
@@ -372,13 +375,13 @@ def parse_duration(text: str) -> dt.timedelta:
     try:
         value = float(number)
     except ValueError:
-        raise ConfigError(f"--min-wait {text!r} is not a duration",
+        raise ConfigError(f"{text!r} is not a duration",
                           hint="give a number with a unit: 24h (the default), 90m, 0") from None
     if value < 0:
-        raise ConfigError(f"--min-wait {text!r} is negative", hint="give 0 or more, e.g. 24h or 0")
+        raise ConfigError(f"{text!r} is negative", hint="give 0 or more, e.g. 24h or 0")
     seconds = value * units[unit]
     if not math.isfinite(seconds) or seconds > MAX_WAIT.total_seconds():
-        raise ConfigError(f"--min-wait {text!r} is longer than a root lives",
+        raise ConfigError(f"{text!r} is longer than a root lives",
                           hint="give at most 3650d; the default, 24h, is the workload certificate lifetime")
     return dt.timedelta(seconds=seconds)
 

@@ -1,6 +1,7 @@
 """rotate-certs: re-issue the clusters' intermediate CAs under the workspace's root and put them in place."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from pathlib import Path
@@ -146,17 +147,14 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
 
 # --- rotate-certs --root -----------------------------------------------------------------------------
 
-DEFAULT_MIN_WAIT = "24h"  # the workload certificate lifetime: by then every workload has renewed
-
-
-def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, min_wait: str, dry_run: bool,
+def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, min_wait: dt.timedelta, dry_run: bool,
                 parallel: int, timeout: float, runner: ShRunner, reporter: Reporter) -> int:
     """One stage of the move to a new root per run; see lifecycle.decide for when a stage may start."""
     from .plan import _install_steps, record_step
     from .release import find_release
     from .status import istiod_name
 
-    wait = lifecycle.parse_duration(min_wait)
+    wait = min_wait
     if not dry_run:
         lifecycle.resume_finish(workdir)
     ws = load_workspace(workdir, kubeconfig, lenient=dry_run)

@@ -437,7 +437,7 @@ def _transition_summary(ws: Workspace, clusters: list[ClusterStatus], observed: 
     elif t.stage == lifecycle.LAST_STAGE:
         next_step = f"{hints.rotate('--root')} (completes the transition: certs/ becomes the new root)"
     else:
-        ready = latest + dt.timedelta(hours=24) if latest else None
+        ready = latest + lifecycle.WORKLOAD_CERT_LIFETIME if latest else None
         next_step = (f"{hints.rotate('--root')} from {_iso(ready)} (stage {t.stage + 1}: "
                      f"{lifecycle.STAGES[t.stage + 1]}; --min-wait shortens the 24h wait)")
     return {"stage": t.stage, "stages": lifecycle.LAST_STAGE, "description": lifecycle.STAGES[t.stage],

@@ -89,3 +89,17 @@ def test_no_at_the_prompt_is_a_cancellation_not_bad_input(sandbox_factory, tmp_p
     assert code == 1, output
     assert "cancelled" in output and "nothing was changed" in output
     assert mesh.get("cluster1", "namespace", "istio-system", check=False) is not None
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--root", "--min-wait", "soon"], "'soon' is not a duration"),
+    (["--root", "--min-wait", "-1h"], "'-1h' is negative"),
+    (["--root", "--min-wait", "inf"], "longer than a root lives"),
+    (["--min-wait", "0"], "--min-wait without --root"),
+    (["--root", "--context", "cluster1"], "a new root is introduced to every cluster at once"),
+])
+def test_rotate_certs_options_that_do_not_go_together_are_refused_before_anything_is_read(tmp_path, args, message):
+    result = cli("rotate-certs", *args, "--workdir", str(tmp_path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
