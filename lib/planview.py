@@ -16,7 +16,9 @@ NOTHING = "nothing to do: every cluster matches topology.yaml and base.yaml"
 
 
 def print_plan(plan: ApplyPlan, topology: Topology, observed: dict[str, Observed] | None, notes: list[str],
-               reporter: Reporter, title: str = "Plan", nothing: str = NOTHING, command: str = "apply") -> None:
+               reporter: Reporter, title: str = "Plan", nothing: str = NOTHING,
+               command: str | tuple[str, ...] = "apply") -> None:
+    """``command``: the command (with its options) whose --dry-run -v shows every command and manifest."""
     out = reporter.info
     count = len(topology.clusters)
     out(f"{title} (dry run, changes nothing): mesh {topology.mesh_id}, {count} cluster{'s' * (count != 1)} on "
@@ -42,7 +44,8 @@ def print_plan(plan: ApplyPlan, topology: Topology, observed: dict[str, Observed
     out("")
     out(counts_line(plan, steps))
     if not reporter.verbose:
-        out(f"Every command and manifest: {invocation.command(command, '--dry-run', '-v')}")
+        args = (command,) if isinstance(command, str) else command
+        out(f"Every command and manifest: {invocation.command(*args, '--dry-run', '-v')}")
 
 
 def _by_cluster(plan: ApplyPlan, topology: Topology) -> dict[str, list[Step]]:

@@ -75,6 +75,10 @@ class Reporter:
         if not self.quiet:
             self._print(text)
 
+    def notice(self, text: str) -> None:
+        """Printed also with -q: the result of a run that has nothing to do yet, and why."""
+        self._print(text)
+
     def success(self, text: str) -> None:
         if not self.quiet:
             self._print(text, style="green")

@@ -155,6 +155,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     from .status import istiod_name
 
     wait = min_wait
+    again = invocation.command("rotate-certs", "--root")
     if not dry_run:
         lifecycle.resume_finish(workdir)
     ws = load_workspace(workdir, kubeconfig, lenient=dry_run)
@@ -217,7 +218,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         phase = completion(targets)
         if dry_run:
             print_plan(ApplyPlan([phase]), topology, observed if ws.contexts_resolved else None, ws.notes, reporter,
-                       title="rotate-certs --root plan", command="rotate-certs")
+                       title="rotate-certs --root plan", command=("rotate-certs", "--root"))
             return 0
         executor = Executor(runner, reporter, parallel)
         reporter.start_progress([(c.context, c.network) for c in targets])
@@ -239,15 +240,16 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         if not_ready and not dry_run:
             raise MeshError(f"not every cluster runs on the workspace's root yet ({', '.join(not_ready)}): "
                             f"a new root is introduced only to a mesh that is in step",
-                            hint="run apply (and check status) first, then rotate-certs --root")
+                            hint=f"run `{invocation.command('apply')}` (and check `{invocation.command('status')}`) "
+                                 f"first, then `{again}`")
     if move.kind == "wait":
         since = move.ready_at - wait
         reporter.info(f"stage {transition.stage} of {lifecycle.LAST_STAGE} ({lifecycle.STAGES[transition.stage]}) "
                       f"is in place in every cluster since {lifecycle.iso(since)}")
-        reporter.info(f"stage {transition.stage + 1} ({lifecycle.STAGES[transition.stage + 1]}) can start at "
+        reporter.notice(f"stage {transition.stage + 1} ({lifecycle.STAGES[transition.stage + 1]}) can start at "
                       f"{lifecycle.iso(move.ready_at)} (in {lifecycle.describe_wait(move.ready_at - now)}), when "
-                      f"every workload has renewed its certificate: run rotate-certs --root again then "
-                      f"(--min-wait 0 if every workload has been restarted since)")
+                      f"every workload has renewed its certificate: run `{again}` then "
+                      f"(with --min-wait 0 if every workload has been restarted since)")
         if log:
             log.close()
         return 0
@@ -281,7 +283,9 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
             phase.add(cluster.context, record_step(tools, cluster, d.fingerprint, d.data_plane))
         if not certs.has_cacerts(issuer, cluster.name):
             phase.add(cluster.context, _intermediate_step(release, issuer, cluster, variables))
-        phase.add(cluster.context, _cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition=planned))
+        step = _cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition=planned)
+        step.change = f"~ secret cacerts: {_STAGE_CHANGE[planned.stage]} ({issuer.name}/{cluster.name}/)"
+        phase.add(cluster.context, step)
         phase.add(cluster.context, confirm_step(tools, cluster, deployment))
     root_vars = {"ROOTCA_CN": lifecycle.next_root_name(root_info.common_name, now), **({"ROOTCA_ORG": org} if org else {})}
     make_root = certs.root_ca_command(release or _NO_RELEASE, new_dir, root_vars)
@@ -291,12 +295,15 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         if move.kind == "start":
             reporter.info(f"first the new root: mkdir -p {new_dir} && {make_root.pasteable()}")
         plan = ApplyPlan([phase] if move.kind != "finish" else [])
+        completes = (f"certs/ becomes the new root (the old one kept in "
+                     f"{lifecycle.backup_dir(workdir, planned.backup_name)}) and istiod drops {MULTIROOT_ENV} "
+                     f"(reinstalled with apply's overlay)")
         print_plan(plan, topology, observed if ws.contexts_resolved else None, ws.notes, reporter,
-                   title="rotate-certs --root plan",
-                   nothing="no cluster changes in this stage" if move.kind != "finish" else
-                   f"then certs/ becomes the new root (the old one kept in "
-                   f"{lifecycle.backup_dir(workdir, transition.backup_name)}) and istiod drops "
-                   f"{MULTIROOT_ENV} (reinstalled with apply's overlay)")
+                   title="rotate-certs --root plan", command=("rotate-certs", "--root"),
+                   nothing="no cluster changes in this stage" if move.kind != "finish" else f"then {completes}")
+        if planned.stage == lifecycle.LAST_STAGE and move.kind != "finish":
+            reporter.info(f"once stage {planned.stage} is in place in every cluster, the same run completes the move: "
+                          f"{completes}")
         return 0
 
     if move.kind == "start":
@@ -314,12 +321,12 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         reporter.start_progress([(c.context, c.network) for c in topology.clusters
                                  if c.context in move.behind or c.context in move.unreachable])
     for context in move.unreachable:
-        _sit_out(executor, tools, topology.by_context(context), observed[context], "then run rotate-certs --root again")
+        _sit_out(executor, tools, topology.by_context(context), observed[context], f"then run `{again}`")
     for cluster in not_set_up:
         executor.fail_before_start(cluster.context, f"stage {planned.stage}", MeshError(
             "not set up by apply yet: the move to a new root changes clusters that are part of the mesh",
             hint=f"run `{invocation.command('apply')}` (it gives the cluster the certificates of stage "
-                 f"{planned.stage}), then `{invocation.command('rotate-certs', '--root')}` again"))
+                 f"{planned.stage}), then `{again}`"))
     outcome = executor.run_phases([phase])
     certs.secure_tree(new_dir)
     for cluster in targets:
@@ -344,16 +351,22 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         reporter.info(f"the mesh runs on the new root: certs/ holds it; the old root, its key and intermediates "
                       f"are kept in {backup}")
     elif outcome.ok:
+        when = f" in {lifecycle.describe_wait(wait)} or later" if wait else ""
         reporter.info(f"stage {planned.stage} of {lifecycle.LAST_STAGE} is in place in every cluster; run "
-                      f"rotate-certs --root again in {lifecycle.describe_wait(wait)} or later for stage "
-                      f"{planned.stage + 1} ({lifecycle.STAGES[planned.stage + 1]})")
+                      f"`{again}`{when} for stage {planned.stage + 1} ({lifecycle.STAGES[planned.stage + 1]})")
     else:
-        reporter.info(f"stage {planned.stage} is not in place everywhere yet: run rotate-certs --root again "
+        reporter.info(f"stage {planned.stage} is not in place everywhere yet: run `{again}` "
                       f"(it finishes this stage and goes no further)")
     return _finish("rotate-certs --root", outcome, log, reporter)
 
 
 _NO_RELEASE = Release(Path("<istio>"))
+# What each stage changes in a cluster's cacerts, as the plan shows it.
+_STAGE_CHANGE = {
+    1: "root-cert.pem trusts the old and the new root, same intermediate",
+    2: "an intermediate of the new root, trusting both roots",
+    3: "root-cert.pem trusts only the new root",
+}
 
 
 def _read_root(path: Path) -> certs.CertInfo:

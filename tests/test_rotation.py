@@ -227,9 +227,9 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
 
     # Too early for stage 2: nothing changes.
     before = {ctx: cacerts(mesh, ctx) for ctx in TWO}
-    early = run("rotate-certs", "--root")
+    early = run("rotate-certs", "--root", "-q")
     assert early.returncode == 0, early.stdout + early.stderr
-    assert "can start at" in early.stdout
+    assert "can start at" in early.stdout, "said even with -q: the run did nothing, and when it will"
     assert {ctx: cacerts(mesh, ctx) for ctx in TWO} == before
 
     # A cluster added mid-transition is apply's to set up; rotate-certs --root says so and leaves it alone.
@@ -289,6 +289,10 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
     check_stage(mesh, tmp_path, 2, old_root, new_root, contexts, old_intermediates)
 
     # Stage 3: only the new root; then the workspace's root is the new one, the old one kept.
+    plan = run("rotate-certs", "--root", "--min-wait", "0", "--dry-run")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert "~ secret cacerts: root-cert.pem trusts only the new root (certs-next/cluster1/)" in plan.stdout
+    assert "the same run completes the move" in plan.stdout and "rotate-certs --root --dry-run -v" in plan.stdout
     last = run("rotate-certs", "--root", "--min-wait", "0")
     assert last.returncode == 0, last.stdout + last.stderr
     check_stage(mesh, tmp_path, 3, old_root, new_root, contexts, old_intermediates)
