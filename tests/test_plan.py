@@ -264,3 +264,46 @@ def test_a_network_change_replaces_the_gateway_deployment_whose_selector_names_i
     assert steps[(SETUP, "c3")][:3] == ["install Istio", "remove the east-west gateway's Deployment (it selects network old-network)",
                                         "install east-west gateway"]
     assert not any("remove the east-west" in title for title in steps[(SETUP, "c1")]), "same network: updated in place"
+
+
+def test_mid_transition_a_new_cluster_gets_the_stages_certificates_and_the_others_keep_theirs(tmp_path):
+    from lib import lifecycle
+
+    pem = "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n".format
+    _workdir(tmp_path)
+    (tmp_path / "certs" / "root-cert.pem").write_text(pem("OLD"))
+    nxt = tmp_path / "certs-next"
+    (nxt).mkdir()
+    (nxt / "root-cert.pem").write_text(pem("NEW"))
+    for c in CLUSTERS[:2]:  # stage 2: c1 and c2 run on intermediates of the new root; c3 was just added
+        (nxt / c.name).mkdir()
+        for name in ("ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem"):
+            (nxt / c.name / name).write_text(f"next-{c.name}-{name}")
+    transition = lifecycle.Transition(2, "old", "ab" * 32, "2026-11-29T08:00:00Z")
+    topology = Topology("m", CLUSTERS, tmp_path / "topology.yaml")
+    desired = desired_state(topology, {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {}},
+                            transition=transition)
+    observed = _healthy(topology, desired)
+    for c in CLUSTERS[:2]:
+        observed[c.context].cacerts = lifecycle.desired_cacerts(tmp_path, c.name, transition)
+        observed[c.context].annotations = {lifecycle.TRANSITION_ANNOTATION: transition.annotation("2026-11-30T08:00:00Z")}
+    observed["c3"] = Observed(reachable=True)
+    plan = build_apply_plan(topology=topology, desired=desired, observed=observed, removed=[], removed_observed=observed,
+                            workdir=tmp_path, tools=Tools(), release=None, intermediate_vars={}, gateway_timeout=5,
+                            transition=transition)
+    steps = {}
+    for phase in plan.phases:
+        for ctx, st in phase.steps.items():
+            steps.setdefault(ctx, []).extend(st)
+    for ctx in ("c1", "c2"):  # only the new peer's secret: apply keeps what the transition put in place
+        assert [s.title for s in steps[ctx]] == ["import c3's secret"], steps[ctx]
+    made = [s for s in steps["c3"] if s.title == "make intermediate CA"]
+    assert made and made[0].change == "+ intermediate CA (certs-next/c3/)", "issued by the new root"
+    install = next(s for s in steps["c3"] if s.title == "install Istio")
+    assert "ISTIO_MULTIROOT_MESH: 'true'" in install.files[0][1]
+    # Once the new intermediate is there, c3's cacerts is the stage's: both roots, the new one first.
+    (nxt / "c3").mkdir()
+    for name in ("ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem"):
+        (nxt / "c3" / name).write_text(f"next-c3-{name}")
+    files = lifecycle.desired_cacerts(tmp_path, "c3", transition)
+    assert files["ca-cert.pem"] == b"next-c3-ca-cert.pem" and files["root-cert.pem"] == (pem("NEW") + pem("OLD")).encode()
