@@ -419,7 +419,6 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
     unreachable = {c.context: observed[c.context] for c in clusters
                    if c.context in observed and not observed[c.context].reachable}
     unread = {ctx: found for ctx, found in usage.items() if isinstance(found, MeshError)}
-    cert_dir = certs.certs_dir(workdir)
     kept = [line for context, how in uninstall.items() if (line := describe_kept(context, how))]
     if dry_run:
         view = Topology(state.mesh_id or "(unrecorded)", tuple(clusters), topology_path)
@@ -428,16 +427,16 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
                    "creates", command="teardown")
         for line in kept:
             reporter.info(line)
-        if cert_dir.exists():
-            reporter.info(f"{cert_dir.name}/ is " + ("deleted (--purge-certs)" if purge_certs else
-                                                   "kept (the root CA and intermediates; --purge-certs deletes it)"))
+        for folder, what in _cert_folders(workdir):
+            reporter.info(f"{folder.name}/ is " + ("deleted (--purge-certs)" if purge_certs else
+                                                 f"kept ({what}; --purge-certs deletes it)"))
         return 0
     if not phase and not unreachable and not unread:
         for cluster in clusters:
             state.forget(cluster.context)
         state.save(state.mesh_id)
         reporter.success("nothing to remove: no cluster holds what setup-mesh creates")
-        _purge_or_keep_certs(cert_dir, purge_certs, reporter)
+        _purge_or_keep_certs(workdir, purge_certs, reporter)
         return 0
     for line in kept:
         reporter.info(line)
@@ -461,19 +460,26 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
     state.save(state.mesh_id)
     code = _finish("teardown", outcome, log, reporter)
     if outcome.ok:
-        _purge_or_keep_certs(cert_dir, purge_certs, reporter)
+        _purge_or_keep_certs(workdir, purge_certs, reporter)
     return code
 
 
-def _purge_or_keep_certs(cert_dir: Path, purge: bool, reporter: Reporter) -> None:
-    if not cert_dir.exists():
-        return
-    if purge:
-        shutil.rmtree(cert_dir, ignore_errors=True)
-        reporter.info(f"deleted {cert_dir}")
-    else:
-        reporter.info(f"kept {cert_dir.name}/ (the root CA and intermediates): a new apply reuses them; "
-                      f"`{invocation.command('teardown', '--purge-certs')}` deletes them")
+def _cert_folders(workdir: Path) -> list[tuple[Path, str]]:
+    """The workspace's folders of keys, with what they hold: certs/, and certs-next/ during a move to a new root."""
+    folders = [(certs.certs_dir(workdir), "the root CA and intermediates"),
+               (lifecycle.next_dir(workdir), "the new root CA of a move to a new root, and its intermediates")]
+    return [(folder, what) for folder, what in folders if folder.exists()]
+
+
+def _purge_or_keep_certs(workdir: Path, purge: bool, reporter: Reporter) -> None:
+    """Both folders go, or both stay: a move to a new root needs the old root and the new one."""
+    for folder, what in _cert_folders(workdir):
+        if purge:
+            shutil.rmtree(folder, ignore_errors=True)
+            reporter.info(f"deleted {folder}")
+        else:
+            reporter.info(f"kept {folder.name}/ ({what}): a new apply reuses them; "
+                          f"`{invocation.command('teardown', '--purge-certs')}` deletes them")
 
 
 # --- status ----------------------------------------------------------------------------------------

@@ -327,3 +327,22 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
     assert logs
     for text in outputs + [log.read_text() for log in logs]:
         assert scan_for_secrets(text) == []
+
+
+def test_teardown_mid_transition_keeps_or_purges_both_roots_together(mesh2):
+    ws = mesh2.workdir
+    started = mesh2.run("rotate-certs", "--root")
+    assert started.returncode == 0, started.stdout + started.stderr
+    preview = mesh2.run("teardown", "--dry-run")
+    assert preview.returncode == 0, preview.stdout + preview.stderr
+    assert "certs-next/ is kept (the new root CA of a move to a new root" in preview.stdout
+    gone = mesh2.run("teardown", "-y", "--purge-certs")
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert not (ws / "certs").exists() and not (ws / "certs-next").exists()
+    # A new root and a fresh apply: no half of the old move is left to trip over.
+    again = mesh2.run("prep-mesh", "--org", "Test Org")
+    assert again.returncode == 0, again.stdout + again.stderr
+    mesh2.apply()
+    status = mesh2.run("status", "-o", "json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert json.loads(status.stdout)["transition"] is None
