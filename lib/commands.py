@@ -312,7 +312,11 @@ def _certs_prerequisites(ws: Workspace, istio_dir: str | None, runner: ShRunner,
     release: Release | None = None
     if force or any(not certs.has_cacerts(cert_dir, c.name) for c in ws.topology.clusters):
         if not ((cert_dir / certs.ROOT_CERT).is_file() and (cert_dir / certs.ROOT_KEY).is_file()):
-            problem = ConfigError(f"the mesh's root CA is missing ({cert_dir / certs.ROOT_CERT})", hint=prep_hint())
+            # Mid-transition a new root from prep-mesh would be trusted by no cluster: only the one they hold will do.
+            hint = (prep_hint() if transition is None else
+                    "restore certs/ and certs-next/ from a copy of the workspace: the clusters trust both roots "
+                    "until the move to the new root completes")
+            problem = ConfigError(f"the mesh's root CA is missing ({cert_dir / certs.ROOT_CERT})", hint=hint)
             if not dry_run:
                 raise problem
             ws.notes.append(f"{problem.message}: {problem.hint}")

@@ -359,11 +359,18 @@ def finish_transition(workdir: Path, transition: Transition) -> Path:
 
 
 def resume_finish(workdir: Path) -> None:
-    """Completes a finish that was interrupted after the old root went to its backup."""
+    """Completes a finish that was interrupted after the old root went to its backup.
+
+    Only then: a certs/ missing for another reason (deleted by hand, say) must not make the new root
+    the mesh's while the clusters still need the old one; loading the transition then says so."""
     current, new = certs.certs_dir(workdir), next_dir(workdir)
     if not current.exists() and new.is_dir():
+        transition = load_transition(workdir)
+        if transition is None or transition.stage != LAST_STAGE or not backup_dir(workdir, transition.backup_name).is_dir():
+            return
         os.replace(new, current)
-    (current / TRANSITION_FILE).unlink(missing_ok=True)
+    if current.is_dir():
+        (current / TRANSITION_FILE).unlink(missing_ok=True)
 
 
 def parse_duration(text: str) -> dt.timedelta:

@@ -119,3 +119,22 @@ def test_a_transition_whose_roots_are_gone_is_a_message_not_a_crash(tmp_path):
     with pytest.raises(ConfigError) as caught:
         desired_cacerts(tmp_path, "c1", Transition(2, "old", "new", "2026-11-29T08:00:00Z"))
     assert "new root" in caught.value.message and "certs-next" in caught.value.message
+
+
+def test_only_a_finish_cut_short_makes_the_new_root_the_workspaces(tmp_path):
+    from lib.lifecycle import Transition, backup_dir, resume_finish, save_transition
+
+    (tmp_path / "certs-next").mkdir()
+    (tmp_path / "certs-next" / "root-cert.pem").write_text("new")
+    save_transition(tmp_path, Transition(1, "old", "new", "2026-11-29T08:00:00Z"))
+    resume_finish(tmp_path)  # certs/ deleted by hand at stage 1: the clusters still need the old root
+    assert not (tmp_path / "certs").exists() and (tmp_path / "certs-next" / "root-cert.pem").exists()
+    save_transition(tmp_path, Transition(3, "old", "new", "2026-11-29T08:00:00Z"))
+    resume_finish(tmp_path)  # stage 3, but the old root was not moved to its backup by a finish
+    assert not (tmp_path / "certs").exists()
+    backup = backup_dir(tmp_path, Transition(3, "old", "new", "2026-11-29T08:00:00Z").backup_name)
+    backup.mkdir(parents=True)
+    resume_finish(tmp_path)
+    assert (tmp_path / "certs" / "root-cert.pem").read_text() == "new" and not (tmp_path / "certs-next").exists()
+    assert not (tmp_path / "certs" / "transition.json").exists()
+    resume_finish(tmp_path / "not-there")  # nothing to do, and no error
