@@ -238,6 +238,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
                      if not (observed.get(c.context) or Observed()).reachable
                      or not cacerts_in_place(observed[c.context], c, workdir, None)]
         if not_ready and not dry_run:
+            log.close()
             raise MeshError(f"not every cluster runs on the workspace's root yet ({', '.join(not_ready)}): "
                             f"a new root is introduced only to a mesh that is in step",
                             hint=f"run `{invocation.command('apply')}` (and check `{invocation.command('status')}`) "
@@ -247,9 +248,9 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         reporter.info(f"stage {transition.stage} of {lifecycle.LAST_STAGE} ({lifecycle.STAGES[transition.stage]}) "
                       f"is in place in every cluster since {lifecycle.iso(since)}")
         reporter.notice(f"stage {transition.stage + 1} ({lifecycle.STAGES[transition.stage + 1]}) can start at "
-                      f"{lifecycle.iso(move.ready_at)} (in {lifecycle.describe_wait(move.ready_at - now)}), when "
-                      f"every workload has renewed its certificate: run `{again}` then "
-                      f"(with --min-wait 0 if every workload has been restarted since)")
+                        f"{lifecycle.iso(move.ready_at)} (in {lifecycle.describe_wait(move.ready_at - now)}), when "
+                        f"every workload has renewed its certificate: run `{again}` then "
+                        f"(with --min-wait 0 if every workload has been restarted since)")
         if log:
             log.close()
         return 0
