@@ -40,6 +40,11 @@ def test_a_deleted_namespace_is_terminating_and_refuses_new_content(slow):
                                       'content in namespace work because it is being terminated')
     # What is already there can still be read and changed until the controller removes it.
     slow.kubectl("c1", "label", "configmap", "hold", "-n", "work", "still=here")
+    again = slow.kubectl("c1", "delete", "namespace", "work", "--ignore-not-found", check=False)
+    assert again.returncode == 1, "a second delete is refused, --ignore-not-found or not"
+    assert again.stderr.strip() == ('Error from server (Conflict): Operation cannot be fulfilled on namespaces "work": '
+                                    'The system is ensuring all content is removed from this namespace.  Upon '
+                                    'completion, this namespace will automatically be purged by the system.')
 
     _release(slow, "work")
     slow.kubectl("c1", "wait", "--for=delete", "namespace/work", "--timeout=20s")

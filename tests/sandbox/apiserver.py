@@ -1624,6 +1624,12 @@ class Cluster:
             if rt.plural == "namespaces" and not rt.group and name in IMMORTAL_NAMESPACES:
                 raise ApiError(403, f'namespaces "{name}" is forbidden: this namespace may not be deleted',
                                "Forbidden", {"name": name, "kind": "namespaces"})
+            if _is_namespace(rt) and obj["metadata"].get("deletionTimestamp"):
+                # kube-apiserver's namespace storage: a second delete while the namespace controller
+                # still holds its "kubernetes" finalizer is refused, not repeated.
+                raise ApiError(409, f'Operation cannot be fulfilled on namespaces "{name}": The system is ensuring '
+                                    f'all content is removed from this namespace.  Upon completion, this namespace '
+                                    f'will automatically be purged by the system.', "Conflict", _details(rt, name))
             dry = query.get("dryRun") == "All" or (options or {}).get("dryRun") == ["All"]
             if dry:
                 return self._present(rt, obj)
