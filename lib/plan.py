@@ -409,7 +409,12 @@ def uninstall_steps(tools: Tools, cluster: Cluster, secrets: list[str], seen: Ob
         cluster, "delete", "secret", "-n", ISTIO_NAMESPACE, "--ignore-not-found", "cacerts", *secrets)],
         change=f"- secret cacerts" + (f" and {len(secrets)} remote secret{'s' * (len(secrets) != 1)}"
                                         if secrets else "")))
-    if how.purge or not how.usage.in_namespace(ISTIO_NAMESPACE):
+    if seen.namespace_terminating:
+        # An earlier delete is under way (kube-apiserver refuses a second one with 409 Conflict).
+        step = await_namespace_deleted_step(tools, cluster)
+        step.done, step.change = "removed", f"- namespace {ISTIO_NAMESPACE} (already being deleted: waited for)"
+        steps.append(step)
+    elif how.purge or not how.usage.in_namespace(ISTIO_NAMESPACE):
         steps.append(Step(f"delete namespace {ISTIO_NAMESPACE}", commands=[tools.kubectl_cmd(
             cluster, "delete", "namespace", ISTIO_NAMESPACE, "--ignore-not-found")], done="removed",
             change=f"- namespace {ISTIO_NAMESPACE}"))
