@@ -89,6 +89,25 @@ def test_a_new_deployment_becomes_ready_after_a_while(slow):
     # An update rolls out with the old replicas still serving: it stays ready.
     slow.kubectl("c1", "set", "image", "deployment/web", "nginx=nginx:2")
     assert slow.get_json("c1", "deployment", "web")["status"]["readyReplicas"] == 2
+    # An image that cannot be pulled leaves the rollout stuck, with the old pods still serving.
+    slow.kubectl("c1", "set", "image", "deployment/web", "nginx=registry.invalid/nginx:3")
+    time.sleep(DELAY * 1.5)
+    status = slow.get_json("c1", "deployment", "web")["status"]
+    assert status["readyReplicas"] == 2 and {c["type"]: c["status"] for c in status["conditions"]}["Available"] == "True"
+    images = slow.kubectl("c1", "get", "pods", "-l", "app=web", "-o",
+                          "jsonpath={range .items[*]}{.spec.containers[0].image} {.status.phase}{'\\n'}{end}").stdout
+    assert sorted(images.split("\n")[:-1]) == ["nginx:2 Running", "nginx:2 Running",
+                                                "registry.invalid/nginx:3 Pending", "registry.invalid/nginx:3 Pending"]
+
+
+def test_a_deployment_whose_pods_cannot_pull_their_image_never_becomes_available(slow):
+    slow.kubectl("c1", "create", "deployment", "broken", "--image=registry.invalid/app:1")
+    wait = slow.kubectl("c1", "wait", "deployment/broken", "--for=condition=Available", "--timeout=5s", check=False)
+    assert wait.returncode == 1 and "timed out waiting for the condition" in wait.stderr
+    status = slow.get_json("c1", "deployment", "broken")["status"]
+    assert "readyReplicas" not in status and status["unavailableReplicas"] == 1
+    pod = slow.get_json("c1", "pods", "-l", "app=broken")["items"][0]
+    assert pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ImagePullBackOff"
 
 
 def test_a_loadbalancer_address_arrives_after_a_while(slow):
