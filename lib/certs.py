@@ -62,13 +62,24 @@ def cacerts_files(directory: Path, cluster_name: str) -> dict[str, Path]:
     return {name: directory / cluster_name / name for name in CACERTS_FILES}
 
 
+# What the Makefile copies or concatenates last (cert-chain.pem: ca-cert.pem + root-cert.pem, then a
+# copy of root-cert.pem): cheap to make again.
+_DERIVED = ("cert-chain.pem", "root-cert.pem")
+
+
 def discard_incomplete(directory: Path, cluster_name: str) -> None:
-    """Remove empty outputs of a failed make, which make would otherwise take as already made."""
+    """Remove what an interrupted or failed make leaves that make would take as already made: empty or
+    cut-off PEM files, and, while the cluster's set is incomplete, the files its last recipe makes (the
+    Makefile keeps cert-chain.pem when interrupted, so a missing copy of root-cert.pem would never come)."""
     folder = directory / cluster_name
-    if folder.is_dir():
-        for path in folder.iterdir():
-            if path.is_file() and path.stat().st_size == 0:
-                path.unlink()
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if path.is_file() and path.suffix in (".pem", ".csr") and b"-----END " not in path.read_bytes():
+            path.unlink()
+    if not has_cacerts(directory, cluster_name):
+        for name in _DERIVED:
+            (folder / name).unlink(missing_ok=True)
 
 
 def has_cacerts(directory: Path, cluster_name: str) -> bool:

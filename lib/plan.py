@@ -95,6 +95,7 @@ def _intermediate_step(release: Release | None, cert_dir: Path, cluster: Cluster
     make_rest = certs.cacerts_command(release, cert_dir, cluster.name, variables)
 
     def action(ctx: RunContext) -> None:
+        certs.discard_incomplete(cert_dir, cluster.name)  # what an interrupted run left half made
         try:
             if not (cert_dir / cluster.name / "ca-key.pem").is_file():
                 ctx.run(make_key)
