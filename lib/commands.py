@@ -206,7 +206,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
 
     in_topology = {c.context for c in topology.clusters}
     # With --context, clusters removed from topology.yaml wait for an apply of the whole mesh.
-    removed = [Removal(ctx, entry.get("cluster_name", ctx), entry.get("kubeconfig"), False)
+    removed = [Removal(ctx, entry.get("cluster_name", ctx), entry.get("kubeconfig"), False, entry.get("primary"))
                for ctx, entry in ws.state.clusters.items() if ctx not in in_topology and only is None]
     removed_clusters = [Cluster(context=r.context, network="", name=r.cluster_name, kubeconfig=r.kubeconfig)
                         for r in removed]
@@ -227,18 +227,22 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
             older = seen and seen.gateway_api and older_than_needed(seen.gateway_api, expected_version(istio_version))
             if older:
                 reporter.warn(f"{cluster.context}: {older}")
-    desired = desired_state(topology, ws.base)
+    # Remotes are pointed at their primary's east-west gateway: at the address it has now, when it has one.
+    addresses = {ctx: seen.eastwest_address for ctx, seen in observed.items() if seen.eastwest_address}
+    desired = desired_state(topology, ws.base, addresses)
     # Clusters leaving the mesh are uninstalled; Istio's CRDs there stay if others use Istio.
     leaving = [c for c in removed_clusters if (seen := observed.get(c.context)) and seen.reachable]
     ours = our_operators(ws.base)
     usage = read_istio_usage(leaving, tools, runner, read_reporter, parallel, ours) if leaving else {}
     uninstall = {ctx: Uninstall(workdir, ours, found) for ctx, found in usage.items() if isinstance(found, IstioUsage)}
-    # An unreachable cluster sits this run out (and is reported); the others go ahead.
+    # An unreachable cluster sits this run out (and is reported), and so do the remotes of an unreachable
+    # primary; the others go ahead.
     unreadable = {c.context for c in topology.clusters if c.context in observed and not observed[c.context].reachable}
     unreachable = {c.context: observed[c.context] for c in chosen if c.context in unreadable}
+    orphaned = {c.context: c.primary for c in chosen if c.primary in unreadable and c.context not in unreadable}
     plan = build_apply_plan(topology=topology, desired=desired,
                             observed={c.context: observed.get(c.context) for c in topology.clusters},
-                            skip=set() if dry_run else unreadable,
+                            skip=set() if dry_run else unreadable | set(orphaned),
                             only=only,
                             removed=removed, removed_observed=observed, workdir=workdir, tools=tools,
                             release=release, intermediate_vars=intermediate_vars, gateway_timeout=gateway_timeout,
@@ -266,10 +270,15 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     executor = Executor(runner, reporter, parallel)
     for context, seen in unreachable.items():
         _sit_out(executor, tools, topology.by_context(context), seen, f"or remove the context from {topology.path}")
+    for context, primary in orphaned.items():
+        executor.fail_before_start(context, "wait for its primary", MeshError(
+            f"sits this run out: its primary {primary} could not be read",
+            hint=f"make {primary} reachable, then {RERUN_HINT}"))
     outcome = executor.run_plan(plan.phases)
     reporter.stop_progress()
 
-    _record_state(ws, plan, desired, outcome, chosen)
+    # A remote's state as installed: with the address its primary's gateway got during the run.
+    _record_state(ws, plan, {**desired, **executor.shared.get("desired", {})}, outcome, chosen)
     for cluster in chosen:
         if cluster.context not in outcome.failures:
             reporter.finish_cluster(cluster.context, True)
@@ -364,7 +373,8 @@ def _describe_deletions(plan: ApplyPlan, reporter: Reporter) -> None:
         what = "uninstall Istio and delete istio-system" if gone.reachable else "unreachable: only its secrets are removed"
         reporter.info(f"cluster {gone.cluster_name} (context {gone.context}) left topology.yaml: {what}")
     for context, names in plan.prunes.items():
-        reporter.info(f"{context}: delete remote secrets of clusters no longer in the mesh: {', '.join(names)}")
+        reporter.info(f"{context}: delete remote secrets it no longer needs (of clusters no longer in the mesh, "
+                      f"or held by a remote): {', '.join(names)}")
     for context, what in plan.replacements.items():
         for line in what:
             reporter.info(f"{context}: base.yaml's profile changed the data-plane mode: {line}")
@@ -396,7 +406,8 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
     for context, entry in state.clusters.items():
         if context not in known:
             clusters.append(Cluster(context=context, network=entry.get("network", ""),
-                                    name=entry.get("cluster_name", context), kubeconfig=entry.get("kubeconfig")))
+                                    name=entry.get("cluster_name", context), kubeconfig=entry.get("kubeconfig"),
+                                    primary=entry.get("primary")))
     tools = find_tools(istio_dir, runner, False, [], timeout)
     ours = _our_operators(workdir)
 

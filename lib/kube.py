@@ -168,7 +168,7 @@ def parse_inspect(output: str) -> Observed:
                 seen.eastwest_address = service_address(item)
                 made_by_istiod = MANAGED_GATEWAY_LABEL in (meta.get("labels") or {})
                 seen.eastwest_made_by = "gateway" if made_by_istiod else "operator"
-            elif name == "istiod":
+            elif name == "istiod" or name.startswith("istiod-"):  # istiod-<revision> with a revision
                 seen.istiod_service = True
         elif kind == "Deployment" and meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE:
             seen.deployments[name] = item

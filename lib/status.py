@@ -14,7 +14,7 @@ import shlex
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -27,7 +27,9 @@ from .fsutil import read_if_present
 from .errors import MeshError
 from .invocation import prep_hint
 from .kube import GATEWAY_RESOURCE, Observed, Tools, token_fingerprint
-from .overlay import EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL, control_plane_revision
+from .mesh import Mesh, mesh_model
+from .overlay import (CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL, control_plane_revision,
+                      injection_path)
 from .redact import redact
 from .reporter import Reporter
 
@@ -201,6 +203,8 @@ class ClusterStatus:
     remote_secrets: dict[str, str] = field(default_factory=dict)  # source cluster name -> state
     stale_secrets: list[str] = field(default_factory=list)  # secret names
     remote_clusters: dict[str, str] | None = None  # istiod's view: peer -> synced/syncing/timeout/closed
+    primary: str | None = None  # a remote: the context of the primary whose istiod configures it
+    injection_path: str | None = None  # a remote: the path its sidecar injector webhook calls
     drift: bool | None = None
     problems: list[Problem] = field(default_factory=list)
 
@@ -214,6 +218,8 @@ class ClusterStatus:
             "context": self.cluster.context,
             "cluster_name": self.cluster.name,
             "network": self.cluster.network,
+            "role": "remote" if self.primary else "primary",
+            "primary": self.primary,
             "reachable": self.reachable,
             "error": redact(_short_error(self.error)) if self.error else None,
             "istio": {"installed": self.istio_installed, "version": self.istio_version, "ready": self.istio_ready},
@@ -328,6 +334,12 @@ class Workspace:
     istiod_deployment: str = "istiod"
     revision: str | None = None  # base.yaml's spec.revision, when not the default
     data_plane: str = SIDECAR  # ambient: the east-west gateway is a Gateway API Gateway
+    # The fingerprints once the clusters are read (a remote's install names its primary's gateway address).
+    fingerprints_for: Callable[[Mapping[str, str]], dict[str, str]] | None = None
+
+    @property
+    def mesh(self) -> Mesh:
+        return mesh_model(self.topology)
 
 
 def _load_cert(pem: bytes | None) -> x509.Certificate | None:
@@ -348,7 +360,8 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 
 def evaluate(ws: Workspace, observed: dict[str, Observed], istiod: dict[str, Istiod],
-             now: dt.datetime | None = None, views: dict[str, IstiodView] | None = None) -> MeshStatus:
+             now: dt.datetime | None = None, views: dict[str, IstiodView] | None = None,
+             injection: dict[str, str | None] | None = None) -> MeshStatus:
     """What the clusters show against what the workspace says. Runs nothing."""
     now = now or dt.datetime.now(dt.timezone.utc)
     topology = ws.topology
@@ -377,7 +390,31 @@ def evaluate(ws: Workspace, observed: dict[str, Observed], istiod: dict[str, Ist
     reachable = {c.name for c in topology.clusters if (observed.get(c.context) or Observed()).reachable}
     for status in result:
         _judge_istiod_view(status, (views or {}).get(status.cluster.context), topology, hints, reachable)
+    _judge_remotes(ws.mesh, result, injection or {}, hints)
     return MeshStatus(topology.mesh_id, root_fp, result, mesh_problems)
+
+
+def _judge_remotes(mesh: Mesh, result: list[ClusterStatus], injection: dict[str, str | None], hints: Hints) -> None:
+    """A remote: istio-system names its primary, its injector calls its own path, its primary holds its secret."""
+    by_context = {s.cluster.context: s for s in result}
+    for member in mesh.members:
+        status = by_context[member.context]
+        if not member.is_remote or not status.reachable:
+            continue
+        primary = mesh.control_plane_of(member)
+        status.primary = primary.context
+        add = status.problems.append
+        want = injection_path(member.cluster)
+        status.injection_path = injection.get(member.context)
+        if status.injection_path != want and status.istio_installed:
+            add(Problem("injection_path_wrong", f"the sidecar injector calls {status.injection_path or 'no path'}, "
+                                                f"not {want}: new pods would get another cluster's or network's "
+                                                f"identity", hints.apply))
+        held = by_context[primary.context].remote_secrets.get(member.name)
+        if by_context[primary.context].reachable and held != PRESENT:
+            add(Problem("primary_lacks_secret", f"its primary {primary.context} does not hold a current remote "
+                                                f"secret of {member.name} ({held}): {primary.context}'s istiod "
+                                                f"cannot configure this cluster", hints.apply))
 
 
 # What istiod reports for a peer -> (problem code, hint).
@@ -426,7 +463,8 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Workspace, hint
            root: x509.Certificate | None, root_fp: str | None, names: set[str], now: dt.datetime,
            current: dict[str, str | None]) -> ClusterStatus:
     topology = ws.topology
-    status = ClusterStatus(cluster, reachable=seen.reachable, gateway_required=topology.multi_network,
+    member = ws.mesh.member(cluster.context)
+    status = ClusterStatus(cluster, reachable=seen.reachable, gateway_required=member.eastwest,
                            ambient=ws.data_plane == AMBIENT)
     add = status.problems.append
     if not seen.reachable:
@@ -457,7 +495,21 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Workspace, hint
                         f"topology.yaml says {cluster.network}",
                         f"{hints.apply} (relabels it), or set network: {seen.network_label} for {cluster.context} "
                         f"in {hints.topology_file} if that is the right network"))
-    if not istiod.read:
+    if member.is_remote:
+        # No istiod of its own: the remote profile installs a Service leading to the primary's istiod.
+        status.istio_installed = seen.istiod_service
+        status.istio_version = "remote" if seen.istiod_service else None
+        status.istio_ready = None
+        control_plane = ws.mesh.control_plane_of(member).name
+        if set_up and not seen.istiod_service:
+            add(Problem("istio_missing", f"Istio's remote install is missing (no istiod Service leading to "
+                                         f"{control_plane}'s istiod)", hints.apply))
+        if set_up and seen.annotations.get(CONTROL_PLANE_CLUSTERS) != control_plane:
+            add(Problem("control_plane_annotation_wrong",
+                        f"namespace {ISTIO_NAMESPACE} has {CONTROL_PLANE_CLUSTERS}="
+                        f"{seen.annotations.get(CONTROL_PLANE_CLUSTERS) or '(none)'}, want {control_plane}: "
+                        f"{control_plane}'s istiod does not configure this cluster", hints.apply))
+    elif not istiod.read:
         add(Problem("istio_unreadable", f"cannot read the istiod Deployment: {istiod.error or 'no answer'}",
                     f"check with `{hints.kubectl(cluster, 'get', 'deployment', '-n', ISTIO_NAMESPACE)}`"))
     elif not istiod.installed and set_up:
@@ -488,9 +540,18 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Workspace, hint
                             f"check its LoadBalancer with `{hints.kubectl(cluster, 'get', 'service', EASTWEST_NAME, '-n', ISTIO_NAMESPACE)}`"
                             f"; clusters without a load balancer need one (e.g. MetalLB) or spec.externalIPs"))
 
-    # remote secrets, from every peer
+    # remote secrets: a primary holds every other cluster's, a remote none
+    holds = set(member.holds_secrets_of)
     for peer in topology.clusters:
         if peer is cluster:
+            continue
+        if peer.context not in holds:
+            if peer.name in seen.remote_secrets:
+                status.remote_secrets[peer.name] = STALE
+                status.stale_secrets.append(seen.remote_secrets[peer.name].name)
+                add(Problem("remote_secret_unneeded", f"a remote holds no remote secret, and this one holds "
+                                                      f"{seen.remote_secrets[peer.name].name}",
+                            f"{hints.apply} (prunes it)", severity=WARNING))
             continue
         info = seen.remote_secrets.get(peer.name)
         if info is None:
@@ -525,7 +586,7 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Workspace, hint
     if set_up:
         want = ws.fingerprints.get(cluster.context)
         status.drift = seen.applied != want
-        if status.drift and istiod.installed:
+        if status.drift and status.istio_installed:
             if seen.applied is None:
                 message = (f"{ISTIO_NAMESPACE} carries no record of what setup-mesh installed "
                            f"(installed by hand, or apply did not finish)")
@@ -641,7 +702,46 @@ def collect(ws: Workspace, tools: Tools, runner, reporter: Reporter, parallel: i
               else Istiod(read=False, error=seen.error) for ctx, seen in observed.items()}
     asked = [c for c in ws.topology.clusters if istiod.get(c.context) and istiod[c.context].installed]
     views = read_istiod_views(asked, ws.revision, tools, runner, silent, parallel)
-    return evaluate(ws, observed, istiod, views=views)
+    if ws.fingerprints_for:
+        addresses = {ctx: seen.eastwest_address for ctx, seen in observed.items() if seen.eastwest_address}
+        ws = replace(ws, fingerprints=ws.fingerprints_for(addresses))
+    remotes = [c for c in ws.topology.clusters if c.primary and observed.get(c.context)
+               and observed[c.context].reachable]
+    injection = read_injection_paths(remotes, ws.revision, tools, runner, silent, parallel)
+    return evaluate(ws, observed, istiod, views=views, injection=injection)
+
+
+def read_injection_paths(clusters: list[Cluster], revision: str | None, tools: Tools, runner, reporter: Reporter,
+                         parallel: int) -> dict[str, str | None]:
+    """The path each remote's sidecar injector webhook calls (None: no webhook, or it calls a URL)."""
+    from .executor import Executor, Phase, RunContext, Step
+
+    name = f"istio-sidecar-injector-{revision}" if revision else "istio-sidecar-injector"
+
+    def step_for(cluster: Cluster) -> Step:
+        command = replace(tools.kubectl_cmd(cluster, "get", "mutatingwebhookconfiguration", name, "-o", "json",
+                                            "--ignore-not-found", timeout=READ_TIMEOUT), check=False)
+
+        def action(ctx: RunContext) -> None:
+            try:
+                result = ctx.run(command)
+                hooks = json.loads(result.stdout or "{}").get("webhooks") or [] if result.ok else []
+            except (MeshError, ValueError):
+                hooks = []
+            paths = {((h.get("clientConfig") or {}).get("service") or {}).get("path") for h in hooks}
+            with ctx.lock:
+                ctx.shared.setdefault("paths", {})[cluster.context] = paths.pop() if len(paths) == 1 else None
+
+        return Step("read the sidecar injector", commands=[command], action=action)
+
+    phase = Phase("read the sidecar injector")
+    for cluster in clusters:
+        phase.add(cluster.context, step_for(cluster))
+    executor = Executor(runner, reporter, parallel)
+    executor.run_phase(phase)
+    if executor.outcome.interrupted:
+        raise KeyboardInterrupt
+    return executor.shared.get("paths", {})
 
 
 def read_istiod_views(clusters: list[Cluster], revision: str | None, tools: Tools, runner, reporter: Reporter,
@@ -676,6 +776,8 @@ def status_workspace(workdir: Path, loaded) -> Workspace:
         workdir=workdir,
         topology=loaded.topology,
         fingerprints={ctx: d.fingerprint for ctx, d in desired.items()},
+        fingerprints_for=lambda addresses: {ctx: d.fingerprint for ctx, d in
+                                            desired_state(loaded.topology, loaded.base, addresses).items()},
         root_pem=read_if_present(cert_dir / certs.ROOT_CERT),
         local_ca={c.name: read_if_present(cert_dir / c.name / "ca-cert.pem") for c in loaded.topology.clusters},
         istiod_deployment=istiod_name(loaded.base),

@@ -263,3 +263,46 @@ def test_a_network_change_replaces_the_gateway_deployment_whose_selector_names_i
     assert steps[(SETUP, "c3")][:3] == ["install Istio", "remove the east-west gateway's Deployment (it selects network old-network)",
                                         "install east-west gateway"]
     assert not any("remove the east-west" in title for title in steps[(SETUP, "c1")]), "same network: updated in place"
+
+
+def _remote_plan(tmp_path, observed=None):
+    clusters = (Cluster("c1", "n1", "c1", server="https://c1:6443"),
+                Cluster("c2", "n1", "c2", server="https://c2:6443", primary="c1"))
+    topology = Topology("m", clusters, tmp_path / "topology.yaml")
+    base = {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {}}
+    addresses = {ctx: o.eastwest_address for ctx, o in (observed or {}).items() if o.eastwest_address}
+    desired = desired_state(topology, base, addresses)
+    for c in clusters:
+        d = tmp_path / "certs" / c.name
+        d.mkdir(parents=True, exist_ok=True)
+        for name in ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"):
+            (d / name).write_text(f"{c.name}-{name}")
+    return build_apply_plan(topology=topology, desired=desired, observed=observed or {}, removed=[],
+                            removed_observed={}, workdir=tmp_path, tools=Tools(), release=None,
+                            intermediate_vars={}, gateway_timeout=5)
+
+
+def test_a_remote_is_installed_after_its_primary_has_exposed_istiod_and_has_an_address(tmp_path):
+    plan = _remote_plan(tmp_path)
+    steps = _steps(plan)
+    assert steps[(SETUP, "c1")] == ["namespace istio-system (network n1) and secret cacerts", "install Istio",
+                                    "install east-west gateway",
+                                    "expose istiod (Gateway istiod-gateway, VirtualService istiod-vs)",
+                                    "wait for the east-west gateway's address", "record what was applied"]
+    assert steps[(SETUP, "c2")] == ["namespace istio-system (network n1) and secret cacerts", "install Istio",
+                                    "record what was applied", "create its remote secret"]
+    assert len(steps[(IMPORT, "c1")]) == 1 and "c2" in steps[(IMPORT, "c1")][0]
+    assert (IMPORT, "c2") not in steps, "a remote holds no remote secret"
+    install, = [s for s in plan.phases[0].steps["c2"] if s.title == "install Istio"]
+    assert [(a.cluster, a.key, a.required) for a in install.after] == \
+        [("c1", "wait for the east-west gateway's address", True)]
+    # The dry run shows where the address goes; the run writes the overlay once it is known.
+    assert "remotePilotAddress: <address of c1's east-west gateway>" in install.files[0][1]
+    assert install.prepare is not None
+
+
+def test_a_remote_whose_primary_has_an_address_is_installed_without_waiting(tmp_path):
+    observed = {"c1": Observed(reachable=True, eastwest_exists=True, eastwest_address="203.0.113.1")}
+    plan = _remote_plan(tmp_path, observed)
+    install, = [s for s in plan.phases[0].steps["c2"] if s.title == "install Istio"]
+    assert "remotePilotAddress: 203.0.113.1" in install.files[0][1] and install.prepare is None

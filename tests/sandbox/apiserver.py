@@ -339,6 +339,7 @@ def _builtin_types() -> list[ResType]:
           status_split=True),
         R("", "v1", "serviceaccounts", "ServiceAccount", True, short=("sa",), subresources=("token",)),
         R("", "v1", "endpoints", "Endpoints", True, short=("ep",)),
+        R("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True),
         R("", "v1", "pods", "Pod", True, short=("po",), subresources=("status",), categories=("all",),
           status_split=True),
         R("", "v1", "events", "Event", True, short=("ev",)),
@@ -371,7 +372,8 @@ def _builtin_types() -> list[ResType]:
 
 
 BUILTIN_GROUP_ORDER = ["", "apps", "apiextensions.k8s.io", "rbac.authorization.k8s.io",
-                       "admissionregistration.k8s.io", "policy", "autoscaling", "authorization.k8s.io"]
+                       "admissionregistration.k8s.io", "policy", "autoscaling", "discovery.k8s.io",
+                       "authorization.k8s.io"]
 
 
 # ---------------------------------------------------------------------------------------------- selectors
