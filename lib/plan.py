@@ -74,6 +74,8 @@ class ApplyPlan:
 def _cacerts_step(tools: Tools, cluster: Cluster, cert_dir: Path, namespace: dict | None = None) -> Step:
     """istio-system as ``namespace`` says (default: labelled with the cluster's network) and secret cacerts."""
     namespace = namespace or namespace_manifest(cluster)
+    annotations = namespace["metadata"].get("annotations") or {}
+    annotated = "".join(f", annotated {k}={v}" for k, v in annotations.items())
 
     def action(ctx: RunContext) -> None:
         files = {name: path.read_bytes() for name, path in certs.cacerts_files(cert_dir, cluster.name).items()}
@@ -82,8 +84,8 @@ def _cacerts_step(tools: Tools, cluster: Cluster, cert_dir: Path, namespace: dic
 
     return Step(f"namespace {ISTIO_NAMESPACE} (network {cluster.network}) and secret cacerts",
                 commands=[tools.apply(cluster, None, shown=False)], action=action,
-                note=f"stdin: Namespace {ISTIO_NAMESPACE} labelled {cluster.network} and Secret cacerts made from "
-                     f"{cert_dir / cluster.name}/*.pem (holds the CA key: not shown)")
+                note=f"stdin: Namespace {ISTIO_NAMESPACE} labelled {cluster.network}{annotated} and Secret cacerts "
+                     f"made from {cert_dir / cluster.name}/*.pem (holds the CA key: not shown)")
 
 
 # The certs Makefile signs every intermediate with the root's serial file (root-cert.srl), which
