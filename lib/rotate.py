@@ -14,6 +14,7 @@ from .errors import ConfigError, MeshError
 from .executor import Executor, Interrupted, Phase, RunContext, Step
 from .kube import Observed, Tools
 from .overlay import ISTIO_NAMESPACE
+from .desired import desired_state
 from .plan import ApplyPlan, _cacerts_step, _intermediate_step
 from .reporter import Reporter
 from .runner import ShRunner
@@ -99,6 +100,7 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
 
     backup = lifecycle.backup_dir(workdir, rotation.backup_name)
     deployment = istiod_name(ws.base)
+    namespaces = {ctx: d.namespace_manifest() for ctx, d in desired_state(ws.topology, ws.base).items()}
     phase = Phase("re-issue intermediate CAs and update cacerts")
     for cluster in targets:
         if cluster.context in unreachable and not dry_run:
@@ -111,8 +113,10 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
             phase.add(cluster.context, _intermediate_step(release, cert_dir, cluster, variables))
         local_ca = read_if_present(cert_dir / cluster.name / "ca-cert.pem")
         if reissue or local_ca is None or (seen.cacerts or {}).get("ca-cert.pem") != local_ca:
-            phase.add(cluster.context, _cacerts_step(tools, cluster, cert_dir))
-        phase.add(cluster.context, confirm_step(tools, cluster, deployment))
+            # istio-system exactly as apply makes it: server-side apply would drop a remote's annotation.
+            phase.add(cluster.context, _cacerts_step(tools, cluster, cert_dir, namespaces[cluster.context]))
+        if not cluster.primary:  # a remote runs no istiod to confirm
+            phase.add(cluster.context, confirm_step(tools, cluster, deployment))
 
     if dry_run:
         print_plan(ApplyPlan([phase]), topology, observed if ws.contexts_resolved else None, ws.notes, reporter,
