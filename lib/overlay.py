@@ -210,7 +210,7 @@ def expose_istiod(revision: str | None) -> list[dict[str, Any]]:
     servers = [{"port": {"name": name, "number": port, "protocol": "tls"}, "tls": {"mode": "PASSTHROUGH"}, "hosts": ["*"]}
                for name, port in (("tls-istiod", 15012), ("tls-istiodwebhook", 15017))]
     gateway = {"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
-               "metadata": {"name": ISTIOD_GATEWAY, "namespace": ISTIO_NAMESPACE},
+               "metadata": {"name": ISTIOD_GATEWAY, "namespace": ISTIO_NAMESPACE, "labels": {MANAGED_BY_LABEL: FIELD_MANAGER}},
                "spec": {"selector": {"istio": "eastwestgateway"}, "servers": servers}}
     service = f"istiod-{revision}" if revision else "istiod"
     host = f"{service}.{ISTIO_NAMESPACE}.svc.cluster.local"
@@ -219,7 +219,7 @@ def expose_istiod(revision: str | None) -> list[dict[str, Any]]:
               for port, target in ((15012, 15012), (15017, 443))]
     virtual_service = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
                        "metadata": {"name": f"istiod-vs-{revision}" if revision else "istiod-vs",
-                                    "namespace": ISTIO_NAMESPACE},
+                                    "namespace": ISTIO_NAMESPACE, "labels": {MANAGED_BY_LABEL: FIELD_MANAGER}},
                        "spec": {"hosts": ["*"], "gateways": [ISTIOD_GATEWAY], "tls": routes}}
     return [gateway, virtual_service]
 

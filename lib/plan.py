@@ -22,7 +22,7 @@ from .gatewayapi import CrdSource
 from .kube import (COMPONENT_LABEL, GATEWAY_RESOURCE, MANAGED_GATEWAY_LABEL, OWNER_LABEL, OWNER_NAMESPACE_LABEL, IstioUsage,
                    Observed, Tools, parse_remote_secret, service_address, token_fingerprint)
 from .overlay import (APPLIED_ANNOTATION, CONTROL_PLANE_CLUSTERS, CROSS_NETWORK_GATEWAY, EASTWEST_IOP, EASTWEST_NAME,
-                      FIELD_MANAGER, ISTIO_NAMESPACE, NETWORK_LABEL, cacerts_manifest, control_plane_revision,
+                      FIELD_MANAGER, ISTIO_NAMESPACE, MANAGED_BY_LABEL, NETWORK_LABEL, cacerts_manifest, control_plane_revision,
                       expose_istiod, manifest_list, namespace_manifest, sequential_waits)
 from .release import Release
 from .runner import Command
@@ -456,6 +456,10 @@ def uninstall_steps(tools: Tools, cluster: Cluster, secrets: list[str], seen: Ob
             commands.append(tools.istioctl_cmd(cluster, "uninstall", "-y", "-r", revision))
         commands.append(tools.kubectl_cmd(cluster, "delete", "gateways.networking.istio.io", CROSS_NETWORK_GATEWAY,
                                           "-n", ISTIO_NAMESPACE, "--ignore-not-found"))
+        # What exposes istiod to remotes carries setup-mesh's label (Istio's CRDs, and so the kinds, stay).
+        commands.append(tools.kubectl_cmd(cluster, "delete", "gateways.networking.istio.io,virtualservices.networking.istio.io",
+                                          "-n", ISTIO_NAMESPACE, "-l", f"{MANAGED_BY_LABEL}={FIELD_MANAGER}",
+                                          "--ignore-not-found"))
         if seen.eastwest_made_by == "gateway":
             # istiod made this one for the ambient Gateway; with istiod gone nothing would reconcile it.
             commands.extend(_ambient_gateway_removal(tools, cluster))
