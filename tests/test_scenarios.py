@@ -263,3 +263,87 @@ def test_re_apply_after_a_failed_run_repairs_only_what_failed(mesh):
     assert mesh_config["accessLogFile"] == "/dev/null"
     assert snapshot(mesh) == before
     assert len(exports(mesh)) == exported
+
+
+# --- a mesh with a remote: ctx-b is run by ctx-a's istiod; ctx-c is a primary on network2 ------------
+
+def _with_primaries(mesh, primaries: dict[str, str]) -> None:
+    """topology.yaml with these remotes (context -> its primary), and API servers peers can reach, so that
+    status can judge the remote secrets."""
+    _topology(mesh, NETS, extra={ctx: {"api_server": mesh.sandbox.api_server(ctx),
+                                       **({"primary": primaries[ctx]} if ctx in primaries else {})}
+                                 for ctx in CONTEXTS})
+
+
+@pytest.fixture
+def remote_mesh(sandbox_factory, tmp_path):
+    sandbox = sandbox_factory(CONTEXTS)
+    mesh = make_mesh(sandbox, tmp_path / "ws", NETS)
+    _with_primaries(mesh, {"ctx-b": "ctx-a"})
+    mesh.apply()
+    return mesh
+
+
+def _remote_of(mesh, ctx: str) -> tuple[str | None, str | None]:
+    """(the cluster named by the controlPlaneClusters annotation, the address its last install points at)."""
+    namespace = mesh.get(ctx, "namespace", "istio-system")["metadata"]
+    install = [c for c in mesh.control_plane_installs() if c["context"] == ctx][-1]["merged"]["spec"]
+    return ((namespace.get("annotations") or {}).get("topology.istio.io/controlPlaneClusters"),
+            install["values"].get("global", {}).get("remotePilotAddress"))
+
+
+def _istiod_exposed(mesh, ctx: str) -> bool:
+    return mesh.get(ctx, "gateways.networking.istio.io", "istiod-gateway", "-n", "istio-system", check=False) is not None
+
+
+def test_base_yaml_edit_with_a_remote_keeps_gateways_secrets_and_the_remote_link(remote_mesh):
+    mesh = remote_mesh
+    before, exported, installs = snapshot(mesh), len(exports(mesh)), len(mesh.control_plane_installs())
+    assert before["ctx-b"]["istiod"] is None and before["ctx-b"]["remote_secrets"] == {}
+    _edit_base(mesh, "accessLogFile: /dev/stdout", "accessLogFile: /dev/null")
+    mesh.apply()
+    assert installs_since(mesh, installs) == CONTEXTS
+    assert snapshot(mesh) == before, "gateways, istiod, cacerts and remote secrets survive a base.yaml edit"
+    assert len(exports(mesh)) == exported
+    assert _remote_of(mesh, "ctx-b") == ("alpha", before["ctx-a"]["eastwest"][1])
+    assert _istiod_exposed(mesh, "ctx-a") and not _istiod_exposed(mesh, "ctx-c")
+
+
+def test_a_remote_moved_to_another_primary_keeps_both_primaries_gateways(remote_mesh):
+    mesh = remote_mesh
+    before, exported = snapshot(mesh), len(exports(mesh))
+    _with_primaries(mesh, {"ctx-b": "ctx-c"})
+    plan = mesh.run("apply", "--dry-run")
+    assert "ctx-b (network1, remote of ctx-c): change" in plan.stdout, plan.stdout
+    mesh.apply()
+    after = snapshot(mesh)
+    assert _remote_of(mesh, "ctx-b") == ("gamma", before["ctx-c"]["eastwest"][1])
+    assert _istiod_exposed(mesh, "ctx-c") and not _istiod_exposed(mesh, "ctx-a")
+    # ctx-b's network has no primary of its own now: it gets an east-west gateway; nothing else moves.
+    assert after["ctx-b"]["eastwest"] is not None
+    assert {k: v for k, v in after["ctx-b"].items() if k != "eastwest"} == \
+        {k: v for k, v in before["ctx-b"].items() if k != "eastwest"}
+    assert {ctx: after[ctx] for ctx in ("ctx-a", "ctx-c")} == {ctx: before[ctx] for ctx in ("ctx-a", "ctx-c")}
+    assert len(exports(mesh)) == exported, "every primary already held the remote's secret"
+    mesh.apply()
+    assert snapshot(mesh) == after, "a re-run converges"
+    status = mesh.run("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+
+
+def test_a_remote_removed_takes_its_secrets_and_its_primarys_istiod_exposure(remote_mesh):
+    mesh = remote_mesh
+    before, exported = snapshot(mesh), len(exports(mesh))
+    mesh.write_topology({"ctx-a": "network1", "ctx-c": "network2"},
+                        extra={ctx: {"cluster_name": NAMES[ctx], "api_server": mesh.sandbox.api_server(ctx)}
+                               for ctx in ("ctx-a", "ctx-c")})
+    mesh.apply()
+    after = snapshot(mesh, ["ctx-a", "ctx-c"])
+    assert mesh.get("ctx-b", "namespace", "istio-system", check=False) is None
+    assert not _istiod_exposed(mesh, "ctx-a")
+    for ctx in ("ctx-a", "ctx-c"):
+        assert "beta" not in after[ctx]["remote_secrets"]
+        assert {k: v for k, v in after[ctx].items() if k != "remote_secrets"} == \
+            {k: v for k, v in before[ctx].items() if k != "remote_secrets"}
+        assert after[ctx]["remote_secrets"] == {n: d for n, d in before[ctx]["remote_secrets"].items() if n != "beta"}
+    assert len(exports(mesh)) == exported
