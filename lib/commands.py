@@ -1,37 +1,36 @@
 """What each CLI command does, from validated inputs to the summary. setup_mesh.py only wires options here."""
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import typer
 
 from . import certs, invocation
-from .config import (AMBIENT, BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, check_data_plane, data_plane_mode, load_base,
-                     load_topology, resolve_contexts, select_clusters)
+from .config import (AMBIENT, BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, data_plane_mode, load_base, load_topology,
+                     resolve_contexts, select_clusters)
 from .errors import Cancelled, ConfigError, MeshError
-from .executor import RERUN_HINT, Executor, Outcome, Phase, RunContext, Step, read_clusters
+from .executor import RERUN_HINT, Executor, Outcome
 from .invocation import prep_hint
-from .gatewayapi import CrdSource, choose_source, expected_version, older_than_needed, parse_crd_annotations
-from .kube import IstioUsage, Observed, Tools, is_missing_category, parse_inspect, parse_istio_usage
-from .overlay import ISTIO_NAMESPACE, made_by_setup_mesh, our_operators
-from .plan import RECORD_TITLE, ApplyPlan, Removal, Uninstall, build_apply_plan, desired_state, teardown_plan
+from .gatewayapi import CrdSource, choose_source, expected_version, older_than_needed
+from .kube import IstioUsage, Observed, Tools
+from .overlay import ISTIO_NAMESPACE, our_operators
+from .desired import desired_state
+from .plan import RECORD_TITLE, ApplyPlan, Removal, Uninstall, build_apply_plan, teardown_plan
 from .planview import print_plan
 from .prep import parse_context_options, prep_mesh as _prep_mesh, report as _report_prep
-from .release import Release, find_istioctl, find_release
+from .release import Release, find_release
 from .reporter import Reporter
 from .runlog import RunLog
 from .runner import ShRunner
 from .state import State
+from .workspace import Workspace, find_tools, inspect_clusters, load_workspace, read_istio_usage
 
 DEFAULT_PARALLEL = 8
 DEFAULT_TIMEOUT = 600.0
-INSPECT_TIMEOUT = 30.0
 
 
 def run_guarded(debug: bool, quiet: bool, verbose: bool, body: Callable[[ShRunner, Reporter], int | None]) -> None:
@@ -68,88 +67,6 @@ def prep_mesh(workdir: Path, *, contexts: list[str], reporter: Reporter, **kwarg
 
 
 # --- shared set-up -----------------------------------------------------------------------------
-
-@dataclass
-class Workspace:
-    workdir: Path
-    topology: Topology
-    base: dict
-    state: State
-    notes: list[str]
-    contexts_resolved: bool = True
-
-
-def load_workspace(workdir: Path, kubeconfig: str | None, lenient: bool) -> Workspace:
-    """Validate the inputs. ``lenient`` (dry-run) turns facts about this machine into notes."""
-    if not workdir.is_dir():
-        raise ConfigError(f"workdir {workdir} does not exist", hint=prep_hint())
-    topology = load_topology(workdir / TOPOLOGY_FILE)
-    loaded_base = load_base(workdir / BASE_FILE)
-    check_data_plane(topology, loaded_base)
-    base = loaded_base.operator
-    notes: list[str] = []
-    resolved = True
-    try:
-        topology = resolve_contexts(topology, kubeconfig)
-    except ConfigError as exc:
-        if not lenient:
-            raise
-        resolved = False
-        notes.append(f"{exc.message} (current state cannot be read)")
-    return Workspace(workdir, topology, base, State.load(workdir), notes, resolved)
-
-
-def find_tools(istio_dir: str | None, runner: ShRunner, lenient: bool, notes: list[str], timeout: float) -> Tools:
-    istioctl = find_istioctl(istio_dir)
-    if not istioctl:
-        if not lenient:
-            raise ConfigError("istioctl was not found on PATH or in --istio-dir/ISTIO_DIR",
-                              hint="download an Istio release (curl -L https://istio.io/downloadIstio | sh -) and put its bin/ on PATH")
-        notes.append("istioctl is not on PATH: the plan names it as `istioctl`")
-    if not lenient:
-        runner.require("kubectl")
-    return Tools(kubectl="kubectl", istioctl=istioctl or "istioctl", timeout=timeout)
-
-
-def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Reporter, parallel: int,
-                     title: str = "read current state", ambient: bool = False) -> dict[str, Observed]:
-    """One read per cluster, in parallel. An unreachable cluster is an Observed with an error.
-    ``ambient``: also the Gateway API CRDs and, where they exist, the east-west Gateway."""
-    def read(ctx: RunContext, cluster: Cluster) -> Observed:
-        try:
-            seen = parse_inspect(ctx.run(tools.inspect(cluster, INSPECT_TIMEOUT)).stdout)
-            if ambient:
-                seen.gateway_api = parse_crd_annotations(ctx.run(tools.gateway_api_crds(cluster, INSPECT_TIMEOUT)).stdout)
-                if seen.gateway_api.installed:
-                    seen.eastwest_gateway = json.loads(
-                        ctx.run(tools.east_west_gateway(cluster, INSPECT_TIMEOUT)).stdout or "null")
-            return seen
-        except MeshError as exc:
-            return Observed(reachable=False, error=exc.message)
-        except ValueError as exc:
-            return Observed(reachable=False, error=f"unreadable answer from kubectl: {exc}")
-
-    return read_clusters(clusters, runner, reporter, parallel, title, read)
-
-
-def read_istio_usage(clusters: list[Cluster], tools: Tools, runner, reporter: Reporter, parallel: int,
-                     ours: frozenset[str]) -> dict[str, IstioUsage | MeshError]:
-    """Which Istio resources and control planes others made in each cluster (what keeps Istio's CRDs)."""
-    def read(ctx: RunContext, cluster: Cluster) -> IstioUsage | MeshError:
-        try:
-            resources = ctx.run(tools.istio_resources(cluster, INSPECT_TIMEOUT))
-            if not resources.ok and not is_missing_category(resources.stderr):
-                return MeshError(f"cannot list Istio resources: {resources.stderr_tail()}")
-            deployments = ctx.run(tools.istio_deployments(cluster, INSPECT_TIMEOUT))
-            return parse_istio_usage(resources.stdout if resources.ok else None, deployments.stdout, ours,
-                                     made_by_setup_mesh)
-        except MeshError as exc:
-            return exc
-        except ValueError as exc:
-            return MeshError(f"unreadable answer from kubectl: {exc}")
-
-    return read_clusters(clusters, runner, reporter, parallel, "read who else uses Istio", read)
-
 
 def describe_kept(context: str, how: Uninstall) -> str | None:
     """What teardown keeps in one cluster, and why; None when it removes everything of Istio's."""
@@ -479,24 +396,3 @@ def _purge_or_keep_certs(cert_dir: Path, purge: bool, reporter: Reporter) -> Non
     else:
         reporter.info(f"kept {cert_dir.name}/ (the root CA and intermediates): a new apply reuses them; "
                       f"`{invocation.command('teardown', '--purge-certs')}` deletes them")
-
-
-# --- status ----------------------------------------------------------------------------------------
-
-def status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, contexts: list[str], output: str,
-           wait: bool, wait_timeout: float, parallel: int, runner: ShRunner, reporter: Reporter) -> int:
-    from .status import run_status
-
-    return run_status(workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, output=output, wait=wait,
-                      wait_timeout=wait_timeout, parallel=parallel, runner=runner, reporter=reporter,
-                      contexts=contexts)
-
-
-# --- verify ----------------------------------------------------------------------------------------
-
-def verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, options, timeout: float,
-           runner: ShRunner, reporter: Reporter) -> int:
-    from .verify import run_verify
-
-    return run_verify(workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, options=options, timeout=timeout,
-                      runner=runner, reporter=reporter)

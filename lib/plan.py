@@ -16,7 +16,7 @@ from .config import SIDECAR, Cluster, Topology
 from .fsutil import read_if_present
 from .errors import MeshError
 from .ambient import gateway_status
-from .desired import Desired, desired_state
+from .desired import Desired
 from .executor import RERUN_HINT, After, Interrupted, Phase, RunContext, Step
 from .gatewayapi import CrdSource
 from .kube import (COMPONENT_LABEL, GATEWAY_RESOURCE, MANAGED_GATEWAY_LABEL, OWNER_LABEL, OWNER_NAMESPACE_LABEL, IstioUsage,
@@ -468,7 +468,7 @@ def uninstall_steps(tools: Tools, cluster: Cluster, secrets: list[str], seen: Ob
                                               f"others use Istio here: {how.usage.describe()})"))
     steps.append(Step("delete cacerts and remote secrets", commands=[tools.kubectl_cmd(
         cluster, "delete", "secret", "-n", ISTIO_NAMESPACE, "--ignore-not-found", "cacerts", *secrets)],
-        change=f"- secret cacerts" + (f" and {len(secrets)} remote secret{'s' * (len(secrets) != 1)}"
+        change="- secret cacerts" + (f" and {len(secrets)} remote secret{'s' * (len(secrets) != 1)}"
                                         if secrets else "")))
     if seen.namespace_terminating:
         # An earlier delete is under way (kube-apiserver refuses a second one with 409 Conflict).

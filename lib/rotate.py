@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 from . import certs, lifecycle
-from .commands import (_certs_prerequisites, _finish, _open_log, _sit_out, find_tools, inspect_clusters,
-                       load_workspace, print_plan)
+from .commands import _certs_prerequisites, _finish, _open_log, _sit_out, print_plan
+from .workspace import find_tools, inspect_clusters, load_workspace
 from .config import Cluster, select_clusters
 from .fsutil import read_if_present
 from .errors import ConfigError, MeshError

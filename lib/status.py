@@ -32,6 +32,7 @@ from .overlay import (CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, ISTIO_NAMESPACE, NE
                       injection_path)
 from .redact import redact
 from .reporter import Reporter
+from .workspace import find_tools, inspect_clusters, load_workspace
 
 WAIT_POLL_SECONDS = 2.0
 EXPIRY_WARN_DAYS = 30
@@ -323,7 +324,7 @@ def _same_dir(a: Path, b: Path) -> bool:
 # --- judging ---------------------------------------------------------------------------------------
 
 @dataclass
-class Workspace:
+class Expected:
     """The inputs status compares the clusters with."""
 
     workdir: Path
@@ -359,7 +360,7 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
         return False
 
 
-def evaluate(ws: Workspace, observed: dict[str, Observed], istiod: dict[str, Istiod],
+def evaluate(ws: Expected, observed: dict[str, Observed], istiod: dict[str, Istiod],
              now: dt.datetime | None = None, views: dict[str, IstiodView] | None = None,
              injection: dict[str, str | None] | None = None) -> MeshStatus:
     """What the clusters show against what the workspace says. Runs nothing."""
@@ -459,7 +460,7 @@ def _judge_istiod_view(status: ClusterStatus, view: IstiodView | None, topology:
                                        peer=peer.name))
 
 
-def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Workspace, hints: Hints,
+def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints: Hints,
            root: x509.Certificate | None, root_fp: str | None, names: set[str], now: dt.datetime,
            current: dict[str, str | None]) -> ClusterStatus:
     topology = ws.topology
@@ -609,8 +610,8 @@ def _judge_ambient_gateway(status: ClusterStatus, cluster: Cluster, seen: Observ
         else:
             older = older_than_needed(crds, expected_version(istiod.version))
             if older:
-                add(Problem("gateway_api_crds_old", older, f"upgrade them yourself; setup-mesh leaves CRDs it did "
-                                                           f"not install alone", severity=WARNING))
+                add(Problem("gateway_api_crds_old", older, "upgrade them yourself; setup-mesh leaves CRDs it did "
+                                                           "not install alone", severity=WARNING))
     gateway = seen.eastwest_gateway
     status.gateway_exists = gateway is not None
     if gateway is None:
@@ -640,7 +641,7 @@ def _short_error(error: str | None) -> str:
     return " / ".join(dict.fromkeys(lines)) or "no answer"
 
 
-def _judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: Workspace, hints: Hints,
+def _judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: Expected, hints: Hints,
                    root: x509.Certificate | None, root_fp: str | None, set_up: bool, now: dt.datetime) -> None:
     add = status.problems.append
     c = status.cacerts
@@ -691,8 +692,7 @@ def _judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: 
 
 # --- reading ---------------------------------------------------------------------------------------
 
-def collect(ws: Workspace, tools: Tools, runner, reporter: Reporter, parallel: int) -> MeshStatus:
-    from .commands import inspect_clusters
+def collect(ws: Expected, tools: Tools, runner, reporter: Reporter, parallel: int) -> MeshStatus:
 
     # The reads report no progress: status prints one report at the end.
     silent = Reporter(console=reporter.console, err_console=reporter.err, quiet=True)
@@ -766,13 +766,13 @@ def read_istiod_views(clusters: list[Cluster], revision: str | None, tools: Tool
     return read_clusters(clusters, runner, reporter, parallel, "read istiod's remote clusters", read)
 
 
-def status_workspace(workdir: Path, loaded) -> Workspace:
+def status_workspace(workdir: Path, loaded) -> Expected:
     """What status compares the clusters with, from a loaded workspace (commands.load_workspace)."""
     from .desired import desired_state
 
     cert_dir = certs.certs_dir(workdir)
     desired = desired_state(loaded.topology, loaded.base)
-    return Workspace(
+    return Expected(
         workdir=workdir,
         topology=loaded.topology,
         fingerprints={ctx: d.fingerprint for ctx, d in desired.items()},
@@ -788,8 +788,6 @@ def status_workspace(workdir: Path, loaded) -> Workspace:
 
 def run_status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, output: str, wait: bool,
                wait_timeout: float, parallel: int, runner, reporter: Reporter, contexts: list[str] = ()) -> int:
-    from .commands import find_tools, load_workspace
-
     loaded = load_workspace(workdir, kubeconfig, lenient=False)
     # Every cluster is still read: whether a shown cluster holds its peers' current secrets depends on them.
     shown = {c.context for c in select_clusters(loaded.topology, list(contexts))}

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from lib.config import Cluster, Topology
 from lib.kube import IstioUsage, Observed, RemoteSecretInfo, Tools, parse_istio_usage, token_fingerprint
-from lib.plan import Removal, Uninstall, build_apply_plan, desired_state, uninstall_steps
+from lib.desired import desired_state
+from lib.plan import Removal, Uninstall, build_apply_plan, uninstall_steps
 from tests import goldens
 
 ROOT = Path(__file__).resolve().parent.parent

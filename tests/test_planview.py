@@ -7,7 +7,8 @@ from rich.console import Console
 
 from lib.config import Cluster, Topology
 from lib.kube import IstioUsage, Observed, RemoteSecretInfo, Tools, token_fingerprint
-from lib.plan import Removal, Uninstall, build_apply_plan, desired_state
+from lib.desired import desired_state
+from lib.plan import Removal, Uninstall, build_apply_plan
 from lib.planview import print_plan
 from lib.reporter import Reporter
 

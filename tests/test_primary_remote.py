@@ -5,7 +5,6 @@ the release (samples/multicluster/expose-istiod.yaml, expose-services.yaml).
 """
 from __future__ import annotations
 
-import pytest
 import yaml
 
 from tests.meshkit import make_mesh

@@ -27,7 +27,7 @@ from tests.meshkit import FAST_KEYS
 from lib.config import Cluster, Topology
 from lib.kube import Observed, RemoteSecretInfo
 from lib.reporter import Reporter
-from lib.status import Istiod, Workspace, evaluate, image_version, parse_istiod, render
+from lib.status import Istiod, Expected, evaluate, image_version, parse_istiod, render
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -87,8 +87,8 @@ def _healthy(topology: Topology, root) -> tuple[dict[str, Observed], dict[str, I
     return observed, istiod
 
 
-def _ws(tmp_path, topology, root, local=None) -> Workspace:
-    return Workspace(tmp_path, topology, {c.context: "fp-" + c.context for c in topology.clusters},
+def _ws(tmp_path, topology, root, local=None) -> Expected:
+    return Expected(tmp_path, topology, {c.context: "fp-" + c.context for c in topology.clusters},
                      _pem(root[0]), local or {})
 
 
