@@ -25,6 +25,7 @@ from .config import AMBIENT, SIDECAR, Cluster, Topology, data_plane_mode, select
 from .gatewayapi import expected_version, older_than_needed
 from .fsutil import read_if_present
 from .errors import MeshError
+from .executor import RunContext, read_clusters
 from .invocation import prep_hint
 from .kube import GATEWAY_RESOURCE, Observed, Tools, token_fingerprint
 from .mesh import Mesh, mesh_model
@@ -714,41 +715,25 @@ def collect(ws: Expected, tools: Tools, runner, reporter: Reporter, parallel: in
 def read_injection_paths(clusters: list[Cluster], revision: str | None, tools: Tools, runner, reporter: Reporter,
                          parallel: int) -> dict[str, str | None]:
     """The path each remote's sidecar injector webhook calls (None: no webhook, or it calls a URL)."""
-    from .executor import Executor, Phase, RunContext, Step
-
     name = f"istio-sidecar-injector-{revision}" if revision else "istio-sidecar-injector"
 
-    def step_for(cluster: Cluster) -> Step:
+    def read(ctx: RunContext, cluster: Cluster) -> str | None:
         command = replace(tools.kubectl_cmd(cluster, "get", "mutatingwebhookconfiguration", name, "-o", "json",
                                             "--ignore-not-found", timeout=READ_TIMEOUT), check=False)
+        try:
+            result = ctx.run(command)
+            hooks = (json.loads(result.stdout or "{}").get("webhooks") or []) if result.ok else []
+        except (MeshError, ValueError):
+            return None
+        paths = {((h.get("clientConfig") or {}).get("service") or {}).get("path") for h in hooks}
+        return paths.pop() if len(paths) == 1 else None
 
-        def action(ctx: RunContext) -> None:
-            try:
-                result = ctx.run(command)
-                hooks = json.loads(result.stdout or "{}").get("webhooks") or [] if result.ok else []
-            except (MeshError, ValueError):
-                hooks = []
-            paths = {((h.get("clientConfig") or {}).get("service") or {}).get("path") for h in hooks}
-            with ctx.lock:
-                ctx.shared.setdefault("paths", {})[cluster.context] = paths.pop() if len(paths) == 1 else None
-
-        return Step("read the sidecar injector", commands=[command], action=action)
-
-    phase = Phase("read the sidecar injector")
-    for cluster in clusters:
-        phase.add(cluster.context, step_for(cluster))
-    executor = Executor(runner, reporter, parallel)
-    executor.run_phase(phase)
-    if executor.outcome.interrupted:
-        raise KeyboardInterrupt
-    return executor.shared.get("paths", {})
+    return read_clusters(clusters, runner, reporter, parallel, "read the sidecar injector", read)
 
 
 def read_istiod_views(clusters: list[Cluster], revision: str | None, tools: Tools, runner, reporter: Reporter,
                       parallel: int) -> dict[str, IstiodView]:
     """``istioctl remote-clusters`` against each cluster's istiod, in parallel."""
-    from .executor import RunContext, read_clusters
-
     args = ["remote-clusters"] + (["--revision", revision] if revision else [])
 
     def read(ctx: RunContext, cluster: Cluster) -> IstiodView:
