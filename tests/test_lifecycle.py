@@ -83,9 +83,9 @@ def test_dry_run_changes_nothing_anywhere(mesh3):
     short = mesh3.run("apply", "--dry-run")
     assert short.returncode == 0, short.stderr
     # By default: what changes, per cluster, and the counts.
-    assert "cluster1 (network1): change\n  ~ Istio (overlays/cluster1.yaml)\n" \
+    assert "cluster1 (network1, primary): change\n  ~ Istio (overlays/cluster1.yaml)\n" \
            "      ~ spec.meshConfig.accessLogFile: /dev/stdout → /dev/null\n" in short.stdout
-    assert "cluster4 (network2): install\n" in short.stdout and "cluster2: remove\n" in short.stdout
+    assert "cluster4 (network2, primary): install\n" in short.stdout and "cluster2: remove\n" in short.stdout
     assert "Plan: 1 install, 2 change, 1 remove; secrets: 4 add, 0 replace, 2 prune." in short.stdout
     result = mesh3.run("apply", "--dry-run", "-v")  # every command and manifest
     assert result.returncode == 0, result.stderr
@@ -115,7 +115,7 @@ def test_teardown_removes_everything_and_twice_is_fine(mesh3):
     assert preview.returncode == 0, preview.stderr
     assert {ctx: mesh3.sandbox.dump(ctx) for ctx in NETS} == dumps, "a dry run changes nothing"
     for ctx in NETS:
-        assert f"{ctx} (network{NETS[ctx][-1]}): remove\n  - Istio (istioctl uninstall --purge)\n" \
+        assert f"{ctx} (network{NETS[ctx][-1]}, primary): remove\n  - Istio (istioctl uninstall --purge)\n" \
                "  - secret cacerts and 2 remote secrets\n  - namespace istio-system\n" in preview.stdout
     assert "Plan: 3 remove." in preview.stdout and "certs/ is kept" in preview.stdout
     result = mesh3.run("teardown", "-y", env={"COLUMNS": "160"})
