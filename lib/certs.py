@@ -93,6 +93,7 @@ class CertInfo:
     fingerprint: str  # SHA-256, hex
     not_after: dt.datetime
     is_ca: bool
+    issuer: str = ""
 
     def days_left(self, now: dt.datetime | None = None) -> int:
         now = now or dt.datetime.now(dt.timezone.utc)
@@ -117,6 +118,7 @@ def read_cert(pem: bytes) -> CertInfo:
         fingerprint=cert.fingerprint(hashes.SHA256()).hex(),
         not_after=cert.not_valid_after_utc,
         is_ca=is_ca,
+        issuer=cert.issuer.rfc4514_string(),
     )
 
 
@@ -126,3 +128,33 @@ def root_organization(directory: Path) -> str | None:
     if not path.is_file():
         return None
     return read_cert(path.read_bytes()).organization
+
+
+def bundle_fingerprints(pem: bytes | None) -> set[str]:
+    """The SHA-256 fingerprints of every certificate in a PEM bundle (none when it does not parse)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    try:
+        return {c.fingerprint(hashes.SHA256()).hex() for c in x509.load_pem_x509_certificates(pem or b"")}
+    except ValueError:
+        return set()
+
+
+def made_by_this_workspace(cacerts: dict[str, bytes] | None, labelled: bool, root_pem: bytes | None) -> bool:
+    """Whether a cluster's cacerts is setup-mesh's: labelled so, or (applied before the label existed)
+    trusting this workspace's root. Anything else is somebody's own CA, replaced only when asked."""
+    if cacerts is None or labelled:
+        return True
+    ours = bundle_fingerprints(root_pem)
+    return bool(ours) and ours <= bundle_fingerprints(cacerts.get("root-cert.pem"))
+
+
+def describe_foreign(cacerts: dict[str, bytes]) -> str:
+    """Whose CA a foreign cacerts holds, for the question apply asks before replacing it."""
+    try:
+        info = read_cert(cacerts.get("ca-cert.pem") or b"")
+    except ValueError:
+        return "its ca-cert.pem does not parse"
+    return f"CA {info.subject}, issued by {info.issuer}"
+

@@ -13,6 +13,7 @@ from . import certs, invocation
 from .config import (AMBIENT, BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, data_plane_mode, load_base, load_topology,
                      resolve_contexts, select_clusters)
 from .errors import Cancelled, ConfigError, MeshError
+from .fsutil import read_if_present
 from .executor import RERUN_HINT, Executor, Outcome
 from .invocation import prep_hint
 from .gatewayapi import CrdSource, choose_source, expected_version, older_than_needed
@@ -68,18 +69,32 @@ def prep_mesh(workdir: Path, *, contexts: list[str], reporter: Reporter, **kwarg
 
 # --- shared set-up -----------------------------------------------------------------------------
 
+def uninstall_for(workdir: Path, ours: frozenset[str], found: IstioUsage, seen: Observed | None,
+                  remove_crds: bool = False) -> Uninstall:
+    """How to remove setup-mesh from a cluster, from who else uses Istio there and whose CA cacerts holds."""
+    cacerts = seen.cacerts if seen else None
+    root_pem = read_if_present(certs.certs_dir(workdir) / certs.ROOT_CERT)
+    foreign = (certs.describe_foreign(cacerts) if cacerts is not None and not certs.made_by_this_workspace(
+        cacerts, seen.cacerts_labelled, root_pem) else None)
+    return Uninstall(workdir, ours, found, remove_crds, foreign)
+
+
 def describe_kept(context: str, how: Uninstall) -> str | None:
     """What teardown keeps in one cluster, and why; None when it removes everything of Istio's."""
-    if not how.usage.foreign:
-        return None
-    if how.remove_crds:
-        return (f"{context}: --remove-crds: Istio's CRDs are deleted, and with them these resources that setup-mesh "
-                f"did not make: {how.usage.describe()}")
-    kept = "Istio's CRDs and base (webhooks, reader roles)"
-    if how.usage.in_namespace(ISTIO_NAMESPACE):
-        kept += f" and namespace {ISTIO_NAMESPACE}"
-    return (f"{context}: keeps {kept}, because Istio resources setup-mesh did not make exist: "
-            f"{how.usage.describe()}. --remove-crds deletes the CRDs anyway, and those resources with them")
+    lines = []
+    if how.foreign_cacerts:
+        lines.append(f"{context}: keeps secret cacerts and namespace {ISTIO_NAMESPACE}: that cacerts was not made by "
+                     f"setup-mesh ({how.foreign_cacerts}); delete them yourself once nothing needs them")
+    if how.usage.foreign and how.remove_crds:
+        lines.append(f"{context}: --remove-crds: Istio's CRDs are deleted, and with them these resources that "
+                     f"setup-mesh did not make: {how.usage.describe()}")
+    elif how.usage.foreign:
+        kept = "Istio's CRDs and base (webhooks, reader roles)"
+        if how.usage.in_namespace(ISTIO_NAMESPACE):
+            kept += f" and namespace {ISTIO_NAMESPACE}"
+        lines.append(f"{context}: keeps {kept}, because Istio resources setup-mesh did not make exist: "
+                     f"{how.usage.describe()}. --remove-crds deletes the CRDs anyway, and those resources with them")
+    return "\n".join(lines) or None
 
 
 def confirm(question: str, yes: bool, reporter: Reporter) -> None:
@@ -151,7 +166,8 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     leaving = [c for c in removed_clusters if (seen := observed.get(c.context)) and seen.reachable]
     ours = our_operators(ws.base)
     usage = read_istio_usage(leaving, tools, runner, read_reporter, parallel, ours) if leaving else {}
-    uninstall = {ctx: Uninstall(workdir, ours, found) for ctx, found in usage.items() if isinstance(found, IstioUsage)}
+    uninstall = {ctx: uninstall_for(workdir, ours, found, observed.get(ctx)) for ctx, found in usage.items()
+                 if isinstance(found, IstioUsage)}
     # An unreachable cluster sits this run out (and is reported), and so do the remotes of an unreachable
     # primary; the others go ahead.
     unreadable = {c.context for c in topology.clusters if c.context in observed and not observed[c.context].reachable}
@@ -294,7 +310,7 @@ def _describe_deletions(plan: ApplyPlan, reporter: Reporter) -> None:
                       f"or held by a remote): {', '.join(names)}")
     for context, what in plan.replacements.items():
         for line in what:
-            reporter.info(f"{context}: base.yaml's profile changed the data-plane mode: {line}")
+            reporter.info(f"{context} replaces: {line}")
 
 
 # --- teardown ----------------------------------------------------------------------------------
@@ -334,7 +350,7 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
     present = [c for c in clusters if (seen := observed.get(c.context)) and seen.reachable
                and (seen.namespace or seen.istiod_service)]
     usage = read_istio_usage(present, tools, runner, quiet, parallel, ours) if present else {}
-    uninstall = {ctx: Uninstall(workdir, ours, found, remove_crds) for ctx, found in usage.items()
+    uninstall = {ctx: uninstall_for(workdir, ours, found, observed.get(ctx), remove_crds) for ctx, found in usage.items()
                  if isinstance(found, IstioUsage)}
     # A cluster whose Istio users could not be read is not touched: it fails, and is reported.
     phase = teardown_plan(tools, clusters, observed, uninstall)

@@ -237,7 +237,8 @@ def cacerts_manifest(files: dict[str, bytes]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": "cacerts", "namespace": ISTIO_NAMESPACE},
+        # The label tells setup-mesh's cacerts from one somebody else put there (never replaced unasked).
+        "metadata": {"name": "cacerts", "namespace": ISTIO_NAMESPACE, "labels": {MANAGED_BY_LABEL: FIELD_MANAGER}},
         "type": "Opaque",
         "data": {name: base64.b64encode(files[name]).decode() for name in CACERTS_FILES},
     }

@@ -406,6 +406,7 @@ class Uninstall:
     ours: frozenset[str]  # the IstioOperator names setup-mesh installs (control plane, east-west gateway)
     usage: IstioUsage  # Istio objects others made
     remove_crds: bool = False  # delete Istio's CRDs even though others' resources exist (and go with them)
+    foreign_cacerts: str | None = None  # a cacerts setup-mesh did not make (whose CA): it and istio-system stay
 
     @property
     def purge(self) -> bool:
@@ -466,10 +467,16 @@ def uninstall_steps(tools: Tools, cluster: Cluster, secrets: list[str], seen: Ob
         steps.append(Step("uninstall setup-mesh's IstioOperators (Istio's CRDs are kept)", commands=commands,
                           files=files, change="- setup-mesh's IstioOperators and Gateway (Istio's CRDs are kept: "
                                               f"others use Istio here: {how.usage.describe()})"))
-    steps.append(Step("delete cacerts and remote secrets", commands=[tools.kubectl_cmd(
-        cluster, "delete", "secret", "-n", ISTIO_NAMESPACE, "--ignore-not-found", "cacerts", *secrets)],
-        change="- secret cacerts" + (f" and {len(secrets)} remote secret{'s' * (len(secrets) != 1)}"
-                                        if secrets else "")))
+    names = secrets if how.foreign_cacerts else ["cacerts", *secrets]
+    if names:
+        some = f"{len(secrets)} remote secret{'s' * (len(secrets) != 1)}"
+        steps.append(Step("delete cacerts and remote secrets" if not how.foreign_cacerts else "delete remote secrets",
+                          commands=[tools.kubectl_cmd(cluster, "delete", "secret", "-n", ISTIO_NAMESPACE,
+                                                      "--ignore-not-found", *names)],
+                          change=f"- {some}" if how.foreign_cacerts else
+                          "- secret cacerts" + (f" and {some}" if secrets else "")))
+    if how.foreign_cacerts:  # istio-system holds somebody's CA: deleting the namespace would delete it too
+        return steps
     if seen.namespace_terminating:
         # An earlier delete is under way (kube-apiserver refuses a second one with 409 Conflict).
         step = await_namespace_deleted_step(tools, cluster)
@@ -493,6 +500,7 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
     ``gateway_api``: where an ambient mesh's clusters that lack the Gateway API CRDs get them from.
     ``uninstall``: how each reachable removed cluster is uninstalled (from what else uses Istio there)."""
     cert_dir = certs.certs_dir(workdir)
+    root_pem = read_if_present(cert_dir / certs.ROOT_CERT)
     # Each member's own chain (set-up, install, its remote secret), then what needs the others (their
     # secrets, and the gateway address); phases group the steps for the reader, the steps' dependencies
     # (Step.after) are what orders clusters against each other.
@@ -547,6 +555,11 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             steps.append(_intermediate_step(release, cert_dir, cluster, intermediate_vars))
         local_ca = read_if_present(cert_dir / cluster.name / "ca-cert.pem")
         cacerts_current = (seen.cacerts or {}).get("ca-cert.pem") == local_ca and local_ca is not None
+        if not cacerts_current and not certs.made_by_this_workspace(seen.cacerts, seen.cacerts_labelled, root_pem):
+            plan.replacements.setdefault(cluster.context, []).append(
+                f"secret cacerts, which setup-mesh did not make ({certs.describe_foreign(seen.cacerts)}), by this "
+                f"workspace's intermediate CA: workloads keep certificates of the old CA until they renew (within "
+                f"24 h), and mTLS between old and new certificates fails meanwhile")
         installing = (seen.applied != d.fingerprint or (d.eastwest is not None and not seen.eastwest_exists)
                       or (d.ambient_gateway is not None and seen.eastwest_gateway is None))
         annotations_current = all(seen.annotations.get(k) == v for k, v in d.namespace_annotations.items())
@@ -567,7 +580,7 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             steps.append(step)
         was = seen.annotations.get(DATA_PLANE_ANNOTATION, SIDECAR) if seen.applied is not None else None
         if was is not None and was != d.data_plane:
-            plan.replacements[cluster.context] = _switch_description(was, d)
+            plan.replacements.setdefault(cluster.context, []).extend(_switch_description(was, d))
         if d.ambient and seen.gateway_api is not None and not seen.gateway_api.installed and gateway_api is not None:
             steps.append(gateway_api_crds_step(tools, cluster, gateway_api))
         if CONTROL_PLANE_CLUSTERS in seen.annotations and CONTROL_PLANE_CLUSTERS not in d.namespace_annotations:

@@ -347,3 +347,63 @@ def test_a_remote_removed_takes_its_secrets_and_its_primarys_istiod_exposure(rem
             {k: v for k, v in before[ctx].items() if k != "remote_secrets"}
         assert after[ctx]["remote_secrets"] == {n: d for n, d in before[ctx]["remote_secrets"].items() if n != "beta"}
     assert len(exports(mesh)) == exported
+
+
+# --- somebody's own CA in a cluster ---------------------------------------------------------------
+
+def _own_ca(mesh, tmp_path) -> dict[str, str]:
+    """An intermediate CA under a root of the user's own, made with the release's Makefile: cacerts files."""
+    folder = tmp_path / "own-ca"
+    folder.mkdir()
+    makefile = mesh.sandbox.istio_dir / "tools" / "certs" / "Makefile.selfsigned.mk"
+    subprocess.run(["make", "-f", str(makefile), "root-ca", "own-cacerts", "ROOTCA_ORG=Own Org",
+                    *(f"{k}={v}" for k, v in mesh.env.items() if k.endswith("_KEYSZ"))],
+                   cwd=folder, check=True, capture_output=True)
+    return {name: str(folder / "own" / name) for name in ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")}
+
+
+def _put_cacerts(mesh, ctx: str, files: dict[str, str]) -> None:
+    mesh.sandbox.kubectl(ctx, "create", "namespace", "istio-system", check=False)
+    mesh.sandbox.kubectl(ctx, "delete", "secret", "cacerts", "-n", "istio-system", "--ignore-not-found")
+    mesh.sandbox.kubectl(ctx, "create", "secret", "generic", "cacerts", "-n", "istio-system",
+                         *(f"--from-file={name}={path}" for name, path in files.items()))
+
+
+def test_a_cluster_with_its_own_ca_is_named_and_replaced_only_when_confirmed(sandbox_factory, tmp_path):
+    sandbox = sandbox_factory(CONTEXTS)
+    mesh = make_mesh(sandbox, tmp_path / "ws", NETS)
+    _topology(mesh, NETS)
+    own = _own_ca(mesh, tmp_path)
+    _put_cacerts(mesh, "ctx-c", own)
+    theirs = _digest(mesh.get("ctx-c", "secret", "cacerts", "-n", "istio-system")["data"])
+
+    plan = mesh.run("apply", "--dry-run")
+    assert "ctx-c replaces (apply asks first): secret cacerts, which setup-mesh did not make (CA " in plan.stdout, \
+        plan.stdout
+    assert "O=Own Org" in plan.stdout
+    refused = mesh.run("apply")
+    assert refused.returncode == 2 and "needs confirmation" in refused.stdout + refused.stderr
+    assert "ctx-c replaces: secret cacerts, which setup-mesh did not make" in refused.stdout + refused.stderr
+    assert _digest(mesh.get("ctx-c", "secret", "cacerts", "-n", "istio-system")["data"]) == theirs
+    assert mesh.control_plane_installs() == [], "nothing was installed anywhere"
+
+    mesh.apply()  # -y: replaced, and from now on setup-mesh's own
+    secret = mesh.get("ctx-c", "secret", "cacerts", "-n", "istio-system")
+    assert _digest(secret["data"]) != theirs
+    assert secret["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "setup-mesh"
+    before = snapshot(mesh)
+    mesh.run("apply")  # nothing to ask about any more: no prompt, no change
+    assert snapshot(mesh) == before
+
+
+def test_teardown_keeps_a_cacerts_it_did_not_make_and_its_namespace(mesh, tmp_path):
+    _put_cacerts(mesh, "ctx-c", _own_ca(mesh, tmp_path))  # e.g. the user's CA, put back after apply
+    theirs = _digest(mesh.get("ctx-c", "secret", "cacerts", "-n", "istio-system")["data"])
+    result = mesh.run("teardown", "-y")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ctx-c: keeps secret cacerts and namespace istio-system: that cacerts was not made by setup-mesh" \
+        in result.stdout + result.stderr
+    assert _digest(mesh.get("ctx-c", "secret", "cacerts", "-n", "istio-system")["data"]) == theirs
+    assert mesh.remote_secrets("ctx-c") == {}
+    for ctx in ("ctx-a", "ctx-b"):
+        assert mesh.get(ctx, "namespace", "istio-system", check=False) is None
