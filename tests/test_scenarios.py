@@ -407,3 +407,40 @@ def test_teardown_keeps_a_cacerts_it_did_not_make_and_its_namespace(mesh, tmp_pa
     assert mesh.remote_secrets("ctx-c") == {}
     for ctx in ("ctx-a", "ctx-b"):
         assert mesh.get(ctx, "namespace", "istio-system", check=False) is None
+
+
+# --- identity edits: a cluster's name, the mesh's id ---------------------------------------------
+
+def test_a_renamed_cluster_is_reinstalled_under_its_new_name_and_its_old_secrets_go(mesh):
+    before, exported, installs = snapshot(mesh), len(exports(mesh)), len(mesh.control_plane_installs())
+    renamed = {**NAMES, "ctx-c": "gamma2"}
+    mesh.write_topology(NETS, extra={ctx: {"cluster_name": renamed[ctx]} for ctx in NETS})
+    mesh.apply()
+    after = snapshot(mesh)
+    assert installs_since(mesh, installs) == ["ctx-c"], "only the renamed cluster's control plane changes"
+    values = [c for c in mesh.control_plane_installs() if c["context"] == "ctx-c"][-1]["merged"]["spec"]["values"]
+    assert values["global"]["multiCluster"]["clusterName"] == "gamma2"
+    assert exports(mesh)[exported:] == ["ctx-c"], "its secret is made again under the new name, no other"
+    for ctx in ("ctx-a", "ctx-b"):
+        assert sorted(after[ctx]["remote_secrets"]) == sorted(n for c, n in renamed.items() if c not in (ctx, "ctx-d"))
+        assert {n: d for n, d in after[ctx]["remote_secrets"].items() if n != "gamma2"} == \
+            {n: d for n, d in before[ctx]["remote_secrets"].items() if n != "gamma"}
+    for ctx in CONTEXTS:
+        assert after[ctx]["eastwest"] == before[ctx]["eastwest"], "gateway Services keep their UID and address"
+        assert after[ctx]["istiod"] == before[ctx]["istiod"]
+    assert [ctx for ctx in CONTEXTS if after[ctx]["cacerts"] != before[ctx]["cacerts"]] == ["ctx-c"], \
+        "an intermediate CA of its own under the new name"
+    status = json.loads(mesh.run("status", "-o", "json").stdout)
+    assert {c["context"]: c["stale_secrets"] for c in status["clusters"]} == {ctx: [] for ctx in CONTEXTS}
+
+
+def test_a_new_mesh_id_reinstalls_every_control_plane_and_keeps_gateways_and_secrets(mesh):
+    before, exported, installs = snapshot(mesh), len(exports(mesh)), len(mesh.control_plane_installs())
+    mesh.write_topology(NETS, mesh_id="mesh2", extra={ctx: {"cluster_name": NAMES[ctx]} for ctx in NETS})
+    mesh.apply()
+    assert installs_since(mesh, installs) == CONTEXTS
+    for ctx in CONTEXTS:
+        values = [c for c in mesh.control_plane_installs() if c["context"] == ctx][-1]["merged"]["spec"]["values"]
+        assert values["global"]["meshID"] == "mesh2"
+    assert snapshot(mesh) == before
+    assert len(exports(mesh)) == exported
