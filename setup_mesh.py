@@ -228,7 +228,9 @@ def rotate_certs(
 
 
 def _status(workdir, kubeconfig, istio_dir, contexts, output, wait, wait_timeout, parallel, debug):
-    commands.run_guarded(debug, output == "json", False, lambda r, rep: commands.status(
+    from lib.status import run_status
+
+    commands.run_guarded(debug, output == "json", False, lambda r, rep: run_status(
         workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, contexts=contexts, output=output, wait=wait,
         wait_timeout=wait_timeout, parallel=parallel, runner=r, reporter=rep))
 
@@ -290,11 +292,11 @@ def verify(
     cause with a hint. Deletes what it created, also after a failure or Ctrl-C, unless --keep.
     Exit 0 only when every cluster reaches every cluster.
     """
-    from lib.verify import Images, Options
+    from lib.verify import Images, Options, run_verify
 
     options = Options(namespace=namespace, images=Images.from_options(registry, helloworld_tag, curl_tag),
                       ready_timeout=ready_timeout, keep=keep, dry_run=dry_run, output=output, parallel=parallel)
-    commands.run_guarded(debug, quiet or output == "json", verbose, lambda r, rep: commands.verify(
+    commands.run_guarded(debug, quiet or output == "json", verbose, lambda r, rep: run_verify(
         workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, options=options, timeout=timeout, runner=r, reporter=rep))
 
 

@@ -12,7 +12,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from .config import AMBIENT, MULTI_NETWORK_ENV, SIDECAR, data_plane_mode  # noqa: F401 - the mode's names
+from .config import MULTI_NETWORK_ENV
 from .overlay import EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL, control_plane_revision
 
 EAST_WEST_CLASS = "istio-east-west"

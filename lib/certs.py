@@ -62,13 +62,24 @@ def cacerts_files(directory: Path, cluster_name: str) -> dict[str, Path]:
     return {name: directory / cluster_name / name for name in CACERTS_FILES}
 
 
+# What the Makefile copies or concatenates last (cert-chain.pem: ca-cert.pem + root-cert.pem, then a
+# copy of root-cert.pem): cheap to make again.
+_DERIVED = ("cert-chain.pem", "root-cert.pem")
+
+
 def discard_incomplete(directory: Path, cluster_name: str) -> None:
-    """Remove empty outputs of a failed make, which make would otherwise take as already made."""
+    """Remove what an interrupted or failed make leaves that make would take as already made: empty or
+    cut-off PEM files, and, while the cluster's set is incomplete, the files its last recipe makes (the
+    Makefile keeps cert-chain.pem when interrupted, so a missing copy of root-cert.pem would never come)."""
     folder = directory / cluster_name
-    if folder.is_dir():
-        for path in folder.iterdir():
-            if path.is_file() and path.stat().st_size == 0:
-                path.unlink()
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if path.is_file() and path.suffix in (".pem", ".csr") and b"-----END " not in path.read_bytes():
+            path.unlink()
+    if not has_cacerts(directory, cluster_name):
+        for name in _DERIVED:
+            (folder / name).unlink(missing_ok=True)
 
 
 def has_cacerts(directory: Path, cluster_name: str) -> bool:
@@ -83,6 +94,7 @@ class CertInfo:
     not_after: dt.datetime
     is_ca: bool
     common_name: str | None = None
+    issuer: str = ""
 
     def days_left(self, now: dt.datetime | None = None) -> int:
         now = now or dt.datetime.now(dt.timezone.utc)
@@ -109,6 +121,7 @@ def read_cert(pem: bytes) -> CertInfo:
         not_after=cert.not_valid_after_utc,
         is_ca=is_ca,
         common_name=str(names[0].value) if names else None,
+        issuer=cert.issuer.rfc4514_string(),
     )
 
 
@@ -118,3 +131,33 @@ def root_organization(directory: Path) -> str | None:
     if not path.is_file():
         return None
     return read_cert(path.read_bytes()).organization
+
+
+def bundle_fingerprints(pem: bytes | None) -> set[str]:
+    """The SHA-256 fingerprints of every certificate in a PEM bundle (none when it does not parse)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    try:
+        return {c.fingerprint(hashes.SHA256()).hex() for c in x509.load_pem_x509_certificates(pem or b"")}
+    except ValueError:
+        return set()
+
+
+def made_by_this_workspace(cacerts: dict[str, bytes] | None, labelled: bool, root_pem: bytes | None) -> bool:
+    """Whether a cluster's cacerts is setup-mesh's: labelled so, or (applied before the label existed)
+    trusting this workspace's root. Anything else is somebody's own CA, replaced only when asked."""
+    if cacerts is None or labelled:
+        return True
+    ours = bundle_fingerprints(root_pem)
+    return bool(ours) and ours <= bundle_fingerprints(cacerts.get("root-cert.pem"))
+
+
+def describe_foreign(cacerts: dict[str, bytes]) -> str:
+    """Whose CA a foreign cacerts holds, for the question apply asks before replacing it."""
+    try:
+        info = read_cert(cacerts.get("ca-cert.pem") or b"")
+    except ValueError:
+        return "its ca-cert.pem does not parse"
+    return f"CA {info.subject}, issued by {info.issuer}"
+

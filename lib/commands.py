@@ -1,37 +1,37 @@
 """What each CLI command does, from validated inputs to the summary. setup_mesh.py only wires options here."""
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import typer
 
 from . import certs, invocation, lifecycle
-from .config import (AMBIENT, BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, check_data_plane, data_plane_mode, load_base,
-                     load_topology, resolve_contexts, select_clusters)
+from .config import (AMBIENT, BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, data_plane_mode, load_base, load_topology,
+                     resolve_contexts, select_clusters)
 from .errors import Cancelled, ConfigError, MeshError
-from .executor import RERUN_HINT, Executor, Outcome, Phase, RunContext, Step, read_clusters
+from .fsutil import read_if_present
+from .executor import RERUN_HINT, Executor, Outcome
 from .invocation import prep_hint
-from .gatewayapi import CrdSource, choose_source, expected_version, older_than_needed, parse_crd_annotations
-from .kube import IstioUsage, Observed, Tools, is_missing_category, parse_inspect, parse_istio_usage
-from .overlay import ISTIO_NAMESPACE, made_by_setup_mesh, our_operators
-from .plan import RECORD_TITLE, ApplyPlan, Removal, Uninstall, build_apply_plan, desired_state, teardown_plan
+from .gatewayapi import CrdSource, choose_source, expected_version, older_than_needed
+from .kube import IstioUsage, Observed, Tools
+from .overlay import ISTIO_NAMESPACE, our_operators
+from .desired import desired_state
+from .plan import RECORD_TITLE, ApplyPlan, Removal, Uninstall, build_apply_plan, teardown_plan
 from .planview import print_plan
 from .prep import parse_context_options, prep_mesh as _prep_mesh, report as _report_prep
-from .release import Release, find_istioctl, find_release
+from .release import Release, find_release
 from .reporter import Reporter
 from .runlog import RunLog
 from .runner import ShRunner
 from .state import State
+from .workspace import Workspace, find_tools, inspect_clusters, load_workspace, read_istio_usage
 
 DEFAULT_PARALLEL = 8
 DEFAULT_TIMEOUT = 600.0
-INSPECT_TIMEOUT = 30.0
 
 
 def run_guarded(debug: bool, quiet: bool, verbose: bool, body: Callable[[ShRunner, Reporter], int | None]) -> None:
@@ -69,100 +69,32 @@ def prep_mesh(workdir: Path, *, contexts: list[str], reporter: Reporter, **kwarg
 
 # --- shared set-up -----------------------------------------------------------------------------
 
-@dataclass
-class Workspace:
-    workdir: Path
-    topology: Topology
-    base: dict
-    state: State
-    notes: list[str]
-    contexts_resolved: bool = True
-
-
-def load_workspace(workdir: Path, kubeconfig: str | None, lenient: bool) -> Workspace:
-    """Validate the inputs. ``lenient`` (dry-run) turns facts about this machine into notes."""
-    if not workdir.is_dir():
-        raise ConfigError(f"workdir {workdir} does not exist", hint=prep_hint())
-    topology = load_topology(workdir / TOPOLOGY_FILE)
-    loaded_base = load_base(workdir / BASE_FILE)
-    check_data_plane(topology, loaded_base)
-    base = loaded_base.operator
-    notes: list[str] = []
-    resolved = True
-    try:
-        topology = resolve_contexts(topology, kubeconfig)
-    except ConfigError as exc:
-        if not lenient:
-            raise
-        resolved = False
-        notes.append(f"{exc.message} (current state cannot be read)")
-    return Workspace(workdir, topology, base, State.load(workdir), notes, resolved)
-
-
-def find_tools(istio_dir: str | None, runner: ShRunner, lenient: bool, notes: list[str], timeout: float) -> Tools:
-    istioctl = find_istioctl(istio_dir)
-    if not istioctl:
-        if not lenient:
-            raise ConfigError("istioctl was not found on PATH or in --istio-dir/ISTIO_DIR",
-                              hint="download an Istio release (curl -L https://istio.io/downloadIstio | sh -) and put its bin/ on PATH")
-        notes.append("istioctl is not on PATH: the plan names it as `istioctl`")
-    if not lenient:
-        runner.require("kubectl")
-    return Tools(kubectl="kubectl", istioctl=istioctl or "istioctl", timeout=timeout)
-
-
-def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Reporter, parallel: int,
-                     title: str = "read current state", ambient: bool = False) -> dict[str, Observed]:
-    """One read per cluster, in parallel. An unreachable cluster is an Observed with an error.
-    ``ambient``: also the Gateway API CRDs and, where they exist, the east-west Gateway."""
-    def read(ctx: RunContext, cluster: Cluster) -> Observed:
-        try:
-            seen = parse_inspect(ctx.run(tools.inspect(cluster, INSPECT_TIMEOUT)).stdout)
-            if ambient:
-                seen.gateway_api = parse_crd_annotations(ctx.run(tools.gateway_api_crds(cluster, INSPECT_TIMEOUT)).stdout)
-                if seen.gateway_api.installed:
-                    seen.eastwest_gateway = json.loads(
-                        ctx.run(tools.east_west_gateway(cluster, INSPECT_TIMEOUT)).stdout or "null")
-            return seen
-        except MeshError as exc:
-            return Observed(reachable=False, error=exc.message)
-        except ValueError as exc:
-            return Observed(reachable=False, error=f"unreadable answer from kubectl: {exc}")
-
-    return read_clusters(clusters, runner, reporter, parallel, title, read)
-
-
-def read_istio_usage(clusters: list[Cluster], tools: Tools, runner, reporter: Reporter, parallel: int,
-                     ours: frozenset[str]) -> dict[str, IstioUsage | MeshError]:
-    """Which Istio resources and control planes others made in each cluster (what keeps Istio's CRDs)."""
-    def read(ctx: RunContext, cluster: Cluster) -> IstioUsage | MeshError:
-        try:
-            resources = ctx.run(tools.istio_resources(cluster, INSPECT_TIMEOUT))
-            if not resources.ok and not is_missing_category(resources.stderr):
-                return MeshError(f"cannot list Istio resources: {resources.stderr_tail()}")
-            deployments = ctx.run(tools.istio_deployments(cluster, INSPECT_TIMEOUT))
-            return parse_istio_usage(resources.stdout if resources.ok else None, deployments.stdout, ours,
-                                     made_by_setup_mesh)
-        except MeshError as exc:
-            return exc
-        except ValueError as exc:
-            return MeshError(f"unreadable answer from kubectl: {exc}")
-
-    return read_clusters(clusters, runner, reporter, parallel, "read who else uses Istio", read)
+def uninstall_for(workdir: Path, ours: frozenset[str], found: IstioUsage, seen: Observed | None,
+                  remove_crds: bool = False) -> Uninstall:
+    """How to remove setup-mesh from a cluster, from who else uses Istio there and whose CA cacerts holds."""
+    cacerts = seen.cacerts if seen else None
+    root_pem = read_if_present(certs.certs_dir(workdir) / certs.ROOT_CERT)
+    foreign = (certs.describe_foreign(cacerts) if cacerts is not None and not certs.made_by_this_workspace(
+        cacerts, seen.cacerts_labelled, root_pem) else None)
+    return Uninstall(workdir, ours, found, remove_crds, foreign)
 
 
 def describe_kept(context: str, how: Uninstall) -> str | None:
     """What teardown keeps in one cluster, and why; None when it removes everything of Istio's."""
-    if not how.usage.foreign:
-        return None
-    if how.remove_crds:
-        return (f"{context}: --remove-crds: Istio's CRDs are deleted, and with them these resources that setup-mesh "
-                f"did not make: {how.usage.describe()}")
-    kept = "Istio's CRDs and base (webhooks, reader roles)"
-    if how.usage.in_namespace(ISTIO_NAMESPACE):
-        kept += f" and namespace {ISTIO_NAMESPACE}"
-    return (f"{context}: keeps {kept}, because Istio resources setup-mesh did not make exist: "
-            f"{how.usage.describe()}. --remove-crds deletes the CRDs anyway, and those resources with them")
+    lines = []
+    if how.foreign_cacerts:
+        lines.append(f"{context}: keeps secret cacerts and namespace {ISTIO_NAMESPACE}: that cacerts was not made by "
+                     f"setup-mesh ({how.foreign_cacerts}); delete them yourself once nothing needs them")
+    if how.usage.foreign and how.remove_crds:
+        lines.append(f"{context}: --remove-crds: Istio's CRDs are deleted, and with them these resources that "
+                     f"setup-mesh did not make: {how.usage.describe()}")
+    elif how.usage.foreign:
+        kept = "Istio's CRDs and base (webhooks, reader roles)"
+        if how.usage.in_namespace(ISTIO_NAMESPACE):
+            kept += f" and namespace {ISTIO_NAMESPACE}"
+        lines.append(f"{context}: keeps {kept}, because Istio resources setup-mesh did not make exist: "
+                     f"{how.usage.describe()}. --remove-crds deletes the CRDs anyway, and those resources with them")
+    return "\n".join(lines) or None
 
 
 def confirm(question: str, yes: bool, reporter: Reporter) -> None:
@@ -209,7 +141,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
 
     in_topology = {c.context for c in topology.clusters}
     # With --context, clusters removed from topology.yaml wait for an apply of the whole mesh.
-    removed = [Removal(ctx, entry.get("cluster_name", ctx), entry.get("kubeconfig"), False)
+    removed = [Removal(ctx, entry.get("cluster_name", ctx), entry.get("kubeconfig"), False, entry.get("primary"))
                for ctx, entry in ws.state.clusters.items() if ctx not in in_topology and only is None]
     removed_clusters = [Cluster(context=r.context, network="", name=r.cluster_name, kubeconfig=r.kubeconfig)
                         for r in removed]
@@ -230,18 +162,23 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
             older = seen and seen.gateway_api and older_than_needed(seen.gateway_api, expected_version(istio_version))
             if older:
                 reporter.warn(f"{cluster.context}: {older}")
-    desired = desired_state(topology, ws.base, transition=transition)
+    # Remotes are pointed at their primary's east-west gateway: at the address it has now, when it has one.
+    addresses = {ctx: seen.eastwest_address for ctx, seen in observed.items() if seen.eastwest_address}
+    desired = desired_state(topology, ws.base, addresses, transition=transition)
     # Clusters leaving the mesh are uninstalled; Istio's CRDs there stay if others use Istio.
     leaving = [c for c in removed_clusters if (seen := observed.get(c.context)) and seen.reachable]
     ours = our_operators(ws.base)
     usage = read_istio_usage(leaving, tools, runner, read_reporter, parallel, ours) if leaving else {}
-    uninstall = {ctx: Uninstall(workdir, ours, found) for ctx, found in usage.items() if isinstance(found, IstioUsage)}
-    # An unreachable cluster sits this run out (and is reported); the others go ahead.
+    uninstall = {ctx: uninstall_for(workdir, ours, found, observed.get(ctx)) for ctx, found in usage.items()
+                 if isinstance(found, IstioUsage)}
+    # An unreachable cluster sits this run out (and is reported), and so do the remotes of an unreachable
+    # primary; the others go ahead.
     unreadable = {c.context for c in topology.clusters if c.context in observed and not observed[c.context].reachable}
     unreachable = {c.context: observed[c.context] for c in chosen if c.context in unreadable}
+    orphaned = {c.context: c.primary for c in chosen if c.primary in unreadable and c.context not in unreadable}
     plan = build_apply_plan(topology=topology, desired=desired,
                             observed={c.context: observed.get(c.context) for c in topology.clusters},
-                            skip=set() if dry_run else unreadable,
+                            skip=set() if dry_run else unreadable | set(orphaned),
                             only=only,
                             removed=removed, removed_observed=observed, workdir=workdir, tools=tools,
                             release=release, intermediate_vars=intermediate_vars, gateway_timeout=gateway_timeout,
@@ -269,10 +206,15 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     executor = Executor(runner, reporter, parallel)
     for context, seen in unreachable.items():
         _sit_out(executor, tools, topology.by_context(context), seen, f"or remove the context from {topology.path}")
+    for context, primary in orphaned.items():
+        executor.fail_before_start(context, "wait for its primary", MeshError(
+            f"sits this run out: its primary {primary} could not be read",
+            hint=f"make {primary} reachable, then {RERUN_HINT}"))
     outcome = executor.run_plan(plan.phases)
     reporter.stop_progress()
 
-    _record_state(ws, plan, desired, outcome, chosen)
+    # A remote's state as installed: with the address its primary's gateway got during the run.
+    _record_state(ws, plan, {**desired, **executor.shared.get("desired", {})}, outcome, chosen)
     for cluster in chosen:
         if cluster.context not in outcome.failures:
             reporter.finish_cluster(cluster.context, True)
@@ -374,10 +316,11 @@ def _describe_deletions(plan: ApplyPlan, reporter: Reporter) -> None:
         what = "uninstall Istio and delete istio-system" if gone.reachable else "unreachable: only its secrets are removed"
         reporter.info(f"cluster {gone.cluster_name} (context {gone.context}) left topology.yaml: {what}")
     for context, names in plan.prunes.items():
-        reporter.info(f"{context}: delete remote secrets of clusters no longer in the mesh: {', '.join(names)}")
+        reporter.info(f"{context}: delete remote secrets it no longer needs (of clusters no longer in the mesh, "
+                      f"or held by a remote): {', '.join(names)}")
     for context, what in plan.replacements.items():
         for line in what:
-            reporter.info(f"{context}: base.yaml's profile changed the data-plane mode: {line}")
+            reporter.info(f"{context} replaces: {line}")
 
 
 # --- teardown ----------------------------------------------------------------------------------
@@ -406,7 +349,8 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
     for context, entry in state.clusters.items():
         if context not in known:
             clusters.append(Cluster(context=context, network=entry.get("network", ""),
-                                    name=entry.get("cluster_name", context), kubeconfig=entry.get("kubeconfig")))
+                                    name=entry.get("cluster_name", context), kubeconfig=entry.get("kubeconfig"),
+                                    primary=entry.get("primary")))
     tools = find_tools(istio_dir, runner, False, [], timeout)
     ours = _our_operators(workdir)
 
@@ -416,7 +360,7 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
     present = [c for c in clusters if (seen := observed.get(c.context)) and seen.reachable
                and (seen.namespace or seen.istiod_service)]
     usage = read_istio_usage(present, tools, runner, quiet, parallel, ours) if present else {}
-    uninstall = {ctx: Uninstall(workdir, ours, found, remove_crds) for ctx, found in usage.items()
+    uninstall = {ctx: uninstall_for(workdir, ours, found, observed.get(ctx), remove_crds) for ctx, found in usage.items()
                  if isinstance(found, IstioUsage)}
     # A cluster whose Istio users could not be read is not touched: it fails, and is reported.
     phase = teardown_plan(tools, clusters, observed, uninstall)
@@ -484,24 +428,3 @@ def _purge_or_keep_certs(workdir: Path, purge: bool, reporter: Reporter) -> None
         else:
             reporter.info(f"kept {folder.name}/ ({what}): a new apply reuses them; "
                           f"`{invocation.command('teardown', '--purge-certs')}` deletes them")
-
-
-# --- status ----------------------------------------------------------------------------------------
-
-def status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, contexts: list[str], output: str,
-           wait: bool, wait_timeout: float, parallel: int, runner: ShRunner, reporter: Reporter) -> int:
-    from .status import run_status
-
-    return run_status(workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, output=output, wait=wait,
-                      wait_timeout=wait_timeout, parallel=parallel, runner=runner, reporter=reporter,
-                      contexts=contexts)
-
-
-# --- verify ----------------------------------------------------------------------------------------
-
-def verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, options, timeout: float,
-           runner: ShRunner, reporter: Reporter) -> int:
-    from .verify import run_verify
-
-    return run_verify(workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, options=options, timeout=timeout,
-                      runner=runner, reporter=reporter)

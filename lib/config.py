@@ -38,6 +38,7 @@ CONTEXT_KEYS = {
     "cluster_name": "Istio's name for the cluster (DNS-1123 label; default: the context name)",
     "api_server": "API server URL other clusters use to reach this one (create-remote-secret --server)",
     "kubeconfig": "a kubeconfig file for this context only (default: --kubeconfig, KUBECONFIG, ~/.kube/config)",
+    "primary": "the context whose control plane runs this cluster: makes it a remote of that primary",
 }
 TOP_KEYS = {"mesh_id", "contexts"}
 OPERATOR_KEYS = ("apiVersion", "kind", "metadata", "spec")
@@ -55,6 +56,11 @@ RESERVED_VALUES = {
     ("spec", "values", "global", "network"): "topology.yaml contexts.<context>.network",
     ("spec", "values", "global", "meshNetworks"): "the networks in topology.yaml (Istio finds each network's gateway by its topology.istio.io/network label)",
     MULTIROOT_VALUE: "rotate-certs --root (set while a root transition needs istiod to accept a second root)",
+    ("spec", "values", "global", "externalIstiod"): "the role of each cluster (true on a primary that has remotes)",
+    ("spec", "values", "pilot", "env", "EXTERNAL_ISTIOD"): "the role of each cluster (the same setting as values.global.externalIstiod)",
+    ("spec", "values", "global", "remotePilotAddress"): "the address of the east-west gateway of the remote's primary (topology.yaml contexts.<context>.primary)",
+    ("spec", "values", "istiodRemote", "injectionPath"): "the remote's cluster name and network",
+    ("spec", "values", "istiodRemote", "injectionURL"): "the remote's cluster name and network (through istiodRemote.injectionPath)",
 }
 
 # Data-plane modes: base.yaml's spec.profile ambient makes the whole mesh ambient.
@@ -199,8 +205,46 @@ def load_topology(path: Path) -> Topology:
             if not isinstance(kubeconfig, str) or not kubeconfig:
                 raise ConfigError(f"{doc.where('contexts', context, 'kubeconfig')}: kubeconfig must be a file path")
             kubeconfig = str((path.parent / os.path.expanduser(kubeconfig)).resolve())
-        clusters.append(Cluster(context=context, network=network, name=name, api_server=api_server, kubeconfig=kubeconfig))
+        primary = spec.get("primary")
+        if primary is not None and (not isinstance(primary, str) or not primary):
+            raise ConfigError(f"{doc.where('contexts', context, 'primary')}: primary of context {context!r} must be "
+                              f"the name of another context, not {_type_name(primary)}",
+                              hint="name the context whose control plane runs this cluster, or delete the line to "
+                                   "make it a primary")
+        clusters.append(Cluster(context=context, network=network, name=name, api_server=api_server,
+                                kubeconfig=kubeconfig, primary=primary))
+    _check_primaries(doc, clusters)
     return Topology(mesh_id=mesh_id, clusters=tuple(clusters), path=path)
+
+
+def _check_primaries(doc: LocatedDoc, clusters: list[Cluster]) -> None:
+    """A remote's primary is another context of topology.yaml that is itself a primary (so no chains or
+    cycles: every remote is one step from a control plane)."""
+    by_context = {c.context: c for c in clusters}
+    primaries = [c.context for c in clusters if not c.primary]
+    for cluster in clusters:
+        if not cluster.primary:
+            continue
+        where = doc.where("contexts", cluster.context, "primary")
+        target = by_context.get(cluster.primary)
+        if cluster.primary == cluster.context:
+            raise ConfigError(f"{where}: context {cluster.context!r} names itself as its primary",
+                              hint=f"delete `primary:` to make {cluster.context!r} a primary, or name the context "
+                                   f"whose control plane runs it")
+        if target is None:
+            remotes = [c.context for c in clusters if c.primary == cluster.primary]
+            raise ConfigError(
+                f"{where}: primary {cluster.primary!r} of context {cluster.context!r} is not a context in "
+                f"topology.yaml (it is the primary of {', '.join(remotes)})",
+                hint=f"a primary that still has remotes cannot be removed: first point `primary:` of "
+                     f"{', '.join(remotes)} at another primary ({', '.join(primaries) or 'none yet'}) or delete it "
+                     f"to make them primaries; or fix the name")
+        if target.primary:
+            raise ConfigError(
+                f"{where}: context {cluster.primary!r}, the primary of {cluster.context!r}, is itself a remote "
+                f"(of {target.primary!r})",
+                hint=f"a remote's primary runs its own control plane: set `primary: {target.primary}` for "
+                     f"{cluster.context!r}, or delete `primary:` under {cluster.primary!r}")
 
 
 def _suggest(context: str) -> str:
@@ -239,7 +283,8 @@ def load_base(path: Path) -> Base:
         suggestion = did_you_mean(key, OPERATOR_SPEC_KEYS) if key not in OPERATOR_SPEC_KEYS else ""
         if suggestion:
             raise ConfigError(f"{doc.where('spec', key)}: unknown key {key!r} in spec", hint=suggestion.rstrip())
-    for keys in (("spec", "values"), ("spec", "values", "global"), ("spec", "values", "global", "multiCluster")):
+    for keys in (("spec", "values"), ("spec", "values", "global"), ("spec", "values", "global", "multiCluster"),
+                 ("spec", "values", "istiodRemote")):
         present, value = _get(data, keys)
         if present and value is not None and not isinstance(value, dict):
             raise ConfigError(f"{doc.where(*keys)}: {'.'.join(keys)} must be a mapping, not {_type_name(value)}", hint=hint)
@@ -262,7 +307,8 @@ def load_base(path: Path) -> Base:
         if isinstance(entry, dict) and entry.get("name") == MULTIROOT_ENV:
             problems.append(f"  {doc.where(*PILOT_K8S_ENV, i)}: {'.'.join(PILOT_K8S_ENV)}[{i}] ({MULTIROOT_ENV}) "
                             f"is set by setup-mesh from {multiroot}")
-    hint = "delete those lines from base.yaml; set mesh_id, network and cluster_name in topology.yaml instead"
+    hint = ("delete those lines from base.yaml; set mesh_id, network, cluster_name and primary in topology.yaml "
+            "instead")
     ambient_problems = _ambient_reserved(data, doc)
     if ambient_problems:
         problems += ambient_problems

@@ -14,15 +14,19 @@ the namespace fields with the cacerts step. Values a part sets for the user are 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping
 
 from .ambient import GATEWAY_API_VERSION, east_west_gateway, with_multi_network_switch
 from .config import AMBIENT, MULTIROOT_ENV, SIDECAR, Topology, data_plane_mode
 from .mesh import Member, Mesh, mesh_model
 from .lifecycle import Transition
-from .overlay import (CROSS_NETWORK_GATEWAY, ISTIO_NAMESPACE, NETWORK_LABEL, cluster_operator,
-                      cross_network_gateway, eastwest_operator, fingerprint, with_pilot_env)
+from .overlay import (CONTROL_PLANE_CLUSTERS, CROSS_NETWORK_GATEWAY, ISTIO_NAMESPACE, NETWORK_LABEL,
+                      cluster_operator, control_plane_revision, cross_network_gateway, eastwest_operator,
+                      expose_istiod, external_istiod, fingerprint, remote_operator, with_pilot_env)
+
+# What a dry run shows, and nothing installs, while the address of a primary's east-west gateway is not known.
+PENDING_ADDRESS = "<address of {}'s east-west gateway>"
 
 
 @dataclass
@@ -47,6 +51,9 @@ class Desired:
     istio_objects: list[IstioObjects] = field(default_factory=list)
     namespace_labels: dict[str, str] = field(default_factory=dict)
     namespace_annotations: dict[str, str] = field(default_factory=dict)
+    # The context of the primary whose gateway address this state still lacks (known once it has one).
+    awaits_address_of: str | None = None
+    inputs: "Inputs | None" = field(default=None, repr=False, compare=False)
 
     @property
     def cluster(self):
@@ -91,6 +98,11 @@ class Desired:
             parts.append(self.namespace_annotations)
         return fingerprint(*parts)
 
+    def with_addresses(self, addresses: Mapping[str, str]) -> "Desired":
+        """The same cluster's state once more gateway addresses are known."""
+        inputs = self.inputs
+        return derive(replace(inputs, addresses={**inputs.addresses, **addresses}), self.member)
+
     def namespace_manifest(self) -> dict[str, Any]:
         metadata: dict[str, Any] = {"name": ISTIO_NAMESPACE, "labels": dict(self.namespace_labels)}
         if self.namespace_annotations:
@@ -102,6 +114,7 @@ class Desired:
 class Inputs:
     mesh: Mesh
     base: dict[str, Any]  # base.yaml, validated
+    addresses: Mapping[str, str] = field(default_factory=dict)  # context -> its east-west gateway's address
     transition: Transition | None = None  # a move to a new root under way (rotate-certs --root)
 
 
@@ -114,9 +127,27 @@ def network_label(inputs: Inputs, member: Member, d: Desired) -> None:
 
 
 def primary_control_plane(inputs: Inputs, member: Member, d: Desired) -> None:
-    """A primary: base.yaml with the mesh's identity values (mesh, cluster, network)."""
+    """A primary: base.yaml with the mesh's identity values (mesh, cluster, network); with remotes, its
+    istiod also configures them (external istiod)."""
     if member.is_primary:
         d.operator = cluster_operator(inputs.base, inputs.mesh.topology, member.cluster)
+        if member.remotes:
+            d.operator = external_istiod(d.operator)
+
+
+def remote_control_plane(inputs: Inputs, member: Member, d: Desired) -> None:
+    """A remote: the `remote` profile pointed at its primary's istiod through the primary's east-west
+    gateway, and istio-system naming the cluster whose istiod configures it."""
+    if not member.is_remote:
+        return
+    primary = inputs.mesh.control_plane_of(member)
+    address = inputs.addresses.get(primary.context)
+    if not address:
+        d.awaits_address_of = primary.context
+        address = PENDING_ADDRESS.format(primary.context)
+    identity = cluster_operator(inputs.base, inputs.mesh.topology, member.cluster)
+    d.operator = remote_operator(identity, member.cluster, address)
+    d.namespace_annotations[CONTROL_PLANE_CLUSTERS] = primary.name
 
 
 def eastwest_gateway(inputs: Inputs, member: Member, d: Desired) -> None:
@@ -131,6 +162,13 @@ def expose_services(inputs: Inputs, member: Member, d: Desired) -> None:
         d.istio_objects.append(IstioObjects("expose services", [cross_network_gateway()]))
 
 
+def expose_istiod_to_remotes(inputs: Inputs, member: Member, d: Desired) -> None:
+    """A primary with remotes: istiod reachable through its east-west gateway (samples/multicluster/
+    expose-istiod.yaml, or the revision template when base.yaml sets a revision)."""
+    if member.exposes_istiod:
+        d.istio_objects.append(IstioObjects("expose istiod", expose_istiod(control_plane_revision(inputs.base))))
+
+
 def ambient_data_plane(inputs: Inputs, member: Member, d: Desired) -> None:
     """Ambient (Istio's ambient multicluster guide): istiod's multi-network switch, and across networks the
     east-west gateway as a Gateway API Gateway that istiod deploys, instead of the two parts above."""
@@ -143,24 +181,27 @@ def ambient_data_plane(inputs: Inputs, member: Member, d: Desired) -> None:
 
 
 def root_transition(inputs: Inputs, member: Member, d: Desired) -> None:
-    """While the mesh moves to a new root, istiod must accept a changed root bundle (ISTIO_MULTIROOT_MESH)."""
-    if inputs.transition is not None and d.operator:
+    """While the mesh moves to a new root, istiod must accept a changed root bundle (ISTIO_MULTIROOT_MESH).
+    A remote runs no istiod: its primary's accepts for it."""
+    if inputs.transition is not None and member.is_primary and d.operator:
         d.operator = with_pilot_env(d.operator, {MULTIROOT_ENV: "true"})
 
 
-PARTS: list[Part] = [network_label, primary_control_plane, root_transition, eastwest_gateway, expose_services,
-                     ambient_data_plane]
+PARTS: list[Part] = [network_label, primary_control_plane, remote_control_plane, root_transition, eastwest_gateway,
+                     expose_services, expose_istiod_to_remotes, ambient_data_plane]
 
 
 def derive(inputs: Inputs, member: Member) -> Desired:
-    d = Desired(member)
+    d = Desired(member, inputs=inputs)
     for part in PARTS:
         part(inputs, member, d)
     return d
 
 
 def desired_state(topology: Topology, base: dict[str, Any],
+                  addresses: Mapping[str, str] | None = None,
                   transition: Transition | None = None) -> dict[str, Desired]:
-    """Every cluster's desired state, by context; ``transition``: a move to a new root under way."""
-    inputs = Inputs(mesh_model(topology, data_plane_mode(base)), base, transition)
+    """Every cluster's desired state, by context. ``addresses``: the east-west gateway addresses known now
+    (a remote is pointed at its primary's); ``transition``: a move to a new root under way."""
+    inputs = Inputs(mesh_model(topology, data_plane_mode(base)), base, dict(addresses or {}), transition)
     return {m.context: derive(inputs, m) for m in inputs.mesh.members}

@@ -36,8 +36,10 @@ class After:
 @dataclass
 class Step:
     """One unit of work on one cluster. ``commands`` are what a dry-run shows and, with no
-    ``action``, what runs; ``files`` are written (atomically) before the commands. ``key`` names the
-    step for dependencies (default: its title); ``after`` lists the steps of other clusters it waits for.
+    ``action``, what runs; ``files`` are written (atomically) before the commands, or, with ``prepare``,
+    what it returns when the step starts (files that depend on what earlier steps found; ``files`` is then
+    what a dry run shows). ``key`` names the step for dependencies (default: its title); ``after`` lists
+    the steps of other clusters it waits for.
     ``done`` is what the cluster's result says once the step ran ("installed"; empty for bookkeeping);
     an action may return a more exact one. ``change`` is the step's line in a plan, diff-like
     ("+ Istio", "~ ...", "- ..."), with ``details`` under it; "" marks bookkeeping (shown with the
@@ -53,6 +55,7 @@ class Step:
     details: list[str] = field(default_factory=list)
     key: str = ""
     after: list[After] = field(default_factory=list)
+    prepare: Callable[["RunContext"], list[tuple[Path, str]]] | None = None
 
     def __post_init__(self) -> None:
         self.key = self.key or self.title
@@ -225,7 +228,7 @@ class Executor:
         start = time.monotonic()
         done = step.done
         try:
-            for path, content in step.files:
+            for path, content in (step.prepare(ctx) if step.prepare else step.files):
                 write_atomic(path, content)
             if step.action:
                 done = step.action(ctx) or done

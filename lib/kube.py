@@ -11,7 +11,7 @@ import yaml
 
 from .config import Cluster
 from .overlay import (APPLIED_ANNOTATION, CLUSTER_ANNOTATION, EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE,
-                      MULTICLUSTER_LABEL, NETWORK_LABEL, SECRET_SOURCE_ANNOTATION)
+                      MANAGED_BY_LABEL, MULTICLUSTER_LABEL, NETWORK_LABEL, SECRET_SOURCE_ANNOTATION)
 from .gatewayapi import GATEWAY_CRD, ClusterCrds
 from .runner import Command
 
@@ -117,6 +117,7 @@ class Observed:
     applied: str | None = None
     annotations: dict[str, str] = field(default_factory=dict)
     cacerts: dict[str, bytes] | None = None  # public parts only: ca-cert, cert-chain, root-cert
+    cacerts_labelled: bool = False  # carries setup-mesh's managed-by label
     remote_secrets: dict[str, RemoteSecretInfo] = field(default_factory=dict)  # by cluster name
     reader_token: str | None = None  # fingerprint input only; never printed
     eastwest_exists: bool = False
@@ -154,6 +155,7 @@ def parse_inspect(output: str) -> Observed:
             if name == "cacerts":
                 seen.cacerts = {k: v for k in ("ca-cert.pem", "cert-chain.pem", "root-cert.pem")
                                 if (v := _b64(secret_data, k)) is not None}
+                seen.cacerts_labelled = labels.get(MANAGED_BY_LABEL) == FIELD_MANAGER
             elif labels.get(MULTICLUSTER_LABEL) == "true":
                 info = _remote_secret_info(name, annotations, secret_data, labels, item.get("type"))
                 seen.remote_secrets[info.cluster] = info
@@ -168,7 +170,7 @@ def parse_inspect(output: str) -> Observed:
                 seen.eastwest_address = service_address(item)
                 made_by_istiod = MANAGED_GATEWAY_LABEL in (meta.get("labels") or {})
                 seen.eastwest_made_by = "gateway" if made_by_istiod else "operator"
-            elif name == "istiod":
+            elif name == "istiod" or name.startswith("istiod-"):  # istiod-<revision> with a revision
                 seen.istiod_service = True
         elif kind == "Deployment" and meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE:
             seen.deployments[name] = item

@@ -21,6 +21,8 @@ EASTWEST_NAME = "istio-eastwestgateway"
 CONTROL_PLANE_IOP = "setup-mesh"
 EASTWEST_IOP = "eastwest"
 CROSS_NETWORK_GATEWAY = "cross-network-gateway"
+ISTIOD_GATEWAY = "istiod-gateway"
+CONTROL_PLANE_CLUSTERS = "topology.istio.io/controlPlaneClusters"
 CACERTS_FILES = ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")
 # What setup-mesh records on istio-system: the fingerprint of everything it installed there.
 APPLIED_ANNOTATION = "setup-mesh.io/applied"
@@ -81,6 +83,30 @@ def with_pilot_env(operator: dict[str, Any], env: dict[str, str]) -> dict[str, A
     pilot = values.get("pilot") or {}
     values["pilot"] = pilot
     pilot["env"] = {**(pilot.get("env") or {}), **env}
+    return operator
+
+
+def external_istiod(operator: dict[str, Any]) -> dict[str, Any]:
+    """A primary whose istiod also runs remotes: the guide's external-istiod setting, so that it configures
+    the clusters whose istio-system names it in topology.istio.io/controlPlaneClusters."""
+    operator = copy.deepcopy(operator)
+    operator["spec"]["values"]["global"]["externalIstiod"] = True
+    return operator
+
+
+def injection_path(cluster: Cluster) -> str:
+    """The sidecar injector's path for a remote: istiod reads the pod's cluster and network from it."""
+    return f"/inject/cluster/{cluster.name}/net/{cluster.network}"
+
+
+def remote_operator(operator: dict[str, Any], cluster: Cluster, pilot_address: str) -> dict[str, Any]:
+    """A remote: the cluster's IstioOperator with the `remote` profile (no istiod; the injector webhook and
+    the reader's rights), told where its primary's istiod is and which injection path is its own."""
+    operator = copy.deepcopy(operator)
+    spec = operator["spec"] = {"profile": "remote", **{k: v for k, v in operator["spec"].items() if k != "profile"}}
+    values = spec["values"]
+    values["global"]["remotePilotAddress"] = pilot_address
+    values["istiodRemote"] = {**(values.get("istiodRemote") or {}), "injectionPath": injection_path(cluster)}
     return operator
 
 
@@ -187,6 +213,27 @@ def cross_network_gateway() -> dict[str, Any]:
     }
 
 
+def expose_istiod(revision: str | None) -> list[dict[str, Any]]:
+    """The Gateway and VirtualService that let remotes reach istiod (xDS on 15012, the injector on 15017)
+    through the east-west gateway, as samples/multicluster/expose-istiod.yaml (expose-istiod-rev.yaml.tmpl
+    with a revision) makes them."""
+    servers = [{"port": {"name": name, "number": port, "protocol": "tls"}, "tls": {"mode": "PASSTHROUGH"}, "hosts": ["*"]}
+               for name, port in (("tls-istiod", 15012), ("tls-istiodwebhook", 15017))]
+    gateway = {"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+               "metadata": {"name": ISTIOD_GATEWAY, "namespace": ISTIO_NAMESPACE, "labels": {MANAGED_BY_LABEL: FIELD_MANAGER}},
+               "spec": {"selector": {"istio": "eastwestgateway"}, "servers": servers}}
+    service = f"istiod-{revision}" if revision else "istiod"
+    host = f"{service}.{ISTIO_NAMESPACE}.svc.cluster.local"
+    sni = [f"{service}.{ISTIO_NAMESPACE}.svc", host] if revision else ["*"]
+    routes = [{"match": [{"port": port, "sniHosts": list(sni)}], "route": [{"destination": {"host": host, "port": {"number": target}}}]}
+              for port, target in ((15012, 15012), (15017, 443))]
+    virtual_service = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                       "metadata": {"name": f"istiod-vs-{revision}" if revision else "istiod-vs",
+                                    "namespace": ISTIO_NAMESPACE, "labels": {MANAGED_BY_LABEL: FIELD_MANAGER}},
+                       "spec": {"hosts": ["*"], "gateways": [ISTIOD_GATEWAY], "tls": routes}}
+    return [gateway, virtual_service]
+
+
 def namespace_manifest(cluster: Cluster) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -200,7 +247,8 @@ def cacerts_manifest(files: dict[str, bytes]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": "cacerts", "namespace": ISTIO_NAMESPACE},
+        # The label tells setup-mesh's cacerts from one somebody else put there (never replaced unasked).
+        "metadata": {"name": "cacerts", "namespace": ISTIO_NAMESPACE, "labels": {MANAGED_BY_LABEL: FIELD_MANAGER}},
         "type": "Opaque",
         "data": {name: base64.b64encode(files[name]).decode() for name in CACERTS_FILES},
     }

@@ -16,15 +16,16 @@ from . import certs, lifecycle
 from .config import SIDECAR, Cluster, Topology
 from .errors import MeshError
 from .ambient import gateway_status
-from .desired import Desired, desired_state
-from .executor import After, Interrupted, Phase, RunContext, Step
+from .desired import Desired
+from .executor import RERUN_HINT, After, Interrupted, Phase, RunContext, Step
+from .fsutil import read_if_present
 from .gatewayapi import CrdSource
 from .kube import (COMPONENT_LABEL, GATEWAY_RESOURCE, MANAGED_GATEWAY_LABEL, OWNER_LABEL, OWNER_NAMESPACE_LABEL, IstioUsage,
                    Observed, Tools, parse_remote_secret, service_address, token_fingerprint)
 from .lifecycle import Transition
-from .overlay import (APPLIED_ANNOTATION, CROSS_NETWORK_GATEWAY, EASTWEST_IOP, EASTWEST_NAME, FIELD_MANAGER,
-                      ISTIO_NAMESPACE, NETWORK_LABEL, cacerts_manifest, manifest_list, namespace_manifest,
-                      sequential_waits)
+from .overlay import (APPLIED_ANNOTATION, CONTROL_PLANE_CLUSTERS, CROSS_NETWORK_GATEWAY, EASTWEST_IOP, EASTWEST_NAME,
+                      FIELD_MANAGER, ISTIO_NAMESPACE, MANAGED_BY_LABEL, NETWORK_LABEL, cacerts_manifest, control_plane_revision,
+                      expose_istiod, manifest_list, namespace_manifest, sequential_waits)
 from .release import Release
 from .runner import Command
 from .yamldiff import diff
@@ -35,6 +36,7 @@ UNINSTALL_DIR = Path(".setup-mesh") / "uninstall"
 GATEWAY_POLL_SECONDS = 1.0
 RECORD_TITLE = "record what was applied"
 EXPORT_KEY = "export its remote secret"
+WAIT_KEY = "wait for the east-west gateway's address"
 
 
 def overlay_path(workdir: Path, cluster: Cluster) -> Path:
@@ -53,6 +55,7 @@ class Removal:
     cluster_name: str
     kubeconfig: str | None
     reachable: bool
+    primary: str | None = None  # it was a remote of that context
 
 
 @dataclass
@@ -76,6 +79,8 @@ def _cacerts_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: dict
     as the certificates' lifecycle says; during a root transition istio-system also records the stage."""
     namespace = namespace or namespace_manifest(cluster)
     folder = lifecycle.issuing_dir(workdir, transition) / cluster.name
+    annotations = namespace["metadata"].get("annotations") or {}
+    annotated = "".join(f", annotated {k}={v}" for k, v in annotations.items())
 
     def action(ctx: RunContext) -> None:
         files = lifecycle.desired_cacerts(workdir, cluster.name, transition)
@@ -94,8 +99,8 @@ def _cacerts_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: dict
              if transition is not None and transition.stage < lifecycle.LAST_STAGE else "")
     return Step(f"namespace {ISTIO_NAMESPACE} (network {cluster.network}) and secret cacerts",
                 commands=[tools.apply(cluster, None, shown=False)], action=action,
-                note=f"stdin: Namespace {ISTIO_NAMESPACE} labelled {cluster.network} and Secret cacerts made from "
-                     f"{folder}/*.pem{stage} (holds the CA key: not shown)")
+                note=f"stdin: Namespace {ISTIO_NAMESPACE} labelled {cluster.network}{annotated} and Secret cacerts "
+                     f"made from {folder}/*.pem{stage} (holds the CA key: not shown)")
 
 
 def cacerts_in_place(seen: Observed, cluster: Cluster, workdir: Path, transition: Transition | None) -> bool:
@@ -117,6 +122,7 @@ def _intermediate_step(release: Release | None, cert_dir: Path, cluster: Cluster
     make_rest = certs.cacerts_command(release, cert_dir, cluster.name, variables)
 
     def action(ctx: RunContext) -> None:
+        certs.discard_incomplete(cert_dir, cluster.name)  # what an interrupted run left half made
         try:
             if not (cert_dir / cluster.name / "ca-key.pem").is_file():
                 ctx.run(make_key)
@@ -149,18 +155,41 @@ def gateway_network(seen: Observed) -> str | None:
     return match.get(NETWORK_LABEL) if deployment else None
 
 
-def _install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed) -> list[Step]:
+def resolved(ctx: RunContext, d: Desired) -> Desired:
+    """``d`` with the gateway addresses found so far in this run; fails when the one it needs is missing."""
+    if d.awaits_address_of is None:
+        return d
+    primary = d.awaits_address_of
+    address = ctx.shared.get("gateway_address", {}).get(primary)
+    if not address:
+        raise MeshError(f"the address of {primary}'s east-west gateway is not known: this remote cannot be told "
+                        f"where its control plane is",
+                        hint=f"make {primary} healthy first (see its own result), then {RERUN_HINT}")
+    with ctx.lock:
+        full = ctx.shared.setdefault("desired", {}).get(d.cluster.context)
+        if full is None:
+            full = ctx.shared["desired"][d.cluster.context] = d.with_addresses({primary: address})
+    return full
+
+
+def _install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | None = None) -> list[Step]:
     """A first install shows what is added; a re-install, the paths that change in each overlay (the
     overlays/ files are what was installed last)."""
     cluster = d.cluster
     fresh = seen.applied is None
     overlay = overlay_path(workdir, cluster)
     changed = _changed(overlay, d.operator, fresh, workdir)
-    steps = [Step("install Istio", files=[(overlay, dump(d.operator))],
-                  commands=[install_command(tools, cluster, overlay, d.operator)],
-                  done="installed" if fresh else "updated",
-                  change=f"{changed[0] or '~'} Istio ({OVERLAY_DIR}/{overlay.name})",
-                  details=changed[1] if changed[0] else ["(its overlay is unchanged: installed again)"])]
+    install = Step("install Istio", files=[(overlay, dump(d.operator))],
+                   commands=[install_command(tools, cluster, overlay, d.operator)],
+                   done="installed" if fresh else "updated",
+                   change=f"{changed[0] or '~'} Istio ({OVERLAY_DIR}/{overlay.name})",
+                   details=changed[1] if changed[0] else ["(its overlay is unchanged: installed again)"])
+    if d.member.is_remote:
+        # Its primary's istiod must be exposed and have an address before a remote can be pointed at it.
+        install.after = [After(d.member.control_plane, WAIT_KEY)]
+    if d.awaits_address_of:
+        install.prepare = lambda ctx: [(overlay, dump(resolved(ctx, d).operator))]
+    steps = [install]
     fresh_gateway = fresh or not seen.eastwest_exists
     if d.eastwest is not None:
         old_network = gateway_network(seen)
@@ -249,14 +278,43 @@ def _remove_sidecar_gateway_step(tools: Tools, workdir: Path, d: Desired, seen: 
     return step
 
 
-def record_step(tools: Tools, cluster: Cluster, fp: str, data_plane: str = SIDECAR, was: str | None = None) -> Step:
+def _no_longer_remote_step(tools: Tools, cluster: Cluster, d: Desired) -> Step:
+    """A remote turned primary: its istio-system must stop naming another cluster's control plane, and the
+    EndpointSlice that led its istiod Service to the old primary must not outlive the remote install."""
+    revision = control_plane_revision(d.operator)
+    service = f"istiod-{revision}" if revision else "istiod"
+    return Step(f"stop being a remote (annotation {CONTROL_PLANE_CLUSTERS}, EndpointSlice {service})",
+                change=f"- annotation {CONTROL_PLANE_CLUSTERS} and EndpointSlice {service} (a primary now)", commands=[
+        tools.kubectl_cmd(cluster, "annotate", "namespace", ISTIO_NAMESPACE, f"{CONTROL_PLANE_CLUSTERS}-"),
+        tools.kubectl_cmd(cluster, "delete", "endpointslices.discovery.k8s.io", service, "-n", ISTIO_NAMESPACE,
+                          "--ignore-not-found")])
+
+
+def _stop_exposing_istiod_step(tools: Tools, cluster: Cluster, d: Desired) -> Step:
+    """A primary that no longer has remotes: its istiod is no longer reachable through the gateway."""
+    names = [(o["kind"], o["metadata"]["name"]) for o in expose_istiod(control_plane_revision(d.operator))]
+    commands = [tools.kubectl_cmd(cluster, "delete", f"{kind.lower()}s.networking.istio.io", name,
+                                  "-n", ISTIO_NAMESPACE, "--ignore-not-found") for kind, name in names]
+    return Step("stop exposing istiod (no remotes now)", commands=commands,
+                change="- Gateway istiod-gateway and its VirtualService (no remotes now)")
+
+
+def record_step(tools: Tools, cluster: Cluster, fp: str, d: Desired | None = None, was: str | None = None) -> Step:
     """The fingerprint of what was applied, and the data-plane mode when not sidecar (``was``: the mode
-    recorded before, whose annotation a sidecar mesh removes)."""
+    recorded before, whose annotation a sidecar mesh removes). A remote whose primary's gateway address
+    was unknown at planning records the fingerprint of what it finally installed."""
+    data_plane = d.data_plane if d is not None else SIDECAR
     mode = ([f"{DATA_PLANE_ANNOTATION}={data_plane}"] if data_plane != SIDECAR
             else [f"{DATA_PLANE_ANNOTATION}-"] if was not in (None, SIDECAR) else [])
-    return Step(RECORD_TITLE, commands=[tools.kubectl_cmd(
-        cluster, "annotate", "--overwrite", "namespace", ISTIO_NAMESPACE, f"{APPLIED_ANNOTATION}={fp}", *mode)],
-        change="")
+
+    def command(fingerprint: str):
+        return tools.kubectl_cmd(cluster, "annotate", "--overwrite", "namespace", ISTIO_NAMESPACE,
+                                 f"{APPLIED_ANNOTATION}={fingerprint}", *mode)
+
+    if d is None or d.awaits_address_of is None:
+        return Step(RECORD_TITLE, commands=[command(fp)], change="")
+    return Step(RECORD_TITLE, commands=[command("<fingerprint once the address is known>")],
+                action=lambda ctx: ctx.run(command(resolved(ctx, d).fingerprint)) and None, change="")
 
 
 def wait_gateway_step(tools: Tools, cluster: Cluster, timeout: float, ambient: bool = False) -> Step:
@@ -292,7 +350,7 @@ def wait_gateway_step(tools: Tools, cluster: Cluster, timeout: float, ambient: b
             if ctx.cancelled.wait(GATEWAY_POLL_SECONDS):
                 raise Interrupted()
 
-    return Step("wait for the east-west gateway's address", commands=[command], action=action, change="")
+    return Step(WAIT_KEY, commands=[command], action=action, change="")
 
 
 def export_step(tools: Tools, cluster: Cluster) -> Step:
@@ -371,6 +429,7 @@ class Uninstall:
     ours: frozenset[str]  # the IstioOperator names setup-mesh installs (control plane, east-west gateway)
     usage: IstioUsage  # Istio objects others made
     remove_crds: bool = False  # delete Istio's CRDs even though others' resources exist (and go with them)
+    foreign_cacerts: str | None = None  # a cacerts setup-mesh did not make (whose CA): it and istio-system stay
 
     @property
     def purge(self) -> bool:
@@ -421,17 +480,32 @@ def uninstall_steps(tools: Tools, cluster: Cluster, secrets: list[str], seen: Ob
             commands.append(tools.istioctl_cmd(cluster, "uninstall", "-y", "-r", revision))
         commands.append(tools.kubectl_cmd(cluster, "delete", "gateways.networking.istio.io", CROSS_NETWORK_GATEWAY,
                                           "-n", ISTIO_NAMESPACE, "--ignore-not-found"))
+        # What exposes istiod to remotes carries setup-mesh's label (Istio's CRDs, and so the kinds, stay).
+        commands.append(tools.kubectl_cmd(cluster, "delete", "gateways.networking.istio.io,virtualservices.networking.istio.io",
+                                          "-n", ISTIO_NAMESPACE, "-l", f"{MANAGED_BY_LABEL}={FIELD_MANAGER}",
+                                          "--ignore-not-found"))
         if seen.eastwest_made_by == "gateway":
             # istiod made this one for the ambient Gateway; with istiod gone nothing would reconcile it.
             commands.extend(_ambient_gateway_removal(tools, cluster))
         steps.append(Step("uninstall setup-mesh's IstioOperators (Istio's CRDs are kept)", commands=commands,
                           files=files, change="- setup-mesh's IstioOperators and Gateway (Istio's CRDs are kept: "
                                               f"others use Istio here: {how.usage.describe()})"))
-    steps.append(Step("delete cacerts and remote secrets", commands=[tools.kubectl_cmd(
-        cluster, "delete", "secret", "-n", ISTIO_NAMESPACE, "--ignore-not-found", "cacerts", *secrets)],
-        change=f"- secret cacerts" + (f" and {len(secrets)} remote secret{'s' * (len(secrets) != 1)}"
-                                        if secrets else "")))
-    if how.purge or not how.usage.in_namespace(ISTIO_NAMESPACE):
+    names = secrets if how.foreign_cacerts else ["cacerts", *secrets]
+    if names:
+        some = f"{len(secrets)} remote secret{'s' * (len(secrets) != 1)}"
+        steps.append(Step("delete cacerts and remote secrets" if not how.foreign_cacerts else "delete remote secrets",
+                          commands=[tools.kubectl_cmd(cluster, "delete", "secret", "-n", ISTIO_NAMESPACE,
+                                                      "--ignore-not-found", *names)],
+                          change=f"- {some}" if how.foreign_cacerts else
+                          "- secret cacerts" + (f" and {some}" if secrets else "")))
+    if how.foreign_cacerts:  # istio-system holds somebody's CA: deleting the namespace would delete it too
+        return steps
+    if seen.namespace_terminating:
+        # An earlier delete is under way (kube-apiserver refuses a second one with 409 Conflict).
+        step = await_namespace_deleted_step(tools, cluster)
+        step.done, step.change = "removed", f"- namespace {ISTIO_NAMESPACE} (already being deleted: waited for)"
+        steps.append(step)
+    elif how.purge or not how.usage.in_namespace(ISTIO_NAMESPACE):
         steps.append(Step(f"delete namespace {ISTIO_NAMESPACE}", commands=[tools.kubectl_cmd(
             cluster, "delete", "namespace", ISTIO_NAMESPACE, "--ignore-not-found")], done="removed",
             change=f"- namespace {ISTIO_NAMESPACE}"))
@@ -452,6 +526,7 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
     ``transition``: a root transition under way; clusters get (and keep) the certificates of its stage."""
     cert_dir = lifecycle.issuing_dir(workdir, transition)
     stage_note = f", stage {transition.stage} of the move to a new root" if transition is not None else ""
+    root_pem = read_if_present(certs.certs_dir(workdir) / certs.ROOT_CERT)
     # Each member's own chain (set-up, install, its remote secret), then what needs the others (their
     # secrets, and the gateway address); phases group the steps for the reader, the steps' dependencies
     # (Step.after) are what orders clusters against each other.
@@ -476,6 +551,11 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             info = seen_of[holder.context].remote_secrets.get(peer.name)
             if info and info.manifest and info.source and info.source == current_fp[peer.context]:
                 held.setdefault(peer.context, info.manifest)
+    members_by_name = {c.name: c for c in members}
+    # Primaries whose istiod ran remotes when the clusters were read (the remotes' istio-system names them).
+    controlled_before = {seen.annotations.get(CONTROL_PLANE_CLUSTERS)
+                         for seen in [*seen_of.values(), *(o for o in removed_observed.values() if o)]
+                         if seen.annotations.get(CONTROL_PLANE_CLUSTERS)}
     imports: dict[str, list[Cluster]] = {}
     for target in members:
         duty = set(desired[target.context].member.holds_secrets_of)
@@ -500,9 +580,16 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
         if not certs.has_cacerts(cert_dir, cluster.name):
             steps.append(_intermediate_step(release, cert_dir, cluster, intermediate_vars))
         cacerts_current = cacerts_in_place(seen, cluster, workdir, transition)
+        if not cacerts_current and not certs.made_by_this_workspace(seen.cacerts, seen.cacerts_labelled, root_pem):
+            plan.replacements.setdefault(cluster.context, []).append(
+                f"secret cacerts, which setup-mesh did not make ({certs.describe_foreign(seen.cacerts)}), by this "
+                f"workspace's intermediate CA: workloads keep certificates of the old CA until they renew (within "
+                f"24 h), and mTLS between old and new certificates fails meanwhile")
         installing = (seen.applied != d.fingerprint or (d.eastwest is not None and not seen.eastwest_exists)
                       or (d.ambient_gateway is not None and seen.eastwest_gateway is None))
-        if steps or not seen.namespace or seen.network_label != cluster.network or not cacerts_current:
+        annotations_current = all(seen.annotations.get(k) == v for k, v in d.namespace_annotations.items())
+        if (steps or not seen.namespace or seen.network_label != cluster.network or not cacerts_current
+                or not annotations_current):
             step = _cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition)
             if not seen.namespace:
                 step.change = f"+ namespace {ISTIO_NAMESPACE} (network {cluster.network}) and secret cacerts"
@@ -511,15 +598,18 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
                 step.change = ", ".join(filter(None, [
                     label and f"~ network label: {seen.network_label or '(none)'} → {cluster.network}",
                     not cacerts_current and ("~ " if not label else "") + "secret cacerts"
-                    f" ({cert_dir.name}/{cluster.name}/{stage_note})"])) or "~ secret cacerts"
+                    f" ({cert_dir.name}/{cluster.name}/{stage_note})",
+                    not annotations_current and f"~ annotation {CONTROL_PLANE_CLUSTERS}"])) or "~ secret cacerts"
                 if not installing:
                     step.done = "cacerts updated"
             steps.append(step)
         was = seen.annotations.get(DATA_PLANE_ANNOTATION, SIDECAR) if seen.applied is not None else None
         if was is not None and was != d.data_plane:
-            plan.replacements[cluster.context] = _switch_description(was, d)
+            plan.replacements.setdefault(cluster.context, []).extend(_switch_description(was, d))
         if d.ambient and seen.gateway_api is not None and not seen.gateway_api.installed and gateway_api is not None:
             steps.append(gateway_api_crds_step(tools, cluster, gateway_api))
+        if CONTROL_PLANE_CLUSTERS in seen.annotations and CONTROL_PLANE_CLUSTERS not in d.namespace_annotations:
+            steps.append(_no_longer_remote_step(tools, cluster, d))
         if installing:
             # The other mode's gateway holds the name this mode's gateway takes: it goes first.
             if d.ambient and seen.eastwest_made_by == "operator":
@@ -534,9 +624,14 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
                         steps.append(_remove_ambient_gateway_step(tools, cluster))
                 elif not d.ambient:
                     steps.append(_remove_gateways_step(tools, workdir, d, seen))
+            if not d.member.exposes_istiod and cluster.name in controlled_before:
+                steps.append(_stop_exposing_istiod_step(tools, cluster, d))
         changed = bool(steps)
+        if d.member.remotes and d.eastwest is not None and (changed or not seen.eastwest_address):
+            # Its remotes wait for this address: find it before anything else this cluster does.
+            steps.append(wait_gateway_step(tools, cluster, gateway_timeout))
         if changed:
-            steps.append(record_step(tools, cluster, d.fingerprint, d.data_plane, was))
+            steps.append(record_step(tools, cluster, d.fingerprint, d, was))
         else:
             plan.unchanged.append(cluster.context)
         if cluster.context in needed_sources:
@@ -556,9 +651,12 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             ready = gateway_status(seen.eastwest_gateway).programmed
             if changed or not ready:
                 connect.add(cluster.context, wait_gateway_step(tools, cluster, gateway_timeout, ambient=True))
-        elif d.eastwest is not None and (changed or not seen.eastwest_address):
+        elif not d.member.remotes and d.eastwest is not None and (changed or not seen.eastwest_address):
             connect.add(cluster.context, wait_gateway_step(tools, cluster, gateway_timeout))
-        stale = sorted(info.name for name, info in seen.remote_secrets.items() if name not in names)
+        # Secrets of clusters that left the mesh, and any a cluster no longer needs (a remote holds none).
+        holds = set(d.member.holds_secrets_of)
+        stale = sorted(info.name for name, info in seen.remote_secrets.items()
+                       if name not in names or (name in members_by_name and members_by_name[name].context not in holds))
         if stale:
             plan.prunes[cluster.context] = stale
             plan.secrets["prune"] += len(stale)
@@ -576,6 +674,7 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             secrets = sorted(info.name for info in seen.remote_secrets.values())
             for step in uninstall_steps(tools, cluster, secrets, seen, uninstall[gone.context]):
                 remove.add(gone.context, step)
+    _remotes_first(remove, {r.context: r.primary for r in removed})
     return plan
 
 
@@ -596,6 +695,14 @@ def _switch_description(was: str, d: Desired) -> list[str]:
     return what
 
 
+def _remotes_first(phase: Phase, primary_of: dict[str, str | None]) -> None:
+    """A primary is uninstalled only after its remotes (their webhooks call its istiod until then)."""
+    for remote, primary in primary_of.items():
+        if primary and primary in phase.steps and remote in phase.steps:
+            phase.steps[primary][0].after.append(After(remote, phase.steps[remote][-1].key, required=False))
+
+
+
 def teardown_plan(tools: Tools, clusters: list[Cluster], observed: dict[str, Observed],
                   uninstall: dict[str, Uninstall]) -> Phase:
     """``uninstall``: the clusters that hold something of setup-mesh's and were read whole (who else uses
@@ -608,4 +715,5 @@ def teardown_plan(tools: Tools, clusters: list[Cluster], observed: dict[str, Obs
         secrets = sorted(info.name for info in seen.remote_secrets.values())
         for step in uninstall_steps(tools, cluster, secrets, seen, uninstall[cluster.context]):
             phase.add(cluster.context, step)
+    _remotes_first(phase, {c.context: c.primary for c in clusters})
     return phase

@@ -9,6 +9,7 @@ from . import invocation
 from .config import Topology
 from .executor import Step
 from .kube import Observed
+from .mesh import mesh_model
 from .plan import ApplyPlan
 from .reporter import Reporter
 
@@ -68,6 +69,7 @@ def _action(plan: ApplyPlan, context: str, steps: list[Step]) -> str:
 
 def _changes(plan: ApplyPlan, topology: Topology, out) -> None:
     networks = {c.context: c.network for c in topology.clusters}
+    roles = _roles(topology)
     unchanged = []
     by_cluster = _by_cluster(plan, topology)
     for context, steps in by_cluster.items():
@@ -75,7 +77,7 @@ def _changes(plan: ApplyPlan, topology: Topology, out) -> None:
         if action == "unchanged":
             unchanged.append(context)
             continue
-        where = f" ({networks[context]})" if context in networks else ""
+        where = f" ({networks[context]}, {roles[context]})" if context in networks else ""
         removal = next((r for r in plan.removals if r.context == context), None)
         if removal is not None and not removal.reachable:
             action = "remove (unreachable: only its secrets in the other clusters are deleted)"
@@ -85,6 +87,8 @@ def _changes(plan: ApplyPlan, topology: Topology, out) -> None:
             if step.change == "":
                 continue
             out(f"  {step.change if step.change is not None else '· ' + step.title}")
+            for need in (a for a in step.after if a.required):
+                out(f"      (after {need.cluster}: {need.key})")
             for line in step.details:
                 out(f"      {line}")
     unchanged += [c for c in plan.unchanged if c not in unchanged and c not in by_cluster]
@@ -105,15 +109,18 @@ def counts_line(plan: ApplyPlan, steps: dict[str, list[Step]]) -> str:
 
 def _full(plan: ApplyPlan, topology: Topology, out) -> None:
     """Every step with its files, commands and notes, pasteable in order."""
+    roles = _roles(topology)
     for phase in plan.phases:
         if not phase:
             continue
         out("")
         out(f"== {phase.name}")
         for context, steps in phase.steps.items():
-            out(f"-- {context}")
+            out(f"-- {context}" + (f" ({roles[context]})" if context in roles else ""))
             for step in steps:
                 out(f"   # {step.title}")
+                for need in (a for a in step.after if a.required):
+                    out(f"   # after {need.cluster}: {need.key}")
                 for path, content in step.files:
                     write = f"mkdir -p {shlex.quote(str(path.parent))} && cat > {shlex.quote(str(path))} <<'EOF'"
                     out(_indent(f"{write}\n{content.rstrip()}\nEOF", 3))
@@ -124,6 +131,12 @@ def _full(plan: ApplyPlan, topology: Topology, out) -> None:
     if plan.unchanged:
         out("")
         out("unchanged: " + ", ".join(plan.unchanged))
+
+
+def _roles(topology: Topology) -> dict[str, str]:
+    """Each cluster's role as the plan names it: "primary", or "remote of <its primary>"."""
+    return {m.context: m.role.value if m.is_primary else f"remote of {m.control_plane}"
+            for m in mesh_model(topology).members}
 
 
 def _indent(text: str, n: int) -> str:

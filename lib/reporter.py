@@ -195,8 +195,8 @@ class Reporter:
 
     # --- end of a run ---------------------------------------------------------------------
     def summary(self, title: str, failures: dict[str, CommandFailed | MeshError], log_path: str | None) -> None:
-        """The result table (also with -q), what failed with its hint, and the warnings again: a run
-        that status would call unhealthy does not end in plain green."""
+        """The result table (also with -q), what failed with its hint, and the warnings again (not with
+        -q, which printed each once): a run that status would call unhealthy does not end in plain green."""
         counts = f"{len(self.warnings)} warning{'s' * (len(self.warnings) != 1)}" if self.warnings else ""
         style = "red" if failures else ("yellow" if self.warnings else "green")
         heading = f"[{style}]{escape(title)}[/]" + (f" ({counts})" if counts else "")
@@ -224,7 +224,8 @@ class Reporter:
             self._print(f"{cluster}: {step + ': ' if step else ''}{exc.message}", style="red")
             if exc.hint:
                 self._print(f"  hint: {exc.hint}")
-        for text in self.warnings:
-            self._print(f"warning: {text}", style="yellow")
+        if not self.quiet:  # -q: each warning was printed once, when it was given
+            for text in self.warnings:
+                self._print(f"warning: {text}", style="yellow")
         if failures and log_path:
             self._print(f"run log: {log_path}")

@@ -7,16 +7,16 @@ import time
 from pathlib import Path
 
 from . import certs, invocation, lifecycle
-from .commands import (_certs_prerequisites, _finish, _open_log, _sit_out, find_tools, inspect_clusters,
-                       load_workspace, print_plan)
+from .commands import _certs_prerequisites, _finish, _open_log, _sit_out, print_plan
 from .config import MULTIROOT_ENV, Cluster, select_clusters
 from .errors import ConfigError, MeshError
 from .executor import Executor, Interrupted, Phase, RunContext, Step
 from .kube import Observed, Tools
 from .overlay import ISTIO_NAMESPACE
-from .plan import ApplyPlan, _cacerts_step, _intermediate_step, cacerts_in_place, desired_state
-from .plan import RECORD_TITLE
+from .desired import desired_state
+from .plan import RECORD_TITLE, ApplyPlan, _cacerts_step, _intermediate_step, cacerts_in_place
 from .release import Release
+from .workspace import find_tools, inspect_clusters, load_workspace
 from .reporter import Reporter
 from .runner import ShRunner
 
@@ -118,8 +118,10 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
                 phase.add(cluster.context, backup_step(workdir, cluster, backup))
             phase.add(cluster.context, _intermediate_step(release, cert_dir, cluster, variables))
         if reissue or not cacerts_in_place(seen, cluster, workdir, None):
+            # istio-system exactly as apply makes it: server-side apply would drop a remote's annotation.
             phase.add(cluster.context, _cacerts_step(tools, cluster, workdir, namespaces[cluster.context]))
-        phase.add(cluster.context, confirm_step(tools, cluster, deployment))
+        if not cluster.primary:  # a remote runs no istiod to confirm
+            phase.add(cluster.context, confirm_step(tools, cluster, deployment))
 
     if dry_run:
         print_plan(ApplyPlan([phase]), topology, observed if ws.contexts_resolved else None, ws.notes, reporter,
@@ -196,7 +198,10 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
             lifecycle.stage_since(transition, seen.annotations) if transition else None,
             completing=transition is None and lifecycle.completed_here(current_root, seen.annotations)))
     move = lifecycle.decide(transition, views, now, wait)
-    final = desired_state(topology, ws.base)
+    # A remote's install names its primary's gateway address: with the one it has now, its state is
+    # the one apply recorded (and the move's istiod setting concerns primaries only).
+    addresses = {ctx: seen.eastwest_address for ctx, seen in observed.items() if seen.eastwest_address}
+    final = desired_state(topology, ws.base, addresses)
 
     def completion(clusters: list[Cluster]) -> Phase:
         """istiod back to one root (without ISTIO_MULTIROOT_MESH), and the clusters' record of the move removed."""
@@ -205,7 +210,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
             d, seen = final[cluster.context], observed[cluster.context]
             if seen.applied != d.fingerprint:
                 last.add(cluster.context, _install_steps(tools, workdir, d, seen)[0])
-                last.add(cluster.context, record_step(tools, cluster, d.fingerprint, d.data_plane))
+                last.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
             last.add(cluster.context, Step("the root transition is complete here", commands=[tools.kubectl_cmd(
                 cluster, "annotate", "namespace", ISTIO_NAMESPACE, f"{lifecycle.TRANSITION_ANNOTATION}-")]))
         return last
@@ -263,7 +268,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     else:
         planned = transition
     targets = [c for c in topology.clusters if c.context in move.behind]
-    desired = desired_state(topology, ws.base, transition=planned)
+    desired = desired_state(topology, ws.base, addresses, transition=planned)
     deployment = istiod_name(ws.base)
     issuer = lifecycle.issuing_dir(workdir, planned)
     phase = Phase(f"stage {planned.stage} of {lifecycle.LAST_STAGE}: {lifecycle.STAGES[planned.stage]}")
@@ -281,13 +286,14 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         if seen.applied != d.fingerprint:
             # istiod must accept a second root before it sees one (the reserved value ISTIO_MULTIROOT_MESH).
             phase.add(cluster.context, _install_steps(tools, workdir, d, seen)[0])
-            phase.add(cluster.context, record_step(tools, cluster, d.fingerprint, d.data_plane))
+            phase.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
         if not certs.has_cacerts(issuer, cluster.name):
             phase.add(cluster.context, _intermediate_step(release, issuer, cluster, variables))
         step = _cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition=planned)
         step.change = f"~ secret cacerts: {_STAGE_CHANGE[planned.stage]} ({issuer.name}/{cluster.name}/)"
         phase.add(cluster.context, step)
-        phase.add(cluster.context, confirm_step(tools, cluster, deployment))
+        if not cluster.primary:  # a remote runs no istiod to confirm
+            phase.add(cluster.context, confirm_step(tools, cluster, deployment))
     root_vars = {"ROOTCA_CN": lifecycle.next_root_name(root_info.common_name, now), **({"ROOTCA_ORG": org} if org else {})}
     make_root = certs.root_ca_command(release or _NO_RELEASE, new_dir, root_vars)
 

@@ -38,6 +38,8 @@ class State:
     def record(self, cluster: Cluster, fingerprint: str | None) -> None:
         entry = {"cluster_name": cluster.name, "network": cluster.network, "kubeconfig": cluster.kubeconfig,
                  "fingerprint": fingerprint}
+        if cluster.primary:
+            entry["primary"] = cluster.primary  # a remote is removed before its primary
         old = self.clusters.get(cluster.context) or {}
         if {k: old.get(k) for k in entry} == entry:
             return  # nothing new was applied: keep when it was

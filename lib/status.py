@@ -14,7 +14,7 @@ import shlex
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -25,11 +25,15 @@ from .config import AMBIENT, SIDECAR, Cluster, Topology, data_plane_mode, select
 from .gatewayapi import expected_version, older_than_needed
 from .fsutil import read_if_present
 from .errors import MeshError
+from .executor import RunContext, read_clusters
 from .invocation import prep_hint
 from .kube import GATEWAY_RESOURCE, Observed, Tools, token_fingerprint
-from .overlay import EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL, control_plane_revision
+from .mesh import Mesh, mesh_model
+from .overlay import (CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL, control_plane_revision,
+                      injection_path)
 from .redact import redact
 from .reporter import Reporter
+from .workspace import find_tools, inspect_clusters, load_workspace
 
 WAIT_POLL_SECONDS = 2.0
 EXPIRY_WARN_DAYS = 30
@@ -204,6 +208,8 @@ class ClusterStatus:
     remote_secrets: dict[str, str] = field(default_factory=dict)  # source cluster name -> state
     stale_secrets: list[str] = field(default_factory=list)  # secret names
     remote_clusters: dict[str, str] | None = None  # istiod's view: peer -> synced/syncing/timeout/closed
+    primary: str | None = None  # a remote: the context of the primary whose istiod configures it
+    injection_path: str | None = None  # a remote: the path its sidecar injector webhook calls
     drift: bool | None = None
     problems: list[Problem] = field(default_factory=list)
 
@@ -217,6 +223,8 @@ class ClusterStatus:
             "context": self.cluster.context,
             "cluster_name": self.cluster.name,
             "network": self.cluster.network,
+            "role": "remote" if self.primary else "primary",
+            "primary": self.primary,
             "reachable": self.reachable,
             "error": redact(_short_error(self.error)) if self.error else None,
             "istio": {"installed": self.istio_installed, "version": self.istio_version, "ready": self.istio_ready},
@@ -330,7 +338,7 @@ def _same_dir(a: Path, b: Path) -> bool:
 # --- judging ---------------------------------------------------------------------------------------
 
 @dataclass
-class Workspace:
+class Expected:
     """The inputs status compares the clusters with."""
 
     workdir: Path
@@ -344,6 +352,12 @@ class Workspace:
     transition: lifecycle.Transition | None = None  # a move to a new root under way
     new_root_pem: bytes | None = None  # certs-next/root-cert.pem during a transition
     expected: dict[str, dict[str, bytes] | None] = field(default_factory=dict)  # name -> the stage's cacerts
+    # The fingerprints once the clusters are read (a remote's install names its primary's gateway address).
+    fingerprints_for: Callable[[Mapping[str, str]], dict[str, str]] | None = None
+
+    @property
+    def mesh(self) -> Mesh:
+        return mesh_model(self.topology)
 
 
 def _load_cert(pem: bytes | None) -> x509.Certificate | None:
@@ -363,8 +377,9 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
         return False
 
 
-def evaluate(ws: Workspace, observed: dict[str, Observed], istiod: dict[str, Istiod],
-             now: dt.datetime | None = None, views: dict[str, IstiodView] | None = None) -> MeshStatus:
+def evaluate(ws: Expected, observed: dict[str, Observed], istiod: dict[str, Istiod],
+             now: dt.datetime | None = None, views: dict[str, IstiodView] | None = None,
+             injection: dict[str, str | None] | None = None) -> MeshStatus:
     """What the clusters show against what the workspace says. Runs nothing."""
     now = now or dt.datetime.now(dt.timezone.utc)
     topology = ws.topology
@@ -393,12 +408,13 @@ def evaluate(ws: Workspace, observed: dict[str, Observed], istiod: dict[str, Ist
     reachable = {c.name for c in topology.clusters if (observed.get(c.context) or Observed()).reachable}
     for status in result:
         _judge_istiod_view(status, (views or {}).get(status.cluster.context), topology, hints, reachable)
+    _judge_remotes(ws.mesh, result, injection or {}, hints)
     root_info = _judge_roots(ws, root, now, hints, mesh_problems)
     transition = _transition_summary(ws, result, observed, hints)
     return MeshStatus(topology.mesh_id, root_fp, result, mesh_problems, root_info, transition)
 
 
-def _judge_roots(ws: Workspace, root: x509.Certificate | None, now: dt.datetime, hints: Hints,
+def _judge_roots(ws: Expected, root: x509.Certificate | None, now: dt.datetime, hints: Hints,
                  problems: list[Problem]) -> dict[str, Any] | None:
     """Days left for the workspace's root (and, mid-transition, the new one): warning under 30, error expired."""
     if root is None:
@@ -423,7 +439,7 @@ def _judge_roots(ws: Workspace, root: x509.Certificate | None, now: dt.datetime,
     return result
 
 
-def _transition_summary(ws: Workspace, clusters: list[ClusterStatus], observed: dict[str, Observed],
+def _transition_summary(ws: Expected, clusters: list[ClusterStatus], observed: dict[str, Observed],
                         hints: Hints) -> dict[str, Any] | None:
     """Where a move to a new root stands, and the command for its next stage."""
     t = ws.transition
@@ -442,6 +458,29 @@ def _transition_summary(ws: Workspace, clusters: list[ClusterStatus], observed: 
                      f"{lifecycle.STAGES[t.stage + 1]}; --min-wait shortens the 24h wait)")
     return {"stage": t.stage, "stages": lifecycle.LAST_STAGE, "description": lifecycle.STAGES[t.stage],
             "started": t.started, "in_step": in_step, "since": _iso(latest) if in_step else None, "next": next_step}
+
+
+def _judge_remotes(mesh: Mesh, result: list[ClusterStatus], injection: dict[str, str | None], hints: Hints) -> None:
+    """A remote: istio-system names its primary, its injector calls its own path, its primary holds its secret."""
+    by_context = {s.cluster.context: s for s in result}
+    for member in mesh.members:
+        status = by_context[member.context]
+        if not member.is_remote or not status.reachable:
+            continue
+        primary = mesh.control_plane_of(member)
+        status.primary = primary.context
+        add = status.problems.append
+        want = injection_path(member.cluster)
+        status.injection_path = injection.get(member.context)
+        if status.injection_path != want and status.istio_installed:
+            add(Problem("injection_path_wrong", f"the sidecar injector calls {status.injection_path or 'no path'}, "
+                                                f"not {want}: new pods would get another cluster's or network's "
+                                                f"identity", hints.apply))
+        held = by_context[primary.context].remote_secrets.get(member.name)
+        if by_context[primary.context].reachable and held != PRESENT:
+            add(Problem("primary_lacks_secret", f"its primary {primary.context} does not hold a current remote "
+                                                f"secret of {member.name} ({held}): {primary.context}'s istiod "
+                                                f"cannot configure this cluster", hints.apply))
 
 
 # What istiod reports for a peer -> (problem code, hint).
@@ -486,11 +525,12 @@ def _judge_istiod_view(status: ClusterStatus, view: IstiodView | None, topology:
                                        peer=peer.name))
 
 
-def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Workspace, hints: Hints,
+def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints: Hints,
            root: x509.Certificate | None, root_fp: str | None, names: set[str], now: dt.datetime,
            current: dict[str, str | None]) -> ClusterStatus:
     topology = ws.topology
-    status = ClusterStatus(cluster, reachable=seen.reachable, gateway_required=topology.multi_network,
+    member = ws.mesh.member(cluster.context)
+    status = ClusterStatus(cluster, reachable=seen.reachable, gateway_required=member.eastwest,
                            ambient=ws.data_plane == AMBIENT)
     add = status.problems.append
     if not seen.reachable:
@@ -521,7 +561,21 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Workspace, hint
                         f"topology.yaml says {cluster.network}",
                         f"{hints.apply} (relabels it), or set network: {seen.network_label} for {cluster.context} "
                         f"in {hints.topology_file} if that is the right network"))
-    if not istiod.read:
+    if member.is_remote:
+        # No istiod of its own: the remote profile installs a Service leading to the primary's istiod.
+        status.istio_installed = seen.istiod_service
+        status.istio_version = "remote" if seen.istiod_service else None
+        status.istio_ready = None
+        control_plane = ws.mesh.control_plane_of(member).name
+        if set_up and not seen.istiod_service:
+            add(Problem("istio_missing", f"Istio's remote install is missing (no istiod Service leading to "
+                                         f"{control_plane}'s istiod)", hints.apply))
+        if set_up and seen.annotations.get(CONTROL_PLANE_CLUSTERS) != control_plane:
+            add(Problem("control_plane_annotation_wrong",
+                        f"namespace {ISTIO_NAMESPACE} has {CONTROL_PLANE_CLUSTERS}="
+                        f"{seen.annotations.get(CONTROL_PLANE_CLUSTERS) or '(none)'}, want {control_plane}: "
+                        f"{control_plane}'s istiod does not configure this cluster", hints.apply))
+    elif not istiod.read:
         add(Problem("istio_unreadable", f"cannot read the istiod Deployment: {istiod.error or 'no answer'}",
                     f"check with `{hints.kubectl(cluster, 'get', 'deployment', '-n', ISTIO_NAMESPACE)}`"))
     elif not istiod.installed and set_up:
@@ -552,9 +606,18 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Workspace, hint
                             f"check its LoadBalancer with `{hints.kubectl(cluster, 'get', 'service', EASTWEST_NAME, '-n', ISTIO_NAMESPACE)}`"
                             f"; clusters without a load balancer need one (e.g. MetalLB) or spec.externalIPs"))
 
-    # remote secrets, from every peer
+    # remote secrets: a primary holds every other cluster's, a remote none
+    holds = set(member.holds_secrets_of)
     for peer in topology.clusters:
         if peer is cluster:
+            continue
+        if peer.context not in holds:
+            if peer.name in seen.remote_secrets:
+                status.remote_secrets[peer.name] = STALE
+                status.stale_secrets.append(seen.remote_secrets[peer.name].name)
+                add(Problem("remote_secret_unneeded", f"a remote holds no remote secret, and this one holds "
+                                                      f"{seen.remote_secrets[peer.name].name}",
+                            f"{hints.apply} (prunes it)", severity=WARNING))
             continue
         info = seen.remote_secrets.get(peer.name)
         if info is None:
@@ -589,7 +652,7 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Workspace, hint
     if set_up:
         want = ws.fingerprints.get(cluster.context)
         status.drift = seen.applied != want
-        if status.drift and istiod.installed:
+        if status.drift and status.istio_installed:
             if seen.applied is None:
                 message = (f"{ISTIO_NAMESPACE} carries no record of what setup-mesh installed "
                            f"(installed by hand, or apply did not finish)")
@@ -612,8 +675,8 @@ def _judge_ambient_gateway(status: ClusterStatus, cluster: Cluster, seen: Observ
         else:
             older = older_than_needed(crds, expected_version(istiod.version))
             if older:
-                add(Problem("gateway_api_crds_old", older, f"upgrade them yourself; setup-mesh leaves CRDs it did "
-                                                           f"not install alone", severity=WARNING))
+                add(Problem("gateway_api_crds_old", older, "upgrade them yourself; setup-mesh leaves CRDs it did "
+                                                           "not install alone", severity=WARNING))
     gateway = seen.eastwest_gateway
     status.gateway_exists = gateway is not None
     if gateway is None:
@@ -643,7 +706,7 @@ def _short_error(error: str | None) -> str:
     return " / ".join(dict.fromkeys(lines)) or "no answer"
 
 
-def _judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: Workspace, hints: Hints,
+def _judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: Expected, hints: Hints,
                    root: x509.Certificate | None, root_fp: str | None, set_up: bool, now: dt.datetime) -> None:
     add = status.problems.append
     c = status.cacerts
@@ -713,8 +776,7 @@ def _judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: 
 
 # --- reading ---------------------------------------------------------------------------------------
 
-def collect(ws: Workspace, tools: Tools, runner, reporter: Reporter, parallel: int) -> MeshStatus:
-    from .commands import inspect_clusters
+def collect(ws: Expected, tools: Tools, runner, reporter: Reporter, parallel: int) -> MeshStatus:
 
     # The reads report no progress: status prints one report at the end.
     silent = Reporter(console=reporter.console, err_console=reporter.err, quiet=True)
@@ -724,14 +786,37 @@ def collect(ws: Workspace, tools: Tools, runner, reporter: Reporter, parallel: i
               else Istiod(read=False, error=seen.error) for ctx, seen in observed.items()}
     asked = [c for c in ws.topology.clusters if istiod.get(c.context) and istiod[c.context].installed]
     views = read_istiod_views(asked, ws.revision, tools, runner, silent, parallel)
-    return evaluate(ws, observed, istiod, views=views)
+    if ws.fingerprints_for:
+        addresses = {ctx: seen.eastwest_address for ctx, seen in observed.items() if seen.eastwest_address}
+        ws = replace(ws, fingerprints=ws.fingerprints_for(addresses))
+    remotes = [c for c in ws.topology.clusters if c.primary and observed.get(c.context)
+               and observed[c.context].reachable]
+    injection = read_injection_paths(remotes, ws.revision, tools, runner, silent, parallel)
+    return evaluate(ws, observed, istiod, views=views, injection=injection)
+
+
+def read_injection_paths(clusters: list[Cluster], revision: str | None, tools: Tools, runner, reporter: Reporter,
+                         parallel: int) -> dict[str, str | None]:
+    """The path each remote's sidecar injector webhook calls (None: no webhook, or it calls a URL)."""
+    name = f"istio-sidecar-injector-{revision}" if revision else "istio-sidecar-injector"
+
+    def read(ctx: RunContext, cluster: Cluster) -> str | None:
+        command = replace(tools.kubectl_cmd(cluster, "get", "mutatingwebhookconfiguration", name, "-o", "json",
+                                            "--ignore-not-found", timeout=READ_TIMEOUT), check=False)
+        try:
+            result = ctx.run(command)
+            hooks = (json.loads(result.stdout or "{}").get("webhooks") or []) if result.ok else []
+        except (MeshError, ValueError):
+            return None
+        paths = {((h.get("clientConfig") or {}).get("service") or {}).get("path") for h in hooks}
+        return paths.pop() if len(paths) == 1 else None
+
+    return read_clusters(clusters, runner, reporter, parallel, "read the sidecar injector", read)
 
 
 def read_istiod_views(clusters: list[Cluster], revision: str | None, tools: Tools, runner, reporter: Reporter,
                       parallel: int) -> dict[str, IstiodView]:
     """``istioctl remote-clusters`` against each cluster's istiod, in parallel."""
-    from .executor import RunContext, read_clusters
-
     args = ["remote-clusters"] + (["--revision", revision] if revision else [])
 
     def read(ctx: RunContext, cluster: Cluster) -> IstiodView:
@@ -749,17 +834,20 @@ def read_istiod_views(clusters: list[Cluster], revision: str | None, tools: Tool
     return read_clusters(clusters, runner, reporter, parallel, "read istiod's remote clusters", read)
 
 
-def status_workspace(workdir: Path, loaded) -> Workspace:
+def status_workspace(workdir: Path, loaded) -> Expected:
     """What status compares the clusters with, from a loaded workspace (commands.load_workspace)."""
     from .desired import desired_state
 
     cert_dir = certs.certs_dir(workdir)
     transition = lifecycle.load_transition(workdir)
     desired = desired_state(loaded.topology, loaded.base, transition=transition)
-    return Workspace(
+    return Expected(
         workdir=workdir,
         topology=loaded.topology,
         fingerprints={ctx: d.fingerprint for ctx, d in desired.items()},
+        fingerprints_for=lambda addresses: {ctx: d.fingerprint for ctx, d in
+                                            desired_state(loaded.topology, loaded.base, addresses,
+                                                          transition=transition).items()},
         root_pem=read_if_present(cert_dir / certs.ROOT_CERT),
         local_ca={c.name: read_if_present(cert_dir / c.name / "ca-cert.pem") for c in loaded.topology.clusters},
         istiod_deployment=istiod_name(loaded.base),
@@ -774,8 +862,6 @@ def status_workspace(workdir: Path, loaded) -> Workspace:
 
 def run_status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, output: str, wait: bool,
                wait_timeout: float, parallel: int, runner, reporter: Reporter, contexts: list[str] = ()) -> int:
-    from .commands import find_tools, load_workspace
-
     loaded = load_workspace(workdir, kubeconfig, lenient=False)
     # Every cluster is still read: whether a shown cluster holds its peers' current secrets depends on them.
     shown = {c.context for c in select_clusters(loaded.topology, list(contexts))}

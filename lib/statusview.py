@@ -146,6 +146,8 @@ def _table(status: MeshStatus, dropped: list[str]) -> Table:
         table.add_column(column, no_wrap=True)
     for c in status.clusters:
         label = c.cluster.context if c.cluster.name == c.cluster.context else f"{c.cluster.context} ({c.cluster.name})"
+        if c.primary:
+            label += f", remote of {c.primary}"
         cells = dict(zip(COLUMNS[1:], (_cell(text, ok) for text, ok in _row(c))))
         table.add_row(escape(label), *(cells[column] for column in shown[1:]))
     return table

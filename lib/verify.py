@@ -26,6 +26,7 @@ from .kube import Tools
 from .overlay import CROSS_NETWORK_GATEWAY, ISTIO_NAMESPACE, control_plane_revision, manifest_list
 from .redact import redact
 from .reporter import Reporter
+from .workspace import find_tools, load_workspace
 from .status import LOCAL, MISSING, OUTDATED, SYNCED
 from .yamlfile import dump
 
@@ -394,7 +395,6 @@ class VerifyHints:
 
 def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, options: Options, timeout: float,
                runner, reporter: Reporter) -> int:
-    from .commands import find_tools, load_workspace
     from .status import Hints, collect, status_workspace
 
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", options.namespace) or len(options.namespace) > 63:

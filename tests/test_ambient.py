@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from lib import ambient, gatewayapi
-from lib.config import load_base
+from lib.config import AMBIENT, SIDECAR, data_plane_mode, load_base
 from lib.errors import ConfigError
 
 RELEASE = Path(__file__).parent / "sandbox" / "release_template"
@@ -17,10 +17,10 @@ AMBIENT_BASE = "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec
 
 
 def test_the_profile_decides_the_data_plane_mode():
-    assert ambient.data_plane_mode({"spec": {"profile": "ambient"}}) == ambient.AMBIENT
-    assert ambient.data_plane_mode({"spec": {"profile": "default"}}) == ambient.SIDECAR
-    assert ambient.data_plane_mode({"spec": None}) == ambient.SIDECAR
-    assert ambient.data_plane_mode({}) == ambient.SIDECAR
+    assert data_plane_mode({"spec": {"profile": "ambient"}}) == AMBIENT
+    assert data_plane_mode({"spec": {"profile": "default"}}) == SIDECAR
+    assert data_plane_mode({"spec": None}) == SIDECAR
+    assert data_plane_mode({}) == SIDECAR
 
 
 def test_the_multi_network_switch_is_added_to_istiods_env_and_keeps_base_yamls_entries():
@@ -170,7 +170,7 @@ def _ambient_status(tmp_path, root, change):
             "addresses": [{"type": "IPAddress", "value": "198.51.100.9"}],
             "conditions": [{"type": "Programmed", "status": "True", "reason": "Programmed"}]}}
     change(observed)
-    ws = replace(_ws(tmp_path, topology, root), data_plane=ambient.AMBIENT)
+    ws = replace(_ws(tmp_path, topology, root), data_plane=AMBIENT)
     return evaluate(ws, observed, istiod, now=NOW)
 
 

@@ -10,6 +10,15 @@ from lib.errors import ConfigError
 GOOD_BASE = "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  profile: default\n"
 
 BAD_TOPOLOGIES = [
+    ("mesh_id: m\ncontexts:\n  c1:\n    network: n1\n    primary: c9\n",
+     "topology.yaml:5: primary 'c9' of context 'c1' is not a context in topology.yaml"),
+    ("mesh_id: m\ncontexts:\n  c1:\n    network: n1\n    primary: c1\n",
+     "topology.yaml:5: context 'c1' names itself as its primary"),
+    ("mesh_id: m\ncontexts:\n  c1:\n    network: n1\n    primary: c2\n  c2:\n    network: n1\n    primary: c1\n",
+     "topology.yaml:5: context 'c2', the primary of 'c1', is itself a remote (of 'c1')"),
+    ("mesh_id: m\ncontexts:\n  c1:\n    network: n1\n  c2:\n    network: n1\n    primary: c1\n"
+     "  c3:\n    network: n1\n    primary: c2\n", "topology.yaml:10: context 'c2', the primary of 'c3', is itself a remote"),
+    ("mesh_id: m\ncontexts:\n  c1:\n    network: n1\n    primary: [c2]\n", "primary of context 'c1' must be the name"),
     ("mesh_id: [\n", "not valid YAML"),
     ("", "topology file is empty"),
     ("- a\n- b\n", "must be a mapping"),
@@ -105,6 +114,11 @@ RESERVED = [
     ("    global:\n      network: x\n", "spec.values.global.network", 7),
     ("    global:\n      meshNetworks: {}\n", "spec.values.global.meshNetworks", 7),
     ("    pilot:\n      env:\n        ISTIO_MULTIROOT_MESH: 'true'\n", "spec.values.pilot.env.ISTIO_MULTIROOT_MESH", 8),
+    ("    global:\n      remotePilotAddress: 10.0.0.1\n", "spec.values.global.remotePilotAddress", 7),
+    ("    global:\n      externalIstiod: true\n", "spec.values.global.externalIstiod", 7),
+    ("    istiodRemote:\n      injectionPath: /inject\n", "spec.values.istiodRemote.injectionPath", 7),
+    ("    istiodRemote:\n      injectionURL: https://x/inject\n", "spec.values.istiodRemote.injectionURL", 7),
+    ("    pilot:\n      env:\n        EXTERNAL_ISTIOD: 'true'\n", "spec.values.pilot.env.EXTERNAL_ISTIOD", 8),
 ]
 
 
@@ -196,3 +210,21 @@ def test_per_context_kubeconfig_and_local_server_detection(tmp_path, monkeypatch
     cluster = resolve_contexts(load_topology(path), None).clusters[0]
     assert cluster.server == "https://127.0.0.1:6443"
     assert cluster.server_is_local
+
+
+def test_removing_a_primary_that_still_has_remotes_names_them(tmp_path):
+    path = tmp_path / "topology.yaml"
+    path.write_text("mesh_id: m\ncontexts:\n  r1:\n    network: n1\n    primary: p1\n  r2:\n    network: n2\n"
+                    "    primary: p1\n  p2:\n    network: n2\n")
+    with pytest.raises(ConfigError) as info:
+        load_topology(path)
+    assert "primary 'p1' of context 'r1' is not a context in topology.yaml (it is the primary of r1, r2)" \
+        in info.value.message
+    assert "r1, r2" in info.value.hint and "p2" in info.value.hint
+
+
+def test_a_primary_key_makes_a_remote(tmp_path):
+    path = tmp_path / "topology.yaml"
+    path.write_text("mesh_id: m\ncontexts:\n  p1:\n    network: n1\n  r1:\n    network: n2\n    primary: p1\n")
+    topology = load_topology(path)
+    assert [(c.context, c.primary) for c in topology.clusters] == [("p1", None), ("r1", "p1")]

@@ -1,4 +1,7 @@
 """Growing, shrinking, previewing and tearing down a mesh by editing topology.yaml."""
+import json
+import threading
+
 import pytest
 
 from tests.meshkit import make_mesh, workdir_snapshot
@@ -80,9 +83,9 @@ def test_dry_run_changes_nothing_anywhere(mesh3):
     short = mesh3.run("apply", "--dry-run")
     assert short.returncode == 0, short.stderr
     # By default: what changes, per cluster, and the counts.
-    assert "cluster1 (network1): change\n  ~ Istio (overlays/cluster1.yaml)\n" \
+    assert "cluster1 (network1, primary): change\n  ~ Istio (overlays/cluster1.yaml)\n" \
            "      ~ spec.meshConfig.accessLogFile: /dev/stdout → /dev/null\n" in short.stdout
-    assert "cluster4 (network2): install\n" in short.stdout and "cluster2: remove\n" in short.stdout
+    assert "cluster4 (network2, primary): install\n" in short.stdout and "cluster2: remove\n" in short.stdout
     assert "Plan: 1 install, 2 change, 1 remove; secrets: 4 add, 0 replace, 2 prune." in short.stdout
     result = mesh3.run("apply", "--dry-run", "-v")  # every command and manifest
     assert result.returncode == 0, result.stderr
@@ -112,7 +115,7 @@ def test_teardown_removes_everything_and_twice_is_fine(mesh3):
     assert preview.returncode == 0, preview.stderr
     assert {ctx: mesh3.sandbox.dump(ctx) for ctx in NETS} == dumps, "a dry run changes nothing"
     for ctx in NETS:
-        assert f"{ctx} (network{NETS[ctx][-1]}): remove\n  - Istio (istioctl uninstall --purge)\n" \
+        assert f"{ctx} (network{NETS[ctx][-1]}, primary): remove\n  - Istio (istioctl uninstall --purge)\n" \
                "  - secret cacerts and 2 remote secrets\n  - namespace istio-system\n" in preview.stdout
     assert "Plan: 3 remove." in preview.stdout and "certs/ is kept" in preview.stdout
     result = mesh3.run("teardown", "-y", env={"COLUMNS": "160"})
@@ -134,6 +137,32 @@ def test_teardown_removes_everything_and_twice_is_fine(mesh3):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "nothing to remove" in again.stdout
     assert not (mesh3.workdir / "certs").exists()
+
+
+def test_teardown_after_an_interrupted_one_waits_for_the_namespace_already_being_deleted(sandbox_factory, tmp_path):
+    # An interrupted teardown can leave istio-system Terminating; kube-apiserver refuses a second delete.
+    sandbox = sandbox_factory(["cluster1", "cluster2"])
+    mesh = make_mesh(sandbox, tmp_path / "ws", {"cluster1": "network1", "cluster2": "network1"})
+    mesh.apply()
+    # Something in it with a finalizer of its own keeps it Terminating until released.
+    sandbox.kubectl("cluster1", "apply", "-f", "-", stdin=json.dumps({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "hold", "namespace": "istio-system", "finalizers": ["example.com/hold"]}}))
+    sandbox.kubectl("cluster1", "delete", "namespace", "istio-system", "--wait=false")
+    assert mesh.get("cluster1", "namespace", "istio-system")["status"]["phase"] == "Terminating"
+    preview = mesh.run("teardown", "--dry-run")
+    assert "- namespace istio-system (already being deleted: waited for)" in preview.stdout, preview.stdout
+    release = threading.Timer(3.0, sandbox.kubectl, ("cluster1", "patch", "configmap", "hold", "-n", "istio-system",
+                                                     "--type=merge", "-p", '{"metadata":{"finalizers":null}}'))
+    release.start()
+    try:
+        result = mesh.run("teardown", "-y")
+    finally:
+        release.join()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert mesh.results(result.stdout) == {"cluster1": "removed", "cluster2": "removed"}, result.stdout
+    for ctx in ("cluster1", "cluster2"):
+        assert mesh.get(ctx, "namespace", "istio-system", check=False) is None
 
 
 def test_going_down_to_one_network_removes_the_gateways(mesh3):

@@ -5,7 +5,7 @@ import yaml
 
 from lib.config import load_base, load_topology
 from lib.overlay import cluster_operator, cross_network_gateway, eastwest_operator
-from lib.plan import desired_state
+from lib.desired import desired_state
 from lib.yamlfile import dump
 from tests import goldens
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from lib.config import Cluster, Topology
 from lib.kube import IstioUsage, Observed, RemoteSecretInfo, Tools, parse_istio_usage, token_fingerprint
-from lib.plan import Removal, Uninstall, build_apply_plan, desired_state, uninstall_steps
+from lib.desired import desired_state
+from lib.plan import Removal, Uninstall, build_apply_plan, uninstall_steps
 from tests import goldens
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -307,3 +308,46 @@ def test_mid_transition_a_new_cluster_gets_the_stages_certificates_and_the_other
         (nxt / "c3" / name).write_text(f"next-c3-{name}")
     files = lifecycle.desired_cacerts(tmp_path, "c3", transition)
     assert files["ca-cert.pem"] == b"next-c3-ca-cert.pem" and files["root-cert.pem"] == (pem("NEW") + pem("OLD")).encode()
+
+
+def _remote_plan(tmp_path, observed=None):
+    clusters = (Cluster("c1", "n1", "c1", server="https://c1:6443"),
+                Cluster("c2", "n1", "c2", server="https://c2:6443", primary="c1"))
+    topology = Topology("m", clusters, tmp_path / "topology.yaml")
+    base = {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {}}
+    addresses = {ctx: o.eastwest_address for ctx, o in (observed or {}).items() if o.eastwest_address}
+    desired = desired_state(topology, base, addresses)
+    for c in clusters:
+        d = tmp_path / "certs" / c.name
+        d.mkdir(parents=True, exist_ok=True)
+        for name in ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"):
+            (d / name).write_text(f"{c.name}-{name}")
+    return build_apply_plan(topology=topology, desired=desired, observed=observed or {}, removed=[],
+                            removed_observed={}, workdir=tmp_path, tools=Tools(), release=None,
+                            intermediate_vars={}, gateway_timeout=5)
+
+
+def test_a_remote_is_installed_after_its_primary_has_exposed_istiod_and_has_an_address(tmp_path):
+    plan = _remote_plan(tmp_path)
+    steps = _steps(plan)
+    assert steps[(SETUP, "c1")] == ["namespace istio-system (network n1) and secret cacerts", "install Istio",
+                                    "install east-west gateway",
+                                    "expose istiod (Gateway istiod-gateway, VirtualService istiod-vs)",
+                                    "wait for the east-west gateway's address", "record what was applied"]
+    assert steps[(SETUP, "c2")] == ["namespace istio-system (network n1) and secret cacerts", "install Istio",
+                                    "record what was applied", "create its remote secret"]
+    assert len(steps[(IMPORT, "c1")]) == 1 and "c2" in steps[(IMPORT, "c1")][0]
+    assert (IMPORT, "c2") not in steps, "a remote holds no remote secret"
+    install, = [s for s in plan.phases[0].steps["c2"] if s.title == "install Istio"]
+    assert [(a.cluster, a.key, a.required) for a in install.after] == \
+        [("c1", "wait for the east-west gateway's address", True)]
+    # The dry run shows where the address goes; the run writes the overlay once it is known.
+    assert "remotePilotAddress: <address of c1's east-west gateway>" in install.files[0][1]
+    assert install.prepare is not None
+
+
+def test_a_remote_whose_primary_has_an_address_is_installed_without_waiting(tmp_path):
+    observed = {"c1": Observed(reachable=True, eastwest_exists=True, eastwest_address="203.0.113.1")}
+    plan = _remote_plan(tmp_path, observed)
+    install, = [s for s in plan.phases[0].steps["c2"] if s.title == "install Istio"]
+    assert "remotePilotAddress: 203.0.113.1" in install.files[0][1] and install.prepare is None

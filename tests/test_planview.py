@@ -7,7 +7,8 @@ from rich.console import Console
 
 from lib.config import Cluster, Topology
 from lib.kube import IstioUsage, Observed, RemoteSecretInfo, Tools, token_fingerprint
-from lib.plan import Removal, Uninstall, build_apply_plan, desired_state
+from lib.desired import desired_state
+from lib.plan import Removal, Uninstall, build_apply_plan
 from lib.planview import print_plan
 from lib.reporter import Reporter
 
@@ -70,22 +71,22 @@ def _render(tmp_path, clusters, base, observed, width, removed=(), verbose=False
 EDITED = """\
 Plan (dry run, changes nothing): mesh mesh1, 4 clusters on network1, network2
 
-cluster1 (network1): change
+cluster1 (network1, primary): change
   ~ Istio (overlays/cluster1.yaml)
       ~ spec.meshConfig.accessLogFile: /dev/stdout → /dev/null
       + spec.values.pilot.autoscaleMin: 2
 
-cluster2 (network1): change
+cluster2 (network1, primary): change
   ~ Istio (overlays/cluster2.yaml)
       ~ spec.meshConfig.accessLogFile: /dev/stdout → /dev/null
       + spec.values.pilot.autoscaleMin: 2
 
-cluster3 (network2): change
+cluster3 (network2, primary): change
   ~ Istio (overlays/cluster3.yaml)
       ~ spec.meshConfig.accessLogFile: /dev/stdout → /dev/null
       + spec.values.pilot.autoscaleMin: 2
 
-cluster4 (network2): change
+cluster4 (network2, primary): change
   ~ Istio (overlays/cluster4.yaml)
       ~ spec.meshConfig.accessLogFile: /dev/stdout → /dev/null
       + spec.values.pilot.autoscaleMin: 2
@@ -109,17 +110,17 @@ def test_an_edit_of_base_shows_the_changed_paths_with_old_and_new_values(tmp_pat
 GROWN = """\
 Plan (dry run, changes nothing): mesh mesh1, 4 clusters on network1, network2
 
-cluster1 (network1): change
+cluster1 (network1, primary): change
   + remote secret of cluster4
 
-cluster2 (network1): change
+cluster2 (network1, primary): change
   + remote secret of cluster4
 
-cluster3 (network2): change
+cluster3 (network2, primary): change
   + remote secret of cluster4
   - stale remote secrets: istio-remote-secret-old
 
-cluster4 (network2): install
+cluster4 (network2, primary): install
   + namespace istio-system (network network2) and secret cacerts
   + Istio (overlays/cluster4.yaml)
   + east-west gateway (overlays/cluster4-eastwest.yaml)

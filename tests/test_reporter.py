@@ -114,6 +114,17 @@ def test_quiet_still_prints_the_result():
     assert re.search(r"c1\s+n1\s+installed", out.getvalue())
 
 
+def test_quiet_prints_each_warning_once_and_still_counts_it():
+    reporter, out, err = _reporter(quiet=True)
+    reporter.start_progress([("c1", "n1")])
+    reporter.warn("the root CA expires in 12 days")
+    reporter.finish_cluster("c1", True)
+    reporter.summary("apply finished", {}, None)
+    both = out.getvalue() + err.getvalue()
+    assert both.count("the root CA expires in 12 days") == 1
+    assert "apply finished (1 warning)" in out.getvalue()
+
+
 def test_live_table_shows_the_phase_per_step_time_and_who_waits_for_peers():
     reporter, _, _ = _reporter(80)
     reporter.start_progress([("cluster1", "network1"), ("cluster2", "network1")])

@@ -96,7 +96,7 @@ def test_dry_run_shows_the_plan_and_changes_nothing(mesh2):
     files = workdir_snapshot(mesh2.workdir)
     short = mesh2.run("rotate-certs", "--dry-run")
     assert short.returncode == 0, short.stdout + short.stderr
-    assert "cluster1 (network1): change" in short.stdout and "back up the intermediate CA" in short.stdout
+    assert "cluster1 (network1, primary): change" in short.stdout and "back up the intermediate CA" in short.stdout
     result = mesh2.run("rotate-certs", "--dry-run", "-v")  # every command
     assert result.returncode == 0, result.stdout + result.stderr
     assert {ctx: mesh2.sandbox.dump(ctx) for ctx in TWO} == dumps

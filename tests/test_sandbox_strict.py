@@ -40,6 +40,11 @@ def test_a_deleted_namespace_is_terminating_and_refuses_new_content(slow):
                                       'content in namespace work because it is being terminated')
     # What is already there can still be read and changed until the controller removes it.
     slow.kubectl("c1", "label", "configmap", "hold", "-n", "work", "still=here")
+    again = slow.kubectl("c1", "delete", "namespace", "work", "--ignore-not-found", check=False)
+    assert again.returncode == 1, "a second delete is refused, --ignore-not-found or not"
+    assert again.stderr.strip() == ('Error from server (Conflict): Operation cannot be fulfilled on namespaces "work": '
+                                    'The system is ensuring all content is removed from this namespace.  Upon '
+                                    'completion, this namespace will automatically be purged by the system.')
 
     _release(slow, "work")
     slow.kubectl("c1", "wait", "--for=delete", "namespace/work", "--timeout=20s")
@@ -84,6 +89,25 @@ def test_a_new_deployment_becomes_ready_after_a_while(slow):
     # An update rolls out with the old replicas still serving: it stays ready.
     slow.kubectl("c1", "set", "image", "deployment/web", "nginx=nginx:2")
     assert slow.get_json("c1", "deployment", "web")["status"]["readyReplicas"] == 2
+    # An image that cannot be pulled leaves the rollout stuck, with the old pods still serving.
+    slow.kubectl("c1", "set", "image", "deployment/web", "nginx=registry.invalid/nginx:3")
+    time.sleep(DELAY * 1.5)
+    status = slow.get_json("c1", "deployment", "web")["status"]
+    assert status["readyReplicas"] == 2 and {c["type"]: c["status"] for c in status["conditions"]}["Available"] == "True"
+    images = slow.kubectl("c1", "get", "pods", "-l", "app=web", "-o",
+                          "jsonpath={range .items[*]}{.spec.containers[0].image} {.status.phase}{'\\n'}{end}").stdout
+    assert sorted(images.split("\n")[:-1]) == ["nginx:2 Running", "nginx:2 Running",
+                                                "registry.invalid/nginx:3 Pending", "registry.invalid/nginx:3 Pending"]
+
+
+def test_a_deployment_whose_pods_cannot_pull_their_image_never_becomes_available(slow):
+    slow.kubectl("c1", "create", "deployment", "broken", "--image=registry.invalid/app:1")
+    wait = slow.kubectl("c1", "wait", "deployment/broken", "--for=condition=Available", "--timeout=5s", check=False)
+    assert wait.returncode == 1 and "timed out waiting for the condition" in wait.stderr
+    status = slow.get_json("c1", "deployment", "broken")["status"]
+    assert "readyReplicas" not in status and status["unavailableReplicas"] == 1
+    pod = slow.get_json("c1", "pods", "-l", "app=broken")["items"][0]
+    assert pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ImagePullBackOff"
 
 
 def test_a_loadbalancer_address_arrives_after_a_while(slow):

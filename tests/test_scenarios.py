@@ -263,3 +263,184 @@ def test_re_apply_after_a_failed_run_repairs_only_what_failed(mesh):
     assert mesh_config["accessLogFile"] == "/dev/null"
     assert snapshot(mesh) == before
     assert len(exports(mesh)) == exported
+
+
+# --- a mesh with a remote: ctx-b is run by ctx-a's istiod; ctx-c is a primary on network2 ------------
+
+def _with_primaries(mesh, primaries: dict[str, str]) -> None:
+    """topology.yaml with these remotes (context -> its primary), and API servers peers can reach, so that
+    status can judge the remote secrets."""
+    _topology(mesh, NETS, extra={ctx: {"api_server": mesh.sandbox.api_server(ctx),
+                                       **({"primary": primaries[ctx]} if ctx in primaries else {})}
+                                 for ctx in CONTEXTS})
+
+
+@pytest.fixture
+def remote_mesh(sandbox_factory, tmp_path):
+    sandbox = sandbox_factory(CONTEXTS)
+    mesh = make_mesh(sandbox, tmp_path / "ws", NETS)
+    _with_primaries(mesh, {"ctx-b": "ctx-a"})
+    mesh.apply()
+    return mesh
+
+
+def _remote_of(mesh, ctx: str) -> tuple[str | None, str | None]:
+    """(the cluster named by the controlPlaneClusters annotation, the address its last install points at)."""
+    namespace = mesh.get(ctx, "namespace", "istio-system")["metadata"]
+    install = [c for c in mesh.control_plane_installs() if c["context"] == ctx][-1]["merged"]["spec"]
+    return ((namespace.get("annotations") or {}).get("topology.istio.io/controlPlaneClusters"),
+            install["values"].get("global", {}).get("remotePilotAddress"))
+
+
+def _istiod_exposed(mesh, ctx: str) -> bool:
+    return mesh.get(ctx, "gateways.networking.istio.io", "istiod-gateway", "-n", "istio-system", check=False) is not None
+
+
+def test_base_yaml_edit_with_a_remote_keeps_gateways_secrets_and_the_remote_link(remote_mesh):
+    mesh = remote_mesh
+    before, exported, installs = snapshot(mesh), len(exports(mesh)), len(mesh.control_plane_installs())
+    assert before["ctx-b"]["istiod"] is None and before["ctx-b"]["remote_secrets"] == {}
+    _edit_base(mesh, "accessLogFile: /dev/stdout", "accessLogFile: /dev/null")
+    mesh.apply()
+    assert installs_since(mesh, installs) == CONTEXTS
+    assert snapshot(mesh) == before, "gateways, istiod, cacerts and remote secrets survive a base.yaml edit"
+    assert len(exports(mesh)) == exported
+    assert _remote_of(mesh, "ctx-b") == ("alpha", before["ctx-a"]["eastwest"][1])
+    assert _istiod_exposed(mesh, "ctx-a") and not _istiod_exposed(mesh, "ctx-c")
+
+
+def test_a_remote_moved_to_another_primary_keeps_both_primaries_gateways(remote_mesh):
+    mesh = remote_mesh
+    before, exported = snapshot(mesh), len(exports(mesh))
+    _with_primaries(mesh, {"ctx-b": "ctx-c"})
+    plan = mesh.run("apply", "--dry-run")
+    assert "ctx-b (network1, remote of ctx-c): change" in plan.stdout, plan.stdout
+    mesh.apply()
+    after = snapshot(mesh)
+    assert _remote_of(mesh, "ctx-b") == ("gamma", before["ctx-c"]["eastwest"][1])
+    assert _istiod_exposed(mesh, "ctx-c") and not _istiod_exposed(mesh, "ctx-a")
+    # ctx-b's network has no primary of its own now: it gets an east-west gateway; nothing else moves.
+    assert after["ctx-b"]["eastwest"] is not None
+    assert {k: v for k, v in after["ctx-b"].items() if k != "eastwest"} == \
+        {k: v for k, v in before["ctx-b"].items() if k != "eastwest"}
+    assert {ctx: after[ctx] for ctx in ("ctx-a", "ctx-c")} == {ctx: before[ctx] for ctx in ("ctx-a", "ctx-c")}
+    assert len(exports(mesh)) == exported, "every primary already held the remote's secret"
+    mesh.apply()
+    assert snapshot(mesh) == after, "a re-run converges"
+    status = mesh.run("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+
+
+def test_a_remote_removed_takes_its_secrets_and_its_primarys_istiod_exposure(remote_mesh):
+    mesh = remote_mesh
+    before, exported = snapshot(mesh), len(exports(mesh))
+    mesh.write_topology({"ctx-a": "network1", "ctx-c": "network2"},
+                        extra={ctx: {"cluster_name": NAMES[ctx], "api_server": mesh.sandbox.api_server(ctx)}
+                               for ctx in ("ctx-a", "ctx-c")})
+    mesh.apply()
+    after = snapshot(mesh, ["ctx-a", "ctx-c"])
+    assert mesh.get("ctx-b", "namespace", "istio-system", check=False) is None
+    assert not _istiod_exposed(mesh, "ctx-a")
+    for ctx in ("ctx-a", "ctx-c"):
+        assert "beta" not in after[ctx]["remote_secrets"]
+        assert {k: v for k, v in after[ctx].items() if k != "remote_secrets"} == \
+            {k: v for k, v in before[ctx].items() if k != "remote_secrets"}
+        assert after[ctx]["remote_secrets"] == {n: d for n, d in before[ctx]["remote_secrets"].items() if n != "beta"}
+    assert len(exports(mesh)) == exported
+
+
+# --- somebody's own CA in a cluster ---------------------------------------------------------------
+
+def _own_ca(mesh, tmp_path) -> dict[str, str]:
+    """An intermediate CA under a root of the user's own, made with the release's Makefile: cacerts files."""
+    folder = tmp_path / "own-ca"
+    folder.mkdir()
+    makefile = mesh.sandbox.istio_dir / "tools" / "certs" / "Makefile.selfsigned.mk"
+    subprocess.run(["make", "-f", str(makefile), "root-ca", "own-cacerts", "ROOTCA_ORG=Own Org",
+                    *(f"{k}={v}" for k, v in mesh.env.items() if k.endswith("_KEYSZ"))],
+                   cwd=folder, check=True, capture_output=True)
+    return {name: str(folder / "own" / name) for name in ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")}
+
+
+def _put_cacerts(mesh, ctx: str, files: dict[str, str]) -> None:
+    mesh.sandbox.kubectl(ctx, "create", "namespace", "istio-system", check=False)
+    mesh.sandbox.kubectl(ctx, "delete", "secret", "cacerts", "-n", "istio-system", "--ignore-not-found")
+    mesh.sandbox.kubectl(ctx, "create", "secret", "generic", "cacerts", "-n", "istio-system",
+                         *(f"--from-file={name}={path}" for name, path in files.items()))
+
+
+def test_a_cluster_with_its_own_ca_is_named_and_replaced_only_when_confirmed(sandbox_factory, tmp_path):
+    sandbox = sandbox_factory(CONTEXTS)
+    mesh = make_mesh(sandbox, tmp_path / "ws", NETS)
+    _topology(mesh, NETS)
+    own = _own_ca(mesh, tmp_path)
+    _put_cacerts(mesh, "ctx-c", own)
+    theirs = _digest(mesh.get("ctx-c", "secret", "cacerts", "-n", "istio-system")["data"])
+
+    plan = mesh.run("apply", "--dry-run")
+    assert "ctx-c replaces (apply asks first): secret cacerts, which setup-mesh did not make (CA " in plan.stdout, \
+        plan.stdout
+    assert "O=Own Org" in plan.stdout
+    refused = mesh.run("apply")
+    assert refused.returncode == 2 and "needs confirmation" in refused.stdout + refused.stderr
+    assert "ctx-c replaces: secret cacerts, which setup-mesh did not make" in refused.stdout + refused.stderr
+    assert _digest(mesh.get("ctx-c", "secret", "cacerts", "-n", "istio-system")["data"]) == theirs
+    assert mesh.control_plane_installs() == [], "nothing was installed anywhere"
+
+    mesh.apply()  # -y: replaced, and from now on setup-mesh's own
+    secret = mesh.get("ctx-c", "secret", "cacerts", "-n", "istio-system")
+    assert _digest(secret["data"]) != theirs
+    assert secret["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "setup-mesh"
+    before = snapshot(mesh)
+    mesh.run("apply")  # nothing to ask about any more: no prompt, no change
+    assert snapshot(mesh) == before
+
+
+def test_teardown_keeps_a_cacerts_it_did_not_make_and_its_namespace(mesh, tmp_path):
+    _put_cacerts(mesh, "ctx-c", _own_ca(mesh, tmp_path))  # e.g. the user's CA, put back after apply
+    theirs = _digest(mesh.get("ctx-c", "secret", "cacerts", "-n", "istio-system")["data"])
+    result = mesh.run("teardown", "-y")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ctx-c: keeps secret cacerts and namespace istio-system: that cacerts was not made by setup-mesh" \
+        in result.stdout + result.stderr
+    assert _digest(mesh.get("ctx-c", "secret", "cacerts", "-n", "istio-system")["data"]) == theirs
+    assert mesh.remote_secrets("ctx-c") == {}
+    for ctx in ("ctx-a", "ctx-b"):
+        assert mesh.get(ctx, "namespace", "istio-system", check=False) is None
+
+
+# --- identity edits: a cluster's name, the mesh's id ---------------------------------------------
+
+def test_a_renamed_cluster_is_reinstalled_under_its_new_name_and_its_old_secrets_go(mesh):
+    before, exported, installs = snapshot(mesh), len(exports(mesh)), len(mesh.control_plane_installs())
+    renamed = {**NAMES, "ctx-c": "gamma2"}
+    mesh.write_topology(NETS, extra={ctx: {"cluster_name": renamed[ctx]} for ctx in NETS})
+    mesh.apply()
+    after = snapshot(mesh)
+    assert installs_since(mesh, installs) == ["ctx-c"], "only the renamed cluster's control plane changes"
+    values = [c for c in mesh.control_plane_installs() if c["context"] == "ctx-c"][-1]["merged"]["spec"]["values"]
+    assert values["global"]["multiCluster"]["clusterName"] == "gamma2"
+    assert exports(mesh)[exported:] == ["ctx-c"], "its secret is made again under the new name, no other"
+    for ctx in ("ctx-a", "ctx-b"):
+        assert sorted(after[ctx]["remote_secrets"]) == sorted(n for c, n in renamed.items() if c not in (ctx, "ctx-d"))
+        assert {n: d for n, d in after[ctx]["remote_secrets"].items() if n != "gamma2"} == \
+            {n: d for n, d in before[ctx]["remote_secrets"].items() if n != "gamma"}
+    for ctx in CONTEXTS:
+        assert after[ctx]["eastwest"] == before[ctx]["eastwest"], "gateway Services keep their UID and address"
+        assert after[ctx]["istiod"] == before[ctx]["istiod"]
+    assert [ctx for ctx in CONTEXTS if after[ctx]["cacerts"] != before[ctx]["cacerts"]] == ["ctx-c"], \
+        "an intermediate CA of its own under the new name"
+    status = json.loads(mesh.run("status", "-o", "json").stdout)
+    assert {c["context"]: c["stale_secrets"] for c in status["clusters"]} == {ctx: [] for ctx in CONTEXTS}
+
+
+def test_a_new_mesh_id_reinstalls_every_control_plane_and_keeps_gateways_and_secrets(mesh):
+    before, exported, installs = snapshot(mesh), len(exports(mesh)), len(mesh.control_plane_installs())
+    mesh.write_topology(NETS, mesh_id="mesh2", extra={ctx: {"cluster_name": NAMES[ctx]} for ctx in NETS})
+    mesh.apply()
+    assert installs_since(mesh, installs) == CONTEXTS
+    for ctx in CONTEXTS:
+        values = [c for c in mesh.control_plane_installs() if c["context"] == ctx][-1]["merged"]["spec"]["values"]
+        assert values["global"]["meshID"] == "mesh2"
+    assert snapshot(mesh) == before
+    assert len(exports(mesh)) == exported

@@ -27,7 +27,7 @@ from tests.meshkit import FAST_KEYS
 from lib.config import Cluster, Topology
 from lib.kube import Observed, RemoteSecretInfo
 from lib.reporter import Reporter
-from lib.status import Istiod, Workspace, evaluate, image_version, parse_istiod, render
+from lib.status import Istiod, Expected, evaluate, image_version, parse_istiod, render
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -87,8 +87,8 @@ def _healthy(topology: Topology, root) -> tuple[dict[str, Observed], dict[str, I
     return observed, istiod
 
 
-def _ws(tmp_path, topology, root, local=None) -> Workspace:
-    return Workspace(tmp_path, topology, {c.context: "fp-" + c.context for c in topology.clusters},
+def _ws(tmp_path, topology, root, local=None) -> Expected:
+    return Expected(tmp_path, topology, {c.context: "fp-" + c.context for c in topology.clusters},
                      _pem(root[0]), local or {})
 
 
@@ -303,7 +303,7 @@ def test_table_names_every_problem_with_its_hint(tmp_path, roots):
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = str(ROOT / "setup_mesh.py")  # hints name the program as it was run
 NETS = {"cluster1": "network1", "cluster2": "network1", "cluster3": "network2"}
-CLUSTER_FIELDS = {"context", "cluster_name", "network", "reachable", "error", "istio", "network_label", "cacerts",
+CLUSTER_FIELDS = {"context", "cluster_name", "network", "role", "primary", "reachable", "error", "istio", "network_label", "cacerts",
                   "gateway", "remote_secrets", "stale_secrets", "remote_clusters", "drift", "problems"}
 
 

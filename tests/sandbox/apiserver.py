@@ -339,6 +339,7 @@ def _builtin_types() -> list[ResType]:
           status_split=True),
         R("", "v1", "serviceaccounts", "ServiceAccount", True, short=("sa",), subresources=("token",)),
         R("", "v1", "endpoints", "Endpoints", True, short=("ep",)),
+        R("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", True),
         R("", "v1", "pods", "Pod", True, short=("po",), subresources=("status",), categories=("all",),
           status_split=True),
         R("", "v1", "events", "Event", True, short=("ev",)),
@@ -371,7 +372,8 @@ def _builtin_types() -> list[ResType]:
 
 
 BUILTIN_GROUP_ORDER = ["", "apps", "apiextensions.k8s.io", "rbac.authorization.k8s.io",
-                       "admissionregistration.k8s.io", "policy", "autoscaling", "authorization.k8s.io"]
+                       "admissionregistration.k8s.io", "policy", "autoscaling", "discovery.k8s.io",
+                       "authorization.k8s.io"]
 
 
 # ---------------------------------------------------------------------------------------------- selectors
@@ -1624,6 +1626,12 @@ class Cluster:
             if rt.plural == "namespaces" and not rt.group and name in IMMORTAL_NAMESPACES:
                 raise ApiError(403, f'namespaces "{name}" is forbidden: this namespace may not be deleted',
                                "Forbidden", {"name": name, "kind": "namespaces"})
+            if _is_namespace(rt) and obj["metadata"].get("deletionTimestamp"):
+                # kube-apiserver's namespace storage: a second delete while the namespace controller
+                # still holds its "kubernetes" finalizer is refused, not repeated.
+                raise ApiError(409, f'Operation cannot be fulfilled on namespaces "{name}": The system is ensuring '
+                                    f'all content is removed from this namespace.  Upon completion, this namespace '
+                                    f'will automatically be purged by the system.', "Conflict", _details(rt, name))
             dry = query.get("dryRun") == "All" or (options or {}).get("dryRun") == ["All"]
             if dry:
                 return self._present(rt, obj)
@@ -2098,8 +2106,8 @@ class Cluster:
         elif group == "" and plural == "services":
             self._service_controller(rt, key, obj)
         elif group == "apps" and plural == "deployments":
+            self._replicate_pods(key, obj)  # first: readiness is counted from the pods
             self._deployment_controller(rt, key, obj)
-            self._replicate_pods(key, obj)
         elif group == "apps" and plural == "daemonsets":
             self._daemonset_controller(rt, key, obj)
         elif group == "apiextensions.k8s.io" and plural == "customresourcedefinitions":
@@ -2213,9 +2221,19 @@ class Cluster:
             # New pods take a while to start; a rolling update keeps the old ones ready meanwhile.
             self._deployment_unready(rt, key, obj, status, replicas)
             return
+        ready = min(replicas, self._ready_pods(key, obj))
+        if ready < replicas - replicas // 4:  # the default maxUnavailable: 25%, rounded down
+            # A pod that never gets ready (an image that cannot be pulled) keeps the Deployment unavailable.
+            status.update({"replicas": replicas, "updatedReplicas": replicas, "unavailableReplicas": replicas - ready})
+            if ready:
+                status.update({"readyReplicas": ready, "availableReplicas": ready})
+            self._commit_unavailable(rt, key, obj, status, "ReplicaSetUpdated", "is progressing")
+            return
         if replicas:
-            status.update({"replicas": replicas, "updatedReplicas": replicas, "readyReplicas": replicas,
-                           "availableReplicas": replicas})
+            status.update({"replicas": replicas, "updatedReplicas": replicas, "readyReplicas": ready,
+                           "availableReplicas": ready})
+            if ready < replicas:
+                status["unavailableReplicas"] = replicas - ready
         stamp = now_rfc3339()
         status["conditions"] = [
             {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
@@ -2265,14 +2283,17 @@ class Cluster:
         digest = hashlib.sha1(json.dumps(template, sort_keys=True).encode()).hexdigest()
         alphabet = "bcdfghjklmnpqrstvwxz2456789"
         template_hash = "".join(alphabet[int(digest[i:i + 2], 16) % len(alphabet)] for i in range(0, 20, 2))
-        keep = []
+        replicas = int(spec.get("replicas", 1) or 0)
+        keep, old = [], []
         for k in sorted(owned):
             labels = self.objects[k]["metadata"].get("labels") or {}
-            if labels.get("pod-template-hash") == template_hash and len(keep) < int(spec.get("replicas", 1) or 0):
+            if labels.get("pod-template-hash") == template_hash and len(keep) < replicas:
                 keep.append(k)
-            else:
+            elif labels.get("pod-template-hash") == template_hash:
                 self._force_delete(pod_rt, k)
-        for _ in range(int(spec.get("replicas", 1) or 0) - len(keep)):
+            else:
+                old.append(k)
+        for _ in range(replicas - len(keep)):
             name = f"{key[3]}-{template_hash}-" + "".join(pysecrets.choice(alphabet) for _ in range(5))
             meta = copy.deepcopy(template.get("metadata") or {})
             meta.update({"name": name, "namespace": ns})
@@ -2284,8 +2305,15 @@ class Cluster:
             body["spec"]["nodeName"] = f"{_node_name(self.name)}-control-plane"
             try:
                 self._create(pod_rt, ns, body, {})
+                keep.append(self._key(pod_rt, ns, name))
             except ApiError:  # e.g. the namespace is being deleted
                 return
+        # A rolling update: the old pods serve until the new ones are ready (an image that cannot be
+        # pulled leaves the rollout stuck with the old pods running, as maxUnavailable 25% keeps them).
+        new_ready = sum(_pod_is_ready(self.objects.get(k)) for k in keep)
+        if new_ready >= replicas - replicas // 4 or not replicas:
+            for k in old:
+                self._force_delete(pod_rt, k)
 
     def _inject_sidecar(self, pod: dict):
         """Istio's injector, as its webhook selects namespaces: one istio-proxy container is added."""
@@ -2335,20 +2363,39 @@ class Cluster:
                 "startTime": now_rfc3339(), "containerStatuses": statuses}
 
     def _deployment_unready(self, rt: ResType, key, obj: dict, status: dict, replicas: int):
-        stamp = now_rfc3339()
         status.update({"replicas": replicas, "updatedReplicas": replicas, "unavailableReplicas": replicas})
+        self._commit_unavailable(rt, key, obj, status, "ReplicaSetUpdated", "is progressing")
+        self._schedule(self.ready_delay, self._deployment_ready, key, obj["metadata"]["uid"])
+
+    def _commit_unavailable(self, rt: ResType, key, obj: dict, status: dict, reason: str, progress: str):
+        old_status = obj.get("status") or {}
+        if {k: v for k, v in old_status.items() if k != "conditions"} == \
+                {k: v for k, v in status.items() if k != "conditions"} and old_status.get("conditions"):
+            return
+        stamp = now_rfc3339()
         status["conditions"] = [
             {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable",
              "message": "Deployment does not have minimum availability.", "lastUpdateTime": stamp,
              "lastTransitionTime": stamp},
-            {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
-             "message": f'ReplicaSet "{key[3]}-{hashlib.sha1(key[3].encode()).hexdigest()[:10]}" is progressing.',
+            {"type": "Progressing", "status": "True", "reason": reason,
+             "message": f'ReplicaSet "{key[3]}-{hashlib.sha1(key[3].encode()).hexdigest()[:10]}" {progress}.',
              "lastUpdateTime": stamp, "lastTransitionTime": stamp},
         ]
         new = copy.deepcopy(obj)
         new["status"] = status
         self._commit(rt, key, new, "MODIFIED", obj)
-        self._schedule(self.ready_delay, self._deployment_ready, key, obj["metadata"]["uid"])
+
+    def _ready_pods(self, key, deployment: dict) -> int:
+        """The Deployment's pods whose Ready condition is True (what the ReplicaSet controller counts)."""
+        uid = deployment["metadata"]["uid"]
+        count = 0
+        for k, pod in self.objects.items():
+            if k[:3] != ("", "pods", key[2]):
+                continue
+            if not any(ref.get("uid") == uid for ref in pod["metadata"].get("ownerReferences") or []):
+                continue
+            count += _pod_is_ready(pod)
+        return count
 
     def _deployment_ready(self, key, uid: str):
         obj = self.objects.get(key)
@@ -2606,6 +2653,11 @@ def _openapi_paths(t: ResType) -> dict:
 def _openapi_name(t: ResType) -> str:
     rev = ".".join(reversed(t.group.split(".")))
     return f"{rev}.{t.version}.{t.kind}"
+
+
+def _pod_is_ready(pod: dict | None) -> bool:
+    conditions = ((pod or {}).get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _node_name(name: str) -> str:

@@ -1,0 +1,103 @@
+"""The workspace as every command loads it, the tools found on this machine, and the parallel reads of
+the clusters' current state that apply, teardown, status, verify and rotate-certs share."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, check_data_plane, load_base, load_topology, resolve_contexts
+from .errors import ConfigError, MeshError
+from .executor import RunContext, read_clusters
+from .gatewayapi import parse_crd_annotations
+from .invocation import prep_hint
+from .kube import IstioUsage, Observed, Tools, is_missing_category, parse_inspect, parse_istio_usage
+from .overlay import made_by_setup_mesh
+from .release import find_istioctl
+from .reporter import Reporter
+from .runner import ShRunner
+from .state import State
+
+INSPECT_TIMEOUT = 30.0
+
+
+@dataclass
+class Workspace:
+    workdir: Path
+    topology: Topology
+    base: dict
+    state: State
+    notes: list[str]
+    contexts_resolved: bool = True
+
+
+def load_workspace(workdir: Path, kubeconfig: str | None, lenient: bool) -> Workspace:
+    """Validate the inputs. ``lenient`` (dry-run) turns facts about this machine into notes."""
+    if not workdir.is_dir():
+        raise ConfigError(f"workdir {workdir} does not exist", hint=prep_hint())
+    topology = load_topology(workdir / TOPOLOGY_FILE)
+    loaded_base = load_base(workdir / BASE_FILE)
+    check_data_plane(topology, loaded_base)
+    base = loaded_base.operator
+    notes: list[str] = []
+    resolved = True
+    try:
+        topology = resolve_contexts(topology, kubeconfig)
+    except ConfigError as exc:
+        if not lenient:
+            raise
+        resolved = False
+        notes.append(f"{exc.message} (current state cannot be read)")
+    return Workspace(workdir, topology, base, State.load(workdir), notes, resolved)
+
+
+def find_tools(istio_dir: str | None, runner: ShRunner, lenient: bool, notes: list[str], timeout: float) -> Tools:
+    istioctl = find_istioctl(istio_dir)
+    if not istioctl:
+        if not lenient:
+            raise ConfigError("istioctl was not found on PATH or in --istio-dir/ISTIO_DIR",
+                              hint="download an Istio release (curl -L https://istio.io/downloadIstio | sh -) and put its bin/ on PATH")
+        notes.append("istioctl is not on PATH: the plan names it as `istioctl`")
+    if not lenient:
+        runner.require("kubectl")
+    return Tools(kubectl="kubectl", istioctl=istioctl or "istioctl", timeout=timeout)
+
+
+def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Reporter, parallel: int,
+                     title: str = "read current state", ambient: bool = False) -> dict[str, Observed]:
+    """One read per cluster, in parallel. An unreachable cluster is an Observed with an error.
+    ``ambient``: also the Gateway API CRDs and, where they exist, the east-west Gateway."""
+    def read(ctx: RunContext, cluster: Cluster) -> Observed:
+        try:
+            seen = parse_inspect(ctx.run(tools.inspect(cluster, INSPECT_TIMEOUT)).stdout)
+            if ambient:
+                seen.gateway_api = parse_crd_annotations(ctx.run(tools.gateway_api_crds(cluster, INSPECT_TIMEOUT)).stdout)
+                if seen.gateway_api.installed:
+                    seen.eastwest_gateway = json.loads(
+                        ctx.run(tools.east_west_gateway(cluster, INSPECT_TIMEOUT)).stdout or "null")
+            return seen
+        except MeshError as exc:
+            return Observed(reachable=False, error=exc.message)
+        except ValueError as exc:
+            return Observed(reachable=False, error=f"unreadable answer from kubectl: {exc}")
+
+    return read_clusters(clusters, runner, reporter, parallel, title, read)
+
+
+def read_istio_usage(clusters: list[Cluster], tools: Tools, runner, reporter: Reporter, parallel: int,
+                     ours: frozenset[str]) -> dict[str, IstioUsage | MeshError]:
+    """Which Istio resources and control planes others made in each cluster (what keeps Istio's CRDs)."""
+    def read(ctx: RunContext, cluster: Cluster) -> IstioUsage | MeshError:
+        try:
+            resources = ctx.run(tools.istio_resources(cluster, INSPECT_TIMEOUT))
+            if not resources.ok and not is_missing_category(resources.stderr):
+                return MeshError(f"cannot list Istio resources: {resources.stderr_tail()}")
+            deployments = ctx.run(tools.istio_deployments(cluster, INSPECT_TIMEOUT))
+            return parse_istio_usage(resources.stdout if resources.ok else None, deployments.stdout, ours,
+                                     made_by_setup_mesh)
+        except MeshError as exc:
+            return exc
+        except ValueError as exc:
+            return MeshError(f"unreadable answer from kubectl: {exc}")
+
+    return read_clusters(clusters, runner, reporter, parallel, "read who else uses Istio", read)
