@@ -144,7 +144,9 @@ def call_command(tools: Tools, cluster: Cluster, namespace: str, calls: int):
 
 
 def pods_command(tools: Tools, cluster: Cluster, namespace: str):
-    return tools.kubectl_cmd(cluster, "get", "pods", "-n", namespace, "-o", "json", timeout=30)
+    # The Deployments too: when a pod cannot be created (e.g. the injector's webhook fails), only the
+    # Deployment says why.
+    return tools.kubectl_cmd(cluster, "get", "deployments,pods", "-n", namespace, "-o", "json", timeout=30)
 
 
 def cleanup_command(tools: Tools, cluster: Cluster, namespace: str):
@@ -160,12 +162,18 @@ class PodState:
     ready: bool
     reason: str  # why not ready ("" when ready)
     sidecar: bool
+    created: bool = True  # False: no pod exists; ``name`` is then its Deployment's
 
 
 def pod_states(pods_json: str) -> dict[str, list[PodState]]:
-    """app label -> its pods, with readiness and, when not ready, the reason kubectl would show."""
+    """app label -> its pods, with readiness and, when not ready, the reason kubectl would show. An app
+    whose Deployment has no pod at all gets one entry that is not ``created``, with the Deployment's
+    reason (its ReplicaFailure condition, e.g. a webhook that refused the pods)."""
     out: dict[str, list[PodState]] = {}
-    for pod in json.loads(pods_json or "{}").get("items") or []:
+    items = json.loads(pods_json or "{}").get("items") or []
+    for pod in items:
+        if pod.get("kind", "Pod") != "Pod":
+            continue
         meta = pod.get("metadata") or {}
         if meta.get("deletionTimestamp"):
             continue
@@ -186,6 +194,18 @@ def pod_states(pods_json: str) -> dict[str, list[PodState]]:
         containers = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
         app = (meta.get("labels") or {}).get("app", "")
         out.setdefault(app, []).append(PodState(meta.get("name", ""), ready, reason, "istio-proxy" in containers))
+    for deployment in items:
+        if deployment.get("kind") != "Deployment":
+            continue
+        spec = deployment.get("spec") or {}
+        app = (((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}).get("app", "")
+        if not app or out.get(app):
+            continue
+        conditions = (deployment.get("status") or {}).get("conditions") or []
+        failure = next((c for c in conditions if c.get("type") == "ReplicaFailure" and c.get("status") == "True"), {})
+        reason = (f"{failure.get('reason') or 'ReplicaFailure'}: {failure.get('message', '')}".rstrip(": ")
+                  if failure else "no pod created yet")
+        out[app] = [PodState((deployment.get("metadata") or {}).get("name", ""), False, reason, False, created=False)]
     return out
 
 
@@ -269,11 +289,16 @@ def judge(topology: Topology, runs: dict[str, ClusterRun], facts: Facts, hints: 
             problems.append(Cause("step_failed", f"{cluster.name}: {run.error}", f"re-run verify; {hints.apply} "
                                                                                  "if the cluster is not set up"))
         for what, pod in (("curl client", run.client), ("helloworld", run.server)):
-            if run.applied and not run.error and pod is not None and not pod.ready:
-                problems.append(Cause("pod_not_ready", f"{cluster.name}: the {what} pod {pod.name} is not ready: "
-                                                       f"{pod.reason}",
-                                      f"look at it with `{hints.kubectl(cluster, 'describe', 'pod', '-n', hints.namespace, pod.name)}`"
-                                      "; for images from a mirror use --registry and the tag options"))
+            if not run.applied or run.error or pod is None or pod.ready:
+                continue
+            if not pod.created:
+                problems.append(Cause("pod_missing", f"{cluster.name}: no {what} pod was created: {pod.reason}",
+                                      f"look at its Deployment with `{hints.kubectl(cluster, 'describe', 'deployment', '-n', hints.namespace, pod.name)}`"))
+                continue
+            problems.append(Cause("pod_not_ready", f"{cluster.name}: the {what} pod {pod.name} is not ready: "
+                                                   f"{pod.reason}",
+                                  f"look at it with `{hints.kubectl(cluster, 'describe', 'pod', '-n', hints.namespace, pod.name)}`"
+                                  "; for images from a mirror use --registry and the tag options"))
     pairs = []
     for src in topology.clusters:
         run = runs.get(src.context) or ClusterRun()
@@ -295,11 +320,15 @@ def _causes(src: Cluster, dst: Cluster, runs: dict[str, ClusterRun], by_name: di
         add("step_failed", f"verify could not run in {src.name if src_run.error else dst.name}", "see the problems above")
         return causes
     if src_run.client is None or not src_run.client.ready:
-        add("client_not_ready", f"the curl client in {src.name} is not ready, so nothing was called from it",
-            "see the pod_not_ready problem above")
+        missing = src_run.client is not None and not src_run.client.created
+        add("client_not_ready", f"the curl client in {src.name} {'was never created' if missing else 'is not ready'}, "
+                                f"so nothing was called from it",
+            f"see the {'pod_missing' if missing else 'pod_not_ready'} problem above")
         return causes
     if dst_run.server is None or not dst_run.server.ready:
-        add("helloworld_not_ready", f"helloworld in {dst.name} is not ready", "see the pod_not_ready problem above")
+        missing = dst_run.server is not None and not dst_run.server.created
+        add("helloworld_not_ready", f"helloworld in {dst.name} {'was never created' if missing else 'is not ready'}",
+            f"see the {'pod_missing' if missing else 'pod_not_ready'} problem above")
         return causes
     s, d = by_name.get(src.name), by_name.get(dst.name)
     if src == dst:
