@@ -673,9 +673,13 @@ def gateways_command(tools: Tools, cluster: Cluster):
 def istiod_endpoints_command(tools: Tools, cluster: Cluster, revision: str | None):
     """Where a remote's istiod Service leads: its EndpointSlice, which the remote profile points at the
     address of its primary's east-west gateway."""
-    service = f"istiod-{revision}" if revision else "istiod"
     return tools.kubectl_cmd(cluster, "get", "endpointslices.discovery.k8s.io", "-n", ISTIO_NAMESPACE, "-l",
-                             f"kubernetes.io/service-name={service}", "-o", "json", check=False, timeout=30)
+                             f"kubernetes.io/service-name={istiod_service(revision)}", "-o", "json", check=False,
+                             timeout=30)
+
+
+def istiod_service(revision: str | None) -> str:
+    return f"istiod-{revision}" if revision else "istiod"
 
 
 def endpoint_address(slices_json: str) -> str | None:
@@ -810,7 +814,9 @@ def _print_dry_run(mesh: Mesh, tools: Tools, plan: dict[str, list[dict]], option
     out("reads first what status reads, plus per cluster: "
         f"$ kubectl get namespace {options.namespace} --ignore-not-found -o json"
         + ("" if ambient else f"; $ kubectl get gateways.networking.istio.io -n {ISTIO_NAMESPACE} -o json"
-           + (" (on primaries: a remote's gateways are configured from its primary)" if remotes else "")))
+           + (" (on primaries: a remote's gateways are configured from its primary)" if remotes else ""))
+        + (f"; on remotes: $ kubectl get endpointslices.discovery.k8s.io -n {ISTIO_NAMESPACE} -l "
+           f"kubernetes.io/service-name={istiod_service(revision)} -o json" if remotes else ""))
     for cluster in topology.clusters:
         out("")
         member = mesh.member(cluster.context)

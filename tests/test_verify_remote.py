@@ -60,6 +60,8 @@ def test_a_remote_reaches_and_is_reached_by_every_cluster(mesh):
     assert plan.returncode == 0, plan.stderr
     assert "== cluster2 (remote of cluster1: its sidecars are injected and configured by cluster1's istiod)" \
         in plan.stdout
+    assert "on remotes: $ kubectl get endpointslices.discovery.k8s.io -n istio-system -l " \
+           "kubernetes.io/service-name=istiod -o json" in plan.stdout
 
 
 def test_a_primary_without_the_remotes_secret_leaves_the_remote_unconfigured(mesh):
