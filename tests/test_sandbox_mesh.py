@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import time
 
 import pytest
 
@@ -103,6 +104,67 @@ def test_kubectl_exec_over_websocket(sb):
     assert absent.returncode == 1 and 'exec: "ls": executable file not found in $PATH' in absent.stderr
     wrong = sb.kubectl("c1", "exec", "-n", "demo", "-c", "nosuch", name, "--", "true", check=False)
     assert wrong.returncode == 1 and "container nosuch is not valid for pod" in wrong.stderr
+
+
+ISTIOD_INSTALL = """apiVersion: v1
+kind: Namespace
+metadata: {{name: istio-system}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: istiod, namespace: istio-system}}
+spec: {{selector: {{app: istiod}}, ports: [{{port: 443, targetPort: 15017, name: https-webhook}}]}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: istiod, namespace: istio-system}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: istiod}}}}
+  template:
+    metadata: {{labels: {{app: istiod}}}}
+    spec: {{containers: [{{name: discovery, image: docker.io/istio/pilot:1.29.0}}]}}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {{name: istio-sidecar-injector}}
+webhooks:
+- name: namespace.sidecar-injector.istio.io
+  clientConfig: {{service: {{name: istiod, namespace: istio-system, path: /inject, port: 443}}}}
+  namespaceSelector: {{matchLabels: {{istio-injection: enabled}}}}
+  rules: [{{operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [pods]}}]
+  failurePolicy: Fail
+  sideEffects: None
+  admissionReviewVersions: [v1]
+"""
+
+
+def test_the_injector_refuses_pods_while_its_istiod_is_down_and_they_come_with_it(sb):
+    sb.kubectl("c1", "apply", "-f", "-", stdin=ISTIOD_INSTALL.format(replicas=0))
+    sb.kubectl("c1", "label", "namespace", "demo", "istio-injection=enabled")
+    sb.kubectl("c1", "apply", "-n", "demo", "-f", "-",
+               stdin=HELLO.format(replicas=1, image="registry.istio.io/release/examples-helloworld-v1:1.0"))
+    assert _pods(sb, "demo", "app=helloworld") == []
+    deployment = sb.get_json("c1", "deployment", "helloworld", "-n", "demo")
+    failure = next(c for c in deployment["status"]["conditions"] if c["type"] == "ReplicaFailure")
+    assert failure["reason"] == "FailedCreate" and failure["message"] == (
+        'Internal error occurred: failed calling webhook "namespace.sidecar-injector.istio.io": failed to call '
+        'webhook: Post "https://istiod.istio-system.svc:443/inject?timeout=10s": no endpoints available for '
+        'service "istiod"')
+    assert "readyReplicas" not in deployment["status"]
+    direct = sb.kubectl("c1", "run", "lone", "-n", "demo", "--image=curlimages/curl:8.16.0", check=False)
+    assert direct.returncode != 0 and 'failed calling webhook "namespace.sidecar-injector.istio.io"' in direct.stderr
+
+    sb.kubectl("c1", "scale", "deployment", "istiod", "-n", "istio-system", "--replicas=1")
+    deadline = time.monotonic() + 10  # the ReplicaSet controller tries again every second
+    while not _pods(sb, "demo", "app=helloworld") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (pod,) = _pods(sb, "demo", "app=helloworld")
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["helloworld", "istio-proxy"]
+    assert meshmodel.pod_ready(pod), "istiod in the cluster configures its sidecar at once"
+    deployment = sb.get_json("c1", "deployment", "helloworld", "-n", "demo")
+    assert deployment["status"].get("readyReplicas") == 1
+    assert "ReplicaFailure" not in {c["type"] for c in deployment["status"]["conditions"]}
 
 
 # --- the model, on objects built here -------------------------------------------------------------
