@@ -4,11 +4,13 @@ istiod; when that control plane fails it, verify says so and points at cluster1.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import yaml
 
 from tests import test_verify
+from tests.sandbox import meshmodel
 from tests.test_verify import NS, _failed_only, _pair, _repaired
 
 CONTEXTS = {"cluster1": {"network": "network1"},
@@ -66,7 +68,8 @@ def test_a_remote_reaches_and_is_reached_by_every_cluster(mesh):
 
 def test_a_primary_without_the_remotes_secret_leaves_the_remote_unconfigured(mesh):
     mesh.kubectl("cluster1", "delete", "secret", "istio-remote-secret-cluster2", "-n", "istio-system")
-    code, doc = mesh.verify("--ready-timeout", "5")
+    result = mesh.run("verify", "-o", "json", "--ready-timeout", "5", "--keep")
+    code, doc = result.returncode, json.loads(result.stdout)
     assert code == 1
     _failed_only(doc, {pair: "primary_lacks_secret" for pair in WITH_REMOTE})
     causes = _causes(doc, "primary_lacks_secret")
@@ -80,7 +83,18 @@ def test_a_primary_without_the_remotes_secret_leaves_the_remote_unconfigured(mes
     assert len(problems) == 2 and all(p["message"].startswith("cluster2: ") for p in problems)
     assert all("[istio-proxy]" in p["message"] and "cluster1, the primary of cluster2" in p["hint"]
                for p in problems)
-    _repaired(mesh)
+    # Once cluster1 holds the secret again, the waiting sidecars get their configuration.
+    mesh.apply()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        pods = mesh.get("cluster2", "pods", "-n", NS)["items"]
+        ready = mesh.get("cluster2", "deployment", "curl", "-n", NS)["status"].get("readyReplicas")
+        if pods and all(meshmodel.pod_ready(p) for p in pods) and ready == 1:
+            break
+        time.sleep(0.3)
+    assert len(pods) == 2 and all(meshmodel.pod_ready(p) for p in pods), [p["status"] for p in pods]
+    assert ready == 1, "the Deployment counts its pods once they are ready"
+    _repaired(mesh)  # reuses the kept namespace, and removes it
 
 
 def test_a_primary_whose_istiod_is_down_takes_its_remote_down_too(mesh):
