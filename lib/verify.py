@@ -8,6 +8,13 @@ The result is a matrix (calling cluster x answering cluster). For a pair that do
 likely causes come from what status already reads (remote secrets, istiod's own view, cacerts, the
 east-west gateways) plus the cross-network Gateway and the pods' sidecars. Everything created is
 deleted at the end, also after a failure or Ctrl-C, unless --keep.
+
+Causes follow each cluster's role (lib/mesh.py): a remote has no istiod of its own. Its sidecars are
+injected and configured by its primary's istiod, reached through the remote's istiod Service and the
+primary's east-west gateway; that istiod gives them the endpoints of what it has synced, and signs
+their certificates with the primary's cacerts. So the remote secrets, istiod's view and cacerts that
+explain a remote's pair are its primary's, and a primary that fails its remote (istiod down, no
+secret of the remote, a gateway without the address the remote was given) is named as the cause.
 """
 from __future__ import annotations
 
@@ -23,11 +30,12 @@ from .config import AMBIENT, Cluster, Topology, data_plane_mode
 from .errors import ConfigError, MeshError
 from .executor import Executor, Phase, RunContext, Step
 from .kube import Tools
-from .overlay import CROSS_NETWORK_GATEWAY, ISTIO_NAMESPACE, control_plane_revision, manifest_list
+from .mesh import Member, Mesh, mesh_model
+from .overlay import CROSS_NETWORK_GATEWAY, EASTWEST_NAME, ISTIO_NAMESPACE, control_plane_revision, manifest_list
 from .redact import redact
 from .reporter import Reporter
 from .workspace import find_tools, load_workspace
-from .status import LOCAL, MISSING, OUTDATED, SYNCED
+from .status import LOCAL, MISSING, OUTDATED, PRESENT, SYNCED
 from .yamlfile import dump
 
 DEFAULT_NAMESPACE = "setup-mesh-verify"
@@ -144,7 +152,9 @@ def call_command(tools: Tools, cluster: Cluster, namespace: str, calls: int):
 
 
 def pods_command(tools: Tools, cluster: Cluster, namespace: str):
-    return tools.kubectl_cmd(cluster, "get", "pods", "-n", namespace, "-o", "json", timeout=30)
+    # The Deployments too: when a pod cannot be created (e.g. the injector's webhook fails), only the
+    # Deployment says why.
+    return tools.kubectl_cmd(cluster, "get", "deployments,pods", "-n", namespace, "-o", "json", timeout=30)
 
 
 def cleanup_command(tools: Tools, cluster: Cluster, namespace: str):
@@ -160,12 +170,18 @@ class PodState:
     ready: bool
     reason: str  # why not ready ("" when ready)
     sidecar: bool
+    created: bool = True  # False: no pod exists; ``name`` is then its Deployment's
 
 
 def pod_states(pods_json: str) -> dict[str, list[PodState]]:
-    """app label -> its pods, with readiness and, when not ready, the reason kubectl would show."""
+    """app label -> its pods, with readiness and, when not ready, the reason kubectl would show. An app
+    whose Deployment has no pod at all gets one entry that is not ``created``, with the Deployment's
+    reason (its ReplicaFailure condition, e.g. a webhook that refused the pods)."""
     out: dict[str, list[PodState]] = {}
-    for pod in json.loads(pods_json or "{}").get("items") or []:
+    items = json.loads(pods_json or "{}").get("items") or []
+    for pod in items:
+        if pod.get("kind", "Pod") != "Pod":
+            continue
         meta = pod.get("metadata") or {}
         if meta.get("deletionTimestamp"):
             continue
@@ -186,6 +202,18 @@ def pod_states(pods_json: str) -> dict[str, list[PodState]]:
         containers = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
         app = (meta.get("labels") or {}).get("app", "")
         out.setdefault(app, []).append(PodState(meta.get("name", ""), ready, reason, "istio-proxy" in containers))
+    for deployment in items:
+        if deployment.get("kind") != "Deployment":
+            continue
+        spec = deployment.get("spec") or {}
+        app = (((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}).get("app", "")
+        if not app or out.get(app):
+            continue
+        conditions = (deployment.get("status") or {}).get("conditions") or []
+        failure = next((c for c in conditions if c.get("type") == "ReplicaFailure" and c.get("status") == "True"), {})
+        reason = (f"{failure.get('reason') or 'ReplicaFailure'}: {failure.get('message', '')}".rstrip(": ")
+                  if failure else "no pod created yet")
+        out[app] = [PodState((deployment.get("metadata") or {}).get("name", ""), False, reason, False, created=False)]
     return out
 
 
@@ -258,10 +286,15 @@ class Facts:
 
     status: Any  # status.MeshStatus
     exposes_local: dict[str, bool | None]  # cluster name -> a Gateway in istio-system exposes *.local on 15443
+    mesh: Mesh | None = None  # each cluster's role (None: the topology's, all sidecar)
+    istiod_addresses: dict[str, str | None] = field(default_factory=dict)  # remote's name -> where its istiod Service leads
 
 
 def judge(topology: Topology, runs: dict[str, ClusterRun], facts: Facts, hints: Any) -> tuple[list[Pair], list[Cause]]:
+    mesh = facts.mesh or mesh_model(topology)
     by_name = {c.cluster.name: c for c in facts.status.clusters}
+    planes = {c.context: control_plane_causes(mesh, mesh.member(c.context), by_name, hints, facts.istiod_addresses)
+              for c in topology.clusters}
     problems: list[Cause] = []
     for cluster in topology.clusters:
         run = runs.get(cluster.context) or ClusterRun()
@@ -269,11 +302,20 @@ def judge(topology: Topology, runs: dict[str, ClusterRun], facts: Facts, hints: 
             problems.append(Cause("step_failed", f"{cluster.name}: {run.error}", f"re-run verify; {hints.apply} "
                                                                                  "if the cluster is not set up"))
         for what, pod in (("curl client", run.client), ("helloworld", run.server)):
-            if run.applied and not run.error and pod is not None and not pod.ready:
-                problems.append(Cause("pod_not_ready", f"{cluster.name}: the {what} pod {pod.name} is not ready: "
-                                                       f"{pod.reason}",
-                                      f"look at it with `{hints.kubectl(cluster, 'describe', 'pod', '-n', hints.namespace, pod.name)}`"
-                                      "; for images from a mirror use --registry and the tag options"))
+            if not run.applied or run.error or pod is None or pod.ready:
+                continue
+            # A cluster whose control plane is known not to serve it: that is where to look first.
+            plane = planes[cluster.context][0] if planes[cluster.context] else None
+            if not pod.created:
+                problems.append(Cause("pod_missing", f"{cluster.name}: no {what} pod was created: {pod.reason}",
+                                      f"{plane.message}; {plane.hint}" if plane else
+                                      f"look at its Deployment with `{hints.kubectl(cluster, 'describe', 'deployment', '-n', hints.namespace, pod.name)}`"))
+                continue
+            problems.append(Cause("pod_not_ready", f"{cluster.name}: the {what} pod {pod.name} is not ready: "
+                                                   f"{pod.reason}",
+                                  f"{plane.message}; {plane.hint}" if plane else
+                                  f"look at it with `{hints.kubectl(cluster, 'describe', 'pod', '-n', hints.namespace, pod.name)}`"
+                                  "; for images from a mirror use --registry and the tag options"))
     pairs = []
     for src in topology.clusters:
         run = runs.get(src.context) or ClusterRun()
@@ -281,78 +323,179 @@ def judge(topology: Topology, runs: dict[str, ClusterRun], facts: Facts, hints: 
             count = run.answered_by.get(dst.name, 0)
             pair = Pair(src.name, dst.name, count > 0, count)
             if not pair.reached:
-                pair.causes = _causes(src, dst, runs, by_name, facts, topology, hints)
+                pair.causes = _causes(src, dst, runs, by_name, facts, mesh, planes, hints)
             pairs.append(pair)
     return pairs, problems
 
 
-def _causes(src: Cluster, dst: Cluster, runs: dict[str, ClusterRun], by_name: dict, facts: Facts,
-            topology: Topology, hints: Any) -> list[Cause]:
+def control_plane_causes(mesh: Mesh, member: Member, by_name: dict, hints: Any,
+                         istiod_addresses: dict[str, str | None] | None = None) -> list[Cause]:
+    """Why the control plane that injects and configures ``member``'s sidecars does not serve it, as far
+    as status shows: its own istiod for a primary; for a remote, its primary's istiod, which must hold
+    the remote's secret and be reachable through the primary's east-west gateway."""
+    causes: list[Cause] = []
+    add = lambda code, message, hint: causes.append(Cause(code, message, hint))  # noqa: E731
+    plane = mesh.control_plane_of(member)
+    p = by_name.get(plane.name)
+    if p is None or not p.reachable:
+        return causes
+    pods = f"`{hints.kubectl(plane.cluster, 'get', 'pods', '-n', ISTIO_NAMESPACE, '-l', 'app=istiod')}`"
+    if member.is_primary:
+        if p.istio_installed and p.istio_ready is False:
+            add("istiod_not_ready", f"{member.name}'s istiod has no ready replica: its injector refuses new pods "
+                                    f"and its sidecars get no configuration", f"look at its pods: {pods}")
+        return causes
+    remote, primary = member.name, plane.name
+    if p.istio_installed and p.istio_ready is False:
+        add("primary_istiod_not_ready", f"{remote} is a remote of {primary}, whose istiod has no ready replica: "
+                                        f"{remote}'s injector refuses new pods and its sidecars get no "
+                                        f"configuration", f"look at {primary}'s istiod pods: {pods}")
+    secret = p.remote_secrets.get(remote)
+    if secret not in (None, PRESENT):
+        problem = next((x for x in p.problems if x.peer == remote and x.code.startswith("remote_secret_")), None)
+        held = hints.kubectl(plane.cluster, "get", "secrets", "-n", ISTIO_NAMESPACE, "-l", "istio/multiCluster=true")
+        add("primary_lacks_secret", f"{primary}, the primary of {remote}, holds no current remote secret of "
+                                    f"{remote} ({secret}): {primary}'s istiod does not configure {remote}'s "
+                                    f"sidecars",
+            problem.hint if problem and secret != MISSING else
+            f"{hints.apply} creates it in {primary} again (`{held}` lists the secrets {primary} holds)")
+    else:
+        synced = (p.remote_clusters or {}).get(remote)
+        if synced not in (None, SYNCED):
+            problem = next((x for x in p.problems if x.peer == remote and x.code.startswith("remote_cluster_")), None)
+            add("primary_not_synced", f"{primary}'s istiod reports its remote {remote} as {synced}: it does not "
+                                      f"configure {remote}'s sidecars",
+                problem.hint if problem else f"{hints.status} shows why")
+    leads_to = (istiod_addresses or {}).get(remote)
+    if p.gateway_address and leads_to and leads_to != p.gateway_address:
+        add("primary_address_changed", f"{remote}'s istiod Service leads to {leads_to}, but {primary}'s east-west "
+                                       f"gateway is at {p.gateway_address} now: {remote}'s injector and sidecars "
+                                       f"cannot reach their control plane",
+            f"{hints.apply} installs {remote} again with {primary}'s current address")
+    if not p.gateway_address:
+        add("primary_gateway_no_address", f"{remote} reaches {primary}'s istiod through {primary}'s east-west "
+                                          f"gateway, which has no address: {remote}'s injector and sidecars cannot "
+                                          f"reach their control plane",
+            f"check {primary}'s LoadBalancer: `{hints.kubectl(plane.cluster, 'get', 'service', EASTWEST_NAME, '-n', ISTIO_NAMESPACE)}`")
+    return causes
+
+
+def _causes(src: Cluster, dst: Cluster, runs: dict[str, ClusterRun], by_name: dict, facts: Facts, mesh: Mesh,
+            planes: dict[str, list[Cause]], hints: Any) -> list[Cause]:
     causes: list[Cause] = []
     add = lambda code, message, hint: causes.append(Cause(code, message, hint))  # noqa: E731
     src_run, dst_run = runs.get(src.context) or ClusterRun(), runs.get(dst.context) or ClusterRun()
     if src_run.error or dst_run.error:
         add("step_failed", f"verify could not run in {src.name if src_run.error else dst.name}", "see the problems above")
         return causes
+    # The control planes first: a cluster whose sidecars nobody configures explains everything else.
+    for cause in planes[src.context] + planes[dst.context]:
+        if cause not in causes:
+            causes.append(cause)
     if src_run.client is None or not src_run.client.ready:
-        add("client_not_ready", f"the curl client in {src.name} is not ready, so nothing was called from it",
-            "see the pod_not_ready problem above")
+        missing = src_run.client is not None and not src_run.client.created
+        add("client_not_ready", f"the curl client in {src.name} {'was never created' if missing else 'is not ready'}, "
+                                f"so nothing was called from it",
+            f"see the {'pod_missing' if missing else 'pod_not_ready'} problem above")
         return causes
     if dst_run.server is None or not dst_run.server.ready:
-        add("helloworld_not_ready", f"helloworld in {dst.name} is not ready", "see the pod_not_ready problem above")
+        missing = dst_run.server is not None and not dst_run.server.created
+        add("helloworld_not_ready", f"helloworld in {dst.name} {'was never created' if missing else 'is not ready'}",
+            f"see the {'pod_missing' if missing else 'pod_not_ready'} problem above")
         return causes
-    s, d = by_name.get(src.name), by_name.get(dst.name)
+    src_member, dst_member = mesh.member(src.context), mesh.member(dst.context)
+    src_plane, dst_plane = mesh.control_plane_of(src_member), mesh.control_plane_of(dst_member)
     if src == dst:
         add("local_call_failed", f"{src.name} does not reach its own helloworld: "
                                  f"{'; '.join(src_run.failures) or 'no answer'}",
             f"check the Service and its endpoints: `{hints.kubectl(src, 'get', 'endpoints', 'helloworld', '-n', hints.namespace)}`")
         return causes
     ambient = hints.ambient  # no sidecars in an ambient mesh: ztunnel carries the calls
-    if not ambient and not src_run.client.sidecar:
-        add("sidecar_missing", f"the curl pod in {src.name} has no istio-proxy sidecar: its calls stay in {src.name}",
-            f"the namespace is labelled {mesh_label_text(hints.revision)}; check that {src.name}'s injector "
-            f"(`{hints.kubectl(src, 'get', 'mutatingwebhookconfigurations')}`) matches it")
-    if not ambient and not dst_run.server.sidecar:
-        add("sidecar_missing", f"the helloworld pod in {dst.name} has no istio-proxy sidecar: it cannot take "
-                               f"mTLS calls from other clusters",
-            f"the namespace is labelled {mesh_label_text(hints.revision)}; check that {dst.name}'s injector "
-            f"(`{hints.kubectl(dst, 'get', 'mutatingwebhookconfigurations')}`) matches it")
-    if s is not None and s.reachable:
+    for cluster, member, pod, what in ((src, src_member, src_run.client, "its calls stay in " + src.name),
+                                       (dst, dst_member, dst_run.server, "it cannot take mTLS calls from other "
+                                                                         "clusters")):
+        if ambient or pod.sidecar:
+            continue
+        name = "curl" if pod is src_run.client else "helloworld"
+        calls = "" if member.is_primary else f", which calls {mesh.control_plane_of(member).name}'s istiod"
+        add("sidecar_missing", f"the {name} pod in {cluster.name} has no istio-proxy sidecar: {what}",
+            f"the namespace is labelled {mesh_label_text(hints.revision)}; check that {cluster.name}'s injector "
+            f"(`{hints.kubectl(cluster, 'get', 'mutatingwebhookconfigurations')}`{calls}) matches it")
+    # The client's sidecar gets its endpoints from its control plane (a remote's: its primary's istiod),
+    # which must read the answering cluster (unless it runs there).
+    s = by_name.get(src_plane.name)
+    known = any(c.code in ("primary_lacks_secret", "primary_not_synced") for c in planes[dst.context]) \
+        and dst_plane.context == src_plane.context  # that cause already says the control plane lacks dst
+    if s is not None and s.reachable and dst.context != src_plane.context and not known:
+        whose = "" if src_plane.context == src.context else f" (the control plane of {src.name})"
         secret = s.remote_secrets.get(dst.name)
         about_dst = [p for p in s.problems if p.peer == dst.name]  # a hint about another peer would mislead
         if secret in (MISSING, LOCAL, OUTDATED):
-            what = {MISSING: f"{src.name} holds no remote secret of {dst.name}",
-                    LOCAL: f"{src.name}'s remote secret of {dst.name} names a loopback API server",
-                    OUTDATED: f"{src.name}'s remote secret of {dst.name} carries credentials {dst.name} no longer issues"}
+            what = {MISSING: f"{s.cluster.name}{whose} holds no remote secret of {dst.name}",
+                    LOCAL: f"{s.cluster.name}'s{whose} remote secret of {dst.name} names a loopback API server",
+                    OUTDATED: f"{s.cluster.name}'s{whose} remote secret of {dst.name} carries credentials "
+                              f"{dst.name} no longer issues"}
             problem = next((p for p in about_dst if p.code == f"remote_secret_{secret}"), None)
             add(f"remote_secret_{secret}", what[secret], problem.hint if problem else hints.apply)
         synced = (s.remote_clusters or {}).get(dst.name)
         if synced not in (None, SYNCED) and secret not in (MISSING, LOCAL, OUTDATED):  # else: that cause
             problem = next((p for p in about_dst if p.code.startswith("remote_cluster_")), None)
-            add("peer_not_synced", f"{src.name}'s istiod reports {dst.name} as {synced}",
+            add("peer_not_synced", f"{s.cluster.name}'s istiod{whose} reports {dst.name} as {synced}",
                 problem.hint if problem else f"{hints.status} shows why")
-    roots = [c.cacerts.root_fingerprint if c is not None and c.reachable else None for c in (s, d)]
-    foreign = [c.cluster.name for c in (s, d) if c is not None and c.cacerts.chains_to_root is False]
+    # Workload certificates are signed with the cacerts of the cluster whose istiod issues them.
+    signers = [by_name.get(src_plane.name), by_name.get(dst_plane.name)]
+    roots = [c.cacerts.root_fingerprint if c is not None and c.reachable else None for c in signers]
+    foreign = [c.cluster.name for c in signers if c is not None and c.cacerts.chains_to_root is False]
     if foreign or (all(roots) and roots[0] != roots[1]) or any(c is not None and c.reachable and not c.cacerts.present
-                                                                for c in (s, d)):
-        names = ", ".join(dict.fromkeys(foreign)) or f"{src.name} and {dst.name}"
+                                                                for c in signers):
+        names = ", ".join(dict.fromkeys(foreign)) or " and ".join(dict.fromkeys([src_plane.name, dst_plane.name]))
+        signed = [f"{m.name}'s by {p.name}" for m, p in ((src_member, src_plane), (dst_member, dst_plane))
+                  if m.context != p.context]
         add("cacerts_other_root", f"the cacerts of {names} do not chain to one root: their workloads do not trust "
-                                  f"each other", hints.apply)
-    if src.network != dst.network and d is not None and d.reachable:
-        if not d.gateway_address:
-            add("gateway_no_address", f"{dst.name}'s east-west gateway has no address, so {src.name} (on "
-                                      f"{src.network}) cannot send to {dst.network}",
-                f"check its LoadBalancer: `{hints.kubectl(dst, 'get', 'service', 'istio-eastwestgateway', '-n', ISTIO_NAMESPACE)}`")
-        if not ambient and facts.exposes_local.get(dst.name) is False:
-            add("cross_network_gateway_missing", f"{dst.name} has no Gateway exposing *.local on port 15443 "
-                                                 f"({CROSS_NETWORK_GATEWAY}), so its east-west gateway takes no "
-                                                 f"traffic from other networks", hints.apply)
+                                  f"each other" + (f" ({', '.join(signed)} signs the workload certificates)"
+                                                   if signed else ""), hints.apply)
+    if src.network != dst.network:
+        _gateway_causes(src, dst, mesh, by_name, facts, hints, add)
     if not causes:
         add("unknown", f"no answer from {dst.name} ({'; '.join(src_run.failures) or 'other clusters answered'}), "
                        f"and nothing status reads explains it",
             f"look at what the client's sidecar knows: `istioctl proxy-config endpoint deploy/curl.{hints.namespace} "
             f"--context {src.context} | grep helloworld`, and at {hints.status}")
     return causes
+
+
+def _gateway_causes(src: Cluster, dst: Cluster, mesh: Mesh, by_name: dict, facts: Facts, hints: Any, add) -> None:
+    """Traffic for another network enters it through an east-west gateway of that network: the answering
+    cluster's own, or, for a remote without one, its primary's (any of them will do). Which services a
+    gateway carries is set by a Gateway in the istio-system of the cluster whose istiod configures it."""
+    gateways = [m for m in mesh.members if m.network == dst.network and m.eastwest]
+    read = [(m, by_name.get(m.name)) for m in gateways]
+    read = [(m, c) for m, c in read if c is not None and c.reachable]
+    if not read:
+        return
+    ambient = hints.ambient
+    with_address = [m for m, c in read if c.gateway_address]
+    if not with_address:
+        names = " and ".join(f"{m.name}'s" for m, _ in read)
+        own = "" if mesh.member(dst.context).eastwest else f" ({dst.name} has no gateway of its own)"
+        add("gateway_no_address", f"{names} east-west gateway has no address, so {src.name} (on {src.network}) "
+                                  f"cannot send to {dst.network}{own}",
+            "check its LoadBalancer: " + "; ".join(
+                f"`{hints.kubectl(m.cluster, 'get', 'service', EASTWEST_NAME, '-n', ISTIO_NAMESPACE)}`" for m, _ in read))
+        return
+    if ambient:
+        return
+    planes = [mesh.control_plane_of(m) for m in with_address]
+    if all(facts.exposes_local.get(p.name) is False for p in planes):
+        names = " and ".join(dict.fromkeys(p.name for p in planes))
+        if [m.name for m in with_address] == [p.name for p in planes] == [dst.name]:
+            what = "its east-west gateway takes"
+        else:
+            owners = ", ".join(f"{m.name}'s" for m in with_address)
+            what = f"the east-west gateways it configures on {dst.network} ({owners}) take"
+        add("cross_network_gateway_missing", f"{names} has no Gateway exposing *.local on port 15443 "
+                                             f"({CROSS_NETWORK_GATEWAY}), so {what} no traffic from other networks",
+            hints.apply)
 
 
 def mesh_label_text(revision: str | None, ambient: bool = False) -> str:
@@ -405,9 +548,10 @@ def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
     tools = find_tools(istio_dir, runner, options.dry_run, loaded.notes, timeout)
     revision = control_plane_revision(loaded.base)
     ambient = data_plane_mode(loaded.base) == AMBIENT
+    mesh = mesh_model(topology, data_plane_mode(loaded.base))
     plan = {c.context: manifests(options.namespace, c, revision, options.images, ambient) for c in topology.clusters}
     if options.dry_run:
-        _print_dry_run(topology, tools, plan, options, revision, ambient, loaded.notes, reporter)
+        _print_dry_run(mesh, tools, plan, options, revision, ambient, loaded.notes, reporter)
         return 0
 
     ws = status_workspace(workdir, loaded)
@@ -420,7 +564,8 @@ def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
         raise MeshError(f"cannot read {names}: verify needs every cluster of the mesh",
                         hint=f"{hints.status} says more; or remove the context from {topology.path}")
     gateways: dict[str, bool | None] = {}
-    not_ours = _pre_read(topology, tools, runner, options, quiet, gateways, ambient)
+    istiod_addresses: dict[str, str | None] = {}
+    not_ours = _pre_read(mesh, tools, runner, options, quiet, gateways, ambient, revision, istiod_addresses)
     if not_ours:
         raise ConfigError(f"namespace {options.namespace} already exists in {', '.join(not_ours)} and was not created "
                         f"by verify (no {CREATED_BY}={CREATOR} label): verify deletes its namespace when done, so it "
@@ -446,7 +591,7 @@ def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
         raise KeyboardInterrupt
     for context, exc in executor.outcome.failures.items():
         runs[context].error = runs[context].error or exc.message.splitlines()[0]
-    pairs, problems = judge(topology, runs, Facts(status, gateways), hints)
+    pairs, problems = judge(topology, runs, Facts(status, gateways, mesh, istiod_addresses), hints)
     result = VerifyResult(topology.mesh_id, options.namespace, [c.name for c in topology.clusters], pairs, problems,
                           options.keep)
     if options.output == "json":
@@ -525,24 +670,62 @@ def gateways_command(tools: Tools, cluster: Cluster):
                              check=False, timeout=30)
 
 
-def _pre_read(topology: Topology, tools: Tools, runner, options: Options, reporter: Reporter,
-              gateways: dict[str, bool | None], ambient: bool) -> list[str]:
-    """Reads what status does not: the cross-network Gateways (not in an ambient mesh, whose east-west
-    gateway is a Gateway API Gateway), and whether the namespace exists already.
+def istiod_endpoints_command(tools: Tools, cluster: Cluster, revision: str | None):
+    """Where a remote's istiod Service leads: its EndpointSlice, which the remote profile points at the
+    address of its primary's east-west gateway."""
+    return tools.kubectl_cmd(cluster, "get", "endpointslices.discovery.k8s.io", "-n", ISTIO_NAMESPACE, "-l",
+                             f"kubernetes.io/service-name={istiod_service(revision)}", "-o", "json", check=False,
+                             timeout=30)
+
+
+def istiod_service(revision: str | None) -> str:
+    return f"istiod-{revision}" if revision else "istiod"
+
+
+def endpoint_address(slices_json: str) -> str | None:
+    for item in json.loads(slices_json or "{}").get("items") or []:
+        for endpoint in item.get("endpoints") or []:
+            if endpoint.get("addresses"):
+                return endpoint["addresses"][0]
+    return None
+
+
+def reads_gateways(mesh: Mesh, cluster: Cluster, ambient: bool) -> bool:
+    """The cross-network Gateway is read where an istiod reads it: on primaries (a remote's east-west
+    gateway is configured from its primary's istio-system), and not in an ambient mesh, whose east-west
+    gateway is a Gateway API Gateway."""
+    return not ambient and mesh.member(cluster.context).is_primary
+
+
+def _pre_read(mesh: Mesh, tools: Tools, runner, options: Options, reporter: Reporter,
+              gateways: dict[str, bool | None], ambient: bool, revision: str | None = None,
+              istiod_addresses: dict[str, str | None] | None = None) -> list[str]:
+    """Reads what status does not: the cross-network Gateways (see reads_gateways), on a remote where its
+    istiod Service leads (``istiod_addresses``), and whether the namespace exists already.
     Returns the contexts where it exists and verify did not create it."""
     found: dict[str, bool] = {}
+    topology = mesh.topology
 
     def step_for(cluster: Cluster) -> Step:
         namespace = tools.kubectl_cmd(cluster, "get", "namespace", options.namespace, "--ignore-not-found", "-o",
                                       "json", timeout=30)
         gateway = gateways_command(tools, cluster)
+        read_gateway = reads_gateways(mesh, cluster, ambient)
+        endpoints = istiod_endpoints_command(tools, cluster, revision)
+        remote = mesh.member(cluster.context).is_remote
 
         def action(ctx: RunContext) -> None:
             out = ctx.run(namespace).stdout.strip()
             if out:
                 labels = (json.loads(out).get("metadata") or {}).get("labels") or {}
                 found[cluster.context] = labels.get(CREATED_BY) == CREATOR
-            if ambient:
+            if remote and istiod_addresses is not None:
+                result = ctx.run(endpoints)
+                try:
+                    istiod_addresses[cluster.name] = endpoint_address(result.stdout) if result.ok else None
+                except ValueError:
+                    istiod_addresses[cluster.name] = None
+            if not read_gateway:
                 return
             result = ctx.run(gateway)  # fails without Istio's CRDs: then nothing is known
             try:
@@ -550,7 +733,8 @@ def _pre_read(topology: Topology, tools: Tools, runner, options: Options, report
             except ValueError:
                 gateways[cluster.name] = None
 
-        return Step("read namespace and gateways", commands=[namespace, gateway], action=action)
+        commands = [namespace] + ([endpoints] if remote else []) + ([gateway] if read_gateway else [])
+        return Step("read namespace and gateways", commands=commands, action=action)
 
     executor = Executor(runner, reporter, options.parallel)
     executor.run_phase(_phase("read namespace and gateways", topology, step_for))
@@ -617,9 +801,11 @@ def render(result: VerifyResult, reporter: Reporter, options: Options, topology:
             + "; ".join(cleanup_command(tools, c, options.namespace).pasteable() for c in topology.clusters))
 
 
-def _print_dry_run(topology: Topology, tools: Tools, plan: dict[str, list[dict]], options: Options,
+def _print_dry_run(mesh: Mesh, tools: Tools, plan: dict[str, list[dict]], options: Options,
                    revision: str | None, ambient: bool, notes: list[str], reporter: Reporter) -> None:
     out = reporter.info
+    topology = mesh.topology
+    remotes = [m for m in mesh.members if m.is_remote]
     out(f"verify on mesh {topology.mesh_id}: {len(topology.clusters)} cluster(s), namespace {options.namespace} "
         f"({mesh_label_text(revision, ambient)}) (dry run: nothing is created)")
     for note in notes:
@@ -627,10 +813,16 @@ def _print_dry_run(topology: Topology, tools: Tools, plan: dict[str, list[dict]]
     calls = calls_per_round(len(topology.clusters))
     out("reads first what status reads, plus per cluster: "
         f"$ kubectl get namespace {options.namespace} --ignore-not-found -o json"
-        + ("" if ambient else f"; $ kubectl get gateways.networking.istio.io -n {ISTIO_NAMESPACE} -o json"))
+        + ("" if ambient else f"; $ kubectl get gateways.networking.istio.io -n {ISTIO_NAMESPACE} -o json"
+           + (" (on primaries: a remote's gateways are configured from its primary)" if remotes else ""))
+        + (f"; on remotes: $ kubectl get endpointslices.discovery.k8s.io -n {ISTIO_NAMESPACE} -l "
+           f"kubernetes.io/service-name={istiod_service(revision)} -o json" if remotes else ""))
     for cluster in topology.clusters:
         out("")
-        out(f"== {cluster.context}")
+        member = mesh.member(cluster.context)
+        plane = mesh.control_plane_of(member)
+        out(f"== {cluster.context}" + (f" (remote of {plane.context}: its sidecars are injected and configured by "
+                                       f"{plane.context}'s istiod)" if member.is_remote else ""))
         kinds = ", ".join(f"{m['kind']} {m['metadata']['name']}" for m in plan[cluster.context])
         out(f"  create: {kinds} (helloworld answers version {cluster.name}; images {options.images.helloworld}, "
             f"{options.images.curl})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import time
 
 import pytest
 
@@ -105,49 +106,155 @@ def test_kubectl_exec_over_websocket(sb):
     assert wrong.returncode == 1 and "container nosuch is not valid for pod" in wrong.stderr
 
 
+ISTIOD_INSTALL = """apiVersion: v1
+kind: Namespace
+metadata: {{name: istio-system}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: istiod, namespace: istio-system}}
+spec: {{selector: {{app: istiod}}, ports: [{{port: 443, targetPort: 15017, name: https-webhook}}]}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: istiod, namespace: istio-system}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: istiod}}}}
+  template:
+    metadata: {{labels: {{app: istiod}}}}
+    spec: {{containers: [{{name: discovery, image: docker.io/istio/pilot:1.29.0}}]}}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {{name: istio-sidecar-injector}}
+webhooks:
+- name: namespace.sidecar-injector.istio.io
+  clientConfig: {{service: {{name: istiod, namespace: istio-system, path: /inject, port: 443}}}}
+  namespaceSelector: {{matchLabels: {{istio-injection: enabled}}}}
+  rules: [{{operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [pods]}}]
+  failurePolicy: Fail
+  sideEffects: None
+  admissionReviewVersions: [v1]
+"""
+
+
+def test_the_injector_refuses_pods_while_its_istiod_is_down_and_they_come_with_it(sb):
+    sb.kubectl("c1", "apply", "-f", "-", stdin=ISTIOD_INSTALL.format(replicas=0))
+    sb.kubectl("c1", "label", "namespace", "demo", "istio-injection=enabled")
+    sb.kubectl("c1", "apply", "-n", "demo", "-f", "-",
+               stdin=HELLO.format(replicas=1, image="registry.istio.io/release/examples-helloworld-v1:1.0"))
+    assert _pods(sb, "demo", "app=helloworld") == []
+    deployment = sb.get_json("c1", "deployment", "helloworld", "-n", "demo")
+    failure = next(c for c in deployment["status"]["conditions"] if c["type"] == "ReplicaFailure")
+    assert failure["reason"] == "FailedCreate" and failure["message"] == (
+        'Internal error occurred: failed calling webhook "namespace.sidecar-injector.istio.io": failed to call '
+        'webhook: Post "https://istiod.istio-system.svc:443/inject?timeout=10s": no endpoints available for '
+        'service "istiod"')
+    assert "readyReplicas" not in deployment["status"]
+    direct = sb.kubectl("c1", "run", "lone", "-n", "demo", "--image=curlimages/curl:8.16.0", check=False)
+    assert direct.returncode != 0 and 'failed calling webhook "namespace.sidecar-injector.istio.io"' in direct.stderr
+
+    sb.kubectl("c1", "scale", "deployment", "istiod", "-n", "istio-system", "--replicas=1")
+    deadline = time.monotonic() + 10  # the ReplicaSet controller tries again every second
+    while not _pods(sb, "demo", "app=helloworld") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (pod,) = _pods(sb, "demo", "app=helloworld")
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["helloworld", "istio-proxy"]
+    assert meshmodel.pod_ready(pod), "istiod in the cluster configures its sidecar at once"
+    deployment = sb.get_json("c1", "deployment", "helloworld", "-n", "demo")
+    assert deployment["status"].get("readyReplicas") == 1
+    assert "ReplicaFailure" not in {c["type"] for c in deployment["status"]["conditions"]}
+
+
 # --- the model, on objects built here -------------------------------------------------------------
 
 ROOT_A, ROOT_B = base64.b64encode(b"root A").decode(), base64.b64encode(b"root B").decode()
+ISTIOD = {"namespace": "istio-system", "name": "istiod"}
+
+
+def _address(name: str) -> str:
+    """Each cluster's east-west gateway address (distinct for the names used here)."""
+    return f"198.51.100.{sum(map(ord, name)) % 250}"
 
 
 def _cluster(name: str, network: str, root: str | None = ROOT_A, gateway: bool = True, exposes: bool = True,
-             injected: bool = True) -> meshmodel.View:
+             injected: bool = True, primary: meshmodel.View | None = None, istiod: bool = True) -> meshmodel.View:
+    """A cluster as apply leaves it: a primary runs istiod and exposes it through its east-west gateway; a
+    remote (``primary``) has only an istiod Service whose EndpointSlice leads to that gateway."""
     objs = {}
 
     def put(group, resource, ns, obj_name, obj):
         obj.setdefault("metadata", {}).update({"name": obj_name, **({"namespace": ns} if ns else {})})
         objs[(group, resource, ns, obj_name)] = obj
 
+    def pod(ns, pod_name, labels, ready=True, env=()):
+        put("", "pods", ns, pod_name, {
+            "metadata": {"labels": labels}, "spec": {"containers": [{"name": "c", "env": list(env)}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}})
+
     put("", "namespaces", "", "istio-system", {"metadata": {"labels": {"topology.istio.io/network": network}}})
     put("", "namespaces", "", "demo", {"metadata": {"labels": {"istio-injection": "enabled"} if injected else {}}})
-    put("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "", "istio-sidecar-injector", {})
+    put("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "", "istio-sidecar-injector", {"webhooks": [
+        {"name": "rev.namespace.sidecar-injector.istio.io", "namespaceSelector": {"matchLabels": {"x": "y"}},
+         "clientConfig": {"service": {**ISTIOD, "path": f"/inject/cluster/{name}/net/{network}", "port": 443}}}]})
+    if primary is None:
+        put("", "services", "istio-system", "istiod", {"spec": {"selector": {"app": "istiod"}}})
+        if istiod:
+            pod("istio-system", "istiod-1", {"app": "istiod"})
+        put("networking.istio.io", "gateways", "istio-system", "istiod-gateway", {"spec": {
+            "selector": {"istio": "eastwestgateway"},
+            "servers": [{"port": {"number": n}, "hosts": ["*"]} for n in (15012, 15017)]}})
+        put("networking.istio.io", "virtualservices", "istio-system", "istiod-vs", {"spec": {
+            "gateways": ["istiod-gateway"],
+            "tls": [{"match": [{"port": n, "sniHosts": ["*"]}],
+                     "route": [{"destination": {"host": "istiod.istio-system.svc.cluster.local"}}]}
+                    for n in (15012, 15017)]}})
+    else:
+        put("", "services", "istio-system", "istiod", {"spec": {"ports": [{"port": 15012}, {"port": 443}]}})
+        put("discovery.k8s.io", "endpointslices", "istio-system", "istiod", {
+            "metadata": {"labels": {"kubernetes.io/service-name": "istiod"}},
+            "endpoints": [{"addresses": [_address(primary.name)]}]})
     if root:
         put("", "secrets", "istio-system", "cacerts", {"data": {"root-cert.pem": root}})
     if gateway:
-        put("", "services", "istio-system", "istio-eastwestgateway",
-            {"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.9"}]}}})
+        put("", "services", "istio-system", "istio-eastwestgateway", {
+            "spec": {"type": "LoadBalancer", "selector": {"istio": "eastwestgateway"},
+                     "ports": [{"port": n} for n in (15021, 15443, 15012, 15017)]},
+            "status": {"loadBalancer": {"ingress": [{"ip": _address(name)}]}}})
+        pod("istio-system", "istio-eastwestgateway-1", {"istio": "eastwestgateway", "istio.io/rev": "default"})
     if exposes:
         put("networking.istio.io", "gateways", "istio-system", "cross-network-gateway",
             {"spec": {"servers": [{"port": {"number": 15443}, "hosts": ["*.local"]}]}})
     put("", "services", "demo", "helloworld", {"spec": {"selector": {"app": "helloworld"}, "ports": [{"port": 5000}]}})
-    put("", "pods", "demo", f"helloworld-{name}", {
-        "metadata": {"labels": {"app": "helloworld"}},
-        "spec": {"containers": [{"name": "helloworld", "env": [{"name": "SERVICE_VERSION", "value": name}]}]},
-        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
+    pod("demo", f"helloworld-{name}", {"app": "helloworld"}, env=[{"name": "SERVICE_VERSION", "value": name}])
     return meshmodel.View(name, objs)
 
 
-def _answers(local: meshmodel.View, *peers: meshmodel.View) -> set[str]:
-    mesh = meshmodel.Mesh.__new__(meshmodel.Mesh)
-    mesh.local = local
-    mesh.peers = [meshmodel.Peer("s", p.name, "synced", "", p) for p in peers]
-    return {meshmodel.service_version(pod) for _, pod in mesh.endpoints("demo", "demo", "helloworld")}
+class FakeNetwork(meshmodel.Network):
+    """The network over views built here; ``synced``: the peers each control plane has synced, by name."""
+
+    def __init__(self, views: list[meshmodel.View], synced: dict[str, list[str]]):
+        super().__init__({}, list(views))
+        self.by_name = {v.name: v for v in views}
+        self.synced_names = synced
+
+    def synced(self, view: meshmodel.View) -> list[meshmodel.View]:
+        return [self.by_name[n] for n in self.synced_names.get(view.name, [])]
+
+
+def _answers(local: meshmodel.View, *views: meshmodel.View, synced: dict | None = None) -> set[str] | None:
+    """Who answers a call from ``local``; None when its sidecar has no configuration. By default
+    ``local`` has synced every other view."""
+    network = FakeNetwork([local, *views], synced if synced is not None else {local.name: [v.name for v in views]})
+    found = meshmodel.Mesh(local, {}, network).endpoints("demo", "demo", "helloworld")
+    return None if found is None else {meshmodel.service_version(pod) for _, pod in found}
 
 
 def test_model_same_network_needs_a_synced_peer_and_one_root():
     x = _cluster("x", "n1")
     assert _answers(x, _cluster("y", "n1", gateway=False, exposes=False)) == {"x", "y"}
-    assert _answers(x) == {"x"}  # no remote secret synced: only itself
+    assert _answers(x, synced={}) == {"x"}  # no remote secret synced: only itself
     assert _answers(x, _cluster("y", "n1", root=ROOT_B)) == {"x"}
     assert _answers(x, _cluster("y", "n1", root=None)) == {"x"}
     assert _answers(x, _cluster("y", "n1", injected=False)) == {"x"}  # no sidecar to terminate mTLS
@@ -161,6 +268,71 @@ def test_model_across_networks_needs_the_peer_gateway_address_and_its_local_expo
     assert _answers(x, _cluster("y", "n2", exposes=False)) == {"x"}
     # the caller's own gateway does not matter for calls out of its cluster
     assert _answers(_cluster("x", "n1", gateway=False, exposes=False), _cluster("y", "n2")) == {"x", "y"}
+
+
+# p1 (n1) with its remote r1 on n2, and p2 (n2): every primary holds every other cluster's secret.
+ALL_SYNCED = {"p1": ["r1", "p2"], "p2": ["p1", "r1"]}
+
+
+def _remote_mesh(**primary) -> tuple[meshmodel.View, meshmodel.View, meshmodel.View]:
+    p1 = _cluster("p1", "n1", **primary)
+    return p1, _cluster("r1", "n2", primary=p1, exposes=False), _cluster("p2", "n2")
+
+
+def test_model_a_remote_gets_what_its_primary_knows():
+    p1, r1, p2 = _remote_mesh()
+    assert _answers(r1, p1, p2, synced=ALL_SYNCED) == {"p1", "r1", "p2"}
+    assert _answers(p2, p1, r1, synced=ALL_SYNCED) == {"p1", "r1", "p2"}
+    # The remote holds no secret: what its primary has synced is what its sidecars get.
+    assert _answers(r1, p1, p2, synced={"p1": ["r1"], "p2": ["p1", "r1"]}) == {"p1", "r1"}
+    # A primary that has not synced the remote does not configure it: its sidecars have nothing at all.
+    assert _answers(r1, p1, p2, synced={"p1": ["p2"], "p2": ["p1", "r1"]}) is None
+    # Its workloads' certificates come from its primary's CA: the remote's own cacerts play no part ...
+    p1, _, p2 = _remote_mesh()
+    r1 = _cluster("r1", "n2", primary=p1, exposes=False, root=ROOT_B)
+    assert _answers(p2, p1, r1, synced=ALL_SYNCED) == {"p1", "r1", "p2"}
+    # ... and the primary's do.
+    p1, r1, p2 = _remote_mesh(root=ROOT_B)
+    assert _answers(p2, p1, r1, synced=ALL_SYNCED) == {"p2"}
+
+
+def test_model_a_remote_on_its_primarys_network_is_reached_through_the_primarys_gateway():
+    p1 = _cluster("p1", "n1")
+    r1 = _cluster("r1", "n1", primary=p1, gateway=False, exposes=False)
+    p2 = _cluster("p2", "n2")
+    assert _answers(p2, p1, r1, synced=ALL_SYNCED) == {"p1", "r1", "p2"}
+    closed = _cluster("p1", "n1", exposes=False)  # the primary's gateway takes no service traffic
+    assert _answers(p2, closed, _cluster("r1", "n1", primary=closed, gateway=False, exposes=False),
+                    synced=ALL_SYNCED) == {"p2"}
+    # p2's own gateway serves a remote of p1 on n2 only when p2 knows that remote
+    p1, r1, p2 = _remote_mesh()
+    r1 = _cluster("r1", "n2", primary=p1, gateway=False, exposes=False)
+    assert _answers(p1, r1, p2, synced=ALL_SYNCED) == {"p1", "r1", "p2"}
+    assert _answers(p1, r1, p2, synced={"p1": ["r1", "p2"], "p2": ["p1"]}) == {"p1", "p2"}
+
+
+def test_model_injection_follows_the_control_plane():
+    p1, r1, p2 = _remote_mesh()
+    verdict = lambda view, *others, synced=ALL_SYNCED: meshmodel.injection(  # noqa: E731
+        view, "demo", FakeNetwork([view, *others], synced))
+    assert vars(verdict(r1, p1, p2)) == {"admitted": True, "error": "", "configured": True}
+    # the primary lacks the remote's secret: the injector answers, the sidecar never gets configuration
+    assert vars(verdict(r1, p1, p2, synced={"p1": ["p2"]})) == {"admitted": True, "error": "", "configured": False}
+    # the primary's istiod does not run: the API server refuses the pods, in the primary and in its remote
+    p1, r1, p2 = _remote_mesh(istiod=False)
+    down = verdict(r1, p1, p2)
+    assert not down.admitted and down.error.startswith(
+        'Internal error occurred: failed calling webhook "rev.namespace.sidecar-injector.istio.io": failed to call '
+        'webhook: Post "https://istiod.istio-system.svc:443/inject/cluster/r1/net/n2?timeout=10s": ')
+    assert down.error.endswith(": EOF")
+    assert verdict(p1, r1, p2).error.endswith(': no endpoints available for service "istiod"')
+    assert meshmodel.decided_locally(p1, "demo") and not meshmodel.decided_locally(r1, "demo")
+    # nothing answers at the address the remote was given (the primary's gateway lost it)
+    p1, r1, p2 = _remote_mesh(gateway=False)
+    lost = verdict(r1, p1, p2)
+    assert not lost.admitted and lost.error.endswith(f"dial tcp {_address('p1')}:15017: i/o timeout")
+    assert verdict(p2, p1, r1).admitted and verdict(p2, p1, r1).configured
+    assert meshmodel.injection(_cluster("x", "n1", injected=False), "demo", None) is None
 
 
 def test_model_never_contacts_an_unknown_address():

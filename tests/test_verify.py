@@ -72,6 +72,30 @@ def test_answers_and_pod_states_are_read_as_kubectl_shows_them():
     assert second.reason == "Pending: Unschedulable 0/1 nodes"
 
 
+def test_a_deployment_without_pods_says_why():
+    webhook = 'Internal error occurred: failed calling webhook "rev.namespace.sidecar-injector.istio.io": EOF'
+    listing = {"apiVersion": "v1", "kind": "List", "items": [
+        {"kind": "Deployment", "metadata": {"name": "curl"},
+         "spec": {"template": {"metadata": {"labels": {"app": "curl"}}}},
+         "status": {"conditions": [{"type": "Available", "status": "False"},
+                                   {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                                    "message": webhook}]}},
+        {"kind": "Deployment", "metadata": {"name": "helloworld-west"},
+         "spec": {"template": {"metadata": {"labels": {"app": "helloworld"}}}}, "status": {}},
+        {"kind": "Deployment", "metadata": {"name": "other"},
+         "spec": {"template": {"metadata": {"labels": {"app": "other"}}}}, "status": {}},
+        {"kind": "Pod", "metadata": {"name": "other-1", "labels": {"app": "other"}},
+         "spec": {"containers": [{"name": "other"}]},
+         "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}]}
+    states = pod_states(json.dumps(listing))
+    (curl,) = states["curl"]
+    assert (curl.name, curl.created, curl.ready, curl.reason) == ("curl", False, False, f"FailedCreate: {webhook}")
+    (hello,) = states["helloworld"]
+    assert not hello.created and hello.reason == "no pod created yet"
+    (other,) = states["other"]
+    assert other.created and other.ready and other.name == "other-1"
+
+
 # --- on the sandbox ------------------------------------------------------------------------------------
 
 class Mesh(meshkit.Mesh):

@@ -84,6 +84,7 @@ UNAUTHENTICATED_PATHS = ("/healthz", "/livez", "/readyz")
 IMMORTAL_NAMESPACES = ("default", "kube-system", "kube-public")
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 LB_PREFIX = "198.51.100."  # TEST-NET-2, never routed
+MESH_RETRY = 1.0  # seconds between the mesh agent's tries (a refused pod, a sidecar waiting for configuration)
 NODE_ADDRESS = "192.0.2.10"  # TEST-NET-1
 
 # A fixed, harmless certificate used as the cluster CA when openssl is not available.
@@ -1027,10 +1028,18 @@ class Cluster:
         self.bytes_cache: dict[str, bytes] = {}  # serialized discovery/openapi answers; cleared when types change
         self.stopping = False
         self.gateway_reconcile_pending = False
+        # Istio's injector and the sidecars' configuration when only the network can tell (meshmodel.py):
+        self.mesh_replicate: dict = {}  # Deployment key -> uid whose pods wait for the injector's verdict
+        self.mesh_waiting: set = set()  # pod keys whose istio-proxy has not been configured yet
+        self.replica_failures: dict = {}  # Deployment key -> why its pods cannot be created
+        self.pod_injection = None  # the verdict for the pod being created (set by _replicate_pods)
+        self.mesh_wake = threading.Event()
         with self.lock:
             self._bootstrap()
         self.controller = threading.Thread(target=self._run_timers, name="controllers", daemon=True)
         self.controller.start()
+        self.mesh_agent = threading.Thread(target=self._run_mesh_agent, name="mesh", daemon=True)
+        self.mesh_agent.start()
 
     # -- type registry -------------------------------------------------------------------------
 
@@ -1744,8 +1753,8 @@ class Cluster:
         elif rt.group == "" and rt.plural == "pods":
             self._default_pod_spec(obj.get("spec"))
             if old is None:
-                self._inject_sidecar(obj)
-                obj["status"] = self._pod_status(obj)
+                configured = self._inject_sidecar(obj)
+                obj["status"] = self._pod_status(obj, configured)
         elif rt.group == "apiextensions.k8s.io" and rt.plural == "customresourcedefinitions":
             spec = obj.setdefault("spec", {})
             names = spec.setdefault("names", {})
@@ -2216,6 +2225,9 @@ class Cluster:
         spec = obj.get("spec", {})
         replicas = int(spec.get("replicas", 1) or 0)
         status = {"observedGeneration": obj["metadata"].get("generation", 1)}
+        if key in self.replica_failures and replicas:
+            self._deployment_failed(rt, key, obj, status, replicas)
+            return
         started = started or "readyReplicas" in (obj.get("status") or {})
         if replicas and self.ready_delay > 0 and not started:
             # New pods take a while to start; a rolling update keeps the old ones ready meanwhile.
@@ -2264,13 +2276,18 @@ class Cluster:
 
     # -- pods: what the ReplicaSet controller, the scheduler, the kubelet and Istio's injector do ------
 
-    def _replicate_pods(self, key, deployment: dict | None, deleted_uid: str | None = None):
+    def _replicate_pods(self, key, deployment: dict | None, deleted_uid: str | None = None, injection=None):
         """Keeps ``spec.replicas`` pods of the current template per Deployment; none once it is deleted.
+        In a namespace of the mesh, Istio's injector decides first (``injection``: its verdict, when the
+        network had to be asked; see meshmodel.py).
 
         Simplified: the pods are owned by the Deployment itself (no ReplicaSet objects).
         """
         ns = key[2]
         uid = deployment["metadata"]["uid"] if deployment else deleted_uid
+        if deployment is None:
+            self.mesh_replicate.pop(key, None)
+            self.replica_failures.pop(key, None)
         pod_rt = self.lookup("", "v1", "pods")
         owned = [k for k, o in self.objects.items() if k[:3] == ("", "pods", ns) and any(
             ref.get("uid") == uid for ref in (o["metadata"].get("ownerReferences") or []))]
@@ -2293,7 +2310,24 @@ class Cluster:
                 self._force_delete(pod_rt, k)
             else:
                 old.append(k)
-        for _ in range(replicas - len(keep)):
+        missing = replicas - len(keep)
+        if missing > 0 and injection is None:
+            view = meshmodel.View(self.name, self.objects)
+            if view.in_mesh(ns):
+                if not meshmodel.decided_locally(view, ns):
+                    # The injector's istiod is elsewhere: ask the network outside the lock, then create.
+                    self.mesh_replicate[key] = uid
+                    self.mesh_wake.set()
+                    return
+                injection = meshmodel.injection(view, ns, None)
+        if missing > 0 and injection is not None and not injection.admitted:
+            # The API server refuses every pod (failurePolicy: Fail); the ReplicaSet controller retries.
+            self._replica_failure(key, injection.error)
+            self.mesh_replicate[key] = uid
+            return
+        if key in self.replica_failures:
+            self._replica_failure(key, None)
+        for _ in range(missing):
             name = f"{key[3]}-{template_hash}-" + "".join(pysecrets.choice(alphabet) for _ in range(5))
             meta = copy.deepcopy(template.get("metadata") or {})
             meta.update({"name": name, "namespace": ns})
@@ -2303,11 +2337,14 @@ class Cluster:
             body = {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
                     "spec": copy.deepcopy(template.get("spec") or {})}
             body["spec"]["nodeName"] = f"{_node_name(self.name)}-control-plane"
+            self.pod_injection = injection
             try:
                 self._create(pod_rt, ns, body, {})
                 keep.append(self._key(pod_rt, ns, name))
             except ApiError:  # e.g. the namespace is being deleted
                 return
+            finally:
+                self.pod_injection = None
         # A rolling update: the old pods serve until the new ones are ready (an image that cannot be
         # pulled leaves the rollout stuck with the old pods running, as maxUnavailable 25% keeps them).
         new_ready = sum(_pod_is_ready(self.objects.get(k)) for k in keep)
@@ -2315,31 +2352,50 @@ class Cluster:
             for k in old:
                 self._force_delete(pod_rt, k)
 
-    def _inject_sidecar(self, pod: dict):
-        """Istio's injector, as its webhook selects namespaces: one istio-proxy container is added."""
+    def _inject_sidecar(self, pod: dict) -> bool:
+        """Istio's injector, as its webhook selects namespaces: one istio-proxy container is added.
+        Returns whether that sidecar is configured at once (else it waits for the mesh agent; True when no
+        sidecar was added). A pod created directly is refused when the injector's istiod, in this cluster,
+        does not answer; one whose istiod is elsewhere is admitted and waits (only the network can tell)."""
         ns = pod["metadata"].get("namespace", "")
         spec = pod.setdefault("spec", {})
-        if not meshmodel.View(self.name, self.objects).in_mesh(ns):
-            return
+        view = meshmodel.View(self.name, self.objects)
+        if not view.in_mesh(ns):
+            return True
         if any(c.get("name") == "istio-proxy" for c in spec.get("containers") or []):
-            return
+            return True
+        injection = self.pod_injection
+        if injection is None and meshmodel.decided_locally(view, ns):
+            injection = meshmodel.injection(view, ns, None)
+            if not injection.admitted:
+                raise ApiError(500, injection.error, "InternalError")
         spec.setdefault("containers", []).append({
             "name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.29.0", "args": ["proxy", "sidecar"],
             "imagePullPolicy": "IfNotPresent", "terminationMessagePath": "/dev/termination-log",
             "terminationMessagePolicy": "File"})
         pod["metadata"].setdefault("annotations", {})["sidecar.istio.io/status"] = json.dumps(
             {"containers": ["istio-proxy"], "revision": "default"}, separators=(",", ":"))
+        return injection is not None and injection.configured
 
-    def _pod_status(self, pod: dict) -> dict:
+    def _pod_status(self, pod: dict, configured: bool = True) -> dict:
         """Running and ready, unless an image cannot be pulled: registries under the reserved .invalid
-        domain never resolve, so their images stay in ImagePullBackOff."""
+        domain never resolve, so their images stay in ImagePullBackOff. An injected istio-proxy runs but
+        is ready only once its control plane configures it (``configured``; checked again meanwhile)."""
         containers = (pod.get("spec") or {}).get("containers") or []
         statuses, unready = [], []
+        waiting = False
         for c in containers:
             image = str(c.get("image", ""))
             first = image.split("/", 1)[0] if "/" in image else ""
             registry = first.split(":", 1)[0].lower() if ("." in first or ":" in first) else "docker.io"
-            if registry.endswith(".invalid"):
+            if c.get("name") == "istio-proxy" and not configured:
+                unready.append(c.get("name", ""))
+                statuses.append({"name": c.get("name"), "image": image, "imageID": "", "ready": False,
+                                 "restartCount": 0, "started": True,
+                                 "state": {"running": {"startedAt": now_rfc3339()}}})
+                self.mesh_waiting.add(("", "pods", pod["metadata"].get("namespace", ""), pod["metadata"]["name"]))
+            elif registry.endswith(".invalid"):
+                waiting = True
                 unready.append(c.get("name", ""))
                 statuses.append({"name": c.get("name"), "image": image, "imageID": "", "ready": False,
                                  "restartCount": 0, "started": False, "state": {"waiting": {
@@ -2358,7 +2414,7 @@ class Cluster:
             for cond in conditions[2:]:
                 cond.update({"reason": "ContainersNotReady",
                              "message": f"containers with unready status: [{' '.join(unready)}]"})
-        return {"phase": "Pending" if unready else "Running", "conditions": conditions,
+        return {"phase": "Pending" if waiting else "Running", "conditions": conditions,
                 "podIP": "10.244.0." + str(len(self.objects) % 250 + 2), "hostIP": NODE_ADDRESS,
                 "startTime": now_rfc3339(), "containerStatuses": statuses}
 
@@ -2396,6 +2452,45 @@ class Cluster:
                 continue
             count += _pod_is_ready(pod)
         return count
+
+    def _deployment_failed(self, rt: ResType, key, obj: dict, status: dict, replicas: int):
+        """Its pods cannot be created: the ReplicaSet's ReplicaFailure shows on the Deployment."""
+        stamp = now_rfc3339()
+        pods = sum(1 for k, o in self.objects.items() if k[:3] == ("", "pods", key[2]) and any(
+            ref.get("uid") == obj["metadata"]["uid"] for ref in o["metadata"].get("ownerReferences") or []))
+        status.update({"replicas": pods, "unavailableReplicas": replicas})
+        rs = f'{key[3]}-{hashlib.sha1(key[3].encode()).hexdigest()[:10]}'
+        status["conditions"] = [
+            {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable",
+             "message": "Deployment does not have minimum availability.", "lastUpdateTime": stamp,
+             "lastTransitionTime": stamp},
+            {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+             "message": self.replica_failures[key], "lastUpdateTime": stamp, "lastTransitionTime": stamp},
+            {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
+             "message": f'ReplicaSet "{rs}" is progressing.', "lastUpdateTime": stamp, "lastTransitionTime": stamp},
+        ]
+        def comparable(st: dict) -> dict:  # without the timestamps
+            return {**st, "conditions": [(c.get("type"), c.get("status"), c.get("reason"), c.get("message"))
+                                         for c in st.get("conditions") or []]}
+
+        if comparable(obj.get("status") or {}) == comparable(status):
+            return
+        new = copy.deepcopy(obj)
+        new["status"] = status
+        self._commit(rt, key, new, "MODIFIED", obj)
+
+    def _replica_failure(self, key, message: str | None):
+        """Records (or, with None, clears) why a Deployment's pods cannot be created, and shows it."""
+        if message is None:
+            if self.replica_failures.pop(key, None) is None:
+                return
+        elif self.replica_failures.get(key) == message:
+            return
+        else:
+            self.replica_failures[key] = message
+        obj = self.objects.get(key)
+        if obj is not None:
+            self._deployment_controller(self.lookup("apps", "v1", "deployments"), key, obj)
 
     def _deployment_ready(self, key, uid: str):
         obj = self.objects.get(key)
@@ -2559,6 +2654,71 @@ class Cluster:
         with self.lock:
             return meshmodel.View(self.name, copy.deepcopy(self.objects))
 
+    def _run_mesh_agent(self):
+        """What Istio does where only the network can tell (see meshmodel.py), outside the lock: the injector's
+        verdict for pods a Deployment waits to create (and, every MESH_RETRY seconds, for those refused), and
+        the first configuration of sidecars that have none yet."""
+        while not self.stopping:
+            self.mesh_wake.wait(MESH_RETRY)
+            self.mesh_wake.clear()
+            with self.lock:
+                replicate = dict(self.mesh_replicate)
+                waiting = {k for k in self.mesh_waiting if k in self.objects}
+                self.mesh_waiting &= waiting
+                if not replicate and not waiting:
+                    continue
+                view = meshmodel.View(self.name, copy.deepcopy(self.objects))
+            network = meshmodel.Network(meshmodel.load_hosts(self.hosts_file))
+            verdicts = {}
+            for ns in sorted({k[2] for k in replicate} | {k[2] for k in waiting}):
+                try:
+                    verdicts[ns] = meshmodel.injection(view, ns, network)
+                except Exception:  # a model bug must not stop the server
+                    traceback.print_exc()
+            with self.lock:
+                for key, uid in replicate.items():
+                    obj = self.objects.get(key)
+                    if self.mesh_replicate.get(key) != uid or obj is None or obj["metadata"].get("uid") != uid:
+                        continue
+                    del self.mesh_replicate[key]
+                    verdict = verdicts.get(key[2])
+                    if verdict is None:  # the namespace left the mesh meanwhile
+                        verdict = meshmodel.Injection(True, "", True)
+                    self._replicate_pods(key, obj, injection=verdict)
+                for key in waiting:
+                    verdict = verdicts.get(key[2])
+                    if verdict is not None and verdict.configured:
+                        self._proxy_configured(key)
+
+    def _proxy_configured(self, key):
+        """The pod's istio-proxy got its first configuration: it becomes ready."""
+        self.mesh_waiting.discard(key)
+        pod = self.objects.get(key)
+        if pod is None:
+            return
+        new = copy.deepcopy(pod)
+        status = new.get("status") or {}
+        for cs in status.get("containerStatuses") or []:
+            if cs.get("name") == "istio-proxy":
+                cs["ready"] = True
+        unready = [cs.get("name", "") for cs in status.get("containerStatuses") or [] if not cs.get("ready")]
+        for cond in status.get("conditions") or []:
+            if cond.get("type") in ("ContainersReady", "Ready"):
+                cond["status"] = "False" if unready else "True"
+                cond.pop("reason", None)
+                cond.pop("message", None)
+                if unready:
+                    cond.update({"reason": "ContainersNotReady",
+                                 "message": f"containers with unready status: [{' '.join(unready)}]"})
+        self._commit(self.lookup("", "v1", "pods"), key, new, "MODIFIED", pod)
+        # Its Deployment counts ready pods (and a rolling update retires the old ones once the new are ready).
+        for ref in pod["metadata"].get("ownerReferences") or []:
+            owner = ("apps", "deployments", key[2], ref.get("name", ""))
+            deployment = self.objects.get(owner)
+            if ref.get("kind") == "Deployment" and deployment and deployment["metadata"].get("uid") == ref.get("uid"):
+                self._replicate_pods(owner, deployment)
+                self._deployment_controller(self.lookup("apps", "v1", "deployments"), owner, self.objects[owner])
+
     def remote_clusters(self) -> dict:
         """What this cluster's control plane has synced, per remote secret (istioctl remote-clusters)."""
         hosts = meshmodel.load_hosts(self.hosts_file)
@@ -2572,8 +2732,8 @@ class Cluster:
         if argv[:1] == ["curl"] and "curl" in image.rsplit("/", 1)[-1]:
             local = self.mesh_view()
             mesh = meshmodel.Mesh(local, meshmodel.load_hosts(self.hosts_file))
-            with self.lock:
-                code, out, err = meshmodel.curl(mesh, local, pod, argv, self.call_counters)
+            # outside the lock: the model may ask other clusters, which may be asking this one
+            code, out, err = meshmodel.curl(mesh, local, pod, argv, self.call_counters, self.lock)
             return code, out, err, None
         if argv[:1] == ["hostname"]:
             return 0, (pod["metadata"]["name"] + "\n").encode(), b"", None

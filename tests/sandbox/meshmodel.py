@@ -9,19 +9,44 @@ from the objects the clusters hold, what a real mesh would do:
   they are one of the sandbox's API server names (``<dir>/hosts.json``: name -> loopback port); any other
   address (a loopback literal included: inside X it would be X itself) is never contacted and reports
   ``timeout``, as istiod does after ``PILOT_REMOTE_CLUSTER_TIMEOUT``.
+- **which istiod injects and configures a namespace's sidecars** (its *control plane*): the namespace
+  selects a sidecar injector installed in its cluster (``istio-injection=enabled`` ->
+  ``istio-sidecar-injector``, ``istio.io/rev=R`` -> ``istio-sidecar-injector-R``), whose webhook calls
+  the ``istiod[-R]`` Service of ``istio-system``; sidecars fetch their configuration from the same
+  Service. A Service with a selector leads to the cluster's own istiod pods (a primary). A Service
+  without one (a remote) leads where its EndpointSlice (or ``externalName``) points: to the cluster of
+  the sandbox whose LoadBalancer Service holds that address (the network knows every cluster's load
+  balancers), then, when that Service is an east-west gateway with ready pods, through a Gateway and
+  VirtualService of that cluster's ``istio-system`` that route the port (15017 for the injector, 15012
+  for configuration) to an istiod Service there. The control plane *runs* when a ready pod answers at
+  the end of that path; it *configures* cluster X when it runs in X or has synced X (above): a primary
+  cannot configure a remote whose secret it lacks.
+- **what happens to a pod of the mesh**: a pod a Deployment creates is refused, as the API server
+  refuses it when the injector's webhook cannot be called (``failurePolicy: Fail``), while its control
+  plane does not run; the Deployment then reports ``ReplicaFailure`` with the API server's message, and
+  the pod is tried again a second later. Otherwise it gets an ``istio-proxy`` container that becomes
+  ready once its control plane configures its cluster (until then the pod runs but is not ready, as a
+  proxy that has received no configuration is), checked again every second.
 - **what a call from a pod answers**: a call from a pod in cluster X to ``<svc>.<ns>:<port>`` reaches a
-  ready pod in cluster Y behind Service ``<svc>`` when Y is X; or when the calling pod and the answering
-  pod are both in the mesh (their namespaces select a sidecar injector installed in their cluster:
-  ``istio-injection=enabled`` -> ``istio-sidecar-injector``, ``istio.io/rev=R`` ->
-  ``istio-sidecar-injector-R``), X has synced Y (above), both clusters' ``cacerts`` carry the same
-  ``root-cert.pem``, and, when the clusters' ``istio-system`` namespaces carry different
-  ``topology.istio.io/network`` labels, Y's ``istio-eastwestgateway`` Service has an address and a Gateway
-  in Y's ``istio-system`` exposes ``*.local`` on port 15443. Calls are spread round-robin over the
-  endpoints. The helloworld app answers ``Hello version: <SERVICE_VERSION>, instance: <pod>``.
+  ready pod behind Service ``<svc>`` in X when the calling pod is outside the mesh (and only in X). A
+  pod in the mesh gets endpoints only from its control plane, which must configure X (else its sidecar
+  has no listener and the call is refused): from the control plane's own cluster and every peer it has
+  synced. There, a ready pod in cluster Y answers when Y's namespace is in the mesh, the control planes
+  of X and Y (whose istiods sign their workloads' certificates) hold ``cacerts`` with the same
+  ``root-cert.pem``, and, when X's and Y's ``istio-system`` carry different
+  ``topology.istio.io/network`` labels, one of those clusters on Y's network has an
+  ``istio-eastwestgateway`` Service with an address, a Gateway exposing ``*.local`` on port 15443 in
+  the ``istio-system`` of the control plane that configures that gateway, and that control plane
+  knows Y (runs in Y or has synced it). Calls are spread round-robin over the endpoints. The helloworld
+  app answers ``Hello version: <SERVICE_VERSION>, instance: <pod>``.
+
+The model has no memory: a call follows what the control planes know at that moment, whether or not
+their istiod still runs (a real proxy keeps the configuration it was last sent).
 """
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import socket
@@ -45,6 +70,17 @@ def service_address(service: dict | None) -> tuple[str, str] | None:
     return ("IPAddress", external[0]) if external else None
 EASTWEST = "istio-eastwestgateway"
 CROSS_NETWORK_PORT = 15443
+ISTIOD_PORT = 15012  # where sidecars fetch their configuration (xDS)
+WEBHOOK_PORT = 15017  # where the injector's webhook is called
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"  # on an EndpointSlice: the Service it belongs to
+
+
+def injector_name(revision: str) -> str:
+    return "istio-sidecar-injector" if revision in ("", "default") else f"istio-sidecar-injector-{revision}"
+
+
+def _sni_matches(patterns: list[str], sni: str) -> bool:
+    return any(p == "*" or p == sni or (p.startswith("*.") and sni.endswith(p[1:])) for p in patterns)
 
 
 def load_hosts(path: str | None) -> dict[str, int]:
@@ -88,17 +124,66 @@ class View:
         data = secret.get("data") or {}
         return data.get("root-cert.pem")
 
-    def in_mesh(self, ns: str) -> bool:
-        """A namespace whose pods get a sidecar from an injector installed in this cluster."""
+    def injector(self, ns: str) -> tuple[dict, dict] | None:
+        """(webhook configuration, the webhook that selects the namespace) of an injector installed in this
+        cluster whose webhook selects namespace ``ns``; None when its pods get no sidecar."""
         labels = ((self.get("", "namespaces", "", ns) or {}).get("metadata") or {}).get("labels") or {}
         if labels.get("istio-injection") == "enabled":
-            webhook = "istio-sidecar-injector"
+            name = "istio-sidecar-injector"
         elif labels.get("istio.io/rev") and "istio-injection" not in labels:
-            rev = labels["istio.io/rev"]
-            webhook = "istio-sidecar-injector" if rev == "default" else f"istio-sidecar-injector-{rev}"
+            name = injector_name(labels["istio.io/rev"])
         else:
-            return False
-        return self.get("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "", webhook) is not None
+            return None
+        return self.webhook(name)
+
+    def webhook(self, name: str) -> tuple[dict, dict] | None:
+        config = self.get("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "", name)
+        if config is None:
+            return None
+        hooks = config.get("webhooks") or []
+        hook = next((h for h in hooks if h.get("namespaceSelector")), hooks[0] if hooks else {})
+        return config, hook
+
+    def in_mesh(self, ns: str) -> bool:
+        """A namespace whose pods get a sidecar from an injector installed in this cluster."""
+        return self.injector(ns) is not None
+
+    def load_balancers(self) -> list[tuple[str, dict]]:
+        """(address, Service) for every Service that has an address outside the cluster."""
+        out = []
+        for (group, resource, _, _), svc in sorted(self.objects.items(), key=lambda kv: kv[0]):
+            if (group, resource) == ("", "services"):
+                found = service_address(svc)
+                if found:
+                    out.append((found[1], svc))
+        return out
+
+    def istiod_route(self, port: int, sni: str, pod_labels: list[dict]) -> tuple[str, str] | None:
+        """(namespace, Service) an east-west gateway forwards TLS on ``port`` with server name ``sni`` to,
+        as samples/multicluster/expose-istiod.yaml configures it: a Gateway of istio-system selecting the
+        gateway's pods with a server on the port, and a VirtualService bound to it routing the port."""
+        gateways = set()
+        for gw in self.items("networking.istio.io", "gateways", ISTIO_NS):
+            spec = gw.get("spec") or {}
+            selector = spec.get("selector") or {}
+            if not any(all(labels.get(k) == v for k, v in selector.items()) for labels in pod_labels):
+                continue
+            if any((server.get("port") or {}).get("number") == port for server in spec.get("servers") or []):
+                name = gw["metadata"]["name"]
+                gateways.update({name, f"{ISTIO_NS}/{name}"})
+        for vs in self.items("networking.istio.io", "virtualservices", ISTIO_NS):
+            spec = vs.get("spec") or {}
+            if not gateways & set(spec.get("gateways") or []):
+                continue
+            for route in spec.get("tls") or []:
+                if not any(m.get("port") == port and _sni_matches(m.get("sniHosts") or [], sni)
+                           for m in route.get("match") or []):
+                    continue
+                for dest in route.get("route") or []:
+                    host = ((dest.get("destination") or {}).get("host") or "").split(".")
+                    if len(host) >= 2:
+                        return host[1], host[0]
+        return None
 
     @property
     def gateway_address(self) -> str | None:
@@ -273,35 +358,240 @@ def peers(local: View, hosts: dict[str, int]) -> list[Peer]:
     return [connect(secret, cluster_id, config, hosts) for secret, cluster_id, config in local.remote_secrets()]
 
 
+# --- the network and the control planes -----------------------------------------------------------
+
+class Network:
+    """The sandbox as workloads and control planes see it: every cluster's load balancers, and what each
+    control plane has synced. Read once per question (a call, a pod's admission), then kept."""
+
+    def __init__(self, hosts: dict[str, int], views: "list[View] | None" = None):
+        self.hosts = hosts
+        self._views = views
+        self._synced: dict[str, list[View]] = {}
+
+    def views(self) -> list[View]:
+        """Every cluster of the sandbox (fetched through its emulator's /_sandbox/dump, which is not an API
+        a workload could call: the model stands in for the network here)."""
+        if self._views is None:
+            self._views = [v for v in (_fetch_view(port) for port in sorted(set(self.hosts.values()))) if v]
+        return self._views
+
+    def owner(self, address: str) -> tuple[View, dict] | None:
+        """The cluster and Service whose load balancer answers at ``address``."""
+        for view in self.views():
+            for found, svc in view.load_balancers():
+                if found == address:
+                    return view, svc
+        return None
+
+    def synced(self, view: View) -> list[View]:
+        """The peers ``view``'s control plane has synced, with their objects."""
+        if view.name not in self._synced:
+            self._synced[view.name] = [p.view for p in peers(view, self.hosts) if p.view is not None]
+        return self._synced[view.name]
+
+    def knows(self, plane: View, name: str) -> bool:
+        """The control plane running in ``plane`` has cluster ``name`` in its registry."""
+        return plane.name == name or any(v.name == name for v in self.synced(plane))
+
+
+def _fetch_view(port: int) -> View | None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=CONNECT_TIMEOUT * 5)
+    try:
+        conn.request("GET", "/_sandbox/dump")
+        response = conn.getresponse()
+        body = response.read()
+        return View.from_dump(json.loads(body)) if response.status == 200 else None
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+class ControlPlane:
+    """The istiod a cluster's sidecars reach through one of its istiod Services."""
+
+    def __init__(self, view: View | None, service: str, ready: bool, problem: str, address: str = ""):
+        self.view = view  # the cluster that istiod runs in (None: nothing answers where the Service leads)
+        self.service = service  # its Service there
+        self.ready = ready  # a ready istiod pod answers
+        self.problem = problem  # why not, as a client calling it would see it ("" when ready)
+        self.address = address  # where the Service leads ("" when istiod runs in the same cluster)
+
+
+def istiod_service(view: View, ns: str) -> tuple[str, str] | None:
+    """(namespace, name) of the Service the injector of ``ns`` calls, which its sidecars also fetch their
+    configuration from; None when the namespace is not in the mesh or the webhook calls a URL."""
+    found = view.injector(ns)
+    if found is None:
+        return None
+    service = ((found[1].get("clientConfig") or {}).get("service") or {})
+    return (service.get("namespace") or ISTIO_NS, service["name"]) if service.get("name") else None
+
+
+def leads_out(view: View, target: tuple[str, str] | None) -> bool:
+    """The istiod Service has no selector: only the network can tell which istiod answers."""
+    if target is None:
+        return False
+    svc = view.get("", "services", target[0], target[1])
+    return svc is not None and not (svc.get("spec") or {}).get("selector")
+
+
+def reach_istiod(view: View, target: tuple[str, str], port: int, network: Network | None) -> ControlPlane:
+    """Follows istiod Service ``target`` of ``view`` to the istiod answering on ``port``."""
+    ns, name = target
+    svc = view.get("", "services", ns, name)
+    if svc is None:
+        return ControlPlane(None, name, False, f'service "{name}" not found')
+    if (svc.get("spec") or {}).get("selector"):
+        ready = bool(view.ready_pods(svc))
+        return ControlPlane(view, name, ready, "" if ready else f'no endpoints available for service "{name}"')
+    address = _service_target(view, svc)
+    if not address:
+        return ControlPlane(None, name, False, f'no endpoints available for service "{name}"')
+    found = network.owner(address) if network is not None else None
+    if found is None:
+        return ControlPlane(None, name, False, f"dial tcp {address}:{port}: i/o timeout", address)
+    cluster, lb = found
+    gateway_pods = cluster.ready_pods(lb)
+    ports = [p.get("port") for p in (lb.get("spec") or {}).get("ports") or []]
+    route = cluster.istiod_route(port, f"{name}.{ns}.svc", [(p.get("metadata") or {}).get("labels") or {}
+                                                             for p in gateway_pods])
+    if port not in ports or not gateway_pods or route is None:
+        # nothing listens there for it: no such port, no gateway pod, or no route through the gateway
+        return ControlPlane(None, name, False, f"dial tcp {address}:{port}: connect: connection refused", address)
+    istiod = cluster.get("", "services", route[0], route[1])
+    ready = istiod is not None and bool(cluster.ready_pods(istiod))
+    # the gateway takes the connection, finds no istiod behind it and closes it
+    return ControlPlane(cluster, route[1], ready, "" if ready else "EOF", address)
+
+
+def _service_target(view: View, svc: dict) -> str | None:
+    """Where a Service without selector leads: its EndpointSlice's first address, or its externalName."""
+    spec = svc.get("spec") or {}
+    if spec.get("type") == "ExternalName":
+        return spec.get("externalName") or None
+    meta = svc.get("metadata") or {}
+    for eps in view.items("discovery.k8s.io", "endpointslices", meta.get("namespace", "")):
+        if ((eps.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME_LABEL) != meta.get("name"):
+            continue
+        for endpoint in eps.get("endpoints") or []:
+            if endpoint.get("addresses"):
+                return endpoint["addresses"][0]
+    return None
+
+
+class Injection:
+    """What a new pod of namespace ``ns`` meets: the injector's webhook answers (else ``error``, the API
+    server's refusal), and whether its sidecar then gets configuration (``configured``)."""
+
+    def __init__(self, admitted: bool, error: str, configured: bool):
+        self.admitted, self.error, self.configured = admitted, error, configured
+
+
+def decided_locally(view: View, ns: str) -> bool:
+    """Whether ``injection`` needs no network: the namespace's istiod runs (or is missing) in the cluster."""
+    return not leads_out(view, istiod_service(view, ns))
+
+
+def injection(view: View, ns: str, network: Network | None) -> Injection | None:
+    """None when the namespace is not in the mesh. ``network`` may be None when decided_locally."""
+    found = view.injector(ns)
+    if found is None:
+        return None
+    config, hook = found
+    target = istiod_service(view, ns)
+    if target is None:  # the webhook calls a URL: not modelled, it answers
+        return Injection(True, "", True)
+    webhook = reach_istiod(view, target, WEBHOOK_PORT, network)
+    if not webhook.ready:
+        service = (hook.get("clientConfig") or {}).get("service") or {}
+        url = f"https://{target[1]}.{target[0]}.svc:{service.get('port') or 443}{service.get('path') or ''}"
+        return Injection(False, f'Internal error occurred: failed calling webhook "{hook.get("name") or config["metadata"]["name"]}": '
+                                f'failed to call webhook: Post "{url}?timeout=10s": {webhook.problem}', False)
+    plane = reach_istiod(view, target, ISTIOD_PORT, network)
+    configured = plane.ready and (plane.view.name == view.name
+                                  or (network is not None and network.knows(plane.view, view.name)))
+    return Injection(True, "", configured)
+
+
 # --- calls from pods --------------------------------------------------------------------------
 
 class Mesh:
-    """One cluster's view of the mesh at the moment of a call: itself plus the peers it has synced."""
+    """The mesh as the sidecars of one cluster know it at the moment of a call: from their control plane."""
 
-    def __init__(self, local: View, hosts: dict[str, int]):
+    def __init__(self, local: View, hosts: dict[str, int], network: Network | None = None):
         self.local = local
-        self.peers = [p for p in peers(local, hosts) if p.view is not None]
+        self.network = network or Network(hosts)
+        self._planes: dict = {}
 
-    def endpoints(self, caller_ns: str, ns: str, svc_name: str) -> list[tuple[str, dict]]:
+    def _view(self, view: View) -> View:
+        return self.local if view.name == self.local.name else view
+
+    def control_plane(self, view: View, target: tuple[str, str] | None) -> ControlPlane | None:
+        """The istiod that configures the sidecars reaching istiod Service ``target`` of ``view``."""
+        if target is None:
+            return None
+        key = (view.name, target)
+        if key not in self._planes:
+            self._planes[key] = reach_istiod(view, target, ISTIOD_PORT, self.network)
+        return self._planes[key]
+
+    def registry(self, plane: ControlPlane) -> list[View]:
+        """The clusters whose endpoints that control plane sends: its own and every peer it has synced."""
+        out, seen = [], set()
+        for view in [plane.view] + self.network.synced(plane.view):
+            if view.name not in seen:
+                seen.add(view.name)
+                out.append(self._view(view))
+        return out
+
+    def endpoints(self, caller_ns: str, ns: str, svc_name: str) -> list[tuple[str, dict]] | None:
+        """(cluster name, pod) a call reaches; None when the caller's sidecar has no configuration."""
         local_svc = self.local.service(ns, svc_name)
-        found = [(self.local.name, p) for p in self.local.ready_pods(local_svc)] if local_svc else []
         if not self.local.in_mesh(caller_ns):
-            return found
-        seen = {self.local.name}
-        for peer in self.peers:
-            y = peer.view
-            if y.name in seen:
-                continue
-            seen.add(y.name)
+            return [(self.local.name, p) for p in self.local.ready_pods(local_svc)] if local_svc else []
+        plane = self.control_plane(self.local, istiod_service(self.local, caller_ns))
+        if plane is None or plane.view is None or not self.network.knows(plane.view, self.local.name):
+            return None
+        registry = self.registry(plane)
+        root = plane.view.root_cert
+        found = []
+        for y in registry:
             svc = y.service(ns, svc_name)
             if svc is None or not y.in_mesh(ns):
                 continue
-            if not self.local.root_cert or self.local.root_cert != y.root_cert:
+            signer = self.control_plane(y, istiod_service(y, ns))
+            if not root or signer is None or signer.view is None or signer.view.root_cert != root:
                 continue
-            if self.local.network != y.network and not (y.gateway_address and y.exposes_local):
+            if y.network != self.local.network and not self._gateway_into(y, registry):
                 continue
             found.extend((y.name, p) for p in y.ready_pods(svc))
         return found
+
+    def _gateway_into(self, y: View, registry: list[View]) -> bool:
+        """A cluster of the caller's registry on Y's network whose east-west gateway has an address and is
+        configured, by a control plane that knows Y, to take traffic for services (*.local on 15443)."""
+        for g in sorted(registry, key=lambda v: v.name != y.name):  # Y's own gateway first: the cheapest to judge
+            if g.network != y.network or not g.gateway_address:
+                continue
+            labels = (g.service(ISTIO_NS, EASTWEST).get("metadata") or {}).get("labels") or {}
+            target = istiod_for_revision(g, labels.get("istio.io/rev", ""))
+            plane = self.control_plane(g, target)
+            if plane is None or plane.view is None or not plane.view.exposes_local:
+                continue
+            if self.network.knows(plane.view, y.name):
+                return True
+        return False
+
+
+def istiod_for_revision(view: View, revision: str) -> tuple[str, str] | None:
+    """The istiod Service the injector of ``revision`` calls (a gateway's proxies are configured by it)."""
+    found = view.webhook(injector_name(revision))
+    if found is None:
+        return None
+    service = ((found[1].get("clientConfig") or {}).get("service") or {})
+    return (service.get("namespace") or ISTIO_NS, service["name"]) if service.get("name") else None
 
 
 def service_version(pod: dict) -> str:
@@ -314,8 +604,10 @@ def service_version(pod: dict) -> str:
     return name.rsplit("-", 1)[-1] if "-" in name else "unknown"
 
 
-def curl(mesh: "Mesh | None", local: View, pod: dict, argv: list[str], counters: dict) -> tuple[int, bytes, bytes]:
-    """Runs ``curl [options] URL...`` in ``pod``: (exit code, stdout, stderr). Each URL is one call."""
+def curl(mesh: "Mesh | None", local: View, pod: dict, argv: list[str], counters: dict,
+         lock=None) -> tuple[int, bytes, bytes]:
+    """Runs ``curl [options] URL...`` in ``pod``: (exit code, stdout, stderr). Each URL is one call.
+    ``lock`` guards ``counters`` (the model itself may ask the network, so it runs outside any lock)."""
     urls, silent, show_errors = [], False, False
     args = iter(argv[1:])
     for arg in args:
@@ -340,14 +632,15 @@ def curl(mesh: "Mesh | None", local: View, pod: dict, argv: list[str], counters:
     caller_ns = pod["metadata"].get("namespace", "default")
     out, err, code = [], [], 0
     for url in urls:
-        code, body, error = _one_call(mesh, local, caller_ns, pod["metadata"]["name"], url, counters)
+        code, body, error = _one_call(mesh, local, caller_ns, pod["metadata"]["name"], url, counters, lock)
         out.append(body)
         if error and (show_errors or not silent):
             err.append(error)
     return code, b"".join(out), b"".join(err)
 
 
-def _one_call(mesh, local: View, caller_ns: str, caller: str, url: str, counters: dict) -> tuple[int, bytes, bytes]:
+def _one_call(mesh, local: View, caller_ns: str, caller: str, url: str, counters: dict,
+              lock=None) -> tuple[int, bytes, bytes]:
     parts = urlsplit(url if "://" in url else "http://" + url)
     host = (parts.hostname or "").lower()
     port = parts.port or 80
@@ -365,15 +658,17 @@ def _one_call(mesh, local: View, caller_ns: str, caller: str, url: str, counters
     in_mesh = local.in_mesh(caller_ns)
     endpoints = (mesh.endpoints(caller_ns, ns, svc_name) if mesh else
                  [(local.name, p) for p in local.ready_pods(service)]) if port in ports else []
-    if not endpoints:
-        if in_mesh:
-            return 0, b"no healthy upstream", b""
+    if endpoints is None or (not endpoints and not in_mesh):
+        # outside the mesh nothing listens; a sidecar without configuration has no listener either
         return 7, b"", (f"curl: (7) Failed to connect to {host} port {port} after 0 ms: "
                         f"Could not connect to server\n").encode()
+    if not endpoints:
+        return 0, b"no healthy upstream", b""
     endpoints.sort(key=lambda e: (e[0], e[1]["metadata"]["name"]))
     key = (caller, host, port)
-    turn = counters.get(key, 0)
-    counters[key] = turn + 1
+    with lock or contextlib.nullcontext():
+        turn = counters.get(key, 0)
+        counters[key] = turn + 1
     _, pod = endpoints[turn % len(endpoints)]
     if parts.path.rstrip("/") == "/hello":
         body = f"Hello version: {service_version(pod)}, instance: {pod['metadata']['name']}\n"
