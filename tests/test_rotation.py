@@ -329,6 +329,40 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
         assert scan_for_secrets(text) == []
 
 
+def test_root_transition_with_a_remote_leaves_its_install_alone_and_gives_it_each_stages_trust(sandbox_factory,
+                                                                                               tmp_path):
+    # cluster2 is a remote of cluster1 on a network of its own: it runs no istiod, but its workloads'
+    # certificates come from cluster1's istiod and its cacerts must trust what each stage trusts.
+    nets = {"cluster1": "network1", "cluster2": "network2"}
+    sandbox = sandbox_factory(list(nets))
+    mesh = make_mesh(sandbox, tmp_path / "ws", nets)
+    extra = {ctx: {"api_server": sandbox.api_server(ctx)} for ctx in nets}
+    extra["cluster2"]["primary"] = "cluster1"
+    mesh.write_topology(nets, extra=extra)
+    mesh.apply()
+    ws = mesh.workdir
+    old_root = (ws / "certs" / "root-cert.pem").read_bytes()
+    old_intermediates = {"cluster1": cacerts(mesh, "cluster1")["ca-cert.pem"]}
+    remote_installs = [c for c in mesh.control_plane_installs() if c["context"] == "cluster2"]
+
+    for stage, args in ((1, ()), (2, ("--min-wait", "0")), (3, ("--min-wait", "0"))):
+        result = mesh.run("rotate-certs", "--root", *args)
+        assert result.returncode == 0, result.stdout + result.stderr
+        new_root = (ws / ("certs" if stage == 3 else "certs-next") / "root-cert.pem").read_bytes()
+        check_stage(mesh, tmp_path, stage, old_root, new_root, ["cluster1"], old_intermediates)
+        held = cacerts(mesh, "cluster2")
+        assert sorted(pems(held["root-cert.pem"])) == sorted([old_root, new_root] if stage < 3 else [new_root])
+        assert verify(held["root-cert.pem"], cacerts(mesh, "cluster1")["ca-cert.pem"], tmp_path).returncode == 0
+        assert mesh.get("cluster2", "deployment", "istiod", "-n", "istio-system", check=False) is None
+        assert [c for c in mesh.control_plane_installs() if c["context"] == "cluster2"] == remote_installs, \
+            "the remote's install is not touched by the move"
+        status = mesh.run("status")
+        assert status.returncode == 0, status.stdout + status.stderr
+    installs = len(mesh.installs())
+    mesh.apply()
+    assert len(mesh.installs()) == installs, "apply after the move changes nothing"
+
+
 def test_teardown_mid_transition_keeps_or_purges_both_roots_together(mesh2):
     ws = mesh2.workdir
     started = mesh2.run("rotate-certs", "--root")
