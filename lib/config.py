@@ -70,6 +70,7 @@ MULTI_NETWORK_ENV = "AMBIENT_ENABLE_MULTI_NETWORK"
 # Where base.yaml could set the ambient multi-network switch itself; setup-mesh owns it in an ambient mesh.
 PILOT_ENV_SWITCH = ("spec", "values", "pilot", "env", MULTI_NETWORK_ENV)
 PILOT_K8S_ENV = ("spec", "components", "pilot", "k8s", "env")
+PILOT_ENV_VALUES = ("spec", "values", "pilot", "env")
 
 
 def data_plane_mode(operator: dict[str, Any]) -> str:
@@ -300,13 +301,11 @@ def load_base(path: Path) -> Base:
         present, _ = _get(data, keys)
         if present:
             problems.append(f"  {doc.where(*keys)}: {'.'.join(keys)} is set by setup-mesh from {source}")
-    # istiod's env may also be given as a list in components.pilot.k8s.env, where it overrides values.pilot.env.
-    present, env = _get(data, PILOT_K8S_ENV)
-    multiroot = RESERVED_VALUES[MULTIROOT_VALUE]
-    for i, entry in enumerate(env if present and isinstance(env, list) else []):
-        if isinstance(entry, dict) and entry.get("name") == MULTIROOT_ENV:
-            problems.append(f"  {doc.where(*PILOT_K8S_ENV, i)}: {'.'.join(PILOT_K8S_ENV)}[{i}] ({MULTIROOT_ENV}) "
-                            f"is set by setup-mesh from {multiroot}")
+    # istiod's env may also be given as a list in components.pilot.k8s.env, where it overrides values.pilot.env:
+    # every reserved values.pilot.env entry is reserved there too.
+    for keys, source in RESERVED_VALUES.items():
+        if keys[:-1] == PILOT_ENV_VALUES:
+            problems += _k8s_env_entries(data, doc, keys[-1], f"is set by setup-mesh from {source}")
     hint = ("delete those lines from base.yaml; set mesh_id, network, cluster_name and primary in topology.yaml "
             "instead")
     ambient_problems = _ambient_reserved(data, doc)
@@ -327,12 +326,15 @@ def _ambient_reserved(data: dict, doc: LocatedDoc) -> list[str]:
     present, _ = _get(data, PILOT_ENV_SWITCH)
     if present:
         problems.append(f"  {doc.where(*PILOT_ENV_SWITCH)}: {'.'.join(PILOT_ENV_SWITCH)} {why}")
+    return problems + _k8s_env_entries(data, doc, MULTI_NETWORK_ENV, why)
+
+
+def _k8s_env_entries(data: dict, doc: LocatedDoc, name: str, why: str) -> list[str]:
+    """Each entry of components.pilot.k8s.env named ``name``, located, with why base.yaml may not set it."""
     present, env = _get(data, PILOT_K8S_ENV)
-    for i, entry in enumerate(env if present and isinstance(env, list) else []):
-        if isinstance(entry, dict) and entry.get("name") == MULTI_NETWORK_ENV:
-            problems.append(f"  {doc.where(*PILOT_K8S_ENV, i)}: {'.'.join(PILOT_K8S_ENV)}[{i}] "
-                            f"({MULTI_NETWORK_ENV}) {why}")
-    return problems
+    return [f"  {doc.where(*PILOT_K8S_ENV, i)}: {'.'.join(PILOT_K8S_ENV)}[{i}] ({name}) {why}"
+            for i, entry in enumerate(env if present and isinstance(env, list) else [])
+            if isinstance(entry, dict) and entry.get("name") == name]
 
 
 def check_data_plane(topology: Topology, base: Base) -> None:
