@@ -17,7 +17,7 @@ from .fsutil import read_if_present
 from .executor import RERUN_HINT, Executor, Outcome
 from .invocation import prep_hint
 from .gatewayapi import CrdSource, choose_source, expected_version, older_than_needed
-from .kube import IstioUsage, Observed, Tools
+from .kube import IstioUsage, Observed, Tools, gateway_addresses
 from .overlay import ISTIO_NAMESPACE, our_operators
 from .desired import desired_state
 from .plan import RECORD_TITLE, ApplyPlan, Removal, Uninstall, build_apply_plan, teardown_plan
@@ -163,7 +163,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
             if older:
                 reporter.warn(f"{cluster.context}: {older}")
     # Remotes are pointed at their primary's east-west gateway: at the address it has now, when it has one.
-    addresses = {ctx: seen.eastwest_address for ctx, seen in observed.items() if seen.eastwest_address}
+    addresses = gateway_addresses(observed)
     desired = desired_state(topology, ws.base, addresses, transition=transition)
     # Clusters leaving the mesh are uninstalled; Istio's CRDs there stay if others use Istio.
     leaving = [c for c in removed_clusters if (seen := observed.get(c.context)) and seen.reachable]

@@ -87,6 +87,11 @@ def _b64(data: dict, key: str) -> bytes | None:
         return None
 
 
+def gateway_addresses(observed: dict[str, "Observed"]) -> dict[str, str]:
+    """Each cluster's east-west gateway address, where it has one (what a remote is pointed at)."""
+    return {ctx: seen.eastwest_address for ctx, seen in observed.items() if seen.eastwest_address}
+
+
 def token_fingerprint(cluster_name: str, server: str | None, token: str | bytes | None) -> str | None:
     """Identifies the credentials a remote secret carries, without keeping them."""
     if not token:

@@ -11,7 +11,7 @@ from .commands import _certs_prerequisites, _finish, _open_log, _sit_out, print_
 from .config import MULTIROOT_ENV, Cluster, select_clusters
 from .errors import ConfigError, MeshError
 from .executor import Executor, Interrupted, Phase, RunContext, Step
-from .kube import Observed, Tools
+from .kube import Observed, Tools, gateway_addresses
 from .overlay import ISTIO_NAMESPACE
 from .desired import desired_state
 from .plan import RECORD_TITLE, ApplyPlan, _cacerts_step, _intermediate_step, cacerts_in_place
@@ -200,7 +200,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     move = lifecycle.decide(transition, views, now, wait)
     # A remote's install names its primary's gateway address: with the one it has now, its state is
     # the one apply recorded (and the move's istiod setting concerns primaries only).
-    addresses = {ctx: seen.eastwest_address for ctx, seen in observed.items() if seen.eastwest_address}
+    addresses = gateway_addresses(observed)
     final = desired_state(topology, ws.base, addresses)
 
     def completion(clusters: list[Cluster]) -> Phase:

@@ -13,6 +13,7 @@ import re
 import shlex
 import time
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -27,7 +28,7 @@ from .fsutil import read_if_present
 from .errors import MeshError
 from .executor import RunContext, read_clusters
 from .invocation import prep_hint
-from .kube import GATEWAY_RESOURCE, Observed, Tools, token_fingerprint
+from .kube import GATEWAY_RESOURCE, Observed, Tools, gateway_addresses, token_fingerprint
 from .mesh import Mesh, mesh_model
 from .overlay import (CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL, control_plane_revision,
                       injection_path)
@@ -355,8 +356,8 @@ class Expected:
     # The fingerprints once the clusters are read (a remote's install names its primary's gateway address).
     fingerprints_for: Callable[[Mapping[str, str]], dict[str, str]] | None = None
 
-    @property
-    def mesh(self) -> Mesh:
+    @cached_property
+    def mesh(self) -> Mesh:  # read for every cluster judged: built once
         return mesh_model(self.topology)
 
 
@@ -787,7 +788,7 @@ def collect(ws: Expected, tools: Tools, runner, reporter: Reporter, parallel: in
     asked = [c for c in ws.topology.clusters if istiod.get(c.context) and istiod[c.context].installed]
     views = read_istiod_views(asked, ws.revision, tools, runner, silent, parallel)
     if ws.fingerprints_for:
-        addresses = {ctx: seen.eastwest_address for ctx, seen in observed.items() if seen.eastwest_address}
+        addresses = gateway_addresses(observed)
         ws = replace(ws, fingerprints=ws.fingerprints_for(addresses))
     remotes = [c for c in ws.topology.clusters if c.primary and observed.get(c.context)
                and observed[c.context].reachable]
