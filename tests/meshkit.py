@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,3 +103,20 @@ def scan_for_secrets(text: str) -> list[str]:
 
 
 os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+
+
+@contextmanager
+def running_mesh(root: Path, mesh_class, contexts: list[str]):
+    """A sandbox of these contexts and a mesh on it, made by prep-mesh and apply with the API server
+    addresses peers reach (``mesh_class.write_topology`` writes them); the sandbox stops afterwards."""
+    from tests.sandbox import Sandbox
+
+    sandbox = Sandbox.up(root / "sandbox", contexts)
+    try:
+        mesh = mesh_class(sandbox, root / "ws")
+        assert mesh.run("prep-mesh").returncode == 0
+        mesh.write_topology({ctx: sandbox.api_server(ctx) for ctx in contexts})
+        mesh.apply()
+        yield mesh
+    finally:
+        sandbox.down()

@@ -120,18 +120,8 @@ class Mesh(meshkit.Mesh):
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
     """Three clusters on two networks, set up by prep-mesh and apply; every test leaves it healthy again."""
-    from tests.sandbox import Sandbox
-
-    root = tmp_path_factory.mktemp("verify")
-    sandbox = Sandbox.up(root / "sandbox", list(NETS))
-    try:
-        m = Mesh(sandbox, root / "ws")
-        assert m.run("prep-mesh").returncode == 0
-        m.write_topology({ctx: sandbox.api_server(ctx) for ctx in NETS})
-        m.apply()
+    with meshkit.running_mesh(tmp_path_factory.mktemp("verify"), Mesh, list(NETS)) as m:
         yield m
-    finally:
-        sandbox.down()
 
 
 def _pair(doc: dict, source: str, target: str) -> dict:

@@ -9,7 +9,7 @@ import time
 import pytest
 import yaml
 
-from tests import test_verify
+from tests import meshkit, test_verify
 from tests.sandbox import meshmodel
 from tests.test_verify import NS, _failed_only, _pair, _repaired
 
@@ -29,18 +29,8 @@ class Mesh(test_verify.Mesh):
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    from tests.sandbox import Sandbox
-
-    root = tmp_path_factory.mktemp("verify-remote")
-    sandbox = Sandbox.up(root / "sandbox", list(CONTEXTS))
-    try:
-        m = Mesh(sandbox, root / "ws")
-        assert m.run("prep-mesh").returncode == 0
-        m.write_topology({ctx: sandbox.api_server(ctx) for ctx in CONTEXTS})
-        m.apply()
+    with meshkit.running_mesh(tmp_path_factory.mktemp("verify-remote"), Mesh, list(CONTEXTS)) as m:
         yield m
-    finally:
-        sandbox.down()
 
 
 def _causes(doc: dict, code: str) -> dict[tuple[str, str], dict]:
