@@ -267,3 +267,23 @@ def test_the_reader_token_reads_what_istios_role_grants_and_nothing_more(c1, tmp
         '"system:serviceaccount:istio-system:istio-reader-service-account" cannot list resource "pods" '
         'in API group "" in the namespace "istio-system"')
     assert c1.kubectl("c1", "get", "pods", "-n", "istio-system").returncode == 0, "the admin token still may"
+
+
+def test_objects_whose_owners_are_all_gone_are_collected(c1):
+    c1.kubectl("c1", "create", "configmap", "owner-a")
+    c1.kubectl("c1", "create", "configmap", "owner-b")
+    uids = {name: c1.get_json("c1", "configmap", name)["metadata"]["uid"] for name in ("owner-a", "owner-b")}
+
+    def owned(name, owners):
+        c1.kubectl("c1", "apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "ownerReferences": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": o, "uid": uids[o]} for o in owners]}}))
+
+    owned("only-a", ["owner-a"])
+    owned("a-and-b", ["owner-a", "owner-b"])
+    c1.kubectl("c1", "delete", "configmap", "owner-a")
+    names = c1.kubectl("c1", "get", "configmaps", "-o", "name").stdout.split()
+    assert "configmap/only-a" not in names, "its only owner is gone"
+    assert "configmap/a-and-b" in names, "owner-b still owns it"
+    c1.kubectl("c1", "delete", "configmap", "owner-b")
+    assert "configmap/a-and-b" not in c1.kubectl("c1", "get", "configmaps", "-o", "name").stdout.split()

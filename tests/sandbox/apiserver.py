@@ -2127,8 +2127,7 @@ class Cluster:
             self._gateway_controller_soon()
 
     def _after_delete(self, rt: ResType, key, obj: dict):
-        if (rt.group, rt.plural) == (gatewaycontroller.GROUP, "gateways"):
-            gatewaycontroller.collect_garbage(self, obj["metadata"].get("uid"))
+        self._collect_garbage(obj["metadata"].get("uid"))
         if gatewaycontroller.watches(rt.group, rt.plural):
             self._gateway_controller_soon()
         if rt.group == "" and rt.plural == "secrets":
@@ -2220,6 +2219,22 @@ class Cluster:
         with self.lock:
             self.gateway_reconcile_pending = False
             gatewaycontroller.reconcile(self)
+
+    def _collect_garbage(self, owner_uid: str | None):
+        """The garbage collector (background propagation): an object whose owners are all gone follows
+        them, e.g. the Deployment and Service istiod made for a Gateway."""
+        if not owner_uid:
+            return
+        dependents = [k for k, o in self.objects.items() if any(
+            ref.get("uid") == owner_uid for ref in o["metadata"].get("ownerReferences") or [])]
+        if not dependents:
+            return
+        live = {o["metadata"].get("uid") for o in self.objects.values()}
+        for key in sorted(dependents):
+            obj = self.objects.get(key)
+            if obj is not None and not any(ref.get("uid") in live
+                                           for ref in obj["metadata"].get("ownerReferences") or []):
+                self._delete(self._type_of_key(key), key)
 
     def _deployment_controller(self, rt: ResType, key, obj: dict, started: bool = False):
         spec = obj.get("spec", {})

@@ -91,15 +91,6 @@ def reconcile(cluster) -> None:
         _report_status(cluster, gateway_type, key)
 
 
-def collect_garbage(cluster, owner_uid: str) -> None:
-    """Objects owned by a deleted Gateway go with it (the garbage collector's job)."""
-    for key in sorted(cluster.objects):
-        obj = cluster.objects.get(key)
-        refs = (obj or {}).get("metadata", {}).get("ownerReferences") or []
-        if any(ref.get("uid") == owner_uid for ref in refs):
-            cluster._delete(cluster._type_of_key(key), key)
-
-
 def _ensure_class(cluster, class_type) -> None:
     """istiod creates its class if missing, and accepts it when the controller named is its own."""
     key = cluster._key(class_type, None, EAST_WEST_CLASS)
