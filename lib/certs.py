@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import MeshError
 from .overlay import CACERTS_FILES
 from .release import Release
 from .runner import Command
@@ -13,6 +15,9 @@ from .runner import Command
 CERTS_DIR = "certs"
 ROOT_CERT = "root-cert.pem"
 ROOT_KEY = "root-key.pem"
+# `openssl x509 -CAcreateserial -CA root-cert.pem` keeps the serial in root-cert.srl next to where it runs.
+ROOT_SERIAL = "root-cert.srl"
+SIGNING_PREFIX = ".signing-"
 MAKE_TIMEOUT = 300.0
 
 
@@ -38,12 +43,6 @@ def cacerts_command(release: Release, directory: Path, cluster_name: str, variab
         cwd=str(directory),
         timeout=MAKE_TIMEOUT,
     )
-
-
-def intermediate_key_command(release: Release, directory: Path, cluster_name: str,
-                             variables: dict[str, str]) -> Command:
-    """Only the intermediate's key (the Makefile's ``<name>/ca-key.pem`` target): the slow part."""
-    return cacerts_command(release, directory, cluster_name, variables, target=f"{cluster_name}/ca-key.pem")
 
 
 def secure_tree(directory: Path) -> None:
@@ -84,6 +83,78 @@ def discard_incomplete(directory: Path, cluster_name: str) -> None:
 
 def has_cacerts(directory: Path, cluster_name: str) -> bool:
     return all(p.is_file() and p.stat().st_size > 0 for p in cacerts_files(directory, cluster_name).values())
+
+
+# --- one intermediate, signed in a folder of its own ---------------------------------------------
+# The Makefile signs with `-CAcreateserial`, which reads and rewrites root-cert.srl in the folder make
+# runs in: signings sharing certs/ would race on that file (two intermediates with one serial, or a
+# cut-off file that fails the next signing). Each cluster's make runs in certs/.signing-<name>/ instead,
+# where the serial file is its own and starts at a fresh random value, so clusters sign side by side.
+
+
+def signing_dir(directory: Path, cluster_name: str) -> Path:
+    return directory / f"{SIGNING_PREFIX}{cluster_name}"
+
+
+def prepare_signing(directory: Path, cluster_name: str) -> Path:
+    """certs/.signing-<name>/ (0700) ready for ``make <name>-cacerts``: a copy of the root certificate and
+    a link to the root key (the key is never copied), and whatever an earlier run made towards this
+    intermediate (its key, say: make keeps what exists), with anything half-written removed."""
+    for name in (ROOT_CERT, ROOT_KEY):
+        if not (directory / name).is_file():
+            raise MeshError(f"the root CA file {directory / name} is missing: the intermediate CA for "
+                            f"{cluster_name} cannot be signed",
+                            hint="restore it from a copy of the workspace (or, for a new mesh, run prep-mesh)")
+    stage = signing_dir(directory, cluster_name)
+    stage.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(stage, 0o700)
+    _carry_over(directory / cluster_name, stage / cluster_name)
+    discard_incomplete(stage, cluster_name)
+    for name in (ROOT_CERT, ROOT_KEY, ROOT_SERIAL):
+        (stage / name).unlink(missing_ok=True)
+    # Copied now, so newer than the root key: make never takes the root certificate as out of date.
+    shutil.copyfile(directory / ROOT_CERT, stage / ROOT_CERT)
+    os.symlink(os.path.join(os.pardir, ROOT_KEY), stage / ROOT_KEY)
+    return stage
+
+
+def _carry_over(old: Path, new: Path) -> None:
+    """An incomplete certs/<name>/ (an interrupted run of an earlier version) goes on in the signing folder."""
+    if not old.is_dir():
+        return
+    if not new.exists():
+        os.replace(old, new)
+        return
+    for path in old.iterdir():
+        if not (new / path.name).exists():
+            os.replace(path, new / path.name)
+        elif path.is_file():
+            path.unlink()
+    _remove_empty(old)
+
+
+def _remove_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        raise MeshError(f"{folder} holds something setup-mesh did not make, where the intermediate CA goes",
+                        hint=f"move what is in {folder} elsewhere, then run the same command again") from None
+
+
+def finish_signing(directory: Path, cluster_name: str) -> None:
+    """Moves the made intermediate to certs/<name>/ (folder 0700, key 0600) and removes the signing folder."""
+    stage = signing_dir(directory, cluster_name)
+    made = stage / cluster_name
+    if (made / ROOT_CERT).read_bytes() != (directory / ROOT_CERT).read_bytes():
+        shutil.rmtree(made)
+        raise MeshError(f"the intermediate CA made for {cluster_name} names another root than {directory / ROOT_CERT}",
+                        hint="run the same command again: it makes a new one")
+    secure_tree(made)
+    target = directory / cluster_name
+    if target.is_dir():
+        _remove_empty(target)  # emptied by prepare_signing; a folder holding something else stays
+    os.replace(made, target)
+    shutil.rmtree(stage)  # the root certificate's copy, the key's link, the serial file
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ Building the plan runs nothing; the same plan is printed by --dry-run and run by
 from __future__ import annotations
 
 import copy
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,28 +110,25 @@ def cacerts_in_place(seen: Observed, cluster: Cluster, workdir: Path, transition
     return transition is None or lifecycle.stage_since(transition, seen.annotations) is not None
 
 
-# The certs Makefile signs every intermediate with the root's serial file (root-cert.srl), which
-# concurrent signings corrupt: keys are made side by side, signing happens one at a time.
-_SIGNING_LOCK = threading.Lock()
-
-
 def _intermediate_step(release: Release | None, cert_dir: Path, cluster: Cluster, variables: dict[str, str]) -> Step:
+    """One make per cluster, in a folder of its own (a serial file of its own): clusters sign side by side."""
     release = release or Release(Path("<istio>"))
-    make_key = certs.intermediate_key_command(release, cert_dir, cluster.name, variables)
-    make_rest = certs.cacerts_command(release, cert_dir, cluster.name, variables)
+    stage = certs.signing_dir(cert_dir, cluster.name)
+    make = certs.cacerts_command(release, stage, cluster.name, variables)
 
     def action(ctx: RunContext) -> None:
-        certs.discard_incomplete(cert_dir, cluster.name)  # what an interrupted run left half made
-        try:
-            if not (cert_dir / cluster.name / "ca-key.pem").is_file():
-                ctx.run(make_key)
-            with _SIGNING_LOCK:
-                ctx.run(make_rest)
-        except MeshError:
-            certs.discard_incomplete(cert_dir, cluster.name)  # an empty file would look made to make
-            raise
+        certs.prepare_signing(cert_dir, cluster.name)
+        if not certs.has_cacerts(stage, cluster.name):  # else a run cut short after make: only the move is left
+            try:
+                ctx.run(make)
+            except MeshError:
+                certs.discard_incomplete(stage, cluster.name)  # an empty file would look made to make
+                raise
+        certs.finish_signing(cert_dir, cluster.name)
 
-    return Step("make intermediate CA", commands=[make_key, make_rest], action=action,
+    return Step("make intermediate CA", commands=[make], action=action,
+                note=f"in {cert_dir.name}/{stage.name}/: a copy of {certs.ROOT_CERT} and a link to {certs.ROOT_KEY} "
+                     f"(a serial file of its own); then moved to {cert_dir.name}/{cluster.name}/",
                 change=f"+ intermediate CA ({cert_dir.name}/{cluster.name}/)")
 
 

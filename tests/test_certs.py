@@ -1,4 +1,5 @@
 """Certificates: intermediates made through the release's Makefile, read with cryptography."""
+import stat
 import subprocess
 
 from lib import certs
@@ -23,17 +24,26 @@ def _root_ca(tmp_path, monkeypatch, variables: dict[str, str]):
     return release, cert_dir, runner
 
 
-def test_intermediates_made_in_parallel_all_chain_to_the_root(tmp_path, monkeypatch):
-    # The Makefile signs with one serial file; concurrent makes must not corrupt each other's output.
-    release, cert_dir, runner = _root_ca(tmp_path, monkeypatch, {"ROOTCA_ORG": "Org"})
+def _run(release, cert_dir, runner, names, parallel=8):
     phase = Phase("certs")
-    names = [f"c{i}" for i in range(8)]
-    for name in names[:6]:  # keys already there: these signings would all start at once
-        runner.run(certs.intermediate_key_command(release, cert_dir, name, {}))
     for name in names:
         phase.add(name, _intermediate_step(release, cert_dir, Cluster(name, "n", name), {"INTERMEDIATE_ORG": "Org"}))
-    outcome = Executor(runner, Reporter(quiet=True), parallel=8).run_phases([phase])
+    return Executor(runner, Reporter(quiet=True), parallel=parallel).run_phases([phase])
+
+
+def _serial(path) -> int:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+
+
+def test_a_mesh_of_intermediates_signed_side_by_side_has_distinct_serials_all_chaining_to_the_root(tmp_path, monkeypatch):
+    # Signed at once by the release's Makefile (real make and openssl), each in a folder of its own.
+    release, cert_dir, runner = _root_ca(tmp_path, monkeypatch, {"ROOTCA_ORG": "Org"})
+    names = [f"c{i}" for i in range(8)]
+    outcome = _run(release, cert_dir, runner, names)
     assert outcome.ok, outcome.failures
+    serials = set()
     for name in names:
         assert certs.has_cacerts(cert_dir, name)
         verify = subprocess.run(["openssl", "verify", "-CAfile", str(cert_dir / "root-cert.pem"),
@@ -43,6 +53,43 @@ def test_intermediates_made_in_parallel_all_chain_to_the_root(tmp_path, monkeypa
         assert info.is_ca and info.organization == "Org" and f"L={name}" in info.subject
         chain = (cert_dir / name / "cert-chain.pem").read_bytes()
         assert chain == (cert_dir / name / "ca-cert.pem").read_bytes() + (cert_dir / "root-cert.pem").read_bytes()
+        assert (cert_dir / name / "root-cert.pem").read_bytes() == (cert_dir / "root-cert.pem").read_bytes()
+        assert stat.S_IMODE((cert_dir / name / "ca-key.pem").stat().st_mode) == 0o600
+        assert stat.S_IMODE((cert_dir / name).stat().st_mode) == 0o700
+        serials.add(_serial(cert_dir / name / "ca-cert.pem"))
+    assert len(serials) == len(names), "two intermediates of one mesh share a serial"
+    # Nothing of the signing is left: no folder of its own, no serial file of the root's shared by all.
+    assert all(p.name.startswith("root-") for p in cert_dir.iterdir() if not p.is_dir())
+    assert not list(cert_dir.glob(certs.SIGNING_PREFIX + "*")) and not (cert_dir / certs.ROOT_SERIAL).exists()
+    assert sorted(p.name for p in cert_dir.iterdir() if p.is_dir()) == names
+
+
+def test_a_signing_interrupted_midway_is_finished_by_the_next_run_with_its_key(tmp_path, monkeypatch):
+    # Ctrl-C while make signs: the signing folder keeps the key made so far; certs/c1/ does not exist yet.
+    release, cert_dir, runner = _root_ca(tmp_path, monkeypatch, {})
+    stage = certs.prepare_signing(cert_dir, "c1")
+    runner.run(certs.cacerts_command(release, stage, "c1", {}, target="c1/ca-key.pem"))
+    key = (stage / "c1" / "ca-key.pem").read_bytes()
+    (stage / "c1" / "ca-cert.pem").write_text("")  # cut short by the interrupt
+    assert (stage / certs.ROOT_KEY).is_symlink(), "the root key is linked, never copied"
+    assert not certs.has_cacerts(cert_dir, "c1")
+
+    assert _run(release, cert_dir, runner, ["c1"], parallel=1).ok
+    assert certs.has_cacerts(cert_dir, "c1")
+    assert (cert_dir / "c1" / "ca-key.pem").read_bytes() == key, "the intermediate key is kept"
+    assert not stage.exists()
+    verify = subprocess.run(["openssl", "verify", "-CAfile", str(cert_dir / "root-cert.pem"),
+                             str(cert_dir / "c1" / "ca-cert.pem")], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stderr
+
+
+def test_a_signing_cut_short_after_make_only_moves_what_was_made(tmp_path, monkeypatch):
+    release, cert_dir, runner = _root_ca(tmp_path, monkeypatch, {})
+    stage = certs.prepare_signing(cert_dir, "c1")
+    runner.run(certs.cacerts_command(release, stage, "c1", {}))
+    made = (stage / "c1" / "ca-cert.pem").read_bytes()
+    assert _run(release, cert_dir, runner, ["c1"], parallel=1).ok
+    assert (cert_dir / "c1" / "ca-cert.pem").read_bytes() == made and not stage.exists()
 
 
 KEY_PEM = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
@@ -62,7 +109,8 @@ def test_a_failed_make_leaves_no_empty_or_cut_off_file_behind(tmp_path):
 
 def test_a_make_interrupted_before_its_last_copy_is_finished_by_the_next_run(tmp_path, monkeypatch):
     # The Makefile writes cert-chain.pem, then copies root-cert.pem; it keeps cert-chain.pem when
-    # interrupted, so on its own the next make would never copy root-cert.pem.
+    # interrupted, so on its own the next make would never copy root-cert.pem. Here certs/c1/ was left so
+    # by make run in certs/ itself, as earlier versions ran it.
     release, cert_dir, runner = _root_ca(tmp_path, monkeypatch, {})
     runner.run(certs.cacerts_command(release, cert_dir, "c1", {}))
     key = (cert_dir / "c1" / "ca-key.pem").read_bytes()
@@ -71,9 +119,7 @@ def test_a_make_interrupted_before_its_last_copy_is_finished_by_the_next_run(tmp
                            capture_output=True, text=True)
     assert rerun.returncode == 0 and not certs.has_cacerts(cert_dir, "c1"), "make alone does not repair it"
 
-    phase = Phase("certs")
-    phase.add("c1", _intermediate_step(release, cert_dir, Cluster("c1", "n", "c1"), {}))
-    outcome = Executor(runner, Reporter(quiet=True), parallel=1).run_phases([phase])
+    outcome = _run(release, cert_dir, runner, ["c1"], parallel=1)
     assert outcome.ok, outcome.failures
     assert certs.has_cacerts(cert_dir, "c1")
     assert (cert_dir / "c1" / "ca-key.pem").read_bytes() == key, "the intermediate key is kept"
