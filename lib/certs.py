@@ -145,6 +145,9 @@ def finish_signing(directory: Path, cluster_name: str) -> None:
     """Moves the made intermediate to certs/<name>/ (folder 0700, key 0600) and removes the signing folder."""
     stage = signing_dir(directory, cluster_name)
     made = stage / cluster_name
+    if not has_cacerts(stage, cluster_name):
+        raise MeshError(f"make ended without making every file of the intermediate CA in {made}",
+                        hint="see make's output in the run log, then run the same command again")
     if (made / ROOT_CERT).read_bytes() != (directory / ROOT_CERT).read_bytes():
         shutil.rmtree(made)
         raise MeshError(f"the intermediate CA made for {cluster_name} names another root than {directory / ROOT_CERT}",
