@@ -97,9 +97,9 @@ def signing_dir(directory: Path, cluster_name: str) -> Path:
 
 
 def prepare_signing(directory: Path, cluster_name: str) -> Path:
-    """certs/.signing-<name>/ (0700) ready for ``make <name>-cacerts``: a copy of the root certificate and
-    a link to the root key (the key is never copied), and whatever an earlier run made towards this
-    intermediate (its key, say: make keeps what exists), with anything half-written removed."""
+    """certs/.signing-<name>/ (0700) ready for ``make <name>-cacerts``: a copy of the root certificate, a
+    link to the root key (a 0600 copy only where the file system has no links), and whatever an earlier
+    run made towards this intermediate (its key, say: make keeps what exists), half-written files removed."""
     for name in (ROOT_CERT, ROOT_KEY):
         if not (directory / name).is_file():
             raise MeshError(f"the root CA file {directory / name} is missing: the intermediate CA for "
@@ -112,10 +112,21 @@ def prepare_signing(directory: Path, cluster_name: str) -> Path:
     discard_incomplete(stage, cluster_name)
     for name in (ROOT_CERT, ROOT_KEY, ROOT_SERIAL):
         (stage / name).unlink(missing_ok=True)
-    # Copied now, so newer than the root key: make never takes the root certificate as out of date.
+    _link_root_key(directory, stage)
+    # Copied last, so newer than the root key: make never takes the root certificate as out of date.
     shutil.copyfile(directory / ROOT_CERT, stage / ROOT_CERT)
-    os.symlink(os.path.join(os.pardir, ROOT_KEY), stage / ROOT_KEY)
     return stage
+
+
+def _link_root_key(directory: Path, stage: Path) -> None:
+    """A link to the root key; where the file system has no links, a copy made 0600 from the start
+    (removed with the signing folder, and by the next run if this one is cut short)."""
+    try:
+        os.symlink(os.path.join(os.pardir, ROOT_KEY), stage / ROOT_KEY)
+    except OSError:
+        fd = os.open(stage / ROOT_KEY, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as copy:
+            copy.write((directory / ROOT_KEY).read_bytes())
 
 
 def _carry_over(old: Path, new: Path) -> None:

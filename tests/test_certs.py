@@ -83,6 +83,25 @@ def test_a_signing_interrupted_midway_is_finished_by_the_next_run_with_its_key(t
     assert verify.returncode == 0, verify.stderr
 
 
+def test_where_links_cannot_be_made_the_root_key_is_copied_0600_and_removed(tmp_path, monkeypatch):
+    release, cert_dir, runner = _root_ca(tmp_path, monkeypatch, {})
+    def no_links(*args, **kwargs):
+        raise OSError("operation not permitted")
+
+    monkeypatch.setattr(certs.os, "symlink", no_links)
+    stage = certs.prepare_signing(cert_dir, "c1")
+    key = stage / certs.ROOT_KEY
+    assert not key.is_symlink() and key.read_bytes() == (cert_dir / certs.ROOT_KEY).read_bytes()
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert _run(release, cert_dir, runner, ["c1", "c2"]).ok
+    assert not list(cert_dir.glob(certs.SIGNING_PREFIX + "*")), "no copy of the root key is left behind"
+    for name in ("c1", "c2"):
+        assert (cert_dir / name / "root-cert.pem").read_bytes() == (cert_dir / "root-cert.pem").read_bytes()
+        verify = subprocess.run(["openssl", "verify", "-CAfile", str(cert_dir / "root-cert.pem"),
+                                 str(cert_dir / name / "ca-cert.pem")], capture_output=True, text=True)
+        assert verify.returncode == 0, verify.stderr
+
+
 def test_a_signing_cut_short_after_make_only_moves_what_was_made(tmp_path, monkeypatch):
     release, cert_dir, runner = _root_ca(tmp_path, monkeypatch, {})
     stage = certs.prepare_signing(cert_dir, "c1")
