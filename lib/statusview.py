@@ -37,9 +37,11 @@ class Cause:
     where: str  # the clusters (or holder: peers) it affects
 
 
-def render(status: MeshStatus, console: Console) -> None:
-    console.print(_fitting(console, lambda dropped: _table(status, dropped)))
-    matrix = _matrix(status)
+def render(status: MeshStatus, console: Console, tables: bool = True) -> None:
+    """The tables (unless ``tables`` is off: -q), the lifecycle lines, the problems and the verdict."""
+    if tables:
+        console.print(_fitting(console, lambda dropped: _table(status, dropped)))
+    matrix = _matrix(status) if tables else None
     if matrix is not None:
         console.print("remote secrets (row holds column's; istiod's word if not synced)", style="bold")
         console.print(matrix)
