@@ -19,6 +19,7 @@ from rich.text import Text
 from .errors import CommandFailed, MeshError
 from .redact import redact
 from .runner import Result
+from .wrapping import fit
 
 
 @dataclass
@@ -88,12 +89,12 @@ class Reporter:
         with self._lock:
             if text not in self.warnings:
                 self.warnings.append(text)
-        self._print(f"warning: {text}", style="yellow", stderr=True)
+        self._print(fit(self.err, text, "warning: "), style="yellow", stderr=True)
 
     def error(self, exc: MeshError) -> None:
-        text = f"error: {exc.message}"
+        text = fit(self.err, exc.message, "error: ")
         if exc.hint:
-            text += f"\nhint: {exc.hint}"
+            text += "\n" + fit(self.err, exc.hint, "hint: ")
         with self._lock:
             self.err.print(escape(redact(text)), style="red")
 
@@ -221,11 +222,12 @@ class Reporter:
             self.console.print(table)
         for cluster, exc in failures.items():
             step = getattr(exc, "step", None)
-            self._print(f"{cluster}: {step + ': ' if step else ''}{exc.message}", style="red")
+            self._print(fit(self.console, exc.message, f"{cluster}: {step + ': ' if step else ''}"),
+                        style="red")
             if exc.hint:
-                self._print(f"  hint: {exc.hint}")
+                self._print(fit(self.console, exc.hint, "  hint: "))
         if not self.quiet:  # -q: each warning was printed once, when it was given
             for text in self.warnings:
-                self._print(f"warning: {text}", style="yellow")
+                self._print(fit(self.console, text, "warning: "), style="yellow")
         if failures and log_path:
             self._print(f"run log: {log_path}")

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .redact import redact
+from .wrapping import fit
 from .status import (ERROR, EXPIRY_WARN_DAYS, LOCAL, MISSING, OUTDATED, PRESENT, STALE, SYNCED, WARNING,
                      ClusterStatus, MeshStatus, Problem)
 
@@ -50,8 +51,10 @@ def render(status: MeshStatus, console: Console, tables: bool = True) -> None:
     causes = group_problems(status)
     for cause in causes:
         mark, style = ("✗", "red") if cause.severity == ERROR else ("!", "yellow")
-        console.print(f"[{style}]{mark}[/] {escape(redact(f'{cause.where}: {cause.message}'))}")
-        console.print(f"  hint: {escape(redact(cause.hint))}", style="dim" if cause.severity == WARNING else None)
+        line = fit(console, f"{cause.where}: {cause.message}", f"{mark} ")  # the mark, coloured below
+        console.print(f"[{style}]{mark}[/]" + escape(redact(line[len(mark):])))
+        console.print(escape(redact(fit(console, cause.hint, "  hint: ", indent="    "))),
+                      style="dim" if cause.severity == WARNING else None)
     errors = sum(1 for c in causes if c.severity == ERROR)
     warnings = len(causes) - errors
     if status.healthy:
