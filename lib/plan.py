@@ -14,12 +14,12 @@ import yaml
 
 from . import certs, lifecycle
 from .config import SIDECAR, Cluster, Topology
-from .errors import MeshError
+from .errors import CommandFailed, MeshError
 from .ambient import gateway_status
 from .desired import Desired
 from .executor import RERUN_HINT, After, Interrupted, Phase, RunContext, Step
 from .fsutil import read_if_present
-from .gatewayapi import CrdSource
+from .gatewayapi import CrdSource, offline_crds_hint
 from .kube import (COMPONENT_LABEL, GATEWAY_RESOURCE, MANAGED_GATEWAY_LABEL, OWNER_LABEL, OWNER_NAMESPACE_LABEL, IstioUsage,
                    Observed, Tools, parse_remote_secret, service_address, token_fingerprint)
 from .lifecycle import Transition
@@ -227,10 +227,21 @@ def _changed(path: Path, new: dict, fresh: bool, workdir: Path) -> tuple[str, li
 
 
 def gateway_api_crds_step(tools: Tools, cluster: Cluster, source: CrdSource) -> Step:
-    """Server-side: the CRDs are too large for the last-applied annotation client-side apply writes."""
+    """Server-side: the CRDs are too large for the last-applied annotation client-side apply writes. From
+    a URL, a failure (no network, a proxy) says how to install them from a file instead."""
+    command = tools.kubectl_cmd(cluster, "apply", "--server-side", f"--field-manager={FIELD_MANAGER}",
+                                "-f", source.location)
+
+    def action(ctx: RunContext) -> None:
+        try:
+            ctx.run(command)
+        except CommandFailed as exc:
+            if source.is_url:
+                exc.hint = offline_crds_hint(source)
+            raise
+
     return Step(f"install the Gateway API CRDs ({source.version or 'from ' + source.location})",
-                commands=[tools.kubectl_cmd(cluster, "apply", "--server-side", f"--field-manager={FIELD_MANAGER}",
-                                            "-f", source.location)],
+                commands=[command], action=action, done="Gateway API CRDs installed",
                 change=f"+ Gateway API CRDs ({source.version or source.location})")
 
 

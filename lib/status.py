@@ -23,7 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from . import certs, invocation, lifecycle
 from .ambient import gateway_status
 from .config import AMBIENT, SIDECAR, Cluster, Topology, data_plane_mode, select_clusters
-from .gatewayapi import expected_version, older_than_needed
+from .gatewayapi import offline_crds_hint, expected_version, older_than_needed
 from .fsutil import read_if_present
 from .errors import MeshError
 from .executor import RunContext, read_clusters
@@ -671,7 +671,8 @@ def _judge_ambient_gateway(status: ClusterStatus, cluster: Cluster, seen: Observ
         status.gateway_api_crds = (crds.version or "unversioned") if crds.installed else "missing"
         if not crds.installed:
             add(Problem("gateway_api_crds_missing", "the Gateway API CRDs are not installed: ambient multicluster "
-                                                    "needs them for its east-west gateway", hints.apply))
+                                                    "needs them for its east-west gateway",
+                        f"{hints.apply} installs them; {offline_crds_hint()}"))
         else:
             older = older_than_needed(crds, expected_version(istiod.version))
             if older:

@@ -11,6 +11,24 @@ import re
 
 # A backtick-quoted command (kept whole, spaces and all) or a run of non-blank characters.
 _PIECE = re.compile(r"`[^`]*`\S*|\S+")
+_PROGRAMS = ("setup-mesh", "setup_mesh.py")
+_SUBCOMMANDS = {"prep-mesh", "apply", "status", "describe", "verify", "teardown", "rotate-certs"}
+
+
+def _pieces(paragraph: str) -> list[str]:
+    """The paragraph's unbreakable pieces. A setup-mesh command line written without backticks (as hints
+    name it) is one piece too: the program, its command, and its options with their values."""
+    pieces: list[str] = []
+    in_command = expects_value = False
+    for piece in _PIECE.findall(paragraph):
+        if in_command and (piece in _SUBCOMMANDS or piece.startswith("-") or expects_value):
+            pieces[-1] += " " + piece
+            expects_value = piece.startswith("--") and "=" not in piece
+            continue
+        in_command = piece.rsplit("/", 1)[-1] in _PROGRAMS
+        expects_value = False
+        pieces.append(piece)
+    return pieces
 
 
 def wrap_prose(text: str, width: int, first_prefix: str = "", indent: str = "  ") -> list[str]:
@@ -23,7 +41,7 @@ def wrap_prose(text: str, width: int, first_prefix: str = "", indent: str = "  "
         line = first_prefix if number == 0 else (own or indent)
         carry = indent if number == 0 else (own or indent) + "  "
         start = len(line)
-        for piece in _PIECE.findall(paragraph):
+        for piece in _pieces(paragraph):
             if len(line) > start and len(line) + 1 + len(piece) > width:
                 lines.append(line)
                 line = carry

@@ -75,3 +75,11 @@ def test_listed_items_keep_their_indent_and_no_line_is_wider_than_the_terminal()
     assert lines[1].startswith("  base.yaml:7: ") and lines[2].startswith("    ")
     assert all(len(line) <= 80 for line in lines)
     assert " ".join(" ".join(lines).split()) == " ".join(f"error: {text}".split())  # no word lost or split
+
+
+def test_a_setup_mesh_command_without_backticks_is_not_split_either():
+    hint = ("the primary cluster1 lacks the remote's secret: ./setup_mesh.py apply --workdir /srv/mesh --context "
+            "cluster1 creates it again, and status shows why")
+    lines = wrap_prose(hint, 60, first_prefix="hint: ")
+    assert lines[1] == "  ./setup_mesh.py apply --workdir /srv/mesh --context cluster1", lines
+    assert all(len(line) <= 60 for line in lines if "setup_mesh.py" not in line)
