@@ -351,3 +351,25 @@ def test_a_remote_whose_primary_has_an_address_is_installed_without_waiting(tmp_
     plan = _remote_plan(tmp_path, observed)
     install, = [s for s in plan.phases[0].steps["c2"] if s.title == "install Istio"]
     assert "remotePilotAddress: 203.0.113.1" in install.files[0][1] and install.prepare is None
+
+
+def test_a_gateway_api_crd_download_that_fails_names_the_offline_option():
+    """Without network, kubectl cannot fetch the standard-install.yaml: the failure says how to give a file."""
+    from lib.executor import Executor, Phase
+    from lib.gatewayapi import CrdSource
+    from lib.kube import Tools
+    from lib.plan import gateway_api_crds_step
+    from lib.reporter import Reporter
+    from tests.recording import RecordingRunner
+
+    url = "https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.5.1/standard-install.yaml"
+    offline = RecordingRunner(lambda c: (1, "", 'Unable to connect to the server: dial tcp: lookup github.com: '
+                                                'no such host'))
+    results = {}
+    for name, source in (("url", CrdSource(url, "v1.5.1")), ("file", CrdSource("/tmp/crds.yaml", "v1.5.1"))):
+        phase = Phase("crds")
+        phase.add("cluster1", gateway_api_crds_step(Tools(), Cluster("cluster1", "network1", "cluster1"), source))
+        results[name] = Executor(offline, Reporter(quiet=True), parallel=1).run_phases([phase]).failures["cluster1"]
+    assert "no such host" in results["url"].message
+    assert "`--gateway-api-crds PATH`" in results["url"].hint and url in results["url"].hint
+    assert not results["file"].hint or "--gateway-api-crds" not in results["file"].hint
