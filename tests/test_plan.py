@@ -432,3 +432,17 @@ def test_a_gateway_api_crd_download_that_fails_names_the_offline_option():
     assert "no such host" in results["url"].message
     assert "`--gateway-api-crds PATH`" in results["url"].hint and url in results["url"].hint
     assert not results["file"].hint or "--gateway-api-crds" not in results["file"].hint
+
+
+def test_the_confirmation_names_only_what_is_removed():
+    from lib.commands import deletion_question
+    from lib.plan import ApplyPlan, Removal
+
+    gone = Removal("c3", "c3", None, reachable=True)
+    assert deletion_question(ApplyPlan([], prunes={"c1": ["istio-remote-secret-old"]})) == \
+        "Remove the remote secrets listed above?"
+    assert deletion_question(ApplyPlan([], removals=[gone], prunes={"c1": ["istio-remote-secret-c3"]})) == \
+        "Remove the cluster and the remote secrets listed above?"
+    assert deletion_question(ApplyPlan([], removals=[gone, gone])) == "Remove the clusters listed above?"
+    assert deletion_question(ApplyPlan([], replacements={"c1": ["Istio is reinstalled with profile ambient"]})) == \
+        "Replace or remove what is listed above?"
