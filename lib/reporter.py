@@ -148,12 +148,12 @@ class Reporter:
         else:
             self.finish_cluster(cluster, False, step, interrupted=interrupted)
 
-    def idle(self, cluster: str) -> None:
-        """The cluster finished its steps in this phase; others may still be busy."""
+    def idle(self, cluster: str, why: str) -> None:
+        """The cluster runs no step now: ``why`` says what it waits for (or that it is done here)."""
         with self._lock:
             row = self.rows.setdefault(cluster, ClusterRow(cluster))
-            if row.ok is None:
-                row.step, row.idle, row.step_started = "waiting for peers", True, time.monotonic()
+            if row.ok is None and (not row.idle or row.step != why):
+                row.step, row.idle, row.step_started = why, True, time.monotonic()
 
     def finish_cluster(self, cluster: str, ok: bool, detail: str = "", interrupted: bool = False) -> None:
         """``detail``: for a failure, the step that failed; for a success, a result that replaces the
