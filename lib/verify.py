@@ -29,7 +29,7 @@ from . import invocation
 from .config import AMBIENT, Cluster, Topology, data_plane_mode
 from .errors import ConfigError, MeshError
 from .executor import Executor, Phase, RunContext, Step
-from .kube import Tools
+from .kube import GATEWAY_RESOURCE, Tools
 from .mesh import Member, Mesh, mesh_model
 from .overlay import CROSS_NETWORK_GATEWAY, EASTWEST_NAME, ISTIO_NAMESPACE, control_plane_revision, manifest_list
 from .redact import redact
@@ -342,8 +342,11 @@ def control_plane_causes(mesh: Mesh, member: Member, by_name: dict, hints: Any,
     pods = f"`{hints.kubectl(plane.cluster, 'get', 'pods', '-n', ISTIO_NAMESPACE, '-l', 'app=istiod')}`"
     if member.is_primary:
         if p.istio_installed and p.istio_ready is False:
-            add("istiod_not_ready", f"{member.name}'s istiod has no ready replica: its injector refuses new pods "
-                                    f"and its sidecars get no configuration", f"look at its pods: {pods}")
+            # ambient: ztunnel fetches its configuration from istiod (its XDS_ADDRESS); no injector is involved
+            what = ("its ztunnel gets no configuration, so calls from the cluster's pods find no service"
+                    if getattr(hints, "ambient", False) else
+                    "its injector refuses new pods and its sidecars get no configuration")
+            add("istiod_not_ready", f"{member.name}'s istiod has no ready replica: {what}", f"look at its pods: {pods}")
         return causes
     remote, primary = member.name, plane.name
     if p.istio_installed and p.istio_ready is False:
@@ -458,10 +461,18 @@ def _causes(src: Cluster, dst: Cluster, runs: dict[str, ClusterRun], by_name: di
         _gateway_causes(src, dst, mesh, by_name, facts, hints, add)
     if not causes:
         add("unknown", f"no answer from {dst.name} ({'; '.join(src_run.failures) or 'other clusters answered'}), "
-                       f"and nothing status reads explains it",
-            f"look at what the client's sidecar knows: `istioctl proxy-config endpoint deploy/curl.{hints.namespace} "
-            f"--context {src.context} | grep helloworld`, and at {hints.status}")
+                       f"and nothing status reads explains it", _unknown_hint(src, hints))
     return causes
+
+
+def _unknown_hint(src: Cluster, hints: Any) -> str:
+    """Where to look next: what the client's proxy knows (ztunnel in an ambient mesh, else its sidecar)."""
+    if hints.ambient:
+        return (f"look at what {src.name}'s ztunnel knows: `istioctl ztunnel-config services --context {src.context}"
+                f" | grep helloworld` and `istioctl ztunnel-config workloads --context {src.context}`, and at "
+                f"{hints.status}")
+    return (f"look at what the client's sidecar knows: `istioctl proxy-config endpoint deploy/curl.{hints.namespace} "
+            f"--context {src.context} | grep helloworld`, and at {hints.status}")
 
 
 def _gateway_causes(src: Cluster, dst: Cluster, mesh: Mesh, by_name: dict, facts: Facts, hints: Any, add) -> None:
@@ -474,6 +485,9 @@ def _gateway_causes(src: Cluster, dst: Cluster, mesh: Mesh, by_name: dict, facts
     if not read:
         return
     ambient = hints.ambient
+    if ambient:
+        _ambient_gateway_causes(src, dst, read, hints, add)
+        return
     with_address = [m for m, c in read if c.gateway_address]
     if not with_address:
         names = " and ".join(f"{m.name}'s" for m, _ in read)
@@ -482,8 +496,6 @@ def _gateway_causes(src: Cluster, dst: Cluster, mesh: Mesh, by_name: dict, facts
                                   f"cannot send to {dst.network}{own}",
             "check its LoadBalancer: " + "; ".join(
                 f"`{hints.kubectl(m.cluster, 'get', 'service', EASTWEST_NAME, '-n', ISTIO_NAMESPACE)}`" for m, _ in read))
-        return
-    if ambient:
         return
     planes = [mesh.control_plane_of(m) for m in with_address]
     if all(facts.exposes_local.get(p.name) is False for p in planes):
@@ -496,6 +508,34 @@ def _gateway_causes(src: Cluster, dst: Cluster, mesh: Mesh, by_name: dict, facts
         add("cross_network_gateway_missing", f"{names} has no Gateway exposing *.local on port 15443 "
                                              f"({CROSS_NETWORK_GATEWAY}), so {what} no traffic from other networks",
             hints.apply)
+
+
+def _ambient_gateway_causes(src: Cluster, dst: Cluster, read: list, hints: Any, add) -> None:
+    """Ambient: istiod sends a call for another network to a network gateway it learns from a peer's
+    Gateway of class istio-east-west labelled with that network, at the address istiod reported in the
+    Gateway's status (pilot/pkg/serviceregistry/ambient/networks.go, Istio 1.30). So the Gateway must be
+    there and programmed; ztunnel's own view of the service says what it was given."""
+    zc = (f"`istioctl ztunnel-config services --context {src.context}` shows the endpoints {src.name}'s ztunnel "
+          f"has for helloworld.{hints.namespace}, `istioctl ztunnel-config workloads --context {src.context}` "
+          f"the workloads (those of {dst.network} appear only behind a network gateway)")
+    names = " and ".join(f"{m.name}'s" for m, _ in read)
+    if not any(c.gateway_exists for _, c in read):
+        listing = "; ".join(f"`{hints.kubectl(m.cluster, 'get', GATEWAY_RESOURCE, '-n', ISTIO_NAMESPACE)}`"
+                            for m, _ in read)
+        add("eastwest_gateway_missing", f"{names} east-west Gateway ({EASTWEST_NAME}, class istio-east-west) is "
+                                        f"missing, so no istiod knows a network gateway for {dst.network}: "
+                                        f"{src.name} (on {src.network}) cannot send to {dst.name}",
+            f"{hints.apply} creates it again (what is there: {listing}); {zc}")
+        return
+    if not any(c.gateway_programmed and c.gateway_address for _, c in read):
+        shown = "; ".join(f"`{hints.kubectl(m.cluster, 'get', GATEWAY_RESOURCE, EASTWEST_NAME, '-n', ISTIO_NAMESPACE, '-o', 'yaml')}`"
+                          for m, _ in read)
+        add("eastwest_gateway_not_programmed", f"{names} east-west Gateway has no address in its status (not "
+                                               f"programmed), so no istiod knows a network gateway for "
+                                               f"{dst.network}: {src.name} (on {src.network}) cannot send to "
+                                               f"{dst.name}",
+            f"see istiod's report with {shown}; without an address, check the LoadBalancer of service "
+            f"{EASTWEST_NAME}; {zc}")
 
 
 def mesh_label_text(revision: str | None, ambient: bool = False) -> str:
