@@ -78,7 +78,8 @@ def selected(view: meshmodel.View, pod: dict) -> bool:
     pod_mode = _labels(pod).get(DATAPLANE_MODE)
     ns_mode = _labels(view.get("", "namespaces", "", pod["metadata"].get("namespace", ""))).get(DATAPLANE_MODE)
     containers = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
-    if "istio-proxy" in containers or ((pod.get("metadata") or {}).get("annotations") or {}).get("sidecar.istio.io/status"):
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    if "istio-proxy" in containers or annotations.get("sidecar.istio.io/status"):
         return False  # ztunnel and a sidecar for one pod is not supported: opted out
     return pod_mode == "ambient" or (ns_mode == "ambient" and pod_mode != "none")
 
