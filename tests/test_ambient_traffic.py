@@ -190,3 +190,17 @@ def test_without_ztunnel_or_its_istiod_a_captured_pod_cannot_connect(workloads):
     while _call(workloads, "cluster2")[1] != set(THREE):
         assert time.monotonic() < deadline, "cluster2 never recovered"
         time.sleep(0.5)
+
+
+def test_without_istio_cni_the_ambient_label_alone_captures_nothing(workloads):
+    saved = workloads.get("cluster1", "daemonset", "istio-cni-node", "-n", NS)
+    workloads.kubectl("cluster1", "delete", "daemonset", "istio-cni-node", "-n", NS)
+    try:
+        # nothing redirects cluster1's pods: its client is a plain pod, its helloworld no HBONE endpoint
+        assert _call(workloads, "cluster1") == (0, {"cluster1"}, "")
+        assert _call(workloads, "cluster2")[1] == {"cluster2", "cluster3"}
+    finally:
+        saved["metadata"] = {k: v for k, v in saved["metadata"].items() if k in ("name", "namespace", "labels")}
+        saved.pop("status", None)
+        workloads.kubectl("cluster1", "create", "-f", "-", stdin=json.dumps(saved))
+    assert _call(workloads, "cluster1")[1] == set(THREE)

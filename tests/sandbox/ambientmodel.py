@@ -9,7 +9,8 @@ rule follows Istio 1.30.3 (paths in istio/istio at that tag):
   ``istio.io/dataplane-mode=ambient``, or its namespace is and the pod is not labelled ``none``; a pod
   with a sidecar never is. Its traffic then goes to the node's ztunnel: the ``ztunnel`` DaemonSet of
   ``istio-system`` must be ready on the (one) node, else nothing listens where the pod's traffic is
-  redirected and calls are refused.
+  redirected and calls are refused. Without istio-cni's node agent (DaemonSet ``istio-cni-node``) nothing
+  redirects the pod at all: it is a plain pod of its cluster.
 - **ztunnel's control plane**: the istiod named by ztunnel's ``XDS_ADDRESS`` (the chart points it at
   ``istiod[-<rev>].istio-system.svc:15012``) must have a ready pod, else ztunnel has no configuration.
   That istiod gives ztunnel its own cluster's endpoints and those of every peer it has synced (a remote
@@ -67,14 +68,27 @@ def _labels(obj: dict | None) -> dict:
     return ((obj or {}).get("metadata") or {}).get("labels") or {}
 
 
+def daemonset(view: meshmodel.View, name: str) -> dict | None:
+    """The DaemonSet of that name in istio-system, else in any namespace (a component's ``namespace`` may
+    put istio-cni or ztunnel elsewhere, e.g. kube-system)."""
+    found = view.get("apps", "daemonsets", ISTIO_NS, name)
+    if found is None:
+        found = next((o for (g, r, _, n), o in sorted(view.objects.items(), key=lambda kv: kv[0])
+                      if (g, r, n) == ("apps", "daemonsets", name)), None)
+    return found
+
+
 def daemonset_ready(view: meshmodel.View, name: str) -> bool:
-    status = (view.get("apps", "daemonsets", ISTIO_NS, name) or {}).get("status") or {}
+    status = (daemonset(view, name) or {}).get("status") or {}
     desired = status.get("desiredNumberScheduled") or 0
     return desired > 0 and (status.get("numberReady") or 0) >= desired
 
 
 def selected(view: meshmodel.View, pod: dict) -> bool:
-    """istio-cni's default enablement selectors: the pod's or its namespace's dataplane-mode label."""
+    """istio-cni's default enablement selectors: the pod's or its namespace's dataplane-mode label. Without
+    istio-cni's node agent nothing redirects the pod: the label alone does nothing."""
+    if daemonset(view, "istio-cni-node") is None:
+        return False
     pod_mode = _labels(pod).get(DATAPLANE_MODE)
     ns_mode = _labels(view.get("", "namespaces", "", pod["metadata"].get("namespace", ""))).get(DATAPLANE_MODE)
     containers = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
@@ -103,7 +117,7 @@ class Istiod:
         self.scope_configs = self._scope_configs()
 
     def _xds_service(self) -> str | None:
-        ds = self.view.get("apps", "daemonsets", ISTIO_NS, "ztunnel") or {}
+        ds = daemonset(self.view, "ztunnel") or {}
         for c in (((ds.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []:
             for e in c.get("env") or []:
                 if e.get("name") == "XDS_ADDRESS" and e.get("value"):
