@@ -50,6 +50,7 @@ ROUNDS = 2  # batches of calls before a pair counts as not reached
 CREATED_BY = "app.kubernetes.io/created-by"  # label on the namespace: what verify may delete
 CREATOR = "setup-mesh-verify"
 AMBIENT_MODE_LABEL = "istio.io/dataplane-mode"  # on a namespace: its pods join the ambient mesh through ztunnel
+ZTUNNEL_SELECTOR = "app.kubernetes.io/name=ztunnel"
 GLOBAL_SERVICE_LABEL = "istio.io/global"  # on a Service: reachable from every cluster of an ambient mesh
 HELLO = re.compile(r"Hello version: (?P<version>[^,\s]+), instance: (?P<instance>\S+)")
 
@@ -288,6 +289,7 @@ class Facts:
     exposes_local: dict[str, bool | None]  # cluster name -> a Gateway in istio-system exposes *.local on 15443
     mesh: Mesh | None = None  # each cluster's role (None: the topology's, all sidecar)
     istiod_addresses: dict[str, str | None] = field(default_factory=dict)  # remote's name -> where its istiod Service leads
+    ztunnels: dict[str, str | None] = field(default_factory=dict)  # ambient: cluster name -> what ails ztunnel (None: ready)
 
 
 def judge(topology: Topology, runs: dict[str, ClusterRun], facts: Facts, hints: Any) -> tuple[list[Pair], list[Cause]]:
@@ -408,6 +410,10 @@ def _causes(src: Cluster, dst: Cluster, runs: dict[str, ClusterRun], by_name: di
         return causes
     src_member, dst_member = mesh.member(src.context), mesh.member(dst.context)
     src_plane, dst_plane = mesh.control_plane_of(src_member), mesh.control_plane_of(dst_member)
+    if hints.ambient:
+        _ztunnel_causes(src, dst, facts, hints, add)
+        if causes and src == dst:
+            return causes
     if src == dst:
         add("local_call_failed", f"{src.name} does not reach its own helloworld: "
                                  f"{'; '.join(src_run.failures) or 'no answer'}",
@@ -463,6 +469,21 @@ def _causes(src: Cluster, dst: Cluster, runs: dict[str, ClusterRun], by_name: di
         add("unknown", f"no answer from {dst.name} ({'; '.join(src_run.failures) or 'other clusters answered'}), "
                        f"and nothing status reads explains it", _unknown_hint(src, hints))
     return causes
+
+
+def _ztunnel_causes(src: Cluster, dst: Cluster, facts: Facts, hints: Any, add) -> None:
+    """Ambient: the node's ztunnel takes every call of the pods istio-cni redirects to it, and ends the HBONE
+    calls to them; without it the caller cannot connect and the answering pod takes no call from afar."""
+    for cluster in dict.fromkeys([src, dst]):
+        state = facts.ztunnels.get(cluster.name)
+        if not state:
+            continue
+        what = "is missing" if state == "missing" else f"is not ready ({state})"
+        effect = ("calls from its pods cannot connect" if cluster == src else
+                  f"its pods take no calls from {src.name}")
+        add("ztunnel_not_ready", f"{cluster.name}'s ztunnel {what}: {effect}",
+            f"look at it: `{hints.kubectl(cluster, 'get', 'daemonsets', '--all-namespaces', '-l', ZTUNNEL_SELECTOR)}`"
+            f" and its pods; a missing one is installed by `istioctl install` of the ambient profile")
 
 
 def _unknown_hint(src: Cluster, hints: Any) -> str:
@@ -605,7 +626,9 @@ def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
                         hint=f"{hints.status} says more; or remove the context from {topology.path}")
     gateways: dict[str, bool | None] = {}
     istiod_addresses: dict[str, str | None] = {}
-    not_ours = _pre_read(mesh, tools, runner, options, quiet, gateways, ambient, revision, istiod_addresses)
+    ztunnels: dict[str, str | None] = {}
+    not_ours = _pre_read(mesh, tools, runner, options, quiet, gateways, ambient, revision, istiod_addresses,
+                         ztunnels)
     if not_ours:
         raise ConfigError(f"namespace {options.namespace} already exists in {', '.join(not_ours)} and was not created "
                         f"by verify (no {CREATED_BY}={CREATOR} label): verify deletes its namespace when done, so it "
@@ -631,7 +654,7 @@ def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
         raise KeyboardInterrupt
     for context, exc in executor.outcome.failures.items():
         runs[context].error = runs[context].error or exc.message.splitlines()[0]
-    pairs, problems = judge(topology, runs, Facts(status, gateways, mesh, istiod_addresses), hints)
+    pairs, problems = judge(topology, runs, Facts(status, gateways, mesh, istiod_addresses, ztunnels), hints)
     result = VerifyResult(topology.mesh_id, options.namespace, [c.name for c in topology.clusters], pairs, problems,
                           options.keep)
     if options.output == "json":
@@ -718,6 +741,23 @@ def istiod_endpoints_command(tools: Tools, cluster: Cluster, revision: str | Non
                              timeout=30)
 
 
+def ztunnel_command(tools: Tools, cluster: Cluster):
+    """ztunnel's DaemonSet, wherever it was installed (its chart labels it app.kubernetes.io/name=ztunnel)."""
+    return tools.kubectl_cmd(cluster, "get", "daemonsets", "--all-namespaces", "-l", ZTUNNEL_SELECTOR, "-o", "json",
+                             check=False, timeout=30)
+
+
+def ztunnel_state(daemonsets_json: str) -> str | None:
+    """What keeps ztunnel from carrying the node's calls: "missing", "<ready> of <desired> ready"; None when
+    it is ready on every node."""
+    items = json.loads(daemonsets_json or "{}").get("items") or []
+    if not items:
+        return "missing"
+    status = items[0].get("status") or {}
+    desired, ready = status.get("desiredNumberScheduled") or 0, status.get("numberReady") or 0
+    return None if desired and ready >= desired else f"{ready} of {desired} pods ready"
+
+
 def istiod_service(revision: str | None) -> str:
     return f"istiod-{revision}" if revision else "istiod"
 
@@ -739,7 +779,8 @@ def reads_gateways(mesh: Mesh, cluster: Cluster, ambient: bool) -> bool:
 
 def _pre_read(mesh: Mesh, tools: Tools, runner, options: Options, reporter: Reporter,
               gateways: dict[str, bool | None], ambient: bool, revision: str | None = None,
-              istiod_addresses: dict[str, str | None] | None = None) -> list[str]:
+              istiod_addresses: dict[str, str | None] | None = None,
+              ztunnels: dict[str, str | None] | None = None) -> list[str]:
     """Reads what status does not: the cross-network Gateways (see reads_gateways), on a remote where its
     istiod Service leads (``istiod_addresses``), and whether the namespace exists already.
     Returns the contexts where it exists and verify did not create it."""
@@ -753,6 +794,8 @@ def _pre_read(mesh: Mesh, tools: Tools, runner, options: Options, reporter: Repo
         read_gateway = reads_gateways(mesh, cluster, ambient)
         endpoints = istiod_endpoints_command(tools, cluster, revision)
         remote = mesh.member(cluster.context).is_remote
+        ztunnel = ztunnel_command(tools, cluster)
+        read_ztunnel = ambient and ztunnels is not None
 
         def action(ctx: RunContext) -> None:
             out = ctx.run(namespace).stdout.strip()
@@ -765,6 +808,12 @@ def _pre_read(mesh: Mesh, tools: Tools, runner, options: Options, reporter: Repo
                     istiod_addresses[cluster.name] = endpoint_address(result.stdout) if result.ok else None
                 except ValueError:
                     istiod_addresses[cluster.name] = None
+            if read_ztunnel:
+                result = ctx.run(ztunnel)
+                try:
+                    ztunnels[cluster.name] = ztunnel_state(result.stdout) if result.ok else None
+                except ValueError:
+                    pass  # not known: nothing said
             if not read_gateway:
                 return
             result = ctx.run(gateway)  # fails without Istio's CRDs: then nothing is known
@@ -773,7 +822,8 @@ def _pre_read(mesh: Mesh, tools: Tools, runner, options: Options, reporter: Repo
             except ValueError:
                 gateways[cluster.name] = None
 
-        commands = [namespace] + ([endpoints] if remote else []) + ([gateway] if read_gateway else [])
+        commands = ([namespace] + ([endpoints] if remote else []) + ([ztunnel] if read_ztunnel else [])
+                    + ([gateway] if read_gateway else []))
         return Step("read namespace and gateways", commands=commands, action=action)
 
     executor = Executor(runner, reporter, options.parallel)
@@ -853,7 +903,8 @@ def _print_dry_run(mesh: Mesh, tools: Tools, plan: dict[str, list[dict]], option
     calls = calls_per_round(len(topology.clusters))
     out("reads first what status reads, plus per cluster: "
         f"$ kubectl get namespace {options.namespace} --ignore-not-found -o json"
-        + ("" if ambient else f"; $ kubectl get gateways.networking.istio.io -n {ISTIO_NAMESPACE} -o json"
+        + (f"; $ kubectl get daemonsets --all-namespaces -l {ZTUNNEL_SELECTOR} -o json (ztunnel)" if ambient else
+           f"; $ kubectl get gateways.networking.istio.io -n {ISTIO_NAMESPACE} -o json"
            + (" (on primaries: a remote's gateways are configured from its primary)" if remotes else ""))
         + (f"; on remotes: $ kubectl get endpointslices.discovery.k8s.io -n {ISTIO_NAMESPACE} -l "
            f"kubernetes.io/service-name={istiod_service(revision)} -o json" if remotes else ""))

@@ -204,3 +204,26 @@ def test_without_istio_cni_the_ambient_label_alone_captures_nothing(workloads):
         saved.pop("status", None)
         workloads.kubectl("cluster1", "create", "-f", "-", stdin=json.dumps(saved))
     assert _call(workloads, "cluster1")[1] == set(THREE)
+
+
+def test_verify_names_a_cluster_whose_ztunnel_is_gone(ambient):
+    mesh = ambient.mesh
+    saved = mesh.get("cluster2", "daemonset", "ztunnel", "-n", NS)
+    mesh.kubectl("cluster2", "delete", "daemonset", "ztunnel", "-n", NS)
+    try:
+        code, doc = ambient.verify()
+    finally:
+        saved["metadata"] = {k: v for k, v in saved["metadata"].items() if k in ("name", "namespace", "labels")}
+        saved.pop("status", None)
+        mesh.kubectl("cluster2", "create", "-f", "-", stdin=json.dumps(saved))
+    failed = _failed(doc)
+    # cluster2's pods cannot call, and take no call from the other clusters
+    assert set(failed) == {(a, b) for a in THREE for b in THREE if "cluster2" in (a, b)}, failed
+    for (source, _), causes in failed.items():
+        cause = next(c for c in causes if c["code"] == "ztunnel_not_ready")
+        assert cause["message"].startswith("cluster2's ztunnel is missing")
+        assert "kubectl --context cluster2 get daemonsets --all-namespaces -l app.kubernetes.io/name=ztunnel" \
+            in cause["hint"]
+    assert "sidecar" not in json.dumps(doc) and "proxy-config" not in json.dumps(doc)
+    code, doc = ambient.verify()
+    assert code == 0, _failed(doc)
