@@ -50,7 +50,7 @@ ROUNDS = 2  # batches of calls before a pair counts as not reached
 CREATED_BY = "app.kubernetes.io/created-by"  # label on the namespace: what verify may delete
 CREATOR = "setup-mesh-verify"
 AMBIENT_MODE_LABEL = "istio.io/dataplane-mode"  # on a namespace: its pods join the ambient mesh through ztunnel
-ZTUNNEL_SELECTOR = "app.kubernetes.io/name=ztunnel"
+ZTUNNEL_SELECTOR = "app.kubernetes.io/name=ztunnel"  # on ztunnel's DaemonSet (manifests/charts/ztunnel)
 GLOBAL_SERVICE_LABEL = "istio.io/global"  # on a Service: reachable from every cluster of an ambient mesh
 HELLO = re.compile(r"Hello version: (?P<version>[^,\s]+), instance: (?P<instance>\S+)")
 
@@ -345,7 +345,7 @@ def control_plane_causes(mesh: Mesh, member: Member, by_name: dict, hints: Any,
     if member.is_primary:
         if p.istio_installed and p.istio_ready is False:
             # ambient: ztunnel fetches its configuration from istiod (its XDS_ADDRESS); no injector is involved
-            what = ("its ztunnel gets no configuration, so calls from the cluster's pods find no service"
+            what = ("its ztunnel gets no configuration, so calls from the cluster's pods cannot connect"
                     if getattr(hints, "ambient", False) else
                     "its injector refuses new pods and its sidecars get no configuration")
             add("istiod_not_ready", f"{member.name}'s istiod has no ready replica: {what}", f"look at its pods: {pods}")
@@ -748,7 +748,7 @@ def ztunnel_command(tools: Tools, cluster: Cluster):
 
 
 def ztunnel_state(daemonsets_json: str) -> str | None:
-    """What keeps ztunnel from carrying the node's calls: "missing", "<ready> of <desired> ready"; None when
+    """What keeps ztunnel from carrying the node's calls: "missing", "<ready> of <desired> pods ready"; None when
     it is ready on every node."""
     items = json.loads(daemonsets_json or "{}").get("items") or []
     if not items:
@@ -782,7 +782,8 @@ def _pre_read(mesh: Mesh, tools: Tools, runner, options: Options, reporter: Repo
               istiod_addresses: dict[str, str | None] | None = None,
               ztunnels: dict[str, str | None] | None = None) -> list[str]:
     """Reads what status does not: the cross-network Gateways (see reads_gateways), on a remote where its
-    istiod Service leads (``istiod_addresses``), and whether the namespace exists already.
+    istiod Service leads (``istiod_addresses``), in an ambient mesh each cluster's ztunnel (``ztunnels``),
+    and whether the namespace exists already.
     Returns the contexts where it exists and verify did not create it."""
     found: dict[str, bool] = {}
     topology = mesh.topology
