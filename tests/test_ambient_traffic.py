@@ -161,7 +161,7 @@ def test_peers_gateways_are_read_with_the_reader_token(workloads):
     role = next(r for r in workloads.get("cluster3", "clusterroles")["items"]
                 if r["metadata"]["name"].startswith("istio-reader-clusterrole"))
     kept = [r for r in role["rules"] if "gateways" not in r.get("resources", [])]
-    assert len(kept) == len(role["rules"]) - 1  # the stand-in grants it, as Istio's chart does
+    assert len(kept) < len(role["rules"])  # the stand-in grants it, as Istio's chart does
     patch = lambda rules: workloads.kubectl("cluster3", "patch", "clusterrole", role["metadata"]["name"],  # noqa: E731
                                             "--type", "merge", "-p", json.dumps({"rules": rules}))
     patch(kept)
