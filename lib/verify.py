@@ -29,7 +29,7 @@ from . import invocation
 from .config import AMBIENT, Cluster, Topology, data_plane_mode
 from .errors import ConfigError, MeshError
 from .executor import Executor, Phase, RunContext, Step
-from .kube import Tools
+from .kube import GATEWAY_RESOURCE, Tools
 from .mesh import Member, Mesh, mesh_model
 from .overlay import CROSS_NETWORK_GATEWAY, EASTWEST_NAME, ISTIO_NAMESPACE, control_plane_revision, manifest_list
 from .redact import redact
@@ -50,6 +50,7 @@ ROUNDS = 2  # batches of calls before a pair counts as not reached
 CREATED_BY = "app.kubernetes.io/created-by"  # label on the namespace: what verify may delete
 CREATOR = "setup-mesh-verify"
 AMBIENT_MODE_LABEL = "istio.io/dataplane-mode"  # on a namespace: its pods join the ambient mesh through ztunnel
+ZTUNNEL_SELECTOR = "app.kubernetes.io/name=ztunnel"  # on ztunnel's DaemonSet (manifests/charts/ztunnel)
 GLOBAL_SERVICE_LABEL = "istio.io/global"  # on a Service: reachable from every cluster of an ambient mesh
 HELLO = re.compile(r"Hello version: (?P<version>[^,\s]+), instance: (?P<instance>\S+)")
 
@@ -288,6 +289,7 @@ class Facts:
     exposes_local: dict[str, bool | None]  # cluster name -> a Gateway in istio-system exposes *.local on 15443
     mesh: Mesh | None = None  # each cluster's role (None: the topology's, all sidecar)
     istiod_addresses: dict[str, str | None] = field(default_factory=dict)  # remote's name -> where its istiod Service leads
+    ztunnels: dict[str, str | None] = field(default_factory=dict)  # ambient: cluster name -> what ails ztunnel (None: ready)
 
 
 def judge(topology: Topology, runs: dict[str, ClusterRun], facts: Facts, hints: Any) -> tuple[list[Pair], list[Cause]]:
@@ -342,8 +344,11 @@ def control_plane_causes(mesh: Mesh, member: Member, by_name: dict, hints: Any,
     pods = f"`{hints.kubectl(plane.cluster, 'get', 'pods', '-n', ISTIO_NAMESPACE, '-l', 'app=istiod')}`"
     if member.is_primary:
         if p.istio_installed and p.istio_ready is False:
-            add("istiod_not_ready", f"{member.name}'s istiod has no ready replica: its injector refuses new pods "
-                                    f"and its sidecars get no configuration", f"look at its pods: {pods}")
+            # ambient: ztunnel fetches its configuration from istiod (its XDS_ADDRESS); no injector is involved
+            what = ("its ztunnel gets no configuration, so calls from the cluster's pods cannot connect"
+                    if getattr(hints, "ambient", False) else
+                    "its injector refuses new pods and its sidecars get no configuration")
+            add("istiod_not_ready", f"{member.name}'s istiod has no ready replica: {what}", f"look at its pods: {pods}")
         return causes
     remote, primary = member.name, plane.name
     if p.istio_installed and p.istio_ready is False:
@@ -405,6 +410,10 @@ def _causes(src: Cluster, dst: Cluster, runs: dict[str, ClusterRun], by_name: di
         return causes
     src_member, dst_member = mesh.member(src.context), mesh.member(dst.context)
     src_plane, dst_plane = mesh.control_plane_of(src_member), mesh.control_plane_of(dst_member)
+    if hints.ambient:
+        _ztunnel_causes(src, dst, facts, hints, add)
+        if causes and src == dst:
+            return causes
     if src == dst:
         add("local_call_failed", f"{src.name} does not reach its own helloworld: "
                                  f"{'; '.join(src_run.failures) or 'no answer'}",
@@ -458,10 +467,33 @@ def _causes(src: Cluster, dst: Cluster, runs: dict[str, ClusterRun], by_name: di
         _gateway_causes(src, dst, mesh, by_name, facts, hints, add)
     if not causes:
         add("unknown", f"no answer from {dst.name} ({'; '.join(src_run.failures) or 'other clusters answered'}), "
-                       f"and nothing status reads explains it",
-            f"look at what the client's sidecar knows: `istioctl proxy-config endpoint deploy/curl.{hints.namespace} "
-            f"--context {src.context} | grep helloworld`, and at {hints.status}")
+                       f"and nothing status reads explains it", _unknown_hint(src, hints))
     return causes
+
+
+def _ztunnel_causes(src: Cluster, dst: Cluster, facts: Facts, hints: Any, add) -> None:
+    """Ambient: the node's ztunnel takes every call of the pods istio-cni redirects to it, and ends the HBONE
+    calls to them; without it the caller cannot connect and the answering pod takes no call from afar."""
+    for cluster in dict.fromkeys([src, dst]):
+        state = facts.ztunnels.get(cluster.name)
+        if not state:
+            continue
+        what = "is missing" if state == "missing" else f"is not ready ({state})"
+        effect = ("calls from its pods cannot connect" if cluster == src else
+                  f"its pods take no calls from {src.name}")
+        add("ztunnel_not_ready", f"{cluster.name}'s ztunnel {what}: {effect}",
+            f"look at it: `{hints.kubectl(cluster, 'get', 'daemonsets', '--all-namespaces', '-l', ZTUNNEL_SELECTOR)}`"
+            f" and its pods; a missing one is installed by `istioctl install` of the ambient profile")
+
+
+def _unknown_hint(src: Cluster, hints: Any) -> str:
+    """Where to look next: what the client's proxy knows (ztunnel in an ambient mesh, else its sidecar)."""
+    if hints.ambient:
+        return (f"look at what {src.name}'s ztunnel knows: `istioctl ztunnel-config services --context {src.context}"
+                f" | grep helloworld` and `istioctl ztunnel-config workloads --context {src.context}`, and at "
+                f"{hints.status}")
+    return (f"look at what the client's sidecar knows: `istioctl proxy-config endpoint deploy/curl.{hints.namespace} "
+            f"--context {src.context} | grep helloworld`, and at {hints.status}")
 
 
 def _gateway_causes(src: Cluster, dst: Cluster, mesh: Mesh, by_name: dict, facts: Facts, hints: Any, add) -> None:
@@ -474,6 +506,9 @@ def _gateway_causes(src: Cluster, dst: Cluster, mesh: Mesh, by_name: dict, facts
     if not read:
         return
     ambient = hints.ambient
+    if ambient:
+        _ambient_gateway_causes(src, dst, read, hints, add)
+        return
     with_address = [m for m, c in read if c.gateway_address]
     if not with_address:
         names = " and ".join(f"{m.name}'s" for m, _ in read)
@@ -482,8 +517,6 @@ def _gateway_causes(src: Cluster, dst: Cluster, mesh: Mesh, by_name: dict, facts
                                   f"cannot send to {dst.network}{own}",
             "check its LoadBalancer: " + "; ".join(
                 f"`{hints.kubectl(m.cluster, 'get', 'service', EASTWEST_NAME, '-n', ISTIO_NAMESPACE)}`" for m, _ in read))
-        return
-    if ambient:
         return
     planes = [mesh.control_plane_of(m) for m in with_address]
     if all(facts.exposes_local.get(p.name) is False for p in planes):
@@ -496,6 +529,34 @@ def _gateway_causes(src: Cluster, dst: Cluster, mesh: Mesh, by_name: dict, facts
         add("cross_network_gateway_missing", f"{names} has no Gateway exposing *.local on port 15443 "
                                              f"({CROSS_NETWORK_GATEWAY}), so {what} no traffic from other networks",
             hints.apply)
+
+
+def _ambient_gateway_causes(src: Cluster, dst: Cluster, read: list, hints: Any, add) -> None:
+    """Ambient: istiod sends a call for another network to a network gateway it learns from a peer's
+    Gateway of class istio-east-west labelled with that network, at the address istiod reported in the
+    Gateway's status (pilot/pkg/serviceregistry/ambient/networks.go, Istio 1.30). So the Gateway must be
+    there and programmed; ztunnel's own view of the service says what it was given."""
+    zc = (f"`istioctl ztunnel-config services --context {src.context}` shows the endpoints {src.name}'s ztunnel "
+          f"has for helloworld.{hints.namespace}, `istioctl ztunnel-config workloads --context {src.context}` "
+          f"the workloads (those of {dst.network} appear only behind a network gateway)")
+    names = " and ".join(f"{m.name}'s" for m, _ in read)
+    if not any(c.gateway_exists for _, c in read):
+        listing = "; ".join(f"`{hints.kubectl(m.cluster, 'get', GATEWAY_RESOURCE, '-n', ISTIO_NAMESPACE)}`"
+                            for m, _ in read)
+        add("eastwest_gateway_missing", f"{names} east-west Gateway ({EASTWEST_NAME}, class istio-east-west) is "
+                                        f"missing, so no istiod knows a network gateway for {dst.network}: "
+                                        f"{src.name} (on {src.network}) cannot send to {dst.name}",
+            f"{hints.apply} creates it again (what is there: {listing}); {zc}")
+        return
+    if not any(c.gateway_programmed and c.gateway_address for _, c in read):
+        shown = "; ".join(f"`{hints.kubectl(m.cluster, 'get', GATEWAY_RESOURCE, EASTWEST_NAME, '-n', ISTIO_NAMESPACE, '-o', 'yaml')}`"
+                          for m, _ in read)
+        add("eastwest_gateway_not_programmed", f"{names} east-west Gateway has no address in its status (not "
+                                               f"programmed), so no istiod knows a network gateway for "
+                                               f"{dst.network}: {src.name} (on {src.network}) cannot send to "
+                                               f"{dst.name}",
+            f"see istiod's report with {shown}; without an address, check the LoadBalancer of service "
+            f"{EASTWEST_NAME}; {zc}")
 
 
 def mesh_label_text(revision: str | None, ambient: bool = False) -> str:
@@ -565,7 +626,9 @@ def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
                         hint=f"{hints.status} says more; or remove the context from {topology.path}")
     gateways: dict[str, bool | None] = {}
     istiod_addresses: dict[str, str | None] = {}
-    not_ours = _pre_read(mesh, tools, runner, options, quiet, gateways, ambient, revision, istiod_addresses)
+    ztunnels: dict[str, str | None] = {}
+    not_ours = _pre_read(mesh, tools, runner, options, quiet, gateways, ambient, revision, istiod_addresses,
+                         ztunnels)
     if not_ours:
         raise ConfigError(f"namespace {options.namespace} already exists in {', '.join(not_ours)} and was not created "
                         f"by verify (no {CREATED_BY}={CREATOR} label): verify deletes its namespace when done, so it "
@@ -591,7 +654,7 @@ def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
         raise KeyboardInterrupt
     for context, exc in executor.outcome.failures.items():
         runs[context].error = runs[context].error or exc.message.splitlines()[0]
-    pairs, problems = judge(topology, runs, Facts(status, gateways, mesh, istiod_addresses), hints)
+    pairs, problems = judge(topology, runs, Facts(status, gateways, mesh, istiod_addresses, ztunnels), hints)
     result = VerifyResult(topology.mesh_id, options.namespace, [c.name for c in topology.clusters], pairs, problems,
                           options.keep)
     if options.output == "json":
@@ -678,6 +741,23 @@ def istiod_endpoints_command(tools: Tools, cluster: Cluster, revision: str | Non
                              timeout=30)
 
 
+def ztunnel_command(tools: Tools, cluster: Cluster):
+    """ztunnel's DaemonSet, wherever it was installed (its chart labels it app.kubernetes.io/name=ztunnel)."""
+    return tools.kubectl_cmd(cluster, "get", "daemonsets", "--all-namespaces", "-l", ZTUNNEL_SELECTOR, "-o", "json",
+                             check=False, timeout=30)
+
+
+def ztunnel_state(daemonsets_json: str) -> str | None:
+    """What keeps ztunnel from carrying the node's calls: "missing", "<ready> of <desired> pods ready"; None when
+    it is ready on every node."""
+    items = json.loads(daemonsets_json or "{}").get("items") or []
+    if not items:
+        return "missing"
+    status = items[0].get("status") or {}
+    desired, ready = status.get("desiredNumberScheduled") or 0, status.get("numberReady") or 0
+    return None if desired and ready >= desired else f"{ready} of {desired} pods ready"
+
+
 def istiod_service(revision: str | None) -> str:
     return f"istiod-{revision}" if revision else "istiod"
 
@@ -699,9 +779,11 @@ def reads_gateways(mesh: Mesh, cluster: Cluster, ambient: bool) -> bool:
 
 def _pre_read(mesh: Mesh, tools: Tools, runner, options: Options, reporter: Reporter,
               gateways: dict[str, bool | None], ambient: bool, revision: str | None = None,
-              istiod_addresses: dict[str, str | None] | None = None) -> list[str]:
+              istiod_addresses: dict[str, str | None] | None = None,
+              ztunnels: dict[str, str | None] | None = None) -> list[str]:
     """Reads what status does not: the cross-network Gateways (see reads_gateways), on a remote where its
-    istiod Service leads (``istiod_addresses``), and whether the namespace exists already.
+    istiod Service leads (``istiod_addresses``), in an ambient mesh each cluster's ztunnel (``ztunnels``),
+    and whether the namespace exists already.
     Returns the contexts where it exists and verify did not create it."""
     found: dict[str, bool] = {}
     topology = mesh.topology
@@ -713,6 +795,8 @@ def _pre_read(mesh: Mesh, tools: Tools, runner, options: Options, reporter: Repo
         read_gateway = reads_gateways(mesh, cluster, ambient)
         endpoints = istiod_endpoints_command(tools, cluster, revision)
         remote = mesh.member(cluster.context).is_remote
+        ztunnel = ztunnel_command(tools, cluster)
+        read_ztunnel = ambient and ztunnels is not None
 
         def action(ctx: RunContext) -> None:
             out = ctx.run(namespace).stdout.strip()
@@ -725,6 +809,12 @@ def _pre_read(mesh: Mesh, tools: Tools, runner, options: Options, reporter: Repo
                     istiod_addresses[cluster.name] = endpoint_address(result.stdout) if result.ok else None
                 except ValueError:
                     istiod_addresses[cluster.name] = None
+            if read_ztunnel:
+                result = ctx.run(ztunnel)
+                try:
+                    ztunnels[cluster.name] = ztunnel_state(result.stdout) if result.ok else None
+                except ValueError:
+                    pass  # not known: nothing said
             if not read_gateway:
                 return
             result = ctx.run(gateway)  # fails without Istio's CRDs: then nothing is known
@@ -733,7 +823,8 @@ def _pre_read(mesh: Mesh, tools: Tools, runner, options: Options, reporter: Repo
             except ValueError:
                 gateways[cluster.name] = None
 
-        commands = [namespace] + ([endpoints] if remote else []) + ([gateway] if read_gateway else [])
+        commands = ([namespace] + ([endpoints] if remote else []) + ([ztunnel] if read_ztunnel else [])
+                    + ([gateway] if read_gateway else []))
         return Step("read namespace and gateways", commands=commands, action=action)
 
     executor = Executor(runner, reporter, options.parallel)
@@ -813,7 +904,8 @@ def _print_dry_run(mesh: Mesh, tools: Tools, plan: dict[str, list[dict]], option
     calls = calls_per_round(len(topology.clusters))
     out("reads first what status reads, plus per cluster: "
         f"$ kubectl get namespace {options.namespace} --ignore-not-found -o json"
-        + ("" if ambient else f"; $ kubectl get gateways.networking.istio.io -n {ISTIO_NAMESPACE} -o json"
+        + (f"; $ kubectl get daemonsets --all-namespaces -l {ZTUNNEL_SELECTOR} -o json (ztunnel)" if ambient else
+           f"; $ kubectl get gateways.networking.istio.io -n {ISTIO_NAMESPACE} -o json"
            + (" (on primaries: a remote's gateways are configured from its primary)" if remotes else ""))
         + (f"; on remotes: $ kubectl get endpointslices.discovery.k8s.io -n {ISTIO_NAMESPACE} -l "
            f"kubernetes.io/service-name={istiod_service(revision)} -o json" if remotes else ""))

@@ -262,8 +262,12 @@ def _mini_yaml(text: str) -> dict:
         if i < len(lines) and lines[i].lstrip().startswith("- ") and len(lines[i]) - len(lines[i].lstrip()) == indent:
             items = []
             while i < len(lines) and len(lines[i]) - len(lines[i].lstrip()) == indent and lines[i].lstrip().startswith("- "):
-                # a list item: re-indent its first line as a map key
                 first = lines[i].lstrip()[2:]
+                if first[:1] in ("'", '"') or (": " not in first and not first.endswith(":")):
+                    items.append(scalar(first))  # a plain or quoted scalar item (e.g. a selector's values)
+                    i += 1
+                    continue
+                # a list item that is a map: re-indent its first line as a map key
                 lines[i] = " " * (indent + 2) + first
                 value, i = block(i, indent + 2)
                 items.append(value)
@@ -630,17 +634,27 @@ def curl(mesh: "Mesh | None", local: View, pod: dict, argv: list[str], counters:
     if not urls:
         return 2, b"", b"curl: no URL specified\ncurl: try 'curl --help' for more information\n"
     caller_ns = pod["metadata"].get("namespace", "default")
+    ztunnel = _ztunnel(mesh, local, pod)
     out, err, code = [], [], 0
     for url in urls:
-        code, body, error = _one_call(mesh, local, caller_ns, pod["metadata"]["name"], url, counters, lock)
+        code, body, error = _one_call(mesh, local, caller_ns, pod["metadata"]["name"], url, counters, lock, ztunnel)
         out.append(body)
         if error and (show_errors or not silent):
             err.append(error)
     return code, b"".join(out), b"".join(err)
 
 
+def _ztunnel(mesh: "Mesh | None", local: View, pod: dict):
+    """The ztunnel that takes the pod's calls when ambient selects it (ambientmodel.py), else None."""
+    try:
+        from . import ambientmodel
+    except ImportError:  # loaded by apiserver.py run as a script
+        import ambientmodel
+    return ambientmodel.ztunnel_for(local, pod, mesh.network) if mesh is not None else None
+
+
 def _one_call(mesh, local: View, caller_ns: str, caller: str, url: str, counters: dict,
-              lock=None) -> tuple[int, bytes, bytes]:
+              lock=None, ztunnel=None) -> tuple[int, bytes, bytes]:
     parts = urlsplit(url if "://" in url else "http://" + url)
     host = (parts.hostname or "").lower()
     port = parts.port or 80
@@ -656,12 +670,17 @@ def _one_call(mesh, local: View, caller_ns: str, caller: str, url: str, counters
         return 6, b"", f"curl: (6) Could not resolve host: {host}\n".encode()
     ports = [p.get("port") for p in (service.get("spec") or {}).get("ports") or []]
     in_mesh = local.in_mesh(caller_ns)
-    endpoints = (mesh.endpoints(caller_ns, ns, svc_name) if mesh else
-                 [(local.name, p) for p in local.ready_pods(service)]) if port in ports else []
-    if endpoints is None or (not endpoints and not in_mesh):
-        # outside the mesh nothing listens; a sidecar without configuration has no listener either
+    if ztunnel is not None:
+        endpoints = ztunnel.endpoints(ns, svc_name) if port in ports else []
+    else:
+        endpoints = (mesh.endpoints(caller_ns, ns, svc_name) if mesh else
+                     [(local.name, p) for p in local.ready_pods(service)]) if port in ports else []
+    if endpoints is None or (not endpoints and not in_mesh and ztunnel is None):
+        # outside the mesh nothing listens; a sidecar (or ztunnel) without configuration takes no call either
         return 7, b"", (f"curl: (7) Failed to connect to {host} port {port} after 0 ms: "
                         f"Could not connect to server\n").encode()
+    if not endpoints and ztunnel is not None:
+        return 56, b"", b"curl: (56) Recv failure: Connection reset by peer\n"  # ztunnel found no workload
     if not endpoints:
         return 0, b"no healthy upstream", b""
     endpoints.sort(key=lambda e: (e[0], e[1]["metadata"]["name"]))
