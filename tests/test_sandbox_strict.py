@@ -215,6 +215,22 @@ def test_fields_a_manager_stops_applying_are_removed_unless_someone_else_owns_th
     assert c1.get_json("c1", "configmap", "cfg", "-n", "default")["metadata"]["labels"] == {"a": "1", "c": "3"}
 
 
+def test_list_items_a_manager_stops_applying_go_whole(c1):
+    def service(ports, selector=None):
+        spec = {"ports": [{"name": n, "port": p, "protocol": "TCP"} for n, p in ports]}
+        if selector:
+            spec["selector"] = selector
+        return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "svc", "namespace": "default"},
+                "spec": spec}
+
+    assert _ssa(c1, service([("a", 80), ("b", 81), ("c", 82)], {"app": "x"}), "mesh").returncode == 0
+    applied = _ssa(c1, service([("b2", 81)]), "mesh")
+    assert applied.returncode == 0, applied.stderr
+    spec = c1.get_json("c1", "service", "svc", "-n", "default")["spec"]
+    assert [(p["name"], p["port"]) for p in spec["ports"]] == [("b2", 81)], "items 80 and 82 went, keys and all"
+    assert "selector" not in spec
+
+
 # --- authorization: a service account's token may do only what RBAC grants --------------------------
 
 def _reader_kubeconfig(sandbox, tmp_path) -> str:
