@@ -549,6 +549,12 @@ def managers(obj):
     return {(e["manager"], e["operation"]) for e in obj["metadata"].get("managedFields") or []}
 
 
+def webhook_rights(sb):
+    role = sb.get_json("c1", "clusterrole", "istio-reader-clusterrole-istio-system")
+    return {r for rule in role["rules"] if "admissionregistration.k8s.io" in rule["apiGroups"]
+            for r in rule["resources"]}
+
+
 def test_install_applies_server_side_and_drops_what_it_no_longer_renders(sb, tmp_path):
     primary = write(tmp_path / "primary.yaml", cluster_iop("c1", "network1"))
     remote = write(tmp_path / "remote.yaml", remote_iop("c1", "network1", "10.0.0.7"))
@@ -571,6 +577,7 @@ def test_install_applies_server_side_and_drops_what_it_no_longer_renders(sb, tmp
     assert "  Removed apps/v1, Kind=Deployment/istiod.istio-system." in turned.stdout
     assert not exists(sb, "c1", "deployment", "istiod", "-n", "istio-system")
     assert exists(sb, "c1", "endpointslice", "istiod", "-n", "istio-system")
+    assert "mutatingwebhookconfigurations" in webhook_rights(sb), "a remote's reader lets istiod patch the injector"
 
     # and back: the primary's selector returns
     back = istioctl(sb, "install", "-y", "-f", primary, "--context", "c1")
@@ -578,6 +585,7 @@ def test_install_applies_server_side_and_drops_what_it_no_longer_renders(sb, tmp
     svc = sb.get_json("c1", "service", "istiod", "-n", "istio-system")
     assert svc["spec"]["selector"] == {"app": "istiod", "istio": "pilot"}
     assert svc["metadata"]["labels"]["team"] == "mesh"
+    assert webhook_rights(sb) == set()
 
 
 def test_install_takes_fields_another_manager_changed(sb, tmp_path):
