@@ -135,6 +135,9 @@ class Observed:
     gateway_api: ClusterCrds | None = None
     eastwest_gateway: dict | None = None
     istiod_service: bool = False
+    # Each istiod[-<revision>] Service of istio-system -> its selector ({} for none): a primary's leads to
+    # its own istiod pods, a remote's to its EndpointSlice (its primary's address) and must select nothing.
+    istiod_selectors: dict[str, dict[str, str]] = field(default_factory=dict)
     deployments: dict[str, dict] = field(default_factory=dict)  # in istio-system, by name
 
 
@@ -178,6 +181,7 @@ def parse_inspect(output: str) -> Observed:
                 seen.eastwest_made_by = "gateway" if made_by_istiod else "operator"
             elif name == "istiod" or name.startswith("istiod-"):  # istiod-<revision> with a revision
                 seen.istiod_service = True
+                seen.istiod_selectors[name] = dict((item.get("spec") or {}).get("selector") or {})
         elif kind == "Deployment" and meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE:
             seen.deployments[name] = item
     if tokens:

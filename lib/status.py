@@ -588,6 +588,8 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints
         add(Problem("cluster_name_wrong", f"istiod runs as cluster {istiod.cluster_id}, topology.yaml names it "
                                           f"{cluster.name}", hints.apply))
 
+    _judge_istiod_service(status, cluster, member.is_remote, seen, ws, hints)
+
     # cacerts
     _judge_cacerts(status, cluster, seen, ws, hints, root, root_fp, set_up, now)
 
@@ -660,6 +662,36 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints
                 message = "the installation differs from what topology.yaml and base.yaml describe now"
             add(Problem("drift", message, f"preview with `{hints.dry_run}`, then {hints.apply}"))
     return status
+
+
+# A cluster's istiod Service that leads its new pods and sidecars nowhere (verify names these as the cause).
+ISTIOD_SERVICE_PROBLEMS = ("istiod_service_selects_pods", "istiod_service_selects_nothing")
+
+
+def _judge_istiod_service(status: ClusterStatus, cluster: Cluster, remote: bool, seen: Observed, ws: Expected,
+                          hints: Hints) -> None:
+    """Where the istiod Service sends the injector's calls and the sidecars: a Service with a selector gets
+    the endpoints of the pods it selects, so a remote's must select nothing (its EndpointSlice leads to the
+    primary) and a primary's must select its istiod pods."""
+    name = ws.istiod_deployment
+    selector = seen.istiod_selectors.get(name)
+    if selector is None:
+        return
+    if remote and selector:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        remove = hints.kubectl(cluster, "patch", "service", name, "-n", ISTIO_NAMESPACE, "--type", "json", "-p",
+                               '[{"op": "remove", "path": "/spec/selector"}]')
+        status.problems.append(Problem("istiod_service_selects_pods", (
+            f"the {name} Service still selects pods ({labels}), as a primary's does: Kubernetes gives it the "
+            f"endpoints of those pods, and no istiod runs here, so the sidecar injector refuses new pods and "
+            f"sidecars reach no control plane"),
+            f"{hints.apply} installs the remote profile again, which drops the selector; if it stays, another "
+            f"field manager set it: `{remove}`"))
+    elif not remote and not selector:
+        status.problems.append(Problem("istiod_service_selects_nothing", (
+            f"the {name} Service selects no pods, as a remote's does: it does not lead to this cluster's istiod, "
+            f"so the sidecar injector refuses new pods and sidecars reach no control plane"),
+            f"{hints.apply} installs the primary's Service again, with its selector"))
 
 
 def _judge_ambient_gateway(status: ClusterStatus, cluster: Cluster, seen: Observed, istiod: Istiod, hints: Hints,

@@ -35,7 +35,7 @@ from .overlay import CROSS_NETWORK_GATEWAY, EASTWEST_NAME, ISTIO_NAMESPACE, cont
 from .redact import redact
 from .reporter import Reporter
 from .workspace import find_tools, load_workspace
-from .status import LOCAL, MISSING, OUTDATED, PRESENT, SYNCED
+from .status import ISTIOD_SERVICE_PROBLEMS, LOCAL, MISSING, OUTDATED, PRESENT, SYNCED
 from .yamlfile import dump
 
 DEFAULT_NAMESPACE = "setup-mesh-verify"
@@ -172,6 +172,7 @@ class PodState:
     reason: str  # why not ready ("" when ready)
     sidecar: bool
     created: bool = True  # False: no pod exists; ``name`` is then its Deployment's
+    refused: bool = False  # the API server refused to create its pod (the Deployment's ReplicaFailure)
 
 
 def pod_states(pods_json: str) -> dict[str, list[PodState]]:
@@ -214,7 +215,8 @@ def pod_states(pods_json: str) -> dict[str, list[PodState]]:
         failure = next((c for c in conditions if c.get("type") == "ReplicaFailure" and c.get("status") == "True"), {})
         reason = (f"{failure.get('reason') or 'ReplicaFailure'}: {failure.get('message', '')}".rstrip(": ")
                   if failure else "no pod created yet")
-        out[app] = [PodState((deployment.get("metadata") or {}).get("name", ""), False, reason, False, created=False)]
+        out[app] = [PodState((deployment.get("metadata") or {}).get("name", ""), False, reason, False, created=False,
+                             refused=bool(failure))]
     return out
 
 
@@ -334,9 +336,14 @@ def control_plane_causes(mesh: Mesh, member: Member, by_name: dict, hints: Any,
                          istiod_addresses: dict[str, str | None] | None = None) -> list[Cause]:
     """Why the control plane that injects and configures ``member``'s sidecars does not serve it, as far
     as status shows: its own istiod for a primary; for a remote, its primary's istiod, which must hold
-    the remote's secret and be reachable through the primary's east-west gateway."""
+    the remote's secret and be reachable through the primary's east-west gateway. Either way the
+    cluster's own istiod Service must lead there."""
     causes: list[Cause] = []
     add = lambda code, message, hint: causes.append(Cause(code, message, hint))  # noqa: E731
+    own = by_name.get(member.name)
+    for problem in own.problems if own is not None else []:
+        if problem.code in ISTIOD_SERVICE_PROBLEMS:  # the cluster's own Service leads its pods nowhere
+            add(problem.code, f"{member.name}: {problem.message}", problem.hint)
     plane = mesh.control_plane_of(member)
     p = by_name.get(plane.name)
     if p is None or not p.reachable:
@@ -690,8 +697,10 @@ def _wait_step(tools: Tools, cluster: Cluster, options: Options, run: ClusterRun
             pods = pod_states(ctx.run(command).stdout)
             run.client = _one(pods.get("curl"))
             run.server = _one(pods.get("helloworld"))
-            ready = run.client is not None and run.client.ready and run.server is not None and run.server.ready
-            if ready or time.monotonic() >= deadline:
+            # Settled: each pod is ready, or its creation was refused (a webhook, a quota), which waiting
+            # does not change; the refusal is then shown as it stands.
+            settled = all(p is not None and (p.ready or p.refused) for p in (run.client, run.server))
+            if settled or time.monotonic() >= deadline:
                 return
             if ctx.cancelled.wait(POLL_SECONDS):
                 return

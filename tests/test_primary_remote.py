@@ -5,6 +5,8 @@ the release (samples/multicluster/expose-istiod.yaml, expose-services.yaml).
 """
 from __future__ import annotations
 
+import json
+
 import yaml
 
 from tests.meshkit import make_mesh
@@ -204,3 +206,52 @@ def test_a_remote_turned_primary_and_back_converges_and_teardown_removes_remotes
     assert down.returncode == 0, down.stdout + down.stderr
     uninstalls = [c["context"] for c in mesh.sandbox.istioctl_calls()[calls:] if c["argv"][1:2] == ["uninstall"]]
     assert uninstalls == ["cluster2", "cluster1"], "the remote goes before its primary"
+
+
+def _status_and_verify_agree(mesh) -> None:
+    """status and verify agree, and both find the mesh healthy."""
+    status = mesh.run("status")
+    verify = mesh.run("verify", "-o", "json", "--ready-timeout", "60")
+    assert verify.returncode in (0, 1), verify.stdout + verify.stderr
+    problems = json.dumps(json.loads(verify.stdout)["problems"])
+    assert (status.returncode == 0) == (verify.returncode == 0), \
+        f"status and verify disagree:\n{status.stdout}{status.stderr}\nverify: {problems}"
+    assert (status.returncode, verify.returncode) == (0, 0), status.stdout + problems
+
+
+def _kept(mesh) -> dict:
+    """What turning cluster2 into a remote and back must not change."""
+    def version(ctx, *what):
+        return mesh.get(ctx, *what, "-n", "istio-system")["metadata"]["resourceVersion"]
+
+    kept = {ctx: {"gateway": (mesh.get(ctx, "service", "istio-eastwestgateway", "-n", "istio-system")["metadata"]["uid"],
+                              _gateway_address(mesh, ctx)),
+                  "cacerts": version(ctx, "secret", "cacerts")} for ctx in ("cluster1", "cluster2")}
+    kept["cluster1"]["istiod"] = mesh.get("cluster1", "deployment", "istiod", "-n", "istio-system")["metadata"]["uid"]
+    kept["cluster1"]["secret of cluster2"] = version("cluster1", "secret", "istio-remote-secret-cluster2")
+    return kept
+
+
+def test_a_primary_turned_remote_and_back_status_and_verify_agree_at_every_step(sandbox_factory, tmp_path):
+    two_primaries = {"cluster1": {"network": "network1"}, "cluster2": {"network": "network2"}}
+    remote_of_1 = {"cluster1": {"network": "network1"}, "cluster2": {"network": "network2", "primary": "cluster1"}}
+    mesh = _mesh(sandbox_factory, tmp_path, two_primaries)
+    mesh.apply()
+    _status_and_verify_agree(mesh)
+    kept = _kept(mesh)
+
+    _write(mesh, remote_of_1)
+    mesh.apply()
+    _check_remote(mesh, "cluster2", "cluster1", "network2")
+    _status_and_verify_agree(mesh)
+    assert "selector" not in mesh.get("cluster2", "service", "istiod", "-n", "istio-system")["spec"], \
+        "istioctl's server-side apply drops the selector the primary's Service had"
+    assert _kept(mesh) == kept
+
+    _write(mesh, two_primaries)
+    mesh.apply()
+    istiod = mesh.get("cluster2", "service", "istiod", "-n", "istio-system")
+    assert istiod["spec"]["selector"] == {"app": "istiod", "istio": "pilot"}
+    assert sorted(mesh.remote_secrets("cluster2")) == ["cluster1"]
+    _status_and_verify_agree(mesh)
+    assert _kept(mesh) == kept

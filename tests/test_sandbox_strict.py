@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -215,6 +216,22 @@ def test_fields_a_manager_stops_applying_are_removed_unless_someone_else_owns_th
     assert c1.get_json("c1", "configmap", "cfg", "-n", "default")["metadata"]["labels"] == {"a": "1", "c": "3"}
 
 
+def test_list_items_a_manager_stops_applying_go_whole(c1):
+    def service(ports, selector=None):
+        spec = {"ports": [{"name": n, "port": p, "protocol": "TCP"} for n, p in ports]}
+        if selector:
+            spec["selector"] = selector
+        return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "svc", "namespace": "default"},
+                "spec": spec}
+
+    assert _ssa(c1, service([("a", 80), ("b", 81), ("c", 82)], {"app": "x"}), "mesh").returncode == 0
+    applied = _ssa(c1, service([("b2", 81)]), "mesh")
+    assert applied.returncode == 0, applied.stderr
+    spec = c1.get_json("c1", "service", "svc", "-n", "default")["spec"]
+    assert [(p["name"], p["port"]) for p in spec["ports"]] == [("b2", 81)], "items 80 and 82 went, keys and all"
+    assert "selector" not in spec
+
+
 # --- authorization: a service account's token may do only what RBAC grants --------------------------
 
 def _reader_kubeconfig(sandbox, tmp_path) -> str:
@@ -267,6 +284,49 @@ def test_the_reader_token_reads_what_istios_role_grants_and_nothing_more(c1, tmp
         '"system:serviceaccount:istio-system:istio-reader-service-account" cannot list resource "pods" '
         'in API group "" in the namespace "istio-system"')
     assert c1.kubectl("c1", "get", "pods", "-n", "istio-system").returncode == 0, "the admin token still may"
+
+
+def test_the_reader_token_has_the_charts_rules(c1, tmp_path):
+    # reader-clusterrole.yaml (istio-discovery chart): configmaps, Gateway API gateways (an ambient istiod
+    # reads a peer's east-west Gateway with this token), the multi-cluster-services kinds; nothing else.
+    install = subprocess.run([str(c1.istio_dir / "bin" / "istioctl"), "install", "-y", "--context", "c1"],
+                             env=c1.env, capture_output=True, text=True, timeout=120)
+    assert install.returncode == 0, install.stderr
+    c1.kubectl("c1", "apply", "--server-side", "-f", str(Path(__file__).parent / "gateway-api" / "standard-v1.4.0.yaml"))
+    c1.kubectl("c1", "apply", "-f", "-", stdin=json.dumps({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "istio-eastwestgateway", "namespace": "istio-system"},
+        "spec": {"gatewayClassName": "istio-east-west",
+                 "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}))
+    reader = _reader_kubeconfig(c1, tmp_path)
+
+    def as_reader(*args, stdin=None):
+        return c1.kubectl(None, "--kubeconfig", reader, *args, check=False, stdin=stdin)
+
+    gateways = as_reader("get", "gateways.gateway.networking.k8s.io", "-A", "-o", "name")
+    assert gateways.returncode == 0, gateways.stderr
+    assert gateways.stdout.split() == ["gateway.gateway.networking.k8s.io/istio-eastwestgateway"]
+    assert as_reader("get", "configmaps", "-n", "istio-system", "-o", "name").returncode == 0
+
+    def allowed(verb, group, resource):
+        """A SelfSubjectAccessReview, as istiod's client would be judged (no discovery in between)."""
+        review = as_reader("create", "-o", "json", "-f", "-", stdin=json.dumps({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": {"verb": verb, "group": group, "resource": resource}}}))
+        assert review.returncode == 0, review.stderr
+        return json.loads(review.stdout)["status"]["allowed"]
+
+    granted = [("watch", "gateway.networking.k8s.io", "gateways"), ("list", "networking.x-k8s.io", "gateways"),
+               ("list", "", "configmaps"), ("create", "multicluster.x-k8s.io", "serviceexports"),
+               ("delete", "multicluster.x-k8s.io", "serviceexports"), ("list", "multicluster.x-k8s.io", "serviceimports"),
+               ("list", "discovery.k8s.io", "endpointslices"), ("get", "apps", "replicasets"),
+               ("watch", "networking.istio.io", "workloadentries"), ("create", "authentication.k8s.io", "tokenreviews")]
+    refused = [("create", "gateway.networking.k8s.io", "gateways"), ("list", "gateway.networking.k8s.io", "httproutes"),
+               ("create", "", "configmaps"), ("update", "", "configmaps"),
+               ("create", "multicluster.x-k8s.io", "serviceimports"), ("list", "apps", "deployments"),
+               ("patch", "admissionregistration.k8s.io", "mutatingwebhookconfigurations")]
+    assert [g for g in granted if not allowed(*g)] == []
+    assert [r for r in refused if allowed(*r)] == []
 
 
 def test_objects_whose_owners_are_all_gone_are_collected(c1):

@@ -533,3 +533,68 @@ def test_install_fails_when_deployments_are_not_ready_in_time(sandbox_factory, t
     assert ("✘ Istiod encountered an error: failed to wait for resource: resources not ready after 500ms: "
             "context deadline exceeded\n  Deployment/istio-system/istiod") in failed.stderr
     assert failed.stderr.rstrip().splitlines()[-2].startswith("Error: failed to install manifests: failed to wait")
+
+
+# ----------------------------------------------------------------------------- how install writes
+
+
+def remote_iop(ctx, network, pilot_address):
+    iop = cluster_iop(ctx, network)
+    iop["spec"]["profile"] = "remote"
+    iop["spec"]["values"]["global"]["remotePilotAddress"] = pilot_address
+    return iop
+
+
+def managers(obj):
+    return {(e["manager"], e["operation"]) for e in obj["metadata"].get("managedFields") or []}
+
+
+def webhook_rights(sb):
+    role = sb.get_json("c1", "clusterrole", "istio-reader-clusterrole-istio-system")
+    return {r for rule in role["rules"] if "admissionregistration.k8s.io" in rule["apiGroups"]
+            for r in rule["resources"]}
+
+
+def test_install_applies_server_side_and_drops_what_it_no_longer_renders(sb, tmp_path):
+    primary = write(tmp_path / "primary.yaml", cluster_iop("c1", "network1"))
+    remote = write(tmp_path / "remote.yaml", remote_iop("c1", "network1", "10.0.0.7"))
+    assert istioctl(sb, "install", "-y", "-f", primary, "--context", "c1").returncode == 0
+    svc = sb.get_json("c1", "service", "istiod", "-n", "istio-system")
+    assert svc["spec"]["selector"] == {"app": "istiod", "istio": "pilot"}
+    assert ("istio-operator", "Apply") in managers(
+        sb.get_json("c1", "service", "istiod", "-n", "istio-system", "--show-managed-fields"))
+    # somebody else's label on the same object: another manager's field, which install leaves alone
+    sb.kubectl("c1", "label", "service", "istiod", "-n", "istio-system", "team=mesh")
+
+    # reinstalled as a remote: the Service is rendered without a selector, so the selector goes
+    turned = istioctl(sb, "install", "-y", "-f", remote, "--context", "c1")
+    assert turned.returncode == 0, turned.stderr
+    svc = sb.get_json("c1", "service", "istiod", "-n", "istio-system")
+    assert "selector" not in svc["spec"]
+    assert {p["name"] for p in svc["spec"]["ports"]} == {"tcp-istiod", "tcp-webhook"}
+    assert svc["metadata"]["labels"]["team"] == "mesh"
+    # what istioctl prunes is unchanged: objects of the owner's labels it no longer renders
+    assert "  Removed apps/v1, Kind=Deployment/istiod.istio-system." in turned.stdout
+    assert not exists(sb, "c1", "deployment", "istiod", "-n", "istio-system")
+    assert exists(sb, "c1", "endpointslice", "istiod", "-n", "istio-system")
+    assert "mutatingwebhookconfigurations" in webhook_rights(sb), "a remote's reader lets istiod patch the injector"
+
+    # and back: the primary's selector returns
+    back = istioctl(sb, "install", "-y", "-f", primary, "--context", "c1")
+    assert back.returncode == 0, back.stderr
+    svc = sb.get_json("c1", "service", "istiod", "-n", "istio-system")
+    assert svc["spec"]["selector"] == {"app": "istiod", "istio": "pilot"}
+    assert svc["metadata"]["labels"]["team"] == "mesh"
+    assert webhook_rights(sb) == set()
+
+
+def test_install_takes_fields_another_manager_changed(sb, tmp_path):
+    # forced: a conflicting value set by someone else is overwritten, not reported as a conflict
+    primary = write(tmp_path / "primary.yaml", cluster_iop("c1", "network1"))
+    assert istioctl(sb, "install", "-y", "-f", primary, "--context", "c1").returncode == 0
+    sb.kubectl("c1", "patch", "service", "istiod", "-n", "istio-system", "--type", "merge",
+               "-p", '{"spec": {"selector": {"app": "elsewhere"}}}')
+    again = istioctl(sb, "install", "-y", "-f", primary, "--context", "c1")
+    assert again.returncode == 0, again.stderr
+    svc = sb.get_json("c1", "service", "istiod", "-n", "istio-system")
+    assert svc["spec"]["selector"] == {"app": "istiod", "istio": "pilot"}

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -223,6 +224,48 @@ def test_one_network_needs_no_gateway(tmp_path, roots):
     status = evaluate(_ws(tmp_path, topology, roots[0]), observed, istiod, now=NOW)
     assert status.healthy
     assert status.to_json()["clusters"][0]["gateway"] == {"required": False, "address": None}
+
+
+def test_an_istiod_service_that_leads_nowhere(tmp_path, roots):
+    # c2 is a remote of c1: its istiod Service must select nothing (its EndpointSlice leads to c1's istiod);
+    # c1's must select its istiod pods.
+    plain = _topology(tmp_path, networks=("n1", "n2"))
+    c1, c2 = plain.clusters
+    topology = Topology("mesh1", (c1, replace(c2, primary="c1")), plain.path)
+    observed, istiod = _healthy(topology, roots[0])
+    observed["c2"].remote_secrets = {}
+    observed["c2"].annotations = {"topology.istio.io/controlPlaneClusters": "c1"}
+    istiod["c2"] = Istiod(read=True, installed=False)
+    observed["c1"].istiod_selectors = {"istiod": {"app": "istiod", "istio": "pilot"}}
+    observed["c2"].istiod_selectors = {"istiod": {}}
+    injection = {"c2": "/inject/cluster/c2/net/n2"}
+    ws = _ws(tmp_path, topology, roots[0])
+    status = evaluate(ws, observed, istiod, now=NOW, injection=injection)
+    assert status.healthy, [(c.cluster.context, c.problems) for c in status.clusters]
+
+    observed["c2"].istiod_selectors = {"istiod": {"app": "istiod"}}  # left from when it was a primary
+    observed["c1"].istiod_selectors = {"istiod": {}}
+    status = evaluate(ws, observed, istiod, now=NOW, injection=injection)
+    assert _codes(status, "c2") == ["istiod_service_selects_pods"]
+    assert _codes(status, "c1") == ["istiod_service_selects_nothing"]
+    problem = status.clusters[1].problems[0]
+    assert problem.message.startswith("the istiod Service still selects pods (app=istiod)")
+    assert problem.hint.endswith("`kubectl --context c2 patch service istiod -n istio-system --type json -p "
+                                 "'[{\"op\": \"remove\", \"path\": \"/spec/selector\"}]'`")
+
+
+def test_the_istiod_services_selectors_are_read():
+    from lib.kube import parse_inspect
+
+    listing = {"kind": "List", "items": [
+        {"kind": "Service", "metadata": {"name": "istiod", "namespace": "istio-system"},
+         "spec": {"selector": {"app": "istiod"}}},
+        {"kind": "Service", "metadata": {"name": "istiod-canary", "namespace": "istio-system"}, "spec": {}},
+        {"kind": "Service", "metadata": {"name": "other", "namespace": "istio-system"},
+         "spec": {"selector": {"app": "other"}}}]}
+    seen = parse_inspect(json.dumps(listing))
+    assert seen.istiod_service
+    assert seen.istiod_selectors == {"istiod": {"app": "istiod"}, "istiod-canary": {}}
 
 
 def test_no_workspace_root_is_a_workspace_problem(tmp_path, roots):

@@ -90,8 +90,9 @@ def test_a_deployment_without_pods_says_why():
     states = pod_states(json.dumps(listing))
     (curl,) = states["curl"]
     assert (curl.name, curl.created, curl.ready, curl.reason) == ("curl", False, False, f"FailedCreate: {webhook}")
+    assert curl.refused, "refused by the API server: waiting longer changes nothing"
     (hello,) = states["helloworld"]
-    assert not hello.created and hello.reason == "no pod created yet"
+    assert not hello.created and hello.reason == "no pod created yet" and not hello.refused
     (other,) = states["other"]
     assert other.created and other.ready and other.name == "other-1"
 

@@ -189,3 +189,34 @@ def test_table_names_the_primary(mesh):
     assert "Traceback" not in table.stderr
     mesh.assert_nothing_left()
     assert NS not in mesh.kubectl("cluster2", "get", "namespaces")
+
+
+def test_a_remotes_istiod_service_that_selects_pods_is_named_and_verify_stops_at_the_refusal(mesh):
+    # A selector set by someone other than istioctl (whose server-side apply removes only its own fields):
+    # Kubernetes then gives the Service the endpoints of matching pods, and the remote runs no istiod.
+    mesh.kubectl("cluster2", "patch", "service", "istiod", "-n", "istio-system", "-p",
+                 json.dumps({"spec": {"selector": {"app": "istiod"}}}))
+    try:
+        status = mesh.run("status", "-o", "json")
+        # far longer than the run may take: verify must stop once the API server refuses the pods
+        result = mesh.run("verify", "-o", "json", "--ready-timeout", "900", timeout=240)
+    finally:
+        mesh.kubectl("cluster2", "patch", "service", "istiod", "-n", "istio-system", "--type", "json",
+                     "-p", '[{"op": "remove", "path": "/spec/selector"}]')
+    assert status.returncode == 1
+    (problem,) = [p for c in json.loads(status.stdout)["clusters"] if c["context"] == "cluster2"
+                  for p in c["problems"] if p["code"] == "istiod_service_selects_pods"]
+    assert problem["message"].startswith("the istiod Service still selects pods (app=istiod), as a primary's does")
+    assert ("kubectl --context cluster2 patch service istiod -n istio-system --type json -p "
+            "'[{\"op\": \"remove\", \"path\": \"/spec/selector\"}]'") in problem["hint"]
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    doc = json.loads(result.stdout)
+    _failed_only(doc, {pair: "istiod_service_selects_pods" for pair in WITH_REMOTE})
+    # the API server's refusal, from the Deployment, and where to look
+    problems = [p for p in doc["problems"] if p["code"] == "pod_missing"]
+    assert len(problems) == 2 and all(p["message"].startswith("cluster2: no ") for p in problems)
+    assert all('no endpoints available for service "istiod"' in p["message"] for p in problems), problems
+    assert all("cluster2: the istiod Service still selects pods" in p["hint"] for p in problems)
+    code, doc = mesh.verify()
+    assert code == 0, [p for p in doc["pairs"] if not p["reached"]]

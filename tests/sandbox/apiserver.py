@@ -883,6 +883,23 @@ def apply_conflict(conflicts: list[tuple[dict, tuple]]) -> ApiError:
     return ApiError(409, message, "Conflict", {"causes": causes})
 
 
+def dropped_paths(no_longer_applied: set, owned_by_others: set) -> list:
+    """What an apply removes: the fields it no longer applies that nobody else owns (or owns under).
+    A list item goes whole, its fields with it; the key fields of an item that stays are kept, since
+    structured-merge-diff names an item by them."""
+    dropped = {p for p in no_longer_applied if not any(o[:len(p)] == p for o in owned_by_others)}
+    items = {p for p in dropped if p[-1][0] == "k"}
+    out = []
+    for path in sorted(dropped, key=len, reverse=True):
+        if any(path[:i] in items for i in range(1, len(path))):
+            continue
+        if (len(path) > 1 and path[-1][0] == "f" and path[-2][0] == "k"
+                and path[-1][1] in json.loads(path[-2][1])):
+            continue
+        out.append(path)
+    return out
+
+
 def remove_path(obj, path: tuple) -> None:
     """Remove one owned field (or list item) from ``obj``; parents left empty go too."""
     trail = [obj]
@@ -1203,9 +1220,8 @@ class Cluster:
         if conflicts and not force:
             raise apply_conflict(conflicts)
         owned_by_others = set().union(*(paths for _, paths in others)) if others else set()
-        for path in sorted(previous - set(applied), key=len, reverse=True):
-            if not any(other[:len(path)] == path for other in owned_by_others):
-                remove_path(new, path)
+        for path in dropped_paths(previous - set(applied), owned_by_others):
+            remove_path(new, path)
         result = []
         for entry, paths in others:
             if paths:
