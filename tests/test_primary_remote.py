@@ -5,6 +5,8 @@ the release (samples/multicluster/expose-istiod.yaml, expose-services.yaml).
 """
 from __future__ import annotations
 
+import json
+
 import yaml
 
 from tests.meshkit import make_mesh
@@ -103,6 +105,80 @@ def test_two_clusters_on_two_networks(sandbox_factory, tmp_path):
     status = mesh.run("status")
     assert status.returncode == 0, status.stdout + status.stderr
     assert "remote of cluster1" in status.stdout
+
+
+def _started(output: str, line: str) -> int:
+    """Where apply's progress shows ``line`` starting (it must)."""
+    at = output.find(f" {line} ...")
+    assert at >= 0, f"{line!r} did not run:\n{output}"
+    return at
+
+
+def test_a_remote_on_a_network_of_its_own_gets_its_gateway_once_its_primary_holds_its_secret(sandbox_factory,
+                                                                                             tmp_path):
+    """The remote's gateway pods are injected by its primary's istiod: its API server refuses them until that
+    istiod holds the remote's secret (and patches the webhook's caBundle), so the gateway comes last."""
+    mesh = _mesh(sandbox_factory, tmp_path, {"cluster1": {"network": "network1"},
+                                             "cluster2": {"network": "network2", "primary": "cluster1"}})
+    plan = mesh.run("apply", "--dry-run")
+    assert "(after cluster1: import remote secrets)" in plan.stdout, plan.stdout
+    result = mesh.apply("--timeout", "60")
+    out = result.stdout
+    gateway = _started(out, "cluster2: install east-west gateway")
+    assert _started(out, "cluster2: create its remote secret") < _started(out, "cluster1: import cluster2's secret") \
+        < gateway, out
+    # The gateway's pods went through the remote's injector, which trusts cluster1's istiod now.
+    webhook = mesh.get("cluster2", "mutatingwebhookconfiguration", "istio-sidecar-injector")
+    assert [h["name"] for h in webhook["webhooks"]] == [
+        "rev.namespace.sidecar-injector.istio.io", "rev.object.sidecar-injector.istio.io",
+        "namespace.sidecar-injector.istio.io", "object.sidecar-injector.istio.io"]
+    root = mesh.get("cluster1", "secret", "cacerts", "-n", "istio-system")["data"]["root-cert.pem"]
+    assert {h["clientConfig"].get("caBundle") for h in webhook["webhooks"]} == {root}
+    (pod,) = mesh.get("cluster2", "pods", "-n", "istio-system", "-l", "istio=eastwestgateway")["items"]
+    assert "sidecar.istio.io/status" in pod["metadata"]["annotations"]
+    assert mesh.get("cluster2", "deployment", "istio-eastwestgateway", "-n", "istio-system")[
+        "status"].get("availableReplicas") == 1
+
+    status = mesh.run("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    verify = mesh.run("verify", "--ready-timeout", "30")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_status_names_why_a_remotes_injector_is_not_trusted_and_apply_repairs_it(sandbox_factory, tmp_path):
+    mesh = _mesh(sandbox_factory, tmp_path, {"cluster1": {"network": "network1"},
+                                             "cluster2": {"network": "network2", "primary": "cluster1"}})
+    mesh.apply("--timeout", "60")
+    exported = [c for c in mesh.sandbox.istioctl_calls() if c["argv"][1:2] == ["create-remote-secret"]]
+    # cluster1 loses the remote's secret, and the webhook its caBundle (as a fresh install leaves it)
+    mesh.kubectl("cluster1", "delete", "secret", "istio-remote-secret-cluster2", "-n", "istio-system")
+    hooks = mesh.get("cluster2", "mutatingwebhookconfiguration", "istio-sidecar-injector")["webhooks"]
+    mesh.kubectl("cluster2", "patch", "mutatingwebhookconfiguration", "istio-sidecar-injector", "--type=json", "-p",
+                 json.dumps([{"op": "remove", "path": f"/webhooks/{i}/clientConfig/caBundle"}
+                             for i in range(len(hooks))]))
+    mesh.kubectl("cluster2", "delete", "pods", "-n", "istio-system", "-l", "istio=eastwestgateway")
+    deployment = mesh.get("cluster2", "deployment", "istio-eastwestgateway", "-n", "istio-system")
+    failure = next(c for c in deployment["status"]["conditions"] if c["type"] == "ReplicaFailure")
+    assert failure["message"] == (
+        'Internal error occurred: failed calling webhook "object.sidecar-injector.istio.io": failed to call webhook: '
+        'Post "https://istiod.istio-system.svc:443/inject/cluster/cluster2/net/network2?timeout=10s": '
+        'tls: failed to verify certificate: x509: certificate signed by unknown authority')
+
+    status = mesh.run("status", "-o", "json")
+    assert status.returncode != 0
+    problems = {p["code"]: p for c in json.loads(status.stdout)["clusters"] if c["context"] == "cluster2"
+                for p in c["problems"]}
+    untrusted = problems["injector_untrusted"]
+    assert "cluster1 does not hold this cluster's current remote secret" in untrusted["message"]
+    assert "kubectl --context cluster2 get mutatingwebhookconfiguration" in untrusted["hint"]
+
+    mesh.apply("--timeout", "60")
+    status = mesh.run("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert mesh.get("cluster2", "deployment", "istio-eastwestgateway", "-n", "istio-system")[
+        "status"].get("availableReplicas") == 1
+    again = [c for c in mesh.sandbox.istioctl_calls() if c["argv"][1:2] == ["create-remote-secret"]]
+    assert len(again) == len(exported) + 1, "the secret nobody held any more is made again, once"
 
 
 def test_two_clusters_on_one_network(sandbox_factory, tmp_path):
