@@ -6,6 +6,7 @@ the release (samples/multicluster/expose-istiod.yaml, expose-services.yaml).
 from __future__ import annotations
 
 import json
+import time
 
 import yaml
 
@@ -156,10 +157,13 @@ def test_status_names_why_a_remotes_injector_is_not_trusted_and_apply_repairs_it
     mesh.kubectl("cluster2", "patch", "mutatingwebhookconfiguration", "istio-sidecar-injector", "--type=json", "-p",
                  json.dumps([{"op": "remove", "path": f"/webhooks/{i}/clientConfig/caBundle"}
                              for i in range(len(hooks))]))
-    mesh.kubectl("cluster2", "delete", "pods", "-n", "istio-system", "-l", "istio=eastwestgateway")
-    deployment = mesh.get("cluster2", "deployment", "istio-eastwestgateway", "-n", "istio-system")
-    failure = next(c for c in deployment["status"]["conditions"] if c["type"] == "ReplicaFailure")
-    assert failure["message"] == (
+    mesh.kubectl("cluster2", "rollout", "restart", "deployment", "istio-eastwestgateway", "-n", "istio-system")
+    deadline, failure = time.monotonic() + 20, None  # the API server's verdict comes from the mesh agent
+    while failure is None and time.monotonic() < deadline:
+        deployment = mesh.get("cluster2", "deployment", "istio-eastwestgateway", "-n", "istio-system")
+        failure = next((c for c in deployment["status"]["conditions"] if c["type"] == "ReplicaFailure"), None)
+        time.sleep(0.5)
+    assert failure is not None and failure["message"] == (
         'Internal error occurred: failed calling webhook "object.sidecar-injector.istio.io": failed to call webhook: '
         'Post "https://istiod.istio-system.svc:443/inject/cluster/cluster2/net/network2?timeout=10s": '
         'tls: failed to verify certificate: x509: certificate signed by unknown authority')
@@ -175,8 +179,14 @@ def test_status_names_why_a_remotes_injector_is_not_trusted_and_apply_repairs_it
     mesh.apply("--timeout", "60")
     status = mesh.run("status")
     assert status.returncode == 0, status.stdout + status.stderr
-    assert mesh.get("cluster2", "deployment", "istio-eastwestgateway", "-n", "istio-system")[
-        "status"].get("availableReplicas") == 1
+    deadline = time.monotonic() + 10  # refused pods are tried again every second
+    while True:
+        deployment = mesh.get("cluster2", "deployment", "istio-eastwestgateway", "-n", "istio-system")
+        admitted = "ReplicaFailure" not in {c["type"] for c in deployment["status"]["conditions"]}
+        if admitted or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert admitted and deployment["status"].get("updatedReplicas") == 1, deployment["status"]
     again = [c for c in mesh.sandbox.istioctl_calls() if c["argv"][1:2] == ["create-remote-secret"]]
     assert len(again) == len(exported) + 1, "the secret nobody held any more is made again, once"
 
