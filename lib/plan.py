@@ -5,16 +5,17 @@ Building the plan runs nothing; the same plan is printed by --dry-run and run by
 from __future__ import annotations
 
 import copy
+import json
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
 
-from . import certs, lifecycle
+from . import certs, invocation, lifecycle
 from .config import SIDECAR, Cluster, Topology
-from .errors import MeshError
+from .errors import CommandFailed, MeshError
 from .ambient import gateway_status
 from .desired import Desired
 from .executor import RERUN_HINT, After, Interrupted, Phase, RunContext, Step
@@ -202,8 +203,9 @@ def _install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | Non
                                                           ISTIO_NAMESPACE, "--ignore-not-found")]))
         path = eastwest_path(workdir, cluster)
         eastwest = _changed(path, d.eastwest, fresh_gateway, workdir)
+        gateway_install = install_command(tools, cluster, path, d.eastwest)
         steps.append(Step("install east-west gateway", files=[(path, dump(d.eastwest))],
-                          commands=[install_command(tools, cluster, path, d.eastwest)],
+                          commands=[gateway_install], action=_explained_gateway_install(tools, cluster, gateway_install),
                           change=eastwest[0] and f"{eastwest[0]} east-west gateway ({OVERLAY_DIR}/{path.name})",
                           details=eastwest[1]))
     for unit in d.istio_objects:  # applied again on every install; shown when they are new
@@ -212,6 +214,36 @@ def _install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | Non
                                                             shown=True)],
                           change=f"+ {unit.title}" if fresh_gateway else ""))
     return [install], steps
+
+
+def _explained_gateway_install(tools: Tools, cluster: Cluster, command: Command):
+    """istioctl says only that the gateway is not ready when the API server refuses its pods (it reads the
+    reason from pods, and there are none): the Deployment's ReplicaFailure says why, e.g. the sidecar
+    injector's webhook refusing them."""
+    read = replace(tools.kubectl_cmd(cluster, "get", "deployment", EASTWEST_NAME, "-n", ISTIO_NAMESPACE, "-o", "json",
+                                     timeout=min(tools.timeout, 60.0)), check=False)
+
+    def action(ctx: RunContext) -> None:
+        try:
+            ctx.run(command)
+        except CommandFailed as failed:
+            refused = _replica_failure(ctx, read)
+            if not refused:
+                raise
+            raise MeshError(f"{failed.message}\nthe API server refuses the gateway's pods: {refused}",
+                            hint=f"see `{read.pasteable()}`; a webhook without caBundle is trusted once its control "
+                                 f"plane holds this cluster's remote secret: `{invocation.command('status')}` names the cause") from None
+
+    return action
+
+
+def _replica_failure(ctx: RunContext, read: Command) -> str | None:
+    try:
+        result = ctx.run(read)
+        conditions = ((json.loads(result.stdout or "{}").get("status") or {}).get("conditions") or []) if result.ok else []
+    except (MeshError, ValueError):
+        return None
+    return next((c.get("message") for c in conditions if c.get("type") == "ReplicaFailure" and c.get("message")), None)
 
 
 def _changed(path: Path, new: dict, fresh: bool, workdir: Path) -> tuple[str, list[str]]:

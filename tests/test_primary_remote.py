@@ -122,9 +122,9 @@ def test_a_remote_on_a_network_of_its_own_gets_its_gateway_once_its_primary_hold
     mesh = _mesh(sandbox_factory, tmp_path, {"cluster1": {"network": "network1"},
                                              "cluster2": {"network": "network2", "primary": "cluster1"}})
     plan = mesh.run("apply", "--dry-run")
-    assert "(after cluster1: import remote secrets)" in plan.stdout, plan.stdout
     result = mesh.apply("--timeout", "60")
     out = result.stdout
+    assert "(after cluster1: import remote secrets)" in plan.stdout, plan.stdout
     gateway = _started(out, "cluster2: install east-west gateway")
     assert _started(out, "cluster2: create its remote secret") < _started(out, "cluster1: import cluster2's secret") \
         < gateway, out
