@@ -290,3 +290,19 @@ def test_a_remote_turned_primary_and_back_converges_and_teardown_removes_remotes
     assert down.returncode == 0, down.stdout + down.stderr
     uninstalls = [c["context"] for c in mesh.sandbox.istioctl_calls()[calls:] if c["argv"][1:2] == ["uninstall"]]
     assert uninstalls == ["cluster2", "cluster1"], "the remote goes before its primary"
+
+
+def test_a_gateway_whose_pods_are_refused_fails_apply_with_the_api_servers_reason(sandbox_factory, tmp_path):
+    mesh = _mesh(sandbox_factory, tmp_path, {"cluster1": {"network": "network1"},
+                                             "cluster2": {"network": "network2", "primary": "cluster1"}})
+    mesh.apply("--timeout", "60")
+    # cluster1's istiod stops: the remote's injector has nobody to answer it, and its gateway must be remade
+    mesh.kubectl("cluster1", "scale", "deployment", "istiod", "-n", "istio-system", "--replicas=0")
+    mesh.kubectl("cluster2", "delete", "deployment,service", "istio-eastwestgateway", "-n", "istio-system")
+    result = mesh.apply("--context", "cluster2", "--timeout", "15", ok=False)
+    assert result.returncode != 0
+    said = result.stdout + result.stderr
+    assert ("the API server refuses the gateway's pods: Internal error occurred: failed calling webhook "
+            '"object.sidecar-injector.istio.io": failed to call webhook: Post '
+            '"https://istiod.istio-system.svc:443/inject/cluster/cluster2/net/network2?timeout=10s": EOF') in said, said
+    assert "hint: see `kubectl --context cluster2 get deployment istio-eastwestgateway -n istio-system -o json`" in said

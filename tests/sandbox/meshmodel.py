@@ -9,10 +9,15 @@ from the objects the clusters hold, what a real mesh would do:
   they are one of the sandbox's API server names (``<dir>/hosts.json``: name -> loopback port); any other
   address (a loopback literal included: inside X it would be X itself) is never contacted and reports
   ``timeout``, as istiod does after ``PILOT_REMOTE_CLUSTER_TIMEOUT``.
-- **which istiod injects and configures a namespace's sidecars** (its *control plane*): the namespace
-  selects a sidecar injector installed in its cluster (``istio-injection=enabled`` ->
-  ``istio-sidecar-injector``, ``istio.io/rev=R`` -> ``istio-sidecar-injector-R``), whose webhook calls
-  the ``istiod[-R]`` Service of ``istio-system``; sidecars fetch their configuration from the same
+- **which webhook a new pod goes through**: the first mutating webhook, in kube-apiserver's order, whose
+  rule covers pod CREATE and whose namespace and object selectors match (the injector's four webhooks
+  as Istio's chart renders them select plain pods by namespace label, and gateways rendered for
+  injection by their own ``sidecar.istio.io/inject=true`` label). A webhook without ``caBundle`` is not
+  trusted: the pod is refused with x509's "certificate signed by unknown authority". istiod's webhook
+  patcher fills it in (``webhook_ca_bundle``): in its own cluster once it runs; in a remote once it has
+  synced the remote and the remote's istio-system names it in topology.istio.io/controlPlaneClusters.
+- **which istiod injects and configures a namespace's sidecars** (its *control plane*): the webhook
+  that selects the namespace's plain pods calls the ``istiod[-R]`` Service of ``istio-system``; sidecars fetch their configuration from the same
   Service. A Service with a selector leads to the cluster's own istiod pods (a primary). A Service
   without one (a remote) leads where its EndpointSlice (or ``externalName``) points: to the cluster of
   the sandbox whose LoadBalancer Service holds that address (the network knows every cluster's load
