@@ -5,15 +5,17 @@ Building the plan runs nothing; the same plan is printed by --dry-run and run by
 from __future__ import annotations
 
 import copy
+import json
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
 import yaml
 
-from . import certs, lifecycle
+from . import certs, invocation, lifecycle
 from .config import SIDECAR, Cluster, Topology
 from .errors import CommandFailed, MeshError
 from .ambient import gateway_status
@@ -38,6 +40,7 @@ GATEWAY_POLL_SECONDS = 1.0
 RECORD_TITLE = "record what was applied"
 EXPORT_KEY = "export its remote secret"
 WAIT_KEY = "wait for the east-west gateway's address"
+IMPORT_KEY = "import remote secrets"
 
 
 def overlay_path(workdir: Path, cluster: Cluster) -> Path:
@@ -170,9 +173,9 @@ def resolved(ctx: RunContext, d: Desired) -> Desired:
     return full
 
 
-def _install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | None = None) -> list[Step]:
-    """A first install shows what is added; a re-install, the paths that change in each overlay (the
-    overlays/ files are what was installed last)."""
+def _install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | None = None) -> tuple[list[Step], list[Step]]:
+    """(Istio's install, the east-west gateway's and the Istio objects'). A first install shows what is
+    added; a re-install, the paths that change in each overlay (the overlays/ files are what was installed last)."""
     cluster = d.cluster
     fresh = seen.applied is None
     overlay = overlay_path(workdir, cluster)
@@ -187,7 +190,7 @@ def _install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | Non
         install.after = [After(d.member.control_plane, WAIT_KEY)]
     if d.awaits_address_of:
         install.prepare = lambda ctx: [(overlay, dump(resolved(ctx, d).operator))]
-    steps = [install]
+    steps = []
     fresh_gateway = fresh or not seen.eastwest_exists
     if d.eastwest is not None:
         old_network = gateway_network(seen)
@@ -199,8 +202,9 @@ def _install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | Non
                                                           ISTIO_NAMESPACE, "--ignore-not-found")]))
         path = eastwest_path(workdir, cluster)
         eastwest = _changed(path, d.eastwest, fresh_gateway, workdir)
+        gateway_install = install_command(tools, cluster, path, d.eastwest)
         steps.append(Step("install east-west gateway", files=[(path, dump(d.eastwest))],
-                          commands=[install_command(tools, cluster, path, d.eastwest)],
+                          commands=[gateway_install], action=_explained_gateway_install(tools, cluster, gateway_install),
                           change=eastwest[0] and f"{eastwest[0]} east-west gateway ({OVERLAY_DIR}/{path.name})",
                           details=eastwest[1]))
     for unit in d.istio_objects:  # applied again on every install; shown when they are new
@@ -208,7 +212,37 @@ def _install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | Non
                                                                           if len(unit.objects) > 1 else unit.objects[0]),
                                                             shown=True)],
                           change=f"+ {unit.title}" if fresh_gateway else ""))
-    return steps
+    return [install], steps
+
+
+def _explained_gateway_install(tools: Tools, cluster: Cluster, command: Command):
+    """istioctl says only that the gateway is not ready when the API server refuses its pods (it reads the
+    reason from pods, and there are none): the Deployment's ReplicaFailure says why, e.g. the sidecar
+    injector's webhook refusing them."""
+    read = replace(tools.kubectl_cmd(cluster, "get", "deployment", EASTWEST_NAME, "-n", ISTIO_NAMESPACE, "-o", "json",
+                                     timeout=min(tools.timeout, 60.0)), check=False)
+
+    def action(ctx: RunContext) -> None:
+        try:
+            ctx.run(command)
+        except CommandFailed as failed:
+            refused = _replica_failure(ctx, read)
+            if not refused:
+                raise
+            raise MeshError(f"{failed.message}\nthe API server refuses the gateway's pods: {refused}",
+                            hint=f"see `{read.pasteable()}`; a webhook without caBundle is trusted once its control "
+                                 f"plane holds this cluster's remote secret: `{invocation.command('status')}` names the cause") from None
+
+    return action
+
+
+def _replica_failure(ctx: RunContext, read: Command) -> str | None:
+    try:
+        result = ctx.run(read)
+        conditions = ((json.loads(result.stdout or "{}").get("status") or {}).get("conditions") or []) if result.ok else []
+    except (MeshError, ValueError):
+        return None
+    return next((c.get("message") for c in conditions if c.get("type") == "ReplicaFailure" and c.get("message")), None)
 
 
 def _changed(path: Path, new: dict, fresh: bool, workdir: Path) -> tuple[str, list[str]]:
@@ -416,7 +450,7 @@ def import_step(tools: Tools, target: Cluster, peers: list[Cluster], copies: dic
         + (", ".join(p.name for p in renewed) + f" ({why.pop()})" if len(why) == 1 else
            ", ".join(f"{p.name} ({replacing[p.context]})" for p in renewed))]))
     # Waits for the peers' exports, but goes ahead without a peer whose export failed.
-    return Step(title, commands=[tools.apply(target, None, shown=False)], action=action, change=change,
+    return Step(title, commands=[tools.apply(target, None, shown=False)], action=action, change=change, key=IMPORT_KEY,
                 note=f"stdin: the remote secrets of {names}, from create-remote-secret or copied from a peer "
                      f"(hold tokens: not shown)",
                 after=[After(p.context, EXPORT_KEY, required=False) for p in peers])
@@ -583,6 +617,8 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             if peer.context in duty and (have is None or have.source is None
                                          or have.source != current_fp[peer.context]):
                 imports.setdefault(target.context, []).append(peer)
+    unfiltered_imports = imports
+    members_by_context = {c.context: c for c in members}
     if only is not None:  # a peer outside the selection is not asked for a secret nobody holds
         imports = {target: kept for target, peers in imports.items() if target in only
                    for kept in [[p for p in peers if p.context in only or p.context in held]] if kept}
@@ -594,6 +630,7 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
         d = desired[cluster.context]
         seen = seen_of[cluster.context]
         steps: list[Step] = []
+        gateway: list[Step] = []  # the east-west gateway's steps, placed by _gateway_after_attach
         if cluster.context in terminating:
             steps.append(await_namespace_deleted_step(tools, cluster))
         if not certs.has_cacerts(cert_dir, cluster.name):
@@ -636,7 +673,8 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
                 steps.append(_remove_sidecar_gateway_step(tools, workdir, d, seen))
             elif not d.ambient and seen.eastwest_made_by == "gateway":
                 steps.append(_remove_ambient_gateway_step(tools, cluster))
-            steps.extend(_install_steps(tools, workdir, d, seen))
+            install, gateway = _install_steps(tools, workdir, d, seen)
+            steps.extend(install)
             plan.actions[cluster.context] = "install" if seen.applied is None else "change"
             if d.eastwest is None and d.ambient_gateway is None and seen.applied is not None:  # none needed now
                 if seen.eastwest_made_by == "gateway":
@@ -656,6 +694,13 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             plan.unchanged.append(cluster.context)
         if cluster.context in needed_sources:
             steps.append(export_step(tools, cluster))
+        if gateway and d.member.is_remote and only is not None and d.member.control_plane not in only \
+                and d.member.control_plane in {t for t, peers in unfiltered_imports.items() if cluster in peers}:
+            primary = members_by_context[d.member.control_plane]
+            raise MeshError(f"{cluster.context}'s east-west gateway can only be installed once {primary.context} "
+                            f"holds its current remote secret, and --context leaves {primary.context} out",
+                            hint=f"add --context {primary.context} (or run without --context)")
+        steps = _gateway_after_attach(steps, gateway, d)
         for step in steps:
             setup.add(cluster.context, step)
 
@@ -698,6 +743,25 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
                 remove.add(gone.context, step)
     _remotes_first(remove, {r.context: r.primary for r in removed})
     return plan
+
+
+def _gateway_after_attach(steps: list[Step], gateway: list[Step], d: Desired) -> list[Step]:
+    """Where the east-west gateway's steps go in a cluster's chain. A primary's follow its install. A
+    remote's gateway pods are injected by its primary's istiod, whose webhook the remote's API server
+    trusts only once that istiod holds the remote's current secret (and the remote names it in
+    topology.istio.io/controlPlaneClusters): until then the pods are refused and the install waits out its
+    readiness timeout. So a remote exports its secret first, and its gateway waits for its primary to
+    import it, as Istio's guide "Install primary-remote on different networks" orders it."""
+    if not gateway:
+        return steps
+    at = next(i for i, step in enumerate(steps) if step.title == "install Istio") + 1
+    if not d.member.is_remote:
+        return steps[:at] + gateway + steps[at:]
+    gateway[0].after.append(After(d.member.control_plane, IMPORT_KEY))
+    rest = steps[at:]
+    export = [s for s in rest if s.key == EXPORT_KEY]
+    others = [s for s in rest if s.key != EXPORT_KEY]
+    return steps[:at] + export + gateway + others
 
 
 def _switch_description(was: str, d: Desired, had_gateway: bool) -> list[str]:

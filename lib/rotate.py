@@ -211,7 +211,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         for cluster in clusters:
             d, seen = final[cluster.context], observed[cluster.context]
             if seen.applied != d.fingerprint:
-                last.add(cluster.context, _install_steps(tools, workdir, d, seen)[0])
+                last.add(cluster.context, _install_steps(tools, workdir, d, seen)[0][0])
                 last.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
             last.add(cluster.context, Step("the root transition is complete here", commands=[tools.kubectl_cmd(
                 cluster, "annotate", "namespace", ISTIO_NAMESPACE, f"{lifecycle.TRANSITION_ANNOTATION}-")]))
@@ -287,7 +287,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         d = desired[cluster.context]
         if seen.applied != d.fingerprint:
             # istiod must accept a second root before it sees one (the reserved value ISTIO_MULTIROOT_MESH).
-            phase.add(cluster.context, _install_steps(tools, workdir, d, seen)[0])
+            phase.add(cluster.context, _install_steps(tools, workdir, d, seen)[0][0])
             phase.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
         if not certs.has_cacerts(issuer, cluster.name):
             phase.add(cluster.context, _intermediate_step(release, issuer, cluster, variables))

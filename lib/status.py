@@ -210,6 +210,8 @@ class ClusterStatus:
     remote_clusters: dict[str, str] | None = None  # istiod's view: peer -> synced/syncing/timeout/closed
     primary: str | None = None  # a remote: the context of the primary whose istiod configures it
     injection_path: str | None = None  # a remote: the path its sidecar injector webhook calls
+    injector_trusted: bool | None = None  # a remote: its injector webhook has a caBundle (None: not read)
+    annotations: dict[str, str] = field(default_factory=dict)  # istio-system's, as read
     drift: bool | None = None
     problems: list[Problem] = field(default_factory=list)
 
@@ -379,7 +381,7 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 def evaluate(ws: Expected, observed: dict[str, Observed], istiod: dict[str, Istiod],
              now: dt.datetime | None = None, views: dict[str, IstiodView] | None = None,
-             injection: dict[str, str | None] | None = None) -> MeshStatus:
+             injection: dict[str, "InjectorWebhook"] | None = None) -> MeshStatus:
     """What the clusters show against what the workspace says. Runs nothing."""
     now = now or dt.datetime.now(dt.timezone.utc)
     topology = ws.topology
@@ -460,8 +462,10 @@ def _transition_summary(ws: Expected, clusters: list[ClusterStatus], observed: d
             "started": t.started, "in_step": in_step, "since": _iso(latest) if in_step else None, "next": next_step}
 
 
-def _judge_remotes(mesh: Mesh, result: list[ClusterStatus], injection: dict[str, str | None], hints: Hints) -> None:
-    """A remote: istio-system names its primary, its injector calls its own path, its primary holds its secret."""
+def _judge_remotes(mesh: Mesh, result: list[ClusterStatus], injection: dict[str, "InjectorWebhook"],
+                   hints: Hints) -> None:
+    """A remote: istio-system names its primary, its injector calls its own path and is trusted, its primary
+    holds its secret."""
     by_context = {s.cluster.context: s for s in result}
     for member in mesh.members:
         status = by_context[member.context]
@@ -471,16 +475,42 @@ def _judge_remotes(mesh: Mesh, result: list[ClusterStatus], injection: dict[str,
         status.primary = primary.context
         add = status.problems.append
         want = injection_path(member.cluster)
-        status.injection_path = injection.get(member.context)
+        webhook = injection.get(member.context) or InjectorWebhook()
+        status.injection_path = webhook.path
+        status.injector_trusted = webhook.trusted
         if status.injection_path != want and status.istio_installed:
             add(Problem("injection_path_wrong", f"the sidecar injector calls {status.injection_path or 'no path'}, "
                                                 f"not {want}: new pods would get another cluster's or network's "
                                                 f"identity", hints.apply))
         held = by_context[primary.context].remote_secrets.get(member.name)
-        if by_context[primary.context].reachable and held != PRESENT:
+        lacks = by_context[primary.context].reachable and held != PRESENT
+        if lacks:
             add(Problem("primary_lacks_secret", f"its primary {primary.context} does not hold a current remote "
                                                 f"secret of {member.name} ({held}): {primary.context}'s istiod "
                                                 f"cannot configure this cluster", hints.apply))
+        if webhook.trusted is False and status.istio_installed:
+            add(_untrusted_injector(member.cluster, primary, status, lacks, hints))
+
+
+def _untrusted_injector(cluster: Cluster, primary, status: ClusterStatus, lacks: bool, hints: Hints) -> Problem:
+    """The remote's injector webhook has no caBundle: kube-apiserver refuses every pod it selects (gateway
+    pods included), and says why. Only the primary's istiod patches it (Istio's
+    pilot/pkg/serviceregistry/kube/controller/multicluster.go), once it holds this cluster's secret and this
+    cluster's istio-system names it in topology.istio.io/controlPlaneClusters."""
+    named = status.annotations.get(CONTROL_PLANE_CLUSTERS)
+    if lacks:
+        cause = f"{primary.context} does not hold this cluster's current remote secret"
+    elif named != primary.name:
+        cause = f"namespace {ISTIO_NAMESPACE} names {named or 'no control plane'} in {CONTROL_PLANE_CLUSTERS}, not {primary.name}"
+    else:
+        cause = f"{primary.context}'s istiod has not patched it yet (is it running, and has it synced this cluster?)"
+    see = hints.kubectl(cluster, "get", "mutatingwebhookconfiguration", "-l", "app=sidecar-injector", "-o",
+                        "jsonpath={.items[*].webhooks[*].clientConfig.caBundle}")
+    return Problem("injector_untrusted",
+                   f"the sidecar injector's webhook has no caBundle, so the API server refuses new pods here "
+                   f"(x509: certificate signed by unknown authority), the east-west gateway's included: {cause}",
+                   f"{hints.apply} (its primary imports this cluster's secret before its gateway is installed); "
+                   f"check with `{see}`")
 
 
 # What istiod reports for a peer -> (problem code, hint).
@@ -532,6 +562,7 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints
     member = ws.mesh.member(cluster.context)
     status = ClusterStatus(cluster, reachable=seen.reachable, gateway_required=member.eastwest,
                            ambient=ws.data_plane == AMBIENT)
+    status.annotations = dict(seen.annotations or {})
     add = status.problems.append
     if not seen.reachable:
         status.error = seen.error
@@ -828,21 +859,32 @@ def collect(ws: Expected, tools: Tools, runner, reporter: Reporter, parallel: in
     return evaluate(ws, observed, istiod, views=views, injection=injection)
 
 
+@dataclass(frozen=True)
+class InjectorWebhook:
+    """A remote's sidecar injector webhook as read: the path it calls (None: none, or it calls a URL), and
+    whether every webhook has a caBundle (None: no webhook read). The chart leaves caBundle empty; the
+    primary's istiod patches it in, and until then kube-apiserver cannot trust istiod and refuses pods."""
+
+    path: str | None = None
+    trusted: bool | None = None
+
+
 def read_injection_paths(clusters: list[Cluster], revision: str | None, tools: Tools, runner, reporter: Reporter,
-                         parallel: int) -> dict[str, str | None]:
-    """The path each remote's sidecar injector webhook calls (None: no webhook, or it calls a URL)."""
+                         parallel: int) -> dict[str, InjectorWebhook]:
+    """Each remote's sidecar injector webhook: the path it calls and whether it has its caBundle."""
     name = f"istio-sidecar-injector-{revision}" if revision else "istio-sidecar-injector"
 
-    def read(ctx: RunContext, cluster: Cluster) -> str | None:
+    def read(ctx: RunContext, cluster: Cluster) -> InjectorWebhook:
         command = replace(tools.kubectl_cmd(cluster, "get", "mutatingwebhookconfiguration", name, "-o", "json",
                                             "--ignore-not-found"), check=False)
         try:
             result = ctx.run(command)
             hooks = (json.loads(result.stdout or "{}").get("webhooks") or []) if result.ok else []
         except (MeshError, ValueError):
-            return None
+            return InjectorWebhook()
         paths = {((h.get("clientConfig") or {}).get("service") or {}).get("path") for h in hooks}
-        return paths.pop() if len(paths) == 1 else None
+        trusted = all((h.get("clientConfig") or {}).get("caBundle") for h in hooks) if hooks else None
+        return InjectorWebhook(paths.pop() if len(paths) == 1 else None, trusted)
 
     return read_clusters(clusters, runner, reporter, parallel, "read the sidecar injector", read)
 

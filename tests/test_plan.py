@@ -412,6 +412,52 @@ def test_a_remote_whose_primary_has_an_address_is_installed_without_waiting(tmp_
     assert "remotePilotAddress: 203.0.113.1" in install.files[0][1] and install.prepare is None
 
 
+def _own_network_remote_plan(tmp_path, observed, only=None):
+    """c1 and c2 primaries on n1; c3 a remote of c1 on a network of its own (n2)."""
+    clusters = CLUSTERS[:2] + (Cluster("c3", "n2", "c3", server="https://c3:6443", primary="c1"),)
+    topology = Topology("m", clusters, tmp_path / "topology.yaml")
+    desired = desired_state(topology, {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {}})
+    obs = observed(topology, desired)
+    return build_apply_plan(topology=topology, desired=desired, observed=obs, removed=[], removed_observed=obs,
+                            workdir=_workdir(tmp_path), tools=Tools(), release=None, intermediate_vars={},
+                            gateway_timeout=5, only=only)
+
+
+def test_a_remotes_gateway_waits_for_its_primary_to_import_its_secret(tmp_path):
+    from lib.executor import After
+    from lib.plan import IMPORT_KEY
+
+    plan = _own_network_remote_plan(tmp_path, lambda topology, desired: {c.context: Observed(reachable=True)
+                                                               for c in topology.clusters})
+    chain = [s for phase in plan.phases for s in phase.steps.get("c3", [])]
+    titles = [s.title for s in chain]
+    assert titles.index("install Istio") < titles.index("create its remote secret") \
+        < titles.index("install east-west gateway") < titles.index("record what was applied"), titles
+    gateway = chain[titles.index("install east-west gateway")]
+    assert After("c1", IMPORT_KEY) in gateway.after
+    (imports,) = plan.phases[1].steps["c1"]
+    assert imports.key == IMPORT_KEY and imports.title == "import 2 peers' secrets"
+    # A primary's own gateway follows its install, as before.
+    primary = [s.title for s in plan.phases[0].steps["c1"]]
+    assert primary.index("install Istio") + 1 == primary.index("install east-west gateway"), primary
+
+
+def test_a_remotes_gateway_is_refused_with_context_when_its_primary_lacks_its_secret(tmp_path):
+    import pytest
+
+    from lib.errors import MeshError
+
+    def observed(topology, desired):
+        obs = {c.context: Observed(reachable=True) for c in topology.clusters}
+        return obs
+
+    with pytest.raises(MeshError) as refused:
+        _own_network_remote_plan(tmp_path, observed, only={"c3"})
+    assert "c3's east-west gateway can only be installed once c1 holds its current remote secret" in str(refused.value)
+    assert refused.value.hint == "add --context c1 (or run without --context)"
+    assert _own_network_remote_plan(tmp_path / "both", observed, only={"c1", "c3"}).phases[1].steps["c1"]
+
+
 def test_a_gateway_api_crd_download_that_fails_names_the_offline_option():
     """Without network, kubectl cannot fetch the standard-install.yaml: the failure says how to give a file."""
     from lib.executor import Executor, Phase

@@ -6,6 +6,7 @@ the release (samples/multicluster/expose-istiod.yaml, expose-services.yaml).
 from __future__ import annotations
 
 import json
+import time
 
 import yaml
 
@@ -105,6 +106,89 @@ def test_two_clusters_on_two_networks(sandbox_factory, tmp_path):
     status = mesh.run("status")
     assert status.returncode == 0, status.stdout + status.stderr
     assert "remote of cluster1" in status.stdout
+
+
+def _started(output: str, line: str) -> int:
+    """Where apply's progress shows ``line`` starting (it must)."""
+    at = output.find(f" {line} ...")
+    assert at >= 0, f"{line!r} did not run:\n{output}"
+    return at
+
+
+def test_a_remote_on_a_network_of_its_own_gets_its_gateway_once_its_primary_holds_its_secret(sandbox_factory,
+                                                                                             tmp_path):
+    """The remote's gateway pods are injected by its primary's istiod: its API server refuses them until that
+    istiod holds the remote's secret (and patches the webhook's caBundle), so the gateway comes last."""
+    mesh = _mesh(sandbox_factory, tmp_path, {"cluster1": {"network": "network1"},
+                                             "cluster2": {"network": "network2", "primary": "cluster1"}})
+    plan = mesh.run("apply", "--dry-run")
+    result = mesh.apply("--timeout", "60")
+    out = result.stdout
+    assert "(after cluster1: import remote secrets)" in plan.stdout, plan.stdout
+    gateway = _started(out, "cluster2: install east-west gateway")
+    assert _started(out, "cluster2: create its remote secret") < _started(out, "cluster1: import cluster2's secret") \
+        < gateway, out
+    # The gateway's pods went through the remote's injector, which trusts cluster1's istiod now.
+    webhook = mesh.get("cluster2", "mutatingwebhookconfiguration", "istio-sidecar-injector")
+    assert [h["name"] for h in webhook["webhooks"]] == [
+        "rev.namespace.sidecar-injector.istio.io", "rev.object.sidecar-injector.istio.io",
+        "namespace.sidecar-injector.istio.io", "object.sidecar-injector.istio.io"]
+    root = mesh.get("cluster1", "secret", "cacerts", "-n", "istio-system")["data"]["root-cert.pem"]
+    assert {h["clientConfig"].get("caBundle") for h in webhook["webhooks"]} == {root}
+    (pod,) = mesh.get("cluster2", "pods", "-n", "istio-system", "-l", "istio=eastwestgateway")["items"]
+    assert "sidecar.istio.io/status" in pod["metadata"]["annotations"]
+    assert mesh.get("cluster2", "deployment", "istio-eastwestgateway", "-n", "istio-system")[
+        "status"].get("availableReplicas") == 1
+
+    status = mesh.run("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    verify = mesh.run("verify", "--ready-timeout", "30")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_status_names_why_a_remotes_injector_is_not_trusted_and_apply_repairs_it(sandbox_factory, tmp_path):
+    mesh = _mesh(sandbox_factory, tmp_path, {"cluster1": {"network": "network1"},
+                                             "cluster2": {"network": "network2", "primary": "cluster1"}})
+    mesh.apply("--timeout", "60")
+    exported = [c for c in mesh.sandbox.istioctl_calls() if c["argv"][1:2] == ["create-remote-secret"]]
+    # cluster1 loses the remote's secret, and the webhook its caBundle (as a fresh install leaves it)
+    mesh.kubectl("cluster1", "delete", "secret", "istio-remote-secret-cluster2", "-n", "istio-system")
+    hooks = mesh.get("cluster2", "mutatingwebhookconfiguration", "istio-sidecar-injector")["webhooks"]
+    mesh.kubectl("cluster2", "patch", "mutatingwebhookconfiguration", "istio-sidecar-injector", "--type=json", "-p",
+                 json.dumps([{"op": "remove", "path": f"/webhooks/{i}/clientConfig/caBundle"}
+                             for i in range(len(hooks))]))
+    mesh.kubectl("cluster2", "rollout", "restart", "deployment", "istio-eastwestgateway", "-n", "istio-system")
+    deadline, failure = time.monotonic() + 20, None  # the API server's verdict comes from the mesh agent
+    while failure is None and time.monotonic() < deadline:
+        deployment = mesh.get("cluster2", "deployment", "istio-eastwestgateway", "-n", "istio-system")
+        failure = next((c for c in deployment["status"]["conditions"] if c["type"] == "ReplicaFailure"), None)
+        time.sleep(0.5)
+    assert failure is not None and failure["message"] == (
+        'Internal error occurred: failed calling webhook "object.sidecar-injector.istio.io": failed to call webhook: '
+        'Post "https://istiod.istio-system.svc:443/inject/cluster/cluster2/net/network2?timeout=10s": '
+        'tls: failed to verify certificate: x509: certificate signed by unknown authority')
+
+    status = mesh.run("status", "-o", "json")
+    assert status.returncode != 0
+    problems = {p["code"]: p for c in json.loads(status.stdout)["clusters"] if c["context"] == "cluster2"
+                for p in c["problems"]}
+    untrusted = problems["injector_untrusted"]
+    assert "cluster1 does not hold this cluster's current remote secret" in untrusted["message"]
+    assert "kubectl --context cluster2 get mutatingwebhookconfiguration" in untrusted["hint"]
+
+    mesh.apply("--timeout", "60")
+    status = mesh.run("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    deadline = time.monotonic() + 10  # refused pods are tried again every second
+    while True:
+        deployment = mesh.get("cluster2", "deployment", "istio-eastwestgateway", "-n", "istio-system")
+        admitted = "ReplicaFailure" not in {c["type"] for c in deployment["status"]["conditions"]}
+        if admitted or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert admitted and deployment["status"].get("updatedReplicas") == 1, deployment["status"]
+    again = [c for c in mesh.sandbox.istioctl_calls() if c["argv"][1:2] == ["create-remote-secret"]]
+    assert len(again) == len(exported) + 1, "the secret nobody held any more is made again, once"
 
 
 def test_two_clusters_on_one_network(sandbox_factory, tmp_path):
@@ -255,3 +339,19 @@ def test_a_primary_turned_remote_and_back_status_and_verify_agree_at_every_step(
     assert sorted(mesh.remote_secrets("cluster2")) == ["cluster1"]
     _status_and_verify_agree(mesh)
     assert _kept(mesh) == kept
+
+
+def test_a_gateway_whose_pods_are_refused_fails_apply_with_the_api_servers_reason(sandbox_factory, tmp_path):
+    mesh = _mesh(sandbox_factory, tmp_path, {"cluster1": {"network": "network1"},
+                                             "cluster2": {"network": "network2", "primary": "cluster1"}})
+    mesh.apply("--timeout", "60")
+    # cluster1's istiod stops: the remote's injector has nobody to answer it, and its gateway must be remade
+    mesh.kubectl("cluster1", "scale", "deployment", "istiod", "-n", "istio-system", "--replicas=0")
+    mesh.kubectl("cluster2", "delete", "deployment,service", "istio-eastwestgateway", "-n", "istio-system")
+    result = mesh.apply("--context", "cluster2", "--timeout", "15", ok=False)
+    assert result.returncode != 0
+    said = result.stdout + result.stderr
+    assert ("the API server refuses the gateway's pods: Internal error occurred: failed calling webhook "
+            '"object.sidecar-injector.istio.io": failed to call webhook: Post '
+            '"https://istiod.istio-system.svc:443/inject/cluster/cluster2/net/network2?timeout=10s": EOF') in said, said
+    assert "hint: see `kubectl --context cluster2 get deployment istio-eastwestgateway -n istio-system -o json`" in said

@@ -127,7 +127,7 @@ spec:
 ---
 apiVersion: admissionregistration.k8s.io/v1
 kind: MutatingWebhookConfiguration
-metadata: {{name: istio-sidecar-injector}}
+metadata: {{name: istio-sidecar-injector, labels: {{app: sidecar-injector, istio.io/rev: default}}}}
 webhooks:
 - name: namespace.sidecar-injector.istio.io
   clientConfig: {{service: {{name: istiod, namespace: istio-system, path: /inject, port: 443}}}}
@@ -179,7 +179,8 @@ def _address(name: str) -> str:
 
 
 def _cluster(name: str, network: str, root: str | None = ROOT_A, gateway: bool = True, exposes: bool = True,
-             injected: bool = True, primary: meshmodel.View | None = None, istiod: bool = True) -> meshmodel.View:
+             injected: bool = True, primary: meshmodel.View | None = None, istiod: bool = True,
+             patched: bool = True, names: str | None = None) -> meshmodel.View:
     """A cluster as apply leaves it: a primary runs istiod and exposes it through its east-west gateway; a
     remote (``primary``) has only an istiod Service whose EndpointSlice leads to that gateway."""
     objs = {}
@@ -193,15 +194,25 @@ def _cluster(name: str, network: str, root: str | None = ROOT_A, gateway: bool =
             "metadata": {"labels": labels}, "spec": {"containers": [{"name": "c", "env": list(env)}]},
             "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}})
 
-    put("", "namespaces", "", "istio-system", {"metadata": {"labels": {"topology.istio.io/network": network}}})
+    put("", "namespaces", "", "istio-system", {"metadata": {
+        "labels": {"topology.istio.io/network": network},
+        "annotations": {"topology.istio.io/controlPlaneClusters": names or primary.name} if primary else {}}})
     put("", "namespaces", "", "demo", {"metadata": {"labels": {"istio-injection": "enabled"} if injected else {}}})
-    put("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "", "istio-sidecar-injector", {"webhooks": [
-        {"name": "rev.namespace.sidecar-injector.istio.io", "namespaceSelector": {"matchLabels": {"x": "y"}},
-         "clientConfig": {"service": {**ISTIOD, "path": f"/inject/cluster/{name}/net/{network}", "port": 443}}}]})
+    put("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "", "istio-sidecar-injector", {
+        "metadata": {"labels": {"app": "sidecar-injector", "istio.io/rev": "default"}}, "webhooks": [
+            {"name": "rev.namespace.sidecar-injector.istio.io",
+             "namespaceSelector": {"matchLabels": {"istio-injection": "enabled"}},
+             "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+             "clientConfig": {"service": {**ISTIOD, "path": f"/inject/cluster/{name}/net/{network}", "port": 443},
+                              **({"caBundle": root or ROOT_A} if patched else {})}}]})
     if primary is None:
         put("", "services", "istio-system", "istiod", {"spec": {"selector": {"app": "istiod"}}})
         if istiod:
             pod("istio-system", "istiod-1", {"app": "istiod"})
+        put("apps", "deployments", "istio-system", "istiod", {
+            "metadata": {"labels": {"app": "istiod", "istio.io/rev": "default"}},
+            "spec": {"template": {"spec": {"containers": [{"name": "discovery", "env": [
+                {"name": "CLUSTER_ID", "value": name}, {"name": "EXTERNAL_ISTIOD", "value": "true"}]}]}}}})
         put("networking.istio.io", "gateways", "istio-system", "istiod-gateway", {"spec": {
             "selector": {"istio": "eastwestgateway"},
             "servers": [{"port": {"number": n}, "hosts": ["*"]} for n in (15012, 15017)]}})
@@ -333,6 +344,27 @@ def test_model_injection_follows_the_control_plane():
     assert not lost.admitted and lost.error.endswith(f"dial tcp {_address('p1')}:15017: i/o timeout")
     assert verdict(p2, p1, r1).admitted and verdict(p2, p1, r1).configured
     assert meshmodel.injection(_cluster("x", "n1", injected=False), "demo", None) is None
+
+
+def test_model_a_remote_injector_answers_once_its_primary_patched_its_ca_bundle():
+    p1, _, p2 = _remote_mesh()
+    r1 = _cluster("r1", "n2", primary=p1, gateway=False, exposes=False, patched=False)
+    network = FakeNetwork([r1, p1, p2], ALL_SYNCED)
+    refused = meshmodel.injection(r1, "demo", network)
+    assert not refused.admitted and refused.error == (
+        'Internal error occurred: failed calling webhook "rev.namespace.sidecar-injector.istio.io": failed to call '
+        'webhook: Post "https://istiod.istio-system.svc:443/inject/cluster/r1/net/n2?timeout=10s": '
+        'tls: failed to verify certificate: x509: certificate signed by unknown authority')
+    (config,) = meshmodel.injector_configs(r1)
+    # the primary holds the remote's secret and the remote names it: its istiod patches the webhook
+    assert meshmodel.webhook_ca_bundle(r1, config, network) == p1.root_cert
+    # not without the remote's secret, nor for a remote that names another control plane
+    assert meshmodel.webhook_ca_bundle(r1, config, FakeNetwork([r1, p1, p2], {"p1": ["p2"]})) is None
+    elsewhere = _cluster("r1", "n2", primary=p1, gateway=False, exposes=False, patched=False, names="p3")
+    assert meshmodel.webhook_ca_bundle(elsewhere, meshmodel.injector_configs(elsewhere)[0], network) is None
+    # a primary's own webhook is patched by its own istiod, with no network needed
+    unpatched = _cluster("p1", "n1", patched=False)
+    assert meshmodel.webhook_ca_bundle(unpatched, meshmodel.injector_configs(unpatched)[0], None) == ROOT_A
 
 
 def test_model_never_contacts_an_unknown_address():

@@ -331,6 +331,76 @@ def test_a_remote_moved_to_another_primary_keeps_both_primaries_gateways(remote_
     assert status.returncode == 0, status.stdout + status.stderr
 
 
+def _gateway_injected(mesh, ctx: str) -> None:
+    """The cluster's east-west gateway runs pods that its injector admitted (it trusts its control plane)."""
+    deployment = mesh.get(ctx, "deployment", "istio-eastwestgateway", "-n", "istio-system")
+    assert deployment["status"].get("availableReplicas") == 1, deployment["status"]
+    hooks = mesh.get(ctx, "mutatingwebhookconfiguration", "istio-sidecar-injector")["webhooks"]
+    assert all(h["clientConfig"].get("caBundle") for h in hooks)
+
+
+def _before_gateway(output: str, ctx: str, primary: str) -> None:
+    """In apply's progress, ``primary`` imported ``ctx``'s secret before ``ctx``'s gateway was installed."""
+    gateway = output.find(f" {ctx}: install east-west gateway ...")
+    imported = output.find(f" {primary}: import ")
+    assert 0 <= imported < gateway, output
+
+
+def test_a_remote_moved_to_a_network_of_its_own_gets_a_gateway_and_nothing_else_moves(remote_mesh):
+    mesh = remote_mesh
+    before, exported = snapshot(mesh), len(exports(mesh))
+    assert before["ctx-b"]["eastwest"] is None
+    _topology(mesh, {**NETS, "ctx-b": "network3"}, extra={
+        ctx: {"api_server": mesh.sandbox.api_server(ctx), **({"primary": "ctx-a"} if ctx == "ctx-b" else {})}
+        for ctx in CONTEXTS})
+    mesh.apply("--timeout", "60")
+    after = snapshot(mesh)
+    _gateway_injected(mesh, "ctx-b")
+    assert after["ctx-b"]["eastwest"] is not None and after["ctx-b"]["istiod"] is None
+    assert after["ctx-b"]["cacerts"] == before["ctx-b"]["cacerts"]
+    assert {ctx: after[ctx] for ctx in ("ctx-a", "ctx-c")} == {ctx: before[ctx] for ctx in ("ctx-a", "ctx-c")}
+    assert len(exports(mesh)) == exported, "the primaries already held the remote's current secret"
+    status = mesh.run("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+
+
+def test_a_primary_turned_into_a_remote_on_its_network_keeps_its_gateway(remote_mesh):
+    mesh = remote_mesh
+    before, exported = snapshot(mesh), len(exports(mesh))
+    _with_primaries(mesh, {"ctx-b": "ctx-a", "ctx-c": "ctx-a"})
+    mesh.apply("--timeout", "60")
+    after = snapshot(mesh)
+    assert _remote_of(mesh, "ctx-c") == ("alpha", before["ctx-a"]["eastwest"][1])
+    assert after["ctx-c"]["istiod"] is None, "a remote runs no istiod"
+    assert after["ctx-c"]["eastwest"] == before["ctx-c"]["eastwest"], "its gateway Service keeps its UID and address"
+    assert after["ctx-c"]["cacerts"] == before["ctx-c"]["cacerts"]
+    assert after["ctx-a"] == before["ctx-a"]
+    _gateway_injected(mesh, "ctx-c")
+    assert len(exports(mesh)) == exported, "ctx-a already held ctx-c's current secret"
+    status = mesh.run("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+
+
+def test_a_remote_with_its_own_network_added_to_a_running_mesh(sandbox_factory, tmp_path):
+    mesh = _applied_mesh(sandbox_factory, tmp_path, spare=["ctx-d"])
+    before, exported = snapshot(mesh), len(exports(mesh))
+    networks = {**NETS, "ctx-d": "network3"}
+    # the new remote's API server is one its primary reaches; the others' secrets stay as they are
+    _topology(mesh, networks, extra={"ctx-d": {"api_server": mesh.sandbox.api_server("ctx-d"), "primary": "ctx-c"}})
+    result = mesh.apply("--timeout", "60")
+    _before_gateway(result.stdout, "ctx-d", "ctx-c")
+    _gateway_injected(mesh, "ctx-d")
+    after = snapshot(mesh, CONTEXTS)
+    for ctx in CONTEXTS:
+        assert {k: v for k, v in after[ctx].items() if k != "remote_secrets"} == \
+            {k: v for k, v in before[ctx].items() if k != "remote_secrets"}
+        assert {n: d for n, d in after[ctx]["remote_secrets"].items() if n != "delta"} == before[ctx]["remote_secrets"]
+    assert exports(mesh)[exported:] == ["ctx-d"], "only the new remote's secret is made"
+    # (the first three clusters' secrets name loopback API servers, which status reports on its own)
+    status = json.loads(mesh.run("status", "-o", "json").stdout)
+    assert [c["problems"] for c in status["clusters"] if c["context"] == "ctx-d"] == [[]]
+
+
 def test_a_remote_removed_takes_its_secrets_and_its_primarys_istiod_exposure(remote_mesh):
     mesh = remote_mesh
     before, exported = snapshot(mesh), len(exports(mesh))

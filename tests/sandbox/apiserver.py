@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import copy
 import hashlib
 import heapq
@@ -1045,6 +1046,7 @@ class Cluster:
         self.bytes_cache: dict[str, bytes] = {}  # serialized discovery/openapi answers; cleared when types change
         self.stopping = False
         self.gateway_reconcile_pending = False
+        self.webhook_patch_pending = False
         # Istio's injector and the sidecars' configuration when only the network can tell (meshmodel.py):
         self.mesh_replicate: dict = {}  # Deployment key -> uid whose pods wait for the injector's verdict
         self.mesh_waiting: set = set()  # pod keys whose istio-proxy has not been configured yet
@@ -2141,6 +2143,9 @@ class Cluster:
                 self._prune_custom_objects()
         if gatewaycontroller.watches(group, plural):
             self._gateway_controller_soon()
+        if (group, plural) == ("admissionregistration.k8s.io", "mutatingwebhookconfigurations") or (
+                (group, plural) == ("", "pods") and key[2] == meshmodel.ISTIO_NS):
+            self._patch_injectors_soon()  # istiod patches its webhooks once it runs, and again when reset
 
     def _after_delete(self, rt: ResType, key, obj: dict):
         self._collect_garbage(obj["metadata"].get("uid"))
@@ -2344,13 +2349,14 @@ class Cluster:
         missing = replicas - len(keep)
         if missing > 0 and injection is None:
             view = meshmodel.View(self.name, self.objects)
-            if view.in_mesh(ns):
-                if not meshmodel.decided_locally(view, ns):
+            pod_labels = (template.get("metadata") or {}).get("labels") or {}
+            if view.injector(ns, pod_labels) is not None:
+                if not meshmodel.decided_locally(view, ns, pod_labels):
                     # The injector's istiod is elsewhere: ask the network outside the lock, then create.
                     self.mesh_replicate[key] = uid
                     self.mesh_wake.set()
                     return
-                injection = meshmodel.injection(view, ns, None)
+                injection = meshmodel.injection(view, ns, None, pod_labels)
         if missing > 0 and injection is not None and not injection.admitted:
             # The API server refuses every pod (failurePolicy: Fail); the ReplicaSet controller retries.
             self._replica_failure(key, injection.error)
@@ -2391,19 +2397,25 @@ class Cluster:
         ns = pod["metadata"].get("namespace", "")
         spec = pod.setdefault("spec", {})
         view = meshmodel.View(self.name, self.objects)
-        if not view.in_mesh(ns):
-            return True
-        if any(c.get("name") == "istio-proxy" for c in spec.get("containers") or []):
+        pod_labels = pod["metadata"].get("labels") or {}
+        annotations = pod["metadata"].get("annotations") or {}
+        if view.injector(ns, pod_labels) is None or "sidecar.istio.io/status" in annotations:
             return True
         injection = self.pod_injection
-        if injection is None and meshmodel.decided_locally(view, ns):
-            injection = meshmodel.injection(view, ns, None)
+        if injection is None and meshmodel.decided_locally(view, ns, pod_labels):
+            injection = meshmodel.injection(view, ns, None, pod_labels)
             if not injection.admitted:
                 raise ApiError(500, injection.error, "InternalError")
-        spec.setdefault("containers", []).append({
-            "name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.29.0", "args": ["proxy", "sidecar"],
-            "imagePullPolicy": "IfNotPresent", "terminationMessagePath": "/dev/termination-log",
-            "terminationMessagePolicy": "File"})
+        proxy = next((c for c in spec.get("containers") or [] if c.get("name") == "istio-proxy"), None)
+        if proxy is not None:
+            # A gateway rendered for injection (inject.istio.io/templates: gateway) already names the container
+            # istio-proxy with image "auto": the gateway template fills it in rather than adding a sidecar.
+            proxy.update({"image": "docker.io/istio/proxyv2:1.30.3", "args": ["proxy", "router"]})
+        else:
+            spec.setdefault("containers", []).append({
+                "name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.29.0", "args": ["proxy", "sidecar"],
+                "imagePullPolicy": "IfNotPresent", "terminationMessagePath": "/dev/termination-log",
+                "terminationMessagePolicy": "File"})
         pod["metadata"].setdefault("annotations", {})["sidecar.istio.io/status"] = json.dumps(
             {"containers": ["istio-proxy"], "revision": "default"}, separators=(",", ":"))
         return injection is not None and injection.configured
@@ -2696,14 +2708,21 @@ class Cluster:
                 replicate = dict(self.mesh_replicate)
                 waiting = {k for k in self.mesh_waiting if k in self.objects}
                 self.mesh_waiting &= waiting
-                if not replicate and not waiting:
+                unpatched = self._unpatched_injectors()
+                if not replicate and not waiting and not unpatched:
                     continue
                 view = meshmodel.View(self.name, copy.deepcopy(self.objects))
             network = meshmodel.Network(meshmodel.load_hosts(self.hosts_file))
+            if unpatched and self._patch_injectors(view, network):
+                with self.lock:
+                    view = meshmodel.View(self.name, copy.deepcopy(self.objects))
             verdicts = {}
-            for ns in sorted({k[2] for k in replicate} | {k[2] for k in waiting}):
+            for key in sorted(set(replicate) | waiting):
+                obj = view.objects.get(key) or {}
+                labels = ((((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("labels")
+                          if key[0] == "apps" else (obj.get("metadata") or {}).get("labels")) or {}
                 try:
-                    verdicts[ns] = meshmodel.injection(view, ns, network)
+                    verdicts[key] = meshmodel.injection(view, key[2], network, labels)
                 except Exception:  # a model bug must not stop the server
                     traceback.print_exc()
             with self.lock:
@@ -2712,14 +2731,62 @@ class Cluster:
                     if self.mesh_replicate.get(key) != uid or obj is None or obj["metadata"].get("uid") != uid:
                         continue
                     del self.mesh_replicate[key]
-                    verdict = verdicts.get(key[2])
+                    verdict = verdicts.get(key)
                     if verdict is None:  # the namespace left the mesh meanwhile
                         verdict = meshmodel.Injection(True, "", True)
                     self._replicate_pods(key, obj, injection=verdict)
+                    if key in self.objects:  # it counts the pods just made (ready at once when configured)
+                        self._deployment_controller(self.lookup("apps", "v1", "deployments"), key, self.objects[key])
                 for key in waiting:
-                    verdict = verdicts.get(key[2])
+                    verdict = verdicts.get(key)
                     if verdict is not None and verdict.configured:
                         self._proxy_configured(key)
+
+    def _unpatched_injectors(self) -> bool:
+        """An injector webhook of this cluster still lacks its caBundle. Caller holds the lock."""
+        view = meshmodel.View(self.name, self.objects)
+        return any(meshmodel.lacks_ca_bundle(c) for c in meshmodel.injector_configs(view))
+
+    def _patch_injectors(self, view: "meshmodel.View", network: "meshmodel.Network | None") -> bool:
+        """istiod's webhook cert patcher (see meshmodel.webhook_ca_bundle): the injector's webhooks get the
+        caBundle of the istiod that serves them. ``network`` None: this cluster's own istiod only. Called
+        without the lock when ``network`` is given (the model asks the other clusters)."""
+        bundles = {}
+        for config in meshmodel.injector_configs(view):
+            if meshmodel.lacks_ca_bundle(config):
+                try:
+                    bundle = meshmodel.webhook_ca_bundle(view, config, network)
+                except Exception:  # a model bug must not stop the server
+                    traceback.print_exc()
+                    continue
+                if bundle:
+                    bundles[config["metadata"]["name"]] = bundle
+        if not bundles:
+            return False
+        with self.lock if network is not None else contextlib.nullcontext():
+            rt = self.lookup("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations")
+            for name, bundle in bundles.items():
+                key = ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "", name)
+                old = self.objects.get(key)
+                if old is None:
+                    continue
+                new = copy.deepcopy(old)
+                for hook in new.get("webhooks") or []:
+                    hook.setdefault("clientConfig", {})["caBundle"] = bundle
+                if new != old:
+                    self._commit(rt, key, new, "MODIFIED", old)
+        self.mesh_wake.set()  # pods refused meanwhile are tried again
+        return True
+
+    def _patch_injectors_soon(self):
+        if not self.webhook_patch_pending:
+            self.webhook_patch_pending = True
+            self._schedule(0.0, self._run_local_patcher)
+
+    def _run_local_patcher(self):
+        with self.lock:
+            self.webhook_patch_pending = False
+            self._patch_injectors(meshmodel.View(self.name, self.objects), None)
 
     def _proxy_configured(self, key):
         """The pod's istio-proxy got its first configuration: it becomes ready."""

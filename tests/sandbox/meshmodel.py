@@ -9,10 +9,15 @@ from the objects the clusters hold, what a real mesh would do:
   they are one of the sandbox's API server names (``<dir>/hosts.json``: name -> loopback port); any other
   address (a loopback literal included: inside X it would be X itself) is never contacted and reports
   ``timeout``, as istiod does after ``PILOT_REMOTE_CLUSTER_TIMEOUT``.
-- **which istiod injects and configures a namespace's sidecars** (its *control plane*): the namespace
-  selects a sidecar injector installed in its cluster (``istio-injection=enabled`` ->
-  ``istio-sidecar-injector``, ``istio.io/rev=R`` -> ``istio-sidecar-injector-R``), whose webhook calls
-  the ``istiod[-R]`` Service of ``istio-system``; sidecars fetch their configuration from the same
+- **which webhook a new pod goes through**: the first mutating webhook, in kube-apiserver's order, whose
+  rule covers pod CREATE and whose namespace and object selectors match (the injector's four webhooks
+  as Istio's chart renders them select plain pods by namespace label, and gateways rendered for
+  injection by their own ``sidecar.istio.io/inject=true`` label). A webhook without ``caBundle`` is not
+  trusted: the pod is refused with x509's "certificate signed by unknown authority". istiod's webhook
+  patcher fills it in (``webhook_ca_bundle``): in its own cluster once it runs; in a remote once it has
+  synced the remote and the remote's istio-system names it in topology.istio.io/controlPlaneClusters.
+- **which istiod injects and configures a namespace's sidecars** (its *control plane*): the webhook
+  that selects the namespace's plain pods calls the ``istiod[-R]`` Service of ``istio-system``; sidecars fetch their configuration from the same
   Service. A Service with a selector leads to the cluster's own istiod pods (a primary). A Service
   without one (a remote) leads where its EndpointSlice (or ``externalName``) points: to the cluster of
   the sandbox whose LoadBalancer Service holds that address (the network knows every cluster's load
@@ -56,6 +61,7 @@ from urllib.parse import urlsplit
 CONNECT_TIMEOUT = 2.0
 ISTIO_NS = "istio-system"
 NETWORK_LABEL = "topology.istio.io/network"
+CONTROL_PLANE_CLUSTERS = "topology.istio.io/controlPlaneClusters"
 
 
 def service_address(service: dict | None) -> tuple[str, str] | None:
@@ -81,6 +87,32 @@ def injector_name(revision: str) -> str:
 
 def _sni_matches(patterns: list[str], sni: str) -> bool:
     return any(p == "*" or p == sni or (p.startswith("*.") and sni.endswith(p[1:])) for p in patterns)
+
+
+def selector_matches(selector: dict | None, labels: dict) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions); an empty or absent one matches all."""
+    selector = selector or {}
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+        present = key in labels
+        if op == "In" and not (present and labels[key] in values):
+            return False
+        if op == "NotIn" and present and labels[key] in values:
+            return False
+        if op == "Exists" and not present:
+            return False
+        if op == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def _covers_pod_create(rules: list[dict]) -> bool:
+    def has(values, want):
+        return "*" in (values or []) or want in (values or [])
+    return any(has(r.get("operations"), "CREATE") and has(r.get("apiGroups"), "") and has(r.get("apiVersions"), "v1")
+               and has(r.get("resources"), "pods") for r in rules)
 
 
 def load_hosts(path: str | None) -> dict[str, int]:
@@ -124,28 +156,34 @@ class View:
         data = secret.get("data") or {}
         return data.get("root-cert.pem")
 
-    def injector(self, ns: str) -> tuple[dict, dict] | None:
-        """(webhook configuration, the webhook that selects the namespace) of an injector installed in this
-        cluster whose webhook selects namespace ``ns``; None when its pods get no sidecar."""
-        labels = ((self.get("", "namespaces", "", ns) or {}).get("metadata") or {}).get("labels") or {}
-        if labels.get("istio-injection") == "enabled":
-            name = "istio-sidecar-injector"
-        elif labels.get("istio.io/rev") and "istio-injection" not in labels:
-            name = injector_name(labels["istio.io/rev"])
-        else:
+    def injector(self, ns: str, pod_labels: dict | None = None) -> tuple[dict, dict] | None:
+        """(webhook configuration, webhook) of the first mutating webhook that a new pod of namespace ``ns``
+        labelled ``pod_labels`` (default: none, a plain pod) goes through; None when no webhook selects it.
+        kube-apiserver calls webhooks in the order of their configurations' names, each configuration's in
+        order, and a webhook applies when a rule covers pod CREATE and both its namespace and object
+        selectors match (staging/src/k8s.io/apiserver/pkg/admission/plugin/webhook/predicates)."""
+        namespace = self.get("", "namespaces", "", ns)
+        if namespace is None:
             return None
-        return self.webhook(name)
+        # kube-apiserver labels every namespace with its name (the NamespaceDefaultLabelName feature)
+        ns_labels = {**((namespace.get("metadata") or {}).get("labels") or {}), "kubernetes.io/metadata.name": ns}
+        for config in self.items("admissionregistration.k8s.io", "mutatingwebhookconfigurations", ""):
+            for hook in config.get("webhooks") or []:
+                if (_covers_pod_create(hook.get("rules") or [])
+                        and selector_matches(hook.get("namespaceSelector"), ns_labels)
+                        and selector_matches(hook.get("objectSelector"), pod_labels or {})):
+                    return config, hook
+        return None
 
     def webhook(self, name: str) -> tuple[dict, dict] | None:
         config = self.get("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "", name)
         if config is None:
             return None
         hooks = config.get("webhooks") or []
-        hook = next((h for h in hooks if h.get("namespaceSelector")), hooks[0] if hooks else {})
-        return config, hook
+        return config, hooks[0] if hooks else {}
 
     def in_mesh(self, ns: str) -> bool:
-        """A namespace whose pods get a sidecar from an injector installed in this cluster."""
+        """A namespace whose plain pods get a sidecar from an injector installed in this cluster."""
         return self.injector(ns) is not None
 
     def load_balancers(self) -> list[tuple[str, dict]]:
@@ -423,10 +461,10 @@ class ControlPlane:
         self.address = address  # where the Service leads ("" when istiod runs in the same cluster)
 
 
-def istiod_service(view: View, ns: str) -> tuple[str, str] | None:
+def istiod_service(view: View, ns: str, pod_labels: dict | None = None) -> tuple[str, str] | None:
     """(namespace, name) of the Service the injector of ``ns`` calls, which its sidecars also fetch their
     configuration from; None when the namespace is not in the mesh or the webhook calls a URL."""
-    found = view.injector(ns)
+    found = view.injector(ns, pod_labels)
     if found is None:
         return None
     service = ((found[1].get("clientConfig") or {}).get("service") or {})
@@ -493,30 +531,106 @@ class Injection:
         self.admitted, self.error, self.configured = admitted, error, configured
 
 
-def decided_locally(view: View, ns: str) -> bool:
+def decided_locally(view: View, ns: str, pod_labels: dict | None = None) -> bool:
     """Whether ``injection`` needs no network: the namespace's istiod runs (or is missing) in the cluster."""
-    return not leads_out(view, istiod_service(view, ns))
+    return not leads_out(view, istiod_service(view, ns, pod_labels))
 
 
-def injection(view: View, ns: str, network: Network | None) -> Injection | None:
-    """None when the namespace is not in the mesh. ``network`` may be None when decided_locally."""
-    found = view.injector(ns)
+def injection(view: View, ns: str, network: Network | None, pod_labels: dict | None = None) -> Injection | None:
+    """None when no injector webhook selects the pod. ``network`` may be None when decided_locally."""
+    found = view.injector(ns, pod_labels)
     if found is None:
         return None
     config, hook = found
-    target = istiod_service(view, ns)
+    target = istiod_service(view, ns, pod_labels)
     if target is None:  # the webhook calls a URL: not modelled, it answers
         return Injection(True, "", True)
     webhook = reach_istiod(view, target, WEBHOOK_PORT, network)
+    service = (hook.get("clientConfig") or {}).get("service") or {}
+    url = f"https://{target[1]}.{target[0]}.svc:{service.get('port') or 443}{service.get('path') or ''}"
+    refused = f'Internal error occurred: failed calling webhook "{hook.get("name") or config["metadata"]["name"]}": ' \
+              f'failed to call webhook: Post "{url}?timeout=10s": '
     if not webhook.ready:
-        service = (hook.get("clientConfig") or {}).get("service") or {}
-        url = f"https://{target[1]}.{target[0]}.svc:{service.get('port') or 443}{service.get('path') or ''}"
-        return Injection(False, f'Internal error occurred: failed calling webhook "{hook.get("name") or config["metadata"]["name"]}": '
-                                f'failed to call webhook: Post "{url}?timeout=10s": {webhook.problem}', False)
+        return Injection(False, refused + webhook.problem, False)
+    if not (hook.get("clientConfig") or {}).get("caBundle"):
+        # No caBundle: kube-apiserver checks istiod's serving certificate against the system roots, which
+        # did not sign it (k8s.io/apiserver/pkg/util/webhook; Go's crypto/tls wording). The chart leaves it
+        # empty (istiodRemote.injectionCABundle); only istiod patches it in (see webhook_ca_bundle).
+        return Injection(False, refused + UNKNOWN_AUTHORITY, False)
     plane = reach_istiod(view, target, ISTIOD_PORT, network)
     configured = plane.ready and (plane.view.name == view.name
                                   or (network is not None and network.knows(plane.view, view.name)))
     return Injection(True, "", configured)
+
+
+UNKNOWN_AUTHORITY = "tls: failed to verify certificate: x509: certificate signed by unknown authority"
+INJECTOR_APP = "sidecar-injector"  # the label app of the injector's webhook configurations
+
+
+def _istiods(view: View) -> dict[str, dict]:
+    """Revision -> a ready istiod pod of istio-system."""
+    out = {}
+    for pod in view.items("", "pods", ISTIO_NS):
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        if labels.get("app") == "istiod" and pod_ready(pod):
+            out.setdefault(labels.get("istio.io/rev") or "default", pod)
+    return out
+
+
+def _istiod_env(view: View, revision: str) -> dict[str, str]:
+    for deployment in view.items("apps", "deployments", ISTIO_NS):
+        labels = (deployment.get("metadata") or {}).get("labels") or {}
+        if labels.get("app") == "istiod" and (labels.get("istio.io/rev") or "default") == revision:
+            containers = ((deployment.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []
+            return {e.get("name"): e.get("value") for c in containers for e in c.get("env") or [] if "value" in e}
+    return {}
+
+
+def istiod_ca_bundle(view: View) -> str:
+    """What istiod patches into webhooks: its root of trust (base64 PEM), the plugged-in root when cacerts
+    holds one, else the self-signed CA istiod makes (a fixed stand-in here)."""
+    return view.root_cert or base64.b64encode(b"-----BEGIN CERTIFICATE-----\nistiod self-signed CA\n"
+                                              b"-----END CERTIFICATE-----\n").decode()
+
+
+def injector_configs(view: View) -> list[dict]:
+    return [c for c in view.items("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "")
+            if ((c.get("metadata") or {}).get("labels") or {}).get("app") == INJECTOR_APP]
+
+
+def lacks_ca_bundle(config: dict) -> bool:
+    return any(not (h.get("clientConfig") or {}).get("caBundle") for h in config.get("webhooks") or [])
+
+
+def webhook_ca_bundle(view: View, config: dict, network: "Network | None") -> str | None:
+    """The caBundle istiod patches into injector configuration ``config`` of ``view``; None while no istiod
+    does. Istio's webhook cert patcher (pkg/webhooks/webhookpatch.go, 1.30) patches only configurations
+    labelled with its own revision. A running istiod patches those of its own cluster; a primary's istiod
+    patches a remote's only once it holds the remote's secret (it has synced the cluster) and the remote's
+    istio-system names it, by cluster ID or "*", in topology.istio.io/controlPlaneClusters, with
+    EXTERNAL_ISTIOD on (pilot/pkg/serviceregistry/kube/controller/multicluster.go, checkShouldLead).
+    ``network`` None: only the cluster's own istiod is considered."""
+    revision = ((config.get("metadata") or {}).get("labels") or {}).get("istio.io/rev")
+    if not revision:
+        return None
+    if revision in _istiods(view):
+        return istiod_ca_bundle(view)
+    if network is None:
+        return None
+    namespace = view.get("", "namespaces", "", ISTIO_NS) or {}
+    named = ((namespace.get("metadata") or {}).get("annotations") or {}).get(CONTROL_PLANE_CLUSTERS)
+    if not named:
+        return None
+    names = {n.strip() for n in named.split(",")}
+    for primary in network.views():
+        if primary.name == view.name or revision not in _istiods(primary):
+            continue
+        env = _istiod_env(primary, revision)
+        if env.get("EXTERNAL_ISTIOD") != "true" or not names & {"*", env.get("CLUSTER_ID", "Kubernetes")}:
+            continue
+        if network.knows(primary, view.name):
+            return istiod_ca_bundle(primary)
+    return None
 
 
 # --- calls from pods --------------------------------------------------------------------------
