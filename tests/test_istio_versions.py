@@ -188,3 +188,21 @@ def test_istiod_keeps_its_roots_without_the_multi_root_switch_or_without_cacerts
     assert published(sandbox, "c2") == own, "cacerts made after istiod started is not watched"
     sandbox.kubectl("c2", "rollout", "restart", "deployment/istiod", "-n", "istio-system")
     assert published(sandbox, "c2") == OLD
+
+
+@pytest.mark.parametrize("version", ["1.28.10", "1.31.0-rc.0"])
+def test_setup_mesh_builds_a_healthy_mesh_with_the_oldest_and_newest_supported_release(sandbox_factory, tmp_path,
+                                                                                      version):
+    from tests.meshkit import make_mesh
+
+    nets = {"cluster1": "network1", "cluster2": "network2"}
+    sandbox = sandbox_factory(list(nets), istio_version=version)
+    mesh = make_mesh(sandbox, tmp_path / "ws", nets)
+    mesh.write_topology(nets, extra={ctx: {"api_server": sandbox.api_server(ctx)} for ctx in nets})
+    mesh.apply()
+    status = mesh.run("status", "-o", "json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    for c in json.loads(status.stdout)["clusters"]:
+        assert c["istio"]["version"] == version
+        assert c["remote_clusters"] == {p: "synced" for p in nets if p != c["context"]}, "read from its table"
+        assert c["cacerts"]["istiod_took"] is True
