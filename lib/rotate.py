@@ -218,6 +218,9 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
             lifecycle.stage_since(transition, seen.annotations) if transition else None,
             completing=transition is None and lifecycle.completed_here(current_root, seen.annotations)))
     move = lifecycle.decide(transition, views, now, wait)
+    if move.kind in ("wait", "advance", "finish"):
+        _require_istiod_took(topology.clusters, observed, tools, runner, read_reporter, parallel, transition, log,
+                             istiod_name(ws.base))
     # A remote's install names its primary's gateway address: with the one it has now, its state is
     # the one apply recorded (and the move's istiod setting concerns primaries only).
     addresses = gateway_addresses(observed)
@@ -395,6 +398,29 @@ _STAGE_CHANGE = {
     2: "an intermediate of the new root, trusting both roots",
     3: "root-cert.pem trusts only the new root",
 }
+
+
+def _require_istiod_took(clusters, observed: dict[str, Observed], tools: Tools, runner, reporter: Reporter,
+                         parallel: int, transition: lifecycle.Transition, log, deployment: str) -> None:
+    """The stage is in place in every cacerts: before it counts (or the next starts), each istiod must hold
+    its roots, as it publishes them in istio-ca-root-cert (one that refused keeps its old ones)."""
+    from .status import read_published_roots
+
+    primaries = [c for c in clusters if not c.primary and (observed.get(c.context) or Observed()).cacerts]
+    published = read_published_roots(primaries, tools, runner, reporter, parallel)
+    refused = [c for c in primaries if published.get(c.context) is not None
+               and published[c.context] != observed[c.context].cacerts.get("root-cert.pem")]
+    if not refused:
+        return
+    if log:
+        log.close()
+    names = ", ".join(c.context for c in refused)
+    restart = "; ".join(tools.kubectl_cmd(c, "rollout", "restart", f"deployment/{deployment}", "-n", ISTIO_NAMESPACE)
+                        .pasteable() for c in refused)
+    raise MeshError(f"stage {transition.stage} is in cacerts everywhere, but istiod in {names} has not taken its "
+                    f"root bundle (istio-ca-root-cert holds another): the move goes no further until it has",
+                    hint=f"`{restart}` (istiod loads cacerts whole when it starts), then run this command again; "
+                         f"`{invocation.command('status')}` says why it refused")
 
 
 def _stage_roots(workdir: Path, cluster: Cluster, planned: lifecycle.Transition) -> Callable[[], bytes | None]:

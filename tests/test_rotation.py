@@ -409,6 +409,8 @@ def test_root_move_on_istio_1_29_every_stage_is_taken_and_a_reordered_bundle_is_
         status = mesh.run("status", "-o", "json")
         assert status.returncode == 0, status.stdout + status.stderr
         assert {c["cacerts"]["istiod_took"] for c in json.loads(status.stdout)["clusters"]} == {True}
+        if stage == 1:
+            _istiod_misses_stage_1_then_the_hint_repairs_it(mesh)
         if stage != 2:
             continue
         # cluster2's stage-2 bundle reordered (new, old: what a stage 2 used to be): istiod 1.29 refuses it.
@@ -436,6 +438,29 @@ def test_root_move_on_istio_1_29_every_stage_is_taken_and_a_reordered_bundle_is_
         assert back.returncode == 0 and "bringing cluster2 to stage 2" in back.stdout, back.stdout + back.stderr
         check_stage(mesh, tmp_path, 2, old_root, new_root, TWO, old_intermediates)
         assert mesh.run("status").returncode == 0
+
+
+def _istiod_misses_stage_1_then_the_hint_repairs_it(mesh):
+    """cluster1's istiod restarted while cacerts was gone: it signs with a root of its own and does not
+    watch the stage-1 cacerts put back. The move does not go on; the restart it names repairs it."""
+    secret = mesh.get("cluster1", "secret", "cacerts", "-n", "istio-system")
+    mesh.sandbox.kubectl("cluster1", "delete", "secret", "cacerts", "-n", "istio-system")
+    mesh.sandbox.kubectl("cluster1", "rollout", "restart", "deployment/istiod", "-n", "istio-system")
+    mesh.sandbox.kubectl("cluster1", "rollout", "status", "deployment/istiod", "-n", "istio-system", "--timeout=60s")
+    mesh.sandbox.kubectl("cluster1", "apply", "-f", "-", stdin=json.dumps(
+        {k: secret[k] for k in ("apiVersion", "kind", "type", "data")}
+        | {"metadata": {"name": "cacerts", "namespace": "istio-system"}}))
+    stopped = mesh.run("rotate-certs", "--root", "--min-wait", "0")
+    out = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 1 and "istiod in cluster1 has not taken its root bundle" in out, out
+    assert "kubectl --context cluster1 rollout restart deployment/istiod -n istio-system" in out
+    assert json.loads(mesh.run("status", "-o", "json").stdout)["transition"]["stage"] == 1, "no further"
+    doc = json.loads(mesh.run("status", "-o", "json").stdout)
+    problem = {p["code"]: p for p in _cluster_doc(doc, "cluster1")["problems"]}["istiod_roots_not_taken"]
+    assert "a root that is not in cacerts" in problem["message"]
+    mesh.sandbox.kubectl("cluster1", "rollout", "restart", "deployment/istiod", "-n", "istio-system")
+    mesh.sandbox.kubectl("cluster1", "rollout", "status", "deployment/istiod", "-n", "istio-system", "--timeout=60s")
+    assert mesh.run("status").returncode == 0
 
 
 def _cluster_doc(doc, ctx):
