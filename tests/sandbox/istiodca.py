@@ -196,8 +196,11 @@ def _publish(cluster, system_ns: str, only: str | None = None) -> None:
         cm_key = ("", "configmaps", ns, CONFIGMAP)
         current = cluster.objects.get(cm_key)
         if current is None:
-            cluster._create(cm_rt, ns, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
-                "name": CONFIGMAP, "labels": {"istio.io/config": "true"}}, "data": {CONFIGMAP_KEY: text}}, {})
+            try:
+                cluster._create(cm_rt, ns, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+                    "name": CONFIGMAP, "labels": {"istio.io/config": "true"}}, "data": {CONFIGMAP_KEY: text}}, {})
+            except Exception:  # noqa: BLE001 - istiod retries; the write that woke it must not fail
+                continue
         elif (current.get("data") or {}).get(CONFIGMAP_KEY) != text:
             new = copy.deepcopy(current)
             new.setdefault("data", {})[CONFIGMAP_KEY] = text
