@@ -18,12 +18,13 @@ BUNDLE_VERSION_ANNOTATION = "gateway.networking.k8s.io/bundle-version"
 CHANNEL_ANNOTATION = "gateway.networking.k8s.io/channel"
 STANDARD_INSTALL_URL = "https://github.com/kubernetes-sigs/gateway-api/releases/download/{version}/standard-install.yaml"
 
-# The Gateway API release each Istio minor pins in its go.mod (and installs in its docs).
+# The Gateway API release each Istio minor pins in its go.mod (and installs in its docs); some patch
+# releases moved to a newer one: (minor) -> [(first patch, version), ...] (go.mod at each tag).
 ISTIO_GATEWAY_API = {
-    (1, 28): "v1.4.0",
-    (1, 29): "v1.4.0",
-    (1, 30): "v1.5.1",
-    (1, 31): "v1.6.0",
+    (1, 28): [(0, "v1.4.0"), (7, "v1.4.1")],
+    (1, 29): [(0, "v1.4.0"), (3, "v1.4.1")],
+    (1, 30): [(0, "v1.5.1")],
+    (1, 31): [(0, "v1.6.0")],
 }
 OPTION = "--gateway-api-crds"
 
@@ -36,9 +37,11 @@ def _numbers(version: str) -> tuple[int, ...] | None:
 
 
 def expected_version(istio_version: str | None) -> str | None:
-    """The standard-channel release an Istio release expects, e.g. "1.29.0" -> "v1.4.0"."""
+    """The standard-channel release an Istio release expects, e.g. "1.29.0" -> "v1.4.0", "1.29.3" -> "v1.4.1"."""
     numbers = _numbers(istio_version or "")
-    return ISTIO_GATEWAY_API.get(numbers[:2]) if numbers else None
+    if not numbers or numbers[:2] not in ISTIO_GATEWAY_API:
+        return None
+    return [version for first, version in ISTIO_GATEWAY_API[numbers[:2]] if numbers[2] >= first][-1]
 
 
 def is_older(have: str, want: str) -> bool:

@@ -72,10 +72,28 @@ class Tools:
         return self.kubectl_cmd(cluster, "get", "deployments", "--all-namespaces", "-l", COMPONENT_LABEL, "-o", "json",
                                 timeout=timeout)
 
+    def published_roots(self, cluster: Cluster, timeout: float) -> Command:
+        """The ConfigMap in which istiod publishes the root bundle it holds (nothing before istiod wrote it)."""
+        return self.kubectl_cmd(cluster, "get", "configmap", CA_ROOT_CONFIGMAP, "-n", ISTIO_NAMESPACE,
+                                "--ignore-not-found", "-o", "json", check=False, timeout=timeout)
+
     def inspect(self, cluster: Cluster, timeout: float) -> Command:
         # One read gives the namespace, its secrets (cacerts, remote secrets, tokens), services and deployments.
         return self.kubectl_cmd(cluster, "get", "namespaces,secrets,services,deployments", "-n", ISTIO_NAMESPACE,
                                 "-o", "json", timeout=timeout)
+
+
+# istiod writes the root bundle it holds, as it holds it, into this ConfigMap of every namespace
+# (pilot/pkg/serviceregistry/kube/controller/namespacecontroller.go; PILOT_CA_CERT_CONFIGMAP).
+CA_ROOT_CONFIGMAP = "istio-ca-root-cert"
+
+
+def parse_published_roots(output: str) -> bytes | None:
+    """root-cert.pem of istio-ca-root-cert as kubectl printed it; None when there is none (yet)."""
+    if not (output or "").strip():
+        return None
+    value = (json.loads(output).get("data") or {}).get("root-cert.pem")
+    return value.encode() if isinstance(value, str) else None
 
 
 def _b64(data: dict, key: str) -> bytes | None:

@@ -237,19 +237,35 @@ def split_pems(bundle: bytes | None) -> list[bytes]:
 
 
 def stage_roots(stage: int | None, old_root: bytes, new_root: bytes) -> bytes:
-    """The root-cert.pem a cluster holds at a stage: both roots in stages 1 and 2, the one in charge first."""
+    """The root-cert.pem a cluster holds at a stage.
+
+    istiod takes a changed root bundle only when one contains the other (pilot/pkg/bootstrap/istio_ca.go
+    handleEvent): byte for byte up to 1.29 (``bytes.Contains``, so order matters), as a set of
+    certificates from 1.30. So every stage contains the one before it, or is contained in it, as bytes:
+    stage 1 is the single old root followed by the new one; stage 2 adds the new root once more
+    ([old, new, new], the sequence of Istio's own tests/integration/security/cacert_rotation), so it
+    contains stage 1 and still differs from it: the bundle istiod publishes then shows it took stage 2
+    (its new intermediate is loaded in the same reload); stage 3, the new root alone, is inside stage 2.
+    """
+    first = _joined(old_root, new_root)
     if stage == 1:
-        return old_root + new_root
+        return first
     if stage == 2:
-        return new_root + old_root
+        return _joined(first, new_root)
     return new_root
+
+
+def _joined(first: bytes, second: bytes) -> bytes:
+    """Two PEM bundles, one after the other, the first kept byte for byte (a PEM block starts a line)."""
+    return first + (b"" if not first or first.endswith(b"\n") else b"\n") + second
 
 
 def cacerts_for_stage(stage: int | None, intermediate: dict[str, bytes], old_root: bytes,
                       new_root: bytes) -> dict[str, bytes]:
-    """Secret cacerts: the intermediate's files as the Makefile made them, with the stage's root bundle."""
+    """Secret cacerts: the intermediate's files as the Makefile made them, with the stage's root bundle
+    (at stage 3 the new root's very bytes, the ones stage 2 holds)."""
     files = dict(intermediate)
-    if stage in (1, 2):
+    if stage in (1, 2, 3):
         files["root-cert.pem"] = stage_roots(stage, old_root, new_root)
     return files
 
@@ -279,11 +295,11 @@ def _transition_root(path: Path, which: str) -> bytes:
 
 
 def holds(seen: dict[str, bytes] | None, want: dict[str, bytes] | None) -> bool:
-    """The cluster's cacerts (public parts) is what ``want`` says; roots compare as a set, as istiod does."""
+    """The cluster's cacerts (public parts) is what ``want`` says, byte for byte: istiod up to 1.29 takes
+    a root bundle by its bytes (the same roots in another order may be refused; see stage_roots)."""
     if not seen or not want:
         return False
-    return (seen.get("ca-cert.pem") == want["ca-cert.pem"] and seen.get("cert-chain.pem") == want["cert-chain.pem"]
-            and set(split_pems(seen.get("root-cert.pem"))) == set(split_pems(want["root-cert.pem"])))
+    return all(seen.get(name) == want[name] for name in ("ca-cert.pem", "cert-chain.pem", "root-cert.pem"))
 
 
 def parse_annotation(value: str | None) -> dict[str, str]:

@@ -5,13 +5,14 @@ import datetime as dt
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 from . import certs, invocation, lifecycle
 from .commands import _certs_prerequisites, _finish, _open_log, _sit_out, print_plan
 from .config import MULTIROOT_ENV, Cluster, select_clusters
 from .errors import ConfigError, MeshError
 from .executor import Executor, Interrupted, Phase, RunContext, Step
-from .kube import Observed, Tools, gateway_addresses
+from .kube import Observed, Tools, gateway_addresses, parse_published_roots
 from .overlay import ISTIO_NAMESPACE
 from .desired import desired_state
 from .plan import RECORD_TITLE, ApplyPlan, _cacerts_step, _intermediate_step, cacerts_in_place
@@ -36,24 +37,43 @@ def backup_step(workdir: Path, cluster: Cluster, backup: Path) -> Step:
                 note=f"moves {source} to {target} (0700, keys 0600), so the Makefile makes a new one")
 
 
-def confirm_step(tools: Tools, cluster: Cluster, deployment: str, timeout: float = CONTROL_PLANE_WAIT) -> Step:
-    """istiod reloads a changed cacerts on its own; this checks that it still runs afterwards."""
+def confirm_step(tools: Tools, cluster: Cluster, deployment: str, timeout: float = CONTROL_PLANE_WAIT,
+                 roots: Callable[[], bytes | None] | None = None) -> Step:
+    """istiod reloads a changed cacerts on its own; this checks that it still runs afterwards and, given
+    the stage's root bundle (``roots``), that istiod took it: it publishes the bundle it holds in
+    istio-ca-root-cert, and keeps its old one (and its old intermediate) when it refuses a change."""
     command = tools.kubectl_cmd(cluster, "get", "deployment", deployment, "-n", ISTIO_NAMESPACE, "-o", "json",
                                 timeout=min(tools.timeout, 60.0))
+    published = tools.published_roots(cluster, min(tools.timeout, 60.0))
+    restart = tools.kubectl_cmd(cluster, "rollout", "restart", f"deployment/{deployment}", "-n", ISTIO_NAMESPACE)
 
     def action(ctx: RunContext) -> None:
         deadline = time.monotonic() + timeout
         while True:
             status = json.loads(ctx.run(command).stdout or "{}").get("status") or {}
             if int(status.get("readyReplicas") or 0) > 0:
-                return
+                break
             if time.monotonic() >= deadline:
                 raise MeshError(f"{deployment} has no ready replica {timeout:g}s after cacerts changed",
                                 hint=f"look at its pods: `{tools.kubectl_cmd(cluster, 'get', 'pods', '-n', ISTIO_NAMESPACE, '-l', 'app=istiod').pasteable()}`")
             if ctx.cancelled.wait(POLL_SECONDS):
                 raise Interrupted()
+        want = roots() if roots else None
+        # The kubelet refreshes a mounted secret within a minute or so; istiod reloads it then.
+        while want is not None:
+            result = ctx.run(published)
+            if result.ok and parse_published_roots(result.stdout) == want:
+                return
+            if time.monotonic() >= deadline:
+                raise MeshError(f"{deployment} has not taken the root bundle of cacerts {timeout:g}s after it changed "
+                                f"(istio-ca-root-cert still holds another): it keeps its old roots and intermediate",
+                                hint=f"`{restart.pasteable()}` (istiod loads cacerts whole when it starts), then run "
+                                     f"this command again; `{invocation.command('status')}` says why it refused")
+            if ctx.cancelled.wait(POLL_SECONDS):
+                raise Interrupted()
 
-    return Step(f"confirm {deployment} runs", commands=[command], action=action)
+    return Step(f"confirm {deployment} runs" + (" on the stage's roots" if roots else ""),
+                commands=[command, published] if roots else [command], action=action)
 
 
 def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, contexts: list[str],
@@ -200,6 +220,9 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
             lifecycle.stage_since(transition, seen.annotations) if transition else None,
             completing=transition is None and lifecycle.completed_here(current_root, seen.annotations)))
     move = lifecycle.decide(transition, views, now, wait)
+    if move.kind in ("wait", "advance", "finish"):
+        _require_istiod_took(topology.clusters, observed, tools, runner, read_reporter, parallel, transition, log,
+                             istiod_name(ws.base))
     # A remote's install names its primary's gateway address: with the one it has now, its state is
     # the one apply recorded (and the move's istiod setting concerns primaries only).
     addresses = gateway_addresses(observed)
@@ -295,7 +318,8 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         step.change = f"~ secret cacerts: {_STAGE_CHANGE[planned.stage]} ({issuer.name}/{cluster.name}/)"
         phase.add(cluster.context, step)
         if not cluster.primary:  # a remote runs no istiod to confirm
-            phase.add(cluster.context, confirm_step(tools, cluster, deployment))
+            phase.add(cluster.context, confirm_step(tools, cluster, deployment, roots=_stage_roots(
+                workdir, cluster, planned)))
     root_vars = {"ROOTCA_CN": lifecycle.next_root_name(root_info.common_name, now), **({"ROOTCA_ORG": org} if org else {})}
     make_root = certs.root_ca_command(release or _NO_RELEASE, new_dir, root_vars)
 
@@ -376,6 +400,38 @@ _STAGE_CHANGE = {
     2: "an intermediate of the new root, trusting both roots",
     3: "root-cert.pem trusts only the new root",
 }
+
+
+def _require_istiod_took(clusters, observed: dict[str, Observed], tools: Tools, runner, reporter: Reporter,
+                         parallel: int, transition: lifecycle.Transition, log, deployment: str) -> None:
+    """The stage is in place in every cacerts: before it counts (or the next starts), each istiod must hold
+    its roots, as it publishes them in istio-ca-root-cert (one that refused keeps its old ones)."""
+    from .status import read_published_roots
+
+    primaries = [c for c in clusters if not c.primary and (observed.get(c.context) or Observed()).cacerts]
+    published = read_published_roots(primaries, tools, runner, reporter, parallel)
+    refused = [c for c in primaries if published.get(c.context) is not None
+               and published[c.context] != observed[c.context].cacerts.get("root-cert.pem")]
+    if not refused:
+        return
+    if log:
+        log.close()
+    names = ", ".join(c.context for c in refused)
+    restart = "; ".join(tools.kubectl_cmd(c, "rollout", "restart", f"deployment/{deployment}", "-n", ISTIO_NAMESPACE)
+                        .pasteable() for c in refused)
+    raise MeshError(f"stage {transition.stage} is in cacerts everywhere, but istiod in {names} has not taken its "
+                    f"root bundle (istio-ca-root-cert holds another): the move goes no further until it has",
+                    hint=f"`{restart}` (istiod loads cacerts whole when it starts), then run this command again; "
+                         f"`{invocation.command('status')}` says why it refused")
+
+
+def _stage_roots(workdir: Path, cluster: Cluster, planned: lifecycle.Transition) -> Callable[[], bytes | None]:
+    """The root bundle the cluster's cacerts holds at the planned stage, read once the step runs (its
+    intermediate may be made earlier in the same run)."""
+    def roots() -> bytes | None:
+        want = lifecycle.desired_cacerts(workdir, cluster.name, planned)
+        return want["root-cert.pem"] if want else None
+    return roots
 
 
 def _read_root(path: Path) -> certs.CertInfo:

@@ -22,13 +22,14 @@ from cryptography.exceptions import InvalidSignature
 
 from . import certs, invocation, lifecycle
 from .ambient import gateway_status
-from .config import AMBIENT, SIDECAR, Cluster, Topology, data_plane_mode, select_clusters
+from .config import AMBIENT, MULTIROOT_ENV, SIDECAR, Cluster, Topology, data_plane_mode, select_clusters
 from .gatewayapi import offline_crds_hint, expected_version, older_than_needed
 from .fsutil import read_if_present
 from .errors import MeshError
 from .executor import RunContext, read_clusters
 from .invocation import prep_hint
-from .kube import GATEWAY_RESOURCE, READ_TIMEOUT, Observed, Tools, gateway_addresses, token_fingerprint
+from .kube import (CA_ROOT_CONFIGMAP, GATEWAY_RESOURCE, READ_TIMEOUT, Observed, Tools, gateway_addresses,
+                   parse_published_roots, token_fingerprint)
 from .mesh import Mesh, mesh_model
 from .overlay import (CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL, control_plane_revision,
                       injection_path)
@@ -187,6 +188,7 @@ class Cacerts:
     chains_to: str | None = None  # which of the workspace's roots issued ca-cert.pem: "current" or "new"
     roots_trusted: int | None = None  # certificates in its root-cert.pem: 2 during a root transition
     stage: int | None = None  # the root transition's stage the cluster is at
+    istiod_took: bool | None = None  # istiod publishes cacerts' root bundle as its own (None: not known)
 
 
 @dataclass
@@ -240,6 +242,7 @@ class ClusterStatus:
                 "chains_to": c.chains_to,
                 "roots_trusted": c.roots_trusted,
                 "transition_stage": c.stage,
+                "istiod_took": c.istiod_took,
             },
             "gateway": {"required": self.gateway_required, "address": self.gateway_address,
                         **({"programmed": self.gateway_programmed} if self.ambient else {})},
@@ -381,8 +384,10 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 def evaluate(ws: Expected, observed: dict[str, Observed], istiod: dict[str, Istiod],
              now: dt.datetime | None = None, views: dict[str, IstiodView] | None = None,
-             injection: dict[str, "InjectorWebhook"] | None = None) -> MeshStatus:
-    """What the clusters show against what the workspace says. Runs nothing."""
+             injection: dict[str, "InjectorWebhook"] | None = None,
+             published: dict[str, bytes | None] | None = None) -> MeshStatus:
+    """What the clusters show against what the workspace says. Runs nothing. ``published``: context -> the
+    root bundle its istiod publishes (istio-ca-root-cert), for the clusters where it was read."""
     now = now or dt.datetime.now(dt.timezone.utc)
     topology = ws.topology
     hints = Hints(ws.workdir, topology)
@@ -411,6 +416,10 @@ def evaluate(ws: Expected, observed: dict[str, Observed], istiod: dict[str, Isti
     for status in result:
         _judge_istiod_view(status, (views or {}).get(status.cluster.context), topology, hints, reachable)
     _judge_remotes(ws.mesh, result, injection or {}, hints)
+    for status in result:
+        if status.cluster.context in (published or {}):
+            _judge_istiod_roots(status, observed[status.cluster.context], published[status.cluster.context], ws,
+                                hints)
     root_info = _judge_roots(ws, root, now, hints, mesh_problems)
     transition = _transition_summary(ws, result, observed, hints)
     return MeshStatus(topology.mesh_id, root_fp, result, mesh_problems, root_info, transition)
@@ -794,7 +803,7 @@ def _judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: 
     info = certs.read_cert(files["ca-cert.pem"])
     c.expires = info.not_after
     c.days_left = info.days_left(now)
-    c.roots_trusted = len(lifecycle.split_pems(files.get("root-cert.pem")))
+    c.roots_trusted = len(set(lifecycle.split_pems(files.get("root-cert.pem"))))  # distinct: stage 2 repeats one
     if root is not None and _issued_by(ca, root):
         c.chains_to = "current"
     elif ws.new_root_pem and (new_root := _load_cert(ws.new_root_pem)) is not None and _issued_by(ca, new_root):
@@ -838,6 +847,42 @@ def _judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: 
                                         f"({_iso(c.expires)})", reissue_all, severity=WARNING))
 
 
+def _judge_istiod_roots(status: ClusterStatus, seen: Observed, published: bytes | None, ws: Expected,
+                        hints: Hints) -> None:
+    """istiod took the root bundle secret cacerts holds: the bundle it publishes in istio-ca-root-cert is
+    that one, byte for byte. istiod takes a changed root-cert.pem only under ISTIO_MULTIROOT_MESH and when
+    one bundle contains the other (pilot/pkg/bootstrap/istio_ca.go handleEvent: as bytes up to 1.29, as
+    a set of certificates from 1.30); else it keeps the roots, and the intermediate, it had."""
+    want = (seen.cacerts or {}).get("root-cert.pem")
+    if not want or published is None:  # no cacerts to take, or istiod has published nothing yet
+        return
+    status.cacerts.istiod_took = published == want
+    if status.cacerts.istiod_took or any(p.code == "cacerts_foreign_root" for p in status.problems):
+        return  # a cacerts that is not this mesh's is the problem to solve (apply puts back what istiod holds)
+    held, wanted = set(lifecycle.split_pems(published)), set(lifecycle.split_pems(want))
+    deployment = ws.istiod_deployment
+    containers = (((seen.deployments.get(deployment) or {}).get("spec") or {}).get("template") or {}).get("spec", {})
+    env = {e.get("name"): e.get("value") for c in containers.get("containers") or [] for e in c.get("env") or []}
+    if not held & wanted:
+        why = ("it signs with a root that is not in cacerts (istiod reads cacerts when it starts, and watches "
+               "it only when it was there then)")
+    elif str(env.get(MULTIROOT_ENV, "")).lower() not in ("true", "1", "t"):
+        why = f"it runs without {MULTIROOT_ENV}=true, so it keeps the roots it started with"
+    elif held == wanted:
+        why = ("cacerts holds the same roots in another order: istiod before 1.30 takes a changed bundle only "
+               "when one contains the other byte for byte (its log says \"Updating new ROOT-CA not supported\")")
+    else:
+        why = ("neither bundle contains the other, so istiod keeps its own (its log says \"Updating new ROOT-CA "
+               "not supported\")")
+    stage = f" (stage {ws.transition.stage} of the move to a new root)" if ws.transition else ""
+    restart = hints.kubectl(status.cluster, "rollout", "restart", f"deployment/{deployment}", "-n", ISTIO_NAMESPACE)
+    status.problems.append(Problem("istiod_roots_not_taken",
+        f"istiod did not take the root bundle in secret cacerts{stage}: it publishes {len(held)} root(s) in "
+        f"{CA_ROOT_CONFIGMAP}, cacerts holds {len(wanted)}; {why}",
+        f"`{restart}` (istiod loads cacerts whole when it starts), then {invocation.command('status')}; "
+        f"a change made in the last minute or two may still be on its way to istiod"))
+
+
 # --- reading ---------------------------------------------------------------------------------------
 
 def collect(ws: Expected, tools: Tools, runner, reporter: Reporter, parallel: int) -> MeshStatus:
@@ -856,7 +901,9 @@ def collect(ws: Expected, tools: Tools, runner, reporter: Reporter, parallel: in
     remotes = [c for c in ws.topology.clusters if c.primary and observed.get(c.context)
                and observed[c.context].reachable]
     injection = read_injection_paths(remotes, ws.revision, tools, runner, silent, parallel)
-    return evaluate(ws, observed, istiod, views=views, injection=injection)
+    published = read_published_roots([c for c in asked if observed[c.context].cacerts], tools, runner, silent,
+                                      parallel)
+    return evaluate(ws, observed, istiod, views=views, injection=injection, published=published)
 
 
 @dataclass(frozen=True)
@@ -887,6 +934,24 @@ def read_injection_paths(clusters: list[Cluster], revision: str | None, tools: T
         return InjectorWebhook(paths.pop() if len(paths) == 1 else None, trusted)
 
     return read_clusters(clusters, runner, reporter, parallel, "read the sidecar injector", read)
+
+
+def read_published_roots(clusters: list[Cluster], tools: Tools, runner, reporter: Reporter,
+                         parallel: int) -> dict[str, bytes | None]:
+    """The root bundle each cluster's istiod publishes (istio-ca-root-cert in istio-system); a cluster whose
+    ConfigMap could not be read is left out (not judged)."""
+
+    def read(ctx: RunContext, cluster: Cluster) -> bytes | None | MeshError:
+        try:
+            result = ctx.run(tools.published_roots(cluster, tools.timeout))
+            return parse_published_roots(result.stdout) if result.ok else MeshError(result.stderr_tail())
+        except ValueError as exc:
+            return MeshError(str(exc))
+        except MeshError as exc:
+            return exc
+
+    found = read_clusters(clusters, runner, reporter, parallel, "read the roots istiod publishes", read)
+    return {ctx: value for ctx, value in found.items() if not isinstance(value, MeshError)}
 
 
 def read_istiod_views(clusters: list[Cluster], revision: str | None, tools: Tools, runner, reporter: Reporter,

@@ -21,16 +21,17 @@ def kubectl_bin() -> Path:
 
 @pytest.fixture
 def sandbox_factory(tmp_path: Path, kubectl_bin: Path) -> Callable[..., Sandbox]:
-    """``make(contexts, lb_delay=LB_DELAY, env=None, namespaces=None, **delays)`` starts a Sandbox under tmp_path
+    """``make(contexts, lb_delay=LB_DELAY, env=None, namespaces=None, istio_version=None, **delays)`` starts a
+    Sandbox under tmp_path
     (see Sandbox.up); all are stopped at teardown. ``namespaces``: context -> the default namespace of its
     kubeconfig context."""
     made: list[Sandbox] = []
 
     def make(contexts: Sequence[str], lb_delay: "float | None | Mapping[str, float | None]" = LB_DELAY,
              env: Mapping[str, str] | None = None, namespaces: Mapping[str, str] | None = None,
-             **delays: float) -> Sandbox:
+             istio_version: str | None = None, **delays: float) -> Sandbox:
         sandbox = Sandbox.up(tmp_path / f"sandbox{len(made) + 1}", contexts, lb_delay=lb_delay, env=env,
-                             namespaces=namespaces, **delays)
+                             namespaces=namespaces, istio_version=istio_version, **delays)
         made.append(sandbox)
         return sandbox
 

@@ -75,6 +75,8 @@ def test_gateway_status_is_read_from_addresses_and_the_programmed_condition(stat
 # --- Gateway API CRDs ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("istio,expected", [("1.29.0", "v1.4.0"), ("1.28.2", "v1.4.0"), ("1.30.3", "v1.5.1"),
+                                            ("1.28.6", "v1.4.0"), ("1.28.7", "v1.4.1"), ("1.28.10", "v1.4.1"),
+                                            ("1.29.2", "v1.4.0"), ("1.29.3", "v1.4.1"), ("1.29.6", "v1.4.1"),
                                             ("1.31.0-rc.0", "v1.6.0"), ("1.20.0", None), (None, None), ("dev", None)])
 def test_the_gateway_api_release_istio_expects(istio, expected):
     assert gatewayapi.expected_version(istio) == expected

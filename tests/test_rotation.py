@@ -151,6 +151,12 @@ def istiod_env(mesh, ctx) -> dict[str, str]:
     return {e["name"]: e.get("value") for e in container.get("env") or []}
 
 
+def published_roots(mesh, ctx, namespace="istio-system") -> bytes | None:
+    """The root bundle the cluster's istiod holds, as it publishes it in istio-ca-root-cert."""
+    found = mesh.get(ctx, "configmap", "istio-ca-root-cert", "-n", namespace, check=False)
+    return found["data"]["root-cert.pem"].encode() if found else None
+
+
 def check_stage(mesh, tmp_path, stage, old_root, new_root, contexts, old_intermediates):
     """Every cluster's cacerts holds and trusts what the stage says, asked of openssl: its intermediate is
     issued by the stage's root, its root bundle accepts each root that must still be trusted (and no
@@ -169,11 +175,12 @@ def check_stage(mesh, tmp_path, stage, old_root, new_root, contexts, old_interme
             assert verify(bundle, held[peer]["ca-cert.pem"], tmp_path).returncode == 0, f"{ctx} rejects {peer}"
             was = verify(bundle, old_intermediates[peer], tmp_path).returncode == 0
             assert was == (stage < 3), f"{ctx} at stage {stage}: {peer}'s intermediate from before the move"
+        # Each stage's bundle contains the one before (or is inside it), byte for byte: istiod 1.28 and
+        # 1.29 take nothing else. And istiod took it: it publishes what it holds.
+        assert published_roots(mesh, ctx) == bundle, f"{ctx}: istiod did not take stage {stage}"
+        assert bundle == {1: old_root + new_root, 2: old_root + new_root + new_root, 3: new_root}[stage], ctx
         if stage in (1, 2):
-            assert sorted(pems(bundle)) == sorted([old_root, new_root]), f"{ctx}: stage {stage} trusts both roots"
             assert istiod_env(mesh, ctx).get("ISTIO_MULTIROOT_MESH") == "true"
-        else:
-            assert pems(bundle) == [new_root]
         annotation = mesh.get(ctx, "namespace", "istio-system")["metadata"].get("annotations", {})
         if stage < 3:
             assert f"stage={stage} " in annotation.get("setup-mesh.io/root-transition", "")
@@ -353,7 +360,7 @@ def test_root_transition_with_a_remote_leaves_its_install_alone_and_gives_it_eac
         new_root = (ws / ("certs" if stage == 3 else "certs-next") / "root-cert.pem").read_bytes()
         check_stage(mesh, tmp_path, stage, old_root, new_root, ["cluster1"], old_intermediates)
         held = cacerts(mesh, "cluster2")
-        assert sorted(pems(held["root-cert.pem"])) == sorted([old_root, new_root] if stage < 3 else [new_root])
+        assert held["root-cert.pem"] == cacerts(mesh, "cluster1")["root-cert.pem"], "the primary's stage bundle"
         assert verify(held["root-cert.pem"], cacerts(mesh, "cluster1")["ca-cert.pem"], tmp_path).returncode == 0
         assert mesh.get("cluster2", "deployment", "istiod", "-n", "istio-system", check=False) is None
         assert [c for c in mesh.control_plane_installs() if c["context"] == "cluster2"] == remote_installs, \
@@ -382,3 +389,81 @@ def test_teardown_mid_transition_keeps_or_purges_both_roots_together(mesh2):
     status = mesh2.run("status", "-o", "json")
     assert status.returncode == 0, status.stdout + status.stderr
     assert json.loads(status.stdout)["transition"] is None
+
+
+def test_root_move_on_istio_1_29_every_stage_is_taken_and_a_reordered_bundle_is_reported(sandbox_factory, tmp_path):
+    # istiod 1.29 takes a changed root bundle only when one contains the other byte for byte.
+    sandbox = sandbox_factory(list(TWO), istio_version="1.29.6")
+    mesh = make_mesh(sandbox, tmp_path / "ws", TWO)
+    mesh.write_topology(TWO, extra={ctx: {"api_server": sandbox.api_server(ctx)} for ctx in TWO})
+    mesh.apply()
+    ws = mesh.workdir
+    image = mesh.get("cluster1", "deployment", "istiod", "-n", "istio-system")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.endswith(":1.29.6")
+    old_root = (ws / "certs" / "root-cert.pem").read_bytes()
+    old_intermediates = {ctx: cacerts(mesh, ctx)["ca-cert.pem"] for ctx in TWO}
+
+    for stage, args in ((1, ()), (2, ("--min-wait", "0")), (3, ("--min-wait", "0"))):
+        result = mesh.run("rotate-certs", "--root", *args)
+        assert result.returncode == 0, result.stdout + result.stderr
+        new_root = (ws / ("certs" if stage == 3 else "certs-next") / "root-cert.pem").read_bytes()
+        check_stage(mesh, tmp_path, stage, old_root, new_root, TWO, old_intermediates)
+        status = mesh.run("status", "-o", "json")
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert {c["cacerts"]["istiod_took"] for c in json.loads(status.stdout)["clusters"]} == {True}
+        if stage == 1:
+            _istiod_misses_stage_1_then_the_hint_repairs_it(mesh)
+        if stage != 2:
+            continue
+        # cluster2's stage-2 bundle reordered (new, old: what a stage 2 used to be): istiod 1.29 refuses it.
+        secret = mesh.get("cluster2", "secret", "cacerts", "-n", "istio-system")
+        taken = cacerts(mesh, "cluster2")["root-cert.pem"]
+        secret["data"]["root-cert.pem"] = base64.b64encode(new_root + old_root).decode()
+        mesh.sandbox.kubectl("cluster2", "apply", "-f", "-", stdin=json.dumps(
+            {k: secret[k] for k in ("apiVersion", "kind", "type", "data")}
+            | {"metadata": {"name": "cacerts", "namespace": "istio-system"}}))
+        assert published_roots(mesh, "cluster2") == taken, "istiod kept stage 2's bundle"
+        refused = mesh.run("status", "-o", "json")
+        assert refused.returncode == 1
+        doc = json.loads(refused.stdout)
+        problems = {c["context"]: {p["code"]: p for p in c["problems"]} for c in doc["clusters"]}
+        assert set(problems["cluster1"]) == set()
+        assert set(problems["cluster2"]) == {"istiod_roots_not_taken", "root_transition_behind"}
+        not_taken = problems["cluster2"]["istiod_roots_not_taken"]
+        assert "another order" in not_taken["message"] and "stage 2" in not_taken["message"]
+        assert "kubectl --context cluster2 rollout restart deployment/istiod -n istio-system" in not_taken["hint"]
+        assert _cluster_doc(doc, "cluster2")["cacerts"]["istiod_took"] is False
+        table = mesh.run("status")
+        assert "istiod did not take the root bundle" in table.stdout + table.stderr
+        # rotate-certs puts the stage's bundle back; istiod holds it still: in step again
+        back = mesh.run("rotate-certs", "--root", "--min-wait", "0")
+        assert back.returncode == 0 and "bringing cluster2 to stage 2" in back.stdout, back.stdout + back.stderr
+        check_stage(mesh, tmp_path, 2, old_root, new_root, TWO, old_intermediates)
+        assert mesh.run("status").returncode == 0
+
+
+def _istiod_misses_stage_1_then_the_hint_repairs_it(mesh):
+    """cluster1's istiod restarted while cacerts was gone: it signs with a root of its own and does not
+    watch the stage-1 cacerts put back. The move does not go on; the restart it names repairs it."""
+    secret = mesh.get("cluster1", "secret", "cacerts", "-n", "istio-system")
+    mesh.sandbox.kubectl("cluster1", "delete", "secret", "cacerts", "-n", "istio-system")
+    mesh.sandbox.kubectl("cluster1", "rollout", "restart", "deployment/istiod", "-n", "istio-system")
+    mesh.sandbox.kubectl("cluster1", "rollout", "status", "deployment/istiod", "-n", "istio-system", "--timeout=60s")
+    mesh.sandbox.kubectl("cluster1", "apply", "-f", "-", stdin=json.dumps(
+        {k: secret[k] for k in ("apiVersion", "kind", "type", "data")}
+        | {"metadata": {"name": "cacerts", "namespace": "istio-system"}}))
+    stopped = mesh.run("rotate-certs", "--root", "--min-wait", "0")
+    out = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 1 and "istiod in cluster1 has not taken its root bundle" in out, out
+    assert "kubectl --context cluster1 rollout restart deployment/istiod -n istio-system" in out
+    assert json.loads(mesh.run("status", "-o", "json").stdout)["transition"]["stage"] == 1, "no further"
+    doc = json.loads(mesh.run("status", "-o", "json").stdout)
+    problem = {p["code"]: p for p in _cluster_doc(doc, "cluster1")["problems"]}["istiod_roots_not_taken"]
+    assert "a root that is not in cacerts" in problem["message"]
+    mesh.sandbox.kubectl("cluster1", "rollout", "restart", "deployment/istiod", "-n", "istio-system")
+    mesh.sandbox.kubectl("cluster1", "rollout", "status", "deployment/istiod", "-n", "istio-system", "--timeout=60s")
+    assert mesh.run("status").returncode == 0
+
+
+def _cluster_doc(doc, ctx):
+    return next(c for c in doc["clusters"] if c["context"] == ctx)

@@ -1,6 +1,8 @@
 """The pure decisions of the certificates' lifecycle."""
 import datetime as dt
 
+import pytest
+
 from lib.lifecycle import Intermediate, Rotation, needs_reissue, select_for_rotation
 
 NOW = dt.datetime(2026, 11, 29, 8, 0, tzinfo=dt.timezone.utc)
@@ -68,15 +70,60 @@ def test_each_stage_puts_the_right_roots_in_cacerts():
     old = b"-----BEGIN CERTIFICATE-----\nOLD\n-----END CERTIFICATE-----\n"
     new = b"-----BEGIN CERTIFICATE-----\nNEW\n-----END CERTIFICATE-----\n"
     assert cacerts_for_stage(1, inter, old, new)["root-cert.pem"] == old + new
-    assert cacerts_for_stage(2, inter, old, new)["root-cert.pem"] == new + old
-    assert cacerts_for_stage(3, inter, old, new)["root-cert.pem"] == b"R", "as the Makefile made it"
+    assert cacerts_for_stage(2, inter, old, new)["root-cert.pem"] == old + new + new, "Istio's own test's sequence"
+    assert cacerts_for_stage(3, inter, old, new)["root-cert.pem"] == new, "the very bytes stage 2 holds"
+    assert cacerts_for_stage(None, inter, old, new)["root-cert.pem"] == b"R", "as the Makefile made it"
     assert cacerts_for_stage(1, inter, old, new)["ca-key.pem"] == b"K"
     want = cacerts_for_stage(1, inter, old, new)
-    seen = {"ca-cert.pem": b"I", "cert-chain.pem": b"I+R", "root-cert.pem": new + old}
-    assert holds(seen, want), "roots compare as a set, as istiod compares them"
+    seen = {"ca-cert.pem": b"I", "cert-chain.pem": b"I+R", "root-cert.pem": old + new}
+    assert holds(seen, want)
+    assert not holds({**seen, "root-cert.pem": new + old}, want), "the same roots in another order: istiod 1.29 refuses them"
     assert not holds({**seen, "root-cert.pem": old}, want)
     assert not holds({**seen, "ca-cert.pem": b"other"}, want)
     assert not holds(None, want)
+
+
+SUPPORTED = [(1, 28), (1, 29), (1, 30), (1, 31)]
+
+
+def _pem(body: bytes) -> bytes:
+    import base64
+    return b"-----BEGIN CERTIFICATE-----\n" + base64.b64encode(body) + b"\n-----END CERTIFICATE-----\n"
+
+
+@pytest.mark.parametrize("version", SUPPORTED)
+@pytest.mark.parametrize("old", [_pem(b"old root"), _pem(b"old root").rstrip(b"\n")],
+                         ids=["single-root", "no-final-newline"])
+def test_every_stage_is_a_bundle_every_supported_istiod_takes(version, old):
+    """From the single root a mesh starts with, each stage's bundle is taken by istiod's rule of each
+    version setup-mesh supports (the sandbox's model of pilot/pkg/bootstrap/istio_ca.go handleEvent)."""
+    from lib.lifecycle import stage_roots
+    from tests.sandbox.istiodca import accepts_root_change, certificate_set
+
+    new = _pem(b"new root")
+    held = old
+    for stage in (1, 2, 3):
+        bundle = stage_roots(stage, old, new)
+        assert accepts_root_change(version, held, bundle), f"Istio {version}: stage {stage} refused"
+        held = bundle
+        assert certificate_set(bundle) == ({_b(old), _b(new)} if stage < 3 else {_b(new)})
+
+
+def _b(pem: bytes) -> bytes:
+    from tests.sandbox.istiodca import certificate_set
+    return next(iter(certificate_set(pem)))
+
+
+def test_the_rules_differ_by_version_as_istio_does():
+    from tests.sandbox.istiodca import accepts_root_change
+
+    old, new, other = _pem(b"old"), _pem(b"new"), _pem(b"other")
+    for version in SUPPORTED:
+        set_rule = version >= (1, 30)
+        assert accepts_root_change(version, old + new, new + old) is set_rule, "reordered: bytes up to 1.29"
+        assert accepts_root_change(version, old + new, new) is True
+        assert accepts_root_change(version, old, new) is False, "no containment at all"
+        assert accepts_root_change(version, old + new, new + other) is False
 
 
 def test_min_wait_takes_units_and_refuses_nonsense():

@@ -73,7 +73,7 @@ def test_up_env_down(cli_dir, kubectl_bin):
     assert env["PATH"].split(os.pathsep)[1] == str(istioctl.parent), "the stand-in istioctl is on PATH"
     version = subprocess.run(["istioctl", "version", "--remote=false"], env=env, capture_output=True, text=True,
                              timeout=60)
-    assert version.returncode == 0 and version.stdout.strip() == "client version: 1.29.0", version.stderr
+    assert version.returncode == 0 and version.stdout.strip() == "client version: 1.30.3", version.stderr
 
     again = sandbox_cli("up", "--clusters", "2", "--dir", str(cli_dir), check=False)
     assert again.returncode == 1 and "already running" in again.stderr

@@ -24,6 +24,7 @@ from cryptography.x509.oid import NameOID
 from rich.console import Console
 
 from tests import meshkit
+from tests.sandbox.release import VERSION
 from tests.meshkit import FAST_KEYS
 from lib.config import Cluster, Topology
 from lib.kube import Observed, RemoteSecretInfo
@@ -442,8 +443,9 @@ def test_healthy_mesh_reads_only_and_reports_every_field(mesh):
         c = _cluster(doc, ctx)
         assert set(c) == CLUSTER_FIELDS
         assert (c["cluster_name"], c["network"], c["network_label"], c["reachable"], c["error"]) == (ctx, net, net, True, None)
-        assert c["istio"] == {"installed": True, "version": "1.29.0", "ready": True}
+        assert c["istio"] == {"installed": True, "version": VERSION, "ready": True}
         assert c["cacerts"]["present"] and c["cacerts"]["chains_to_root"] and c["cacerts"]["root_fingerprint"] == root_fp
+        assert c["cacerts"]["istiod_took"] is True, "istiod publishes the root of cacerts"
         assert c["cacerts"]["days_left"] > 3000 and c["cacerts"]["expires"].endswith("Z")
         assert c["gateway"]["required"] and c["gateway"]["address"].startswith("198.51.100.")
         assert c["remote_secrets"] == {p: "present" for p in NETS if p != ctx}
@@ -454,7 +456,7 @@ def test_healthy_mesh_reads_only_and_reports_every_field(mesh):
 
     table = mesh.run("describe")
     assert table.returncode == 0, table.stderr
-    assert "healthy" in table.stdout and "1.29.0" in table.stdout and "✓" in table.stdout
+    assert "healthy" in table.stdout and VERSION in table.stdout and "✓" in table.stdout
     # neither keys nor tokens reach any output
     key = (mesh.workdir / "certs" / "cluster1" / "ca-key.pem").read_text()
     for text in (table.stdout, table.stderr, json.dumps(doc)):
@@ -786,6 +788,46 @@ def test_a_mesh_in_step_mid_transition_is_healthy_and_says_what_comes_next(tmp_p
     text = _rendered(status)
     assert "root transition: stage 2 of 3" in text and "in place in every cluster since 2029-12-31T12:00:00Z" in text
     assert "3650d, new root, 2 roots" in text and "healthy" in text
+
+
+def _istiod_env(observed, ctx, **env):
+    observed[ctx].deployments["istiod"] = {"spec": {"template": {"spec": {"containers": [
+        {"name": "discovery", "env": [{"name": k, "value": v} for k, v in env.items()]}]}}}}
+
+
+def test_status_says_when_istiod_did_not_take_the_stage_and_why(tmp_path, roots):
+    from lib import lifecycle
+
+    old, new = (_pem(r[0]) for r in roots)
+    ws, observed, istiod = _mid_transition(tmp_path, roots, 2)
+    stage1, stage2 = lifecycle.stage_roots(1, old, new), lifecycle.stage_roots(2, old, new)
+    for ctx in observed:
+        _istiod_env(observed, ctx, ISTIO_MULTIROOT_MESH="true")
+    taken = {ctx: stage2 for ctx in observed}
+    status = evaluate(ws, observed, istiod, now=NOW, published=taken)
+    assert status.healthy and {c["cacerts"]["istiod_took"] for c in status.to_json()["clusters"]} == {True}
+
+    # c2's cacerts holds stage 2's roots in another order: istiod 1.29 kept stage 1's
+    observed["c2"].cacerts["root-cert.pem"] = new + old
+    ws.expected["c2"] = dict(observed["c2"].cacerts)
+    status = evaluate(ws, observed, istiod, now=NOW, published={**taken, "c2": stage1})
+    assert _codes(status, "c2") == ["istiod_roots_not_taken"] and _codes(status, "c1") == []
+    problem = status.clusters[1].problems[0]
+    assert "stage 2 of the move" in problem.message and "another order" in problem.message
+    assert "Updating new ROOT-CA not supported" in problem.message
+    assert problem.hint.startswith("`kubectl --context c2 rollout restart deployment/istiod -n istio-system`")
+    assert status.to_json()["clusters"][1]["cacerts"]["istiod_took"] is False
+
+    # without the multi-root switch istiod keeps the roots it started with, whatever the order
+    _istiod_env(observed, "c2")
+    status = evaluate(ws, observed, istiod, now=NOW, published={**taken, "c2": stage1})
+    assert "without ISTIO_MULTIROOT_MESH=true" in status.clusters[1].problems[0].message
+    # a root of its own (it started before cacerts existed)
+    status = evaluate(ws, observed, istiod, now=NOW, published={**taken, "c2": _pem(_ca("cluster.local")[0])})
+    assert "a root that is not in cacerts" in status.clusters[1].problems[0].message
+    # nothing published (yet), or not read: not judged
+    assert _codes(evaluate(ws, observed, istiod, now=NOW, published={**taken, "c2": None}), "c2") == []
+    assert _codes(evaluate(ws, observed, istiod, now=NOW, published={}), "c2") == []
 
 
 def test_a_cluster_behind_the_stage_is_named_with_the_command_that_brings_it_there(tmp_path, roots):

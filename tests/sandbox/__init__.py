@@ -124,14 +124,16 @@ class Sandbox:
     def up(cls, directory: Path, contexts: Sequence[str],
            lb_delay: "float | None | Mapping[str, float | None]" = LB_DELAY,
            env: Mapping[str, str] | None = None, namespaces: Mapping[str, str] | None = None,
-           ready_delay: float = READY_DELAY, namespace_delete_delay: float = NAMESPACE_DELETE_DELAY) -> "Sandbox":
+           ready_delay: float = READY_DELAY, namespace_delete_delay: float = NAMESPACE_DELETE_DELAY,
+           istio_version: str | None = None) -> "Sandbox":
         """Start one emulated cluster per context and write kubeconfig, env, bin/ and the stand-in release.
 
         ``lb_delay``: seconds before LoadBalancer Services get an address; None means never; a dict sets it
         per context (missing contexts: LB_DELAY). ``env``: extra variables for ``.env`` and the ``env`` file.
         ``namespaces``: context -> the default namespace its kubeconfig context names (missing: none).
         ``ready_delay``: seconds before a new Deployment is ready; ``namespace_delete_delay``: seconds a
-        deleted namespace stays Terminating.
+        deleted namespace stays Terminating. ``istio_version``: the stand-in release's version (default: the
+        release module's VERSION).
         """
         contexts = list(contexts)
         if not contexts:
@@ -166,7 +168,7 @@ class Sandbox:
                 link.unlink()
             link.symlink_to(kubectl)
             (directory / ".kube-cache").mkdir(exist_ok=True)
-            release = _materialize_release(directory)
+            release = _materialize_release(directory, istio_version)
             sandbox._state["istio_dir"] = str(release) if release else None
             sandbox._write_files()
         except BaseException:
@@ -457,12 +459,14 @@ def _write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def _materialize_release(directory: Path) -> Path | None:
+def _materialize_release(directory: Path, version: str | None = None) -> Path | None:
     """Copy the stand-in Istio release into ``directory`` when tests/sandbox/release.py exists."""
     name = f"{__name__}.release"
     if importlib.util.find_spec(name) is None:
         return None
     module = importlib.import_module(name)
+    if version:
+        return Path(module.materialize_release(directory, version=version)).resolve()
     return Path(module.materialize_release(directory)).resolve()
 
 

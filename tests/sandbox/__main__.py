@@ -5,6 +5,7 @@
     source /tmp/mesh/env                                          # kubectl, istioctl and KUBECONFIG
     python -m tests.sandbox status --dir /tmp/mesh
     python -m tests.sandbox down --dir /tmp/mesh
+    python -m tests.sandbox release --version 1.29.6 --out /tmp/releases    # a stand-in release and its archive
 
 Run from the project root (the directory holding tests/).
 """
@@ -67,7 +68,8 @@ def cmd_up(args) -> int:
     directory = Path(args.dir).resolve()
     try:
         sandbox = Sandbox.up(directory, _contexts(args), lb_delay=args.lb_delay, namespaces=args.namespaces,
-                             ready_delay=args.ready_delay, namespace_delete_delay=args.namespace_delete_delay)
+                             ready_delay=args.ready_delay, namespace_delete_delay=args.namespace_delete_delay,
+                             istio_version=args.istio_version)
     except (RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -117,6 +119,30 @@ def cmd_status(args) -> int:
     return 0 if running else 3
 
 
+def cmd_release(args) -> int:
+    from .release import VERSION, archive_release, check_version
+    try:
+        version = check_version(args.version or VERSION)
+    except ValueError as exc:
+        print(f"error: --version: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    archive, checksum = archive_release(out, version)
+    print(f"stand-in Istio {version} release: {out / f'istio-{version}'}")
+    print(f"archive: {archive}")
+    print(f"checksum: {checksum}")
+    return 0
+
+
+def _version_arg(text: str) -> str:
+    from .release import check_version
+    try:
+        return check_version(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.sandbox",
@@ -140,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"delay before a new Deployment's replicas are ready (default {READY_DELAY})")
     up.add_argument("--namespace-delete-delay", type=float, default=NAMESPACE_DELETE_DELAY, metavar="SECONDS",
                     help=f"how long a deleted namespace stays Terminating (default {NAMESPACE_DELETE_DELAY})")
+    up.add_argument("--istio-version", type=_version_arg, default=None, metavar="X.Y.Z",
+                    help="the stand-in Istio release's version (1.28.x to 1.31.x; default 1.30.3)")
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="stop every emulated cluster of DIR (safe to repeat)")
@@ -149,6 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     status = sub.add_parser("status", help="show the clusters of DIR and whether they run")
     status.add_argument("--dir", required=True)
     status.set_defaults(func=cmd_status)
+
+    release = sub.add_parser("release", help="write a stand-in Istio release: OUT/istio-X/, "
+                                             "OUT/istio-X-linux-amd64.tar.gz and its .sha256")
+    release.add_argument("--version", default=None, metavar="X.Y.Z",
+                         help="1.28.x, 1.29.x, 1.30.x or 1.31.x (default 1.30.3)")
+    release.add_argument("--out", required=True, help="directory to write into")
+    release.set_defaults(func=cmd_release)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -45,9 +45,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 try:
-    from . import gatewaycontroller, meshmodel
+    from . import gatewaycontroller, istiodca, meshmodel
 except ImportError:  # run as a script: the module sits next to this file
     import gatewaycontroller
+    import istiodca
     import meshmodel
 
 SERVER_VERSION = {
@@ -2146,9 +2147,13 @@ class Cluster:
         if (group, plural) == ("admissionregistration.k8s.io", "mutatingwebhookconfigurations") or (
                 (group, plural) == ("", "pods") and key[2] == meshmodel.ISTIO_NS):
             self._patch_injectors_soon()  # istiod patches its webhooks once it runs, and again when reset
+        if istiodca.watches(group, plural):  # istiod's CA: the roots it holds and publishes
+            istiodca.on_write(self, rt, key, old, obj)
 
     def _after_delete(self, rt: ResType, key, obj: dict):
         self._collect_garbage(obj["metadata"].get("uid"))
+        if istiodca.watches(rt.group, rt.plural):
+            istiodca.on_delete(self, rt, key, obj)
         if gatewaycontroller.watches(rt.group, rt.plural):
             self._gateway_controller_soon()
         if rt.group == "" and rt.plural == "secrets":

@@ -1,31 +1,56 @@
 """A stand-in unpacked Istio release for tests.
 
-`materialize_release(dest)` lays out ``dest/istio-<VERSION>/`` the way an unpacked
+`materialize_release(dest, version=...)` lays out ``dest/istio-<version>/`` the way an unpacked
 release tarball looks (bin/istioctl, tools/certs, samples/multicluster, manifests/profiles,
 manifest.yaml). bin/istioctl is a Python program that drives the emulated clusters; its
 shebang is pointed at the interpreter that runs the tests, so it finds the same packages.
 Every istioctl invocation is recorded in ``dest/istioctl-calls.jsonl`` (see
-release_template/README-standin.md).
+release_template/README-standin.md). `archive_release` packs it as Istio publishes a release:
+``istio-<version>-linux-amd64.tar.gz`` and its ``.sha256``.
+
+The version is the one istioctl reports and installs (image tags); what differs between the
+versions setup-mesh supports is decided from it where Istio decides it: the ``remote-clusters``
+table (bin/istioctl) and which root bundles istiod takes (istiodca.py, from the istiod image tag).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
+import re
 import sys
+import tarfile
 from pathlib import Path
 
-VERSION = "1.29.0"
+VERSION = "1.30.3"  # the default: the newest stable release (1.29 reached its end of life on 2026-10-15)
+SUPPORTED_MINORS = ((1, 28), (1, 29), (1, 30), (1, 31))
+ARCHIVE_SUFFIX = "-linux-amd64.tar.gz"
 
 TEMPLATE = Path(__file__).resolve().parent / "release_template"
 
 # Files of the template that only document the stand-in itself; not part of a release.
 _NOT_COPIED = {"README-standin.md"}
 
+# Files that name the release's version (the template is written at VERSION).
+_VERSIONED = {"bin/istioctl", "manifest.yaml"}
+
 _EXECUTABLES = ("bin/istioctl", "samples/multicluster/gen-eastwest-gateway.sh")
 
 
-def release_dir(dest_parent: Path) -> Path:
-    return Path(dest_parent) / f"istio-{VERSION}"
+def check_version(version: str) -> str:
+    """X.Y.Z (or X.Y.Z-rc.N, -beta.N, -alpha.N) of a supported minor; ValueError otherwise."""
+    match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)(-(alpha|beta|rc)\.\d+)?", version or "")
+    if not match:
+        raise ValueError(f"{version!r} is not an Istio version (X.Y.Z, e.g. {VERSION})")
+    if (int(match.group(1)), int(match.group(2))) not in SUPPORTED_MINORS:
+        known = ", ".join(f"{a}.{b}.x" for a, b in SUPPORTED_MINORS)
+        raise ValueError(f"the stand-in release is made at {known}, not {version}")
+    return version
+
+
+def release_dir(dest_parent: Path, version: str = VERSION) -> Path:
+    return Path(dest_parent) / f"istio-{version}"
 
 
 def calls_file(dest_parent: Path) -> Path:
@@ -33,12 +58,13 @@ def calls_file(dest_parent: Path) -> Path:
     return Path(dest_parent) / "istioctl-calls.jsonl"
 
 
-def materialize_release(dest_parent: Path, python: str = sys.executable) -> Path:
-    """Copy the template to dest_parent/istio-<VERSION>/ and return that folder.
+def materialize_release(dest_parent: Path, python: str = sys.executable, version: str = VERSION) -> Path:
+    """Copy the template to dest_parent/istio-<version>/ and return that folder.
 
     Idempotent: running it again refreshes the files (and the istioctl shebang) in place.
     """
-    dest = release_dir(dest_parent)
+    version = check_version(version)
+    dest = release_dir(dest_parent, version)
     dest.mkdir(parents=True, exist_ok=True)
     for src in sorted(TEMPLATE.rglob("*")):
         rel = src.relative_to(TEMPLATE)
@@ -54,13 +80,48 @@ def materialize_release(dest_parent: Path, python: str = sys.executable) -> Path
             first, _, rest = text.partition("\n")
             if first.startswith("#!"):
                 text = rest
-            _write_if_changed(target, f"#!{python}\n{text}")
+            _write_if_changed(target, f"#!{python}\n{_at_version(text, version)}")
         else:
-            _write_if_changed(target, src.read_text())
+            _write_if_changed(target, _at_version(src.read_text(), version) if rel.as_posix() in _VERSIONED else src.read_text())
     for rel in _EXECUTABLES:
         path = dest / rel
         path.chmod(path.stat().st_mode | 0o111)
     return dest
+
+
+def _at_version(text: str, version: str) -> str:
+    """The template's text as release ``version`` has it: istioctl's built-in version, the manifest's
+    version and release branches."""
+    minor = ".".join(version.split(".")[:2])
+    text = re.sub(r'(?m)^VERSION = "[^"]*"', f'VERSION = "{version}"', text)
+    text = re.sub(r"(?m)^version: .*$", f"version: {version}", text)
+    return re.sub(r"branch: release-\d+\.\d+", f"branch: release-{minor}", text)
+
+
+def archive_release(dest_parent: Path, version: str = VERSION, python: str = sys.executable) -> tuple[Path, Path]:
+    """dest_parent/istio-<version>/ packed as istio-<version>-linux-amd64.tar.gz (one top folder,
+    istio-<version>/, as the published archives) and its .sha256: "<hex> <name>", the line Istio's
+    release-builder writes (pkg/util/files.go CreateSha); `sha256sum -c` accepts it."""
+    folder = materialize_release(dest_parent, python=python, version=version)
+    archive = Path(dest_parent) / f"istio-{version}{ARCHIVE_SUFFIX}"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted([folder, *folder.rglob("*")]):
+            if "__pycache__" in path.parts:
+                continue
+            info = tar.gettarinfo(str(path), arcname=path.relative_to(folder.parent).as_posix())
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            if info.isfile():
+                with open(path, "rb") as fh:
+                    tar.addfile(info, fh)
+            else:
+                tar.addfile(info)
+    archive.write_bytes(buffer.getvalue())
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    checksum = archive.with_name(archive.name + ".sha256")
+    checksum.write_text(f"{digest} {archive.name}\n")
+    return archive, checksum
 
 
 def _write_if_changed(path: Path, text: str) -> None:
