@@ -21,7 +21,7 @@ from .kube import IstioUsage, Observed, Tools, gateway_addresses
 from .overlay import ISTIO_NAMESPACE, our_operators
 from .desired import desired_state
 from .plan import RECORD_TITLE, ApplyPlan, Removal, Uninstall, build_apply_plan, teardown_plan
-from .planview import print_plan
+from .planview import other_root_consequence, print_plan
 from .prep import parse_context_options, prep_mesh as _prep_mesh, report as _report_prep
 from .release import Release, find_release
 from .reporter import Reporter
@@ -118,7 +118,7 @@ def _open_log(workdir: Path, command: str, runner: ShRunner) -> RunLog:
 
 def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_run: bool, yes: bool,
           parallel: int, gateway_timeout: float, timeout: float, runner: ShRunner, reporter: Reporter,
-          contexts: list[str] = (), gateway_api_crds: str | None = None) -> int:
+          contexts: list[str] = (), gateway_api_crds: str | None = None, replace_foreign_ca: bool = False) -> int:
     if not dry_run:
         lifecycle.resume_finish(workdir)  # a root transition's last rename, if a run was cut short there
     ws = load_workspace(workdir, kubeconfig, lenient=dry_run)
@@ -183,10 +183,20 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
                             removed=removed, removed_observed=observed, workdir=workdir, tools=tools,
                             release=release, intermediate_vars=intermediate_vars, gateway_timeout=gateway_timeout,
                             gateway_api=crd_source, uninstall=uninstall, transition=transition)
+    refusal = other_roots_refusal(plan, replace_foreign_ca)
     if dry_run:
         reporter.stop_progress()
-        print_plan(plan, topology, observed if readable else None, ws.notes, reporter)
+        print_plan(plan, topology, observed if readable else None, ws.notes, reporter,
+                   replace_other_roots=replace_foreign_ca)
+        if refusal is not None:
+            raise refusal
         return 0
+    if refusal is not None:  # before any cluster is touched
+        reporter.stop_progress()
+        log.close()
+        raise refusal
+    for context, finding in plan.other_roots.items():
+        reporter.info(f"{context}: {finding.describe()}: {other_root_consequence(True)}")
 
     if plan.deletes_anything:
         reporter.stop_progress()
@@ -222,6 +232,20 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
         if gone.context not in outcome.failures:
             reporter.finish_cluster(gone.context, True, "removed" if gone.reachable else "removed (unreachable)")
     return _finish("apply", outcome, log, reporter)
+
+
+def other_roots_refusal(plan: ApplyPlan, replace: bool) -> ConfigError | None:
+    """Clusters whose cacerts chains to another root are never replaced unasked, whoever made it: workloads
+    holding certificates of the old root and of the new one cannot talk until they restart."""
+    if not plan.other_roots or replace:
+        return None
+    lines = "".join(f"\n  {context}: {finding.describe()}" for context, finding in plan.other_roots.items())
+    return ConfigError(
+        f"secret cacerts chains to another root than this workspace's in {', '.join(plan.other_roots)}; replacing "
+        f"it breaks mTLS between workloads until they restart, so nothing was changed:{lines}",
+        hint=f"run apply from the workspace that holds that root (its `rotate-certs --root` moves a mesh to a new "
+             f"root without downtime), or `{invocation.command('apply', '--replace-foreign-ca')}` to replace it at "
+             f"once (then restart every workload: `kubectl rollout restart deployment -n <namespace>`)")
 
 
 def _istio_version(istio_dir: str | None, ws: Workspace) -> str | None:

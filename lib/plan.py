@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from . import certs, lifecycle
+from .assess import CacertsFinding, CacertsState, assess_cacerts
 from .config import SIDECAR, Cluster, Topology
 from .errors import MeshError
 from .ambient import gateway_status
@@ -67,6 +68,8 @@ class ApplyPlan:
     actions: dict[str, str] = field(default_factory=dict)  # context -> install | remove (else: change)
     secrets: dict[str, int] | None = None  # remote secrets to add, replace, prune
     replacements: dict[str, list[str]] = field(default_factory=dict)  # context -> what a mode switch replaces
+    # Clusters whose cacerts chains to another root than this workspace's: apply replaces it only when told to.
+    other_roots: dict[str, CacertsFinding] = field(default_factory=dict)
 
     @property
     def deletes_anything(self) -> bool:
@@ -109,6 +112,22 @@ def cacerts_in_place(seen: Observed, cluster: Cluster, workdir: Path, transition
     if not lifecycle.holds(seen.cacerts, want):
         return False
     return transition is None or lifecycle.stage_since(transition, seen.annotations) is not None
+
+
+def workspace_roots(workdir: Path, transition: Transition | None) -> list[bytes]:
+    """The roots the clusters may trust now, the one issuing first: the workspace's, and mid-move the new one."""
+    old = read_if_present(certs.certs_dir(workdir) / certs.ROOT_CERT)
+    new = read_if_present(lifecycle.next_dir(workdir) / certs.ROOT_CERT) if transition is not None else None
+    roots = [new, old] if transition is not None and transition.stage >= 2 else [old, new]
+    return [pem for pem in roots if pem]
+
+
+def cacerts_finding(seen: Observed, cluster: Cluster, workdir: Path, transition: Transition | None,
+                    roots: list[bytes]) -> CacertsFinding:
+    """The cluster's cacerts judged against what it must hold now (files of the workspace read here)."""
+    want = lifecycle.desired_cacerts(workdir, cluster.name, transition)
+    at_stage = transition is None or lifecycle.stage_since(transition, seen.annotations) is not None
+    return assess_cacerts(seen.cacerts, seen.cacerts_labelled, want, roots, at_stage)
 
 
 # The certs Makefile signs every intermediate with the root's serial file (root-cert.srl), which
@@ -526,7 +545,7 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
     ``transition``: a root transition under way; clusters get (and keep) the certificates of its stage."""
     cert_dir = lifecycle.issuing_dir(workdir, transition)
     stage_note = f", stage {transition.stage} of the move to a new root" if transition is not None else ""
-    root_pem = read_if_present(certs.certs_dir(workdir) / certs.ROOT_CERT)
+    roots = workspace_roots(workdir, transition)
     # Each member's own chain (set-up, install, its remote secret), then what needs the others (their
     # secrets, and the gateway address); phases group the steps for the reader, the steps' dependencies
     # (Step.after) are what orders clusters against each other.
@@ -579,12 +598,10 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             steps.append(await_namespace_deleted_step(tools, cluster))
         if not certs.has_cacerts(cert_dir, cluster.name):
             steps.append(_intermediate_step(release, cert_dir, cluster, intermediate_vars))
-        cacerts_current = cacerts_in_place(seen, cluster, workdir, transition)
-        if not cacerts_current and not certs.made_by_this_workspace(seen.cacerts, seen.cacerts_labelled, root_pem):
-            plan.replacements.setdefault(cluster.context, []).append(
-                f"secret cacerts, which setup-mesh did not make ({certs.describe_foreign(seen.cacerts)}), by this "
-                f"workspace's intermediate CA: workloads keep certificates of the old CA until they renew (within "
-                f"24 h), and mTLS between old and new certificates fails meanwhile")
+        cacerts = cacerts_finding(seen, cluster, workdir, transition, roots)
+        cacerts_current = cacerts.state is CacertsState.CURRENT
+        if cacerts.other_root:
+            plan.other_roots[cluster.context] = cacerts
         installing = (seen.applied != d.fingerprint or (d.eastwest is not None and not seen.eastwest_exists)
                       or (d.ambient_gateway is not None and seen.eastwest_gateway is None))
         annotations_current = all(seen.annotations.get(k) == v for k, v in d.namespace_annotations.items())

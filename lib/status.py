@@ -751,11 +751,16 @@ def _judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: 
         if not c.chains_to_root:
             local = _load_cert(ws.local_ca.get(cluster.name))
             local_ok = local is not None and _issued_by(local, root)
+            # apply replaces a cacerts under another root only when told to (mTLS breaks until workloads restart)
+            other_root = c.root_fingerprint != root_fp
+            apply = invocation.command("apply", "--replace-foreign-ca") if other_root else hints.apply
+            replaces = ("; it replaces that cacerts at once: mTLS between workloads breaks until they restart"
+                        if other_root else "")
             if local_ok:
-                hint = f"{hints.apply} (installs certs/{cluster.name}/, which this workspace's root issued)"
+                hint = f"{apply} (installs certs/{cluster.name}/, which this workspace's root issued{replaces})"
             else:
-                hint = (f"`rm -r {hints.path(certs.CERTS_DIR, cluster.name)}`, then {hints.apply} "
-                        f"(re-issues the intermediate CA from this workspace's root)")
+                hint = (f"`rm -r {hints.path(certs.CERTS_DIR, cluster.name)}`, then {apply} "
+                        f"(re-issues the intermediate CA from this workspace's root{replaces})")
             what = ("its root-cert.pem is another root" if c.root_fingerprint != root_fp
                     else "its ca-cert.pem was not issued by this workspace's root")
             add(Problem("cacerts_foreign_root", f"secret cacerts does not chain to this workspace's root CA "
