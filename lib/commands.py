@@ -121,7 +121,8 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
           contexts: list[str] = (), gateway_api_crds: str | None = None, replace_foreign_ca: bool = False) -> int:
     if not dry_run:
         lifecycle.resume_finish(workdir)  # a root transition's last rename, if a run was cut short there
-    ws = load_workspace(workdir, kubeconfig, lenient=dry_run)
+    # A dry run shows the plan for clusters that hold nothing yet, then fails as apply would.
+    ws = load_workspace(workdir, kubeconfig, lenient=dry_run, note_contexts=False)
     topology = ws.topology
     chosen = select_clusters(topology, list(contexts))
     only = {c.context for c in chosen} if contexts else None
@@ -188,8 +189,9 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
         reporter.stop_progress()
         print_plan(plan, topology, observed if readable else None, ws.notes, reporter,
                    replace_other_roots=replace_foreign_ca)
-        if refusal is not None:
-            raise refusal
+        for failure in (ws.context_error, refusal):  # what apply itself would stop at, in its order
+            if failure is not None:
+                raise failure
         return 0
     if refusal is not None:  # before any cluster is touched
         reporter.stop_progress()

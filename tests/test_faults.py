@@ -58,6 +58,18 @@ def test_bad_input_is_refused_before_any_request(mesh, case, expect):
     assert _requests(mesh) == before
 
 
+def test_dry_run_and_apply_agree_on_a_context_missing_from_the_kubeconfig(mesh):
+    mesh.write_topology({**NETS, "nowhere": "network1"})
+    before = _requests(mesh)
+    dry, real = mesh.run("apply", "--dry-run"), mesh.run("apply", "-y")
+    assert (dry.returncode, real.returncode) == (2, 2), dry.stderr + real.stderr
+    error = [line for line in real.stderr.splitlines() if line.startswith(("error:", "hint:"))]
+    assert error and error[0].startswith("error: ") and "context 'nowhere' is not in the kubeconfig" in error[0]
+    assert dry.stderr.splitlines()[-len(error):] == error, "the dry run ends with apply's own error"
+    assert "Plan (dry run, changes nothing)" in dry.stdout, "the plan is still shown"
+    assert _requests(mesh) == before
+
+
 # --- faults while running -----------------------------------------------------------------------
 
 def test_unreachable_cluster_is_named_and_the_others_go_ahead(mesh):
