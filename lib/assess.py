@@ -11,6 +11,7 @@ from enum import Enum
 from typing import Mapping, Sequence
 
 from . import certs, lifecycle
+from .mesh import Member, Mesh
 
 # --- cacerts ---------------------------------------------------------------------------------------
 
@@ -90,3 +91,12 @@ def assess_cacerts(held: Mapping[str, bytes] | None, labelled: bool, want: Mappi
         state = CacertsState.OTHER_ROOT if labelled else CacertsState.FOREIGN
     issuer = certs.describe_foreign(dict(held)) if state is CacertsState.FOREIGN else None
     return CacertsFinding(state, theirs, ours, issuer)
+
+
+# --- the mesh as configured -------------------------------------------------------------------------
+
+def loopback_peers(mesh: Mesh) -> list[Member]:
+    """Clusters whose remote secret another cluster must hold, while the API server it would name is a
+    loopback address (no reachable ``api_server:``): that cluster can never read them, whatever apply does."""
+    held = {context for m in mesh.members for context in m.holds_secrets_of}
+    return [m for m in mesh.members if m.context in held and m.cluster.server_is_local]

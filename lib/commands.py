@@ -20,6 +20,8 @@ from .gatewayapi import CrdSource, choose_source, expected_version, older_than_n
 from .kube import IstioUsage, Observed, Tools, gateway_addresses
 from .overlay import ISTIO_NAMESPACE, our_operators
 from .desired import desired_state
+from .assess import loopback_peers
+from .mesh import mesh_model
 from .plan import RECORD_TITLE, ApplyPlan, Removal, Uninstall, build_apply_plan, teardown_plan
 from .planview import other_root_consequence, print_plan
 from .prep import parse_context_options, prep_mesh as _prep_mesh, report as _report_prep
@@ -135,10 +137,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     if ambient and not topology.multi_network and len(topology.clusters) > 1:
         reporter.warn(f"an ambient mesh on one network ({topology.networks[0]}) is alpha in Istio (untested "
                       f"upstream); across networks it is beta since Istio 1.29")
-    for cluster in topology.clusters:
-        if cluster.server_is_local and not cluster.api_server:
-            reporter.warn(f"context {cluster.context!r} names the API server {cluster.server}, which other clusters "
-                          f"cannot reach: set api_server: for it in {topology.path} (passed to create-remote-secret --server)")
+    unreachable_api = loopback_problem(topology, data_plane_mode(ws.base))
 
     in_topology = {c.context for c in topology.clusters}
     # With --context, clusters removed from topology.yaml wait for an apply of the whole mesh.
@@ -192,7 +191,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
         for failure in (ws.context_error, refusal):  # what apply itself would stop at, in its order
             if failure is not None:
                 raise failure
-        return 0
+        return _not_working(unreachable_api, 0, reporter)
     if refusal is not None:  # before any cluster is touched
         reporter.stop_progress()
         log.close()
@@ -233,7 +232,30 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     for gone in plan.removals:
         if gone.context not in outcome.failures:
             reporter.finish_cluster(gone.context, True, "removed" if gone.reachable else "removed (unreachable)")
-    return _finish("apply", outcome, log, reporter)
+    return _not_working(unreachable_api, _finish("apply", outcome, log, reporter), reporter)
+
+
+# apply (and its dry run) did what it was asked, but the mesh as configured cannot work (README: exit codes).
+EXIT_NOT_WORKING = 3
+
+
+def loopback_problem(topology: Topology, data_plane: str) -> MeshError | None:
+    """The one line apply ends with when peers would be told to reach clusters at loopback addresses."""
+    peers = loopback_peers(mesh_model(topology, data_plane))
+    if not peers:
+        return None
+    where = ", ".join(f"{m.context} ({m.cluster.remote_server})" for m in peers)
+    return MeshError(f"the mesh cannot work: other clusters would reach {where} at a loopback address; set "
+                     f"api_server: for {'them' if len(peers) > 1 else 'it'} in {topology.path} (an address the "
+                     f"other clusters reach), then run apply again")
+
+
+def _not_working(problem: MeshError | None, code: int, reporter: Reporter) -> int:
+    """The last line and the exit code never claim a mesh that status would call broken."""
+    if problem is None:
+        return code
+    reporter.error(problem)
+    return code or EXIT_NOT_WORKING
 
 
 def other_roots_refusal(plan: ApplyPlan, replace: bool) -> ConfigError | None:

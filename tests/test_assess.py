@@ -80,3 +80,31 @@ def test_mid_move_a_cluster_on_a_root_of_the_move_is_behind_not_foreign(pki):
 def test_a_root_bundle_in_another_order_is_still_current(pki):
     swapped = {**pki["stage1"], "root-cert.pem": pki["new"] + pki["ours"]}
     assert assess_cacerts(swapped, True, pki["stage1"], [pki["ours"], pki["new"]]).state is CacertsState.CURRENT
+
+
+# --- the mesh as configured ---------------------------------------------------------------------
+
+def _mesh(**clusters):
+    from pathlib import Path
+
+    from lib.config import Cluster, Topology
+    from lib.mesh import mesh_model
+
+    made = tuple(Cluster(context=ctx, network=spec.get("network", "n1"), name=ctx, server=spec.get("server"),
+                         api_server=spec.get("api_server"), primary=spec.get("primary"))
+                 for ctx, spec in clusters.items())
+    return mesh_model(Topology("m", made, Path("topology.yaml")))
+
+
+def test_a_loopback_api_server_matters_where_another_cluster_must_hold_its_secret():
+    from lib.assess import loopback_peers
+
+    local, reached = {"server": "https://127.0.0.1:6443"}, {"server": "https://10.0.0.1:6443"}
+    two = _mesh(a=local, b=reached)
+    assert [m.context for m in loopback_peers(two)] == ["a"]
+    fixed = _mesh(a={**local, "api_server": "https://a.example:6443"}, b=reached)
+    assert loopback_peers(fixed) == []
+    # a primary with its remote: the remote's secret is held by the primary, the primary's by nobody
+    remote = _mesh(p=local, r={**local, "primary": "p"})
+    assert [m.context for m in loopback_peers(remote)] == ["r"]
+    assert loopback_peers(_mesh(alone=local)) == [], "a mesh of one cluster holds no remote secret"

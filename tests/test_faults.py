@@ -180,7 +180,7 @@ def test_a_deleted_east_west_gateway_is_reinstalled_by_the_next_apply(mesh):
     mesh.apply()
     mesh.sandbox.kubectl("cluster2", "delete", "deployment,service", "istio-eastwestgateway", "-n", "istio-system")
     result = mesh.apply("--gateway-timeout", "5", ok=False)
-    assert result.returncode == 0, f"apply did not bring back the deleted east-west gateway:\n{result.stdout}{result.stderr}"
+    assert result.returncode == mesh.applied_code(), f"apply did not bring back the deleted east-west gateway:\n{result.stdout}{result.stderr}"
     service = mesh.get("cluster2", "service", "istio-eastwestgateway", "-n", "istio-system")
     assert service["status"]["loadBalancer"]["ingress"], "the re-installed gateway got an address"
     assert mesh.get("cluster2", "deployment", "istio-eastwestgateway", "-n", "istio-system")
@@ -207,7 +207,7 @@ def test_apply_while_istio_system_is_still_terminating(mesh):
                          "-p", '{"metadata":{"finalizers":null}}')
     out, err = proc.communicate(timeout=300)
     out = "".join(seen) + out
-    assert proc.returncode == 0, f"apply failed on a terminating namespace:\n{out}{err}"
+    assert proc.returncode == mesh.applied_code(), f"apply failed on a terminating namespace:\n{out}{err}"
     assert "istio-system is being deleted" in out, "the wait is said, not silent"
     namespace = mesh.get("cluster2", "namespace", "istio-system")
     assert "deletionTimestamp" not in namespace["metadata"]
