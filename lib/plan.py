@@ -191,9 +191,11 @@ def resolved(ctx: RunContext, d: Desired) -> Desired:
     return full
 
 
-def _install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | None = None) -> list[Step]:
+def _install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | None = None,
+                   present: frozenset[str] = frozenset()) -> list[Step]:
     """A first install shows what is added; a re-install, the paths that change in each overlay (the
-    overlays/ files are what was installed last)."""
+    overlays/ files are what was installed last), and what is installed or applied again unchanged.
+    ``present``: the purposes of the Istio objects the cluster already holds (the others are new)."""
     cluster = d.cluster
     fresh = seen.applied is None
     overlay = overlay_path(workdir, cluster)
@@ -222,14 +224,25 @@ def _install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | Non
         eastwest = _changed(path, d.eastwest, fresh_gateway, workdir)
         steps.append(Step("install east-west gateway", files=[(path, dump(d.eastwest))],
                           commands=[install_command(tools, cluster, path, d.eastwest)],
-                          change=eastwest[0] and f"{eastwest[0]} east-west gateway ({OVERLAY_DIR}/{path.name})",
+                          change=f"{eastwest[0]} east-west gateway ({OVERLAY_DIR}/{path.name})" if eastwest[0] else
+                          f"~ east-west gateway ({OVERLAY_DIR}/{path.name}): reinstalled as is",
                           details=eastwest[1]))
-    for unit in d.istio_objects:  # applied again on every install; shown when they are new
+    for unit in d.istio_objects:  # applied again on every install: new ones added, the others applied again
+        new = fresh_gateway or unit.purpose not in present
         steps.append(Step(unit.title, commands=[tools.apply(cluster, dump(manifest_list(unit.objects)
                                                                           if len(unit.objects) > 1 else unit.objects[0]),
                                                             shown=True)],
-                          change=f"+ {unit.title}" if fresh_gateway else ""))
+                          change=f"+ {unit.title}" if new else f"~ {unit.title}: applied again"))
     return steps
+
+
+def objects_present(d: Desired, seen: Observed, controls_remotes: bool) -> frozenset[str]:
+    """The purposes of ``d``'s Istio objects the cluster holds already, from what one read shows: the
+    cross-network Gateway comes with the sidecar-mode gateway, istiod's exposure with remotes that name
+    this cluster as their control plane, the ambient Gateway is read itself."""
+    held = {"expose services": seen.eastwest_made_by == "operator", "expose istiod": controls_remotes,
+            "east-west gateway": seen.eastwest_gateway is not None}
+    return frozenset(unit.purpose for unit in d.istio_objects if held.get(unit.purpose))
 
 
 def _changed(path: Path, new: dict, fresh: bool, workdir: Path) -> tuple[str, list[str]]:
@@ -633,7 +646,8 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
                 steps.append(_remove_sidecar_gateway_step(tools, workdir, d, seen))
             elif not d.ambient and seen.eastwest_made_by == "gateway":
                 steps.append(_remove_ambient_gateway_step(tools, cluster))
-            steps.extend(_install_steps(tools, workdir, d, seen))
+            steps.extend(_install_steps(tools, workdir, d, seen,
+                                        objects_present(d, seen, cluster.name in controlled_before)))
             plan.actions[cluster.context] = "install" if seen.applied is None else "change"
             if d.eastwest is None and d.ambient_gateway is None and seen.applied is not None:  # none needed now
                 if seen.eastwest_made_by == "gateway":

@@ -82,9 +82,17 @@ def _edit_base(mesh, old: str, new: str) -> None:
 def test_base_yaml_change_reinstalls_without_touching_gateways_or_secrets(mesh):
     before, exported, installs = snapshot(mesh), len(exports(mesh)), len(mesh.control_plane_installs())
     _edit_base(mesh, "accessLogFile: /dev/stdout", "accessLogFile: /dev/null")
+    plan, count = mesh.run("apply", "--dry-run").stdout, len(mesh.installs())
     mesh.apply()
     after = snapshot(mesh)
     assert sorted(c["context"] for c in mesh.control_plane_installs()[installs:]) == CONTEXTS
+    # what apply installed and applied again is what its dry run named, cluster by cluster
+    gateways = sorted(c["context"] for c in mesh.installs()[count:] if c not in mesh.control_plane_installs())
+    assert gateways == CONTEXTS
+    for ctx in CONTEXTS:
+        shown = plan.split(f"\n{ctx} (")[1].split("\n\n")[0]
+        assert f"~ east-west gateway (overlays/{NAMES[ctx]}-eastwest.yaml): reinstalled as is" in shown, plan
+        assert "~ expose services (Gateway cross-network-gateway): applied again" in shown, plan
     for ctx in CONTEXTS:
         mesh_config = yaml.safe_load(mesh.get(ctx, "configmap", "istio", "-n", "istio-system")["data"]["mesh"])
         assert mesh_config["accessLogFile"] == "/dev/null", "the edit reached every cluster"
