@@ -110,7 +110,7 @@ def confirm(question: str, yes: bool, reporter: Reporter) -> None:
         raise Cancelled("cancelled at the prompt; nothing was changed")
 
 
-def _open_log(workdir: Path, command: str, runner: ShRunner) -> RunLog:
+def open_log(workdir: Path, command: str, runner: ShRunner) -> RunLog:
     log = RunLog.create(workdir, command)
     runner.listeners.append(log.record)
     return log
@@ -130,7 +130,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     only = {c.context for c in chosen} if contexts else None
     transition = lifecycle.load_transition(workdir)
     tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout)
-    release, intermediate_vars = _certs_prerequisites(ws, istio_dir, runner, dry_run, transition=transition)
+    release, intermediate_vars = certs_prerequisites(ws, istio_dir, runner, dry_run, transition=transition)
     ambient = data_plane_mode(ws.base) == AMBIENT
     istio_version = _istio_version(istio_dir, ws) if ambient else None
     crd_source = _gateway_api_source(gateway_api_crds, istio_version, ws, dry_run) if ambient else None
@@ -146,7 +146,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     removed_clusters = [Cluster(context=r.context, network="", name=r.cluster_name, kubeconfig=r.kubeconfig)
                         for r in removed]
 
-    log = None if dry_run else _open_log(workdir, "apply", runner)  # a dry run writes nothing, not even a log
+    log = None if dry_run else open_log(workdir, "apply", runner)  # a dry run writes nothing, not even a log
     if not dry_run:
         reporter.start_progress([(c.context, c.network) for c in chosen])
     # A dry run's output is the plan alone: its reads report no progress.
@@ -216,7 +216,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
 
     executor = Executor(runner, reporter, parallel)
     for context, seen in unreachable.items():
-        _sit_out(executor, tools, topology.by_context(context), seen, f"or remove the context from {topology.path}")
+        sit_out(executor, tools, topology.by_context(context), seen, f"or remove the context from {topology.path}")
     for context, primary in orphaned.items():
         executor.fail_before_start(context, "wait for its primary", MeshError(
             f"sits this run out: its primary {primary} could not be read",
@@ -232,7 +232,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     for gone in plan.removals:
         if gone.context not in outcome.failures:
             reporter.finish_cluster(gone.context, True, "removed" if gone.reachable else "removed (unreachable)")
-    return _not_working(unreachable_api, _finish("apply", outcome, log, reporter), reporter)
+    return _not_working(unreachable_api, finish_run("apply", outcome, log, reporter), reporter)
 
 
 # apply (and its dry run) did what it was asked, but the mesh as configured cannot work (README: exit codes).
@@ -292,7 +292,7 @@ def _gateway_api_source(option: str | None, istio_version: str | None, ws: Works
         return None
 
 
-def _certs_prerequisites(ws: Workspace, istio_dir: str | None, runner: ShRunner,
+def certs_prerequisites(ws: Workspace, istio_dir: str | None, runner: ShRunner,
                          dry_run: bool, force: bool = False,
                          transition: "lifecycle.Transition | None" = None) -> tuple[Release | None, dict[str, str]]:
     """What making missing intermediate CAs (``force``: any) needs: the root CA, the Istio release, make, openssl.
@@ -342,14 +342,14 @@ def _record_state(ws: Workspace, plan: ApplyPlan, desired: dict, outcome: Outcom
     ws.state.save(ws.topology.mesh_id)
 
 
-def _sit_out(executor: Executor, tools: Tools, cluster: Cluster, seen: Observed, then: str) -> None:
+def sit_out(executor: Executor, tools: Tools, cluster: Cluster, seen: Observed, then: str) -> None:
     """A cluster that could not be read is reported with the command to check it, and does nothing."""
     check = tools.kubectl_cmd(cluster, "get", "namespace", ISTIO_NAMESPACE).pasteable()
     executor.fail_before_start(cluster.context, "read current state", MeshError(
         f"cannot read the cluster: {seen.error}", hint=f"check access with `{check}`, {then}"))
 
 
-def _finish(name: str, outcome: Outcome, log: RunLog, reporter: Reporter) -> int:
+def finish_run(name: str, outcome: Outcome, log: RunLog, reporter: Reporter) -> int:
     """The summary table, then the exit code: 0 all done, 1 something failed, 130 interrupted."""
     title = f"{name} interrupted" if outcome.interrupted else (f"{name} finished" if outcome.ok else f"{name} failed")
     reporter.summary(title, outcome.failures, str(log.path))
@@ -440,11 +440,11 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
         confirm(f"Remove setup-mesh's Istio, its secrets and istio-system from {', '.join(phase.steps)}?", yes,
                 reporter)
 
-    log = _open_log(workdir, "teardown", runner)
+    log = open_log(workdir, "teardown", runner)
     reporter.start_progress([(c.context, c.network) for c in clusters])
     executor = Executor(runner, reporter, parallel)
     for context, seen in unreachable.items():
-        _sit_out(executor, tools, next(c for c in clusters if c.context == context), seen, "then run teardown again")
+        sit_out(executor, tools, next(c for c in clusters if c.context == context), seen, "then run teardown again")
     for context, failed in unread.items():
         executor.fail_before_start(context, "read who else uses Istio", failed)
     outcome = executor.run_phases([phase])
@@ -454,7 +454,7 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
             state.forget(cluster.context)
             reporter.finish_cluster(cluster.context, True, "" if cluster.context in phase.steps else "nothing to remove")
     state.save(state.mesh_id)
-    code = _finish("teardown", outcome, log, reporter)
+    code = finish_run("teardown", outcome, log, reporter)
     if outcome.ok:
         _purge_or_keep_certs(workdir, purge_certs, reporter)
     return code

@@ -76,7 +76,7 @@ class ApplyPlan:
         return bool(self.removals or any(self.prunes.values()) or any(self.replacements.values()))
 
 
-def _cacerts_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: dict | None = None,
+def cacerts_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: dict | None = None,
                   transition: Transition | None = None) -> Step:
     """istio-system as ``namespace`` says (default: labelled with the cluster's network) and secret cacerts
     as the certificates' lifecycle says; during a root transition istio-system also records the stage."""
@@ -135,7 +135,7 @@ def cacerts_finding(seen: Observed, cluster: Cluster, workdir: Path, transition:
 _SIGNING_LOCK = threading.Lock()
 
 
-def _intermediate_step(release: Release | None, cert_dir: Path, cluster: Cluster, variables: dict[str, str]) -> Step:
+def intermediate_step(release: Release | None, cert_dir: Path, cluster: Cluster, variables: dict[str, str]) -> Step:
     release = release or Release(Path("<istio>"))
     make_key = certs.intermediate_key_command(release, cert_dir, cluster.name, variables)
     make_rest = certs.cacerts_command(release, cert_dir, cluster.name, variables)
@@ -191,7 +191,7 @@ def resolved(ctx: RunContext, d: Desired) -> Desired:
     return full
 
 
-def _install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | None = None,
+def install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | None = None,
                    present: frozenset[str] = frozenset()) -> list[Step]:
     """A first install shows what is added; a re-install, the paths that change in each overlay (the
     overlays/ files are what was installed last), and what is installed or applied again unchanged.
@@ -610,7 +610,7 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
         if cluster.context in terminating:
             steps.append(await_namespace_deleted_step(tools, cluster))
         if not certs.has_cacerts(cert_dir, cluster.name):
-            steps.append(_intermediate_step(release, cert_dir, cluster, intermediate_vars))
+            steps.append(intermediate_step(release, cert_dir, cluster, intermediate_vars))
         cacerts = cacerts_finding(seen, cluster, workdir, transition, roots)
         cacerts_current = cacerts.state is CacertsState.CURRENT
         if cacerts.other_root:
@@ -620,7 +620,7 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
         annotations_current = all(seen.annotations.get(k) == v for k, v in d.namespace_annotations.items())
         if (steps or not seen.namespace or seen.network_label != cluster.network or not cacerts_current
                 or not annotations_current):
-            step = _cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition)
+            step = cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition)
             if not seen.namespace:
                 step.change = f"+ namespace {ISTIO_NAMESPACE} (network {cluster.network}) and secret cacerts"
             else:
@@ -646,7 +646,7 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
                 steps.append(_remove_sidecar_gateway_step(tools, workdir, d, seen))
             elif not d.ambient and seen.eastwest_made_by == "gateway":
                 steps.append(_remove_ambient_gateway_step(tools, cluster))
-            steps.extend(_install_steps(tools, workdir, d, seen,
+            steps.extend(install_steps(tools, workdir, d, seen,
                                         objects_present(d, seen, cluster.name in controlled_before)))
             plan.actions[cluster.context] = "install" if seen.applied is None else "change"
             if d.eastwest is None and d.ambient_gateway is None and seen.applied is not None:  # none needed now

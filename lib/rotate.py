@@ -7,14 +7,15 @@ import time
 from pathlib import Path
 
 from . import certs, invocation, lifecycle
-from .commands import _certs_prerequisites, _finish, _open_log, _sit_out, print_plan
+from .commands import certs_prerequisites, finish_run, open_log, sit_out
+from .planview import print_plan
 from .config import MULTIROOT_ENV, Cluster, select_clusters
 from .errors import ConfigError, MeshError
 from .executor import Executor, Interrupted, Phase, RunContext, Step
 from .kube import Observed, Tools, gateway_addresses
 from .overlay import ISTIO_NAMESPACE
 from .desired import desired_state
-from .plan import RECORD_TITLE, ApplyPlan, _cacerts_step, _intermediate_step, cacerts_in_place
+from .plan import RECORD_TITLE, ApplyPlan, cacerts_step, intermediate_step, cacerts_in_place
 from .release import Release
 from .workspace import find_tools, inspect_clusters, load_workspace
 from .reporter import Reporter
@@ -96,8 +97,8 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
         return 0
 
     # Making intermediates needs the Makefile even when some exist: every target gets a new one.
-    release, variables = _certs_prerequisites(ws, istio_dir, runner, dry_run, force=True)
-    log = None if dry_run else _open_log(workdir, "rotate-certs", runner)
+    release, variables = certs_prerequisites(ws, istio_dir, runner, dry_run, force=True)
+    log = None if dry_run else open_log(workdir, "rotate-certs", runner)
     read_reporter = Reporter(quiet=True, err_console=reporter.err) if dry_run else reporter
     if not dry_run:
         reporter.start_progress([(c.context, c.network) for c in targets])
@@ -116,10 +117,10 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
         if reissue:
             if local[cluster.context].fingerprint is not None:
                 phase.add(cluster.context, backup_step(workdir, cluster, backup))
-            phase.add(cluster.context, _intermediate_step(release, cert_dir, cluster, variables))
+            phase.add(cluster.context, intermediate_step(release, cert_dir, cluster, variables))
         if reissue or not cacerts_in_place(seen, cluster, workdir, None):
             # istio-system exactly as apply makes it: server-side apply would drop a remote's annotation.
-            phase.add(cluster.context, _cacerts_step(tools, cluster, workdir, namespaces[cluster.context]))
+            phase.add(cluster.context, cacerts_step(tools, cluster, workdir, namespaces[cluster.context]))
         if not cluster.primary:  # a remote runs no istiod to confirm
             phase.add(cluster.context, confirm_step(tools, cluster, deployment))
 
@@ -131,7 +132,7 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
     lifecycle.save_rotation(workdir, rotation)  # before anything changes: an interrupted run is resumed
     executor = Executor(runner, reporter, parallel)
     for context, seen in unreachable.items():
-        _sit_out(executor, tools, topology.by_context(context), seen, "then run rotate-certs again")
+        sit_out(executor, tools, topology.by_context(context), seen, "then run rotate-certs again")
     outcome = executor.run_phases([phase])
     reporter.stop_progress()
     certs.secure_tree(cert_dir)
@@ -144,7 +145,7 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
         reporter.info(f"the replaced intermediate CAs are kept in {backup}")
     if not outcome.ok and not resuming:
         reporter.info("the next rotate-certs finishes this rotation (it re-issues nothing twice)")
-    return _finish("rotate-certs", outcome, log, reporter)
+    return finish_run("rotate-certs", outcome, log, reporter)
 
 
 # --- rotate-certs --root -----------------------------------------------------------------------------
@@ -152,7 +153,7 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
 def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, min_wait: dt.timedelta, dry_run: bool,
                 parallel: int, timeout: float, runner: ShRunner, reporter: Reporter) -> int:
     """One stage of the move to a new root per run; see lifecycle.decide for when a stage may start."""
-    from .plan import _install_steps, record_step
+    from .plan import install_steps, record_step
     from .release import find_release
     from .status import istiod_name
 
@@ -183,7 +184,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     org = root_info.organization
     variables = {"INTERMEDIATE_ORG": org} if org else {}
 
-    log = None if dry_run else _open_log(workdir, "rotate-certs", runner)
+    log = None if dry_run else open_log(workdir, "rotate-certs", runner)
     read_reporter = Reporter(quiet=True, err_console=reporter.err) if dry_run else reporter
     observed = (inspect_clusters(list(topology.clusters), tools, runner, read_reporter, parallel)
                 if ws.contexts_resolved else {})
@@ -209,7 +210,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         for cluster in clusters:
             d, seen = final[cluster.context], observed[cluster.context]
             if seen.applied != d.fingerprint:
-                last.add(cluster.context, _install_steps(tools, workdir, d, seen)[0])
+                last.add(cluster.context, install_steps(tools, workdir, d, seen)[0])
                 last.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
             last.add(cluster.context, Step("the root transition is complete here", commands=[tools.kubectl_cmd(
                 cluster, "annotate", "namespace", ISTIO_NAMESPACE, f"{lifecycle.TRANSITION_ANNOTATION}-")]))
@@ -235,7 +236,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
             if cluster.context not in outcome.failures:
                 reporter.finish_cluster(cluster.context, True, "new root")
         ws.state.save(topology.mesh_id)
-        return _finish("rotate-certs --root", outcome, log, reporter)
+        return finish_run("rotate-certs --root", outcome, log, reporter)
 
     if move.kind == "start":
         # Only from a mesh that is in step: every cluster reachable and on the workspace's root.
@@ -285,11 +286,11 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         d = desired[cluster.context]
         if seen.applied != d.fingerprint:
             # istiod must accept a second root before it sees one (the reserved value ISTIO_MULTIROOT_MESH).
-            phase.add(cluster.context, _install_steps(tools, workdir, d, seen)[0])
+            phase.add(cluster.context, install_steps(tools, workdir, d, seen)[0])
             phase.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
         if not certs.has_cacerts(issuer, cluster.name):
-            phase.add(cluster.context, _intermediate_step(release, issuer, cluster, variables))
-        step = _cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition=planned)
+            phase.add(cluster.context, intermediate_step(release, issuer, cluster, variables))
+        step = cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition=planned)
         step.change = f"~ secret cacerts: {_STAGE_CHANGE[planned.stage]} ({issuer.name}/{cluster.name}/)"
         phase.add(cluster.context, step)
         if not cluster.primary:  # a remote runs no istiod to confirm
@@ -328,7 +329,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         reporter.start_progress([(c.context, c.network) for c in topology.clusters
                                  if c.context in move.behind or c.context in move.unreachable])
     for context in move.unreachable:
-        _sit_out(executor, tools, topology.by_context(context), observed[context], f"then run `{again}`")
+        sit_out(executor, tools, topology.by_context(context), observed[context], f"then run `{again}`")
     for cluster in not_set_up:
         executor.fail_before_start(cluster.context, f"stage {planned.stage}", MeshError(
             "not set up by apply yet: the move to a new root changes clusters that are part of the mesh",
@@ -364,7 +365,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     else:
         reporter.info(f"stage {planned.stage} is not in place everywhere yet: run `{again}` "
                       f"(it finishes this stage and goes no further)")
-    return _finish("rotate-certs --root", outcome, log, reporter)
+    return finish_run("rotate-certs --root", outcome, log, reporter)
 
 
 _NO_RELEASE = Release(Path("<istio>"))

@@ -4,7 +4,7 @@ import subprocess
 from lib import certs
 from lib.config import Cluster
 from lib.executor import Executor, Phase
-from lib.plan import _intermediate_step
+from lib.plan import intermediate_step
 from lib.release import Release
 from lib.reporter import Reporter
 from lib.runner import ShRunner
@@ -31,7 +31,7 @@ def test_intermediates_made_in_parallel_all_chain_to_the_root(tmp_path, monkeypa
     for name in names[:6]:  # keys already there: these signings would all start at once
         runner.run(certs.intermediate_key_command(release, cert_dir, name, {}))
     for name in names:
-        phase.add(name, _intermediate_step(release, cert_dir, Cluster(name, "n", name), {"INTERMEDIATE_ORG": "Org"}))
+        phase.add(name, intermediate_step(release, cert_dir, Cluster(name, "n", name), {"INTERMEDIATE_ORG": "Org"}))
     outcome = Executor(runner, Reporter(quiet=True), parallel=8).run_phases([phase])
     assert outcome.ok, outcome.failures
     for name in names:
@@ -72,7 +72,7 @@ def test_a_make_interrupted_before_its_last_copy_is_finished_by_the_next_run(tmp
     assert rerun.returncode == 0 and not certs.has_cacerts(cert_dir, "c1"), "make alone does not repair it"
 
     phase = Phase("certs")
-    phase.add("c1", _intermediate_step(release, cert_dir, Cluster("c1", "n", "c1"), {}))
+    phase.add("c1", intermediate_step(release, cert_dir, Cluster("c1", "n", "c1"), {}))
     outcome = Executor(runner, Reporter(quiet=True), parallel=1).run_phases([phase])
     assert outcome.ok, outcome.failures
     assert certs.has_cacerts(cert_dir, "c1")
