@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidSignature
 
 from . import certs, invocation, lifecycle
 from .ambient import gateway_status
+from .checks import ERROR, EXPIRY_WARN_DAYS, LOCAL, MISSING, OUTDATED, PRESENT, STALE, SYNCED, WARNING
 from .config import AMBIENT, SIDECAR, Cluster, Topology, data_plane_mode, select_clusters
 from .gatewayapi import expected_version, older_than_needed
 from .fsutil import read_if_present
@@ -34,10 +35,10 @@ from .overlay import (CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, ISTIO_NAMESPACE, NE
                       injection_path)
 from .redact import redact
 from .reporter import Reporter
+from .statusview import render as render_view
 from .workspace import find_tools, inspect_clusters, load_workspace
 
 WAIT_POLL_SECONDS = 2.0
-EXPIRY_WARN_DAYS = 30
 READ_TIMEOUT = 30.0
 ISTIOD_CONTAINER = "discovery"
 # Image tag suffixes that name a build flavour, not a version.
@@ -46,12 +47,6 @@ _TAG_VARIANTS = ("-distroless", "-debug")
 _RELEASE_TAG = re.compile(r"^\d+\.\d+(\.\d+)?(-[0-9A-Za-z.]+)?$")
 UNKNOWN_VERSION = "unknown"
 
-# Secret states in the peer matrix and in the JSON document.
-PRESENT, MISSING, STALE, LOCAL, OUTDATED = "present", "missing", "stale", "local", "outdated"
-# What istiod reports per remote cluster (istioctl remote-clusters).
-SYNCED = "synced"
-
-ERROR, WARNING = "error", "warning"
 
 
 # --- what one cluster shows ----------------------------------------------------------------------
@@ -903,7 +898,6 @@ def run_status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
 # --- printing --------------------------------------------------------------------------------------
 
 def render(status: MeshStatus, reporter: Reporter) -> None:
-    from .statusview import render as render_view
 
     render_view(status, _wide_console(reporter.console))
 
