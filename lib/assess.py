@@ -11,6 +11,7 @@ from enum import Enum
 from typing import Mapping, Sequence
 
 from . import certs, lifecycle
+from .kube import Observed, token_fingerprint
 from .mesh import Member, Mesh
 
 # --- cacerts ---------------------------------------------------------------------------------------
@@ -100,3 +101,69 @@ def loopback_peers(mesh: Mesh) -> list[Member]:
     loopback address (no reachable ``api_server:``): that cluster can never read them, whatever apply does."""
     held = {context for m in mesh.members for context in m.holds_secrets_of}
     return [m for m in mesh.members if m.context in held and m.cluster.server_is_local]
+
+
+# --- remote secrets ---------------------------------------------------------------------------------
+
+class SecretState(str, Enum):
+    PRESENT = "present"  # held, and not known to be outdated
+    MISSING = "missing"  # must be held, is not
+    OUTDATED = "outdated"  # held, carrying credentials the peer no longer issues
+    LOOPBACK = "loopback"  # held, naming a loopback API server this cluster cannot reach
+    UNNEEDED = "unneeded"  # of a cluster of the mesh, which this one need not hold (a remote holds none)
+    STALE = "stale"  # of a cluster that is not in the mesh
+
+
+@dataclass(frozen=True)
+class SecretFinding:
+    peer: str  # the Istio cluster name the secret is for
+    state: SecretState
+    secret: str | None = None  # the Secret's name, when held
+    context: str | None = None  # the peer's context, when it is a member
+    # Carries the credentials the peer issues now: True, False, or None when that is not known (the
+    # peer's reader token was not read, or the secret records no source).
+    current: bool | None = None
+
+    @property
+    def to_import(self) -> bool:
+        """apply brings this secret: it is missing, or not known to carry the peer's current credentials."""
+        return not self.to_prune and self.current is not True
+
+    @property
+    def to_prune(self) -> bool:
+        return self.state in (SecretState.STALE, SecretState.UNNEEDED)
+
+
+def issued_credentials(mesh: Mesh, observed: Mapping[str, Observed]) -> dict[str, str | None]:
+    """Each member's current credentials, as the fingerprint its remote secret records (by context)."""
+    return {m.context: token_fingerprint(m.name, m.cluster.remote_server,
+                                         (observed.get(m.context) or Observed()).reader_token)
+            for m in mesh.members}
+
+
+def assess_secrets(mesh: Mesh, member: Member, seen: Observed,
+                   issued: Mapping[str, str | None]) -> list[SecretFinding]:
+    """Every remote secret ``member`` must hold or holds, judged: per peer of the mesh, then the secrets of
+    clusters outside it (by name). ``issued``: :func:`issued_credentials`."""
+    found = []
+    duty = set(member.holds_secrets_of)
+    for peer in mesh.members:
+        if peer is member:
+            continue
+        info = seen.remote_secrets.get(peer.name)
+        if peer.context not in duty:
+            if info is not None:
+                found.append(SecretFinding(peer.name, SecretState.UNNEEDED, info.name, peer.context))
+            continue
+        if info is None:
+            found.append(SecretFinding(peer.name, SecretState.MISSING, context=peer.context))
+            continue
+        want = issued.get(peer.context)
+        current = None if want is None else info.source == want
+        state = (SecretState.LOOPBACK if info.suspicious_local else
+                 SecretState.OUTDATED if current is False else SecretState.PRESENT)
+        found.append(SecretFinding(peer.name, state, info.name, peer.context, current))
+    names = {m.name for m in mesh.members}
+    found.extend(SecretFinding(name, SecretState.STALE, info.name)
+                 for name, info in sorted(seen.remote_secrets.items()) if name not in names)
+    return found

@@ -13,7 +13,8 @@ from pathlib import Path
 import yaml
 
 from . import certs, lifecycle
-from .assess import CacertsFinding, CacertsState, assess_cacerts
+from .assess import CacertsFinding, CacertsState, assess_cacerts, assess_secrets, issued_credentials
+from .mesh import mesh_model
 from .config import SIDECAR, Cluster, Topology
 from .errors import MeshError
 from .ambient import gateway_status
@@ -22,7 +23,7 @@ from .executor import RERUN_HINT, After, Interrupted, Phase, RunContext, Step
 from .fsutil import read_if_present
 from .gatewayapi import CrdSource
 from .kube import (COMPONENT_LABEL, GATEWAY_RESOURCE, MANAGED_GATEWAY_LABEL, OWNER_LABEL, OWNER_NAMESPACE_LABEL, IstioUsage,
-                   Observed, Tools, parse_remote_secret, service_address, token_fingerprint)
+                   Observed, Tools, parse_remote_secret, service_address)
 from .lifecycle import Transition
 from .overlay import (APPLIED_ANNOTATION, CONTROL_PLANE_CLUSTERS, CROSS_NETWORK_GATEWAY, EASTWEST_IOP, EASTWEST_NAME,
                       FIELD_MANAGER, ISTIO_NAMESPACE, MANAGED_BY_LABEL, NETWORK_LABEL, cacerts_manifest, control_plane_revision,
@@ -566,7 +567,6 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
                                      Phase("import remote secrets, gateways ready"), Phase("prune"),
                                      Phase("remove clusters"))
     plan = ApplyPlan([setup, connect, prune, remove], secrets={"add": 0, "replace": 0, "prune": 0})
-    names = {c.name for c in topology.clusters}
     members = [c for c in topology.clusters if c.context not in skip]
     # A terminating istio-system is as good as gone: plan a fresh install, after waiting for it to go.
     terminating = {c.context for c in members if (observed.get(c.context) or Observed()).namespace_terminating}
@@ -575,7 +575,11 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
 
     # Secret exchange: a peer's copy is current when it carries the credentials its cluster holds now.
     # A missing copy is taken from another member that holds a current one, else made once by istioctl.
-    current_fp = {c.context: token_fingerprint(c.name, c.remote_server, seen_of[c.context].reader_token)
+    mesh = mesh_model(topology)
+    issued = issued_credentials(mesh, seen_of)
+    current_fp = {c.context: issued[c.context] for c in members}
+    # Each member's remote secrets judged once: what to import (from readable peers), what to prune.
+    secrets_of = {c.context: assess_secrets(mesh, mesh.member(c.context), seen_of[c.context], issued)
                   for c in members}
     held = {}  # peer context -> a current copy of its secret held somewhere
     for holder in members:
@@ -583,19 +587,16 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             info = seen_of[holder.context].remote_secrets.get(peer.name)
             if info and info.manifest and info.source and info.source == current_fp[peer.context]:
                 held.setdefault(peer.context, info.manifest)
-    members_by_name = {c.name: c for c in members}
     # Primaries whose istiod ran remotes when the clusters were read (the remotes' istio-system names them).
     controlled_before = {seen.annotations.get(CONTROL_PLANE_CLUSTERS)
                          for seen in [*seen_of.values(), *(o for o in removed_observed.values() if o)]
                          if seen.annotations.get(CONTROL_PLANE_CLUSTERS)}
+    member_of = {c.context: c for c in members}
     imports: dict[str, list[Cluster]] = {}
     for target in members:
-        duty = set(desired[target.context].member.holds_secrets_of)
-        for peer in members:
-            have = seen_of[target.context].remote_secrets.get(peer.name)
-            if peer.context in duty and (have is None or have.source is None
-                                         or have.source != current_fp[peer.context]):
-                imports.setdefault(target.context, []).append(peer)
+        for finding in secrets_of[target.context]:
+            if finding.to_import and finding.context in member_of:
+                imports.setdefault(target.context, []).append(member_of[finding.context])
     if only is not None:  # a peer outside the selection is not asked for a secret nobody holds
         imports = {target: kept for target, peers in imports.items() if target in only
                    for kept in [[p for p in peers if p.context in only or p.context in held]] if kept}
@@ -685,9 +686,7 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
         elif not d.member.remotes and d.eastwest is not None and (changed or not seen.eastwest_address):
             connect.add(cluster.context, wait_gateway_step(tools, cluster, gateway_timeout))
         # Secrets of clusters that left the mesh, and any a cluster no longer needs (a remote holds none).
-        holds = set(d.member.holds_secrets_of)
-        stale = sorted(info.name for name, info in seen.remote_secrets.items()
-                       if name not in names or (name in members_by_name and members_by_name[name].context not in holds))
+        stale = sorted(f.secret for f in secrets_of[cluster.context] if f.to_prune)
         if stale:
             plan.prunes[cluster.context] = stale
             plan.secrets["prune"] += len(stale)

@@ -108,3 +108,55 @@ def test_a_loopback_api_server_matters_where_another_cluster_must_hold_its_secre
     remote = _mesh(p=local, r={**local, "primary": "p"})
     assert [m.context for m in loopback_peers(remote)] == ["r"]
     assert loopback_peers(_mesh(alone=local)) == [], "a mesh of one cluster holds no remote secret"
+
+
+# --- remote secrets -----------------------------------------------------------------------------
+
+def _holding(**secrets):
+    """An Observed holding remote secrets: peer name -> recorded source fingerprint (and loopback flag)."""
+    from lib.kube import Observed, RemoteSecretInfo
+
+    held = {}
+    for name, spec in secrets.items():
+        source, local = spec if isinstance(spec, tuple) else (spec, False)
+        held[name] = RemoteSecretInfo(f"istio-remote-secret-{name}", name, source, "https://x", suspicious_local=local)
+    return Observed(reachable=True, namespace=True, remote_secrets=held)
+
+
+def _states(findings):
+    return {f.peer: f.state.value for f in findings}
+
+
+def test_a_primary_must_hold_every_peers_current_secret():
+    from lib.assess import SecretState, assess_secrets
+
+    mesh = _mesh(a={}, b={}, c={}, d={})
+    issued = {"a": "fa", "b": "fb", "c": "fc", "d": None}  # d's credentials could not be read
+    found = assess_secrets(mesh, mesh.member("a"), _holding(b="fb", c="old", d="fd", gone="fg"), issued)
+    assert _states(found) == {"b": "present", "c": "outdated", "d": "present", "gone": "stale"}
+    assert [f.peer for f in found if f.to_import] == ["c", "d"], "outdated, and not known to be current"
+    assert [f.secret for f in found if f.to_prune] == ["istio-remote-secret-gone"]
+    missing = assess_secrets(mesh, mesh.member("a"), _holding(), issued)
+    assert _states(missing) == {"b": "missing", "c": "missing", "d": "missing"}
+    assert all(f.to_import for f in missing) and missing[0].state is SecretState.MISSING
+
+
+def test_a_remote_holds_no_secret_and_its_primary_holds_its_secret():
+    from lib.assess import assess_secrets
+
+    mesh = _mesh(p={}, q={}, r={"primary": "p"})
+    issued = {"p": "fp", "q": "fq", "r": "fr"}
+    remote = assess_secrets(mesh, mesh.member("r"), _holding(p="fp"), issued)
+    assert _states(remote) == {"p": "unneeded"} and remote[0].to_prune and not remote[0].to_import
+    primary = assess_secrets(mesh, mesh.member("p"), _holding(q="fq", r="fr"), issued)
+    assert _states(primary) == {"q": "present", "r": "present"} and not any(f.to_import for f in primary)
+
+
+def test_a_secret_naming_a_loopback_server_is_reported_before_being_outdated():
+    from lib.assess import assess_secrets
+
+    mesh = _mesh(a={}, b={})
+    found = assess_secrets(mesh, mesh.member("a"), _holding(b=("old", True)), {"a": "fa", "b": "fb"})
+    assert _states(found) == {"b": "loopback"} and found[0].to_import and found[0].current is False
+    current = assess_secrets(mesh, mesh.member("a"), _holding(b=("fb", True)), {"a": "fa", "b": "fb"})
+    assert _states(current) == {"b": "loopback"} and not current[0].to_import, "only a new api_server fixes it"
