@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from .checks import ERROR, EXPIRY_WARN_DAYS, LOCAL, MISSING, OUTDATED, PRESENT, STALE, SYNCED, WARNING
 from .redact import redact
+from .wrapping import fit
 
 if TYPE_CHECKING:  # the report's types: status imports this view, never the other way round
     from .status import ClusterStatus, MeshStatus, Problem
@@ -41,9 +42,11 @@ class Cause:
     where: str  # the clusters (or holder: peers) it affects
 
 
-def render(status: MeshStatus, console: Console) -> None:
-    console.print(_fitting(console, lambda dropped: _table(status, dropped)))
-    matrix = _matrix(status)
+def render(status: MeshStatus, console: Console, tables: bool = True) -> None:
+    """The tables (unless ``tables`` is off: -q), the lifecycle lines, the problems and the verdict."""
+    if tables:
+        console.print(_fitting(console, lambda dropped: _table(status, dropped)))
+    matrix = _matrix(status) if tables else None
     if matrix is not None:
         console.print("remote secrets (row holds column's; istiod's word if not synced)", style="bold")
         console.print(matrix)
@@ -52,8 +55,10 @@ def render(status: MeshStatus, console: Console) -> None:
     causes = group_problems(status)
     for cause in causes:
         mark, style = ("✗", "red") if cause.severity == ERROR else ("!", "yellow")
-        console.print(f"[{style}]{mark}[/] {escape(redact(f'{cause.where}: {cause.message}'))}")
-        console.print(f"  hint: {escape(redact(cause.hint))}", style="dim" if cause.severity == WARNING else None)
+        line = fit(console, f"{cause.where}: {cause.message}", f"{mark} ")  # the mark, coloured below
+        console.print(f"[{style}]{mark}[/]" + escape(redact(line[len(mark):])))
+        console.print(escape(redact(fit(console, cause.hint, "  hint: ", indent="    "))),
+                      style="dim" if cause.severity == WARNING else None)
     errors = sum(1 for c in causes if c.severity == ERROR)
     warnings = len(causes) - errors
     if status.healthy:
