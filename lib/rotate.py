@@ -15,7 +15,8 @@ from .executor import Executor, Interrupted, Phase, RunContext, Step
 from .kube import Observed, Tools, gateway_addresses
 from .overlay import ISTIO_NAMESPACE
 from .desired import desired_state
-from .plan import RECORD_TITLE, ApplyPlan, cacerts_step, intermediate_step, cacerts_in_place
+from .plan import (RECORD_TITLE, ApplyPlan, cacerts_finding, cacerts_in_place, cacerts_step, intermediate_step,
+                   workspace_roots)
 from .release import Release
 from .workspace import find_tools, inspect_clusters, load_workspace
 from .reporter import Reporter
@@ -245,6 +246,17 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         not_ready = [c.context for c in topology.clusters
                      if not (observed.get(c.context) or Observed()).reachable
                      or not cacerts_in_place(observed[c.context], c, workdir, None)]
+        roots = workspace_roots(workdir, None)
+        other_root = [c.context for c in topology.clusters if c.context in not_ready and c.context in observed
+                      and cacerts_finding(observed[c.context], c, workdir, None, roots).other_root]
+        if other_root and not dry_run:
+            # The stages start from the root the clusters trust, whose key this workspace does not hold.
+            log.close()
+            raise ConfigError(f"the cacerts of {', '.join(other_root)} chains to another root than this "
+                              f"workspace's: a move to a new root starts from the root the clusters run on",
+                              hint=f"run `rotate-certs --root` from the workspace that holds that root, or "
+                                   f"`{invocation.command('apply', '--replace-foreign-ca')}` to replace it at once "
+                                   f"(mTLS between workloads breaks until they restart)")
         if not_ready and not dry_run:
             log.close()
             raise MeshError(f"not every cluster runs on the workspace's root yet ({', '.join(not_ready)}): "

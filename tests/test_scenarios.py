@@ -432,6 +432,11 @@ def test_a_mesh_of_another_workspaces_root_is_refused_from_a_second_workspace(me
     assert "made by setup-mesh from another workspace or an earlier root" in plan.stdout
     assert snapshot(mesh) == before and len(mesh.installs()) == installs
     assert _writes(mesh, counts) == {ctx: [] for ctx in CONTEXTS}, "refused before any cluster was touched"
+    # a move to a new root starts from the root the clusters run on: not from this workspace
+    move = second.run("rotate-certs", "--root")
+    assert move.returncode == 2 and "chains to another root than this workspace's" in move.stderr, move.stderr
+    assert "--replace-foreign-ca" in move.stderr and not (second.workdir / "certs-next").exists()
+    assert snapshot(mesh) == before and _writes(mesh, counts) == {ctx: [] for ctx in CONTEXTS}
     assert mesh.run("apply").returncode == mesh.applied_code(), "the first workspace still owns the mesh"
 
 
