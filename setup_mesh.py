@@ -135,6 +135,7 @@ def apply(
     parallel: Parallel = commands.DEFAULT_PARALLEL,
     gateway_timeout: Annotated[float, typer.Option("--gateway-timeout", min=1, metavar="SECONDS", help="Seconds to wait for east-west gateways to get an address.")] = 300.0,
     gateway_api_crds: Annotated[Optional[str], typer.Option("--gateway-api-crds", metavar="PATH|URL", help="Ambient meshes: the Gateway API CRDs to install where a cluster has none (default: the standard channel of the release your Istio expects).")] = None,
+    replace_foreign_ca: Annotated[bool, typer.Option("--replace-foreign-ca", help="Replace a cacerts that chains to another root than this workspace's at once (mTLS between workloads breaks until they restart); without it apply refuses.")] = False,
     timeout: Timeout = commands.DEFAULT_TIMEOUT,
     quiet: Quiet = False,
     verbose: Verbose = False,
@@ -151,7 +152,7 @@ def apply(
     commands.run_guarded(debug, quiet, verbose, lambda r, rep: commands.apply(
         workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, dry_run=dry_run, yes=yes, parallel=parallel,
         gateway_timeout=gateway_timeout, timeout=timeout, runner=r, reporter=rep, contexts=context or [],
-        gateway_api_crds=gateway_api_crds))
+        gateway_api_crds=gateway_api_crds, replace_foreign_ca=replace_foreign_ca))
 
 
 @app.command()

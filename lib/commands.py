@@ -20,8 +20,10 @@ from .gatewayapi import CrdSource, choose_source, expected_version, older_than_n
 from .kube import IstioUsage, Observed, Tools, gateway_addresses
 from .overlay import ISTIO_NAMESPACE, our_operators
 from .desired import desired_state
+from .assess import loopback_peers
+from .mesh import mesh_model
 from .plan import RECORD_TITLE, ApplyPlan, Removal, Uninstall, build_apply_plan, teardown_plan
-from .planview import print_plan
+from .planview import other_root_consequence, print_plan
 from .prep import parse_context_options, prep_mesh as _prep_mesh, report as _report_prep
 from .release import Release, find_release
 from .reporter import Reporter
@@ -108,7 +110,7 @@ def confirm(question: str, yes: bool, reporter: Reporter) -> None:
         raise Cancelled("cancelled at the prompt; nothing was changed")
 
 
-def _open_log(workdir: Path, command: str, runner: ShRunner) -> RunLog:
+def open_log(workdir: Path, command: str, runner: ShRunner) -> RunLog:
     log = RunLog.create(workdir, command)
     runner.listeners.append(log.record)
     return log
@@ -118,26 +120,24 @@ def _open_log(workdir: Path, command: str, runner: ShRunner) -> RunLog:
 
 def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_run: bool, yes: bool,
           parallel: int, gateway_timeout: float, timeout: float, runner: ShRunner, reporter: Reporter,
-          contexts: list[str] = (), gateway_api_crds: str | None = None) -> int:
+          contexts: list[str] = (), gateway_api_crds: str | None = None, replace_foreign_ca: bool = False) -> int:
     if not dry_run:
         lifecycle.resume_finish(workdir)  # a root transition's last rename, if a run was cut short there
-    ws = load_workspace(workdir, kubeconfig, lenient=dry_run)
+    # A dry run shows the plan for clusters that hold nothing yet, then fails as apply would.
+    ws = load_workspace(workdir, kubeconfig, lenient=dry_run, note_contexts=False)
     topology = ws.topology
     chosen = select_clusters(topology, list(contexts))
     only = {c.context for c in chosen} if contexts else None
     transition = lifecycle.load_transition(workdir)
     tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout)
-    release, intermediate_vars = _certs_prerequisites(ws, istio_dir, runner, dry_run, transition=transition)
+    release, intermediate_vars = certs_prerequisites(ws, istio_dir, runner, dry_run, transition=transition)
     ambient = data_plane_mode(ws.base) == AMBIENT
     istio_version = _istio_version(istio_dir, ws) if ambient else None
     crd_source = _gateway_api_source(gateway_api_crds, istio_version, ws, dry_run) if ambient else None
     if ambient and not topology.multi_network and len(topology.clusters) > 1:
         reporter.warn(f"an ambient mesh on one network ({topology.networks[0]}) is alpha in Istio (untested "
                       f"upstream); across networks it is beta since Istio 1.29")
-    for cluster in topology.clusters:
-        if cluster.server_is_local and not cluster.api_server:
-            reporter.warn(f"context {cluster.context!r} names the API server {cluster.server}, which other clusters "
-                          f"cannot reach: set api_server: for it in {topology.path} (passed to create-remote-secret --server)")
+    unreachable_api = loopback_problem(topology, data_plane_mode(ws.base))
 
     in_topology = {c.context for c in topology.clusters}
     # With --context, clusters removed from topology.yaml wait for an apply of the whole mesh.
@@ -146,7 +146,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     removed_clusters = [Cluster(context=r.context, network="", name=r.cluster_name, kubeconfig=r.kubeconfig)
                         for r in removed]
 
-    log = None if dry_run else _open_log(workdir, "apply", runner)  # a dry run writes nothing, not even a log
+    log = None if dry_run else open_log(workdir, "apply", runner)  # a dry run writes nothing, not even a log
     if not dry_run:
         reporter.start_progress([(c.context, c.network) for c in chosen])
     # A dry run's output is the plan alone: its reads report no progress.
@@ -183,10 +183,21 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
                             removed=removed, removed_observed=observed, workdir=workdir, tools=tools,
                             release=release, intermediate_vars=intermediate_vars, gateway_timeout=gateway_timeout,
                             gateway_api=crd_source, uninstall=uninstall, transition=transition)
+    refusal = other_roots_refusal(plan, replace_foreign_ca)
     if dry_run:
         reporter.stop_progress()
-        print_plan(plan, topology, observed if readable else None, ws.notes, reporter)
-        return 0
+        print_plan(plan, topology, observed if readable else None, ws.notes, reporter,
+                   replace_other_roots=replace_foreign_ca)
+        for failure in (ws.context_error, refusal):  # what apply itself would stop at, in its order
+            if failure is not None:
+                raise failure
+        return _not_working(unreachable_api, 0, reporter)
+    if refusal is not None:  # before any cluster is touched
+        reporter.stop_progress()
+        log.close()
+        raise refusal
+    for context, finding in plan.other_roots.items():
+        reporter.info(f"{context}: {finding.describe()}: {other_root_consequence(True)}")
 
     if plan.deletes_anything:
         reporter.stop_progress()
@@ -204,7 +215,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
 
     executor = Executor(runner, reporter, parallel)
     for context, seen in unreachable.items():
-        _sit_out(executor, tools, topology.by_context(context), seen, f"or remove the context from {topology.path}")
+        sit_out(executor, tools, topology.by_context(context), seen, f"or remove the context from {topology.path}")
     for context, primary in orphaned.items():
         executor.fail_before_start(context, "wait for its primary", MeshError(
             f"sits this run out: its primary {primary} could not be read",
@@ -220,7 +231,44 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     for gone in plan.removals:
         if gone.context not in outcome.failures:
             reporter.finish_cluster(gone.context, True, "removed" if gone.reachable else "removed (unreachable)")
-    return _finish("apply", outcome, log, reporter)
+    return _not_working(unreachable_api, finish_run("apply", outcome, log, reporter), reporter)
+
+
+# apply (and its dry run) did what it was asked, but the mesh as configured cannot work (README: exit codes).
+EXIT_NOT_WORKING = 3
+
+
+def loopback_problem(topology: Topology, data_plane: str) -> MeshError | None:
+    """The one line apply ends with when peers would be told to reach clusters at loopback addresses."""
+    peers = loopback_peers(mesh_model(topology, data_plane))
+    if not peers:
+        return None
+    where = ", ".join(f"{m.context} ({m.cluster.remote_server})" for m in peers)
+    return MeshError(f"the mesh cannot work: other clusters would reach {where} at a loopback address; set "
+                     f"api_server: for {'them' if len(peers) > 1 else 'it'} in {topology.path} (an address the "
+                     f"other clusters reach), then run apply again")
+
+
+def _not_working(problem: MeshError | None, code: int, reporter: Reporter) -> int:
+    """The last line and the exit code never claim a mesh that status would call broken."""
+    if problem is None:
+        return code
+    reporter.error(problem)
+    return code or EXIT_NOT_WORKING
+
+
+def other_roots_refusal(plan: ApplyPlan, replace: bool) -> ConfigError | None:
+    """Clusters whose cacerts chains to another root are never replaced unasked, whoever made it: workloads
+    holding certificates of the old root and of the new one cannot talk until they restart."""
+    if not plan.other_roots or replace:
+        return None
+    lines = "".join(f"\n  {context}: {finding.describe()}" for context, finding in plan.other_roots.items())
+    return ConfigError(
+        f"secret cacerts chains to another root than this workspace's in {', '.join(plan.other_roots)}; replacing "
+        f"it breaks mTLS between workloads until they restart, so nothing was changed:{lines}",
+        hint=f"run apply from the workspace that holds that root (its `rotate-certs --root` moves a mesh to a new "
+             f"root without downtime), or `{invocation.command('apply', '--replace-foreign-ca')}` to replace it at "
+             f"once (then restart every workload: `kubectl rollout restart deployment -n <namespace>`)")
 
 
 def _istio_version(istio_dir: str | None, ws: Workspace) -> str | None:
@@ -243,7 +291,7 @@ def _gateway_api_source(option: str | None, istio_version: str | None, ws: Works
         return None
 
 
-def _certs_prerequisites(ws: Workspace, istio_dir: str | None, runner: ShRunner,
+def certs_prerequisites(ws: Workspace, istio_dir: str | None, runner: ShRunner,
                          dry_run: bool, force: bool = False,
                          transition: "lifecycle.Transition | None" = None) -> tuple[Release | None, dict[str, str]]:
     """What making missing intermediate CAs (``force``: any) needs: the root CA, the Istio release, make, openssl.
@@ -293,14 +341,14 @@ def _record_state(ws: Workspace, plan: ApplyPlan, desired: dict, outcome: Outcom
     ws.state.save(ws.topology.mesh_id)
 
 
-def _sit_out(executor: Executor, tools: Tools, cluster: Cluster, seen: Observed, then: str) -> None:
+def sit_out(executor: Executor, tools: Tools, cluster: Cluster, seen: Observed, then: str) -> None:
     """A cluster that could not be read is reported with the command to check it, and does nothing."""
     check = tools.kubectl_cmd(cluster, "get", "namespace", ISTIO_NAMESPACE).pasteable()
     executor.fail_before_start(cluster.context, "read current state", MeshError(
         f"cannot read the cluster: {seen.error}", hint=f"check access with `{check}`, {then}"))
 
 
-def _finish(name: str, outcome: Outcome, log: RunLog, reporter: Reporter) -> int:
+def finish_run(name: str, outcome: Outcome, log: RunLog, reporter: Reporter) -> int:
     """The summary table, then the exit code: 0 all done, 1 something failed, 130 interrupted."""
     title = f"{name} interrupted" if outcome.interrupted else (f"{name} finished" if outcome.ok else f"{name} failed")
     reporter.summary(title, outcome.failures, str(log.path))
@@ -400,11 +448,11 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
         confirm(f"Remove setup-mesh's Istio, its secrets and istio-system from {', '.join(phase.steps)}?", yes,
                 reporter)
 
-    log = _open_log(workdir, "teardown", runner)
+    log = open_log(workdir, "teardown", runner)
     reporter.start_progress([(c.context, c.network) for c in clusters])
     executor = Executor(runner, reporter, parallel)
     for context, seen in unreachable.items():
-        _sit_out(executor, tools, next(c for c in clusters if c.context == context), seen, "then run teardown again")
+        sit_out(executor, tools, next(c for c in clusters if c.context == context), seen, "then run teardown again")
     for context, failed in unread.items():
         executor.fail_before_start(context, "read who else uses Istio", failed)
     outcome = executor.run_phases([phase])
@@ -414,7 +462,7 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
             state.forget(cluster.context)
             reporter.finish_cluster(cluster.context, True, "" if cluster.context in phase.steps else "nothing to remove")
     state.save(state.mesh_id)
-    code = _finish("teardown", outcome, log, reporter)
+    code = finish_run("teardown", outcome, log, reporter)
     if outcome.ok:
         _purge_or_keep_certs(workdir, purge_certs, reporter)
     return code

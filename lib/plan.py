@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,6 +15,8 @@ from typing import Mapping
 import yaml
 
 from . import certs, invocation, lifecycle
+from .assess import CacertsFinding, CacertsState, assess_cacerts, assess_secrets, issued_credentials
+from .mesh import mesh_model
 from .config import SIDECAR, Cluster, Topology
 from .errors import CommandFailed, MeshError
 from .ambient import gateway_status
@@ -24,7 +25,7 @@ from .executor import RERUN_HINT, After, Interrupted, Phase, RunContext, Step
 from .fsutil import read_if_present
 from .gatewayapi import CrdSource, offline_crds_hint
 from .kube import (COMPONENT_LABEL, GATEWAY_RESOURCE, MANAGED_GATEWAY_LABEL, OWNER_LABEL, OWNER_NAMESPACE_LABEL, IstioUsage,
-                   Observed, Tools, parse_remote_secret, service_address, token_fingerprint)
+                   Observed, Tools, parse_remote_secret, service_address)
 from .lifecycle import Transition
 from .overlay import (APPLIED_ANNOTATION, CONTROL_PLANE_CLUSTERS, CROSS_NETWORK_GATEWAY, EASTWEST_IOP, EASTWEST_NAME,
                       FIELD_MANAGER, ISTIO_NAMESPACE, MANAGED_BY_LABEL, NETWORK_LABEL, cacerts_manifest, control_plane_revision,
@@ -71,13 +72,15 @@ class ApplyPlan:
     actions: dict[str, str] = field(default_factory=dict)  # context -> install | remove (else: change)
     secrets: dict[str, int] | None = None  # remote secrets to add, replace, prune
     replacements: dict[str, list[str]] = field(default_factory=dict)  # context -> what a mode switch replaces
+    # Clusters whose cacerts chains to another root than this workspace's: apply replaces it only when told to.
+    other_roots: dict[str, CacertsFinding] = field(default_factory=dict)
 
     @property
     def deletes_anything(self) -> bool:
         return bool(self.removals or any(self.prunes.values()) or any(self.replacements.values()))
 
 
-def _cacerts_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: dict | None = None,
+def cacerts_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: dict | None = None,
                   transition: Transition | None = None) -> Step:
     """istio-system as ``namespace`` says (default: labelled with the cluster's network) and secret cacerts
     as the certificates' lifecycle says; during a root transition istio-system also records the stage."""
@@ -115,7 +118,23 @@ def cacerts_in_place(seen: Observed, cluster: Cluster, workdir: Path, transition
     return transition is None or lifecycle.stage_since(transition, seen.annotations) is not None
 
 
-def _intermediate_step(release: Release | None, cert_dir: Path, cluster: Cluster, variables: dict[str, str]) -> Step:
+def workspace_roots(workdir: Path, transition: Transition | None) -> list[bytes]:
+    """The roots the clusters may trust now, the one issuing first: the workspace's, and mid-move the new one."""
+    old = read_if_present(certs.certs_dir(workdir) / certs.ROOT_CERT)
+    new = read_if_present(lifecycle.next_dir(workdir) / certs.ROOT_CERT) if transition is not None else None
+    roots = [new, old] if transition is not None and transition.stage >= 2 else [old, new]
+    return [pem for pem in roots if pem]
+
+
+def cacerts_finding(seen: Observed, cluster: Cluster, workdir: Path, transition: Transition | None,
+                    roots: list[bytes]) -> CacertsFinding:
+    """The cluster's cacerts judged against what it must hold now (files of the workspace read here)."""
+    want = lifecycle.desired_cacerts(workdir, cluster.name, transition)
+    at_stage = transition is None or lifecycle.stage_since(transition, seen.annotations) is not None
+    return assess_cacerts(seen.cacerts, seen.cacerts_labelled, want, roots, at_stage)
+
+
+def intermediate_step(release: Release | None, cert_dir: Path, cluster: Cluster, variables: dict[str, str]) -> Step:
     """One make per cluster, in a folder of its own (a serial file of its own): clusters sign side by side."""
     release = release or Release(Path("<istio>"))
     stage = certs.signing_dir(cert_dir, cluster.name)
@@ -173,9 +192,12 @@ def resolved(ctx: RunContext, d: Desired) -> Desired:
     return full
 
 
-def _install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | None = None) -> tuple[list[Step], list[Step]]:
+def install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | None = None,
+                  present: frozenset[str] = frozenset()) -> tuple[list[Step], list[Step]]:
     """(Istio's install, the east-west gateway's and the Istio objects'). A first install shows what is
-    added; a re-install, the paths that change in each overlay (the overlays/ files are what was installed last)."""
+    added; a re-install, the paths that change in each overlay (the overlays/ files are what was installed
+    last), and what is installed or applied again unchanged. ``present``: the purposes of the Istio objects
+    the cluster already holds (the others are new)."""
     cluster = d.cluster
     fresh = seen.applied is None
     overlay = overlay_path(workdir, cluster)
@@ -205,13 +227,15 @@ def _install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | Non
         gateway_install = install_command(tools, cluster, path, d.eastwest)
         steps.append(Step("install east-west gateway", files=[(path, dump(d.eastwest))],
                           commands=[gateway_install], action=_explained_gateway_install(tools, cluster, gateway_install),
-                          change=eastwest[0] and f"{eastwest[0]} east-west gateway ({OVERLAY_DIR}/{path.name})",
+                          change=f"{eastwest[0]} east-west gateway ({OVERLAY_DIR}/{path.name})" if eastwest[0] else
+                          f"~ east-west gateway ({OVERLAY_DIR}/{path.name}): reinstalled as is",
                           details=eastwest[1]))
-    for unit in d.istio_objects:  # applied again on every install; shown when they are new
+    for unit in d.istio_objects:  # applied again on every install: new ones added, the others applied again
+        new = fresh_gateway or unit.purpose not in present
         steps.append(Step(unit.title, commands=[tools.apply(cluster, dump(manifest_list(unit.objects)
                                                                           if len(unit.objects) > 1 else unit.objects[0]),
                                                             shown=True)],
-                          change=f"+ {unit.title}" if fresh_gateway else ""))
+                          change=f"+ {unit.title}" if new else f"~ {unit.title}: applied again"))
     return [install], steps
 
 
@@ -243,6 +267,15 @@ def _replica_failure(ctx: RunContext, read: Command) -> str | None:
     except (MeshError, ValueError):
         return None
     return next((c.get("message") for c in conditions if c.get("type") == "ReplicaFailure" and c.get("message")), None)
+
+
+def objects_present(d: Desired, seen: Observed, controls_remotes: bool) -> frozenset[str]:
+    """The purposes of ``d``'s Istio objects the cluster holds already, from what one read shows: the
+    cross-network Gateway comes with the sidecar-mode gateway, istiod's exposure with remotes that name
+    this cluster as their control plane, the ambient Gateway is read itself."""
+    held = {"expose services": seen.eastwest_made_by == "operator", "expose istiod": controls_remotes,
+            "east-west gateway": seen.eastwest_gateway is not None}
+    return frozenset(unit.purpose for unit in d.istio_objects if held.get(unit.purpose))
 
 
 def _changed(path: Path, new: dict, fresh: bool, workdir: Path) -> tuple[str, list[str]]:
@@ -579,7 +612,7 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
     ``transition``: a root transition under way; clusters get (and keep) the certificates of its stage."""
     cert_dir = lifecycle.issuing_dir(workdir, transition)
     stage_note = f", stage {transition.stage} of the move to a new root" if transition is not None else ""
-    root_pem = read_if_present(certs.certs_dir(workdir) / certs.ROOT_CERT)
+    roots = workspace_roots(workdir, transition)
     # Each member's own chain (set-up, install, its remote secret), then what needs the others (their
     # secrets, and the gateway address); phases group the steps for the reader, the steps' dependencies
     # (Step.after) are what orders clusters against each other.
@@ -587,7 +620,6 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
                                      Phase("import remote secrets, gateways ready"), Phase("prune"),
                                      Phase("remove clusters"))
     plan = ApplyPlan([setup, connect, prune, remove], secrets={"add": 0, "replace": 0, "prune": 0})
-    names = {c.name for c in topology.clusters}
     members = [c for c in topology.clusters if c.context not in skip]
     # A terminating istio-system is as good as gone: plan a fresh install, after waiting for it to go.
     terminating = {c.context for c in members if (observed.get(c.context) or Observed()).namespace_terminating}
@@ -596,7 +628,11 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
 
     # Secret exchange: a peer's copy is current when it carries the credentials its cluster holds now.
     # A missing copy is taken from another member that holds a current one, else made once by istioctl.
-    current_fp = {c.context: token_fingerprint(c.name, c.remote_server, seen_of[c.context].reader_token)
+    mesh = mesh_model(topology)
+    issued = issued_credentials(mesh, seen_of)
+    current_fp = {c.context: issued[c.context] for c in members}
+    # Each member's remote secrets judged once: what to import (from readable peers), what to prune.
+    secrets_of = {c.context: assess_secrets(mesh, mesh.member(c.context), seen_of[c.context], issued)
                   for c in members}
     held = {}  # peer context -> a current copy of its secret held somewhere
     for holder in members:
@@ -604,21 +640,18 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             info = seen_of[holder.context].remote_secrets.get(peer.name)
             if info and info.manifest and info.source and info.source == current_fp[peer.context]:
                 held.setdefault(peer.context, info.manifest)
-    members_by_name = {c.name: c for c in members}
     # Primaries whose istiod ran remotes when the clusters were read (the remotes' istio-system names them).
     controlled_before = {seen.annotations.get(CONTROL_PLANE_CLUSTERS)
                          for seen in [*seen_of.values(), *(o for o in removed_observed.values() if o)]
                          if seen.annotations.get(CONTROL_PLANE_CLUSTERS)}
+    member_of = {c.context: c for c in members}
     imports: dict[str, list[Cluster]] = {}
     for target in members:
-        duty = set(desired[target.context].member.holds_secrets_of)
-        for peer in members:
-            have = seen_of[target.context].remote_secrets.get(peer.name)
-            if peer.context in duty and (have is None or have.source is None
-                                         or have.source != current_fp[peer.context]):
-                imports.setdefault(target.context, []).append(peer)
+        for finding in secrets_of[target.context]:
+            if finding.to_import and finding.context in member_of:
+                imports.setdefault(target.context, []).append(member_of[finding.context])
     unfiltered_imports = imports
-    members_by_context = {c.context: c for c in members}
+    members_by_context = member_of
     if only is not None:  # a peer outside the selection is not asked for a secret nobody holds
         imports = {target: kept for target, peers in imports.items() if target in only
                    for kept in [[p for p in peers if p.context in only or p.context in held]] if kept}
@@ -634,19 +667,17 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
         if cluster.context in terminating:
             steps.append(await_namespace_deleted_step(tools, cluster))
         if not certs.has_cacerts(cert_dir, cluster.name):
-            steps.append(_intermediate_step(release, cert_dir, cluster, intermediate_vars))
-        cacerts_current = cacerts_in_place(seen, cluster, workdir, transition)
-        if not cacerts_current and not certs.made_by_this_workspace(seen.cacerts, seen.cacerts_labelled, root_pem):
-            plan.replacements.setdefault(cluster.context, []).append(
-                f"secret cacerts, which setup-mesh did not make ({certs.describe_foreign(seen.cacerts)}), by this "
-                f"workspace's intermediate CA: workloads keep certificates of the old CA until they renew (within "
-                f"24 h), and mTLS between old and new certificates fails meanwhile")
+            steps.append(intermediate_step(release, cert_dir, cluster, intermediate_vars))
+        cacerts = cacerts_finding(seen, cluster, workdir, transition, roots)
+        cacerts_current = cacerts.state is CacertsState.CURRENT
+        if cacerts.other_root:
+            plan.other_roots[cluster.context] = cacerts
         installing = (seen.applied != d.fingerprint or (d.eastwest is not None and not seen.eastwest_exists)
                       or (d.ambient_gateway is not None and seen.eastwest_gateway is None))
         annotations_current = all(seen.annotations.get(k) == v for k, v in d.namespace_annotations.items())
         if (steps or not seen.namespace or seen.network_label != cluster.network or not cacerts_current
                 or not annotations_current):
-            step = _cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition)
+            step = cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition)
             if not seen.namespace:
                 step.change = f"+ namespace {ISTIO_NAMESPACE} (network {cluster.network}) and secret cacerts"
             else:
@@ -673,7 +704,8 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
                 steps.append(_remove_sidecar_gateway_step(tools, workdir, d, seen))
             elif not d.ambient and seen.eastwest_made_by == "gateway":
                 steps.append(_remove_ambient_gateway_step(tools, cluster))
-            install, gateway = _install_steps(tools, workdir, d, seen)
+            install, gateway = install_steps(tools, workdir, d, seen,
+                                             objects_present(d, seen, cluster.name in controlled_before))
             steps.extend(install)
             plan.actions[cluster.context] = "install" if seen.applied is None else "change"
             if d.eastwest is None and d.ambient_gateway is None and seen.applied is not None:  # none needed now
@@ -721,9 +753,7 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
         elif not d.member.remotes and d.eastwest is not None and (changed or not seen.eastwest_address):
             connect.add(cluster.context, wait_gateway_step(tools, cluster, gateway_timeout))
         # Secrets of clusters that left the mesh, and any a cluster no longer needs (a remote holds none).
-        holds = set(d.member.holds_secrets_of)
-        stale = sorted(info.name for name, info in seen.remote_secrets.items()
-                       if name not in names or (name in members_by_name and members_by_name[name].context not in holds))
+        stale = sorted(f.secret for f in secrets_of[cluster.context] if f.to_prune)
         if stale:
             plan.prunes[cluster.context] = stale
             plan.secrets["prune"] += len(stale)

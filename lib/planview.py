@@ -18,8 +18,9 @@ NOTHING = "nothing to do: every cluster matches topology.yaml and base.yaml"
 
 def print_plan(plan: ApplyPlan, topology: Topology, observed: dict[str, Observed] | None, notes: list[str],
                reporter: Reporter, title: str = "Plan", nothing: str = NOTHING,
-               command: str | tuple[str, ...] = "apply") -> None:
-    """``command``: the command (with its options) whose --dry-run -v shows every command and manifest."""
+               command: str | tuple[str, ...] = "apply", replace_other_roots: bool = False) -> None:
+    """``command``: the command (with its options) whose --dry-run -v shows every command and manifest;
+    ``replace_other_roots``: --replace-foreign-ca was given (else apply refuses such clusters)."""
     out = reporter.info
     count = len(topology.clusters)
     out(f"{title} (dry run, changes nothing): mesh {topology.mesh_id}, {count} cluster{'s' * (count != 1)} on "
@@ -37,6 +38,10 @@ def print_plan(plan: ApplyPlan, topology: Topology, observed: dict[str, Observed
         out("")
         for line in what:
             out(f"{context} replaces (apply asks first): {line}")
+    for context, finding in plan.other_roots.items():
+        out("")
+        out(f"{context}: {finding.describe()}")
+        out(f"  {other_root_consequence(replace_other_roots)}")
     steps = _by_cluster(plan, topology)
     if not steps:
         out("")
@@ -47,6 +52,14 @@ def print_plan(plan: ApplyPlan, topology: Topology, observed: dict[str, Observed
     if not reporter.verbose:
         args = (command,) if isinstance(command, str) else command
         out(f"Every command and manifest: {invocation.command(*args, '--dry-run', '-v')}")
+
+
+def other_root_consequence(replacing: bool) -> str:
+    """What apply does with a cacerts under another root, with and without --replace-foreign-ca."""
+    if replacing:
+        return ("replaced at once (--replace-foreign-ca): mTLS between workloads breaks until every workload "
+                "restarts and gets a certificate of this workspace's root")
+    return "apply refuses to replace it (see the error below)"
 
 
 def _by_cluster(plan: ApplyPlan, topology: Topology) -> dict[str, list[Step]]:

@@ -8,14 +8,16 @@ from pathlib import Path
 from typing import Callable
 
 from . import certs, invocation, lifecycle
-from .commands import _certs_prerequisites, _finish, _open_log, _sit_out, print_plan
+from .commands import certs_prerequisites, finish_run, open_log, sit_out
+from .planview import print_plan
 from .config import MULTIROOT_ENV, Cluster, select_clusters
 from .errors import ConfigError, MeshError
 from .executor import Executor, Interrupted, Phase, RunContext, Step
 from .kube import Observed, Tools, gateway_addresses, parse_published_roots
 from .overlay import ISTIO_NAMESPACE
 from .desired import desired_state
-from .plan import RECORD_TITLE, ApplyPlan, _cacerts_step, _intermediate_step, cacerts_in_place
+from .plan import (RECORD_TITLE, ApplyPlan, cacerts_finding, cacerts_in_place, cacerts_step, intermediate_step,
+                   workspace_roots)
 from .release import Release
 from .workspace import find_tools, inspect_clusters, load_workspace
 from .reporter import Reporter
@@ -116,8 +118,8 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
         return 0
 
     # Making intermediates needs the Makefile even when some exist: every target gets a new one.
-    release, variables = _certs_prerequisites(ws, istio_dir, runner, dry_run, force=True)
-    log = None if dry_run else _open_log(workdir, "rotate-certs", runner)
+    release, variables = certs_prerequisites(ws, istio_dir, runner, dry_run, force=True)
+    log = None if dry_run else open_log(workdir, "rotate-certs", runner)
     read_reporter = Reporter(quiet=True, err_console=reporter.err) if dry_run else reporter
     if not dry_run:
         reporter.start_progress([(c.context, c.network) for c in targets])
@@ -136,10 +138,10 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
         if reissue:
             if local[cluster.context].fingerprint is not None:
                 phase.add(cluster.context, backup_step(workdir, cluster, backup))
-            phase.add(cluster.context, _intermediate_step(release, cert_dir, cluster, variables))
+            phase.add(cluster.context, intermediate_step(release, cert_dir, cluster, variables))
         if reissue or not cacerts_in_place(seen, cluster, workdir, None):
             # istio-system exactly as apply makes it: server-side apply would drop a remote's annotation.
-            phase.add(cluster.context, _cacerts_step(tools, cluster, workdir, namespaces[cluster.context]))
+            phase.add(cluster.context, cacerts_step(tools, cluster, workdir, namespaces[cluster.context]))
         if not cluster.primary:  # a remote runs no istiod to confirm
             phase.add(cluster.context, confirm_step(tools, cluster, deployment))
 
@@ -151,7 +153,7 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
     lifecycle.save_rotation(workdir, rotation)  # before anything changes: an interrupted run is resumed
     executor = Executor(runner, reporter, parallel)
     for context, seen in unreachable.items():
-        _sit_out(executor, tools, topology.by_context(context), seen, "then run rotate-certs again")
+        sit_out(executor, tools, topology.by_context(context), seen, "then run rotate-certs again")
     outcome = executor.run_phases([phase])
     reporter.stop_progress()
     certs.secure_tree(cert_dir)
@@ -164,7 +166,7 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
         reporter.info(f"the replaced intermediate CAs are kept in {backup}")
     if not outcome.ok and not resuming:
         reporter.info("the next rotate-certs finishes this rotation (it re-issues nothing twice)")
-    return _finish("rotate-certs", outcome, log, reporter)
+    return finish_run("rotate-certs", outcome, log, reporter)
 
 
 # --- rotate-certs --root -----------------------------------------------------------------------------
@@ -172,7 +174,7 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
 def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, min_wait: dt.timedelta, dry_run: bool,
                 parallel: int, timeout: float, runner: ShRunner, reporter: Reporter) -> int:
     """One stage of the move to a new root per run; see lifecycle.decide for when a stage may start."""
-    from .plan import _install_steps, record_step
+    from .plan import install_steps, record_step
     from .release import find_release
     from .status import istiod_name
 
@@ -205,7 +207,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     org = root_info.organization
     variables = {"INTERMEDIATE_ORG": org} if org else {}
 
-    log = None if dry_run else _open_log(workdir, "rotate-certs", runner)
+    log = None if dry_run else open_log(workdir, "rotate-certs", runner)
     read_reporter = Reporter(quiet=True, err_console=reporter.err) if dry_run else reporter
     observed = (inspect_clusters(list(topology.clusters), tools, runner, read_reporter, parallel)
                 if ws.contexts_resolved else {})
@@ -234,7 +236,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         for cluster in clusters:
             d, seen = final[cluster.context], observed[cluster.context]
             if seen.applied != d.fingerprint:
-                last.add(cluster.context, _install_steps(tools, workdir, d, seen)[0][0])
+                last.add(cluster.context, install_steps(tools, workdir, d, seen)[0][0])
                 last.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
             last.add(cluster.context, Step("the root transition is complete here", commands=[tools.kubectl_cmd(
                 cluster, "annotate", "namespace", ISTIO_NAMESPACE, f"{lifecycle.TRANSITION_ANNOTATION}-")]))
@@ -260,13 +262,24 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
             if cluster.context not in outcome.failures:
                 reporter.finish_cluster(cluster.context, True, "new root")
         ws.state.save(topology.mesh_id)
-        return _finish("rotate-certs --root", outcome, log, reporter)
+        return finish_run("rotate-certs --root", outcome, log, reporter)
 
     if move.kind == "start":
         # Only from a mesh that is in step: every cluster reachable and on the workspace's root.
         not_ready = [c.context for c in topology.clusters
                      if not (observed.get(c.context) or Observed()).reachable
                      or not cacerts_in_place(observed[c.context], c, workdir, None)]
+        roots = workspace_roots(workdir, None)
+        other_root = [c.context for c in topology.clusters if c.context in not_ready and c.context in observed
+                      and cacerts_finding(observed[c.context], c, workdir, None, roots).other_root]
+        if other_root and not dry_run:
+            # The stages start from the root the clusters trust, whose key this workspace does not hold.
+            log.close()
+            raise ConfigError(f"the cacerts of {', '.join(other_root)} chains to another root than this "
+                              f"workspace's: a move to a new root starts from the root the clusters run on",
+                              hint=f"run `rotate-certs --root` from the workspace that holds that root, or "
+                                   f"`{invocation.command('apply', '--replace-foreign-ca')}` to replace it at once "
+                                   f"(mTLS between workloads breaks until they restart)")
         if not_ready and not dry_run:
             log.close()
             raise MeshError(f"not every cluster runs on the workspace's root yet ({', '.join(not_ready)}): "
@@ -310,11 +323,11 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         d = desired[cluster.context]
         if seen.applied != d.fingerprint:
             # istiod must accept a second root before it sees one (the reserved value ISTIO_MULTIROOT_MESH).
-            phase.add(cluster.context, _install_steps(tools, workdir, d, seen)[0][0])
+            phase.add(cluster.context, install_steps(tools, workdir, d, seen)[0][0])
             phase.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
         if not certs.has_cacerts(issuer, cluster.name):
-            phase.add(cluster.context, _intermediate_step(release, issuer, cluster, variables))
-        step = _cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition=planned)
+            phase.add(cluster.context, intermediate_step(release, issuer, cluster, variables))
+        step = cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition=planned)
         step.change = f"~ secret cacerts: {_STAGE_CHANGE[planned.stage]} ({issuer.name}/{cluster.name}/)"
         phase.add(cluster.context, step)
         if not cluster.primary:  # a remote runs no istiod to confirm
@@ -354,7 +367,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         reporter.start_progress([(c.context, c.network) for c in topology.clusters
                                  if c.context in move.behind or c.context in move.unreachable])
     for context in move.unreachable:
-        _sit_out(executor, tools, topology.by_context(context), observed[context], f"then run `{again}`")
+        sit_out(executor, tools, topology.by_context(context), observed[context], f"then run `{again}`")
     for cluster in not_set_up:
         executor.fail_before_start(cluster.context, f"stage {planned.stage}", MeshError(
             "not set up by apply yet: the move to a new root changes clusters that are part of the mesh",
@@ -390,7 +403,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     else:
         reporter.info(f"stage {planned.stage} is not in place everywhere yet: run `{again}` "
                       f"(it finishes this stage and goes no further)")
-    return _finish("rotate-certs --root", outcome, log, reporter)
+    return finish_run("rotate-certs --root", outcome, log, reporter)
 
 
 _NO_RELEASE = Release(Path("<istio>"))

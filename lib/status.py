@@ -22,6 +22,8 @@ from cryptography.exceptions import InvalidSignature
 
 from . import certs, invocation, lifecycle
 from .ambient import gateway_status
+from .assess import SecretFinding, SecretState, assess_secrets, issued_credentials
+from .checks import ERROR, EXPIRY_WARN_DAYS, LOCAL, MISSING, OUTDATED, PRESENT, STALE, SYNCED, WARNING
 from .config import AMBIENT, MULTIROOT_ENV, SIDECAR, Cluster, Topology, data_plane_mode, select_clusters
 from .gatewayapi import offline_crds_hint, expected_version, older_than_needed
 from .fsutil import read_if_present
@@ -29,16 +31,16 @@ from .errors import MeshError
 from .executor import RunContext, read_clusters
 from .invocation import prep_hint
 from .kube import (CA_ROOT_CONFIGMAP, GATEWAY_RESOURCE, READ_TIMEOUT, Observed, Tools, gateway_addresses,
-                   parse_published_roots, token_fingerprint)
+                   parse_published_roots)
 from .mesh import Mesh, mesh_model
 from .overlay import (CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL, control_plane_revision,
                       injection_path)
 from .redact import redact
 from .reporter import Reporter
+from .statusview import render as render_view
 from .workspace import find_tools, inspect_clusters, load_workspace
 
 WAIT_POLL_SECONDS = 2.0
-EXPIRY_WARN_DAYS = 30
 ISTIOD_CONTAINER = "discovery"
 # Image tag suffixes that name a build flavour, not a version.
 _TAG_VARIANTS = ("-distroless", "-debug")
@@ -46,12 +48,6 @@ _TAG_VARIANTS = ("-distroless", "-debug")
 _RELEASE_TAG = re.compile(r"^\d+\.\d+(\.\d+)?(-[0-9A-Za-z.]+)?$")
 UNKNOWN_VERSION = "unknown"
 
-# Secret states in the peer matrix and in the JSON document.
-PRESENT, MISSING, STALE, LOCAL, OUTDATED = "present", "missing", "stale", "local", "outdated"
-# What istiod reports per remote cluster (istioctl remote-clusters).
-SYNCED = "synced"
-
-ERROR, WARNING = "error", "warning"
 
 
 # --- what one cluster shows ----------------------------------------------------------------------
@@ -405,8 +401,7 @@ def evaluate(ws: Expected, observed: dict[str, Observed], istiod: dict[str, Isti
                                      f"and {prep_hint()} (every cluster then gets a new intermediate CA on apply)"))
     names = {c.name for c in topology.clusters}
     # The credentials each cluster issues now (None when it could not be read): older copies are outdated.
-    current = {c.name: token_fingerprint(c.name, c.remote_server, observed[c.context].reader_token)
-               if c.context in observed and observed[c.context].reachable else None for c in topology.clusters}
+    current = issued_credentials(ws.mesh, {ctx: seen for ctx, seen in observed.items() if seen.reachable})
     result = []
     for cluster in topology.clusters:
         seen = observed.get(cluster.context) or Observed(reachable=False, error="not read")
@@ -564,6 +559,43 @@ def _judge_istiod_view(status: ClusterStatus, view: IstiodView | None, topology:
                                        peer=peer.name))
 
 
+def _report_secret(status: ClusterStatus, cluster: Cluster, seen: Observed, finding: SecretFinding, hints: Hints,
+                   set_up: bool, topology: Topology) -> None:
+    """One remote secret's finding as the peer matrix shows it, and as a problem unless present."""
+    add, state, peer = status.problems.append, finding.state, finding.peer
+    info = seen.remote_secrets.get(peer)
+    status.remote_secrets[peer] = _SECRET_WORDS[state]
+    if state in (SecretState.UNNEEDED, SecretState.STALE):
+        status.stale_secrets.append(finding.secret)
+    if state is SecretState.UNNEEDED:
+        add(Problem("remote_secret_unneeded", f"a remote holds no remote secret, and this one holds {finding.secret}",
+                    f"{hints.apply} (prunes it)", severity=WARNING))
+    elif state is SecretState.STALE:
+        add(Problem("remote_secret_stale", f"remote secret {finding.secret} gives access to cluster {peer}, which is "
+                                           f"not in topology.yaml",
+                    f"{hints.apply} (prunes it), or `{hints.kubectl(cluster, 'delete', 'secret', '-n', ISTIO_NAMESPACE, finding.secret)}`"))
+    elif state is SecretState.MISSING and set_up:  # a cluster that is not set up at all is reported once
+        add(Problem("remote_secret_missing", f"no remote secret of {peer}: this cluster cannot discover "
+                                             f"{peer}'s endpoints", hints.apply, peer=peer))
+    elif state is SecretState.LOOPBACK:
+        other = topology.by_context(finding.context)
+        if other.api_server and not other.server_is_local:
+            hint = f"{hints.apply} (replaces it with one naming {other.api_server})"
+        else:
+            hint = f"set api_server: for {other.context} in {hints.topology_file}, then {hints.apply}"
+        add(Problem("remote_secret_local", f"the remote secret of {peer} ({info.name}) names the API server "
+                                           f"{info.server}, which this cluster cannot reach", hint, peer=peer))
+    elif state is SecretState.OUTDATED:
+        add(Problem("remote_secret_outdated", f"the remote secret of {peer} ({info.name}) does not carry the "
+                                              f"credentials {peer} issues now (its reader token changed, or the "
+                                              f"secret was not made by setup-mesh)", hints.apply, peer=peer))
+
+
+# A secret's finding in the peer matrix and the JSON document.
+_SECRET_WORDS = {SecretState.PRESENT: PRESENT, SecretState.MISSING: MISSING, SecretState.OUTDATED: OUTDATED,
+                 SecretState.LOOPBACK: LOCAL, SecretState.UNNEEDED: STALE, SecretState.STALE: STALE}
+
+
 def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints: Hints,
            root: x509.Certificate | None, root_fp: str | None, names: set[str], now: dt.datetime,
            current: dict[str, str | None]) -> ClusterStatus:
@@ -648,47 +680,9 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints
                             f"check its LoadBalancer with `{hints.kubectl(cluster, 'get', 'service', EASTWEST_NAME, '-n', ISTIO_NAMESPACE)}`"
                             f"; clusters without a load balancer need one (e.g. MetalLB) or spec.externalIPs"))
 
-    # remote secrets: a primary holds every other cluster's, a remote none
-    holds = set(member.holds_secrets_of)
-    for peer in topology.clusters:
-        if peer is cluster:
-            continue
-        if peer.context not in holds:
-            if peer.name in seen.remote_secrets:
-                status.remote_secrets[peer.name] = STALE
-                status.stale_secrets.append(seen.remote_secrets[peer.name].name)
-                add(Problem("remote_secret_unneeded", f"a remote holds no remote secret, and this one holds "
-                                                      f"{seen.remote_secrets[peer.name].name}",
-                            f"{hints.apply} (prunes it)", severity=WARNING))
-            continue
-        info = seen.remote_secrets.get(peer.name)
-        if info is None:
-            status.remote_secrets[peer.name] = MISSING
-            if set_up:  # a cluster that is not set up at all is reported once, above
-                add(Problem("remote_secret_missing", f"no remote secret of {peer.name}: this cluster cannot discover "
-                                                     f"{peer.name}'s endpoints", hints.apply, peer=peer.name))
-        elif info.suspicious_local:
-            status.remote_secrets[peer.name] = LOCAL
-            if peer.api_server and not peer.server_is_local:
-                hint = f"{hints.apply} (replaces it with one naming {peer.api_server})"
-            else:
-                hint = f"set api_server: for {peer.context} in {hints.topology_file}, then {hints.apply}"
-            add(Problem("remote_secret_local", f"the remote secret of {peer.name} ({info.name}) names the API server "
-                                               f"{info.server}, which this cluster cannot reach", hint, peer=peer.name))
-        elif current.get(peer.name) and info.source != current[peer.name]:
-            status.remote_secrets[peer.name] = OUTDATED
-            add(Problem("remote_secret_outdated", f"the remote secret of {peer.name} ({info.name}) does not carry the "
-                                                  f"credentials {peer.name} issues now (its reader token changed, or the "
-                                                  f"secret was not made by setup-mesh)", hints.apply, peer=peer.name))
-        else:
-            status.remote_secrets[peer.name] = PRESENT
-    for name, info in sorted(seen.remote_secrets.items()):
-        if name not in names:
-            status.remote_secrets[name] = STALE
-            status.stale_secrets.append(info.name)
-            add(Problem("remote_secret_stale", f"remote secret {info.name} gives access to cluster {name}, which is "
-                                               f"not in topology.yaml",
-                        f"{hints.apply} (prunes it), or `{hints.kubectl(cluster, 'delete', 'secret', '-n', ISTIO_NAMESPACE, info.name)}`"))
+    # remote secrets: a primary holds every other cluster's, a remote none (judged as the plan judges them)
+    for finding in assess_secrets(ws.mesh, member, seen, current):
+        _report_secret(status, cluster, seen, finding, hints, set_up, topology)
 
     # drift: what is installed against what apply would install now
     if set_up:
@@ -823,11 +817,16 @@ def _judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: 
         if not c.chains_to_root:
             local = _load_cert(ws.local_ca.get(cluster.name))
             local_ok = local is not None and _issued_by(local, root)
+            # apply replaces a cacerts under another root only when told to (mTLS breaks until workloads restart)
+            other_root = c.root_fingerprint != root_fp
+            apply = invocation.command("apply", "--replace-foreign-ca") if other_root else hints.apply
+            replaces = ("; it replaces that cacerts at once: mTLS between workloads breaks until they restart"
+                        if other_root else "")
             if local_ok:
-                hint = f"{hints.apply} (installs certs/{cluster.name}/, which this workspace's root issued)"
+                hint = f"{apply} (installs certs/{cluster.name}/, which this workspace's root issued{replaces})"
             else:
-                hint = (f"`rm -r {hints.path(certs.CERTS_DIR, cluster.name)}`, then {hints.apply} "
-                        f"(re-issues the intermediate CA from this workspace's root)")
+                hint = (f"`rm -r {hints.path(certs.CERTS_DIR, cluster.name)}`, then {apply} "
+                        f"(re-issues the intermediate CA from this workspace's root{replaces})")
             what = ("its root-cert.pem is another root" if c.root_fingerprint != root_fp
                     else "its ca-cert.pem was not issued by this workspace's root")
             add(Problem("cacerts_foreign_root", f"secret cacerts does not chain to this workspace's root CA "
@@ -1038,7 +1037,6 @@ def run_status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
 # --- printing --------------------------------------------------------------------------------------
 
 def render(status: MeshStatus, reporter: Reporter) -> None:
-    from .statusview import render as render_view
 
     render_view(status, _wide_console(reporter.console), tables=not reporter.quiet)
 

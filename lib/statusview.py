@@ -10,10 +10,14 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from typing import TYPE_CHECKING
+
+from .checks import ERROR, EXPIRY_WARN_DAYS, LOCAL, MISSING, OUTDATED, PRESENT, STALE, SYNCED, WARNING
 from .redact import redact
 from .wrapping import fit
-from .status import (ERROR, EXPIRY_WARN_DAYS, LOCAL, MISSING, OUTDATED, PRESENT, STALE, SYNCED, WARNING,
-                     ClusterStatus, MeshStatus, Problem)
+
+if TYPE_CHECKING:  # the report's types: status imports this view, never the other way round
+    from .status import ClusterStatus, MeshStatus, Problem
 
 COLUMNS = ("cluster", "up", "istio", "network", "cacerts", "gateway", "secrets", "synced", "drift")
 DROP_ORDER = ("synced", "istio", "drift", "up")  # what goes first when the terminal is narrow

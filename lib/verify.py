@@ -35,7 +35,8 @@ from .overlay import CROSS_NETWORK_GATEWAY, EASTWEST_NAME, ISTIO_NAMESPACE, cont
 from .redact import redact
 from .reporter import Reporter
 from .workspace import find_tools, load_workspace
-from .status import ISTIOD_SERVICE_PROBLEMS, LOCAL, MISSING, OUTDATED, PRESENT, SYNCED
+from .checks import LOCAL, MISSING, OUTDATED, PRESENT, SYNCED
+from .status import ISTIOD_SERVICE_PROBLEMS
 from .yamlfile import dump
 
 DEFAULT_NAMESPACE = "setup-mesh-verify"

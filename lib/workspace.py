@@ -29,10 +29,13 @@ class Workspace:
     state: State
     notes: list[str]
     contexts_resolved: bool = True
+    # lenient: why the contexts could not be resolved (what the same command without --dry-run refuses with)
+    context_error: ConfigError | None = None
 
 
-def load_workspace(workdir: Path, kubeconfig: str | None, lenient: bool) -> Workspace:
-    """Validate the inputs. ``lenient`` (dry-run) turns facts about this machine into notes."""
+def load_workspace(workdir: Path, kubeconfig: str | None, lenient: bool, note_contexts: bool = True) -> Workspace:
+    """Validate the inputs. ``lenient`` (dry-run) turns facts about this machine into notes (``note_contexts``:
+    also contexts missing from the kubeconfig; else the caller reports ``context_error`` itself)."""
     if not workdir.is_dir():
         raise ConfigError(f"workdir {workdir} does not exist", hint=prep_hint())
     topology = load_topology(workdir / TOPOLOGY_FILE)
@@ -40,15 +43,16 @@ def load_workspace(workdir: Path, kubeconfig: str | None, lenient: bool) -> Work
     check_data_plane(topology, loaded_base)
     base = loaded_base.operator
     notes: list[str] = []
-    resolved = True
+    resolved, error = True, None
     try:
         topology = resolve_contexts(topology, kubeconfig)
     except ConfigError as exc:
         if not lenient:
             raise
-        resolved = False
-        notes.append(f"{exc.message} (current state cannot be read)")
-    return Workspace(workdir, topology, base, State.load(workdir), notes, resolved)
+        resolved, error = False, exc
+        if note_contexts:
+            notes.append(f"{exc.message} (current state cannot be read)")
+    return Workspace(workdir, topology, base, State.load(workdir), notes, resolved, error)
 
 
 def find_tools(istio_dir: str | None, runner: ShRunner, lenient: bool, notes: list[str], timeout: float) -> Tools:

@@ -5,7 +5,7 @@ import subprocess
 from lib import certs
 from lib.config import Cluster
 from lib.executor import Executor, Phase
-from lib.plan import _intermediate_step
+from lib.plan import intermediate_step
 from lib.release import Release
 from lib.reporter import Reporter
 from lib.runner import ShRunner
@@ -27,7 +27,7 @@ def _root_ca(tmp_path, monkeypatch, variables: dict[str, str]):
 def _run(release, cert_dir, runner, names, parallel=8):
     phase = Phase("certs")
     for name in names:
-        phase.add(name, _intermediate_step(release, cert_dir, Cluster(name, "n", name), {"INTERMEDIATE_ORG": "Org"}))
+        phase.add(name, intermediate_step(release, cert_dir, Cluster(name, "n", name), {"INTERMEDIATE_ORG": "Org"}))
     return Executor(runner, Reporter(quiet=True), parallel=parallel).run_phases([phase])
 
 

@@ -58,6 +58,18 @@ def test_bad_input_is_refused_before_any_request(mesh, case, expect):
     assert _requests(mesh) == before
 
 
+def test_dry_run_and_apply_agree_on_a_context_missing_from_the_kubeconfig(mesh):
+    mesh.write_topology({**NETS, "nowhere": "network1"})
+    before = _requests(mesh)
+    dry, real = mesh.run("apply", "--dry-run"), mesh.run("apply", "-y")
+    assert (dry.returncode, real.returncode) == (2, 2), dry.stderr + real.stderr
+    error = [line for line in real.stderr.splitlines() if line.startswith(("error:", "hint:"))]
+    assert error and error[0].startswith("error: ") and "context 'nowhere' is not in the kubeconfig" in error[0]
+    assert dry.stderr.splitlines()[-len(error):] == error, "the dry run ends with apply's own error"
+    assert "Plan (dry run, changes nothing)" in dry.stdout, "the plan is still shown"
+    assert _requests(mesh) == before
+
+
 # --- faults while running -----------------------------------------------------------------------
 
 def test_unreachable_cluster_is_named_and_the_others_go_ahead(mesh):
@@ -168,7 +180,7 @@ def test_a_deleted_east_west_gateway_is_reinstalled_by_the_next_apply(mesh):
     mesh.apply()
     mesh.sandbox.kubectl("cluster2", "delete", "deployment,service", "istio-eastwestgateway", "-n", "istio-system")
     result = mesh.apply("--gateway-timeout", "5", ok=False)
-    assert result.returncode == 0, f"apply did not bring back the deleted east-west gateway:\n{result.stdout}{result.stderr}"
+    assert result.returncode == mesh.applied_code(), f"apply did not bring back the deleted east-west gateway:\n{result.stdout}{result.stderr}"
     service = mesh.get("cluster2", "service", "istio-eastwestgateway", "-n", "istio-system")
     assert service["status"]["loadBalancer"]["ingress"], "the re-installed gateway got an address"
     assert mesh.get("cluster2", "deployment", "istio-eastwestgateway", "-n", "istio-system")
@@ -195,7 +207,7 @@ def test_apply_while_istio_system_is_still_terminating(mesh):
                          "-p", '{"metadata":{"finalizers":null}}')
     out, err = proc.communicate(timeout=300)
     out = "".join(seen) + out
-    assert proc.returncode == 0, f"apply failed on a terminating namespace:\n{out}{err}"
+    assert proc.returncode == mesh.applied_code(), f"apply failed on a terminating namespace:\n{out}{err}"
     assert "istio-system is being deleted" in out, "the wait is said, not silent"
     namespace = mesh.get("cluster2", "namespace", "istio-system")
     assert "deletionTimestamp" not in namespace["metadata"]

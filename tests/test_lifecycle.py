@@ -81,14 +81,14 @@ def test_dry_run_changes_nothing_anywhere(mesh3):
     dumps = {ctx: mesh3.sandbox.dump(ctx) for ctx in mesh3.sandbox.contexts}
     files = workdir_snapshot(mesh3.workdir)
     short = mesh3.run("apply", "--dry-run")
-    assert short.returncode == 0, short.stderr
+    assert short.returncode == mesh3.applied_code(), short.stderr
     # By default: what changes, per cluster, and the counts.
     assert "cluster1 (network1, primary): change\n  ~ Istio (overlays/cluster1.yaml)\n" \
            "      ~ spec.meshConfig.accessLogFile: /dev/stdout → /dev/null\n" in short.stdout
     assert "cluster4 (network2, primary): install\n" in short.stdout and "cluster2: remove\n" in short.stdout
     assert "Plan: 1 install, 2 change, 1 remove; secrets: 4 add, 0 replace, 2 prune." in short.stdout
     result = mesh3.run("apply", "--dry-run", "-v")  # every command and manifest
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == mesh3.applied_code(), result.stderr
     assert {ctx: mesh3.sandbox.dump(ctx) for ctx in mesh3.sandbox.contexts} == dumps
     assert workdir_snapshot(mesh3.workdir) == files
     out = result.stdout
@@ -102,7 +102,7 @@ def test_dry_run_without_reachable_clusters_still_prints_the_plan(mesh3):
     for ctx in mesh3.sandbox.contexts:
         mesh3.sandbox.stop_cluster(ctx)
     result = mesh3.run("apply", "--dry-run", "-v")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == mesh3.applied_code(), result.stderr
     assert "could not read current state of cluster1" in result.stdout + result.stderr
     assert "istioctl create-remote-secret --namespace istio-system --name cluster1" in result.stdout
 

@@ -265,7 +265,11 @@ def test_dry_run_of_the_bundled_example_matches_the_golden_plan(tmp_path):
     for flags, golden in ((), "plan-bundled-example.txt"), (("-v",), "plan-bundled-example-full.txt"):
         result = subprocess.run([sys.executable, "setup_mesh.py", "apply", "--dry-run", *flags], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stderr
+        # the plan as if the clusters held nothing, then the error apply itself stops at (exit 2)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.replace(str(tmp_path), "<tmp>").rstrip().endswith(
+            "error: kubeconfig file not found: <tmp>/no-kubeconfig (KUBECONFIG)\n"
+            "hint: check the path, or point --kubeconfig / KUBECONFIG at your kubeconfig"), result.stderr
         goldens.check(golden, result.stdout.replace(str(tmp_path), "<tmp>"))
     assert not (ROOT / "overlays").exists() and not (ROOT / ".setup-mesh").exists(), "a dry run writes nothing"
 

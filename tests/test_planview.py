@@ -49,7 +49,8 @@ def _applied(clusters, base, members=None):
             reachable=True, namespace=True, network_label=c.network, applied=desired[c.context].fingerprint,
             cacerts={name: f"{c.name}-{name}".encode() for name in ("ca-cert.pem", "cert-chain.pem", "root-cert.pem")},
             remote_secrets=peers,
-            reader_token=f"tok-{c.name}", eastwest_exists=True, eastwest_address="198.51.100.1")
+            reader_token=f"tok-{c.name}", eastwest_exists=True, eastwest_address="198.51.100.1",
+            eastwest_made_by="operator")
     return observed
 
 
@@ -75,21 +76,29 @@ cluster1 (network1, primary): change
   ~ Istio (overlays/cluster1.yaml)
       ~ spec.meshConfig.accessLogFile: /dev/stdout → /dev/null
       + spec.values.pilot.autoscaleMin: 2
+  ~ east-west gateway (overlays/cluster1-eastwest.yaml): reinstalled as is
+  ~ expose services (Gateway cross-network-gateway): applied again
 
 cluster2 (network1, primary): change
   ~ Istio (overlays/cluster2.yaml)
       ~ spec.meshConfig.accessLogFile: /dev/stdout → /dev/null
       + spec.values.pilot.autoscaleMin: 2
+  ~ east-west gateway (overlays/cluster2-eastwest.yaml): reinstalled as is
+  ~ expose services (Gateway cross-network-gateway): applied again
 
 cluster3 (network2, primary): change
   ~ Istio (overlays/cluster3.yaml)
       ~ spec.meshConfig.accessLogFile: /dev/stdout → /dev/null
       + spec.values.pilot.autoscaleMin: 2
+  ~ east-west gateway (overlays/cluster3-eastwest.yaml): reinstalled as is
+  ~ expose services (Gateway cross-network-gateway): applied again
 
 cluster4 (network2, primary): change
   ~ Istio (overlays/cluster4.yaml)
       ~ spec.meshConfig.accessLogFile: /dev/stdout → /dev/null
       + spec.values.pilot.autoscaleMin: 2
+  ~ east-west gateway (overlays/cluster4-eastwest.yaml): reinstalled as is
+  ~ expose services (Gateway cross-network-gateway): applied again
 
 Plan: 0 install, 4 change, 0 remove; secrets: 0 add, 0 replace, 0 prune.
 Every command and manifest: setup-mesh apply --dry-run -v

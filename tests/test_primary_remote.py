@@ -243,6 +243,9 @@ def test_a_remote_added_to_a_running_mesh_reinstalls_nothing_else(sandbox_factor
     count = len(mesh.installs())
     _write(mesh, {"cluster1": {"network": "network1"}, "cluster2": {"network": "network2"},
                   "cluster3": {"network": "network2", "primary": "cluster2"}})
+    plan = mesh.run("apply", "--dry-run").stdout
+    assert "+ expose istiod (Gateway istiod-gateway, VirtualService istiod-vs)" in \
+        plan.split("\ncluster2 (")[1].split("\n\n")[0], plan
     mesh.apply()
     new = mesh.installs()[count:]
     assert before == {"cluster1", "cluster2"}

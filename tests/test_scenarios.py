@@ -82,9 +82,17 @@ def _edit_base(mesh, old: str, new: str) -> None:
 def test_base_yaml_change_reinstalls_without_touching_gateways_or_secrets(mesh):
     before, exported, installs = snapshot(mesh), len(exports(mesh)), len(mesh.control_plane_installs())
     _edit_base(mesh, "accessLogFile: /dev/stdout", "accessLogFile: /dev/null")
+    plan, count = mesh.run("apply", "--dry-run").stdout, len(mesh.installs())
     mesh.apply()
     after = snapshot(mesh)
     assert sorted(c["context"] for c in mesh.control_plane_installs()[installs:]) == CONTEXTS
+    # what apply installed and applied again is what its dry run named, cluster by cluster
+    gateways = sorted(c["context"] for c in mesh.installs()[count:] if c not in mesh.control_plane_installs())
+    assert gateways == CONTEXTS
+    for ctx in CONTEXTS:
+        shown = plan.split(f"\n{ctx} (")[1].split("\n\n")[0]
+        assert f"~ east-west gateway (overlays/{NAMES[ctx]}-eastwest.yaml): reinstalled as is" in shown, plan
+        assert "~ expose services (Gateway cross-network-gateway): applied again" in shown, plan
     for ctx in CONTEXTS:
         mesh_config = yaml.safe_load(mesh.get(ctx, "configmap", "istio", "-n", "istio-system")["data"]["mesh"])
         assert mesh_config["accessLogFile"] == "/dev/null", "the edit reached every cluster"
@@ -439,7 +447,13 @@ def _put_cacerts(mesh, ctx: str, files: dict[str, str]) -> None:
                          *(f"--from-file={name}={path}" for name, path in files.items()))
 
 
-def test_a_cluster_with_its_own_ca_is_named_and_replaced_only_when_confirmed(sandbox_factory, tmp_path):
+def _writes(mesh, since: dict[str, int]) -> dict[str, list]:
+    """Each cluster's requests that change something, since ``since`` (request counts per context)."""
+    return {ctx: [r for r in mesh.sandbox.requests(ctx)[since[ctx]:] if r["method"] not in ("GET", "HEAD")]
+            for ctx in since}
+
+
+def test_a_cluster_with_its_own_ca_is_refused_and_replaced_only_with_the_option(sandbox_factory, tmp_path):
     sandbox = sandbox_factory(CONTEXTS)
     mesh = make_mesh(sandbox, tmp_path / "ws", NETS)
     _topology(mesh, NETS)
@@ -448,22 +462,52 @@ def test_a_cluster_with_its_own_ca_is_named_and_replaced_only_when_confirmed(san
     theirs = _digest(mesh.get("ctx-c", "secret", "cacerts", "-n", "istio-system")["data"])
 
     plan = mesh.run("apply", "--dry-run")
-    assert "ctx-c replaces (apply asks first): secret cacerts, which setup-mesh did not make (CA " in plan.stdout, \
-        plan.stdout
+    assert plan.returncode == 2, plan.stdout + plan.stderr
+    assert "ctx-c: secret cacerts chains to root " in plan.stdout and "not made by setup-mesh: CA " in plan.stdout
     assert "O=Own Org" in plan.stdout
-    refused = mesh.run("apply")
-    assert refused.returncode == 2 and "needs confirmation" in refused.stdout + refused.stderr
-    assert "ctx-c replaces: secret cacerts, which setup-mesh did not make" in refused.stdout + refused.stderr
+    refused = mesh.run("apply", "-y")  # -y answers questions; it does not replace somebody's CA
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "chains to another root than this workspace's in ctx-c" in refused.stderr
+    assert "--replace-foreign-ca" in refused.stderr
     assert _digest(mesh.get("ctx-c", "secret", "cacerts", "-n", "istio-system")["data"]) == theirs
     assert mesh.control_plane_installs() == [], "nothing was installed anywhere"
 
-    mesh.apply()  # -y: replaced, and from now on setup-mesh's own
+    replaced = mesh.apply("--replace-foreign-ca")
+    assert "mTLS between workloads breaks until every workload restarts" in replaced.stdout
     secret = mesh.get("ctx-c", "secret", "cacerts", "-n", "istio-system")
     assert _digest(secret["data"]) != theirs
     assert secret["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "setup-mesh"
     before = snapshot(mesh)
     mesh.run("apply")  # nothing to ask about any more: no prompt, no change
     assert snapshot(mesh) == before
+
+
+def test_a_mesh_of_another_workspaces_root_is_refused_from_a_second_workspace(mesh, tmp_path):
+    second = make_mesh(mesh.sandbox, tmp_path / "ws2", NETS)  # its own root, same clusters
+    _topology(second, NETS)
+    before, installs = snapshot(mesh), len(mesh.installs())
+    counts = {ctx: len(mesh.sandbox.requests(ctx)) for ctx in CONTEXTS}
+
+    plan = second.run("apply", "--dry-run")
+    refused = second.run("apply", "-y")
+    for result in (plan, refused):
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "chains to another root than this workspace's in ctx-a, ctx-b, ctx-c" in result.stderr
+    first_root = (mesh.workdir / "certs" / "root-cert.pem").read_bytes()
+    second_root = (second.workdir / "certs" / "root-cert.pem").read_bytes()
+    from lib.certs import read_cert
+    for root in (first_root, second_root):  # the plan names both roots, by subject and fingerprint
+        info = read_cert(root)
+        assert f"{info.subject} (SHA-256 {info.fingerprint})" in plan.stdout, plan.stdout
+    assert "made by setup-mesh from another workspace or an earlier root" in plan.stdout
+    assert snapshot(mesh) == before and len(mesh.installs()) == installs
+    assert _writes(mesh, counts) == {ctx: [] for ctx in CONTEXTS}, "refused before any cluster was touched"
+    # a move to a new root starts from the root the clusters run on: not from this workspace
+    move = second.run("rotate-certs", "--root")
+    assert move.returncode == 2 and "chains to another root than this workspace's" in move.stderr, move.stderr
+    assert "--replace-foreign-ca" in move.stderr and not (second.workdir / "certs-next").exists()
+    assert snapshot(mesh) == before and _writes(mesh, counts) == {ctx: [] for ctx in CONTEXTS}
+    assert mesh.run("apply").returncode == mesh.applied_code(), "the first workspace still owns the mesh"
 
 
 def test_teardown_keeps_a_cacerts_it_did_not_make_and_its_namespace(mesh, tmp_path):

@@ -553,8 +553,9 @@ def test_cacerts_from_another_root(mesh, tmp_path):
     cacerts = _cluster(doc, "cluster2")["cacerts"]
     assert cacerts["present"] is True and cacerts["chains_to_root"] is False
     assert cacerts["root_fingerprint"] != doc["root_fingerprint"]
-    # certs/cluster2 in the workdir is this root's: apply puts it back
-    assert _problems(doc, "cluster2")["cacerts_foreign_root"]["hint"].startswith(f"{SCRIPT} apply")
+    # certs/cluster2 in the workdir is this root's: apply puts it back, when told to replace another root
+    assert _problems(doc, "cluster2")["cacerts_foreign_root"]["hint"].startswith(f"{SCRIPT} apply --replace-foreign-ca")
+    assert "mTLS between workloads breaks until they restart" in _problems(doc, "cluster2")["cacerts_foreign_root"]["hint"]
 
     # when the workdir's own intermediate is the foreign one, it must be re-issued first
     local = mesh.workdir / "certs" / "cluster2"
@@ -562,10 +563,14 @@ def test_cacerts_from_another_root(mesh, tmp_path):
         (local / path.name).write_bytes(path.read_bytes())
     code, doc = mesh.status()
     hint = _problems(doc, "cluster2")["cacerts_foreign_root"]["hint"]
-    assert hint == (f"`rm -r {local}`, then {SCRIPT} apply --workdir {mesh.workdir} "
-                    "(re-issues the intermediate CA from this workspace's root)")
+    assert hint == (f"`rm -r {local}`, then {SCRIPT} apply --replace-foreign-ca --workdir {mesh.workdir} "
+                    "(re-issues the intermediate CA from this workspace's root; it replaces that cacerts at once: "
+                    "mTLS between workloads breaks until they restart)")
     subprocess.run(["rm", "-r", str(local)], check=True)  # following the hint
-    _repaired_by_apply(mesh)
+    assert mesh.apply(ok=False).returncode == 2, "apply alone refuses to replace a cacerts under another root"
+    mesh.apply("--replace-foreign-ca")
+    code, doc = mesh.status()
+    assert code == 0 and doc["healthy"], [(c["context"], c["problems"]) for c in doc["clusters"]]
 
 
 def test_network_label_missing_then_wrong(mesh):
