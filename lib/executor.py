@@ -290,7 +290,9 @@ def read_clusters(clusters: list[Cluster], runner, reporter: Reporter, parallel:
     for cluster in clusters:
         phase.add(cluster.context, step_for(cluster))
     executor = Executor(runner, reporter, parallel)
-    executor.run_phase(phase)
+    plural = "s" * (len(clusters) != 1)
+    with reporter.activity(f"{title} ({len(clusters)} cluster{plural}, {min(parallel, len(clusters))} at a time) ..."):
+        executor.run_phase(phase)
     if executor.outcome.interrupted:
         raise KeyboardInterrupt
     return executor.shared.get("read", {})

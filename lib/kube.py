@@ -78,8 +78,9 @@ class Tools:
                                 "--ignore-not-found", "-o", "json", check=False, timeout=timeout)
 
     def inspect(self, cluster: Cluster, timeout: float) -> Command:
-        # One read gives the namespace, its secrets (cacerts, remote secrets, tokens), services and deployments.
-        return self.kubectl_cmd(cluster, "get", "namespaces,secrets,services,deployments", "-n", ISTIO_NAMESPACE,
+        # One read gives the namespace, its secrets (cacerts, remote secrets, tokens), services, deployments
+        # and daemonsets (ztunnel and istio-cni in an ambient mesh).
+        return self.kubectl_cmd(cluster, "get", "namespaces,secrets,services,deployments,daemonsets", "-n", ISTIO_NAMESPACE,
                                 "-o", "json", timeout=timeout)
 
 
@@ -157,6 +158,7 @@ class Observed:
     # its own istiod pods, a remote's to its EndpointSlice (its primary's address) and must select nothing.
     istiod_selectors: dict[str, dict[str, str]] = field(default_factory=dict)
     deployments: dict[str, dict] = field(default_factory=dict)  # in istio-system, by name
+    daemonsets: dict[str, dict] = field(default_factory=dict)  # in istio-system, by name
 
 
 def parse_inspect(output: str) -> Observed:
@@ -202,6 +204,8 @@ def parse_inspect(output: str) -> Observed:
                 seen.istiod_selectors[name] = dict((item.get("spec") or {}).get("selector") or {})
         elif kind == "Deployment" and meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE:
             seen.deployments[name] = item
+        elif kind == "DaemonSet" and meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE:
+            seen.daemonsets[name] = item
     if tokens:
         seen.reader_token = sorted(tokens)[0][1]
     return seen

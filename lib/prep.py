@@ -165,7 +165,8 @@ def prep_mesh(workdir: Path, *, mesh_id: str | None, org: str | None, istio_dir:
             variables["ROOTCA_KEYSZ"] = str(key_size)
         reporter.info(f"making the root CA with {release.certs_makefile}")
         try:
-            runner.run(certs.root_ca_command(release, cert_dir, variables))
+            with reporter.activity("making the root CA (a 4096-bit key takes a few seconds) ..."):
+                runner.run(certs.root_ca_command(release, cert_dir, variables))
         finally:
             certs.secure_tree(cert_dir)
         missing = [p for p in root_files if not p.is_file()]

@@ -8,7 +8,9 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -97,6 +99,16 @@ class Reporter:
             text += "\n" + fit(self.err, exc.hint, "hint: ")
         with self._lock:
             self.err.print(escape(redact(text)), style="red")
+
+    @contextmanager
+    def activity(self, text: str) -> Iterator[None]:
+        """A wait with no live table on screen: on a terminal, a transient spinner on stderr naming what it
+        waits for (gone once the wait ends, so it never mixes with the output, JSON included)."""
+        if self._live is not None or not self.err.is_terminal:
+            yield
+            return
+        with self.err.status(escape(text), spinner="dots"):
+            yield
 
     def command(self, result: Result) -> None:
         """With -v, each finished command: pasteable argv, exit code, time."""

@@ -354,7 +354,8 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
 
     if move.kind == "start":
         new_dir.mkdir(mode=0o700, exist_ok=True)
-        runner.run(make_root)  # the Makefile keeps files that exist: a repeated start reuses the same root
+        with reporter.activity(f"making the new root CA in {new_dir} (a 4096-bit key takes a few seconds) ..."):
+            runner.run(make_root)  # the Makefile keeps files that exist: a repeated start reuses the same root
         certs.secure_tree(new_dir)
         planned.new_root = certs.read_cert((new_dir / certs.ROOT_CERT).read_bytes()).fingerprint
         reporter.info(f"made a new root CA in {new_dir}")

@@ -42,6 +42,7 @@ from .workspace import find_tools, inspect_clusters, load_workspace
 
 WAIT_POLL_SECONDS = 2.0
 ISTIOD_CONTAINER = "discovery"
+ZTUNNEL = "ztunnel"  # the ambient profile's DaemonSet in istio-system
 # Image tag suffixes that name a build flavour, not a version.
 _TAG_VARIANTS = ("-distroless", "-debug")
 # Istio release tags: 1.29.0, 1.30.0-beta.1, 1.29.0-rc.0 (and istio's own dev builds, 1.30-dev).
@@ -203,6 +204,7 @@ class ClusterStatus:
     ambient: bool = False  # the mesh is ambient: the fields below are reported
     gateway_programmed: bool | None = None  # ambient: the Gateway's Programmed condition
     gateway_api_crds: str | None = None  # ambient: the Gateway API CRDs' bundle version, "missing" or "unversioned"
+    ztunnel: tuple[int, int] | None = None  # ambient: ztunnel's DaemonSet, (ready, desired) pods; None: missing
     remote_secrets: dict[str, str] = field(default_factory=dict)  # source cluster name -> state
     stale_secrets: list[str] = field(default_factory=list)  # secret names
     remote_clusters: dict[str, str] | None = None  # istiod's view: peer -> synced/syncing/timeout/closed
@@ -242,7 +244,9 @@ class ClusterStatus:
             },
             "gateway": {"required": self.gateway_required, "address": self.gateway_address,
                         **({"programmed": self.gateway_programmed} if self.ambient else {})},
-            **({"gateway_api_crds": self.gateway_api_crds} if self.ambient else {}),
+            **({"gateway_api_crds": self.gateway_api_crds,
+                "ztunnel": {"ready": self.ztunnel[0], "desired": self.ztunnel[1]} if self.ztunnel else None}
+               if self.ambient else {}),
             "remote_secrets": dict(sorted(self.remote_secrets.items())),
             "stale_secrets": sorted(self.stale_secrets),
             "remote_clusters": dict(sorted(self.remote_clusters.items())) if self.remote_clusters is not None else None,
@@ -668,6 +672,7 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints
     # east-west gateway
     if ws.data_plane == AMBIENT:
         _judge_ambient_gateway(status, cluster, seen, istiod, hints, set_up)
+        _judge_ztunnel(status, cluster, seen, hints, set_up)
     else:
         status.gateway_exists = seen.eastwest_exists
         status.gateway_address = seen.eastwest_address
@@ -763,6 +768,24 @@ def _judge_ambient_gateway(status: ClusterStatus, cluster: Cluster, seen: Observ
                                               + (f" ({reported.message})" if reported.message else ""),
                     f"see istiod's report with `{hints.kubectl(cluster, 'get', GATEWAY_RESOURCE, EASTWEST_NAME, '-n', ISTIO_NAMESPACE, '-o', 'yaml')}`"
                     f"; without an address, check the LoadBalancer of service {EASTWEST_NAME}"))
+
+
+def _judge_ztunnel(status: ClusterStatus, cluster: Cluster, seen: Observed, hints: Hints, set_up: bool) -> None:
+    """Ambient: ztunnel carries every workload's traffic; a node without a ready ztunnel has no mesh."""
+    daemonset = seen.daemonsets.get(ZTUNNEL)
+    if daemonset is None:
+        if set_up and status.istio_installed:
+            status.problems.append(Problem("ztunnel_missing", f"the {ZTUNNEL} DaemonSet is not there: ambient "
+                                                              f"workloads here have no data plane", hints.apply))
+        return
+    counts = daemonset.get("status") or {}
+    ready, desired = int(counts.get("numberReady") or 0), int(counts.get("desiredNumberScheduled") or 0)
+    status.ztunnel = (ready, desired)
+    if ready < desired:
+        pods = hints.kubectl(cluster, "get", "pods", "-n", ISTIO_NAMESPACE, "-l", "app=ztunnel")
+        status.problems.append(Problem("ztunnel_not_ready", f"{ready} of {desired} {ZTUNNEL} pods are ready: "
+                                                            f"workloads on the other nodes have no data plane",
+                                       f"look at its pods: `{pods}`"))
 
 
 def _short_error(error: str | None) -> str:

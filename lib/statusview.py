@@ -20,7 +20,8 @@ if TYPE_CHECKING:  # the report's types: status imports this view, never the oth
     from .status import ClusterStatus, MeshStatus, Problem
 
 COLUMNS = ("cluster", "up", "istio", "network", "cacerts", "gateway", "secrets", "synced", "drift")
-DROP_ORDER = ("synced", "istio", "drift", "up")  # what goes first when the terminal is narrow
+AMBIENT_COLUMNS = ("ztunnel", "gateway api")  # shown after the gateway column in an ambient mesh
+DROP_ORDER = ("synced", "gateway api", "istio", "drift", "up", "ztunnel")  # what goes first when narrow
 
 
 # One line for a problem that many (cluster, peer) pairs share; {peers}: the peers it is about.
@@ -150,16 +151,40 @@ def _natural_width(table: Table) -> int:
 def _table(status: MeshStatus, dropped: list[str]) -> Table:
     table = Table(title=f"mesh {escape(status.mesh_id)}", title_justify="left", header_style="bold",
                   box=box.SIMPLE_HEAD, pad_edge=False)
-    shown = [c for c in COLUMNS if c not in dropped]
+    ambient = any(c.ambient for c in status.clusters)
+    columns = _columns(ambient)
+    shown = [c for c in columns if c not in dropped]
     for column in shown:
         table.add_column(column, no_wrap=True)
     for c in status.clusters:
         label = c.cluster.context if c.cluster.name == c.cluster.context else f"{c.cluster.context} ({c.cluster.name})"
         if c.primary:
             label += f", remote of {c.primary}"
-        cells = dict(zip(COLUMNS[1:], (_cell(text, ok) for text, ok in _row(c))))
+        row = _row(c) + (_ambient_row(c) if ambient else [])
+        cells = dict(zip(COLUMNS[1:] + (AMBIENT_COLUMNS if ambient else ()), (_cell(text, ok) for text, ok in row)))
         table.add_row(escape(label), *(cells[column] for column in shown[1:]))
     return table
+
+
+def _columns(ambient: bool) -> tuple[str, ...]:
+    if not ambient:
+        return COLUMNS
+    at = COLUMNS.index("gateway") + 1
+    return COLUMNS[:at] + AMBIENT_COLUMNS + COLUMNS[at:]
+
+
+def _ambient_row(c: ClusterStatus) -> list[tuple[str, bool | None]]:
+    """ztunnel's ready pods and the Gateway API CRDs' version (what ambient multicluster needs)."""
+    if not c.reachable:
+        return [("?", None)] * len(AMBIENT_COLUMNS)
+    if c.ztunnel is None:
+        ztunnel = ("missing", False) if c.istio_installed else ("-", None)
+    else:
+        ztunnel = (f"{c.ztunnel[0]}/{c.ztunnel[1]}", c.ztunnel[0] >= c.ztunnel[1])
+    codes = {p.code for p in c.problems}
+    crds = (c.gateway_api_crds or "?", None if c.gateway_api_crds is None else
+            not codes & {"gateway_api_crds_missing", "gateway_api_crds_old"})
+    return [ztunnel, crds]
 
 
 def _cell(text: str, ok: bool | None) -> str:
@@ -204,6 +229,8 @@ def _row(c: ClusterStatus) -> list[tuple[str, bool | None]]:
         gateway = ("missing", False)
     elif c.gateway_programmed is False:
         gateway = (f"{c.gateway_address or 'no address'}, not programmed", False)
+    elif c.gateway_programmed:
+        gateway = (f"{c.gateway_address or 'no address'}, programmed", bool(c.gateway_address))
     else:
         gateway = (c.gateway_address or "pending", bool(c.gateway_address))
     peers = [s for s in c.remote_secrets.values() if s != STALE]
