@@ -365,12 +365,13 @@ def test_mid_transition_a_new_cluster_gets_the_stages_certificates_and_the_other
     assert made and made[0].change == "+ intermediate CA (certs-next/c3/)", "issued by the new root"
     install = next(s for s in steps["c3"] if s.title == "install Istio")
     assert "ISTIO_MULTIROOT_MESH: 'true'" in install.files[0][1]
-    # Once the new intermediate is there, c3's cacerts is the stage's: both roots, the new one first.
+    # Once the new intermediate is there, c3's cacerts is the stage's: both roots, in a bundle that holds
+    # stage 1's bytes (old, new, new), which istiod 1.28/1.29 take as well as 1.30.
     (nxt / "c3").mkdir()
     for name in ("ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem"):
         (nxt / "c3" / name).write_text(f"next-c3-{name}")
     files = lifecycle.desired_cacerts(tmp_path, "c3", transition)
-    assert files["ca-cert.pem"] == b"next-c3-ca-cert.pem" and files["root-cert.pem"] == (pem("NEW") + pem("OLD")).encode()
+    assert files["ca-cert.pem"] == b"next-c3-ca-cert.pem" and files["root-cert.pem"] == (pem("OLD") + pem("NEW") + pem("NEW")).encode()
 
 
 def _remote_plan(tmp_path, observed=None):

@@ -29,7 +29,7 @@ from tests.meshkit import FAST_KEYS
 from lib.config import Cluster, Topology
 from lib.kube import Observed, RemoteSecretInfo
 from lib.reporter import Reporter
-from lib.status import Istiod, Expected, evaluate, image_version, parse_istiod, render
+from lib.status import Istiod, Expected, InjectorWebhook, evaluate, image_version, parse_istiod, render
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -239,7 +239,7 @@ def test_an_istiod_service_that_leads_nowhere(tmp_path, roots):
     istiod["c2"] = Istiod(read=True, installed=False)
     observed["c1"].istiod_selectors = {"istiod": {"app": "istiod", "istio": "pilot"}}
     observed["c2"].istiod_selectors = {"istiod": {}}
-    injection = {"c2": "/inject/cluster/c2/net/n2"}
+    injection = {"c2": InjectorWebhook("/inject/cluster/c2/net/n2", trusted=True)}
     ws = _ws(tmp_path, topology, roots[0])
     status = evaluate(ws, observed, istiod, now=NOW, injection=injection)
     assert status.healthy, [(c.cluster.context, c.problems) for c in status.clusters]
