@@ -123,6 +123,7 @@ def _primary_and_remote(tmp_path, root):
     topology = Topology("mesh1", clusters, tmp_path / "topology.yaml")
     observed, istiod = _healthy(topology, root)
     observed["c2"].remote_secrets = {}  # a remote holds no secret; its primary holds the remote's
+    observed["c2"].annotations = {"topology.istio.io/controlPlaneClusters": "c1"}
     istiod["c2"] = replace(istiod["c2"], installed=True)
     return topology, observed, istiod
 
@@ -136,11 +137,11 @@ def test_status_flags_a_remote_whose_injector_calls_another_clusters_or_networks
     def injector_calls(path):
         return evaluate(ws, observed, istiod, now=NOW, injection={"c2": path})
 
-    assert "injection_path_wrong" not in _codes(injector_calls("/inject/cluster/c2/net/n2"), "c2")
+    assert _codes(injector_calls("/inject/cluster/c2/net/n2"), "c2") == []
     for wrong in ("/inject/cluster/c1/net/n1", "/inject/cluster/c2/net/n1", "/inject/cluster/c1/net/n2",
                   "/inject", None):
         status = injector_calls(wrong)
-        assert "injection_path_wrong" in _codes(status, "c2"), wrong
+        assert _codes(status, "c2") == ["injection_path_wrong"], wrong
         assert not status.healthy
         problem = next(p for c in status.clusters for p in c.problems if p.code == "injection_path_wrong")
         assert "/inject/cluster/c2/net/n2" in problem.message and "apply" in problem.hint
