@@ -154,7 +154,9 @@ def test_the_cacerts_step_sends_namespace_and_secret_on_stdin_never_on_the_comma
     (command,) = runner.asked
     assert "ca-key.pem" not in " ".join(command.argv) and "-----ca-key.pem-----" not in " ".join(command.argv)
     assert not command.stdin_shown
-    items = yaml.safe_load(command.stdin)["items"]
+    sent = yaml.safe_load(command.stdin)
+    assert (sent["apiVersion"], sent["kind"]) == ("v1", "List"), "what kubectl apply takes as several objects"
+    items = sent["items"]
     namespace, secret = items
     assert namespace["kind"] == "Namespace" and namespace["metadata"]["labels"]["topology.istio.io/network"] == "n7"
     assert secret["metadata"]["name"] == "cacerts" and set(secret["data"]) == {
@@ -246,3 +248,164 @@ def test_a_primary_left_without_remotes_stops_exposing_istiod_and_one_network_dr
     (path, manifest), = removal[0].files
     assert str(path) == argvs[1][4] and "name: eastwest" in manifest
     assert not [s for s in steps["c2"] if "stop exposing" in s.title], "c2 never exposed an istiod"
+
+
+# --- rotate-certs --root: what the next run does -------------------------------------------------
+
+def test_each_root_move_decision_is_exact():
+    import datetime as dt
+
+    from lib.lifecycle import ClusterView, Move, Transition, decide
+
+    now = dt.datetime(2030, 1, 2, tzinfo=dt.timezone.utc)
+    day = dt.timedelta(hours=24)
+    t = lambda stage: Transition(stage, "a" * 64, "b" * 64, "2030-01-01T00:00:00Z")  # noqa: E731
+    placed = lambda ctx, hours_ago: ClusterView(ctx, True, True, since=now - dt.timedelta(hours=hours_ago))  # noqa: E731
+
+    assert decide(None, [ClusterView("c1", True, False), ClusterView("c2", False, False)], now, day) == \
+        Move("start", 1, behind=["c1", "c2"])
+    # A completion cut short, seen only where the cluster can be read.
+    assert decide(None, [ClusterView("c1", True, False, completing=True), ClusterView("c2", False, False, completing=True),
+                         ClusterView("c3", True, False)], now, day) == Move("complete", 3, behind=["c1"])
+    assert decide(t(2), [placed("c1", 30), ClusterView("c2", True, False)], now, day) == \
+        Move("converge", 2, behind=["c2"], unreachable=[])
+    assert decide(t(2), [placed("c1", 30), ClusterView("c2", False, False)], now, day) == \
+        Move("converge", 2, behind=[], unreachable=["c2"])
+    assert decide(t(3), [placed("c1", 30), placed("c2", 1)], now, day) == Move("finish", 3)
+    # The stage counts from the cluster that reached it last; exactly min_wait later it may advance.
+    assert decide(t(1), [placed("c1", 30), placed("c2", 23)], now, day) == \
+        Move("wait", 1, ready_at=now + dt.timedelta(hours=1))
+    assert decide(t(1), [placed("c1", 30), placed("c2", 24)], now, day) == Move("advance", 2, behind=["c1", "c2"])
+    assert decide(t(2), [placed("c1", 0)], now, dt.timedelta(0)) == Move("advance", 3, behind=["c1"])
+    # A stage in place with no record of when (an older run) counts from now.
+    assert decide(t(1), [ClusterView("c1", True, True)], now, day) == Move("wait", 1, ready_at=now + day)
+
+
+def test_min_wait_reads_every_unit_and_refuses_what_is_not_a_duration():
+    import datetime as dt
+
+    import pytest
+
+    from lib.errors import ConfigError
+    from lib.lifecycle import parse_duration
+
+    assert parse_duration("30s") == dt.timedelta(seconds=30)
+    assert parse_duration("90m") == dt.timedelta(minutes=90)
+    assert parse_duration(" 24H ") == dt.timedelta(hours=24)
+    assert parse_duration("2d") == dt.timedelta(days=2)
+    assert parse_duration("1.5") == dt.timedelta(hours=1.5), "a bare number is hours"
+    assert parse_duration("0") == dt.timedelta(0)
+    assert parse_duration("3650d") == dt.timedelta(days=3650)
+    for text, says, hint in (("soon", "'soon' is not a duration", "24h (the default), 90m, 0"),
+                             ("-1h", "'-1h' is negative", "give 0 or more"),
+                             ("3651d", "'3651d' is longer than a root lives", "at most 3650d"),
+                             ("infh", "is longer than a root lives", "at most 3650d"),
+                             ("", "'' is not a duration", "24h")):
+        with pytest.raises(ConfigError) as refused:
+            parse_duration(text)
+        assert says in refused.value.message and hint in refused.value.hint, text
+
+
+# --- teardown: what is setup-mesh's, and every cluster gets its steps ------------------------------
+
+def test_what_setup_mesh_made_is_told_by_its_label_or_the_old_unlabelled_cross_network_gateway():
+    from lib.overlay import made_by_setup_mesh
+
+    labelled = {"kind": "VirtualService", "metadata": {"name": "istiod-vs", "namespace": "istio-system",
+                                                       "labels": {"app.kubernetes.io/managed-by": "setup-mesh"}}}
+    assert made_by_setup_mesh(labelled)
+    assert not made_by_setup_mesh({**labelled, "metadata": {**labelled["metadata"], "labels": {
+        "app.kubernetes.io/managed-by": "Helm"}}})
+    old = {"kind": "Gateway", "metadata": {"name": "cross-network-gateway", "namespace": "istio-system"}}
+    assert made_by_setup_mesh(old)
+    assert not made_by_setup_mesh({**old, "kind": "VirtualService"})
+    assert not made_by_setup_mesh({**old, "metadata": {"name": "cross-network-gateway", "namespace": "shop"}})
+    assert not made_by_setup_mesh({**old, "metadata": {"name": "other", "namespace": "istio-system"}})
+    assert not made_by_setup_mesh({"kind": "Gateway", "metadata": {"name": "x", "namespace": "istio-system"}})
+
+
+def _deployment(name: str, **labels: str) -> dict:
+    return {"metadata": {"name": name, "namespace": "istio-system", "labels": labels}}
+
+
+def test_a_scoped_teardown_uninstalls_each_of_setup_meshs_operators_and_each_unnamed_control_plane(tmp_path):
+    from lib.kube import IstioUsage, Observed, Tools
+    from lib.plan import Uninstall, uninstall_steps
+
+    component, owner, owner_ns = ("operator.istio.io/component", "install.operator.istio.io/owning-resource",
+                                  "install.operator.istio.io/owning-resource-namespace")
+    seen = Observed(reachable=True, namespace=True, deployments={
+        "somebody": _deployment("somebody"),  # no component label: not Istio's operator at all
+        "istiod": _deployment("istiod", **{component: "Pilot", owner: "istio", owner_ns: "istio-system"}),
+        "eastwest": _deployment("eastwest", **{component: "IngressGateways", owner: "eastwest"}),
+        "theirs": _deployment("theirs", **{component: "Pilot", owner: "their-operator"}),
+        "old": _deployment("old", **{component: "Pilot", owner: "unknown"}),
+        "older": _deployment("older", **{component: "Pilot", owner: "", "istio.io/rev": "canary"}),
+    })
+    how = Uninstall(tmp_path, frozenset({"istio", "eastwest"}), IstioUsage(resources={("VirtualService", "shop"): 1}))
+    step = uninstall_steps(Tools(), Cluster("c1", "n1", "c1"), [], seen, how)[0]
+    istioctl = [c.argv[1:] for c in step.commands if c.argv[0] == "istioctl"]
+    files = [str(path) for path, _ in step.files]
+    assert istioctl == [("uninstall", "-y", "-f", files[0], "--context", "c1"),
+                        ("uninstall", "-y", "-f", files[1], "--context", "c1"),
+                        ("uninstall", "-y", "-r", "canary", "--context", "c1"),
+                        ("uninstall", "-y", "-r", "default", "--context", "c1")]
+    import yaml
+    manifests = [yaml.safe_load(text) for _, text in step.files]
+    assert [m["metadata"] for m in manifests] == [{"name": "eastwest"}, {"name": "istio", "namespace": "istio-system"}]
+    assert all(m["kind"] == "IstioOperator" for m in manifests)
+
+
+def test_teardown_plans_every_cluster_it_was_asked_to_even_after_one_it_skips(tmp_path):
+    from lib.kube import IstioUsage, Observed, Tools
+    from lib.plan import Uninstall, teardown_plan
+
+    clusters = [Cluster("c1", "n1", "c1"), Cluster("c2", "n1", "c2"), Cluster("c3", "n1", "c3")]
+    seen = {c.context: Observed(reachable=True, namespace=True) for c in clusters}
+    phase = teardown_plan(Tools(), clusters, seen, {ctx: Uninstall(tmp_path, frozenset(), IstioUsage())
+                                                    for ctx in ("c2", "c3")})
+    assert phase.name == "teardown"
+    assert sorted(phase.steps) == ["c2", "c3"] and all(phase.steps[ctx] for ctx in ("c2", "c3"))
+
+
+def test_resuming_a_finished_root_move_touches_only_a_finish_cut_short(tmp_path):
+    from lib import lifecycle
+
+    certs, new = tmp_path / "certs", tmp_path / "certs-next"
+    certs.mkdir()
+    (certs / "root-cert.pem").write_text("old")
+    lifecycle.resume_finish(tmp_path)  # an ordinary workspace: nothing to do, no error
+    assert (certs / "root-cert.pem").read_text() == "old"
+
+    # Mid-transition at the last stage, with a backup folder already there: both roots stay where they are.
+    transition = lifecycle.Transition(3, "a" * 64, "b" * 64, "2030-01-01T00:00:00Z")
+    new.mkdir()
+    (new / "root-cert.pem").write_text("new")
+    lifecycle.save_transition(tmp_path, transition)
+    lifecycle.backup_dir(tmp_path, transition.backup_name).mkdir(parents=True)
+    lifecycle.resume_finish(tmp_path)
+    assert (certs / "root-cert.pem").read_text() == "old" and (new / "root-cert.pem").read_text() == "new"
+
+    # certs/ gone by hand, with no record of a finish: nothing is promoted.
+    (certs / "root-cert.pem").unlink()
+    certs.rmdir()
+    (new / lifecycle.TRANSITION_FILE).unlink()
+    lifecycle.resume_finish(tmp_path)
+    assert not certs.exists() and (new / "root-cert.pem").read_text() == "new"
+
+
+def test_backup_folders_are_stamped_in_utc_whatever_the_machines_zone(monkeypatch):
+    import datetime as dt
+    import time
+
+    from lib.lifecycle import stamp
+
+    moment = dt.datetime(2030, 1, 1, 23, 30, tzinfo=dt.timezone.utc)
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert stamp(moment) == "20300101T233000Z"
+        assert stamp(moment.astimezone(dt.timezone(dt.timedelta(hours=-5)))) == "20300101T233000Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
