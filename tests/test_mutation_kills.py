@@ -409,3 +409,68 @@ def test_backup_folders_are_stamped_in_utc_whatever_the_machines_zone(monkeypatc
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+# --- what each cluster's IstioOperator says --------------------------------------------------------
+
+BASE_WITH_VALUES = {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator",
+                    "spec": {"profile": "default", "values": {
+                        "global": {"proxy": {"resources": {"requests": {"cpu": "50m"}}}},
+                        "pilot": {"env": {"PILOT_TRACE_SAMPLING": "5"}},
+                        "istiodRemote": {"injectionCABundle": "Q0EgYnVuZGxl"}}}}
+
+
+def test_a_remotes_operator_has_the_remote_profile_its_own_path_and_keeps_base_yamls_remote_values(tmp_path):
+    import copy
+
+    from lib.desired import desired_state
+
+    base = copy.deepcopy(BASE_WITH_VALUES)
+    clusters = (Cluster("c2", "n2", "c2", primary="c1"), Cluster("c1", "n1", "c1"), Cluster("c3", "n1", "c3"))
+    d = desired_state(Topology("m", clusters, tmp_path / "topology.yaml"), base, addresses={"c1": "203.0.113.5"})
+    assert base == BASE_WITH_VALUES, "base.yaml as loaded is shared by every cluster: nothing may change it"
+    remote = d["c2"].operator["spec"]
+    assert remote["profile"] == "remote", "base.yaml's profile would install an istiod in the remote"
+    assert remote["values"]["istiodRemote"] == {"injectionCABundle": "Q0EgYnVuZGxl",
+                                                "injectionPath": "/inject/cluster/c2/net/n2"}
+    assert remote["values"]["global"]["remotePilotAddress"] == "203.0.113.5"
+    for primary in ("c1", "c3"):
+        spec = d[primary].operator["spec"]
+        assert spec["profile"] == "default"
+        assert spec["values"]["istiodRemote"] == {"injectionCABundle": "Q0EgYnVuZGxl"}, primary
+        assert "remotePilotAddress" not in spec["values"]["global"], primary
+    assert d["c1"].operator["spec"]["values"]["global"]["externalIstiod"] is True
+    assert "externalIstiod" not in d["c3"].operator["spec"]["values"]["global"], "c3 runs no remote"
+
+
+def test_mid_root_move_every_primarys_istiod_accepts_a_second_root_and_keeps_base_yamls_env(tmp_path):
+    import copy
+
+    from lib import lifecycle
+    from lib.desired import desired_state
+
+    transition = lifecycle.Transition(1, "a" * 64, "b" * 64, "2030-01-01T00:00:00Z")
+    clusters = (Cluster("c1", "n1", "c1"), Cluster("c2", "n2", "c2", primary="c1"))
+    topology = Topology("m", clusters, tmp_path / "topology.yaml")
+    for base in (copy.deepcopy(BASE_WITH_VALUES), {"apiVersion": "install.istio.io/v1alpha1",
+                                                   "kind": "IstioOperator", "spec": {}}):
+        before = copy.deepcopy(base)
+        d = desired_state(topology, base, addresses={"c1": "203.0.113.5"}, transition=transition)
+        assert base == before
+        env = d["c1"].operator["spec"]["values"]["pilot"]["env"]
+        assert env["ISTIO_MULTIROOT_MESH"] == "true"
+        assert env.get("PILOT_TRACE_SAMPLING") == before["spec"].get("values", {}).get("pilot", {}).get(
+            "env", {}).get("PILOT_TRACE_SAMPLING")
+        assert "pilot" not in d["c2"].operator["spec"]["values"] or "ISTIO_MULTIROOT_MESH" not in \
+            (d["c2"].operator["spec"]["values"]["pilot"].get("env") or {}), "a remote runs no istiod"
+    plain = desired_state(topology, copy.deepcopy(BASE_WITH_VALUES), addresses={"c1": "203.0.113.5"})
+    assert "ISTIO_MULTIROOT_MESH" not in plain["c1"].operator["spec"]["values"]["pilot"]["env"]
+
+
+def test_the_exposed_istiod_is_a_gateway_and_a_virtual_service_as_in_istios_sample():
+    from lib.overlay import expose_istiod
+
+    objects = expose_istiod(None)
+    assert [(o["apiVersion"], o["kind"], o["metadata"]["name"]) for o in objects] == [
+        ("networking.istio.io/v1", "Gateway", "istiod-gateway"),
+        ("networking.istio.io/v1", "VirtualService", "istiod-vs")]
