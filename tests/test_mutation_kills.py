@@ -474,3 +474,25 @@ def test_the_exposed_istiod_is_a_gateway_and_a_virtual_service_as_in_istios_samp
     assert [(o["apiVersion"], o["kind"], o["metadata"]["name"]) for o in objects] == [
         ("networking.istio.io/v1", "Gateway", "istiod-gateway"),
         ("networking.istio.io/v1", "VirtualService", "istiod-vs")]
+
+
+# --- somebody else's CA is never replaced unasked -------------------------------------------------
+
+def test_a_cacerts_is_setup_meshs_when_labelled_or_trusting_this_workspaces_root_and_foreign_otherwise():
+    from lib.certs import made_by_this_workspace
+    from tests.test_status import _ca, _pem
+
+    ours, theirs = _ca("Root CA"), _ca("Root CA")
+    ours_pem, theirs_pem = _pem(ours[0]), _pem(theirs[0])
+    assert made_by_this_workspace(None, False, ours_pem), "no cacerts yet: nothing to ask about"
+    assert made_by_this_workspace({"root-cert.pem": theirs_pem}, True, ours_pem), "setup-mesh's label"
+    # Applied before the label existed: it trusts this workspace's root (alone, or beside another mid-move).
+    assert made_by_this_workspace({"root-cert.pem": ours_pem}, False, ours_pem)
+    assert made_by_this_workspace({"root-cert.pem": theirs_pem + ours_pem}, False, ours_pem)
+    # Somebody's own CA: another root (even one of the same name), none, or an unreadable one.
+    assert not made_by_this_workspace({"root-cert.pem": theirs_pem}, False, ours_pem)
+    assert not made_by_this_workspace({"ca-cert.pem": ours_pem}, False, ours_pem)
+    assert not made_by_this_workspace({"root-cert.pem": b"garbage"}, False, ours_pem)
+    # A workspace without a readable root cannot claim an unlabelled cacerts.
+    assert not made_by_this_workspace({"root-cert.pem": ours_pem}, False, None)
+    assert not made_by_this_workspace({"root-cert.pem": b""}, False, b"")
