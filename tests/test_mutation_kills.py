@@ -496,3 +496,29 @@ def test_a_cacerts_is_setup_meshs_when_labelled_or_trusting_this_workspaces_root
     # A workspace without a readable root cannot claim an unlabelled cacerts.
     assert not made_by_this_workspace({"root-cert.pem": ours_pem}, False, None)
     assert not made_by_this_workspace({"root-cert.pem": b""}, False, b"")
+
+
+def test_an_ambient_clusters_east_west_gateway_carries_its_own_network(tmp_path):
+    from lib.desired import desired_state
+
+    clusters = (Cluster("c1", "n1", "c1"), Cluster("c2", "n2", "c2"))
+    d = desired_state(Topology("m", clusters, tmp_path / "topology.yaml"),
+                      {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {"profile": "ambient"}})
+    for ctx, network in (("c1", "n1"), ("c2", "n2")):
+        groups = {g.purpose: g.objects for g in d[ctx].istio_objects}
+        (gateway,) = groups["east-west gateway"]
+        assert gateway["kind"] == "Gateway" and gateway["metadata"]["labels"]["topology.istio.io/network"] == network
+
+
+def test_a_cluster_counts_as_at_the_stage_only_for_this_moves_new_root(tmp_path):
+    import datetime as dt
+
+    from lib.lifecycle import TRANSITION_ANNOTATION, Transition, stage_since
+
+    t = Transition(2, "a" * 64, "b" * 64, "2030-01-01T00:00:00Z")
+    other_move = Transition(2, "a" * 64, "c" * 64, "2030-01-01T00:00:00Z")
+    since = "2030-01-01T06:00:00Z"
+    assert stage_since(t, {TRANSITION_ANNOTATION: t.annotation(since)}) == dt.datetime(2030, 1, 1, 6, tzinfo=dt.timezone.utc)
+    assert stage_since(t, {TRANSITION_ANNOTATION: other_move.annotation(since)}) is None, "another move's stage 2"
+    assert stage_since(t, {TRANSITION_ANNOTATION: Transition(1, "a" * 64, "b" * 64, "x").annotation(since)}) is None
+    assert stage_since(t, {}) is None
