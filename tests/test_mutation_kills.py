@@ -1,0 +1,524 @@
+"""Decisions the mutation run (README: "How we know the tests bite") showed no fast test pinned down,
+each as a user would feel it. docs/mutation-report.md lists the mutants these kill."""
+from __future__ import annotations
+
+from lib.mesh import mesh_model
+from lib.config import Cluster, Topology
+
+
+def test_a_remote_is_configured_by_its_primary_and_the_primary_holds_its_secret(tmp_path):
+    clusters = (Cluster("c1", "n1", "c1"), Cluster("c2", "n2", "c2", primary="c1"), Cluster("c3", "n2", "c3"))
+    mesh = mesh_model(Topology("m", clusters, tmp_path / "topology.yaml"))
+    remote, primary, other = mesh.member("c2"), mesh.member("c1"), mesh.member("c3")
+    assert remote.is_remote and not primary.is_remote and primary.is_primary
+    assert mesh.control_plane_of(remote) is primary and mesh.control_plane_of(other) is other
+    assert primary.exposes_istiod and not other.exposes_istiod and not remote.exposes_istiod
+    assert "c2" in primary.holds_secrets_of and not remote.holds_secrets_of
+
+
+# --- keys stay private ---------------------------------------------------------------------------
+
+def test_secure_tree_makes_every_folder_0700_and_every_key_0600_and_leaves_certificates_readable(tmp_path):
+    import os
+    import stat
+
+    from lib.certs import secure_tree
+
+    certs = tmp_path / "certs"
+    (certs / "c1").mkdir(parents=True)
+    for name, mode in (("root-key.pem", 0o644), ("root-cert.pem", 0o644), ("c1/ca-key.pem", 0o664),
+                       ("c1/ca-cert.pem", 0o644)):
+        (certs / name).write_text(name)
+        os.chmod(certs / name, mode)
+    os.chmod(certs, 0o755)
+    os.chmod(certs / "c1", 0o775)
+    secure_tree(certs)
+    mode = {p.relative_to(certs).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [certs, *certs.rglob("*")]}
+    assert mode == {".": 0o700, "c1": 0o700, "root-key.pem": 0o600, "c1/ca-key.pem": 0o600,
+                    "root-cert.pem": 0o644, "c1/ca-cert.pem": 0o644}
+    secure_tree(tmp_path / "missing")  # nothing to secure: no error
+
+
+def test_a_backup_of_intermediates_is_private_all_the_way_down(tmp_path):
+    import stat
+
+    from lib import lifecycle
+
+    source = tmp_path / "certs" / "c1"
+    source.mkdir(parents=True)
+    (source / "ca-key.pem").write_text("key")
+    (source / "ca-cert.pem").write_text("cert")
+    target = lifecycle.backup_dir(tmp_path, "20300101T000000Z") / "c1"
+    lifecycle.move_to_backup(source, target)
+    assert not source.exists() and (target / "ca-key.pem").read_text() == "key"
+    assert stat.S_IMODE((target / "ca-key.pem").stat().st_mode) == 0o600
+    folder = target
+    while folder != tmp_path:
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+        folder = folder.parent
+
+
+# --- the rotation record: an interrupted rotate-certs is finished, never started over ------------
+
+def test_an_unfinished_rotation_is_saved_privately_read_back_and_removed_once_done(tmp_path):
+    import stat
+
+    from lib import lifecycle
+    from lib.errors import ConfigError
+
+    assert lifecycle.load_rotation(tmp_path) is None
+    rotation = lifecycle.Rotation("2030-01-01T00:00:00Z", {"c1": "ab" * 32, "c2": "cd" * 32})
+    lifecycle.save_rotation(tmp_path, rotation)
+    path = lifecycle.rotation_path(tmp_path)
+    assert path.is_file() and tmp_path in path.parents
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert lifecycle.load_rotation(tmp_path) == rotation
+    lifecycle.save_rotation(tmp_path, None)
+    assert not path.exists() and lifecycle.load_rotation(tmp_path) is None
+    lifecycle.save_rotation(tmp_path, None)  # nothing to remove: fine
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{not json")
+    try:
+        lifecycle.load_rotation(tmp_path)
+    except ConfigError as exc:
+        assert str(path) in exc.message and f"delete {path}" in exc.hint
+    else:
+        raise AssertionError("a damaged rotation record must be a clear error")
+
+
+def test_the_workspaces_intermediate_is_read_with_its_fingerprint_and_expiry(tmp_path):
+    import datetime as dt
+
+    from lib import lifecycle
+    from lib.certs import read_cert
+    from tests.test_status import NOW, _ca, _pem
+
+    root = _ca("Root CA")
+    inter, _ = _ca("Intermediate CA", issuer=root, days=40)
+    folder = tmp_path / "c1"
+    folder.mkdir()
+    for name in ("ca-key.pem", "root-cert.pem", "cert-chain.pem"):
+        (folder / name).write_text("x")
+    assert lifecycle.read_intermediate(tmp_path, "c1").fingerprint is None, "incomplete: no ca-cert.pem"
+    (folder / "ca-cert.pem").write_bytes(_pem(inter))
+    got = lifecycle.read_intermediate(tmp_path, "c1")
+    assert got.name == "c1" and got.fingerprint == read_cert(_pem(inter)).fingerprint
+    assert got.days_left(NOW) == 40 and got.not_after == NOW + dt.timedelta(days=40)
+    (folder / "ca-cert.pem").write_text("not a certificate")
+    assert lifecycle.read_intermediate(tmp_path, "c1").fingerprint == "unreadable"
+    assert lifecycle.read_intermediate(tmp_path, "c9").fingerprint is None
+
+
+def test_the_wait_before_the_next_root_stage_reads_in_hours_and_minutes():
+    import datetime as dt
+
+    from lib.lifecycle import describe_wait
+
+    assert describe_wait(dt.timedelta(hours=23, minutes=5, seconds=59)) == "23h05m"
+    assert describe_wait(dt.timedelta(minutes=59, seconds=30)) == "59m"
+    assert describe_wait(dt.timedelta(hours=1)) == "1h00m"
+    assert describe_wait(dt.timedelta(seconds=-5)) == "0m"
+
+
+# --- what apply sends ----------------------------------------------------------------------------
+
+def test_secret_cacerts_carries_the_four_files_and_setup_meshs_label():
+    import base64
+
+    from lib.overlay import FIELD_MANAGER, MANAGED_BY_LABEL, cacerts_manifest
+
+    files = {name: f"<{name}>".encode() for name in ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")}
+    secret = cacerts_manifest(files)
+    assert (secret["apiVersion"], secret["kind"], secret["type"]) == ("v1", "Secret", "Opaque")
+    assert secret["metadata"] == {"name": "cacerts", "namespace": "istio-system",
+                                  "labels": {MANAGED_BY_LABEL: FIELD_MANAGER}}
+    assert {k: base64.b64decode(v) for k, v in secret["data"].items()} == files
+
+
+def test_the_cacerts_step_sends_namespace_and_secret_on_stdin_never_on_the_command_line(tmp_path):
+    import yaml
+
+    from lib.kube import Tools
+    from lib.plan import _cacerts_step
+    from tests.test_behaviours import Replies, _context
+
+    cluster = Cluster("c1", "n7", "c1")
+    folder = tmp_path / "certs" / "c1"
+    folder.mkdir(parents=True)
+    for name in ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"):
+        (folder / name).write_text(f"-----{name}-----\n")
+    step = _cacerts_step(Tools(), cluster, tmp_path)
+    runner = Replies("")
+    step.action(_context(runner))
+    (command,) = runner.asked
+    assert "ca-key.pem" not in " ".join(command.argv) and "-----ca-key.pem-----" not in " ".join(command.argv)
+    assert not command.stdin_shown
+    sent = yaml.safe_load(command.stdin)
+    assert (sent["apiVersion"], sent["kind"]) == ("v1", "List"), "what kubectl apply takes as several objects"
+    items = sent["items"]
+    namespace, secret = items
+    assert namespace["kind"] == "Namespace" and namespace["metadata"]["labels"]["topology.istio.io/network"] == "n7"
+    assert secret["metadata"]["name"] == "cacerts" and set(secret["data"]) == {
+        "ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"}
+
+    (folder / "ca-key.pem").unlink()
+    from lib.errors import MeshError
+    try:
+        step.action(_context(Replies("")))
+    except MeshError as exc:
+        assert "incomplete" in exc.message and str(folder) in exc.message
+    else:
+        raise AssertionError("an incomplete intermediate CA must not be sent")
+
+
+def test_a_remote_is_installed_only_once_its_primarys_gateway_address_is_known(tmp_path):
+    from lib.desired import desired_state
+    from lib.errors import MeshError
+    from lib.plan import resolved
+    from tests.test_behaviours import Replies, _context
+
+    clusters = (Cluster("c1", "n1", "c1"), Cluster("c2", "n2", "c2", primary="c1"))
+    desired = desired_state(Topology("m", clusters, tmp_path / "topology.yaml"), {"spec": {}})
+    assert resolved(_context(Replies("")), desired["c1"]) is desired["c1"], "a primary waits for nobody"
+    ctx = _context(Replies(""))
+    try:
+        resolved(ctx, desired["c2"])
+    except MeshError as exc:
+        assert "c1's east-west gateway" in exc.message and "make c1 healthy first" in exc.hint
+    else:
+        raise AssertionError("a remote without its primary's address must not be installed")
+    ctx.shared["gateway_address"] = {"c1": "203.0.113.5"}
+    full = resolved(ctx, desired["c2"])
+    assert full.operator["spec"]["values"]["global"]["remotePilotAddress"] == "203.0.113.5"
+    assert resolved(ctx, desired["c2"]) is full, "worked out once per run"
+
+
+def _one_network_plan_after_a_remote(tmp_path):
+    """c2 was a remote of c1 across two networks; topology.yaml now has both as primaries on one network."""
+    from lib.desired import desired_state
+    from lib.kube import Observed, Tools
+    from lib.plan import build_apply_plan
+    from tests.test_plan import _workdir
+
+    clusters = (Cluster("c1", "n1", "c1", server="https://c1:6443"), Cluster("c2", "n1", "c2", server="https://c2:6443"))
+    topology = Topology("m", clusters, tmp_path / "topology.yaml")
+    desired = desired_state(topology, {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {}})
+    observed = {
+        "c1": Observed(reachable=True, namespace=True, network_label="n1", applied="before", eastwest_exists=True,
+                       eastwest_address="198.51.100.1", eastwest_made_by="operator"),
+        "c2": Observed(reachable=True, namespace=True, network_label="n1", applied="before",
+                       annotations={"topology.istio.io/controlPlaneClusters": "c1"}),
+    }
+    plan = build_apply_plan(topology=topology, desired=desired, observed=observed, removed=[], removed_observed={},
+                            workdir=_workdir(tmp_path), tools=Tools(), release=None, intermediate_vars={},
+                            gateway_timeout=5)
+    by_cluster: dict[str, list] = {}
+    for phase in plan.phases:
+        for ctx, steps in phase.steps.items():
+            by_cluster.setdefault(ctx, []).extend(steps)
+    return by_cluster
+
+
+def _argvs(steps, title_part: str) -> list[tuple[str, ...]]:
+    chosen = [s for s in steps if title_part in s.title]
+    assert len(chosen) == 1, [s.title for s in steps]
+    return [c.argv[3:] for c in chosen[0].commands]  # without "kubectl --context X"
+
+
+def test_a_remote_turned_primary_stops_naming_its_old_primary_and_drops_the_endpointslice(tmp_path):
+    steps = _one_network_plan_after_a_remote(tmp_path)
+    assert _argvs(steps["c2"], "stop being a remote") == [
+        ("annotate", "namespace", "istio-system", "topology.istio.io/controlPlaneClusters-"),
+        ("delete", "endpointslices.discovery.k8s.io", "istiod", "-n", "istio-system", "--ignore-not-found")]
+    assert not [s for s in steps["c1"] if "stop being a remote" in s.title]
+
+
+def test_a_primary_left_without_remotes_stops_exposing_istiod_and_one_network_drops_the_gateway(tmp_path):
+    steps = _one_network_plan_after_a_remote(tmp_path)
+    assert _argvs(steps["c1"], "stop exposing istiod") == [
+        ("delete", "gateways.networking.istio.io", "istiod-gateway", "-n", "istio-system", "--ignore-not-found"),
+        ("delete", "virtualservices.networking.istio.io", "istiod-vs", "-n", "istio-system", "--ignore-not-found")]
+    removal = [s for s in steps["c1"] if "remove the east-west gateway" in s.title]
+    assert len(removal) == 1 and removal[0].done == "east-west gateway removed"
+    argvs = [c.argv for c in removal[0].commands]
+    assert argvs[0][3:] == ("delete", "gateways.networking.istio.io", "cross-network-gateway", "-n", "istio-system",
+                            "--ignore-not-found")
+    assert argvs[1][0] == "istioctl" and argvs[1][1:4] == ("uninstall", "-y", "-f")
+    (path, manifest), = removal[0].files
+    assert str(path) == argvs[1][4] and "name: eastwest" in manifest
+    assert not [s for s in steps["c2"] if "stop exposing" in s.title], "c2 never exposed an istiod"
+
+
+# --- rotate-certs --root: what the next run does -------------------------------------------------
+
+def test_each_root_move_decision_is_exact():
+    import datetime as dt
+
+    from lib.lifecycle import ClusterView, Move, Transition, decide
+
+    now = dt.datetime(2030, 1, 2, tzinfo=dt.timezone.utc)
+    day = dt.timedelta(hours=24)
+    t = lambda stage: Transition(stage, "a" * 64, "b" * 64, "2030-01-01T00:00:00Z")  # noqa: E731
+    placed = lambda ctx, hours_ago: ClusterView(ctx, True, True, since=now - dt.timedelta(hours=hours_ago))  # noqa: E731
+
+    assert decide(None, [ClusterView("c1", True, False), ClusterView("c2", False, False)], now, day) == \
+        Move("start", 1, behind=["c1", "c2"])
+    # A completion cut short, seen only where the cluster can be read.
+    assert decide(None, [ClusterView("c1", True, False, completing=True), ClusterView("c2", False, False, completing=True),
+                         ClusterView("c3", True, False)], now, day) == Move("complete", 3, behind=["c1"])
+    assert decide(t(2), [placed("c1", 30), ClusterView("c2", True, False)], now, day) == \
+        Move("converge", 2, behind=["c2"], unreachable=[])
+    assert decide(t(2), [placed("c1", 30), ClusterView("c2", False, False)], now, day) == \
+        Move("converge", 2, behind=[], unreachable=["c2"])
+    assert decide(t(3), [placed("c1", 30), placed("c2", 1)], now, day) == Move("finish", 3)
+    # The stage counts from the cluster that reached it last; exactly min_wait later it may advance.
+    assert decide(t(1), [placed("c1", 30), placed("c2", 23)], now, day) == \
+        Move("wait", 1, ready_at=now + dt.timedelta(hours=1))
+    assert decide(t(1), [placed("c1", 30), placed("c2", 24)], now, day) == Move("advance", 2, behind=["c1", "c2"])
+    assert decide(t(2), [placed("c1", 0)], now, dt.timedelta(0)) == Move("advance", 3, behind=["c1"])
+    # A stage in place with no record of when (an older run) counts from now.
+    assert decide(t(1), [ClusterView("c1", True, True)], now, day) == Move("wait", 1, ready_at=now + day)
+
+
+def test_min_wait_reads_every_unit_and_refuses_what_is_not_a_duration():
+    import datetime as dt
+
+    import pytest
+
+    from lib.errors import ConfigError
+    from lib.lifecycle import parse_duration
+
+    assert parse_duration("30s") == dt.timedelta(seconds=30)
+    assert parse_duration("90m") == dt.timedelta(minutes=90)
+    assert parse_duration(" 24H ") == dt.timedelta(hours=24)
+    assert parse_duration("2d") == dt.timedelta(days=2)
+    assert parse_duration("1.5") == dt.timedelta(hours=1.5), "a bare number is hours"
+    assert parse_duration("0") == dt.timedelta(0)
+    assert parse_duration("3650d") == dt.timedelta(days=3650)
+    for text, says, hint in (("soon", "'soon' is not a duration", "24h (the default), 90m, 0"),
+                             ("-1h", "'-1h' is negative", "give 0 or more"),
+                             ("3651d", "'3651d' is longer than a root lives", "at most 3650d"),
+                             ("infh", "is longer than a root lives", "at most 3650d"),
+                             ("", "'' is not a duration", "24h")):
+        with pytest.raises(ConfigError) as refused:
+            parse_duration(text)
+        assert says in refused.value.message and hint in refused.value.hint, text
+
+
+# --- teardown: what is setup-mesh's, and every cluster gets its steps ------------------------------
+
+def test_what_setup_mesh_made_is_told_by_its_label_or_the_old_unlabelled_cross_network_gateway():
+    from lib.overlay import made_by_setup_mesh
+
+    labelled = {"kind": "VirtualService", "metadata": {"name": "istiod-vs", "namespace": "istio-system",
+                                                       "labels": {"app.kubernetes.io/managed-by": "setup-mesh"}}}
+    assert made_by_setup_mesh(labelled)
+    assert not made_by_setup_mesh({**labelled, "metadata": {**labelled["metadata"], "labels": {
+        "app.kubernetes.io/managed-by": "Helm"}}})
+    old = {"kind": "Gateway", "metadata": {"name": "cross-network-gateway", "namespace": "istio-system"}}
+    assert made_by_setup_mesh(old)
+    assert not made_by_setup_mesh({**old, "kind": "VirtualService"})
+    assert not made_by_setup_mesh({**old, "metadata": {"name": "cross-network-gateway", "namespace": "shop"}})
+    assert not made_by_setup_mesh({**old, "metadata": {"name": "other", "namespace": "istio-system"}})
+    assert not made_by_setup_mesh({"kind": "Gateway", "metadata": {"name": "x", "namespace": "istio-system"}})
+
+
+def _deployment(name: str, **labels: str) -> dict:
+    return {"metadata": {"name": name, "namespace": "istio-system", "labels": labels}}
+
+
+def test_a_scoped_teardown_uninstalls_each_of_setup_meshs_operators_and_each_unnamed_control_plane(tmp_path):
+    from lib.kube import IstioUsage, Observed, Tools
+    from lib.plan import Uninstall, uninstall_steps
+
+    component, owner, owner_ns = ("operator.istio.io/component", "install.operator.istio.io/owning-resource",
+                                  "install.operator.istio.io/owning-resource-namespace")
+    seen = Observed(reachable=True, namespace=True, deployments={
+        "somebody": _deployment("somebody"),  # no component label: not Istio's operator at all
+        "istiod": _deployment("istiod", **{component: "Pilot", owner: "istio", owner_ns: "istio-system"}),
+        "eastwest": _deployment("eastwest", **{component: "IngressGateways", owner: "eastwest"}),
+        "theirs": _deployment("theirs", **{component: "Pilot", owner: "their-operator"}),
+        "old": _deployment("old", **{component: "Pilot", owner: "unknown"}),
+        "older": _deployment("older", **{component: "Pilot", owner: "", "istio.io/rev": "canary"}),
+    })
+    how = Uninstall(tmp_path, frozenset({"istio", "eastwest"}), IstioUsage(resources={("VirtualService", "shop"): 1}))
+    step = uninstall_steps(Tools(), Cluster("c1", "n1", "c1"), [], seen, how)[0]
+    istioctl = [c.argv[1:] for c in step.commands if c.argv[0] == "istioctl"]
+    files = [str(path) for path, _ in step.files]
+    assert istioctl == [("uninstall", "-y", "-f", files[0], "--context", "c1"),
+                        ("uninstall", "-y", "-f", files[1], "--context", "c1"),
+                        ("uninstall", "-y", "-r", "canary", "--context", "c1"),
+                        ("uninstall", "-y", "-r", "default", "--context", "c1")]
+    import yaml
+    manifests = [yaml.safe_load(text) for _, text in step.files]
+    assert [m["metadata"] for m in manifests] == [{"name": "eastwest"}, {"name": "istio", "namespace": "istio-system"}]
+    assert all(m["kind"] == "IstioOperator" for m in manifests)
+
+
+def test_teardown_plans_every_cluster_it_was_asked_to_even_after_one_it_skips(tmp_path):
+    from lib.kube import IstioUsage, Observed, Tools
+    from lib.plan import Uninstall, teardown_plan
+
+    clusters = [Cluster("c1", "n1", "c1"), Cluster("c2", "n1", "c2"), Cluster("c3", "n1", "c3")]
+    seen = {c.context: Observed(reachable=True, namespace=True) for c in clusters}
+    phase = teardown_plan(Tools(), clusters, seen, {ctx: Uninstall(tmp_path, frozenset(), IstioUsage())
+                                                    for ctx in ("c2", "c3")})
+    assert phase.name == "teardown"
+    assert sorted(phase.steps) == ["c2", "c3"] and all(phase.steps[ctx] for ctx in ("c2", "c3"))
+
+
+def test_resuming_a_finished_root_move_touches_only_a_finish_cut_short(tmp_path):
+    from lib import lifecycle
+
+    certs, new = tmp_path / "certs", tmp_path / "certs-next"
+    certs.mkdir()
+    (certs / "root-cert.pem").write_text("old")
+    lifecycle.resume_finish(tmp_path)  # an ordinary workspace: nothing to do, no error
+    assert (certs / "root-cert.pem").read_text() == "old"
+
+    # Mid-transition at the last stage, with a backup folder already there: both roots stay where they are.
+    transition = lifecycle.Transition(3, "a" * 64, "b" * 64, "2030-01-01T00:00:00Z")
+    new.mkdir()
+    (new / "root-cert.pem").write_text("new")
+    lifecycle.save_transition(tmp_path, transition)
+    lifecycle.backup_dir(tmp_path, transition.backup_name).mkdir(parents=True)
+    lifecycle.resume_finish(tmp_path)
+    assert (certs / "root-cert.pem").read_text() == "old" and (new / "root-cert.pem").read_text() == "new"
+
+    # certs/ gone by hand, with no record of a finish: nothing is promoted.
+    (certs / "root-cert.pem").unlink()
+    certs.rmdir()
+    (new / lifecycle.TRANSITION_FILE).unlink()
+    lifecycle.resume_finish(tmp_path)
+    assert not certs.exists() and (new / "root-cert.pem").read_text() == "new"
+
+
+def test_backup_folders_are_stamped_in_utc_whatever_the_machines_zone(monkeypatch):
+    import datetime as dt
+    import time
+
+    from lib.lifecycle import stamp
+
+    moment = dt.datetime(2030, 1, 1, 23, 30, tzinfo=dt.timezone.utc)
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert stamp(moment) == "20300101T233000Z"
+        assert stamp(moment.astimezone(dt.timezone(dt.timedelta(hours=-5)))) == "20300101T233000Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+# --- what each cluster's IstioOperator says --------------------------------------------------------
+
+BASE_WITH_VALUES = {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator",
+                    "spec": {"profile": "default", "values": {
+                        "global": {"proxy": {"resources": {"requests": {"cpu": "50m"}}}},
+                        "pilot": {"env": {"PILOT_TRACE_SAMPLING": "5"}},
+                        "istiodRemote": {"injectionCABundle": "Q0EgYnVuZGxl"}}}}
+
+
+def test_a_remotes_operator_has_the_remote_profile_its_own_path_and_keeps_base_yamls_remote_values(tmp_path):
+    import copy
+
+    from lib.desired import desired_state
+
+    base = copy.deepcopy(BASE_WITH_VALUES)
+    clusters = (Cluster("c2", "n2", "c2", primary="c1"), Cluster("c1", "n1", "c1"), Cluster("c3", "n1", "c3"))
+    d = desired_state(Topology("m", clusters, tmp_path / "topology.yaml"), base, addresses={"c1": "203.0.113.5"})
+    assert base == BASE_WITH_VALUES, "base.yaml as loaded is shared by every cluster: nothing may change it"
+    remote = d["c2"].operator["spec"]
+    assert remote["profile"] == "remote", "base.yaml's profile would install an istiod in the remote"
+    assert remote["values"]["istiodRemote"] == {"injectionCABundle": "Q0EgYnVuZGxl",
+                                                "injectionPath": "/inject/cluster/c2/net/n2"}
+    assert remote["values"]["global"]["remotePilotAddress"] == "203.0.113.5"
+    for primary in ("c1", "c3"):
+        spec = d[primary].operator["spec"]
+        assert spec["profile"] == "default"
+        assert spec["values"]["istiodRemote"] == {"injectionCABundle": "Q0EgYnVuZGxl"}, primary
+        assert "remotePilotAddress" not in spec["values"]["global"], primary
+    assert d["c1"].operator["spec"]["values"]["global"]["externalIstiod"] is True
+    assert "externalIstiod" not in d["c3"].operator["spec"]["values"]["global"], "c3 runs no remote"
+
+
+def test_mid_root_move_every_primarys_istiod_accepts_a_second_root_and_keeps_base_yamls_env(tmp_path):
+    import copy
+
+    from lib import lifecycle
+    from lib.desired import desired_state
+
+    transition = lifecycle.Transition(1, "a" * 64, "b" * 64, "2030-01-01T00:00:00Z")
+    clusters = (Cluster("c1", "n1", "c1"), Cluster("c2", "n2", "c2", primary="c1"))
+    topology = Topology("m", clusters, tmp_path / "topology.yaml")
+    for base in (copy.deepcopy(BASE_WITH_VALUES), {"apiVersion": "install.istio.io/v1alpha1",
+                                                   "kind": "IstioOperator", "spec": {}}):
+        before = copy.deepcopy(base)
+        d = desired_state(topology, base, addresses={"c1": "203.0.113.5"}, transition=transition)
+        assert base == before
+        env = d["c1"].operator["spec"]["values"]["pilot"]["env"]
+        assert env["ISTIO_MULTIROOT_MESH"] == "true"
+        assert env.get("PILOT_TRACE_SAMPLING") == before["spec"].get("values", {}).get("pilot", {}).get(
+            "env", {}).get("PILOT_TRACE_SAMPLING")
+        assert "pilot" not in d["c2"].operator["spec"]["values"] or "ISTIO_MULTIROOT_MESH" not in \
+            (d["c2"].operator["spec"]["values"]["pilot"].get("env") or {}), "a remote runs no istiod"
+    plain = desired_state(topology, copy.deepcopy(BASE_WITH_VALUES), addresses={"c1": "203.0.113.5"})
+    assert "ISTIO_MULTIROOT_MESH" not in plain["c1"].operator["spec"]["values"]["pilot"]["env"]
+
+
+def test_the_exposed_istiod_is_a_gateway_and_a_virtual_service_as_in_istios_sample():
+    from lib.overlay import expose_istiod
+
+    objects = expose_istiod(None)
+    assert [(o["apiVersion"], o["kind"], o["metadata"]["name"]) for o in objects] == [
+        ("networking.istio.io/v1", "Gateway", "istiod-gateway"),
+        ("networking.istio.io/v1", "VirtualService", "istiod-vs")]
+
+
+# --- somebody else's CA is never replaced unasked -------------------------------------------------
+
+def test_a_cacerts_is_setup_meshs_when_labelled_or_trusting_this_workspaces_root_and_foreign_otherwise():
+    from lib.certs import made_by_this_workspace
+    from tests.test_status import _ca, _pem
+
+    ours, theirs = _ca("Root CA"), _ca("Root CA")
+    ours_pem, theirs_pem = _pem(ours[0]), _pem(theirs[0])
+    assert made_by_this_workspace(None, False, ours_pem), "no cacerts yet: nothing to ask about"
+    assert made_by_this_workspace({"root-cert.pem": theirs_pem}, True, ours_pem), "setup-mesh's label"
+    # Applied before the label existed: it trusts this workspace's root (alone, or beside another mid-move).
+    assert made_by_this_workspace({"root-cert.pem": ours_pem}, False, ours_pem)
+    assert made_by_this_workspace({"root-cert.pem": theirs_pem + ours_pem}, False, ours_pem)
+    # Somebody's own CA: another root (even one of the same name), none, or an unreadable one.
+    assert not made_by_this_workspace({"root-cert.pem": theirs_pem}, False, ours_pem)
+    assert not made_by_this_workspace({"ca-cert.pem": ours_pem}, False, ours_pem)
+    assert not made_by_this_workspace({"root-cert.pem": b"garbage"}, False, ours_pem)
+    # A workspace without a readable root cannot claim an unlabelled cacerts.
+    assert not made_by_this_workspace({"root-cert.pem": ours_pem}, False, None)
+    assert not made_by_this_workspace({"root-cert.pem": b""}, False, b"")
+
+
+def test_an_ambient_clusters_east_west_gateway_carries_its_own_network(tmp_path):
+    from lib.desired import desired_state
+
+    clusters = (Cluster("c1", "n1", "c1"), Cluster("c2", "n2", "c2"))
+    d = desired_state(Topology("m", clusters, tmp_path / "topology.yaml"),
+                      {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {"profile": "ambient"}})
+    for ctx, network in (("c1", "n1"), ("c2", "n2")):
+        groups = {g.purpose: g.objects for g in d[ctx].istio_objects}
+        (gateway,) = groups["east-west gateway"]
+        assert gateway["kind"] == "Gateway" and gateway["metadata"]["labels"]["topology.istio.io/network"] == network
+
+
+def test_a_cluster_counts_as_at_the_stage_only_for_this_moves_new_root(tmp_path):
+    import datetime as dt
+
+    from lib.lifecycle import TRANSITION_ANNOTATION, Transition, stage_since
+
+    t = Transition(2, "a" * 64, "b" * 64, "2030-01-01T00:00:00Z")
+    other_move = Transition(2, "a" * 64, "c" * 64, "2030-01-01T00:00:00Z")
+    since = "2030-01-01T06:00:00Z"
+    assert stage_since(t, {TRANSITION_ANNOTATION: t.annotation(since)}) == dt.datetime(2030, 1, 1, 6, tzinfo=dt.timezone.utc)
+    assert stage_since(t, {TRANSITION_ANNOTATION: other_move.annotation(since)}) is None, "another move's stage 2"
+    assert stage_since(t, {TRANSITION_ANNOTATION: Transition(1, "a" * 64, "b" * 64, "x").annotation(since)}) is None
+    assert stage_since(t, {}) is None
