@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from . import certs, lifecycle
+from . import polling
 from .config import SIDECAR, Cluster, Topology
 from .errors import MeshError
 from .ambient import gateway_status
@@ -347,7 +348,7 @@ def wait_gateway_step(tools: Tools, cluster: Cluster, timeout: float, ambient: b
                                          f"LoadBalancer is only slow")
                 raise MeshError(f"east-west gateway {EASTWEST_NAME} has no address after {timeout:g}s",
                                 hint=f"check the LoadBalancer: {command.pasteable()} ; raise --gateway-timeout if it is slow")
-            if ctx.cancelled.wait(GATEWAY_POLL_SECONDS):
+            if ctx.cancelled.wait(polling.interval(GATEWAY_POLL_SECONDS)):
                 raise Interrupted()
 
     return Step(WAIT_KEY, commands=[command], action=action, change="")

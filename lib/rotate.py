@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from . import certs, invocation, lifecycle
+from . import polling
 from .commands import _certs_prerequisites, _finish, _open_log, _sit_out, print_plan
 from .config import MULTIROOT_ENV, Cluster, select_clusters
 from .errors import ConfigError, MeshError
@@ -50,7 +51,7 @@ def confirm_step(tools: Tools, cluster: Cluster, deployment: str, timeout: float
             if time.monotonic() >= deadline:
                 raise MeshError(f"{deployment} has no ready replica {timeout:g}s after cacerts changed",
                                 hint=f"look at its pods: `{tools.kubectl_cmd(cluster, 'get', 'pods', '-n', ISTIO_NAMESPACE, '-l', 'app=istiod').pasteable()}`")
-            if ctx.cancelled.wait(POLL_SECONDS):
+            if ctx.cancelled.wait(polling.interval(POLL_SECONDS)):
                 raise Interrupted()
 
     return Step(f"confirm {deployment} runs", commands=[command], action=action)

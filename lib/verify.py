@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import invocation
+from . import polling
 from .config import AMBIENT, Cluster, Topology, data_plane_mode
 from .errors import ConfigError, MeshError
 from .executor import Executor, Phase, RunContext, Step
@@ -630,7 +631,7 @@ def _wait_step(tools: Tools, cluster: Cluster, options: Options, run: ClusterRun
             ready = run.client is not None and run.client.ready and run.server is not None and run.server.ready
             if ready or time.monotonic() >= deadline:
                 return
-            if ctx.cancelled.wait(POLL_SECONDS):
+            if ctx.cancelled.wait(polling.interval(POLL_SECONDS)):
                 return
 
     return Step("wait for pods", commands=[command], action=action)
