@@ -6,6 +6,11 @@ manifest.yaml). bin/istioctl is a Python program that drives the emulated cluste
 shebang is pointed at the interpreter that runs the tests, so it finds the same packages.
 Every istioctl invocation is recorded in ``dest/istioctl-calls.jsonl`` (see
 release_template/README-standin.md).
+
+The release's bin/istioctl is a small launcher (``LAUNCHER``): it runs the template's program
+(release_template/bin/istioctl, a few thousand lines) as a module, so that Python compiles it once
+into the template's ``bin/__pycache__`` instead of at every call, with ``__file__`` set to the
+release's own bin/istioctl (the program finds its release, and records its calls, from there).
 """
 
 from __future__ import annotations
@@ -22,6 +27,21 @@ TEMPLATE = Path(__file__).resolve().parent / "release_template"
 _NOT_COPIED = {"README-standin.md"}
 
 _EXECUTABLES = ("bin/istioctl", "samples/multicluster/gen-eastwest-gateway.sh")
+
+LAUNCHER = '''#!{python}
+"""istioctl {version} stand-in: runs {source} with this file as its __file__."""
+import importlib.machinery
+import importlib.util
+import os
+import sys
+
+_loader = importlib.machinery.SourceFileLoader("istioctl_standin", {source!r})  # byte-compiled once, cached
+_module = importlib.util.module_from_spec(importlib.util.spec_from_loader(_loader.name, _loader))
+_module.__file__ = os.path.abspath(__file__)
+sys.modules[_loader.name] = _module
+_loader.exec_module(_module)
+sys.exit(_module.main(sys.argv[1:]))
+'''
 
 
 def release_dir(dest_parent: Path) -> Path:
@@ -50,11 +70,7 @@ def materialize_release(dest_parent: Path, python: str = sys.executable) -> Path
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         if rel.as_posix() == "bin/istioctl":
-            text = src.read_text()
-            first, _, rest = text.partition("\n")
-            if first.startswith("#!"):
-                text = rest
-            _write_if_changed(target, f"#!{python}\n{text}")
+            _write_if_changed(target, LAUNCHER.format(python=python, version=VERSION, source=str(src)))
         else:
             _write_if_changed(target, src.read_text())
     for rel in _EXECUTABLES:
