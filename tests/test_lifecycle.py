@@ -9,12 +9,16 @@ from tests.meshkit import make_mesh, workdir_snapshot
 NETS = {"cluster1": "network1", "cluster2": "network1", "cluster3": "network2"}
 
 
-@pytest.fixture
-def mesh3(sandbox_factory, tmp_path):
-    sandbox = sandbox_factory(list(NETS) + ["cluster4"])
-    mesh = make_mesh(sandbox, tmp_path / "ws", NETS)
+def _build_mesh3(start, workdir):
+    """Three clusters applied; cluster4 runs beside them, not in the mesh."""
+    mesh = make_mesh(start(list(NETS) + ["cluster4"]), workdir, NETS)
     mesh.apply()
     return mesh
+
+
+@pytest.fixture
+def mesh3(shaped):
+    return shaped("lifecycle-mesh3", _build_mesh3)
 
 
 def test_adding_a_cluster_installs_only_that_cluster(mesh3):
