@@ -24,9 +24,9 @@ else:
 
 from lib import __version__, commands, invocation, lifecycle  # noqa: E402 - after the choice above
 from lib.errors import ConfigError  # noqa: E402
+from lib.kube import READ_TIMEOUT  # noqa: E402
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode=None,
@@ -227,12 +227,13 @@ def rotate_certs(
             runner=r, reporter=rep))
 
 
-def _status(workdir, kubeconfig, istio_dir, contexts, output, wait, wait_timeout, parallel, debug):
+def _status(workdir, kubeconfig, istio_dir, contexts, output, wait, wait_timeout, parallel, timeout, quiet, verbose,
+            debug):
     from lib.status import run_status
 
-    commands.run_guarded(debug, output == "json", False, lambda r, rep: run_status(
+    commands.run_guarded(debug, quiet or output == "json", verbose and output != "json", lambda r, rep: run_status(
         workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, contexts=contexts, output=output, wait=wait,
-        wait_timeout=wait_timeout, parallel=parallel, runner=r, reporter=rep))
+        wait_timeout=wait_timeout, parallel=parallel, timeout=timeout, runner=r, reporter=rep))
 
 
 STATUS_HELP = """Show the mesh's health, reading only.
@@ -254,15 +255,19 @@ def _status_command(name: str, help_text: str):
         wait: Annotated[bool, typer.Option("--wait", help="Poll until the mesh is healthy or --wait-timeout passes.")] = False,
         wait_timeout: Annotated[float, typer.Option("--wait-timeout", min=1, metavar="SECONDS", help="Seconds --wait polls for.")] = 300.0,
         parallel: Parallel = commands.DEFAULT_PARALLEL,
+        timeout: Annotated[float, typer.Option("--timeout", min=1, metavar="SECONDS", help="Seconds any one read may take.")] = READ_TIMEOUT,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the problems and the verdict, not the tables.")] = False,
+        verbose: Verbose = False,
         debug: Debug = False,
     ) -> None:
-        _status(workdir, kubeconfig, istio_dir, context or [], output, wait, wait_timeout, parallel, debug)
+        _status(workdir, kubeconfig, istio_dir, context or [], output, wait, wait_timeout, parallel, timeout, quiet,
+                verbose, debug)
 
     return _cmd
 
 
 _status_command("status", STATUS_HELP)
-_status_command("describe", "Same as status (the name the original setup-mesh.sh used).")
+_status_command("describe", "Same as status: show the mesh's health, reading only.")
 
 
 @app.command()
@@ -300,8 +305,40 @@ def verify(
         workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, options=options, timeout=timeout, runner=r, reporter=rep))
 
 
-def main() -> None:
-    app()
+def _click_class(name: str) -> type:
+    """click's exception class of that name, as this typer uses it (typer vendors click in newer
+    releases and depends on it in older ones)."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Runs the CLI. Usage errors print as every other error does (``error: ...`` and a hint), not as
+    click's ``Error:`` block."""
+    usage_error, click_exception = _click_class("UsageError"), _click_class("ClickException")
+    try:
+        code = app(args=argv, prog_name=invocation.program_from_argv0(sys.argv[0]), standalone_mode=False)
+    except usage_error as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # no command given: the help, as click shows it
+            exc.show()
+        else:
+            _usage_error(exc)
+        sys.exit(exc.exit_code)
+    except click_exception as exc:  # e.g. a file option that cannot be opened
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):  # Ctrl-C while click itself was parsing or prompting
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(exc) -> None:
+    ctx = exc.ctx
+    if ctx is not None:
+        print(ctx.get_usage(), file=sys.stderr)
+    print(f"error: {exc.format_message()}", file=sys.stderr)
+    if ctx is not None:
+        print(f"hint: `{ctx.command_path} --help` lists what it takes", file=sys.stderr)
 
 
 if __name__ == "__main__":

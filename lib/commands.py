@@ -196,8 +196,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
         for context, how in uninstall.items():
             if (kept := describe_kept(context, how)):
                 reporter.info(kept)
-        confirm("Replace or remove what is listed above?" if plan.replacements
-                else "Remove the clusters and secrets listed above?", yes, reporter)
+        confirm(deletion_question(plan), yes, reporter)
         reporter.start_progress([(c.context, c.network) for c in chosen])
     for gone in plan.removals:
         if not gone.reachable:
@@ -311,6 +310,15 @@ def _finish(name: str, outcome: Outcome, log: RunLog, reporter: Reporter) -> int
     if outcome.interrupted:
         return 130
     return 0 if outcome.ok else 1
+
+
+def deletion_question(plan: ApplyPlan) -> str:
+    """The confirmation names what is listed above it, and only that."""
+    if any(plan.replacements.values()):
+        return "Replace or remove what is listed above?"
+    things = [what for what, present in (("the clusters" if len(plan.removals) > 1 else "the cluster", plan.removals),
+                                         ("the remote secrets", any(plan.prunes.values()))) if present]
+    return f"Remove {' and '.join(things) or 'what is'} listed above?"
 
 
 def _describe_deletions(plan: ApplyPlan, reporter: Reporter) -> None:

@@ -92,8 +92,8 @@ RERUN_HINT = "run the same command again: it picks up where this one stopped"
 
 
 class Interrupted(MeshError):
-    def __init__(self) -> None:
-        super().__init__("interrupted before this step finished", hint=RERUN_HINT)
+    def __init__(self, message: str = "interrupted before this step finished") -> None:
+        super().__init__(message, hint=RERUN_HINT)
 
 
 @dataclass
@@ -193,6 +193,9 @@ class Executor:
                 if self.cancelled.is_set():
                     continue
                 schedule()
+                for cluster, steps in chains.items():
+                    if cluster not in running.values() and cluster not in self.outcome.failures:
+                        self.reporter.idle(cluster, self._waiting_for(steps, position[cluster], ended))
             stuck = [c for c, steps in chains.items() if position[c] < len(steps) and c not in self.outcome.failures]
             for cluster in stuck:  # only a plan whose dependencies form a cycle gets here
                 self._fail(cluster, chains[cluster][position[cluster]], MeshError(
@@ -201,12 +204,26 @@ class Executor:
         except KeyboardInterrupt:
             self.interrupt()
             pool.shutdown(wait=True, cancel_futures=True)
+            for future, cluster in running.items():  # a step that ran to its end counts as done
+                if not future.cancelled() and future.result():
+                    position[cluster] += 1
             for cluster, steps in chains.items():
                 if cluster not in self.outcome.failures and position[cluster] < len(steps):
-                    self.outcome.failures[cluster] = Interrupted()
-                    self.reporter.finish_cluster(cluster, False, "interrupted before it started", interrupted=True)
+                    # Before its first step, or between two: name the step that did not start.
+                    where = "it started" if position[cluster] == 0 else steps[position[cluster]].title
+                    self.outcome.failures[cluster] = Interrupted(f"interrupted before {where}")
+                    self.reporter.finish_cluster(cluster, False, f"interrupted before {where}", interrupted=True)
             return
         pool.shutdown(wait=True)
+
+    def _waiting_for(self, steps: list[Step], position: int, ended: Callable[[str, str], bool]) -> str:
+        """What a cluster that runs nothing now waits for, in words true of it."""
+        if position >= len(steps):
+            return "done here"
+        pending = [a for a in steps[position].after if not ended(a.cluster, a.key)]
+        if pending:
+            return f"waiting for {pending[0].cluster} ({pending[0].key})"
+        return f"queued (--parallel {self.parallel})"
 
     def fail_before_start(self, cluster: str, step: str, exc: MeshError) -> None:
         """Mark a cluster failed before the run (e.g. unreachable), so it sits out every phase."""
@@ -246,7 +263,6 @@ class Executor:
                        time.monotonic() - start)
             return False
         self.reporter.step_done(cluster, step.title, True, time.monotonic() - start, done=done)
-        self.reporter.idle(cluster)  # until its next step starts, if it has one
         with self.lock:
             self.outcome.done_steps.setdefault(cluster, []).append(step.title)
         return True

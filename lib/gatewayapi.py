@@ -80,6 +80,14 @@ def choose_source(option: str | None, istio_version: str | None) -> CrdSource:
     return CrdSource(STANDARD_INSTALL_URL.format(version=want), want)
 
 
+def offline_crds_hint(source: CrdSource | None = None) -> str:
+    """Where the CRDs come from when a cluster's apply cannot download them (no network, a proxy)."""
+    where = f" (it downloads {source.location})" if source is not None and source.is_url else ""
+    return (f"without network access{where}, download the standard-install.yaml of the Gateway API release "
+            f"your Istio expects elsewhere and pass it with `{OPTION} PATH`; apply installs it where a cluster "
+            f"has none")
+
+
 def _version_in_url(url: str) -> str | None:
     match = re.search(r"/(v\d+\.\d+\.\d+)/", url)
     return match.group(1) if match else None

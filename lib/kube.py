@@ -23,6 +23,7 @@ ISTIO_CATEGORY = "istio-io"
 COMPONENT_LABEL = "operator.istio.io/component"
 OWNER_LABEL = "install.operator.istio.io/owning-resource"
 OWNER_NAMESPACE_LABEL = "install.operator.istio.io/owning-resource-namespace"
+READ_TIMEOUT = 30.0  # seconds one read of a cluster may take (status's reads; --timeout)
 
 
 @dataclass(frozen=True)

@@ -9,18 +9,20 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
 
 import yaml
 
 from . import certs, lifecycle
 from . import polling
 from .config import SIDECAR, Cluster, Topology
-from .errors import MeshError
+from .errors import CommandFailed, MeshError
 from .ambient import gateway_status
 from .desired import Desired
 from .executor import RERUN_HINT, After, Interrupted, Phase, RunContext, Step
 from .fsutil import read_if_present
-from .gatewayapi import CrdSource
+from .gatewayapi import CrdSource, offline_crds_hint
 from .kube import (COMPONENT_LABEL, GATEWAY_RESOURCE, MANAGED_GATEWAY_LABEL, OWNER_LABEL, OWNER_NAMESPACE_LABEL, IstioUsage,
                    Observed, Tools, parse_remote_secret, service_address, token_fingerprint)
 from .lifecycle import Transition
@@ -228,10 +230,21 @@ def _changed(path: Path, new: dict, fresh: bool, workdir: Path) -> tuple[str, li
 
 
 def gateway_api_crds_step(tools: Tools, cluster: Cluster, source: CrdSource) -> Step:
-    """Server-side: the CRDs are too large for the last-applied annotation client-side apply writes."""
+    """Server-side: the CRDs are too large for the last-applied annotation client-side apply writes. From
+    a URL, a failure (no network, a proxy) says how to install them from a file instead."""
+    command = tools.kubectl_cmd(cluster, "apply", "--server-side", f"--field-manager={FIELD_MANAGER}",
+                                "-f", source.location)
+
+    def action(ctx: RunContext) -> None:
+        try:
+            ctx.run(command)
+        except CommandFailed as exc:
+            if source.is_url:
+                exc.hint = offline_crds_hint(source)
+            raise
+
     return Step(f"install the Gateway API CRDs ({source.version or 'from ' + source.location})",
-                commands=[tools.kubectl_cmd(cluster, "apply", "--server-side", f"--field-manager={FIELD_MANAGER}",
-                                            "-f", source.location)],
+                commands=[command], action=action, done="Gateway API CRDs installed",
                 change=f"+ Gateway API CRDs ({source.version or source.location})")
 
 
@@ -251,8 +264,15 @@ def _ambient_gateway_removal(tools: Tools, cluster: Cluster) -> list[Command]:
                               "--ignore-not-found")]
 
 
+def _no_gateway_reason(d: Desired) -> str:
+    """Why a cluster needs no east-west gateway any more, in words that are true of this mesh."""
+    if d.member.is_remote:
+        return "a remote on its primary's network"
+    return "one network now"
+
+
 def _remove_gateways_step(tools: Tools, workdir: Path, d: Desired, seen: Observed) -> Step:
-    """The mesh is on one network now: the east-west gateway and its Gateway are not needed any more."""
+    """The east-west gateway and its Gateway are not needed any more (see _no_gateway_reason)."""
     commands = [tools.kubectl_cmd(d.cluster, "delete", "gateways.networking.istio.io", CROSS_NETWORK_GATEWAY,
                                   "-n", ISTIO_NAMESPACE, "--ignore-not-found")]
     files = []
@@ -260,9 +280,10 @@ def _remove_gateways_step(tools: Tools, workdir: Path, d: Desired, seen: Observe
         file, command = _uninstall_operator(tools, workdir, d.cluster, EASTWEST_IOP)
         files.append(file)
         commands.append(command)
-    return Step("remove the east-west gateway (one network now)", commands=commands, files=files,
+    why = _no_gateway_reason(d)
+    return Step(f"remove the east-west gateway ({why})", commands=commands, files=files,
                 done="east-west gateway removed",
-                change=f"- east-west gateway and Gateway {CROSS_NETWORK_GATEWAY} (one network now)")
+                change=f"- east-west gateway and Gateway {CROSS_NETWORK_GATEWAY} ({why})")
 
 
 def await_namespace_deleted_step(tools: Tools, cluster: Cluster) -> Step:
@@ -376,9 +397,9 @@ def export_step(tools: Tools, cluster: Cluster) -> Step:
 
 
 def import_step(tools: Tools, target: Cluster, peers: list[Cluster], copies: dict[str, dict],
-                replacing: frozenset[str] = frozenset()) -> Step:
+                replacing: Mapping[str, str] = MappingProxyType({})) -> Step:
     """Apply the peers' secrets in one go; ``copies`` are current ones read from other clusters;
-    ``replacing``: the peers whose (outdated) secret the target already holds."""
+    ``replacing``: the peers whose (outdated) secret the target already holds, with what changed."""
     names = ", ".join(p.name for p in peers)
 
     def action(ctx: RunContext) -> str:
@@ -392,11 +413,13 @@ def import_step(tools: Tools, target: Cluster, peers: list[Cluster], copies: dic
 
     title = f"import {peers[0].name}'s secret" if len(peers) == 1 else f"import {len(peers)} peers' secrets"
     added = [p.name for p in peers if p.context not in replacing]
-    renewed = [p.name for p in peers if p.context in replacing]
+    renewed = [p for p in peers if p.context in replacing]
+    why = {replacing[p.context] for p in renewed}
     change = "; ".join(filter(None, [
         added and f"+ remote secret{'s' * (len(added) > 1)} of " + ", ".join(added),
         renewed and ("~ " if not added else "replace ") + f"remote secret{'s' * (len(renewed) > 1)} of "
-        + ", ".join(renewed) + " (new credentials)"]))
+        + (", ".join(p.name for p in renewed) + f" ({why.pop()})" if len(why) == 1 else
+           ", ".join(f"{p.name} ({replacing[p.context]})" for p in renewed))]))
     # Waits for the peers' exports, but goes ahead without a peer whose export failed.
     return Step(title, commands=[tools.apply(target, None, shown=False)], action=action, change=change,
                 note=f"stdin: the remote secrets of {names}, from create-remote-secret or copied from a peer "
@@ -606,7 +629,8 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             steps.append(step)
         was = seen.annotations.get(DATA_PLANE_ANNOTATION, SIDECAR) if seen.applied is not None else None
         if was is not None and was != d.data_plane:
-            plan.replacements.setdefault(cluster.context, []).extend(_switch_description(was, d))
+            plan.replacements.setdefault(cluster.context, []).extend(
+                _switch_description(was, d, had_gateway=seen.eastwest_made_by is not None))
         if d.ambient and seen.gateway_api is not None and not seen.gateway_api.installed and gateway_api is not None:
             steps.append(gateway_api_crds_step(tools, cluster, gateway_api))
         if CONTROL_PLANE_CLUSTERS in seen.annotations and CONTROL_PLANE_CLUSTERS not in d.namespace_annotations:
@@ -642,7 +666,9 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
 
         if cluster.context in imports:
             peers = imports[cluster.context]
-            replacing = frozenset(p.context for p in peers if p.name in seen.remote_secrets)
+            # What makes each held copy outdated: the address it names, or else the credentials it carries.
+            replacing = {p.context: "new address" if seen.remote_secrets[p.name].server != p.remote_server
+                         else "new credentials" for p in peers if p.name in seen.remote_secrets}
             plan.secrets["replace"] += len(replacing)
             plan.secrets["add"] += len(peers) - len(replacing)
             connect.add(cluster.context, import_step(tools, cluster, peers, {p.context: held[p.context]
@@ -679,19 +705,20 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
     return plan
 
 
-def _switch_description(was: str, d: Desired) -> list[str]:
-    """What changing base.yaml's profile between ambient and sidecar replaces in a running cluster."""
+def _switch_description(was: str, d: Desired, had_gateway: bool) -> list[str]:
+    """What changing base.yaml's profile between ambient and sidecar replaces in a running cluster
+    (``had_gateway``: it runs an east-west gateway of the other mode now)."""
     if d.ambient:
         what = ["Istio is reinstalled with profile ambient (adds ztunnel and istio-cni; workloads stay as they are "
                 "until their namespaces are labelled istio.io/dataplane-mode=ambient)"]
-        if d.ambient_gateway is not None:
+        if d.ambient_gateway is not None and had_gateway:
             what.append(f"the sidecar-mode east-west gateway (IstioOperator eastwest, Gateway {CROSS_NETWORK_GATEWAY}) "
                         f"is replaced by the ambient Gateway {EASTWEST_NAME}")
     else:
         profile = (d.operator.get("spec") or {}).get("profile") or "default"
         what = [f"Istio is reinstalled with profile {profile} (removes ztunnel and istio-cni: workloads in ambient "
                 f"namespaces lose the mesh until they get sidecars)"]
-        if d.eastwest is not None:
+        if d.eastwest is not None and had_gateway:
             what.append(f"the ambient Gateway {EASTWEST_NAME} is replaced by the sidecar-mode east-west gateway")
     return what
 

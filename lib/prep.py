@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from . import certs, invocation
-from .config import BASE_FILE, TOPOLOGY_FILE, is_label_value, kubeconfig_files
+from .config import (BASE_FILE, PILOT_ENV_SWITCH, RESERVED_VALUES, TOPOLOGY_FILE, is_label_value,
+                     kubeconfig_files)
 from .errors import ConfigError
 from .fsutil import write_atomic
 from .release import find_release
@@ -17,34 +19,46 @@ from .runner import Runner
 
 DEFAULT_MESH_ID = "mesh1"
 
-TOPOLOGY_HEADER = """\
+def topology_header() -> str:
+    """The comment at the top of a new topology.yaml; its commands name the program as it was run."""
+    apply = invocation.command("apply")
+    return f"""\
 # topology.yaml: which clusters form the mesh and how they are connected.
 #
 # mesh_id   the mesh's name (Istio's meshID); the same in every cluster.
 # contexts  one entry per cluster, keyed by its kube context name (`kubectl config get-contexts`):
 #   network       required. Clusters whose pods reach each other directly share a network; clusters
 #                 on different networks talk through east-west gateways that setup-mesh installs.
+#   primary       optional. The context whose control plane runs this cluster: it makes this cluster
+#                 a remote of that primary (no istiod of its own). Without it the cluster is a primary.
 #   cluster_name  optional. Istio's name for the cluster (a DNS-1123 label); default: the context name.
 #                 Set it when the context name is not a valid label (e.g. gke_project_zone_name).
 #   api_server    optional. The API server URL other clusters use to reach this one, when the
 #                 kubeconfig names a local or private address (passed to create-remote-secret --server).
 #   kubeconfig    optional. A kubeconfig file for this context only.
 #
-# To add a cluster: add its context here and run `./setup_mesh.py apply`.
-# To remove one: delete its entry and run `./setup_mesh.py apply` (it asks before removing).
+# To add a cluster: add its context here and run `{apply}`.
+# To remove one: delete its entry and run `{apply}` (it asks before removing).
 """
+
+
+def reserved_values_comment() -> str:
+    """base.yaml's list of the values setup-mesh owns, from the one table apply checks them against."""
+    lines = []
+    for keys, source in [*RESERVED_VALUES.items(),
+                         (PILOT_ENV_SWITCH, "in an ambient mesh (spec.profile: ambient): on in every istiod")]:
+        lines.append(f"#   {'.'.join(keys)}")
+        lines += textwrap.wrap(source, width=100, initial_indent="#       <- ", subsequent_indent="#          ")
+    return "\n".join(lines) + "\n"
+
 
 BASE_TEMPLATE = """\
 # base.yaml: the IstioOperator every cluster's installation is derived from.
 # Edit it freely (profile, meshConfig, components, values): it reaches every cluster unchanged.
 #
-# Reserved: setup-mesh sets these for each cluster from topology.yaml, so they are never set here
-# (apply refuses to run while base.yaml sets any of them):
-#   spec.values.global.meshID                    <- mesh_id
-#   spec.values.global.multiCluster.clusterName  <- contexts.<context>.cluster_name (default: the context name)
-#   spec.values.global.network                   <- contexts.<context>.network
-#   spec.values.global.meshNetworks              <- not needed: Istio finds each network's east-west
-#                                                   gateway by its topology.istio.io/network label
+# Reserved: setup-mesh sets these for each cluster, so they are never set here (apply refuses to
+# run while base.yaml sets any of them; istiod env entries are reserved in components.pilot.k8s.env too):
+""" + reserved_values_comment() + """\
 apiVersion: install.istio.io/v1alpha1
 kind: IstioOperator
 spec:
@@ -61,7 +75,7 @@ class PrepResult:
 
 
 def topology_text(mesh_id: str, contexts: list[tuple[str, str]], known_contexts: list[str]) -> str:
-    text = TOPOLOGY_HEADER + "\n" + yaml.safe_dump({"mesh_id": mesh_id}, sort_keys=False)
+    text = topology_header() + "\n" + yaml.safe_dump({"mesh_id": mesh_id}, sort_keys=False)
     if contexts:
         text += yaml.safe_dump({"contexts": {c: {"network": n} for c, n in contexts}}, sort_keys=False)
         return text

@@ -19,6 +19,7 @@ from rich.text import Text
 from .errors import CommandFailed, MeshError
 from .redact import redact
 from .runner import Result
+from .wrapping import fit
 
 
 @dataclass
@@ -88,12 +89,12 @@ class Reporter:
         with self._lock:
             if text not in self.warnings:
                 self.warnings.append(text)
-        self._print(f"warning: {text}", style="yellow", stderr=True)
+        self._print(fit(self.err, text, "warning: "), style="yellow", stderr=True)
 
     def error(self, exc: MeshError) -> None:
-        text = f"error: {exc.message}"
+        text = fit(self.err, exc.message, "error: ")
         if exc.hint:
-            text += f"\nhint: {exc.hint}"
+            text += "\n" + fit(self.err, exc.hint, "hint: ")
         with self._lock:
             self.err.print(escape(redact(text)), style="red")
 
@@ -147,12 +148,12 @@ class Reporter:
         else:
             self.finish_cluster(cluster, False, step, interrupted=interrupted)
 
-    def idle(self, cluster: str) -> None:
-        """The cluster finished its steps in this phase; others may still be busy."""
+    def idle(self, cluster: str, why: str) -> None:
+        """The cluster runs no step now: ``why`` says what it waits for (or that it is done here)."""
         with self._lock:
             row = self.rows.setdefault(cluster, ClusterRow(cluster))
-            if row.ok is None:
-                row.step, row.idle, row.step_started = "waiting for peers", True, time.monotonic()
+            if row.ok is None and (not row.idle or row.step != why):
+                row.step, row.idle, row.step_started = why, True, time.monotonic()
 
     def finish_cluster(self, cluster: str, ok: bool, detail: str = "", interrupted: bool = False) -> None:
         """``detail``: for a failure, the step that failed; for a success, a result that replaces the
@@ -221,11 +222,12 @@ class Reporter:
             self.console.print(table)
         for cluster, exc in failures.items():
             step = getattr(exc, "step", None)
-            self._print(f"{cluster}: {step + ': ' if step else ''}{exc.message}", style="red")
+            self._print(fit(self.console, exc.message, f"{cluster}: {step + ': ' if step else ''}"),
+                        style="red")
             if exc.hint:
-                self._print(f"  hint: {exc.hint}")
+                self._print(fit(self.console, exc.hint, "  hint: "))
         if not self.quiet:  # -q: each warning was printed once, when it was given
             for text in self.warnings:
-                self._print(f"warning: {text}", style="yellow")
+                self._print(fit(self.console, text, "warning: "), style="yellow")
         if failures and log_path:
             self._print(f"run log: {log_path}")

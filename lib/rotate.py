@@ -158,7 +158,9 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     from .status import istiod_name
 
     wait = min_wait
-    again = invocation.command("rotate-certs", "--root")
+    # The next run's command carries a --min-wait the user chose, or the pasted hint would refuse for a day.
+    again = invocation.command("rotate-certs", "--root", *(
+        ["--min-wait", lifecycle.format_duration(min_wait)] if min_wait != lifecycle.WORKLOAD_CERT_LIFETIME else []))
     if not dry_run:
         lifecycle.resume_finish(workdir)
     ws = load_workspace(workdir, kubeconfig, lenient=dry_run)

@@ -24,12 +24,12 @@ from . import certs, invocation, lifecycle
 from . import polling
 from .ambient import gateway_status
 from .config import AMBIENT, SIDECAR, Cluster, Topology, data_plane_mode, select_clusters
-from .gatewayapi import expected_version, older_than_needed
+from .gatewayapi import offline_crds_hint, expected_version, older_than_needed
 from .fsutil import read_if_present
 from .errors import MeshError
 from .executor import RunContext, read_clusters
 from .invocation import prep_hint
-from .kube import GATEWAY_RESOURCE, Observed, Tools, gateway_addresses, token_fingerprint
+from .kube import GATEWAY_RESOURCE, READ_TIMEOUT, Observed, Tools, gateway_addresses, token_fingerprint
 from .mesh import Mesh, mesh_model
 from .overlay import (CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL, control_plane_revision,
                       injection_path)
@@ -39,7 +39,6 @@ from .workspace import find_tools, inspect_clusters, load_workspace
 
 WAIT_POLL_SECONDS = 2.0
 EXPIRY_WARN_DAYS = 30
-READ_TIMEOUT = 30.0
 ISTIOD_CONTAINER = "discovery"
 # Image tag suffixes that name a build flavour, not a version.
 _TAG_VARIANTS = ("-distroless", "-debug")
@@ -673,7 +672,8 @@ def _judge_ambient_gateway(status: ClusterStatus, cluster: Cluster, seen: Observ
         status.gateway_api_crds = (crds.version or "unversioned") if crds.installed else "missing"
         if not crds.installed:
             add(Problem("gateway_api_crds_missing", "the Gateway API CRDs are not installed: ambient multicluster "
-                                                    "needs them for its east-west gateway", hints.apply))
+                                                    "needs them for its east-west gateway",
+                        f"{hints.apply} installs them; {offline_crds_hint()}"))
         else:
             older = older_than_needed(crds, expected_version(istiod.version))
             if older:
@@ -804,7 +804,7 @@ def read_injection_paths(clusters: list[Cluster], revision: str | None, tools: T
 
     def read(ctx: RunContext, cluster: Cluster) -> str | None:
         command = replace(tools.kubectl_cmd(cluster, "get", "mutatingwebhookconfiguration", name, "-o", "json",
-                                            "--ignore-not-found", timeout=READ_TIMEOUT), check=False)
+                                            "--ignore-not-found"), check=False)
         try:
             result = ctx.run(command)
             hooks = (json.loads(result.stdout or "{}").get("webhooks") or []) if result.ok else []
@@ -822,7 +822,7 @@ def read_istiod_views(clusters: list[Cluster], revision: str | None, tools: Tool
     args = ["remote-clusters"] + (["--revision", revision] if revision else [])
 
     def read(ctx: RunContext, cluster: Cluster) -> IstiodView:
-        command = replace(tools.istioctl_cmd(cluster, *args, timeout=READ_TIMEOUT), check=False)
+        command = replace(tools.istioctl_cmd(cluster, *args), check=False)
         try:
             result = ctx.run(command)
             if result.ok:
@@ -863,11 +863,12 @@ def status_workspace(workdir: Path, loaded) -> Expected:
 
 
 def run_status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, output: str, wait: bool,
-               wait_timeout: float, parallel: int, runner, reporter: Reporter, contexts: list[str] = ()) -> int:
+               wait_timeout: float, parallel: int, runner, reporter: Reporter, contexts: list[str] = (),
+               timeout: float = READ_TIMEOUT) -> int:
     loaded = load_workspace(workdir, kubeconfig, lenient=False)
     # Every cluster is still read: whether a shown cluster holds its peers' current secrets depends on them.
     shown = {c.context for c in select_clusters(loaded.topology, list(contexts))}
-    tools = find_tools(istio_dir, runner, False, loaded.notes, READ_TIMEOUT)
+    tools = find_tools(istio_dir, runner, False, loaded.notes, timeout)
     ws = status_workspace(workdir, loaded)
 
     deadline = time.monotonic() + wait_timeout
@@ -901,7 +902,7 @@ def run_status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
 def render(status: MeshStatus, reporter: Reporter) -> None:
     from .statusview import render as render_view
 
-    render_view(status, _wide_console(reporter.console))
+    render_view(status, _wide_console(reporter.console), tables=not reporter.quiet)
 
 
 def _wide_console(console):

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .redact import redact
+from .wrapping import fit
 from .status import (ERROR, EXPIRY_WARN_DAYS, LOCAL, MISSING, OUTDATED, PRESENT, STALE, SYNCED, WARNING,
                      ClusterStatus, MeshStatus, Problem)
 
@@ -37,9 +38,11 @@ class Cause:
     where: str  # the clusters (or holder: peers) it affects
 
 
-def render(status: MeshStatus, console: Console) -> None:
-    console.print(_fitting(console, lambda dropped: _table(status, dropped)))
-    matrix = _matrix(status)
+def render(status: MeshStatus, console: Console, tables: bool = True) -> None:
+    """The tables (unless ``tables`` is off: -q), the lifecycle lines, the problems and the verdict."""
+    if tables:
+        console.print(_fitting(console, lambda dropped: _table(status, dropped)))
+    matrix = _matrix(status) if tables else None
     if matrix is not None:
         console.print("remote secrets (row holds column's; istiod's word if not synced)", style="bold")
         console.print(matrix)
@@ -48,8 +51,10 @@ def render(status: MeshStatus, console: Console) -> None:
     causes = group_problems(status)
     for cause in causes:
         mark, style = ("✗", "red") if cause.severity == ERROR else ("!", "yellow")
-        console.print(f"[{style}]{mark}[/] {escape(redact(f'{cause.where}: {cause.message}'))}")
-        console.print(f"  hint: {escape(redact(cause.hint))}", style="dim" if cause.severity == WARNING else None)
+        line = fit(console, f"{cause.where}: {cause.message}", f"{mark} ")  # the mark, coloured below
+        console.print(f"[{style}]{mark}[/]" + escape(redact(line[len(mark):])))
+        console.print(escape(redact(fit(console, cause.hint, "  hint: ", indent="    "))),
+                      style="dim" if cause.severity == WARNING else None)
     errors = sum(1 for c in causes if c.severity == ERROR)
     warnings = len(causes) - errors
     if status.healthy:

@@ -59,12 +59,68 @@ def test_help_placeholders_are_words_a_user_understands(command):
 
 
 def test_one_meaning_per_flag_name():
-    """--timeout bounds each command wherever it appears; status's wait has its own name."""
-    for command in ("apply", "teardown", "rotate-certs"):
-        assert "--timeout SECONDS" in cli(command, "--help").stdout
-    status_help = cli("status", "--help").stdout
-    assert "--wait-timeout SECONDS" in status_help and "--timeout " not in status_help
+    """--timeout bounds each command, -q and -v mean the same wherever they appear; status's wait has
+    its own name."""
+    for command in ("apply", "teardown", "rotate-certs", "status", "verify"):
+        text = cli(command, "--help").stdout
+        assert "--timeout SECONDS" in text and "-q, --quiet" in text and "-v, --verbose" in text, command
+    assert "--wait-timeout SECONDS" in cli("status", "--help").stdout
     assert "--add-context NAME[=NETWORK]" in cli("prep-mesh", "--help").stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["apply", "--bogus"], "No such option: --bogus"),
+    (["status", "-o", "xml"], "Invalid value for '--output' / '-o': use table or json"),
+    (["frobnicate"], "No such command 'frobnicate'."),
+])
+def test_usage_errors_read_like_every_other_error(args, message):
+    """One spelling for errors: ``error: ...`` then a hint, exit 2, never click's ``Error:`` block."""
+    result = cli(*args)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert any(line.startswith(f"error: {message}") for line in lines), result.stderr
+    assert lines[-1].startswith("hint: `") and lines[-1].endswith("--help` lists what it takes"), result.stderr
+    assert "Error:" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_status_quiet_prints_the_problems_and_the_verdict_without_the_tables(tmp_path):
+    (tmp_path / "topology.yaml").write_text("mesh_id: m\ncontexts:\n  cluster1:\n    network: n1\n")
+    (tmp_path / "base.yaml").write_text("apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec: {}\n")
+    kubeconfig = tmp_path / "kubeconfig"  # a cluster at an address nothing listens on
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: 'https://127.0.0.1:9'}\n"
+                          "users:\n- name: u\n  user: {}\ncontexts:\n- name: cluster1\n  context: {cluster: c, user: u}\n")
+    env = {"KUBECONFIG": str(kubeconfig), "COLUMNS": "120", "ISTIO_DIR": str(tmp_path / "none"),
+           "PATH": f"{ROOT / 'tests' / 'sandbox' / 'release_template' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    full = cli("status", "--workdir", str(tmp_path), "--timeout", "5", env=env)
+    quiet = cli("status", "-q", "--workdir", str(tmp_path), "--timeout", "5", env=env)
+    assert full.returncode == quiet.returncode == 1, full.stdout + full.stderr
+    def header(out):
+        return [line for line in out.splitlines() if "network" in line and "cacerts" in line]
+
+    assert header(full.stdout) and not header(quiet.stdout), quiet.stdout
+    assert quiet.stdout.splitlines()[-1] == full.stdout.splitlines()[-1]
+    assert quiet.stdout.splitlines()[-1].startswith("unhealthy: "), quiet.stdout
+    assert [line for line in full.stdout.splitlines() if line.startswith("✗")] == \
+        [line for line in quiet.stdout.splitlines() if line.startswith("✗")]
+
+
+def test_shell_completion_for_bash_zsh_and_fish(tmp_path):
+    """The installed command completes its commands and options; `--install-completion` and
+    `--show-completion` are offered (the shells' own completion scripts call back with these variables)."""
+    assert "--install-completion" in cli("--help").stdout and "--show-completion" in cli("--help").stdout
+    program = tmp_path / "setup-mesh"  # as pip installs it: the entry point under its own name
+    program.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(ROOT)!r})\n"
+                       "import setup_mesh\nsetup_mesh.main()\n")
+    program.chmod(0o755)
+
+    def complete(**env):
+        return subprocess.run([str(program)], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, **env}).stdout
+
+    assert complete(_SETUP_MESH_COMPLETE="complete_bash", COMP_WORDS="setup-mesh ap", COMP_CWORD="1").split() == ["apply"]
+    assert "rotate-certs" in complete(_SETUP_MESH_COMPLETE="complete_zsh", _TYPER_COMPLETE_ARGS="setup-mesh rot")
+    assert complete(_SETUP_MESH_COMPLETE="complete_fish", _TYPER_COMPLETE_ARGS="setup-mesh status --out",
+                    _TYPER_COMPLETE_FISH_ACTION="get-args").startswith("--output\t")
 
 
 def test_unknown_context_is_bad_input_with_a_guess(tmp_path):

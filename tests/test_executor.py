@@ -145,3 +145,58 @@ def test_run_plan_does_not_hold_clusters_at_phase_boundaries():
     order.clear()
     Executor(RecordingRunner(), _quiet(), parallel=2).run_phases([first, second])
     assert order == ["fast one", "slow one", "fast two"]
+
+
+def test_a_cluster_that_runs_nothing_says_truly_what_it_waits_for():
+    """Done, waiting for a named cluster's step, or queued behind --parallel: never a vague 'waiting'."""
+    seen = {}
+    reporter = _quiet()
+
+    def slow(ctx):
+        time.sleep(0.6)  # meanwhile the executor has told the reporter what the others wait for
+        seen.update({c: row.step for c, row in reporter.rows.items() if c != "primary"})
+
+    phase = Phase("p")
+    phase.add("primary", Step("install", action=slow))
+    phase.add("remote", Step("install remote", action=lambda ctx: None, after=[After("primary", "install")]))
+    phase.add("other", Step("quick", action=lambda ctx: None))
+    reporter.start_progress([("primary", "n1"), ("remote", "n1"), ("other", "n2")])
+    Executor(RecordingRunner(), reporter, parallel=3).run_phases([phase])
+    assert seen == {"remote": "waiting for primary (install)", "other": "done here"}
+
+
+def test_a_cluster_behind_the_parallel_bound_says_it_is_queued():
+    seen = {}
+    reporter = _quiet()
+
+    def slow(ctx):
+        time.sleep(0.6)
+        seen.setdefault("second", reporter.rows["second"].step)
+
+    phase = Phase("p")
+    phase.add("first", Step("work", action=slow))
+    phase.add("second", Step("work", action=lambda ctx: None))
+    reporter.start_progress([("first", "n1"), ("second", "n1")])
+    Executor(RecordingRunner(), reporter, parallel=1).run_phases([phase])
+    assert seen == {"second": "queued (--parallel 1)"}
+
+
+def test_ctrl_c_names_for_each_cluster_the_step_that_did_not_start():
+    """A cluster between two steps was not 'interrupted before it started', and one that never started
+    was not 'interrupted before this step finished'."""
+    import os
+    import signal
+
+    def press_ctrl_c(ctx):
+        time.sleep(0.3)  # the executor waits for its steps now, as it does most of a run
+        os.kill(os.getpid(), signal.SIGINT)  # reaches the executor's main thread as KeyboardInterrupt
+        time.sleep(0.3)
+
+    phase = Phase("p")
+    phase.add("c1", Step("make intermediate CA", action=press_ctrl_c))
+    phase.add("c1", Step("install Istio", action=lambda ctx: None))
+    phase.add("c2", Step("import secrets", action=lambda ctx: None, after=[After("c1", "install Istio")]))
+    outcome = Executor(RecordingRunner(), _quiet(), parallel=2).run_phases([phase])
+    assert outcome.interrupted
+    assert {c: f.message for c, f in outcome.failures.items()} == {
+        "c1": "interrupted before install Istio", "c2": "interrupted before it started"}

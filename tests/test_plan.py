@@ -101,6 +101,65 @@ def test_a_rotated_token_refreshes_that_clusters_secret_everywhere(tmp_path):
     assert steps[(IMPORT, "c3")] == ["import c2's secret"]
 
 
+def _changes(plan, phase, ctx):
+    return [st.change for st in dict(((p.name, c), steps) for p in plan.phases for c, steps in p.steps.items())
+            .get((phase, ctx), [])]
+
+
+def test_the_plan_says_whether_a_secret_is_replaced_for_its_address_or_its_credentials(tmp_path):
+    def new_token(topology, desired):
+        obs = _healthy(topology, desired)
+        obs["c2"].reader_token = "new-token"
+        return obs
+
+    def new_address(topology, desired):  # c2 held secrets naming another address; its token is unchanged
+        obs = _healthy(topology, desired)
+        for holder in ("c1", "c3"):
+            obs[holder].remote_secrets["c2"].server = "https://127.0.0.1:6443"
+            obs[holder].remote_secrets["c2"].source = token_fingerprint("c2", "https://127.0.0.1:6443", "tok-c2")
+        return obs
+
+    assert _changes(_plan(tmp_path / "a", new_token), IMPORT, "c1") == ["~ remote secret of c2 (new credentials)"]
+    assert _changes(_plan(tmp_path / "b", new_address), IMPORT, "c1") == ["~ remote secret of c2 (new address)"]
+
+
+def test_a_gateway_removed_from_a_remote_says_why_in_words_true_of_a_two_network_mesh(tmp_path):
+    """c2 becomes a remote of c1 on c1's network: its gateway goes, while the mesh keeps two networks."""
+    clusters = (CLUSTERS[0], Cluster("c2", "n1", "c2", server="https://c2:6443", primary="c1"), CLUSTERS[2])
+    topology = Topology("m", clusters, tmp_path / "topology.yaml")
+    desired = desired_state(topology, {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {}})
+    observed = _healthy(topology, desired)
+    observed["c2"].applied = "as a primary"
+    for d in desired.values():
+        d.awaits_address_of = None
+    plan = build_apply_plan(topology=topology, desired=desired, observed=observed, removed=[],
+                            removed_observed=observed, workdir=_workdir(tmp_path), tools=Tools(), release=None,
+                            intermediate_vars={}, gateway_timeout=5)
+    changes = [st.change for p in plan.phases for st in p.steps.get("c2", [])]
+    assert "- east-west gateway and Gateway cross-network-gateway (a remote on its primary's network)" in changes
+    assert not any("one network now" in (c or "") for c in changes)
+
+
+def test_the_switch_to_ambient_names_a_sidecar_gateway_replaced_only_where_there_is_one(tmp_path):
+    """c2 ran no east-west gateway (it was a remote on its primary's network): nothing of it is replaced."""
+    from lib.plan import DATA_PLANE_ANNOTATION
+
+    topology = Topology("m", CLUSTERS, tmp_path / "topology.yaml")
+    desired = desired_state(topology, {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator",
+                                       "spec": {"profile": "ambient"}})
+    observed = _healthy(topology, desired)
+    for ctx, seen in observed.items():
+        seen.applied, seen.annotations = "sidecar mode", {DATA_PLANE_ANNOTATION: "sidecar"}
+        seen.eastwest_made_by = None if ctx == "c2" else "operator"
+    plan = build_apply_plan(topology=topology, desired=desired, observed=observed, removed=[],
+                            removed_observed=observed, workdir=_workdir(tmp_path), tools=Tools(), release=None,
+                            intermediate_vars={}, gateway_timeout=5)
+    replaced = {ctx: " ".join(what) for ctx, what in plan.replacements.items()}
+    assert "sidecar-mode east-west gateway" in replaced["c1"] and "sidecar-mode east-west gateway" in replaced["c3"]
+    assert "Istio is reinstalled with profile ambient" in replaced["c2"]
+    assert "east-west gateway" not in replaced["c2"]
+
+
 def test_a_changed_overlay_reinstalls_only_that_cluster(tmp_path):
     def observed(topology, desired):
         obs = _healthy(topology, desired)
@@ -351,3 +410,39 @@ def test_a_remote_whose_primary_has_an_address_is_installed_without_waiting(tmp_
     plan = _remote_plan(tmp_path, observed)
     install, = [s for s in plan.phases[0].steps["c2"] if s.title == "install Istio"]
     assert "remotePilotAddress: 203.0.113.1" in install.files[0][1] and install.prepare is None
+
+
+def test_a_gateway_api_crd_download_that_fails_names_the_offline_option():
+    """Without network, kubectl cannot fetch the standard-install.yaml: the failure says how to give a file."""
+    from lib.executor import Executor, Phase
+    from lib.gatewayapi import CrdSource
+    from lib.kube import Tools
+    from lib.plan import gateway_api_crds_step
+    from lib.reporter import Reporter
+    from tests.recording import RecordingRunner
+
+    url = "https://github.com/kubernetes-sigs/gateway-api/releases/download/v1.5.1/standard-install.yaml"
+    offline = RecordingRunner(lambda c: (1, "", 'Unable to connect to the server: dial tcp: lookup github.com: '
+                                                'no such host'))
+    results = {}
+    for name, source in (("url", CrdSource(url, "v1.5.1")), ("file", CrdSource("/tmp/crds.yaml", "v1.5.1"))):
+        phase = Phase("crds")
+        phase.add("cluster1", gateway_api_crds_step(Tools(), Cluster("cluster1", "network1", "cluster1"), source))
+        results[name] = Executor(offline, Reporter(quiet=True), parallel=1).run_phases([phase]).failures["cluster1"]
+    assert "no such host" in results["url"].message
+    assert "`--gateway-api-crds PATH`" in results["url"].hint and url in results["url"].hint
+    assert not results["file"].hint or "--gateway-api-crds" not in results["file"].hint
+
+
+def test_the_confirmation_names_only_what_is_removed():
+    from lib.commands import deletion_question
+    from lib.plan import ApplyPlan, Removal
+
+    gone = Removal("c3", "c3", None, reachable=True)
+    assert deletion_question(ApplyPlan([], prunes={"c1": ["istio-remote-secret-old"]})) == \
+        "Remove the remote secrets listed above?"
+    assert deletion_question(ApplyPlan([], removals=[gone], prunes={"c1": ["istio-remote-secret-c3"]})) == \
+        "Remove the cluster and the remote secrets listed above?"
+    assert deletion_question(ApplyPlan([], removals=[gone, gone])) == "Remove the clusters listed above?"
+    assert deletion_question(ApplyPlan([], replacements={"c1": ["Istio is reinstalled with profile ambient"]})) == \
+        "Replace or remove what is listed above?"

@@ -126,6 +126,31 @@ def test_next_steps_name_the_program_and_workdir_as_given(tmp_path, release):
     # A workdir from the environment is not repeated: the pasted command gets it the same way.
     from_env = run([], env={"WORKDIR": str(tmp_path / "ws2"), "ISTIO_DIR": str(release)})
     assert f"preview with `{script} apply --dry-run`" in from_env.stdout
+    # The new topology.yaml says how to apply an edit with the same command line, and names every key.
+    topology = (tmp_path / "ws" / "topology.yaml").read_text()
+    assert f"run `{script} apply --workdir ws` (it asks before removing)" in topology
+    assert f"run `{script} apply` (it asks" in (tmp_path / "ws2" / "topology.yaml").read_text()
+    for key in ("network", "primary", "cluster_name", "api_server", "kubeconfig"):
+        assert f"#   {key} " in topology, key
+
+
+def _reserved_paths() -> list[str]:
+    from lib.config import PILOT_ENV_SWITCH, RESERVED_VALUES
+
+    return [".".join(keys) for keys in [*RESERVED_VALUES, PILOT_ENV_SWITCH]]
+
+
+def test_base_yaml_and_readme_list_every_reserved_value(tmp_path, release):
+    """The values apply refuses in base.yaml are the ones base.yaml's comment and README list."""
+    assert run(["--workdir", str(tmp_path / "ws"), "--istio-dir", str(release)]).returncode == 0
+    written = (tmp_path / "ws" / "base.yaml").read_text()
+    assert written == (ROOT / "base.yaml").read_text(), "the bundled example is what prep-mesh writes"
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### base.yaml and the reserved values"):]
+    section = section[:section.index("\n### ")]
+    for path in _reserved_paths():
+        assert f"#   {path}\n" in written, path
+        assert f"`{path}`" in section, path
 
 
 def test_no_release_is_a_clear_error_listing_where_it_looked(tmp_path):

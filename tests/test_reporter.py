@@ -132,14 +132,14 @@ def test_live_table_shows_the_phase_per_step_time_and_who_waits_for_peers():
     reporter.step("cluster1", "install Istio")
     reporter.step("cluster2", "install Istio")
     reporter.step_done("cluster2", "install Istio", True, 1.0, done="installed")
-    reporter.idle("cluster2")
+    reporter.idle("cluster2", "waiting for cluster1 (install Istio)")
     reporter.rows["cluster1"].step_started -= 3.0
     text = io.StringIO()
     Console(file=text, width=80).print(reporter._table())
     lines = text.getvalue().splitlines()
     assert lines[0].strip() == "phase 1/2: set up, install, export remote secret"
     assert re.fullmatch(r"cluster1\s+install Istio\s+3\.\ds\s+…\s*", lines[2].strip())
-    assert re.fullmatch(r"cluster2\s+waiting for peers\s+…", lines[3].strip())
+    assert re.fullmatch(r"cluster2\s+waiting for cluster1 \(install Istio\)\s+…", lines[3].strip())
 
 
 def test_errors_go_to_stderr_with_their_hint_and_secrets_are_removed():

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.meshkit import make_mesh, scan_for_secrets, workdir_snapshot
+from tests.meshkit import ROOT, make_mesh, scan_for_secrets, workdir_snapshot
 
 TWO = {"cluster1": "network1", "cluster2": "network1"}
 
@@ -271,6 +271,8 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
     stage1_note = mesh.get("cluster2", "namespace", "istio-system")["metadata"]["annotations"]["setup-mesh.io/root-transition"]
     second = run("rotate-certs", "--root", "--min-wait", "0")
     assert second.returncode == 0, second.stdout + second.stderr
+    # The hint for stage 3 carries the --min-wait that made this run work: pasted, it runs at once.
+    assert f"`{ROOT / 'setup_mesh.py'} rotate-certs --root --min-wait 0 --workdir {ws}` for stage 3" in second.stdout
     check_stage(mesh, tmp_path, 2, old_root, new_root, contexts, old_intermediates)
     mesh.sandbox.kubectl("cluster2", "apply", "-f", "-", stdin=json.dumps({
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": stage1_secret["data"],

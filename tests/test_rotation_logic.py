@@ -94,6 +94,16 @@ def test_min_wait_takes_units_and_refuses_nonsense():
             parse_duration(bad)
 
 
+def test_a_min_wait_given_is_written_back_as_the_option_takes_it():
+    """Hints repeat the user's --min-wait: what they paste must mean the same wait."""
+    from lib.lifecycle import format_duration, parse_duration
+
+    for text, shown in (("0", "0"), ("45s", "45s"), ("90m", "90m"), ("24h", "1d"), ("36h", "36h"), ("2d", "2d"),
+                        ("1.5", "90m")):
+        assert format_duration(parse_duration(text)) == shown
+        assert parse_duration(shown) == parse_duration(text)
+
+
 def test_the_new_root_is_named_apart_from_the_one_it_replaces():
     from lib.lifecycle import next_root_name
 

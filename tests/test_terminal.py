@@ -75,7 +75,7 @@ def test_apply_asks_before_removing_a_cluster_and_goes_ahead_on_yes(mesh):
     mesh.apply()
     mesh.write_topology({"cluster1": "network1"})
     term = at_terminal(mesh, "apply")
-    term.expect("Remove the clusters and secrets listed above? [y/N]:")
+    term.expect("Remove the cluster and the remote secrets listed above? [y/N]:")
     assert "cluster2" in plain(term.output), "what would be removed is named before the question"
     term.send(b"y\r")
     assert term.wait() == 0, plain(term.output)
