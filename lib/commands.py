@@ -10,6 +10,7 @@ from typing import Callable
 import typer
 
 from . import certs, invocation, lifecycle
+from . import polling
 from .config import (AMBIENT, BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, data_plane_mode, load_base, load_topology,
                      resolve_contexts, select_clusters)
 from .errors import Cancelled, ConfigError, MeshError
@@ -42,6 +43,7 @@ def run_guarded(debug: bool, quiet: bool, verbose: bool, body: Callable[[ShRunne
     runner = ShRunner()
     runner.listeners.append(reporter.command)
     try:
+        polling.check()
         code = body(runner, reporter) or 0
     except MeshError as exc:
         reporter.error(exc)

@@ -17,6 +17,7 @@ import yaml
 from . import certs, invocation, lifecycle
 from .assess import CacertsFinding, CacertsState, assess_cacerts, assess_secrets, issued_credentials
 from .mesh import mesh_model
+from . import polling
 from .config import SIDECAR, Cluster, Topology
 from .errors import CommandFailed, MeshError
 from .ambient import gateway_status
@@ -431,7 +432,7 @@ def wait_gateway_step(tools: Tools, cluster: Cluster, timeout: float, ambient: b
                                          f"LoadBalancer is only slow")
                 raise MeshError(f"east-west gateway {EASTWEST_NAME} has no address after {timeout:g}s",
                                 hint=f"check the LoadBalancer: {command.pasteable()} ; raise --gateway-timeout if it is slow")
-            if ctx.cancelled.wait(GATEWAY_POLL_SECONDS):
+            if ctx.cancelled.wait(polling.interval(GATEWAY_POLL_SECONDS)):
                 raise Interrupted()
 
     return Step(WAIT_KEY, commands=[command], action=action, change="")

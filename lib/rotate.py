@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import certs, invocation, lifecycle
+from . import polling
 from .commands import certs_prerequisites, finish_run, open_log, sit_out
 from .planview import print_plan
 from .config import MULTIROOT_ENV, Cluster, select_clusters
@@ -58,7 +59,7 @@ def confirm_step(tools: Tools, cluster: Cluster, deployment: str, timeout: float
             if time.monotonic() >= deadline:
                 raise MeshError(f"{deployment} has no ready replica {timeout:g}s after cacerts changed",
                                 hint=f"look at its pods: `{tools.kubectl_cmd(cluster, 'get', 'pods', '-n', ISTIO_NAMESPACE, '-l', 'app=istiod').pasteable()}`")
-            if ctx.cancelled.wait(POLL_SECONDS):
+            if ctx.cancelled.wait(polling.interval(POLL_SECONDS)):
                 raise Interrupted()
         want = roots() if roots else None
         # The kubelet refreshes a mounted secret within a minute or so; istiod reloads it then.

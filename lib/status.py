@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from . import certs, invocation, lifecycle
+from . import polling
 from .ambient import gateway_status
 from .assess import SecretFinding, SecretState, assess_secrets, issued_credentials
 from .checks import ERROR, EXPIRY_WARN_DAYS, LOCAL, MISSING, OUTDATED, PRESENT, STALE, SYNCED, WARNING
@@ -1044,7 +1045,7 @@ def run_status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
             errors = status.errors()
             reporter.info(f"waiting for {len(errors)} problem(s) to clear: "
                           + ", ".join(sorted({f"{ctx or 'workspace'} {p.code}" for ctx, p in errors})))
-        time.sleep(min(WAIT_POLL_SECONDS, max(remaining, 0.0)))
+        time.sleep(min(polling.interval(WAIT_POLL_SECONDS), max(remaining, 0.0)))
 
     if output == "json":
         reporter.console.out(json.dumps(status.to_json(), indent=2), highlight=False)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import invocation
+from . import polling
 from .config import AMBIENT, Cluster, Topology, data_plane_mode
 from .errors import ConfigError, MeshError
 from .executor import Executor, Phase, RunContext, Step
@@ -703,7 +704,7 @@ def _wait_step(tools: Tools, cluster: Cluster, options: Options, run: ClusterRun
             settled = all(p is not None and (p.ready or p.refused) for p in (run.client, run.server))
             if settled or time.monotonic() >= deadline:
                 return
-            if ctx.cancelled.wait(POLL_SECONDS):
+            if ctx.cancelled.wait(polling.interval(POLL_SECONDS)):
                 return
 
     return Step("wait for pods", commands=[command], action=action)

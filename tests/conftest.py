@@ -1,13 +1,28 @@
 """Shared fixtures: the pinned kubectl and sandboxes of emulated clusters (see tests/sandbox)."""
 from __future__ import annotations
 
+import os
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import pytest
 
+from tests.meshkit import Mesh
 from tests.sandbox import LB_DELAY, Sandbox
 from tests.sandbox.kubectl import pinned_kubectl
+from tests.shapes import Shapes
+
+# Every process the suite starts (hundreds of CLI runs, istioctl stand-in calls and emulators) reads byte code
+# compiled once, whatever the calling shell says.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+# pytest-xdist's workers get COLUMNS=80 and LINES=24, which the suite's own process (no terminal) does not have:
+# the CLI would drop table columns to fit 80 characters under -n only.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _name in ("COLUMNS", "LINES"):
+        os.environ.pop(_name, None)
+# The emulated clusters answer at once: setup-mesh's waits (and the emulators' mesh retry) look again often.
+os.environ.setdefault("SETUP_MESH_POLL_INTERVAL", "0.2")
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +59,34 @@ def sandbox_factory(tmp_path: Path, kubectl_bin: Path) -> Callable[..., Sandbox]
 def two_clusters(sandbox_factory) -> Sandbox:
     """Two emulated clusters, contexts cluster1 and cluster2 (current context cluster1)."""
     return sandbox_factory(["cluster1", "cluster2"])
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory, kubectl_bin) -> Shapes:
+    """The meshes built once per session (per xdist worker); see tests/shapes.py."""
+    cache = Shapes(tmp_path_factory.mktemp("shapes"))
+    yield cache
+    cache.close()
+
+
+@pytest.fixture
+def shaped(shapes: Shapes, tmp_path: Path):
+    """``make(name, build, mesh_class=Mesh)``: a running copy of mesh shape ``name`` (built by ``build`` the first
+    time, see tests/shapes.py), its sandbox in ``tmp_path/sandbox`` and workspace in ``tmp_path/ws`` (a second copy:
+    under ``tmp_path/copy2``); stopped at teardown."""
+    with ExitStack() as stack:
+        def make(name: str, build, mesh_class: type = Mesh) -> Mesh:
+            dest = tmp_path if not made else tmp_path / f"copy{len(made) + 1}"
+            made.append(stack.enter_context(shapes.copy(name, build, dest, mesh_class)))
+            return made[-1]
+
+        made: list[Mesh] = []
+        yield make
+
+
+# --- running in parallel (pytest-xdist: python3 -m pytest -n auto) ------------------------------------------
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """Two workers a core: a test mostly waits for the processes it starts (the CLI, kubectl, the emulators)."""
+    return 2 * (os.cpu_count() or 1)
+

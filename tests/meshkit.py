@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import subprocess
 import sys
@@ -112,9 +111,6 @@ def scan_for_secrets(text: str) -> list[str]:
     if _TOKEN_FIELD.search(text):
         found.append("token:")
     return found
-
-
-os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
 
 
 @contextmanager

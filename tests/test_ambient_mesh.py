@@ -10,6 +10,9 @@ import yaml
 
 from tests.meshkit import make_mesh
 
+# The tests share one mesh built for this module: under -n they run on one worker, which builds it once.
+pytestmark = pytest.mark.xdist_group("test_ambient_mesh")
+
 THREE = {"cluster1": "network1", "cluster2": "network1", "cluster3": "network2"}
 CRDS = Path(__file__).parent / "gateway-api" / "standard-v1.4.0.yaml"
 EW = "istio-eastwestgateway"

@@ -7,6 +7,9 @@ import yaml
 
 from tests.meshkit import make_mesh, scan_for_secrets, workdir_snapshot
 
+# The tests share one mesh built for this module: under -n they run on one worker, which builds it once.
+pytestmark = pytest.mark.xdist_group("test_apply")
+
 THREE = {"cluster1": "network1", "cluster2": "network1", "cluster3": "network2"}
 BASE_EXTRA = "  values:\n    pilot:\n      env:\n        PILOT_ENABLE_WORKLOAD_ENTRY_AUTOREGISTRATION: \"true\"\n"
 

@@ -1,20 +1,26 @@
 """Growing, shrinking, previewing and tearing down a mesh by editing topology.yaml."""
 import json
+import subprocess
+import sys
 import threading
 
 import pytest
 
-from tests.meshkit import make_mesh, workdir_snapshot
+from tests.meshkit import ROOT, make_mesh, workdir_snapshot
 
 NETS = {"cluster1": "network1", "cluster2": "network1", "cluster3": "network2"}
 
 
-@pytest.fixture
-def mesh3(sandbox_factory, tmp_path):
-    sandbox = sandbox_factory(list(NETS) + ["cluster4"])
-    mesh = make_mesh(sandbox, tmp_path / "ws", NETS)
+def _build_mesh3(start, workdir):
+    """Three clusters applied; cluster4 runs beside them, not in the mesh."""
+    mesh = make_mesh(start(list(NETS) + ["cluster4"]), workdir, NETS)
     mesh.apply()
     return mesh
+
+
+@pytest.fixture
+def mesh3(shaped):
+    return shaped("lifecycle-mesh3", _build_mesh3)
 
 
 def test_adding_a_cluster_installs_only_that_cluster(mesh3):
@@ -152,13 +158,29 @@ def test_teardown_after_an_interrupted_one_waits_for_the_namespace_already_being
     assert mesh.get("cluster1", "namespace", "istio-system")["status"]["phase"] == "Terminating"
     preview = mesh.run("teardown", "--dry-run")
     assert "- namespace istio-system (already being deleted: waited for)" in preview.stdout, preview.stdout
-    release = threading.Timer(3.0, sandbox.kubectl, ("cluster1", "patch", "configmap", "hold", "-n", "istio-system",
-                                                     "--type=merge", "-p", '{"metadata":{"finalizers":null}}'))
-    release.start()
-    try:
-        result = mesh.run("teardown", "-y")
-    finally:
-        release.join()
+    # Released once teardown is waiting for it (not after a fixed time: on a busy machine teardown may not have
+    # read cluster1 yet, and would then find nothing to remove).
+    proc = subprocess.Popen([sys.executable, str(ROOT / "setup_mesh.py"), "teardown", "-y", "--workdir", str(mesh.workdir)],
+                            env={**mesh.env, "COLUMNS": "160"}, cwd=ROOT, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    waiting = threading.Event()
+
+    def read_progress():
+        for line in proc.stdout:
+            seen.append(line)
+            if "cluster1: delete namespace istio-system ..." in line:
+                waiting.set()
+
+    reader = threading.Thread(target=read_progress, daemon=True)
+    reader.start()
+    waiting.wait(120)
+    sandbox.kubectl("cluster1", "patch", "configmap", "hold", "-n", "istio-system", "--type=merge",
+                    "-p", '{"metadata":{"finalizers":null}}')
+    stderr = proc.stderr.read()  # the reader thread has stdout
+    proc.wait(300)
+    reader.join(10)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, "".join(seen), stderr)
     assert result.returncode == 0, result.stdout + result.stderr
     assert mesh.results(result.stdout) == {"cluster1": "removed", "cluster2": "removed"}, result.stdout
     for ctx in ("cluster1", "cluster2"):

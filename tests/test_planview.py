@@ -168,7 +168,8 @@ def test_nothing_to_do_says_so_without_a_counts_line(tmp_path):
 def test_verbose_shows_every_command_and_the_new_overlay(tmp_path):
     _workspace(tmp_path, FOUR, BASE)
     edited = {**BASE, "spec": {"profile": "default", "meshConfig": {"accessLogFile": "/dev/null"}}}
-    text = _render(tmp_path, FOUR, edited, _applied(FOUR, BASE), 160, verbose=True)
+    # Wide enough for the workspace's path, whose length depends on where pytest puts tmp_path (longer under -n).
+    text = _render(tmp_path, FOUR, edited, _applied(FOUR, BASE), 160 + len(str(tmp_path)), verbose=True)
     assert "istioctl install -y -f <ws>/overlays/cluster1.yaml --readiness-timeout 190s --context cluster1" in text
     assert "accessLogFile: /dev/null" in text
     assert text.splitlines()[-1] == "Plan: 0 install, 4 change, 0 remove; secrets: 0 add, 0 replace, 0 prune."

@@ -13,14 +13,19 @@ from tests.meshkit import ROOT, make_mesh, scan_for_secrets, workdir_snapshot
 TWO = {"cluster1": "network1", "cluster2": "network1"}
 
 
-@pytest.fixture
-def mesh2(sandbox_factory, tmp_path):
-    sandbox = sandbox_factory(list(TWO))
-    mesh = make_mesh(sandbox, tmp_path / "ws", TWO)
+def _build_mesh2(start, workdir):
+    sandbox = start(list(TWO))
+    mesh = make_mesh(sandbox, workdir, TWO)
     # Addresses the peers' control planes reach: status is healthy only then.
     mesh.write_topology(TWO, extra={ctx: {"api_server": sandbox.api_server(ctx)} for ctx in TWO})
     mesh.apply()
     return mesh
+
+
+@pytest.fixture
+def mesh2(shaped):
+    """Two clusters on one network, applied: a copy of a mesh built once per session (tests/shapes.py)."""
+    return shaped("rotation-mesh2", _build_mesh2)
 
 
 def cacerts(mesh, ctx) -> dict[str, bytes]:

@@ -8,6 +8,7 @@ and no remote secret is exported again unless its credentials changed.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import subprocess
@@ -53,18 +54,22 @@ def exports(mesh) -> list[str]:
     return [c["context"] for c in mesh.sandbox.istioctl_calls() if c["argv"][1:2] == ["create-remote-secret"]]
 
 
-def _applied_mesh(sandbox_factory, tmp_path, spare=()):
+def _build_applied_mesh(start, workdir, spare=()):
     """The three-cluster mesh, applied; ``spare`` contexts exist in the sandbox but not in the mesh."""
-    sandbox = sandbox_factory(CONTEXTS + list(spare))
-    mesh = make_mesh(sandbox, tmp_path / "ws", NETS)
+    mesh = make_mesh(start(CONTEXTS + list(spare)), workdir, NETS)
     _topology(mesh, NETS)
     mesh.apply()
     return mesh
 
 
+def _applied_mesh(shaped, spare=()):
+    """A copy of the applied three-cluster mesh (built once per session, see tests/shapes.py)."""
+    return shaped("scenarios" + "".join(f"+{ctx}" for ctx in spare), functools.partial(_build_applied_mesh, spare=spare))
+
+
 @pytest.fixture
-def mesh(sandbox_factory, tmp_path):
-    return _applied_mesh(sandbox_factory, tmp_path)
+def mesh(shaped):
+    return _applied_mesh(shaped)
 
 
 def installs_since(mesh, count: int) -> list[str]:
@@ -218,8 +223,8 @@ def test_down_to_one_network_and_back_keeps_control_planes_and_secrets(mesh):
     assert len(exports(mesh)) == exported, "networks come and go without new remote secrets"
 
 
-def test_a_cluster_added_then_removed_touches_only_what_concerns_it(sandbox_factory, tmp_path):
-    mesh = _applied_mesh(sandbox_factory, tmp_path, spare=["ctx-d"])
+def test_a_cluster_added_then_removed_touches_only_what_concerns_it(shaped):
+    mesh = _applied_mesh(shaped, spare=["ctx-d"])
     before, exported, installs = snapshot(mesh), len(exports(mesh)), len(mesh.control_plane_installs())
     _topology(mesh, {**NETS, "ctx-d": "network2"})
     mesh.apply()
@@ -283,13 +288,16 @@ def _with_primaries(mesh, primaries: dict[str, str]) -> None:
                                  for ctx in CONTEXTS})
 
 
-@pytest.fixture
-def remote_mesh(sandbox_factory, tmp_path):
-    sandbox = sandbox_factory(CONTEXTS)
-    mesh = make_mesh(sandbox, tmp_path / "ws", NETS)
+def _build_remote_mesh(start, workdir):
+    mesh = make_mesh(start(CONTEXTS), workdir, NETS)
     _with_primaries(mesh, {"ctx-b": "ctx-a"})
     mesh.apply()
     return mesh
+
+
+@pytest.fixture
+def remote_mesh(shaped):
+    return shaped("scenarios-remote", _build_remote_mesh)
 
 
 def _remote_of(mesh, ctx: str) -> tuple[str | None, str | None]:

@@ -378,35 +378,17 @@ def _build(sandbox, workdir: Path, networks: dict[str, str], ok: bool = True, *a
     return mesh
 
 
-@pytest.fixture(scope="module")
-def shared_mesh(tmp_path_factory):
-    """Three clusters on two networks, built once for this module (building one takes seconds)."""
-    from tests.sandbox import Sandbox
-
-    root = tmp_path_factory.mktemp("status")
-    sandbox = Sandbox.up(root / "sandbox", list(NETS))
-    try:
-        built = _build(sandbox, root / "ws", NETS)
-        built.inputs = {name: (built.workdir / name).read_bytes() for name in ("topology.yaml", "base.yaml")}
-        yield built
-    finally:
-        sandbox.down()
+def _build_shared(start, workdir: Path) -> Mesh:
+    return _build(start(list(NETS)), workdir, NETS)
 
 
 @pytest.fixture
-def mesh(shared_mesh):
-    """The shared mesh, healthy at the start of every test: a test that fails half-way (and so does not
-    repair what it broke) fails alone instead of failing every test after it."""
-    for name, content in shared_mesh.inputs.items():
-        (shared_mesh.workdir / name).write_bytes(content)
-    for ctx in set(NETS) - set(shared_mesh.sandbox.running_contexts()):
-        shared_mesh.sandbox.start_cluster(ctx)  # empty again: apply rebuilds it
-    code, _ = shared_mesh.status()
-    if code != 0:
-        shared_mesh.apply()
-        code, doc = shared_mesh.status()
-        assert code == 0, f"the shared mesh could not be repaired by apply: {doc}"
-    return shared_mesh
+def mesh(shaped):
+    """Three clusters on two networks, healthy: a copy of one mesh built once per session (tests/shapes.py),
+    so that a test that breaks it breaks it for itself alone."""
+    built = shaped("status", _build_shared, Mesh)
+    built.networks = NETS
+    return built
 
 
 def _cluster(doc: dict, ctx: str) -> dict:
@@ -456,7 +438,7 @@ def test_healthy_mesh_reads_only_and_reports_every_field(mesh):
 
     table = mesh.run("describe")
     assert table.returncode == 0, table.stderr
-    assert "healthy" in table.stdout and VERSION in table.stdout and "✓" in table.stdout
+    assert "healthy" in table.stdout and VERSION in table.stdout and "✓" in table.stdout, table.stdout
     # neither keys nor tokens reach any output
     key = (mesh.workdir / "certs" / "cluster1" / "ca-key.pem").read_text()
     for text in (table.stdout, table.stderr, json.dumps(doc)):

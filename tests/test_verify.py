@@ -19,6 +19,9 @@ from lib.verify import Images, answers, manifests, pod_states
 from tests import meshkit
 from tests.meshkit import FAST_KEYS
 
+# The tests share one mesh built for this module: under -n they run on one worker, which builds it once.
+pytestmark = pytest.mark.xdist_group("test_verify")
+
 ROOT = Path(__file__).resolve().parent.parent
 NETS = {"cluster1": "network1", "cluster2": "network1", "cluster3": "network2"}
 NS = "setup-mesh-verify"

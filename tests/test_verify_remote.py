@@ -13,6 +13,9 @@ from tests import meshkit, test_verify
 from tests.sandbox import meshmodel
 from tests.test_verify import NS, _failed_only, _pair, _repaired
 
+# The tests share one mesh built for this module: under -n they run on one worker, which builds it once.
+pytestmark = pytest.mark.xdist_group("test_verify_remote")
+
 CONTEXTS = {"cluster1": {"network": "network1"},
             "cluster2": {"network": "network2", "primary": "cluster1"},
             "cluster3": {"network": "network2"}}

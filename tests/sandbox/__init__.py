@@ -18,6 +18,13 @@
 - ``clusters/<name>/``: each emulator's ``requests.jsonl``, ``ca.crt`` and logs.
 
 The emulators keep running until ``down()`` (or ``python -m tests.sandbox down --dir DIR``).
+
+``sandbox.save(saved)`` copies a running sandbox (its files and every emulator's state: objects, UIDs,
+resource versions, LoadBalancer addresses, the tokens it accepts, its CA) into ``saved``;
+``Sandbox.restore(saved, directory, ports)`` starts a copy from it, so tests start from a mesh built
+once. The copy is the same sandbox to every client only when it listens on the same ports (kubeconfig,
+kube cache and what setup-mesh records of each API server name them): ``reserve_port()`` holds a port
+for that, and ``up(..., ports=)`` builds the original on held ports.
 """
 from __future__ import annotations
 
@@ -29,10 +36,13 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -43,6 +53,9 @@ from .kubectl import pinned_kubectl
 
 APISERVER = Path(__file__).resolve().parent / "apiserver.py"
 STATE_FILE = "sandbox.json"
+SAVED_FILE = "saved.json"  # in a saved copy: where it was saved from
+RESTORE_FILE = "restore.json"  # in a saved copy, per cluster: the emulator's state and TLS material
+SETTLE_TIMEOUT = 20.0
 HOSTS_FILE = "hosts.json"
 API_SERVERS_FILE = "api_servers.json"
 API_DOMAIN = "sandbox.test"  # RFC 6761: reserved for testing, never resolves outside the sandbox
@@ -125,7 +138,8 @@ class Sandbox:
            lb_delay: "float | None | Mapping[str, float | None]" = LB_DELAY,
            env: Mapping[str, str] | None = None, namespaces: Mapping[str, str] | None = None,
            ready_delay: float = READY_DELAY, namespace_delete_delay: float = NAMESPACE_DELETE_DELAY,
-           istio_version: str | None = None) -> "Sandbox":
+           istio_version: str | None = None,
+           ports: Mapping[str, int] | None = None) -> "Sandbox":
         """Start one emulated cluster per context and write kubeconfig, env, bin/ and the stand-in release.
 
         ``lb_delay``: seconds before LoadBalancer Services get an address; None means never; a dict sets it
@@ -133,7 +147,8 @@ class Sandbox:
         ``namespaces``: context -> the default namespace its kubeconfig context names (missing: none).
         ``ready_delay``: seconds before a new Deployment is ready; ``namespace_delete_delay``: seconds a
         deleted namespace stays Terminating. ``istio_version``: the stand-in release's version (default: the
-        release module's VERSION).
+        release module's VERSION). ``ports``: context -> the port its emulator listens on (held by
+        the caller with ``reserve_port``; missing contexts: any free port).
         """
         contexts = list(contexts)
         if not contexts:
@@ -158,7 +173,7 @@ class Sandbox:
                                   "namespace_delete_delay": float(namespace_delete_delay)})
         try:
             for ctx in contexts:
-                sandbox._spawn(ctx, cls._delay_for(lb_delay, ctx))
+                sandbox._spawn(ctx, cls._delay_for(lb_delay, ctx), port=(ports or {}).get(ctx, 0))
             for ctx in contexts:
                 sandbox._await_ready(ctx)
             bin_dir = directory / "bin"
@@ -175,6 +190,74 @@ class Sandbox:
             sandbox.down()
             raise
         return sandbox
+
+    @classmethod
+    def restore(cls, saved: Path, directory: Path, ports: Mapping[str, int] | None = None) -> "Sandbox":
+        """Start a copy of a saved sandbox (see ``save``) in ``directory``: the same objects, UIDs, resource
+        versions, LoadBalancer addresses, tokens and CAs, the same files (kube cache, istioctl's call log,
+        each cluster's request log). ``ports``: context -> the port its emulator listens on; give the ports
+        the saved sandbox used (held with ``reserve_port``) for a copy no client can tell from the original;
+        missing contexts get any free port (the kubeconfig then names it)."""
+        saved, directory = Path(saved).resolve(), Path(directory).resolve()
+        origin = json.loads((saved / SAVED_FILE).read_text())["directory"]
+        if directory.exists() and any(directory.iterdir()):
+            raise RuntimeError(f"{directory} is not empty: a sandbox is restored into a new directory")
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(saved, directory, symlinks=True, dirs_exist_ok=True)
+        (directory / SAVED_FILE).unlink()
+        for path in [directory / STATE_FILE, directory / "env", directory / "istioctl-calls.jsonl"]:
+            if path.exists():  # files that name the sandbox's own folder
+                path.write_text(path.read_text().replace(origin, str(directory)))
+        sandbox = cls.load(directory)
+        restores = {ctx: Path(info["state_dir"]) / RESTORE_FILE for ctx, info in sandbox._state["clusters"].items()}
+        for ctx, info in sandbox._state["clusters"].items():
+            if not restores[ctx].exists():  # stopped when it was saved: stays stopped (its pid is not ours)
+                info.update(pid=None, running=False)
+        try:
+            for ctx in [c for c in sandbox.contexts if restores[c].exists()]:
+                info = sandbox._state["clusters"][ctx]
+                sandbox._spawn(ctx, info.get("lb_delay"), port=(ports or {}).get(ctx, 0), restore=restores[ctx],
+                               token=info["token"])
+            for ctx in list(sandbox._procs):
+                sandbox._await_ready(ctx)
+                restores[ctx].unlink()
+            sandbox._write_files()
+        except BaseException:
+            sandbox.down()
+            raise
+        return sandbox
+
+    def save(self, directory: Path) -> Path:
+        """Copy this sandbox into ``directory`` (which must not exist) for ``restore``: its files, and the state
+        of every running emulator once its controllers have settled. The sandbox keeps running."""
+        directory = Path(directory).resolve()
+        if directory.exists():
+            raise RuntimeError(f"{directory} exists: a sandbox is saved into a new directory")
+        states = {ctx: self._settled_state(ctx) for ctx in self.running_contexts()}
+        shutil.copytree(self.dir, directory, symlinks=True,
+                        ignore=shutil.ignore_patterns(STATE_FILE + ".tmp", "kubeconfig.tmp", "*.tmp"))
+        for ctx, state in states.items():
+            state_dir = Path(self._cluster(ctx)["state_dir"])
+            tls = None
+            if (state_dir / "tls.key").exists():
+                tls = {"cert": (state_dir / "ca.crt").read_text(), "key": (state_dir / "tls.key").read_text()}
+            target = directory / state_dir.relative_to(self.dir) / RESTORE_FILE
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the CA's key
+            with os.fdopen(fd, "w") as fh:
+                json.dump({**state, "tls": tls}, fh)
+        _write_json(directory / SAVED_FILE, {"directory": str(self.dir)})
+        return directory
+
+    def _settled_state(self, ctx: str) -> dict:
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while True:
+            try:
+                with urllib.request.urlopen(self.plain_url(ctx) + "/_sandbox/state", timeout=10) as resp:
+                    return json.loads(resp.read())
+            except urllib.error.HTTPError as exc:
+                if exc.code != 409 or time.monotonic() > deadline:
+                    raise RuntimeError(f"cannot save cluster {ctx!r}: HTTP {exc.code} {exc.read().decode()}") from None
+            time.sleep(0.05)
 
     @classmethod
     def load(cls, directory: Path) -> "Sandbox":
@@ -330,15 +413,17 @@ class Sandbox:
         except KeyError:
             raise KeyError(f"no cluster {ctx!r} in this sandbox (contexts: {', '.join(self.contexts)})") from None
 
-    def _spawn(self, ctx: str, lb_delay: float | None) -> None:
+    def _spawn(self, ctx: str, lb_delay: float | None, port: int = 0, restore: Path | None = None,
+               token: str | None = None) -> None:
+        """Start ``ctx``'s emulator: empty, or from a saved state (``restore``, keeping its request log)."""
         state_dir = self.dir / "clusters" / _safe_dir_name(ctx)
         state_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("requests.jsonl", "ca.crt", "stdout.log"):
+        for stale in ("ca.crt", "stdout.log", "tls.key") + (() if restore else ("requests.jsonl",)):
             (state_dir / stale).unlink(missing_ok=True)
         if ctx not in self._state["order"]:
             self._state["order"].append(ctx)
         index = self._state["order"].index(ctx)
-        token = secrets.token_urlsafe(24)
+        token = token or secrets.token_urlsafe(24)
         # -S: the emulator needs only the standard library, so skip site-packages set-up (faster start).
         # NAME=VALUE forms: a token (or name) may start with "-".
         argv = [sys.executable, "-S", str(APISERVER), f"--name={ctx}", f"--token={token}", f"--state-dir={state_dir}",
@@ -349,6 +434,7 @@ class Sandbox:
         argv += [f"--hostname={host}", f"--hosts={self.dir / HOSTS_FILE}"]
         argv += [f"--ready-delay={self._state.get('ready_delay', 0.0)}",
                  f"--namespace-delete-delay={self._state.get('namespace_delete_delay', 0.0)}"]
+        argv += [f"--port={port}"] + ([f"--restore={restore}"] if restore else [])
         with open(state_dir / "stdout.log", "wb") as out, open(state_dir / "stderr.log", "ab") as err:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
                                     close_fds=True)
@@ -444,6 +530,15 @@ class Sandbox:
         self._save_state()
 
 
+def reserve_port() -> socket.socket:
+    """A loopback port held (bound, not listening: a connection to it is refused) for an emulator started
+    with ``ports=``; close the socket to free it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
 def _api_host(ctx: str, taken: set) -> str:
     label = re.sub(r"[^a-z0-9-]+", "-", ctx.lower()).strip("-")[:50] or "cluster"
     name, n = label, 1
@@ -470,4 +565,4 @@ def _materialize_release(directory: Path, version: str | None = None) -> Path | 
     return Path(module.materialize_release(directory)).resolve()
 
 
-__all__ = ["Sandbox", "KubectlFailed", "pinned_kubectl", "LB_DELAY", "READY_DELAY", "NAMESPACE_DELETE_DELAY"]
+__all__ = ["Sandbox", "KubectlFailed", "pinned_kubectl", "reserve_port", "LB_DELAY", "READY_DELAY", "NAMESPACE_DELETE_DELAY"]

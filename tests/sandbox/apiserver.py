@@ -87,6 +87,7 @@ IMMORTAL_NAMESPACES = ("default", "kube-system", "kube-public")
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 LB_PREFIX = "198.51.100."  # TEST-NET-2, never routed
 MESH_RETRY = 1.0  # seconds between the mesh agent's tries (a refused pod, a sidecar waiting for configuration)
+POLL_ENV = "SETUP_MESH_POLL_INTERVAL"  # the tests' one knob for every poll (setup-mesh's and this retry)
 NODE_ADDRESS = "192.0.2.10"  # TEST-NET-1
 
 # A fixed, harmless certificate used as the cluster CA when openssl is not available.
@@ -2707,7 +2708,7 @@ class Cluster:
         verdict for pods a Deployment waits to create (and, every MESH_RETRY seconds, for those refused), and
         the first configuration of sidecars that have none yet."""
         while not self.stopping:
-            self.mesh_wake.wait(MESH_RETRY)
+            self.mesh_wake.wait(_mesh_retry())
             self.mesh_wake.clear()
             with self.lock:
                 replicate = dict(self.mesh_replicate)
@@ -2850,6 +2851,46 @@ class Cluster:
             items = [{"group": k[0], "resource": k[1], "namespace": k[2], "name": k[3], "object": self.objects[k]}
                      for k in sorted(self.objects)]
             return json.dumps({"cluster": self.name, "objects": items}, sort_keys=True, indent=1).encode()
+
+    # -- save and restore (a test starts from a copy of a cluster instead of building it again) -------------
+
+    def settled(self) -> bool:
+        """No controller has work pending: a saved state restarts exactly where this one stands."""
+        return not (self.timers or self.gateway_reconcile_pending or self.mesh_replicate
+                    or any(k in self.objects for k in self.mesh_waiting))
+
+    def state(self) -> dict:
+        """Everything a restarted emulator needs to answer as this one does: the objects (UIDs, resource
+        versions, LoadBalancer addresses), the tokens it accepts, the next addresses it hands out and the
+        model's round-robin positions. Only a settled cluster can be saved (see settled)."""
+        with self.lock:
+            if not self.settled():
+                raise ApiError(409, "the cluster's controllers have work pending; try again shortly", "Conflict")
+            return {"version": 1, "cluster": self.name, "rv": self.rv,
+                    "objects": [[list(k), self.objects[k]] for k in sorted(self.objects)],
+                    "tokens": [[t, list(k)] for t, k in sorted(self.tokens.items())],
+                    "next_cluster_ip": self.next_cluster_ip, "next_node_port": self.next_node_port,
+                    "next_lb_ip": self.next_lb_ip,
+                    "call_counters": [[list(k), n] for k, n in sorted(self.call_counters.items(), key=repr)],
+                    "replica_failures": [[list(k), m] for k, m in sorted(self.replica_failures.items())]}
+
+    def restore(self, state: dict) -> None:
+        """Replace this cluster's state with a saved one (``state()`` of a cluster of the same name)."""
+        if state.get("version") != 1 or state.get("cluster") != self.name:
+            raise ValueError(f"not a saved state of cluster {self.name!r}")
+        with self.lock:
+            self.objects = {tuple(k): obj for k, obj in state["objects"]}
+            self.rv = int(state["rv"])
+            self.events.clear()
+            self.tokens = {t: tuple(k) for t, k in state["tokens"]}
+            self.next_cluster_ip = int(state["next_cluster_ip"])
+            self.next_node_port = int(state["next_node_port"])
+            self.next_lb_ip = int(state["next_lb_ip"])
+            self.call_counters = {tuple(k): n for k, n in state["call_counters"]}
+            self.replica_failures = {tuple(k): m for k, m in state["replica_failures"]}
+            self.mesh_replicate, self.mesh_waiting = {}, set()
+            self.timers = []
+            self._rebuild_crd_types()
 
 
 def _is_namespace(rt: ResType) -> bool:
@@ -3164,8 +3205,9 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, cluster: Cluster, state_dir: str | None, tls: ssl.SSLContext | None):
+    def __init__(self, cluster: Cluster, state_dir: str | None, tls: ssl.SSLContext | None, port: int = 0):
         self.cluster = cluster
+        self.port = port
         self.tls = tls
         self.stop_event = threading.Event()
         self.log_lock = threading.Lock()
@@ -3173,7 +3215,14 @@ class Server(ThreadingHTTPServer):
         if state_dir:
             os.makedirs(state_dir, exist_ok=True)
             self.log_file = open(os.path.join(state_dir, "requests.jsonl"), "a", encoding="utf-8")
-        super().__init__(("127.0.0.1", 0), Handler)
+        super().__init__(("127.0.0.1", port), Handler)
+
+    def server_bind(self):
+        if self.port:
+            # A given port is held for this cluster by the process that started it (a saved cluster restarts
+            # on the port its kubeconfig names); SO_REUSEPORT lets the emulator listen beside that reservation.
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     def get_request(self):
         sock, addr = super().get_request()
@@ -3458,6 +3507,8 @@ class Handler(BaseHTTPRequestHandler):
             return 200, cluster.dump(), "application/json"
         if path == "/_sandbox/ca.crt":
             return 200, cluster.ca_pem.encode(), "application/x-pem-file"
+        if path == "/_sandbox/state":
+            return 200, json.dumps(cluster.state(), sort_keys=True).encode(), "application/json"
         if path == "/_sandbox/istiod/remote-clusters":
             return 200, cluster.remote_clusters(), "application/json"
         if not cluster.authenticate(self.headers.get("Authorization")):
@@ -3861,6 +3912,20 @@ def _json_body(body: bytes):
 # ---------------------------------------------------------------------------------------------- main
 
 
+def _read_saved(path: str) -> dict:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _mesh_retry() -> float:
+    """MESH_RETRY, or the poll interval the tests set (SETUP_MESH_POLL_INTERVAL, seconds)."""
+    try:
+        value = float(os.environ.get(POLL_ENV) or MESH_RETRY)
+    except ValueError:
+        return MESH_RETRY
+    return value if value > 0 else MESH_RETRY
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.sandbox.apiserver",
@@ -3884,17 +3949,32 @@ def main(argv: list[str] | None = None) -> int:
                                         "(read by the mesh model, see meshmodel.py)")
     parser.add_argument("--no-tls", action="store_true",
                         help="plain HTTP only (note: kubectl sends no credentials over plain HTTP)")
+    parser.add_argument("--port", type=int, default=0,
+                        help="listen on this port (SO_REUSEPORT: the caller may hold it reserved); default: any")
+    parser.add_argument("--restore", metavar="FILE",
+                        help="start from a saved state (JSON: GET /_sandbox/state, plus 'tls': {cert, key} to keep "
+                             "the cluster's CA) instead of an empty cluster")
     args = parser.parse_args(argv)
 
-    material = None if args.no_tls else make_tls_material(args.name, args.hostname)
+    saved = _read_saved(args.restore) if args.restore else None
+    if saved is not None and saved.get("tls") and not args.no_tls:
+        material = (saved["tls"]["cert"], saved["tls"]["cert"], saved["tls"]["key"])
+    else:
+        material = None if args.no_tls else make_tls_material(args.name, args.hostname)
     if material is None and not args.no_tls:
         print("warning: openssl failed; serving plain HTTP only (kubectl will not send its token)",
               file=sys.stderr)
     ca_pem = material[0] if material else None
     cluster = Cluster(args.name, args.token, None if args.lb_never else args.lb_delay, args.lb_ip_start, ca_pem,
                       args.hosts, ready_delay=args.ready_delay, namespace_delete_delay=args.namespace_delete_delay)
-    server = Server(cluster, args.state_dir, tls_context(material[1], material[2]) if material else None)
+    if saved is not None:
+        cluster.restore(saved)
+    server = Server(cluster, args.state_dir, tls_context(material[1], material[2]) if material else None, args.port)
     if args.state_dir:
+        if material:  # kept beside the CA so that a saved copy of this cluster serves the same certificate
+            with os.fdopen(os.open(os.path.join(args.state_dir, "tls.key"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                                   0o600), "w", encoding="ascii") as fh:
+                fh.write(material[2])
         with open(os.path.join(args.state_dir, "ca.crt"), "w", encoding="ascii") as fh:
             fh.write(cluster.ca_pem)
 

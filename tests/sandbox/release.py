@@ -37,7 +37,6 @@ _VERSIONED = {"bin/istioctl", "manifest.yaml"}
 
 _EXECUTABLES = ("bin/istioctl", "samples/multicluster/gen-eastwest-gateway.sh")
 
-
 def check_version(version: str) -> str:
     """X.Y.Z (or X.Y.Z-rc.N, -beta.N, -alpha.N) of a supported minor; ValueError otherwise."""
     match = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)(-(alpha|beta|rc)\.\d+)?", version or "")
