@@ -171,6 +171,7 @@ def _ambient_status(tmp_path, root, change):
         seen.eastwest_gateway = {"kind": "Gateway", "status": {
             "addresses": [{"type": "IPAddress", "value": "198.51.100.9"}],
             "conditions": [{"type": "Programmed", "status": "True", "reason": "Programmed"}]}}
+        seen.daemonsets["ztunnel"] = {"kind": "DaemonSet", "status": {"desiredNumberScheduled": 1, "numberReady": 1}}
     change(observed)
     ws = replace(_ws(tmp_path, topology, root), data_plane=AMBIENT)
     return evaluate(ws, observed, istiod, now=NOW)
@@ -187,7 +188,7 @@ def test_status_of_a_healthy_ambient_mesh_reports_the_gateways_address_and_progr
     assert status.healthy, [p.message for c in status.clusters for p in c.problems]
     doc = status.to_json()["clusters"][0]
     assert doc["gateway"] == {"required": True, "address": "198.51.100.9", "programmed": True}
-    assert doc["gateway_api_crds"] == "v1.4.0"
+    assert doc["gateway_api_crds"] == "v1.4.0" and doc["ztunnel"] == {"ready": 1, "desired": 1}
 
 
 def test_status_of_an_ambient_mesh_names_what_keeps_the_gateway_from_working(tmp_path):

@@ -120,7 +120,7 @@ def test_switching_to_sidecar_mode_asks_first_then_replaces_gateways_and_profile
     mesh, _ = ambient_mesh
     set_profile(mesh, "default")
     plan = mesh.run("apply", "--dry-run", "--gateway-api-crds", str(CRDS))
-    assert plan.returncode == 0, plan.stderr
+    assert plan.returncode == mesh.applied_code(), plan.stderr
     assert "cluster3 replaces (apply asks first): the ambient Gateway istio-eastwestgateway is replaced" in plan.stdout
     refused = mesh.run("apply", "--gateway-api-crds", str(CRDS))  # no terminal, no -y
     assert refused.returncode == 2 and "needs confirmation" in refused.stdout + refused.stderr
@@ -157,7 +157,7 @@ def test_unsupported_or_alpha_shapes_are_named_before_any_cluster_is_touched(san
 
     base.write_text(good)
     plan = mesh.run("apply", "--dry-run", "--gateway-api-crds", str(CRDS))
-    assert plan.returncode == 0, plan.stderr
+    assert plan.returncode == mesh.applied_code(), plan.stderr
     assert "alpha in Istio" in plan.stdout + plan.stderr
     assert "+ Gateway API CRDs (v1.4.0)" in plan.stdout
     assert "istio-east-west" not in plan.stdout  # one network: no east-west gateway

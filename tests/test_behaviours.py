@@ -135,7 +135,9 @@ def test_status_flags_a_remote_whose_injector_calls_another_clusters_or_networks
     ws = _ws(tmp_path, topology, roots[0])
 
     def injector_calls(path):
-        return evaluate(ws, observed, istiod, now=NOW, injection={"c2": path})
+        from lib.status import InjectorWebhook
+
+        return evaluate(ws, observed, istiod, now=NOW, injection={"c2": InjectorWebhook(path, trusted=True)})
 
     assert _codes(injector_calls("/inject/cluster/c2/net/n2"), "c2") == []
     for wrong in ("/inject/cluster/c1/net/n1", "/inject/cluster/c2/net/n1", "/inject/cluster/c1/net/n2",

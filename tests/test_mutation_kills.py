@@ -136,11 +136,11 @@ def test_secret_cacerts_carries_the_four_files_and_setup_meshs_label():
     assert {k: base64.b64decode(v) for k, v in secret["data"].items()} == files
 
 
-def test_the_cacerts_step_sends_namespace_and_secret_on_stdin_never_on_the_command_line(tmp_path):
+def test_thecacerts_step_sends_namespace_and_secret_on_stdin_never_on_the_command_line(tmp_path):
     import yaml
 
     from lib.kube import Tools
-    from lib.plan import _cacerts_step
+    from lib.plan import cacerts_step
     from tests.test_behaviours import Replies, _context
 
     cluster = Cluster("c1", "n7", "c1")
@@ -148,7 +148,7 @@ def test_the_cacerts_step_sends_namespace_and_secret_on_stdin_never_on_the_comma
     folder.mkdir(parents=True)
     for name in ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"):
         (folder / name).write_text(f"-----{name}-----\n")
-    step = _cacerts_step(Tools(), cluster, tmp_path)
+    step = cacerts_step(Tools(), cluster, tmp_path)
     runner = Replies("")
     step.action(_context(runner))
     (command,) = runner.asked

@@ -397,8 +397,8 @@ def test_a_primary_turned_into_a_remote_on_its_network_keeps_its_gateway(remote_
     assert status.returncode == 0, status.stdout + status.stderr
 
 
-def test_a_remote_with_its_own_network_added_to_a_running_mesh(sandbox_factory, tmp_path):
-    mesh = _applied_mesh(sandbox_factory, tmp_path, spare=["ctx-d"])
+def test_a_remote_with_its_own_network_added_to_a_running_mesh(shaped):
+    mesh = _applied_mesh(shaped, spare=["ctx-d"])
     before, exported = snapshot(mesh), len(exports(mesh))
     networks = {**NETS, "ctx-d": "network3"}
     # the new remote's API server is one its primary reaches; the others' secrets stay as they are

@@ -29,7 +29,7 @@ def dumps(mesh) -> dict[str, str]:
 
 def test_apply_draws_a_live_table_and_leaves_the_terminal_clean(mesh):
     term = at_terminal(mesh, "apply", "-y")
-    assert term.wait() == 0, plain(term.output)
+    assert term.wait() == mesh.applied_code(), plain(term.output)
     out = term.output
     # A live table, redrawn in place (cursor up, erase line), not a log of timestamped lines.
     assert out.count("\x1b[1A") + out.count("\x1b[2K") > 4, "the table is redrawn in place"
