@@ -162,7 +162,11 @@ def test_the_injector_refuses_pods_while_its_istiod_is_down_and_they_come_with_i
     (pod,) = _pods(sb, "demo", "app=helloworld")
     assert [c["name"] for c in pod["spec"]["containers"]] == ["helloworld", "istio-proxy"]
     assert meshmodel.pod_ready(pod), "istiod in the cluster configures its sidecar at once"
+    # The Deployment's status follows its pods a moment later (its controller's next pass), as in Kubernetes.
     deployment = sb.get_json("c1", "deployment", "helloworld", "-n", "demo")
+    while deployment["status"].get("readyReplicas") != 1 and time.monotonic() < deadline + 10:
+        time.sleep(0.2)
+        deployment = sb.get_json("c1", "deployment", "helloworld", "-n", "demo")
     assert deployment["status"].get("readyReplicas") == 1
     assert "ReplicaFailure" not in {c["type"] for c in deployment["status"]["conditions"]}
 
