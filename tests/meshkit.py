@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -128,3 +131,15 @@ def running_mesh(root: Path, mesh_class, contexts: list[str]):
         yield mesh
     finally:
         sandbox.down()
+
+
+def rollout_restart(sandbox, ctx: str, deployment: str, namespace: str = "istio-system") -> None:
+    """`kubectl rollout restart`, as a user runs it. kubectl stamps the pod template with the time to the
+    second and refuses a second restart within the same second: when the last restart was in this second,
+    wait for the next one, as that user would."""
+    stamp = sandbox.kubectl(ctx, "get", "deployment", deployment, "-n", namespace, "-o",
+                            r"jsonpath={.spec.template.metadata.annotations.kubectl\.kubernetes\.io/restartedAt}"
+                            ).stdout.strip()
+    if stamp and datetime.fromisoformat(stamp).timestamp() >= math.floor(time.time()):
+        time.sleep(1.05 - time.time() % 1)
+    sandbox.kubectl(ctx, "rollout", "restart", f"deployment/{deployment}", "-n", namespace)
