@@ -116,6 +116,43 @@ def scan_for_secrets(text: str) -> list[str]:
     return found
 
 
+# Istio configuration a user made themselves, in a namespace of their own and in istio-system: teardown
+# keeps it, scoped or not.
+FOREIGN_VS = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}
+"""
+FOREIGN_PA = """apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+"""
+
+
+@contextmanager
+def applied_mesh(root: Path, networks: dict[str, str], *, lb_delay: float, profile: str | None = None,
+                 primaries: dict[str, str] | None = None, apply_args: tuple[str, ...] = ()):
+    """A mesh a module's tests share: a sandbox of ``networks``' contexts, a workspace by prep-mesh whose
+    topology names the API server addresses peers reach (so status can call the mesh healthy), base.yaml's
+    ``profile`` when given, remotes as ``primaries`` says (remote -> primary), then one apply. Yields
+    (mesh, apply's result); the sandbox stops afterwards."""
+    from tests.sandbox import Sandbox
+
+    sandbox = Sandbox.up(root / "sandbox", list(networks), lb_delay=lb_delay)
+    try:
+        mesh = make_mesh(sandbox, root / "ws", networks)
+        mesh.write_topology(networks, extra={
+            ctx: {"api_server": sandbox.api_server(ctx), **({"primary": primaries[ctx]} if ctx in (primaries or {})
+                                                            else {})} for ctx in networks})
+        if profile:
+            base = mesh.workdir / "base.yaml"
+            base.write_text(base.read_text().replace("profile: default", f"profile: {profile}"))
+        yield mesh, mesh.apply(*apply_args)
+    finally:
+        sandbox.down()
+
+
 @contextmanager
 def running_mesh(root: Path, mesh_class, contexts: list[str]):
     """A sandbox of these contexts and a mesh on it, made by prep-mesh and apply with the API server
