@@ -668,3 +668,57 @@ def test_an_invalid_cluster_name_gets_a_valid_suggestion(tmp_path, context, sugg
     with pytest.raises(ConfigError) as refused:
         _topology_file(tmp_path, f"mesh_id: m\ncontexts:\n  '{context}':\n    network: n1\n")
     assert refused.value.hint.endswith(f"e.g. cluster_name: {suggested}")
+
+
+# --- plan: teardown of one cluster, stale secrets, the words of a cluster's result ---------------------
+
+def _lines(steps) -> list[tuple[str, str, str, list[str]]]:
+    return [(s.title, s.change, s.done, [c.pasteable() for c in s.commands]) for s in steps]
+
+
+def test_a_teardown_deletes_istio_then_its_secrets_then_the_namespace_and_keeps_somebodys_ca(tmp_path):
+    from lib.kube import IstioUsage, Observed, Tools
+    from lib.plan import Uninstall, uninstall_steps
+
+    c1, secrets = Cluster("c1", "n1", "c1"), ["istio-remote-secret-c2", "istio-remote-secret-c3"]
+    ours = frozenset({"setup-mesh"})
+    purge = ("uninstall Istio and its CRDs", "- Istio (istioctl uninstall --purge)", "",
+             ["istioctl uninstall --purge -y --context c1"])
+    delete = "kubectl --context c1 delete secret -n istio-system --ignore-not-found"
+    seen = Observed(reachable=True, namespace=True)
+    assert _lines(uninstall_steps(Tools(), c1, secrets, seen, Uninstall(tmp_path, ours, IstioUsage()))) == [
+        purge,
+        ("delete cacerts and remote secrets", "- secret cacerts and 2 remote secrets", "",
+         [f"{delete} cacerts istio-remote-secret-c2 istio-remote-secret-c3"]),
+        ("delete namespace istio-system", "- namespace istio-system", "removed",
+         ["kubectl --context c1 delete namespace istio-system --ignore-not-found"])]
+    # no remote secret: cacerts alone
+    assert _lines(uninstall_steps(Tools(), c1, [], seen, Uninstall(tmp_path, ours, IstioUsage())))[1] == (
+        "delete cacerts and remote secrets", "- secret cacerts", "", [f"{delete} cacerts"])
+    # somebody's own CA in cacerts: it stays, and istio-system with it
+    foreign = Uninstall(tmp_path, ours, IstioUsage(), foreign_cacerts="CN=corp")
+    assert _lines(uninstall_steps(Tools(), c1, secrets[:1], seen, foreign)) == [
+        purge, ("delete remote secrets", "- 1 remote secret", "", [f"{delete} istio-remote-secret-c2"])]
+    assert _lines(uninstall_steps(Tools(), c1, [], seen, foreign)) == [purge], "nothing of ours to delete but Istio"
+    # an earlier delete of istio-system is under way: wait for it (a second delete is refused)
+    terminating = Observed(reachable=True, namespace=True, namespace_terminating=True)
+    assert _lines(uninstall_steps(Tools(), c1, [], terminating, Uninstall(tmp_path, ours, IstioUsage())))[-1] == (
+        "istio-system is being deleted: wait until it is gone",
+        "- namespace istio-system (already being deleted: waited for)", "removed",
+        ["kubectl --context c1 wait --for=delete namespace/istio-system --timeout=600s"])
+
+
+def test_stale_secrets_are_deleted_by_name_and_a_clusters_result_counts_its_secrets_in_words():
+    from lib.kube import Tools
+    from lib.plan import prune_step, secrets_done
+
+    step = prune_step(Tools(), Cluster("c1", "n1", "c1"), ["istio-remote-secret-old", "istio-remote-secret-gone"])
+    assert _lines([step]) == [(
+        "delete 2 stale remote secrets", "- stale remote secrets: istio-remote-secret-old, istio-remote-secret-gone",
+        "2 stale secrets pruned", ["kubectl --context c1 delete secret -n istio-system --ignore-not-found "
+                                   "istio-remote-secret-old istio-remote-secret-gone"])]
+    assert prune_step(Tools(), Cluster("c1", "n1", "c1"), ["x"]).title == "delete 1 stale remote secret"
+    assert [secrets_done(*counts) for counts in ((0, 0, 0), (1, 0, 0), (2, 1, 0), (0, 1, 0), (0, 2, 0), (0, 0, 1),
+                                                  (3, 2, 2))] == [
+        "", "1 secret imported", "2 secrets imported, 1 replaced", "1 secret replaced", "2 secrets replaced",
+        "1 stale secret pruned", "3 secrets imported, 2 replaced, 2 stale secrets pruned"]
