@@ -19,7 +19,8 @@ from .executor import RERUN_HINT, Executor, Outcome
 from .invocation import prep_hint
 from .gatewayapi import CrdSource, choose_source, expected_version, older_than_needed
 from .kube import IstioUsage, Observed, Tools, gateway_addresses
-from .overlay import ISTIO_NAMESPACE, our_operators
+from .overlay import our_operators
+from .names import ISTIO_NAMESPACE
 from .desired import desired_state
 from .assess import loopback_peers
 from .mesh import mesh_model

@@ -28,9 +28,11 @@ from .gatewayapi import CrdSource, offline_crds_hint
 from .kube import (COMPONENT_LABEL, GATEWAY_RESOURCE, MANAGED_GATEWAY_LABEL, OWNER_LABEL, OWNER_NAMESPACE_LABEL, IstioUsage,
                    Observed, Tools, parse_remote_secret, service_address)
 from .lifecycle import Transition
-from .overlay import (APPLIED_ANNOTATION, CONTROL_PLANE_CLUSTERS, CROSS_NETWORK_GATEWAY, EASTWEST_IOP, EASTWEST_NAME,
-                      FIELD_MANAGER, ISTIO_NAMESPACE, MANAGED_BY_LABEL, NETWORK_LABEL, cacerts_manifest, control_plane_revision,
-                      expose_istiod, manifest_list, namespace_manifest, sequential_waits)
+from .overlay import (EASTWEST_IOP, cacerts_manifest, control_plane_istiod, control_plane_revision, expose_istiod,
+                      manifest_list,
+                      namespace_manifest, sequential_waits)
+from .names import (APPLIED_ANNOTATION, CONTROL_PLANE_CLUSTERS, CROSS_NETWORK_GATEWAY, DATA_PLANE_ANNOTATION,
+                    EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE, MANAGED_BY_LABEL, NETWORK_LABEL, TRANSITION_ANNOTATION)
 from .release import Release
 from .runner import Command
 from .yamldiff import diff
@@ -51,8 +53,6 @@ def overlay_path(workdir: Path, cluster: Cluster) -> Path:
 
 def eastwest_path(workdir: Path, cluster: Cluster) -> Path:
     return workdir / OVERLAY_DIR / f"{cluster.name}-eastwest.yaml"
-# On istio-system, next to what was applied: the data-plane mode it was applied in (absent: sidecar).
-DATA_PLANE_ANNOTATION = "setup-mesh.io/data-plane"
 
 
 @dataclass
@@ -98,7 +98,7 @@ def cacerts_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: dict 
         manifest_ns = copy.deepcopy(namespace)
         if transition is not None:
             since = lifecycle.iso(lifecycle.utc_now())
-            manifest_ns["metadata"].setdefault("annotations", {})[lifecycle.TRANSITION_ANNOTATION] = \
+            manifest_ns["metadata"].setdefault("annotations", {})[TRANSITION_ANNOTATION] = \
                 transition.annotation(since)
         manifest = dump(manifest_list([manifest_ns, cacerts_manifest(files)]))
         ctx.run(tools.apply(cluster, manifest, shown=False))
@@ -366,8 +366,7 @@ def _remove_sidecar_gateway_step(tools: Tools, workdir: Path, d: Desired, seen: 
 def _no_longer_remote_step(tools: Tools, cluster: Cluster, d: Desired) -> Step:
     """A remote turned primary: its istio-system must stop naming another cluster's control plane, and the
     EndpointSlice that led its istiod Service to the old primary must not outlive the remote install."""
-    revision = control_plane_revision(d.operator)
-    service = f"istiod-{revision}" if revision else "istiod"
+    service = control_plane_istiod(d.operator)
     return Step(f"stop being a remote (annotation {CONTROL_PLANE_CLUSTERS}, EndpointSlice {service})",
                 change=f"- annotation {CONTROL_PLANE_CLUSTERS} and EndpointSlice {service} (a primary now)", commands=[
         tools.kubectl_cmd(cluster, "annotate", "namespace", ISTIO_NAMESPACE, f"{CONTROL_PLANE_CLUSTERS}-"),

@@ -15,7 +15,8 @@ from .config import MULTIROOT_ENV, Cluster, select_clusters
 from .errors import ConfigError, MeshError
 from .executor import Executor, Interrupted, Phase, RunContext, Step
 from .kube import Observed, Tools, gateway_addresses, parse_published_roots
-from .overlay import ISTIO_NAMESPACE
+from .names import ISTIO_NAMESPACE, TRANSITION_ANNOTATION
+from .overlay import control_plane_istiod
 from .desired import desired_state
 from .plan import (RECORD_TITLE, ApplyPlan, cacerts_finding, cacerts_in_place, cacerts_step, intermediate_step,
                    workspace_roots)
@@ -82,8 +83,6 @@ def confirm_step(tools: Tools, cluster: Cluster, deployment: str, timeout: float
 def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, contexts: list[str],
                          expiring_within: int | None, dry_run: bool, parallel: int, timeout: float,
                          runner: ShRunner, reporter: Reporter) -> int:
-    from .statusread import istiod_name
-
     ws = load_workspace(workdir, kubeconfig, lenient=dry_run)
     topology = ws.topology
     chosen = select_clusters(topology, contexts)
@@ -128,7 +127,7 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
     unreachable = {ctx: seen for ctx, seen in observed.items() if not seen.reachable}
 
     backup = lifecycle.backup_dir(workdir, rotation.backup_name)
-    deployment = istiod_name(ws.base)
+    deployment = control_plane_istiod(ws.base)
     namespaces = {ctx: d.namespace_manifest() for ctx, d in desired_state(topology, ws.base).items()}
     phase = Phase("re-issue intermediate CAs and update cacerts")
     for cluster in targets:
@@ -177,7 +176,6 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     """One stage of the move to a new root per run; see lifecycle.decide for when a stage may start."""
     from .plan import install_steps, record_step
     from .release import find_release
-    from .statusread import istiod_name
 
     wait = min_wait
     # The next run's command carries a --min-wait the user chose, or the pasted hint would refuse for a day.
@@ -225,7 +223,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     move = lifecycle.decide(transition, views, now, wait)
     if move.kind in ("wait", "advance", "finish"):
         _require_istiod_took(topology.clusters, observed, tools, runner, read_reporter, parallel, transition, log,
-                             istiod_name(ws.base))
+                             control_plane_istiod(ws.base))
     # A remote's install names its primary's gateway address: with the one it has now, its state is
     # the one apply recorded (and the move's istiod setting concerns primaries only).
     addresses = gateway_addresses(observed)
@@ -240,7 +238,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
                 last.add(cluster.context, install_steps(tools, workdir, d, seen)[0][0])
                 last.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
             last.add(cluster.context, Step("the root transition is complete here", commands=[tools.kubectl_cmd(
-                cluster, "annotate", "namespace", ISTIO_NAMESPACE, f"{lifecycle.TRANSITION_ANNOTATION}-")]))
+                cluster, "annotate", "namespace", ISTIO_NAMESPACE, f"{TRANSITION_ANNOTATION}-")]))
         return last
 
     if move.kind == "complete":
@@ -308,7 +306,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         planned = transition
     targets = [c for c in topology.clusters if c.context in move.behind]
     desired = desired_state(topology, ws.base, addresses, transition=planned)
-    deployment = istiod_name(ws.base)
+    deployment = control_plane_istiod(ws.base)
     issuer = lifecycle.issuing_dir(workdir, planned)
     phase = Phase(f"stage {planned.stage} of {lifecycle.LAST_STAGE}: {lifecycle.STAGES[planned.stage]}")
     # A cluster apply has not set up yet (added to topology.yaml meanwhile) is apply's to set up: it

@@ -12,7 +12,7 @@ from . import certs, invocation, lifecycle
 from .checks import EXPIRY_WARN_DAYS, WARNING
 from .config import MULTIROOT_ENV, Cluster
 from .kube import CA_ROOT_CONFIGMAP, Observed
-from .overlay import ISTIO_NAMESPACE
+from .names import ISTIO_NAMESPACE
 from .statusinputs import Expected
 from .statusreport import ClusterStatus, Hints, Problem, iso_utc
 

@@ -10,8 +10,8 @@ from . import certs, lifecycle
 from .config import SIDECAR, Topology, data_plane_mode
 from .fsutil import read_if_present
 from .mesh import Mesh, mesh_model
-from .overlay import control_plane_revision
-from .statusread import istiod_name
+from .names import ISTIOD
+from .overlay import control_plane_istiod, control_plane_revision
 
 
 @dataclass
@@ -23,7 +23,7 @@ class Expected:
     fingerprints: dict[str, str]  # context -> what apply would install now
     root_pem: bytes | None  # certs/root-cert.pem
     local_ca: dict[str, bytes | None]  # cluster name -> certs/<name>/ca-cert.pem
-    istiod_deployment: str = "istiod"
+    istiod_deployment: str = ISTIOD
     revision: str | None = None  # base.yaml's spec.revision, when not the default
     data_plane: str = SIDECAR  # ambient: the east-west gateway is a Gateway API Gateway
     transition: lifecycle.Transition | None = None  # a move to a new root under way
@@ -53,7 +53,7 @@ def status_workspace(workdir: Path, loaded) -> Expected:
                                                           transition=transition).items()},
         root_pem=read_if_present(cert_dir / certs.ROOT_CERT),
         local_ca={c.name: read_if_present(cert_dir / c.name / "ca-cert.pem") for c in loaded.topology.clusters},
-        istiod_deployment=istiod_name(loaded.base),
+        istiod_deployment=control_plane_istiod(loaded.base),
         revision=control_plane_revision(loaded.base),
         data_plane=data_plane_mode(loaded.base),
         transition=transition,

@@ -15,7 +15,8 @@ from .gatewayapi import offline_crds_hint, expected_version, older_than_needed
 from .invocation import prep_hint
 from .kube import GATEWAY_RESOURCE, Observed
 from .mesh import Mesh
-from .overlay import CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL, injection_path
+from .overlay import injection_path
+from .names import CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL
 from .statuscerts import judge_cacerts, judge_istiod_roots, judge_roots, load_cert, transition_summary
 from .statusinputs import Expected
 from .statusread import ZTUNNEL, InjectorWebhook, Istiod, IstiodView

@@ -126,7 +126,8 @@ def test_the_wait_before_the_next_root_stage_reads_in_hours_and_minutes():
 def test_secret_cacerts_carries_the_four_files_and_setup_meshs_label():
     import base64
 
-    from lib.overlay import FIELD_MANAGER, MANAGED_BY_LABEL, cacerts_manifest
+    from lib.overlay import cacerts_manifest
+    from lib.names import FIELD_MANAGER, MANAGED_BY_LABEL
 
     files = {name: f"<{name}>".encode() for name in ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")}
     secret = cacerts_manifest(files)
@@ -309,7 +310,7 @@ def test_min_wait_reads_every_unit_and_refuses_what_is_not_a_duration():
 # --- teardown: what is setup-mesh's, and every cluster gets its steps ------------------------------
 
 def test_what_setup_mesh_made_is_told_by_its_label_or_the_old_unlabelled_cross_network_gateway():
-    from lib.overlay import made_by_setup_mesh
+    from lib.names import made_by_setup_mesh
 
     labelled = {"kind": "VirtualService", "metadata": {"name": "istiod-vs", "namespace": "istio-system",
                                                        "labels": {"app.kubernetes.io/managed-by": "setup-mesh"}}}
@@ -513,7 +514,8 @@ def test_an_ambient_clusters_east_west_gateway_carries_its_own_network(tmp_path)
 def test_a_cluster_counts_as_at_the_stage_only_for_this_moves_new_root(tmp_path):
     import datetime as dt
 
-    from lib.lifecycle import TRANSITION_ANNOTATION, Transition, stage_since
+    from lib.lifecycle import Transition, stage_since
+    from lib.names import TRANSITION_ANNOTATION
 
     t = Transition(2, "a" * 64, "b" * 64, "2030-01-01T00:00:00Z")
     other_move = Transition(2, "a" * 64, "c" * 64, "2030-01-01T00:00:00Z")

@@ -49,7 +49,8 @@ def test_a_root_transition_advances_one_stage_only_when_every_cluster_is_in_plac
 
 
 def test_a_completion_cut_short_is_finished_before_any_new_transition_starts():
-    from lib.lifecycle import TRANSITION_ANNOTATION, ClusterView, completed_here, decide
+    from lib.lifecycle import ClusterView, completed_here, decide
+    from lib.names import TRANSITION_ANNOTATION
 
     current = "ab" * 32  # the root certs/ holds now: the transition's new root
     note = {TRANSITION_ANNOTATION: f"stage=3 root={current[:16]} since=2026-11-29T08:00:00Z"}

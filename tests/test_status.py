@@ -740,7 +740,7 @@ def _rendered(status) -> str:
 
 def _mid_transition(tmp_path, roots, stage: int):
     """A mesh at ``stage`` of the move from roots[0] to roots[1], every cluster in step."""
-    from lib import lifecycle
+    from lib import lifecycle, names
 
     old, new = roots
     topology = _topology(tmp_path)
@@ -753,7 +753,7 @@ def _mid_transition(tmp_path, roots, stage: int):
         files["root-cert.pem"] = lifecycle.stage_roots(stage, _pem(old[0]), _pem(new[0]))
         expected[c.name] = files
         observed[c.context].cacerts = dict(files)
-        observed[c.context].annotations = {lifecycle.TRANSITION_ANNOTATION: transition.annotation(since)}
+        observed[c.context].annotations = {names.TRANSITION_ANNOTATION: transition.annotation(since)}
     ws = _ws(tmp_path, topology, old)
     ws.transition, ws.new_root_pem, ws.expected = transition, _pem(new[0]), expected
     return ws, observed, istiod
