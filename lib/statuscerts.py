@@ -8,7 +8,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from . import certs, invocation, lifecycle
+from . import certs, invocation, carotation
 from .checks import EXPIRY_WARN_DAYS, WARNING
 from .config import MULTIROOT_ENV, Cluster
 from .kube import CA_ROOT_CONFIGMAP, Observed
@@ -66,17 +66,17 @@ def transition_summary(ws: Expected, clusters: list[ClusterStatus], observed: di
     if t is None:
         return None
     in_step = all(c.cacerts.stage == t.stage for c in clusters)
-    since = [lifecycle.stage_since(t, (observed.get(c.cluster.context) or Observed()).annotations) for c in clusters]
+    since = [carotation.stage_since(t, (observed.get(c.cluster.context) or Observed()).annotations) for c in clusters]
     latest = max((s for s in since if s is not None), default=None)
     if not in_step:
         next_step = f"{hints.rotate('--root')} (brings every cluster to stage {t.stage})"
-    elif t.stage == lifecycle.LAST_STAGE:
+    elif t.stage == carotation.LAST_STAGE:
         next_step = f"{hints.rotate('--root')} (completes the transition: certs/ becomes the new root)"
     else:
-        ready = latest + lifecycle.WORKLOAD_CERT_LIFETIME if latest else None
+        ready = latest + carotation.WORKLOAD_CERT_LIFETIME if latest else None
         next_step = (f"{hints.rotate('--root')} from {iso_utc(ready)} (stage {t.stage + 1}: "
-                     f"{lifecycle.STAGES[t.stage + 1]}; --min-wait shortens the 24h wait)")
-    return {"stage": t.stage, "stages": lifecycle.LAST_STAGE, "description": lifecycle.STAGES[t.stage],
+                     f"{carotation.STAGES[t.stage + 1]}; --min-wait shortens the 24h wait)")
+    return {"stage": t.stage, "stages": carotation.LAST_STAGE, "description": carotation.STAGES[t.stage],
             "started": t.started, "in_step": in_step, "since": iso_utc(latest) if in_step else None, "next": next_step}
 
 
@@ -104,7 +104,7 @@ def judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: E
     info = certs.read_cert(files["ca-cert.pem"])
     c.expires = info.not_after
     c.days_left = info.days_left(now)
-    c.roots_trusted = len(set(lifecycle.split_pems(files.get("root-cert.pem"))))  # distinct: stage 2 repeats one
+    c.roots_trusted = len(set(carotation.split_pems(files.get("root-cert.pem"))))  # distinct: stage 2 repeats one
     if root is not None and _issued_by(ca, root):
         c.chains_to = "current"
     elif ws.new_root_pem and (new_root := load_cert(ws.new_root_pem)) is not None and _issued_by(ca, new_root):
@@ -113,12 +113,12 @@ def judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: E
         # Mid-transition a cluster is in step when it holds exactly what the stage says.
         t = ws.transition
         c.chains_to_root = c.chains_to is not None
-        if lifecycle.holds(seen.cacerts, ws.expected.get(cluster.name)) and lifecycle.stage_since(t, seen.annotations):
+        if carotation.holds(seen.cacerts, ws.expected.get(cluster.name)) and carotation.stage_since(t, seen.annotations):
             c.stage = t.stage
         else:
             add(Problem("root_transition_behind",
                         f"secret cacerts is not at stage {t.stage} of the move to a new root "
-                        f"({lifecycle.STAGES[t.stage]})", f"{hints.rotate('--root')} (brings every cluster to the stage)"))
+                        f"({carotation.STAGES[t.stage]})", f"{hints.rotate('--root')} (brings every cluster to the stage)"))
     elif root is not None:
         c.chains_to_root = c.root_fingerprint == root_fp and _issued_by(ca, root)
         if not c.chains_to_root:
@@ -165,7 +165,7 @@ def judge_istiod_roots(status: ClusterStatus, seen: Observed, published: bytes |
     status.cacerts.istiod_took = published == want
     if status.cacerts.istiod_took or any(p.code == "cacerts_foreign_root" for p in status.problems):
         return  # a cacerts that is not this mesh's is the problem to solve (apply puts back what istiod holds)
-    held, wanted = set(lifecycle.split_pems(published)), set(lifecycle.split_pems(want))
+    held, wanted = set(carotation.split_pems(published)), set(carotation.split_pems(want))
     deployment = ws.istiod_deployment
     containers = (((seen.deployments.get(deployment) or {}).get("spec") or {}).get("template") or {}).get("spec", {})
     env = {e.get("name"): e.get("value") for c in containers.get("containers") or [] for e in c.get("env") or []}

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from rich.console import Console
 
-from lib import lifecycle
+from lib import carotation
 from lib.names import TRANSITION_ANNOTATION
 from lib.config import AMBIENT, Cluster, Topology
 from lib.desired import desired_state
@@ -92,7 +92,7 @@ def _workspace_mid_transition(tmp_path: Path) -> Path:
     for name in ("root-cert.pem", "root-key.pem", "c1/ca-cert.pem", "c2/ca-cert.pem"):
         (certs / name).parent.mkdir(parents=True, exist_ok=True)
         (certs / name).write_text(f"{name}\n")
-    lifecycle.save_transition(workdir, lifecycle.Transition(2, "a" * 64, "b" * 64, "2029-12-30T00:00:00Z"))
+    carotation.save_transition(workdir, carotation.Transition(2, "a" * 64, "b" * 64, "2029-12-30T00:00:00Z"))
     return workdir
 
 

@@ -1,4 +1,5 @@
-"""The certificates' lifecycle: which intermediates to re-issue, backups, and a rotation left unfinished.
+"""Rotating the mesh's CAs: which intermediates to re-issue, the move to a new root in three stages,
+backups, and a rotation left unfinished.
 
 Deciding is pure (functions of what the workspace and the clusters hold); the few file moves are here
 too, so that every place that touches certs/ keeps the same layout and modes.
