@@ -724,3 +724,22 @@ def test_stale_secrets_are_deleted_by_name_and_a_clusters_result_counts_its_secr
                                                   (3, 2, 2))] == [
         "", "1 secret imported", "2 secrets imported, 1 replaced", "1 secret replaced", "2 secrets replaced",
         "1 stale secret pruned", "3 secrets imported, 2 replaced, 2 stale secrets pruned"]
+
+
+def test_a_scoped_teardown_removes_exactly_what_setup_mesh_and_istiod_made_for_it(tmp_path):
+    """Others use Istio here: Istio's CRDs stay, and only what carries setup-mesh's name or label goes, with the
+    ambient Gateway and what istiod made for it (nothing reconciles those once istiod is gone)."""
+    from lib.kube import IstioUsage, Observed, Tools
+    from lib.plan import Uninstall, uninstall_steps
+
+    seen = Observed(reachable=True, namespace=True, eastwest_made_by="gateway")
+    how = Uninstall(tmp_path, frozenset({"setup-mesh"}), IstioUsage(resources={("VirtualService", "shop"): 1}))
+    first = uninstall_steps(Tools(), Cluster("c1", "n1", "c1"), [], seen, how)[0]
+    delete = "kubectl --context c1 delete"
+    assert [c.pasteable() for c in first.commands] == [
+        f"{delete} gateways.networking.istio.io cross-network-gateway -n istio-system --ignore-not-found",
+        f"{delete} gateways.networking.istio.io,virtualservices.networking.istio.io -n istio-system "
+        "-l app.kubernetes.io/managed-by=setup-mesh --ignore-not-found",
+        f"{delete} gateways.gateway.networking.k8s.io istio-eastwestgateway -n istio-system --ignore-not-found",
+        f"{delete} deployment,service,serviceaccount -n istio-system "
+        "-l gateway.networking.k8s.io/gateway-name=istio-eastwestgateway,gateway.istio.io/managed --ignore-not-found"]
