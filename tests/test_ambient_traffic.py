@@ -77,7 +77,8 @@ def test_without_the_east_west_gateway_of_a_network_verify_names_it(ambient):
 
     table = mesh.run("verify")
     assert table.returncode == 1
-    assert "cluster1 -> cluster3: eastwest_gateway_missing" in table.stdout
+    assert "cluster1 -> cluster3, cluster2 -> cluster3: cluster3's east-west Gateway" in table.stdout
+    assert "eastwest_gateway_missing" not in table.stdout
 
     ambient.apply()  # apply puts the Gateway back
     code, doc = ambient.verify()
@@ -222,8 +223,10 @@ def test_verify_names_a_cluster_whose_ztunnel_is_gone(ambient):
     for (source, _), causes in failed.items():
         cause = next(c for c in causes if c["code"] == "ztunnel_not_ready")
         assert cause["message"].startswith("cluster2's ztunnel is missing")
-        assert "kubectl --context cluster2 get daemonsets --all-namespaces -l app.kubernetes.io/name=ztunnel" \
+        # status's reading of the DaemonSet, with status's own problem behind it
+        assert "kubectl --context cluster2 get daemonsets -n istio-system -l app.kubernetes.io/name=ztunnel" \
             in cause["hint"]
+        assert cause["status_problems"] == [{"context": "cluster2", "code": "ztunnel_missing"}]
     assert "sidecar" not in json.dumps(doc) and "proxy-config" not in json.dumps(doc)
     code, doc = ambient.verify()
     assert code == 0, _failed(doc)
