@@ -72,6 +72,8 @@ def describe_pairs(pairs: list[tuple[str, str]], clusters: list[str]) -> str:
 def render(result: VerifyResult, console: Console, cleanup: list[str] | None = None) -> None:
     """The matrix, the problems of single clusters, each cause once, the verdict; ``cleanup``: the
     commands that delete a kept namespace."""
+    console.print(escape(fit(console, f"traffic in mesh {result.mesh_id} (row: calling cluster; column: "
+                                      f"answering cluster)")), style="bold")
     console.print(_matrix(result))
     for problem in result.problems:
         _block(console, problem.message, problem.hint)
@@ -96,8 +98,7 @@ def _block(console: Console, message: str, hint: str) -> None:
 
 
 def _matrix(result: VerifyResult) -> Table:
-    table = Table(title=f"traffic in mesh {escape(result.mesh_id)} (row: calling cluster; column: answering "
-                        f"cluster)", header_style="bold")
+    table = Table(header_style="bold")
     table.add_column("from \\ to")
     for name in result.clusters:
         table.add_column(escape(name), justify="center")
