@@ -96,6 +96,33 @@ def test_a_cacerts_under_another_root_is_blamed_where_status_blames_it(tmp_path,
     assert cause.hint == next(p.hint for c in status.clusters for p in c.problems if p.code == "cacerts_foreign_root")
 
 
+def test_ambient_ztunnel_is_blamed_from_status_reading_of_the_daemonset(tmp_path, roots):
+    """verify reads no DaemonSet of its own: status's one reading of istio-system says ztunnel is gone."""
+    from dataclasses import replace
+
+    from lib.config import AMBIENT
+
+    topology = _topology(tmp_path)
+    observed, istiod = _healthy(topology, roots[0])
+    for ctx, seen in observed.items():
+        if ctx != "c2":  # c2's ztunnel was deleted
+            seen.daemonsets["ztunnel"] = {"status": {"numberReady": 1, "desiredNumberScheduled": 1}}
+    status = evaluate(replace(_ws(tmp_path, topology, roots[0]), data_plane=AMBIENT), observed, istiod, now=NOW)
+    assert "ztunnel_missing" in _codes(status, "c2")
+    names = [c.name for c in topology.clusters]
+    runs = {c.context: ClusterRun(applied=True, client=READY, server=READY,
+                                  answered_by={n: 1 for n in names if "c2" not in (c.name, n)})
+            for c in topology.clusters}
+    hints = VerifyHints(Hints(tmp_path, topology), "setup-mesh-verify", None, ambient=True)
+    pairs, _ = judge(topology, runs, Facts(status, {}, mesh_model(topology, AMBIENT)), hints)
+    failed = {(p.source, p.target): p.causes for p in pairs if not p.reached}
+    assert set(failed) == {(a, b) for a in names for b in names if "c2" in (a, b)}
+    for causes in failed.values():
+        (cause,) = [c for c in causes if c.code == "ztunnel_not_ready"]
+        assert cause.status_problems == (("c2", "ztunnel_missing"),)
+        assert cause.message.startswith("c2's ztunnel is missing")
+
+
 def test_what_status_finds_healthy_verify_does_not_blame(tmp_path, roots):
     # the gateway has an address and every secret is there: status is healthy, so a pair that does not
     # answer is not put on them; verify says it does not know, and where to look
