@@ -123,6 +123,13 @@ def test_ambient_ztunnel_is_blamed_from_status_reading_of_the_daemonset(tmp_path
         assert cause.message.startswith("c2's ztunnel is missing")
 
 
+def test_a_problem_about_another_peer_is_not_put_on_a_pair(tmp_path, roots):
+    # c1 lacks c3's secret only: a call from c1 to c2 that fails is not explained by it
+    _, result = _verify(tmp_path, roots, _no_secret_of_c3, {("c1", "c3"), ("c1", "c2")})
+    causes = {(p.source, p.target): [c.code for c in p.causes] for p in result.pairs if not p.reached}
+    assert causes == {("c1", "c3"): ["remote_secret_missing"], ("c1", "c2"): ["unknown"]}
+
+
 def test_what_status_finds_healthy_verify_does_not_blame(tmp_path, roots):
     # the gateway has an address and every secret is there: status is healthy, so a pair that does not
     # answer is not put on them; verify says it does not know, and where to look
