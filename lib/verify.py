@@ -30,7 +30,6 @@ from .traffic import (CREATED_BY, CREATOR, DEFAULT_CURL_TAG, DEFAULT_HELLOWORLD_
 from .verifyview import print_dry_run, render
 from .workspace import find_tools, load_workspace
 
-__all__ = ["Images", "Options", "run_verify", "manifests"]
 
 DEFAULT_READY_TIMEOUT = 180.0
 NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")

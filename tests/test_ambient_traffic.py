@@ -95,7 +95,7 @@ def _deploy(mesh, ctx: str) -> None:
     the Service marked global, as Istio's ambient verify guide does."""
     from types import SimpleNamespace
 
-    from lib.verify import Images, manifests
+    from lib.traffic import Images, manifests
 
     images = Images.from_options(None, "1.0", "8.16.0")
     items = manifests(APP_NS, SimpleNamespace(name=ctx), None, images, ambient=True)
