@@ -24,6 +24,7 @@ from .kube import Tools
 from .mesh import Mesh, mesh_model
 from .overlay import ISTIO_NAMESPACE, control_plane_revision
 from .reporter import Reporter
+from .status import Hints, collect, status_workspace
 from .traffic import (CREATED_BY, CREATOR, DEFAULT_CURL_TAG, DEFAULT_HELLOWORLD_TAG, DEFAULT_NAMESPACE, ClusterRun,
                       Images, call_step, cleanup, cleanup_command, deploy_step, manifests, mesh_label_text, phase,
                       wait_step)
@@ -175,8 +176,6 @@ def reads_text(mesh: Mesh, namespace: str, revision: str | None, ambient: bool) 
 
 def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, options: Options, timeout: float,
                runner, reporter: Reporter) -> int:
-    from .status import Hints, collect, status_workspace
-
     _check_namespace(options.namespace)
     loaded = load_workspace(workdir, kubeconfig, lenient=options.dry_run)
     topology = loaded.topology
