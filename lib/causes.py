@@ -16,7 +16,7 @@ from .redact import redact
 
 if TYPE_CHECKING:  # status's report, read here; status never imports verify
     from .mesh import Member
-    from .status import ClusterStatus, MeshStatus, Problem
+    from .statusreport import ClusterStatus, MeshStatus, Problem
 
 PAIR = "pair"  # a cause of one (calling, answering) pair; CLUSTER: a problem of one cluster's run
 

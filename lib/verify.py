@@ -24,7 +24,9 @@ from .kube import Tools
 from .mesh import Mesh, mesh_model
 from .overlay import ISTIO_NAMESPACE, control_plane_revision
 from .reporter import Reporter
-from .status import Hints, collect, status_workspace
+from .status import collect
+from .statusinputs import status_workspace
+from .statusreport import Hints
 from .traffic import (CREATED_BY, CREATOR, DEFAULT_CURL_TAG, DEFAULT_HELLOWORLD_TAG, DEFAULT_NAMESPACE, ClusterRun,
                       Images, call_step, cleanup, cleanup_command, deploy_step, manifests, mesh_label_text, phase,
                       wait_step)

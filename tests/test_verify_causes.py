@@ -14,7 +14,9 @@ from lib.causes import CAUSES, RESTS_ON
 from lib.config import Cluster, Topology
 from lib.diagnosis import Facts, judge
 from lib.mesh import mesh_model
-from lib.status import Hints, IstiodView, evaluate
+from lib.statusjudge import evaluate
+from lib.statusread import IstiodView
+from lib.statusreport import Hints
 from lib.traffic import ClusterRun, PodState
 from lib.verify import VerifyHints
 from lib.causes import VerifyResult
