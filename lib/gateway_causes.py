@@ -27,13 +27,17 @@ def gateway_causes(src: Cluster, dst: Cluster, mesh: Mesh, found: Findings, expo
         return _ambient(src, dst, gateways, found, hints)
     flaws = [(m, found.problem(m.name, GATEWAY_NO_ADDRESS)) for m in gateways]
     if all(p is not None for _, p in flaws):
-        names = " and ".join(f"{m.name}'s" for m in gateways)
-        own = "" if mesh.member(dst.context).eastwest else f" ({dst.name} has no gateway of its own)"
-        return [Cause("gateway_no_address", f"{names} east-west gateway has no address, so no cluster on another "
-                                            f"network can send to {dst.network}{own}",
-                      "; ".join(dict.fromkeys(p.hint for _, p in flaws)),
-                      tuple((m.context, p.code) for m, p in flaws))]
+        return [_no_address(dst, mesh, flaws)]
     return _cross_network(dst, mesh, [m for m, p in flaws if p is None], exposes_local, hints)
+
+
+def _no_address(dst: Cluster, mesh: Mesh, flaws: list) -> Cause:
+    """Every gateway of the network is one status finds missing or without an address."""
+    names = " and ".join(f"{m.name}'s" for m, _ in flaws)
+    own = "" if mesh.member(dst.context).eastwest else f" ({dst.name} has no gateway of its own)"
+    return Cause("gateway_no_address", f"{names} east-west gateway has no address, so no cluster on another "
+                                       f"network can send to {dst.network}{own}",
+                 "; ".join(dict.fromkeys(p.hint for _, p in flaws)), tuple((m.context, p.code) for m, p in flaws))
 
 
 def _cross_network(dst: Cluster, mesh: Mesh, with_address: list, exposes_local: dict[str, bool | None],

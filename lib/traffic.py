@@ -156,6 +156,13 @@ class PodState:
     refused: bool = False  # the API server refused to create its pod (the Deployment's ReplicaFailure)
 
 
+def _dig(obj: Any, *path: str) -> Any:
+    """``obj[path[0]][path[1]]...``, None where a level is missing or null (as in kubectl's JSON)."""
+    for key in path:
+        obj = obj.get(key) if isinstance(obj, dict) else None
+    return obj
+
+
 def pod_states(pods_json: str) -> dict[str, list[PodState]]:
     """app label -> its pods, with readiness and, when not ready, the reason kubectl would show. An app
     whose Deployment has no pod at all gets one entry that is not ``created``, with the Deployment's
@@ -163,12 +170,10 @@ def pod_states(pods_json: str) -> dict[str, list[PodState]]:
     out: dict[str, list[PodState]] = {}
     items = json.loads(pods_json or "{}").get("items") or []
     for pod in items:
-        meta = pod.get("metadata") or {}
-        if pod.get("kind", "Pod") == "Pod" and not meta.get("deletionTimestamp"):
-            out.setdefault((meta.get("labels") or {}).get("app", ""), []).append(_pod_state(pod))
+        if pod.get("kind", "Pod") == "Pod" and not _dig(pod, "metadata", "deletionTimestamp"):
+            out.setdefault(_dig(pod, "metadata", "labels", "app") or "", []).append(_pod_state(pod))
     for deployment in items:
-        template = ((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}
-        app = (template.get("labels") or {}).get("app", "")
+        app = _dig(deployment, "spec", "template", "metadata", "labels", "app")
         if deployment.get("kind") == "Deployment" and app and not out.get(app):
             out[app] = [_deployment_state(deployment)]
     return out
@@ -177,8 +182,8 @@ def pod_states(pods_json: str) -> dict[str, list[PodState]]:
 def _pod_state(pod: dict) -> PodState:
     status = pod.get("status") or {}
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-    containers = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
-    return PodState((pod.get("metadata") or {}).get("name", ""), ready, "" if ready else _not_ready_reason(status),
+    containers = [c.get("name") for c in _dig(pod, "spec", "containers") or []]
+    return PodState(_dig(pod, "metadata", "name") or "", ready, "" if ready else _not_ready_reason(status),
                     "istio-proxy" in containers)
 
 
@@ -186,14 +191,12 @@ def _not_ready_reason(status: dict) -> str:
     """A waiting container's reason and message, as kubectl shows it; else the phase and the first
     condition that is not met."""
     for cs in status.get("containerStatuses") or []:
-        waiting = (cs.get("state") or {}).get("waiting") or {}
+        waiting = _dig(cs, "state", "waiting") or {}
         if waiting.get("reason"):
-            return f"{cs.get('name')}: {waiting['reason']}" + (f": {waiting['message']}" if waiting.get("message") else "")
+            return ": ".join([f"{cs.get('name')}", waiting["reason"]] + [waiting["message"]] * bool(waiting.get("message")))
     cond = next((c for c in status.get("conditions") or [] if c.get("status") != "True"), {})
-    reason = status.get("phase") or "Pending"
-    if cond.get("reason") or cond.get("message"):
-        reason += f": {cond.get('reason', '')} {cond.get('message', '')}".rstrip()
-    return reason
+    said = f"{cond.get('reason', '')} {cond.get('message', '')}".strip()
+    return (status.get("phase") or "Pending") + (f": {said}" if said else "")
 
 
 def _deployment_state(deployment: dict) -> PodState:

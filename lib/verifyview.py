@@ -55,18 +55,21 @@ def group_causes(result: VerifyResult) -> list[PairGroup]:
 
 def describe_pairs(pairs: list[tuple[str, str]], clusters: list[str]) -> str:
     """The pairs in few words: every pair, every call from or to one cluster, or each pair."""
-    every = [(a, b) for a in clusters for b in clusters]
     chosen = set(pairs)
-    if chosen == set(every) and len(clusters) > 1:
+    if len(clusters) > 1 and chosen == {(a, b) for a in clusters for b in clusters}:
         return "every pair"
     for name in clusters if len(clusters) > 2 else ():
-        shapes = {f"every call from or to {name}": {(a, b) for a, b in every if name in (a, b)},
-                  f"every call from {name}": {(name, b) for b in clusters},
-                  f"every call to {name}": {(a, name) for a in clusters}}
-        said = next((words for words, shape in shapes.items() if chosen == shape), None)
+        said = next((words for words, shape in _shapes(name, clusters) if chosen == shape), None)
         if said:
             return said
     return ", ".join(f"{a} -> {b}" for a, b in pairs)
+
+
+def _shapes(name: str, clusters: list[str]) -> list[tuple[str, set[tuple[str, str]]]]:
+    """The sets of pairs one cluster's trouble breaks, in words."""
+    return [(f"every call from or to {name}", {(a, b) for a in clusters for b in clusters if name in (a, b)}),
+            (f"every call from {name}", {(name, b) for b in clusters}),
+            (f"every call to {name}", {(a, name) for a in clusters})]
 
 
 def render(result: VerifyResult, console: Console, cleanup: list[str] | None = None) -> None:
