@@ -54,9 +54,17 @@ def _failed(doc: dict) -> dict[tuple[str, str], list[dict]]:
 
 
 def test_a_healthy_ambient_mesh_passes_verify(ambient):
+    sandbox = ambient.mesh.sandbox
+    before = {ctx: len(sandbox.requests(ctx)) for ctx in THREE}
     code, doc = ambient.verify()
     assert code == 0 and doc["ok"], _failed(doc) or doc["problems"]
     assert all(p["reached"] and p["answers"] > 0 for p in doc["pairs"]) and len(doc["pairs"]) == 9
+    # ztunnel is read once, by status's reading of istio-system, whose findings verify uses
+    for ctx in THREE:
+        paths = [r["path"] for r in sandbox.requests(ctx)[before[ctx]:]]
+        daemonsets = [p for p in paths if "/daemonsets" in p]
+        assert len(daemonsets) == 1 and daemonsets[0].startswith(f"/apis/apps/v1/namespaces/{NS}/daemonsets"), \
+            daemonsets
 
 
 def test_without_the_east_west_gateway_of_a_network_verify_names_it(ambient):
