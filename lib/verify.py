@@ -199,7 +199,8 @@ def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
         names = ", ".join(c.cluster.context for c in unreachable)
         raise MeshError(f"cannot read {names}: verify needs every cluster of the mesh",
                         hint=f"{hints.status} says more; or remove the context from {topology.path}")
-    extra = read_extra(mesh, tools, runner, options, quiet, ambient, revision)
+    with reporter.activity(f"read what verify needs besides ({len(topology.clusters)} cluster(s)) ..."):
+        extra = read_extra(mesh, tools, runner, options, quiet, ambient, revision)
     if extra.not_ours:
         raise ConfigError(f"namespace {options.namespace} already exists in {', '.join(extra.not_ours)} and was not "
                           f"created by verify (no {CREATED_BY}={CREATOR} label): verify deletes its namespace when "
