@@ -132,6 +132,33 @@ def test_a_problem_about_another_peer_is_not_put_on_a_pair(tmp_path, roots):
     assert causes == {("c1", "c3"): ["remote_secret_missing"], ("c1", "c2"): ["unknown"]}
 
 
+def test_a_primary_failing_its_remote_is_blamed_where_status_reports_it(tmp_path, roots):
+    """c2 is a remote of c1; c1 lost c2's secret: status reports it on c2 (its primary lacks its secret),
+    verify puts it on every pair with c2, linked to that problem."""
+    clusters = (Cluster("c1", "n1", "c1", api_server="https://c1.example:6443"),
+                Cluster("c2", "n2", "c2", api_server="https://c2.example:6443", primary="c1"),
+                Cluster("c3", "n2", "c3", api_server="https://c3.example:6443"))
+    topology = Topology("mesh1", clusters, tmp_path / "topology.yaml")
+    observed, istiod = _healthy(topology, roots[0])
+    del observed["c1"].remote_secrets["c2"]
+    observed["c2"].remote_secrets.clear()
+    observed["c2"].annotations = {"topology.istio.io/controlPlaneClusters": "c1"}
+    status = evaluate(_ws(tmp_path, topology, roots[0]), observed, istiod, now=NOW)
+    names = [c.name for c in clusters]
+    with_remote = {(a, b) for a in names for b in names if "c2" in (a, b)}
+    runs = {c.context: ClusterRun(applied=True, client=READY, server=READY,
+                                  answered_by={n: 1 for n in names if (c.name, n) not in with_remote})
+            for c in clusters}
+    hints = VerifyHints(Hints(tmp_path, topology), "setup-mesh-verify", None)
+    pairs, _ = judge(topology, runs, Facts(status, {"c1": True, "c3": True}, mesh_model(topology)), hints)
+    blamed = {(p.source, p.target): c for p in pairs for c in p.causes if c.code == "primary_lacks_secret"}
+    assert set(blamed) == with_remote
+    for cause in blamed.values():
+        assert cause.status_problems == (("c2", "primary_lacks_secret"),)
+        assert "primary_lacks_secret" in _codes(status, "c2")
+        assert cause.message.startswith("c1, the primary of c2, holds no current remote secret of c2 (missing)")
+
+
 def test_what_status_finds_healthy_verify_does_not_blame(tmp_path, roots):
     # the gateway has an address and every secret is there: status is healthy, so a pair that does not
     # answer is not put on them; verify says it does not know, and where to look
