@@ -24,7 +24,7 @@ from .causes import (CACERTS_UNTRUSTED, ISTIOD_DOWN, ISTIOD_SERVICE, NOT_SYNCED,
                      SECRET_FLAWS, ZTUNNEL_DOWN, Cause, Findings, Pair)
 from .config import Cluster, Topology
 from .mesh import Member, Mesh, mesh_model
-from .overlay import ISTIO_NAMESPACE
+from .names import ISTIO_NAMESPACE
 from .traffic import ClusterRun, mesh_label_text
 
 

@@ -15,7 +15,7 @@ from .causes import AMBIENT_GATEWAY_DOWN, AMBIENT_GATEWAY_MISSING, GATEWAY_NO_AD
 from .config import Cluster
 from .kube import GATEWAY_RESOURCE
 from .mesh import Mesh
-from .overlay import CROSS_NETWORK_GATEWAY, EASTWEST_NAME, ISTIO_NAMESPACE
+from .names import CROSS_NETWORK_GATEWAY, EASTWEST_NAME, ISTIO_NAMESPACE
 
 
 def gateway_causes(src: Cluster, dst: Cluster, mesh: Mesh, found: Findings, exposes_local: dict[str, bool | None],

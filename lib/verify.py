@@ -22,7 +22,8 @@ from .errors import ConfigError, MeshError
 from .executor import Executor, RunContext, Step
 from .kube import Tools
 from .mesh import Mesh, mesh_model
-from .overlay import ISTIO_NAMESPACE, control_plane_revision
+from .names import ISTIO_NAMESPACE, istiod_name
+from .overlay import control_plane_revision
 from .reporter import Reporter
 from .status import collect
 from .statusinputs import status_workspace
@@ -71,15 +72,11 @@ def gateways_command(tools: Tools, cluster: Cluster):
                              check=False, timeout=30)
 
 
-def istiod_service(revision: str | None) -> str:
-    return f"istiod-{revision}" if revision else "istiod"
-
-
 def istiod_endpoints_command(tools: Tools, cluster: Cluster, revision: str | None):
     """Where a remote's istiod Service leads: its EndpointSlice, which the remote profile points at the
     address of its primary's east-west gateway."""
     return tools.kubectl_cmd(cluster, "get", "endpointslices.discovery.k8s.io", "-n", ISTIO_NAMESPACE, "-l",
-                             f"kubernetes.io/service-name={istiod_service(revision)}", "-o", "json", check=False,
+                             f"kubernetes.io/service-name={istiod_name(revision)}", "-o", "json", check=False,
                              timeout=30)
 
 
@@ -170,7 +167,7 @@ def reads_text(mesh: Mesh, namespace: str, revision: str | None, ambient: bool) 
                  + (" (on primaries: a remote's gateways are configured from its primary)" if remotes else ""))
     if remotes:
         text += (f"; on remotes: $ kubectl get endpointslices.discovery.k8s.io -n {ISTIO_NAMESPACE} -l "
-                 f"kubernetes.io/service-name={istiod_service(revision)} -o json")
+                 f"kubernetes.io/service-name={istiod_name(revision)} -o json")
     return text
 
 
