@@ -24,7 +24,7 @@ from .desired import desired_state
 from .assess import loopback_peers
 from .mesh import mesh_model
 from .plan import RECORD_TITLE, ApplyPlan, Removal, Uninstall, build_apply_plan, teardown_plan
-from .planview import other_root_consequence, print_plan
+from .planview import other_root_consequence, print_changes, print_plan
 from .prep import parse_context_options, prep_mesh as _prep_mesh, report as _report_prep
 from .release import Release, find_release
 from .reporter import Reporter
@@ -110,6 +110,23 @@ def confirm(question: str, yes: bool, reporter: Reporter) -> None:
     reporter.stop_progress()
     if not typer.confirm(question, default=False):
         raise Cancelled("cancelled at the prompt; nothing was changed")
+
+
+def confirm_plan(plan: ApplyPlan, topology: Topology, question: str, yes: bool, reporter: Reporter, *, title: str,
+                 command: str | tuple[str, ...], log: RunLog | None = None, nothing: str = "",
+                 then: str = "") -> None:
+    """What a run will change, per cluster as its dry run shows it (``then``: what follows), and the question
+    apply asks (``confirm``): -y goes ahead, no terminal without -y refuses. Nothing has changed when it refuses."""
+    reporter.stop_progress()
+    print_changes(plan, topology, reporter, title, command, nothing=nothing)
+    if then:
+        reporter.info(then)
+    try:
+        confirm(question, yes, reporter)
+    except BaseException:
+        if log is not None:
+            log.close()
+        raise
 
 
 def open_log(workdir: Path, command: str, runner: ShRunner) -> RunLog:

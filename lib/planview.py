@@ -33,6 +33,22 @@ def print_plan(plan: ApplyPlan, topology: Topology, observed: dict[str, Observed
         seen = (observed or {}).get(cluster.context)
         if observed is not None and seen is not None and not seen.reachable:
             reporter.warn(f"could not read current state of {cluster.context}: {seen.error}")
+    _body(plan, topology, reporter, nothing, command, replace_other_roots)
+
+
+def print_changes(plan: ApplyPlan, topology: Topology, reporter: Reporter, title: str,
+                  command: str | tuple[str, ...], nothing: str = NOTHING) -> None:
+    """What a run is about to change, per cluster (-v: every command), read as its dry run reads, before
+    it asks to go ahead."""
+    count = len(topology.clusters)
+    reporter.info(f"{title}: mesh {topology.mesh_id}, {count} cluster{'s' * (count != 1)} on "
+                  f"{', '.join(topology.networks)}")
+    _body(plan, topology, reporter, nothing, command, False)
+
+
+def _body(plan: ApplyPlan, topology: Topology, reporter: Reporter, nothing: str, command: str | tuple[str, ...],
+          replace_other_roots: bool) -> None:
+    out = reporter.info
     (_full if reporter.verbose else _changes)(plan, topology, out)
     for context, what in plan.replacements.items():
         out("")
