@@ -31,6 +31,7 @@ from .reporter import Reporter
 from .runlog import RunLog
 from .runner import ShRunner
 from .state import State
+from .wrapping import wrap_prose
 from .workspace import Workspace, find_tools, inspect_clusters, load_workspace, read_istio_usage
 
 DEFAULT_PARALLEL = 8
@@ -108,7 +109,10 @@ def confirm(question: str, yes: bool, reporter: Reporter) -> None:
         raise ConfigError(f"{question} needs confirmation, and there is no terminal to ask on",
                           hint="re-run with -y to confirm")
     reporter.stop_progress()
-    if not typer.confirm(question, default=False):
+    # On a terminal the question is wrapped at words, leaving room for typer's " [y/N]: ".
+    prompt = "\n".join(wrap_prose(question, reporter.console.width - len(" [y/N]: "), indent="")) \
+        if reporter.console.is_terminal else question
+    if not typer.confirm(prompt, default=False):
         raise Cancelled("cancelled at the prompt; nothing was changed")
 
 

@@ -12,6 +12,7 @@ from .kube import Observed
 from .mesh import mesh_model
 from .plan import ApplyPlan
 from .reporter import Reporter
+from .wrapping import fit
 
 NOTHING = "nothing to do: every cluster matches topology.yaml and base.yaml"
 
@@ -40,15 +41,18 @@ def print_changes(plan: ApplyPlan, topology: Topology, reporter: Reporter, title
                   command: str | tuple[str, ...], nothing: str = NOTHING) -> None:
     """What a run is about to change, per cluster (-v: every command), read as its dry run reads, before
     it asks to go ahead."""
+    def out(text: str) -> None:  # on a terminal, wrapped at words under its own indent (no command split)
+        lead = text[:len(text) - len(text.lstrip(" "))]
+        reporter.info(fit(reporter.console, text.lstrip(" "), lead, indent=lead + "    "))
+
     count = len(topology.clusters)
-    reporter.info(f"{title}: mesh {topology.mesh_id}, {count} cluster{'s' * (count != 1)} on "
-                  f"{', '.join(topology.networks)}")
-    _body(plan, topology, reporter, nothing, command, False)
+    out(f"{title}: mesh {topology.mesh_id}, {count} cluster{'s' * (count != 1)} on {', '.join(topology.networks)}")
+    _body(plan, topology, reporter, nothing, command, False, out)
 
 
 def _body(plan: ApplyPlan, topology: Topology, reporter: Reporter, nothing: str, command: str | tuple[str, ...],
-          replace_other_roots: bool) -> None:
-    out = reporter.info
+          replace_other_roots: bool, out=None) -> None:
+    out = out or reporter.info
     (_full if reporter.verbose else _changes)(plan, topology, out)
     for context, what in plan.replacements.items():
         out("")

@@ -23,6 +23,7 @@ from .release import Release
 from .workspace import find_tools, inspect_clusters, load_workspace
 from .reporter import Reporter
 from .runner import ShRunner
+from .wrapping import fit
 
 CONTROL_PLANE_WAIT = 120.0  # seconds istiod may take to be ready again
 POLL_SECONDS = 1.0
@@ -379,7 +380,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
                           f"{completes}")
         return 0
 
-    reporter.info(_move_text(move, planned))
+    reporter.info(fit(reporter.console, _move_text(move, planned)))
     if phase or move.kind == "finish":
         _ask_for_stage(move, planned, phase, topology, yes, reporter, log, completes)
     if move.kind == "start":

@@ -144,3 +144,56 @@ def test_rotate_certs_root_reads_on_the_live_table_then_asks_before_it_makes_a_r
     term.send(b"n\r")
     assert term.wait() == 1, plain(term.output)
     assert _cacerts(mesh) == before and not (mesh.workdir / "certs-next").exists()
+
+
+ROOT_PLAN_160 = [
+    "starting the move to a new root: stage 1 of 3 (trust both roots, keep the old intermediate)",
+    "first a new root CA is made in certs-next/",
+    "rotate-certs --root: mesh mesh1, 2 clusters on network1, network2",
+    "",
+    "cluster1 (network1, primary): change",
+    "  ~ Istio (overlays/cluster1.yaml)",
+    "      + spec.values.pilot.env.ISTIO_MULTIROOT_MESH: true",
+    "  ~ secret cacerts: root-cert.pem trusts the old and the new root, same intermediate (certs/cluster1/)",
+    "  · confirm istiod runs on the stage's roots",
+    "",
+    "cluster2 (network2, primary): change",
+    "  ~ Istio (overlays/cluster2.yaml)",
+    "      + spec.values.pilot.env.ISTIO_MULTIROOT_MESH: true",
+    "  ~ secret cacerts: root-cert.pem trusts the old and the new root, same intermediate (certs/cluster2/)",
+    "  · confirm istiod runs on the stage's roots",
+    "",
+    "Plan: 2 change.",
+    "Make a new root CA and bring cluster1, cluster2 to stage 1 of 3? [y/N]:",
+]
+ROOT_PLAN_80 = [
+    "starting the move to a new root: stage 1 of 3 (trust both roots, keep the old",
+    "  intermediate)",
+    *ROOT_PLAN_160[1:7],
+    "  ~ secret cacerts: root-cert.pem trusts the old and the new root, same",
+    "      intermediate (certs/cluster1/)",
+    *ROOT_PLAN_160[8:13],
+    "  ~ secret cacerts: root-cert.pem trusts the old and the new root, same",
+    "      intermediate (certs/cluster2/)",
+    *ROOT_PLAN_160[14:],
+]
+
+
+@pytest.mark.parametrize("cols,expected", [(80, ROOT_PLAN_80), (160, ROOT_PLAN_160)])
+def test_rotate_certs_root_shows_its_plan_and_question_wrapped_at_words(mesh, cols, expected):
+    mesh.apply()
+    term = Terminal([sys.executable, str(ROOT / "setup_mesh.py"), "rotate-certs", "--root", "--workdir",
+                     str(mesh.workdir)], dict(mesh.sandbox.env, **FAST_KEYS), cols=cols)
+    term.expect("[y/N]:")
+    text = plain(term.output)
+    shown = text[text.index("starting the move"):]
+    # The command that shows every command is one piece, however long its paths: on the line after its
+    # label when the line would be too long, else on the same line.
+    command = f"{ROOT / 'setup_mesh.py'} rotate-certs --root --dry-run -v --workdir {mesh.workdir}"
+    label = "Every command and manifest:"
+    assert f"{label}\n    {command}\n" in shown or f"{label} {command}\n" in shown, shown
+    kept = [line.rstrip() for line in shown.splitlines() if label not in line and command not in line]
+    assert kept == expected, shown
+    assert all(len(line) <= cols for line in kept)
+    term.send(b"n\r")
+    assert term.wait() == 1, plain(term.output)
