@@ -5,7 +5,7 @@ import pytest
 from rich.console import Console
 
 from lib.config import Cluster
-from lib.status import Cacerts, ClusterStatus, MeshStatus, Problem
+from lib.statusreport import Cacerts, ClusterStatus, MeshStatus, Problem
 from lib.statusview import render
 from tests.test_status import roots  # noqa: F401 - the fixture
 
@@ -66,7 +66,7 @@ def test_a_sidecar_mesh_has_no_ambient_columns():
 def _on_other_roots(tmp_path, roots, monkeypatch, foreign: tuple[str, ...]):
     """c1..c3 (networks n1, n1, n2) whose cacerts in ``foreign`` hold another root than the workspace's."""
     from lib import invocation
-    from lib.status import evaluate
+    from lib.statusjudge import evaluate
     from tests.test_status import NOW, _cacerts, _healthy, _topology, _ws
 
     monkeypatch.setattr(invocation, "_current", invocation.Invocation())  # hints as an installed setup-mesh names them
