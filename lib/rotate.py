@@ -74,7 +74,7 @@ def confirm_step(tools: Tools, cluster: Cluster, deployment: str, timeout: float
                                 f"(istio-ca-root-cert still holds another): it keeps its old roots and intermediate",
                                 hint=f"`{restart.pasteable()}` (istiod loads cacerts whole when it starts), then run "
                                      f"this command again; `{invocation.command('status')}` says why it refused")
-            if ctx.cancelled.wait(POLL_SECONDS):
+            if ctx.cancelled.wait(polling.interval(POLL_SECONDS)):
                 raise Interrupted()
 
     return Step(f"confirm {deployment} runs" + (" on the stage's roots" if roots else ""),
