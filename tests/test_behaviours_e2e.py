@@ -44,7 +44,7 @@ def test_rotate_certs_confirms_the_primarys_istiod_and_leaves_the_remote_which_r
     assert "kubectl --context cluster2 get deployment istiod" not in text, plan.stdout
 
     before = {ctx: len(mesh.sandbox.requests(ctx)) for ctx in NETWORKS}
-    result = mesh.run("rotate-certs")
+    result = mesh.run("rotate-certs", "-y")
     assert result.returncode == 0, result.stdout + result.stderr
     assert _istiod_reads(mesh, PRIMARY, before[PRIMARY]), "the primary's istiod is confirmed after cacerts changed"
     assert _istiod_reads(mesh, REMOTE, before[REMOTE]) == [], "a remote runs no istiod"

@@ -619,6 +619,8 @@ def test_wait_returns_once_the_mesh_is_healthy_again(mesh):
     finally:
         if proc.poll() is None:
             proc.kill()
+    # Exit 0 and healthy: it returned once the label was back, not at --wait-timeout (that exits 1). No
+    # bound on the elapsed time: on a loaded machine a poll can take seconds.
     assert proc.returncode == 0, err
     assert json.loads(out)["healthy"] is True
 
