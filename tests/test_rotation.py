@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.meshkit import ROOT, make_mesh, scan_for_secrets, workdir_snapshot
+from tests.meshkit import ROOT, make_mesh, rollout_restart, scan_for_secrets, workdir_snapshot
 
 TWO = {"cluster1": "network1", "cluster2": "network1"}
 
@@ -475,7 +475,7 @@ def _istiod_misses_stage_1_then_the_hint_repairs_it(mesh):
     watch the stage-1 cacerts put back. The move does not go on; the restart it names repairs it."""
     secret = mesh.get("cluster1", "secret", "cacerts", "-n", "istio-system")
     mesh.sandbox.kubectl("cluster1", "delete", "secret", "cacerts", "-n", "istio-system")
-    mesh.sandbox.kubectl("cluster1", "rollout", "restart", "deployment/istiod", "-n", "istio-system")
+    rollout_restart(mesh.sandbox, "cluster1", "istiod")
     mesh.sandbox.kubectl("cluster1", "rollout", "status", "deployment/istiod", "-n", "istio-system", "--timeout=60s")
     mesh.sandbox.kubectl("cluster1", "apply", "-f", "-", stdin=json.dumps(
         {k: secret[k] for k in ("apiVersion", "kind", "type", "data")}
@@ -488,7 +488,7 @@ def _istiod_misses_stage_1_then_the_hint_repairs_it(mesh):
     doc = json.loads(mesh.run("status", "-o", "json").stdout)
     problem = {p["code"]: p for p in _cluster_doc(doc, "cluster1")["problems"]}["istiod_roots_not_taken"]
     assert "a root that is not in cacerts" in problem["message"]
-    mesh.sandbox.kubectl("cluster1", "rollout", "restart", "deployment/istiod", "-n", "istio-system")
+    rollout_restart(mesh.sandbox, "cluster1", "istiod")
     mesh.sandbox.kubectl("cluster1", "rollout", "status", "deployment/istiod", "-n", "istio-system", "--timeout=60s")
     assert mesh.run("status").returncode == 0
 
