@@ -9,7 +9,7 @@ from typing import Callable
 
 import typer
 
-from . import certs, invocation, lifecycle
+from . import certs, fetch, invocation, lifecycle
 from . import polling
 from .config import (AMBIENT, BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, data_plane_mode, load_base, load_topology,
                      resolve_contexts, select_clusters)
@@ -122,7 +122,8 @@ def open_log(workdir: Path, command: str, runner: ShRunner) -> RunLog:
 
 def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_run: bool, yes: bool,
           parallel: int, gateway_timeout: float, timeout: float, runner: ShRunner, reporter: Reporter,
-          contexts: list[str] = (), gateway_api_crds: str | None = None, replace_foreign_ca: bool = False) -> int:
+          contexts: list[str] = (), gateway_api_crds: str | None = None, replace_foreign_ca: bool = False,
+          istio_mirror: str | None = None) -> int:
     if not dry_run:
         lifecycle.resume_finish(workdir)  # a root transition's last rename, if a run was cut short there
     # A dry run shows the plan for clusters that hold nothing yet, then fails as apply would.
@@ -131,7 +132,11 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     chosen = select_clusters(topology, list(contexts))
     only = {c.context for c in chosen} if contexts else None
     transition = lifecycle.load_transition(workdir)
-    tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout)
+    # The pinned releases, fetched and verified before any cluster is touched.
+    releases = fetch.pinned_releases(topology, workdir, istio_dir, istio_mirror, reporter, dry_run, ws.notes)
+    pinned = fetch.mesh_release(topology, releases)
+    istio_dir = str(pinned.root) if pinned else istio_dir
+    tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout, pinned=pinned)
     release, intermediate_vars = certs_prerequisites(ws, istio_dir, runner, dry_run, transition=transition)
     ambient = data_plane_mode(ws.base) == AMBIENT
     istio_version = _istio_version(istio_dir, ws) if ambient else None

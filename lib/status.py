@@ -39,7 +39,7 @@ from .overlay import (CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, ISTIO_NAMESPACE, NE
 from .redact import redact
 from .reporter import Reporter
 from .statusview import render as render_view
-from .workspace import find_tools, inspect_clusters, load_workspace
+from .workspace import find_tools, inspect_clusters, load_workspace, pinned_release
 
 WAIT_POLL_SECONDS = 2.0
 ISTIOD_CONTAINER = "discovery"
@@ -1029,7 +1029,7 @@ def run_status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
     loaded = load_workspace(workdir, kubeconfig, lenient=False)
     # Every cluster is still read: whether a shown cluster holds its peers' current secrets depends on them.
     shown = {c.context for c in select_clusters(loaded.topology, list(contexts))}
-    tools = find_tools(istio_dir, runner, False, loaded.notes, timeout)
+    tools = find_tools(istio_dir, runner, False, loaded.notes, timeout, pinned=pinned_release(loaded, istio_dir))
     ws = status_workspace(workdir, loaded)
 
     deadline = time.monotonic() + wait_timeout

@@ -35,7 +35,7 @@ from .mesh import Member, Mesh, mesh_model
 from .overlay import CROSS_NETWORK_GATEWAY, EASTWEST_NAME, ISTIO_NAMESPACE, control_plane_revision, manifest_list
 from .redact import redact
 from .reporter import Reporter
-from .workspace import find_tools, load_workspace
+from .workspace import find_tools, load_workspace, pinned_release
 from .checks import LOCAL, MISSING, OUTDATED, PRESENT, SYNCED
 from .status import ISTIOD_SERVICE_PROBLEMS
 from .yamlfile import dump
@@ -615,7 +615,7 @@ def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
                           hint="use lower-case letters, digits and '-' (at most 63), e.g. setup-mesh-verify")
     loaded = load_workspace(workdir, kubeconfig, lenient=options.dry_run)
     topology = loaded.topology
-    tools = find_tools(istio_dir, runner, options.dry_run, loaded.notes, timeout)
+    tools = find_tools(istio_dir, runner, options.dry_run, loaded.notes, timeout, pinned=pinned_release(loaded, istio_dir))
     revision = control_plane_revision(loaded.base)
     ambient = data_plane_mode(loaded.base) == AMBIENT
     mesh = mesh_model(topology, data_plane_mode(loaded.base))
