@@ -31,7 +31,7 @@ from .reporter import Reporter
 from .runlog import RunLog
 from .runner import ShRunner
 from .state import State
-from .workspace import Workspace, find_tools, inspect_clusters, load_workspace, read_istio_usage
+from .workspace import Workspace, find_tools, inspect_clusters, load_workspace, pinned_release, read_istio_usage
 
 DEFAULT_PARALLEL = 8
 DEFAULT_TIMEOUT = 600.0
@@ -402,9 +402,11 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
     state = State.load(workdir)
     clusters: list[Cluster] = []
     topology_path = workdir / TOPOLOGY_FILE
+    pinned: Release | None = None
     if topology_path.exists():
         topology = resolve_contexts(load_topology(topology_path), kubeconfig)
         clusters.extend(topology.clusters)
+        pinned = pinned_release(Workspace(workdir, topology, {}, state, []), istio_dir)
     elif not state.clusters:
         raise ConfigError(f"nothing to tear down: no {TOPOLOGY_FILE} and no recorded state in {workdir}",
                           hint="pass the --workdir that apply used")
@@ -414,7 +416,7 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
             clusters.append(Cluster(context=context, network=entry.get("network", ""),
                                     name=entry.get("cluster_name", context), kubeconfig=entry.get("kubeconfig"),
                                     primary=entry.get("primary")))
-    tools = find_tools(istio_dir, runner, False, [], timeout)
+    tools = find_tools(istio_dir, runner, False, [], timeout, pinned=pinned)
     ours = _our_operators(workdir)
 
     # Read first: what is there decides whether to ask at all, and what the question names.

@@ -162,6 +162,7 @@ def fetch_release(version: str, workdir: Path, source: Source, reporter: Reporte
     name = archive_name(version, suffix)
     expected = _expected_digest(source, version, name, timeout)
     folder = releases_dir(workdir)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     folder.mkdir(parents=True, exist_ok=True)
     reporter.info(f"fetching Istio {version}: {source.where(version, name)}")
     handle, partial = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
@@ -176,8 +177,9 @@ def fetch_release(version: str, workdir: Path, source: Source, reporter: Reporte
         root = _unpack(Path(partial), version, folder)
     finally:
         Path(partial).unlink(missing_ok=True)
-        if not any(folder.iterdir()):  # a refused first fetch leaves the workspace as it was
-            folder.rmdir()
+        for path in made:  # a refused first fetch leaves the workspace as it was
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
     reporter.info(f"verified sha256 of {name}; unpacked into {root}")
     return Release(root.resolve())
 
