@@ -82,4 +82,4 @@ def end_of_life_note(version: str) -> str | None:
         return None
     when = END_OF_LIFE[parsed.minor_key]
     return (f"Istio {parsed.major}.{parsed.minor} reached its end of life{f' on {when}' if when else ''} and "
-            f"gets no more security fixes: move the mesh to a supported release")
+            f"gets no more security fixes: move the mesh to a release Istio still supports")

@@ -253,3 +253,19 @@ def test_off_a_terminal_a_fetch_is_two_plain_lines(published, tmp_path, capsys):
                                 f"verified sha256 of {ARCHIVE.format('1.31.0')}; unpacked into "
                                 f"{workdir / 'istio' / 'istio-1.31.0'}"]
     assert err == ""
+
+
+def test_a_pinned_release_past_its_end_of_life_is_warned_about(tmp_path, monkeypatch):
+    from tests.sandbox.release import materialize_release
+
+    given = materialize_release(tmp_path / "given", version="1.29.6")
+    topology = _topology(tmp_path, "mesh_id: m\nistio_version: 1.29.6\ncontexts:\n  c1:\n    network: n1\n")
+    reporter = Reporter(quiet=True, err_console=Console(file=io.StringIO()))
+    fetch.pinned_releases(topology, tmp_path / "ws", str(given), None, reporter, False, [])
+    assert reporter.warnings == [f"{topology.path}: Istio 1.29 reached its end of life on 2026-10-15 and gets no "
+                                 f"more security fixes: move the mesh to a release Istio still supports"]
+    current = _topology(tmp_path, "mesh_id: m\nistio_version: 1.30.3\ncontexts:\n  c1:\n    network: n1\n")
+    reporter.warnings.clear()
+    fetch.pinned_releases(current, tmp_path / "ws", str(materialize_release(tmp_path / "g2")), None, reporter,
+                          False, [])
+    assert reporter.warnings == []
