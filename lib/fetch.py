@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 from .errors import ConfigError, MeshError
 from .release import CERTS_MAKEFILE, Release, find_release
 from .reporter import Reporter
+from .versions import end_of_life_note
 
 GITHUB_RELEASES = "https://github.com/istio/istio/releases/download"
 MIRROR_ENV = "SETUP_MESH_ISTIO_MIRROR"
@@ -270,6 +271,10 @@ def pinned_releases(topology, workdir: Path, istio_dir: str | None, mirror: str 
     versions = topology.istio_versions
     if not versions:
         return {}
+    for version in versions:
+        note = end_of_life_note(version)
+        if note:
+            reporter.warn(f"{topology.path}: {note}")
     releases: dict[str, Release] = {}
     if istio_dir:
         given = checked_istio_dir(istio_dir, versions, str(topology.path))
