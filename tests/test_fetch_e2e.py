@@ -3,6 +3,7 @@ with its istioctl and reuse it; every refusal comes before any cluster is touche
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 
 import pytest
@@ -72,6 +73,12 @@ def test_prep_mesh_pins_and_fetches_and_apply_installs_that_release_reusing_it(s
     assert len(mirror.requests) == 2, "apply reuses the release prep-mesh fetched"
     mesh.apply("--istio-mirror", mirror.url)
     assert len(mirror.requests) == 2
+    # status fetches nothing and finds istioctl in the fetched release, with none on PATH.
+    path = os.pathsep.join(p for p in mesh.env["PATH"].split(os.pathsep) if p != str(sandbox.istio_dir / "bin"))
+    calls = len(mesh.sandbox.istioctl_calls())
+    result = mesh.run("status", env={"PATH": path, "SETUP_MESH_ISTIO_MIRROR": "/nonexistent"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(mesh.sandbox.istioctl_calls()) > calls and len(mirror.requests) == 2
 
 
 @pytest.fixture(scope="module")
