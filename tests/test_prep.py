@@ -245,3 +245,18 @@ def test_an_existing_topology_is_kept_and_the_pin_is_suggested(tmp_path, release
     assert result.returncode == 0, result.stderr
     assert (workdir / "topology.yaml").read_text() == before
     assert "set `istio_version: 1.30.3` in it" in " ".join(result.stderr.split())
+
+
+def test_at_a_terminal_the_download_shows_a_progress_bar_that_goes(tmp_path, published):
+    from tests.terminal import Terminal, plain
+
+    env = {k: v for k, v in os.environ.items() if k not in ("WORKDIR", "MESH_ID", "ORG_NAME", "ISTIO_DIR")}
+    env.update(FAST_KEYS, PATH="/usr/bin:/bin")
+    term = Terminal([sys.executable, str(ROOT / "setup_mesh.py"), "prep-mesh", "--workdir", str(tmp_path / "ws"),
+                     "--istio-version", "1.31.0", "--istio-mirror", str(published)], env)
+    assert term.wait() == 0, plain(term.output)
+    size = (published / "istio-1.31.0-linux-amd64.tar.gz").stat().st_size / 1000
+    shown = plain(term.output)
+    assert "downloading istio-1.31.0-linux-amd64.tar.gz" in shown
+    assert f"{size:.1f}/{size:.1f} kB" in shown, "the bar ends with every byte counted"
+    assert "created certs/root-key.pem" in shown
