@@ -269,3 +269,25 @@ def test_a_pinned_release_past_its_end_of_life_is_warned_about(tmp_path, monkeyp
     fetch.pinned_releases(current, tmp_path / "ws", str(materialize_release(tmp_path / "g2")), None, reporter,
                           False, [])
     assert reporter.warnings == []
+
+
+def test_the_sandbox_publishes_a_release_as_istio_does_and_it_fetches(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "releases"
+    made = subprocess.run([sys.executable, "-m", "tests.sandbox", "release", "--version", "1.29.6", "--out", str(out)],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    name = ARCHIVE.format("1.29.6")
+    assert sorted(p.name for p in out.iterdir()) == ["istio-1.29.6", name, f"{name}.sha256"]
+    digest = hashlib.sha256((out / name).read_bytes()).hexdigest()
+    assert (out / f"{name}.sha256").read_text() == f"{digest} {name}\n"
+    with tarfile.open(out / name) as tar:
+        assert {m.name.split("/")[0] for m in tar.getmembers()} == {"istio-1.29.6"}
+    release = _fetch("1.29.6", tmp_path / "ws", fetch.choose_source(str(out)))
+    assert release.version == "1.29.6" and release.istioctl.is_file()
+    refused = subprocess.run([sys.executable, "-m", "tests.sandbox", "release", "--version", "1.27.0", "--out",
+                              str(tmp_path / "old")], cwd=root, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and not (tmp_path / "old" / ARCHIVE.format("1.27.0")).exists()
