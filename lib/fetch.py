@@ -307,6 +307,12 @@ def checked_istio_dir(istio_dir: str, versions: list[str], pinned_in: str) -> Re
     return given
 
 
+def planned_release(topology, workdir: Path) -> Release | None:
+    """Where the mesh's pinned release will be once fetched (for a dry run's plan), if one is pinned."""
+    versions = topology.istio_versions
+    return Release(releases_dir(workdir).resolve() / f"istio-{topology.istio_version or versions[0]}") if versions else None
+
+
 def mesh_release(topology, releases: dict[str, Release]) -> Release | None:
     """The release of the mesh's own version (the top-level istio_version, else the first pinned): its certs
     Makefile makes the intermediates and its istioctl drives clusters that pin nothing else."""

@@ -173,3 +173,17 @@ def test_a_dry_run_says_what_apply_would_fetch_and_fetches_nothing(moving_to_1_3
     assert f"apply fetches {mirror.url}/{ARCHIVE} and checks its sha256" in " ".join(result.stderr.split())
     assert mirror.requests == []
     _nothing_changed(mesh, before)
+
+
+def test_a_dry_run_plan_names_the_istioctl_of_the_release_apply_would_fetch(sandbox_factory, mirror, tmp_path):
+    sandbox = sandbox_factory(["cluster1"])
+    made = Mesh(sandbox, tmp_path / "ws")  # the sandbox's 1.30.3 makes the root CA
+    assert made.run("prep-mesh").returncode == 0
+    mesh = PinnedMesh(sandbox, made.workdir)
+    mesh.write_topology({"cluster1": "network1"})
+    mesh.pin("1.31.0")
+    result = mesh.run("apply", "--dry-run", "-v", "--istio-mirror", mirror.url, env={"COLUMNS": "400"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    planned = f"{mesh.workdir.resolve()}/istio/istio-1.31.0/bin/istioctl install -y"
+    assert planned in result.stdout, result.stdout
+    assert mirror.requests == [] and not (mesh.workdir / "istio").exists()
