@@ -140,8 +140,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout, pinned=pinned or fetch.planned_release(topology, workdir))
     release, intermediate_vars = certs_prerequisites(ws, istio_dir, runner, dry_run, transition=transition)
     ambient = data_plane_mode(ws.base) == AMBIENT
-    mesh_version = topology.istio_version or next(iter(topology.istio_versions), None)
-    istio_version = (mesh_version or _istio_version(istio_dir, ws)) if ambient else None
+    istio_version = _istio_version(istio_dir, ws) if ambient else None
     crd_source = _gateway_api_source(gateway_api_crds, istio_version, ws, dry_run) if ambient else None
     if ambient and not topology.multi_network and len(topology.clusters) > 1:
         reporter.warn(f"an ambient mesh on one network ({topology.networks[0]}) is alpha in Istio (untested "
