@@ -137,7 +137,8 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     pinned = fetch.mesh_release(topology, releases)
     istio_dir = str(pinned.root) if pinned else istio_dir
     # A dry run's plan names the istioctl apply will fetch, not another one on PATH.
-    tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout, pinned=pinned or fetch.planned_release(topology, workdir))
+    tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout,
+                       pinned=pinned or fetch.planned_release(topology, workdir))
     release, intermediate_vars = certs_prerequisites(ws, istio_dir, runner, dry_run, transition=transition)
     ambient = data_plane_mode(ws.base) == AMBIENT
     istio_version = _istio_version(istio_dir, ws) if ambient else None
@@ -407,7 +408,7 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
     if topology_path.exists():
         topology = resolve_contexts(load_topology(topology_path), kubeconfig)
         clusters.extend(topology.clusters)
-        pinned = pinned_release(Workspace(workdir, topology, {}, state, []), istio_dir)
+        pinned = pinned_release(topology, workdir, istio_dir)
     elif not state.clusters:
         raise ConfigError(f"nothing to tear down: no {TOPOLOGY_FILE} and no recorded state in {workdir}",
                           hint="pass the --workdir that apply used")

@@ -97,7 +97,7 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
         raise ConfigError(f"the mesh's root CA is missing ({cert_dir / certs.ROOT_CERT})",
                           hint="rotate-certs re-issues intermediates under the workspace's root; restore certs/ "
                                "from a backup, or run prep-mesh for a new mesh")
-    pinned = pinned_release(ws, istio_dir)
+    pinned = pinned_release(ws.topology, workdir, istio_dir)
     istio_dir = str(pinned.root) if pinned else istio_dir  # its certs Makefile too
     tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout, pinned=pinned)
     now = lifecycle.utc_now()
@@ -196,7 +196,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
                                "introduced only next to it")
     root_info = _read_root(cert_dir / certs.ROOT_CERT)
     transition = lifecycle.load_transition(workdir)
-    pinned = pinned_release(ws, istio_dir)
+    pinned = pinned_release(ws.topology, workdir, istio_dir)
     istio_dir = str(pinned.root) if pinned else istio_dir  # its certs Makefile too
     tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout, pinned=pinned)
     try:

@@ -617,7 +617,8 @@ def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
                           hint="use lower-case letters, digits and '-' (at most 63), e.g. setup-mesh-verify")
     loaded = load_workspace(workdir, kubeconfig, lenient=options.dry_run)
     topology = loaded.topology
-    tools = find_tools(istio_dir, runner, options.dry_run, loaded.notes, timeout, pinned=pinned_release(loaded, istio_dir))
+    tools = find_tools(istio_dir, runner, options.dry_run, loaded.notes, timeout,
+                       pinned=pinned_release(topology, workdir, istio_dir))
     revision = control_plane_revision(loaded.base)
     ambient = data_plane_mode(loaded.base) == AMBIENT
     mesh = mesh_model(topology, data_plane_mode(loaded.base))

@@ -70,17 +70,17 @@ def find_tools(istio_dir: str | None, runner: ShRunner, lenient: bool, notes: li
     return Tools(kubectl="kubectl", istioctl=istioctl or "istioctl", timeout=timeout)
 
 
-def pinned_release(ws: Workspace, istio_dir: str | None) -> Release | None:
+def pinned_release(topology: Topology, workdir: Path, istio_dir: str | None) -> Release | None:
     """For commands that fetch nothing (status, verify, teardown, rotate-certs): the mesh's pinned release,
     --istio-dir's when it is that version, else the one an apply fetched into the workspace."""
     from .fetch import cached_release, checked_istio_dir
 
-    versions = ws.topology.istio_versions
+    versions = topology.istio_versions
     if not versions:
         return None
     if istio_dir:
-        return checked_istio_dir(istio_dir, versions, str(ws.topology.path))
-    return cached_release(ws.workdir, ws.topology.istio_version or versions[0])
+        return checked_istio_dir(istio_dir, versions, str(topology.path))
+    return cached_release(workdir, topology.istio_version or versions[0])
 
 
 def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Reporter, parallel: int,
