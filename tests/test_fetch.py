@@ -291,3 +291,11 @@ def test_the_sandbox_publishes_a_release_as_istio_does_and_it_fetches(tmp_path):
     refused = subprocess.run([sys.executable, "-m", "tests.sandbox", "release", "--version", "1.27.0", "--out",
                               str(tmp_path / "old")], cwd=root, capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and not (tmp_path / "old" / ARCHIVE.format("1.27.0")).exists()
+
+
+def test_a_mirror_of_another_scheme_is_refused_as_bad_input():
+    with pytest.raises(ConfigError) as info:
+        fetch.choose_source("ftp://mirror.example/istio")
+    assert info.value.message == ("--istio-mirror ftp://mirror.example/istio: setup-mesh reads releases over http(s) "
+                                  "or from a folder, not ftp:")
+    assert "http:// or https:// URL" in info.value.hint
