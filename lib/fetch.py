@@ -100,9 +100,9 @@ class Source:
                 handle = open(where, "rb")
             except FileNotFoundError:
                 raise FetchError(f"{name} is not in the mirror folder {self.location} (from {self.origin})",
-                                 hint=self._hint(version, name)) from None
+                                 hint=self.hint(version, name)) from None
             except OSError as exc:
-                raise FetchError(f"cannot read {where}: {exc.strerror}", hint=self._hint(version, name)) from None
+                raise FetchError(f"cannot read {where}: {exc.strerror}", hint=self.hint(version, name)) from None
             with handle:
                 yield handle, os.fstat(handle.fileno()).st_size
             return
@@ -113,17 +113,18 @@ class Source:
             if exc.code == 404:
                 raise FetchError(f"{where} was not found (HTTP 404)",
                                  hint=f"check that Istio {version} exists and is published for this machine "
-                                      f"({name}); " + self._hint(version, name)) from None
-            raise FetchError(f"{where} answered HTTP {exc.code} {exc.reason}", hint=self._hint(version, name)) from None
+                                      f"({name}); " + self.hint(version, name)) from None
+            raise FetchError(f"{where} answered HTTP {exc.code} {exc.reason}", hint=self.hint(version, name)) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise FetchError(f"cannot reach {urlparse(where).netloc} for {name} ({self.origin}): {reason}",
-                             hint=self._hint(version, name)) from None
+                             hint=self.hint(version, name)) from None
         with response:
             length = response.headers.get("Content-Length")
             yield response, int(length) if length and length.isdigit() else None
 
-    def _hint(self, version: str, name: str) -> str:
+    def hint(self, version: str, name: str) -> str:
+        """How to get the release another way, for every failure to fetch it."""
         return (f"without access to {'GitHub' if self.is_github else 'it'}, point --istio-mirror (or {MIRROR_ENV}) "
                 f"at an internal http(s) server or a folder holding {name} and {name}.sha256, or pass an unpacked "
                 f"istio-{version} with --istio-dir")
@@ -175,7 +176,7 @@ def fetch_release(version: str, workdir: Path, source: Source, reporter: Reporte
                              f"{expected}, got {digest}): refused, nothing was unpacked",
                              hint="the download is damaged or the mirror holds another file under that name; run again, "
                                   f"or check the mirror's copy against Istio's GitHub release of {version}")
-        root = _unpack(Path(partial), version, folder)
+        root = _unpack(Path(partial), name, version, folder)
     finally:
         Path(partial).unlink(missing_ok=True)
         for path in made:  # a refused first fetch leaves the workspace as it was
@@ -205,7 +206,7 @@ def _download(source: Source, version: str, name: str, out: BinaryIO, reporter: 
                     chunk = stream.read(CHUNK)
                 except OSError as exc:
                     raise FetchError(f"the download of {name} broke off ({source.origin}): {exc}",
-                                     hint=source._hint(version, name)) from None
+                                     hint=source.hint(version, name)) from None
                 if not chunk:
                     break
                 digest.update(chunk)
@@ -214,7 +215,7 @@ def _download(source: Source, version: str, name: str, out: BinaryIO, reporter: 
     return digest.hexdigest()
 
 
-def _unpack(archive: Path, version: str, folder: Path) -> Path:
+def _unpack(archive: Path, name: str, version: str, folder: Path) -> Path:
     """Unpack aside, check it is the release, then rename it into place (a concurrent fetch may win)."""
     target = folder / f"istio-{version}"
     aside = Path(tempfile.mkdtemp(prefix=f".istio-{version}.", dir=folder))
@@ -227,7 +228,7 @@ def _unpack(archive: Path, version: str, folder: Path) -> Path:
                 else:  # Pythons without extraction filters: the members were checked above
                     tar.extractall(aside)  # noqa: S202
         except (tarfile.TarError, OSError, EOFError) as exc:
-            raise FetchError(f"cannot unpack {archive.name.split('.part')[0].lstrip('.')}: {exc}",
+            raise FetchError(f"cannot unpack {name}: {exc}",
                              hint="the archive matched its checksum but is not a readable release; check the mirror's copy") from None
         unpacked = aside / f"istio-{version}"
         if not (unpacked / CERTS_MAKEFILE).is_file():

@@ -299,3 +299,14 @@ def test_a_mirror_of_another_scheme_is_refused_as_bad_input():
     assert info.value.message == ("--istio-mirror ftp://mirror.example/istio: setup-mesh reads releases over http(s) "
                                   "or from a folder, not ftp:")
     assert "http:// or https:// URL" in info.value.hint
+
+
+def test_an_archive_that_is_not_gzip_is_refused_by_name(tmp_path):
+    (tmp_path / "mirror").mkdir()
+    name = ARCHIVE.format("1.31.0")
+    (tmp_path / "mirror" / name).write_bytes(b"not a tarball")
+    (tmp_path / "mirror" / f"{name}.sha256").write_text(f"{hashlib.sha256(b'not a tarball').hexdigest()}  {name}\n")
+    with pytest.raises(MeshError) as info:
+        _fetch("1.31.0", tmp_path / "ws", fetch.choose_source(str(tmp_path / "mirror")))
+    assert info.value.message.startswith(f"cannot unpack {name}: ")
+    assert not (tmp_path / "ws").exists()
