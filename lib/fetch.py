@@ -32,6 +32,8 @@ GITHUB_RELEASES = "https://github.com/istio/istio/releases/download"
 MIRROR_ENV = "SETUP_MESH_ISTIO_MIRROR"
 RELEASES_FOLDER = "istio"  # <workspace>/istio/istio-<v>/
 CHUNK = 256 * 1024
+# A download and an unpacking in progress: hidden names ending so, with the fetching process's id in them.
+PARTIAL, ASIDE = ".part", ".unpacking"
 HTTP_TIMEOUT = 60.0
 
 
@@ -166,8 +168,9 @@ def fetch_release(version: str, workdir: Path, source: Source, reporter: Reporte
     folder = releases_dir(workdir)
     made = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     folder.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(folder)
     reporter.info(f"fetching Istio {version}: {source.where(version, name)}")
-    handle, partial = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+    handle, partial = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=PARTIAL, dir=folder)
     try:
         with os.fdopen(handle, "wb") as out:
             digest = _download(source, version, name, out, reporter, timeout)
@@ -184,6 +187,29 @@ def fetch_release(version: str, workdir: Path, source: Source, reporter: Reporte
                 path.rmdir()
     reporter.info(f"verified sha256 of {name}; unpacked into {root}")
     return Release(root.resolve())
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """What a fetch killed mid-way left (a partial download, a half-unpacked folder): removed, unless the process
+    that made it is still running (another run fetching at the same time)."""
+    for path in folder.glob(".*"):
+        match = re.fullmatch(rf"\..+\.(\d+)\.[^.]+({re.escape(PARTIAL)}|{re.escape(ASIDE)})", path.name)
+        if not match or _running(int(match.group(1))):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _expected_digest(source: Source, version: str, name: str, timeout: float) -> str:
@@ -218,7 +244,7 @@ def _download(source: Source, version: str, name: str, out: BinaryIO, reporter: 
 def _unpack(archive: Path, name: str, version: str, folder: Path) -> Path:
     """Unpack aside, check it is the release, then rename it into place (a concurrent fetch may win)."""
     target = folder / f"istio-{version}"
-    aside = Path(tempfile.mkdtemp(prefix=f".istio-{version}.", dir=folder))
+    aside = Path(tempfile.mkdtemp(prefix=f".istio-{version}.{os.getpid()}.", suffix=ASIDE, dir=folder))
     try:
         try:
             with tarfile.open(archive, "r:gz") as tar:

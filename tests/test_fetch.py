@@ -310,3 +310,18 @@ def test_an_archive_that_is_not_gzip_is_refused_by_name(tmp_path):
         _fetch("1.31.0", tmp_path / "ws", fetch.choose_source(str(tmp_path / "mirror")))
     assert info.value.message.startswith(f"cannot unpack {name}: ")
     assert not (tmp_path / "ws").exists()
+
+
+def test_what_a_killed_fetch_left_is_removed_by_the_next_and_a_running_ones_is_kept(published, tmp_path):
+    import os
+
+    folder = tmp_path / "ws" / "istio"
+    folder.mkdir(parents=True)
+    dead = 4194305  # above Linux's largest process id: no process has it
+    name = ARCHIVE.format("1.31.0")
+    (folder / f".{name}.{dead}.k3j9x.part").write_bytes(b"half a download")
+    (folder / f".istio-1.31.0.{dead}.a8f2q.unpacking" / "istio-1.31.0").mkdir(parents=True)
+    alive = folder / f".{name}.{os.getpid()}.zz91p.part"
+    alive.write_bytes(b"another run's download")
+    _fetch("1.31.0", tmp_path / "ws", fetch.choose_source(str(published)))
+    assert sorted(p.name for p in folder.iterdir()) == [alive.name, "istio-1.31.0"]
