@@ -79,6 +79,9 @@ def test_prep_mesh_pins_and_fetches_and_apply_installs_that_release_reusing_it(s
     result = mesh.run("status", env={"PATH": path, "SETUP_MESH_ISTIO_MIRROR": "/nonexistent"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(mesh.sandbox.istioctl_calls()) > calls and len(mirror.requests) == 2
+    # verify reads with the fetched istioctl too.
+    result = mesh.run("verify", env={"PATH": path, "SETUP_MESH_ISTIO_MIRROR": "/nonexistent"})
+    assert result.returncode == 0, result.stdout + result.stderr
     # rotate-certs issues intermediates with the fetched release's Makefile (no other release is findable).
     result = mesh.run("rotate-certs", env={"PATH": path, "SETUP_MESH_ISTIO_MIRROR": "/nonexistent"})
     assert result.returncode == 0, result.stdout + result.stderr
