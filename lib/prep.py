@@ -142,16 +142,7 @@ def prep_mesh(workdir: Path, *, mesh_id: str | None, org: str | None, istio_dir:
     need_root = not all(p.is_file() for p in root_files)
 
     # Everything that can fail is checked before the first file is written.
-    if istio_version is not None:
-        problem = version_problem(istio_version)
-        if problem:
-            raise ConfigError(f"--istio-version {istio_version}: {problem[0]}", hint=problem[1].replace("istio_version: ", ""))
-    pinned = istio_version or _pinned_version(topology_path)
-    release = None
-    if pinned and (istio_version or need_root):
-        release = _pinned_release(pinned, workdir, istio_dir, istio_mirror, topology_path, reporter)
-    elif need_root:
-        release = find_release(istio_dir, workdir)
+    release = _release(workdir, istio_dir, istio_version, istio_mirror, need_root, reporter)
     if need_root:
         for tool in ("make", "openssl"):
             runner.require(tool)
@@ -202,6 +193,25 @@ def prep_mesh(workdir: Path, *, mesh_id: str | None, org: str | None, istio_dir:
     return result
 
 
+def _release(workdir: Path, istio_dir: str | None, istio_version: str | None, mirror: str | None, need_root: bool,
+             reporter: Reporter) -> Release | None:
+    """The release whose Makefile makes the root CA: the pinned one (--istio-version, else an existing
+    topology.yaml's), fetched unless --istio-dir holds it; else the one found as before. With --istio-version it
+    is fetched even when the root exists, so that apply finds it."""
+    if istio_version is not None:
+        problem = version_problem(istio_version)
+        if problem:
+            raise ConfigError(f"--istio-version {istio_version}: {problem[0]}",
+                              hint=problem[1].replace("istio_version: ", ""))
+    topology_path = workdir / TOPOLOGY_FILE
+    pinned = istio_version or _pinned_version(topology_path)
+    if pinned and (istio_version or need_root):
+        if istio_dir:
+            return checked_istio_dir(istio_dir, [pinned], f"{topology_path} (or --istio-version)")
+        return fetch_release(pinned, workdir, choose_source(mirror), reporter)
+    return find_release(istio_dir, workdir) if need_root else None
+
+
 def _pinned_version(topology_path: Path) -> str | None:
     """The top-level istio_version of an existing topology.yaml (apply validates the file; here it only tells
     which release prep-mesh's Makefile should come from)."""
@@ -210,14 +220,6 @@ def _pinned_version(topology_path: Path) -> str | None:
     except (OSError, yaml.YAMLError, AttributeError):
         return None
     return value if isinstance(value, str) and version_problem(value) is None else None
-
-
-def _pinned_release(version: str, workdir: Path, istio_dir: str | None, mirror: str | None, topology_path: Path,
-                    reporter: Reporter) -> Release:
-    """--istio-dir's release when it is the pinned version, else the one fetched into the workspace."""
-    if istio_dir:
-        return checked_istio_dir(istio_dir, [version], f"{topology_path} (or --istio-version)")
-    return fetch_release(version, workdir, choose_source(mirror), reporter)
 
 
 def _warn_if_differs(topology_path: Path, mesh_id: str, reporter: Reporter) -> None:
