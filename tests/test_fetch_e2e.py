@@ -83,7 +83,7 @@ def test_prep_mesh_pins_and_fetches_and_apply_installs_that_release_reusing_it(s
     result = mesh.run("verify", env={"PATH": path, "SETUP_MESH_ISTIO_MIRROR": "/nonexistent"})
     assert result.returncode == 0, result.stdout + result.stderr
     # rotate-certs issues intermediates with the fetched release's Makefile (no other release is findable).
-    result = mesh.run("rotate-certs", env={"PATH": path, "SETUP_MESH_ISTIO_MIRROR": "/nonexistent"})
+    result = mesh.run("rotate-certs", "-y", env={"PATH": path, "SETUP_MESH_ISTIO_MIRROR": "/nonexistent"})
     assert result.returncode == 0, result.stdout + result.stderr
     # teardown too: it uninstalls with the fetched istioctl.
     result = mesh.run("teardown", "-y", env={"PATH": path, "SETUP_MESH_ISTIO_MIRROR": "/nonexistent"})
