@@ -23,7 +23,7 @@ from .statusjudge import evaluate
 from .statusread import Istiod, parse_istiod, read_injection_paths, read_istiod_views, read_published_roots
 from .statusreport import MeshStatus
 from .statusview import render as render_view
-from .workspace import find_tools, inspect_clusters, load_workspace
+from .workspace import find_tools, inspect_clusters, load_workspace, pinned_release
 
 
 WAIT_POLL_SECONDS = 2.0
@@ -58,7 +58,8 @@ def run_status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
     loaded = load_workspace(workdir, kubeconfig, lenient=False)
     # Every cluster is still read: whether a shown cluster holds its peers' current secrets depends on them.
     shown = {c.context for c in select_clusters(loaded.topology, list(contexts))}
-    tools = find_tools(istio_dir, runner, False, loaded.notes, timeout)
+    tools = find_tools(istio_dir, runner, False, loaded.notes, timeout,
+                       pinned=pinned_release(loaded.topology, workdir, istio_dir))
     ws = status_workspace(workdir, loaded)
 
     deadline = time.monotonic() + wait_timeout
