@@ -82,7 +82,7 @@ def confirm_step(tools: Tools, cluster: Cluster, deployment: str, timeout: float
 def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, contexts: list[str],
                          expiring_within: int | None, dry_run: bool, parallel: int, timeout: float,
                          runner: ShRunner, reporter: Reporter) -> int:
-    from .status import istiod_name
+    from .statusread import istiod_name
 
     ws = load_workspace(workdir, kubeconfig, lenient=dry_run)
     topology = ws.topology
@@ -177,7 +177,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     """One stage of the move to a new root per run; see lifecycle.decide for when a stage may start."""
     from .plan import install_steps, record_step
     from .release import find_release
-    from .status import istiod_name
+    from .statusread import istiod_name
 
     wait = min_wait
     # The next run's command carries a --min-wait the user chose, or the pasted hint would refuse for a day.
@@ -421,7 +421,7 @@ def _require_istiod_took(clusters, observed: dict[str, Observed], tools: Tools, 
                          parallel: int, transition: lifecycle.Transition, log, deployment: str) -> None:
     """The stage is in place in every cacerts: before it counts (or the next starts), each istiod must hold
     its roots, as it publishes them in istio-ca-root-cert (one that refused keeps its old ones)."""
-    from .status import read_published_roots
+    from .statusread import read_published_roots
 
     primaries = [c for c in clusters if not c.primary and (observed.get(c.context) or Observed()).cacerts]
     published = read_published_roots(primaries, tools, runner, reporter, parallel)

@@ -10,14 +10,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from typing import TYPE_CHECKING
-
 from .checks import ERROR, EXPIRY_WARN_DAYS, LOCAL, MISSING, OUTDATED, PRESENT, STALE, SYNCED, WARNING
 from .redact import redact
+from .statusreport import ClusterStatus, MeshStatus, Problem
 from .wrapping import fit
-
-if TYPE_CHECKING:  # the report's types: status imports this view, never the other way round
-    from .status import ClusterStatus, MeshStatus, Problem
 
 COLUMNS = ("cluster", "up", "istio", "network", "cacerts", "gateway", "secrets", "synced", "drift")
 AMBIENT_COLUMNS = ("ztunnel", "gateway api")  # shown after the gateway column in an ambient mesh

@@ -37,7 +37,7 @@ from .redact import redact
 from .reporter import Reporter
 from .workspace import find_tools, load_workspace
 from .checks import LOCAL, MISSING, OUTDATED, PRESENT, SYNCED
-from .status import ISTIOD_SERVICE_PROBLEMS
+from .statusjudge import ISTIOD_SERVICE_PROBLEMS
 from .yamlfile import dump
 
 DEFAULT_NAMESPACE = "setup-mesh-verify"
@@ -608,7 +608,9 @@ class VerifyHints:
 
 def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, options: Options, timeout: float,
                runner, reporter: Reporter) -> int:
-    from .status import Hints, collect, status_workspace
+    from .status import collect
+    from .statusinputs import status_workspace
+    from .statusreport import Hints
 
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", options.namespace) or len(options.namespace) > 63:
         raise ConfigError(f"--namespace {options.namespace!r} is not a valid namespace name",

@@ -27,7 +27,7 @@ from lib.overlay import FIELD_MANAGER, MANAGED_BY_LABEL, injection_path
 from lib.plan import WAIT_KEY, Removal, Uninstall, build_apply_plan, teardown_plan, uninstall_steps, wait_gateway_step
 from lib.reporter import Reporter
 from lib.rotate import confirm_step, rotate_intermediates
-from lib.status import evaluate
+from lib.statusjudge import evaluate
 from lib.verify import ClusterRun, Facts, PodState, judge
 from tests.test_status import NOW, _ca, _cacerts, _codes, _healthy, _mid_transition, _pem, _ws, roots  # noqa: F401
 
@@ -135,7 +135,7 @@ def test_status_flags_a_remote_whose_injector_calls_another_clusters_or_networks
     ws = _ws(tmp_path, topology, roots[0])
 
     def injector_calls(path):
-        from lib.status import InjectorWebhook
+        from lib.statusread import InjectorWebhook
 
         return evaluate(ws, observed, istiod, now=NOW, injection={"c2": InjectorWebhook(path, trusted=True)})
 
