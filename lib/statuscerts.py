@@ -8,16 +8,16 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from . import certs, invocation, lifecycle
+from . import certs, invocation, carotation
 from .checks import EXPIRY_WARN_DAYS, WARNING
 from .config import MULTIROOT_ENV, Cluster
 from .kube import CA_ROOT_CONFIGMAP, Observed
-from .overlay import ISTIO_NAMESPACE
+from .names import ISTIO_NAMESPACE
 from .statusinputs import Expected
-from .statusreport import ClusterStatus, Hints, Problem, _iso
+from .statusreport import ClusterStatus, Hints, Problem, iso_utc
 
 
-def _load_cert(pem: bytes | None) -> x509.Certificate | None:
+def load_cert(pem: bytes | None) -> x509.Certificate | None:
     if not pem:
         return None
     try:
@@ -34,7 +34,7 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
         return False
 
 
-def _judge_roots(ws: Expected, root: x509.Certificate | None, now: dt.datetime, hints: Hints,
+def judge_roots(ws: Expected, root: x509.Certificate | None, now: dt.datetime, hints: Hints,
                  problems: list[Problem]) -> dict[str, Any] | None:
     """Days left for the workspace's root (and, mid-transition, the new one): warning under 30, error expired."""
     if root is None:
@@ -46,41 +46,41 @@ def _judge_roots(ws: Expected, root: x509.Certificate | None, now: dt.datetime, 
               if ws.transition is not None else
               f"{hints.rotate('--root')} (moves the mesh to a new root in three runs, at least a day apart)")
     if days < 0:
-        problems.append(Problem("root_ca_expired", f"the mesh's root CA expired on {_iso(info.not_after)}: "
+        problems.append(Problem("root_ca_expired", f"the mesh's root CA expired on {iso_utc(info.not_after)}: "
                                                    "cross-cluster mTLS fails", remedy))
     elif days < EXPIRY_WARN_DAYS:
         problems.append(Problem("root_ca_expiring", f"the mesh's root CA expires in {days} day(s) "
-                                                    f"({_iso(info.not_after)})", remedy, severity=WARNING))
-    result = {"expires": _iso(info.not_after), "days_left": days}
+                                                    f"({iso_utc(info.not_after)})", remedy, severity=WARNING))
+    result = {"expires": iso_utc(info.not_after), "days_left": days}
     if ws.new_root_pem:
         new = certs.read_cert(ws.new_root_pem)
-        result["new_root"] = {"fingerprint": new.fingerprint, "expires": _iso(new.not_after),
+        result["new_root"] = {"fingerprint": new.fingerprint, "expires": iso_utc(new.not_after),
                               "days_left": new.days_left(now)}
     return result
 
 
-def _transition_summary(ws: Expected, clusters: list[ClusterStatus], observed: dict[str, Observed],
+def transition_summary(ws: Expected, clusters: list[ClusterStatus], observed: dict[str, Observed],
                         hints: Hints) -> dict[str, Any] | None:
     """Where a move to a new root stands, and the command for its next stage."""
     t = ws.transition
     if t is None:
         return None
     in_step = all(c.cacerts.stage == t.stage for c in clusters)
-    since = [lifecycle.stage_since(t, (observed.get(c.cluster.context) or Observed()).annotations) for c in clusters]
+    since = [carotation.stage_since(t, (observed.get(c.cluster.context) or Observed()).annotations) for c in clusters]
     latest = max((s for s in since if s is not None), default=None)
     if not in_step:
         next_step = f"{hints.rotate('--root')} (brings every cluster to stage {t.stage})"
-    elif t.stage == lifecycle.LAST_STAGE:
+    elif t.stage == carotation.LAST_STAGE:
         next_step = f"{hints.rotate('--root')} (completes the transition: certs/ becomes the new root)"
     else:
-        ready = latest + lifecycle.WORKLOAD_CERT_LIFETIME if latest else None
-        next_step = (f"{hints.rotate('--root')} from {_iso(ready)} (stage {t.stage + 1}: "
-                     f"{lifecycle.STAGES[t.stage + 1]}; --min-wait shortens the 24h wait)")
-    return {"stage": t.stage, "stages": lifecycle.LAST_STAGE, "description": lifecycle.STAGES[t.stage],
-            "started": t.started, "in_step": in_step, "since": _iso(latest) if in_step else None, "next": next_step}
+        ready = latest + carotation.WORKLOAD_CERT_LIFETIME if latest else None
+        next_step = (f"{hints.rotate('--root')} from {iso_utc(ready)} (stage {t.stage + 1}: "
+                     f"{carotation.STAGES[t.stage + 1]}; --min-wait shortens the 24h wait)")
+    return {"stage": t.stage, "stages": carotation.LAST_STAGE, "description": carotation.STAGES[t.stage],
+            "started": t.started, "in_step": in_step, "since": iso_utc(latest) if in_step else None, "next": next_step}
 
 
-def _judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: Expected, hints: Hints,
+def judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: Expected, hints: Hints,
                    root: x509.Certificate | None, root_fp: str | None, set_up: bool, now: dt.datetime) -> None:
     add = status.problems.append
     c = status.cacerts
@@ -91,8 +91,8 @@ def _judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: 
                                            "that no other cluster trusts", hints.apply))
         return
     files = seen.cacerts or {}
-    ca = _load_cert(files.get("ca-cert.pem"))
-    cluster_root = _load_cert(files.get("root-cert.pem"))
+    ca = load_cert(files.get("ca-cert.pem"))
+    cluster_root = load_cert(files.get("root-cert.pem"))
     if cluster_root is not None:
         c.root_fingerprint = certs.read_cert(files["root-cert.pem"]).fingerprint
     if ca is None:
@@ -104,25 +104,25 @@ def _judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: 
     info = certs.read_cert(files["ca-cert.pem"])
     c.expires = info.not_after
     c.days_left = info.days_left(now)
-    c.roots_trusted = len(set(lifecycle.split_pems(files.get("root-cert.pem"))))  # distinct: stage 2 repeats one
+    c.roots_trusted = len(set(carotation.split_pems(files.get("root-cert.pem"))))  # distinct: stage 2 repeats one
     if root is not None and _issued_by(ca, root):
         c.chains_to = "current"
-    elif ws.new_root_pem and (new_root := _load_cert(ws.new_root_pem)) is not None and _issued_by(ca, new_root):
+    elif ws.new_root_pem and (new_root := load_cert(ws.new_root_pem)) is not None and _issued_by(ca, new_root):
         c.chains_to = "new"
     if ws.transition is not None:
         # Mid-transition a cluster is in step when it holds exactly what the stage says.
         t = ws.transition
         c.chains_to_root = c.chains_to is not None
-        if lifecycle.holds(seen.cacerts, ws.expected.get(cluster.name)) and lifecycle.stage_since(t, seen.annotations):
+        if carotation.holds(seen.cacerts, ws.expected.get(cluster.name)) and carotation.stage_since(t, seen.annotations):
             c.stage = t.stage
         else:
             add(Problem("root_transition_behind",
                         f"secret cacerts is not at stage {t.stage} of the move to a new root "
-                        f"({lifecycle.STAGES[t.stage]})", f"{hints.rotate('--root')} (brings every cluster to the stage)"))
+                        f"({carotation.STAGES[t.stage]})", f"{hints.rotate('--root')} (brings every cluster to the stage)"))
     elif root is not None:
         c.chains_to_root = c.root_fingerprint == root_fp and _issued_by(ca, root)
         if not c.chains_to_root:
-            local = _load_cert(ws.local_ca.get(cluster.name))
+            local = load_cert(ws.local_ca.get(cluster.name))
             local_ok = local is not None and _issued_by(local, root)
             # apply replaces a cacerts under another root only when told to (mTLS breaks until workloads restart)
             other_root = c.root_fingerprint != root_fp
@@ -147,13 +147,13 @@ def _judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: 
         reissue_all = (f"{reissue}, or {hints.rotate('--expiring-within', str(EXPIRY_WARN_DAYS))} for every such "
                        f"cluster")
     if c.days_left < 0:
-        add(Problem("cacerts_expired", f"the intermediate CA in cacerts expired on {_iso(c.expires)}", reissue))
+        add(Problem("cacerts_expired", f"the intermediate CA in cacerts expired on {iso_utc(c.expires)}", reissue))
     elif c.days_left < EXPIRY_WARN_DAYS:
         add(Problem("cacerts_expiring", f"the intermediate CA in cacerts expires in {c.days_left} day(s) "
-                                        f"({_iso(c.expires)})", reissue_all, severity=WARNING))
+                                        f"({iso_utc(c.expires)})", reissue_all, severity=WARNING))
 
 
-def _judge_istiod_roots(status: ClusterStatus, seen: Observed, published: bytes | None, ws: Expected,
+def judge_istiod_roots(status: ClusterStatus, seen: Observed, published: bytes | None, ws: Expected,
                         hints: Hints) -> None:
     """istiod took the root bundle secret cacerts holds: the bundle it publishes in istio-ca-root-cert is
     that one, byte for byte. istiod takes a changed root-cert.pem only under ISTIO_MULTIROOT_MESH and when
@@ -165,7 +165,7 @@ def _judge_istiod_roots(status: ClusterStatus, seen: Observed, published: bytes 
     status.cacerts.istiod_took = published == want
     if status.cacerts.istiod_took or any(p.code == "cacerts_foreign_root" for p in status.problems):
         return  # a cacerts that is not this mesh's is the problem to solve (apply puts back what istiod holds)
-    held, wanted = set(lifecycle.split_pems(published)), set(lifecycle.split_pems(want))
+    held, wanted = set(carotation.split_pems(published)), set(carotation.split_pems(want))
     deployment = ws.istiod_deployment
     containers = (((seen.deployments.get(deployment) or {}).get("spec") or {}).get("template") or {}).get("spec", {})
     env = {e.get("name"): e.get("value") for c in containers.get("containers") or [] for e in c.get("env") or []}

@@ -6,12 +6,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Callable, Mapping
 
-from . import certs, lifecycle
+from . import certs, carotation
 from .config import SIDECAR, Topology, data_plane_mode
 from .fsutil import read_if_present
 from .mesh import Mesh, mesh_model
-from .overlay import control_plane_revision
-from .statusread import istiod_name
+from .names import ISTIOD
+from .overlay import control_plane_istiod, control_plane_revision
 
 
 @dataclass
@@ -23,10 +23,10 @@ class Expected:
     fingerprints: dict[str, str]  # context -> what apply would install now
     root_pem: bytes | None  # certs/root-cert.pem
     local_ca: dict[str, bytes | None]  # cluster name -> certs/<name>/ca-cert.pem
-    istiod_deployment: str = "istiod"
+    istiod_deployment: str = ISTIOD
     revision: str | None = None  # base.yaml's spec.revision, when not the default
     data_plane: str = SIDECAR  # ambient: the east-west gateway is a Gateway API Gateway
-    transition: lifecycle.Transition | None = None  # a move to a new root under way
+    transition: carotation.Transition | None = None  # a move to a new root under way
     new_root_pem: bytes | None = None  # certs-next/root-cert.pem during a transition
     expected: dict[str, dict[str, bytes] | None] = field(default_factory=dict)  # name -> the stage's cacerts
     # The fingerprints once the clusters are read (a remote's install names its primary's gateway address).
@@ -42,7 +42,7 @@ def status_workspace(workdir: Path, loaded) -> Expected:
     from .desired import desired_state
 
     cert_dir = certs.certs_dir(workdir)
-    transition = lifecycle.load_transition(workdir)
+    transition = carotation.load_transition(workdir)
     desired = desired_state(loaded.topology, loaded.base, transition=transition)
     return Expected(
         workdir=workdir,
@@ -53,11 +53,11 @@ def status_workspace(workdir: Path, loaded) -> Expected:
                                                           transition=transition).items()},
         root_pem=read_if_present(cert_dir / certs.ROOT_CERT),
         local_ca={c.name: read_if_present(cert_dir / c.name / "ca-cert.pem") for c in loaded.topology.clusters},
-        istiod_deployment=istiod_name(loaded.base),
+        istiod_deployment=control_plane_istiod(loaded.base),
         revision=control_plane_revision(loaded.base),
         data_plane=data_plane_mode(loaded.base),
         transition=transition,
-        new_root_pem=read_if_present(lifecycle.next_dir(workdir) / certs.ROOT_CERT) if transition else None,
-        expected={c.name: lifecycle.desired_cacerts(workdir, c.name, transition) for c in loaded.topology.clusters}
+        new_root_pem=read_if_present(carotation.next_dir(workdir) / certs.ROOT_CERT) if transition else None,
+        expected={c.name: carotation.desired_cacerts(workdir, c.name, transition) for c in loaded.topology.clusters}
         if transition else {},
     )

@@ -15,11 +15,12 @@ from .gatewayapi import offline_crds_hint, expected_version, older_than_needed
 from .invocation import prep_hint
 from .kube import GATEWAY_RESOURCE, Observed
 from .mesh import Mesh
-from .overlay import CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL, injection_path
-from .statuscerts import _judge_cacerts, _judge_istiod_roots, _judge_roots, _load_cert, _transition_summary
+from .overlay import injection_path
+from .names import CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL
+from .statuscerts import judge_cacerts, judge_istiod_roots, judge_roots, load_cert, transition_summary
 from .statusinputs import Expected
 from .statusread import ZTUNNEL, InjectorWebhook, Istiod, IstiodView
-from .statusreport import ClusterStatus, Hints, MeshStatus, Problem, _short_error
+from .statusreport import ClusterStatus, Hints, MeshStatus, Problem, short_error
 
 
 def evaluate(ws: Expected, observed: dict[str, Observed], istiod: dict[str, Istiod],
@@ -31,7 +32,7 @@ def evaluate(ws: Expected, observed: dict[str, Observed], istiod: dict[str, Isti
     now = now or dt.datetime.now(dt.timezone.utc)
     topology = ws.topology
     hints = Hints(ws.workdir, topology)
-    root = _load_cert(ws.root_pem)
+    root = load_cert(ws.root_pem)
     root_fp = certs.read_cert(ws.root_pem).fingerprint if root is not None else None
     mesh_problems: list[Problem] = []
     if ws.root_pem is None:
@@ -57,10 +58,10 @@ def evaluate(ws: Expected, observed: dict[str, Observed], istiod: dict[str, Isti
     _judge_remotes(ws.mesh, result, injection or {}, hints)
     for status in result:
         if status.cluster.context in (published or {}):
-            _judge_istiod_roots(status, observed[status.cluster.context], published[status.cluster.context], ws,
+            judge_istiod_roots(status, observed[status.cluster.context], published[status.cluster.context], ws,
                                 hints)
-    root_info = _judge_roots(ws, root, now, hints, mesh_problems)
-    transition = _transition_summary(ws, result, observed, hints)
+    root_info = judge_roots(ws, root, now, hints, mesh_problems)
+    transition = transition_summary(ws, result, observed, hints)
     return MeshStatus(topology.mesh_id, root_fp, result, mesh_problems, root_info, transition)
 
 
@@ -134,7 +135,7 @@ def _judge_istiod_view(status: ClusterStatus, view: IstiodView | None, topology:
         return
     if view.error:
         status.problems.append(Problem("istiod_view_unreadable", f"`istioctl remote-clusters` failed: "
-                                                                 f"{_short_error(view.error)}",
+                                                                 f"{short_error(view.error)}",
                                        f"check istiod with `{hints.kubectl(status.cluster, 'get', 'pods', '-n', ISTIO_NAMESPACE, '-l', 'app=istiod')}`",
                                        severity=WARNING))
         return
@@ -205,7 +206,7 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints
     add = status.problems.append
     if not seen.reachable:
         status.error = seen.error
-        add(Problem("unreachable", f"cannot read the cluster: {_short_error(seen.error)}",
+        add(Problem("unreachable", f"cannot read the cluster: {short_error(seen.error)}",
                     f"check access with `{hints.kubectl(cluster, 'get', 'ns')}`, or remove the context from "
                     f"{hints.topology_file}"))
         return status
@@ -261,7 +262,7 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints
     _judge_istiod_service(status, cluster, member.is_remote, seen, ws, hints)
 
     # cacerts
-    _judge_cacerts(status, cluster, seen, ws, hints, root, root_fp, set_up, now)
+    judge_cacerts(status, cluster, seen, ws, hints, root, root_fp, set_up, now)
 
     # east-west gateway
     if ws.data_plane == AMBIENT:

@@ -12,7 +12,6 @@ from .config import Cluster
 from .errors import MeshError
 from .executor import RunContext, read_clusters
 from .kube import Tools, parse_published_roots
-from .overlay import control_plane_revision
 from .reporter import Reporter
 
 
@@ -37,11 +36,6 @@ class Istiod:
     ready: bool | None = None  # at least one ready replica
     cluster_id: str | None = None  # its CLUSTER_ID env: the cluster name Istio runs under
     error: str | None = None
-
-
-def istiod_name(base: dict) -> str:
-    revision = control_plane_revision(base)
-    return f"istiod-{revision}" if revision else "istiod"
 
 
 def image_version(image: str | None) -> str | None:

@@ -83,14 +83,14 @@ class ClusterStatus:
             "role": "remote" if self.primary else "primary",
             "primary": self.primary,
             "reachable": self.reachable,
-            "error": redact(_short_error(self.error)) if self.error else None,
+            "error": redact(short_error(self.error)) if self.error else None,
             "istio": {"installed": self.istio_installed, "version": self.istio_version, "ready": self.istio_ready},
             "network_label": self.network_label,
             "cacerts": {
                 "present": c.present,
                 "chains_to_root": c.chains_to_root,
                 "root_fingerprint": c.root_fingerprint,
-                "expires": _iso(c.expires),
+                "expires": iso_utc(c.expires),
                 "days_left": c.days_left,
                 "chains_to": c.chains_to,
                 "roots_trusted": c.roots_trusted,
@@ -146,13 +146,13 @@ class MeshStatus:
         return [(context, p) for context, p in self.all_problems() if p.severity == ERROR]
 
 
-def _iso(value: dt.datetime | None) -> str | None:
+def iso_utc(value: dt.datetime | None) -> str | None:
     if value is None:
         return None
     return value.astimezone(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _short_error(error: str | None) -> str:
+def short_error(error: str | None) -> str:
     """kubectl's own words, once each: not the command line that failed (the hint names one to try)."""
     lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
     if len(lines) > 1 and lines[0].startswith("`"):

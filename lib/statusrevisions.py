@@ -21,7 +21,7 @@ from .config import Cluster
 from .errors import MeshError
 from .executor import RunContext, read_clusters
 from .kube import Observed, Tools
-from .overlay import ISTIO_NAMESPACE
+from .names import ISTIO_NAMESPACE
 from .reporter import Reporter
 from .skew import KUBERNETES_SUPPORT, parse_version, proxy_skew
 from .statusread import image_version

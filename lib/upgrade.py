@@ -23,10 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Iterable
 
+from .names import ISTIO_NAMESPACE
 from .skew import revision_name
 
 INSTALL, GATEWAY, TAG, RESTART, REMOVE = "install", "gateway", "tag", "restart", "remove"
-ISTIO_NAMESPACE = "istio-system"
 
 
 @dataclass(frozen=True)
