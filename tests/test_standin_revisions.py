@@ -99,6 +99,10 @@ def test_a_revision_installs_beside_the_default_and_the_default_tag_moves_inject
     # the old revision goes; the new one, the tag and the new pods stay
     gone = ctl(new, sb, "uninstall", "--revision", "default", "-y", "--context", "c1")
     assert gone.returncode == 0, gone.stderr
+    # istioctl counts the proxies every istiod reports, whatever their revision (pkg/proxy/proxyinfo.go)
+    # (the default profile's ingress gateway, still on the old revision, and the restarted web pod)
+    assert "There are still 2 proxies pointing to the control plane revision default" in gone.stdout, gone.stdout
+    assert ".app\n" in gone.stdout and "istio-ingressgateway-" in gone.stdout
     assert sb.kubectl("c1", "get", "deployment", "istiod", "-n", "istio-system", check=False).returncode != 0
     assert sb.get_json("c1", "deployment", f"istiod-{NEW_REV}", "-n", "istio-system")
     assert sb.get_json("c1", "mutatingwebhookconfiguration", "istio-revision-tag-default")
