@@ -21,10 +21,15 @@ unless ``parallel`` allows more. Wiring these steps into apply's plan (lib/plan.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
+from .errors import ConfigError
 from .names import ISTIO_NAMESPACE
-from .skew import revision_name
+from .skew import ClusterVersions, Refusal, check_targets, revision_name
+
+if TYPE_CHECKING:
+    from .config import Topology
+    from .statusrevisions import Revisions
 
 INSTALL, GATEWAY, TAG, RESTART, REMOVE = "install", "gateway", "tag", "restart", "remove"
 
@@ -127,3 +132,42 @@ def describe(states: Iterable[ClusterRevisions], targets: dict[str, str], parall
                 lines.append(f"  {ctx}: on {targets[ctx]}, nothing to do")
             lines += [f"  {step}" for step in left]
     return lines
+
+
+# --- from what status reads (lib/statusrevisions.py) to the upgrade's inputs --------------------------------
+
+def cluster_revisions(context: str, primary: str | None, seen: "Revisions", gateway: dict | None) -> ClusterRevisions:
+    """One cluster's revisions as the upgrade needs them: what is installed (a primary's istiods, a remote's
+    revision injectors), the default tag, proxies per revision and namespace, and the revision of the
+    east-west gateway's Deployment (``gateway``: as read, None when there is none)."""
+    installed = dict(seen.injectors if primary else seen.control_planes)
+    labels = ((gateway or {}).get("metadata") or {}).get("labels") or {}
+    return ClusterRevisions(context, installed=installed, default_tag=seen.default_tag,
+                            proxies={rev: dict(per_ns) for rev, per_ns in seen.namespaces.items()},
+                            gateway_revision=(labels.get("istio.io/rev") or "default") if gateway else None,
+                            primary=primary)
+
+
+def preflight(topology: "Topology", seen: dict[str, "Revisions"], targets: dict[str, str]) -> list[Refusal]:
+    """Istio's skew rules for moving every cluster to ``targets`` (context -> pinned version), from what was
+    read, before any cluster is touched. A remote's control planes are its primary's."""
+    versions = []
+    for cluster in topology.clusters:
+        read = seen.get(cluster.context)
+        if read is None or cluster.context not in targets:
+            continue
+        planes = read.control_planes
+        if cluster.primary and cluster.primary in seen:
+            planes = seen[cluster.primary].control_planes or read.injectors
+        versions.append(ClusterVersions(cluster.context, targets[cluster.context],
+                                        control_planes=tuple(planes.values()),
+                                        proxies=tuple(sorted({v for _, v in read.proxies})),
+                                        kubernetes=read.kubernetes, primary=cluster.primary))
+    return check_targets(versions)
+
+
+def refusal_error(refusals: list[Refusal]) -> ConfigError:
+    """One error naming every rule broken, where, and how to fix each (exit 2: nothing was touched)."""
+    lines = [f"- {r.message}\n  fix: {r.hint}" for r in refusals]
+    return ConfigError("the pinned Istio versions break Istio's upgrade rules; no cluster was changed:\n"
+                       + "\n".join(lines), hint="fix topology.yaml as each line says, then run apply again")

@@ -82,3 +82,56 @@ def test_a_mesh_upgraded_by_revision_before_moves_its_tag_from_the_old_revision(
     steps = steps_left(earlier, NEW)
     assert kinds(steps) == [(INSTALL, REV, False), (GATEWAY, REV, False), (TAG, REV, False), (REMOVE, "1-30-3", True)]
     assert steps[2].detail == "point the default revision tag at 1-31-0 (from 1-30-3)"
+
+
+# --- from what status reads -------------------------------------------------------------------------------
+
+def _read(planes=None, injectors=None, pods=(), kube="v1.33.4", tag=None):
+    from lib.statusrevisions import Revisions
+    seen = Revisions(control_planes=dict(planes or {}), injectors=dict(injectors or {}), default_tag=tag,
+                     kubernetes=kube)
+    for ns, rev, version in pods:
+        seen.proxies[(rev, version)] = seen.proxies.get((rev, version), 0) + 1
+        seen.namespaces.setdefault(rev, {})[ns] = seen.namespaces.get(rev, {}).get(ns, 0) + 1
+    return seen
+
+
+def _topology(tmp_path):
+    from lib.config import Cluster, Topology
+    return Topology(path=tmp_path / "topology.yaml", mesh_id="m",
+                    clusters=(Cluster(context="p1", name="p1", network="n1"),
+                              Cluster(context="r1", name="r1", network="n2", primary="p1")))
+
+
+def test_preflight_refuses_a_skip_of_two_minors_for_a_primary_and_its_remote(tmp_path):
+    from lib.upgrade import preflight, refusal_error
+    seen = {"p1": _read({"default": "1.28.4"}), "r1": _read(injectors={"default": "1.28.4"})}
+    refused = preflight(_topology(tmp_path), seen, {"p1": NEW, "r1": NEW})
+    assert [(r.context, r.rule) for r in refused] == [("p1", "skew_skips_minor"), ("r1", "skew_skips_minor")]
+    error = refusal_error(refused)
+    assert error.exit_code == 2 and "no cluster was changed" in error.message
+    assert "p1: moving Istio 1.28.4 -> 1.31.0" in error.message and "fix: pin istio_version" in error.message
+    assert preflight(_topology(tmp_path), seen, {"p1": "1.30.3", "r1": "1.30.3"}) == []
+
+
+def test_preflight_reads_downgrades_proxies_and_kubernetes(tmp_path):
+    from lib.upgrade import preflight
+    seen = {"p1": _read({"default": NEW}, pods=[("app", "default", NEW)], kube="v1.31.0"),
+            "r1": _read(injectors={"default": NEW})}
+    refused = preflight(_topology(tmp_path), seen, {"p1": OLD, "r1": OLD})
+    assert [(r.context, r.rule) for r in refused] == [
+        ("p1", "skew_downgrade"), ("p1", "skew_proxies_ahead"), ("p1", "skew_kubernetes_unsupported"),
+        ("r1", "skew_downgrade")]
+
+
+def test_cluster_revisions_take_the_gateways_revision_from_its_deployment():
+    from lib.upgrade import cluster_revisions
+    seen = _read({"default": OLD, REV: NEW}, injectors={"default": OLD}, pods=[("istio-system", "default", OLD)],
+                 tag=REV)
+    gateway = {"metadata": {"labels": {"istio.io/rev": REV}}}
+    state = cluster_revisions("c1", None, seen, gateway)
+    assert (state.installed, state.gateway_revision, state.default_tag) == ({"default": OLD, REV: NEW}, REV, REV)
+    assert state.proxies == {"default": {"istio-system": 1}}
+    assert cluster_revisions("c1", "p1", seen, {"metadata": {}}).installed == {"default": OLD}
+    assert cluster_revisions("c1", "p1", seen, {"metadata": {}}).gateway_revision == "default"
+    assert cluster_revisions("c1", None, seen, None).gateway_revision is None
