@@ -166,3 +166,37 @@ def test_the_table_view_names_each_revision_during_an_upgrade(tmp_path):
     lines = revision_lines(MeshStatus("m", None, list(found.values())))
     assert lines == ["c1: revisions 1-31-0 (1.31.0, proxies: 1 at 1.31.0), default (1.30.3, proxies: 1 at 1.30.3); "
                      "default tag -> 1-31-0"]
+
+
+def test_a_canary_moves_the_east_west_gateway_in_place_and_the_old_revision_goes(mesh):
+    """What an upgrade does to one cluster of a multi-network mesh, by hand with the stand-in: the new revision
+    beside the old, the east-west gateway reinstalled at that revision (its Service keeps UID and address, its
+    pods are injected by the new revision), the default tag moved, then the old revision removed while the
+    gateway and the new control plane stay."""
+    sb, ctx = mesh.sandbox, "cluster3"
+    svc = mesh.get(ctx, "service", "istio-eastwestgateway", "-n", "istio-system")
+    uid, address = svc["metadata"]["uid"], svc["status"]["loadBalancer"]["ingress"][0]["ip"]
+    overlays = mesh.workdir / "overlays"
+    new = materialize_release(Path(sb.istio_dir).parent, version=NEW)
+    _istioctl(mesh, new, "install", "-y", "--context", ctx, "--revision", NEW_REV, "-f", str(overlays / f"{ctx}.yaml"))
+    _istioctl(mesh, new, "install", "-y", "--context", ctx, "--revision", NEW_REV,
+              "-f", str(overlays / f"{ctx}-eastwest.yaml"))
+    _istioctl(mesh, new, "tag", "set", "default", "--revision", NEW_REV, "--overwrite", "--context", ctx)
+
+    svc = mesh.get(ctx, "service", "istio-eastwestgateway", "-n", "istio-system")
+    assert (svc["metadata"]["uid"], svc["status"]["loadBalancer"]["ingress"][0]["ip"]) == (uid, address)
+    assert svc["metadata"]["labels"]["istio.io/rev"] == NEW_REV
+
+    def on_new_revision():  # the gateways' pods, restarted by the reinstall and injected by the new revision
+        code, doc = mesh.status()
+        return {(p["revision"], p["version"]) for p in _cluster(doc, ctx)["revisions"]["proxies"]} == {(NEW_REV, NEW)}
+    deadline = time.monotonic() + 30
+    while not on_new_revision() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert on_new_revision()
+
+    _istioctl(mesh, new, "uninstall", "--revision", "default", "-y", "--context", ctx)
+    svc = mesh.get(ctx, "service", "istio-eastwestgateway", "-n", "istio-system")
+    assert (svc["metadata"]["uid"], svc["status"]["loadBalancer"]["ingress"][0]["ip"]) == (uid, address)
+    assert mesh.get(ctx, "deployment", f"istiod-{NEW_REV}", "-n", "istio-system")["status"].get("readyReplicas") == 1
+    assert mesh.get(ctx, "deployment", "istiod", "-n", "istio-system", check=False) is None
