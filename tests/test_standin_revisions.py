@@ -155,3 +155,14 @@ def test_the_api_server_reports_the_kubernetes_version_it_was_started_with(sandb
                 for ctx in ("c1", "c2")}
     assert versions["c2"]["gitVersion"] == "v1.31.7" and versions["c2"]["minor"] == "31"
     assert versions["c1"]["gitVersion"] != "v1.31.7"
+
+
+def test_install_warns_below_the_releases_minimum_kubernetes_and_goes_on(sandbox_factory, tmp_path):
+    sb = sandbox_factory(["old", "new"], kube_versions={"old": "1.31.2"})
+    iop = write(tmp_path / "c.yaml", cluster_iop("old", "network1"))
+    warned = ctl(sb.istio_dir, sb, "install", "-y", "-f", iop, "--context", "old")
+    assert warned.returncode == 0, warned.stderr
+    assert ("The Kubernetes version v1.31.2 is not supported by Istio 1.30.3. The minimum supported Kubernetes "
+            "version is 1.32.") in warned.stdout
+    quiet = ctl(sb.istio_dir, sb, "install", "-y", "-f", iop, "--context", "new")
+    assert quiet.returncode == 0 and "not supported" not in quiet.stdout
