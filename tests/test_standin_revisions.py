@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.sandbox.release import materialize_release
 from tests.test_standin_istioctl import cluster_iop, run, wait_for, write
@@ -166,3 +167,20 @@ def test_install_warns_below_the_releases_minimum_kubernetes_and_goes_on(sandbox
             "version is 1.32.") in warned.stdout
     quiet = ctl(sb.istio_dir, sb, "install", "-y", "-f", iop, "--context", "new")
     assert quiet.returncode == 0 and "not supported" not in quiet.stdout
+
+
+def test_tag_generate_prints_the_tag_and_changes_nothing(canary):
+    sb, old, new, iop = canary
+    assert ctl(new, sb, "install", "-y", "-f", iop, "--revision", NEW_REV, "--context", "c1").returncode == 0
+    before = sb.get_json("c1", "mutatingwebhookconfiguration", "istio-sidecar-injector")
+    generated = ctl(new, sb, "tag", "generate", "default", "--revision", NEW_REV, "--context", "c1")
+    assert generated.returncode == 0, generated.stderr
+    docs = [d for d in yaml.safe_load_all(generated.stdout) if d]
+    assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [
+        ("MutatingWebhookConfiguration", "istio-revision-tag-default"),
+        ("ValidatingWebhookConfiguration", "istiod-default-validator"),
+        ("Service", "istiod-revision-tag-default")]
+    assert docs[2]["spec"]["selector"] == {"app": "istiod", "istio.io/rev": NEW_REV}
+    assert sb.kubectl("c1", "get", "mutatingwebhookconfiguration", "istio-revision-tag-default",
+                      check=False).returncode != 0
+    assert sb.get_json("c1", "mutatingwebhookconfiguration", "istio-sidecar-injector")["webhooks"] == before["webhooks"]
