@@ -174,7 +174,6 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
 def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, min_wait: dt.timedelta, dry_run: bool,
                 parallel: int, timeout: float, runner: ShRunner, reporter: Reporter) -> int:
     """One stage of the move to a new root per run; see carotation.decide for when a stage may start."""
-    from .plan import install_steps, record_step
     from .release import find_release
 
     wait = min_wait
@@ -212,14 +211,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
                 if ws.contexts_resolved else {})
     now = carotation.utc_now()
     current_root = root_info.fingerprint
-    views = []
-    for cluster in topology.clusters:
-        seen = observed.get(cluster.context) or Observed(reachable=False, error="not read")
-        in_place = transition is not None and cacerts_in_place(seen, cluster, workdir, transition)
-        views.append(carotation.ClusterView(
-            cluster.context, seen.reachable, in_place,
-            carotation.stage_since(transition, seen.annotations) if transition else None,
-            completing=transition is None and carotation.completed_here(current_root, seen.annotations)))
+    views = _cluster_views(topology.clusters, observed, workdir, transition, current_root)
     move = carotation.decide(transition, views, now, wait)
     if move.kind in ("wait", "advance", "finish"):
         _require_istiod_took(topology.clusters, observed, tools, runner, read_reporter, parallel, transition, log,
@@ -230,16 +222,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     final = desired_state(topology, ws.base, addresses)
 
     def completion(clusters: list[Cluster]) -> Phase:
-        """istiod back to one root (without ISTIO_MULTIROOT_MESH), and the clusters' record of the move removed."""
-        last = Phase("drop the second root from istiod")
-        for cluster in clusters:
-            d, seen = final[cluster.context], observed[cluster.context]
-            if seen.applied != d.fingerprint:
-                last.add(cluster.context, install_steps(tools, workdir, d, seen)[0][0])
-                last.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
-            last.add(cluster.context, Step("the root transition is complete here", commands=[tools.kubectl_cmd(
-                cluster, "annotate", "namespace", ISTIO_NAMESPACE, f"{TRANSITION_ANNOTATION}-")]))
-        return last
+        return _completion_phase(clusters, final, observed, tools, workdir)
 
     if move.kind == "complete":
         # An earlier run made the new root the workspace's but did not reach every istiod afterwards.
@@ -263,36 +246,10 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         ws.state.save(topology.mesh_id)
         return finish_run("rotate-certs --root", outcome, log, reporter)
 
-    if move.kind == "start":
-        # Only from a mesh that is in step: every cluster reachable and on the workspace's root.
-        not_ready = [c.context for c in topology.clusters
-                     if not (observed.get(c.context) or Observed()).reachable
-                     or not cacerts_in_place(observed[c.context], c, workdir, None)]
-        roots = workspace_roots(workdir, None)
-        other_root = [c.context for c in topology.clusters if c.context in not_ready and c.context in observed
-                      and cacerts_finding(observed[c.context], c, workdir, None, roots).other_root]
-        if other_root and not dry_run:
-            # The stages start from the root the clusters trust, whose key this workspace does not hold.
-            log.close()
-            raise ConfigError(f"the cacerts of {', '.join(other_root)} chains to another root than this "
-                              f"workspace's: a move to a new root starts from the root the clusters run on",
-                              hint=f"run `rotate-certs --root` from the workspace that holds that root, or "
-                                   f"`{invocation.command('apply', '--replace-foreign-ca')}` to replace it at once "
-                                   f"(mTLS between workloads breaks until they restart)")
-        if not_ready and not dry_run:
-            log.close()
-            raise MeshError(f"not every cluster runs on the workspace's root yet ({', '.join(not_ready)}): "
-                            f"a new root is introduced only to a mesh that is in step",
-                            hint=f"run `{invocation.command('apply')}` (and check `{invocation.command('status')}`) "
-                                 f"first, then `{again}`")
+    if move.kind == "start" and not dry_run:
+        _require_in_step(topology.clusters, observed, workdir, log, again)
     if move.kind == "wait":
-        since = move.ready_at - wait
-        reporter.info(f"stage {transition.stage} of {carotation.LAST_STAGE} ({carotation.STAGES[transition.stage]}) "
-                      f"is in place in every cluster since {carotation.iso(since)}")
-        reporter.notice(f"stage {transition.stage + 1} ({carotation.STAGES[transition.stage + 1]}) can start at "
-                        f"{carotation.iso(move.ready_at)} (in {carotation.describe_wait(move.ready_at - now)}), when "
-                        f"every workload has renewed its certificate: run `{again}` then "
-                        f"(with --min-wait 0 if every workload has been restarted since)")
+        _report_wait(transition, move, wait, now, again, reporter)
         if log:
             log.close()
         return 0
@@ -316,22 +273,9 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         ws.notes.append(f"{cluster.context} is not set up yet: apply sets it up with the certificates of stage "
                         f"{planned.stage}")
     for cluster in targets:
-        if cluster in not_set_up:
-            continue
-        seen = observed.get(cluster.context) or Observed()
-        d = desired[cluster.context]
-        if seen.applied != d.fingerprint:
-            # istiod must accept a second root before it sees one (the reserved value ISTIO_MULTIROOT_MESH).
-            phase.add(cluster.context, install_steps(tools, workdir, d, seen)[0][0])
-            phase.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
-        if not certs.has_cacerts(issuer, cluster.name):
-            phase.add(cluster.context, intermediate_step(release, issuer, cluster, variables))
-        step = cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition=planned)
-        step.change = f"~ secret cacerts: {_STAGE_CHANGE[planned.stage]} ({issuer.name}/{cluster.name}/)"
-        phase.add(cluster.context, step)
-        if not cluster.primary:  # a remote runs no istiod to confirm
-            phase.add(cluster.context, confirm_step(tools, cluster, deployment, roots=_stage_roots(
-                workdir, cluster, planned)))
+        if cluster not in not_set_up:
+            _add_stage_steps(phase, cluster, observed.get(cluster.context) or Observed(), desired[cluster.context],
+                             tools, workdir, issuer, release, variables, planned, deployment)
     root_vars = {"ROOTCA_CN": carotation.next_root_name(root_info.common_name, now), **({"ROOTCA_ORG": org} if org else {})}
     make_root = certs.root_ca_command(release or _NO_RELEASE, new_dir, root_vars)
 
@@ -393,17 +337,109 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     for cluster in topology.clusters:
         if cluster.context not in outcome.failures and (cluster in targets or complete):
             reporter.finish_cluster(cluster.context, True, f"stage {planned.stage}" if not complete else "new root")
-    if complete:
+    _report_stage(planned, outcome.ok, backup if complete else None, wait, again, reporter)
+    return finish_run("rotate-certs --root", outcome, log, reporter)
+
+
+def _cluster_views(clusters: list[Cluster], observed: dict[str, Observed], workdir: Path,
+                   transition: carotation.Transition | None, current_root: str) -> list[carotation.ClusterView]:
+    """What carotation.decide needs of each cluster: reachable, in place at the stage, since when."""
+    views = []
+    for cluster in clusters:
+        seen = observed.get(cluster.context) or Observed(reachable=False, error="not read")
+        in_place = transition is not None and cacerts_in_place(seen, cluster, workdir, transition)
+        views.append(carotation.ClusterView(
+            cluster.context, seen.reachable, in_place,
+            carotation.stage_since(transition, seen.annotations) if transition else None,
+            completing=transition is None and carotation.completed_here(current_root, seen.annotations)))
+    return views
+
+
+def _completion_phase(clusters: list[Cluster], final: dict, observed: dict[str, Observed], tools: Tools,
+                      workdir: Path) -> Phase:
+    """istiod back to one root (without ISTIO_MULTIROOT_MESH), and the clusters' record of the move removed."""
+    from .plan import install_steps, record_step
+
+    last = Phase("drop the second root from istiod")
+    for cluster in clusters:
+        d, seen = final[cluster.context], observed[cluster.context]
+        if seen.applied != d.fingerprint:
+            last.add(cluster.context, install_steps(tools, workdir, d, seen)[0][0])
+            last.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
+        last.add(cluster.context, Step("the root transition is complete here", commands=[tools.kubectl_cmd(
+            cluster, "annotate", "namespace", ISTIO_NAMESPACE, f"{TRANSITION_ANNOTATION}-")]))
+    return last
+
+
+def _require_in_step(clusters: list[Cluster], observed: dict[str, Observed], workdir: Path, log, again: str) -> None:
+    """A move to a new root starts only from a mesh that is in step: every cluster reachable and on the
+    workspace's root."""
+    not_ready = [c.context for c in clusters
+                 if not (observed.get(c.context) or Observed()).reachable
+                 or not cacerts_in_place(observed[c.context], c, workdir, None)]
+    roots = workspace_roots(workdir, None)
+    other_root = [c.context for c in clusters if c.context in not_ready and c.context in observed
+                  and cacerts_finding(observed[c.context], c, workdir, None, roots).other_root]
+    if other_root:
+        # The stages start from the root the clusters trust, whose key this workspace does not hold.
+        log.close()
+        raise ConfigError(f"the cacerts of {', '.join(other_root)} chains to another root than this "
+                          f"workspace's: a move to a new root starts from the root the clusters run on",
+                          hint=f"run `rotate-certs --root` from the workspace that holds that root, or "
+                               f"`{invocation.command('apply', '--replace-foreign-ca')}` to replace it at once "
+                               f"(mTLS between workloads breaks until they restart)")
+    if not_ready:
+        log.close()
+        raise MeshError(f"not every cluster runs on the workspace's root yet ({', '.join(not_ready)}): "
+                        f"a new root is introduced only to a mesh that is in step",
+                        hint=f"run `{invocation.command('apply')}` (and check `{invocation.command('status')}`) "
+                             f"first, then `{again}`")
+
+
+def _report_wait(transition: carotation.Transition, move: carotation.Move, wait: dt.timedelta, now: dt.datetime,
+                 again: str, reporter: Reporter) -> None:
+    since = move.ready_at - wait
+    reporter.info(f"stage {transition.stage} of {carotation.LAST_STAGE} ({carotation.STAGES[transition.stage]}) "
+                  f"is in place in every cluster since {carotation.iso(since)}")
+    reporter.notice(f"stage {transition.stage + 1} ({carotation.STAGES[transition.stage + 1]}) can start at "
+                    f"{carotation.iso(move.ready_at)} (in {carotation.describe_wait(move.ready_at - now)}), when "
+                    f"every workload has renewed its certificate: run `{again}` then "
+                    f"(with --min-wait 0 if every workload has been restarted since)")
+
+
+def _add_stage_steps(phase: Phase, cluster: Cluster, seen: Observed, d, tools: Tools, workdir: Path, issuer: Path,
+                     release, variables: dict[str, str], planned: carotation.Transition, deployment: str) -> None:
+    """One cluster's steps to the planned stage: istiod ready for two roots, the stage's intermediate and
+    cacerts, and (on a primary) istiod confirmed to have taken them."""
+    from .plan import install_steps, record_step
+
+    if seen.applied != d.fingerprint:
+        # istiod must accept a second root before it sees one (the reserved value ISTIO_MULTIROOT_MESH).
+        phase.add(cluster.context, install_steps(tools, workdir, d, seen)[0][0])
+        phase.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
+    if not certs.has_cacerts(issuer, cluster.name):
+        phase.add(cluster.context, intermediate_step(release, issuer, cluster, variables))
+    step = cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition=planned)
+    step.change = f"~ secret cacerts: {_STAGE_CHANGE[planned.stage]} ({issuer.name}/{cluster.name}/)"
+    phase.add(cluster.context, step)
+    if not cluster.primary:  # a remote runs no istiod to confirm
+        phase.add(cluster.context, confirm_step(tools, cluster, deployment, roots=_stage_roots(
+            workdir, cluster, planned)))
+
+
+def _report_stage(planned: carotation.Transition, ok: bool, backup: Path | None, wait: dt.timedelta, again: str,
+                  reporter: Reporter) -> None:
+    """Where the move stands after this run: complete (``backup`` holds the old root), or what comes next."""
+    if backup is not None:
         reporter.info(f"the mesh runs on the new root: certs/ holds it; the old root, its key and intermediates "
                       f"are kept in {backup}")
-    elif outcome.ok:
+    elif ok:
         when = f" in {carotation.describe_wait(wait)} or later" if wait else ""
         reporter.info(f"stage {planned.stage} of {carotation.LAST_STAGE} is in place in every cluster; run "
                       f"`{again}`{when} for stage {planned.stage + 1} ({carotation.STAGES[planned.stage + 1]})")
     else:
         reporter.info(f"stage {planned.stage} is not in place everywhere yet: run `{again}` "
                       f"(it finishes this stage and goes no further)")
-    return finish_run("rotate-certs --root", outcome, log, reporter)
 
 
 _NO_RELEASE = Release(Path("<istio>"))

@@ -54,9 +54,17 @@ def _failed(doc: dict) -> dict[tuple[str, str], list[dict]]:
 
 
 def test_a_healthy_ambient_mesh_passes_verify(ambient):
+    sandbox = ambient.mesh.sandbox
+    before = {ctx: len(sandbox.requests(ctx)) for ctx in THREE}
     code, doc = ambient.verify()
     assert code == 0 and doc["ok"], _failed(doc) or doc["problems"]
     assert all(p["reached"] and p["answers"] > 0 for p in doc["pairs"]) and len(doc["pairs"]) == 9
+    # ztunnel is read once, by status's reading of istio-system, whose findings verify uses
+    for ctx in THREE:
+        paths = [r["path"] for r in sandbox.requests(ctx)[before[ctx]:]]
+        daemonsets = [p for p in paths if "/daemonsets" in p]
+        assert len(daemonsets) == 1 and daemonsets[0].startswith(f"/apis/apps/v1/namespaces/{NS}/daemonsets"), \
+            daemonsets
 
 
 def test_without_the_east_west_gateway_of_a_network_verify_names_it(ambient):
@@ -77,7 +85,8 @@ def test_without_the_east_west_gateway_of_a_network_verify_names_it(ambient):
 
     table = mesh.run("verify")
     assert table.returncode == 1
-    assert "cluster1 -> cluster3: eastwest_gateway_missing" in table.stdout
+    assert "cluster1 -> cluster3, cluster2 -> cluster3: cluster3's east-west Gateway" in table.stdout
+    assert "eastwest_gateway_missing" not in table.stdout
 
     ambient.apply()  # apply puts the Gateway back
     code, doc = ambient.verify()
@@ -94,7 +103,7 @@ def _deploy(mesh, ctx: str) -> None:
     the Service marked global, as Istio's ambient verify guide does."""
     from types import SimpleNamespace
 
-    from lib.verify import Images, manifests
+    from lib.traffic import Images, manifests
 
     images = Images.from_options(None, "1.0", "8.16.0")
     items = manifests(APP_NS, SimpleNamespace(name=ctx), None, images, ambient=True)
@@ -222,8 +231,10 @@ def test_verify_names_a_cluster_whose_ztunnel_is_gone(ambient):
     for (source, _), causes in failed.items():
         cause = next(c for c in causes if c["code"] == "ztunnel_not_ready")
         assert cause["message"].startswith("cluster2's ztunnel is missing")
-        assert "kubectl --context cluster2 get daemonsets --all-namespaces -l app.kubernetes.io/name=ztunnel" \
+        # status's reading of the DaemonSet, with status's own problem behind it
+        assert "kubectl --context cluster2 get daemonsets -n istio-system -l app.kubernetes.io/name=ztunnel" \
             in cause["hint"]
+        assert cause["status_problems"] == [{"context": "cluster2", "code": "ztunnel_missing"}]
     assert "sidecar" not in json.dumps(doc) and "proxy-config" not in json.dumps(doc)
     code, doc = ambient.verify()
     assert code == 0, _failed(doc)

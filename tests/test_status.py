@@ -607,7 +607,6 @@ def test_drift_after_editing_base_yaml(mesh):
 
 def test_wait_returns_once_the_mesh_is_healthy_again(mesh):
     mesh.kubectl("cluster2", "label", "namespace", "istio-system", "topology.istio.io/network-")
-    started = time.monotonic()
     proc = subprocess.Popen([sys.executable, str(ROOT / "setup_mesh.py"), "status", "--wait", "--wait-timeout", "60",
                              "-o", "json", "--workdir", str(mesh.workdir)], env=mesh.sandbox.env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -619,9 +618,10 @@ def test_wait_returns_once_the_mesh_is_healthy_again(mesh):
     finally:
         if proc.poll() is None:
             proc.kill()
+    # Exit 0 and healthy: it returned once the label was back, not at --wait-timeout (that exits 1). No
+    # bound on the elapsed time: on a loaded machine a poll can take seconds.
     assert proc.returncode == 0, err
     assert json.loads(out)["healthy"] is True
-    assert time.monotonic() - started < 15
 
 
 def test_istiod_reports_a_timeout_for_a_peer_whose_secret_names_an_unreachable_address(mesh):
