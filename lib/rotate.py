@@ -9,7 +9,7 @@ from typing import Callable
 
 from . import certs, invocation, carotation
 from . import polling
-from .commands import certs_prerequisites, finish_run, open_log, sit_out
+from .commands import certs_prerequisites, confirm_plan, finish_run, open_log, sit_out
 from .planview import print_plan
 from .config import MULTIROOT_ENV, Cluster, select_clusters
 from .errors import ConfigError, MeshError
@@ -24,6 +24,7 @@ from .release import Release
 from .workspace import find_tools, inspect_clusters, load_workspace
 from .reporter import Reporter
 from .runner import ShRunner
+from .wrapping import fit
 
 CONTROL_PLANE_WAIT = 120.0  # seconds istiod may take to be ready again
 POLL_SECONDS = 1.0
@@ -73,7 +74,7 @@ def confirm_step(tools: Tools, cluster: Cluster, deployment: str, timeout: float
                                 f"(istio-ca-root-cert still holds another): it keeps its old roots and intermediate",
                                 hint=f"`{restart.pasteable()}` (istiod loads cacerts whole when it starts), then run "
                                      f"this command again; `{invocation.command('status')}` says why it refused")
-            if ctx.cancelled.wait(POLL_SECONDS):
+            if ctx.cancelled.wait(polling.interval(POLL_SECONDS)):
                 raise Interrupted()
 
     return Step(f"confirm {deployment} runs" + (" on the stage's roots" if roots else ""),
@@ -82,7 +83,7 @@ def confirm_step(tools: Tools, cluster: Cluster, deployment: str, timeout: float
 
 def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, contexts: list[str],
                          expiring_within: int | None, dry_run: bool, parallel: int, timeout: float,
-                         runner: ShRunner, reporter: Reporter) -> int:
+                         runner: ShRunner, reporter: Reporter, yes: bool = False) -> int:
     ws = load_workspace(workdir, kubeconfig, lenient=dry_run)
     topology = ws.topology
     chosen = select_clusters(topology, contexts)
@@ -130,12 +131,14 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
     deployment = control_plane_istiod(ws.base)
     namespaces = {ctx: d.namespace_manifest() for ctx, d in desired_state(topology, ws.base).items()}
     phase = Phase("re-issue intermediate CAs and update cacerts")
+    reissued = []
     for cluster in targets:
         if cluster.context in unreachable and not dry_run:
             continue
         seen = observed.get(cluster.context) or Observed()
         reissue = carotation.needs_reissue(rotation, cluster.context, local[cluster.context])
         if reissue:
+            reissued.append(cluster.context)
             if local[cluster.context].fingerprint is not None:
                 phase.add(cluster.context, backup_step(workdir, cluster, backup))
             phase.add(cluster.context, intermediate_step(release, cert_dir, cluster, variables))
@@ -150,6 +153,11 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
                    title="rotate-certs plan", command="rotate-certs")
         return 0
 
+    if phase:
+        question = _rotation_question(reissued, list(phase.steps))
+        confirm_plan(ApplyPlan([phase]), topology, question, yes, reporter, title="rotate-certs",
+                     command="rotate-certs", log=log)
+        reporter.start_progress([(c.context, c.network) for c in targets])
     carotation.save_rotation(workdir, rotation)  # before anything changes: an interrupted run is resumed
     executor = Executor(runner, reporter, parallel)
     for context, seen in unreachable.items():
@@ -169,10 +177,22 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
     return finish_run("rotate-certs", outcome, log, reporter)
 
 
+def _rotation_question(reissued: list[str], changed: list[str]) -> str:
+    """The question names what the plan above it shows: new intermediates, and cacerts updated."""
+    one = len(changed) == 1
+    if reissued == changed:
+        return (f"Re-issue the intermediate CA{'' if one else 's'} of {', '.join(changed)} and update "
+                f"{'its' if one else 'their'} cacerts?")
+    if reissued:
+        return (f"Re-issue the intermediate CA{'s' * (len(reissued) > 1)} of {', '.join(reissued)} and update "
+                f"cacerts in {', '.join(changed)}?")
+    return f"Update cacerts in {', '.join(changed)}?"
+
+
 # --- rotate-certs --root -----------------------------------------------------------------------------
 
 def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, min_wait: dt.timedelta, dry_run: bool,
-                parallel: int, timeout: float, runner: ShRunner, reporter: Reporter) -> int:
+                parallel: int, timeout: float, runner: ShRunner, reporter: Reporter, yes: bool = False) -> int:
     """One stage of the move to a new root per run; see carotation.decide for when a stage may start."""
     from .release import find_release
 
@@ -207,15 +227,20 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
 
     log = None if dry_run else open_log(workdir, "rotate-certs", runner)
     read_reporter = Reporter(quiet=True, err_console=reporter.err) if dry_run else reporter
-    observed = (inspect_clusters(list(topology.clusters), tools, runner, read_reporter, parallel)
-                if ws.contexts_resolved else {})
-    now = carotation.utc_now()
-    current_root = root_info.fingerprint
-    views = _cluster_views(topology.clusters, observed, workdir, transition, current_root)
-    move = carotation.decide(transition, views, now, wait)
-    if move.kind in ("wait", "advance", "finish"):
-        _require_istiod_took(topology.clusters, observed, tools, runner, read_reporter, parallel, transition, log,
-                             control_plane_istiod(ws.base))
+    if not dry_run:  # the reads show on the live table, as apply's do
+        reporter.start_progress([(c.context, c.network) for c in topology.clusters])
+    try:
+        observed = (inspect_clusters(list(topology.clusters), tools, runner, read_reporter, parallel)
+                    if ws.contexts_resolved else {})
+        now = carotation.utc_now()
+        current_root = root_info.fingerprint
+        views = _cluster_views(topology.clusters, observed, workdir, transition, current_root)
+        move = carotation.decide(transition, views, now, wait)
+        if move.kind in ("wait", "advance", "finish"):
+            _require_istiod_took(topology.clusters, observed, tools, runner, read_reporter, parallel, transition,
+                                 log, control_plane_istiod(ws.base))
+    finally:
+        reporter.stop_progress()
     # A remote's install names its primary's gateway address: with the one it has now, its state is
     # the one apply recorded (and the move's istiod setting concerns primaries only).
     addresses = gateway_addresses(observed)
@@ -234,6 +259,8 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
             print_plan(ApplyPlan([phase]), topology, observed if ws.contexts_resolved else None, ws.notes, reporter,
                        title="rotate-certs --root plan", command=("rotate-certs", "--root"))
             return 0
+        confirm_plan(ApplyPlan([phase]), topology, f"Complete the move to the new root in {', '.join(move.behind)}?",
+                     yes, reporter, title="rotate-certs --root", command=("rotate-certs", "--root"), log=log)
         executor = Executor(runner, reporter, parallel)
         reporter.start_progress([(c.context, c.network) for c in targets])
         outcome = executor.run_phases([phase])
@@ -279,14 +306,14 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     root_vars = {"ROOTCA_CN": carotation.next_root_name(root_info.common_name, now), **({"ROOTCA_ORG": org} if org else {})}
     make_root = certs.root_ca_command(release or _NO_RELEASE, new_dir, root_vars)
 
+    completes = (f"certs/ becomes the new root (the old one kept in "
+                 f"{carotation.backup_dir(workdir, planned.backup_name)}) and istiod drops {MULTIROOT_ENV} "
+                 f"(reinstalled with apply's overlay)")
     if dry_run:
         reporter.info(_move_text(move, planned))
         if move.kind == "start":
             reporter.info(f"first the new root: mkdir -p {new_dir} && {make_root.pasteable()}")
         plan = ApplyPlan([phase] if move.kind != "finish" else [])
-        completes = (f"certs/ becomes the new root (the old one kept in "
-                     f"{carotation.backup_dir(workdir, planned.backup_name)}) and istiod drops {MULTIROOT_ENV} "
-                     f"(reinstalled with apply's overlay)")
         print_plan(plan, topology, observed if ws.contexts_resolved else None, ws.notes, reporter,
                    title="rotate-certs --root plan", command=("rotate-certs", "--root"),
                    nothing="no cluster changes in this stage" if move.kind != "finish" else f"then {completes}")
@@ -295,6 +322,9 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
                           f"{completes}")
         return 0
 
+    reporter.info(fit(reporter.console, _move_text(move, planned)))
+    if phase or move.kind == "finish":
+        _ask_for_stage(move, planned, phase, topology, yes, reporter, log, completes)
     if move.kind == "start":
         new_dir.mkdir(mode=0o700, exist_ok=True)
         with reporter.activity(f"making the new root CA in {new_dir} (a 4096-bit key takes a few seconds) ..."):
@@ -304,7 +334,6 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         reporter.info(f"made a new root CA in {new_dir}")
     if move.kind in ("start", "advance"):
         carotation.save_transition(workdir, planned)  # the workspace leads; the clusters follow
-    reporter.info(_move_text(move, planned))
 
     executor = Executor(runner, reporter, parallel)
     if targets or move.unreachable:
@@ -449,6 +478,27 @@ _STAGE_CHANGE = {
     2: "an intermediate of the new root, trusting both roots",
     3: "root-cert.pem trusts only the new root",
 }
+
+
+def _ask_for_stage(move: carotation.Move, planned: carotation.Transition, phase: Phase, topology, yes: bool,
+                   reporter: Reporter, log, completes: str) -> None:
+    """A stage changes every cluster's cacerts (stage 1 reinstalls istiod first): the plan, then the question."""
+    if move.kind == "start":
+        reporter.info("first a new root CA is made in certs-next/")
+    then = (f"once stage {planned.stage} is in place in every cluster, the same run completes the move: {completes}"
+            if planned.stage == carotation.LAST_STAGE and move.kind != "finish" else "")
+    confirm_plan(ApplyPlan([phase] if move.kind != "finish" else []), topology, _stage_question(move, planned, phase),
+                 yes, reporter, title="rotate-certs --root", command=("rotate-certs", "--root"), log=log,
+                 nothing=f"then {completes}", then=then)
+
+
+def _stage_question(move: carotation.Move, planned: carotation.Transition, phase: Phase) -> str:
+    if move.kind == "finish":
+        return "Complete the move to the new root in every cluster?"
+    names = ", ".join(phase.steps)
+    first = "Make a new root CA and bring" if move.kind == "start" else "Bring"
+    then = " and complete the move to the new root" if planned.stage == carotation.LAST_STAGE else ""
+    return f"{first} {names} to stage {planned.stage} of {carotation.LAST_STAGE}{then}?"
 
 
 def _require_istiod_took(clusters, observed: dict[str, Observed], tools: Tools, runner, reporter: Reporter,

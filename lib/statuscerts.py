@@ -172,6 +172,46 @@ def _judge_expiry(status: ClusterStatus, cluster: Cluster, ws: Expected, hints: 
                                        reissue_all, severity=WARNING))
 
 
+def word_other_roots(result: list[ClusterStatus], root_fp: str | None, root, ws: Expected, hints: Hints) -> None:
+    """Clusters on the same other root share one cause (one message, one hint naming them all), and say who
+    does not trust them; when every cluster holds that root, what is true is that the mesh runs on a root
+    this workspace does not hold, and its workloads trust each other."""
+    groups: dict[str, list[tuple[ClusterStatus, Problem]]] = {}
+    for status in result:
+        fp = status.cacerts.root_fingerprint
+        for problem in status.problems:
+            if problem.code == "cacerts_foreign_root" and fp and fp != root_fp:
+                groups.setdefault(fp, []).append((status, problem))
+    held = {s.cluster.context: s.cacerts.root_fingerprint for s in result}
+    for fp, members in groups.items():
+        whole_mesh = all(held[s.cluster.context] == fp for s in result)
+        apart = [ctx for ctx, other in held.items() if other and other != fp]
+        if whole_mesh:
+            every = "every" if len(result) > 1 else "the"
+            message = (f"secret cacerts chains to another root than this workspace's, the same in {every} cluster: "
+                       f"the mesh runs on a root this workspace does not hold")
+        else:
+            message = ("secret cacerts chains to another root than this workspace's (its root-cert.pem is another "
+                       "root)" + (f": workloads here are not trusted by {', '.join(apart)}" if apart else ""))
+        hint = members[0][1].hint if len(members) == 1 else _other_root_hint([s.cluster for s, _ in members], root,
+                                                                                 ws, hints)
+        if whole_mesh:
+            hint = f"run setup-mesh from the workspace that holds that root, or {hint}"
+        for _, problem in members:
+            problem.message, problem.hint = message, hint
+
+
+def _other_root_hint(clusters: list[Cluster], root, ws: Expected, hints: Hints) -> str:
+    """One repair for several clusters on another root: intermediates on disk that this workspace's root did
+    not issue go first, then apply replaces every such cacerts."""
+    stale = [c for c in clusters if (local := load_cert(ws.local_ca.get(c.name))) is not None
+             and not (root is not None and _issued_by(local, root))]
+    apply = invocation.command("apply", "--replace-foreign-ca")
+    first = f"`rm -r {' '.join(hints.path(certs.CERTS_DIR, c.name) for c in stale)}`, then " if stale else ""
+    return (f"{first}{apply} (gives them intermediate CAs of this workspace's root; it replaces their cacerts at "
+            f"once: mTLS between workloads breaks until they restart)")
+
+
 def judge_istiod_roots(status: ClusterStatus, seen: Observed, published: bytes | None, ws: Expected,
                        hints: Hints) -> None:
     """istiod took the root bundle secret cacerts holds: the bundle it publishes in istio-ca-root-cert is

@@ -15,7 +15,8 @@ from .gatewayapi import offline_crds_hint, expected_version, older_than_needed
 from .invocation import prep_hint
 from .kube import GATEWAY_RESOURCE, Observed
 from .names import CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL
-from .statuscerts import judge_cacerts, judge_istiod_roots, judge_roots, load_cert, transition_summary
+from .statuscerts import (judge_cacerts, judge_istiod_roots, judge_roots, load_cert, transition_summary,
+                          word_other_roots)
 from .statusinputs import Expected
 from .statuspeers import judge_istiod_view, judge_remotes, report_secret
 from .statusread import ZTUNNEL, InjectorWebhook, Istiod, IstiodView
@@ -51,6 +52,7 @@ def evaluate(ws: Expected, observed: dict[str, Observed], istiod: dict[str, Isti
         seen = observed.get(cluster.context) or Observed(reachable=False, error="not read")
         result.append(_judge(cluster, seen, istiod.get(cluster.context) or Istiod(), ws, hints, root, root_fp,
                              names, now, current))
+    word_other_roots(result, root_fp, root, ws, hints)
     reachable = {c.name for c in topology.clusters if (observed.get(c.context) or Observed()).reachable}
     for status in result:
         judge_istiod_view(status, (views or {}).get(status.cluster.context), topology, hints, reachable)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.meshkit import make_mesh
+from tests.meshkit import applied_mesh
 
 THREE = {"cluster1": "network1", "cluster2": "network1", "cluster3": "network2"}
 CRDS = Path(__file__).parent / "gateway-api" / "standard-v1.4.0.yaml"
@@ -19,11 +19,13 @@ VERIFY_NS = "setup-mesh-verify"
 
 
 class AmbientMesh:
+    APPLY = ("--gateway-api-crds", str(CRDS), "--gateway-timeout", "30")
+
     def __init__(self, mesh):
         self.mesh = mesh
 
     def apply(self):
-        return self.mesh.apply("--gateway-api-crds", str(CRDS), "--gateway-timeout", "30")
+        return self.mesh.apply(*self.APPLY)
 
     def verify(self, *args: str) -> tuple[int, dict]:
         result = self.mesh.run("verify", "-o", "json", *args)
@@ -33,20 +35,9 @@ class AmbientMesh:
 
 @pytest.fixture(scope="module")
 def ambient(tmp_path_factory):
-    from tests.sandbox import Sandbox
-
-    root = tmp_path_factory.mktemp("ambient-traffic")
-    sandbox = Sandbox.up(root / "sandbox", list(THREE), lb_delay=0.3)
-    try:
-        mesh = make_mesh(sandbox, root / "ws", THREE)
-        mesh.write_topology(THREE, extra={ctx: {"api_server": sandbox.api_server(ctx)} for ctx in THREE})
-        base = mesh.workdir / "base.yaml"
-        base.write_text(base.read_text().replace("profile: default", "profile: ambient"))
-        built = AmbientMesh(mesh)
-        built.apply()
-        yield built
-    finally:
-        sandbox.down()
+    with applied_mesh(tmp_path_factory.mktemp("ambient-traffic"), THREE, lb_delay=0.3, profile="ambient",
+                      apply_args=AmbientMesh.APPLY) as (mesh, _):
+        yield AmbientMesh(mesh)
 
 
 def _failed(doc: dict) -> dict[tuple[str, str], list[dict]]:

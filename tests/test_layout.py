@@ -24,12 +24,9 @@ FUNCTIONS_OVER = {
     ("lib/prep.py", "prep_mesh"): {"complexity", "lines"},
     ("lib/rotate.py", "rotate_intermediates"): {"complexity", "lines"},
     ("lib/rotate.py", "rotate_root"): {"complexity", "lines"},
-    ("lib/verify.py", "_causes"): {"complexity", "lines"},
-    ("lib/verify.py", "run_verify"): {"lines"},
 }
 # Over the limit, to be split: modules longer than MAX_MODULE_LINES.
-MODULES_OVER = {"lib/carotation.py", "lib/commands.py", "lib/config.py", "lib/plan.py", "lib/rotate.py",
-                "lib/verify.py"}
+MODULES_OVER = {"lib/carotation.py", "lib/commands.py", "lib/config.py", "lib/plan.py", "lib/rotate.py"}
 
 
 def _sources() -> list[Path]:

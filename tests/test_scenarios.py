@@ -16,7 +16,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.meshkit import make_mesh
+from tests.meshkit import FOREIGN_PA, FOREIGN_VS, make_mesh
 
 CONTEXTS = ["ctx-a", "ctx-b", "ctx-c"]
 NAMES = {"ctx-a": "alpha", "ctx-b": "beta", "ctx-c": "gamma", "ctx-d": "delta"}  # ctx-d: a cluster that joins
@@ -148,18 +148,6 @@ def test_contexts_with_a_default_namespace_stay_idempotent_and_leave_nothing_the
             accounts = mesh.get(ctx, "serviceaccounts", "-n", namespace)["items"]
             assert [a["metadata"]["name"] for a in accounts if "istio" in a["metadata"]["name"]] == []
             assert mesh.get(ctx, "clusterrole", f"istio-reader-clusterrole-{namespace}", check=False) is None
-
-
-FOREIGN_VS = """apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews, namespace: shop}
-spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}
-"""
-FOREIGN_PA = """apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: istio-system}
-spec: {mtls: {mode: STRICT}}
-"""
 
 
 def test_teardown_keeps_other_peoples_istio_configuration(mesh):
@@ -508,6 +496,13 @@ def test_a_mesh_of_another_workspaces_root_is_refused_from_a_second_workspace(me
         info = read_cert(root)
         assert f"{info.subject} (SHA-256 {info.fingerprint})" in plan.stdout, plan.stdout
     assert "made by setup-mesh from another workspace or an earlier root" in plan.stdout
+    # status from the second workspace: one cause for the whole mesh, in words true of it (its clusters
+    # trust each other; it is this workspace that does not hold their root)
+    seen = second.run("status", env={"COLUMNS": "160"})
+    causes = [line for line in seen.stdout.splitlines() if "another root" in line]
+    assert causes == ["✗ ctx-a, ctx-b, ctx-c: secret cacerts chains to another root than this workspace's, the same "
+                      "in every cluster: the mesh runs on a root this workspace does not hold"], seen.stdout
+    assert "not trusted by" not in seen.stdout
     assert snapshot(mesh) == before and len(mesh.installs()) == installs
     assert _writes(mesh, counts) == {ctx: [] for ctx in CONTEXTS}, "refused before any cluster was touched"
     # a move to a new root starts from the root the clusters run on: not from this workspace

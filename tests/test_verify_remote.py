@@ -78,7 +78,7 @@ def test_a_primary_without_the_remotes_secret_leaves_the_remote_unconfigured(mes
                for p in problems)
     # Once cluster1 holds the secret again, the waiting sidecars get their configuration.
     mesh.apply()
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         pods = mesh.get("cluster2", "pods", "-n", NS)["items"]
         ready = mesh.get("cluster2", "deployment", "curl", "-n", NS)["status"].get("readyReplicas")
