@@ -9,6 +9,7 @@ from typing import Callable
 
 from . import certs, invocation, lifecycle
 from . import polling
+from .assess import assess_install
 from .commands import certs_prerequisites, finish_run, open_log, sit_out
 from .planview import print_plan
 from .config import MULTIROOT_ENV, Cluster, select_clusters
@@ -236,7 +237,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         last = Phase("drop the second root from istiod")
         for cluster in clusters:
             d, seen = final[cluster.context], observed[cluster.context]
-            if seen.applied != d.fingerprint:
+            if assess_install(seen, d.fingerprint).drift:
                 last.add(cluster.context, install_steps(tools, workdir, d, seen)[0][0])
                 last.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
             last.add(cluster.context, Step("the root transition is complete here", commands=[tools.kubectl_cmd(
@@ -322,7 +323,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
             continue
         seen = observed.get(cluster.context) or Observed()
         d = desired[cluster.context]
-        if seen.applied != d.fingerprint:
+        if assess_install(seen, d.fingerprint).drift:
             # istiod must accept a second root before it sees one (the reserved value ISTIO_MULTIROOT_MESH).
             phase.add(cluster.context, install_steps(tools, workdir, d, seen)[0][0])
             phase.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))

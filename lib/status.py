@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -23,7 +23,8 @@ from cryptography.exceptions import InvalidSignature
 from . import certs, invocation, lifecycle
 from . import polling
 from .ambient import gateway_status
-from .assess import SecretFinding, SecretState, assess_secrets, issued_credentials
+from .assess import (GatewayState, LabelState, SecretFinding, SecretState, assess_gateway, assess_install,
+                     assess_namespace, assess_secrets, assess_wiring, issued_credentials)
 from .checks import ERROR, EXPIRY_WARN_DAYS, LOCAL, MISSING, OUTDATED, PRESENT, STALE, SYNCED, WARNING
 from .config import AMBIENT, MULTIROOT_ENV, SIDECAR, Cluster, Topology, data_plane_mode, select_clusters
 from .gatewayapi import offline_crds_hint, expected_version, older_than_needed
@@ -34,12 +35,14 @@ from .invocation import prep_hint
 from .kube import (CA_ROOT_CONFIGMAP, GATEWAY_RESOURCE, READ_TIMEOUT, Observed, Tools, gateway_addresses,
                    parse_published_roots)
 from .mesh import Mesh, mesh_model
-from .overlay import (CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL, control_plane_revision,
-                      injection_path)
+from .overlay import CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL, control_plane_revision
 from .redact import redact
 from .reporter import Reporter
 from .statusview import render as render_view
 from .workspace import find_tools, inspect_clusters, load_workspace
+
+if TYPE_CHECKING:
+    from .desired import Desired
 
 WAIT_POLL_SECONDS = 2.0
 ISTIOD_CONTAINER = "discovery"
@@ -360,10 +363,19 @@ class Expected:
     expected: dict[str, dict[str, bytes] | None] = field(default_factory=dict)  # name -> the stage's cacerts
     # The fingerprints once the clusters are read (a remote's install names its primary's gateway address).
     fingerprints_for: Callable[[Mapping[str, str]], dict[str, str]] | None = None
+    base: dict[str, Any] = field(default_factory=dict)  # base.yaml, validated
 
     @cached_property
     def mesh(self) -> Mesh:  # read for every cluster judged: built once
-        return mesh_model(self.topology)
+        return mesh_model(self.topology, self.data_plane)
+
+    @cached_property
+    def desired(self) -> dict[str, "Desired"]:
+        """Each cluster's desired state: what its namespace and gateway are judged against."""
+        from .desired import Inputs, derive
+
+        inputs = Inputs(self.mesh, self.base, {}, self.transition)
+        return {m.context: derive(inputs, m) for m in self.mesh.members}
 
 
 def _load_cert(pem: bytes | None) -> x509.Certificate | None:
@@ -483,11 +495,12 @@ def _judge_remotes(mesh: Mesh, result: list[ClusterStatus], injection: dict[str,
         primary = mesh.control_plane_of(member)
         status.primary = primary.context
         add = status.problems.append
-        want = injection_path(member.cluster)
         webhook = injection.get(member.context) or InjectorWebhook()
+        wiring = assess_wiring(mesh, member, status.annotations, frozenset(), webhook.path, webhook.trusted)
+        want = wiring.want_path
         status.injection_path = webhook.path
         status.injector_trusted = webhook.trusted
-        if status.injection_path != want and status.istio_installed:
+        if not wiring.path_right and status.istio_installed:
             add(Problem("injection_path_wrong", f"the sidecar injector calls {status.injection_path or 'no path'}, "
                                                 f"not {want}: new pods would get another cluster's or network's "
                                                 f"identity", hints.apply))
@@ -623,16 +636,18 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints
         status.istio_installed = istiod.installed
         status.istio_version = istiod.version
         status.istio_ready = istiod.ready
-    set_up = seen.namespace
-    if not seen.namespace:
+    desired = ws.desired[cluster.context]
+    namespace = assess_namespace(seen, desired)
+    set_up = namespace.exists
+    if not namespace.exists:
         add(Problem("namespace_missing", f"namespace {ISTIO_NAMESPACE} does not exist: the cluster is not set up",
                     hints.apply))
     else:
-        if seen.network_label is None:
+        if namespace.label is LabelState.MISSING:
             add(Problem("network_label_missing",
                         f"namespace {ISTIO_NAMESPACE} has no {NETWORK_LABEL} label (expected {cluster.network})",
                         f"{hints.apply} (labels {ISTIO_NAMESPACE} {NETWORK_LABEL}={cluster.network})"))
-        elif seen.network_label != cluster.network:
+        elif namespace.label is LabelState.WRONG:
             add(Problem("network_label_wrong",
                         f"namespace {ISTIO_NAMESPACE} is labelled {NETWORK_LABEL}={seen.network_label}, "
                         f"topology.yaml says {cluster.network}",
@@ -647,7 +662,7 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints
         if set_up and not seen.istiod_service:
             add(Problem("istio_missing", f"Istio's remote install is missing (no istiod Service leading to "
                                          f"{control_plane}'s istiod)", hints.apply))
-        if set_up and seen.annotations.get(CONTROL_PLANE_CLUSTERS) != control_plane:
+        if set_up and not assess_wiring(ws.mesh, member, seen.annotations, frozenset()).names_control_plane:
             add(Problem("control_plane_annotation_wrong",
                         f"namespace {ISTIO_NAMESPACE} has {CONTROL_PLANE_CLUSTERS}="
                         f"{seen.annotations.get(CONTROL_PLANE_CLUSTERS) or '(none)'}, want {control_plane}: "
@@ -672,16 +687,17 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints
 
     # east-west gateway
     if ws.data_plane == AMBIENT:
-        _judge_ambient_gateway(status, cluster, seen, istiod, hints, set_up)
+        _judge_ambient_gateway(status, cluster, seen, istiod, hints, set_up, desired)
         _judge_ztunnel(status, cluster, seen, hints, set_up)
     else:
-        status.gateway_exists = seen.eastwest_exists
-        status.gateway_address = seen.eastwest_address
-        if status.gateway_required and set_up:
-            if not seen.eastwest_exists:
+        gateway = assess_gateway(seen, desired)
+        status.gateway_exists = gateway.present
+        status.gateway_address = gateway.address
+        if gateway.wanted and set_up:
+            if gateway.state is GatewayState.MISSING:
                 add(Problem("gateway_missing", f"the east-west gateway ({EASTWEST_NAME}) is not installed; "
                                                f"topology.yaml has {len(topology.networks)} networks", hints.apply))
-            elif not seen.eastwest_address:
+            elif not gateway.address:
                 add(Problem("gateway_pending", f"the east-west gateway service {EASTWEST_NAME} has no address yet",
                             f"check its LoadBalancer with `{hints.kubectl(cluster, 'get', 'service', EASTWEST_NAME, '-n', ISTIO_NAMESPACE)}`"
                             f"; clusters without a load balancer need one (e.g. MetalLB) or spec.externalIPs"))
@@ -692,10 +708,10 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints
 
     # drift: what is installed against what apply would install now
     if set_up:
-        want = ws.fingerprints.get(cluster.context)
-        status.drift = seen.applied != want
+        install = assess_install(seen, ws.fingerprints.get(cluster.context))
+        status.drift = install.drift
         if status.drift and status.istio_installed:
-            if seen.applied is None:
+            if install.recorded is None:
                 message = (f"{ISTIO_NAMESPACE} carries no record of what setup-mesh installed "
                            f"(installed by hand, or apply did not finish)")
             else:
@@ -735,7 +751,7 @@ def _judge_istiod_service(status: ClusterStatus, cluster: Cluster, remote: bool,
 
 
 def _judge_ambient_gateway(status: ClusterStatus, cluster: Cluster, seen: Observed, istiod: Istiod, hints: Hints,
-                           set_up: bool) -> None:
+                           set_up: bool, desired: "Desired") -> None:
     """Ambient: the Gateway API CRDs, and the east-west Gateway as istiod reports it in its status."""
     add = status.problems.append
     crds = seen.gateway_api
@@ -750,21 +766,21 @@ def _judge_ambient_gateway(status: ClusterStatus, cluster: Cluster, seen: Observ
             if older:
                 add(Problem("gateway_api_crds_old", older, "upgrade them yourself; setup-mesh leaves CRDs it did "
                                                            "not install alone", severity=WARNING))
-    gateway = seen.eastwest_gateway
-    status.gateway_exists = gateway is not None
-    if gateway is None:
-        if status.gateway_required and set_up and (crds is None or crds.installed):
+    found = assess_gateway(seen, desired)
+    status.gateway_exists = found.present
+    if not found.present:
+        if found.state is GatewayState.MISSING and set_up and (crds is None or crds.installed):
             add(Problem("gateway_missing", f"the east-west Gateway ({EASTWEST_NAME}, class istio-east-west) is "
                                            f"not there; topology.yaml has {len(hints.topology.networks)} "
                                            f"networks", hints.apply))
         return
-    reported = gateway_status(gateway)
-    status.gateway_address = reported.address
-    status.gateway_programmed = reported.programmed
-    if seen.eastwest_made_by == "operator":
+    reported = gateway_status(seen.eastwest_gateway)
+    status.gateway_address = found.address
+    status.gateway_programmed = found.programmed
+    if found.running == SIDECAR:
         add(Problem("gateway_sidecar_mode", f"service {EASTWEST_NAME} belongs to a sidecar-mode east-west gateway "
                                             f"(an IstioOperator), so istiod cannot deploy the ambient one", hints.apply))
-    elif not reported.programmed:
+    elif not found.programmed:
         add(Problem("gateway_not_programmed", f"the east-west Gateway is not programmed: {reported.reason}"
                                               + (f" ({reported.message})" if reported.message else ""),
                     f"see istiod's report with `{hints.kubectl(cluster, 'get', GATEWAY_RESOURCE, EASTWEST_NAME, '-n', ISTIO_NAMESPACE, '-o', 'yaml')}`"
@@ -1017,6 +1033,7 @@ def status_workspace(workdir: Path, loaded) -> Expected:
         revision=control_plane_revision(loaded.base),
         data_plane=data_plane_mode(loaded.base),
         transition=transition,
+        base=loaded.base,
         new_root_pem=read_if_present(lifecycle.next_dir(workdir) / certs.ROOT_CERT) if transition else None,
         expected={c.name: lifecycle.desired_cacerts(workdir, c.name, transition) for c in loaded.topology.clusters}
         if transition else {},
