@@ -368,3 +368,19 @@ def assess_cluster(mesh: Mesh, d: Desired, seen: Observed, issued: Mapping[str, 
                            assess_gateway(seen, d),
                            assess_wiring(mesh, member, seen.annotations, controlled, injector_path, injector_trusted),
                            tuple(assess_secrets(mesh, member, seen, issued)))
+
+
+def assess_mesh(mesh: Mesh, desired: Mapping[str, Desired], observed: Mapping[str, Observed],
+                injectors: Mapping[str, object] | None = None,
+                last_overlays: Mapping[str, dict] | None = None) -> dict[str, ClusterFindings]:
+    """Every read cluster's findings, by context. ``injectors``: the remotes' sidecar injectors as read
+    (anything with ``path`` and ``trusted``); ``last_overlays``: control-plane overlays as installed last."""
+    readable = {ctx: seen for ctx, seen in observed.items() if seen.reachable and ctx in desired}
+    issued, controlled = issued_credentials(mesh, readable), controlled_before(readable)
+    found = {}
+    for context, seen in readable.items():
+        injector = (injectors or {}).get(context)
+        found[context] = assess_cluster(mesh, desired[context], seen, issued, controlled,
+                                        getattr(injector, "path", None), getattr(injector, "trusted", None),
+                                        (last_overlays or {}).get(context))
+    return found

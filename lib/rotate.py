@@ -10,6 +10,7 @@ from typing import Callable
 from . import certs, invocation, lifecycle
 from . import polling
 from .assess import assess_install
+from .cluster import ClusterClient, KubeClient
 from .commands import certs_prerequisites, finish_run, open_log, sit_out
 from .planview import print_plan
 from .config import MULTIROOT_ENV, Cluster, select_clusters
@@ -21,7 +22,7 @@ from .desired import desired_state
 from .plan import (RECORD_TITLE, ApplyPlan, cacerts_finding, cacerts_in_place, cacerts_step, intermediate_step,
                    workspace_roots)
 from .release import Release
-from .workspace import find_tools, inspect_clusters, load_workspace
+from .workspace import find_tools, load_workspace
 from .reporter import Reporter
 from .runner import ShRunner
 
@@ -125,7 +126,8 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
     read_reporter = Reporter(quiet=True, err_console=reporter.err) if dry_run else reporter
     if not dry_run:
         reporter.start_progress([(c.context, c.network) for c in targets])
-    observed = inspect_clusters(targets, tools, runner, read_reporter, parallel) if ws.contexts_resolved else {}
+    client = KubeClient(tools, runner, read_reporter, parallel)
+    observed = client.read_state(targets) if ws.contexts_resolved else {}
     unreachable = {ctx: seen for ctx, seen in observed.items() if not seen.reachable}
 
     backup = lifecycle.backup_dir(workdir, rotation.backup_name)
@@ -211,8 +213,8 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
 
     log = None if dry_run else open_log(workdir, "rotate-certs", runner)
     read_reporter = Reporter(quiet=True, err_console=reporter.err) if dry_run else reporter
-    observed = (inspect_clusters(list(topology.clusters), tools, runner, read_reporter, parallel)
-                if ws.contexts_resolved else {})
+    client = KubeClient(tools, runner, read_reporter, parallel)
+    observed = client.read_state(topology.clusters) if ws.contexts_resolved else {}
     now = lifecycle.utc_now()
     current_root = root_info.fingerprint
     views = []
@@ -225,8 +227,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
             completing=transition is None and lifecycle.completed_here(current_root, seen.annotations)))
     move = lifecycle.decide(transition, views, now, wait)
     if move.kind in ("wait", "advance", "finish"):
-        _require_istiod_took(topology.clusters, observed, tools, runner, read_reporter, parallel, transition, log,
-                             istiod_name(ws.base))
+        _require_istiod_took(topology.clusters, observed, tools, client, transition, log, istiod_name(ws.base))
     # A remote's install names its primary's gateway address: with the one it has now, its state is
     # the one apply recorded (and the move's istiod setting concerns primaries only).
     addresses = gateway_addresses(observed)
@@ -418,14 +419,12 @@ _STAGE_CHANGE = {
 }
 
 
-def _require_istiod_took(clusters, observed: dict[str, Observed], tools: Tools, runner, reporter: Reporter,
-                         parallel: int, transition: lifecycle.Transition, log, deployment: str) -> None:
+def _require_istiod_took(clusters, observed: dict[str, Observed], tools: Tools, client: ClusterClient,
+                         transition: lifecycle.Transition, log, deployment: str) -> None:
     """The stage is in place in every cacerts: before it counts (or the next starts), each istiod must hold
     its roots, as it publishes them in istio-ca-root-cert (one that refused keeps its old ones)."""
-    from .status import read_published_roots
-
     primaries = [c for c in clusters if not c.primary and (observed.get(c.context) or Observed()).cacerts]
-    published = read_published_roots(primaries, tools, runner, reporter, parallel)
+    published = client.published_roots(primaries)
     refused = [c for c in primaries if published.get(c.context) is not None
                and published[c.context] != observed[c.context].cacerts.get("root-cert.pem")]
     if not refused:

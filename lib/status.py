@@ -25,6 +25,7 @@ from . import polling
 from .ambient import gateway_status
 from .assess import (GatewayState, LabelState, SecretFinding, SecretState, assess_gateway, assess_install,
                      assess_namespace, assess_secrets, assess_wiring, issued_credentials)
+from .cluster import ClusterClient, KubeClient
 from .checks import ERROR, EXPIRY_WARN_DAYS, LOCAL, MISSING, OUTDATED, PRESENT, STALE, SYNCED, WARNING
 from .config import AMBIENT, MULTIROOT_ENV, SIDECAR, Cluster, Topology, data_plane_mode, select_clusters
 from .gatewayapi import offline_crds_hint, expected_version, older_than_needed
@@ -39,7 +40,7 @@ from .overlay import CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, ISTIO_NAMESPACE, NET
 from .redact import redact
 from .reporter import Reporter
 from .statusview import render as render_view
-from .workspace import find_tools, inspect_clusters, load_workspace
+from .workspace import find_tools, load_workspace
 
 if TYPE_CHECKING:
     from .desired import Desired
@@ -925,23 +926,24 @@ def _judge_istiod_roots(status: ClusterStatus, seen: Observed, published: bytes 
 # --- reading ---------------------------------------------------------------------------------------
 
 def collect(ws: Expected, tools: Tools, runner, reporter: Reporter, parallel: int) -> MeshStatus:
-
     # The reads report no progress: status prints one report at the end.
-    silent = Reporter(console=reporter.console, err_console=reporter.err, quiet=True)
-    observed = inspect_clusters(list(ws.topology.clusters), tools, runner, silent, parallel, title="read status",
-                                ambient=ws.data_plane == AMBIENT)
+    return read_status(ws, KubeClient(tools, runner, reporter, parallel).quiet())
+
+
+def read_status(ws: Expected, client: ClusterClient) -> MeshStatus:
+    """Every read status makes, through ``client``, judged."""
+    observed = client.read_state(list(ws.topology.clusters), title="read status", ambient=ws.data_plane == AMBIENT)
     istiod = {ctx: parse_istiod(seen.deployments.get(ws.istiod_deployment)) if seen.reachable
               else Istiod(read=False, error=seen.error) for ctx, seen in observed.items()}
     asked = [c for c in ws.topology.clusters if istiod.get(c.context) and istiod[c.context].installed]
-    views = read_istiod_views(asked, ws.revision, tools, runner, silent, parallel)
+    views = client.istiod_views(asked, ws.revision)
     if ws.fingerprints_for:
         addresses = gateway_addresses(observed)
         ws = replace(ws, fingerprints=ws.fingerprints_for(addresses))
     remotes = [c for c in ws.topology.clusters if c.primary and observed.get(c.context)
                and observed[c.context].reachable]
-    injection = read_injection_paths(remotes, ws.revision, tools, runner, silent, parallel)
-    published = read_published_roots([c for c in asked if observed[c.context].cacerts], tools, runner, silent,
-                                      parallel)
+    injection = client.injection_paths(remotes, ws.revision)
+    published = client.published_roots([c for c in asked if observed[c.context].cacerts])
     return evaluate(ws, observed, istiod, views=views, injection=injection, published=published)
 
 

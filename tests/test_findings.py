@@ -1,0 +1,213 @@
+"""The assessment of istio-system, the install, the east-west gateway and a remote's wiring, on the
+in-memory cluster client: clusters filled with Python objects, read as the real client reads, judged."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from lib.assess import GatewayState, InstallState, LabelState, assess_mesh
+from lib.config import AMBIENT, Cluster, Topology, data_plane_mode
+from lib.desired import desired_state
+from lib.kube import Observed
+from lib.mesh import mesh_model
+from lib.overlay import CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, NETWORK_LABEL
+from lib.status import InjectorWebhook
+from tests.fakecluster import FakeClient, FakeCluster, installed
+
+AMBIENT_BASE = {"spec": {"profile": "ambient"}}
+
+
+def _topology(*clusters: tuple[str, str, str | None]) -> Topology:
+    return Topology("mesh1", tuple(Cluster(context=ctx, network=net, name=ctx, primary=primary,
+                                           api_server=f"https://{ctx}.example:6443")
+                                   for ctx, net, primary in clusters), Path("topology.yaml"))
+
+
+MULTI_NETWORK = _topology(("east", "n1", None), ("west", "n2", None))
+ONE_NETWORK = _topology(("east", "n1", None), ("west", "n1", None))
+PRIMARY_REMOTE = _topology(("main", "n1", None), ("edge", "n2", "main"))
+
+
+def _assess(topology: Topology, clusters: dict, base: dict | None = None, injectors: bool = False):
+    """Read every cluster of ``topology`` through the fake client, then judge what it read."""
+    base = base or {}
+    desired = desired_state(topology, base)
+    client = FakeClient(clusters)
+    mesh = mesh_model(topology, data_plane_mode(base))
+    observed = client.read_state(topology.clusters, ambient=data_plane_mode(base) == AMBIENT)
+    read_injectors = client.injection_paths([c for c in topology.clusters if c.primary], None) if injectors else None
+    return assess_mesh(mesh, desired, observed, read_injectors), desired
+
+
+def _set_up(topology: Topology, base: dict | None = None, **per_cluster) -> dict[str, Observed]:
+    """Every cluster as apply leaves it, with ``per_cluster`` fields changed (context -> dict)."""
+    desired = desired_state(topology, base or {})
+    found = {}
+    for c in topology.clusters:
+        d = desired[c.context]
+        seen = installed(c, d.fingerprint, annotations=dict(d.namespace_annotations))
+        if d.eastwest is not None:
+            seen = replace(seen, eastwest_exists=True, eastwest_address="198.51.100.7", eastwest_made_by="operator")
+        found[c.context] = replace(seen, **per_cluster.get(c.context, {}))
+    return found
+
+
+# --- istio-system ---------------------------------------------------------------------------------
+
+def test_a_cluster_as_apply_leaves_it_has_nothing_to_change():
+    found, _ = _assess(MULTI_NETWORK, _set_up(MULTI_NETWORK))
+    for f in found.values():
+        assert f.namespace.current and f.install.state is InstallState.CURRENT
+        assert f.gateway.state is GatewayState.READY and f.gateway.address == "198.51.100.7"
+
+
+def test_no_namespace_is_not_set_up():
+    found, _ = _assess(MULTI_NETWORK, {**_set_up(MULTI_NETWORK), "west": Observed(reachable=True)})
+    assert not found["west"].namespace.exists and not found["west"].namespace.current
+    assert found["east"].namespace.exists
+
+
+def test_the_network_label_missing_or_naming_another_network():
+    found, _ = _assess(MULTI_NETWORK, _set_up(MULTI_NETWORK, east={"network_label": None},
+                                              west={"network_label": "n1"}))
+    assert found["east"].namespace.label is LabelState.MISSING and not found["east"].namespace.current
+    assert found["west"].namespace.label is LabelState.WRONG and found["west"].namespace.network == "n1"
+    assert found["west"].namespace.want_network == "n2"
+
+
+def test_a_namespace_being_deleted_is_not_current():
+    found, _ = _assess(MULTI_NETWORK, _set_up(MULTI_NETWORK, east={"namespace_terminating": True}))
+    assert not found["east"].namespace.current and found["west"].namespace.current
+
+
+def test_a_remote_must_name_its_primary_and_a_primary_must_not_name_one():
+    wrong = _set_up(PRIMARY_REMOTE, edge={"annotations": {CONTROL_PLANE_CLUSTERS: "elsewhere"}},
+                    main={"annotations": {CONTROL_PLANE_CLUSTERS: "edge"}})
+    found, _ = _assess(PRIMARY_REMOTE, wrong)
+    assert found["edge"].namespace.annotations_off == (CONTROL_PLANE_CLUSTERS,)
+    assert not found["edge"].wiring.names_control_plane and found["edge"].wiring.control_plane == "main"
+    assert found["main"].namespace.annotations_left == (CONTROL_PLANE_CLUSTERS,), "a primary now: apply removes it"
+    right, _ = _assess(PRIMARY_REMOTE, _set_up(PRIMARY_REMOTE))
+    assert right["edge"].wiring.names_control_plane and right["edge"].namespace.annotations_off == ()
+    assert right["main"].namespace.annotations_left == ()
+
+
+def test_a_running_primary_turned_remote_lacks_the_annotation_and_its_install():
+    """What the cluster holds as a primary, judged against topology.yaml that now makes it a remote."""
+    as_primary = _set_up(MULTI_NETWORK)
+    found, _ = _assess(PRIMARY_REMOTE, {"main": as_primary["east"], "edge": replace(as_primary["west"], annotations={})})
+    assert found["edge"].namespace.annotations_off == (CONTROL_PLANE_CLUSTERS,)
+    assert found["edge"].install.state is InstallState.CHANGED and found["edge"].install.drift
+
+
+# --- the install ----------------------------------------------------------------------------------
+
+def test_nothing_recorded_is_a_fresh_install():
+    fresh = {c.context: Observed(reachable=True, namespace=True, network_label=c.network)
+             for c in MULTI_NETWORK.clusters}
+    found, _ = _assess(MULTI_NETWORK, fresh)
+    assert all(f.install.state is InstallState.ABSENT and f.install.drift for f in found.values())
+
+
+def test_another_recorded_install_is_changed_with_the_paths_that_differ():
+    clusters = _set_up(MULTI_NETWORK, east={"applied": "an-earlier-install"})
+    desired = desired_state(MULTI_NETWORK, {})
+    last = {"east": {**desired["east"].operator, "spec": {**desired["east"].operator["spec"], "profile": "minimal"}}}
+    observed = FakeClient(clusters).read_state(MULTI_NETWORK.clusters)
+    found = assess_mesh(mesh_model(MULTI_NETWORK), desired, observed, last_overlays=last)
+    assert found["east"].install.state is InstallState.CHANGED and found["east"].install.recorded == "an-earlier-install"
+    assert found["east"].install.changed == ("- spec.profile: minimal",)
+    assert found["west"].install.state is InstallState.CURRENT and found["west"].install.changed == ()
+
+
+# --- the east-west gateway -------------------------------------------------------------------------
+
+def test_one_network_needs_no_gateway_and_one_left_there_is_left_over():
+    found, _ = _assess(ONE_NETWORK, _set_up(ONE_NETWORK, west={"eastwest_exists": True, "eastwest_made_by": "operator"}))
+    assert found["east"].gateway.state is GatewayState.NOT_NEEDED and found["east"].gateway.wanted is None
+    assert found["west"].gateway.state is GatewayState.LEFT_OVER
+
+
+def test_across_networks_a_gateway_without_service_is_missing_and_one_without_address_pending():
+    found, _ = _assess(MULTI_NETWORK, _set_up(MULTI_NETWORK, east={"eastwest_exists": False, "eastwest_address": None,
+                                                                   "eastwest_made_by": None},
+                                              west={"eastwest_address": None}))
+    assert found["east"].gateway.state is GatewayState.MISSING
+    assert found["west"].gateway.state is GatewayState.PENDING and found["west"].gateway.present
+
+
+def test_a_gateway_of_the_other_data_plane_mode():
+    sidecar, _ = _assess(MULTI_NETWORK, _set_up(MULTI_NETWORK, east={"eastwest_made_by": "gateway"}))
+    assert sidecar["east"].gateway.state is GatewayState.OTHER_MODE and sidecar["east"].gateway.running == "ambient"
+    # ambient across networks: the Gateway is there, but the Service belongs to the sidecar-mode gateway
+    programmed = {"status": {"addresses": [{"value": "198.51.100.8"}],
+                             "conditions": [{"type": "Programmed", "status": "True"}]}}
+    ambient, _ = _assess(MULTI_NETWORK, _set_up(MULTI_NETWORK, AMBIENT_BASE, east={
+        "eastwest_gateway": programmed, "eastwest_exists": True, "eastwest_made_by": "operator"},
+        west={"eastwest_gateway": programmed, "eastwest_exists": True, "eastwest_made_by": "gateway"}), AMBIENT_BASE)
+    assert ambient["east"].gateway.state is GatewayState.OTHER_MODE and ambient["east"].gateway.running == "sidecar"
+    assert ambient["west"].gateway.state is GatewayState.READY and ambient["west"].gateway.address == "198.51.100.8"
+
+
+def test_an_ambient_gateway_counts_once_istiod_programmed_it():
+    waiting = {"status": {"conditions": [{"type": "Programmed", "status": "False", "reason": "AddressNotAssigned"}]}}
+    clusters = _set_up(MULTI_NETWORK, AMBIENT_BASE, east={"eastwest_gateway": waiting},
+                       west={"eastwest_gateway": None})
+    found, _ = _assess(MULTI_NETWORK, clusters, AMBIENT_BASE)
+    assert found["east"].gateway.state is GatewayState.PENDING and found["east"].gateway.programmed is False
+    assert found["west"].gateway.state is GatewayState.MISSING and found["west"].gateway.wanted == "ambient"
+
+
+def test_the_network_the_gateway_deployment_selects():
+    deployment = {"spec": {"selector": {"matchLabels": {NETWORK_LABEL: "n9", "istio": "eastwestgateway"}}}}
+    found, _ = _assess(MULTI_NETWORK, _set_up(MULTI_NETWORK, west={"deployments": {EASTWEST_NAME: deployment}}))
+    assert found["west"].gateway.network == "n9" and found["east"].gateway.network is None
+
+
+# --- a remote's wiring -----------------------------------------------------------------------------
+
+def test_a_remote_injector_must_call_its_own_path():
+    clusters = _set_up(PRIMARY_REMOTE)
+    good = {**clusters, "edge": FakeCluster(clusters["edge"], injector=InjectorWebhook("/inject/cluster/edge/net/n2", True))}
+    found, _ = _assess(PRIMARY_REMOTE, good, injectors=True)
+    assert found["edge"].wiring.path_right and found["edge"].wiring.trusted is True
+    bad = {**clusters, "edge": FakeCluster(clusters["edge"], injector=InjectorWebhook("/inject/cluster/main/net/n1", False))}
+    found, _ = _assess(PRIMARY_REMOTE, bad, injectors=True)
+    assert not found["edge"].wiring.path_right and found["edge"].wiring.want_path == "/inject/cluster/edge/net/n2"
+    assert found["main"].wiring.path_right, "a primary's injector is its own istiod's: no path to check"
+
+
+def test_a_primary_exposes_istiod_while_it_has_remotes_and_stops_once_it_has_none():
+    found, _ = _assess(PRIMARY_REMOTE, _set_up(PRIMARY_REMOTE))
+    assert found["main"].wiring.exposes_istiod and found["main"].wiring.exposed and not found["main"].wiring.stop_exposing
+    # the remote became a primary of its own in topology.yaml; its istio-system still names main
+    held = _set_up(PRIMARY_REMOTE)
+    found, _ = _assess(_topology(("main", "n1", None), ("edge", "n2", None)), held)
+    assert found["main"].wiring.stop_exposing and not found["main"].wiring.exposes_istiod
+
+
+# --- the fake answers as the real client does --------------------------------------------------------
+
+def test_a_context_the_kubeconfig_lacks_is_unreachable_with_kubectls_words():
+    client = FakeClient({"east": _set_up(MULTI_NETWORK)["east"]})
+    observed = client.read_state(MULTI_NETWORK.clusters)
+    assert observed["east"].reachable and not observed["west"].reachable
+    assert observed["west"].error == 'error: context "west" does not exist'
+    assert client.reads == [("state", "east"), ("state", "west")]
+    found = assess_mesh(mesh_model(MULTI_NETWORK), desired_state(MULTI_NETWORK, {}), observed)
+    assert list(found) == ["east"], "a cluster that was not read is not judged"
+
+
+def test_a_judgment_cannot_change_what_the_fake_holds():
+    client = FakeClient(_set_up(MULTI_NETWORK))
+    client.read_state(MULTI_NETWORK.clusters)["east"].annotations.clear()
+    assert client.read_state(MULTI_NETWORK.clusters)["east"].annotations
+
+
+@pytest.mark.parametrize("ambient", [False, True])
+def test_the_gateway_api_is_read_only_for_an_ambient_mesh(ambient):
+    clusters = _set_up(MULTI_NETWORK, AMBIENT_BASE, east={"eastwest_gateway": {"status": {}}})
+    seen = FakeClient(clusters).read_state(MULTI_NETWORK.clusters, ambient=ambient)["east"]
+    assert (seen.eastwest_gateway is not None) is ambient
