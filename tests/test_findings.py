@@ -13,7 +13,7 @@ from lib.desired import desired_state
 from lib.kube import Observed
 from lib.mesh import mesh_model
 from lib.overlay import CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, NETWORK_LABEL
-from lib.status import InjectorWebhook
+from lib.status import InjectorWebhook, IstiodView
 from tests.fakecluster import FakeClient, FakeCluster, installed
 
 AMBIENT_BASE = {"spec": {"profile": "ambient"}}
@@ -211,3 +211,102 @@ def test_the_gateway_api_is_read_only_for_an_ambient_mesh(ambient):
     clusters = _set_up(MULTI_NETWORK, AMBIENT_BASE, east={"eastwest_gateway": {"status": {}}})
     seen = FakeClient(clusters).read_state(MULTI_NETWORK.clusters, ambient=ambient)["east"]
     assert (seen.eastwest_gateway is not None) is ambient
+
+
+# --- status judges what the fake client answers, from the same findings ----------------------------
+
+def _ca(name: str, issuer=None):
+    """A CA certificate valid for ten years from yesterday (PEM, key, subject); self-signed unless ``issuer``."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer[2] if issuer else subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(issuer[1] if issuer else key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM), key, subject
+
+
+@pytest.fixture(scope="module")
+def pki():
+    root = _ca("Root CA")
+    inter = _ca("Intermediate CA", root)
+    return root[0], {"ca-cert.pem": inter[0], "cert-chain.pem": inter[0] + root[0], "root-cert.pem": root[0]}
+
+
+def _istiod(name: str) -> dict:
+    return {"spec": {"template": {"spec": {"containers": [{
+        "name": "discovery", "image": "docker.io/istio/pilot:1.29.0", "env": [{"name": "CLUSTER_ID", "value": name}]}]}}},
+        "status": {"readyReplicas": 1}}
+
+
+def _live(topology: Topology, pki, **per_cluster) -> dict[str, FakeCluster]:
+    """Every cluster as apply leaves it, running: istiod (or a remote's Service), cacerts, peers' secrets,
+    istiod reporting them synced, a remote's injector on its own path."""
+    from lib.kube import RemoteSecretInfo
+
+    mesh = mesh_model(topology)
+    held = _set_up(topology)
+    fakes = {}
+    for m in mesh.members:
+        secrets = {mesh.member(p).name: RemoteSecretInfo(f"istio-remote-secret-{p}", p, None, f"https://{p}.example:6443")
+                   for p in m.holds_secrets_of}
+        seen = replace(held[m.context], cacerts=pki[1], cacerts_labelled=True, remote_secrets=secrets,
+                       deployments={} if m.is_remote else {"istiod": _istiod(m.name)},
+                       # a remote's istiod Service leads to its primary through an EndpointSlice: no selector
+                       istiod_selectors={"istiod": {} if m.is_remote else {"app": "istiod", "istio": "pilot"}})
+        fakes[m.context] = FakeCluster(
+            replace(seen, **per_cluster.get(m.context, {})),
+            istiod=None if m.is_remote else IstiodView(remotes={mesh.member(p).name: "synced" for p in m.holds_secrets_of}),
+            injector=InjectorWebhook(f"/inject/cluster/{m.name}/net/{m.network}", True) if m.is_remote else InjectorWebhook())
+    return fakes
+
+
+def _status(topology: Topology, fakes: dict, pki, held_topology: Topology | None = None):
+    """status of ``topology`` over clusters that hold ``fakes``."""
+    from lib.status import Expected, read_status
+
+    ws = Expected(Path("/nonexistent"), topology, {ctx: d.fingerprint for ctx, d in desired_state(topology, {}).items()},
+                  pki[0], {})
+    return read_status(ws, FakeClient(fakes))
+
+
+def _problems(status) -> dict[str, list[str]]:
+    return {c.cluster.context: sorted(p.code for p in c.problems) for c in status.clusters}
+
+
+def test_status_of_a_mesh_as_apply_leaves_it_is_healthy(pki):
+    status = _status(PRIMARY_REMOTE, _live(PRIMARY_REMOTE, pki), pki)
+    assert _problems(status) == {"main": [], "edge": []} and status.healthy
+
+
+def test_status_names_the_findings_a_live_cluster_shows(pki):
+    fakes = _live(MULTI_NETWORK, pki, east={"network_label": "n2", "eastwest_address": None},
+                  west={"eastwest_exists": False, "eastwest_address": None, "eastwest_made_by": None})
+    assert _problems(_status(MULTI_NETWORK, fakes, pki)) == {"east": ["gateway_pending", "network_label_wrong"],
+                                                             "west": ["gateway_missing"]}
+
+
+def test_status_of_a_remote_wired_to_the_wrong_place(pki):
+    fakes = _live(PRIMARY_REMOTE, pki, edge={"annotations": {**_set_up(PRIMARY_REMOTE)["edge"].annotations,
+                                                             CONTROL_PLANE_CLUSTERS: "elsewhere"}})
+    fakes["edge"].injector = InjectorWebhook("/inject/cluster/main/net/n1", True)
+    assert _problems(_status(PRIMARY_REMOTE, fakes, pki))["edge"] == ["control_plane_annotation_wrong",
+                                                                       "injection_path_wrong"]
+
+
+def test_status_of_a_running_primary_turned_into_a_remote_is_not_healthy(pki):
+    """topology.yaml makes edge a remote of main; edge still runs what it ran as a primary."""
+    as_primaries = _topology(("main", "n1", None), ("edge", "n2", None))
+    fakes = _live(as_primaries, pki)
+    status = _status(PRIMARY_REMOTE, fakes, pki)
+    assert not status.healthy
+    assert {"control_plane_annotation_wrong", "drift", "istiod_service_selects_pods"} <= set(_problems(status)["edge"])
