@@ -310,3 +310,93 @@ def test_status_of_a_running_primary_turned_into_a_remote_is_not_healthy(pki):
     status = _status(PRIMARY_REMOTE, fakes, pki)
     assert not status.healthy
     assert {"control_plane_annotation_wrong", "drift", "istiod_service_selects_pods"} <= set(_problems(status)["edge"])
+
+
+# --- the plan turns the same findings into steps ---------------------------------------------------
+
+GATEWAY_ADDRESS = "198.51.100.7"
+
+
+def _running(topology: Topology, workdir: Path, base: dict | None = None, **per_cluster) -> dict[str, Observed]:
+    """Every cluster as apply leaves it, with the cacerts of ``workdir`` and its peers' current secrets."""
+    from lib.kube import RemoteSecretInfo, token_fingerprint
+
+    for c in topology.clusters:
+        folder = workdir / "certs" / c.name
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"):
+            (folder / name).write_text(f"{c.name}-{name}")
+    mesh = mesh_model(topology)
+    desired = desired_state(topology, base or {}, _addresses(topology))
+    found = {}
+    for m in mesh.members:
+        d = desired[m.context]
+        secrets = {p.name: RemoteSecretInfo(f"istio-remote-secret-{p.name}", p.name,
+                                            token_fingerprint(p.name, p.cluster.remote_server, f"tok-{p.name}"),
+                                            p.cluster.remote_server, manifest={"kind": "Secret"})
+                   for p in mesh.members if p.context in m.holds_secrets_of}
+        seen = installed(m.cluster, d.fingerprint, annotations=dict(d.namespace_annotations), remote_secrets=secrets,
+                         reader_token=f"tok-{m.name}", cacerts={name: f"{m.name}-{name}".encode() for name in
+                                                                ("ca-cert.pem", "cert-chain.pem", "root-cert.pem")})
+        if d.eastwest is not None:
+            seen = replace(seen, eastwest_exists=True, eastwest_address=GATEWAY_ADDRESS, eastwest_made_by="operator")
+        found[m.context] = replace(seen, **per_cluster.get(m.context, {}))
+    return found
+
+
+def _addresses(topology: Topology) -> dict[str, str]:
+    return {m.context: GATEWAY_ADDRESS for m in mesh_model(topology).members if m.eastwest}
+
+
+def _plan(topology: Topology, workdir: Path, clusters: dict, base: dict | None = None) -> dict[str, list[str]]:
+    """The steps apply plans per cluster, for clusters read through the fake client."""
+    from lib.gatewayapi import CrdSource
+    from lib.kube import Tools, gateway_addresses
+    from lib.plan import build_apply_plan
+
+    observed = FakeClient(clusters).read_state(topology.clusters, ambient=data_plane_mode(base or {}) == AMBIENT)
+    desired = desired_state(topology, base or {}, gateway_addresses(observed))
+    plan = build_apply_plan(topology=topology, desired=desired, observed=observed, removed=[], removed_observed=observed,
+                            workdir=workdir, tools=Tools(), release=None, intermediate_vars={}, gateway_timeout=5,
+                            gateway_api=CrdSource("crds.yaml", "v1.4.0") if base else None)
+    steps: dict[str, list[str]] = {}
+    for phase in plan.phases:
+        for context, found in phase.steps.items():
+            steps.setdefault(context, []).extend(step.title for step in found)
+    return steps
+
+
+def test_a_mesh_as_apply_leaves_it_plans_nothing(tmp_path):
+    for topology in (MULTI_NETWORK, PRIMARY_REMOTE, ONE_NETWORK):
+        assert _plan(topology, tmp_path, _running(topology, tmp_path)) == {}, topology
+
+
+def test_a_missing_gateway_is_installed(tmp_path):
+    clusters = _running(MULTI_NETWORK, tmp_path, west={"eastwest_exists": False, "eastwest_address": None,
+                                                       "eastwest_made_by": None})
+    steps = _plan(MULTI_NETWORK, tmp_path, clusters)
+    assert list(steps) == ["west"] and "install east-west gateway" in steps["west"]
+
+
+def test_a_wrong_network_label_alone_relabels_istio_system(tmp_path):
+    steps = _plan(MULTI_NETWORK, tmp_path, _running(MULTI_NETWORK, tmp_path, east={"network_label": "n2"}))
+    assert steps == {"east": ["namespace istio-system (network n1) and secret cacerts", "record what was applied",
+                              "wait for the east-west gateway's address"]}
+
+
+def test_a_remote_turned_primary_stops_being_a_remote_and_its_primary_stops_exposing_istiod(tmp_path):
+    as_remote = _running(PRIMARY_REMOTE, tmp_path)
+    steps = _plan(_topology(("main", "n1", None), ("edge", "n2", None)), tmp_path, as_remote)
+    assert any(title.startswith("stop being a remote") for title in steps["edge"])
+    assert "stop exposing istiod (no remotes now)" in steps["main"]
+
+
+def test_a_primary_whose_gateway_has_no_address_waits_for_it(tmp_path):
+    clusters = _running(PRIMARY_REMOTE, tmp_path, main={"eastwest_address": None})
+    assert _plan(PRIMARY_REMOTE, tmp_path, clusters)["main"] == ["wait for the east-west gateway's address"]
+
+
+def test_to_ambient_the_sidecar_mode_gateway_goes_first(tmp_path):
+    clusters = _running(MULTI_NETWORK, tmp_path)  # a sidecar-mode mesh, now declared ambient
+    steps = _plan(MULTI_NETWORK, tmp_path, clusters, AMBIENT_BASE)
+    assert steps["east"][:2] == ["remove the sidecar-mode east-west gateway (ambient now)", "install Istio"]
