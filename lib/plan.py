@@ -15,9 +15,9 @@ from typing import Mapping
 import yaml
 
 from . import certs, invocation, lifecycle
-from .assess import (CacertsFinding, CacertsState, GatewayState, InstallState, LabelState, assess_cacerts,
+from .assess import (CacertsFinding, CacertsState, GatewayFinding, GatewayState, InstallState, LabelState, assess_cacerts,
                      assess_gateway, assess_install, assess_namespace, assess_secrets, assess_wiring,
-                     controlled_before, issued_credentials, overlay_changes)
+                     controlled_before, issued_credentials, overlay_changes, WiringFinding)
 from .mesh import mesh_model
 from . import polling
 from .config import AMBIENT, SIDECAR, Cluster, Topology
@@ -264,12 +264,12 @@ def _replica_failure(ctx: RunContext, read: Command) -> str | None:
     return next((c.get("message") for c in conditions if c.get("type") == "ReplicaFailure" and c.get("message")), None)
 
 
-def objects_present(d: Desired, seen: Observed, controls_remotes: bool) -> frozenset[str]:
-    """The purposes of ``d``'s Istio objects the cluster holds already, from what one read shows: the
+def objects_present(d: Desired, gateway: GatewayFinding, wiring: WiringFinding) -> frozenset[str]:
+    """The purposes of ``d``'s Istio objects the cluster holds already, from the findings: the
     cross-network Gateway comes with the sidecar-mode gateway, istiod's exposure with remotes that name
     this cluster as their control plane, the ambient Gateway is read itself."""
-    held = {"expose services": seen.eastwest_made_by == "operator", "expose istiod": controls_remotes,
-            "east-west gateway": seen.eastwest_gateway is not None}
+    held = {"expose services": gateway.running == SIDECAR, "expose istiod": wiring.exposed,
+            "east-west gateway": d.ambient and gateway.present}
     return frozenset(unit.purpose for unit in d.istio_objects if held.get(unit.purpose))
 
 
@@ -697,7 +697,7 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
                 steps.append(_remove_sidecar_gateway_step(tools, workdir, d, seen))
             elif gateway_found.running == AMBIENT and not d.ambient:
                 steps.append(_remove_ambient_gateway_step(tools, cluster))
-            installed, gateway = install_steps(tools, workdir, d, seen, objects_present(d, seen, wiring.exposed))
+            installed, gateway = install_steps(tools, workdir, d, seen, objects_present(d, gateway_found, wiring))
             steps.extend(installed)
             plan.actions[cluster.context] = "install" if install.state is InstallState.ABSENT else "change"
             if gateway_found.wanted is None and install.state is not InstallState.ABSENT:  # none needed now

@@ -24,7 +24,7 @@ from . import certs, invocation, lifecycle
 from . import polling
 from .ambient import gateway_status
 from .assess import (GatewayState, LabelState, SecretFinding, SecretState, assess_gateway, assess_install,
-                     assess_namespace, assess_secrets, assess_wiring, issued_credentials)
+                     assess_namespace, assess_secrets, assess_wiring, issued_credentials, WiringFinding)
 from .cluster import ClusterClient, KubeClient
 from .checks import ERROR, EXPIRY_WARN_DAYS, LOCAL, MISSING, OUTDATED, PRESENT, STALE, SYNCED, WARNING
 from .config import AMBIENT, MULTIROOT_ENV, SIDECAR, Cluster, Topology, data_plane_mode, select_clusters
@@ -512,19 +512,19 @@ def _judge_remotes(mesh: Mesh, result: list[ClusterStatus], injection: dict[str,
                                                 f"secret of {member.name} ({held}): {primary.context}'s istiod "
                                                 f"cannot configure this cluster", hints.apply))
         if webhook.trusted is False and status.istio_installed:
-            add(_untrusted_injector(member.cluster, primary, status, lacks, hints))
+            add(_untrusted_injector(member.cluster, primary, wiring, lacks, hints))
 
 
-def _untrusted_injector(cluster: Cluster, primary, status: ClusterStatus, lacks: bool, hints: Hints) -> Problem:
+def _untrusted_injector(cluster: Cluster, primary, wiring: WiringFinding, lacks: bool, hints: Hints) -> Problem:
     """The remote's injector webhook has no caBundle: kube-apiserver refuses every pod it selects (gateway
     pods included), and says why. Only the primary's istiod patches it (Istio's
     pilot/pkg/serviceregistry/kube/controller/multicluster.go), once it holds this cluster's secret and this
     cluster's istio-system names it in topology.istio.io/controlPlaneClusters."""
-    named = status.annotations.get(CONTROL_PLANE_CLUSTERS)
     if lacks:
         cause = f"{primary.context} does not hold this cluster's current remote secret"
-    elif named != primary.name:
-        cause = f"namespace {ISTIO_NAMESPACE} names {named or 'no control plane'} in {CONTROL_PLANE_CLUSTERS}, not {primary.name}"
+    elif not wiring.names_control_plane:
+        cause = (f"namespace {ISTIO_NAMESPACE} names {wiring.named or 'no control plane'} in {CONTROL_PLANE_CLUSTERS}, "
+                 f"not {primary.name}")
     else:
         cause = f"{primary.context}'s istiod has not patched it yet (is it running, and has it synced this cluster?)"
     see = hints.kubectl(cluster, "get", "mutatingwebhookconfiguration", "-l", "app=sidecar-injector", "-o",

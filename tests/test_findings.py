@@ -301,6 +301,11 @@ def test_status_of_a_remote_wired_to_the_wrong_place(pki):
     fakes["edge"].injector = InjectorWebhook("/inject/cluster/main/net/n1", True)
     assert _problems(_status(PRIMARY_REMOTE, fakes, pki))["edge"] == ["control_plane_annotation_wrong",
                                                                        "injection_path_wrong"]
+    # without its caBundle, the injector refuses pods: the cause named is the annotation
+    fakes["edge"].injector = InjectorWebhook("/inject/cluster/edge/net/n2", False)
+    edge = next(c for c in _status(PRIMARY_REMOTE, fakes, pki).clusters if c.cluster.context == "edge")
+    untrusted = next(p for p in edge.problems if p.code == "injector_untrusted")
+    assert f"names elsewhere in {CONTROL_PLANE_CLUSTERS}, not main" in untrusted.message
 
 
 def test_status_of_a_running_primary_turned_into_a_remote_is_not_healthy(pki):
@@ -348,8 +353,10 @@ def _addresses(topology: Topology) -> dict[str, str]:
     return {m.context: GATEWAY_ADDRESS for m in mesh_model(topology).members if m.eastwest}
 
 
-def _plan(topology: Topology, workdir: Path, clusters: dict, base: dict | None = None) -> dict[str, list[str]]:
-    """The steps apply plans per cluster, for clusters read through the fake client."""
+def _plan(topology: Topology, workdir: Path, clusters: dict, base: dict | None = None,
+          lines: bool = False) -> dict[str, list[str]]:
+    """The steps apply plans per cluster (``lines``: their lines in the plan), for clusters read through
+    the fake client."""
     from lib.gatewayapi import CrdSource
     from lib.kube import Tools, gateway_addresses
     from lib.plan import build_apply_plan
@@ -362,7 +369,7 @@ def _plan(topology: Topology, workdir: Path, clusters: dict, base: dict | None =
     steps: dict[str, list[str]] = {}
     for phase in plan.phases:
         for context, found in phase.steps.items():
-            steps.setdefault(context, []).extend(step.title for step in found)
+            steps.setdefault(context, []).extend(step.change if lines else step.title for step in found)
     return steps
 
 
@@ -400,3 +407,13 @@ def test_to_ambient_the_sidecar_mode_gateway_goes_first(tmp_path):
     clusters = _running(MULTI_NETWORK, tmp_path)  # a sidecar-mode mesh, now declared ambient
     steps = _plan(MULTI_NETWORK, tmp_path, clusters, AMBIENT_BASE)
     assert steps["east"][:2] == ["remove the sidecar-mode east-west gateway (ambient now)", "install Istio"]
+
+
+def test_istiod_exposed_to_a_new_remote_is_added_and_to_a_known_one_applied_again(tmp_path):
+    as_primaries = _running(_topology(("main", "n1", None), ("edge", "n2", None)), tmp_path)
+    gaining = _plan(PRIMARY_REMOTE, tmp_path, as_primaries, lines=True)["main"]
+    assert any(line.startswith("+ expose istiod") for line in gaining), gaining
+    # a base.yaml edit reinstalls a primary that has its remote already
+    edited = {"spec": {"meshConfig": {"accessLogFile": "/dev/stdout"}}}
+    again = _plan(PRIMARY_REMOTE, tmp_path, _running(PRIMARY_REMOTE, tmp_path), edited, lines=True)["main"]
+    assert any(line.startswith("~ expose istiod") and line.endswith("applied again") for line in again), again
