@@ -681,6 +681,12 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints
         add(Problem("cluster_name_wrong", f"istiod runs as cluster {istiod.cluster_id}, topology.yaml names it "
                                           f"{cluster.name}", hints.apply))
 
+    if set_up and CONTROL_PLANE_CLUSTERS in namespace.annotations_left:
+        # honoured by an istiod with EXTERNAL_ISTIOD (pilot/pkg/serviceregistry/kube/controller/multicluster.go)
+        add(Problem("control_plane_annotation_left",
+                    f"namespace {ISTIO_NAMESPACE} of this primary still has {CONTROL_PLANE_CLUSTERS}="
+                    f"{seen.annotations[CONTROL_PLANE_CLUSTERS]}: that cluster's istiod also patches this "
+                    f"cluster's injector webhook while it holds this cluster's secret", f"{hints.apply} (removes it)"))
     _judge_istiod_service(status, cluster, member.is_remote, seen, ws, hints)
 
     # cacerts

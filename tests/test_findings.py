@@ -317,6 +317,14 @@ def test_status_of_a_running_primary_turned_into_a_remote_is_not_healthy(pki):
     assert {"control_plane_annotation_wrong", "drift", "istiod_service_selects_pods"} <= set(_problems(status)["edge"])
 
 
+def test_status_of_a_remote_turned_primary_names_the_annotation_it_keeps(pki):
+    """What apply --dry-run plans ("stop being a remote") status reports, even with the install current."""
+    as_primaries = _topology(("main", "n1", None), ("edge", "n2", None))
+    fakes = _live(as_primaries, pki)
+    fakes["edge"].state.annotations[CONTROL_PLANE_CLUSTERS] = "main"
+    assert _problems(_status(as_primaries, fakes, pki)) == {"main": [], "edge": ["control_plane_annotation_left"]}
+
+
 # --- the plan turns the same findings into steps ---------------------------------------------------
 
 GATEWAY_ADDRESS = "198.51.100.7"
