@@ -22,7 +22,7 @@ if (_CHECKOUT / "lib" / "__init__.py").is_file():
 else:
     sys.modules.setdefault("lib", importlib.import_module("setup_mesh_lib"))
 
-from lib import __version__, commands, invocation, lifecycle  # noqa: E402 - after the choice above
+from lib import __version__, commands, invocation, carotation  # noqa: E402 - after the choice above
 from lib.errors import ConfigError  # noqa: E402
 from lib.kube import READ_TIMEOUT  # noqa: E402
 
@@ -85,7 +85,7 @@ def _check_output(value: str) -> str:
 def _check_min_wait(value: Optional[str]) -> Optional[str]:
     if value is not None:
         try:
-            lifecycle.parse_duration(value)
+            carotation.parse_duration(value)
         except ConfigError as exc:
             raise typer.BadParameter(f"{exc.message}: {exc.hint}") from None
     return value
@@ -215,7 +215,7 @@ def rotate_certs(
         if context or expiring_within is not None:
             raise typer.BadParameter("a new root is introduced to every cluster at once",
                                      param_hint="--context/--expiring-within with --root")
-        wait = lifecycle.parse_duration(min_wait) if min_wait is not None else lifecycle.WORKLOAD_CERT_LIFETIME
+        wait = carotation.parse_duration(min_wait) if min_wait is not None else carotation.WORKLOAD_CERT_LIFETIME
         commands.run_guarded(debug, quiet, verbose, lambda r, rep: rotate_root(
             workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, min_wait=wait, dry_run=dry_run,
             parallel=parallel, timeout=timeout, runner=r, reporter=rep))

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import MULTI_NETWORK_ENV
-from .overlay import EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL, control_plane_revision
+from .overlay import control_plane_revision
+from .names import EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL
 
 EAST_WEST_CLASS = "istio-east-west"
 GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"

@@ -10,13 +10,14 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Mapping, Sequence
 
-from . import certs, lifecycle
+from . import carotation, certs
 from .ambient import gateway_status
 from .config import AMBIENT, SIDECAR
 from .desired import Desired
 from .kube import Observed, token_fingerprint
 from .mesh import Member, Mesh
-from .overlay import CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, NETWORK_LABEL, injection_path
+from .names import CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, NETWORK_LABEL
+from .overlay import injection_path
 from .yamldiff import diff
 
 # Annotations of istio-system that setup-mesh sets from the mesh model, and so also removes once unwanted.
@@ -71,7 +72,7 @@ class CacertsFinding:
 
 def root_id(pem: bytes | None) -> RootId | None:
     """The first certificate of a PEM bundle, or None when there is none that parses."""
-    first = lifecycle.split_pems(pem)[:1]
+    first = carotation.split_pems(pem)[:1]
     try:
         info = certs.read_cert(first[0]) if first else None
     except ValueError:
@@ -89,7 +90,7 @@ def assess_cacerts(held: Mapping[str, bytes] | None, labelled: bool, want: Mappi
     if held is None:
         return CacertsFinding(CacertsState.ABSENT, workspace_root=ours)
     theirs = root_id(held.get("root-cert.pem"))
-    if lifecycle.holds(dict(held), dict(want) if want else None) and at_stage:
+    if carotation.holds(dict(held), dict(want) if want else None) and at_stage:
         return CacertsFinding(CacertsState.CURRENT, theirs, ours)
     ours_fps = set().union(*(certs.bundle_fingerprints(pem) for pem in workspace_roots)) if workspace_roots else set()
     if not ours_fps:  # no root to compare with: what setup-mesh made is taken as its own, as before roots existed

@@ -8,23 +8,21 @@ answers per context with typed values; a cluster that cannot be read is an answe
 an error, an ``IstiodView`` with an error, ...), never an exception.
 
 ``KubeClient`` is the real one: kubectl and istioctl through the runner, clusters read in parallel
-(executor.read_clusters), the answers parsed by lib/kube.py and the readers next to status. Tests fill
+(executor.read_clusters), the answers parsed by lib/kube.py and lib/statusread.py. Tests fill
 an in-memory client (tests/fakecluster.py) with the same types, so every judgment made of these answers
 (lib/assess.py, status) is tested without a cluster or a program.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import Protocol, Sequence
 
 from .config import Cluster
 from .errors import MeshError
 from .kube import IstioUsage, Observed, Tools
 from .reporter import Reporter
+from .statusread import InjectorWebhook, IstiodView, read_injection_paths, read_istiod_views, read_published_roots
 from .workspace import inspect_clusters, read_istio_usage
-
-if TYPE_CHECKING:
-    from .status import InjectorWebhook, IstiodView
 
 READ_STATE_TITLE = "read current state"
 
@@ -37,10 +35,10 @@ class ClusterClient(Protocol):
     def istio_usage(self, clusters: Sequence[Cluster], ours: frozenset[str]) -> dict[str, IstioUsage | MeshError]:
         """The Istio resources and control planes others made (``ours``: setup-mesh's IstioOperator names)."""
 
-    def istiod_views(self, clusters: Sequence[Cluster], revision: str | None) -> dict[str, "IstiodView"]:
+    def istiod_views(self, clusters: Sequence[Cluster], revision: str | None) -> dict[str, IstiodView]:
         """What each cluster's istiod reports about its remote clusters (istioctl remote-clusters)."""
 
-    def injection_paths(self, clusters: Sequence[Cluster], revision: str | None) -> dict[str, "InjectorWebhook"]:
+    def injection_paths(self, clusters: Sequence[Cluster], revision: str | None) -> dict[str, InjectorWebhook]:
         """Each (remote) cluster's sidecar injector webhook: the path it calls, whether it has its caBundle."""
 
     def published_roots(self, clusters: Sequence[Cluster]) -> dict[str, bytes | None]:
@@ -67,21 +65,13 @@ class KubeClient:
     def istio_usage(self, clusters: Sequence[Cluster], ours: frozenset[str]) -> dict[str, IstioUsage | MeshError]:
         return read_istio_usage(list(clusters), self.tools, self.runner, self.reporter, self.parallel, ours)
 
-    # The three readers below live next to status, which was their only user; imported when called
-    # because status itself builds this client.
-    def istiod_views(self, clusters: Sequence[Cluster], revision: str | None) -> dict[str, "IstiodView"]:
-        from .status import read_istiod_views
-
+    def istiod_views(self, clusters: Sequence[Cluster], revision: str | None) -> dict[str, IstiodView]:
         return read_istiod_views(list(clusters), revision, self.tools, self.runner, self.reporter, self.parallel)
 
-    def injection_paths(self, clusters: Sequence[Cluster], revision: str | None) -> dict[str, "InjectorWebhook"]:
-        from .status import read_injection_paths
-
+    def injection_paths(self, clusters: Sequence[Cluster], revision: str | None) -> dict[str, InjectorWebhook]:
         return read_injection_paths(list(clusters), revision, self.tools, self.runner, self.reporter, self.parallel)
 
     def published_roots(self, clusters: Sequence[Cluster]) -> dict[str, bytes | None]:
-        from .status import read_published_roots
-
         return read_published_roots(list(clusters), self.tools, self.runner, self.reporter, self.parallel)
 
     def quiet(self) -> "KubeClient":

@@ -9,7 +9,7 @@ from typing import Callable
 
 import typer
 
-from . import certs, invocation, lifecycle
+from . import certs, invocation, carotation
 from . import polling
 from .cluster import KubeClient
 from .config import (AMBIENT, BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, data_plane_mode, load_base, load_topology,
@@ -20,7 +20,8 @@ from .executor import RERUN_HINT, Executor, Outcome
 from .invocation import prep_hint
 from .gatewayapi import CrdSource, choose_source, expected_version, older_than_needed
 from .kube import IstioUsage, Observed, Tools, gateway_addresses
-from .overlay import ISTIO_NAMESPACE, our_operators
+from .overlay import our_operators
+from .names import ISTIO_NAMESPACE
 from .desired import desired_state
 from .assess import loopback_peers
 from .mesh import mesh_model
@@ -125,13 +126,13 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
           parallel: int, gateway_timeout: float, timeout: float, runner: ShRunner, reporter: Reporter,
           contexts: list[str] = (), gateway_api_crds: str | None = None, replace_foreign_ca: bool = False) -> int:
     if not dry_run:
-        lifecycle.resume_finish(workdir)  # a root transition's last rename, if a run was cut short there
+        carotation.resume_finish(workdir)  # a root transition's last rename, if a run was cut short there
     # A dry run shows the plan for clusters that hold nothing yet, then fails as apply would.
     ws = load_workspace(workdir, kubeconfig, lenient=dry_run, note_contexts=False)
     topology = ws.topology
     chosen = select_clusters(topology, list(contexts))
     only = {c.context for c in chosen} if contexts else None
-    transition = lifecycle.load_transition(workdir)
+    transition = carotation.load_transition(workdir)
     tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout)
     release, intermediate_vars = certs_prerequisites(ws, istio_dir, runner, dry_run, transition=transition)
     ambient = data_plane_mode(ws.base) == AMBIENT
@@ -295,11 +296,11 @@ def _gateway_api_source(option: str | None, istio_version: str | None, ws: Works
 
 def certs_prerequisites(ws: Workspace, istio_dir: str | None, runner: ShRunner,
                          dry_run: bool, force: bool = False,
-                         transition: "lifecycle.Transition | None" = None) -> tuple[Release | None, dict[str, str]]:
+                         transition: "carotation.Transition | None" = None) -> tuple[Release | None, dict[str, str]]:
     """What making missing intermediate CAs (``force``: any) needs: the root CA, the Istio release, make, openssl.
 
     During a root transition the intermediates come from the root that the stage runs on."""
-    cert_dir = lifecycle.issuing_dir(ws.workdir, transition)
+    cert_dir = carotation.issuing_dir(ws.workdir, transition)
     release: Release | None = None
     if force or any(not certs.has_cacerts(cert_dir, c.name) for c in ws.topology.clusters):
         if not ((cert_dir / certs.ROOT_CERT).is_file() and (cert_dir / certs.ROOT_KEY).is_file()):
@@ -474,7 +475,7 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
 def _cert_folders(workdir: Path) -> list[tuple[Path, str]]:
     """The workspace's folders of keys, with what they hold: certs/, and certs-next/ during a move to a new root."""
     folders = [(certs.certs_dir(workdir), "the root CA and intermediates"),
-               (lifecycle.next_dir(workdir), "the new root CA of a move to a new root, and its intermediates")]
+               (carotation.next_dir(workdir), "the new root CA of a move to a new root, and its intermediates")]
     return [(folder, what) for folder, what in folders if folder.exists()]
 
 

@@ -20,10 +20,10 @@ from typing import Any, Callable, Mapping
 from .ambient import GATEWAY_API_VERSION, east_west_gateway, with_multi_network_switch
 from .config import AMBIENT, MULTIROOT_ENV, SIDECAR, Topology, data_plane_mode
 from .mesh import Member, Mesh, mesh_model
-from .lifecycle import Transition
-from .overlay import (CONTROL_PLANE_CLUSTERS, CROSS_NETWORK_GATEWAY, ISTIO_NAMESPACE, NETWORK_LABEL,
-                      cluster_operator, control_plane_revision, cross_network_gateway, eastwest_operator,
+from .carotation import Transition
+from .overlay import (cluster_operator, control_plane_revision, cross_network_gateway, eastwest_operator,
                       expose_istiod, external_istiod, fingerprint, remote_operator, with_pilot_env)
+from .names import CONTROL_PLANE_CLUSTERS, CROSS_NETWORK_GATEWAY, ISTIO_NAMESPACE, NETWORK_LABEL
 
 # What a dry run shows, and nothing installs, while the address of a primary's east-west gateway is not known.
 PENDING_ADDRESS = "<address of {}'s east-west gateway>"

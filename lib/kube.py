@@ -10,8 +10,8 @@ from typing import Any, Callable
 import yaml
 
 from .config import Cluster
-from .overlay import (APPLIED_ANNOTATION, CLUSTER_ANNOTATION, EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE,
-                      MANAGED_BY_LABEL, MULTICLUSTER_LABEL, NETWORK_LABEL, SECRET_SOURCE_ANNOTATION)
+from .names import (APPLIED_ANNOTATION, CLUSTER_ANNOTATION, EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE,
+                    MANAGED_BY_LABEL, MULTICLUSTER_LABEL, NETWORK_LABEL, SECRET_SOURCE_ANNOTATION, is_istiod_name)
 from .gatewayapi import GATEWAY_CRD, ClusterCrds
 from .runner import Command
 
@@ -199,7 +199,7 @@ def parse_inspect(output: str) -> Observed:
                 seen.eastwest_address = service_address(item)
                 made_by_istiod = MANAGED_GATEWAY_LABEL in (meta.get("labels") or {})
                 seen.eastwest_made_by = "gateway" if made_by_istiod else "operator"
-            elif name == "istiod" or name.startswith("istiod-"):  # istiod-<revision> with a revision
+            elif is_istiod_name(name):
                 seen.istiod_service = True
                 seen.istiod_selectors[name] = dict((item.get("spec") or {}).get("selector") or {})
         elif kind == "Deployment" and meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE:

@@ -11,37 +11,16 @@ import json
 from typing import Any
 
 from .config import Cluster, Topology
+from .names import (CROSS_NETWORK_GATEWAY, EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE,
+                    MANAGED_BY_LABEL, NETWORK_LABEL, istiod_name)
 
-ISTIO_NAMESPACE = "istio-system"
-NETWORK_LABEL = "topology.istio.io/network"
-EASTWEST_NAME = "istio-eastwestgateway"
 # IstioOperator names: istioctl install labels what it applies with the IstioOperator's name and prunes
 # by those labels. An unnamed control plane would prune every other install of its revision, the
 # east-west gateway included, so the control plane always has a name (base.yaml may choose it).
 CONTROL_PLANE_IOP = "setup-mesh"
 EASTWEST_IOP = "eastwest"
-CROSS_NETWORK_GATEWAY = "cross-network-gateway"
 ISTIOD_GATEWAY = "istiod-gateway"
-CONTROL_PLANE_CLUSTERS = "topology.istio.io/controlPlaneClusters"
 CACERTS_FILES = ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")
-# What setup-mesh records on istio-system: the fingerprint of everything it installed there.
-APPLIED_ANNOTATION = "setup-mesh.io/applied"
-# On each remote secret: the fingerprint of the cluster it came from, so stale copies are replaced.
-SECRET_SOURCE_ANNOTATION = "setup-mesh.io/source"
-MULTICLUSTER_LABEL = "istio/multiCluster"
-CLUSTER_ANNOTATION = "networking.istio.io/cluster"
-FIELD_MANAGER = "setup-mesh"
-# On the Istio resources setup-mesh makes itself, so teardown can tell them from everybody else's.
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-
-
-def made_by_setup_mesh(item: dict[str, Any]) -> bool:
-    meta = item.get("metadata") or {}
-    if (meta.get("labels") or {}).get(MANAGED_BY_LABEL) == FIELD_MANAGER:
-        return True
-    # Earlier versions made the cross-network Gateway without the label.
-    return (item.get("kind") == "Gateway" and meta.get("name") == CROSS_NETWORK_GATEWAY
-            and meta.get("namespace") == ISTIO_NAMESPACE)
 
 
 def control_plane_name(base: dict[str, Any]) -> str:
@@ -160,6 +139,11 @@ def eastwest_operator(base: dict[str, Any], cluster: Cluster) -> dict[str, Any]:
     }
 
 
+def control_plane_istiod(operator: dict[str, Any]) -> str:
+    """The name of the istiod Deployment and Service an IstioOperator installs."""
+    return istiod_name(control_plane_revision(operator))
+
+
 def control_plane_revision(operator: dict[str, Any]) -> str | None:
     """The revision an IstioOperator installs. istioctl copies spec.revision into the values, then merges
     the user's spec.values over them, so spec.values.revision wins when both are set."""
@@ -222,7 +206,7 @@ def expose_istiod(revision: str | None) -> list[dict[str, Any]]:
     gateway = {"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
                "metadata": {"name": ISTIOD_GATEWAY, "namespace": ISTIO_NAMESPACE, "labels": {MANAGED_BY_LABEL: FIELD_MANAGER}},
                "spec": {"selector": {"istio": "eastwestgateway"}, "servers": servers}}
-    service = f"istiod-{revision}" if revision else "istiod"
+    service = istiod_name(revision)
     host = f"{service}.{ISTIO_NAMESPACE}.svc.cluster.local"
     sni = [f"{service}.{ISTIO_NAMESPACE}.svc", host] if revision else ["*"]
     routes = [{"match": [{"port": port, "sniHosts": list(sni)}], "route": [{"destination": {"host": host, "port": {"number": target}}}]}

@@ -14,7 +14,7 @@ from typing import Mapping
 
 import yaml
 
-from . import certs, invocation, lifecycle
+from . import carotation, certs, invocation
 from .assess import (CacertsFinding, CacertsState, GatewayFinding, GatewayState, InstallState, LabelState, assess_cacerts,
                      assess_gateway, assess_install, assess_namespace, assess_secrets, assess_wiring,
                      controlled_before, issued_credentials, overlay_changes, WiringFinding)
@@ -29,10 +29,11 @@ from .fsutil import read_if_present
 from .gatewayapi import CrdSource, offline_crds_hint
 from .kube import (COMPONENT_LABEL, GATEWAY_RESOURCE, MANAGED_GATEWAY_LABEL, OWNER_LABEL, OWNER_NAMESPACE_LABEL, IstioUsage,
                    Observed, Tools, parse_remote_secret, service_address)
-from .lifecycle import Transition
-from .overlay import (APPLIED_ANNOTATION, CONTROL_PLANE_CLUSTERS, CROSS_NETWORK_GATEWAY, EASTWEST_IOP, EASTWEST_NAME,
-                      FIELD_MANAGER, ISTIO_NAMESPACE, MANAGED_BY_LABEL, cacerts_manifest, control_plane_revision,
-                      expose_istiod, manifest_list, namespace_manifest, sequential_waits)
+from .carotation import Transition
+from .overlay import (EASTWEST_IOP, cacerts_manifest, control_plane_istiod, control_plane_revision, expose_istiod,
+                      manifest_list, namespace_manifest, sequential_waits)
+from .names import (APPLIED_ANNOTATION, CONTROL_PLANE_CLUSTERS, CROSS_NETWORK_GATEWAY, DATA_PLANE_ANNOTATION,
+                    EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE, MANAGED_BY_LABEL, TRANSITION_ANNOTATION)
 from .release import Release
 from .runner import Command
 from .yamlfile import dump
@@ -52,8 +53,6 @@ def overlay_path(workdir: Path, cluster: Cluster) -> Path:
 
 def eastwest_path(workdir: Path, cluster: Cluster) -> Path:
     return workdir / OVERLAY_DIR / f"{cluster.name}-eastwest.yaml"
-# On istio-system, next to what was applied: the data-plane mode it was applied in (absent: sidecar).
-DATA_PLANE_ANNOTATION = "setup-mesh.io/data-plane"
 
 
 @dataclass
@@ -85,27 +84,27 @@ class ApplyPlan:
 def cacerts_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: dict | None = None,
                   transition: Transition | None = None) -> Step:
     """istio-system as ``namespace`` says (default: labelled with the cluster's network) and secret cacerts
-    as the certificates' lifecycle says; during a root transition istio-system also records the stage."""
+    as the CA rotation (lib/carotation.py) says; during a root transition istio-system also records the stage."""
     namespace = namespace or namespace_manifest(cluster)
-    folder = lifecycle.issuing_dir(workdir, transition) / cluster.name
+    folder = carotation.issuing_dir(workdir, transition) / cluster.name
     annotations = namespace["metadata"].get("annotations") or {}
     annotated = "".join(f", annotated {k}={v}" for k, v in annotations.items())
 
     def action(ctx: RunContext) -> None:
-        files = lifecycle.desired_cacerts(workdir, cluster.name, transition)
+        files = carotation.desired_cacerts(workdir, cluster.name, transition)
         if files is None:
             raise MeshError(f"the intermediate CA in {folder} is incomplete",
                             hint=f"delete {folder} and run the same command again: it makes a new one")
         manifest_ns = copy.deepcopy(namespace)
         if transition is not None:
-            since = lifecycle.iso(lifecycle.utc_now())
-            manifest_ns["metadata"].setdefault("annotations", {})[lifecycle.TRANSITION_ANNOTATION] = \
+            since = carotation.iso(carotation.utc_now())
+            manifest_ns["metadata"].setdefault("annotations", {})[TRANSITION_ANNOTATION] = \
                 transition.annotation(since)
         manifest = dump(manifest_list([manifest_ns, cacerts_manifest(files)]))
         ctx.run(tools.apply(cluster, manifest, shown=False))
 
-    stage = (f" and the root bundle of stage {transition.stage} ({lifecycle.STAGES[transition.stage]})"
-             if transition is not None and transition.stage < lifecycle.LAST_STAGE else "")
+    stage = (f" and the root bundle of stage {transition.stage} ({carotation.STAGES[transition.stage]})"
+             if transition is not None and transition.stage < carotation.LAST_STAGE else "")
     return Step(f"namespace {ISTIO_NAMESPACE} (network {cluster.network}) and secret cacerts",
                 commands=[tools.apply(cluster, None, shown=False)], action=action,
                 note=f"stdin: Namespace {ISTIO_NAMESPACE} labelled {cluster.network}{annotated} and Secret cacerts "
@@ -114,16 +113,16 @@ def cacerts_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: dict 
 
 def cacerts_in_place(seen: Observed, cluster: Cluster, workdir: Path, transition: Transition | None) -> bool:
     """The cluster holds what its cacerts must hold now (and, mid-transition, says which stage it is at)."""
-    want = lifecycle.desired_cacerts(workdir, cluster.name, transition)
-    if not lifecycle.holds(seen.cacerts, want):
+    want = carotation.desired_cacerts(workdir, cluster.name, transition)
+    if not carotation.holds(seen.cacerts, want):
         return False
-    return transition is None or lifecycle.stage_since(transition, seen.annotations) is not None
+    return transition is None or carotation.stage_since(transition, seen.annotations) is not None
 
 
 def workspace_roots(workdir: Path, transition: Transition | None) -> list[bytes]:
     """The roots the clusters may trust now, the one issuing first: the workspace's, and mid-move the new one."""
     old = read_if_present(certs.certs_dir(workdir) / certs.ROOT_CERT)
-    new = read_if_present(lifecycle.next_dir(workdir) / certs.ROOT_CERT) if transition is not None else None
+    new = read_if_present(carotation.next_dir(workdir) / certs.ROOT_CERT) if transition is not None else None
     roots = [new, old] if transition is not None and transition.stage >= 2 else [old, new]
     return [pem for pem in roots if pem]
 
@@ -131,8 +130,8 @@ def workspace_roots(workdir: Path, transition: Transition | None) -> list[bytes]
 def cacerts_finding(seen: Observed, cluster: Cluster, workdir: Path, transition: Transition | None,
                     roots: list[bytes]) -> CacertsFinding:
     """The cluster's cacerts judged against what it must hold now (files of the workspace read here)."""
-    want = lifecycle.desired_cacerts(workdir, cluster.name, transition)
-    at_stage = transition is None or lifecycle.stage_since(transition, seen.annotations) is not None
+    want = carotation.desired_cacerts(workdir, cluster.name, transition)
+    at_stage = transition is None or carotation.stage_since(transition, seen.annotations) is not None
     return assess_cacerts(seen.cacerts, seen.cacerts_labelled, want, roots, at_stage)
 
 
@@ -360,8 +359,7 @@ def _remove_sidecar_gateway_step(tools: Tools, workdir: Path, d: Desired, seen: 
 def _no_longer_remote_step(tools: Tools, cluster: Cluster, d: Desired) -> Step:
     """A remote turned primary: its istio-system must stop naming another cluster's control plane, and the
     EndpointSlice that led its istiod Service to the old primary must not outlive the remote install."""
-    revision = control_plane_revision(d.operator)
-    service = f"istiod-{revision}" if revision else "istiod"
+    service = control_plane_istiod(d.operator)
     return Step(f"stop being a remote (annotation {CONTROL_PLANE_CLUSTERS}, EndpointSlice {service})",
                 change=f"- annotation {CONTROL_PLANE_CLUSTERS} and EndpointSlice {service} (a primary now)", commands=[
         tools.kubectl_cmd(cluster, "annotate", "namespace", ISTIO_NAMESPACE, f"{CONTROL_PLANE_CLUSTERS}-"),
@@ -605,7 +603,7 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
     ``gateway_api``: where an ambient mesh's clusters that lack the Gateway API CRDs get them from.
     ``uninstall``: how each reachable removed cluster is uninstalled (from what else uses Istio there).
     ``transition``: a root transition under way; clusters get (and keep) the certificates of its stage."""
-    cert_dir = lifecycle.issuing_dir(workdir, transition)
+    cert_dir = carotation.issuing_dir(workdir, transition)
     stage_note = f", stage {transition.stage} of the move to a new root" if transition is not None else ""
     roots = workspace_roots(workdir, transition)
     # Each member's own chain (set-up, install, its remote secret), then what needs the others (their

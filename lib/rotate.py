@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import certs, invocation, lifecycle
+from . import certs, invocation, carotation
 from . import polling
 from .assess import assess_install
 from .cluster import ClusterClient, KubeClient
@@ -17,7 +17,8 @@ from .config import MULTIROOT_ENV, Cluster, select_clusters
 from .errors import ConfigError, MeshError
 from .executor import Executor, Interrupted, Phase, RunContext, Step
 from .kube import Observed, Tools, gateway_addresses, parse_published_roots
-from .overlay import ISTIO_NAMESPACE
+from .names import ISTIO_NAMESPACE, TRANSITION_ANNOTATION
+from .overlay import control_plane_istiod
 from .desired import desired_state
 from .plan import (RECORD_TITLE, ApplyPlan, cacerts_finding, cacerts_in_place, cacerts_step, intermediate_step,
                    workspace_roots)
@@ -36,7 +37,7 @@ def backup_step(workdir: Path, cluster: Cluster, backup: Path) -> Step:
 
     def action(ctx: RunContext) -> None:
         if source.is_dir():
-            lifecycle.move_to_backup(source, target)
+            carotation.move_to_backup(source, target)
 
     return Step("back up the intermediate CA", action=action,
                 note=f"moves {source} to {target} (0700, keys 0600), so the Makefile makes a new one")
@@ -84,15 +85,13 @@ def confirm_step(tools: Tools, cluster: Cluster, deployment: str, timeout: float
 def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, contexts: list[str],
                          expiring_within: int | None, dry_run: bool, parallel: int, timeout: float,
                          runner: ShRunner, reporter: Reporter) -> int:
-    from .status import istiod_name
-
     ws = load_workspace(workdir, kubeconfig, lenient=dry_run)
     topology = ws.topology
     chosen = select_clusters(topology, contexts)
     cert_dir = certs.certs_dir(workdir)
-    transition = lifecycle.load_transition(workdir)
+    transition = carotation.load_transition(workdir)
     if transition is not None:
-        raise ConfigError(f"a move to a new root is under way (stage {transition.stage} of {lifecycle.LAST_STAGE}): "
+        raise ConfigError(f"a move to a new root is under way (stage {transition.stage} of {carotation.LAST_STAGE}): "
                           f"its intermediates are made by rotate-certs --root",
                           hint="run rotate-certs --root until it reports the transition complete, then rotate-certs")
     if not ((cert_dir / certs.ROOT_CERT).is_file() and (cert_dir / certs.ROOT_KEY).is_file()):
@@ -100,20 +99,20 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
                           hint="rotate-certs re-issues intermediates under the workspace's root; restore certs/ "
                                "from a backup, or run prep-mesh for a new mesh")
     tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout)
-    now = lifecycle.utc_now()
+    now = carotation.utc_now()
 
     # A rotation left unfinished is completed first; otherwise a new one covers the chosen clusters.
-    rotation = lifecycle.load_rotation(workdir)
-    local = {c.context: lifecycle.read_intermediate(cert_dir, c.name) for c in chosen}
+    rotation = carotation.load_rotation(workdir)
+    local = {c.context: carotation.read_intermediate(cert_dir, c.name) for c in chosen}
     resuming = rotation is not None
     if rotation is None:
-        picked = lifecycle.select_for_rotation(local, expiring_within, now)
-        rotation = lifecycle.Rotation(lifecycle.iso(now), {ctx: local[ctx].fingerprint for ctx in picked})
+        picked = carotation.select_for_rotation(local, expiring_within, now)
+        rotation = carotation.Rotation(carotation.iso(now), {ctx: local[ctx].fingerprint for ctx in picked})
     else:
         reporter.info(f"finishing the rotation started at {rotation.started} "
                       f"({', '.join(rotation.replaced) or 'no cluster'}) before any new one")
         chosen = [c for c in topology.clusters if c.context in rotation.replaced]
-        local = {c.context: lifecycle.read_intermediate(cert_dir, c.name) for c in chosen}
+        local = {c.context: carotation.read_intermediate(cert_dir, c.name) for c in chosen}
     targets = [c for c in chosen if c.context in rotation.replaced]
     if not targets:
         reporter.info(f"nothing to do: no intermediate CA expires within {expiring_within} day(s)"
@@ -130,15 +129,15 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
     observed = client.read_state(targets) if ws.contexts_resolved else {}
     unreachable = {ctx: seen for ctx, seen in observed.items() if not seen.reachable}
 
-    backup = lifecycle.backup_dir(workdir, rotation.backup_name)
-    deployment = istiod_name(ws.base)
+    backup = carotation.backup_dir(workdir, rotation.backup_name)
+    deployment = control_plane_istiod(ws.base)
     namespaces = {ctx: d.namespace_manifest() for ctx, d in desired_state(topology, ws.base).items()}
     phase = Phase("re-issue intermediate CAs and update cacerts")
     for cluster in targets:
         if cluster.context in unreachable and not dry_run:
             continue
         seen = observed.get(cluster.context) or Observed()
-        reissue = lifecycle.needs_reissue(rotation, cluster.context, local[cluster.context])
+        reissue = carotation.needs_reissue(rotation, cluster.context, local[cluster.context])
         if reissue:
             if local[cluster.context].fingerprint is not None:
                 phase.add(cluster.context, backup_step(workdir, cluster, backup))
@@ -154,7 +153,7 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
                    title="rotate-certs plan", command="rotate-certs")
         return 0
 
-    lifecycle.save_rotation(workdir, rotation)  # before anything changes: an interrupted run is resumed
+    carotation.save_rotation(workdir, rotation)  # before anything changes: an interrupted run is resumed
     executor = Executor(runner, reporter, parallel)
     for context, seen in unreachable.items():
         sit_out(executor, tools, topology.by_context(context), seen, "then run rotate-certs again")
@@ -162,7 +161,7 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
     reporter.stop_progress()
     certs.secure_tree(cert_dir)
     if outcome.ok:
-        lifecycle.save_rotation(workdir, None)
+        carotation.save_rotation(workdir, None)
     for cluster in targets:
         if cluster.context not in outcome.failures:
             reporter.finish_cluster(cluster.context, True, "intermediate CA re-issued")
@@ -177,26 +176,25 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
 
 def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, min_wait: dt.timedelta, dry_run: bool,
                 parallel: int, timeout: float, runner: ShRunner, reporter: Reporter) -> int:
-    """One stage of the move to a new root per run; see lifecycle.decide for when a stage may start."""
+    """One stage of the move to a new root per run; see carotation.decide for when a stage may start."""
     from .plan import install_steps, record_step
     from .release import find_release
-    from .status import istiod_name
 
     wait = min_wait
     # The next run's command carries a --min-wait the user chose, or the pasted hint would refuse for a day.
     again = invocation.command("rotate-certs", "--root", *(
-        ["--min-wait", lifecycle.format_duration(min_wait)] if min_wait != lifecycle.WORKLOAD_CERT_LIFETIME else []))
+        ["--min-wait", carotation.format_duration(min_wait)] if min_wait != carotation.WORKLOAD_CERT_LIFETIME else []))
     if not dry_run:
-        lifecycle.resume_finish(workdir)
+        carotation.resume_finish(workdir)
     ws = load_workspace(workdir, kubeconfig, lenient=dry_run)
     topology = ws.topology
-    cert_dir, new_dir = certs.certs_dir(workdir), lifecycle.next_dir(workdir)
+    cert_dir, new_dir = certs.certs_dir(workdir), carotation.next_dir(workdir)
     if not ((cert_dir / certs.ROOT_CERT).is_file() and (cert_dir / certs.ROOT_KEY).is_file()):
         raise ConfigError(f"the mesh's root CA is missing ({cert_dir / certs.ROOT_CERT})",
                           hint="restore certs/ from a backup: the clusters trust that root, and a new one is "
                                "introduced only next to it")
     root_info = _read_root(cert_dir / certs.ROOT_CERT)
-    transition = lifecycle.load_transition(workdir)
+    transition = carotation.load_transition(workdir)
     tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout)
     try:
         release = find_release(istio_dir, workdir)
@@ -215,19 +213,19 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     read_reporter = Reporter(quiet=True, err_console=reporter.err) if dry_run else reporter
     client = KubeClient(tools, runner, read_reporter, parallel)
     observed = client.read_state(topology.clusters) if ws.contexts_resolved else {}
-    now = lifecycle.utc_now()
+    now = carotation.utc_now()
     current_root = root_info.fingerprint
     views = []
     for cluster in topology.clusters:
         seen = observed.get(cluster.context) or Observed(reachable=False, error="not read")
         in_place = transition is not None and cacerts_in_place(seen, cluster, workdir, transition)
-        views.append(lifecycle.ClusterView(
+        views.append(carotation.ClusterView(
             cluster.context, seen.reachable, in_place,
-            lifecycle.stage_since(transition, seen.annotations) if transition else None,
-            completing=transition is None and lifecycle.completed_here(current_root, seen.annotations)))
-    move = lifecycle.decide(transition, views, now, wait)
+            carotation.stage_since(transition, seen.annotations) if transition else None,
+            completing=transition is None and carotation.completed_here(current_root, seen.annotations)))
+    move = carotation.decide(transition, views, now, wait)
     if move.kind in ("wait", "advance", "finish"):
-        _require_istiod_took(topology.clusters, observed, tools, client, transition, log, istiod_name(ws.base))
+        _require_istiod_took(topology.clusters, observed, tools, client, transition, log, control_plane_istiod(ws.base))
     # A remote's install names its primary's gateway address: with the one it has now, its state is
     # the one apply recorded (and the move's istiod setting concerns primaries only).
     addresses = gateway_addresses(observed)
@@ -242,7 +240,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
                 last.add(cluster.context, install_steps(tools, workdir, d, seen)[0][0])
                 last.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
             last.add(cluster.context, Step("the root transition is complete here", commands=[tools.kubectl_cmd(
-                cluster, "annotate", "namespace", ISTIO_NAMESPACE, f"{lifecycle.TRANSITION_ANNOTATION}-")]))
+                cluster, "annotate", "namespace", ISTIO_NAMESPACE, f"{TRANSITION_ANNOTATION}-")]))
         return last
 
     if move.kind == "complete":
@@ -291,10 +289,10 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
                                  f"first, then `{again}`")
     if move.kind == "wait":
         since = move.ready_at - wait
-        reporter.info(f"stage {transition.stage} of {lifecycle.LAST_STAGE} ({lifecycle.STAGES[transition.stage]}) "
-                      f"is in place in every cluster since {lifecycle.iso(since)}")
-        reporter.notice(f"stage {transition.stage + 1} ({lifecycle.STAGES[transition.stage + 1]}) can start at "
-                        f"{lifecycle.iso(move.ready_at)} (in {lifecycle.describe_wait(move.ready_at - now)}), when "
+        reporter.info(f"stage {transition.stage} of {carotation.LAST_STAGE} ({carotation.STAGES[transition.stage]}) "
+                      f"is in place in every cluster since {carotation.iso(since)}")
+        reporter.notice(f"stage {transition.stage + 1} ({carotation.STAGES[transition.stage + 1]}) can start at "
+                        f"{carotation.iso(move.ready_at)} (in {carotation.describe_wait(move.ready_at - now)}), when "
                         f"every workload has renewed its certificate: run `{again}` then "
                         f"(with --min-wait 0 if every workload has been restarted since)")
         if log:
@@ -303,16 +301,16 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
 
     # The stage this run brings the clusters to.
     if move.kind == "start":
-        planned = lifecycle.Transition(1, current_root, "", lifecycle.iso(now))
+        planned = carotation.Transition(1, current_root, "", carotation.iso(now))
     elif move.kind == "advance":
-        planned = lifecycle.Transition(move.stage, transition.old_root, transition.new_root, transition.started)
+        planned = carotation.Transition(move.stage, transition.old_root, transition.new_root, transition.started)
     else:
         planned = transition
     targets = [c for c in topology.clusters if c.context in move.behind]
     desired = desired_state(topology, ws.base, addresses, transition=planned)
-    deployment = istiod_name(ws.base)
-    issuer = lifecycle.issuing_dir(workdir, planned)
-    phase = Phase(f"stage {planned.stage} of {lifecycle.LAST_STAGE}: {lifecycle.STAGES[planned.stage]}")
+    deployment = control_plane_istiod(ws.base)
+    issuer = carotation.issuing_dir(workdir, planned)
+    phase = Phase(f"stage {planned.stage} of {carotation.LAST_STAGE}: {carotation.STAGES[planned.stage]}")
     # A cluster apply has not set up yet (added to topology.yaml meanwhile) is apply's to set up: it
     # gets the stage's certificates there, and its gateway and secrets, which this command does not make.
     not_set_up = [c for c in targets if (observed.get(c.context) or Observed()).applied is None]
@@ -336,7 +334,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         if not cluster.primary:  # a remote runs no istiod to confirm
             phase.add(cluster.context, confirm_step(tools, cluster, deployment, roots=_stage_roots(
                 workdir, cluster, planned)))
-    root_vars = {"ROOTCA_CN": lifecycle.next_root_name(root_info.common_name, now), **({"ROOTCA_ORG": org} if org else {})}
+    root_vars = {"ROOTCA_CN": carotation.next_root_name(root_info.common_name, now), **({"ROOTCA_ORG": org} if org else {})}
     make_root = certs.root_ca_command(release or _NO_RELEASE, new_dir, root_vars)
 
     if dry_run:
@@ -345,12 +343,12 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
             reporter.info(f"first the new root: mkdir -p {new_dir} && {make_root.pasteable()}")
         plan = ApplyPlan([phase] if move.kind != "finish" else [])
         completes = (f"certs/ becomes the new root (the old one kept in "
-                     f"{lifecycle.backup_dir(workdir, planned.backup_name)}) and istiod drops {MULTIROOT_ENV} "
+                     f"{carotation.backup_dir(workdir, planned.backup_name)}) and istiod drops {MULTIROOT_ENV} "
                      f"(reinstalled with apply's overlay)")
         print_plan(plan, topology, observed if ws.contexts_resolved else None, ws.notes, reporter,
                    title="rotate-certs --root plan", command=("rotate-certs", "--root"),
                    nothing="no cluster changes in this stage" if move.kind != "finish" else f"then {completes}")
-        if planned.stage == lifecycle.LAST_STAGE and move.kind != "finish":
+        if planned.stage == carotation.LAST_STAGE and move.kind != "finish":
             reporter.info(f"once stage {planned.stage} is in place in every cluster, the same run completes the move: "
                           f"{completes}")
         return 0
@@ -363,7 +361,7 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         planned.new_root = certs.read_cert((new_dir / certs.ROOT_CERT).read_bytes()).fingerprint
         reporter.info(f"made a new root CA in {new_dir}")
     if move.kind in ("start", "advance"):
-        lifecycle.save_transition(workdir, planned)  # the workspace leads; the clusters follow
+        carotation.save_transition(workdir, planned)  # the workspace leads; the clusters follow
     reporter.info(_move_text(move, planned))
 
     executor = Executor(runner, reporter, parallel)
@@ -383,11 +381,11 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         if RECORD_TITLE in outcome.done_steps.get(cluster.context, []):
             ws.state.record(cluster, desired[cluster.context].fingerprint)
 
-    complete = outcome.ok and planned.stage == lifecycle.LAST_STAGE
+    complete = outcome.ok and planned.stage == carotation.LAST_STAGE
     if complete:
         # The workspace first: a run cut short after this finds the clusters' records of the move and
         # finishes it there (the "complete" move above) instead of starting a new one.
-        backup = lifecycle.finish_transition(workdir, planned)
+        backup = carotation.finish_transition(workdir, planned)
         outcome = executor.run_phases([completion(topology.clusters)])
         for cluster in topology.clusters:
             if RECORD_TITLE in outcome.done_steps.get(cluster.context, []):
@@ -401,9 +399,9 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         reporter.info(f"the mesh runs on the new root: certs/ holds it; the old root, its key and intermediates "
                       f"are kept in {backup}")
     elif outcome.ok:
-        when = f" in {lifecycle.describe_wait(wait)} or later" if wait else ""
-        reporter.info(f"stage {planned.stage} of {lifecycle.LAST_STAGE} is in place in every cluster; run "
-                      f"`{again}`{when} for stage {planned.stage + 1} ({lifecycle.STAGES[planned.stage + 1]})")
+        when = f" in {carotation.describe_wait(wait)} or later" if wait else ""
+        reporter.info(f"stage {planned.stage} of {carotation.LAST_STAGE} is in place in every cluster; run "
+                      f"`{again}`{when} for stage {planned.stage + 1} ({carotation.STAGES[planned.stage + 1]})")
     else:
         reporter.info(f"stage {planned.stage} is not in place everywhere yet: run `{again}` "
                       f"(it finishes this stage and goes no further)")
@@ -420,7 +418,7 @@ _STAGE_CHANGE = {
 
 
 def _require_istiod_took(clusters, observed: dict[str, Observed], tools: Tools, client: ClusterClient,
-                         transition: lifecycle.Transition, log, deployment: str) -> None:
+                         transition: carotation.Transition, log, deployment: str) -> None:
     """The stage is in place in every cacerts: before it counts (or the next starts), each istiod must hold
     its roots, as it publishes them in istio-ca-root-cert (one that refused keeps its old ones)."""
     primaries = [c for c in clusters if not c.primary and (observed.get(c.context) or Observed()).cacerts]
@@ -440,11 +438,11 @@ def _require_istiod_took(clusters, observed: dict[str, Observed], tools: Tools, 
                          f"`{invocation.command('status')}` says why it refused")
 
 
-def _stage_roots(workdir: Path, cluster: Cluster, planned: lifecycle.Transition) -> Callable[[], bytes | None]:
+def _stage_roots(workdir: Path, cluster: Cluster, planned: carotation.Transition) -> Callable[[], bytes | None]:
     """The root bundle the cluster's cacerts holds at the planned stage, read once the step runs (its
     intermediate may be made earlier in the same run)."""
     def roots() -> bytes | None:
-        want = lifecycle.desired_cacerts(workdir, cluster.name, planned)
+        want = carotation.desired_cacerts(workdir, cluster.name, planned)
         return want["root-cert.pem"] if want else None
     return roots
 
@@ -457,8 +455,8 @@ def _read_root(path: Path) -> certs.CertInfo:
                           hint="restore certs/ from a backup of the workspace") from None
 
 
-def _move_text(move: lifecycle.Move, planned: lifecycle.Transition) -> str:
-    stage = f"stage {planned.stage} of {lifecycle.LAST_STAGE} ({lifecycle.STAGES[planned.stage]})"
+def _move_text(move: carotation.Move, planned: carotation.Transition) -> str:
+    stage = f"stage {planned.stage} of {carotation.LAST_STAGE} ({carotation.STAGES[planned.stage]})"
     return {
         "start": f"starting the move to a new root: {stage}",
         "advance": f"moving on to {stage}",

@@ -10,14 +10,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from typing import TYPE_CHECKING
-
 from .checks import ERROR, EXPIRY_WARN_DAYS, LOCAL, MISSING, OUTDATED, PRESENT, STALE, SYNCED, WARNING
 from .redact import redact
+from .statusreport import ClusterStatus, MeshStatus, Problem
 from .wrapping import fit
-
-if TYPE_CHECKING:  # the report's types: status imports this view, never the other way round
-    from .status import ClusterStatus, MeshStatus, Problem
 
 COLUMNS = ("cluster", "up", "istio", "network", "cacerts", "gateway", "secrets", "synced", "drift")
 AMBIENT_COLUMNS = ("ztunnel", "gateway api")  # shown after the gateway column in an ambient mesh
@@ -44,14 +40,14 @@ class Cause:
 
 
 def render(status: MeshStatus, console: Console, tables: bool = True) -> None:
-    """The tables (unless ``tables`` is off: -q), the lifecycle lines, the problems and the verdict."""
+    """The tables (unless ``tables`` is off: -q), the root CA lines, the problems and the verdict."""
     if tables:
         console.print(_fitting(console, lambda dropped: _table(status, dropped)))
     matrix = _matrix(status) if tables else None
     if matrix is not None:
         console.print("remote secrets (row holds column's; istiod's word if not synced)", style="bold")
         console.print(matrix)
-    for line in lifecycle_lines(status):
+    for line in root_lines(status):
         console.print(escape(redact(line)))
     causes = group_problems(status)
     for cause in causes:
@@ -71,7 +67,7 @@ def render(status: MeshStatus, console: Console, tables: bool = True) -> None:
                                                            if warnings else ""))
 
 
-def lifecycle_lines(status: MeshStatus) -> list[str]:
+def root_lines(status: MeshStatus) -> list[str]:
     """The root CA's days left and, during a move to a new root, where it stands and what comes next."""
     lines = []
     if status.root:

@@ -32,12 +32,13 @@ from .errors import ConfigError, MeshError
 from .executor import Executor, Phase, RunContext, Step
 from .kube import GATEWAY_RESOURCE, Tools
 from .mesh import Member, Mesh, mesh_model
-from .overlay import CROSS_NETWORK_GATEWAY, EASTWEST_NAME, ISTIO_NAMESPACE, control_plane_revision, manifest_list
+from .overlay import control_plane_revision, manifest_list
+from .names import CROSS_NETWORK_GATEWAY, EASTWEST_NAME, ISTIO_NAMESPACE, istiod_name
 from .redact import redact
 from .reporter import Reporter
 from .workspace import find_tools, load_workspace
 from .checks import LOCAL, MISSING, OUTDATED, PRESENT, SYNCED
-from .status import ISTIOD_SERVICE_PROBLEMS
+from .statusjudge import ISTIOD_SERVICE_PROBLEMS
 from .yamlfile import dump
 
 DEFAULT_NAMESPACE = "setup-mesh-verify"
@@ -608,7 +609,9 @@ class VerifyHints:
 
 def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, options: Options, timeout: float,
                runner, reporter: Reporter) -> int:
-    from .status import Hints, collect, status_workspace
+    from .status import collect
+    from .statusinputs import status_workspace
+    from .statusreport import Hints
 
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", options.namespace) or len(options.namespace) > 63:
         raise ConfigError(f"--namespace {options.namespace!r} is not a valid namespace name",
@@ -748,7 +751,7 @@ def istiod_endpoints_command(tools: Tools, cluster: Cluster, revision: str | Non
     """Where a remote's istiod Service leads: its EndpointSlice, which the remote profile points at the
     address of its primary's east-west gateway."""
     return tools.kubectl_cmd(cluster, "get", "endpointslices.discovery.k8s.io", "-n", ISTIO_NAMESPACE, "-l",
-                             f"kubernetes.io/service-name={istiod_service(revision)}", "-o", "json", check=False,
+                             f"kubernetes.io/service-name={istiod_name(revision)}", "-o", "json", check=False,
                              timeout=30)
 
 
@@ -767,10 +770,6 @@ def ztunnel_state(daemonsets_json: str) -> str | None:
     status = items[0].get("status") or {}
     desired, ready = status.get("desiredNumberScheduled") or 0, status.get("numberReady") or 0
     return None if desired and ready >= desired else f"{ready} of {desired} pods ready"
-
-
-def istiod_service(revision: str | None) -> str:
-    return f"istiod-{revision}" if revision else "istiod"
 
 
 def endpoint_address(slices_json: str) -> str | None:
@@ -919,7 +918,7 @@ def _print_dry_run(mesh: Mesh, tools: Tools, plan: dict[str, list[dict]], option
            f"; $ kubectl get gateways.networking.istio.io -n {ISTIO_NAMESPACE} -o json"
            + (" (on primaries: a remote's gateways are configured from its primary)" if remotes else ""))
         + (f"; on remotes: $ kubectl get endpointslices.discovery.k8s.io -n {ISTIO_NAMESPACE} -l "
-           f"kubernetes.io/service-name={istiod_service(revision)} -o json" if remotes else ""))
+           f"kubernetes.io/service-name={istiod_name(revision)} -o json" if remotes else ""))
     for cluster in topology.clusters:
         out("")
         member = mesh.member(cluster.context)

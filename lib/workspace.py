@@ -12,7 +12,7 @@ from .executor import RunContext, read_clusters
 from .gatewayapi import parse_crd_annotations
 from .invocation import prep_hint
 from .kube import IstioUsage, Observed, Tools, is_missing_category, parse_inspect, parse_istio_usage
-from .overlay import made_by_setup_mesh
+from .names import made_by_setup_mesh
 from .release import find_istioctl
 from .reporter import Reporter
 from .runner import ShRunner

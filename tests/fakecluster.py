@@ -15,7 +15,8 @@ from typing import Sequence
 from lib.config import Cluster
 from lib.errors import MeshError
 from lib.kube import IstioUsage, Observed
-from lib.status import InjectorWebhook, IstiodView
+from lib.names import APPLIED_ANNOTATION
+from lib.statusread import InjectorWebhook, IstiodView
 
 
 @dataclass
@@ -75,6 +76,6 @@ class FakeClient:
 
 def installed(cluster: Cluster, fingerprint: str, **fields) -> Observed:
     """A cluster as apply leaves it set up: istio-system labelled with its network, the install recorded."""
-    annotations = {"setup-mesh.io/applied": fingerprint, **fields.pop("annotations", {})}
+    annotations = {APPLIED_ANNOTATION: fingerprint, **fields.pop("annotations", {})}
     return Observed(reachable=True, namespace=True, network_label=cluster.network, applied=fingerprint,
                     annotations=annotations, istiod_service=True, **fields)

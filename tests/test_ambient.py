@@ -160,7 +160,7 @@ def _ambient_status(tmp_path, root, change):
     from dataclasses import replace
 
     from lib.gatewayapi import ClusterCrds
-    from lib.status import evaluate
+    from lib.statusjudge import evaluate
     from tests.test_status import NOW, _healthy, _topology, _ws
 
     topology = _topology(tmp_path)

@@ -16,18 +16,20 @@ import pytest
 import yaml
 from rich.console import Console
 
-from lib import lifecycle
+from lib import carotation
+from lib.names import TRANSITION_ANNOTATION
 from lib.config import AMBIENT, Cluster, Topology
 from lib.desired import desired_state
 from lib.errors import ConfigError, MeshError
 from lib.executor import RunContext
 from lib.kube import IstioUsage, Observed, RemoteSecretInfo, Tools
 from lib.mesh import mesh_model
-from lib.overlay import FIELD_MANAGER, MANAGED_BY_LABEL, injection_path
+from lib.overlay import injection_path
+from lib.names import FIELD_MANAGER, MANAGED_BY_LABEL
 from lib.plan import WAIT_KEY, Removal, Uninstall, build_apply_plan, teardown_plan, uninstall_steps, wait_gateway_step
 from lib.reporter import Reporter
 from lib.rotate import confirm_step, rotate_intermediates
-from lib.status import evaluate
+from lib.statusjudge import evaluate
 from lib.verify import ClusterRun, Facts, PodState, judge
 from tests.test_status import NOW, _ca, _cacerts, _codes, _healthy, _mid_transition, _pem, _ws, roots  # noqa: F401
 
@@ -90,7 +92,7 @@ def _workspace_mid_transition(tmp_path: Path) -> Path:
     for name in ("root-cert.pem", "root-key.pem", "c1/ca-cert.pem", "c2/ca-cert.pem"):
         (certs / name).parent.mkdir(parents=True, exist_ok=True)
         (certs / name).write_text(f"{name}\n")
-    lifecycle.save_transition(workdir, lifecycle.Transition(2, "a" * 64, "b" * 64, "2029-12-30T00:00:00Z"))
+    carotation.save_transition(workdir, carotation.Transition(2, "a" * 64, "b" * 64, "2029-12-30T00:00:00Z"))
     return workdir
 
 
@@ -135,7 +137,7 @@ def test_status_flags_a_remote_whose_injector_calls_another_clusters_or_networks
     ws = _ws(tmp_path, topology, roots[0])
 
     def injector_calls(path):
-        from lib.status import InjectorWebhook
+        from lib.statusread import InjectorWebhook
 
         return evaluate(ws, observed, istiod, now=NOW, injection={"c2": InjectorWebhook(path, trusted=True)})
 
@@ -155,12 +157,12 @@ def test_the_next_root_stage_can_start_a_day_after_the_cluster_that_reached_the_
     t = ws.transition
     reached = {"c1": "2029-12-30T06:00:00Z", "c2": "2029-12-31T18:30:00Z", "c3": "2029-12-31T00:00:00Z"}
     for ctx, since in reached.items():
-        observed[ctx].annotations = {lifecycle.TRANSITION_ANNOTATION: t.annotation(since)}
+        observed[ctx].annotations = {TRANSITION_ANNOTATION: t.annotation(since)}
     doc = evaluate(ws, observed, istiod, now=NOW).to_json()["transition"]
     assert doc["in_step"] is True and doc["since"] == "2029-12-31T18:30:00Z"
     assert "from 2030-01-01T18:30:00Z" in doc["next"], doc["next"]
     # Whichever cluster is last, its time counts (not the first cluster's, nor the earliest).
-    observed["c1"].annotations = {lifecycle.TRANSITION_ANNOTATION: t.annotation("2030-01-01T02:00:00Z")}
+    observed["c1"].annotations = {TRANSITION_ANNOTATION: t.annotation("2030-01-01T02:00:00Z")}
     doc = evaluate(ws, observed, istiod, now=NOW).to_json()["transition"]
     assert doc["since"] == "2030-01-01T02:00:00Z" and "from 2030-01-02T02:00:00Z" in doc["next"]
 

@@ -23,7 +23,7 @@ def test_every_registered_check_is_documented_with_its_severity_and_scope():
 
 
 def test_every_problem_status_reports_is_a_registered_check():
-    source = (ROOT / "lib" / "status.py").read_text()
+    source = "\n".join(p.read_text() for p in sorted((ROOT / "lib").glob("status*.py")))  # status's modules
     codes = set(re.findall(r'Problem\(\s*"([a-z_]+)"', source))
     assert len(codes) > 30, "the scan finds status's problems"
     assert codes - set(CHECKS) == set()
@@ -33,6 +33,6 @@ def test_every_problem_status_reports_is_a_registered_check():
 
 
 def test_a_warning_in_status_is_a_warning_in_the_registry():
-    source = (ROOT / "lib" / "status.py").read_text()
+    source = "\n".join(p.read_text() for p in sorted((ROOT / "lib").glob("status*.py")))  # status's modules
     warned = set(re.findall(r'Problem\(\s*"([a-z_]+)"[^()]*(?:\([^()]*\)[^()]*)*severity=WARNING', source))
     assert warned and all(CHECKS[code].severity == "warning" for code in warned), warned

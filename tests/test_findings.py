@@ -12,8 +12,8 @@ from lib.config import AMBIENT, Cluster, Topology, data_plane_mode
 from lib.desired import desired_state
 from lib.kube import Observed
 from lib.mesh import mesh_model
-from lib.overlay import CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, NETWORK_LABEL
-from lib.status import InjectorWebhook, IstiodView
+from lib.names import CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, NETWORK_LABEL
+from lib.statusread import InjectorWebhook, IstiodView
 from tests.fakecluster import FakeClient, FakeCluster, installed
 
 AMBIENT_BASE = {"spec": {"profile": "ambient"}}
@@ -272,7 +272,8 @@ def _live(topology: Topology, pki, **per_cluster) -> dict[str, FakeCluster]:
 
 def _status(topology: Topology, fakes: dict, pki, held_topology: Topology | None = None):
     """status of ``topology`` over clusters that hold ``fakes``."""
-    from lib.status import Expected, read_status
+    from lib.status import read_status
+    from lib.statusinputs import Expected
 
     ws = Expected(Path("/nonexistent"), topology, {ctx: d.fingerprint for ctx, d in desired_state(topology, {}).items()},
                   pki[0], {})

@@ -16,7 +16,7 @@ import yaml
 
 from lib.gatewayapi import expected_version
 from lib.release import Release
-from lib.status import parse_remote_clusters
+from lib.statusread import parse_remote_clusters
 from tests.sandbox.release import VERSION, materialize_release
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -42,14 +42,14 @@ def test_secure_tree_makes_every_folder_0700_and_every_key_0600_and_leaves_certi
 def test_a_backup_of_intermediates_is_private_all_the_way_down(tmp_path):
     import stat
 
-    from lib import lifecycle
+    from lib import carotation
 
     source = tmp_path / "certs" / "c1"
     source.mkdir(parents=True)
     (source / "ca-key.pem").write_text("key")
     (source / "ca-cert.pem").write_text("cert")
-    target = lifecycle.backup_dir(tmp_path, "20300101T000000Z") / "c1"
-    lifecycle.move_to_backup(source, target)
+    target = carotation.backup_dir(tmp_path, "20300101T000000Z") / "c1"
+    carotation.move_to_backup(source, target)
     assert not source.exists() and (target / "ca-key.pem").read_text() == "key"
     assert stat.S_IMODE((target / "ca-key.pem").stat().st_mode) == 0o600
     folder = target
@@ -63,24 +63,24 @@ def test_a_backup_of_intermediates_is_private_all_the_way_down(tmp_path):
 def test_an_unfinished_rotation_is_saved_privately_read_back_and_removed_once_done(tmp_path):
     import stat
 
-    from lib import lifecycle
+    from lib import carotation
     from lib.errors import ConfigError
 
-    assert lifecycle.load_rotation(tmp_path) is None
-    rotation = lifecycle.Rotation("2030-01-01T00:00:00Z", {"c1": "ab" * 32, "c2": "cd" * 32})
-    lifecycle.save_rotation(tmp_path, rotation)
-    path = lifecycle.rotation_path(tmp_path)
+    assert carotation.load_rotation(tmp_path) is None
+    rotation = carotation.Rotation("2030-01-01T00:00:00Z", {"c1": "ab" * 32, "c2": "cd" * 32})
+    carotation.save_rotation(tmp_path, rotation)
+    path = carotation.rotation_path(tmp_path)
     assert path.is_file() and tmp_path in path.parents
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert lifecycle.load_rotation(tmp_path) == rotation
-    lifecycle.save_rotation(tmp_path, None)
-    assert not path.exists() and lifecycle.load_rotation(tmp_path) is None
-    lifecycle.save_rotation(tmp_path, None)  # nothing to remove: fine
+    assert carotation.load_rotation(tmp_path) == rotation
+    carotation.save_rotation(tmp_path, None)
+    assert not path.exists() and carotation.load_rotation(tmp_path) is None
+    carotation.save_rotation(tmp_path, None)  # nothing to remove: fine
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("{not json")
     try:
-        lifecycle.load_rotation(tmp_path)
+        carotation.load_rotation(tmp_path)
     except ConfigError as exc:
         assert str(path) in exc.message and f"delete {path}" in exc.hint
     else:
@@ -90,7 +90,7 @@ def test_an_unfinished_rotation_is_saved_privately_read_back_and_removed_once_do
 def test_the_workspaces_intermediate_is_read_with_its_fingerprint_and_expiry(tmp_path):
     import datetime as dt
 
-    from lib import lifecycle
+    from lib import carotation
     from lib.certs import read_cert
     from tests.test_status import NOW, _ca, _pem
 
@@ -100,20 +100,20 @@ def test_the_workspaces_intermediate_is_read_with_its_fingerprint_and_expiry(tmp
     folder.mkdir()
     for name in ("ca-key.pem", "root-cert.pem", "cert-chain.pem"):
         (folder / name).write_text("x")
-    assert lifecycle.read_intermediate(tmp_path, "c1").fingerprint is None, "incomplete: no ca-cert.pem"
+    assert carotation.read_intermediate(tmp_path, "c1").fingerprint is None, "incomplete: no ca-cert.pem"
     (folder / "ca-cert.pem").write_bytes(_pem(inter))
-    got = lifecycle.read_intermediate(tmp_path, "c1")
+    got = carotation.read_intermediate(tmp_path, "c1")
     assert got.name == "c1" and got.fingerprint == read_cert(_pem(inter)).fingerprint
     assert got.days_left(NOW) == 40 and got.not_after == NOW + dt.timedelta(days=40)
     (folder / "ca-cert.pem").write_text("not a certificate")
-    assert lifecycle.read_intermediate(tmp_path, "c1").fingerprint == "unreadable"
-    assert lifecycle.read_intermediate(tmp_path, "c9").fingerprint is None
+    assert carotation.read_intermediate(tmp_path, "c1").fingerprint == "unreadable"
+    assert carotation.read_intermediate(tmp_path, "c9").fingerprint is None
 
 
 def test_the_wait_before_the_next_root_stage_reads_in_hours_and_minutes():
     import datetime as dt
 
-    from lib.lifecycle import describe_wait
+    from lib.carotation import describe_wait
 
     assert describe_wait(dt.timedelta(hours=23, minutes=5, seconds=59)) == "23h05m"
     assert describe_wait(dt.timedelta(minutes=59, seconds=30)) == "59m"
@@ -126,7 +126,8 @@ def test_the_wait_before_the_next_root_stage_reads_in_hours_and_minutes():
 def test_secret_cacerts_carries_the_four_files_and_setup_meshs_label():
     import base64
 
-    from lib.overlay import FIELD_MANAGER, MANAGED_BY_LABEL, cacerts_manifest
+    from lib.overlay import cacerts_manifest
+    from lib.names import FIELD_MANAGER, MANAGED_BY_LABEL
 
     files = {name: f"<{name}>".encode() for name in ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")}
     secret = cacerts_manifest(files)
@@ -255,7 +256,7 @@ def test_a_primary_left_without_remotes_stops_exposing_istiod_and_one_network_dr
 def test_each_root_move_decision_is_exact():
     import datetime as dt
 
-    from lib.lifecycle import ClusterView, Move, Transition, decide
+    from lib.carotation import ClusterView, Move, Transition, decide
 
     now = dt.datetime(2030, 1, 2, tzinfo=dt.timezone.utc)
     day = dt.timedelta(hours=24)
@@ -287,7 +288,7 @@ def test_min_wait_reads_every_unit_and_refuses_what_is_not_a_duration():
     import pytest
 
     from lib.errors import ConfigError
-    from lib.lifecycle import parse_duration
+    from lib.carotation import parse_duration
 
     assert parse_duration("30s") == dt.timedelta(seconds=30)
     assert parse_duration("90m") == dt.timedelta(minutes=90)
@@ -309,7 +310,7 @@ def test_min_wait_reads_every_unit_and_refuses_what_is_not_a_duration():
 # --- teardown: what is setup-mesh's, and every cluster gets its steps ------------------------------
 
 def test_what_setup_mesh_made_is_told_by_its_label_or_the_old_unlabelled_cross_network_gateway():
-    from lib.overlay import made_by_setup_mesh
+    from lib.names import made_by_setup_mesh
 
     labelled = {"kind": "VirtualService", "metadata": {"name": "istiod-vs", "namespace": "istio-system",
                                                        "labels": {"app.kubernetes.io/managed-by": "setup-mesh"}}}
@@ -369,28 +370,28 @@ def test_teardown_plans_every_cluster_it_was_asked_to_even_after_one_it_skips(tm
 
 
 def test_resuming_a_finished_root_move_touches_only_a_finish_cut_short(tmp_path):
-    from lib import lifecycle
+    from lib import carotation
 
     certs, new = tmp_path / "certs", tmp_path / "certs-next"
     certs.mkdir()
     (certs / "root-cert.pem").write_text("old")
-    lifecycle.resume_finish(tmp_path)  # an ordinary workspace: nothing to do, no error
+    carotation.resume_finish(tmp_path)  # an ordinary workspace: nothing to do, no error
     assert (certs / "root-cert.pem").read_text() == "old"
 
     # Mid-transition at the last stage, with a backup folder already there: both roots stay where they are.
-    transition = lifecycle.Transition(3, "a" * 64, "b" * 64, "2030-01-01T00:00:00Z")
+    transition = carotation.Transition(3, "a" * 64, "b" * 64, "2030-01-01T00:00:00Z")
     new.mkdir()
     (new / "root-cert.pem").write_text("new")
-    lifecycle.save_transition(tmp_path, transition)
-    lifecycle.backup_dir(tmp_path, transition.backup_name).mkdir(parents=True)
-    lifecycle.resume_finish(tmp_path)
+    carotation.save_transition(tmp_path, transition)
+    carotation.backup_dir(tmp_path, transition.backup_name).mkdir(parents=True)
+    carotation.resume_finish(tmp_path)
     assert (certs / "root-cert.pem").read_text() == "old" and (new / "root-cert.pem").read_text() == "new"
 
     # certs/ gone by hand, with no record of a finish: nothing is promoted.
     (certs / "root-cert.pem").unlink()
     certs.rmdir()
-    (new / lifecycle.TRANSITION_FILE).unlink()
-    lifecycle.resume_finish(tmp_path)
+    (new / carotation.TRANSITION_FILE).unlink()
+    carotation.resume_finish(tmp_path)
     assert not certs.exists() and (new / "root-cert.pem").read_text() == "new"
 
 
@@ -398,7 +399,7 @@ def test_backup_folders_are_stamped_in_utc_whatever_the_machines_zone(monkeypatc
     import datetime as dt
     import time
 
-    from lib.lifecycle import stamp
+    from lib.carotation import stamp
 
     moment = dt.datetime(2030, 1, 1, 23, 30, tzinfo=dt.timezone.utc)
     monkeypatch.setenv("TZ", "Asia/Tokyo")
@@ -446,10 +447,10 @@ def test_a_remotes_operator_has_the_remote_profile_its_own_path_and_keeps_base_y
 def test_mid_root_move_every_primarys_istiod_accepts_a_second_root_and_keeps_base_yamls_env(tmp_path):
     import copy
 
-    from lib import lifecycle
+    from lib import carotation
     from lib.desired import desired_state
 
-    transition = lifecycle.Transition(1, "a" * 64, "b" * 64, "2030-01-01T00:00:00Z")
+    transition = carotation.Transition(1, "a" * 64, "b" * 64, "2030-01-01T00:00:00Z")
     clusters = (Cluster("c1", "n1", "c1"), Cluster("c2", "n2", "c2", primary="c1"))
     topology = Topology("m", clusters, tmp_path / "topology.yaml")
     for base in (copy.deepcopy(BASE_WITH_VALUES), {"apiVersion": "install.istio.io/v1alpha1",
@@ -513,7 +514,8 @@ def test_an_ambient_clusters_east_west_gateway_carries_its_own_network(tmp_path)
 def test_a_cluster_counts_as_at_the_stage_only_for_this_moves_new_root(tmp_path):
     import datetime as dt
 
-    from lib.lifecycle import TRANSITION_ANNOTATION, Transition, stage_since
+    from lib.carotation import Transition, stage_since
+    from lib.names import TRANSITION_ANNOTATION
 
     t = Transition(2, "a" * 64, "b" * 64, "2030-01-01T00:00:00Z")
     other_move = Transition(2, "a" * 64, "c" * 64, "2030-01-01T00:00:00Z")

@@ -107,7 +107,7 @@ def test_eastwest_gateway_follows_a_revision_set_in_values(tmp_path):
 
 
 def test_a_root_transition_adds_the_multiroot_env_to_istiod_and_keeps_base_env(tmp_path):
-    from lib.lifecycle import Transition
+    from lib.carotation import Transition
 
     (tmp_path / "base.yaml").write_text(BASE.replace("  values:\n", "  values:\n    pilot:\n      env:\n        PILOT_X: '1'\n"))
     base, topology = load_base(tmp_path / "base.yaml").operator, load_topology(ROOT / "topology.yaml")

@@ -142,7 +142,7 @@ def test_a_gateway_removed_from_a_remote_says_why_in_words_true_of_a_two_network
 
 def test_the_switch_to_ambient_names_a_sidecar_gateway_replaced_only_where_there_is_one(tmp_path):
     """c2 ran no east-west gateway (it was a remote on its primary's network): nothing of it is replaced."""
-    from lib.plan import DATA_PLANE_ANNOTATION
+    from lib.names import DATA_PLANE_ANNOTATION
 
     topology = Topology("m", CLUSTERS, tmp_path / "topology.yaml")
     desired = desired_state(topology, {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator",
@@ -242,7 +242,8 @@ def test_uninstall_that_keeps_istio_still_removes_the_ambient_gateway_istiod_mad
 def test_istio_usage_tells_setup_mesh_objects_from_others():
     import json
 
-    from lib.overlay import cross_network_gateway, made_by_setup_mesh
+    from lib.overlay import cross_network_gateway
+    from lib.names import made_by_setup_mesh
 
     resources = json.dumps({"items": [
         {**cross_network_gateway(), "kind": "Gateway"},
@@ -331,7 +332,8 @@ def test_a_network_change_replaces_the_gateway_deployment_whose_selector_names_i
 
 
 def test_mid_transition_a_new_cluster_gets_the_stages_certificates_and_the_others_keep_theirs(tmp_path):
-    from lib import lifecycle
+    from lib import carotation
+    from lib.names import TRANSITION_ANNOTATION
 
     pem = "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n".format
     _workdir(tmp_path)
@@ -343,14 +345,14 @@ def test_mid_transition_a_new_cluster_gets_the_stages_certificates_and_the_other
         (nxt / c.name).mkdir()
         for name in ("ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem"):
             (nxt / c.name / name).write_text(f"next-{c.name}-{name}")
-    transition = lifecycle.Transition(2, "old", "ab" * 32, "2026-11-29T08:00:00Z")
+    transition = carotation.Transition(2, "old", "ab" * 32, "2026-11-29T08:00:00Z")
     topology = Topology("m", CLUSTERS, tmp_path / "topology.yaml")
     desired = desired_state(topology, {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {}},
                             transition=transition)
     observed = _healthy(topology, desired)
     for c in CLUSTERS[:2]:
-        observed[c.context].cacerts = lifecycle.desired_cacerts(tmp_path, c.name, transition)
-        observed[c.context].annotations = {lifecycle.TRANSITION_ANNOTATION: transition.annotation("2026-11-30T08:00:00Z")}
+        observed[c.context].cacerts = carotation.desired_cacerts(tmp_path, c.name, transition)
+        observed[c.context].annotations = {TRANSITION_ANNOTATION: transition.annotation("2026-11-30T08:00:00Z")}
     observed["c3"] = Observed(reachable=True)
     plan = build_apply_plan(topology=topology, desired=desired, observed=observed, removed=[], removed_observed=observed,
                             workdir=tmp_path, tools=Tools(), release=None, intermediate_vars={}, gateway_timeout=5,
@@ -370,7 +372,7 @@ def test_mid_transition_a_new_cluster_gets_the_stages_certificates_and_the_other
     (nxt / "c3").mkdir()
     for name in ("ca-cert.pem", "ca-key.pem", "cert-chain.pem", "root-cert.pem"):
         (nxt / "c3" / name).write_text(f"next-c3-{name}")
-    files = lifecycle.desired_cacerts(tmp_path, "c3", transition)
+    files = carotation.desired_cacerts(tmp_path, "c3", transition)
     assert files["ca-cert.pem"] == b"next-c3-ca-cert.pem" and files["root-cert.pem"] == (pem("OLD") + pem("NEW") + pem("NEW")).encode()
 
 

@@ -146,7 +146,7 @@ def test_a_failed_rotation_is_finished_by_the_next_run_without_reissuing_twice(m
 # --- the move to a new root -------------------------------------------------------------------------
 
 def pems(bundle: bytes) -> list[bytes]:
-    from lib.lifecycle import split_pems
+    from lib.carotation import split_pems
     return split_pems(bundle)
 
 

@@ -1,9 +1,9 @@
-"""The pure decisions of the certificates' lifecycle."""
+"""The pure decisions of rotating the mesh's CAs (lib/carotation.py)."""
 import datetime as dt
 
 import pytest
 
-from lib.lifecycle import Intermediate, Rotation, needs_reissue, select_for_rotation
+from lib.carotation import Intermediate, Rotation, needs_reissue, select_for_rotation
 
 NOW = dt.datetime(2026, 11, 29, 8, 0, tzinfo=dt.timezone.utc)
 
@@ -32,7 +32,7 @@ def test_an_intermediate_is_reissued_once_per_rotation():
 
 
 def test_a_root_transition_advances_one_stage_only_when_every_cluster_is_in_place_and_has_waited():
-    from lib.lifecycle import ClusterView, Transition, decide
+    from lib.carotation import ClusterView, Transition, decide
 
     day = dt.timedelta(hours=24)
     assert decide(None, [ClusterView("a", True, False)], NOW, day).kind == "start"
@@ -49,7 +49,8 @@ def test_a_root_transition_advances_one_stage_only_when_every_cluster_is_in_plac
 
 
 def test_a_completion_cut_short_is_finished_before_any_new_transition_starts():
-    from lib.lifecycle import TRANSITION_ANNOTATION, ClusterView, completed_here, decide
+    from lib.carotation import ClusterView, completed_here, decide
+    from lib.names import TRANSITION_ANNOTATION
 
     current = "ab" * 32  # the root certs/ holds now: the transition's new root
     note = {TRANSITION_ANNOTATION: f"stage=3 root={current[:16]} since=2026-11-29T08:00:00Z"}
@@ -64,7 +65,7 @@ def test_a_completion_cut_short_is_finished_before_any_new_transition_starts():
 
 
 def test_each_stage_puts_the_right_roots_in_cacerts():
-    from lib.lifecycle import cacerts_for_stage, holds
+    from lib.carotation import cacerts_for_stage, holds
 
     inter = {"ca-cert.pem": b"I", "ca-key.pem": b"K", "cert-chain.pem": b"I+R", "root-cert.pem": b"R"}
     old = b"-----BEGIN CERTIFICATE-----\nOLD\n-----END CERTIFICATE-----\n"
@@ -97,7 +98,7 @@ def _pem(body: bytes) -> bytes:
 def test_every_stage_is_a_bundle_every_supported_istiod_takes(version, old):
     """From the single root a mesh starts with, each stage's bundle is taken by istiod's rule of each
     version setup-mesh supports (the sandbox's model of pilot/pkg/bootstrap/istio_ca.go handleEvent)."""
-    from lib.lifecycle import stage_roots
+    from lib.carotation import stage_roots
     from tests.sandbox.istiodca import accepts_root_change, certificate_set
 
     new = _pem(b"new root")
@@ -130,7 +131,7 @@ def test_min_wait_takes_units_and_refuses_nonsense():
     import pytest
 
     from lib.errors import ConfigError
-    from lib.lifecycle import parse_duration
+    from lib.carotation import parse_duration
 
     assert parse_duration("24h") == dt.timedelta(hours=24)
     assert parse_duration("90m") == dt.timedelta(minutes=90)
@@ -143,7 +144,7 @@ def test_min_wait_takes_units_and_refuses_nonsense():
 
 def test_a_min_wait_given_is_written_back_as_the_option_takes_it():
     """Hints repeat the user's --min-wait: what they paste must mean the same wait."""
-    from lib.lifecycle import format_duration, parse_duration
+    from lib.carotation import format_duration, parse_duration
 
     for text, shown in (("0", "0"), ("45s", "45s"), ("90m", "90m"), ("24h", "1d"), ("36h", "36h"), ("2d", "2d"),
                         ("1.5", "90m")):
@@ -152,7 +153,7 @@ def test_a_min_wait_given_is_written_back_as_the_option_takes_it():
 
 
 def test_the_new_root_is_named_apart_from_the_one_it_replaces():
-    from lib.lifecycle import next_root_name
+    from lib.carotation import next_root_name
 
     first = next_root_name("Root CA", NOW)
     assert first != "Root CA" and first.startswith("Root CA ")
@@ -166,7 +167,7 @@ def test_a_transition_whose_roots_are_gone_is_a_message_not_a_crash(tmp_path):
     import pytest
 
     from lib.errors import ConfigError
-    from lib.lifecycle import Transition, desired_cacerts
+    from lib.carotation import Transition, desired_cacerts
 
     for folder in ("certs", "certs-next"):
         (tmp_path / folder / "c1").mkdir(parents=True, exist_ok=True)
@@ -179,7 +180,7 @@ def test_a_transition_whose_roots_are_gone_is_a_message_not_a_crash(tmp_path):
 
 
 def test_only_a_finish_cut_short_makes_the_new_root_the_workspaces(tmp_path):
-    from lib.lifecycle import Transition, backup_dir, resume_finish, save_transition
+    from lib.carotation import Transition, backup_dir, resume_finish, save_transition
 
     (tmp_path / "certs-next").mkdir()
     (tmp_path / "certs-next" / "root-cert.pem").write_text("new")

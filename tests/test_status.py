@@ -29,7 +29,10 @@ from tests.meshkit import FAST_KEYS
 from lib.config import Cluster, Topology
 from lib.kube import Observed, RemoteSecretInfo
 from lib.reporter import Reporter
-from lib.status import Istiod, Expected, InjectorWebhook, evaluate, image_version, parse_istiod, render
+from lib.status import render
+from lib.statusinputs import Expected
+from lib.statusjudge import evaluate
+from lib.statusread import InjectorWebhook, Istiod, image_version, parse_istiod
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -126,7 +129,7 @@ cluster2     istio-system/istio-remote-secret-cluster2     synced      istiod-ca
 
 
 def test_remote_clusters_output_of_both_releases_is_parsed():
-    from lib.status import istiod_view, parse_remote_clusters
+    from lib.statusread import istiod_view, parse_remote_clusters
 
     rows = parse_remote_clusters(REMOTE_CLUSTERS_1_30)
     assert [(r.name, r.secret, r.status, r.revision) for r in rows] == [
@@ -283,7 +286,7 @@ def test_every_problem_code_and_field_is_documented(tmp_path, roots):
     import re
 
     doc = (ROOT / "docs" / "status-json.md").read_text()
-    source = (ROOT / "lib" / "status.py").read_text()
+    source = "\n".join(p.read_text() for p in sorted((ROOT / "lib").glob("status*.py")))  # status's modules
     emitted = set(re.findall(r'Problem\("([a-z_]+)"', source)) | set(re.findall(r'\("(remote_cluster_[a-z_]+)"', source))
     documented = dict(re.findall(r"^\| `([a-z_]+)` \| (error|warning) \|", doc, re.M))
     assert emitted == set(documented)
@@ -691,7 +694,7 @@ def test_unreachable_cluster_is_reported_and_the_rest_still_read(mesh):
 
 
 def test_a_problem_every_pair_shares_is_one_entry_with_one_hint():
-    from lib.status import ClusterStatus, MeshStatus, Problem
+    from lib.statusreport import ClusterStatus, MeshStatus, Problem
     from lib.statusview import group_problems
 
     names = ["c1", "c2", "c3", "c4"]
@@ -712,7 +715,7 @@ def test_a_problem_every_pair_shares_is_one_entry_with_one_hint():
     assert causes[0].where == "c2 (c1); c3 (c1, c2, c4); c4 (c1, c2, c3)"
 
 
-# --- the certificates' lifecycle: the root's expiry, a move to a new root --------------------------
+# --- the CAs over time: the root's expiry, a move to a new root --------------------------
 
 def test_the_roots_days_left_warn_under_30_and_fail_once_expired(tmp_path):
     topology = _topology(tmp_path)
@@ -737,20 +740,20 @@ def _rendered(status) -> str:
 
 def _mid_transition(tmp_path, roots, stage: int):
     """A mesh at ``stage`` of the move from roots[0] to roots[1], every cluster in step."""
-    from lib import lifecycle
+    from lib import carotation, names
 
     old, new = roots
     topology = _topology(tmp_path)
     observed, istiod = _healthy(topology, old)
-    transition = lifecycle.Transition(stage, "old", certs_fp(new[0]), "2029-12-30T00:00:00Z")
+    transition = carotation.Transition(stage, "old", certs_fp(new[0]), "2029-12-30T00:00:00Z")
     since = "2029-12-31T12:00:00Z"
     expected = {}
     for c in topology.clusters:
         files = _cacerts(old if stage == 1 else new)
-        files["root-cert.pem"] = lifecycle.stage_roots(stage, _pem(old[0]), _pem(new[0]))
+        files["root-cert.pem"] = carotation.stage_roots(stage, _pem(old[0]), _pem(new[0]))
         expected[c.name] = files
         observed[c.context].cacerts = dict(files)
-        observed[c.context].annotations = {lifecycle.TRANSITION_ANNOTATION: transition.annotation(since)}
+        observed[c.context].annotations = {names.TRANSITION_ANNOTATION: transition.annotation(since)}
     ws = _ws(tmp_path, topology, old)
     ws.transition, ws.new_root_pem, ws.expected = transition, _pem(new[0]), expected
     return ws, observed, istiod
@@ -783,11 +786,11 @@ def _istiod_env(observed, ctx, **env):
 
 
 def test_status_says_when_istiod_did_not_take_the_stage_and_why(tmp_path, roots):
-    from lib import lifecycle
+    from lib import carotation
 
     old, new = (_pem(r[0]) for r in roots)
     ws, observed, istiod = _mid_transition(tmp_path, roots, 2)
-    stage1, stage2 = lifecycle.stage_roots(1, old, new), lifecycle.stage_roots(2, old, new)
+    stage1, stage2 = carotation.stage_roots(1, old, new), carotation.stage_roots(2, old, new)
     for ctx in observed:
         _istiod_env(observed, ctx, ISTIO_MULTIROOT_MESH="true")
     taken = {ctx: stage2 for ctx in observed}
@@ -818,12 +821,12 @@ def test_status_says_when_istiod_did_not_take_the_stage_and_why(tmp_path, roots)
 
 
 def test_a_cluster_behind_the_stage_is_named_with_the_command_that_brings_it_there(tmp_path, roots):
-    from lib import lifecycle
+    from lib import carotation
 
     ws, observed, istiod = _mid_transition(tmp_path, roots, 2)
     old, new = roots
     behind = _cacerts(old)  # still stage 1: the old intermediate, both roots
-    behind["root-cert.pem"] = lifecycle.stage_roots(1, _pem(old[0]), _pem(new[0]))
+    behind["root-cert.pem"] = carotation.stage_roots(1, _pem(old[0]), _pem(new[0]))
     observed["c2"].cacerts = behind
     status = evaluate(ws, observed, istiod, now=NOW)
     assert _codes(status, "c2") == ["root_transition_behind"] and _codes(status, "c1") == []

@@ -4,7 +4,7 @@ import io
 from rich.console import Console
 
 from lib.config import Cluster
-from lib.status import Cacerts, ClusterStatus, MeshStatus, Problem
+from lib.statusreport import Cacerts, ClusterStatus, MeshStatus, Problem
 from lib.statusview import render
 
 

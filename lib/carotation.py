@@ -1,4 +1,5 @@
-"""The certificates' lifecycle: which intermediates to re-issue, backups, and a rotation left unfinished.
+"""Rotating the mesh's CAs: which intermediates to re-issue, the move to a new root in three stages,
+backups, and a rotation left unfinished.
 
 Deciding is pure (functions of what the workspace and the clusters hold); the few file moves are here
 too, so that every place that touches certs/ keeps the same layout and modes.
@@ -16,6 +17,7 @@ from pathlib import Path
 from . import certs
 from .errors import ConfigError
 from .fsutil import write_atomic
+from .names import TRANSITION_ANNOTATION
 from .state import STATE_DIR
 
 BACKUP_DIR = "backups"  # <workdir>/backups/<stamp>/...: what a rotation replaced, 0700, keys 0600
@@ -154,8 +156,6 @@ def needs_reissue(rotation: Rotation, context: str, current: Intermediate) -> bo
 
 NEXT_DIR = "certs-next"  # the new root and its intermediates, made by the Makefile in a folder of its own
 TRANSITION_FILE = "transition.json"  # in certs-next/: the stage the workspace has reached
-# On istio-system: the stage whose cacerts the cluster holds, under which new root, since when.
-TRANSITION_ANNOTATION = "setup-mesh.io/root-transition"
 LAST_STAGE = 3
 # The default --min-wait: istiod issues workload certificates for 24 h and the agents renew them after
 # about half of that, so a stage in place for this long is what every workload presents.

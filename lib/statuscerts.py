@@ -1,0 +1,189 @@
+"""status, judging certificates: each cluster's cacerts against the workspace's root (and, during a move to
+a new root, against the stage), the root bundle istiod took, and the roots' own expiry."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from . import certs, invocation, carotation
+from .checks import EXPIRY_WARN_DAYS, WARNING
+from .config import MULTIROOT_ENV, Cluster
+from .kube import CA_ROOT_CONFIGMAP, Observed
+from .names import ISTIO_NAMESPACE
+from .statusinputs import Expected
+from .statusreport import ClusterStatus, Hints, Problem, iso_utc
+
+
+def load_cert(pem: bytes | None) -> x509.Certificate | None:
+    if not pem:
+        return None
+    try:
+        return x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        return None
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+
+
+def judge_roots(ws: Expected, root: x509.Certificate | None, now: dt.datetime, hints: Hints,
+                 problems: list[Problem]) -> dict[str, Any] | None:
+    """Days left for the workspace's root (and, mid-transition, the new one): warning under 30, error expired."""
+    if root is None:
+        return None
+    info = certs.read_cert(ws.root_pem)
+    days = info.days_left(now)
+    # Mid-transition the old root still signs (stage 1) and is still trusted (stages 1 and 2).
+    remedy = (f"{hints.rotate('--root')} (continues the move to the new root already under way)"
+              if ws.transition is not None else
+              f"{hints.rotate('--root')} (moves the mesh to a new root in three runs, at least a day apart)")
+    if days < 0:
+        problems.append(Problem("root_ca_expired", f"the mesh's root CA expired on {iso_utc(info.not_after)}: "
+                                                   "cross-cluster mTLS fails", remedy))
+    elif days < EXPIRY_WARN_DAYS:
+        problems.append(Problem("root_ca_expiring", f"the mesh's root CA expires in {days} day(s) "
+                                                    f"({iso_utc(info.not_after)})", remedy, severity=WARNING))
+    result = {"expires": iso_utc(info.not_after), "days_left": days}
+    if ws.new_root_pem:
+        new = certs.read_cert(ws.new_root_pem)
+        result["new_root"] = {"fingerprint": new.fingerprint, "expires": iso_utc(new.not_after),
+                              "days_left": new.days_left(now)}
+    return result
+
+
+def transition_summary(ws: Expected, clusters: list[ClusterStatus], observed: dict[str, Observed],
+                        hints: Hints) -> dict[str, Any] | None:
+    """Where a move to a new root stands, and the command for its next stage."""
+    t = ws.transition
+    if t is None:
+        return None
+    in_step = all(c.cacerts.stage == t.stage for c in clusters)
+    since = [carotation.stage_since(t, (observed.get(c.cluster.context) or Observed()).annotations) for c in clusters]
+    latest = max((s for s in since if s is not None), default=None)
+    if not in_step:
+        next_step = f"{hints.rotate('--root')} (brings every cluster to stage {t.stage})"
+    elif t.stage == carotation.LAST_STAGE:
+        next_step = f"{hints.rotate('--root')} (completes the transition: certs/ becomes the new root)"
+    else:
+        ready = latest + carotation.WORKLOAD_CERT_LIFETIME if latest else None
+        next_step = (f"{hints.rotate('--root')} from {iso_utc(ready)} (stage {t.stage + 1}: "
+                     f"{carotation.STAGES[t.stage + 1]}; --min-wait shortens the 24h wait)")
+    return {"stage": t.stage, "stages": carotation.LAST_STAGE, "description": carotation.STAGES[t.stage],
+            "started": t.started, "in_step": in_step, "since": iso_utc(latest) if in_step else None, "next": next_step}
+
+
+def judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: Expected, hints: Hints,
+                   root: x509.Certificate | None, root_fp: str | None, set_up: bool, now: dt.datetime) -> None:
+    add = status.problems.append
+    c = status.cacerts
+    c.present = seen.cacerts is not None
+    if not c.present:
+        if set_up:
+            add(Problem("cacerts_missing", "secret cacerts is missing: istiod signs workloads with a self-made CA "
+                                           "that no other cluster trusts", hints.apply))
+        return
+    files = seen.cacerts or {}
+    ca = load_cert(files.get("ca-cert.pem"))
+    cluster_root = load_cert(files.get("root-cert.pem"))
+    if cluster_root is not None:
+        c.root_fingerprint = certs.read_cert(files["root-cert.pem"]).fingerprint
+    if ca is None:
+        add(Problem("cacerts_unreadable", "secret cacerts holds no readable ca-cert.pem",
+                    f"`rm -r {hints.path(certs.CERTS_DIR, cluster.name)}`, then {hints.apply} "
+                    f"(re-issues the intermediate CA from this workspace's root)"))
+        c.chains_to_root = False if root is not None else None
+        return
+    info = certs.read_cert(files["ca-cert.pem"])
+    c.expires = info.not_after
+    c.days_left = info.days_left(now)
+    c.roots_trusted = len(set(carotation.split_pems(files.get("root-cert.pem"))))  # distinct: stage 2 repeats one
+    if root is not None and _issued_by(ca, root):
+        c.chains_to = "current"
+    elif ws.new_root_pem and (new_root := load_cert(ws.new_root_pem)) is not None and _issued_by(ca, new_root):
+        c.chains_to = "new"
+    if ws.transition is not None:
+        # Mid-transition a cluster is in step when it holds exactly what the stage says.
+        t = ws.transition
+        c.chains_to_root = c.chains_to is not None
+        if carotation.holds(seen.cacerts, ws.expected.get(cluster.name)) and carotation.stage_since(t, seen.annotations):
+            c.stage = t.stage
+        else:
+            add(Problem("root_transition_behind",
+                        f"secret cacerts is not at stage {t.stage} of the move to a new root "
+                        f"({carotation.STAGES[t.stage]})", f"{hints.rotate('--root')} (brings every cluster to the stage)"))
+    elif root is not None:
+        c.chains_to_root = c.root_fingerprint == root_fp and _issued_by(ca, root)
+        if not c.chains_to_root:
+            local = load_cert(ws.local_ca.get(cluster.name))
+            local_ok = local is not None and _issued_by(local, root)
+            # apply replaces a cacerts under another root only when told to (mTLS breaks until workloads restart)
+            other_root = c.root_fingerprint != root_fp
+            apply = invocation.command("apply", "--replace-foreign-ca") if other_root else hints.apply
+            replaces = ("; it replaces that cacerts at once: mTLS between workloads breaks until they restart"
+                        if other_root else "")
+            if local_ok:
+                hint = f"{apply} (installs certs/{cluster.name}/, which this workspace's root issued{replaces})"
+            else:
+                hint = (f"`rm -r {hints.path(certs.CERTS_DIR, cluster.name)}`, then {apply} "
+                        f"(re-issues the intermediate CA from this workspace's root{replaces})")
+            what = ("its root-cert.pem is another root" if c.root_fingerprint != root_fp
+                    else "its ca-cert.pem was not issued by this workspace's root")
+            add(Problem("cacerts_foreign_root", f"secret cacerts does not chain to this workspace's root CA "
+                                                f"({what}): workloads here are not trusted by the other clusters",
+                        hint))
+    if ws.transition is not None:  # rotate-certs alone waits for the move, whose stage 2 re-issues every intermediate
+        reissue = reissue_all = (f"{hints.rotate('--root')} (stage 2 of the move to the new root re-issues every "
+                                 f"intermediate)")
+    else:
+        reissue = f"{hints.rotate('--context', cluster.context)} (re-issues it from this workspace's root)"
+        reissue_all = (f"{reissue}, or {hints.rotate('--expiring-within', str(EXPIRY_WARN_DAYS))} for every such "
+                       f"cluster")
+    if c.days_left < 0:
+        add(Problem("cacerts_expired", f"the intermediate CA in cacerts expired on {iso_utc(c.expires)}", reissue))
+    elif c.days_left < EXPIRY_WARN_DAYS:
+        add(Problem("cacerts_expiring", f"the intermediate CA in cacerts expires in {c.days_left} day(s) "
+                                        f"({iso_utc(c.expires)})", reissue_all, severity=WARNING))
+
+
+def judge_istiod_roots(status: ClusterStatus, seen: Observed, published: bytes | None, ws: Expected,
+                        hints: Hints) -> None:
+    """istiod took the root bundle secret cacerts holds: the bundle it publishes in istio-ca-root-cert is
+    that one, byte for byte. istiod takes a changed root-cert.pem only under ISTIO_MULTIROOT_MESH and when
+    one bundle contains the other (pilot/pkg/bootstrap/istio_ca.go handleEvent: as bytes up to 1.29, as
+    a set of certificates from 1.30); else it keeps the roots, and the intermediate, it had."""
+    want = (seen.cacerts or {}).get("root-cert.pem")
+    if not want or published is None:  # no cacerts to take, or istiod has published nothing yet
+        return
+    status.cacerts.istiod_took = published == want
+    if status.cacerts.istiod_took or any(p.code == "cacerts_foreign_root" for p in status.problems):
+        return  # a cacerts that is not this mesh's is the problem to solve (apply puts back what istiod holds)
+    held, wanted = set(carotation.split_pems(published)), set(carotation.split_pems(want))
+    deployment = ws.istiod_deployment
+    containers = (((seen.deployments.get(deployment) or {}).get("spec") or {}).get("template") or {}).get("spec", {})
+    env = {e.get("name"): e.get("value") for c in containers.get("containers") or [] for e in c.get("env") or []}
+    if not held & wanted:
+        why = ("it signs with a root that is not in cacerts (istiod reads cacerts when it starts, and watches "
+               "it only when it was there then)")
+    elif str(env.get(MULTIROOT_ENV, "")).lower() not in ("true", "1", "t"):
+        why = f"it runs without {MULTIROOT_ENV}=true, so it keeps the roots it started with"
+    elif held == wanted:
+        why = ("cacerts holds the same roots in another order: istiod before 1.30 takes a changed bundle only "
+               "when one contains the other byte for byte (its log says \"Updating new ROOT-CA not supported\")")
+    else:
+        why = ("neither bundle contains the other, so istiod keeps its own (its log says \"Updating new ROOT-CA "
+               "not supported\")")
+    stage = f" (stage {ws.transition.stage} of the move to a new root)" if ws.transition else ""
+    restart = hints.kubectl(status.cluster, "rollout", "restart", f"deployment/{deployment}", "-n", ISTIO_NAMESPACE)
+    status.problems.append(Problem("istiod_roots_not_taken",
+        f"istiod did not take the root bundle in secret cacerts{stage}: it publishes {len(held)} root(s) in "
+        f"{CA_ROOT_CONFIGMAP}, cacerts holds {len(wanted)}; {why}",
+        f"`{restart}` (istiod loads cacerts whole when it starts), then {invocation.command('status')}; "
+        f"a change made in the last minute or two may still be on its way to istiod"))
