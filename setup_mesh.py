@@ -192,6 +192,7 @@ def rotate_certs(
     root: Annotated[bool, typer.Option("--root", help="Move the whole mesh to a new root CA, one stage per run (three stages).")] = False,
     min_wait: Annotated[Optional[str], typer.Option("--min-wait", metavar="DURATION", callback=_check_min_wait, help="With --root: how long a stage must have been in place everywhere before the next starts (24h, 90m, 0) [default: 24h, the workload certificate lifetime].")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (with --root: the next stage) and change nothing.")] = False,
+    yes: Yes = False,
     parallel: Parallel = commands.DEFAULT_PARALLEL,
     timeout: Timeout = commands.DEFAULT_TIMEOUT,
     quiet: Quiet = False,
@@ -208,6 +209,8 @@ def rotate_certs(
     the old intermediates, (2) intermediates of the new root, trusting both, (3) trust only the new
     root. A stage starts only when the previous one is in place in every cluster and has been for
     --min-wait (default 24h, the workload certificate lifetime).
+
+    Each run shows what it will change per cluster and asks first (-y: without asking).
     """
     from lib.rotate import rotate_intermediates, rotate_root
 
@@ -218,14 +221,14 @@ def rotate_certs(
         wait = carotation.parse_duration(min_wait) if min_wait is not None else carotation.WORKLOAD_CERT_LIFETIME
         commands.run_guarded(debug, quiet, verbose, lambda r, rep: rotate_root(
             workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, min_wait=wait, dry_run=dry_run,
-            parallel=parallel, timeout=timeout, runner=r, reporter=rep))
+            parallel=parallel, timeout=timeout, runner=r, reporter=rep, yes=yes))
     elif min_wait is not None:
         raise typer.BadParameter("only a move to a new root waits between stages", param_hint="--min-wait without --root")
     else:
         commands.run_guarded(debug, quiet, verbose, lambda r, rep: rotate_intermediates(
             workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, contexts=context or [],
             expiring_within=expiring_within, dry_run=dry_run, parallel=parallel, timeout=timeout,
-            runner=r, reporter=rep))
+            runner=r, reporter=rep, yes=yes))
 
 
 def _status(workdir, kubeconfig, istio_dir, contexts, output, wait, wait_timeout, parallel, timeout, quiet, verbose,

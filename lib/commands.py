@@ -26,13 +26,14 @@ from .desired import desired_state
 from .assess import loopback_peers
 from .mesh import mesh_model
 from .plan import RECORD_TITLE, ApplyPlan, Removal, Uninstall, build_apply_plan, teardown_plan
-from .planview import other_root_consequence, print_plan
+from .planview import other_root_consequence, print_changes, print_plan
 from .prep import parse_context_options, prep_mesh as _prep_mesh, report as _report_prep
 from .release import Release, find_release
 from .reporter import Reporter
 from .runlog import RunLog
 from .runner import ShRunner
 from .state import State
+from .wrapping import wrap_prose
 from .workspace import Workspace, find_tools, load_workspace
 
 DEFAULT_PARALLEL = 8
@@ -110,8 +111,28 @@ def confirm(question: str, yes: bool, reporter: Reporter) -> None:
         raise ConfigError(f"{question} needs confirmation, and there is no terminal to ask on",
                           hint="re-run with -y to confirm")
     reporter.stop_progress()
-    if not typer.confirm(question, default=False):
+    # On a terminal the question is wrapped at words, leaving room for typer's " [y/N]: ".
+    prompt = "\n".join(wrap_prose(question, reporter.console.width - len(" [y/N]: "), indent="")) \
+        if reporter.console.is_terminal else question
+    if not typer.confirm(prompt, default=False):
         raise Cancelled("cancelled at the prompt; nothing was changed")
+
+
+def confirm_plan(plan: ApplyPlan, topology: Topology, question: str, yes: bool, reporter: Reporter, *, title: str,
+                 command: str | tuple[str, ...], log: RunLog | None = None, nothing: str = "",
+                 then: str = "") -> None:
+    """What a run will change, per cluster as its dry run shows it (``then``: what follows), and the question
+    apply asks (``confirm``): -y goes ahead, no terminal without -y refuses. Nothing has changed when it refuses."""
+    reporter.stop_progress()
+    print_changes(plan, topology, reporter, title, command, nothing=nothing)
+    if then:
+        reporter.info(then)
+    try:
+        confirm(question, yes, reporter)
+    except BaseException:
+        if log is not None:
+            log.close()
+        raise
 
 
 def open_log(workdir: Path, command: str, runner: ShRunner) -> RunLog:

@@ -141,6 +141,16 @@ def _type_name(value: Any) -> str:
 
 def load_topology(path: Path) -> Topology:
     doc = load_located(path, "topology file", missing_hint=prep_hint())
+    mesh_id, contexts = _mesh_id_and_contexts(doc, path)
+    clusters: list[Cluster] = []
+    seen: dict[str, str] = {}
+    for context, spec in contexts.items():
+        clusters.append(_load_context(doc, path, context, spec, seen))
+    _check_primaries(doc, clusters)
+    return Topology(mesh_id=mesh_id, clusters=tuple(clusters), path=path)
+
+
+def _mesh_id_and_contexts(doc: LocatedDoc, path: Path) -> tuple[str, dict]:
     data = doc.data
     if data is None:
         raise ConfigError(f"{path}: topology file is empty", hint="it needs mesh_id: and contexts:; see prep-mesh's example")
@@ -163,59 +173,65 @@ def load_topology(path: Path) -> Topology:
                           hint="list each kube context under contexts:, e.g.\n  contexts:\n    my-context:\n      network: network1")
     if not isinstance(contexts, dict):
         raise ConfigError(f"{doc.where('contexts')}: contexts must be a mapping of kube context names, not {_type_name(contexts)}")
-    clusters: list[Cluster] = []
-    seen: dict[str, str] = {}
-    for context, spec in contexts.items():
-        where = doc.where("contexts", context)
-        if not isinstance(context, str) or not context:
-            raise ConfigError(f"{where}: context names must be non-empty strings, got {context!r}",
-                              hint="quote the context name as it appears in `kubectl config get-contexts`")
-        if not isinstance(spec, dict):
-            raise ConfigError(f"{where}: context {context!r} must be a mapping with at least network:, not {_type_name(spec)}",
-                              hint=f"write it as\n  {context}:\n    network: network1")
-        for key in spec:
-            if key not in CONTEXT_KEYS:
-                raise ConfigError(f"{doc.where('contexts', context, key)}: unknown key {key!r} in context {context!r}",
-                                  hint=did_you_mean(key, CONTEXT_KEYS) + "allowed keys: " + ", ".join(CONTEXT_KEYS))
-        network = spec.get("network")
-        if network is None or network == "":
-            raise ConfigError(f"{where}: context {context!r} has no network",
-                              hint="add `network: NAME` (clusters that reach each other's pods directly share a network)")
-        if not is_label_value(network):
-            raise ConfigError(f"{doc.where('contexts', context, 'network')}: invalid network {network!r} for context {context!r}",
-                              hint="a network is a Kubernetes label value: letters, digits, '-', '_', '.', at most 63 characters")
-        name = spec.get("cluster_name", context)
-        if not isinstance(name, str) or not DNS1123_LABEL.match(name) or len(name) > 63:
-            if "cluster_name" in spec:
-                raise ConfigError(f"{doc.where('contexts', context, 'cluster_name')}: invalid cluster_name {name!r}",
-                                  hint="a cluster name is a DNS-1123 label: lower-case letters, digits and '-', at most 63 characters")
-            raise ConfigError(f"{where}: context {context!r} is not a valid Istio cluster name",
-                              hint=f"set `cluster_name:` under {context!r} to a DNS-1123 label (lower-case letters, digits, '-'), e.g. cluster_name: {_suggest(context)}")
-        if name in seen:
-            raise ConfigError(f"{where}: cluster name {name!r} of context {context!r} is already used by context {seen[name]!r}",
-                              hint="give each context its own cluster_name")
-        seen[name] = context
-        api_server = spec.get("api_server")
-        if api_server is not None:
-            parsed = urlparse(str(api_server))
-            if not isinstance(api_server, str) or parsed.scheme not in ("https", "http") or not parsed.hostname:
-                raise ConfigError(f"{doc.where('contexts', context, 'api_server')}: invalid api_server {api_server!r}",
-                                  hint="use the URL other clusters can reach, e.g. https://203.0.113.10:6443")
-        kubeconfig = spec.get("kubeconfig")
-        if kubeconfig is not None:
-            if not isinstance(kubeconfig, str) or not kubeconfig:
-                raise ConfigError(f"{doc.where('contexts', context, 'kubeconfig')}: kubeconfig must be a file path")
-            kubeconfig = str((path.parent / os.path.expanduser(kubeconfig)).resolve())
-        primary = spec.get("primary")
-        if primary is not None and (not isinstance(primary, str) or not primary):
-            raise ConfigError(f"{doc.where('contexts', context, 'primary')}: primary of context {context!r} must be "
-                              f"the name of another context, not {_type_name(primary)}",
-                              hint="name the context whose control plane runs this cluster, or delete the line to "
-                                   "make it a primary")
-        clusters.append(Cluster(context=context, network=network, name=name, api_server=api_server,
-                                kubeconfig=kubeconfig, primary=primary))
-    _check_primaries(doc, clusters)
-    return Topology(mesh_id=mesh_id, clusters=tuple(clusters), path=path)
+    return mesh_id, contexts
+
+
+def _load_context(doc: LocatedDoc, path: Path, context, spec, seen: dict[str, str]) -> Cluster:
+    """One entry of contexts:, checked; ``seen`` maps the cluster names so far to their contexts."""
+    where = doc.where("contexts", context)
+    if not isinstance(context, str) or not context:
+        raise ConfigError(f"{where}: context names must be non-empty strings, got {context!r}",
+                          hint="quote the context name as it appears in `kubectl config get-contexts`")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: context {context!r} must be a mapping with at least network:, not {_type_name(spec)}",
+                          hint=f"write it as\n  {context}:\n    network: network1")
+    for key in spec:
+        if key not in CONTEXT_KEYS:
+            raise ConfigError(f"{doc.where('contexts', context, key)}: unknown key {key!r} in context {context!r}",
+                              hint=did_you_mean(key, CONTEXT_KEYS) + "allowed keys: " + ", ".join(CONTEXT_KEYS))
+    network = spec.get("network")
+    if network is None or network == "":
+        raise ConfigError(f"{where}: context {context!r} has no network",
+                          hint="add `network: NAME` (clusters that reach each other's pods directly share a network)")
+    if not is_label_value(network):
+        raise ConfigError(f"{doc.where('contexts', context, 'network')}: invalid network {network!r} for context {context!r}",
+                          hint="a network is a Kubernetes label value: letters, digits, '-', '_', '.', at most 63 characters")
+    name = spec.get("cluster_name", context)
+    if not isinstance(name, str) or not DNS1123_LABEL.match(name) or len(name) > 63:
+        if "cluster_name" in spec:
+            raise ConfigError(f"{doc.where('contexts', context, 'cluster_name')}: invalid cluster_name {name!r}",
+                              hint="a cluster name is a DNS-1123 label: lower-case letters, digits and '-', at most 63 characters")
+        raise ConfigError(f"{where}: context {context!r} is not a valid Istio cluster name",
+                          hint=f"set `cluster_name:` under {context!r} to a DNS-1123 label (lower-case letters, digits, '-'), e.g. cluster_name: {_suggest(context)}")
+    if name in seen:
+        raise ConfigError(f"{where}: cluster name {name!r} of context {context!r} is already used by context {seen[name]!r}",
+                          hint="give each context its own cluster_name")
+    seen[name] = context
+    api_server, kubeconfig, primary = _context_options(doc, path, context, spec)
+    return Cluster(context=context, network=network, name=name, api_server=api_server,
+                   kubeconfig=kubeconfig, primary=primary)
+
+
+def _context_options(doc: LocatedDoc, path: Path, context: str, spec: dict) -> tuple[str | None, str | None, str | None]:
+    """A context's optional api_server, kubeconfig (made absolute) and primary."""
+    api_server = spec.get("api_server")
+    if api_server is not None:
+        parsed = urlparse(str(api_server))
+        if not isinstance(api_server, str) or parsed.scheme not in ("https", "http") or not parsed.hostname:
+            raise ConfigError(f"{doc.where('contexts', context, 'api_server')}: invalid api_server {api_server!r}",
+                              hint="use the URL other clusters can reach, e.g. https://203.0.113.10:6443")
+    kubeconfig = spec.get("kubeconfig")
+    if kubeconfig is not None:
+        if not isinstance(kubeconfig, str) or not kubeconfig:
+            raise ConfigError(f"{doc.where('contexts', context, 'kubeconfig')}: kubeconfig must be a file path")
+        kubeconfig = str((path.parent / os.path.expanduser(kubeconfig)).resolve())
+    primary = spec.get("primary")
+    if primary is not None and (not isinstance(primary, str) or not primary):
+        raise ConfigError(f"{doc.where('contexts', context, 'primary')}: primary of context {context!r} must be "
+                          f"the name of another context, not {_type_name(primary)}",
+                          hint="name the context whose control plane runs this cluster, or delete the line to "
+                               "make it a primary")
+    return api_server, kubeconfig, primary
 
 
 def _check_primaries(doc: LocatedDoc, clusters: list[Cluster]) -> None:
@@ -265,6 +281,17 @@ def load_base(path: Path) -> Base:
     doc = load_located(path, "base IstioOperator", missing_hint=prep_hint())
     data = doc.data
     hint = "base.yaml must be an IstioOperator: apiVersion: install.istio.io/v1alpha1, kind: IstioOperator, spec: {...}"
+    _check_operator(doc, path, hint)
+    _check_control_plane_name(doc)
+    problems, hint = _reserved_in_base(doc)
+    if problems:
+        raise ConfigError("base.yaml sets values that setup-mesh owns:\n" + "\n".join(problems), hint=hint)
+    return Base(path=path, operator=data, doc=doc)
+
+
+def _check_operator(doc: LocatedDoc, path: Path, hint: str) -> None:
+    """base.yaml is an IstioOperator whose keys and mappings istioctl would take."""
+    data = doc.data
     if not isinstance(data, dict):
         raise ConfigError(f"{doc.where()}: base.yaml is not an IstioOperator (it is {_type_name(data)})", hint=hint)
     if data.get("kind") != "IstioOperator":
@@ -289,13 +316,21 @@ def load_base(path: Path) -> Base:
         present, value = _get(data, keys)
         if present and value is not None and not isinstance(value, dict):
             raise ConfigError(f"{doc.where(*keys)}: {'.'.join(keys)} must be a mapping, not {_type_name(value)}", hint=hint)
-    present, name = _get(data, ("metadata", "name"))
+
+
+def _check_control_plane_name(doc: LocatedDoc) -> None:
+    present, name = _get(doc.data, ("metadata", "name"))
     if present and name is not None:
         # The name labels everything istioctl installs for it; the east-west gateway already uses `eastwest`.
         if not isinstance(name, str) or not DNS1123_LABEL.match(name) or len(name) > 63 or name == "eastwest":
             raise ConfigError(f"{doc.where('metadata', 'name')}: metadata.name {name!r} cannot name the control plane's IstioOperator",
                               hint="use a DNS-1123 label other than `eastwest` (the east-west gateway's), "
                                    "or delete the line to use `setup-mesh`")
+
+
+def _reserved_in_base(doc: LocatedDoc) -> tuple[list[str], str]:
+    """The values base.yaml sets that setup-mesh owns (one line each), and the hint for them."""
+    data = doc.data
     problems = []
     for keys, source in RESERVED_VALUES.items():
         present, _ = _get(data, keys)
@@ -312,9 +347,7 @@ def load_base(path: Path) -> Base:
     if ambient_problems:
         problems += ambient_problems
         hint = "delete those lines from base.yaml: setup-mesh sets them for every istiod of an ambient mesh"
-    if problems:
-        raise ConfigError("base.yaml sets values that setup-mesh owns:\n" + "\n".join(problems), hint=hint)
-    return Base(path=path, operator=data, doc=doc)
+    return problems, hint
 
 
 def _ambient_reserved(data: dict, doc: LocatedDoc) -> list[str]:

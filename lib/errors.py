@@ -16,6 +16,16 @@ class MeshError(Exception):
         return self.message
 
 
+RERUN_HINT = "run the same command again: it picks up where this one stopped"
+
+
+class Interrupted(MeshError):
+    """Ctrl-C: the step, or the command, stopped before it finished (or before it started)."""
+
+    def __init__(self, message: str = "interrupted before this step finished") -> None:
+        super().__init__(message, hint=RERUN_HINT)
+
+
 class ConfigError(MeshError):
     """Bad input or usage, found before any cluster is touched (exit 2)."""
 

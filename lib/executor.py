@@ -6,6 +6,7 @@ Ctrl-C stops starting new steps, ends the running commands and still reports wha
 """
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from .errors import CommandFailed, MeshError
+from .errors import RERUN_HINT, CommandFailed, Interrupted, MeshError
 from .fsutil import write_atomic
 from .reporter import Reporter
 from .runner import Command, Runner
@@ -86,14 +87,6 @@ class RunContext:
         if self.cancelled.is_set():
             raise Interrupted()
         return self.runner.run(command)
-
-
-RERUN_HINT = "run the same command again: it picks up where this one stopped"
-
-
-class Interrupted(MeshError):
-    def __init__(self, message: str = "interrupted before this step finished") -> None:
-        super().__init__(message, hint=RERUN_HINT)
 
 
 @dataclass
@@ -253,7 +246,7 @@ class Executor:
                 for command in step.commands:
                     ctx.run(command)
         except MeshError as exc:
-            if self.cancelled.is_set() and isinstance(exc, CommandFailed):
+            if isinstance(exc, CommandFailed) and (self.cancelled.is_set() or _ended_by_ctrl_c(exc)):
                 exc = Interrupted()
             self._fail(cluster, step, exc, time.monotonic() - start)
             return False
@@ -273,6 +266,12 @@ class Executor:
             self.outcome.failures[cluster] = exc
         self.reporter.step_done(cluster, step.title, False, seconds, detail=exc.message.splitlines()[0],
                                 interrupted=isinstance(exc, Interrupted))
+
+
+def _ended_by_ctrl_c(exc: CommandFailed) -> bool:
+    """The terminal's SIGINT ended the command (kubectl, istioctl and make die of it): the user pressed Ctrl-C,
+    which the main thread may not have seen yet when this thread sees the command fail."""
+    return exc.exit_code_of_command == -signal.SIGINT
 
 
 def read_clusters(clusters: list[Cluster], runner, reporter: Reporter, parallel: int, title: str,

@@ -12,6 +12,7 @@ from .kube import Observed
 from .mesh import mesh_model
 from .plan import ApplyPlan
 from .reporter import Reporter
+from .wrapping import fit
 
 NOTHING = "nothing to do: every cluster matches topology.yaml and base.yaml"
 
@@ -33,6 +34,25 @@ def print_plan(plan: ApplyPlan, topology: Topology, observed: dict[str, Observed
         seen = (observed or {}).get(cluster.context)
         if observed is not None and seen is not None and not seen.reachable:
             reporter.warn(f"could not read current state of {cluster.context}: {seen.error}")
+    _body(plan, topology, reporter, nothing, command, replace_other_roots)
+
+
+def print_changes(plan: ApplyPlan, topology: Topology, reporter: Reporter, title: str,
+                  command: str | tuple[str, ...], nothing: str = NOTHING) -> None:
+    """What a run is about to change, per cluster (-v: every command), read as its dry run reads, before
+    it asks to go ahead."""
+    def out(text: str) -> None:  # on a terminal, wrapped at words under its own indent (no command split)
+        lead = text[:len(text) - len(text.lstrip(" "))]
+        reporter.info(fit(reporter.console, text.lstrip(" "), lead, indent=lead + "    "))
+
+    count = len(topology.clusters)
+    out(f"{title}: mesh {topology.mesh_id}, {count} cluster{'s' * (count != 1)} on {', '.join(topology.networks)}")
+    _body(plan, topology, reporter, nothing, command, False, out)
+
+
+def _body(plan: ApplyPlan, topology: Topology, reporter: Reporter, nothing: str, command: str | tuple[str, ...],
+          replace_other_roots: bool, out=None) -> None:
+    out = out or reporter.info
     (_full if reporter.verbose else _changes)(plan, topology, out)
     for context, what in plan.replacements.items():
         out("")

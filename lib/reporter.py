@@ -120,8 +120,8 @@ class Reporter:
 
     # --- per-cluster progress -------------------------------------------------------------
     def start_progress(self, clusters: list[tuple[str, str]]) -> None:
-        for name, network in clusters:
-            self.rows[name] = ClusterRow(name, network)
+        """The rows are these clusters: a run that read every cluster and then works on a few shows those."""
+        self.rows = {name: ClusterRow(name, network) for name, network in clusters}
         if self.console.is_terminal and not self.quiet:
             self._live = Live(self._table(), console=self.console, refresh_per_second=8, transient=True,
                               get_renderable=self._table)

@@ -11,7 +11,7 @@ from . import certs, invocation, carotation
 from . import polling
 from .assess import assess_install
 from .cluster import ClusterClient, KubeClient
-from .commands import certs_prerequisites, finish_run, open_log, sit_out
+from .commands import certs_prerequisites, confirm_plan, finish_run, open_log, sit_out
 from .planview import print_plan
 from .config import MULTIROOT_ENV, Cluster, select_clusters
 from .errors import ConfigError, MeshError
@@ -26,6 +26,7 @@ from .release import Release
 from .workspace import find_tools, load_workspace
 from .reporter import Reporter
 from .runner import ShRunner
+from .wrapping import fit
 
 CONTROL_PLANE_WAIT = 120.0  # seconds istiod may take to be ready again
 POLL_SECONDS = 1.0
@@ -75,7 +76,7 @@ def confirm_step(tools: Tools, cluster: Cluster, deployment: str, timeout: float
                                 f"(istio-ca-root-cert still holds another): it keeps its old roots and intermediate",
                                 hint=f"`{restart.pasteable()}` (istiod loads cacerts whole when it starts), then run "
                                      f"this command again; `{invocation.command('status')}` says why it refused")
-            if ctx.cancelled.wait(POLL_SECONDS):
+            if ctx.cancelled.wait(polling.interval(POLL_SECONDS)):
                 raise Interrupted()
 
     return Step(f"confirm {deployment} runs" + (" on the stage's roots" if roots else ""),
@@ -84,7 +85,7 @@ def confirm_step(tools: Tools, cluster: Cluster, deployment: str, timeout: float
 
 def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, contexts: list[str],
                          expiring_within: int | None, dry_run: bool, parallel: int, timeout: float,
-                         runner: ShRunner, reporter: Reporter) -> int:
+                         runner: ShRunner, reporter: Reporter, yes: bool = False) -> int:
     ws = load_workspace(workdir, kubeconfig, lenient=dry_run)
     topology = ws.topology
     chosen = select_clusters(topology, contexts)
@@ -133,12 +134,14 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
     deployment = control_plane_istiod(ws.base)
     namespaces = {ctx: d.namespace_manifest() for ctx, d in desired_state(topology, ws.base).items()}
     phase = Phase("re-issue intermediate CAs and update cacerts")
+    reissued = []
     for cluster in targets:
         if cluster.context in unreachable and not dry_run:
             continue
         seen = observed.get(cluster.context) or Observed()
         reissue = carotation.needs_reissue(rotation, cluster.context, local[cluster.context])
         if reissue:
+            reissued.append(cluster.context)
             if local[cluster.context].fingerprint is not None:
                 phase.add(cluster.context, backup_step(workdir, cluster, backup))
             phase.add(cluster.context, intermediate_step(release, cert_dir, cluster, variables))
@@ -153,6 +156,11 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
                    title="rotate-certs plan", command="rotate-certs")
         return 0
 
+    if phase:
+        question = _rotation_question(reissued, list(phase.steps))
+        confirm_plan(ApplyPlan([phase]), topology, question, yes, reporter, title="rotate-certs",
+                     command="rotate-certs", log=log)
+        reporter.start_progress([(c.context, c.network) for c in targets])
     carotation.save_rotation(workdir, rotation)  # before anything changes: an interrupted run is resumed
     executor = Executor(runner, reporter, parallel)
     for context, seen in unreachable.items():
@@ -172,12 +180,23 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
     return finish_run("rotate-certs", outcome, log, reporter)
 
 
+def _rotation_question(reissued: list[str], changed: list[str]) -> str:
+    """The question names what the plan above it shows: new intermediates, and cacerts updated."""
+    one = len(changed) == 1
+    if reissued == changed:
+        return (f"Re-issue the intermediate CA{'' if one else 's'} of {', '.join(changed)} and update "
+                f"{'its' if one else 'their'} cacerts?")
+    if reissued:
+        return (f"Re-issue the intermediate CA{'s' * (len(reissued) > 1)} of {', '.join(reissued)} and update "
+                f"cacerts in {', '.join(changed)}?")
+    return f"Update cacerts in {', '.join(changed)}?"
+
+
 # --- rotate-certs --root -----------------------------------------------------------------------------
 
 def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, min_wait: dt.timedelta, dry_run: bool,
-                parallel: int, timeout: float, runner: ShRunner, reporter: Reporter) -> int:
+                parallel: int, timeout: float, runner: ShRunner, reporter: Reporter, yes: bool = False) -> int:
     """One stage of the move to a new root per run; see carotation.decide for when a stage may start."""
-    from .plan import install_steps, record_step
     from .release import find_release
 
     wait = min_wait
@@ -211,37 +230,27 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
 
     log = None if dry_run else open_log(workdir, "rotate-certs", runner)
     read_reporter = Reporter(quiet=True, err_console=reporter.err) if dry_run else reporter
-    client = KubeClient(tools, runner, read_reporter, parallel)
-    observed = client.read_state(topology.clusters) if ws.contexts_resolved else {}
-    now = carotation.utc_now()
-    current_root = root_info.fingerprint
-    views = []
-    for cluster in topology.clusters:
-        seen = observed.get(cluster.context) or Observed(reachable=False, error="not read")
-        in_place = transition is not None and cacerts_in_place(seen, cluster, workdir, transition)
-        views.append(carotation.ClusterView(
-            cluster.context, seen.reachable, in_place,
-            carotation.stage_since(transition, seen.annotations) if transition else None,
-            completing=transition is None and carotation.completed_here(current_root, seen.annotations)))
-    move = carotation.decide(transition, views, now, wait)
-    if move.kind in ("wait", "advance", "finish"):
-        _require_istiod_took(topology.clusters, observed, tools, client, transition, log, control_plane_istiod(ws.base))
+    if not dry_run:  # the reads show on the live table, as apply's do
+        reporter.start_progress([(c.context, c.network) for c in topology.clusters])
+    try:
+        client = KubeClient(tools, runner, read_reporter, parallel)
+        observed = client.read_state(topology.clusters) if ws.contexts_resolved else {}
+        now = carotation.utc_now()
+        current_root = root_info.fingerprint
+        views = _cluster_views(topology.clusters, observed, workdir, transition, current_root)
+        move = carotation.decide(transition, views, now, wait)
+        if move.kind in ("wait", "advance", "finish"):
+            _require_istiod_took(topology.clusters, observed, tools, client, transition, log,
+                                 control_plane_istiod(ws.base))
+    finally:
+        reporter.stop_progress()
     # A remote's install names its primary's gateway address: with the one it has now, its state is
     # the one apply recorded (and the move's istiod setting concerns primaries only).
     addresses = gateway_addresses(observed)
     final = desired_state(topology, ws.base, addresses)
 
     def completion(clusters: list[Cluster]) -> Phase:
-        """istiod back to one root (without ISTIO_MULTIROOT_MESH), and the clusters' record of the move removed."""
-        last = Phase("drop the second root from istiod")
-        for cluster in clusters:
-            d, seen = final[cluster.context], observed[cluster.context]
-            if assess_install(seen, d.fingerprint).drift:
-                last.add(cluster.context, install_steps(tools, workdir, d, seen)[0][0])
-                last.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
-            last.add(cluster.context, Step("the root transition is complete here", commands=[tools.kubectl_cmd(
-                cluster, "annotate", "namespace", ISTIO_NAMESPACE, f"{TRANSITION_ANNOTATION}-")]))
-        return last
+        return _completion_phase(clusters, final, observed, tools, workdir)
 
     if move.kind == "complete":
         # An earlier run made the new root the workspace's but did not reach every istiod afterwards.
@@ -253,6 +262,8 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
             print_plan(ApplyPlan([phase]), topology, observed if ws.contexts_resolved else None, ws.notes, reporter,
                        title="rotate-certs --root plan", command=("rotate-certs", "--root"))
             return 0
+        confirm_plan(ApplyPlan([phase]), topology, f"Complete the move to the new root in {', '.join(move.behind)}?",
+                     yes, reporter, title="rotate-certs --root", command=("rotate-certs", "--root"), log=log)
         executor = Executor(runner, reporter, parallel)
         reporter.start_progress([(c.context, c.network) for c in targets])
         outcome = executor.run_phases([phase])
@@ -265,36 +276,10 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         ws.state.save(topology.mesh_id)
         return finish_run("rotate-certs --root", outcome, log, reporter)
 
-    if move.kind == "start":
-        # Only from a mesh that is in step: every cluster reachable and on the workspace's root.
-        not_ready = [c.context for c in topology.clusters
-                     if not (observed.get(c.context) or Observed()).reachable
-                     or not cacerts_in_place(observed[c.context], c, workdir, None)]
-        roots = workspace_roots(workdir, None)
-        other_root = [c.context for c in topology.clusters if c.context in not_ready and c.context in observed
-                      and cacerts_finding(observed[c.context], c, workdir, None, roots).other_root]
-        if other_root and not dry_run:
-            # The stages start from the root the clusters trust, whose key this workspace does not hold.
-            log.close()
-            raise ConfigError(f"the cacerts of {', '.join(other_root)} chains to another root than this "
-                              f"workspace's: a move to a new root starts from the root the clusters run on",
-                              hint=f"run `rotate-certs --root` from the workspace that holds that root, or "
-                                   f"`{invocation.command('apply', '--replace-foreign-ca')}` to replace it at once "
-                                   f"(mTLS between workloads breaks until they restart)")
-        if not_ready and not dry_run:
-            log.close()
-            raise MeshError(f"not every cluster runs on the workspace's root yet ({', '.join(not_ready)}): "
-                            f"a new root is introduced only to a mesh that is in step",
-                            hint=f"run `{invocation.command('apply')}` (and check `{invocation.command('status')}`) "
-                                 f"first, then `{again}`")
+    if move.kind == "start" and not dry_run:
+        _require_in_step(topology.clusters, observed, workdir, log, again)
     if move.kind == "wait":
-        since = move.ready_at - wait
-        reporter.info(f"stage {transition.stage} of {carotation.LAST_STAGE} ({carotation.STAGES[transition.stage]}) "
-                      f"is in place in every cluster since {carotation.iso(since)}")
-        reporter.notice(f"stage {transition.stage + 1} ({carotation.STAGES[transition.stage + 1]}) can start at "
-                        f"{carotation.iso(move.ready_at)} (in {carotation.describe_wait(move.ready_at - now)}), when "
-                        f"every workload has renewed its certificate: run `{again}` then "
-                        f"(with --min-wait 0 if every workload has been restarted since)")
+        _report_wait(transition, move, wait, now, again, reporter)
         if log:
             log.close()
         return 0
@@ -318,33 +303,20 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         ws.notes.append(f"{cluster.context} is not set up yet: apply sets it up with the certificates of stage "
                         f"{planned.stage}")
     for cluster in targets:
-        if cluster in not_set_up:
-            continue
-        seen = observed.get(cluster.context) or Observed()
-        d = desired[cluster.context]
-        if assess_install(seen, d.fingerprint).drift:
-            # istiod must accept a second root before it sees one (the reserved value ISTIO_MULTIROOT_MESH).
-            phase.add(cluster.context, install_steps(tools, workdir, d, seen)[0][0])
-            phase.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
-        if not certs.has_cacerts(issuer, cluster.name):
-            phase.add(cluster.context, intermediate_step(release, issuer, cluster, variables))
-        step = cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition=planned)
-        step.change = f"~ secret cacerts: {_STAGE_CHANGE[planned.stage]} ({issuer.name}/{cluster.name}/)"
-        phase.add(cluster.context, step)
-        if not cluster.primary:  # a remote runs no istiod to confirm
-            phase.add(cluster.context, confirm_step(tools, cluster, deployment, roots=_stage_roots(
-                workdir, cluster, planned)))
+        if cluster not in not_set_up:
+            _add_stage_steps(phase, cluster, observed.get(cluster.context) or Observed(), desired[cluster.context],
+                             tools, workdir, issuer, release, variables, planned, deployment)
     root_vars = {"ROOTCA_CN": carotation.next_root_name(root_info.common_name, now), **({"ROOTCA_ORG": org} if org else {})}
     make_root = certs.root_ca_command(release or _NO_RELEASE, new_dir, root_vars)
 
+    completes = (f"certs/ becomes the new root (the old one kept in "
+                 f"{carotation.backup_dir(workdir, planned.backup_name)}) and istiod drops {MULTIROOT_ENV} "
+                 f"(reinstalled with apply's overlay)")
     if dry_run:
         reporter.info(_move_text(move, planned))
         if move.kind == "start":
             reporter.info(f"first the new root: mkdir -p {new_dir} && {make_root.pasteable()}")
         plan = ApplyPlan([phase] if move.kind != "finish" else [])
-        completes = (f"certs/ becomes the new root (the old one kept in "
-                     f"{carotation.backup_dir(workdir, planned.backup_name)}) and istiod drops {MULTIROOT_ENV} "
-                     f"(reinstalled with apply's overlay)")
         print_plan(plan, topology, observed if ws.contexts_resolved else None, ws.notes, reporter,
                    title="rotate-certs --root plan", command=("rotate-certs", "--root"),
                    nothing="no cluster changes in this stage" if move.kind != "finish" else f"then {completes}")
@@ -353,6 +325,9 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
                           f"{completes}")
         return 0
 
+    reporter.info(fit(reporter.console, _move_text(move, planned)))
+    if phase or move.kind == "finish":
+        _ask_for_stage(move, planned, phase, topology, yes, reporter, log, completes)
     if move.kind == "start":
         new_dir.mkdir(mode=0o700, exist_ok=True)
         with reporter.activity(f"making the new root CA in {new_dir} (a 4096-bit key takes a few seconds) ..."):
@@ -362,7 +337,6 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         reporter.info(f"made a new root CA in {new_dir}")
     if move.kind in ("start", "advance"):
         carotation.save_transition(workdir, planned)  # the workspace leads; the clusters follow
-    reporter.info(_move_text(move, planned))
 
     executor = Executor(runner, reporter, parallel)
     if targets or move.unreachable:
@@ -395,17 +369,109 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     for cluster in topology.clusters:
         if cluster.context not in outcome.failures and (cluster in targets or complete):
             reporter.finish_cluster(cluster.context, True, f"stage {planned.stage}" if not complete else "new root")
-    if complete:
+    _report_stage(planned, outcome.ok, backup if complete else None, wait, again, reporter)
+    return finish_run("rotate-certs --root", outcome, log, reporter)
+
+
+def _cluster_views(clusters: list[Cluster], observed: dict[str, Observed], workdir: Path,
+                   transition: carotation.Transition | None, current_root: str) -> list[carotation.ClusterView]:
+    """What carotation.decide needs of each cluster: reachable, in place at the stage, since when."""
+    views = []
+    for cluster in clusters:
+        seen = observed.get(cluster.context) or Observed(reachable=False, error="not read")
+        in_place = transition is not None and cacerts_in_place(seen, cluster, workdir, transition)
+        views.append(carotation.ClusterView(
+            cluster.context, seen.reachable, in_place,
+            carotation.stage_since(transition, seen.annotations) if transition else None,
+            completing=transition is None and carotation.completed_here(current_root, seen.annotations)))
+    return views
+
+
+def _completion_phase(clusters: list[Cluster], final: dict, observed: dict[str, Observed], tools: Tools,
+                      workdir: Path) -> Phase:
+    """istiod back to one root (without ISTIO_MULTIROOT_MESH), and the clusters' record of the move removed."""
+    from .plan import install_steps, record_step
+
+    last = Phase("drop the second root from istiod")
+    for cluster in clusters:
+        d, seen = final[cluster.context], observed[cluster.context]
+        if assess_install(seen, d.fingerprint).drift:
+            last.add(cluster.context, install_steps(tools, workdir, d, seen)[0][0])
+            last.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
+        last.add(cluster.context, Step("the root transition is complete here", commands=[tools.kubectl_cmd(
+            cluster, "annotate", "namespace", ISTIO_NAMESPACE, f"{TRANSITION_ANNOTATION}-")]))
+    return last
+
+
+def _require_in_step(clusters: list[Cluster], observed: dict[str, Observed], workdir: Path, log, again: str) -> None:
+    """A move to a new root starts only from a mesh that is in step: every cluster reachable and on the
+    workspace's root."""
+    not_ready = [c.context for c in clusters
+                 if not (observed.get(c.context) or Observed()).reachable
+                 or not cacerts_in_place(observed[c.context], c, workdir, None)]
+    roots = workspace_roots(workdir, None)
+    other_root = [c.context for c in clusters if c.context in not_ready and c.context in observed
+                  and cacerts_finding(observed[c.context], c, workdir, None, roots).other_root]
+    if other_root:
+        # The stages start from the root the clusters trust, whose key this workspace does not hold.
+        log.close()
+        raise ConfigError(f"the cacerts of {', '.join(other_root)} chains to another root than this "
+                          f"workspace's: a move to a new root starts from the root the clusters run on",
+                          hint=f"run `rotate-certs --root` from the workspace that holds that root, or "
+                               f"`{invocation.command('apply', '--replace-foreign-ca')}` to replace it at once "
+                               f"(mTLS between workloads breaks until they restart)")
+    if not_ready:
+        log.close()
+        raise MeshError(f"not every cluster runs on the workspace's root yet ({', '.join(not_ready)}): "
+                        f"a new root is introduced only to a mesh that is in step",
+                        hint=f"run `{invocation.command('apply')}` (and check `{invocation.command('status')}`) "
+                             f"first, then `{again}`")
+
+
+def _report_wait(transition: carotation.Transition, move: carotation.Move, wait: dt.timedelta, now: dt.datetime,
+                 again: str, reporter: Reporter) -> None:
+    since = move.ready_at - wait
+    reporter.info(f"stage {transition.stage} of {carotation.LAST_STAGE} ({carotation.STAGES[transition.stage]}) "
+                  f"is in place in every cluster since {carotation.iso(since)}")
+    reporter.notice(f"stage {transition.stage + 1} ({carotation.STAGES[transition.stage + 1]}) can start at "
+                    f"{carotation.iso(move.ready_at)} (in {carotation.describe_wait(move.ready_at - now)}), when "
+                    f"every workload has renewed its certificate: run `{again}` then "
+                    f"(with --min-wait 0 if every workload has been restarted since)")
+
+
+def _add_stage_steps(phase: Phase, cluster: Cluster, seen: Observed, d, tools: Tools, workdir: Path, issuer: Path,
+                     release, variables: dict[str, str], planned: carotation.Transition, deployment: str) -> None:
+    """One cluster's steps to the planned stage: istiod ready for two roots, the stage's intermediate and
+    cacerts, and (on a primary) istiod confirmed to have taken them."""
+    from .plan import install_steps, record_step
+
+    if assess_install(seen, d.fingerprint).drift:
+        # istiod must accept a second root before it sees one (the reserved value ISTIO_MULTIROOT_MESH).
+        phase.add(cluster.context, install_steps(tools, workdir, d, seen)[0][0])
+        phase.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
+    if not certs.has_cacerts(issuer, cluster.name):
+        phase.add(cluster.context, intermediate_step(release, issuer, cluster, variables))
+    step = cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition=planned)
+    step.change = f"~ secret cacerts: {_STAGE_CHANGE[planned.stage]} ({issuer.name}/{cluster.name}/)"
+    phase.add(cluster.context, step)
+    if not cluster.primary:  # a remote runs no istiod to confirm
+        phase.add(cluster.context, confirm_step(tools, cluster, deployment, roots=_stage_roots(
+            workdir, cluster, planned)))
+
+
+def _report_stage(planned: carotation.Transition, ok: bool, backup: Path | None, wait: dt.timedelta, again: str,
+                  reporter: Reporter) -> None:
+    """Where the move stands after this run: complete (``backup`` holds the old root), or what comes next."""
+    if backup is not None:
         reporter.info(f"the mesh runs on the new root: certs/ holds it; the old root, its key and intermediates "
                       f"are kept in {backup}")
-    elif outcome.ok:
+    elif ok:
         when = f" in {carotation.describe_wait(wait)} or later" if wait else ""
         reporter.info(f"stage {planned.stage} of {carotation.LAST_STAGE} is in place in every cluster; run "
                       f"`{again}`{when} for stage {planned.stage + 1} ({carotation.STAGES[planned.stage + 1]})")
     else:
         reporter.info(f"stage {planned.stage} is not in place everywhere yet: run `{again}` "
                       f"(it finishes this stage and goes no further)")
-    return finish_run("rotate-certs --root", outcome, log, reporter)
 
 
 _NO_RELEASE = Release(Path("<istio>"))
@@ -415,6 +481,27 @@ _STAGE_CHANGE = {
     2: "an intermediate of the new root, trusting both roots",
     3: "root-cert.pem trusts only the new root",
 }
+
+
+def _ask_for_stage(move: carotation.Move, planned: carotation.Transition, phase: Phase, topology, yes: bool,
+                   reporter: Reporter, log, completes: str) -> None:
+    """A stage changes every cluster's cacerts (stage 1 reinstalls istiod first): the plan, then the question."""
+    if move.kind == "start":
+        reporter.info("first a new root CA is made in certs-next/")
+    then = (f"once stage {planned.stage} is in place in every cluster, the same run completes the move: {completes}"
+            if planned.stage == carotation.LAST_STAGE and move.kind != "finish" else "")
+    confirm_plan(ApplyPlan([phase] if move.kind != "finish" else []), topology, _stage_question(move, planned, phase),
+                 yes, reporter, title="rotate-certs --root", command=("rotate-certs", "--root"), log=log,
+                 nothing=f"then {completes}", then=then)
+
+
+def _stage_question(move: carotation.Move, planned: carotation.Transition, phase: Phase) -> str:
+    if move.kind == "finish":
+        return "Complete the move to the new root in every cluster?"
+    names = ", ".join(phase.steps)
+    first = "Make a new root CA and bring" if move.kind == "start" else "Bring"
+    then = " and complete the move to the new root" if planned.stage == carotation.LAST_STAGE else ""
+    return f"{first} {names} to stage {planned.stage} of {carotation.LAST_STAGE}{then}?"
 
 
 def _require_istiod_took(clusters, observed: dict[str, Observed], tools: Tools, client: ClusterClient,

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Protocol
 
-from .errors import CommandFailed, ToolMissing
+from .errors import CommandFailed, Interrupted, ToolMissing
 from .redact import redact
 
 STDERR_TAIL_LINES = 12
@@ -118,6 +118,7 @@ class ShRunner(_Base):
         super().__init__()
         self.path = path
         self._running: dict[int, object] = {}
+        self._stopped = False  # Ctrl-C: no command starts any more, and one starting now is ended
 
     def which(self, program: str) -> str | None:
         import sh
@@ -157,11 +158,19 @@ class ShRunner(_Base):
         )
         if command.stdin is not None:
             kwargs["_in"] = command.stdin
+        with self._lock:
+            if self._stopped:
+                raise Interrupted(f"interrupted before `{command.pasteable()}` started")
         start = time.monotonic()
         timed_out = False
-        proc = program(*command.argv[1:], _bg=True, **kwargs)
+        proc = self._start(program, command, kwargs)
         with self._lock:
+            # A Ctrl-C that came while the program was starting found nothing to end, and the terminal's
+            # SIGINT came before the program was there: end it now, or the run waits for all it does.
+            late = self._stopped
             self._running[id(proc)] = proc
+        if late:
+            _terminate(proc)
         try:
             proc.wait()
             exit_code, out, err = proc.exit_code, proc.stdout, proc.stderr
@@ -169,6 +178,9 @@ class ShRunner(_Base):
             timed_out = True
             exit_code = exc.exit_code if isinstance(exc.exit_code, int) else -1
             out, err = proc.stdout, proc.stderr
+        except BaseException:  # Ctrl-C while this thread waits for it: the program must not outlive the run
+            _terminate(proc)
+            raise
         finally:
             with self._lock:
                 self._running.pop(id(proc), None)
@@ -176,16 +188,24 @@ class ShRunner(_Base):
         result = Result(command, exit_code, _text(out), _text(err), duration, timed_out)
         return self._finish(result)
 
+    def _start(self, program, command: Command, kwargs: dict):
+        return program(*command.argv[1:], _bg=True, **kwargs)
 
     def terminate_all(self) -> None:
-        """Ends every running command (Ctrl-C): the next run repairs what they left half done."""
+        """Ends every running command and starts no other (Ctrl-C): the next run repairs what they left half
+        done. The signal goes to each program we started; make passes it on to the openssl it runs."""
         with self._lock:
+            self._stopped = True
             running = list(self._running.values())
         for proc in running:
-            try:
-                proc.terminate()
-            except Exception:  # already gone
-                pass
+            _terminate(proc)
+
+
+def _terminate(proc) -> None:
+    try:
+        proc.terminate()
+    except Exception:  # already gone
+        pass
 
 
 def _text(data) -> str:

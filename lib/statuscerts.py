@@ -35,7 +35,7 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 
 def judge_roots(ws: Expected, root: x509.Certificate | None, now: dt.datetime, hints: Hints,
-                 problems: list[Problem]) -> dict[str, Any] | None:
+                problems: list[Problem]) -> dict[str, Any] | None:
     """Days left for the workspace's root (and, mid-transition, the new one): warning under 30, error expired."""
     if root is None:
         return None
@@ -60,7 +60,7 @@ def judge_roots(ws: Expected, root: x509.Certificate | None, now: dt.datetime, h
 
 
 def transition_summary(ws: Expected, clusters: list[ClusterStatus], observed: dict[str, Observed],
-                        hints: Hints) -> dict[str, Any] | None:
+                       hints: Hints) -> dict[str, Any] | None:
     """Where a move to a new root stands, and the command for its next stage."""
     t = ws.transition
     if t is None:
@@ -81,7 +81,7 @@ def transition_summary(ws: Expected, clusters: list[ClusterStatus], observed: di
 
 
 def judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: Expected, hints: Hints,
-                   root: x509.Certificate | None, root_fp: str | None, set_up: bool, now: dt.datetime) -> None:
+                  root: x509.Certificate | None, root_fp: str | None, set_up: bool, now: dt.datetime) -> None:
     add = status.problems.append
     c = status.cacerts
     c.present = seen.cacerts is not None
@@ -110,35 +110,52 @@ def judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: E
     elif ws.new_root_pem and (new_root := load_cert(ws.new_root_pem)) is not None and _issued_by(ca, new_root):
         c.chains_to = "new"
     if ws.transition is not None:
-        # Mid-transition a cluster is in step when it holds exactly what the stage says.
-        t = ws.transition
-        c.chains_to_root = c.chains_to is not None
-        if carotation.holds(seen.cacerts, ws.expected.get(cluster.name)) and carotation.stage_since(t, seen.annotations):
-            c.stage = t.stage
-        else:
-            add(Problem("root_transition_behind",
-                        f"secret cacerts is not at stage {t.stage} of the move to a new root "
-                        f"({carotation.STAGES[t.stage]})", f"{hints.rotate('--root')} (brings every cluster to the stage)"))
+        _judge_stage(status, cluster, seen, ws, hints)
     elif root is not None:
         c.chains_to_root = c.root_fingerprint == root_fp and _issued_by(ca, root)
         if not c.chains_to_root:
-            local = load_cert(ws.local_ca.get(cluster.name))
-            local_ok = local is not None and _issued_by(local, root)
-            # apply replaces a cacerts under another root only when told to (mTLS breaks until workloads restart)
-            other_root = c.root_fingerprint != root_fp
-            apply = invocation.command("apply", "--replace-foreign-ca") if other_root else hints.apply
-            replaces = ("; it replaces that cacerts at once: mTLS between workloads breaks until they restart"
-                        if other_root else "")
-            if local_ok:
-                hint = f"{apply} (installs certs/{cluster.name}/, which this workspace's root issued{replaces})"
-            else:
-                hint = (f"`rm -r {hints.path(certs.CERTS_DIR, cluster.name)}`, then {apply} "
-                        f"(re-issues the intermediate CA from this workspace's root{replaces})")
-            what = ("its root-cert.pem is another root" if c.root_fingerprint != root_fp
-                    else "its ca-cert.pem was not issued by this workspace's root")
-            add(Problem("cacerts_foreign_root", f"secret cacerts does not chain to this workspace's root CA "
-                                                f"({what}): workloads here are not trusted by the other clusters",
-                        hint))
+            add(_foreign_root(status, cluster, ws, hints, root, root_fp))
+    _judge_expiry(status, cluster, ws, hints)
+
+
+def _judge_stage(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: Expected, hints: Hints) -> None:
+    """Mid-transition a cluster is in step when it holds exactly what the stage says."""
+    c, t = status.cacerts, ws.transition
+    c.chains_to_root = c.chains_to is not None
+    if carotation.holds(seen.cacerts, ws.expected.get(cluster.name)) and carotation.stage_since(t, seen.annotations):
+        c.stage = t.stage
+    else:
+        status.problems.append(Problem("root_transition_behind",
+                                       f"secret cacerts is not at stage {t.stage} of the move to a new root "
+                                       f"({carotation.STAGES[t.stage]})",
+                                       f"{hints.rotate('--root')} (brings every cluster to the stage)"))
+
+
+def _foreign_root(status: ClusterStatus, cluster: Cluster, ws: Expected, hints: Hints, root: x509.Certificate,
+                  root_fp: str | None) -> Problem:
+    """cacerts does not chain to the workspace's root: the problem, and the hint that fits the cause."""
+    c = status.cacerts
+    local = load_cert(ws.local_ca.get(cluster.name))
+    local_ok = local is not None and _issued_by(local, root)
+    # apply replaces a cacerts under another root only when told to (mTLS breaks until workloads restart)
+    other_root = c.root_fingerprint != root_fp
+    apply = invocation.command("apply", "--replace-foreign-ca") if other_root else hints.apply
+    replaces = ("; it replaces that cacerts at once: mTLS between workloads breaks until they restart"
+                if other_root else "")
+    if local_ok:
+        hint = f"{apply} (installs certs/{cluster.name}/, which this workspace's root issued{replaces})"
+    else:
+        hint = (f"`rm -r {hints.path(certs.CERTS_DIR, cluster.name)}`, then {apply} "
+                f"(re-issues the intermediate CA from this workspace's root{replaces})")
+    what = ("its root-cert.pem is another root" if c.root_fingerprint != root_fp
+            else "its ca-cert.pem was not issued by this workspace's root")
+    return Problem("cacerts_foreign_root", f"secret cacerts does not chain to this workspace's root CA "
+                                           f"({what}): workloads here are not trusted by the other clusters", hint)
+
+
+def _judge_expiry(status: ClusterStatus, cluster: Cluster, ws: Expected, hints: Hints) -> None:
+    """The intermediate CA's days left: an error once expired, a warning under EXPIRY_WARN_DAYS."""
+    c = status.cacerts
     if ws.transition is not None:  # rotate-certs alone waits for the move, whose stage 2 re-issues every intermediate
         reissue = reissue_all = (f"{hints.rotate('--root')} (stage 2 of the move to the new root re-issues every "
                                  f"intermediate)")
@@ -147,14 +164,56 @@ def judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: E
         reissue_all = (f"{reissue}, or {hints.rotate('--expiring-within', str(EXPIRY_WARN_DAYS))} for every such "
                        f"cluster")
     if c.days_left < 0:
-        add(Problem("cacerts_expired", f"the intermediate CA in cacerts expired on {iso_utc(c.expires)}", reissue))
+        status.problems.append(Problem("cacerts_expired", f"the intermediate CA in cacerts expired on "
+                                                          f"{iso_utc(c.expires)}", reissue))
     elif c.days_left < EXPIRY_WARN_DAYS:
-        add(Problem("cacerts_expiring", f"the intermediate CA in cacerts expires in {c.days_left} day(s) "
-                                        f"({iso_utc(c.expires)})", reissue_all, severity=WARNING))
+        status.problems.append(Problem("cacerts_expiring", f"the intermediate CA in cacerts expires in "
+                                                           f"{c.days_left} day(s) ({iso_utc(c.expires)})",
+                                       reissue_all, severity=WARNING))
+
+
+def word_other_roots(result: list[ClusterStatus], root_fp: str | None, root, ws: Expected, hints: Hints) -> None:
+    """Clusters on the same other root share one cause (one message, one hint naming them all), and say who
+    does not trust them; when every cluster holds that root, what is true is that the mesh runs on a root
+    this workspace does not hold, and its workloads trust each other."""
+    groups: dict[str, list[tuple[ClusterStatus, Problem]]] = {}
+    for status in result:
+        fp = status.cacerts.root_fingerprint
+        for problem in status.problems:
+            if problem.code == "cacerts_foreign_root" and fp and fp != root_fp:
+                groups.setdefault(fp, []).append((status, problem))
+    held = {s.cluster.context: s.cacerts.root_fingerprint for s in result}
+    for fp, members in groups.items():
+        whole_mesh = all(held[s.cluster.context] == fp for s in result)
+        apart = [ctx for ctx, other in held.items() if other and other != fp]
+        if whole_mesh:
+            every = "every" if len(result) > 1 else "the"
+            message = (f"secret cacerts chains to another root than this workspace's, the same in {every} cluster: "
+                       f"the mesh runs on a root this workspace does not hold")
+        else:
+            message = ("secret cacerts chains to another root than this workspace's (its root-cert.pem is another "
+                       "root)" + (f": workloads here are not trusted by {', '.join(apart)}" if apart else ""))
+        hint = members[0][1].hint if len(members) == 1 else _other_root_hint([s.cluster for s, _ in members], root,
+                                                                                 ws, hints)
+        if whole_mesh:
+            hint = f"run setup-mesh from the workspace that holds that root, or {hint}"
+        for _, problem in members:
+            problem.message, problem.hint = message, hint
+
+
+def _other_root_hint(clusters: list[Cluster], root, ws: Expected, hints: Hints) -> str:
+    """One repair for several clusters on another root: intermediates on disk that this workspace's root did
+    not issue go first, then apply replaces every such cacerts."""
+    stale = [c for c in clusters if (local := load_cert(ws.local_ca.get(c.name))) is not None
+             and not (root is not None and _issued_by(local, root))]
+    apply = invocation.command("apply", "--replace-foreign-ca")
+    first = f"`rm -r {' '.join(hints.path(certs.CERTS_DIR, c.name) for c in stale)}`, then " if stale else ""
+    return (f"{first}{apply} (gives them intermediate CAs of this workspace's root; it replaces their cacerts at "
+            f"once: mTLS between workloads breaks until they restart)")
 
 
 def judge_istiod_roots(status: ClusterStatus, seen: Observed, published: bytes | None, ws: Expected,
-                        hints: Hints) -> None:
+                       hints: Hints) -> None:
     """istiod took the root bundle secret cacerts holds: the bundle it publishes in istio-ca-root-cert is
     that one, byte for byte. istiod takes a changed root-cert.pem only under ISTIO_MULTIROOT_MESH and when
     one bundle contains the other (pilot/pkg/bootstrap/istio_ca.go handleEvent: as bytes up to 1.29, as

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from .checks import ERROR, EXPIRY_WARN_DAYS, LOCAL, MISSING, OUTDATED, PRESENT, STALE, SYNCED, WARNING
 from .redact import redact
-from .statusreport import ClusterStatus, MeshStatus, Problem
+from .statusreport import Cacerts, ClusterStatus, MeshStatus, Problem
 from .wrapping import fit
 
 COLUMNS = ("cluster", "up", "istio", "network", "cacerts", "gateway", "secrets", "synced", "drift")
@@ -206,29 +206,8 @@ def _row(c: ClusterStatus) -> list[tuple[str, bool | None]]:
         network = (f"{c.network_label}≠{c.cluster.network}", False)
     else:
         network = (c.network_label, True)
-    ca = c.cacerts
-    if not ca.present:
-        cacerts = ("missing", False)
-    elif ca.chains_to_root is False:
-        cacerts = ("foreign", False)
-    elif ca.days_left is None:
-        cacerts = ("unreadable", False)
-    else:
-        # Mid-transition: which root issued the intermediate, and how many roots the cluster trusts.
-        text = ", ".join([f"{ca.days_left}d" + ("" if ca.chains_to_root else "?")]
-                         + ["new root"] * (ca.chains_to == "new")
-                         + [f"{ca.roots_trusted} roots"] * ((ca.roots_trusted or 0) > 1))
-        cacerts = (text, ca.days_left >= EXPIRY_WARN_DAYS if ca.chains_to_root else None)
-    if not c.gateway_required:
-        gateway = (c.gateway_address or "-", None)
-    elif not c.gateway_exists:
-        gateway = ("missing", False)
-    elif c.gateway_programmed is False:
-        gateway = (f"{c.gateway_address or 'no address'}, not programmed", False)
-    elif c.gateway_programmed:
-        gateway = (f"{c.gateway_address or 'no address'}, programmed", bool(c.gateway_address))
-    else:
-        gateway = (c.gateway_address or "pending", bool(c.gateway_address))
+    cacerts = _cacerts_cell(c.cacerts)
+    gateway = _gateway_cell(c)
     peers = [s for s in c.remote_secrets.values() if s != STALE]
     good = sum(1 for s in peers if s == PRESENT)
     # The secrets column counts what the matrix shows: held secrets that are not in working order are named.
@@ -241,6 +220,32 @@ def _row(c: ClusterStatus) -> list[tuple[str, bool | None]]:
         synced = (f"{count}/{len(c.remote_clusters)}", count == len(c.remote_clusters))
     drift = ("?", None) if c.drift is None else (("yes", False) if c.drift else ("no", True))
     return [("yes", True), istio, network, cacerts, gateway, secrets, synced, drift]
+
+
+def _cacerts_cell(ca: Cacerts) -> tuple[str, bool | None]:
+    if not ca.present:
+        return ("missing", False)
+    if ca.chains_to_root is False:
+        return ("foreign", False)
+    if ca.days_left is None:
+        return ("unreadable", False)
+    # Mid-transition: which root issued the intermediate, and how many roots the cluster trusts.
+    text = ", ".join([f"{ca.days_left}d" + ("" if ca.chains_to_root else "?")]
+                     + ["new root"] * (ca.chains_to == "new")
+                     + [f"{ca.roots_trusted} roots"] * ((ca.roots_trusted or 0) > 1))
+    return (text, ca.days_left >= EXPIRY_WARN_DAYS if ca.chains_to_root else None)
+
+
+def _gateway_cell(c: ClusterStatus) -> tuple[str, bool | None]:
+    if not c.gateway_required:
+        return (c.gateway_address or "-", None)
+    if not c.gateway_exists:
+        return ("missing", False)
+    if c.gateway_programmed is False:
+        return (f"{c.gateway_address or 'no address'}, not programmed", False)
+    if c.gateway_programmed:
+        return (f"{c.gateway_address or 'no address'}, programmed", bool(c.gateway_address))
+    return (c.gateway_address or "pending", bool(c.gateway_address))
 
 
 _MARKS = {PRESENT: "[green]✓[/]", MISSING: "[red]missing[/]", STALE: "[yellow]stale[/]", LOCAL: "[red]local[/]",

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -113,6 +116,43 @@ def scan_for_secrets(text: str) -> list[str]:
     return found
 
 
+# Istio configuration a user made themselves, in a namespace of their own and in istio-system: teardown
+# keeps it, scoped or not.
+FOREIGN_VS = """apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}
+"""
+FOREIGN_PA = """apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+"""
+
+
+@contextmanager
+def applied_mesh(root: Path, networks: dict[str, str], *, lb_delay: float, profile: str | None = None,
+                 primaries: dict[str, str] | None = None, apply_args: tuple[str, ...] = ()):
+    """A mesh a module's tests share: a sandbox of ``networks``' contexts, a workspace by prep-mesh whose
+    topology names the API server addresses peers reach (so status can call the mesh healthy), base.yaml's
+    ``profile`` when given, remotes as ``primaries`` says (remote -> primary), then one apply. Yields
+    (mesh, apply's result); the sandbox stops afterwards."""
+    from tests.sandbox import Sandbox
+
+    sandbox = Sandbox.up(root / "sandbox", list(networks), lb_delay=lb_delay)
+    try:
+        mesh = make_mesh(sandbox, root / "ws", networks)
+        mesh.write_topology(networks, extra={
+            ctx: {"api_server": sandbox.api_server(ctx), **({"primary": primaries[ctx]} if ctx in (primaries or {})
+                                                            else {})} for ctx in networks})
+        if profile:
+            base = mesh.workdir / "base.yaml"
+            base.write_text(base.read_text().replace("profile: default", f"profile: {profile}"))
+        yield mesh, mesh.apply(*apply_args)
+    finally:
+        sandbox.down()
+
+
 @contextmanager
 def running_mesh(root: Path, mesh_class, contexts: list[str]):
     """A sandbox of these contexts and a mesh on it, made by prep-mesh and apply with the API server
@@ -128,3 +168,15 @@ def running_mesh(root: Path, mesh_class, contexts: list[str]):
         yield mesh
     finally:
         sandbox.down()
+
+
+def rollout_restart(sandbox, ctx: str, deployment: str, namespace: str = "istio-system") -> None:
+    """`kubectl rollout restart`, as a user runs it. kubectl stamps the pod template with the time to the
+    second and refuses a second restart within the same second: when the last restart was in this second,
+    wait for the next one, as that user would."""
+    stamp = sandbox.kubectl(ctx, "get", "deployment", deployment, "-n", namespace, "-o",
+                            r"jsonpath={.spec.template.metadata.annotations.kubectl\.kubernetes\.io/restartedAt}"
+                            ).stdout.strip()
+    if stamp and datetime.fromisoformat(stamp).timestamp() >= math.floor(time.time()):
+        time.sleep(1.05 - time.time() % 1)
+    sandbox.kubectl(ctx, "rollout", "restart", f"deployment/{deployment}", "-n", namespace)

@@ -239,7 +239,7 @@ def test_ambient_with_remote_clusters_is_refused_before_any_cluster_is_touched(t
 
 def test_verify_in_an_ambient_mesh_enables_its_namespace_for_ambient_and_makes_helloworld_global():
     from lib.config import Cluster
-    from lib.verify import Images, manifests
+    from lib.traffic import Images, manifests
 
     cluster = Cluster("c1", "n1", "c1")
     images = Images("registry.example/helloworld:1.0", "registry.example/curl:8")

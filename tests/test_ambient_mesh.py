@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.meshkit import make_mesh
+from tests.meshkit import applied_mesh, make_mesh
 
 # The tests share one mesh built for this module: under -n they run on one worker, which builds it once.
 pytestmark = pytest.mark.xdist_group("test_ambient_mesh")
@@ -25,8 +25,11 @@ def set_profile(mesh, profile: str) -> None:
                     .replace("profile: ambient", f"profile: {profile}"))
 
 
+APPLY = ("--gateway-api-crds", str(CRDS), "--gateway-timeout", "30")
+
+
 def apply(mesh, *args, ok: bool = True):
-    return mesh.apply("--gateway-api-crds", str(CRDS), "--gateway-timeout", "30", *args, ok=ok)
+    return mesh.apply(*APPLY, *args, ok=ok)
 
 
 def istiod_env(mesh, ctx: str) -> dict:
@@ -73,19 +76,9 @@ def assert_sidecar(mesh) -> None:
 @pytest.fixture(scope="module")
 def ambient_mesh(tmp_path_factory):
     """A three-cluster, two-network ambient mesh built by apply, shared by the tests below (in order)."""
-    from tests.sandbox import Sandbox
-
-    root = tmp_path_factory.mktemp("ambient3")
-    sandbox = Sandbox.up(root / "sandbox", list(THREE), lb_delay=0.5)
-    try:
-        mesh = make_mesh(sandbox, root / "ws", THREE)
-        # the addresses peers' control planes reach, so that status can call the mesh healthy
-        mesh.write_topology(THREE, extra={ctx: {"api_server": sandbox.api_server(ctx)} for ctx in THREE})
-        set_profile(mesh, "ambient")
-        result = apply(mesh)
-        yield mesh, result
-    finally:
-        sandbox.down()
+    with applied_mesh(tmp_path_factory.mktemp("ambient3"), THREE, lb_delay=0.5, profile="ambient",
+                      apply_args=APPLY) as built:
+        yield built
 
 
 def test_an_ambient_base_builds_an_ambient_mesh_across_two_networks(ambient_mesh):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.meshkit import make_mesh
+from tests.meshkit import applied_mesh
 
 THREE = {"cluster1": "network1", "cluster2": "network1", "cluster3": "network2"}
 CRDS = Path(__file__).parent / "gateway-api" / "standard-v1.4.0.yaml"
@@ -19,11 +19,13 @@ VERIFY_NS = "setup-mesh-verify"
 
 
 class AmbientMesh:
+    APPLY = ("--gateway-api-crds", str(CRDS), "--gateway-timeout", "30")
+
     def __init__(self, mesh):
         self.mesh = mesh
 
     def apply(self):
-        return self.mesh.apply("--gateway-api-crds", str(CRDS), "--gateway-timeout", "30")
+        return self.mesh.apply(*self.APPLY)
 
     def verify(self, *args: str) -> tuple[int, dict]:
         result = self.mesh.run("verify", "-o", "json", *args)
@@ -33,20 +35,9 @@ class AmbientMesh:
 
 @pytest.fixture(scope="module")
 def ambient(tmp_path_factory):
-    from tests.sandbox import Sandbox
-
-    root = tmp_path_factory.mktemp("ambient-traffic")
-    sandbox = Sandbox.up(root / "sandbox", list(THREE), lb_delay=0.3)
-    try:
-        mesh = make_mesh(sandbox, root / "ws", THREE)
-        mesh.write_topology(THREE, extra={ctx: {"api_server": sandbox.api_server(ctx)} for ctx in THREE})
-        base = mesh.workdir / "base.yaml"
-        base.write_text(base.read_text().replace("profile: default", "profile: ambient"))
-        built = AmbientMesh(mesh)
-        built.apply()
-        yield built
-    finally:
-        sandbox.down()
+    with applied_mesh(tmp_path_factory.mktemp("ambient-traffic"), THREE, lb_delay=0.3, profile="ambient",
+                      apply_args=AmbientMesh.APPLY) as (mesh, _):
+        yield AmbientMesh(mesh)
 
 
 def _failed(doc: dict) -> dict[tuple[str, str], list[dict]]:
@@ -54,9 +45,17 @@ def _failed(doc: dict) -> dict[tuple[str, str], list[dict]]:
 
 
 def test_a_healthy_ambient_mesh_passes_verify(ambient):
+    sandbox = ambient.mesh.sandbox
+    before = {ctx: len(sandbox.requests(ctx)) for ctx in THREE}
     code, doc = ambient.verify()
     assert code == 0 and doc["ok"], _failed(doc) or doc["problems"]
     assert all(p["reached"] and p["answers"] > 0 for p in doc["pairs"]) and len(doc["pairs"]) == 9
+    # ztunnel is read once, by status's reading of istio-system, whose findings verify uses
+    for ctx in THREE:
+        paths = [r["path"] for r in sandbox.requests(ctx)[before[ctx]:]]
+        daemonsets = [p for p in paths if "/daemonsets" in p]
+        assert len(daemonsets) == 1 and daemonsets[0].startswith(f"/apis/apps/v1/namespaces/{NS}/daemonsets"), \
+            daemonsets
 
 
 def test_without_the_east_west_gateway_of_a_network_verify_names_it(ambient):
@@ -77,7 +76,8 @@ def test_without_the_east_west_gateway_of_a_network_verify_names_it(ambient):
 
     table = mesh.run("verify")
     assert table.returncode == 1
-    assert "cluster1 -> cluster3: eastwest_gateway_missing" in table.stdout
+    assert "cluster1 -> cluster3, cluster2 -> cluster3: cluster3's east-west Gateway" in table.stdout
+    assert "eastwest_gateway_missing" not in table.stdout
 
     ambient.apply()  # apply puts the Gateway back
     code, doc = ambient.verify()
@@ -94,7 +94,7 @@ def _deploy(mesh, ctx: str) -> None:
     the Service marked global, as Istio's ambient verify guide does."""
     from types import SimpleNamespace
 
-    from lib.verify import Images, manifests
+    from lib.traffic import Images, manifests
 
     images = Images.from_options(None, "1.0", "8.16.0")
     items = manifests(APP_NS, SimpleNamespace(name=ctx), None, images, ambient=True)
@@ -222,8 +222,10 @@ def test_verify_names_a_cluster_whose_ztunnel_is_gone(ambient):
     for (source, _), causes in failed.items():
         cause = next(c for c in causes if c["code"] == "ztunnel_not_ready")
         assert cause["message"].startswith("cluster2's ztunnel is missing")
-        assert "kubectl --context cluster2 get daemonsets --all-namespaces -l app.kubernetes.io/name=ztunnel" \
+        # status's reading of the DaemonSet, with status's own problem behind it
+        assert "kubectl --context cluster2 get daemonsets -n istio-system -l app.kubernetes.io/name=ztunnel" \
             in cause["hint"]
+        assert cause["status_problems"] == [{"context": "cluster2", "code": "ztunnel_missing"}]
     assert "sidecar" not in json.dumps(doc) and "proxy-config" not in json.dumps(doc)
     code, doc = ambient.verify()
     assert code == 0, _failed(doc)

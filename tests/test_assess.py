@@ -161,3 +161,19 @@ def test_a_secret_naming_a_loopback_server_is_reported_before_being_outdated():
     assert _states(found) == {"b": "loopback"} and found[0].to_import and found[0].current is False
     current = assess_secrets(mesh, mesh.member("a"), _holding(b=("fb", True)), {"a": "fa", "b": "fb"})
     assert _states(current) == {"b": "loopback"} and not current[0].to_import, "only a new api_server fixes it"
+
+
+def test_the_refusal_to_replace_another_root_reads_as_a_user_compares_roots(pki):
+    """apply's refusal and the plan name both roots by subject and fingerprint, and say whose CA it is."""
+    from lib.assess import CacertsFinding, RootId
+
+    ours, theirs = root_id(pki["ours"]), root_id(pki["other"])
+    assert ours.describe() == f"{ours.subject} (SHA-256 {ours.fingerprint})" and ours.subject
+    assert RootId("", "ab").describe() == "(no subject) (SHA-256 ab)"
+    other = assess_cacerts(pki["theirs"], True, pki["current"], [pki["ours"]])
+    assert other.describe() == (f"secret cacerts chains to root {theirs.describe()}, made by setup-mesh from another "
+                                f"workspace or an earlier root; this workspace's root is {ours.describe()}")
+    foreign = CacertsFinding(CacertsState.FOREIGN, None, None, "CA of the platform team")
+    assert foreign.describe() == ("secret cacerts chains to root a root-cert.pem that does not parse, not made by "
+                                  "setup-mesh: CA of the platform team; this workspace's root is (this workspace has "
+                                  "no root CA)")

@@ -30,7 +30,8 @@ from lib.plan import WAIT_KEY, Removal, Uninstall, build_apply_plan, teardown_pl
 from lib.reporter import Reporter
 from lib.rotate import confirm_step, rotate_intermediates
 from lib.statusjudge import evaluate
-from lib.verify import ClusterRun, Facts, PodState, judge
+from lib.diagnosis import Facts, judge
+from lib.traffic import ClusterRun, PodState
 from tests.test_status import NOW, _ca, _cacerts, _codes, _healthy, _mid_transition, _pem, _ws, roots  # noqa: F401
 
 

@@ -8,36 +8,17 @@ import json
 
 import pytest
 
-from tests.meshkit import make_mesh
+from tests.meshkit import FOREIGN_PA, FOREIGN_VS, applied_mesh
 
 PRIMARY, REMOTE = "cluster1", "cluster2"
 NETWORKS = {PRIMARY: "network1", REMOTE: "network2"}
-FOREIGN_VS = """apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews, namespace: shop}
-spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}
-"""
-FOREIGN_PA = """apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: istio-system}
-spec: {mtls: {mode: STRICT}}
-"""
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    from tests.sandbox import Sandbox
-
-    root = tmp_path_factory.mktemp("behaviours")
-    sandbox = Sandbox.up(root / "sandbox", list(NETWORKS), lb_delay=0.0)
-    try:
-        built = make_mesh(sandbox, root / "ws", NETWORKS)
-        built.write_topology(NETWORKS, extra={PRIMARY: {"api_server": sandbox.api_server(PRIMARY)},
-                                              REMOTE: {"api_server": sandbox.api_server(REMOTE), "primary": PRIMARY}})
-        built.apply()
+    with applied_mesh(tmp_path_factory.mktemp("behaviours"), NETWORKS, lb_delay=0.0,
+                      primaries={REMOTE: PRIMARY}) as (built, _):
         yield built
-    finally:
-        sandbox.down()
 
 
 def _status(mesh) -> tuple[int, dict]:
@@ -63,7 +44,7 @@ def test_rotate_certs_confirms_the_primarys_istiod_and_leaves_the_remote_which_r
     assert "kubectl --context cluster2 get deployment istiod" not in text, plan.stdout
 
     before = {ctx: len(mesh.sandbox.requests(ctx)) for ctx in NETWORKS}
-    result = mesh.run("rotate-certs")
+    result = mesh.run("rotate-certs", "-y")
     assert result.returncode == 0, result.stdout + result.stderr
     assert _istiod_reads(mesh, PRIMARY, before[PRIMARY]), "the primary's istiod is confirmed after cacerts changed"
     assert _istiod_reads(mesh, REMOTE, before[REMOTE]) == [], "a remote runs no istiod"

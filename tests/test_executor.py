@@ -3,7 +3,7 @@ import threading
 import time
 
 from lib.errors import MeshError
-from lib.executor import After, Executor, Phase, Step
+from lib.executor import After, Executor, Interrupted, Phase, Step
 from lib.reporter import Reporter
 from lib.runner import Command
 from tests.recording import RecordingRunner
@@ -15,22 +15,23 @@ def _quiet():
 
 def test_clusters_run_in_parallel_up_to_the_bound():
     running, peak, lock = [0], [0], threading.Lock()
+    # Each step goes on only once three run at the same time: two waves of three, whatever the machine's load.
+    together = threading.Barrier(3, timeout=60)
 
     def work(ctx):
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
-        time.sleep(0.1)
+        together.wait()
         with lock:
             running[0] -= 1
 
     phase = Phase("p")
     for i in range(6):
         phase.add(f"c{i}", Step("work", action=work))
-    start = time.monotonic()
-    Executor(RecordingRunner(), _quiet(), parallel=3).run_phases([phase])
+    outcome = Executor(RecordingRunner(), _quiet(), parallel=3).run_phases([phase])
+    assert outcome.ok, outcome.failures
     assert peak[0] == 3
-    assert time.monotonic() - start < 0.5  # two waves of 0.1 s, not six
 
 
 def test_a_failure_stops_that_cluster_only_and_it_sits_out_later_phases():
@@ -87,13 +88,19 @@ def test_failing_before_start_keeps_a_cluster_out():
 
 def test_a_step_waits_for_the_step_of_another_cluster_it_depends_on():
     order = []
+    others_ran = threading.Event()
 
     def slow(ctx):
-        time.sleep(0.2)
+        # The primary works until the remote has prepared and the other cluster installed (they run meanwhile).
+        others_ran.wait(timeout=60)
         order.append(("primary", "exposed"))
 
     def record(name):
-        return lambda ctx: order.append((ctx.cluster, name))
+        def action(ctx):
+            order.append((ctx.cluster, name))
+            if {("remote", "prepare"), ("other", "install")} <= set(order):
+                others_ran.set()
+        return action
 
     phase = Phase("p")
     phase.add("primary", Step("expose istiod", action=slow))
@@ -135,15 +142,26 @@ def test_a_dependency_on_a_step_the_plan_lacks_is_met():
 
 def test_run_plan_does_not_hold_clusters_at_phase_boundaries():
     # run_phases ends a phase everywhere before the next; run_plan lets a fast cluster run ahead.
-    order = []
-    first, second = Phase("first"), Phase("second")
-    first.add("slow", Step("one", action=lambda ctx: (time.sleep(0.3), order.append("slow one"))))
-    first.add("fast", Step("one", action=lambda ctx: order.append("fast one")))
-    second.add("fast", Step("two", action=lambda ctx: order.append("fast two")))
-    Executor(RecordingRunner(), _quiet(), parallel=2).run_plan([first, second])
+    order, said = [], {"fast one": threading.Event(), "fast two": threading.Event()}
+
+    def phases(slow_waits_for: str) -> list[Phase]:
+        def say(what):
+            return lambda ctx: (order.append(what), said[what].set() if what in said else None)
+
+        first, second = Phase("first"), Phase("second")
+        first.add("slow", Step("one", action=lambda ctx: (said[slow_waits_for].wait(timeout=60),
+                                                          order.append("slow one"))))
+        first.add("fast", Step("one", action=say("fast one")))
+        second.add("fast", Step("two", action=say("fast two")))
+        return [first, second]
+
+    # The slow cluster ends its step only once the fast one has done both of its: run_plan lets it.
+    Executor(RecordingRunner(), _quiet(), parallel=2).run_plan(phases(slow_waits_for="fast two"))
     assert order == ["fast one", "fast two", "slow one"]
     order.clear()
-    Executor(RecordingRunner(), _quiet(), parallel=2).run_phases([first, second])
+    for event in said.values():
+        event.clear()
+    Executor(RecordingRunner(), _quiet(), parallel=2).run_phases(phases(slow_waits_for="fast one"))
     assert order == ["fast one", "slow one", "fast two"]
 
 
@@ -151,10 +169,11 @@ def test_a_cluster_that_runs_nothing_says_truly_what_it_waits_for():
     """Done, waiting for a named cluster's step, or queued behind --parallel: never a vague 'waiting'."""
     seen = {}
     reporter = _quiet()
+    want = {"remote": "waiting for primary (install)", "other": "done here"}
 
     def slow(ctx):
-        time.sleep(0.6)  # meanwhile the executor has told the reporter what the others wait for
-        seen.update({c: row.step for c, row in reporter.rows.items() if c != "primary"})
+        # meanwhile the executor tells the reporter what the others wait for
+        seen.update(_rows_once(reporter, want))
 
     phase = Phase("p")
     phase.add("primary", Step("install", action=slow))
@@ -170,8 +189,7 @@ def test_a_cluster_behind_the_parallel_bound_says_it_is_queued():
     reporter = _quiet()
 
     def slow(ctx):
-        time.sleep(0.6)
-        seen.setdefault("second", reporter.rows["second"].step)
+        seen.update(_rows_once(reporter, {"second": "queued (--parallel 1)"}))
 
     phase = Phase("p")
     phase.add("first", Step("work", action=slow))
@@ -181,22 +199,56 @@ def test_a_cluster_behind_the_parallel_bound_says_it_is_queued():
     assert seen == {"second": "queued (--parallel 1)"}
 
 
+def _rows_once(reporter: Reporter, want: dict[str, str], timeout: float = 60) -> dict[str, str]:
+    """The progress rows of ``want``'s clusters once they say what ``want`` says (or what they say at the
+    timeout): the executor updates them from its own thread."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = {c: reporter.rows[c].step for c in want}
+        if rows == want or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.01)
+
+
 def test_ctrl_c_names_for_each_cluster_the_step_that_did_not_start():
     """A cluster between two steps was not 'interrupted before it started', and one that never started
     was not 'interrupted before this step finished'."""
     import os
     import signal
 
+    reporter = _quiet()
+    reporter.start_progress([("c1", "n1"), ("c2", "n1")])
+
     def press_ctrl_c(ctx):
-        time.sleep(0.3)  # the executor waits for its steps now, as it does most of a run
+        # Once the executor waits for its steps (it has said what c2 waits for), as it does most of a run.
+        _rows_once(reporter, {"c2": "waiting for c1 (install Istio)"})
         os.kill(os.getpid(), signal.SIGINT)  # reaches the executor's main thread as KeyboardInterrupt
-        time.sleep(0.3)
+        assert ctx.cancelled.wait(timeout=60), "the executor saw the Ctrl-C"  # the step ends after it
 
     phase = Phase("p")
     phase.add("c1", Step("make intermediate CA", action=press_ctrl_c))
     phase.add("c1", Step("install Istio", action=lambda ctx: None))
     phase.add("c2", Step("import secrets", action=lambda ctx: None, after=[After("c1", "install Istio")]))
-    outcome = Executor(RecordingRunner(), _quiet(), parallel=2).run_phases([phase])
+    outcome = Executor(RecordingRunner(), reporter, parallel=2).run_phases([phase])
     assert outcome.interrupted
     assert {c: f.message for c, f in outcome.failures.items()} == {
         "c1": "interrupted before install Istio", "c2": "interrupted before it started"}
+
+
+def test_a_command_the_terminal_s_ctrl_c_ended_is_an_interruption_not_a_failure():
+    """The terminal's SIGINT reaches make, kubectl and istioctl with setup-mesh: a thread can see its command
+    die of it before the main thread has seen the Ctrl-C. That cluster was interrupted; it did not fail."""
+    runner = RecordingRunner(lambda c: (-2, "", "") if c.context == "c1" else None)
+    phase = Phase("p")
+    phase.add("c1", Step("make intermediate CA", commands=[Command(("make", "c1-cacerts"), context="c1")]))
+    phase.add("c1", Step("install Istio", commands=[Command(("istioctl", "install"), context="c1")]))
+    reporter = _quiet()
+    reporter.start_progress([("c1", "n1")])
+    outcome = Executor(runner, reporter, parallel=1).run_phases([phase])
+    failure = outcome.failures["c1"]
+    assert isinstance(failure, Interrupted) and failure.message == "interrupted before this step finished"
+    assert reporter.rows["c1"].interrupted and [c.argv[0] for c in runner.commands] == ["make"]
+    # Any other end of a command is a failure, with its exit code
+    runner.responder = lambda c: (2, "", "make: *** [c1-cacerts] Error 2")
+    failed = Executor(runner, _quiet(), parallel=1).run_phases([phase]).failures["c1"]
+    assert not isinstance(failed, Interrupted) and "exited with code 2" in failed.message

@@ -253,7 +253,7 @@ def test_ctrl_c_at_a_confirmation_prompt_is_interrupted(sandbox_factory, tmp_pat
             seen += os.read(master, 4096)
         except OSError:
             break
-    proc.wait(timeout=10)
+    proc.wait(timeout=60)
     os.close(master)
     text = seen.decode(errors="replace")
     assert proc.returncode == 130, text

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from lib.gatewayapi import expected_version
 from lib.release import Release
 from lib.statusread import parse_remote_clusters
 from tests.sandbox.release import VERSION, materialize_release
+from tests.meshkit import rollout_restart
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,13 +132,6 @@ def published(sandbox, ctx: str, ns: str = "istio-system") -> bytes | None:
     return cm["data"]["root-cert.pem"].encode()
 
 
-def restart_istiod(sandbox, ctx: str) -> None:
-    """`kubectl rollout restart` stamps the pod template with the time to the second and refuses a second
-    restart within the same second, as a user who restarts twice in a row sees; wait for the next one."""
-    time.sleep(1.05 - time.time() % 1)
-    sandbox.kubectl(ctx, "rollout", "restart", "deployment/istiod", "-n", "istio-system")
-
-
 def test_istiod_takes_a_changed_root_bundle_by_its_versions_rule(sandbox_factory):
     sandbox = sandbox_factory(["v129", "v130"])
     versions = {"v129": "1.29.6", "v130": "1.30.3"}
@@ -161,11 +154,11 @@ def test_istiod_takes_a_changed_root_bundle_by_its_versions_rule(sandbox_factory
     assert published(sandbox, "v129", "later") == OLD + NEW, "a new namespace gets what istiod holds"
 
     # a new istiod pod loads cacerts whole, whatever it holds
-    restart_istiod(sandbox, "v129")
+    rollout_restart(sandbox, "v129", "istiod")
     assert published(sandbox, "v129") == NEW + OLD
     put_cacerts(sandbox, "v129", OLD + NEW)
     assert published(sandbox, "v129") == NEW + OLD, "back to the first order: refused as well"
-    restart_istiod(sandbox, "v129")
+    rollout_restart(sandbox, "v129", "istiod")
     # the sequence of a root move: [old, new], [old, new, new], [new], taken on either version
     for ctx in versions:
         put_cacerts(sandbox, ctx, OLD + NEW)
@@ -194,7 +187,7 @@ def test_istiod_keeps_its_roots_without_the_multi_root_switch_or_without_cacerts
     assert base64.b64decode(secret["data"]["ca-cert.pem"]) == own and b"BEGIN CERTIFICATE" in own
     put_cacerts(sandbox, "c2", OLD)
     assert published(sandbox, "c2") == own, "cacerts made after istiod started is not watched"
-    sandbox.kubectl("c2", "rollout", "restart", "deployment/istiod", "-n", "istio-system")
+    rollout_restart(sandbox, "c2", "istiod")
     assert published(sandbox, "c2") == OLD
 
 

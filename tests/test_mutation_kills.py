@@ -2,6 +2,8 @@
 each as a user would feel it. docs/mutation-report.md lists the mutants these kill."""
 from __future__ import annotations
 
+import pytest
+
 from lib.mesh import mesh_model
 from lib.config import Cluster, Topology
 
@@ -524,3 +526,201 @@ def test_a_cluster_counts_as_at_the_stage_only_for_this_moves_new_root(tmp_path)
     assert stage_since(t, {TRANSITION_ANNOTATION: other_move.annotation(since)}) is None, "another move's stage 2"
     assert stage_since(t, {TRANSITION_ANNOTATION: Transition(1, "a" * 64, "b" * 64, "x").annotation(since)}) is None
     assert stage_since(t, {}) is None
+
+
+# --- config: what --context selects, ambient's refusal of remotes, which kubeconfig is read ----------
+
+def _topology_file(tmp_path, text: str):
+    from lib.config import load_topology
+
+    path = tmp_path / "topology.yaml"
+    path.write_text(text)
+    return load_topology(path)
+
+
+THREE_CONTEXTS = ("mesh_id: m\ncontexts:\n  ctx-a:\n    network: n1\n    cluster_name: alpha\n"
+                  "  ctx-b:\n    network: n1\n  ctx-c:\n    network: n2\n    primary: ctx-a\n")
+
+
+def test_context_selects_by_context_or_cluster_name_and_refuses_a_name_not_in_the_topology(tmp_path):
+    import pytest
+
+    from lib.config import select_clusters
+    from lib.errors import ConfigError
+
+    topology = _topology_file(tmp_path, THREE_CONTEXTS)
+    assert [c.context for c in select_clusters(topology, [])] == ["ctx-a", "ctx-b", "ctx-c"], "none: every cluster"
+    # in topology order, whichever order and spelling (context or Istio cluster name) the user gave
+    assert [c.context for c in select_clusters(topology, ["ctx-c", "alpha"])] == ["ctx-a", "ctx-c"]
+    assert [c.context for c in select_clusters(topology, ["ctx-b"])] == ["ctx-b"]
+    with pytest.raises(ConfigError) as refused:
+        select_clusters(topology, ["ctx-b", "ctx-d"])
+    assert refused.value.message == f"--context ctx-d: not in {topology.path}"
+    assert refused.value.hint == "did you mean 'ctx-c'? name contexts listed there: ctx-a, ctx-b, ctx-c"
+
+
+def test_an_ambient_base_refuses_remotes_and_names_them_and_where_the_profile_is(tmp_path):
+    import pytest
+
+    from lib.config import check_data_plane, load_base
+    from lib.errors import ConfigError
+
+    topology = _topology_file(tmp_path, THREE_CONTEXTS)
+    base_path = tmp_path / "base.yaml"
+    base_path.write_text("apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  profile: ambient\n")
+    with pytest.raises(ConfigError) as refused:
+        check_data_plane(topology, load_base(base_path))
+    assert refused.value.message == (f"{base_path}:4: profile ambient does not support remote clusters, and "
+                                     f"{topology.path} makes these remote: ctx-c (primary: ctx-a)")
+    assert "multi-primary only: drop `primary:` from those contexts" in refused.value.hint
+    assert refused.value.exit_code == 2
+    # ambient without remotes, and remotes in sidecar mode, are fine
+    check_data_plane(_topology_file(tmp_path, THREE_CONTEXTS.replace("    primary: ctx-a\n", "")), load_base(base_path))
+    base_path.write_text(base_path.read_text().replace("ambient", "default"))
+    check_data_plane(topology, load_base(base_path))
+
+
+def _kubeconfig_file(path, contexts: dict[str, str], clusters: dict[str, str]) -> str:
+    """contexts: context -> its cluster's name; clusters: cluster name -> server."""
+    import yaml
+
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": ["not an entry"] + [{"name": n, "cluster": {"server": s}} for n, s in clusters.items()],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": ["not an entry"] + [{"name": c, "context": {"cluster": n, "user": "u"}} for c, n in contexts.items()],
+    }))
+    return str(path)
+
+
+def test_kubeconfig_is_read_as_kubectl_reads_it(tmp_path, monkeypatch):
+    import os
+
+    from lib.config import kubeconfig_files, resolve_contexts
+
+    topology = _topology_file(tmp_path, "mesh_id: m\ncontexts:\n  c1:\n    network: n1\n  c2:\n    network: n1\n")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    assert kubeconfig_files(None) == [str(tmp_path / "home" / ".kube" / "config")]
+    assert kubeconfig_files("given") == ["given"]
+    first = _kubeconfig_file(tmp_path / "first", {"c1": "one"}, {"zero": "https://zero:6443", "one": "https://one:6443"})
+    second = _kubeconfig_file(tmp_path / "second", {"c1": "other", "c2": "two"},
+                              {"other": "https://other:6443", "two": "https://two:6443"})
+    # KUBECONFIG is a list; a missing entry is skipped, and the first file that names a context wins
+    monkeypatch.setenv("KUBECONFIG", os.pathsep.join([str(tmp_path / "absent"), first, "", second]))
+    assert kubeconfig_files(None) == [str(tmp_path / "absent"), first, second]
+    resolved = resolve_contexts(topology, None)
+    assert resolved.mesh_id == "m" and resolved.path == topology.path
+    assert {c.context: (c.server, c.kubeconfig) for c in resolved.clusters} == {
+        "c1": ("https://one:6443", None), "c2": ("https://two:6443", None)}
+    # --kubeconfig: that file alone, handed on as an absolute path to kubectl and istioctl
+    monkeypatch.chdir(tmp_path)
+    both = _kubeconfig_file(tmp_path / "both", {"c1": "one", "c2": "one"}, {"one": "https://one:6443"})
+    assert {c.kubeconfig for c in resolve_contexts(topology, "both").clusters} == {both}
+
+
+def test_a_kubeconfig_that_is_missing_or_lacks_a_context_says_which_file_and_how_it_was_chosen(tmp_path, monkeypatch):
+    import os
+
+    import pytest
+
+    from lib.config import resolve_contexts
+    from lib.errors import ConfigError
+
+    topology = _topology_file(tmp_path, "mesh_id: m\ncontexts:\n  c1:\n    network: n1\n")
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "gone"))
+    with pytest.raises(ConfigError) as missing:
+        resolve_contexts(topology, None)  # one file named: kubectl requires it
+    assert missing.value.message == f"kubeconfig file not found: {tmp_path / 'gone'} (KUBECONFIG)"
+    assert missing.value.hint == "check the path, or point --kubeconfig / KUBECONFIG at your kubeconfig"
+    with pytest.raises(ConfigError) as missing:
+        resolve_contexts(topology, str(tmp_path / "nope"))
+    assert missing.value.message == f"kubeconfig file not found: {tmp_path / 'nope'} (--kubeconfig)"
+    other = _kubeconfig_file(tmp_path / "other", {"c9": "x"}, {"x": "https://x:6443"})
+    monkeypatch.setenv("KUBECONFIG", os.pathsep.join([str(tmp_path / "gone"), other]))
+    with pytest.raises(ConfigError) as lacking:
+        resolve_contexts(topology, None)
+    assert lacking.value.message == (f"{topology.path}: context 'c1' is not in the kubeconfig "
+                                     f"({tmp_path / 'gone'} or {other})")
+    assert "kubectl config get-contexts" in lacking.value.hint
+
+
+@pytest.mark.parametrize("contexts,said", [
+    ("  - c1\n", "contexts must be a mapping of kube context names, not a list"),
+    ("  c1: net1\n", "context 'c1' must be a mapping with at least network:, not a string"),
+    ("  c1: 7\n", "not a number"), ("  c1: 7.5\n", "not a number"), ("  c1: true\n", "not true/false"),
+    ("  c1:\n", "not empty"), ("  c1: 2030-01-01\n", "not date"),
+])
+def test_a_value_of_the_wrong_type_is_named_as_a_user_writes_it(tmp_path, contexts, said):
+    from lib.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        _topology_file(tmp_path, "mesh_id: m\ncontexts:\n" + contexts)
+    assert said in refused.value.message
+
+
+@pytest.mark.parametrize("context,suggested", [
+    ("arn:aws:eks:eu-west-1:1234:cluster/Prod_EU", "arn-aws-eks-eu-west-1-1234-cluster-prod-eu"),
+    ("gke_p_" + "x" * 62, "x" * 62),  # the last 63 characters ("-" and 62 x), without the leading '-'
+    ("__", "cluster1"),
+])
+def test_an_invalid_cluster_name_gets_a_valid_suggestion(tmp_path, context, suggested):
+    from lib.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        _topology_file(tmp_path, f"mesh_id: m\ncontexts:\n  '{context}':\n    network: n1\n")
+    assert refused.value.hint.endswith(f"e.g. cluster_name: {suggested}")
+
+
+# --- plan: teardown of one cluster, stale secrets, the words of a cluster's result ---------------------
+
+def _lines(steps) -> list[tuple[str, str, str, list[str]]]:
+    return [(s.title, s.change, s.done, [c.pasteable() for c in s.commands]) for s in steps]
+
+
+def test_a_teardown_deletes_istio_then_its_secrets_then_the_namespace_and_keeps_somebodys_ca(tmp_path):
+    from lib.kube import IstioUsage, Observed, Tools
+    from lib.plan import Uninstall, uninstall_steps
+
+    c1, secrets = Cluster("c1", "n1", "c1"), ["istio-remote-secret-c2", "istio-remote-secret-c3"]
+    ours = frozenset({"setup-mesh"})
+    purge = ("uninstall Istio and its CRDs", "- Istio (istioctl uninstall --purge)", "",
+             ["istioctl uninstall --purge -y --context c1"])
+    delete = "kubectl --context c1 delete secret -n istio-system --ignore-not-found"
+    seen = Observed(reachable=True, namespace=True)
+    assert _lines(uninstall_steps(Tools(), c1, secrets, seen, Uninstall(tmp_path, ours, IstioUsage()))) == [
+        purge,
+        ("delete cacerts and remote secrets", "- secret cacerts and 2 remote secrets", "",
+         [f"{delete} cacerts istio-remote-secret-c2 istio-remote-secret-c3"]),
+        ("delete namespace istio-system", "- namespace istio-system", "removed",
+         ["kubectl --context c1 delete namespace istio-system --ignore-not-found"])]
+    # no remote secret: cacerts alone
+    assert _lines(uninstall_steps(Tools(), c1, [], seen, Uninstall(tmp_path, ours, IstioUsage())))[1] == (
+        "delete cacerts and remote secrets", "- secret cacerts", "", [f"{delete} cacerts"])
+    # somebody's own CA in cacerts: it stays, and istio-system with it
+    foreign = Uninstall(tmp_path, ours, IstioUsage(), foreign_cacerts="CN=corp")
+    assert _lines(uninstall_steps(Tools(), c1, secrets[:1], seen, foreign)) == [
+        purge, ("delete remote secrets", "- 1 remote secret", "", [f"{delete} istio-remote-secret-c2"])]
+    assert _lines(uninstall_steps(Tools(), c1, [], seen, foreign)) == [purge], "nothing of ours to delete but Istio"
+    # an earlier delete of istio-system is under way: wait for it (a second delete is refused)
+    terminating = Observed(reachable=True, namespace=True, namespace_terminating=True)
+    assert _lines(uninstall_steps(Tools(), c1, [], terminating, Uninstall(tmp_path, ours, IstioUsage())))[-1] == (
+        "istio-system is being deleted: wait until it is gone",
+        "- namespace istio-system (already being deleted: waited for)", "removed",
+        ["kubectl --context c1 wait --for=delete namespace/istio-system --timeout=600s"])
+
+
+def test_stale_secrets_are_deleted_by_name_and_a_clusters_result_counts_its_secrets_in_words():
+    from lib.kube import Tools
+    from lib.plan import prune_step, secrets_done
+
+    step = prune_step(Tools(), Cluster("c1", "n1", "c1"), ["istio-remote-secret-old", "istio-remote-secret-gone"])
+    assert _lines([step]) == [(
+        "delete 2 stale remote secrets", "- stale remote secrets: istio-remote-secret-old, istio-remote-secret-gone",
+        "2 stale secrets pruned", ["kubectl --context c1 delete secret -n istio-system --ignore-not-found "
+                                   "istio-remote-secret-old istio-remote-secret-gone"])]
+    assert prune_step(Tools(), Cluster("c1", "n1", "c1"), ["x"]).title == "delete 1 stale remote secret"
+    assert [secrets_done(*counts) for counts in ((0, 0, 0), (1, 0, 0), (2, 1, 0), (0, 1, 0), (0, 2, 0), (0, 0, 1),
+                                                  (3, 2, 2))] == [
+        "", "1 secret imported", "2 secrets imported, 1 replaced", "1 secret replaced", "2 secrets replaced",
+        "1 stale secret pruned", "3 secrets imported, 2 replaced, 2 stale secrets pruned"]

@@ -10,7 +10,7 @@ import time
 
 import yaml
 
-from tests.meshkit import make_mesh
+from tests.meshkit import make_mesh, rollout_restart
 
 CONTROL_PLANE_CLUSTERS = "topology.istio.io/controlPlaneClusters"
 
@@ -157,8 +157,8 @@ def test_status_names_why_a_remotes_injector_is_not_trusted_and_apply_repairs_it
     mesh.kubectl("cluster2", "patch", "mutatingwebhookconfiguration", "istio-sidecar-injector", "--type=json", "-p",
                  json.dumps([{"op": "remove", "path": f"/webhooks/{i}/clientConfig/caBundle"}
                              for i in range(len(hooks))]))
-    mesh.kubectl("cluster2", "rollout", "restart", "deployment", "istio-eastwestgateway", "-n", "istio-system")
-    deadline, failure = time.monotonic() + 20, None  # the API server's verdict comes from the mesh agent
+    rollout_restart(mesh.sandbox, "cluster2", "istio-eastwestgateway")
+    deadline, failure = time.monotonic() + 60, None  # the API server's verdict comes from the mesh agent
     while failure is None and time.monotonic() < deadline:
         deployment = mesh.get("cluster2", "deployment", "istio-eastwestgateway", "-n", "istio-system")
         failure = next((c for c in deployment["status"]["conditions"] if c["type"] == "ReplicaFailure"), None)
@@ -179,7 +179,7 @@ def test_status_names_why_a_remotes_injector_is_not_trusted_and_apply_repairs_it
     mesh.apply("--timeout", "60")
     status = mesh.run("status")
     assert status.returncode == 0, status.stdout + status.stderr
-    deadline = time.monotonic() + 10  # refused pods are tried again every second
+    deadline = time.monotonic() + 60  # refused pods are tried again every second
     while True:
         deployment = mesh.get("cluster2", "deployment", "istio-eastwestgateway", "-n", "istio-system")
         admitted = "ReplicaFailure" not in {c["type"] for c in deployment["status"]["conditions"]}

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.meshkit import ROOT, make_mesh, scan_for_secrets, workdir_snapshot
+from tests.meshkit import ROOT, make_mesh, rollout_restart, scan_for_secrets, workdir_snapshot
 
 TWO = {"cluster1": "network1", "cluster2": "network1"}
 
@@ -48,7 +48,7 @@ def test_rotation_reissues_every_intermediate_under_the_same_root(mesh2, tmp_pat
     before = {ctx: cacerts(mesh2, ctx) for ctx in TWO}
     root = (mesh2.workdir / "certs" / "root-cert.pem").read_bytes()
     installs = len(mesh2.installs())
-    result = mesh2.run("rotate-certs")
+    result = mesh2.run("rotate-certs", "-y")
     assert result.returncode == 0, result.stdout + result.stderr
     assert scan_for_secrets(result.stdout + result.stderr) == []
     for ctx in TWO:
@@ -88,12 +88,35 @@ def test_expiring_within_and_context_limit_what_is_reissued(mesh2):
     assert {ctx: cacerts(mesh2, ctx)["ca-cert.pem"] for ctx in TWO} == before
     assert workdir_snapshot(mesh2.workdir).keys() - files.keys() <= {k for k in workdir_snapshot(mesh2.workdir)
                                                                      if k.startswith(".setup-mesh/logs/")}
-    one = mesh2.run("rotate-certs", "--context", "cluster2", "--expiring-within", "4000")
+    one = mesh2.run("rotate-certs", "-y", "--context", "cluster2", "--expiring-within", "4000")
     assert one.returncode == 0, one.stdout + one.stderr
     assert cacerts(mesh2, "cluster1")["ca-cert.pem"] == before["cluster1"]
     assert cacerts(mesh2, "cluster2")["ca-cert.pem"] != before["cluster2"]
     unknown = mesh2.run("rotate-certs", "--context", "nope")
     assert unknown.returncode == 2 and "nope" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def test_without_a_terminal_rotate_certs_shows_its_plan_and_refuses_unless_told_yes(mesh2):
+    dumps = {ctx: mesh2.sandbox.dump(ctx) for ctx in TWO}
+    before = {ctx: cacerts(mesh2, ctx) for ctx in TWO}
+    refused = mesh2.run("rotate-certs")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "cluster1 (network1, primary): change" in refused.stdout, "what it would change, per cluster"
+    assert ("error: Re-issue the intermediate CAs of cluster1, cluster2 and update their cacerts? needs "
+            "confirmation, and there is no terminal to ask on") in refused.stderr, refused.stderr
+    assert "hint: re-run with -y to confirm" in refused.stderr
+    assert {ctx: mesh2.sandbox.dump(ctx) for ctx in TWO} == dumps
+    assert {ctx: cacerts(mesh2, ctx) for ctx in TWO} == before
+    assert not (mesh2.workdir / "backups").exists() and not (mesh2.workdir / ".setup-mesh" / "rotation.json").exists()
+    # A move to a new root asks too, before it makes the new root.
+    root = mesh2.run("rotate-certs", "--root")
+    assert root.returncode == 2, root.stdout + root.stderr
+    assert "starting the move to a new root: stage 1 of 3" in root.stdout
+    assert "+ spec.values.pilot.env.ISTIO_MULTIROOT_MESH: true" in root.stdout, "istiod is reinstalled first"
+    assert ("error: Make a new root CA and bring cluster1, cluster2 to stage 1 of 3? needs confirmation"
+            in root.stderr), root.stderr
+    assert not (mesh2.workdir / "certs-next").exists()
+    assert {ctx: mesh2.sandbox.dump(ctx) for ctx in TWO} == dumps
 
 
 def test_dry_run_shows_the_plan_and_changes_nothing(mesh2):
@@ -127,14 +150,14 @@ def cut_off(mesh, ctx):
 def test_a_failed_rotation_is_finished_by_the_next_run_without_reissuing_twice(mesh2):
     old2 = (mesh2.workdir / "certs" / "cluster2" / "ca-cert.pem").read_bytes()
     restore = cut_off(mesh2, "cluster2")
-    failed = mesh2.run("rotate-certs")
+    failed = mesh2.run("rotate-certs", "-y")
     restore()
     assert failed.returncode == 1
     assert "cluster2" in failed.stdout + failed.stderr
     first = (mesh2.workdir / "certs" / "cluster1" / "ca-cert.pem").read_bytes()
     assert cacerts(mesh2, "cluster1")["ca-cert.pem"] == first
     assert cacerts(mesh2, "cluster2")["ca-cert.pem"] == old2
-    again = mesh2.run("rotate-certs")
+    again = mesh2.run("rotate-certs", "-y")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "finishing the rotation" in again.stdout
     assert (mesh2.workdir / "certs" / "cluster1" / "ca-cert.pem").read_bytes() == first, "not re-issued twice"
@@ -218,7 +241,7 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
     assert not (ws / "certs-next").exists()
 
     # Stage 1: both roots trusted, old intermediates; istiod set to accept a second root first.
-    first = run("rotate-certs", "--root")
+    first = run("rotate-certs", "-y", "--root")
     assert first.returncode == 0, first.stdout + first.stderr
     new_root = (ws / "certs-next" / "root-cert.pem").read_bytes()
     assert new_root != old_root
@@ -246,7 +269,7 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
 
     # A cluster added mid-transition is apply's to set up; rotate-certs --root says so and leaves it alone.
     mesh.write_topology(contexts, extra=extra)
-    added = run("rotate-certs", "--root")
+    added = run("rotate-certs", "-y", "--root")
     assert added.returncode == 1
     assert "not set up by apply yet" in added.stdout + added.stderr and "apply" in added.stdout + added.stderr
     assert mesh.get("cluster3", "namespace", "istio-system", check=False) is None
@@ -262,7 +285,7 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
 
     # A cluster out of reach holds the mesh at stage 1, whatever --min-wait says.
     restore = cut_off(mesh, "cluster2")
-    blocked = run("rotate-certs", "--root", "--min-wait", "0")
+    blocked = run("rotate-certs", "-y", "--root", "--min-wait", "0")
     restore()
     assert blocked.returncode == 1 and "cluster2" in blocked.stdout + blocked.stderr
     check_stage(mesh, tmp_path, 1, old_root, new_root, contexts, old_intermediates)
@@ -276,7 +299,7 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
     # Stage 2; a run that stopped before cluster2 (its stage-1 cacerts put back) is finished by the next.
     stage1_secret = mesh.get("cluster2", "secret", "cacerts", "-n", "istio-system")
     stage1_note = mesh.get("cluster2", "namespace", "istio-system")["metadata"]["annotations"]["setup-mesh.io/root-transition"]
-    second = run("rotate-certs", "--root", "--min-wait", "0")
+    second = run("rotate-certs", "-y", "--root", "--min-wait", "0")
     assert second.returncode == 0, second.stdout + second.stderr
     # The hint for stage 3 carries the --min-wait that made this run work: pasted, it runs at once.
     assert f"`{ROOT / 'setup_mesh.py'} rotate-certs --root --min-wait 0 --workdir {ws}` for stage 3" in second.stdout
@@ -290,7 +313,7 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
     assert behind.returncode == 1
     problems = {c["context"]: [p["code"] for p in c["problems"]] for c in json.loads(behind.stdout)["clusters"]}
     assert problems == {"cluster1": [], "cluster2": ["root_transition_behind"], "cluster3": []}
-    stuck = run("rotate-certs", "--root", "--min-wait", "0")
+    stuck = run("rotate-certs", "-y", "--root", "--min-wait", "0")
     assert stuck.returncode == 0, stuck.stdout + stuck.stderr
     assert "bringing cluster2 to stage 2" in stuck.stdout, "finishes the stage, goes no further"
     check_stage(mesh, tmp_path, 2, old_root, new_root, contexts, old_intermediates)
@@ -307,7 +330,7 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
     assert plan.returncode == 0, plan.stdout + plan.stderr
     assert "~ secret cacerts: root-cert.pem trusts only the new root (certs-next/cluster1/)" in plan.stdout
     assert "the same run completes the move" in plan.stdout and "rotate-certs --root --dry-run -v" in plan.stdout
-    last = run("rotate-certs", "--root", "--min-wait", "0")
+    last = run("rotate-certs", "-y", "--root", "--min-wait", "0")
     assert last.returncode == 0, last.stdout + last.stderr
     check_stage(mesh, tmp_path, 3, old_root, new_root, contexts, old_intermediates)
     assert (ws / "certs" / "root-cert.pem").read_bytes() == new_root
@@ -326,13 +349,13 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
     # A completion cut short in one cluster (it still records the move) is finished, not taken for a new start.
     mesh.sandbox.kubectl("cluster2", "annotate", "--overwrite", "namespace", "istio-system",
                          f"setup-mesh.io/root-transition={stage1_note.replace('stage=1', 'stage=3')}")
-    leftover = run("rotate-certs", "--root")
+    leftover = run("rotate-certs", "-y", "--root")
     assert leftover.returncode == 0, leftover.stdout + leftover.stderr
     assert "no new transition is started" in leftover.stdout
     assert not (ws / "certs-next").exists() and (ws / "certs" / "root-cert.pem").read_bytes() == new_root
     check_stage(mesh, tmp_path, 3, old_root, new_root, contexts, old_intermediates)
 
-    again = run("rotate-certs")
+    again = run("rotate-certs", "-y")
     assert again.returncode == 0, again.stdout + again.stderr
     for ctx in contexts:
         assert verify(new_root, cacerts(mesh, ctx)["ca-cert.pem"], tmp_path).returncode == 0
@@ -360,7 +383,7 @@ def test_root_transition_with_a_remote_leaves_its_install_alone_and_gives_it_eac
     remote_installs = [c for c in mesh.control_plane_installs() if c["context"] == "cluster2"]
 
     for stage, args in ((1, ()), (2, ("--min-wait", "0")), (3, ("--min-wait", "0"))):
-        result = mesh.run("rotate-certs", "--root", *args)
+        result = mesh.run("rotate-certs", "-y", "--root", *args)
         assert result.returncode == 0, result.stdout + result.stderr
         new_root = (ws / ("certs" if stage == 3 else "certs-next") / "root-cert.pem").read_bytes()
         check_stage(mesh, tmp_path, stage, old_root, new_root, ["cluster1"], old_intermediates)
@@ -379,7 +402,7 @@ def test_root_transition_with_a_remote_leaves_its_install_alone_and_gives_it_eac
 
 def test_teardown_mid_transition_keeps_or_purges_both_roots_together(mesh2):
     ws = mesh2.workdir
-    started = mesh2.run("rotate-certs", "--root")
+    started = mesh2.run("rotate-certs", "-y", "--root")
     assert started.returncode == 0, started.stdout + started.stderr
     preview = mesh2.run("teardown", "--dry-run")
     assert preview.returncode == 0, preview.stdout + preview.stderr
@@ -409,7 +432,7 @@ def test_root_move_on_istio_1_29_every_stage_is_taken_and_a_reordered_bundle_is_
     old_intermediates = {ctx: cacerts(mesh, ctx)["ca-cert.pem"] for ctx in TWO}
 
     for stage, args in ((1, ()), (2, ("--min-wait", "0")), (3, ("--min-wait", "0"))):
-        result = mesh.run("rotate-certs", "--root", *args)
+        result = mesh.run("rotate-certs", "-y", "--root", *args)
         assert result.returncode == 0, result.stdout + result.stderr
         new_root = (ws / ("certs" if stage == 3 else "certs-next") / "root-cert.pem").read_bytes()
         check_stage(mesh, tmp_path, stage, old_root, new_root, TWO, old_intermediates)
@@ -441,7 +464,7 @@ def test_root_move_on_istio_1_29_every_stage_is_taken_and_a_reordered_bundle_is_
         table = mesh.run("status")
         assert "istiod did not take the root bundle" in table.stdout + table.stderr
         # rotate-certs puts the stage's bundle back; istiod holds it still: in step again
-        back = mesh.run("rotate-certs", "--root", "--min-wait", "0")
+        back = mesh.run("rotate-certs", "-y", "--root", "--min-wait", "0")
         assert back.returncode == 0 and "bringing cluster2 to stage 2" in back.stdout, back.stdout + back.stderr
         check_stage(mesh, tmp_path, 2, old_root, new_root, TWO, old_intermediates)
         assert mesh.run("status").returncode == 0
@@ -452,12 +475,12 @@ def _istiod_misses_stage_1_then_the_hint_repairs_it(mesh):
     watch the stage-1 cacerts put back. The move does not go on; the restart it names repairs it."""
     secret = mesh.get("cluster1", "secret", "cacerts", "-n", "istio-system")
     mesh.sandbox.kubectl("cluster1", "delete", "secret", "cacerts", "-n", "istio-system")
-    mesh.sandbox.kubectl("cluster1", "rollout", "restart", "deployment/istiod", "-n", "istio-system")
+    rollout_restart(mesh.sandbox, "cluster1", "istiod")
     mesh.sandbox.kubectl("cluster1", "rollout", "status", "deployment/istiod", "-n", "istio-system", "--timeout=60s")
     mesh.sandbox.kubectl("cluster1", "apply", "-f", "-", stdin=json.dumps(
         {k: secret[k] for k in ("apiVersion", "kind", "type", "data")}
         | {"metadata": {"name": "cacerts", "namespace": "istio-system"}}))
-    stopped = mesh.run("rotate-certs", "--root", "--min-wait", "0")
+    stopped = mesh.run("rotate-certs", "-y", "--root", "--min-wait", "0")
     out = stopped.stdout + stopped.stderr
     assert stopped.returncode == 1 and "istiod in cluster1 has not taken its root bundle" in out, out
     assert "kubectl --context cluster1 rollout restart deployment/istiod -n istio-system" in out
@@ -465,7 +488,7 @@ def _istiod_misses_stage_1_then_the_hint_repairs_it(mesh):
     doc = json.loads(mesh.run("status", "-o", "json").stdout)
     problem = {p["code"]: p for p in _cluster_doc(doc, "cluster1")["problems"]}["istiod_roots_not_taken"]
     assert "a root that is not in cacerts" in problem["message"]
-    mesh.sandbox.kubectl("cluster1", "rollout", "restart", "deployment/istiod", "-n", "istio-system")
+    rollout_restart(mesh.sandbox, "cluster1", "istiod")
     mesh.sandbox.kubectl("cluster1", "rollout", "status", "deployment/istiod", "-n", "istio-system", "--timeout=60s")
     assert mesh.run("status").returncode == 0
 

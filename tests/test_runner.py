@@ -1,10 +1,11 @@
 """The one subprocess seam: argv only, pasteable lines, failures that carry the command and stderr."""
 import os
+import signal
 import stat
 
 import pytest
 
-from lib.errors import CommandFailed, ToolMissing
+from lib.errors import CommandFailed, Interrupted, ToolMissing
 from lib.runner import Command, ShRunner
 from tests.recording import RecordingRunner
 
@@ -66,3 +67,46 @@ def test_recording_runner_records_and_scripts_answers():
     with pytest.raises(CommandFailed):
         runner.run(Command(("kubectl", "fail")))
     assert runner.lines() == ["kubectl get ns", "kubectl fail"]
+
+
+def test_after_ctrl_c_no_command_starts(tmp_path):
+    runner = ShRunner()
+    runner.terminate_all()
+    with pytest.raises(Interrupted) as info:
+        runner.run(Command(("touch", str(tmp_path / "ran")), check=False))
+    assert not (tmp_path / "ran").exists()
+    assert info.value.message == f"interrupted before `touch {tmp_path / 'ran'}` started"
+
+
+class _CtrlCWhileStarting(ShRunner):
+    """Ctrl-C lands between the program's start and the runner's record of it (a thread of the executor
+    starts a command while the main thread ends the running ones)."""
+
+    def _start(self, program, command, kwargs):
+        proc = super()._start(program, command, kwargs)
+        self.terminate_all()
+        return proc
+
+
+def test_a_command_started_while_ctrl_c_ends_the_others_is_ended_too():
+    # It came after the terminal's SIGINT: left alone, the run would wait the whole 60 s for it.
+    result = _CtrlCWhileStarting().run(Command(("sleep", "60"), check=False))
+    assert result.exit_code == -signal.SIGTERM
+
+
+def test_ctrl_c_in_the_thread_that_waits_ends_the_command(monkeypatch):
+    import sh
+
+    waited = []
+
+    def interrupted_wait(self, *args, **kwargs):
+        waited.append(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sh.RunningCommand, "wait", interrupted_wait)
+    with pytest.raises(KeyboardInterrupt):
+        ShRunner().run(Command(("sleep", "60")))
+    monkeypatch.undo()
+    (proc,) = waited
+    proc.wait()  # without the runner's end of it: 60 s, then exit code 0
+    assert proc.exit_code == -signal.SIGTERM

@@ -51,7 +51,7 @@ def env_of(deployment: dict, container: str) -> dict:
     raise AssertionError(f"no container {container}")
 
 
-def wait_for(predicate, timeout: float = 10.0):
+def wait_for(predicate, timeout: float = 60.0):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

@@ -94,7 +94,7 @@ def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def wait_for(predicate, timeout: float = 5.0, interval: float = 0.05):
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -424,7 +424,7 @@ def test_deployment_strategic_merge_and_status(two_clusters):
                      "ports": [{"containerPort": 5000}]}]}}},
     }
     apply(sb, "cluster1", json.dumps(deployment))
-    sb.kubectl("cluster1", "rollout", "status", "deployment/helloworld", "-n", "istio-system", "--timeout=10s")
+    sb.kubectl("cluster1", "rollout", "status", "deployment/helloworld", "-n", "istio-system", "--timeout=60s")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     container["env"] = [{"name": "A", "value": "1"}, {"name": "C", "value": "3"}]
     container["image"] = "docker.io/istio/examples-helloworld-v2:1.0"
@@ -437,7 +437,7 @@ def test_deployment_strategic_merge_and_status(two_clusters):
     assert live["status"]["readyReplicas"] == 2 and live["status"]["observedGeneration"] == 2
     sb.kubectl("cluster1", "scale", "deployment/helloworld", "-n", "istio-system", "--replicas=3")
     sb.kubectl("cluster1", "wait", "--for=jsonpath={.status.readyReplicas}=3", "deployment/helloworld", "-n",
-               "istio-system", "--timeout=10s")
+               "istio-system", "--timeout=60s")
     bad = json.loads(json.dumps(deployment))
     bad["spec"]["template"]["metadata"]["labels"] = {"app": "other"}
     invalid = sb.kubectl("cluster1", "apply", "-f", "-", stdin=json.dumps(bad), check=False)

@@ -48,7 +48,7 @@ def test_a_deleted_namespace_is_terminating_and_refuses_new_content(slow):
                                     'completion, this namespace will automatically be purged by the system.')
 
     _release(slow, "work")
-    slow.kubectl("c1", "wait", "--for=delete", "namespace/work", "--timeout=20s")
+    slow.kubectl("c1", "wait", "--for=delete", "namespace/work", "--timeout=60s")
     gone = slow.kubectl("c1", "get", "namespace", "work", check=False)
     assert gone.returncode == 1 and gone.stderr.strip() == 'Error from server (NotFound): namespaces "work" not found'
     assert slow.kubectl("c1", "get", "configmaps", "-n", "work", "-o", "name").stdout == ""
@@ -82,7 +82,7 @@ def test_a_new_deployment_becomes_ready_after_a_while(slow):
     assert "readyReplicas" not in status and status["unavailableReplicas"] == 2
     assert {c["type"]: c["status"] for c in status["conditions"]} == {"Available": "False", "Progressing": "True"}
     started = time.monotonic()
-    rollout = slow.kubectl("c1", "rollout", "status", "deployment/web", "--timeout=20s")
+    rollout = slow.kubectl("c1", "rollout", "status", "deployment/web", "--timeout=60s")
     assert rollout.returncode == 0 and 'deployment "web" successfully rolled out' in rollout.stdout
     assert time.monotonic() - started >= DELAY * 0.5
     status = slow.get_json("c1", "deployment", "web")["status"]
@@ -92,12 +92,19 @@ def test_a_new_deployment_becomes_ready_after_a_while(slow):
     assert slow.get_json("c1", "deployment", "web")["status"]["readyReplicas"] == 2
     # An image that cannot be pulled leaves the rollout stuck, with the old pods still serving.
     slow.kubectl("c1", "set", "image", "deployment/web", "nginx=registry.invalid/nginx:3")
-    time.sleep(DELAY * 1.5)
+
+    def images() -> str:
+        return slow.kubectl("c1", "get", "pods", "-l", "app=web", "-o",
+                            "jsonpath={range .items[*]}{.spec.containers[0].image} {.status.phase}{'\\n'}{end}").stdout
+
+    deadline = time.monotonic() + 60  # the new ReplicaSet's pods come at its controller's next pass
+    while images().count("registry.invalid") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(DELAY * 1.5)  # longer than a pullable image takes to become ready: these never do
     status = slow.get_json("c1", "deployment", "web")["status"]
     assert status["readyReplicas"] == 2 and {c["type"]: c["status"] for c in status["conditions"]}["Available"] == "True"
-    images = slow.kubectl("c1", "get", "pods", "-l", "app=web", "-o",
-                          "jsonpath={range .items[*]}{.spec.containers[0].image} {.status.phase}{'\\n'}{end}").stdout
-    assert sorted(images.split("\n")[:-1]) == ["nginx:2 Running", "nginx:2 Running",
+    listed = images()
+    assert sorted(listed.split("\n")[:-1]) == ["nginx:2 Running", "nginx:2 Running",
                                                 "registry.invalid/nginx:3 Pending", "registry.invalid/nginx:3 Pending"]
 
 
@@ -116,7 +123,7 @@ def test_a_loadbalancer_address_arrives_after_a_while(slow):
     row = slow.kubectl("c1", "get", "service", "gw", "--no-headers").stdout.split()
     assert row[3] == "<pending>"
     wait = slow.kubectl("c1", "wait", "service/gw", "--for=jsonpath={.status.loadBalancer.ingress[0].ip}",
-                        "--timeout=20s")
+                        "--timeout=60s")
     assert wait.stdout.strip() == "service/gw condition met"
     assert slow.get_json("c1", "service", "gw")["status"]["loadBalancer"]["ingress"][0]["ip"]
 
@@ -126,12 +133,15 @@ def test_content_with_a_finalizer_keeps_its_namespace_terminating(sandbox_factor
     sandbox.kubectl("c1", "create", "namespace", "work")
     _hold(sandbox, "work")
     sandbox.kubectl("c1", "delete", "namespace", "work", "--wait=false")
-    time.sleep(0.5)
-    assert sandbox.get_json("c1", "namespace", "work")["status"]["phase"] == "Terminating"
+    deadline = time.monotonic() + 60  # the namespace controller's pass deletes the content
     held = sandbox.get_json("c1", "configmap", "hold", "-n", "work")
+    while not held["metadata"].get("deletionTimestamp") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        held = sandbox.get_json("c1", "configmap", "hold", "-n", "work")
+    assert sandbox.get_json("c1", "namespace", "work")["status"]["phase"] == "Terminating"
     assert held["metadata"]["deletionTimestamp"], "the controller deleted it; its finalizer keeps it"
     _release(sandbox, "work")
-    wait = sandbox.kubectl("c1", "wait", "--for=delete", "namespace/work", "--timeout=10s")
+    wait = sandbox.kubectl("c1", "wait", "--for=delete", "namespace/work", "--timeout=60s")
     assert wait.returncode == 0
     assert sandbox.kubectl("c1", "get", "namespace", "work", check=False).returncode == 1
 

@@ -16,7 +16,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.meshkit import make_mesh
+from tests.meshkit import FOREIGN_PA, FOREIGN_VS, make_mesh
 
 CONTEXTS = ["ctx-a", "ctx-b", "ctx-c"]
 NAMES = {"ctx-a": "alpha", "ctx-b": "beta", "ctx-c": "gamma", "ctx-d": "delta"}  # ctx-d: a cluster that joins
@@ -148,18 +148,6 @@ def test_contexts_with_a_default_namespace_stay_idempotent_and_leave_nothing_the
             accounts = mesh.get(ctx, "serviceaccounts", "-n", namespace)["items"]
             assert [a["metadata"]["name"] for a in accounts if "istio" in a["metadata"]["name"]] == []
             assert mesh.get(ctx, "clusterrole", f"istio-reader-clusterrole-{namespace}", check=False) is None
-
-
-FOREIGN_VS = """apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews, namespace: shop}
-spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews}}]}]}
-"""
-FOREIGN_PA = """apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {name: default, namespace: istio-system}
-spec: {mtls: {mode: STRICT}}
-"""
 
 
 def test_teardown_keeps_other_peoples_istio_configuration(mesh):

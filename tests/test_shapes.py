@@ -23,7 +23,7 @@ type: kubernetes.io/service-account-token
 
 
 def _lb_address(sandbox: Sandbox, ctx: str, name: str) -> str:
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while True:
         service = sandbox.get_json(ctx, "service", name, "-n", "shop")
         ingress = (service.get("status", {}).get("loadBalancer") or {}).get("ingress")

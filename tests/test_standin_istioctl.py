@@ -61,7 +61,7 @@ def eastwest(sb, network):
     return run([str(script), "--network", network], sb.env, check=True).stdout
 
 
-def wait_for(fn, timeout=10.0):
+def wait_for(fn, timeout=60.0):
     deadline = time.monotonic() + timeout
     while True:
         value = fn()

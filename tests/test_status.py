@@ -607,21 +607,22 @@ def test_drift_after_editing_base_yaml(mesh):
 
 def test_wait_returns_once_the_mesh_is_healthy_again(mesh):
     mesh.kubectl("cluster2", "label", "namespace", "istio-system", "topology.istio.io/network-")
-    started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "setup_mesh.py"), "status", "--wait", "--wait-timeout", "60",
+    # A wait timeout far beyond the test's own: only a return on health ends it with exit 0 in time.
+    proc = subprocess.Popen([sys.executable, str(ROOT / "setup_mesh.py"), "status", "--wait", "--wait-timeout", "900",
                              "-o", "json", "--workdir", str(mesh.workdir)], env=mesh.sandbox.env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(1.5)
         assert proc.poll() is None, "status --wait returned while the mesh was unhealthy"
         mesh.kubectl("cluster2", "label", "namespace", "istio-system", "topology.istio.io/network=network1")
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
+    # Exit 0 and healthy: it returned once the label was back, not at --wait-timeout (that exits 1). No
+    # bound on the elapsed time: on a loaded machine a poll can take seconds.
     assert proc.returncode == 0, err
     assert json.loads(out)["healthy"] is True
-    assert time.monotonic() - started < 15
 
 
 def test_istiod_reports_a_timeout_for_a_peer_whose_secret_names_an_unreachable_address(mesh):

@@ -2,6 +2,7 @@
 or Ctrl-D. Each runs ./setup_mesh.py on a pseudo-terminal, as a user types it."""
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -96,3 +97,103 @@ def test_ctrl_c_while_applying_stops_everything_and_the_next_run_converges(mesh)
     assert "run log:" in plain(out)
     mesh.apply()
     assert sorted(mesh.remote_secrets("cluster2")) == ["cluster1"]
+
+
+def _cacerts(mesh) -> dict[str, dict]:
+    return {ctx: mesh.get(ctx, "secret", "cacerts", "-n", "istio-system")["data"] for ctx in NETS}
+
+
+# A progress line as printed where there is no terminal: "12:34:56 cluster1: read current state ...".
+_READ_LINE = re.compile(r"\d\d:\d\d:\d\d cluster\d: read ")
+
+
+def test_rotate_certs_shows_its_plan_and_asks_no_changes_nothing_yes_goes_ahead(mesh):
+    mesh.apply()
+    before = _cacerts(mesh)
+    question = "Re-issue the intermediate CAs of cluster1, cluster2 and update their cacerts? [y/N]:"
+    term = at_terminal(mesh, "rotate-certs")
+    term.expect(question)
+    text = plain(term.output)
+    assert "cluster1 (network1, primary): change" in text and "+ intermediate CA (certs/cluster2/)" in text
+    assert not _READ_LINE.search(text), "the reads show on the live table, not as log lines"
+    term.send(b"n\r")
+    assert term.wait() == 1, plain(term.output)
+    assert "cancelled at the prompt; nothing was changed" in plain(term.output)
+    assert _cacerts(mesh) == before, "cacerts untouched"
+    assert not (mesh.workdir / "backups").exists() and not (mesh.workdir / ".setup-mesh" / "rotation.json").exists()
+
+    term = at_terminal(mesh, "rotate-certs")
+    term.expect(question)
+    term.send(b"y\r")
+    assert term.wait() == 0, plain(term.output)
+    assert "rotate-certs finished" in plain(term.output)
+    after = _cacerts(mesh)
+    assert all(after[ctx]["ca-cert.pem"] != before[ctx]["ca-cert.pem"] for ctx in NETS), "re-issued everywhere"
+
+
+def test_rotate_certs_root_reads_on_the_live_table_then_asks_before_it_makes_a_root(mesh):
+    mesh.apply()
+    before = _cacerts(mesh)
+    term = at_terminal(mesh, "rotate-certs", "--root")
+    term.expect("Make a new root CA and bring cluster1, cluster2 to stage 1 of 3? [y/N]:")
+    out = term.output
+    asked = out.rfind("Make a new root CA")
+    assert 0 <= out.find(HIDE_CURSOR) < asked, "the live table is drawn while the clusters are read"
+    assert not _READ_LINE.search(plain(out)), "no timestamped progress lines on a terminal"
+    assert "~ secret cacerts: root-cert.pem trusts the old and the new root" in plain(out)
+    term.send(b"n\r")
+    assert term.wait() == 1, plain(term.output)
+    assert _cacerts(mesh) == before and not (mesh.workdir / "certs-next").exists()
+
+
+ROOT_PLAN_160 = [
+    "starting the move to a new root: stage 1 of 3 (trust both roots, keep the old intermediate)",
+    "first a new root CA is made in certs-next/",
+    "rotate-certs --root: mesh mesh1, 2 clusters on network1, network2",
+    "",
+    "cluster1 (network1, primary): change",
+    "  ~ Istio (overlays/cluster1.yaml)",
+    "      + spec.values.pilot.env.ISTIO_MULTIROOT_MESH: true",
+    "  ~ secret cacerts: root-cert.pem trusts the old and the new root, same intermediate (certs/cluster1/)",
+    "  · confirm istiod runs on the stage's roots",
+    "",
+    "cluster2 (network2, primary): change",
+    "  ~ Istio (overlays/cluster2.yaml)",
+    "      + spec.values.pilot.env.ISTIO_MULTIROOT_MESH: true",
+    "  ~ secret cacerts: root-cert.pem trusts the old and the new root, same intermediate (certs/cluster2/)",
+    "  · confirm istiod runs on the stage's roots",
+    "",
+    "Plan: 2 change.",
+    "Make a new root CA and bring cluster1, cluster2 to stage 1 of 3? [y/N]:",
+]
+ROOT_PLAN_80 = [
+    "starting the move to a new root: stage 1 of 3 (trust both roots, keep the old",
+    "  intermediate)",
+    *ROOT_PLAN_160[1:7],
+    "  ~ secret cacerts: root-cert.pem trusts the old and the new root, same",
+    "      intermediate (certs/cluster1/)",
+    *ROOT_PLAN_160[8:13],
+    "  ~ secret cacerts: root-cert.pem trusts the old and the new root, same",
+    "      intermediate (certs/cluster2/)",
+    *ROOT_PLAN_160[14:],
+]
+
+
+@pytest.mark.parametrize("cols,expected", [(80, ROOT_PLAN_80), (160, ROOT_PLAN_160)])
+def test_rotate_certs_root_shows_its_plan_and_question_wrapped_at_words(mesh, cols, expected):
+    mesh.apply()
+    term = Terminal([sys.executable, str(ROOT / "setup_mesh.py"), "rotate-certs", "--root", "--workdir",
+                     str(mesh.workdir)], dict(mesh.sandbox.env, **FAST_KEYS), cols=cols)
+    term.expect("[y/N]:")
+    text = plain(term.output)
+    shown = text[text.index("starting the move"):]
+    # The command that shows every command is one piece, however long its paths: on the line after its
+    # label when the line would be too long, else on the same line.
+    command = f"{ROOT / 'setup_mesh.py'} rotate-certs --root --dry-run -v --workdir {mesh.workdir}"
+    label = "Every command and manifest:"
+    assert f"{label}\n    {command}\n" in shown or f"{label} {command}\n" in shown, shown
+    kept = [line.rstrip() for line in shown.splitlines() if label not in line and command not in line]
+    assert kept == expected, shown
+    assert all(len(line) <= cols for line in kept)
+    term.send(b"n\r")
+    assert term.wait() == 1, plain(term.output)

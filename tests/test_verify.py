@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from lib.config import Cluster
-from lib.verify import Images, answers, manifests, pod_states
+from lib.traffic import Images, answers, manifests, pod_states
 from tests import meshkit
 from tests.meshkit import FAST_KEYS
 
@@ -184,9 +184,17 @@ def test_missing_remote_secret_breaks_one_direction(mesh):
     cause = _pair(doc, "cluster1", "cluster3")["causes"][0]
     assert "cluster1 holds no remote secret of cluster3" in cause["message"]
     assert cause["hint"].startswith(f"{ROOT / 'setup_mesh.py'} apply --workdir {mesh.workdir}")
+    # status names the same cause, on the cluster verify says it rests on, with the same hint
+    assert cause["status_problems"] == [{"context": "cluster1", "code": "remote_secret_missing"}]
+    status = json.loads(mesh.run("status", "-o", "json").stdout)
+    (reported,) = [p for c in status["clusters"] if c["context"] == "cluster1" for p in c["problems"]
+                   if p["code"] == "remote_secret_missing"]
+    assert reported["hint"] == cause["hint"]
     table = mesh.run("verify")
     assert table.returncode == 1
-    assert "cluster1 -> cluster3: remote_secret_missing" in table.stdout and "1 of 9 pair(s) not reached" in table.stdout
+    assert "cluster1 -> cluster3: cluster1 holds no remote secret of cluster3" in table.stdout
+    assert "1 of 9 pair(s) not reached" in table.stdout
+    assert "remote_secret_missing" not in table.stdout, "codes are for -o json"
     _repaired(mesh)
 
 

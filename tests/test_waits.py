@@ -53,6 +53,7 @@ def _workspace(tmp_path: Path, server: str, kubectl_bin: Path) -> dict:
 @pytest.mark.parametrize("command,shown", [
     (["status", "--timeout", "3"], "read status (1 cluster, 1 at a time) ..."),
     (["teardown", "--timeout", "3"], "read current state (1 cluster, 1 at a time) ..."),
+    (["verify", "--timeout", "3"], "read status (1 cluster, 1 at a time) ..."),  # verify reads as status does
 ])
 def test_reads_show_what_they_wait_for_then_clear(tmp_path, silent_api_server, kubectl_bin, command, shown):
     env = _workspace(tmp_path, silent_api_server, kubectl_bin)

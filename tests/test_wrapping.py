@@ -83,3 +83,27 @@ def test_a_setup_mesh_command_without_backticks_is_not_split_either():
     lines = wrap_prose(hint, 60, first_prefix="hint: ")
     assert lines[1] == "  ./setup_mesh.py apply --workdir /srv/mesh --context cluster1", lines
     assert all(len(line) <= 60 for line in lines if "setup_mesh.py" not in line)
+
+
+def test_a_confirmation_question_at_80_columns_is_wrapped_with_room_for_the_answer(monkeypatch):
+    import sys
+
+    import typer
+
+    from lib.commands import confirm
+
+    asked = []
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(typer, "confirm", lambda text, default: asked.append(text) or True)
+    question = ("Re-issue the intermediate CAs of cluster-eu-west-1, cluster-eu-west-2, cluster-us-east-1 and "
+                "update their cacerts?")
+    reporter, _, _ = _terminal(80)
+    confirm(question, False, reporter)
+    assert asked[0].splitlines() == [
+        "Re-issue the intermediate CAs of cluster-eu-west-1, cluster-eu-west-2,",
+        "cluster-us-east-1 and update their cacerts?",
+    ]
+    assert all(len(line) + len(" [y/N]: ") <= 80 for line in asked[0].splitlines())
+    reporter, _, _ = _terminal(160)
+    confirm(question, False, reporter)
+    assert asked[1] == question

@@ -41,11 +41,9 @@ configuration cannot connect (curl exit 7).
 """
 from __future__ import annotations
 
-import base64
 import http.client
 import socket
 import ssl
-from urllib.parse import urlsplit
 
 try:
     from . import meshmodel
@@ -179,20 +177,9 @@ def same_root(a: meshmodel.View, b: meshmodel.View) -> bool:
 
 def _peer_get(config: dict, hosts: dict[str, int], path: str) -> int:
     """HTTP status of a GET on the peer with the secret's credentials (0: not reachable)."""
-    cluster, user = meshmodel._context(config)
-    server = cluster.get("server") or ""
-    host = (urlsplit(server).hostname or "").lower()
-    if host not in hosts:
-        return 0
     try:
-        sc = ssl.create_default_context()
-        if cluster.get("insecure-skip-tls-verify"):
-            sc.check_hostname, sc.verify_mode = False, ssl.CERT_NONE
-        elif cluster.get("certificate-authority-data"):
-            sc.load_verify_locations(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
-        status, _ = meshmodel._get(hosts[host], sc, cluster.get("tls-server-name") or host, path,
-                                   user.get("token") or "")
-        return status
+        peer = meshmodel.peer_address(config, hosts)
+        return peer.get(path)[0] if peer is not None else 0
     except (OSError, ssl.SSLError, ValueError, http.client.HTTPException, socket.timeout):
         return 0
 

@@ -56,6 +56,7 @@ import http.client
 import json
 import socket
 import ssl
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 CONNECT_TIMEOUT = 2.0
@@ -352,28 +353,50 @@ class Peer:
         self.secret, self.cluster_id, self.status, self.reason, self.view = secret, cluster_id, status, reason, view
 
 
-def connect(secret: str, cluster_id: str, config: dict, hosts: dict[str, int]) -> Peer:
+@dataclass(frozen=True)
+class PeerAddress:
+    """How a kubeconfig's current context is called in the sandbox: the emulator's port, the TLS context
+    its certificate-authority-data (or insecure-skip-tls-verify) makes, the server name and the token."""
+
+    server: str
+    port: int
+    tls: ssl.SSLContext
+    sni: str
+    token: str
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        return _get(self.port, self.tls, self.sni, path, self.token)
+
+
+def peer_address(config: dict, hosts: dict[str, int]) -> PeerAddress | None:
+    """Where a remote secret's kubeconfig leads; None when its server is no name of the sandbox (never
+    contacted: only the sandbox's own names lead anywhere, and only to loopback). ValueError / ssl.SSLError
+    for a certificate-authority-data that does not load."""
     cluster, user = _context(config)
     server = cluster.get("server") or ""
     host = (urlsplit(server).hostname or "").lower()
     if host not in hosts:
-        # Never contacted: only the sandbox's own names lead anywhere (and only to loopback).
-        return Peer(secret, cluster_id, "timeout", f"{server or 'no server'} cannot be reached from this cluster")
-    port = hosts[host]
+        return None
+    sc = ssl.create_default_context()
+    if cluster.get("insecure-skip-tls-verify"):
+        sc.check_hostname, sc.verify_mode = False, ssl.CERT_NONE
+    elif cluster.get("certificate-authority-data"):
+        sc.load_verify_locations(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
+    return PeerAddress(server, hosts[host], sc, cluster.get("tls-server-name") or host, user.get("token") or "")
+
+
+def connect(secret: str, cluster_id: str, config: dict, hosts: dict[str, int]) -> Peer:
+    server = _context(config)[0].get("server") or ""
     try:
-        sc = ssl.create_default_context()
-        if cluster.get("insecure-skip-tls-verify"):
-            sc.check_hostname, sc.verify_mode = False, ssl.CERT_NONE
-        elif cluster.get("certificate-authority-data"):
-            sc.load_verify_locations(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
-        sni = cluster.get("tls-server-name") or host
-        token = user.get("token") or ""
-        status, _ = _get(port, sc, sni, "/api/v1/namespaces/kube-system", token)
+        peer = peer_address(config, hosts)
+        if peer is None:
+            return Peer(secret, cluster_id, "timeout", f"{server or 'no server'} cannot be reached from this cluster")
+        status, _ = peer.get("/api/v1/namespaces/kube-system")
         if status in (401, 403):
             return Peer(secret, cluster_id, "timeout", f"{server} rejects the secret's credentials (HTTP {status})")
         if status != 200:
             return Peer(secret, cluster_id, "timeout", f"{server} answered HTTP {status}")
-        status, body = _get(port, sc, sni, "/_sandbox/dump", token)
+        status, body = peer.get("/_sandbox/dump")
         if status != 200:
             return Peer(secret, cluster_id, "timeout", f"{server} answered HTTP {status}")
         return Peer(secret, cluster_id, "synced", "", View.from_dump(json.loads(body)))

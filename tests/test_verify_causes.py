@@ -1,0 +1,222 @@
+"""verify's causes come from status's one judgment: in-process, on status's own evaluation of a broken
+mesh, every cause verify gives a pair rests on a problem status reports for the same cluster; the text
+view groups failing pairs by cause, names no code, and fits 80 columns without splitting a command."""
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from lib.causes import CAUSES, RESTS_ON
+from lib.config import Cluster, Topology
+from lib.diagnosis import Facts, judge
+from lib.mesh import mesh_model
+from lib.statusjudge import evaluate
+from lib.statusread import IstiodView
+from lib.statusreport import Hints
+from lib.traffic import ClusterRun, PodState
+from lib.verify import VerifyHints
+from lib.causes import VerifyResult
+from lib.verifyview import describe_pairs, render
+from tests import goldens
+from tests.test_status import NOW, _cacerts, _codes, _healthy, _ws, roots  # noqa: F401
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = PodState("p", True, "", True)
+
+
+def _topology(tmp_path) -> Topology:
+    clusters = tuple(Cluster(f"c{i}", net, f"c{i}", api_server=f"https://c{i}.example:6443")
+                     for i, net in ((1, "n1"), (2, "n1"), (3, "n2")))
+    return Topology("mesh1", clusters, tmp_path / "topology.yaml")
+
+
+def _verify(tmp_path, roots, breaks, broken: set[tuple[str, str]], views=None, runs=None):
+    """status's evaluation of the mesh with ``breaks`` applied to what was read, and verify's judgment of
+    it when exactly the ``broken`` pairs do not answer."""
+    topology = _topology(tmp_path)
+    observed, istiod = _healthy(topology, roots[0])
+    breaks(observed, istiod)
+    status = evaluate(_ws(tmp_path, topology, roots[0]), observed, istiod, now=NOW, views=views)
+    names = [c.name for c in topology.clusters]
+    runs = runs or {c.context: ClusterRun(applied=True, client=READY, server=READY,
+                                          answered_by={n: 1 for n in names if (c.name, n) not in broken})
+                    for c in topology.clusters}
+    hints = VerifyHints(Hints(tmp_path, topology), "setup-mesh-verify", None)
+    pairs, problems = judge(topology, runs, Facts(status, {"c1": True, "c2": True, "c3": True},
+                                                  mesh_model(topology)), hints)
+    return status, VerifyResult("mesh1", "setup-mesh-verify", names, pairs, problems, False)
+
+
+def _no_secret_of_c3(observed, istiod):
+    del observed["c1"].remote_secrets["c3"]
+
+
+def _c3_gateway_without_address(observed, istiod):
+    observed["c3"].eastwest_address = None
+
+
+def _c2_cacerts_on_another_root(observed, istiod, other=None):
+    observed["c2"].cacerts = _cacerts(other)
+
+
+SCENARIOS = {
+    "secret": (_no_secret_of_c3, {("c1", "c3")}, "remote_secret_missing", {("c1", "remote_secret_missing")}),
+    "gateway": (_c3_gateway_without_address, {("c1", "c3"), ("c2", "c3")}, "gateway_no_address",
+                {("c3", "gateway_pending")}),
+    "istiod view": (lambda o, i: None, {("c1", "c3")}, "peer_not_synced", {("c1", "remote_cluster_timeout")}),
+}
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_status_and_verify_name_the_same_cause_for_the_same_broken_mesh(tmp_path, roots, name):
+    breaks, broken, code, linked = SCENARIOS[name]
+    views = {"c1": IstiodView(remotes={"c2": "synced", "c3": "timeout"})} if name == "istiod view" else None
+    status, result = _verify(tmp_path, roots, breaks, broken, views)
+    failed = {(p.source, p.target): p.causes for p in result.pairs if not p.reached}
+    assert set(failed) == broken
+    for causes in failed.values():
+        (cause,) = causes
+        assert cause.code == code and set(cause.status_problems) == linked
+    # every status problem a cause names is one status reports on that cluster, of a check it rests on
+    for causes in failed.values():
+        for cause in causes:
+            for context, check_id in cause.status_problems:
+                assert check_id in _codes(status, context) and check_id in RESTS_ON[cause.code]
+
+
+def test_a_cacerts_under_another_root_is_blamed_where_status_blames_it(tmp_path, roots):
+    broken = {(a, b) for a in ("c1", "c2", "c3") for b in ("c1", "c2", "c3") if a != b and "c2" in (a, b)}
+    status, result = _verify(tmp_path, roots, lambda o, i: _c2_cacerts_on_another_root(o, i, roots[1]), broken)
+    assert "cacerts_foreign_root" in _codes(status, "c2")
+    causes = {c for p in result.pairs if not p.reached for c in p.causes}
+    (cause,) = causes  # one cause, the same for every pair
+    assert cause.code == "cacerts_other_root" and cause.status_problems == (("c2", "cacerts_foreign_root"),)
+    assert cause.hint == next(p.hint for c in status.clusters for p in c.problems if p.code == "cacerts_foreign_root")
+
+
+def test_ambient_ztunnel_is_blamed_from_status_reading_of_the_daemonset(tmp_path, roots):
+    """verify reads no DaemonSet of its own: status's one reading of istio-system says ztunnel is gone."""
+    from dataclasses import replace
+
+    from lib.config import AMBIENT
+
+    topology = _topology(tmp_path)
+    observed, istiod = _healthy(topology, roots[0])
+    for ctx, seen in observed.items():
+        if ctx != "c2":  # c2's ztunnel was deleted
+            seen.daemonsets["ztunnel"] = {"status": {"numberReady": 1, "desiredNumberScheduled": 1}}
+    status = evaluate(replace(_ws(tmp_path, topology, roots[0]), data_plane=AMBIENT), observed, istiod, now=NOW)
+    assert "ztunnel_missing" in _codes(status, "c2")
+    names = [c.name for c in topology.clusters]
+    runs = {c.context: ClusterRun(applied=True, client=READY, server=READY,
+                                  answered_by={n: 1 for n in names if "c2" not in (c.name, n)})
+            for c in topology.clusters}
+    hints = VerifyHints(Hints(tmp_path, topology), "setup-mesh-verify", None, ambient=True)
+    pairs, _ = judge(topology, runs, Facts(status, {}, mesh_model(topology, AMBIENT)), hints)
+    failed = {(p.source, p.target): p.causes for p in pairs if not p.reached}
+    assert set(failed) == {(a, b) for a in names for b in names if "c2" in (a, b)}
+    for causes in failed.values():
+        (cause,) = [c for c in causes if c.code == "ztunnel_not_ready"]
+        assert cause.status_problems == (("c2", "ztunnel_missing"),)
+        assert cause.message.startswith("c2's ztunnel is missing")
+
+
+def test_a_problem_about_another_peer_is_not_put_on_a_pair(tmp_path, roots):
+    # c1 lacks c3's secret only: a call from c1 to c2 that fails is not explained by it
+    _, result = _verify(tmp_path, roots, _no_secret_of_c3, {("c1", "c3"), ("c1", "c2")})
+    causes = {(p.source, p.target): [c.code for c in p.causes] for p in result.pairs if not p.reached}
+    assert causes == {("c1", "c3"): ["remote_secret_missing"], ("c1", "c2"): ["unknown"]}
+
+
+def test_a_primary_failing_its_remote_is_blamed_where_status_reports_it(tmp_path, roots):
+    """c2 is a remote of c1; c1 lost c2's secret: status reports it on c2 (its primary lacks its secret),
+    verify puts it on every pair with c2, linked to that problem."""
+    clusters = (Cluster("c1", "n1", "c1", api_server="https://c1.example:6443"),
+                Cluster("c2", "n2", "c2", api_server="https://c2.example:6443", primary="c1"),
+                Cluster("c3", "n2", "c3", api_server="https://c3.example:6443"))
+    topology = Topology("mesh1", clusters, tmp_path / "topology.yaml")
+    observed, istiod = _healthy(topology, roots[0])
+    del observed["c1"].remote_secrets["c2"]
+    observed["c2"].remote_secrets.clear()
+    observed["c2"].annotations = {"topology.istio.io/controlPlaneClusters": "c1"}
+    status = evaluate(_ws(tmp_path, topology, roots[0]), observed, istiod, now=NOW)
+    names = [c.name for c in clusters]
+    with_remote = {(a, b) for a in names for b in names if "c2" in (a, b)}
+    runs = {c.context: ClusterRun(applied=True, client=READY, server=READY,
+                                  answered_by={n: 1 for n in names if (c.name, n) not in with_remote})
+            for c in clusters}
+    hints = VerifyHints(Hints(tmp_path, topology), "setup-mesh-verify", None)
+    pairs, _ = judge(topology, runs, Facts(status, {"c1": True, "c3": True}, mesh_model(topology)), hints)
+    blamed = {(p.source, p.target): c for p in pairs for c in p.causes if c.code == "primary_lacks_secret"}
+    assert set(blamed) == with_remote
+    for cause in blamed.values():
+        assert cause.status_problems == (("c2", "primary_lacks_secret"),)
+        assert "primary_lacks_secret" in _codes(status, "c2")
+        assert cause.message.startswith("c1, the primary of c2, holds no current remote secret of c2 (missing)")
+
+
+def test_what_status_finds_healthy_verify_does_not_blame(tmp_path, roots):
+    # the gateway has an address and every secret is there: status is healthy, so a pair that does not
+    # answer is not put on them; verify says it does not know, and where to look
+    status, result = _verify(tmp_path, roots, lambda o, i: None, {("c1", "c3")})
+    assert status.healthy
+    (pair,) = [p for p in result.pairs if not p.reached]
+    assert [c.code for c in pair.causes] == ["unknown"] and pair.causes[0].status_problems == ()
+
+
+def test_every_cause_is_registered_and_documented():
+    documented = set(re.findall(r"`([a-z_]+)`", (ROOT / "docs" / "verify-json.md").read_text()
+                                .split("## Causes", 1)[1]))
+    assert set(CAUSES) - {"pod_not_ready", "pod_missing"} <= documented
+    assert set(RESTS_ON) <= set(CAUSES)
+
+
+def test_pairs_are_said_in_few_words():
+    names = ["a", "b", "c"]
+    every = [(x, y) for x in names for y in names]
+    assert describe_pairs(every, names) == "every pair"
+    assert describe_pairs([p for p in every if "b" in p], names) == "every call from or to b"
+    assert describe_pairs([("a", "c"), ("b", "c"), ("c", "c")], names) == "every call to c"
+    assert describe_pairs([("a", "c"), ("b", "c")], names) == "a -> c, b -> c"
+
+
+# --- the text view ---------------------------------------------------------------------------------
+
+def _two_causes_and_a_pod(observed, istiod):
+    _no_secret_of_c3(observed, istiod)
+    _c3_gateway_without_address(observed, istiod)
+
+
+def _broken_view(tmp_path, roots, width: int, monkeypatch) -> str:
+    monkeypatch.chdir(tmp_path)
+    topology = _topology(tmp_path)
+    pending = PodState("helloworld-c2-5d9f", False, "helloworld: ImagePullBackOff: Back-off pulling image "
+                       "\"registry.istio.io/release/examples-helloworld-v1:1.0\"", True)
+    answered = {"c1": {"c1": 2}, "c2": {"c1": 3}, "c3": {"c1": 2, "c3": 2}}
+    runs = {c.context: ClusterRun(applied=True, client=READY, server=pending if c.context == "c2" else READY,
+                                  answered_by=answered[c.context]) for c in topology.clusters}
+    _, result = _verify(tmp_path, roots, _two_causes_and_a_pod, set(), runs=runs)
+    out = io.StringIO()
+    render(result, Console(file=out, width=width, force_terminal=True, color_system=None, highlight=False))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_verify_text_groups_pairs_by_cause_and_names_no_code(tmp_path, roots, monkeypatch, width):
+    text = _broken_view(tmp_path, roots, width, monkeypatch)
+    lines = text.splitlines()
+    assert not [c for c in CAUSES if re.search(rf"\b{c}\b", text)], "codes are for -o json"
+    # one block per cause: the helloworld that is not ready explains every call to c2, once
+    assert text.count("helloworld in c2 is not ready") == 1 and "every call to c2" in text
+    assert text.count("c3's east-west gateway has no address") == 1
+    assert "c1 -> c3, c2 -> c3: c3's east-west gateway has no address" in text.replace("\n  ", " ")
+    if width == 80:
+        assert max(len(line) for line in lines) <= 80, [line for line in lines if len(line) > 80]
+    for line in lines:  # a pasteable command is never split across lines
+        assert line.count("`") % 2 == 0, line
+        assert not re.search(r"setup-mesh$|kubectl$|--context$", line.rstrip()), line
+    goldens.check(f"verify-causes-{width}.txt", text)
