@@ -496,6 +496,13 @@ def test_a_mesh_of_another_workspaces_root_is_refused_from_a_second_workspace(me
         info = read_cert(root)
         assert f"{info.subject} (SHA-256 {info.fingerprint})" in plan.stdout, plan.stdout
     assert "made by setup-mesh from another workspace or an earlier root" in plan.stdout
+    # status from the second workspace: one cause for the whole mesh, in words true of it (its clusters
+    # trust each other; it is this workspace that does not hold their root)
+    seen = second.run("status", env={"COLUMNS": "160"})
+    causes = [line for line in seen.stdout.splitlines() if "another root" in line]
+    assert causes == ["✗ ctx-a, ctx-b, ctx-c: secret cacerts chains to another root than this workspace's, the same "
+                      "in every cluster: the mesh runs on a root this workspace does not hold"], seen.stdout
+    assert "not trusted by" not in seen.stdout
     assert snapshot(mesh) == before and len(mesh.installs()) == installs
     assert _writes(mesh, counts) == {ctx: [] for ctx in CONTEXTS}, "refused before any cluster was touched"
     # a move to a new root starts from the root the clusters run on: not from this workspace
