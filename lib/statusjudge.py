@@ -188,11 +188,11 @@ def _judge_sidecar_gateway(status: ClusterStatus, cluster: Cluster, seen: Observ
 def _report_annotation_left(status: ClusterStatus, seen: Observed, hints: Hints) -> None:
     """A primary whose istio-system still names a control plane: an istiod with EXTERNAL_ISTIOD honours it
     (pilot/pkg/serviceregistry/kube/controller/multicluster.go) and manages this cluster's webhook too."""
-    status.problems.append(Problem(
-        "control_plane_annotation_left",
-        f"namespace {ISTIO_NAMESPACE} of this primary still has {CONTROL_PLANE_CLUSTERS}="
-        f"{seen.annotations[CONTROL_PLANE_CLUSTERS]}: that cluster's istiod also patches this cluster's injector "
-        f"webhook while it holds this cluster's secret", f"{hints.apply} (removes it)"))
+    status.problems.append(Problem("control_plane_annotation_left",
+                                   f"namespace {ISTIO_NAMESPACE} of this primary still has {CONTROL_PLANE_CLUSTERS}="
+                                   f"{seen.annotations[CONTROL_PLANE_CLUSTERS]}: that cluster's istiod also patches "
+                                   f"this cluster's injector webhook while it holds this cluster's secret",
+                                   f"{hints.apply} (removes it)"))
 
 
 def _judge_drift(status: ClusterStatus, seen: Observed, want: str | None, hints: Hints) -> None:
