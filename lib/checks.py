@@ -60,6 +60,11 @@ CHECKS: dict[str, Check] = {c.id: c for c in (
           ("a remote's istio-system lacks topology.istio.io/controlPlaneClusters=<its primary's "
            "cluster name>, so its primary's istiod does not configure it"),
           'setup-mesh apply'),
+    Check('control_plane_annotation_left', ERROR,
+          ("a primary's istio-system still names a control plane in topology.istio.io/controlPlaneClusters "
+           "(left from when it was a remote): an istiod that runs remotes and holds this cluster's secret "
+           "also patches its injector webhook and writes its istio-ca-root-cert ConfigMaps"),
+          'setup-mesh apply (removes the annotation)'),
     Check('injection_path_wrong', ERROR,
           ("a remote's sidecar injector webhook does not call "
            '/inject/cluster/<cluster>/net/<network>'),

@@ -11,6 +11,7 @@ import typer
 
 from . import certs, carotation, fetch, invocation
 from . import polling
+from .cluster import KubeClient
 from .config import (AMBIENT, BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, data_plane_mode, load_base, load_topology,
                      resolve_contexts, select_clusters)
 from .errors import Cancelled, ConfigError, MeshError
@@ -33,7 +34,7 @@ from .runlog import RunLog
 from .runner import ShRunner
 from .state import State
 from .wrapping import wrap_prose
-from .workspace import Workspace, find_tools, inspect_clusters, load_workspace, pinned_release, read_istio_usage
+from .workspace import Workspace, find_tools, load_workspace, pinned_release
 
 DEFAULT_PARALLEL = 8
 DEFAULT_TIMEOUT = 600.0
@@ -184,9 +185,8 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     # With --context the other clusters are read too (their current secrets), without a row of their own.
     read_reporter = Reporter(quiet=True, err_console=reporter.err) if dry_run or only is not None else reporter
     readable = ws.contexts_resolved
-    observed = (inspect_clusters(list(topology.clusters) + removed_clusters, tools, runner, read_reporter, parallel,
-                                 ambient=ambient)
-                if readable else {})
+    client = KubeClient(tools, runner, read_reporter, parallel)
+    observed = client.read_state(list(topology.clusters) + removed_clusters, ambient=ambient) if readable else {}
     if ambient:
         for cluster in topology.clusters:
             seen = observed.get(cluster.context)
@@ -199,7 +199,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     # Clusters leaving the mesh are uninstalled; Istio's CRDs there stay if others use Istio.
     leaving = [c for c in removed_clusters if (seen := observed.get(c.context)) and seen.reachable]
     ours = our_operators(ws.base)
-    usage = read_istio_usage(leaving, tools, runner, read_reporter, parallel, ours) if leaving else {}
+    usage = client.istio_usage(leaving, ours) if leaving else {}
     uninstall = {ctx: uninstall_for(workdir, ours, found, observed.get(ctx)) for ctx, found in usage.items()
                  if isinstance(found, IstioUsage)}
     # An unreachable cluster sits this run out (and is reported), and so do the remotes of an unreachable
@@ -445,10 +445,11 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
 
     # Read first: what is there decides whether to ask at all, and what the question names.
     quiet = Reporter(quiet=True, err_console=reporter.err)
-    observed = inspect_clusters(clusters, tools, runner, quiet, parallel)
+    client = KubeClient(tools, runner, quiet, parallel)
+    observed = client.read_state(clusters)
     present = [c for c in clusters if (seen := observed.get(c.context)) and seen.reachable
                and (seen.namespace or seen.istiod_service)]
-    usage = read_istio_usage(present, tools, runner, quiet, parallel, ours) if present else {}
+    usage = client.istio_usage(present, ours) if present else {}
     uninstall = {ctx: uninstall_for(workdir, ours, found, observed.get(ctx), remove_crds) for ctx, found in usage.items()
                  if isinstance(found, IstioUsage)}
     # A cluster whose Istio users could not be read is not touched: it fails, and is reported.

@@ -14,11 +14,13 @@ from typing import Mapping
 
 import yaml
 
-from . import certs, invocation, carotation
-from .assess import CacertsFinding, CacertsState, assess_cacerts, assess_secrets, issued_credentials
+from . import carotation, certs, invocation
+from .assess import (CacertsFinding, CacertsState, GatewayFinding, GatewayState, InstallState, LabelState, assess_cacerts,
+                     assess_gateway, assess_install, assess_namespace, assess_secrets, assess_wiring,
+                     controlled_before, issued_credentials, overlay_changes, WiringFinding)
 from .mesh import mesh_model
 from . import polling
-from .config import SIDECAR, Cluster, Topology
+from .config import AMBIENT, SIDECAR, Cluster, Topology
 from .errors import CommandFailed, MeshError
 from .ambient import gateway_status
 from .desired import Desired
@@ -29,13 +31,11 @@ from .kube import (COMPONENT_LABEL, GATEWAY_RESOURCE, MANAGED_GATEWAY_LABEL, OWN
                    Observed, Tools, parse_remote_secret, service_address)
 from .carotation import Transition
 from .overlay import (EASTWEST_IOP, cacerts_manifest, control_plane_istiod, control_plane_revision, expose_istiod,
-                      manifest_list,
-                      namespace_manifest, sequential_waits)
+                      manifest_list, namespace_manifest, sequential_waits)
 from .names import (APPLIED_ANNOTATION, CONTROL_PLANE_CLUSTERS, CROSS_NETWORK_GATEWAY, DATA_PLANE_ANNOTATION,
-                    EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE, MANAGED_BY_LABEL, NETWORK_LABEL, TRANSITION_ANNOTATION)
+                    EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE, MANAGED_BY_LABEL, TRANSITION_ANNOTATION)
 from .release import Release
 from .runner import Command
-from .yamldiff import diff
 from .yamlfile import dump
 
 OVERLAY_DIR = "overlays"
@@ -169,13 +169,6 @@ def install_command(tools: Tools, cluster: Cluster, path: Path, operator: dict):
                               "--readiness-timeout", readiness_timeout(tools.timeout, operator))
 
 
-def gateway_network(seen: Observed) -> str | None:
-    """The network the east-west gateway's Deployment selects its pods by (None: no such Deployment)."""
-    deployment = seen.deployments.get(EASTWEST_NAME) or {}
-    match = (((deployment.get("spec") or {}).get("selector") or {}).get("matchLabels") or {})
-    return match.get(NETWORK_LABEL) if deployment else None
-
-
 def resolved(ctx: RunContext, d: Desired) -> Desired:
     """``d`` with the gateway addresses found so far in this run; fails when the one it needs is missing."""
     if d.awaits_address_of is None:
@@ -216,7 +209,7 @@ def install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | None
     steps = []
     fresh_gateway = fresh or not seen.eastwest_exists
     if d.eastwest is not None:
-        old_network = gateway_network(seen)
+        old_network = assess_gateway(seen, d).network
         if old_network is not None and old_network != cluster.network:
             # A Deployment's selector cannot change, and the gateway's names its network: its Deployment
             # is replaced. Its Service (and so its address) is updated in place.
@@ -270,12 +263,12 @@ def _replica_failure(ctx: RunContext, read: Command) -> str | None:
     return next((c.get("message") for c in conditions if c.get("type") == "ReplicaFailure" and c.get("message")), None)
 
 
-def objects_present(d: Desired, seen: Observed, controls_remotes: bool) -> frozenset[str]:
-    """The purposes of ``d``'s Istio objects the cluster holds already, from what one read shows: the
+def objects_present(d: Desired, gateway: GatewayFinding, wiring: WiringFinding) -> frozenset[str]:
+    """The purposes of ``d``'s Istio objects the cluster holds already, from the findings: the
     cross-network Gateway comes with the sidecar-mode gateway, istiod's exposure with remotes that name
     this cluster as their control plane, the ambient Gateway is read itself."""
-    held = {"expose services": seen.eastwest_made_by == "operator", "expose istiod": controls_remotes,
-            "east-west gateway": seen.eastwest_gateway is not None}
+    held = {"expose services": gateway.running == SIDECAR, "expose istiod": wiring.exposed,
+            "east-west gateway": d.ambient and gateway.present}
     return frozenset(unit.purpose for unit in d.istio_objects if held.get(unit.purpose))
 
 
@@ -288,8 +281,8 @@ def _changed(path: Path, new: dict, fresh: bool, workdir: Path) -> tuple[str, li
         old = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
         return "~", [f"(no readable {OVERLAY_DIR}/{path.name} to compare with: installed again as a whole)"]
-    found = diff(old, new)
-    return ("~", [d.describe() for d in found]) if found else ("", [])
+    found = overlay_changes(old, new)
+    return ("~", list(found)) if found else ("", [])
 
 
 def gateway_api_crds_step(tools: Tools, cluster: Cluster, source: CrdSource) -> Step:
@@ -641,9 +634,7 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             if info and info.manifest and info.source and info.source == current_fp[peer.context]:
                 held.setdefault(peer.context, info.manifest)
     # Primaries whose istiod ran remotes when the clusters were read (the remotes' istio-system names them).
-    controlled_before = {seen.annotations.get(CONTROL_PLANE_CLUSTERS)
-                         for seen in [*seen_of.values(), *(o for o in removed_observed.values() if o)]
-                         if seen.annotations.get(CONTROL_PLANE_CLUSTERS)}
+    controlled = controlled_before(seen_of) | controlled_before(removed_observed)
     member_of = {c.context: c for c in members}
     imports: dict[str, list[Cluster]] = {}
     for target in members:
@@ -672,21 +663,21 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
         cacerts_current = cacerts.state is CacertsState.CURRENT
         if cacerts.other_root:
             plan.other_roots[cluster.context] = cacerts
-        installing = (seen.applied != d.fingerprint or (d.eastwest is not None and not seen.eastwest_exists)
-                      or (d.ambient_gateway is not None and seen.eastwest_gateway is None))
-        annotations_current = all(seen.annotations.get(k) == v for k, v in d.namespace_annotations.items())
-        if (steps or not seen.namespace or seen.network_label != cluster.network or not cacerts_current
-                or not annotations_current):
+        namespace, install = assess_namespace(seen, d), assess_install(seen, d.fingerprint)
+        gateway_found, wiring = assess_gateway(seen, d), assess_wiring(mesh, d.member, seen.annotations, controlled)
+        installing = install.drift or gateway_found.state is GatewayState.MISSING
+        if steps or not namespace.current or not cacerts_current:
             step = cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition)
-            if not seen.namespace:
+            if not namespace.exists:
                 step.change = f"+ namespace {ISTIO_NAMESPACE} (network {cluster.network}) and secret cacerts"
             else:
-                label = seen.network_label != cluster.network
+                label = namespace.label is not LabelState.CURRENT
                 step.change = ", ".join(filter(None, [
                     label and f"~ network label: {seen.network_label or '(none)'} → {cluster.network}",
                     not cacerts_current and ("~ " if not label else "") + "secret cacerts"
                     f" ({cert_dir.name}/{cluster.name}/{stage_note})",
-                    not annotations_current and f"~ annotation {CONTROL_PLANE_CLUSTERS}"])) or "~ secret cacerts"
+                    namespace.annotations_off and "~ annotation " + ", ".join(namespace.annotations_off)]
+                )) or "~ secret cacerts"
                 if not installing:
                     step.done = "cacerts updated"
             steps.append(step)
@@ -696,28 +687,27 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
                 _switch_description(was, d, had_gateway=seen.eastwest_made_by is not None))
         if d.ambient and seen.gateway_api is not None and not seen.gateway_api.installed and gateway_api is not None:
             steps.append(gateway_api_crds_step(tools, cluster, gateway_api))
-        if CONTROL_PLANE_CLUSTERS in seen.annotations and CONTROL_PLANE_CLUSTERS not in d.namespace_annotations:
+        if CONTROL_PLANE_CLUSTERS in namespace.annotations_left:
             steps.append(_no_longer_remote_step(tools, cluster, d))
         if installing:
             # The other mode's gateway holds the name this mode's gateway takes: it goes first.
-            if d.ambient and seen.eastwest_made_by == "operator":
+            if gateway_found.running == SIDECAR and d.ambient:
                 steps.append(_remove_sidecar_gateway_step(tools, workdir, d, seen))
-            elif not d.ambient and seen.eastwest_made_by == "gateway":
+            elif gateway_found.running == AMBIENT and not d.ambient:
                 steps.append(_remove_ambient_gateway_step(tools, cluster))
-            install, gateway = install_steps(tools, workdir, d, seen,
-                                             objects_present(d, seen, cluster.name in controlled_before))
-            steps.extend(install)
-            plan.actions[cluster.context] = "install" if seen.applied is None else "change"
-            if d.eastwest is None and d.ambient_gateway is None and seen.applied is not None:  # none needed now
-                if seen.eastwest_made_by == "gateway":
+            installed, gateway = install_steps(tools, workdir, d, seen, objects_present(d, gateway_found, wiring))
+            steps.extend(installed)
+            plan.actions[cluster.context] = "install" if install.state is InstallState.ABSENT else "change"
+            if gateway_found.wanted is None and install.state is not InstallState.ABSENT:  # none needed now
+                if gateway_found.running == AMBIENT:
                     if d.ambient:  # in sidecar mode it was removed above, before the install
                         steps.append(_remove_ambient_gateway_step(tools, cluster))
                 elif not d.ambient:
                     steps.append(_remove_gateways_step(tools, workdir, d, seen))
-            if not d.member.exposes_istiod and cluster.name in controlled_before:
+            if wiring.stop_exposing:
                 steps.append(_stop_exposing_istiod_step(tools, cluster, d))
         changed = bool(steps)
-        if d.member.remotes and d.eastwest is not None and (changed or not seen.eastwest_address):
+        if d.member.remotes and gateway_found.wanted == SIDECAR and (changed or not gateway_found.address):
             # Its remotes wait for this address: find it before anything else this cluster does.
             steps.append(wait_gateway_step(tools, cluster, gateway_timeout))
         if changed:
@@ -746,11 +736,10 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             connect.add(cluster.context, import_step(tools, cluster, peers, {p.context: held[p.context]
                                                                                for p in peers if p.context in held},
                                                      replacing))
-        if d.ambient_gateway is not None:
-            ready = gateway_status(seen.eastwest_gateway).programmed
-            if changed or not ready:
+        if gateway_found.wanted == AMBIENT:
+            if changed or not gateway_found.programmed:
                 connect.add(cluster.context, wait_gateway_step(tools, cluster, gateway_timeout, ambient=True))
-        elif not d.member.remotes and d.eastwest is not None and (changed or not seen.eastwest_address):
+        elif not d.member.remotes and gateway_found.wanted == SIDECAR and (changed or not gateway_found.address):
             connect.add(cluster.context, wait_gateway_step(tools, cluster, gateway_timeout))
         # Secrets of clusters that left the mesh, and any a cluster no longer needs (a remote holds none).
         stale = sorted(f.secret for f in secrets_of[cluster.context] if f.to_prune)

@@ -9,6 +9,8 @@ from typing import Callable
 
 from . import certs, invocation, carotation
 from . import polling
+from .assess import assess_install
+from .cluster import ClusterClient, KubeClient
 from .commands import certs_prerequisites, confirm_plan, finish_run, open_log, sit_out
 from .planview import print_plan
 from .config import MULTIROOT_ENV, Cluster, select_clusters
@@ -21,7 +23,7 @@ from .desired import desired_state
 from .plan import (RECORD_TITLE, ApplyPlan, cacerts_finding, cacerts_in_place, cacerts_step, intermediate_step,
                    workspace_roots)
 from .release import Release
-from .workspace import find_tools, inspect_clusters, load_workspace, pinned_release
+from .workspace import find_tools, load_workspace, pinned_release
 from .reporter import Reporter
 from .runner import ShRunner
 from .wrapping import fit
@@ -126,7 +128,8 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
     read_reporter = Reporter(quiet=True, err_console=reporter.err) if dry_run else reporter
     if not dry_run:
         reporter.start_progress([(c.context, c.network) for c in targets])
-    observed = inspect_clusters(targets, tools, runner, read_reporter, parallel) if ws.contexts_resolved else {}
+    client = KubeClient(tools, runner, read_reporter, parallel)
+    observed = client.read_state(targets) if ws.contexts_resolved else {}
     unreachable = {ctx: seen for ctx, seen in observed.items() if not seen.reachable}
 
     backup = carotation.backup_dir(workdir, rotation.backup_name)
@@ -234,15 +237,15 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     if not dry_run:  # the reads show on the live table, as apply's do
         reporter.start_progress([(c.context, c.network) for c in topology.clusters])
     try:
-        observed = (inspect_clusters(list(topology.clusters), tools, runner, read_reporter, parallel)
-                    if ws.contexts_resolved else {})
+        client = KubeClient(tools, runner, read_reporter, parallel)
+        observed = client.read_state(topology.clusters) if ws.contexts_resolved else {}
         now = carotation.utc_now()
         current_root = root_info.fingerprint
         views = _cluster_views(topology.clusters, observed, workdir, transition, current_root)
         move = carotation.decide(transition, views, now, wait)
         if move.kind in ("wait", "advance", "finish"):
-            _require_istiod_took(topology.clusters, observed, tools, runner, read_reporter, parallel, transition,
-                                 log, control_plane_istiod(ws.base))
+            _require_istiod_took(topology.clusters, observed, tools, client, transition, log,
+                                 control_plane_istiod(ws.base))
     finally:
         reporter.stop_progress()
     # A remote's install names its primary's gateway address: with the one it has now, its state is
@@ -396,7 +399,7 @@ def _completion_phase(clusters: list[Cluster], final: dict, observed: dict[str, 
     last = Phase("drop the second root from istiod")
     for cluster in clusters:
         d, seen = final[cluster.context], observed[cluster.context]
-        if seen.applied != d.fingerprint:
+        if assess_install(seen, d.fingerprint).drift:
             last.add(cluster.context, install_steps(tools, workdir, d, seen)[0][0])
             last.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
         last.add(cluster.context, Step("the root transition is complete here", commands=[tools.kubectl_cmd(
@@ -446,7 +449,7 @@ def _add_stage_steps(phase: Phase, cluster: Cluster, seen: Observed, d, tools: T
     cacerts, and (on a primary) istiod confirmed to have taken them."""
     from .plan import install_steps, record_step
 
-    if seen.applied != d.fingerprint:
+    if assess_install(seen, d.fingerprint).drift:
         # istiod must accept a second root before it sees one (the reserved value ISTIO_MULTIROOT_MESH).
         phase.add(cluster.context, install_steps(tools, workdir, d, seen)[0][0])
         phase.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
@@ -505,14 +508,12 @@ def _stage_question(move: carotation.Move, planned: carotation.Transition, phase
     return f"{first} {names} to stage {planned.stage} of {carotation.LAST_STAGE}{then}?"
 
 
-def _require_istiod_took(clusters, observed: dict[str, Observed], tools: Tools, runner, reporter: Reporter,
-                         parallel: int, transition: carotation.Transition, log, deployment: str) -> None:
+def _require_istiod_took(clusters, observed: dict[str, Observed], tools: Tools, client: ClusterClient,
+                         transition: carotation.Transition, log, deployment: str) -> None:
     """The stage is in place in every cacerts: before it counts (or the next starts), each istiod must hold
     its roots, as it publishes them in istio-ca-root-cert (one that refused keeps its old ones)."""
-    from .statusread import read_published_roots
-
     primaries = [c for c in clusters if not c.primary and (observed.get(c.context) or Observed()).cacerts]
-    published = read_published_roots(primaries, tools, runner, reporter, parallel)
+    published = client.published_roots(primaries)
     refused = [c for c in primaries if published.get(c.context) is not None
                and published[c.context] != observed[c.context].cacerts.get("root-cert.pem")]
     if not refused:

@@ -14,17 +14,18 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import polling
+from .cluster import ClusterClient, KubeClient
 from .config import AMBIENT, select_clusters
 from .errors import MeshError
 from .kube import READ_TIMEOUT, Tools, gateway_addresses
 from .reporter import Reporter
 from .statusinputs import Expected, status_workspace
 from .statusjudge import evaluate
-from .statusread import Istiod, parse_istiod, read_injection_paths, read_istiod_views, read_published_roots
+from .statusread import Istiod, parse_istiod
 from .statusreport import Hints, MeshStatus
-from .statusrevisions import judge_revisions, read_revisions
+from .statusrevisions import judge_revisions
 from .statusview import render as render_view
-from .workspace import find_tools, inspect_clusters, load_workspace, pinned_release
+from .workspace import find_tools, load_workspace, pinned_release
 
 
 WAIT_POLL_SECONDS = 2.0
@@ -33,26 +34,27 @@ WAIT_POLL_SECONDS = 2.0
 # --- reading ---------------------------------------------------------------------------------------
 
 def collect(ws: Expected, tools: Tools, runner, reporter: Reporter, parallel: int) -> MeshStatus:
-
     # The reads report no progress: status prints one report at the end.
-    silent = Reporter(console=reporter.console, err_console=reporter.err, quiet=True)
-    observed = inspect_clusters(list(ws.topology.clusters), tools, runner, silent, parallel, title="read status",
-                                ambient=ws.data_plane == AMBIENT)
+    return read_status(ws, KubeClient(tools, runner, reporter, parallel).quiet())
+
+
+def read_status(ws: Expected, client: ClusterClient) -> MeshStatus:
+    """Every read status makes, through ``client``, judged."""
+    observed = client.read_state(list(ws.topology.clusters), title="read status", ambient=ws.data_plane == AMBIENT)
     istiod = {ctx: parse_istiod(seen.deployments.get(ws.istiod_deployment)) if seen.reachable
               else Istiod(read=False, error=seen.error) for ctx, seen in observed.items()}
     asked = [c for c in ws.topology.clusters if istiod.get(c.context) and istiod[c.context].installed]
-    views = read_istiod_views(asked, ws.revision, tools, runner, silent, parallel)
+    views = client.istiod_views(asked, ws.revision)
     if ws.fingerprints_for:
         addresses = gateway_addresses(observed)
         ws = replace(ws, fingerprints=ws.fingerprints_for(addresses))
     remotes = [c for c in ws.topology.clusters if c.primary and observed.get(c.context)
                and observed[c.context].reachable]
-    injection = read_injection_paths(remotes, ws.revision, tools, runner, silent, parallel)
-    published = read_published_roots([c for c in asked if observed[c.context].cacerts], tools, runner, silent,
-                                      parallel)
+    injection = client.injection_paths(remotes, ws.revision)
+    published = client.published_roots([c for c in asked if observed[c.context].cacerts])
     status = evaluate(ws, observed, istiod, views=views, injection=injection, published=published)
-    revisions = read_revisions(list(ws.topology.clusters), observed, tools, runner, silent, parallel)
-    judge_revisions(status.clusters, revisions, Hints(ws.workdir, ws.topology))
+    judge_revisions(status.clusters, client.revisions(list(ws.topology.clusters), observed),
+                    Hints(ws.workdir, ws.topology))
     return status
 
 

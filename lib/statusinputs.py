@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from . import certs, carotation
 from .config import SIDECAR, Topology, data_plane_mode
@@ -12,6 +12,9 @@ from .fsutil import read_if_present
 from .mesh import Mesh, mesh_model
 from .names import ISTIOD
 from .overlay import control_plane_istiod, control_plane_revision
+
+if TYPE_CHECKING:
+    from .desired import Desired
 
 
 @dataclass
@@ -31,10 +34,19 @@ class Expected:
     expected: dict[str, dict[str, bytes] | None] = field(default_factory=dict)  # name -> the stage's cacerts
     # The fingerprints once the clusters are read (a remote's install names its primary's gateway address).
     fingerprints_for: Callable[[Mapping[str, str]], dict[str, str]] | None = None
+    base: dict[str, Any] = field(default_factory=dict)  # base.yaml, validated
 
     @cached_property
-    def mesh(self) -> Mesh:  # read for every cluster judged: built once
-        return mesh_model(self.topology)
+    def mesh(self) -> Mesh:  # read for every cluster judged: built once, with base.yaml's data-plane mode
+        return mesh_model(self.topology, self.data_plane)
+
+    @cached_property
+    def desired(self) -> dict[str, "Desired"]:
+        """Each cluster's desired state: what its namespace and gateway are judged against."""
+        from .desired import Inputs, derive
+
+        inputs = Inputs(self.mesh, self.base, {}, self.transition)
+        return {m.context: derive(inputs, m) for m in self.mesh.members}
 
 
 def status_workspace(workdir: Path, loaded) -> Expected:
@@ -57,6 +69,7 @@ def status_workspace(workdir: Path, loaded) -> Expected:
         revision=control_plane_revision(loaded.base),
         data_plane=data_plane_mode(loaded.base),
         transition=transition,
+        base=loaded.base,
         new_root_pem=read_if_present(carotation.next_dir(workdir) / certs.ROOT_CERT) if transition else None,
         expected={c.name: carotation.desired_cacerts(workdir, c.name, transition) for c in loaded.topology.clusters}
         if transition else {},

@@ -8,9 +8,11 @@ from cryptography import x509
 
 from . import certs
 from .ambient import gateway_status
-from .assess import assess_secrets, issued_credentials
+from .assess import (GatewayState, LabelState, NamespaceFinding, assess_gateway, assess_install, assess_namespace,
+                     assess_secrets, assess_wiring, issued_credentials)
 from .checks import WARNING
-from .config import AMBIENT, Cluster
+from .config import AMBIENT, SIDECAR, Cluster
+from .desired import Desired
 from .gatewayapi import offline_crds_hint, expected_version, older_than_needed
 from .invocation import prep_hint
 from .kube import GATEWAY_RESOURCE, Observed
@@ -79,26 +81,31 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints
                                        f"check access with `{hints.kubectl(cluster, 'get', 'ns')}`, or remove "
                                        f"the context from {hints.topology_file}"))
         return status
-    set_up = seen.namespace
-    _judge_namespace(status, cluster, seen, hints)
+    desired = ws.desired[cluster.context]
+    namespace = assess_namespace(seen, desired)
+    set_up = namespace.exists
+    _judge_namespace(status, cluster, seen, namespace, hints)
     if istiod.read:
         status.istio_installed = istiod.installed
         status.istio_version = istiod.version
         status.istio_ready = istiod.ready
     if member.is_remote:
-        _judge_remote_install(status, ws.mesh.control_plane_of(member).name, seen, hints, set_up)
+        named = assess_wiring(ws.mesh, member, seen.annotations, frozenset()).names_control_plane
+        _judge_remote_install(status, ws.mesh.control_plane_of(member).name, seen, hints, set_up, named)
     else:
         _judge_istiod(status, cluster, istiod, ws, hints, set_up)
     if istiod.installed and istiod.cluster_id and istiod.cluster_id != cluster.name:
         status.problems.append(Problem("cluster_name_wrong", f"istiod runs as cluster {istiod.cluster_id}, "
                                                              f"topology.yaml names it {cluster.name}", hints.apply))
+    if set_up and CONTROL_PLANE_CLUSTERS in namespace.annotations_left:
+        _report_annotation_left(status, seen, hints)
     _judge_istiod_service(status, cluster, member.is_remote, seen, ws, hints)
     judge_cacerts(status, cluster, seen, ws, hints, root, root_fp, set_up, now)
     if ws.data_plane == AMBIENT:
-        _judge_ambient_gateway(status, cluster, seen, istiod, hints, set_up)
+        _judge_ambient_gateway(status, cluster, seen, istiod, hints, set_up, desired)
         _judge_ztunnel(status, cluster, seen, hints, set_up)
     else:
-        _judge_sidecar_gateway(status, cluster, seen, hints, set_up)
+        _judge_sidecar_gateway(status, cluster, seen, hints, set_up, desired)
     # remote secrets: a primary holds every other cluster's, a remote none (judged as the plan judges them)
     for finding in assess_secrets(ws.mesh, member, seen, current):
         report_secret(status, cluster, seen, finding, hints, set_up, ws.topology)
@@ -107,18 +114,19 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints
     return status
 
 
-def _judge_namespace(status: ClusterStatus, cluster: Cluster, seen: Observed, hints: Hints) -> None:
+def _judge_namespace(status: ClusterStatus, cluster: Cluster, seen: Observed, namespace: NamespaceFinding,
+                     hints: Hints) -> None:
     """istio-system and its network label."""
     add = status.problems.append
     status.network_label = seen.network_label
-    if not seen.namespace:
+    if not namespace.exists:
         add(Problem("namespace_missing", f"namespace {ISTIO_NAMESPACE} does not exist: the cluster is not set up",
                     hints.apply))
-    elif seen.network_label is None:
+    elif namespace.label is LabelState.MISSING:
         add(Problem("network_label_missing",
                     f"namespace {ISTIO_NAMESPACE} has no {NETWORK_LABEL} label (expected {cluster.network})",
                     f"{hints.apply} (labels {ISTIO_NAMESPACE} {NETWORK_LABEL}={cluster.network})"))
-    elif seen.network_label != cluster.network:
+    elif namespace.label is LabelState.WRONG:
         add(Problem("network_label_wrong",
                     f"namespace {ISTIO_NAMESPACE} is labelled {NETWORK_LABEL}={seen.network_label}, "
                     f"topology.yaml says {cluster.network}",
@@ -127,7 +135,7 @@ def _judge_namespace(status: ClusterStatus, cluster: Cluster, seen: Observed, hi
 
 
 def _judge_remote_install(status: ClusterStatus, control_plane: str, seen: Observed, hints: Hints,
-                          set_up: bool) -> None:
+                          set_up: bool, names_control_plane: bool) -> None:
     """A remote has no istiod of its own: the remote profile installs a Service leading to the primary's
     istiod, and istio-system names the primary as its control plane."""
     add = status.problems.append
@@ -137,7 +145,7 @@ def _judge_remote_install(status: ClusterStatus, control_plane: str, seen: Obser
     if set_up and not seen.istiod_service:
         add(Problem("istio_missing", f"Istio's remote install is missing (no istiod Service leading to "
                                      f"{control_plane}'s istiod)", hints.apply))
-    if set_up and seen.annotations.get(CONTROL_PLANE_CLUSTERS) != control_plane:
+    if set_up and not names_control_plane:
         add(Problem("control_plane_annotation_wrong",
                     f"namespace {ISTIO_NAMESPACE} has {CONTROL_PLANE_CLUSTERS}="
                     f"{seen.annotations.get(CONTROL_PLANE_CLUSTERS) or '(none)'}, want {control_plane}: "
@@ -160,27 +168,39 @@ def _judge_istiod(status: ClusterStatus, cluster: Cluster, istiod: Istiod, ws: E
 
 
 def _judge_sidecar_gateway(status: ClusterStatus, cluster: Cluster, seen: Observed, hints: Hints,
-                           set_up: bool) -> None:
+                           set_up: bool, desired: Desired) -> None:
     """Sidecar mode: the east-west gateway IstioOperator's Service, and its address."""
-    status.gateway_exists = seen.eastwest_exists
-    status.gateway_address = seen.eastwest_address
-    if not (status.gateway_required and set_up):
+    gateway = assess_gateway(seen, desired)
+    status.gateway_exists = gateway.present
+    status.gateway_address = gateway.address
+    if not (gateway.wanted and set_up):
         return
     add = status.problems.append
-    if not seen.eastwest_exists:
+    if gateway.state is GatewayState.MISSING:
         add(Problem("gateway_missing", f"the east-west gateway ({EASTWEST_NAME}) is not installed; "
                                        f"topology.yaml has {len(hints.topology.networks)} networks", hints.apply))
-    elif not seen.eastwest_address:
+    elif not gateway.address:
         add(Problem("gateway_pending", f"the east-west gateway service {EASTWEST_NAME} has no address yet",
                     f"check its LoadBalancer with `{hints.kubectl(cluster, 'get', 'service', EASTWEST_NAME, '-n', ISTIO_NAMESPACE)}`"
                     f"; clusters without a load balancer need one (e.g. MetalLB) or spec.externalIPs"))
 
 
+def _report_annotation_left(status: ClusterStatus, seen: Observed, hints: Hints) -> None:
+    """A primary whose istio-system still names a control plane: an istiod with EXTERNAL_ISTIOD honours it
+    (pilot/pkg/serviceregistry/kube/controller/multicluster.go) and manages this cluster's webhook too."""
+    status.problems.append(Problem("control_plane_annotation_left",
+                                   f"namespace {ISTIO_NAMESPACE} of this primary still has {CONTROL_PLANE_CLUSTERS}="
+                                   f"{seen.annotations[CONTROL_PLANE_CLUSTERS]}: that cluster's istiod also patches "
+                                   f"this cluster's injector webhook while it holds this cluster's secret",
+                                   f"{hints.apply} (removes it)"))
+
+
 def _judge_drift(status: ClusterStatus, seen: Observed, want: str | None, hints: Hints) -> None:
     """What is installed against what apply would install now (``want``: its fingerprint)."""
-    status.drift = seen.applied != want
+    install = assess_install(seen, want)
+    status.drift = install.drift
     if status.drift and status.istio_installed:
-        if seen.applied is None:
+        if install.recorded is None:
             message = (f"{ISTIO_NAMESPACE} carries no record of what setup-mesh installed "
                        f"(installed by hand, or apply did not finish)")
         else:
@@ -219,7 +239,7 @@ def _judge_istiod_service(status: ClusterStatus, cluster: Cluster, remote: bool,
 
 
 def _judge_ambient_gateway(status: ClusterStatus, cluster: Cluster, seen: Observed, istiod: Istiod, hints: Hints,
-                           set_up: bool) -> None:
+                           set_up: bool, desired: Desired) -> None:
     """Ambient: the Gateway API CRDs, and the east-west Gateway as istiod reports it in its status."""
     add = status.problems.append
     crds = seen.gateway_api
@@ -234,21 +254,21 @@ def _judge_ambient_gateway(status: ClusterStatus, cluster: Cluster, seen: Observ
             if older:
                 add(Problem("gateway_api_crds_old", older, "upgrade them yourself; setup-mesh leaves CRDs it did "
                                                            "not install alone", severity=WARNING))
-    gateway = seen.eastwest_gateway
-    status.gateway_exists = gateway is not None
-    if gateway is None:
-        if status.gateway_required and set_up and (crds is None or crds.installed):
+    found = assess_gateway(seen, desired)
+    status.gateway_exists = found.present
+    if not found.present:
+        if found.state is GatewayState.MISSING and set_up and (crds is None or crds.installed):
             add(Problem("gateway_missing", f"the east-west Gateway ({EASTWEST_NAME}, class istio-east-west) is "
                                            f"not there; topology.yaml has {len(hints.topology.networks)} "
                                            f"networks", hints.apply))
         return
-    reported = gateway_status(gateway)
-    status.gateway_address = reported.address
-    status.gateway_programmed = reported.programmed
-    if seen.eastwest_made_by == "operator":
+    reported = gateway_status(seen.eastwest_gateway)
+    status.gateway_address = found.address
+    status.gateway_programmed = found.programmed
+    if found.running == SIDECAR:
         add(Problem("gateway_sidecar_mode", f"service {EASTWEST_NAME} belongs to a sidecar-mode east-west gateway "
                                             f"(an IstioOperator), so istiod cannot deploy the ambient one", hints.apply))
-    elif not reported.programmed:
+    elif not found.programmed:
         add(Problem("gateway_not_programmed", f"the east-west Gateway is not programmed: {reported.reason}"
                                               + (f" ({reported.message})" if reported.message else ""),
                     f"see istiod's report with `{hints.kubectl(cluster, 'get', GATEWAY_RESOURCE, EASTWEST_NAME, '-n', ISTIO_NAMESPACE, '-o', 'yaml')}`"

@@ -3,13 +3,12 @@ remote clusters, and a remote's wiring to its primary (injection path, trusted i
 from __future__ import annotations
 
 from . import invocation
-from .assess import SecretFinding, SecretState
+from .assess import SecretFinding, SecretState, WiringFinding, assess_wiring
 from .checks import LOCAL, MISSING, OUTDATED, PRESENT, STALE, SYNCED, WARNING
 from .config import Cluster, Topology
 from .kube import Observed
 from .mesh import Mesh
 from .names import CONTROL_PLANE_CLUSTERS, ISTIO_NAMESPACE
-from .overlay import injection_path
 from .statusread import InjectorWebhook, IstiodView
 from .statusreport import ClusterStatus, Hints, Problem, short_error
 
@@ -26,11 +25,12 @@ def judge_remotes(mesh: Mesh, result: list[ClusterStatus], injection: dict[str, 
         primary = mesh.control_plane_of(member)
         status.primary = primary.context
         add = status.problems.append
-        want = injection_path(member.cluster)
         webhook = injection.get(member.context) or InjectorWebhook()
+        wiring = assess_wiring(mesh, member, status.annotations, frozenset(), webhook.path, webhook.trusted)
+        want = wiring.want_path
         status.injection_path = webhook.path
         status.injector_trusted = webhook.trusted
-        if status.injection_path != want and status.istio_installed:
+        if not wiring.path_right and status.istio_installed:
             add(Problem("injection_path_wrong", f"the sidecar injector calls {status.injection_path or 'no path'}, "
                                                 f"not {want}: new pods would get another cluster's or network's "
                                                 f"identity", hints.apply))
@@ -41,19 +41,19 @@ def judge_remotes(mesh: Mesh, result: list[ClusterStatus], injection: dict[str, 
                                                 f"secret of {member.name} ({held}): {primary.context}'s istiod "
                                                 f"cannot configure this cluster", hints.apply))
         if webhook.trusted is False and status.istio_installed:
-            add(_untrusted_injector(member.cluster, primary, status, lacks, hints))
+            add(_untrusted_injector(member.cluster, primary, wiring, lacks, hints))
 
 
-def _untrusted_injector(cluster: Cluster, primary, status: ClusterStatus, lacks: bool, hints: Hints) -> Problem:
+def _untrusted_injector(cluster: Cluster, primary, wiring: WiringFinding, lacks: bool, hints: Hints) -> Problem:
     """The remote's injector webhook has no caBundle: kube-apiserver refuses every pod it selects (gateway
     pods included), and says why. Only the primary's istiod patches it (Istio's
     pilot/pkg/serviceregistry/kube/controller/multicluster.go), once it holds this cluster's secret and this
     cluster's istio-system names it in topology.istio.io/controlPlaneClusters."""
-    named = status.annotations.get(CONTROL_PLANE_CLUSTERS)
     if lacks:
         cause = f"{primary.context} does not hold this cluster's current remote secret"
-    elif named != primary.name:
-        cause = f"namespace {ISTIO_NAMESPACE} names {named or 'no control plane'} in {CONTROL_PLANE_CLUSTERS}, not {primary.name}"
+    elif not wiring.names_control_plane:
+        cause = (f"namespace {ISTIO_NAMESPACE} names {wiring.named or 'no control plane'} in {CONTROL_PLANE_CLUSTERS}, "
+                 f"not {primary.name}")
     else:
         cause = f"{primary.context}'s istiod has not patched it yet (is it running, and has it synced this cluster?)"
     see = hints.kubectl(cluster, "get", "mutatingwebhookconfiguration", "-l", "app=sidecar-injector", "-o",

@@ -1,0 +1,87 @@
+"""An in-memory ClusterClient (lib/cluster.py): clusters filled with the same typed values the real one
+parses out of kubectl and istioctl, answered as the real one answers.
+
+A context the fake does not hold is answered as kubectl answers for a context missing from the
+kubeconfig: unreachable, with kubectl's message. A read of a cluster returns a copy, so a judgment cannot
+change what the fake holds; without ``ambient`` the Gateway API fields stay unread, as the real read leaves
+them. Every read is recorded in ``reads`` (what, context), in order.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+from lib.config import Cluster
+from lib.errors import MeshError
+from lib.kube import IstioUsage, Observed
+from lib.names import APPLIED_ANNOTATION
+from lib.statusread import InjectorWebhook, IstiodView
+from lib.statusrevisions import Revisions
+
+
+@dataclass
+class FakeCluster:
+    state: Observed
+    istiod: IstiodView | None = None  # what `istioctl remote-clusters` reports (None: istioctl fails)
+    injector: InjectorWebhook = field(default_factory=InjectorWebhook)
+    published: bytes | None = None  # istio-ca-root-cert's root-cert.pem (None: istiod has not written it)
+    usage: IstioUsage | MeshError = field(default_factory=IstioUsage)
+    revisions: Revisions | None = None  # None: the read failed (not judged)
+
+
+def _missing(context: str) -> str:
+    return f'error: context "{context}" does not exist'
+
+
+class FakeClient:
+    def __init__(self, clusters: dict[str, FakeCluster | Observed]):
+        self.clusters = {ctx: held if isinstance(held, FakeCluster) else FakeCluster(held)
+                         for ctx, held in clusters.items()}
+        self.reads: list[tuple[str, str]] = []
+
+    def _each(self, what: str, clusters: Sequence[Cluster]):
+        for cluster in clusters:
+            self.reads.append((what, cluster.context))
+            yield cluster.context, self.clusters.get(cluster.context)
+
+    def read_state(self, clusters: Sequence[Cluster], *, ambient: bool = False,
+                   title: str = "read current state") -> dict[str, Observed]:
+        found = {}
+        for context, held in self._each("state", clusters):
+            if held is None or not held.state.reachable:
+                found[context] = Observed(reachable=False, error=held.state.error if held else _missing(context))
+                continue
+            seen = copy.deepcopy(held.state)
+            found[context] = seen if ambient else replace(seen, gateway_api=None, eastwest_gateway=None)
+        return found
+
+    def istio_usage(self, clusters: Sequence[Cluster], ours: frozenset[str]) -> dict[str, IstioUsage | MeshError]:
+        return {context: copy.deepcopy(held.usage) if held else MeshError(_missing(context))
+                for context, held in self._each("usage", clusters)}
+
+    def istiod_views(self, clusters: Sequence[Cluster], revision: str | None) -> dict[str, IstiodView]:
+        return {context: copy.deepcopy(held.istiod) if held and held.istiod else
+                IstiodView(error=_missing(context) if not held else "Error: no running Istio pods in \"istio-system\"")
+                for context, held in self._each("istiod", clusters)}
+
+    def injection_paths(self, clusters: Sequence[Cluster], revision: str | None) -> dict[str, InjectorWebhook]:
+        return {context: held.injector if held else InjectorWebhook()
+                for context, held in self._each("injector", clusters)}
+
+    def published_roots(self, clusters: Sequence[Cluster]) -> dict[str, bytes | None]:
+        return {context: held.published for context, held in self._each("published", clusters) if held}
+
+    def revisions(self, clusters: Sequence[Cluster], observed: dict[str, Observed]) -> dict[str, Revisions]:
+        return {context: copy.deepcopy(held.revisions) for context, held in self._each("revisions", clusters)
+                if held and held.revisions is not None and held.state.reachable}
+
+    def quiet(self) -> "FakeClient":
+        return self
+
+
+def installed(cluster: Cluster, fingerprint: str, **fields) -> Observed:
+    """A cluster as apply leaves it set up: istio-system labelled with its network, the install recorded."""
+    annotations = {APPLIED_ANNOTATION: fingerprint, **fields.pop("annotations", {})}
+    return Observed(reachable=True, namespace=True, network_label=cluster.network, applied=fingerprint,
+                    annotations=annotations, istiod_service=True, **fields)

@@ -1,0 +1,428 @@
+"""The assessment of istio-system, the install, the east-west gateway and a remote's wiring, on the
+in-memory cluster client: clusters filled with Python objects, read as the real client reads, judged."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from lib.assess import GatewayState, InstallState, LabelState, assess_mesh
+from lib.config import AMBIENT, Cluster, Topology, data_plane_mode
+from lib.desired import desired_state
+from lib.kube import Observed
+from lib.mesh import mesh_model
+from lib.names import CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, NETWORK_LABEL
+from lib.statusread import InjectorWebhook, IstiodView
+from tests.fakecluster import FakeClient, FakeCluster, installed
+
+AMBIENT_BASE = {"spec": {"profile": "ambient"}}
+
+
+def _topology(*clusters: tuple[str, str, str | None]) -> Topology:
+    return Topology("mesh1", tuple(Cluster(context=ctx, network=net, name=ctx, primary=primary,
+                                           api_server=f"https://{ctx}.example:6443")
+                                   for ctx, net, primary in clusters), Path("topology.yaml"))
+
+
+MULTI_NETWORK = _topology(("east", "n1", None), ("west", "n2", None))
+ONE_NETWORK = _topology(("east", "n1", None), ("west", "n1", None))
+PRIMARY_REMOTE = _topology(("main", "n1", None), ("edge", "n2", "main"))
+
+
+def _assess(topology: Topology, clusters: dict, base: dict | None = None, injectors: bool = False):
+    """Read every cluster of ``topology`` through the fake client, then judge what it read."""
+    base = base or {}
+    desired = desired_state(topology, base)
+    client = FakeClient(clusters)
+    mesh = mesh_model(topology, data_plane_mode(base))
+    observed = client.read_state(topology.clusters, ambient=data_plane_mode(base) == AMBIENT)
+    read_injectors = client.injection_paths([c for c in topology.clusters if c.primary], None) if injectors else None
+    return assess_mesh(mesh, desired, observed, read_injectors), desired
+
+
+def _set_up(topology: Topology, base: dict | None = None, **per_cluster) -> dict[str, Observed]:
+    """Every cluster as apply leaves it, with ``per_cluster`` fields changed (context -> dict)."""
+    desired = desired_state(topology, base or {})
+    found = {}
+    for c in topology.clusters:
+        d = desired[c.context]
+        seen = installed(c, d.fingerprint, annotations=dict(d.namespace_annotations))
+        if d.eastwest is not None:
+            seen = replace(seen, eastwest_exists=True, eastwest_address="198.51.100.7", eastwest_made_by="operator")
+        found[c.context] = replace(seen, **per_cluster.get(c.context, {}))
+    return found
+
+
+# --- istio-system ---------------------------------------------------------------------------------
+
+def test_a_cluster_as_apply_leaves_it_has_nothing_to_change():
+    found, _ = _assess(MULTI_NETWORK, _set_up(MULTI_NETWORK))
+    for f in found.values():
+        assert f.namespace.current and f.install.state is InstallState.CURRENT
+        assert f.gateway.state is GatewayState.READY and f.gateway.address == "198.51.100.7"
+
+
+def test_no_namespace_is_not_set_up():
+    found, _ = _assess(MULTI_NETWORK, {**_set_up(MULTI_NETWORK), "west": Observed(reachable=True)})
+    assert not found["west"].namespace.exists and not found["west"].namespace.current
+    assert found["east"].namespace.exists
+
+
+def test_the_network_label_missing_or_naming_another_network():
+    found, _ = _assess(MULTI_NETWORK, _set_up(MULTI_NETWORK, east={"network_label": None},
+                                              west={"network_label": "n1"}))
+    assert found["east"].namespace.label is LabelState.MISSING and not found["east"].namespace.current
+    assert found["west"].namespace.label is LabelState.WRONG and found["west"].namespace.network == "n1"
+    assert found["west"].namespace.want_network == "n2"
+
+
+def test_a_namespace_being_deleted_is_not_current():
+    found, _ = _assess(MULTI_NETWORK, _set_up(MULTI_NETWORK, east={"namespace_terminating": True}))
+    assert not found["east"].namespace.current and found["west"].namespace.current
+
+
+def test_a_remote_must_name_its_primary_and_a_primary_must_not_name_one():
+    wrong = _set_up(PRIMARY_REMOTE, edge={"annotations": {CONTROL_PLANE_CLUSTERS: "elsewhere"}},
+                    main={"annotations": {CONTROL_PLANE_CLUSTERS: "edge"}})
+    found, _ = _assess(PRIMARY_REMOTE, wrong)
+    assert found["edge"].namespace.annotations_off == (CONTROL_PLANE_CLUSTERS,)
+    assert not found["edge"].wiring.names_control_plane and found["edge"].wiring.control_plane == "main"
+    assert found["main"].namespace.annotations_left == (CONTROL_PLANE_CLUSTERS,), "a primary now: apply removes it"
+    right, _ = _assess(PRIMARY_REMOTE, _set_up(PRIMARY_REMOTE))
+    assert right["edge"].wiring.names_control_plane and right["edge"].namespace.annotations_off == ()
+    assert right["main"].namespace.annotations_left == ()
+
+
+def test_a_running_primary_turned_remote_lacks_the_annotation_and_its_install():
+    """What the cluster holds as a primary, judged against topology.yaml that now makes it a remote."""
+    as_primary = _set_up(MULTI_NETWORK)
+    found, _ = _assess(PRIMARY_REMOTE, {"main": as_primary["east"], "edge": replace(as_primary["west"], annotations={})})
+    assert found["edge"].namespace.annotations_off == (CONTROL_PLANE_CLUSTERS,)
+    assert found["edge"].install.state is InstallState.CHANGED and found["edge"].install.drift
+
+
+# --- the install ----------------------------------------------------------------------------------
+
+def test_nothing_recorded_is_a_fresh_install():
+    fresh = {c.context: Observed(reachable=True, namespace=True, network_label=c.network)
+             for c in MULTI_NETWORK.clusters}
+    found, _ = _assess(MULTI_NETWORK, fresh)
+    assert all(f.install.state is InstallState.ABSENT and f.install.drift for f in found.values())
+
+
+def test_another_recorded_install_is_changed_with_the_paths_that_differ():
+    clusters = _set_up(MULTI_NETWORK, east={"applied": "an-earlier-install"})
+    desired = desired_state(MULTI_NETWORK, {})
+    last = {"east": {**desired["east"].operator, "spec": {**desired["east"].operator["spec"], "profile": "minimal"}}}
+    observed = FakeClient(clusters).read_state(MULTI_NETWORK.clusters)
+    found = assess_mesh(mesh_model(MULTI_NETWORK), desired, observed, last_overlays=last)
+    assert found["east"].install.state is InstallState.CHANGED and found["east"].install.recorded == "an-earlier-install"
+    assert found["east"].install.changed == ("- spec.profile: minimal",)
+    assert found["west"].install.state is InstallState.CURRENT and found["west"].install.changed == ()
+
+
+# --- the east-west gateway -------------------------------------------------------------------------
+
+def test_one_network_needs_no_gateway_and_one_left_there_is_left_over():
+    found, _ = _assess(ONE_NETWORK, _set_up(ONE_NETWORK, west={"eastwest_exists": True, "eastwest_made_by": "operator"}))
+    assert found["east"].gateway.state is GatewayState.NOT_NEEDED and found["east"].gateway.wanted is None
+    assert found["west"].gateway.state is GatewayState.LEFT_OVER
+
+
+def test_across_networks_a_gateway_without_service_is_missing_and_one_without_address_pending():
+    found, _ = _assess(MULTI_NETWORK, _set_up(MULTI_NETWORK, east={"eastwest_exists": False, "eastwest_address": None,
+                                                                   "eastwest_made_by": None},
+                                              west={"eastwest_address": None}))
+    assert found["east"].gateway.state is GatewayState.MISSING
+    assert found["west"].gateway.state is GatewayState.PENDING and found["west"].gateway.present
+
+
+def test_a_gateway_of_the_other_data_plane_mode():
+    sidecar, _ = _assess(MULTI_NETWORK, _set_up(MULTI_NETWORK, east={"eastwest_made_by": "gateway"}))
+    assert sidecar["east"].gateway.state is GatewayState.OTHER_MODE and sidecar["east"].gateway.running == "ambient"
+    # ambient across networks: the Gateway is there, but the Service belongs to the sidecar-mode gateway
+    programmed = {"status": {"addresses": [{"value": "198.51.100.8"}],
+                             "conditions": [{"type": "Programmed", "status": "True"}]}}
+    ambient, _ = _assess(MULTI_NETWORK, _set_up(MULTI_NETWORK, AMBIENT_BASE, east={
+        "eastwest_gateway": programmed, "eastwest_exists": True, "eastwest_made_by": "operator"},
+        west={"eastwest_gateway": programmed, "eastwest_exists": True, "eastwest_made_by": "gateway"}), AMBIENT_BASE)
+    assert ambient["east"].gateway.state is GatewayState.OTHER_MODE and ambient["east"].gateway.running == "sidecar"
+    assert ambient["west"].gateway.state is GatewayState.READY and ambient["west"].gateway.address == "198.51.100.8"
+
+
+def test_an_ambient_gateway_counts_once_istiod_programmed_it():
+    waiting = {"status": {"conditions": [{"type": "Programmed", "status": "False", "reason": "AddressNotAssigned"}]}}
+    clusters = _set_up(MULTI_NETWORK, AMBIENT_BASE, east={"eastwest_gateway": waiting},
+                       west={"eastwest_gateway": None})
+    found, _ = _assess(MULTI_NETWORK, clusters, AMBIENT_BASE)
+    assert found["east"].gateway.state is GatewayState.PENDING and found["east"].gateway.programmed is False
+    assert found["west"].gateway.state is GatewayState.MISSING and found["west"].gateway.wanted == "ambient"
+
+
+def test_the_network_the_gateway_deployment_selects():
+    deployment = {"spec": {"selector": {"matchLabels": {NETWORK_LABEL: "n9", "istio": "eastwestgateway"}}}}
+    found, _ = _assess(MULTI_NETWORK, _set_up(MULTI_NETWORK, west={"deployments": {EASTWEST_NAME: deployment}}))
+    assert found["west"].gateway.network == "n9" and found["east"].gateway.network is None
+
+
+# --- a remote's wiring -----------------------------------------------------------------------------
+
+def test_a_remote_injector_must_call_its_own_path():
+    clusters = _set_up(PRIMARY_REMOTE)
+    good = {**clusters, "edge": FakeCluster(clusters["edge"], injector=InjectorWebhook("/inject/cluster/edge/net/n2", True))}
+    found, _ = _assess(PRIMARY_REMOTE, good, injectors=True)
+    assert found["edge"].wiring.path_right and found["edge"].wiring.trusted is True
+    bad = {**clusters, "edge": FakeCluster(clusters["edge"], injector=InjectorWebhook("/inject/cluster/main/net/n1", False))}
+    found, _ = _assess(PRIMARY_REMOTE, bad, injectors=True)
+    assert not found["edge"].wiring.path_right and found["edge"].wiring.want_path == "/inject/cluster/edge/net/n2"
+    assert found["main"].wiring.path_right, "a primary's injector is its own istiod's: no path to check"
+
+
+def test_a_primary_exposes_istiod_while_it_has_remotes_and_stops_once_it_has_none():
+    found, _ = _assess(PRIMARY_REMOTE, _set_up(PRIMARY_REMOTE))
+    assert found["main"].wiring.exposes_istiod and found["main"].wiring.exposed and not found["main"].wiring.stop_exposing
+    # the remote became a primary of its own in topology.yaml; its istio-system still names main
+    held = _set_up(PRIMARY_REMOTE)
+    found, _ = _assess(_topology(("main", "n1", None), ("edge", "n2", None)), held)
+    assert found["main"].wiring.stop_exposing and not found["main"].wiring.exposes_istiod
+
+
+# --- the fake answers as the real client does --------------------------------------------------------
+
+def test_a_context_the_kubeconfig_lacks_is_unreachable_with_kubectls_words():
+    client = FakeClient({"east": _set_up(MULTI_NETWORK)["east"]})
+    observed = client.read_state(MULTI_NETWORK.clusters)
+    assert observed["east"].reachable and not observed["west"].reachable
+    assert observed["west"].error == 'error: context "west" does not exist'
+    assert client.reads == [("state", "east"), ("state", "west")]
+    found = assess_mesh(mesh_model(MULTI_NETWORK), desired_state(MULTI_NETWORK, {}), observed)
+    assert list(found) == ["east"], "a cluster that was not read is not judged"
+
+
+def test_a_judgment_cannot_change_what_the_fake_holds():
+    client = FakeClient(_set_up(MULTI_NETWORK))
+    client.read_state(MULTI_NETWORK.clusters)["east"].annotations.clear()
+    assert client.read_state(MULTI_NETWORK.clusters)["east"].annotations
+
+
+@pytest.mark.parametrize("ambient", [False, True])
+def test_the_gateway_api_is_read_only_for_an_ambient_mesh(ambient):
+    clusters = _set_up(MULTI_NETWORK, AMBIENT_BASE, east={"eastwest_gateway": {"status": {}}})
+    seen = FakeClient(clusters).read_state(MULTI_NETWORK.clusters, ambient=ambient)["east"]
+    assert (seen.eastwest_gateway is not None) is ambient
+
+
+# --- status judges what the fake client answers, from the same findings ----------------------------
+
+def _ca(name: str, issuer=None):
+    """A CA certificate valid for ten years from yesterday (PEM, key, subject); self-signed unless ``issuer``."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer[2] if issuer else subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(issuer[1] if issuer else key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM), key, subject
+
+
+@pytest.fixture(scope="module")
+def pki():
+    root = _ca("Root CA")
+    inter = _ca("Intermediate CA", root)
+    return root[0], {"ca-cert.pem": inter[0], "cert-chain.pem": inter[0] + root[0], "root-cert.pem": root[0]}
+
+
+def _istiod(name: str) -> dict:
+    return {"spec": {"template": {"spec": {"containers": [{
+        "name": "discovery", "image": "docker.io/istio/pilot:1.29.0", "env": [{"name": "CLUSTER_ID", "value": name}]}]}}},
+        "status": {"readyReplicas": 1}}
+
+
+def _live(topology: Topology, pki, **per_cluster) -> dict[str, FakeCluster]:
+    """Every cluster as apply leaves it, running: istiod (or a remote's Service), cacerts, peers' secrets,
+    istiod reporting them synced, a remote's injector on its own path."""
+    from lib.kube import RemoteSecretInfo
+
+    mesh = mesh_model(topology)
+    held = _set_up(topology)
+    fakes = {}
+    for m in mesh.members:
+        secrets = {mesh.member(p).name: RemoteSecretInfo(f"istio-remote-secret-{p}", p, None, f"https://{p}.example:6443")
+                   for p in m.holds_secrets_of}
+        seen = replace(held[m.context], cacerts=pki[1], cacerts_labelled=True, remote_secrets=secrets,
+                       deployments={} if m.is_remote else {"istiod": _istiod(m.name)},
+                       # a remote's istiod Service leads to its primary through an EndpointSlice: no selector
+                       istiod_selectors={"istiod": {} if m.is_remote else {"app": "istiod", "istio": "pilot"}})
+        fakes[m.context] = FakeCluster(
+            replace(seen, **per_cluster.get(m.context, {})),
+            istiod=None if m.is_remote else IstiodView(remotes={mesh.member(p).name: "synced" for p in m.holds_secrets_of}),
+            injector=InjectorWebhook(f"/inject/cluster/{m.name}/net/{m.network}", True) if m.is_remote else InjectorWebhook())
+    return fakes
+
+
+def _status(topology: Topology, fakes: dict, pki, held_topology: Topology | None = None):
+    """status of ``topology`` over clusters that hold ``fakes``."""
+    from lib.status import read_status
+    from lib.statusinputs import Expected
+
+    ws = Expected(Path("/nonexistent"), topology, {ctx: d.fingerprint for ctx, d in desired_state(topology, {}).items()},
+                  pki[0], {})
+    return read_status(ws, FakeClient(fakes))
+
+
+def _problems(status) -> dict[str, list[str]]:
+    return {c.cluster.context: sorted(p.code for p in c.problems) for c in status.clusters}
+
+
+def test_status_of_a_mesh_as_apply_leaves_it_is_healthy(pki):
+    status = _status(PRIMARY_REMOTE, _live(PRIMARY_REMOTE, pki), pki)
+    assert _problems(status) == {"main": [], "edge": []} and status.healthy
+
+
+def test_status_names_the_findings_a_live_cluster_shows(pki):
+    fakes = _live(MULTI_NETWORK, pki, east={"network_label": "n2", "eastwest_address": None},
+                  west={"eastwest_exists": False, "eastwest_address": None, "eastwest_made_by": None})
+    assert _problems(_status(MULTI_NETWORK, fakes, pki)) == {"east": ["gateway_pending", "network_label_wrong"],
+                                                             "west": ["gateway_missing"]}
+
+
+def test_status_of_a_remote_wired_to_the_wrong_place(pki):
+    fakes = _live(PRIMARY_REMOTE, pki, edge={"annotations": {**_set_up(PRIMARY_REMOTE)["edge"].annotations,
+                                                             CONTROL_PLANE_CLUSTERS: "elsewhere"}})
+    fakes["edge"].injector = InjectorWebhook("/inject/cluster/main/net/n1", True)
+    assert _problems(_status(PRIMARY_REMOTE, fakes, pki))["edge"] == ["control_plane_annotation_wrong",
+                                                                       "injection_path_wrong"]
+    # without its caBundle, the injector refuses pods: the cause named is the annotation
+    fakes["edge"].injector = InjectorWebhook("/inject/cluster/edge/net/n2", False)
+    edge = next(c for c in _status(PRIMARY_REMOTE, fakes, pki).clusters if c.cluster.context == "edge")
+    untrusted = next(p for p in edge.problems if p.code == "injector_untrusted")
+    assert f"names elsewhere in {CONTROL_PLANE_CLUSTERS}, not main" in untrusted.message
+
+
+def test_status_of_a_running_primary_turned_into_a_remote_is_not_healthy(pki):
+    """topology.yaml makes edge a remote of main; edge still runs what it ran as a primary."""
+    as_primaries = _topology(("main", "n1", None), ("edge", "n2", None))
+    fakes = _live(as_primaries, pki)
+    status = _status(PRIMARY_REMOTE, fakes, pki)
+    assert not status.healthy
+    assert {"control_plane_annotation_wrong", "drift", "istiod_service_selects_pods"} <= set(_problems(status)["edge"])
+
+
+def test_status_of_a_remote_turned_primary_names_the_annotation_it_keeps(pki):
+    """What apply --dry-run plans ("stop being a remote") status reports, even with the install current."""
+    as_primaries = _topology(("main", "n1", None), ("edge", "n2", None))
+    fakes = _live(as_primaries, pki)
+    fakes["edge"].state.annotations[CONTROL_PLANE_CLUSTERS] = "main"
+    assert _problems(_status(as_primaries, fakes, pki)) == {"main": [], "edge": ["control_plane_annotation_left"]}
+
+
+# --- the plan turns the same findings into steps ---------------------------------------------------
+
+GATEWAY_ADDRESS = "198.51.100.7"
+
+
+def _running(topology: Topology, workdir: Path, base: dict | None = None, **per_cluster) -> dict[str, Observed]:
+    """Every cluster as apply leaves it, with the cacerts of ``workdir`` and its peers' current secrets."""
+    from lib.kube import RemoteSecretInfo, token_fingerprint
+
+    for c in topology.clusters:
+        folder = workdir / "certs" / c.name
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"):
+            (folder / name).write_text(f"{c.name}-{name}")
+    mesh = mesh_model(topology)
+    desired = desired_state(topology, base or {}, _addresses(topology))
+    found = {}
+    for m in mesh.members:
+        d = desired[m.context]
+        secrets = {p.name: RemoteSecretInfo(f"istio-remote-secret-{p.name}", p.name,
+                                            token_fingerprint(p.name, p.cluster.remote_server, f"tok-{p.name}"),
+                                            p.cluster.remote_server, manifest={"kind": "Secret"})
+                   for p in mesh.members if p.context in m.holds_secrets_of}
+        seen = installed(m.cluster, d.fingerprint, annotations=dict(d.namespace_annotations), remote_secrets=secrets,
+                         reader_token=f"tok-{m.name}", cacerts={name: f"{m.name}-{name}".encode() for name in
+                                                                ("ca-cert.pem", "cert-chain.pem", "root-cert.pem")})
+        if d.eastwest is not None:
+            seen = replace(seen, eastwest_exists=True, eastwest_address=GATEWAY_ADDRESS, eastwest_made_by="operator")
+        found[m.context] = replace(seen, **per_cluster.get(m.context, {}))
+    return found
+
+
+def _addresses(topology: Topology) -> dict[str, str]:
+    return {m.context: GATEWAY_ADDRESS for m in mesh_model(topology).members if m.eastwest}
+
+
+def _plan(topology: Topology, workdir: Path, clusters: dict, base: dict | None = None,
+          lines: bool = False) -> dict[str, list[str]]:
+    """The steps apply plans per cluster (``lines``: their lines in the plan), for clusters read through
+    the fake client."""
+    from lib.gatewayapi import CrdSource
+    from lib.kube import Tools, gateway_addresses
+    from lib.plan import build_apply_plan
+
+    observed = FakeClient(clusters).read_state(topology.clusters, ambient=data_plane_mode(base or {}) == AMBIENT)
+    desired = desired_state(topology, base or {}, gateway_addresses(observed))
+    plan = build_apply_plan(topology=topology, desired=desired, observed=observed, removed=[], removed_observed=observed,
+                            workdir=workdir, tools=Tools(), release=None, intermediate_vars={}, gateway_timeout=5,
+                            gateway_api=CrdSource("crds.yaml", "v1.4.0") if base else None)
+    steps: dict[str, list[str]] = {}
+    for phase in plan.phases:
+        for context, found in phase.steps.items():
+            steps.setdefault(context, []).extend(step.change if lines else step.title for step in found)
+    return steps
+
+
+def test_a_mesh_as_apply_leaves_it_plans_nothing(tmp_path):
+    for topology in (MULTI_NETWORK, PRIMARY_REMOTE, ONE_NETWORK):
+        assert _plan(topology, tmp_path, _running(topology, tmp_path)) == {}, topology
+
+
+def test_a_missing_gateway_is_installed(tmp_path):
+    clusters = _running(MULTI_NETWORK, tmp_path, west={"eastwest_exists": False, "eastwest_address": None,
+                                                       "eastwest_made_by": None})
+    steps = _plan(MULTI_NETWORK, tmp_path, clusters)
+    assert list(steps) == ["west"] and "install east-west gateway" in steps["west"]
+
+
+def test_a_wrong_network_label_alone_relabels_istio_system(tmp_path):
+    steps = _plan(MULTI_NETWORK, tmp_path, _running(MULTI_NETWORK, tmp_path, east={"network_label": "n2"}))
+    assert steps == {"east": ["namespace istio-system (network n1) and secret cacerts", "record what was applied",
+                              "wait for the east-west gateway's address"]}
+
+
+def test_a_remote_turned_primary_stops_being_a_remote_and_its_primary_stops_exposing_istiod(tmp_path):
+    as_remote = _running(PRIMARY_REMOTE, tmp_path)
+    steps = _plan(_topology(("main", "n1", None), ("edge", "n2", None)), tmp_path, as_remote)
+    assert any(title.startswith("stop being a remote") for title in steps["edge"])
+    assert "stop exposing istiod (no remotes now)" in steps["main"]
+
+
+def test_a_primary_whose_gateway_has_no_address_waits_for_it(tmp_path):
+    clusters = _running(PRIMARY_REMOTE, tmp_path, main={"eastwest_address": None})
+    assert _plan(PRIMARY_REMOTE, tmp_path, clusters)["main"] == ["wait for the east-west gateway's address"]
+
+
+def test_to_ambient_the_sidecar_mode_gateway_goes_first(tmp_path):
+    clusters = _running(MULTI_NETWORK, tmp_path)  # a sidecar-mode mesh, now declared ambient
+    steps = _plan(MULTI_NETWORK, tmp_path, clusters, AMBIENT_BASE)
+    assert steps["east"][:2] == ["remove the sidecar-mode east-west gateway (ambient now)", "install Istio"]
+
+
+def test_istiod_exposed_to_a_new_remote_is_added_and_to_a_known_one_applied_again(tmp_path):
+    as_primaries = _running(_topology(("main", "n1", None), ("edge", "n2", None)), tmp_path)
+    gaining = _plan(PRIMARY_REMOTE, tmp_path, as_primaries, lines=True)["main"]
+    assert any(line.startswith("+ expose istiod") for line in gaining), gaining
+    # a base.yaml edit reinstalls a primary that has its remote already
+    edited = {"spec": {"meshConfig": {"accessLogFile": "/dev/stdout"}}}
+    again = _plan(PRIMARY_REMOTE, tmp_path, _running(PRIMARY_REMOTE, tmp_path), edited, lines=True)["main"]
+    assert any(line.startswith("~ expose istiod") and line.endswith("applied again") for line in again), again
