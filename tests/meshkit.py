@@ -65,6 +65,7 @@ class Mesh:
                 assert any(re.search(noun, line) for line in section), \
                     f"apply changed {ctx}: {title!r}; its dry run names no {noun!r}:\n{dry.stdout}"
         status = self.run("status", "--output", "json", env=columns)
+        assert status.stdout.startswith("{"), f"status --output json printed no report:\n{status.stdout}\n{status.stderr}"
         report = json.loads(status.stdout)
         errors = sorted({p["code"] for p in report["problems"] + [p for c in report["clusters"] for p in c["problems"]]
                          if p["severity"] == "error"})
