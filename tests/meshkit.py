@@ -133,22 +133,24 @@ _WRITES = {"kubectl": {"apply", "create", "delete", "label", "annotate", "patch"
            "istioctl": {"install", "uninstall", "apply"}}
 _BOOKKEEPING = "setup-mesh.io/applied="  # the record of what was applied (the plan shows it with -v only)
 # What a step's title is called in the plan's short form (lib/plan.py's Step.change); a step not listed here
-# must be named by its title.
+# must be named by its title. A step that removes (its title says so) needs a removal line ("- ..."), or its title
+# after "·" (a step the plan names by its title).
 _NOUNS = [(r"^install Istio$", r"[+~] Istio \("),
           (r"^namespace istio-system \(network .*\) and secret cacerts$",
            r"namespace istio-system|network label|secret cacerts|annotation "),
           (r"^make intermediate CA$", r"intermediate CA"),
-          (r"^remove the ambient east-west gateway", r"^ *- ambient east-west gateway"),
+          (r"^remove the ambient east-west gateway", r"ambient east-west gateway"),
           (r"east-west gateway", r"east-west gateway"),
           (r"^import .*secret", r"remote secret"),
-          (r"^delete \d+ stale remote secret", r"- stale remote secrets"),
-          (r"^stop being a remote", r"topology.istio.io/controlPlaneClusters"),
+          (r"^delete \d+ stale remote secret", r"stale remote secrets"),
+          (r"^stop being a remote", r"annotation topology.istio.io/controlPlaneClusters"),
           (r"^stop exposing istiod", r"Gateway istiod-gateway"),
           (r"^install the Gateway API CRDs", r"Gateway API CRDs"),
-          (r"^uninstall Istio and its CRDs$", r"- Istio \(istioctl uninstall"),
-          (r"^uninstall setup-mesh's IstioOperators", r"- setup-mesh's IstioOperators"),
-          (r"^delete (cacerts and )?remote secrets$", r"- (secret cacerts|\d+ remote secret)"),
-          (r"^delete namespace istio-system$", r"- namespace istio-system")]
+          (r"^uninstall Istio and its CRDs$", r"Istio \(istioctl uninstall"),
+          (r"^uninstall setup-mesh's IstioOperators", r"setup-mesh's IstioOperators"),
+          (r"^delete (cacerts and )?remote secrets$", r"secret cacerts|\d+ remote secret"),
+          (r"^delete namespace istio-system$", r"namespace istio-system")]
+_REMOVES = re.compile(r"^(remove|uninstall|delete|stop) ")
 
 
 def plan_sections(stdout: str) -> dict[str, list[str]]:
@@ -193,7 +195,10 @@ def changed_steps(stdout: str) -> dict[str, list[str]]:
 
 def plan_noun(title: str) -> str:
     """The pattern a dry-run line naming this step's change matches."""
-    return next((noun for pattern, noun in _NOUNS if re.search(pattern, title)), re.escape(title))
+    noun = next((noun for pattern, noun in _NOUNS if re.search(pattern, title)), re.escape(title))
+    if _REMOVES.match(title):
+        return rf"^\s*- .*(?:{noun})|^\s*· {re.escape(title)}$"
+    return noun
 
 
 def make_mesh(sandbox, workdir: Path, networks: dict[str, str], base_extra: str = "") -> Mesh:
