@@ -70,6 +70,11 @@ Workdir = Annotated[Path, typer.Option("--workdir", "-w", envvar=_env("WORKDIR")
 Kubeconfig = Annotated[Optional[str], typer.Option("--kubeconfig", metavar="FILE", help="Kubeconfig file (default: KUBECONFIG, else ~/.kube/config).")]
 IstioDir = Annotated[Optional[str], typer.Option("--istio-dir", envvar=_env("ISTIO_DIR"), show_envvar=True, metavar="DIR",
                                                  help="Unpacked Istio release (default: the one holding istioctl on PATH, else istio-* in the workdir).")]
+IstioMirror = Annotated[Optional[str], typer.Option(
+    "--istio-mirror", metavar="URL|DIR",
+    help="Where to fetch the pinned Istio release from: an http(s) server or a folder holding "
+         "istio-<version>-<os>-<arch>.tar.gz and its .sha256 [env var: SETUP_MESH_ISTIO_MIRROR; "
+         "default: Istio's GitHub releases].")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only warnings, errors and the final result.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Print every command it runs (pasteable), with its exit code and time.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for unexpected errors.")]
@@ -105,6 +110,9 @@ def prep_mesh(
     org: Annotated[Optional[str], typer.Option("--org", envvar=_env("ORG_NAME"), show_envvar=True, metavar="NAME",
                                                help="Organisation (O=) of the new root CA and the clusters' intermediate CAs [default: the Makefile's, Istio].")] = None,
     istio_dir: IstioDir = None,
+    istio_version: Annotated[Optional[str], typer.Option("--istio-version", metavar="VERSION",
+                                                         help="Pin this Istio release (istio_version in a new topology.yaml) and fetch it for the root CA's Makefile.")] = None,
+    istio_mirror: IstioMirror = None,
     add_context: Annotated[Optional[List[str]], typer.Option("--add-context", metavar="NAME[=NETWORK]",
                                                              help="A kube context to list in a new topology.yaml (repeatable).")] = None,
     old_context: Annotated[Optional[List[str]], typer.Option("--context", hidden=True)] = None,  # the earlier spelling
@@ -121,7 +129,8 @@ def prep_mesh(
     """
     commands.run_guarded(debug, quiet, False, lambda r, rep: commands.prep_mesh(
         workdir, mesh_id=mesh_id, org=org, istio_dir=istio_dir, contexts=[*(add_context or []), *(old_context or [])],
-        root_days=root_days, key_size=key_size, runner=r, reporter=rep))
+        root_days=root_days, key_size=key_size, istio_version=istio_version, istio_mirror=istio_mirror, runner=r,
+        reporter=rep))
 
 
 @app.command()
@@ -129,6 +138,7 @@ def apply(
     workdir: Workdir = Path("."),
     kubeconfig: Kubeconfig = None,
     istio_dir: IstioDir = None,
+    istio_mirror: IstioMirror = None,
     context: Contexts = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print per cluster what would change (-v: every command) and change nothing.")] = False,
     yes: Yes = False,
@@ -152,7 +162,7 @@ def apply(
     commands.run_guarded(debug, quiet, verbose, lambda r, rep: commands.apply(
         workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, dry_run=dry_run, yes=yes, parallel=parallel,
         gateway_timeout=gateway_timeout, timeout=timeout, runner=r, reporter=rep, contexts=context or [],
-        gateway_api_crds=gateway_api_crds, replace_foreign_ca=replace_foreign_ca))
+        gateway_api_crds=gateway_api_crds, replace_foreign_ca=replace_foreign_ca, istio_mirror=istio_mirror))
 
 
 @app.command()

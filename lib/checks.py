@@ -188,6 +188,21 @@ CHECKS: dict[str, Check] = {c.id: c for c in (
     Check('drift', ERROR,
           'Istio is installed and drift is true',
           'setup-mesh apply --dry-run to see the change, then setup-mesh apply'),
+    Check('proxies_without_control_plane', ERROR,
+          ("proxies run a revision whose control plane is gone (for a remote: gone from its primary): they "
+           "get no new configuration or certificates"),
+          'kubectl --context <context> rollout restart deployment -n <namespace> for each namespace named'),
+    Check('proxies_on_old_revision', WARNING,
+          ("proxies outside istio-system run another revision than the one new pods get (the default tag's): "
+           "an upgrade waits for their restart before the old revision can go"),
+          'kubectl --context <context> rollout restart deployment -n <namespace> for each namespace named'),
+    Check('proxy_skew', WARNING,
+          ("proxies of a revision run an Istio version newer than its control plane, or more than one minor "
+           "version older"),
+          'kubectl --context <context> rollout restart deployment -n <namespace> (they get the current revision)'),
+    Check('kubernetes_unsupported', WARNING,
+          "the cluster's Kubernetes version is outside the range the installed Istio minor supports",
+          "upgrade the cluster's Kubernetes, or pin an Istio release that supports it in topology.yaml"),
 )}
 
 

@@ -9,7 +9,7 @@ from typing import Callable
 
 import typer
 
-from . import certs, invocation, carotation
+from . import certs, carotation, fetch, invocation
 from . import polling
 from .config import (AMBIENT, BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, data_plane_mode, load_base, load_topology,
                      resolve_contexts, select_clusters)
@@ -33,7 +33,7 @@ from .runlog import RunLog
 from .runner import ShRunner
 from .state import State
 from .wrapping import wrap_prose
-from .workspace import Workspace, find_tools, inspect_clusters, load_workspace, read_istio_usage
+from .workspace import Workspace, find_tools, inspect_clusters, load_workspace, pinned_release, read_istio_usage
 
 DEFAULT_PARALLEL = 8
 DEFAULT_TIMEOUT = 600.0
@@ -144,7 +144,8 @@ def open_log(workdir: Path, command: str, runner: ShRunner) -> RunLog:
 
 def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_run: bool, yes: bool,
           parallel: int, gateway_timeout: float, timeout: float, runner: ShRunner, reporter: Reporter,
-          contexts: list[str] = (), gateway_api_crds: str | None = None, replace_foreign_ca: bool = False) -> int:
+          contexts: list[str] = (), gateway_api_crds: str | None = None, replace_foreign_ca: bool = False,
+          istio_mirror: str | None = None) -> int:
     if not dry_run:
         carotation.resume_finish(workdir)  # a root transition's last rename, if a run was cut short there
     # A dry run shows the plan for clusters that hold nothing yet, then fails as apply would.
@@ -153,7 +154,13 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     chosen = select_clusters(topology, list(contexts))
     only = {c.context for c in chosen} if contexts else None
     transition = carotation.load_transition(workdir)
-    tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout)
+    # The pinned releases, fetched and verified before any cluster is touched.
+    releases = fetch.pinned_releases(topology, workdir, istio_dir, istio_mirror, reporter, dry_run, ws.notes)
+    pinned = fetch.mesh_release(topology, releases)
+    istio_dir = str(pinned.root) if pinned else istio_dir
+    # A dry run's plan names the istioctl apply will fetch, not another one on PATH.
+    tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout,
+                       pinned=pinned or fetch.planned_release(topology, workdir))
     release, intermediate_vars = certs_prerequisites(ws, istio_dir, runner, dry_run, transition=transition)
     ambient = data_plane_mode(ws.base) == AMBIENT
     istio_version = _istio_version(istio_dir, ws) if ambient else None
@@ -419,9 +426,11 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
     state = State.load(workdir)
     clusters: list[Cluster] = []
     topology_path = workdir / TOPOLOGY_FILE
+    pinned: Release | None = None
     if topology_path.exists():
         topology = resolve_contexts(load_topology(topology_path), kubeconfig)
         clusters.extend(topology.clusters)
+        pinned = pinned_release(topology, workdir, istio_dir)
     elif not state.clusters:
         raise ConfigError(f"nothing to tear down: no {TOPOLOGY_FILE} and no recorded state in {workdir}",
                           hint="pass the --workdir that apply used")
@@ -431,7 +440,7 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
             clusters.append(Cluster(context=context, network=entry.get("network", ""),
                                     name=entry.get("cluster_name", context), kubeconfig=entry.get("kubeconfig"),
                                     primary=entry.get("primary")))
-    tools = find_tools(istio_dir, runner, False, [], timeout)
+    tools = find_tools(istio_dir, runner, False, [], timeout, pinned=pinned)
     ours = _our_operators(workdir)
 
     # Read first: what is there decides whether to ask at all, and what the question names.

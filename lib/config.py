@@ -4,13 +4,14 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from .errors import ConfigError
 from .invocation import prep_hint
+from .versions import version_problem
 from .yamlfile import LocatedDoc, load_located
 
 TOPOLOGY_FILE = "topology.yaml"
@@ -39,8 +40,10 @@ CONTEXT_KEYS = {
     "api_server": "API server URL other clusters use to reach this one (create-remote-secret --server)",
     "kubeconfig": "a kubeconfig file for this context only (default: --kubeconfig, KUBECONFIG, ~/.kube/config)",
     "primary": "the context whose control plane runs this cluster: makes it a remote of that primary",
+    "istio_version": "the Istio release this cluster runs, overriding the top-level istio_version (a staged move)",
 }
-TOP_KEYS = {"mesh_id", "contexts"}
+TOP_KEYS = {"mesh_id", "contexts", "istio_version"}
+ISTIO_VERSION_KEY = "istio_version"
 OPERATOR_KEYS = ("apiVersion", "kind", "metadata", "spec")
 OPERATOR_SPEC_KEYS = ("profile", "installPackagePath", "namespace", "hub", "tag", "revision", "compatibilityVersion",
                       "meshConfig", "components", "values", "unvalidatedValues")
@@ -91,6 +94,7 @@ class Cluster:
     kubeconfig: str | None = None  # explicit kubeconfig file for this context, if any
     server: str | None = None  # the API server URL the kubeconfig names
     primary: str | None = None  # context of the primary whose istiod configures this cluster (a remote)
+    istio_version: str | None = None  # this context's own istio_version (overrides the top-level one)
 
     @property
     def remote_server(self) -> str | None:
@@ -111,6 +115,17 @@ class Topology:
     mesh_id: str
     clusters: tuple[Cluster, ...]
     path: Path
+    istio_version: str | None = None  # the mesh's pinned Istio release (top-level istio_version), if any
+
+    def istio_version_of(self, context: str) -> str | None:
+        """The release pinned for one context: its own istio_version, else the mesh's, else None."""
+        return self.by_context(context).istio_version or self.istio_version
+
+    @property
+    def istio_versions(self) -> list[str]:
+        """Every pinned release, in topology order, each once."""
+        pinned = [self.istio_version_of(c.context) for c in self.clusters]
+        return list(dict.fromkeys(v for v in pinned if v))
 
     @property
     def networks(self) -> list[str]:
@@ -142,12 +157,25 @@ def _type_name(value: Any) -> str:
 def load_topology(path: Path) -> Topology:
     doc = load_located(path, "topology file", missing_hint=prep_hint())
     mesh_id, contexts = _mesh_id_and_contexts(doc, path)
+    istio_version = _istio_version(doc, doc.data, (ISTIO_VERSION_KEY,), "the mesh")
     clusters: list[Cluster] = []
     seen: dict[str, str] = {}
     for context, spec in contexts.items():
         clusters.append(_load_context(doc, path, context, spec, seen))
     _check_primaries(doc, clusters)
-    return Topology(mesh_id=mesh_id, clusters=tuple(clusters), path=path)
+    return Topology(mesh_id=mesh_id, clusters=tuple(clusters), path=path, istio_version=istio_version)
+
+
+def _istio_version(doc: LocatedDoc, mapping: dict, keys: tuple, owner: str) -> str | None:
+    """The istio_version in ``mapping`` (at ``keys`` in the file), checked; None when absent."""
+    if ISTIO_VERSION_KEY not in mapping or mapping[ISTIO_VERSION_KEY] is None:
+        return None
+    value = mapping[ISTIO_VERSION_KEY]
+    problem = version_problem(value)
+    if problem:
+        what, how = problem
+        raise ConfigError(f"{doc.where(*keys)}: istio_version of {owner}: {what}", hint=how)
+    return value.strip()
 
 
 def _mesh_id_and_contexts(doc: LocatedDoc, path: Path) -> tuple[str, dict]:
@@ -159,7 +187,7 @@ def _mesh_id_and_contexts(doc: LocatedDoc, path: Path) -> tuple[str, dict]:
     for key in data:
         if key not in TOP_KEYS:
             raise ConfigError(f"{doc.where(key)}: unknown key {key!r} in topology",
-                              hint=did_you_mean(key, TOP_KEYS) + "allowed top-level keys: mesh_id, contexts")
+                              hint=did_you_mean(key, TOP_KEYS) + "allowed top-level keys: " + ", ".join(sorted(TOP_KEYS)))
     mesh_id = data.get("mesh_id")
     if mesh_id is None or mesh_id == "":
         raise ConfigError(f"{doc.where('mesh_id') if 'mesh_id' in data else path}: mesh_id is required",
@@ -208,8 +236,9 @@ def _load_context(doc: LocatedDoc, path: Path, context, spec, seen: dict[str, st
                           hint="give each context its own cluster_name")
     seen[name] = context
     api_server, kubeconfig, primary = _context_options(doc, path, context, spec)
+    own_version = _istio_version(doc, spec, ("contexts", context, ISTIO_VERSION_KEY), f"context {context!r}")
     return Cluster(context=context, network=network, name=name, api_server=api_server,
-                   kubeconfig=kubeconfig, primary=primary)
+                   kubeconfig=kubeconfig, primary=primary, istio_version=own_version)
 
 
 def _context_options(doc: LocatedDoc, path: Path, context: str, spec: dict) -> tuple[str | None, str | None, str | None]:
@@ -452,7 +481,7 @@ def resolve_contexts(topology: Topology, explicit_kubeconfig: str | None) -> Top
         # kubectl and istioctl must read the same file that was checked here.
         kubeconfig_file = cluster.kubeconfig or (os.path.abspath(explicit_kubeconfig) if explicit_kubeconfig else None)
         resolved.append(Cluster(**{**cluster.__dict__, "server": server, "kubeconfig": kubeconfig_file}))
-    return Topology(mesh_id=topology.mesh_id, clusters=tuple(resolved), path=topology.path)
+    return replace(topology, clusters=tuple(resolved))
 
 
 def _find_context(configs: list[dict | None], name: str) -> tuple[dict | None, dict | None]:

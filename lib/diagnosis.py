@@ -16,7 +16,7 @@ explain a remote's pair are its primary's, and a primary that fails its remote i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import gateway_causes as network
 from .assess import SecretState
@@ -27,12 +27,15 @@ from .mesh import Member, Mesh, mesh_model
 from .names import ISTIO_NAMESPACE
 from .traffic import ClusterRun, mesh_label_text
 
+if TYPE_CHECKING:  # status's report, read here; status never imports verify
+    from .statusreport import MeshStatus
+
 
 @dataclass
 class Facts:
     """What status reported, and what verify read besides."""
 
-    status: Any  # status.MeshStatus
+    status: MeshStatus  # status's one reading and judgment of every cluster
     exposes_local: dict[str, bool | None]  # cluster name -> a Gateway in istio-system exposes *.local on 15443
     mesh: Mesh | None = None  # each cluster's role (None: the topology's, all sidecar)
     istiod_addresses: dict[str, str | None] = field(default_factory=dict)  # remote's name -> where its istiod Service leads

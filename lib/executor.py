@@ -149,9 +149,7 @@ class Executor:
 
         def ended(cluster: str, key: str) -> bool:
             """That step will not run (any more): it is done, its cluster stopped, or the plan lacks it."""
-            if (cluster, key) in done or (cluster, key) not in planned:
-                return True
-            return cluster in self.outcome.failures
+            return (cluster, key) in done or (cluster, key) not in planned or cluster in self.outcome.failures
 
         def schedule() -> None:
             for cluster, steps in chains.items():
@@ -162,10 +160,8 @@ class Executor:
                 step = steps[position[cluster]]
                 if not all(ended(a.cluster, a.key) for a in step.after):
                     continue
-                blocked = [a for a in step.after if a.required and (a.cluster, a.key) in planned
-                           and (a.cluster, a.key) not in done]
-                if blocked:
-                    a = blocked[0]
+                a = _first_blocking(step, planned, done)
+                if a is not None:
                     self._fail(cluster, step, MeshError(
                         f"sits this run out: it needs {a.cluster} to {a.key}, which did not happen",
                         hint=f"fix {a.cluster} first (see its failure), then {RERUN_HINT}"), 0.0)
@@ -177,37 +173,46 @@ class Executor:
             while running:
                 # A short timeout keeps the main thread responsive to Ctrl-C.
                 finished, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    cluster = running.pop(future)
-                    step = chains[cluster][position[cluster]]
-                    if future.result():
-                        done.add((cluster, step.key))
-                        position[cluster] += 1
+                _record_finished(finished, running, chains, position, done)
                 if self.cancelled.is_set():
                     continue
                 schedule()
-                for cluster, steps in chains.items():
-                    if cluster not in running.values() and cluster not in self.outcome.failures:
-                        self.reporter.idle(cluster, self._waiting_for(steps, position[cluster], ended))
-            stuck = [c for c, steps in chains.items() if position[c] < len(steps) and c not in self.outcome.failures]
-            for cluster in stuck:  # only a plan whose dependencies form a cycle gets here
-                self._fail(cluster, chains[cluster][position[cluster]], MeshError(
-                    "internal error: this step waits for a step that waits for it",
-                    hint="re-run with --debug and report this"), 0.0)
+                self._report_idle(chains, position, running, ended)
+            self._fail_stuck(chains, position)
         except KeyboardInterrupt:
-            self.interrupt()
-            pool.shutdown(wait=True, cancel_futures=True)
-            for future, cluster in running.items():  # a step that ran to its end counts as done
-                if not future.cancelled() and future.result():
-                    position[cluster] += 1
-            for cluster, steps in chains.items():
-                if cluster not in self.outcome.failures and position[cluster] < len(steps):
-                    # Before its first step, or between two: name the step that did not start.
-                    where = "it started" if position[cluster] == 0 else steps[position[cluster]].title
-                    self.outcome.failures[cluster] = Interrupted(f"interrupted before {where}")
-                    self.reporter.finish_cluster(cluster, False, f"interrupted before {where}", interrupted=True)
+            self._stop_interrupted(chains, position, running, pool)
             return
         pool.shutdown(wait=True)
+
+    def _report_idle(self, chains: dict[str, list[Step]], position: dict[str, int], running: dict[Future, str],
+                     ended: Callable[[str, str], bool]) -> None:
+        """The live table's line of each cluster that runs nothing now."""
+        for cluster, steps in chains.items():
+            if cluster not in running.values() and cluster not in self.outcome.failures:
+                self.reporter.idle(cluster, self._waiting_for(steps, position[cluster], ended))
+
+    def _fail_stuck(self, chains: dict[str, list[Step]], position: dict[str, int]) -> None:
+        """Clusters with steps left once nothing runs: only a plan whose dependencies form a cycle gets here."""
+        stuck = [c for c, steps in chains.items() if position[c] < len(steps) and c not in self.outcome.failures]
+        for cluster in stuck:
+            self._fail(cluster, chains[cluster][position[cluster]], MeshError(
+                "internal error: this step waits for a step that waits for it",
+                hint="re-run with --debug and report this"), 0.0)
+
+    def _stop_interrupted(self, chains: dict[str, list[Step]], position: dict[str, int],
+                          running: dict[Future, str], pool: ThreadPoolExecutor) -> None:
+        """Ctrl-C: no step starts any more; each cluster with steps left says which one did not start."""
+        self.interrupt()
+        pool.shutdown(wait=True, cancel_futures=True)
+        for future, cluster in running.items():  # a step that ran to its end counts as done
+            if not future.cancelled() and future.result():
+                position[cluster] += 1
+        for cluster, steps in chains.items():
+            if cluster not in self.outcome.failures and position[cluster] < len(steps):
+                # Before its first step, or between two: name the step that did not start.
+                where = "it started" if position[cluster] == 0 else steps[position[cluster]].title
+                self.outcome.failures[cluster] = Interrupted(f"interrupted before {where}")
+                self.reporter.finish_cluster(cluster, False, f"interrupted before {where}", interrupted=True)
 
     def _waiting_for(self, steps: list[Step], position: int, ended: Callable[[str, str], bool]) -> str:
         """What a cluster that runs nothing now waits for, in words true of it."""
@@ -295,3 +300,21 @@ def read_clusters(clusters: list[Cluster], runner, reporter: Reporter, parallel:
     if executor.outcome.interrupted:
         raise KeyboardInterrupt
     return executor.shared.get("read", {})
+
+
+def _first_blocking(step: Step, planned: set[tuple[str, str]], done: set[tuple[str, str]]):
+    """The first step this one requires that was planned and did not happen (None: nothing blocks it)."""
+    blocked = [a for a in step.after if a.required and (a.cluster, a.key) in planned
+               and (a.cluster, a.key) not in done]
+    return blocked[0] if blocked else None
+
+
+def _record_finished(finished, running: dict[Future, str], chains: dict[str, list[Step]], position: dict[str, int],
+                     done: set[tuple[str, str]]) -> None:
+    """Steps that ended: a successful one is done, and its cluster moves on to its next step."""
+    for future in finished:
+        cluster = running.pop(future)
+        step = chains[cluster][position[cluster]]
+        if future.result():
+            done.add((cluster, step.key))
+            position[cluster] += 1

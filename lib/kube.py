@@ -178,30 +178,9 @@ def parse_inspect(output: str) -> Observed:
                 seen.annotations = dict(meta.get("annotations") or {})
                 seen.applied = seen.annotations.get(APPLIED_ANNOTATION)
         elif kind == "Secret" and meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE:
-            secret_data = item.get("data") or {}
-            labels = meta.get("labels") or {}
-            annotations = meta.get("annotations") or {}
-            if name == "cacerts":
-                seen.cacerts = {k: v for k in ("ca-cert.pem", "cert-chain.pem", "root-cert.pem")
-                                if (v := _b64(secret_data, k)) is not None}
-                seen.cacerts_labelled = labels.get(MANAGED_BY_LABEL) == FIELD_MANAGER
-            elif labels.get(MULTICLUSTER_LABEL) == "true":
-                info = _remote_secret_info(name, annotations, secret_data, labels, item.get("type"))
-                seen.remote_secrets[info.cluster] = info
-            elif (item.get("type") == "kubernetes.io/service-account-token"
-                  and annotations.get("kubernetes.io/service-account.name") == READER_SERVICE_ACCOUNT):
-                token = _b64(secret_data, "token")
-                if token:
-                    tokens.append((name, token.decode(errors="replace")))
+            _read_secret(seen, item, tokens)
         elif kind == "Service" and meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE:
-            if name == EASTWEST_NAME:
-                seen.eastwest_exists = True
-                seen.eastwest_address = service_address(item)
-                made_by_istiod = MANAGED_GATEWAY_LABEL in (meta.get("labels") or {})
-                seen.eastwest_made_by = "gateway" if made_by_istiod else "operator"
-            elif is_istiod_name(name):
-                seen.istiod_service = True
-                seen.istiod_selectors[name] = dict((item.get("spec") or {}).get("selector") or {})
+            _read_service(seen, item)
         elif kind == "Deployment" and meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE:
             seen.deployments[name] = item
         elif kind == "DaemonSet" and meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE:
@@ -209,6 +188,41 @@ def parse_inspect(output: str) -> Observed:
     if tokens:
         seen.reader_token = sorted(tokens)[0][1]
     return seen
+
+
+def _read_secret(seen: Observed, item: dict[str, Any], tokens: list[tuple[str, str]]) -> None:
+    """A Secret in istio-system: cacerts, a remote secret, or a token of the reader service account."""
+    meta = item.get("metadata") or {}
+    name = meta.get("name")
+    secret_data = item.get("data") or {}
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    if name == "cacerts":
+        seen.cacerts = {k: v for k in ("ca-cert.pem", "cert-chain.pem", "root-cert.pem")
+                        if (v := _b64(secret_data, k)) is not None}
+        seen.cacerts_labelled = labels.get(MANAGED_BY_LABEL) == FIELD_MANAGER
+    elif labels.get(MULTICLUSTER_LABEL) == "true":
+        info = _remote_secret_info(name, annotations, secret_data, labels, item.get("type"))
+        seen.remote_secrets[info.cluster] = info
+    elif (item.get("type") == "kubernetes.io/service-account-token"
+          and annotations.get("kubernetes.io/service-account.name") == READER_SERVICE_ACCOUNT):
+        token = _b64(secret_data, "token")
+        if token:
+            tokens.append((name, token.decode(errors="replace")))
+
+
+def _read_service(seen: Observed, item: dict[str, Any]) -> None:
+    """A Service in istio-system: the east-west gateway's, or some revision's istiod."""
+    meta = item.get("metadata") or {}
+    name = meta.get("name")
+    if name == EASTWEST_NAME:
+        seen.eastwest_exists = True
+        seen.eastwest_address = service_address(item)
+        made_by_istiod = MANAGED_GATEWAY_LABEL in (meta.get("labels") or {})
+        seen.eastwest_made_by = "gateway" if made_by_istiod else "operator"
+    elif is_istiod_name(name):
+        seen.istiod_service = True
+        seen.istiod_selectors[name] = dict((item.get("spec") or {}).get("selector") or {})
 
 
 def service_address(service: dict[str, Any]) -> str | None:

@@ -6,7 +6,8 @@ read a cluster's role instead of each re-deciding it:
 - role: a primary runs its own istiod; a remote is configured by its primary's istiod;
 - control plane: the cluster whose istiod configures it (a primary's is itself);
 - network, and whether it runs an east-west gateway (and what that gateway exposes);
-- data-plane mode ("sidecar" today);
+- data-plane mode ("sidecar" or "ambient");
+- the Istio release pinned for it (topology.yaml istio_version, a context's own overriding the mesh's);
 - which other clusters' remote secrets it must hold (a control plane reads every other cluster).
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Member:
     exposes_istiod: bool  # its east-west gateway lets remotes reach its istiod (15012, 15017)
     holds_secrets_of: tuple[str, ...]  # contexts whose remote secret this cluster must hold
     data_plane: str = SIDECAR
+    istio_version: str | None = None  # the release pinned for this cluster, if topology.yaml pins one
 
     @property
     def context(self) -> str:
@@ -103,7 +105,8 @@ def mesh_model(topology: Topology, data_plane: str = SIDECAR) -> Mesh:
             members.append(Member(
                 cluster=c, role=Role.REMOTE, control_plane=c.primary, remotes=(),
                 eastwest=eastwest, exposes_services=False, exposes_istiod=False,
-                holds_secrets_of=(), data_plane=data_plane))
+                holds_secrets_of=(), data_plane=data_plane,
+                istio_version=topology.istio_version_of(c.context)))
         else:
             remotes = tuple(remotes_of[c.context])
             # Every other cluster's secret, so this istiod sees all endpoints (Istio's own multicluster tests
@@ -112,5 +115,6 @@ def mesh_model(topology: Topology, data_plane: str = SIDECAR) -> Mesh:
             members.append(Member(
                 cluster=c, role=Role.PRIMARY, control_plane=c.context, remotes=remotes,
                 eastwest=multi_network or bool(remotes), exposes_services=multi_network,
-                exposes_istiod=bool(remotes), holds_secrets_of=peers, data_plane=data_plane))
+                exposes_istiod=bool(remotes), holds_secrets_of=peers, data_plane=data_plane,
+                istio_version=topology.istio_version_of(c.context)))
     return Mesh(mesh_id=topology.mesh_id, members=tuple(members), topology=topology)

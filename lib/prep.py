@@ -13,7 +13,9 @@ from .config import (BASE_FILE, PILOT_ENV_SWITCH, RESERVED_VALUES, TOPOLOGY_FILE
                      kubeconfig_files)
 from .errors import ConfigError
 from .fsutil import write_atomic
-from .release import find_release
+from .fetch import checked_istio_dir, choose_source, fetch_release
+from .release import Release, find_release
+from .versions import version_problem
 from .reporter import Reporter
 from .runner import Runner
 
@@ -36,6 +38,10 @@ def topology_header() -> str:
 #   api_server    optional. The API server URL other clusters use to reach this one, when the
 #                 kubeconfig names a local or private address (passed to create-remote-secret --server).
 #   kubeconfig    optional. A kubeconfig file for this context only.
+#   istio_version optional. This cluster's own Istio release, overriding the top-level one.
+#
+# istio_version (top level, optional) pins the mesh's Istio release, e.g. 1.30.3: apply fetches it
+# (--istio-mirror for an internal copy), checks its sha256 and uses its istioctl.
 #
 # To add a cluster: add its context here and run `{apply}`.
 # To remove one: delete its entry and run `{apply}` (it asks before removing).
@@ -74,8 +80,10 @@ class PrepResult:
     kept: list[Path] = field(default_factory=list)
 
 
-def topology_text(mesh_id: str, contexts: list[tuple[str, str]], known_contexts: list[str]) -> str:
-    text = topology_header() + "\n" + yaml.safe_dump({"mesh_id": mesh_id}, sort_keys=False)
+def topology_text(mesh_id: str, contexts: list[tuple[str, str]], known_contexts: list[str],
+                  istio_version: str | None = None) -> str:
+    top = {"mesh_id": mesh_id, **({"istio_version": istio_version} if istio_version else {})}
+    text = topology_header() + "\n" + yaml.safe_dump(top, sort_keys=False)
     if contexts:
         text += yaml.safe_dump({"contexts": {c: {"network": n} for c, n in contexts}}, sort_keys=False)
         return text
@@ -120,7 +128,8 @@ def _known_contexts() -> list[str]:
 
 def prep_mesh(workdir: Path, *, mesh_id: str | None, org: str | None, istio_dir: str | None,
               contexts: list[tuple[str, str]], root_days: int | None, key_size: int | None,
-              runner: Runner, reporter: Reporter) -> PrepResult:
+              runner: Runner, reporter: Reporter, istio_version: str | None = None,
+              istio_mirror: str | None = None) -> PrepResult:
     result = PrepResult()
     if workdir.exists() and not workdir.is_dir():
         raise ConfigError(f"workdir {workdir} is not a folder", hint="pass --workdir with a folder path")
@@ -133,9 +142,8 @@ def prep_mesh(workdir: Path, *, mesh_id: str | None, org: str | None, istio_dir:
     need_root = not all(p.is_file() for p in root_files)
 
     # Everything that can fail is checked before the first file is written.
-    release = None
+    release = _release(workdir, istio_dir, istio_version, istio_mirror, need_root, reporter)
     if need_root:
-        release = find_release(istio_dir, workdir)
         for tool in ("make", "openssl"):
             runner.require(tool)
 
@@ -144,8 +152,11 @@ def prep_mesh(workdir: Path, *, mesh_id: str | None, org: str | None, istio_dir:
         result.kept.append(topology_path)
         if mesh_id is not None:
             _warn_if_differs(topology_path, mesh_id, reporter)
+        if istio_version is not None and _pinned_version(topology_path) != istio_version:
+            reporter.warn(f"kept {topology_path} as it is: set `istio_version: {istio_version}` in it to pin that "
+                          f"release (prep-mesh never edits an existing file)")
     else:
-        write_atomic(topology_path, topology_text(mesh_id or DEFAULT_MESH_ID, contexts, _known_contexts()))
+        write_atomic(topology_path, topology_text(mesh_id or DEFAULT_MESH_ID, contexts, _known_contexts(), istio_version))
         result.created.append(topology_path)
     if base_path.exists():
         result.kept.append(base_path)
@@ -180,6 +191,35 @@ def prep_mesh(workdir: Path, *, mesh_id: str | None, org: str | None, istio_dir:
         if org and existing_org != org:
             reporter.warn(f"kept the existing root CA (organisation {existing_org!r}); --org {org!r} applies only to a new root CA")
     return result
+
+
+def _release(workdir: Path, istio_dir: str | None, istio_version: str | None, mirror: str | None, need_root: bool,
+             reporter: Reporter) -> Release | None:
+    """The release whose Makefile makes the root CA: the pinned one (--istio-version, else an existing
+    topology.yaml's), fetched unless --istio-dir holds it; else the one found as before. With --istio-version it
+    is fetched even when the root exists, so that apply finds it."""
+    if istio_version is not None:
+        problem = version_problem(istio_version)
+        if problem:
+            raise ConfigError(f"--istio-version {istio_version}: {problem[0]}",
+                              hint=problem[1].replace("istio_version: ", ""))
+    topology_path = workdir / TOPOLOGY_FILE
+    pinned = istio_version or _pinned_version(topology_path)
+    if pinned and (istio_version or need_root):
+        if istio_dir:
+            return checked_istio_dir(istio_dir, [pinned], f"{topology_path} (or --istio-version)")
+        return fetch_release(pinned, workdir, choose_source(mirror), reporter)
+    return find_release(istio_dir, workdir) if need_root else None
+
+
+def _pinned_version(topology_path: Path) -> str | None:
+    """The top-level istio_version of an existing topology.yaml (apply validates the file; here it only tells
+    which release prep-mesh's Makefile should come from)."""
+    try:
+        value = (yaml.safe_load(topology_path.read_text()) or {}).get("istio_version")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return value if isinstance(value, str) and version_problem(value) is None else None
 
 
 def _warn_if_differs(topology_path: Path, mesh_id: str, reporter: Reporter) -> None:

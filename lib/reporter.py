@@ -10,11 +10,13 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
+from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                           TransferSpeedColumn)
 from rich.table import Table
 from rich.text import Text
 
@@ -109,6 +111,19 @@ class Reporter:
             return
         with self.err.status(escape(text), spinner="dots"):
             yield
+
+    @contextmanager
+    def transfer(self, text: str, total: int | None) -> Iterator[Callable[[int], None]]:
+        """A download: on a terminal, a transient progress bar on stderr (bytes, speed, time left; a spinner
+        when the size is unknown); elsewhere nothing. Yields ``advance(bytes)``."""
+        if self._live is not None or not self.err.is_terminal or self.quiet:
+            yield lambda _n: None
+            return
+        columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                   TimeRemainingColumn()]
+        with Progress(*columns, console=self.err, transient=True) as progress:
+            task = progress.add_task(escape(text), total=total)
+            yield lambda n: progress.advance(task, n)
 
     def command(self, result: Result) -> None:
         """With -v, each finished command: pasteable argv, exit code, time."""

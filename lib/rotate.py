@@ -21,7 +21,7 @@ from .desired import desired_state
 from .plan import (RECORD_TITLE, ApplyPlan, cacerts_finding, cacerts_in_place, cacerts_step, intermediate_step,
                    workspace_roots)
 from .release import Release
-from .workspace import find_tools, inspect_clusters, load_workspace
+from .workspace import find_tools, inspect_clusters, load_workspace, pinned_release
 from .reporter import Reporter
 from .runner import ShRunner
 from .wrapping import fit
@@ -97,7 +97,9 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
         raise ConfigError(f"the mesh's root CA is missing ({cert_dir / certs.ROOT_CERT})",
                           hint="rotate-certs re-issues intermediates under the workspace's root; restore certs/ "
                                "from a backup, or run prep-mesh for a new mesh")
-    tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout)
+    pinned = pinned_release(ws.topology, workdir, istio_dir)
+    istio_dir = str(pinned.root) if pinned else istio_dir  # its certs Makefile too
+    tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout, pinned=pinned)
     now = carotation.utc_now()
 
     # A rotation left unfinished is completed first; otherwise a new one covers the chosen clusters.
@@ -211,7 +213,9 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
                                "introduced only next to it")
     root_info = _read_root(cert_dir / certs.ROOT_CERT)
     transition = carotation.load_transition(workdir)
-    tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout)
+    pinned = pinned_release(ws.topology, workdir, istio_dir)
+    istio_dir = str(pinned.root) if pinned else istio_dir  # its certs Makefile too
+    tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout, pinned=pinned)
     try:
         release = find_release(istio_dir, workdir)
     except ConfigError:

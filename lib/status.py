@@ -21,9 +21,10 @@ from .reporter import Reporter
 from .statusinputs import Expected, status_workspace
 from .statusjudge import evaluate
 from .statusread import Istiod, parse_istiod, read_injection_paths, read_istiod_views, read_published_roots
-from .statusreport import MeshStatus
+from .statusreport import Hints, MeshStatus
+from .statusrevisions import judge_revisions, read_revisions
 from .statusview import render as render_view
-from .workspace import find_tools, inspect_clusters, load_workspace
+from .workspace import find_tools, inspect_clusters, load_workspace, pinned_release
 
 
 WAIT_POLL_SECONDS = 2.0
@@ -49,7 +50,10 @@ def collect(ws: Expected, tools: Tools, runner, reporter: Reporter, parallel: in
     injection = read_injection_paths(remotes, ws.revision, tools, runner, silent, parallel)
     published = read_published_roots([c for c in asked if observed[c.context].cacerts], tools, runner, silent,
                                       parallel)
-    return evaluate(ws, observed, istiod, views=views, injection=injection, published=published)
+    status = evaluate(ws, observed, istiod, views=views, injection=injection, published=published)
+    revisions = read_revisions(list(ws.topology.clusters), observed, tools, runner, silent, parallel)
+    judge_revisions(status.clusters, revisions, Hints(ws.workdir, ws.topology))
+    return status
 
 
 def run_status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, output: str, wait: bool,
@@ -58,7 +62,8 @@ def run_status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
     loaded = load_workspace(workdir, kubeconfig, lenient=False)
     # Every cluster is still read: whether a shown cluster holds its peers' current secrets depends on them.
     shown = {c.context for c in select_clusters(loaded.topology, list(contexts))}
-    tools = find_tools(istio_dir, runner, False, loaded.notes, timeout)
+    tools = find_tools(istio_dir, runner, False, loaded.notes, timeout,
+                       pinned=pinned_release(loaded.topology, workdir, istio_dir))
     ws = status_workspace(workdir, loaded)
 
     deadline = time.monotonic() + wait_timeout

@@ -67,6 +67,7 @@ class ClusterStatus:
     injector_trusted: bool | None = None  # a remote: its injector webhook has a caBundle (None: not read)
     annotations: dict[str, str] = field(default_factory=dict)  # istio-system's, as read
     drift: bool | None = None
+    revisions: dict[str, Any] | None = None  # control planes, default tag, proxies per revision (statusrevisions.py)
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -105,6 +106,7 @@ class ClusterStatus:
             "stale_secrets": sorted(self.stale_secrets),
             "remote_clusters": dict(sorted(self.remote_clusters.items())) if self.remote_clusters is not None else None,
             "drift": self.drift,
+            "revisions": self.revisions,
             "problems": [p.to_json() for p in self.problems],
         }
 

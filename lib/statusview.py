@@ -47,7 +47,7 @@ def render(status: MeshStatus, console: Console, tables: bool = True) -> None:
     if matrix is not None:
         console.print("remote secrets (row holds column's; istiod's word if not synced)", style="bold")
         console.print(matrix)
-    for line in root_lines(status):
+    for line in root_lines(status) + revision_lines(status):
         console.print(escape(redact(line)))
     causes = group_problems(status)
     for cause in causes:
@@ -81,6 +81,25 @@ def root_lines(status: MeshStatus) -> list[str]:
                  else "not yet in place in every cluster")
         lines.append(f"root transition: stage {t['stage']} of {t['stages']} ({t['description']}), {where}")
         lines.append(f"  next: {t['next']}")
+    return lines
+
+
+def revision_lines(status: MeshStatus) -> list[str]:
+    """During an upgrade (more than one control-plane revision, or a default tag): each such cluster's
+    revisions with their versions and proxies, and where the default tag points."""
+    lines = []
+    for c in status.clusters:
+        seen = c.revisions or {}
+        planes = seen.get("control_planes") or {}
+        if len(planes) < 2 and not seen.get("default_tag"):
+            continue
+        counts: dict[str, list[str]] = {}
+        for p in seen.get("proxies") or []:
+            counts.setdefault(p["revision"], []).append(f"{p['count']} at {p['version']}")
+        parts = [f"{rev} ({version}, proxies: {', '.join(counts.get(rev, [])) or 'none'})"
+                 for rev, version in sorted(planes.items())]
+        tag = f"; default tag -> {seen['default_tag']}" if seen.get("default_tag") else ""
+        lines.append(f"{c.cluster.context}: revisions {', '.join(parts)}{tag}")
     return lines
 
 

@@ -32,7 +32,7 @@ from .traffic import (CREATED_BY, CREATOR, DEFAULT_CURL_TAG, DEFAULT_HELLOWORLD_
                       Images, call_step, cleanup, cleanup_command, deploy_step, manifests, mesh_label_text, phase,
                       wait_step)
 from .verifyview import print_dry_run, render
-from .workspace import find_tools, load_workspace
+from .workspace import find_tools, load_workspace, pinned_release
 
 
 DEFAULT_READY_TIMEOUT = 180.0
@@ -178,7 +178,8 @@ def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
     _check_namespace(options.namespace)
     loaded = load_workspace(workdir, kubeconfig, lenient=options.dry_run)
     topology = loaded.topology
-    tools = find_tools(istio_dir, runner, options.dry_run, loaded.notes, timeout)
+    tools = find_tools(istio_dir, runner, options.dry_run, loaded.notes, timeout,
+                       pinned=pinned_release(loaded.topology, workdir, istio_dir))
     revision = control_plane_revision(loaded.base)
     ambient = data_plane_mode(loaded.base) == AMBIENT
     mesh = mesh_model(topology, data_plane_mode(loaded.base))

@@ -13,7 +13,7 @@ from .gatewayapi import parse_crd_annotations
 from .invocation import prep_hint
 from .kube import IstioUsage, Observed, Tools, is_missing_category, parse_inspect, parse_istio_usage
 from .names import made_by_setup_mesh
-from .release import find_istioctl
+from .release import Release, find_istioctl
 from .reporter import Reporter
 from .runner import ShRunner
 from .state import State
@@ -55,8 +55,11 @@ def load_workspace(workdir: Path, kubeconfig: str | None, lenient: bool, note_co
     return Workspace(workdir, topology, base, State.load(workdir), notes, resolved, error)
 
 
-def find_tools(istio_dir: str | None, runner: ShRunner, lenient: bool, notes: list[str], timeout: float) -> Tools:
-    istioctl = find_istioctl(istio_dir)
+def find_tools(istio_dir: str | None, runner: ShRunner, lenient: bool, notes: list[str], timeout: float,
+               pinned: Release | None = None) -> Tools:
+    """kubectl and istioctl; ``pinned``: the release topology.yaml pins, whose istioctl wins over PATH's (it installs
+    its own version)."""
+    istioctl = str(pinned.istioctl) if pinned else find_istioctl(istio_dir)
     if not istioctl:
         if not lenient:
             raise ConfigError("istioctl was not found on PATH or in --istio-dir/ISTIO_DIR",
@@ -65,6 +68,19 @@ def find_tools(istio_dir: str | None, runner: ShRunner, lenient: bool, notes: li
     if not lenient:
         runner.require("kubectl")
     return Tools(kubectl="kubectl", istioctl=istioctl or "istioctl", timeout=timeout)
+
+
+def pinned_release(topology: Topology, workdir: Path, istio_dir: str | None) -> Release | None:
+    """For commands that fetch nothing (status, verify, teardown, rotate-certs): the mesh's pinned release,
+    --istio-dir's when it is that version, else the one an apply fetched into the workspace."""
+    from .fetch import cached_release, checked_istio_dir
+
+    versions = topology.istio_versions
+    if not versions:
+        return None
+    if istio_dir:
+        return checked_istio_dir(istio_dir, versions, str(topology.path))
+    return cached_release(workdir, topology.istio_version or versions[0])
 
 
 def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Reporter, parallel: int,

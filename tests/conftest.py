@@ -23,6 +23,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ.pop(_name, None)
 # The emulated clusters answer at once: setup-mesh's waits (and the emulators' mesh retry) look again often.
 os.environ.setdefault("SETUP_MESH_POLL_INTERVAL", "0.2")
+# A pinned Istio release is fetched from GitHub unless a mirror is named: no test may reach the internet, so every
+# process the suite starts gets a mirror folder that does not exist (a test that forgets its own loopback mirror
+# fails loudly, naming this variable) and no developer's own mirror leaks in.
+os.environ["SETUP_MESH_ISTIO_MIRROR"] = "/nonexistent/tests-serve-istio-releases-from-loopback"
 
 
 @pytest.fixture(scope="session")

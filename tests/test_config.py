@@ -6,6 +6,7 @@ import pytest
 
 from lib.config import load_base, load_topology, resolve_contexts
 from lib.errors import ConfigError
+from lib.mesh import mesh_model
 
 GOOD_BASE = "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  profile: default\n"
 
@@ -228,3 +229,81 @@ def test_a_primary_key_makes_a_remote(tmp_path):
     path.write_text("mesh_id: m\ncontexts:\n  p1:\n    network: n1\n  r1:\n    network: n2\n    primary: p1\n")
     topology = load_topology(path)
     assert [(c.context, c.primary) for c in topology.clusters] == [("p1", None), ("r1", "p1")]
+
+
+# --- istio_version ----------------------------------------------------------------------------
+
+def _pinned(tmp_path, text):
+    path = tmp_path / "topology.yaml"
+    path.write_text(text)
+    return load_topology(path)
+
+
+def test_the_mesh_pins_one_istio_version_and_a_context_overrides_it(tmp_path):
+    topology = _pinned(tmp_path, "mesh_id: m\nistio_version: 1.30.3\ncontexts:\n  c1:\n    network: n1\n"
+                                 "  c2:\n    network: n1\n    istio_version: 1.31.0\n  c3:\n    network: n2\n"
+                                 "    primary: c1\n")
+    assert topology.istio_version == "1.30.3"
+    assert [topology.istio_version_of(c) for c in ("c1", "c2", "c3")] == ["1.30.3", "1.31.0", "1.30.3"]
+    assert topology.istio_versions == ["1.30.3", "1.31.0"]
+    mesh = mesh_model(topology)
+    assert [m.istio_version for m in mesh.members] == ["1.30.3", "1.31.0", "1.30.3"]
+
+
+def test_without_the_key_nothing_is_pinned(tmp_path):
+    topology = _pinned(tmp_path, "mesh_id: m\ncontexts:\n  c1:\n    network: n1\n")
+    assert topology.istio_version is None and topology.istio_version_of("c1") is None
+    assert topology.istio_versions == []
+
+
+def test_a_context_may_pin_a_version_when_the_mesh_does_not(tmp_path):
+    topology = _pinned(tmp_path, "mesh_id: m\ncontexts:\n  c1:\n    network: n1\n    istio_version: 1.31.0-rc.0\n"
+                                 "  c2:\n    network: n1\n")
+    assert (topology.istio_version_of("c1"), topology.istio_version_of("c2")) == ("1.31.0-rc.0", None)
+
+
+def test_pinned_versions_survive_resolving_the_kubeconfig(tmp_path, monkeypatch):
+    _kubeconfig(tmp_path / "kc", {"c1": "https://127.0.0.1:1", "c2": "https://127.0.0.1:2"})
+    topology = _pinned(tmp_path, "mesh_id: m\nistio_version: 1.30.3\ncontexts:\n  c1:\n    network: n1\n"
+                                 "  c2:\n    network: n1\n    istio_version: 1.31.0\n")
+    resolved = resolve_contexts(topology, str(tmp_path / "kc"))
+    assert [resolved.istio_version_of(c) for c in ("c1", "c2")] == ["1.30.3", "1.31.0"]
+
+
+BAD_VERSIONS = [
+    ("istio_version: 1.30\n", 2, "istio_version of the mesh: 1.3 is a number, not an Istio version", "X.Y.Z"),
+    ("istio_version: v1.30.3\n", 2, "'v1.30.3' is not an Istio version", "without a leading 'v'"),
+    ("istio_version: 1.30.x\n", 2, "'1.30.x' is not an Istio version", "e.g. 1.30.3"),
+    ("istio_version: [1.30.3]\n", 2, "is not an Istio version", "X.Y.Z"),
+    ("istio_version: 1.27.9\n", 2, "Istio 1.27.9 is outside the range setup-mesh supports (1.28.0 to 1.31.x)",
+     "pin a release from 1.28.0 to 1.31.x"),
+    ("istio_version: 1.32.0\n", 2, "Istio 1.32.0 is outside the range", "e.g. 1.30.3"),
+    ("istio_version: 2.0.0\n", 2, "Istio 2.0.0 is outside the range", "e.g. 1.30.3"),
+]
+
+
+@pytest.mark.parametrize("line,lineno,message,hint", BAD_VERSIONS)
+def test_a_bad_mesh_istio_version_is_refused_with_where_and_how(tmp_path, line, lineno, message, hint):
+    path = tmp_path / "topology.yaml"
+    path.write_text("mesh_id: m\n" + line + "contexts:\n  c1:\n    network: n1\n")
+    with pytest.raises(ConfigError) as info:
+        load_topology(path)
+    assert info.value.message.startswith(f"{path}:{lineno}: ")
+    assert message in info.value.message and hint in info.value.hint
+
+
+def test_a_bad_context_istio_version_names_the_context_and_its_line(tmp_path):
+    path = tmp_path / "topology.yaml"
+    path.write_text("mesh_id: m\nistio_version: 1.30.3\ncontexts:\n  c1:\n    network: n1\n"
+                    "  c2:\n    network: n1\n    istio_version: 1.31\n")
+    with pytest.raises(ConfigError) as info:
+        load_topology(path)
+    assert info.value.message.startswith(f"{path}:8: istio_version of context 'c2': 1.31 is a number")
+
+
+def test_a_misspelt_version_key_gets_a_guess(tmp_path):
+    path = tmp_path / "topology.yaml"
+    path.write_text("mesh_id: m\nistio_versoin: 1.30.3\ncontexts:\n  c1:\n    network: n1\n")
+    with pytest.raises(ConfigError) as info:
+        load_topology(path)
+    assert "did you mean 'istio_version'?" in info.value.hint

@@ -194,3 +194,69 @@ def test_kubeconfig_contexts_are_offered_as_comments_and_apply_then_asks_for_the
     applied = subprocess.run([sys.executable, str(ROOT / "setup_mesh.py"), "apply", "--workdir", str(ws)],
                              env={**os.environ, "KUBECONFIG": str(kubeconfig)}, capture_output=True, text=True)
     assert applied.returncode == 2 and "contexts is empty or missing" in applied.stderr
+
+
+# --- --istio-version ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    from tests.releaseserver import publish
+
+    folder = tmp_path_factory.mktemp("published")
+    publish(folder, "1.31.0")
+    return folder
+
+
+def test_istio_version_from_a_folder_mirror_is_pinned_and_makes_the_root(tmp_path, published):
+    workdir = tmp_path / "ws"
+    result = run(["--workdir", str(workdir), "--istio-version", "1.31.0", "--add-context", "c1"],
+                 env={"PATH": "/usr/bin:/bin", "SETUP_MESH_ISTIO_MIRROR": str(published)})
+    assert result.returncode == 0, result.stderr
+    topology = yaml.safe_load((workdir / "topology.yaml").read_text())
+    assert topology == {"mesh_id": "mesh1", "istio_version": "1.31.0", "contexts": {"c1": {"network": "network1"}}}
+    assert f"making the root CA with {workdir.resolve() / 'istio/istio-1.31.0/tools/certs/Makefile.selfsigned.mk'}" \
+        in result.stdout
+    assert (workdir / "certs" / "root-cert.pem").is_file()
+
+
+@pytest.mark.parametrize("version,message", [
+    ("1.31", "--istio-version 1.31: '1.31' is not an Istio version"),
+    ("1.26.0", "--istio-version 1.26.0: Istio 1.26.0 is outside the range setup-mesh supports (1.28.0 to 1.31.x)"),
+])
+def test_a_bad_istio_version_writes_nothing(tmp_path, release, version, message):
+    result = run(["--workdir", str(tmp_path / "ws"), "--istio-version", version, "--istio-dir", str(release)])
+    assert result.returncode == 2
+    assert message in " ".join(result.stderr.split())
+    assert not (tmp_path / "ws").exists()
+
+
+def test_istio_dir_must_hold_the_version_asked_for(tmp_path, release):
+    result = run(["--workdir", str(tmp_path / "ws"), "--istio-version", "1.31.0", "--istio-dir", str(release)])
+    assert result.returncode == 2
+    assert f"{release} holds Istio 1.30.3, but" in " ".join(result.stderr.split())
+    assert not (tmp_path / "ws").exists()
+
+
+def test_an_existing_topology_is_kept_and_the_pin_is_suggested(tmp_path, release):
+    workdir = tmp_path / "ws"
+    assert run(["--workdir", str(workdir), "--istio-dir", str(release)]).returncode == 0
+    before = (workdir / "topology.yaml").read_text()
+    result = run(["--workdir", str(workdir), "--istio-version", "1.30.3", "--istio-dir", str(release)])
+    assert result.returncode == 0, result.stderr
+    assert (workdir / "topology.yaml").read_text() == before
+    assert "set `istio_version: 1.30.3` in it" in " ".join(result.stderr.split())
+
+
+def test_at_a_terminal_the_download_shows_a_progress_bar_that_goes(tmp_path, published):
+    from tests.terminal import Terminal, plain
+
+    env = {k: v for k, v in os.environ.items() if k not in ("WORKDIR", "MESH_ID", "ORG_NAME", "ISTIO_DIR")}
+    env.update(FAST_KEYS, PATH="/usr/bin:/bin")
+    term = Terminal([sys.executable, str(ROOT / "setup_mesh.py"), "prep-mesh", "--workdir", str(tmp_path / "ws"),
+                     "--istio-version", "1.31.0", "--istio-mirror", str(published)], env)
+    assert term.wait() == 0, plain(term.output)
+    size = (published / "istio-1.31.0-linux-amd64.tar.gz").stat().st_size / 1000
+    shown = plain(term.output)
+    assert "downloading istio-1.31.0-linux-amd64.tar.gz" in shown
+    assert f"{size:.1f}/{size:.1f} kB" in shown, "the bar ends with every byte counted"
+    assert "created certs/root-key.pem" in shown

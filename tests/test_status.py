@@ -351,7 +351,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = str(ROOT / "setup_mesh.py")  # hints name the program as it was run
 NETS = {"cluster1": "network1", "cluster2": "network1", "cluster3": "network2"}
 CLUSTER_FIELDS = {"context", "cluster_name", "network", "role", "primary", "reachable", "error", "istio", "network_label", "cacerts",
-                  "gateway", "remote_secrets", "stale_secrets", "remote_clusters", "drift", "problems"}
+                  "gateway", "remote_secrets", "stale_secrets", "remote_clusters", "drift", "revisions", "problems"}
 
 
 class Mesh(meshkit.Mesh):

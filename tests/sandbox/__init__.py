@@ -139,7 +139,8 @@ class Sandbox:
            env: Mapping[str, str] | None = None, namespaces: Mapping[str, str] | None = None,
            ready_delay: float = READY_DELAY, namespace_delete_delay: float = NAMESPACE_DELETE_DELAY,
            istio_version: str | None = None,
-           ports: Mapping[str, int] | None = None) -> "Sandbox":
+           ports: Mapping[str, int] | None = None,
+           kube_versions: Mapping[str, str] | None = None) -> "Sandbox":
         """Start one emulated cluster per context and write kubeconfig, env, bin/ and the stand-in release.
 
         ``lb_delay``: seconds before LoadBalancer Services get an address; None means never; a dict sets it
@@ -148,7 +149,8 @@ class Sandbox:
         ``ready_delay``: seconds before a new Deployment is ready; ``namespace_delete_delay``: seconds a
         deleted namespace stays Terminating. ``istio_version``: the stand-in release's version (default: the
         release module's VERSION). ``ports``: context -> the port its emulator listens on (held by
-        the caller with ``reserve_port``; missing contexts: any free port).
+        the caller with ``reserve_port``; missing contexts: any free port). ``kube_versions``: context -> the
+        Kubernetes version (1.MINOR.PATCH) its API server reports (missing contexts: the emulator's default).
         """
         contexts = list(contexts)
         if not contexts:
@@ -170,7 +172,8 @@ class Sandbox:
         sandbox = cls(directory, {"version": 1, "clusters": {}, "order": [], "extra_env": dict(env or {}),
                                   "istio_dir": None, "context_namespaces": dict(namespaces or {}),
                                   "ready_delay": float(ready_delay),
-                                  "namespace_delete_delay": float(namespace_delete_delay)})
+                                  "namespace_delete_delay": float(namespace_delete_delay),
+                                  "kube_versions": dict(kube_versions or {})})
         try:
             for ctx in contexts:
                 sandbox._spawn(ctx, cls._delay_for(lb_delay, ctx), port=(ports or {}).get(ctx, 0))
@@ -435,6 +438,8 @@ class Sandbox:
         argv += [f"--ready-delay={self._state.get('ready_delay', 0.0)}",
                  f"--namespace-delete-delay={self._state.get('namespace_delete_delay', 0.0)}"]
         argv += [f"--port={port}"] + ([f"--restore={restore}"] if restore else [])
+        kube_version = (self._state.get("kube_versions") or {}).get(ctx)
+        argv += [f"--kube-version={kube_version}"] if kube_version else []
         with open(state_dir / "stdout.log", "wb") as out, open(state_dir / "stderr.log", "ab") as err:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
                                     close_fds=True)

@@ -69,6 +69,15 @@ SERVER_VERSION = {
 
 
 
+def set_server_version(version: str) -> None:
+    """Report Kubernetes ``version`` (1.MINOR.PATCH) from /version, as a server of that release does: the
+    emulated minor equals it, and it stays compatible with the minor before it."""
+    major, minor, patch = (version.lstrip("v").split(".") + ["0", "0"])[:3]
+    SERVER_VERSION.update({"major": major, "minor": minor, "emulationMajor": major, "emulationMinor": minor,
+                           "minCompatibilityMajor": major, "minCompatibilityMinor": str(int(minor) - 1),
+                           "gitVersion": f"v{major}.{minor}.{patch}"})
+
+
 def _pb_field(number: int, payload: bytes) -> bytes:
     """One length-delimited protobuf field (payload shorter than 128 bytes)."""
     return bytes([(number << 3) | 2, len(payload)]) + payload
@@ -2412,18 +2421,24 @@ class Cluster:
             injection = meshmodel.injection(view, ns, None, pod_labels)
             if not injection.admitted:
                 raise ApiError(500, injection.error, "InternalError")
+        revision, version = meshmodel.injector_revision(view, view.injector(ns, pod_labels)[0])
+        image = f"docker.io/istio/proxyv2:{version}"
         proxy = next((c for c in spec.get("containers") or [] if c.get("name") == "istio-proxy"), None)
         if proxy is not None:
             # A gateway rendered for injection (inject.istio.io/templates: gateway) already names the container
             # istio-proxy with image "auto": the gateway template fills it in rather than adding a sidecar.
-            proxy.update({"image": "docker.io/istio/proxyv2:1.30.3", "args": ["proxy", "router"]})
+            proxy.update({"image": image, "args": ["proxy", "router"]})
         else:
             spec.setdefault("containers", []).append({
-                "name": "istio-proxy", "image": "docker.io/istio/proxyv2:1.29.0", "args": ["proxy", "sidecar"],
+                "name": "istio-proxy", "image": image, "args": ["proxy", "sidecar"],
                 "imagePullPolicy": "IfNotPresent", "terminationMessagePath": "/dev/termination-log",
                 "terminationMessagePolicy": "File"})
-        pod["metadata"].setdefault("annotations", {})["sidecar.istio.io/status"] = json.dumps(
-            {"containers": ["istio-proxy"], "revision": "default"}, separators=(",", ":"))
+        # files/injection-template.yaml (1.30.3): the pod is annotated istio.io/rev with the injecting revision,
+        # which the status annotation also names
+        annotations = pod["metadata"].setdefault("annotations", {})
+        annotations["istio.io/rev"] = revision
+        annotations["sidecar.istio.io/status"] = json.dumps(
+            {"containers": ["istio-proxy"], "revision": revision}, separators=(",", ":"))
         return injection is not None and injection.configured
 
     def _pod_status(self, pod: dict, configured: bool = True) -> dict:
@@ -3954,7 +3969,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restore", metavar="FILE",
                         help="start from a saved state (JSON: GET /_sandbox/state, plus 'tls': {cert, key} to keep "
                              "the cluster's CA) instead of an empty cluster")
+    parser.add_argument("--kube-version", metavar="1.MINOR.PATCH",
+                        help=f"the Kubernetes version GET /version reports (default {SERVER_VERSION['gitVersion']})")
     args = parser.parse_args(argv)
+    if args.kube_version:
+        set_server_version(args.kube_version)
 
     saved = _read_saved(args.restore) if args.restore else None
     if saved is not None and saved.get("tls") and not args.no_tls:

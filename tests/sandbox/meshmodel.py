@@ -616,6 +616,30 @@ def istiod_ca_bundle(view: View) -> str:
                                               b"-----END CERTIFICATE-----\n").decode()
 
 
+DEFAULT_PROXY_VERSION = "1.30.3"  # a webhook no istioctl install labelled (made by hand): the release's default
+
+
+def injector_revision(view: View, config: dict) -> tuple[str, str]:
+    """(revision, Istio version) of the sidecars the injector ``config`` makes. The revision is the
+    configuration's istio.io/rev label (a revision tag's webhook carries its target revision's); the version
+    is that revision's: istiod renders the proxy image with its own tag. It is read from the revision's own
+    injector configuration, labelled operator.istio.io/version by the istioctl that installed it (also in a
+    remote, whose istiod runs elsewhere), else from the revision's istiod Deployment here."""
+    revision = ((config.get("metadata") or {}).get("labels") or {}).get("istio.io/rev") or "default"
+    for candidate in view.items("admissionregistration.k8s.io", "mutatingwebhookconfigurations", ""):
+        labels = (candidate.get("metadata") or {}).get("labels") or {}
+        if labels.get("istio.io/rev") == revision and "istio.io/tag" not in labels and labels.get("operator.istio.io/version"):
+            return revision, labels["operator.istio.io/version"]
+    for deployment in view.items("apps", "deployments", ISTIO_NS):
+        labels = (deployment.get("metadata") or {}).get("labels") or {}
+        if labels.get("app") == "istiod" and (labels.get("istio.io/rev") or "default") == revision:
+            containers = ((deployment.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []
+            image = (containers[0].get("image") or "") if containers else ""
+            if ":" in image.rsplit("/", 1)[-1]:
+                return revision, image.rsplit(":", 1)[1]
+    return revision, DEFAULT_PROXY_VERSION
+
+
 def injector_configs(view: View) -> list[dict]:
     return [c for c in view.items("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "")
             if ((c.get("metadata") or {}).get("labels") or {}).get("app") == INJECTOR_APP]

@@ -1,0 +1,137 @@
+"""A canary upgrade decided from what the clusters hold (lib/upgrade.py): what is left per cluster, so that a
+run cut short is finished by the next, and the order clusters move in."""
+
+from __future__ import annotations
+
+from lib.upgrade import (GATEWAY, INSTALL, REMOVE, RESTART, TAG, ClusterRevisions, describe, mesh_steps,
+                         runnable_now, steps_left, waves)
+
+OLD, NEW, REV = "1.30.3", "1.31.0", "1-31-0"
+
+
+def kinds(steps):
+    return [(s.kind, s.revision, s.later) for s in steps]
+
+
+def untouched(ctx="c1", primary=None):
+    """A cluster on the default (unrevisioned) 1.30.3 install, its gateway and one app on it."""
+    return ClusterRevisions(ctx, installed={"default": OLD}, proxies={"default": {"istio-system": 1, "app": 2}},
+                            gateway_revision="default", primary=primary)
+
+
+def test_a_cluster_on_the_old_version_gets_every_step_and_keeps_the_old_revision_this_run():
+    steps = steps_left(untouched(), NEW)
+    assert kinds(steps) == [(INSTALL, REV, False), (GATEWAY, REV, False), (TAG, REV, False),
+                            (RESTART, "default", False), (REMOVE, "default", True)]
+    assert "app (2)" in steps[3].detail and "rollout restart" in steps[3].detail
+    assert [s.kind for s in runnable_now(steps)] == [INSTALL, GATEWAY, TAG, RESTART]
+
+
+def test_an_interrupted_run_is_finished_by_the_next_from_what_the_cluster_holds():
+    # cut off after the install: the gateway and the tag are still to do, the install is not repeated
+    halfway = ClusterRevisions("c1", installed={"default": OLD, REV: NEW},
+                               proxies={"default": {"istio-system": 1, "app": 2}}, gateway_revision="default")
+    assert [s.kind for s in runnable_now(steps_left(halfway, NEW))] == [GATEWAY, TAG, RESTART]
+    # everything moved but the workloads: nothing but the reminder, the old revision stays
+    moved = ClusterRevisions("c1", installed={"default": OLD, REV: NEW}, default_tag=REV,
+                             proxies={"default": {"app": 2}, REV: {"istio-system": 1}}, gateway_revision=REV)
+    assert kinds(steps_left(moved, NEW)) == [(RESTART, "default", False), (REMOVE, "default", True)]
+    # the workloads restarted: the old revision goes; then nothing is left
+    restarted = ClusterRevisions("c1", installed={"default": OLD, REV: NEW}, default_tag=REV,
+                                 proxies={REV: {"istio-system": 1, "app": 2}}, gateway_revision=REV)
+    assert kinds(steps_left(restarted, NEW)) == [(REMOVE, "default", False)]
+    done = ClusterRevisions("c1", installed={REV: NEW}, default_tag=REV, proxies={REV: {"app": 2}},
+                            gateway_revision=REV)
+    assert steps_left(done, NEW) == []
+
+
+def test_a_primary_keeps_the_revision_its_remotes_proxies_still_use():
+    primary = ClusterRevisions("p1", installed={"default": OLD, REV: NEW}, default_tag=REV,
+                               proxies={REV: {"istio-system": 1}}, gateway_revision=REV)
+    remote = ClusterRevisions("r1", installed={"default": OLD, REV: NEW}, default_tag=REV,
+                              proxies={"default": {"app": 1}}, gateway_revision=REV, primary="p1")
+    steps = mesh_steps([primary, remote], {"p1": NEW, "r1": NEW})
+    assert kinds(steps["p1"]) == [(REMOVE, "default", True)]
+    assert steps_left(primary, NEW)[0].later is False  # alone it could go
+
+
+def test_remotes_move_with_their_primary_and_primaries_one_at_a_time():
+    states = [untouched("p1"), untouched("p2"), untouched("r1", primary="p2"), untouched("r2", primary="p1")]
+    assert waves(states) == [["p1", "r2"], ["p2", "r1"]]
+    assert waves(states, parallel=2) == [["p1", "r2", "p2", "r1"]]
+
+
+def test_the_dry_run_shows_the_whole_upgrade():
+    lines = describe([untouched("p1"), untouched("r1", primary="p1")], {"p1": NEW, "r1": NEW})
+    assert lines[0] == "wave 1: p1, r1"
+    assert "  p1: install the 1.31.0 control plane as revision 1-31-0 beside default" in lines
+    assert "  r1: install the 1.31.0 remote install as revision 1-31-0 beside default" in lines
+    assert any(line.startswith("  p1: remove revision default") and "a later run" in line for line in lines)
+
+
+def test_a_revision_nothing_but_its_gateway_uses_goes_only_after_the_gateway_moved():
+    no_apps = ClusterRevisions("c1", installed={"default": OLD}, proxies={"default": {"istio-system": 1}},
+                               gateway_revision="default")
+    assert kinds(steps_left(no_apps, NEW)) == [(INSTALL, REV, False), (GATEWAY, REV, False), (TAG, REV, False),
+                                               (REMOVE, "default", True)]
+
+
+def test_a_mesh_upgraded_by_revision_before_moves_its_tag_from_the_old_revision():
+    earlier = ClusterRevisions("c1", installed={"1-30-3": OLD}, default_tag="1-30-3",
+                               proxies={"1-30-3": {"istio-system": 1}}, gateway_revision="1-30-3")
+    steps = steps_left(earlier, NEW)
+    assert kinds(steps) == [(INSTALL, REV, False), (GATEWAY, REV, False), (TAG, REV, False), (REMOVE, "1-30-3", True)]
+    assert steps[2].detail == "point the default revision tag at 1-31-0 (from 1-30-3)"
+
+
+# --- from what status reads -------------------------------------------------------------------------------
+
+def _read(planes=None, injectors=None, pods=(), kube="v1.33.4", tag=None):
+    from lib.statusrevisions import Revisions
+    seen = Revisions(control_planes=dict(planes or {}), injectors=dict(injectors or {}), default_tag=tag,
+                     kubernetes=kube)
+    for ns, rev, version in pods:
+        seen.proxies[(rev, version)] = seen.proxies.get((rev, version), 0) + 1
+        seen.namespaces.setdefault(rev, {})[ns] = seen.namespaces.get(rev, {}).get(ns, 0) + 1
+    return seen
+
+
+def _topology(tmp_path):
+    from lib.config import Cluster, Topology
+    return Topology(path=tmp_path / "topology.yaml", mesh_id="m",
+                    clusters=(Cluster(context="p1", name="p1", network="n1"),
+                              Cluster(context="r1", name="r1", network="n2", primary="p1")))
+
+
+def test_preflight_refuses_a_skip_of_two_minors_for_a_primary_and_its_remote(tmp_path):
+    from lib.upgrade import preflight, refusal_error
+    seen = {"p1": _read({"default": "1.28.4"}), "r1": _read(injectors={"default": "1.28.4"})}
+    refused = preflight(_topology(tmp_path), seen, {"p1": NEW, "r1": NEW})
+    assert [(r.context, r.rule) for r in refused] == [("p1", "skew_skips_minor"), ("r1", "skew_skips_minor")]
+    error = refusal_error(refused)
+    assert error.exit_code == 2 and "no cluster was changed" in error.message
+    assert "p1: moving Istio 1.28.4 -> 1.31.0" in error.message and "fix: pin istio_version" in error.message
+    assert preflight(_topology(tmp_path), seen, {"p1": "1.30.3", "r1": "1.30.3"}) == []
+
+
+def test_preflight_reads_downgrades_proxies_and_kubernetes(tmp_path):
+    from lib.upgrade import preflight
+    seen = {"p1": _read({"default": NEW}, pods=[("app", "default", NEW)], kube="v1.31.0"),
+            "r1": _read(injectors={"default": NEW})}
+    refused = preflight(_topology(tmp_path), seen, {"p1": OLD, "r1": OLD})
+    assert [(r.context, r.rule) for r in refused] == [
+        ("p1", "skew_downgrade"), ("p1", "skew_proxies_ahead"), ("p1", "skew_kubernetes_unsupported"),
+        ("r1", "skew_downgrade")]
+
+
+def test_cluster_revisions_take_the_gateways_revision_from_its_deployment():
+    from lib.upgrade import cluster_revisions
+    seen = _read({"default": OLD, REV: NEW}, injectors={"default": OLD}, pods=[("istio-system", "default", OLD)],
+                 tag=REV)
+    gateway = {"metadata": {"labels": {"istio.io/rev": REV}}}
+    state = cluster_revisions("c1", None, seen, gateway)
+    assert (state.installed, state.gateway_revision, state.default_tag) == ({"default": OLD, REV: NEW}, REV, REV)
+    assert state.proxies == {"default": {"istio-system": 1}}
+    assert cluster_revisions("c1", "p1", seen, {"metadata": {}}).installed == {"default": OLD}
+    assert cluster_revisions("c1", "p1", seen, {"metadata": {}}).gateway_revision == "default"
+    assert cluster_revisions("c1", None, seen, None).gateway_revision is None
