@@ -44,6 +44,39 @@ class Mesh:
             assert result.returncode == self.applied_code(), f"apply failed:\n{result.stdout}\n{result.stderr}"
         return result
 
+    def apply_checked(self, *args: str, env: dict | None = None):
+        """apply, held to what its dry run said: every object ``apply -v`` changes on a cluster is named in that
+        cluster's part of the preceding ``apply --dry-run`` (short form); afterwards status calls the mesh
+        healthy (but for the loopback API servers apply's exit code 3 names) and a second dry run plans nothing.
+        Returns apply's result."""
+        columns = {"COLUMNS": "160", **(env or {})}
+        dry = self.run("apply", "--dry-run", *args, env=columns)
+        assert dry.returncode == self.applied_code(), f"dry run failed:\n{dry.stdout}\n{dry.stderr}"
+        planned = plan_sections(dry.stdout)
+        result = self.apply("-v", *args, env=env)
+        changed = changed_steps(result.stdout)
+        assert sorted(changed) == sorted(planned), \
+            f"the dry run named {sorted(planned)}, apply changed {sorted(changed)}:\n{dry.stdout}\n{result.stdout}"
+        for ctx, titles in changed.items():
+            section = planned.get(ctx)
+            assert section is not None, f"apply changed {ctx} ({titles}), the dry run did not name it:\n{dry.stdout}"
+            for title in titles:
+                noun = plan_noun(title)
+                assert any(re.search(noun, line) for line in section), \
+                    f"apply changed {ctx}: {title!r}; its dry run names no {noun!r}:\n{dry.stdout}"
+        status = self.run("status", "--output", "json", env=columns)
+        assert status.stdout.startswith("{"), f"status --output json printed no report:\n{status.stdout}\n{status.stderr}"
+        report = json.loads(status.stdout)
+        errors = sorted({p["code"] for p in report["problems"] + [p for c in report["clusters"] for p in c["problems"]]
+                         if p["severity"] == "error"})
+        # apply's exit code 3 says peers were told loopback API servers (README): status names only that.
+        assert errors == (["remote_secret_local"] if self.applied_code() == 3 else []), \
+            f"status after apply:\n{status.stdout}\n{status.stderr}"
+        assert (status.returncode == 0) == (not errors), status.stderr
+        again = self.run("apply", "--dry-run", *args, env=columns)
+        assert NOTHING_PLANNED in again.stdout.splitlines(), f"a second dry run plans more:\n{again.stdout}"
+        return result
+
     def loopback_contexts(self) -> list[str]:
         """The contexts whose remote secret another cluster must hold, without api_server: (the sandbox's
         kubeconfig names 127.0.0.1, which no other cluster reaches)."""
@@ -87,6 +120,85 @@ class Mesh:
 
     def control_plane_installs(self) -> list[dict]:
         return [c for c in self.installs() if (c.get("merged") or {}).get("spec", {}).get("profile") != "empty"]
+
+
+# --- what a dry run names and what apply -v did -------------------------------------------
+NOTHING_PLANNED = "nothing to do: every cluster matches topology.yaml and base.yaml"  # lib/planview.py NOTHING
+_PLAN_HEADER = re.compile(r"^(\S+)(?: \(.*\))?: (install|change|remove\b.*)$")
+_REPLACES = re.compile(r"^(\S+) replaces \(apply asks first\): (.*)$")
+_STEP_START = re.compile(r"^\d\d:\d\d:\d\d (\S+): (.*) \.\.\.$")
+_COMMAND = re.compile(r"^  \$ \[(\S+)\] (.*)  \((?:exit \d+|timed out), [\d.]+s\)$")
+# Commands that write to a cluster (kubectl's and istioctl's verbs); reads, waits and exports are not changes.
+_WRITES = {"kubectl": {"apply", "create", "delete", "label", "annotate", "patch", "replace"},
+           "istioctl": {"install", "uninstall", "apply"}}
+_BOOKKEEPING = "setup-mesh.io/applied="  # the record of what was applied (the plan shows it with -v only)
+# What a step's title is called in the plan's short form (lib/plan.py's Step.change); a step not listed here
+# must be named by its title. A step that removes (its title says so) needs a removal line ("- ..."), or its title
+# after "·" (a step the plan names by its title).
+_NOUNS = [(r"^install Istio$", r"[+~] Istio \("),
+          (r"^namespace istio-system \(network .*\) and secret cacerts$",
+           r"namespace istio-system|network label|secret cacerts|annotation "),
+          (r"^make intermediate CA$", r"intermediate CA"),
+          (r"^remove the ambient east-west gateway", r"ambient east-west gateway"),
+          (r"east-west gateway", r"east-west gateway"),
+          (r"^import .*secret", r"remote secret"),
+          (r"^delete \d+ stale remote secret", r"stale remote secrets"),
+          (r"^stop being a remote", r"annotation topology.istio.io/controlPlaneClusters"),
+          (r"^stop exposing istiod", r"Gateway istiod-gateway"),
+          (r"^install the Gateway API CRDs", r"Gateway API CRDs"),
+          (r"^uninstall Istio and its CRDs$", r"Istio \(istioctl uninstall"),
+          (r"^uninstall setup-mesh's IstioOperators", r"setup-mesh's IstioOperators"),
+          (r"^delete (cacerts and )?remote secrets$", r"secret cacerts|\d+ remote secret"),
+          (r"^delete namespace istio-system$", r"namespace istio-system")]
+_REMOVES = re.compile(r"^(remove|uninstall|delete|stop) ")
+
+
+def plan_sections(stdout: str) -> dict[str, list[str]]:
+    """A dry run's short form, per cluster: its header line and the lines under it."""
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in stdout.splitlines():
+        header, replaces = _PLAN_HEADER.match(line), _REPLACES.match(line)
+        if header:
+            current = sections.setdefault(header.group(1), [line])
+        elif replaces:
+            sections.setdefault(replaces.group(1), []).append(line)
+            current = None
+        elif current is not None and line.startswith("  "):
+            current.append(line)
+        else:
+            current = None
+    return sections
+
+
+def changed_steps(stdout: str) -> dict[str, list[str]]:
+    """The steps of ``apply -v`` that wrote to a cluster, per cluster, by title (a command is printed under the
+    last step its cluster started)."""
+    running: dict[str, str] = {}
+    changed: dict[str, list[str]] = {}
+    for line in stdout.splitlines():
+        start, command = _STEP_START.match(line), _COMMAND.match(line)
+        if start:
+            running[start.group(1)] = start.group(2)
+        elif command:
+            ctx, argv = command.group(1), command.group(2).split()
+            tool = Path(argv[0]).name
+            verb = next((a for a in argv[1:] if not a.startswith("-") and a not in (ctx,)
+                         and argv[argv.index(a) - 1] != "--context"), "")
+            if verb in _WRITES.get(tool, ()) and _BOOKKEEPING not in command.group(2):
+                titles = changed.setdefault(ctx, [])
+                title = running.get(ctx, "?")
+                if title not in titles:
+                    titles.append(title)
+    return changed
+
+
+def plan_noun(title: str) -> str:
+    """The pattern a dry-run line naming this step's change matches."""
+    noun = next((noun for pattern, noun in _NOUNS if re.search(pattern, title)), re.escape(title))
+    if _REMOVES.match(title):
+        return rf"^\s*- .*(?:{noun})|^\s*· {re.escape(title)}$"
+    return noun
 
 
 def make_mesh(sandbox, workdir: Path, networks: dict[str, str], base_extra: str = "") -> Mesh:

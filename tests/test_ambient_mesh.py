@@ -128,7 +128,7 @@ def test_switching_to_sidecar_mode_asks_first_then_replaces_gateways_and_profile
 def test_switching_back_to_ambient_converges(ambient_mesh):
     mesh, _ = ambient_mesh
     set_profile(mesh, "ambient")
-    apply(mesh)
+    mesh.apply_checked(*APPLY)
     assert_ambient(mesh)
     # the sidecar-mode gateway's IstioOperator objects are gone, not only the Service's name
     for ctx in THREE:

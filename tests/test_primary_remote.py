@@ -328,7 +328,7 @@ def test_a_primary_turned_remote_and_back_status_and_verify_agree_at_every_step(
     kept = _kept(mesh)
 
     _write(mesh, remote_of_1)
-    mesh.apply()
+    mesh.apply_checked()
     _check_remote(mesh, "cluster2", "cluster1", "network2")
     _status_and_verify_agree(mesh)
     assert "selector" not in mesh.get("cluster2", "service", "istiod", "-n", "istio-system")["spec"], \
@@ -336,7 +336,7 @@ def test_a_primary_turned_remote_and_back_status_and_verify_agree_at_every_step(
     assert _kept(mesh) == kept
 
     _write(mesh, two_primaries)
-    mesh.apply()
+    mesh.apply_checked()
     istiod = mesh.get("cluster2", "service", "istiod", "-n", "istio-system")
     assert istiod["spec"]["selector"] == {"app": "istiod", "istio": "pilot"}
     assert sorted(mesh.remote_secrets("cluster2")) == ["cluster1"]

@@ -215,7 +215,7 @@ def test_a_cluster_added_then_removed_touches_only_what_concerns_it(shaped):
     mesh = _applied_mesh(shaped, spare=["ctx-d"])
     before, exported, installs = snapshot(mesh), len(exports(mesh)), len(mesh.control_plane_installs())
     _topology(mesh, {**NETS, "ctx-d": "network2"})
-    mesh.apply()
+    mesh.apply_checked()  # each step: the dry run named it all, then healthy
     grown = snapshot(mesh, CONTEXTS + ["ctx-d"])
     assert installs_since(mesh, installs) == ["ctx-d"]
     assert exports(mesh)[exported:] == ["ctx-d"], "the others' secrets are copied, not made again"
@@ -227,7 +227,7 @@ def test_a_cluster_added_then_removed_touches_only_what_concerns_it(shaped):
     assert sorted(grown["ctx-d"]["remote_secrets"]) == ["alpha", "beta", "gamma"]
 
     _topology(mesh, NETS)
-    mesh.apply()
+    mesh.apply_checked()
     assert snapshot(mesh) == before, "removing it takes its secrets and nothing else"
     assert mesh.get("ctx-d", "namespace", "istio-system", check=False) is None
     assert len(exports(mesh)) == exported + 1
