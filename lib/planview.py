@@ -22,7 +22,7 @@ def print_plan(plan: ApplyPlan, topology: Topology, observed: dict[str, Observed
                command: str | tuple[str, ...] = "apply", replace_other_roots: bool = False) -> None:
     """``command``: the command (with its options) whose --dry-run -v shows every command and manifest;
     ``replace_other_roots``: --replace-foreign-ca was given (else apply refuses such clusters)."""
-    out = reporter.info
+    out = _wrapped(reporter)
     count = len(topology.clusters)
     out(f"{title} (dry run, changes nothing): mesh {topology.mesh_id}, {count} cluster{'s' * (count != 1)} on "
         f"{', '.join(topology.networks)}")
@@ -34,17 +34,22 @@ def print_plan(plan: ApplyPlan, topology: Topology, observed: dict[str, Observed
         seen = (observed or {}).get(cluster.context)
         if observed is not None and seen is not None and not seen.reachable:
             reporter.warn(f"could not read current state of {cluster.context}: {seen.error}")
-    _body(plan, topology, reporter, nothing, command, replace_other_roots)
+    _body(plan, topology, reporter, nothing, command, replace_other_roots, out)
+
+
+def _wrapped(reporter: Reporter):
+    """Prints a plan line; on a terminal, wrapped at words under its own indent (no command split)."""
+    def out(text: str) -> None:
+        lead = text[:len(text) - len(text.lstrip(" "))]
+        reporter.info(fit(reporter.console, text.lstrip(" "), lead, indent=lead + "    "))
+    return out
 
 
 def print_changes(plan: ApplyPlan, topology: Topology, reporter: Reporter, title: str,
                   command: str | tuple[str, ...], nothing: str = NOTHING) -> None:
     """What a run is about to change, per cluster (-v: every command), read as its dry run reads, before
     it asks to go ahead."""
-    def out(text: str) -> None:  # on a terminal, wrapped at words under its own indent (no command split)
-        lead = text[:len(text) - len(text.lstrip(" "))]
-        reporter.info(fit(reporter.console, text.lstrip(" "), lead, indent=lead + "    "))
-
+    out = _wrapped(reporter)
     count = len(topology.clusters)
     out(f"{title}: mesh {topology.mesh_id}, {count} cluster{'s' * (count != 1)} on {', '.join(topology.networks)}")
     _body(plan, topology, reporter, nothing, command, False, out)
@@ -53,7 +58,8 @@ def print_changes(plan: ApplyPlan, topology: Topology, reporter: Reporter, title
 def _body(plan: ApplyPlan, topology: Topology, reporter: Reporter, nothing: str, command: str | tuple[str, ...],
           replace_other_roots: bool, out=None) -> None:
     out = out or reporter.info
-    (_full if reporter.verbose else _changes)(plan, topology, out)
+    # -v lists commands to paste: printed as they are, never broken at a word.
+    (_full(plan, topology, reporter.info) if reporter.verbose else _changes(plan, topology, out))
     for context, what in plan.replacements.items():
         out("")
         for line in what:

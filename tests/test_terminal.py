@@ -197,3 +197,25 @@ def test_rotate_certs_root_shows_its_plan_and_question_wrapped_at_words(mesh, co
     assert all(len(line) <= cols for line in kept)
     term.send(b"n\r")
     assert term.wait() == 1, plain(term.output)
+
+
+def test_a_dry_run_plan_at_80_columns_is_wrapped_at_words_and_keeps_its_command_whole(sandbox_factory, tmp_path):
+    """The dry run's plan on a narrow terminal, with context names as long as a cloud's: no line runs over
+    the width (the terminal would break words inside names), and the command that shows every command
+    stays one piece."""
+    nets = {"acme-platform-prod-europe-west1-mesh-east": "network1",
+            "acme-platform-prod-europe-west4-mesh-west": "network2"}
+    mesh = make_mesh(sandbox_factory(list(nets)), tmp_path / "ws", nets)
+    term = Terminal([sys.executable, str(ROOT / "setup_mesh.py"), "apply", "--dry-run", "--workdir",
+                     str(mesh.workdir)], dict(mesh.sandbox.env, **FAST_KEYS), cols=80)
+    term.wait()
+    text = plain(term.output)
+    assert "Plan (dry run, changes nothing)" in text, text
+    plan = text[text.index("Plan (dry run, changes nothing)"):]
+    command = f"{ROOT / 'setup_mesh.py'} apply --dry-run -v --workdir {mesh.workdir}"
+    assert command in plan, plan
+    assert "secret cacerts" in plan and "mesh-west" in plan, plan
+    # Only a word longer than the terminal (a test's temporary path) may run over: it has nowhere to break.
+    over = [line for line in plan.splitlines() if len(line.rstrip()) > 80 and command not in line
+            and " " in line.strip()]
+    assert over == [], over
