@@ -9,7 +9,7 @@ from typing import Callable
 
 import typer
 
-from . import certs, carotation, fetch, invocation
+from . import certs, carotation, fetch, invocation, upgrade, upgradeplan
 from . import polling
 from .config import (AMBIENT, BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, data_plane_mode, load_base, load_topology,
                      resolve_contexts, select_clusters)
@@ -31,6 +31,7 @@ from .release import Release, find_release
 from .reporter import Reporter
 from .runlog import RunLog
 from .runner import ShRunner
+from .statusrevisions import read_revisions
 from .state import State
 from .wrapping import wrap_prose
 from .workspace import Workspace, find_tools, inspect_clusters, load_workspace, pinned_release, read_istio_usage
@@ -214,6 +215,9 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
                             removed=removed, removed_observed=observed, workdir=workdir, tools=tools,
                             release=release, intermediate_vars=intermediate_vars, gateway_timeout=gateway_timeout,
                             gateway_api=crd_source, uninstall=uninstall, transition=transition)
+    if readable:  # what is left of a canary upgrade to the pinned versions; refused before anything is touched
+        _add_upgrade(plan, topology, observed, releases, desired, tools, runner, read_reporter, parallel, workdir,
+                     only, ambient, ws.notes)
     refusal = other_roots_refusal(plan, replace_foreign_ca)
     if dry_run:
         reporter.stop_progress()
@@ -263,6 +267,33 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
         if gone.context not in outcome.failures:
             reporter.finish_cluster(gone.context, True, "removed" if gone.reachable else "removed (unreachable)")
     return _not_working(unreachable_api, finish_run("apply", outcome, log, reporter), reporter)
+
+
+def _add_upgrade(plan: ApplyPlan, topology: Topology, observed: dict, releases: dict, desired: dict, tools: Tools,
+                 runner: ShRunner, reporter: Reporter, parallel: int, workdir: Path, only: set[str] | None,
+                 ambient: bool, notes: list[str]) -> None:
+    """The canary upgrade's steps (lib/upgradeplan.py) as one more phase of ``plan``, after Istio's skew
+    rules were checked on what the clusters run now."""
+    targets = upgradeplan.targets_of(topology)
+    if not targets:
+        return
+    members = [c for c in topology.clusters if (seen := observed.get(c.context)) is not None and seen.reachable]
+    revisions = read_revisions(members, observed, tools, runner, reporter, parallel)
+    states = [s for s in upgradeplan.upgrade_states(topology, observed, revisions) if only is None or s.context in only]
+    if not states:
+        return
+    refusals = upgrade.preflight(topology, revisions, targets)
+    if refusals:
+        raise upgrade.refusal_error(refusals)
+    refusal = upgradeplan.unsupported_refusal(states, targets, ambient)
+    if refusal is not None:
+        raise refusal
+    fetched = {v: releases.get(v) or Release(fetch.releases_dir(workdir).resolve() / f"istio-{v}") for v in targets.values()}
+    phase = upgradeplan.upgrade_phase(states, targets, desired, fetched, tools, workdir, parallel)
+    if phase:
+        plan.phases.insert(2, phase)
+        plan.unchanged = [c for c in plan.unchanged if c not in phase.steps]
+    notes.extend(upgradeplan.waiting_removals(states, targets))
 
 
 # apply (and its dry run) did what it was asked, but the mesh as configured cannot work (README: exit codes).

@@ -17,6 +17,7 @@ from . import polling
 from .config import AMBIENT, select_clusters
 from .errors import MeshError
 from .kube import READ_TIMEOUT, Tools, gateway_addresses
+from .names import ISTIOD, is_istiod_name
 from .reporter import Reporter
 from .statusinputs import Expected, status_workspace
 from .statusjudge import evaluate
@@ -38,10 +39,15 @@ def collect(ws: Expected, tools: Tools, runner, reporter: Reporter, parallel: in
     silent = Reporter(console=reporter.console, err_console=reporter.err, quiet=True)
     observed = inspect_clusters(list(ws.topology.clusters), tools, runner, silent, parallel, title="read status",
                                 ambient=ws.data_plane == AMBIENT)
-    istiod = {ctx: parse_istiod(seen.deployments.get(ws.istiod_deployment)) if seen.reachable
+    serving = {ctx: serving_istiod(seen.deployments, ws.istiod_deployment, ws.revision)
+               for ctx, seen in observed.items() if seen.reachable}
+    istiod = {ctx: parse_istiod(seen.deployments.get(serving[ctx][0])) if seen.reachable
               else Istiod(read=False, error=seen.error) for ctx, seen in observed.items()}
     asked = [c for c in ws.topology.clusters if istiod.get(c.context) and istiod[c.context].installed]
-    views = read_istiod_views(asked, ws.revision, tools, runner, silent, parallel)
+    views = {}
+    for revision in dict.fromkeys(serving[c.context][1] for c in asked):  # after a canary upgrade: per revision
+        group = [c for c in asked if serving[c.context][1] == revision]
+        views.update(read_istiod_views(group, revision, tools, runner, silent, parallel))
     if ws.fingerprints_for:
         addresses = gateway_addresses(observed)
         ws = replace(ws, fingerprints=ws.fingerprints_for(addresses))
@@ -54,6 +60,18 @@ def collect(ws: Expected, tools: Tools, runner, reporter: Reporter, parallel: in
     revisions = read_revisions(list(ws.topology.clusters), observed, tools, runner, silent, parallel)
     judge_revisions(status.clusters, revisions, Hints(ws.workdir, ws.topology))
     return status
+
+
+def serving_istiod(deployments: dict[str, dict], expected: str, revision: str | None) -> tuple[str, str | None]:
+    """(istiod Deployment, its revision) that serves a primary: base.yaml's, else, once a canary upgrade
+    removed that revision, the newest revisioned istiod left (Istio names it istiod-<revision>)."""
+    if expected in deployments:
+        return expected, revision
+    others = sorted((name for name in deployments if is_istiod_name(name) and name != ISTIOD),
+                    key=lambda name: tuple(int(p) if p.isdigit() else 0 for p in name[len(ISTIOD) + 1:].split("-")))
+    if not others:
+        return expected, revision
+    return others[-1], others[-1][len(ISTIOD) + 1:]
 
 
 def run_status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, output: str, wait: bool,

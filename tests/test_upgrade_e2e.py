@@ -1,0 +1,98 @@
+"""A canary upgrade end to end: a two-primary mesh on two networks at 1.30.3 (the sandbox's release) moved to
+1.31.0 (fetched from a loopback mirror) by changing istio_version: the dry run shows the upgrade, the first run
+installs the new revision beside the old, moves the east-west gateway in place (its Service's UID and address
+stay) and the default tag; the next run removes the old revision, and status stays healthy. A skip of two
+minors is refused before any cluster is touched."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.meshkit import make_mesh
+from tests.releaseserver import ReleaseServer, publish
+from tests.test_fetch_e2e import PinnedMesh
+
+pytestmark = pytest.mark.xdist_group("test_upgrade_e2e")
+
+NETWORKS = {"cluster1": "network1", "cluster2": "network2"}
+NEW_REV = "1-31-0"
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("published")
+    publish(folder, "1.31.0")
+    publish(folder, "1.29.0")
+    with ReleaseServer(folder) as server:
+        yield server
+
+
+@pytest.fixture
+def mesh(sandbox_factory, tmp_path):
+    sandbox = sandbox_factory(list(NETWORKS))
+    made = make_mesh(sandbox, tmp_path / "ws", NETWORKS)
+    mesh = PinnedMesh(made.sandbox, made.workdir)
+    mesh.pin("1.30.3")
+    mesh.apply("--istio-dir", str(sandbox.istio_dir))
+    return mesh
+
+
+def gateway(mesh, ctx):
+    service = mesh.get(ctx, "service", "istio-eastwestgateway", "-n", "istio-system")
+    return service["metadata"]["uid"], service["status"]["loadBalancer"]["ingress"][0].get("ip")
+
+
+def default_tag(mesh, ctx):
+    return mesh.get(ctx, "mutatingwebhookconfiguration", "istio-revision-tag-default")["metadata"]["labels"]["istio.io/rev"]
+
+
+def test_changing_istio_version_upgrades_by_canary_keeping_gateways_and_removes_the_old_revision_later(mesh, published):
+    before = {ctx: gateway(mesh, ctx) for ctx in NETWORKS}
+    mesh.pin("1.31.0")
+    plan = mesh.run("apply", "--dry-run", "--istio-mirror", published.url, env={"COLUMNS": "200"})
+    assert plan.returncode in (0, 3), plan.stdout + plan.stderr
+    assert "nothing to do" not in plan.stdout
+    for ctx in NETWORKS:
+        assert f"install the 1.31.0 control plane as revision {NEW_REV}" in plan.stdout
+    print(plan.stdout)
+    assert f"point the default revision tag at {NEW_REV}" in plan.stdout
+    assert mesh.get("cluster1", "deployment", f"istiod-{NEW_REV}", "-n", "istio-system", check=False) is None
+
+    mesh.apply("--istio-mirror", published.url)
+    for ctx in NETWORKS:
+        istiod = mesh.get(ctx, "deployment", f"istiod-{NEW_REV}", "-n", "istio-system")
+        assert istiod["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":1.31.0")
+        assert default_tag(mesh, ctx) == NEW_REV
+        assert gateway(mesh, ctx) == before[ctx], "the east-west gateway's Service kept its UID and address"
+        deployment = mesh.get(ctx, "deployment", "istio-eastwestgateway", "-n", "istio-system")
+        assert deployment["metadata"]["labels"]["istio.io/rev"] == NEW_REV
+    status = mesh.run("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+
+    # The next run finds nothing on the old revision any more: it removes it.
+    second = mesh.apply("--istio-mirror", published.url)
+    assert "remove revision default" in second.stdout + second.stderr
+    for ctx in NETWORKS:
+        assert mesh.get(ctx, "deployment", "istiod", "-n", "istio-system", check=False) is None
+        assert mesh.get(ctx, "deployment", f"istiod-{NEW_REV}", "-n", "istio-system") is not None
+        assert gateway(mesh, ctx) == before[ctx]
+    status = mesh.run("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    third = mesh.apply("--istio-mirror", published.url)
+    assert "nothing to do" in third.stdout
+
+
+def test_a_skip_of_two_minors_is_refused_before_any_cluster_is_touched(sandbox_factory, tmp_path, published):
+    sandbox = sandbox_factory(["cluster1"])
+    made = make_mesh(sandbox, tmp_path / "ws", {"cluster1": "network1"})
+    mesh = PinnedMesh(made.sandbox, made.workdir)
+    mesh.pin("1.29.0")
+    mesh.apply("--istio-mirror", published.url)
+    mesh.pin("1.31.0")
+    calls = len(mesh.sandbox.istioctl_calls())
+    result = mesh.run("apply", "-y", "--istio-mirror", published.url)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "no cluster was changed" in result.stderr and "1.29" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert mesh.sandbox.istioctl_calls()[calls:] == []
+    assert mesh.get("cluster1", "deployment", "istiod-1-31-0", "-n", "istio-system", check=False) is None
