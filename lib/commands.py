@@ -289,7 +289,8 @@ def _add_upgrade(plan: ApplyPlan, topology: Topology, observed: dict, releases: 
     if refusal is not None:
         raise refusal
     fetched = {v: releases.get(v) or Release(fetch.releases_dir(workdir).resolve() / f"istio-{v}") for v in targets.values()}
-    phase = upgradeplan.upgrade_phase(states, targets, desired, fetched, tools, workdir, parallel)
+    # One primary at a time (with its remotes): a failure stops the upgrade with the others untouched.
+    phase = upgradeplan.upgrade_phase(states, targets, desired, fetched, tools, workdir, 1)
     if phase:
         plan.phases.insert(2, phase)
         plan.unchanged = [c for c in plan.unchanged if c not in phase.steps]

@@ -85,6 +85,25 @@ def test_changing_istio_version_upgrades_by_canary_keeping_gateways_and_removes_
     assert mesh.results(third.stdout) == {ctx: "unchanged" for ctx in NETWORKS}
 
 
+def test_an_upgrade_stopped_by_a_failure_leaves_the_next_cluster_untouched_and_the_next_run_finishes_it(mesh, published):
+    before = {ctx: gateway(mesh, ctx) for ctx in NETWORKS}
+    mesh.pin("1.31.0")
+    failed = mesh.apply("--istio-mirror", published.url, env={"ISTIOCTL_STANDIN_FAIL": "cluster1/tag set"}, ok=False)
+    assert failed.returncode not in (0, 3), failed.stdout + failed.stderr
+    assert mesh.get("cluster1", "deployment", f"istiod-{NEW_REV}", "-n", "istio-system") is not None
+    assert mesh.get("cluster2", "deployment", f"istiod-{NEW_REV}", "-n", "istio-system", check=False) is None, \
+        "the next primary waits for the one before it to finish"
+    calls = len(mesh.sandbox.istioctl_calls())
+    mesh.apply("--istio-mirror", published.url)
+    done = [(c["context"], c["argv"][1]) for c in mesh.sandbox.istioctl_calls()[calls:]
+            if c["argv"][1] in ("install", "tag")]
+    assert ("cluster1", "install") not in done, "what the cut-short run did is not done again"
+    assert ("cluster1", "tag") in done and ("cluster2", "install") in done
+    for ctx in NETWORKS:
+        assert default_tag(mesh, ctx) == NEW_REV
+        assert gateway(mesh, ctx) == before[ctx]
+
+
 def test_a_skip_of_two_minors_is_refused_before_any_cluster_is_touched(sandbox_factory, tmp_path, published):
     sandbox = sandbox_factory(["cluster1"])
     made = make_mesh(sandbox, tmp_path / "ws", {"cluster1": "network1"})
