@@ -107,7 +107,8 @@ def _step(item: UpgradeStep, tools: Tools, d: Desired, workdir: Path) -> Step | 
                     commands=[tools.istioctl_cmd(cluster, "tag", "set", "default", "--revision", rev, "--overwrite")],
                     change=f"~ {item.detail}")
     if item.kind == RESTART:
-        return Step(f"workloads on revision {rev}", change=f"! {item.detail}", note=item.detail)
+        # Nothing runs: the listing is the step (its title shows in apply's progress, its change in the plan).
+        return Step(item.detail, change=f"! {item.detail}", note=item.detail)
     if item.kind == REMOVE and not item.later:
         return Step(f"remove revision {rev}",
                     commands=[tools.istioctl_cmd(cluster, "uninstall", "--revision", rev, "-y")],

@@ -11,6 +11,7 @@ import yaml
 from tests.meshkit import make_mesh
 from tests.releaseserver import ReleaseServer, publish
 from tests.test_fetch_e2e import PinnedMesh
+from tests.test_standin_istioctl import wait_for
 
 pytestmark = pytest.mark.xdist_group("test_upgrade_e2e")
 
@@ -39,6 +40,13 @@ def mesh(sandbox_factory, tmp_path):
     return mesh
 
 
+def revisions_in(mesh, namespace):
+    """The injecting revision of each live pod of ``namespace`` on cluster1."""
+    pods = mesh.get("cluster1", "pods", "-n", namespace)["items"]
+    return sorted((p["metadata"].get("annotations") or {}).get("istio.io/rev", "") for p in pods
+                  if not p["metadata"].get("deletionTimestamp"))
+
+
 def gateway(mesh, ctx):
     service = mesh.get(ctx, "service", "istio-eastwestgateway", "-n", "istio-system")
     return service["metadata"]["uid"], service["status"]["loadBalancer"]["ingress"][0].get("ip")
@@ -50,6 +58,12 @@ def default_tag(mesh, ctx):
 
 def test_changing_istio_version_upgrades_by_canary_keeping_gateways_and_removes_the_old_revision_later(mesh, published):
     before = {ctx: gateway(mesh, ctx) for ctx in NETWORKS}
+    # One injected workload on cluster1, on the old revision.
+    sb = mesh.sandbox
+    sb.kubectl("cluster1", "create", "namespace", "app")
+    sb.kubectl("cluster1", "label", "namespace", "app", "istio-injection=enabled")
+    sb.kubectl("cluster1", "create", "deployment", "web", "--image=nginx", "-n", "app")
+    assert wait_for(lambda: revisions_in(mesh, "app") == ["default"])
     healthy = mesh.run("status")
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     mesh.pin("1.31.0")
@@ -58,6 +72,8 @@ def test_changing_istio_version_upgrades_by_canary_keeping_gateways_and_removes_
     assert "nothing to do" not in plan.stdout
     for ctx in NETWORKS:
         assert f"install the 1.31.0 control plane as revision {NEW_REV}" in plan.stdout
+    assert "workloads still on revision default: app (1)" in plan.stdout
+    assert "remove revision default" in plan.stderr and "a later run" in plan.stderr
     assert f"point the default revision tag at {NEW_REV}" in plan.stdout
     assert mesh.get("cluster1", "deployment", f"istiod-{NEW_REV}", "-n", "istio-system", check=False) is None
 
@@ -72,9 +88,14 @@ def test_changing_istio_version_upgrades_by_canary_keeping_gateways_and_removes_
     status = mesh.run("status")
     assert status.returncode == 0, status.stdout + status.stderr
 
-    # The next run finds nothing on the old revision any more: it removes it.
+    # The next run removes the old revision where nothing uses it any more; cluster1 keeps it for `app`.
     second = mesh.apply("--istio-mirror", published.url)
-    assert "remove revision default" in second.stdout + second.stderr
+    assert "workloads still on revision default: app (1)" in second.stdout
+    assert mesh.get("cluster2", "deployment", "istiod", "-n", "istio-system", check=False) is None
+    assert mesh.get("cluster1", "deployment", "istiod", "-n", "istio-system") is not None
+    sb.kubectl("cluster1", "rollout", "restart", "deployment/web", "-n", "app")  # as the listing says
+    assert wait_for(lambda: revisions_in(mesh, "app") == [NEW_REV])
+    mesh.apply("--istio-mirror", published.url)
     for ctx in NETWORKS:
         assert mesh.get(ctx, "deployment", "istiod", "-n", "istio-system", check=False) is None
         assert mesh.get(ctx, "deployment", f"istiod-{NEW_REV}", "-n", "istio-system") is not None
