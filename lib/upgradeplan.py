@@ -43,6 +43,13 @@ def upgrade_states(topology: Topology, observed: dict[str, Observed | None],
     return states
 
 
+def running_revisions(states: list[ClusterRevisions]) -> dict[str, str]:
+    """The named revision each cluster runs since an upgrade (its default tag's, installed): where apply's
+    ordinary installs go, so that a change of base.yaml does not bring a default revision back."""
+    return {s.context: s.default_tag for s in states
+            if s.default_tag and s.default_tag != "default" and s.default_tag in s.installed}
+
+
 def unsupported_refusal(states: list[ClusterRevisions], targets: dict[str, str], ambient: bool) -> ConfigError | None:
     """What setup-mesh does not upgrade yet, refused before anything is touched. A remote's revision needs
     its primary's istiod exposed per revision through the east-west gateway

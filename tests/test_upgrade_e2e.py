@@ -105,6 +105,20 @@ def test_changing_istio_version_upgrades_by_canary_keeping_gateways_and_removes_
     third = mesh.apply("--istio-mirror", published.url)
     assert mesh.results(third.stdout) == {ctx: "unchanged" for ctx in NETWORKS}
 
+    # A later change of base.yaml updates the revision the clusters run; no default revision comes back.
+    base = mesh.workdir / "base.yaml"
+    base.write_text(base.read_text().replace("accessLogFile: /dev/stdout", "accessLogFile: /dev/stderr"))
+    calls = len(sb.istioctl_calls())
+    mesh.apply("--istio-mirror", published.url)
+    installs = [c["argv"] for c in sb.istioctl_calls()[calls:] if c["argv"][1] == "install"]
+    assert installs and all(argv[argv.index("--revision") + 1] == NEW_REV for argv in installs if "--revision" in argv)
+    assert all("--revision" in argv for argv in installs), installs
+    for ctx in NETWORKS:
+        assert mesh.get(ctx, "deployment", "istiod", "-n", "istio-system", check=False) is None
+        assert gateway(mesh, ctx) == before[ctx]
+    status = mesh.run("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+
 
 def test_an_upgrade_stopped_by_a_failure_leaves_the_next_cluster_untouched_and_the_next_run_finishes_it(mesh, published):
     before = {ctx: gateway(mesh, ctx) for ctx in NETWORKS}
