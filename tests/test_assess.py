@@ -177,3 +177,16 @@ def test_the_refusal_to_replace_another_root_reads_as_a_user_compares_roots(pki)
     assert foreign.describe() == ("secret cacerts chains to root a root-cert.pem that does not parse, not made by "
                                   "setup-mesh: CA of the platform team; this workspace's root is (this workspace has "
                                   "no root CA)")
+
+
+def test_every_secret_a_remote_holds_is_unneeded_and_named_for_its_removal():
+    """status names each secret to delete; apply prunes each of them, not only the first."""
+    from lib.assess import assess_secrets
+
+    mesh = _mesh(p={}, q={}, r={"primary": "p"})
+    issued = {"p": "fp", "q": "fq", "r": "fr"}
+    found = assess_secrets(mesh, mesh.member("r"), _holding(p="fp", q="fq"), issued)
+    assert [(f.peer, f.state.value, f.secret, f.context) for f in found] == [
+        ("p", "unneeded", "istio-remote-secret-p", "p"), ("q", "unneeded", "istio-remote-secret-q", "q")]
+    held = assess_secrets(mesh, mesh.member("p"), _holding(q="fq"), issued)
+    assert [(f.peer, f.secret, f.current) for f in held if f.secret] == [("q", "istio-remote-secret-q", True)]

@@ -724,3 +724,63 @@ def test_stale_secrets_are_deleted_by_name_and_a_clusters_result_counts_its_secr
                                                   (3, 2, 2))] == [
         "", "1 secret imported", "2 secrets imported, 1 replaced", "1 secret replaced", "2 secrets replaced",
         "1 stale secret pruned", "3 secrets imported, 2 replaced, 2 stale secrets pruned"]
+
+
+def test_a_scoped_teardown_removes_exactly_what_setup_mesh_and_istiod_made_for_it(tmp_path):
+    """Others use Istio here: Istio's CRDs stay, and only what carries setup-mesh's name or label goes, with the
+    ambient Gateway and what istiod made for it (nothing reconciles those once istiod is gone)."""
+    from lib.kube import IstioUsage, Observed, Tools
+    from lib.plan import Uninstall, uninstall_steps
+
+    seen = Observed(reachable=True, namespace=True, eastwest_made_by="gateway")
+    how = Uninstall(tmp_path, frozenset({"setup-mesh"}), IstioUsage(resources={("VirtualService", "shop"): 1}))
+    first = uninstall_steps(Tools(), Cluster("c1", "n1", "c1"), [], seen, how)[0]
+    delete = "kubectl --context c1 delete"
+    assert [c.pasteable() for c in first.commands] == [
+        f"{delete} gateways.networking.istio.io cross-network-gateway -n istio-system --ignore-not-found",
+        f"{delete} gateways.networking.istio.io,virtualservices.networking.istio.io -n istio-system "
+        "-l app.kubernetes.io/managed-by=setup-mesh --ignore-not-found",
+        f"{delete} gateways.gateway.networking.k8s.io istio-eastwestgateway -n istio-system --ignore-not-found",
+        f"{delete} deployment,service,serviceaccount -n istio-system "
+        "-l gateway.networking.k8s.io/gateway-name=istio-eastwestgateway,gateway.istio.io/managed --ignore-not-found"]
+
+
+def test_an_ambient_base_may_not_set_the_multi_network_switch_setup_mesh_sets_in_every_istiod(tmp_path):
+    from lib.config import load_base
+    from lib.errors import ConfigError
+
+    path = tmp_path / "base.yaml"
+    text = ("apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  profile: ambient\n"
+            "  values:\n    pilot:\n      env:\n        AMBIENT_ENABLE_MULTI_NETWORK: 'false'\n"
+            "  components:\n    pilot:\n      k8s:\n        env:\n        - name: OTHER\n          value: '1'\n"
+            "        - name: AMBIENT_ENABLE_MULTI_NETWORK\n          value: 'false'\n")
+    path.write_text(text)
+    with pytest.raises(ConfigError) as refused:
+        load_base(path)
+    why = f"is set by setup-mesh: spec.profile ambient ({path}:4) turns it on in every istiod"
+    assert refused.value.message.splitlines() == [
+        "base.yaml sets values that setup-mesh owns:",
+        f"  {path}:8: spec.values.pilot.env.AMBIENT_ENABLE_MULTI_NETWORK {why}",
+        f"  {path}:15: spec.components.pilot.k8s.env[1] (AMBIENT_ENABLE_MULTI_NETWORK) {why}"]
+    assert refused.value.hint == "delete those lines from base.yaml: setup-mesh sets them for every istiod of an ambient mesh"
+    path.write_text(text.replace("profile: ambient", "profile: default"))  # a sidecar mesh: istiod's env is the user's
+    assert load_base(path).operator["spec"]["profile"] == "default"
+
+
+@pytest.mark.parametrize("text,where", [
+    ("apiVersion: install.istio.io/v1alpha1\nkind: Deployment\nspec: {}\n", ":2: base.yaml has kind 'Deployment'"),
+    ("apiVersion: install.istio.io/v1alpha1\nspec: {}\n", ": base.yaml has kind None"),
+    ("kind: IstioOperator\napiVersion: apps/v1\nspec: {}\n", ":2: base.yaml has apiVersion 'apps/v1'"),
+    ("kind: IstioOperator\nspec: {}\n", ": base.yaml has apiVersion None"),
+    ("apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec: [a]\n", ":3: spec must be a mapping, not a list"),
+    ("- a\n", ": base.yaml is not an IstioOperator (it is a list)"),
+])
+def test_a_base_that_is_no_istio_operator_is_refused_at_the_line_at_fault(tmp_path, text, where):
+    from lib.config import load_base
+    from lib.errors import ConfigError
+
+    path = tmp_path / "base.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as refused:
+        load_base(path)
+    assert refused.value.message.startswith(f"{path}{where}"), refused.value.message
