@@ -9,7 +9,7 @@ from typing import Callable
 
 import typer
 
-from . import certs, carotation, fetch, invocation
+from . import certs, carotation, fetch, invocation, upgrade, upgradeplan
 from . import polling
 from .cluster import KubeClient
 from .config import (AMBIENT, BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, data_plane_mode, load_base, load_topology,
@@ -32,6 +32,7 @@ from .release import Release, find_release
 from .reporter import Reporter
 from .runlog import RunLog
 from .runner import ShRunner
+from .statusrevisions import read_revisions
 from .state import State
 from .wrapping import wrap_prose
 from .workspace import Workspace, find_tools, load_workspace, pinned_release
@@ -207,13 +208,19 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     unreadable = {c.context for c in topology.clusters if c.context in observed and not observed[c.context].reachable}
     unreachable = {c.context: observed[c.context] for c in chosen if c.context in unreadable}
     orphaned = {c.context: c.primary for c in chosen if c.primary in unreadable and c.context not in unreadable}
+    # A canary upgrade's state, read and checked against Istio's skew rules before any cluster is touched.
+    upgrading = _read_upgrade(topology, observed, tools, runner, read_reporter, parallel, only, ambient) \
+        if readable else None
     plan = build_apply_plan(topology=topology, desired=desired,
                             observed={c.context: observed.get(c.context) for c in topology.clusters},
                             skip=set() if dry_run else unreadable | set(orphaned),
                             only=only,
                             removed=removed, removed_observed=observed, workdir=workdir, tools=tools,
                             release=release, intermediate_vars=intermediate_vars, gateway_timeout=gateway_timeout,
-                            gateway_api=crd_source, uninstall=uninstall, transition=transition)
+                            gateway_api=crd_source, uninstall=uninstall, transition=transition,
+                            revisions=upgradeplan.running_revisions(upgrading[0]) if upgrading else None)
+    if upgrading:  # what is left of a canary upgrade to the pinned versions
+        _add_upgrade(plan, *upgrading, releases, desired, tools, workdir, ws.notes)
     refusal = other_roots_refusal(plan, replace_foreign_ca)
     if dry_run:
         reporter.stop_progress()
@@ -263,6 +270,39 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
         if gone.context not in outcome.failures:
             reporter.finish_cluster(gone.context, True, "removed" if gone.reachable else "removed (unreachable)")
     return _not_working(unreachable_api, finish_run("apply", outcome, log, reporter), reporter)
+
+
+def _read_upgrade(topology: Topology, observed: dict, tools: Tools, runner: ShRunner, reporter: Reporter,
+                  parallel: int, only: set[str] | None, ambient: bool):
+    """(clusters' revisions, pinned targets) when versions are pinned and some cluster runs Istio; refuses
+    what Istio's skew rules, or setup-mesh, do not allow, before any cluster is touched."""
+    targets = upgradeplan.targets_of(topology)
+    if not targets:
+        return None
+    members = [c for c in topology.clusters if (seen := observed.get(c.context)) is not None and seen.reachable]
+    revisions = read_revisions(members, observed, tools, runner, reporter, parallel)
+    states = [s for s in upgradeplan.upgrade_states(topology, observed, revisions) if only is None or s.context in only]
+    if not states:
+        return None
+    refusals = upgrade.preflight(topology, revisions, targets)
+    if refusals:
+        raise upgrade.refusal_error(refusals)
+    refusal = upgradeplan.unsupported_refusal(states, targets, ambient)
+    if refusal is not None:
+        raise refusal
+    return states, targets
+
+
+def _add_upgrade(plan: ApplyPlan, states: list, targets: dict[str, str], releases: dict, desired: dict, tools: Tools,
+                 workdir: Path, notes: list[str]) -> None:
+    """The canary upgrade's steps (lib/upgradeplan.py) as one more phase of ``plan``."""
+    fetched = {v: releases.get(v) or Release(fetch.releases_dir(workdir).resolve() / f"istio-{v}") for v in targets.values()}
+    # One primary at a time (with its remotes): a failure stops the upgrade with the others untouched.
+    phase = upgradeplan.upgrade_phase(states, targets, desired, fetched, tools, workdir, 1)
+    if phase:
+        plan.phases.insert(2, phase)
+        plan.unchanged = [c for c in plan.unchanged if c not in phase.steps]
+    notes.extend(upgradeplan.waiting_removals(states, targets))
 
 
 # apply (and its dry run) did what it was asked, but the mesh as configured cannot work (README: exit codes).

@@ -164,8 +164,10 @@ def readiness_timeout(timeout: float, operator: dict) -> str:
     return f"{max(1, int((timeout - margin) / sequential_waits(operator)))}s"
 
 
-def install_command(tools: Tools, cluster: Cluster, path: Path, operator: dict):
-    return tools.istioctl_cmd(cluster, "install", "-y", "-f", str(path),
+def install_command(tools: Tools, cluster: Cluster, path: Path, operator: dict, revision: str | None = None):
+    """``revision``: the revision the cluster runs since a canary upgrade (lib/upgradeplan.py); a plain
+    install would bring back a default revision beside it."""
+    return tools.istioctl_cmd(cluster, "install", "-y", "-f", str(path), *(["--revision", revision] if revision else []),
                               "--readiness-timeout", readiness_timeout(tools.timeout, operator))
 
 
@@ -187,7 +189,7 @@ def resolved(ctx: RunContext, d: Desired) -> Desired:
 
 
 def install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | None = None,
-                  present: frozenset[str] = frozenset()) -> tuple[list[Step], list[Step]]:
+                  present: frozenset[str] = frozenset(), revision: str | None = None) -> tuple[list[Step], list[Step]]:
     """(Istio's install, the east-west gateway's and the Istio objects'). A first install shows what is
     added; a re-install, the paths that change in each overlay (the overlays/ files are what was installed
     last), and what is installed or applied again unchanged. ``present``: the purposes of the Istio objects
@@ -197,7 +199,7 @@ def install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | None
     overlay = overlay_path(workdir, cluster)
     changed = _changed(overlay, d.operator, fresh, workdir)
     install = Step("install Istio", files=[(overlay, dump(d.operator))],
-                   commands=[install_command(tools, cluster, overlay, d.operator)],
+                   commands=[install_command(tools, cluster, overlay, d.operator, revision)],
                    done="installed" if fresh else "updated",
                    change=f"{changed[0] or '~'} Istio ({OVERLAY_DIR}/{overlay.name})",
                    details=changed[1] if changed[0] else ["(its overlay is unchanged: installed again)"])
@@ -218,7 +220,7 @@ def install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | None
                                                           ISTIO_NAMESPACE, "--ignore-not-found")]))
         path = eastwest_path(workdir, cluster)
         eastwest = _changed(path, d.eastwest, fresh_gateway, workdir)
-        gateway_install = install_command(tools, cluster, path, d.eastwest)
+        gateway_install = install_command(tools, cluster, path, d.eastwest, revision)
         steps.append(Step("install east-west gateway", files=[(path, dump(d.eastwest))],
                           commands=[gateway_install], action=_explained_gateway_install(tools, cluster, gateway_install),
                           change=f"{eastwest[0]} east-west gateway ({OVERLAY_DIR}/{path.name})" if eastwest[0] else
@@ -597,7 +599,7 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
                      gateway_timeout: float, skip: set[str] = frozenset(),
                      only: set[str] | None = None, gateway_api: CrdSource | None = None,
                      uninstall: dict[str, Uninstall] | None = None,
-                     transition: Transition | None = None) -> ApplyPlan:
+                     transition: Transition | None = None, revisions: dict[str, str] | None = None) -> ApplyPlan:
     """``skip``: contexts that could not be read; they get no step, and their secrets are left as they are.
     ``only``: the contexts to change (--context); the others are read for their current secrets only.
     ``gateway_api``: where an ambient mesh's clusters that lack the Gateway API CRDs get them from.
@@ -695,7 +697,8 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
                 steps.append(_remove_sidecar_gateway_step(tools, workdir, d, seen))
             elif gateway_found.running == AMBIENT and not d.ambient:
                 steps.append(_remove_ambient_gateway_step(tools, cluster))
-            installed, gateway = install_steps(tools, workdir, d, seen, objects_present(d, gateway_found, wiring))
+            installed, gateway = install_steps(tools, workdir, d, seen, objects_present(d, gateway_found, wiring),
+                                               (revisions or {}).get(cluster.context))
             steps.extend(installed)
             plan.actions[cluster.context] = "install" if install.state is InstallState.ABSENT else "change"
             if gateway_found.wanted is None and install.state is not InstallState.ABSENT:  # none needed now

@@ -18,6 +18,7 @@ from .cluster import ClusterClient, KubeClient
 from .config import AMBIENT, select_clusters
 from .errors import MeshError
 from .kube import READ_TIMEOUT, Tools, gateway_addresses
+from .names import ISTIOD, is_istiod_name
 from .reporter import Reporter
 from .statusinputs import Expected, status_workspace
 from .statusjudge import evaluate
@@ -41,10 +42,14 @@ def collect(ws: Expected, tools: Tools, runner, reporter: Reporter, parallel: in
 def read_status(ws: Expected, client: ClusterClient) -> MeshStatus:
     """Every read status makes, through ``client``, judged."""
     observed = client.read_state(list(ws.topology.clusters), title="read status", ambient=ws.data_plane == AMBIENT)
-    istiod = {ctx: parse_istiod(seen.deployments.get(ws.istiod_deployment)) if seen.reachable
+    serving = {ctx: serving_istiod(seen.deployments, ws.istiod_deployment, ws.revision)
+               for ctx, seen in observed.items() if seen.reachable}
+    istiod = {ctx: parse_istiod(seen.deployments.get(serving[ctx][0])) if seen.reachable
               else Istiod(read=False, error=seen.error) for ctx, seen in observed.items()}
     asked = [c for c in ws.topology.clusters if istiod.get(c.context) and istiod[c.context].installed]
-    views = client.istiod_views(asked, ws.revision)
+    views = {}
+    for revision in dict.fromkeys(serving[c.context][1] for c in asked):  # after a canary upgrade: per revision
+        views.update(client.istiod_views([c for c in asked if serving[c.context][1] == revision], revision))
     if ws.fingerprints_for:
         addresses = gateway_addresses(observed)
         ws = replace(ws, fingerprints=ws.fingerprints_for(addresses))
@@ -56,6 +61,18 @@ def read_status(ws: Expected, client: ClusterClient) -> MeshStatus:
     judge_revisions(status.clusters, client.revisions(list(ws.topology.clusters), observed),
                     Hints(ws.workdir, ws.topology))
     return status
+
+
+def serving_istiod(deployments: dict[str, dict], expected: str, revision: str | None) -> tuple[str, str | None]:
+    """(istiod Deployment, its revision) that serves a primary: base.yaml's, else, once a canary upgrade
+    removed that revision, the newest revisioned istiod left (Istio names it istiod-<revision>)."""
+    if expected in deployments:
+        return expected, revision
+    others = sorted((name for name in deployments if is_istiod_name(name) and name != ISTIOD),
+                    key=lambda name: tuple(int(p) if p.isdigit() else 0 for p in name[len(ISTIOD) + 1:].split("-")))
+    if not others:
+        return expected, revision
+    return others[-1], others[-1][len(ISTIOD) + 1:]
 
 
 def run_status(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, output: str, wait: bool,
