@@ -200,6 +200,12 @@ class ShRunner(_Base):
         for proc in running:
             _terminate(proc)
 
+    def resume(self) -> None:
+        """After Ctrl-C ended what ran: the run's own clean-up (verify's namespace) may start commands
+        again, or it would leave behind what it made."""
+        with self._lock:
+            self._stopped = False
+
 
 def _terminate(proc) -> None:
     try:

@@ -311,6 +311,9 @@ def cleanup(topology: Topology, tools: Tools, runner, namespace: str, parallel: 
     touched = [c for c in topology.clusters if runs[c.context].applied]
     if not touched:
         return
+    resume = getattr(runner, "resume", None)  # a Ctrl-C stopped the runner: this clean-up must still run
+    if resume:
+        resume()
     quiet = Reporter(console=reporter.console, err_console=reporter.err, quiet=True)
     executor = Executor(runner, quiet, parallel)
     executor.run_phase(phase("clean up", Topology(topology.mesh_id, tuple(touched), topology.path),

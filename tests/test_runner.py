@@ -78,6 +78,14 @@ def test_after_ctrl_c_no_command_starts(tmp_path):
     assert info.value.message == f"interrupted before `touch {tmp_path / 'ran'}` started"
 
 
+def test_after_ctrl_c_the_runs_own_clean_up_may_run_commands_again(tmp_path):
+    runner = ShRunner()
+    runner.terminate_all()
+    runner.resume()  # verify deletes the namespace it made, also after Ctrl-C
+    assert runner.run(Command(("touch", str(tmp_path / "ran")), check=False)).ok
+    assert (tmp_path / "ran").exists()
+
+
 class _CtrlCWhileStarting(ShRunner):
     """Ctrl-C lands between the program's start and the runner's record of it (a thread of the executor
     starts a command while the main thread ends the running ones)."""
