@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import socket
 import threading
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -58,6 +59,15 @@ class ReleaseServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join()
+
+
+@contextmanager
+def serving_a_copy(published: Path, where: Path):
+    """A private copy of a published folder (a test may damage it), served over loopback HTTP."""
+    folder = where / "mirror"
+    shutil.copytree(published, folder)
+    with ReleaseServer(folder) as server:
+        yield server
 
 
 def publish(folder: Path, version: str) -> Path:

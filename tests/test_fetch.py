@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import shutil
 import tarfile
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from lib.config import load_topology
 from lib.errors import ConfigError, MeshError
 from lib.reporter import Reporter
 from tests.meshkit import workdir_snapshot
-from tests.releaseserver import ClosedPort, ReleaseServer, publish
+from tests.releaseserver import ClosedPort, publish, serving_a_copy
 
 ARCHIVE = "istio-{}-linux-amd64.tar.gz"
 
@@ -33,10 +32,7 @@ def published(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def mirror(published, tmp_path):
-    """A private copy of the published folder (a test may damage it), served over loopback HTTP."""
-    folder = tmp_path / "mirror"
-    shutil.copytree(published, folder)
-    with ReleaseServer(folder) as server:
+    with serving_a_copy(published, tmp_path) as server:
         yield server
 
 

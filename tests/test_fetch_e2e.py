@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 
 import pytest
 import yaml
 
 from tests.meshkit import Mesh, workdir_snapshot
-from tests.releaseserver import ClosedPort, ReleaseServer, publish
+from tests.releaseserver import ClosedPort, publish, serving_a_copy
 
 pytestmark = pytest.mark.xdist_group("test_fetch_e2e")
 
@@ -43,9 +42,7 @@ def published(tmp_path_factory):
 
 @pytest.fixture
 def mirror(published, tmp_path):
-    folder = tmp_path / "mirror"
-    shutil.copytree(published, folder)
-    with ReleaseServer(folder) as server:
+    with serving_a_copy(published, tmp_path) as server:
         yield server
 
 
