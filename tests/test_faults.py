@@ -218,6 +218,26 @@ def test_apply_while_istio_system_is_still_terminating(mesh):
     assert sorted(mesh.remote_secrets("cluster1")) == ["cluster2"]
 
 
+def _read_terminal(master: int, until, seconds: float) -> bytes:
+    """What the program writes to its terminal, until `until(seen)` or the time is up; never blocks longer."""
+    import select
+
+    seen = b""
+    deadline = time.monotonic() + seconds
+    while not until(seen) and time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the program is gone and the terminal closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    return seen
+
+
 def test_ctrl_c_at_a_confirmation_prompt_is_interrupted(sandbox_factory, tmp_path):
     """Ctrl-C typed at teardown's question, on a real terminal (a pty whose driver sends SIGINT)."""
     import fcntl
@@ -238,22 +258,16 @@ def test_ctrl_c_at_a_confirmation_prompt_is_interrupted(sandbox_factory, tmp_pat
                             env=dict(mesh.env, TERM="dumb", COLUMNS="200"), stdin=slave, stdout=slave, stderr=slave,
                             preexec_fn=controlling_terminal, close_fds=True)
     os.close(slave)
-    seen = b""
-    deadline = time.monotonic() + 60
-    while b"[y/N]" not in seen and time.monotonic() < deadline:
-        try:
-            seen += os.read(master, 4096)
-        except OSError:
-            break
-    assert b"[y/N]" in seen, seen.decode(errors="replace")
-    os.write(master, b"\x03")  # the terminal turns it into SIGINT for the foreground process group
-    deadline = time.monotonic() + 30
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            seen += os.read(master, 4096)
-        except OSError:
-            break
+    try:
+        seen = _read_terminal(master, until=lambda seen: b"[y/N]" in seen, seconds=60)
+        assert b"[y/N]" in seen, seen.decode(errors="replace")
+        os.write(master, b"\x03")  # the terminal turns it into SIGINT for the foreground process group
+        seen += _read_terminal(master, until=lambda _: proc.poll() is not None, seconds=30)
+    finally:
+        if proc.poll() is None:  # a failed check must not leave it waiting at its prompt
+            proc.kill()
     proc.wait(timeout=60)
+    seen += _read_terminal(master, until=lambda _: False, seconds=2)  # what it wrote last, up to the terminal's end
     os.close(master)
     text = seen.decode(errors="replace")
     assert proc.returncode == 130, text
