@@ -223,7 +223,8 @@ def rotate_certs(
 
     Each run shows what it will change per cluster and asks first (-y: without asking).
     """
-    from lib.rotate import rotate_intermediates, rotate_root
+    from lib.rootmove import rotate_root
+    from lib.rotate import rotate_intermediates
 
     if root:
         if context or expiring_within is not None:
