@@ -14,13 +14,13 @@ from .commands import certs_prerequisites, confirm_plan, finish_run, open_log, s
 from .planview import print_plan
 from .config import Cluster, select_clusters
 from .errors import ConfigError, MeshError
-from .executor import Executor, Interrupted, Phase, RunContext, Step
+from .executor import Executor, Interrupted, Outcome, Phase, RunContext, Step
 from .kube import Observed, Tools, parse_published_roots
 from .names import ISTIO_NAMESPACE
 from .overlay import control_plane_istiod
 from .desired import desired_state
 from .plan import ApplyPlan, cacerts_in_place, cacerts_step, intermediate_step
-from .workspace import find_tools, load_workspace, pinned_release
+from .workspace import Workspace, find_tools, load_workspace, pinned_release
 from .reporter import Reporter
 from .runner import ShRunner
 
@@ -86,32 +86,13 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
     topology = ws.topology
     chosen = select_clusters(topology, contexts)
     cert_dir = certs.certs_dir(workdir)
-    transition = carotation.load_transition(workdir)
-    if transition is not None:
-        raise ConfigError(f"a move to a new root is under way (stage {transition.stage} of {carotation.LAST_STAGE}): "
-                          f"its intermediates are made by rotate-certs --root",
-                          hint="run rotate-certs --root until it reports the transition complete, then rotate-certs")
-    if not ((cert_dir / certs.ROOT_CERT).is_file() and (cert_dir / certs.ROOT_KEY).is_file()):
-        raise ConfigError(f"the mesh's root CA is missing ({cert_dir / certs.ROOT_CERT})",
-                          hint="rotate-certs re-issues intermediates under the workspace's root; restore certs/ "
-                               "from a backup, or run prep-mesh for a new mesh")
+    _require_rotatable(workdir, cert_dir)
     pinned = pinned_release(ws.topology, workdir, istio_dir)
     istio_dir = str(pinned.root) if pinned else istio_dir  # its certs Makefile too
     tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout, pinned=pinned)
-    now = carotation.utc_now()
-
-    # A rotation left unfinished is completed first; otherwise a new one covers the chosen clusters.
-    rotation = carotation.load_rotation(workdir)
-    local = {c.context: carotation.read_intermediate(cert_dir, c.name) for c in chosen}
-    resuming = rotation is not None
-    if rotation is None:
-        picked = carotation.select_for_rotation(local, expiring_within, now)
-        rotation = carotation.Rotation(carotation.iso(now), {ctx: local[ctx].fingerprint for ctx in picked})
-    else:
-        reporter.info(f"finishing the rotation started at {rotation.started} "
-                      f"({', '.join(rotation.replaced) or 'no cluster'}) before any new one")
-        chosen = [c for c in topology.clusters if c.context in rotation.replaced]
-        local = {c.context: carotation.read_intermediate(cert_dir, c.name) for c in chosen}
+    unfinished = carotation.load_rotation(workdir)
+    resuming = unfinished is not None
+    rotation, chosen, local = _rotation_to_run(ws, unfinished, chosen, expiring_within, reporter)
     targets = [c for c in chosen if c.context in rotation.replaced]
     if not targets:
         reporter.info(f"nothing to do: no intermediate CA expires within {expiring_within} day(s)"
@@ -129,26 +110,9 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
     unreachable = {ctx: seen for ctx, seen in observed.items() if not seen.reachable}
 
     backup = carotation.backup_dir(workdir, rotation.backup_name)
-    deployment = control_plane_istiod(ws.base)
-    namespaces = {ctx: d.namespace_manifest() for ctx, d in desired_state(topology, ws.base).items()}
-    phase = Phase("re-issue intermediate CAs and update cacerts")
-    reissued = []
-    for cluster in targets:
-        if cluster.context in unreachable and not dry_run:
-            continue
-        seen = observed.get(cluster.context) or Observed()
-        reissue = carotation.needs_reissue(rotation, cluster.context, local[cluster.context])
-        if reissue:
-            reissued.append(cluster.context)
-            if local[cluster.context].fingerprint is not None:
-                phase.add(cluster.context, backup_step(workdir, cluster, backup))
-            phase.add(cluster.context, intermediate_step(release, cert_dir, cluster, variables))
-        if reissue or not cacerts_in_place(seen, cluster, workdir, None):
-            # istio-system exactly as apply makes it: server-side apply would drop a remote's annotation.
-            phase.add(cluster.context, cacerts_step(tools, cluster, workdir, namespaces[cluster.context]))
-        if not cluster.primary:  # a remote runs no istiod to confirm
-            phase.add(cluster.context, confirm_step(tools, cluster, deployment))
-
+    skip = set() if dry_run else set(unreachable)
+    phase, reissued = _rotation_phase(ws, [c for c in targets if c.context not in skip], observed, rotation, local,
+                                      tools, release, variables, backup)
     if dry_run:
         print_plan(ApplyPlan([phase]), topology, observed if ws.contexts_resolved else None, ws.notes, reporter,
                    title="rotate-certs plan", command="rotate-certs")
@@ -168,6 +132,69 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
     certs.secure_tree(cert_dir)
     if outcome.ok:
         carotation.save_rotation(workdir, None)
+    _report_rotation(targets, outcome, backup, resuming, reporter)
+    return finish_run("rotate-certs", outcome, log, reporter)
+
+
+def _require_rotatable(workdir: Path, cert_dir: Path) -> None:
+    """Intermediates are re-issued under the workspace's root, and not while a move to a new root is under way."""
+    transition = carotation.load_transition(workdir)
+    if transition is not None:
+        raise ConfigError(f"a move to a new root is under way (stage {transition.stage} of {carotation.LAST_STAGE}): "
+                          f"its intermediates are made by rotate-certs --root",
+                          hint="run rotate-certs --root until it reports the transition complete, then rotate-certs")
+    if not ((cert_dir / certs.ROOT_CERT).is_file() and (cert_dir / certs.ROOT_KEY).is_file()):
+        raise ConfigError(f"the mesh's root CA is missing ({cert_dir / certs.ROOT_CERT})",
+                          hint="rotate-certs re-issues intermediates under the workspace's root; restore certs/ "
+                               "from a backup, or run prep-mesh for a new mesh")
+
+
+def _rotation_to_run(ws: Workspace, rotation: carotation.Rotation | None, chosen: list[Cluster],
+                     expiring_within: int | None, reporter: Reporter
+                     ) -> tuple[carotation.Rotation, list[Cluster], dict[str, carotation.Intermediate]]:
+    """A rotation left unfinished is completed first; otherwise a new one covers the chosen clusters.
+    Returns it, the clusters it concerns and their intermediates as the workspace holds them."""
+    cert_dir = certs.certs_dir(ws.workdir)
+    if rotation is not None:
+        reporter.info(f"finishing the rotation started at {rotation.started} "
+                      f"({', '.join(rotation.replaced) or 'no cluster'}) before any new one")
+        chosen = [c for c in ws.topology.clusters if c.context in rotation.replaced]
+    local = {c.context: carotation.read_intermediate(cert_dir, c.name) for c in chosen}
+    if rotation is None:
+        now = carotation.utc_now()
+        picked = carotation.select_for_rotation(local, expiring_within, now)
+        rotation = carotation.Rotation(carotation.iso(now), {ctx: local[ctx].fingerprint for ctx in picked})
+    return rotation, chosen, local
+
+
+def _rotation_phase(ws: Workspace, targets: list[Cluster], observed: dict[str, Observed],
+                    rotation: carotation.Rotation, local: dict[str, carotation.Intermediate], tools: Tools,
+                    release, variables: dict[str, str], backup: Path) -> tuple[Phase, list[str]]:
+    """Each target's steps: its old intermediate backed up and a new one made (unless this rotation made it
+    already), cacerts updated where it differs, istiod confirmed; and the clusters re-issued."""
+    workdir, cert_dir = ws.workdir, certs.certs_dir(ws.workdir)
+    deployment = control_plane_istiod(ws.base)
+    namespaces = {ctx: d.namespace_manifest() for ctx, d in desired_state(ws.topology, ws.base).items()}
+    phase = Phase("re-issue intermediate CAs and update cacerts")
+    reissued = []
+    for cluster in targets:
+        seen = observed.get(cluster.context) or Observed()
+        reissue = carotation.needs_reissue(rotation, cluster.context, local[cluster.context])
+        if reissue:
+            reissued.append(cluster.context)
+            if local[cluster.context].fingerprint is not None:
+                phase.add(cluster.context, backup_step(workdir, cluster, backup))
+            phase.add(cluster.context, intermediate_step(release, cert_dir, cluster, variables))
+        if reissue or not cacerts_in_place(seen, cluster, workdir, None):
+            # istio-system exactly as apply makes it: server-side apply would drop a remote's annotation.
+            phase.add(cluster.context, cacerts_step(tools, cluster, workdir, namespaces[cluster.context]))
+        if not cluster.primary:  # a remote runs no istiod to confirm
+            phase.add(cluster.context, confirm_step(tools, cluster, deployment))
+    return phase, reissued
+
+
+def _report_rotation(targets: list[Cluster], outcome: Outcome, backup: Path, resuming: bool,
+                     reporter: Reporter) -> None:
     for cluster in targets:
         if cluster.context not in outcome.failures:
             reporter.finish_cluster(cluster.context, True, "intermediate CA re-issued")
@@ -175,7 +202,6 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
         reporter.info(f"the replaced intermediate CAs are kept in {backup}")
     if not outcome.ok and not resuming:
         reporter.info("the next rotate-certs finishes this rotation (it re-issues nothing twice)")
-    return finish_run("rotate-certs", outcome, log, reporter)
 
 
 def _rotation_question(reissued: list[str], changed: list[str]) -> str:

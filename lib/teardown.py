@@ -8,7 +8,7 @@ from . import certs, carotation, invocation
 from .cluster import KubeClient
 from .config import BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, load_base, load_topology, resolve_contexts
 from .errors import ConfigError, MeshError
-from .executor import Executor
+from .executor import Executor, Outcome, Phase
 from .kube import IstioUsage
 from .overlay import our_operators
 from .plan import ApplyPlan, teardown_plan
@@ -33,22 +33,7 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
     if not workdir.is_dir():
         raise ConfigError(f"workdir {workdir} does not exist", hint="pass the --workdir that apply used")
     state = State.load(workdir)
-    clusters: list[Cluster] = []
-    topology_path = workdir / TOPOLOGY_FILE
-    pinned: Release | None = None
-    if topology_path.exists():
-        topology = resolve_contexts(load_topology(topology_path), kubeconfig)
-        clusters.extend(topology.clusters)
-        pinned = pinned_release(topology, workdir, istio_dir)
-    elif not state.clusters:
-        raise ConfigError(f"nothing to tear down: no {TOPOLOGY_FILE} and no recorded state in {workdir}",
-                          hint="pass the --workdir that apply used")
-    known = {c.context for c in clusters}
-    for context, entry in state.clusters.items():
-        if context not in known:
-            clusters.append(Cluster(context=context, network=entry.get("network", ""),
-                                    name=entry.get("cluster_name", context), kubeconfig=entry.get("kubeconfig"),
-                                    primary=entry.get("primary")))
+    clusters, pinned = _clusters_to_tear_down(workdir, kubeconfig, istio_dir, state)
     tools = find_tools(istio_dir, runner, False, [], timeout, pinned=pinned)
     ours = _our_operators(workdir)
 
@@ -68,15 +53,7 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
     unread = {ctx: found for ctx, found in usage.items() if isinstance(found, MeshError)}
     kept = [line for context, how in uninstall.items() if (line := describe_kept(context, how))]
     if dry_run:
-        view = Topology(state.mesh_id or "(unrecorded)", tuple(clusters), topology_path)
-        print_plan(ApplyPlan([phase], actions={ctx: "remove" for ctx in phase.steps}), view, observed, [],
-                   reporter, title="Teardown plan", nothing="nothing to remove: no cluster holds what setup-mesh "
-                   "creates", command="teardown")
-        for line in kept:
-            reporter.info(line)
-        for folder, what in _cert_folders(workdir):
-            reporter.info(f"{folder.name}/ is " + ("deleted (--purge-certs)" if purge_certs else
-                                                 f"kept ({what}; --purge-certs deletes it)"))
+        _show_plan(workdir, state, clusters, phase, observed, kept, purge_certs, reporter)
         return 0
     if not phase and not unreachable and not unread:
         for cluster in clusters:
@@ -100,15 +77,56 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
         executor.fail_before_start(context, "read who else uses Istio", failed)
     outcome = executor.run_phases([phase])
     reporter.stop_progress()
+    _forget_removed(state, clusters, phase, outcome, reporter)
+    code = finish_run("teardown", outcome, log, reporter)
+    if outcome.ok:
+        _purge_or_keep_certs(workdir, purge_certs, reporter)
+    return code
+
+
+def _clusters_to_tear_down(workdir: Path, kubeconfig: str | None, istio_dir: str | None,
+                           state: State) -> tuple[list[Cluster], Release | None]:
+    """The clusters of topology.yaml and those only the recorded state still knows, and the pinned release."""
+    clusters: list[Cluster] = []
+    topology_path = workdir / TOPOLOGY_FILE
+    pinned: Release | None = None
+    if topology_path.exists():
+        topology = resolve_contexts(load_topology(topology_path), kubeconfig)
+        clusters.extend(topology.clusters)
+        pinned = pinned_release(topology, workdir, istio_dir)
+    elif not state.clusters:
+        raise ConfigError(f"nothing to tear down: no {TOPOLOGY_FILE} and no recorded state in {workdir}",
+                          hint="pass the --workdir that apply used")
+    known = {c.context for c in clusters}
+    for context, entry in state.clusters.items():
+        if context not in known:
+            clusters.append(Cluster(context=context, network=entry.get("network", ""),
+                                    name=entry.get("cluster_name", context), kubeconfig=entry.get("kubeconfig"),
+                                    primary=entry.get("primary")))
+    return clusters, pinned
+
+
+def _show_plan(workdir: Path, state: State, clusters: list[Cluster], phase: Phase, observed: dict, kept: list[str],
+               purge_certs: bool, reporter: Reporter) -> None:
+    """The dry run: what each cluster loses, what is kept and why, and what happens to the keys."""
+    view = Topology(state.mesh_id or "(unrecorded)", tuple(clusters), workdir / TOPOLOGY_FILE)
+    print_plan(ApplyPlan([phase], actions={ctx: "remove" for ctx in phase.steps}), view, observed, [],
+               reporter, title="Teardown plan", nothing="nothing to remove: no cluster holds what setup-mesh "
+               "creates", command="teardown")
+    for line in kept:
+        reporter.info(line)
+    for folder, what in _cert_folders(workdir):
+        reporter.info(f"{folder.name}/ is " + ("deleted (--purge-certs)" if purge_certs else
+                                             f"kept ({what}; --purge-certs deletes it)"))
+
+
+def _forget_removed(state: State, clusters: list[Cluster], phase: Phase, outcome: Outcome, reporter: Reporter) -> None:
+    """Clusters torn down (or holding nothing) leave the recorded state; failed ones stay for the next run."""
     for cluster in clusters:
         if cluster.context not in outcome.failures:
             state.forget(cluster.context)
             reporter.finish_cluster(cluster.context, True, "" if cluster.context in phase.steps else "nothing to remove")
     state.save(state.mesh_id)
-    code = finish_run("teardown", outcome, log, reporter)
-    if outcome.ok:
-        _purge_or_keep_certs(workdir, purge_certs, reporter)
-    return code
 
 
 def _cert_folders(workdir: Path) -> list[tuple[Path, str]]:

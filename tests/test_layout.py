@@ -17,10 +17,8 @@ MAX_MODULE_LINES = 400
 # Over the limit, to be split: (file, function) -> which limits it exceeds.
 FUNCTIONS_OVER = {
     ("lib/apply.py", "apply"): {"complexity", "lines"},
-    ("lib/teardown.py", "teardown"): {"complexity", "lines"},
     ("lib/plan.py", "build_apply_plan"): {"complexity", "lines"},
     ("lib/prep.py", "prep_mesh"): {"complexity", "lines"},
-    ("lib/rotate.py", "rotate_intermediates"): {"complexity", "lines"},
     ("lib/rootmove.py", "rotate_root"): {"complexity", "lines"},
 }
 # Over the limit, to be split: modules longer than MAX_MODULE_LINES.
