@@ -9,15 +9,16 @@ from .config import AMBIENT, Cluster, Topology, data_plane_mode, select_clusters
 from .errors import ConfigError, MeshError
 from .executor import RERUN_HINT, Executor, Outcome
 from .gatewayapi import CrdSource, choose_source, expected_version, older_than_needed
-from .kube import IstioUsage, Tools, gateway_addresses
+from .kube import IstioUsage, Observed, Tools, gateway_addresses
 from .overlay import our_operators
 from .desired import desired_state
 from .assess import loopback_peers
 from .mesh import mesh_model
-from .plan import RECORD_TITLE, ApplyPlan, Removal, build_apply_plan
+from .plan import RECORD_TITLE, ApplyPlan, Removal, Uninstall, build_apply_plan
 from .planview import other_root_consequence, print_plan
 from .release import Release, find_release
 from .reporter import Reporter
+from .runlog import RunLog
 from .runner import ShRunner
 from .statusrevisions import read_revisions
 from .workspace import Workspace, find_tools, load_workspace
@@ -37,28 +38,14 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     chosen = select_clusters(topology, list(contexts))
     only = {c.context for c in chosen} if contexts else None
     transition = carotation.load_transition(workdir)
-    # The pinned releases, fetched and verified before any cluster is touched.
-    releases = fetch.pinned_releases(topology, workdir, istio_dir, istio_mirror, reporter, dry_run, ws.notes)
-    pinned = fetch.mesh_release(topology, releases)
-    istio_dir = str(pinned.root) if pinned else istio_dir
-    # A dry run's plan names the istioctl apply will fetch, not another one on PATH.
-    tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout,
-                       pinned=pinned or fetch.planned_release(topology, workdir))
+    releases, istio_dir, tools = _releases_and_tools(ws, istio_dir, istio_mirror, dry_run, timeout, runner, reporter)
     release, intermediate_vars = certs_prerequisites(ws, istio_dir, runner, dry_run, transition=transition)
     ambient = data_plane_mode(ws.base) == AMBIENT
     istio_version = _istio_version(istio_dir, ws) if ambient else None
     crd_source = _gateway_api_source(gateway_api_crds, istio_version, ws, dry_run) if ambient else None
-    if ambient and not topology.multi_network and len(topology.clusters) > 1:
-        reporter.warn(f"an ambient mesh on one network ({topology.networks[0]}) is alpha in Istio (untested "
-                      f"upstream); across networks it is beta since Istio 1.29")
+    _warn_single_network_ambient(topology, ambient, reporter)
     unreachable_api = loopback_problem(topology, data_plane_mode(ws.base))
-
-    in_topology = {c.context for c in topology.clusters}
-    # With --context, clusters removed from topology.yaml wait for an apply of the whole mesh.
-    removed = [Removal(ctx, entry.get("cluster_name", ctx), entry.get("kubeconfig"), False, entry.get("primary"))
-               for ctx, entry in ws.state.clusters.items() if ctx not in in_topology and only is None]
-    removed_clusters = [Cluster(context=r.context, network="", name=r.cluster_name, kubeconfig=r.kubeconfig)
-                        for r in removed]
+    removed, removed_clusters = _removed_clusters(ws, only)
 
     log = None if dry_run else open_log(workdir, "apply", runner)  # a dry run writes nothing, not even a log
     if not dry_run:
@@ -70,25 +57,12 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     client = KubeClient(tools, runner, read_reporter, parallel)
     observed = client.read_state(list(topology.clusters) + removed_clusters, ambient=ambient) if readable else {}
     if ambient:
-        for cluster in topology.clusters:
-            seen = observed.get(cluster.context)
-            older = seen and seen.gateway_api and older_than_needed(seen.gateway_api, expected_version(istio_version))
-            if older:
-                reporter.warn(f"{cluster.context}: {older}")
+        _warn_old_gateway_api(topology, observed, istio_version, reporter)
     # Remotes are pointed at their primary's east-west gateway: at the address it has now, when it has one.
     addresses = gateway_addresses(observed)
     desired = desired_state(topology, ws.base, addresses, transition=transition)
-    # Clusters leaving the mesh are uninstalled; Istio's CRDs there stay if others use Istio.
-    leaving = [c for c in removed_clusters if (seen := observed.get(c.context)) and seen.reachable]
-    ours = our_operators(ws.base)
-    usage = client.istio_usage(leaving, ours) if leaving else {}
-    uninstall = {ctx: uninstall_for(workdir, ours, found, observed.get(ctx)) for ctx, found in usage.items()
-                 if isinstance(found, IstioUsage)}
-    # An unreachable cluster sits this run out (and is reported), and so do the remotes of an unreachable
-    # primary; the others go ahead.
-    unreadable = {c.context for c in topology.clusters if c.context in observed and not observed[c.context].reachable}
-    unreachable = {c.context: observed[c.context] for c in chosen if c.context in unreadable}
-    orphaned = {c.context: c.primary for c in chosen if c.primary in unreadable and c.context not in unreadable}
+    uninstall = _uninstall_leaving(client, ws, removed_clusters, observed)
+    unreadable, unreachable, orphaned = _sitting_out(topology, chosen, observed)
     # A canary upgrade's state, read and checked against Istio's skew rules before any cluster is touched.
     upgrading = _read_upgrade(topology, observed, tools, runner, read_reporter, parallel, only, ambient) \
         if readable else None
@@ -104,13 +78,106 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
         _add_upgrade(plan, *upgrading, releases, desired, tools, workdir, ws.notes)
     refusal = other_roots_refusal(plan, replace_foreign_ca)
     if dry_run:
-        reporter.stop_progress()
-        print_plan(plan, topology, observed if readable else None, ws.notes, reporter,
-                   replace_other_roots=replace_foreign_ca)
-        for failure in (ws.context_error, refusal):  # what apply itself would stop at, in its order
-            if failure is not None:
-                raise failure
-        return _not_working(unreachable_api, 0, reporter)
+        return _show_dry_run(plan, ws, observed if readable else None, refusal, unreachable_api, replace_foreign_ca,
+                             reporter)
+    _before_changes(plan, refusal, uninstall, chosen, yes, log, reporter)
+    outcome, installed = _run_plan(plan, topology, tools, unreachable, orphaned, runner, reporter, parallel)
+    # A remote's state as installed: with the address its primary's gateway got during the run.
+    _record_state(ws, plan, {**desired, **installed}, outcome, chosen)
+    _report_done(chosen, plan, outcome, reporter)
+    return _not_working(unreachable_api, finish_run("apply", outcome, log, reporter), reporter)
+
+
+def _releases_and_tools(ws: Workspace, istio_dir: str | None, istio_mirror: str | None, dry_run: bool, timeout: float,
+                        runner: ShRunner, reporter: Reporter) -> tuple[dict, str | None, Tools]:
+    """The pinned releases, fetched and verified before any cluster is touched; the Istio folder in use, and
+    the tools. A dry run's plan names the istioctl apply will fetch, not another one on PATH."""
+    releases = fetch.pinned_releases(ws.topology, ws.workdir, istio_dir, istio_mirror, reporter, dry_run, ws.notes)
+    pinned = fetch.mesh_release(ws.topology, releases)
+    istio_dir = str(pinned.root) if pinned else istio_dir
+    tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout,
+                       pinned=pinned or fetch.planned_release(ws.topology, ws.workdir))
+    return releases, istio_dir, tools
+
+
+def _show_dry_run(plan: ApplyPlan, ws: Workspace, observed: dict[str, Observed] | None, refusal: ConfigError | None,
+                  unreachable_api: MeshError | None, replace_foreign_ca: bool, reporter: Reporter) -> int:
+    """The plan, then what apply itself would stop at, in its order."""
+    reporter.stop_progress()
+    print_plan(plan, ws.topology, observed, ws.notes, reporter, replace_other_roots=replace_foreign_ca)
+    for failure in (ws.context_error, refusal):
+        if failure is not None:
+            raise failure
+    return _not_working(unreachable_api, 0, reporter)
+
+
+def _run_plan(plan: ApplyPlan, topology: Topology, tools: Tools, unreachable: dict[str, Observed],
+              orphaned: dict[str, str], runner: ShRunner, reporter: Reporter, parallel: int) -> tuple[Outcome, dict]:
+    """Runs the plan, with the clusters that sit this run out reported as failed before they start. Returns
+    the outcome and the desired states the run settled (a remote's, with its primary's new gateway address)."""
+    executor = Executor(runner, reporter, parallel)
+    for context, seen in unreachable.items():
+        sit_out(executor, tools, topology.by_context(context), seen, f"or remove the context from {topology.path}")
+    for context, primary in orphaned.items():
+        executor.fail_before_start(context, "wait for its primary", MeshError(
+            f"sits this run out: its primary {primary} could not be read",
+            hint=f"make {primary} reachable, then {RERUN_HINT}"))
+    outcome = executor.run_plan(plan.phases)
+    reporter.stop_progress()
+    return outcome, executor.shared.get("desired", {})
+
+
+def _warn_single_network_ambient(topology: Topology, ambient: bool, reporter: Reporter) -> None:
+    if ambient and not topology.multi_network and len(topology.clusters) > 1:
+        reporter.warn(f"an ambient mesh on one network ({topology.networks[0]}) is alpha in Istio (untested "
+                      f"upstream); across networks it is beta since Istio 1.29")
+
+
+def _warn_old_gateway_api(topology: Topology, observed: dict[str, Observed], istio_version: str | None,
+                          reporter: Reporter) -> None:
+    for cluster in topology.clusters:
+        seen = observed.get(cluster.context)
+        older = seen and seen.gateway_api and older_than_needed(seen.gateway_api, expected_version(istio_version))
+        if older:
+            reporter.warn(f"{cluster.context}: {older}")
+
+
+def _removed_clusters(ws: Workspace, only: set[str] | None) -> tuple[list[Removal], list[Cluster]]:
+    """The clusters apply recorded that topology.yaml no longer names. With --context, they wait for an
+    apply of the whole mesh."""
+    in_topology = {c.context for c in ws.topology.clusters}
+    removed = [Removal(ctx, entry.get("cluster_name", ctx), entry.get("kubeconfig"), False, entry.get("primary"))
+               for ctx, entry in ws.state.clusters.items() if ctx not in in_topology and only is None]
+    removed_clusters = [Cluster(context=r.context, network="", name=r.cluster_name, kubeconfig=r.kubeconfig)
+                        for r in removed]
+    return removed, removed_clusters
+
+
+def _uninstall_leaving(client: KubeClient, ws: Workspace, removed_clusters: list[Cluster],
+                       observed: dict[str, Observed]) -> dict[str, Uninstall]:
+    """Clusters leaving the mesh are uninstalled; Istio's CRDs there stay if others use Istio."""
+    leaving = [c for c in removed_clusters if (seen := observed.get(c.context)) and seen.reachable]
+    ours = our_operators(ws.base)
+    usage = client.istio_usage(leaving, ours) if leaving else {}
+    return {ctx: uninstall_for(ws.workdir, ours, found, observed.get(ctx)) for ctx, found in usage.items()
+            if isinstance(found, IstioUsage)}
+
+
+def _sitting_out(topology: Topology, chosen: list[Cluster], observed: dict[str, Observed]
+                 ) -> tuple[set[str], dict[str, Observed], dict[str, str]]:
+    """An unreachable cluster sits this run out (and is reported), and so do the remotes of an unreachable
+    primary; the others go ahead. Returns the unreadable clusters, the chosen ones of them, and the
+    chosen remotes whose primary is unreadable (with that primary)."""
+    unreadable = {c.context for c in topology.clusters if c.context in observed and not observed[c.context].reachable}
+    unreachable = {c.context: observed[c.context] for c in chosen if c.context in unreadable}
+    orphaned = {c.context: c.primary for c in chosen if c.primary in unreadable and c.context not in unreadable}
+    return unreadable, unreachable, orphaned
+
+
+def _before_changes(plan: ApplyPlan, refusal: ConfigError | None, uninstall: dict[str, Uninstall],
+                    chosen: list[Cluster], yes: bool, log: RunLog, reporter: Reporter) -> None:
+    """What apply says and asks before it changes anything: another root refused (nothing touched), or
+    replaced as asked; the deletions listed and confirmed; removed clusters it cannot reach."""
     if refusal is not None:  # before any cluster is touched
         reporter.stop_progress()
         log.close()
@@ -132,25 +199,14 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
                           f"there; remove them with `istioctl uninstall --purge -y --context {gone.context}` and "
                           f"`kubectl --context {gone.context} delete namespace istio-system`")
 
-    executor = Executor(runner, reporter, parallel)
-    for context, seen in unreachable.items():
-        sit_out(executor, tools, topology.by_context(context), seen, f"or remove the context from {topology.path}")
-    for context, primary in orphaned.items():
-        executor.fail_before_start(context, "wait for its primary", MeshError(
-            f"sits this run out: its primary {primary} could not be read",
-            hint=f"make {primary} reachable, then {RERUN_HINT}"))
-    outcome = executor.run_plan(plan.phases)
-    reporter.stop_progress()
 
-    # A remote's state as installed: with the address its primary's gateway got during the run.
-    _record_state(ws, plan, {**desired, **executor.shared.get("desired", {})}, outcome, chosen)
+def _report_done(chosen: list[Cluster], plan: ApplyPlan, outcome: Outcome, reporter: Reporter) -> None:
     for cluster in chosen:
         if cluster.context not in outcome.failures:
             reporter.finish_cluster(cluster.context, True)
     for gone in plan.removals:
         if gone.context not in outcome.failures:
             reporter.finish_cluster(gone.context, True, "removed" if gone.reachable else "removed (unreachable)")
-    return _not_working(unreachable_api, finish_run("apply", outcome, log, reporter), reporter)
 
 
 def _read_upgrade(topology: Topology, observed: dict, tools: Tools, runner: ShRunner, reporter: Reporter,

@@ -16,7 +16,6 @@ MAX_MODULE_LINES = 400
 
 # Over the limit, to be split: (file, function) -> which limits it exceeds.
 FUNCTIONS_OVER = {
-    ("lib/apply.py", "apply"): {"complexity", "lines"},
     ("lib/plan.py", "build_apply_plan"): {"complexity", "lines"},
     ("lib/prep.py", "prep_mesh"): {"complexity", "lines"},
     ("lib/rootmove.py", "rotate_root"): {"complexity", "lines"},
