@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import certs, invocation, carotation
+from . import certs, invocation, carotation, reissue
 from . import polling
 from .cluster import KubeClient
 from .commands import certs_prerequisites, confirm_plan, finish_run, open_log, sit_out
@@ -90,7 +90,7 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
     pinned = pinned_release(ws.topology, workdir, istio_dir)
     istio_dir = str(pinned.root) if pinned else istio_dir  # its certs Makefile too
     tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout, pinned=pinned)
-    unfinished = carotation.load_rotation(workdir)
+    unfinished = reissue.load_rotation(workdir)
     resuming = unfinished is not None
     rotation, chosen, local = _rotation_to_run(ws, unfinished, chosen, expiring_within, reporter)
     targets = [c for c in chosen if c.context in rotation.replaced]
@@ -123,7 +123,7 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
         confirm_plan(ApplyPlan([phase]), topology, question, yes, reporter, title="rotate-certs",
                      command="rotate-certs", log=log)
         reporter.start_progress([(c.context, c.network) for c in targets])
-    carotation.save_rotation(workdir, rotation)  # before anything changes: an interrupted run is resumed
+    reissue.save_rotation(workdir, rotation)  # before anything changes: an interrupted run is resumed
     executor = Executor(runner, reporter, parallel)
     for context, seen in unreachable.items():
         sit_out(executor, tools, topology.by_context(context), seen, "then run rotate-certs again")
@@ -131,7 +131,7 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
     reporter.stop_progress()
     certs.secure_tree(cert_dir)
     if outcome.ok:
-        carotation.save_rotation(workdir, None)
+        reissue.save_rotation(workdir, None)
     _report_rotation(targets, outcome, backup, resuming, reporter)
     return finish_run("rotate-certs", outcome, log, reporter)
 
@@ -149,9 +149,9 @@ def _require_rotatable(workdir: Path, cert_dir: Path) -> None:
                                "from a backup, or run prep-mesh for a new mesh")
 
 
-def _rotation_to_run(ws: Workspace, rotation: carotation.Rotation | None, chosen: list[Cluster],
+def _rotation_to_run(ws: Workspace, rotation: reissue.Rotation | None, chosen: list[Cluster],
                      expiring_within: int | None, reporter: Reporter
-                     ) -> tuple[carotation.Rotation, list[Cluster], dict[str, carotation.Intermediate]]:
+                     ) -> tuple[reissue.Rotation, list[Cluster], dict[str, reissue.Intermediate]]:
     """A rotation left unfinished is completed first; otherwise a new one covers the chosen clusters.
     Returns it, the clusters it concerns and their intermediates as the workspace holds them."""
     cert_dir = certs.certs_dir(ws.workdir)
@@ -159,16 +159,16 @@ def _rotation_to_run(ws: Workspace, rotation: carotation.Rotation | None, chosen
         reporter.info(f"finishing the rotation started at {rotation.started} "
                       f"({', '.join(rotation.replaced) or 'no cluster'}) before any new one")
         chosen = [c for c in ws.topology.clusters if c.context in rotation.replaced]
-    local = {c.context: carotation.read_intermediate(cert_dir, c.name) for c in chosen}
+    local = {c.context: reissue.read_intermediate(cert_dir, c.name) for c in chosen}
     if rotation is None:
         now = carotation.utc_now()
-        picked = carotation.select_for_rotation(local, expiring_within, now)
-        rotation = carotation.Rotation(carotation.iso(now), {ctx: local[ctx].fingerprint for ctx in picked})
+        picked = reissue.select_for_rotation(local, expiring_within, now)
+        rotation = reissue.Rotation(carotation.iso(now), {ctx: local[ctx].fingerprint for ctx in picked})
     return rotation, chosen, local
 
 
 def _rotation_phase(ws: Workspace, targets: list[Cluster], observed: dict[str, Observed],
-                    rotation: carotation.Rotation, local: dict[str, carotation.Intermediate], tools: Tools,
+                    rotation: reissue.Rotation, local: dict[str, reissue.Intermediate], tools: Tools,
                     release, variables: dict[str, str], backup: Path) -> tuple[Phase, list[str]]:
     """Each target's steps: its old intermediate backed up and a new one made (unless this rotation made it
     already), cacerts updated where it differs, istiod confirmed; and the clusters re-issued."""
@@ -179,7 +179,7 @@ def _rotation_phase(ws: Workspace, targets: list[Cluster], observed: dict[str, O
     reissued = []
     for cluster in targets:
         seen = observed.get(cluster.context) or Observed()
-        reissue = carotation.needs_reissue(rotation, cluster.context, local[cluster.context])
+        reissue = reissue.needs_reissue(rotation, cluster.context, local[cluster.context])
         if reissue:
             reissued.append(cluster.context)
             if local[cluster.context].fingerprint is not None:
