@@ -179,13 +179,13 @@ def _rotation_phase(ws: Workspace, targets: list[Cluster], observed: dict[str, O
     reissued = []
     for cluster in targets:
         seen = observed.get(cluster.context) or Observed()
-        reissue = reissue.needs_reissue(rotation, cluster.context, local[cluster.context])
-        if reissue:
+        due = reissue.needs_reissue(rotation, cluster.context, local[cluster.context])
+        if due:
             reissued.append(cluster.context)
             if local[cluster.context].fingerprint is not None:
                 phase.add(cluster.context, backup_step(workdir, cluster, backup))
             phase.add(cluster.context, intermediate_step(release, cert_dir, cluster, variables))
-        if reissue or not cacerts_in_place(seen, cluster, workdir, None):
+        if due or not cacerts_in_place(seen, cluster, workdir, None):
             # istio-system exactly as apply makes it: server-side apply would drop a remote's annotation.
             phase.add(cluster.context, cacerts_step(tools, cluster, workdir, namespaces[cluster.context]))
         if not cluster.primary:  # a remote runs no istiod to confirm
