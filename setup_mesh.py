@@ -23,6 +23,7 @@ else:
     sys.modules.setdefault("lib", importlib.import_module("setup_mesh_lib"))
 
 from lib import __version__, commands, invocation, carotation  # noqa: E402 - after the choice above
+from lib import apply as apply_command, teardown as teardown_command  # noqa: E402
 from lib.errors import ConfigError  # noqa: E402
 from lib.kube import READ_TIMEOUT  # noqa: E402
 
@@ -159,7 +160,7 @@ def apply(
     cluster. Clusters removed from topology.yaml are uninstalled after confirmation. Unchanged
     clusters are not reinstalled.
     """
-    commands.run_guarded(debug, quiet, verbose, lambda r, rep: commands.apply(
+    commands.run_guarded(debug, quiet, verbose, lambda r, rep: apply_command.apply(
         workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, dry_run=dry_run, yes=yes, parallel=parallel,
         gateway_timeout=gateway_timeout, timeout=timeout, runner=r, reporter=rep, contexts=context or [],
         gateway_api_crds=gateway_api_crds, replace_foreign_ca=replace_foreign_ca, istio_mirror=istio_mirror))
@@ -187,7 +188,7 @@ def teardown(
     are kept and named (--remove-crds deletes them anyway). Keeps certs/ unless --purge-certs. Reads
     the clusters first: with nothing to remove it says so without asking; otherwise it asks first unless -y.
     """
-    commands.run_guarded(debug, quiet, verbose, lambda r, rep: commands.teardown(
+    commands.run_guarded(debug, quiet, verbose, lambda r, rep: teardown_command.teardown(
         workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, yes=yes, purge_certs=purge_certs,
         parallel=parallel, timeout=timeout, runner=r, reporter=rep, dry_run=dry_run, remove_crds=remove_crds))
 
@@ -222,7 +223,8 @@ def rotate_certs(
 
     Each run shows what it will change per cluster and asks first (-y: without asking).
     """
-    from lib.rotate import rotate_intermediates, rotate_root
+    from lib.rootmove import rotate_root
+    from lib.rotate import rotate_intermediates
 
     if root:
         if context or expiring_within is not None:

@@ -65,24 +65,24 @@ def test_a_backup_of_intermediates_is_private_all_the_way_down(tmp_path):
 def test_an_unfinished_rotation_is_saved_privately_read_back_and_removed_once_done(tmp_path):
     import stat
 
-    from lib import carotation
+    from lib import reissue
     from lib.errors import ConfigError
 
-    assert carotation.load_rotation(tmp_path) is None
-    rotation = carotation.Rotation("2030-01-01T00:00:00Z", {"c1": "ab" * 32, "c2": "cd" * 32})
-    carotation.save_rotation(tmp_path, rotation)
-    path = carotation.rotation_path(tmp_path)
+    assert reissue.load_rotation(tmp_path) is None
+    rotation = reissue.Rotation("2030-01-01T00:00:00Z", {"c1": "ab" * 32, "c2": "cd" * 32})
+    reissue.save_rotation(tmp_path, rotation)
+    path = reissue.rotation_path(tmp_path)
     assert path.is_file() and tmp_path in path.parents
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert carotation.load_rotation(tmp_path) == rotation
-    carotation.save_rotation(tmp_path, None)
-    assert not path.exists() and carotation.load_rotation(tmp_path) is None
-    carotation.save_rotation(tmp_path, None)  # nothing to remove: fine
+    assert reissue.load_rotation(tmp_path) == rotation
+    reissue.save_rotation(tmp_path, None)
+    assert not path.exists() and reissue.load_rotation(tmp_path) is None
+    reissue.save_rotation(tmp_path, None)  # nothing to remove: fine
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("{not json")
     try:
-        carotation.load_rotation(tmp_path)
+        reissue.load_rotation(tmp_path)
     except ConfigError as exc:
         assert str(path) in exc.message and f"delete {path}" in exc.hint
     else:
@@ -92,7 +92,7 @@ def test_an_unfinished_rotation_is_saved_privately_read_back_and_removed_once_do
 def test_the_workspaces_intermediate_is_read_with_its_fingerprint_and_expiry(tmp_path):
     import datetime as dt
 
-    from lib import carotation
+    from lib import reissue
     from lib.certs import read_cert
     from tests.test_status import NOW, _ca, _pem
 
@@ -102,14 +102,14 @@ def test_the_workspaces_intermediate_is_read_with_its_fingerprint_and_expiry(tmp
     folder.mkdir()
     for name in ("ca-key.pem", "root-cert.pem", "cert-chain.pem"):
         (folder / name).write_text("x")
-    assert carotation.read_intermediate(tmp_path, "c1").fingerprint is None, "incomplete: no ca-cert.pem"
+    assert reissue.read_intermediate(tmp_path, "c1").fingerprint is None, "incomplete: no ca-cert.pem"
     (folder / "ca-cert.pem").write_bytes(_pem(inter))
-    got = carotation.read_intermediate(tmp_path, "c1")
+    got = reissue.read_intermediate(tmp_path, "c1")
     assert got.name == "c1" and got.fingerprint == read_cert(_pem(inter)).fingerprint
     assert got.days_left(NOW) == 40 and got.not_after == NOW + dt.timedelta(days=40)
     (folder / "ca-cert.pem").write_text("not a certificate")
-    assert carotation.read_intermediate(tmp_path, "c1").fingerprint == "unreadable"
-    assert carotation.read_intermediate(tmp_path, "c9").fingerprint is None
+    assert reissue.read_intermediate(tmp_path, "c1").fingerprint == "unreadable"
+    assert reissue.read_intermediate(tmp_path, "c9").fingerprint is None
 
 
 def test_the_wait_before_the_next_root_stage_reads_in_hours_and_minutes():

@@ -1,9 +1,9 @@
-"""The pure decisions of rotating the mesh's CAs (lib/carotation.py)."""
+"""The pure decisions of rotating the mesh's CAs (lib/carotation.py, lib/reissue.py)."""
 import datetime as dt
 
 import pytest
 
-from lib.carotation import Intermediate, Rotation, needs_reissue, select_for_rotation
+from lib.reissue import Intermediate, Rotation, needs_reissue, select_for_rotation
 
 NOW = dt.datetime(2026, 11, 29, 8, 0, tzinfo=dt.timezone.utc)
 

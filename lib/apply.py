@@ -1,0 +1,326 @@
+"""apply: from the workspace and what the clusters hold to a plan, its confirmation, its run and the summary."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import carotation, fetch, invocation, upgrade, upgradeplan
+from .cluster import KubeClient
+from .config import AMBIENT, Cluster, Topology, data_plane_mode, select_clusters
+from .errors import ConfigError, MeshError
+from .executor import RERUN_HINT, Executor, Outcome
+from .gatewayapi import CrdSource, choose_source, expected_version, older_than_needed
+from .kube import IstioUsage, Observed, Tools, gateway_addresses
+from .overlay import our_operators
+from .desired import desired_state
+from .assess import loopback_peers
+from .mesh import mesh_model
+from .plan import RECORD_TITLE, ApplyPlan, Removal, Uninstall, build_apply_plan
+from .planview import other_root_consequence, print_plan
+from .release import Release, find_release
+from .reporter import Reporter
+from .runlog import RunLog
+from .runner import ShRunner
+from .statusrevisions import read_revisions
+from .workspace import Workspace, find_tools, load_workspace
+from .commands import (certs_prerequisites, confirm, deletion_question, describe_kept, finish_run, open_log, sit_out,
+                       uninstall_for)
+
+
+def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_run: bool, yes: bool,
+          parallel: int, gateway_timeout: float, timeout: float, runner: ShRunner, reporter: Reporter,
+          contexts: list[str] = (), gateway_api_crds: str | None = None, replace_foreign_ca: bool = False,
+          istio_mirror: str | None = None) -> int:
+    if not dry_run:
+        carotation.resume_finish(workdir)  # a root transition's last rename, if a run was cut short there
+    # A dry run shows the plan for clusters that hold nothing yet, then fails as apply would.
+    ws = load_workspace(workdir, kubeconfig, lenient=dry_run, note_contexts=False)
+    topology = ws.topology
+    chosen = select_clusters(topology, list(contexts))
+    only = {c.context for c in chosen} if contexts else None
+    transition = carotation.load_transition(workdir)
+    releases, istio_dir, tools = _releases_and_tools(ws, istio_dir, istio_mirror, dry_run, timeout, runner, reporter)
+    release, intermediate_vars = certs_prerequisites(ws, istio_dir, runner, dry_run, transition=transition)
+    ambient = data_plane_mode(ws.base) == AMBIENT
+    istio_version = _istio_version(istio_dir, ws) if ambient else None
+    crd_source = _gateway_api_source(gateway_api_crds, istio_version, ws, dry_run) if ambient else None
+    _warn_single_network_ambient(topology, ambient, reporter)
+    unreachable_api = loopback_problem(topology, data_plane_mode(ws.base))
+    removed, removed_clusters = _removed_clusters(ws, only)
+
+    log = None if dry_run else open_log(workdir, "apply", runner)  # a dry run writes nothing, not even a log
+    if not dry_run:
+        reporter.start_progress([(c.context, c.network) for c in chosen])
+    # A dry run's output is the plan alone: its reads report no progress.
+    # With --context the other clusters are read too (their current secrets), without a row of their own.
+    read_reporter = Reporter(quiet=True, err_console=reporter.err) if dry_run or only is not None else reporter
+    readable = ws.contexts_resolved
+    client = KubeClient(tools, runner, read_reporter, parallel)
+    observed = client.read_state(list(topology.clusters) + removed_clusters, ambient=ambient) if readable else {}
+    if ambient:
+        _warn_old_gateway_api(topology, observed, istio_version, reporter)
+    # Remotes are pointed at their primary's east-west gateway: at the address it has now, when it has one.
+    addresses = gateway_addresses(observed)
+    desired = desired_state(topology, ws.base, addresses, transition=transition)
+    uninstall = _uninstall_leaving(client, ws, removed_clusters, observed)
+    unreadable, unreachable, orphaned = _sitting_out(topology, chosen, observed)
+    # A canary upgrade's state, read and checked against Istio's skew rules before any cluster is touched.
+    upgrading = _read_upgrade(topology, observed, tools, runner, read_reporter, parallel, only, ambient) \
+        if readable else None
+    plan = build_apply_plan(topology=topology, desired=desired,
+                            observed={c.context: observed.get(c.context) for c in topology.clusters},
+                            skip=set() if dry_run else unreadable | set(orphaned),
+                            only=only,
+                            removed=removed, removed_observed=observed, workdir=workdir, tools=tools,
+                            release=release, intermediate_vars=intermediate_vars, gateway_timeout=gateway_timeout,
+                            gateway_api=crd_source, uninstall=uninstall, transition=transition,
+                            revisions=upgradeplan.running_revisions(upgrading[0]) if upgrading else None)
+    if upgrading:  # what is left of a canary upgrade to the pinned versions
+        _add_upgrade(plan, *upgrading, releases, desired, tools, workdir, ws.notes)
+    refusal = other_roots_refusal(plan, replace_foreign_ca)
+    if dry_run:
+        return _show_dry_run(plan, ws, observed if readable else None, refusal, unreachable_api, replace_foreign_ca,
+                             reporter)
+    _before_changes(plan, refusal, uninstall, chosen, yes, log, reporter)
+    outcome, installed = _run_plan(plan, topology, tools, unreachable, orphaned, runner, reporter, parallel)
+    # A remote's state as installed: with the address its primary's gateway got during the run.
+    _record_state(ws, plan, {**desired, **installed}, outcome, chosen)
+    _report_done(chosen, plan, outcome, reporter)
+    return _not_working(unreachable_api, finish_run("apply", outcome, log, reporter), reporter)
+
+
+def _releases_and_tools(ws: Workspace, istio_dir: str | None, istio_mirror: str | None, dry_run: bool, timeout: float,
+                        runner: ShRunner, reporter: Reporter) -> tuple[dict, str | None, Tools]:
+    """The pinned releases, fetched and verified before any cluster is touched; the Istio folder in use, and
+    the tools. A dry run's plan names the istioctl apply will fetch, not another one on PATH."""
+    releases = fetch.pinned_releases(ws.topology, ws.workdir, istio_dir, istio_mirror, reporter, dry_run, ws.notes)
+    pinned = fetch.mesh_release(ws.topology, releases)
+    istio_dir = str(pinned.root) if pinned else istio_dir
+    tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout,
+                       pinned=pinned or fetch.planned_release(ws.topology, ws.workdir))
+    return releases, istio_dir, tools
+
+
+def _show_dry_run(plan: ApplyPlan, ws: Workspace, observed: dict[str, Observed] | None, refusal: ConfigError | None,
+                  unreachable_api: MeshError | None, replace_foreign_ca: bool, reporter: Reporter) -> int:
+    """The plan, then what apply itself would stop at, in its order."""
+    reporter.stop_progress()
+    print_plan(plan, ws.topology, observed, ws.notes, reporter, replace_other_roots=replace_foreign_ca)
+    for failure in (ws.context_error, refusal):
+        if failure is not None:
+            raise failure
+    return _not_working(unreachable_api, 0, reporter)
+
+
+def _run_plan(plan: ApplyPlan, topology: Topology, tools: Tools, unreachable: dict[str, Observed],
+              orphaned: dict[str, str], runner: ShRunner, reporter: Reporter, parallel: int) -> tuple[Outcome, dict]:
+    """Runs the plan, with the clusters that sit this run out reported as failed before they start. Returns
+    the outcome and the desired states the run settled (a remote's, with its primary's new gateway address)."""
+    executor = Executor(runner, reporter, parallel)
+    for context, seen in unreachable.items():
+        sit_out(executor, tools, topology.by_context(context), seen, f"or remove the context from {topology.path}")
+    for context, primary in orphaned.items():
+        executor.fail_before_start(context, "wait for its primary", MeshError(
+            f"sits this run out: its primary {primary} could not be read",
+            hint=f"make {primary} reachable, then {RERUN_HINT}"))
+    outcome = executor.run_plan(plan.phases)
+    reporter.stop_progress()
+    return outcome, executor.shared.get("desired", {})
+
+
+def _warn_single_network_ambient(topology: Topology, ambient: bool, reporter: Reporter) -> None:
+    if ambient and not topology.multi_network and len(topology.clusters) > 1:
+        reporter.warn(f"an ambient mesh on one network ({topology.networks[0]}) is alpha in Istio (untested "
+                      f"upstream); across networks it is beta since Istio 1.29")
+
+
+def _warn_old_gateway_api(topology: Topology, observed: dict[str, Observed], istio_version: str | None,
+                          reporter: Reporter) -> None:
+    for cluster in topology.clusters:
+        seen = observed.get(cluster.context)
+        older = seen and seen.gateway_api and older_than_needed(seen.gateway_api, expected_version(istio_version))
+        if older:
+            reporter.warn(f"{cluster.context}: {older}")
+
+
+def _removed_clusters(ws: Workspace, only: set[str] | None) -> tuple[list[Removal], list[Cluster]]:
+    """The clusters apply recorded that topology.yaml no longer names. With --context, they wait for an
+    apply of the whole mesh."""
+    in_topology = {c.context for c in ws.topology.clusters}
+    removed = [Removal(ctx, entry.get("cluster_name", ctx), entry.get("kubeconfig"), False, entry.get("primary"))
+               for ctx, entry in ws.state.clusters.items() if ctx not in in_topology and only is None]
+    removed_clusters = [Cluster(context=r.context, network="", name=r.cluster_name, kubeconfig=r.kubeconfig)
+                        for r in removed]
+    return removed, removed_clusters
+
+
+def _uninstall_leaving(client: KubeClient, ws: Workspace, removed_clusters: list[Cluster],
+                       observed: dict[str, Observed]) -> dict[str, Uninstall]:
+    """Clusters leaving the mesh are uninstalled; Istio's CRDs there stay if others use Istio."""
+    leaving = [c for c in removed_clusters if (seen := observed.get(c.context)) and seen.reachable]
+    ours = our_operators(ws.base)
+    usage = client.istio_usage(leaving, ours) if leaving else {}
+    return {ctx: uninstall_for(ws.workdir, ours, found, observed.get(ctx)) for ctx, found in usage.items()
+            if isinstance(found, IstioUsage)}
+
+
+def _sitting_out(topology: Topology, chosen: list[Cluster], observed: dict[str, Observed]
+                 ) -> tuple[set[str], dict[str, Observed], dict[str, str]]:
+    """An unreachable cluster sits this run out (and is reported), and so do the remotes of an unreachable
+    primary; the others go ahead. Returns the unreadable clusters, the chosen ones of them, and the
+    chosen remotes whose primary is unreadable (with that primary)."""
+    unreadable = {c.context for c in topology.clusters if c.context in observed and not observed[c.context].reachable}
+    unreachable = {c.context: observed[c.context] for c in chosen if c.context in unreadable}
+    orphaned = {c.context: c.primary for c in chosen if c.primary in unreadable and c.context not in unreadable}
+    return unreadable, unreachable, orphaned
+
+
+def _before_changes(plan: ApplyPlan, refusal: ConfigError | None, uninstall: dict[str, Uninstall],
+                    chosen: list[Cluster], yes: bool, log: RunLog, reporter: Reporter) -> None:
+    """What apply says and asks before it changes anything: another root refused (nothing touched), or
+    replaced as asked; the deletions listed and confirmed; removed clusters it cannot reach."""
+    if refusal is not None:  # before any cluster is touched
+        reporter.stop_progress()
+        log.close()
+        raise refusal
+    for context, finding in plan.other_roots.items():
+        reporter.info(f"{context}: {finding.describe()}: {other_root_consequence(True)}")
+
+    if plan.deletes_anything:
+        reporter.stop_progress()
+        _describe_deletions(plan, reporter)
+        for context, how in uninstall.items():
+            if (kept := describe_kept(context, how)):
+                reporter.info(kept)
+        confirm(deletion_question(plan), yes, reporter)
+        reporter.start_progress([(c.context, c.network) for c in chosen])
+    for gone in plan.removals:
+        if not gone.reachable:
+            reporter.warn(f"removed context {gone.context!r} is unreachable: Istio, cacerts and istio-system are left "
+                          f"there; remove them with `istioctl uninstall --purge -y --context {gone.context}` and "
+                          f"`kubectl --context {gone.context} delete namespace istio-system`")
+
+
+def _report_done(chosen: list[Cluster], plan: ApplyPlan, outcome: Outcome, reporter: Reporter) -> None:
+    for cluster in chosen:
+        if cluster.context not in outcome.failures:
+            reporter.finish_cluster(cluster.context, True)
+    for gone in plan.removals:
+        if gone.context not in outcome.failures:
+            reporter.finish_cluster(gone.context, True, "removed" if gone.reachable else "removed (unreachable)")
+
+
+def _read_upgrade(topology: Topology, observed: dict, tools: Tools, runner: ShRunner, reporter: Reporter,
+                  parallel: int, only: set[str] | None, ambient: bool):
+    """(clusters' revisions, pinned targets) when versions are pinned and some cluster runs Istio; refuses
+    what Istio's skew rules, or setup-mesh, do not allow, before any cluster is touched."""
+    targets = upgradeplan.targets_of(topology)
+    if not targets:
+        return None
+    members = [c for c in topology.clusters if (seen := observed.get(c.context)) is not None and seen.reachable]
+    revisions = read_revisions(members, observed, tools, runner, reporter, parallel)
+    states = [s for s in upgradeplan.upgrade_states(topology, observed, revisions) if only is None or s.context in only]
+    if not states:
+        return None
+    refusals = upgrade.preflight(topology, revisions, targets)
+    if refusals:
+        raise upgrade.refusal_error(refusals)
+    refusal = upgradeplan.unsupported_refusal(states, targets, ambient)
+    if refusal is not None:
+        raise refusal
+    return states, targets
+
+
+def _add_upgrade(plan: ApplyPlan, states: list, targets: dict[str, str], releases: dict, desired: dict, tools: Tools,
+                 workdir: Path, notes: list[str]) -> None:
+    """The canary upgrade's steps (lib/upgradeplan.py) as one more phase of ``plan``."""
+    fetched = {v: releases.get(v) or Release(fetch.releases_dir(workdir).resolve() / f"istio-{v}") for v in targets.values()}
+    # One primary at a time (with its remotes): a failure stops the upgrade with the others untouched.
+    phase = upgradeplan.upgrade_phase(states, targets, desired, fetched, tools, workdir, 1)
+    if phase:
+        plan.phases.insert(2, phase)
+        plan.unchanged = [c for c in plan.unchanged if c not in phase.steps]
+    notes.extend(upgradeplan.waiting_removals(states, targets))
+
+
+# apply (and its dry run) did what it was asked, but the mesh as configured cannot work (README: exit codes).
+EXIT_NOT_WORKING = 3
+
+
+def loopback_problem(topology: Topology, data_plane: str) -> MeshError | None:
+    """The one line apply ends with when peers would be told to reach clusters at loopback addresses."""
+    peers = loopback_peers(mesh_model(topology, data_plane))
+    if not peers:
+        return None
+    where = ", ".join(f"{m.context} ({m.cluster.remote_server})" for m in peers)
+    return MeshError(f"the mesh cannot work: other clusters would reach {where} at a loopback address; set "
+                     f"api_server: for {'them' if len(peers) > 1 else 'it'} in {topology.path} (an address the "
+                     f"other clusters reach), then run apply again")
+
+
+def _not_working(problem: MeshError | None, code: int, reporter: Reporter) -> int:
+    """The last line and the exit code never claim a mesh that status would call broken."""
+    if problem is None:
+        return code
+    reporter.error(problem)
+    return code or EXIT_NOT_WORKING
+
+
+def other_roots_refusal(plan: ApplyPlan, replace: bool) -> ConfigError | None:
+    """Clusters whose cacerts chains to another root are never replaced unasked, whoever made it: workloads
+    holding certificates of the old root and of the new one cannot talk until they restart."""
+    if not plan.other_roots or replace:
+        return None
+    lines = "".join(f"\n  {context}: {finding.describe()}" for context, finding in plan.other_roots.items())
+    return ConfigError(
+        f"secret cacerts chains to another root than this workspace's in {', '.join(plan.other_roots)}; replacing "
+        f"it breaks mTLS between workloads until they restart, so nothing was changed:{lines}",
+        hint=f"run apply from the workspace that holds that root (its `rotate-certs --root` moves a mesh to a new "
+             f"root without downtime), or `{invocation.command('apply', '--replace-foreign-ca')}` to replace it at "
+             f"once (then restart every workload: `kubectl rollout restart deployment -n <namespace>`)")
+
+
+def _istio_version(istio_dir: str | None, ws: Workspace) -> str | None:
+    """The version of the Istio release in use (the one holding istioctl), when one is found."""
+    try:
+        return find_release(istio_dir, ws.workdir).version
+    except ConfigError:
+        return None
+
+
+def _gateway_api_source(option: str | None, istio_version: str | None, ws: Workspace, dry_run: bool) -> CrdSource | None:
+    """Where clusters of an ambient mesh that lack the Gateway API CRDs get them: --gateway-api-crds, else
+    the standard channel of the release the Istio release in use expects."""
+    try:
+        return choose_source(option, istio_version)
+    except ConfigError as exc:
+        if not dry_run:
+            raise
+        ws.notes.append(f"{exc.message}: {exc.hint}")
+        return None
+
+
+def _record_state(ws: Workspace, plan: ApplyPlan, desired: dict, outcome: Outcome, worked_on: list[Cluster]) -> None:
+    """Record what is now true, even after a partial failure, so the next run repairs only the rest."""
+    for cluster in worked_on:
+        failed = cluster.context in outcome.failures
+        setup_done = RECORD_TITLE in outcome.done_steps.get(cluster.context, [])
+        if setup_done or (cluster.context in plan.unchanged and not failed):
+            ws.state.record(cluster, desired[cluster.context].fingerprint)
+        elif cluster.context not in plan.unchanged and not ws.state.has(cluster.context):
+            ws.state.record(cluster, None)  # touched: teardown must know it even if set-up failed
+    for gone in plan.removals:
+        if gone.context not in outcome.failures:
+            ws.state.forget(gone.context)
+    ws.state.save(ws.topology.mesh_id)
+
+
+def _describe_deletions(plan: ApplyPlan, reporter: Reporter) -> None:
+    for gone in plan.removals:
+        what = "uninstall Istio and delete istio-system" if gone.reachable else "unreachable: only its secrets are removed"
+        reporter.info(f"cluster {gone.cluster_name} (context {gone.context}) left topology.yaml: {what}")
+    for context, names in plan.prunes.items():
+        reporter.info(f"{context}: delete remote secrets it no longer needs (of clusters no longer in the mesh, "
+                      f"or held by a remote): {', '.join(names)}")
+    for context, what in plan.replacements.items():
+        for line in what:
+            reporter.info(f"{context} replaces: {line}")

@@ -1,0 +1,130 @@
+"""The stages of a move to a new root, per cluster: where each cluster stands, the steps that bring it to a
+stage or complete the move, and the checks a stage must pass before it counts (lib/rootmove.py runs them)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from . import certs, invocation, carotation
+from .assess import assess_install
+from .cluster import ClusterClient
+from .config import Cluster
+from .errors import ConfigError, MeshError
+from .executor import Phase, Step
+from .kube import Observed, Tools
+from .names import ISTIO_NAMESPACE, TRANSITION_ANNOTATION
+from .plan import cacerts_finding, cacerts_in_place, cacerts_step, intermediate_step, workspace_roots
+from .rotate import confirm_step
+
+
+def cluster_views(clusters: list[Cluster], observed: dict[str, Observed], workdir: Path,
+                  transition: carotation.Transition | None, current_root: str) -> list[carotation.ClusterView]:
+    """What carotation.decide needs of each cluster: reachable, in place at the stage, since when."""
+    views = []
+    for cluster in clusters:
+        seen = observed.get(cluster.context) or Observed(reachable=False, error="not read")
+        in_place = transition is not None and cacerts_in_place(seen, cluster, workdir, transition)
+        views.append(carotation.ClusterView(
+            cluster.context, seen.reachable, in_place,
+            carotation.stage_since(transition, seen.annotations) if transition else None,
+            completing=transition is None and carotation.completed_here(current_root, seen.annotations)))
+    return views
+
+
+def completion_phase(clusters: list[Cluster], final: dict, observed: dict[str, Observed], tools: Tools,
+                     workdir: Path) -> Phase:
+    """istiod back to one root (without ISTIO_MULTIROOT_MESH), and the clusters' record of the move removed."""
+    from .plan import install_steps, record_step
+
+    last = Phase("drop the second root from istiod")
+    for cluster in clusters:
+        d, seen = final[cluster.context], observed[cluster.context]
+        if assess_install(seen, d.fingerprint).drift:
+            last.add(cluster.context, install_steps(tools, workdir, d, seen)[0][0])
+            last.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
+        last.add(cluster.context, Step("the root transition is complete here", commands=[tools.kubectl_cmd(
+            cluster, "annotate", "namespace", ISTIO_NAMESPACE, f"{TRANSITION_ANNOTATION}-")]))
+    return last
+
+
+def require_in_step(clusters: list[Cluster], observed: dict[str, Observed], workdir: Path, log, again: str) -> None:
+    """A move to a new root starts only from a mesh that is in step: every cluster reachable and on the
+    workspace's root."""
+    not_ready = [c.context for c in clusters
+                 if not (observed.get(c.context) or Observed()).reachable
+                 or not cacerts_in_place(observed[c.context], c, workdir, None)]
+    roots = workspace_roots(workdir, None)
+    other_root = [c.context for c in clusters if c.context in not_ready and c.context in observed
+                  and cacerts_finding(observed[c.context], c, workdir, None, roots).other_root]
+    if other_root:
+        # The stages start from the root the clusters trust, whose key this workspace does not hold.
+        log.close()
+        raise ConfigError(f"the cacerts of {', '.join(other_root)} chains to another root than this "
+                          f"workspace's: a move to a new root starts from the root the clusters run on",
+                          hint=f"run `rotate-certs --root` from the workspace that holds that root, or "
+                               f"`{invocation.command('apply', '--replace-foreign-ca')}` to replace it at once "
+                               f"(mTLS between workloads breaks until they restart)")
+    if not_ready:
+        log.close()
+        raise MeshError(f"not every cluster runs on the workspace's root yet ({', '.join(not_ready)}): "
+                        f"a new root is introduced only to a mesh that is in step",
+                        hint=f"run `{invocation.command('apply')}` (and check `{invocation.command('status')}`) "
+                             f"first, then `{again}`")
+
+
+def add_stage_steps(phase: Phase, cluster: Cluster, seen: Observed, d, tools: Tools, workdir: Path, issuer: Path,
+                    release, variables: dict[str, str], planned: carotation.Transition, deployment: str) -> None:
+    """One cluster's steps to the planned stage: istiod ready for two roots, the stage's intermediate and
+    cacerts, and (on a primary) istiod confirmed to have taken them."""
+    from .plan import install_steps, record_step
+
+    if assess_install(seen, d.fingerprint).drift:
+        # istiod must accept a second root before it sees one (the reserved value ISTIO_MULTIROOT_MESH).
+        phase.add(cluster.context, install_steps(tools, workdir, d, seen)[0][0])
+        phase.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
+    if not certs.has_cacerts(issuer, cluster.name):
+        phase.add(cluster.context, intermediate_step(release, issuer, cluster, variables))
+    step = cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition=planned)
+    step.change = f"~ secret cacerts: {_STAGE_CHANGE[planned.stage]} ({issuer.name}/{cluster.name}/)"
+    phase.add(cluster.context, step)
+    if not cluster.primary:  # a remote runs no istiod to confirm
+        phase.add(cluster.context, confirm_step(tools, cluster, deployment, roots=_stage_roots(
+            workdir, cluster, planned)))
+
+
+# What each stage changes in a cluster's cacerts, as the plan shows it.
+_STAGE_CHANGE = {
+    1: "root-cert.pem trusts the old and the new root, same intermediate",
+    2: "an intermediate of the new root, trusting both roots",
+    3: "root-cert.pem trusts only the new root",
+}
+
+
+def require_istiod_took(clusters, observed: dict[str, Observed], tools: Tools, client: ClusterClient,
+                        transition: carotation.Transition, log, deployment: str) -> None:
+    """The stage is in place in every cacerts: before it counts (or the next starts), each istiod must hold
+    its roots, as it publishes them in istio-ca-root-cert (one that refused keeps its old ones)."""
+    primaries = [c for c in clusters if not c.primary and (observed.get(c.context) or Observed()).cacerts]
+    published = client.published_roots(primaries)
+    refused = [c for c in primaries if published.get(c.context) is not None
+               and published[c.context] != observed[c.context].cacerts.get("root-cert.pem")]
+    if not refused:
+        return
+    if log:
+        log.close()
+    names = ", ".join(c.context for c in refused)
+    restart = "; ".join(tools.kubectl_cmd(c, "rollout", "restart", f"deployment/{deployment}", "-n", ISTIO_NAMESPACE)
+                        .pasteable() for c in refused)
+    raise MeshError(f"stage {transition.stage} is in cacerts everywhere, but istiod in {names} has not taken its "
+                    f"root bundle (istio-ca-root-cert holds another): the move goes no further until it has",
+                    hint=f"`{restart}` (istiod loads cacerts whole when it starts), then run this command again; "
+                         f"`{invocation.command('status')}` says why it refused")
+
+
+def _stage_roots(workdir: Path, cluster: Cluster, planned: carotation.Transition) -> Callable[[], bytes | None]:
+    """The root bundle the cluster's cacerts holds at the planned stage, read once the step runs (its
+    intermediate may be made earlier in the same run)."""
+    def roots() -> bytes | None:
+        want = carotation.desired_cacerts(workdir, cluster.name, planned)
+        return want["root-cert.pem"] if want else None
+    return roots
