@@ -62,83 +62,124 @@ class ApplyPlan:
         return bool(self.removals or any(self.prunes.values()) or any(self.replacements.values()))
 
 
-def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observed: dict[str, Observed | None],
-                     removed: list[Removal], removed_observed: dict[str, Observed | None], workdir: Path,
-                     tools: Tools, release: Release | None, intermediate_vars: dict[str, str],
-                     gateway_timeout: float, skip: set[str] = frozenset(),
-                     only: set[str] | None = None, gateway_api: CrdSource | None = None,
-                     uninstall: dict[str, Uninstall] | None = None,
-                     transition: Transition | None = None, revisions: dict[str, str] | None = None) -> ApplyPlan:
-    """``skip``: contexts that could not be read; they get no step, and their secrets are left as they are.
-    ``only``: the contexts to change (--context); the others are read for their current secrets only.
-    ``gateway_api``: where an ambient mesh's clusters that lack the Gateway API CRDs get them from.
-    ``uninstall``: how each reachable removed cluster is uninstalled (from what else uses Istio there).
-    ``transition``: a root transition under way; clusters get (and keep) the certificates of its stage."""
-    cert_dir = carotation.issuing_dir(workdir, transition)
-    stage_note = f", stage {transition.stage} of the move to a new root" if transition is not None else ""
-    roots = workspace_roots(workdir, transition)
-    # Each member's own chain (set-up, install, its remote secret), then what needs the others (their
-    # secrets, and the gateway address); phases group the steps for the reader, the steps' dependencies
-    # (Step.after) are what orders clusters against each other.
-    setup, connect, prune, remove = (Phase("set up, install, export remote secret"),
-                                     Phase("import remote secrets, gateways ready"), Phase("prune"),
-                                     Phase("remove clusters"))
-    plan = ApplyPlan([setup, connect, prune, remove], secrets={"add": 0, "replace": 0, "prune": 0})
-    members = [c for c in topology.clusters if c.context not in skip]
-    # A terminating istio-system is as good as gone: plan a fresh install, after waiting for it to go.
-    terminating = {c.context for c in members if (observed.get(c.context) or Observed()).namespace_terminating}
-    seen_of = {c.context: Observed(reachable=True) if c.context in terminating else observed.get(c.context) or Observed()
-               for c in members}
+@dataclass
+class _SecretExchange:
+    """Who gets whose remote secret. A peer's copy is current when it carries the credentials its cluster
+    holds now; a missing copy is taken from another member that holds a current one, else made once by
+    istioctl."""
 
-    # Secret exchange: a peer's copy is current when it carries the credentials its cluster holds now.
-    # A missing copy is taken from another member that holds a current one, else made once by istioctl.
-    mesh = mesh_model(topology)
+    secrets_of: dict[str, list]  # member context -> its remote secrets judged (what to import, what to prune)
+    held: dict[str, dict]  # peer context -> a current copy of its secret held somewhere
+    imports: dict[str, list[Cluster]]  # target context -> the peers whose secret it imports (within --context)
+    all_imports: dict[str, list[Cluster]]  # the same, --context aside
+    exporters: set[str]  # the peers that must export their secret: nobody holds a current copy
+
+
+def _secret_exchange(mesh, members: list[Cluster], seen_of: dict[str, Observed],
+                     only: set[str] | None) -> _SecretExchange:
     issued = issued_credentials(mesh, seen_of)
     current_fp = {c.context: issued[c.context] for c in members}
     # Each member's remote secrets judged once: what to import (from readable peers), what to prune.
     secrets_of = {c.context: assess_secrets(mesh, mesh.member(c.context), seen_of[c.context], issued)
                   for c in members}
-    held = {}  # peer context -> a current copy of its secret held somewhere
+    held = {}
     for holder in members:
         for peer in members:
             info = seen_of[holder.context].remote_secrets.get(peer.name)
             if info and info.manifest and info.source and info.source == current_fp[peer.context]:
                 held.setdefault(peer.context, info.manifest)
-    # Primaries whose istiod ran remotes when the clusters were read (the remotes' istio-system names them).
-    controlled = controlled_before(seen_of) | controlled_before(removed_observed)
     member_of = {c.context: c for c in members}
     imports: dict[str, list[Cluster]] = {}
     for target in members:
         for finding in secrets_of[target.context]:
             if finding.to_import and finding.context in member_of:
                 imports.setdefault(target.context, []).append(member_of[finding.context])
-    unfiltered_imports = imports
-    members_by_context = member_of
+    all_imports = imports
     if only is not None:  # a peer outside the selection is not asked for a secret nobody holds
         imports = {target: kept for target, peers in imports.items() if target in only
                    for kept in [[p for p in peers if p.context in only or p.context in held]] if kept}
-    needed_sources = {p.context for peers in imports.values() for p in peers if p.context not in held}
+    exporters = {p.context for peers in imports.values() for p in peers if p.context not in held}
+    return _SecretExchange(secrets_of, held, imports, all_imports, exporters)
 
-    for cluster in members:
-        if only is not None and cluster.context not in only:
-            continue
-        d = desired[cluster.context]
-        seen = seen_of[cluster.context]
-        steps: list[Step] = []
-        gateway: list[Step] = []  # the east-west gateway's steps, placed by _gateway_after_attach
-        if cluster.context in terminating:
-            steps.append(await_namespace_deleted_step(tools, cluster))
-        if not certs.has_cacerts(cert_dir, cluster.name):
-            steps.append(intermediate_step(release, cert_dir, cluster, intermediate_vars))
-        cacerts = cacerts_finding(seen, cluster, workdir, transition, roots)
-        cacerts_current = cacerts.state is CacertsState.CURRENT
+
+@dataclass
+class _Planner:
+    """What every member's steps are decided from; adds each member's steps to the plan's phases."""
+
+    plan: ApplyPlan
+    tools: Tools
+    workdir: Path
+    release: Release | None
+    intermediate_vars: dict[str, str]
+    gateway_timeout: float
+    only: set[str] | None
+    gateway_api: CrdSource | None
+    transition: Transition | None
+    revisions: dict[str, str]
+    mesh: object
+    controlled: set[str]
+    exchange: _SecretExchange
+    members: dict[str, Cluster]
+
+    def __post_init__(self) -> None:
+        self.cert_dir = carotation.issuing_dir(self.workdir, self.transition)
+        self.stage_note = (f", stage {self.transition.stage} of the move to a new root"
+                           if self.transition is not None else "")
+        self.roots = workspace_roots(self.workdir, self.transition)
+        self.setup, self.connect, self.prune, self.remove = self.plan.phases
+
+    def add_member(self, cluster: Cluster, d: Desired, seen: Observed, terminating: bool) -> None:
+        plan = self.plan
+        cacerts = cacerts_finding(seen, cluster, self.workdir, self.transition, self.roots)
         if cacerts.other_root:
             plan.other_roots[cluster.context] = cacerts
         namespace, install = assess_namespace(seen, d), assess_install(seen, d.fingerprint)
-        gateway_found, wiring = assess_gateway(seen, d), assess_wiring(mesh, d.member, seen.annotations, controlled)
+        gateway_found = assess_gateway(seen, d)
+        wiring = assess_wiring(self.mesh, d.member, seen.annotations, self.controlled)
         installing = install.drift or gateway_found.state is GatewayState.MISSING
+        steps = self.ca_steps(cluster, d, seen, terminating, namespace, cacerts.state is CacertsState.CURRENT,
+                              installing)
+        was = seen.annotations.get(DATA_PLANE_ANNOTATION, SIDECAR) if seen.applied is not None else None
+        if was is not None and was != d.data_plane:
+            plan.replacements.setdefault(cluster.context, []).extend(
+                _switch_description(was, d, had_gateway=seen.eastwest_made_by is not None))
+        if d.ambient and seen.gateway_api is not None and not seen.gateway_api.installed and self.gateway_api is not None:
+            steps.append(gateway_api_crds_step(self.tools, cluster, self.gateway_api))
+        if CONTROL_PLANE_CLUSTERS in namespace.annotations_left:
+            steps.append(no_longer_remote_step(self.tools, cluster, d))
+        gateway: list[Step] = []  # the east-west gateway's steps, placed by _gateway_after_attach
+        if installing:
+            installed, gateway = self.install(cluster, d, seen, install, gateway_found, wiring)
+            steps.extend(installed)
+        changed = bool(steps)
+        if d.member.remotes and gateway_found.wanted == SIDECAR and (changed or not gateway_found.address):
+            # Its remotes wait for this address: find it before anything else this cluster does.
+            steps.append(wait_gateway_step(self.tools, cluster, self.gateway_timeout))
+        if changed:
+            steps.append(record_step(self.tools, cluster, d.fingerprint, d, was))
+        else:
+            plan.unchanged.append(cluster.context)
+        if cluster.context in self.exchange.exporters:
+            steps.append(export_step(self.tools, cluster))
+        if gateway:
+            self.refuse_gateway_without_its_primary(cluster, d)
+        for step in _gateway_after_attach(steps, gateway, d):
+            self.setup.add(cluster.context, step)
+        self.add_imports(cluster, seen)
+        self.add_gateway_wait(cluster, d, gateway_found, changed)
+        self.add_prune(cluster)
+
+    def ca_steps(self, cluster: Cluster, d: Desired, seen: Observed, terminating: bool, namespace,
+                 cacerts_current: bool, installing: bool) -> list[Step]:
+        """What must come before Istio's install: istio-system gone if being deleted, the intermediate CA,
+        istio-system and secret cacerts as they must be now."""
+        steps: list[Step] = []
+        if terminating:
+            steps.append(await_namespace_deleted_step(self.tools, cluster))
+        if not certs.has_cacerts(self.cert_dir, cluster.name):
+            steps.append(intermediate_step(self.release, self.cert_dir, cluster, self.intermediate_vars))
         if steps or not namespace.current or not cacerts_current:
-            step = cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition)
+            step = cacerts_step(self.tools, cluster, self.workdir, d.namespace_manifest(), self.transition)
             if not namespace.exists:
                 step.change = f"+ namespace {ISTIO_NAMESPACE} (network {cluster.network}) and secret cacerts"
             else:
@@ -146,81 +187,84 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
                 step.change = ", ".join(filter(None, [
                     label and f"~ network label: {seen.network_label or '(none)'} → {cluster.network}",
                     not cacerts_current and ("~ " if not label else "") + "secret cacerts"
-                    f" ({cert_dir.name}/{cluster.name}/{stage_note})",
+                    f" ({self.cert_dir.name}/{cluster.name}/{self.stage_note})",
                     namespace.annotations_off and "~ annotation " + ", ".join(namespace.annotations_off)]
                 )) or "~ secret cacerts"
                 if not installing:
                     step.done = "cacerts updated"
             steps.append(step)
-        was = seen.annotations.get(DATA_PLANE_ANNOTATION, SIDECAR) if seen.applied is not None else None
-        if was is not None and was != d.data_plane:
-            plan.replacements.setdefault(cluster.context, []).extend(
-                _switch_description(was, d, had_gateway=seen.eastwest_made_by is not None))
-        if d.ambient and seen.gateway_api is not None and not seen.gateway_api.installed and gateway_api is not None:
-            steps.append(gateway_api_crds_step(tools, cluster, gateway_api))
-        if CONTROL_PLANE_CLUSTERS in namespace.annotations_left:
-            steps.append(no_longer_remote_step(tools, cluster, d))
-        if installing:
-            # The other mode's gateway holds the name this mode's gateway takes: it goes first.
-            if gateway_found.running == SIDECAR and d.ambient:
-                steps.append(remove_sidecar_gateway_step(tools, workdir, d, seen))
-            elif gateway_found.running == AMBIENT and not d.ambient:
-                steps.append(remove_ambient_gateway_step(tools, cluster))
-            installed, gateway = install_steps(tools, workdir, d, seen, objects_present(d, gateway_found, wiring),
-                                               (revisions or {}).get(cluster.context))
-            steps.extend(installed)
-            plan.actions[cluster.context] = "install" if install.state is InstallState.ABSENT else "change"
-            if gateway_found.wanted is None and install.state is not InstallState.ABSENT:  # none needed now
-                if gateway_found.running == AMBIENT:
-                    if d.ambient:  # in sidecar mode it was removed above, before the install
-                        steps.append(remove_ambient_gateway_step(tools, cluster))
-                elif not d.ambient:
-                    steps.append(remove_gateways_step(tools, workdir, d, seen))
-            if wiring.stop_exposing:
-                steps.append(stop_exposing_istiod_step(tools, cluster, d))
-        changed = bool(steps)
-        if d.member.remotes and gateway_found.wanted == SIDECAR and (changed or not gateway_found.address):
-            # Its remotes wait for this address: find it before anything else this cluster does.
-            steps.append(wait_gateway_step(tools, cluster, gateway_timeout))
-        if changed:
-            steps.append(record_step(tools, cluster, d.fingerprint, d, was))
-        else:
-            plan.unchanged.append(cluster.context)
-        if cluster.context in needed_sources:
-            steps.append(export_step(tools, cluster))
-        if gateway and d.member.is_remote and only is not None and d.member.control_plane not in only \
-                and d.member.control_plane in {t for t, peers in unfiltered_imports.items() if cluster in peers}:
-            primary = members_by_context[d.member.control_plane]
+        return steps
+
+    def install(self, cluster: Cluster, d: Desired, seen: Observed, install, gateway_found,
+                wiring) -> tuple[list[Step], list[Step]]:
+        """(Istio's install with what it replaces or removes, the east-west gateway's steps)."""
+        steps: list[Step] = []
+        # The other mode's gateway holds the name this mode's gateway takes: it goes first.
+        if gateway_found.running == SIDECAR and d.ambient:
+            steps.append(remove_sidecar_gateway_step(self.tools, self.workdir, d, seen))
+        elif gateway_found.running == AMBIENT and not d.ambient:
+            steps.append(remove_ambient_gateway_step(self.tools, cluster))
+        installed, gateway = install_steps(self.tools, self.workdir, d, seen,
+                                           objects_present(d, gateway_found, wiring),
+                                           self.revisions.get(cluster.context))
+        steps.extend(installed)
+        self.plan.actions[cluster.context] = "install" if install.state is InstallState.ABSENT else "change"
+        if gateway_found.wanted is None and install.state is not InstallState.ABSENT:  # none needed now
+            if gateway_found.running == AMBIENT:
+                if d.ambient:  # in sidecar mode it was removed above, before the install
+                    steps.append(remove_ambient_gateway_step(self.tools, cluster))
+            elif not d.ambient:
+                steps.append(remove_gateways_step(self.tools, self.workdir, d, seen))
+        if wiring.stop_exposing:
+            steps.append(stop_exposing_istiod_step(self.tools, cluster, d))
+        return steps, gateway
+
+    def refuse_gateway_without_its_primary(self, cluster: Cluster, d: Desired) -> None:
+        """A remote's gateway waits for its primary to import the remote's secret: --context must not leave
+        that primary out when it has that import to do."""
+        primary = d.member.control_plane
+        if d.member.is_remote and self.only is not None and primary not in self.only \
+                and primary in {t for t, peers in self.exchange.all_imports.items() if cluster in peers}:
+            primary = self.members[primary]
             raise MeshError(f"{cluster.context}'s east-west gateway can only be installed once {primary.context} "
                             f"holds its current remote secret, and --context leaves {primary.context} out",
                             hint=f"add --context {primary.context} (or run without --context)")
-        steps = _gateway_after_attach(steps, gateway, d)
-        for step in steps:
-            setup.add(cluster.context, step)
 
-        if cluster.context in imports:
-            peers = imports[cluster.context]
-            # What makes each held copy outdated: the address it names, or else the credentials it carries.
-            replacing = {p.context: "new address" if seen.remote_secrets[p.name].server != p.remote_server
-                         else "new credentials" for p in peers if p.name in seen.remote_secrets}
-            plan.secrets["replace"] += len(replacing)
-            plan.secrets["add"] += len(peers) - len(replacing)
-            connect.add(cluster.context, import_step(tools, cluster, peers, {p.context: held[p.context]
-                                                                               for p in peers if p.context in held},
-                                                     replacing))
+    def add_imports(self, cluster: Cluster, seen: Observed) -> None:
+        if cluster.context not in self.exchange.imports:
+            return
+        peers, held = self.exchange.imports[cluster.context], self.exchange.held
+        # What makes each held copy outdated: the address it names, or else the credentials it carries.
+        replacing = {p.context: "new address" if seen.remote_secrets[p.name].server != p.remote_server
+                     else "new credentials" for p in peers if p.name in seen.remote_secrets}
+        self.plan.secrets["replace"] += len(replacing)
+        self.plan.secrets["add"] += len(peers) - len(replacing)
+        self.connect.add(cluster.context, import_step(self.tools, cluster, peers,
+                                                      {p.context: held[p.context] for p in peers if p.context in held},
+                                                      replacing))
+
+    def add_gateway_wait(self, cluster: Cluster, d: Desired, gateway_found, changed: bool) -> None:
+        """A gateway nobody waits for during set-up is waited for once the secrets are in."""
         if gateway_found.wanted == AMBIENT:
             if changed or not gateway_found.programmed:
-                connect.add(cluster.context, wait_gateway_step(tools, cluster, gateway_timeout, ambient=True))
+                self.connect.add(cluster.context,
+                                 wait_gateway_step(self.tools, cluster, self.gateway_timeout, ambient=True))
         elif not d.member.remotes and gateway_found.wanted == SIDECAR and (changed or not gateway_found.address):
-            connect.add(cluster.context, wait_gateway_step(tools, cluster, gateway_timeout))
-        # Secrets of clusters that left the mesh, and any a cluster no longer needs (a remote holds none).
-        stale = sorted(f.secret for f in secrets_of[cluster.context] if f.to_prune)
-        if stale:
-            plan.prunes[cluster.context] = stale
-            plan.secrets["prune"] += len(stale)
-            prune.add(cluster.context, prune_step(tools, cluster, stale))
+            self.connect.add(cluster.context, wait_gateway_step(self.tools, cluster, self.gateway_timeout))
 
-    # Clusters dropped from topology.yaml: uninstall where reachable.
+    def add_prune(self, cluster: Cluster) -> None:
+        """Secrets of clusters that left the mesh, and any a cluster no longer needs (a remote holds none)."""
+        stale = sorted(f.secret for f in self.exchange.secrets_of[cluster.context] if f.to_prune)
+        if stale:
+            self.plan.prunes[cluster.context] = stale
+            self.plan.secrets["prune"] += len(stale)
+            self.prune.add(cluster.context, prune_step(self.tools, cluster, stale))
+
+
+def _add_removals(plan: ApplyPlan, tools: Tools, removed: list[Removal],
+                  removed_observed: dict[str, Observed | None], uninstall: dict[str, Uninstall] | None) -> None:
+    """Clusters dropped from topology.yaml: uninstall where reachable."""
+    remove = plan.phases[3]
     for gone in removed:
         seen = removed_observed.get(gone.context)
         # A cluster whose Istio users could not be read is left as it is, like an unreachable one.
@@ -233,6 +277,41 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
             for step in uninstall_steps(tools, cluster, secrets, seen, uninstall[gone.context]):
                 remove.add(gone.context, step)
     _remotes_first(remove, {r.context: r.primary for r in removed})
+
+
+def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observed: dict[str, Observed | None],
+                     removed: list[Removal], removed_observed: dict[str, Observed | None], workdir: Path,
+                     tools: Tools, release: Release | None, intermediate_vars: dict[str, str],
+                     gateway_timeout: float, skip: set[str] = frozenset(),
+                     only: set[str] | None = None, gateway_api: CrdSource | None = None,
+                     uninstall: dict[str, Uninstall] | None = None,
+                     transition: Transition | None = None, revisions: dict[str, str] | None = None) -> ApplyPlan:
+    """``skip``: contexts that could not be read; they get no step, and their secrets are left as they are.
+    ``only``: the contexts to change (--context); the others are read for their current secrets only.
+    ``gateway_api``: where an ambient mesh's clusters that lack the Gateway API CRDs get them from.
+    ``uninstall``: how each reachable removed cluster is uninstalled (from what else uses Istio there).
+    ``transition``: a root transition under way; clusters get (and keep) the certificates of its stage."""
+    # Each member's own chain (set-up, install, its remote secret), then what needs the others (their
+    # secrets, and the gateway address); phases group the steps for the reader, the steps' dependencies
+    # (Step.after) are what orders clusters against each other.
+    plan = ApplyPlan([Phase("set up, install, export remote secret"), Phase("import remote secrets, gateways ready"),
+                      Phase("prune"), Phase("remove clusters")], secrets={"add": 0, "replace": 0, "prune": 0})
+    members = [c for c in topology.clusters if c.context not in skip]
+    # A terminating istio-system is as good as gone: plan a fresh install, after waiting for it to go.
+    terminating = {c.context for c in members if (observed.get(c.context) or Observed()).namespace_terminating}
+    seen_of = {c.context: Observed(reachable=True) if c.context in terminating else observed.get(c.context) or Observed()
+               for c in members}
+    mesh = mesh_model(topology)
+    # Primaries whose istiod ran remotes when the clusters were read (the remotes' istio-system names them).
+    controlled = controlled_before(seen_of) | controlled_before(removed_observed)
+    planner = _Planner(plan, tools, workdir, release, intermediate_vars, gateway_timeout, only, gateway_api,
+                       transition, revisions or {}, mesh, controlled, _secret_exchange(mesh, members, seen_of, only),
+                       {c.context: c for c in members})
+    for cluster in members:
+        if only is None or cluster.context in only:
+            planner.add_member(cluster, desired[cluster.context], seen_of[cluster.context],
+                               cluster.context in terminating)
+    _add_removals(plan, tools, removed, removed_observed, uninstall)
     return plan
 
 
