@@ -22,7 +22,7 @@ FUNCTIONS_OVER = {
     ("lib/rotate.py", "rotate_root"): {"complexity", "lines"},
 }
 # Over the limit, to be split: modules longer than MAX_MODULE_LINES.
-MODULES_OVER = {"lib/carotation.py", "lib/commands.py", "lib/config.py", "lib/rotate.py"}
+MODULES_OVER = {"lib/carotation.py", "lib/commands.py", "lib/rotate.py"}
 
 
 def _sources() -> list[Path]:
