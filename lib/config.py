@@ -1,32 +1,27 @@
-"""Loading and validating topology.yaml, base.yaml and the kubeconfig, before any cluster is touched."""
+"""Loading and validating topology.yaml and the kubeconfig, before any cluster is touched (base.yaml: in
+lib/baseconfig.py, whose names stay importable from here)."""
 from __future__ import annotations
 
-import difflib
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
+from .baseconfig import (AMBIENT, MULTI_NETWORK_ENV, MULTIROOT_ENV, MULTIROOT_VALUE, OPERATOR_KEYS,  # noqa: F401
+                         OPERATOR_SPEC_KEYS, PILOT_ENV_SWITCH, PILOT_ENV_VALUES, PILOT_K8S_ENV, RESERVED_VALUES,
+                         SIDECAR, Base, data_plane_mode, load_base)
 from .errors import ConfigError
 from .invocation import prep_hint
 from .versions import version_problem
+from .yamlcheck import DNS1123_LABEL, did_you_mean, type_name  # noqa: F401
 from .yamlfile import LocatedDoc, load_located
 
 TOPOLOGY_FILE = "topology.yaml"
 BASE_FILE = "base.yaml"
 
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # Kubernetes label values: a network name ends up as the value of topology.istio.io/network.
 LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-
-
-
-def did_you_mean(word: object, choices) -> str:
-    """`did you mean 'x'? ` for a near miss (a typo), else nothing."""
-    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.75)
-    return f"did you mean {close[0]!r}? " if close else ""
 
 
 def is_label_value(value: object) -> bool:
@@ -44,43 +39,6 @@ CONTEXT_KEYS = {
 }
 TOP_KEYS = {"mesh_id", "contexts", "istio_version"}
 ISTIO_VERSION_KEY = "istio_version"
-OPERATOR_KEYS = ("apiVersion", "kind", "metadata", "spec")
-OPERATOR_SPEC_KEYS = ("profile", "installPackagePath", "namespace", "hub", "tag", "revision", "compatibilityVersion",
-                      "meshConfig", "components", "values", "unvalidatedValues")
-
-# istiod accepts a changed root bundle only with this set; rotate-certs --root sets it while it needs it.
-MULTIROOT_ENV = "ISTIO_MULTIROOT_MESH"
-MULTIROOT_VALUE = ("spec", "values", "pilot", "env", MULTIROOT_ENV)
-
-# Values setup-mesh owns in every cluster's IstioOperator: where each comes from.
-RESERVED_VALUES = {
-    ("spec", "values", "global", "meshID"): "topology.yaml mesh_id",
-    ("spec", "values", "global", "multiCluster", "clusterName"): "topology.yaml contexts.<context>.cluster_name (default: the context name)",
-    ("spec", "values", "global", "network"): "topology.yaml contexts.<context>.network",
-    ("spec", "values", "global", "meshNetworks"): "the networks in topology.yaml (Istio finds each network's gateway by its topology.istio.io/network label)",
-    MULTIROOT_VALUE: "rotate-certs --root (set while a root transition needs istiod to accept a second root)",
-    ("spec", "values", "global", "externalIstiod"): "the role of each cluster (true on a primary that has remotes)",
-    ("spec", "values", "pilot", "env", "EXTERNAL_ISTIOD"): "the role of each cluster (the same setting as values.global.externalIstiod)",
-    ("spec", "values", "global", "remotePilotAddress"): "the address of the east-west gateway of the remote's primary (topology.yaml contexts.<context>.primary)",
-    ("spec", "values", "istiodRemote", "injectionPath"): "the remote's cluster name and network",
-    ("spec", "values", "istiodRemote", "injectionURL"): "the remote's cluster name and network (through istiodRemote.injectionPath)",
-}
-
-# Data-plane modes: base.yaml's spec.profile ambient makes the whole mesh ambient.
-AMBIENT = "ambient"
-SIDECAR = "sidecar"
-MULTI_NETWORK_ENV = "AMBIENT_ENABLE_MULTI_NETWORK"
-# Where base.yaml could set the ambient multi-network switch itself; setup-mesh owns it in an ambient mesh.
-PILOT_ENV_SWITCH = ("spec", "values", "pilot", "env", MULTI_NETWORK_ENV)
-PILOT_K8S_ENV = ("spec", "components", "pilot", "k8s", "env")
-PILOT_ENV_VALUES = ("spec", "values", "pilot", "env")
-
-
-def data_plane_mode(operator: dict[str, Any]) -> str:
-    """ambient when base.yaml's profile is ambient, else sidecar."""
-    spec = (operator or {}).get("spec")
-    return AMBIENT if isinstance(spec, dict) and spec.get("profile") == AMBIENT else SIDECAR
-
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 
@@ -142,18 +100,6 @@ class Topology:
         raise KeyError(context)
 
 
-@dataclass
-class Base:
-    path: Path
-    operator: dict[str, Any]
-    doc: LocatedDoc | None = field(default=None, repr=False)
-
-
-def _type_name(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", int: "a number", float: "a number",
-            bool: "true/false", type(None): "empty"}.get(type(value), type(value).__name__)
-
-
 def load_topology(path: Path) -> Topology:
     doc = load_located(path, "topology file", missing_hint=prep_hint())
     mesh_id, contexts = _mesh_id_and_contexts(doc, path)
@@ -183,7 +129,7 @@ def _mesh_id_and_contexts(doc: LocatedDoc, path: Path) -> tuple[str, dict]:
     if data is None:
         raise ConfigError(f"{path}: topology file is empty", hint="it needs mesh_id: and contexts:; see prep-mesh's example")
     if not isinstance(data, dict):
-        raise ConfigError(f"{doc.where()}: topology must be a mapping with mesh_id and contexts, not {_type_name(data)}")
+        raise ConfigError(f"{doc.where()}: topology must be a mapping with mesh_id and contexts, not {type_name(data)}")
     for key in data:
         if key not in TOP_KEYS:
             raise ConfigError(f"{doc.where(key)}: unknown key {key!r} in topology",
@@ -200,7 +146,7 @@ def _mesh_id_and_contexts(doc: LocatedDoc, path: Path) -> tuple[str, dict]:
         raise ConfigError(f"{doc.where('contexts') if 'contexts' in data else path}: contexts is empty or missing",
                           hint="list each kube context under contexts:, e.g.\n  contexts:\n    my-context:\n      network: network1")
     if not isinstance(contexts, dict):
-        raise ConfigError(f"{doc.where('contexts')}: contexts must be a mapping of kube context names, not {_type_name(contexts)}")
+        raise ConfigError(f"{doc.where('contexts')}: contexts must be a mapping of kube context names, not {type_name(contexts)}")
     return mesh_id, contexts
 
 
@@ -211,7 +157,7 @@ def _load_context(doc: LocatedDoc, path: Path, context, spec, seen: dict[str, st
         raise ConfigError(f"{where}: context names must be non-empty strings, got {context!r}",
                           hint="quote the context name as it appears in `kubectl config get-contexts`")
     if not isinstance(spec, dict):
-        raise ConfigError(f"{where}: context {context!r} must be a mapping with at least network:, not {_type_name(spec)}",
+        raise ConfigError(f"{where}: context {context!r} must be a mapping with at least network:, not {type_name(spec)}",
                           hint=f"write it as\n  {context}:\n    network: network1")
     for key in spec:
         if key not in CONTEXT_KEYS:
@@ -257,7 +203,7 @@ def _context_options(doc: LocatedDoc, path: Path, context: str, spec: dict) -> t
     primary = spec.get("primary")
     if primary is not None and (not isinstance(primary, str) or not primary):
         raise ConfigError(f"{doc.where('contexts', context, 'primary')}: primary of context {context!r} must be "
-                          f"the name of another context, not {_type_name(primary)}",
+                          f"the name of another context, not {type_name(primary)}",
                           hint="name the context whose control plane runs this cluster, or delete the line to "
                                "make it a primary")
     return api_server, kubeconfig, primary
@@ -296,107 +242,6 @@ def _check_primaries(doc: LocatedDoc, clusters: list[Cluster]) -> None:
 def _suggest(context: str) -> str:
     s = re.sub(r"[^a-z0-9-]+", "-", context.lower()).strip("-")
     return (s[-63:].strip("-") or "cluster1")
-
-
-def _get(data: Any, keys: tuple) -> tuple[bool, Any]:
-    for k in keys:
-        if not isinstance(data, dict) or k not in data:
-            return False, None
-        data = data[k]
-    return True, data
-
-
-def load_base(path: Path) -> Base:
-    doc = load_located(path, "base IstioOperator", missing_hint=prep_hint())
-    data = doc.data
-    hint = "base.yaml must be an IstioOperator: apiVersion: install.istio.io/v1alpha1, kind: IstioOperator, spec: {...}"
-    _check_operator(doc, path, hint)
-    _check_control_plane_name(doc)
-    problems, hint = _reserved_in_base(doc)
-    if problems:
-        raise ConfigError("base.yaml sets values that setup-mesh owns:\n" + "\n".join(problems), hint=hint)
-    return Base(path=path, operator=data, doc=doc)
-
-
-def _check_operator(doc: LocatedDoc, path: Path, hint: str) -> None:
-    """base.yaml is an IstioOperator whose keys and mappings istioctl would take."""
-    data = doc.data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{doc.where()}: base.yaml is not an IstioOperator (it is {_type_name(data)})", hint=hint)
-    if data.get("kind") != "IstioOperator":
-        raise ConfigError(f"{doc.where('kind') if 'kind' in data else path}: base.yaml has kind {data.get('kind')!r}, expected IstioOperator", hint=hint)
-    api = data.get("apiVersion")
-    if api != "install.istio.io/v1alpha1":
-        raise ConfigError(f"{doc.where('apiVersion') if 'apiVersion' in data else path}: base.yaml has apiVersion {api!r}, expected install.istio.io/v1alpha1", hint=hint)
-    for key in data:
-        if key not in OPERATOR_KEYS:
-            raise ConfigError(f"{doc.where(key)}: unknown key {key!r} in base.yaml",
-                              hint=did_you_mean(key, OPERATOR_KEYS) + "an IstioOperator has " + ", ".join(OPERATOR_KEYS))
-    spec = data.get("spec")
-    if spec is not None and not isinstance(spec, dict):
-        raise ConfigError(f"{doc.where('spec')}: spec must be a mapping, not {_type_name(spec)}", hint=hint)
-    for key in spec or {}:
-        # Only near misses are refused: istioctl knows the full list, which grows with Istio releases.
-        suggestion = did_you_mean(key, OPERATOR_SPEC_KEYS) if key not in OPERATOR_SPEC_KEYS else ""
-        if suggestion:
-            raise ConfigError(f"{doc.where('spec', key)}: unknown key {key!r} in spec", hint=suggestion.rstrip())
-    for keys in (("spec", "values"), ("spec", "values", "global"), ("spec", "values", "global", "multiCluster"),
-                 ("spec", "values", "istiodRemote")):
-        present, value = _get(data, keys)
-        if present and value is not None and not isinstance(value, dict):
-            raise ConfigError(f"{doc.where(*keys)}: {'.'.join(keys)} must be a mapping, not {_type_name(value)}", hint=hint)
-
-
-def _check_control_plane_name(doc: LocatedDoc) -> None:
-    present, name = _get(doc.data, ("metadata", "name"))
-    if present and name is not None:
-        # The name labels everything istioctl installs for it; the east-west gateway already uses `eastwest`.
-        if not isinstance(name, str) or not DNS1123_LABEL.match(name) or len(name) > 63 or name == "eastwest":
-            raise ConfigError(f"{doc.where('metadata', 'name')}: metadata.name {name!r} cannot name the control plane's IstioOperator",
-                              hint="use a DNS-1123 label other than `eastwest` (the east-west gateway's), "
-                                   "or delete the line to use `setup-mesh`")
-
-
-def _reserved_in_base(doc: LocatedDoc) -> tuple[list[str], str]:
-    """The values base.yaml sets that setup-mesh owns (one line each), and the hint for them."""
-    data = doc.data
-    problems = []
-    for keys, source in RESERVED_VALUES.items():
-        present, _ = _get(data, keys)
-        if present:
-            problems.append(f"  {doc.where(*keys)}: {'.'.join(keys)} is set by setup-mesh from {source}")
-    # istiod's env may also be given as a list in components.pilot.k8s.env, where it overrides values.pilot.env:
-    # every reserved values.pilot.env entry is reserved there too.
-    for keys, source in RESERVED_VALUES.items():
-        if keys[:-1] == PILOT_ENV_VALUES:
-            problems += _k8s_env_entries(data, doc, keys[-1], f"is set by setup-mesh from {source}")
-    hint = ("delete those lines from base.yaml; set mesh_id, network, cluster_name and primary in topology.yaml "
-            "instead")
-    ambient_problems = _ambient_reserved(data, doc)
-    if ambient_problems:
-        problems += ambient_problems
-        hint = "delete those lines from base.yaml: setup-mesh sets them for every istiod of an ambient mesh"
-    return problems, hint
-
-
-def _ambient_reserved(data: dict, doc: LocatedDoc) -> list[str]:
-    """In an ambient mesh the multi-network switch is setup-mesh's, wherever base.yaml would put it."""
-    if data_plane_mode(data) != AMBIENT:
-        return []
-    why = f"is set by setup-mesh: spec.profile ambient ({doc.where('spec', 'profile')}) turns it on in every istiod"
-    problems = []
-    present, _ = _get(data, PILOT_ENV_SWITCH)
-    if present:
-        problems.append(f"  {doc.where(*PILOT_ENV_SWITCH)}: {'.'.join(PILOT_ENV_SWITCH)} {why}")
-    return problems + _k8s_env_entries(data, doc, MULTI_NETWORK_ENV, why)
-
-
-def _k8s_env_entries(data: dict, doc: LocatedDoc, name: str, why: str) -> list[str]:
-    """Each entry of components.pilot.k8s.env named ``name``, located, with why base.yaml may not set it."""
-    present, env = _get(data, PILOT_K8S_ENV)
-    return [f"  {doc.where(*PILOT_K8S_ENV, i)}: {'.'.join(PILOT_K8S_ENV)}[{i}] ({name}) {why}"
-            for i, entry in enumerate(env if present and isinstance(env, list) else [])
-            if isinstance(entry, dict) and entry.get("name") == name]
 
 
 def check_data_plane(topology: Topology, base: Base) -> None:

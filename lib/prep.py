@@ -131,12 +131,7 @@ def prep_mesh(workdir: Path, *, mesh_id: str | None, org: str | None, istio_dir:
               runner: Runner, reporter: Reporter, istio_version: str | None = None,
               istio_mirror: str | None = None) -> PrepResult:
     result = PrepResult()
-    if workdir.exists() and not workdir.is_dir():
-        raise ConfigError(f"workdir {workdir} is not a folder", hint="pass --workdir with a folder path")
-    if mesh_id is not None and not is_label_value(mesh_id):
-        raise ConfigError(f"invalid mesh id {mesh_id!r}", hint="letters, digits, '-', '_' or '.', at most 63 characters, e.g. mesh1")
-    topology_path = workdir / TOPOLOGY_FILE
-    base_path = workdir / BASE_FILE
+    _check_arguments(workdir, mesh_id)
     cert_dir = certs.certs_dir(workdir)
     root_files = [cert_dir / certs.ROOT_CERT, cert_dir / certs.ROOT_KEY]
     need_root = not all(p.is_file() for p in root_files)
@@ -148,6 +143,33 @@ def prep_mesh(workdir: Path, *, mesh_id: str | None, org: str | None, istio_dir:
             runner.require(tool)
 
     workdir.mkdir(parents=True, exist_ok=True)
+    _write_topology(workdir / TOPOLOGY_FILE, mesh_id, contexts, istio_version, reporter, result)
+    _write_if_absent(workdir / BASE_FILE, BASE_TEMPLATE, result)
+
+    cert_dir.mkdir(mode=0o700, exist_ok=True)
+    certs.secure_tree(cert_dir)
+    if need_root:
+        _make_root_ca(release, cert_dir, root_files, _root_variables(org, root_days, key_size), runner, reporter)
+        result.created.extend(root_files)
+    else:
+        result.kept.extend(root_files)
+        existing_org = certs.root_organization(cert_dir)
+        if org and existing_org != org:
+            reporter.warn(f"kept the existing root CA (organisation {existing_org!r}); --org {org!r} applies only to a new root CA")
+    return result
+
+
+def _check_arguments(workdir: Path, mesh_id: str | None) -> None:
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"workdir {workdir} is not a folder", hint="pass --workdir with a folder path")
+    if mesh_id is not None and not is_label_value(mesh_id):
+        raise ConfigError(f"invalid mesh id {mesh_id!r}", hint="letters, digits, '-', '_' or '.', at most 63 characters, e.g. mesh1")
+
+
+def _write_topology(topology_path: Path, mesh_id: str | None, contexts: list[tuple[str, str]],
+                    istio_version: str | None, reporter: Reporter, result: PrepResult) -> None:
+    """A new topology.yaml; an existing one is kept as it is, with a warning where it differs from the
+    options given."""
     if topology_path.exists():
         result.kept.append(topology_path)
         if mesh_id is not None:
@@ -158,39 +180,40 @@ def prep_mesh(workdir: Path, *, mesh_id: str | None, org: str | None, istio_dir:
     else:
         write_atomic(topology_path, topology_text(mesh_id or DEFAULT_MESH_ID, contexts, _known_contexts(), istio_version))
         result.created.append(topology_path)
-    if base_path.exists():
-        result.kept.append(base_path)
-    else:
-        write_atomic(base_path, BASE_TEMPLATE)
-        result.created.append(base_path)
 
-    cert_dir.mkdir(mode=0o700, exist_ok=True)
-    certs.secure_tree(cert_dir)
-    if need_root:
-        variables = {}
-        if org:
-            variables["ROOTCA_ORG"] = org
-        if root_days:
-            variables["ROOTCA_DAYS"] = str(root_days)
-        if key_size:
-            variables["ROOTCA_KEYSZ"] = str(key_size)
-        reporter.info(f"making the root CA with {release.certs_makefile}")
-        try:
-            with reporter.activity("making the root CA (a 4096-bit key takes a few seconds) ..."):
-                runner.run(certs.root_ca_command(release, cert_dir, variables))
-        finally:
-            certs.secure_tree(cert_dir)
-        missing = [p for p in root_files if not p.is_file()]
-        if missing:
-            raise ConfigError(f"make root-ca finished but did not write {', '.join(map(str, missing))}",
-                              hint=f"check {release.certs_makefile} is Istio's certs Makefile")
-        result.created.extend(root_files)
+
+def _write_if_absent(path: Path, text: str, result: PrepResult) -> None:
+    if path.exists():
+        result.kept.append(path)
     else:
-        result.kept.extend(root_files)
-        existing_org = certs.root_organization(cert_dir)
-        if org and existing_org != org:
-            reporter.warn(f"kept the existing root CA (organisation {existing_org!r}); --org {org!r} applies only to a new root CA")
-    return result
+        write_atomic(path, text)
+        result.created.append(path)
+
+
+def _root_variables(org: str | None, root_days: int | None, key_size: int | None) -> dict[str, str]:
+    """The certs Makefile's variables for the root CA, from the options given."""
+    variables = {}
+    if org:
+        variables["ROOTCA_ORG"] = org
+    if root_days:
+        variables["ROOTCA_DAYS"] = str(root_days)
+    if key_size:
+        variables["ROOTCA_KEYSZ"] = str(key_size)
+    return variables
+
+
+def _make_root_ca(release: Release, cert_dir: Path, root_files: list[Path], variables: dict[str, str], runner: Runner,
+                  reporter: Reporter) -> None:
+    reporter.info(f"making the root CA with {release.certs_makefile}")
+    try:
+        with reporter.activity("making the root CA (a 4096-bit key takes a few seconds) ..."):
+            runner.run(certs.root_ca_command(release, cert_dir, variables))
+    finally:
+        certs.secure_tree(cert_dir)
+    missing = [p for p in root_files if not p.is_file()]
+    if missing:
+        raise ConfigError(f"make root-ca finished but did not write {', '.join(map(str, missing))}",
+                          hint=f"check {release.certs_makefile} is Istio's certs Makefile")
 
 
 def _release(workdir: Path, istio_dir: str | None, istio_version: str | None, mirror: str | None, need_root: bool,

@@ -340,14 +340,14 @@ def test_a_reapply_waits_for_an_ambient_gateway_that_is_not_programmed_and_fails
 
 
 def test_the_ambient_gateway_wait_polls_until_programmed():
-    import lib.plan
+    import lib.gatewaysteps
 
     runner = Replies(json.dumps(_gateway(False)), json.dumps(_gateway(False, None)), json.dumps(_gateway(True)))
     step = wait_gateway_step(Tools(), Cluster("c2", "n2", "c2"), timeout=30, ambient=True)
-    lib.plan.GATEWAY_POLL_SECONDS, saved = 0.01, lib.plan.GATEWAY_POLL_SECONDS
+    lib.gatewaysteps.GATEWAY_POLL_SECONDS, saved = 0.01, lib.gatewaysteps.GATEWAY_POLL_SECONDS
     try:
         ctx = _context(runner)
         step.action(ctx)
     finally:
-        lib.plan.GATEWAY_POLL_SECONDS = saved
+        lib.gatewaysteps.GATEWAY_POLL_SECONDS = saved
     assert len(runner.asked) == 3 and ctx.shared["gateway_address"] == {"c2": "198.51.100.7"}

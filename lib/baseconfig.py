@@ -1,0 +1,150 @@
+"""base.yaml: the IstioOperator every cluster's overlay starts from, loaded and checked (setup-mesh owns
+some of its values), and the data-plane mode its profile sets."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .invocation import prep_hint
+from .yamlcheck import DNS1123_LABEL, did_you_mean, type_name, value_at
+from .yamlfile import LocatedDoc, load_located
+
+OPERATOR_KEYS = ("apiVersion", "kind", "metadata", "spec")
+OPERATOR_SPEC_KEYS = ("profile", "installPackagePath", "namespace", "hub", "tag", "revision", "compatibilityVersion",
+                      "meshConfig", "components", "values", "unvalidatedValues")
+
+# istiod accepts a changed root bundle only with this set; rotate-certs --root sets it while it needs it.
+MULTIROOT_ENV = "ISTIO_MULTIROOT_MESH"
+MULTIROOT_VALUE = ("spec", "values", "pilot", "env", MULTIROOT_ENV)
+
+# Values setup-mesh owns in every cluster's IstioOperator: where each comes from.
+RESERVED_VALUES = {
+    ("spec", "values", "global", "meshID"): "topology.yaml mesh_id",
+    ("spec", "values", "global", "multiCluster", "clusterName"): "topology.yaml contexts.<context>.cluster_name (default: the context name)",
+    ("spec", "values", "global", "network"): "topology.yaml contexts.<context>.network",
+    ("spec", "values", "global", "meshNetworks"): "the networks in topology.yaml (Istio finds each network's gateway by its topology.istio.io/network label)",
+    MULTIROOT_VALUE: "rotate-certs --root (set while a root transition needs istiod to accept a second root)",
+    ("spec", "values", "global", "externalIstiod"): "the role of each cluster (true on a primary that has remotes)",
+    ("spec", "values", "pilot", "env", "EXTERNAL_ISTIOD"): "the role of each cluster (the same setting as values.global.externalIstiod)",
+    ("spec", "values", "global", "remotePilotAddress"): "the address of the east-west gateway of the remote's primary (topology.yaml contexts.<context>.primary)",
+    ("spec", "values", "istiodRemote", "injectionPath"): "the remote's cluster name and network",
+    ("spec", "values", "istiodRemote", "injectionURL"): "the remote's cluster name and network (through istiodRemote.injectionPath)",
+}
+
+# Data-plane modes: base.yaml's spec.profile ambient makes the whole mesh ambient.
+AMBIENT = "ambient"
+SIDECAR = "sidecar"
+MULTI_NETWORK_ENV = "AMBIENT_ENABLE_MULTI_NETWORK"
+# Where base.yaml could set the ambient multi-network switch itself; setup-mesh owns it in an ambient mesh.
+PILOT_ENV_SWITCH = ("spec", "values", "pilot", "env", MULTI_NETWORK_ENV)
+PILOT_K8S_ENV = ("spec", "components", "pilot", "k8s", "env")
+PILOT_ENV_VALUES = ("spec", "values", "pilot", "env")
+
+
+def data_plane_mode(operator: dict[str, Any]) -> str:
+    """ambient when base.yaml's profile is ambient, else sidecar."""
+    spec = (operator or {}).get("spec")
+    return AMBIENT if isinstance(spec, dict) and spec.get("profile") == AMBIENT else SIDECAR
+
+
+@dataclass
+class Base:
+    path: Path
+    operator: dict[str, Any]
+    doc: LocatedDoc | None = field(default=None, repr=False)
+
+
+def load_base(path: Path) -> Base:
+    doc = load_located(path, "base IstioOperator", missing_hint=prep_hint())
+    data = doc.data
+    hint = "base.yaml must be an IstioOperator: apiVersion: install.istio.io/v1alpha1, kind: IstioOperator, spec: {...}"
+    _check_operator(doc, path, hint)
+    _check_control_plane_name(doc)
+    problems, hint = _reserved_in_base(doc)
+    if problems:
+        raise ConfigError("base.yaml sets values that setup-mesh owns:\n" + "\n".join(problems), hint=hint)
+    return Base(path=path, operator=data, doc=doc)
+
+
+def _check_operator(doc: LocatedDoc, path: Path, hint: str) -> None:
+    """base.yaml is an IstioOperator whose keys and mappings istioctl would take."""
+    data = doc.data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{doc.where()}: base.yaml is not an IstioOperator (it is {type_name(data)})", hint=hint)
+    if data.get("kind") != "IstioOperator":
+        raise ConfigError(f"{doc.where('kind') if 'kind' in data else path}: base.yaml has kind {data.get('kind')!r}, expected IstioOperator", hint=hint)
+    api = data.get("apiVersion")
+    if api != "install.istio.io/v1alpha1":
+        raise ConfigError(f"{doc.where('apiVersion') if 'apiVersion' in data else path}: base.yaml has apiVersion {api!r}, expected install.istio.io/v1alpha1", hint=hint)
+    for key in data:
+        if key not in OPERATOR_KEYS:
+            raise ConfigError(f"{doc.where(key)}: unknown key {key!r} in base.yaml",
+                              hint=did_you_mean(key, OPERATOR_KEYS) + "an IstioOperator has " + ", ".join(OPERATOR_KEYS))
+    spec = data.get("spec")
+    if spec is not None and not isinstance(spec, dict):
+        raise ConfigError(f"{doc.where('spec')}: spec must be a mapping, not {type_name(spec)}", hint=hint)
+    for key in spec or {}:
+        # Only near misses are refused: istioctl knows the full list, which grows with Istio releases.
+        suggestion = did_you_mean(key, OPERATOR_SPEC_KEYS) if key not in OPERATOR_SPEC_KEYS else ""
+        if suggestion:
+            raise ConfigError(f"{doc.where('spec', key)}: unknown key {key!r} in spec", hint=suggestion.rstrip())
+    for keys in (("spec", "values"), ("spec", "values", "global"), ("spec", "values", "global", "multiCluster"),
+                 ("spec", "values", "istiodRemote")):
+        present, value = value_at(data, keys)
+        if present and value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{doc.where(*keys)}: {'.'.join(keys)} must be a mapping, not {type_name(value)}", hint=hint)
+
+
+def _check_control_plane_name(doc: LocatedDoc) -> None:
+    present, name = value_at(doc.data, ("metadata", "name"))
+    if present and name is not None:
+        # The name labels everything istioctl installs for it; the east-west gateway already uses `eastwest`.
+        if not isinstance(name, str) or not DNS1123_LABEL.match(name) or len(name) > 63 or name == "eastwest":
+            raise ConfigError(f"{doc.where('metadata', 'name')}: metadata.name {name!r} cannot name the control plane's IstioOperator",
+                              hint="use a DNS-1123 label other than `eastwest` (the east-west gateway's), "
+                                   "or delete the line to use `setup-mesh`")
+
+
+def _reserved_in_base(doc: LocatedDoc) -> tuple[list[str], str]:
+    """The values base.yaml sets that setup-mesh owns (one line each), and the hint for them."""
+    data = doc.data
+    problems = []
+    for keys, source in RESERVED_VALUES.items():
+        present, _ = value_at(data, keys)
+        if present:
+            problems.append(f"  {doc.where(*keys)}: {'.'.join(keys)} is set by setup-mesh from {source}")
+    # istiod's env may also be given as a list in components.pilot.k8s.env, where it overrides values.pilot.env:
+    # every reserved values.pilot.env entry is reserved there too.
+    for keys, source in RESERVED_VALUES.items():
+        if keys[:-1] == PILOT_ENV_VALUES:
+            problems += _k8s_env_entries(data, doc, keys[-1], f"is set by setup-mesh from {source}")
+    hint = ("delete those lines from base.yaml; set mesh_id, network, cluster_name and primary in topology.yaml "
+            "instead")
+    ambient_problems = _ambient_reserved(data, doc)
+    if ambient_problems:
+        problems += ambient_problems
+        hint = "delete those lines from base.yaml: setup-mesh sets them for every istiod of an ambient mesh"
+    return problems, hint
+
+
+def _ambient_reserved(data: dict, doc: LocatedDoc) -> list[str]:
+    """In an ambient mesh the multi-network switch is setup-mesh's, wherever base.yaml would put it."""
+    if data_plane_mode(data) != AMBIENT:
+        return []
+    why = f"is set by setup-mesh: spec.profile ambient ({doc.where('spec', 'profile')}) turns it on in every istiod"
+    problems = []
+    present, _ = value_at(data, PILOT_ENV_SWITCH)
+    if present:
+        problems.append(f"  {doc.where(*PILOT_ENV_SWITCH)}: {'.'.join(PILOT_ENV_SWITCH)} {why}")
+    return problems + _k8s_env_entries(data, doc, MULTI_NETWORK_ENV, why)
+
+
+def _k8s_env_entries(data: dict, doc: LocatedDoc, name: str, why: str) -> list[str]:
+    """Each entry of components.pilot.k8s.env named ``name``, located, with why base.yaml may not set it."""
+    present, env = value_at(data, PILOT_K8S_ENV)
+    return [f"  {doc.where(*PILOT_K8S_ENV, i)}: {'.'.join(PILOT_K8S_ENV)}[{i}] ({name}) {why}"
+            for i, entry in enumerate(env if present and isinstance(env, list) else [])
+            if isinstance(entry, dict) and entry.get("name") == name]
+

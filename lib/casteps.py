@@ -1,0 +1,96 @@
+"""The steps that give a cluster its CA: the intermediate made from the workspace's root, and istio-system
+with secret cacerts as the CA rotation says."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from . import carotation, certs
+from .assess import CacertsFinding, assess_cacerts
+from .carotation import Transition
+from .config import Cluster
+from .errors import MeshError
+from .executor import RunContext, Step
+from .fsutil import read_if_present
+from .kube import Observed, Tools
+from .names import ISTIO_NAMESPACE, TRANSITION_ANNOTATION
+from .overlay import cacerts_manifest, manifest_list, namespace_manifest
+from .release import Release
+from .yamlfile import dump
+
+
+def cacerts_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: dict | None = None,
+                  transition: Transition | None = None) -> Step:
+    """istio-system as ``namespace`` says (default: labelled with the cluster's network) and secret cacerts
+    as the CA rotation (lib/carotation.py) says; during a root transition istio-system also records the stage."""
+    namespace = namespace or namespace_manifest(cluster)
+    folder = carotation.issuing_dir(workdir, transition) / cluster.name
+    annotations = namespace["metadata"].get("annotations") or {}
+    annotated = "".join(f", annotated {k}={v}" for k, v in annotations.items())
+
+    def action(ctx: RunContext) -> None:
+        files = carotation.desired_cacerts(workdir, cluster.name, transition)
+        if files is None:
+            raise MeshError(f"the intermediate CA in {folder} is incomplete",
+                            hint=f"delete {folder} and run the same command again: it makes a new one")
+        manifest_ns = copy.deepcopy(namespace)
+        if transition is not None:
+            since = carotation.iso(carotation.utc_now())
+            manifest_ns["metadata"].setdefault("annotations", {})[TRANSITION_ANNOTATION] = \
+                transition.annotation(since)
+        manifest = dump(manifest_list([manifest_ns, cacerts_manifest(files)]))
+        ctx.run(tools.apply(cluster, manifest, shown=False))
+
+    stage = (f" and the root bundle of stage {transition.stage} ({carotation.STAGES[transition.stage]})"
+             if transition is not None and transition.stage < carotation.LAST_STAGE else "")
+    return Step(f"namespace {ISTIO_NAMESPACE} (network {cluster.network}) and secret cacerts",
+                commands=[tools.apply(cluster, None, shown=False)], action=action,
+                note=f"stdin: Namespace {ISTIO_NAMESPACE} labelled {cluster.network}{annotated} and Secret cacerts "
+                     f"made from {folder}/*.pem{stage} (holds the CA key: not shown)")
+
+
+def cacerts_in_place(seen: Observed, cluster: Cluster, workdir: Path, transition: Transition | None) -> bool:
+    """The cluster holds what its cacerts must hold now (and, mid-transition, says which stage it is at)."""
+    want = carotation.desired_cacerts(workdir, cluster.name, transition)
+    if not carotation.holds(seen.cacerts, want):
+        return False
+    return transition is None or carotation.stage_since(transition, seen.annotations) is not None
+
+
+def workspace_roots(workdir: Path, transition: Transition | None) -> list[bytes]:
+    """The roots the clusters may trust now, the one issuing first: the workspace's, and mid-move the new one."""
+    old = read_if_present(certs.certs_dir(workdir) / certs.ROOT_CERT)
+    new = read_if_present(carotation.next_dir(workdir) / certs.ROOT_CERT) if transition is not None else None
+    roots = [new, old] if transition is not None and transition.stage >= 2 else [old, new]
+    return [pem for pem in roots if pem]
+
+
+def cacerts_finding(seen: Observed, cluster: Cluster, workdir: Path, transition: Transition | None,
+                    roots: list[bytes]) -> CacertsFinding:
+    """The cluster's cacerts judged against what it must hold now (files of the workspace read here)."""
+    want = carotation.desired_cacerts(workdir, cluster.name, transition)
+    at_stage = transition is None or carotation.stage_since(transition, seen.annotations) is not None
+    return assess_cacerts(seen.cacerts, seen.cacerts_labelled, want, roots, at_stage)
+
+
+def intermediate_step(release: Release | None, cert_dir: Path, cluster: Cluster, variables: dict[str, str]) -> Step:
+    """One make per cluster, in a folder of its own (a serial file of its own): clusters sign side by side."""
+    release = release or Release(Path("<istio>"))
+    stage = certs.signing_dir(cert_dir, cluster.name)
+    make = certs.cacerts_command(release, stage, cluster.name, variables)
+
+    def action(ctx: RunContext) -> None:
+        certs.prepare_signing(cert_dir, cluster.name)
+        if not certs.has_cacerts(stage, cluster.name):  # else a run cut short after make: only the move is left
+            try:
+                ctx.run(make)
+            except MeshError:
+                certs.discard_incomplete(stage, cluster.name)  # an empty file would look made to make
+                raise
+        certs.finish_signing(cert_dir, cluster.name)
+
+    return Step("make intermediate CA", commands=[make], action=action,
+                note=f"in {cert_dir.name}/{stage.name}/: a copy of {certs.ROOT_CERT} and a link to {certs.ROOT_KEY} "
+                     f"(a serial file of its own); then moved to {cert_dir.name}/{cluster.name}/",
+                change=f"+ intermediate CA ({cert_dir.name}/{cluster.name}/)")
+

@@ -1,0 +1,121 @@
+"""The steps that remove what setup-mesh installed in a cluster, decided from what the cluster holds."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Cluster
+from .executor import Step
+from .kube import (COMPONENT_LABEL, GATEWAY_RESOURCE, MANAGED_GATEWAY_LABEL, OWNER_LABEL, OWNER_NAMESPACE_LABEL,
+                   IstioUsage, Observed, Tools)
+from .names import CROSS_NETWORK_GATEWAY, EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE, MANAGED_BY_LABEL
+from .runner import Command
+from .yamlfile import dump
+
+UNINSTALL_DIR = Path(".setup-mesh") / "uninstall"
+
+
+@dataclass(frozen=True)
+class Uninstall:
+    """How to remove setup-mesh from one cluster, decided from what the cluster holds."""
+
+    workdir: Path
+    ours: frozenset[str]  # the IstioOperator names setup-mesh installs (control plane, east-west gateway)
+    usage: IstioUsage  # Istio objects others made
+    remove_crds: bool = False  # delete Istio's CRDs even though others' resources exist (and go with them)
+    foreign_cacerts: str | None = None  # a cacerts setup-mesh did not make (whose CA): it and istio-system stay
+
+    @property
+    def purge(self) -> bool:
+        return self.remove_crds or not self.usage.foreign
+
+
+def _installed_operators(seen: Observed, ours: frozenset[str]) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """setup-mesh's IstioOperators (name, namespace) found on istio-system's deployments, and the
+    revisions of control planes installed unnamed by earlier versions."""
+    named, revisions = set(), set()
+    for item in seen.deployments.values():
+        labels = (item.get("metadata") or {}).get("labels") or {}
+        if COMPONENT_LABEL not in labels:
+            continue
+        owner = labels.get(OWNER_LABEL)
+        if owner in ours:
+            named.add((owner, labels.get(OWNER_NAMESPACE_LABEL)))
+        elif owner in (None, "", "unknown"):
+            revisions.add(labels.get("istio.io/rev") or "default")
+    return sorted(named, key=lambda n: (n[0], n[1] or "")), sorted(revisions)
+
+
+def uninstall_operator(tools: Tools, workdir: Path, cluster: Cluster, name: str,
+                        namespace: str | None = None) -> tuple[tuple[Path, str], Command]:
+    """The file and command that remove what one IstioOperator installed: `uninstall -f` selects by the
+    file's metadata.name (and namespace); nothing else in the file matters."""
+    path = workdir / UNINSTALL_DIR / f"{cluster.name}-{name}.yaml"
+    metadata = {"name": name, **({"namespace": namespace} if namespace else {})}
+    manifest = dump({"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "metadata": metadata})
+    return (path, manifest), tools.istioctl_cmd(cluster, "uninstall", "-y", "-f", str(path))
+
+
+def ambient_gateway_removal(tools: Tools, cluster: Cluster) -> list[Command]:
+    return [tools.kubectl_cmd(cluster, "delete", GATEWAY_RESOURCE, EASTWEST_NAME, "-n", ISTIO_NAMESPACE,
+                              "--ignore-not-found"),
+            tools.kubectl_cmd(cluster, "delete", "deployment,service,serviceaccount", "-n", ISTIO_NAMESPACE,
+                              "-l", f"gateway.networking.k8s.io/gateway-name={EASTWEST_NAME},{MANAGED_GATEWAY_LABEL}",
+                              "--ignore-not-found")]
+
+
+def await_namespace_deleted_step(tools: Tools, cluster: Cluster) -> Step:
+    """Nothing can be created in a namespace being deleted (kube-apiserver answers 403 Forbidden)."""
+    return Step(f"{ISTIO_NAMESPACE} is being deleted: wait until it is gone", commands=[tools.kubectl_cmd(
+        cluster, "wait", "--for=delete", f"namespace/{ISTIO_NAMESPACE}", f"--timeout={tools.timeout:g}s")])
+
+
+def uninstall_steps(tools: Tools, cluster: Cluster, secrets: list[str], seen: Observed, how: Uninstall) -> list[Step]:
+    """setup-mesh's Istio, then its secrets, then istio-system. Istio's CRDs (and with them every Istio
+    resource) go only when nobody else uses Istio there, or when asked to with --remove-crds."""
+    steps = []
+    if how.purge:
+        steps.append(Step("uninstall Istio and its CRDs", commands=[tools.istioctl_cmd(cluster, "uninstall", "--purge", "-y")],
+                          change="- Istio (istioctl uninstall --purge)"))
+    else:
+        named, revisions = _installed_operators(seen, how.ours)
+        files, commands = [], []
+        for name, namespace in named:
+            file, command = uninstall_operator(tools, how.workdir, cluster, name, namespace)
+            files.append(file)
+            commands.append(command)
+        for revision in revisions:
+            commands.append(tools.istioctl_cmd(cluster, "uninstall", "-y", "-r", revision))
+        commands.append(tools.kubectl_cmd(cluster, "delete", "gateways.networking.istio.io", CROSS_NETWORK_GATEWAY,
+                                          "-n", ISTIO_NAMESPACE, "--ignore-not-found"))
+        # What exposes istiod to remotes carries setup-mesh's label (Istio's CRDs, and so the kinds, stay).
+        commands.append(tools.kubectl_cmd(cluster, "delete", "gateways.networking.istio.io,virtualservices.networking.istio.io",
+                                          "-n", ISTIO_NAMESPACE, "-l", f"{MANAGED_BY_LABEL}={FIELD_MANAGER}",
+                                          "--ignore-not-found"))
+        if seen.eastwest_made_by == "gateway":
+            # istiod made this one for the ambient Gateway; with istiod gone nothing would reconcile it.
+            commands.extend(ambient_gateway_removal(tools, cluster))
+        steps.append(Step("uninstall setup-mesh's IstioOperators (Istio's CRDs are kept)", commands=commands,
+                          files=files, change="- setup-mesh's IstioOperators and Gateway (Istio's CRDs are kept: "
+                                              f"others use Istio here: {how.usage.describe()})"))
+    names = secrets if how.foreign_cacerts else ["cacerts", *secrets]
+    if names:
+        some = f"{len(secrets)} remote secret{'s' * (len(secrets) != 1)}"
+        steps.append(Step("delete cacerts and remote secrets" if not how.foreign_cacerts else "delete remote secrets",
+                          commands=[tools.kubectl_cmd(cluster, "delete", "secret", "-n", ISTIO_NAMESPACE,
+                                                      "--ignore-not-found", *names)],
+                          change=f"- {some}" if how.foreign_cacerts else
+                          "- secret cacerts" + (f" and {some}" if secrets else "")))
+    if how.foreign_cacerts:  # istio-system holds somebody's CA: deleting the namespace would delete it too
+        return steps
+    if seen.namespace_terminating:
+        # An earlier delete is under way (kube-apiserver refuses a second one with 409 Conflict).
+        step = await_namespace_deleted_step(tools, cluster)
+        step.done, step.change = "removed", f"- namespace {ISTIO_NAMESPACE} (already being deleted: waited for)"
+        steps.append(step)
+    elif how.purge or not how.usage.in_namespace(ISTIO_NAMESPACE):
+        steps.append(Step(f"delete namespace {ISTIO_NAMESPACE}", commands=[tools.kubectl_cmd(
+            cluster, "delete", "namespace", ISTIO_NAMESPACE, "--ignore-not-found")], done="removed",
+            change=f"- namespace {ISTIO_NAMESPACE}"))
+    return steps
+
