@@ -143,7 +143,8 @@ def apply(
     context: Contexts = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print per cluster what would change (-v: every command) and change nothing.")] = False,
     yes: Yes = False,
-    parallel: Parallel = commands.DEFAULT_PARALLEL,
+    parallel: Annotated[Optional[int], typer.Option("--parallel", "-p", min=1, metavar="N", help=f"How many clusters are worked on at once (default {commands.DEFAULT_PARALLEL}); an upgrade of istio_version moves this many primaries at a time (default 1).", show_default=False)] = None,
+    restart_workloads: Annotated[bool, typer.Option("--restart-workloads", help="During an upgrade of istio_version: once a cluster's default tag has moved, restart the workloads still on the old revision (kubectl rollout restart deployment, namespace by namespace) instead of listing them.")] = False,
     gateway_timeout: Annotated[float, typer.Option("--gateway-timeout", min=1, metavar="SECONDS", help="Seconds to wait for east-west gateways to get an address.")] = 300.0,
     gateway_api_crds: Annotated[Optional[str], typer.Option("--gateway-api-crds", metavar="PATH|URL", help="Ambient meshes: the Gateway API CRDs to install where a cluster has none (default: the standard channel of the release your Istio expects).")] = None,
     replace_foreign_ca: Annotated[bool, typer.Option("--replace-foreign-ca", help="Replace a cacerts that chains to another root than this workspace's at once (mTLS between workloads breaks until they restart); without it apply refuses.")] = False,
@@ -161,9 +162,10 @@ def apply(
     clusters are not reinstalled.
     """
     commands.run_guarded(debug, quiet, verbose, lambda r, rep: apply_command.apply(
-        workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, dry_run=dry_run, yes=yes, parallel=parallel,
-        gateway_timeout=gateway_timeout, timeout=timeout, runner=r, reporter=rep, contexts=context or [],
-        gateway_api_crds=gateway_api_crds, replace_foreign_ca=replace_foreign_ca, istio_mirror=istio_mirror))
+        workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, dry_run=dry_run, yes=yes,
+        parallel=parallel or commands.DEFAULT_PARALLEL, gateway_timeout=gateway_timeout, timeout=timeout, runner=r,
+        reporter=rep, contexts=context or [], gateway_api_crds=gateway_api_crds, replace_foreign_ca=replace_foreign_ca,
+        istio_mirror=istio_mirror, restart_workloads=restart_workloads, upgrade_parallel=parallel or 1))
 
 
 @app.command()

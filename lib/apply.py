@@ -29,7 +29,7 @@ from .commands import (certs_prerequisites, confirm, deletion_question, describe
 def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_run: bool, yes: bool,
           parallel: int, gateway_timeout: float, timeout: float, runner: ShRunner, reporter: Reporter,
           contexts: list[str] = (), gateway_api_crds: str | None = None, replace_foreign_ca: bool = False,
-          istio_mirror: str | None = None) -> int:
+          istio_mirror: str | None = None, restart_workloads: bool = False, upgrade_parallel: int = 1) -> int:
     if not dry_run:
         carotation.resume_finish(workdir)  # a root transition's last rename, if a run was cut short there
     # A dry run shows the plan for clusters that hold nothing yet, then fails as apply would.
@@ -75,7 +75,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
                             gateway_api=crd_source, uninstall=uninstall, transition=transition,
                             revisions=upgradeplan.running_revisions(upgrading[0]) if upgrading else None)
     if upgrading:  # what is left of a canary upgrade to the pinned versions
-        _add_upgrade(plan, *upgrading, releases, desired, tools, workdir, ws.notes)
+        _add_upgrade(plan, *upgrading, releases, desired, tools, workdir, ws.notes, restart_workloads, upgrade_parallel)
     refusal = other_roots_refusal(plan, replace_foreign_ca)
     if dry_run:
         return _show_dry_run(plan, ws, observed if readable else None, refusal, unreachable_api, replace_foreign_ca,
@@ -231,11 +231,12 @@ def _read_upgrade(topology: Topology, observed: dict, tools: Tools, runner: ShRu
 
 
 def _add_upgrade(plan: ApplyPlan, states: list, targets: dict[str, str], releases: dict, desired: dict, tools: Tools,
-                 workdir: Path, notes: list[str]) -> None:
+                 workdir: Path, notes: list[str], restart_workloads: bool, parallel: int) -> None:
     """The canary upgrade's steps (lib/upgradeplan.py) as one more phase of ``plan``."""
     fetched = {v: releases.get(v) or Release(fetch.releases_dir(workdir).resolve() / f"istio-{v}") for v in targets.values()}
-    # One primary at a time (with its remotes): a failure stops the upgrade with the others untouched.
-    phase = upgradeplan.upgrade_phase(states, targets, desired, fetched, tools, workdir, 1)
+    # ``parallel`` primaries at a time (one unless --parallel was given), each with its remotes: a failure
+    # stops the upgrade with the later waves untouched.
+    phase = upgradeplan.upgrade_phase(states, targets, desired, fetched, tools, workdir, parallel, restart_workloads)
     if phase:
         plan.phases.insert(2, phase)
         plan.unchanged = [c for c in plan.unchanged if c not in phase.steps]

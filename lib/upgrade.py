@@ -54,6 +54,7 @@ class UpgradeStep:
     revision: str  # the revision it installs or moves to; for restart and remove, the old one
     detail: str
     later: bool = False  # waits for a later run (a removal while something still uses the revision)
+    namespaces: tuple[str, ...] = ()  # restart: the namespaces whose workloads are still on the old revision
 
     def __str__(self) -> str:
         return f"{self.context}: {self.detail}" + (" (a later run, once nothing uses it)" if self.later else "")
@@ -80,7 +81,8 @@ def steps_left(state: ClusterRevisions, target: str) -> list[UpgradeStep]:
         if workloads:
             listing = ", ".join(f"{ns} ({n})" for ns, n in sorted(workloads.items()))
             out.append(UpgradeStep(ctx, RESTART, old, f"workloads still on revision {old}: {listing}; restart "
-                                                      "them: kubectl rollout restart deployment -n <namespace>"))
+                                                      "them: kubectl rollout restart deployment -n <namespace>",
+                                   namespaces=tuple(sorted(workloads))))
         # Removed only in a run that finds nothing on it: uninstall takes every object of the revision.
         in_use = bool(on_old) or state.gateway_revision == old or state.default_tag in (old, None)
         out.append(UpgradeStep(ctx, REMOVE, old, f"remove revision {old} (istioctl uninstall --revision {old})",

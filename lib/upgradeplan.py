@@ -70,9 +70,12 @@ def unsupported_refusal(states: list[ClusterRevisions], targets: dict[str, str],
 
 
 def upgrade_phase(states: list[ClusterRevisions], targets: dict[str, str], desired: dict[str, Desired],
-                  releases: dict[str, Release], tools: Tools, workdir: Path, parallel: int) -> Phase:
+                  releases: dict[str, Release], tools: Tools, workdir: Path, parallel: int,
+                  restart_workloads: bool = False) -> Phase:
     """Every cluster's upgrade steps still to do, chained wave after wave (a wave starts only once the
-    one before it succeeded: a failure leaves the later clusters on their working revision)."""
+    one before it succeeded: a failure leaves the later clusters on their working revision). With
+    ``restart_workloads``, the workloads still on an old revision are restarted, namespace by namespace,
+    once the default tag has moved (before that they would come back on the old revision)."""
     phase = Phase(PHASE)
     steps = mesh_steps(states, targets)
     previous_last: list[tuple[str, str]] = []
@@ -82,7 +85,8 @@ def upgrade_phase(states: list[ClusterRevisions], targets: dict[str, str], desir
             target = targets[ctx]
             release = releases[target]
             own = replace(tools, istioctl=str(release.istioctl))
-            made = [step for item in steps[ctx] if (step := _step(item, own, desired[ctx], workdir))]
+            made = [step for item in steps[ctx]
+                    if (step := _step(item, own, desired[ctx], workdir, restart_workloads))]
             if not made:
                 continue
             made[0].after.extend(After(c, k) for c, k in previous_last)
@@ -93,7 +97,7 @@ def upgrade_phase(states: list[ClusterRevisions], targets: dict[str, str], desir
     return phase
 
 
-def _step(item: UpgradeStep, tools: Tools, d: Desired, workdir: Path) -> Step | None:
+def _step(item: UpgradeStep, tools: Tools, d: Desired, workdir: Path, restart_workloads: bool) -> Step | None:
     cluster, rev = d.cluster, item.revision
     if item.kind == INSTALL:
         path = overlay_path(workdir, cluster)
@@ -114,6 +118,16 @@ def _step(item: UpgradeStep, tools: Tools, d: Desired, workdir: Path) -> Step | 
                     commands=[tools.istioctl_cmd(cluster, "tag", "set", "default", "--revision", rev, "--overwrite")],
                     change=f"~ {item.detail}")
     if item.kind == RESTART:
+        if restart_workloads:
+            # As Istio's canary guide does it: a rollout restart per namespace; the new pods are injected
+            # through the default tag, which an earlier step of this cluster moved.
+            where = ", ".join(item.namespaces)
+            return Step(f"restart the workloads of {where}",
+                        commands=[tools.kubectl_cmd(cluster, "rollout", "restart", "deployment", "-n", ns)
+                                  for ns in item.namespaces],
+                        done=f"workloads of {where} restarted",
+                        change=f"~ restart the workloads still on revision {rev}: {where} "
+                               f"(kubectl rollout restart deployment -n <namespace>)")
         # Nothing runs: the listing is the step (its title shows in apply's progress, its change in the plan).
         return Step(item.detail, change=f"! {item.detail}", note=item.detail)
     if item.kind == REMOVE and not item.later:

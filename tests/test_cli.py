@@ -159,3 +159,20 @@ def test_rotate_certs_options_that_do_not_go_together_are_refused_before_anythin
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, parallel, upgrade_parallel, restart", [
+    ([], 8, 1, False),  # an upgrade moves one primary at a time unless asked otherwise
+    (["-p", "3", "--restart-workloads"], 3, 3, True),
+])
+def test_apply_passes_parallel_to_an_upgrade_only_when_given(monkeypatch, args, parallel, upgrade_parallel, restart):
+    from typer.testing import CliRunner
+
+    import setup_mesh
+
+    seen = {}
+    monkeypatch.setattr(setup_mesh.apply_command, "apply", lambda workdir, **kwargs: seen.update(kwargs) or 0)
+    result = CliRunner().invoke(setup_mesh.app, ["apply", *args])
+    assert result.exit_code == 0, result.output
+    assert (seen["parallel"], seen["upgrade_parallel"], seen["restart_workloads"]) == (parallel, upgrade_parallel,
+                                                                                       restart)

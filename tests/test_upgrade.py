@@ -135,3 +135,52 @@ def test_cluster_revisions_take_the_gateways_revision_from_its_deployment():
     assert cluster_revisions("c1", "p1", seen, {"metadata": {}}).installed == {"default": OLD}
     assert cluster_revisions("c1", "p1", seen, {"metadata": {}}).gateway_revision == "default"
     assert cluster_revisions("c1", None, seen, None).gateway_revision is None
+
+
+def _upgrade_phase(tmp_path, states, parallel=1, restart_workloads=False):
+    from pathlib import Path
+
+    from lib.config import Cluster, Topology
+    from lib.desired import desired_state
+    from lib.kube import Tools
+    from lib.release import Release
+    from lib.upgradeplan import upgrade_phase
+
+    clusters = tuple(Cluster(s.context, "n1", s.context, server=f"https://{s.context}:6443", primary=s.primary)
+                     for s in states)
+    base = {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {}}
+    desired = desired_state(Topology("m", clusters, tmp_path / "topology.yaml"), base)
+    return upgrade_phase(states, {s.context: NEW for s in states}, desired, {NEW: Release(Path("/istio-1.31.0"))},
+                         Tools(), tmp_path, parallel, restart_workloads)
+
+
+def _argvs(step):
+    return [" ".join(c.argv) for c in step.commands]
+
+
+def test_restart_workloads_restarts_each_namespace_on_the_old_revision_after_the_tag_moved(tmp_path):
+    state = ClusterRevisions("c1", installed={"default": OLD},
+                             proxies={"default": {"istio-system": 1, "app": 2, "shop": 1}}, gateway_revision="default")
+    steps = _upgrade_phase(tmp_path, [state], restart_workloads=True).steps["c1"]
+    titles = [s.title for s in steps]
+    tag = next(i for i, t in enumerate(titles) if "default tag" in t)
+    restart = next(i for i, t in enumerate(titles) if t.startswith("restart the workloads"))
+    assert restart > tag, "restarted before the tag moved, the pods would come back on the old revision"
+    assert _argvs(steps[restart]) == ["kubectl --context c1 rollout restart deployment -n app",
+                                      "kubectl --context c1 rollout restart deployment -n shop"]
+    # Without the option the workloads are only listed: nothing is restarted.
+    listed = _upgrade_phase(tmp_path, [state]).steps["c1"]
+    assert not any("rollout" in argv for s in listed for argv in _argvs(s))
+    assert any("workloads still on revision default: app (2), shop (1)" in s.title for s in listed)
+
+
+def test_parallel_moves_that_many_primaries_at_a_time(tmp_path):
+    states = [untouched("c1"), untouched("c2"), untouched("c3")]
+
+    def waits_on(phase, ctx):
+        return {after.cluster for after in phase.steps[ctx][0].after}
+
+    one = _upgrade_phase(tmp_path, states)
+    assert waits_on(one, "c1") == set() and waits_on(one, "c2") == {"c1"} and waits_on(one, "c3") == {"c2"}
+    two = _upgrade_phase(tmp_path, states, parallel=2)
+    assert waits_on(two, "c1") == set() and waits_on(two, "c2") == set() and waits_on(two, "c3") == {"c1", "c2"}

@@ -153,3 +153,23 @@ def test_a_skip_of_two_minors_is_refused_before_any_cluster_is_touched(sandbox_f
     assert "Traceback" not in result.stderr
     assert mesh.sandbox.istioctl_calls()[calls:] == []
     assert mesh.get("cluster1", "deployment", "istiod-1-31-0", "-n", "istio-system", check=False) is None
+
+
+def test_restart_workloads_moves_them_in_the_same_run_so_the_next_run_removes_the_old_revision(mesh, published):
+    sb = mesh.sandbox
+    sb.kubectl("cluster1", "create", "namespace", "app")
+    sb.kubectl("cluster1", "label", "namespace", "app", "istio-injection=enabled")
+    sb.kubectl("cluster1", "create", "deployment", "web", "--image=nginx", "-n", "app")
+    assert wait_for(lambda: revisions_in(mesh, "app") == ["default"])
+    mesh.pin("1.31.0")
+    plan = mesh.run("apply", "--dry-run", "--restart-workloads", "--istio-mirror", published.url, env={"COLUMNS": "200"})
+    assert "restart the workloads still on revision default: app" in plan.stdout, plan.stdout
+
+    mesh.apply("--restart-workloads", "--istio-mirror", published.url)
+    # Restarted after the default tag moved: the new pods carry the new revision's sidecar.
+    assert wait_for(lambda: revisions_in(mesh, "app") == [NEW_REV])
+    mesh.apply("--istio-mirror", published.url)
+    for ctx in NETWORKS:
+        assert mesh.get(ctx, "deployment", "istiod", "-n", "istio-system", check=False) is None, ctx
+    status = mesh.run("status")
+    assert status.returncode == 0, status.stdout + status.stderr
