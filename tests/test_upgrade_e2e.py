@@ -165,11 +165,23 @@ def test_restart_workloads_moves_them_in_the_same_run_so_the_next_run_removes_th
     plan = mesh.run("apply", "--dry-run", "--restart-workloads", "--istio-mirror", published.url, env={"COLUMNS": "200"})
     assert "restart the workloads still on revision default: app" in plan.stdout, plan.stdout
 
-    mesh.apply("--restart-workloads", "--istio-mirror", published.url)
+    _traffic_crosses(mesh)
+    # One cluster at a time, traffic checked after each move.
+    mesh.apply("--restart-workloads", "--istio-mirror", published.url, "--context", "cluster1")
     # Restarted after the default tag moved: the new pods carry the new revision's sidecar.
     assert wait_for(lambda: revisions_in(mesh, "app") == [NEW_REV])
+    assert mesh.get("cluster2", "deployment", f"istiod-{NEW_REV}", "-n", "istio-system", check=False) is None, \
+        "--context cluster1 moves cluster1 alone"
+    _traffic_crosses(mesh)
+    mesh.apply("--restart-workloads", "--istio-mirror", published.url, "--context", "cluster2")
+    _traffic_crosses(mesh)
     mesh.apply("--istio-mirror", published.url)
     for ctx in NETWORKS:
         assert mesh.get(ctx, "deployment", "istiod", "-n", "istio-system", check=False) is None, ctx
     status = mesh.run("status")
     assert status.returncode == 0, status.stdout + status.stderr
+
+
+def _traffic_crosses(mesh):
+    verified = mesh.run("verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
