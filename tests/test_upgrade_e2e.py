@@ -139,20 +139,28 @@ def test_an_upgrade_stopped_by_a_failure_leaves_the_next_cluster_untouched_and_t
         assert gateway(mesh, ctx) == before[ctx]
 
 
-def test_a_skip_of_two_minors_is_refused_before_any_cluster_is_touched(sandbox_factory, tmp_path, published):
+@pytest.mark.parametrize("running, pinned, why", [
+    ("1.28.0", "1.31.0", "skips 2 minor versions"),
+    ("1.31.0", "1.28.0", "is a downgrade across minor"),
+])
+def test_a_move_istios_skew_rules_forbid_is_refused_before_any_cluster_is_touched(sandbox_factory, tmp_path, published,
+                                                                                    running, pinned, why):
     sandbox = sandbox_factory(["cluster1"])
     made = make_mesh(sandbox, tmp_path / "ws", {"cluster1": "network1"})
     mesh = PinnedMesh(made.sandbox, made.workdir)
-    mesh.pin("1.28.0")
+    mesh.pin(running)
     mesh.apply("--istio-mirror", published.url)
-    mesh.pin("1.31.0")
-    calls = len(mesh.sandbox.istioctl_calls())
+    mesh.pin(pinned)
+    calls, requests = len(mesh.sandbox.istioctl_calls()), len(sandbox.requests("cluster1"))
     result = mesh.run("apply", "-y", "--istio-mirror", published.url)
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "no cluster was changed" in result.stderr and "skips 2 minor versions" in result.stderr
+    assert "no cluster was changed" in result.stderr and why in result.stderr
     assert "Traceback" not in result.stderr
     assert mesh.sandbox.istioctl_calls()[calls:] == []
-    assert mesh.get("cluster1", "deployment", "istiod-1-31-0", "-n", "istio-system", check=False) is None
+    writes = [r for r in sandbox.requests("cluster1")[requests:] if r["method"] not in ("GET", "HEAD")]
+    assert writes == [], "nothing was changed"
+    target = "istiod-" + pinned.replace(".", "-")
+    assert mesh.get("cluster1", "deployment", target, "-n", "istio-system", check=False) is None
 
 
 def test_restart_workloads_moves_them_in_the_same_run_so_the_next_run_removes_the_old_revision(mesh, published):
