@@ -174,6 +174,8 @@ class ShRunner(_Base):
         try:
             proc.wait()
             exit_code, out, err = proc.exit_code, proc.stdout, proc.stderr
+        except sh.ErrorReturnCode as exc:  # sh 2.0 raises for SIGTERM and the like even when the code is allowed
+            exit_code, out, err = exc.exit_code, proc.stdout, proc.stderr
         except sh.TimeoutException as exc:
             timed_out = True
             exit_code = exc.exit_code if isinstance(exc.exit_code, int) else -1
