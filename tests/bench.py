@@ -356,7 +356,23 @@ def prep(box, workdir: Path, networks: dict[str, str], how: Setting) -> CliRun:
     args = ["prep-mesh", "--workdir", str(workdir), "-q"]
     for ctx, net in networks.items():
         args += ["--add-context", f"{ctx}={net}"]
-    return run_cli(args, cli_env(box, how.keys, how.pycache), how.timeout)
+    made = run_cli(args, cli_env(box, how.keys, how.pycache), how.timeout)
+    if made.ok:
+        add_contexts(box, workdir, {})
+    return made
+
+
+def add_contexts(box, workdir: Path, networks: dict[str, str]) -> None:
+    """Adds ``networks`` to topology.yaml, and gives every context the address the other clusters reach its
+    API server at (`api_server:`), as a user of clusters on loopback addresses must: without it apply ends
+    with exit code 3, a mesh that cannot work."""
+    path = workdir / "topology.yaml"
+    topo = yaml.safe_load(path.read_text())
+    for ctx, net in networks.items():
+        topo["contexts"][ctx] = {"network": net}
+    for ctx, entry in topo["contexts"].items():
+        entry["api_server"] = box.api_server(ctx)
+    path.write_text(yaml.safe_dump(topo, sort_keys=False))
 
 
 def apply(box, workdir: Path, how: Setting, *extra: str) -> CliRun:
@@ -435,10 +451,7 @@ def _parallel_runs(res: SizeResult, networks: dict[str, str], root: Path, say, h
 
         extra = f"cluster{n + 1}"
         box.start_cluster(extra, lb_delay=LB_DELAY)
-        topo_path = workdir / "topology.yaml"
-        topo = yaml.safe_load(topo_path.read_text())
-        topo["contexts"][extra] = {"network": "network2"}
-        topo_path.write_text(yaml.safe_dump(topo, sort_keys=False))
+        add_contexts(box, workdir, {extra: "network2"})
         grown = apply(box, workdir, how)
         grown_entries = parse_log(grown.log)
         f["add_one_processes"] = len(grown_entries)
