@@ -1,0 +1,19 @@
+"""The benchmark still runs end to end: its figures are only worth printing if every apply in it succeeds
+(it times nothing here and asserts no speed)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.meshkit import ROOT
+
+
+def test_the_smallest_benchmark_applies_adds_a_cluster_and_reports_its_figures(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "tests.bench", "--sizes", "2", "--keys", "2048", "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["processes"] > 0 and row["add_one_processes"] > 0
+    assert {"parallel_s", "serial_s", "noop_s", "add_one_s"} <= row.keys()
