@@ -78,18 +78,21 @@ def intermediate_step(release: Release | None, cert_dir: Path, cluster: Cluster,
     release = release or Release(Path("<istio>"))
     stage = certs.signing_dir(cert_dir, cluster.name)
     make = certs.cacerts_command(release, stage, cluster.name, variables)
+    key = stage / cluster.name / "ca-key.pem"
+    bits = certs.requested_key_bits(certs.INTERMEDIATE_KEY_BITS, variables)  # a bad value: refused while planning
 
     def action(ctx: RunContext) -> None:
         certs.prepare_signing(cert_dir, cluster.name)
         if not certs.has_cacerts(stage, cluster.name):  # else a run cut short after make: only the move is left
             try:
+                certs.make_key_if_asked(ctx.run, key, certs.INTERMEDIATE_KEY_BITS, variables)
                 ctx.run(make)
             except MeshError:
                 certs.discard_incomplete(stage, cluster.name)  # an empty file would look made to make
                 raise
         certs.finish_signing(cert_dir, cluster.name)
 
-    return Step("make intermediate CA", commands=[make], action=action,
+    return Step("make intermediate CA", commands=[*([certs.key_command(key, bits)] if bits else []), make], action=action,
                 note=f"in {cert_dir.name}/{stage.name}/: a copy of {certs.ROOT_CERT} and a link to {certs.ROOT_KEY} "
                      f"(a serial file of its own); then moved to {cert_dir.name}/{cluster.name}/",
                 change=f"+ intermediate CA ({cert_dir.name}/{cluster.name}/)")

@@ -7,7 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MeshError
+from .errors import ConfigError, MeshError
 from .overlay import CACERTS_FILES
 from .release import Release
 from .runner import Command
@@ -32,6 +32,45 @@ def root_ca_command(release: Release, directory: Path, variables: dict[str, str]
         cwd=str(directory),
         timeout=MAKE_TIMEOUT,
     )
+
+
+# The certs Makefile's key-size variables (common.mk). Istio's recipes ignore them (1.30.3: `openssl genrsa
+# -out $@ 4096` for every key), so a size asked for is honoured by making the key first: make keeps a key
+# that exists (its key rules have no prerequisites).
+ROOT_KEY_BITS = "ROOTCA_KEYSZ"
+INTERMEDIATE_KEY_BITS = "INTERMEDIATE_KEYSZ"
+MIN_KEY_BITS = 1024
+
+
+def requested_key_bits(variable: str, variables: dict[str, str] | None = None) -> int | None:
+    """The key size asked for with ``variable``: given on setup-mesh's command line (``variables``), else in
+    the environment as for make; None: the Makefile's own (4096 bits)."""
+    text = (variables or {}).get(variable) or os.environ.get(variable)
+    if not text:
+        return None
+    try:
+        bits = int(text)
+    except ValueError:
+        bits = 0
+    if bits < MIN_KEY_BITS:
+        raise ConfigError(f"{variable}={text} is not a key size setup-mesh makes keys of",
+                          hint=f"set {variable} to a number of bits, {MIN_KEY_BITS} or more (4096, the Makefile's, "
+                               f"when unset), or unset it")
+    return bits
+
+
+def key_command(path: Path, bits: int) -> Command:
+    """``openssl genrsa`` of ``bits`` into ``path`` (0600: the runner starts every program with umask 077)."""
+    return Command(("openssl", "genrsa", "-out", str(path), str(bits)), timeout=MAKE_TIMEOUT)
+
+
+def make_key_if_asked(run, path: Path, variable: str, variables: dict[str, str] | None = None) -> None:
+    """Before make: the key at ``path`` of the size asked for, unless a key is already there."""
+    bits = requested_key_bits(variable, variables)
+    if bits is None or path.exists():
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    run(key_command(path, bits))
 
 
 def cacerts_command(release: Release, directory: Path, cluster_name: str, variables: dict[str, str],

@@ -241,6 +241,7 @@ def _make_new_root(new_dir: Path, make_root, planned: carotation.Transition, run
                    reporter: Reporter) -> None:
     new_dir.mkdir(mode=0o700, exist_ok=True)
     with reporter.activity(f"making the new root CA in {new_dir} (a 4096-bit key takes a few seconds) ..."):
+        certs.make_key_if_asked(runner.run, new_dir / certs.ROOT_KEY, certs.ROOT_KEY_BITS)
         runner.run(make_root)  # the Makefile keeps files that exist: a repeated start reuses the same root
     certs.secure_tree(new_dir)
     planned.new_root = certs.read_cert((new_dir / certs.ROOT_CERT).read_bytes()).fingerprint

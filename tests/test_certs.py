@@ -2,6 +2,8 @@
 import stat
 import subprocess
 
+import pytest
+
 from lib import certs
 from lib.config import Cluster
 from lib.executor import Executor, Phase
@@ -20,8 +22,15 @@ def _root_ca(tmp_path, monkeypatch, variables: dict[str, str]):
     cert_dir = tmp_path / "certs"
     cert_dir.mkdir()
     runner = ShRunner()
+    certs.make_key_if_asked(runner.run, cert_dir / certs.ROOT_KEY, certs.ROOT_KEY_BITS, variables)
     runner.run(certs.root_ca_command(release, cert_dir, variables))
     return release, cert_dir, runner
+
+
+def _key_bits(path) -> int:
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    return load_pem_private_key(path.read_bytes(), password=None).key_size
 
 
 def _run(release, cert_dir, runner, names, parallel=8):
@@ -57,6 +66,8 @@ def test_a_mesh_of_intermediates_signed_side_by_side_has_distinct_serials_all_ch
         assert stat.S_IMODE((cert_dir / name / "ca-key.pem").stat().st_mode) == 0o600
         assert stat.S_IMODE((cert_dir / name).stat().st_mode) == 0o700
         serials.add(_serial(cert_dir / name / "ca-cert.pem"))
+        # INTERMEDIATE_KEYSZ honoured, though Istio's recipe always makes 4096 bits: setup-mesh made the key.
+        assert _key_bits(cert_dir / name / "ca-key.pem") == 2048
     assert len(serials) == len(names), "two intermediates of one mesh share a serial"
     # Nothing of the signing is left: no folder of its own, no serial file of the root's shared by all.
     assert all(p.name.startswith("root-") for p in cert_dir.iterdir() if not p.is_dir())
@@ -151,3 +162,12 @@ def test_root_organisation_is_read_from_the_certificate(tmp_path):
                    check=True, capture_output=True)
     assert certs.root_organization(tmp_path) == "Acme Mesh"
     assert certs.read_cert((tmp_path / "root-cert.pem").read_bytes()).days_left() in (1, 2)
+
+
+@pytest.mark.parametrize("value", ["abc", "512"])
+def test_a_key_size_setup_mesh_cannot_make_is_refused_while_planning(tmp_path, monkeypatch, value):
+    from lib.errors import ConfigError
+
+    monkeypatch.setenv("INTERMEDIATE_KEYSZ", value)
+    with pytest.raises(ConfigError, match=f"INTERMEDIATE_KEYSZ={value}"):
+        intermediate_step(None, tmp_path, Cluster("c1", "n", "c1"), {})

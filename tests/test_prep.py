@@ -260,3 +260,22 @@ def test_at_a_terminal_the_download_shows_a_progress_bar_that_goes(tmp_path, pub
     assert "downloading istio-1.31.0-linux-amd64.tar.gz" in shown
     assert f"{size:.1f}/{size:.1f} kB" in shown, "the bar ends with every byte counted"
     assert "created certs/root-key.pem" in shown
+
+
+def _key_bits(path: Path) -> int:
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    return load_pem_private_key(path.read_bytes(), password=None).key_size
+
+
+@pytest.mark.parametrize("args, env, bits", [
+    (["--key-size", "3072"], {}, 3072),
+    ([], {"ROOTCA_KEYSZ": "3072"}, 3072),
+    ([], {"ROOTCA_KEYSZ": ""}, 4096),  # the Makefile's own
+])
+def test_the_root_key_has_the_size_asked_for_though_istios_recipe_makes_4096_bits(tmp_path, release, args, env, bits):
+    result = run(["--workdir", str(tmp_path), "--istio-dir", str(release), *args], env=env)
+    assert result.returncode == 0, result.stderr
+    key = tmp_path / "certs" / "root-key.pem"
+    assert _key_bits(key) == bits
+    assert mode(key) == 0o600

@@ -50,7 +50,7 @@ k8s-root-key.pem:
 %/ca-key.pem: fetch-root-ca
 	@echo "generating $@"
 	@mkdir -p $(@D)
-	@openssl genrsa -out $@ $(INTERMEDIATE_KEYSZ)
+	@openssl genrsa -out $@ 4096
 
 %/cluster-ca.csr: %/ca-key.pem %/intermediate.conf
 	@echo "generating $@"
@@ -78,7 +78,7 @@ k8s-root-key.pem:
 %/key.pem:
 	@echo "generating $@"
 	@mkdir -p $(@D)
-	@openssl genrsa -out $@ $(INTERMEDIATE_KEYSZ)
+	@openssl genrsa -out $@ 4096
 
 %/workload.csr: %/key.pem %/workload.conf
 	@echo "generating $@"

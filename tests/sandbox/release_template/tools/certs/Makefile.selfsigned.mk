@@ -4,6 +4,8 @@
 #   make -f istio-<version>/tools/certs/Makefile.selfsigned.mk root-ca
 #   make -f istio-<version>/tools/certs/Makefile.selfsigned.mk cluster1-cacerts
 # Files that already exist are kept: delete them (or run `clean`) to regenerate.
+# Every key is 4096 bits whatever ROOTCA_KEYSZ / INTERMEDIATE_KEYSZ say, as in Istio 1.30.3's tools/certs
+# (the sizes only reach the req configs' default_bits).
 
 .SUFFIXES: .csr .pem .conf
 .PRECIOUS: %/ca-key.pem %/ca-cert.pem %/cert-chain.pem
@@ -28,7 +30,7 @@ root-ca: root-key.pem root-cert.pem
 
 root-key.pem:
 	@echo "generating $@"
-	@openssl genrsa -out $@ $(ROOTCA_KEYSZ)
+	@openssl genrsa -out $@ 4096
 
 root-cert.csr: root-key.pem root-ca.conf
 	@echo "generating $@"
@@ -48,7 +50,7 @@ root-cert.pem: root-cert.csr root-key.pem
 %/ca-key.pem:
 	@echo "generating $@"
 	@mkdir -p $(@D)
-	@openssl genrsa -out $@ $(INTERMEDIATE_KEYSZ)
+	@openssl genrsa -out $@ 4096
 
 %/cluster-ca.csr: %/ca-key.pem %/intermediate.conf
 	@echo "generating $@"
@@ -76,7 +78,7 @@ root-cert.pem: root-cert.csr root-key.pem
 %/key.pem:
 	@echo "generating $@"
 	@mkdir -p $(@D)
-	@openssl genrsa -out $@ $(INTERMEDIATE_KEYSZ)
+	@openssl genrsa -out $@ 4096
 
 %/workload.csr: %/key.pem %/workload.conf
 	@echo "generating $@"
