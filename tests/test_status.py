@@ -689,7 +689,7 @@ def test_unreachable_cluster_is_reported_and_the_rest_still_read(mesh):
     result = mesh.run("status", "--wait", "--wait-timeout", "3")
     elapsed = time.monotonic() - started
     assert result.returncode == 1
-    assert 3 <= elapsed < 15, elapsed
+    assert 3 <= elapsed < 60, elapsed  # gave up near its 3 s, far from the default wait (300 s)
     assert "still unhealthy after 3s" in result.stderr and "cluster3: unreachable" in result.stderr
 
 
