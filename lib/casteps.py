@@ -2,7 +2,10 @@
 with secret cacerts as the CA rotation says."""
 from __future__ import annotations
 
+import base64
 import copy
+import dataclasses
+import json
 from pathlib import Path
 
 from . import carotation, certs
@@ -24,6 +27,8 @@ def cacerts_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: dict 
     """istio-system as ``namespace`` says (default: labelled with the cluster's network) and secret cacerts
     as the CA rotation (lib/carotation.py) says; during a root transition istio-system also records the stage."""
     namespace = namespace or namespace_manifest(cluster)
+    if carotation.kept_intermediate(workdir, cluster.name, transition) is not None:
+        return _root_bundle_step(tools, cluster, workdir, namespace, transition)
     folder = carotation.issuing_dir(workdir, transition) / cluster.name
     annotations = namespace["metadata"].get("annotations") or {}
     annotated = "".join(f", annotated {k}={v}" for k, v in annotations.items())
@@ -49,6 +54,37 @@ def cacerts_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: dict 
                      f"made from {folder}/*.pem{stage} (holds the CA key: not shown)")
 
 
+def _root_bundle_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: dict, transition: Transition) -> Step:
+    """Stage 1 of a move from the clusters' root: the cluster keeps its intermediate, whose key this workspace
+    never holds, so only root-cert.pem of its cacerts is patched (and only while it still holds the
+    intermediate the move started from); then istio-system records the stage."""
+    patch = tools.kubectl_cmd(cluster, "patch", "secret", "cacerts", "-n", ISTIO_NAMESPACE, "--type", "json",
+                              "--patch-file", "/dev/stdin", stdin="", stdin_shown=True)
+
+    def action(ctx: RunContext) -> None:
+        files = carotation.desired_cacerts(workdir, cluster.name, transition)
+        encoded = {name: base64.b64encode(files[name]).decode() for name in ("ca-cert.pem", "root-cert.pem")}
+        ops = [{"op": "test", "path": "/data/ca-cert.pem", "value": encoded["ca-cert.pem"]},
+               {"op": "replace", "path": "/data/root-cert.pem", "value": encoded["root-cert.pem"]}]
+        try:
+            ctx.run(dataclasses.replace(patch, stdin=json.dumps(ops)))
+        except MeshError as exc:
+            raise MeshError(f"secret cacerts was not patched: {exc.message}",
+                            hint="if its intermediate CA changed since the move started, the move cannot keep it: "
+                                 f"restore {carotation.former_dir(workdir)} from a copy of the workspace, or move the "
+                                 f"cluster back to the intermediate recorded there") from None
+        manifest_ns = copy.deepcopy(namespace)
+        manifest_ns["metadata"].setdefault("annotations", {})[TRANSITION_ANNOTATION] = \
+            transition.annotation(carotation.iso(carotation.utc_now()))
+        ctx.run(tools.apply(cluster, dump(manifest_list([manifest_ns])), shown=True))
+
+    return Step(f"namespace {ISTIO_NAMESPACE} (network {cluster.network}) and secret cacerts",
+                commands=[patch, tools.apply(cluster, None, shown=True)], action=action,
+                note=f"patches only root-cert.pem of secret cacerts (the root bundle of stage 1: the clusters' root, "
+                     f"then this workspace's); the cluster keeps its intermediate CA and key, which are never read; "
+                     f"then Namespace {ISTIO_NAMESPACE} records the stage")
+
+
 def cacerts_in_place(seen: Observed, cluster: Cluster, workdir: Path, transition: Transition | None) -> bool:
     """The cluster holds what its cacerts must hold now (and, mid-transition, says which stage it is at)."""
     want = carotation.desired_cacerts(workdir, cluster.name, transition)
@@ -59,8 +95,10 @@ def cacerts_in_place(seen: Observed, cluster: Cluster, workdir: Path, transition
 
 def workspace_roots(workdir: Path, transition: Transition | None) -> list[bytes]:
     """The roots the clusters may trust now, the one issuing first: the workspace's, and mid-move the new one."""
-    old = read_if_present(certs.certs_dir(workdir) / certs.ROOT_CERT)
-    new = read_if_present(carotation.next_dir(workdir) / certs.ROOT_CERT) if transition is not None else None
+    if transition is None:
+        old, new = read_if_present(certs.certs_dir(workdir) / certs.ROOT_CERT), None
+    else:
+        old, new = (read_if_present(path) for path in carotation.root_paths(workdir, transition))
     roots = [new, old] if transition is not None and transition.stage >= 2 else [old, new]
     return [pem for pem in roots if pem]
 
