@@ -28,7 +28,7 @@ def cacerts_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: dict 
     as the CA rotation (lib/carotation.py) says; during a root transition istio-system also records the stage."""
     namespace = namespace or namespace_manifest(cluster)
     if carotation.kept_intermediate(workdir, cluster.name, transition) is not None:
-        return _root_bundle_step(tools, cluster, workdir, namespace, transition)
+        return root_bundle_step(tools, cluster, workdir, namespace, transition)
     folder = carotation.issuing_dir(workdir, transition) / cluster.name
     annotations = namespace["metadata"].get("annotations") or {}
     annotated = "".join(f", annotated {k}={v}" for k, v in annotations.items())
@@ -54,7 +54,7 @@ def cacerts_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: dict 
                      f"made from {folder}/*.pem{stage} (holds the CA key: not shown)")
 
 
-def _root_bundle_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: dict, transition: Transition) -> Step:
+def root_bundle_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: dict, transition: Transition) -> Step:
     """Stage 1 of a move from the clusters' root: the cluster keeps its intermediate, whose key this workspace
     never holds, so only root-cert.pem of its cacerts is patched (and only while it still holds the
     intermediate the move started from); then istio-system records the stage."""

@@ -1,6 +1,7 @@
 """rotate-certs --root: the move to a new root in three stages, one per run, without downtime."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,7 +209,7 @@ def _planned_stage(move: carotation.Move, transition: carotation.Transition | No
     if move.kind == "start":
         return carotation.Transition(1, current_root, "", carotation.iso(now))
     if move.kind == "advance":
-        return carotation.Transition(move.stage, transition.old_root, transition.new_root, transition.started)
+        return dataclasses.replace(transition, stage=move.stage)
     return transition
 
 

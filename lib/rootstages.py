@@ -8,6 +8,7 @@ from typing import Callable
 
 from . import certs, invocation, carotation
 from .assess import CacertsState, assess_install
+from .casteps import root_bundle_step
 from .cluster import ClusterClient
 from .config import Cluster
 from .errors import ConfigError, MeshError
@@ -88,7 +89,7 @@ def add_stage_steps(phase: Phase, cluster: Cluster, seen: Observed, d, tools: To
     kept = planned.foreign_start and planned.stage == 1  # the move's start recorded the intermediate it keeps
     if not kept and not certs.has_cacerts(issuer, cluster.name):
         phase.add(cluster.context, intermediate_step(release, issuer, cluster, variables))
-    step = cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition=planned)
+    step = (root_bundle_step if kept else cacerts_step)(tools, cluster, workdir, d.namespace_manifest(), planned)
     step.change = (f"~ secret cacerts: root-cert.pem trusts the clusters' root and this workspace's, same intermediate "
                    f"(only root-cert.pem is patched)" if kept else
                    f"~ secret cacerts: {_STAGE_CHANGE[planned.stage]} ({issuer.name}/{cluster.name}/)")
