@@ -200,7 +200,8 @@ def word_other_roots(result: list[ClusterStatus], root_fp: str | None, root, ws:
         hint = members[0][1].hint if len(members) == 1 else _other_root_hint([s.cluster for s, _ in members], root,
                                                                                  ws, hints)
         if whole_mesh:
-            hint = f"run setup-mesh from the workspace that holds that root, or {hint}"
+            hint = (f"run setup-mesh from the workspace that holds that root; or {hints.rotate('--root')} (moves the "
+                    f"mesh to this workspace's root without downtime, when setup-mesh made that cacerts); or {hint}")
         for _, problem in members:
             problem.message, problem.hint = message, hint
 
