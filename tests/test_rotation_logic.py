@@ -242,3 +242,41 @@ def test_a_move_from_the_clusters_root_keeps_their_intermediate_then_issues_from
     assert (backup / "root-cert.pem").read_bytes() == theirs and not (tmp_path / FORMER_DIR).exists()
     assert load_transition(tmp_path) is None
     assert (tmp_path / "certs" / "root-cert.pem").read_bytes() == ours, "the workspace's root stays where it is"
+
+
+def test_a_move_from_the_clusters_root_starts_only_from_one_root_setup_mesh_made_everywhere(tmp_path):
+    """Refused before any change, with a hint: clusters on different roots, a CA setup-mesh did not make,
+    a root bundle that is not one certificate (a move under way elsewhere), a cluster that cannot be read."""
+    import pytest
+
+    from lib.errors import ConfigError, MeshError
+    from lib.kube import Observed
+    from lib.rootstages import foreign_start
+    from tests.test_status import _ca, _cacerts, _pem, _topology
+
+    ours, theirs, third = _ca("Ours"), _ca("Theirs"), _ca("Third")
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "root-cert.pem").write_bytes(_pem(ours[0]))
+    clusters = list(_topology(tmp_path).clusters)
+
+    def seen(**held):
+        return {c.context: Observed(reachable=True, cacerts=held.get(c.context, _cacerts(theirs)),
+                                    cacerts_labelled=c.context != held.get("unlabelled")) for c in clusters}
+
+    assert foreign_start(clusters, seen(c1=_cacerts(ours), c2=_cacerts(ours), c3=_cacerts(ours)), tmp_path, None) \
+        is None, "on the workspace's own root: the ordinary move"
+    former = foreign_start(clusters, seen(), tmp_path, None)
+    assert former.root == _pem(theirs[0]) and sorted(former.intermediates) == ["c1", "c2", "c3"]
+    assert all(set(files) == {"ca-cert.pem", "cert-chain.pem"} for files in former.intermediates.values()), "no key"
+    refusals = [
+        (seen(c2=_cacerts(third)), ConfigError, "one and the same root"),
+        (seen(c3=_cacerts(ours)), ConfigError, "c3 do(es) not run on the root the other clusters run on"),
+        (seen(unlabelled="c2"), ConfigError, "c2 was not made by setup-mesh"),
+        (seen(c1={**_cacerts(theirs), "root-cert.pem": _pem(theirs[0]) + _pem(third[0])}), ConfigError,
+         "one and the same root"),
+        ({**seen(), "c2": Observed(reachable=False)}, MeshError, "c2 cannot be read"),
+    ]
+    for observed, kind, words in refusals:
+        with pytest.raises(kind) as caught:
+            foreign_start(clusters, observed, tmp_path, None)
+        assert words in caught.value.message and caught.value.hint, caught.value.message
