@@ -53,21 +53,10 @@ def completion_phase(clusters: list[Cluster], final: dict, observed: dict[str, O
 
 def require_in_step(clusters: list[Cluster], observed: dict[str, Observed], workdir: Path, log, again: str) -> None:
     """A move to a new root starts only from a mesh that is in step: every cluster reachable and on the
-    workspace's root."""
+    workspace's root (a mesh on another root is foreign_start's)."""
     not_ready = [c.context for c in clusters
                  if not (observed.get(c.context) or Observed()).reachable
                  or not cacerts_in_place(observed[c.context], c, workdir, None)]
-    roots = workspace_roots(workdir, None)
-    other_root = [c.context for c in clusters if c.context in not_ready and c.context in observed
-                  and cacerts_finding(observed[c.context], c, workdir, None, roots).other_root]
-    if other_root:
-        # The stages start from the root the clusters trust, whose key this workspace does not hold.
-        log.close()
-        raise ConfigError(f"the cacerts of {', '.join(other_root)} chains to another root than this "
-                          f"workspace's: a move to a new root starts from the root the clusters run on",
-                          hint=f"run `rotate-certs --root` from the workspace that holds that root, or "
-                               f"`{invocation.command('apply', '--replace-foreign-ca')}` to replace it at once "
-                               f"(mTLS between workloads breaks until they restart)")
     if not_ready:
         log.close()
         raise MeshError(f"not every cluster runs on the workspace's root yet ({', '.join(not_ready)}): "
