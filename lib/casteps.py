@@ -59,7 +59,7 @@ def root_bundle_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: d
     never holds, so only root-cert.pem of its cacerts is patched (and only while it still holds the
     intermediate the move started from); then istio-system records the stage."""
     patch = tools.kubectl_cmd(cluster, "patch", "secret", "cacerts", "-n", ISTIO_NAMESPACE, "--type", "json",
-                              "--patch-file", "/dev/stdin", stdin="", stdin_shown=True)
+                              "--patch-file", "/dev/stdin")  # the patch on stdin, made when the step runs
 
     def action(ctx: RunContext) -> None:
         files = carotation.desired_cacerts(workdir, cluster.name, transition)
@@ -67,7 +67,7 @@ def root_bundle_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: d
         ops = [{"op": "test", "path": "/data/ca-cert.pem", "value": encoded["ca-cert.pem"]},
                {"op": "replace", "path": "/data/root-cert.pem", "value": encoded["root-cert.pem"]}]
         try:
-            ctx.run(dataclasses.replace(patch, stdin=json.dumps(ops)))
+            ctx.run(dataclasses.replace(patch, stdin=json.dumps(ops), stdin_shown=True))
         except MeshError as exc:
             raise MeshError(f"secret cacerts was not patched: {exc.message}",
                             hint="if its intermediate CA changed since the move started, the move cannot keep it: "
@@ -80,9 +80,10 @@ def root_bundle_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: d
 
     return Step(f"namespace {ISTIO_NAMESPACE} (network {cluster.network}) and secret cacerts",
                 commands=[patch, tools.apply(cluster, None, shown=True)], action=action,
-                note=f"patches only root-cert.pem of secret cacerts (the root bundle of stage 1: the clusters' root, "
-                     f"then this workspace's); the cluster keeps its intermediate CA and key, which are never read; "
-                     f"then Namespace {ISTIO_NAMESPACE} records the stage")
+                note=f"stdin: a JSON patch of secret cacerts that replaces only root-cert.pem (stage 1: the clusters' "
+                     f"root, then this workspace's), applied only while ca-cert.pem is the intermediate recorded in "
+                     f"{carotation.FORMER_DIR}/{cluster.name}/; the cluster keeps that intermediate and its key, which "
+                     f"is never read; then Namespace {ISTIO_NAMESPACE} records the stage")
 
 
 def cacerts_in_place(seen: Observed, cluster: Cluster, workdir: Path, transition: Transition | None) -> bool:
