@@ -62,7 +62,12 @@ def root_bundle_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: d
                               "--patch-file", "/dev/stdin")  # the patch on stdin, made when the step runs
 
     def action(ctx: RunContext) -> None:
-        files = carotation.desired_cacerts(workdir, cluster.name, transition)
+        files = carotation.kept_intermediate(workdir, cluster.name, transition) and \
+            carotation.desired_cacerts(workdir, cluster.name, transition)
+        if not files:
+            raise MeshError(f"the move's record of the intermediate {cluster.context} keeps is missing "
+                            f"({carotation.former_dir(workdir) / cluster.name})",
+                            hint=f"restore {carotation.former_dir(workdir)} from a copy of the workspace")
         encoded = {name: base64.b64encode(files[name]).decode() for name in ("ca-cert.pem", "root-cert.pem")}
         ops = [{"op": "test", "path": "/data/ca-cert.pem", "value": encoded["ca-cert.pem"]},
                {"op": "replace", "path": "/data/root-cert.pem", "value": encoded["root-cert.pem"]}]

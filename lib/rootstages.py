@@ -75,13 +75,18 @@ def add_stage_steps(phase: Phase, cluster: Cluster, seen: Observed, d, tools: To
         # istiod must accept a second root before it sees one (the reserved value ISTIO_MULTIROOT_MESH).
         phase.add(cluster.context, install_steps(tools, workdir, d, seen)[0][0])
         phase.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
-    kept = planned.foreign_start and planned.stage == 1  # the move's start recorded the intermediate it keeps
+    # Stage 1 from the clusters' root: a cluster keeps its intermediate when the move's start recorded it (this
+    # run's start records every cluster's); one added since gets the workspace's, trusted by every stage.
+    kept = planned.foreign_start and planned.stage == 1 and (
+        not carotation.former_dir(workdir).is_dir()
+        or carotation.kept_intermediate(workdir, cluster.name, planned) is not None)
     if not kept and not certs.has_cacerts(issuer, cluster.name):
         phase.add(cluster.context, intermediate_step(release, issuer, cluster, variables))
     step = (root_bundle_step if kept else cacerts_step)(tools, cluster, workdir, d.namespace_manifest(), planned)
     step.change = (f"~ secret cacerts: root-cert.pem trusts the clusters' root and this workspace's, same intermediate "
                    f"(only root-cert.pem is patched)" if kept else
-                   f"~ secret cacerts: {_STAGE_CHANGE[planned.stage]} ({issuer.name}/{cluster.name}/)")
+                   f"~ secret cacerts: {_STAGE_CHANGE[2 if planned.foreign_start and planned.stage == 1 else planned.stage]} "
+                   f"({issuer.name}/{cluster.name}/)")
     phase.add(cluster.context, step)
     if not cluster.primary:  # a remote runs no istiod to confirm
         phase.add(cluster.context, confirm_step(tools, cluster, deployment, roots=_stage_roots(
