@@ -563,6 +563,7 @@ def test_a_second_workspace_is_refused_by_apply_then_moves_the_mesh_to_its_own_r
     assert not (ws / "certs-next").exists(), "no new root is made"
     assert (ws / "certs-former" / "root-cert.pem").read_bytes() == theirs
     assert not [p for p in (ws / "certs-former").rglob("*key*")], "no key of the clusters is kept"
+    assert stat.S_IMODE((ws / "certs-former").stat().st_mode) == 0o700
     for ctx in TWO_NETS:
         held = cacerts(second, ctx)
         assert held == {**before[ctx], "root-cert.pem": theirs + ours}, ctx
@@ -602,6 +603,8 @@ def test_a_second_workspace_is_refused_by_apply_then_moves_the_mesh_to_its_own_r
     assert (ws / "certs" / "root-cert.pem").read_bytes() == ours
     backup, = [p for p in (ws / "backups").iterdir() if p.name.endswith("-root")]
     assert (backup / "root-cert.pem").read_bytes() == theirs
+    keys = list(ws.rglob("*-key.pem"))
+    assert len(keys) == 3 and {stat.S_IMODE(k.stat().st_mode) for k in keys} == {0o600}, "the root's and 2 intermediates'"
     for ctx in TWO_NETS:
         assert "ISTIO_MULTIROOT_MESH" not in istiod_env(second, ctx)
         annotations = second.get(ctx, "namespace", "istio-system")["metadata"].get("annotations", {})
