@@ -618,3 +618,38 @@ def test_a_second_workspace_is_refused_by_apply_then_moves_the_mesh_to_its_own_r
     assert status.returncode == 0, status.stdout + status.stderr
     for text in outputs + [log.read_text() for log in sorted((ws / ".setup-mesh" / "logs").iterdir())]:
         assert scan_for_secrets(text) == []
+
+
+def test_a_cluster_added_during_stage_1_of_a_move_from_the_clusters_root_gets_this_workspaces_intermediate(
+        sandbox_factory, tmp_path):
+    three = {**TWO_NETS, "cluster3": "network1"}
+    sandbox = sandbox_factory(list(three))
+    extra = {ctx: {"api_server": sandbox.api_server(ctx)} for ctx in three}
+    first = make_mesh(sandbox, tmp_path / "ws-a", three)
+    first.write_topology(three, extra=extra)
+    first.apply()
+    second = make_mesh(sandbox, tmp_path / "ws-b", TWO_NETS)  # cluster3 joins its topology later
+    second.write_topology(TWO_NETS, extra=extra)
+    ws = second.workdir
+    theirs = (first.workdir / "certs" / "root-cert.pem").read_bytes()
+    ours = (ws / "certs" / "root-cert.pem").read_bytes()
+    started = second.run("rotate-certs", "-y", "--root")
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert sorted(p.name for p in (ws / "certs-former").iterdir() if p.is_dir()) == ["cluster1", "cluster2"]
+
+    second.write_topology(three, extra=extra)
+    added = second.run("rotate-certs", "-y", "--root")
+    assert added.returncode == 0, added.stdout + added.stderr
+    assert "bringing cluster3 to stage 1" in added.stdout
+    held = cacerts(second, "cluster3")
+    assert held["root-cert.pem"] == theirs + ours
+    assert held["ca-cert.pem"] == (ws / "certs" / "cluster3" / "ca-cert.pem").read_bytes()
+    assert verify(ours, held["ca-cert.pem"], tmp_path).returncode == 0
+    assert published_roots(second, "cluster3") == theirs + ours
+    for ctx in TWO_NETS:  # they keep their intermediates, and trust cluster3's
+        assert verify(theirs, cacerts(second, ctx)["ca-cert.pem"], tmp_path).returncode == 0
+        assert verify(cacerts(second, ctx)["root-cert.pem"], held["ca-cert.pem"], tmp_path).returncode == 0
+    status = second.run("status", "-o", "json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    chains = {c["context"]: c["cacerts"]["chains_to"] for c in json.loads(status.stdout)["clusters"]}
+    assert chains == {"cluster1": "former", "cluster2": "former", "cluster3": "current"}
