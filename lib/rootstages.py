@@ -182,8 +182,7 @@ def _foreign_start_problem(clusters: list[Cluster], observed: dict[str, Observed
     if apart:
         return ConfigError(f"{', '.join(apart)} do(es) not run on the root the other clusters run on: a move from "
                            f"the clusters' root starts only from one root that every cluster runs on",
-                           hint=f"leave {', '.join(apart)} out of topology.yaml for the move (apply adds it back with "
-                                f"the current stage), or {_replace_hint()}")
+                           hint=f"leave {', '.join(apart)} out of topology.yaml for the move, or {_replace_hint()}")
     bundles = {observed[c.context].cacerts.get("root-cert.pem") for c in clusters}
     counts = {len(carotation.split_pems(bundle)) for bundle in bundles}
     if len(bundles) > 1 or counts != {1}:
