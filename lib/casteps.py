@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from . import carotation, certs
-from .assess import CacertsFinding, assess_cacerts
+from .assess import CacertsFinding, CacertsState, assess_cacerts
 from .carotation import Transition
 from .config import Cluster
 from .errors import MeshError
@@ -114,7 +114,26 @@ def cacerts_finding(seen: Observed, cluster: Cluster, workdir: Path, transition:
     """The cluster's cacerts judged against what it must hold now (files of the workspace read here)."""
     want = carotation.desired_cacerts(workdir, cluster.name, transition)
     at_stage = transition is None or carotation.stage_since(transition, seen.annotations) is not None
-    return assess_cacerts(seen.cacerts, seen.cacerts_labelled, want, roots, at_stage)
+    found = assess_cacerts(seen.cacerts, seen.cacerts_labelled, want, roots, at_stage)
+    if found.state in (CacertsState.OURS_OUTDATED, CacertsState.BEHIND_MOVE) and _moved_elsewhere(seen, workdir,
+                                                                                                 transition):
+        return dataclasses.replace(found, state=CacertsState.OTHER_MOVE)
+    return found
+
+
+def _moved_elsewhere(seen: Observed, workdir: Path, transition: Transition | None) -> bool:
+    """istio-system records a move to a root that is neither this workspace's nor the one its move goes to:
+    another workspace is moving the mesh from this workspace's root to its own (replacing cacerts now would
+    undo its stages)."""
+    moving_to = carotation.parse_annotation((seen.annotations or {}).get(TRANSITION_ANNOTATION)).get("root")
+    if not moving_to:
+        return False
+    ours = [transition.new_root] if transition is not None else []
+    try:
+        ours.append(certs.read_cert(read_if_present(certs.certs_dir(workdir) / certs.ROOT_CERT) or b"").fingerprint)
+    except ValueError:
+        pass  # no root to compare with: the move is not this workspace's
+    return not any(fp and fp[:16] == moving_to for fp in ours)
 
 
 def intermediate_step(release: Release | None, cert_dir: Path, cluster: Cluster, variables: dict[str, str]) -> Step:

@@ -178,6 +178,11 @@ def _foreign_start_problem(clusters: list[Cluster], observed: dict[str, Observed
         return ConfigError(f"the cacerts of {', '.join(theirs)} was not made by setup-mesh ({found[theirs[0]].issuer}): "
                            f"rotate-certs --root moves to this workspace's root only a mesh that setup-mesh made "
                            f"(from another workspace)", hint=_replace_hint())
+    moving = [ctx for ctx, f in found.items() if f.state is CacertsState.OTHER_MOVE]
+    if moving:
+        return ConfigError(f"another workspace is moving {', '.join(moving)} to its root (istio-system records that "
+                           f"move): a move starts only from a mesh on one root",
+                           hint="finish that move from the workspace that started it, then run this command again")
     apart = [ctx for ctx, f in found.items() if f.state is not CacertsState.OTHER_ROOT]
     if apart:
         return ConfigError(f"{', '.join(apart)} do(es) not run on the root the other clusters run on: a move from "

@@ -578,6 +578,7 @@ def test_a_second_workspace_is_refused_by_apply_then_moves_the_mesh_to_its_own_r
     assert {c["cacerts"]["istiod_took"] for c in doc["clusters"]} == {True}
     table = run("status", env={"COLUMNS": "200"}).stdout
     assert "healthy" in table and " foreign " not in table and "former root" in table, table
+    _the_first_workspace_leaves_the_move_alone(first, before)
     installs = len(second.installs())
     again = run("apply", "--dry-run")
     assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr
@@ -598,6 +599,8 @@ def test_a_second_workspace_is_refused_by_apply_then_moves_the_mesh_to_its_own_r
             assert published_roots(second, ctx) == bundle, f"{ctx}: istiod did not take stage {stage}"
         status = run("status", "-o", "json")
         assert status.returncode == 0, status.stdout + status.stderr
+        if stage == 2:
+            _the_first_workspace_leaves_the_move_alone(first, before)
     assert "the clusters' former root certificate is kept in" in result.stdout
     assert not (ws / "certs-former").exists() and not (ws / "certs-next").exists()
     assert (ws / "certs" / "root-cert.pem").read_bytes() == ours
@@ -618,6 +621,19 @@ def test_a_second_workspace_is_refused_by_apply_then_moves_the_mesh_to_its_own_r
     assert status.returncode == 0, status.stdout + status.stderr
     for text in outputs + [log.read_text() for log in sorted((ws / ".setup-mesh" / "logs").iterdir())]:
         assert scan_for_secrets(text) == []
+
+
+def _the_first_workspace_leaves_the_move_alone(first, before):
+    """apply from the workspace whose root the mesh is moving from refuses to put its own cacerts back (that
+    would undo the stages, and from stage 2 break mTLS): nothing changes in any cluster."""
+    counts = {ctx: len(first.sandbox.requests(ctx)) for ctx in before}
+    held = {ctx: cacerts(first, ctx) for ctx in before}
+    for args in (("--dry-run",), ("-y",)):
+        refused = first.run("apply", *args)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "another workspace is moving the mesh to its root" in refused.stdout + refused.stderr
+    assert _writes(first, counts) == {ctx: [] for ctx in before}
+    assert {ctx: cacerts(first, ctx) for ctx in before} == held
 
 
 def test_a_cluster_added_during_stage_1_of_a_move_from_the_clusters_root_gets_this_workspaces_intermediate(
