@@ -12,7 +12,7 @@ from .gatewayapi import CrdSource, choose_source, expected_version, older_than_n
 from .kube import IstioUsage, Observed, Tools, gateway_addresses
 from .overlay import our_operators
 from .desired import desired_state
-from .assess import loopback_peers
+from .assess import CacertsState, loopback_peers
 from .mesh import mesh_model
 from .plan import RECORD_TITLE, ApplyPlan, Removal, Uninstall, build_apply_plan
 from .planview import other_root_consequence, print_plan
@@ -272,12 +272,16 @@ def other_roots_refusal(plan: ApplyPlan, replace: bool) -> ConfigError | None:
     if not plan.other_roots or replace:
         return None
     lines = "".join(f"\n  {context}: {finding.describe()}" for context, finding in plan.other_roots.items())
+    # Another workspace's mesh (not somebody's own CA) can be moved to this workspace's root in stages.
+    move = (f"or, when every cluster runs on that one root, `{invocation.command('rotate-certs', '--root')}` moves "
+            f"the mesh to this workspace's root without downtime; "
+            if all(f.state is CacertsState.OTHER_ROOT for f in plan.other_roots.values()) else "")
     return ConfigError(
         f"secret cacerts chains to another root than this workspace's in {', '.join(plan.other_roots)}; replacing "
         f"it breaks mTLS between workloads until they restart, so nothing was changed:{lines}",
-        hint=f"run apply from the workspace that holds that root (its `rotate-certs --root` moves a mesh to a new "
-             f"root without downtime), or `{invocation.command('apply', '--replace-foreign-ca')}` to replace it at "
-             f"once (then restart every workload: `kubectl rollout restart deployment -n <namespace>`)")
+        hint=f"run apply from the workspace that holds that root; {move}or "
+             f"`{invocation.command('apply', '--replace-foreign-ca')}` replaces it at once (then restart every "
+             f"workload: `kubectl rollout restart deployment -n <namespace>`)")
 
 
 def _istio_version(istio_dir: str | None, ws: Workspace) -> str | None:

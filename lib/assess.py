@@ -33,10 +33,11 @@ class CacertsState(str, Enum):
     BEHIND_MOVE = "behind-move"  # mid-move to a new root: trusts a root of the move, not at its stage yet
     OTHER_ROOT = "other-root"  # made by setup-mesh under another root (another workspace's, or an earlier one)
     FOREIGN = "foreign"  # not made by setup-mesh, under another root: somebody's own CA
+    OTHER_MOVE = "other-move"  # trusts this workspace's root, mid-way in a move to a root another workspace holds
 
 
 # Replacing these at once breaks mTLS between workloads that hold certificates of the old root and the new one.
-OTHER_ROOTS = frozenset({CacertsState.OTHER_ROOT, CacertsState.FOREIGN})
+OTHER_ROOTS = frozenset({CacertsState.OTHER_ROOT, CacertsState.FOREIGN, CacertsState.OTHER_MOVE})
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ class CacertsFinding:
         """Both roots, for the plan and for apply's refusal."""
         cluster_root = self.cluster_root.describe() if self.cluster_root else "a root-cert.pem that does not parse"
         ours = self.workspace_root.describe() if self.workspace_root else "(this workspace has no root CA)"
+        if self.state is CacertsState.OTHER_MOVE:
+            return (f"istio-system records a move to a root this workspace does not hold: another workspace is moving "
+                    f"the mesh to its root (secret cacerts names root {cluster_root} first; this workspace's is {ours})")
         who = ("made by setup-mesh from another workspace or an earlier root" if self.state is CacertsState.OTHER_ROOT
                else f"not made by setup-mesh: {self.issuer}")
         return f"secret cacerts chains to root {cluster_root}, {who}; this workspace's root is {ours}"

@@ -69,7 +69,11 @@ def move_to_backup(source: Path, target: Path) -> None:
 # --- moving the mesh to a new root ----------------------------------------------------------------
 
 NEXT_DIR = "certs-next"  # the new root and its intermediates, made by the Makefile in a folder of its own
-TRANSITION_FILE = "transition.json"  # in certs-next/: the stage the workspace has reached
+# A move to the workspace's own root from the root the clusters run on, whose key this workspace does not
+# hold (another workspace made the mesh): that root and each cluster's intermediate, public parts only.
+FORMER_DIR = "certs-former"
+PUBLIC_FILES = ("ca-cert.pem", "cert-chain.pem")  # an intermediate's certificates, without its key
+TRANSITION_FILE = "transition.json"  # in certs-next/ (certs-former/): the stage the workspace has reached
 LAST_STAGE = 3
 # The default --min-wait: istiod issues workload certificates for 24 h and the agents renew them after
 # about half of that, so a stage in place for this long is what every workload presents.
@@ -88,6 +92,7 @@ class Transition:
     old_root: str  # SHA-256 fingerprints
     new_root: str
     started: str
+    foreign_start: bool = False  # from the clusters' root (key not held here) to the workspace's own root
 
     @property
     def backup_name(self) -> str:
@@ -110,11 +115,23 @@ def next_dir(workdir: Path) -> Path:
     return workdir / NEXT_DIR
 
 
+def former_dir(workdir: Path) -> Path:
+    return workdir / FORMER_DIR
+
+
 def load_transition(workdir: Path) -> Transition | None:
-    path = next_dir(workdir) / TRANSITION_FILE
+    found = [folder / TRANSITION_FILE for folder in (next_dir(workdir), former_dir(workdir))
+             if (folder / TRANSITION_FILE).exists()]
+    if len(found) > 1:
+        raise ConfigError(f"two moves to a new root are recorded ({found[0]}, {found[1]})",
+                          hint="restore the workspace from a copy: only one move can be under way")
+    if not found:
+        return None
+    path = found[0]
     try:
         data = json.loads(path.read_text())
-        transition = Transition(int(data["stage"]), str(data["old_root"]), str(data["new_root"]), str(data["started"]))
+        transition = Transition(int(data["stage"]), str(data["old_root"]), str(data["new_root"]), str(data["started"]),
+                                data.get("foreign_start") is True)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -127,16 +144,48 @@ def load_transition(workdir: Path) -> Transition | None:
 
 
 def save_transition(workdir: Path, transition: Transition) -> None:
-    write_atomic(next_dir(workdir) / TRANSITION_FILE, json.dumps({
-        "stage": transition.stage, "old_root": transition.old_root, "new_root": transition.new_root,
-        "started": transition.started}, indent=2) + "\n", mode=0o600)
+    folder = former_dir(workdir) if transition.foreign_start else next_dir(workdir)
+    record = {"stage": transition.stage, "old_root": transition.old_root, "new_root": transition.new_root,
+              "started": transition.started, **({"foreign_start": True} if transition.foreign_start else {})}
+    write_atomic(folder / TRANSITION_FILE, json.dumps(record, indent=2) + "\n", mode=0o600)
 
 
 def issuing_dir(workdir: Path, transition: Transition | None) -> Path:
-    """Where the intermediates the clusters must run on live: the new root's folder from stage 2 on."""
-    if transition is not None and transition.stage >= 2:
+    """Where the intermediates the clusters must run on live: the new root's folder from stage 2 on (a move
+    from the clusters' root to the workspace's own: certs/ throughout)."""
+    if transition is not None and transition.stage >= 2 and not transition.foreign_start:
         return next_dir(workdir)
     return certs.certs_dir(workdir)
+
+
+def root_paths(workdir: Path, transition: Transition) -> tuple[Path, Path]:
+    """Where the move's old and new root certificates are."""
+    if transition.foreign_start:
+        return former_dir(workdir) / certs.ROOT_CERT, certs.certs_dir(workdir) / certs.ROOT_CERT
+    return certs.certs_dir(workdir) / certs.ROOT_CERT, next_dir(workdir) / certs.ROOT_CERT
+
+
+def record_former(workdir: Path, root_pem: bytes, intermediates: dict[str, dict[str, bytes]]) -> None:
+    """Keeps the clusters' root and, by cluster name, their intermediates' certificates (never a key): stage 1
+    keeps each cluster's intermediate, and its root bundle starts with the root they run on."""
+    folder = former_dir(workdir)
+    folder.mkdir(mode=0o700, exist_ok=True)
+    write_atomic(folder / certs.ROOT_CERT, root_pem, mode=0o644)
+    for name, files in intermediates.items():
+        (folder / name).mkdir(mode=0o700, exist_ok=True)
+        for file in PUBLIC_FILES:
+            write_atomic(folder / name / file, files[file], mode=0o644)
+
+
+def kept_intermediate(workdir: Path, cluster_name: str, transition: Transition | None) -> dict[str, bytes] | None:
+    """Stage 1 of a move from the clusters' root: the certificates of the intermediate the cluster keeps (its
+    key is the cluster's only); None otherwise, or for a cluster the move's start did not find."""
+    if transition is None or not transition.foreign_start or transition.stage != 1:
+        return None
+    folder = former_dir(workdir) / cluster_name
+    if not all((folder / file).is_file() for file in PUBLIC_FILES):
+        return None
+    return {file: (folder / file).read_bytes() for file in PUBLIC_FILES}
 
 
 def split_pems(bundle: bytes | None) -> list[bytes]:
@@ -185,16 +234,19 @@ def cacerts_for_stage(stage: int | None, intermediate: dict[str, bytes], old_roo
 
 
 def desired_cacerts(workdir: Path, cluster_name: str, transition: Transition | None) -> dict[str, bytes] | None:
-    """What the cluster's cacerts must hold now; None while its intermediate is still to be made."""
-    folder = issuing_dir(workdir, transition)
-    if not certs.has_cacerts(folder, cluster_name):
-        return None
-    files = {name: path.read_bytes() for name, path in certs.cacerts_files(folder, cluster_name).items()}
+    """What the cluster's cacerts must hold now; None while its intermediate is still to be made (at stage 1
+    of a move from the clusters' root, the certificates of the intermediate it keeps, without a key)."""
+    files = kept_intermediate(workdir, cluster_name, transition)
+    if files is None:
+        folder = issuing_dir(workdir, transition)
+        if not certs.has_cacerts(folder, cluster_name):
+            return None
+        files = {name: path.read_bytes() for name, path in certs.cacerts_files(folder, cluster_name).items()}
     if transition is None:
         return files
-    old_root = _transition_root(certs.certs_dir(workdir) / certs.ROOT_CERT, "old")
-    new_root = _transition_root(next_dir(workdir) / certs.ROOT_CERT, "new")
-    return cacerts_for_stage(transition.stage, files, old_root, new_root)
+    old_path, new_path = root_paths(workdir, transition)
+    return cacerts_for_stage(transition.stage, files, _transition_root(old_path, "old"),
+                             _transition_root(new_path, "new"))
 
 
 def _transition_root(path: Path, which: str) -> bytes:
@@ -204,8 +256,8 @@ def _transition_root(path: Path, which: str) -> bytes:
     except OSError as exc:
         raise ConfigError(f"the {which} root of the move to a new root cannot be read ({path}: "
                           f"{exc.strerror or exc})",
-                          hint="restore certs/ and certs-next/ from a copy of the workspace: the clusters trust "
-                               "both roots until the move completes") from None
+                          hint=f"restore certs/ and {path.parent.name}/ from a copy of the workspace: the clusters "
+                               f"trust both roots until the move completes") from None
 
 
 def holds(seen: dict[str, bytes] | None, want: dict[str, bytes] | None) -> bool:
@@ -278,9 +330,14 @@ def decide(transition: Transition | None, views: list[ClusterView], now: dt.date
 def finish_transition(workdir: Path, transition: Transition) -> Path:
     """The new root becomes the workspace's; the old root, its key and intermediates go to a dated backup.
 
-    Two renames, each resumable: a run interrupted between them finds certs/ gone and completes.
+    Two renames, each resumable: a run interrupted between them finds certs/ gone and completes. A move from
+    the clusters' root ends with one: that root's certificates (and the record of the move) go to the backup.
     """
     backup = backup_dir(workdir, transition.backup_name)
+    if transition.foreign_start:
+        if former_dir(workdir).is_dir():
+            move_to_backup(former_dir(workdir), backup)
+        return backup
     current = certs.certs_dir(workdir)
     if current.is_dir() and next_dir(workdir).is_dir():
         move_to_backup(current, backup)

@@ -2,11 +2,14 @@
 with secret cacerts as the CA rotation says."""
 from __future__ import annotations
 
+import base64
 import copy
+import dataclasses
+import json
 from pathlib import Path
 
 from . import carotation, certs
-from .assess import CacertsFinding, assess_cacerts
+from .assess import CacertsFinding, CacertsState, assess_cacerts
 from .carotation import Transition
 from .config import Cluster
 from .errors import MeshError
@@ -24,6 +27,8 @@ def cacerts_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: dict 
     """istio-system as ``namespace`` says (default: labelled with the cluster's network) and secret cacerts
     as the CA rotation (lib/carotation.py) says; during a root transition istio-system also records the stage."""
     namespace = namespace or namespace_manifest(cluster)
+    if carotation.kept_intermediate(workdir, cluster.name, transition) is not None:
+        return root_bundle_step(tools, cluster, workdir, namespace, transition)
     folder = carotation.issuing_dir(workdir, transition) / cluster.name
     annotations = namespace["metadata"].get("annotations") or {}
     annotated = "".join(f", annotated {k}={v}" for k, v in annotations.items())
@@ -49,6 +54,43 @@ def cacerts_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: dict 
                      f"made from {folder}/*.pem{stage} (holds the CA key: not shown)")
 
 
+def root_bundle_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: dict, transition: Transition) -> Step:
+    """Stage 1 of a move from the clusters' root: the cluster keeps its intermediate, whose key this workspace
+    never holds, so only root-cert.pem of its cacerts is patched (and only while it still holds the
+    intermediate the move started from); then istio-system records the stage."""
+    patch = tools.kubectl_cmd(cluster, "patch", "secret", "cacerts", "-n", ISTIO_NAMESPACE, "--type", "json",
+                              "--patch-file", "/dev/stdin")  # the patch on stdin, made when the step runs
+
+    def action(ctx: RunContext) -> None:
+        files = carotation.kept_intermediate(workdir, cluster.name, transition) and \
+            carotation.desired_cacerts(workdir, cluster.name, transition)
+        if not files:
+            raise MeshError(f"the move's record of the intermediate {cluster.context} keeps is missing "
+                            f"({carotation.former_dir(workdir) / cluster.name})",
+                            hint=f"restore {carotation.former_dir(workdir)} from a copy of the workspace")
+        encoded = {name: base64.b64encode(files[name]).decode() for name in ("ca-cert.pem", "root-cert.pem")}
+        ops = [{"op": "test", "path": "/data/ca-cert.pem", "value": encoded["ca-cert.pem"]},
+               {"op": "replace", "path": "/data/root-cert.pem", "value": encoded["root-cert.pem"]}]
+        try:
+            ctx.run(dataclasses.replace(patch, stdin=json.dumps(ops), stdin_shown=True))
+        except MeshError as exc:
+            raise MeshError(f"secret cacerts was not patched: {exc.message}",
+                            hint="if its intermediate CA changed since the move started, the move cannot keep it: "
+                                 f"restore {carotation.former_dir(workdir)} from a copy of the workspace, or move the "
+                                 f"cluster back to the intermediate recorded there") from None
+        manifest_ns = copy.deepcopy(namespace)
+        manifest_ns["metadata"].setdefault("annotations", {})[TRANSITION_ANNOTATION] = \
+            transition.annotation(carotation.iso(carotation.utc_now()))
+        ctx.run(tools.apply(cluster, dump(manifest_list([manifest_ns])), shown=True))
+
+    return Step(f"namespace {ISTIO_NAMESPACE} (network {cluster.network}) and secret cacerts",
+                commands=[patch, tools.apply(cluster, None, shown=True)], action=action,
+                note=f"stdin: a JSON patch of secret cacerts that replaces only root-cert.pem (stage 1: the clusters' "
+                     f"root, then this workspace's), applied only while ca-cert.pem is the intermediate recorded in "
+                     f"{carotation.FORMER_DIR}/{cluster.name}/; the cluster keeps that intermediate and its key, which "
+                     f"is never read; then Namespace {ISTIO_NAMESPACE} records the stage")
+
+
 def cacerts_in_place(seen: Observed, cluster: Cluster, workdir: Path, transition: Transition | None) -> bool:
     """The cluster holds what its cacerts must hold now (and, mid-transition, says which stage it is at)."""
     want = carotation.desired_cacerts(workdir, cluster.name, transition)
@@ -59,8 +101,10 @@ def cacerts_in_place(seen: Observed, cluster: Cluster, workdir: Path, transition
 
 def workspace_roots(workdir: Path, transition: Transition | None) -> list[bytes]:
     """The roots the clusters may trust now, the one issuing first: the workspace's, and mid-move the new one."""
-    old = read_if_present(certs.certs_dir(workdir) / certs.ROOT_CERT)
-    new = read_if_present(carotation.next_dir(workdir) / certs.ROOT_CERT) if transition is not None else None
+    if transition is None:
+        old, new = read_if_present(certs.certs_dir(workdir) / certs.ROOT_CERT), None
+    else:
+        old, new = (read_if_present(path) for path in carotation.root_paths(workdir, transition))
     roots = [new, old] if transition is not None and transition.stage >= 2 else [old, new]
     return [pem for pem in roots if pem]
 
@@ -70,7 +114,26 @@ def cacerts_finding(seen: Observed, cluster: Cluster, workdir: Path, transition:
     """The cluster's cacerts judged against what it must hold now (files of the workspace read here)."""
     want = carotation.desired_cacerts(workdir, cluster.name, transition)
     at_stage = transition is None or carotation.stage_since(transition, seen.annotations) is not None
-    return assess_cacerts(seen.cacerts, seen.cacerts_labelled, want, roots, at_stage)
+    found = assess_cacerts(seen.cacerts, seen.cacerts_labelled, want, roots, at_stage)
+    if found.state in (CacertsState.OURS_OUTDATED, CacertsState.BEHIND_MOVE) and _moved_elsewhere(seen, workdir,
+                                                                                                 transition):
+        return dataclasses.replace(found, state=CacertsState.OTHER_MOVE)
+    return found
+
+
+def _moved_elsewhere(seen: Observed, workdir: Path, transition: Transition | None) -> bool:
+    """istio-system records a move to a root that is neither this workspace's nor the one its move goes to:
+    another workspace is moving the mesh from this workspace's root to its own (replacing cacerts now would
+    undo its stages)."""
+    moving_to = carotation.parse_annotation((seen.annotations or {}).get(TRANSITION_ANNOTATION)).get("root")
+    if not moving_to:
+        return False
+    ours = [transition.new_root] if transition is not None else []
+    try:
+        ours.append(certs.read_cert(read_if_present(certs.certs_dir(workdir) / certs.ROOT_CERT) or b"").fingerprint)
+    except ValueError:
+        pass  # no root to compare with: the move is not this workspace's
+    return not any(fp and fp[:16] == moving_to for fp in ours)
 
 
 def intermediate_step(release: Release | None, cert_dir: Path, cluster: Cluster, variables: dict[str, str]) -> Step:

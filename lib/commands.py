@@ -142,7 +142,8 @@ def certs_prerequisites(ws: Workspace, istio_dir: str | None, runner: ShRunner,
     During a root transition the intermediates come from the root that the stage runs on."""
     cert_dir = carotation.issuing_dir(ws.workdir, transition)
     release: Release | None = None
-    if force or any(not certs.has_cacerts(cert_dir, c.name) for c in ws.topology.clusters):
+    if force or any(not certs.has_cacerts(cert_dir, c.name)
+                    and carotation.kept_intermediate(ws.workdir, c.name, transition) is None for c in ws.topology.clusters):
         if not ((cert_dir / certs.ROOT_CERT).is_file() and (cert_dir / certs.ROOT_KEY).is_file()):
             # Mid-transition a new root from prep-mesh would be trusted by no cluster: only the one they hold will do.
             hint = (prep_hint() if transition is None else

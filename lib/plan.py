@@ -176,7 +176,8 @@ class _Planner:
         steps: list[Step] = []
         if terminating:
             steps.append(await_namespace_deleted_step(self.tools, cluster))
-        if not certs.has_cacerts(self.cert_dir, cluster.name):
+        kept = carotation.kept_intermediate(self.workdir, cluster.name, self.transition) is not None
+        if not kept and not certs.has_cacerts(self.cert_dir, cluster.name):
             steps.append(intermediate_step(self.release, self.cert_dir, cluster, self.intermediate_vars))
         if steps or not namespace.current or not cacerts_current:
             step = cacerts_step(self.tools, cluster, self.workdir, d.namespace_manifest(), self.transition)
@@ -187,7 +188,7 @@ class _Planner:
                 step.change = ", ".join(filter(None, [
                     label and f"~ network label: {seen.network_label or '(none)'} → {cluster.network}",
                     not cacerts_current and ("~ " if not label else "") + "secret cacerts"
-                    f" ({self.cert_dir.name}/{cluster.name}/{self.stage_note})",
+                    f" ({'root-cert.pem' if kept else f'{self.cert_dir.name}/{cluster.name}/'}{self.stage_note})",
                     namespace.annotations_off and "~ annotation " + ", ".join(namespace.annotations_off)]
                 )) or "~ secret cacerts"
                 if not installing:

@@ -1,6 +1,7 @@
 """rotate-certs --root: the move to a new root in three stages, one per run, without downtime."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,15 +35,14 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
         carotation.resume_finish(workdir)
     ws = load_workspace(workdir, kubeconfig, lenient=dry_run)
     topology = ws.topology
-    cert_dir, new_dir = certs.certs_dir(workdir), carotation.next_dir(workdir)
-    root_info = _workspace_root(cert_dir)
+    new_dir = carotation.next_dir(workdir)
+    root_info = _workspace_root(certs.certs_dir(workdir))
     transition = carotation.load_transition(workdir)
     pinned = pinned_release(ws.topology, workdir, istio_dir)
     istio_dir = str(pinned.root) if pinned else istio_dir  # its certs Makefile too
     tools = find_tools(istio_dir, runner, dry_run, ws.notes, timeout, pinned=pinned)
     release = _makefile_release(istio_dir, ws, dry_run, runner)
-    org = root_info.organization
-    variables = {"INTERMEDIATE_ORG": org} if org else {}
+    variables = {"INTERMEDIATE_ORG": root_info.organization} if root_info.organization else {}
 
     log = None if dry_run else open_log(workdir, "rotate-certs", runner)
     observed, move, now = _read_and_decide(ws, tools, transition, root_info.fingerprint, wait, dry_run, log,
@@ -55,7 +55,8 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
 
     if move.kind == "complete":
         return _complete_behind(run, move, yes)
-    if move.kind == "start" and not dry_run:
+    former = stages.foreign_start(topology.clusters, observed, workdir, log) if move.kind == "start" else None
+    if move.kind == "start" and former is None and not dry_run:
         stages.require_in_step(topology.clusters, observed, workdir, log, again)
     if move.kind == "wait":
         _report_wait(transition, move, wait, now, again, reporter)
@@ -63,26 +64,31 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
             log.close()
         return 0
 
-    planned = _planned_stage(move, transition, root_info.fingerprint, now)
+    planned = _planned_stage(move, transition, root_info.fingerprint, now, former)
     targets = [c for c in topology.clusters if c.context in move.behind]
     desired = desired_state(topology, ws.base, addresses, transition=planned)
     phase, not_set_up = _stage_phase(run, targets, desired, release, variables, planned)
-    root_vars = {"ROOTCA_CN": carotation.next_root_name(root_info.common_name, now), **({"ROOTCA_ORG": org} if org else {})}
-    make_root = certs.root_ca_command(release or _NO_RELEASE, new_dir, root_vars)
+    start = stages.Start(workdir, former, certs.root_ca_command(release or _NO_RELEASE, new_dir, _root_vars(root_info, now)))
 
     completes = _completion_text(workdir, planned)
     if dry_run:
-        _show_stage_plan(run, move, planned, phase, new_dir, make_root, completes)
+        _show_stage_plan(run, move, planned, phase, start, completes)
         return 0
 
     reporter.info(fit(reporter.console, _move_text(move, planned)))
     if phase or move.kind == "finish":
-        _ask_for_stage(move, planned, phase, topology, yes, reporter, log, completes)
+        _ask_for_stage(move, planned, phase, topology, yes, reporter, log, completes, start)
     if move.kind == "start":
-        _make_new_root(new_dir, make_root, planned, runner, reporter)
+        start.run(planned, runner, reporter)
     if move.kind in ("start", "advance"):
         carotation.save_transition(workdir, planned)  # the workspace leads; the clusters follow
     return _run_stage(run, move, planned, phase, targets, not_set_up, desired, wait, again)
+
+
+def _root_vars(root_info: certs.CertInfo, now: dt.datetime) -> dict[str, str]:
+    """The new root's name and organisation, as the Makefile takes them."""
+    org = root_info.organization
+    return {"ROOTCA_CN": carotation.next_root_name(root_info.common_name, now), **({"ROOTCA_ORG": org} if org else {})}
 
 
 @dataclass
@@ -115,6 +121,10 @@ def _workspace_root(cert_dir: Path) -> certs.CertInfo:
 
 def _completion_text(workdir: Path, planned: carotation.Transition) -> str:
     """What completing the move does, as the plan and the question name it."""
+    if planned.foreign_start:
+        return (f"the clusters' former root is dropped (its certificates kept in "
+                f"{carotation.backup_dir(workdir, planned.backup_name)}) and istiod drops {MULTIROOT_ENV} "
+                f"(reinstalled with apply's overlay)")
     return (f"certs/ becomes the new root (the old one kept in "
             f"{carotation.backup_dir(workdir, planned.backup_name)}) and istiod drops {MULTIROOT_ENV} "
             f"(reinstalled with apply's overlay)")
@@ -192,12 +202,14 @@ def _complete_behind(run: _Run, move: carotation.Move, yes: bool) -> int:
 
 
 def _planned_stage(move: carotation.Move, transition: carotation.Transition | None, current_root: str,
-                   now: dt.datetime) -> carotation.Transition:
-    """The stage this run brings the clusters to."""
+                   now: dt.datetime, former: stages.Former | None) -> carotation.Transition:
+    """The stage this run brings the clusters to (from the clusters' root, ``former``, to the workspace's)."""
+    if move.kind == "start" and former is not None:
+        return carotation.Transition(1, former.fingerprint, current_root, carotation.iso(now), foreign_start=True)
     if move.kind == "start":
         return carotation.Transition(1, current_root, "", carotation.iso(now))
     if move.kind == "advance":
-        return carotation.Transition(move.stage, transition.old_root, transition.new_root, transition.started)
+        return dataclasses.replace(transition, stage=move.stage)
     return transition
 
 
@@ -222,12 +234,12 @@ def _stage_phase(run: _Run, targets: list[Cluster], desired: dict, release: Rele
     return phase, not_set_up
 
 
-def _show_stage_plan(run: _Run, move: carotation.Move, planned: carotation.Transition, phase: Phase, new_dir: Path,
-                     make_root, completes: str) -> None:
+def _show_stage_plan(run: _Run, move: carotation.Move, planned: carotation.Transition, phase: Phase, start: stages.Start,
+                     completes: str) -> None:
     reporter = run.reporter
     reporter.info(_move_text(move, planned))
     if move.kind == "start":
-        reporter.info(f"first the new root: mkdir -p {new_dir} && {make_root.pasteable()}")
+        reporter.info(start.plan_text())
     plan = ApplyPlan([phase] if move.kind != "finish" else [])
     print_plan(plan, run.ws.topology, run.observed_if_read(), run.ws.notes, reporter,
                title="rotate-certs --root plan", command=("rotate-certs", "--root"),
@@ -235,17 +247,6 @@ def _show_stage_plan(run: _Run, move: carotation.Move, planned: carotation.Trans
     if planned.stage == carotation.LAST_STAGE and move.kind != "finish":
         reporter.info(f"once stage {planned.stage} is in place in every cluster, the same run completes the move: "
                       f"{completes}")
-
-
-def _make_new_root(new_dir: Path, make_root, planned: carotation.Transition, runner: ShRunner,
-                   reporter: Reporter) -> None:
-    new_dir.mkdir(mode=0o700, exist_ok=True)
-    with reporter.activity(f"making the new root CA in {new_dir} (a 4096-bit key takes a few seconds) ..."):
-        certs.make_key_if_asked(runner.run, new_dir / certs.ROOT_KEY, certs.ROOT_KEY_BITS)
-        runner.run(make_root)  # the Makefile keeps files that exist: a repeated start reuses the same root
-    certs.secure_tree(new_dir)
-    planned.new_root = certs.read_cert((new_dir / certs.ROOT_CERT).read_bytes()).fingerprint
-    reporter.info(f"made a new root CA in {new_dir}")
 
 
 def _run_stage(run: _Run, move: carotation.Move, planned: carotation.Transition, phase: Phase,
@@ -302,7 +303,10 @@ def _report_wait(transition: carotation.Transition, move: carotation.Move, wait:
 def _report_stage(planned: carotation.Transition, ok: bool, backup: Path | None, wait: dt.timedelta, again: str,
                   reporter: Reporter) -> None:
     """Where the move stands after this run: complete (``backup`` holds the old root), or what comes next."""
-    if backup is not None:
+    if backup is not None and planned.foreign_start:
+        reporter.info(f"the mesh runs on this workspace's root (certs/); the clusters' former root certificate is "
+                      f"kept in {backup}")
+    elif backup is not None:
         reporter.info(f"the mesh runs on the new root: certs/ holds it; the old root, its key and intermediates "
                       f"are kept in {backup}")
     elif ok:
@@ -318,10 +322,10 @@ _NO_RELEASE = Release(Path("<istio>"))
 
 
 def _ask_for_stage(move: carotation.Move, planned: carotation.Transition, phase: Phase, topology, yes: bool,
-                   reporter: Reporter, log, completes: str) -> None:
+                   reporter: Reporter, log, completes: str, start: stages.Start) -> None:
     """A stage changes every cluster's cacerts (stage 1 reinstalls istiod first): the plan, then the question."""
     if move.kind == "start":
-        reporter.info("first a new root CA is made in certs-next/")
+        reporter.info(start.question_text())
     then = (f"once stage {planned.stage} is in place in every cluster, the same run completes the move: {completes}"
             if planned.stage == carotation.LAST_STAGE and move.kind != "finish" else "")
     confirm_plan(ApplyPlan([phase] if move.kind != "finish" else []), topology, _stage_question(move, planned, phase),
@@ -333,7 +337,7 @@ def _stage_question(move: carotation.Move, planned: carotation.Transition, phase
     if move.kind == "finish":
         return "Complete the move to the new root in every cluster?"
     names = ", ".join(phase.steps)
-    first = "Make a new root CA and bring" if move.kind == "start" else "Bring"
+    first = "Make a new root CA and bring" if move.kind == "start" and not planned.foreign_start else "Bring"
     then = " and complete the move to the new root" if planned.stage == carotation.LAST_STAGE else ""
     return f"{first} {names} to stage {planned.stage} of {carotation.LAST_STAGE}{then}?"
 
@@ -349,7 +353,8 @@ def _read_root(path: Path) -> certs.CertInfo:
 def _move_text(move: carotation.Move, planned: carotation.Transition) -> str:
     stage = f"stage {planned.stage} of {carotation.LAST_STAGE} ({carotation.STAGES[planned.stage]})"
     return {
-        "start": f"starting the move to a new root: {stage}",
+        "start": (f"starting the move from the clusters' root to this workspace's: {stage}" if planned.foreign_start
+                  else f"starting the move to a new root: {stage}"),
         "advance": f"moving on to {stage}",
         "converge": f"bringing {', '.join(move.behind) or 'no reachable cluster'} to {stage}",
         "finish": f"every cluster is at {stage}: completing the transition",

@@ -2,16 +2,20 @@
 stage or complete the move, and the checks a stage must pass before it counts (lib/rootmove.py runs them)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from . import certs, invocation, carotation
-from .assess import assess_install
+from .assess import CacertsState, assess_install
+from .casteps import root_bundle_step
 from .cluster import ClusterClient
 from .config import Cluster
 from .errors import ConfigError, MeshError
 from .executor import Phase, Step
 from .kube import Observed, Tools
+from .reporter import Reporter
+from .runner import Command, ShRunner
 from .names import ISTIO_NAMESPACE, TRANSITION_ANNOTATION
 from .plan import cacerts_finding, cacerts_in_place, cacerts_step, intermediate_step, workspace_roots
 from .rotate import confirm_step
@@ -49,21 +53,10 @@ def completion_phase(clusters: list[Cluster], final: dict, observed: dict[str, O
 
 def require_in_step(clusters: list[Cluster], observed: dict[str, Observed], workdir: Path, log, again: str) -> None:
     """A move to a new root starts only from a mesh that is in step: every cluster reachable and on the
-    workspace's root."""
+    workspace's root (a mesh on another root is foreign_start's)."""
     not_ready = [c.context for c in clusters
                  if not (observed.get(c.context) or Observed()).reachable
                  or not cacerts_in_place(observed[c.context], c, workdir, None)]
-    roots = workspace_roots(workdir, None)
-    other_root = [c.context for c in clusters if c.context in not_ready and c.context in observed
-                  and cacerts_finding(observed[c.context], c, workdir, None, roots).other_root]
-    if other_root:
-        # The stages start from the root the clusters trust, whose key this workspace does not hold.
-        log.close()
-        raise ConfigError(f"the cacerts of {', '.join(other_root)} chains to another root than this "
-                          f"workspace's: a move to a new root starts from the root the clusters run on",
-                          hint=f"run `rotate-certs --root` from the workspace that holds that root, or "
-                               f"`{invocation.command('apply', '--replace-foreign-ca')}` to replace it at once "
-                               f"(mTLS between workloads breaks until they restart)")
     if not_ready:
         log.close()
         raise MeshError(f"not every cluster runs on the workspace's root yet ({', '.join(not_ready)}): "
@@ -82,10 +75,18 @@ def add_stage_steps(phase: Phase, cluster: Cluster, seen: Observed, d, tools: To
         # istiod must accept a second root before it sees one (the reserved value ISTIO_MULTIROOT_MESH).
         phase.add(cluster.context, install_steps(tools, workdir, d, seen)[0][0])
         phase.add(cluster.context, record_step(tools, cluster, d.fingerprint, d))
-    if not certs.has_cacerts(issuer, cluster.name):
+    # Stage 1 from the clusters' root: a cluster keeps its intermediate when the move's start recorded it (this
+    # run's start records every cluster's); one added since gets the workspace's, trusted by every stage.
+    kept = planned.foreign_start and planned.stage == 1 and (
+        not carotation.former_dir(workdir).is_dir()
+        or carotation.kept_intermediate(workdir, cluster.name, planned) is not None)
+    if not kept and not certs.has_cacerts(issuer, cluster.name):
         phase.add(cluster.context, intermediate_step(release, issuer, cluster, variables))
-    step = cacerts_step(tools, cluster, workdir, d.namespace_manifest(), transition=planned)
-    step.change = f"~ secret cacerts: {_STAGE_CHANGE[planned.stage]} ({issuer.name}/{cluster.name}/)"
+    step = (root_bundle_step if kept else cacerts_step)(tools, cluster, workdir, d.namespace_manifest(), planned)
+    step.change = (f"~ secret cacerts: root-cert.pem trusts the clusters' root and this workspace's, same intermediate "
+                   f"(only root-cert.pem is patched)" if kept else
+                   f"~ secret cacerts: {_STAGE_CHANGE[2 if planned.foreign_start and planned.stage == 1 else planned.stage]} "
+                   f"({issuer.name}/{cluster.name}/)")
     phase.add(cluster.context, step)
     if not cluster.primary:  # a remote runs no istiod to confirm
         phase.add(cluster.context, confirm_step(tools, cluster, deployment, roots=_stage_roots(
@@ -128,3 +129,117 @@ def _stage_roots(workdir: Path, cluster: Cluster, planned: carotation.Transition
         want = carotation.desired_cacerts(workdir, cluster.name, planned)
         return want["root-cert.pem"] if want else None
     return roots
+
+
+# --- a move from the root the clusters run on, whose key this workspace does not hold ----------------------
+
+@dataclass
+class Former:
+    """What a move from the clusters' root starts from: that root, as their root-cert.pem holds it, and each
+    cluster's intermediate certificates by cluster name (public parts only: the keys stay in the clusters)."""
+
+    root: bytes
+    fingerprint: str
+    intermediates: dict[str, dict[str, bytes]]
+    subject: str = ""
+
+
+def foreign_start(clusters: list[Cluster], observed: dict[str, Observed], workdir: Path, log) -> Former | None:
+    """None when the clusters run on no other root than the workspace's (a move from the workspace's root);
+    else the clusters' root, when the move to the workspace's own root can start from it: every cluster
+    reachable, its cacerts made by setup-mesh (another workspace) under that one root, the same bytes
+    everywhere. Refuses otherwise, before any change."""
+    roots = workspace_roots(workdir, None)
+    found = {c.context: cacerts_finding(observed[c.context], c, workdir, None, roots) for c in clusters
+             if (observed.get(c.context) or Observed()).reachable}
+    if not any(f.other_root for f in found.values()):
+        return None
+    problem = _foreign_start_problem(clusters, observed, found)
+    if problem is not None:
+        if log:
+            log.close()
+        raise problem
+    held = {c.name: observed[c.context].cacerts for c in clusters}
+    root = held[clusters[0].name]["root-cert.pem"]
+    info = certs.read_cert(root)
+    return Former(root, info.fingerprint, {name: {f: files[f] for f in carotation.PUBLIC_FILES}
+                                           for name, files in held.items()}, info.subject)
+
+
+def _foreign_start_problem(clusters: list[Cluster], observed: dict[str, Observed], found: dict) -> MeshError | None:
+    """Why a move from the clusters' root cannot start (None: it can)."""
+    unreachable = [c.context for c in clusters if c.context not in found]
+    if unreachable:
+        return MeshError(f"{', '.join(unreachable)} cannot be read: a move from the root the clusters run on "
+                         f"starts only when every cluster shows what it holds",
+                         hint=f"make them reachable, then run `{invocation.command('rotate-certs', '--root')}` again")
+    theirs = [ctx for ctx, f in found.items() if f.state is CacertsState.FOREIGN]
+    if theirs:
+        return ConfigError(f"the cacerts of {', '.join(theirs)} was not made by setup-mesh ({found[theirs[0]].issuer}): "
+                           f"rotate-certs --root moves to this workspace's root only a mesh that setup-mesh made "
+                           f"(from another workspace)", hint=_replace_hint())
+    moving = [ctx for ctx, f in found.items() if f.state is CacertsState.OTHER_MOVE]
+    if moving:
+        return ConfigError(f"another workspace is moving {', '.join(moving)} to its root (istio-system records that "
+                           f"move): a move starts only from a mesh on one root",
+                           hint="finish that move from the workspace that started it, then run this command again")
+    apart = [ctx for ctx, f in found.items() if f.state is not CacertsState.OTHER_ROOT]
+    if apart:
+        return ConfigError(f"{', '.join(apart)} do(es) not run on the root the other clusters run on: a move from "
+                           f"the clusters' root starts only from one root that every cluster runs on",
+                           hint=f"leave {', '.join(apart)} out of topology.yaml for the move, or {_replace_hint()}")
+    bundles = {observed[c.context].cacerts.get("root-cert.pem") for c in clusters}
+    counts = {len(carotation.split_pems(bundle)) for bundle in bundles}
+    if len(bundles) > 1 or counts != {1}:
+        return ConfigError("the clusters' root-cert.pem is not one and the same root certificate everywhere (a move "
+                           "to a new root may be under way from the workspace that holds their root): a move from "
+                           "the clusters' root starts from one root that every cluster runs on",
+                           hint="finish that move from the workspace that started it, then run this command again")
+    if any(not all(observed[c.context].cacerts.get(f) for f in carotation.PUBLIC_FILES) for c in clusters):
+        return ConfigError("a cluster's cacerts holds no complete intermediate CA (ca-cert.pem, cert-chain.pem)",
+                           hint=_replace_hint())
+    return None
+
+
+def _replace_hint() -> str:
+    return (f"`{invocation.command('apply', '--replace-foreign-ca')}` replaces their cacerts at once (mTLS between "
+            f"workloads breaks until they restart)")
+
+
+@dataclass
+class Start:
+    """What a move does before its first stage: make a new root in certs-next/, or, moving from the root the
+    clusters run on (``former``: its key is not held here) to the workspace's own, keep that root's
+    certificate and the clusters' intermediates' certificates in certs-former/."""
+    workdir: Path
+    former: Former | None
+    make_root: Command
+
+    def plan_text(self) -> str:
+        if self.former is None:
+            return f"first the new root: mkdir -p {carotation.next_dir(self.workdir)} && {self.make_root.pasteable()}"
+        return (f"first the clusters' root, {self.former.subject} (SHA-256 {self.former.fingerprint}), and their "
+                f"intermediates' certificates (no key) are kept in {carotation.former_dir(self.workdir)}; no new "
+                f"root is made: the move is to this workspace's root, certs/")
+
+    def question_text(self) -> str:
+        return ("first a new root CA is made in certs-next/" if self.former is None else
+                f"first the clusters' root certificate is kept in {carotation.FORMER_DIR}/ (no key is read)")
+
+    def run(self, planned: carotation.Transition, runner: ShRunner, reporter: Reporter) -> None:
+        if self.former is None:
+            make_new_root(carotation.next_dir(self.workdir), self.make_root, planned, runner, reporter)
+            return
+        carotation.record_former(self.workdir, self.former.root, self.former.intermediates)
+        reporter.info(f"kept the clusters' root certificate in {carotation.former_dir(self.workdir)}")
+
+
+def make_new_root(new_dir: Path, make_root, planned: carotation.Transition, runner: ShRunner,
+                  reporter: Reporter) -> None:
+    new_dir.mkdir(mode=0o700, exist_ok=True)
+    with reporter.activity(f"making the new root CA in {new_dir} (a 4096-bit key takes a few seconds) ..."):
+        certs.make_key_if_asked(runner.run, new_dir / certs.ROOT_KEY, certs.ROOT_KEY_BITS)
+        runner.run(make_root)  # the Makefile keeps files that exist: a repeated start reuses the same root
+    certs.secure_tree(new_dir)
+    planned.new_root = certs.read_cert((new_dir / certs.ROOT_CERT).read_bytes()).fingerprint
+    reporter.info(f"made a new root CA in {new_dir}")

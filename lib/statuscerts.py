@@ -71,12 +71,14 @@ def transition_summary(ws: Expected, clusters: list[ClusterStatus], observed: di
     if not in_step:
         next_step = f"{hints.rotate('--root')} (brings every cluster to stage {t.stage})"
     elif t.stage == carotation.LAST_STAGE:
-        next_step = f"{hints.rotate('--root')} (completes the transition: certs/ becomes the new root)"
+        becomes = "istiod drops the clusters' former root" if t.foreign_start else "certs/ becomes the new root"
+        next_step = f"{hints.rotate('--root')} (completes the transition: {becomes})"
     else:
         ready = latest + carotation.WORKLOAD_CERT_LIFETIME if latest else None
         next_step = (f"{hints.rotate('--root')} from {iso_utc(ready)} (stage {t.stage + 1}: "
                      f"{carotation.STAGES[t.stage + 1]}; --min-wait shortens the 24h wait)")
     return {"stage": t.stage, "stages": carotation.LAST_STAGE, "description": carotation.STAGES[t.stage],
+            "foreign_start": t.foreign_start,
             "started": t.started, "in_step": in_step, "since": iso_utc(latest) if in_step else None, "next": next_step}
 
 
@@ -109,6 +111,8 @@ def judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: E
         c.chains_to = "current"
     elif ws.new_root_pem and (new_root := load_cert(ws.new_root_pem)) is not None and _issued_by(ca, new_root):
         c.chains_to = "new"
+    elif ws.former_root_pem and (former := load_cert(ws.former_root_pem)) is not None and _issued_by(ca, former):
+        c.chains_to = "former"  # stage 1 of a move from the clusters' root: each keeps its intermediate
     if ws.transition is not None:
         _judge_stage(status, cluster, seen, ws, hints)
     elif root is not None:
@@ -196,7 +200,8 @@ def word_other_roots(result: list[ClusterStatus], root_fp: str | None, root, ws:
         hint = members[0][1].hint if len(members) == 1 else _other_root_hint([s.cluster for s, _ in members], root,
                                                                                  ws, hints)
         if whole_mesh:
-            hint = f"run setup-mesh from the workspace that holds that root, or {hint}"
+            hint = (f"run setup-mesh from the workspace that holds that root; or {hints.rotate('--root')} (moves the "
+                    f"mesh to this workspace's root without downtime, when setup-mesh made that cacerts); or {hint}")
         for _, problem in members:
             problem.message, problem.hint = message, hint
 

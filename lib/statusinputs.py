@@ -31,6 +31,7 @@ class Expected:
     data_plane: str = SIDECAR  # ambient: the east-west gateway is a Gateway API Gateway
     transition: carotation.Transition | None = None  # a move to a new root under way
     new_root_pem: bytes | None = None  # certs-next/root-cert.pem during a transition
+    former_root_pem: bytes | None = None  # certs-former/root-cert.pem: a move from the clusters' root (key not held)
     expected: dict[str, dict[str, bytes] | None] = field(default_factory=dict)  # name -> the stage's cacerts
     # The fingerprints once the clusters are read (a remote's install names its primary's gateway address).
     fingerprints_for: Callable[[Mapping[str, str]], dict[str, str]] | None = None
@@ -71,6 +72,8 @@ def status_workspace(workdir: Path, loaded) -> Expected:
         transition=transition,
         base=loaded.base,
         new_root_pem=read_if_present(carotation.next_dir(workdir) / certs.ROOT_CERT) if transition else None,
+        former_root_pem=read_if_present(carotation.former_dir(workdir) / certs.ROOT_CERT)
+        if transition and transition.foreign_start else None,
         expected={c.name: carotation.desired_cacerts(workdir, c.name, transition) for c in loaded.topology.clusters}
         if transition else {},
     )

@@ -36,7 +36,7 @@ class Cacerts:
     root_fingerprint: str | None = None  # SHA-256 of the root-cert.pem in the cluster's cacerts
     expires: dt.datetime | None = None  # of ca-cert.pem, the cluster's intermediate CA
     days_left: int | None = None
-    chains_to: str | None = None  # which of the workspace's roots issued ca-cert.pem: "current" or "new"
+    chains_to: str | None = None  # which of the workspace's roots issued ca-cert.pem: "current", "new" or "former"
     roots_trusted: int | None = None  # certificates in its root-cert.pem: 2 during a root transition
     stage: int | None = None  # the root transition's stage the cluster is at
     istiod_took: bool | None = None  # istiod publishes cacerts' root bundle as its own (None: not known)

@@ -250,7 +250,7 @@ def _cacerts_cell(ca: Cacerts) -> tuple[str, bool | None]:
         return ("unreadable", False)
     # Mid-transition: which root issued the intermediate, and how many roots the cluster trusts.
     text = ", ".join([f"{ca.days_left}d" + ("" if ca.chains_to_root else "?")]
-                     + ["new root"] * (ca.chains_to == "new")
+                     + ["new root"] * (ca.chains_to == "new") + ["former root"] * (ca.chains_to == "former")
                      + [f"{ca.roots_trusted} roots"] * ((ca.roots_trusted or 0) > 1))
     return (text, ca.days_left >= EXPIRY_WARN_DAYS if ca.chains_to_root else None)
 

@@ -130,9 +130,11 @@ def _forget_removed(state: State, clusters: list[Cluster], phase: Phase, outcome
 
 
 def _cert_folders(workdir: Path) -> list[tuple[Path, str]]:
-    """The workspace's folders of keys, with what they hold: certs/, and certs-next/ during a move to a new root."""
+    """The workspace's folders of certificates, with what they hold: certs/, and during a move to a new root
+    certs-next/ (keys) or certs-former/ (the clusters' former root, public certificates only)."""
     folders = [(certs.certs_dir(workdir), "the root CA and intermediates"),
-               (carotation.next_dir(workdir), "the new root CA of a move to a new root, and its intermediates")]
+               (carotation.next_dir(workdir), "the new root CA of a move to a new root, and its intermediates"),
+               (carotation.former_dir(workdir), "the clusters' former root of a move to this workspace's root")]
     return [(folder, what) for folder, what in folders if folder.exists()]
 
 

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.meshkit import ROOT, make_mesh, rollout_restart, scan_for_secrets, workdir_snapshot
+from tests.meshkit import NOTHING_PLANNED, ROOT, make_mesh, rollout_restart, scan_for_secrets, workdir_snapshot
 
 TWO = {"cluster1": "network1", "cluster2": "network1"}
 
@@ -495,3 +495,177 @@ def _istiod_misses_stage_1_then_the_hint_repairs_it(mesh):
 
 def _cluster_doc(doc, ctx):
     return next(c for c in doc["clusters"] if c["context"] == ctx)
+
+
+# --- a move from a root this workspace does not hold ---------------------------------------------------
+
+TWO_NETS = {"cluster1": "network1", "cluster2": "network2"}
+
+
+def _writes(mesh, since: dict[str, int]) -> dict[str, list]:
+    """Each cluster's requests that change something, since ``since`` (request counts per context)."""
+    return {ctx: [r for r in mesh.sandbox.requests(ctx)[since[ctx]:] if r["method"] not in ("GET", "HEAD")]
+            for ctx in since}
+
+
+def _kept_objects(mesh, ctx) -> tuple:
+    """What a move to another root must leave alone: the gateway's Service (its address) and istiod itself."""
+    service = mesh.get(ctx, "service", "istio-eastwestgateway", "-n", "istio-system")
+    istiod = mesh.get(ctx, "deployment", "istiod", "-n", "istio-system")
+    address = [i.get("ip") or i.get("hostname") for i in service["status"]["loadBalancer"]["ingress"]]
+    return service["metadata"]["uid"], address, istiod["metadata"]["uid"]
+
+
+@pytest.mark.parametrize("istio_version", [None, "1.29.6"], ids=["default", "1.29"])
+def test_a_second_workspace_is_refused_by_apply_then_moves_the_mesh_to_its_own_root(sandbox_factory, tmp_path,
+                                                                                    istio_version):
+    # istiod 1.29 takes a changed root bundle only when one contains the other byte for byte.
+    sandbox = sandbox_factory(list(TWO_NETS), istio_version=istio_version)
+    extra = {ctx: {"api_server": sandbox.api_server(ctx)} for ctx in TWO_NETS}
+    first = make_mesh(sandbox, tmp_path / "ws-a", TWO_NETS)
+    first.write_topology(TWO_NETS, extra=extra)
+    first.apply()
+    image = first.get("cluster1", "deployment", "istiod", "-n", "istio-system")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert istio_version is None or image.endswith(f":{istio_version}")
+    second = make_mesh(sandbox, tmp_path / "ws-b", TWO_NETS)  # its own root, the same clusters
+    second.write_topology(TWO_NETS, extra=extra)
+    ws = second.workdir
+    theirs = (first.workdir / "certs" / "root-cert.pem").read_bytes()
+    ours = (ws / "certs" / "root-cert.pem").read_bytes()
+    assert theirs != ours
+    before = {ctx: cacerts(second, ctx) for ctx in TWO_NETS}
+    kept = {ctx: _kept_objects(second, ctx) for ctx in TWO_NETS}
+    outputs = []
+
+    def run(*args, env=None):
+        result = second.run(*args, env=env)
+        outputs.append(result.stdout + result.stderr)
+        return result
+
+    # apply from the second workspace: refused, nothing changed in any cluster; its hint names the move.
+    counts = {ctx: len(sandbox.requests(ctx)) for ctx in TWO_NETS}
+    refused = run("apply", "-y")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "chains to another root than this workspace's in cluster1, cluster2" in refused.stderr
+    assert "rotate-certs --root" in refused.stderr
+    preview = run("rotate-certs", "--root", "--dry-run")
+    assert preview.returncode == 0, preview.stdout + preview.stderr
+    assert "starting the move from the clusters' root to this workspace's: stage 1 of 3" in preview.stdout
+    assert "no new root is made" in preview.stdout and "certs-former" in preview.stdout
+    assert "only root-cert.pem is patched" in preview.stdout
+    assert _writes(second, counts) == {ctx: [] for ctx in TWO_NETS}, "refused and previewed without a change"
+    assert {ctx: cacerts(second, ctx) for ctx in TWO_NETS} == before
+    assert not (ws / "certs-former").exists() and not (ws / "certs-next").exists()
+
+    # Stage 1: each cluster keeps its intermediate (and key); only its root bundle grows by our root.
+    stage1 = run("rotate-certs", "-y", "--root")
+    assert stage1.returncode == 0, stage1.stdout + stage1.stderr
+    assert not (ws / "certs-next").exists(), "no new root is made"
+    assert (ws / "certs-former" / "root-cert.pem").read_bytes() == theirs
+    assert not [p for p in (ws / "certs-former").rglob("*key*")], "no key of the clusters is kept"
+    assert stat.S_IMODE((ws / "certs-former").stat().st_mode) == 0o700
+    for ctx in TWO_NETS:
+        held = cacerts(second, ctx)
+        assert held == {**before[ctx], "root-cert.pem": theirs + ours}, ctx
+        assert published_roots(second, ctx) == theirs + ours, f"{ctx}: istiod did not take stage 1"
+        assert istiod_env(second, ctx).get("ISTIO_MULTIROOT_MESH") == "true"
+        assert verify(held["root-cert.pem"], held["ca-cert.pem"], tmp_path).returncode == 0
+    status = run("status", "-o", "json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    doc = json.loads(status.stdout)
+    assert doc["transition"]["stage"] == 1 and doc["transition"]["in_step"] and doc["transition"]["foreign_start"]
+    assert {c["cacerts"]["chains_to"] for c in doc["clusters"]} == {"former"}
+    assert {c["cacerts"]["istiod_took"] for c in doc["clusters"]} == {True}
+    table = run("status", env={"COLUMNS": "200"}).stdout
+    assert "healthy" in table and " foreign " not in table and "former root" in table, table
+    _the_first_workspace_leaves_the_move_alone(first, before)
+    installs = len(second.installs())
+    again = run("apply", "--dry-run")
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout + again.stderr
+    assert run("apply", "-y").returncode == 0 and len(second.installs()) == installs, "apply keeps stage 1"
+
+    # Stage 2: intermediates of our root; stage 3 and completion: our root alone, istiod back to one root.
+    for stage, bundle in ((2, theirs + ours + ours), (3, ours)):
+        result = run("rotate-certs", "-y", "--root", "--min-wait", "0")
+        assert result.returncode == 0, result.stdout + result.stderr
+        for ctx in TWO_NETS:
+            held = cacerts(second, ctx)
+            assert held["root-cert.pem"] == bundle, f"{ctx} at stage {stage}"
+            assert held["ca-cert.pem"] == (ws / "certs" / ctx / "ca-cert.pem").read_bytes()
+            assert verify(ours, held["ca-cert.pem"], tmp_path).returncode == 0
+            assert verify(theirs, held["ca-cert.pem"], tmp_path).returncode != 0
+            assert (verify(held["root-cert.pem"], before[ctx]["ca-cert.pem"], tmp_path).returncode == 0) == (stage < 3), \
+                f"{ctx} at stage {stage}: the intermediates from before the move are trusted until stage 3"
+            assert published_roots(second, ctx) == bundle, f"{ctx}: istiod did not take stage {stage}"
+        status = run("status", "-o", "json")
+        assert status.returncode == 0, status.stdout + status.stderr
+        if stage == 2:
+            _the_first_workspace_leaves_the_move_alone(first, before)
+    assert "the clusters' former root certificate is kept in" in result.stdout
+    assert not (ws / "certs-former").exists() and not (ws / "certs-next").exists()
+    assert (ws / "certs" / "root-cert.pem").read_bytes() == ours
+    backup, = [p for p in (ws / "backups").iterdir() if p.name.endswith("-root")]
+    assert (backup / "root-cert.pem").read_bytes() == theirs
+    keys = list(ws.rglob("*-key.pem"))
+    assert len(keys) == 3 and {stat.S_IMODE(k.stat().st_mode) for k in keys} == {0o600}, "the root's and 2 intermediates'"
+    for ctx in TWO_NETS:
+        assert "ISTIO_MULTIROOT_MESH" not in istiod_env(second, ctx)
+        annotations = second.get(ctx, "namespace", "istio-system")["metadata"].get("annotations", {})
+        assert "setup-mesh.io/root-transition" not in annotations
+        assert _kept_objects(second, ctx) == kept[ctx], f"{ctx}: the gateway's Service or istiod was replaced"
+    doc = json.loads(run("status", "-o", "json").stdout)
+    assert doc["transition"] is None and {c["cacerts"]["chains_to"] for c in doc["clusters"]} == {"current"}
+    plan = run("apply", "--dry-run")
+    assert plan.returncode == 0 and NOTHING_PLANNED in plan.stdout.splitlines(), plan.stdout + plan.stderr
+    status = run("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    for text in outputs + [log.read_text() for log in sorted((ws / ".setup-mesh" / "logs").iterdir())]:
+        assert scan_for_secrets(text) == []
+
+
+def _the_first_workspace_leaves_the_move_alone(first, before):
+    """apply from the workspace whose root the mesh is moving from refuses to put its own cacerts back (that
+    would undo the stages, and from stage 2 break mTLS): nothing changes in any cluster."""
+    counts = {ctx: len(first.sandbox.requests(ctx)) for ctx in before}
+    held = {ctx: cacerts(first, ctx) for ctx in before}
+    for args in (("--dry-run",), ("-y",)):
+        refused = first.run("apply", *args)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "another workspace is moving the mesh to its root" in refused.stdout + refused.stderr
+    assert _writes(first, counts) == {ctx: [] for ctx in before}
+    assert {ctx: cacerts(first, ctx) for ctx in before} == held
+
+
+def test_a_cluster_added_during_stage_1_of_a_move_from_the_clusters_root_gets_this_workspaces_intermediate(
+        sandbox_factory, tmp_path):
+    three = {**TWO_NETS, "cluster3": "network1"}
+    sandbox = sandbox_factory(list(three))
+    extra = {ctx: {"api_server": sandbox.api_server(ctx)} for ctx in three}
+    first = make_mesh(sandbox, tmp_path / "ws-a", three)
+    first.write_topology(three, extra=extra)
+    first.apply()
+    second = make_mesh(sandbox, tmp_path / "ws-b", TWO_NETS)  # cluster3 joins its topology later
+    second.write_topology(TWO_NETS, extra=extra)
+    ws = second.workdir
+    theirs = (first.workdir / "certs" / "root-cert.pem").read_bytes()
+    ours = (ws / "certs" / "root-cert.pem").read_bytes()
+    started = second.run("rotate-certs", "-y", "--root")
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert sorted(p.name for p in (ws / "certs-former").iterdir() if p.is_dir()) == ["cluster1", "cluster2"]
+
+    second.write_topology(three, extra=extra)
+    added = second.run("rotate-certs", "-y", "--root")
+    assert added.returncode == 0, added.stdout + added.stderr
+    assert "bringing cluster3 to stage 1" in added.stdout
+    held = cacerts(second, "cluster3")
+    assert held["root-cert.pem"] == theirs + ours
+    assert held["ca-cert.pem"] == (ws / "certs" / "cluster3" / "ca-cert.pem").read_bytes()
+    assert verify(ours, held["ca-cert.pem"], tmp_path).returncode == 0
+    assert published_roots(second, "cluster3") == theirs + ours
+    for ctx in TWO_NETS:  # they keep their intermediates, and trust cluster3's
+        assert verify(theirs, cacerts(second, ctx)["ca-cert.pem"], tmp_path).returncode == 0
+        assert verify(cacerts(second, ctx)["root-cert.pem"], held["ca-cert.pem"], tmp_path).returncode == 0
+    status = second.run("status", "-o", "json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    chains = {c["context"]: c["cacerts"]["chains_to"] for c in json.loads(status.stdout)["clusters"]}
+    assert chains == {"cluster1": "former", "cluster2": "former", "cluster3": "current"}

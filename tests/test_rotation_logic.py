@@ -196,3 +196,87 @@ def test_only_a_finish_cut_short_makes_the_new_root_the_workspaces(tmp_path):
     assert (tmp_path / "certs" / "root-cert.pem").read_text() == "new" and not (tmp_path / "certs-next").exists()
     assert not (tmp_path / "certs" / "transition.json").exists()
     resume_finish(tmp_path / "not-there")  # nothing to do, and no error
+
+
+def test_a_move_from_the_clusters_root_keeps_their_intermediate_then_issues_from_the_workspaces_root(tmp_path):
+    """The clusters run on a root whose key this workspace does not hold (another workspace made the mesh):
+    that root is the old one, the workspace's own the new one. Stage 1 keeps each cluster's intermediate
+    (certificates only: its key stays in the cluster), then the workspace's intermediates; every bundle is
+    one each supported istiod takes over the one before, starting from what the clusters hold."""
+    from lib.carotation import (FORMER_DIR, Transition, desired_cacerts, finish_transition, issuing_dir,
+                                load_transition, record_former, save_transition)
+    from lib.casteps import workspace_roots
+    from tests.sandbox.istiodca import accepts_root_change
+
+    theirs, ours = _pem(b"their root"), _pem(b"our root")
+    (tmp_path / "certs" / "c1").mkdir(parents=True)
+    (tmp_path / "certs" / "root-cert.pem").write_bytes(ours)
+    mine = {"ca-cert.pem": b"OI", "ca-key.pem": b"OK", "cert-chain.pem": b"OI+OR", "root-cert.pem": ours}
+    for name, data in mine.items():
+        (tmp_path / "certs" / "c1" / name).write_bytes(data)
+    record_former(tmp_path, theirs, {"c1": {"ca-cert.pem": b"TI", "cert-chain.pem": b"TI+TR"}})
+    assert sorted(p.name for p in (tmp_path / FORMER_DIR).rglob("*")) == ["c1", "ca-cert.pem", "cert-chain.pem",
+                                                                         "root-cert.pem"], "no key"
+    started = Transition(1, "theirs", "ours", "2026-11-29T08:00:00Z", foreign_start=True)
+    save_transition(tmp_path, started)
+    assert load_transition(tmp_path) == started and not (tmp_path / "certs-next").exists()
+
+    held = theirs
+    for stage in (1, 2, 3):
+        t = Transition(stage, "theirs", "ours", started.started, foreign_start=True)
+        want = desired_cacerts(tmp_path, "c1", t)
+        assert want["root-cert.pem"] == {1: theirs + ours, 2: theirs + ours + ours, 3: ours}[stage]
+        for version in SUPPORTED:
+            assert accepts_root_change(version, held, want["root-cert.pem"]), f"Istio {version}: stage {stage}"
+        held = want["root-cert.pem"]
+        if stage == 1:
+            assert want == {"ca-cert.pem": b"TI", "cert-chain.pem": b"TI+TR", "root-cert.pem": theirs + ours}
+            assert workspace_roots(tmp_path, t) == [theirs, ours]
+        else:
+            assert (want["ca-cert.pem"], want["ca-key.pem"]) == (b"OI", b"OK")
+            assert workspace_roots(tmp_path, t) == [ours, theirs]
+        assert issuing_dir(tmp_path, t) == tmp_path / "certs"
+        assert desired_cacerts(tmp_path, "c2", t) is None, "a cluster the start did not find gets the workspace's"
+
+    backup = finish_transition(tmp_path, Transition(3, "theirs", "ours", started.started, foreign_start=True))
+    assert (backup / "root-cert.pem").read_bytes() == theirs and not (tmp_path / FORMER_DIR).exists()
+    assert load_transition(tmp_path) is None
+    assert (tmp_path / "certs" / "root-cert.pem").read_bytes() == ours, "the workspace's root stays where it is"
+
+
+def test_a_move_from_the_clusters_root_starts_only_from_one_root_setup_mesh_made_everywhere(tmp_path):
+    """Refused before any change, with a hint: clusters on different roots, a CA setup-mesh did not make,
+    a root bundle that is not one certificate (a move under way elsewhere), a cluster that cannot be read."""
+    import pytest
+
+    from lib.errors import ConfigError, MeshError
+    from lib.kube import Observed
+    from lib.rootstages import foreign_start
+    from tests.test_status import _ca, _cacerts, _pem, _topology
+
+    ours, theirs, third = _ca("Ours"), _ca("Theirs"), _ca("Third")
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "root-cert.pem").write_bytes(_pem(ours[0]))
+    clusters = list(_topology(tmp_path).clusters)
+
+    def seen(**held):
+        return {c.context: Observed(reachable=True, cacerts=held.get(c.context, _cacerts(theirs)),
+                                    cacerts_labelled=c.context != held.get("unlabelled")) for c in clusters}
+
+    assert foreign_start(clusters, seen(c1=_cacerts(ours), c2=_cacerts(ours), c3=_cacerts(ours)), tmp_path, None) \
+        is None, "on the workspace's own root: the ordinary move"
+    former = foreign_start(clusters, seen(), tmp_path, None)
+    assert former.root == _pem(theirs[0]) and sorted(former.intermediates) == ["c1", "c2", "c3"]
+    assert all(set(files) == {"ca-cert.pem", "cert-chain.pem"} for files in former.intermediates.values()), "no key"
+    refusals = [
+        (seen(c2=_cacerts(third)), ConfigError, "one and the same root"),
+        (seen(c3=_cacerts(ours)), ConfigError, "c3 do(es) not run on the root the other clusters run on"),
+        (seen(unlabelled="c2"), ConfigError, "c2 was not made by setup-mesh"),
+        (seen(c1={**_cacerts(theirs), "root-cert.pem": _pem(theirs[0]) + _pem(third[0])}), ConfigError,
+         "one and the same root"),
+        ({**seen(), "c2": Observed(reachable=False)}, MeshError, "c2 cannot be read"),
+    ]
+    for observed, kind, words in refusals:
+        with pytest.raises(kind) as caught:
+            foreign_start(clusters, observed, tmp_path, None)
+        assert words in caught.value.message and caught.value.hint, caught.value.message

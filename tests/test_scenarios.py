@@ -505,10 +505,10 @@ def test_a_mesh_of_another_workspaces_root_is_refused_from_a_second_workspace(me
     assert "not trusted by" not in seen.stdout
     assert snapshot(mesh) == before and len(mesh.installs()) == installs
     assert _writes(mesh, counts) == {ctx: [] for ctx in CONTEXTS}, "refused before any cluster was touched"
-    # a move to a new root starts from the root the clusters run on: not from this workspace
+    # the move to this workspace's root (tests/test_rotation.py) asks first: unasked, nothing changes
     move = second.run("rotate-certs", "--root")
-    assert move.returncode == 2 and "chains to another root than this workspace's" in move.stderr, move.stderr
-    assert "--replace-foreign-ca" in move.stderr and not (second.workdir / "certs-next").exists()
+    assert move.returncode == 2 and "Bring ctx-a, ctx-b, ctx-c to stage 1 of 3?" in move.stderr, move.stderr
+    assert not (second.workdir / "certs-next").exists() and not (second.workdir / "certs-former").exists()
     assert snapshot(mesh) == before and _writes(mesh, counts) == {ctx: [] for ctx in CONTEXTS}
     assert mesh.run("apply").returncode == mesh.applied_code(), "the first workspace still owns the mesh"
 

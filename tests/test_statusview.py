@@ -82,7 +82,9 @@ MESH_ON_ANOTHER_ROOT_80 = [
     "root CA: 3650d left (expires 2039-12-30T00:00:00Z)",
     "✗ c1, c2, c3: secret cacerts chains to another root than this workspace's, the",
     "  same in every cluster: the mesh runs on a root this workspace does not hold",
-    "  hint: run setup-mesh from the workspace that holds that root, or",
+    "  hint: run setup-mesh from the workspace that holds that root; or",
+    "    setup-mesh rotate-certs --root (moves the mesh to this workspace's root",
+    "    without downtime, when setup-mesh made that cacerts); or",
     "    setup-mesh apply --replace-foreign-ca (gives them intermediate CAs of this",
     "    workspace's root; it replaces their cacerts at once: mTLS between workloads",
     "    breaks until they restart)",
@@ -92,9 +94,11 @@ MESH_ON_ANOTHER_ROOT_160 = [
     "root CA: 3650d left (expires 2039-12-30T00:00:00Z)",
     "✗ c1, c2, c3: secret cacerts chains to another root than this workspace's, the same in every cluster: the mesh "
     "runs on a root this workspace does not hold",
-    "  hint: run setup-mesh from the workspace that holds that root, or setup-mesh apply --replace-foreign-ca (gives "
-    "them intermediate CAs of this workspace's root;",
-    "    it replaces their cacerts at once: mTLS between workloads breaks until they restart)",
+    "  hint: run setup-mesh from the workspace that holds that root; or setup-mesh rotate-certs --root (moves the "
+    "mesh to this workspace's root without downtime,",
+    "    when setup-mesh made that cacerts); or setup-mesh apply --replace-foreign-ca (gives them intermediate CAs of "
+    "this workspace's root; it replaces their",
+    "    cacerts at once: mTLS between workloads breaks until they restart)",
     "unhealthy: 1 problem in 3 of 3 clusters",
 ]
 
