@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -13,6 +14,12 @@ from tests.sandbox import LB_DELAY, Sandbox
 from tests.sandbox.kubectl import pinned_kubectl
 from tests.shapes import Shapes
 
+# Ctrl-C as a terminal delivers it: a program a shell runs in the foreground gets SIGINT with its default action,
+# but a background job of a non-interactive shell (how CI machines often start the suite) inherits it ignored,
+# and a Python started with SIGINT ignored never raises KeyboardInterrupt: every Ctrl-C test would hang there.
+# A handler here makes every process the suite starts get the default action again (exec resets it).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # Every process the suite starts (hundreds of CLI runs, istioctl stand-in calls and emulators) reads byte code
 # compiled once, whatever the calling shell says.
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)

@@ -26,6 +26,31 @@ def plain(text: str) -> str:
     return _ESCAPES.sub("", text)
 
 
+# The read system call's number, for /proc/<pid>/syscall.
+_READ_SYSCALL = {"x86_64": "0", "aarch64": "63"}
+
+
+def wait_until_reading(pid: int, timeout: float = 60) -> None:
+    """Until ``pid`` sleeps in a read of its standard input. A SIGINT that lands after CPython's last check
+    for signals and before its read() starts is only acted on when that read returns (the next line typed):
+    a Ctrl-C sent the instant a question is printed can hit that window on a loaded machine, which no person
+    typing does. Where /proc says nothing of system calls, half a second stands in."""
+    number = _READ_SYSCALL.get(os.uname().machine)
+    path = f"/proc/{pid}/syscall"
+    if number is None or not os.path.exists(path):
+        time.sleep(0.5)
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            fields = open(path).read().split()
+        except OSError:  # gone already, or not ours to read
+            return
+        if fields[:2] == [number, "0x0"]:
+            return
+        time.sleep(0.05)
+
+
 class Terminal:
     def __init__(self, argv: list[str], env: dict[str, str], cwd: str | None = None, cols: int = 140, rows: int = 40):
         env = dict(env, TERM="xterm-256color")
@@ -77,6 +102,11 @@ class Terminal:
 
     def send(self, data: bytes) -> None:
         os.write(self.fd, data)
+
+    def answer(self, data: bytes) -> None:
+        """Typed once the program waits for the answer to its question, as a person does."""
+        wait_until_reading(self.pid)
+        self.send(data)
 
     def wait(self, timeout: float = 120) -> int:
         """Read to the end and return the exit code (128+N for a signal, as a shell shows it)."""

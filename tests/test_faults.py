@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tests.meshkit import ROOT, make_mesh, scan_for_secrets
+from tests.terminal import wait_until_reading
 
 NETS = {"cluster1": "network1", "cluster2": "network2"}
 
@@ -261,6 +262,7 @@ def test_ctrl_c_at_a_confirmation_prompt_is_interrupted(sandbox_factory, tmp_pat
     try:
         seen = _read_terminal(master, until=lambda seen: b"[y/N]" in seen, seconds=60)
         assert b"[y/N]" in seen, seen.decode(errors="replace")
+        wait_until_reading(proc.pid)  # as a person answers: once it waits for the answer
         os.write(master, b"\x03")  # the terminal turns it into SIGINT for the foreground process group
         seen += _read_terminal(master, until=lambda _: proc.poll() is not None, seconds=30)
     finally:

@@ -64,7 +64,7 @@ def test_teardown_prompt_declined_changes_nothing(mesh, answer, code, message):
     before, files = dumps(mesh), sorted(p.name for p in mesh.workdir.rglob("*"))
     term = at_terminal(mesh, "teardown")
     term.expect("Remove setup-mesh's Istio, its secrets and istio-system from cluster1, cluster2? [y/N]:")
-    term.send(answer)
+    term.answer(answer)
     assert term.wait() == code, plain(term.output)
     text = plain(term.output)
     assert message in text and "Traceback" not in text
