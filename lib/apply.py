@@ -5,7 +5,7 @@ from pathlib import Path
 
 from . import carotation, fetch, invocation, upgrade, upgradeplan
 from .cluster import KubeClient
-from .config import AMBIENT, Cluster, Topology, data_plane_mode, select_clusters
+from .config import AMBIENT, Cluster, Topology, data_plane_mode, select_clusters, ztunnel_namespace
 from .errors import ConfigError, MeshError
 from .executor import RERUN_HINT, Executor, Outcome
 from .gatewayapi import CrdSource, choose_source, expected_version, older_than_needed
@@ -50,12 +50,12 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     log = None if dry_run else open_log(workdir, "apply", runner)  # a dry run writes nothing, not even a log
     if not dry_run:
         reporter.start_progress([(c.context, c.network) for c in chosen])
-    # A dry run's output is the plan alone: its reads report no progress.
-    # With --context the other clusters are read too (their current secrets), without a row of their own.
+    # A dry run's output is the plan alone (no progress); with --context the others are read too, without a row.
     read_reporter = Reporter(quiet=True, err_console=reporter.err) if dry_run or only is not None else reporter
     readable = ws.contexts_resolved
     client = KubeClient(tools, runner, read_reporter, parallel)
-    observed = client.read_state(list(topology.clusters) + removed_clusters, ambient=ambient) if readable else {}
+    observed = client.read_state(list(topology.clusters) + removed_clusters, ambient=ambient,
+                                 ztunnel_namespace=ztunnel_namespace(ws.base)) if readable else {}
     if ambient:
         _warn_old_gateway_api(topology, observed, istio_version, reporter)
     # Remotes are pointed at their primary's east-west gateway: at the address it has now, when it has one.

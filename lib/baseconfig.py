@@ -43,10 +43,29 @@ PILOT_K8S_ENV = ("spec", "components", "pilot", "k8s", "env")
 PILOT_ENV_VALUES = ("spec", "values", "pilot", "env")
 
 
-def data_plane_mode(operator: dict[str, Any]) -> str:
-    """ambient when base.yaml's profile is ambient, else sidecar."""
+# Istio's profiles that install ambient mode (manifests/profiles/ in 1.30.3: both set values.profile ambient).
+AMBIENT_PROFILES = (AMBIENT, "openshift-ambient")
+
+
+# Where a profile puts ztunnel when base.yaml does not say (1.30.3: openshift-ambient, kube-system).
+_ZTUNNEL_NAMESPACE_OF_PROFILE = {"openshift-ambient": "kube-system"}
+
+
+def ztunnel_namespace(operator: dict[str, Any]) -> str:
+    """The namespace istioctl installs ztunnel in: components.ztunnel.namespace, else the profile's, else
+    spec.namespace, else istio-system."""
     spec = (operator or {}).get("spec")
-    return AMBIENT if isinstance(spec, dict) and spec.get("profile") == AMBIENT else SIDECAR
+    spec = spec if isinstance(spec, dict) else {}
+    component = (spec.get("components") or {}).get("ztunnel")
+    given = component.get("namespace") if isinstance(component, dict) else None
+    return str(given or _ZTUNNEL_NAMESPACE_OF_PROFILE.get(spec.get("profile")) or spec.get("namespace")
+               or "istio-system")
+
+
+def data_plane_mode(operator: dict[str, Any]) -> str:
+    """ambient when base.yaml's profile is one of Istio's ambient profiles, else sidecar."""
+    spec = (operator or {}).get("spec")
+    return AMBIENT if isinstance(spec, dict) and spec.get("profile") in AMBIENT_PROFILES else SIDECAR
 
 
 @dataclass
@@ -62,6 +81,7 @@ def load_base(path: Path) -> Base:
     hint = "base.yaml must be an IstioOperator: apiVersion: install.istio.io/v1alpha1, kind: IstioOperator, spec: {...}"
     _check_operator(doc, path, hint)
     _check_control_plane_name(doc)
+    _check_profile(doc)
     problems, hint = _reserved_in_base(doc)
     if problems:
         raise ConfigError("base.yaml sets values that setup-mesh owns:\n" + "\n".join(problems), hint=hint)
@@ -95,6 +115,22 @@ def _check_operator(doc: LocatedDoc, path: Path, hint: str) -> None:
         present, value = value_at(data, keys)
         if present and value is not None and not isinstance(value, dict):
             raise ConfigError(f"{doc.where(*keys)}: {'.'.join(keys)} must be a mapping, not {type_name(value)}", hint=hint)
+
+
+# Profiles for a cluster's role, which topology.yaml decides: every primary installs base.yaml as it is.
+_ROLE_PROFILES = {
+    "remote": "setup-mesh installs the remote profile on the contexts topology.yaml gives a `primary:`",
+    "external": "an external control plane is a topology setup-mesh does not build",
+}
+
+
+def _check_profile(doc: LocatedDoc) -> None:
+    present, profile = value_at(doc.data, ("spec", "profile"))
+    if present and profile in _ROLE_PROFILES:
+        raise ConfigError(f"{doc.where('spec', 'profile')}: spec.profile {profile} cannot be base.yaml's: "
+                          f"{_ROLE_PROFILES[profile]}",
+                          hint="use a profile for primaries (default, minimal, ambient, ...) and name each remote's "
+                               "primary in topology.yaml (contexts.<context>.primary)")
 
 
 def _check_control_plane_name(doc: LocatedDoc) -> None:
@@ -133,7 +169,8 @@ def _ambient_reserved(data: dict, doc: LocatedDoc) -> list[str]:
     """In an ambient mesh the multi-network switch is setup-mesh's, wherever base.yaml would put it."""
     if data_plane_mode(data) != AMBIENT:
         return []
-    why = f"is set by setup-mesh: spec.profile ambient ({doc.where('spec', 'profile')}) turns it on in every istiod"
+    why = (f"is set by setup-mesh: spec.profile {data['spec']['profile']} ({doc.where('spec', 'profile')}) turns it "
+           f"on in every istiod")
     problems = []
     present, _ = value_at(data, PILOT_ENV_SWITCH)
     if present:

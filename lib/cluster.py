@@ -20,6 +20,7 @@ from typing import Protocol, Sequence
 from .config import Cluster
 from .errors import MeshError
 from .kube import IstioUsage, Observed, Tools
+from .names import ISTIO_NAMESPACE
 from .reporter import Reporter
 from .statusread import InjectorWebhook, IstiodView, read_injection_paths, read_istiod_views, read_published_roots
 from .statusrevisions import Revisions, read_revisions
@@ -30,8 +31,9 @@ READ_STATE_TITLE = "read current state"
 
 class ClusterClient(Protocol):
     def read_state(self, clusters: Sequence[Cluster], *, ambient: bool = False,
-                   title: str = READ_STATE_TITLE) -> dict[str, Observed]:
-        """What each cluster holds (``ambient``: also the Gateway API CRDs and the east-west Gateway)."""
+                   title: str = READ_STATE_TITLE, ztunnel_namespace: str = ISTIO_NAMESPACE) -> dict[str, Observed]:
+        """What each cluster holds (``ambient``: also the Gateway API CRDs, the east-west Gateway, and
+        ztunnel in ``ztunnel_namespace``)."""
 
     def istio_usage(self, clusters: Sequence[Cluster], ours: frozenset[str]) -> dict[str, IstioUsage | MeshError]:
         """The Istio resources and control planes others made (``ours``: setup-mesh's IstioOperator names)."""
@@ -63,9 +65,9 @@ class KubeClient:
     parallel: int
 
     def read_state(self, clusters: Sequence[Cluster], *, ambient: bool = False,
-                   title: str = READ_STATE_TITLE) -> dict[str, Observed]:
+                   title: str = READ_STATE_TITLE, ztunnel_namespace: str = ISTIO_NAMESPACE) -> dict[str, Observed]:
         return inspect_clusters(list(clusters), self.tools, self.runner, self.reporter, self.parallel, title=title,
-                                ambient=ambient)
+                                ambient=ambient, ztunnel_namespace=ztunnel_namespace)
 
     def istio_usage(self, clusters: Sequence[Cluster], ours: frozenset[str]) -> dict[str, IstioUsage | MeshError]:
         return read_istio_usage(list(clusters), self.tools, self.runner, self.reporter, self.parallel, ours)

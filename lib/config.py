@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 from .baseconfig import (AMBIENT, MULTI_NETWORK_ENV, MULTIROOT_ENV, MULTIROOT_VALUE, OPERATOR_KEYS,  # noqa: F401
                          OPERATOR_SPEC_KEYS, PILOT_ENV_SWITCH, PILOT_ENV_VALUES, PILOT_K8S_ENV, RESERVED_VALUES,
-                         SIDECAR, Base, data_plane_mode, load_base)
+                         SIDECAR, Base, data_plane_mode, load_base, ztunnel_namespace)
 from .errors import ConfigError
 from .invocation import prep_hint
 from .versions import version_problem

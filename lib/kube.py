@@ -59,6 +59,11 @@ class Tools:
         return self.kubectl_cmd(cluster, "get", "customresourcedefinition", GATEWAY_CRD, "--ignore-not-found",
                                 "-o", "jsonpath={.metadata.annotations}", timeout=timeout)
 
+    def ztunnel(self, cluster: Cluster, namespace: str, timeout: float) -> Command:
+        """ztunnel's DaemonSet where the profile puts it outside istio-system (nothing when it is not there)."""
+        return self.kubectl_cmd(cluster, "get", "daemonset", "ztunnel", "-n", namespace, "--ignore-not-found",
+                                "-o", "json", timeout=timeout)
+
     def east_west_gateway(self, cluster: Cluster, timeout: float) -> Command:
         """The ambient east-west Gateway, with the status istiod writes (nothing when there is none)."""
         return self.kubectl_cmd(cluster, "get", GATEWAY_RESOURCE, EASTWEST_NAME, "-n", ISTIO_NAMESPACE,
@@ -158,7 +163,7 @@ class Observed:
     # its own istiod pods, a remote's to its EndpointSlice (its primary's address) and must select nothing.
     istiod_selectors: dict[str, dict[str, str]] = field(default_factory=dict)
     deployments: dict[str, dict] = field(default_factory=dict)  # in istio-system, by name
-    daemonsets: dict[str, dict] = field(default_factory=dict)  # in istio-system, by name
+    daemonsets: dict[str, dict] = field(default_factory=dict)  # in istio-system, by name (and ztunnel where it runs)
 
 
 def parse_inspect(output: str) -> Observed:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 ISTIO_NAMESPACE = "istio-system"
+ZTUNNEL_DAEMONSET = "ztunnel"  # ambient's node proxy, in istio-system unless the profile says otherwise
 ISTIOD = "istiod"  # the istiod Deployment and Service; istiod-<revision> with a revision
 EASTWEST_NAME = "istio-eastwestgateway"
 CROSS_NETWORK_GATEWAY = "cross-network-gateway"

@@ -158,6 +158,8 @@ _PROFILE_COMPONENTS = {
     "empty": set(), "minimal": {"base", "pilot"}, "remote": {"base", "pilot"},
     "default": {"base", "pilot", "ingressGateways"}, "preview": {"base", "pilot", "ingressGateways"},
     "demo": {"base", "pilot", "ingressGateways", "egressGateways"}, "ambient": {"base", "pilot", "cni", "ztunnel"},
+    "stable": {"base", "pilot", "ingressGateways"}, "openshift": {"base", "pilot", "cni", "ingressGateways"},
+    "openshift-ambient": {"base", "pilot", "cni", "ztunnel"},
 }
 _ALL_COMPONENTS = {"base", "pilot", "cni", "ztunnel", "ingressGateways", "egressGateways"}
 

@@ -287,7 +287,8 @@ def _judge_ztunnel(status: ClusterStatus, cluster: Cluster, seen: Observed, hint
     ready, desired = int(counts.get("numberReady") or 0), int(counts.get("desiredNumberScheduled") or 0)
     status.ztunnel = (ready, desired)
     if ready < desired:
-        pods = hints.kubectl(cluster, "get", "pods", "-n", ISTIO_NAMESPACE, "-l", "app=ztunnel")
+        where = (daemonset.get("metadata") or {}).get("namespace") or ISTIO_NAMESPACE
+        pods = hints.kubectl(cluster, "get", "pods", "-n", where, "-l", "app=ztunnel")
         status.problems.append(Problem("ztunnel_not_ready", f"{ready} of {desired} {ZTUNNEL} pods are ready: "
                                                             f"workloads on the other nodes have no data plane",
                                        f"look at its pods: `{pods}`"))

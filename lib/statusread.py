@@ -12,11 +12,12 @@ from .config import Cluster
 from .errors import MeshError
 from .executor import RunContext, read_clusters
 from .kube import Tools, parse_published_roots
+from .names import ZTUNNEL_DAEMONSET
 from .reporter import Reporter
 
 
 ISTIOD_CONTAINER = "discovery"
-ZTUNNEL = "ztunnel"  # the ambient profile's DaemonSet in istio-system
+ZTUNNEL = ZTUNNEL_DAEMONSET
 # Image tag suffixes that name a build flavour, not a version.
 _TAG_VARIANTS = ("-distroless", "-debug")
 # Istio release tags: 1.29.0, 1.30.0-beta.1, 1.29.0-rc.0 (and istio's own dev builds, 1.30-dev).

@@ -12,7 +12,7 @@ from .executor import RunContext, read_clusters
 from .gatewayapi import parse_crd_annotations
 from .invocation import prep_hint
 from .kube import IstioUsage, Observed, Tools, is_missing_category, parse_inspect, parse_istio_usage
-from .names import made_by_setup_mesh
+from .names import ISTIO_NAMESPACE, ZTUNNEL_DAEMONSET, made_by_setup_mesh
 from .release import Release, find_istioctl
 from .reporter import Reporter
 from .runner import ShRunner
@@ -84,9 +84,11 @@ def pinned_release(topology: Topology, workdir: Path, istio_dir: str | None) -> 
 
 
 def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Reporter, parallel: int,
-                     title: str = "read current state", ambient: bool = False) -> dict[str, Observed]:
+                     title: str = "read current state", ambient: bool = False,
+                     ztunnel_namespace: str = ISTIO_NAMESPACE) -> dict[str, Observed]:
     """One read per cluster, in parallel. An unreachable cluster is an Observed with an error.
-    ``ambient``: also the Gateway API CRDs and, where they exist, the east-west Gateway."""
+    ``ambient``: also the Gateway API CRDs and, where they exist, the east-west Gateway, and ztunnel's
+    DaemonSet when the profile puts it in ``ztunnel_namespace`` instead of istio-system."""
     def read(ctx: RunContext, cluster: Cluster) -> Observed:
         try:
             seen = parse_inspect(ctx.run(tools.inspect(cluster, INSPECT_TIMEOUT)).stdout)
@@ -95,6 +97,10 @@ def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Re
                 if seen.gateway_api.installed:
                     seen.eastwest_gateway = json.loads(
                         ctx.run(tools.east_west_gateway(cluster, INSPECT_TIMEOUT)).stdout or "null")
+                if ztunnel_namespace != ISTIO_NAMESPACE:
+                    found = json.loads(ctx.run(tools.ztunnel(cluster, ztunnel_namespace, INSPECT_TIMEOUT)).stdout or "null")
+                    if found:
+                        seen.daemonsets[ZTUNNEL_DAEMONSET] = found
             return seen
         except MeshError as exc:
             return Observed(reachable=False, error=exc.message)

@@ -46,7 +46,7 @@ class FakeClient:
             yield cluster.context, self.clusters.get(cluster.context)
 
     def read_state(self, clusters: Sequence[Cluster], *, ambient: bool = False,
-                   title: str = "read current state") -> dict[str, Observed]:
+                   title: str = "read current state", ztunnel_namespace: str = "istio-system") -> dict[str, Observed]:
         found = {}
         for context, held in self._each("state", clusters):
             if held is None or not held.state.reachable:

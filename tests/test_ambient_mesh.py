@@ -154,3 +154,17 @@ def test_unsupported_or_alpha_shapes_are_named_before_any_cluster_is_touched(san
     assert "alpha in Istio" in plan.stdout + plan.stderr
     assert "+ Gateway API CRDs (v1.4.0)" in plan.stdout
     assert "istio-east-west" not in plan.stdout  # one network: no east-west gateway
+
+
+def test_istios_openshift_ambient_profile_builds_an_ambient_mesh_with_ztunnel_where_it_puts_it(tmp_path):
+    # Istio's openshift-ambient profile is ambient too, with istio-cni and ztunnel in kube-system.
+    two = {"cluster1": "network1", "cluster2": "network2"}
+    with applied_mesh(tmp_path, two, lb_delay=0.5, profile="openshift-ambient", apply_args=APPLY) as (mesh, _):
+        for ctx in two:
+            assert mesh.get(ctx, "daemonset", "ztunnel", "-n", "kube-system")
+            gateway = mesh.get(ctx, "gateways.gateway.networking.k8s.io", EW, "-n", NS)
+            assert gateway["spec"]["gatewayClassName"] == "istio-east-west"
+        status = mesh.run("status", "-o", "json")
+        assert status.returncode == 0, status.stdout + status.stderr
+        for cluster in json.loads(status.stdout)["clusters"]:
+            assert cluster["ztunnel"] is not None and cluster["ztunnel"]["ready"] == cluster["ztunnel"]["desired"]

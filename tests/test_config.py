@@ -307,3 +307,31 @@ def test_a_misspelt_version_key_gets_a_guess(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_topology(path)
     assert "did you mean 'istio_version'?" in info.value.hint
+
+
+@pytest.mark.parametrize("spec, mode, ztunnel", [
+    ({"profile": "ambient"}, "ambient", "istio-system"),
+    ({"profile": "openshift-ambient"}, "ambient", "kube-system"),
+    ({"profile": "openshift-ambient", "components": {"ztunnel": {"namespace": "ztunnel"}}}, "ambient", "ztunnel"),
+    ({"profile": "openshift"}, "sidecar", "istio-system"),
+    ({}, "sidecar", "istio-system"),
+])
+def test_istios_ambient_profiles_and_where_they_put_ztunnel(spec, mode, ztunnel):
+    from lib.config import data_plane_mode, ztunnel_namespace
+
+    operator = {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": spec}
+    assert (data_plane_mode(operator), ztunnel_namespace(operator)) == (mode, ztunnel)
+
+
+@pytest.mark.parametrize("profile, refused", [("remote", True), ("external", True), ("minimal", False),
+                                              ("openshift-ambient", False)])
+def test_a_profile_for_a_clusters_role_is_refused_in_base_yaml(tmp_path, profile, refused):
+    # base.yaml is what every primary installs: a remote's profile there would make every primary a remote.
+    path = tmp_path / "base.yaml"
+    path.write_text(f"apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  profile: {profile}\n")
+    if not refused:
+        assert load_base(path).operator["spec"]["profile"] == profile
+        return
+    with pytest.raises(ConfigError) as info:
+        load_base(path)
+    assert info.value.message.startswith(f"{path}:4: spec.profile {profile}") and "primary" in info.value.hint
