@@ -148,7 +148,7 @@ def intermediate_step(release: Release | None, cert_dir: Path, cluster: Cluster,
         certs.prepare_signing(cert_dir, cluster.name)
         if not certs.has_cacerts(stage, cluster.name):  # else a run cut short after make: only the move is left
             try:
-                certs.make_key_if_asked(ctx.run, key, certs.INTERMEDIATE_KEY_BITS, variables)
+                certs.make_key_if_asked(ctx.run, key, bits)
                 ctx.run(make)
             except MeshError:
                 certs.discard_incomplete(stage, cluster.name)  # an empty file would look made to make

@@ -64,9 +64,9 @@ def key_command(path: Path, bits: int) -> Command:
     return Command(("openssl", "genrsa", "-out", str(path), str(bits)), timeout=MAKE_TIMEOUT)
 
 
-def make_key_if_asked(run, path: Path, variable: str, variables: dict[str, str] | None = None) -> None:
-    """Before make: the key at ``path`` of the size asked for, unless a key is already there."""
-    bits = requested_key_bits(variable, variables)
+def make_key_if_asked(run, path: Path, bits: int | None) -> None:
+    """Before make: the key at ``path`` of the size asked for (``requested_key_bits``), unless a key is
+    already there."""
     if bits is None or path.exists():
         return
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -207,7 +207,8 @@ def _make_root_ca(release: Release, cert_dir: Path, root_files: list[Path], vari
     reporter.info(f"making the root CA with {release.certs_makefile}")
     try:
         with reporter.activity("making the root CA (a 4096-bit key takes a few seconds) ..."):
-            certs.make_key_if_asked(runner.run, cert_dir / certs.ROOT_KEY, certs.ROOT_KEY_BITS, variables)
+            certs.make_key_if_asked(runner.run, cert_dir / certs.ROOT_KEY,
+                                    certs.requested_key_bits(certs.ROOT_KEY_BITS, variables))
             runner.run(certs.root_ca_command(release, cert_dir, variables))
     finally:
         certs.secure_tree(cert_dir)

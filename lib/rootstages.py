@@ -83,8 +83,8 @@ def add_stage_steps(phase: Phase, cluster: Cluster, seen: Observed, d, tools: To
     if not kept and not certs.has_cacerts(issuer, cluster.name):
         phase.add(cluster.context, intermediate_step(release, issuer, cluster, variables))
     step = (root_bundle_step if kept else cacerts_step)(tools, cluster, workdir, d.namespace_manifest(), planned)
-    step.change = (f"~ secret cacerts: root-cert.pem trusts the clusters' root and this workspace's, same intermediate "
-                   f"(only root-cert.pem is patched)" if kept else
+    step.change = ("~ secret cacerts: root-cert.pem trusts the clusters' root and this workspace's, same intermediate "
+                   "(only root-cert.pem is patched)" if kept else
                    f"~ secret cacerts: {_STAGE_CHANGE[2 if planned.foreign_start and planned.stage == 1 else planned.stage]} "
                    f"({issuer.name}/{cluster.name}/)")
     phase.add(cluster.context, step)
@@ -238,7 +238,7 @@ def make_new_root(new_dir: Path, make_root, planned: carotation.Transition, runn
                   reporter: Reporter) -> None:
     new_dir.mkdir(mode=0o700, exist_ok=True)
     with reporter.activity(f"making the new root CA in {new_dir} (a 4096-bit key takes a few seconds) ..."):
-        certs.make_key_if_asked(runner.run, new_dir / certs.ROOT_KEY, certs.ROOT_KEY_BITS)
+        certs.make_key_if_asked(runner.run, new_dir / certs.ROOT_KEY, certs.requested_key_bits(certs.ROOT_KEY_BITS))
         runner.run(make_root)  # the Makefile keeps files that exist: a repeated start reuses the same root
     certs.secure_tree(new_dir)
     planned.new_root = certs.read_cert((new_dir / certs.ROOT_CERT).read_bytes()).fingerprint

@@ -153,6 +153,13 @@ _NOUNS = [(r"^install Istio$", r"[+~] Istio \("),
 _REMOVES = re.compile(r"^(remove|uninstall|delete|stop) ")
 
 
+def key_bits(path) -> int:
+    """The size of the RSA key in ``path`` (PEM), as openssl made it."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    return load_pem_private_key(Path(path).read_bytes(), password=None).key_size
+
+
 def plan_sections(stdout: str) -> dict[str, list[str]]:
     """A dry run's short form, per cluster: its header line and the lines under it."""
     sections: dict[str, list[str]] = {}

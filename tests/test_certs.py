@@ -11,6 +11,7 @@ from lib.plan import intermediate_step
 from lib.release import Release
 from lib.reporter import Reporter
 from lib.runner import ShRunner
+from tests.meshkit import key_bits
 from tests.sandbox.release import materialize_release
 
 
@@ -22,15 +23,10 @@ def _root_ca(tmp_path, monkeypatch, variables: dict[str, str]):
     cert_dir = tmp_path / "certs"
     cert_dir.mkdir()
     runner = ShRunner()
-    certs.make_key_if_asked(runner.run, cert_dir / certs.ROOT_KEY, certs.ROOT_KEY_BITS, variables)
+    certs.make_key_if_asked(runner.run, cert_dir / certs.ROOT_KEY, certs.requested_key_bits(certs.ROOT_KEY_BITS, variables))
     runner.run(certs.root_ca_command(release, cert_dir, variables))
     return release, cert_dir, runner
 
-
-def _key_bits(path) -> int:
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    return load_pem_private_key(path.read_bytes(), password=None).key_size
 
 
 def _run(release, cert_dir, runner, names, parallel=8):
@@ -67,7 +63,7 @@ def test_a_mesh_of_intermediates_signed_side_by_side_has_distinct_serials_all_ch
         assert stat.S_IMODE((cert_dir / name).stat().st_mode) == 0o700
         serials.add(_serial(cert_dir / name / "ca-cert.pem"))
         # INTERMEDIATE_KEYSZ honoured, though Istio's recipe always makes 4096 bits: setup-mesh made the key.
-        assert _key_bits(cert_dir / name / "ca-key.pem") == 2048
+        assert key_bits(cert_dir / name / "ca-key.pem") == 2048
     assert len(serials) == len(names), "two intermediates of one mesh share a serial"
     # Nothing of the signing is left: no folder of its own, no serial file of the root's shared by all.
     assert all(p.name.startswith("root-") for p in cert_dir.iterdir() if not p.is_dir())

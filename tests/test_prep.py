@@ -10,6 +10,7 @@ import pytest
 import yaml
 from cryptography import x509
 
+from tests.meshkit import key_bits
 from tests.sandbox.release import materialize_release
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -262,11 +263,6 @@ def test_at_a_terminal_the_download_shows_a_progress_bar_that_goes(tmp_path, pub
     assert "created certs/root-key.pem" in shown
 
 
-def _key_bits(path: Path) -> int:
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    return load_pem_private_key(path.read_bytes(), password=None).key_size
-
 
 @pytest.mark.parametrize("args, env, bits", [
     (["--key-size", "3072"], {}, 3072),
@@ -277,5 +273,5 @@ def test_the_root_key_has_the_size_asked_for_though_istios_recipe_makes_4096_bit
     result = run(["--workdir", str(tmp_path), "--istio-dir", str(release), *args], env=env)
     assert result.returncode == 0, result.stderr
     key = tmp_path / "certs" / "root-key.pem"
-    assert _key_bits(key) == bits
+    assert key_bits(key) == bits
     assert mode(key) == 0o600
