@@ -110,12 +110,18 @@ def _restart(mesh) -> None:
     mesh.sandbox.kubectl("cluster1", "rollout", "restart", "deployment/web", "-n", "app")
 
 
-def _wait_proxies(mesh, want) -> dict:
+def _proxy_counts(doc: dict) -> dict[tuple[str, str], int]:
+    """cluster1's proxies as status counts them: (revision, version) -> pods."""
+    return {(p["revision"], p["version"]): p["count"] for p in _cluster(doc, "cluster1")["revisions"]["proxies"]}
+
+
+def _wait_status(mesh, want) -> dict:
+    """Status runs until ``want(doc)``; the last document. The caller asserts ``want`` again: a look that never
+    comes fails the test instead of passing it late."""
     deadline = time.monotonic() + 120  # each look is a whole status run: minutes on a loaded machine
     while True:
         code, doc = mesh.status()
-        proxies = _cluster(doc, "cluster1")["revisions"]["proxies"]
-        if want(proxies) or time.monotonic() > deadline:
+        if want(doc) or time.monotonic() > deadline:
             return doc
         time.sleep(0.2)
 
@@ -126,11 +132,15 @@ def test_status_follows_a_canary_revision_and_its_proxies(mesh):
     c1 = _cluster(doc, "cluster1")
     assert c1["revisions"]["control_planes"] == {"default": VERSION} and c1["revisions"]["default_tag"] is None
     assert c1["revisions"]["kubernetes"].startswith("v1.")
+    # The mesh's own gateways in istio-system are proxies too: web's is counted on top of them.
+    gateways = _proxy_counts(doc)
     sb = mesh.sandbox
     sb.kubectl("cluster1", "create", "namespace", "app")
     sb.kubectl("cluster1", "label", "namespace", "app", "istio-injection=enabled")
     sb.kubectl("cluster1", "create", "deployment", "web", "--image=nginx", "-n", "app")
-    doc = _wait_proxies(mesh, lambda ps: {"revision": "default", "version": VERSION, "count": 1} in ps)
+    with_web = {**gateways, ("default", VERSION): gateways.get(("default", VERSION), 0) + 1}
+    doc = _wait_status(mesh, lambda d: _proxy_counts(d) == with_web)
+    assert _proxy_counts(doc) == with_web
 
     new = materialize_release(Path(sb.istio_dir).parent, version=NEW)
     _istioctl(mesh, new, "install", "-y", "--context", "cluster1", "--revision", NEW_REV,
@@ -146,8 +156,14 @@ def test_status_follows_a_canary_revision_and_its_proxies(mesh):
     assert "rollout restart deployment -n app" in old["hint"]
 
     _restart(mesh)
-    doc = _wait_proxies(mesh, lambda ps: {"revision": NEW_REV, "version": NEW, "count": 1} in ps)
+
+    def web_moved(d: dict) -> bool:  # the install may have moved a gateway too: web's proxy is the one more
+        counts = _proxy_counts(d)
+        return (counts.get((NEW_REV, NEW), 0) >= 1 and sum(counts.values()) == sum(with_web.values())
+                and "proxies_on_old_revision" not in _problems(d, "cluster1"))
+    doc = _wait_status(mesh, web_moved)
     assert "proxies_on_old_revision" not in _problems(doc, "cluster1"), _problems(doc, "cluster1")
+    assert web_moved(doc), _cluster(doc, "cluster1")["revisions"]
 
     # the new revision removed while proxies use it: they are left without a control plane
     _istioctl(mesh, new, "uninstall", "--revision", NEW_REV, "-y", "--context", "cluster1")
