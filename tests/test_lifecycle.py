@@ -164,17 +164,23 @@ def test_teardown_after_an_interrupted_one_waits_for_the_namespace_already_being
                             env={**mesh.env, "COLUMNS": "160"}, cwd=ROOT, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = []
-    waiting = threading.Event()
+    waiting = threading.Event()  # set once teardown says it waits, or once it has said all it will say
+    wait_step = "cluster1: istio-system is being deleted: wait until it is gone ..."
 
     def read_progress():
         for line in proc.stdout:
             seen.append(line)
-            if "cluster1: delete namespace istio-system ..." in line:
+            if wait_step in line:
                 waiting.set()
+        waiting.set()
 
     reader = threading.Thread(target=read_progress, daemon=True)
     reader.start()
-    waiting.wait(120)
+    waiting.wait(120)  # the step comes within seconds; a teardown that never says it would hang here
+    said_waiting = any(wait_step in line for line in seen)
+    if not said_waiting:
+        proc.kill()
+    assert said_waiting, "teardown never said it waits for istio-system:\n" + "".join(seen)
     sandbox.kubectl("cluster1", "patch", "configmap", "hold", "-n", "istio-system", "--type=merge",
                     "-p", '{"metadata":{"finalizers":null}}')
     stderr = proc.stderr.read()  # the reader thread has stdout
