@@ -18,7 +18,13 @@ from .reporter import Reporter
 from .runner import ShRunner
 from .state import State
 
-INSPECT_TIMEOUT = 30.0
+INSPECT_TIMEOUT = 30.0  # the longest one read of a cluster may take; --timeout shortens it, never lengthens it
+
+
+def read_timeout(tools: Tools) -> float:
+    """What one read may take: ``--timeout`` ("any one command") bounds reads too, a short one most of all, as a
+    user gives it to learn quickly that a cluster does not answer."""
+    return min(INSPECT_TIMEOUT, tools.timeout)
 
 
 @dataclass
@@ -89,16 +95,18 @@ def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Re
     """One read per cluster, in parallel. An unreachable cluster is an Observed with an error.
     ``ambient``: also the Gateway API CRDs and, where they exist, the east-west Gateway, and ztunnel's
     DaemonSet when the profile puts it in ``ztunnel_namespace`` instead of istio-system."""
+    timeout = read_timeout(tools)
+
     def read(ctx: RunContext, cluster: Cluster) -> Observed:
         try:
-            seen = parse_inspect(ctx.run(tools.inspect(cluster, INSPECT_TIMEOUT)).stdout)
+            seen = parse_inspect(ctx.run(tools.inspect(cluster, timeout)).stdout)
             if ambient:
-                seen.gateway_api = parse_crd_annotations(ctx.run(tools.gateway_api_crds(cluster, INSPECT_TIMEOUT)).stdout)
+                seen.gateway_api = parse_crd_annotations(ctx.run(tools.gateway_api_crds(cluster, timeout)).stdout)
                 if seen.gateway_api.installed:
                     seen.eastwest_gateway = json.loads(
-                        ctx.run(tools.east_west_gateway(cluster, INSPECT_TIMEOUT)).stdout or "null")
+                        ctx.run(tools.east_west_gateway(cluster, timeout)).stdout or "null")
                 if ztunnel_namespace != ISTIO_NAMESPACE:
-                    found = json.loads(ctx.run(tools.ztunnel(cluster, ztunnel_namespace, INSPECT_TIMEOUT)).stdout or "null")
+                    found = json.loads(ctx.run(tools.ztunnel(cluster, ztunnel_namespace, timeout)).stdout or "null")
                     if found:
                         seen.daemonsets[ZTUNNEL_DAEMONSET] = found
             return seen
@@ -113,12 +121,14 @@ def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Re
 def read_istio_usage(clusters: list[Cluster], tools: Tools, runner, reporter: Reporter, parallel: int,
                      ours: frozenset[str]) -> dict[str, IstioUsage | MeshError]:
     """Which Istio resources and control planes others made in each cluster (what keeps Istio's CRDs)."""
+    timeout = read_timeout(tools)
+
     def read(ctx: RunContext, cluster: Cluster) -> IstioUsage | MeshError:
         try:
-            resources = ctx.run(tools.istio_resources(cluster, INSPECT_TIMEOUT))
+            resources = ctx.run(tools.istio_resources(cluster, timeout))
             if not resources.ok and not is_missing_category(resources.stderr):
                 return MeshError(f"cannot list Istio resources: {resources.stderr_tail()}")
-            deployments = ctx.run(tools.istio_deployments(cluster, INSPECT_TIMEOUT))
+            deployments = ctx.run(tools.istio_deployments(cluster, timeout))
             return parse_istio_usage(resources.stdout if resources.ok else None, deployments.stdout, ours,
                                      made_by_setup_mesh)
         except MeshError as exc:

@@ -6,6 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from lib.config import Cluster
+from lib.kube import Tools
+from lib.reporter import Reporter
+from lib.workspace import INSPECT_TIMEOUT, inspect_clusters, read_istio_usage
+from tests.recording import RecordingRunner
 from tests.terminal import Terminal, plain
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,3 +68,16 @@ def test_reads_show_what_they_wait_for_then_clear(tmp_path, silent_api_server, k
     code = term.wait(timeout=60)
     assert code != 0, plain(term.output)  # the cluster could not be read, and says so
     assert "cannot read" in plain(term.output) or "unreachable" in plain(term.output), plain(term.output)
+
+
+@pytest.mark.parametrize("given,taken", [(3.0, 3.0), (600.0, INSPECT_TIMEOUT)])
+def test_each_read_of_a_cluster_takes_at_most_the_timeout_given(given, taken):
+    """--timeout ("any one command") bounds the reads of status, verify, teardown and apply too: a short one is
+    how a user learns quickly that a cluster does not answer; a long one (apply's, for its installs) leaves
+    reads at their own bound."""
+    runner = RecordingRunner()
+    tools = Tools(kubectl="kubectl", istioctl="istioctl", timeout=given)
+    clusters = [Cluster(context="c1", name="c1", network="n1")]
+    inspect_clusters(clusters, tools, runner, Reporter(quiet=True), 1, ambient=True, ztunnel_namespace="kube-system")
+    read_istio_usage(clusters, tools, runner, Reporter(quiet=True), 1, frozenset())
+    assert len(runner.commands) >= 4 and {c.timeout for c in runner.commands} == {taken}, runner.lines()
