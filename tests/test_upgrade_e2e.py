@@ -28,16 +28,22 @@ def published(tmp_path_factory):
         yield server
 
 
-@pytest.fixture
-def mesh(sandbox_factory, tmp_path):
-    sandbox = sandbox_factory(list(NETWORKS))
-    made = make_mesh(sandbox, tmp_path / "ws", NETWORKS)
+def _build_pinned_mesh(start, workdir):
+    sandbox = start(list(NETWORKS))
+    made = make_mesh(sandbox, workdir, NETWORKS)
     mesh = PinnedMesh(made.sandbox, made.workdir)
     # API servers the peers reach, so that status can call the mesh healthy
     mesh.write_topology(NETWORKS, extra={ctx: {"api_server": sandbox.api_server(ctx)} for ctx in NETWORKS})
     mesh.pin("1.30.3")
     mesh.apply("--istio-dir", str(sandbox.istio_dir))
     return mesh
+
+
+@pytest.fixture
+def mesh(shaped):
+    """The mesh at 1.30.3, pinned: a copy of one built once per worker (tests/shapes.py); the module's tests
+    stay on one worker."""
+    return shaped("upgrade-e2e", _build_pinned_mesh, PinnedMesh)
 
 
 def revisions_in(mesh, namespace):
