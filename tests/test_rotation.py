@@ -548,6 +548,10 @@ def test_a_second_workspace_is_refused_by_apply_then_moves_the_mesh_to_its_own_r
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "chains to another root than this workspace's in cluster1, cluster2" in refused.stderr
     assert "rotate-certs --root" in refused.stderr
+    reissued = run("rotate-certs", "-y")  # new intermediates of this workspace's root would replace cacerts too
+    assert reissued.returncode == 2, reissued.stdout + reissued.stderr
+    assert "chains to another root than this workspace's in cluster1, cluster2" in reissued.stderr
+    assert "run rotate-certs from the workspace that holds that root" in reissued.stderr
     preview = run("rotate-certs", "--root", "--dry-run")
     assert preview.returncode == 0, preview.stdout + preview.stderr
     assert "starting the move from the clusters' root to this workspace's: stage 1 of 3" in preview.stdout
@@ -674,14 +678,15 @@ def test_a_second_workspace_moves_a_primary_and_its_remote_to_its_own_root(sandb
 
 
 def _the_first_workspace_leaves_the_move_alone(first, before):
-    """apply from the workspace whose root the mesh is moving from refuses to put its own cacerts back (that
-    would undo the stages, and from stage 2 break mTLS): nothing changes in any cluster."""
+    """apply and rotate-certs from the workspace whose root the mesh is moving from refuse to put its own
+    cacerts back (that would undo the stages, and from stage 2 break mTLS): nothing changes in any cluster."""
     counts = {ctx: len(first.sandbox.requests(ctx)) for ctx in before}
     held = {ctx: cacerts(first, ctx) for ctx in before}
-    for args in (("--dry-run",), ("-y",)):
-        refused = first.run("apply", *args)
-        assert refused.returncode == 2, refused.stdout + refused.stderr
-        assert "another workspace is moving the mesh to its root" in refused.stdout + refused.stderr
+    for command in (("apply", "--dry-run"), ("apply", "-y"), ("rotate-certs", "--dry-run"), ("rotate-certs", "-y")):
+        refused = first.run(*command)
+        assert refused.returncode == 2, f"{command}:\n{refused.stdout}{refused.stderr}"
+        assert "another workspace is moving the mesh to its root" in refused.stdout + refused.stderr, command
+        assert "leave the mesh to the workspace that is moving it" in refused.stderr, command
     assert _writes(first, counts) == {ctx: [] for ctx in before}
     assert {ctx: cacerts(first, ctx) for ctx in before} == held
 
