@@ -28,8 +28,12 @@ def mesh2(shaped):
     return shaped("rotation-mesh2", _build_mesh2)
 
 
+# The stages are checked by looking at every cluster many times: these looks read the API server directly
+# (Sandbox.read), the same objects kubectl would show, without starting kubectl at each.
+
 def cacerts(mesh, ctx) -> dict[str, bytes]:
-    secret = mesh.get(ctx, "secret", "cacerts", "-n", "istio-system")
+    secret = mesh.sandbox.read(ctx, "/api/v1/namespaces/istio-system/secrets/cacerts")
+    assert secret is not None, f"{ctx} holds no cacerts"
     return {name: base64.b64decode(value) for name, value in secret["data"].items()}
 
 
@@ -174,14 +178,14 @@ def pems(bundle: bytes) -> list[bytes]:
 
 
 def istiod_env(mesh, ctx) -> dict[str, str]:
-    deployment = mesh.get(ctx, "deployment", "istiod", "-n", "istio-system")
+    deployment = mesh.sandbox.read(ctx, "/apis/apps/v1/namespaces/istio-system/deployments/istiod")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     return {e["name"]: e.get("value") for e in container.get("env") or []}
 
 
 def published_roots(mesh, ctx, namespace="istio-system") -> bytes | None:
     """The root bundle the cluster's istiod holds, as it publishes it in istio-ca-root-cert."""
-    found = mesh.get(ctx, "configmap", "istio-ca-root-cert", "-n", namespace, check=False)
+    found = mesh.sandbox.read(ctx, f"/api/v1/namespaces/{namespace}/configmaps/istio-ca-root-cert")
     return found["data"]["root-cert.pem"].encode() if found else None
 
 
@@ -209,7 +213,7 @@ def check_stage(mesh, tmp_path, stage, old_root, new_root, contexts, old_interme
         assert bundle == {1: old_root + new_root, 2: old_root + new_root + new_root, 3: new_root}[stage], ctx
         if stage in (1, 2):
             assert istiod_env(mesh, ctx).get("ISTIO_MULTIROOT_MESH") == "true"
-        annotation = mesh.get(ctx, "namespace", "istio-system")["metadata"].get("annotations", {})
+        annotation = mesh.sandbox.read(ctx, "/api/v1/namespaces/istio-system")["metadata"].get("annotations", {})
         if stage < 3:
             assert f"stage={stage} " in annotation.get("setup-mesh.io/root-transition", "")
         else:  # complete: the clusters no longer carry a transition

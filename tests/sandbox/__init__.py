@@ -383,6 +383,20 @@ class Sandbox:
         """``kubectl get ARGS -o json``, parsed."""
         return json.loads(self.kubectl(ctx, "get", *args, "-o", "json").stdout)
 
+    def read(self, ctx: str, api_path: str) -> dict | None:
+        """One object by its API path (``/api/v1/namespaces/NS/secrets/NAME``) as the API server holds it, None
+        when it does not exist: the same answer as ``kubectl get``, for a test that looks at a cluster many times
+        without starting kubectl (and its discovery requests) at each look."""
+        request = urllib.request.Request(self.plain_url(ctx) + api_path,
+                                         headers={"Authorization": f"Bearer {self.token(ctx)}"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
     def requests(self, ctx: str) -> list[dict]:
         """Every request this cluster's emulator has answered, oldest first."""
         path = Path(self._cluster(ctx)["state_dir"]) / "requests.jsonl"
