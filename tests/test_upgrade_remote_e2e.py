@@ -105,8 +105,10 @@ def test_a_remote_moves_right_after_its_primary_through_the_revisions_exposed_is
     deployment = mesh.get("cluster3", "deployment", "istio-eastwestgateway", "-n", "istio-system")
     assert deployment["metadata"]["labels"]["istio.io/rev"] == NEW_REV
     assert revisions_in(mesh, "cluster3", "istio-system") == [NEW_REV], "the remote's gateway pod is re-injected"
-    # cluster1 keeps its old revision while the remote's workload is on it.
+    # cluster1 keeps its old revision while the remote's workload is on it, also when moved alone.
+    mesh.apply("--istio-mirror", published.url, "--context", "cluster1")
     assert mesh.get("cluster1", "deployment", "istiod", "-n", "istio-system") is not None
+    assert virtual_services(mesh, "cluster1") == ["istiod-vs", f"istiod-vs-{NEW_REV}"]
     healthy(mesh, before)
     sb.kubectl("cluster3", "rollout", "restart", "deployment/web", "-n", "app")
     assert wait_for(lambda: revisions_in(mesh, "cluster3", "app") == [NEW_REV])
@@ -129,3 +131,12 @@ def test_a_remote_moves_right_after_its_primary_through_the_revisions_exposed_is
     healthy(mesh, before)
     again = mesh.apply("--istio-mirror", published.url)
     assert mesh.results(again.stdout) == {ctx: "unchanged" for ctx in CONTEXTS}
+
+    # A later change of base.yaml installs every cluster again at the revision it runs: cluster1's istiod is
+    # exposed as that revision's, the old revision's VirtualService does not come back.
+    base = mesh.workdir / "base.yaml"
+    base.write_text(base.read_text().replace("accessLogFile: /dev/stdout", "accessLogFile: /dev/stderr"))
+    mesh.apply("--istio-mirror", published.url)
+    assert virtual_services(mesh, "cluster1") == [f"istiod-vs-{NEW_REV}"]
+    assert mesh.get("cluster3", "service", "istiod", "-n", "istio-system", check=False) is None
+    healthy(mesh, before)
