@@ -10,7 +10,7 @@ from typing import Callable
 from . import certs, invocation, carotation, reissue
 from . import polling
 from .cluster import KubeClient
-from .commands import certs_prerequisites, confirm_plan, finish_run, open_log, sit_out
+from .commands import certs_prerequisites, confirm_plan, finish_run, open_log, other_roots_refusal, sit_out
 from .planview import print_plan
 from .config import Cluster, select_clusters
 from .errors import ConfigError, MeshError
@@ -19,7 +19,7 @@ from .kube import Observed, Tools, parse_published_roots
 from .names import ISTIO_NAMESPACE
 from .overlay import control_plane_istiod
 from .desired import desired_state
-from .plan import ApplyPlan, cacerts_in_place, cacerts_step, intermediate_step
+from .plan import ApplyPlan, cacerts_finding, cacerts_in_place, cacerts_step, intermediate_step, workspace_roots
 from .workspace import Workspace, find_tools, load_workspace, pinned_release
 from .reporter import Reporter
 from .runner import ShRunner
@@ -108,6 +108,9 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
     client = KubeClient(tools, runner, read_reporter, parallel)
     observed = client.read_state(targets) if ws.contexts_resolved else {}
     unreachable = {ctx: seen for ctx, seen in observed.items() if not seen.reachable}
+    refusal = other_roots_refusal(_on_other_roots(workdir, targets, observed), replace=False, command="rotate-certs")
+    if refusal is not None:
+        raise refusal
 
     backup = carotation.backup_dir(workdir, rotation.backup_name)
     skip = set() if dry_run else set(unreachable)
@@ -147,6 +150,15 @@ def _require_rotatable(workdir: Path, cert_dir: Path) -> None:
         raise ConfigError(f"the mesh's root CA is missing ({cert_dir / certs.ROOT_CERT})",
                           hint="rotate-certs re-issues intermediates under the workspace's root; restore certs/ "
                                "from a backup, or run prep-mesh for a new mesh")
+
+
+def _on_other_roots(workdir: Path, targets: list[Cluster], observed: dict[str, Observed]) -> dict:
+    """The targets whose cacerts chains to another root than this workspace's (another workspace's mesh,
+    someone's own CA, a move another workspace is making): re-issuing would replace it, as apply would."""
+    roots = workspace_roots(workdir, None)
+    found = {c.context: cacerts_finding(observed[c.context], c, workdir, None, roots) for c in targets
+             if c.context in observed and observed[c.context].reachable and observed[c.context].cacerts is not None}
+    return {ctx: finding for ctx, finding in found.items() if finding.other_root}
 
 
 def _rotation_to_run(ws: Workspace, rotation: reissue.Rotation | None, chosen: list[Cluster],
