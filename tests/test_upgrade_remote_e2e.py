@@ -104,7 +104,8 @@ def test_a_remote_moves_right_after_its_primary_through_the_revisions_exposed_is
     assert default_tag(mesh, "cluster3") == NEW_REV
     deployment = mesh.get("cluster3", "deployment", "istio-eastwestgateway", "-n", "istio-system")
     assert deployment["metadata"]["labels"]["istio.io/rev"] == NEW_REV
-    assert revisions_in(mesh, "cluster3", "istio-system") == [NEW_REV], "the remote's gateway pod is re-injected"
+    assert wait_for(lambda: revisions_in(mesh, "cluster3", "istio-system") == [NEW_REV]), \
+        "the remote's gateway pod is re-injected by the new revision"
     # cluster1 keeps its old revision while the remote's workload is on it, also when moved alone.
     mesh.apply("--istio-mirror", published.url, "--context", "cluster1")
     assert mesh.get("cluster1", "deployment", "istiod", "-n", "istio-system") is not None
