@@ -18,9 +18,9 @@ with the east-west gateway moved in place (its Service, so its UID and address, 
 5. ``restart``: workloads still on an old revision are listed with the command that restarts them
    (nothing waits on them: a later run goes on once they moved);
 6. ``remove``: ``istioctl uninstall --revision <old> -y`` once no proxy uses the old revision and the
-   gateway has left it (uninstall removes every object of that revision, gateways included); a primary
-   with remotes first stops exposing the old revision's istiod (its VirtualService), and keeps the old
-   revision while a remote's proxies or gateway still use it.
+   gateway has left it (uninstall removes every object of that revision, gateways included), after what
+   uninstall leaves of it (a primary's VirtualService exposing it, a remote's EndpointSlice); a primary
+   keeps the old revision while a remote's proxies or gateway still use it.
 
 Order: a remote moves right after its primary (its istiod is the primary's, which must run and be
 exposed at the new revision first); primaries one at a time unless ``parallel`` allows more.
