@@ -309,6 +309,24 @@ def test_status_of_a_remote_wired_to_the_wrong_place(pki):
     assert f"names elsewhere in {CONTROL_PLANE_CLUSTERS}, not main" in untrusted.message
 
 
+def test_status_reports_the_cacerts_findings_of_live_clusters(pki):
+    from tests.test_assess import _cert
+
+    other = _cert("Root CA")  # another workspace's root: same name, another key
+    inter = _cert("Intermediate CA", other)
+    theirs = {"ca-cert.pem": inter[0], "cert-chain.pem": inter[0] + other[0], "root-cert.pem": other[0]}
+    fakes = _live(MULTI_NETWORK, pki, east={"cacerts": {**pki[1], "ca-cert.pem": b"not a certificate"}},
+                  west={"cacerts": theirs})
+    status = _status(MULTI_NETWORK, fakes, pki)
+    problems = _problems(status)  # (west's intermediate, made for 30 days, is also expiring)
+    assert problems["east"] == ["cacerts_unreadable"] and "cacerts_foreign_root" in problems["west"]
+    east, west = status.clusters
+    assert east.cacerts.chains_to_root is False and west.cacerts.chains_to_root is False
+    assert west.cacerts.root_fingerprint == _fp(other[0]) and west.cacerts.chains_to is None
+    fakes["east"].state.cacerts = None
+    assert _problems(_status(MULTI_NETWORK, fakes, pki))["east"] == ["cacerts_missing"]
+
+
 def test_status_of_a_running_primary_turned_into_a_remote_is_not_healthy(pki):
     """topology.yaml makes edge a remote of main; edge still runs what it ran as a primary."""
     as_primaries = _topology(("main", "n1", None), ("edge", "n2", None))
@@ -366,6 +384,15 @@ def _plan(topology: Topology, workdir: Path, clusters: dict, base: dict | None =
           lines: bool = False) -> dict[str, list[str]]:
     """The steps apply plans per cluster (``lines``: their lines in the plan), for clusters read through
     the fake client."""
+    plan = _apply_plan(topology, workdir, clusters, base)
+    steps: dict[str, list[str]] = {}
+    for phase in plan.phases:
+        for context, found in phase.steps.items():
+            steps.setdefault(context, []).extend(step.change if lines else step.title for step in found)
+    return steps
+
+
+def _apply_plan(topology: Topology, workdir: Path, clusters: dict, base: dict | None = None):
     from lib.gatewayapi import CrdSource
     from lib.kube import Tools, gateway_addresses
     from lib.plan import build_apply_plan
@@ -375,11 +402,7 @@ def _plan(topology: Topology, workdir: Path, clusters: dict, base: dict | None =
     plan = build_apply_plan(topology=topology, desired=desired, observed=observed, removed=[], removed_observed=observed,
                             workdir=workdir, tools=Tools(), release=None, intermediate_vars={}, gateway_timeout=5,
                             gateway_api=CrdSource("crds.yaml", "v1.4.0") if base else None)
-    steps: dict[str, list[str]] = {}
-    for phase in plan.phases:
-        for context, found in phase.steps.items():
-            steps.setdefault(context, []).extend(step.change if lines else step.title for step in found)
-    return steps
+    return plan
 
 
 def test_a_mesh_as_apply_leaves_it_plans_nothing(tmp_path):
@@ -562,7 +585,19 @@ def test_cacerts_with_an_unreadable_or_foreign_signed_intermediate_is_not_on_our
     # status says it does not chain to this workspace's root
     mixed = _cacerts(ca, {**ca["theirs"], "root-cert.pem": ca["ours"]})
     assert mixed.state is CacertsState.OURS_OUTDATED and mixed.on_workspace_root is False
+    # and an intermediate of ours under a root bundle that names another root first
+    other_first = _cacerts(ca, {**ca["earlier"], "root-cert.pem": ca["other"] + ca["ours"]})
+    assert other_first.chains_to == "current" and other_first.on_workspace_root is False
     # a workspace without a root judges no chain
     from lib.assess import WorkspaceCerts
 
     assert _cacerts(ca, ca["current"], pki=WorkspaceCerts(None, {"east": ca["current"]})).on_workspace_root is None
+
+
+def test_the_plan_updates_an_outdated_cacerts_and_refuses_to_replace_one_it_did_not_make(tmp_path):
+    outdated = {name: b"an earlier intermediate" for name in ("ca-cert.pem", "cert-chain.pem", "root-cert.pem")}
+    clusters = _running(MULTI_NETWORK, tmp_path, east={"cacerts": outdated, "cacerts_labelled": True})
+    assert _plan(MULTI_NETWORK, tmp_path, clusters, lines=True)["east"][0] == "~ secret cacerts (certs/east/)"
+    # not made by setup-mesh (no label) and no root of ours in it: somebody's own CA, apply asks first
+    plan = _apply_plan(MULTI_NETWORK, tmp_path, _running(MULTI_NETWORK, tmp_path, east={"cacerts": outdated}))
+    assert {ctx: f.state for ctx, f in plan.other_roots.items()} == {"east": CacertsState.FOREIGN}
