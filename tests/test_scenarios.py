@@ -469,7 +469,7 @@ def test_a_cluster_with_its_own_ca_is_refused_and_replaced_only_with_the_option(
     assert _digest(mesh.get("ctx-c", "secret", "cacerts", "-n", "istio-system")["data"]) == theirs
     assert mesh.control_plane_installs() == [], "nothing was installed anywhere"
 
-    replaced = mesh.apply("--replace-foreign-ca")
+    replaced = mesh.apply_checked("--replace-foreign-ca")  # the dry run with the option names the replacement
     assert "mTLS between workloads breaks until every workload restarts" in replaced.stdout
     secret = mesh.get("ctx-c", "secret", "cacerts", "-n", "istio-system")
     assert _digest(secret["data"]) != theirs
