@@ -121,7 +121,7 @@ def test_mesh_applied_with_an_unnamed_control_plane_keeps_its_gateways_on_upgrad
         mesh.sandbox.kubectl(ctx, "annotate", "--overwrite", "namespace", "istio-system",
                              "setup-mesh.io/applied=from-an-earlier-version")
     before, exported = snapshot(mesh), len(exports(mesh))
-    mesh.apply()
+    mesh.apply_checked()
     assert snapshot(mesh) == before
     assert len(exports(mesh)) == exported
     for ctx in CONTEXTS:
