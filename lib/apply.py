@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import carotation, fetch, invocation, upgrade, upgradeplan
+from . import carotation, fetch, upgrade, upgradeplan
 from .cluster import KubeClient
 from .config import AMBIENT, Cluster, Topology, data_plane_mode, select_clusters, ztunnel_namespace
 from .errors import ConfigError, MeshError
@@ -12,7 +12,7 @@ from .gatewayapi import CrdSource, choose_source, expected_version, older_than_n
 from .kube import IstioUsage, Observed, Tools, gateway_addresses
 from .overlay import our_operators
 from .desired import desired_state
-from .assess import CacertsState, loopback_peers
+from .assess import loopback_peers
 from .mesh import mesh_model
 from .plan import RECORD_TITLE, ApplyPlan, Removal, Uninstall, build_apply_plan
 from .planview import other_root_consequence, print_plan
@@ -22,8 +22,8 @@ from .runlog import RunLog
 from .runner import ShRunner
 from .statusrevisions import read_revisions
 from .workspace import Workspace, find_tools, load_workspace
-from .commands import (certs_prerequisites, confirm, deletion_question, describe_kept, finish_run, open_log, sit_out,
-                       uninstall_for)
+from .commands import (certs_prerequisites, confirm, deletion_question, describe_kept, finish_run, open_log,
+                       other_roots_refusal, sit_out, uninstall_for)
 
 
 def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_run: bool, yes: bool,
@@ -76,7 +76,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
                             revisions=upgradeplan.running_revisions(upgrading[0]) if upgrading else None)
     if upgrading:  # what is left of a canary upgrade to the pinned versions
         _add_upgrade(plan, *upgrading, releases, desired, tools, workdir, ws.notes, restart_workloads, upgrade_parallel)
-    refusal = other_roots_refusal(plan, replace_foreign_ca)
+    refusal = other_roots_refusal(plan.other_roots, replace_foreign_ca)
     if dry_run:
         return _show_dry_run(plan, ws, observed if readable else None, refusal, unreachable_api, replace_foreign_ca,
                              reporter)
@@ -264,24 +264,6 @@ def _not_working(problem: MeshError | None, code: int, reporter: Reporter) -> in
         return code
     reporter.error(problem)
     return code or EXIT_NOT_WORKING
-
-
-def other_roots_refusal(plan: ApplyPlan, replace: bool) -> ConfigError | None:
-    """Clusters whose cacerts chains to another root are never replaced unasked, whoever made it: workloads
-    holding certificates of the old root and of the new one cannot talk until they restart."""
-    if not plan.other_roots or replace:
-        return None
-    lines = "".join(f"\n  {context}: {finding.describe()}" for context, finding in plan.other_roots.items())
-    # Another workspace's mesh (not somebody's own CA) can be moved to this workspace's root in stages.
-    move = (f"or, when every cluster runs on that one root, `{invocation.command('rotate-certs', '--root')}` moves "
-            f"the mesh to this workspace's root without downtime; "
-            if all(f.state is CacertsState.OTHER_ROOT for f in plan.other_roots.values()) else "")
-    return ConfigError(
-        f"secret cacerts chains to another root than this workspace's in {', '.join(plan.other_roots)}; replacing "
-        f"it breaks mTLS between workloads until they restart, so nothing was changed:{lines}",
-        hint=f"run apply from the workspace that holds that root; {move}or "
-             f"`{invocation.command('apply', '--replace-foreign-ca')}` replaces it at once (then restart every "
-             f"workload: `kubectl rollout restart deployment -n <namespace>`)")
 
 
 def _istio_version(istio_dir: str | None, ws: Workspace) -> str | None:

@@ -10,8 +10,9 @@ from typing import Callable
 
 import typer
 
-from . import certs, carotation
+from . import certs, carotation, invocation
 from . import polling
+from .assess import CacertsFinding, CacertsState
 from .config import Cluster, Topology
 from .errors import Cancelled, ConfigError, MeshError
 from .fsutil import read_if_present
@@ -65,6 +66,30 @@ def prep_mesh(workdir: Path, *, contexts: list[str], reporter: Reporter, **kwarg
     result = _prep_mesh(workdir, contexts=parse_context_options(contexts), reporter=reporter, **kwargs)
     _report_prep(result, workdir, reporter)
     return 0
+
+
+def other_roots_refusal(other_roots: dict[str, CacertsFinding], replace: bool,
+                        command: str = "apply") -> ConfigError | None:
+    """Clusters whose cacerts chains to another root are never replaced unasked, whoever made it: workloads
+    holding certificates of the old root and of the new one cannot talk until they restart. ``command``:
+    the one refused (apply, rotate-certs), named in the hint."""
+    if not other_roots or replace:
+        return None
+    lines = "".join(f"\n  {context}: {finding.describe()}" for context, finding in other_roots.items())
+    message = (f"secret cacerts chains to another root than this workspace's in {', '.join(other_roots)}; replacing "
+               f"it breaks mTLS between workloads until they restart, so nothing was changed:{lines}")
+    states = {f.state for f in other_roots.values()}
+    if states == {CacertsState.OTHER_MOVE}:
+        # Putting this workspace's cacerts back mid-move undoes the stages of the workspace that moves the mesh.
+        return ConfigError(message, hint="leave the mesh to the workspace that is moving it: its `rotate-certs --root` "
+                                         "finishes the move, and from then on the mesh runs on that workspace's root")
+    # Another workspace's mesh (not somebody's own CA) can be moved to this workspace's root in stages.
+    move = (f"or, when every cluster runs on that one root, `{invocation.command('rotate-certs', '--root')}` moves "
+            f"the mesh to this workspace's root without downtime; " if states == {CacertsState.OTHER_ROOT} else "")
+    return ConfigError(message, hint=f"run {command} from the workspace that holds that root; {move}or "
+                                     f"`{invocation.command('apply', '--replace-foreign-ca')}` replaces it at once "
+                                     f"(then restart every workload: `kubectl rollout restart deployment -n <namespace>`)")
+
 
 
 # --- shared set-up -----------------------------------------------------------------------------

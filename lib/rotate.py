@@ -10,7 +10,7 @@ from typing import Callable
 from . import certs, invocation, carotation, reissue
 from . import polling
 from .cluster import KubeClient
-from .commands import certs_prerequisites, confirm_plan, finish_run, open_log, sit_out
+from .commands import certs_prerequisites, confirm_plan, finish_run, open_log, other_roots_refusal, sit_out
 from .planview import print_plan
 from .config import Cluster, select_clusters
 from .errors import ConfigError, MeshError
@@ -110,6 +110,9 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
     client = KubeClient(tools, runner, read_reporter, parallel)
     observed = client.read_state(targets) if ws.contexts_resolved else {}
     unreachable = {ctx: seen for ctx, seen in observed.items() if not seen.reachable}
+    refusal = other_roots_refusal(_on_other_roots(workdir, targets, observed), replace=False, command="rotate-certs")
+    if refusal is not None:
+        raise refusal
 
     backup = carotation.backup_dir(workdir, rotation.backup_name)
     skip = set() if dry_run else set(unreachable)
@@ -149,6 +152,15 @@ def _require_rotatable(workdir: Path, cert_dir: Path) -> None:
         raise ConfigError(f"the mesh's root CA is missing ({cert_dir / certs.ROOT_CERT})",
                           hint="rotate-certs re-issues intermediates under the workspace's root; restore certs/ "
                                "from a backup, or run prep-mesh for a new mesh")
+
+
+def _on_other_roots(workdir: Path, targets: list[Cluster], observed: dict[str, Observed]) -> dict:
+    """The targets whose cacerts chains to another root than this workspace's (another workspace's mesh,
+    someone's own CA, a move another workspace is making): re-issuing would replace it, as apply would."""
+    pki = workspace_certs(workdir, None, [c.name for c in targets])
+    found = {c.context: assess_cluster_cacerts(observed[c.context], c.name, pki) for c in targets
+             if c.context in observed and observed[c.context].reachable and observed[c.context].cacerts is not None}
+    return {ctx: finding for ctx, finding in found.items() if finding.other_root}
 
 
 def _rotation_to_run(ws: Workspace, rotation: reissue.Rotation | None, chosen: list[Cluster],

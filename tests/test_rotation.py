@@ -535,9 +535,9 @@ def _writes(mesh, since: dict[str, int]) -> dict[str, list]:
 def _kept_objects(mesh, ctx) -> tuple:
     """What a move to another root must leave alone: the gateway's Service (its address) and istiod itself."""
     service = mesh.get(ctx, "service", "istio-eastwestgateway", "-n", "istio-system")
-    istiod = mesh.get(ctx, "deployment", "istiod", "-n", "istio-system")
+    istiod = mesh.get(ctx, "deployment", "istiod", "-n", "istio-system", check=False)  # None on a remote
     address = [i.get("ip") or i.get("hostname") for i in service["status"]["loadBalancer"]["ingress"]]
-    return service["metadata"]["uid"], address, istiod["metadata"]["uid"]
+    return service["metadata"]["uid"], address, istiod and istiod["metadata"]["uid"]
 
 
 @pytest.mark.parametrize("istio_version", [None, "1.29.6"], ids=["default", "1.29"])
@@ -572,6 +572,10 @@ def test_a_second_workspace_is_refused_by_apply_then_moves_the_mesh_to_its_own_r
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "chains to another root than this workspace's in cluster1, cluster2" in refused.stderr
     assert "rotate-certs --root" in refused.stderr
+    reissued = run("rotate-certs", "-y")  # new intermediates of this workspace's root would replace cacerts too
+    assert reissued.returncode == 2, reissued.stdout + reissued.stderr
+    assert "chains to another root than this workspace's in cluster1, cluster2" in reissued.stderr
+    assert "run rotate-certs from the workspace that holds that root" in reissued.stderr
     preview = run("rotate-certs", "--root", "--dry-run")
     assert preview.returncode == 0, preview.stdout + preview.stderr
     assert "starting the move from the clusters' root to this workspace's: stage 1 of 3" in preview.stdout
@@ -647,15 +651,66 @@ def test_a_second_workspace_is_refused_by_apply_then_moves_the_mesh_to_its_own_r
         assert scan_for_secrets(text) == []
 
 
+def test_a_second_workspace_moves_a_primary_and_its_remote_to_its_own_root(sandbox_factory, tmp_path):
+    # cluster2 is a remote of cluster1 on a network of its own: it runs no istiod, and its cacerts must
+    # trust what each stage trusts, as the primary's does, while its install is left alone.
+    sandbox = sandbox_factory(list(TWO_NETS))
+    extra = {ctx: {"api_server": sandbox.api_server(ctx)} for ctx in TWO_NETS}
+    extra["cluster2"]["primary"] = "cluster1"
+    first = make_mesh(sandbox, tmp_path / "ws-a", TWO_NETS)
+    first.write_topology(TWO_NETS, extra=extra)
+    first.apply()
+    second = make_mesh(sandbox, tmp_path / "ws-b", TWO_NETS)
+    second.write_topology(TWO_NETS, extra=extra)
+    ws = second.workdir
+    theirs = (first.workdir / "certs" / "root-cert.pem").read_bytes()
+    ours = (ws / "certs" / "root-cert.pem").read_bytes()
+    before = {ctx: cacerts(second, ctx) for ctx in TWO_NETS}
+    kept = {ctx: _kept_objects(second, ctx) for ctx in TWO_NETS}
+    remote_installs = [c for c in second.control_plane_installs() if c["context"] == "cluster2"]
+    counts = {ctx: len(sandbox.requests(ctx)) for ctx in TWO_NETS}
+    refused = second.run("apply", "-y")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "rotate-certs --root" in refused.stderr
+    assert _writes(second, counts) == {ctx: [] for ctx in TWO_NETS}, "refused without a change"
+
+    bundles = {1: theirs + ours, 2: theirs + ours + ours, 3: ours}
+    for stage, args in ((1, ()), (2, ("--min-wait", "0")), (3, ("--min-wait", "0"))):
+        result = second.run("rotate-certs", "-y", "--root", *args)
+        assert result.returncode == 0, f"stage {stage}:\n{result.stdout}{result.stderr}"
+        primary = cacerts(second, "cluster1")
+        assert primary["root-cert.pem"] == bundles[stage], f"cluster1 at stage {stage}"
+        assert primary["ca-cert.pem"] == (before["cluster1"]["ca-cert.pem"] if stage == 1 else
+                                          (ws / "certs" / "cluster1" / "ca-cert.pem").read_bytes()), \
+            f"cluster1 at stage {stage}: its intermediate is kept in stage 1 and ours from stage 2"
+        assert published_roots(second, "cluster1") == bundles[stage], f"istiod did not take stage {stage}"
+        held = cacerts(second, "cluster2")
+        assert held["root-cert.pem"] == bundles[stage], f"the remote at stage {stage}: the primary's bundle"
+        assert verify(held["root-cert.pem"], primary["ca-cert.pem"], tmp_path).returncode == 0, \
+            f"the remote at stage {stage} trusts the certificates its primary's istiod issues"
+        assert second.get("cluster2", "deployment", "istiod", "-n", "istio-system", check=False) is None
+        assert [c for c in second.control_plane_installs() if c["context"] == "cluster2"] == remote_installs, \
+            f"stage {stage} reinstalled the remote"
+        status = second.run("status")
+        assert status.returncode == 0, f"stage {stage}:\n{status.stdout}{status.stderr}"
+    assert "ISTIO_MULTIROOT_MESH" not in istiod_env(second, "cluster1")
+    assert {ctx: _kept_objects(second, ctx) for ctx in TWO_NETS} == kept, "a gateway's Service or istiod was replaced"
+    plan = second.run("apply", "--dry-run")
+    assert plan.returncode == 0 and NOTHING_PLANNED in plan.stdout.splitlines(), plan.stdout + plan.stderr
+    crossed = second.run("verify")
+    assert crossed.returncode == 0, crossed.stdout + crossed.stderr
+
+
 def _the_first_workspace_leaves_the_move_alone(first, before):
-    """apply from the workspace whose root the mesh is moving from refuses to put its own cacerts back (that
-    would undo the stages, and from stage 2 break mTLS): nothing changes in any cluster."""
+    """apply and rotate-certs from the workspace whose root the mesh is moving from refuse to put its own
+    cacerts back (that would undo the stages, and from stage 2 break mTLS): nothing changes in any cluster."""
     counts = {ctx: len(first.sandbox.requests(ctx)) for ctx in before}
     held = {ctx: cacerts(first, ctx) for ctx in before}
-    for args in (("--dry-run",), ("-y",)):
-        refused = first.run("apply", *args)
-        assert refused.returncode == 2, refused.stdout + refused.stderr
-        assert "another workspace is moving the mesh to its root" in refused.stdout + refused.stderr
+    for command in (("apply", "--dry-run"), ("apply", "-y"), ("rotate-certs", "--dry-run"), ("rotate-certs", "-y")):
+        refused = first.run(*command)
+        assert refused.returncode == 2, f"{command}:\n{refused.stdout}{refused.stderr}"
+        assert "another workspace is moving the mesh to its root" in refused.stdout + refused.stderr, command
+        assert "leave the mesh to the workspace that is moving it" in refused.stderr, command
     assert _writes(first, counts) == {ctx: [] for ctx in before}
     assert {ctx: cacerts(first, ctx) for ctx in before} == held
 
