@@ -75,7 +75,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
                             gateway_api=crd_source, uninstall=uninstall, transition=transition,
                             revisions=upgradeplan.running_revisions(upgrading[0]) if upgrading else None)
     if upgrading:  # what is left of a canary upgrade to the pinned versions
-        _add_upgrade(plan, *upgrading, releases, desired, tools, workdir, ws.notes, restart_workloads, upgrade_parallel)
+        _add_upgrade(plan, *upgrading, releases, desired, tools, workdir, ws.notes, restart_workloads, upgrade_parallel, only)
     refusal = other_roots_refusal(plan.other_roots, replace_foreign_ca)
     if dry_run:
         return _show_dry_run(plan, ws, observed if readable else None, refusal, unreachable_api, replace_foreign_ca,
@@ -218,29 +218,32 @@ def _read_upgrade(topology: Topology, observed: dict, tools: Tools, runner: ShRu
         return None
     members = [c for c in topology.clusters if (seen := observed.get(c.context)) is not None and seen.reachable]
     revisions = read_revisions(members, observed, tools, runner, reporter, parallel)
-    states = [s for s in upgradeplan.upgrade_states(topology, observed, revisions) if only is None or s.context in only]
-    if not states:
+    # Every cluster's state, also with --context: a primary keeps an old revision its remotes still use.
+    states = upgradeplan.upgrade_states(topology, observed, revisions)
+    if not any(only is None or s.context in only for s in states):
         return None
     refusals = upgrade.preflight(topology, revisions, targets)
     if refusals:
         raise upgrade.refusal_error(refusals)
-    refusal = upgradeplan.unsupported_refusal(states, targets, ambient)
+    refusal = upgradeplan.unsupported_refusal([s for s in states if only is None or s.context in only], targets, ambient)
     if refusal is not None:
         raise refusal
     return states, targets
 
 
 def _add_upgrade(plan: ApplyPlan, states: list, targets: dict[str, str], releases: dict, desired: dict, tools: Tools,
-                 workdir: Path, notes: list[str], restart_workloads: bool, parallel: int) -> None:
-    """The canary upgrade's steps (lib/upgradeplan.py) as one more phase of ``plan``."""
+                 workdir: Path, notes: list[str], restart_workloads: bool, parallel: int, only: set[str] | None) -> None:
+    """The canary upgrade's steps (lib/upgradeplan.py) as one more phase of ``plan``, for the clusters of
+    ``only`` (None: all)."""
     fetched = {v: releases.get(v) or Release(fetch.releases_dir(workdir).resolve() / f"istio-{v}") for v in targets.values()}
     # ``parallel`` primaries at a time (one unless --parallel was given), each with its remotes: a failure
     # stops the upgrade with the later waves untouched.
-    phase = upgradeplan.upgrade_phase(states, targets, desired, fetched, tools, workdir, parallel, restart_workloads)
+    phase = upgradeplan.upgrade_phase(states, targets, desired, fetched, tools, workdir, parallel, restart_workloads,
+                                      only)
     if phase:
         plan.phases.insert(2, phase)
         plan.unchanged = [c for c in plan.unchanged if c not in phase.steps]
-    notes.extend(upgradeplan.waiting_removals(states, targets))
+    notes.extend(upgradeplan.waiting_removals(states, targets, only))
 
 
 # apply (and its dry run) did what it was asked, but the mesh as configured cannot work (README: exit codes).

@@ -25,6 +25,8 @@ from .overlay import (cluster_operator, control_plane_revision, cross_network_ga
                       expose_istiod, external_istiod, fingerprint, remote_operator, with_pilot_env)
 from .names import CONTROL_PLANE_CLUSTERS, CROSS_NETWORK_GATEWAY, ISTIO_NAMESPACE, NETWORK_LABEL
 
+EXPOSE_ISTIOD = "expose istiod"  # the purpose of the objects that let remotes reach a primary's istiod
+
 # What a dry run shows, and nothing installs, while the address of a primary's east-west gateway is not known.
 PENDING_ADDRESS = "<address of {}'s east-west gateway>"
 
@@ -166,7 +168,7 @@ def expose_istiod_to_remotes(inputs: Inputs, member: Member, d: Desired) -> None
     """A primary with remotes: istiod reachable through its east-west gateway (samples/multicluster/
     expose-istiod.yaml, or the revision template when base.yaml sets a revision)."""
     if member.exposes_istiod:
-        d.istio_objects.append(IstioObjects("expose istiod", expose_istiod(control_plane_revision(inputs.base))))
+        d.istio_objects.append(IstioObjects(EXPOSE_ISTIOD, expose_istiod(control_plane_revision(inputs.base))))
 
 
 def ambient_data_plane(inputs: Inputs, member: Member, d: Desired) -> None:

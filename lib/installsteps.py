@@ -10,7 +10,7 @@ import yaml
 from . import invocation
 from .assess import GatewayFinding, WiringFinding, assess_gateway, overlay_changes
 from .config import SIDECAR, Cluster
-from .desired import Desired
+from .desired import EXPOSE_ISTIOD, Desired, IstioObjects
 from .errors import CommandFailed, MeshError
 from .executor import RERUN_HINT, After, RunContext, Step
 from .gatewaysteps import WAIT_KEY
@@ -102,12 +102,21 @@ def install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | None
                           f"~ east-west gateway ({OVERLAY_DIR}/{path.name}): reinstalled as is",
                           details=eastwest[1]))
     for unit in d.istio_objects:  # applied again on every install: new ones added, the others applied again
+        unit = at_revision(unit, revision)
         new = fresh_gateway or unit.purpose not in present
         steps.append(Step(unit.title, commands=[tools.apply(cluster, dump(manifest_list(unit.objects)
                                                                           if len(unit.objects) > 1 else unit.objects[0]),
                                                             shown=True)],
                           change=f"+ {unit.title}" if new else f"~ {unit.title}: applied again"))
     return [install], steps
+
+
+def at_revision(unit: IstioObjects, revision: str | None) -> IstioObjects:
+    """Istio objects for the revision a cluster runs since a canary upgrade: istiod is exposed to remotes
+    as that revision's (expose-istiod-rev.yaml.tmpl), not as base.yaml's, whose istiod is gone."""
+    if revision and unit.purpose == EXPOSE_ISTIOD:
+        return IstioObjects(unit.purpose, expose_istiod(revision))
+    return unit
 
 
 def _explained_gateway_install(tools: Tools, cluster: Cluster, command: Command):
@@ -144,7 +153,7 @@ def objects_present(d: Desired, gateway: GatewayFinding, wiring: WiringFinding) 
     """The purposes of ``d``'s Istio objects the cluster holds already, from the findings: the
     cross-network Gateway comes with the sidecar-mode gateway, istiod's exposure with remotes that name
     this cluster as their control plane, the ambient Gateway is read itself."""
-    held = {"expose services": gateway.running == SIDECAR, "expose istiod": wiring.exposed,
+    held = {"expose services": gateway.running == SIDECAR, EXPOSE_ISTIOD: wiring.exposed,
             "east-west gateway": d.ambient and gateway.present}
     return frozenset(unit.purpose for unit in d.istio_objects if held.get(unit.purpose))
 
@@ -173,9 +182,10 @@ def no_longer_remote_step(tools: Tools, cluster: Cluster, d: Desired) -> Step:
                           "--ignore-not-found")])
 
 
-def stop_exposing_istiod_step(tools: Tools, cluster: Cluster, d: Desired) -> Step:
-    """A primary that no longer has remotes: its istiod is no longer reachable through the gateway."""
-    names = [(o["kind"], o["metadata"]["name"]) for o in expose_istiod(control_plane_revision(d.operator))]
+def stop_exposing_istiod_step(tools: Tools, cluster: Cluster, d: Desired, revision: str | None = None) -> Step:
+    """A primary that no longer has remotes: its istiod is no longer reachable through the gateway.
+    ``revision``: the one it runs since a canary upgrade."""
+    names = [(o["kind"], o["metadata"]["name"]) for o in expose_istiod(revision or control_plane_revision(d.operator))]
     commands = [tools.kubectl_cmd(cluster, "delete", f"{kind.lower()}s.networking.istio.io", name,
                                   "-n", ISTIO_NAMESPACE, "--ignore-not-found") for kind, name in names]
     return Step("stop exposing istiod (no remotes now)", commands=commands,

@@ -216,7 +216,7 @@ class _Planner:
             elif not d.ambient:
                 steps.append(remove_gateways_step(self.tools, self.workdir, d, seen))
         if wiring.stop_exposing:
-            steps.append(stop_exposing_istiod_step(self.tools, cluster, d))
+            steps.append(stop_exposing_istiod_step(self.tools, cluster, d, self.revisions.get(cluster.context)))
         return steps, gateway
 
     def refuse_gateway_without_its_primary(self, cluster: Cluster, d: Desired) -> None:

@@ -56,7 +56,13 @@ def read_status(ws: Expected, client: ClusterClient) -> MeshStatus:
         ws = replace(ws, fingerprints=ws.fingerprints_for(addresses))
     remotes = [c for c in ws.topology.clusters if c.primary and observed.get(c.context)
                and observed[c.context].reachable]
-    injection = client.injection_paths(remotes, ws.revision)
+    # A remote's injector is its revision's: base.yaml's, else, once a canary upgrade removed that revision,
+    # the newest revisioned istiod Service left (its remote install at that revision made both).
+    remote_revision = {c.context: serving_istiod(observed[c.context].istiod_selectors, ws.istiod_deployment,
+                                                 ws.revision)[1] for c in remotes}
+    injection = {}
+    for revision in dict.fromkeys(remote_revision.values()):
+        injection.update(client.injection_paths([c for c in remotes if remote_revision[c.context] == revision], revision))
     published = client.published_roots([c for c in asked if observed[c.context].cacerts])
     status = evaluate(ws, observed, istiod, views=views, injection=injection, published=published)
     judge_revisions(status.clusters, client.revisions(list(ws.topology.clusters), observed),
@@ -66,7 +72,8 @@ def read_status(ws: Expected, client: ClusterClient) -> MeshStatus:
 
 def serving_istiod(deployments: dict[str, dict], expected: str, revision: str | None) -> tuple[str, str | None]:
     """(istiod Deployment, its revision) that serves a primary: base.yaml's, else, once a canary upgrade
-    removed that revision, the newest revisioned istiod left (Istio names it istiod-<revision>)."""
+    removed that revision, the newest revisioned istiod left (Istio names it istiod-<revision>). Given a
+    remote's istiod Services (by name), the same for the revision its remote install runs."""
     if expected in deployments:
         return expected, revision
     others = sorted((name for name in deployments if is_istiod_name(name) and name != ISTIOD),

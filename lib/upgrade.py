@@ -7,16 +7,24 @@ with the east-west gateway moved in place (its Service, so its UID and address, 
 
 1. ``install``: the new control plane as revision ``1-31-0`` beside the old one (a remote: its remote
    install at that revision, whose istiod is its primary's);
-2. ``gateway``: the east-west gateway reinstalled with that revision (same names: updated in place);
-3. ``tag``: ``istioctl tag set default --revision 1-31-0 --overwrite``, so namespaces labelled
+2. ``expose`` (a primary with remotes): that revision's istiod exposed to the remotes through the
+   east-west gateway, as samples/multicluster/expose-istiod-rev.yaml.tmpl does it (a VirtualService
+   ``istiod-vs-1-31-0`` routing the server name ``istiod-1-31-0.istio-system.svc``, which the remote's
+   Service ``istiod-1-31-0`` is called by, to that istiod); applied again in every run until the cluster
+   is done, so that a run cut short after the install still exposes it before a remote moves;
+3. ``gateway``: the east-west gateway reinstalled with that revision (same names: updated in place);
+4. ``tag``: ``istioctl tag set default --revision 1-31-0 --overwrite``, so namespaces labelled
    ``istio-injection=enabled`` (or ``istio.io/rev=default``) get the new revision's sidecars;
-4. ``restart``: workloads still on an old revision are listed with the command that restarts them
+5. ``restart``: workloads still on an old revision are listed with the command that restarts them
    (nothing waits on them: a later run goes on once they moved);
-5. ``remove``: ``istioctl uninstall --revision <old> -y`` once no proxy uses the old revision and the
-   gateway has left it (uninstall removes every object of that revision, gateways included).
+6. ``remove``: ``istioctl uninstall --revision <old> -y`` once no proxy uses the old revision and the
+   gateway has left it (uninstall removes every object of that revision, gateways included), after what
+   uninstall leaves of it (a primary's VirtualService exposing it, a remote's EndpointSlice); a primary
+   keeps the old revision while a remote's proxies or gateway still use it.
 
-Order: a remote moves right after its primary (its istiod is the primary's); primaries one at a time
-unless ``parallel`` allows more. Wiring these steps into apply's plan (lib/plan.py) is still to do.
+Order: a remote moves right after its primary (its istiod is the primary's, which must run and be
+exposed at the new revision first); primaries one at a time unless ``parallel`` allows more.
+lib/upgradeplan.py turns the steps into apply's plan.
 """
 from __future__ import annotations
 
@@ -31,7 +39,7 @@ if TYPE_CHECKING:
     from .config import Topology
     from .statusrevisions import Revisions
 
-INSTALL, GATEWAY, TAG, RESTART, REMOVE = "install", "gateway", "tag", "restart", "remove"
+INSTALL, EXPOSE, GATEWAY, TAG, RESTART, REMOVE = "install", "expose", "gateway", "tag", "restart", "remove"
 
 
 @dataclass(frozen=True)
@@ -45,16 +53,20 @@ class ClusterRevisions:
     proxies: dict[str, dict[str, int]] = field(default_factory=dict)
     gateway_revision: str | None = None
     primary: str | None = None
+    serves_remotes: bool = False
 
 
 @dataclass(frozen=True)
 class UpgradeStep:
     context: str
-    kind: str  # install, gateway, tag, restart, remove
+    kind: str  # install, expose, gateway, tag, restart, remove
     revision: str  # the revision it installs or moves to; for restart and remove, the old one
     detail: str
     later: bool = False  # waits for a later run (a removal while something still uses the revision)
     namespaces: tuple[str, ...] = ()  # restart: the namespaces whose workloads are still on the old revision
+    # remove: objects of the revision that ``istioctl uninstall`` leaves (it prunes only the kinds of
+    # operator/pkg/uninstall/prune.go): (resource, name), deleted with it
+    leftovers: tuple[tuple[str, str], ...] = ()
 
     def __str__(self) -> str:
         return f"{self.context}: {self.detail}" + (" (a later run, once nothing uses it)" if self.later else "")
@@ -85,9 +97,30 @@ def steps_left(state: ClusterRevisions, target: str) -> list[UpgradeStep]:
                                    namespaces=tuple(sorted(workloads))))
         # Removed only in a run that finds nothing on it: uninstall takes every object of the revision.
         in_use = bool(on_old) or state.gateway_revision == old or state.default_tag in (old, None)
-        out.append(UpgradeStep(ctx, REMOVE, old, f"remove revision {old} (istioctl uninstall --revision {old})",
-                               later=in_use))
+        leftovers = _leftovers(state, old)
+        deletes = "".join(f"; kubectl delete {resource} {name}" for resource, name in leftovers)
+        out.append(UpgradeStep(ctx, REMOVE, old, f"remove revision {old} (istioctl uninstall --revision {old}{deletes})",
+                               later=in_use, leftovers=leftovers))
+    if out and state.serves_remotes:
+        # Right after the install (its istiod must exist for the route to lead anywhere), before the gateway
+        # and the remotes move: the remotes' new injector and proxies call istiod-<rev> through this gateway.
+        at = 1 if out[0].kind == INSTALL else 0
+        out.insert(at, UpgradeStep(ctx, EXPOSE, rev, f"expose revision {rev}'s istiod to remotes through the "
+                                                     f"east-west gateway (VirtualService istiod-vs-{rev})"))
     return out
+
+
+def _leftovers(state: ClusterRevisions, revision: str) -> tuple[tuple[str, str], ...]:
+    """What a revision leaves that its uninstall does not remove: a primary's VirtualService exposing its
+    istiod to remotes (setup-mesh applied it; the Gateway istiod-gateway is every revision's and stays);
+    a remote's EndpointSlice leading its istiod Service to the primary (the chart's
+    remote-istiod-endpointslices.yaml: uninstall prunes no EndpointSlice)."""
+    suffix = "" if revision == "default" else f"-{revision}"
+    if state.primary:
+        return (("endpointslices.discovery.k8s.io", f"istiod{suffix}"),)
+    if state.serves_remotes:
+        return (("virtualservices.networking.istio.io", f"istiod-vs{suffix}"),)
+    return ()
 
 
 def mesh_steps(states: Iterable[ClusterRevisions], targets: dict[str, str]) -> dict[str, list[UpgradeStep]]:
@@ -138,7 +171,8 @@ def describe(states: Iterable[ClusterRevisions], targets: dict[str, str], parall
 
 # --- from what status reads (lib/statusrevisions.py) to the upgrade's inputs --------------------------------
 
-def cluster_revisions(context: str, primary: str | None, seen: "Revisions", gateway: dict | None) -> ClusterRevisions:
+def cluster_revisions(context: str, primary: str | None, seen: "Revisions", gateway: dict | None,
+                      serves_remotes: bool = False) -> ClusterRevisions:
     """One cluster's revisions as the upgrade needs them: what is installed (a primary's istiods, a remote's
     revision injectors), the default tag, proxies per revision and namespace, and the revision of the
     east-west gateway's Deployment (``gateway``: as read, None when there is none)."""
@@ -147,7 +181,7 @@ def cluster_revisions(context: str, primary: str | None, seen: "Revisions", gate
     return ClusterRevisions(context, installed=installed, default_tag=seen.default_tag,
                             proxies={rev: dict(per_ns) for rev, per_ns in seen.namespaces.items()},
                             gateway_revision=(labels.get("istio.io/rev") or "default") if gateway else None,
-                            primary=primary)
+                            primary=primary, serves_remotes=serves_remotes)
 
 
 def preflight(topology: "Topology", seen: dict[str, "Revisions"], targets: dict[str, str]) -> list[Refusal]:

@@ -5,7 +5,12 @@ istioctl of the target version's release) and orders clusters as lib/upgrade.wav
 Each step is one of Istio's canary-upgrade commands (istio.io docs/setup/upgrade/canary):
 ``istioctl install --revision``, the east-west gateway reinstalled with that revision (same names, so its
 Service, UID and address stay), ``istioctl tag set default --revision <rev> --overwrite``, and
-``istioctl uninstall --revision <old> -y`` in a run that finds nothing left on the old revision.
+``istioctl uninstall --revision <old> -y`` in a run that finds nothing left on the old revision, after
+deleting what uninstall leaves of it (lib/upgrade.py). A primary with remotes also applies the new
+revision's expose objects (``kubectl apply``, as Istio's primary-remote guide does with
+samples/multicluster/expose-istiod-rev.yaml.tmpl). A remote's steps are the same commands (its install is
+the remote profile at the revision: a Service ``istiod-<rev>`` leading to its primary's gateway and the
+revision's injector); they start once its primary's steps of the run succeeded.
 """
 from __future__ import annotations
 
@@ -17,12 +22,13 @@ from .desired import Desired
 from .errors import ConfigError
 from .executor import After, Phase, Step
 from .kube import Observed, Tools
-from .names import EASTWEST_NAME
+from .names import EASTWEST_NAME, ISTIO_NAMESPACE
+from .overlay import expose_istiod, manifest_list
 from .plan import eastwest_path, overlay_path, readiness_timeout
 from .release import Release
 from .statusrevisions import Revisions
-from .upgrade import (GATEWAY, INSTALL, REMOVE, RESTART, TAG, ClusterRevisions, UpgradeStep, cluster_revisions,
-                      mesh_steps, runnable_now, waves)
+from .upgrade import (EXPOSE, GATEWAY, INSTALL, REMOVE, RESTART, TAG, ClusterRevisions, UpgradeStep,
+                      cluster_revisions, mesh_steps, runnable_now, waves)
 from .yamlfile import dump
 
 PHASE = "upgrade Istio (canary revisions)"
@@ -33,13 +39,15 @@ def upgrade_states(topology: Topology, observed: dict[str, Observed | None],
     """What each readable cluster that holds a control plane already runs (a fresh cluster is installed
     at its pinned version by the ordinary install, not upgraded)."""
     states = []
+    served = {c.primary for c in topology.clusters if c.primary}
     for cluster in topology.clusters:
         seen, read = observed.get(cluster.context), revisions.get(cluster.context)
         if seen is None or read is None or seen.applied is None:
             continue
         if not (read.injectors if cluster.primary else read.control_planes):
             continue
-        states.append(cluster_revisions(cluster.context, cluster.primary, read, seen.deployments.get(EASTWEST_NAME)))
+        states.append(cluster_revisions(cluster.context, cluster.primary, read, seen.deployments.get(EASTWEST_NAME),
+                                        serves_remotes=cluster.context in served))
     return states
 
 
@@ -51,37 +59,39 @@ def running_revisions(states: list[ClusterRevisions]) -> dict[str, str]:
 
 
 def unsupported_refusal(states: list[ClusterRevisions], targets: dict[str, str], ambient: bool) -> ConfigError | None:
-    """What setup-mesh does not upgrade yet, refused before anything is touched. A remote's revision needs
-    its primary's istiod exposed per revision through the east-west gateway
-    (samples/multicluster/expose-istiod-rev.yaml.tmpl) and its own istiod Service renamed; an ambient mesh
-    moves ztunnel in place, node by node (istio.io docs/ambient/upgrade): neither is done here yet."""
+    """What setup-mesh does not upgrade, refused before anything is touched: an ambient mesh. Istio's
+    ambient upgrade guide (istio.io docs/ambient/upgrade/helm) moves the control plane first, then ztunnel,
+    a DaemonSet, in place: each node's ztunnel restarts, cutting that node's connections, which the guide
+    avoids by cordoning and draining a node before its ztunnel moves. Which nodes may be drained, and
+    when, only the user can say."""
     steps = mesh_steps(states, targets)
     moving = [s.context for s in states if runnable_now(steps.get(s.context, []))]
-    remotes = [s.context for s in states if s.primary and s.context in moving]
-    if moving and ambient:
-        what = f"upgrading an ambient mesh ({', '.join(moving)})"
-    elif remotes:
-        what = f"upgrading remotes ({', '.join(remotes)})"
-    else:
+    if not (moving and ambient):
         return None
-    return ConfigError(f"{what} is not supported by setup-mesh yet; no cluster was changed",
-                       hint="keep istio_version where the clusters run now (status shows it), or upgrade them by hand "
-                            "as Istio's upgrade guide says")
+    return ConfigError(
+        f"upgrading an ambient mesh ({', '.join(moving)}) is not supported by setup-mesh; no cluster was changed. "
+        "Istio's ambient upgrade (istio.io docs/ambient/upgrade) moves ztunnel in place, node by node: its "
+        "DaemonSet's pod on each node restarts, which cuts that node's connections",
+        hint="keep istio_version at the version the clusters run (status shows it); or upgrade by hand as Istio's "
+             "ambient upgrade guide says (the control plane first, then ztunnel, cordoning and draining each node "
+             "before its ztunnel moves where long-lived connections matter), then pin the version they run")
 
 
 def upgrade_phase(states: list[ClusterRevisions], targets: dict[str, str], desired: dict[str, Desired],
                   releases: dict[str, Release], tools: Tools, workdir: Path, parallel: int,
-                  restart_workloads: bool = False) -> Phase:
+                  restart_workloads: bool = False, only: set[str] | None = None) -> Phase:
     """Every cluster's upgrade steps still to do, chained wave after wave (a wave starts only once the
     one before it succeeded: a failure leaves the later clusters on their working revision). With
     ``restart_workloads``, the workloads still on an old revision are restarted, namespace by namespace,
-    once the default tag has moved (before that they would come back on the old revision)."""
+    once the default tag has moved (before that they would come back on the old revision). ``only``: the
+    clusters this run moves (--context); the others' states still hold back what they use."""
     phase = Phase(PHASE)
     steps = mesh_steps(states, targets)
+    primary_of = {s.context: s.primary for s in states}
     previous_last: list[tuple[str, str]] = []
     for wave in waves(states, parallel):
-        lasts = []
-        for ctx in wave:
+        lasts: dict[str, str] = {}
+        for ctx in (c for c in wave if only is None or c in only):
             target = targets[ctx]
             release = releases[target]
             own = replace(tools, istioctl=str(release.istioctl))
@@ -90,10 +100,14 @@ def upgrade_phase(states: list[ClusterRevisions], targets: dict[str, str], desir
             if not made:
                 continue
             made[0].after.extend(After(c, k) for c, k in previous_last)
+            # A remote moves once its primary's steps of this run succeeded: its new injector and proxies
+            # call the primary's new istiod, through the route the primary's expose step made.
+            if primary_of.get(ctx) in lasts:
+                made[0].after.append(After(primary_of[ctx], lasts[primary_of[ctx]]))
             for step in made:
                 phase.add(ctx, step)
-            lasts.append((ctx, made[-1].key))
-        previous_last = lasts or previous_last
+            lasts[ctx] = made[-1].key
+        previous_last = list(lasts.items()) or previous_last
     return phase
 
 
@@ -105,6 +119,12 @@ def _step(item: UpgradeStep, tools: Tools, d: Desired, workdir: Path, restart_wo
                     commands=[tools.istioctl_cmd(cluster, "install", "-y", "-f", str(path), "--revision", rev,
                                                  "--readiness-timeout", readiness_timeout(tools.timeout, d.operator))],
                     done=f"revision {rev} installed", change=f"+ {item.detail}")
+    if item.kind == EXPOSE:
+        # expose-istiod-rev.yaml.tmpl: the shared Gateway istiod-gateway and the revision's VirtualService.
+        objects = expose_istiod(rev)
+        return Step(f"expose revision {rev}'s istiod to remotes",
+                    commands=[tools.apply(cluster, dump(manifest_list(objects)), shown=True)],
+                    change=f"+ {item.detail}")
     if item.kind == GATEWAY:
         if d.eastwest is None:
             return None
@@ -131,16 +151,20 @@ def _step(item: UpgradeStep, tools: Tools, d: Desired, workdir: Path, restart_wo
         # Nothing runs: the listing is the step (its title shows in apply's progress, its change in the plan).
         return Step(item.detail, change=f"! {item.detail}", note=item.detail)
     if item.kind == REMOVE and not item.later:
+        # Its leftovers first: a run cut short after them finds the revision installed and does both again.
+        leftovers = [tools.kubectl_cmd(cluster, "delete", resource, name, "-n", ISTIO_NAMESPACE, "--ignore-not-found")
+                     for resource, name in item.leftovers]
         return Step(f"remove revision {rev}",
-                    commands=[tools.istioctl_cmd(cluster, "uninstall", "--revision", rev, "-y")],
+                    commands=[*leftovers, tools.istioctl_cmd(cluster, "uninstall", "--revision", rev, "-y")],
                     done=f"revision {rev} removed", change=f"- {item.detail}")
     return None
 
 
-def waiting_removals(states: list[ClusterRevisions], targets: dict[str, str]) -> list[str]:
+def waiting_removals(states: list[ClusterRevisions], targets: dict[str, str], only: set[str] | None = None) -> list[str]:
     """The old revisions a later run removes (what still uses them), for the plan's notes."""
     found = mesh_steps(states, targets)
-    return [str(step) for steps in found.values() for step in steps if step.kind == REMOVE and step.later]
+    return [str(step) for ctx, steps in found.items() if only is None or ctx in only
+            for step in steps if step.kind == REMOVE and step.later]
 
 
 def targets_of(topology: Topology) -> dict[str, str]:

@@ -381,3 +381,74 @@ def test_model_never_contacts_an_unknown_address():
     loopback = json.loads(json.dumps(config))
     loopback["clusters"][0]["cluster"]["server"] = "https://127.0.0.1:1"
     assert meshmodel.connect("s", "y", loopback, {"y.sandbox.test": 1}).status == "timeout"
+
+
+REV = "1-31-0"
+
+
+def _with_revision(view: meshmodel.View, remote_of: meshmodel.View | None = None, exposed: bool = True) -> None:
+    """Adds revision 1-31-0 as a canary upgrade leaves it: on a primary its istiod (and, ``exposed``, the
+    VirtualService of expose-istiod-rev.yaml.tmpl); on a remote (``remote_of``) its Service istiod-1-31-0
+    leading to the primary's gateway, and its injector; namespace ``canary`` selects that injector."""
+    def put(group, resource, ns, name, obj):
+        obj.setdefault("metadata", {}).update({"name": name, **({"namespace": ns} if ns else {})})
+        view.objects[(group, resource, ns, name)] = obj
+
+    service = f"istiod-{REV}"
+    put("", "namespaces", "", "canary", {"metadata": {"labels": {"istio.io/rev": REV}}})
+    if remote_of is None:
+        labels = {"app": "istiod", "istio.io/rev": REV}
+        put("", "services", "istio-system", service, {"spec": {"selector": dict(labels)}})
+        put("", "pods", "istio-system", f"{service}-1", {
+            "metadata": {"labels": dict(labels)}, "spec": {"containers": [{"name": "discovery"}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
+        put("apps", "deployments", "istio-system", service, {
+            "metadata": {"labels": dict(labels)},
+            "spec": {"template": {"spec": {"containers": [{"name": "discovery", "env": [
+                {"name": "CLUSTER_ID", "value": view.name}, {"name": "EXTERNAL_ISTIOD", "value": "true"}]}]}}}})
+        if exposed:
+            sni = [f"{service}.istio-system.svc", f"{service}.istio-system.svc.cluster.local"]
+            put("networking.istio.io", "virtualservices", "istio-system", f"istiod-vs-{REV}", {"spec": {
+                "gateways": ["istiod-gateway"],
+                "tls": [{"match": [{"port": n, "sniHosts": sni}],
+                         "route": [{"destination": {"host": f"{service}.istio-system.svc.cluster.local"}}]}
+                        for n in (15012, 15017)]}})
+        return
+    put("", "services", "istio-system", service, {"spec": {"ports": [{"port": 15012}, {"port": 443}]}})
+    put("discovery.k8s.io", "endpointslices", "istio-system", service, {
+        "metadata": {"labels": {"kubernetes.io/service-name": service}},
+        "endpoints": [{"addresses": [_address(remote_of.name)]}]})
+    put("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "", f"istio-sidecar-injector-{REV}", {
+        "metadata": {"labels": {"app": "sidecar-injector", "istio.io/rev": REV}}, "webhooks": [
+            {"name": "rev.namespace.sidecar-injector.istio.io",
+             "namespaceSelector": {"matchLabels": {"istio.io/rev": REV}},
+             "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+             "clientConfig": {"service": {"namespace": "istio-system", "name": service, "port": 443,
+                                          "path": f"/inject/cluster/{view.name}/net/{view.network}"},
+                              "caBundle": ROOT_A}}]})
+
+
+def test_model_a_remotes_revision_reaches_its_primary_only_through_that_revisions_exposed_istiod():
+    p1, r1, p2 = _remote_mesh()
+    _with_revision(p1, exposed=False)
+    _with_revision(r1, remote_of=p1)
+    network = lambda synced=ALL_SYNCED: FakeNetwork([r1, p1, p2], synced)  # noqa: E731
+    # Only expose-istiod.yaml's catch-all: the call reaches the default revision's istiod, whose certificate
+    # (pilot/pkg/bootstrap/server.go) does not name istiod-1-31-0: the API server refuses the pod.
+    refused = meshmodel.injection(r1, "canary", network())
+    assert not refused.admitted and refused.error.endswith(
+        f'Post "https://istiod-{REV}.istio-system.svc:443/inject/cluster/r1/net/n2?timeout=10s": tls: failed to '
+        f"verify certificate: x509: certificate is valid for istio-pilot.istio-system.svc, "
+        f"istiod-remote.istio-system.svc, istiod.istio-system.svc, not istiod-{REV}.istio-system.svc")
+    # The revision's VirtualService (its exact server name wins over the catch-all): injected and configured.
+    _with_revision(p1)
+    assert vars(meshmodel.injection(r1, "canary", network())) == {"admitted": True, "error": "", "configured": True}
+    (config,) = [c for c in meshmodel.injector_configs(r1) if c["metadata"]["name"].endswith(REV)]
+    config["webhooks"][0]["clientConfig"].pop("caBundle")
+    assert meshmodel.webhook_ca_bundle(r1, config, network()) == p1.root_cert, "patched by p1's istiod-1-31-0"
+    # Without the remote's secret the primary neither patches the webhook nor configures the sidecars.
+    assert meshmodel.webhook_ca_bundle(r1, config, network({"p1": ["p2"]})) is None
+    config["webhooks"][0]["clientConfig"]["caBundle"] = ROOT_A
+    assert meshmodel.injection(r1, "canary", network({"p1": ["p2"]})).configured is False
+    # The default revision's calls still take the catch-all to the default istiod.
+    assert vars(meshmodel.injection(r1, "demo", network())) == {"admitted": True, "error": "", "configured": True}

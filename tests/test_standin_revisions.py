@@ -184,3 +184,13 @@ def test_tag_generate_prints_the_tag_and_changes_nothing(canary):
     assert sb.kubectl("c1", "get", "mutatingwebhookconfiguration", "istio-revision-tag-default",
                       check=False).returncode != 0
     assert sb.get_json("c1", "mutatingwebhookconfiguration", "istio-sidecar-injector")["webhooks"] == before["webhooks"]
+
+
+def test_a_revisions_istiod_pods_are_not_selected_by_the_default_revisions_service(canary):
+    sb, old, new, iop = canary
+    assert ctl(new, sb, "install", "-y", "-f", iop, "--revision", NEW_REV, "--context", "c1").returncode == 0
+    # the chart's deployment.yaml: a named revision's pods are istio=istiod; the default Service selects istio=pilot
+    selector = sb.get_json("c1", "service", "istiod", "-n", "istio-system")["spec"]["selector"]
+    pods = sb.get_json("c1", "pods", "-n", "istio-system", "-l", ",".join(f"{k}={v}" for k, v in selector.items()))
+    assert {p["metadata"]["labels"]["istio.io/rev"] for p in pods["items"]} == {"default"}
+

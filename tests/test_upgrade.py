@@ -3,7 +3,9 @@ run cut short is finished by the next, and the order clusters move in."""
 
 from __future__ import annotations
 
-from lib.upgrade import (GATEWAY, INSTALL, REMOVE, RESTART, TAG, ClusterRevisions, describe, mesh_steps,
+from dataclasses import replace
+
+from lib.upgrade import (EXPOSE, GATEWAY, INSTALL, REMOVE, RESTART, TAG, ClusterRevisions, describe, mesh_steps,
                          runnable_now, steps_left, waves)
 
 OLD, NEW, REV = "1.30.3", "1.31.0", "1-31-0"
@@ -137,7 +139,7 @@ def test_cluster_revisions_take_the_gateways_revision_from_its_deployment():
     assert cluster_revisions("c1", None, seen, None).gateway_revision is None
 
 
-def _upgrade_phase(tmp_path, states, parallel=1, restart_workloads=False):
+def _upgrade_phase(tmp_path, states, parallel=1, restart_workloads=False, addresses=None, only=None):
     from pathlib import Path
 
     from lib.config import Cluster, Topology
@@ -149,9 +151,9 @@ def _upgrade_phase(tmp_path, states, parallel=1, restart_workloads=False):
     clusters = tuple(Cluster(s.context, "n1", s.context, server=f"https://{s.context}:6443", primary=s.primary)
                      for s in states)
     base = {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {}}
-    desired = desired_state(Topology("m", clusters, tmp_path / "topology.yaml"), base)
+    desired = desired_state(Topology("m", clusters, tmp_path / "topology.yaml"), base, addresses)
     return upgrade_phase(states, {s.context: NEW for s in states}, desired, {NEW: Release(Path("/istio-1.31.0"))},
-                         Tools(), tmp_path, parallel, restart_workloads)
+                         Tools(), tmp_path, parallel, restart_workloads, only)
 
 
 def _argvs(step):
@@ -184,3 +186,117 @@ def test_parallel_moves_that_many_primaries_at_a_time(tmp_path):
     assert waits_on(one, "c1") == set() and waits_on(one, "c2") == {"c1"} and waits_on(one, "c3") == {"c2"}
     two = _upgrade_phase(tmp_path, states, parallel=2)
     assert waits_on(two, "c1") == set() and waits_on(two, "c2") == set() and waits_on(two, "c3") == {"c1", "c2"}
+
+
+# --- a mesh with remotes --------------------------------------------------------------------------------
+
+def test_a_primary_with_remotes_exposes_the_new_revisions_istiod_right_after_installing_it():
+    primary = ClusterRevisions("p1", installed={"default": OLD}, proxies={"default": {"istio-system": 1}},
+                               gateway_revision="default", serves_remotes=True)
+    steps = steps_left(primary, NEW)
+    assert kinds(steps) == [(INSTALL, REV, False), (EXPOSE, REV, False), (GATEWAY, REV, False), (TAG, REV, False),
+                            (REMOVE, "default", True)]
+    assert steps[-1].leftovers == (("virtualservices.networking.istio.io", "istiod-vs"),)
+    assert steps[-1].detail.endswith("; kubectl delete virtualservices.networking.istio.io istiod-vs)")
+    # Cut short after the install: the expose step comes again (first), until the primary is done.
+    installed = replace(primary, installed={"default": OLD, REV: NEW})
+    assert [s.kind for s in runnable_now(steps_left(installed, NEW))] == [EXPOSE, GATEWAY, TAG]
+    done = ClusterRevisions("p1", installed={REV: NEW}, default_tag=REV, proxies={REV: {"istio-system": 1}},
+                            gateway_revision=REV, serves_remotes=True)
+    assert steps_left(done, NEW) == []
+    # A primary without remotes exposes nothing.
+    assert EXPOSE not in [s.kind for s in steps_left(replace(primary, serves_remotes=False), NEW)]
+
+
+def _remote_states():
+    primary = ClusterRevisions("p1", installed={"default": OLD}, proxies={"default": {"istio-system": 1}},
+                               gateway_revision="default", serves_remotes=True)
+    remote = ClusterRevisions("r1", installed={"default": OLD}, proxies={"default": {"istio-system": 1, "app": 1}},
+                              gateway_revision="default", primary="p1")
+    return primary, remote
+
+
+def _stdin(step):
+    return "".join(c.stdin or "" for c in step.commands)
+
+
+def test_the_expose_step_applies_the_revisions_virtual_service_as_expose_istiod_rev_does(tmp_path):
+    import yaml
+    phase = _upgrade_phase(tmp_path, list(_remote_states()))
+    expose = next(s for s in phase.steps["p1"] if s.title == f"expose revision {REV}'s istiod to remotes")
+    assert _argvs(expose) == ["kubectl --context p1 apply --server-side --field-manager=setup-mesh --force-conflicts -f -"]
+    objects = {o["kind"]: o for o in yaml.safe_load(_stdin(expose))["items"]}
+    assert objects["Gateway"]["metadata"]["name"] == "istiod-gateway"
+    vs = objects["VirtualService"]
+    assert vs["metadata"]["name"] == f"istiod-vs-{REV}" and vs["spec"]["gateways"] == ["istiod-gateway"]
+    sni = [f"istiod-{REV}.istio-system.svc", f"istiod-{REV}.istio-system.svc.cluster.local"]
+    assert [(r["match"][0]["port"], r["match"][0]["sniHosts"], r["route"][0]["destination"]["port"]["number"])
+            for r in vs["spec"]["tls"]] == [(15012, sni, 15012), (15017, sni, 443)]
+    assert all(r["route"][0]["destination"]["host"] == f"istiod-{REV}.istio-system.svc.cluster.local"
+               for r in vs["spec"]["tls"])
+    titles = [s.title for s in phase.steps["p1"]]
+    assert titles.index(expose.title) == titles.index(f"install revision {REV}") + 1
+
+
+def test_a_remote_installs_the_remote_profile_at_the_revision_once_its_primary_moved(tmp_path):
+    import yaml
+    phase = _upgrade_phase(tmp_path, list(_remote_states()), addresses={"p1": "192.0.2.10"})
+    install = phase.steps["r1"][0]
+    (argv,) = _argvs(install)
+    assert argv.startswith(f"/istio-1.31.0/bin/istioctl install -y -f {tmp_path}/overlays/r1.yaml --revision {REV} ")
+    assert argv.endswith("--context r1")
+    overlay = yaml.safe_load(install.files[0][1])
+    assert overlay["spec"]["profile"] == "remote"
+    assert overlay["spec"]["values"]["global"]["remotePilotAddress"] == "192.0.2.10"
+    # It starts once its primary's steps of this run succeeded (its istiod installed and exposed).
+    assert [(a.cluster, a.key) for a in install.after] == [("p1", phase.steps["p1"][-1].key)]
+    # (on its primary's network it runs no gateway of its own: nothing to move there)
+    assert [s.title for s in phase.steps["r1"]][1:] == [f"move the default tag to {REV}",
+                                                        "workloads still on revision default: app (1); restart them: "
+                                                        "kubectl rollout restart deployment -n <namespace>"]
+
+
+def test_the_old_revision_stops_being_exposed_when_it_is_removed(tmp_path):
+    primary = ClusterRevisions("p1", installed={"default": OLD, REV: NEW}, default_tag=REV,
+                               proxies={REV: {"istio-system": 1}}, gateway_revision=REV, serves_remotes=True)
+    remote = ClusterRevisions("r1", installed={REV: NEW}, default_tag=REV, proxies={REV: {"app": 1}},
+                              gateway_revision=REV, primary="p1")
+    remove = next(s for s in _upgrade_phase(tmp_path, [primary, remote]).steps["p1"] if s.title == "remove revision default")
+    assert _argvs(remove) == [
+        "kubectl --context p1 delete virtualservices.networking.istio.io istiod-vs -n istio-system --ignore-not-found",
+        "/istio-1.31.0/bin/istioctl uninstall --revision default -y --context p1"]
+    # a revision of an earlier upgrade: its own VirtualService goes
+    earlier = replace(primary, installed={"1-30-3": OLD, REV: NEW})
+    remove = next(s for s in _upgrade_phase(tmp_path, [earlier, remote]).steps["p1"] if s.title == "remove revision 1-30-3")
+    assert "virtualservices.networking.istio.io istiod-vs-1-30-3" in _argvs(remove)[0]
+
+
+def test_a_remote_deletes_its_old_revisions_endpoint_slice_which_uninstall_leaves(tmp_path):
+    remote = ClusterRevisions("r1", installed={"default": OLD, REV: NEW}, default_tag=REV, proxies={REV: {"app": 1}},
+                              gateway_revision=REV, primary="p1")
+    primary = ClusterRevisions("p1", installed={REV: NEW}, default_tag=REV, gateway_revision=REV, serves_remotes=True)
+    remove = next(s for s in _upgrade_phase(tmp_path, [primary, remote]).steps["r1"] if s.title == "remove revision default")
+    assert _argvs(remove) == [
+        "kubectl --context r1 delete endpointslices.discovery.k8s.io istiod -n istio-system --ignore-not-found",
+        "/istio-1.31.0/bin/istioctl uninstall --revision default -y --context r1"]
+
+
+def test_with_context_the_primary_alone_still_keeps_the_revision_its_remote_uses(tmp_path):
+    primary = ClusterRevisions("p1", installed={"default": OLD, REV: NEW}, default_tag=REV,
+                               proxies={REV: {"istio-system": 1}}, gateway_revision=REV, serves_remotes=True)
+    remote = ClusterRevisions("r1", installed={"default": OLD}, proxies={"default": {"app": 1}},
+                              gateway_revision="default", primary="p1")
+    phase = _upgrade_phase(tmp_path, [primary, remote], only={"p1"})
+    assert "r1" not in phase.steps
+    assert [s.title for s in phase.steps["p1"]] == [f"expose revision {REV}'s istiod to remotes"]
+
+
+def test_remotes_are_no_longer_refused_and_ambient_meshes_are_with_what_istio_says_of_ztunnel():
+    from lib.upgradeplan import unsupported_refusal
+    states = list(_remote_states())
+    targets = {"p1": NEW, "r1": NEW}
+    assert unsupported_refusal(states, targets, ambient=False) is None
+    refused = unsupported_refusal([states[0]], {"p1": NEW}, ambient=True)
+    assert refused is not None and refused.exit_code == 2 and "no cluster was changed" in refused.message
+    assert "ztunnel in place, node by node" in refused.message and "istio.io docs/ambient/upgrade" in refused.message
+    assert "cordoning and draining each node" in refused.hint and "keep istio_version" in refused.hint

@@ -23,8 +23,13 @@ from the objects the clusters hold, what a real mesh would do:
   the sandbox whose LoadBalancer Service holds that address (the network knows every cluster's load
   balancers), then, when that Service is an east-west gateway with ready pods, through a Gateway and
   VirtualService of that cluster's ``istio-system`` that route the port (15017 for the injector, 15012
-  for configuration) to an istiod Service there. The control plane *runs* when a ready pod answers at
-  the end of that path; it *configures* cluster X when it runs in X or has synced X (above): a primary
+  for configuration) to an istiod Service there: the route whose sniHosts name the called Service
+  (``<name>.<ns>.svc``) most specifically wins, as Envoy picks filter chains (an exact name over "*", so
+  expose-istiod-rev.yaml.tmpl's ``istiod-vs-<rev>`` takes its revision's calls from expose-istiod.yaml's
+  catch-all). The control plane *runs* when a ready pod answers at the end of that path and its serving
+  certificate names the Service called (istiod's names, pilot/pkg/bootstrap/server.go: ``istiod``,
+  ``istiod-remote``, ``istio-pilot`` and its own ``istiod-<rev>``: a remote's revision reaching another
+  revision's istiod fails TLS); it *configures* cluster X when it runs in X or has synced X (above): a primary
   cannot configure a remote whose secret it lacks.
 - **what happens to a pod of the mesh**: a pod a Deployment creates is refused, as the API server
   refuses it when the injector's webhook cannot be called (``failurePolicy: Fail``), while its control
@@ -86,8 +91,15 @@ def injector_name(revision: str) -> str:
     return "istio-sidecar-injector" if revision in ("", "default") else f"istio-sidecar-injector-{revision}"
 
 
-def _sni_matches(patterns: list[str], sni: str) -> bool:
-    return any(p == "*" or p == sni or (p.startswith("*.") and sni.endswith(p[1:])) for p in patterns)
+def _sni_rank(patterns: list[str], sni: str) -> int | None:
+    """How specifically a route's sniHosts match ``sni`` (lower wins; None: no match). Istio turns a "*"
+    among sniHosts into a filter chain without server names (pilot/pkg/networking/core/listener.go, 1.30),
+    and Envoy picks the filter chain whose server name matches most specifically: an exact name, then the
+    longest wildcard suffix, then a chain without server names."""
+    ranks = [0 if p == sni else 1 if p.startswith("*.") and sni.endswith(p[1:]) else 2 if p == "*" else None
+             for p in patterns]
+    found = [r for r in ranks if r is not None]
+    return min(found) if found else None
 
 
 def selector_matches(selector: dict | None, labels: dict) -> bool:
@@ -210,19 +222,20 @@ class View:
             if any((server.get("port") or {}).get("number") == port for server in spec.get("servers") or []):
                 name = gw["metadata"]["name"]
                 gateways.update({name, f"{ISTIO_NS}/{name}"})
+        best: tuple[int, tuple[str, str]] | None = None
         for vs in self.items("networking.istio.io", "virtualservices", ISTIO_NS):
             spec = vs.get("spec") or {}
             if not gateways & set(spec.get("gateways") or []):
                 continue
             for route in spec.get("tls") or []:
-                if not any(m.get("port") == port and _sni_matches(m.get("sniHosts") or [], sni)
-                           for m in route.get("match") or []):
-                    continue
-                for dest in route.get("route") or []:
+                ranks = [r for m in route.get("match") or [] if m.get("port") == port
+                         and (r := _sni_rank(m.get("sniHosts") or [], sni)) is not None]
+                for dest in route.get("route") or [] if ranks else []:
                     host = ((dest.get("destination") or {}).get("host") or "").split(".")
-                    if len(host) >= 2:
-                        return host[1], host[0]
-        return None
+                    if len(host) >= 2 and (best is None or min(ranks) < best[0]):
+                        best = (min(ranks), (host[1], host[0]))
+                        break
+        return best[1] if best else None
 
     @property
     def gateway_address(self) -> str | None:
@@ -526,9 +539,25 @@ def reach_istiod(view: View, target: tuple[str, str], port: int, network: Networ
         # nothing listens there for it: no such port, no gateway pod, or no route through the gateway
         return ControlPlane(None, name, False, f"dial tcp {address}:{port}: connect: connection refused", address)
     istiod = cluster.get("", "services", route[0], route[1])
-    ready = istiod is not None and bool(cluster.ready_pods(istiod))
-    # the gateway takes the connection, finds no istiod behind it and closes it
-    return ControlPlane(cluster, route[1], ready, "" if ready else "EOF", address)
+    pods = cluster.ready_pods(istiod) if istiod is not None else []
+    if not pods:
+        # the gateway takes the connection, finds no istiod behind it and closes it
+        return ControlPlane(cluster, route[1], False, "EOF", address)
+    names = istiod_dns_names(pods[0], route[0])
+    if f"{name}.{ns}.svc" not in names:
+        # TLS passthrough: the caller checks the name it called against the certificate istiod serves
+        return ControlPlane(None, route[1], False, "tls: failed to verify certificate: x509: certificate is valid "
+                                                   f"for {', '.join(names)}, not {name}.{ns}.svc", address)
+    return ControlPlane(cluster, route[1], True, "", address)
+
+
+def istiod_dns_names(pod: dict, ns: str) -> list[str]:
+    """The names in the serving certificate an istiod pod presents (for its webhook and xDS), as
+    pilot/pkg/bootstrap/server.go getDNSNames (1.30) lists them: istiod, istiod-remote and istio-pilot, and
+    istiod-<rev> for a named revision, each as <name>.<namespace>.svc; sorted, as Go's x509 error lists them."""
+    revision = ((pod.get("metadata") or {}).get("labels") or {}).get("istio.io/rev") or "default"
+    known = ["istiod", "istiod-remote", "istio-pilot"] + ([f"istiod-{revision}"] if revision != "default" else [])
+    return sorted(f"{n}.{ns}.svc" for n in known)
 
 
 def _service_target(view: View, svc: dict) -> str | None:
