@@ -1,17 +1,19 @@
 """One judgment of what a cluster holds against what it should hold: typed findings, per cluster.
 
 Pure: functions of the mesh model, a cluster's desired state and what one read of it showed (and, for
-cacerts, the certificates the workspace holds, passed in as bytes). No files, no programs. The plan
-turns findings into steps, status reports them; both read the same finding instead of judging twice.
+cacerts, the certificates the workspace holds, passed in as bytes: lib/assesscerts.py). No files, no
+programs. The plan turns findings into steps, status reports them; both read the same finding instead of
+judging twice.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Mapping, Sequence
+from typing import Mapping
 
-from . import carotation, certs
 from .ambient import gateway_status
+from .assesscerts import (OTHER_ROOTS, CacertsFinding, CacertsState, RootId, WorkspaceCerts,  # noqa: F401
+                          assess_cacerts, assess_cluster_cacerts, root_id)
 from .config import AMBIENT, SIDECAR
 from .desired import Desired
 from .kube import Observed, token_fingerprint
@@ -22,90 +24,6 @@ from .yamldiff import diff
 
 # Annotations of istio-system that setup-mesh sets from the mesh model, and so also removes once unwanted.
 MANAGED_ANNOTATIONS = (CONTROL_PLANE_CLUSTERS,)
-
-# --- cacerts ---------------------------------------------------------------------------------------
-
-
-class CacertsState(str, Enum):
-    ABSENT = "absent"  # no secret cacerts: apply creates it
-    CURRENT = "current"  # exactly what it must hold now (and, mid-move, recorded at the move's stage)
-    OURS_OUTDATED = "ours-outdated"  # trusts this workspace's root, other contents (an earlier intermediate)
-    BEHIND_MOVE = "behind-move"  # mid-move to a new root: trusts a root of the move, not at its stage yet
-    OTHER_ROOT = "other-root"  # made by setup-mesh under another root (another workspace's, or an earlier one)
-    FOREIGN = "foreign"  # not made by setup-mesh, under another root: somebody's own CA
-    OTHER_MOVE = "other-move"  # trusts this workspace's root, mid-way in a move to a root another workspace holds
-
-
-# Replacing these at once breaks mTLS between workloads that hold certificates of the old root and the new one.
-OTHER_ROOTS = frozenset({CacertsState.OTHER_ROOT, CacertsState.FOREIGN, CacertsState.OTHER_MOVE})
-
-
-@dataclass(frozen=True)
-class RootId:
-    """A root certificate as the user can compare it: its subject and SHA-256 fingerprint."""
-
-    subject: str
-    fingerprint: str  # hex, lowercase
-
-    def describe(self) -> str:
-        return f"{self.subject or '(no subject)'} (SHA-256 {self.fingerprint})"
-
-
-@dataclass(frozen=True)
-class CacertsFinding:
-    state: CacertsState
-    cluster_root: RootId | None = None  # the root the cluster's root-cert.pem names first (the one in charge)
-    workspace_root: RootId | None = None  # the root this workspace issues under now
-    issuer: str | None = None  # FOREIGN: whose CA it holds (ca-cert.pem's subject and issuer)
-
-    @property
-    def other_root(self) -> bool:
-        return self.state in OTHER_ROOTS
-
-    def describe(self) -> str:
-        """Both roots, for the plan and for apply's refusal."""
-        cluster_root = self.cluster_root.describe() if self.cluster_root else "a root-cert.pem that does not parse"
-        ours = self.workspace_root.describe() if self.workspace_root else "(this workspace has no root CA)"
-        if self.state is CacertsState.OTHER_MOVE:
-            return (f"istio-system records a move to a root this workspace does not hold: another workspace is moving "
-                    f"the mesh to its root (secret cacerts names root {cluster_root} first; this workspace's is {ours})")
-        who = ("made by setup-mesh from another workspace or an earlier root" if self.state is CacertsState.OTHER_ROOT
-               else f"not made by setup-mesh: {self.issuer}")
-        return f"secret cacerts chains to root {cluster_root}, {who}; this workspace's root is {ours}"
-
-
-def root_id(pem: bytes | None) -> RootId | None:
-    """The first certificate of a PEM bundle, or None when there is none that parses."""
-    first = carotation.split_pems(pem)[:1]
-    try:
-        info = certs.read_cert(first[0]) if first else None
-    except ValueError:
-        return None
-    return RootId(info.subject, info.fingerprint) if info else None
-
-
-def assess_cacerts(held: Mapping[str, bytes] | None, labelled: bool, want: Mapping[str, bytes] | None,
-                   workspace_roots: Sequence[bytes], at_stage: bool = True) -> CacertsFinding:
-    """``held``: the cluster's cacerts (public parts); ``labelled``: it carries setup-mesh's label;
-    ``want``: what it must hold now (None: the intermediate is not made yet); ``workspace_roots``: the roots
-    the clusters may trust now (the workspace's, and mid-move the new one too), the one issuing first;
-    ``at_stage``: istio-system records the move's current stage (always True outside a move)."""
-    ours = root_id(workspace_roots[0]) if workspace_roots else None
-    if held is None:
-        return CacertsFinding(CacertsState.ABSENT, workspace_root=ours)
-    theirs = root_id(held.get("root-cert.pem"))
-    if carotation.holds(dict(held), dict(want) if want else None) and at_stage:
-        return CacertsFinding(CacertsState.CURRENT, theirs, ours)
-    ours_fps = set().union(*(certs.bundle_fingerprints(pem) for pem in workspace_roots)) if workspace_roots else set()
-    if not ours_fps:  # no root to compare with: what setup-mesh made is taken as its own, as before roots existed
-        state = CacertsState.OURS_OUTDATED if labelled else CacertsState.FOREIGN
-    elif certs.bundle_fingerprints(held.get("root-cert.pem")) & ours_fps:
-        state = CacertsState.BEHIND_MOVE if len(workspace_roots) > 1 else CacertsState.OURS_OUTDATED
-    else:
-        state = CacertsState.OTHER_ROOT if labelled else CacertsState.FOREIGN
-    issuer = certs.describe_foreign(dict(held)) if state is CacertsState.FOREIGN else None
-    return CacertsFinding(state, theirs, ours, issuer)
-
 
 # --- the mesh as configured -------------------------------------------------------------------------
 
@@ -362,24 +280,28 @@ class ClusterFindings:
     gateway: GatewayFinding
     wiring: WiringFinding
     secrets: tuple[SecretFinding, ...]
+    cacerts: CacertsFinding | None = None  # None: judged without the workspace's certificates
 
 
 def assess_cluster(mesh: Mesh, d: Desired, seen: Observed, issued: Mapping[str, str | None],
                    controlled: frozenset[str], injector_path: str | None = None,
-                   injector_trusted: bool | None = None, last_overlay: dict | None = None) -> ClusterFindings:
-    """Every finding of one cluster but cacerts (which needs the workspace's certificates: assess_cacerts)."""
+                   injector_trusted: bool | None = None, last_overlay: dict | None = None,
+                   pki: WorkspaceCerts | None = None) -> ClusterFindings:
+    """Every finding of one cluster (cacerts where ``pki``, the workspace's certificates, is given)."""
     member = d.member
     return ClusterFindings(assess_namespace(seen, d), assess_install(seen, d.fingerprint, last_overlay, d.operator),
                            assess_gateway(seen, d),
                            assess_wiring(mesh, member, seen.annotations, controlled, injector_path, injector_trusted),
-                           tuple(assess_secrets(mesh, member, seen, issued)))
+                           tuple(assess_secrets(mesh, member, seen, issued)),
+                           assess_cluster_cacerts(seen, member.name, pki) if pki is not None else None)
 
 
 def assess_mesh(mesh: Mesh, desired: Mapping[str, Desired], observed: Mapping[str, Observed],
-                injectors: Mapping[str, object] | None = None,
-                last_overlays: Mapping[str, dict] | None = None) -> dict[str, ClusterFindings]:
+                injectors: Mapping[str, object] | None = None, last_overlays: Mapping[str, dict] | None = None,
+                pki: WorkspaceCerts | None = None) -> dict[str, ClusterFindings]:
     """Every read cluster's findings, by context. ``injectors``: the remotes' sidecar injectors as read
-    (anything with ``path`` and ``trusted``); ``last_overlays``: control-plane overlays as installed last."""
+    (anything with ``path`` and ``trusted``); ``last_overlays``: control-plane overlays as installed last;
+    ``pki``: the workspace's certificates, which cacerts is judged against."""
     readable = {ctx: seen for ctx, seen in observed.items() if seen.reachable and ctx in desired}
     issued, controlled = issued_credentials(mesh, readable), controlled_before(readable)
     found = {}
@@ -387,5 +309,5 @@ def assess_mesh(mesh: Mesh, desired: Mapping[str, Desired], observed: Mapping[st
         injector = (injectors or {}).get(context)
         found[context] = assess_cluster(mesh, desired[context], seen, issued, controlled,
                                         getattr(injector, "path", None), getattr(injector, "trusted", None),
-                                        (last_overlays or {}).get(context))
+                                        (last_overlays or {}).get(context), pki)
     return found

@@ -9,13 +9,13 @@ import json
 from pathlib import Path
 
 from . import carotation, certs
-from .assess import CacertsFinding, CacertsState, assess_cacerts
+from .assesscerts import WorkspaceCerts
 from .carotation import Transition
 from .config import Cluster
 from .errors import MeshError
 from .executor import RunContext, Step
 from .fsutil import read_if_present
-from .kube import Observed, Tools
+from .kube import Tools
 from .names import ISTIO_NAMESPACE, TRANSITION_ANNOTATION
 from .overlay import cacerts_manifest, manifest_list, namespace_manifest
 from .release import Release
@@ -91,49 +91,20 @@ def root_bundle_step(tools: Tools, cluster: Cluster, workdir: Path, namespace: d
                      f"is never read; then Namespace {ISTIO_NAMESPACE} records the stage")
 
 
-def cacerts_in_place(seen: Observed, cluster: Cluster, workdir: Path, transition: Transition | None) -> bool:
-    """The cluster holds what its cacerts must hold now (and, mid-transition, says which stage it is at)."""
-    want = carotation.desired_cacerts(workdir, cluster.name, transition)
-    if not carotation.holds(seen.cacerts, want):
-        return False
-    return transition is None or carotation.stage_since(transition, seen.annotations) is not None
+def workspace_certs(workdir: Path, transition: Transition | None, cluster_names) -> WorkspaceCerts:
+    """The certificates the clusters' cacerts is judged against (lib/assesscerts.py), read from the workspace
+    once: its root, mid-move the new one (or the clusters' former one), and what each cluster must hold now."""
+    return WorkspaceCerts(
+        read_if_present(certs.certs_dir(workdir) / certs.ROOT_CERT),
+        {name: carotation.desired_cacerts(workdir, name, transition) for name in cluster_names}, transition,
+        read_if_present(carotation.next_dir(workdir) / certs.ROOT_CERT) if transition else None,
+        read_if_present(carotation.former_dir(workdir) / certs.ROOT_CERT)
+        if transition and transition.foreign_start else None)
 
 
 def workspace_roots(workdir: Path, transition: Transition | None) -> list[bytes]:
     """The roots the clusters may trust now, the one issuing first: the workspace's, and mid-move the new one."""
-    if transition is None:
-        old, new = read_if_present(certs.certs_dir(workdir) / certs.ROOT_CERT), None
-    else:
-        old, new = (read_if_present(path) for path in carotation.root_paths(workdir, transition))
-    roots = [new, old] if transition is not None and transition.stage >= 2 else [old, new]
-    return [pem for pem in roots if pem]
-
-
-def cacerts_finding(seen: Observed, cluster: Cluster, workdir: Path, transition: Transition | None,
-                    roots: list[bytes]) -> CacertsFinding:
-    """The cluster's cacerts judged against what it must hold now (files of the workspace read here)."""
-    want = carotation.desired_cacerts(workdir, cluster.name, transition)
-    at_stage = transition is None or carotation.stage_since(transition, seen.annotations) is not None
-    found = assess_cacerts(seen.cacerts, seen.cacerts_labelled, want, roots, at_stage)
-    if found.state in (CacertsState.OURS_OUTDATED, CacertsState.BEHIND_MOVE) and _moved_elsewhere(seen, workdir,
-                                                                                                 transition):
-        return dataclasses.replace(found, state=CacertsState.OTHER_MOVE)
-    return found
-
-
-def _moved_elsewhere(seen: Observed, workdir: Path, transition: Transition | None) -> bool:
-    """istio-system records a move to a root that is neither this workspace's nor the one its move goes to:
-    another workspace is moving the mesh from this workspace's root to its own (replacing cacerts now would
-    undo its stages)."""
-    moving_to = carotation.parse_annotation((seen.annotations or {}).get(TRANSITION_ANNOTATION)).get("root")
-    if not moving_to:
-        return False
-    ours = [transition.new_root] if transition is not None else []
-    try:
-        ours.append(certs.read_cert(read_if_present(certs.certs_dir(workdir) / certs.ROOT_CERT) or b"").fingerprint)
-    except ValueError:
-        pass  # no root to compare with: the move is not this workspace's
-    return not any(fp and fp[:16] == moving_to for fp in ours)
+    return workspace_certs(workdir, transition, ()).roots
 
 
 def intermediate_step(release: Release | None, cert_dir: Path, cluster: Cluster, variables: dict[str, str]) -> Step:

@@ -285,3 +285,19 @@ def describe_foreign(cacerts: dict[str, bytes]) -> str:
         return "its ca-cert.pem does not parse"
     return f"CA {info.subject}, issued by {info.issuer}"
 
+
+
+def issued_by(cert_pem: bytes | None, issuer_pem: bytes | None) -> bool:
+    """``cert_pem``'s first certificate is signed by the key of ``issuer_pem``'s first (False when either is
+    missing or does not parse)."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
+    if not cert_pem or not issuer_pem:
+        return False
+    try:
+        cert, issuer = x509.load_pem_x509_certificate(cert_pem), x509.load_pem_x509_certificate(issuer_pem)
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import carotation, certs
-from .assess import (CacertsFinding, CacertsState, GatewayState, InstallState, LabelState, assess_gateway,
-                     assess_install, assess_namespace, assess_secrets, assess_wiring, controlled_before,
-                     issued_credentials)
+from .assess import (CacertsFinding, CacertsState, GatewayState, InstallState, LabelState, assess_cluster_cacerts,
+                     assess_gateway, assess_install, assess_namespace, assess_secrets, assess_wiring,
+                     controlled_before, issued_credentials)
 from .carotation import Transition
-from .casteps import cacerts_finding, cacerts_step, intermediate_step, workspace_roots
+from .casteps import cacerts_step, intermediate_step, workspace_certs
 from .config import AMBIENT, SIDECAR, Cluster, Topology
 from .desired import Desired
 from .errors import MeshError
@@ -29,7 +29,6 @@ from .secretsteps import EXPORT_KEY, IMPORT_KEY, export_step, import_step, prune
 from .uninstallsteps import Uninstall, await_namespace_deleted_step, uninstall_steps
 
 # The steps live in lib/*steps.py; these names stay importable from here for apply, rotate and upgrade.
-from .casteps import cacerts_in_place  # noqa: F401
 from .installsteps import (RECORD_TITLE, eastwest_path, install_command, overlay_path,  # noqa: F401
                            readiness_timeout, resolved)
 from .gatewaysteps import WAIT_KEY  # noqa: F401
@@ -125,12 +124,12 @@ class _Planner:
         self.cert_dir = carotation.issuing_dir(self.workdir, self.transition)
         self.stage_note = (f", stage {self.transition.stage} of the move to a new root"
                            if self.transition is not None else "")
-        self.roots = workspace_roots(self.workdir, self.transition)
+        self.pki = workspace_certs(self.workdir, self.transition, [c.name for c in self.members.values()])
         self.setup, self.connect, self.prune, self.remove = self.plan.phases
 
     def add_member(self, cluster: Cluster, d: Desired, seen: Observed, terminating: bool) -> None:
         plan = self.plan
-        cacerts = cacerts_finding(seen, cluster, self.workdir, self.transition, self.roots)
+        cacerts = assess_cluster_cacerts(seen, cluster.name, self.pki)
         if cacerts.other_root:
             plan.other_roots[cluster.context] = cacerts
         namespace, install = assess_namespace(seen, d), assess_install(seen, d.fingerprint)

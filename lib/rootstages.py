@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Callable
 
 from . import certs, invocation, carotation
-from .assess import CacertsState, assess_install
-from .casteps import root_bundle_step
+from .assess import CacertsState, assess_cluster_cacerts, assess_install
+from .casteps import root_bundle_step, workspace_certs
 from .cluster import ClusterClient
 from .config import Cluster
 from .errors import ConfigError, MeshError
@@ -17,7 +17,7 @@ from .kube import Observed, Tools
 from .reporter import Reporter
 from .runner import Command, ShRunner
 from .names import ISTIO_NAMESPACE, TRANSITION_ANNOTATION
-from .plan import cacerts_finding, cacerts_in_place, cacerts_step, intermediate_step, workspace_roots
+from .plan import cacerts_step, intermediate_step
 from .rotate import confirm_step
 
 
@@ -25,9 +25,10 @@ def cluster_views(clusters: list[Cluster], observed: dict[str, Observed], workdi
                   transition: carotation.Transition | None, current_root: str) -> list[carotation.ClusterView]:
     """What carotation.decide needs of each cluster: reachable, in place at the stage, since when."""
     views = []
+    pki = workspace_certs(workdir, transition, [c.name for c in clusters]) if transition is not None else None
     for cluster in clusters:
         seen = observed.get(cluster.context) or Observed(reachable=False, error="not read")
-        in_place = transition is not None and cacerts_in_place(seen, cluster, workdir, transition)
+        in_place = pki is not None and assess_cluster_cacerts(seen, cluster.name, pki).state is CacertsState.CURRENT
         views.append(carotation.ClusterView(
             cluster.context, seen.reachable, in_place,
             carotation.stage_since(transition, seen.annotations) if transition else None,
@@ -54,9 +55,10 @@ def completion_phase(clusters: list[Cluster], final: dict, observed: dict[str, O
 def require_in_step(clusters: list[Cluster], observed: dict[str, Observed], workdir: Path, log, again: str) -> None:
     """A move to a new root starts only from a mesh that is in step: every cluster reachable and on the
     workspace's root (a mesh on another root is foreign_start's)."""
+    pki = workspace_certs(workdir, None, [c.name for c in clusters])
     not_ready = [c.context for c in clusters
                  if not (observed.get(c.context) or Observed()).reachable
-                 or not cacerts_in_place(observed[c.context], c, workdir, None)]
+                 or assess_cluster_cacerts(observed[c.context], c.name, pki).state is not CacertsState.CURRENT]
     if not_ready:
         log.close()
         raise MeshError(f"not every cluster runs on the workspace's root yet ({', '.join(not_ready)}): "
@@ -149,8 +151,8 @@ def foreign_start(clusters: list[Cluster], observed: dict[str, Observed], workdi
     else the clusters' root, when the move to the workspace's own root can start from it: every cluster
     reachable, its cacerts made by setup-mesh (another workspace) under that one root, the same bytes
     everywhere. Refuses otherwise, before any change."""
-    roots = workspace_roots(workdir, None)
-    found = {c.context: cacerts_finding(observed[c.context], c, workdir, None, roots) for c in clusters
+    pki = workspace_certs(workdir, None, [c.name for c in clusters])
+    found = {c.context: assess_cluster_cacerts(observed[c.context], c.name, pki) for c in clusters
              if (observed.get(c.context) or Observed()).reachable}
     if not any(f.other_root for f in found.values()):
         return None

@@ -18,8 +18,10 @@ from .executor import Executor, Interrupted, Outcome, Phase, RunContext, Step
 from .kube import Observed, Tools, parse_published_roots
 from .names import ISTIO_NAMESPACE
 from .overlay import control_plane_istiod
+from .assess import CacertsState, assess_cluster_cacerts
+from .casteps import workspace_certs
 from .desired import desired_state
-from .plan import ApplyPlan, cacerts_finding, cacerts_in_place, cacerts_step, intermediate_step, workspace_roots
+from .plan import ApplyPlan, cacerts_step, intermediate_step
 from .workspace import Workspace, find_tools, load_workspace, pinned_release
 from .reporter import Reporter
 from .runner import ShRunner
@@ -155,8 +157,8 @@ def _require_rotatable(workdir: Path, cert_dir: Path) -> None:
 def _on_other_roots(workdir: Path, targets: list[Cluster], observed: dict[str, Observed]) -> dict:
     """The targets whose cacerts chains to another root than this workspace's (another workspace's mesh,
     someone's own CA, a move another workspace is making): re-issuing would replace it, as apply would."""
-    roots = workspace_roots(workdir, None)
-    found = {c.context: cacerts_finding(observed[c.context], c, workdir, None, roots) for c in targets
+    pki = workspace_certs(workdir, None, [c.name for c in targets])
+    found = {c.context: assess_cluster_cacerts(observed[c.context], c.name, pki) for c in targets
              if c.context in observed and observed[c.context].reachable and observed[c.context].cacerts is not None}
     return {ctx: finding for ctx, finding in found.items() if finding.other_root}
 
@@ -188,6 +190,7 @@ def _rotation_phase(ws: Workspace, targets: list[Cluster], observed: dict[str, O
     deployment = control_plane_istiod(ws.base)
     namespaces = {ctx: d.namespace_manifest() for ctx, d in desired_state(ws.topology, ws.base).items()}
     phase = Phase("re-issue intermediate CAs and update cacerts")
+    pki = workspace_certs(workdir, None, [c.name for c in targets])
     reissued = []
     for cluster in targets:
         seen = observed.get(cluster.context) or Observed()
@@ -197,7 +200,7 @@ def _rotation_phase(ws: Workspace, targets: list[Cluster], observed: dict[str, O
             if local[cluster.context].fingerprint is not None:
                 phase.add(cluster.context, backup_step(workdir, cluster, backup))
             phase.add(cluster.context, intermediate_step(release, cert_dir, cluster, variables))
-        if due or not cacerts_in_place(seen, cluster, workdir, None):
+        if due or assess_cluster_cacerts(seen, cluster.name, pki).state is not CacertsState.CURRENT:
             # istio-system exactly as apply makes it: server-side apply would drop a remote's annotation.
             phase.add(cluster.context, cacerts_step(tools, cluster, workdir, namespaces[cluster.context]))
         if not cluster.primary:  # a remote runs no istiod to confirm

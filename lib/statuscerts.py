@@ -6,9 +6,9 @@ import datetime as dt
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
 from . import certs, invocation, carotation
+from .assesscerts import CacertsFinding, CacertsState
 from .checks import EXPIRY_WARN_DAYS, WARNING
 from .config import MULTIROOT_ENV, Cluster
 from .kube import CA_ROOT_CONFIGMAP, Observed
@@ -24,14 +24,6 @@ def load_cert(pem: bytes | None) -> x509.Certificate | None:
         return x509.load_pem_x509_certificate(pem)
     except ValueError:
         return None
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-        return True
-    except (ValueError, TypeError, InvalidSignature):
-        return False
 
 
 def judge_roots(ws: Expected, root: x509.Certificate | None, now: dt.datetime, hints: Hints,
@@ -82,65 +74,51 @@ def transition_summary(ws: Expected, clusters: list[ClusterStatus], observed: di
             "started": t.started, "in_step": in_step, "since": iso_utc(latest) if in_step else None, "next": next_step}
 
 
-def judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: Expected, hints: Hints,
-                  root: x509.Certificate | None, root_fp: str | None, set_up: bool, now: dt.datetime) -> None:
+def judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, found: CacertsFinding, ws: Expected,
+                  hints: Hints, root_fp: str | None, set_up: bool, now: dt.datetime) -> None:
+    """The cluster's cacerts as the assessment found it (lib/assesscerts.py), reported; and its expiry."""
     add = status.problems.append
     c = status.cacerts
-    c.present = seen.cacerts is not None
+    c.present = found.state is not CacertsState.ABSENT
     if not c.present:
         if set_up:
             add(Problem("cacerts_missing", "secret cacerts is missing: istiod signs workloads with a self-made CA "
                                            "that no other cluster trusts", hints.apply))
         return
     files = seen.cacerts or {}
-    ca = load_cert(files.get("ca-cert.pem"))
-    cluster_root = load_cert(files.get("root-cert.pem"))
-    if cluster_root is not None:
-        c.root_fingerprint = certs.read_cert(files["root-cert.pem"]).fingerprint
-    if ca is None:
+    if found.cluster_root is not None:
+        c.root_fingerprint = found.cluster_root.fingerprint
+    if not found.ca_readable:
         add(Problem("cacerts_unreadable", "secret cacerts holds no readable ca-cert.pem",
                     f"`rm -r {hints.path(certs.CERTS_DIR, cluster.name)}`, then {hints.apply} "
                     f"(re-issues the intermediate CA from this workspace's root)"))
-        c.chains_to_root = False if root is not None else None
+        c.chains_to_root = found.on_workspace_root
         return
     info = certs.read_cert(files["ca-cert.pem"])
     c.expires = info.not_after
     c.days_left = info.days_left(now)
     c.roots_trusted = len(set(carotation.split_pems(files.get("root-cert.pem"))))  # distinct: stage 2 repeats one
-    if root is not None and _issued_by(ca, root):
-        c.chains_to = "current"
-    elif ws.new_root_pem and (new_root := load_cert(ws.new_root_pem)) is not None and _issued_by(ca, new_root):
-        c.chains_to = "new"
-    elif ws.former_root_pem and (former := load_cert(ws.former_root_pem)) is not None and _issued_by(ca, former):
-        c.chains_to = "former"  # stage 1 of a move from the clusters' root: each keeps its intermediate
-    if ws.transition is not None:
-        _judge_stage(status, cluster, seen, ws, hints)
-    elif root is not None:
-        c.chains_to_root = c.root_fingerprint == root_fp and _issued_by(ca, root)
+    c.chains_to = found.chains_to
+    t = ws.transition
+    if t is not None:  # mid-move a cluster is in step when it holds exactly what the stage says
+        c.chains_to_root = c.chains_to is not None
+        if found.state is CacertsState.CURRENT:
+            c.stage = t.stage
+        else:
+            add(Problem("root_transition_behind", f"secret cacerts is not at stage {t.stage} of the move to a new "
+                                                  f"root ({carotation.STAGES[t.stage]})",
+                        f"{hints.rotate('--root')} (brings every cluster to the stage)"))
+    elif found.on_workspace_root is not None:
+        c.chains_to_root = found.on_workspace_root
         if not c.chains_to_root:
-            add(_foreign_root(status, cluster, ws, hints, root, root_fp))
+            add(_foreign_root(status, cluster, ws, hints, root_fp))
     _judge_expiry(status, cluster, ws, hints)
 
 
-def _judge_stage(status: ClusterStatus, cluster: Cluster, seen: Observed, ws: Expected, hints: Hints) -> None:
-    """Mid-transition a cluster is in step when it holds exactly what the stage says."""
-    c, t = status.cacerts, ws.transition
-    c.chains_to_root = c.chains_to is not None
-    if carotation.holds(seen.cacerts, ws.expected.get(cluster.name)) and carotation.stage_since(t, seen.annotations):
-        c.stage = t.stage
-    else:
-        status.problems.append(Problem("root_transition_behind",
-                                       f"secret cacerts is not at stage {t.stage} of the move to a new root "
-                                       f"({carotation.STAGES[t.stage]})",
-                                       f"{hints.rotate('--root')} (brings every cluster to the stage)"))
-
-
-def _foreign_root(status: ClusterStatus, cluster: Cluster, ws: Expected, hints: Hints, root: x509.Certificate,
-                  root_fp: str | None) -> Problem:
+def _foreign_root(status: ClusterStatus, cluster: Cluster, ws: Expected, hints: Hints, root_fp: str | None) -> Problem:
     """cacerts does not chain to the workspace's root: the problem, and the hint that fits the cause."""
     c = status.cacerts
-    local = load_cert(ws.local_ca.get(cluster.name))
-    local_ok = local is not None and _issued_by(local, root)
+    local_ok = certs.issued_by(ws.local_ca.get(cluster.name), ws.root_pem)
     # apply replaces a cacerts under another root only when told to (mTLS breaks until workloads restart)
     other_root = c.root_fingerprint != root_fp
     apply = invocation.command("apply", "--replace-foreign-ca") if other_root else hints.apply
@@ -176,7 +154,7 @@ def _judge_expiry(status: ClusterStatus, cluster: Cluster, ws: Expected, hints: 
                                        reissue_all, severity=WARNING))
 
 
-def word_other_roots(result: list[ClusterStatus], root_fp: str | None, root, ws: Expected, hints: Hints) -> None:
+def word_other_roots(result: list[ClusterStatus], root_fp: str | None, ws: Expected, hints: Hints) -> None:
     """Clusters on the same other root share one cause (one message, one hint naming them all), and say who
     does not trust them; when every cluster holds that root, what is true is that the mesh runs on a root
     this workspace does not hold, and its workloads trust each other."""
@@ -197,7 +175,7 @@ def word_other_roots(result: list[ClusterStatus], root_fp: str | None, root, ws:
         else:
             message = ("secret cacerts chains to another root than this workspace's (its root-cert.pem is another "
                        "root)" + (f": workloads here are not trusted by {', '.join(apart)}" if apart else ""))
-        hint = members[0][1].hint if len(members) == 1 else _other_root_hint([s.cluster for s, _ in members], root,
+        hint = members[0][1].hint if len(members) == 1 else _other_root_hint([s.cluster for s, _ in members],
                                                                                  ws, hints)
         if whole_mesh:
             hint = (f"run setup-mesh from the workspace that holds that root; or {hints.rotate('--root')} (moves the "
@@ -206,11 +184,11 @@ def word_other_roots(result: list[ClusterStatus], root_fp: str | None, root, ws:
             problem.message, problem.hint = message, hint
 
 
-def _other_root_hint(clusters: list[Cluster], root, ws: Expected, hints: Hints) -> str:
+def _other_root_hint(clusters: list[Cluster], ws: Expected, hints: Hints) -> str:
     """One repair for several clusters on another root: intermediates on disk that this workspace's root did
     not issue go first, then apply replaces every such cacerts."""
-    stale = [c for c in clusters if (local := load_cert(ws.local_ca.get(c.name))) is not None
-             and not (root is not None and _issued_by(local, root))]
+    stale = [c for c in clusters if load_cert(ws.local_ca.get(c.name)) is not None
+             and not certs.issued_by(ws.local_ca.get(c.name), ws.root_pem)]
     apply = invocation.command("apply", "--replace-foreign-ca")
     first = f"`rm -r {' '.join(hints.path(certs.CERTS_DIR, c.name) for c in stale)}`, then " if stale else ""
     return (f"{first}{apply} (gives them intermediate CAs of this workspace's root; it replaces their cacerts at "

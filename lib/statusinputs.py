@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from . import certs, carotation
+from .assesscerts import WorkspaceCerts
 from .config import SIDECAR, Topology, data_plane_mode
 from .fsutil import read_if_present
 from .mesh import Mesh, mesh_model
@@ -32,10 +33,15 @@ class Expected:
     transition: carotation.Transition | None = None  # a move to a new root under way
     new_root_pem: bytes | None = None  # certs-next/root-cert.pem during a transition
     former_root_pem: bytes | None = None  # certs-former/root-cert.pem: a move from the clusters' root (key not held)
-    expected: dict[str, dict[str, bytes] | None] = field(default_factory=dict)  # name -> the stage's cacerts
+    expected: dict[str, dict[str, bytes] | None] = field(default_factory=dict)  # name -> what its cacerts must hold
     # The fingerprints once the clusters are read (a remote's install names its primary's gateway address).
     fingerprints_for: Callable[[Mapping[str, str]], dict[str, str]] | None = None
     base: dict[str, Any] = field(default_factory=dict)  # base.yaml, validated
+
+    def cacerts_inputs(self) -> WorkspaceCerts:
+        """The certificates the clusters' cacerts is judged against (read when status judges: tests set the
+        fields above after the fact)."""
+        return WorkspaceCerts(self.root_pem, self.expected, self.transition, self.new_root_pem, self.former_root_pem)
 
     @cached_property
     def mesh(self) -> Mesh:  # read for every cluster judged: built once, with base.yaml's data-plane mode
@@ -74,6 +80,5 @@ def status_workspace(workdir: Path, loaded) -> Expected:
         new_root_pem=read_if_present(carotation.next_dir(workdir) / certs.ROOT_CERT) if transition else None,
         former_root_pem=read_if_present(carotation.former_dir(workdir) / certs.ROOT_CERT)
         if transition and transition.foreign_start else None,
-        expected={c.name: carotation.desired_cacerts(workdir, c.name, transition) for c in loaded.topology.clusters}
-        if transition else {},
+        expected={c.name: carotation.desired_cacerts(workdir, c.name, transition) for c in loaded.topology.clusters},
     )

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from cryptography import x509
-
 from . import certs
 from .ambient import gateway_status
-from .assess import (GatewayState, LabelState, NamespaceFinding, assess_gateway, assess_install, assess_namespace,
-                     assess_secrets, assess_wiring, issued_credentials)
+from .assess import (GatewayState, LabelState, NamespaceFinding, WorkspaceCerts, assess_cluster_cacerts,
+                     assess_gateway, assess_install, assess_namespace, assess_secrets, assess_wiring,
+                     issued_credentials)
 from .checks import WARNING
 from .config import AMBIENT, SIDECAR, Cluster
 from .desired import Desired
@@ -49,12 +48,13 @@ def evaluate(ws: Expected, observed: dict[str, Observed], istiod: dict[str, Isti
     names = {c.name for c in topology.clusters}
     # The credentials each cluster issues now (None when it could not be read): older copies are outdated.
     current = issued_credentials(ws.mesh, {ctx: seen for ctx, seen in observed.items() if seen.reachable})
+    pki = ws.cacerts_inputs()  # the workspace's certificates, which each cluster's cacerts is judged against
     result = []
     for cluster in topology.clusters:
         seen = observed.get(cluster.context) or Observed(reachable=False, error="not read")
-        result.append(_judge(cluster, seen, istiod.get(cluster.context) or Istiod(), ws, hints, root, root_fp,
+        result.append(_judge(cluster, seen, istiod.get(cluster.context) or Istiod(), ws, hints, pki, root_fp,
                              names, now, current))
-    word_other_roots(result, root_fp, root, ws, hints)
+    word_other_roots(result, root_fp, ws, hints)
     reachable = {c.name for c in topology.clusters if (observed.get(c.context) or Observed()).reachable}
     for status in result:
         judge_istiod_view(status, (views or {}).get(status.cluster.context), topology, hints, reachable)
@@ -69,7 +69,7 @@ def evaluate(ws: Expected, observed: dict[str, Observed], istiod: dict[str, Isti
 
 
 def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints: Hints,
-           root: x509.Certificate | None, root_fp: str | None, names: set[str], now: dt.datetime,
+           pki: WorkspaceCerts, root_fp: str | None, names: set[str], now: dt.datetime,
            current: dict[str, str | None]) -> ClusterStatus:
     member = ws.mesh.member(cluster.context)
     status = ClusterStatus(cluster, reachable=seen.reachable, gateway_required=member.eastwest,
@@ -100,7 +100,8 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints
     if set_up and CONTROL_PLANE_CLUSTERS in namespace.annotations_left:
         _report_annotation_left(status, seen, hints)
     _judge_istiod_service(status, cluster, member.is_remote, seen, ws, hints)
-    judge_cacerts(status, cluster, seen, ws, hints, root, root_fp, set_up, now)
+    judge_cacerts(status, cluster, seen, assess_cluster_cacerts(seen, cluster.name, pki), ws, hints, root_fp, set_up,
+                  now)
     if ws.data_plane == AMBIENT:
         _judge_ambient_gateway(status, cluster, seen, istiod, hints, set_up, desired)
         _judge_ztunnel(status, cluster, seen, hints, set_up)

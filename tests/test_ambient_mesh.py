@@ -119,7 +119,7 @@ def test_switching_to_sidecar_mode_asks_first_then_replaces_gateways_and_profile
     assert refused.returncode == 2 and "needs confirmation" in refused.stdout + refused.stderr
     assert mesh.get("cluster1", "daemonsets", "-n", NS)["items"], "nothing may change before the answer"
 
-    apply(mesh)
+    mesh.apply_checked(*APPLY)
     assert_sidecar(mesh)
     again = apply(mesh)
     assert "unchanged" in again.stdout and "replaces" not in again.stdout

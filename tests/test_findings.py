@@ -1,4 +1,4 @@
-"""The assessment of istio-system, the install, the east-west gateway and a remote's wiring, on the
+"""The assessment of istio-system, the install, the east-west gateway, a remote's wiring and cacerts, on the
 in-memory cluster client: clusters filled with Python objects, read as the real client reads, judged."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.assess import GatewayState, InstallState, LabelState, assess_mesh
+from lib.assess import CacertsState, GatewayState, InstallState, LabelState, assess_mesh
 from lib.config import AMBIENT, Cluster, Topology, data_plane_mode
 from lib.desired import desired_state
 from lib.kube import Observed
@@ -309,6 +309,24 @@ def test_status_of_a_remote_wired_to_the_wrong_place(pki):
     assert f"names elsewhere in {CONTROL_PLANE_CLUSTERS}, not main" in untrusted.message
 
 
+def test_status_reports_the_cacerts_findings_of_live_clusters(pki):
+    from tests.test_assess import _cert
+
+    other = _cert("Root CA")  # another workspace's root: same name, another key
+    inter = _cert("Intermediate CA", other)
+    theirs = {"ca-cert.pem": inter[0], "cert-chain.pem": inter[0] + other[0], "root-cert.pem": other[0]}
+    fakes = _live(MULTI_NETWORK, pki, east={"cacerts": {**pki[1], "ca-cert.pem": b"not a certificate"}},
+                  west={"cacerts": theirs})
+    status = _status(MULTI_NETWORK, fakes, pki)
+    problems = _problems(status)  # (west's intermediate, made for 30 days, is also expiring)
+    assert problems["east"] == ["cacerts_unreadable"] and "cacerts_foreign_root" in problems["west"]
+    east, west = status.clusters
+    assert east.cacerts.chains_to_root is False and west.cacerts.chains_to_root is False
+    assert west.cacerts.root_fingerprint == _fp(other[0]) and west.cacerts.chains_to is None
+    fakes["east"].state.cacerts = None
+    assert _problems(_status(MULTI_NETWORK, fakes, pki))["east"] == ["cacerts_missing"]
+
+
 def test_status_of_a_running_primary_turned_into_a_remote_is_not_healthy(pki):
     """topology.yaml makes edge a remote of main; edge still runs what it ran as a primary."""
     as_primaries = _topology(("main", "n1", None), ("edge", "n2", None))
@@ -366,6 +384,15 @@ def _plan(topology: Topology, workdir: Path, clusters: dict, base: dict | None =
           lines: bool = False) -> dict[str, list[str]]:
     """The steps apply plans per cluster (``lines``: their lines in the plan), for clusters read through
     the fake client."""
+    plan = _apply_plan(topology, workdir, clusters, base)
+    steps: dict[str, list[str]] = {}
+    for phase in plan.phases:
+        for context, found in phase.steps.items():
+            steps.setdefault(context, []).extend(step.change if lines else step.title for step in found)
+    return steps
+
+
+def _apply_plan(topology: Topology, workdir: Path, clusters: dict, base: dict | None = None):
     from lib.gatewayapi import CrdSource
     from lib.kube import Tools, gateway_addresses
     from lib.plan import build_apply_plan
@@ -375,11 +402,7 @@ def _plan(topology: Topology, workdir: Path, clusters: dict, base: dict | None =
     plan = build_apply_plan(topology=topology, desired=desired, observed=observed, removed=[], removed_observed=observed,
                             workdir=workdir, tools=Tools(), release=None, intermediate_vars={}, gateway_timeout=5,
                             gateway_api=CrdSource("crds.yaml", "v1.4.0") if base else None)
-    steps: dict[str, list[str]] = {}
-    for phase in plan.phases:
-        for context, found in phase.steps.items():
-            steps.setdefault(context, []).extend(step.change if lines else step.title for step in found)
-    return steps
+    return plan
 
 
 def test_a_mesh_as_apply_leaves_it_plans_nothing(tmp_path):
@@ -426,3 +449,155 @@ def test_istiod_exposed_to_a_new_remote_is_added_and_to_a_known_one_applied_agai
     edited = {"spec": {"meshConfig": {"accessLogFile": "/dev/stdout"}}}
     again = _plan(PRIMARY_REMOTE, tmp_path, _running(PRIMARY_REMOTE, tmp_path), edited, lines=True)["main"]
     assert any(line.startswith("~ expose istiod") and line.endswith("applied again") for line in again), again
+
+
+# --- cacerts: whose CA each cluster holds, judged against the workspace's certificates --------------
+
+@pytest.fixture(scope="module")
+def ca():
+    """Roots and intermediates as bytes: this workspace's root, another workspace's (same name, another key),
+    the root a move goes to; east's intermediate under each."""
+    from tests.test_assess import _cert
+
+    ours, other, new = _cert("Root CA"), _cert("Root CA"), _cert("Root CA next")
+
+    def cacerts(root, bundle=None):
+        inter = _cert("intermediate", root)
+        return {"ca-cert.pem": inter[0], "cert-chain.pem": inter[0] + root[0], "root-cert.pem": bundle or root[0]}
+
+    return {"ours": ours[0], "other": other[0], "new": new[0], "current": cacerts(ours), "earlier": cacerts(ours),
+            "theirs": cacerts(other), "next": cacerts(new, bundle=new[0] + ours[0]),
+            "stage1": cacerts(ours, bundle=ours[0] + new[0])}
+
+
+def _fp(pem: bytes) -> str:
+    from lib.certs import read_cert
+
+    return read_cert(pem).fingerprint
+
+
+def _move(ca, stage: int, foreign_start: bool = False):
+    from lib.carotation import Transition
+
+    old, new = ("other", "ours") if foreign_start else ("ours", "new")
+    return Transition(stage, _fp(ca[old]), _fp(ca[new]), "2026-01-01T00:00:00Z", foreign_start)
+
+
+def _at_stage(t) -> dict[str, str]:
+    from lib.names import TRANSITION_ANNOTATION
+
+    return {TRANSITION_ANNOTATION: t.annotation("2026-01-02T00:00:00Z")}
+
+
+def _cacerts(ca, east: dict | None, labelled: bool = True, pki=None, **fields):
+    """east's cacerts finding, read through the fake client (west holds nothing)."""
+    from lib.assess import WorkspaceCerts
+
+    pki = pki or WorkspaceCerts(ca["ours"], {"east": ca["current"]})
+    clusters = _set_up(MULTI_NETWORK, east={"cacerts": east, "cacerts_labelled": labelled, **fields})
+    observed = FakeClient(clusters).read_state(MULTI_NETWORK.clusters)
+    found = assess_mesh(mesh_model(MULTI_NETWORK), desired_state(MULTI_NETWORK, {}), observed, pki=pki)
+    assert found["west"].cacerts.state is CacertsState.ABSENT
+    return found["east"].cacerts
+
+
+def test_cacerts_judged_without_the_workspaces_certificates_is_not_judged():
+    found, _ = _assess(MULTI_NETWORK, _set_up(MULTI_NETWORK))
+    assert all(f.cacerts is None for f in found.values())
+
+
+def test_cacerts_as_apply_made_it_is_ours_and_current(ca):
+    found = _cacerts(ca, ca["current"])
+    assert found.state is CacertsState.CURRENT and not found.other_root
+    assert found.ca_readable and found.chains_to == "current" and found.on_workspace_root is True
+
+
+def test_cacerts_of_an_earlier_intermediate_of_our_root_is_ours_and_outdated(ca):
+    found = _cacerts(ca, ca["earlier"])
+    assert found.state is CacertsState.OURS_OUTDATED and not found.other_root
+    assert found.on_workspace_root is True, "status: it chains to this workspace's root"
+
+
+def test_cacerts_of_another_workspaces_root_is_another_root(ca):
+    found = _cacerts(ca, ca["theirs"])
+    assert found.state is CacertsState.OTHER_ROOT and found.other_root
+    assert found.cluster_root.fingerprint == _fp(ca["other"]) != found.workspace_root.fingerprint
+    assert found.chains_to is None and found.on_workspace_root is False
+
+
+def test_cacerts_somebody_made_is_foreign_and_names_its_ca(ca):
+    found = _cacerts(ca, ca["theirs"], labelled=False)
+    assert found.state is CacertsState.FOREIGN and found.other_root
+    assert found.issuer.startswith("CA ") and "CN=intermediate" in found.issuer
+    # unlabelled, but trusting our root: made by setup-mesh before it labelled its cacerts
+    assert _cacerts(ca, ca["earlier"], labelled=False).state is CacertsState.OURS_OUTDATED
+
+
+def test_cacerts_behind_a_move_until_it_holds_the_stage_and_says_so(ca):
+    from lib.assess import WorkspaceCerts
+
+    t = _move(ca, 1)
+    pki = WorkspaceCerts(ca["ours"], {"east": ca["stage1"]}, t, ca["new"])
+    assert _cacerts(ca, ca["current"], pki=pki).state is CacertsState.BEHIND_MOVE
+    assert _cacerts(ca, ca["stage1"], pki=pki).state is CacertsState.BEHIND_MOVE, "the stage is not recorded"
+    assert _cacerts(ca, ca["stage1"], pki=pki, annotations=_at_stage(t)).state is CacertsState.CURRENT
+    assert _cacerts(ca, ca["theirs"], pki=pki).state is CacertsState.OTHER_ROOT
+
+
+def test_cacerts_mid_way_in_another_workspaces_move_is_not_ours_to_replace(ca):
+    from lib.assess import WorkspaceCerts
+    from lib.names import TRANSITION_ANNOTATION
+
+    theirs_move = {TRANSITION_ANNOTATION: f"stage=1 root={_fp(ca['other'])[:16]} since=2026-01-02T00:00:00Z"}
+    found = _cacerts(ca, ca["earlier"], annotations=theirs_move)
+    assert found.state is CacertsState.OTHER_MOVE and found.other_root
+    assert "another workspace is moving the mesh to its root" in found.describe()
+    # a move to this workspace's own root (one cut short at its completion) is ours
+    own_move = {TRANSITION_ANNOTATION: f"stage=3 root={_fp(ca['ours'])[:16]} since=2026-01-02T00:00:00Z"}
+    assert _cacerts(ca, ca["earlier"], annotations=own_move).state is CacertsState.OURS_OUTDATED
+    # mid-move, the move's new root is ours too
+    t = _move(ca, 1)
+    moving = WorkspaceCerts(ca["ours"], {"east": ca["stage1"]}, t, ca["new"])
+    assert _cacerts(ca, ca["current"], pki=moving, annotations=_at_stage(_move(ca, 2))).state is \
+        CacertsState.BEHIND_MOVE
+
+
+def test_cacerts_names_the_root_of_the_move_that_signed_its_intermediate(ca):
+    from lib.assess import WorkspaceCerts
+
+    t = _move(ca, 2)
+    pki = WorkspaceCerts(ca["ours"], {"east": ca["next"]}, t, ca["new"])
+    found = _cacerts(ca, ca["next"], pki=pki, annotations=_at_stage(t))
+    assert found.state is CacertsState.CURRENT and found.chains_to == "new"
+    assert found.workspace_root.fingerprint == _fp(ca["new"]), "from stage 2 the new root issues"
+    assert found.on_workspace_root is False, "its root-cert.pem names the new root first"
+    # a move from the clusters' root: certs-former/ holds the root their intermediates were issued by
+    start = _move(ca, 1, foreign_start=True)
+    former = WorkspaceCerts(ca["ours"], {"east": None}, start, None, ca["other"])
+    found = _cacerts(ca, ca["theirs"], pki=former)
+    assert found.chains_to == "former" and found.state is CacertsState.BEHIND_MOVE
+
+
+def test_cacerts_with_an_unreadable_or_foreign_signed_intermediate_is_not_on_our_root(ca):
+    found = _cacerts(ca, {**ca["current"], "ca-cert.pem": b"not a certificate"})
+    assert not found.ca_readable and found.chains_to is None and found.on_workspace_root is False
+    # our root in root-cert.pem, an intermediate another root signed: the plan calls it ours (outdated),
+    # status says it does not chain to this workspace's root
+    mixed = _cacerts(ca, {**ca["theirs"], "root-cert.pem": ca["ours"]})
+    assert mixed.state is CacertsState.OURS_OUTDATED and mixed.on_workspace_root is False
+    # and an intermediate of ours under a root bundle that names another root first
+    other_first = _cacerts(ca, {**ca["earlier"], "root-cert.pem": ca["other"] + ca["ours"]})
+    assert other_first.chains_to == "current" and other_first.on_workspace_root is False
+    # a workspace without a root judges no chain
+    from lib.assess import WorkspaceCerts
+
+    assert _cacerts(ca, ca["current"], pki=WorkspaceCerts(None, {"east": ca["current"]})).on_workspace_root is None
+
+
+def test_the_plan_updates_an_outdated_cacerts_and_refuses_to_replace_one_it_did_not_make(tmp_path):
+    outdated = {name: b"an earlier intermediate" for name in ("ca-cert.pem", "cert-chain.pem", "root-cert.pem")}
+    clusters = _running(MULTI_NETWORK, tmp_path, east={"cacerts": outdated, "cacerts_labelled": True})
+    assert _plan(MULTI_NETWORK, tmp_path, clusters, lines=True)["east"][0] == "~ secret cacerts (certs/east/)"
+    # not made by setup-mesh (no label) and no root of ours in it: somebody's own CA, apply asks first
+    plan = _apply_plan(MULTI_NETWORK, tmp_path, _running(MULTI_NETWORK, tmp_path, east={"cacerts": outdated}))
+    assert {ctx: f.state for ctx, f in plan.other_roots.items()} == {"east": CacertsState.FOREIGN}

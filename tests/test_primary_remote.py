@@ -246,7 +246,7 @@ def test_a_remote_added_to_a_running_mesh_reinstalls_nothing_else(sandbox_factor
     plan = mesh.run("apply", "--dry-run").stdout
     assert "+ expose istiod (Gateway istiod-gateway, VirtualService istiod-vs)" in \
         plan.split("\ncluster2 (")[1].split("\n\n")[0], plan
-    mesh.apply()
+    mesh.apply_checked()
     new = mesh.installs()[count:]
     assert before == {"cluster1", "cluster2"}
     # cluster2 gains the istiod exposure (Istio objects and externalIstiod: a re-install of its control
@@ -268,7 +268,7 @@ def test_a_remote_turned_primary_and_back_converges_and_teardown_removes_remotes
     assert "- annotation topology.istio.io/controlPlaneClusters and EndpointSlice istiod (a primary now)" \
         in plan.stdout
     assert "- Gateway istiod-gateway and its VirtualService (no remotes now)" in plan.stdout
-    mesh.apply()
+    mesh.apply_checked()
     namespace = mesh.get("cluster2", "namespace", "istio-system")["metadata"]
     assert CONTROL_PLANE_CLUSTERS not in (namespace.get("annotations") or {})
     assert mesh.get("cluster2", "deployment", "istiod", "-n", "istio-system") is not None
@@ -280,7 +280,7 @@ def test_a_remote_turned_primary_and_back_converges_and_teardown_removes_remotes
     assert mesh.run("status").returncode == 0
 
     _write(mesh, remote_of_1)
-    result = mesh.apply()
+    result = mesh.apply_checked()
     assert "delete remote secrets it no longer needs" in result.stdout + result.stderr
     _check_remote(mesh, "cluster2", "cluster1", "network1")
     _check_primary_exposes_istiod(mesh, "cluster1")

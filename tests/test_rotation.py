@@ -170,6 +170,30 @@ def test_a_failed_rotation_is_finished_by_the_next_run_without_reissuing_twice(m
     assert len(list((mesh2.workdir / "backups").iterdir())) == 1, "one rotation, one backup folder"
 
 
+def test_a_resumed_rotation_puts_in_place_an_intermediate_it_made_and_did_not_apply(mesh2):
+    """A run cut short between making cluster1's new intermediate and updating its cacerts: the next run
+    makes nothing again, and updates that cacerts (the assessment finds it is not what certs/ holds)."""
+    from lib import reissue
+    from lib.certs import read_cert
+
+    old = mesh2.get("cluster1", "secret", "cacerts", "-n", "istio-system")
+    done = mesh2.run("rotate-certs", "-y", "--context", "cluster1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    made = (mesh2.workdir / "certs" / "cluster1" / "ca-cert.pem").read_bytes()
+    # the cluster back on its old intermediate, and the rotation's record as the cut-short run left it
+    mesh2.kubectl("cluster1", "delete", "secret", "cacerts", "-n", "istio-system")
+    put_back = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": old["data"],
+                "metadata": {"name": "cacerts", "namespace": "istio-system", "labels": old["metadata"]["labels"]}}
+    mesh2.kubectl("cluster1", "apply", "-f", "-", stdin=json.dumps(put_back))
+    old_fp = read_cert(base64.b64decode(old["data"]["ca-cert.pem"])).fingerprint
+    reissue.save_rotation(mesh2.workdir, reissue.Rotation("2026-11-29T08:00:00Z", {"cluster1": old_fp}))
+    again = mesh2.run("rotate-certs", "-y")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "finishing the rotation" in again.stdout
+    assert (mesh2.workdir / "certs" / "cluster1" / "ca-cert.pem").read_bytes() == made, "not re-issued twice"
+    assert cacerts(mesh2, "cluster1")["ca-cert.pem"] == made
+
+
 # --- the move to a new root -------------------------------------------------------------------------
 
 def pems(bundle: bytes) -> list[bytes]:

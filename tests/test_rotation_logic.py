@@ -280,3 +280,43 @@ def test_a_move_from_the_clusters_root_starts_only_from_one_root_setup_mesh_made
         with pytest.raises(kind) as caught:
             foreign_start(clusters, observed, tmp_path, None)
         assert words in caught.value.message and caught.value.hint, caught.value.message
+
+
+def test_a_move_starts_from_a_mesh_in_step_and_a_stage_counts_a_cluster_that_holds_it_and_says_so(tmp_path):
+    """Both read the assessment's cacerts finding: current (outside a move: what certs/ holds; mid-move: the
+    stage's bundle, recorded on istio-system)."""
+    from lib.carotation import Transition, desired_cacerts
+    from lib.errors import MeshError
+    from lib.kube import Observed
+    from lib.names import TRANSITION_ANNOTATION
+    from lib.rootstages import cluster_views, require_in_step
+    from tests.test_status import _ca, _cacerts, _pem, _topology
+
+    class Log:
+        def close(self):
+            pass
+
+    ours, new = _ca("Ours"), _ca("Next")
+    for folder, root in (("certs", ours), ("certs-next", new)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "root-cert.pem").write_bytes(_pem(root[0]))
+    clusters = list(_topology(tmp_path).clusters)
+    for c in clusters:
+        (tmp_path / "certs" / c.name).mkdir()
+        for name, data in {**_cacerts(ours), "ca-key.pem": b"key"}.items():
+            (tmp_path / "certs" / c.name / name).write_bytes(data)
+    held = {c.context: Observed(reachable=True, cacerts=desired_cacerts(tmp_path, c.name, None), cacerts_labelled=True)
+            for c in clusters}
+    require_in_step(clusters, held, tmp_path, Log(), "again")
+    earlier = {**held, "c2": Observed(reachable=True, cacerts=_cacerts(ours), cacerts_labelled=True)}
+    with pytest.raises(MeshError) as caught:
+        require_in_step(clusters, earlier, tmp_path, Log(), "again")
+    assert "(c2)" in caught.value.message
+
+    t = Transition(1, "ours", "ffff" * 16, "2026-11-29T08:00:00Z")
+    stage = {TRANSITION_ANNOTATION: t.annotation("2026-11-29T09:00:00Z")}
+    moving = {c.context: Observed(reachable=True, cacerts=desired_cacerts(tmp_path, c.name, t), cacerts_labelled=True,
+                                  annotations=dict(stage) if c.context != "c3" else {}) for c in clusters}
+    moving["c1"] = held["c1"]  # not at the stage's bundle yet
+    views = {v.context: v.in_place for v in cluster_views(clusters, {**moving, "c1": held["c1"]}, tmp_path, t, "")}
+    assert views == {"c1": False, "c2": True, "c3": False}, "c3 holds the bundle, its istio-system records no stage"

@@ -88,7 +88,7 @@ def test_base_yaml_change_reinstalls_without_touching_gateways_or_secrets(mesh):
     before, exported, installs = snapshot(mesh), len(exports(mesh)), len(mesh.control_plane_installs())
     _edit_base(mesh, "accessLogFile: /dev/stdout", "accessLogFile: /dev/null")
     plan, count = mesh.run("apply", "--dry-run").stdout, len(mesh.installs())
-    mesh.apply()
+    mesh.apply_checked()
     after = snapshot(mesh)
     assert sorted(c["context"] for c in mesh.control_plane_installs()[installs:]) == CONTEXTS
     # what apply installed and applied again is what its dry run named, cluster by cluster
@@ -121,7 +121,7 @@ def test_mesh_applied_with_an_unnamed_control_plane_keeps_its_gateways_on_upgrad
         mesh.sandbox.kubectl(ctx, "annotate", "--overwrite", "namespace", "istio-system",
                              "setup-mesh.io/applied=from-an-earlier-version")
     before, exported = snapshot(mesh), len(exports(mesh))
-    mesh.apply()
+    mesh.apply_checked()
     assert snapshot(mesh) == before
     assert len(exports(mesh)) == exported
     for ctx in CONTEXTS:
@@ -182,7 +182,7 @@ def test_one_clusters_network_changes_only_that_cluster(mesh):
     before, exported, installs = snapshot(mesh), len(exports(mesh)), len(mesh.control_plane_installs())
     networks = {**NETS, "ctx-b": "network2"}
     _topology(mesh, networks)
-    mesh.apply()
+    mesh.apply_checked()
     after = snapshot(mesh)
     assert installs_since(mesh, installs) == ["ctx-b"]
     assert mesh.get("ctx-b", "namespace", "istio-system")["metadata"]["labels"]["topology.istio.io/network"] == "network2"
@@ -195,14 +195,14 @@ def test_one_clusters_network_changes_only_that_cluster(mesh):
 def test_down_to_one_network_and_back_keeps_control_planes_and_secrets(mesh):
     before, exported = snapshot(mesh), len(exports(mesh))
     _topology(mesh, {ctx: "network1" for ctx in CONTEXTS})
-    mesh.apply()
+    mesh.apply_checked()
     single = snapshot(mesh)
     for ctx in CONTEXTS:
         assert single[ctx]["eastwest"] is None, "one network needs no east-west gateway"
         assert {k: v for k, v in single[ctx].items() if k != "eastwest"} == \
             {k: v for k, v in before[ctx].items() if k != "eastwest"}
     _topology(mesh, NETS)  # a second network again
-    mesh.apply()
+    mesh.apply_checked()
     again = snapshot(mesh)
     for ctx in CONTEXTS:
         assert again[ctx]["eastwest"] is not None and again[ctx]["eastwest"][1], "every cluster has a gateway address"
@@ -235,14 +235,15 @@ def test_a_cluster_added_then_removed_touches_only_what_concerns_it(shaped):
 
 def test_a_new_api_server_re_exports_that_clusters_secret_only(mesh):
     before, exported, installs = snapshot(mesh), len(exports(mesh)), len(mesh.control_plane_installs())
-    _topology(mesh, NETS, extra={"ctx-a": {"api_server": "https://alpha.example.com:6443"}})
-    mesh.apply()
+    address = mesh.sandbox.api_server("ctx-a")  # one the peers reach: status then calls the mesh healthy
+    _topology(mesh, NETS, extra={"ctx-a": {"api_server": address}})
+    mesh.apply_checked()
     after = snapshot(mesh)
     assert exports(mesh)[exported:] == ["ctx-a"]
     assert installs_since(mesh, installs) == []
     for ctx in ("ctx-b", "ctx-c"):
         server = mesh.secret_kubeconfig(mesh.remote_secrets(ctx)["alpha"])["clusters"][0]["cluster"]["server"]
-        assert server == "https://alpha.example.com:6443"
+        assert server == address
         assert after[ctx]["remote_secrets"]["alpha"] != before[ctx]["remote_secrets"]["alpha"]
     for ctx in CONTEXTS:
         assert {k: v for k, v in after[ctx].items() if k != "remote_secrets"} == \
@@ -258,7 +259,7 @@ def test_re_apply_after_a_failed_run_repairs_only_what_failed(mesh):
     assert failed.returncode == 1 and "ctx-b" in failed.stdout + failed.stderr
     first = installs_since(mesh, installs)
     assert sorted(set(first)) == CONTEXTS
-    mesh.apply()
+    mesh.apply_checked()
     assert installs_since(mesh, installs + len(first)) == ["ctx-b"], "the repair re-does only the failed cluster"
     mesh_config = yaml.safe_load(mesh.get("ctx-b", "configmap", "istio", "-n", "istio-system")["data"]["mesh"])
     assert mesh_config["accessLogFile"] == "/dev/null"
@@ -305,7 +306,7 @@ def test_base_yaml_edit_with_a_remote_keeps_gateways_secrets_and_the_remote_link
     before, exported, installs = snapshot(mesh), len(exports(mesh)), len(mesh.control_plane_installs())
     assert before["ctx-b"]["istiod"] is None and before["ctx-b"]["remote_secrets"] == {}
     _edit_base(mesh, "accessLogFile: /dev/stdout", "accessLogFile: /dev/null")
-    mesh.apply()
+    mesh.apply_checked()
     assert installs_since(mesh, installs) == CONTEXTS
     assert snapshot(mesh) == before, "gateways, istiod, cacerts and remote secrets survive a base.yaml edit"
     assert len(exports(mesh)) == exported
@@ -319,7 +320,7 @@ def test_a_remote_moved_to_another_primary_keeps_both_primaries_gateways(remote_
     _with_primaries(mesh, {"ctx-b": "ctx-c"})
     plan = mesh.run("apply", "--dry-run")
     assert "ctx-b (network1, remote of ctx-c): change" in plan.stdout, plan.stdout
-    mesh.apply()
+    mesh.apply_checked()
     after = snapshot(mesh)
     assert _remote_of(mesh, "ctx-b") == ("gamma", before["ctx-c"]["eastwest"][1])
     assert _istiod_exposed(mesh, "ctx-c") and not _istiod_exposed(mesh, "ctx-a")
@@ -357,7 +358,7 @@ def test_a_remote_moved_to_a_network_of_its_own_gets_a_gateway_and_nothing_else_
     _topology(mesh, {**NETS, "ctx-b": "network3"}, extra={
         ctx: {"api_server": mesh.sandbox.api_server(ctx), **({"primary": "ctx-a"} if ctx == "ctx-b" else {})}
         for ctx in CONTEXTS})
-    mesh.apply("--timeout", "60")
+    mesh.apply_checked("--timeout", "60")
     after = snapshot(mesh)
     _gateway_injected(mesh, "ctx-b")
     assert after["ctx-b"]["eastwest"] is not None and after["ctx-b"]["istiod"] is None
@@ -372,7 +373,7 @@ def test_a_primary_turned_into_a_remote_on_its_network_keeps_its_gateway(remote_
     mesh = remote_mesh
     before, exported = snapshot(mesh), len(exports(mesh))
     _with_primaries(mesh, {"ctx-b": "ctx-a", "ctx-c": "ctx-a"})
-    mesh.apply("--timeout", "60")
+    mesh.apply_checked("--timeout", "60")
     after = snapshot(mesh)
     assert _remote_of(mesh, "ctx-c") == ("alpha", before["ctx-a"]["eastwest"][1])
     assert after["ctx-c"]["istiod"] is None, "a remote runs no istiod"
@@ -391,7 +392,7 @@ def test_a_remote_with_its_own_network_added_to_a_running_mesh(shaped):
     networks = {**NETS, "ctx-d": "network3"}
     # the new remote's API server is one its primary reaches; the others' secrets stay as they are
     _topology(mesh, networks, extra={"ctx-d": {"api_server": mesh.sandbox.api_server("ctx-d"), "primary": "ctx-c"}})
-    result = mesh.apply("--timeout", "60")
+    result = mesh.apply_checked("--timeout", "60")
     _before_gateway(result.stdout, "ctx-d", "ctx-c")
     _gateway_injected(mesh, "ctx-d")
     after = snapshot(mesh, CONTEXTS)
@@ -411,7 +412,7 @@ def test_a_remote_removed_takes_its_secrets_and_its_primarys_istiod_exposure(rem
     mesh.write_topology({"ctx-a": "network1", "ctx-c": "network2"},
                         extra={ctx: {"cluster_name": NAMES[ctx], "api_server": mesh.sandbox.api_server(ctx)}
                                for ctx in ("ctx-a", "ctx-c")})
-    mesh.apply()
+    mesh.apply_checked()
     after = snapshot(mesh, ["ctx-a", "ctx-c"])
     assert mesh.get("ctx-b", "namespace", "istio-system", check=False) is None
     assert not _istiod_exposed(mesh, "ctx-a")
@@ -468,7 +469,7 @@ def test_a_cluster_with_its_own_ca_is_refused_and_replaced_only_with_the_option(
     assert _digest(mesh.get("ctx-c", "secret", "cacerts", "-n", "istio-system")["data"]) == theirs
     assert mesh.control_plane_installs() == [], "nothing was installed anywhere"
 
-    replaced = mesh.apply("--replace-foreign-ca")
+    replaced = mesh.apply_checked("--replace-foreign-ca")  # the dry run with the option names the replacement
     assert "mTLS between workloads breaks until every workload restarts" in replaced.stdout
     secret = mesh.get("ctx-c", "secret", "cacerts", "-n", "istio-system")
     assert _digest(secret["data"]) != theirs
@@ -532,7 +533,7 @@ def test_a_renamed_cluster_is_reinstalled_under_its_new_name_and_its_old_secrets
     before, exported, installs = snapshot(mesh), len(exports(mesh)), len(mesh.control_plane_installs())
     renamed = {**NAMES, "ctx-c": "gamma2"}
     mesh.write_topology(NETS, extra={ctx: {"cluster_name": renamed[ctx]} for ctx in NETS})
-    mesh.apply()
+    mesh.apply_checked()
     after = snapshot(mesh)
     assert installs_since(mesh, installs) == ["ctx-c"], "only the renamed cluster's control plane changes"
     values = [c for c in mesh.control_plane_installs() if c["context"] == "ctx-c"][-1]["merged"]["spec"]["values"]
@@ -554,7 +555,7 @@ def test_a_renamed_cluster_is_reinstalled_under_its_new_name_and_its_old_secrets
 def test_a_new_mesh_id_reinstalls_every_control_plane_and_keeps_gateways_and_secrets(mesh):
     before, exported, installs = snapshot(mesh), len(exports(mesh)), len(mesh.control_plane_installs())
     mesh.write_topology(NETS, mesh_id="mesh2", extra={ctx: {"cluster_name": NAMES[ctx]} for ctx in NETS})
-    mesh.apply()
+    mesh.apply_checked()
     assert installs_since(mesh, installs) == CONTEXTS
     for ctx in CONTEXTS:
         values = [c for c in mesh.control_plane_installs() if c["context"] == ctx][-1]["merged"]["spec"]["values"]
