@@ -110,6 +110,10 @@ CHECKS: dict[str, Check] = {c.id: c for c in (
            ' 30 days'),
           ('setup-mesh rotate-certs --root (three runs, at least --min-wait apart; continues a move '
            'under way)'), scope=MESH),
+    Check('root_moved_elsewhere', ERROR,
+          ("istio-system records a move to a root this workspace does not hold: another workspace is moving the "
+           "mesh off this workspace's root; drift and cacerts_foreign_root are not reported meanwhile"),
+          'leave the mesh to the workspace that is moving it (apply and rotate-certs refuse here)'),
     Check('root_transition_behind', ERROR,
           ("during a move to a new root, the cluster's cacerts is not what the current stage says "
            '(or istio-system does not record the stage); cacerts_foreign_root is not reported '

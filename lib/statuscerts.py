@@ -88,6 +88,15 @@ def judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, found
     files = seen.cacerts or {}
     if found.cluster_root is not None:
         c.root_fingerprint = found.cluster_root.fingerprint
+    if found.state is CacertsState.OTHER_MOVE:
+        # Not this workspace's mesh any more: what differs is the other workspace's doing, and what this
+        # workspace would do about it (apply, rotate-certs) is refused.
+        c.chains_to_root = found.on_workspace_root
+        add(Problem("root_moved_elsewhere", "istio-system records a move to a root this workspace does not hold: "
+                                            "another workspace is moving the mesh off this workspace's root",
+                    "leave the mesh to the workspace that is moving it (its status follows the move); once the move "
+                    "is complete the mesh runs on that workspace's root"))
+        return
     if not found.ca_readable:
         add(Problem("cacerts_unreadable", "secret cacerts holds no readable ca-cert.pem",
                     f"`rm -r {hints.path(certs.CERTS_DIR, cluster.name)}`, then {hints.apply} "

@@ -6,7 +6,7 @@ import datetime as dt
 
 from . import certs
 from .ambient import gateway_status
-from .assess import (GatewayState, LabelState, NamespaceFinding, WorkspaceCerts, assess_cluster_cacerts,
+from .assess import (CacertsState, GatewayState, LabelState, NamespaceFinding, WorkspaceCerts, assess_cluster_cacerts,
                      assess_gateway, assess_install, assess_namespace, assess_secrets, assess_wiring,
                      issued_credentials)
 from .checks import WARNING
@@ -100,8 +100,8 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints
     if set_up and CONTROL_PLANE_CLUSTERS in namespace.annotations_left:
         _report_annotation_left(status, seen, hints)
     _judge_istiod_service(status, cluster, member.is_remote, seen, ws, hints)
-    judge_cacerts(status, cluster, seen, assess_cluster_cacerts(seen, cluster.name, pki), ws, hints, root_fp, set_up,
-                  now)
+    cacerts = assess_cluster_cacerts(seen, cluster.name, pki)
+    judge_cacerts(status, cluster, seen, cacerts, ws, hints, root_fp, set_up, now)
     if ws.data_plane == AMBIENT:
         _judge_ambient_gateway(status, cluster, seen, istiod, hints, set_up, desired)
         _judge_ztunnel(status, cluster, seen, hints, set_up)
@@ -110,8 +110,9 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints
     # remote secrets: a primary holds every other cluster's, a remote none (judged as the plan judges them)
     for finding in assess_secrets(ws.mesh, member, seen, current):
         report_secret(status, cluster, seen, finding, hints, set_up, ws.topology)
-    if set_up:
-        _judge_drift(status, seen, ws.fingerprints.get(cluster.context), hints)
+    if set_up:  # another workspace's root move changes istiod's install (root_moved_elsewhere says so)
+        _judge_drift(status, seen, ws.fingerprints.get(cluster.context), hints,
+                     explained=cacerts.state is CacertsState.OTHER_MOVE)
     return status
 
 
@@ -196,11 +197,12 @@ def _report_annotation_left(status: ClusterStatus, seen: Observed, hints: Hints)
                                    f"{hints.apply} (removes it)"))
 
 
-def _judge_drift(status: ClusterStatus, seen: Observed, want: str | None, hints: Hints) -> None:
-    """What is installed against what apply would install now (``want``: its fingerprint)."""
+def _judge_drift(status: ClusterStatus, seen: Observed, want: str | None, hints: Hints, explained: bool = False) -> None:
+    """What is installed against what apply would install now (``want``: its fingerprint); ``explained``: by
+    another problem, whose hint is the one to follow."""
     install = assess_install(seen, want)
     status.drift = install.drift
-    if status.drift and status.istio_installed:
+    if status.drift and status.istio_installed and not explained:
         if install.recorded is None:
             message = (f"{ISTIO_NAMESPACE} carries no record of what setup-mesh installed "
                        f"(installed by hand, or apply did not finish)")

@@ -327,6 +327,29 @@ def test_status_reports_the_cacerts_findings_of_live_clusters(pki):
     assert _problems(_status(MULTI_NETWORK, fakes, pki))["east"] == ["cacerts_missing"]
 
 
+def test_status_from_the_workspace_a_mesh_is_moving_off_names_the_move_instead_of_a_fix_that_undoes_it(pki):
+    """Another workspace's rotate-certs --root: each cacerts trusts this workspace's root and the other's,
+    istio-system records the move to the other root, istiod was reinstalled for two roots. Here apply and
+    rotate-certs refuse; status names the move, not drift (whose hint is apply) nor another root (whose
+    hint replaces cacerts)."""
+    from lib.names import TRANSITION_ANNOTATION
+    from tests.test_assess import _cert
+
+    theirs = _cert("Root CA 20261204T000000Z")[0]
+    fakes = _live(MULTI_NETWORK, pki)
+    for fake in fakes.values():
+        fake.state.cacerts = {**pki[1], "root-cert.pem": pki[1]["root-cert.pem"] + theirs}
+        fake.state.annotations[TRANSITION_ANNOTATION] = f"stage=1 root={_fp(theirs)[:16]} since=2026-12-04T00:00:00Z"
+        fake.state.applied = "0" * 16  # what the other workspace installed
+    status = _status(MULTI_NETWORK, fakes, pki)
+    assert _problems(status) == {"east": ["root_moved_elsewhere"], "west": ["root_moved_elsewhere"]}
+    assert not status.healthy
+    # Its own move to a root it holds is not another workspace's.
+    for fake in fakes.values():
+        fake.state.annotations[TRANSITION_ANNOTATION] = f"stage=1 root={_fp(pki[0])[:16]} since=2026-12-04T00:00:00Z"
+    assert "root_moved_elsewhere" not in _problems(_status(MULTI_NETWORK, fakes, pki))["east"]
+
+
 def test_status_of_a_running_primary_turned_into_a_remote_is_not_healthy(pki):
     """topology.yaml makes edge a remote of main; edge still runs what it ran as a primary."""
     as_primaries = _topology(("main", "n1", None), ("edge", "n2", None))

@@ -715,6 +715,11 @@ def _the_first_workspace_leaves_the_move_alone(first, before):
         assert refused.returncode == 2, f"{command}:\n{refused.stdout}{refused.stderr}"
         assert "another workspace is moving the mesh to its root" in refused.stdout + refused.stderr, command
         assert "leave the mesh to the workspace that is moving it" in refused.stderr, command
+    # Its status names the move, not a fix that would undo it (apply for the install, replacing cacerts).
+    status = first.run("status", "-o", "json")
+    assert status.returncode == 1, status.stdout + status.stderr
+    assert {c["context"]: sorted(p["code"] for p in c["problems"]) for c in json.loads(status.stdout)["clusters"]} == \
+        {ctx: ["root_moved_elsewhere"] for ctx in before}
     assert _writes(first, counts) == {ctx: [] for ctx in before}
     assert {ctx: cacerts(first, ctx) for ctx in before} == held
 
