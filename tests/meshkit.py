@@ -299,3 +299,11 @@ def rollout_restart(sandbox, ctx: str, deployment: str, namespace: str = "istio-
     if stamp and datetime.fromisoformat(stamp).timestamp() >= math.floor(time.time()):
         time.sleep(1.05 - time.time() % 1)
     sandbox.kubectl(ctx, "rollout", "restart", f"deployment/{deployment}", "-n", namespace)
+
+
+def injected_workload(sandbox, ctx: str, namespace: str = "app", name: str = "web") -> None:
+    """A namespace labelled for injection (the default revision tag) and one Deployment in it, as a user
+    makes them with kubectl."""
+    sandbox.kubectl(ctx, "create", "namespace", namespace)
+    sandbox.kubectl(ctx, "label", "namespace", namespace, "istio-injection=enabled")
+    sandbox.kubectl(ctx, "create", "deployment", name, "--image=nginx", "-n", namespace)

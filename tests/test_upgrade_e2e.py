@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.meshkit import make_mesh
+from tests.meshkit import injected_workload, make_mesh
 from tests.releaseserver import ReleaseServer, publish
 from tests.test_fetch_e2e import PinnedMesh
 from tests.test_standin_istioctl import wait_for
@@ -66,9 +66,7 @@ def test_changing_istio_version_upgrades_by_canary_keeping_gateways_and_removes_
     before = {ctx: gateway(mesh, ctx) for ctx in NETWORKS}
     # One injected workload on cluster1, on the old revision.
     sb = mesh.sandbox
-    sb.kubectl("cluster1", "create", "namespace", "app")
-    sb.kubectl("cluster1", "label", "namespace", "app", "istio-injection=enabled")
-    sb.kubectl("cluster1", "create", "deployment", "web", "--image=nginx", "-n", "app")
+    injected_workload(sb, "cluster1")
     assert wait_for(lambda: revisions_in(mesh, "app") == ["default"])
     healthy = mesh.run("status")
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
@@ -171,9 +169,7 @@ def test_a_move_istios_skew_rules_forbid_is_refused_before_any_cluster_is_touche
 
 def test_restart_workloads_moves_them_in_the_same_run_so_the_next_run_removes_the_old_revision(mesh, published):
     sb = mesh.sandbox
-    sb.kubectl("cluster1", "create", "namespace", "app")
-    sb.kubectl("cluster1", "label", "namespace", "app", "istio-injection=enabled")
-    sb.kubectl("cluster1", "create", "deployment", "web", "--image=nginx", "-n", "app")
+    injected_workload(sb, "cluster1")
     assert wait_for(lambda: revisions_in(mesh, "app") == ["default"])
     mesh.pin("1.31.0")
     plan = mesh.run("apply", "--dry-run", "--restart-workloads", "--istio-mirror", published.url, env={"COLUMNS": "200"})
