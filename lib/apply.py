@@ -220,6 +220,9 @@ def _read_upgrade(topology: Topology, observed: dict, tools: Tools, runner: ShRu
     revisions = read_revisions(members, observed, tools, runner, reporter, parallel)
     # Every cluster's state, also with --context: a primary keeps an old revision its remotes still use.
     states = upgradeplan.upgrade_states(topology, observed, revisions)
+    joining = upgradeplan.new_remote_refusal(topology, states, only)
+    if joining is not None:
+        raise joining
     if not any(only is None or s.context in only for s in states):
         return None
     refusals = upgrade.preflight(topology, revisions, targets)

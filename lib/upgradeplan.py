@@ -77,6 +77,26 @@ def unsupported_refusal(states: list[ClusterRevisions], targets: dict[str, str],
              "before its ztunnel moves where long-lived connections matter), then pin the version they run")
 
 
+def new_remote_refusal(topology: Topology, states: list[ClusterRevisions],
+                       only: set[str] | None = None) -> ConfigError | None:
+    """A remote joining a primary that runs a named revision since an upgrade: its ordinary install would be
+    the default revision's, whose istiod the primary no longer runs or exposes, so the remote's injector
+    would refuse every pod. Installing a new remote at its primary's revision is not done here yet: refused
+    before any cluster is touched."""
+    running = running_revisions(states)
+    present = {s.context for s in states}
+    joining = [c for c in topology.clusters if c.primary and c.primary in running and c.context not in present
+               and (only is None or c.context in only)]
+    if not joining:
+        return None
+    named = ", ".join(f"{c.context} (primary {c.primary}, revision {running[c.primary]})" for c in joining)
+    return ConfigError(f"adding a remote to a primary that runs a named revision since an upgrade is not supported "
+                       f"by setup-mesh yet: {named}; no cluster was changed",
+                       hint="leave the new remote out of topology.yaml for now, or install it by hand at its "
+                            "primary's revision (istioctl install --revision <revision>, then istioctl tag set "
+                            "default --revision <revision>)")
+
+
 def upgrade_phase(states: list[ClusterRevisions], targets: dict[str, str], desired: dict[str, Desired],
                   releases: dict[str, Release], tools: Tools, workdir: Path, parallel: int,
                   restart_workloads: bool = False, only: set[str] | None = None) -> Phase:

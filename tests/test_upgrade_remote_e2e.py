@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.meshkit import make_mesh
+from tests.meshkit import injected_workload, make_mesh
 from tests.releaseserver import ReleaseServer, publish
 from tests.test_fetch_e2e import PinnedMesh
 from tests.test_standin_istioctl import wait_for
@@ -23,6 +23,7 @@ CONTEXTS = {"cluster1": {"network": "network1"},
             "cluster2": {"network": "network2"},
             "cluster3": {"network": "network2", "primary": "cluster1"}}
 NEW_REV = "1-31-0"
+JOINING = "cluster4"  # a remote of cluster1 added after the upgrade
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def published(tmp_path_factory):
 
 @pytest.fixture
 def mesh(sandbox_factory, tmp_path):
-    sandbox = sandbox_factory(list(CONTEXTS))
+    sandbox = sandbox_factory([*CONTEXTS, JOINING])  # JOINING stays out of the mesh until the end
     made = make_mesh(sandbox, tmp_path / "ws", {ctx: spec["network"] for ctx, spec in CONTEXTS.items()})
     mesh = PinnedMesh(made.sandbox, made.workdir)
     contexts = {ctx: {**spec, "api_server": sandbox.api_server(ctx)} for ctx, spec in CONTEXTS.items()}
@@ -70,9 +71,7 @@ def test_a_remote_moves_right_after_its_primary_through_the_revisions_exposed_is
     before = {ctx: gateway(mesh, ctx) for ctx in CONTEXTS}
     sb = mesh.sandbox
     # One injected workload on the remote: its sidecar is injected and configured by cluster1's istiod.
-    sb.kubectl("cluster3", "create", "namespace", "app")
-    sb.kubectl("cluster3", "label", "namespace", "app", "istio-injection=enabled")
-    sb.kubectl("cluster3", "create", "deployment", "web", "--image=nginx", "-n", "app")
+    injected_workload(sb, "cluster3")
     assert wait_for(lambda: revisions_in(mesh, "cluster3", "app") == ["default"])
     assert virtual_services(mesh, "cluster1") == ["istiod-vs"]
     healthy(mesh, before)
@@ -141,3 +140,16 @@ def test_a_remote_moves_right_after_its_primary_through_the_revisions_exposed_is
     assert virtual_services(mesh, "cluster1") == [f"istiod-vs-{NEW_REV}"]
     assert mesh.get("cluster3", "service", "istiod", "-n", "istio-system", check=False) is None
     healthy(mesh, before)
+
+    # A remote added now would be installed at the default revision, which cluster1 neither runs nor exposes:
+    # refused before any cluster is touched (dry run and apply alike).
+    contexts = yaml.safe_load((mesh.workdir / "topology.yaml").read_text())["contexts"]
+    contexts[JOINING] = {"network": "network1", "primary": "cluster1", "api_server": sb.api_server(JOINING)}
+    topology = yaml.safe_load((mesh.workdir / "topology.yaml").read_text())
+    (mesh.workdir / "topology.yaml").write_text(yaml.safe_dump({**topology, "contexts": contexts}))
+    for args in (("--dry-run",), ("-y",)):
+        refused = mesh.run("apply", "--istio-mirror", published.url, *args)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert f"{JOINING} (primary cluster1, revision {NEW_REV})" in refused.stderr
+    assert mesh.get(JOINING, "namespace", "istio-system", check=False) is None
+    assert JOINING not in mesh.remote_secrets("cluster1"), "cluster1 was not given the new remote's secret"
