@@ -102,11 +102,6 @@ def workspace_certs(workdir: Path, transition: Transition | None, cluster_names)
         if transition and transition.foreign_start else None)
 
 
-def workspace_roots(workdir: Path, transition: Transition | None) -> list[bytes]:
-    """The roots the clusters may trust now, the one issuing first: the workspace's, and mid-move the new one."""
-    return workspace_certs(workdir, transition, ()).roots
-
-
 def intermediate_step(release: Release | None, cert_dir: Path, cluster: Cluster, variables: dict[str, str]) -> Step:
     """One make per cluster, in a folder of its own (a serial file of its own): clusters sign side by side."""
     release = release or Release(Path("<istio>"))

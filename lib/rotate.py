@@ -18,7 +18,7 @@ from .executor import Executor, Interrupted, Outcome, Phase, RunContext, Step
 from .kube import Observed, Tools, parse_published_roots
 from .names import ISTIO_NAMESPACE
 from .overlay import control_plane_istiod
-from .assess import CacertsState, assess_cluster_cacerts
+from .assess import CacertsFinding, CacertsState, assess_cluster_cacerts
 from .casteps import workspace_certs
 from .desired import desired_state
 from .plan import ApplyPlan, cacerts_step, intermediate_step
@@ -110,13 +110,15 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
     client = KubeClient(tools, runner, read_reporter, parallel)
     observed = client.read_state(targets) if ws.contexts_resolved else {}
     unreachable = {ctx: seen for ctx, seen in observed.items() if not seen.reachable}
-    refusal = other_roots_refusal(_on_other_roots(workdir, targets, observed), replace=False, command="rotate-certs")
+    cacerts = _cacerts_findings(workdir, targets, observed)
+    refusal = other_roots_refusal({ctx: found for ctx, found in cacerts.items() if found.other_root}, replace=False,
+                                  command="rotate-certs")
     if refusal is not None:
         raise refusal
 
     backup = carotation.backup_dir(workdir, rotation.backup_name)
     skip = set() if dry_run else set(unreachable)
-    phase, reissued = _rotation_phase(ws, [c for c in targets if c.context not in skip], observed, rotation, local,
+    phase, reissued = _rotation_phase(ws, [c for c in targets if c.context not in skip], cacerts, rotation, local,
                                       tools, release, variables, backup)
     if dry_run:
         print_plan(ApplyPlan([phase]), topology, observed if ws.contexts_resolved else None, ws.notes, reporter,
@@ -154,13 +156,14 @@ def _require_rotatable(workdir: Path, cert_dir: Path) -> None:
                                "from a backup, or run prep-mesh for a new mesh")
 
 
-def _on_other_roots(workdir: Path, targets: list[Cluster], observed: dict[str, Observed]) -> dict:
-    """The targets whose cacerts chains to another root than this workspace's (another workspace's mesh,
-    someone's own CA, a move another workspace is making): re-issuing would replace it, as apply would."""
+def _cacerts_findings(workdir: Path, targets: list[Cluster],
+                      observed: dict[str, Observed]) -> dict[str, CacertsFinding]:
+    """Each readable target's cacerts, judged once: whether it is in place, and whether it chains to another
+    root (another workspace's mesh, someone's own CA, a move another workspace is making), which re-issuing
+    would replace, as apply would."""
     pki = workspace_certs(workdir, None, [c.name for c in targets])
-    found = {c.context: assess_cluster_cacerts(observed[c.context], c.name, pki) for c in targets
-             if c.context in observed and observed[c.context].reachable and observed[c.context].cacerts is not None}
-    return {ctx: finding for ctx, finding in found.items() if finding.other_root}
+    return {c.context: assess_cluster_cacerts(observed[c.context], c.name, pki) for c in targets
+            if c.context in observed and observed[c.context].reachable}
 
 
 def _rotation_to_run(ws: Workspace, rotation: reissue.Rotation | None, chosen: list[Cluster],
@@ -181,26 +184,26 @@ def _rotation_to_run(ws: Workspace, rotation: reissue.Rotation | None, chosen: l
     return rotation, chosen, local
 
 
-def _rotation_phase(ws: Workspace, targets: list[Cluster], observed: dict[str, Observed],
+def _rotation_phase(ws: Workspace, targets: list[Cluster], cacerts: dict[str, CacertsFinding],
                     rotation: reissue.Rotation, local: dict[str, reissue.Intermediate], tools: Tools,
                     release, variables: dict[str, str], backup: Path) -> tuple[Phase, list[str]]:
     """Each target's steps: its old intermediate backed up and a new one made (unless this rotation made it
-    already), cacerts updated where it differs, istiod confirmed; and the clusters re-issued."""
+    already), cacerts updated where it differs (``cacerts``: the findings of the readable targets),
+    istiod confirmed; and the clusters re-issued."""
     workdir, cert_dir = ws.workdir, certs.certs_dir(ws.workdir)
     deployment = control_plane_istiod(ws.base)
     namespaces = {ctx: d.namespace_manifest() for ctx, d in desired_state(ws.topology, ws.base).items()}
     phase = Phase("re-issue intermediate CAs and update cacerts")
-    pki = workspace_certs(workdir, None, [c.name for c in targets])
     reissued = []
     for cluster in targets:
-        seen = observed.get(cluster.context) or Observed()
         due = reissue.needs_reissue(rotation, cluster.context, local[cluster.context])
         if due:
             reissued.append(cluster.context)
             if local[cluster.context].fingerprint is not None:
                 phase.add(cluster.context, backup_step(workdir, cluster, backup))
             phase.add(cluster.context, intermediate_step(release, cert_dir, cluster, variables))
-        if due or assess_cluster_cacerts(seen, cluster.name, pki).state is not CacertsState.CURRENT:
+        found = cacerts.get(cluster.context)
+        if due or found is None or found.state is not CacertsState.CURRENT:
             # istio-system exactly as apply makes it: server-side apply would drop a remote's annotation.
             phase.add(cluster.context, cacerts_step(tools, cluster, workdir, namespaces[cluster.context]))
         if not cluster.primary:  # a remote runs no istiod to confirm

@@ -205,7 +205,7 @@ def test_a_move_from_the_clusters_root_keeps_their_intermediate_then_issues_from
     one each supported istiod takes over the one before, starting from what the clusters hold."""
     from lib.carotation import (FORMER_DIR, Transition, desired_cacerts, finish_transition, issuing_dir,
                                 load_transition, record_former, save_transition)
-    from lib.casteps import workspace_roots
+    from lib.casteps import workspace_certs
     from tests.sandbox.istiodca import accepts_root_change
 
     theirs, ours = _pem(b"their root"), _pem(b"our root")
@@ -231,10 +231,10 @@ def test_a_move_from_the_clusters_root_keeps_their_intermediate_then_issues_from
         held = want["root-cert.pem"]
         if stage == 1:
             assert want == {"ca-cert.pem": b"TI", "cert-chain.pem": b"TI+TR", "root-cert.pem": theirs + ours}
-            assert workspace_roots(tmp_path, t) == [theirs, ours]
+            assert workspace_certs(tmp_path, t, ()).roots == [theirs, ours]
         else:
             assert (want["ca-cert.pem"], want["ca-key.pem"]) == (b"OI", b"OK")
-            assert workspace_roots(tmp_path, t) == [ours, theirs]
+            assert workspace_certs(tmp_path, t, ()).roots == [ours, theirs]
         assert issuing_dir(tmp_path, t) == tmp_path / "certs"
         assert desired_cacerts(tmp_path, "c2", t) is None, "a cluster the start did not find gets the workspace's"
 
