@@ -46,6 +46,25 @@ PILOT_ENV_VALUES = ("spec", "values", "pilot", "env")
 # Istio's profiles that install ambient mode (manifests/profiles/ in 1.30.3: both set values.profile ambient).
 AMBIENT_PROFILES = (AMBIENT, "openshift-ambient")
 
+# Where the charts read the profile whose defaults they take: values.profile, else values.global.profile
+# (1.30.3 istio-discovery templates/zzz_profile.yaml: `coalesce .Values.profile .Values.global.profile`). A
+# spec.profile reaches them as the values.profile its manifests/profiles/<name>.yaml sets, which base.yaml's
+# own values override: values.profile ambient makes istiod ambient's, values.profile remote makes it a remote's.
+CHART_PROFILE_KEYS = (("spec", "values", "profile"), ("spec", "values", "global", "profile"))
+# The charts' profiles in 1.30.3 (istio-discovery files/profile-<name>.yaml); any other name fails the install
+# ("unknown profile"). Only near misses are refused here: a later release may add profiles.
+CHART_PROFILES = ("ambient", "demo", "preview", "remote", "stable", "platform-gke", "platform-k3d", "platform-k3s",
+                  "platform-microk8s", "platform-minikube", "platform-openshift")
+
+
+def chart_profile(operator: dict[str, Any]) -> tuple[tuple[str, ...], str] | None:
+    """Where base.yaml itself names the charts' profile, and the name; None when only spec.profile decides."""
+    for keys in CHART_PROFILE_KEYS:
+        present, value = value_at(operator, keys)
+        if present and value:
+            return keys, str(value)
+    return None
+
 
 # Where a profile puts ztunnel when base.yaml does not say (1.30.3: openshift-ambient, kube-system).
 _ZTUNNEL_NAMESPACE_OF_PROFILE = {"openshift-ambient": "kube-system"}
@@ -63,7 +82,11 @@ def ztunnel_namespace(operator: dict[str, Any]) -> str:
 
 
 def data_plane_mode(operator: dict[str, Any]) -> str:
-    """ambient when base.yaml's profile is one of Istio's ambient profiles, else sidecar."""
+    """ambient when the charts' profile is ambient: base.yaml's values.profile (as in Istio's own
+    manifests/profiles/ambient.yaml), else that of spec.profile (one of Istio's ambient profiles); else sidecar."""
+    named = chart_profile(operator or {})
+    if named is not None:
+        return AMBIENT if named[1] == AMBIENT else SIDECAR
     spec = (operator or {}).get("spec")
     return AMBIENT if isinstance(spec, dict) and spec.get("profile") in AMBIENT_PROFILES else SIDECAR
 
@@ -126,11 +149,29 @@ _ROLE_PROFILES = {
 
 def _check_profile(doc: LocatedDoc) -> None:
     present, profile = value_at(doc.data, ("spec", "profile"))
-    if present and profile in _ROLE_PROFILES:
-        raise ConfigError(f"{doc.where('spec', 'profile')}: spec.profile {profile} cannot be base.yaml's: "
-                          f"{_ROLE_PROFILES[profile]}",
-                          hint="use a profile for primaries (default, minimal, ambient, ...) and name each remote's "
-                               "primary in topology.yaml (contexts.<context>.primary)")
+    named = chart_profile(doc.data)
+    for keys, name in ([(("spec", "profile"), profile)] if present else []) + ([named] if named else []):
+        if name in _ROLE_PROFILES:
+            raise ConfigError(f"{doc.where(*keys)}: {_profile_key(keys)} {name} cannot be base.yaml's: "
+                              f"{_ROLE_PROFILES[name]}",
+                              hint="use a profile for primaries (default, minimal, ambient, ...) and name each "
+                                   "remote's primary in topology.yaml (contexts.<context>.primary)")
+    if named and named[1] not in CHART_PROFILES and (guess := did_you_mean(named[1], CHART_PROFILES)):
+        raise ConfigError(f"{doc.where(*named[0])}: {_profile_key(named[0])} {named[1]} is no profile of Istio's "
+                          f"charts: istioctl install would fail with `unknown profile {named[1]}`",
+                          hint=guess + "or delete the line")
+    if present and profile in AMBIENT_PROFILES and named and named[1] != AMBIENT:
+        keys, name = named
+        raise ConfigError(f"{doc.where(*keys)}: {_profile_key(keys)} {name} with spec.profile {profile}: istioctl "
+                          f"would install ztunnel and istio-cni, but the charts would run istiod with the {name} "
+                          f"profile's defaults, without ambient",
+                          hint=f"delete {_profile_key(keys)} (spec.profile {profile} sets it to ambient), or use a "
+                               f"sidecar profile")
+
+
+def _profile_key(keys: tuple[str, ...]) -> str:
+    """How the profile's key is named to users: spec.profile, or values.profile as Istio's docs write it."""
+    return ".".join(keys if keys == ("spec", "profile") else keys[1:])
 
 
 def _check_control_plane_name(doc: LocatedDoc) -> None:
@@ -169,8 +210,8 @@ def _ambient_reserved(data: dict, doc: LocatedDoc) -> list[str]:
     """In an ambient mesh the multi-network switch is setup-mesh's, wherever base.yaml would put it."""
     if data_plane_mode(data) != AMBIENT:
         return []
-    why = (f"is set by setup-mesh: spec.profile {data['spec']['profile']} ({doc.where('spec', 'profile')}) turns it "
-           f"on in every istiod")
+    keys, name = chart_profile(data) or (("spec", "profile"), data["spec"]["profile"])
+    why = f"is set by setup-mesh: {_profile_key(keys)} {name} ({doc.where(*keys)}) turns it on in every istiod"
     problems = []
     present, _ = value_at(data, PILOT_ENV_SWITCH)
     if present:

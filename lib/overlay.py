@@ -10,6 +10,7 @@ import hashlib
 import json
 from typing import Any
 
+from .baseconfig import chart_profile
 from .config import Cluster, Topology
 from .names import (CROSS_NETWORK_GATEWAY, EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE,
                     MANAGED_BY_LABEL, NETWORK_LABEL, istiod_name)
@@ -84,6 +85,10 @@ def remote_operator(operator: dict[str, Any], cluster: Cluster, pilot_address: s
     operator = copy.deepcopy(operator)
     spec = operator["spec"] = {"profile": "remote", **{k: v for k, v in operator["spec"].items() if k != "profile"}}
     values = spec["values"]
+    if chart_profile(operator):
+        # base.yaml's own values.profile (demo, say) would override the remote profile's, and the charts
+        # would then render a whole istiod here instead of the remote's injector (zzz_profile.yaml).
+        values["profile"] = "remote"
     values["global"]["remotePilotAddress"] = pilot_address
     values["istiodRemote"] = {**(values.get("istiodRemote") or {}), "injectionPath": injection_path(cluster)}
     return operator

@@ -156,6 +156,26 @@ def test_unsupported_or_alpha_shapes_are_named_before_any_cluster_is_touched(san
     assert "istio-east-west" not in plan.stdout  # one network: no east-west gateway
 
 
+def test_istios_ambient_profile_file_taken_as_base_yaml_builds_an_ambient_mesh(tmp_path):
+    # Istio's manifests/profiles/ambient.yaml names ambient in the charts' profile (values.profile) and
+    # enables istio-cni and ztunnel; spec.profile stays default. istiod runs ambient's defaults all the same.
+    by_values = ("default\n  components:\n    cni:\n      enabled: true\n    ztunnel:\n      enabled: true\n"
+                 "  values:\n    profile: ambient")
+    two = {"cluster1": "network1", "cluster2": "network2"}
+    with applied_mesh(tmp_path, two, lb_delay=0.5, profile=by_values, apply_args=APPLY) as (mesh, _):
+        for ctx in two:
+            assert mesh.get(ctx, "daemonset", "ztunnel", "-n", NS)
+            gateway = mesh.get(ctx, "gateways.gateway.networking.k8s.io", EW, "-n", NS)
+            assert gateway["spec"]["gatewayClassName"] == "istio-east-west"
+            assert istiod_env(mesh, ctx)["AMBIENT_ENABLE_MULTI_NETWORK"] == "true"
+            assert mesh.get(ctx, "gateways.networking.istio.io", "cross-network-gateway", "-n", NS,
+                            check=False) is None, "a sidecar mesh's Gateway in an ambient mesh"
+        status = mesh.run("status")
+        assert status.returncode == 0, status.stdout + status.stderr
+        plan = mesh.run("apply", "--dry-run", *APPLY)
+        assert plan.returncode == 0 and "unchanged: cluster1, cluster2" in plan.stdout, plan.stdout + plan.stderr
+
+
 def test_istios_openshift_ambient_profile_builds_an_ambient_mesh_with_ztunnel_where_it_puts_it(tmp_path):
     # Istio's openshift-ambient profile is ambient too, with istio-cni and ztunnel in kube-system.
     two = {"cluster1": "network1", "cluster2": "network2"}

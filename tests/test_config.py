@@ -315,6 +315,11 @@ def test_a_misspelt_version_key_gets_a_guess(tmp_path):
     ({"profile": "openshift-ambient", "components": {"ztunnel": {"namespace": "ztunnel"}}}, "ambient", "ztunnel"),
     ({"profile": "openshift"}, "sidecar", "istio-system"),
     ({}, "sidecar", "istio-system"),
+    # What Istio's manifests/profiles/ambient.yaml holds, taken as base.yaml: the charts' profile is ambient.
+    ({"components": {"cni": {"enabled": True}, "ztunnel": {"enabled": True}}, "values": {"profile": "ambient"}},
+     "ambient", "istio-system"),
+    ({"values": {"global": {"profile": "ambient"}}}, "ambient", "istio-system"),
+    ({"profile": "default", "values": {"profile": "demo"}}, "sidecar", "istio-system"),
 ])
 def test_istios_ambient_profiles_and_where_they_put_ztunnel(spec, mode, ztunnel):
     from lib.config import data_plane_mode, ztunnel_namespace
@@ -335,3 +340,50 @@ def test_a_profile_for_a_clusters_role_is_refused_in_base_yaml(tmp_path, profile
     with pytest.raises(ConfigError) as info:
         load_base(path)
     assert info.value.message.startswith(f"{path}:4: spec.profile {profile}") and "primary" in info.value.hint
+
+
+@pytest.mark.parametrize("values, line, key", [
+    # Istio's manifests/profiles/remote.yaml names the remote profile in the values only.
+    ("  values:\n    profile: remote\n", 5, "values.profile"),
+    ("  values:\n    global:\n      profile: remote\n", 6, "values.global.profile"),
+])
+def test_the_charts_remote_profile_in_base_yaml_is_refused_where_it_is_set(tmp_path, values, line, key):
+    # The charts take their profile from the values: every primary would install a remote's injector only.
+    path = tmp_path / "base.yaml"
+    path.write_text("apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n" + values)
+    with pytest.raises(ConfigError) as info:
+        load_base(path)
+    assert info.value.message.startswith(f"{path}:{line}: {key} remote cannot be base.yaml's")
+    assert "primary" in info.value.hint
+
+
+def test_a_misspelt_chart_profile_is_refused_before_istioctl_fails_on_it(tmp_path):
+    path = tmp_path / "base.yaml"
+    path.write_text("apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  values:\n"
+                    "    profile: ambiant\n")
+    with pytest.raises(ConfigError) as info:
+        load_base(path)
+    assert info.value.message.startswith(f"{path}:5: values.profile ambiant is no profile of Istio's charts")
+    assert info.value.hint.startswith("did you mean 'ambient'?")
+    path.write_text(path.read_text().replace("ambiant", "platform-k3d"))
+    assert load_base(path).operator["spec"]["values"]["profile"] == "platform-k3d"
+
+
+def test_an_ambient_profile_with_another_chart_profile_is_refused(tmp_path):
+    # istioctl would install ztunnel, and istiod without ambient: pods would be captured by nothing.
+    path = tmp_path / "base.yaml"
+    path.write_text("apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  profile: ambient\n"
+                    "  values:\n    profile: demo\n")
+    with pytest.raises(ConfigError) as info:
+        load_base(path)
+    assert info.value.message.startswith(f"{path}:6: values.profile demo with spec.profile ambient")
+    assert "without ambient" in info.value.message and "delete values.profile" in info.value.hint
+
+
+def test_an_ambient_base_by_its_values_may_not_set_the_multi_network_switch_either(tmp_path):
+    path = tmp_path / "base.yaml"
+    path.write_text("apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  values:\n"
+                    "    profile: ambient\n    pilot:\n      env:\n        AMBIENT_ENABLE_MULTI_NETWORK: 'true'\n")
+    with pytest.raises(ConfigError) as info:
+        load_base(path)
+    assert f"values.profile ambient ({path}:5) turns it on" in info.value.message

@@ -446,6 +446,24 @@ def test_a_remotes_operator_has_the_remote_profile_its_own_path_and_keeps_base_y
     assert "externalIstiod" not in d["c3"].operator["spec"]["values"]["global"], "c3 runs no remote"
 
 
+def test_a_remotes_charts_take_the_remote_profile_whatever_profile_base_yaml_gives_them(tmp_path):
+    import copy
+
+    from lib.desired import desired_state
+
+    base = copy.deepcopy(BASE_WITH_VALUES)
+    base["spec"]["values"]["profile"] = "demo"  # what Istio's manifests/profiles/demo.yaml sets
+    clusters = (Cluster("c1", "n1", "c1"), Cluster("c2", "n2", "c2", primary="c1"))
+    d = desired_state(Topology("m", clusters, tmp_path / "topology.yaml"), base, addresses={"c1": "203.0.113.5"})
+    # values.profile overrides the remote profile's in the charts: demo would render a whole istiod there.
+    assert d["c2"].operator["spec"]["values"]["profile"] == "remote"
+    assert d["c1"].operator["spec"]["values"]["profile"] == "demo"
+    plain = desired_state(Topology("m", clusters, tmp_path / "topology.yaml"), copy.deepcopy(BASE_WITH_VALUES),
+                          addresses={"c1": "203.0.113.5"})
+    # Without a profile in base.yaml's values the overlay is as before: spec.profile remote sets it.
+    assert "profile" not in plain["c2"].operator["spec"]["values"]
+
+
 def test_mid_root_move_every_primarys_istiod_accepts_a_second_root_and_keeps_base_yamls_env(tmp_path):
     import copy
 

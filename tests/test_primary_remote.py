@@ -108,6 +108,20 @@ def test_two_clusters_on_two_networks(sandbox_factory, tmp_path):
     assert "remote of cluster1" in status.stdout
 
 
+def test_a_base_yaml_naming_the_charts_profile_still_makes_the_remote_a_remote(sandbox_factory, tmp_path):
+    # Istio's demo profile file, taken as base.yaml, sets values.profile demo. The charts take that before the
+    # remote profile's own, and would render a whole istiod in the remote.
+    mesh = _mesh(sandbox_factory, tmp_path, {"cluster1": {"network": "network1"},
+                                             "cluster2": {"network": "network2", "primary": "cluster1"}})
+    base = mesh.workdir / "base.yaml"
+    base.write_text(base.read_text() + "  values:\n    profile: demo\n")
+    mesh.apply()
+    _check_remote(mesh, "cluster2", "cluster1", "network2")
+    assert _last_install(mesh, "cluster1")["merged"]["spec"]["values"]["profile"] == "demo"
+    status = mesh.run("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+
+
 def _started(output: str, line: str) -> int:
     """Where apply's progress shows ``line`` starting (it must)."""
     at = output.find(f" {line} ...")

@@ -601,3 +601,18 @@ def test_install_takes_fields_another_manager_changed(sb, tmp_path):
     assert again.returncode == 0, again.stderr
     svc = sb.get_json("c1", "service", "istiod", "-n", "istio-system")
     assert svc["spec"]["selector"] == {"app": "istiod", "istio": "pilot"}
+
+
+def test_a_chart_profile_the_charts_do_not_know_fails_the_install_and_remote_in_the_values_makes_a_remote(
+        sb, tmp_path):
+    # istio-discovery templates/zzz_profile.yaml: `coalesce .Values.profile .Values.global.profile`, and a
+    # name without files/profile-<name>.yaml fails the render.
+    bad = write(tmp_path / "bad.yaml", "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\n"
+                                       "spec:\n  values:\n    global:\n      profile: ambiant\n")
+    proc = istioctl(sb, "install", "-y", "-f", bad, "--context", "c1")
+    assert proc.returncode == 1 and "unknown profile ambiant" in proc.stderr, proc.stderr
+    assert not exists(sb, "c1", "deployment", "istiod", "-n", "istio-system")
+    remote = write(tmp_path / "remote.yaml", "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\n"
+                                             "spec:\n  values:\n    global:\n      profile: remote\n")
+    assert istioctl(sb, "install", "-y", "-f", remote, "--context", "c2").returncode == 0
+    assert not exists(sb, "c2", "deployment", "istiod", "-n", "istio-system"), "the charts' remote profile"
