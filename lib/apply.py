@@ -73,7 +73,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
                             removed=removed, removed_observed=observed, workdir=workdir, tools=tools,
                             release=release, intermediate_vars=intermediate_vars, gateway_timeout=gateway_timeout,
                             gateway_api=crd_source, uninstall=uninstall, transition=transition,
-                            revisions=upgradeplan.running_revisions(upgrading[0]) if upgrading else None)
+                            revisions=upgradeplan.install_revisions(topology, upgrading[0], observed) if upgrading else None)
     if upgrading:  # what is left of a canary upgrade to the pinned versions
         _add_upgrade(plan, *upgrading, releases, desired, tools, workdir, ws.notes, restart_workloads, upgrade_parallel, only)
     refusal = other_roots_refusal(plan.other_roots, replace_foreign_ca)
@@ -220,17 +220,19 @@ def _read_upgrade(topology: Topology, observed: dict, tools: Tools, runner: ShRu
     revisions = read_revisions(members, observed, tools, runner, reporter, parallel)
     # Every cluster's state, also with --context: a primary keeps an old revision its remotes still use.
     states = upgradeplan.upgrade_states(topology, observed, revisions)
-    joining = upgradeplan.new_remote_refusal(topology, states, only)
+    if not states:  # a fresh mesh: installed at its pinned versions by the ordinary install
+        return None
+    joining = upgradeplan.joining_refusal(topology, states, observed, targets, only)
     if joining is not None:
         raise joining
-    if not any(only is None or s.context in only for s in states):
-        return None
-    refusals = upgrade.preflight(topology, revisions, targets)
-    if refusals:
-        raise upgrade.refusal_error(refusals)
-    refusal = upgradeplan.unsupported_refusal([s for s in states if only is None or s.context in only], targets, ambient)
-    if refusal is not None:
-        raise refusal
+    if any(only is None or s.context in only for s in states):  # else nothing chosen moves: a joining remote's run
+        refusals = upgrade.preflight(topology, revisions, targets)
+        if refusals:
+            raise upgrade.refusal_error(refusals)
+        refusal = upgradeplan.unsupported_refusal([s for s in states if only is None or s.context in only], targets,
+                                                  ambient)
+        if refusal is not None:
+            raise refusal
     return states, targets
 
 

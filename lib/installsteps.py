@@ -22,6 +22,7 @@ from .yamlfile import dump
 
 OVERLAY_DIR = "overlays"
 RECORD_TITLE = "record what was applied"
+DEFAULT_TAG_KEY = "default revision tag"
 
 
 def overlay_path(workdir: Path, cluster: Cluster) -> Path:
@@ -76,13 +77,19 @@ def install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | None
     install = Step("install Istio", files=[(overlay, dump(d.operator))],
                    commands=[install_command(tools, cluster, overlay, d.operator, revision)],
                    done="installed" if fresh else "updated",
-                   change=f"{changed[0] or '~'} Istio ({OVERLAY_DIR}/{overlay.name})",
+                   change=f"{changed[0] or '~'} Istio ({OVERLAY_DIR}/{overlay.name})"
+                          + (f" at revision {revision}" if revision else ""),
                    details=changed[1] if changed[0] else ["(its overlay is unchanged: installed again)"])
     if d.member.is_remote:
         # Its primary's istiod must be exposed and have an address before a remote can be pointed at it.
         install.after = [After(d.member.control_plane, WAIT_KEY)]
     if d.awaits_address_of:
         install.prepare = lambda ctx: [(overlay, dump(resolved(ctx, d).operator))]
+    installed = [install]
+    if revision and fresh:
+        # A first install at a revision (a remote joining a primary that runs one since its upgrade) makes no
+        # default tag: without it, namespaces labelled istio-injection=enabled would match no injector.
+        installed.append(default_tag_step(tools, cluster, revision))
     steps = []
     fresh_gateway = fresh or not seen.eastwest_exists
     if d.eastwest is not None:
@@ -108,7 +115,15 @@ def install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | None
                                                                           if len(unit.objects) > 1 else unit.objects[0]),
                                                             shown=True)],
                           change=f"+ {unit.title}" if new else f"~ {unit.title}: applied again"))
-    return [install], steps
+    return installed, steps
+
+
+def default_tag_step(tools: Tools, cluster: Cluster, revision: str) -> Step:
+    """``istioctl tag set default --revision <rev> --overwrite``, as on a cluster that moved to ``revision``
+    (istio.io docs/setup/upgrade/canary, "Default tag")."""
+    return Step(f"point the default revision tag at {revision}",
+                commands=[tools.istioctl_cmd(cluster, "tag", "set", "default", "--revision", revision, "--overwrite")],
+                change=f"+ default revision tag → {revision}", key=DEFAULT_TAG_KEY)
 
 
 def at_revision(unit: IstioObjects, revision: str | None) -> IstioObjects:

@@ -77,24 +77,54 @@ def unsupported_refusal(states: list[ClusterRevisions], targets: dict[str, str],
              "before its ztunnel moves where long-lived connections matter), then pin the version they run")
 
 
-def new_remote_refusal(topology: Topology, states: list[ClusterRevisions],
-                       only: set[str] | None = None) -> ConfigError | None:
-    """A remote joining a primary that runs a named revision since an upgrade: its ordinary install would be
-    the default revision's, whose istiod the primary no longer runs or exposes, so the remote's injector
-    would refuse every pod. Installing a new remote at its primary's revision is not done here yet: refused
-    before any cluster is touched."""
+def joining_revisions(topology: Topology, states: list[ClusterRevisions],
+                      observed: dict[str, Observed | None]) -> dict[str, str]:
+    """Remotes installed for the first time whose primary runs a named revision since an upgrade, each with
+    that revision: the default revision's istiod is gone from the primary (and no longer exposed), so a
+    remote joins at the revision, as Istio's canary-upgrade and primary-remote guides install a remote of a
+    revisioned control plane (``istioctl install --revision <rev>`` of the remote profile, whose Service
+    istiod-<rev> the primary's gateway routes through istiod-vs-<rev>), then gets the default tag."""
     running = running_revisions(states)
     present = {s.context for s in states}
-    joining = [c for c in topology.clusters if c.primary and c.primary in running and c.context not in present
-               and (only is None or c.context in only)]
-    if not joining:
+    return {c.context: running[c.primary] for c in topology.clusters
+            if c.primary in running and c.context not in present
+            and (seen := observed.get(c.context)) is not None and seen.applied is None}
+
+
+def install_revisions(topology: Topology, states: list[ClusterRevisions],
+                      observed: dict[str, Observed | None]) -> dict[str, str]:
+    """The revision each cluster's ordinary install goes to (lib/installsteps.py): the one it runs since an
+    upgrade, so that a change of base.yaml does not bring a default revision back; a joining remote, its
+    primary's."""
+    return {**running_revisions(states), **joining_revisions(topology, states, observed)}
+
+
+def joining_refusal(topology: Topology, states: list[ClusterRevisions], observed: dict[str, Observed | None],
+                    targets: dict[str, str], only: set[str] | None = None) -> ConfigError | None:
+    """What a joining remote cannot do yet, refused before any cluster is touched: join a primary in the
+    middle of an upgrade (it holds two revisions, or moves to another version in this run: the remote would
+    be installed at a revision the primary is leaving), or join with a pinned version other than the one
+    its primary's revision runs (its install would be another release's at that revision's name)."""
+    primaries = {s.context: s for s in states}
+    reasons = []
+    for ctx, rev in joining_revisions(topology, states, observed).items():
+        if only is not None and ctx not in only:
+            continue
+        primary = primaries[topology.by_context(ctx).primary]
+        version = primary.installed[rev]
+        if len(primary.installed) > 1 or targets.get(primary.context) != version:
+            held = ", ".join(f"{r} ({v})" for r, v in sorted(primary.installed.items()))
+            reasons.append(f"{ctx}: its primary {primary.context} is in the middle of an upgrade (it runs {held}, "
+                           f"pinned to {targets.get(primary.context)}); finish that upgrade first (apply without "
+                           f"{ctx}, until status shows {primary.context} on one revision), then add {ctx}")
+        elif targets.get(ctx) != version:
+            reasons.append(f"{ctx}: pinned to {targets.get(ctx)}, but it joins its primary {primary.context}'s "
+                           f"revision {rev}, which runs {version}; pin {ctx} to {version}")
+    if not reasons:
         return None
-    named = ", ".join(f"{c.context} (primary {c.primary}, revision {running[c.primary]})" for c in joining)
-    return ConfigError(f"adding a remote to a primary that runs a named revision since an upgrade is not supported "
-                       f"by setup-mesh yet: {named}; no cluster was changed",
-                       hint="leave the new remote out of topology.yaml for now, or install it by hand at its "
-                            "primary's revision (istioctl install --revision <revision>, then istioctl tag set "
-                            "default --revision <revision>)")
+    return ConfigError("a remote cannot join its primary's revision yet; no cluster was changed:\n"
+                       + "\n".join(f"- {r}" for r in reasons),
+                       hint="fix topology.yaml as each line says, then run apply again")
 
 
 def upgrade_phase(states: list[ClusterRevisions], targets: dict[str, str], desired: dict[str, Desired],

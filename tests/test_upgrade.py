@@ -300,20 +300,3 @@ def test_remotes_are_no_longer_refused_and_ambient_meshes_are_with_what_istio_sa
     assert refused is not None and refused.exit_code == 2 and "no cluster was changed" in refused.message
     assert "ztunnel in place, node by node" in refused.message and "istio.io docs/ambient/upgrade" in refused.message
     assert "cordoning and draining each node" in refused.hint and "keep istio_version" in refused.hint
-
-
-def test_a_remote_joining_a_primary_that_runs_a_named_revision_is_refused_until_its_install_follows(tmp_path):
-    # After the upgrade p1 runs revision 1-31-0 alone (its default tag moved, the old revision removed); a
-    # remote installed now would get the default revision, which p1 neither runs nor exposes.
-    from lib.upgradeplan import new_remote_refusal
-    upgraded = ClusterRevisions("p1", installed={REV: NEW}, default_tag=REV, proxies={REV: {"istio-system": 1}},
-                                gateway_revision=REV, serves_remotes=True)
-    topology = _topology(tmp_path)
-    refused = new_remote_refusal(topology, [upgraded])
-    assert refused is not None and refused.exit_code == 2
-    assert "r1 (primary p1, revision 1-31-0)" in refused.message and "no cluster was changed" in refused.message
-    assert "istioctl tag set default --revision" in refused.hint
-    assert new_remote_refusal(topology, [upgraded], only={"p1"}) is None, "--context names only the primary"
-    moved = ClusterRevisions("r1", installed={REV: NEW}, default_tag=REV, primary="p1")
-    assert new_remote_refusal(topology, [upgraded, moved]) is None, "a remote that moved with its primary"
-    assert new_remote_refusal(topology, [_remote_states()[0]]) is None, "a primary on the default revision"

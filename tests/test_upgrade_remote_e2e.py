@@ -24,6 +24,7 @@ CONTEXTS = {"cluster1": {"network": "network1"},
             "cluster3": {"network": "network2", "primary": "cluster1"}}
 NEW_REV = "1-31-0"
 JOINING = "cluster4"  # a remote of cluster1 added after the upgrade
+JOINING_NETWORK = "network3"
 
 
 @pytest.fixture(scope="module")
@@ -141,15 +142,39 @@ def test_a_remote_moves_right_after_its_primary_through_the_revisions_exposed_is
     assert mesh.get("cluster3", "service", "istiod", "-n", "istio-system", check=False) is None
     healthy(mesh, before)
 
-    # A remote added now would be installed at the default revision, which cluster1 neither runs nor exposes:
-    # refused before any cluster is touched (dry run and apply alike).
+    # A remote added now joins at the revision cluster1 runs (whose default revision is gone): on a network of
+    # its own, its gateway's pods are injected by cluster1's istiod at the revision once cluster1 holds its secret.
+    istiod = mesh.get("cluster1", "deployment", f"istiod-{NEW_REV}", "-n", "istio-system")["metadata"]
     contexts = yaml.safe_load((mesh.workdir / "topology.yaml").read_text())["contexts"]
-    contexts[JOINING] = {"network": "network1", "primary": "cluster1", "api_server": sb.api_server(JOINING)}
+    contexts[JOINING] = {"network": JOINING_NETWORK, "primary": "cluster1", "api_server": sb.api_server(JOINING)}
     topology = yaml.safe_load((mesh.workdir / "topology.yaml").read_text())
     (mesh.workdir / "topology.yaml").write_text(yaml.safe_dump({**topology, "contexts": contexts}))
-    for args in (("--dry-run",), ("-y",)):
-        refused = mesh.run("apply", "--istio-mirror", published.url, *args)
-        assert refused.returncode == 2, refused.stdout + refused.stderr
-        assert f"{JOINING} (primary cluster1, revision {NEW_REV})" in refused.stderr
-    assert mesh.get(JOINING, "namespace", "istio-system", check=False) is None
-    assert JOINING not in mesh.remote_secrets("cluster1"), "cluster1 was not given the new remote's secret"
+    plan = mesh.run("apply", "--dry-run", "--istio-mirror", published.url, env={"COLUMNS": "200"})
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    assert f"+ Istio (overlays/{JOINING}.yaml) at revision {NEW_REV}" in plan.stdout, plan.stdout
+    assert f"+ default revision tag → {NEW_REV}" in plan.stdout
+    assert "Istio (overlays/cluster1.yaml)" not in plan.stdout, plan.stdout  # cluster1 is not installed again
+    assert "unchanged: cluster3" in plan.stdout, plan.stdout
+    commands = mesh.run("apply", "--dry-run", "-v", "--istio-mirror", published.url, env={"COLUMNS": "300"}).stdout
+    assert f"/istio-1.31.0/bin/istioctl install -y -f {mesh.workdir}/overlays/{JOINING}.yaml --revision {NEW_REV} " \
+        in commands, commands
+    assert f"istioctl tag set default --revision {NEW_REV} --overwrite --context {JOINING}" in commands
+    mesh.apply_checked("--istio-mirror", published.url)
+    assert not [d for d in mesh.get(JOINING, "deployments", "-n", "istio-system")["items"]
+                if d["metadata"]["name"].startswith("istiod")], "a remote runs no istiod"
+    injector = mesh.get(JOINING, "mutatingwebhookconfiguration", f"istio-sidecar-injector-{NEW_REV}")
+    paths = {(hook["clientConfig"].get("service") or {}).get("path") for hook in injector["webhooks"]}
+    assert paths == {f"/inject/cluster/{JOINING}/net/{JOINING_NETWORK}"}
+    assert mesh.get(JOINING, "mutatingwebhookconfiguration", "istio-sidecar-injector", check=False) is None
+    assert default_tag(mesh, JOINING) == NEW_REV
+    assert wait_for(lambda: revisions_in(mesh, JOINING, "istio-system") == [NEW_REV]), "its gateway, at the revision"
+    assert JOINING in mesh.remote_secrets("cluster1")
+    after = mesh.get("cluster1", "deployment", f"istiod-{NEW_REV}", "-n", "istio-system")["metadata"]
+    assert (after["uid"], after["generation"]) == (istiod["uid"], istiod["generation"]), "cluster1's istiod untouched"
+    injected_workload(sb, JOINING)  # labelled istio-injection=enabled: injected through the default tag
+    assert wait_for(lambda: revisions_in(mesh, JOINING, "app") == [NEW_REV])
+    joined = gateway(mesh, JOINING)
+    healthy(mesh, before)
+    again = mesh.apply("--istio-mirror", published.url)
+    assert mesh.results(again.stdout) == {ctx: "unchanged" for ctx in [*CONTEXTS, JOINING]}
+    assert gateway(mesh, JOINING) == joined
