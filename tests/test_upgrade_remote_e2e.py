@@ -5,8 +5,12 @@ time with --context: cluster1 installs the new revision and exposes its istiod p
 (istiod-vs-1-31-0); cluster3's remote install at the revision leads its Service istiod-1-31-0 there, its
 gateway and default tag move; cluster1 keeps its old revision while cluster3's proxies use it. verify and
 status pass before and after each move; at the end no cluster holds the old revision, nor cluster1 the old
-revision's VirtualService."""
+revision's VirtualService. Then cluster4, a remote of cluster1 on a network of its own, is added: it joins
+at revision 1-31-0 (its remote install and gateway at the revision, its default tag on it), nothing else is
+installed again, and its gateway's pods and workloads are injected by cluster1's istiod at the revision."""
 from __future__ import annotations
+
+import json
 
 import pytest
 import yaml
@@ -167,6 +171,11 @@ def test_a_remote_moves_right_after_its_primary_through_the_revisions_exposed_is
     assert paths == {f"/inject/cluster/{JOINING}/net/{JOINING_NETWORK}"}
     assert mesh.get(JOINING, "mutatingwebhookconfiguration", "istio-sidecar-injector", check=False) is None
     assert default_tag(mesh, JOINING) == NEW_REV
+    # status reads its injector at the revision it runs (a wrong path or no caBundle would be errors).
+    report = json.loads(mesh.run("status", "--output", "json").stdout)
+    row = next(c for c in report["clusters"] if c["context"] == JOINING)
+    assert row["istio"]["installed"] and not row["problems"], row
+    assert row["revisions"]["control_planes"] == {NEW_REV: "1.31.0"} and row["revisions"]["default_tag"] == NEW_REV
     assert wait_for(lambda: revisions_in(mesh, JOINING, "istio-system") == [NEW_REV]), "its gateway, at the revision"
     assert JOINING in mesh.remote_secrets("cluster1")
     after = mesh.get("cluster1", "deployment", f"istiod-{NEW_REV}", "-n", "istio-system")["metadata"]
