@@ -802,3 +802,76 @@ def test_a_base_that_is_no_istio_operator_is_refused_at_the_line_at_fault(tmp_pa
     with pytest.raises(ConfigError) as refused:
         load_base(path)
     assert refused.value.message.startswith(f"{path}{where}"), refused.value.message
+
+
+# --- survivors of the full mutation run: rules a user would feel --------------------------------------
+
+def test_istio_system_is_sent_as_a_namespace_with_its_labels_and_annotations_only_when_it_has_some(tmp_path):
+    from lib.desired import desired_state
+    from lib.names import ISTIO_NAMESPACE
+
+    clusters = (Cluster("c1", "n1", "c1"), Cluster("c2", "n2", "c2", primary="c1"))
+    d = desired_state(Topology("m", clusters, tmp_path / "topology.yaml"),
+                      {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {}},
+                      addresses={"c1": "203.0.113.5"})
+    primary, remote = d["c1"].namespace_manifest(), d["c2"].namespace_manifest()
+    # kubectl apply refuses an object without apiVersion and kind spelt exactly so.
+    assert primary == {"apiVersion": "v1", "kind": "Namespace",
+                       "metadata": {"name": ISTIO_NAMESPACE, "labels": {"topology.istio.io/network": "n1"}}}
+    assert (remote["apiVersion"], remote["kind"]) == ("v1", "Namespace")
+    assert remote["metadata"]["annotations"] == {"topology.istio.io/controlPlaneClusters": "c1"}
+
+
+def test_without_a_root_in_the_workspace_only_setup_meshs_label_claims_a_cacerts():
+    from lib.assesscerts import CacertsState, assess_cacerts
+    from tests.test_status import _ca, _pem
+
+    held = {"root-cert.pem": _pem(_ca("Someone's Root")[0])}
+    # certs/root-cert.pem lost: nothing to compare with, so somebody's unlabelled CA stays theirs (refused,
+    # never replaced), while what setup-mesh labelled is its own, outdated.
+    assert assess_cacerts(held, False, None, []).state is CacertsState.FOREIGN
+    assert assess_cacerts(held, True, None, []).state is CacertsState.OURS_OUTDATED
+
+
+def test_a_clusters_root_is_named_by_the_first_certificate_of_its_bundle():
+    from lib.assesscerts import root_id
+    from lib.certs import read_cert
+    from tests.test_status import _ca, _pem
+
+    first, second = _pem(_ca("Root A")[0]), _pem(_ca("Root B")[0])
+    # Mid-move a bundle holds two roots: the plan and the refusal name the one in charge, the first.
+    assert root_id(first + second).fingerprint == read_cert(first).fingerprint
+    assert root_id(second + first).subject != root_id(first + second).subject
+    assert root_id(b"") is None and root_id(b"garbage") is None
+
+
+def test_one_import_applies_every_peers_secret_it_has_on_stdin_unshown_and_skips_a_failed_export():
+    import yaml
+
+    from lib.kube import Tools
+    from lib.secretsteps import import_step
+    from tests.test_behaviours import Replies, _context
+
+    target = Cluster("c1", "n1", "c1")
+    peers = [Cluster("c2", "n1", "c2"), Cluster("c3", "n2", "c3"), Cluster("c4", "n2", "c4")]
+
+    def secret(name: str) -> dict:
+        return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"istio-remote-secret-{name}"},
+                "stringData": {name: f"token-of-{name}"}}
+
+    step = import_step(Tools(), target, peers, copies={"c3": secret("c3")}, replacing={"c3": "new token"})
+    runner = Replies("")
+    ctx = _context(runner)
+    ctx.shared["remote_secrets"] = {"c2": secret("c2")}  # c4's export failed: nothing of it to bring
+    done = step.action(ctx)
+    (command,) = runner.asked
+    argv = list(command.argv)
+    assert argv[-2:] == ["-f", "-"] and argv[argv.index("--context") + 1] == "c1", "applied to the importer"
+    assert not command.stdin_shown, "remote secrets hold tokens: never shown or logged"
+    sent = yaml.safe_load(command.stdin)
+    assert [i["metadata"]["name"] for i in sent["items"]] == ["istio-remote-secret-c2", "istio-remote-secret-c3"]
+    assert done == "1 secret imported, 1 replaced"
+    # Nothing brought (every export failed): nothing is applied.
+    runner = Replies("")
+    assert import_step(Tools(), target, peers[:1], copies={}).action(_context(runner)) == ""
+    assert runner.asked == []
