@@ -66,7 +66,8 @@ def resolved(ctx: RunContext, d: Desired) -> Desired:
 
 def install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | None = None,
                   present: frozenset[str] = frozenset(), revision: str | None = None) -> tuple[list[Step], list[Step]]:
-    """(Istio's install, the east-west gateway's and the Istio objects'). A first install shows what is
+    """(Istio's install, with the default tag after a first install at ``revision``; the east-west gateway's
+    and the Istio objects'). A first install shows what is
     added; a re-install, the paths that change in each overlay (the overlays/ files are what was installed
     last), and what is installed or applied again unchanged. ``present``: the purposes of the Istio objects
     the cluster already holds (the others are new)."""

@@ -10,7 +10,9 @@ deleting what uninstall leaves of it (lib/upgrade.py). A primary with remotes al
 revision's expose objects (``kubectl apply``, as Istio's primary-remote guide does with
 samples/multicluster/expose-istiod-rev.yaml.tmpl). A remote's steps are the same commands (its install is
 the remote profile at the revision: a Service ``istiod-<rev>`` leading to its primary's gateway and the
-revision's injector); they start once its primary's steps of the run succeeded.
+revision's injector); they start once its primary's steps of the run succeeded. A remote added after its
+primary's upgrade is no upgrade: apply's ordinary install takes it at the primary's revision
+(``install_revisions``), unless the primary is in the middle of one (``joining_refusal``).
 """
 from __future__ import annotations
 
