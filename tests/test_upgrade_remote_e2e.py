@@ -68,6 +68,14 @@ def healthy(mesh, before):
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
+def with_joining(mesh):
+    """topology.yaml with JOINING, a remote of cluster1 on a network of its own."""
+    topology = yaml.safe_load((mesh.workdir / "topology.yaml").read_text())
+    joining = {"network": JOINING_NETWORK, "primary": "cluster1", "api_server": mesh.sandbox.api_server(JOINING)}
+    (mesh.workdir / "topology.yaml").write_text(yaml.safe_dump({**topology, "contexts": {**topology["contexts"],
+                                                                                          JOINING: joining}}))
+
+
 def virtual_services(mesh, ctx):
     return sorted(vs["metadata"]["name"] for vs in mesh.get(ctx, "virtualservices", "-n", "istio-system")["items"])
 
@@ -115,6 +123,15 @@ def test_a_remote_moves_right_after_its_primary_through_the_revisions_exposed_is
     assert mesh.get("cluster1", "deployment", "istiod", "-n", "istio-system") is not None
     assert virtual_services(mesh, "cluster1") == ["istiod-vs", f"istiod-vs-{NEW_REV}"]
     healthy(mesh, before)
+    # A remote cannot join cluster1 now, in the middle of its upgrade (it would join a revision cluster1 is
+    # leaving): refused before any cluster is touched.
+    written = (mesh.workdir / "topology.yaml").read_text()
+    with_joining(mesh)
+    refused = mesh.run("apply", "-y", "--istio-mirror", published.url)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert f"{JOINING}: its primary cluster1 is in the middle of an upgrade" in refused.stderr, refused.stderr
+    assert mesh.get(JOINING, "namespace", "istio-system", check=False) is None
+    (mesh.workdir / "topology.yaml").write_text(written)
     sb.kubectl("cluster3", "rollout", "restart", "deployment/web", "-n", "app")
     assert wait_for(lambda: revisions_in(mesh, "cluster3", "app") == [NEW_REV])
 
@@ -149,10 +166,7 @@ def test_a_remote_moves_right_after_its_primary_through_the_revisions_exposed_is
     # A remote added now joins at the revision cluster1 runs (whose default revision is gone): on a network of
     # its own, its gateway's pods are injected by cluster1's istiod at the revision once cluster1 holds its secret.
     istiod = mesh.get("cluster1", "deployment", f"istiod-{NEW_REV}", "-n", "istio-system")["metadata"]
-    contexts = yaml.safe_load((mesh.workdir / "topology.yaml").read_text())["contexts"]
-    contexts[JOINING] = {"network": JOINING_NETWORK, "primary": "cluster1", "api_server": sb.api_server(JOINING)}
-    topology = yaml.safe_load((mesh.workdir / "topology.yaml").read_text())
-    (mesh.workdir / "topology.yaml").write_text(yaml.safe_dump({**topology, "contexts": contexts}))
+    with_joining(mesh)
     plan = mesh.run("apply", "--dry-run", "--istio-mirror", published.url, env={"COLUMNS": "200"})
     assert plan.returncode == 0, plan.stdout + plan.stderr
     assert f"+ Istio (overlays/{JOINING}.yaml) at revision {NEW_REV}" in plan.stdout, plan.stdout
