@@ -106,8 +106,10 @@ def joining_refusal(topology: Topology, states: list[ClusterRevisions], observed
     """What a joining remote cannot do yet, refused before any cluster is touched: join a primary in the
     middle of an upgrade (it holds two revisions, or moves to another version in this run: the remote would
     be installed at a revision the primary is leaving), or join with a pinned version other than the one
-    its primary's revision runs (its install would be another release's at that revision's name)."""
+    its primary's revision runs, or while the mesh's own istio_version, whose istioctl installs new clusters,
+    is another (its install would be another release's at that revision's name)."""
     primaries = {s.context: s for s in states}
+    mesh_version = topology.istio_version or next(iter(topology.istio_versions), None)
     reasons = []
     for ctx, rev in joining_revisions(topology, states, observed).items():
         if only is not None and ctx not in only:
@@ -122,6 +124,11 @@ def joining_refusal(topology: Topology, states: list[ClusterRevisions], observed
         elif targets.get(ctx) != version:
             reasons.append(f"{ctx}: pinned to {targets.get(ctx)}, but it joins its primary {primary.context}'s "
                            f"revision {rev}, which runs {version}; pin {ctx} to {version}")
+        elif mesh_version != version:
+            # New clusters are installed with the mesh's release (lib/fetch.py mesh_release), as any install.
+            reasons.append(f"{ctx}: the mesh is in a staged move (its istio_version is {mesh_version}, whose "
+                           f"istioctl installs new clusters), and {ctx} joins revision {rev}, which runs {version}; "
+                           f"add {ctx} once the top-level istio_version is {version}")
     if not reasons:
         return None
     return ConfigError("a remote cannot join its primary's revision yet; no cluster was changed:\n"

@@ -23,10 +23,10 @@ MOVED = ClusterRevisions("r1", installed={REV: NEW}, default_tag=REV, proxies={R
 PINNED = {"p1": NEW, "r1": NEW, "r2": NEW}
 
 
-def _topology(tmp_path, r2_network="n3"):
-    return Topology(path=tmp_path / "topology.yaml", mesh_id="m", clusters=(
-        Cluster("p1", "n1", "p1", server="https://p1:6443"),
-        Cluster("r1", "n1", "r1", server="https://r1:6443", primary="p1"),
+def _topology(tmp_path, r2_network="n3", mesh_version=NEW):
+    return Topology(path=tmp_path / "topology.yaml", mesh_id="m", istio_version=mesh_version, clusters=(
+        Cluster("p1", "n1", "p1", server="https://p1:6443", istio_version=NEW),
+        Cluster("r1", "n1", "r1", server="https://r1:6443", primary="p1", istio_version=NEW),
         Cluster("r2", r2_network, "r2", server="https://r2:6443", primary="p1")))
 
 
@@ -126,3 +126,6 @@ def test_a_primary_in_the_middle_of_an_upgrade_or_another_version_is_refused_bef
     other = joining_refusal(topology, [UPGRADED, MOVED], observed, {**PINNED, "r2": OLD})
     assert other is not None and f"r2: pinned to {OLD}, but it joins its primary p1's revision {REV}" in other.message
     assert f"pin r2 to {NEW}" in other.message
+    # A staged move: the mesh's own istio_version, whose istioctl installs new clusters, is still the old one.
+    staged = joining_refusal(_topology(tmp_path, mesh_version=OLD), [UPGRADED, MOVED], observed, PINNED)
+    assert staged is not None and f"r2: the mesh is in a staged move (its istio_version is {OLD}" in staged.message
