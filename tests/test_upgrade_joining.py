@@ -129,3 +129,30 @@ def test_a_primary_in_the_middle_of_an_upgrade_or_another_version_is_refused_bef
     # A staged move: the mesh's own istio_version, whose istioctl installs new clusters, is still the old one.
     staged = joining_refusal(_topology(tmp_path, mesh_version=OLD), [UPGRADED, MOVED], observed, PINNED)
     assert staged is not None and f"r2: the mesh is in a staged move (its istio_version is {OLD}" in staged.message
+
+
+def _read_upgrade(tmp_path, monkeypatch, p1_read, only):
+    """apply's read of the upgrade state, with each cluster's revisions as given (no cluster read)."""
+    import lib.apply
+    from lib.statusrevisions import Revisions
+
+    read = {"p1": p1_read, "r1": Revisions(injectors={REV: NEW}, default_tag=REV), "r2": Revisions()}
+    monkeypatch.setattr(lib.apply, "read_revisions", lambda members, *args: {c.context: read[c.context] for c in members})
+    topology, observed = _topology(tmp_path), _observed()
+    found = lib.apply._read_upgrade(topology, observed, Tools(), None, None, 1, only, ambient=False)
+    return found and install_revisions(topology, found[0], observed)
+
+
+def test_apply_installs_the_joining_remote_at_the_revision_also_when_context_names_it_alone(tmp_path, monkeypatch):
+    import pytest
+
+    from lib.errors import ConfigError
+    from lib.statusrevisions import Revisions
+
+    upgraded = Revisions(control_planes={REV: NEW}, injectors={REV: NEW}, default_tag=REV)
+    assert _read_upgrade(tmp_path, monkeypatch, upgraded, only={"r2"}) == {"p1": REV, "r1": REV, "r2": REV}
+    assert _read_upgrade(tmp_path, monkeypatch, upgraded, only=None)["r2"] == REV
+    halfway = Revisions(control_planes={"default": OLD, REV: NEW}, injectors={"default": OLD, REV: NEW}, default_tag=REV)
+    with pytest.raises(ConfigError, match="r2: its primary p1 is in the middle of an upgrade"):
+        _read_upgrade(tmp_path, monkeypatch, halfway, only={"r2"})
+    assert _read_upgrade(tmp_path, monkeypatch, halfway, only={"p1"}) is not None, "r2 sits this run out"
