@@ -20,7 +20,8 @@ from .executor import After, Phase, Step
 from .gatewayapi import CrdSource
 from .gatewaysteps import (gateway_api_crds_step, remove_ambient_gateway_step, remove_gateways_step,
                            remove_sidecar_gateway_step, wait_gateway_step)
-from .installsteps import DEFAULT_TAG_KEY, install_steps, no_longer_remote_step, objects_present, record_step, stop_exposing_istiod_step
+from .installsteps import (DEFAULT_TAG_KEY, install_steps, no_longer_remote_step, objects_present, record_step,
+                           stop_exposing_istiod_step)
 from .kube import Observed, Tools
 from .mesh import mesh_model
 from .names import CONTROL_PLANE_CLUSTERS, CROSS_NETWORK_GATEWAY, DATA_PLANE_ANNOTATION, EASTWEST_NAME, ISTIO_NAMESPACE
@@ -325,7 +326,8 @@ def _gateway_after_attach(steps: list[Step], gateway: list[Step], d: Desired) ->
     if not gateway:
         return steps
     at = next(i for i, step in enumerate(steps) if step.title == "install Istio") + 1
-    at += steps[at:at + 1] != [] and steps[at].key == DEFAULT_TAG_KEY  # the install's default tag stays with it
+    if at < len(steps) and steps[at].key == DEFAULT_TAG_KEY:  # the default tag set right after the install
+        at += 1
     if not d.member.is_remote:
         return steps[:at] + gateway + steps[at:]
     gateway[0].after.append(After(d.member.control_plane, IMPORT_KEY))

@@ -133,7 +133,7 @@ def joining_refusal(topology: Topology, states: list[ClusterRevisions], observed
         return None
     return ConfigError("a remote cannot join its primary's revision yet; no cluster was changed:\n"
                        + "\n".join(f"- {r}" for r in reasons),
-                       hint="fix topology.yaml as each line says, then run apply again")
+                       hint="do as each line says in topology.yaml, then run apply again")
 
 
 def upgrade_phase(states: list[ClusterRevisions], targets: dict[str, str], desired: dict[str, Desired],
