@@ -678,8 +678,12 @@ def test_a_value_of_the_wrong_type_is_named_as_a_user_writes_it(tmp_path, contex
 
 
 @pytest.mark.parametrize("context,suggested", [
-    ("arn:aws:eks:eu-west-1:1234:cluster/Prod_EU", "arn-aws-eks-eu-west-1-1234-cluster-prod-eu"),
-    ("gke_p_" + "x" * 62, "x" * 62),  # the last 63 characters ("-" and 62 x), without the leading '-'
+    # The cluster's own name out of the contexts aws and gcloud write.
+    ("arn:aws:eks:eu-west-1:1234:cluster/Prod_EU", "prod-eu"),
+    ("arn:aws-us-gov:eks:us-gov-west-1:1234:cluster/gov", "gov"),
+    ("gke_my-project_europe-west1-b_Shop_Prod", "shop-prod"),
+    ("gke_p_" + "x" * 70, "x" * 63),  # at most 63 characters: the last ones
+    ("kind:dev/one", "kind-dev-one"),
     ("__", "cluster1"),
 ])
 def test_an_invalid_cluster_name_gets_a_valid_suggestion(tmp_path, context, suggested):
@@ -688,6 +692,21 @@ def test_an_invalid_cluster_name_gets_a_valid_suggestion(tmp_path, context, sugg
     with pytest.raises(ConfigError) as refused:
         _topology_file(tmp_path, f"mesh_id: m\ncontexts:\n  '{context}':\n    network: n1\n")
     assert refused.value.hint.endswith(f"e.g. cluster_name: {suggested}")
+
+
+def test_contexts_that_are_no_cluster_names_each_get_a_distinct_valid_one():
+    from lib.config import cluster_names_for, is_cluster_name
+
+    contexts = ["cluster1", "arn:aws:eks:us-east-1:1:cluster/prod", "arn:aws:eks:eu-west-1:1:cluster/prod",
+                "gke_p_z_prod", "gke_p_z_cluster1"]
+    named = cluster_names_for(contexts)
+    assert "cluster1" not in named, "a valid name stays the context's"
+    assert named["arn:aws:eks:us-east-1:1:cluster/prod"] == "prod"
+    # Two clusters called prod in two regions: the second keeps its whole context, made a label.
+    assert named["arn:aws:eks:eu-west-1:1:cluster/prod"] == "arn-aws-eks-eu-west-1-1-cluster-prod"
+    assert named["gke_p_z_prod"] == "gke-p-z-prod" and named["gke_p_z_cluster1"] == "gke-p-z-cluster1"
+    assert all(is_cluster_name(n) for n in named.values()) and len(set(named.values())) == len(named)
+    assert cluster_names_for(["a_b", "a-b"]) == {"a_b": "a-b-2"}
 
 
 # --- plan: teardown of one cluster, stale secrets, the words of a cluster's result ---------------------
