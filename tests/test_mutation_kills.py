@@ -928,3 +928,34 @@ def test_the_export_asks_istioctl_for_the_clusters_secret_in_istio_system_by_its
         export_step(Tools(), cluster).action(_context(Replies("")))
     assert "printed no usable Secret" in failed.value.message and "create-remote-secret" in failed.value.message
     assert failed.value.hint == "run it by hand to see what istioctl printed"
+
+
+def test_istio_system_records_what_was_installed_a_remote_once_its_primarys_address_is_known(tmp_path):
+    from lib.desired import desired_state
+    from lib.installsteps import RECORD_TITLE, record_step
+    from lib.kube import Tools
+    from tests.test_behaviours import Replies, _context
+
+    base = {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {"profile": "default"}}
+    clusters = (Cluster("c1", "n1", "c1"), Cluster("c2", "n2", "c2", primary="c1"))
+    topology = Topology("m", clusters, tmp_path / "topology.yaml")
+    planned = desired_state(topology, base)  # the primary's gateway has no address yet
+    remote = planned["c2"]
+    step = record_step(Tools(), clusters[1], remote.fingerprint, remote)
+    assert step.title == RECORD_TITLE
+    runner = Replies("")
+    ctx = _context(runner)
+    ctx.shared["gateway_address"] = {"c1": "203.0.113.9"}
+    step.action(ctx)
+    (command,) = runner.asked
+    # What the remote finally installed: pointed at the address its primary's gateway got in this run.
+    installed = desired_state(topology, base, addresses={"c1": "203.0.113.9"})["c2"].fingerprint
+    assert installed != remote.fingerprint
+    assert list(command.argv) == ["kubectl", "--context", "c2", "annotate", "--overwrite", "namespace", "istio-system",
+                                  f"setup-mesh.io/applied={installed}"]
+    # A primary records at once, and a mesh back from ambient drops the data-plane annotation.
+    primary = record_step(Tools(), clusters[0], "fp1", planned["c1"], was="ambient")
+    assert [list(c.argv)[-2:] for c in primary.commands] == [["setup-mesh.io/applied=fp1", "setup-mesh.io/data-plane-"]]
+    assert primary.action is None
+    assert list(record_step(Tools(), clusters[0], "fp1", planned["c1"], was="sidecar").commands[0].argv)[-1] == \
+        "setup-mesh.io/applied=fp1"
