@@ -959,3 +959,18 @@ def test_istio_system_records_what_was_installed_a_remote_once_its_primarys_addr
     assert primary.action is None
     assert list(record_step(Tools(), clusters[0], "fp1", planned["c1"], was="sidecar").commands[0].argv)[-1] == \
         "setup-mesh.io/applied=fp1"
+
+
+def test_the_install_fingerprint_ignores_key_order_and_stays_the_same_across_releases_of_setup_mesh():
+    from lib.overlay import fingerprint
+
+    one = {"spec": {"profile": "default", "values": {"a": 1, "b": [1, 2]}}}
+    reordered = {"spec": {"values": {"b": [1, 2], "a": 1}, "profile": "default"}}
+    # Keys reordered in base.yaml change nothing installed: no cluster is reinstalled for it.
+    assert fingerprint(one) == fingerprint(reordered)
+    assert fingerprint(one, ["x"]) != fingerprint(one) and fingerprint(["x"], one) != fingerprint(one, ["x"])
+    # istio-system of every running mesh records this value: a new way of computing it would reinstall
+    # every cluster on the first apply after an upgrade of setup-mesh.
+    import hashlib
+    recorded = hashlib.sha256(b'{"spec":{"profile":"default","values":{"a":1}}}\0["x"]\0').hexdigest()[:16]
+    assert fingerprint({"spec": {"values": {"a": 1}, "profile": "default"}}, ["x"]) == recorded
