@@ -37,7 +37,8 @@ def rows_of(clusters: list[Cluster]) -> Rows:
 
 @dataclass
 class Run:
-    """One run of a command: ``command`` names its run log and its summary ("apply finished")."""
+    """One run of a command: ``command`` names its run log, and its summary ("apply finished") unless
+    ``title`` names that ("rotate-certs --root finished", logged as rotate-certs)."""
     command: str
     workdir: Path
     runner: ShRunner
@@ -45,6 +46,7 @@ class Run:
     parallel: int
     dry_run: bool = False
     yes: bool = False
+    title: str = ""
     log: RunLog | None = None
     executor: Executor | None = None  # once the run executes; its shared results are the command's to read
     showing_progress: bool = False
@@ -105,6 +107,10 @@ def _no_sit_outs(executor: Executor) -> None:
     return None
 
 
+def _nothing_to_begin() -> None:
+    return None
+
+
 def _nothing_to_record(outcome: Outcome) -> None:
     return None
 
@@ -119,7 +125,8 @@ class Parts:
 
     ``show``: the dry run's output, returning its exit code (it may raise what the run would stop at);
     ``refusal``: raised before anything is touched; ``ask``: what is said and asked before any change (it
-    raises when declined), None to go ahead unasked; ``rows``: the progress rows the run shows (None: the
+    raises when declined), None to go ahead unasked; ``begin``: what the workspace records once confirmed,
+    before any cluster changes, so that a run cut short is resumed; ``rows``: the progress rows the run shows (None: the
     table as it is, or none); ``sit_outs``: clusters marked failed before the phases start; ``execute``: the
     phases; ``record``: what is now true, also after a failure; ``report``: each cluster's result; ``after``:
     what follows the summary, from its exit code to the run's."""
@@ -128,6 +135,7 @@ class Parts:
     rows: Rows | None = None
     refusal: MeshError | None = None
     ask: Callable[[], None] | None = None
+    begin: Callable[[], None] = _nothing_to_begin
     sit_outs: Callable[[Executor], None] = _no_sit_outs
     record: Callable[[Outcome], None] = _nothing_to_record
     report: Callable[[Outcome], None] = _nothing_to_record
@@ -135,11 +143,12 @@ class Parts:
 
 
 def drive(run: Run, parts: Parts) -> int:
-    """show (dry run) -> refuse -> confirm -> open the log -> progress -> sit-outs -> phases -> record ->
-    report -> summary and exit code."""
+    """show (dry run) -> refuse -> confirm -> begin -> open the log -> progress -> sit-outs -> phases ->
+    record -> report -> summary and exit code."""
     if run.dry_run:
         return parts.show()
     _before_changes(run, parts)
+    parts.begin()
     run.open_log()
     # A confirmation stops the table; a command that showed it during its reads keeps it otherwise.
     if parts.rows is not None and not run.showing_progress:
@@ -150,7 +159,7 @@ def drive(run: Run, parts: Parts) -> int:
     run.stop_progress()
     parts.record(outcome)
     parts.report(outcome)
-    return parts.after(finish_run(run.command, outcome, run.log, run.reporter), outcome)
+    return parts.after(finish_run(run.title or run.command, outcome, run.log, run.reporter), outcome)
 
 
 def _before_changes(run: Run, parts: Parts) -> None:

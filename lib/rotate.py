@@ -144,7 +144,7 @@ class _Rotating:
     reissued: list[str]
 
     def parts(self) -> Parts:
-        return Parts(show=self.show, ask=self.ask, rows=rows_of(self.targets), sit_outs=self.sit_outs,
+        return Parts(show=self.show, ask=self.ask, begin=self.begin, rows=rows_of(self.targets), sit_outs=self.sit_outs,
                      execute=lambda executor: executor.run_phases([self.phase]), record=self.record,
                      report=lambda outcome: _report_rotation(self.targets, outcome, self.backup, self.resuming,
                                                              self.run.reporter))
@@ -161,8 +161,10 @@ class _Rotating:
                                   _rotation_question(self.reissued, list(self.phase.steps)),
                                   title="rotate-certs", command="rotate-certs")
 
-    def sit_outs(self, executor: Executor) -> None:
+    def begin(self) -> None:
         reissue.save_rotation(self.ws.workdir, self.rotation)  # before anything changes: an interrupted run is resumed
+
+    def sit_outs(self, executor: Executor) -> None:
         for context, seen in self.unreachable.items():
             sit_out(executor, self.tools, self.ws.topology.by_context(context), seen, "then run rotate-certs again")
 
