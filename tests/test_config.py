@@ -387,3 +387,29 @@ def test_an_ambient_base_by_its_values_may_not_set_the_multi_network_switch_eith
     with pytest.raises(ConfigError) as info:
         load_base(path)
     assert f"values.profile ambient ({path}:5) turns it on" in info.value.message
+
+
+@pytest.mark.parametrize("contexts, message, hint", [
+    # Each refusal names the line at fault (the context's own, or its key's) and says how to fix it.
+    ('  "":\n    network: n1\n', "{p}:3: context names must be non-empty strings, got ''",
+     "quote the context name as it appears in `kubectl config get-contexts`"),
+    ("  c1: n1\n", "{p}:3: context 'c1' must be a mapping with at least network:, not a string",
+     "write it as\n  c1:\n    network: network1"),
+    ("  c1:\n    networks: n1\n", "{p}:4: unknown key 'networks' in context 'c1'",
+     "did you mean 'network'? allowed keys: "),
+    ("  c0:\n    network: n1\n  c1:\n    cluster_name: x\n", "{p}:5: context 'c1' has no network",
+     "add `network: NAME` (clusters that reach each other's pods directly share a network)"),
+    ("  c1:\n    network: 'n 1'\n", "{p}:4: invalid network 'n 1' for context 'c1'",
+     "a network is a Kubernetes label value: letters, digits, '-', '_', '.', at most 63 characters"),
+    ("  c1:\n    network: n1\n    cluster_name: Bad_Name\n", "{p}:5: invalid cluster_name 'Bad_Name'",
+     "a cluster name is a DNS-1123 label"),
+    ("  Ctx_1:\n    network: n1\n", "{p}:3: context 'Ctx_1' is not a valid Istio cluster name",
+     "set `cluster_name:` under 'Ctx_1' to a DNS-1123 label"),
+])
+def test_a_bad_context_is_refused_at_its_line_with_how_to_fix_it(tmp_path, contexts, message, hint):
+    path = tmp_path / "topology.yaml"
+    path.write_text("mesh_id: m\ncontexts:\n" + contexts)
+    with pytest.raises(ConfigError) as info:
+        load_topology(path)
+    assert info.value.message == message.format(p=path)
+    assert info.value.hint.startswith(hint)

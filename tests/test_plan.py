@@ -499,3 +499,27 @@ def test_the_confirmation_names_only_what_is_removed():
     assert deletion_question(ApplyPlan([], removals=[gone, gone])) == "Remove the clusters listed above?"
     assert deletion_question(ApplyPlan([], replacements={"c1": ["Istio is reinstalled with profile ambient"]})) == \
         "Replace or remove what is listed above?"
+
+
+def test_the_bundled_examples_full_plan_built_in_this_process_matches_the_golden_plan(tmp_path, monkeypatch, capsys):
+    # The golden above, through apply's own code in this process: every step builder's command line is
+    # pinned by a test that runs where mutation testing sees it (the CLI run above is a subprocess).
+    import pytest
+
+    from lib.apply import apply
+    from lib.errors import ConfigError
+    from lib.reporter import Reporter
+    from lib.runner import ShRunner
+
+    for name in ("ISTIO_DIR", "WORKDIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(ROOT)
+    reporter = Reporter(verbose=True)  # as the CLI makes it, on this process's stdout
+    with pytest.raises(ConfigError) as stopped:
+        apply(Path("."), kubeconfig=None, istio_dir=None, dry_run=True, yes=False, parallel=8, gateway_timeout=300.0,
+              timeout=600.0, runner=ShRunner(), reporter=reporter)
+    assert stopped.value.message.startswith("kubeconfig file not found")
+    goldens.check("plan-bundled-example-full.txt", capsys.readouterr().out.replace(str(tmp_path), "<tmp>"))
