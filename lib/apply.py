@@ -21,7 +21,7 @@ from .reporter import Reporter
 from .runner import ShRunner
 from .statusrevisions import read_revisions
 from .workspace import Workspace, find_tools, load_workspace
-from .commands import certs_prerequisites, deletion_question, describe_kept, other_roots_refusal, uninstall_for
+from .commands import certs_prerequisites, describe_kept, other_roots_refusal, uninstall_for
 from .driver import Parts, Run, drive, rows_of, sit_out
 
 
@@ -307,6 +307,15 @@ def _record_state(ws: Workspace, plan: ApplyPlan, desired: dict, outcome: Outcom
         if gone.context not in outcome.failures:
             ws.state.forget(gone.context)
     ws.state.save(ws.topology.mesh_id)
+
+
+def deletion_question(plan: ApplyPlan) -> str:
+    """The confirmation names what is listed above it, and only that."""
+    if any(plan.replacements.values()):
+        return "Replace or remove what is listed above?"
+    things = [what for what, present in (("the clusters" if len(plan.removals) > 1 else "the cluster", plan.removals),
+                                         ("the remote secrets", any(plan.prunes.values()))) if present]
+    return f"Remove {' and '.join(things) or 'what is'} listed above?"
 
 
 def _describe_deletions(plan: ApplyPlan, reporter: Reporter) -> None:

@@ -19,7 +19,7 @@ from .executor import RERUN_HINT
 from .invocation import prep_hint
 from .kube import IstioUsage, Observed
 from .names import ISTIO_NAMESPACE
-from .plan import ApplyPlan, Uninstall
+from .plan import Uninstall
 from .prep import parse_context_options, prep_mesh as _prep_mesh, report as _report_prep
 from .release import Release, find_release
 from .reporter import Reporter
@@ -152,12 +152,3 @@ def certs_prerequisites(ws: Workspace, istio_dir: str | None, runner: ShRunner,
         if org:
             return release, {"INTERMEDIATE_ORG": org}
     return release, {}
-
-
-def deletion_question(plan: ApplyPlan) -> str:
-    """The confirmation names what is listed above it, and only that."""
-    if any(plan.replacements.values()):
-        return "Replace or remove what is listed above?"
-    things = [what for what, present in (("the clusters" if len(plan.removals) > 1 else "the cluster", plan.removals),
-                                         ("the remote secrets", any(plan.prunes.values()))) if present]
-    return f"Remove {' and '.join(things) or 'what is'} listed above?"
