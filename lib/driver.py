@@ -38,7 +38,8 @@ def rows_of(clusters: list[Cluster]) -> Rows:
 @dataclass
 class Run:
     """One run of a command: ``command`` names its run log, and its summary ("apply finished") unless
-    ``title`` names that ("rotate-certs --root finished", logged as rotate-certs)."""
+    ``title`` names that ("rotate-certs --root finished", logged as rotate-certs). The program as invoked,
+    which hints name, is lib/invocation.py's, set once by the CLI."""
     command: str
     workdir: Path
     runner: ShRunner
@@ -126,10 +127,10 @@ class Parts:
     ``show``: the dry run's output, returning its exit code (it may raise what the run would stop at);
     ``refusal``: raised before anything is touched; ``ask``: what is said and asked before any change (it
     raises when declined), None to go ahead unasked; ``begin``: what the workspace records once confirmed,
-    before any cluster changes, so that a run cut short is resumed; ``rows``: the progress rows the run shows (None: the
-    table as it is, or none); ``sit_outs``: clusters marked failed before the phases start; ``execute``: the
-    phases; ``record``: what is now true, also after a failure; ``report``: each cluster's result; ``after``:
-    what follows the summary, from its exit code to the run's."""
+    before any cluster changes, so that a run cut short is resumed; ``rows``: the progress rows the run
+    shows (None: the table as it is, or none); ``sit_outs``: clusters marked failed before the phases
+    start; ``execute``: the phases; ``record``: what is now true, also after a failure; ``report``: each
+    cluster's result; ``after``: what follows the summary, from its exit code to the run's."""
     show: Callable[[], int]
     execute: Callable[[Executor], Outcome]
     rows: Rows | None = None
@@ -143,13 +144,13 @@ class Parts:
 
 
 def drive(run: Run, parts: Parts) -> int:
-    """show (dry run) -> refuse -> confirm -> begin -> open the log -> progress -> sit-outs -> phases ->
+    """show (dry run) -> refuse -> confirm -> open the log -> begin -> progress -> sit-outs -> phases ->
     record -> report -> summary and exit code."""
     if run.dry_run:
         return parts.show()
     _before_changes(run, parts)
-    parts.begin()
     run.open_log()
+    parts.begin()
     # A confirmation stops the table; a command that showed it during its reads keeps it otherwise.
     if parts.rows is not None and not run.showing_progress:
         run.start_progress(parts.rows)
