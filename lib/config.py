@@ -171,12 +171,12 @@ def _load_context(doc: LocatedDoc, path: Path, context, spec, seen: dict[str, st
         raise ConfigError(f"{doc.where('contexts', context, 'network')}: invalid network {network!r} for context {context!r}",
                           hint="a network is a Kubernetes label value: letters, digits, '-', '_', '.', at most 63 characters")
     name = spec.get("cluster_name", context)
-    if not isinstance(name, str) or not DNS1123_LABEL.match(name) or len(name) > 63:
+    if not is_cluster_name(name):
         if "cluster_name" in spec:
             raise ConfigError(f"{doc.where('contexts', context, 'cluster_name')}: invalid cluster_name {name!r}",
                               hint="a cluster name is a DNS-1123 label: lower-case letters, digits and '-', at most 63 characters")
         raise ConfigError(f"{where}: context {context!r} is not a valid Istio cluster name",
-                          hint=f"set `cluster_name:` under {context!r} to a DNS-1123 label (lower-case letters, digits, '-'), e.g. cluster_name: {_suggest(context)}")
+                          hint=f"set `cluster_name:` under {context!r} to a DNS-1123 label (lower-case letters, digits, '-'), e.g. cluster_name: {cluster_names_for([context])[context]}")
     if name in seen:
         raise ConfigError(f"{where}: cluster name {name!r} of context {context!r} is already used by context {seen[name]!r}",
                           hint="give each context its own cluster_name")
@@ -239,9 +239,40 @@ def _check_primaries(doc: LocatedDoc, clusters: list[Cluster]) -> None:
                      f"{cluster.context!r}, or delete `primary:` under {cluster.primary!r}")
 
 
+# The context names the clouds' CLIs write (aws eks update-kubeconfig, gcloud container clusters
+# get-credentials): the cluster's own name is their last part.
+_CLOUD_CONTEXTS = (re.compile(r"arn:aws[a-z-]*:eks:[^:]*:[^:]*:cluster/(?P<name>.+)"),
+                   re.compile(r"gke_[^_]+_[^_]+_(?P<name>.+)"))
+
+
 def _suggest(context: str) -> str:
     s = re.sub(r"[^a-z0-9-]+", "-", context.lower()).strip("-")
     return (s[-63:].strip("-") or "cluster1")
+
+
+def is_cluster_name(name: object) -> bool:
+    """Istio's cluster names are DNS-1123 labels."""
+    return isinstance(name, str) and bool(DNS1123_LABEL.match(name)) and len(name) <= 63
+
+
+def cluster_names_for(contexts: list[str]) -> dict[str, str]:
+    """A valid Istio cluster name for each context whose own name is not one: the cluster's name out of an
+    EKS or GKE context, else the context made a label; the whole context made a label where two would clash."""
+    taken = {c for c in contexts if is_cluster_name(c)}
+    names: dict[str, str] = {}
+    for context in contexts:
+        if context in taken:
+            continue
+        short = next((m.group("name") for m in (p.fullmatch(context) for p in _CLOUD_CONTEXTS) if m), context)
+        for candidate in (_suggest(short), _suggest(context)):
+            if candidate not in taken:
+                break
+        else:
+            candidate = next(f"{candidate[:60]}-{i}" for i in range(2, len(contexts) + 2)
+                             if f"{candidate[:60]}-{i}" not in taken)
+        taken.add(candidate)
+        names[context] = candidate
+    return names
 
 
 def check_data_plane(topology: Topology, base: Base) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from . import certs, invocation
-from .config import (BASE_FILE, PILOT_ENV_SWITCH, RESERVED_VALUES, TOPOLOGY_FILE, is_label_value,
+from .config import (BASE_FILE, PILOT_ENV_SWITCH, RESERVED_VALUES, TOPOLOGY_FILE, cluster_names_for, is_label_value,
                      kubeconfig_files)
 from .errors import ConfigError
 from .fsutil import write_atomic
@@ -85,13 +85,18 @@ def topology_text(mesh_id: str, contexts: list[tuple[str, str]], known_contexts:
     top = {"mesh_id": mesh_id, **({"istio_version": istio_version} if istio_version else {})}
     text = topology_header() + "\n" + yaml.safe_dump(top, sort_keys=False)
     if contexts:
-        text += yaml.safe_dump({"contexts": {c: {"network": n} for c, n in contexts}}, sort_keys=False)
+        # A context whose name is no valid Istio cluster name (an EKS ARN, a GKE context) gets one.
+        named = cluster_names_for([c for c, _ in contexts])
+        text += yaml.safe_dump({"contexts": {c: {"network": n, **({"cluster_name": named[c]} if c in named else {})}
+                                             for c, n in contexts}}, sort_keys=False)
         return text
     text += "contexts:\n"
     text += "  # Uncomment the contexts that join the mesh and set their networks, e.g.\n"
     examples = known_contexts or ["cluster1", "cluster2"]
+    named = cluster_names_for(examples)
     for i, name in enumerate(examples):
-        entry = yaml.safe_dump({name: {"network": f"network{1 if i == 0 else 2}"}}, sort_keys=False)
+        entry = yaml.safe_dump({name: {"network": f"network{1 if i == 0 else 2}",
+                                       **({"cluster_name": named[name]} if name in named else {})}}, sort_keys=False)
         text += "".join(f"  # {line}\n" for line in entry.splitlines())
     return text
 

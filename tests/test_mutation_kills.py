@@ -678,8 +678,12 @@ def test_a_value_of_the_wrong_type_is_named_as_a_user_writes_it(tmp_path, contex
 
 
 @pytest.mark.parametrize("context,suggested", [
-    ("arn:aws:eks:eu-west-1:1234:cluster/Prod_EU", "arn-aws-eks-eu-west-1-1234-cluster-prod-eu"),
-    ("gke_p_" + "x" * 62, "x" * 62),  # the last 63 characters ("-" and 62 x), without the leading '-'
+    # The cluster's own name out of the contexts aws and gcloud write.
+    ("arn:aws:eks:eu-west-1:1234:cluster/Prod_EU", "prod-eu"),
+    ("arn:aws-us-gov:eks:us-gov-west-1:1234:cluster/gov", "gov"),
+    ("gke_my-project_europe-west1-b_Shop_Prod", "shop-prod"),
+    ("gke_p_" + "x" * 70, "x" * 63),  # at most 63 characters: the last ones
+    ("kind:dev/one", "kind-dev-one"),
     ("__", "cluster1"),
 ])
 def test_an_invalid_cluster_name_gets_a_valid_suggestion(tmp_path, context, suggested):
@@ -688,6 +692,21 @@ def test_an_invalid_cluster_name_gets_a_valid_suggestion(tmp_path, context, sugg
     with pytest.raises(ConfigError) as refused:
         _topology_file(tmp_path, f"mesh_id: m\ncontexts:\n  '{context}':\n    network: n1\n")
     assert refused.value.hint.endswith(f"e.g. cluster_name: {suggested}")
+
+
+def test_contexts_that_are_no_cluster_names_each_get_a_distinct_valid_one():
+    from lib.config import cluster_names_for, is_cluster_name
+
+    contexts = ["cluster1", "arn:aws:eks:us-east-1:1:cluster/prod", "arn:aws:eks:eu-west-1:1:cluster/prod",
+                "gke_p_z_prod", "gke_p_z_cluster1"]
+    named = cluster_names_for(contexts)
+    assert "cluster1" not in named, "a valid name stays the context's"
+    assert named["arn:aws:eks:us-east-1:1:cluster/prod"] == "prod"
+    # Two clusters called prod in two regions: the second keeps its whole context, made a label.
+    assert named["arn:aws:eks:eu-west-1:1:cluster/prod"] == "arn-aws-eks-eu-west-1-1-cluster-prod"
+    assert named["gke_p_z_prod"] == "gke-p-z-prod" and named["gke_p_z_cluster1"] == "gke-p-z-cluster1"
+    assert all(is_cluster_name(n) for n in named.values()) and len(set(named.values())) == len(named)
+    assert cluster_names_for(["a_b", "a-b"]) == {"a_b": "a-b-2"}
 
 
 # --- plan: teardown of one cluster, stale secrets, the words of a cluster's result ---------------------
@@ -909,3 +928,49 @@ def test_the_export_asks_istioctl_for_the_clusters_secret_in_istio_system_by_its
         export_step(Tools(), cluster).action(_context(Replies("")))
     assert "printed no usable Secret" in failed.value.message and "create-remote-secret" in failed.value.message
     assert failed.value.hint == "run it by hand to see what istioctl printed"
+
+
+def test_istio_system_records_what_was_installed_a_remote_once_its_primarys_address_is_known(tmp_path):
+    from lib.desired import desired_state
+    from lib.installsteps import RECORD_TITLE, record_step
+    from lib.kube import Tools
+    from tests.test_behaviours import Replies, _context
+
+    base = {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {"profile": "default"}}
+    clusters = (Cluster("c1", "n1", "c1"), Cluster("c2", "n2", "c2", primary="c1"))
+    topology = Topology("m", clusters, tmp_path / "topology.yaml")
+    planned = desired_state(topology, base)  # the primary's gateway has no address yet
+    remote = planned["c2"]
+    step = record_step(Tools(), clusters[1], remote.fingerprint, remote)
+    assert step.title == RECORD_TITLE
+    runner = Replies("")
+    ctx = _context(runner)
+    ctx.shared["gateway_address"] = {"c1": "203.0.113.9"}
+    step.action(ctx)
+    (command,) = runner.asked
+    # What the remote finally installed: pointed at the address its primary's gateway got in this run.
+    installed = desired_state(topology, base, addresses={"c1": "203.0.113.9"})["c2"].fingerprint
+    assert installed != remote.fingerprint
+    assert list(command.argv) == ["kubectl", "--context", "c2", "annotate", "--overwrite", "namespace", "istio-system",
+                                  f"setup-mesh.io/applied={installed}"]
+    # A primary records at once, and a mesh back from ambient drops the data-plane annotation.
+    primary = record_step(Tools(), clusters[0], "fp1", planned["c1"], was="ambient")
+    assert [list(c.argv)[-2:] for c in primary.commands] == [["setup-mesh.io/applied=fp1", "setup-mesh.io/data-plane-"]]
+    assert primary.action is None
+    assert list(record_step(Tools(), clusters[0], "fp1", planned["c1"], was="sidecar").commands[0].argv)[-1] == \
+        "setup-mesh.io/applied=fp1"
+
+
+def test_the_install_fingerprint_ignores_key_order_and_stays_the_same_across_releases_of_setup_mesh():
+    from lib.overlay import fingerprint
+
+    one = {"spec": {"profile": "default", "values": {"a": 1, "b": [1, 2]}}}
+    reordered = {"spec": {"values": {"b": [1, 2], "a": 1}, "profile": "default"}}
+    # Keys reordered in base.yaml change nothing installed: no cluster is reinstalled for it.
+    assert fingerprint(one) == fingerprint(reordered)
+    assert fingerprint(one, ["x"]) != fingerprint(one) and fingerprint(["x"], one) != fingerprint(one, ["x"])
+    # istio-system of every running mesh records this value: a new way of computing it would reinstall
+    # every cluster on the first apply after an upgrade of setup-mesh.
+    import hashlib
+    recorded = hashlib.sha256(b'{"spec":{"profile":"default","values":{"a":1}}}\0["x"]\0').hexdigest()[:16]
+    assert fingerprint({"spec": {"values": {"a": 1}, "profile": "default"}}, ["x"]) == recorded

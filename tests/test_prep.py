@@ -104,9 +104,14 @@ def test_release_is_found_in_the_workdir(tmp_path, release):
 @pytest.mark.parametrize("flag", ["--add-context", "--context"])  # --context: the earlier spelling
 def test_contexts_given_on_the_command_line(tmp_path, release, flag):
     ws = tmp_path / "ws"
-    assert run(["--workdir", str(ws), "--istio-dir", str(release), flag, "east=net1", flag, "west"]).returncode == 0
+    eks = "arn:aws:eks:eu-west-1:123456789012:cluster/shop"
+    assert run(["--workdir", str(ws), "--istio-dir", str(release), flag, "east=net1", flag, "west",
+                flag, f"{eks}=net2"]).returncode == 0
+    # A context that is no valid Istio cluster name (as aws and gcloud name them) gets one, so apply takes it.
     assert yaml.safe_load((ws / "topology.yaml").read_text())["contexts"] == {
-        "east": {"network": "net1"}, "west": {"network": "network1"}}
+        "east": {"network": "net1"}, "west": {"network": "network1"}, eks: {"network": "net2", "cluster_name": "shop"}}
+    from lib.config import load_topology
+    assert [c.name for c in load_topology(ws / "topology.yaml").clusters] == ["east", "west", "shop"]
 
 
 def test_prefixed_environment_names_win_over_the_plain_ones(tmp_path, release):
