@@ -68,6 +68,9 @@ class ClusterStatus:
     annotations: dict[str, str] = field(default_factory=dict)  # istio-system's, as read
     drift: bool | None = None
     revisions: dict[str, Any] | None = None  # control planes, default tag, proxies per revision (statusrevisions.py)
+    # The revision whose istiod serves it (a remote: whose istiod Service its install made); None: the
+    # default, or not read. After a canary upgrade it is no longer base.yaml's.
+    serving_revision: str | None = None
     problems: list[Problem] = field(default_factory=list)
 
     @property

@@ -125,15 +125,16 @@ class Extra:
 
 
 def read_extra(mesh: Mesh, tools: Tools, runner, options: Options, reporter: Reporter, ambient: bool,
-               revision: str | None) -> Extra:
-    """The cross-network Gateways (see reads_gateways), on a remote where its istiod Service leads, and
-    whether the namespace exists already (and was made by verify)."""
+               revisions: dict[str, str | None]) -> Extra:
+    """The cross-network Gateways (see reads_gateways), on a remote where its istiod Service leads (that of
+    the revision serving it, ``revisions``: per context, as status read it), and whether the namespace exists
+    already (and was made by verify)."""
     extra = Extra()
 
     def step_for(cluster: Cluster) -> Step:
         namespace = namespace_command(tools, cluster, options.namespace)
         gateway = gateways_command(tools, cluster) if reads_gateways(mesh, cluster, ambient) else None
-        endpoints = (istiod_endpoints_command(tools, cluster, revision)
+        endpoints = (istiod_endpoints_command(tools, cluster, revisions.get(cluster.context))
                      if mesh.member(cluster.context).is_remote else None)
 
         def action(ctx: RunContext) -> None:
@@ -198,7 +199,9 @@ def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
         raise MeshError(f"cannot read {names}: verify needs every cluster of the mesh",
                         hint=f"{hints.status} says more; or remove the context from {topology.path}")
     with reporter.activity(f"read what verify needs besides ({len(topology.clusters)} cluster(s)) ..."):
-        extra = read_extra(mesh, tools, runner, options, quiet, ambient, revision)
+        # After a canary upgrade a remote's istiod Service is its revision's, not base.yaml's.
+        serving = {c.cluster.context: c.serving_revision for c in status.clusters}
+        extra = read_extra(mesh, tools, runner, options, quiet, ambient, serving)
     if extra.not_ours:
         raise ConfigError(f"namespace {options.namespace} already exists in {', '.join(extra.not_ours)} and was not "
                           f"created by verify (no {CREATED_BY}={CREATOR} label): verify deletes its namespace when "

@@ -296,6 +296,17 @@ def test_status_names_the_findings_a_live_cluster_shows(pki):
                                                              "west": ["gateway_missing"]}
 
 
+def test_status_names_the_revision_that_serves_each_cluster_once_a_canary_upgrade_moved_them(pki):
+    fakes = _live(PRIMARY_REMOTE, pki)
+    assert [c.serving_revision for c in _status(PRIMARY_REMOTE, fakes, pki).clusters] == [None, None]
+    # After the move to 1.31.0 the primary runs istiod-1-31-0 only, and the remote's install at that
+    # revision made its istiod-1-31-0 Service (the old one removed): verify reads that one's EndpointSlice.
+    fakes["main"].state.deployments = {"istiod-1-31-0": _istiod("main")}
+    fakes["main"].state.istiod_selectors = {"istiod-1-31-0": {"app": "istiod", "istio.io/rev": "1-31-0"}}
+    fakes["edge"].state.istiod_selectors = {"istiod-1-31-0": {}}
+    assert [c.serving_revision for c in _status(PRIMARY_REMOTE, fakes, pki).clusters] == ["1-31-0", "1-31-0"]
+
+
 def test_status_of_a_remote_wired_to_the_wrong_place(pki):
     fakes = _live(PRIMARY_REMOTE, pki, edge={"annotations": {**_set_up(PRIMARY_REMOTE)["edge"].annotations,
                                                              CONTROL_PLANE_CLUSTERS: "elsewhere"}})
@@ -624,3 +635,21 @@ def test_the_plan_updates_an_outdated_cacerts_and_refuses_to_replace_one_it_did_
     # not made by setup-mesh (no label) and no root of ours in it: somebody's own CA, apply asks first
     plan = _apply_plan(MULTI_NETWORK, tmp_path, _running(MULTI_NETWORK, tmp_path, east={"cacerts": outdated}))
     assert {ctx: f.state for ctx, f in plan.other_roots.items()} == {"east": CacertsState.FOREIGN}
+
+
+def test_verify_reads_a_remotes_istiod_endpoints_at_the_revision_that_serves_it():
+    import io
+
+    from rich.console import Console
+
+    from lib.kube import Tools
+    from lib.reporter import Reporter
+    from lib.verify import Options, read_extra
+    from tests.test_behaviours import Replies
+
+    runner = Replies("")
+    quiet = Reporter(quiet=True, err_console=Console(file=io.StringIO()))
+    read_extra(mesh_model(PRIMARY_REMOTE), Tools(), runner, Options(), quiet, False, {"main": None, "edge": "1-31-0"})
+    selectors = [list(c.argv)[list(c.argv).index("-l") + 1] for c in runner.asked if "endpointslices.discovery.k8s.io"
+                 in c.argv]
+    assert selectors == ["kubernetes.io/service-name=istiod-1-31-0"], "the remote's, at its revision"
