@@ -18,18 +18,18 @@ from .plan import RECORD_TITLE, ApplyPlan, Removal, Uninstall, build_apply_plan
 from .planview import other_root_consequence, print_plan
 from .release import Release, find_release
 from .reporter import Reporter
-from .runlog import RunLog
 from .runner import ShRunner
 from .statusrevisions import read_revisions
 from .workspace import Workspace, find_tools, load_workspace
-from .commands import (certs_prerequisites, confirm, deletion_question, describe_kept, finish_run, open_log,
-                       other_roots_refusal, sit_out, uninstall_for)
+from .commands import certs_prerequisites, describe_kept, other_roots_refusal, uninstall_for
+from .driver import Parts, Run, drive, rows_of, sit_out
 
 
 def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_run: bool, yes: bool,
           parallel: int, gateway_timeout: float, timeout: float, runner: ShRunner, reporter: Reporter,
           contexts: list[str] = (), gateway_api_crds: str | None = None, replace_foreign_ca: bool = False,
           istio_mirror: str | None = None, restart_workloads: bool = False, upgrade_parallel: int = 1) -> int:
+    run = Run("apply", workdir, runner, reporter, parallel, dry_run, yes)
     if not dry_run:
         carotation.resume_finish(workdir)  # a root transition's last rename, if a run was cut short there
     # A dry run shows the plan for clusters that hold nothing yet, then fails as apply would.
@@ -47,11 +47,11 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     unreachable_api = loopback_problem(topology, data_plane_mode(ws.base))
     removed, removed_clusters = _removed_clusters(ws, only)
 
-    log = None if dry_run else open_log(workdir, "apply", runner)  # a dry run writes nothing, not even a log
+    run.open_log()  # before the reads, so that they are logged
     if not dry_run:
-        reporter.start_progress([(c.context, c.network) for c in chosen])
+        run.start_progress(rows_of(chosen))
     # A dry run's output is the plan alone (no progress); with --context the others are read too, without a row.
-    read_reporter = Reporter(quiet=True, err_console=reporter.err) if dry_run or only is not None else reporter
+    read_reporter = run.reader if only is None else run.quiet
     readable = ws.contexts_resolved
     client = KubeClient(tools, runner, read_reporter, parallel)
     observed = client.read_state(list(topology.clusters) + removed_clusters, ambient=ambient,
@@ -77,15 +77,26 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     if upgrading:  # what is left of a canary upgrade to the pinned versions
         _add_upgrade(plan, *upgrading, releases, desired, tools, workdir, ws.notes, restart_workloads, upgrade_parallel, only)
     refusal = other_roots_refusal(plan.other_roots, replace_foreign_ca)
-    if dry_run:
-        return _show_dry_run(plan, ws, observed if readable else None, refusal, unreachable_api, replace_foreign_ca,
-                             reporter)
-    _before_changes(plan, refusal, uninstall, chosen, yes, log, reporter)
-    outcome, installed = _run_plan(plan, topology, tools, unreachable, orphaned, runner, reporter, parallel)
-    # A remote's state as installed: with the address its primary's gateway got during the run.
-    _record_state(ws, plan, {**desired, **installed}, outcome, chosen)
-    _report_done(chosen, plan, outcome, reporter)
-    return _not_working(unreachable_api, finish_run("apply", outcome, log, reporter), reporter)
+    return drive(run, _parts(run, ws, plan, desired, chosen, tools, uninstall, unreachable, orphaned, refusal,
+                             unreachable_api, shown=observed if readable else None, replace=replace_foreign_ca))
+
+
+def _parts(run: Run, ws: Workspace, plan: ApplyPlan, desired: dict, chosen: list[Cluster], tools: Tools,
+           uninstall: dict[str, Uninstall], unreachable: dict[str, Observed], orphaned: dict[str, str],
+           refusal: ConfigError | None, unreachable_api: MeshError | None, *, shown: dict[str, Observed] | None,
+           replace: bool) -> Parts:
+    """apply's parts of the run (lib/driver.py); ``shown``: what the dry run's plan shows as read."""
+    reporter = run.reporter
+    return Parts(
+        show=lambda: _show_dry_run(plan, ws, shown, refusal, unreachable_api, replace, reporter),
+        refusal=refusal, ask=lambda: _before_changes(run, plan, uninstall), rows=rows_of(chosen),
+        sit_outs=lambda executor: _sit_outs(executor, plan, ws.topology, tools, unreachable, orphaned, reporter),
+        execute=lambda executor: executor.run_plan(plan.phases),
+        # A remote's state as installed: with the address its primary's gateway got during the run.
+        record=lambda outcome: _record_state(ws, plan, {**desired, **run.executor.shared.get("desired", {})},
+                                             outcome, chosen),
+        report=lambda outcome: _report_done(chosen, plan, outcome, reporter),
+        after=lambda code, outcome: _not_working(unreachable_api, code, reporter))
 
 
 def _releases_and_tools(ws: Workspace, istio_dir: str | None, istio_mirror: str | None, dry_run: bool, timeout: float,
@@ -111,20 +122,21 @@ def _show_dry_run(plan: ApplyPlan, ws: Workspace, observed: dict[str, Observed] 
     return _not_working(unreachable_api, 0, reporter)
 
 
-def _run_plan(plan: ApplyPlan, topology: Topology, tools: Tools, unreachable: dict[str, Observed],
-              orphaned: dict[str, str], runner: ShRunner, reporter: Reporter, parallel: int) -> tuple[Outcome, dict]:
-    """Runs the plan, with the clusters that sit this run out reported as failed before they start. Returns
-    the outcome and the desired states the run settled (a remote's, with its primary's new gateway address)."""
-    executor = Executor(runner, reporter, parallel)
+def _sit_outs(executor: Executor, plan: ApplyPlan, topology: Topology, tools: Tools, unreachable: dict[str, Observed],
+              orphaned: dict[str, str], reporter: Reporter) -> None:
+    """Removed clusters it cannot reach are named; the clusters that sit this run out are reported as failed
+    before they start."""
+    for gone in plan.removals:
+        if not gone.reachable:
+            reporter.warn(f"removed context {gone.context!r} is unreachable: Istio, cacerts and istio-system are left "
+                          f"there; remove them with `istioctl uninstall --purge -y --context {gone.context}` and "
+                          f"`kubectl --context {gone.context} delete namespace istio-system`")
     for context, seen in unreachable.items():
         sit_out(executor, tools, topology.by_context(context), seen, f"or remove the context from {topology.path}")
     for context, primary in orphaned.items():
         executor.fail_before_start(context, "wait for its primary", MeshError(
             f"sits this run out: its primary {primary} could not be read",
             hint=f"make {primary} reachable, then {RERUN_HINT}"))
-    outcome = executor.run_plan(plan.phases)
-    reporter.stop_progress()
-    return outcome, executor.shared.get("desired", {})
 
 
 def _warn_single_network_ambient(topology: Topology, ambient: bool, reporter: Reporter) -> None:
@@ -174,30 +186,20 @@ def _sitting_out(topology: Topology, chosen: list[Cluster], observed: dict[str, 
     return unreadable, unreachable, orphaned
 
 
-def _before_changes(plan: ApplyPlan, refusal: ConfigError | None, uninstall: dict[str, Uninstall],
-                    chosen: list[Cluster], yes: bool, log: RunLog, reporter: Reporter) -> None:
-    """What apply says and asks before it changes anything: another root refused (nothing touched), or
-    replaced as asked; the deletions listed and confirmed; removed clusters it cannot reach."""
-    if refusal is not None:  # before any cluster is touched
-        reporter.stop_progress()
-        log.close()
-        raise refusal
+def _before_changes(run: Run, plan: ApplyPlan, uninstall: dict[str, Uninstall]) -> None:
+    """What apply says and asks before it changes anything (another root having been refused, nothing
+    touched, unless asked to replace it): other roots replaced as asked; the deletions listed and confirmed."""
+    reporter = run.reporter
     for context, finding in plan.other_roots.items():
         reporter.info(f"{context}: {finding.describe()}: {other_root_consequence(True)}")
 
     if plan.deletes_anything:
-        reporter.stop_progress()
+        run.stop_progress()
         _describe_deletions(plan, reporter)
         for context, how in uninstall.items():
             if (kept := describe_kept(context, how)):
                 reporter.info(kept)
-        confirm(deletion_question(plan), yes, reporter)
-        reporter.start_progress([(c.context, c.network) for c in chosen])
-    for gone in plan.removals:
-        if not gone.reachable:
-            reporter.warn(f"removed context {gone.context!r} is unreachable: Istio, cacerts and istio-system are left "
-                          f"there; remove them with `istioctl uninstall --purge -y --context {gone.context}` and "
-                          f"`kubectl --context {gone.context} delete namespace istio-system`")
+        run.confirm(deletion_question(plan))
 
 
 def _report_done(chosen: list[Cluster], plan: ApplyPlan, outcome: Outcome, reporter: Reporter) -> None:
@@ -307,6 +309,15 @@ def _record_state(ws: Workspace, plan: ApplyPlan, desired: dict, outcome: Outcom
         if gone.context not in outcome.failures:
             ws.state.forget(gone.context)
     ws.state.save(ws.topology.mesh_id)
+
+
+def deletion_question(plan: ApplyPlan) -> str:
+    """The confirmation names what is listed above it, and only that."""
+    if any(plan.replacements.values()):
+        return "Replace or remove what is listed above?"
+    things = [what for what, present in (("the clusters" if len(plan.removals) > 1 else "the cluster", plan.removals),
+                                         ("the remote secrets", any(plan.prunes.values()))) if present]
+    return f"Remove {' and '.join(things) or 'what is'} listed above?"
 
 
 def _describe_deletions(plan: ApplyPlan, reporter: Reporter) -> None:

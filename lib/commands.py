@@ -1,9 +1,9 @@
-"""What every CLI command shares: errors as one message, the confirmation, the run log and the summary.
-apply, teardown and rotate-certs live in modules of their own (lib/apply.py, lib/teardown.py, lib/rotate.py,
-lib/rootmove.py); setup_mesh.py only wires options to them."""
+"""What the CLI commands share: errors as one message, prep-mesh's wiring, and the parts of the workspace and
+of a cluster's uninstall that apply, teardown and rotate-certs each use. The run those three go through
+(refusal, confirmation, run log, progress, summary) is lib/driver.py; each lives in a module of its own
+(lib/apply.py, lib/teardown.py, lib/rotate.py, lib/rootmove.py); setup_mesh.py only wires options to them."""
 from __future__ import annotations
 
-import sys
 import traceback
 from pathlib import Path
 from typing import Callable
@@ -13,21 +13,17 @@ import typer
 from . import certs, carotation, invocation
 from . import polling
 from .assess import CacertsFinding, CacertsState
-from .config import Cluster, Topology
-from .errors import Cancelled, ConfigError, MeshError
+from .errors import ConfigError, MeshError
 from .fsutil import read_if_present
-from .executor import RERUN_HINT, Executor, Outcome
+from .executor import RERUN_HINT
 from .invocation import prep_hint
-from .kube import IstioUsage, Observed, Tools
+from .kube import IstioUsage, Observed
 from .names import ISTIO_NAMESPACE
-from .plan import ApplyPlan, Uninstall
-from .planview import print_changes
+from .plan import Uninstall
 from .prep import parse_context_options, prep_mesh as _prep_mesh, report as _report_prep
 from .release import Release, find_release
 from .reporter import Reporter
-from .runlog import RunLog
 from .runner import ShRunner
-from .wrapping import wrap_prose
 from .workspace import Workspace
 
 DEFAULT_PARALLEL = 8
@@ -122,43 +118,6 @@ def describe_kept(context: str, how: Uninstall) -> str | None:
     return "\n".join(lines) or None
 
 
-def confirm(question: str, yes: bool, reporter: Reporter) -> None:
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        raise ConfigError(f"{question} needs confirmation, and there is no terminal to ask on",
-                          hint="re-run with -y to confirm")
-    reporter.stop_progress()
-    # On a terminal the question is wrapped at words, leaving room for typer's " [y/N]: ".
-    prompt = "\n".join(wrap_prose(question, reporter.console.width - len(" [y/N]: "), indent="")) \
-        if reporter.console.is_terminal else question
-    if not typer.confirm(prompt, default=False):
-        raise Cancelled("cancelled at the prompt; nothing was changed")
-
-
-def confirm_plan(plan: ApplyPlan, topology: Topology, question: str, yes: bool, reporter: Reporter, *, title: str,
-                 command: str | tuple[str, ...], log: RunLog | None = None, nothing: str = "",
-                 then: str = "") -> None:
-    """What a run will change, per cluster as its dry run shows it (``then``: what follows), and the question
-    apply asks (``confirm``): -y goes ahead, no terminal without -y refuses. Nothing has changed when it refuses."""
-    reporter.stop_progress()
-    print_changes(plan, topology, reporter, title, command, nothing=nothing)
-    if then:
-        reporter.info(then)
-    try:
-        confirm(question, yes, reporter)
-    except BaseException:
-        if log is not None:
-            log.close()
-        raise
-
-
-def open_log(workdir: Path, command: str, runner: ShRunner) -> RunLog:
-    log = RunLog.create(workdir, command)
-    runner.listeners.append(log.record)
-    return log
-
-
 def certs_prerequisites(ws: Workspace, istio_dir: str | None, runner: ShRunner,
                          dry_run: bool, force: bool = False,
                          transition: "carotation.Transition | None" = None) -> tuple[Release | None, dict[str, str]]:
@@ -193,29 +152,3 @@ def certs_prerequisites(ws: Workspace, istio_dir: str | None, runner: ShRunner,
         if org:
             return release, {"INTERMEDIATE_ORG": org}
     return release, {}
-
-
-def sit_out(executor: Executor, tools: Tools, cluster: Cluster, seen: Observed, then: str) -> None:
-    """A cluster that could not be read is reported with the command to check it, and does nothing."""
-    check = tools.kubectl_cmd(cluster, "get", "namespace", ISTIO_NAMESPACE).pasteable()
-    executor.fail_before_start(cluster.context, "read current state", MeshError(
-        f"cannot read the cluster: {seen.error}", hint=f"check access with `{check}`, {then}"))
-
-
-def finish_run(name: str, outcome: Outcome, log: RunLog, reporter: Reporter) -> int:
-    """The summary table, then the exit code: 0 all done, 1 something failed, 130 interrupted."""
-    title = f"{name} interrupted" if outcome.interrupted else (f"{name} finished" if outcome.ok else f"{name} failed")
-    reporter.summary(title, outcome.failures, str(log.path))
-    log.close()
-    if outcome.interrupted:
-        return 130
-    return 0 if outcome.ok else 1
-
-
-def deletion_question(plan: ApplyPlan) -> str:
-    """The confirmation names what is listed above it, and only that."""
-    if any(plan.replacements.values()):
-        return "Replace or remove what is listed above?"
-    things = [what for what, present in (("the clusters" if len(plan.removals) > 1 else "the cluster", plan.removals),
-                                         ("the remote secrets", any(plan.prunes.values()))) if present]
-    return f"Remove {' and '.join(things) or 'what is'} listed above?"

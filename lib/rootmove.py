@@ -8,11 +8,11 @@ from pathlib import Path
 
 from . import certs, invocation, carotation
 from .cluster import KubeClient
-from .commands import confirm_plan, finish_run, open_log, sit_out
+from .driver import Parts, Run, drive, rows_of, sit_out
 from .planview import print_plan
 from .config import MULTIROOT_ENV, Cluster
 from .errors import ConfigError, MeshError
-from .executor import Executor, Phase
+from .executor import Executor, Outcome, Phase
 from .kube import Observed, Tools, gateway_addresses
 from .overlay import control_plane_istiod
 from .desired import desired_state
@@ -20,7 +20,6 @@ from .plan import RECORD_TITLE, ApplyPlan
 from .release import Release
 from .workspace import Workspace, find_tools, load_workspace, pinned_release
 from .reporter import Reporter
-from .runlog import RunLog
 from .runner import ShRunner
 from .wrapping import fit
 from . import rootstages as stages
@@ -29,6 +28,7 @@ from . import rootstages as stages
 def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, min_wait: dt.timedelta, dry_run: bool,
                 parallel: int, timeout: float, runner: ShRunner, reporter: Reporter, yes: bool = False) -> int:
     """One stage of the move to a new root per run; see carotation.decide for when a stage may start."""
+    run = Run("rotate-certs", workdir, runner, reporter, parallel, dry_run, yes, title="rotate-certs --root")
     wait = min_wait
     again = _again_command(min_wait)
     if not dry_run:
@@ -44,45 +44,33 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     release = _makefile_release(istio_dir, ws, dry_run, runner)
     variables = {"INTERMEDIATE_ORG": root_info.organization} if root_info.organization else {}
 
-    log = None if dry_run else open_log(workdir, "rotate-certs", runner)
-    observed, move, now = _read_and_decide(ws, tools, transition, root_info.fingerprint, wait, dry_run, log,
-                                           runner, reporter, parallel)
+    log = run.open_log()  # before the reads, so that they are logged
+    observed, move, now = _read_and_decide(run, ws, tools, transition, root_info.fingerprint, wait)
     # A remote's install names its primary's gateway address: with the one it has now, its state is
     # the one apply recorded (and the move's istiod setting concerns primaries only).
     addresses = gateway_addresses(observed)
     final = desired_state(topology, ws.base, addresses)
-    run = _Run(ws, tools, observed, final, runner, reporter, parallel, log, dry_run)
+    mv = _Move(run, ws, tools, observed, final)
 
     if move.kind == "complete":
-        return _complete_behind(run, move, yes)
+        return _complete_behind(mv, move)
     former = stages.foreign_start(topology.clusters, observed, workdir, log) if move.kind == "start" else None
     if move.kind == "start" and former is None and not dry_run:
         stages.require_in_step(topology.clusters, observed, workdir, log, again)
     if move.kind == "wait":
         _report_wait(transition, move, wait, now, again, reporter)
-        if log:
-            log.close()
+        run.close_log()
         return 0
 
     planned = _planned_stage(move, transition, root_info.fingerprint, now, former)
     targets = [c for c in topology.clusters if c.context in move.behind]
     desired = desired_state(topology, ws.base, addresses, transition=planned)
-    phase, not_set_up = _stage_phase(run, targets, desired, release, variables, planned)
+    phase, not_set_up = _stage_phase(mv, targets, desired, release, variables, planned)
     start = stages.Start(workdir, former, certs.root_ca_command(release or _NO_RELEASE, new_dir, _root_vars(root_info, now)))
 
-    completes = _completion_text(workdir, planned)
-    if dry_run:
-        _show_stage_plan(run, move, planned, phase, start, completes)
-        return 0
-
-    reporter.info(fit(reporter.console, _move_text(move, planned)))
-    if phase or move.kind == "finish":
-        _ask_for_stage(move, planned, phase, topology, yes, reporter, log, completes, start)
-    if move.kind == "start":
-        start.run(planned, runner, reporter)
-    if move.kind in ("start", "advance"):
-        carotation.save_transition(workdir, planned)  # the workspace leads; the clusters follow
-    return _run_stage(run, move, planned, phase, targets, not_set_up, desired, wait, again)
+    stage = _Stage(mv, move, planned, phase, targets, not_set_up, desired, start, _completion_text(workdir, planned),
+                   wait, again)
+    return drive(run, stage.parts())
 
 
 def _root_vars(root_info: certs.CertInfo, now: dt.datetime) -> dict[str, str]:
@@ -92,23 +80,25 @@ def _root_vars(root_info: certs.CertInfo, now: dt.datetime) -> dict[str, str]:
 
 
 @dataclass
-class _Run:
+class _Move:
     """What every part of one rotate-certs --root run works with."""
+    run: Run
     ws: Workspace
     tools: Tools
     observed: dict[str, Observed]
     final: dict  # each cluster's desired state once the move is complete
-    runner: ShRunner
-    reporter: Reporter
-    parallel: int
-    log: RunLog | None
-    dry_run: bool
 
     def completion(self, clusters: list[Cluster]) -> Phase:
         return stages.completion_phase(clusters, self.final, self.observed, self.tools, self.ws.workdir)
 
     def observed_if_read(self) -> dict[str, Observed] | None:
         return self.observed if self.ws.contexts_resolved else None
+
+    def record(self, clusters: list[Cluster], outcome: Outcome, desired: dict) -> None:
+        """The clusters whose install was recorded in the run have the state ``desired`` gives them."""
+        for cluster in clusters:
+            if RECORD_TITLE in outcome.done_steps.get(cluster.context, []):
+                self.ws.state.record(cluster, desired[cluster.context].fingerprint)
 
 
 def _workspace_root(cert_dir: Path) -> certs.CertInfo:
@@ -153,52 +143,54 @@ def _makefile_release(istio_dir: str | None, ws: Workspace, dry_run: bool, runne
     return release
 
 
-def _read_and_decide(ws: Workspace, tools: Tools, transition: carotation.Transition | None, current_root: str,
-                     wait: dt.timedelta, dry_run: bool, log: RunLog | None, runner: ShRunner, reporter: Reporter,
-                     parallel: int) -> tuple[dict[str, Observed], carotation.Move, dt.datetime]:
+def _read_and_decide(run: Run, ws: Workspace, tools: Tools, transition: carotation.Transition | None,
+                     current_root: str, wait: dt.timedelta) -> tuple[dict[str, Observed], carotation.Move, dt.datetime]:
     """What the clusters hold, the move it allows, and the moment it was decided at; a stage counts only
     once every istiod took it."""
-    read_reporter = Reporter(quiet=True, err_console=reporter.err) if dry_run else reporter
-    if not dry_run:  # the reads show on the live table, as apply's do
-        reporter.start_progress([(c.context, c.network) for c in ws.topology.clusters])
+    if not run.dry_run:  # the reads show on the live table, as apply's do
+        run.start_progress(rows_of(ws.topology.clusters))
     try:
-        client = KubeClient(tools, runner, read_reporter, parallel)
+        client = KubeClient(tools, run.runner, run.reader, run.parallel)
         observed = client.read_state(ws.topology.clusters) if ws.contexts_resolved else {}
         now = carotation.utc_now()
         views = stages.cluster_views(ws.topology.clusters, observed, ws.workdir, transition, current_root)
         move = carotation.decide(transition, views, now, wait)
         if move.kind in ("wait", "advance", "finish"):
-            stages.require_istiod_took(ws.topology.clusters, observed, tools, client, transition, log,
+            stages.require_istiod_took(ws.topology.clusters, observed, tools, client, transition, run.log,
                                        control_plane_istiod(ws.base))
     finally:
-        reporter.stop_progress()
+        run.stop_progress()
     return observed, move, now
 
 
-def _complete_behind(run: _Run, move: carotation.Move, yes: bool) -> int:
+def _complete_behind(mv: _Move, move: carotation.Move) -> int:
     """An earlier run made the new root the workspace's but did not reach every istiod afterwards."""
-    topology, reporter = run.ws.topology, run.reporter
+    topology, run = mv.ws.topology, mv.run
     targets = [c for c in topology.clusters if c.context in move.behind]
-    reporter.info(f"the move to the root in certs/ is complete in the workspace; finishing it in "
-                  f"{', '.join(move.behind)} (no new transition is started)")
-    phase = run.completion(targets)
-    if run.dry_run:
-        print_plan(ApplyPlan([phase]), topology, run.observed_if_read(), run.ws.notes, reporter,
+    run.reporter.info(f"the move to the root in certs/ is complete in the workspace; finishing it in "
+                      f"{', '.join(move.behind)} (no new transition is started)")
+    phase = mv.completion(targets)
+
+    def show() -> int:
+        print_plan(ApplyPlan([phase]), topology, mv.observed_if_read(), mv.ws.notes, run.reporter,
                    title="rotate-certs --root plan", command=("rotate-certs", "--root"))
         return 0
-    confirm_plan(ApplyPlan([phase]), topology, f"Complete the move to the new root in {', '.join(move.behind)}?",
-                 yes, reporter, title="rotate-certs --root", command=("rotate-certs", "--root"), log=run.log)
-    executor = Executor(run.runner, reporter, run.parallel)
-    reporter.start_progress([(c.context, c.network) for c in targets])
-    outcome = executor.run_phases([phase])
-    reporter.stop_progress()
-    for cluster in targets:
-        if RECORD_TITLE in outcome.done_steps.get(cluster.context, []):
-            run.ws.state.record(cluster, run.final[cluster.context].fingerprint)
-        if cluster.context not in outcome.failures:
-            reporter.finish_cluster(cluster.context, True, "new root")
-    run.ws.state.save(topology.mesh_id)
-    return finish_run("rotate-certs --root", outcome, run.log, reporter)
+
+    def record(outcome: Outcome) -> None:
+        mv.record(targets, outcome, mv.final)
+        mv.ws.state.save(topology.mesh_id)
+
+    def report(outcome: Outcome) -> None:
+        for cluster in targets:
+            if cluster.context not in outcome.failures:
+                run.reporter.finish_cluster(cluster.context, True, "new root")
+
+    def ask() -> None:
+        run.confirm_plan(ApplyPlan([phase]), topology, f"Complete the move to the new root in {', '.join(move.behind)}?",
+                         title="rotate-certs --root", command=("rotate-certs", "--root"))
+
+    return drive(run, Parts(show=show, ask=ask, rows=rows_of(targets),
+                            execute=lambda executor: executor.run_phases([phase]), record=record, report=report))
 
 
 def _planned_stage(move: carotation.Move, transition: carotation.Transition | None, current_root: str,
@@ -213,80 +205,118 @@ def _planned_stage(move: carotation.Move, transition: carotation.Transition | No
     return transition
 
 
-def _stage_phase(run: _Run, targets: list[Cluster], desired: dict, release: Release | None,
+def _stage_phase(mv: _Move, targets: list[Cluster], desired: dict, release: Release | None,
                  variables: dict[str, str], planned: carotation.Transition) -> tuple[Phase, list[Cluster]]:
     """The targets' steps to the planned stage, and the targets apply has not set up yet."""
-    ws = run.ws
+    ws = mv.ws
     deployment = control_plane_istiod(ws.base)
     issuer = carotation.issuing_dir(ws.workdir, planned)
     phase = Phase(f"stage {planned.stage} of {carotation.LAST_STAGE}: {carotation.STAGES[planned.stage]}")
     # A cluster apply has not set up yet (added to topology.yaml meanwhile) is apply's to set up: it
     # gets the stage's certificates there, and its gateway and secrets, which this command does not make.
-    not_set_up = [c for c in targets if (run.observed.get(c.context) or Observed()).applied is None]
+    not_set_up = [c for c in targets if (mv.observed.get(c.context) or Observed()).applied is None]
     for cluster in not_set_up:
         ws.notes.append(f"{cluster.context} is not set up yet: apply sets it up with the certificates of stage "
                         f"{planned.stage}")
     for cluster in targets:
         if cluster not in not_set_up:
-            stages.add_stage_steps(phase, cluster, run.observed.get(cluster.context) or Observed(),
-                                   desired[cluster.context], run.tools, ws.workdir, issuer, release, variables, planned,
+            stages.add_stage_steps(phase, cluster, mv.observed.get(cluster.context) or Observed(),
+                                   desired[cluster.context], mv.tools, ws.workdir, issuer, release, variables, planned,
                                    deployment)
     return phase, not_set_up
 
 
-def _show_stage_plan(run: _Run, move: carotation.Move, planned: carotation.Transition, phase: Phase, start: stages.Start,
-                     completes: str) -> None:
-    reporter = run.reporter
-    reporter.info(_move_text(move, planned))
-    if move.kind == "start":
-        reporter.info(start.plan_text())
-    plan = ApplyPlan([phase] if move.kind != "finish" else [])
-    print_plan(plan, run.ws.topology, run.observed_if_read(), run.ws.notes, reporter,
-               title="rotate-certs --root plan", command=("rotate-certs", "--root"),
-               nothing="no cluster changes in this stage" if move.kind != "finish" else f"then {completes}")
-    if planned.stage == carotation.LAST_STAGE and move.kind != "finish":
-        reporter.info(f"once stage {planned.stage} is in place in every cluster, the same run completes the move: "
-                      f"{completes}")
+@dataclass
+class _Stage:
+    """One stage's parts of the run (lib/driver.py): its steps, then, after the last stage, the move
+    completed: the workspace first, then istiod."""
+    mv: _Move
+    move: carotation.Move
+    planned: carotation.Transition
+    phase: Phase
+    targets: list[Cluster]
+    not_set_up: list[Cluster]
+    desired: dict
+    start: stages.Start
+    completes: str  # what completing the move does
+    wait: dt.timedelta
+    again: str
+    complete: bool = False  # the move completed in this run
+    backup: Path | None = None  # then: where the old root is kept
 
+    def parts(self) -> Parts:
+        move, clusters = self.move, self.mv.ws.topology.clusters
+        rows = rows_of([c for c in clusters if c.context in move.behind or c.context in move.unreachable]) \
+            if self.targets or move.unreachable else None
+        return Parts(show=self.show, ask=self.ask, begin=self.begin, rows=rows, sit_outs=self.sit_outs,
+                     execute=self.execute, record=self.record, report=self.report)
 
-def _run_stage(run: _Run, move: carotation.Move, planned: carotation.Transition, phase: Phase,
-               targets: list[Cluster], not_set_up: list[Cluster], desired: dict, wait: dt.timedelta,
-               again: str) -> int:
-    """The stage's steps, then, after the last stage, the move completed: the workspace first, then istiod."""
-    ws, reporter, topology = run.ws, run.reporter, run.ws.topology
-    executor = Executor(run.runner, reporter, run.parallel)
-    if targets or move.unreachable:
-        reporter.start_progress([(c.context, c.network) for c in topology.clusters
-                                 if c.context in move.behind or c.context in move.unreachable])
-    for context in move.unreachable:
-        sit_out(executor, run.tools, topology.by_context(context), run.observed[context], f"then run `{again}`")
-    for cluster in not_set_up:
-        executor.fail_before_start(cluster.context, f"stage {planned.stage}", MeshError(
-            "not set up by apply yet: the move to a new root changes clusters that are part of the mesh",
-            hint=f"run `{invocation.command('apply')}` (it gives the cluster the certificates of stage "
-                 f"{planned.stage}), then `{again}`"))
-    outcome = executor.run_phases([phase])
-    certs.secure_tree(carotation.next_dir(ws.workdir))
-    for cluster in targets:
-        if RECORD_TITLE in outcome.done_steps.get(cluster.context, []):
-            ws.state.record(cluster, desired[cluster.context].fingerprint)
+    def show(self) -> int:
+        move, planned, reporter = self.move, self.planned, self.mv.run.reporter
+        reporter.info(_move_text(move, planned))
+        if move.kind == "start":
+            reporter.info(self.start.plan_text())
+        plan = ApplyPlan([self.phase] if move.kind != "finish" else [])
+        print_plan(plan, self.mv.ws.topology, self.mv.observed_if_read(), self.mv.ws.notes, reporter,
+                   title="rotate-certs --root plan", command=("rotate-certs", "--root"),
+                   nothing="no cluster changes in this stage" if move.kind != "finish" else f"then {self.completes}")
+        if planned.stage == carotation.LAST_STAGE and move.kind != "finish":
+            reporter.info(f"once stage {planned.stage} is in place in every cluster, the same run completes the "
+                          f"move: {self.completes}")
+        return 0
 
-    complete = outcome.ok and planned.stage == carotation.LAST_STAGE
-    if complete:
-        # The workspace first: a run cut short after this finds the clusters' records of the move and
-        # finishes it there (the "complete" move above) instead of starting a new one.
-        backup = carotation.finish_transition(ws.workdir, planned)
-        outcome = executor.run_phases([run.completion(topology.clusters)])
-        for cluster in topology.clusters:
-            if RECORD_TITLE in outcome.done_steps.get(cluster.context, []):
-                ws.state.record(cluster, run.final[cluster.context].fingerprint)
-    reporter.stop_progress()
-    ws.state.save(topology.mesh_id)
-    for cluster in topology.clusters:
-        if cluster.context not in outcome.failures and (cluster in targets or complete):
-            reporter.finish_cluster(cluster.context, True, f"stage {planned.stage}" if not complete else "new root")
-    _report_stage(planned, outcome.ok, backup if complete else None, wait, again, reporter)
-    return finish_run("rotate-certs --root", outcome, run.log, reporter)
+    def ask(self) -> None:
+        reporter = self.mv.run.reporter
+        reporter.info(fit(reporter.console, _move_text(self.move, self.planned)))
+        if self.phase or self.move.kind == "finish":
+            _ask_for_stage(self.mv.run, self.move, self.planned, self.phase, self.mv.ws.topology, self.completes,
+                           self.start)
+
+    def begin(self) -> None:
+        """A new root made, and the stage recorded: the workspace leads; the clusters follow."""
+        run = self.mv.run
+        if self.move.kind == "start":
+            self.start.run(self.planned, run.runner, run.reporter)
+        if self.move.kind in ("start", "advance"):
+            carotation.save_transition(run.workdir, self.planned)
+
+    def sit_outs(self, executor: Executor) -> None:
+        topology = self.mv.ws.topology
+        for context in self.move.unreachable:
+            sit_out(executor, self.mv.tools, topology.by_context(context), self.mv.observed[context],
+                    f"then run `{self.again}`")
+        for cluster in self.not_set_up:
+            executor.fail_before_start(cluster.context, f"stage {self.planned.stage}", MeshError(
+                "not set up by apply yet: the move to a new root changes clusters that are part of the mesh",
+                hint=f"run `{invocation.command('apply')}` (it gives the cluster the certificates of stage "
+                     f"{self.planned.stage}), then `{self.again}`"))
+
+    def execute(self, executor: Executor) -> Outcome:
+        workdir = self.mv.ws.workdir
+        outcome = executor.run_phases([self.phase])
+        certs.secure_tree(carotation.next_dir(workdir))
+        if outcome.ok and self.planned.stage == carotation.LAST_STAGE:
+            # The workspace first: a run cut short after this finds the clusters' records of the move and
+            # finishes it there (the "complete" move) instead of starting a new one.
+            self.complete = True
+            self.backup = carotation.finish_transition(workdir, self.planned)
+            outcome = executor.run_phases([self.mv.completion(self.mv.ws.topology.clusters)])
+        return outcome
+
+    def record(self, outcome: Outcome) -> None:
+        """The stage's installs, then (the outcome holds every phase's steps) the completion's."""
+        self.mv.record(self.targets, outcome, self.desired)
+        if self.complete:
+            self.mv.record(list(self.mv.ws.topology.clusters), outcome, self.mv.final)
+        self.mv.ws.state.save(self.mv.ws.topology.mesh_id)
+
+    def report(self, outcome: Outcome) -> None:
+        complete = self.complete
+        for cluster in self.mv.ws.topology.clusters:
+            if cluster.context not in outcome.failures and (cluster in self.targets or complete):
+                self.mv.run.reporter.finish_cluster(cluster.context, True,
+                                                    f"stage {self.planned.stage}" if not complete else "new root")
+        _report_stage(self.planned, outcome.ok, self.backup, self.wait, self.again, self.mv.run.reporter)
 
 
 def _report_wait(transition: carotation.Transition, move: carotation.Move, wait: dt.timedelta, now: dt.datetime,
@@ -321,16 +351,16 @@ def _report_stage(planned: carotation.Transition, ok: bool, backup: Path | None,
 _NO_RELEASE = Release(Path("<istio>"))
 
 
-def _ask_for_stage(move: carotation.Move, planned: carotation.Transition, phase: Phase, topology, yes: bool,
-                   reporter: Reporter, log, completes: str, start: stages.Start) -> None:
+def _ask_for_stage(run: Run, move: carotation.Move, planned: carotation.Transition, phase: Phase, topology,
+                   completes: str, start: stages.Start) -> None:
     """A stage changes every cluster's cacerts (stage 1 reinstalls istiod first): the plan, then the question."""
     if move.kind == "start":
-        reporter.info(start.question_text())
+        run.reporter.info(start.question_text())
     then = (f"once stage {planned.stage} is in place in every cluster, the same run completes the move: {completes}"
             if planned.stage == carotation.LAST_STAGE and move.kind != "finish" else "")
-    confirm_plan(ApplyPlan([phase] if move.kind != "finish" else []), topology, _stage_question(move, planned, phase),
-                 yes, reporter, title="rotate-certs --root", command=("rotate-certs", "--root"), log=log,
-                 nothing=f"then {completes}", then=then)
+    run.confirm_plan(ApplyPlan([phase] if move.kind != "finish" else []), topology,
+                     _stage_question(move, planned, phase), title="rotate-certs --root",
+                     command=("rotate-certs", "--root"), nothing=f"then {completes}", then=then)
 
 
 def _stage_question(move: carotation.Move, planned: carotation.Transition, phase: Phase) -> str:

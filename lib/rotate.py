@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from . import certs, invocation, carotation, reissue
 from . import polling
 from .cluster import KubeClient
-from .commands import certs_prerequisites, confirm_plan, finish_run, open_log, other_roots_refusal, sit_out
+from .commands import certs_prerequisites, other_roots_refusal
+from .driver import Parts, Run, drive, rows_of, sit_out
 from .planview import print_plan
 from .config import Cluster, select_clusters
 from .errors import ConfigError, MeshError
@@ -84,6 +86,7 @@ def confirm_step(tools: Tools, cluster: Cluster, deployment: str, timeout: float
 def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, contexts: list[str],
                          expiring_within: int | None, dry_run: bool, parallel: int, timeout: float,
                          runner: ShRunner, reporter: Reporter, yes: bool = False) -> int:
+    run = Run("rotate-certs", workdir, runner, reporter, parallel, dry_run, yes)
     ws = load_workspace(workdir, kubeconfig, lenient=dry_run)
     topology = ws.topology
     chosen = select_clusters(topology, contexts)
@@ -103,44 +106,72 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
 
     # Making intermediates needs the Makefile even when some exist: every target gets a new one.
     release, variables = certs_prerequisites(ws, istio_dir, runner, dry_run, force=True)
-    log = None if dry_run else open_log(workdir, "rotate-certs", runner)
-    read_reporter = Reporter(quiet=True, err_console=reporter.err) if dry_run else reporter
+    run.open_log()  # before the reads, so that they are logged
     if not dry_run:
-        reporter.start_progress([(c.context, c.network) for c in targets])
-    client = KubeClient(tools, runner, read_reporter, parallel)
+        run.start_progress(rows_of(targets))
+    client = KubeClient(tools, runner, run.reader, parallel)
     observed = client.read_state(targets) if ws.contexts_resolved else {}
     unreachable = {ctx: seen for ctx, seen in observed.items() if not seen.reachable}
     cacerts = _cacerts_findings(workdir, targets, observed)
+    # Refused before the plan is built, and so also before a dry run shows it.
     refusal = other_roots_refusal({ctx: found for ctx, found in cacerts.items() if found.other_root}, replace=False,
                                   command="rotate-certs")
     if refusal is not None:
+        run.close_log()
         raise refusal
 
     backup = carotation.backup_dir(workdir, rotation.backup_name)
     skip = set() if dry_run else set(unreachable)
     phase, reissued = _rotation_phase(ws, [c for c in targets if c.context not in skip], cacerts, rotation, local,
                                       tools, release, variables, backup)
-    if dry_run:
-        print_plan(ApplyPlan([phase]), topology, observed if ws.contexts_resolved else None, ws.notes, reporter,
-                   title="rotate-certs plan", command="rotate-certs")
+    return drive(run, _Rotating(run, ws, targets, observed, unreachable, rotation, resuming, backup, tools, phase,
+                                reissued).parts())
+
+
+@dataclass
+class _Rotating:
+    """One rotation's parts of the run (lib/driver.py)."""
+    run: Run
+    ws: Workspace
+    targets: list[Cluster]
+    observed: dict[str, Observed]
+    unreachable: dict[str, Observed]
+    rotation: reissue.Rotation
+    resuming: bool
+    backup: Path
+    tools: Tools
+    phase: Phase
+    reissued: list[str]
+
+    def parts(self) -> Parts:
+        return Parts(show=self.show, ask=self.ask, begin=self.begin, rows=rows_of(self.targets), sit_outs=self.sit_outs,
+                     execute=lambda executor: executor.run_phases([self.phase]), record=self.record,
+                     report=lambda outcome: _report_rotation(self.targets, outcome, self.backup, self.resuming,
+                                                             self.run.reporter))
+
+    def show(self) -> int:
+        ws = self.ws
+        print_plan(ApplyPlan([self.phase]), ws.topology, self.observed if ws.contexts_resolved else None, ws.notes,
+                   self.run.reporter, title="rotate-certs plan", command="rotate-certs")
         return 0
 
-    if phase:
-        question = _rotation_question(reissued, list(phase.steps))
-        confirm_plan(ApplyPlan([phase]), topology, question, yes, reporter, title="rotate-certs",
-                     command="rotate-certs", log=log)
-        reporter.start_progress([(c.context, c.network) for c in targets])
-    reissue.save_rotation(workdir, rotation)  # before anything changes: an interrupted run is resumed
-    executor = Executor(runner, reporter, parallel)
-    for context, seen in unreachable.items():
-        sit_out(executor, tools, topology.by_context(context), seen, "then run rotate-certs again")
-    outcome = executor.run_phases([phase])
-    reporter.stop_progress()
-    certs.secure_tree(cert_dir)
-    if outcome.ok:
-        reissue.save_rotation(workdir, None)
-    _report_rotation(targets, outcome, backup, resuming, reporter)
-    return finish_run("rotate-certs", outcome, log, reporter)
+    def ask(self) -> None:
+        if self.phase:
+            self.run.confirm_plan(ApplyPlan([self.phase]), self.ws.topology,
+                                  _rotation_question(self.reissued, list(self.phase.steps)),
+                                  title="rotate-certs", command="rotate-certs")
+
+    def begin(self) -> None:
+        reissue.save_rotation(self.ws.workdir, self.rotation)  # before anything changes: an interrupted run is resumed
+
+    def sit_outs(self, executor: Executor) -> None:
+        for context, seen in self.unreachable.items():
+            sit_out(executor, self.tools, self.ws.topology.by_context(context), seen, "then run rotate-certs again")
+
+    def record(self, outcome: Outcome) -> None:
+        certs.secure_tree(certs.certs_dir(self.ws.workdir))
+        if outcome.ok:
+            reissue.save_rotation(self.ws.workdir, None)
 
 
 def _require_rotatable(workdir: Path, cert_dir: Path) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import certs, carotation, invocation
@@ -9,7 +10,7 @@ from .cluster import KubeClient
 from .config import BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, load_base, load_topology, resolve_contexts
 from .errors import ConfigError, MeshError
 from .executor import Executor, Outcome, Phase
-from .kube import IstioUsage
+from .kube import IstioUsage, Tools
 from .overlay import our_operators
 from .plan import ApplyPlan, teardown_plan
 from .planview import print_plan
@@ -18,7 +19,8 @@ from .reporter import Reporter
 from .runner import ShRunner
 from .state import State
 from .workspace import find_tools, pinned_release
-from .commands import confirm, describe_kept, finish_run, open_log, sit_out, uninstall_for
+from .commands import describe_kept, uninstall_for
+from .driver import Parts, Run, drive, rows_of, sit_out
 
 
 def _our_operators(workdir: Path) -> frozenset[str]:
@@ -30,6 +32,7 @@ def _our_operators(workdir: Path) -> frozenset[str]:
 def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, yes: bool, purge_certs: bool,
              parallel: int, timeout: float, runner: ShRunner, reporter: Reporter, dry_run: bool = False,
              remove_crds: bool = False) -> int:
+    run = Run("teardown", workdir, runner, reporter, parallel, dry_run, yes)
     if not workdir.is_dir():
         raise ConfigError(f"workdir {workdir} does not exist", hint="pass the --workdir that apply used")
     state = State.load(workdir)
@@ -38,8 +41,7 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
     ours = _our_operators(workdir)
 
     # Read first: what is there decides whether to ask at all, and what the question names.
-    quiet = Reporter(quiet=True, err_console=reporter.err)
-    client = KubeClient(tools, runner, quiet, parallel)
+    client = KubeClient(tools, runner, run.quiet, parallel)
     observed = client.read_state(clusters)
     present = [c for c in clusters if (seen := observed.get(c.context)) and seen.reachable
                and (seen.namespace or seen.istiod_service)]
@@ -52,36 +54,76 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
                    if c.context in observed and not observed[c.context].reachable}
     unread = {ctx: found for ctx, found in usage.items() if isinstance(found, MeshError)}
     kept = [line for context, how in uninstall.items() if (line := describe_kept(context, how))]
-    if dry_run:
-        _show_plan(workdir, state, clusters, phase, observed, kept, purge_certs, reporter)
-        return 0
-    if not phase and not unreachable and not unread:
-        for cluster in clusters:
-            state.forget(cluster.context)
-        state.save(state.mesh_id)
-        reporter.success("nothing to remove: no cluster holds what setup-mesh creates")
-        _purge_or_keep_certs(workdir, purge_certs, reporter)
-        return 0
-    for line in kept:
-        reporter.info(line)
-    if phase:
-        confirm(f"Remove setup-mesh's Istio, its secrets and istio-system from {', '.join(phase.steps)}?", yes,
-                reporter)
+    torn = _Teardown(run, state, clusters, phase, observed, unreachable, unread, kept, tools, purge_certs)
+    if not dry_run and not phase and not unreachable and not unread:
+        return torn.nothing_to_remove()
+    return drive(run, torn.parts())
 
-    log = open_log(workdir, "teardown", runner)
-    reporter.start_progress([(c.context, c.network) for c in clusters])
-    executor = Executor(runner, reporter, parallel)
-    for context, seen in unreachable.items():
-        sit_out(executor, tools, next(c for c in clusters if c.context == context), seen, "then run teardown again")
-    for context, failed in unread.items():
-        executor.fail_before_start(context, "read who else uses Istio", failed)
-    outcome = executor.run_phases([phase])
-    reporter.stop_progress()
-    _forget_removed(state, clusters, phase, outcome, reporter)
-    code = finish_run("teardown", outcome, log, reporter)
-    if outcome.ok:
-        _purge_or_keep_certs(workdir, purge_certs, reporter)
-    return code
+
+@dataclass
+class _Teardown:
+    """One teardown's parts of the run (lib/driver.py)."""
+    run: Run
+    state: State
+    clusters: list[Cluster]
+    phase: Phase
+    observed: dict
+    unreachable: dict
+    unread: dict[str, MeshError]
+    kept: list[str]
+    tools: Tools
+    purge_certs: bool
+
+    def parts(self) -> Parts:
+        return Parts(show=self.show, ask=self.ask, rows=rows_of(self.clusters), sit_outs=self.sit_outs,
+                     execute=lambda executor: executor.run_phases([self.phase]), record=self.record,
+                     report=self.report, after=self.after)
+
+    def nothing_to_remove(self) -> int:
+        for cluster in self.clusters:
+            self.state.forget(cluster.context)
+        self.state.save(self.state.mesh_id)
+        self.run.reporter.success("nothing to remove: no cluster holds what setup-mesh creates")
+        _purge_or_keep_certs(self.run.workdir, self.purge_certs, self.run.reporter)
+        return 0
+
+    def show(self) -> int:
+        _show_plan(self.run.workdir, self.state, self.clusters, self.phase, self.observed, self.kept,
+                   self.purge_certs, self.run.reporter)
+        return 0
+
+    def ask(self) -> None:
+        """What is kept, and the question; the log is opened once confirmed, so a declined teardown leaves none."""
+        for line in self.kept:
+            self.run.reporter.info(line)
+        if self.phase:
+            self.run.confirm(f"Remove setup-mesh's Istio, its secrets and istio-system from {', '.join(self.phase.steps)}?")
+
+    def sit_outs(self, executor: Executor) -> None:
+        for context, seen in self.unreachable.items():
+            sit_out(executor, self.tools, next(c for c in self.clusters if c.context == context), seen,
+                    "then run teardown again")
+        for context, failed in self.unread.items():
+            executor.fail_before_start(context, "read who else uses Istio", failed)
+
+    def record(self, outcome: Outcome) -> None:
+        """Clusters torn down (or holding nothing) leave the recorded state; failed ones stay for the next run."""
+        for cluster in self.clusters:
+            if cluster.context not in outcome.failures:
+                self.state.forget(cluster.context)
+        self.state.save(self.state.mesh_id)
+
+    def report(self, outcome: Outcome) -> None:
+        for cluster in self.clusters:
+            if cluster.context not in outcome.failures:
+                self.run.reporter.finish_cluster(cluster.context, True,
+                                                 "" if cluster.context in self.phase.steps else "nothing to remove")
+
+    def after(self, code: int, outcome: Outcome) -> int:
+        """The keys go (--purge-certs) or stay once every cluster is torn down."""
+        if outcome.ok:
+            _purge_or_keep_certs(self.run.workdir, self.purge_certs, self.run.reporter)
+        return code
 
 
 def _clusters_to_tear_down(workdir: Path, kubeconfig: str | None, istio_dir: str | None,
@@ -118,15 +160,6 @@ def _show_plan(workdir: Path, state: State, clusters: list[Cluster], phase: Phas
     for folder, what in _cert_folders(workdir):
         reporter.info(f"{folder.name}/ is " + ("deleted (--purge-certs)" if purge_certs else
                                              f"kept ({what}; --purge-certs deletes it)"))
-
-
-def _forget_removed(state: State, clusters: list[Cluster], phase: Phase, outcome: Outcome, reporter: Reporter) -> None:
-    """Clusters torn down (or holding nothing) leave the recorded state; failed ones stay for the next run."""
-    for cluster in clusters:
-        if cluster.context not in outcome.failures:
-            state.forget(cluster.context)
-            reporter.finish_cluster(cluster.context, True, "" if cluster.context in phase.steps else "nothing to remove")
-    state.save(state.mesh_id)
 
 
 def _cert_folders(workdir: Path) -> list[tuple[Path, str]]:

@@ -113,6 +113,8 @@ def test_output_has_a_summary_ending_in_the_loopback_problem_but_no_secrets(appl
         text = log.read_text()
         assert "create-remote-secret" in text and "exit=0" in text
         assert scan_for_secrets(text) == []
+        # The log is opened before the clusters are read: the reads that decided the plan are in it.
+        assert "get namespaces,secrets,services,deployments,daemonsets" in text.splitlines()[0], text[:500]
 
 
 def test_rerun_with_nothing_changed_installs_nothing_and_only_reads(applied):

@@ -488,7 +488,7 @@ def test_a_gateway_api_crd_download_that_fails_names_the_offline_option():
 
 
 def test_the_confirmation_names_only_what_is_removed():
-    from lib.commands import deletion_question
+    from lib.apply import deletion_question
     from lib.plan import ApplyPlan, Removal
 
     gone = Removal("c3", "c3", None, reachable=True)

@@ -90,7 +90,7 @@ def test_a_confirmation_question_at_80_columns_is_wrapped_with_room_for_the_answ
 
     import typer
 
-    from lib.commands import confirm
+    from lib.driver import confirm
 
     asked = []
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
