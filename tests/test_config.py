@@ -349,44 +349,39 @@ def test_a_profile_for_a_clusters_role_is_refused_in_base_yaml(tmp_path, profile
 ])
 def test_the_charts_remote_profile_in_base_yaml_is_refused_where_it_is_set(tmp_path, values, line, key):
     # The charts take their profile from the values: every primary would install a remote's injector only.
+    path, refused = _refused_spec(tmp_path, values)
+    assert refused.message.startswith(f"{path}:{line}: {key} remote cannot be base.yaml's")
+    assert "primary" in refused.hint
+
+
+def _refused_spec(tmp_path, spec: str):
+    """base.yaml with this text under spec:, and load_base's refusal of it."""
     path = tmp_path / "base.yaml"
-    path.write_text("apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n" + values)
+    path.write_text("apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n" + spec)
     with pytest.raises(ConfigError) as info:
         load_base(path)
-    assert info.value.message.startswith(f"{path}:{line}: {key} remote cannot be base.yaml's")
-    assert "primary" in info.value.hint
+    return path, info.value
 
 
 def test_a_misspelt_chart_profile_is_refused_before_istioctl_fails_on_it(tmp_path):
-    path = tmp_path / "base.yaml"
-    path.write_text("apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  values:\n"
-                    "    profile: ambiant\n")
-    with pytest.raises(ConfigError) as info:
-        load_base(path)
-    assert info.value.message.startswith(f"{path}:5: values.profile ambiant is no profile of Istio's charts")
-    assert info.value.hint.startswith("did you mean 'ambient'?")
+    path, refused = _refused_spec(tmp_path, "  values:\n    profile: ambiant\n")
+    assert refused.message.startswith(f"{path}:5: values.profile ambiant is no profile of Istio's charts")
+    assert refused.hint.startswith("did you mean 'ambient'?")
     path.write_text(path.read_text().replace("ambiant", "platform-k3d"))
     assert load_base(path).operator["spec"]["values"]["profile"] == "platform-k3d"
 
 
 def test_an_ambient_profile_with_another_chart_profile_is_refused(tmp_path):
     # istioctl would install ztunnel, and istiod without ambient: pods would be captured by nothing.
-    path = tmp_path / "base.yaml"
-    path.write_text("apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  profile: ambient\n"
-                    "  values:\n    profile: demo\n")
-    with pytest.raises(ConfigError) as info:
-        load_base(path)
-    assert info.value.message.startswith(f"{path}:6: values.profile demo with spec.profile ambient")
-    assert "without ambient" in info.value.message and "delete values.profile" in info.value.hint
+    path, refused = _refused_spec(tmp_path, "  profile: ambient\n  values:\n    profile: demo\n")
+    assert refused.message.startswith(f"{path}:6: values.profile demo with spec.profile ambient")
+    assert "without ambient" in refused.message and "delete values.profile" in refused.hint
 
 
 def test_an_ambient_base_by_its_values_may_not_set_the_multi_network_switch_either(tmp_path):
-    path = tmp_path / "base.yaml"
-    path.write_text("apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  values:\n"
-                    "    profile: ambient\n    pilot:\n      env:\n        AMBIENT_ENABLE_MULTI_NETWORK: 'true'\n")
-    with pytest.raises(ConfigError) as info:
-        load_base(path)
-    assert f"values.profile ambient ({path}:5) turns it on" in info.value.message
+    path, refused = _refused_spec(tmp_path, "  values:\n    profile: ambient\n    pilot:\n      env:\n"
+                                            "        AMBIENT_ENABLE_MULTI_NETWORK: 'true'\n")
+    assert f"values.profile ambient ({path}:5) turns it on" in refused.message
 
 
 @pytest.mark.parametrize("contexts, message, hint", [
