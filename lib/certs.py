@@ -268,15 +268,6 @@ def bundle_fingerprints(pem: bytes | None) -> set[str]:
         return set()
 
 
-def made_by_this_workspace(cacerts: dict[str, bytes] | None, labelled: bool, root_pem: bytes | None) -> bool:
-    """Whether a cluster's cacerts is setup-mesh's: labelled so, or (applied before the label existed)
-    trusting this workspace's root. Anything else is somebody's own CA, replaced only when asked."""
-    if cacerts is None or labelled:
-        return True
-    ours = bundle_fingerprints(root_pem)
-    return bool(ours) and ours <= bundle_fingerprints(cacerts.get("root-cert.pem"))
-
-
 def describe_foreign(cacerts: dict[str, bytes]) -> str:
     """Whose CA a foreign cacerts holds, for the question apply asks before replacing it."""
     try:
@@ -284,7 +275,6 @@ def describe_foreign(cacerts: dict[str, bytes]) -> str:
     except ValueError:
         return "its ca-cert.pem does not parse"
     return f"CA {info.subject}, issued by {info.issuer}"
-
 
 
 def issued_by(cert_pem: bytes | None, issuer_pem: bytes | None) -> bool:

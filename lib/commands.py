@@ -13,8 +13,9 @@ import typer
 from . import certs, carotation, invocation
 from . import polling
 from .assess import CacertsFinding, CacertsState
+from .assesscerts import assess_cacerts
+from .casteps import workspace_certs
 from .errors import ConfigError, MeshError
-from .fsutil import read_if_present
 from .executor import RERUN_HINT
 from .invocation import prep_hint
 from .kube import IstioUsage, Observed
@@ -92,12 +93,11 @@ def other_roots_refusal(other_roots: dict[str, CacertsFinding], replace: bool,
 
 def uninstall_for(workdir: Path, ours: frozenset[str], found: IstioUsage, seen: Observed | None,
                   remove_crds: bool = False) -> Uninstall:
-    """How to remove setup-mesh from a cluster, from who else uses Istio there and whose CA cacerts holds."""
-    cacerts = seen.cacerts if seen else None
-    root_pem = read_if_present(certs.certs_dir(workdir) / certs.ROOT_CERT)
-    foreign = (certs.describe_foreign(cacerts) if cacerts is not None and not certs.made_by_this_workspace(
-        cacerts, seen.cacerts_labelled, root_pem) else None)
-    return Uninstall(workdir, ours, found, remove_crds, foreign)
+    """How to remove setup-mesh from a cluster, from who else uses Istio there and whose CA cacerts holds: a
+    cacerts the assessment finds foreign (not labelled by setup-mesh, on none of the workspace's roots) stays."""
+    roots = workspace_certs(workdir, carotation.load_transition(workdir), []).roots
+    finding = assess_cacerts(seen.cacerts if seen else None, bool(seen and seen.cacerts_labelled), None, roots)
+    return Uninstall(workdir, ours, found, remove_crds, finding.issuer if finding.state is CacertsState.FOREIGN else None)
 
 
 def describe_kept(context: str, how: Uninstall) -> str | None:

@@ -499,24 +499,34 @@ def test_the_exposed_istiod_is_a_gateway_and_a_virtual_service_as_in_istios_samp
 
 # --- somebody else's CA is never replaced unasked -------------------------------------------------
 
-def test_a_cacerts_is_setup_meshs_when_labelled_or_trusting_this_workspaces_root_and_foreign_otherwise():
-    from lib.certs import made_by_this_workspace
+def test_teardown_keeps_a_cacerts_that_is_neither_labelled_by_setup_mesh_nor_on_the_workspaces_root(tmp_path):
+    from lib.commands import uninstall_for
+    from lib.kube import IstioUsage, Observed
     from tests.test_status import _ca, _pem
 
     ours, theirs = _ca("Root CA"), _ca("Root CA")
     ours_pem, theirs_pem = _pem(ours[0]), _pem(theirs[0])
-    assert made_by_this_workspace(None, False, ours_pem), "no cacerts yet: nothing to ask about"
-    assert made_by_this_workspace({"root-cert.pem": theirs_pem}, True, ours_pem), "setup-mesh's label"
+    (tmp_path / "certs").mkdir()
+
+    def kept(cacerts, labelled, root=ours_pem):
+        (tmp_path / "certs" / "root-cert.pem").write_bytes(root or b"")
+        if root is None:
+            (tmp_path / "certs" / "root-cert.pem").unlink()
+        seen = Observed(reachable=True, cacerts=cacerts, cacerts_labelled=labelled)
+        return uninstall_for(tmp_path, frozenset({"setup-mesh"}), IstioUsage(), seen).foreign_cacerts
+
+    assert kept(None, False) is None, "no cacerts: nothing to keep"
+    assert kept({"root-cert.pem": theirs_pem}, True) is None, "setup-mesh's label: removed with istio-system"
     # Applied before the label existed: it trusts this workspace's root (alone, or beside another mid-move).
-    assert made_by_this_workspace({"root-cert.pem": ours_pem}, False, ours_pem)
-    assert made_by_this_workspace({"root-cert.pem": theirs_pem + ours_pem}, False, ours_pem)
-    # Somebody's own CA: another root (even one of the same name), none, or an unreadable one.
-    assert not made_by_this_workspace({"root-cert.pem": theirs_pem}, False, ours_pem)
-    assert not made_by_this_workspace({"ca-cert.pem": ours_pem}, False, ours_pem)
-    assert not made_by_this_workspace({"root-cert.pem": b"garbage"}, False, ours_pem)
+    assert kept({"root-cert.pem": ours_pem}, False) is None
+    assert kept({"root-cert.pem": theirs_pem + ours_pem}, False) is None
+    # Somebody's own CA: another root (even one of the same name), none, or an unreadable one; named by its CA.
+    theirs_ca = {"root-cert.pem": theirs_pem, "ca-cert.pem": theirs_pem}
+    assert kept(theirs_ca, False) == "CA CN=Root CA,O=Test, issued by CN=Root CA,O=Test"
+    assert kept({"ca-cert.pem": ours_pem}, False) is not None
+    assert kept({"root-cert.pem": b"garbage"}, False) is not None
     # A workspace without a readable root cannot claim an unlabelled cacerts.
-    assert not made_by_this_workspace({"root-cert.pem": ours_pem}, False, None)
-    assert not made_by_this_workspace({"root-cert.pem": b""}, False, b"")
+    assert kept({"root-cert.pem": ours_pem}, False, root=None) is not None
 
 
 def test_an_ambient_clusters_east_west_gateway_carries_its_own_network(tmp_path):
