@@ -154,6 +154,9 @@ class InstallFinding:
     recorded: str | None  # the fingerprint istio-system records
     wanted: str  # the fingerprint of what apply installs now
     changed: tuple[str, ...] = ()  # paths of the control plane's overlay that differ from the one installed last
+    # It differs because another workspace is moving the mesh to its root (its stages reinstall istiod): a
+    # fix here would undo that move, so the move is the finding to report, not the difference.
+    moved_elsewhere: bool = False
 
     @property
     def drift(self) -> bool:
@@ -166,16 +169,18 @@ def overlay_changes(last: object, want: dict) -> tuple[str, ...]:
 
 
 def assess_install(seen: Observed, wanted: str, last_overlay: dict | None = None,
-                   overlay: dict | None = None) -> InstallFinding:
+                   overlay: dict | None = None, cacerts: CacertsFinding | None = None) -> InstallFinding:
     """What istio-system records as installed against ``wanted``, the fingerprint of what apply installs
     now (``last_overlay``, ``overlay``: the control plane's overlay as installed last and as apply installs
-    it, where the caller has both, for the changed paths)."""
+    it, where the caller has both, for the changed paths; ``cacerts``: the cluster's cacerts finding, which
+    tells whether another workspace's move explains the difference)."""
     if seen.applied is None:
         return InstallFinding(InstallState.ABSENT, None, wanted)
     if seen.applied == wanted:
         return InstallFinding(InstallState.CURRENT, seen.applied, wanted)
     changed = overlay_changes(last_overlay, overlay) if last_overlay is not None and overlay is not None else ()
-    return InstallFinding(InstallState.CHANGED, seen.applied, wanted, changed)
+    return InstallFinding(InstallState.CHANGED, seen.applied, wanted, changed,
+                          moved_elsewhere=cacerts is not None and cacerts.state is CacertsState.OTHER_MOVE)
 
 
 # --- the east-west gateway --------------------------------------------------------------------------
@@ -289,11 +294,12 @@ def assess_cluster(mesh: Mesh, d: Desired, seen: Observed, issued: Mapping[str, 
                    pki: WorkspaceCerts | None = None) -> ClusterFindings:
     """Every finding of one cluster (cacerts where ``pki``, the workspace's certificates, is given)."""
     member = d.member
-    return ClusterFindings(assess_namespace(seen, d), assess_install(seen, d.fingerprint, last_overlay, d.operator),
+    cacerts = assess_cluster_cacerts(seen, member.name, pki) if pki is not None else None
+    return ClusterFindings(assess_namespace(seen, d),
+                           assess_install(seen, d.fingerprint, last_overlay, d.operator, cacerts),
                            assess_gateway(seen, d),
                            assess_wiring(mesh, member, seen.annotations, controlled, injector_path, injector_trusted),
-                           tuple(assess_secrets(mesh, member, seen, issued)),
-                           assess_cluster_cacerts(seen, member.name, pki) if pki is not None else None)
+                           tuple(assess_secrets(mesh, member, seen, issued)), cacerts)
 
 
 def assess_mesh(mesh: Mesh, desired: Mapping[str, Desired], observed: Mapping[str, Observed],

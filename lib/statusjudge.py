@@ -6,7 +6,7 @@ import datetime as dt
 
 from . import certs
 from .ambient import gateway_status
-from .assess import (CacertsState, GatewayState, LabelState, NamespaceFinding, WorkspaceCerts, assess_cluster_cacerts,
+from .assess import (CacertsFinding, GatewayState, LabelState, NamespaceFinding, WorkspaceCerts, assess_cluster_cacerts,
                      assess_gateway, assess_install, assess_namespace, assess_secrets, assess_wiring,
                      issued_credentials)
 from .checks import WARNING
@@ -110,9 +110,8 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints
     # remote secrets: a primary holds every other cluster's, a remote none (judged as the plan judges them)
     for finding in assess_secrets(ws.mesh, member, seen, current):
         report_secret(status, cluster, seen, finding, hints, set_up, ws.topology)
-    if set_up:  # another workspace's root move changes istiod's install (root_moved_elsewhere says so)
-        _judge_drift(status, seen, ws.fingerprints.get(cluster.context), hints,
-                     explained=cacerts.state is CacertsState.OTHER_MOVE)
+    if set_up:
+        _judge_drift(status, seen, ws.fingerprints.get(cluster.context), hints, cacerts)
     return status
 
 
@@ -197,12 +196,13 @@ def _report_annotation_left(status: ClusterStatus, seen: Observed, hints: Hints)
                                    f"{hints.apply} (removes it)"))
 
 
-def _judge_drift(status: ClusterStatus, seen: Observed, want: str | None, hints: Hints, explained: bool = False) -> None:
-    """What is installed against what apply would install now (``want``: its fingerprint); ``explained``: by
-    another problem, whose hint is the one to follow."""
-    install = assess_install(seen, want)
+def _judge_drift(status: ClusterStatus, seen: Observed, want: str | None, hints: Hints,
+                 cacerts: CacertsFinding | None = None) -> None:
+    """What is installed against what apply would install now (``want``: its fingerprint). A difference that
+    another workspace's root move explains is reported as that move (root_moved_elsewhere), not as drift."""
+    install = assess_install(seen, want, cacerts=cacerts)
     status.drift = install.drift
-    if status.drift and status.istio_installed and not explained:
+    if status.drift and status.istio_installed and not install.moved_elsewhere:
         if install.recorded is None:
             message = (f"{ISTIO_NAMESPACE} carries no record of what setup-mesh installed "
                        f"(installed by hand, or apply did not finish)")
