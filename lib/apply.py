@@ -171,8 +171,9 @@ def _uninstall_leaving(client: KubeClient, ws: Workspace, removed_clusters: list
     leaving = [c for c in removed_clusters if (seen := observed.get(c.context)) and seen.reachable]
     ours = our_operators(ws.base)
     usage = client.istio_usage(leaving, ours) if leaving else {}
-    return {ctx: uninstall_for(ws.workdir, ours, found, observed.get(ctx)) for ctx, found in usage.items()
-            if isinstance(found, IstioUsage)}
+    tags = {ctx: found.default_tag for ctx, found in client.revisions(leaving, observed).items()} if leaving else {}
+    return {ctx: uninstall_for(ws.workdir, ours, found, observed.get(ctx), default_tag=tags.get(ctx))
+            for ctx, found in usage.items() if isinstance(found, IstioUsage)}
 
 
 def _sitting_out(topology: Topology, chosen: list[Cluster], observed: dict[str, Observed]

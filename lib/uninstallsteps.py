@@ -24,6 +24,11 @@ class Uninstall:
     usage: IstioUsage  # Istio objects others made
     remove_crds: bool = False  # delete Istio's CRDs even though others' resources exist (and go with them)
     foreign_cacerts: str | None = None  # a cacerts setup-mesh did not make (whose CA): it and istio-system stay
+    # The revision the `default` tag points at (None: no tag). `istioctl tag set` makes it user-managed, without
+    # the operator's labels, so no `istioctl uninstall` prunes it (operator/pkg/uninstall/prune.go selects by
+    # operator.istio.io/component); left behind, it sends every pod of an istio-injection=enabled namespace
+    # to an injector that is gone, and the API server refuses them.
+    default_tag: str | None = None
 
     @property
     def purge(self) -> bool:
@@ -44,6 +49,16 @@ def _installed_operators(seen: Observed, ours: frozenset[str]) -> tuple[list[tup
         elif owner in (None, "", "unknown"):
             revisions.add(labels.get("istio.io/rev") or "default")
     return sorted(named, key=lambda n: (n[0], n[1] or "")), sorted(revisions)
+
+
+def _our_revisions(seen: Observed, ours: frozenset[str]) -> set[str]:
+    """The revisions of what setup-mesh's IstioOperators (or earlier versions' unnamed ones) installed here."""
+    found = set()
+    for item in seen.deployments.values():
+        labels = (item.get("metadata") or {}).get("labels") or {}
+        if COMPONENT_LABEL in labels and labels.get(OWNER_LABEL) in (*ours, None, "", "unknown"):
+            found.add(labels.get("istio.io/rev") or "default")
+    return found
 
 
 def uninstall_operator(tools: Tools, workdir: Path, cluster: Cluster, name: str,
@@ -98,6 +113,10 @@ def uninstall_steps(tools: Tools, cluster: Cluster, secrets: list[str], seen: Ob
         steps.append(Step("uninstall setup-mesh's IstioOperators (Istio's CRDs are kept)", commands=commands,
                           files=files, change="- setup-mesh's IstioOperators and Gateway (Istio's CRDs are kept: "
                                               f"others use Istio here: {how.usage.describe()})"))
+    if how.default_tag and (how.purge or how.default_tag in _our_revisions(seen, how.ours)):
+        steps.append(Step(f"remove the default revision tag ({how.default_tag})", commands=[
+            tools.istioctl_cmd(cluster, "tag", "remove", "default", "-y")],
+            change=f"- default revision tag → {how.default_tag}"))
     names = secrets if how.foreign_cacerts else ["cacerts", *secrets]
     if names:
         some = f"{len(secrets)} remote secret{'s' * (len(secrets) != 1)}"

@@ -359,6 +359,32 @@ def test_a_scoped_teardown_uninstalls_each_of_setup_meshs_operators_and_each_unn
     assert all(m["kind"] == "IstioOperator" for m in manifests)
 
 
+def test_teardown_removes_the_default_tag_only_when_it_points_at_a_revision_it_removes(tmp_path):
+    from lib.kube import IstioUsage, Observed, Tools
+    from lib.plan import Uninstall, uninstall_steps
+
+    component, owner = "operator.istio.io/component", "install.operator.istio.io/owning-resource"
+    seen = Observed(reachable=True, namespace=True, deployments={
+        "istiod-1-31-0": _deployment("istiod-1-31-0", **{component: "Pilot", owner: "setup-mesh",
+                                                         "istio.io/rev": "1-31-0"}),
+        "istiod-theirs": _deployment("istiod-theirs", **{component: "Pilot", owner: "theirs", "istio.io/rev": "theirs"}),
+    })
+    others = IstioUsage(resources={("VirtualService", "shop"): 1})
+
+    def tag_steps(tag, usage=others):
+        how = Uninstall(tmp_path, frozenset({"setup-mesh", "eastwest"}), usage, default_tag=tag)
+        steps = uninstall_steps(Tools(), Cluster("c1", "n1", "c1"), [], seen, how)
+        return [(s.change, [list(c.argv) for c in s.commands]) for s in steps if "tag" in s.title]
+
+    removal = [("- default revision tag → 1-31-0",
+                [["istioctl", "tag", "remove", "default", "-y", "--context", "c1"]])]
+    assert tag_steps("1-31-0") == removal, "setup-mesh's revision goes: its tag goes with it"
+    assert tag_steps("theirs") == [], "somebody else's revision stays, and the tag that points at it"
+    assert tag_steps(None) == []
+    # Nobody else uses Istio here: everything is purged, and a tag to any revision would point at nothing.
+    assert [c for c, _ in tag_steps("theirs", IstioUsage())] == ["- default revision tag → theirs"]
+
+
 def test_teardown_plans_every_cluster_it_was_asked_to_even_after_one_it_skips(tmp_path):
     from lib.kube import IstioUsage, Observed, Tools
     from lib.plan import Uninstall, teardown_plan

@@ -191,6 +191,15 @@ def test_restart_workloads_moves_them_in_the_same_run_so_the_next_run_removes_th
     status = mesh.run("status")
     assert status.returncode == 0, status.stdout + status.stderr
 
+    # The default tag the upgrade set is user-managed: no `istioctl uninstall` prunes it. Teardown removes it,
+    # or every pod of an istio-injection=enabled namespace would be sent to an injector that is gone.
+    plan = mesh.run("teardown", "--dry-run")
+    assert f"- default revision tag → {NEW_REV}" in plan.stdout, plan.stdout
+    torn = mesh.run("teardown", "-y")
+    assert torn.returncode == 0, torn.stdout + torn.stderr
+    for ctx in NETWORKS:
+        assert mesh.get(ctx, "mutatingwebhookconfigurations", "-l", "istio.io/tag=default")["items"] == [], ctx
+
 
 def _traffic_crosses(mesh):
     verified = mesh.run("verify")
