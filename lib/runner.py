@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -106,9 +107,17 @@ class _Base:
         return result
 
 
-def _umask_077() -> None:
+def _in_child() -> None:
+    """Runs in the forked child, just before the program replaces it."""
     # Files a tool writes for us (keys from make/openssl) are private from the first byte.
     os.umask(0o077)
+    # Until exec the child is a copy of setup-mesh, and sh catches Exception only there: a Ctrl-C in that
+    # window would raise KeyboardInterrupt past it, and the copy would run our code on in place of the
+    # program (the run then waits for it forever). SIGINT is held from before the fork; a Ctrl-C that came
+    # meanwhile now ends the child as the program would have ended, and later ones reach the program.
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 class ShRunner(_Base):
@@ -152,7 +161,7 @@ class ShRunner(_Base):
             _ok_code=list(range(-64, 256)),  # signals show as negative codes
             _bg_exc=False,
             _timeout=command.timeout,
-            _preexec_fn=_umask_077,
+            _preexec_fn=_in_child,
             _decode_errors="replace",
             _truncate_exc=False,
         )
@@ -163,12 +172,18 @@ class ShRunner(_Base):
                 raise Interrupted(f"interrupted before `{command.pasteable()}` started")
         start = time.monotonic()
         timed_out = False
-        proc = self._start(program, command, kwargs)
-        with self._lock:
-            # A Ctrl-C that came while the program was starting found nothing to end, and the terminal's
-            # SIGINT came before the program was there: end it now, or the run waits for all it does.
-            late = self._stopped
-            self._running[id(proc)] = proc
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # the fork copies it: see _in_child
+        try:
+            proc = self._start(program, command, kwargs)
+            with self._lock:
+                # A Ctrl-C that came while the program was starting found nothing to end, and the terminal's
+                # SIGINT came before the program was there: end it now, or the run waits for all it does.
+                late = self._stopped
+                self._running[id(proc)] = proc
+        finally:
+            # A Ctrl-C held meanwhile is raised here (in the main thread): the program is recorded by then,
+            # and the run's Ctrl-C handling ends it.
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         if late:
             _terminate(proc)
         try:

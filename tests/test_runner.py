@@ -2,12 +2,17 @@
 import os
 import signal
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from lib.errors import CommandFailed, Interrupted, ToolMissing
 from lib.runner import Command, ShRunner
 from tests.recording import RecordingRunner
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_pasteable_quotes_every_argument():
@@ -121,3 +126,40 @@ def test_ctrl_c_in_the_thread_that_waits_ends_the_command(monkeypatch):
     except sh.ErrorReturnCode:  # sh 2.0 raises for a SIGTERM exit whatever codes were allowed
         pass
     assert proc.exit_code == -signal.SIGTERM
+
+
+# Run in a process of its own: without the guard, the forked copy of the process would run on.
+_CTRL_C_BEFORE_EXEC = """
+import os, signal, sys, threading
+from lib import runner
+from lib.runner import Command, ShRunner
+
+in_child = runner._in_child
+
+def ctrl_c_between_fork_and_exec():
+    os.kill(os.getpid(), signal.SIGINT)  # the terminal's SIGINT reaches the whole process group
+    in_child()
+
+runner._in_child = ctrl_c_between_fork_and_exec
+seen = []
+
+def step():  # as the executor's threads run commands
+    try:
+        result = ShRunner().run(Command(("true",), check=False))
+        seen.append((result.exit_code, result.stdout))
+    except BaseException as exc:
+        seen.append(type(exc).__name__)
+
+thread = threading.Thread(target=step)
+thread.start()
+thread.join()
+print(seen)
+"""
+
+
+def test_ctrl_c_between_fork_and_exec_ends_the_command_not_a_copy_of_setup_mesh():
+    # Left to Python's handler, the SIGINT raised KeyboardInterrupt in the forked child, past sh's
+    # `except Exception`: the copy ran our code on in place of the program (apply then hung on it).
+    done = subprocess.run([sys.executable, "-c", _CTRL_C_BEFORE_EXEC], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.splitlines() == [str([(-signal.SIGINT, "")])], done.stdout + done.stderr
