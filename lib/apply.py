@@ -1,6 +1,7 @@
 """apply: from the workspace and what the clusters hold to a plan, its confirmation, its run and the summary."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import carotation, fetch, upgrade, upgradeplan
@@ -77,26 +78,41 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     if upgrading:  # what is left of a canary upgrade to the pinned versions
         _add_upgrade(plan, *upgrading, releases, desired, tools, workdir, ws.notes, restart_workloads, upgrade_parallel, only)
     refusal = other_roots_refusal(plan.other_roots, replace_foreign_ca)
-    return drive(run, _parts(run, ws, plan, desired, chosen, tools, uninstall, unreachable, orphaned, refusal,
-                             unreachable_api, shown=observed if readable else None, replace=replace_foreign_ca))
+    return drive(run, _Applying(run, ws, plan, desired, chosen, tools, uninstall, unreachable, orphaned, refusal,
+                                unreachable_api, observed if readable else None, replace_foreign_ca).parts())
 
 
-def _parts(run: Run, ws: Workspace, plan: ApplyPlan, desired: dict, chosen: list[Cluster], tools: Tools,
-           uninstall: dict[str, Uninstall], unreachable: dict[str, Observed], orphaned: dict[str, str],
-           refusal: ConfigError | None, unreachable_api: MeshError | None, *, shown: dict[str, Observed] | None,
-           replace: bool) -> Parts:
-    """apply's parts of the run (lib/driver.py); ``shown``: what the dry run's plan shows as read."""
-    reporter = run.reporter
-    return Parts(
-        show=lambda: _show_dry_run(plan, ws, shown, refusal, unreachable_api, replace, reporter),
-        refusal=refusal, ask=lambda: _before_changes(run, plan, uninstall), rows=rows_of(chosen),
-        sit_outs=lambda executor: _sit_outs(executor, plan, ws.topology, tools, unreachable, orphaned, reporter),
-        execute=lambda executor: executor.run_plan(plan.phases),
-        # A remote's state as installed: with the address its primary's gateway got during the run.
-        record=lambda outcome: _record_state(ws, plan, {**desired, **run.executor.shared.get("desired", {})},
-                                             outcome, chosen),
-        report=lambda outcome: _report_done(chosen, plan, outcome, reporter),
-        after=lambda code, outcome: _not_working(unreachable_api, code, reporter))
+@dataclass
+class _Applying:
+    """One apply's parts of the run (lib/driver.py)."""
+    run: Run
+    ws: Workspace
+    plan: ApplyPlan
+    desired: dict
+    chosen: list[Cluster]
+    tools: Tools
+    uninstall: dict[str, Uninstall]
+    unreachable: dict[str, Observed]
+    orphaned: dict[str, str]  # chosen remotes whose primary could not be read -> that primary
+    refusal: ConfigError | None  # another root's cacerts, not to be replaced unasked
+    unreachable_api: MeshError | None  # peers would be told loopback addresses: the mesh cannot work
+    shown: dict[str, Observed] | None  # what the dry run's plan shows as read
+    replace: bool  # --replace-foreign-ca
+
+    def parts(self) -> Parts:
+        run, plan, reporter = self.run, self.plan, self.run.reporter
+        return Parts(
+            show=lambda: _show_dry_run(plan, self.ws, self.shown, self.refusal, self.unreachable_api, self.replace,
+                                       reporter),
+            refusal=self.refusal, ask=lambda: _before_changes(run, plan, self.uninstall), rows=rows_of(self.chosen),
+            sit_outs=lambda executor: _sit_outs(executor, plan, self.ws.topology, self.tools, self.unreachable,
+                                                self.orphaned, reporter),
+            execute=lambda executor: executor.run_plan(plan.phases),
+            # A remote's state as installed: with the address its primary's gateway got during the run.
+            record=lambda outcome: _record_state(self.ws, plan, {**self.desired, **run.executor.shared.get("desired", {})},
+                                                 outcome, self.chosen),
+            report=lambda outcome: _report_done(self.chosen, plan, outcome, reporter),
+            after=lambda code, outcome: _not_working(self.unreachable_api, code, reporter))
 
 
 def _releases_and_tools(ws: Workspace, istio_dir: str | None, istio_mirror: str | None, dry_run: bool, timeout: float,
@@ -171,8 +187,7 @@ def _uninstall_leaving(client: KubeClient, ws: Workspace, removed_clusters: list
     leaving = [c for c in removed_clusters if (seen := observed.get(c.context)) and seen.reachable]
     ours = our_operators(ws.base)
     usage = client.istio_usage(leaving, ours) if leaving else {}
-    tags = {ctx: found.default_tag for ctx, found in client.revisions(leaving, observed).items()} if leaving else {}
-    return {ctx: uninstall_for(ws.workdir, ours, found, observed.get(ctx), default_tag=tags.get(ctx))
+    return {ctx: uninstall_for(ws.workdir, ours, found, observed.get(ctx))
             for ctx, found in usage.items() if isinstance(found, IstioUsage)}
 
 

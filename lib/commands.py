@@ -92,13 +92,12 @@ def other_roots_refusal(other_roots: dict[str, CacertsFinding], replace: bool,
 # --- shared set-up -----------------------------------------------------------------------------
 
 def uninstall_for(workdir: Path, ours: frozenset[str], found: IstioUsage, seen: Observed | None,
-                  remove_crds: bool = False, default_tag: str | None = None) -> Uninstall:
+                  remove_crds: bool = False) -> Uninstall:
     """How to remove setup-mesh from a cluster, from who else uses Istio there and whose CA cacerts holds: a
     cacerts the assessment finds foreign (not labelled by setup-mesh, on none of the workspace's roots) stays."""
     roots = workspace_certs(workdir, carotation.load_transition(workdir), []).roots
     finding = assess_cacerts(seen.cacerts if seen else None, bool(seen and seen.cacerts_labelled), None, roots)
-    return Uninstall(workdir, ours, found, remove_crds, finding.issuer if finding.state is CacertsState.FOREIGN else None,
-                     default_tag)
+    return Uninstall(workdir, ours, found, remove_crds, finding.issuer if finding.state is CacertsState.FOREIGN else None)
 
 
 def describe_kept(context: str, how: Uninstall) -> str | None:

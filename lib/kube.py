@@ -10,7 +10,7 @@ from typing import Any, Callable
 import yaml
 
 from .config import Cluster
-from .names import (APPLIED_ANNOTATION, CLUSTER_ANNOTATION, EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE,
+from .names import (APPLIED_ANNOTATION, CLUSTER_ANNOTATION, DEFAULT_TAG_WEBHOOK, EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE,
                     MANAGED_BY_LABEL, MULTICLUSTER_LABEL, NETWORK_LABEL, SECRET_SOURCE_ANNOTATION, is_istiod_name)
 from .gatewayapi import GATEWAY_CRD, ClusterCrds
 from .runner import Command
@@ -72,6 +72,10 @@ class Tools:
     def istio_resources(self, cluster: Cluster, timeout: float) -> Command:
         return self.kubectl_cmd(cluster, "get", ISTIO_CATEGORY, "--all-namespaces", "-o", "json", check=False,
                                 timeout=timeout)
+
+    def default_tag_webhook(self, cluster: Cluster, timeout: float) -> Command:
+        return self.kubectl_cmd(cluster, "get", "mutatingwebhookconfiguration", DEFAULT_TAG_WEBHOOK, "--ignore-not-found",
+                                "-o", "json", timeout=timeout)
 
     def istio_deployments(self, cluster: Cluster, timeout: float) -> Command:
         return self.kubectl_cmd(cluster, "get", "deployments", "--all-namespaces", "-l", COMPONENT_LABEL, "-o", "json",
@@ -307,6 +311,10 @@ class IstioUsage:
 
     resources: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, namespace) -> count
     control_planes: list[str] = field(default_factory=list)  # namespace/name of others' Istio deployments
+    # The revision the `default` tag points at, when no uninstall removes the tag: `istioctl tag set` makes its
+    # webhook without the operator's labels (operator/pkg/uninstall/prune.go selects by
+    # operator.istio.io/component), while one the charts made from values.revisionTags goes with its install.
+    default_tag: str | None = None
 
     @property
     def foreign(self) -> bool:
@@ -333,10 +341,13 @@ def is_missing_category(result_stderr: str) -> bool:
 
 
 def parse_istio_usage(resources: str | None, deployments: str, ours: set[str],
-                      own_resource: Callable[[dict], bool]) -> IstioUsage:
+                      own_resource: Callable[[dict], bool], tag_webhook: str = "") -> IstioUsage:
     """``ours``: the IstioOperator names setup-mesh installs; ``own_resource`` says which Istio
-    resources setup-mesh made itself."""
+    resources setup-mesh made itself; ``tag_webhook``: the default tag's webhook as read (empty: none)."""
     usage = IstioUsage()
+    tag_labels = ((json.loads(tag_webhook).get("metadata") or {}).get("labels") or {}) if tag_webhook.strip() else None
+    if tag_labels is not None and COMPONENT_LABEL not in tag_labels:
+        usage.default_tag = tag_labels.get("istio.io/rev")
     for item in (json.loads(resources).get("items") or []) if resources else []:
         if own_resource(item):
             continue

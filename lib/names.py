@@ -13,6 +13,8 @@ ISTIOD = "istiod"  # the istiod Deployment and Service; istiod-<revision> with a
 EASTWEST_NAME = "istio-eastwestgateway"
 CROSS_NETWORK_GATEWAY = "cross-network-gateway"
 FIELD_MANAGER = "setup-mesh"
+# `istioctl tag set default` makes it (label istio.io/rev: the revision the tag points at).
+DEFAULT_TAG_WEBHOOK = "istio-revision-tag-default"
 
 # Istio's labels and annotations.
 NETWORK_LABEL = "topology.istio.io/network"

@@ -21,7 +21,7 @@ from .config import Cluster
 from .errors import MeshError
 from .executor import RunContext, read_clusters
 from .kube import Observed, Tools
-from .names import ISTIO_NAMESPACE
+from .names import DEFAULT_TAG_WEBHOOK, ISTIO_NAMESPACE
 from .reporter import Reporter
 from .skew import KUBERNETES_SUPPORT, parse_version, proxy_skew
 from .statusread import image_version
@@ -29,7 +29,6 @@ from .statusreport import ClusterStatus, Hints, Problem
 
 REV_LABEL = "istio.io/rev"
 TAG_LABEL = "istio.io/tag"
-DEFAULT_TAG_WEBHOOK = "istio-revision-tag-default"
 PROXY_CONTAINER = "istio-proxy"
 
 

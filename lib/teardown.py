@@ -46,8 +46,7 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
     present = [c for c in clusters if (seen := observed.get(c.context)) and seen.reachable
                and (seen.namespace or seen.istiod_service)]
     usage = client.istio_usage(present, ours) if present else {}
-    tags = {ctx: found.default_tag for ctx, found in client.revisions(present, observed).items()} if present else {}
-    uninstall = {ctx: uninstall_for(workdir, ours, found, observed.get(ctx), remove_crds, tags.get(ctx))
+    uninstall = {ctx: uninstall_for(workdir, ours, found, observed.get(ctx), remove_crds)
                  for ctx, found in usage.items()
                  if isinstance(found, IstioUsage)}
     # A cluster whose Istio users could not be read is not touched: it fails, and is reported.

@@ -24,41 +24,40 @@ class Uninstall:
     usage: IstioUsage  # Istio objects others made
     remove_crds: bool = False  # delete Istio's CRDs even though others' resources exist (and go with them)
     foreign_cacerts: str | None = None  # a cacerts setup-mesh did not make (whose CA): it and istio-system stay
-    # The revision the `default` tag points at (None: no tag). `istioctl tag set` makes it user-managed, without
-    # the operator's labels, so no `istioctl uninstall` prunes it (operator/pkg/uninstall/prune.go selects by
-    # operator.istio.io/component); left behind, it sends every pod of an istio-injection=enabled namespace
-    # to an injector that is gone, and the API server refuses them.
-    default_tag: str | None = None
 
     @property
     def purge(self) -> bool:
         return self.remove_crds or not self.usage.foreign
 
 
-def _installed_operators(seen: Observed, ours: frozenset[str]) -> tuple[list[tuple[str, str | None]], list[str]]:
-    """setup-mesh's IstioOperators (name, namespace) found on istio-system's deployments, and the
-    revisions of control planes installed unnamed by earlier versions."""
-    named, revisions = set(), set()
+def _our_components(seen: Observed, ours: frozenset[str]) -> list[tuple[str | None, str | None, str]]:
+    """(IstioOperator name, its namespace, revision) of each istio-system Deployment that setup-mesh's
+    IstioOperators installed; the name is None for a control plane earlier versions installed unnamed."""
+    found = []
     for item in seen.deployments.values():
         labels = (item.get("metadata") or {}).get("labels") or {}
         if COMPONENT_LABEL not in labels:
             continue
-        owner = labels.get(OWNER_LABEL)
+        owner, revision = labels.get(OWNER_LABEL), labels.get("istio.io/rev") or "default"
         if owner in ours:
-            named.add((owner, labels.get(OWNER_NAMESPACE_LABEL)))
+            found.append((owner, labels.get(OWNER_NAMESPACE_LABEL), revision))
         elif owner in (None, "", "unknown"):
-            revisions.add(labels.get("istio.io/rev") or "default")
-    return sorted(named, key=lambda n: (n[0], n[1] or "")), sorted(revisions)
+            found.append((None, None, revision))
+    return found
+
+
+def _installed_operators(seen: Observed, ours: frozenset[str]) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """setup-mesh's IstioOperators (name, namespace) found on istio-system's deployments, and the
+    revisions of control planes installed unnamed by earlier versions."""
+    components = _our_components(seen, ours)
+    named = {(name, namespace) for name, namespace, _ in components if name is not None}
+    return (sorted(named, key=lambda n: (n[0], n[1] or "")),
+            sorted({revision for name, _, revision in components if name is None}))
 
 
 def _our_revisions(seen: Observed, ours: frozenset[str]) -> set[str]:
     """The revisions of what setup-mesh's IstioOperators (or earlier versions' unnamed ones) installed here."""
-    found = set()
-    for item in seen.deployments.values():
-        labels = (item.get("metadata") or {}).get("labels") or {}
-        if COMPONENT_LABEL in labels and labels.get(OWNER_LABEL) in (*ours, None, "", "unknown"):
-            found.add(labels.get("istio.io/rev") or "default")
-    return found
+    return {revision for _, _, revision in _our_components(seen, ours)}
 
 
 def uninstall_operator(tools: Tools, workdir: Path, cluster: Cluster, name: str,
@@ -113,10 +112,14 @@ def uninstall_steps(tools: Tools, cluster: Cluster, secrets: list[str], seen: Ob
         steps.append(Step("uninstall setup-mesh's IstioOperators (Istio's CRDs are kept)", commands=commands,
                           files=files, change="- setup-mesh's IstioOperators and Gateway (Istio's CRDs are kept: "
                                               f"others use Istio here: {how.usage.describe()})"))
-    if how.default_tag and (how.purge or how.default_tag in _our_revisions(seen, how.ours)):
-        steps.append(Step(f"remove the default revision tag ({how.default_tag})", commands=[
+    # A default tag no uninstall removes (IstioUsage.default_tag), left pointing at a revision removed here,
+    # would send every pod of an istio-injection=enabled namespace to an injector that is gone, and the API
+    # server would refuse them.
+    tag = how.usage.default_tag
+    if tag and (how.purge or tag in _our_revisions(seen, how.ours)):
+        steps.append(Step(f"remove the default revision tag ({tag})", commands=[
             tools.istioctl_cmd(cluster, "tag", "remove", "default", "-y")],
-            change=f"- default revision tag → {how.default_tag}"))
+            change=f"- default revision tag → {tag}"))
     names = secrets if how.foreign_cacerts else ["cacerts", *secrets]
     if names:
         some = f"{len(secrets)} remote secret{'s' * (len(secrets) != 1)}"

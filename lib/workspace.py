@@ -129,8 +129,9 @@ def read_istio_usage(clusters: list[Cluster], tools: Tools, runner, reporter: Re
             if not resources.ok and not is_missing_category(resources.stderr):
                 return MeshError(f"cannot list Istio resources: {resources.stderr_tail()}")
             deployments = ctx.run(tools.istio_deployments(cluster, timeout))
+            tag = ctx.run(tools.default_tag_webhook(cluster, timeout))
             return parse_istio_usage(resources.stdout if resources.ok else None, deployments.stdout, ours,
-                                     made_by_setup_mesh)
+                                     made_by_setup_mesh, tag.stdout)
         except MeshError as exc:
             return exc
         except ValueError as exc:

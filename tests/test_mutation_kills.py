@@ -372,7 +372,8 @@ def test_teardown_removes_the_default_tag_only_when_it_points_at_a_revision_it_r
     others = IstioUsage(resources={("VirtualService", "shop"): 1})
 
     def tag_steps(tag, usage=others):
-        how = Uninstall(tmp_path, frozenset({"setup-mesh", "eastwest"}), usage, default_tag=tag)
+        usage = IstioUsage(usage.resources, usage.control_planes, default_tag=tag)
+        how = Uninstall(tmp_path, frozenset({"setup-mesh", "eastwest"}), usage)
         steps = uninstall_steps(Tools(), Cluster("c1", "n1", "c1"), [], seen, how)
         return [(s.change, [list(c.argv) for c in s.commands]) for s in steps if "tag" in s.title]
 

@@ -260,6 +260,23 @@ def test_istio_usage_tells_setup_mesh_objects_from_others():
     assert not parse_istio_usage(None, '{"items": []}', OURS, made_by_setup_mesh).foreign
 
 
+def test_only_a_default_tag_that_no_uninstall_removes_is_named_for_removal():
+    import json
+
+    from lib.names import made_by_setup_mesh
+
+    def tag(**labels):
+        webhook = {"kind": "MutatingWebhookConfiguration",
+                   "metadata": {"name": "istio-revision-tag-default", "labels": {"istio.io/rev": "1-31-0", **labels}}}
+        return parse_istio_usage(None, '{"items": []}', OURS, made_by_setup_mesh, json.dumps(webhook)).default_tag
+
+    assert tag(**{"istio.io/tag": "default"}) == "1-31-0", "istioctl tag set: no uninstall prunes it"
+    # Made by the charts from values.revisionTags: pruned with its install, after which `tag remove` would
+    # fail ("cannot find MutatingWebhookConfiguration or Service for tag").
+    assert tag(**{"operator.istio.io/component": "Pilot"}) is None
+    assert parse_istio_usage(None, '{"items": []}', OURS, made_by_setup_mesh, "").default_tag is None  # none there
+
+
 def test_dry_run_of_the_bundled_example_matches_the_golden_plan(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("ISTIO_DIR", "WORKDIR")}
     env.update(KUBECONFIG=str(tmp_path / "no-kubeconfig"), PATH="/usr/bin:/bin", HOME=str(tmp_path))
