@@ -172,20 +172,7 @@ class ShRunner(_Base):
                 raise Interrupted(f"interrupted before `{command.pasteable()}` started")
         start = time.monotonic()
         timed_out = False
-        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # the fork copies it: see _in_child
-        try:
-            proc = self._start(program, command, kwargs)
-            with self._lock:
-                # A Ctrl-C that came while the program was starting found nothing to end, and the terminal's
-                # SIGINT came before the program was there: end it now, or the run waits for all it does.
-                late = self._stopped
-                self._running[id(proc)] = proc
-        finally:
-            # A Ctrl-C held meanwhile is raised here (in the main thread): the program is recorded by then,
-            # and the run's Ctrl-C handling ends it.
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        if late:
-            _terminate(proc)
+        proc = self._start_recorded(program, command, kwargs)
         try:
             proc.wait()
             exit_code, out, err = proc.exit_code, proc.stdout, proc.stderr
@@ -204,6 +191,25 @@ class ShRunner(_Base):
         duration = time.monotonic() - start
         result = Result(command, exit_code, _text(out), _text(err), duration, timed_out)
         return self._finish(result)
+
+    def _start_recorded(self, program, command: Command, kwargs: dict):
+        """The program started, with SIGINT held while it forks (the fork copies that: see _in_child), and
+        recorded, so that a Ctrl-C ends it."""
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            proc = self._start(program, command, kwargs)
+            with self._lock:
+                # A Ctrl-C that came while the program was starting found nothing to end, and the terminal's
+                # SIGINT came before the program was there: end it now, or the run waits for all it does.
+                late = self._stopped
+                self._running[id(proc)] = proc
+        finally:
+            # A Ctrl-C held meanwhile is raised here (in the main thread): the program is recorded by then,
+            # and the run's Ctrl-C handling ends it.
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        if late:
+            _terminate(proc)
+        return proc
 
     def _start(self, program, command: Command, kwargs: dict):
         return program(*command.argv[1:], _bg=True, **kwargs)
