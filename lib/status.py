@@ -64,11 +64,8 @@ def read_status(ws: Expected, client: ClusterClient) -> MeshStatus:
     for revision in dict.fromkeys(remote_revision.values()):
         injection.update(client.injection_paths([c for c in remotes if remote_revision[c.context] == revision], revision))
     published = client.published_roots([c for c in asked if observed[c.context].cacerts])
-    status = evaluate(ws, observed, istiod, views=views, injection=injection, published=published)
-    for cluster_status in status.clusters:
-        context = cluster_status.cluster.context
-        cluster_status.serving_revision = (remote_revision[context] if context in remote_revision
-                                           else serving[context][1] if context in serving else None)
+    status = evaluate(ws, observed, istiod, views=views, injection=injection, published=published,
+                      serving={**{ctx: revision for ctx, (_, revision) in serving.items()}, **remote_revision})
     judge_revisions(status.clusters, client.revisions(list(ws.topology.clusters), observed),
                     Hints(ws.workdir, ws.topology))
     return status

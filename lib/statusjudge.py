@@ -27,9 +27,11 @@ from .statusreport import ClusterStatus, Hints, MeshStatus, Problem, short_error
 def evaluate(ws: Expected, observed: dict[str, Observed], istiod: dict[str, Istiod],
              now: dt.datetime | None = None, views: dict[str, IstiodView] | None = None,
              injection: dict[str, "InjectorWebhook"] | None = None,
-             published: dict[str, bytes | None] | None = None) -> MeshStatus:
+             published: dict[str, bytes | None] | None = None,
+             serving: dict[str, str | None] | None = None) -> MeshStatus:
     """What the clusters show against what the workspace says. Runs nothing. ``published``: context -> the
-    root bundle its istiod publishes (istio-ca-root-cert), for the clusters where it was read."""
+    root bundle its istiod publishes (istio-ca-root-cert), for the clusters where it was read; ``serving``:
+    context -> the control-plane revision that serves it (None: base.yaml's), where it was read."""
     now = now or dt.datetime.now(dt.timezone.utc)
     topology = ws.topology
     hints = Hints(ws.workdir, topology)
@@ -57,6 +59,7 @@ def evaluate(ws: Expected, observed: dict[str, Observed], istiod: dict[str, Isti
     word_other_roots(result, root_fp, ws, hints)
     reachable = {c.name for c in topology.clusters if (observed.get(c.context) or Observed()).reachable}
     for status in result:
+        status.serving_revision = (serving or {}).get(status.cluster.context)
         judge_istiod_view(status, (views or {}).get(status.cluster.context), topology, hints, reachable)
     judge_remotes(ws.mesh, result, injection or {}, hints)
     for status in result:
