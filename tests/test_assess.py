@@ -68,6 +68,27 @@ def test_somebody_elses_ca_is_foreign_and_named(pki):
     assert "CN=intermediate" in found.issuer and "not made by setup-mesh" in found.describe()
 
 
+def test_without_a_workspace_root_setup_meshs_label_alone_tells_its_cacerts_from_somebody_elses(pki):
+    # certs/ lost (status still judges, teardown still decides what to keep): nothing to compare roots with.
+    labelled = assess_cacerts(pki["theirs"], True, None, [])
+    assert labelled.state is CacertsState.OURS_OUTDATED and not labelled.other_root, "replaced like its own"
+    unlabelled = assess_cacerts(pki["theirs"], False, None, [])
+    assert unlabelled.state is CacertsState.FOREIGN and "CN=intermediate" in unlabelled.issuer, "kept, and named"
+    assert labelled.workspace_root is None and labelled.cluster_root == root_id(pki["other"])
+
+
+def test_every_finding_names_the_workspaces_root_and_a_held_one_the_clusters(pki):
+    # status -o json shows both roots of each cluster, also when its cacerts is in place or missing.
+    ours = root_id(pki["ours"])
+    absent = assess_cacerts(None, False, pki["current"], [pki["ours"]])
+    assert (absent.workspace_root, absent.cluster_root) == (ours, None)
+    current = assess_cacerts(pki["current"], True, pki["current"], [pki["ours"]])
+    assert (current.workspace_root, current.cluster_root) == (ours, ours)
+    # Mid-move the workspace issues under the first of its roots; the cluster's is the first of its bundle.
+    moving = assess_cacerts(pki["stage1"], True, pki["stage1"], [pki["new"], pki["ours"]])
+    assert (moving.workspace_root, moving.cluster_root) == (root_id(pki["new"]), ours)
+
+
 def test_mid_move_a_cluster_on_a_root_of_the_move_is_behind_not_foreign(pki):
     roots = [pki["ours"], pki["new"]]
     assert assess_cacerts(pki["current"], True, pki["stage1"], roots).state is CacertsState.BEHIND_MOVE

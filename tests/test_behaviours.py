@@ -351,3 +351,58 @@ def test_the_ambient_gateway_wait_polls_until_programmed():
     finally:
         lib.gatewaysteps.GATEWAY_POLL_SECONDS = saved
     assert len(runner.asked) == 3 and ctx.shared["gateway_address"] == {"c2": "198.51.100.7"}
+
+
+def _switch_plan(tmp_path, networks: tuple[str, str], running_base: dict, base: dict, made_by: str,
+                 running_networks: tuple[str, str] | None = None, cluster: str = "c1"):
+    """``cluster``'s steps in the plan for ``base`` over clusters set up from ``running_base`` (on
+    ``running_networks``, else ``networks``), whose east-west gateway ``made_by`` made ("gateway": istiod, for the
+    ambient Gateway; "operator": the sidecar-mode install)."""
+    from lib.gatewayapi import ClusterCrds
+    from tests.test_plan import _healthy as healthy_plan_inputs, _workdir
+
+    def topology_on(nets):
+        return Topology("m", tuple(Cluster(f"c{i}", net, f"c{i}", server=f"https://c{i}:6443")
+                                   for i, net in enumerate(nets, 1)), tmp_path / "topology.yaml")
+
+    topology, before = topology_on(networks), topology_on(running_networks or networks)
+    running = desired_state(before, running_base)
+    observed = healthy_plan_inputs(before, running)
+    for c in before.clusters:
+        seen = observed[c.context]
+        seen.annotations = dict(running[c.context].namespace_annotations)
+        seen.eastwest_made_by, seen.gateway_api = made_by, ClusterCrds(True, "v1.4.0", "standard")
+        seen.eastwest_gateway = _gateway(True) if made_by == "gateway" else None
+    plan = build_apply_plan(topology=topology, desired=desired_state(topology, base), observed=observed, removed=[],
+                            removed_observed={}, workdir=_workdir(tmp_path), tools=Tools(), release=None,
+                            intermediate_vars={}, gateway_timeout=0)
+    return [s.title for phase in plan.phases for s in phase.steps.get(cluster, [])]
+
+
+SIDECAR_BASE = {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {}}
+REMOVE_AMBIENT_GATEWAY = "remove the ambient east-west gateway (Gateway istio-eastwestgateway)"
+
+
+def test_a_switch_between_modes_removes_the_other_modes_gateway_once_and_before_the_install(tmp_path):
+    # The other mode's gateway holds the name the new one takes (istio-eastwestgateway): it goes first.
+    to_sidecar = _switch_plan(tmp_path / "a", ("n1", "n2"), AMBIENT_BASE, SIDECAR_BASE, "gateway")
+    assert to_sidecar.count(REMOVE_AMBIENT_GATEWAY) == 1
+    assert to_sidecar.index(REMOVE_AMBIENT_GATEWAY) < to_sidecar.index("install Istio") < \
+        to_sidecar.index("install east-west gateway")
+    to_ambient = _switch_plan(tmp_path / "b", ("n1", "n2"), SIDECAR_BASE, AMBIENT_BASE, "operator")
+    removal = [t for t in to_ambient if "sidecar" in t and t.startswith("remove")]
+    assert len(removal) == 1 and to_ambient.index(removal[0]) < to_ambient.index("install Istio")
+    assert REMOVE_AMBIENT_GATEWAY not in to_ambient
+    # Back to sidecar on one network: no gateway is wanted any more, and the ambient one still goes once.
+    merged = _switch_plan(tmp_path / "c", ("n1", "n1"), AMBIENT_BASE, SIDECAR_BASE, "gateway",
+                          running_networks=("n1", "n2"), cluster="c2")
+    assert merged.count(REMOVE_AMBIENT_GATEWAY) == 1 and "install east-west gateway" not in merged
+    assert merged.index(REMOVE_AMBIENT_GATEWAY) < merged.index("install Istio")
+
+
+def test_an_ambient_mesh_down_to_one_network_removes_its_east_west_gateway_after_the_install(tmp_path):
+    # The running Gateway is kept until Istio is installed again: no mode switch, nothing takes its name.
+    steps = _switch_plan(tmp_path, ("n1", "n1"), AMBIENT_BASE, AMBIENT_BASE, "gateway", running_networks=("n1", "n2"),
+                         cluster="c2")
+    assert steps.count(REMOVE_AMBIENT_GATEWAY) == 1
+    assert steps.index("install Istio") < steps.index(REMOVE_AMBIENT_GATEWAY)

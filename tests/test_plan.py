@@ -63,6 +63,25 @@ IMPORT = "import remote secrets, gateways ready"
 SETUP = "set up, install, export remote secret"
 
 
+def test_a_cluster_whose_istio_system_is_being_deleted_waits_for_it_then_is_set_up_afresh(tmp_path):
+    # Whatever it held goes with the namespace (an interrupted teardown): it is planned as a new cluster.
+    def observed(topology, desired):
+        obs = _healthy(topology, desired)
+        obs["c2"].namespace_terminating = True
+        return obs
+
+    plan = _plan(tmp_path, observed)
+    chain = [s for phase in plan.phases for s in phase.steps.get("c2", [])]
+    assert chain[0].title == "istio-system is being deleted: wait until it is gone"
+    install = next(s for s in chain if s.title == "install Istio")
+    assert install.change.startswith("+ Istio") and install.done == "installed", "a fresh install, not an update"
+    assert plan.actions["c2"] == "install" and "c2" not in plan.unchanged
+    assert "import 2 peers' secrets" in [s.title for s in chain], "its peers' secrets went with it"
+    # Its new remote secret (a new reader token) goes to the others, which are not installed again.
+    assert _steps(plan)[(IMPORT, "c1")] == _steps(plan)[(IMPORT, "c3")] == ["import c2's secret"]
+    assert plan.unchanged == ["c1", "c3"]
+
+
 def test_a_missing_secret_is_copied_from_a_peer_that_holds_a_current_one(tmp_path):
     def observed(topology, desired):
         obs = _healthy(topology, desired)
