@@ -203,3 +203,26 @@ def test_going_down_to_one_network_removes_the_gateways(mesh3):
         assert gateways.strip() == ""
         assert mesh3.get(ctx, "namespace", "istio-system")["metadata"]["labels"]["topology.istio.io/network"] == "network1"
     assert sorted(mesh3.remote_secrets("cluster3")) == ["cluster1", "cluster2"]
+
+
+def test_a_default_tag_the_charts_made_goes_with_the_install_and_teardown_adds_no_tag_removal(sandbox_factory, tmp_path):
+    # values.revisionTags: istio-discovery's templates/revision-tags-mwc.yaml makes the tag's webhook as part of
+    # the install (operator.istio.io/component: Pilot), so the purge removes it; a `tag remove` after that
+    # would fail (cannot find MutatingWebhookConfiguration or Service for tag).
+    import yaml
+
+    sandbox = sandbox_factory(["cluster1", "cluster2"])
+    mesh = make_mesh(sandbox, tmp_path / "ws", {"cluster1": "network1", "cluster2": "network2"})
+    base = yaml.safe_load((mesh.workdir / "base.yaml").read_text())
+    base["spec"].setdefault("values", {})["revisionTags"] = ["default"]
+    (mesh.workdir / "base.yaml").write_text(yaml.safe_dump(base))
+    mesh.apply()
+    tag = mesh.get("cluster1", "mutatingwebhookconfiguration", "istio-revision-tag-default")
+    assert tag["metadata"]["labels"]["operator.istio.io/component"] == "Pilot"
+    preview = mesh.run("teardown", "--dry-run")
+    assert preview.returncode == 0 and "revision tag" not in preview.stdout, preview.stdout
+    done = mesh.run("teardown", "-y")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for ctx in ("cluster1", "cluster2"):
+        assert mesh.get(ctx, "mutatingwebhookconfiguration", "istio-revision-tag-default", check=False) is None, ctx
+        assert mesh.get(ctx, "namespace", "istio-system", check=False) is None, ctx

@@ -194,3 +194,25 @@ def test_a_revisions_istiod_pods_are_not_selected_by_the_default_revisions_servi
     pods = sb.get_json("c1", "pods", "-n", "istio-system", "-l", ",".join(f"{k}={v}" for k, v in selector.items()))
     assert {p["metadata"]["labels"]["istio.io/rev"] for p in pods["items"]} == {"default"}
 
+
+
+def test_the_charts_own_revision_tags_are_part_of_the_install_and_go_with_it(canary):
+    # values.revisionTags: istio-discovery templates/revision-tags-{mwc,svc}.yaml, labelled like the install.
+    sb, old, new, iop = canary
+    tagged = write(Path(iop).parent / "tagged.yaml", {**cluster_iop("c1", "network1"), "spec": {
+        "values": {**cluster_iop("c1", "network1")["spec"]["values"], "revisionTags": ["prod"]}}})
+    assert ctl(new, sb, "install", "-y", "-f", tagged, "--revision", NEW_REV, "--context", "c1").returncode == 0
+    hook = sb.get_json("c1", "mutatingwebhookconfiguration", "istio-revision-tag-prod")
+    labels = hook["metadata"]["labels"]
+    assert (labels["istio.io/tag"], labels["istio.io/rev"], labels["operator.istio.io/component"]) == (
+        "prod", NEW_REV, "Pilot")
+    assert sb.get_json("c1", "service", "istiod-revision-tag-prod", "-n", "istio-system")
+    listed = json.loads(ctl(new, sb, "tag", "list", "-o", "json", "--context", "c1").stdout)
+    assert {"tag": "prod", "revision": NEW_REV, "namespaces": []} in listed
+    removed = ctl(new, sb, "uninstall", "--revision", NEW_REV, "-y", "--context", "c1")
+    assert removed.returncode == 0, removed.stderr
+    assert sb.kubectl("c1", "get", "mutatingwebhookconfiguration", "istio-revision-tag-prod", "--ignore-not-found",
+                      "-o", "name").stdout.strip() == "", "pruned with its revision"
+    gone = ctl(new, sb, "tag", "remove", "prod", "-y", "--context", "c1")
+    assert gone.returncode == 1 and gone.stderr.strip() == (
+        'Error: cannot remove tag "prod": cannot find MutatingWebhookConfiguration or Service for tag')
