@@ -2,10 +2,11 @@
 
 A ``Run`` carries what one run works with (workspace folder, runner, reporter, the run log once opened);
 ``drive`` takes the parts a command gives (``Parts``) through one sequence: a dry run shows its plan and
-stops there; otherwise a refusal stops the run before anything is touched, the confirmation is asked, the
-run log is opened (unless the command opened it before its reads, so that they are logged), progress
-rows start, clusters that sit this run out are reported failed, the phases run, what is now true is
-recorded, each cluster's result is reported, and the summary gives the exit code. The driver never asks
+stops there; a run with nothing to change says so and stops; otherwise a refusal stops the run before
+anything is touched, the confirmation is asked, the run log is opened (unless the command opened it
+before its reads, so that they are logged), progress rows start, clusters that sit this run out are
+reported failed, the phases run, what is now true is recorded, each cluster's result is reported, and
+the summary gives the exit code. The driver never asks
 which command it runs: where commands differ, they give different parts."""
 from __future__ import annotations
 
@@ -125,7 +126,8 @@ class Parts:
     """What a command gives the driver.
 
     ``show``: the dry run's output, returning its exit code (it may raise what the run would stop at);
-    ``refusal``: raised before anything is touched; ``ask``: what is said and asked before any change (it
+    ``nothing``: what a run that has nothing to change does instead, returning its exit code (no question,
+    no run log, no progress), None when it has something to change; ``refusal``: raised before anything is touched; ``ask``: what is said and asked before any change (it
     raises when declined), None to go ahead unasked; ``begin``: what the workspace records once confirmed,
     before any cluster changes, so that a run cut short is resumed; ``rows``: the progress rows the run
     shows (None: the table as it is, or none); ``sit_outs``: clusters marked failed before the phases
@@ -133,6 +135,7 @@ class Parts:
     cluster's result; ``after``: what follows the summary, from its exit code to the run's."""
     show: Callable[[], int]
     execute: Callable[[Executor], Outcome]
+    nothing: Callable[[], int] | None = None
     rows: Rows | None = None
     refusal: MeshError | None = None
     ask: Callable[[], None] | None = None
@@ -144,10 +147,12 @@ class Parts:
 
 
 def drive(run: Run, parts: Parts) -> int:
-    """show (dry run) -> refuse -> confirm -> open the log -> begin -> progress -> sit-outs -> phases ->
-    record -> report -> summary and exit code."""
+    """show (dry run) -> nothing to change -> refuse -> confirm -> open the log -> begin -> progress ->
+    sit-outs -> phases -> record -> report -> summary and exit code."""
     if run.dry_run:
         return parts.show()
+    if parts.nothing is not None:
+        return parts.nothing()
     _before_changes(run, parts)
     run.open_log()
     parts.begin()

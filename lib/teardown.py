@@ -56,8 +56,6 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
     unread = {ctx: found for ctx, found in usage.items() if isinstance(found, MeshError)}
     kept = [line for context, how in uninstall.items() if (line := describe_kept(context, how))]
     torn = _Teardown(run, state, clusters, phase, observed, unreachable, unread, kept, tools, purge_certs)
-    if not dry_run and not phase and not unreachable and not unread:
-        return torn.nothing_to_remove()
     return drive(run, torn.parts())
 
 
@@ -76,7 +74,9 @@ class _Teardown:
     purge_certs: bool
 
     def parts(self) -> Parts:
-        return Parts(show=self.show, ask=self.ask, rows=rows_of(self.clusters), sit_outs=self.sit_outs,
+        idle = not self.phase and not self.unreachable and not self.unread
+        return Parts(show=self.show, nothing=self.nothing_to_remove if idle else None, ask=self.ask,
+                     rows=rows_of(self.clusters), sit_outs=self.sit_outs,
                      execute=lambda executor: executor.run_phases([self.phase]), record=self.record,
                      report=self.report, after=self.after)
 

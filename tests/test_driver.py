@@ -34,14 +34,15 @@ class InMemoryCommand:
     calls is written down in ``events``."""
 
     def __init__(self, run: Run, *, refusal=None, question: str | None = None, sitting_out=(),
-                 interrupt: bool = False):
-        self.run, self.refusal, self.question = run, refusal, question
+                 interrupt: bool = False, idle: bool = False):
+        self.run, self.refusal, self.question, self.idle = run, refusal, question, idle
         self.sitting_out, self.interrupt = list(sitting_out), interrupt
         self.events: list[str] = []
         self.outcome: Outcome | None = None
 
     def parts(self) -> Parts:
-        return Parts(show=self.show, refusal=self.refusal, ask=self.ask if self.question else None,
+        return Parts(show=self.show, nothing=self.nothing if self.idle else None, refusal=self.refusal,
+                     ask=self.ask if self.question else None,
                      begin=lambda: self.events.append("begin"), rows=rows_of(CLUSTERS), sit_outs=self.sit_outs,
                      execute=self.execute, record=self.record, report=lambda outcome: self.events.append("report"),
                      after=self.after)
@@ -49,6 +50,11 @@ class InMemoryCommand:
     def show(self) -> int:
         self.events.append("show")
         self.run.reporter.info("the plan")
+        return 0
+
+    def nothing(self) -> int:
+        self.events.append("nothing")
+        self.run.reporter.info("nothing to change")
         return 0
 
     def ask(self) -> None:
@@ -115,6 +121,18 @@ def test_a_dry_run_shows_the_plan_and_changes_nothing(tmp_path):
     assert command.events == ["show"]
     assert runner.commands == [] and not (tmp_path / STATE_DIR).exists() and run.log is None
     assert out.getvalue() == "the plan\n"
+
+
+def test_a_run_with_nothing_to_change_says_so_and_asks_runs_and_logs_nothing(tmp_path):
+    run, runner, out = _run(tmp_path)  # no -y, no terminal: a question would refuse the run
+    command = InMemoryCommand(run, question="Change the clusters?", idle=True)
+    assert drive(run, command.parts()) == 0
+    assert command.events == ["nothing"] and runner.commands == [] and not (tmp_path / STATE_DIR).exists()
+    assert out.getvalue() == "nothing to change\n"
+    # Its dry run shows the plan, as every dry run does.
+    run, _, out = _run(tmp_path, dry_run=True)
+    command = InMemoryCommand(run, question="Change the clusters?", idle=True)
+    assert drive(run, command.parts()) == 0 and command.events == ["show"]
 
 
 def test_a_refusal_stops_the_run_before_the_log_is_opened_and_before_any_step(tmp_path):
