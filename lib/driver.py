@@ -6,8 +6,8 @@ stops there; a run with nothing to change says so and stops; otherwise a refusal
 anything is touched, the confirmation is asked, the run log is opened (unless the command opened it
 before its reads, so that they are logged), progress rows start, clusters that sit this run out are
 reported failed, the phases run, what is now true is recorded, each cluster's result is reported, and
-the summary gives the exit code. The driver never asks
-which command it runs: where commands differ, they give different parts."""
+the summary gives the exit code. The driver never asks which command it runs: where commands differ,
+they give different parts."""
 from __future__ import annotations
 
 import sys
@@ -127,12 +127,13 @@ class Parts:
 
     ``show``: the dry run's output, returning its exit code (it may raise what the run would stop at);
     ``nothing``: what a run that has nothing to change does instead, returning its exit code (no question,
-    no run log, no progress), None when it has something to change; ``refusal``: raised before anything is touched; ``ask``: what is said and asked before any change (it
-    raises when declined), None to go ahead unasked; ``begin``: what the workspace records once confirmed,
-    before any cluster changes, so that a run cut short is resumed; ``rows``: the progress rows the run
-    shows (None: the table as it is, or none); ``sit_outs``: clusters marked failed before the phases
-    start; ``execute``: the phases; ``record``: what is now true, also after a failure; ``report``: each
-    cluster's result; ``after``: what follows the summary, from its exit code to the run's."""
+    no run log, no progress), None when it has something to change; ``refusal``: raised before anything
+    is touched; ``ask``: what is said and asked before any change (it raises when declined), None to go
+    ahead unasked; ``begin``: what the workspace records once confirmed, before any cluster changes, so
+    that a run cut short is resumed; ``rows``: the progress rows the run shows (None: the table as it is,
+    or none); ``sit_outs``: clusters marked failed before the phases start; ``execute``: the phases;
+    ``record``: what is now true, also after a failure; ``report``: each cluster's result; ``after``: what
+    follows the summary, from its exit code to the run's."""
     show: Callable[[], int]
     execute: Callable[[Executor], Outcome]
     nothing: Callable[[], int] | None = None

@@ -13,7 +13,8 @@ ISTIOD = "istiod"  # the istiod Deployment and Service; istiod-<revision> with a
 EASTWEST_NAME = "istio-eastwestgateway"
 CROSS_NETWORK_GATEWAY = "cross-network-gateway"
 FIELD_MANAGER = "setup-mesh"
-# `istioctl tag set default` makes it (label istio.io/rev: the revision the tag points at).
+# The `default` revision tag's webhook (`istioctl tag set default`, or the charts from values.revisionTags);
+# its label istio.io/rev names the revision the tag points at.
 DEFAULT_TAG_WEBHOOK = "istio-revision-tag-default"
 
 # Istio's labels and annotations.
