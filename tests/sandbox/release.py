@@ -31,6 +31,15 @@ TEMPLATE = Path(__file__).resolve().parent / "release_template"
 
 # Files of the template that only document the stand-in itself; not part of a release.
 _NOT_COPIED = {"README-standin.md"}
+STANDIN_MODULE = "_istioctl_standin"  # bin/<this>.py: the stand-in's program, which bin/istioctl runs
+_LAUNCHER = f"""import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
+from {STANDIN_MODULE} import main  # noqa: E402
+
+sys.exit(main(sys.argv[1:]))
+"""
 
 # Files that name the release's version (the template is written at VERSION).
 _VERSIONED = {"bin/istioctl", "manifest.yaml"}
@@ -75,11 +84,14 @@ def materialize_release(dest_parent: Path, python: str = sys.executable, version
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         if rel.as_posix() == "bin/istioctl":
+            # The program as a module beside a small launcher: Python caches an imported module's bytecode
+            # (bin/__pycache__/), while a script is compiled again on every call.
             text = src.read_text()
             first, _, rest = text.partition("\n")
             if first.startswith("#!"):
                 text = rest
-            _write_if_changed(target, f"#!{python}\n{_at_version(text, version)}")
+            _write_if_changed(target.with_name(STANDIN_MODULE + ".py"), _at_version(text, version))
+            _write_if_changed(target, f"#!{python}\n{_LAUNCHER}")
         else:
             _write_if_changed(target, _at_version(src.read_text(), version) if rel.as_posix() in _VERSIONED else src.read_text())
     for rel in _EXECUTABLES:
