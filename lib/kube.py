@@ -167,6 +167,9 @@ class Observed:
     # its own istiod pods, a remote's to its EndpointSlice (its primary's address) and must select nothing.
     istiod_selectors: dict[str, dict[str, str]] = field(default_factory=dict)
     deployments: dict[str, dict] = field(default_factory=dict)  # in istio-system, by name
+    # Each istiod[-<revision>] Service of istio-system, by name: in a remote, which runs no Deployment of its
+    # own, the install's only trace in istio-system (its labels name the IstioOperator that made it).
+    istiod_services: dict[str, dict] = field(default_factory=dict)
     daemonsets: dict[str, dict] = field(default_factory=dict)  # in istio-system, by name (and ztunnel where it runs)
 
 
@@ -232,6 +235,7 @@ def _read_service(seen: Observed, item: dict[str, Any]) -> None:
     elif is_istiod_name(name):
         seen.istiod_service = True
         seen.istiod_selectors[name] = dict((item.get("spec") or {}).get("selector") or {})
+        seen.istiod_services[name] = item
 
 
 def service_address(service: dict[str, Any]) -> str | None:

@@ -31,10 +31,13 @@ class Uninstall:
 
 
 def _our_components(seen: Observed, ours: frozenset[str]) -> list[tuple[str | None, str | None, str]]:
-    """(IstioOperator name, its namespace, revision) of each istio-system Deployment that setup-mesh's
-    IstioOperators installed; the name is None for a control plane earlier versions installed unnamed."""
+    """(IstioOperator name, its namespace, revision) of each istio-system Deployment and istiod Service that
+    setup-mesh's IstioOperators installed; the name is None for a control plane earlier versions installed
+    unnamed. The Services count because a remote's install runs no Deployment: without them its
+    IstioOperator would not be uninstalled, and its injector (failurePolicy Fail) would stay, calling an
+    istiod Service that is gone."""
     found = []
-    for item in seen.deployments.values():
+    for item in [*seen.deployments.values(), *seen.istiod_services.values()]:
         labels = (item.get("metadata") or {}).get("labels") or {}
         if COMPONENT_LABEL not in labels:
             continue

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from tests.meshkit import FOREIGN_PA, FOREIGN_VS, applied_mesh
+from tests.test_standin_istioctl import wait_for
 
 PRIMARY, REMOTE = "cluster1", "cluster2"
 NETWORKS = {PRIMARY: "network1", REMOTE: "network2"}
@@ -79,8 +80,9 @@ def test_status_flags_a_remote_whose_injector_calls_another_clusters_path(mesh):
 def test_a_scoped_teardown_of_a_primary_with_a_remote_removes_its_exposed_istiod(mesh):
     sandbox = mesh.sandbox
     assert mesh.get(PRIMARY, "gateways.networking.istio.io", "istiod-gateway", "-n", "istio-system") is not None
-    sandbox.kubectl(PRIMARY, "create", "namespace", "shop")
-    sandbox.kubectl(PRIMARY, "apply", "-f", "-", stdin=FOREIGN_VS)
+    for ctx in (PRIMARY, REMOTE):  # somebody else uses Istio in both: each teardown is scoped
+        sandbox.kubectl(ctx, "create", "namespace", "shop")
+        sandbox.kubectl(ctx, "apply", "-f", "-", stdin=FOREIGN_VS)
     # Somebody's policy in istio-system: the namespace stays, so what setup-mesh made there must go one by one.
     sandbox.kubectl(PRIMARY, "apply", "-f", "-", stdin=FOREIGN_PA)
     result = mesh.run("teardown", "-y")
@@ -94,3 +96,13 @@ def test_a_scoped_teardown_of_a_primary_with_a_remote_removes_its_exposed_istiod
         == [("shop", "reviews")], "istiod-vs goes; the VirtualService somebody else made stays"
     assert mesh.get(PRIMARY, "peerauthentication", "default", "-n", "istio-system")["spec"]["mtls"]["mode"] == "STRICT"
     assert mesh.get(REMOTE, "namespace", "istio-system", check=False) is None
+    # The remote's own install (it runs no istiod) is uninstalled too: its injector, failurePolicy Fail, would
+    # otherwise refuse every pod of an injected namespace, calling an istiod Service that is gone.
+    assert mesh.get(REMOTE, "virtualservice", "reviews", "-n", "shop") is not None, "somebody's config stays"
+    hooks = [h["metadata"]["name"] for h in mesh.get(REMOTE, "mutatingwebhookconfigurations")["items"]]
+    assert not [name for name in hooks if "istio" in name], hooks
+    sandbox.kubectl(REMOTE, "create", "namespace", "app")
+    sandbox.kubectl(REMOTE, "label", "namespace", "app", "istio-injection=enabled")
+    sandbox.kubectl(REMOTE, "create", "deployment", "web", "--image=nginx", "-n", "app")
+    assert wait_for(lambda: mesh.get(REMOTE, "pods", "-n", "app")["items"]), \
+        mesh.get(REMOTE, "deployment", "web", "-n", "app")["status"]

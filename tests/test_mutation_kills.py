@@ -359,6 +359,29 @@ def test_a_scoped_teardown_uninstalls_each_of_setup_meshs_operators_and_each_unn
     assert all(m["kind"] == "IstioOperator" for m in manifests)
 
 
+def test_a_scoped_teardown_of_a_remote_uninstalls_its_istioctl_install_found_by_its_istiod_service(tmp_path):
+    """A remote runs no Deployment of its own: its istiod Service (parse_inspect reads it) names the
+    IstioOperator. Left installed, its injector (failurePolicy Fail) would refuse every pod of an
+    istio-injection=enabled namespace once istio-system and the Service are gone."""
+    import json
+
+    from lib.kube import IstioUsage, Tools, parse_inspect
+    from lib.plan import Uninstall, uninstall_steps
+
+    labels = {"operator.istio.io/component": "Pilot", "install.operator.istio.io/owning-resource": "setup-mesh",
+              "install.operator.istio.io/owning-resource-namespace": "istio-system", "istio.io/rev": "1-31-0"}
+    service = {"kind": "Service", "metadata": {"name": "istiod-1-31-0", "namespace": "istio-system", "labels": labels},
+               "spec": {}}
+    seen = parse_inspect(json.dumps({"kind": "List", "items": [
+        {"kind": "Namespace", "metadata": {"name": "istio-system"}}, service]}))
+    usage = IstioUsage(resources={("VirtualService", "shop"): 1}, default_tag="1-31-0")  # others use Istio here
+    steps = uninstall_steps(Tools(), Cluster("r1", "n1", "r1"), [], seen,
+                            Uninstall(tmp_path, frozenset({"setup-mesh", "eastwest"}), usage))
+    istioctl = [c.argv[1:] for s in steps for c in s.commands if c.argv[0] == "istioctl"]
+    assert istioctl == [("uninstall", "-y", "-f", str(steps[0].files[0][0]), "--context", "r1"),
+                        ("tag", "remove", "default", "-y", "--context", "r1")], "its install, then the tag to it"
+
+
 def test_teardown_removes_the_default_tag_only_when_it_points_at_a_revision_it_removes(tmp_path):
     from lib.kube import IstioUsage, Observed, Tools
     from lib.plan import Uninstall, uninstall_steps
