@@ -128,8 +128,8 @@ CHECKS: dict[str, Check] = {c.id: c for c in (
           'setup-mesh apply (installs them)'),
     Check('gateway_api_crds_old', WARNING,
           ("ambient: the cluster's own Gateway API CRDs are older than the release the installed "
-           'Istio expects (istiod ignores kinds they do not serve); setup-mesh leaves CRDs it did '
-           'not install alone'),
+           'Istio expects (istiod ignores kinds they do not serve); apply installs the CRDs only where '
+           'a cluster has none and leaves existing ones alone'),
           'upgrade them: kubectl apply --server-side -f <standard-install.yaml of that release>'),
     Check('istiod_service_selects_pods', ERROR,
           "a remote's istiod Service has a selector: it leads to pods that run no istiod, so the injector refuses new pods",

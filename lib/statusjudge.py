@@ -258,8 +258,9 @@ def _judge_ambient_gateway(status: ClusterStatus, cluster: Cluster, seen: Observ
         else:
             older = older_than_needed(crds, expected_version(istiod.version))
             if older:
-                add(Problem("gateway_api_crds_old", older, "upgrade them yourself; setup-mesh leaves CRDs it did "
-                                                           "not install alone", severity=WARNING))
+                add(Problem("gateway_api_crds_old", older, "upgrade them yourself: apply installs the Gateway API "
+                                                           "CRDs only where a cluster has none, and leaves "
+                                                           "existing ones alone", severity=WARNING))
     found = assess_gateway(seen, desired)
     status.gateway_exists = found.present
     if not found.present:
