@@ -10,7 +10,7 @@ from .config import AMBIENT, Cluster, Topology, data_plane_mode, select_clusters
 from .errors import ConfigError, MeshError
 from .executor import RERUN_HINT, Executor, Outcome
 from .gatewayapi import CrdSource, choose_source, expected_version, older_than_needed
-from .kube import IstioUsage, Observed, Tools, gateway_addresses
+from .kube import Observed, Tools, gateway_addresses
 from .overlay import our_operators
 from .desired import desired_state
 from .assess import loopback_peers
@@ -22,7 +22,7 @@ from .reporter import Reporter
 from .runner import ShRunner
 from .statusrevisions import read_revisions
 from .workspace import Workspace, find_tools, load_workspace
-from .commands import certs_prerequisites, describe_kept, other_roots_refusal, uninstall_for
+from .commands import certs_prerequisites, describe_kept, other_roots_refusal, uninstalls_for
 from .driver import Parts, Run, drive, rows_of, sit_out
 
 
@@ -187,8 +187,7 @@ def _uninstall_leaving(client: KubeClient, ws: Workspace, removed_clusters: list
     leaving = [c for c in removed_clusters if (seen := observed.get(c.context)) and seen.reachable]
     ours = our_operators(ws.base)
     usage = client.istio_usage(leaving, ours) if leaving else {}
-    return {ctx: uninstall_for(ws.workdir, ours, found, observed.get(ctx))
-            for ctx, found in usage.items() if isinstance(found, IstioUsage)}
+    return uninstalls_for(ws.workdir, ours, usage, observed)
 
 
 def _sitting_out(topology: Topology, chosen: list[Cluster], observed: dict[str, Observed]

@@ -91,13 +91,20 @@ def other_roots_refusal(other_roots: dict[str, CacertsFinding], replace: bool,
 
 # --- shared set-up -----------------------------------------------------------------------------
 
-def uninstall_for(workdir: Path, ours: frozenset[str], found: IstioUsage, seen: Observed | None,
-                  remove_crds: bool = False) -> Uninstall:
-    """How to remove setup-mesh from a cluster, from who else uses Istio there and whose CA cacerts holds: a
-    cacerts the assessment finds foreign (not labelled by setup-mesh, on none of the workspace's roots) stays."""
+def uninstalls_for(workdir: Path, ours: frozenset[str], usage: dict[str, IstioUsage | MeshError],
+                   observed: dict[str, Observed], remove_crds: bool = False) -> dict[str, Uninstall]:
+    """How to remove setup-mesh from each cluster whose Istio users were read (``usage``), from who else uses
+    Istio there and whose CA cacerts holds: a cacerts the assessment finds foreign (not labelled by
+    setup-mesh, on none of the workspace's roots) stays. The workspace's roots are read once."""
     roots = workspace_certs(workdir, carotation.load_transition(workdir), []).roots
-    finding = assess_cacerts(seen.cacerts if seen else None, bool(seen and seen.cacerts_labelled), None, roots)
-    return Uninstall(workdir, ours, found, remove_crds, finding.issuer if finding.state is CacertsState.FOREIGN else None)
+    uninstall = {}
+    for context, found in usage.items():
+        if isinstance(found, IstioUsage):
+            seen = observed.get(context)
+            finding = assess_cacerts(seen.cacerts if seen else None, bool(seen and seen.cacerts_labelled), None, roots)
+            uninstall[context] = Uninstall(workdir, ours, found, remove_crds,
+                                           finding.issuer if finding.state is CacertsState.FOREIGN else None)
+    return uninstall
 
 
 def describe_kept(context: str, how: Uninstall) -> str | None:

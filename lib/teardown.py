@@ -10,7 +10,7 @@ from .cluster import KubeClient
 from .config import BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, load_base, load_topology, resolve_contexts
 from .errors import ConfigError, MeshError
 from .executor import Executor, Outcome, Phase
-from .kube import IstioUsage, Tools
+from .kube import Tools
 from .overlay import our_operators
 from .plan import ApplyPlan, teardown_plan
 from .planview import print_plan
@@ -19,7 +19,7 @@ from .reporter import Reporter
 from .runner import ShRunner
 from .state import State
 from .workspace import find_tools, pinned_release
-from .commands import describe_kept, uninstall_for
+from .commands import describe_kept, uninstalls_for
 from .driver import Parts, Run, drive, rows_of, sit_out
 
 
@@ -46,9 +46,7 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
     present = [c for c in clusters if (seen := observed.get(c.context)) and seen.reachable
                and (seen.namespace or seen.istiod_service)]
     usage = client.istio_usage(present, ours) if present else {}
-    uninstall = {ctx: uninstall_for(workdir, ours, found, observed.get(ctx), remove_crds)
-                 for ctx, found in usage.items()
-                 if isinstance(found, IstioUsage)}
+    uninstall = uninstalls_for(workdir, ours, usage, observed, remove_crds)
     # A cluster whose Istio users could not be read is not touched: it fails, and is reported.
     phase = teardown_plan(tools, clusters, observed, uninstall)
     unreachable = {c.context: observed[c.context] for c in clusters

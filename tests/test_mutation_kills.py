@@ -550,7 +550,7 @@ def test_the_exposed_istiod_is_a_gateway_and_a_virtual_service_as_in_istios_samp
 # --- somebody else's CA is never replaced unasked -------------------------------------------------
 
 def test_teardown_keeps_a_cacerts_that_is_neither_labelled_by_setup_mesh_nor_on_the_workspaces_root(tmp_path):
-    from lib.commands import uninstall_for
+    from lib.commands import uninstalls_for
     from lib.kube import IstioUsage, Observed
     from tests.test_status import _ca, _pem
 
@@ -563,7 +563,7 @@ def test_teardown_keeps_a_cacerts_that_is_neither_labelled_by_setup_mesh_nor_on_
         if root is None:
             (tmp_path / "certs" / "root-cert.pem").unlink()
         seen = Observed(reachable=True, cacerts=cacerts, cacerts_labelled=labelled)
-        return uninstall_for(tmp_path, frozenset({"setup-mesh"}), IstioUsage(), seen).foreign_cacerts
+        return uninstalls_for(tmp_path, frozenset({"setup-mesh"}), {"c1": IstioUsage()}, {"c1": seen})["c1"].foreign_cacerts
 
     assert kept(None, False) is None, "no cacerts: nothing to keep"
     assert kept({"root-cert.pem": theirs_pem}, True) is None, "setup-mesh's label: removed with istio-system"
