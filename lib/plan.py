@@ -20,13 +20,13 @@ from .executor import After, Phase, Step
 from .gatewayapi import CrdSource
 from .gatewaysteps import (gateway_api_crds_step, remove_ambient_gateway_step, remove_gateways_step,
                            remove_sidecar_gateway_step, wait_gateway_step)
-from .installsteps import (DEFAULT_TAG_KEY, install_steps, no_longer_remote_step, objects_present, record_step,
+from .installsteps import (install_steps, no_longer_remote_step, objects_present, record_step,
                            stop_exposing_istiod_step)
 from .kube import Observed, Tools
 from .mesh import mesh_model
 from .names import CONTROL_PLANE_CLUSTERS, CROSS_NETWORK_GATEWAY, DATA_PLANE_ANNOTATION, EASTWEST_NAME, ISTIO_NAMESPACE
 from .release import Release
-from .secretsteps import EXPORT_KEY, IMPORT_KEY, export_step, import_step, prune_step
+from .secretsteps import IMPORT_KEY, export_step, import_step, prune_step
 from .uninstallsteps import Uninstall, await_namespace_deleted_step, uninstall_steps
 
 # The steps live in lib/*steps.py; these names stay importable from here for apply, rotate and upgrade.
@@ -147,23 +147,23 @@ class _Planner:
             steps.append(gateway_api_crds_step(self.tools, cluster, self.gateway_api))
         if CONTROL_PLANE_CLUSTERS in namespace.annotations_left:
             steps.append(no_longer_remote_step(self.tools, cluster, d))
-        gateway: list[Step] = []  # the east-west gateway's steps, placed by _gateway_after_attach
+        gateway: list[Step] = []  # the east-west gateway's steps, placed by _chain
+        after: list[Step] = []  # what follows the install and the gateway
         if installing:
-            installed, gateway = self.install(cluster, d, seen, install, gateway_found, wiring)
+            installed, gateway, after = self.install(cluster, d, seen, install, gateway_found, wiring)
             steps.extend(installed)
-        changed = bool(steps)
+        changed = bool(steps or after)
         if d.member.remotes and gateway_found.wanted == SIDECAR and (changed or not gateway_found.address):
             # Its remotes wait for this address: find it before anything else this cluster does.
-            steps.append(wait_gateway_step(self.tools, cluster, self.gateway_timeout))
+            after.append(wait_gateway_step(self.tools, cluster, self.gateway_timeout))
         if changed:
-            steps.append(record_step(self.tools, cluster, d.fingerprint, d, was))
+            after.append(record_step(self.tools, cluster, d.fingerprint, d, was))
         else:
             plan.unchanged.append(cluster.context)
-        if cluster.context in self.exchange.exporters:
-            steps.append(export_step(self.tools, cluster))
+        export = [export_step(self.tools, cluster)] if cluster.context in self.exchange.exporters else []
         if gateway:
             self.refuse_gateway_without_its_primary(cluster, d)
-        for step in _gateway_after_attach(steps, gateway, d):
+        for step in _chain(steps, gateway, after, export, d):
             self.setup.add(cluster.context, step)
         self.add_imports(cluster, seen)
         self.add_gateway_wait(cluster, d, gateway_found, changed)
@@ -197,8 +197,9 @@ class _Planner:
         return steps
 
     def install(self, cluster: Cluster, d: Desired, seen: Observed, install, gateway_found,
-                wiring) -> tuple[list[Step], list[Step]]:
-        """(Istio's install with what it replaces or removes, the east-west gateway's steps)."""
+                wiring) -> tuple[list[Step], list[Step], list[Step]]:
+        """(Istio's install and what it replaces, the east-west gateway's steps, what comes after both:
+        removals of what is no longer needed)."""
         steps: list[Step] = []
         # The other mode's gateway holds the name this mode's gateway takes: it goes first.
         if gateway_found.running == SIDECAR and d.ambient:
@@ -210,15 +211,16 @@ class _Planner:
                                            self.revisions.get(cluster.context))
         steps.extend(installed)
         self.plan.actions[cluster.context] = "install" if install.state is InstallState.ABSENT else "change"
+        after: list[Step] = []
         if gateway_found.wanted is None and install.state is not InstallState.ABSENT:  # none needed now
             if gateway_found.running == AMBIENT:
                 if d.ambient:  # in sidecar mode it was removed above, before the install
-                    steps.append(remove_ambient_gateway_step(self.tools, cluster))
+                    after.append(remove_ambient_gateway_step(self.tools, cluster))
             elif not d.ambient:
-                steps.append(remove_gateways_step(self.tools, self.workdir, d, seen))
+                after.append(remove_gateways_step(self.tools, self.workdir, d, seen))
         if wiring.stop_exposing:
-            steps.append(stop_exposing_istiod_step(self.tools, cluster, d, self.revisions.get(cluster.context)))
-        return steps, gateway
+            after.append(stop_exposing_istiod_step(self.tools, cluster, d, self.revisions.get(cluster.context)))
+        return steps, gateway, after
 
     def refuse_gateway_without_its_primary(self, cluster: Cluster, d: Desired) -> None:
         """A remote's gateway waits for its primary to import the remote's secret: --context must not leave
@@ -316,25 +318,19 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
     return plan
 
 
-def _gateway_after_attach(steps: list[Step], gateway: list[Step], d: Desired) -> list[Step]:
-    """Where the east-west gateway's steps go in a cluster's chain. A primary's follow its install. A
-    remote's gateway pods are injected by its primary's istiod, whose webhook the remote's API server
-    trusts only once that istiod holds the remote's current secret (and the remote names it in
-    topology.istio.io/controlPlaneClusters): until then the pods are refused and the install waits out its
-    readiness timeout. So a remote exports its secret first, and its gateway waits for its primary to
-    import it, as Istio's guide "Install primary-remote on different networks" orders it."""
-    if not gateway:
-        return steps
-    at = next(i for i, step in enumerate(steps) if step.title == "install Istio") + 1
-    if at < len(steps) and steps[at].key == DEFAULT_TAG_KEY:  # the default tag set right after the install
-        at += 1
-    if not d.member.is_remote:
-        return steps[:at] + gateway + steps[at:]
-    gateway[0].after.append(After(d.member.control_plane, IMPORT_KEY))
-    rest = steps[at:]
-    export = [s for s in rest if s.key == EXPORT_KEY]
-    others = [s for s in rest if s.key != EXPORT_KEY]
-    return steps[:at] + export + gateway + others
+def _chain(installed: list[Step], gateway: list[Step], after: list[Step], export: list[Step],
+           d: Desired) -> list[Step]:
+    """A cluster's chain: its set-up and install, then the east-west gateway's steps, what follows them,
+    and the export of its remote secret. A remote's gateway pods are injected by its primary's istiod,
+    whose webhook the remote's API server trusts only once that istiod holds the remote's current secret
+    (and the remote names it in topology.istio.io/controlPlaneClusters): until then the pods are refused
+    and the install waits out its readiness timeout. So a remote exports its secret first, and its gateway
+    waits for its primary to import it, as Istio's guide "Install primary-remote on different networks"
+    orders it."""
+    if gateway and d.member.is_remote:
+        gateway[0].after.append(After(d.member.control_plane, IMPORT_KEY))
+        return installed + export + gateway + after
+    return installed + gateway + after + export
 
 
 def _switch_description(was: str, d: Desired, had_gateway: bool) -> list[str]:
