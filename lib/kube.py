@@ -162,15 +162,22 @@ class Observed:
     # Ambient meshes only (read when base.yaml is ambient): the Gateway API CRDs and the east-west Gateway.
     gateway_api: ClusterCrds | None = None
     eastwest_gateway: dict | None = None
-    istiod_service: bool = False
-    # Each istiod[-<revision>] Service of istio-system -> its selector ({} for none): a primary's leads to
-    # its own istiod pods, a remote's to its EndpointSlice (its primary's address) and must select nothing.
-    istiod_selectors: dict[str, dict[str, str]] = field(default_factory=dict)
     deployments: dict[str, dict] = field(default_factory=dict)  # in istio-system, by name
-    # Each istiod[-<revision>] Service of istio-system, by name: in a remote, which runs no Deployment of its
-    # own, the install's only trace in istio-system (its labels name the IstioOperator that made it).
+    # Each istiod[-<revision>] Service of istio-system, by name. A primary's selects its own istiod pods, a
+    # remote's selects nothing (its EndpointSlice holds its primary's address). In a remote, which runs no
+    # Deployment of its own, it is the install's only trace in istio-system (its labels name the
+    # IstioOperator that made it).
     istiod_services: dict[str, dict] = field(default_factory=dict)
     daemonsets: dict[str, dict] = field(default_factory=dict)  # in istio-system, by name (and ztunnel where it runs)
+
+    @property
+    def istiod_service(self) -> bool:
+        return bool(self.istiod_services)
+
+    @property
+    def istiod_selectors(self) -> dict[str, dict[str, str]]:
+        """Each istiod Service's selector ({} for none)."""
+        return {name: dict((item.get("spec") or {}).get("selector") or {}) for name, item in self.istiod_services.items()}
 
 
 def parse_inspect(output: str) -> Observed:
@@ -233,8 +240,6 @@ def _read_service(seen: Observed, item: dict[str, Any]) -> None:
         made_by_istiod = MANAGED_GATEWAY_LABEL in (meta.get("labels") or {})
         seen.eastwest_made_by = "gateway" if made_by_istiod else "operator"
     elif is_istiod_name(name):
-        seen.istiod_service = True
-        seen.istiod_selectors[name] = dict((item.get("spec") or {}).get("selector") or {})
         seen.istiod_services[name] = item
 
 

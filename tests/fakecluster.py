@@ -80,8 +80,22 @@ class FakeClient:
         return self
 
 
+ISTIOD_SELECTOR = {"app": "istiod", "istio": "pilot"}  # a primary's istiod Service selects its pods
+
+
+def istiod_services(selectors: dict[str, dict[str, str]]) -> dict[str, dict]:
+    """istio-system's istiod Services as read, from each one's selector ({}: none, as a remote's)."""
+    return {name: {"kind": "Service", "metadata": {"name": name, "namespace": "istio-system"},
+                   "spec": {"selector": selector} if selector else {}} for name, selector in selectors.items()}
+
+
+def istiod_service_of(cluster: Cluster) -> dict[str, dict]:
+    """The istiod Service the install made: a primary's selects its istiod pods, a remote's nothing."""
+    return istiod_services({"istiod": {} if cluster.primary else ISTIOD_SELECTOR})
+
+
 def installed(cluster: Cluster, fingerprint: str, **fields) -> Observed:
     """A cluster as apply leaves it set up: istio-system labelled with its network, the install recorded."""
     annotations = {APPLIED_ANNOTATION: fingerprint, **fields.pop("annotations", {})}
     return Observed(reachable=True, namespace=True, network_label=cluster.network, applied=fingerprint,
-                    annotations=annotations, istiod_service=True, **fields)
+                    annotations=annotations, **{"istiod_services": istiod_service_of(cluster), **fields})

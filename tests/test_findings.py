@@ -14,7 +14,7 @@ from lib.kube import Observed
 from lib.mesh import mesh_model
 from lib.names import CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, NETWORK_LABEL
 from lib.statusread import InjectorWebhook, IstiodView
-from tests.fakecluster import FakeClient, FakeCluster, installed
+from tests.fakecluster import ISTIOD_SELECTOR, FakeClient, FakeCluster, installed, istiod_services
 
 AMBIENT_BASE = {"spec": {"profile": "ambient"}}
 
@@ -262,7 +262,7 @@ def _live(topology: Topology, pki, **per_cluster) -> dict[str, FakeCluster]:
         seen = replace(held[m.context], cacerts=pki[1], cacerts_labelled=True, remote_secrets=secrets,
                        deployments={} if m.is_remote else {"istiod": _istiod(m.name)},
                        # a remote's istiod Service leads to its primary through an EndpointSlice: no selector
-                       istiod_selectors={"istiod": {} if m.is_remote else {"app": "istiod", "istio": "pilot"}})
+                       istiod_services=istiod_services({"istiod": {} if m.is_remote else ISTIOD_SELECTOR}))
         fakes[m.context] = FakeCluster(
             replace(seen, **per_cluster.get(m.context, {})),
             istiod=None if m.is_remote else IstiodView(remotes={mesh.member(p).name: "synced" for p in m.holds_secrets_of}),
@@ -302,8 +302,8 @@ def test_status_names_the_revision_that_serves_each_cluster_once_a_canary_upgrad
     # After the move to 1.31.0 the primary runs istiod-1-31-0 only, and the remote's install at that
     # revision made its istiod-1-31-0 Service (the old one removed): verify reads that one's EndpointSlice.
     fakes["main"].state.deployments = {"istiod-1-31-0": _istiod("main")}
-    fakes["main"].state.istiod_selectors = {"istiod-1-31-0": {"app": "istiod", "istio.io/rev": "1-31-0"}}
-    fakes["edge"].state.istiod_selectors = {"istiod-1-31-0": {}}
+    fakes["main"].state.istiod_services = istiod_services({"istiod-1-31-0": {"app": "istiod", "istio.io/rev": "1-31-0"}})
+    fakes["edge"].state.istiod_services = istiod_services({"istiod-1-31-0": {}})
     assert [c.serving_revision for c in _status(PRIMARY_REMOTE, fakes, pki).clusters] == ["1-31-0", "1-31-0"]
 
 

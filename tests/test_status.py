@@ -25,6 +25,7 @@ from rich.console import Console
 
 from tests import meshkit
 from tests.sandbox.release import VERSION
+from tests.fakecluster import istiod_service_of, istiod_services
 from tests.meshkit import FAST_KEYS
 from lib.config import Cluster, Topology
 from lib.kube import Observed, RemoteSecretInfo
@@ -87,7 +88,8 @@ def _healthy(topology: Topology, root) -> tuple[dict[str, Observed], dict[str, I
                    for p in topology.clusters if p is not c}
         observed[c.context] = Observed(reachable=True, namespace=True, network_label=c.network, applied="fp-" + c.context,
                                        cacerts=_cacerts(root), remote_secrets=secrets, eastwest_exists=True,
-                                       eastwest_address="198.51.100.9", istiod_service=True)
+                                       eastwest_address="198.51.100.9",
+                                       istiod_services=istiod_service_of(c))
         istiod[c.context] = Istiod(read=True, installed=True, version="1.29.0", ready=True, cluster_id=c.name)
     return observed, istiod
 
@@ -240,15 +242,15 @@ def test_an_istiod_service_that_leads_nowhere(tmp_path, roots):
     observed["c2"].remote_secrets = {}
     observed["c2"].annotations = {"topology.istio.io/controlPlaneClusters": "c1"}
     istiod["c2"] = Istiod(read=True, installed=False)
-    observed["c1"].istiod_selectors = {"istiod": {"app": "istiod", "istio": "pilot"}}
-    observed["c2"].istiod_selectors = {"istiod": {}}
+    observed["c1"].istiod_services = istiod_services({"istiod": {"app": "istiod", "istio": "pilot"}})
+    observed["c2"].istiod_services = istiod_services({"istiod": {}})
     injection = {"c2": InjectorWebhook("/inject/cluster/c2/net/n2", trusted=True)}
     ws = _ws(tmp_path, topology, roots[0])
     status = evaluate(ws, observed, istiod, now=NOW, injection=injection)
     assert status.healthy, [(c.cluster.context, c.problems) for c in status.clusters]
 
-    observed["c2"].istiod_selectors = {"istiod": {"app": "istiod"}}  # left from when it was a primary
-    observed["c1"].istiod_selectors = {"istiod": {}}
+    observed["c2"].istiod_services = istiod_services({"istiod": {"app": "istiod"}})  # left from when it was a primary
+    observed["c1"].istiod_services = istiod_services({"istiod": {}})
     status = evaluate(ws, observed, istiod, now=NOW, injection=injection)
     assert _codes(status, "c2") == ["istiod_service_selects_pods"]
     assert _codes(status, "c1") == ["istiod_service_selects_nothing"]
