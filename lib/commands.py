@@ -14,12 +14,13 @@ from . import certs, carotation, invocation
 from . import polling
 from .assess import CacertsFinding, CacertsState
 from .assesscerts import assess_cacerts
+from .baseconfig import AMBIENT
 from .casteps import workspace_certs
 from .errors import ConfigError, MeshError
 from .executor import RERUN_HINT
 from .invocation import prep_hint
 from .kube import IstioUsage, Observed
-from .names import ISTIO_NAMESPACE
+from .names import DATA_PLANE_ANNOTATION, ISTIO_NAMESPACE
 from .plan import Uninstall
 from .prep import parse_context_options, prep_mesh as _prep_mesh, report as _report_prep
 from .release import Release, find_release
@@ -103,7 +104,8 @@ def uninstalls_for(workdir: Path, ours: frozenset[str], usage: dict[str, IstioUs
             seen = observed.get(context)
             finding = assess_cacerts(seen.cacerts if seen else None, bool(seen and seen.cacerts_labelled), None, roots)
             uninstall[context] = Uninstall(workdir, ours, found, remove_crds,
-                                           finding.issuer if finding.state is CacertsState.FOREIGN else None)
+                                           finding.issuer if finding.state is CacertsState.FOREIGN else None,
+                                           bool(seen and seen.annotations.get(DATA_PLANE_ANNOTATION) == AMBIENT))
     return uninstall
 
 
@@ -122,6 +124,9 @@ def describe_kept(context: str, how: Uninstall) -> str | None:
             kept += f" and namespace {ISTIO_NAMESPACE}"
         lines.append(f"{context}: keeps {kept}, because Istio resources setup-mesh did not make exist: "
                      f"{how.usage.describe()}. --remove-crds deletes the CRDs anyway, and those resources with them")
+    if how.gateway_api_kept:
+        lines.append(f"{context}: keeps the Gateway API CRDs (gateway.networking.k8s.io) its ambient mesh needed: "
+                     f"other Gateway API resources may use them; delete them yourself once nothing does")
     return "\n".join(lines) or None
 
 

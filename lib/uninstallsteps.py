@@ -24,6 +24,9 @@ class Uninstall:
     usage: IstioUsage  # Istio objects others made
     remove_crds: bool = False  # delete Istio's CRDs even though others' resources exist (and go with them)
     foreign_cacerts: str | None = None  # a cacerts setup-mesh did not make (whose CA): it and istio-system stay
+    # The cluster ran an ambient mesh: the Gateway API CRDs it needed stay (apply installed them only where
+    # none were, and other Gateway API resources may use them; Istio's uninstall does not remove them).
+    gateway_api_kept: bool = False
 
     @property
     def purge(self) -> bool:

@@ -95,6 +95,11 @@ def test_an_ambient_base_builds_an_ambient_mesh_across_two_networks(ambient_mesh
     assert status.returncode == 0, status.stdout + status.stderr
     for cluster in json.loads(status.stdout)["clusters"]:
         assert cluster["gateway"]["programmed"] is True and cluster["gateway_api_crds"] == "v1.4.0"
+    # teardown would leave the CRDs apply installed, and says so before it asks
+    dry = mesh.run("teardown", "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    for ctx in THREE:
+        assert f"{ctx}: keeps the Gateway API CRDs (gateway.networking.k8s.io)" in dry.stdout
 
 
 def test_a_no_op_reapply_of_an_ambient_mesh_installs_nothing(ambient_mesh):

@@ -579,6 +579,22 @@ def test_teardown_keeps_a_cacerts_that_is_neither_labelled_by_setup_mesh_nor_on_
     assert kept({"root-cert.pem": ours_pem}, False, root=None) is not None
 
 
+def test_teardown_names_the_gateway_api_crds_it_keeps_where_the_cluster_ran_an_ambient_mesh(tmp_path):
+    from lib.commands import describe_kept, uninstalls_for
+    from lib.kube import IstioUsage, Observed
+    from lib.names import DATA_PLANE_ANNOTATION
+
+    (tmp_path / "certs").mkdir()
+    seen = {ctx: Observed(reachable=True, namespace=True, annotations={DATA_PLANE_ANNOTATION: mode} if mode else {})
+            for ctx, mode in (("amb", "ambient"), ("side", "sidecar"), ("old", None))}
+    uninstall = uninstalls_for(tmp_path, frozenset({"setup-mesh"}), {ctx: IstioUsage() for ctx in seen}, seen)
+    assert describe_kept("amb", uninstall["amb"]) == (
+        "amb: keeps the Gateway API CRDs (gateway.networking.k8s.io) its ambient mesh needed: other Gateway API "
+        "resources may use them; delete them yourself once nothing does")
+    assert describe_kept("side", uninstall["side"]) is None
+    assert describe_kept("old", uninstall["old"]) is None, "applied before the data plane was recorded: sidecar"
+
+
 def test_an_ambient_clusters_east_west_gateway_carries_its_own_network(tmp_path):
     from lib.desired import desired_state
 
