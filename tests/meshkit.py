@@ -5,7 +5,6 @@ import base64
 import json
 import math
 import re
-import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -14,6 +13,8 @@ from datetime import datetime
 from pathlib import Path
 
 import yaml
+
+from tests import cliserver
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST_KEYS = {"ROOTCA_KEYSZ": "2048", "INTERMEDIATE_KEYSZ": "2048"}
@@ -33,9 +34,8 @@ class Mesh:
     def run(self, *args: str, env: dict | None = None, timeout: float = 300, stdin: str | None = None):
         full_env = self.env
         full_env.update(env or {})
-        return subprocess.run([sys.executable, str(ROOT / "setup_mesh.py"), *args, "--workdir", str(self.workdir)],
-                              env=full_env, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                              input=stdin if stdin is not None else "")
+        return cliserver.run([sys.executable, str(ROOT / "setup_mesh.py"), *args, "--workdir", str(self.workdir)],
+                             env=full_env, cwd=ROOT, timeout=timeout, input=stdin if stdin is not None else "")
 
     def apply(self, *args: str, env: dict | None = None, ok: bool = True):
         """``ok``: apply did all it was asked (exit 0, or 3 with the line naming the loopback clusters)."""

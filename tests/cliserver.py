@@ -1,0 +1,237 @@
+"""Runs ``python setup_mesh.py ARGS`` for the end-to-end tests without starting an interpreter each time.
+
+The end-to-end tests run the CLI thousands of times, and most of each run's CPU went to Python's start
+and the imports (about 0.3 s, on 2 cores, against a few hundredths for the run's own work). A server
+process per test process imports setup_mesh.py's modules once; each run is a child forked from it,
+which takes the run's argv, environment, working folder and stdin/stdout/stderr (pipes, as
+``subprocess.run(capture_output=True)`` gives) and then executes setup_mesh.py as ``__main__``, as the
+interpreter does for ``python setup_mesh.py``. The code under test is the same file, run the same way,
+in a process of its own; what the children share is the modules the server imported and the server's
+string hash seed. The child ends as an interpreter ends: it waits for non-daemon threads, runs the
+exit handlers, flushes, and exits with SystemExit's code (1 and a traceback for an uncaught exception).
+
+Tests of what happens before setup_mesh.py runs (an installed command, a terminal, Ctrl-C) start
+processes of their own. ``SETUP_MESH_TESTS_SUBPROCESS=1`` makes every run a plain subprocess.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PLAIN_ENV = "SETUP_MESH_TESTS_SUBPROCESS"
+_MESSAGE_MAX = 1 << 20
+
+
+def run(argv: list[str], *, env: dict, cwd: Path | str, input: str = "", timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run(argv, env=, cwd=, input=, timeout=, capture_output=True, text=True)`` for
+    ``argv = [sys.executable, <setup_mesh.py>, ...]``: the same result, from a forked child."""
+    if os.environ.get(PLAIN_ENV) or not _is_cli(argv):
+        return _plain(argv, env, cwd, input, timeout)
+    server = _server()
+    if server is None:
+        return _plain(argv, env, cwd, input, timeout)
+    return server.run(argv, env, cwd, input, timeout)
+
+
+def _is_cli(argv: list[str]) -> bool:
+    return len(argv) >= 2 and argv[0] == sys.executable and Path(argv[1]).name == "setup_mesh.py"
+
+
+def _plain(argv, env, cwd, input, timeout) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, env=env, cwd=cwd, input=input, timeout=timeout, capture_output=True, text=True)
+
+
+# --- the test side -----------------------------------------------------------------------------------
+
+class _Server:
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock = ours
+        self.lock = threading.Lock()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from tests.cliserver import serve; serve(int(sys.argv[1]))",
+             str(theirs.fileno())],
+            pass_fds=[theirs.fileno()], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            start_new_session=True)
+        theirs.close()
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def run(self, argv, env, cwd, input, timeout) -> subprocess.CompletedProcess:
+        child_in, feed = os.pipe()
+        out, child_out = os.pipe()
+        err, child_err = os.pipe()
+        status, child_status = os.pipe()
+        request = json.dumps({"argv": [str(a) for a in argv[1:]], "env": dict(env), "cwd": str(cwd)}).encode()
+        try:
+            with self.lock:
+                socket.send_fds(self.sock, [request], [child_in, child_out, child_err, child_status])
+        finally:
+            for fd in (child_in, child_out, child_err, child_status):
+                os.close(fd)
+        writer = threading.Thread(target=_feed, args=(feed, (input or "").encode()), daemon=True)
+        writer.start()
+        return _collect(argv, out, err, status, timeout)
+
+
+def _feed(fd: int, data: bytes) -> None:
+    try:
+        os.write(fd, data) if data else None
+    except BrokenPipeError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _collect(argv, out: int, err: int, status: int, timeout: float) -> subprocess.CompletedProcess:
+    """Reads the child's output and its status pipe (its pid, then its exit code) until all three close."""
+    chunks: dict[int, list[bytes]] = {out: [], err: [], status: []}
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        for fd in chunks:
+            sel.register(fd, selectors.EVENT_READ)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                _kill(b"".join(chunks[status]))
+                for key in list(sel.get_map().values()):
+                    sel.unregister(key.fd)
+                    os.close(key.fd)
+                raise subprocess.TimeoutExpired(argv, timeout, b"".join(chunks[out]).decode(errors="replace"),
+                                                b"".join(chunks[err]).decode(errors="replace"))
+            for key, _ in sel.select(left):
+                data = os.read(key.fd, 65536)
+                if data:
+                    chunks[key.fd].append(data)
+                else:
+                    sel.unregister(key.fd)
+                    os.close(key.fd)
+    lines = b"".join(chunks[status]).decode().split()
+    # No exit code: the child was killed by a signal before it could write one.
+    code = int(lines[1]) if len(lines) > 1 else -signal.SIGKILL
+    return subprocess.CompletedProcess(argv, code, b"".join(chunks[out]).decode(errors="replace"),
+                                       b"".join(chunks[err]).decode(errors="replace"))
+
+
+def _kill(status: bytes) -> None:
+    lines = status.decode().split()
+    if lines:
+        try:
+            os.kill(int(lines[0]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+_started: list[_Server | None] = []
+_start_lock = threading.Lock()
+
+
+def _server() -> _Server | None:
+    with _start_lock:
+        if not _started or (_started[0] is not None and _started[0].proc.poll() is not None):
+            try:
+                _started[:] = [_Server()]
+            except OSError:
+                _started[:] = [None]
+        return _started[0]
+
+
+# --- the server side ---------------------------------------------------------------------------------
+
+def serve(fd: int) -> None:
+    """Imports the CLI's modules, then forks a child per request until the test process goes."""
+    sock = socket.socket(fileno=fd)
+    sys.path[0] = str(ROOT)  # as for `python setup_mesh.py`: the script's folder first
+    import setup_mesh  # noqa: F401 - setup_mesh.py's imports, loaded once for every child
+    try:
+        import typer._adapters  # noqa: F401 - typer loads it on its first parse
+    except ImportError:
+        pass
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(sock, _MESSAGE_MAX, 4)
+        except OSError:
+            return
+        if not message:
+            return
+        if os.fork() == 0:
+            _child(sock, json.loads(message), fds)
+        for received in fds:
+            os.close(received)
+
+
+def _child(sock: socket.socket, request: dict, fds: list[int]) -> None:
+    """One run: never returns."""
+    code = 1
+    status = fds[3]
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        sock.close()
+        for target, fd in enumerate(fds[:3]):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.set_inheritable(status, False)
+        os.write(status, f"{os.getpid()}\n".encode())
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = list(request["argv"])
+        sys.path[0] = str(Path(sys.argv[0]).resolve().parent)
+        code = _run_script(sys.argv[0])
+    finally:
+        try:
+            os.write(status, f"{code}\n".encode())
+        finally:
+            os._exit(code)
+
+
+def _run_script(path: str) -> int:
+    """``python path``: run it as __main__, then end as the interpreter ends."""
+    import runpy
+    import traceback
+
+    try:
+        runpy.run_path(path, run_name="__main__")
+        code = 0
+    except SystemExit as exc:
+        code = _exit_code(exc.code)
+    except BaseException:  # noqa: BLE001 - printed as the interpreter prints an uncaught exception
+        traceback.print_exc()
+        code = 1
+    try:
+        threading._shutdown()  # type: ignore[attr-defined] - the interpreter waits for non-daemon threads
+        import atexit as exits
+        exits._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+    return code
+
+
+def _exit_code(value) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value & 0xFF
+    print(value, file=sys.stderr)
+    return 1
