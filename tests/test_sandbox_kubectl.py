@@ -613,3 +613,55 @@ def test_rest_protocol_details(two_clusters):
     dump = json.loads(sb.dump("cluster1"))
     assert dump["cluster"] == "cluster1" and not [o for o in dump["objects"] if o["name"] == "cacerts"]
     assert all(r["path"] != "/_sandbox/dump" for r in sb.requests("cluster1"))
+
+
+# --- the tests' own reads, answered without kubectl ---------------------------------------------------
+
+def test_the_tests_plain_gets_answer_as_kubectl_does(two_clusters, kubectl_bin):
+    """Sandbox.kubectl answers a plain ``get ... -o json`` over HTTP: the same exit code, stderr and JSON
+    as the pinned kubectl for every form it answers, and it hands every other form to kubectl."""
+    import subprocess
+
+    from tests.sandbox import reads
+
+    sb = two_clusters
+    sb.kubectl("cluster1", "apply", "-f", "-", stdin=GATEWAY_CRD)
+    sb.kubectl("cluster1", "create", "namespace", "istio-system")
+    sb.kubectl("cluster1", "label", "namespace", "istio-system", "topology.istio.io/network=n1")
+    sb.kubectl("cluster1", "apply", "-f", "-", stdin=GATEWAY)
+    sb.kubectl("cluster1", "create", "secret", "generic", "one", "-n", "istio-system", "--from-literal=a=b")
+    sb.kubectl("cluster1", "label", "secret", "one", "-n", "istio-system", "istio/multiCluster=true")
+    sb.kubectl("cluster1", "create", "deployment", "web", "-n", "istio-system", "--image=nginx")
+    forms = [
+        ("get", "secret", "one", "-n", "istio-system", "-o", "json"),
+        ("get", "secrets", "-n", "istio-system", "-l", "istio/multiCluster=true", "-o", "json"),
+        ("get", "secret", "missing", "-n", "istio-system", "-o", "json"),
+        ("get", "deploy", "--namespace=istio-system", "--output=json"),
+        ("get", "Deployment", "web", "-n", "istio-system", "-o", "json"),
+        ("get", "deployment", "missing", "-n", "istio-system", "-o", "json"),
+        ("get", "namespace", "istio-system", "-o", "json"),
+        ("get", "ns", "-l", "topology.istio.io/network=n1", "-o", "json"),
+        ("get", "gateways.networking.istio.io", "-n", "istio-system", "-o", "json"),
+        ("get", "gw", "cross-network-gateway", "-n", "istio-system", "-o", "json"),
+        ("get", "gateways.networking.istio.io", "nope", "-n", "istio-system", "-o", "json"),
+        ("get", "crd", "-o", "json"),
+        ("get", "secrets", "-A", "-o", "json", "--selector=istio/multiCluster=true"),
+    ]
+    for form in forms:
+        assert reads.parse(form) is not None, form
+        fast = sb.kubectl("cluster1", *form, check=False)
+        real = subprocess.run([str(kubectl_bin), "--context", "cluster1", *form], capture_output=True, text=True,
+                              env=sb.env)
+        assert (fast.returncode, fast.stderr) == (real.returncode, real.stderr), form
+        assert (json.loads(fast.stdout) if fast.stdout else None) == (json.loads(real.stdout) if real.stdout else None), form
+    with pytest.raises(KubectlFailed):
+        sb.kubectl("cluster1", "get", "secret", "missing", "-n", "istio-system", "-o", "json")
+    # Forms left to kubectl: another output, a flag it does not know, several resources, no namespace.
+    for form in [("get", "secret", "one", "-n", "istio-system", "-o", "yaml"),
+                 ("get", "secret", "one", "-n", "istio-system", "--ignore-not-found", "-o", "json"),
+                 ("get", "secrets,deployments", "-n", "istio-system", "-o", "json"),
+                 ("get", "deployment/web", "-n", "istio-system", "-o", "json")]:
+        assert reads.parse(form) is None, form
+    assert reads.parse(("get", "secrets", "-o", "json")) is not None
+    assert sb._reader("cluster1").get([], reads.parse(("get", "secrets", "-o", "json"))) is None, \
+        "no namespace: the context's, which kubectl knows"
