@@ -14,6 +14,7 @@ from .names import (APPLIED_ANNOTATION, CLUSTER_ANNOTATION, DEFAULT_TAG_WEBHOOK,
                     MANAGED_BY_LABEL, MULTICLUSTER_LABEL, NETWORK_LABEL, SECRET_SOURCE_ANNOTATION, is_istiod_name)
 from .gatewayapi import GATEWAY_CRD, ClusterCrds
 from .runner import Command
+from .yamlfile import load_all_data, load_data
 
 READER_SERVICE_ACCOUNT = "istio-reader-service-account"
 GATEWAY_RESOURCE = GATEWAY_CRD  # a CRD is named as its resource: the Gateway API kind, not Istio's Gateway
@@ -265,7 +266,7 @@ def _remote_secret_info(name: str, annotations: dict, data: dict, labels: dict |
         if raw is None:
             continue
         try:
-            config = yaml.safe_load(raw)
+            config = load_data(raw)
         except yaml.YAMLError:
             continue
         if isinstance(config, dict):
@@ -288,7 +289,7 @@ def _remote_secret_info(name: str, annotations: dict, data: dict, labels: dict |
 
 def parse_remote_secret(output: str, cluster_name: str) -> tuple[dict[str, Any], str | None]:
     """The Secret that create-remote-secret printed, and the fingerprint of the token it carries."""
-    docs = [d for d in yaml.safe_load_all(output) if d]
+    docs = [d for d in load_all_data(output) if d]
     secrets = [d for d in docs if isinstance(d, dict) and d.get("kind") == "Secret"]
     if len(secrets) != 1:
         raise ValueError(f"expected one Secret from create-remote-secret, got {len(secrets)}")
@@ -297,7 +298,7 @@ def parse_remote_secret(output: str, cluster_name: str) -> tuple[dict[str, Any],
     payload = (secret.get("stringData") or {}).get(cluster_name)
     if payload is None and cluster_name in (secret.get("data") or {}):
         payload = (_b64(secret["data"], cluster_name) or b"").decode()
-    config = yaml.safe_load(payload) if payload else None
+    config = load_data(payload) if payload else None
     if isinstance(config, dict):
         for entry in config.get("clusters") or []:
             server = ((entry or {}).get("cluster") or {}).get("server") or server

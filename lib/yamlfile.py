@@ -41,6 +41,43 @@ def _walk(node: yaml.Node, here: Location, lines: dict[Location, int]) -> None:
             _walk(item, here + (i,), lines)
 
 
+# libyaml's parser, which PyYAML's wheels carry: the same documents several times faster (a kubeconfig
+# of many clusters, each remote secret of every cluster read). PyYAML's own parser is the fallback, and
+# the one that words a syntax error.
+_LIBYAML = getattr(yaml, "CSafeLoader", None)
+
+
+def _compose_and_load(text: str, loader_class) -> tuple[list[yaml.Node], list[Any]]:
+    """Every document's node (for line numbers) and its data, from one parse."""
+    loader = loader_class(text)
+    try:
+        nodes = []
+        while loader.check_node():
+            nodes.append(loader.get_node())
+        return nodes, [loader.construct_document(node) for node in nodes]
+    finally:
+        loader.dispose()
+
+
+def _parse(text: str) -> tuple[list[yaml.Node], list[Any]]:
+    if _LIBYAML is not None:
+        try:
+            return _compose_and_load(text, _LIBYAML)
+        except yaml.YAMLError:
+            pass  # PyYAML's parser says what is wrong, in its words
+    return _compose_and_load(text, yaml.SafeLoader)
+
+
+def load_data(text: str | bytes) -> Any:
+    """``yaml.safe_load``, with libyaml's parser where there is one: for what tools print (kubeconfigs)."""
+    return yaml.load(text, Loader=_LIBYAML or yaml.SafeLoader)
+
+
+def load_all_data(text: str) -> list[Any]:
+    """``yaml.safe_load_all``, with libyaml's parser where there is one."""
+    return list(yaml.load_all(text, Loader=_LIBYAML or yaml.SafeLoader))
+
+
 def load_located(path: Path, what: str, missing_hint: str | None = None) -> LocatedDoc:
     """Load one YAML document from ``path``; every failure is a ConfigError naming the place."""
     try:
@@ -50,16 +87,14 @@ def load_located(path: Path, what: str, missing_hint: str | None = None) -> Loca
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
     try:
-        # Parsed twice: once into nodes (for line numbers), once into data.
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
-        data = [d for d in yaml.safe_load_all(text) if d is not None]
+        nodes, data = _parse(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{at}: {what} is not valid YAML: {problem}",
                           hint="fix the YAML syntax at that line (indentation, quotes, colons)") from None
-    nodes = [n for n in nodes if n is not None]
+    data = [d for d in data if d is not None]
     if len(nodes) > 1:
         raise ConfigError(f"{path}:{nodes[1].start_mark.line + 1}: {what} must hold one YAML document, found {len(nodes)}",
                           hint="remove the extra '---' documents")

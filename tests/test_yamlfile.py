@@ -29,3 +29,60 @@ def test_unquoted_digest_is_what_kubectl_rejects(two_clusters):
     assert applied.returncode == 1
     assert "annotation values must be strings" in applied.stderr or "cannot unmarshal number" in applied.stderr, \
         applied.stderr
+
+
+# --- reading: libyaml's parser where PyYAML has it, the same documents and lines, PyYAML's errors -------
+
+KUBECONFIG_LIKE = """\
+apiVersion: v1
+kind: Config
+clusters:
+- name: c1
+  cluster: {server: "https://127.0.0.1:6443", certificate-authority-data: "TFMwdExTMUNSVWRKVGlCRFJWSlVTVVpKUTBGVVJTMHRMUzB0"}
+- name: c2
+  cluster:
+    server: https://10.0.0.2:6443
+    insecure-skip-tls-verify: true
+contexts:
+- name: gke_project_zone_c1  # a comment
+  context: &ctx {cluster: c1, user: u1, namespace: team-a}
+- name: c1-alias
+  context: *ctx
+users:
+- name: u1
+  user:
+    token: "0123456789"
+    exec: {command: gcloud, args: [a, '1.10', 0x1f, yes, ~, 2026-12-04]}
+"""
+
+
+def test_a_file_reads_the_same_with_and_without_libyaml(tmp_path, monkeypatch):
+    from lib import yamlfile
+
+    path = tmp_path / "kubeconfig"
+    path.write_text(KUBECONFIG_LIKE)
+    fast = yamlfile.load_located(path, "kubeconfig")
+    monkeypatch.setattr(yamlfile, "_LIBYAML", None)
+    plain = yamlfile.load_located(path, "kubeconfig")
+    assert fast.data == plain.data == yaml.safe_load(KUBECONFIG_LIKE)
+    assert fast._lines == plain._lines
+    assert fast.line("contexts", 0, "name") == 11 and fast.line("users", 0, "user", "exec") == 19
+    assert yamlfile.load_data(KUBECONFIG_LIKE) == yaml.safe_load(KUBECONFIG_LIKE)
+    assert yamlfile.load_all_data("a: 1\n---\nb: [2]\n") == [{"a": 1}, {"b": [2]}]
+
+
+def test_a_syntax_error_is_worded_by_pyyaml_with_its_line(tmp_path):
+    import pytest
+
+    from lib.errors import ConfigError
+    from lib.yamlfile import load_located
+
+    path = tmp_path / "topology.yaml"
+    path.write_text("mesh_id: mesh1\ncontexts:\n  c1:\n    network: n1\n   bad: [\n")
+    with pytest.raises(ConfigError) as caught:
+        load_located(path, "topology file")
+    try:
+        yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        expected = f"{path}:{exc.problem_mark.line + 1}:{exc.problem_mark.column + 1}: topology file is not valid YAML: {exc.problem}"
+    assert str(caught.value) == expected
