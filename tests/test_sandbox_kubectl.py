@@ -632,6 +632,7 @@ def test_the_tests_plain_gets_answer_as_kubectl_does(two_clusters, kubectl_bin):
     sb.kubectl("cluster1", "create", "secret", "generic", "one", "-n", "istio-system", "--from-literal=a=b")
     sb.kubectl("cluster1", "label", "secret", "one", "-n", "istio-system", "istio/multiCluster=true")
     sb.kubectl("cluster1", "create", "deployment", "web", "-n", "istio-system", "--image=nginx")
+    sb.kubectl("cluster1", "rollout", "status", "deployment/web", "-n", "istio-system", "--timeout=60s")
     forms = [
         ("get", "secret", "one", "-n", "istio-system", "-o", "json"),
         ("get", "secrets", "-n", "istio-system", "-l", "istio/multiCluster=true", "-o", "json"),
@@ -647,13 +648,20 @@ def test_the_tests_plain_gets_answer_as_kubectl_does(two_clusters, kubectl_bin):
         ("get", "crd", "-o", "json"),
         ("get", "secrets", "-A", "-o", "json", "--selector=istio/multiCluster=true"),
     ]
+
+    def answer(result):
+        return result.returncode, result.stderr, json.loads(result.stdout) if result.stdout else None
+
     for form in forms:
         assert reads.parse(form) is not None, form
-        fast = sb.kubectl("cluster1", *form, check=False)
-        real = subprocess.run([str(kubectl_bin), "--context", "cluster1", *form], capture_output=True, text=True,
-                              env=sb.env)
-        assert (fast.returncode, fast.stderr) == (real.returncode, real.stderr), form
-        assert (json.loads(fast.stdout) if fast.stdout else None) == (json.loads(real.stdout) if real.stdout else None), form
+        for _ in range(100):  # a controller may update an object meanwhile: compare a settled one
+            before = answer(sb.kubectl("cluster1", *form, check=False))
+            real = answer(subprocess.run([str(kubectl_bin), "--context", "cluster1", *form], capture_output=True,
+                                         text=True, env=sb.env))
+            if answer(sb.kubectl("cluster1", *form, check=False)) == before:
+                break
+            time.sleep(0.1)
+        assert before == real, form
     with pytest.raises(KubectlFailed):
         sb.kubectl("cluster1", "get", "secret", "missing", "-n", "istio-system", "-o", "json")
     # Forms left to kubectl: another output, a flag it does not know, several resources, no namespace.
