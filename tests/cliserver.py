@@ -82,6 +82,11 @@ class _Server:
         try:
             with self.lock:
                 socket.send_fds(self.sock, [request], [child_in, child_out, child_err, child_status])
+        except OSError:
+            # The server is gone (setup_mesh.py failed to import in it, say): a plain run shows why.
+            for fd in (feed, out, err, status):
+                os.close(fd)
+            return _plain(argv, env, cwd, input, timeout)
         finally:
             for fd in (child_in, child_out, child_err, child_status):
                 os.close(fd)

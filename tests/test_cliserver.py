@@ -89,3 +89,13 @@ def test_a_run_past_its_timeout_is_killed_and_raises_as_subprocess_does(script):
         time.sleep(0.05)
     else:
         pytest.fail(f"the timed-out run (pid {pid}) still runs")
+
+
+def test_a_server_that_cannot_start_gives_way_to_a_plain_run(script, monkeypatch):
+    """setup_mesh.py failing to import kills the server: the run still happens, and shows why it fails."""
+    server = cliserver._Server()
+    server.proc.kill()
+    server.proc.wait()
+    monkeypatch.setattr(cliserver, "_server", lambda: server)
+    forked, plain = _both(script, "exit", "3")
+    assert (forked.returncode, forked.stdout) == (plain.returncode, plain.stdout) == (3, "to stdout\n")
