@@ -15,8 +15,6 @@ import re
 import shutil
 import tarfile
 import tempfile
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +106,9 @@ class Source:
             with handle:
                 yield handle, os.fstat(handle.fileno()).st_size
             return
+        import urllib.error  # here: it loads http, ssl and email, a tenth of every command's start-up
+        import urllib.request
+
         request = urllib.request.Request(where, headers={"User-Agent": "setup-mesh"})
         try:
             response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - http(s) only, checked above

@@ -15,8 +15,6 @@ from typing import Callable, Iterator
 from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
-from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                           TransferSpeedColumn)
 from rich.table import Table
 from rich.text import Text
 
@@ -119,6 +117,10 @@ class Reporter:
         if self._live is not None or not self.err.is_terminal or self.quiet:
             yield lambda _n: None
             return
+        # Imported here: only a download on a terminal shows a bar, and rich.progress is a tenth of start-up.
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                   TransferSpeedColumn)
+
         columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                    TimeRemainingColumn()]
         with Progress(*columns, console=self.err, transient=True) as progress:

@@ -158,3 +158,20 @@ def test_verbose_prints_each_command_quiet_prints_no_progress():
     quiet.step("c1", "install Istio")
     quiet.command(Result(Command(("kubectl",)), 0, "", "", 0.1))
     assert qout.getvalue() == ""
+
+
+def test_a_download_on_a_terminal_shows_a_transient_bar_and_off_a_terminal_nothing():
+    out, err = io.StringIO(), io.StringIO()
+    reporter = Reporter(console=Console(file=out, width=100, force_terminal=True),
+                        err_console=Console(file=err, width=100, force_terminal=True))
+    with reporter.transfer("istio-1.30.3-linux-amd64.tar.gz", total=2048) as advance:
+        advance(1024)
+        advance(1024)
+    assert "istio-1.30.3-linux-amd64.tar.gz" in err.getvalue()
+    assert "2.0/2.0 kB" in err.getvalue()
+    assert out.getvalue() == ""
+
+    plain, plain_out, plain_err = _reporter()
+    with plain.transfer("istio-1.30.3-linux-amd64.tar.gz", total=2048) as advance:
+        advance(2048)
+    assert plain_out.getvalue() == plain_err.getvalue() == ""
