@@ -20,7 +20,7 @@ from .errors import ConfigError, MeshError
 from .executor import RERUN_HINT
 from .invocation import prep_hint
 from .kube import IstioUsage, Observed
-from .names import DATA_PLANE_ANNOTATION, ISTIO_NAMESPACE
+from .names import ISTIO_NAMESPACE
 from .plan import Uninstall
 from .prep import parse_context_options, prep_mesh as _prep_mesh, report as _report_prep
 from .release import Release, find_release
@@ -105,7 +105,7 @@ def uninstalls_for(workdir: Path, ours: frozenset[str], usage: dict[str, IstioUs
             finding = assess_cacerts(seen.cacerts if seen else None, bool(seen and seen.cacerts_labelled), None, roots)
             uninstall[context] = Uninstall(workdir, ours, found, remove_crds,
                                            finding.issuer if finding.state is CacertsState.FOREIGN else None,
-                                           bool(seen and seen.annotations.get(DATA_PLANE_ANNOTATION) == AMBIENT))
+                                           bool(seen and seen.recorded_data_plane == AMBIENT))
     return uninstall
 
 

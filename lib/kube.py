@@ -9,8 +9,9 @@ from typing import Any, Callable
 
 import yaml
 
+from .baseconfig import SIDECAR
 from .config import Cluster
-from .names import (APPLIED_ANNOTATION, CLUSTER_ANNOTATION, DEFAULT_TAG_WEBHOOK, EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE,
+from .names import (APPLIED_ANNOTATION, CLUSTER_ANNOTATION, DATA_PLANE_ANNOTATION, DEFAULT_TAG_WEBHOOK, EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE,
                     MANAGED_BY_LABEL, MULTICLUSTER_LABEL, NETWORK_LABEL, SECRET_SOURCE_ANNOTATION, is_istiod_name)
 from .gatewayapi import GATEWAY_CRD, ClusterCrds
 from .runner import Command
@@ -170,6 +171,11 @@ class Observed:
     # IstioOperator that made it).
     istiod_services: dict[str, dict] = field(default_factory=dict)
     daemonsets: dict[str, dict] = field(default_factory=dict)  # in istio-system, by name (and ztunnel where it runs)
+
+    @property
+    def recorded_data_plane(self) -> str | None:
+        """The data plane apply recorded on istio-system (sidecar when none is named); None before any apply."""
+        return self.annotations.get(DATA_PLANE_ANNOTATION, SIDECAR) if self.applied is not None else None
 
     @property
     def istiod_service(self) -> bool:

@@ -24,7 +24,7 @@ from .installsteps import (install_steps, no_longer_remote_step, objects_present
                            stop_exposing_istiod_step)
 from .kube import Observed, Tools
 from .mesh import mesh_model
-from .names import CONTROL_PLANE_CLUSTERS, CROSS_NETWORK_GATEWAY, DATA_PLANE_ANNOTATION, EASTWEST_NAME, ISTIO_NAMESPACE
+from .names import CONTROL_PLANE_CLUSTERS, CROSS_NETWORK_GATEWAY, EASTWEST_NAME, ISTIO_NAMESPACE
 from .release import Release
 from .secretsteps import IMPORT_KEY, export_step, import_step, prune_step
 from .uninstallsteps import Uninstall, await_namespace_deleted_step, uninstall_steps
@@ -139,7 +139,7 @@ class _Planner:
         installing = install.drift or gateway_found.state is GatewayState.MISSING
         steps = self.ca_steps(cluster, d, seen, terminating, namespace, cacerts.state is CacertsState.CURRENT,
                               installing)
-        was = seen.annotations.get(DATA_PLANE_ANNOTATION, SIDECAR) if seen.applied is not None else None
+        was = seen.recorded_data_plane
         if was is not None and was != d.data_plane:
             plan.replacements.setdefault(cluster.context, []).extend(
                 _switch_description(was, d, had_gateway=seen.eastwest_made_by is not None))
@@ -152,7 +152,7 @@ class _Planner:
         if installing:
             installed, gateway, after = self.install(cluster, d, seen, install, gateway_found, wiring)
             steps.extend(installed)
-        changed = bool(steps or after)
+        changed = bool(steps)  # an install is among them whenever anything comes after it
         if d.member.remotes and gateway_found.wanted == SIDECAR and (changed or not gateway_found.address):
             # Its remotes wait for this address: find it before anything else this cluster does.
             after.append(wait_gateway_step(self.tools, cluster, self.gateway_timeout))

@@ -222,8 +222,7 @@ def _run_script(path: str) -> int:
         code = 1
     try:
         threading._shutdown()  # type: ignore[attr-defined] - the interpreter waits for non-daemon threads
-        import atexit as exits
-        exits._run_exitfuncs()
+        atexit._run_exitfuncs()
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:

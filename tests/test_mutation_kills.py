@@ -585,7 +585,9 @@ def test_teardown_names_the_gateway_api_crds_it_keeps_where_the_cluster_ran_an_a
     from lib.names import DATA_PLANE_ANNOTATION
 
     (tmp_path / "certs").mkdir()
-    seen = {ctx: Observed(reachable=True, namespace=True, annotations={DATA_PLANE_ANNOTATION: mode} if mode else {})
+    # as apply records it: the fingerprint and, for ambient, the data plane, on istio-system
+    seen = {ctx: Observed(reachable=True, namespace=True, applied="fp",
+                          annotations={DATA_PLANE_ANNOTATION: mode} if mode else {})
             for ctx, mode in (("amb", "ambient"), ("side", "sidecar"), ("old", None))}
     uninstall = uninstalls_for(tmp_path, frozenset({"setup-mesh"}), {ctx: IstioUsage() for ctx in seen}, seen)
     assert describe_kept("amb", uninstall["amb"]) == (

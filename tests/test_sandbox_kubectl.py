@@ -664,6 +664,14 @@ def test_the_tests_plain_gets_answer_as_kubectl_does(two_clusters, kubectl_bin):
         assert before == real, form
     with pytest.raises(KubectlFailed):
         sb.kubectl("cluster1", "get", "secret", "missing", "-n", "istio-system", "-o", "json")
+    # A resource type the server no longer has (its CRD deleted after a read found it): kubectl's words.
+    sb.kubectl("cluster1", "delete", "crd", "gateways.networking.istio.io")
+    for form in [("get", "gw", "-n", "istio-system", "-o", "json"),
+                 ("get", "gw", "cross-network-gateway", "-n", "istio-system", "-o", "json")]:
+        fast = sb.kubectl("cluster1", *form, check=False)
+        real = subprocess.run([str(kubectl_bin), "--context", "cluster1", *form], capture_output=True, text=True,
+                              env=sb.env)
+        assert (fast.returncode, fast.stdout, fast.stderr) == (real.returncode, real.stdout, real.stderr), form
     # Forms left to kubectl: another output, a flag it does not know, several resources, no namespace.
     for form in [("get", "secret", "one", "-n", "istio-system", "-o", "yaml"),
                  ("get", "secret", "one", "-n", "istio-system", "--ignore-not-found", "-o", "json"),

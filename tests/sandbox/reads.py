@@ -41,9 +41,6 @@ class Resource:
         scope = f"/namespaces/{namespace}" if self.namespaced and namespace else ""
         return f"{prefix}{scope}/{self.plural}" + (f"/{urllib.parse.quote(name)}" if name else "")
 
-    def qualified(self) -> str:
-        return f"{self.plural}.{self.group}" if self.group else self.plural
-
 
 def parse(args: tuple[str, ...]) -> dict | None:
     """The parts of a ``get`` this module answers; None for any other form."""
@@ -92,10 +89,9 @@ class Reader:
         query = {"labelSelector": request["selector"]} if request.get("selector") else {}
         status, body = self._http(resource.path(namespace, request["name"]), query)
         if status == 404 and request["name"]:
-            if self._resolve(request["resource"], fresh=True) != resource:
-                return None
-            return subprocess.CompletedProcess(argv, 1, "", f'Error from server (NotFound): {resource.qualified()} '
-                                                           f'"{request["name"]}" not found\n')
+            # kubectl prints the server's Status message after its reason (k8s.io/kubectl/pkg/cmd/util/helpers.go
+            # StandardErrorMessage): for a missing object, and for a type gone since discovery was read.
+            return subprocess.CompletedProcess(argv, 1, "", f"Error from server (NotFound): {body.get('message')}\n")
         if status != 200:
             return None
         if request["name"]:
@@ -106,13 +102,13 @@ class Reader:
             shown = {"apiVersion": "v1", "items": items, "kind": "List", "metadata": {"resourceVersion": ""}}
         return subprocess.CompletedProcess(argv, 0, json.dumps(shown, indent=4) + "\n", "")
 
-    def _resolve(self, word: str, fresh: bool = False) -> Resource | None:
+    def _resolve(self, word: str) -> Resource | None:
         """The one resource ``word`` names; None when it names none (after a fresh discovery: a CRD may
         be new) or several (kubectl's choice among groups is kubectl's)."""
-        if fresh or self._resources is None:
+        if self._resources is None:
             self._resources = self._discover()
         matches = _matching(self._resources, word)
-        if not matches and not fresh:
+        if not matches:
             self._resources = self._discover()
             matches = _matching(self._resources, word)
         return matches[0] if len(matches) == 1 else None
@@ -137,11 +133,16 @@ class Reader:
             with urllib.request.urlopen(request, timeout=30) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as exc:
-            return exc.code, {}
+            try:
+                return exc.code, json.loads(exc.read() or b"{}")
+            except ValueError:
+                return exc.code, {}
 
 
 def _matching(resources: list[Resource], word: str) -> list[Resource]:
-    """The resources ``word`` names: ``name`` or ``name.group``."""
+    """The resources ``word`` names: ``name`` or ``name.group``, by plural, singular, short name or kind, as
+    kubectl's RESTMapper matches them (k8s.io/client-go/restmapper/shortcut.go and discovery.go,
+    k8s.io/apimachinery/pkg/api/meta/restmapper.go)."""
     word = word.lower()
     exact = [r for r in resources if word in r.names]
     if exact:
@@ -151,6 +152,8 @@ def _matching(resources: list[Resource], word: str) -> list[Resource]:
 
 
 def _without_managed_fields(obj: dict) -> dict:
+    """kubectl get hides metadata.managedFields unless --show-managed-fields (k8s.io/kubectl/pkg/cmd/get/get.go,
+    printers' omitManagedFields)."""
     meta = obj.get("metadata")
     if isinstance(meta, dict) and "managedFields" in meta:
         obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
