@@ -143,18 +143,23 @@ def _kill(status: bytes) -> None:
             pass
 
 
-_started: list[_Server | None] = []
+_state: dict[str, _Server | None] = {}
 _start_lock = threading.Lock()
 
 
 def _server() -> _Server | None:
+    """This test process's server, started on first use; None once it could not start or has gone (its
+    runs are then plain subprocesses: a server that died importing setup_mesh.py would die again)."""
     with _start_lock:
-        if not _started or (_started[0] is not None and _started[0].proc.poll() is not None):
+        if "server" not in _state:
             try:
-                _started[:] = [_Server()]
+                _state["server"] = _Server()
             except OSError:
-                _started[:] = [None]
-        return _started[0]
+                _state["server"] = None
+        server = _state["server"]
+        if server is not None and server.proc.poll() is not None:
+            _state["server"] = server = None
+        return server
 
 
 # --- the server side ---------------------------------------------------------------------------------

@@ -99,3 +99,13 @@ def test_a_server_that_cannot_start_gives_way_to_a_plain_run(script, monkeypatch
     monkeypatch.setattr(cliserver, "_server", lambda: server)
     forked, plain = _both(script, "exit", "3")
     assert (forked.returncode, forked.stdout) == (plain.returncode, plain.stdout) == (3, "to stdout\n")
+
+
+def test_a_server_that_has_gone_is_not_started_again(monkeypatch):
+    monkeypatch.setattr(cliserver, "_state", {})
+    server = cliserver._server()
+    assert server is not None and cliserver._server() is server
+    server.proc.kill()
+    server.proc.wait()
+    assert cliserver._server() is None, "its runs are plain subprocesses from then on"
+    server.sock.close()
