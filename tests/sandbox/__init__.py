@@ -402,15 +402,12 @@ class Sandbox:
         """One object by its API path (``/api/v1/namespaces/NS/secrets/NAME``) as the API server holds it, None
         when it does not exist: the same answer as ``kubectl get``, for a test that looks at a cluster many times
         without starting kubectl (and its discovery requests) at each look."""
-        request = urllib.request.Request(self.plain_url(ctx) + api_path,
-                                         headers={"Authorization": f"Bearer {self.token(ctx)}"})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return None
-            raise
+        status, body = self._reader(ctx).request(api_path)
+        if status == 404:
+            return None
+        if status != 200:
+            raise RuntimeError(f"GET {api_path} on {ctx}: HTTP {status} {body.get('message', '')}")
+        return body
 
     def requests(self, ctx: str) -> list[dict]:
         """Every request this cluster's emulator has answered, oldest first."""

@@ -87,7 +87,7 @@ class Reader:
         if resource.namespaced and namespace is None and not request["all"]:
             return None  # the context's own namespace: kubectl knows it
         query = {"labelSelector": request["selector"]} if request.get("selector") else {}
-        status, body = self._http(resource.path(namespace, request["name"]), query)
+        status, body = self.request(resource.path(namespace, request["name"]), query)
         if status == 404 and request["name"]:
             # kubectl prints the server's Status message after its reason (k8s.io/kubectl/pkg/cmd/util/helpers.go
             # StandardErrorMessage): for a missing object, and for a type gone since discovery was read.
@@ -115,18 +115,19 @@ class Reader:
 
     def _discover(self) -> list[Resource]:
         found: list[tuple[str, dict]] = []
-        _, core = self._http("/api/v1")
+        _, core = self.request("/api/v1")
         found += [("v1", r) for r in core.get("resources") or []]
-        _, groups = self._http("/apis")
+        _, groups = self.request("/apis")
         for group in groups.get("groups") or []:
             version = group["preferredVersion"]["groupVersion"]
-            _, listing = self._http(f"/apis/{version}")
+            _, listing = self.request(f"/apis/{version}")
             found += [(version, r) for r in listing.get("resources") or []]
         return [Resource(gv, r["name"], r["kind"], bool(r.get("namespaced")), frozenset(
                     n.lower() for n in [r["name"], r.get("singularName") or "", r["kind"], *(r.get("shortNames") or [])]
                     if n)) for gv, r in found if "/" not in r["name"]]
 
-    def _http(self, path: str, query: dict | None = None) -> tuple[int, dict]:
+    def request(self, path: str, query: dict | None = None) -> tuple[int, dict]:
+        """GET ``path``: the status code and the JSON body (a Status for an error)."""
         url = self.base_url + path + ("?" + urllib.parse.urlencode(query) if query else "")
         request = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"})
         try:
