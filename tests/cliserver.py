@@ -226,7 +226,8 @@ def _run_script(path: str) -> int:
         traceback.print_exc()
         code = 1
     try:
-        threading._shutdown()  # type: ignore[attr-defined] - the interpreter waits for non-daemon threads
+        # As Py_FinalizeEx (Python/pylifecycle.c) does: wait for non-daemon threads, then the exit handlers.
+        threading._shutdown()  # type: ignore[attr-defined]
         atexit._run_exitfuncs()
     finally:
         for stream in (sys.stdout, sys.stderr):
@@ -238,6 +239,9 @@ def _run_script(path: str) -> int:
 
 
 def _exit_code(value) -> int:
+    """SystemExit's code as the interpreter turns it into an exit status (CPython's Python/pythonrun.c,
+    handle_system_exit: None is 0, an int is kept, anything else is printed and is 1; the kernel keeps the
+    low 8 bits)."""
     if value is None:
         return 0
     if isinstance(value, int):
