@@ -91,6 +91,79 @@ def data_plane_mode(operator: dict[str, Any]) -> str:
     return AMBIENT if isinstance(spec, dict) and spec.get("profile") in AMBIENT_PROFILES else SIDECAR
 
 
+# What `istioctl install` installs for each of Istio's profiles: manifests/profiles/default.yaml's components
+# overlaid with the profile's own file (1.30.3; empty.yaml turns base and pilot off). A profile not listed here
+# (a later release's) is taken to install every component unless base.yaml turns one off.
+PROFILE_COMPONENTS = {
+    "empty": set(), "minimal": {"base", "pilot"}, "remote": {"base", "pilot"},
+    "default": {"base", "pilot", "ingressGateways"}, "preview": {"base", "pilot", "ingressGateways"},
+    "demo": {"base", "pilot", "ingressGateways", "egressGateways"}, "ambient": {"base", "pilot", "cni", "ztunnel"},
+    "stable": {"base", "pilot", "ingressGateways"}, "openshift": {"base", "pilot", "cni", "ingressGateways"},
+    "openshift-ambient": {"base", "pilot", "cni", "ztunnel"},
+}
+ALL_COMPONENTS = {"base", "pilot", "cni", "ztunnel", "ingressGateways", "egressGateways"}
+_SWITCHED_COMPONENTS = ("base", "pilot", "cni", "ztunnel")  # components.<name>.enabled
+_GATEWAY_COMPONENTS = ("ingressGateways", "egressGateways")  # lists of gateways, each with its own enabled
+
+# What setup-mesh's own steps need every cluster's install to hold, and why (the remote profile keeps both).
+NEEDED_COMPONENTS = {
+    "base": "Istio's CRDs, which the Gateway that exposes services needs",
+    "pilot": "istiod: a primary's control plane, a remote's injector",
+}
+# What an ambient data plane needs besides (Istio's ambient profiles turn both on).
+AMBIENT_COMPONENTS = {"cni": "istio-cni: ambient's traffic redirection", "ztunnel": "ztunnel: ambient's node proxy"}
+# Profiles named to users, in this order, when base.yaml's leaves out a needed component.
+_SUGGESTED_PROFILES = ("default", "minimal", "ambient", "openshift", "openshift-ambient")
+
+
+def enabled_components(operator: dict[str, Any]) -> set[str]:
+    """The components `istioctl install` installs for this IstioOperator: its spec.profile's (default when
+    none), then components.<name>.enabled, and any gateway listed without enabled: false."""
+    spec = operator.get("spec") if isinstance(operator.get("spec"), dict) else {}
+    components = spec.get("components") if isinstance(spec.get("components"), dict) else {}
+    enabled = set(PROFILE_COMPONENTS.get(spec.get("profile") or "default", ALL_COMPONENTS))
+    for key in _SWITCHED_COMPONENTS:
+        component = components.get(key)
+        if isinstance(component, dict) and component.get("enabled") is not None:
+            (enabled.add if component["enabled"] else enabled.discard)(key)
+    for key in _GATEWAY_COMPONENTS:
+        gateways = components.get(key)
+        if isinstance(gateways, list) and any(isinstance(g, dict) and g.get("enabled") is not False for g in gateways):
+            enabled.add(key)
+    return enabled
+
+
+def _check_components(doc: LocatedDoc) -> None:
+    """Every cluster's install holds what setup-mesh's steps and the data plane need: refused here, before a
+    cluster is touched, instead of failing halfway through apply."""
+    needed = dict(NEEDED_COMPONENTS)
+    if data_plane_mode(doc.data) == AMBIENT:
+        needed.update(AMBIENT_COMPONENTS)
+    missing = [name for name in needed if name not in enabled_components(doc.data)]
+    if not missing:
+        return
+    given, profile = value_at(doc.data, ("spec", "profile"))
+    installs = f"spec.profile {profile or 'default (not set)'} does not install it"
+    named = chart_profile(doc.data)
+    lines, by_profile = [], False
+    for name in missing:
+        switch = ("spec", "components", name, "enabled")
+        present, value = value_at(doc.data, switch)
+        if present and value is not None:
+            cause = f"{doc.where(*switch)}: components.{name}.enabled is {str(value).lower()}"
+        elif name in AMBIENT_COMPONENTS and named and not given:
+            # values.profile ambient made the mesh ambient; spec.profile decides what is installed.
+            cause = f"{doc.where(*named[0])}: {_profile_key(named[0])} {named[1]} makes the mesh ambient, but {installs}"
+        else:
+            cause = f"{doc.where('spec', 'profile') if given else doc.where('spec')}: {installs}"
+        by_profile |= not (present and value is not None)
+        lines.append(f"  components.{name} ({needed[name]}): {cause}")
+    profiles = [p for p in _SUGGESTED_PROFILES if set(needed) <= PROFILE_COMPONENTS[p]]
+    raise ConfigError("base.yaml leaves out components every cluster of the mesh needs:\n" + "\n".join(lines),
+                      hint="set " + ", ".join(f"components.{name}.enabled: true" for name in missing) + " in base.yaml"
+                           + (f", or use a profile that installs them ({', '.join(profiles)})" if by_profile else ""))
+
+
 @dataclass
 class Base:
     path: Path
@@ -108,6 +181,7 @@ def load_base(path: Path) -> Base:
     problems, hint = _reserved_in_base(doc)
     if problems:
         raise ConfigError("base.yaml sets values that setup-mesh owns:\n" + "\n".join(problems), hint=hint)
+    _check_components(doc)
     return Base(path=path, operator=data, doc=doc)
 
 

@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Any
 
-from .baseconfig import chart_profile
+from .baseconfig import chart_profile, enabled_components
 from .config import Cluster, Topology
 from .names import (CROSS_NETWORK_GATEWAY, EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE,
                     MANAGED_BY_LABEL, NETWORK_LABEL, istiod_name)
@@ -158,30 +158,10 @@ def control_plane_revision(operator: dict[str, Any]) -> str | None:
     return str(revision) if revision and revision != "default" else None
 
 
-# What each profile installs; istioctl install waits for each component's readiness in turn.
-_PROFILE_COMPONENTS = {
-    "empty": set(), "minimal": {"base", "pilot"}, "remote": {"base", "pilot"},
-    "default": {"base", "pilot", "ingressGateways"}, "preview": {"base", "pilot", "ingressGateways"},
-    "demo": {"base", "pilot", "ingressGateways", "egressGateways"}, "ambient": {"base", "pilot", "cni", "ztunnel"},
-    "stable": {"base", "pilot", "ingressGateways"}, "openshift": {"base", "pilot", "cni", "ingressGateways"},
-    "openshift-ambient": {"base", "pilot", "cni", "ztunnel"},
-}
-_ALL_COMPONENTS = {"base", "pilot", "cni", "ztunnel", "ingressGateways", "egressGateways"}
-
-
 def sequential_waits(operator: dict[str, Any]) -> int:
     """How many components `istioctl install` waits for one after another (at least 1). Unsure means more:
     counting too many only makes istioctl give up earlier, with its own list of what is not ready."""
-    spec = operator.get("spec") or {}
-    components = spec.get("components") or {}
-    enabled = set(_PROFILE_COMPONENTS.get(spec.get("profile") or "default", _ALL_COMPONENTS))
-    for key in ("base", "pilot", "cni", "ztunnel"):
-        component = components.get(key)
-        if isinstance(component, dict) and component.get("enabled") is not None:
-            (enabled.add if component["enabled"] else enabled.discard)(key)
-    for key in ("ingressGateways", "egressGateways"):
-        if any(isinstance(g, dict) and g.get("enabled") is not False for g in components.get(key) or []):
-            enabled.add(key)
+    enabled = enabled_components(operator)
     return max(1, len(enabled))
 
 

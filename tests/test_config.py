@@ -3,6 +3,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lib.config import load_base, load_topology, resolve_contexts
 from lib.errors import ConfigError
@@ -382,6 +383,59 @@ def test_an_ambient_base_by_its_values_may_not_set_the_multi_network_switch_eith
     path, refused = _refused_spec(tmp_path, "  values:\n    profile: ambient\n    pilot:\n      env:\n"
                                             "        AMBIENT_ENABLE_MULTI_NETWORK: 'true'\n")
     assert f"values.profile ambient ({path}:5) turns it on" in refused.message
+
+
+@pytest.mark.parametrize("spec, lines, hint", [
+    # Istio's empty profile installs neither the CRDs nor istiod: apply would fail at the first Gateway.
+    ("  profile: empty\n", ["components.base (Istio's CRDs, which the Gateway that exposes services needs): "
+                             "{p}:4: spec.profile empty does not install it",
+                             "components.pilot (istiod: a primary's control plane, a remote's injector): "
+                             "{p}:4: spec.profile empty does not install it"],
+     "set components.base.enabled: true, components.pilot.enabled: true in base.yaml, or use a profile that "
+     "installs them (default, minimal, ambient, openshift, openshift-ambient)"),
+    ("  components:\n    pilot:\n      enabled: false\n",
+     ["components.pilot (istiod: a primary's control plane, a remote's injector): {p}:6: components.pilot.enabled "
+      "is false"], "set components.pilot.enabled: true in base.yaml"),
+    ("  profile: minimal\n  components:\n    base:\n      enabled: false\n",
+     ["components.base (Istio's CRDs, which the Gateway that exposes services needs): {p}:7: "
+      "components.base.enabled is false"], "set components.base.enabled: true in base.yaml"),
+    # Ambient needs istio-cni and ztunnel, which Istio's ambient profiles turn on.
+    ("  profile: ambient\n  components:\n    ztunnel:\n      enabled: false\n",
+     ["components.ztunnel (ztunnel: ambient's node proxy): {p}:7: components.ztunnel.enabled is false"],
+     "set components.ztunnel.enabled: true in base.yaml"),
+    ("  values:\n    profile: ambient\n",
+     ["components.cni (istio-cni: ambient's traffic redirection): {p}:5: values.profile ambient makes the mesh "
+      "ambient, but spec.profile default (not set) does not install it",
+      "components.ztunnel (ztunnel: ambient's node proxy): {p}:5: values.profile ambient makes the mesh ambient, "
+      "but spec.profile default (not set) does not install it"],
+     "set components.cni.enabled: true, components.ztunnel.enabled: true in base.yaml, or use a profile that "
+     "installs them (ambient, openshift-ambient)"),
+    ("  profile: minimal\n  values:\n    global:\n      profile: ambient\n",
+     ["components.cni (istio-cni: ambient's traffic redirection): {p}:4: spec.profile minimal does not install it",
+      "components.ztunnel (ztunnel: ambient's node proxy): {p}:4: spec.profile minimal does not install it"],
+     "set components.cni.enabled: true, components.ztunnel.enabled: true in base.yaml, or use a profile that "
+     "installs them (ambient, openshift-ambient)"),
+])
+def test_a_base_that_leaves_out_what_the_mesh_needs_is_refused_naming_each_component_and_line(tmp_path, spec, lines,
+                                                                                              hint):
+    path, refused = _refused_spec(tmp_path, spec)
+    assert refused.message == "\n".join(["base.yaml leaves out components every cluster of the mesh needs:",
+                                         *("  " + line.format(p=path) for line in lines)])
+    assert refused.hint == hint
+
+
+@pytest.mark.parametrize("spec", [
+    "  profile: empty\n  components:\n    base:\n      enabled: true\n    pilot:\n      enabled: true\n",
+    "  profile: minimal\n", "  profile: demo\n", "  profile: preview\n", "  profile: stable\n",
+    "  profile: openshift\n", "  profile: ambient\n", "  profile: openshift-ambient\n", "  {}\n",
+    "  profile: some-later-profile\n",  # a profile this version does not know: istioctl decides
+    # What Istio's manifests/profiles/ambient.yaml holds: spec.profile default, both components turned on.
+    "  components:\n    cni:\n      enabled: true\n    ztunnel:\n      enabled: true\n  values:\n    profile: ambient\n",
+])
+def test_istios_profiles_and_a_base_that_turns_the_needed_components_on_are_taken(tmp_path, spec):
+    path = tmp_path / "base.yaml"
+    path.write_text("apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n" + spec)
+    assert load_base(path).operator["spec"] == yaml.safe_load("spec:\n" + spec)["spec"]
 
 
 @pytest.mark.parametrize("contexts, message, hint", [
