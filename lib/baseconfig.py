@@ -8,6 +8,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .invocation import prep_hint
+from .names import ISTIO_NAMESPACE
 from .yamlcheck import DNS1123_LABEL, did_you_mean, type_name, value_at
 from .yamlfile import LocatedDoc, load_located
 
@@ -164,6 +165,22 @@ def _check_components(doc: LocatedDoc) -> None:
                            + (f", or use a profile that installs them ({', '.join(profiles)})" if by_profile else ""))
 
 
+# Where istioctl puts the control plane: spec.namespace, passed on to the charts as values.global.istioNamespace,
+# which base.yaml may also set. istiod takes its CA (secret cacerts) and the remote secrets from its own
+# namespace, where setup-mesh writes them: istio-system.
+_CONTROL_PLANE_NAMESPACE_KEYS = (("spec", "namespace"), ("spec", "values", "global", "istioNamespace"))
+
+
+def _check_control_plane_namespace(doc: LocatedDoc) -> None:
+    for keys in _CONTROL_PLANE_NAMESPACE_KEYS:
+        present, value = value_at(doc.data, keys)
+        if present and value is not None and value != ISTIO_NAMESPACE:
+            raise ConfigError(f"{doc.where(*keys)}: {'.'.join(keys)} {value}: setup-mesh keeps the control plane "
+                              f"in {ISTIO_NAMESPACE}, where it writes secret cacerts and the remote secrets; istiod "
+                              f"in {value} would find neither (its own CA, no peers)",
+                              hint=f"delete the line (or set it to {ISTIO_NAMESPACE})")
+
+
 @dataclass
 class Base:
     path: Path
@@ -182,6 +199,7 @@ def load_base(path: Path) -> Base:
     if problems:
         raise ConfigError("base.yaml sets values that setup-mesh owns:\n" + "\n".join(problems), hint=hint)
     _check_components(doc)
+    _check_control_plane_namespace(doc)
     return Base(path=path, operator=data, doc=doc)
 
 

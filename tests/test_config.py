@@ -438,6 +438,28 @@ def test_istios_profiles_and_a_base_that_turns_the_needed_components_on_are_take
     assert load_base(path).operator["spec"] == yaml.safe_load("spec:\n" + spec)["spec"]
 
 
+@pytest.mark.parametrize("spec, line, key", [
+    ("  namespace: istio-control\n", 4, "spec.namespace"),
+    ("  values:\n    global:\n      istioNamespace: mesh-cp\n", 6, "spec.values.global.istioNamespace"),
+])
+def test_a_control_plane_namespace_other_than_istio_system_is_refused(tmp_path, spec, line, key):
+    # istiod reads secret cacerts and the remote secrets from its own namespace; setup-mesh writes them in
+    # istio-system: elsewhere istiod would sign with its own CA and see no peer.
+    path, refused = _refused_spec(tmp_path, spec)
+    value = yaml.safe_load(spec)
+    value = value.get("namespace") or value["values"]["global"]["istioNamespace"]
+    assert refused.message.startswith(f"{path}:{line}: {key} {value}: setup-mesh keeps the control plane in "
+                                      "istio-system")
+    assert refused.hint == "delete the line (or set it to istio-system)"
+
+
+def test_istio_system_named_as_the_control_planes_namespace_is_taken(tmp_path):
+    path = tmp_path / "base.yaml"
+    path.write_text("apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  namespace: istio-system\n"
+                    "  values:\n    global:\n      istioNamespace: istio-system\n")
+    assert load_base(path).operator["spec"]["namespace"] == "istio-system"
+
+
 @pytest.mark.parametrize("contexts, message, hint", [
     # Each refusal names the line at fault (the context's own, or its key's) and says how to fix it.
     ('  "":\n    network: n1\n', "{p}:3: context names must be non-empty strings, got ''",
