@@ -53,6 +53,7 @@ from . import reads
 from .kubectl import pinned_kubectl
 
 APISERVER = Path(__file__).resolve().parent / "apiserver.py"
+APISERVER_LAUNCHER = APISERVER.with_name("run_apiserver.py")  # apiserver.py's main, from cached bytecode
 STATE_FILE = "sandbox.json"
 SAVED_FILE = "saved.json"  # in a saved copy: where it was saved from
 RESTORE_FILE = "restore.json"  # in a saved copy, per cluster: the emulator's state and TLS material
@@ -455,7 +456,7 @@ class Sandbox:
         token = token or secrets.token_urlsafe(24)
         # -S: the emulator needs only the standard library, so skip site-packages set-up (faster start).
         # NAME=VALUE forms: a token (or name) may start with "-".
-        argv = [sys.executable, "-S", str(APISERVER), f"--name={ctx}", f"--token={token}", f"--state-dir={state_dir}",
+        argv = [sys.executable, "-S", str(APISERVER_LAUNCHER), f"--name={ctx}", f"--token={token}", f"--state-dir={state_dir}",
                 f"--lb-ip-start={10 + (index * 20) % 240}"]
         argv += ["--lb-never"] if lb_delay is None else ["--lb-delay", str(float(lb_delay))]
         taken = {c.get("host") for name, c in self._state["clusters"].items() if name != ctx}
