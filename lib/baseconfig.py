@@ -13,6 +13,7 @@ from .yamlcheck import DNS1123_LABEL, did_you_mean, type_name, value_at
 from .yamlfile import LocatedDoc, load_located
 
 OPERATOR_KEYS = ("apiVersion", "kind", "metadata", "spec")
+OPERATOR_API_DOCS = "https://istio.io/latest/docs/reference/config/istio.operator.v1alpha1/"
 OPERATOR_SPEC_KEYS = ("profile", "installPackagePath", "namespace", "hub", "tag", "revision", "compatibilityVersion",
                       "meshConfig", "components", "values", "unvalidatedValues")
 
@@ -113,7 +114,7 @@ NEEDED_COMPONENTS = {
 }
 # What an ambient data plane needs besides (Istio's ambient profiles turn both on).
 AMBIENT_COMPONENTS = {"cni": "istio-cni: ambient's traffic redirection", "ztunnel": "ztunnel: ambient's node proxy"}
-# Profiles named to users, in this order, when base.yaml's leaves out a needed component.
+# Profiles named to users, in this order, when base.yaml's profile leaves out a needed component.
 _SUGGESTED_PROFILES = ("default", "minimal", "ambient", "openshift", "openshift-ambient")
 
 
@@ -225,11 +226,39 @@ def _check_operator(doc: LocatedDoc, path: Path, hint: str) -> None:
         suggestion = did_you_mean(key, OPERATOR_SPEC_KEYS) if key not in OPERATOR_SPEC_KEYS else ""
         if suggestion:
             raise ConfigError(f"{doc.where('spec', key)}: unknown key {key!r} in spec", hint=suggestion.rstrip())
-    for keys in (("spec", "values"), ("spec", "values", "global"), ("spec", "values", "global", "multiCluster"),
-                 ("spec", "values", "istiodRemote")):
+    shape_hint = f"write it as the IstioOperator API has it: {OPERATOR_API_DOCS}"
+    for keys, kind in _SHAPES:
         present, value = value_at(data, keys)
-        if present and value is not None and not isinstance(value, dict):
-            raise ConfigError(f"{doc.where(*keys)}: {'.'.join(keys)} must be a mapping, not {type_name(value)}", hint=hint)
+        if present and value is not None and not isinstance(value, kind):
+            raise ConfigError(f"{doc.where(*keys)}: {'.'.join(keys)} must be {_KIND_NAMES[kind]}, not {type_name(value)}",
+                              hint=shape_hint)
+    for key in _GATEWAY_COMPONENTS:
+        for index, gateway in enumerate(value_at(data, ("spec", "components", key))[1] or []):
+            keys = ("spec", "components", key, index)
+            if not isinstance(gateway, dict):
+                raise ConfigError(f"{doc.where(*keys)}: spec.components.{key}[{index}] must be a mapping (name:, "
+                                  f"enabled:, ...), not {type_name(gateway)}", hint=shape_hint)
+            if gateway.get("enabled") is not None and not isinstance(gateway["enabled"], bool):
+                raise ConfigError(f"{doc.where(*keys, 'enabled')}: spec.components.{key}[{index}].enabled must be "
+                                  f"true or false, not {type_name(gateway['enabled'])}", hint=shape_hint)
+
+
+# The shapes istioctl takes where setup-mesh reads base.yaml (Istio's operator API, IstioOperatorSpec and its
+# component specs): anything else istioctl refuses too, and here it is refused before a cluster is touched.
+_SHAPES = (
+    (("metadata",), dict),
+    *((("spec", key), str) for key in ("profile", "installPackagePath", "namespace", "hub", "revision",
+                                       "compatibilityVersion")),
+    *((("spec", key), dict) for key in ("meshConfig", "components", "values", "unvalidatedValues")),
+    *(shape for key in (*_SWITCHED_COMPONENTS, "istiodRemote")
+      for shape in ((("spec", "components", key), dict), (("spec", "components", key, "enabled"), bool),
+                    (("spec", "components", key, "k8s"), dict), (("spec", "components", key, "k8s", "env"), list))),
+    *((("spec", "components", key), list) for key in _GATEWAY_COMPONENTS),
+    *((("spec", "values", *keys), dict) for keys in (("global",), ("global", "multiCluster"), ("istiodRemote",),
+                                                      ("pilot",), ("pilot", "env"))),
+    *((("spec", "values", *keys), str) for keys in (("profile",), ("global", "profile"), ("revision",))),
+)
+_KIND_NAMES = {str: "a string", dict: "a mapping", list: "a list", bool: "true or false"}
 
 
 # Profiles for a cluster's role, which topology.yaml decides: every primary installs base.yaml as it is.

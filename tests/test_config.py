@@ -438,6 +438,36 @@ def test_istios_profiles_and_a_base_that_turns_the_needed_components_on_are_take
     assert load_base(path).operator["spec"] == yaml.safe_load("spec:\n" + spec)["spec"]
 
 
+@pytest.mark.parametrize("text, message", [
+    # Shapes istioctl would refuse as well; each crashed or went through before.
+    ("spec:\n  profile: [ambient]\n", "{p}:4: spec.profile must be a string, not a list"),
+    ("spec:\n  profile: 3\n", "{p}:4: spec.profile must be a string, not a number"),
+    ("spec:\n  components: [pilot]\n", "{p}:4: spec.components must be a mapping, not a list"),
+    ("spec:\n  components:\n    pilot: true\n", "{p}:5: spec.components.pilot must be a mapping, not true/false"),
+    ("spec:\n  components:\n    pilot:\n      enabled: 'yes'\n",
+     "{p}:6: spec.components.pilot.enabled must be true or false, not a string"),
+    ("spec:\n  components:\n    pilot:\n      k8s:\n        env: {A: b}\n",
+     "{p}:7: spec.components.pilot.k8s.env must be a list, not a mapping"),
+    ("spec:\n  components:\n    ingressGateways: {name: a}\n",
+     "{p}:5: spec.components.ingressGateways must be a list, not a mapping"),
+    ("spec:\n  components:\n    ingressGateways:\n    - istio-ingressgateway\n",
+     "{p}:6: spec.components.ingressGateways[0] must be a mapping (name:, enabled:, ...), not a string"),
+    ("spec:\n  components:\n    egressGateways:\n    - name: a\n    - name: b\n      enabled: 1\n",
+     "{p}:8: spec.components.egressGateways[1].enabled must be true or false, not a number"),
+    ("spec:\n  values:\n    pilot:\n      env: [A]\n", "{p}:6: spec.values.pilot.env must be a mapping, not a list"),
+    ("spec:\n  meshConfig: 5\n", "{p}:4: spec.meshConfig must be a mapping, not a number"),
+    ("metadata: [a]\nspec: {}\n", "{p}:3: metadata must be a mapping, not a list"),
+])
+def test_a_base_shaped_otherwise_than_the_istiooperator_api_is_refused_at_its_line(tmp_path, text, message):
+    path = tmp_path / "base.yaml"
+    path.write_text("apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\n" + text)
+    with pytest.raises(ConfigError) as info:
+        load_base(path)
+    assert info.value.message == message.format(p=path)
+    assert info.value.hint == ("write it as the IstioOperator API has it: "
+                               "https://istio.io/latest/docs/reference/config/istio.operator.v1alpha1/")
+
+
 @pytest.mark.parametrize("spec, line, key", [
     ("  namespace: istio-control\n", 4, "spec.namespace"),
     ("  values:\n    global:\n      istioNamespace: mesh-cp\n", 6, "spec.values.global.istioNamespace"),
