@@ -140,7 +140,8 @@ def _mesh_id_and_contexts(doc: LocatedDoc, path: Path) -> tuple[str, dict]:
                           hint="add e.g. `mesh_id: mesh1` at the top of topology.yaml")
     if not is_label_value(mesh_id):
         raise ConfigError(f"{doc.where('mesh_id')}: invalid mesh_id {mesh_id!r}",
-                          hint="use letters, digits, '-', '_' or '.', at most 63 characters, e.g. mesh1")
+                          hint=_quote_hint("mesh_id", mesh_id)
+                          or "use letters, digits, '-', '_' or '.', at most 63 characters, e.g. mesh1")
     contexts = data.get("contexts")
     if contexts is None or contexts == {}:
         raise ConfigError(f"{doc.where('contexts') if 'contexts' in data else path}: contexts is empty or missing",
@@ -148,6 +149,16 @@ def _mesh_id_and_contexts(doc: LocatedDoc, path: Path) -> tuple[str, dict]:
     if not isinstance(contexts, dict):
         raise ConfigError(f"{doc.where('contexts')}: contexts must be a mapping of kube context names, not {type_name(contexts)}")
     return mesh_id, contexts
+
+
+def _quote_hint(key: str, value) -> str:
+    """For a name YAML read as something else (``network: 5``, ``mesh_id: no``): put it in quotes."""
+    if isinstance(value, bool):
+        return (f"put the name in quotes, e.g. {key}: \"no\": unquoted, YAML reads yes, no, on, off, true and false "
+                f"as true/false")
+    if isinstance(value, (int, float)):
+        return f"put the name in quotes, e.g. {key}: \"{value}\": unquoted, YAML reads it as a number"
+    return ""
 
 
 def _load_context(doc: LocatedDoc, path: Path, context, spec, seen: dict[str, str]) -> Cluster:
@@ -169,7 +180,8 @@ def _load_context(doc: LocatedDoc, path: Path, context, spec, seen: dict[str, st
                           hint="add `network: NAME` (clusters that reach each other's pods directly share a network)")
     if not is_label_value(network):
         raise ConfigError(f"{doc.where('contexts', context, 'network')}: invalid network {network!r} for context {context!r}",
-                          hint="a network is a Kubernetes label value: letters, digits, '-', '_', '.', at most 63 characters")
+                          hint=_quote_hint("network", network)
+                          or "a network is a Kubernetes label value: letters, digits, '-', '_', '.', at most 63 characters")
     name = spec.get("cluster_name", context)
     if not is_cluster_name(name):
         if "cluster_name" in spec:

@@ -42,6 +42,12 @@ BAD_TOPOLOGIES = [
     ("mesh_id: m\ncontexts:\n  c1:\n    network: n1\n    cluster_name: x\n  c2:\n    network: n1\n    cluster_name: x\n",
      "cluster name 'x' of context 'c2' is already used by context 'c1'"),
     ("mesh_id: m\ncontexts:\n  c1:\n    network: n1\n    api_server: not-a-url\n", "invalid api_server"),
+    # A name YAML reads as something else: the hint says to quote it.
+    ("mesh_id: m\ncontexts:\n  c1:\n    network: 5\n",
+     'invalid network 5 for context \'c1\'\nput the name in quotes, e.g. network: "5": unquoted, YAML reads it as a number'),
+    ("mesh_id: no\ncontexts:\n  c1:\n    network: n1\n",
+     "invalid mesh_id False\nput the name in quotes, e.g. mesh_id: \"no\": unquoted, YAML reads yes, no, on, off, true "
+     "and false as true/false"),
 ]
 
 
