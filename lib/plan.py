@@ -216,7 +216,7 @@ class _Planner:
             if gateway_found.running == AMBIENT:
                 if d.ambient:  # in sidecar mode it was removed above, before the install
                     after.append(remove_ambient_gateway_step(self.tools, cluster))
-            elif not d.ambient:
+            elif gateway_found.running == SIDECAR and not d.ambient:  # only where one runs: nothing to remove else
                 after.append(remove_gateways_step(self.tools, self.workdir, d, seen))
         if wiring.stop_exposing:
             after.append(stop_exposing_istiod_step(self.tools, cluster, d, self.revisions.get(cluster.context)))

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 from lib.config import Cluster, Topology
 from lib.kube import IstioUsage, Observed, RemoteSecretInfo, Tools, parse_istio_usage, token_fingerprint
@@ -36,7 +37,7 @@ def _healthy(topology, desired):
             reachable=True, namespace=True, network_label=c.network, applied=desired[c.context].fingerprint,
             cacerts={name: f"{c.name}-{name}".encode() for name in ("ca-cert.pem", "cert-chain.pem", "root-cert.pem")},
             remote_secrets=peers,
-            reader_token=f"tok-{c.name}", eastwest_exists=True, eastwest_address="198.51.100.1")
+            reader_token=f"tok-{c.name}", eastwest_exists=True, eastwest_made_by="operator", eastwest_address="198.51.100.1")
     return observed
 
 
@@ -140,6 +141,28 @@ def test_the_plan_says_whether_a_secret_is_replaced_for_its_address_or_its_crede
 
     assert _changes(_plan(tmp_path / "a", new_token), IMPORT, "c1") == ["~ remote secret of c2 (new credentials)"]
     assert _changes(_plan(tmp_path / "b", new_address), IMPORT, "c1") == ["~ remote secret of c2 (new address)"]
+
+
+@pytest.mark.parametrize("gateway_runs", [False, True])
+def test_an_edit_on_one_network_removes_the_east_west_gateway_only_where_one_runs(tmp_path, gateway_runs):
+    """One network: no gateway is wanted. An edit of base.yaml re-installs; the gateway's removal (a delete of
+    the Gateway, an uninstall) is planned only where istioctl's east-west gateway was found."""
+    clusters = tuple(Cluster(c.context, "n1", c.name, server=c.server) for c in CLUSTERS)
+    topology = Topology("m", clusters, tmp_path / "topology.yaml")
+    desired = desired_state(topology, {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {}})
+    observed = _healthy(topology, desired)
+    for seen in observed.values():
+        seen.applied = "before the edit"
+        seen.eastwest_exists, seen.eastwest_made_by = gateway_runs, "operator" if gateway_runs else None
+        seen.eastwest_address = "198.51.100.1" if gateway_runs else None
+    plan = build_apply_plan(topology=topology, desired=desired, observed=observed, removed=[],
+                            removed_observed=observed, workdir=_workdir(tmp_path), tools=Tools(), release=None,
+                            intermediate_vars={}, gateway_timeout=5)
+    for c in clusters:
+        changes = [st.change for p in plan.phases for st in p.steps.get(c.context, [])]
+        assert "~ Istio (overlays/%s.yaml)" % c.context in changes
+        removal = "- east-west gateway and Gateway cross-network-gateway (one network now)"
+        assert (removal in changes) is gateway_runs, changes
 
 
 def test_a_gateway_removed_from_a_remote_says_why_in_words_true_of_a_two_network_mesh(tmp_path):
@@ -449,7 +472,7 @@ def test_a_remote_is_installed_after_its_primary_has_exposed_istiod_and_has_an_a
 
 
 def test_a_remote_whose_primary_has_an_address_is_installed_without_waiting(tmp_path):
-    observed = {"c1": Observed(reachable=True, eastwest_exists=True, eastwest_address="203.0.113.1")}
+    observed = {"c1": Observed(reachable=True, eastwest_exists=True, eastwest_made_by="operator", eastwest_address="203.0.113.1")}
     plan = _remote_plan(tmp_path, observed)
     install, = [s for s in plan.phases[0].steps["c2"] if s.title == "install Istio"]
     assert "remotePilotAddress: 203.0.113.1" in install.files[0][1] and install.prepare is None

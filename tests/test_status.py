@@ -87,7 +87,7 @@ def _healthy(topology: Topology, root) -> tuple[dict[str, Observed], dict[str, I
         secrets = {p.name: RemoteSecretInfo(f"istio-remote-secret-{p.name}", p.name, "fp", p.api_server)
                    for p in topology.clusters if p is not c}
         observed[c.context] = Observed(reachable=True, namespace=True, network_label=c.network, applied="fp-" + c.context,
-                                       cacerts=_cacerts(root), remote_secrets=secrets, eastwest_exists=True,
+                                       cacerts=_cacerts(root), remote_secrets=secrets, eastwest_exists=True, eastwest_made_by="operator",
                                        eastwest_address="198.51.100.9",
                                        istiod_services=istiod_service_of(c))
         istiod[c.context] = Istiod(read=True, installed=True, version="1.29.0", ready=True, cluster_id=c.name)

@@ -54,7 +54,7 @@ def _joining_plan(tmp_path, r2_network="n3"):
     observed = _observed()
     for ctx in ("p1", "r1"):
         observed[ctx] = Observed(reachable=True, namespace=True, network_label="n1", applied=desired[ctx].fingerprint,
-                                 eastwest_exists=True, eastwest_address=ADDRESS)
+                                 eastwest_exists=True, eastwest_made_by="operator", eastwest_address=ADDRESS)
     (tmp_path / "certs" / "r2").mkdir(parents=True)
     for name in ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"):
         (tmp_path / "certs" / "r2" / name).write_text(name)
