@@ -1,4 +1,6 @@
 """topology.yaml and base.yaml validation: every bad input is refused with where and how to fix it."""
+import json
+import os
 import re
 from pathlib import Path
 
@@ -200,6 +202,98 @@ def test_contexts_must_exist_in_the_kubeconfig(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as info:
         resolve_contexts(load_topology(path), None)
     assert "context 'c2' is not in the kubeconfig" in info.value.message
+
+
+def _resolve_refused(tmp_path, monkeypatch, edit) -> ConfigError:
+    """c1 in a kubeconfig changed by ``edit`` (its data), checked for topology.yaml's context c1."""
+    kubeconfig = tmp_path / "kc"
+    _kubeconfig(kubeconfig, {"c1": "https://127.0.0.1:6443", "c2": "https://127.0.0.1:6444"})
+    data = json.loads(json.dumps(edit(yaml.safe_load(kubeconfig.read_text()))))  # no YAML aliases in the file
+    kubeconfig.write_text(yaml.safe_dump(data, sort_keys=False))
+    path = tmp_path / "topology.yaml"
+    path.write_text("mesh_id: m\ncontexts:\n  c1:\n    network: n\n")
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    with pytest.raises(ConfigError) as info:
+        resolve_contexts(load_topology(path), None)
+    return info.value
+
+
+def _context(data, name):
+    return next(c for c in data["contexts"] if c["name"] == name)
+
+
+@pytest.mark.parametrize("edit, message", [
+    # kubectl would send this context's requests to http://localhost:8080: whatever answers there.
+    (lambda d: (_context(d, "c1")["context"].update(cluster="c1-old"), d)[1],
+     "context 'c1' ({kc}) names cluster 'c1-old', which is not in the kubeconfig: kubectl would send its requests "
+     "to http://localhost:8080 instead"),
+    (lambda d: (d["clusters"][0]["cluster"].pop("server"), d)[1],
+     "context 'c1' ({kc}) names cluster 'c1', which has no server: kubectl would send its requests to "
+     "http://localhost:8080 instead"),
+    (lambda d: (_context(d, "c1")["context"].pop("cluster"), d)[1],
+     "context 'c1' ({kc}) names no cluster: kubectl would send its requests to http://localhost:8080 instead"),
+])
+def test_a_context_without_a_server_is_refused_before_kubectl_calls_localhost(tmp_path, monkeypatch, edit, message):
+    refused = _resolve_refused(tmp_path, monkeypatch, edit)
+    assert refused.message == f"{tmp_path / 'topology.yaml'}: " + message.format(kc=tmp_path / "kc")
+    assert refused.hint == "fix the context's cluster in the kubeconfig (`kubectl config get-clusters`), or remove the " \
+                           "context from topology.yaml"
+
+
+@pytest.mark.parametrize("edit, message", [
+    # What kubectl refuses to load: `error loading config file`.
+    (lambda d: {**d, "contexts": d["contexts"] + [_context(d, "c1")]}, "{kc}:18: context 'c1' is in contexts twice: "
+     "kubectl refuses to load {kc} (duplicate name)"),
+    (lambda d: {**d, "clusters": d["clusters"] + [d["clusters"][1]]}, "{kc}:9: cluster 'c2' is in clusters twice: "
+     "kubectl refuses to load {kc} (duplicate name)"),
+    (lambda d: {**d, "contexts": {c["name"]: c["context"] for c in d["contexts"]}},
+     "{kc}:9: contexts must be a list of entries with a name, not a mapping"),
+    (lambda d: {**d, "users": [{"user": {"token": "t"}}]}, "{kc}:20: each of users must be a mapping with a name and a user"),
+    (lambda d: {**d, "contexts": [{"name": "c1", "context": "c1"}]},
+     "{kc}:11: the context of context 'c1' must be a mapping, not a string"),
+    (lambda d: [d], "{kc}: {kc} is not a kubeconfig (a mapping with clusters, contexts and users), it is a list"),
+])
+def test_a_kubeconfig_kubectl_cannot_load_is_refused_at_its_line(tmp_path, monkeypatch, edit, message):
+    refused = _resolve_refused(tmp_path, monkeypatch, edit)
+    kc = tmp_path / "kc"
+    assert refused.message == message.format(kc=kc)
+    assert refused.hint == f"fix the file (kubectl refuses to load it too: try `kubectl --kubeconfig {kc} config view`)"
+
+
+def test_a_kubeconfig_in_the_list_that_cannot_be_read_is_an_error_not_a_missing_file(tmp_path, monkeypatch):
+    # kubectl skips a KUBECONFIG entry that does not exist, and fails on one it may not read (a folder of the
+    # path closed to this user: stat fails with EACCES; root passes such checks, so the failure is simulated).
+    good, locked = tmp_path / "kc", tmp_path / "locked" / "config"
+    _kubeconfig(good, {"c1": "https://127.0.0.1:6443"})
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):
+        if str(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    path = tmp_path / "topology.yaml"
+    path.write_text("mesh_id: m\ncontexts:\n  c1:\n    network: n\n")
+    monkeypatch.setenv("KUBECONFIG", f"{good}{os.pathsep}{tmp_path / 'absent'}{os.pathsep}{locked}")
+    with pytest.raises(ConfigError) as info:
+        resolve_contexts(load_topology(path), None)
+    assert info.value.message == f"cannot read kubeconfig {locked} (KUBECONFIG): Permission denied"
+    monkeypatch.setenv("KUBECONFIG", f"{good}{os.pathsep}{tmp_path / 'absent'}")
+    assert resolve_contexts(load_topology(path), None).clusters[0].server == "https://127.0.0.1:6443"
+
+
+def test_a_per_context_kubeconfig_that_is_missing_or_lacks_the_context_points_at_topology_yaml(tmp_path):
+    path = tmp_path / "topology.yaml"
+    other = tmp_path / "other.yaml"
+    path.write_text(f"mesh_id: m\ncontexts:\n  c1:\n    network: n\n    kubeconfig: {other}\n")
+    with pytest.raises(ConfigError) as info:
+        resolve_contexts(load_topology(path), None)
+    assert info.value.hint == f"fix contexts.c1.kubeconfig in {path}"
+    _kubeconfig(other, {"c9": "https://127.0.0.1:6443"})
+    with pytest.raises(ConfigError) as info:
+        resolve_contexts(load_topology(path), None)
+    assert info.value.hint.startswith(f"check `kubectl --kubeconfig {other} config get-contexts`")
 
 
 def test_missing_kubeconfig_file_is_an_error(tmp_path):
