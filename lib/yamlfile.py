@@ -94,14 +94,15 @@ def load_located(path: Path, what: str, missing_hint: str | None = None) -> Loca
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{at}: {what} is not valid YAML: {problem}",
                           hint="fix the YAML syntax at that line (indentation, quotes, colons)") from None
-    data = [d for d in data if d is not None]
-    if len(nodes) > 1:
-        raise ConfigError(f"{path}:{nodes[1].start_mark.line + 1}: {what} must hold one YAML document, found {len(nodes)}",
-                          hint="remove the extra '---' documents")
+    # Empty documents (a '---' with nothing or only comments after it) count for nothing, as for kubectl.
+    documents = [(node, value) for node, value in zip(nodes, data) if value is not None]
+    if len(documents) > 1:
+        raise ConfigError(f"{path}:{documents[1][0].start_mark.line + 1}: {what} must hold one YAML document, found "
+                          f"{len(documents)}", hint="remove the extra '---' documents")
     lines: dict[Location, int] = {}
-    if nodes:
-        _walk(nodes[0], (), lines)
-    return LocatedDoc(path, data[0] if data else None, lines)
+    if documents:
+        _walk(documents[0][0], (), lines)
+    return LocatedDoc(path, documents[0][1] if documents else None, lines)
 
 
 # Plain scalars that kubectl's YAML parser (YAML 1.2 rules) reads as numbers while PyYAML (YAML 1.1)

@@ -86,3 +86,22 @@ def test_a_syntax_error_is_worded_by_pyyaml_with_its_line(tmp_path):
     except yaml.YAMLError as exc:
         expected = f"{path}:{exc.problem_mark.line + 1}:{exc.problem_mark.column + 1}: topology file is not valid YAML: {exc.problem}"
     assert str(caught.value) == expected
+
+
+def test_empty_documents_count_for_nothing_and_a_second_document_is_refused_at_its_line(tmp_path):
+    import pytest
+
+    from lib.errors import ConfigError
+    from lib.yamlfile import load_located
+
+    path = tmp_path / "base.yaml"
+    body = "kind: IstioOperator\nspec:\n  profile: default\n"
+    for text in (body + "---\n# end\n", "# start\n---\n" + body, "---\n" + body + "---\n", body + "---\nnull\n"):
+        path.write_text(text)
+        doc = load_located(path, "base IstioOperator")
+        assert doc.data == {"kind": "IstioOperator", "spec": {"profile": "default"}}, text
+        assert doc.line("spec", "profile") == text.splitlines().index("  profile: default") + 1
+    path.write_text(body + "---\n# another\n---\n" + body)
+    with pytest.raises(ConfigError) as info:
+        load_located(path, "base IstioOperator")
+    assert info.value.message == f"{path}:7: base IstioOperator must hold one YAML document, found 2"
