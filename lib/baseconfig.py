@@ -2,13 +2,14 @@
 some of its values), and the data-plane mode its profile sets."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
 from .invocation import prep_hint
-from .names import ISTIO_NAMESPACE
+from .names import EASTWEST_NAME, ISTIO_NAMESPACE
 from .yamlcheck import DNS1123_LABEL, did_you_mean, type_name, value_at
 from .yamlfile import LocatedDoc, load_located
 
@@ -182,6 +183,33 @@ def _check_control_plane_namespace(doc: LocatedDoc) -> None:
                               hint=f"delete the line (or set it to {ISTIO_NAMESPACE})")
 
 
+# A revision names istiod-<revision>, its webhook and its labels: istioctl refuses one that is no DNS-1123
+# label ("invalid revision specified", Istio's operator/pkg/apis/validation: labels.IsDNS1123Label).
+_REVISION_KEYS = (("spec", "revision"), ("spec", "values", "revision"))
+
+
+def _check_revision(doc: LocatedDoc) -> None:
+    for keys in _REVISION_KEYS:
+        present, value = value_at(doc.data, keys)
+        if present and value and (not DNS1123_LABEL.match(value) or len(value) > 63):
+            raise ConfigError(f"{doc.where(*keys)}: {'.'.join(keys)} {value!r} is no valid revision: istioctl install "
+                              f"would fail with `invalid revision specified`",
+                              hint="a revision is a DNS-1123 label: lower-case letters, digits and '-', e.g. "
+                                   + (re.sub(r"[^a-z0-9-]+", "-", value.lower()).strip("-")[:63] or "canary"))
+
+
+def _check_gateway_names(doc: LocatedDoc) -> None:
+    """base.yaml's own gateways may not take the name of the east-west gateway setup-mesh installs (its
+    IstioOperator `eastwest`): two IstioOperators would own one Deployment."""
+    for key in _GATEWAY_COMPONENTS:
+        for index, gateway in enumerate(value_at(doc.data, ("spec", "components", key))[1] or []):
+            if gateway.get("name") == EASTWEST_NAME:
+                raise ConfigError(f"{doc.where('spec', 'components', key, index, 'name')}: {EASTWEST_NAME} is the "
+                                  f"east-west gateway setup-mesh installs where clusters are on several networks",
+                                  hint="delete this gateway from base.yaml (setup-mesh installs it), or give yours "
+                                       "another name")
+
+
 @dataclass
 class Base:
     path: Path
@@ -201,6 +229,8 @@ def load_base(path: Path) -> Base:
         raise ConfigError("base.yaml sets values that setup-mesh owns:\n" + "\n".join(problems), hint=hint)
     _check_components(doc)
     _check_control_plane_namespace(doc)
+    _check_revision(doc)
+    _check_gateway_names(doc)
     return Base(path=path, operator=data, doc=doc)
 
 
@@ -308,23 +338,31 @@ def _check_control_plane_name(doc: LocatedDoc) -> None:
 def _reserved_in_base(doc: LocatedDoc) -> tuple[list[str], str]:
     """The values base.yaml sets that setup-mesh owns (one line each), and the hint for them."""
     data = doc.data
-    problems = []
+    problems, fixes = [], []
     for keys, source in RESERVED_VALUES.items():
-        present, _ = value_at(data, keys)
-        if present:
-            problems.append(f"  {doc.where(*keys)}: {'.'.join(keys)} is set by setup-mesh from {source}")
+        # istioctl lays spec.unvalidatedValues over spec.values (Istio's operator/pkg/render/manifest.go): a
+        # value reserved in one is reserved in the other.
+        for where in (keys, ("spec", "unvalidatedValues", *keys[2:])):
+            present, _ = value_at(data, where)
+            if present:
+                problems.append(f"  {doc.where(*where)}: {'.'.join(where)} is set by setup-mesh from {source}")
+                fixes.append(_FIX_OF_RESERVED.get(keys, _FIX_FROM_TOPOLOGY))
     # istiod's env may also be given as a list in components.pilot.k8s.env, where it overrides values.pilot.env:
     # every reserved values.pilot.env entry is reserved there too.
     for keys, source in RESERVED_VALUES.items():
         if keys[:-1] == PILOT_ENV_VALUES:
-            problems += _k8s_env_entries(data, doc, keys[-1], f"is set by setup-mesh from {source}")
-    hint = ("delete those lines from base.yaml; set mesh_id, network, cluster_name and primary in topology.yaml "
-            "instead")
+            found = _k8s_env_entries(data, doc, keys[-1], f"is set by setup-mesh from {source}")
+            problems += found
+            fixes += [_FIX_OF_RESERVED.get(keys, _FIX_FROM_TOPOLOGY)] * len(found)
     ambient_problems = _ambient_reserved(data, doc)
     if ambient_problems:
         problems += ambient_problems
-        hint = "delete those lines from base.yaml: setup-mesh sets them for every istiod of an ambient mesh"
-    return problems, hint
+        fixes.append("setup-mesh sets AMBIENT_ENABLE_MULTI_NETWORK for every istiod of an ambient mesh")
+    return problems, "delete those lines from base.yaml: " + "; ".join(dict.fromkeys(fixes))
+
+
+_FIX_FROM_TOPOLOGY = "set mesh_id, network, cluster_name and primary in topology.yaml instead"
+_FIX_OF_RESERVED = {MULTIROOT_VALUE: "rotate-certs --root sets ISTIO_MULTIROOT_MESH while a move to a new root needs it"}
 
 
 def _ambient_reserved(data: dict, doc: LocatedDoc) -> list[str]:

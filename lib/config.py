@@ -358,10 +358,13 @@ def _check_kubeconfig(doc: LocatedDoc, path: str) -> None:
                               hint=hint)
         seen: set = set()
         for index, entry in enumerate(entries):
-            name = entry.get("name") if isinstance(entry, dict) else None
-            if not isinstance(entry, dict) or not isinstance(name, str):
-                raise ConfigError(f"{doc.where(key, index)}: each of {key} must be a mapping with a name and a "
-                                  f"{kind}", hint=hint)
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{doc.where(key, index)}: each of {key} must be a mapping (name: and {kind}:), "
+                                  f"not {type_name(entry)}", hint=hint)
+            name = entry.get("name") or ""  # kubectl takes an entry without a name as named ""
+            if not isinstance(name, str):
+                raise ConfigError(f"{doc.where(key, index, 'name')}: the name of each of {key} must be a string, not "
+                                  f"{type_name(name)}", hint=hint)
             if entry.get(kind) is not None and not isinstance(entry[kind], dict):
                 raise ConfigError(f"{doc.where(key, index, kind)}: the {kind} of {kind} {name!r} must be a mapping, "
                                   f"not {type_name(entry[kind])}", hint=hint)

@@ -25,7 +25,7 @@ def _setting() -> float | None:
         value = math.nan
     if not math.isfinite(value) or value <= 0 or value > 3600:
         raise ConfigError(f"environment variable {ENV}={raw!r} is not a number of seconds between 0 and 3600",
-                          hint=f"set it to e.g. 0.5, or unset it for the defaults (1 s; status --wait: 2 s)")
+                          hint="set it to e.g. 0.5, or unset it for the defaults (1 s; status --wait: 2 s)")
     return value
 
 

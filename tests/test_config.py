@@ -139,7 +139,38 @@ def test_reserved_value_in_base_is_refused_with_its_line(tmp_path, extra, key, l
     with pytest.raises(ConfigError) as info:
         load_base(path)
     assert f"{path}:{line}: {key} is set by setup-mesh from" in info.value.message
-    assert "topology.yaml" in info.value.hint
+    # The hint says who sets it: topology.yaml, or rotate-certs --root for the second root's switch.
+    assert info.value.hint == "delete those lines from base.yaml: " + (
+        "rotate-certs --root sets ISTIO_MULTIROOT_MESH while a move to a new root needs it"
+        if "MULTIROOT" in key else "set mesh_id, network, cluster_name and primary in topology.yaml instead")
+
+
+@pytest.mark.parametrize("extra, key, line", [
+    # istioctl lays spec.unvalidatedValues over spec.values: a reserved value there would win over setup-mesh's.
+    ("    global:\n      network: other\n", "spec.unvalidatedValues.global.network", 7),
+    ("    global:\n      meshID: mesh9\n", "spec.unvalidatedValues.global.meshID", 7),
+    ("    pilot:\n      env:\n        ISTIO_MULTIROOT_MESH: 'true'\n",
+     "spec.unvalidatedValues.pilot.env.ISTIO_MULTIROOT_MESH", 8),
+])
+def test_a_reserved_value_in_unvalidated_values_is_refused_too(tmp_path, extra, key, line):
+    path = tmp_path / "base.yaml"
+    path.write_text(GOOD_BASE + "  unvalidatedValues:\n" + extra)
+    with pytest.raises(ConfigError) as info:
+        load_base(path)
+    assert f"{path}:{line}: {key} is set by setup-mesh from" in info.value.message
+
+
+def test_the_hint_for_reserved_values_of_several_owners_names_each_once(tmp_path):
+    # The docs' ambient multicluster IstioOperator: topology's values and the ambient switch, in one base.yaml.
+    path = tmp_path / "base.yaml"
+    path.write_text("apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  profile: ambient\n"
+                    "  values:\n    global:\n      meshID: m\n      network: n\n    pilot:\n      env:\n"
+                    "        AMBIENT_ENABLE_MULTI_NETWORK: 'true'\n")
+    with pytest.raises(ConfigError) as info:
+        load_base(path)
+    assert info.value.hint == ("delete those lines from base.yaml: set mesh_id, network, cluster_name and primary in "
+                               "topology.yaml instead; setup-mesh sets AMBIENT_ENABLE_MULTI_NETWORK for every istiod "
+                               "of an ambient mesh")
 
 
 def test_the_second_root_switch_is_refused_in_istiods_env_list_too(tmp_path):
@@ -248,7 +279,9 @@ def test_a_context_without_a_server_is_refused_before_kubectl_calls_localhost(tm
      "kubectl refuses to load {kc} (duplicate name)"),
     (lambda d: {**d, "contexts": {c["name"]: c["context"] for c in d["contexts"]}},
      "{kc}:9: contexts must be a list of entries with a name, not a mapping"),
-    (lambda d: {**d, "users": [{"user": {"token": "t"}}]}, "{kc}:20: each of users must be a mapping with a name and a user"),
+    (lambda d: {**d, "users": ["u"]}, "{kc}:20: each of users must be a mapping (name: and user:), not a string"),
+    (lambda d: {**d, "users": [{"name": 7, "user": {"token": "t"}}]},
+     "{kc}:20: the name of each of users must be a string, not a number"),
     (lambda d: {**d, "contexts": [{"name": "c1", "context": "c1"}]},
      "{kc}:11: the context of context 'c1' must be a mapping, not a string"),
     (lambda d: [d], "{kc}: {kc} is not a kubeconfig (a mapping with clusters, contexts and users), it is a list"),
@@ -566,6 +599,26 @@ def test_a_base_shaped_otherwise_than_the_istiooperator_api_is_refused_at_its_li
     assert info.value.message == message.format(p=path)
     assert info.value.hint == ("write it as the IstioOperator API has it: "
                                "https://istio.io/latest/docs/reference/config/istio.operator.v1alpha1/")
+
+
+@pytest.mark.parametrize("spec, line, key, value, example", [
+    ('  revision: "1.30.3"\n', 4, "spec.revision", "1.30.3", "1-30-3"),
+    ("  values:\n    revision: Canary_1\n", 5, "spec.values.revision", "Canary_1", "canary-1"),
+])
+def test_a_revision_that_is_no_dns_label_is_refused_before_istioctl_fails_on_it(tmp_path, spec, line, key, value,
+                                                                                  example):
+    path, refused = _refused_spec(tmp_path, spec)
+    assert refused.message == (f"{path}:{line}: {key} {value!r} is no valid revision: istioctl install would fail "
+                               "with `invalid revision specified`")
+    assert refused.hint.endswith(f"e.g. {example}")
+
+
+def test_a_gateway_of_base_yaml_may_not_take_the_east_west_gateways_name(tmp_path):
+    # What pasting gen-eastwest-gateway.sh's gateway into base.yaml gives: two IstioOperators owning one Deployment.
+    path, refused = _refused_spec(tmp_path, "  components:\n    ingressGateways:\n    - name: istio-ingressgateway\n"
+                                            "    - name: istio-eastwestgateway\n      enabled: true\n")
+    assert refused.message == (f"{path}:7: istio-eastwestgateway is the east-west gateway setup-mesh installs where "
+                               "clusters are on several networks")
 
 
 @pytest.mark.parametrize("spec, line, key", [

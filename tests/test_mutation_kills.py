@@ -682,9 +682,12 @@ def _kubeconfig_file(path, contexts: dict[str, str], clusters: dict[str, str]) -
 
     path.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config",
-        "clusters": ["not an entry"] + [{"name": n, "cluster": {"server": s}} for n, s in clusters.items()],
+        # Entries without a name come first: kubectl takes them as named "", and so must the search.
+        "clusters": [{"cluster": {"server": "https://nameless:6443"}}]
+        + [{"name": n, "cluster": {"server": s}} for n, s in clusters.items()],
         "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": ["not an entry"] + [{"name": c, "context": {"cluster": n, "user": "u"}} for c, n in contexts.items()],
+        "contexts": [{"context": {"cluster": "", "user": "u"}}]
+        + [{"name": c, "context": {"cluster": n, "user": "u"}} for c, n in contexts.items()],
     }))
     return str(path)
 
@@ -877,7 +880,8 @@ def test_an_ambient_base_may_not_set_the_multi_network_switch_setup_mesh_sets_in
         "base.yaml sets values that setup-mesh owns:",
         f"  {path}:8: spec.values.pilot.env.AMBIENT_ENABLE_MULTI_NETWORK {why}",
         f"  {path}:15: spec.components.pilot.k8s.env[1] (AMBIENT_ENABLE_MULTI_NETWORK) {why}"]
-    assert refused.value.hint == "delete those lines from base.yaml: setup-mesh sets them for every istiod of an ambient mesh"
+    assert refused.value.hint == ("delete those lines from base.yaml: setup-mesh sets AMBIENT_ENABLE_MULTI_NETWORK for "
+                                  "every istiod of an ambient mesh")
     path.write_text(text.replace("profile: ambient", "profile: default"))  # a sidecar mesh: istiod's env is the user's
     assert load_base(path).operator["spec"]["profile"] == "default"
 
