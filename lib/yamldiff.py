@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import yaml
+
 MISSING = object()
 
 
@@ -49,6 +51,14 @@ def _leaves(value: object, path: str):
 
 def short(value: object, limit: int = 32) -> str:
     text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str)
-    if isinstance(value, str) and (value == "" or value != value.strip()):
-        text = json.dumps(value)
+    if isinstance(value, str) and (value == "" or value != value.strip() or _reads_as_other(value)):
+        text = json.dumps(value)  # "true" the string, shown apart from true the boolean
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+def _reads_as_other(text: str) -> bool:
+    """Whether YAML would read ``text`` written bare as something other than a string (true, 5, null)."""
+    return yaml.resolver.Resolver().resolve(yaml.ScalarNode, text, (True, False)) != _STR_TAG
