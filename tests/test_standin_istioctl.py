@@ -616,3 +616,54 @@ def test_a_chart_profile_the_charts_do_not_know_fails_the_install_and_remote_in_
                                              "spec:\n  values:\n    global:\n      profile: remote\n")
     assert istioctl(sb, "install", "-y", "-f", remote, "--context", "c2").returncode == 0
     assert not exists(sb, "c2", "deployment", "istiod", "-n", "istio-system"), "the charts' remote profile"
+
+
+def test_a_user_with_an_exec_plugin_gets_its_token_as_client_go_runs_it(sb, tmp_path):
+    # EKS, GKE and AKS kubeconfigs authenticate with an exec plugin (client-go plugin/pkg/client/auth/exec):
+    # kubectl runs it, and so must istioctl, or every install fails Unauthorized.
+    config = yaml.safe_load(Path(sb.env["KUBECONFIG"]).read_text())
+    plugins = tmp_path / "bin"
+    plugins.mkdir()
+    for user in config["users"]:
+        token = user["user"].pop("token")
+        script = plugins / f"credential-{user['name']}"
+        script.write_text('#!/bin/sh\necho "$KUBERNETES_EXEC_INFO" > "$0.info"\nprintf \'{"apiVersion": '
+                          '"client.authentication.k8s.io/v1", "kind": "ExecCredential", "status": {"token": "%s"}}\' '
+                          '"$TOKEN"\n')
+        script.chmod(0o755)
+        # A relative command with a path separator is taken from the kubeconfig's folder (clientcmd).
+        user["user"]["exec"] = {"apiVersion": "client.authentication.k8s.io/v1", "interactiveMode": "Never",
+                                "command": f"./bin/{script.name}", "env": [{"name": "TOKEN", "value": token}]}
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(yaml.safe_dump(config))
+    env = {"KUBECONFIG": str(kubeconfig)}
+    assert run(["kubectl", "--context", "c1", "get", "namespace", "kube-system"], {**sb.env, **env}).returncode == 0
+    proc = istioctl(sb, "--context", "c1", "install", "-y", "-f", write(tmp_path / "c1.yaml", cluster_iop("c1", "n1")),
+                    env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((plugins / "credential-c1.info").read_text()) == {
+        "kind": "ExecCredential", "apiVersion": "client.authentication.k8s.io/v1", "spec": {"interactive": False}}
+    # A plugin that fails, and one that is not installed, are reported as client-go reports them.
+    (plugins / "credential-c2").write_text("#!/bin/sh\nexit 3\n")
+    proc = istioctl(sb, "--context", "c2", "create-remote-secret", "--name", "c2", env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1].endswith(
+        f": getting credentials: exec: executable {plugins / 'credential-c2'} failed with exit code 3")
+    config["users"][1]["user"]["exec"]["command"] = "no-such-credential-plugin"
+    kubeconfig.write_text(yaml.safe_dump(config))
+    proc = istioctl(sb, "--context", "c2", "create-remote-secret", "--name", "c2", env=env)
+    assert "getting credentials: exec: executable no-such-credential-plugin not found" in proc.stderr
+    assert "a client-go credential plugin that is not installed" in proc.stderr
+
+
+def test_a_kubeconfig_naming_a_context_twice_is_refused_as_client_go_refuses_it(sb, tmp_path):
+    config = yaml.safe_load(Path(sb.env["KUBECONFIG"]).read_text())
+    config["contexts"].append(config["contexts"][0])
+    kubeconfig = write(tmp_path / "config", config)
+    kubectl = run(["kubectl", "--kubeconfig", kubeconfig, "--context", "c2", "get", "ns"], sb.env)
+    proc = istioctl(sb, "--kubeconfig", kubeconfig, "--context", "c2", "create-remote-secret", "--name", "c2")
+    assert kubectl.returncode == 1 and proc.returncode == 1
+    assert f'error loading config file "{kubeconfig}": error converting *[]NamedContext into ' \
+           '*map[string]*api.Context: duplicate name "c1" in list' in kubectl.stderr
+    assert proc.stderr.splitlines()[-1] == (f'Error: error loading config file "{kubeconfig}": error converting '
+                                            '*[]NamedContext into *map[string]*api.Context: duplicate name "c1" in list')
