@@ -256,6 +256,12 @@ def _check_operator(doc: LocatedDoc, path: Path, hint: str) -> None:
         suggestion = did_you_mean(key, OPERATOR_SPEC_KEYS) if key not in OPERATOR_SPEC_KEYS else ""
         if suggestion:
             raise ConfigError(f"{doc.where('spec', key)}: unknown key {key!r} in spec", hint=suggestion.rstrip())
+    _check_shapes(doc)
+
+
+def _check_shapes(doc: LocatedDoc) -> None:
+    """The shapes setup-mesh reads (_SHAPES), and each listed gateway a mapping with a boolean enabled."""
+    data = doc.data
     shape_hint = f"write it as the IstioOperator API has it: {OPERATOR_API_DOCS}"
     for keys, kind in _SHAPES:
         present, value = value_at(data, keys)

@@ -9,8 +9,8 @@ from pathlib import Path
 import yaml
 
 from . import certs, invocation
-from .config import (BASE_FILE, PILOT_ENV_SWITCH, RESERVED_VALUES, TOPOLOGY_FILE, cluster_names_for, is_label_value,
-                     kubeconfig_files)
+from .config import BASE_FILE, PILOT_ENV_SWITCH, RESERVED_VALUES, TOPOLOGY_FILE, cluster_names_for, is_label_value
+from .kubeconfig import kubeconfig_files
 from .errors import ConfigError
 from .fsutil import write_atomic
 from .fetch import checked_istio_dir, choose_source, fetch_release

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from . import certs, carotation, invocation
 from .cluster import KubeClient
-from .config import BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, load_base, load_topology, resolve_contexts
+from .config import BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, load_base, load_topology
+from .kubeconfig import resolve_contexts
 from .errors import ConfigError, MeshError
 from .executor import Executor, Outcome, Phase
 from .kube import Tools

@@ -6,7 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, check_data_plane, load_base, load_topology, resolve_contexts
+from .config import BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, check_data_plane, load_base, load_topology
+from .kubeconfig import resolve_contexts
 from .errors import ConfigError, MeshError
 from .executor import RunContext, read_clusters
 from .gatewayapi import parse_crd_annotations

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lib.config import load_base, load_topology, resolve_contexts
+from lib.config import load_base, load_topology
+from lib.kubeconfig import resolve_contexts
 from lib.errors import ConfigError
 from lib.mesh import mesh_model
 

@@ -695,7 +695,7 @@ def _kubeconfig_file(path, contexts: dict[str, str], clusters: dict[str, str]) -
 def test_kubeconfig_is_read_as_kubectl_reads_it(tmp_path, monkeypatch):
     import os
 
-    from lib.config import kubeconfig_files, resolve_contexts
+    from lib.kubeconfig import kubeconfig_files, resolve_contexts
 
     topology = _topology_file(tmp_path, "mesh_id: m\ncontexts:\n  c1:\n    network: n1\n  c2:\n    network: n1\n")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -723,7 +723,7 @@ def test_a_kubeconfig_that_is_missing_or_lacks_a_context_says_which_file_and_how
 
     import pytest
 
-    from lib.config import resolve_contexts
+    from lib.kubeconfig import resolve_contexts
     from lib.errors import ConfigError
 
     topology = _topology_file(tmp_path, "mesh_id: m\ncontexts:\n  c1:\n    network: n1\n")

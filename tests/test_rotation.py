@@ -116,7 +116,7 @@ def test_without_a_terminal_rotate_certs_shows_its_plan_and_refuses_unless_told_
     root = mesh2.run("rotate-certs", "--root")
     assert root.returncode == 2, root.stdout + root.stderr
     assert "starting the move to a new root: stage 1 of 3" in root.stdout
-    assert "+ spec.values.pilot.env.ISTIO_MULTIROOT_MESH: true" in root.stdout, "istiod is reinstalled first"
+    assert "+ spec.values.pilot.env.ISTIO_MULTIROOT_MESH: \"true\"" in root.stdout, "istiod is reinstalled first"
     assert ("error: Make a new root CA and bring cluster1, cluster2 to stage 1 of 3? needs confirmation"
             in root.stderr), root.stderr
     assert not (mesh2.workdir / "certs-next").exists()
