@@ -119,11 +119,15 @@ def describe_kept(context: str, how: Uninstall) -> str | None:
         lines.append(f"{context}: --remove-crds: Istio's CRDs are deleted, and with them these resources that "
                      f"setup-mesh did not make: {how.usage.describe()}")
     elif how.usage.foreign:
-        kept = "Istio's CRDs and base (webhooks, reader roles)"
+        kept = "Istio's CRDs"  # istioctl uninstall -f removes the rest of base (webhooks, reader roles)
         if how.usage.in_namespace(ISTIO_NAMESPACE):
             kept += f" and namespace {ISTIO_NAMESPACE}"
         lines.append(f"{context}: keeps {kept}, because Istio resources setup-mesh did not make exist: "
                      f"{how.usage.describe()}. --remove-crds deletes the CRDs anyway, and those resources with them")
+    if how.usage.namespace_objects:
+        lines.append(f"{context}: keeps namespace {ISTIO_NAMESPACE}: it holds what setup-mesh and Istio did not make: "
+                     f"{', '.join(how.usage.namespace_objects)}; delete them, then the namespace, yourself once nothing "
+                     f"needs them")
     if how.gateway_api_kept:
         lines.append(f"{context}: keeps the Gateway API CRDs (gateway.networking.k8s.io) its ambient mesh needed: "
                      f"other Gateway API resources may use them; delete them yourself once nothing does")

@@ -11,20 +11,17 @@ import yaml
 
 from .baseconfig import SIDECAR
 from .config import Cluster
-from .names import (APPLIED_ANNOTATION, CLUSTER_ANNOTATION, DATA_PLANE_ANNOTATION, DEFAULT_TAG_WEBHOOK, EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE,
-                    MANAGED_BY_LABEL, MULTICLUSTER_LABEL, NETWORK_LABEL, SECRET_SOURCE_ANNOTATION, is_istiod_name)
+from .names import (APPLIED_ANNOTATION, CLUSTER_ANNOTATION, COMPONENT_LABEL, DATA_PLANE_ANNOTATION, DEFAULT_TAG_WEBHOOK,
+                    EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE, MANAGED_BY_LABEL, MANAGED_GATEWAY_LABEL,
+                    MULTICLUSTER_LABEL, NETWORK_LABEL, SECRET_SOURCE_ANNOTATION, is_istiod_name)
 from .gatewayapi import GATEWAY_CRD, ClusterCrds
 from .runner import Command
 from .yamlfile import load_all_data, load_data
 
 READER_SERVICE_ACCOUNT = "istio-reader-service-account"
 GATEWAY_RESOURCE = GATEWAY_CRD  # a CRD is named as its resource: the Gateway API kind, not Istio's Gateway
-MANAGED_GATEWAY_LABEL = "gateway.istio.io/managed"  # on what istiod deploys for a Gateway API gateway
 # Every kind Istio's CRDs define is in this category, so one `kubectl get` lists all Istio resources.
 ISTIO_CATEGORY = "istio-io"
-COMPONENT_LABEL = "operator.istio.io/component"
-OWNER_LABEL = "install.operator.istio.io/owning-resource"
-OWNER_NAMESPACE_LABEL = "install.operator.istio.io/owning-resource-namespace"
 READ_TIMEOUT = 30.0  # seconds one read of a cluster may take (status's reads; --timeout)
 
 
@@ -78,6 +75,12 @@ class Tools:
     def default_tag_webhook(self, cluster: Cluster, timeout: float) -> Command:
         return self.kubectl_cmd(cluster, "get", "mutatingwebhookconfiguration", DEFAULT_TAG_WEBHOOK, "--ignore-not-found",
                                 "-o", "json", timeout=timeout)
+
+    def istio_system_objects(self, cluster: Cluster, timeout: float) -> Command:
+        """What users keep in istio-system besides Istio (a gateway's TLS secret, an addon such as Kiali):
+        deleting the namespace would delete them."""
+        return self.kubectl_cmd(cluster, "get", ISTIO_SYSTEM_KINDS, "-n", ISTIO_NAMESPACE, "-o", "json",
+                                timeout=timeout)
 
     def istio_deployments(self, cluster: Cluster, timeout: float) -> Command:
         return self.kubectl_cmd(cluster, "get", "deployments", "--all-namespaces", "-l", COMPONENT_LABEL, "-o", "json",
@@ -320,64 +323,6 @@ def parse_remote_secret(output: str, cluster_name: str) -> tuple[dict[str, Any],
     return secret, fp
 
 
-@dataclass
-class IstioUsage:
-    """Istio objects in a cluster that setup-mesh did not make. While any exist, Istio's CRDs stay:
-    deleting a CRD deletes every resource of its kind, in every namespace."""
-
-    resources: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, namespace) -> count
-    control_planes: list[str] = field(default_factory=list)  # namespace/name of others' Istio deployments
-    # The revision the `default` tag points at, when no uninstall removes the tag: `istioctl tag set` makes its
-    # webhook without the operator's labels (operator/pkg/uninstall/prune.go selects by
-    # operator.istio.io/component), while one the charts made from values.revisionTags goes with its install.
-    default_tag: str | None = None
-
-    @property
-    def foreign(self) -> bool:
-        return bool(self.resources or self.control_planes)
-
-    def in_namespace(self, namespace: str) -> bool:
-        return any(ns == namespace for _, ns in self.resources) or any(
-            cp.split("/", 1)[0] == namespace for cp in self.control_planes)
-
-    def describe(self) -> str:
-        by_kind: dict[str, list[tuple[str, int]]] = {}
-        for (kind, namespace), count in sorted(self.resources.items()):
-            by_kind.setdefault(kind, []).append((namespace, count))
-        parts = [f"{sum(c for _, c in places)} {kind} in {', '.join(ns or '(cluster)' for ns, _ in places)}"
-                 for kind, places in by_kind.items()]
-        if self.control_planes:
-            parts.append(f"Istio deployments installed by others: {', '.join(self.control_planes)}")
-        return "; ".join(parts)
-
-
-def is_missing_category(result_stderr: str) -> bool:
-    # kubectl's answer when no Istio CRD is installed: nothing of Istio's exists.
-    return "doesn't have a resource type" in result_stderr
-
-
-def parse_istio_usage(resources: str | None, deployments: str, ours: set[str],
-                      own_resource: Callable[[dict], bool], tag_webhook: str = "") -> IstioUsage:
-    """``ours``: the IstioOperator names setup-mesh installs; ``own_resource`` says which Istio
-    resources setup-mesh made itself; ``tag_webhook``: the default tag's webhook as read (empty: none)."""
-    usage = IstioUsage()
-    tag_labels = ((json.loads(tag_webhook).get("metadata") or {}).get("labels") or {}) if tag_webhook.strip() else None
-    if tag_labels is not None and COMPONENT_LABEL not in tag_labels:
-        usage.default_tag = tag_labels.get("istio.io/rev")
-    for item in (json.loads(resources).get("items") or []) if resources else []:
-        if own_resource(item):
-            continue
-        meta = item.get("metadata") or {}
-        key = (item.get("kind") or "?", meta.get("namespace") or "")
-        usage.resources[key] = usage.resources.get(key, 0) + 1
-    for item in json.loads(deployments or "{}").get("items") or []:
-        meta = item.get("metadata") or {}
-        labels = meta.get("labels") or {}
-        owner = labels.get(OWNER_LABEL)
-        namespace = meta.get("namespace") or ""
-        # Earlier versions installed the control plane without a name: its objects have no owner (or "unknown").
-        legacy_ours = namespace == ISTIO_NAMESPACE and owner in (None, "", "unknown")
-        if owner not in ours and not legacy_ours:
-            usage.control_planes.append(f"{namespace}/{meta.get('name')}")
-    usage.control_planes.sort()
-    return usage
+# Who else uses Istio in a cluster: lib/istiousage.py (importable from here).
+from .istiousage import (ISTIO_SYSTEM_KINDS, IstioUsage, is_missing_category, others_in_istio_system,  # noqa: E402,F401
+                         parse_istio_usage)

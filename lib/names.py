@@ -22,6 +22,12 @@ NETWORK_LABEL = "topology.istio.io/network"
 CONTROL_PLANE_CLUSTERS = "topology.istio.io/controlPlaneClusters"
 MULTICLUSTER_LABEL = "istio/multiCluster"
 CLUSTER_ANNOTATION = "networking.istio.io/cluster"
+# On what Istio's install makes (operator/pkg/uninstall/prune.go selects by them), and on what istiod
+# deploys for a Gateway API gateway.
+COMPONENT_LABEL = "operator.istio.io/component"
+OWNER_LABEL = "install.operator.istio.io/owning-resource"
+OWNER_NAMESPACE_LABEL = "install.operator.istio.io/owning-resource-namespace"
+MANAGED_GATEWAY_LABEL = "gateway.istio.io/managed"
 # On the Istio resources setup-mesh makes itself, so teardown can tell them from everybody else's.
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 

@@ -14,6 +14,7 @@ from .executor import Executor, Outcome, Phase
 from .kube import Tools
 from .overlay import our_operators
 from .plan import ApplyPlan, teardown_plan
+from .uninstallsteps import holds_setup_mesh
 from .planview import print_plan
 from .release import Release
 from .reporter import Reporter
@@ -44,8 +45,9 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
     # Read first: what is there decides whether to ask at all, and what the question names.
     client = KubeClient(tools, runner, run.quiet, parallel)
     observed = client.read_state(clusters)
+    # A cluster holding nothing of setup-mesh's (a kept istio-system with others' objects in it) is done.
     present = [c for c in clusters if (seen := observed.get(c.context)) and seen.reachable
-               and (seen.namespace or seen.istiod_service)]
+               and (holds_setup_mesh(seen, ours) or seen.namespace_terminating)]
     usage = client.istio_usage(present, ours) if present else {}
     uninstall = uninstalls_for(workdir, ours, usage, observed, remove_crds)
     # A cluster whose Istio users could not be read is not touched: it fails, and is reported.

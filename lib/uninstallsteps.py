@@ -6,9 +6,10 @@ from pathlib import Path
 
 from .config import Cluster
 from .executor import Step
-from .kube import (COMPONENT_LABEL, GATEWAY_RESOURCE, MANAGED_GATEWAY_LABEL, OWNER_LABEL, OWNER_NAMESPACE_LABEL,
-                   IstioUsage, Observed, Tools)
-from .names import CROSS_NETWORK_GATEWAY, EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE, MANAGED_BY_LABEL
+from .kube import GATEWAY_RESOURCE, IstioUsage, Observed, Tools
+from .names import (APPLIED_ANNOTATION, COMPONENT_LABEL, CONTROL_PLANE_CLUSTERS, CROSS_NETWORK_GATEWAY,
+                    DATA_PLANE_ANNOTATION, EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE, MANAGED_BY_LABEL,
+                    MANAGED_GATEWAY_LABEL, OWNER_LABEL, OWNER_NAMESPACE_LABEL, TRANSITION_ANNOTATION)
 from .runner import Command
 from .yamlfile import dump
 
@@ -134,16 +135,41 @@ def uninstall_steps(tools: Tools, cluster: Cluster, secrets: list[str], seen: Ob
                                                       "--ignore-not-found", *names)],
                           change=f"- {some}" if how.foreign_cacerts else
                           "- secret cacerts" + (f" and {some}" if secrets else "")))
-    if how.foreign_cacerts:  # istio-system holds somebody's CA: deleting the namespace would delete it too
-        return steps
     if seen.namespace_terminating:
         # An earlier delete is under way (kube-apiserver refuses a second one with 409 Conflict).
         step = await_namespace_deleted_step(tools, cluster)
         step.done, step.change = "removed", f"- namespace {ISTIO_NAMESPACE} (already being deleted: waited for)"
         steps.append(step)
-    elif how.purge or not how.usage.in_namespace(ISTIO_NAMESPACE):
+    elif how.foreign_cacerts or how.usage.namespace_objects or (not how.purge and how.usage.in_namespace(ISTIO_NAMESPACE)):
+        # Deleting istio-system would delete what others keep there (their CA, their objects, their Istio
+        # resources): it stays, without setup-mesh's marks, so that nothing of setup-mesh's is left in it.
+        steps.append(unmark_namespace_step(tools, cluster))
+    else:
         steps.append(Step(f"delete namespace {ISTIO_NAMESPACE}", commands=[tools.kubectl_cmd(
             cluster, "delete", "namespace", ISTIO_NAMESPACE, "--ignore-not-found")], done="removed",
             change=f"- namespace {ISTIO_NAMESPACE}"))
     return steps
+
+
+# What apply writes on istio-system besides Istio's network label: its record, the data plane, a root move's
+# stage, and a remote's control plane (Istio's annotation).
+NAMESPACE_MARKS = (APPLIED_ANNOTATION, DATA_PLANE_ANNOTATION, TRANSITION_ANNOTATION, CONTROL_PLANE_CLUSTERS)
+
+
+def unmark_namespace_step(tools: Tools, cluster: Cluster) -> Step:
+    """istio-system stays (others' objects are in it): setup-mesh's annotations go, so that it holds nothing
+    of setup-mesh's and a later teardown finds nothing to remove."""
+    return Step(f"remove setup-mesh's annotations from namespace {ISTIO_NAMESPACE} (kept)", commands=[
+        tools.kubectl_cmd(cluster, "annotate", "namespace", ISTIO_NAMESPACE, *(f"{key}-" for key in NAMESPACE_MARKS))],
+        done=f"removed ({ISTIO_NAMESPACE} kept)",
+        change=f"~ namespace {ISTIO_NAMESPACE} kept, without setup-mesh's annotations")
+
+
+def holds_setup_mesh(seen: Observed, ours: frozenset[str]) -> bool:
+    """Whether a read cluster holds anything setup-mesh made (what teardown removes): its Istio, remote
+    secrets, its cacerts, its east-west gateway, or its marks on istio-system. Others' Istio, CA or objects
+    in a kept istio-system are not setup-mesh's."""
+    return bool(_our_components(seen, ours) or seen.remote_secrets or seen.cacerts_labelled
+                or seen.eastwest_made_by is not None
+                or (seen.namespace and any(key in seen.annotations for key in NAMESPACE_MARKS)))
 

@@ -12,7 +12,8 @@ from .errors import ConfigError, MeshError
 from .executor import RunContext, read_clusters
 from .gatewayapi import parse_crd_annotations
 from .invocation import prep_hint
-from .kube import IstioUsage, Observed, Tools, is_missing_category, parse_inspect, parse_istio_usage
+from .kube import (IstioUsage, Observed, Tools, is_missing_category, others_in_istio_system, parse_inspect,
+                   parse_istio_usage)
 from .names import ISTIO_NAMESPACE, ZTUNNEL_DAEMONSET, made_by_setup_mesh
 from .release import Release, find_istioctl
 from .reporter import Reporter
@@ -131,8 +132,10 @@ def read_istio_usage(clusters: list[Cluster], tools: Tools, runner, reporter: Re
                 return MeshError(f"cannot list Istio resources: {resources.stderr_tail()}")
             deployments = ctx.run(tools.istio_deployments(cluster, timeout))
             tag = ctx.run(tools.default_tag_webhook(cluster, timeout))
-            return parse_istio_usage(resources.stdout if resources.ok else None, deployments.stdout, ours,
-                                     made_by_setup_mesh, tag.stdout)
+            usage = parse_istio_usage(resources.stdout if resources.ok else None, deployments.stdout, ours,
+                                      made_by_setup_mesh, tag.stdout)
+            usage.namespace_objects = others_in_istio_system(ctx.run(tools.istio_system_objects(cluster, timeout)).stdout)
+            return usage
         except MeshError as exc:
             return exc
         except ValueError as exc:

@@ -815,11 +815,18 @@ def test_a_teardown_deletes_istio_then_its_secrets_then_the_namespace_and_keeps_
     # no remote secret: cacerts alone
     assert _lines(uninstall_steps(Tools(), c1, [], seen, Uninstall(tmp_path, ours, IstioUsage())))[1] == (
         "delete cacerts and remote secrets", "- secret cacerts", "", [f"{delete} cacerts"])
-    # somebody's own CA in cacerts: it stays, and istio-system with it
+    # somebody's own CA in cacerts: it stays, and istio-system with it, without setup-mesh's annotations
     foreign = Uninstall(tmp_path, ours, IstioUsage(), foreign_cacerts="CN=corp")
+    unmark = ("remove setup-mesh's annotations from namespace istio-system (kept)",
+              "~ namespace istio-system kept, without setup-mesh's annotations", "removed (istio-system kept)",
+              ["kubectl --context c1 annotate namespace istio-system setup-mesh.io/applied- setup-mesh.io/data-plane- "
+               "setup-mesh.io/root-transition- topology.istio.io/controlPlaneClusters-"])
     assert _lines(uninstall_steps(Tools(), c1, secrets[:1], seen, foreign)) == [
-        purge, ("delete remote secrets", "- 1 remote secret", "", [f"{delete} istio-remote-secret-c2"])]
-    assert _lines(uninstall_steps(Tools(), c1, [], seen, foreign)) == [purge], "nothing of ours to delete but Istio"
+        purge, ("delete remote secrets", "- 1 remote secret", "", [f"{delete} istio-remote-secret-c2"]), unmark]
+    assert _lines(uninstall_steps(Tools(), c1, [], seen, foreign)) == [purge, unmark], "nothing of ours but Istio"
+    # others' objects in istio-system (a gateway's TLS secret): the namespace stays, even when Istio goes whole
+    kept = Uninstall(tmp_path, ours, IstioUsage(namespace_objects=["Secret my-ingress-cert"]))
+    assert _lines(uninstall_steps(Tools(), c1, [], seen, kept))[-1] == unmark
     # an earlier delete of istio-system is under way: wait for it (a second delete is refused)
     terminating = Observed(reachable=True, namespace=True, namespace_terminating=True)
     assert _lines(uninstall_steps(Tools(), c1, [], terminating, Uninstall(tmp_path, ours, IstioUsage())))[-1] == (

@@ -155,12 +155,26 @@ def test_teardown_keeps_other_peoples_istio_configuration(mesh):
     sandbox.kubectl("ctx-a", "create", "namespace", "shop")
     sandbox.kubectl("ctx-a", "apply", "-f", "-", stdin=FOREIGN_VS)
     sandbox.kubectl("ctx-b", "apply", "-f", "-", stdin=FOREIGN_PA)
+    # What users keep in istio-system besides Istio: a gateway's TLS secret, their own settings.
+    sandbox.kubectl("ctx-a", "create", "secret", "generic", "my-ingress-cert", "-n", "istio-system", "--from-literal=k=v")
+    sandbox.kubectl("ctx-a", "create", "configmap", "my-settings", "-n", "istio-system", "--from-literal=k=v")
+    plan = mesh.run("teardown", "--dry-run")
+    assert "ctx-a: keeps namespace istio-system: it holds what setup-mesh and Istio did not make: ConfigMap " \
+           "my-settings, Secret my-ingress-cert" in " ".join(plan.stdout.split()), plan.stdout
     result = mesh.run("teardown", "-y")
     assert result.returncode == 0, result.stdout + result.stderr
     said = " ".join((result.stdout + result.stderr).split())
     assert "ctx-a: keeps Istio's CRDs" in said and "1 VirtualService in shop" in said and "--remove-crds" in said
-    assert "ctx-b: keeps Istio's CRDs and base (webhooks, reader roles) and namespace istio-system" in said
+    assert "ctx-b: keeps Istio's CRDs and namespace istio-system" in said
     assert "ctx-c: keeps" not in said
+    for ctx in ("ctx-a", "ctx-b"):  # kept, with nothing of setup-mesh's on it
+        annotations = mesh.get(ctx, "namespace", "istio-system")["metadata"].get("annotations") or {}
+        assert not [key for key in annotations if key.startswith("setup-mesh.io/")], annotations
+    assert mesh.get("ctx-a", "secret", "my-ingress-cert", "-n", "istio-system")["data"] == {"k": "dg=="}
+    assert mesh.get("ctx-a", "configmap", "my-settings", "-n", "istio-system")["data"] == {"k": "v"}
+    again = mesh.run("teardown", "-y")  # nothing of setup-mesh's is left anywhere: no step, no question
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "nothing to remove: no cluster holds what setup-mesh creates" in again.stdout, again.stdout
     for ctx in CONTEXTS:
         for kind, name in (("deployment", "istiod"), ("service", "istio-eastwestgateway"), ("secret", "cacerts")):
             assert mesh.get(ctx, kind, name, "-n", "istio-system", check=False) is None, (ctx, kind)
@@ -168,7 +182,6 @@ def test_teardown_keeps_other_peoples_istio_configuration(mesh):
     for ctx in ("ctx-a", "ctx-b"):  # the CRDs stayed: setup-mesh's own Gateway went nonetheless
         assert sandbox.kubectl(ctx, "get", "gateways.networking.istio.io", "-A", "-o", "name").stdout.strip() == ""
     assert mesh.get("ctx-a", "virtualservice", "reviews", "-n", "shop")["spec"]["hosts"] == ["reviews"]
-    assert mesh.get("ctx-a", "namespace", "istio-system", check=False) is None
     assert mesh.get("ctx-b", "peerauthentication", "default", "-n", "istio-system")["spec"]["mtls"]["mode"] == "STRICT"
     crds = {ctx: sandbox.kubectl(ctx, "get", "crd", "-o", "name").stdout for ctx in CONTEXTS}
     assert "virtualservices.networking.istio.io" in crds["ctx-a"] and "istio.io" in crds["ctx-b"]
