@@ -21,6 +21,8 @@ from .release import Release, find_release
 from .reporter import Reporter
 from .runner import ShRunner
 from .statusrevisions import read_revisions
+from .names import ISTIO_NAMESPACE
+from .state import STATE_DIR, STATE_FILE
 from .workspace import Workspace, find_tools, load_workspace
 from .commands import certs_prerequisites, describe_kept, other_roots_refusal, uninstalls_for
 from .driver import Parts, Run, drive, rows_of, sit_out
@@ -144,9 +146,16 @@ def _sit_outs(executor: Executor, plan: ApplyPlan, topology: Topology, tools: To
     before they start."""
     for gone in plan.removals:
         if not gone.reachable:
-            reporter.warn(f"removed context {gone.context!r} is unreachable: Istio, cacerts and istio-system are left "
-                          f"there; remove them with `istioctl uninstall --purge -y --context {gone.context}` and "
-                          f"`kubectl --context {gone.context} delete namespace istio-system`")
+            # Its peers stop trusting it in this run; what setup-mesh installed there stays, and so does the
+            # cluster in the recorded state, so that the next apply removes it once the cluster answers.
+            check = tools.kubectl_cmd(Cluster(gone.context, "", gone.cluster_name, kubeconfig=gone.kubeconfig),
+                                      "get", "namespace", ISTIO_NAMESPACE).pasteable()
+            executor.fail_before_start(gone.context, "remove from the mesh", MeshError(
+                f"cannot reach the removed context {gone.context!r}: setup-mesh's Istio, cacerts and istio-system "
+                f"stay there (its peers no longer hold its secret)",
+                hint=f"check access with `{check}`, then run apply again: it removes them once the cluster "
+                     f"answers; if the cluster no longer exists, delete its entry from "
+                     f"{topology.path.parent / STATE_DIR / STATE_FILE}"))
     for context, seen in unreachable.items():
         sit_out(executor, tools, topology.by_context(context), seen, f"or remove the context from {topology.path}")
     for context, primary in orphaned.items():

@@ -1,5 +1,7 @@
 """Growing, shrinking, previewing and tearing down a mesh by editing topology.yaml."""
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -226,3 +228,27 @@ def test_a_default_tag_the_charts_made_goes_with_the_install_and_teardown_adds_n
     for ctx in ("cluster1", "cluster2"):
         assert mesh.get(ctx, "mutatingwebhookconfiguration", "istio-revision-tag-default", check=False) is None, ctx
         assert mesh.get(ctx, "namespace", "istio-system", check=False) is None, ctx
+
+
+def test_a_cluster_removed_while_unreachable_stays_recorded_and_the_next_apply_removes_it(mesh3):
+    # Its peers stop trusting it at once; what setup-mesh installed there is removed once it answers again,
+    # not forgotten (a leftover injector would refuse every new pod of an injected namespace there).
+    mesh3.write_topology({ctx: net for ctx, net in NETS.items() if ctx != "cluster3"})
+    pid = mesh3.sandbox._cluster("cluster3")["pid"]
+    os.kill(pid, signal.SIGSTOP)  # frozen, as a cluster behind a network outage: it keeps what it holds
+    try:
+        result = mesh3.run("apply", "-y", "--timeout", "3")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert result.returncode == 1, result.stdout + result.stderr
+    said = " ".join((result.stdout + result.stderr).split())
+    assert "cannot reach the removed context 'cluster3'" in said
+    assert "kubectl --context cluster3 get namespace istio-system" in said and "--purge" not in said
+    for ctx in ("cluster1", "cluster2"):
+        assert "cluster3" not in mesh3.remote_secrets(ctx)
+    recorded = lambda: json.loads((mesh3.workdir / ".setup-mesh" / "state.json").read_text())["clusters"]  # noqa: E731
+    assert "cluster3" in recorded()
+    assert mesh3.get("cluster3", "deployment", "istiod", "-n", "istio-system")
+    mesh3.apply()  # it answers again: removed, and forgotten only now
+    assert mesh3.get("cluster3", "namespace", "istio-system", check=False) is None
+    assert "cluster3" not in recorded()
