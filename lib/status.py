@@ -53,7 +53,11 @@ def read_status(ws: Expected, client: ClusterClient) -> MeshStatus:
         views.update(client.istiod_views([c for c in asked if serving[c.context][1] == revision], revision))
     if ws.fingerprints_for:
         addresses = gateway_addresses(observed)
-        ws = replace(ws, fingerprints=ws.fingerprints_for(addresses))
+        # A remote's install names its primary's gateway address: with that primary unread it cannot be judged.
+        unread = {c.context for c in ws.topology.clusters
+                  if c.primary and not (observed.get(c.primary) and observed[c.primary].reachable)}
+        ws = replace(ws, fingerprints={ctx: fp for ctx, fp in ws.fingerprints_for(addresses).items()
+                                       if ctx not in unread})
     remotes = [c for c in ws.topology.clusters if c.primary and observed.get(c.context)
                and observed[c.context].reachable]
     # A remote's injector is its revision's: base.yaml's, else, once a canary upgrade removed that revision,

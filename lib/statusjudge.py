@@ -113,8 +113,8 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints
     # remote secrets: a primary holds every other cluster's, a remote none (judged as the plan judges them)
     for finding in assess_secrets(ws.mesh, member, seen, current):
         report_secret(status, cluster, seen, finding, hints, set_up, ws.topology)
-    if set_up:
-        _judge_drift(status, seen, ws.fingerprints.get(cluster.context), hints, cacerts)
+    if set_up and cluster.context in ws.fingerprints:  # absent: a remote whose primary could not be read
+        _judge_drift(status, seen, ws.fingerprints[cluster.context], hints, cacerts)
     return status
 
 

@@ -653,3 +653,23 @@ def test_verify_reads_a_remotes_istiod_endpoints_at_the_revision_that_serves_it(
     selectors = [list(c.argv)[list(c.argv).index("-l") + 1] for c in runner.asked if "endpointslices.discovery.k8s.io"
                  in c.argv]
     assert selectors == ["kubernetes.io/service-name=istiod-1-31-0"], "the remote's, at its revision"
+
+
+def test_a_remote_whose_primary_cannot_be_read_is_not_reported_as_changed(pki):
+    # A remote's install names its primary's gateway address; with the primary unread, what apply would
+    # install there is unknown, not different (apply makes such a remote sit its run out).
+    from lib.kube import gateway_addresses
+    from lib.status import read_status
+    from lib.statusinputs import Expected
+
+    def fingerprints_for(addresses):
+        return {ctx: d.fingerprint for ctx, d in desired_state(PRIMARY_REMOTE, {}, addresses).items()}
+
+    fakes = _live(PRIMARY_REMOTE, pki)
+    with_address = fingerprints_for(gateway_addresses({ctx: fake.state for ctx, fake in fakes.items()}))
+    fakes["edge"].state.applied = with_address["edge"]  # as apply left it, pointed at main's gateway
+    ws = Expected(Path("/nonexistent"), PRIMARY_REMOTE, with_address, pki[0], {}, fingerprints_for=fingerprints_for)
+    assert _problems(read_status(ws, FakeClient(fakes)))["edge"] == []
+    fakes["main"].state = Observed(reachable=False, error="connection refused")
+    problems = _problems(read_status(ws, FakeClient(fakes)))
+    assert problems["main"] == ["unreachable"] and "drift" not in problems["edge"], problems
