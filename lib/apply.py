@@ -157,7 +157,11 @@ def _sit_outs(executor: Executor, plan: ApplyPlan, topology: Topology, tools: To
                      f"answers; if the cluster no longer exists, delete its entry from "
                      f"{topology.path.parent / STATE_DIR / STATE_FILE}"))
     for context, seen in unreachable.items():
-        sit_out(executor, tools, topology.by_context(context), seen, f"or remove the context from {topology.path}")
+        # A primary leaves the mesh only once its remotes have another primary (apply refuses it before).
+        remotes = [c.context for c in topology.clusters if c.primary == context]
+        then = (f"or give its remotes ({', '.join(remotes)}) another primary, then remove it from {topology.path}"
+                if remotes else f"or remove the context from {topology.path}")
+        sit_out(executor, tools, topology.by_context(context), seen, then)
     for context, primary in orphaned.items():
         executor.fail_before_start(context, "wait for its primary", MeshError(
             f"sits this run out: its primary {primary} could not be read",

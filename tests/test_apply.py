@@ -190,3 +190,27 @@ def test_cluster_names_that_differ_from_contexts_survive_a_second_apply(sandbox_
         assert writes == [], f"{ctx} got writes on a second apply with nothing changed: {writes}"
     status = mesh.run("status")
     assert status.returncode == 0, status.stdout + status.stderr
+
+
+@pytest.mark.parametrize("context, then", [
+    ("main", "or give its remotes (edge) another primary, then remove it from {t}"),
+    ("other", "or remove the context from {t}"),
+])
+def test_an_unreachable_cluster_sits_out_with_a_way_out_that_apply_would_take(tmp_path, context, then):
+    # A primary with remotes cannot just be removed from topology.yaml: apply refuses that until its remotes
+    # have another primary, so the hint says so.
+    from lib.apply import _sit_outs
+    from lib.config import Cluster, Topology
+    from lib.executor import Executor
+    from lib.kube import Observed, Tools
+    from lib.plan import ApplyPlan
+    from lib.reporter import Reporter
+
+    topology = Topology("m", (Cluster("main", "n1", "main"), Cluster("edge", "n2", "edge", primary="main"),
+                              Cluster("other", "n1", "other")), tmp_path / "topology.yaml")
+    executor = Executor(None, Reporter(quiet=True), 1)
+    _sit_outs(executor, ApplyPlan([]), topology, Tools(), {context: Observed(reachable=False, error="refused")}, {},
+              Reporter(quiet=True))
+    hint = executor.outcome.failures[context].hint
+    assert hint == f"check access with `kubectl --context {context} get namespace istio-system`, " + then.format(
+        t=topology.path)
