@@ -56,9 +56,10 @@ ISTIO_SYSTEM_KINDS = "secrets,configmaps,serviceaccounts,services,deployments,st
 # bundle (istio-ca-root-cert) and its own CA when no cacerts is given (istio-ca-secret).
 _MADE_IN_EVERY_NAMESPACE = {("ConfigMap", "kube-root-ca.crt"), ("ServiceAccount", "default"),
                             ("ConfigMap", "istio-ca-root-cert"), ("Secret", "istio-ca-secret")}
-# Labels of what Istio's install made (operator/pkg/uninstall/prune.go selects by them), and of the
-# Deployment and Service istiod makes for a Gateway.
-_ISTIO_MADE_LABELS = (OWNER_LABEL, COMPONENT_LABEL, MANAGED_GATEWAY_LABEL)
+# Labels of what Istio's install made (operator/pkg/uninstall/prune.go selects by them), of the Deployment and
+# Service istiod makes for a Gateway, and of a revision tag's webhook and Service (istioctl/pkg/tag; the
+# default tag is decided apart: IstioUsage.default_tag).
+_ISTIO_MADE_LABELS = (OWNER_LABEL, COMPONENT_LABEL, MANAGED_GATEWAY_LABEL, "istio.io/tag")
 _LEADER_ANNOTATION = "control-plane.alpha.kubernetes.io/leader"  # a ConfigMap lock of leader election
 
 

@@ -24,6 +24,7 @@ def test_only_what_neither_setup_mesh_istio_istiod_nor_kubernetes_made_is_named(
         _item("ServiceAccount", "default"),
         _item("Deployment", "istio-eastwestgateway", {"gateway.istio.io/managed": "istio.io-gateway-controller"}),
         _item("Service", "owned", meta={"ownerReferences": [{"kind": "Gateway", "name": "x"}]}),
+        _item("Service", "istiod-revision-tag-default", {"istio.io/tag": "default", "istio.io/rev": "1-31-0"}),
     ]
     theirs = [_item("Secret", "my-ingress-cert", type="kubernetes.io/tls"), _item("ConfigMap", "my-settings"),
               _item("Deployment", "kiali", {"app": "kiali"}), _item("ServiceAccount", "kiali")]
