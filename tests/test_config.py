@@ -133,32 +133,19 @@ RESERVED = [
 ]
 
 
+# istioctl lays spec.unvalidatedValues over spec.values: a reserved value there would win over setup-mesh's.
+@pytest.mark.parametrize("under", ["values", "unvalidatedValues"])
 @pytest.mark.parametrize("extra,key,line", RESERVED)
-def test_reserved_value_in_base_is_refused_with_its_line(tmp_path, extra, key, line):
+def test_reserved_value_in_base_is_refused_with_its_line(tmp_path, extra, key, line, under):
     path = tmp_path / "base.yaml"
-    path.write_text(GOOD_BASE + "  values:\n" + extra)
+    path.write_text(GOOD_BASE + f"  {under}:\n" + extra)
     with pytest.raises(ConfigError) as info:
         load_base(path)
-    assert f"{path}:{line}: {key} is set by setup-mesh from" in info.value.message
+    assert f"{path}:{line}: {key.replace('spec.values.', f'spec.{under}.')} is set by setup-mesh from" in info.value.message
     # The hint says who sets it: topology.yaml, or rotate-certs --root for the second root's switch.
     assert info.value.hint == "delete those lines from base.yaml: " + (
         "rotate-certs --root sets ISTIO_MULTIROOT_MESH while a move to a new root needs it"
         if "MULTIROOT" in key else "set mesh_id, network, cluster_name and primary in topology.yaml instead")
-
-
-@pytest.mark.parametrize("extra, key, line", [
-    # istioctl lays spec.unvalidatedValues over spec.values: a reserved value there would win over setup-mesh's.
-    ("    global:\n      network: other\n", "spec.unvalidatedValues.global.network", 7),
-    ("    global:\n      meshID: mesh9\n", "spec.unvalidatedValues.global.meshID", 7),
-    ("    pilot:\n      env:\n        ISTIO_MULTIROOT_MESH: 'true'\n",
-     "spec.unvalidatedValues.pilot.env.ISTIO_MULTIROOT_MESH", 8),
-])
-def test_a_reserved_value_in_unvalidated_values_is_refused_too(tmp_path, extra, key, line):
-    path = tmp_path / "base.yaml"
-    path.write_text(GOOD_BASE + "  unvalidatedValues:\n" + extra)
-    with pytest.raises(ConfigError) as info:
-        load_base(path)
-    assert f"{path}:{line}: {key} is set by setup-mesh from" in info.value.message
 
 
 def test_the_hint_for_reserved_values_of_several_owners_names_each_once(tmp_path):
