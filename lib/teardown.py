@@ -45,9 +45,11 @@ def teardown(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, ye
     # Read first: what is there decides whether to ask at all, and what the question names.
     client = KubeClient(tools, runner, run.quiet, parallel)
     observed = client.read_state(clusters)
-    # A cluster holding nothing of setup-mesh's (a kept istio-system with others' objects in it) is done.
+    # A cluster holding nothing of setup-mesh's (a kept istio-system with others' objects in it) is done; one
+    # apply recorded is taken as holding what its istio-system holds (earlier versions left fewer marks).
     present = [c for c in clusters if (seen := observed.get(c.context)) and seen.reachable
-               and (holds_setup_mesh(seen, ours) or seen.namespace_terminating)]
+               and (holds_setup_mesh(seen, ours) or seen.namespace_terminating
+                    or (seen.namespace and state.has(c.context)))]
     usage = client.istio_usage(present, ours) if present else {}
     uninstall = uninstalls_for(workdir, ours, usage, observed, remove_crds)
     # A cluster whose Istio users could not be read is not touched: it fails, and is reported.
