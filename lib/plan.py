@@ -163,6 +163,7 @@ class _Planner:
         export = [export_step(self.tools, cluster)] if cluster.context in self.exchange.exporters else []
         if gateway:
             self.refuse_gateway_without_its_primary(cluster, d)
+        self.refuse_remote_without_its_primary(cluster, d)
         for step in _chain(steps, gateway, after, export, d):
             self.setup.add(cluster.context, step)
         self.add_imports(cluster, seen)
@@ -221,6 +222,18 @@ class _Planner:
         if wiring.stop_exposing:
             after.append(stop_exposing_istiod_step(self.tools, cluster, d, self.revisions.get(cluster.context)))
         return steps, gateway, after
+
+    def refuse_remote_without_its_primary(self, cluster: Cluster, d: Desired) -> None:
+        """A remote's injector calls its primary's istiod, which serves remotes only once its own install says
+        so (externalIstiod, istiod exposed through its gateway): --context must not leave out a primary that
+        served no remote when read (a remote moved to it, or a primary turned remote of it)."""
+        if not d.member.is_remote or self.only is None or d.member.control_plane in self.only:
+            return
+        primary = self.members.get(d.member.control_plane)
+        if primary is not None and primary.name not in self.controlled:
+            raise MeshError(f"{cluster.context} is a remote of {primary.context}, which served no remote when read: "
+                            f"its install must change first, and --context leaves {primary.context} out",
+                            hint=f"add --context {primary.context} (or run without --context)")
 
     def refuse_gateway_without_its_primary(self, cluster: Cluster, d: Desired) -> None:
         """A remote's gateway waits for its primary to import the remote's secret: --context must not leave

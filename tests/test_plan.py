@@ -582,3 +582,36 @@ def test_the_bundled_examples_full_plan_built_in_this_process_matches_the_golden
               timeout=600.0, runner=ShRunner(), reporter=reporter)
     assert stopped.value.message.startswith("kubeconfig file not found")
     goldens.check("plan-bundled-example-full.txt", capsys.readouterr().out.replace(str(tmp_path), "<tmp>"))
+
+
+def test_a_remote_is_refused_with_context_when_its_primary_served_no_remote_when_read(tmp_path):
+    # c2, a primary until now, becomes a remote of c1: c1's install must change first (externalIstiod, istiod
+    # exposed), or c2's injector calls an istiod that does not serve it and every new pod there is refused.
+    import pytest
+
+    from lib.errors import MeshError
+
+    clusters = (CLUSTERS[0], Cluster("c2", CLUSTERS[0].network, "c2", server="https://c2:6443", primary="c1"))
+    topology = Topology("m", clusters, tmp_path / "topology.yaml")
+    desired = desired_state(topology, {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {}})
+
+    workdir = _workdir(tmp_path)
+
+    def plan(observed, only):
+        return build_apply_plan(topology=topology, desired=desired, observed=observed, removed=[],
+                                removed_observed=observed, workdir=workdir, tools=Tools(), release=None,
+                                intermediate_vars={}, gateway_timeout=5, only=only)
+
+    as_primaries = _healthy(topology, desired)
+    as_primaries["c1"].applied, as_primaries["c2"].applied = "serving no remote", "as a primary"
+    with pytest.raises(MeshError) as refused:
+        plan(as_primaries, {"c2"})
+    assert str(refused.value) == ("c2 is a remote of c1, which served no remote when read: its install must change "
+                                  "first, and --context leaves c1 out")
+    assert refused.value.hint == "add --context c1 (or run without --context)"
+    assert plan(as_primaries, {"c1", "c2"}).actions == {"c1": "change", "c2": "change"}
+    # c1 serves remotes already (one names it): c2 may join it alone
+    serving = _healthy(topology, desired)
+    serving["c2"].annotations["topology.istio.io/controlPlaneClusters"] = "c1"
+    serving["c2"].applied = "before an edit"
+    assert plan(serving, {"c2"}).actions == {"c2": "change"}
