@@ -21,11 +21,10 @@ from .release import Release, find_release
 from .reporter import Reporter
 from .runner import ShRunner
 from .statusrevisions import read_revisions
-from .names import ISTIO_NAMESPACE
 from .state import STATE_DIR, STATE_FILE
 from .workspace import Workspace, find_tools, load_workspace
 from .commands import certs_prerequisites, describe_kept, other_roots_refusal, uninstalls_for
-from .driver import Parts, Run, drive, rows_of, sit_out
+from .driver import Parts, Run, check_access, drive, rows_of, sit_out
 
 
 def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_run: bool, yes: bool,
@@ -148,12 +147,10 @@ def _sit_outs(executor: Executor, plan: ApplyPlan, topology: Topology, tools: To
         if not gone.reachable:
             # Its peers stop trusting it in this run; what setup-mesh installed there stays, and so does the
             # cluster in the recorded state, so that the next apply removes it once the cluster answers.
-            check = tools.kubectl_cmd(Cluster(gone.context, "", gone.cluster_name, kubeconfig=gone.kubeconfig),
-                                      "get", "namespace", ISTIO_NAMESPACE).pasteable()
             executor.fail_before_start(gone.context, "remove from the mesh", MeshError(
                 f"cannot reach the removed context {gone.context!r}: setup-mesh's Istio, cacerts and istio-system "
                 f"stay there (its peers no longer hold its secret)",
-                hint=f"check access with `{check}`, then run apply again: it removes them once the cluster "
+                hint=f"check access with `{check_access(tools, gone.cluster)}`, then run apply again: it removes them once the cluster "
                      f"answers; if the cluster no longer exists, delete its entry from "
                      f"{topology.path.parent / STATE_DIR / STATE_FILE}"))
     for context, seen in unreachable.items():
@@ -189,8 +186,7 @@ def _removed_clusters(ws: Workspace, only: set[str] | None) -> tuple[list[Remova
     in_topology = {c.context for c in ws.topology.clusters}
     removed = [Removal(ctx, entry.get("cluster_name", ctx), entry.get("kubeconfig"), False, entry.get("primary"))
                for ctx, entry in ws.state.clusters.items() if ctx not in in_topology and only is None]
-    removed_clusters = [Cluster(context=r.context, network="", name=r.cluster_name, kubeconfig=r.kubeconfig)
-                        for r in removed]
+    removed_clusters = [r.cluster for r in removed]
     return removed, removed_clusters
 
 

@@ -198,16 +198,22 @@ def _check_revision(doc: LocatedDoc) -> None:
                                    + (re.sub(r"[^a-z0-9-]+", "-", value.lower()).strip("-")[:63] or "canary"))
 
 
+def _listed_gateways(data: dict):
+    """(components key, index, gateway) of each gateway base.yaml lists."""
+    for key in _GATEWAY_COMPONENTS:
+        for index, gateway in enumerate(value_at(data, ("spec", "components", key))[1] or []):
+            yield key, index, gateway
+
+
 def _check_gateway_names(doc: LocatedDoc) -> None:
     """base.yaml's own gateways may not take the name of the east-west gateway setup-mesh installs (its
     IstioOperator `eastwest`): two IstioOperators would own one Deployment."""
-    for key in _GATEWAY_COMPONENTS:
-        for index, gateway in enumerate(value_at(doc.data, ("spec", "components", key))[1] or []):
-            if gateway.get("name") == EASTWEST_NAME:
-                raise ConfigError(f"{doc.where('spec', 'components', key, index, 'name')}: {EASTWEST_NAME} is the "
-                                  f"east-west gateway setup-mesh installs where clusters are on several networks",
-                                  hint="delete this gateway from base.yaml (setup-mesh installs it), or give yours "
-                                       "another name")
+    for key, index, gateway in _listed_gateways(doc.data):
+        if gateway.get("name") == EASTWEST_NAME:
+            raise ConfigError(f"{doc.where('spec', 'components', key, index, 'name')}: {EASTWEST_NAME} is the "
+                              f"east-west gateway setup-mesh installs where clusters are on several networks",
+                              hint="delete this gateway from base.yaml (setup-mesh installs it), or give yours "
+                                   "another name")
 
 
 @dataclass
@@ -268,15 +274,14 @@ def _check_shapes(doc: LocatedDoc) -> None:
         if present and value is not None and not isinstance(value, kind):
             raise ConfigError(f"{doc.where(*keys)}: {'.'.join(keys)} must be {_KIND_NAMES[kind]}, not {type_name(value)}",
                               hint=shape_hint)
-    for key in _GATEWAY_COMPONENTS:
-        for index, gateway in enumerate(value_at(data, ("spec", "components", key))[1] or []):
-            keys = ("spec", "components", key, index)
-            if not isinstance(gateway, dict):
-                raise ConfigError(f"{doc.where(*keys)}: spec.components.{key}[{index}] must be a mapping (name:, "
-                                  f"enabled:, ...), not {type_name(gateway)}", hint=shape_hint)
-            if gateway.get("enabled") is not None and not isinstance(gateway["enabled"], bool):
-                raise ConfigError(f"{doc.where(*keys, 'enabled')}: spec.components.{key}[{index}].enabled must be "
-                                  f"true or false, not {type_name(gateway['enabled'])}", hint=shape_hint)
+    for key, index, gateway in _listed_gateways(data):
+        keys = ("spec", "components", key, index)
+        if not isinstance(gateway, dict):
+            raise ConfigError(f"{doc.where(*keys)}: spec.components.{key}[{index}] must be a mapping (name:, "
+                              f"enabled:, ...), not {type_name(gateway)}", hint=shape_hint)
+        if gateway.get("enabled") is not None and not isinstance(gateway["enabled"], bool):
+            raise ConfigError(f"{doc.where(*keys, 'enabled')}: spec.components.{key}[{index}].enabled must be "
+                              f"true or false, not {type_name(gateway['enabled'])}", hint=shape_hint)
 
 
 # The shapes istioctl takes where setup-mesh reads base.yaml (Istio's operator API, IstioOperatorSpec and its

@@ -19,7 +19,8 @@ from typing import Protocol, Sequence
 
 from .config import Cluster
 from .errors import MeshError
-from .kube import IstioUsage, Observed, Tools
+from .kube import Observed, Tools
+from .istiousage import IstioUsage
 from .names import ISTIO_NAMESPACE
 from .reporter import Reporter
 from .statusread import InjectorWebhook, IstiodView, read_injection_paths, read_istiod_views, read_published_roots

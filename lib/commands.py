@@ -19,7 +19,8 @@ from .casteps import workspace_certs
 from .errors import ConfigError, MeshError
 from .executor import RERUN_HINT
 from .invocation import prep_hint
-from .kube import IstioUsage, Observed
+from .kube import Observed
+from .istiousage import IstioUsage
 from .names import ISTIO_NAMESPACE
 from .plan import Uninstall
 from .prep import parse_context_options, prep_mesh as _prep_mesh, report as _report_prep

@@ -196,11 +196,15 @@ def confirm(question: str, yes: bool, reporter: Reporter) -> None:
         raise Cancelled("cancelled at the prompt; nothing was changed")
 
 
+def check_access(tools: Tools, cluster: Cluster) -> str:
+    """The pasteable command that shows whether a cluster can be read."""
+    return tools.kubectl_cmd(cluster, "get", "namespace", ISTIO_NAMESPACE).pasteable()
+
+
 def sit_out(executor: Executor, tools: Tools, cluster: Cluster, seen: Observed, then: str) -> None:
     """A cluster that could not be read is reported with the command to check it, and does nothing."""
-    check = tools.kubectl_cmd(cluster, "get", "namespace", ISTIO_NAMESPACE).pasteable()
     executor.fail_before_start(cluster.context, "read current state", MeshError(
-        f"cannot read the cluster: {seen.error}", hint=f"check access with `{check}`, {then}"))
+        f"cannot read the cluster: {seen.error}", hint=f"check access with `{check_access(tools, cluster)}`, {then}"))
 
 
 def finish_run(name: str, outcome: Outcome, log: RunLog, reporter: Reporter) -> int:

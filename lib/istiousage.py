@@ -30,11 +30,6 @@ class IstioUsage:
     def foreign(self) -> bool:
         return bool(self.resources or self.control_planes)
 
-    @property
-    def keeps_istio_system(self) -> bool:
-        """Deleting istio-system would delete what others put there."""
-        return bool(self.namespace_objects) or self.in_namespace(ISTIO_NAMESPACE)
-
     def in_namespace(self, namespace: str) -> bool:
         return any(ns == namespace for _, ns in self.resources) or any(
             cp.split("/", 1)[0] == namespace for cp in self.control_planes)
@@ -52,15 +47,18 @@ class IstioUsage:
 
 # The kinds read for others' objects in istio-system (those users put there: secrets, configuration, addons).
 ISTIO_SYSTEM_KINDS = "secrets,configmaps,serviceaccounts,services,deployments,statefulsets,daemonsets"
-# Made in every namespace, or by istiod: Kubernetes' root CA bundle and default service account, istiod's root
-# bundle (istio-ca-root-cert) and its own CA when no cacerts is given (istio-ca-secret).
+# Made in every namespace, or by istiod: Kubernetes' root CA bundle (kube-controller-manager's root-ca-cert
+# publisher) and default service account (its serviceaccounts controller), istiod's root bundle (Istio's
+# namespace controller, pilot/pkg/serviceregistry/kube/controller/namespacecontroller.go) and its own CA
+# when no cacerts is given (istio-ca-secret, security/pkg/pki/ca).
 _MADE_IN_EVERY_NAMESPACE = {("ConfigMap", "kube-root-ca.crt"), ("ServiceAccount", "default"),
                             ("ConfigMap", "istio-ca-root-cert"), ("Secret", "istio-ca-secret")}
 # Labels of what Istio's install made (operator/pkg/uninstall/prune.go selects by them), of the Deployment and
 # Service istiod makes for a Gateway, and of a revision tag's webhook and Service (istioctl/pkg/tag; the
 # default tag is decided apart: IstioUsage.default_tag).
 _ISTIO_MADE_LABELS = (OWNER_LABEL, COMPONENT_LABEL, MANAGED_GATEWAY_LABEL, "istio.io/tag")
-_LEADER_ANNOTATION = "control-plane.alpha.kubernetes.io/leader"  # a ConfigMap lock of leader election
+# A ConfigMap lock of leader election (client-go tools/leaderelection/resourcelock) carries this annotation.
+_LEADER_ANNOTATION = "control-plane.alpha.kubernetes.io/leader"
 
 
 def others_in_istio_system(output: str) -> list[str]:

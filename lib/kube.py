@@ -15,6 +15,7 @@ from .names import (APPLIED_ANNOTATION, CLUSTER_ANNOTATION, COMPONENT_LABEL, DAT
                     EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE, MANAGED_BY_LABEL, MANAGED_GATEWAY_LABEL,
                     MULTICLUSTER_LABEL, NETWORK_LABEL, SECRET_SOURCE_ANNOTATION, is_istiod_name)
 from .gatewayapi import GATEWAY_CRD, ClusterCrds
+from .istiousage import ISTIO_SYSTEM_KINDS
 from .runner import Command
 from .yamlfile import load_all_data, load_data
 
@@ -322,7 +323,3 @@ def parse_remote_secret(output: str, cluster_name: str) -> tuple[dict[str, Any],
         meta.setdefault("annotations", {})[SECRET_SOURCE_ANNOTATION] = fp
     return secret, fp
 
-
-# Who else uses Istio in a cluster: lib/istiousage.py (importable from here).
-from .istiousage import (ISTIO_SYSTEM_KINDS, IstioUsage, is_missing_category, others_in_istio_system,  # noqa: E402,F401
-                         parse_istio_usage)

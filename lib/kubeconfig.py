@@ -95,12 +95,15 @@ def resolve_contexts(topology: Topology, explicit_kubeconfig: str | None) -> Top
             files = [cluster.kubeconfig]
             origin = f"kubeconfig of context {cluster.context!r} in {topology.path}"
             missing_hint = f"fix contexts.{cluster.context}.kubeconfig in {topology.path}"
-            list_contexts = f"kubectl --kubeconfig {cluster.kubeconfig} config get-contexts"
+            given = cluster.kubeconfig
         else:
             files = default_files
             origin = "--kubeconfig" if explicit_kubeconfig else ("KUBECONFIG" if os.environ.get("KUBECONFIG") else "default location")
             missing_hint = "check the path, or point --kubeconfig / KUBECONFIG at your kubeconfig"
-            list_contexts = "kubectl config get-contexts" + (f" --kubeconfig {explicit_kubeconfig}" if explicit_kubeconfig else "")
+            given = explicit_kubeconfig
+        def kubectl_config(view: str) -> str:
+            return f"kubectl --kubeconfig {given} config {view}" if given else f"kubectl config {view}"
+
         # kubectl tolerates missing entries in a KUBECONFIG list, but not a missing explicit file.
         explicit = bool(cluster.kubeconfig or explicit_kubeconfig) or len(files) == 1
         configs = [load(f, explicit, origin, missing_hint) for f in files]
@@ -108,7 +111,7 @@ def resolve_contexts(topology: Topology, explicit_kubeconfig: str | None) -> Top
         where = " or ".join(files)
         if context_entry is None:
             raise ConfigError(f"{topology.path}: context {cluster.context!r} is not in the kubeconfig ({where})",
-                              hint=f"check `{list_contexts}`; fix the name in topology.yaml or add the context to "
+                              hint=f"check `{kubectl_config('get-contexts')}`; fix the name in topology.yaml or add the context to "
                                    f"your kubeconfig")
         server = (cluster_entry or {}).get("server")
         if not server:
@@ -119,7 +122,7 @@ def resolve_contexts(topology: Topology, explicit_kubeconfig: str | None) -> Top
                        f"names cluster {named!r}, which is not in the kubeconfig")
             raise ConfigError(f"{topology.path}: context {cluster.context!r} ({where}) {problem}: kubectl would send "
                               f"its requests to http://localhost:8080 instead",
-                              hint=f"fix the context's cluster in the kubeconfig (`{list_contexts.replace('get-contexts', 'get-clusters')}`), "
+                              hint=f"fix the context's cluster in the kubeconfig (`{kubectl_config('get-clusters')}`), "
                                    f"or remove the context from topology.yaml")
         # kubectl and istioctl must read the same file that was checked here.
         kubeconfig_file = cluster.kubeconfig or (os.path.abspath(explicit_kubeconfig) if explicit_kubeconfig else None)

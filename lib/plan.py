@@ -44,6 +44,11 @@ class Removal:
     reachable: bool
     primary: str | None = None  # it was a remote of that context
 
+    @property
+    def cluster(self) -> Cluster:
+        """The cluster as the recorded state knows it: enough to reach it (no network: it left the mesh)."""
+        return Cluster(context=self.context, network="", name=self.cluster_name, kubeconfig=self.kubeconfig)
+
 
 @dataclass
 class ApplyPlan:

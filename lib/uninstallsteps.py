@@ -6,7 +6,8 @@ from pathlib import Path
 
 from .config import Cluster
 from .executor import Step
-from .kube import GATEWAY_RESOURCE, IstioUsage, Observed, Tools
+from .kube import GATEWAY_RESOURCE, Observed, Tools
+from .istiousage import IstioUsage
 from .names import (APPLIED_ANNOTATION, COMPONENT_LABEL, CONTROL_PLANE_CLUSTERS, CROSS_NETWORK_GATEWAY,
                     DATA_PLANE_ANNOTATION, EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE, MANAGED_BY_LABEL,
                     MANAGED_GATEWAY_LABEL, OWNER_LABEL, OWNER_NAMESPACE_LABEL, TRANSITION_ANNOTATION)
@@ -32,6 +33,13 @@ class Uninstall:
     @property
     def purge(self) -> bool:
         return self.remove_crds or not self.usage.foreign
+
+    @property
+    def keeps_namespace(self) -> bool:
+        """Deleting istio-system would delete what others keep there: their CA, their objects, or their Istio
+        resources (unless --remove-crds deletes those anyway)."""
+        return bool(self.foreign_cacerts or self.usage.namespace_objects
+                    or (not self.purge and self.usage.in_namespace(ISTIO_NAMESPACE)))
 
 
 def _our_components(seen: Observed, ours: frozenset[str]) -> list[tuple[str | None, str | None, str]]:
@@ -140,9 +148,7 @@ def uninstall_steps(tools: Tools, cluster: Cluster, secrets: list[str], seen: Ob
         step = await_namespace_deleted_step(tools, cluster)
         step.done, step.change = "removed", f"- namespace {ISTIO_NAMESPACE} (already being deleted: waited for)"
         steps.append(step)
-    elif how.foreign_cacerts or how.usage.namespace_objects or (not how.purge and how.usage.in_namespace(ISTIO_NAMESPACE)):
-        # Deleting istio-system would delete what others keep there (their CA, their objects, their Istio
-        # resources): it stays, without setup-mesh's marks, so that nothing of setup-mesh's is left in it.
+    elif how.keeps_namespace:  # without setup-mesh's marks, so that nothing of setup-mesh's is left in it
         steps.append(unmark_namespace_step(tools, cluster))
     else:
         steps.append(Step(f"delete namespace {ISTIO_NAMESPACE}", commands=[tools.kubectl_cmd(

@@ -12,8 +12,8 @@ from .errors import ConfigError, MeshError
 from .executor import RunContext, read_clusters
 from .gatewayapi import parse_crd_annotations
 from .invocation import prep_hint
-from .kube import (IstioUsage, Observed, Tools, is_missing_category, others_in_istio_system, parse_inspect,
-                   parse_istio_usage)
+from .kube import Observed, Tools, parse_inspect
+from .istiousage import IstioUsage, is_missing_category, others_in_istio_system, parse_istio_usage
 from .names import ISTIO_NAMESPACE, ZTUNNEL_DAEMONSET, made_by_setup_mesh
 from .release import Release, find_istioctl
 from .reporter import Reporter

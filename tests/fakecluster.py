@@ -14,7 +14,8 @@ from typing import Sequence
 
 from lib.config import Cluster
 from lib.errors import MeshError
-from lib.kube import IstioUsage, Observed
+from lib.kube import Observed
+from lib.istiousage import IstioUsage
 from lib.names import APPLIED_ANNOTATION
 from lib.statusread import InjectorWebhook, IstiodView
 from lib.statusrevisions import Revisions

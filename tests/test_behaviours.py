@@ -22,7 +22,8 @@ from lib.config import AMBIENT, Cluster, Topology
 from lib.desired import desired_state
 from lib.errors import ConfigError, MeshError
 from lib.executor import RunContext
-from lib.kube import IstioUsage, Observed, RemoteSecretInfo, Tools
+from lib.kube import Observed, RemoteSecretInfo, Tools
+from lib.istiousage import IstioUsage
 from lib.mesh import mesh_model
 from lib.overlay import injection_path
 from lib.names import FIELD_MANAGER, MANAGED_BY_LABEL

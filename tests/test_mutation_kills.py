@@ -332,7 +332,8 @@ def _deployment(name: str, **labels: str) -> dict:
 
 
 def test_a_scoped_teardown_uninstalls_each_of_setup_meshs_operators_and_each_unnamed_control_plane(tmp_path):
-    from lib.kube import IstioUsage, Observed, Tools
+    from lib.kube import Observed, Tools
+    from lib.istiousage import IstioUsage
     from lib.plan import Uninstall, uninstall_steps
 
     component, owner, owner_ns = ("operator.istio.io/component", "install.operator.istio.io/owning-resource",
@@ -365,7 +366,8 @@ def test_a_scoped_teardown_of_a_remote_uninstalls_its_istioctl_install_found_by_
     istio-injection=enabled namespace once istio-system and the Service are gone."""
     import json
 
-    from lib.kube import IstioUsage, Tools, parse_inspect
+    from lib.kube import Tools, parse_inspect
+    from lib.istiousage import IstioUsage
     from lib.plan import Uninstall, uninstall_steps
 
     labels = {"operator.istio.io/component": "Pilot", "install.operator.istio.io/owning-resource": "setup-mesh",
@@ -383,7 +385,8 @@ def test_a_scoped_teardown_of_a_remote_uninstalls_its_istioctl_install_found_by_
 
 
 def test_teardown_removes_the_default_tag_only_when_it_points_at_a_revision_it_removes(tmp_path):
-    from lib.kube import IstioUsage, Observed, Tools
+    from lib.kube import Observed, Tools
+    from lib.istiousage import IstioUsage
     from lib.plan import Uninstall, uninstall_steps
 
     component, owner = "operator.istio.io/component", "install.operator.istio.io/owning-resource"
@@ -410,7 +413,8 @@ def test_teardown_removes_the_default_tag_only_when_it_points_at_a_revision_it_r
 
 
 def test_teardown_plans_every_cluster_it_was_asked_to_even_after_one_it_skips(tmp_path):
-    from lib.kube import IstioUsage, Observed, Tools
+    from lib.kube import Observed, Tools
+    from lib.istiousage import IstioUsage
     from lib.plan import Uninstall, teardown_plan
 
     clusters = [Cluster("c1", "n1", "c1"), Cluster("c2", "n1", "c2"), Cluster("c3", "n1", "c3")]
@@ -551,7 +555,8 @@ def test_the_exposed_istiod_is_a_gateway_and_a_virtual_service_as_in_istios_samp
 
 def test_teardown_keeps_a_cacerts_that_is_neither_labelled_by_setup_mesh_nor_on_the_workspaces_root(tmp_path):
     from lib.commands import uninstalls_for
-    from lib.kube import IstioUsage, Observed
+    from lib.kube import Observed
+    from lib.istiousage import IstioUsage
     from tests.test_status import _ca, _pem
 
     ours, theirs = _ca("Root CA"), _ca("Root CA")
@@ -581,7 +586,8 @@ def test_teardown_keeps_a_cacerts_that_is_neither_labelled_by_setup_mesh_nor_on_
 
 def test_teardown_names_the_gateway_api_crds_it_keeps_where_the_cluster_ran_an_ambient_mesh(tmp_path):
     from lib.commands import describe_kept, uninstalls_for
-    from lib.kube import IstioUsage, Observed
+    from lib.kube import Observed
+    from lib.istiousage import IstioUsage
     from lib.names import DATA_PLANE_ANNOTATION
 
     (tmp_path / "certs").mkdir()
@@ -797,7 +803,8 @@ def _lines(steps) -> list[tuple[str, str, str, list[str]]]:
 
 
 def test_a_teardown_deletes_istio_then_its_secrets_then_the_namespace_and_keeps_somebodys_ca(tmp_path):
-    from lib.kube import IstioUsage, Observed, Tools
+    from lib.kube import Observed, Tools
+    from lib.istiousage import IstioUsage
     from lib.plan import Uninstall, uninstall_steps
 
     c1, secrets = Cluster("c1", "n1", "c1"), ["istio-remote-secret-c2", "istio-remote-secret-c3"]
@@ -854,7 +861,8 @@ def test_stale_secrets_are_deleted_by_name_and_a_clusters_result_counts_its_secr
 def test_a_scoped_teardown_removes_exactly_what_setup_mesh_and_istiod_made_for_it(tmp_path):
     """Others use Istio here: Istio's CRDs stay, and only what carries setup-mesh's name or label goes, with the
     ambient Gateway and what istiod made for it (nothing reconciles those once istiod is gone)."""
-    from lib.kube import IstioUsage, Observed, Tools
+    from lib.kube import Observed, Tools
+    from lib.istiousage import IstioUsage
     from lib.plan import Uninstall, uninstall_steps
 
     seen = Observed(reachable=True, namespace=True, eastwest_made_by="gateway")

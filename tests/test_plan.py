@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from lib.config import Cluster, Topology
-from lib.kube import IstioUsage, Observed, RemoteSecretInfo, Tools, parse_istio_usage, token_fingerprint
+from lib.kube import Observed, RemoteSecretInfo, Tools, token_fingerprint
+from lib.istiousage import IstioUsage, parse_istio_usage
 from lib.desired import desired_state
 from lib.plan import Removal, Uninstall, build_apply_plan, uninstall_steps
 from tests import goldens

@@ -6,7 +6,8 @@ import yaml
 from rich.console import Console
 
 from lib.config import Cluster, Topology
-from lib.kube import IstioUsage, Observed, RemoteSecretInfo, Tools, token_fingerprint
+from lib.kube import Observed, RemoteSecretInfo, Tools, token_fingerprint
+from lib.istiousage import IstioUsage
 from lib.desired import desired_state
 from lib.plan import Removal, Uninstall, build_apply_plan
 from lib.planview import print_plan
