@@ -53,6 +53,9 @@ ISTIO_SYSTEM_KINDS = "secrets,configmaps,serviceaccounts,services,deployments,st
 # when no cacerts is given (istio-ca-secret, security/pkg/pki/ca).
 _MADE_IN_EVERY_NAMESPACE = {("ConfigMap", "kube-root-ca.crt"), ("ServiceAccount", "default"),
                             ("ConfigMap", "istio-ca-root-cert"), ("Secret", "istio-ca-secret")}
+# Decided apart: secret cacerts is deleted with the rest, or kept with istio-system when its CA is somebody
+# else's (Uninstall.foreign_cacerts), whatever its labels (earlier versions did not label it).
+_DECIDED_APART = {("Secret", "cacerts")}
 # Labels of what Istio's install made (operator/pkg/uninstall/prune.go selects by them), of the Deployment and
 # Service istiod makes for a Gateway, and of a revision tag's webhook and Service (istioctl/pkg/tag; the
 # default tag is decided apart: IstioUsage.default_tag).
@@ -69,7 +72,7 @@ def others_in_istio_system(output: str) -> list[str]:
     for item in json.loads(output or "{}").get("items") or []:
         meta = item.get("metadata") or {}
         labels, kind, name = meta.get("labels") or {}, item.get("kind") or "?", meta.get("name") or "?"
-        if ((kind, name) in _MADE_IN_EVERY_NAMESPACE or meta.get("ownerReferences")
+        if ((kind, name) in _MADE_IN_EVERY_NAMESPACE | _DECIDED_APART or meta.get("ownerReferences")
                 or any(label in labels for label in _ISTIO_MADE_LABELS)
                 or labels.get(MANAGED_BY_LABEL) == FIELD_MANAGER or labels.get(MULTICLUSTER_LABEL) == "true"
                 or item.get("type") == "kubernetes.io/service-account-token"

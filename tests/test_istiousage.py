@@ -13,6 +13,7 @@ def _item(kind, name, labels=None, **extra):
 def test_only_what_neither_setup_mesh_istio_istiod_nor_kubernetes_made_is_named():
     made = [
         _item("Secret", "cacerts", {"app.kubernetes.io/managed-by": "setup-mesh"}),
+        _item("Secret", "cacerts"),  # unlabelled (an earlier version's, or somebody's CA: decided apart)
         _item("Secret", "istio-remote-secret-c2", {"istio/multiCluster": "true"}),
         _item("Secret", "istio-reader-service-account-istio-remote-secret-token",
               type="kubernetes.io/service-account-token"),

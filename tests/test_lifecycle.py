@@ -252,3 +252,15 @@ def test_a_cluster_removed_while_unreachable_stays_recorded_and_the_next_apply_r
     mesh3.apply()  # it answers again: removed, and forgotten only now
     assert mesh3.get("cluster3", "namespace", "istio-system", check=False) is None
     assert "cluster3" not in recorded()
+
+
+def test_teardown_removes_a_recorded_clusters_istio_system_even_without_setup_mesh_marks(sandbox_factory, tmp_path):
+    # An apply cut short before its install, by a version that did not label cacerts: istio-system holds
+    # nothing teardown recognises as setup-mesh's, but the recorded state says apply worked there.
+    sandbox = sandbox_factory(["cluster1"])
+    mesh = make_mesh(sandbox, tmp_path / "ws", {"cluster1": "network1"})
+    mesh.apply(env={"ISTIOCTL_STANDIN_FAIL": "cluster1/install"}, ok=False)
+    sandbox.kubectl("cluster1", "label", "secret", "cacerts", "-n", "istio-system", "app.kubernetes.io/managed-by-")
+    result = mesh.run("teardown", "-y")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert mesh.get("cluster1", "namespace", "istio-system", check=False) is None, result.stdout
