@@ -21,7 +21,6 @@ from .release import Release, find_release
 from .reporter import Reporter
 from .runner import ShRunner
 from .statusrevisions import read_revisions
-from .state import STATE_DIR, STATE_FILE
 from .workspace import Workspace, find_tools, load_workspace
 from .commands import certs_prerequisites, describe_kept, other_roots_refusal, uninstalls_for
 from .driver import Parts, Run, check_access, drive, rows_of, sit_out
@@ -107,7 +106,7 @@ class _Applying:
                                        reporter),
             refusal=self.refusal, ask=lambda: _before_changes(run, plan, self.uninstall), rows=rows_of(self.chosen),
             sit_outs=lambda executor: _sit_outs(executor, plan, self.ws.topology, self.tools, self.unreachable,
-                                                self.orphaned, reporter),
+                                                self.orphaned, self.ws.state.path),
             execute=lambda executor: executor.run_plan(plan.phases),
             # A remote's state as installed: with the address its primary's gateway got during the run.
             record=lambda outcome: _record_state(self.ws, plan, {**self.desired, **run.executor.shared.get("desired", {})},
@@ -140,7 +139,7 @@ def _show_dry_run(plan: ApplyPlan, ws: Workspace, observed: dict[str, Observed] 
 
 
 def _sit_outs(executor: Executor, plan: ApplyPlan, topology: Topology, tools: Tools, unreachable: dict[str, Observed],
-              orphaned: dict[str, str], reporter: Reporter) -> None:
+              orphaned: dict[str, str], state_path: Path) -> None:
     """Removed clusters it cannot reach are named; the clusters that sit this run out are reported as failed
     before they start."""
     for gone in plan.removals:
@@ -152,7 +151,7 @@ def _sit_outs(executor: Executor, plan: ApplyPlan, topology: Topology, tools: To
                 f"stay there (its peers no longer hold its secret)",
                 hint=f"check access with `{check_access(tools, gone.cluster)}`, then run apply again: it removes them once the cluster "
                      f"answers; if the cluster no longer exists, delete its entry from "
-                     f"{topology.path.parent / STATE_DIR / STATE_FILE}"))
+                     f"{state_path}"))
     for context, seen in unreachable.items():
         # A primary leaves the mesh only once its remotes have another primary (apply refuses it before).
         remotes = [c.context for c in topology.clusters if c.primary == context]

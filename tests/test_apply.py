@@ -210,7 +210,7 @@ def test_an_unreachable_cluster_sits_out_with_a_way_out_that_apply_would_take(tm
                               Cluster("other", "n1", "other")), tmp_path / "topology.yaml")
     executor = Executor(None, Reporter(quiet=True), 1)
     _sit_outs(executor, ApplyPlan([]), topology, Tools(), {context: Observed(reachable=False, error="refused")}, {},
-              Reporter(quiet=True))
+              tmp_path / ".setup-mesh" / "state.json")
     hint = executor.outcome.failures[context].hint
     assert hint == f"check access with `kubectl --context {context} get namespace istio-system`, " + then.format(
         t=topology.path)
