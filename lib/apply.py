@@ -23,7 +23,7 @@ from .runner import ShRunner
 from .statusrevisions import read_revisions
 from .workspace import Workspace, find_tools, load_workspace
 from .commands import certs_prerequisites, describe_kept, other_roots_refusal, uninstalls_for
-from .driver import Parts, Run, check_access, drive, rows_of, sit_out
+from .driver import Parts, Run, SitOut, check_access, drive, rows_of, sit_out
 
 
 def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_run: bool, yes: bool,
@@ -69,7 +69,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
         if readable else None
     plan = build_apply_plan(topology=topology, desired=desired,
                             observed={c.context: observed.get(c.context) for c in topology.clusters},
-                            skip=set() if dry_run else unreadable | set(orphaned),
+                            skip=unreadable | set(orphaned),
                             only=only,
                             removed=removed, removed_observed=observed, workdir=workdir, tools=tools,
                             release=release, intermediate_vars=intermediate_vars, gateway_timeout=gateway_timeout,
@@ -105,8 +105,8 @@ class _Applying:
             show=lambda: _show_dry_run(plan, self.ws, self.shown, self.refusal, self.unreachable_api, self.replace,
                                        reporter),
             refusal=self.refusal, ask=lambda: _before_changes(run, plan, self.uninstall), rows=rows_of(self.chosen),
-            sit_outs=lambda executor: _sit_outs(executor, plan, self.ws.topology, self.tools, self.unreachable,
-                                                self.orphaned, self.ws.state.path),
+            sit_outs=lambda: _sit_outs(plan, self.ws.topology, self.tools, self.unreachable, self.orphaned,
+                                       self.ws.state.path),
             execute=lambda executor: executor.run_plan(plan.phases),
             # A remote's state as installed: with the address its primary's gateway got during the run.
             record=lambda outcome: _record_state(self.ws, plan, {**self.desired, **run.executor.shared.get("desired", {})},
@@ -138,30 +138,32 @@ def _show_dry_run(plan: ApplyPlan, ws: Workspace, observed: dict[str, Observed] 
     return _not_working(unreachable_api, 0, reporter)
 
 
-def _sit_outs(executor: Executor, plan: ApplyPlan, topology: Topology, tools: Tools, unreachable: dict[str, Observed],
-              orphaned: dict[str, str], state_path: Path) -> None:
+def _sit_outs(plan: ApplyPlan, topology: Topology, tools: Tools, unreachable: dict[str, Observed],
+              orphaned: dict[str, str], state_path: Path) -> list[SitOut]:
     """Removed clusters it cannot reach are named; the clusters that sit this run out are reported as failed
     before they start."""
+    found = []
     for gone in plan.removals:
         if not gone.reachable:
             # Its peers stop trusting it in this run; what setup-mesh installed there stays, and so does the
             # cluster in the recorded state, so that the next apply removes it once the cluster answers.
-            executor.fail_before_start(gone.context, "remove from the mesh", MeshError(
+            found.append(SitOut(gone.context, "remove from the mesh", MeshError(
                 f"cannot reach the removed context {gone.context!r}: setup-mesh's Istio, cacerts and istio-system "
                 f"stay there (its peers no longer hold its secret)",
                 hint=f"check access with `{check_access(tools, gone.cluster)}`, then run apply again: it removes them once the cluster "
                      f"answers; if the cluster no longer exists, delete its entry from "
-                     f"{state_path}"))
+                     f"{state_path}")))
     for context, seen in unreachable.items():
         # A primary leaves the mesh only once its remotes have another primary (apply refuses it before).
         remotes = [c.context for c in topology.clusters if c.primary == context]
         then = (f"or give its remotes ({', '.join(remotes)}) another primary, then remove it from {topology.path}"
                 if remotes else f"or remove the context from {topology.path}")
-        sit_out(executor, tools, topology.by_context(context), seen, then)
+        found.append(sit_out(tools, topology.by_context(context), seen, then))
     for context, primary in orphaned.items():
-        executor.fail_before_start(context, "wait for its primary", MeshError(
+        found.append(SitOut(context, "wait for its primary", MeshError(
             f"sits this run out: its primary {primary} could not be read",
-            hint=f"make {primary} reachable, then {RERUN_HINT}"))
+            hint=f"make {primary} reachable, then {RERUN_HINT}")))
+    return found
 
 
 def _warn_single_network_ambient(topology: Topology, ambient: bool, reporter: Reporter) -> None:

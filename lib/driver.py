@@ -105,8 +105,17 @@ class Run:
         self.confirm(question)
 
 
-def _no_sit_outs(executor: Executor) -> None:
-    return None
+@dataclass(frozen=True)
+class SitOut:
+    """A cluster that sits the run out (unreachable, or its primary is): reported failed before the phases
+    start, and by a dry run after its plan, whose exit code then says the run would fail."""
+    context: str
+    step: str  # what it could not do, as its progress row names it
+    error: MeshError
+
+
+def _no_sit_outs() -> list[SitOut]:
+    return []
 
 
 def _nothing_to_begin() -> None:
@@ -131,7 +140,7 @@ class Parts:
     is touched; ``ask``: what is said and asked before any change (it raises when declined), None to go
     ahead unasked; ``begin``: what the workspace records once confirmed, before any cluster changes, so
     that a run cut short is resumed; ``rows``: the progress rows the run shows (None: the table as it is,
-    or none); ``sit_outs``: clusters marked failed before the phases start; ``execute``: the phases;
+    or none); ``sit_outs``: the clusters that sit the run out, failed before the phases start; ``execute``: the phases;
     ``record``: what is now true, also after a failure; ``report``: each cluster's result; ``after``: what
     follows the summary, from its exit code to the run's."""
     show: Callable[[], int]
@@ -141,7 +150,7 @@ class Parts:
     refusal: MeshError | None = None
     ask: Callable[[], None] | None = None
     begin: Callable[[], None] = _nothing_to_begin
-    sit_outs: Callable[[Executor], None] = _no_sit_outs
+    sit_outs: Callable[[], list[SitOut]] = _no_sit_outs
     record: Callable[[Outcome], None] = _nothing_to_record
     report: Callable[[Outcome], None] = _nothing_to_record
     after: Callable[[int, Outcome], int] = _code_as_is
@@ -151,7 +160,7 @@ def drive(run: Run, parts: Parts) -> int:
     """show (dry run) -> nothing to change -> refuse -> confirm -> open the log -> begin -> progress ->
     sit-outs -> phases -> record -> report -> summary and exit code."""
     if run.dry_run:
-        return parts.show()
+        return _dry_run(run, parts)
     if parts.nothing is not None:
         return parts.nothing()
     _before_changes(run, parts)
@@ -161,12 +170,24 @@ def drive(run: Run, parts: Parts) -> int:
     if parts.rows is not None and not run.showing_progress:
         run.start_progress(parts.rows)
     run.executor = Executor(run.runner, run.reporter, run.parallel)
-    parts.sit_outs(run.executor)
+    for out in parts.sit_outs():
+        run.executor.fail_before_start(out.context, out.step, out.error)
     outcome = parts.execute(run.executor)
     run.stop_progress()
     parts.record(outcome)
     parts.report(outcome)
     return parts.after(finish_run(run.title or run.command, outcome, run.log, run.reporter), outcome)
+
+
+def _dry_run(run: Run, parts: Parts) -> int:
+    """The plan, then the clusters that would sit the run out, each with its hint: the run would fail for
+    them (exit 1), so the dry run does too."""
+    code = parts.show()
+    sitting_out = parts.sit_outs()
+    for out in sitting_out:
+        run.reporter.error(MeshError(f"{out.context} would sit this run out: {out.step}: {out.error.message}",
+                                     hint=out.error.hint))
+    return 1 if sitting_out else code  # as a run's exit code: a failure comes first
 
 
 def _before_changes(run: Run, parts: Parts) -> None:
@@ -201,9 +222,9 @@ def check_access(tools: Tools, cluster: Cluster) -> str:
     return tools.kubectl_cmd(cluster, "get", "namespace", ISTIO_NAMESPACE).pasteable()
 
 
-def sit_out(executor: Executor, tools: Tools, cluster: Cluster, seen: Observed, then: str) -> None:
+def sit_out(tools: Tools, cluster: Cluster, seen: Observed, then: str) -> SitOut:
     """A cluster that could not be read is reported with the command to check it, and does nothing."""
-    executor.fail_before_start(cluster.context, "read current state", MeshError(
+    return SitOut(cluster.context, "read current state", MeshError(
         f"cannot read the cluster: {seen.error}", hint=f"check access with `{check_access(tools, cluster)}`, {then}"))
 
 

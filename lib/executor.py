@@ -279,12 +279,28 @@ def _ended_by_ctrl_c(exc: CommandFailed) -> bool:
     return exc.exit_code_of_command == -signal.SIGINT
 
 
+class Unread(MeshError):
+    """A read that failed: its step is reported failed (not ok), and ``value`` stands for the cluster in what
+    the reads return (e.g. an Observed carrying the error)."""
+
+    def __init__(self, message: str, value: object):
+        super().__init__(message)
+        self.value = value
+
+
 def read_clusters(clusters: list[Cluster], runner, reporter: Reporter, parallel: int, title: str,
                   read: Callable[[RunContext, Cluster], object]) -> dict[str, object]:
-    """``read`` on every cluster, in parallel: context -> what it returned."""
+    """``read`` on every cluster, in parallel: context -> what it returned (a failed read: its Unread's value)."""
     def step_for(cluster: Cluster) -> Step:
         def action(ctx: RunContext) -> None:
-            value = read(ctx, cluster)
+            try:
+                value = read(ctx, cluster)
+            except Unread as exc:
+                keep(ctx, exc.value)
+                raise
+            keep(ctx, value)
+
+        def keep(ctx: RunContext, value: object) -> None:
             with ctx.lock:
                 ctx.shared.setdefault("read", {})[cluster.context] = value
 

@@ -30,10 +30,13 @@ def print_plan(plan: ApplyPlan, topology: Topology, observed: dict[str, Observed
         reporter.warn(note)
     if observed is None:
         reporter.warn("could not read the clusters' current state: the plan assumes they hold nothing yet")
-    for cluster in topology.clusters:
-        seen = (observed or {}).get(cluster.context)
-        if observed is not None and seen is not None and not seen.reachable:
-            reporter.warn(f"could not read current state of {cluster.context}: {seen.error}")
+    unread = [c.context for c in topology.clusters
+              if (seen := (observed or {}).get(c.context)) is not None and not seen.reachable]
+    for context in unread:
+        reporter.warn(f"could not read current state of {context}: {observed[context].error}")
+    if unread and nothing == NOTHING:  # not a claim about clusters it could not read
+        nothing = ("nothing to do: no cluster could be read" if len(unread) == len(topology.clusters) else
+                   f"nothing to do in the clusters that could be read (not {', '.join(unread)})")
     _body(plan, topology, reporter, nothing, command, replace_other_roots, out)
 
 

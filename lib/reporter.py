@@ -168,7 +168,7 @@ class Reporter:
 
     def step_done(self, cluster: str, step: str, ok: bool, seconds: float, detail: str = "", done: str = "",
                   interrupted: bool = False) -> None:
-        if not self._live and not self.quiet:
+        if not self._live and not self.quiet and (ok or not self._failed_at(cluster, step)):
             mark = "ok" if ok else ("interrupted" if interrupted else "FAILED")
             self._line(cluster, f"{step}: {mark} ({seconds:.1f}s){' - ' + detail if detail else ''}")
         if ok:
@@ -176,6 +176,13 @@ class Reporter:
                 self.rows.setdefault(cluster, ClusterRow(cluster)).done.append(done)
         else:
             self.finish_cluster(cluster, False, step, interrupted=interrupted)
+
+    def _failed_at(self, cluster: str, step: str) -> bool:
+        """The cluster's row already failed at this step (a failed read, then the cluster sitting the run out
+        for it): said once."""
+        with self._lock:
+            row = self.rows.get(cluster)
+            return row is not None and row.ok is False and row.detail == step
 
     def idle(self, cluster: str, why: str) -> None:
         """The cluster runs no step now: ``why`` says what it waits for (or that it is done here)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import certs, invocation, carotation
 from .cluster import KubeClient
-from .driver import Parts, Run, drive, rows_of, sit_out
+from .driver import Parts, Run, SitOut, drive, rows_of, sit_out
 from .planview import print_plan
 from .config import MULTIROOT_ENV, Cluster
 from .errors import ConfigError, MeshError
@@ -280,16 +280,16 @@ class _Stage:
         if self.move.kind in ("start", "advance"):
             carotation.save_transition(run.workdir, self.planned)
 
-    def sit_outs(self, executor: Executor) -> None:
+    def sit_outs(self) -> list[SitOut]:
         topology = self.mv.ws.topology
-        for context in self.move.unreachable:
-            sit_out(executor, self.mv.tools, topology.by_context(context), self.mv.observed[context],
-                    f"then run `{self.again}`")
+        found = [sit_out(self.mv.tools, topology.by_context(context), self.mv.observed[context],
+                         f"then run `{self.again}`") for context in self.move.unreachable]
         for cluster in self.not_set_up:
-            executor.fail_before_start(cluster.context, f"stage {self.planned.stage}", MeshError(
+            found.append(SitOut(cluster.context, f"stage {self.planned.stage}", MeshError(
                 "not set up by apply yet: the move to a new root changes clusters that are part of the mesh",
                 hint=f"run `{invocation.command('apply')}` (it gives the cluster the certificates of stage "
-                     f"{self.planned.stage}), then `{self.again}`"))
+                     f"{self.planned.stage}), then `{self.again}`")))
+        return found
 
     def execute(self, executor: Executor) -> Outcome:
         workdir = self.mv.ws.workdir

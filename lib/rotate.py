@@ -12,7 +12,7 @@ from . import certs, invocation, carotation, reissue
 from . import polling
 from .cluster import KubeClient
 from .commands import certs_prerequisites, other_roots_refusal
-from .driver import Parts, Run, drive, rows_of, sit_out
+from .driver import Parts, Run, SitOut, drive, rows_of, sit_out
 from .planview import print_plan
 from .config import Cluster, select_clusters
 from .errors import ConfigError, MeshError
@@ -121,7 +121,7 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
         raise refusal
 
     backup = carotation.backup_dir(workdir, rotation.backup_name)
-    skip = set() if dry_run else set(unreachable)
+    skip = set(unreachable)
     phase, reissued = _rotation_phase(ws, [c for c in targets if c.context not in skip], cacerts, rotation, local,
                                       tools, release, variables, backup)
     return drive(run, _Rotating(run, ws, targets, observed, unreachable, rotation, resuming, backup, tools, phase,
@@ -164,9 +164,9 @@ class _Rotating:
     def begin(self) -> None:
         reissue.save_rotation(self.ws.workdir, self.rotation)  # before anything changes: an interrupted run is resumed
 
-    def sit_outs(self, executor: Executor) -> None:
-        for context, seen in self.unreachable.items():
-            sit_out(executor, self.tools, self.ws.topology.by_context(context), seen, "then run rotate-certs again")
+    def sit_outs(self) -> list[SitOut]:
+        return [sit_out(self.tools, self.ws.topology.by_context(context), seen, "then run rotate-certs again")
+                for context, seen in self.unreachable.items()]
 
     def record(self, outcome: Outcome) -> None:
         certs.secure_tree(certs.certs_dir(self.ws.workdir))

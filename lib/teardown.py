@@ -22,7 +22,7 @@ from .runner import ShRunner
 from .state import State
 from .workspace import find_tools, pinned_release
 from .commands import describe_kept, uninstalls_for
-from .driver import Parts, Run, drive, rows_of, sit_out
+from .driver import Parts, Run, SitOut, drive, rows_of, sit_out
 
 
 def _our_operators(workdir: Path) -> frozenset[str]:
@@ -103,12 +103,10 @@ class _Teardown:
         if self.phase:
             self.run.confirm(f"Remove setup-mesh's Istio, its secrets and istio-system from {', '.join(self.phase.steps)}?")
 
-    def sit_outs(self, executor: Executor) -> None:
-        for context, seen in self.unreachable.items():
-            sit_out(executor, self.tools, next(c for c in self.clusters if c.context == context), seen,
-                    "then run teardown again")
-        for context, failed in self.unread.items():
-            executor.fail_before_start(context, "read who else uses Istio", failed)
+    def sit_outs(self) -> list[SitOut]:
+        return [*(sit_out(self.tools, next(c for c in self.clusters if c.context == context), seen,
+                          "then run teardown again") for context, seen in self.unreachable.items()),
+                *(SitOut(context, "read who else uses Istio", failed) for context, failed in self.unread.items())]
 
     def record(self, outcome: Outcome) -> None:
         """Clusters torn down (or holding nothing) leave the recorded state; failed ones stay for the next run."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from .config import BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, check_data_plane, load_base, load_topology
 from .kubeconfig import resolve_contexts
 from .errors import ConfigError, MeshError
-from .executor import RunContext, read_clusters
+from .executor import RunContext, Unread, read_clusters
 from .gatewayapi import parse_crd_annotations
 from .invocation import prep_hint
 from .kube import Observed, Tools, parse_inspect
@@ -113,9 +113,10 @@ def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Re
                         seen.daemonsets[ZTUNNEL_DAEMONSET] = found
             return seen
         except MeshError as exc:
-            return Observed(reachable=False, error=exc.message)
+            raise Unread(exc.message, Observed(reachable=False, error=exc.message)) from None
         except ValueError as exc:
-            return Observed(reachable=False, error=f"unreadable answer from kubectl: {exc}")
+            error = f"unreadable answer from kubectl: {exc}"
+            raise Unread(error, Observed(reachable=False, error=error)) from None
 
     return read_clusters(clusters, runner, reporter, parallel, title, read)
 
@@ -129,7 +130,7 @@ def read_istio_usage(clusters: list[Cluster], tools: Tools, runner, reporter: Re
         try:
             resources = ctx.run(tools.istio_resources(cluster, timeout))
             if not resources.ok and not is_missing_category(resources.stderr):
-                return MeshError(f"cannot list Istio resources: {resources.stderr_tail()}")
+                raise MeshError(f"cannot list Istio resources: {resources.stderr_tail()}")
             deployments = ctx.run(tools.istio_deployments(cluster, timeout))
             tag = ctx.run(tools.default_tag_webhook(cluster, timeout))
             usage = parse_istio_usage(resources.stdout if resources.ok else None, deployments.stdout, ours,
@@ -137,8 +138,9 @@ def read_istio_usage(clusters: list[Cluster], tools: Tools, runner, reporter: Re
             usage.namespace_objects = others_in_istio_system(ctx.run(tools.istio_system_objects(cluster, timeout)).stdout)
             return usage
         except MeshError as exc:
-            return exc
+            raise Unread(exc.message, exc) from None
         except ValueError as exc:
-            return MeshError(f"unreadable answer from kubectl: {exc}")
+            error = MeshError(f"unreadable answer from kubectl: {exc}")
+            raise Unread(error.message, error) from None
 
     return read_clusters(clusters, runner, reporter, parallel, "read who else uses Istio", read)

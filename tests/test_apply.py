@@ -208,9 +208,9 @@ def test_an_unreachable_cluster_sits_out_with_a_way_out_that_apply_would_take(tm
 
     topology = Topology("m", (Cluster("main", "n1", "main"), Cluster("edge", "n2", "edge", primary="main"),
                               Cluster("other", "n1", "other")), tmp_path / "topology.yaml")
-    executor = Executor(None, Reporter(quiet=True), 1)
-    _sit_outs(executor, ApplyPlan([]), topology, Tools(), {context: Observed(reachable=False, error="refused")}, {},
-              tmp_path / ".setup-mesh" / "state.json")
-    hint = executor.outcome.failures[context].hint
+    (out,) = _sit_outs(ApplyPlan([]), topology, Tools(), {context: Observed(reachable=False, error="refused")}, {},
+                       tmp_path / ".setup-mesh" / "state.json")
+    assert out.context == context
+    hint = out.error.hint
     assert hint == f"check access with `kubectl --context {context} get namespace istio-system`, " + then.format(
         t=topology.path)

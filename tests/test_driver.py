@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from lib.config import Cluster
-from lib.driver import Parts, Run, drive, rows_of, sit_out
+from lib.driver import Parts, Run, SitOut, drive, rows_of, sit_out
 from lib.errors import Cancelled, ConfigError
 from lib.executor import Executor, Outcome, Phase, Step
 from lib.kube import Observed, Tools
@@ -61,12 +61,10 @@ class InMemoryCommand:
         self.events.append("ask")
         self.run.confirm(self.question)
 
-    def sit_outs(self, executor: Executor) -> None:
+    def sit_outs(self) -> list[SitOut]:
         self.events.append("sit_outs" + (" (log open)" if self._logs() else ""))
-        for cluster in CLUSTERS:
-            if cluster.context in self.sitting_out:
-                sit_out(executor, Tools(), cluster, Observed(reachable=False, error="connection refused"),
-                        "then run it again")
+        return [sit_out(Tools(), cluster, Observed(reachable=False, error="connection refused"), "then run it again")
+                for cluster in CLUSTERS if cluster.context in self.sitting_out]
 
     def execute(self, executor: Executor) -> Outcome:
         self.events.append("execute")
@@ -118,9 +116,21 @@ def test_a_dry_run_shows_the_plan_and_changes_nothing(tmp_path):
     run.open_log()  # a command opens its log before its reads; a dry run's is none
     command = InMemoryCommand(run, question="Change the clusters?")
     assert drive(run, command.parts()) == 0
-    assert command.events == ["show"]
+    assert command.events == ["show", "sit_outs"]
     assert runner.commands == [] and not (tmp_path / STATE_DIR).exists() and run.log is None
     assert out.getvalue() == "the plan\n"
+
+
+def test_a_dry_run_names_the_clusters_that_would_sit_the_run_out_and_fails_as_the_run_would(tmp_path):
+    run, runner, out = _run(tmp_path, dry_run=True, yes=True)
+    command = InMemoryCommand(run, sitting_out=["west"])
+    assert drive(run, command.parts()) == 1
+    assert runner.commands == [] and not (tmp_path / STATE_DIR).exists()
+    text = out.getvalue()
+    assert text.startswith("the plan\n")
+    assert "error: west would sit this run out: read current state: cannot read the cluster: connection refused" in text
+    assert "hint: check access with `kubectl --context west get namespace istio-system`, then run it again" in text
+    assert "east" not in text
 
 
 def test_a_run_with_nothing_to_change_says_so_and_asks_runs_and_logs_nothing(tmp_path):
@@ -132,7 +142,7 @@ def test_a_run_with_nothing_to_change_says_so_and_asks_runs_and_logs_nothing(tmp
     # Its dry run shows the plan, as every dry run does.
     run, _, out = _run(tmp_path, dry_run=True)
     command = InMemoryCommand(run, question="Change the clusters?", idle=True)
-    assert drive(run, command.parts()) == 0 and command.events == ["show"]
+    assert drive(run, command.parts()) == 0 and command.events == ["show", "sit_outs"]
 
 
 def test_a_refusal_stops_the_run_before_the_log_is_opened_and_before_any_step(tmp_path):

@@ -75,13 +75,26 @@ def test_dry_run_and_apply_agree_on_a_context_missing_from_the_kubeconfig(mesh):
 
 def test_unreachable_cluster_is_named_and_the_others_go_ahead(mesh):
     mesh.sandbox.stop_cluster("cluster2")
+    # The dry run plans what apply does: nothing for the cluster it cannot read, and it fails as apply does.
+    dry = mesh.run("apply", "--dry-run")
+    assert dry.returncode == 1, dry.stdout + dry.stderr
+    assert "cluster1 (network1, primary): install" in dry.stdout
+    assert "cluster2 (" not in dry.stdout, "no plan for a cluster apply does not touch"
+    assert "error: cluster2 would sit this run out: read current state: cannot read the cluster" in dry.stderr
+    assert "hint: check access with `kubectl --context cluster2 get namespace istio-system`" in dry.stderr
     result = mesh.run("apply", "-y")
     assert result.returncode == 1
     out = result.stdout + result.stderr
+    assert "cluster2: read current state: ok" not in out, "a read that failed is not reported ok"
+    assert out.count("cluster2: read current state: FAILED") == 1, out
     assert "cluster2: read current state: cannot read the cluster" in out
     assert "kubectl --context cluster2 get namespace istio-system" in out
     assert mesh.get("cluster1", "deployment", "istiod", "-n", "istio-system")
     assert mesh.remote_secrets("cluster1") == {}, "no secret of a cluster that could not be read"
+    # teardown's dry run too: it would fail for the cluster it cannot read, so it says so and exits 1.
+    dry = mesh.run("teardown", "--dry-run")
+    assert dry.returncode == 1 and "cluster1 (network1, primary): remove" in dry.stdout, dry.stdout + dry.stderr
+    assert "error: cluster2 would sit this run out: read current state: cannot read the cluster" in dry.stderr
 
 
 def test_failing_install_is_reported_and_the_next_run_converges(mesh):

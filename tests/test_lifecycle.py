@@ -107,13 +107,18 @@ def test_dry_run_changes_nothing_anywhere(mesh3):
     assert "delete secret -n istio-system --ignore-not-found istio-remote-secret-cluster2" in out
 
 
-def test_dry_run_without_reachable_clusters_still_prints_the_plan(mesh3):
+def test_dry_run_without_reachable_clusters_plans_what_apply_would_do_and_fails_as_it_would(mesh3):
+    # Not a plan for clusters that hold nothing: apply touches no cluster it cannot read, and fails for each.
     for ctx in mesh3.sandbox.contexts:
         mesh3.sandbox.stop_cluster(ctx)
     result = mesh3.run("apply", "--dry-run", "-v")
-    assert result.returncode == mesh3.applied_code(), result.stderr
+    assert result.returncode == 1, result.stderr
+    assert "Plan (dry run, changes nothing)" in result.stdout
     assert "could not read current state of cluster1" in result.stdout + result.stderr
-    assert "istioctl create-remote-secret --namespace istio-system --name cluster1" in result.stdout
+    assert "istioctl" not in result.stdout and "\nnothing to do: no cluster could be read\n" in result.stdout
+    for ctx in ("cluster1", "cluster2", "cluster3"):  # topology.yaml's (the sandbox has one more)
+        assert f"error: {ctx} would sit this run out: read current state: cannot read the cluster" in result.stderr
+        assert f"hint: check access with `kubectl --context {ctx} get namespace istio-system`" in result.stderr
 
 
 def test_teardown_removes_everything_and_twice_is_fine(mesh3):
