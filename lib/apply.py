@@ -9,6 +9,7 @@ from .cluster import KubeClient
 from .config import AMBIENT, Cluster, Topology, data_plane_mode, select_clusters, ztunnel_namespace
 from .errors import ConfigError, MeshError
 from .executor import RERUN_HINT, Executor, Outcome
+from .installnamespaces import missing_namespaces_refusal
 from .gatewayapi import CrdSource, choose_source, expected_version, older_than_needed
 from .kube import Observed, Tools, gateway_addresses
 from .overlay import our_operators
@@ -77,7 +78,9 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
                             revisions=upgradeplan.install_revisions(topology, upgrading[0], observed) if upgrading else None)
     if upgrading:  # what is left of a canary upgrade to the pinned versions
         _add_upgrade(plan, *upgrading, releases, desired, tools, workdir, ws.notes, restart_workloads, upgrade_parallel, only)
-    refusal = other_roots_refusal(plan.other_roots, replace_foreign_ca)
+    refusal = other_roots_refusal(plan.other_roots, replace_foreign_ca) or missing_namespaces_refusal(
+        plan.phases, {ctx: d.operator for ctx, d in desired.items()}, observed, tools,
+        {c.context: c for c in topology.clusters})
     return drive(run, _Applying(run, ws, plan, desired, chosen, tools, uninstall, unreachable, orphaned, refusal,
                                 unreachable_api, observed if readable else None, replace_foreign_ca).parts())
 

@@ -105,8 +105,8 @@ PROFILE_COMPONENTS = {
     "openshift-ambient": {"base", "pilot", "cni", "ztunnel"},
 }
 ALL_COMPONENTS = {"base", "pilot", "cni", "ztunnel", "ingressGateways", "egressGateways"}
-_SWITCHED_COMPONENTS = ("base", "pilot", "cni", "ztunnel")  # components.<name>.enabled
-_GATEWAY_COMPONENTS = ("ingressGateways", "egressGateways")  # lists of gateways, each with its own enabled
+SWITCHED_COMPONENTS = ("base", "pilot", "cni", "ztunnel")  # components.<name>.enabled
+GATEWAY_COMPONENTS = ("ingressGateways", "egressGateways")  # lists of gateways, each with its own enabled
 
 # What setup-mesh's own steps need every cluster's install to hold, and why (the remote profile keeps both).
 NEEDED_COMPONENTS = {
@@ -125,11 +125,11 @@ def enabled_components(operator: dict[str, Any]) -> set[str]:
     spec = operator.get("spec") if isinstance(operator.get("spec"), dict) else {}
     components = spec.get("components") if isinstance(spec.get("components"), dict) else {}
     enabled = set(PROFILE_COMPONENTS.get(spec.get("profile") or "default", ALL_COMPONENTS))
-    for key in _SWITCHED_COMPONENTS:
+    for key in SWITCHED_COMPONENTS:
         component = components.get(key)
         if isinstance(component, dict) and component.get("enabled") is not None:
             (enabled.add if component["enabled"] else enabled.discard)(key)
-    for key in _GATEWAY_COMPONENTS:
+    for key in GATEWAY_COMPONENTS:
         gateways = components.get(key)
         if isinstance(gateways, list) and any(isinstance(g, dict) and g.get("enabled") is not False for g in gateways):
             enabled.add(key)
@@ -200,7 +200,7 @@ def _check_revision(doc: LocatedDoc) -> None:
 
 def _listed_gateways(data: dict):
     """(components key, index, gateway) of each gateway base.yaml lists."""
-    for key in _GATEWAY_COMPONENTS:
+    for key in GATEWAY_COMPONENTS:
         for index, gateway in enumerate(value_at(data, ("spec", "components", key))[1] or []):
             yield key, index, gateway
 
@@ -291,10 +291,10 @@ _SHAPES = (
     *((("spec", key), str) for key in ("profile", "installPackagePath", "namespace", "hub", "revision",
                                        "compatibilityVersion")),
     *((("spec", key), dict) for key in ("meshConfig", "components", "values", "unvalidatedValues")),
-    *(shape for key in (*_SWITCHED_COMPONENTS, "istiodRemote")
+    *(shape for key in (*SWITCHED_COMPONENTS, "istiodRemote")
       for shape in ((("spec", "components", key), dict), (("spec", "components", key, "enabled"), bool),
                     (("spec", "components", key, "k8s"), dict), (("spec", "components", key, "k8s", "env"), list))),
-    *((("spec", "components", key), list) for key in _GATEWAY_COMPONENTS),
+    *((("spec", "components", key), list) for key in GATEWAY_COMPONENTS),
     *((("spec", "values", *keys), dict) for keys in (("global",), ("global", "multiCluster"), ("istiodRemote",),
                                                       ("pilot",), ("pilot", "env"))),
     *((("spec", "values", *keys), str) for keys in (("profile",), ("global", "profile"), ("revision",))),

@@ -175,6 +175,7 @@ class Observed:
     # IstioOperator that made it).
     istiod_services: dict[str, dict] = field(default_factory=dict)
     daemonsets: dict[str, dict] = field(default_factory=dict)  # in istio-system, by name (and ztunnel where it runs)
+    namespaces: frozenset[str] | None = None  # every namespace of the cluster, when the read listed them
 
     @property
     def recorded_data_plane(self) -> str | None:
@@ -196,11 +197,15 @@ def parse_inspect(output: str) -> Observed:
     items = data.get("items", []) if data.get("kind") == "List" else [data]
     seen = Observed(reachable=True)
     tokens: list[tuple[str, str]] = []
+    # The read lists namespaces with -n istio-system: a cluster-scoped kind is listed whole.
+    namespaces = set()
     for item in items:
         kind = item.get("kind")
         meta = item.get("metadata") or {}
         name = meta.get("name")
         if kind == "Namespace":
+            if not meta.get("deletionTimestamp"):  # one being deleted takes no new object
+                namespaces.add(name)
             if name == ISTIO_NAMESPACE:
                 seen.namespace = True
                 seen.namespace_terminating = bool(meta.get("deletionTimestamp"))
@@ -217,6 +222,8 @@ def parse_inspect(output: str) -> Observed:
             seen.daemonsets[name] = item
     if tokens:
         seen.reader_token = sorted(tokens)[0][1]
+    if data.get("kind") == "List":
+        seen.namespaces = frozenset(namespaces)
     return seen
 
 
