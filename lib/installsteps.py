@@ -75,6 +75,8 @@ def install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | None
     fresh = seen.applied is None
     overlay = overlay_path(workdir, cluster)
     changed = _changed(overlay, d.operator, fresh, workdir)
+    if changed[0] == "~" and revision is None:
+        changed[1].extend(_revision_left_running(tools, cluster, overlay, d.operator))
     install = Step("install Istio", files=[(overlay, dump(d.operator))],
                    commands=[install_command(tools, cluster, overlay, d.operator, revision)],
                    done="installed" if fresh else "updated",
@@ -185,6 +187,21 @@ def _changed(path: Path, new: dict, fresh: bool, workdir: Path) -> tuple[str, li
         return "~", [f"(no readable {OVERLAY_DIR}/{path.name} to compare with: installed again as a whole)"]
     found = overlay_changes(old, new)
     return ("~", list(found)) if found else ("", [])
+
+
+def _revision_left_running(tools: Tools, cluster: Cluster, path: Path, new: dict) -> list[str]:
+    """A base.yaml edit of spec.revision installs a control plane of the new revision beside the one installed
+    last, which keeps running (workloads it injected use it until they restart): said, with the command that
+    removes it once none does."""
+    try:
+        old = control_plane_revision(yaml.safe_load(path.read_text()) or {}) or "default"
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []
+    if old == (control_plane_revision(new) or "default"):
+        return []
+    remove = tools.istioctl_cmd(cluster, "uninstall", "--revision", old, "-y").pasteable()
+    return [f"(the control plane of revision {old} keeps running beside it: the workloads it injected use it until "
+            f"they restart; `{remove}` removes it once none does)"]
 
 
 def no_longer_remote_step(tools: Tools, cluster: Cluster, d: Desired) -> Step:

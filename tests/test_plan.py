@@ -616,3 +616,38 @@ def test_a_remote_is_refused_with_context_when_its_primary_served_no_remote_when
     serving["c2"].annotations["topology.istio.io/controlPlaneClusters"] = "c1"
     serving["c2"].applied = "before an edit"
     assert plan(serving, {"c2"}).actions == {"c2": "change"}
+
+
+@pytest.mark.parametrize("before, after", [(None, "canary"), ("canary", None), ("canary", "blue"), ("canary", "canary")])
+def test_a_revision_edit_says_the_control_plane_installed_last_keeps_running(tmp_path, before, after):
+    """istioctl installs the new revision's control plane beside the old one, which keeps serving the workloads
+    it injected: the plan says so and how to remove it; an edit that keeps the revision says nothing of it."""
+    from lib.installsteps import overlay_path
+    from lib.yamlfile import dump
+
+    def base(revision):
+        return {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator",
+                "spec": {"meshConfig": {"accessLogFile": "/dev/stdout"}, **({"revision": revision} if revision else {})}}
+
+    topology = Topology("m", CLUSTERS, tmp_path / "topology.yaml")
+    workdir = _workdir(tmp_path)
+    for context, d in desired_state(topology, base(before)).items():
+        overlay = overlay_path(workdir, d.cluster)
+        overlay.parent.mkdir(exist_ok=True)
+        overlay.write_text(dump(d.operator))  # what was installed last
+    desired = desired_state(topology, {**base(after), "spec": {**base(after)["spec"], "meshConfig": {}}})
+    observed = _healthy(topology, desired)
+    for seen in observed.values():
+        seen.applied = "before the edit"
+    plan = build_apply_plan(topology=topology, desired=desired, observed=observed, removed=[],
+                            removed_observed=observed, workdir=workdir, tools=Tools(), release=None,
+                            intermediate_vars={}, gateway_timeout=5)
+    for c in CLUSTERS:
+        (install,) = [st for p in plan.phases for st in p.steps.get(c.context, []) if st.title == "install Istio"]
+        said = [line for line in install.details if "keeps running" in line]
+        if before == after:
+            assert said == [] and install.details, install.details
+        else:
+            assert said == [f"(the control plane of revision {before or 'default'} keeps running beside it: the "
+                            f"workloads it injected use it until they restart; `istioctl uninstall --revision "
+                            f"{before or 'default'} -y --context {c.context}` removes it once none does)"]
