@@ -78,6 +78,7 @@ spec:
 class PrepResult:
     created: list[Path] = field(default_factory=list)
     kept: list[Path] = field(default_factory=list)
+    listed: bool = False  # the new topology.yaml lists the contexts given with --add-context
 
 
 def topology_text(mesh_id: str, contexts: list[tuple[str, str]], known_contexts: list[str],
@@ -185,6 +186,7 @@ def _write_topology(topology_path: Path, mesh_id: str | None, contexts: list[tup
     else:
         write_atomic(topology_path, topology_text(mesh_id or DEFAULT_MESH_ID, contexts, _known_contexts(), istio_version))
         result.created.append(topology_path)
+        result.listed = bool(contexts)
 
 
 def _write_if_absent(path: Path, text: str, result: PrepResult) -> None:
@@ -268,9 +270,17 @@ def report(result: PrepResult, workdir: Path, reporter: Reporter) -> None:
         reporter.info(f"kept    {_rel(path, workdir)} (already there)")
     reporter.info("")
     reporter.info("Next:")
-    reporter.info(f"  1. edit {_rel(workdir / TOPOLOGY_FILE, Path.cwd())}: list your kube contexts and their networks")
-    reporter.info(f"  2. optionally customise {_rel(workdir / BASE_FILE, Path.cwd())} (the IstioOperator every cluster gets)")
+    topology = _shown(workdir / TOPOLOGY_FILE)
+    reporter.info(f"  1. check the contexts and networks listed in {topology}" if result.listed else
+                  f"  1. edit {topology}: list your kube contexts and their networks")
+    reporter.info(f"  2. optionally customise {_shown(workdir / BASE_FILE)} (the IstioOperator every cluster gets)")
     reporter.info(f"  3. preview with `{invocation.command('apply', '--dry-run')}`, then run `{invocation.command('apply')}`")
+
+
+def _shown(path: Path) -> str:
+    """A path as the user can type it from here: relative within the current folder, else absolute."""
+    relative = _rel(path, Path.cwd())
+    return str(path.absolute()) if relative.startswith("..") else relative
 
 
 def _rel(path: Path, base: Path) -> str:

@@ -138,6 +138,14 @@ def test_next_steps_name_the_program_and_workdir_as_given(tmp_path, release):
     assert f"run `{script} apply` (it asks" in (tmp_path / "ws2" / "topology.yaml").read_text()
     for key in ("network", "primary", "cluster_name", "api_server", "kubeconfig"):
         assert f"#   {key} " in topology, key
+    # Files are named as they can be typed from here: relative inside the current folder, absolute outside it.
+    assert "  1. edit ws/topology.yaml: list your kube contexts and their networks" in given.stdout
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    listed = run(["--workdir", str(tmp_path / "ws3"), "--istio-dir", str(release), "--add-context", "east=net1"],
+                 cwd=elsewhere)
+    assert f"  1. check the contexts and networks listed in {tmp_path / 'ws3' / 'topology.yaml'}\n" in listed.stdout
+    assert f"  2. optionally customise {tmp_path / 'ws3' / 'base.yaml'} (" in listed.stdout
 
 
 def _reserved_paths() -> list[str]:
