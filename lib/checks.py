@@ -38,7 +38,7 @@ CHECKS: dict[str, Check] = {c.id: c for c in (
           'restore it, or start a new root (rm -r certs, prep-mesh, apply)', scope=MESH),
     Check('unreachable', ERROR,
           'kubectl could not read the cluster',
-          ('kubectl --context <context> get ns to check access, or remove the context from '
+          ('kubectl --context <context> get namespace istio-system to check access, or remove the context from '
            'topology.yaml')),
     Check('namespace_missing', ERROR,
           ('namespace istio-system does not exist: the cluster was never set up (no further checks '

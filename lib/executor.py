@@ -297,6 +297,8 @@ def read_clusters(clusters: list[Cluster], runner, reporter: Reporter, parallel:
                 value = read(ctx, cluster)
             except Unread as exc:
                 keep(ctx, exc.value)
+                if isinstance(exc.__cause__, CommandFailed):
+                    raise exc.__cause__ from None  # the step tells a Ctrl-C from a failure by how kubectl ended
                 raise
             keep(ctx, value)
 

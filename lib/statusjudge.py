@@ -81,7 +81,7 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints
     if not seen.reachable:
         status.error = seen.error
         status.problems.append(Problem("unreachable", f"cannot read the cluster: {short_error(seen.error)}",
-                                       f"check access with `{hints.kubectl(cluster, 'get', 'ns')}`, or remove "
+                                       f"check access with `{hints.kubectl(cluster, 'get', 'namespace', ISTIO_NAMESPACE)}`, or remove "
                                        f"the context from {hints.topology_file}"))
         return status
     desired = ws.desired[cluster.context]

@@ -113,7 +113,7 @@ def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Re
                         seen.daemonsets[ZTUNNEL_DAEMONSET] = found
             return seen
         except MeshError as exc:
-            raise Unread(exc.message, Observed(reachable=False, error=exc.message)) from None
+            raise Unread(exc.message, Observed(reachable=False, error=exc.message)) from exc
         except ValueError as exc:
             error = f"unreadable answer from kubectl: {exc}"
             raise Unread(error, Observed(reachable=False, error=error)) from None
@@ -138,7 +138,7 @@ def read_istio_usage(clusters: list[Cluster], tools: Tools, runner, reporter: Re
             usage.namespace_objects = others_in_istio_system(ctx.run(tools.istio_system_objects(cluster, timeout)).stdout)
             return usage
         except MeshError as exc:
-            raise Unread(exc.message, exc) from None
+            raise Unread(exc.message, exc) from exc
         except ValueError as exc:
             error = MeshError(f"unreadable answer from kubectl: {exc}")
             raise Unread(error.message, error) from None

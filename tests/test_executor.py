@@ -252,3 +252,30 @@ def test_a_command_the_terminal_s_ctrl_c_ended_is_an_interruption_not_a_failure(
     runner.responder = lambda c: (2, "", "make: *** [c1-cacerts] Error 2")
     failed = Executor(runner, _quiet(), parallel=1).run_phases([phase]).failures["c1"]
     assert not isinstance(failed, Interrupted) and "exited with code 2" in failed.message
+
+
+def test_a_failed_read_keeps_its_value_and_is_reported_failed_once_not_ok():
+    import io
+
+    from rich.console import Console
+
+    from lib.config import Cluster
+    from lib.executor import Unread, read_clusters
+
+    out = io.StringIO()
+    reporter = Reporter(console=Console(file=out, width=200), err_console=Console(file=out, width=200))
+
+    def read(ctx, cluster):
+        if cluster.context == "down":
+            raise Unread("connection refused", {"reachable": False})
+        return {"reachable": True}
+
+    clusters = [Cluster("up", "n1", "up"), Cluster("down", "n1", "down")]
+    found = read_clusters(clusters, RecordingRunner(), reporter, 2, "read current state", read)
+    assert found == {"up": {"reachable": True}, "down": {"reachable": False}}
+    lines = out.getvalue().splitlines()
+    assert any(line.endswith("down: read current state: FAILED (0.0s) - connection refused") for line in lines), lines
+    assert not any("down: read current state: ok" in line for line in lines)
+    # The cluster then sits the run out for that read: said once.
+    reporter.step_done("down", "read current state", False, 0.0, detail="cannot read the cluster")
+    assert sum("down: read current state: FAILED" in line for line in out.getvalue().splitlines()) == 1

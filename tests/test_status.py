@@ -333,7 +333,7 @@ def test_table_names_every_problem_with_its_hint(tmp_path, roots):
     render(status, Reporter(console=Console(file=out, width=160, highlight=False, soft_wrap=True)))
     text = out.getvalue()
     assert "✗ c1: no remote secret of c3: this cluster cannot discover c3's endpoints\n  hint: setup-mesh apply\n" in text
-    assert "✗ c2: cannot read the cluster: connection refused" in text and "kubectl --context c2 get ns" in text
+    assert "✗ c2: cannot read the cluster: connection refused" in text and "kubectl --context c2 get namespace istio-system" in text
     assert "✗ c3: the east-west gateway service istio-eastwestgateway has no address yet" in text
     assert "✗ c1: remote secret istio-remote-secret-gone gives access to cluster gone" in text
     assert "remote_secret" not in text, "codes are for -o json"
@@ -679,7 +679,7 @@ def test_unreachable_cluster_is_reported_and_the_rest_still_read(mesh):
     assert c3["istio"] == {"installed": None, "version": None, "ready": None} and c3["drift"] is None
     assert c3["remote_secrets"] == {} and c3["remote_clusters"] is None and set(c3) == CLUSTER_FIELDS
     problem = _problems(doc, "cluster3")["unreachable"]
-    assert "kubectl --context cluster3 get ns" in problem["hint"]
+    assert "kubectl --context cluster3 get namespace istio-system" in problem["hint"]
     for ctx in ("cluster1", "cluster2"):
         assert _cluster(doc, ctx)["reachable"] and _cluster(doc, ctx)["problems"] == []
         # istiod cannot reach it either; the cause is named once, on cluster3
