@@ -75,6 +75,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
                             removed=removed, removed_observed=observed, workdir=workdir, tools=tools,
                             release=release, intermediate_vars=intermediate_vars, gateway_timeout=gateway_timeout,
                             gateway_api=crd_source, uninstall=uninstall, transition=transition,
+                            served=ws.state.serving_remotes(),
                             revisions=upgradeplan.install_revisions(topology, upgrading[0], observed) if upgrading else None)
     if upgrading:  # what is left of a canary upgrade to the pinned versions
         _add_upgrade(plan, *upgrading, releases, desired, tools, workdir, ws.notes, restart_workloads, upgrade_parallel, only)
@@ -330,7 +331,8 @@ def _record_state(ws: Workspace, plan: ApplyPlan, desired: dict, outcome: Outcom
         failed = cluster.context in outcome.failures
         setup_done = RECORD_TITLE in outcome.done_steps.get(cluster.context, [])
         if setup_done or (cluster.context in plan.unchanged and not failed):
-            ws.state.record(cluster, desired[cluster.context].fingerprint)
+            d = desired[cluster.context]
+            ws.state.record(cluster, d.fingerprint, serves_remotes=d.member.exposes_istiod)
         elif cluster.context not in plan.unchanged and not ws.state.has(cluster.context):
             ws.state.record(cluster, None)  # touched: teardown must know it even if set-up failed
     for gone in plan.removals:

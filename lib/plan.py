@@ -306,12 +306,14 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
                      gateway_timeout: float, skip: set[str] = frozenset(),
                      only: set[str] | None = None, gateway_api: CrdSource | None = None,
                      uninstall: dict[str, Uninstall] | None = None,
-                     transition: Transition | None = None, revisions: dict[str, str] | None = None) -> ApplyPlan:
+                     transition: Transition | None = None, revisions: dict[str, str] | None = None,
+                     served: frozenset[str] = frozenset()) -> ApplyPlan:
     """``skip``: contexts that could not be read; they get no step, and their secrets are left as they are.
     ``only``: the contexts to change (--context); the others are read for their current secrets only.
     ``gateway_api``: where an ambient mesh's clusters that lack the Gateway API CRDs get them from.
     ``uninstall``: how each reachable removed cluster is uninstalled (from what else uses Istio there).
-    ``transition``: a root transition under way; clusters get (and keep) the certificates of its stage."""
+    ``transition``: a root transition under way; clusters get (and keep) the certificates of its stage.
+    ``served``: primaries (cluster names) recorded as serving remotes when last set up."""
     # Each member's own chain (set-up, install, its remote secret), then what needs the others (their
     # secrets, and the gateway address); phases group the steps for the reader, the steps' dependencies
     # (Step.after) are what orders clusters against each other.
@@ -324,7 +326,8 @@ def build_apply_plan(*, topology: Topology, desired: dict[str, Desired], observe
                for c in members}
     mesh = mesh_model(topology)
     # Primaries whose istiod ran remotes when the clusters were read (the remotes' istio-system names them).
-    controlled = controlled_before(seen_of) | controlled_before(removed_observed)
+    # ... or recorded as serving them: a run cut short after its remotes moved away left its istiod exposed.
+    controlled = controlled_before(seen_of) | controlled_before(removed_observed) | served
     planner = _Planner(plan, tools, workdir, release, intermediate_vars, gateway_timeout, only, gateway_api,
                        transition, revisions or {}, mesh, controlled, _secret_exchange(mesh, members, seen_of, only),
                        {c.context: c for c in members})

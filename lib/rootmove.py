@@ -98,7 +98,8 @@ class _Move:
         """The clusters whose install was recorded in the run have the state ``desired`` gives them."""
         for cluster in clusters:
             if RECORD_TITLE in outcome.done_steps.get(cluster.context, []):
-                self.ws.state.record(cluster, desired[cluster.context].fingerprint)
+                d = desired[cluster.context]
+                self.ws.state.record(cluster, d.fingerprint, serves_remotes=d.member.exposes_istiod)
 
 
 def _workspace_root(cert_dir: Path) -> certs.CertInfo:

@@ -35,16 +35,26 @@ class State:
     def has(self, context: str) -> bool:
         return context in self.clusters
 
-    def record(self, cluster: Cluster, fingerprint: str | None) -> None:
+    def record(self, cluster: Cluster, fingerprint: str | None, serves_remotes: bool = False) -> None:
+        """``serves_remotes``: the primary's install serves remotes (istiod exposed through its gateway); kept
+        until the cluster is recorded again, so that a run cut short after its remotes moved away still
+        removes that exposure next time."""
         entry = {"cluster_name": cluster.name, "network": cluster.network, "kubeconfig": cluster.kubeconfig,
                  "fingerprint": fingerprint}
         if cluster.primary:
             entry["primary"] = cluster.primary  # a remote is removed before its primary
+        if serves_remotes:
+            entry["serves_remotes"] = True
         old = self.clusters.get(cluster.context) or {}
-        if {k: old.get(k) for k in entry} == entry:
+        if {k: v for k, v in old.items() if k != "applied_at"} == entry:
             return  # nothing new was applied: keep when it was
         entry["applied_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         self.clusters[cluster.context] = entry
+
+    def serving_remotes(self) -> frozenset[str]:
+        """The cluster names of primaries recorded as serving remotes."""
+        return frozenset(entry.get("cluster_name", ctx) for ctx, entry in self.clusters.items()
+                         if entry.get("serves_remotes"))
 
     def forget(self, context: str) -> None:
         self.clusters.pop(context, None)

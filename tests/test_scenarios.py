@@ -349,6 +349,21 @@ def test_a_remote_moved_to_another_primary_keeps_both_primaries_gateways(remote_
     assert status.returncode == 0, status.stdout + status.stderr
 
 
+def test_a_remote_moved_while_its_old_primarys_install_fails_has_that_exposure_removed_by_the_next_apply(remote_mesh):
+    # The remote moves in the failed run: no remote names ctx-a any more when the next apply reads, and its
+    # istiod must not stay exposed through its east-west gateway.
+    mesh = remote_mesh
+    _with_primaries(mesh, {"ctx-b": "ctx-c"})
+    failed = mesh.apply(env={"ISTIOCTL_STANDIN_FAIL": "ctx-a/install"}, ok=False)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert _remote_of(mesh, "ctx-b")[0] == "gamma" and _istiod_exposed(mesh, "ctx-a")
+    plan = mesh.run("apply", "--dry-run")
+    assert "ctx-a (network1, primary): change" in plan.stdout and "istiod" in plan.stdout.split("ctx-a (")[1].split("\n\n")[0], plan.stdout
+    mesh.apply_checked()
+    assert not _istiod_exposed(mesh, "ctx-a") and _istiod_exposed(mesh, "ctx-c")
+    assert mesh.run("apply", "--dry-run").stdout.count("unchanged") == 1, "a re-run converges"
+
+
 def _gateway_injected(mesh, ctx: str) -> None:
     """The cluster's east-west gateway runs pods that its injector admitted (it trusts its control plane)."""
     deployment = mesh.get(ctx, "deployment", "istio-eastwestgateway", "-n", "istio-system")

@@ -29,3 +29,19 @@ def test_forgotten_clusters_leave_the_state(tmp_path):
     state.forget("a")
     state.save("m")
     assert list(State.load(tmp_path).clusters) == ["b"]
+
+
+def test_a_primary_serving_remotes_is_recorded_so_until_recorded_again_without(tmp_path):
+    primary, remote = Cluster("a", "n1", "alpha"), Cluster("b", "n1", "beta", primary="a")
+    state = State.load(tmp_path)
+    state.record(primary, "fp1", serves_remotes=True)
+    state.record(remote, "fp1")
+    state.save("m")
+    assert State.load(tmp_path).serving_remotes() == {"alpha"}
+    # The remote turned primary, same fingerprint or not: what no longer holds is not kept.
+    again = State.load(tmp_path)
+    again.record(primary, "fp1")
+    again.record(Cluster("b", "n1", "beta"), "fp1")
+    again.save("m")
+    assert again.serving_remotes() == frozenset()
+    assert "primary" not in State.load(tmp_path).clusters["b"]
