@@ -111,10 +111,19 @@ def require_istiod_took(clusters, observed: dict[str, Observed], tools: Tools, c
     published = client.published_roots(primaries)
     refused = [c for c in primaries if published.get(c.context) is not None
                and published[c.context] != observed[c.context].cacerts.get("root-cert.pem")]
+    # A read that failed confirms nothing: the move waits for it as for a refusal.
+    unread = [c for c in primaries if c.context not in published]
+    if (refused or unread) and log:
+        log.close()
+    if unread:
+        check = "; ".join(tools.kubectl_cmd(c, "get", "configmap", "istio-ca-root-cert", "-n", ISTIO_NAMESPACE)
+                          .pasteable() for c in unread)
+        raise MeshError(f"stage {transition.stage} is in cacerts everywhere, but the roots istiod publishes in "
+                        f"{', '.join(c.context for c in unread)} could not be read: the move goes no further until "
+                        f"each istiod is seen to hold them", hint=f"check access with `{check}`, then run this "
+                                                                    f"command again")
     if not refused:
         return
-    if log:
-        log.close()
     names = ", ".join(c.context for c in refused)
     restart = "; ".join(tools.kubectl_cmd(c, "rollout", "restart", f"deployment/{deployment}", "-n", ISTIO_NAMESPACE)
                         .pasteable() for c in refused)

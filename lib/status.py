@@ -67,8 +67,10 @@ def read_status(ws: Expected, client: ClusterClient) -> MeshStatus:
     injection = {}
     for revision in dict.fromkeys(remote_revision.values()):
         injection.update(client.injection_paths([c for c in remotes if remote_revision[c.context] == revision], revision))
-    published = client.published_roots([c for c in asked if observed[c.context].cacerts])
+    holding = [c for c in asked if observed[c.context].cacerts]
+    published = client.published_roots(holding)
     status = evaluate(ws, observed, istiod, views=views, injection=injection, published=published,
+                      roots_unread=frozenset(c.context for c in holding if c.context not in published),
                       serving={**{ctx: revision for ctx, (_, revision) in serving.items()}, **remote_revision})
     judge_revisions(status.clusters, client.revisions(list(ws.topology.clusters), observed),
                     Hints(ws.workdir, ws.topology))

@@ -28,10 +28,11 @@ def evaluate(ws: Expected, observed: dict[str, Observed], istiod: dict[str, Isti
              now: dt.datetime | None = None, views: dict[str, IstiodView] | None = None,
              injection: dict[str, "InjectorWebhook"] | None = None,
              published: dict[str, bytes | None] | None = None,
-             serving: dict[str, str | None] | None = None) -> MeshStatus:
+             serving: dict[str, str | None] | None = None, roots_unread: frozenset[str] = frozenset()) -> MeshStatus:
     """What the clusters show against what the workspace says. Runs nothing. ``published``: context -> the
     root bundle its istiod publishes (istio-ca-root-cert), for the clusters where it was read; ``serving``:
-    context -> the control-plane revision that serves it (None: base.yaml's), where it was read."""
+    context -> the control-plane revision that serves it (None: base.yaml's), where it was read;
+    ``roots_unread``: the clusters where reading the published bundle failed."""
     now = now or dt.datetime.now(dt.timezone.utc)
     topology = ws.topology
     hints = Hints(ws.workdir, topology)
@@ -66,6 +67,12 @@ def evaluate(ws: Expected, observed: dict[str, Observed], istiod: dict[str, Isti
         if status.cluster.context in (published or {}):
             judge_istiod_roots(status, observed[status.cluster.context], published[status.cluster.context], ws,
                                hints)
+        elif status.cluster.context in roots_unread:  # not known: never counted as taken
+            status.problems.append(Problem("istiod_roots_unread", "could not read the root bundle istiod publishes "
+                                           "(configmap istio-ca-root-cert): whether it took the roots in secret cacerts "
+                                           "is not known", "check access with `" + hints.kubectl(
+                                               status.cluster, "get", "configmap", "istio-ca-root-cert", "-n",
+                                               ISTIO_NAMESPACE) + "`, then run status again"))
     root_info = judge_roots(ws, root, now, hints, mesh_problems)
     transition = transition_summary(ws, result, observed, hints)
     return MeshStatus(topology.mesh_id, root_fp, result, mesh_problems, root_info, transition)

@@ -320,3 +320,42 @@ def test_a_move_starts_from_a_mesh_in_step_and_a_stage_counts_a_cluster_that_hol
     moving["c1"] = held["c1"]  # not at the stage's bundle yet
     views = {v.context: v.in_place for v in cluster_views(clusters, {**moving, "c1": held["c1"]}, tmp_path, t, "")}
     assert views == {"c1": False, "c2": True, "c3": False}, "c3 holds the bundle, its istio-system records no stage"
+
+
+def test_a_stage_goes_no_further_while_an_istiod_refused_it_or_its_roots_could_not_be_read():
+    """Before the next stage, every primary's istiod must be seen to publish cacerts' roots; a read that
+    failed confirms nothing (else the move went on past an istiod that kept its old roots)."""
+    from lib.carotation import Transition
+    from lib.config import Cluster
+    from lib.errors import MeshError
+    from lib.kube import Observed, Tools
+    from lib.rootstages import require_istiod_took
+
+    class Log:
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    class Client:
+        def __init__(self, published):
+            self.published = published
+
+        def published_roots(self, clusters):
+            return {c.context: self.published[c.context] for c in clusters if c.context in self.published}
+
+    clusters = [Cluster("c1", "n1", "c1"), Cluster("c2", "n2", "c2"), Cluster("r1", "n1", "r1", primary="c1")]
+    bundle = b"old+new roots"
+    observed = {c.context: Observed(reachable=True, cacerts={"root-cert.pem": bundle}) for c in clusters}
+    t = Transition(1, "aa" * 32, "bb" * 32, "2026-11-29T08:00:00Z")
+    require_istiod_took(clusters, observed, Tools(), Client({"c1": bundle, "c2": bundle}), t, Log(), "istiod")
+
+    log = Log()
+    with pytest.raises(MeshError) as unread:
+        require_istiod_took(clusters, observed, Tools(), Client({"c1": bundle}), t, log, "istiod")
+    assert "the roots istiod publishes in c2 could not be read: the move goes no further" in unread.value.message
+    assert "`kubectl --context c2 get configmap istio-ca-root-cert -n istio-system`" in unread.value.hint
+    assert log.closed
+    with pytest.raises(MeshError) as refused:
+        require_istiod_took(clusters, observed, Tools(), Client({"c1": bundle, "c2": b"old root"}), t, Log(), "istiod")
+    assert "istiod in c2 has not taken its root bundle" in refused.value.message
