@@ -65,10 +65,12 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     planned = _planned_stage(move, transition, root_info.fingerprint, now, former)
     targets = [c for c in topology.clusters if c.context in move.behind]
     desired = desired_state(topology, ws.base, addresses, transition=planned)
-    phase, not_set_up = _stage_phase(mv, targets, desired, release, variables, planned)
+    current = desired_state(topology, ws.base, addresses, transition=transition) if transition else final
+    waiting = stages.left_alone(targets, observed, desired, current, planned, again)
+    phase = _stage_phase(mv, targets, desired, release, variables, planned, waiting)
     start = stages.Start(workdir, former, certs.root_ca_command(release or _NO_RELEASE, new_dir, _root_vars(root_info, now)))
 
-    stage = _Stage(mv, move, planned, phase, targets, not_set_up, desired, start, _completion_text(workdir, planned),
+    stage = _Stage(mv, move, planned, phase, targets, waiting, desired, start, _completion_text(workdir, planned),
                    wait, again)
     return drive(run, stage.parts())
 
@@ -207,24 +209,18 @@ def _planned_stage(move: carotation.Move, transition: carotation.Transition | No
 
 
 def _stage_phase(mv: _Move, targets: list[Cluster], desired: dict, release: Release | None,
-                 variables: dict[str, str], planned: carotation.Transition) -> tuple[Phase, list[Cluster]]:
-    """The targets' steps to the planned stage, and the targets apply has not set up yet."""
+                 variables: dict[str, str], planned: carotation.Transition, waiting: dict[str, MeshError]) -> Phase:
+    """The targets' steps to the planned stage, but for those left to apply (``waiting``)."""
     ws = mv.ws
     deployment = control_plane_istiod(ws.base)
     issuer = carotation.issuing_dir(ws.workdir, planned)
     phase = Phase(f"stage {planned.stage} of {carotation.LAST_STAGE}: {carotation.STAGES[planned.stage]}")
-    # A cluster apply has not set up yet (added to topology.yaml meanwhile) is apply's to set up: it
-    # gets the stage's certificates there, and its gateway and secrets, which this command does not make.
-    not_set_up = [c for c in targets if (mv.observed.get(c.context) or Observed()).applied is None]
-    for cluster in not_set_up:
-        ws.notes.append(f"{cluster.context} is not set up yet: apply sets it up with the certificates of stage "
-                        f"{planned.stage}")
     for cluster in targets:
-        if cluster not in not_set_up:
+        if cluster.context not in waiting:
             stages.add_stage_steps(phase, cluster, mv.observed.get(cluster.context) or Observed(),
                                    desired[cluster.context], mv.tools, ws.workdir, issuer, release, variables, planned,
                                    deployment)
-    return phase, not_set_up
+    return phase
 
 
 @dataclass
@@ -236,7 +232,7 @@ class _Stage:
     planned: carotation.Transition
     phase: Phase
     targets: list[Cluster]
-    not_set_up: list[Cluster]
+    waiting: dict[str, MeshError]  # targets left to apply, with why
     desired: dict
     start: stages.Start
     completes: str  # what completing the move does
@@ -285,11 +281,7 @@ class _Stage:
         topology = self.mv.ws.topology
         found = [sit_out(self.mv.tools, topology.by_context(context), self.mv.observed[context],
                          f"then run `{self.again}`") for context in self.move.unreachable]
-        for cluster in self.not_set_up:
-            found.append(SitOut(cluster.context, f"stage {self.planned.stage}", MeshError(
-                "not set up by apply yet: the move to a new root changes clusters that are part of the mesh",
-                hint=f"run `{invocation.command('apply')}` (it gives the cluster the certificates of stage "
-                     f"{self.planned.stage}), then `{self.again}`")))
+        found.extend(SitOut(context, f"stage {self.planned.stage}", why) for context, why in self.waiting.items())
         return found
 
     def execute(self, executor: Executor) -> Outcome:

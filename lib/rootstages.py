@@ -67,6 +67,30 @@ def require_in_step(clusters: list[Cluster], observed: dict[str, Observed], work
                              f"first, then `{again}`")
 
 
+def left_alone(targets: list[Cluster], observed: dict[str, Observed], desired: dict, current: dict,
+               planned: carotation.Transition, again: str) -> dict[str, MeshError]:
+    """The targets a stage leaves to apply, each with why: apply has not set it up yet, or set it up from
+    another topology.yaml or base.yaml than today's. A stage changes istiod's root setting and cacerts only;
+    re-installing with an edit apply has not made yet would make half of it (a remote without its primary's
+    istiod exposed, its secrets and gateway as they were). ``current``: the desired state at the stage in
+    place now (none at the start), ``desired``: at the stage planned. A move from the clusters' root takes
+    over what another workspace's apply set up: those are installed as this workspace describes them."""
+    first = f"run `{invocation.command('apply')}` (it gives the cluster the certificates of stage {planned.stage}"
+    found = {}
+    for cluster in targets:
+        applied = (observed.get(cluster.context) or Observed()).applied
+        if applied is None:
+            found[cluster.context] = MeshError(
+                "not set up by apply yet: the move to a new root changes clusters that are part of the mesh",
+                hint=f"{first}), then `{again}`")
+        elif not planned.foreign_start and applied not in (current[cluster.context].fingerprint,
+                                                            desired[cluster.context].fingerprint):
+            found[cluster.context] = MeshError(
+                "topology.yaml or base.yaml changed since apply set it up: a stage of the move changes certificates "
+                "only, and apply makes the edit", hint=f"{first} and keeps the move's stage), then `{again}`")
+    return found
+
+
 def add_stage_steps(phase: Phase, cluster: Cluster, seen: Observed, d, tools: Tools, workdir: Path, issuer: Path,
                     release, variables: dict[str, str], planned: carotation.Transition, deployment: str) -> None:
     """One cluster's steps to the planned stage: istiod ready for two roots, the stage's intermediate and

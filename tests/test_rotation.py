@@ -428,6 +428,38 @@ def test_root_transition_with_a_remote_leaves_its_install_alone_and_gives_it_eac
     assert len(mesh.installs()) == installs, "apply after the move changes nothing"
 
 
+def test_a_topology_edit_mid_move_is_left_to_apply_and_the_stage_changes_nothing_until_then(sandbox_factory,
+                                                                                             tmp_path):
+    # Two primaries on two networks; mid-move, cluster2 is made a remote of cluster1. A stage re-installing
+    # them would make half of that edit (no istiod exposed, the remote's secrets and gateway as they were).
+    nets = {"cluster1": "network1", "cluster2": "network2"}
+    sandbox = sandbox_factory(list(nets))
+    mesh = make_mesh(sandbox, tmp_path / "ws", nets)
+    extra = {ctx: {"api_server": sandbox.api_server(ctx)} for ctx in nets}
+    mesh.write_topology(nets, extra=extra)
+    mesh.apply()
+    assert mesh.run("rotate-certs", "-y", "--root").returncode == 0
+    extra["cluster2"]["primary"] = "cluster1"
+    mesh.write_topology(nets, extra=extra)
+    installs, held = len(mesh.installs()), {ctx: cacerts(mesh, ctx) for ctx in nets}
+    for args in (("--dry-run",), ("-y",)):
+        stage = mesh.run("rotate-certs", "--root", "--min-wait", "0", *args)
+        assert stage.returncode == 1, stage.stdout + stage.stderr
+        for ctx in nets:
+            assert f"{ctx} would sit this run out: stage 2: topology.yaml or base.yaml changed since apply set it up" \
+                   in stage.stderr if args == ("--dry-run",) else f"{ctx}: stage 2: topology.yaml or base.yaml " \
+                   "changed since apply set it up" in stage.stdout + stage.stderr, stage.stdout + stage.stderr
+    assert len(mesh.installs()) == installs and {ctx: cacerts(mesh, ctx) for ctx in nets} == held
+    # apply makes the edit, with the certificates of the stage the workspace is at (the refused run recorded
+    # stage 2 before the clusters sat out); the move then goes on.
+    mesh.apply()
+    assert mesh.get("cluster1", "gateways.networking.istio.io", "istiod-gateway", "-n", "istio-system")
+    status = mesh.run("status")
+    assert status.returncode == 0 and "root transition: stage 2 of 3" in status.stdout, status.stdout + status.stderr
+    moved = mesh.run("rotate-certs", "-y", "--root", "--min-wait", "0")
+    assert moved.returncode == 0 and "moving on to stage 3 of 3" in moved.stdout, moved.stdout + moved.stderr
+
+
 def test_teardown_mid_transition_keeps_or_purges_both_roots_together(mesh2):
     ws = mesh2.workdir
     started = mesh2.run("rotate-certs", "-y", "--root")
