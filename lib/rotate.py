@@ -2,9 +2,10 @@
 (the move to a new root, rotate-certs --root, is in lib/rootmove.py)."""
 from __future__ import annotations
 
+
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -120,12 +121,16 @@ def rotate_intermediates(workdir: Path, *, kubeconfig: str | None, istio_dir: st
         run.close_log()
         raise refusal
 
+    # A cluster apply has not set up runs no istiod on an intermediate yet: apply gives it one. It sits the
+    # rotation out, and is not recorded in it (a rotation left unfinished would wait for it).
+    unset = [c.context for c in targets if (seen := observed.get(c.context)) and seen.reachable and seen.applied is None]
+    rotation = replace(rotation, replaced={ctx: fp for ctx, fp in rotation.replaced.items() if ctx not in unset})
     backup = carotation.backup_dir(workdir, rotation.backup_name)
-    skip = set(unreachable)
+    skip = set(unreachable) | set(unset)
     phase, reissued = _rotation_phase(ws, [c for c in targets if c.context not in skip], cacerts, rotation, local,
                                       tools, release, variables, backup)
-    return drive(run, _Rotating(run, ws, targets, observed, unreachable, rotation, resuming, backup, tools, phase,
-                                reissued).parts())
+    return drive(run, _Rotating(run, ws, targets, observed, unreachable, unset, rotation, resuming, backup, tools,
+                                phase, reissued).parts())
 
 
 @dataclass
@@ -136,6 +141,7 @@ class _Rotating:
     targets: list[Cluster]
     observed: dict[str, Observed]
     unreachable: dict[str, Observed]
+    unset: list[str]  # targets apply has not set up
     rotation: reissue.Rotation
     resuming: bool
     backup: Path
@@ -162,15 +168,19 @@ class _Rotating:
                                   title="rotate-certs", command="rotate-certs")
 
     def begin(self) -> None:
-        reissue.save_rotation(self.ws.workdir, self.rotation)  # before anything changes: an interrupted run is resumed
+        if self.rotation.replaced:  # before anything changes: an interrupted run is resumed
+            reissue.save_rotation(self.ws.workdir, self.rotation)
 
     def sit_outs(self) -> list[SitOut]:
-        return [sit_out(self.tools, self.ws.topology.by_context(context), seen, "then run rotate-certs again")
-                for context, seen in self.unreachable.items()]
+        unset = MeshError("not set up by apply yet: it runs no istiod on an intermediate of this mesh to rotate",
+                          hint=f"run `{invocation.command('apply')}`: it sets the cluster up with its intermediate")
+        return [*(sit_out(self.tools, self.ws.topology.by_context(context), seen, "then run rotate-certs again")
+                  for context, seen in self.unreachable.items()),
+                *(SitOut(context, "re-issue intermediate CA", unset) for context in self.unset)]
 
     def record(self, outcome: Outcome) -> None:
         certs.secure_tree(certs.certs_dir(self.ws.workdir))
-        if outcome.ok:
+        if outcome.ok or not self.rotation.replaced:
             reissue.save_rotation(self.ws.workdir, None)
 
 

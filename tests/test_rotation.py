@@ -100,6 +100,22 @@ def test_expiring_within_and_context_limit_what_is_reissued(mesh2):
     assert unknown.returncode == 2 and "nope" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
+def test_a_cluster_apply_has_not_set_up_sits_the_rotation_out_and_is_not_waited_for(mesh2):
+    # cluster2 as a cluster added to topology.yaml and not applied yet looks: istio-system without apply's record.
+    mesh2.kubectl("cluster2", "annotate", "namespace", "istio-system", "setup-mesh.io/applied-")
+    before = {ctx: cacerts(mesh2, ctx) for ctx in TWO}
+    rotated = mesh2.run("rotate-certs", "-y")
+    assert rotated.returncode == 1, rotated.stdout + rotated.stderr
+    out = rotated.stdout + rotated.stderr
+    assert "cluster2: re-issue intermediate CA: not set up by apply yet" in out and "run `" in out
+    assert cacerts(mesh2, "cluster2") == before["cluster2"], "nothing written to a cluster apply has not set up"
+    assert cacerts(mesh2, "cluster1")["ca-cert.pem"] != before["cluster1"]["ca-cert.pem"]
+    # The next run does not wait for it: the rotation it finishes is cluster1's alone.
+    again = mesh2.run("rotate-certs", "-y", "--context", "cluster1")
+    assert again.returncode == 0 and "cluster2" not in again.stdout + again.stderr, again.stdout + again.stderr
+    assert not (mesh2.workdir / ".setup-mesh" / "rotation.json").exists()
+
+
 def test_without_a_terminal_rotate_certs_shows_its_plan_and_refuses_unless_told_yes(mesh2):
     dumps = {ctx: mesh2.sandbox.dump(ctx) for ctx in TWO}
     before = {ctx: cacerts(mesh2, ctx) for ctx in TWO}
