@@ -5,12 +5,23 @@ This file is wiring only: it parses options and hands over to lib/.
 """
 from __future__ import annotations
 
-import importlib
+import signal
 import sys
-from pathlib import Path
-from typing import Annotated, List, Optional
 
-import typer
+
+def _interrupted_while_starting(signum, frame) -> None:
+    print("error: interrupted", file=sys.stderr)
+    sys.exit(130)
+
+
+# Ctrl-C while the modules load (most of a second on a busy machine): the same quiet exit as later on.
+signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+import importlib  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Annotated, List, Optional  # noqa: E402
+
+import typer  # noqa: E402
 
 # From a checkout (./setup_mesh.py, or an editable install) the code is the checkout's lib/. A wheel
 # installs lib/ as the package setup_mesh_lib, so that it never claims the generic top-level name
@@ -26,6 +37,8 @@ from lib import __version__, commands, invocation, carotation  # noqa: E402 - af
 from lib import apply as apply_command, teardown as teardown_command  # noqa: E402
 from lib.errors import ConfigError  # noqa: E402
 from lib.kube import READ_TIMEOUT  # noqa: E402
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # from here a Ctrl-C is a KeyboardInterrupt, as lib/ expects
 
 app = typer.Typer(
     no_args_is_help=True,

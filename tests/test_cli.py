@@ -176,3 +176,19 @@ def test_apply_passes_parallel_to_an_upgrade_only_when_given(monkeypatch, args, 
     assert result.exit_code == 0, result.output
     assert (seen["parallel"], seen["upgrade_parallel"], seen["restart_workloads"]) == (parallel, upgrade_parallel,
                                                                                        restart)
+
+
+def test_ctrl_c_while_the_program_loads_exits_130_without_a_traceback():
+    # The SIGINT arrives as setup_mesh.py imports its first library (most of a second on a busy machine).
+    script = ("import builtins, os, runpy, signal, sys\n"
+              "load = builtins.__import__\n"
+              "def interrupting(name, *args, **kwargs):\n"
+              "    if name == 'typer':\n"
+              "        os.kill(os.getpid(), signal.SIGINT)\n"
+              "    return load(name, *args, **kwargs)\n"
+              "builtins.__import__ = interrupting\n"
+              "sys.argv = [sys.argv[1], '--help']\n"
+              "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    result = subprocess.run([sys.executable, "-c", script, str(ROOT / "setup_mesh.py")], capture_output=True,
+                            text=True, timeout=60)
+    assert (result.returncode, result.stderr, result.stdout) == (130, "error: interrupted\n", "")
