@@ -12,6 +12,7 @@ from dataclasses import dataclass
 ERROR, WARNING = "error", "warning"
 # Secret states in the peer matrix and in the JSON document.
 PRESENT, MISSING, STALE, LOCAL, OUTDATED = "present", "missing", "stale", "local", "outdated"
+UNNEEDED = "unneeded"  # of a cluster in the topology that this one (a remote) needs no secret of
 # What istiod reports per remote cluster (istioctl remote-clusters).
 SYNCED = "synced"
 EXPIRY_WARN_DAYS = 30  # a certificate expiring sooner is a warning

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import invocation
 from .assess import SecretFinding, SecretState, WiringFinding, assess_wiring
-from .checks import LOCAL, MISSING, OUTDATED, PRESENT, STALE, SYNCED, WARNING
+from .checks import LOCAL, MISSING, OUTDATED, PRESENT, STALE, SYNCED, UNNEEDED, WARNING
 from .config import Cluster, Topology
 from .kube import Observed
 from .mesh import Mesh
@@ -141,4 +141,4 @@ def report_secret(status: ClusterStatus, cluster: Cluster, seen: Observed, findi
 
 # A secret's finding in the peer matrix and the JSON document.
 _SECRET_WORDS = {SecretState.PRESENT: PRESENT, SecretState.MISSING: MISSING, SecretState.OUTDATED: OUTDATED,
-                 SecretState.LOOPBACK: LOCAL, SecretState.UNNEEDED: STALE, SecretState.STALE: STALE}
+                 SecretState.LOOPBACK: LOCAL, SecretState.UNNEEDED: UNNEEDED, SecretState.STALE: STALE}

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from .checks import ERROR, EXPIRY_WARN_DAYS, LOCAL, MISSING, OUTDATED, PRESENT, STALE, SYNCED, WARNING
+from .checks import ERROR, EXPIRY_WARN_DAYS, LOCAL, MISSING, OUTDATED, PRESENT, STALE, SYNCED, UNNEEDED, WARNING
 from .redact import redact
 from .statusreport import Cacerts, ClusterStatus, MeshStatus, Problem
 from .wrapping import fit
@@ -268,7 +268,7 @@ def _gateway_cell(c: ClusterStatus) -> tuple[str, bool | None]:
 
 
 _MARKS = {PRESENT: "[green]✓[/]", MISSING: "[red]missing[/]", STALE: "[yellow]stale[/]", LOCAL: "[red]local[/]",
-          OUTDATED: "[red]outdated[/]"}
+          OUTDATED: "[red]outdated[/]", UNNEEDED: "[yellow]unneeded[/]"}
 
 
 def _matrix(status: MeshStatus) -> Table | None:
@@ -276,7 +276,9 @@ def _matrix(status: MeshStatus) -> Table | None:
     members = [c.cluster.name for c in status.clusters]
     if len(members) < 2 and not any(c.stale_secrets for c in status.clusters):
         return None
-    extra = sorted({name for c in status.clusters for name, s in c.remote_secrets.items() if s == STALE})
+    # Columns for the clusters that stale secrets name (not in the topology: never a member's name).
+    extra = sorted({name for c in status.clusters for name, s in c.remote_secrets.items()
+                    if s == STALE and name not in members})
     table = Table(header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("", no_wrap=True)
     for name in members + extra:

@@ -320,6 +320,27 @@ def test_one_cause_is_one_line_naming_every_cluster_it_affects(tmp_path, roots, 
     assert max(len(line.rstrip()) for line in out.getvalue().splitlines()) <= 80
 
 
+def test_a_remote_holding_secrets_of_clusters_in_the_topology_shows_them_unneeded_not_as_other_clusters(tmp_path,
+                                                                                                         roots):
+    # c2 was made a remote of c1 and apply has not run yet: its secrets of c1 and c3 are not needed (apply
+    # prunes them). They name clusters of the topology: no column "(not in topology)", no word "stale".
+    topology = _topology(tmp_path)
+    topology = Topology(topology.mesh_id, (topology.clusters[0], replace(topology.clusters[1], primary="c1"),
+                                           topology.clusters[2]), topology.path)
+    observed, istiod = _healthy(topology, roots[0])
+    status = evaluate(_ws(tmp_path, topology, roots[0]), observed, istiod, now=NOW)
+    assert status.to_json()["clusters"][1]["remote_secrets"] == {"c1": "unneeded", "c3": "unneeded"}
+    assert {p.code for p in status.clusters[1].problems} >= {"remote_secret_unneeded"}
+    out = io.StringIO()
+    render(status, Reporter(console=Console(file=out, width=200, highlight=False)))
+    text = out.getvalue()
+    matrix = text.split("remote secrets (row holds column's", 1)[1]
+    assert matrix.splitlines()[2].split() == ["c1", "c2", "c3"], "one column per cluster"
+    assert "not in topology" not in text and "stale" not in matrix
+    assert [line.split() for line in matrix.splitlines() if line.strip().startswith("c2 ")] == [
+        ["c2", "unneeded", "—", "unneeded"]]
+
+
 def test_table_names_every_problem_with_its_hint(tmp_path, roots):
     topology = _topology(tmp_path)
     observed, istiod = _healthy(topology, roots[0])
