@@ -178,7 +178,8 @@ def apply(
         workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, dry_run=dry_run, yes=yes,
         parallel=parallel or commands.DEFAULT_PARALLEL, gateway_timeout=gateway_timeout, timeout=timeout, runner=r,
         reporter=rep, contexts=context or [], gateway_api_crds=gateway_api_crds, replace_foreign_ca=replace_foreign_ca,
-        istio_mirror=istio_mirror, restart_workloads=restart_workloads, upgrade_parallel=parallel or 1))
+        istio_mirror=istio_mirror, restart_workloads=restart_workloads, upgrade_parallel=parallel or 1),
+        locking=None if dry_run else workdir)
 
 
 @app.command()
@@ -205,7 +206,8 @@ def teardown(
     """
     commands.run_guarded(debug, quiet, verbose, lambda r, rep: teardown_command.teardown(
         workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, yes=yes, purge_certs=purge_certs,
-        parallel=parallel, timeout=timeout, runner=r, reporter=rep, dry_run=dry_run, remove_crds=remove_crds))
+        parallel=parallel, timeout=timeout, runner=r, reporter=rep, dry_run=dry_run, remove_crds=remove_crds),
+        locking=None if dry_run else workdir)
 
 
 @app.command("rotate-certs")
@@ -248,14 +250,14 @@ def rotate_certs(
         wait = carotation.parse_duration(min_wait) if min_wait is not None else carotation.WORKLOAD_CERT_LIFETIME
         commands.run_guarded(debug, quiet, verbose, lambda r, rep: rotate_root(
             workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, min_wait=wait, dry_run=dry_run,
-            parallel=parallel, timeout=timeout, runner=r, reporter=rep, yes=yes))
+            parallel=parallel, timeout=timeout, runner=r, reporter=rep, yes=yes), locking=None if dry_run else workdir)
     elif min_wait is not None:
         raise typer.BadParameter("only a move to a new root waits between stages", param_hint="--min-wait without --root")
     else:
         commands.run_guarded(debug, quiet, verbose, lambda r, rep: rotate_intermediates(
             workdir, kubeconfig=kubeconfig, istio_dir=istio_dir, contexts=context or [],
             expiring_within=expiring_within, dry_run=dry_run, parallel=parallel, timeout=timeout,
-            runner=r, reporter=rep, yes=yes))
+            runner=r, reporter=rep, yes=yes), locking=None if dry_run else workdir)
 
 
 def _status(workdir, kubeconfig, istio_dir, contexts, output, wait, wait_timeout, parallel, timeout, quiet, verbose,

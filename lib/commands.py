@@ -5,6 +5,7 @@ of a cluster's uninstall that apply, teardown and rotate-certs each use. The run
 from __future__ import annotations
 
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +19,7 @@ from .baseconfig import AMBIENT
 from .casteps import workspace_certs
 from .errors import ConfigError, MeshError
 from .executor import RERUN_HINT
+from .fsutil import workspace_lock
 from .invocation import prep_hint
 from .kube import Observed
 from .istiousage import IstioUsage
@@ -33,14 +35,17 @@ DEFAULT_PARALLEL = 8
 DEFAULT_TIMEOUT = 600.0
 
 
-def run_guarded(debug: bool, quiet: bool, verbose: bool, body: Callable[[ShRunner, Reporter], int | None]) -> None:
-    """Runs a command body; errors become one message and an exit code, never a traceback."""
+def run_guarded(debug: bool, quiet: bool, verbose: bool, body: Callable[[ShRunner, Reporter], int | None],
+                locking: Path | None = None) -> None:
+    """Runs a command body; errors become one message and an exit code, never a traceback. ``locking``: the
+    workspace the run changes, held for the run (a second run there is refused)."""
     reporter = Reporter(quiet=quiet, verbose=verbose)
     runner = ShRunner()
     runner.listeners.append(reporter.command)
     try:
         polling.check()
-        code = body(runner, reporter) or 0
+        with workspace_lock(locking) if locking is not None else nullcontext():
+            code = body(runner, reporter) or 0
     except MeshError as exc:
         reporter.error(exc)
         code = exc.exit_code

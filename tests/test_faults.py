@@ -315,3 +315,26 @@ def test_a_component_namespace_that_a_cluster_lacks_is_refused_before_any_cluste
     mesh.apply()
     for ctx in NETS:
         assert mesh.get(ctx, "deployment", "edge-ingress", "-n", "istio-ingress")
+
+
+def test_a_second_run_on_a_workspace_that_a_run_is_changing_is_refused_before_it_touches_anything(mesh):
+    # Two runs at once made certificates in the same folders and changed the same clusters; the one that
+    # comes second is refused. The lock is the one a running apply holds: flock on the workspace folder.
+    import fcntl
+
+    dumps = {ctx: mesh.sandbox.dump(ctx) for ctx in mesh.sandbox.contexts}
+    held = os.open(mesh.workdir, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for args in (("apply", "-y"), ("teardown", "-y"), ("rotate-certs", "-y"), ("rotate-certs", "--root", "-y")):
+            refused = mesh.run(*args)
+            assert refused.returncode == 2, args
+            assert refused.stderr.startswith(f"error: another setup-mesh run (apply, teardown or rotate-certs) is "
+                                             f"changing the workspace {mesh.workdir} and its clusters"), refused.stderr
+        for args in (("apply", "--dry-run"), ("status",)):  # they change nothing: they go ahead
+            assert "another setup-mesh run" not in mesh.run(*args).stderr
+        assert {ctx: mesh.sandbox.dump(ctx) for ctx in mesh.sandbox.contexts} == dumps
+        assert not (mesh.workdir / "certs" / "cluster1").exists()
+    finally:
+        os.close(held)
+    mesh.apply()  # once the first run ends, the next one goes ahead
