@@ -55,8 +55,8 @@ def rotate_root(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None,
     if move.kind == "complete":
         return _complete_behind(mv, move)
     former = stages.foreign_start(topology.clusters, observed, workdir, log) if move.kind == "start" else None
-    if move.kind == "start" and former is None and not dry_run:
-        stages.require_in_step(topology.clusters, observed, workdir, log, again)
+    if move.kind == "start" and former is None and ws.contexts_resolved:  # a dry run refuses as the run would
+        stages.require_in_step(topology.clusters, observed, workdir, log, again, tools)
     if move.kind == "wait":
         _report_wait(transition, move, wait, now, again, reporter)
         run.close_log()
@@ -216,7 +216,7 @@ def _stage_phase(mv: _Move, targets: list[Cluster], desired: dict, release: Rele
     issuer = carotation.issuing_dir(ws.workdir, planned)
     phase = Phase(f"stage {planned.stage} of {carotation.LAST_STAGE}: {carotation.STAGES[planned.stage]}")
     for cluster in targets:
-        if cluster.context not in waiting:
+        if cluster.context not in waiting and (mv.observed.get(cluster.context) or Observed()).reachable:
             stages.add_stage_steps(phase, cluster, mv.observed.get(cluster.context) or Observed(),
                                    desired[cluster.context], mv.tools, ws.workdir, issuer, release, variables, planned,
                                    deployment)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import certs, invocation, carotation
+from . import certs, invocation, carotation, reissue
 from .assess import CacertsState, assess_cluster_cacerts, assess_install
 from .casteps import root_bundle_step, workspace_certs
 from .cluster import ClusterClient
@@ -52,19 +52,33 @@ def completion_phase(clusters: list[Cluster], final: dict, observed: dict[str, O
     return last
 
 
-def require_in_step(clusters: list[Cluster], observed: dict[str, Observed], workdir: Path, log, again: str) -> None:
-    """A move to a new root starts only from a mesh that is in step: every cluster reachable and on the
-    workspace's root (a mesh on another root is foreign_start's)."""
+def require_in_step(clusters: list[Cluster], observed: dict[str, Observed], workdir: Path, log, again: str,
+                    tools: Tools) -> None:
+    """A move to a new root starts only from a mesh that is in step: no intermediate rotation left unfinished,
+    every cluster read and on the workspace's root (a mesh on another root is foreign_start's)."""
+    unread = [c for c in clusters if not (observed.get(c.context) or Observed()).reachable]
     pki = workspace_certs(workdir, None, [c.name for c in clusters])
-    not_ready = [c.context for c in clusters
-                 if not (observed.get(c.context) or Observed()).reachable
-                 or assess_cluster_cacerts(observed[c.context], c.name, pki).state is not CacertsState.CURRENT]
-    if not_ready:
-        log.close()
-        raise MeshError(f"not every cluster runs on the workspace's root yet ({', '.join(not_ready)}): "
-                        f"a new root is introduced only to a mesh that is in step",
-                        hint=f"run `{invocation.command('apply')}` (and check `{invocation.command('status')}`) "
-                             f"first, then `{again}`")
+    off_root = [c.context for c in clusters if c not in unread
+                and assess_cluster_cacerts(observed[c.context], c.name, pki).state is not CacertsState.CURRENT]
+    problem = None
+    if reissue.load_rotation(workdir) is not None:
+        problem = MeshError("an intermediate rotation is unfinished: a new root is introduced only to a mesh in step",
+                            hint=f"run `{invocation.command('rotate-certs')}` (it finishes that rotation), then "
+                                 f"`{again}`")
+    elif unread:
+        check = "; ".join(tools.kubectl_cmd(c, "get", "namespace", ISTIO_NAMESPACE).pasteable() for c in unread)
+        problem = MeshError(f"{', '.join(c.context for c in unread)} cannot be read: a new root is introduced only "
+                            f"when every cluster of the mesh takes each stage", hint=f"check access with `{check}`, "
+                                                                                     f"then `{again}`")
+    elif off_root:
+        problem = MeshError(f"not every cluster runs on the workspace's root yet ({', '.join(off_root)}): "
+                            f"a new root is introduced only to a mesh that is in step",
+                            hint=f"run `{invocation.command('apply')}` (and check `{invocation.command('status')}`) "
+                                 f"first, then `{again}`")
+    if problem is not None:
+        if log:
+            log.close()
+        raise problem
 
 
 def left_alone(targets: list[Cluster], observed: dict[str, Observed], desired: dict, current: dict,
@@ -78,7 +92,10 @@ def left_alone(targets: list[Cluster], observed: dict[str, Observed], desired: d
     first = f"run `{invocation.command('apply')}` (it gives the cluster the certificates of stage {planned.stage}"
     found = {}
     for cluster in targets:
-        applied = (observed.get(cluster.context) or Observed()).applied
+        seen = observed.get(cluster.context)
+        if seen is None or not seen.reachable:
+            continue  # it sits the stage out as unreadable
+        applied = seen.applied
         if applied is None:
             found[cluster.context] = MeshError(
                 "not set up by apply yet: the move to a new root changes clusters that are part of the mesh",

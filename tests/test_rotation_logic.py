@@ -287,7 +287,7 @@ def test_a_move_starts_from_a_mesh_in_step_and_a_stage_counts_a_cluster_that_hol
     stage's bundle, recorded on istio-system)."""
     from lib.carotation import Transition, desired_cacerts
     from lib.errors import MeshError
-    from lib.kube import Observed
+    from lib.kube import Observed, Tools
     from lib.names import TRANSITION_ANNOTATION
     from lib.rootstages import cluster_views, require_in_step
     from tests.test_status import _ca, _cacerts, _pem, _topology
@@ -307,11 +307,25 @@ def test_a_move_starts_from_a_mesh_in_step_and_a_stage_counts_a_cluster_that_hol
             (tmp_path / "certs" / c.name / name).write_bytes(data)
     held = {c.context: Observed(reachable=True, cacerts=desired_cacerts(tmp_path, c.name, None), cacerts_labelled=True)
             for c in clusters}
-    require_in_step(clusters, held, tmp_path, Log(), "again")
+    require_in_step(clusters, held, tmp_path, Log(), "again", Tools())
     earlier = {**held, "c2": Observed(reachable=True, cacerts=_cacerts(ours), cacerts_labelled=True)}
     with pytest.raises(MeshError) as caught:
-        require_in_step(clusters, earlier, tmp_path, Log(), "again")
+        require_in_step(clusters, earlier, tmp_path, Log(), "again", Tools())
     assert "(c2)" in caught.value.message
+    # A cluster that cannot be read is said to be so, with the command that checks it (not "run apply").
+    with pytest.raises(MeshError) as caught:
+        require_in_step(clusters, {**held, "c3": Observed(reachable=False, error="timeout")}, tmp_path, Log(), "again",
+                        Tools())
+    assert caught.value.message.startswith("c3 cannot be read")
+    assert caught.value.hint == "check access with `kubectl --context c3 get namespace istio-system`, then `again`"
+    # An intermediate rotation left unfinished is finished first.
+    from lib.reissue import Rotation, save_rotation
+    save_rotation(tmp_path, Rotation("2026-11-29T08:00:00Z", {"c2": None}))
+    with pytest.raises(MeshError) as caught:
+        require_in_step(clusters, held, tmp_path, Log(), "again", Tools())
+    assert caught.value.message.startswith("an intermediate rotation is unfinished")
+    assert "rotate-certs" in caught.value.hint
+    save_rotation(tmp_path, None)
 
     t = Transition(1, "ours", "ffff" * 16, "2026-11-29T08:00:00Z")
     stage = {TRANSITION_ANNOTATION: t.annotation("2026-11-29T09:00:00Z")}
