@@ -111,6 +111,10 @@ CHECKS: dict[str, Check] = {c.id: c for c in (
            ' 30 days'),
           ('setup-mesh rotate-certs --root (three runs, at least --min-wait apart; continues a move '
            'under way)'), scope=MESH),
+    Check('rotation_unfinished', WARNING,
+          ('an intermediate rotation (rotate-certs) was interrupted or failed: clusters may still run on the '
+           'intermediates it replaces'),
+          'setup-mesh rotate-certs (finishes it)', scope=MESH),
     Check('root_moved_elsewhere', ERROR,
           ("istio-system records a move to a root this workspace does not hold: another workspace is moving the "
            "mesh off this workspace's root; drift and cacerts_foreign_root are not reported meanwhile"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from . import certs
+from . import certs, reissue
 from .ambient import gateway_status
 from .assess import (CacertsFinding, GatewayState, LabelState, NamespaceFinding, WorkspaceCerts, assess_cluster_cacerts,
                      assess_gateway, assess_install, assess_namespace, assess_secrets, assess_wiring,
@@ -48,6 +48,11 @@ def evaluate(ws: Expected, observed: dict[str, Observed], istiod: dict[str, Isti
                                      f"{ws.workdir / certs.CERTS_DIR / certs.ROOT_CERT} is not a PEM certificate",
                                      f"restore it from a backup, or start a new root with `rm -r {hints.path(certs.CERTS_DIR)}` "
                                      f"and {prep_hint()} (every cluster then gets a new intermediate CA on apply)"))
+    unfinished = reissue.load_rotation(ws.workdir)
+    if unfinished is not None:  # its clusters may still run on the intermediates it replaces
+        mesh_problems.append(Problem("rotation_unfinished", f"the intermediate rotation started at {unfinished.started} "
+                                     f"({', '.join(unfinished.replaced)}) did not finish: clusters may still run on the "
+                                     f"intermediates it replaces", f"`{hints.rotate()}` finishes it", severity=WARNING))
     names = {c.name for c in topology.clusters}
     # The credentials each cluster issues now (None when it could not be read): older copies are outdated.
     current = issued_credentials(ws.mesh, {ctx: seen for ctx, seen in observed.items() if seen.reachable})
@@ -72,7 +77,7 @@ def evaluate(ws: Expected, observed: dict[str, Observed], istiod: dict[str, Isti
                                            "(configmap istio-ca-root-cert): whether it took the roots in secret cacerts "
                                            "is not known", "check access with `" + hints.kubectl(
                                                status.cluster, "get", "configmap", "istio-ca-root-cert", "-n",
-                                               ISTIO_NAMESPACE) + "`, then run status again"))
+                                               ISTIO_NAMESPACE) + "`, then run status again", severity=WARNING))
     root_info = judge_roots(ws, root, now, hints, mesh_problems)
     transition = transition_summary(ws, result, observed, hints)
     return MeshStatus(topology.mesh_id, root_fp, result, mesh_problems, root_info, transition)

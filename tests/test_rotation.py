@@ -177,6 +177,11 @@ def test_a_failed_rotation_is_finished_by_the_next_run_without_reissuing_twice(m
     first = (mesh2.workdir / "certs" / "cluster1" / "ca-cert.pem").read_bytes()
     assert cacerts(mesh2, "cluster1")["ca-cert.pem"] == first
     assert cacerts(mesh2, "cluster2")["ca-cert.pem"] == old2
+    # status says the rotation is unfinished, and what finishes it.
+    doc = json.loads(mesh2.run("status", "-o", "json").stdout)
+    (unfinished,) = [p for p in doc["problems"] if p["code"] == "rotation_unfinished"]
+    assert unfinished["severity"] == "warning" and "(cluster1, cluster2) did not finish" in unfinished["message"]
+    assert "rotate-certs" in unfinished["hint"]
     again = mesh2.run("rotate-certs", "-y")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "finishing the rotation" in again.stdout
@@ -184,6 +189,7 @@ def test_a_failed_rotation_is_finished_by_the_next_run_without_reissuing_twice(m
     assert cacerts(mesh2, "cluster2")["ca-cert.pem"] == (mesh2.workdir / "certs" / "cluster2" / "ca-cert.pem").read_bytes()
     assert not (mesh2.workdir / ".setup-mesh" / "rotation.json").exists()
     assert len(list((mesh2.workdir / "backups").iterdir())) == 1, "one rotation, one backup folder"
+    assert "rotation_unfinished" not in mesh2.run("status", "-o", "json").stdout
 
 
 def test_a_resumed_rotation_puts_in_place_an_intermediate_it_made_and_did_not_apply(mesh2):

@@ -836,6 +836,7 @@ def test_status_says_when_istiod_did_not_take_the_stage_and_why(tmp_path, roots)
     unread = {ctx: roots for ctx, roots in taken.items() if ctx != "c2"}
     status = evaluate(ws, observed, istiod, now=NOW, published=unread, roots_unread=frozenset({"c2"}))
     assert _codes(status, "c2") == ["istiod_roots_unread"] and _codes(status, "c1") == []
+    assert status.clusters[1].problems[0].severity == "warning"
     assert status.clusters[1].problems[0].hint.startswith(
         "check access with `kubectl --context c2 get configmap istio-ca-root-cert -n istio-system`")
     assert status.to_json()["clusters"][1]["cacerts"]["istiod_took"] is None
