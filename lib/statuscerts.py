@@ -60,7 +60,12 @@ def transition_summary(ws: Expected, clusters: list[ClusterStatus], observed: di
     in_step = all(c.cacerts.stage == t.stage for c in clusters)
     since = [carotation.stage_since(t, (observed.get(c.cluster.context) or Observed()).annotations) for c in clusters]
     latest = max((s for s in since if s is not None), default=None)
-    if not in_step:
+    # A cluster apply has not set up (added mid-move) gets the stage from apply; a stage run leaves it alone.
+    unset = [c.cluster.context for c in clusters if c.reachable
+             and (observed.get(c.cluster.context) or Observed()).applied is None]
+    if not in_step and unset:
+        next_step = f"{hints.apply} (sets up {', '.join(unset)} with the certificates of stage {t.stage})"
+    elif not in_step:
         next_step = f"{hints.rotate('--root')} (brings every cluster to stage {t.stage})"
     elif t.stage == carotation.LAST_STAGE:
         becomes = "istiod drops the clusters' former root" if t.foreign_start else "certs/ becomes the new root"

@@ -871,6 +871,10 @@ def test_a_cluster_behind_the_stage_is_named_with_the_command_that_brings_it_the
     assert "brings every cluster to stage 2" in doc["transition"]["next"]
     assert doc["clusters"][1]["cacerts"]["chains_to"] == "current"
     assert doc["clusters"][1]["cacerts"]["transition_stage"] is None
+    # c2 added mid-move, not applied yet: a stage run leaves it to apply, and so the next step is apply.
+    observed["c2"].applied, observed["c2"].cacerts = None, None
+    following = evaluate(ws, observed, istiod, now=NOW).to_json()["transition"]["next"]
+    assert following.endswith("apply (sets up c2 with the certificates of stage 2)"), following
 
 
 def test_an_intermediate_expiring_mid_transition_points_to_the_move(tmp_path, roots):
