@@ -125,21 +125,26 @@ def judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, found
     elif found.on_workspace_root is not None:
         c.chains_to_root = found.on_workspace_root
         if not c.chains_to_root:
-            add(_foreign_root(status, cluster, ws, hints, root_fp))
+            add(_foreign_root(status, cluster, ws, hints, root_fp, not _trusts(files, root_fp)))
     _judge_expiry(status, cluster, ws, hints)
 
 
-def _foreign_root(status: ClusterStatus, cluster: Cluster, ws: Expected, hints: Hints, root_fp: str | None) -> Problem:
-    """cacerts does not chain to the workspace's root: the problem, and the hint that fits the cause."""
+def _foreign_root(status: ClusterStatus, cluster: Cluster, ws: Expected, hints: Hints, root_fp: str | None,
+                  other_root: bool) -> Problem:
+    """cacerts does not chain to the workspace's root: the problem, and the hint that fits the cause.
+    ``other_root``: its root bundle does not hold this workspace's root, so apply refuses to replace it
+    unless told to (--replace-foreign-ca); one that holds it (a cluster back after a move completed without
+    it) a plain apply brings to the workspace's certificates."""
     c = status.cacerts
-    local_ok = certs.issued_by(ws.local_ca.get(cluster.name), ws.root_pem)
-    # apply replaces a cacerts under another root only when told to (mTLS breaks until workloads restart)
-    other_root = c.root_fingerprint != root_fp
+    local = ws.local_ca.get(cluster.name)
+    local_ok = certs.issued_by(local, ws.root_pem)
     apply = invocation.command("apply", "--replace-foreign-ca") if other_root else hints.apply
     replaces = ("; it replaces that cacerts at once: mTLS between workloads breaks until they restart"
                 if other_root else "")
     if local_ok:
         hint = f"{apply} (installs certs/{cluster.name}/, which this workspace's root issued{replaces})"
+    elif local is None:  # nothing to remove: apply issues one
+        hint = f"{apply} (issues the cluster an intermediate CA from this workspace's root{replaces})"
     else:
         hint = (f"`rm -r {hints.path(certs.CERTS_DIR, cluster.name)}`, then {apply} "
                 f"(re-issues the intermediate CA from this workspace's root{replaces})")
@@ -147,6 +152,17 @@ def _foreign_root(status: ClusterStatus, cluster: Cluster, ws: Expected, hints: 
             else "its ca-cert.pem was not issued by this workspace's root")
     return Problem("cacerts_foreign_root", f"secret cacerts does not chain to this workspace's root CA "
                                            f"({what}): workloads here are not trusted by the other clusters", hint)
+
+
+def _trusts(files: dict[str, bytes], root_fp: str | None) -> bool:
+    """cacerts' root-cert.pem holds the workspace's root (any certificate in it, not only the first)."""
+    for pem in carotation.split_pems(files.get("root-cert.pem")):
+        try:
+            if certs.read_cert(pem).fingerprint == root_fp:
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def _judge_expiry(status: ClusterStatus, cluster: Cluster, ws: Expected, hints: Hints) -> None:

@@ -341,6 +341,26 @@ def test_a_remote_holding_secrets_of_clusters_in_the_topology_shows_them_unneede
         ["c2", "unneeded", "—", "unneeded"]]
 
 
+def test_a_cacerts_whose_bundle_holds_this_root_after_another_is_left_to_a_plain_apply(tmp_path, roots):
+    # A cluster back after a move to this root completed without it: its bundle names the former root first,
+    # then this one. apply replaces such a cacerts without --replace-foreign-ca (it trusts this root): the
+    # hint must not send the user to the flag that breaks mTLS until every workload restarts.
+    old, new = roots
+    topology = _topology(tmp_path)
+    observed, istiod = _healthy(topology, new)
+    observed["c2"].cacerts["root-cert.pem"] = _pem(old[0]) + _pem(new[0])
+    observed["c2"].cacerts["ca-cert.pem"] = _cacerts(old)["ca-cert.pem"]
+    status = evaluate(_ws(tmp_path, topology, new), observed, istiod, now=NOW)
+    (problem,) = [p for p in status.clusters[1].problems if p.code == "cacerts_foreign_root"]
+    assert "--replace-foreign-ca" not in problem.hint and "rm -r" not in problem.hint, problem.hint
+    assert "apply" in problem.hint and "issues the cluster an intermediate CA" in problem.hint
+    # A bundle without this root is another mesh's: only --replace-foreign-ca replaces it.
+    observed["c2"].cacerts["root-cert.pem"] = _pem(old[0])
+    status = evaluate(_ws(tmp_path, topology, new), observed, istiod, now=NOW)
+    (problem,) = [p for p in status.clusters[1].problems if p.code == "cacerts_foreign_root"]
+    assert "apply --replace-foreign-ca" in problem.hint
+
+
 def test_table_names_every_problem_with_its_hint(tmp_path, roots):
     topology = _topology(tmp_path)
     observed, istiod = _healthy(topology, roots[0])
