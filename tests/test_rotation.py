@@ -11,6 +11,7 @@ import yaml
 from tests.meshkit import NOTHING_PLANNED, ROOT, make_mesh, rollout_restart, scan_for_secrets, workdir_snapshot
 
 TWO = {"cluster1": "network1", "cluster2": "network1"}
+TWO_NETS = {"cluster1": "network1", "cluster2": "network2"}
 
 
 def _build_mesh2(start, workdir):
@@ -416,17 +417,24 @@ def test_root_transition_in_three_runs_with_an_added_cluster_and_an_interrupted_
         assert scan_for_secrets(text) == []
 
 
+def _two_networks(sandbox_factory, tmp_path, remote: bool = False):
+    """cluster1 and cluster2 on networks of their own (cluster2 a remote of cluster1 if ``remote``), applied;
+    the mesh and topology.yaml's per-context entries."""
+    sandbox = sandbox_factory(list(TWO_NETS))
+    mesh = make_mesh(sandbox, tmp_path / "ws", TWO_NETS)
+    extra = {ctx: {"api_server": sandbox.api_server(ctx)} for ctx in TWO_NETS}
+    if remote:
+        extra["cluster2"]["primary"] = "cluster1"
+    mesh.write_topology(TWO_NETS, extra=extra)
+    mesh.apply()
+    return mesh, extra
+
+
 def test_root_transition_with_a_remote_leaves_its_install_alone_and_gives_it_each_stages_trust(sandbox_factory,
                                                                                                tmp_path):
     # cluster2 is a remote of cluster1 on a network of its own: it runs no istiod, but its workloads'
     # certificates come from cluster1's istiod and its cacerts must trust what each stage trusts.
-    nets = {"cluster1": "network1", "cluster2": "network2"}
-    sandbox = sandbox_factory(list(nets))
-    mesh = make_mesh(sandbox, tmp_path / "ws", nets)
-    extra = {ctx: {"api_server": sandbox.api_server(ctx)} for ctx in nets}
-    extra["cluster2"]["primary"] = "cluster1"
-    mesh.write_topology(nets, extra=extra)
-    mesh.apply()
+    mesh, _ = _two_networks(sandbox_factory, tmp_path, remote=True)
     ws = mesh.workdir
     old_root = (ws / "certs" / "root-cert.pem").read_bytes()
     old_intermediates = {"cluster1": cacerts(mesh, "cluster1")["ca-cert.pem"]}
@@ -454,12 +462,8 @@ def test_a_topology_edit_mid_move_is_left_to_apply_and_the_stage_changes_nothing
                                                                                              tmp_path):
     # Two primaries on two networks; mid-move, cluster2 is made a remote of cluster1. A stage re-installing
     # them would make half of that edit (no istiod exposed, the remote's secrets and gateway as they were).
-    nets = {"cluster1": "network1", "cluster2": "network2"}
-    sandbox = sandbox_factory(list(nets))
-    mesh = make_mesh(sandbox, tmp_path / "ws", nets)
-    extra = {ctx: {"api_server": sandbox.api_server(ctx)} for ctx in nets}
-    mesh.write_topology(nets, extra=extra)
-    mesh.apply()
+    mesh, extra = _two_networks(sandbox_factory, tmp_path)
+    nets = TWO_NETS
     assert mesh.run("rotate-certs", "-y", "--root").returncode == 0
     extra["cluster2"]["primary"] = "cluster1"
     mesh.write_topology(nets, extra=extra)
@@ -581,7 +585,6 @@ def _cluster_doc(doc, ctx):
 
 # --- a move from a root this workspace does not hold ---------------------------------------------------
 
-TWO_NETS = {"cluster1": "network1", "cluster2": "network2"}
 
 
 def _writes(mesh, since: dict[str, int]) -> dict[str, list]:
