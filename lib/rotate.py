@@ -2,7 +2,6 @@
 (the move to a new root, rotate-certs --root, is in lib/rootmove.py)."""
 from __future__ import annotations
 
-
 import json
 import time
 from dataclasses import dataclass, replace
