@@ -34,9 +34,10 @@ def print_plan(plan: ApplyPlan, topology: Topology, observed: dict[str, Observed
               if (seen := (observed or {}).get(c.context)) is not None and not seen.reachable]
     for context in unread:
         reporter.warn(f"could not read current state of {context}: {observed[context].error}")
-    if unread and nothing == NOTHING:  # not a claim about clusters it could not read
+    if unread:  # not a claim about clusters it could not read
         nothing = ("nothing to do: no cluster could be read" if len(unread) == len(topology.clusters) else
-                   f"nothing to do in the clusters that could be read (not {', '.join(unread)})")
+                   f"nothing to do in the clusters that could be read (not {', '.join(unread)})" if nothing == NOTHING
+                   else f"{nothing}, of the clusters that could be read (not {', '.join(unread)})")
     _body(plan, topology, reporter, nothing, command, replace_other_roots, out)
 
 

@@ -95,6 +95,12 @@ def test_unreachable_cluster_is_named_and_the_others_go_ahead(mesh):
     dry = mesh.run("teardown", "--dry-run")
     assert dry.returncode == 1 and "cluster1 (network1, primary): remove" in dry.stdout, dry.stdout + dry.stderr
     assert "error: cluster2 would sit this run out: read current state: cannot read the cluster" in dry.stderr
+    # With nothing to remove where it could read, it claims nothing of the cluster it could not.
+    mesh.run("teardown", "-y")
+    dry = mesh.run("teardown", "--dry-run")
+    assert dry.returncode == 1, dry.stdout + dry.stderr
+    assert "nothing to remove: no cluster holds what setup-mesh creates, of the clusters that could be read " \
+           "(not cluster2)" in dry.stdout, dry.stdout
 
 
 def test_failing_install_is_reported_and_the_next_run_converges(mesh):
