@@ -65,6 +65,10 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     desired = desired_state(topology, ws.base, addresses, transition=transition)
     uninstall = _uninstall_leaving(client, ws, removed_clusters, observed)
     unreadable, unreachable, orphaned = _sitting_out(topology, chosen, observed)
+    if not dry_run:  # (its plan says it) the clusters --context leaves out are read too, for their secrets
+        for context in sorted(unreadable - set(unreachable)):
+            reporter.warn(f"could not read current state of {context}: {observed[context].error} (its remote "
+                          f"secret in the clusters chosen is left as it is)")
     # A canary upgrade's state, read and checked against Istio's skew rules before any cluster is touched.
     upgrading = _read_upgrade(topology, observed, tools, runner, read_reporter, parallel, only, ambient) \
         if readable else None

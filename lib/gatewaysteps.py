@@ -76,6 +76,7 @@ def remove_sidecar_gateway_step(tools: Tools, workdir: Path, d: Desired, seen: O
     step = remove_gateways_step(tools, workdir, d, seen)
     step.title = "remove the sidecar-mode east-west gateway (ambient now)"
     step.change = f"- sidecar-mode east-west gateway and Gateway {CROSS_NETWORK_GATEWAY} (ambient now)"
+    step.done = "sidecar-mode east-west gateway replaced by the ambient one"  # not "removed": another follows
     return step
 
 

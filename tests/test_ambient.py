@@ -250,3 +250,18 @@ def test_verify_in_an_ambient_mesh_enables_its_namespace_for_ambient_and_makes_h
     sidecar_namespace, sidecar_service = manifests("check", cluster, None, images)[:2]
     assert sidecar_namespace["metadata"]["labels"]["istio-injection"] == "enabled"
     assert "istio.io/global" not in sidecar_service["metadata"]["labels"]
+
+
+def test_the_switch_to_ambient_says_the_sidecar_mode_gateway_was_replaced_not_removed(tmp_path):
+    # The cluster's result line lists what its steps did: the ambient Gateway follows this removal.
+    from lib.config import Cluster, Topology
+    from lib.desired import desired_state
+    from lib.gatewaysteps import remove_sidecar_gateway_step
+    from lib.kube import Observed, Tools
+
+    topology = Topology("m", (Cluster("c1", "n1", "c1"), Cluster("c2", "n2", "c2")), tmp_path / "topology.yaml")
+    d = desired_state(topology, {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator",
+                                 "spec": {"profile": "ambient"}})["c1"]
+    step = remove_sidecar_gateway_step(Tools(), tmp_path, d, Observed(reachable=True, eastwest_exists=True))
+    assert step.done == "sidecar-mode east-west gateway replaced by the ambient one"
+    assert step.title == "remove the sidecar-mode east-west gateway (ambient now)"

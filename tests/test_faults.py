@@ -344,3 +344,15 @@ def test_a_second_run_on_a_workspace_that_a_run_is_changing_is_refused_before_it
     finally:
         os.close(held)
     mesh.apply()  # once the first run ends, the next one goes ahead
+
+
+def test_apply_with_context_names_another_cluster_it_could_not_read(mesh):
+    # --context reads the other clusters too (for their secrets): one that does not answer is said, as the
+    # dry run says it, instead of a silent wait for the read's timeout.
+    mesh.apply()
+    mesh.sandbox.stop_cluster("cluster2")
+    result = mesh.run("apply", "--context", "cluster1", "-y")
+    assert "warning: could not read current state of cluster2: " in result.stderr, result.stdout + result.stderr
+    assert "(its remote secret in the clusters chosen is left as it is)" in result.stderr
+    assert "cluster1" in result.stdout and "Traceback" not in result.stderr
+
