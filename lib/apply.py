@@ -65,10 +65,8 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     desired = desired_state(topology, ws.base, addresses, transition=transition)
     uninstall = _uninstall_leaving(client, ws, removed_clusters, observed)
     unreadable, unreachable, orphaned = _sitting_out(topology, chosen, observed)
-    if not dry_run:  # (its plan says it) the clusters --context leaves out are read too, for their secrets
-        for context in sorted(unreadable - set(unreachable)):
-            reporter.warn(f"could not read current state of {context}: {observed[context].error} (its remote "
-                          f"secret in the clusters chosen is left as it is)")
+    if not dry_run:  # (its plan says it)
+        _warn_left_out_unread(unreadable - set(unreachable), observed, reporter)
     # A canary upgrade's state, read and checked against Istio's skew rules before any cluster is touched.
     upgrading = _read_upgrade(topology, observed, tools, runner, read_reporter, parallel, only, ambient) \
         if readable else None
@@ -172,6 +170,13 @@ def _sit_outs(plan: ApplyPlan, topology: Topology, tools: Tools, unreachable: di
             f"sits this run out: its primary {primary} could not be read",
             hint=f"make {primary} reachable, then {RERUN_HINT}")))
     return found
+
+
+def _warn_left_out_unread(contexts: set[str], observed: dict[str, Observed], reporter: Reporter) -> None:
+    """The clusters --context leaves out are read too, for their secrets: one that could not be read is said."""
+    for context in sorted(contexts):
+        reporter.warn(f"could not read current state of {context}: {observed[context].error} (its remote secret in "
+                      f"the clusters chosen is left as it is)")
 
 
 def _warn_single_network_ambient(topology: Topology, ambient: bool, reporter: Reporter) -> None:
