@@ -279,3 +279,25 @@ def test_a_failed_read_keeps_its_value_and_is_reported_failed_once_not_ok():
     # The cluster then sits the run out for that read: said once.
     reporter.step_done("down", "read current state", False, 0.0, detail="cannot read the cluster")
     assert sum("down: read current state: FAILED" in line for line in out.getvalue().splitlines()) == 1
+
+
+def test_a_read_ended_by_ctrl_c_is_reported_interrupted_not_failed():
+    import io
+    import signal
+
+    from rich.console import Console
+
+    from lib.config import Cluster
+    from lib.errors import CommandFailed
+    from lib.executor import Unread, read_clusters
+
+    out = io.StringIO()
+    reporter = Reporter(console=Console(file=out, width=200), err_console=Console(file=out, width=200))
+
+    def read(ctx, cluster):
+        killed = CommandFailed(Command(("kubectl", "get", "ns"), context=cluster.context), -signal.SIGINT, "")
+        raise Unread(killed.message, {"reachable": False}) from killed
+
+    found = read_clusters([Cluster("c1", "n1", "c1")], RecordingRunner(), reporter, 1, "read current state", read)
+    assert found == {"c1": {"reachable": False}}
+    assert "c1: read current state: interrupted" in out.getvalue(), out.getvalue()

@@ -83,3 +83,17 @@ def test_inspect_reads_namespace_secrets_and_gateway_address():
 def test_inspect_of_an_empty_cluster():
     seen = parse_inspect(json.dumps({"kind": "List", "items": [{"kind": "Namespace", "metadata": {"name": "default"}}]}))
     assert seen.reachable and not seen.namespace and seen.remote_secrets == {} and seen.cacerts is None
+
+
+def test_the_read_lists_the_namespaces_that_take_new_objects():
+    # One being deleted takes none (the API server refuses objects in a terminating namespace).
+    import json as _json
+
+    from lib.kube import parse_inspect
+
+    listing = {"kind": "List", "items": [
+        {"kind": "Namespace", "metadata": {"name": "istio-system"}},
+        {"kind": "Namespace", "metadata": {"name": "istio-ingress", "deletionTimestamp": "2026-12-05T00:00:00Z"}},
+        {"kind": "Namespace", "metadata": {"name": "default"}}]}
+    assert parse_inspect(_json.dumps(listing)).namespaces == {"istio-system", "default"}
+    assert parse_inspect(_json.dumps({"kind": "Secret", "metadata": {"name": "x"}})).namespaces is None

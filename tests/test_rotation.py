@@ -115,6 +115,11 @@ def test_a_cluster_apply_has_not_set_up_sits_the_rotation_out_and_is_not_waited_
     again = mesh2.run("rotate-certs", "-y", "--context", "cluster1")
     assert again.returncode == 0 and "cluster2" not in again.stdout + again.stderr, again.stdout + again.stderr
     assert not (mesh2.workdir / ".setup-mesh" / "rotation.json").exists()
+    # A rotation recorded by an earlier version for that cluster alone does not hold every later run.
+    from lib import reissue
+    reissue.save_rotation(mesh2.workdir, reissue.Rotation("2026-12-01T00:00:00Z", {"cluster2": None}))
+    assert mesh2.run("rotate-certs", "-y").returncode == 1
+    assert reissue.load_rotation(mesh2.workdir) is None
 
 
 def test_without_a_terminal_rotate_certs_shows_its_plan_and_refuses_unless_told_yes(mesh2):
