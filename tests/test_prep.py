@@ -10,11 +10,10 @@ import pytest
 import yaml
 from cryptography import x509
 
-from tests.meshkit import key_bits
+from tests.meshkit import FAST_KEYS, key_bits
 from tests.sandbox.release import materialize_release
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST_KEYS = {"ROOTCA_KEYSZ": "2048", "INTERMEDIATE_KEYSZ": "2048"}
 
 
 @pytest.fixture(scope="module")
@@ -278,8 +277,8 @@ def test_at_a_terminal_the_download_shows_a_progress_bar_that_goes(tmp_path, pub
 
 
 @pytest.mark.parametrize("args, env, bits", [
-    (["--key-size", "3072"], {}, 3072),
-    ([], {"ROOTCA_KEYSZ": "3072"}, 3072),
+    (["--key-size", "1536"], {}, 1536),
+    ([], {"ROOTCA_KEYSZ": "1536"}, 1536),
     ([], {"ROOTCA_KEYSZ": ""}, 4096),  # the Makefile's own
 ])
 def test_the_root_key_has_the_size_asked_for_though_istios_recipe_makes_4096_bits(tmp_path, release, args, env, bits):

@@ -16,7 +16,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.meshkit import FOREIGN_PA, FOREIGN_VS, make_mesh
+from tests.meshkit import FOREIGN_PA, FOREIGN_VS, make_mesh, make_other_ca
 
 CONTEXTS = ["ctx-a", "ctx-b", "ctx-c"]
 NAMES = {"ctx-a": "alpha", "ctx-b": "beta", "ctx-c": "gamma", "ctx-d": "delta"}  # ctx-d: a cluster that joins
@@ -456,13 +456,9 @@ def test_a_remote_removed_takes_its_secrets_and_its_primarys_istiod_exposure(rem
 
 def _own_ca(mesh, tmp_path) -> dict[str, str]:
     """An intermediate CA under a root of the user's own, made with the release's Makefile: cacerts files."""
-    folder = tmp_path / "own-ca"
-    folder.mkdir()
     makefile = mesh.sandbox.istio_dir / "tools" / "certs" / "Makefile.selfsigned.mk"
-    subprocess.run(["make", "-f", str(makefile), "root-ca", "own-cacerts", "ROOTCA_ORG=Own Org",
-                    *(f"{k}={v}" for k, v in mesh.env.items() if k.endswith("_KEYSZ"))],
-                   cwd=folder, check=True, capture_output=True)
-    return {name: str(folder / "own" / name) for name in ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")}
+    own = make_other_ca(makefile, tmp_path / "own-ca", "own", "ROOTCA_ORG=Own Org")
+    return {name: str(own / name) for name in ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")}
 
 
 def _put_cacerts(mesh, ctx: str, files: dict[str, str]) -> None:

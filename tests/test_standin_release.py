@@ -11,13 +11,14 @@ import sys
 import pytest
 import yaml
 
+from tests.meshkit import FAST_KEY_BITS, FAST_KEYS
 from tests.sandbox.release import VERSION, materialize_release
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None or shutil.which("openssl") is None,
                                 reason="needs make and openssl")
 
 # Istio 1.30.3's recipes make every key 4096 bits whatever these say (they reach only default_bits).
-FAST = ["ROOTCA_KEYSZ=2048", "INTERMEDIATE_KEYSZ=2048"]
+FAST = [f"{k}={v}" for k, v in FAST_KEYS.items()]
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,14 @@ def make(release, cwd, *args, env=None, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"make {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def small_keys(folder, *keys):
+    """Keys made before make runs (make keeps a key that exists), as setup-mesh makes them: small, since a
+    4096-bit key, the recipes' own, costs openssl seconds. Only the root key test makes one of those."""
+    for key in keys:
+        (folder / key).parent.mkdir(parents=True, exist_ok=True)
+        openssl("genrsa", "-out", str(folder / key), str(FAST_KEY_BITS))
 
 
 def openssl(*args, cwd=None):
@@ -102,6 +111,7 @@ def test_root_ca_creates_the_root_files(release, tmp_path):
 
 
 def test_cacerts_builds_an_intermediate_signed_by_the_root(release, tmp_path):
+    small_keys(tmp_path, "root-key.pem", "cluster1/ca-key.pem")
     make(release, tmp_path, "root-ca", *FAST)
     proc = make(release, tmp_path, "cluster1-cacerts", *FAST, "INTERMEDIATE_SAN_DNS=istiod.istio-system.svc")
     assert proc.stdout.rstrip().endswith("rm cluster1/cluster-ca.csr cluster1/intermediate.conf") or \
@@ -128,6 +138,7 @@ def test_cacerts_builds_an_intermediate_signed_by_the_root(release, tmp_path):
 
 
 def test_existing_keys_and_certs_are_kept(release, tmp_path):
+    small_keys(tmp_path, "root-key.pem", "c1/ca-key.pem")
     make(release, tmp_path, "root-ca", *FAST)
     make(release, tmp_path, "c1-cacerts", *FAST)
     files = ["root-key.pem", "root-cert.pem", "c1/ca-key.pem", "c1/ca-cert.pem", "c1/cert-chain.pem"]
@@ -148,6 +159,7 @@ def test_variables_from_command_line_and_environment(release, tmp_path, how):
         args, env = [f"{k}={v}" for k, v in values.items()], {}
     else:
         args, env = [], values
+    small_keys(tmp_path, "root-key.pem", "east/ca-key.pem")
     make(release, tmp_path, "root-ca", "east-cacerts", *args, env=env)
     assert subject(tmp_path / "root-cert.pem") == "subject=CN=Acme Root,O=Acme Inc"
     assert subject(tmp_path / "east/ca-cert.pem") == "subject=L=east,CN=Acme Intermediate,O=Acme Mesh"
@@ -175,6 +187,7 @@ def test_help_clean_and_workload_certs(release, tmp_path):
     helptext = make(release, tmp_path).stdout
     for target in ("root-ca:", "<name>-cacerts:", "<namespace>-certs:", "clean:"):
         assert target in helptext
+    small_keys(tmp_path, "root-key.pem", "vm/ca-key.pem", "vm/key.pem")
     make(release, tmp_path, "root-ca", "vm-certs", *FAST, "SERVICE_ACCOUNT=app")
     for f in ("ca-cert.pem", "ca-key.pem", "key.pem", "workload-cert.pem", "workload-cert-chain.pem", "root-cert.pem"):
         assert (tmp_path / "vm" / f).is_file(), f

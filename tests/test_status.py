@@ -26,7 +26,7 @@ from rich.console import Console
 from tests import meshkit
 from tests.sandbox.release import VERSION
 from tests.fakecluster import istiod_service_of, istiod_services
-from tests.meshkit import FAST_KEYS
+from tests.meshkit import make_other_ca
 from lib.config import Cluster, Topology
 from lib.kube import Observed, RemoteSecretInfo
 from lib.reporter import Reporter
@@ -561,11 +561,7 @@ def test_remote_secret_naming_a_loopback_server(mesh):
 
 def _foreign_cacerts(mesh: Mesh, where: Path) -> Path:
     """cluster2's cacerts files made from another root, with the release's own Makefile."""
-    where.mkdir()
-    makefile = mesh.sandbox.istio_dir / "tools" / "certs" / "Makefile.selfsigned.mk"
-    subprocess.run(["make", "-f", str(makefile), "root-ca", "cluster2-cacerts", *(f"{k}={v}" for k, v in FAST_KEYS.items())],
-                   cwd=where, check=True, capture_output=True)
-    return where / "cluster2"
+    return make_other_ca(mesh.sandbox.istio_dir / "tools" / "certs" / "Makefile.selfsigned.mk", where, "cluster2")
 
 
 def test_cacerts_from_another_root(mesh, tmp_path):

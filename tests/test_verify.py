@@ -17,7 +17,7 @@ import yaml
 from lib.config import Cluster
 from lib.traffic import Images, answers, manifests, pod_states
 from tests import meshkit
-from tests.meshkit import FAST_KEYS
+from tests.meshkit import FAST_KEYS, make_other_ca
 
 # The tests share one mesh built for this module: under -n they run on one worker, which builds it once.
 pytestmark = pytest.mark.xdist_group("test_verify")
@@ -261,12 +261,9 @@ def test_cross_network_gateway_missing(mesh):
 
 
 def test_cacerts_on_another_root(mesh, tmp_path):
-    where = tmp_path / "other-root"
-    where.mkdir()
-    makefile = mesh.sandbox.istio_dir / "tools" / "certs" / "Makefile.selfsigned.mk"
-    subprocess.run(["make", "-f", str(makefile), "root-ca", "cluster2-cacerts", *(f"{k}={v}" for k, v in FAST_KEYS.items())],
-                   cwd=where, check=True, capture_output=True)
-    files = [f"--from-file={n}={where / 'cluster2' / n}" for n in ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")]
+    where = make_other_ca(mesh.sandbox.istio_dir / "tools" / "certs" / "Makefile.selfsigned.mk", tmp_path / "other-root",
+                          "cluster2")
+    files = [f"--from-file={n}={where / n}" for n in ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")]
     manifest = mesh.kubectl("cluster2", "create", "secret", "generic", "cacerts", "-n", "istio-system", *files,
                             "--dry-run=client", "-o", "json")
     mesh.kubectl("cluster2", "replace", "-f", "-", stdin=manifest)
