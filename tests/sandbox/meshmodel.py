@@ -390,11 +390,15 @@ def peer_address(config: dict, hosts: dict[str, int]) -> PeerAddress | None:
     host = (urlsplit(server).hostname or "").lower()
     if host not in hosts:
         return None
-    sc = ssl.create_default_context()
+    # As client-go (transport.TLSConfigFor): the kubeconfig's CA is the only root trusted, the system's
+    # roots only where it names none.
+    sc = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if cluster.get("insecure-skip-tls-verify"):
         sc.check_hostname, sc.verify_mode = False, ssl.CERT_NONE
     elif cluster.get("certificate-authority-data"):
         sc.load_verify_locations(cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
+    else:
+        sc = ssl.create_default_context()
     return PeerAddress(server, hosts[host], sc, cluster.get("tls-server-name") or host, user.get("token") or "")
 
 
