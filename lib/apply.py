@@ -10,6 +10,7 @@ from .config import AMBIENT, Cluster, Topology, data_plane_mode, select_clusters
 from .errors import ConfigError, MeshError
 from .executor import RERUN_HINT, Executor, Outcome
 from .installnamespaces import missing_namespaces_refusal
+from .installsteps import istio_objects_read_in
 from .gatewayapi import CrdSource, choose_source, expected_version, older_than_needed
 from .kube import Observed, Tools, gateway_addresses
 from .overlay import our_operators
@@ -56,8 +57,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     read_reporter = run.reader if only is None else run.quiet
     readable = ws.contexts_resolved
     client = KubeClient(tools, runner, read_reporter, parallel)
-    observed = client.read_state(list(topology.clusters) + removed_clusters, ambient=ambient,
-                                 ztunnel_namespace=ztunnel_namespace(ws.base)) if readable else {}
+    observed = _read_clusters(client, ws, removed_clusters, ambient) if readable else {}
     if ambient:
         _warn_old_gateway_api(topology, observed, istio_version, reporter)
     # Remotes are pointed at their primary's east-west gateway: at the address it has now, when it has one.
@@ -170,6 +170,13 @@ def _sit_outs(plan: ApplyPlan, topology: Topology, tools: Tools, unreachable: di
             f"sits this run out: its primary {primary} could not be read",
             hint=f"make {primary} reachable, then {RERUN_HINT}")))
     return found
+
+
+def _read_clusters(client: KubeClient, ws: Workspace, removed: list[Cluster], ambient: bool) -> dict[str, Observed]:
+    """Every cluster of the topology and those removed from it, once each."""
+    return client.read_state(list(ws.topology.clusters) + removed, ambient=ambient,
+                             ztunnel_namespace=ztunnel_namespace(ws.base),
+                             istio_objects_in=istio_objects_read_in(ws.workdir, mesh_model(ws.topology, data_plane_mode(ws.base))))
 
 
 def _warn_left_out_unread(contexts: set[str], observed: dict[str, Observed], reporter: Reporter) -> None:

@@ -15,7 +15,7 @@ from .ambient import gateway_status
 from .assesscerts import (OTHER_ROOTS, CacertsFinding, CacertsState, RootId, WorkspaceCerts,  # noqa: F401
                           assess_cacerts, assess_cluster_cacerts, root_id)
 from .config import AMBIENT, SIDECAR
-from .desired import Desired
+from .desired import Desired, IstioObjects, at_revision
 from .kube import Observed, token_fingerprint
 from .mesh import Member, Mesh
 from .names import CONTROL_PLANE_CLUSTERS, EASTWEST_NAME, NETWORK_LABEL
@@ -277,6 +277,14 @@ def assess_wiring(mesh: Mesh, member: Member, annotations: Mapping[str, str], co
 
 
 # --- one cluster, every finding -----------------------------------------------------------------------
+
+def missing_objects(seen: Observed, d: Desired, revision: str | None = None) -> list[tuple[IstioObjects, list[str]]]:
+    """Each of ``d``'s Istio objects units (at the ``revision`` the cluster runs, lib/upgradeplan.py) of which
+    the read found objects absent, with those ("Gateway istiod-gateway"); none when they were not read. A
+    cluster that is not set up yet lacks them all, which its install mends: that is for the caller to weigh."""
+    units = (at_revision(unit, revision) for unit in d.istio_objects)
+    return [(unit, lacking) for unit in units if (lacking := seen.lacks(unit.objects))]
+
 
 @dataclass(frozen=True)
 class ClusterFindings:

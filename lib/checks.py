@@ -128,6 +128,11 @@ CHECKS: dict[str, Check] = {c.id: c for c in (
           ('several networks, and service istio-eastwestgateway does not exist (ambient: the Gateway'
            ' istio-eastwestgateway of class istio-east-west)'),
           'setup-mesh apply'),
+    Check('istio_objects_missing', ERROR,
+          ("a Gateway or VirtualService setup-mesh applies in istio-system is gone (the cross-network Gateway "
+           "of the east-west gateway, or istiod-gateway and istiod-vs of a primary with remotes): read where "
+           "this workspace installed Istio"),
+          'setup-mesh apply (applies them again, and nothing else)'),
     Check('gateway_api_crds_missing', ERROR,
           'ambient: the Gateway API CRDs are not installed',
           'setup-mesh apply (installs them)'),

@@ -32,9 +32,11 @@ READ_STATE_TITLE = "read current state"
 
 class ClusterClient(Protocol):
     def read_state(self, clusters: Sequence[Cluster], *, ambient: bool = False,
-                   title: str = READ_STATE_TITLE, ztunnel_namespace: str = ISTIO_NAMESPACE) -> dict[str, Observed]:
+                   title: str = READ_STATE_TITLE, ztunnel_namespace: str = ISTIO_NAMESPACE,
+                   istio_objects_in: frozenset[str] = frozenset()) -> dict[str, Observed]:
         """What each cluster holds (``ambient``: also the Gateway API CRDs, the east-west Gateway, and
-        ztunnel in ``ztunnel_namespace``)."""
+        ztunnel in ``ztunnel_namespace``; ``istio_objects_in``: the clusters whose Istio objects in
+        istio-system are read too)."""
 
     def istio_usage(self, clusters: Sequence[Cluster], ours: frozenset[str]) -> dict[str, IstioUsage | MeshError]:
         """The Istio resources and control planes others made (``ours``: setup-mesh's IstioOperator names)."""
@@ -66,9 +68,10 @@ class KubeClient:
     parallel: int
 
     def read_state(self, clusters: Sequence[Cluster], *, ambient: bool = False,
-                   title: str = READ_STATE_TITLE, ztunnel_namespace: str = ISTIO_NAMESPACE) -> dict[str, Observed]:
+                   title: str = READ_STATE_TITLE, ztunnel_namespace: str = ISTIO_NAMESPACE,
+                   istio_objects_in: frozenset[str] = frozenset()) -> dict[str, Observed]:
         return inspect_clusters(list(clusters), self.tools, self.runner, self.reporter, self.parallel, title=title,
-                                ambient=ambient, ztunnel_namespace=ztunnel_namespace)
+                                ambient=ambient, ztunnel_namespace=ztunnel_namespace, istio_objects_in=istio_objects_in)
 
     def istio_usage(self, clusters: Sequence[Cluster], ours: frozenset[str]) -> dict[str, IstioUsage | MeshError]:
         return read_istio_usage(list(clusters), self.tools, self.runner, self.reporter, self.parallel, ours)

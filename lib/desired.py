@@ -43,6 +43,14 @@ class IstioObjects:
         return f"{self.purpose} ({', '.join(o['kind'] + ' ' + o['metadata']['name'] for o in self.objects)})"
 
 
+def at_revision(unit: IstioObjects, revision: str | None) -> IstioObjects:
+    """Istio objects for the revision a cluster runs since a canary upgrade: istiod is exposed to remotes
+    as that revision's (expose-istiod-rev.yaml.tmpl), not as base.yaml's, whose istiod is gone."""
+    if revision and unit.purpose == EXPOSE_ISTIOD:
+        return IstioObjects(unit.purpose, expose_istiod(revision))
+    return unit
+
+
 @dataclass
 class Desired:
     """Everything apply installs in one cluster."""

@@ -8,13 +8,14 @@ from pathlib import Path
 import yaml
 
 from . import invocation
-from .assess import GatewayFinding, WiringFinding, assess_gateway, overlay_changes
+from .assess import GatewayFinding, WiringFinding, assess_gateway, missing_objects, overlay_changes
 from .config import SIDECAR, Cluster
-from .desired import EXPOSE_ISTIOD, Desired, IstioObjects
+from .desired import EXPOSE_ISTIOD, Desired, IstioObjects, at_revision
 from .errors import CommandFailed, MeshError
 from .executor import RERUN_HINT, After, RunContext, Step
 from .gatewaysteps import WAIT_KEY
 from .kube import Observed, Tools
+from .mesh import Mesh
 from .names import APPLIED_ANNOTATION, CONTROL_PLANE_CLUSTERS, DATA_PLANE_ANNOTATION, EASTWEST_NAME, ISTIO_NAMESPACE
 from .overlay import control_plane_istiod, control_plane_revision, expose_istiod, manifest_list, sequential_waits
 from .runner import Command
@@ -27,6 +28,12 @@ DEFAULT_TAG_KEY = "default revision tag"
 
 def overlay_path(workdir: Path, cluster: Cluster) -> Path:
     return workdir / OVERLAY_DIR / f"{cluster.name}.yaml"
+
+
+def istio_objects_read_in(workdir: Path, mesh: Mesh) -> frozenset[str]:
+    """The clusters whose read lists the Istio objects in istio-system (lib/kube.py): those that keep some,
+    where this workspace installed Istio (it keeps their overlays), so that Istio's CRDs are expected."""
+    return frozenset(m.name for m in mesh.members if m.keeps_istio_objects and overlay_path(workdir, m.cluster).is_file())
 
 
 def eastwest_path(workdir: Path, cluster: Cluster) -> Path:
@@ -114,11 +121,20 @@ def install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | None
     for unit in d.istio_objects:  # applied again on every install: new ones added, the others applied again
         unit = at_revision(unit, revision)
         new = fresh_gateway or unit.purpose not in present
-        steps.append(Step(unit.title, commands=[tools.apply(cluster, dump(manifest_list(unit.objects)
-                                                                          if len(unit.objects) > 1 else unit.objects[0]),
-                                                            shown=True)],
-                          change=f"+ {unit.title}" if new else f"~ {unit.title}: applied again"))
+        steps.append(objects_step(tools, cluster, unit, f"+ {unit.title}" if new else f"~ {unit.title}: applied again"))
     return installed, steps
+
+
+def objects_step(tools: Tools, cluster: Cluster, unit: IstioObjects, change: str) -> Step:
+    return Step(unit.title, change=change, commands=[tools.apply(
+        cluster, dump(manifest_list(unit.objects) if len(unit.objects) > 1 else unit.objects[0]), shown=True)])
+
+
+def restore_objects_steps(tools: Tools, d: Desired, seen: Observed, revision: str | None) -> list[Step]:
+    """A cluster that needs no install but lacks some of its Istio objects (deleted by hand, or by a tool
+    that prunes what it did not make): those units applied again, and nothing else."""
+    return [objects_step(tools, d.cluster, unit, f"+ {unit.title}: {', '.join(lacking)} missing")
+            for unit, lacking in missing_objects(seen, d, revision)]
 
 
 def default_tag_step(tools: Tools, cluster: Cluster, revision: str) -> Step:
@@ -127,14 +143,6 @@ def default_tag_step(tools: Tools, cluster: Cluster, revision: str) -> Step:
     return Step(f"point the default revision tag at {revision}",
                 commands=[tools.istioctl_cmd(cluster, "tag", "set", "default", "--revision", revision, "--overwrite")],
                 change=f"+ default revision tag → {revision}", key=DEFAULT_TAG_KEY)
-
-
-def at_revision(unit: IstioObjects, revision: str | None) -> IstioObjects:
-    """Istio objects for the revision a cluster runs since a canary upgrade: istiod is exposed to remotes
-    as that revision's (expose-istiod-rev.yaml.tmpl), not as base.yaml's, whose istiod is gone."""
-    if revision and unit.purpose == EXPOSE_ISTIOD:
-        return IstioObjects(unit.purpose, expose_istiod(revision))
-    return unit
 
 
 def _explained_gateway_install(tools: Tools, cluster: Cluster, command: Command):
@@ -167,13 +175,16 @@ def _replica_failure(ctx: RunContext, read: Command) -> str | None:
     return next((c.get("message") for c in conditions if c.get("type") == "ReplicaFailure" and c.get("message")), None)
 
 
-def objects_present(d: Desired, gateway: GatewayFinding, wiring: WiringFinding) -> frozenset[str]:
+def objects_present(d: Desired, gateway: GatewayFinding, wiring: WiringFinding, seen: Observed,
+                    revision: str | None = None) -> frozenset[str]:
     """The purposes of ``d``'s Istio objects the cluster holds already, from the findings: the
     cross-network Gateway comes with the sidecar-mode gateway, istiod's exposure with remotes that name
-    this cluster as their control plane, the ambient Gateway is read itself."""
+    this cluster as their control plane, the ambient Gateway is read itself; and, where the read listed
+    Istio's objects, none of them is missing."""
     held = {"expose services": gateway.running == SIDECAR, EXPOSE_ISTIOD: wiring.exposed,
             "east-west gateway": d.ambient and gateway.present}
-    return frozenset(unit.purpose for unit in d.istio_objects if held.get(unit.purpose))
+    lacking = {unit.purpose for unit, _ in missing_objects(seen, d, revision)}
+    return frozenset(unit.purpose for unit in d.istio_objects if held.get(unit.purpose) and unit.purpose not in lacking)
 
 
 def _changed(path: Path, new: dict, fresh: bool, workdir: Path) -> tuple[str, list[str]]:

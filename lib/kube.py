@@ -23,6 +23,10 @@ READER_SERVICE_ACCOUNT = "istio-reader-service-account"
 GATEWAY_RESOURCE = GATEWAY_CRD  # a CRD is named as its resource: the Gateway API kind, not Istio's Gateway
 # Every kind Istio's CRDs define is in this category, so one `kubectl get` lists all Istio resources.
 ISTIO_CATEGORY = "istio-io"
+# The Istio objects setup-mesh applies in istio-system (the cross-network Gateway, istiod's Gateway and
+# VirtualService). Istio's CRDs define them, so asking for them fails where the CRDs are not installed.
+ISTIO_OBJECT_GROUP = "networking.istio.io"
+ISTIO_OBJECT_KINDS = {"Gateway": f"gateways.{ISTIO_OBJECT_GROUP}", "VirtualService": f"virtualservices.{ISTIO_OBJECT_GROUP}"}
 READ_TIMEOUT = 30.0  # seconds one read of a cluster may take (status's reads; --timeout)
 
 
@@ -92,11 +96,13 @@ class Tools:
         return self.kubectl_cmd(cluster, "get", "configmap", CA_ROOT_CONFIGMAP, "-n", ISTIO_NAMESPACE,
                                 "--ignore-not-found", "-o", "json", check=False, timeout=timeout)
 
-    def inspect(self, cluster: Cluster, timeout: float) -> Command:
+    def inspect(self, cluster: Cluster, timeout: float, istio_objects: bool = False) -> Command:
         # One read gives the namespace, its secrets (cacerts, remote secrets, tokens), services, deployments
-        # and daemonsets (ztunnel and istio-cni in an ambient mesh).
-        return self.kubectl_cmd(cluster, "get", "namespaces,secrets,services,deployments,daemonsets", "-n", ISTIO_NAMESPACE,
-                                "-o", "json", timeout=timeout)
+        # and daemonsets (ztunnel and istio-cni in an ambient mesh); ``istio_objects``: also the Istio
+        # objects setup-mesh applies there (fails where Istio's CRDs are not installed).
+        kinds = ["namespaces", "secrets", "services", "deployments", "daemonsets",
+                 *(ISTIO_OBJECT_KINDS.values() if istio_objects else ())]
+        return self.kubectl_cmd(cluster, "get", ",".join(kinds), "-n", ISTIO_NAMESPACE, "-o", "json", timeout=timeout)
 
 
 # istiod writes the root bundle it holds, as it holds it, into this ConfigMap of every namespace
@@ -176,6 +182,17 @@ class Observed:
     istiod_services: dict[str, dict] = field(default_factory=dict)
     daemonsets: dict[str, dict] = field(default_factory=dict)  # in istio-system, by name (and ztunnel where it runs)
     namespaces: frozenset[str] | None = None  # every namespace of the cluster, when the read listed them
+    # (kind, name) of each networking.istio.io Gateway and VirtualService in istio-system; None: not read.
+    istio_objects: frozenset[tuple[str, str]] | None = None
+
+    def lacks(self, objects: list[dict]) -> list[str]:
+        """"Kind name" of each networking.istio.io object of ``objects`` the read found absent; none when
+        they were not read."""
+        if self.istio_objects is None:
+            return []
+        return [f"{o['kind']} {o['metadata']['name']}" for o in objects
+                if o.get("apiVersion", "").split("/")[0] == ISTIO_OBJECT_GROUP
+                and (o["kind"], o["metadata"]["name"]) not in self.istio_objects]
 
     @property
     def recorded_data_plane(self) -> str | None:
@@ -192,10 +209,12 @@ class Observed:
         return {name: dict((item.get("spec") or {}).get("selector") or {}) for name, item in self.istiod_services.items()}
 
 
-def parse_inspect(output: str) -> Observed:
+def parse_inspect(output: str, istio_objects: bool = False) -> Observed:
+    """``istio_objects``: the read asked for the Istio objects (Tools.inspect)."""
     data = json.loads(output or "{}")
     items = data.get("items", []) if data.get("kind") == "List" else [data]
     seen = Observed(reachable=True)
+    objects: set[tuple[str, str]] = set()
     tokens: list[tuple[str, str]] = []
     # The read lists namespaces with -n istio-system: a cluster-scoped kind is listed whole.
     namespaces = set()
@@ -204,14 +223,7 @@ def parse_inspect(output: str) -> Observed:
         meta = item.get("metadata") or {}
         name = meta.get("name")
         if kind == "Namespace":
-            if not meta.get("deletionTimestamp"):  # one being deleted takes no new object
-                namespaces.add(name)
-            if name == ISTIO_NAMESPACE:
-                seen.namespace = True
-                seen.namespace_terminating = bool(meta.get("deletionTimestamp"))
-                seen.network_label = (meta.get("labels") or {}).get(NETWORK_LABEL)
-                seen.annotations = dict(meta.get("annotations") or {})
-                seen.applied = seen.annotations.get(APPLIED_ANNOTATION)
+            _read_namespace(seen, meta, namespaces)
         elif kind == "Secret" and meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE:
             _read_secret(seen, item, tokens)
         elif kind == "Service" and meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE:
@@ -220,11 +232,26 @@ def parse_inspect(output: str) -> Observed:
             seen.deployments[name] = item
         elif kind == "DaemonSet" and meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE:
             seen.daemonsets[name] = item
+        elif kind in ISTIO_OBJECT_KINDS and item.get("apiVersion", "").startswith(ISTIO_OBJECT_GROUP + "/"):
+            objects.add((kind, name))
+    if istio_objects:
+        seen.istio_objects = frozenset(objects)
     if tokens:
         seen.reader_token = sorted(tokens)[0][1]
     if data.get("kind") == "List":
         seen.namespaces = frozenset(namespaces)
     return seen
+
+
+def _read_namespace(seen: Observed, meta: dict[str, Any], namespaces: set[str]) -> None:
+    if not meta.get("deletionTimestamp"):  # one being deleted takes no new object
+        namespaces.add(meta.get("name"))
+    if meta.get("name") == ISTIO_NAMESPACE:
+        seen.namespace = True
+        seen.namespace_terminating = bool(meta.get("deletionTimestamp"))
+        seen.network_label = (meta.get("labels") or {}).get(NETWORK_LABEL)
+        seen.annotations = dict(meta.get("annotations") or {})
+        seen.applied = seen.annotations.get(APPLIED_ANNOTATION)
 
 
 def _read_secret(seen: Observed, item: dict[str, Any], tokens: list[tuple[str, str]]) -> None:

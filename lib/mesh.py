@@ -58,6 +58,12 @@ class Member:
     def is_remote(self) -> bool:
         return self.role is Role.REMOTE
 
+    @property
+    def keeps_istio_objects(self) -> bool:
+        """It holds Istio Gateways or VirtualServices that apply makes (lib/desired.py: the cross-network
+        Gateway of a sidecar-mode gateway, istiod's exposure to remotes)."""
+        return (self.exposes_services and self.data_plane == SIDECAR) or self.exposes_istiod
+
 
 @dataclass(frozen=True)
 class Mesh:

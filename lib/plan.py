@@ -20,7 +20,7 @@ from .executor import After, Phase, Step
 from .gatewayapi import CrdSource
 from .gatewaysteps import (gateway_api_crds_step, remove_ambient_gateway_step, remove_gateways_step,
                            remove_sidecar_gateway_step, wait_gateway_step)
-from .installsteps import (install_steps, no_longer_remote_step, objects_present, record_step,
+from .installsteps import (install_steps, no_longer_remote_step, objects_present, record_step, restore_objects_steps,
                            stop_exposing_istiod_step)
 from .kube import Observed, Tools
 from .mesh import mesh_model
@@ -157,6 +157,8 @@ class _Planner:
         if installing:
             installed, gateway, after = self.install(cluster, d, seen, install, gateway_found, wiring)
             steps.extend(installed)
+        else:
+            steps.extend(restore_objects_steps(self.tools, d, seen, self.revisions.get(cluster.context)))
         changed = bool(steps)  # an install is among them whenever anything comes after it
         if d.member.remotes and gateway_found.wanted == SIDECAR and (changed or not gateway_found.address):
             # Its remotes wait for this address: find it before anything else this cluster does.
@@ -213,7 +215,8 @@ class _Planner:
         elif gateway_found.running == AMBIENT and not d.ambient:
             steps.append(remove_ambient_gateway_step(self.tools, cluster))
         installed, gateway = install_steps(self.tools, self.workdir, d, seen,
-                                           objects_present(d, gateway_found, wiring),
+                                           objects_present(d, gateway_found, wiring, seen,
+                                                           self.revisions.get(cluster.context)),
                                            self.revisions.get(cluster.context))
         steps.extend(installed)
         self.plan.actions[cluster.context] = "install" if install.state is InstallState.ABSENT else "change"

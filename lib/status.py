@@ -17,6 +17,7 @@ from . import polling
 from .cluster import ClusterClient, KubeClient
 from .config import AMBIENT, select_clusters, ztunnel_namespace
 from .errors import MeshError
+from .installsteps import istio_objects_read_in
 from .kube import READ_TIMEOUT, Tools, gateway_addresses
 from .names import ISTIOD, is_istiod_name
 from .reporter import Reporter
@@ -42,7 +43,8 @@ def collect(ws: Expected, tools: Tools, runner, reporter: Reporter, parallel: in
 def read_status(ws: Expected, client: ClusterClient) -> MeshStatus:
     """Every read status makes, through ``client``, judged."""
     observed = client.read_state(list(ws.topology.clusters), title="read status", ambient=ws.data_plane == AMBIENT,
-                                 ztunnel_namespace=ztunnel_namespace(ws.base))
+                                 ztunnel_namespace=ztunnel_namespace(ws.base),
+                                 istio_objects_in=istio_objects_read_in(ws.workdir, ws.mesh))
     serving = {ctx: serving_istiod(seen.deployments, ws.istiod_deployment, ws.revision)
                for ctx, seen in observed.items() if seen.reachable}
     istiod = {ctx: parse_istiod(seen.deployments.get(serving[ctx][0])) if seen.reachable

@@ -8,7 +8,7 @@ from . import certs, reissue
 from .ambient import gateway_status
 from .assess import (CacertsFinding, GatewayState, LabelState, NamespaceFinding, WorkspaceCerts, assess_cluster_cacerts,
                      assess_gateway, assess_install, assess_namespace, assess_secrets, assess_wiring,
-                     issued_credentials)
+                     issued_credentials, missing_objects)
 from .checks import WARNING
 from .config import AMBIENT, SIDECAR, Cluster
 from .desired import Desired
@@ -122,6 +122,8 @@ def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints
         _judge_ztunnel(status, cluster, seen, hints, set_up)
     else:
         _judge_sidecar_gateway(status, cluster, seen, hints, set_up, desired)
+    if seen.applied is not None:
+        _judge_istio_objects(status, seen, desired, istiod, hints)
     # remote secrets: a primary holds every other cluster's, a remote none (judged as the plan judges them)
     for finding in assess_secrets(ws.mesh, member, seen, current):
         report_secret(status, cluster, seen, finding, hints, set_up, ws.topology)
@@ -199,6 +201,13 @@ def _judge_sidecar_gateway(status: ClusterStatus, cluster: Cluster, seen: Observ
         add(Problem("gateway_pending", f"the east-west gateway service {EASTWEST_NAME} has no address yet",
                     f"check its LoadBalancer with `{hints.kubectl(cluster, 'get', 'service', EASTWEST_NAME, '-n', ISTIO_NAMESPACE)}`"
                     f"; clusters without a load balancer need one (e.g. MetalLB) or spec.externalIPs"))
+
+
+def _judge_istio_objects(status: ClusterStatus, seen: Observed, desired: Desired, istiod: Istiod, hints: Hints) -> None:
+    """The Istio objects apply keeps in istio-system, where the read listed them (lib/kube.py)."""
+    for unit, lacking in missing_objects(seen, desired, istiod.revision):
+        status.problems.append(Problem("istio_objects_missing", f"{', '.join(lacking)} not in {ISTIO_NAMESPACE}: "
+                                                                f"nothing does what they do ({unit.purpose})", hints.apply))
 
 
 def _report_annotation_left(status: ClusterStatus, seen: Observed, hints: Hints) -> None:

@@ -17,6 +17,7 @@ from .reporter import Reporter
 
 
 ISTIOD_CONTAINER = "discovery"
+REVISION_LABEL = "istio.io/rev"
 ZTUNNEL = ZTUNNEL_DAEMONSET
 # Image tag suffixes that name a build flavour, not a version.
 _TAG_VARIANTS = ("-distroless", "-debug")
@@ -37,6 +38,7 @@ class Istiod:
     ready: bool | None = None  # at least one ready replica
     cluster_id: str | None = None  # its CLUSTER_ID env: the cluster name Istio runs under
     error: str | None = None
+    revision: str | None = None  # its istio.io/rev label; None for the default revision
 
 
 def image_version(image: str | None) -> str | None:
@@ -67,8 +69,9 @@ def parse_istiod(deployment: dict | None) -> Istiod:
         if env.get("name") == "CLUSTER_ID" and env.get("value"):
             cluster_id = env["value"]
     ready = int((data.get("status") or {}).get("readyReplicas") or 0) > 0
+    revision = ((data.get("metadata") or {}).get("labels") or {}).get(REVISION_LABEL)
     return Istiod(read=True, installed=True, version=image_version(container.get("image")), ready=ready,
-                  cluster_id=cluster_id)
+                  cluster_id=cluster_id, revision=None if revision in (None, "", "default") else revision)
 
 
 # --- istiod's own view: istioctl remote-clusters -----------------------------------------------------

@@ -3,12 +3,12 @@ the clusters' current state that apply, teardown, status, verify and rotate-cert
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, check_data_plane, load_base, load_topology
 from .kubeconfig import resolve_contexts
-from .errors import ConfigError, MeshError
+from .errors import CommandFailed, ConfigError, MeshError
 from .executor import RunContext, Unread, read_clusters
 from .gatewayapi import parse_crd_annotations
 from .invocation import prep_hint
@@ -93,15 +93,18 @@ def pinned_release(topology: Topology, workdir: Path, istio_dir: str | None) -> 
 
 def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Reporter, parallel: int,
                      title: str = "read current state", ambient: bool = False,
-                     ztunnel_namespace: str = ISTIO_NAMESPACE) -> dict[str, Observed]:
+                     ztunnel_namespace: str = ISTIO_NAMESPACE, istio_objects_in: frozenset[str] = frozenset()
+                     ) -> dict[str, Observed]:
     """One read per cluster, in parallel. An unreachable cluster is an Observed with an error.
     ``ambient``: also the Gateway API CRDs and, where they exist, the east-west Gateway, and ztunnel's
-    DaemonSet when the profile puts it in ``ztunnel_namespace`` instead of istio-system."""
+    DaemonSet when the profile puts it in ``ztunnel_namespace`` instead of istio-system.
+    ``istio_objects_in``: the clusters whose read also lists the Istio objects in istio-system (those the
+    workspace installed Istio in: elsewhere Istio's CRDs are likely absent, which fails such a read)."""
     timeout = read_timeout(tools)
 
     def read(ctx: RunContext, cluster: Cluster) -> Observed:
         try:
-            seen = parse_inspect(ctx.run(tools.inspect(cluster, timeout)).stdout)
+            seen = _inspect(ctx, tools, cluster, timeout, cluster.name in istio_objects_in)
             if ambient:
                 seen.gateway_api = parse_crd_annotations(ctx.run(tools.gateway_api_crds(cluster, timeout)).stdout)
                 if seen.gateway_api.installed:
@@ -119,6 +122,17 @@ def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Re
             raise Unread(error, Observed(reachable=False, error=error)) from None
 
     return read_clusters(clusters, runner, reporter, parallel, title, read)
+
+
+def _inspect(ctx: RunContext, tools: Tools, cluster: Cluster, timeout: float, istio_objects: bool) -> Observed:
+    if istio_objects:
+        result = ctx.run(replace(tools.inspect(cluster, timeout, istio_objects=True), check=False))
+        if result.ok:
+            return parse_inspect(result.stdout, istio_objects=True)
+        if result.timed_out or not is_missing_category(result.stderr):  # else no Istio CRD: the plain read
+            raise CommandFailed(result.command, None if result.timed_out else result.exit_code, result.stderr_tail(),
+                                timed_out=result.timed_out)
+    return parse_inspect(ctx.run(tools.inspect(cluster, timeout)).stdout)
 
 
 def read_istio_usage(clusters: list[Cluster], tools: Tools, runner, reporter: Reporter, parallel: int,

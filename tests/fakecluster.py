@@ -47,13 +47,17 @@ class FakeClient:
             yield cluster.context, self.clusters.get(cluster.context)
 
     def read_state(self, clusters: Sequence[Cluster], *, ambient: bool = False,
-                   title: str = "read current state", ztunnel_namespace: str = "istio-system") -> dict[str, Observed]:
+                   title: str = "read current state", ztunnel_namespace: str = "istio-system",
+                   istio_objects_in: frozenset[str] = frozenset()) -> dict[str, Observed]:
         found = {}
+        names = {c.context: c.name for c in clusters}
         for context, held in self._each("state", clusters):
             if held is None or not held.state.reachable:
                 found[context] = Observed(reachable=False, error=held.state.error if held else _missing(context))
                 continue
             seen = copy.deepcopy(held.state)
+            if names[context] not in istio_objects_in:  # as kubectl's read: listed only when asked for
+                seen.istio_objects = None
             found[context] = seen if ambient else replace(seen, gateway_api=None, eastwest_gateway=None)
         return found
 

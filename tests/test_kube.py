@@ -97,3 +97,54 @@ def test_the_read_lists_the_namespaces_that_take_new_objects():
         {"kind": "Namespace", "metadata": {"name": "default"}}]}
     assert parse_inspect(_json.dumps(listing)).namespaces == {"istio-system", "default"}
     assert parse_inspect(_json.dumps({"kind": "Secret", "metadata": {"name": "x"}})).namespaces is None
+
+
+def _istio_object(kind: str, name: str, group: str = "networking.istio.io") -> dict:
+    return {"apiVersion": f"{group}/v1", "kind": kind, "metadata": {"name": name, "namespace": "istio-system"}}
+
+
+def test_the_istio_objects_are_listed_only_when_asked_for_and_other_groups_gateways_are_not_istios():
+    listing = {"kind": "List", "items": [
+        {"kind": "Namespace", "metadata": {"name": "istio-system"}},
+        _istio_object("Gateway", "istiod-gateway"),
+        _istio_object("Gateway", "cross-network-gateway", group="gateway.networking.k8s.io"),  # not Istio's kind
+    ]}
+    want = [_istio_object("Gateway", "istiod-gateway"), _istio_object("VirtualService", "istiod-vs"),
+            _istio_object("Gateway", "cross-network-gateway")]
+    seen = parse_inspect(json.dumps(listing), istio_objects=True)
+    assert seen.lacks(want) == ["VirtualService istiod-vs", "Gateway cross-network-gateway"]
+    assert parse_inspect(json.dumps(listing)).lacks(want) == [], "not read: nothing is called missing"
+    ambient = [_istio_object("Gateway", "istio-eastwestgateway", group="gateway.networking.k8s.io")]
+    assert seen.lacks(ambient) == [], "the Gateway API's objects are read elsewhere"
+
+
+def _kinds(command) -> str:
+    return command.argv[command.argv.index("get") + 1]
+
+
+def test_a_read_of_istio_objects_where_istios_crds_are_gone_falls_back_to_the_plain_read():
+    from lib.config import Cluster
+    from lib.kube import Tools
+    from lib.reporter import Reporter
+    from lib.workspace import inspect_clusters
+    from tests.recording import RecordingRunner
+
+    plain = json.dumps({"kind": "List", "items": [{"kind": "Namespace", "metadata": {"name": "istio-system"}}]})
+
+    def answer(command):
+        if "gateways.networking.istio.io" in _kinds(command):
+            if "--context" in command.argv and "broken" in command.argv:
+                return 1, "", "Unable to connect to the server: dial tcp: i/o timeout"
+            return 1, "", 'error: the server doesn\'t have a resource type "gateways" in group "networking.istio.io"'
+        return 0, plain, ""
+
+    runner = RecordingRunner(answer)
+    clusters = [Cluster("c1", "n1", "c1"), Cluster("broken", "n1", "broken")]
+    seen = inspect_clusters(clusters, Tools(), runner, Reporter(quiet=True), 2,
+                            istio_objects_in=frozenset({"c1", "broken"}))
+    assert seen["c1"].reachable and seen["c1"].namespace and seen["c1"].istio_objects is None
+    assert [_kinds(c) for c in runner.commands if "c1" in c.argv] == [
+        "namespaces,secrets,services,deployments,daemonsets,gateways.networking.istio.io,virtualservices.networking.istio.io",
+        "namespaces,secrets,services,deployments,daemonsets"]
+    assert not seen["broken"].reachable and "i/o timeout" in seen["broken"].error, "any other failure is the read's"
+    assert len([c for c in runner.commands if "broken" in c.argv]) == 1

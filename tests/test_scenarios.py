@@ -16,7 +16,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.meshkit import FOREIGN_PA, FOREIGN_VS, make_mesh, make_other_ca
+from tests.meshkit import FOREIGN_PA, FOREIGN_VS, make_mesh, make_other_ca, plan_sections
 
 CONTEXTS = ["ctx-a", "ctx-b", "ctx-c"]
 NAMES = {"ctx-a": "alpha", "ctx-b": "beta", "ctx-c": "gamma", "ctx-d": "delta"}  # ctx-d: a cluster that joins
@@ -432,6 +432,42 @@ def test_a_remote_with_its_own_network_added_to_a_running_mesh(shaped):
     # (the first three clusters' secrets name loopback API servers, which status reports on its own)
     status = json.loads(mesh.run("status", "-o", "json").stdout)
     assert [c["problems"] for c in status["clusters"] if c["context"] == "ctx-d"] == [[]]
+
+
+def _codes(status: dict) -> dict[str, list[tuple[str, str]]]:
+    return {c["context"]: [(p["code"], p["message"]) for p in c["problems"]] for c in status["clusters"]}
+
+
+def test_istio_objects_deleted_by_hand_are_reported_and_applied_again_alone(remote_mesh):
+    # Remotes reach ctx-a's istiod through istiod-gateway and istiod-vs; each network's services cross
+    # through the cross-network Gateway. Deleted (by hand, or by a tool pruning what it did not make), they
+    # must not be called healthy, and apply brings back exactly them.
+    mesh = remote_mesh
+    before, exported, installs = snapshot(mesh), len(exports(mesh)), len(mesh.installs())
+    mesh.kubectl("ctx-a", "delete", "virtualservices.networking.istio.io", "istiod-vs", "-n", "istio-system")
+    mesh.kubectl("ctx-c", "delete", "gateways.networking.istio.io", "cross-network-gateway", "-n", "istio-system")
+    status = mesh.run("status", "-o", "json")
+    assert status.returncode == 1, status.stdout + status.stderr
+    codes = _codes(json.loads(status.stdout))
+    assert [c for c, _ in codes["ctx-a"]] == ["istio_objects_missing"] and "VirtualService istiod-vs" in codes["ctx-a"][0][1]
+    assert [c for c, _ in codes["ctx-c"]] == ["istio_objects_missing"] and \
+        "Gateway cross-network-gateway" in codes["ctx-c"][0][1]
+    assert codes["ctx-b"] == [], "a remote holds none of them"
+    plan = mesh.run("apply", "--dry-run")
+    sections = plan_sections(plan.stdout)
+    assert "+ expose istiod (Gateway istiod-gateway, VirtualService istiod-vs): VirtualService istiod-vs missing" in \
+        "\n".join(sections["ctx-a"]), plan.stdout
+    assert "Gateway cross-network-gateway missing" in "\n".join(sections["ctx-c"]), plan.stdout
+    assert "install" not in "\n".join(sections["ctx-a"] + sections["ctx-c"]), plan.stdout
+    assert "ctx-b" not in sections, plan.stdout
+    mesh.apply_checked()
+    assert len(mesh.installs()) == installs and len(exports(mesh)) == exported, "nothing installed or exported again"
+    assert snapshot(mesh) == before, "gateways (UID, address), istiod, cacerts and remote secrets untouched"
+    assert _istiod_exposed(mesh, "ctx-a")
+    assert mesh.get("ctx-a", "virtualservices.networking.istio.io", "istiod-vs", "-n", "istio-system")
+    assert mesh.get("ctx-c", "gateways.networking.istio.io", "cross-network-gateway", "-n", "istio-system")
+    assert all(problems == [] for problems in _codes(json.loads(mesh.run("status", "-o", "json").stdout)).values())
+    assert "unchanged: ctx-a, ctx-b, ctx-c" in mesh.run("apply", "--dry-run").stdout, "a re-run converges"
 
 
 def test_a_remote_removed_takes_its_secrets_and_its_primarys_istiod_exposure(remote_mesh):
