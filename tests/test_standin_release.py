@@ -70,7 +70,7 @@ def test_materialize_lays_out_a_release_and_is_idempotent(tmp_path):
         assert (rel / f).is_file(), f
     assert not (rel / "README-standin.md").exists()
     istioctl = rel / "bin" / "istioctl"
-    assert istioctl.read_text().splitlines()[0] == f"#!{sys.executable}"
+    assert istioctl.read_text().splitlines()[0] == f"#!{sys.executable} -S", "started without the site module"
     assert os.access(istioctl, os.X_OK)
     assert os.access(rel / "samples/multicluster/gen-eastwest-gateway.sh", os.X_OK)
     assert yaml.safe_load((rel / "manifest.yaml").read_text())["version"] == VERSION
