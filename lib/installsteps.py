@@ -125,15 +125,16 @@ def install_steps(tools: Tools, workdir: Path, d: Desired, seen: Observed | None
     return installed, steps
 
 
-def objects_step(tools: Tools, cluster: Cluster, unit: IstioObjects, change: str) -> Step:
-    return Step(unit.title, change=change, commands=[tools.apply(
+def objects_step(tools: Tools, cluster: Cluster, unit: IstioObjects, change: str, done: str = "") -> Step:
+    return Step(unit.title, change=change, done=done, commands=[tools.apply(
         cluster, dump(manifest_list(unit.objects) if len(unit.objects) > 1 else unit.objects[0]), shown=True)])
 
 
 def restore_objects_steps(tools: Tools, d: Desired, seen: Observed, revision: str | None) -> list[Step]:
     """A cluster that needs no install but lacks some of its Istio objects (deleted by hand, or by a tool
     that prunes what it did not make): those units applied again, and nothing else."""
-    return [objects_step(tools, d.cluster, unit, f"+ {unit.title}: {', '.join(lacking)} missing")
+    return [objects_step(tools, d.cluster, unit, f"+ {unit.title}: {', '.join(lacking)} missing",
+                         done=f"{', '.join(lacking)} applied again")
             for unit, lacking in missing_objects(seen, d, revision)]
 
 

@@ -206,8 +206,8 @@ def _judge_sidecar_gateway(status: ClusterStatus, cluster: Cluster, seen: Observ
 def _judge_istio_objects(status: ClusterStatus, seen: Observed, desired: Desired, istiod: Istiod, hints: Hints) -> None:
     """The Istio objects apply keeps in istio-system, where the read listed them (lib/kube.py)."""
     for unit, lacking in missing_objects(seen, desired, istiod.revision):
-        status.problems.append(Problem("istio_objects_missing", f"{', '.join(lacking)} not in {ISTIO_NAMESPACE}: "
-                                                                f"nothing does what they do ({unit.purpose})", hints.apply))
+        status.problems.append(Problem("istio_objects_missing", f"missing from {ISTIO_NAMESPACE}: {', '.join(lacking)} "
+                                                                f"(what {unit.purpose} takes)", hints.apply))
 
 
 def _report_annotation_left(status: ClusterStatus, seen: Observed, hints: Hints) -> None:

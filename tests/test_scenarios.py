@@ -460,7 +460,9 @@ def test_istio_objects_deleted_by_hand_are_reported_and_applied_again_alone(remo
     assert "Gateway cross-network-gateway missing" in "\n".join(sections["ctx-c"]), plan.stdout
     assert "install" not in "\n".join(sections["ctx-a"] + sections["ctx-c"]), plan.stdout
     assert "ctx-b" not in sections, plan.stdout
-    mesh.apply_checked()
+    done = mesh.results(mesh.apply_checked().stdout)
+    assert done == {"ctx-a": "VirtualService istiod-vs applied again", "ctx-b": "unchanged",
+                    "ctx-c": "Gateway cross-network-gateway applied again"}, done
     assert len(mesh.installs()) == installs and len(exports(mesh)) == exported, "nothing installed or exported again"
     assert snapshot(mesh) == before, "gateways (UID, address), istiod, cacerts and remote secrets untouched"
     assert _istiod_exposed(mesh, "ctx-a")
