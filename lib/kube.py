@@ -25,8 +25,11 @@ GATEWAY_RESOURCE = GATEWAY_CRD  # a CRD is named as its resource: the Gateway AP
 ISTIO_CATEGORY = "istio-io"
 # The Istio objects setup-mesh applies in istio-system (the cross-network Gateway, istiod's Gateway and
 # VirtualService). Istio's CRDs define them, so asking for them fails where the CRDs are not installed.
+# Named with their version (v1, served since Istio 1.22): kubectl then maps them without weighing every
+# version of every group it discovered, which costs it half as much CPU again as the rest of the read.
 ISTIO_OBJECT_GROUP = "networking.istio.io"
-ISTIO_OBJECT_KINDS = {"Gateway": f"gateways.{ISTIO_OBJECT_GROUP}", "VirtualService": f"virtualservices.{ISTIO_OBJECT_GROUP}"}
+ISTIO_OBJECT_KINDS = {"Gateway": f"gateways.v1.{ISTIO_OBJECT_GROUP}",
+                      "VirtualService": f"virtualservices.v1.{ISTIO_OBJECT_GROUP}"}
 READ_TIMEOUT = 30.0  # seconds one read of a cluster may take (status's reads; --timeout)
 
 

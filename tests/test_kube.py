@@ -132,7 +132,7 @@ def test_a_read_of_istio_objects_where_istios_crds_are_gone_falls_back_to_the_pl
     plain = json.dumps({"kind": "List", "items": [{"kind": "Namespace", "metadata": {"name": "istio-system"}}]})
 
     def answer(command):
-        if "gateways.networking.istio.io" in _kinds(command):
+        if "gateways.v1.networking.istio.io" in _kinds(command):
             if "--context" in command.argv and "broken" in command.argv:
                 return 1, "", "Unable to connect to the server: dial tcp: i/o timeout"
             return 1, "", 'error: the server doesn\'t have a resource type "gateways" in group "networking.istio.io"'
@@ -144,7 +144,7 @@ def test_a_read_of_istio_objects_where_istios_crds_are_gone_falls_back_to_the_pl
                             istio_objects_in=frozenset({"c1", "broken"}))
     assert seen["c1"].reachable and seen["c1"].namespace and seen["c1"].istio_objects is None
     assert [_kinds(c) for c in runner.commands if "c1" in c.argv] == [
-        "namespaces,secrets,services,deployments,daemonsets,gateways.networking.istio.io,virtualservices.networking.istio.io",
+        "namespaces,secrets,services,deployments,daemonsets,gateways.v1.networking.istio.io,virtualservices.v1.networking.istio.io",
         "namespaces,secrets,services,deployments,daemonsets"]
     assert not seen["broken"].reachable and "i/o timeout" in seen["broken"].error, "any other failure is the read's"
     assert len([c for c in runner.commands if "broken" in c.argv]) == 1
