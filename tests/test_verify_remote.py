@@ -172,7 +172,12 @@ def test_the_primarys_gateway_address_lost_and_changed(mesh):
     assert "kubectl --context cluster1 get service istio-eastwestgateway -n istio-system" in cause["hint"]
     assert "i/o timeout" in next(p["message"] for p in doc["problems"] if p["code"] == "pod_missing")
 
-    # Back as a LoadBalancer it gets another address, which the remote was not installed with.
+    # Back as a LoadBalancer it gets another address, which the remote was not installed with. (The load
+    # balancer gives it one after its delay: verified once it has, else this would be the case above again.)
+    deadline = time.monotonic() + 30
+    while not mesh.get("cluster1", "service", "istio-eastwestgateway", "-n", "istio-system")["status"].get(
+            "loadBalancer", {}).get("ingress") and time.monotonic() < deadline:
+        time.sleep(0.1)
     code, doc = mesh.verify("--ready-timeout", "3")
     _failed_only(doc, {pair: "primary_address_changed" for pair in WITH_REMOTE})
     cause = _causes(doc, "primary_address_changed")[("cluster2", "cluster2")]
