@@ -673,3 +673,18 @@ def test_a_remote_whose_primary_cannot_be_read_is_not_reported_as_changed(pki):
     fakes["main"].state = Observed(reachable=False, error="connection refused")
     problems = _problems(read_status(ws, FakeClient(fakes)))
     assert problems["main"] == ["unreachable"] and "drift" not in problems["edge"], problems
+
+
+def test_the_istio_objects_a_read_listed_and_lacks_are_named_at_the_revision_the_cluster_runs():
+    from lib.assess import missing_objects
+
+    held = _set_up(PRIMARY_REMOTE, main={"istio_objects": frozenset({("Gateway", "istiod-gateway"),
+                                                                     ("Gateway", "cross-network-gateway")})})
+    want = desired_state(PRIMARY_REMOTE, {})["main"]
+    seen = FakeClient(held).read_state(PRIMARY_REMOTE.clusters, istio_objects_in=frozenset({"main"}))["main"]
+    assert [(u.purpose, lacking) for u, lacking in missing_objects(seen, want)] == \
+        [("expose istiod", ["VirtualService istiod-vs"])]
+    # after a canary upgrade istiod is exposed as its revision's (expose-istiod-rev.yaml.tmpl)
+    assert [lacking for _, lacking in missing_objects(seen, want, "1-31-0")] == [["VirtualService istiod-vs-1-31-0"]]
+    unread = FakeClient(held).read_state(PRIMARY_REMOTE.clusters)["main"]
+    assert missing_objects(unread, want) == [], "objects the read did not list are not called missing"
