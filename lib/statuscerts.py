@@ -125,7 +125,8 @@ def judge_cacerts(status: ClusterStatus, cluster: Cluster, seen: Observed, found
     elif found.on_workspace_root is not None:
         c.chains_to_root = found.on_workspace_root
         if not c.chains_to_root:
-            add(_foreign_root(status, cluster, ws, hints, root_fp, not _trusts(files, root_fp)))
+            add(_foreign_root(status, cluster, ws, hints, root_fp,
+                              root_fp not in certs.bundle_fingerprints(files.get("root-cert.pem"))))
     _judge_expiry(status, cluster, ws, hints)
 
 
@@ -152,17 +153,6 @@ def _foreign_root(status: ClusterStatus, cluster: Cluster, ws: Expected, hints: 
             else "its ca-cert.pem was not issued by this workspace's root")
     return Problem("cacerts_foreign_root", f"secret cacerts does not chain to this workspace's root CA "
                                            f"({what}): workloads here are not trusted by the other clusters", hint)
-
-
-def _trusts(files: dict[str, bytes], root_fp: str | None) -> bool:
-    """cacerts' root-cert.pem holds the workspace's root (any certificate in it, not only the first)."""
-    for pem in carotation.split_pems(files.get("root-cert.pem")):
-        try:
-            if certs.read_cert(pem).fingerprint == root_fp:
-                return True
-        except ValueError:
-            continue
-    return False
 
 
 def _judge_expiry(status: ClusterStatus, cluster: Cluster, ws: Expected, hints: Hints) -> None:
