@@ -3,7 +3,7 @@ the clusters' current state that apply, teardown, status, verify and rotate-cert
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, check_data_plane, load_base, load_topology
@@ -126,12 +126,12 @@ def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Re
 
 def _inspect(ctx: RunContext, tools: Tools, cluster: Cluster, timeout: float, istio_objects: bool) -> Observed:
     if istio_objects:
-        result = ctx.run(replace(tools.inspect(cluster, timeout, istio_objects=True), check=False))
-        if result.ok:
-            return parse_inspect(result.stdout, istio_objects=True)
-        if result.timed_out or not is_missing_category(result.stderr):  # else no Istio CRD: the plain read
-            raise CommandFailed(result.command, None if result.timed_out else result.exit_code, result.stderr_tail(),
-                                timed_out=result.timed_out)
+        try:
+            return parse_inspect(ctx.run(tools.inspect(cluster, timeout, istio_objects=True)).stdout, istio_objects=True)
+        except CommandFailed as exc:
+            if exc.timed_out or not is_missing_category(exc.stderr_tail):
+                raise
+            # no Istio CRD, so none of its objects: the plain read
     return parse_inspect(ctx.run(tools.inspect(cluster, timeout)).stdout)
 
 
