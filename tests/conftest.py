@@ -11,6 +11,8 @@ import pytest
 
 from tests.meshkit import Mesh
 from tests.sandbox import LB_DELAY, Sandbox
+from tests import cliserver
+from tests.sandbox import standinserver
 from tests.sandbox.kubectl import pinned_kubectl
 from tests.shapes import Shapes
 
@@ -34,6 +36,17 @@ os.environ.setdefault("SETUP_MESH_POLL_INTERVAL", "0.2")
 # process the suite starts gets a mirror folder that does not exist (a test that forgets its own loopback mirror
 # fails loudly, naming this variable) and no developer's own mirror leaks in.
 os.environ["SETUP_MESH_ISTIO_MIRROR"] = "/nonexistent/tests-serve-istio-releases-from-loopback"
+
+
+def pytest_sessionstart(session) -> None:
+    """Each process that runs tests serves its stand-in istioctl calls from a server of its own (see
+    tests/sandbox/standinserver.py); the xdist controller runs none. ``SETUP_MESH_TESTS_SUBPROCESS=1``: every
+    call is a plain process, as for the CLI."""
+    if os.environ.get(cliserver.PLAIN_ENV):
+        return
+    if getattr(session.config.option, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    standinserver.start()
 
 
 @pytest.fixture(scope="session")

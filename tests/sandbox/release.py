@@ -24,6 +24,8 @@ import sysconfig
 import tarfile
 from pathlib import Path
 
+from tests.sandbox import standinserver
+
 VERSION = "1.30.3"  # the default: the newest stable release (1.29 reached its end of life on 2026-10-15)
 SUPPORTED_MINORS = ((1, 28), (1, 29), (1, 30), (1, 31))
 ARCHIVE_SUFFIX = "-linux-amd64.tar.gz"
@@ -36,7 +38,38 @@ STANDIN_MODULE = "_istioctl_standin"  # bin/<this>.py: the stand-in's program, w
 _LAUNCHER = f"""import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
+HERE = os.path.dirname(os.path.realpath(__file__))
+
+
+def served():
+    # The test process's stand-in server (tests/sandbox/standinserver.py) runs the call in a child of its
+    # own, with this process's argv, environment, folder, stdin, stdout and stderr; None: run it here.
+    address = os.environ.get("{standinserver.ENV}") if {{served!r}} else None
+    if not address:
+        return None
+    import _socket
+    import marshal
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    request = marshal.dumps((os.path.join(HERE, "{STANDIN_MODULE}.py"), sys.argv[1:], dict(os.environ), os.getcwd()))
+    fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2))
+    try:
+        sock.connect(address)
+        sock.sendmsg([request], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+    except OSError:
+        sock.close()
+        return None
+    import _signal
+    _signal.signal(_signal.SIGINT, _signal.SIG_DFL)  # an interrupt ends this process, and so the call
+    answer = sock.recv(64).decode().split()
+    if not answer or answer[0] == "signal":  # the call was killed: so is this process
+        os.kill(os.getpid(), int(answer[1]) if answer else 9)
+    return int(answer[0])
+
+
+status = served()
+if status is not None:
+    sys.exit(status)
+sys.path.insert(0, HERE)
 sys.path.extend(p for p in {{site_dirs!r}} if p not in sys.path)
 from {STANDIN_MODULE} import main  # noqa: E402
 
@@ -50,9 +83,10 @@ def _launcher(python: str) -> str:
     finder, say) costs more CPU than the stand-in's own start, and is given the package folders it imports
     from (PyYAML) instead."""
     if python != sys.executable:
-        return f"#!{python}\n" + _LAUNCHER.format(site_dirs=())
+        return f"#!{python}\n" + _LAUNCHER.format(site_dirs=(), served=False)
     paths = sysconfig.get_paths()
-    return f"#!{python} -S\n" + _LAUNCHER.format(site_dirs=tuple(dict.fromkeys((paths["purelib"], paths["platlib"]))))
+    return f"#!{python} -S\n" + _LAUNCHER.format(site_dirs=tuple(dict.fromkeys((paths["purelib"], paths["platlib"]))),
+                                                 served=True)
 
 # Files that name the release's version (the template is written at VERSION).
 _VERSIONED = {"bin/istioctl", "manifest.yaml"}
