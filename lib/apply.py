@@ -109,7 +109,7 @@ class _Applying:
         run, plan, reporter = self.run, self.plan, self.run.reporter
         return Parts(
             show=lambda: _show_dry_run(plan, self.ws, self.shown, self.refusal, self.unreachable_api, self.replace,
-                                       reporter),
+                                       reporter, sitting_out=set(self.unreachable)),
             refusal=self.refusal, ask=lambda: _before_changes(run, plan, self.uninstall), rows=rows_of(self.chosen),
             sit_outs=lambda: _sit_outs(plan, self.ws.topology, self.tools, self.unreachable, self.orphaned,
                                        self.ws.state.path),
@@ -134,10 +134,13 @@ def _releases_and_tools(ws: Workspace, istio_dir: str | None, istio_mirror: str 
 
 
 def _show_dry_run(plan: ApplyPlan, ws: Workspace, observed: dict[str, Observed] | None, refusal: ConfigError | None,
-                  unreachable_api: MeshError | None, replace_foreign_ca: bool, reporter: Reporter) -> int:
-    """The plan, then what apply itself would stop at, in its order."""
+                  unreachable_api: MeshError | None, replace_foreign_ca: bool, reporter: Reporter,
+                  sitting_out: set[str]) -> int:
+    """The plan, then what apply itself would stop at, in its order (``sitting_out``: the clusters it could not
+    read, which the dry run names after it)."""
     reporter.stop_progress()
-    print_plan(plan, ws.topology, observed, ws.notes, reporter, replace_other_roots=replace_foreign_ca)
+    print_plan(plan, ws.topology, observed, ws.notes, reporter, replace_other_roots=replace_foreign_ca,
+               sitting_out=sitting_out)
     for failure in (ws.context_error, refusal):
         if failure is not None:
             raise failure

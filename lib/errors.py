@@ -54,5 +54,18 @@ class CommandFailed(MeshError):
             what = f"exited with code {exit_code}"
         message = f"`{command.pasteable()}` {what}"
         if stderr_tail:
-            message += ":\n" + stderr_tail
+            message += ":\n" + _distinct_lines(stderr_tail)
         super().__init__(message)
+
+
+def _distinct_lines(text: str) -> str:
+    """Each line once: kubectl repeats an error per resource type of a read (a refused connection: seven
+    times for seven kinds)."""
+    seen: set[str] = set()
+    kept = []
+    for line in text.split("\n"):
+        if line.strip() and line in seen:
+            continue
+        seen.add(line)
+        kept.append(line)
+    return "\n".join(kept)

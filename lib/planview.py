@@ -4,6 +4,7 @@ commands), so any step renders the same way."""
 from __future__ import annotations
 
 import shlex
+from collections.abc import Collection
 
 from . import invocation
 from .config import Topology
@@ -19,9 +20,11 @@ NOTHING = "nothing to do: every cluster matches topology.yaml and base.yaml"
 
 def print_plan(plan: ApplyPlan, topology: Topology, observed: dict[str, Observed] | None, notes: list[str],
                reporter: Reporter, title: str = "Plan", nothing: str = NOTHING,
-               command: str | tuple[str, ...] = "apply", replace_other_roots: bool = False) -> None:
+               command: str | tuple[str, ...] = "apply", replace_other_roots: bool = False,
+               sitting_out: Collection[str] = ()) -> None:
     """``command``: the command (with its options) whose --dry-run -v shows every command and manifest;
-    ``replace_other_roots``: --replace-foreign-ca was given (else apply refuses such clusters)."""
+    ``replace_other_roots``: --replace-foreign-ca was given (else apply refuses such clusters);
+    ``sitting_out``: unread clusters whose error the dry run reports after the plan (not said twice)."""
     out = _wrapped(reporter)
     count = len(topology.clusters)
     out(f"{title} (dry run, changes nothing): mesh {topology.mesh_id}, {count} cluster{'s' * (count != 1)} on "
@@ -32,7 +35,7 @@ def print_plan(plan: ApplyPlan, topology: Topology, observed: dict[str, Observed
         reporter.warn("could not read the clusters' current state: the plan assumes they hold nothing yet")
     unread = [c.context for c in topology.clusters
               if (seen := (observed or {}).get(c.context)) is not None and not seen.reachable]
-    for context in unread:
+    for context in (c for c in unread if c not in sitting_out):
         reporter.warn(f"could not read current state of {context}: {observed[context].error}")
     if unread:  # not a claim about clusters it could not read
         nothing = ("nothing to do: no cluster could be read" if len(unread) == len(topology.clusters) else

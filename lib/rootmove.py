@@ -256,7 +256,8 @@ class _Stage:
         plan = ApplyPlan([self.phase] if move.kind != "finish" else [])
         print_plan(plan, self.mv.ws.topology, self.mv.observed_if_read(), self.mv.ws.notes, reporter,
                    title="rotate-certs --root plan", command=("rotate-certs", "--root"),
-                   nothing="no cluster changes in this stage" if move.kind != "finish" else f"then {self.completes}")
+                   nothing="no cluster changes in this stage" if move.kind != "finish" else f"then {self.completes}",
+                   sitting_out=self.move.unreachable)
         if planned.stage == carotation.LAST_STAGE and move.kind != "finish":
             reporter.info(f"once stage {planned.stage} is in place in every cluster, the same run completes the "
                           f"move: {self.completes}")

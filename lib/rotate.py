@@ -157,7 +157,7 @@ class _Rotating:
     def show(self) -> int:
         ws = self.ws
         print_plan(ApplyPlan([self.phase]), ws.topology, self.observed if ws.contexts_resolved else None, ws.notes,
-                   self.run.reporter, title="rotate-certs plan", command="rotate-certs")
+                   self.run.reporter, title="rotate-certs plan", command="rotate-certs", sitting_out=self.unreachable)
         return 0
 
     def ask(self) -> None:

@@ -93,7 +93,7 @@ class _Teardown:
 
     def show(self) -> int:
         _show_plan(self.run.workdir, self.state, self.clusters, self.phase, self.observed, self.kept,
-                   self.purge_certs, self.run.reporter)
+                   self.purge_certs, self.run.reporter, sitting_out=set(self.unreachable))
         return 0
 
     def ask(self) -> None:
@@ -151,12 +151,12 @@ def _clusters_to_tear_down(workdir: Path, kubeconfig: str | None, istio_dir: str
 
 
 def _show_plan(workdir: Path, state: State, clusters: list[Cluster], phase: Phase, observed: dict, kept: list[str],
-               purge_certs: bool, reporter: Reporter) -> None:
+               purge_certs: bool, reporter: Reporter, sitting_out: set[str]) -> None:
     """The dry run: what each cluster loses, what is kept and why, and what happens to the keys."""
     view = Topology(state.mesh_id or "(unrecorded)", tuple(clusters), workdir / TOPOLOGY_FILE)
     print_plan(ApplyPlan([phase], actions={ctx: "remove" for ctx in phase.steps}), view, observed, [],
                reporter, title="Teardown plan", nothing="nothing to remove: no cluster holds what setup-mesh "
-               "creates", command="teardown")
+               "creates", command="teardown", sitting_out=sitting_out)
     for line in kept:
         reporter.info(line)
     for folder, what in _cert_folders(workdir):

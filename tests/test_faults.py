@@ -82,6 +82,8 @@ def test_unreachable_cluster_is_named_and_the_others_go_ahead(mesh):
     assert "cluster2 (" not in dry.stdout, "no plan for a cluster apply does not touch"
     assert "error: cluster2 would sit this run out: read current state: cannot read the cluster" in dry.stderr
     assert "hint: check access with `kubectl --context cluster2 get namespace istio-system`" in dry.stderr
+    # Said once: not also as a warning above the plan, and kubectl's line (one per kind it read) once.
+    assert dry.stderr.count("was refused") == 1, dry.stderr
     result = mesh.run("apply", "-y")
     assert result.returncode == 1
     out = result.stdout + result.stderr
@@ -351,6 +353,10 @@ def test_apply_with_context_names_another_cluster_it_could_not_read(mesh):
     # dry run says it, instead of a silent wait for the read's timeout.
     mesh.apply()
     mesh.sandbox.stop_cluster("cluster2")
+    # The dry run names it above its plan: no error after it names cluster2, which is not chosen.
+    dry = mesh.run("apply", "--context", "cluster1", "--dry-run")
+    assert "warning: could not read current state of cluster2: " in dry.stderr, dry.stdout + dry.stderr
+    assert dry.stderr.count("was refused") == 1 and "cluster2 would sit" not in dry.stderr, dry.stderr
     result = mesh.run("apply", "--context", "cluster1", "-y")
     assert "warning: could not read current state of cluster2: " in result.stderr, result.stdout + result.stderr
     assert "(its remote secret in the clusters chosen is left as it is)" in result.stderr

@@ -46,6 +46,16 @@ def test_failure_carries_command_exit_code_and_stderr_tail():
     assert seen[0].exit_code == 3 and seen[0].duration >= 0
 
 
+def test_a_failure_says_each_line_of_the_programs_error_once():
+    # kubectl repeats a refused connection once per kind of a read; a blank line between parts is kept.
+    refused = "The connection to the server 10.0.0.1:6443 was refused - did you specify the right host or port?"
+    script = f"for i in 1 2 3; do echo '{refused}' >&2; done; echo >&2; echo other >&2; echo >&2; echo last >&2; exit 1"
+    with pytest.raises(CommandFailed) as info:
+        ShRunner().run(Command(("sh", "-c", script)))
+    assert info.value.message.endswith(f":\n{refused}\n\nother\n\nlast")
+    assert info.value.stderr_tail.count(refused) == 3, "what the program said is kept as it said it"
+
+
 def test_timeout_is_reported_as_such():
     with pytest.raises(CommandFailed) as info:
         ShRunner().run(Command(("sleep", "5"), timeout=0.3))
