@@ -24,7 +24,7 @@ from .reporter import Reporter
 from .runner import ShRunner
 from .statusrevisions import read_revisions
 from .workspace import Workspace, find_tools, load_workspace
-from .commands import certs_prerequisites, describe_kept, other_roots_refusal, uninstalls_for
+from .commands import certs_prerequisites, describe_kept, intermediates_refusal, other_roots_refusal, uninstalls_for
 from .driver import Parts, Run, SitOut, check_access, drive, rows_of, sit_out
 
 
@@ -81,9 +81,9 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
                             revisions=upgradeplan.install_revisions(topology, upgrading[0], observed) if upgrading else None)
     if upgrading:  # what is left of a canary upgrade to the pinned versions
         _add_upgrade(plan, *upgrading, releases, desired, tools, workdir, ws.notes, restart_workloads, upgrade_parallel, only)
-    refusal = other_roots_refusal(plan.other_roots, replace_foreign_ca) or missing_namespaces_refusal(
-        plan.phases, {ctx: d.operator for ctx, d in desired.items()}, observed, tools,
-        {c.context: c for c in topology.clusters})
+    refusal = (intermediates_refusal(ws, transition) or other_roots_refusal(plan.other_roots, replace_foreign_ca)
+               or missing_namespaces_refusal(plan.phases, {ctx: d.operator for ctx, d in desired.items()}, observed,
+                                             tools, {c.context: c for c in topology.clusters}))
     return drive(run, _Applying(run, ws, plan, desired, chosen, tools, uninstall, unreachable, orphaned, refusal,
                                 unreachable_api, observed if readable else None, replace_foreign_ca).parts())
 

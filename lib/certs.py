@@ -277,6 +277,17 @@ def describe_foreign(cacerts: dict[str, bytes]) -> str:
     return f"CA {info.subject}, issued by {info.issuer}"
 
 
+def not_issued_by_root(directory: Path, cluster_names) -> list[str]:
+    """The clusters whose intermediate in ``directory`` (made, not half-made) the root there did not issue:
+    copied from another workspace, or left from a root made again since."""
+    root = directory / ROOT_CERT
+    if not root.is_file():
+        return []
+    root_pem = root.read_bytes()
+    return [name for name in cluster_names if has_cacerts(directory, name)
+            and not issued_by((directory / name / "ca-cert.pem").read_bytes(), root_pem)]
+
+
 def issued_by(cert_pem: bytes | None, issuer_pem: bytes | None) -> bool:
     """``cert_pem``'s first certificate is signed by the key of ``issuer_pem``'s first (False when either is
     missing or does not parse)."""

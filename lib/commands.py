@@ -140,6 +140,24 @@ def describe_kept(context: str, how: Uninstall) -> str | None:
     return "\n".join(lines) or None
 
 
+def intermediates_refusal(ws: Workspace, transition: "carotation.Transition | None") -> ConfigError | None:
+    """An intermediate CA in certs/<cluster>/ that the workspace's root did not issue would be installed as it
+    is (or kept, where the cluster holds it already), and the other clusters would not trust that cluster's
+    workloads: apply refuses it before any cluster is touched. (Mid-move the stages decide what each cluster
+    holds; rotate-certs re-issues intermediates, which repairs them.)"""
+    cert_dir = certs.certs_dir(ws.workdir)
+    names = certs.not_issued_by_root(cert_dir, [c.name for c in ws.topology.clusters]) if transition is None else []
+    if not names:
+        return None
+    folders = [cert_dir / name for name in names]
+    return ConfigError(
+        f"the intermediate CA in {', '.join(map(str, folders))} was not issued by this workspace's root CA "
+        f"({cert_dir / certs.ROOT_CERT}): the other clusters would not trust the workloads of "
+        f"{', '.join(names)}",
+        hint=f"`rm -r {' '.join(map(str, folders))}`, then run apply again: it issues new intermediate CAs from "
+             f"the workspace's root (or put back the root CA that issued them)")
+
+
 def certs_prerequisites(ws: Workspace, istio_dir: str | None, runner: ShRunner,
                          dry_run: bool, force: bool = False,
                          transition: "carotation.Transition | None" = None) -> tuple[Release | None, dict[str, str]]:

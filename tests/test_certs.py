@@ -71,6 +71,23 @@ def test_a_mesh_of_intermediates_signed_side_by_side_has_distinct_serials_all_ch
     assert sorted(p.name for p in cert_dir.iterdir() if p.is_dir()) == names
 
 
+def test_intermediates_another_root_issued_are_named_and_a_half_made_one_is_not(tmp_path, monkeypatch):
+    release, cert_dir, runner = _root_ca(tmp_path, monkeypatch, {"ROOTCA_ORG": "Org"})
+    assert _run(release, cert_dir, runner, ["ours", "copied"]).ok
+    assert certs.not_issued_by_root(cert_dir, ["ours", "copied", "unmade"]) == []
+    # Another workspace's intermediate, copied in: the same files, issued by another root.
+    _, other_dir, _ = _root_ca(tmp_path / "other", monkeypatch, {"ROOTCA_ORG": "Org"})
+    assert _run(release, other_dir, runner, ["copied"]).ok
+    for path in (other_dir / "copied").iterdir():
+        (cert_dir / "copied" / path.name).write_bytes(path.read_bytes())
+    (cert_dir / "half").mkdir()
+    (cert_dir / "half" / "ca-cert.pem").write_bytes((other_dir / "copied" / "ca-cert.pem").read_bytes())
+    assert certs.not_issued_by_root(cert_dir, ["ours", "copied", "half", "unmade"]) == ["copied"]
+    # Without a root there is nothing to judge them by (prep-mesh's error says what is missing).
+    (cert_dir / certs.ROOT_CERT).unlink()
+    assert certs.not_issued_by_root(cert_dir, ["copied"]) == []
+
+
 def test_a_signing_interrupted_midway_is_finished_by_the_next_run_with_its_key(tmp_path, monkeypatch):
     # Ctrl-C while make signs: the signing folder keeps the key made so far; certs/c1/ does not exist yet.
     release, cert_dir, runner = _root_ca(tmp_path, monkeypatch, {})

@@ -590,6 +590,15 @@ def test_cacerts_from_another_root(mesh, tmp_path):
     assert hint == (f"`rm -r {local}`, then {SCRIPT} apply --replace-foreign-ca --workdir {mesh.workdir} "
                     "(re-issues the intermediate CA from this workspace's root; it replaces that cacerts at once: "
                     "mTLS between workloads breaks until they restart)")
+    # apply would install (here: keep) an intermediate other clusters do not trust: refused, with the same repair.
+    dumps = {ctx: mesh.sandbox.dump(ctx) for ctx in mesh.sandbox.contexts}
+    refused = mesh.apply("--replace-foreign-ca", ok=False)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.startswith(f"error: the intermediate CA in {local} was not issued by this workspace's root "
+                                     f"CA ({mesh.workdir / 'certs' / 'root-cert.pem'}): the other clusters would not "
+                                     f"trust the workloads of cluster2\nhint: `rm -r {local}`, then run apply again"), \
+        refused.stderr
+    assert {ctx: mesh.sandbox.dump(ctx) for ctx in mesh.sandbox.contexts} == dumps, "refused before any change"
     subprocess.run(["rm", "-r", str(local)], check=True)  # following the hint
     assert mesh.apply(ok=False).returncode == 2, "apply alone refuses to replace a cacerts under another root"
     mesh.apply("--replace-foreign-ca")
