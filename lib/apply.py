@@ -6,7 +6,7 @@ from pathlib import Path
 
 from . import carotation, fetch, upgrade, upgradeplan
 from .cluster import KubeClient
-from .config import AMBIENT, Cluster, Topology, data_plane_mode, select_clusters, ztunnel_namespace
+from .config import AMBIENT, SIDECAR, Cluster, Topology, data_plane_mode, select_clusters, ztunnel_namespace
 from .errors import ConfigError, MeshError
 from .executor import RERUN_HINT, Executor, Outcome
 from .installnamespaces import missing_namespaces_refusal
@@ -58,8 +58,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     readable = ws.contexts_resolved
     client = KubeClient(tools, runner, read_reporter, parallel)
     observed = _read_clusters(client, ws, removed_clusters, ambient) if readable else {}
-    if ambient:
-        _warn_old_gateway_api(topology, observed, istio_version, reporter)
+    _warn_after_reads(topology, observed, only, ambient, istio_version, reporter)
     # Remotes are pointed at their primary's east-west gateway: at the address it has now, when it has one.
     addresses = gateway_addresses(observed)
     desired = desired_state(topology, ws.base, addresses, transition=transition)
@@ -193,6 +192,32 @@ def _warn_single_network_ambient(topology: Topology, ambient: bool, reporter: Re
     if ambient and not topology.multi_network and len(topology.clusters) > 1:
         reporter.warn(f"an ambient mesh on one network ({topology.networks[0]}) is alpha in Istio (untested "
                       f"upstream); across networks it is beta since Istio 1.29")
+
+
+def _warn_after_reads(topology: Topology, observed: dict[str, Observed], only: set[str] | None, ambient: bool,
+                      istio_version: str | None, reporter: Reporter) -> None:
+    if ambient:
+        _warn_old_gateway_api(topology, observed, istio_version, reporter)
+    _warn_other_data_plane_left_out(topology, observed, only, AMBIENT if ambient else SIDECAR, reporter)
+
+
+def _warn_other_data_plane_left_out(topology: Topology, observed: dict[str, Observed], only: set[str] | None,
+                                    mode: str, reporter: Reporter) -> None:
+    """--context leaves out clusters that apply set up in the other data-plane mode: after the run the mesh runs
+    both, and setup-mesh gives each cluster the east-west gateway of its own mode only (sidecar mode's passes
+    mTLS through on 15443, ambient's takes HBONE on 15008), so traffic between networks from one kind to the
+    other crosses no gateway it can use."""
+    if only is None:
+        return
+    left = [c.context for c in topology.clusters if c.context not in only and (seen := observed.get(c.context))
+            and seen.reachable and seen.recorded_data_plane not in (None, mode)]
+    if left:
+        other = AMBIENT if mode == SIDECAR else SIDECAR
+        reporter.warn(f"base.yaml sets the {mode} data plane, and --context leaves out {', '.join(left)}, which "
+                      f"run{'s' * (len(left) == 1)} the {other} one: the mesh runs both until apply moves "
+                      f"{'it' if len(left) == 1 else 'them'} too, and traffic from one network to another between "
+                      f"clusters of different data planes crosses no east-west gateway it can use (apply without "
+                      f"--context moves every cluster)")
 
 
 def _warn_old_gateway_api(topology: Topology, observed: dict[str, Observed], istio_version: str | None,

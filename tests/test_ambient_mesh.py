@@ -120,6 +120,11 @@ def test_switching_to_sidecar_mode_asks_first_then_replaces_gateways_and_profile
     plan = mesh.run("apply", "--dry-run", "--gateway-api-crds", str(CRDS))
     assert plan.returncode == mesh.applied_code(), plan.stderr
     assert "cluster3 replaces (apply asks first): the ambient Gateway istio-eastwestgateway is replaced" in plan.stdout
+    assert "--context leaves out" not in plan.stderr
+    # One cluster alone would leave the mesh on two data planes: said, naming the clusters left behind.
+    one = mesh.run("apply", "--dry-run", "--context", "cluster3", "--gateway-api-crds", str(CRDS))
+    assert "warning: base.yaml sets the sidecar data plane, and --context leaves out cluster1, cluster2, which run " \
+           "the ambient one: the mesh runs both until apply moves them too" in " ".join(one.stderr.split()), one.stderr
     refused = mesh.run("apply", "--gateway-api-crds", str(CRDS))  # no terminal, no -y
     assert refused.returncode == 2 and "needs confirmation" in refused.stdout + refused.stderr
     assert mesh.get("cluster1", "daemonsets", "-n", NS)["items"], "nothing may change before the answer"
