@@ -4,14 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import carotation, fetch, upgrade, upgradeplan
+from . import applywarnings, carotation, fetch, upgrade, upgradeplan
 from .cluster import KubeClient
-from .config import AMBIENT, SIDECAR, Cluster, Topology, data_plane_mode, select_clusters, ztunnel_namespace
+from .config import AMBIENT, Cluster, Topology, data_plane_mode, select_clusters, ztunnel_namespace
 from .errors import ConfigError, MeshError
-from .executor import RERUN_HINT, Executor, Outcome
+from .executor import RERUN_HINT, Outcome
 from .installnamespaces import missing_namespaces_refusal
 from .installsteps import istio_objects_read_in
-from .gatewayapi import CrdSource, choose_source, expected_version, older_than_needed
+from .gatewayapi import CrdSource, choose_source
 from .kube import Observed, Tools, gateway_addresses
 from .overlay import our_operators
 from .desired import desired_state
@@ -46,7 +46,7 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     ambient = data_plane_mode(ws.base) == AMBIENT
     istio_version = _istio_version(istio_dir, ws) if ambient else None
     crd_source = _gateway_api_source(gateway_api_crds, istio_version, ws, dry_run) if ambient else None
-    _warn_single_network_ambient(topology, ambient, reporter)
+    applywarnings.single_network_ambient(topology, ambient, reporter)
     unreachable_api = loopback_problem(topology, data_plane_mode(ws.base))
     removed, removed_clusters = _removed_clusters(ws, only)
 
@@ -58,14 +58,14 @@ def apply(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, dry_r
     readable = ws.contexts_resolved
     client = KubeClient(tools, runner, read_reporter, parallel)
     observed = _read_clusters(client, ws, removed_clusters, ambient) if readable else {}
-    _warn_after_reads(topology, observed, only, ambient, istio_version, reporter)
+    applywarnings.after_reads(topology, observed, only, ambient, istio_version, reporter)
     # Remotes are pointed at their primary's east-west gateway: at the address it has now, when it has one.
     addresses = gateway_addresses(observed)
     desired = desired_state(topology, ws.base, addresses, transition=transition)
     uninstall = _uninstall_leaving(client, ws, removed_clusters, observed)
     unreadable, unreachable, orphaned = _sitting_out(topology, chosen, observed)
     if not dry_run:  # (its plan says it)
-        _warn_left_out_unread(unreadable - set(unreachable), observed, reporter)
+        applywarnings.left_out_unread(unreadable - set(unreachable), observed, reporter)
     # A canary upgrade's state, read and checked against Istio's skew rules before any cluster is touched.
     upgrading = _read_upgrade(topology, observed, tools, runner, read_reporter, parallel, only, ambient) \
         if readable else None
@@ -179,54 +179,6 @@ def _read_clusters(client: KubeClient, ws: Workspace, removed: list[Cluster], am
     return client.read_state(list(ws.topology.clusters) + removed, ambient=ambient,
                              ztunnel_namespace=ztunnel_namespace(ws.base),
                              istio_objects_in=istio_objects_read_in(ws.workdir, mesh_model(ws.topology, data_plane_mode(ws.base))))
-
-
-def _warn_left_out_unread(contexts: set[str], observed: dict[str, Observed], reporter: Reporter) -> None:
-    """The clusters --context leaves out are read too, for their secrets: one that could not be read is said."""
-    for context in sorted(contexts):
-        reporter.warn(f"could not read current state of {context}: {observed[context].error} (its remote secret in "
-                      f"the clusters chosen is left as it is)")
-
-
-def _warn_single_network_ambient(topology: Topology, ambient: bool, reporter: Reporter) -> None:
-    if ambient and not topology.multi_network and len(topology.clusters) > 1:
-        reporter.warn(f"an ambient mesh on one network ({topology.networks[0]}) is alpha in Istio (untested "
-                      f"upstream); across networks it is beta since Istio 1.29")
-
-
-def _warn_after_reads(topology: Topology, observed: dict[str, Observed], only: set[str] | None, ambient: bool,
-                      istio_version: str | None, reporter: Reporter) -> None:
-    if ambient:
-        _warn_old_gateway_api(topology, observed, istio_version, reporter)
-    _warn_other_data_plane_left_out(topology, observed, only, AMBIENT if ambient else SIDECAR, reporter)
-
-
-def _warn_other_data_plane_left_out(topology: Topology, observed: dict[str, Observed], only: set[str] | None,
-                                    mode: str, reporter: Reporter) -> None:
-    """--context leaves out clusters that apply set up in the other data-plane mode: after the run the mesh runs
-    both, and setup-mesh gives each cluster the east-west gateway of its own mode only (sidecar mode's passes
-    mTLS through on 15443, ambient's takes HBONE on 15008), so traffic between networks from one kind to the
-    other crosses no gateway it can use."""
-    if only is None:
-        return
-    left = [c.context for c in topology.clusters if c.context not in only and (seen := observed.get(c.context))
-            and seen.reachable and seen.recorded_data_plane not in (None, mode)]
-    if left:
-        other = AMBIENT if mode == SIDECAR else SIDECAR
-        reporter.warn(f"base.yaml sets the {mode} data plane, and --context leaves out {', '.join(left)}, which "
-                      f"run{'s' * (len(left) == 1)} the {other} one: the mesh runs both until apply moves "
-                      f"{'it' if len(left) == 1 else 'them'} too, and traffic from one network to another between "
-                      f"clusters of different data planes crosses no east-west gateway it can use (apply without "
-                      f"--context moves every cluster)")
-
-
-def _warn_old_gateway_api(topology: Topology, observed: dict[str, Observed], istio_version: str | None,
-                          reporter: Reporter) -> None:
-    for cluster in topology.clusters:
-        seen = observed.get(cluster.context)
-        older = seen and seen.gateway_api and older_than_needed(seen.gateway_api, expected_version(istio_version))
-        if older:
-            reporter.warn(f"{cluster.context}: {older}")
 
 
 def _removed_clusters(ws: Workspace, only: set[str] | None) -> tuple[list[Removal], list[Cluster]]:
