@@ -215,10 +215,17 @@ def _child(sock: socket.socket, request: dict, fds: list[int]) -> None:
 def _run_script(path: str) -> int:
     """``python path``: run it as __main__, then end as the interpreter ends."""
     import runpy
+
+    return run_as_interpreter(lambda: runpy.run_path(path, run_name="__main__"))
+
+
+def run_as_interpreter(program) -> int:
+    """Runs ``program()`` and ends as the interpreter ends a script: its exit status (SystemExit's code, 1 and
+    a traceback for an uncaught exception), non-daemon threads and exit handlers waited for, output flushed."""
     import traceback
 
     try:
-        runpy.run_path(path, run_name="__main__")
+        program()
         code = 0
     except SystemExit as exc:
         code = _exit_code(exc.code)

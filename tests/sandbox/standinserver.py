@@ -200,30 +200,16 @@ def _child(conn: socket.socket, fds: list[int], module: str, code, argv: list, e
 
 def _run(module: str, code, argv: list) -> int:
     """The launcher's ``sys.exit(main(argv))``, ended as the interpreter ends a script."""
-    import threading
-    import traceback
     import types
 
-    from tests.cliserver import _exit_code
+    from tests.cliserver import run_as_interpreter
 
     namespace = types.ModuleType("_istioctl_standin")
     namespace.__file__ = module
     sys.modules["_istioctl_standin"] = namespace
-    try:
+
+    def program() -> None:
         exec(code, namespace.__dict__)
-        raise SystemExit(namespace.main(argv))
-    except SystemExit as exc:
-        status = _exit_code(exc.code)
-    except BaseException:  # noqa: BLE001 - printed as the interpreter prints an uncaught exception
-        traceback.print_exc()
-        status = 1
-    try:
-        threading._shutdown()  # type: ignore[attr-defined]
-        atexit._run_exitfuncs()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-    return status
+        sys.exit(namespace.main(argv))
+
+    return run_as_interpreter(program)
