@@ -136,7 +136,9 @@ def describe_kept(context: str, how: Uninstall) -> str | None:
                      f"needs them")
     if how.gateway_api_kept:
         lines.append(f"{context}: keeps the Gateway API CRDs (gateway.networking.k8s.io) its ambient mesh needed: "
-                     f"other Gateway API resources may use them; delete them yourself once nothing does")
+                     f"other Gateway API resources may use them; delete them yourself once nothing does (the "
+                     f"GatewayClass istio-east-west, which istiod made for the east-west gateway, stays with them, "
+                     f"served by nothing: `kubectl delete gatewayclass istio-east-west` removes it)")
     return "\n".join(lines) or None
 
 
