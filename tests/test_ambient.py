@@ -265,3 +265,36 @@ def test_the_switch_to_ambient_says_the_sidecar_mode_gateway_was_replaced_not_re
     step = remove_sidecar_gateway_step(Tools(), tmp_path, d, Observed(reachable=True, eastwest_exists=True))
     assert step.done == "sidecar-mode east-west gateway replaced by the ambient one"
     assert step.title == "remove the sidecar-mode east-west gateway (ambient now)"
+
+
+@pytest.mark.parametrize("only, mode, named", [
+    ({"c1"}, "sidecar", "c2, c4"),  # c3 was never applied, c5 could not be read, c6 runs sidecar already
+    ({"c1", "c2", "c4"}, "sidecar", None),  # every cluster on the other data plane moves
+    (None, "sidecar", None),  # without --context the run moves them all
+    ({"c1"}, "ambient", "c6"),
+])
+def test_context_leaving_out_clusters_on_the_other_data_plane_is_warned_of(tmp_path, only, mode, named):
+    import io
+
+    from rich.console import Console
+
+    from lib.applywarnings import after_reads
+    from lib.config import Cluster, Topology
+    from lib.kube import Observed
+    from lib.names import DATA_PLANE_ANNOTATION
+    from lib.reporter import Reporter
+
+    clusters = tuple(Cluster(f"c{i}", "n1" if i < 4 else "n2", f"c{i}") for i in range(1, 7))
+    ambient = {"applied": "fp", "annotations": {DATA_PLANE_ANNOTATION: "ambient"}}
+    observed = {"c1": Observed(reachable=True, **ambient), "c2": Observed(reachable=True, **ambient),
+                "c3": Observed(reachable=True), "c4": Observed(reachable=True, **ambient),
+                "c5": Observed(reachable=False, error="refused"), "c6": Observed(reachable=True, applied="fp")}
+    err = io.StringIO()
+    reporter = Reporter(console=Console(file=io.StringIO(), width=400), err_console=Console(file=err, width=400))
+    after_reads(Topology("m", clusters, tmp_path / "topology.yaml"), observed, only, mode == "ambient", None, reporter)
+    if named is None:
+        assert "--context leaves out" not in err.getvalue()
+    else:
+        other = "ambient" if mode == "sidecar" else "sidecar"
+        assert f"base.yaml sets the {mode} data plane, and --context leaves out {named}, which run" in err.getvalue()
+        assert f"the {other} one: the mesh runs both until apply moves" in err.getvalue()
