@@ -1,7 +1,7 @@
 """Runs the stand-in istioctl without starting an interpreter and importing its modules on every call.
 
 The suite calls istioctl thousands of times, and most of each call's CPU went to the imports the stand-in
-needs (http.client, ssl, PyYAML: about 50 ms of a 60 ms call on a 2-core machine). A server process per
+needs (http.client, ssl, PyYAML: about 50 ms of each call's 60 to 75 on a 2-core machine). A server per
 test process imports them once. bin/istioctl, a launcher run with ``python -S``, then connects to the
 server named by ``ISTIOCTL_STANDIN_SERVER`` (a Unix socket), sends its argv, environment, working folder
 and the path of the stand-in's module, and passes its own stdin, stdout and stderr. The server forks a
