@@ -14,11 +14,10 @@ from typing import Any
 
 from .config import MULTI_NETWORK_ENV
 from .overlay import control_plane_revision
-from .names import EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL
+from .names import EASTWEST_NAME, ISTIO_NAMESPACE, NETWORK_LABEL, REVISION_LABEL
 
 EAST_WEST_CLASS = "istio-east-west"
 GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
-REVISION_LABEL = "istio.io/rev"
 HBONE_PORT = 15008
 def with_multi_network_switch(operator: dict[str, Any]) -> dict[str, Any]:
     """The IstioOperator with AMBIENT_ENABLE_MULTI_NETWORK=true added to istiod's env, as the guide puts it

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .names import (COMPONENT_LABEL, FIELD_MANAGER, ISTIO_NAMESPACE, MANAGED_BY_LABEL, MANAGED_GATEWAY_LABEL,
-                    MULTICLUSTER_LABEL, OWNER_LABEL)
+                    MULTICLUSTER_LABEL, OWNER_LABEL, REVISION_LABEL)
 
 
 @dataclass
@@ -94,7 +94,7 @@ def parse_istio_usage(resources: str | None, deployments: str, ours: set[str],
     usage = IstioUsage()
     tag_labels = ((json.loads(tag_webhook).get("metadata") or {}).get("labels") or {}) if tag_webhook.strip() else None
     if tag_labels is not None and COMPONENT_LABEL not in tag_labels:
-        usage.default_tag = tag_labels.get("istio.io/rev")
+        usage.default_tag = tag_labels.get(REVISION_LABEL)
     for item in (json.loads(resources).get("items") or []) if resources else []:
         if own_resource(item):
             continue

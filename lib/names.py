@@ -19,6 +19,9 @@ DEFAULT_TAG_WEBHOOK = "istio-revision-tag-default"
 
 # Istio's labels and annotations.
 NETWORK_LABEL = "topology.istio.io/network"
+# The revision a control plane, its injector, a gateway or a workload namespace belongs to (Istio's label
+# and annotation key; absent or "default" for the default revision).
+REVISION_LABEL = "istio.io/rev"
 CONTROL_PLANE_CLUSTERS = "topology.istio.io/controlPlaneClusters"
 MULTICLUSTER_LABEL = "istio/multiCluster"
 CLUSTER_ANNOTATION = "networking.istio.io/cluster"

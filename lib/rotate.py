@@ -16,7 +16,7 @@ from .driver import Parts, Run, SitOut, drive, rows_of, sit_out
 from .planview import print_plan
 from .config import Cluster, select_clusters
 from .errors import ConfigError, MeshError
-from .executor import Executor, Interrupted, Outcome, Phase, RunContext, Step
+from .executor import Interrupted, Outcome, Phase, RunContext, Step
 from .kube import Observed, Tools, parse_published_roots
 from .names import ISTIO_NAMESPACE
 from .overlay import control_plane_istiod

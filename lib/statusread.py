@@ -12,12 +12,11 @@ from .config import Cluster
 from .errors import MeshError
 from .executor import RunContext, read_clusters
 from .kube import Tools, parse_published_roots
-from .names import ZTUNNEL_DAEMONSET
+from .names import REVISION_LABEL, ZTUNNEL_DAEMONSET
 from .reporter import Reporter
 
 
 ISTIOD_CONTAINER = "discovery"
-REVISION_LABEL = "istio.io/rev"
 ZTUNNEL = ZTUNNEL_DAEMONSET
 # Image tag suffixes that name a build flavour, not a version.
 _TAG_VARIANTS = ("-distroless", "-debug")

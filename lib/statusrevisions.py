@@ -21,13 +21,12 @@ from .config import Cluster
 from .errors import MeshError
 from .executor import RunContext, read_clusters
 from .kube import Observed, Tools
-from .names import DEFAULT_TAG_WEBHOOK, ISTIO_NAMESPACE
+from .names import DEFAULT_TAG_WEBHOOK, ISTIO_NAMESPACE, REVISION_LABEL
 from .reporter import Reporter
 from .skew import KUBERNETES_SUPPORT, parse_version, proxy_skew
 from .statusread import image_version
 from .statusreport import ClusterStatus, Hints, Problem
 
-REV_LABEL = "istio.io/rev"
 TAG_LABEL = "istio.io/tag"
 PROXY_CONTAINER = "istio-proxy"
 
@@ -63,20 +62,20 @@ def parse_revisions(items: list[dict], deployments: dict[str, dict], version_doc
         labels = (deployment.get("metadata") or {}).get("labels") or {}
         if labels.get("app") == "istiod":
             containers = ((deployment.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []
-            found.control_planes[labels.get(REV_LABEL) or "default"] = \
+            found.control_planes[labels.get(REVISION_LABEL) or "default"] = \
                 image_version(containers[0].get("image") if containers else None) or "unknown"
     for item in items:
         meta = item.get("metadata") or {}
         labels = meta.get("labels") or {}
         if item.get("kind") == "MutatingWebhookConfiguration":
             if meta.get("name") == DEFAULT_TAG_WEBHOOK:
-                found.default_tag = labels.get(REV_LABEL)
-            elif REV_LABEL in labels and TAG_LABEL not in labels and labels.get("operator.istio.io/version"):
-                found.injectors[labels[REV_LABEL]] = labels["operator.istio.io/version"]
+                found.default_tag = labels.get(REVISION_LABEL)
+            elif REVISION_LABEL in labels and TAG_LABEL not in labels and labels.get("operator.istio.io/version"):
+                found.injectors[labels[REVISION_LABEL]] = labels["operator.istio.io/version"]
         elif item.get("kind") == "Pod" and not meta.get("deletionTimestamp"):
             proxy = next((c for c in (item.get("spec") or {}).get("containers") or []
                           if c.get("name") == PROXY_CONTAINER), None)
-            revision = (meta.get("annotations") or {}).get(REV_LABEL)
+            revision = (meta.get("annotations") or {}).get(REVISION_LABEL)
             if proxy is None or revision is None:
                 continue
             key = (revision, image_version(proxy.get("image")) or "unknown")

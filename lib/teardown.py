@@ -10,7 +10,7 @@ from .cluster import KubeClient
 from .config import BASE_FILE, TOPOLOGY_FILE, Cluster, Topology, load_base, load_topology
 from .kubeconfig import resolve_contexts
 from .errors import ConfigError, MeshError
-from .executor import Executor, Outcome, Phase
+from .executor import Outcome, Phase
 from .kube import Tools
 from .overlay import our_operators
 from .plan import ApplyPlan, teardown_plan

@@ -18,6 +18,7 @@ from . import polling
 from .config import Cluster, Topology
 from .executor import Executor, Phase, RunContext, Step
 from .kube import Tools
+from .names import REVISION_LABEL
 from .overlay import manifest_list
 from .reporter import Reporter
 from .yamlfile import dump
@@ -60,7 +61,7 @@ def mesh_labels(revision: str | None, ambient: bool = False) -> dict[str, str]:
     (``istio-injection`` would take precedence over ``istio.io/rev``, so it is not set then)."""
     if ambient:
         return {AMBIENT_MODE_LABEL: "ambient"}
-    return {"istio.io/rev": revision} if revision else {"istio-injection": "enabled"}
+    return {REVISION_LABEL: revision} if revision else {"istio-injection": "enabled"}
 
 
 def namespace_manifest(namespace: str, revision: str | None, ambient: bool = False) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from .kube import GATEWAY_RESOURCE, Observed, Tools
 from .istiousage import IstioUsage
 from .names import (APPLIED_ANNOTATION, COMPONENT_LABEL, CONTROL_PLANE_CLUSTERS, CROSS_NETWORK_GATEWAY,
                     DATA_PLANE_ANNOTATION, EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE, MANAGED_BY_LABEL,
-                    MANAGED_GATEWAY_LABEL, OWNER_LABEL, OWNER_NAMESPACE_LABEL, TRANSITION_ANNOTATION)
+                    MANAGED_GATEWAY_LABEL, OWNER_LABEL, OWNER_NAMESPACE_LABEL, REVISION_LABEL,
+                    TRANSITION_ANNOTATION)
 from .runner import Command
 from .yamlfile import dump
 
@@ -53,7 +54,7 @@ def _our_components(seen: Observed, ours: frozenset[str]) -> list[tuple[str | No
         labels = (item.get("metadata") or {}).get("labels") or {}
         if COMPONENT_LABEL not in labels:
             continue
-        owner, revision = labels.get(OWNER_LABEL), labels.get("istio.io/rev") or "default"
+        owner, revision = labels.get(OWNER_LABEL), labels.get(REVISION_LABEL) or "default"
         if owner in ours:
             found.append((owner, labels.get(OWNER_NAMESPACE_LABEL), revision))
         elif owner in (None, "", "unknown"):

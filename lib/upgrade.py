@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Iterable
 
 from .errors import ConfigError
-from .names import ISTIO_NAMESPACE
+from .names import ISTIO_NAMESPACE, REVISION_LABEL
 from .skew import ClusterVersions, Refusal, check_targets, revision_name
 
 if TYPE_CHECKING:
@@ -180,7 +180,7 @@ def cluster_revisions(context: str, primary: str | None, seen: "Revisions", gate
     labels = ((gateway or {}).get("metadata") or {}).get("labels") or {}
     return ClusterRevisions(context, installed=installed, default_tag=seen.default_tag,
                             proxies={rev: dict(per_ns) for rev, per_ns in seen.namespaces.items()},
-                            gateway_revision=(labels.get("istio.io/rev") or "default") if gateway else None,
+                            gateway_revision=(labels.get(REVISION_LABEL) or "default") if gateway else None,
                             primary=primary, serves_remotes=serves_remotes)
 
 
