@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -70,31 +71,30 @@ def test_a_served_call_reads_the_callers_environment_and_folder(istioctl: Path, 
     assert (call["kubeconfig"], call["context"]) == ("kc", "here")
 
 
-def test_the_call_dies_with_its_launcher(istioctl: Path) -> None:
+@contextmanager
+def _call_under_way(istioctl: Path):
+    """A served call that takes a minute (injected latency): (its launcher, the pid of the child running it)."""
     launcher = subprocess.Popen([str(istioctl), "version", "--remote=false"],
                                 env=_env(True, ISTIOCTL_STANDIN_LATENCY="version=60"),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        pid = _await(lambda: next((c["pid"] for c in _calls(istioctl)), None), "call in the log")
+        yield launcher, _await(lambda: next((c["pid"] for c in _calls(istioctl)), None), "call in the log")
+    finally:
+        launcher.kill()
+        launcher.wait()
+
+
+def test_the_call_dies_with_its_launcher(istioctl: Path) -> None:
+    with _call_under_way(istioctl) as (launcher, pid):
         assert pid != launcher.pid
         launcher.kill()  # as a runner's timeout kills what it started
         _await(lambda: not _alive(pid), "end of the call after its launcher was killed")
-    finally:
-        launcher.kill()
-        launcher.wait()
 
 
 def test_the_launcher_dies_of_the_signal_that_killed_its_call(istioctl: Path) -> None:
-    launcher = subprocess.Popen([str(istioctl), "version", "--remote=false"],
-                                env=_env(True, ISTIOCTL_STANDIN_LATENCY="version=60"),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        pid = _await(lambda: next((c["pid"] for c in _calls(istioctl)), None), "call in the log")
+    with _call_under_way(istioctl) as (launcher, pid):
         os.kill(pid, signal.SIGTERM)
         assert launcher.wait(10) == -signal.SIGTERM
-    finally:
-        launcher.kill()
-        launcher.wait()
 
 
 def _alive(pid: int) -> bool:
