@@ -137,8 +137,9 @@ def describe_kept(context: str, how: Uninstall) -> str | None:
     if how.gateway_api_kept:
         lines.append(f"{context}: keeps the Gateway API CRDs (gateway.networking.k8s.io) its ambient mesh needed: "
                      f"other Gateway API resources may use them; delete them yourself once nothing does (the "
-                     f"GatewayClass istio-east-west, which istiod made for the east-west gateway, stays with them, "
-                     f"served by nothing: `kubectl delete gatewayclass istio-east-west` removes it)")
+                     f"GatewayClasses istiod made stay with them, served by nothing: istio-east-west for the "
+                     f"east-west gateway, and those of Istio's own Gateway API support such as istio and "
+                     f"istio-waypoint; `kubectl get gatewayclasses` lists them)")
     return "\n".join(lines) or None
 
 

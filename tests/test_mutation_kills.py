@@ -598,9 +598,9 @@ def test_teardown_names_the_gateway_api_crds_it_keeps_where_the_cluster_ran_an_a
     uninstall = uninstalls_for(tmp_path, frozenset({"setup-mesh"}), {ctx: IstioUsage() for ctx in seen}, seen)
     assert describe_kept("amb", uninstall["amb"]) == (
         "amb: keeps the Gateway API CRDs (gateway.networking.k8s.io) its ambient mesh needed: other Gateway API "
-        "resources may use them; delete them yourself once nothing does (the GatewayClass istio-east-west, which "
-        "istiod made for the east-west gateway, stays with them, served by nothing: `kubectl delete gatewayclass "
-        "istio-east-west` removes it)")
+        "resources may use them; delete them yourself once nothing does (the GatewayClasses istiod made stay with "
+        "them, served by nothing: istio-east-west for the east-west gateway, and those of Istio's own Gateway API "
+        "support such as istio and istio-waypoint; `kubectl get gatewayclasses` lists them)")
     assert describe_kept("side", uninstall["side"]) is None
     assert describe_kept("old", uninstall["old"]) is None, "applied before the data plane was recorded: sidecar"
 

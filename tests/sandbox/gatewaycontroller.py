@@ -7,7 +7,9 @@ acting on the objects the cluster holds, as a real istiod would:
   (``AMBIENT_ENABLE_MULTI_NETWORK=true``) in its env serves the GatewayClass ``istio-east-west``
   (controller ``istio.io/eastwest-controller``) and creates it when the Gateway API CRDs are installed.
   Without the switch the class does not exist and a Gateway of that class is left alone: no status, no
-  deployment.
+  deployment. (pilot/pkg/config/kube/gatewaycommon/classinfo.go, GetBuiltinGatewayClasses. The other
+  built-in classes it creates, ``istio``, ``istio-remote`` and ``istio-waypoint``, are not modelled:
+  setup-mesh makes no Gateway of theirs, and only teardown's note names them.)
 - **the deployment**: a Gateway of that class gets a ServiceAccount, a Deployment and a LoadBalancer
   Service named as the Gateway (the class adds no suffix), labelled ``gateway.istio.io/managed``, owned
   by the Gateway (deleted with it). An object of that name that carries no managed label was made by
