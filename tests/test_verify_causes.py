@@ -220,3 +220,93 @@ def test_verify_text_groups_pairs_by_cause_and_names_no_code(tmp_path, roots, mo
         assert line.count("`") % 2 == 0, line
         assert not re.search(r"setup-mesh$|kubectl$|--context$", line.rstrip()), line
     goldens.check(f"verify-causes-{width}.txt", text)
+
+
+# --- what only the traffic shows: verify's steps, its pods, their sidecars ------------------------------
+
+def _pairs(result) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """Each pair that did not answer -> its causes as (code, message)."""
+    return {(p.source, p.target): [(c.code, c.message) for c in p.causes] for p in result.pairs if not p.reached}
+
+
+def test_a_failed_step_and_a_helloworld_not_ready_are_told_once_per_cluster_and_on_each_pair(tmp_path, roots):
+    names = ("c1", "c2", "c3")
+    runs = {"c1": ClusterRun(applied=False, error="could not create namespace setup-mesh-verify: forbidden"),
+            "c2": ClusterRun(applied=True, client=READY, server=PodState("helloworld-7d9f", False, "ImagePullBackOff", True),
+                             answered_by={"c1": 0}),
+            "c3": ClusterRun(applied=True, client=READY, server=READY, answered_by={"c3": 1})}
+    broken = {(a, b) for a in names for b in names if "c1" in (a, b) or b == "c2"}
+    status, result = _verify(tmp_path, roots, lambda o, i: None, broken, runs=runs)
+    assert set(_pairs(result)) == broken | {("c2", "c3")}  # c2 answered nothing at all
+    for (src, dst), causes in _pairs(result).items():
+        if "c1" in (src, dst):
+            assert causes == [("step_failed", "verify could not run in c1")]
+        elif dst == "c2":
+            assert causes == [("helloworld_not_ready", "helloworld in c2 is not ready")]
+    problems = {(c.code, c.message): c.hint for c in result.problems}
+    assert set(problems) == {("step_failed", "c1: could not create namespace setup-mesh-verify: forbidden"),
+                             ("pod_not_ready", "c2: the helloworld pod helloworld-7d9f is not ready: ImagePullBackOff")}
+    assert problems[("step_failed", "c1: could not create namespace setup-mesh-verify: forbidden")].startswith("re-run verify")
+    assert "kubectl --context c2 describe pod -n setup-mesh-verify helloworld-7d9f" in \
+        problems[("pod_not_ready", "c2: the helloworld pod helloworld-7d9f is not ready: ImagePullBackOff")]
+
+
+def test_a_helloworld_never_created_is_told_so_on_the_pairs_to_it(tmp_path, roots):
+    names = ("c1", "c2", "c3")
+    runs = {c: ClusterRun(applied=True, client=READY, server=READY, answered_by={n: 1 for n in names if n != "c3"})
+            for c in names}
+    runs["c3"].server = PodState("helloworld", False, "pods \"helloworld-\" is forbidden", True, created=False)
+    _, result = _verify(tmp_path, roots, lambda o, i: None, {(a, "c3") for a in names}, runs=runs)
+    assert _pairs(result) == {(a, "c3"): [("helloworld_not_ready", "helloworld in c3 was never created")] for a in names}
+    (problem,) = result.problems
+    assert problem.code == "pod_missing" and problem.message.startswith("c3: no helloworld pod was created")
+
+
+def test_pods_without_a_sidecar_and_a_cluster_not_reaching_itself_are_each_blamed_on_their_pairs(tmp_path, roots):
+    names = ("c1", "c2", "c3")
+    bare_client = PodState("curl-5c4d", True, "", False)
+    bare_server = PodState("helloworld-7d9f", True, "", False)
+    runs = {"c1": ClusterRun(applied=True, client=READY, server=READY, answered_by={"c1": 1, "c3": 1}),
+            "c2": ClusterRun(applied=True, client=READY, server=bare_server, answered_by={"c1": 1, "c2": 1, "c3": 1}),
+            "c3": ClusterRun(applied=True, client=bare_client, server=READY, answered_by={},
+                             failures=["curl: (7) Failed to connect to helloworld port 5000"])}
+    _, result = _verify(tmp_path, roots, lambda o, i: None, set(), runs=runs)
+    client = ("sidecar_missing", "the curl pod in c3 has no istio-proxy sidecar: its calls stay in c3")
+    server = ("sidecar_missing", "the helloworld pod in c2 has no istio-proxy sidecar: it cannot take mTLS calls "
+                                 "from other clusters")
+    assert _pairs(result) == {
+        ("c1", "c2"): [server],
+        ("c3", "c1"): [client],
+        ("c3", "c2"): [client, server],
+        ("c3", "c3"): [("local_call_failed", "c3 does not reach its own helloworld: curl: (7) Failed to connect to "
+                                             "helloworld port 5000")]}
+    hints = {c.code: c.hint for p in result.pairs for c in p.causes}
+    assert "kubectl --context c3 get endpoints helloworld -n setup-mesh-verify" in hints["local_call_failed"]
+    assert "mutatingwebhookconfigurations" in hints["sidecar_missing"] and "istio-injection=enabled" in hints["sidecar_missing"]
+    assert result.problems == []
+
+
+def test_a_primary_whose_istiod_has_not_synced_its_remote_is_blamed_on_the_remotes_pairs(tmp_path, roots):
+    clusters = (Cluster("c1", "n1", "c1", api_server="https://c1.example:6443"),
+                Cluster("c2", "n1", "c2", api_server="https://c2.example:6443", primary="c1"),
+                Cluster("c3", "n2", "c3", api_server="https://c3.example:6443"))
+    topology = Topology("mesh1", clusters, tmp_path / "topology.yaml")
+    observed, istiod = _healthy(topology, roots[0])
+    observed["c2"].remote_secrets.clear()
+    observed["c2"].annotations = {"topology.istio.io/controlPlaneClusters": "c1"}
+    views = {"c1": IstiodView(remotes={"c2": "timeout", "c3": "synced"})}
+    status = evaluate(_ws(tmp_path, topology, roots[0]), observed, istiod, now=NOW, views=views)
+    assert "remote_cluster_timeout" in _codes(status, "c1")
+    names = [c.name for c in clusters]
+    with_remote = {(a, b) for a in names for b in names if "c2" in (a, b)}
+    runs = {c.context: ClusterRun(applied=True, client=READY, server=READY,
+                                  answered_by={n: 1 for n in names if (c.name, n) not in with_remote})
+            for c in clusters}
+    hints = VerifyHints(Hints(tmp_path, topology), "setup-mesh-verify", None)
+    pairs, _ = judge(topology, runs, Facts(status, {"c1": True, "c3": True}, mesh_model(topology)), hints)
+    blamed = {(p.source, p.target): [c for c in p.causes if c.code == "primary_not_synced"] for p in pairs
+              if not p.reached}
+    assert set(blamed) == with_remote
+    for (cause,) in blamed.values():
+        assert cause.message == "c1's istiod reports its remote c2 as timeout: it does not configure c2's sidecars"
+        assert cause.status_problems == (("c1", "remote_cluster_timeout"),)

@@ -1,0 +1,148 @@
+"""status's judgment of each cluster's istiod and of what istiod reports about its peers, in-process on
+what a healthy three-cluster mesh reads, one fault at a time: each fault is named on the cluster that has
+it, with its own hint, and on no other cluster."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from lib.checks import ERROR, WARNING
+from lib.statusjudge import evaluate
+from lib.statusread import Istiod, IstiodView
+from lib.statusreport import Hints
+from tests.test_status import NOW, _codes, _healthy, _topology, _ws, roots  # noqa: F401
+
+FORBIDDEN = ('Error from server (Forbidden): deployments.apps is forbidden: User "dev" cannot list resource '
+             '"deployments" in API group "apps" in the namespace "istio-system"')
+
+
+def _status(tmp_path, roots, change=lambda observed, istiod: None, views=None, root_pem=None):
+    topology = _topology(tmp_path)
+    observed, istiod = _healthy(topology, roots[0])
+    change(observed, istiod)
+    ws = _ws(tmp_path, topology, roots[0])
+    if root_pem is not None:
+        ws = replace(ws, root_pem=root_pem)
+    return topology, evaluate(ws, observed, istiod, now=NOW, views=views)
+
+
+def _problem(status, context: str, code: str):
+    (found,) = [p for c in status.clusters if c.cluster.context == context for p in c.problems if p.code == code]
+    return found
+
+
+def test_a_healthy_mesh_has_no_problem(tmp_path, roots):
+    views = {c: IstiodView(remotes={p: "synced" for p in ("c1", "c2", "c3") if p != c}) for c in ("c1", "c2", "c3")}
+    _, status = _status(tmp_path, roots, views=views)
+    assert {c.cluster.context: [p.code for p in c.problems] for c in status.clusters} == {"c1": [], "c2": [], "c3": []}
+    assert status.healthy and not status.problems
+
+
+def test_istiod_unreadable_missing_not_ready_or_running_as_another_cluster_is_named_where_it_is(tmp_path, roots):
+    def faults(observed, istiod):
+        istiod["c1"] = Istiod(read=False, error=FORBIDDEN)
+        istiod["c2"] = replace(istiod["c2"], installed=False, ready=None, version=None)
+        istiod["c3"] = replace(istiod["c3"], ready=False, cluster_id="c9")
+
+    topology, status = _status(tmp_path, roots, faults)
+    hints = Hints(tmp_path, topology)
+    c1, c2, c3 = topology.clusters
+    assert _codes(status, "c1") == ["istio_unreadable"], "an unread istiod is neither missing nor unready"
+    unreadable = _problem(status, "c1", "istio_unreadable")
+    assert unreadable.message == f"cannot read the istiod Deployment: {FORBIDDEN}"
+    assert unreadable.hint == f"check with `{hints.kubectl(c1, 'get', 'deployment', '-n', 'istio-system')}`"
+    assert _codes(status, "c2") == ["istio_missing"]
+    missing = _problem(status, "c2", "istio_missing")
+    assert missing.message == "Istio is not installed (no istiod Deployment in istio-system)"
+    assert missing.hint == hints.apply
+    assert sorted(_codes(status, "c3")) == ["cluster_name_wrong", "istiod_not_ready"]
+    unready = _problem(status, "c3", "istiod_not_ready")
+    assert unready.message == "the istiod Deployment has no ready replica"
+    assert hints.kubectl(c3, "get", "pods", "-n", "istio-system", "-l", "app=istiod") in unready.hint
+    wrong = _problem(status, "c3", "cluster_name_wrong")
+    assert wrong.message == "istiod runs as cluster c9, topology.yaml names it c3" and wrong.hint == hints.apply
+    assert all(p.severity == ERROR for c in status.clusters for p in c.problems)
+    assert not any(c.healthy for c in status.clusters) and not status.healthy
+
+
+def test_an_istiod_answering_without_the_reason_is_unreadable_with_no_answer(tmp_path, roots):
+    def unanswered(observed, istiod):
+        istiod["c2"] = Istiod(read=False)
+
+    _, status = _status(tmp_path, roots, unanswered)
+    assert _problem(status, "c2", "istio_unreadable").message == "cannot read the istiod Deployment: no answer"
+
+
+def test_a_cluster_not_set_up_is_not_also_reported_without_istio(tmp_path, roots):
+    """istio-system missing altogether is one fault (apply sets it up), not also a missing istiod."""
+    def bare(observed, istiod):
+        observed["c2"] = replace(observed["c2"], namespace=False, network_label=None, cacerts=None,
+                                 remote_secrets={}, eastwest_exists=False, eastwest_address=None, applied=None)
+        istiod["c2"] = Istiod(read=True, installed=False)
+
+    _, status = _status(tmp_path, roots, bare)
+    assert _codes(status, "c2") == ["namespace_missing"]
+
+
+def test_a_root_certificate_that_is_no_pem_is_named_with_its_repair(tmp_path, roots):
+    topology, status = _status(tmp_path, roots, root_pem=b"-----BEGIN CERTIFICATE-----\nnot base64\n")
+    (problem,) = [p for p in status.problems if p.code == "root_ca_unreadable"]
+    assert problem.message == f"{tmp_path / 'certs' / 'root-cert.pem'} is not a PEM certificate"
+    assert problem.hint.startswith("restore it from a backup, or start a new root with "
+                                   f"`rm -r {Hints(tmp_path, topology).path('certs')}` and ")
+    assert "prep-mesh" in problem.hint
+    assert problem.severity == ERROR and not status.healthy
+    assert "root_ca_missing" not in [p.code for p in status.problems]
+
+
+# --- what istiod reports about its peers (`istioctl remote-clusters`) ------------------------------------
+
+def test_each_state_istiod_reports_short_of_synced_is_named_with_its_peer_and_hint(tmp_path, roots):
+    views = {"c1": IstiodView(remotes={"c2": "syncing"}),  # c3 not listed: its secret is not loaded
+             "c2": IstiodView(remotes={"c1": "closed", "c3": "synced"}),
+             "c3": IstiodView(remotes={"c1": "timeout", "c2": "synced"})}
+    topology, status = _status(tmp_path, roots, views=views)
+    hints = Hints(tmp_path, topology)
+    by_cluster = {c.cluster.context: c for c in status.clusters}
+    assert by_cluster["c1"].remote_clusters == {"c2": "syncing", "c3": "not loaded"}
+    assert by_cluster["c2"].remote_clusters == {"c1": "closed", "c3": "synced"}
+
+    def named(context):
+        return {(p.code, p.peer): p for p in by_cluster[context].problems}
+
+    assert set(named("c1")) == {("remote_cluster_syncing", "c2"), ("remote_cluster_not_loaded", "c3")}
+    assert set(named("c2")) == {("remote_cluster_closed", "c1")}
+    assert set(named("c3")) == {("remote_cluster_timeout", "c1")}
+    syncing = named("c1")[("remote_cluster_syncing", "c2")]
+    assert syncing.message == "istiod reports remote cluster c2 as syncing"
+    assert "status --wait" in syncing.hint and "c2" in syncing.hint
+    not_loaded = named("c1")[("remote_cluster_not_loaded", "c3")]
+    assert not_loaded.message == "istiod reports remote cluster c3 as not loaded"
+    assert "has not loaded c3's secret" in not_loaded.hint and not_loaded.hint.endswith(hints.apply)
+    closed = named("c2")[("remote_cluster_closed", "c1")]
+    assert "stopped watching c1" in closed.hint and closed.hint.endswith(hints.apply)
+    timeout = named("c3")[("remote_cluster_timeout", "c1")]
+    assert "cannot reach c1's API server" in timeout.hint and "https://c1.example:6443" in timeout.hint
+    assert hints.kubectl(topology.clusters[2], "logs", "-n", "istio-system", "deploy/istiod") in timeout.hint
+
+
+def test_a_peer_whose_secret_is_missing_or_that_cannot_be_read_is_not_also_reported_unsynced(tmp_path, roots):
+    """The cause already named (no secret; a peer nobody can read) is not repeated as istiod's view of it."""
+    def faults(observed, istiod):
+        del observed["c1"].remote_secrets["c2"]
+        observed["c3"] = replace(observed["c3"], reachable=False, error="connection refused")
+
+    views = {"c1": IstiodView(remotes={}), "c2": IstiodView(remotes={"c1": "synced"})}
+    _, status = _status(tmp_path, roots, faults, views=views)
+    assert _codes(status, "c1") == ["remote_secret_missing"]
+    assert _codes(status, "c2") == []
+
+
+def test_istioctl_failing_to_report_is_a_warning_that_keeps_the_cluster_healthy(tmp_path, roots):
+    topology, status = _status(tmp_path, roots, views={"c2": IstiodView(error='Error: no running Istio pods in "istio-system"')})
+    problem = _problem(status, "c2", "istiod_view_unreadable")
+    assert problem.message == '`istioctl remote-clusters` failed: Error: no running Istio pods in "istio-system"'
+    assert problem.severity == WARNING
+    assert Hints(tmp_path, topology).kubectl(topology.clusters[1], "get", "pods", "-n", "istio-system",
+                                             "-l", "app=istiod") in problem.hint
+    assert all(c.healthy for c in status.clusters) and status.healthy
+    assert next(c for c in status.clusters if c.cluster.context == "c2").remote_clusters in ({}, None)
