@@ -310,3 +310,43 @@ def test_a_primary_whose_istiod_has_not_synced_its_remote_is_blamed_on_the_remot
     for (cause,) in blamed.values():
         assert cause.message == "c1's istiod reports its remote c2 as timeout: it does not configure c2's sidecars"
         assert cause.status_problems == (("c1", "remote_cluster_timeout"),)
+
+
+def test_ambient_a_network_whose_east_west_gateway_is_not_programmed_is_blamed_for_calls_to_it(tmp_path, roots):
+    """c3, alone on n2, has its Gateway but istiod reports no address: calls from n1 to c3 have no network
+    gateway to go through; calls within n1 and c3's own are not put on it."""
+    from dataclasses import replace
+
+    from lib.config import AMBIENT
+
+    def gateway(programmed: bool) -> dict:
+        condition = ({"type": "Programmed", "status": "True", "reason": "Programmed"} if programmed else
+                     {"type": "Programmed", "status": "False", "reason": "AddressNotAssigned",
+                      "message": "address pending"})
+        return {"metadata": {"name": "istio-eastwestgateway", "namespace": "istio-system"},
+                "status": {"addresses": [{"value": "198.51.100.9"}] if programmed else [], "conditions": [condition]}}
+
+    topology = _topology(tmp_path)
+    observed, istiod = _healthy(topology, roots[0])
+    for ctx, seen in observed.items():
+        seen.daemonsets["ztunnel"] = {"status": {"numberReady": 1, "desiredNumberScheduled": 1}}
+        seen.eastwest_exists, seen.eastwest_made_by = False, None
+        seen.eastwest_gateway = gateway(programmed=ctx != "c3")
+    status = evaluate(replace(_ws(tmp_path, topology, roots[0]), data_plane=AMBIENT), observed, istiod, now=NOW)
+    assert _codes(status, "c3") == ["gateway_not_programmed"] and _codes(status, "c1") == []
+    names = [c.name for c in topology.clusters]
+    broken = {("c1", "c3"), ("c2", "c3")}
+    runs = {c.context: ClusterRun(applied=True, client=READY, server=READY,
+                                  answered_by={n: 1 for n in names if (c.name, n) not in broken})
+            for c in topology.clusters}
+    hints = VerifyHints(Hints(tmp_path, topology), "setup-mesh-verify", None, ambient=True)
+    pairs, _ = judge(topology, runs, Facts(status, {}, mesh_model(topology, AMBIENT)), hints)
+    failed = {(p.source, p.target): p.causes for p in pairs if not p.reached}
+    assert set(failed) == broken
+    for causes in failed.values():
+        (cause,) = causes
+        assert cause.code == "eastwest_gateway_not_programmed"
+        assert cause.message.startswith("c3's east-west Gateway has no address in its status (not programmed), so no "
+                                        "istiod knows a network gateway for n2")
+        assert cause.status_problems == (("c3", "gateway_not_programmed"),)
+        assert "kubectl --context c3 get gateways.gateway.networking.k8s.io istio-eastwestgateway" in cause.hint
