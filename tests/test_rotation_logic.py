@@ -127,6 +127,27 @@ def test_the_rules_differ_by_version_as_istio_does():
         assert accepts_root_change(version, old + new, new + other) is False
 
 
+def test_the_sandbox_finds_certificates_in_a_bundle_as_gos_pem_decode_does():
+    """istiod 1.30+ compares root bundles as sets of the blocks Go's encoding/pem finds: two files glued
+    without a newline hide both certificates; a line end, CRLF, trailing blanks or text around the blocks
+    do not (cases of Go's own pem_test.go: TestBadDecode, TestDecode)."""
+    from tests.sandbox.istiodca import accepts_root_change, certificate_set
+
+    a, b = _pem(b"root a"), _pem(b"root b")
+    assert certificate_set(a + b) == {b"root a", b"root b"}
+    assert certificate_set(a.rstrip(b"\n") + b) == set(), "END line followed by text: rejected, and its BEGIN too"
+    assert certificate_set(a.rstrip(b"\n") + b" \t\n" + b) == {b"root a", b"root b"}
+    assert certificate_set(a.replace(b"\n", b"\r\n")) == {b"root a"}
+    assert certificate_set(b"subject=CN = Root A\n" + a + b"trailing words") == {b"root a"}
+    assert certificate_set(b"x" + a) == set(), "BEGIN must start a line"
+    assert certificate_set(a.replace(b"END CERTIFICATE", b"END X509 CRL")) == set(), "END must name the same type"
+    assert certificate_set(b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n" + b) == {b"root b"}
+    assert certificate_set(b"") == set() and certificate_set(b"not a pem") == set()
+    # So a glued stage-1 bundle is refused by 1.30+, where bytes.Contains (1.29) would take it.
+    glued = a.rstrip(b"\n") + b
+    assert not accepts_root_change((1, 30), a, glued) and accepts_root_change((1, 29), a.rstrip(b"\n"), glued)
+
+
 def test_min_wait_takes_units_and_refuses_nonsense():
     import pytest
 
@@ -373,3 +394,34 @@ def test_a_stage_goes_no_further_while_an_istiod_refused_it_or_its_roots_could_n
     with pytest.raises(MeshError) as refused:
         require_istiod_took(clusters, observed, Tools(), Client({"c1": bundle, "c2": b"old root"}), t, Log(), "istiod")
     assert "istiod in c2 has not taken its root bundle" in refused.value.message
+
+
+def test_the_record_of_a_move_reads_back_as_written_and_a_damaged_or_doubled_one_is_refused(tmp_path):
+    import pytest
+
+    from lib.carotation import Transition, load_transition, save_transition
+    from lib.errors import ConfigError
+
+    (tmp_path / "certs-next").mkdir()
+    (tmp_path / "certs-former").mkdir()
+    assert load_transition(tmp_path) is None
+    ours = Transition(2, "a" * 64, "b" * 64, "2026-11-29T08:00:00Z")
+    save_transition(tmp_path, ours)
+    assert load_transition(tmp_path) == ours and not load_transition(tmp_path).foreign_start
+    assert (tmp_path / "certs-next" / "transition.json").stat().st_mode & 0o777 == 0o600
+    theirs = Transition(1, "c" * 64, "d" * 64, "2026-11-30T08:00:00Z", foreign_start=True)
+    save_transition(tmp_path, theirs)
+    with pytest.raises(ConfigError) as doubled:
+        load_transition(tmp_path)
+    assert doubled.value.message == (f"two moves to a new root are recorded ({tmp_path / 'certs-next' / 'transition.json'}, "
+                                     f"{tmp_path / 'certs-former' / 'transition.json'})")
+    assert "only one move can be under way" in doubled.value.hint
+    (tmp_path / "certs-former" / "transition.json").unlink()
+    record = tmp_path / "certs-next" / "transition.json"
+    for damaged, words in (("{", "cannot read the root transition's record"),
+                           ('{"stage": 2}', "cannot read the root transition's record"),
+                           ('{"stage": 4, "old_root": "a", "new_root": "b", "started": "x"}', "stage 4 is not one of 1..3")):
+        record.write_text(damaged)
+        with pytest.raises(ConfigError) as refused:
+            load_transition(tmp_path)
+        assert words in refused.value.message and str(record) in refused.value.message and refused.value.hint

@@ -102,14 +102,66 @@ def _secret_files(secret: dict | None) -> dict[str, bytes]:
 
 
 def certificate_set(bundle: bytes) -> set[bytes]:
-    """The DER of each CERTIFICATE block (pemToRawCertSet, istio_ca.go 1.30.3)."""
-    found = set()
-    for body in re.findall(rb"-----BEGIN CERTIFICATE-----\s*(.*?)-----END CERTIFICATE-----", bundle, re.S):
-        try:
-            found.add(base64.b64decode(b"".join(body.split())))
-        except (binascii.Error, ValueError):
-            pass
-    return found
+    """The DER of each CERTIFICATE block (pemToRawCertSet, istio_ca.go 1.30.3), found as Go's
+    ``encoding/pem`` Decode finds blocks, which that function loops over."""
+    return {body for kind, body in pem_blocks(bundle) if kind == b"CERTIFICATE"}
+
+
+def pem_blocks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, DER) of each block Go's ``pem.Decode`` returns, called until it returns none (Go 1.22+
+    ``encoding/pem``): a block starts with "-----BEGIN <type>-----" at the start of the data or of a line,
+    ends with "-----END <type>-----" at the start of a line followed by nothing but spaces and tabs to the
+    end of that line; its body is base64 (header lines with a colon are skipped). A block that breaks
+    any of these is skipped and the search goes on after its BEGIN line, so two PEM files glued
+    together without a newline ("...-----END CERTIFICATE----------BEGIN CERTIFICATE-----") yield
+    neither certificate."""
+    found, rest = [], data
+    while True:
+        if rest.startswith(b"-----BEGIN "):
+            start = 0
+        else:
+            at = rest.find(b"\n-----BEGIN ")
+            if at < 0:
+                return found
+            start = at + 1
+        line, rest = _line(rest[start + len(b"-----BEGIN "):])
+        if not line.endswith(b"-----"):
+            continue
+        kind = line[:-5]
+        block = _pem_body(kind, rest)
+        if block is not None:
+            found.append((kind, block[0]))
+            rest = block[1]
+
+
+def _line(data: bytes) -> tuple[bytes, bytes]:
+    """getLine: the line without its end (and trailing spaces and tabs), and what follows it."""
+    end = data.find(b"\n")
+    line, rest = (data, b"") if end < 0 else (data[:end], data[end + 1:])
+    return line.rstrip(b"\r").rstrip(b" \t"), rest
+
+
+def _pem_body(kind: bytes, rest: bytes) -> tuple[bytes, bytes] | None:
+    """The DER of the block whose BEGIN line was just read, and the data after its END line; None when
+    Go rejects the block."""
+    body = rest
+    while True:  # header lines ("Proc-Type: ...") come first
+        line, after = _line(body)
+        if b":" not in line or not after:
+            break
+        body = after
+    end = (b"\n" + body).find(b"\n-----END ")
+    if end < 0:
+        return None
+    payload = body[:max(end - 1, 0)] if end else b""
+    trailer, after = _line(body[end + len(b"-----END "):])
+    if trailer != kind + b"-----":
+        return None
+    encoded = bytes(c for c in payload if c not in b" \t\r\n")
+    try:
+        return base64.b64decode(encoded, validate=True), after
+    except (binascii.Error, ValueError):
+        return None
 
 
 def accepts_root_change(version: tuple[int, int] | None, current: bytes, new: bytes) -> bool:
