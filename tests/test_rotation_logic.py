@@ -425,3 +425,78 @@ def test_the_record_of_a_move_reads_back_as_written_and_a_damaged_or_doubled_one
         with pytest.raises(ConfigError) as refused:
             load_transition(tmp_path)
         assert words in refused.value.message and str(record) in refused.value.message and refused.value.hint
+
+
+def _issued(name: str, issuer=None, days: int = 365, now=None):
+    """A CA certificate and its key, valid from a day before ``now`` (default: the real time)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = now or dt.datetime.now(dt.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Istio"), x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    issuer_cert, issuer_key = issuer or (None, key)
+    cert = (x509.CertificateBuilder().subject_name(subject)
+            .issuer_name(issuer_cert.subject if issuer_cert else subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(issuer_key, hashes.SHA256()))
+    return cert, key
+
+
+def _files(inter, *roots) -> dict[str, bytes]:
+    from cryptography.hazmat.primitives import serialization
+
+    pem = lambda c: c.public_bytes(serialization.Encoding.PEM)  # noqa: E731
+    key = inter[1].private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+    return {"ca-cert.pem": pem(inter[0]), "ca-key.pem": key, "cert-chain.pem": pem(inter[0]) + pem(roots[-1][0]),
+            "root-cert.pem": b"".join(pem(r[0]) for r in roots)}
+
+
+def test_the_sandboxs_istiod_takes_a_bundle_only_when_its_intermediate_verifies_to_its_roots_with_its_key():
+    """Verify (keycertbundle.go), which istiod's handleEvent applies after its root checks."""
+    import datetime as dt
+
+    from tests.sandbox.istiodca import bundle_flaw
+
+    old, new = _issued("Root CA"), _issued("Root CA")  # the same name: only the signature tells them apart
+    old_inter, new_inter = _issued("Intermediate CA", old), _issued("Intermediate CA", new)
+    assert bundle_flaw(_files(old_inter, old)) is None
+    assert bundle_flaw({**_files(old_inter, old), "cert-chain.pem": b""}) is None, "signed by the root itself"
+    assert bundle_flaw(_files(new_inter, old, new)) is None, "stage 2: the new intermediate under [old, new]"
+    assert bundle_flaw(_files(old_inter, old, new)) is None, "stage 1: the old intermediate under [old, new]"
+    assert "cannot verify the cert" in bundle_flaw(_files(old_inter, new)), "stage 3 with the old intermediate"
+    assert "cannot verify the cert" in bundle_flaw(_files(new_inter, old)), "the new intermediate before its root"
+    mismatched = {**_files(old_inter, old), "ca-key.pem": _files(new_inter, new)["ca-key.pem"]}
+    assert bundle_flaw(mismatched).startswith("the cert does not match the key")
+    assert bundle_flaw({**_files(old_inter, old), "ca-key.pem": b"junk"}).startswith("failed to parse private key")
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=400)
+    assert "cannot verify the cert" in bundle_flaw(_files(old_inter, old), at=int(later.timestamp())), "expired"
+
+
+def test_the_sandboxs_istiod_keeps_its_roots_when_the_new_bundle_does_not_verify():
+    from types import SimpleNamespace
+
+    from tests.sandbox.istiodca import HeldCA, _reload
+
+    old, new = _issued("Root CA"), _issued("Root CA")
+    old_inter, new_inter = _issued("Intermediate CA", old), _issued("Intermediate CA", new)
+    start = _files(old_inter, old)["root-cert.pem"]
+    cluster = SimpleNamespace(istiod_cas={"pod": HeldCA("istio-system", "default", (1, 30), True, True, start, 1)})
+    held = cluster.istiod_cas["pod"]
+    assert not _reload(cluster, "istio-system", _files(new_inter, new))  # not a superset: the root rule refuses
+    assert held.refused == "Updating new ROOT-CA not supported" and held.roots == start
+    stage3_old_intermediate = {**_files(old_inter, old, new), "root-cert.pem": _files(new_inter, new)["root-cert.pem"]}
+    stage1 = _files(new_inter, old, new)
+    stage1_wrong = {**stage1, "ca-cert.pem": _files(_issued("Intermediate CA", _issued("Root CA")), old)["ca-cert.pem"]}
+    assert not _reload(cluster, "istio-system", stage1_wrong)
+    assert held.refused.startswith("Failed to update new Plug-in CA certs: cannot verify the cert") and held.roots == start
+    assert _reload(cluster, "istio-system", stage1) and held.roots == stage1["root-cert.pem"] and held.refused == ""
+    assert not _reload(cluster, "istio-system", stage3_old_intermediate)
+    assert held.refused.startswith("Failed to update new Plug-in CA certs") and held.roots == stage1["root-cert.pem"]

@@ -15,9 +15,12 @@ each taken from Istio's source (paths in istio/istio):
   ``ISTIO_MULTIROOT_MESH`` true (read once at start, ``pilot/pkg/features/pilot.go``) and one bundle
   contains the other: byte for byte up to 1.29 (``bytes.Contains`` either way, so order matters), as a
   set of certificates from 1.30.0 on (``pemBundleHasSubsetRelation``). Otherwise istiod keeps what it
-  had and logs "Updating new ROOT-CA not supported" (or "Multi root is disabled, ..."). An unchanged
-  root-cert.pem (a new intermediate) is always taken. Which rule applies is the version of the pod's
-  ``discovery`` image.
+  had and logs "Updating new ROOT-CA not supported" (or "Multi root is disabled, ..."). A bundle that
+  passes is still checked whole (``Verify``, security/pkg/pki/util/keycertbundle.go): ca-cert.pem must
+  verify to root-cert.pem through cert-chain.pem and ca-key.pem must be its key, or istiod logs
+  "Failed to update new Plug-in CA certs" and keeps what it had. An unchanged root-cert.pem (a new
+  intermediate) changes nothing held here. Which rule applies is the version of the pod's ``discovery``
+  image.
 - **publishing** (``pilot/pkg/serviceregistry/kube/controller/namespacecontroller.go``, 1.30.3): istiod
   writes the bundle it holds, as it holds it, under ``root-cert.pem`` of the ConfigMap
   ``istio-ca-root-cert`` (label ``istio.io/config=true``) in every namespace but kube-public,
@@ -25,8 +28,8 @@ each taken from Istio's source (paths in istio/istio):
   bundle changes and when a namespace appears. With several istiods the default revision's newest pod
   writes (one leader). In a remote cluster no istiod runs and nothing is written here.
 
-Not modelled: the delay before the kubelet refreshes the mounted secret, CRLs, and a bundle whose
-intermediate does not chain to its roots (real istiod keeps its old one then).
+Not modelled: the delay before the kubelet refreshes the mounted secret, CRLs, and an istiod that starts
+on a plugged-in bundle that fails ``Verify`` (real istiod exits then; here it starts on it).
 """
 from __future__ import annotations
 
@@ -104,7 +107,7 @@ def _secret_files(secret: dict | None) -> dict[str, bytes]:
 def certificate_set(bundle: bytes) -> set[bytes]:
     """The DER of each CERTIFICATE block (pemToRawCertSet, istio_ca.go 1.30.3), found as Go's
     ``encoding/pem`` Decode finds blocks, which that function loops over."""
-    return {body for kind, body in pem_blocks(bundle) if kind == b"CERTIFICATE"}
+    return set(certificate_list(bundle))
 
 
 def pem_blocks(data: bytes) -> list[tuple[bytes, bytes]]:
@@ -222,9 +225,64 @@ def _reload(cluster, ns: str, files: dict[str, bytes]) -> bool:
             held.refused = "Multi root is disabled, updating new ROOT-CA not supported"
         elif not accepts_root_change(held.version, held.roots, new):
             held.refused = "Updating new ROOT-CA not supported"
+        elif (flaw := bundle_flaw(files)) is not None:
+            held.refused = f"Failed to update new Plug-in CA certs: {flaw}"
         else:
             held.roots, held.refused, changed = new, "", True
     return changed
+
+
+def bundle_flaw(files: dict[str, bytes], at: int | None = None) -> str | None:
+    """Why istiod would not take a plugged-in bundle (``Verify``, security/pkg/pki/util/keycertbundle.go,
+    which handleEvent calls through UpdateVerifiedKeyCertBundleFromFile after the root checks; on an
+    error istiod logs it and keeps what it holds): ca-cert.pem must verify to a certificate of
+    root-cert.pem through those of cert-chain.pem (Go's x509 Verify: signatures, names, validity now),
+    and ca-key.pem must be its key (tls.X509KeyPair). Checked with the real openssl (the emulator runs
+    on the standard library alone), on the certificates Go's pem.Decode finds. ``at``: the time to
+    verify at (seconds since the epoch; default now). None: taken."""
+    leaf = [b for kind, b in pem_blocks(files.get("ca-cert.pem", b""))[:1] if kind == b"CERTIFICATE"]
+    if not leaf:
+        return "failed to parse cert PEM: invalid PEM encoded certificate"
+    tmp = tempfile.mkdtemp(prefix="sandbox-istiod-verify-")
+    try:
+        roots, chain = certificate_list(files.get("root-cert.pem", b"")), certificate_list(files.get("cert-chain.pem", b""))
+        for name, blocks in (("ca-cert.pem", leaf), ("cert-chain.pem", chain),
+                             *((f"root-{i}.pem", [der]) for i, der in enumerate(roots)), ("ca-key.pem", None)):
+            with open(os.path.join(tmp, name), "wb") as out:
+                out.write(files.get(name, b"") if blocks is None else b"".join(_pem(der) for der in blocks))
+        when = (["-attime", str(at)] if at is not None else []) + (["-untrusted", "cert-chain.pem"] if chain else [])
+        # One root at a time: Go tries every root whose name matches, openssl only the first it finds.
+        tried = [_openssl(tmp, "verify", "-no-CApath", "-no-CAstore", "-CAfile", f"root-{i}.pem", *when, "ca-cert.pem")
+                 for i in range(len(roots))]
+        if not any(run.returncode == 0 for run in tried):
+            said = (tried[-1].stdout + tried[-1].stderr).decode(errors="replace").strip() if tried else "no root"
+            return "cannot verify the cert with the provided root chain and cert pool with error: " + \
+                (said.splitlines() or [""])[-1]
+        key = _openssl(tmp, "pkey", "-in", "ca-key.pem", "-pubout")
+        if key.returncode != 0:
+            return "failed to parse private key PEM: invalid PEM-encoded private key"
+        if key.stdout != _openssl(tmp, "x509", "-in", "ca-cert.pem", "-noout", "-pubkey").stdout:
+            return "the cert does not match the key: tls: private key does not match public key"
+        return None
+    except (OSError, subprocess.SubprocessError, IndexError) as exc:
+        return f"cannot verify the cert: {exc}"
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def certificate_list(bundle: bytes) -> list[bytes]:
+    """The DER of each CERTIFICATE block Go's pem.Decode finds, in order (AppendCertsFromPEM)."""
+    return [body for kind, body in pem_blocks(bundle) if kind == b"CERTIFICATE"]
+
+
+def _pem(der: bytes) -> bytes:
+    encoded = base64.b64encode(der)
+    return b"-----BEGIN CERTIFICATE-----\n" + b"\n".join(encoded[i:i + 64] for i in range(0, len(encoded), 64)) + \
+        b"\n-----END CERTIFICATE-----\n"
+
+
+def _openssl(cwd: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, timeout=20)
 
 
 def _writer(cluster, ns: str) -> HeldCA | None:
