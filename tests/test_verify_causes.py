@@ -15,7 +15,7 @@ from lib.config import Cluster, Topology
 from lib.diagnosis import Facts, judge
 from lib.mesh import mesh_model
 from lib.statusjudge import evaluate
-from lib.statusread import IstiodView
+from lib.statusread import Istiod, IstiodView
 from lib.statusreport import Hints
 from lib.traffic import ClusterRun, PodState
 from lib.verify import VerifyHints
@@ -350,3 +350,77 @@ def test_ambient_a_network_whose_east_west_gateway_is_not_programmed_is_blamed_f
                                         "istiod knows a network gateway for n2")
         assert cause.status_problems == (("c3", "gateway_not_programmed"),)
         assert "kubectl --context c3 get gateways.gateway.networking.k8s.io istio-eastwestgateway" in cause.hint
+
+
+# --- the control plane of each pair: a primary's own istiod, a remote's primary -----------------------
+
+def _primary_with_remotes(tmp_path, roots, views=None, change=lambda observed, istiod: None):
+    """c1 primary of c2 and c3 (remotes), c4 a primary of its own; status's evaluation, and verify's
+    judgment when every pair with a cluster of ``broken`` fails."""
+    clusters = (Cluster("c1", "n1", "c1", api_server="https://c1.example:6443"),
+                Cluster("c2", "n1", "c2", api_server="https://c2.example:6443", primary="c1"),
+                Cluster("c3", "n1", "c3", api_server="https://c3.example:6443", primary="c1"),
+                Cluster("c4", "n1", "c4", api_server="https://c4.example:6443"))
+    topology = Topology("mesh1", clusters, tmp_path / "topology.yaml")
+    observed, istiod = _healthy(topology, roots[0])
+    for remote in ("c2", "c3"):
+        observed[remote].remote_secrets.clear()
+        observed[remote].annotations = {"topology.istio.io/controlPlaneClusters": "c1"}
+    change(observed, istiod)
+    return topology, evaluate(_ws(tmp_path, topology, roots[0]), observed, istiod, now=NOW, views=views)
+
+
+def _blamed(tmp_path, topology, status, broken: set[str], hints_too: bool = False):
+    names = [c.name for c in topology.clusters]
+    runs = {c.context: ClusterRun(applied=True, client=READY, server=READY,
+                                  answered_by={n: 1 for n in names if not {c.name, n} & broken})
+            for c in topology.clusters}
+    hints = VerifyHints(Hints(tmp_path, topology), "setup-mesh-verify", None)
+    pairs, _ = judge(topology, runs, Facts(status, {}, mesh_model(topology)), hints)
+    return {(p.source, p.target): [(c.code, c.message, c.status_problems) + ((c.hint,) if hints_too else ())
+                                   for c in p.causes] for p in pairs if not p.reached}
+
+
+def test_a_primary_whose_istiod_is_not_ready_is_blamed_for_its_own_pairs_and_its_remotes(tmp_path, roots):
+    topology, status = _primary_with_remotes(tmp_path, roots, change=lambda o, i: i.__setitem__(
+        "c1", Istiod(read=True, installed=True, version="1.29.0", ready=False, cluster_id="c1")))
+    assert "istiod_not_ready" in _codes(status, "c1")
+    blamed = _blamed(tmp_path, topology, status, {"c1", "c2", "c3"})
+    down = ("istiod_not_ready", "c1's istiod has no ready replica: its injector refuses new pods and its sidecars get "
+                                "no configuration", (("c1", "istiod_not_ready"),))
+    remote_down = [("primary_istiod_not_ready", f"{r} is a remote of c1, whose istiod has no ready replica: {r}'s "
+                                                f"injector refuses new pods and its sidecars get no configuration",
+                    (("c1", "istiod_not_ready"),)) for r in ("c2", "c3")]
+    assert blamed[("c4", "c1")] == [down] and blamed[("c1", "c4")] == [down]
+    assert blamed[("c4", "c2")] == [remote_down[0]] and blamed[("c3", "c4")] == [remote_down[1]]
+    assert blamed[("c2", "c3")] == remote_down, "both ends' control plane, the same istiod"
+    assert ("c4", "c4") not in blamed
+
+
+def test_a_primary_holding_an_outdated_secret_of_one_remote_is_blamed_for_that_remote_only(tmp_path, roots):
+    def reissued(observed, istiod):
+        observed["c2"].reader_token = "a token issued after the secret c1 holds"
+
+    topology, status = _primary_with_remotes(tmp_path, roots, change=reissued)
+    assert "remote_secret_outdated" in _codes(status, "c1") and "primary_lacks_secret" in _codes(status, "c2")
+    assert "primary_lacks_secret" not in _codes(status, "c3")
+    blamed = _blamed(tmp_path, topology, status, {"c2"}, hints_too=True)
+    assert set(blamed) == {(a, b) for a in ("c1", "c2", "c3", "c4") for b in ("c1", "c2", "c3", "c4") if "c2" in (a, b)}
+    outdated = next(p for c in status.clusters for p in c.problems if p.code == "remote_secret_outdated")
+    for causes in blamed.values():
+        (code, message, linked, hint) = causes[0]
+        assert hint == outdated.hint, "status's repair of the outdated secret"
+        assert (code, linked) == ("primary_lacks_secret", (("c2", "primary_lacks_secret"),))
+        assert message == ("c1, the primary of c2, holds no current remote secret of c2 (outdated): c1's istiod does "
+                           "not configure c2's sidecars")
+
+
+def test_istiods_view_blames_the_primary_only_for_the_remote_it_has_not_synced(tmp_path, roots):
+    views = {"c1": IstiodView(remotes={"c2": "synced", "c3": "syncing", "c4": "synced"})}
+    topology, status = _primary_with_remotes(tmp_path, roots, views=views)
+    blamed = _blamed(tmp_path, topology, status, {"c3"})
+    synced = ("primary_not_synced", "c1's istiod reports its remote c3 as syncing: it does not configure c3's sidecars",
+              (("c1", "remote_cluster_syncing"),))
+    assert set(blamed) == {(a, b) for a in ("c1", "c2", "c3", "c4") for b in ("c1", "c2", "c3", "c4") if "c3" in (a, b)}
+    assert blamed.pop(("c3", "c3"))[:1] == [synced], "then that c3 does not reach itself"
+    assert all(causes == [synced] for causes in blamed.values()), blamed
