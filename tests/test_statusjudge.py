@@ -146,3 +146,99 @@ def test_istioctl_failing_to_report_is_a_warning_that_keeps_the_cluster_healthy(
                                              "-l", "app=istiod") in problem.hint
     assert all(c.healthy for c in status.clusters) and status.healthy
     assert next(c for c in status.clusters if c.cluster.context == "c2").remote_clusters in ({}, None)
+
+
+# --- ambient: the Gateway API CRDs, the east-west Gateway, ztunnel ------------------------------------
+
+PROGRAMMED = {"metadata": {"name": "istio-eastwestgateway", "namespace": "istio-system"},
+              "status": {"addresses": [{"value": "198.51.100.9"}],
+                         "conditions": [{"type": "Programmed", "status": "True", "reason": "Programmed"}]}}
+ZTUNNEL_READY = {"metadata": {"namespace": "istio-system"}, "status": {"numberReady": 3, "desiredNumberScheduled": 3}}
+
+
+def _ambient(tmp_path, roots, change):
+    from lib.config import AMBIENT
+    from lib.gatewayapi import ClusterCrds
+
+    topology = _topology(tmp_path)
+    observed, istiod = _healthy(topology, roots[0])
+    for seen in observed.values():
+        seen.eastwest_exists, seen.eastwest_made_by, seen.eastwest_address = False, None, None
+        seen.eastwest_gateway = PROGRAMMED
+        seen.gateway_api = ClusterCrds(installed=True, version="v1.4.0")
+        seen.daemonsets["ztunnel"] = ZTUNNEL_READY
+    change(observed, istiod)
+    ws = replace(_ws(tmp_path, topology, roots[0]), data_plane=AMBIENT)
+    return topology, evaluate(ws, observed, istiod, now=NOW)
+
+
+def test_ambient_crds_gateway_and_ztunnel_faults_are_each_named_on_their_cluster(tmp_path, roots):
+    from lib.gatewayapi import ClusterCrds
+
+    def faults(observed, istiod):
+        observed["c1"].gateway_api = ClusterCrds(installed=False, version=None)
+        observed["c1"].eastwest_gateway = None
+        observed["c2"].gateway_api = ClusterCrds(installed=True, version="v1.0.0")
+        observed["c2"].eastwest_gateway = None
+        observed["c3"].eastwest_exists, observed["c3"].eastwest_made_by = True, "operator"
+        observed["c3"].daemonsets["ztunnel"] = {"metadata": {"namespace": "kube-system"},
+                                                "status": {"numberReady": 1, "desiredNumberScheduled": 3}}
+
+    topology, status = _ambient(tmp_path, roots, faults)
+    hints = Hints(tmp_path, topology)
+    by = {c.cluster.context: c for c in status.clusters}
+    assert _codes(status, "c1") == ["gateway_api_crds_missing"], "no Gateway either: the CRDs come first"
+    assert by["c1"].gateway_api_crds == "missing" and hints.apply in _problem(status, "c1", "gateway_api_crds_missing").hint
+    assert sorted(_codes(status, "c2")) == ["gateway_api_crds_old", "gateway_missing"]
+    old = _problem(status, "c2", "gateway_api_crds_old")
+    assert old.severity == WARNING and "v1.0.0, older than the v1.4.0 Istio expects" in old.message
+    assert by["c2"].gateway_api_crds == "v1.0.0"
+    assert _problem(status, "c2", "gateway_missing").message.startswith("the east-west Gateway (istio-eastwestgateway, "
+                                                                        "class istio-east-west) is not there")
+    assert sorted(_codes(status, "c3")) == ["gateway_sidecar_mode", "ztunnel_not_ready"]
+    unready = _problem(status, "c3", "ztunnel_not_ready")
+    assert unready.message == "1 of 3 ztunnel pods are ready: workloads on the other nodes have no data plane"
+    assert hints.kubectl(topology.clusters[2], "get", "pods", "-n", "kube-system", "-l", "app=ztunnel") in unready.hint
+    assert by["c3"].ztunnel == (1, 3)
+
+
+def test_ambient_ztunnel_gone_is_named_only_where_istio_runs(tmp_path, roots):
+    def gone(observed, istiod):
+        for ctx in ("c1", "c2"):
+            del observed[ctx].daemonsets["ztunnel"]
+        istiod["c2"] = replace(istiod["c2"], installed=False, ready=None)
+
+    _, status = _ambient(tmp_path, roots, gone)
+    assert _codes(status, "c1") == ["ztunnel_missing"]
+    assert _codes(status, "c2") == ["istio_missing"], "no Istio there: that is the fault, not its ztunnel"
+    assert _codes(status, "c3") == []
+
+
+# --- the workspace: the root's fingerprint, a rotation cut short, istiod's published roots -------------
+
+def test_the_root_fingerprint_and_an_unfinished_rotation_are_reported_for_the_mesh(tmp_path, roots):
+    from lib import reissue
+
+    (tmp_path / "certs").mkdir()
+    reissue.save_rotation(tmp_path, reissue.Rotation("2026-12-01T10:00:00Z", {"c1": "ab" * 32, "c3": None}))
+    topology, status = _status(tmp_path, roots)
+    from cryptography.hazmat.primitives import hashes
+
+    assert status.root_fingerprint == roots[0][0].fingerprint(hashes.SHA256()).hex()
+    (problem,) = status.problems
+    assert problem.code == "rotation_unfinished" and problem.severity == WARNING
+    assert problem.message == ("the intermediate rotation started at 2026-12-01T10:00:00Z (c1, c3) did not finish: "
+                               "clusters may still run on the intermediates it replaces")
+    assert "rotate-certs" in problem.hint
+    assert status.healthy, "a warning: the clusters themselves are judged on their own"
+
+
+def test_a_published_root_bundle_that_could_not_be_read_is_a_warning_on_that_cluster(tmp_path, roots):
+    topology = _topology(tmp_path)
+    observed, istiod = _healthy(topology, roots[0])
+    status = evaluate(_ws(tmp_path, topology, roots[0]), observed, istiod, now=NOW, roots_unread=frozenset({"c2"}))
+    assert _codes(status, "c2") == ["istiod_roots_unread"] and _codes(status, "c1") == []
+    problem = _problem(status, "c2", "istiod_roots_unread")
+    assert problem.severity == WARNING and "whether it took the roots in secret cacerts is not known" in problem.message
+    assert Hints(tmp_path, topology).kubectl(topology.clusters[1], "get", "configmap", "istio-ca-root-cert", "-n",
+                                             "istio-system") in problem.hint
