@@ -286,32 +286,6 @@ def test_pods_without_a_sidecar_and_a_cluster_not_reaching_itself_are_each_blame
     assert result.problems == []
 
 
-def test_a_primary_whose_istiod_has_not_synced_its_remote_is_blamed_on_the_remotes_pairs(tmp_path, roots):
-    clusters = (Cluster("c1", "n1", "c1", api_server="https://c1.example:6443"),
-                Cluster("c2", "n1", "c2", api_server="https://c2.example:6443", primary="c1"),
-                Cluster("c3", "n2", "c3", api_server="https://c3.example:6443"))
-    topology = Topology("mesh1", clusters, tmp_path / "topology.yaml")
-    observed, istiod = _healthy(topology, roots[0])
-    observed["c2"].remote_secrets.clear()
-    observed["c2"].annotations = {"topology.istio.io/controlPlaneClusters": "c1"}
-    views = {"c1": IstiodView(remotes={"c2": "timeout", "c3": "synced"})}
-    status = evaluate(_ws(tmp_path, topology, roots[0]), observed, istiod, now=NOW, views=views)
-    assert "remote_cluster_timeout" in _codes(status, "c1")
-    names = [c.name for c in clusters]
-    with_remote = {(a, b) for a in names for b in names if "c2" in (a, b)}
-    runs = {c.context: ClusterRun(applied=True, client=READY, server=READY,
-                                  answered_by={n: 1 for n in names if (c.name, n) not in with_remote})
-            for c in clusters}
-    hints = VerifyHints(Hints(tmp_path, topology), "setup-mesh-verify", None)
-    pairs, _ = judge(topology, runs, Facts(status, {"c1": True, "c3": True}, mesh_model(topology)), hints)
-    blamed = {(p.source, p.target): [c for c in p.causes if c.code == "primary_not_synced"] for p in pairs
-              if not p.reached}
-    assert set(blamed) == with_remote
-    for (cause,) in blamed.values():
-        assert cause.message == "c1's istiod reports its remote c2 as timeout: it does not configure c2's sidecars"
-        assert cause.status_problems == (("c1", "remote_cluster_timeout"),)
-
-
 def test_ambient_a_network_whose_east_west_gateway_is_not_programmed_is_blamed_for_calls_to_it(tmp_path, roots):
     """c3, alone on n2, has its Gateway but istiod reports no address: calls from n1 to c3 have no network
     gateway to go through; calls within n1 and c3's own are not put on it."""
