@@ -500,3 +500,31 @@ def test_the_sandboxs_istiod_keeps_its_roots_when_the_new_bundle_does_not_verify
     assert _reload(cluster, "istio-system", stage1) and held.roots == stage1["root-cert.pem"] and held.refused == ""
     assert not _reload(cluster, "istio-system", stage3_old_intermediate)
     assert held.refused.startswith("Failed to update new Plug-in CA certs") and held.roots == stage1["root-cert.pem"]
+
+
+def test_finishing_a_move_makes_the_new_root_the_workspaces_keeps_the_old_in_a_private_backup_and_a_rerun_changes_nothing(tmp_path):
+    import stat
+
+    from lib.carotation import Transition, finish_transition, load_transition, save_transition
+
+    for folder, root in (("certs", "old root"), ("certs-next", "new root")):
+        (tmp_path / folder / "c1").mkdir(parents=True)
+        (tmp_path / folder / "root-cert.pem").write_text(root)
+        (tmp_path / folder / "root-key.pem").write_text(f"{root} key")
+        (tmp_path / folder / "c1" / "ca-key.pem").write_text(f"c1 under {root}")
+    done = Transition(3, "o" * 64, "n" * 64, "2026-11-29T08:00:00Z")
+    save_transition(tmp_path, done)
+    (tmp_path / "backups").mkdir(mode=0o755)  # made by hand, or by an older release
+    (tmp_path / "backups").chmod(0o755)
+    backup = finish_transition(tmp_path, done)
+    assert backup.parent == tmp_path / "backups"
+    assert (backup / "root-cert.pem").read_text() == "old root" and (backup / "c1" / "ca-key.pem").read_text() == "c1 under old root"
+    assert (tmp_path / "certs" / "root-cert.pem").read_text() == "new root" and not (tmp_path / "certs-next").exists()
+    assert load_transition(tmp_path) is None and not (tmp_path / "certs" / "transition.json").exists()
+    for private in (tmp_path / "backups", backup, backup / "c1"):
+        assert stat.S_IMODE(private.stat().st_mode) == 0o700, private
+    assert stat.S_IMODE((backup / "root-key.pem").stat().st_mode) == 0o600
+    # Run again (a run that finished but was not told so): the workspace's root stays where it is.
+    assert finish_transition(tmp_path, done) == backup
+    assert (tmp_path / "certs" / "root-cert.pem").read_text() == "new root"
+    assert (backup / "root-cert.pem").read_text() == "old root"

@@ -242,3 +242,51 @@ def test_a_published_root_bundle_that_could_not_be_read_is_a_warning_on_that_clu
     assert problem.severity == WARNING and "whether it took the roots in secret cacerts is not known" in problem.message
     assert Hints(tmp_path, topology).kubectl(topology.clusters[1], "get", "configmap", "istio-ca-root-cert", "-n",
                                              "istio-system") in problem.hint
+
+
+# --- the remote secrets each cluster holds ----------------------------------------------------------------
+
+def test_secrets_of_clusters_gone_held_by_a_remote_or_naming_a_loopback_address_are_each_named_with_their_repair(tmp_path, roots):
+    from lib.config import Cluster, Topology
+    from lib.kube import RemoteSecretInfo
+
+    clusters = (Cluster("c1", "n1", "c1", api_server="https://c1.example:6443"),
+                Cluster("c2", "n1", "c2", server="https://127.0.0.1:6441"),  # no api_server: its kubeconfig's loopback
+                Cluster("c3", "n2", "c3", api_server="https://c3.example:6443", primary="c1"),
+                Cluster("c4", "n1", "c4", api_server="https://127.0.0.1:6443"))  # api_server given, but a loopback
+    topology = Topology("mesh1", clusters, tmp_path / "topology.yaml")
+    observed, istiod = _healthy(topology, roots[0])
+    observed["c3"].annotations = {"topology.istio.io/controlPlaneClusters": "c1"}
+    observed["c3"].remote_secrets = {"c2": RemoteSecretInfo("istio-remote-secret-c2", "c2", "fp", "https://c2.example:6443")}
+    observed["c1"].remote_secrets["c9"] = RemoteSecretInfo("istio-remote-secret-c9", "c9", "fp", "https://c9.example:6443")
+    observed["c1"].remote_secrets["c2"] = RemoteSecretInfo("istio-remote-secret-c2", "c2", "fp", "https://127.0.0.1:6441",
+                                                           suspicious_local=True)
+    observed["c2"].remote_secrets["c1"] = RemoteSecretInfo("istio-remote-secret-c1", "c1", "fp", "https://127.0.0.1:6440",
+                                                           suspicious_local=True)
+    observed["c1"].remote_secrets["c4"] = RemoteSecretInfo("istio-remote-secret-c4", "c4", "fp", "https://127.0.0.1:6443",
+                                                           suspicious_local=True)
+    status = evaluate(_ws(tmp_path, topology, roots[0]), observed, istiod, now=NOW)
+    hints = Hints(tmp_path, topology)
+    by = {c.cluster.context: c for c in status.clusters}
+
+    stale = _problem(status, "c1", "remote_secret_stale")
+    assert stale.message == "remote secret istio-remote-secret-c9 gives access to cluster c9, which is not in topology.yaml"
+    assert stale.hint == (f"{hints.apply} (prunes it), or "
+                          f"`{hints.kubectl(clusters[0], 'delete', 'secret', '-n', 'istio-system', 'istio-remote-secret-c9')}`")
+    assert by["c1"].stale_secrets == ["istio-remote-secret-c9"] and by["c1"].remote_secrets["c9"] == "stale"
+
+    unneeded = _problem(status, "c3", "remote_secret_unneeded")
+    assert unneeded.severity == WARNING and unneeded.hint == f"{hints.apply} (prunes it)"
+    assert unneeded.message == "a remote holds no remote secret, and this one holds istio-remote-secret-c2"
+    assert by["c3"].stale_secrets == ["istio-remote-secret-c2"] and by["c3"].remote_secrets["c2"] == "unneeded"
+
+    # A loopback address: apply can replace it where topology.yaml gives the peer's api_server, else it is the fix.
+    (to_c2,) = [p for p in by["c1"].problems if p.code == "remote_secret_local" and p.peer == "c2"]
+    assert to_c2.message == ("the remote secret of c2 (istio-remote-secret-c2) names the API server "
+                             "https://127.0.0.1:6441, which this cluster cannot reach")
+    assert to_c2.hint == f"set api_server: for c2 in {hints.topology_file}, then {hints.apply}"
+    to_c1 = _problem(status, "c2", "remote_secret_local")
+    assert to_c1.hint == f"{hints.apply} (replaces it with one naming https://c1.example:6443)"
+    assert by["c1"].remote_secrets["c2"] == "local" and to_c2.peer == "c2"
+    (to_c4,) = [p for p in by["c1"].problems if p.code == "remote_secret_local" and p.peer == "c4"]
+    assert to_c4.hint == f"set api_server: for c4 in {hints.topology_file}, then {hints.apply}"

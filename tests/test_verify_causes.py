@@ -398,3 +398,46 @@ def test_istiods_view_blames_the_primary_only_for_the_remote_it_has_not_synced(t
     assert set(blamed) == {(a, b) for a in ("c1", "c2", "c3", "c4") for b in ("c1", "c2", "c3", "c4") if "c3" in (a, b)}
     assert blamed.pop(("c3", "c3"))[:1] == [synced], "then that c3 does not reach itself"
     assert all(causes == [synced] for causes in blamed.values()), blamed
+
+
+def test_a_remote_whose_way_to_its_primary_moved_or_has_no_address_is_blamed_on_its_pairs(tmp_path, roots):
+    """The remote's istiod Service leads where it was installed to; the primary's east-west gateway is
+    elsewhere now (verify reads where it leads), or has no address at all (status's finding)."""
+    topology, status = _primary_with_remotes(tmp_path, roots)
+    names = [c.name for c in topology.clusters]
+    runs = {c.context: ClusterRun(applied=True, client=READY, server=READY,
+                                  answered_by={n: 1 for n in names if "c2" not in (c.name, n)})
+            for c in topology.clusters}
+    hints = VerifyHints(Hints(tmp_path, topology), "setup-mesh-verify", None)
+    facts = Facts(status, {}, mesh_model(topology), istiod_addresses={"c2": "203.0.113.4", "c3": "198.51.100.9"})
+    pairs, _ = judge(topology, runs, facts, hints)
+    moved = {(p.source, p.target): [c.code for c in p.causes] for p in pairs if not p.reached}
+    assert set(moved) == {(a, b) for a in names for b in names if "c2" in (a, b)}
+    assert all(codes[0] == "primary_address_changed" for codes in moved.values())
+    cause = next(c for p in pairs for c in p.causes if c.code == "primary_address_changed")
+    assert cause.message == ("c2's istiod Service leads to 203.0.113.4, but c1's east-west gateway is at 198.51.100.9 "
+                             "now: c2's injector and sidecars cannot reach their control plane")
+    assert cause.hint == f"{Hints(tmp_path, topology).apply} installs c2 again with c1's current address"
+
+    topology, status = _primary_with_remotes(tmp_path, roots, change=lambda o, i: setattr(o["c1"], "eastwest_address", None))
+    assert "gateway_pending" in _codes(status, "c1")
+    pairs, _ = judge(topology, runs, Facts(status, {}, mesh_model(topology), istiod_addresses={"c2": "203.0.113.4"}), hints)
+    causes = {c.code: c for p in pairs if not p.reached for c in p.causes}
+    assert "primary_address_changed" not in causes, "no address to compare with"
+    assert causes["primary_gateway_no_address"].status_problems == (("c1", "gateway_pending"),)
+    assert causes["primary_gateway_no_address"].message.startswith("c2 reaches c1's istiod through c1's east-west gateway, "
+                                                                   "which has no address")
+
+
+def test_a_curl_client_not_ready_or_never_created_leaves_its_calls_untested(tmp_path, roots):
+    names = ("c1", "c2", "c3")
+    runs = {c: ClusterRun(applied=True, client=READY, server=READY, answered_by={n: 1 for n in names}) for c in names}
+    runs["c2"] = ClusterRun(applied=True, client=PodState("curl-1", False, "CrashLoopBackOff", True), server=READY)
+    runs["c3"] = ClusterRun(applied=True, client=PodState("curl", False, "quota exceeded", True, created=False), server=READY)
+    _, result = _verify(tmp_path, roots, lambda o, i: None, set(), runs=runs)
+    pairs = _pairs(result)
+    assert set(pairs) == {(s, d) for s in ("c2", "c3") for d in names}
+    assert all(causes == [("client_not_ready", "the curl client in c2 is not ready, so nothing was called from it")]
+               for (s, _), causes in pairs.items() if s == "c2")
+    assert all(causes == [("client_not_ready", "the curl client in c3 was never created, so nothing was called from it")]
+               for (s, _), causes in pairs.items() if s == "c3")
