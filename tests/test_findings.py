@@ -688,3 +688,25 @@ def test_the_istio_objects_a_read_listed_and_lacks_are_named_at_the_revision_the
     assert [lacking for _, lacking in missing_objects(seen, want, "1-31-0")] == [["VirtualService istiod-vs-1-31-0"]]
     unread = FakeClient(held).read_state(PRIMARY_REMOTE.clusters)["main"]
     assert missing_objects(unread, want) == [], "objects the read did not list are not called missing"
+
+
+def test_an_untrusted_injector_is_blamed_on_what_keeps_its_primary_from_patching_it(pki):
+    """The primary's istiod patches the remote's caBundle once it holds the remote's secret and the remote
+    names it: the cause named is the first of these that is missing, else istiod itself."""
+    fakes = _live(PRIMARY_REMOTE, pki)
+    fakes["edge"].injector = InjectorWebhook("/inject/cluster/edge/net/n2", False)
+    fakes["main"].state.remote_secrets = {}
+
+    def untrusted():
+        edge = next(c for c in _status(PRIMARY_REMOTE, fakes, pki).clusters if c.cluster.context == "edge")
+        return next(p for p in edge.problems if p.code == "injector_untrusted"), edge
+
+    problem, edge = untrusted()
+    assert problem.message.endswith(": main does not hold this cluster's current remote secret")
+    assert "the east-west gateway's included" in problem.message and "primary_lacks_secret" in [p.code for p in edge.problems]
+    assert "kubectl --context edge get mutatingwebhookconfiguration -l app=sidecar-injector" in problem.hint
+    fakes["main"] = _live(PRIMARY_REMOTE, pki)["main"]
+    problem, edge = untrusted()
+    assert problem.message.endswith(": main's istiod has not patched it yet (is it running, and has it synced this "
+                                    "cluster?)")
+    assert [p.code for p in edge.problems] == ["injector_untrusted"] and edge.injector_trusted is False

@@ -441,3 +441,25 @@ def test_a_curl_client_not_ready_or_never_created_leaves_its_calls_untested(tmp_
                for (s, _), causes in pairs.items() if s == "c2")
     assert all(causes == [("client_not_ready", "the curl client in c3 was never created, so nothing was called from it")]
                for (s, _), causes in pairs.items() if s == "c3")
+
+
+def test_a_primary_on_another_root_is_blamed_for_its_remotes_workloads_too(tmp_path, roots):
+    """Its istiod signs its remotes' workload certificates: the cause says so; with the other end's signer
+    also on another root, both are named, each with its own repair."""
+    def foreign(observed, istiod):
+        for ctx in ("c1", "c4"):
+            observed[ctx].cacerts = _cacerts(roots[1])
+
+    topology, status = _primary_with_remotes(tmp_path, roots, change=foreign)
+    blamed = _blamed(tmp_path, topology, status, {"c1", "c2", "c3", "c4"}, hints_too=True)
+    repair = {ctx: next(p.hint for c in status.clusters if c.cluster.context == ctx for p in c.problems
+                        if p.code == "cacerts_foreign_root") for ctx in ("c1", "c4")}
+    (code, message, linked, hint), = blamed[("c2", "c3")]
+    assert (code, linked) == ("cacerts_other_root", (("c1", "cacerts_foreign_root"),))
+    assert message == ("the cacerts of c1 does not chain to the mesh's root: the workloads whose certificates it "
+                       "signs (and of its remotes c2, c3) are not trusted across the mesh")
+    assert hint == repair["c1"]
+    (code, message, linked, hint), = blamed[("c2", "c4")]
+    assert linked == (("c1", "cacerts_foreign_root"), ("c4", "cacerts_foreign_root"))
+    assert message.startswith("the cacerts of c1 and c4 does not chain to the mesh's root")
+    assert hint == f"c1: {repair['c1']}; c4: {repair['c4']}"
