@@ -18,6 +18,7 @@ from lib.release import Release
 from lib.statusread import parse_remote_clusters
 from tests.sandbox.release import VERSION, materialize_release
 from tests.meshkit import rollout_restart
+from tests.test_rotation_logic import _issued
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,16 +109,29 @@ def test_remote_clusters_prints_the_table_of_its_version(sandbox_factory):
         assert sorted(row.revision for row in parse_remote_clusters("\n".join(table))) == ["canary", "default"]
 
 
-def _pem(name: bytes) -> bytes:
-    return b"-----BEGIN CERTIFICATE-----\n" + base64.b64encode(name) + b"\n-----END CERTIFICATE-----\n"
+def _pem(cert) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    return cert.public_bytes(serialization.Encoding.PEM)
 
 
-OLD, NEW = _pem(b"old root"), _pem(b"new root")
+def _key(key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
 
-def put_cacerts(sandbox, ctx: str, roots: bytes, intermediate: bytes = b"one") -> None:
-    data = {"ca-cert.pem": _pem(b"intermediate " + intermediate), "ca-key.pem": b"key " + intermediate,
-            "cert-chain.pem": _pem(b"intermediate " + intermediate) + roots, "root-cert.pem": roots}
+# Real certificates: istiod checks that a changed bundle's intermediate verifies to its roots with its key.
+_OLD_ROOT, _NEW_ROOT = _issued("Root CA"), _issued("Root CA")
+OLD, NEW = _pem(_OLD_ROOT[0]), _pem(_NEW_ROOT[0])
+INTERMEDIATES = {"one": _issued("Intermediate CA", _OLD_ROOT), "two": _issued("Intermediate CA", _OLD_ROOT),
+                 "new": _issued("Intermediate CA", _NEW_ROOT)}
+
+
+def put_cacerts(sandbox, ctx: str, roots: bytes, intermediate: str = "one") -> None:
+    """cacerts with ``roots`` and one of INTERMEDIATES ("one" and "two" under the old root, "new" under the new)."""
+    cert, key = INTERMEDIATES[intermediate]
+    issuer = NEW if intermediate == "new" else OLD
+    data = {"ca-cert.pem": _pem(cert), "ca-key.pem": _key(key), "cert-chain.pem": _pem(cert) + issuer,
+            "root-cert.pem": roots}
     sandbox.kubectl(ctx, "apply", "-f", "-", stdin=json.dumps({
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cacerts", "namespace": "istio-system"},
         "data": {k: base64.b64encode(v).decode() for k, v in data.items()}}))
@@ -147,7 +161,7 @@ def test_istiod_takes_a_changed_root_bundle_by_its_versions_rule(sandbox_factory
         assert published(sandbox, ctx) == OLD + NEW and published(sandbox, ctx, "app") == OLD + NEW
 
     for ctx in versions:
-        put_cacerts(sandbox, ctx, NEW + OLD, b"two")  # the same roots, reordered, with a new intermediate
+        put_cacerts(sandbox, ctx, NEW + OLD, "two")  # the same roots, reordered, with a new intermediate
     assert published(sandbox, "v129") == OLD + NEW, "1.29 compares bytes: refused, the old bundle stays"
     assert published(sandbox, "v130") == NEW + OLD, "1.30 compares sets: taken"
     sandbox.kubectl("v129", "create", "namespace", "later")
@@ -163,9 +177,11 @@ def test_istiod_takes_a_changed_root_bundle_by_its_versions_rule(sandbox_factory
     for ctx in versions:
         put_cacerts(sandbox, ctx, OLD + NEW)
         assert published(sandbox, ctx) == OLD + NEW, ctx
-        put_cacerts(sandbox, ctx, OLD + NEW + NEW)
+        put_cacerts(sandbox, ctx, OLD + NEW + NEW, "new")
         assert published(sandbox, ctx) == OLD + NEW + NEW, ctx
-        put_cacerts(sandbox, ctx, NEW)
+        put_cacerts(sandbox, ctx, NEW, "one")  # the old intermediate does not verify to the new root alone
+        assert published(sandbox, ctx) == OLD + NEW + NEW, ctx
+        put_cacerts(sandbox, ctx, NEW, "new")
         assert published(sandbox, ctx) == NEW, ctx
 
 
@@ -176,7 +192,7 @@ def test_istiod_keeps_its_roots_without_the_multi_root_switch_or_without_cacerts
     istioctl(sandbox, VERSION, "install", "-y", "--context", "c1")
     put_cacerts(sandbox, "c1", OLD + NEW)
     assert published(sandbox, "c1") == OLD, "ISTIO_MULTIROOT_MESH is off: no change of roots"
-    put_cacerts(sandbox, "c1", OLD, b"two")
+    put_cacerts(sandbox, "c1", OLD, "two")
     assert published(sandbox, "c1") == OLD, "a new intermediate under the same root is always taken"
 
     # started before cacerts existed: a root of its own, kept in istio-ca-secret, and no watch
