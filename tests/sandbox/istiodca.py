@@ -111,8 +111,8 @@ def certificate_set(bundle: bytes) -> set[bytes]:
 
 
 def pem_blocks(data: bytes) -> list[tuple[bytes, bytes]]:
-    """(type, DER) of each block Go's ``pem.Decode`` returns, called until it returns none (Go 1.22+
-    ``encoding/pem``): a block starts with "-----BEGIN <type>-----" at the start of the data or of a line,
+    """(type, DER) of each block Go's ``pem.Decode`` (``encoding/pem``) returns, called until it returns
+    none: a block starts with "-----BEGIN <type>-----" at the start of the data or of a line,
     ends with "-----END <type>-----" at the start of a line followed by nothing but spaces and tabs to the
     end of that line; its body is base64 (header lines with a colon are skipped). A block that breaks
     any of these is skipped and the search goes on after its BEGIN line, so two PEM files glued
