@@ -192,3 +192,29 @@ def test_ctrl_c_while_the_program_loads_exits_130_without_a_traceback():
     result = subprocess.run([sys.executable, "-c", script, str(ROOT / "setup_mesh.py")], capture_output=True,
                             text=True, timeout=60)
     assert (result.returncode, result.stderr, result.stdout) == (130, "error: interrupted\n", "")
+
+
+def test_bad_arguments_are_refused_with_what_where_and_how_before_anything_is_touched(tmp_path):
+    """A --workdir that is a file, a --namespace Kubernetes would refuse, a teardown with nothing to go
+    by: exit 2, the value named, a hint, no traceback, nothing written."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [
+        (["prep-mesh", "--workdir", str(a_file), "--add-context", "c1"],
+         f"error: workdir {a_file} is not a folder", "hint: pass --workdir with a folder path"),
+        (["verify", "--workdir", str(empty), "--namespace", "Setup_Mesh"],
+         "error: --namespace 'Setup_Mesh' is not a valid namespace name",
+         "hint: use lower-case letters, digits and '-' (at most 63), e.g. setup-mesh-verify"),
+        (["teardown", "--workdir", str(empty), "-y"],
+         f"error: nothing to tear down: no topology.yaml and no recorded state in {empty}",
+         "hint: pass the --workdir that apply used"),
+    ]
+    for args, message, hint in cases:
+        result = cli(*args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        lines = result.stderr.splitlines()
+        assert message in lines and hint in lines, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert a_file.read_text() == "mine\n" and list(empty.iterdir()) == []
