@@ -223,3 +223,21 @@ def test_setup_mesh_builds_a_healthy_mesh_with_the_oldest_and_newest_supported_r
         assert c["istio"]["version"] == version
         assert c["remote_clusters"] == {p: "synced" for p in nets if p != c["context"]}, "read from its table"
         assert c["cacerts"]["istiod_took"] is True
+
+
+def test_istiod_started_on_a_bundle_that_does_not_verify_crashes_until_cacerts_is_repaired(sandbox_factory):
+    """createIstioCA loads a complete plugged-in cacerts through Verify; on failure istiod exits. The kubelet
+    restarts it (CrashLoopBackOff); the restart that finds a good cacerts runs."""
+    sandbox = sandbox_factory(["c1"])
+    sandbox.kubectl("c1", "create", "namespace", "istio-system")
+    put_cacerts(sandbox, "c1", NEW)  # intermediate "one" is the old root's: it does not verify to NEW
+    install = istioctl(sandbox, VERSION, "install", "-y", "--context", "c1", "--readiness-timeout", "3s", check=False)
+    assert install.returncode != 0
+    pods = json.loads(sandbox.kubectl("c1", "get", "pods", "-n", "istio-system", "-l", "app=istiod", "-o", "json").stdout)
+    (discovery,) = [cs for p in pods["items"] for cs in p["status"]["containerStatuses"] if cs["name"] == "discovery"]
+    assert discovery["state"]["waiting"]["reason"] == "CrashLoopBackOff" and not discovery["ready"]
+    assert "failed to create an istiod CA: cannot verify the cert" in discovery["lastState"]["terminated"]["message"]
+    assert published(sandbox, "c1") is None, "no istiod runs to publish a root"
+    put_cacerts(sandbox, "c1", NEW, "new")
+    assert published(sandbox, "c1") == NEW
+    sandbox.kubectl("c1", "rollout", "status", "deployment/istiod", "-n", "istio-system", "--timeout=30s")

@@ -1784,6 +1784,7 @@ class Cluster:
             if old is None:
                 configured = self._inject_sidecar(obj)
                 obj["status"] = self._pod_status(obj, configured)
+                istiodca.crash_if_unloadable(self, obj)
         elif rt.group == "apiextensions.k8s.io" and rt.plural == "customresourcedefinitions":
             spec = obj.setdefault("spec", {})
             names = spec.setdefault("names", {})
@@ -2812,14 +2813,20 @@ class Cluster:
     def _proxy_configured(self, key):
         """The pod's istio-proxy got its first configuration: it becomes ready."""
         self.mesh_waiting.discard(key)
+        self.container_ready(key, "istio-proxy")
+
+    def container_ready(self, key, name: str, running: dict | None = None):
+        """A container of the pod becomes ready (``running``: its new state, when it was not running)."""
         pod = self.objects.get(key)
         if pod is None:
             return
         new = copy.deepcopy(pod)
         status = new.get("status") or {}
         for cs in status.get("containerStatuses") or []:
-            if cs.get("name") == "istio-proxy":
+            if cs.get("name") == name:
                 cs["ready"] = True
+                if running is not None:
+                    cs.update({"started": True, "state": running})
         unready = [cs.get("name", "") for cs in status.get("containerStatuses") or [] if not cs.get("ready")]
         for cond in status.get("conditions") or []:
             if cond.get("type") in ("ContainersReady", "Ready"):

@@ -28,8 +28,11 @@ each taken from Istio's source (paths in istio/istio):
   bundle changes and when a namespace appears. With several istiods the default revision's newest pod
   writes (one leader). In a remote cluster no istiod runs and nothing is written here.
 
-Not modelled: the delay before the kubelet refreshes the mounted secret, CRLs, and an istiod that starts
-on a plugged-in bundle that fails ``Verify`` (real istiod exits then; here it starts on it).
+- **a start on a bundle that fails ``Verify``** (``createIstioCA``: "failed to create an istiod CA"):
+  istiod exits; its discovery container stays in CrashLoopBackOff, not ready, holding no CA, until a
+  cacerts it can load is written (the kubelet's restart back-off is taken as none).
+
+Not modelled: the delay before the kubelet refreshes the mounted secret, the restart back-off, and CRLs.
 """
 from __future__ import annotations
 
@@ -182,7 +185,7 @@ def on_write(cluster, rt, key, old: dict | None, obj: dict) -> None:
         _start(cluster, obj)
         _publish(cluster, ns)
     elif plural == "secrets" and name == "cacerts":
-        if _reload(cluster, ns, _secret_files(obj)):
+        if _reload(cluster, ns, _secret_files(obj)) | _restart_crashed(cluster, ns):
             _publish(cluster, ns)
     elif plural == "namespaces" and old is None:
         for system_ns in sorted({h.namespace for h in _held(cluster).values()}):
@@ -200,7 +203,64 @@ def _held(cluster) -> dict[str, HeldCA]:
     return cluster.istiod_cas
 
 
+def crash_if_unloadable(cluster, pod: dict) -> None:
+    """An istiod pod that starts on a complete plugged-in cacerts that fails ``Verify`` exits ("failed to
+    create an istiod CA", createIstioCA -> NewPluggedCertIstioCAOptions -> NewVerifiedKeyCertBundleFromFile):
+    its discovery container is left in CrashLoopBackOff, not ready, and holds no CA. ``pod``'s status is
+    changed in place, before the pod is stored."""
+    if not _is_istiod(pod) or not _discovery(pod):
+        return
+    flaw = _start_flaw(cluster, pod)
+    if flaw is None:
+        return
+    message = f"failed to create an istiod CA: {flaw}"
+    status = pod.setdefault("status", {})
+    for cs in status.get("containerStatuses") or []:
+        if cs.get("name") == "discovery":
+            cs.update({"ready": False, "started": False, "restartCount": 1,
+                       "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s restarting "
+                                             "failed container=discovery"}},
+                       "lastState": {"terminated": {"exitCode": 255, "reason": "Error", "message": message}}})
+    for cond in status.get("conditions") or []:
+        if cond.get("type") in ("ContainersReady", "Ready"):
+            cond.update({"status": "False", "reason": "ContainersNotReady",
+                         "message": "containers with unready status: [discovery]"})
+
+
+def _start_flaw(cluster, pod: dict) -> str | None:
+    files = _secret_files(cluster.objects.get(("", "secrets", pod["metadata"].get("namespace", ""), "cacerts")))
+    if not all(files.get(f) for f in PLUGGED_FILES):
+        return None  # no plugged-in CA: istiod signs with a root of its own
+    return bundle_flaw(files)
+
+
+def _crashed(pod: dict) -> bool:
+    return any(cs.get("name") == "discovery" and "waiting" in (cs.get("state") or {})
+               and cs["state"]["waiting"].get("reason") == "CrashLoopBackOff"
+               for cs in (pod.get("status") or {}).get("containerStatuses") or [])
+
+
+def _restart_crashed(cluster, ns: str) -> bool:
+    """The kubelet restarts a crashed istiod container (with a back-off, taken as none here); one that
+    now loads its namespace's cacerts runs: it becomes ready and holds that CA. Whether one started."""
+    started = False
+    for key, pod in list(cluster.objects.items()):
+        if key[:3] != ("", "pods", ns) or not _is_istiod(pod) or not _crashed(pod) or _start_flaw(cluster, pod):
+            continue
+        cluster.container_ready(key, "discovery", {"running": {"startedAt": _now()}})
+        _start(cluster, cluster.objects.get(key) or pod)
+        started = True
+    return started
+
+
+def _now() -> str:
+    import datetime as dt
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _start(cluster, pod: dict) -> None:
+    if _crashed(pod):
+        return  # exited: holds no CA, publishes nothing
     meta = pod["metadata"]
     ns = meta.get("namespace", "")
     container = _discovery(pod)
