@@ -288,6 +288,30 @@ def not_issued_by_root(directory: Path, cluster_names) -> list[str]:
             and not issued_by((directory / name / "ca-cert.pem").read_bytes(), root_pem)]
 
 
+def keys_not_matching(directory: Path, cluster_names) -> list[str]:
+    """The clusters whose intermediate in ``directory`` (made, not half-made) has a ca-key.pem that is not
+    the key of its ca-cert.pem: istiod would not start on that cacerts (Istio's Verify pairs them as
+    tls.X509KeyPair does), nor sign with it."""
+    return [name for name in cluster_names if has_cacerts(directory, name)
+            and not key_matches((directory / name / "ca-cert.pem").read_bytes(),
+                                (directory / name / "ca-key.pem").read_bytes())]
+
+
+def key_matches(cert_pem: bytes, key_pem: bytes) -> bool:
+    """``key_pem`` (unencrypted, as the certs Makefile writes it) is the private key of ``cert_pem``'s first
+    certificate (False when either does not parse)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    public = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        return False
+    return cert.public_key().public_bytes(*public) == key.public_key().public_bytes(*public)
+
+
 def issued_by(cert_pem: bytes | None, issuer_pem: bytes | None) -> bool:
     """``cert_pem``'s first certificate is signed by the key of ``issuer_pem``'s first (False when either is
     missing or does not parse)."""

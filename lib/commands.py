@@ -146,19 +146,28 @@ def describe_kept(context: str, how: Uninstall) -> str | None:
 def intermediates_refusal(ws: Workspace, transition: "carotation.Transition | None") -> ConfigError | None:
     """An intermediate CA in certs/<cluster>/ that the workspace's root did not issue would be installed as it
     is (or kept, where the cluster holds it already), and the other clusters would not trust that cluster's
-    workloads: apply refuses it before any cluster is touched. (Mid-move the stages decide what each cluster
-    holds; rotate-certs re-issues intermediates, which repairs them.)"""
-    cert_dir = certs.certs_dir(ws.workdir)
-    names = certs.not_issued_by_root(cert_dir, [c.name for c in ws.topology.clusters]) if transition is None else []
-    if not names:
+    workloads; one whose ca-key.pem is not its key would keep istiod from starting ("failed to create an
+    istiod CA"). apply refuses both before any cluster is touched. (Mid-move the stages decide what each
+    cluster holds; rotate-certs re-issues intermediates, which repairs them.)"""
+    if transition is not None:
         return None
-    folders = [cert_dir / name for name in names]
-    return ConfigError(
-        f"the intermediate CA in {', '.join(map(str, folders))} was not issued by this workspace's root CA "
-        f"({cert_dir / certs.ROOT_CERT}): the other clusters would not trust the workloads of "
-        f"{', '.join(names)}",
-        hint=f"`rm -r {' '.join(map(str, folders))}`, then run apply again: it issues new intermediate CAs from "
-             f"the workspace's root (or put back the root CA that issued them)")
+    cert_dir = certs.certs_dir(ws.workdir)
+    names = [c.name for c in ws.topology.clusters]
+    foreign = certs.not_issued_by_root(cert_dir, names)
+    unkeyed = [] if foreign else certs.keys_not_matching(cert_dir, names)
+    folders = " ".join(str(cert_dir / name) for name in foreign or unkeyed)
+    repair = f"`rm -r {folders}`, then run apply again: it issues new intermediate CAs from the workspace's root"
+    if foreign:
+        return ConfigError(
+            f"the intermediate CA in {', '.join(str(cert_dir / n) for n in foreign)} was not issued by this "
+            f"workspace's root CA ({cert_dir / certs.ROOT_CERT}): the other clusters would not trust the workloads "
+            f"of {', '.join(foreign)}", hint=f"{repair} (or put back the root CA that issued them)")
+    if unkeyed:
+        return ConfigError(
+            f"{', '.join(str(cert_dir / n / 'ca-key.pem') for n in unkeyed)} is not the key of the intermediate "
+            f"CA beside it (ca-cert.pem): istiod would not start on that cacerts (\"failed to create an istiod "
+            f"CA\")", hint=f"{repair} (or put back the ca-key.pem made with it)")
+    return None
 
 
 def certs_prerequisites(ws: Workspace, istio_dir: str | None, runner: ShRunner,

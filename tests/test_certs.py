@@ -88,6 +88,20 @@ def test_intermediates_another_root_issued_are_named_and_a_half_made_one_is_not(
     assert certs.not_issued_by_root(cert_dir, ["copied"]) == []
 
 
+def test_an_intermediate_whose_key_is_not_its_certificates_is_named_and_a_half_made_one_is_not(tmp_path, monkeypatch):
+    release, cert_dir, runner = _root_ca(tmp_path, monkeypatch, {})
+    assert _run(release, cert_dir, runner, ["c1", "c2"]).ok
+    assert certs.keys_not_matching(cert_dir, ["c1", "c2", "unmade"]) == []
+    key1, key2 = (cert_dir / "c1" / "ca-key.pem").read_bytes(), (cert_dir / "c2" / "ca-key.pem").read_bytes()
+    (cert_dir / "c1" / "ca-key.pem").write_bytes(key2)
+    assert certs.keys_not_matching(cert_dir, ["c1", "c2"]) == ["c1"]
+    (cert_dir / "c1" / "ca-key.pem").write_bytes(b"-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    assert certs.keys_not_matching(cert_dir, ["c1"]) == ["c1"], "a key that does not parse matches nothing"
+    (cert_dir / "c1" / "ca-key.pem").write_bytes(key1)
+    (cert_dir / "c2" / "ca-key.pem").write_bytes(b"")  # half-made: apply makes it again, no refusal
+    assert certs.keys_not_matching(cert_dir, ["c1", "c2"]) == []
+
+
 def test_a_signing_interrupted_midway_is_finished_by_the_next_run_with_its_key(tmp_path, monkeypatch):
     # Ctrl-C while make signs: the signing folder keeps the key made so far; certs/c1/ does not exist yet.
     release, cert_dir, runner = _root_ca(tmp_path, monkeypatch, {})

@@ -605,6 +605,22 @@ def test_cacerts_from_another_root(mesh, tmp_path):
     code, doc = mesh.status()
     assert code == 0 and doc["healthy"], [(c["context"], c["problems"]) for c in doc["clusters"]]
 
+    # A ca-key.pem that is not its certificate's key (another cluster's, here): istiod would not start on it.
+    key = local / "ca-key.pem"
+    mine = key.read_bytes()
+    key.write_bytes((mesh.workdir / "certs" / "cluster1" / "ca-key.pem").read_bytes())
+    dumps = {ctx: mesh.sandbox.dump(ctx) for ctx in mesh.sandbox.contexts}
+    for args in (("--dry-run",), ()):
+        refused = mesh.apply(*args, ok=False)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert refused.stderr.startswith(f"error: {key} is not the key of the intermediate CA beside it (ca-cert.pem): "
+                                         f"istiod would not start on that cacerts (\"failed to create an istiod CA\")\n"
+                                         f"hint: `rm -r {local}`, then run apply again"), refused.stderr
+        assert "put back the ca-key.pem made with it" in refused.stderr
+    assert {ctx: mesh.sandbox.dump(ctx) for ctx in mesh.sandbox.contexts} == dumps, "refused before any change"
+    key.write_bytes(mine)
+    assert mesh.apply().returncode == 0
+
 
 def test_network_label_missing_then_wrong(mesh):
     for change, label, code_expected in (("topology.istio.io/network-", None, "network_label_missing"),
