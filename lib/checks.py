@@ -37,6 +37,11 @@ CHECKS: dict[str, Check] = {c.id: c for c in (
     Check('root_ca_unreadable', ERROR,
           'certs/root-cert.pem is not a PEM certificate',
           'restore it, or start a new root (rm -r certs, prep-mesh, apply)', scope=MESH),
+    Check('intermediate_key_mismatch', ERROR,
+          "certs/<cluster>/ca-key.pem is not the key of the ca-cert.pem beside it: apply refuses it, and istiod "
+          "would not start on that cacerts",
+          'rm -r certs/<cluster>, then setup-mesh apply (a new intermediate), or put back the key made with it',
+          scope=MESH),
     Check('unreachable', ERROR,
           'kubectl could not read the cluster',
           ('kubectl --context <context> get namespace istio-system to check access, or remove the context from '

@@ -27,6 +27,7 @@ class Expected:
     fingerprints: dict[str, str]  # context -> what apply would install now
     root_pem: bytes | None  # certs/root-cert.pem
     local_ca: dict[str, bytes | None]  # cluster name -> certs/<name>/ca-cert.pem
+    unkeyed: frozenset[str] = frozenset()  # cluster names whose certs/<name>/ca-key.pem is not its certificate's
     istiod_deployment: str = ISTIOD
     revision: str | None = None  # base.yaml's spec.revision, when not the default
     data_plane: str = SIDECAR  # ambient: the east-west gateway is a Gateway API Gateway
@@ -72,6 +73,8 @@ def status_workspace(workdir: Path, loaded) -> Expected:
                                                           transition=transition).items()},
         root_pem=read_if_present(cert_dir / certs.ROOT_CERT),
         local_ca={c.name: read_if_present(cert_dir / c.name / "ca-cert.pem") for c in loaded.topology.clusters},
+        unkeyed=frozenset() if transition else frozenset(certs.keys_not_matching(cert_dir, [c.name for c in
+                                                                                              loaded.topology.clusters])),
         istiod_deployment=control_plane_istiod(loaded.base),
         revision=control_plane_revision(loaded.base),
         data_plane=data_plane_mode(loaded.base),

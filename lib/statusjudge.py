@@ -48,6 +48,7 @@ def evaluate(ws: Expected, observed: dict[str, Observed], istiod: dict[str, Isti
                                      f"{ws.workdir / certs.CERTS_DIR / certs.ROOT_CERT} is not a PEM certificate",
                                      f"restore it from a backup, or start a new root with `rm -r {hints.path(certs.CERTS_DIR)}` "
                                      f"and {prep_hint()} (every cluster then gets a new intermediate CA on apply)"))
+    mesh_problems += _unkeyed_intermediates(ws, hints)
     unfinished = reissue.load_rotation(ws.workdir)
     if unfinished is not None:  # its clusters may still run on the intermediates it replaces
         mesh_problems.append(Problem("rotation_unfinished", f"the intermediate rotation started at {unfinished.started} "
@@ -81,6 +82,18 @@ def evaluate(ws: Expected, observed: dict[str, Observed], istiod: dict[str, Isti
     root_info = judge_roots(ws, root, now, hints, mesh_problems)
     transition = transition_summary(ws, result, observed, hints)
     return MeshStatus(topology.mesh_id, root_fp, result, mesh_problems, root_info, transition)
+
+
+def _unkeyed_intermediates(ws: Expected, hints: Hints) -> list[Problem]:
+    """What apply refuses (commands.intermediates_refusal), said before it is run."""
+    if not ws.unkeyed:
+        return []
+    folders = [hints.path(certs.CERTS_DIR, name) for name in sorted(ws.unkeyed)]
+    return [Problem("intermediate_key_mismatch",
+                    f"{', '.join(f'{f}/ca-key.pem' for f in folders)} is not the key of the intermediate CA beside "
+                    f"it (ca-cert.pem): apply refuses it, and istiod would not start on that cacerts",
+                    f"`rm -r {' '.join(folders)}`, then {hints.apply} (it issues a new intermediate CA), or put back "
+                    f"the ca-key.pem made with it")]
 
 
 def _judge(cluster: Cluster, seen: Observed, istiod: Istiod, ws: Expected, hints: Hints,

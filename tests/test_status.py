@@ -618,6 +618,10 @@ def test_cacerts_from_another_root(mesh, tmp_path):
                                          f"hint: `rm -r {local}`, then run apply again"), refused.stderr
         assert "put back the ca-key.pem made with it" in refused.stderr
     assert {ctx: mesh.sandbox.dump(ctx) for ctx in mesh.sandbox.contexts} == dumps, "refused before any change"
+    code, doc = mesh.status()  # status says what apply refuses, before it is run
+    assert code == 1 and [p["code"] for p in doc["problems"]] == ["intermediate_key_mismatch"]
+    assert doc["problems"][0]["hint"].startswith(f"`rm -r {local}`, then {SCRIPT} apply")
+    assert all(not c["problems"] for c in doc["clusters"]), "the clusters run on the key they hold"
     key.write_bytes(mine)
     assert mesh.apply().returncode == 0
 

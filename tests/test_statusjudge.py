@@ -290,3 +290,19 @@ def test_secrets_of_clusters_gone_held_by_a_remote_or_naming_a_loopback_address_
     assert by["c1"].remote_secrets["c2"] == "local" and to_c2.peer == "c2"
     (to_c4,) = [p for p in by["c1"].problems if p.code == "remote_secret_local" and p.peer == "c4"]
     assert to_c4.hint == f"set api_server: for c4 in {hints.topology_file}, then {hints.apply}"
+
+
+def test_an_intermediate_whose_key_is_not_its_certificates_is_named_with_apply_s_repair(tmp_path, roots):
+    topology = _topology(tmp_path)
+    observed, istiod = _healthy(topology, roots[0])
+    ws = replace(_ws(tmp_path, topology, roots[0]), unkeyed=frozenset({"c3", "c1"}))
+    status = evaluate(ws, observed, istiod, now=NOW)
+    hints = Hints(tmp_path, topology)
+    (problem,) = status.problems
+    c1, c3 = hints.path("certs", "c1"), hints.path("certs", "c3")
+    assert problem.code == "intermediate_key_mismatch" and problem.severity == ERROR and not status.healthy
+    assert problem.message == (f"{c1}/ca-key.pem, {c3}/ca-key.pem is not the key of the intermediate CA beside it "
+                               f"(ca-cert.pem): apply refuses it, and istiod would not start on that cacerts")
+    assert problem.hint == f"`rm -r {c1} {c3}`, then {hints.apply} (it issues a new intermediate CA), or put back " \
+                           f"the ca-key.pem made with it"
+    assert all(c.healthy for c in status.clusters), "the clusters themselves run as they are"
