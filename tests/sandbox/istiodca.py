@@ -39,6 +39,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import functools
 import itertools
 import os
 import re
@@ -300,6 +301,15 @@ def bundle_flaw(files: dict[str, bytes], at: int | None = None) -> str | None:
     and ca-key.pem must be its key (tls.X509KeyPair). Checked with the real openssl (the emulator runs
     on the standard library alone), on the certificates Go's pem.Decode finds. ``at``: the time to
     verify at (seconds since the epoch; default now). None: taken."""
+    return _bundle_flaw(*(files.get(name, b"") for name in PLUGGED_FILES), at)
+
+
+@functools.lru_cache(maxsize=64)
+def _bundle_flaw(key_pem: bytes, cert_pem: bytes, root_pem: bytes, chain_pem: bytes, at: int | None) -> str | None:
+    """bundle_flaw of one bundle: an istiod restarted, or another revision's, reads the same cacerts again,
+    and each check starts several openssl processes. (A certificate that expires meanwhile is not seen
+    until the emulator restarts; the sandbox's certificates last days at least.)"""
+    files = {"ca-key.pem": key_pem, "ca-cert.pem": cert_pem, "root-cert.pem": root_pem, "cert-chain.pem": chain_pem}
     leaf = [b for kind, b in pem_blocks(files.get("ca-cert.pem", b""))[:1] if kind == b"CERTIFICATE"]
     if not leaf:
         return "failed to parse cert PEM: invalid PEM encoded certificate"
