@@ -427,26 +427,12 @@ def test_the_record_of_a_move_reads_back_as_written_and_a_damaged_or_doubled_one
         assert words in refused.value.message and str(record) in refused.value.message and refused.value.hint
 
 
-def _issued(name: str, issuer=None, days: int = 365, now=None):
-    """A CA certificate and its key, valid from a day before ``now`` (default: the real time)."""
+def _issued(name: str, issuer=None):
+    """A CA certificate and its key valid now: the sandbox's istiod checks validity with openssl, at the real time."""
     import datetime as dt
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = now or dt.datetime.now(dt.timezone.utc)
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Istio"), x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    issuer_cert, issuer_key = issuer or (None, key)
-    cert = (x509.CertificateBuilder().subject_name(subject)
-            .issuer_name(issuer_cert.subject if issuer_cert else subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(issuer_key, hashes.SHA256()))
-    return cert, key
+    from tests.test_status import _ca
+    return _ca(name, issuer, days=365, now=dt.datetime.now(dt.timezone.utc))
 
 
 def _files(inter, *roots) -> dict[str, bytes]:

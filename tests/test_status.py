@@ -40,7 +40,7 @@ NOW = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
 
 # --- certificates made in-process (fast) ---------------------------------------------------------
 
-def _ca(name: str, issuer=None, days: int = 3650):
+def _ca(name: str, issuer=None, days: int = 3650, now: dt.datetime = NOW):
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Test"),
                          x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -50,8 +50,8 @@ def _ca(name: str, issuer=None, days: int = 3650):
             .issuer_name(issuer_cert.subject if issuer_cert else subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(NOW - dt.timedelta(days=30))
-            .not_valid_after(NOW + dt.timedelta(days=days))
+            .not_valid_before(now - dt.timedelta(days=30))
+            .not_valid_after(now + dt.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(issuer_key, hashes.SHA256()))
     return cert, key
