@@ -1784,7 +1784,6 @@ class Cluster:
             if old is None:
                 configured = self._inject_sidecar(obj)
                 obj["status"] = self._pod_status(obj, configured)
-                istiodca.crash_if_unloadable(self, obj)
         elif rt.group == "apiextensions.k8s.io" and rt.plural == "customresourcedefinitions":
             spec = obj.setdefault("spec", {})
             names = spec.setdefault("names", {})
@@ -2445,7 +2444,8 @@ class Cluster:
     def _pod_status(self, pod: dict, configured: bool = True) -> dict:
         """Running and ready, unless an image cannot be pulled: registries under the reserved .invalid
         domain never resolve, so their images stay in ImagePullBackOff. An injected istio-proxy runs but
-        is ready only once its control plane configures it (``configured``; checked again meanwhile)."""
+        is ready only once its control plane configures it (``configured``; checked again meanwhile). A
+        container that exits at start (istiodca.start_failure) stays in CrashLoopBackOff."""
         containers = (pod.get("spec") or {}).get("containers") or []
         statuses, unready = [], []
         waiting = False
@@ -2459,6 +2459,13 @@ class Cluster:
                                  "restartCount": 0, "started": True,
                                  "state": {"running": {"startedAt": now_rfc3339()}}})
                 self.mesh_waiting.add(("", "pods", pod["metadata"].get("namespace", ""), pod["metadata"]["name"]))
+            elif (failure := istiodca.start_failure(self, pod, c)) is not None:
+                unready.append(c.get("name", ""))
+                statuses.append({"name": c.get("name"), "image": image, "imageID": "", "ready": False,
+                                 "restartCount": 1, "started": False,
+                                 "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s "
+                                                       f"restarting failed container={c.get('name')}"}},
+                                 "lastState": {"terminated": {"exitCode": 255, "reason": "Error", "message": failure}}})
             elif registry.endswith(".invalid"):
                 waiting = True
                 unready.append(c.get("name", ""))
@@ -2815,8 +2822,8 @@ class Cluster:
         self.mesh_waiting.discard(key)
         self.container_ready(key, "istio-proxy")
 
-    def container_ready(self, key, name: str, running: dict | None = None):
-        """A container of the pod becomes ready (``running``: its new state, when it was not running)."""
+    def container_ready(self, key, name: str, restarted: bool = False):
+        """A container of the pod becomes ready (``restarted``: the kubelet started it again, now)."""
         pod = self.objects.get(key)
         if pod is None:
             return
@@ -2825,8 +2832,8 @@ class Cluster:
         for cs in status.get("containerStatuses") or []:
             if cs.get("name") == name:
                 cs["ready"] = True
-                if running is not None:
-                    cs.update({"started": True, "state": running})
+                if restarted:
+                    cs.update({"started": True, "state": {"running": {"startedAt": now_rfc3339()}}})
         unready = [cs.get("name", "") for cs in status.get("containerStatuses") or [] if not cs.get("ready")]
         for cond in status.get("conditions") or []:
             if cond.get("type") in ("ContainersReady", "Ready"):

@@ -204,28 +204,15 @@ def _held(cluster) -> dict[str, HeldCA]:
     return cluster.istiod_cas
 
 
-def crash_if_unloadable(cluster, pod: dict) -> None:
-    """An istiod pod that starts on a complete plugged-in cacerts that fails ``Verify`` exits ("failed to
-    create an istiod CA", createIstioCA -> NewPluggedCertIstioCAOptions -> NewVerifiedKeyCertBundleFromFile):
-    its discovery container is left in CrashLoopBackOff, not ready, and holds no CA. ``pod``'s status is
-    changed in place, before the pod is stored."""
-    if not _is_istiod(pod) or not _discovery(pod):
-        return
+def start_failure(cluster, pod: dict, container: dict) -> str | None:
+    """Why this container exits at start (the API server's pod status shows it in CrashLoopBackOff), or None:
+    an istiod's discovery container on a complete plugged-in cacerts that fails ``Verify`` ("failed to
+    create an istiod CA", createIstioCA -> NewPluggedCertIstioCAOptions -> NewVerifiedKeyCertBundleFromFile).
+    Such a pod holds no CA."""
+    if container.get("name") != "discovery" or not _is_istiod(pod):
+        return None
     flaw = _start_flaw(cluster, pod)
-    if flaw is None:
-        return
-    message = f"failed to create an istiod CA: {flaw}"
-    status = pod.setdefault("status", {})
-    for cs in status.get("containerStatuses") or []:
-        if cs.get("name") == "discovery":
-            cs.update({"ready": False, "started": False, "restartCount": 1,
-                       "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s restarting "
-                                             "failed container=discovery"}},
-                       "lastState": {"terminated": {"exitCode": 255, "reason": "Error", "message": message}}})
-    for cond in status.get("conditions") or []:
-        if cond.get("type") in ("ContainersReady", "Ready"):
-            cond.update({"status": "False", "reason": "ContainersNotReady",
-                         "message": "containers with unready status: [discovery]"})
+    return None if flaw is None else f"failed to create an istiod CA: {flaw}"
 
 
 def _start_flaw(cluster, pod: dict) -> str | None:
@@ -248,15 +235,10 @@ def _restart_crashed(cluster, ns: str) -> bool:
     for key, pod in list(cluster.objects.items()):
         if key[:3] != ("", "pods", ns) or not _is_istiod(pod) or not _crashed(pod) or _start_flaw(cluster, pod):
             continue
-        cluster.container_ready(key, "discovery", {"running": {"startedAt": _now()}})
+        cluster.container_ready(key, "discovery", restarted=True)
         _start(cluster, cluster.objects.get(key) or pod)
         started = True
     return started
-
-
-def _now() -> str:
-    import datetime as dt
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _start(cluster, pod: dict) -> None:
