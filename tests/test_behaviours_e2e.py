@@ -11,6 +11,9 @@ import pytest
 from tests.meshkit import FOREIGN_PA, FOREIGN_VS, applied_mesh
 from tests.test_standin_istioctl import wait_for
 
+# One mesh for the module: its tests stay on one worker, which builds it once.
+pytestmark = pytest.mark.xdist_group("test_behaviours_e2e")
+
 PRIMARY, REMOTE = "cluster1", "cluster2"
 NETWORKS = {PRIMARY: "network1", REMOTE: "network2"}
 
