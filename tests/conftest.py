@@ -59,8 +59,9 @@ SPLIT_GROUPS = ("pytest-xdist does not keep the tests marked xdist_group togethe
 
 def pytest_configure(config) -> None:
     """The controller: the known pair of versions, before any worker starts (a clear message)."""
-    if os.environ.get("PYTEST_XDIST_WORKER") or getattr(config.option, "dist", "no") != "loadgroup":
-        return
+    if (os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None)
+            or getattr(config.option, "dist", "no") != "loadgroup"):
+        return  # a worker, or a run in one process (-n 0, mutmut): nothing is grouped
     import xdist
 
     if pytest.version_tuple[:2] >= (9, 2) and tuple(int(p) for p in xdist.__version__.split(".")[:2]) <= (3, 8):
