@@ -33,10 +33,11 @@ READ_STATE_TITLE = "read current state"
 class ClusterClient(Protocol):
     def read_state(self, clusters: Sequence[Cluster], *, ambient: bool = False,
                    title: str = READ_STATE_TITLE, ztunnel_namespace: str = ISTIO_NAMESPACE,
-                   istio_objects_in: frozenset[str] = frozenset()) -> dict[str, Observed]:
+                   istio_objects_in: frozenset[str] = frozenset(), published_roots: bool = False) -> dict[str, Observed]:
         """What each cluster holds (``ambient``: also the Gateway API CRDs, the east-west Gateway, and
         ztunnel in ``ztunnel_namespace``; ``istio_objects_in``: the clusters whose Istio objects in
-        istio-system are read too)."""
+        istio-system are read too; ``published_roots``: also the root bundle istiod publishes, as
+        ``published_roots`` reads it)."""
 
     def istio_usage(self, clusters: Sequence[Cluster], ours: frozenset[str]) -> dict[str, IstioUsage | MeshError]:
         """The Istio resources and control planes others made (``ours``: setup-mesh's IstioOperator names)."""
@@ -69,9 +70,10 @@ class KubeClient:
 
     def read_state(self, clusters: Sequence[Cluster], *, ambient: bool = False,
                    title: str = READ_STATE_TITLE, ztunnel_namespace: str = ISTIO_NAMESPACE,
-                   istio_objects_in: frozenset[str] = frozenset()) -> dict[str, Observed]:
+                   istio_objects_in: frozenset[str] = frozenset(), published_roots: bool = False) -> dict[str, Observed]:
         return inspect_clusters(list(clusters), self.tools, self.runner, self.reporter, self.parallel, title=title,
-                                ambient=ambient, ztunnel_namespace=ztunnel_namespace, istio_objects_in=istio_objects_in)
+                                ambient=ambient, ztunnel_namespace=ztunnel_namespace, istio_objects_in=istio_objects_in,
+                                published_roots=published_roots)
 
     def istio_usage(self, clusters: Sequence[Cluster], ours: frozenset[str]) -> dict[str, IstioUsage | MeshError]:
         return read_istio_usage(list(clusters), self.tools, self.runner, self.reporter, self.parallel, ours)

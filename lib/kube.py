@@ -99,12 +99,14 @@ class Tools:
         return self.kubectl_cmd(cluster, "get", "configmap", CA_ROOT_CONFIGMAP, "-n", ISTIO_NAMESPACE,
                                 "--ignore-not-found", "-o", "json", check=False, timeout=timeout)
 
-    def inspect(self, cluster: Cluster, timeout: float, istio_objects: bool = False) -> Command:
+    def inspect(self, cluster: Cluster, timeout: float, istio_objects: bool = False,
+                published_roots: bool = False) -> Command:
         # One read gives the namespace, its secrets (cacerts, remote secrets, tokens), services, deployments
         # and daemonsets (ztunnel and istio-cni in an ambient mesh); ``istio_objects``: also the Istio
-        # objects setup-mesh applies there (fails where Istio's CRDs are not installed).
+        # objects setup-mesh applies there (fails where Istio's CRDs are not installed); ``published_roots``:
+        # also its ConfigMaps, one of which holds the root bundle istiod publishes (CA_ROOT_CONFIGMAP).
         kinds = ["namespaces", "secrets", "services", "deployments", "daemonsets",
-                 *(ISTIO_OBJECT_KINDS.values() if istio_objects else ())]
+                 *(["configmaps"] if published_roots else ()), *(ISTIO_OBJECT_KINDS.values() if istio_objects else ())]
         return self.kubectl_cmd(cluster, "get", ",".join(kinds), "-n", ISTIO_NAMESPACE, "-o", "json", timeout=timeout)
 
 
@@ -117,7 +119,11 @@ def parse_published_roots(output: str) -> bytes | None:
     """root-cert.pem of istio-ca-root-cert as kubectl printed it; None when there is none (yet)."""
     if not (output or "").strip():
         return None
-    value = (json.loads(output).get("data") or {}).get("root-cert.pem")
+    return published_root(json.loads(output))
+
+
+def published_root(configmap: dict) -> bytes | None:
+    value = (configmap.get("data") or {}).get("root-cert.pem")
     return value.encode() if isinstance(value, str) else None
 
 
@@ -187,6 +193,10 @@ class Observed:
     namespaces: frozenset[str] | None = None  # every namespace of the cluster, when the read listed them
     # (kind, name) of each networking.istio.io Gateway and VirtualService in istio-system; None: not read.
     istio_objects: frozenset[tuple[str, str]] | None = None
+    # The root bundle istiod publishes in istio-system (CA_ROOT_CONFIGMAP), when the read listed ConfigMaps
+    # (roots_read); None: istiod has not written it (yet).
+    published_root: bytes | None = None
+    roots_read: bool = False
 
     def lacks(self, objects: list[dict]) -> list[str]:
         """"Kind name" of each networking.istio.io object of ``objects`` the read found absent; none when
@@ -212,8 +222,8 @@ class Observed:
         return {name: dict((item.get("spec") or {}).get("selector") or {}) for name, item in self.istiod_services.items()}
 
 
-def parse_inspect(output: str, istio_objects: bool = False) -> Observed:
-    """``istio_objects``: the read asked for the Istio objects (Tools.inspect)."""
+def parse_inspect(output: str, istio_objects: bool = False, published_roots: bool = False) -> Observed:
+    """``istio_objects``, ``published_roots``: what the read asked for besides (Tools.inspect)."""
     data = json.loads(output or "{}")
     items = data.get("items", []) if data.get("kind") == "List" else [data]
     seen = Observed(reachable=True)
@@ -237,6 +247,10 @@ def parse_inspect(output: str, istio_objects: bool = False) -> Observed:
             seen.daemonsets[name] = item
         elif kind in ISTIO_OBJECT_KINDS and item.get("apiVersion", "").startswith(ISTIO_OBJECT_GROUP + "/"):
             objects.add((kind, name))
+        elif (published_roots and kind == "ConfigMap" and name == CA_ROOT_CONFIGMAP
+              and meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE):
+            seen.published_root = published_root(item)
+    seen.roots_read = published_roots
     if istio_objects:
         seen.istio_objects = frozenset(objects)
     if tokens:

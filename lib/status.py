@@ -44,7 +44,7 @@ def read_status(ws: Expected, client: ClusterClient) -> MeshStatus:
     """Every read status makes, through ``client``, judged."""
     observed = client.read_state(list(ws.topology.clusters), title="read status", ambient=ws.data_plane == AMBIENT,
                                  ztunnel_namespace=ztunnel_namespace(ws.base),
-                                 istio_objects_in=istio_objects_read_in(ws.workdir, ws.mesh))
+                                 istio_objects_in=istio_objects_read_in(ws.workdir, ws.mesh), published_roots=True)
     serving = {ctx: serving_istiod(seen.deployments, ws.istiod_deployment, ws.revision)
                for ctx, seen in observed.items() if seen.reachable}
     istiod = {ctx: parse_istiod(seen.deployments.get(serving[ctx][0])) if seen.reachable
@@ -70,7 +70,7 @@ def read_status(ws: Expected, client: ClusterClient) -> MeshStatus:
     for revision in dict.fromkeys(remote_revision.values()):
         injection.update(client.injection_paths([c for c in remotes if remote_revision[c.context] == revision], revision))
     holding = [c for c in asked if observed[c.context].cacerts]
-    published = client.published_roots(holding)
+    published = {c.context: observed[c.context].published_root for c in holding if observed[c.context].roots_read}
     status = evaluate(ws, observed, istiod, views=views, injection=injection, published=published,
                       roots_unread=frozenset(c.context for c in holding if c.context not in published),
                       serving={**{ctx: revision for ctx, (_, revision) in serving.items()}, **remote_revision})

@@ -93,18 +93,20 @@ def pinned_release(topology: Topology, workdir: Path, istio_dir: str | None) -> 
 
 def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Reporter, parallel: int,
                      title: str = "read current state", ambient: bool = False,
-                     ztunnel_namespace: str = ISTIO_NAMESPACE, istio_objects_in: frozenset[str] = frozenset()
-                     ) -> dict[str, Observed]:
+                     ztunnel_namespace: str = ISTIO_NAMESPACE, istio_objects_in: frozenset[str] = frozenset(),
+                     published_roots: bool = False) -> dict[str, Observed]:
     """One read per cluster, in parallel. An unreachable cluster is an Observed with an error.
     ``ambient``: also the Gateway API CRDs and, where they exist, the east-west Gateway, and ztunnel's
     DaemonSet when the profile puts it in ``ztunnel_namespace`` instead of istio-system.
     ``istio_objects_in``: the clusters whose read also lists the Istio objects in istio-system (those the
-    workspace installed Istio in: elsewhere Istio's CRDs are likely absent, which fails such a read)."""
+    workspace installed Istio in: elsewhere Istio's CRDs are likely absent, which fails such a read).
+    ``published_roots``: the same read also lists istio-system's ConfigMaps, for the root bundle istiod
+    publishes (one kubectl fewer than a read of its own)."""
     timeout = read_timeout(tools)
 
     def read(ctx: RunContext, cluster: Cluster) -> Observed:
         try:
-            seen = _inspect(ctx, tools, cluster, timeout, cluster.name in istio_objects_in)
+            seen = _inspect(ctx, tools, cluster, timeout, cluster.name in istio_objects_in, published_roots)
             if ambient:
                 seen.gateway_api = parse_crd_annotations(ctx.run(tools.gateway_api_crds(cluster, timeout)).stdout)
                 if seen.gateway_api.installed:
@@ -124,15 +126,29 @@ def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Re
     return read_clusters(clusters, runner, reporter, parallel, title, read)
 
 
-def _inspect(ctx: RunContext, tools: Tools, cluster: Cluster, timeout: float, istio_objects: bool) -> Observed:
-    if istio_objects:
+def _inspect(ctx: RunContext, tools: Tools, cluster: Cluster, timeout: float, istio_objects: bool,
+             published_roots: bool) -> Observed:
+    """The one read, narrowed when a kind it lists cannot be: without Istio's objects where no Istio CRD is
+    installed (none of them exists), without ConfigMaps where the user may not list them (the roots
+    istiod publishes stay unread: status says so, as it does when a read of their own fails)."""
+    while True:
         try:
-            return parse_inspect(ctx.run(tools.inspect(cluster, timeout, istio_objects=True)).stdout, istio_objects=True)
+            command = tools.inspect(cluster, timeout, istio_objects, published_roots)
+            return parse_inspect(ctx.run(command).stdout, istio_objects, published_roots)
         except CommandFailed as exc:
-            if exc.timed_out or not is_missing_category(exc.stderr_tail):
+            if exc.timed_out:
                 raise
-            # no Istio CRD, so none of its objects: the plain read
-    return parse_inspect(ctx.run(tools.inspect(cluster, timeout)).stdout)
+            if istio_objects and is_missing_category(exc.stderr_tail):
+                istio_objects = False
+            elif published_roots and _configmaps_forbidden(exc.stderr_tail):
+                published_roots = False
+            else:
+                raise
+
+
+def _configmaps_forbidden(stderr: str) -> bool:
+    # The API server's 403 for a list the user's role does not allow (kubectl prints its message).
+    return "configmaps is forbidden" in stderr
 
 
 def read_istio_usage(clusters: list[Cluster], tools: Tools, runner, reporter: Reporter, parallel: int,

@@ -48,7 +48,7 @@ class FakeClient:
 
     def read_state(self, clusters: Sequence[Cluster], *, ambient: bool = False,
                    title: str = "read current state", ztunnel_namespace: str = "istio-system",
-                   istio_objects_in: frozenset[str] = frozenset()) -> dict[str, Observed]:
+                   istio_objects_in: frozenset[str] = frozenset(), published_roots: bool = False) -> dict[str, Observed]:
         found = {}
         names = {c.context: c.name for c in clusters}
         for context, held in self._each("state", clusters):
@@ -58,6 +58,7 @@ class FakeClient:
             seen = copy.deepcopy(held.state)
             if names[context] not in istio_objects_in:  # as kubectl's read: listed only when asked for
                 seen.istio_objects = None
+            seen.published_root, seen.roots_read = (held.published, True) if published_roots else (None, False)
             found[context] = seen if ambient else replace(seen, gateway_api=None, eastwest_gateway=None)
         return found
 

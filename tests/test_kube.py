@@ -148,3 +148,58 @@ def test_a_read_of_istio_objects_where_istios_crds_are_gone_falls_back_to_the_pl
         "namespaces,secrets,services,deployments,daemonsets"]
     assert not seen["broken"].reachable and "i/o timeout" in seen["broken"].error, "any other failure is the read's"
     assert len([c for c in runner.commands if "broken" in c.argv]) == 1
+
+
+def _configmap(name: str, root: str | None, namespace: str = "istio-system") -> dict:
+    return {"kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace},
+            "data": {"root-cert.pem": root} if root is not None else {}}
+
+
+def test_the_root_bundle_istiod_publishes_is_read_from_the_listing_only_when_asked_for():
+    listing = {"kind": "List", "items": [
+        {"kind": "Namespace", "metadata": {"name": "istio-system"}},
+        _configmap("istio", "not a root"),
+        _configmap("istio-ca-root-cert", "ROOTS\n"),
+    ]}
+    seen = parse_inspect(json.dumps(listing), published_roots=True)
+    assert seen.roots_read and seen.published_root == b"ROOTS\n"
+    plain = parse_inspect(json.dumps(listing))
+    assert not plain.roots_read and plain.published_root is None
+    unwritten = parse_inspect(json.dumps({"kind": "List", "items": listing["items"][:2]}), published_roots=True)
+    assert unwritten.roots_read and unwritten.published_root is None, "istiod has not written it yet"
+    elsewhere = {"kind": "List", "items": [_configmap("istio-ca-root-cert", "OTHER", namespace="default")]}
+    assert parse_inspect(json.dumps(elsewhere), published_roots=True).published_root is None
+
+
+def test_a_read_that_may_not_list_configmaps_is_made_again_without_them_and_leaves_the_roots_unread():
+    from lib.config import Cluster
+    from lib.kube import Tools
+    from lib.reporter import Reporter
+    from lib.workspace import inspect_clusters
+    from tests.recording import RecordingRunner
+
+    plain = json.dumps({"kind": "List", "items": [{"kind": "Namespace", "metadata": {"name": "istio-system"}}]})
+    forbidden = ('Error from server (Forbidden): configmaps is forbidden: User "system:serviceaccount:ops:viewer" '
+                 'cannot list resource "configmaps" in API group "" in the namespace "istio-system"')
+
+    def answer(command):
+        kinds = _kinds(command)
+        if "gateways.v1.networking.istio.io" in kinds:
+            return 1, "", 'error: the server doesn\'t have a resource type "gateways" in group "networking.istio.io"'
+        if "configmaps" in kinds and "locked" in command.argv:
+            return 1, "", forbidden
+        return 0, plain, ""
+
+    runner = RecordingRunner(answer)
+    clusters = [Cluster("open", "n1", "open"), Cluster("locked", "n1", "locked")]
+    seen = inspect_clusters(clusters, Tools(), runner, Reporter(quiet=True), 2, published_roots=True,
+                            istio_objects_in=frozenset({"locked"}))
+    assert seen["open"].reachable and seen["open"].roots_read
+    assert [_kinds(c) for c in runner.commands if "open" in c.argv] == [
+        "namespaces,secrets,services,deployments,daemonsets,configmaps"], "one read lists the ConfigMaps too"
+    assert seen["locked"].reachable and seen["locked"].namespace and not seen["locked"].roots_read
+    assert [_kinds(c) for c in runner.commands if "locked" in c.argv] == [
+        "namespaces,secrets,services,deployments,daemonsets,configmaps,gateways.v1.networking.istio.io,"
+        "virtualservices.v1.networking.istio.io",
+        "namespaces,secrets,services,deployments,daemonsets,configmaps",
+        "namespaces,secrets,services,deployments,daemonsets"]
