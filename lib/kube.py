@@ -191,12 +191,16 @@ class Observed:
     istiod_services: dict[str, dict] = field(default_factory=dict)
     daemonsets: dict[str, dict] = field(default_factory=dict)  # in istio-system, by name (and ztunnel where it runs)
     namespaces: frozenset[str] | None = None  # every namespace of the cluster, when the read listed them
+    # Each namespace's labels, one being deleted too (verify looks for its own namespace here); None: not listed.
+    namespace_labels: dict[str, dict[str, str]] | None = None
     # (kind, name) of each networking.istio.io Gateway and VirtualService in istio-system; None: not read.
     istio_objects: frozenset[tuple[str, str]] | None = None
     # The root bundle istiod publishes in istio-system (CA_ROOT_CONFIGMAP), when the read listed ConfigMaps
     # (roots_read); None: istiod has not written it (yet).
     published_root: bytes | None = None
     roots_read: bool = False
+    # The networking.istio.io Gateways of istio-system, whole, when the read listed the Istio objects.
+    istio_gateways: list[dict] | None = None
 
     def lacks(self, objects: list[dict]) -> list[str]:
         """"Kind name" of each networking.istio.io object of ``objects`` the read found absent; none when
@@ -230,34 +234,45 @@ def parse_inspect(output: str, istio_objects: bool = False, published_roots: boo
     objects: set[tuple[str, str]] = set()
     tokens: list[tuple[str, str]] = []
     # The read lists namespaces with -n istio-system: a cluster-scoped kind is listed whole.
-    namespaces = set()
+    namespaces: set[str] = set()
+    labels: dict[str, dict[str, str]] = {}
+    gateways: list[dict] = []
     for item in items:
-        kind = item.get("kind")
         meta = item.get("metadata") or {}
-        name = meta.get("name")
-        if kind == "Namespace":
+        if item.get("kind") == "Namespace":
             _read_namespace(seen, meta, namespaces)
-        elif kind == "Secret" and meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE:
-            _read_secret(seen, item, tokens)
-        elif kind == "Service" and meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE:
-            _read_service(seen, item)
-        elif kind == "Deployment" and meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE:
-            seen.deployments[name] = item
-        elif kind == "DaemonSet" and meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE:
-            seen.daemonsets[name] = item
-        elif kind in ISTIO_OBJECT_KINDS and item.get("apiVersion", "").startswith(ISTIO_OBJECT_GROUP + "/"):
-            objects.add((kind, name))
-        elif (published_roots and kind == "ConfigMap" and name == CA_ROOT_CONFIGMAP
-              and meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE):
-            seen.published_root = published_root(item)
+            labels[meta.get("name")] = dict(meta.get("labels") or {})
+        elif meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE:  # the read is of istio-system
+            _read_object(seen, item, tokens, objects, gateways, published_roots)
     seen.roots_read = published_roots
     if istio_objects:
         seen.istio_objects = frozenset(objects)
+        seen.istio_gateways = gateways
     if tokens:
         seen.reader_token = sorted(tokens)[0][1]
     if data.get("kind") == "List":
         seen.namespaces = frozenset(namespaces)
+        seen.namespace_labels = labels
     return seen
+
+
+def _read_object(seen: Observed, item: dict[str, Any], tokens: list[tuple[str, str]], objects: set[tuple[str, str]],
+                 gateways: list[dict], published_roots: bool) -> None:
+    kind, name = item.get("kind"), (item.get("metadata") or {}).get("name")
+    if kind == "Secret":
+        _read_secret(seen, item, tokens)
+    elif kind == "Service":
+        _read_service(seen, item)
+    elif kind == "Deployment":
+        seen.deployments[name] = item
+    elif kind == "DaemonSet":
+        seen.daemonsets[name] = item
+    elif kind in ISTIO_OBJECT_KINDS and item.get("apiVersion", "").startswith(ISTIO_OBJECT_GROUP + "/"):
+        objects.add((kind, name))
+        if kind == "Gateway":
+            gateways.append(item)
+    elif published_roots and kind == "ConfigMap" and name == CA_ROOT_CONFIGMAP:
+        seen.published_root = published_root(item)
 
 
 def _read_namespace(seen: Observed, meta: dict[str, Any], namespaces: set[str]) -> None:

@@ -76,6 +76,7 @@ def read_status(ws: Expected, client: ClusterClient) -> MeshStatus:
                       serving={**{ctx: revision for ctx, (_, revision) in serving.items()}, **remote_revision})
     judge_revisions(status.clusters, client.revisions(list(ws.topology.clusters), observed),
                     Hints(ws.workdir, ws.topology))
+    status.observed = observed
     return status
 
 

@@ -122,6 +122,8 @@ class MeshStatus:
     problems: list[Problem] = field(default_factory=list)  # about the workspace, not one cluster
     root: dict[str, Any] | None = None  # the workspace's root: expires, days_left
     transition: dict[str, Any] | None = None  # a move to a new root under way
+    # What the first read found per context (lib/kube.Observed): verify reads no cluster twice.
+    observed: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def healthy(self) -> bool:

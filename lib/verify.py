@@ -16,11 +16,11 @@ from typing import Any
 
 from . import invocation
 from .causes import VerifyResult
-from .config import AMBIENT, Cluster, data_plane_mode
+from .config import AMBIENT, Cluster, Topology, data_plane_mode
 from .diagnosis import Facts, judge
 from .errors import ConfigError, MeshError
 from .executor import Executor, RunContext, Step
-from .kube import Tools
+from .kube import Observed, Tools
 from .mesh import Mesh, mesh_model
 from .names import ISTIO_NAMESPACE, istiod_name
 from .overlay import control_plane_revision
@@ -93,7 +93,11 @@ def endpoint_address(slices_json: str) -> str | None:
 
 
 def exposes_local(gateways_json: str) -> bool:
-    for gw in json.loads(gateways_json or "{}").get("items") or []:
+    return gateways_expose_local(json.loads(gateways_json or "{}").get("items") or [])
+
+
+def gateways_expose_local(gateways: list[dict]) -> bool:
+    for gw in gateways:
         for server in (gw.get("spec") or {}).get("servers") or []:
             if (server.get("port") or {}).get("number") == 15443 and "*.local" in (server.get("hosts") or []):
                 return True
@@ -103,8 +107,9 @@ def exposes_local(gateways_json: str) -> bool:
 def reads_gateways(mesh: Mesh, cluster: Cluster, ambient: bool) -> bool:
     """The cross-network Gateway is read where an istiod reads it: on primaries (a remote's east-west
     gateway is configured from its primary's istio-system), and not in an ambient mesh, whose east-west
-    gateway is a Gateway API Gateway (status reads that one)."""
-    return not ambient and mesh.member(cluster.context).is_primary
+    gateway is a Gateway API Gateway (status reads that one). It is judged only between networks: one
+    network, no read."""
+    return mesh.multi_network and not ambient and mesh.member(cluster.context).is_primary
 
 
 def _parsed(result, parse):
@@ -124,21 +129,39 @@ class Extra:
     not_ours: list[str] = field(default_factory=list)  # contexts whose namespace of that name verify did not create
 
 
+def _already_read(mesh: Mesh, observed: dict[str, Observed], namespace: str, ambient: bool) -> Extra:
+    """What status's read of each cluster shows verify: a namespace of that name verify did not make, and
+    whether a Gateway of istio-system exposes the services (where the Istio objects were listed)."""
+    extra = Extra()
+    for cluster in mesh.topology.clusters:
+        seen = observed.get(cluster.context) or Observed()
+        labels = seen.namespace_labels
+        if labels is not None and namespace in labels and labels[namespace].get(CREATED_BY) != CREATOR:
+            extra.not_ours.append(cluster.context)
+        if seen.istio_gateways is not None and reads_gateways(mesh, cluster, ambient):
+            extra.exposes_local[cluster.name] = gateways_expose_local(seen.istio_gateways)
+    return extra
+
+
 def read_extra(mesh: Mesh, tools: Tools, runner, options: Options, reporter: Reporter, ambient: bool,
-               revisions: dict[str, str | None]) -> Extra:
+               revisions: dict[str, str | None], observed: dict[str, Observed] | None = None) -> Extra:
     """The cross-network Gateways (see reads_gateways), on a remote where its istiod Service leads (that of
     the revision serving it, ``revisions``: per context, as status read it), and whether the namespace exists
-    already (and was made by verify)."""
-    extra = Extra()
+    already (and was made by verify). What status's read (``observed``) listed is taken from it: its
+    namespaces, and istio-system's Gateways where it listed Istio's objects; the rest is read."""
+    observed = observed or {}
+    extra = _already_read(mesh, observed, options.namespace, ambient)
 
     def step_for(cluster: Cluster) -> Step:
-        namespace = namespace_command(tools, cluster, options.namespace)
-        gateway = gateways_command(tools, cluster) if reads_gateways(mesh, cluster, ambient) else None
+        seen = observed.get(cluster.context) or Observed()
+        namespace = namespace_command(tools, cluster, options.namespace) if seen.namespace_labels is None else None
+        gateway = (gateways_command(tools, cluster)
+                   if reads_gateways(mesh, cluster, ambient) and seen.istio_gateways is None else None)
         endpoints = (istiod_endpoints_command(tools, cluster, revisions.get(cluster.context))
                      if mesh.member(cluster.context).is_remote else None)
 
         def action(ctx: RunContext) -> None:
-            out = ctx.run(namespace).stdout.strip()
+            out = ctx.run(namespace).stdout.strip() if namespace is not None else ""
             if out and ((json.loads(out).get("metadata") or {}).get("labels") or {}).get(CREATED_BY) != CREATOR:
                 extra.not_ours.append(cluster.context)
             if endpoints is not None:
@@ -149,8 +172,13 @@ def read_extra(mesh: Mesh, tools: Tools, runner, options: Options, reporter: Rep
         commands = [c for c in (namespace, endpoints, gateway) if c is not None]
         return Step("read namespace and gateways", commands=commands, action=action)
 
+    steps = {c.context: step_for(c) for c in mesh.topology.clusters}
+    left = Topology(mesh.topology.mesh_id, tuple(c for c in mesh.topology.clusters if steps[c.context].commands),
+                    mesh.topology.path)
+    if not left.clusters:
+        return extra
     executor = Executor(runner, reporter, options.parallel)
-    executor.run_phase(phase("read namespace and gateways", mesh.topology, step_for))
+    executor.run_phase(phase("read namespace and gateways", left, lambda c: steps[c.context]))
     if executor.outcome.interrupted:
         raise KeyboardInterrupt
     if executor.outcome.failures:
@@ -160,13 +188,13 @@ def read_extra(mesh: Mesh, tools: Tools, runner, options: Options, reporter: Rep
 
 
 def reads_text(mesh: Mesh, namespace: str, revision: str | None, ambient: bool) -> str:
-    """What read_extra runs, for the dry run."""
-    remotes = any(m.is_remote for m in mesh.members)
-    text = f"$ kubectl get namespace {namespace} --ignore-not-found -o json"
-    if not ambient:
-        text += (f"; $ kubectl get gateways.networking.istio.io -n {ISTIO_NAMESPACE} -o json"
-                 + (" (on primaries: a remote's gateways are configured from its primary)" if remotes else ""))
-    if remotes:
+    """What read_extra reads, for the dry run."""
+    text = f"whether namespace {namespace} exists (status's read lists the namespaces)"
+    if not ambient and mesh.multi_network:
+        text += (f"; the Gateways of {ISTIO_NAMESPACE} on primaries (status's read lists them where setup-mesh "
+                 f"applied Istio objects; elsewhere $ kubectl get gateways.networking.istio.io -n {ISTIO_NAMESPACE} "
+                 f"-o json)")
+    if any(m.is_remote for m in mesh.members):
         text += (f"; on remotes: $ kubectl get endpointslices.discovery.k8s.io -n {ISTIO_NAMESPACE} -l "
                  f"kubernetes.io/service-name={istiod_name(revision)} -o json")
     return text
@@ -201,7 +229,7 @@ def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
     with reporter.activity(f"read what verify needs besides ({len(topology.clusters)} cluster(s)) ..."):
         # After a canary upgrade a remote's istiod Service is its revision's, not base.yaml's.
         serving = {c.cluster.context: c.serving_revision for c in status.clusters}
-        extra = read_extra(mesh, tools, runner, options, quiet, ambient, serving)
+        extra = read_extra(mesh, tools, runner, options, quiet, ambient, serving, status.observed)
     if extra.not_ours:
         raise ConfigError(f"namespace {options.namespace} already exists in {', '.join(extra.not_ours)} and was not "
                           f"created by verify (no {CREATED_BY}={CREATOR} label): verify deletes its namespace when "

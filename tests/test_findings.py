@@ -655,6 +655,44 @@ def test_verify_reads_a_remotes_istiod_endpoints_at_the_revision_that_serves_it(
     assert selectors == ["kubernetes.io/service-name=istiod-1-31-0"], "the remote's, at its revision"
 
 
+def _read_extra(topology, observed, namespace="setup-mesh-verify"):
+    import io
+
+    from rich.console import Console
+
+    from lib.kube import Tools
+    from lib.reporter import Reporter
+    from lib.verify import Options, read_extra
+    from tests.test_behaviours import Replies
+
+    runner = Replies("")
+    quiet = Reporter(quiet=True, err_console=Console(file=io.StringIO()))
+    extra = read_extra(mesh_model(topology), Tools(), runner, Options(namespace=namespace), quiet, False,
+                       {c.context: None for c in topology.clusters}, observed)
+    return extra, [" ".join(c.argv[c.argv.index("get"):c.argv.index("get") + 2]) for c in runner.asked]
+
+
+def test_verify_takes_the_namespace_and_the_gateways_from_status_read_and_reads_only_what_it_did_not_list():
+    exposing = {"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+                "metadata": {"name": "cross-network-gateway", "namespace": "istio-system"},
+                "spec": {"servers": [{"port": {"number": 15443, "name": "tls", "protocol": "TLS"}, "hosts": ["*.local"]}]}}
+    listed = Observed(reachable=True, namespace_labels={"istio-system": {}, "setup-mesh-verify": {"team": "x"}},
+                      istio_gateways=[exposing])
+    extra, reads = _read_extra(MULTI_NETWORK, {"east": listed, "west": Observed(reachable=True, namespace_labels={},
+                                                                                istio_gateways=[])})
+    assert reads == [], "all of it was in status's read"
+    assert extra.not_ours == ["east"], "a namespace of that name verify did not label is named"
+    assert extra.exposes_local == {"east": True, "west": False}
+    ours = Observed(reachable=True, namespace_labels={"setup-mesh-verify": {"app.kubernetes.io/created-by": "setup-mesh-verify"}})
+    extra, reads = _read_extra(MULTI_NETWORK, {"east": ours, "west": Observed(reachable=True)})
+    assert extra.not_ours == [] and extra.exposes_local == {"east": False, "west": False}, "as the reads answered"
+    assert sorted(reads) == ["get gateways.networking.istio.io", "get gateways.networking.istio.io",
+                             "get namespace"], "what the read did not list is read (west's namespaces, both Gateways)"
+    _, reads = _read_extra(ONE_NETWORK, {"east": Observed(reachable=True, namespace_labels={}),
+                                         "west": Observed(reachable=True, namespace_labels={})})
+    assert reads == [], "one network: no cross-network Gateway is judged, none is read"
+
+
 def test_a_remote_whose_primary_cannot_be_read_is_not_reported_as_changed(pki):
     # A remote's install names its primary's gateway address; with the primary unread, what apply would
     # install there is unknown, not different (apply makes such a remote sit its run out).

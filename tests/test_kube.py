@@ -203,3 +203,19 @@ def test_a_read_that_may_not_list_configmaps_is_made_again_without_them_and_leav
         "virtualservices.v1.networking.istio.io",
         "namespaces,secrets,services,deployments,daemonsets,configmaps",
         "namespaces,secrets,services,deployments,daemonsets"]
+
+
+def test_the_read_keeps_every_namespaces_labels_and_istio_systems_istio_gateways_whole():
+    gateway = {**_istio_object("Gateway", "cross-network-gateway"), "spec": {"servers": [{"port": {"number": 15443}}]}}
+    listing = {"kind": "List", "items": [
+        {"kind": "Namespace", "metadata": {"name": "istio-system", "labels": {"topology.istio.io/network": "n1"}}},
+        {"kind": "Namespace", "metadata": {"name": "setup-mesh-verify", "deletionTimestamp": "2026-12-05T10:00:00Z",
+                                            "labels": {"setup-mesh.io/created-by": "verify"}}},
+        gateway, _istio_object("VirtualService", "istiod-vs"),
+    ]}
+    seen = parse_inspect(json.dumps(listing), istio_objects=True)
+    assert seen.namespace_labels == {"istio-system": {"topology.istio.io/network": "n1"},
+                                     "setup-mesh-verify": {"setup-mesh.io/created-by": "verify"}}, "one being deleted too"
+    assert seen.istio_gateways == [gateway]
+    assert parse_inspect(json.dumps(listing)).istio_gateways is None, "not asked for: not read"
+    assert parse_inspect(json.dumps(listing["items"][0])).namespace_labels is None, "no list of namespaces: not known"
