@@ -652,6 +652,11 @@ def test_gateway_without_address(mesh):
         assert "kubectl --context cluster1 get service istio-eastwestgateway -n istio-system" in hint
     finally:
         patch("LoadBalancer")
+    # The emulated LoadBalancer gives the address back after its delay, as a cloud's does: status once it has.
+    from tests.test_standin_istioctl import wait_for
+
+    assert wait_for(lambda: ((mesh.get("cluster1", "service", "istio-eastwestgateway", "-n", "istio-system")
+                              .get("status") or {}).get("loadBalancer") or {}).get("ingress"))
     code, doc = mesh.status()
     assert code == 0 and _cluster(doc, "cluster1")["gateway"]["address"]
 
