@@ -173,6 +173,19 @@ def serve(fd: int) -> None:
         import typer._adapters  # noqa: F401 - typer loads it on its first parse
     except ImportError:
         pass
+    # What a run imports as it goes, imported once here (about 55 ms of CPU a run otherwise): lib/ beyond
+    # what setup_mesh.py imports at its start (cryptography with it; lib/ reads nothing at import), and the
+    # runner's sh (with asyncio and ssl), which the runner imports on its first command.
+    import importlib
+    import pkgutil
+
+    for found in pkgutil.iter_modules([str(ROOT / "lib")]):
+        importlib.import_module(f"lib.{found.name}")
+    for module in ("cryptography.hazmat.primitives.serialization", "rich._emoji_codes"):  # loaded on use
+        importlib.import_module(module)
+    from lib.runner import ShRunner
+
+    ShRunner().which("true")
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
     while True:
         try:
