@@ -288,6 +288,24 @@ def not_issued_by_root(directory: Path, cluster_names) -> list[str]:
             and not issued_by((directory / name / "ca-cert.pem").read_bytes(), root_pem)]
 
 
+@dataclass(frozen=True)
+class IntermediateFlaws:
+    """What is wrong with the workspace's intermediates in certs/<cluster>/, as apply refuses it and status
+    reports it (cluster names)."""
+
+    foreign: list[str]  # not issued by the workspace's root
+    unkeyed: list[str]  # ca-key.pem is not the key of ca-cert.pem
+
+
+def intermediate_flaws(directory: Path, cluster_names, moving: bool) -> IntermediateFlaws:
+    """``moving``: a move to a new root is under way, whose stages decide what each cluster holds (and
+    rotate-certs re-issues the intermediates): none is judged."""
+    if moving:
+        return IntermediateFlaws([], [])
+    names = list(cluster_names)
+    return IntermediateFlaws(not_issued_by_root(directory, names), keys_not_matching(directory, names))
+
+
 def keys_not_matching(directory: Path, cluster_names) -> list[str]:
     """The clusters whose intermediate in ``directory`` (made, not half-made) has a ca-key.pem that is not
     the key of its ca-cert.pem: istiod would not start on that cacerts (Istio's Verify pairs them as

@@ -149,12 +149,9 @@ def intermediates_refusal(ws: Workspace, transition: "carotation.Transition | No
     workloads; one whose ca-key.pem is not its key would keep istiod from starting ("failed to create an
     istiod CA"). apply refuses both before any cluster is touched. (Mid-move the stages decide what each
     cluster holds; rotate-certs re-issues intermediates, which repairs them.)"""
-    if transition is not None:
-        return None
     cert_dir = certs.certs_dir(ws.workdir)
-    names = [c.name for c in ws.topology.clusters]
-    foreign = certs.not_issued_by_root(cert_dir, names)
-    unkeyed = [] if foreign else certs.keys_not_matching(cert_dir, names)
+    flaws = certs.intermediate_flaws(cert_dir, [c.name for c in ws.topology.clusters], moving=transition is not None)
+    foreign, unkeyed = flaws.foreign, flaws.unkeyed
     folders = " ".join(str(cert_dir / name) for name in foreign or unkeyed)
     repair = f"`rm -r {folders}`, then run apply again: it issues new intermediate CAs from the workspace's root"
     if foreign:

@@ -85,7 +85,8 @@ def evaluate(ws: Expected, observed: dict[str, Observed], istiod: dict[str, Isti
 
 
 def _unkeyed_intermediates(ws: Expected, hints: Hints) -> list[Problem]:
-    """What apply refuses (commands.intermediates_refusal), said before it is run."""
+    """What apply refuses (certs.intermediate_flaws, as commands.intermediates_refusal words it), said before
+    it is run."""
     if not ws.unkeyed:
         return []
     folders = [hints.path(certs.CERTS_DIR, name) for name in sorted(ws.unkeyed)]

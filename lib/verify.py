@@ -129,6 +129,11 @@ class Extra:
     not_ours: list[str] = field(default_factory=list)  # contexts whose namespace of that name verify did not create
 
 
+def _made_by_verify(labels: dict[str, str]) -> bool:
+    """A namespace verify may use and delete: one it labelled when it made it."""
+    return labels.get(CREATED_BY) == CREATOR
+
+
 def _already_read(mesh: Mesh, observed: dict[str, Observed], namespace: str, ambient: bool) -> Extra:
     """What status's read of each cluster shows verify: a namespace of that name verify did not make, and
     whether a Gateway of istio-system exposes the services (where the Istio objects were listed)."""
@@ -136,7 +141,7 @@ def _already_read(mesh: Mesh, observed: dict[str, Observed], namespace: str, amb
     for cluster in mesh.topology.clusters:
         seen = observed.get(cluster.context) or Observed()
         labels = seen.namespace_labels
-        if labels is not None and namespace in labels and labels[namespace].get(CREATED_BY) != CREATOR:
+        if labels is not None and namespace in labels and not _made_by_verify(labels[namespace]):
             extra.not_ours.append(cluster.context)
         if seen.istio_gateways is not None and reads_gateways(mesh, cluster, ambient):
             extra.exposes_local[cluster.name] = gateways_expose_local(seen.istio_gateways)
@@ -162,7 +167,7 @@ def read_extra(mesh: Mesh, tools: Tools, runner, options: Options, reporter: Rep
 
         def action(ctx: RunContext) -> None:
             out = ctx.run(namespace).stdout.strip() if namespace is not None else ""
-            if out and ((json.loads(out).get("metadata") or {}).get("labels") or {}).get(CREATED_BY) != CREATOR:
+            if out and not _made_by_verify((json.loads(out).get("metadata") or {}).get("labels") or {}):
                 extra.not_ours.append(cluster.context)
             if endpoints is not None:
                 extra.istiod_addresses[cluster.name] = _parsed(ctx.run(endpoints), endpoint_address)
