@@ -100,6 +100,12 @@ def test_an_intermediate_whose_key_is_not_its_certificates_is_named_and_a_half_m
     (cert_dir / "c1" / "ca-key.pem").write_bytes(key1)
     (cert_dir / "c2" / "ca-key.pem").write_bytes(b"")  # half-made: apply makes it again, no refusal
     assert certs.keys_not_matching(cert_dir, ["c1", "c2"]) == []
+    # Both findings together, as apply refuses and status reports them; none during a move to a new root,
+    # whose stages decide what each cluster holds.
+    (cert_dir / "c1" / "ca-key.pem").write_bytes(key2)
+    (cert_dir / "c2" / "ca-key.pem").write_bytes(key2)
+    assert certs.intermediate_flaws(cert_dir, ["c1", "c2"], moving=False) == certs.IntermediateFlaws([], ["c1"])
+    assert certs.intermediate_flaws(cert_dir, ["c1", "c2"], moving=True) == certs.IntermediateFlaws([], [])
 
 
 def test_a_signing_interrupted_midway_is_finished_by_the_next_run_with_its_key(tmp_path, monkeypatch):
