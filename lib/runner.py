@@ -160,7 +160,6 @@ class ShRunner(_Base):
             _tty_in=False,
             _ok_code=list(range(-64, 256)),  # signals show as negative codes
             _bg_exc=False,
-            _timeout=command.timeout,
             _preexec_fn=_in_child,
             _decode_errors="replace",
             _truncate_exc=False,
@@ -171,24 +170,23 @@ class ShRunner(_Base):
             if self._stopped:
                 raise Interrupted(f"interrupted before `{command.pasteable()}` started")
         start = time.monotonic()
-        timed_out = False
         proc = self._start_recorded(program, command, kwargs)
+        deadline = _Deadline(proc, command.timeout)
         try:
             proc.wait()
             exit_code, out, err = proc.exit_code, proc.stdout, proc.stderr
         except sh.ErrorReturnCode as exc:  # sh 2.0 raises for SIGTERM and the like even when the code is allowed
             exit_code, out, err = exc.exit_code, proc.stdout, proc.stderr
-        except sh.TimeoutException as exc:
-            timed_out = True
-            exit_code = exc.exit_code if isinstance(exc.exit_code, int) else -1
-            out, err = proc.stdout, proc.stderr
         except BaseException:  # Ctrl-C while this thread waits for it: the program must not outlive the run
             _terminate(proc)
             raise
         finally:
+            deadline.cancel()
             with self._lock:
                 self._running.pop(id(proc), None)
         duration = time.monotonic() - start
+        # A program that ended on its own as the deadline came (exit 0) did not time out.
+        timed_out = deadline.fired and exit_code != 0
         result = Result(command, exit_code, _text(out), _text(err), duration, timed_out)
         return self._finish(result)
 
@@ -228,6 +226,40 @@ class ShRunner(_Base):
         again, or it would leave behind what it made."""
         with self._lock:
             self._stopped = False
+
+
+class _Deadline:
+    """Kills a program still running ``seconds`` after it started (SIGKILL, as sh's ``_timeout`` does).
+
+    Not sh's ``_timeout``: its watcher thread looks for the program's end once every 0.1 s, and the run
+    waits for that thread, so each command with a timeout lasted up to 100 ms longer than its program.
+    """
+
+    def __init__(self, proc, seconds: float | None) -> None:
+        self.fired = False
+        self._lock = threading.Lock()
+        self._over = False
+        self._timer = None
+        if seconds is not None:
+            self._timer = threading.Timer(seconds, self._expire, args=(proc,))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _expire(self, proc) -> None:
+        with self._lock:
+            if self._over:
+                return
+            self.fired = True
+        try:
+            proc.kill()
+        except Exception:  # it ended meanwhile
+            pass
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._over = True
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 def _terminate(proc) -> None:

@@ -63,6 +63,18 @@ def test_timeout_is_reported_as_such():
     assert "timed out after 0.3s" in info.value.message
 
 
+def test_a_command_with_a_timeout_ends_when_its_program_does():
+    # sh's own _timeout noticed a program's end on a 0.1 s tick: every kubectl call of a run lasted up to
+    # 100 ms longer than kubectl did, ten quick commands at least a second. 0.5 s leaves a loaded machine
+    # five times the room it needs to start `true` ten times.
+    runner = ShRunner()
+    durations = []
+    runner.listeners.append(lambda result: durations.append(result.duration))
+    for _ in range(10):
+        runner.run(Command(("true",), timeout=60))
+    assert sum(durations) < 0.5, f"ten runs of `true` took {sum(durations):.2f}s"
+
+
 def test_stdin_is_passed_and_files_written_by_tools_are_private(tmp_path):
     ShRunner().run(Command(("sh", "-c", "cat > out.txt"), stdin="hello", cwd=str(tmp_path)))
     path = tmp_path / "out.txt"
