@@ -247,7 +247,8 @@ class _Deadline:
 
     def _expire(self, proc) -> None:
         with self._lock:
-            if self._over:
+            # Over, or reaped already (its pid may be another program's by now): nothing to kill.
+            if self._over or proc.process.exit_code is not None:
                 return
             self.fired = True
         try:

@@ -4,6 +4,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,28 @@ def test_a_command_with_a_timeout_ends_when_its_program_does():
     for _ in range(10):
         runner.run(Command(("true",), timeout=60))
     assert sum(durations) < 0.5, f"ten runs of `true` took {sum(durations):.2f}s"
+    # and no timer outlives its command: one left would send SIGKILL to whatever holds that pid by then
+    # (a cancelled timer's thread ends at once; the timeouts here are a minute)
+    for timer in [t for t in threading.enumerate() if isinstance(t, threading.Timer)]:
+        timer.join(1.0)
+        assert not timer.is_alive()
+
+
+def test_a_deadline_that_comes_after_the_program_was_reaped_kills_nothing():
+    # Its pid may belong to another program by then. (The runner cancels the deadline when the program ends;
+    # this is the moment between the two.)
+    from types import SimpleNamespace
+
+    from lib.runner import _Deadline
+
+    killed = []
+    reaped = SimpleNamespace(process=SimpleNamespace(exit_code=0), kill=lambda: killed.append("reaped"))
+    running = SimpleNamespace(process=SimpleNamespace(exit_code=None), kill=lambda: killed.append("running"))
+    deadlines = [_Deadline(reaped, 0.01), _Deadline(running, 0.01)]
+    for deadline in deadlines:
+        deadline._timer.join(1.0)
+    assert killed == ["running"]
+    assert [d.fired for d in deadlines] == [False, True]
 
 
 def test_stdin_is_passed_and_files_written_by_tools_are_private(tmp_path):
