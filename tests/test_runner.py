@@ -71,12 +71,13 @@ def test_a_command_with_a_timeout_ends_when_its_program_does():
     runner = ShRunner()
     durations = []
     runner.listeners.append(lambda result: durations.append(result.duration))
+    before = set(threading.enumerate())
     for _ in range(10):
         runner.run(Command(("true",), timeout=60))
     assert sum(durations) < 0.5, f"ten runs of `true` took {sum(durations):.2f}s"
     # and no timer outlives its command: one left would send SIGKILL to whatever holds that pid by then
     # (a cancelled timer's thread ends at once; the timeouts here are a minute)
-    for timer in [t for t in threading.enumerate() if isinstance(t, threading.Timer)]:
+    for timer in [t for t in set(threading.enumerate()) - before if isinstance(t, threading.Timer)]:
         timer.join(1.0)
         assert not timer.is_alive()
 
