@@ -169,10 +169,6 @@ def serve(fd: int) -> None:
     sock = socket.socket(fileno=fd)
     sys.path[0] = str(ROOT)  # as for `python setup_mesh.py`: the script's folder first
     import setup_mesh  # noqa: F401 - setup_mesh.py's imports, loaded once for every child
-    try:
-        import typer._adapters  # noqa: F401 - typer loads it on its first parse
-    except ImportError:
-        pass
     # What a run imports as it goes, imported once here (about 55 ms of CPU a run otherwise): lib/ beyond
     # what setup_mesh.py imports at its start (cryptography with it; lib/ reads nothing at import), and the
     # runner's sh (with asyncio and ssl), which the runner imports on its first command.
