@@ -57,7 +57,7 @@ class FakeClient:
                 continue
             seen = copy.deepcopy(held.state)
             if names[context] not in istio_objects_in:  # as kubectl's read: listed only when asked for
-                seen.istio_objects = None
+                seen.istio_objects, seen.istio_gateways = None, None
             seen.published_root, seen.roots_read = (held.published, True) if published_roots else (None, False)
             found[context] = seen if ambient else replace(seen, gateway_api=None, eastwest_gateway=None)
         return found
