@@ -32,6 +32,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ.pop(_name, None)
 # The emulated clusters answer at once: setup-mesh's waits (and the emulators' mesh retry) look again often.
 os.environ.setdefault("SETUP_MESH_POLL_INTERVAL", "0.2")
+# kubectl starts about 6,500 times in a run, nearly half the suite's CPU, most of it Go's own start-up, where the
+# garbage collector runs on every core. Collecting less often, on one core, takes a quarter off each start (47 → 35 ms
+# of CPU for `kubectl version --client` on 2 cores) and changes nothing kubectl does. A value already set wins.
+os.environ.setdefault("GOGC", "400")
+os.environ.setdefault("GOMAXPROCS", "1")
 # A pinned Istio release is fetched from GitHub unless a mirror is named: no test may reach the internet, so every
 # process the suite starts gets a mirror folder that does not exist (a test that forgets its own loopback mirror
 # fails loudly, naming this variable) and no developer's own mirror leaks in.
