@@ -12,7 +12,7 @@ import pytest
 from tests.meshkit import Mesh
 from tests.sandbox import LB_DELAY, Sandbox
 from tests import cliserver
-from tests.sandbox import standinserver
+from tests.sandbox import emulatorserver, standinserver
 from tests.sandbox.kubectl import pinned_kubectl
 from tests.shapes import Shapes
 
@@ -45,13 +45,15 @@ os.environ["SETUP_MESH_ISTIO_MIRROR"] = "/nonexistent/tests-serve-istio-releases
 
 def pytest_sessionstart(session) -> None:
     """Each process that runs tests serves its stand-in istioctl calls from a server of its own (see
-    tests/sandbox/standinserver.py); the xdist controller runs none. ``SETUP_MESH_TESTS_SUBPROCESS=1``: every
-    call is a plain process, as for the CLI."""
+    tests/sandbox/standinserver.py), and forks its emulators from another (tests/sandbox/emulatorserver.py); the
+    xdist controller runs neither. ``SETUP_MESH_TESTS_SUBPROCESS=1``: every call and emulator is a plain process,
+    as for the CLI."""
     if os.environ.get(cliserver.PLAIN_ENV):
         return
     if getattr(session.config.option, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
         return
     standinserver.start()
+    emulatorserver.start()
 
 
 # Under ``--dist loadgroup`` an xdist worker renames each test of an ``xdist_group`` ``<id>@<group>``, which is how the

@@ -49,7 +49,7 @@ from typing import Mapping, Sequence
 
 import yaml
 
-from . import reads
+from . import emulatorserver, reads
 from .kubectl import pinned_kubectl
 
 APISERVER = Path(__file__).resolve().parent / "apiserver.py"
@@ -101,13 +101,19 @@ def _process_alive(pid: int) -> bool:
         return True
 
 
-def _is_our_emulator(pid: int, name: str) -> bool:
-    """Guard against a recycled pid: the process must be an emulator started for ``name``."""
+def _is_our_emulator(pid: int, name: str, state_dir: Path) -> bool:
+    """Guard against a recycled pid: the process must be an emulator started for ``name``, by its own command
+    line or, forked by a test process's emulator server (emulatorserver.py), by its output file."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             argv = fh.read().split(b"\0")
     except OSError:
         return _process_alive(pid)  # no /proc: trust the recorded pid
+    if any(a.endswith(b"emulatorserver.py") for a in argv):
+        try:
+            return os.readlink(f"/proc/{pid}/fd/1") == str(state_dir / "stdout.log")
+        except OSError:
+            return False
     if not any(a.endswith(b"apiserver.py") or a.endswith(b"tests.sandbox.apiserver") for a in argv):
         return False
     if b"--name=" + name.encode() in argv:
@@ -131,7 +137,7 @@ class Sandbox:
     def __init__(self, directory: Path, state: dict):
         self.dir = Path(directory).resolve()
         self._state = state
-        self._procs: dict[str, subprocess.Popen] = {}
+        self._procs: dict[str, subprocess.Popen | emulatorserver.Forked] = {}
         self._readers: dict[tuple[str, str, str], reads.Reader] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -468,8 +474,8 @@ class Sandbox:
         kube_version = (self._state.get("kube_versions") or {}).get(ctx)
         argv += [f"--kube-version={kube_version}"] if kube_version else []
         with open(state_dir / "stdout.log", "wb") as out, open(state_dir / "stderr.log", "ab") as err:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
-                                    close_fds=True)
+            proc = emulatorserver.spawn(argv, out, err) or subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True, close_fds=True)
         self._procs[ctx] = proc
         self._state["clusters"][ctx] = {"pid": proc.pid, "port": None, "token": token, "state_dir": str(state_dir),
                                         "lb_delay": lb_delay, "running": True, "host": host}
@@ -510,7 +516,7 @@ class Sandbox:
                     proc.wait(STOP_TIMEOUT)
                 return True
             return False
-        if not pid or not _process_alive(pid) or not _is_our_emulator(pid, ctx):
+        if not pid or not _process_alive(pid) or not _is_our_emulator(pid, ctx, Path(info["state_dir"])):
             return False
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT
