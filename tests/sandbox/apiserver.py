@@ -21,11 +21,11 @@ import argparse
 import base64
 import binascii
 import contextlib
-import copy
 import hashlib
 import heapq
 import json
 import os
+import pickle
 import re
 import secrets as pysecrets
 import select
@@ -67,6 +67,12 @@ SERVER_VERSION = {
     "platform": "linux/amd64",
 }
 
+
+
+def _clone(value):
+    """A deep copy of stored data (JSON values, tuple keys): pickle's round trip, three times faster than
+    copy.deepcopy, where the emulator spent a seventh of its time (every write and every mesh view copies)."""
+    return pickle.loads(pickle.dumps(value, pickle.HIGHEST_PROTOCOL))
 
 
 def set_server_version(version: str) -> None:
@@ -502,8 +508,8 @@ class PatchError(Exception):
 def merge_patch(target, patch):
     """RFC 7386 JSON merge patch."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+        return _clone(patch)
+    result = _clone(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
             result.pop(key, None)
@@ -541,7 +547,7 @@ def json_patch(doc, ops):
     """RFC 6902 JSON patch."""
     if not isinstance(ops, list):
         raise PatchError("json patch must be a list of operations")
-    doc = copy.deepcopy(doc)
+    doc = _clone(doc)
 
     def get_parent(path, op):
         tokens = _pointer(path)
@@ -589,21 +595,21 @@ def json_patch(doc, ops):
             raise PatchError("invalid json patch operation")
         kind, path = op["op"], op["path"]
         if kind == "add":
-            add(path, copy.deepcopy(op.get("value")), "add")
+            add(path, _clone(op.get("value")), "add")
         elif kind == "remove":
             remove(path, "remove")
         elif kind == "replace":
             parent, last = get_parent(path, "replace")
             if parent is None and last is None:
-                doc = copy.deepcopy(op.get("value"))
+                doc = _clone(op.get("value"))
                 continue
             if isinstance(parent, dict):
                 if last not in parent:
                     raise PatchError(f"replace operation does not apply: doc is missing key: {path}")
-                parent[last] = copy.deepcopy(op.get("value"))
+                parent[last] = _clone(op.get("value"))
             elif isinstance(parent, list):
                 try:
-                    parent[int(last)] = copy.deepcopy(op.get("value"))
+                    parent[int(last)] = _clone(op.get("value"))
                 except (ValueError, IndexError):
                     raise PatchError(f"replace operation does not apply: doc is missing index: {path}")
             else:
@@ -612,7 +618,7 @@ def json_patch(doc, ops):
             value = remove(op.get("from", ""), "move")
             add(path, value, "move")
         elif kind == "copy":
-            value = copy.deepcopy(_walk(doc, _pointer(op.get("from", "")), "copy"))
+            value = _clone(_walk(doc, _pointer(op.get("from", "")), "copy"))
             add(path, value, "copy")
         elif kind == "test":
             if _walk(doc, _pointer(path), "test") != op.get("value"):
@@ -679,7 +685,7 @@ _DELETE = object()
 def strategic_merge(original, patch, kind: str, path: tuple[str, ...] = ()):
     """Apply a strategic merge patch (the directives kubectl sends) to ``original``."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return _clone(patch)
     directive = patch.get("$patch")
     if directive == "replace":
         return _strip_directives({k: v for k, v in patch.items() if k != "$patch"})
@@ -687,7 +693,7 @@ def strategic_merge(original, patch, kind: str, path: tuple[str, ...] = ()):
         return _DELETE
     if directive not in (None, "merge"):
         raise PatchError(f"Unknown patch type: {directive} in map: {json.dumps(patch)}")
-    result = copy.deepcopy(original) if isinstance(original, dict) else {}
+    result = _clone(original) if isinstance(original, dict) else {}
     orders, deletions = {}, {}
     retain = patch.get("$retainKeys")
     for key, value in patch.items():
@@ -728,7 +734,7 @@ def strategic_merge(original, patch, kind: str, path: tuple[str, ...] = ()):
 def _merge_list(current: list, patch: list, kind: str, path: tuple[str, ...]) -> list:
     key = merge_key_for(path, kind)
     if key is None:
-        return _strip_directives(copy.deepcopy(patch))
+        return _strip_directives(_clone(patch))
     if key == PRIMITIVE_MERGE:
         out = list(current)
         for v in patch:
@@ -737,7 +743,7 @@ def _merge_list(current: list, patch: list, kind: str, path: tuple[str, ...]) ->
         return out
     if any(isinstance(item, dict) and item.get("$patch") == "replace" for item in patch):
         return [_strip_directives(i) for i in patch if not (isinstance(i, dict) and i.get("$patch") == "replace")]
-    result = copy.deepcopy(current)
+    result = _clone(current)
     for item in patch:
         if not isinstance(item, dict):
             result.append(item)
@@ -1165,7 +1171,7 @@ class Cluster:
         return (rt.group, rt.plural, (ns or "") if rt.namespaced else "", name)
 
     def _present(self, rt: ResType, obj: dict) -> dict:
-        out = copy.deepcopy(obj)
+        out = _clone(obj)
         if rt.crd:
             out["apiVersion"] = rt.api_version
         return out
@@ -1383,7 +1389,7 @@ class Cluster:
         if kind != rt.kind:
             raise ApiError(400, f"the kind in the data ({kind}) does not match the expected kind ({rt.kind}) "
                                 f"for {_qualified(rt)}")
-        body = copy.deepcopy(body)
+        body = _clone(body)
         body["apiVersion"] = rt.api_version
         meta = body.get("metadata")
         if meta is None:
@@ -1552,7 +1558,7 @@ class Cluster:
     def _update(self, rt: ResType, key, old: dict, new: dict, query: dict, sub: str | None,
                 managed: list | None = None) -> dict:
         if sub == "status":
-            merged = copy.deepcopy(old)
+            merged = _clone(old)
             if "status" in new:
                 merged["status"] = new["status"]
             else:
@@ -1560,7 +1566,7 @@ class Cluster:
             new = merged
         elif rt.status_split:
             if "status" in old:
-                new["status"] = copy.deepcopy(old["status"])
+                new["status"] = _clone(old["status"])
             else:
                 new.pop("status", None)
         if not rt.crd:
@@ -1641,7 +1647,7 @@ class Cluster:
                 err = Invalid()
                 err.invalid_value("spec.replicas", replicas, "must be greater than or equal to 0")
                 raise err.error("Scale", name)
-            new = copy.deepcopy(old)
+            new = _clone(old)
             new.setdefault("spec", {})["replicas"] = replicas
             return self._scale_of(self._update(rt, key, old, new, query, None))
 
@@ -1680,7 +1686,7 @@ class Cluster:
         if obj["metadata"].get("finalizers"):
             if obj["metadata"].get("deletionTimestamp"):
                 return obj
-            new = copy.deepcopy(obj)
+            new = _clone(obj)
             new["metadata"]["deletionTimestamp"] = now_rfc3339()
             new["metadata"]["deletionGracePeriodSeconds"] = 0
             return self._commit(rt, key, new, "MODIFIED", obj)
@@ -1689,14 +1695,14 @@ class Cluster:
             # finalizer (spec.finalizers), which takes namespace_delete_delay seconds here.
             if obj["metadata"].get("deletionTimestamp"):
                 return obj
-            terminating = copy.deepcopy(obj)
+            terminating = _clone(obj)
             terminating["metadata"]["deletionTimestamp"] = now_rfc3339()
             terminating["metadata"]["deletionGracePeriodSeconds"] = 0
             terminating.setdefault("status", {})["phase"] = "Terminating"
             committed = self._commit(rt, key, terminating, "MODIFIED", obj)
             self._schedule(self.namespace_delete_delay, self._finalize_namespace, key, obj["metadata"]["uid"])
             return committed
-        gone = self._commit(rt, key, copy.deepcopy(obj), "DELETED", obj)
+        gone = self._commit(rt, key, _clone(obj), "DELETED", obj)
         self._after_delete(rt, key, gone)
         return gone
 
@@ -1719,7 +1725,7 @@ class Cluster:
             self._schedule(0.1, self._finalize_namespace, key, uid)
             return
         rt = self.lookup("", "v1", "namespaces")
-        final = copy.deepcopy(self.objects[key])
+        final = _clone(self.objects[key])
         final["spec"]["finalizers"] = []
         gone = self._commit(rt, key, final, "DELETED", obj)
         self._after_delete(rt, key, gone)
@@ -1728,7 +1734,7 @@ class Cluster:
         obj = self.objects.get(key)
         if obj is None:
             return
-        gone = self._commit(rt, key, copy.deepcopy(obj), "DELETED", obj)
+        gone = self._commit(rt, key, _clone(obj), "DELETED", obj)
         if rt is not None:
             self._after_delete(rt, key, gone)
 
@@ -1793,7 +1799,7 @@ class Cluster:
             if old is None or "status" not in obj:
                 storage = [v.get("name") for v in spec.get("versions", []) if v.get("storage")]
                 obj["status"] = {
-                    "acceptedNames": copy.deepcopy(names),
+                    "acceptedNames": _clone(names),
                     "conditions": [
                         {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
                          "message": "no conflicts found", "lastTransitionTime": now_rfc3339()},
@@ -1881,7 +1887,7 @@ class Cluster:
         if old is not None:
             for field in ("clusterIP", "clusterIPs"):
                 if field not in spec and field in old_spec and spec["type"] != "ExternalName":
-                    spec[field] = copy.deepcopy(old_spec[field])
+                    spec[field] = _clone(old_spec[field])
             if spec["type"] not in ("NodePort", "LoadBalancer") and old_spec.get("type") in ("NodePort",
                                                                                           "LoadBalancer"):
                 for p in spec.get("ports") or []:  # like the real server: allocations go with the old type
@@ -2228,7 +2234,7 @@ class Cluster:
             else:
                 self._schedule(self.lb_delay, self._assign_lb, key, obj["metadata"]["uid"])
         elif ingress:
-            new = copy.deepcopy(obj)
+            new = _clone(obj)
             new["status"]["loadBalancer"] = {}
             self._commit(rt, key, new, "MODIFIED", obj)
 
@@ -2240,7 +2246,7 @@ class Cluster:
             return
         ip = f"{LB_PREFIX}{self.next_lb_ip}"
         self.next_lb_ip = self.next_lb_ip + 1 if self.next_lb_ip < 254 else 1
-        new = copy.deepcopy(obj)
+        new = _clone(obj)
         new.setdefault("status", {})["loadBalancer"] = {"ingress": [{"ip": ip, "ipMode": "VIP"}]}
         self._commit(self.lookup("", "v1", "services"), key, new, "MODIFIED", obj)
         self._gateway_controller_soon()
@@ -2309,7 +2315,7 @@ class Cluster:
         comparable = {k: v for k, v in old_status.items() if k != "conditions"}
         if comparable == {k: v for k, v in status.items() if k != "conditions"} and old_status.get("conditions"):
             return
-        new = copy.deepcopy(obj)
+        new = _clone(obj)
         new["status"] = status
         self._commit(rt, key, new, "MODIFIED", obj)
 
@@ -2321,7 +2327,7 @@ class Cluster:
                   "observedGeneration": obj["metadata"].get("generation", 1)}
         if obj.get("status") == status:
             return
-        new = copy.deepcopy(obj)
+        new = _clone(obj)
         new["status"] = status
         self._commit(rt, key, new, "MODIFIED", obj)
 
@@ -2381,13 +2387,13 @@ class Cluster:
             self._replica_failure(key, None)
         for _ in range(missing):
             name = f"{key[3]}-{template_hash}-" + "".join(pysecrets.choice(alphabet) for _ in range(5))
-            meta = copy.deepcopy(template.get("metadata") or {})
+            meta = _clone(template.get("metadata") or {})
             meta.update({"name": name, "namespace": ns})
             meta["labels"] = {**(meta.get("labels") or {}), "pod-template-hash": template_hash}
             meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "Deployment", "name": key[3], "uid": uid,
                                         "controller": True, "blockOwnerDeletion": True}]
             body = {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
-                    "spec": copy.deepcopy(template.get("spec") or {})}
+                    "spec": _clone(template.get("spec") or {})}
             body["spec"]["nodeName"] = f"{_node_name(self.name)}-control-plane"
             self.pod_injection = injection
             try:
@@ -2509,7 +2515,7 @@ class Cluster:
              "message": f'ReplicaSet "{key[3]}-{hashlib.sha1(key[3].encode()).hexdigest()[:10]}" {progress}.',
              "lastUpdateTime": stamp, "lastTransitionTime": stamp},
         ]
-        new = copy.deepcopy(obj)
+        new = _clone(obj)
         new["status"] = status
         self._commit(rt, key, new, "MODIFIED", obj)
 
@@ -2547,7 +2553,7 @@ class Cluster:
 
         if comparable(obj.get("status") or {}) == comparable(status):
             return
-        new = copy.deepcopy(obj)
+        new = _clone(obj)
         new["status"] = status
         self._commit(rt, key, new, "MODIFIED", obj)
 
@@ -2714,7 +2720,7 @@ class Cluster:
         schema = {"type": "object"}
         for v in crd.get("spec", {}).get("versions", []):
             if v.get("name") == t.version:
-                schema = copy.deepcopy((v.get("schema") or {}).get("openAPIV3Schema") or schema)
+                schema = _clone((v.get("schema") or {}).get("openAPIV3Schema") or schema)
         schema["x-kubernetes-group-version-kind"] = [{"group": t.group, "version": t.version, "kind": t.kind}]
         return schema
 
@@ -2724,7 +2730,7 @@ class Cluster:
 
     def mesh_view(self) -> "meshmodel.View":
         with self.lock:
-            return meshmodel.View(self.name, copy.deepcopy(self.objects))
+            return meshmodel.View(self.name, _clone(self.objects))
 
     def _run_mesh_agent(self):
         """What Istio does where only the network can tell (see meshmodel.py), outside the lock: the injector's
@@ -2740,11 +2746,11 @@ class Cluster:
                 unpatched = self._unpatched_injectors()
                 if not replicate and not waiting and not unpatched:
                     continue
-                view = meshmodel.View(self.name, copy.deepcopy(self.objects))
+                view = meshmodel.View(self.name, _clone(self.objects))
             network = meshmodel.Network(meshmodel.load_hosts(self.hosts_file))
             if unpatched and self._patch_injectors(view, network):
                 with self.lock:
-                    view = meshmodel.View(self.name, copy.deepcopy(self.objects))
+                    view = meshmodel.View(self.name, _clone(self.objects))
             verdicts = {}
             for key in sorted(set(replicate) | waiting):
                 obj = view.objects.get(key) or {}
@@ -2799,7 +2805,7 @@ class Cluster:
                 old = self.objects.get(key)
                 if old is None:
                     continue
-                new = copy.deepcopy(old)
+                new = _clone(old)
                 for hook in new.get("webhooks") or []:
                     hook.setdefault("clientConfig", {})["caBundle"] = bundle
                 if new != old:
@@ -2827,7 +2833,7 @@ class Cluster:
         pod = self.objects.get(key)
         if pod is None:
             return
-        new = copy.deepcopy(pod)
+        new = _clone(pod)
         status = new.get("status") or {}
         for cs in status.get("containerStatuses") or []:
             if cs.get("name") == name:
@@ -2879,7 +2885,7 @@ class Cluster:
         with self.lock:
             items = [{"group": k[0], "resource": k[1], "namespace": k[2], "name": k[3], "object": self.objects[k]}
                      for k in sorted(self.objects)]
-            return json.dumps({"cluster": self.name, "objects": items}, sort_keys=True, indent=1).encode()
+            return json.dumps({"cluster": self.name, "objects": items}, sort_keys=True, separators=(",", ":")).encode()
 
     # -- save and restore (a test starts from a copy of a cluster instead of building it again) -------------
 
@@ -3418,7 +3424,7 @@ class Handler(BaseHTTPRequestHandler):
     def _exec_request(self, cluster: Cluster, ns: str, name: str) -> _Exec:
         params = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
         with cluster.lock:
-            pod = copy.deepcopy(cluster.get(cluster.lookup("", "v1", "pods"), ns, name))
+            pod = _clone(cluster.get(cluster.lookup("", "v1", "pods"), ns, name))
         upgrade = (self.headers.get("Upgrade") or "").lower()
         offered = [p.strip() for p in (self.headers.get("Sec-WebSocket-Protocol") or "").split(",") if p.strip()]
         if self.command != "GET" or upgrade != "websocket" or not self.headers.get("Sec-WebSocket-Key"):
