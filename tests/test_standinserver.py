@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+import types
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -103,3 +104,26 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_copies_of_one_release_share_a_compilation_under_their_own_file_names(tmp_path: Path) -> None:
+    """Every sandbox holds its own copy of the stand-in: the server compiles a text once, and each copy's code
+    names that copy (a traceback names the file that ran); another version's text is compiled apart."""
+    first, second, older = (materialize_release(tmp_path / name, version=version) / "bin" / "_istioctl_standin.py"
+                            for name, version in (("a", "1.30.3"), ("b", "1.30.3"), ("c", "1.29.0")))
+    codes: dict = {}
+    compiled = [standinserver._code(str(path), codes) for path in (first, second, older)]
+
+    def files(code: types.CodeType) -> set[str]:
+        nested = [c for c in code.co_consts if isinstance(c, types.CodeType)]
+        return {code.co_filename}.union(*(files(c) for c in nested))
+
+    assert [files(code) for code in compiled] == [{str(first)}, {str(second)}, {str(older)}]
+    assert len([key for key in codes if isinstance(key, bytes)]) == 2  # two texts, each compiled once
+    versions = []
+    for code in compiled:
+        namespace: dict = {"__name__": "_istioctl_standin", "__file__": code.co_filename}
+        exec(code, namespace)
+        versions.append(namespace["VERSION"])
+    assert versions == ["1.30.3", "1.30.3", "1.29.0"]
+    assert standinserver._code(str(second), codes) is compiled[1]  # the same file as it stands: the same code
