@@ -166,6 +166,7 @@ def serve(fd: int) -> None:
     sock = socket.socket(fileno=fd)
     sys.path.append(str(ROOT))
     import apiserver  # noqa: F401 - loaded once for every child
+    import encodings.idna  # noqa: F401 - loaded by socket.getfqdn, which each emulator's server_bind calls
     from tests.cliserver import run_as_interpreter  # noqa: F401 - the child ends as an interpreter does
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children

@@ -112,9 +112,10 @@ def serve(address: str, parent_fd: int) -> None:
 
 def _preload() -> None:
     """What the stand-in imports (its module's own imports, loaded once here for every child)."""
-    for name in ("base64", "copy", "csv", "errno", "fcntl", "hashlib", "http.client", "json", "random", "re",
-                 "ssl", "tempfile", "time", "urllib.error", "urllib.parse", "urllib.request", "uuid", "yaml",
-                 "subprocess", "shutil", "traceback", "types"):
+    # encodings.idna: what socket.getaddrinfo loads to encode a host name, at each call's first request.
+    for name in ("base64", "copy", "csv", "encodings.idna", "errno", "fcntl", "hashlib", "http.client", "json",
+                 "random", "re", "ssl", "tempfile", "time", "urllib.error", "urllib.parse", "urllib.request", "uuid",
+                 "yaml", "subprocess", "shutil", "traceback", "types"):
         try:
             __import__(name)
         except ImportError:
