@@ -108,3 +108,7 @@ def test_ambient_one_programmed_gateway_clears_the_network_and_otherwise_each_is
     assert cause.status_problems == (("c2", "gateway_missing"), ("c3", "gateway_not_programmed"))
     assert "`kubectl --context c2 get gateways.gateway.networking.k8s.io istio-eastwestgateway -n istio-system " \
            "-o yaml`; `kubectl --context c3 get" in cause.hint
+    # Either way the hint ends with where the calling cluster's ztunnel shows what it was given.
+    assert cause.hint.endswith("`istioctl ztunnel-config services --context c1` shows the endpoints c1's ztunnel has "
+                               "for helloworld.verify, `istioctl ztunnel-config workloads --context c1` the workloads "
+                               "(those of n2 appear only behind a network gateway)")
