@@ -306,3 +306,41 @@ def test_an_intermediate_whose_key_is_not_its_certificates_is_named_with_apply_s
     assert problem.hint == f"`rm -r {c1} {c3}`, then {hints.apply} (it issues a new intermediate CA), or put back " \
                            f"the ca-key.pem made with it"
     assert all(c.healthy for c in status.clusters), "the clusters themselves run as they are"
+
+
+def test_drift_says_whether_setup_mesh_left_no_record_or_the_install_differs(tmp_path, roots):
+    def drifted(observed, istiod):
+        observed["c2"] = replace(observed["c2"], applied=None)  # installed by hand, or apply did not finish
+        observed["c3"] = replace(observed["c3"], applied="fp-an-older-base")
+
+    _, status = _status(tmp_path, roots, drifted)
+    assert _codes(status, "c1") == []
+    assert _problem(status, "c2", "drift").message == ("istio-system carries no record of what setup-mesh installed "
+                                                       "(installed by hand, or apply did not finish)")
+    assert _problem(status, "c3", "drift").message == ("the installation differs from what topology.yaml and "
+                                                       "base.yaml describe now")
+
+
+def test_a_set_up_cluster_missing_its_istio_objects_is_told_which(tmp_path, roots):
+    """The objects of a multi-network primary are read (Observed.istio_objects): one deleted by hand is named on
+    that cluster; a cluster with no record of setup-mesh is judged by its drift instead."""
+    def deleted(observed, istiod):
+        for ctx in ("c1", "c2"):
+            observed[ctx] = replace(observed[ctx], istio_objects=frozenset())
+        observed["c2"] = replace(observed["c2"], applied=None)
+
+    _, status = _status(tmp_path, roots, deleted)
+    missing = _problem(status, "c1", "istio_objects_missing")
+    assert missing.message.startswith("missing from istio-system: Gateway cross-network-gateway")
+    assert "istio_objects_missing" not in _codes(status, "c2") and "drift" in _codes(status, "c2")
+    assert "istio_objects_missing" not in _codes(status, "c3"), "not read there: not judged"
+
+
+def test_a_cluster_missing_from_what_was_read_is_reported_not_read(tmp_path, roots):
+    def lost(observed, istiod):
+        del observed["c2"]
+
+    _, status = _status(tmp_path, roots, lost)
+    (c2,) = [c for c in status.clusters if c.cluster.context == "c2"]
+    assert not c2.reachable and not status.healthy
+    assert [p.message for p in c2.problems] == ["cannot read the cluster: not read"]
