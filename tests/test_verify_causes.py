@@ -125,6 +125,40 @@ def test_ambient_ztunnel_is_blamed_from_status_reading_of_the_daemonset(tmp_path
         assert cause.message.startswith("c2's ztunnel is missing")
 
 
+
+def test_ambient_each_ztunnel_down_is_named_with_its_pods_and_the_command_that_shows_it(tmp_path, roots):
+    """A call between two clusters whose ztunnels are both down names both: the one gone, and the one short of
+    ready pods with its counts; each hint ends with the command that lists that cluster's ztunnel."""
+    from dataclasses import replace
+
+    from lib.config import AMBIENT
+
+    topology = _topology(tmp_path)
+    observed, istiod = _healthy(topology, roots[0])
+    observed["c1"].daemonsets["ztunnel"] = {"status": {"numberReady": 1, "desiredNumberScheduled": 1}}
+    observed["c3"].daemonsets["ztunnel"] = {"status": {"numberReady": 1, "desiredNumberScheduled": 2}}
+    status = evaluate(replace(_ws(tmp_path, topology, roots[0]), data_plane=AMBIENT), observed, istiod, now=NOW)
+    names = [c.name for c in topology.clusters]
+    runs = {c.context: ClusterRun(applied=True, client=READY, server=READY,
+                                  answered_by={n: 1 for n in names if not {"c2", "c3"} & {c.name, n} or n == c.name})
+            for c in topology.clusters}
+    status_hints = Hints(tmp_path, topology)
+    pairs, _ = judge(topology, runs, Facts(status, {}, mesh_model(topology, AMBIENT)),
+                     VerifyHints(status_hints, "setup-mesh-verify", None, ambient=True))
+    (pair,) = [p for p in pairs if (p.source, p.target) == ("c3", "c2")]
+    causes = [c for c in pair.causes if c.code == "ztunnel_not_ready"]
+    c2, c3 = topology.clusters[1], topology.clusters[2]
+    assert [c.message for c in causes] == [
+        "c3's ztunnel is not ready (1 of 2 pods ready): its pods neither call nor take calls across the mesh",
+        "c2's ztunnel is missing: its pods neither call nor take calls across the mesh"]
+    for cause, cluster, code in zip(causes, (c3, c2), ("ztunnel_not_ready", "ztunnel_missing")):
+        (problem,) = [p for c in status.clusters if c.cluster is cluster for p in c.problems if p.code == code]
+        look = status_hints.kubectl(cluster, "get", "daemonsets", "-n", "istio-system", "-l",
+                                    "app.kubernetes.io/name=ztunnel")
+        assert cause.hint == f"{problem.hint}; look at it: `{look}`"
+        assert cause.status_problems == ((cluster.context, code),)
+
+
 def test_a_problem_about_another_peer_is_not_put_on_a_pair(tmp_path, roots):
     # c1 lacks c3's secret only: a call from c1 to c2 that fails is not explained by it
     _, result = _verify(tmp_path, roots, _no_secret_of_c3, {("c1", "c3"), ("c1", "c2")})
@@ -387,6 +421,24 @@ def test_a_primary_holding_an_outdated_secret_of_one_remote_is_blamed_for_that_r
         assert (code, linked) == ("primary_lacks_secret", (("c2", "primary_lacks_secret"),))
         assert message == ("c1, the primary of c2, holds no current remote secret of c2 (outdated): c1's istiod does "
                            "not configure c2's sidecars")
+
+
+
+def test_a_primary_without_a_remotes_secret_is_blamed_with_the_command_that_lists_what_it_holds(tmp_path, roots):
+    def dropped(observed, istiod):
+        del observed["c1"].remote_secrets["c2"]
+
+    topology, status = _primary_with_remotes(tmp_path, roots, change=dropped)
+    assert "remote_secret_missing" in _codes(status, "c1") and "primary_lacks_secret" in _codes(status, "c2")
+    blamed = _blamed(tmp_path, topology, status, {"c2"}, hints_too=True)
+    c1 = topology.clusters[0]
+    held = Hints(tmp_path, topology).kubectl(c1, "get", "secrets", "-n", "istio-system", "-l", "istio/multiCluster=true")
+    for causes in blamed.values():
+        (code, message, linked, hint) = causes[0]
+        assert (code, linked) == ("primary_lacks_secret", (("c2", "primary_lacks_secret"),))
+        assert message == ("c1, the primary of c2, holds no current remote secret of c2 (missing): c1's istiod does "
+                           "not configure c2's sidecars")
+        assert hint == f"{Hints(tmp_path, topology).apply} creates it in c1 again (`{held}` lists the secrets c1 holds)"
 
 
 def test_istiods_view_blames_the_primary_only_for_the_remote_it_has_not_synced(tmp_path, roots):
