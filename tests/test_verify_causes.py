@@ -441,6 +441,37 @@ def test_a_primary_without_a_remotes_secret_is_blamed_with_the_command_that_list
         assert hint == f"{Hints(tmp_path, topology).apply} creates it in c1 again (`{held}` lists the secrets c1 holds)"
 
 
+
+def test_a_remotes_own_istiod_service_and_its_primarys_unready_istiod_are_each_blamed_with_what_to_look_at(
+        tmp_path, roots):
+    """c2, a remote of c1, kept the selector of its primary days; c1's istiod has no ready replica: the pairs from
+    c2 name both, c1's own pairs its istiod, and each hint the command that shows the pods."""
+    from dataclasses import replace
+
+    from tests.fakecluster import istiod_services
+
+    def faults(observed, istiod):
+        observed["c2"].istiod_services = istiod_services({"istiod": {"app": "istiod"}})
+        istiod["c1"] = replace(istiod["c1"], ready=False)
+
+    topology, status = _primary_with_remotes(tmp_path, roots, change=faults)
+    blamed = _blamed(tmp_path, topology, status, {"c1", "c2", "c3"}, hints_too=True)
+    c1 = topology.clusters[0]
+    pods = f"`{Hints(tmp_path, topology).kubectl(c1, 'get', 'pods', '-n', 'istio-system', '-l', 'app=istiod')}`"
+    service = next(p for c in status.clusters if c.cluster.context == "c2" for p in c.problems
+                   if p.code == "istiod_service_selects_pods")
+    from_c2 = {cause[0]: cause for cause in blamed[("c2", "c4")]}
+    assert from_c2["istiod_service_selects_pods"] == (
+        "istiod_service_selects_pods", f"c2: {service.message}", (("c2", "istiod_service_selects_pods"),), service.hint)
+    assert from_c2["primary_istiod_not_ready"][1:] == (
+        "c2 is a remote of c1, whose istiod has no ready replica: c2's injector refuses new pods and its sidecars get "
+        "no configuration", (("c1", "istiod_not_ready"),), f"look at c1's istiod pods: {pods}")
+    from_c1 = {cause[0]: cause for cause in blamed[("c1", "c4")]}
+    assert from_c1["istiod_not_ready"][1:] == (
+        "c1's istiod has no ready replica: its injector refuses new pods and its sidecars get no configuration",
+        (("c1", "istiod_not_ready"),), f"look at its pods: {pods}")
+
+
 def test_istiods_view_blames_the_primary_only_for_the_remote_it_has_not_synced(tmp_path, roots):
     views = {"c1": IstiodView(remotes={"c2": "synced", "c3": "syncing", "c4": "synced"})}
     topology, status = _primary_with_remotes(tmp_path, roots, views=views)
