@@ -34,6 +34,7 @@ from lib.status import render
 from lib.statusinputs import Expected
 from lib.statusjudge import evaluate
 from lib.statusread import InjectorWebhook, Istiod, image_version, parse_istiod
+from lib.statusreport import Hints
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -248,6 +249,16 @@ def test_an_istiod_service_that_leads_nowhere(tmp_path, roots):
     ws = _ws(tmp_path, topology, roots[0])
     status = evaluate(ws, observed, istiod, now=NOW, injection=injection)
     assert status.healthy, [(c.cluster.context, c.problems) for c in status.clusters]
+    assert [c.istio_version for c in status.clusters] == ["1.29.0", "remote"]  # a remote runs its primary's
+
+    # The remote profile's Service gone (uninstalled by hand): the remote install is missing.
+    observed["c2"].istiod_services = {}
+    status = evaluate(ws, observed, istiod, now=NOW, injection=injection)
+    missing = [p for p in status.clusters[1].problems if p.code == "istio_missing"]
+    assert [(p.message, p.hint) for p in missing] == [
+        ("Istio's remote install is missing (no istiod Service leading to c1's istiod)", Hints(tmp_path, topology).apply)]
+    assert status.clusters[1].istio_version is None
+    observed["c2"].istiod_services = istiod_services({"istiod": {}})
 
     observed["c2"].istiod_services = istiod_services({"istiod": {"app": "istiod"}})  # left from when it was a primary
     observed["c1"].istiod_services = istiod_services({"istiod": {}})

@@ -157,6 +157,14 @@ def test_ambient_each_ztunnel_down_is_named_with_its_pods_and_the_command_that_s
                                     "app.kubernetes.io/name=ztunnel")
         assert cause.hint == f"{problem.hint}; look at it: `{look}`"
         assert cause.status_problems == ((cluster.context, code),)
+    # c2 not reaching its own helloworld either: its ztunnel says why, and nothing else is looked for;
+    # c1, whose ztunnel is ready, not reaching its own helloworld: that call is what failed.
+    runs["c1"] = replace(runs["c1"], answered_by={})
+    runs["c2"] = replace(runs["c2"], answered_by={})
+    pairs, _ = judge(topology, runs, Facts(status, {}, mesh_model(topology, AMBIENT)),
+                     VerifyHints(status_hints, "setup-mesh-verify", None, ambient=True))
+    itself = {p.source: [c.code for c in p.causes] for p in pairs if p.source == p.target and not p.reached}
+    assert itself == {"c1": ["local_call_failed"], "c2": ["ztunnel_not_ready"]}
 
 
 def test_a_problem_about_another_peer_is_not_put_on_a_pair(tmp_path, roots):
