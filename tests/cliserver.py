@@ -67,11 +67,7 @@ class _Server:
         atexit.register(self.close)
 
     def close(self) -> None:
-        self.sock.close()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_server(self.sock, self.proc)
 
     def run(self, argv, env, cwd, input, timeout) -> subprocess.CompletedProcess:
         child_in, feed = os.pipe()
@@ -182,7 +178,13 @@ def serve(fd: int) -> None:
     from lib.runner import ShRunner
 
     ShRunner().which("true")
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
+    serve_forks(sock, lambda request, fds: _child(sock, request, fds))
+
+
+def serve_forks(sock: socket.socket, child) -> None:
+    """Forks ``child(request, fds)`` for each request (JSON, with stdin, stdout, stderr and a status pipe)
+    until the test process goes; the kernel reaps the children."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     while True:
         try:
             message, fds, _, _ = socket.recv_fds(sock, _MESSAGE_MAX, 4)
@@ -191,9 +193,36 @@ def serve(fd: int) -> None:
         if not message:
             return
         if os.fork() == 0:
-            _child(sock, json.loads(message), fds)
+            child(json.loads(message), fds)
         for received in fds:
             os.close(received)
+
+
+def take_request(sock: socket.socket, request: dict, fds: list[int], session: bool = False) -> None:
+    """In a forked child, what a new process would have been given: stdin, stdout and stderr (``fds``), its pid
+    written to the status pipe (``fds[3]``), the request's folder and environment; ``session``: a session of
+    its own (``start_new_session=True``)."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    sock.close()
+    if session:
+        os.setsid()
+    for target, fd in enumerate(fds[:3]):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.set_inheritable(fds[3], False)
+    os.write(fds[3], f"{os.getpid()}\n".encode())
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+
+
+def stop_server(sock: socket.socket, proc: subprocess.Popen) -> None:
+    """Closes the test process's end of a server's socket, which ends the server, and waits for it."""
+    sock.close()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def _child(sock: socket.socket, request: dict, fds: list[int]) -> None:
@@ -201,16 +230,7 @@ def _child(sock: socket.socket, request: dict, fds: list[int]) -> None:
     code = 1
     status = fds[3]
     try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        sock.close()
-        for target, fd in enumerate(fds[:3]):
-            os.dup2(fd, target)
-            os.close(fd)
-        os.set_inheritable(status, False)
-        os.write(status, f"{os.getpid()}\n".encode())
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
+        take_request(sock, request, fds)
         sys.argv = list(request["argv"])
         sys.path[0] = str(Path(sys.argv[0]).resolve().parent)
         code = _run_script(sys.argv[0])

@@ -30,7 +30,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-_MESSAGE_MAX = 1 << 20
 
 
 # --- the test side -------------------------------------------------------------------------------------
@@ -61,14 +60,9 @@ def start() -> bool:
             _started["sock"] = None
             return False
 
-        def stop() -> None:
-            ours.close()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        from tests.cliserver import stop_server
 
-        atexit.register(stop)
+        atexit.register(stop_server, ours, proc)
         _started["sock"] = ours
         return True
 
@@ -169,40 +163,21 @@ def serve(fd: int) -> None:
     import encodings.idna  # noqa: F401 - loaded by socket.getfqdn, which each emulator's server_bind calls
     from tests.cliserver import run_as_interpreter  # noqa: F401 - the child ends as an interpreter does
 
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
+    from tests.cliserver import serve_forks
+
     sock.sendall(b"ok")
-    while True:
-        try:
-            message, fds, _, _ = socket.recv_fds(sock, _MESSAGE_MAX, 4)
-        except OSError:
-            return
-        if not message:
-            return
-        if os.fork() == 0:
-            _child(sock, json.loads(message), fds)
-        for received in fds:
-            os.close(received)
+    serve_forks(sock, lambda request, fds: _child(sock, request, fds))
 
 
 def _child(sock: socket.socket, request: dict, fds: list[int]) -> None:
     """One emulator: never returns."""
     import apiserver
-    from tests.cliserver import run_as_interpreter
+    from tests.cliserver import run_as_interpreter, take_request
 
     code = 1
     status = fds[3]
     try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        sock.close()
-        os.setsid()
-        for target, fd in enumerate(fds[:3]):
-            os.dup2(fd, target)
-            os.close(fd)
-        os.set_inheritable(status, False)
-        os.write(status, f"{os.getpid()}\n".encode())
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
+        take_request(sock, request, fds, session=True)
         sys.argv = [str(HERE / "run_apiserver.py"), *request["argv"]]
         code = run_as_interpreter(lambda: sys.exit(apiserver.main(sys.argv[1:])))
     finally:

@@ -65,11 +65,9 @@ def start() -> str | None:
         return None
 
     def stop() -> None:
-        ours.close()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        from tests.cliserver import stop_server
+
+        stop_server(ours, proc)
         for name in (address, folder):
             try:
                 os.rmdir(name) if name == folder else os.unlink(name)
