@@ -61,14 +61,14 @@ def test_stopping_a_forked_emulator_reports_its_exit_as_popen_does(served, tmp_p
 
 
 def test_another_handle_stops_forked_emulators_and_nothing_else(served, tmp_path: Path) -> None:
-    sb = Sandbox.up(tmp_path / "s", ["c1", "c2"])
-    pids = [sb.pid("c1"), sb.pid("c2")]
-    server = int(Path(f"/proc/{pids[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent
-    state_dir = tmp_path / "s" / "clusters" / "c1"
-    # The server has the same command line as its children, but another output file: a recycled pid is refused.
-    assert _cmdline(server)[2].endswith("emulatorserver.py")
-    assert not _is_our_emulator(server, "c1", state_dir)
-    assert _is_our_emulator(pids[0], "c1", state_dir) and not _is_our_emulator(pids[1], "c1", state_dir)
-    assert sorted(Sandbox.load(tmp_path / "s").down()) == ["c1", "c2"]
-    assert not any(_process_alive(pid) for pid in pids)
-    assert _process_alive(server)
+    with Sandbox.up(tmp_path / "s", ["c1", "c2"]) as sb:  # stopped at the end even when an assertion fails first
+        pids = [sb.pid("c1"), sb.pid("c2")]
+        server = int(Path(f"/proc/{pids[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])  # its parent
+        state_dir = tmp_path / "s" / "clusters" / "c1"
+        # The server has the same command line as its children, but another output file: a recycled pid is refused.
+        assert _cmdline(server)[2].endswith("emulatorserver.py")
+        assert not _is_our_emulator(server, "c1", state_dir)
+        assert _is_our_emulator(pids[0], "c1", state_dir) and not _is_our_emulator(pids[1], "c1", state_dir)
+        assert sorted(Sandbox.load(tmp_path / "s").down()) == ["c1", "c2"]
+        assert not any(_process_alive(pid) for pid in pids)
+        assert _process_alive(server)
