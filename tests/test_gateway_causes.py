@@ -7,22 +7,18 @@ from pathlib import Path
 from lib.config import Cluster, Topology
 from lib.gateway_causes import gateway_causes
 from lib.mesh import mesh_model
-from lib.statusreport import Problem
+from lib.causes import Findings
+from lib.statusreport import ClusterStatus, MeshStatus, Problem
 
 
-class _Found:
-    """status's findings as verify asks them: ``problems`` by cluster name; ``unread``: clusters status could
-    not read."""
-
-    def __init__(self, problems: dict[str, str], unread: tuple[str, ...] = ()):
-        self.problems, self.unread = problems, unread
-
-    def read(self, name: str):
-        return None if name in self.unread else name
-
-    def problem(self, name: str, checks: frozenset[str], peer: str | None = None) -> Problem | None:
-        code = self.problems.get(name)
-        return Problem(code, f"{name}: {code}", f"fix {name}'s gateway") if code in checks and self.read(name) else None
+def _found(problems: dict[str, str], unread: tuple[str, ...] = (), clusters=None) -> Findings:
+    """status's report as verify reads it (lib/causes.Findings): one problem per cluster of ``problems``;
+    ``unread``: clusters status could not read."""
+    return Findings(MeshStatus("mesh1", None, [
+        ClusterStatus(c, reachable=c.name not in unread,
+                      problems=[Problem(problems[c.name], f"{c.name}: {problems[c.name]}", f"fix {c.name}'s gateway")]
+                      if c.name in problems else [])
+        for c in clusters or CLUSTERS]))
 
 
 class _Hints:
@@ -42,7 +38,7 @@ CLUSTERS = (Cluster("c1", "n1", "c1"), Cluster("c2", "n2", "c2"), Cluster("c3", 
             Cluster("c4", "n2", "c4", primary="c1"), Cluster("c5", "n2", "c5", primary="c2"))
 
 
-def _causes(found: _Found, dst: str, exposes: dict[str, bool | None] | None = None, clusters=CLUSTERS,
+def _causes(found: Findings, dst: str, exposes: dict[str, bool | None] | None = None, clusters=CLUSTERS,
             ambient: bool = False) -> list:
     topology = Topology("mesh1", clusters, Path("topology.yaml"))
     by_context = {c.context: c for c in clusters}
@@ -51,7 +47,7 @@ def _causes(found: _Found, dst: str, exposes: dict[str, bool | None] | None = No
 
 
 def test_a_network_whose_every_gateway_lacks_an_address_names_each_of_them():
-    found = _Found({"c2": "gateway_pending", "c3": "gateway_missing", "c4": "gateway_not_programmed"})
+    found = _found({"c2": "gateway_pending", "c3": "gateway_missing", "c4": "gateway_not_programmed"})
     (cause,) = _causes(found, "c3")
     assert cause.code == "gateway_no_address"
     assert cause.message.startswith("c2's and c3's and c4's east-west gateway has no address")
@@ -61,13 +57,13 @@ def test_a_network_whose_every_gateway_lacks_an_address_names_each_of_them():
     # A cluster without a gateway of its own is said to have none.
     assert _causes(found, "c5")[0].message.endswith("can send to n2 (c5 has no gateway of its own)")
     # A cluster status could not read is not blamed, nor its gateway counted.
-    (cause,) = _causes(_Found({"c3": "gateway_pending", "c4": "gateway_pending"}, unread=("c2",)), "c3")
+    (cause,) = _causes(_found({"c3": "gateway_pending", "c4": "gateway_pending"}, unread=("c2",)), "c3")
     assert cause.message.startswith("c3's and c4's east-west gateway") and len(cause.status_problems) == 2
 
 
 def test_one_gateway_with_an_address_clears_the_network_unless_no_plane_that_configures_one_exposes_the_services():
     # c2 has no address: it is not a way in, and its istiod's Gateway does not matter.
-    found = _Found({"c2": "gateway_pending"})
+    found = _found({"c2": "gateway_pending"})
     (cause,) = _causes(found, "c3", {"c1": False, "c2": True, "c3": False})
     assert cause.code == "cross_network_gateway_missing"
     # The planes of the gateways that have an address: c3's own, and c1's for its remote c4.
@@ -80,7 +76,7 @@ def test_one_gateway_with_an_address_clears_the_network_unless_no_plane_that_con
     assert _causes(found, "c3", {"c1": False, "c2": False}) == []
     # One gateway on the network, the answering cluster's own: it is told so.
     alone = (Cluster("c1", "n1", "c1"), Cluster("c3", "n2", "c3"))
-    (cause,) = _causes(_Found({}), "c3", {"c1": True, "c3": False}, clusters=alone)
+    (cause,) = _causes(_found({}), "c3", {"c1": True, "c3": False}, clusters=alone)
     assert cause.message == ("c3 has no Gateway exposing *.local on port 15443 (cross-network-gateway), so its "
                              "east-west gateway takes no traffic from other networks")
 
@@ -89,10 +85,10 @@ AMBIENT = (Cluster("c1", "n1", "c1"), Cluster("c2", "n2", "c2"), Cluster("c3", "
 
 
 def test_ambient_one_programmed_gateway_clears_the_network_and_otherwise_each_is_named():
-    assert _causes(_Found({"c2": "gateway_not_programmed"}), "c3", clusters=AMBIENT, ambient=True) == []
-    assert _causes(_Found({"c3": "gateway_missing"}), "c3", clusters=AMBIENT, ambient=True) == []
+    assert _causes(_found({"c2": "gateway_not_programmed"}), "c3", clusters=AMBIENT, ambient=True) == []
+    assert _causes(_found({"c3": "gateway_missing"}), "c3", clusters=AMBIENT, ambient=True) == []
 
-    (cause,) = _causes(_Found({"c2": "gateway_missing", "c3": "gateway_sidecar_mode"}), "c3", clusters=AMBIENT,
+    (cause,) = _causes(_found({"c2": "gateway_missing", "c3": "gateway_sidecar_mode"}), "c3", clusters=AMBIENT,
                        ambient=True)
     assert cause.code == "eastwest_gateway_missing"
     assert cause.message.startswith("c2's and c3's east-west Gateway (istio-eastwestgateway, class istio-east-west)")
@@ -101,7 +97,7 @@ def test_ambient_one_programmed_gateway_clears_the_network_and_otherwise_each_is
             "`kubectl --context c3 get gateways.gateway.networking.k8s.io -n istio-system`)") in cause.hint
 
     # One missing and one not programmed: the network's gateways are there but not programmed.
-    (cause,) = _causes(_Found({"c2": "gateway_missing", "c3": "gateway_not_programmed"}), "c3", clusters=AMBIENT,
+    (cause,) = _causes(_found({"c2": "gateway_missing", "c3": "gateway_not_programmed"}), "c3", clusters=AMBIENT,
                        ambient=True)
     assert cause.code == "eastwest_gateway_not_programmed"
     assert cause.message.startswith("c2's and c3's east-west Gateway has no address in its status")
