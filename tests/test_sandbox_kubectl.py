@@ -610,8 +610,11 @@ def test_rest_protocol_details(two_clusters):
                          {"propagationPolicy": "Background"})
     assert code == 200 and gone["metadata"]["name"] == "cacerts"
     assert http(sb, "cluster1", "DELETE", "/api/v1/namespaces/default/secrets/cacerts")[0] == 404
-    dump = json.loads(sb.dump("cluster1"))
+    text = sb.dump("cluster1")
+    dump = json.loads(text)
     assert dump["cluster"] == "cluster1" and not [o for o in dump["objects"] if o["name"] == "cacerts"]
+    # Deterministic: keys sorted at every level, so equal text means equal objects whatever order they came in.
+    assert text == json.dumps(dump, sort_keys=True, separators=(",", ":"))
     assert all(r["path"] != "/_sandbox/dump" for r in sb.requests("cluster1"))
 
 
