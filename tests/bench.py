@@ -215,7 +215,6 @@ def parse_log(path: Path | None) -> list[LogEntry]:
     if path is None or not path.exists():
         return []
     entries: list[LogEntry] = []
-    secret_applies: dict[str, int] = {}
     for line in path.read_text(errors="replace").splitlines():
         if not line or line[0].isspace():
             continue
@@ -223,28 +222,37 @@ def parse_log(path: Path | None) -> list[LogEntry]:
         if not match:
             entries.append(LogEntry("-", "other", 0.0, False, line))
             continue
-        cmd, ctx = match["cmd"], match["ctx"]
-        kind = "other"
-        if " make -f " in f" {cmd}" and (target := _CACERTS_TARGET.search(cmd)):
-            kind, ctx = "make", target.group(1)
-        elif "istioctl" in cmd and " install " in cmd:
-            kind = "eastwest" if "-eastwest.yaml" in cmd else "install"
-        elif "istioctl" in cmd and " create-remote-secret " in cmd:
-            kind = "export"
-        elif " apply " in cmd and cmd.endswith("< SECRET-MANIFEST"):
-            # A fresh cluster's first secret apply is cacerts (set-up phase), the next the remote secrets.
-            secret_applies[ctx] = secret_applies.get(ctx, 0) + 1
-            kind = "cacerts" if secret_applies[ctx] == 1 else "import"
-        elif " apply " in cmd and cmd.endswith("< MANIFEST"):
-            kind = "gateway"
-        elif " annotate " in cmd:
-            kind = "annotate"
-        elif " get service " in cmd:
-            kind = "address"
-        elif " get " in cmd and "namespaces," in cmd:
-            kind = "read"
-        entries.append(LogEntry(ctx, kind, float(match["secs"]), match["state"] == "exit=0", cmd))
+        kind, ctx = command_kind(match["cmd"])
+        entries.append(LogEntry(ctx or match["ctx"], kind, float(match["secs"]), match["state"] == "exit=0", match["cmd"]))
+    # A secret apply is cacerts when its cluster's install comes after it, else remote secrets: in an added
+    # cluster's run the others install nothing and apply only its secret.
+    installed_at = {e.cluster: i for i, e in enumerate(entries) if e.kind == "install"}
+    for i, e in enumerate(entries):
+        if e.kind == "secrets":
+            e.kind = "cacerts" if i < installed_at.get(e.cluster, -1) else "import"
     return entries
+
+
+def command_kind(cmd: str) -> tuple[str, str | None]:
+    """(kind, the cluster when the command line names it otherwise than the log's tag) of a logged command;
+    "secrets" for an apply of Secrets, which parse_log tells apart."""
+    if " make -f " in f" {cmd}" and (target := _CACERTS_TARGET.search(cmd)):
+        return "make", target.group(1)
+    if "istioctl" in cmd and " install " in cmd:
+        return ("eastwest" if "-eastwest.yaml" in cmd else "install"), None
+    if "istioctl" in cmd and " create-remote-secret " in cmd:
+        return "export", None
+    if " apply " in cmd and cmd.endswith("< SECRET-MANIFEST"):
+        return "secrets", None
+    if " apply " in cmd and cmd.endswith("< MANIFEST"):
+        return "gateway", None
+    if " annotate " in cmd:
+        return "annotate", None
+    if " get service " in cmd:
+        return "address", None
+    if " get " in cmd and "namespaces," in cmd:
+        return "read", None
+    return "other", None
 
 
 def by_kind(entries: list[LogEntry]) -> dict[str, dict]:
