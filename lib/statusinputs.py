@@ -73,8 +73,9 @@ def status_workspace(workdir: Path, loaded) -> Expected:
                                                           transition=transition).items()},
         root_pem=read_if_present(cert_dir / certs.ROOT_CERT),
         local_ca={c.name: read_if_present(cert_dir / c.name / "ca-cert.pem") for c in loaded.topology.clusters},
-        unkeyed=frozenset(certs.intermediate_flaws(cert_dir, [c.name for c in loaded.topology.clusters],
-                                                   moving=transition is not None).unkeyed),
+        # During a root move its stages decide what each cluster holds: no intermediate is judged then.
+        unkeyed=frozenset() if transition is not None else
+        frozenset(certs.keys_not_matching(cert_dir, [c.name for c in loaded.topology.clusters])),
         istiod_deployment=control_plane_istiod(loaded.base),
         revision=control_plane_revision(loaded.base),
         data_plane=data_plane_mode(loaded.base),
