@@ -23,7 +23,7 @@ from .assess import SecretState
 from .causes import (CACERTS_UNTRUSTED, ISTIOD_DOWN, ISTIOD_SERVICE, NOT_SYNCED, PRIMARY_LACKS_SECRET, SECRET_FLAW_STATES,
                      SECRET_FLAWS, ZTUNNEL_DOWN, Cause, Findings, Pair)
 from .config import Cluster, Topology
-from .mesh import Member, Mesh, mesh_model
+from .mesh import Member, Mesh
 from .names import ISTIO_NAMESPACE
 from .traffic import ClusterRun, mesh_label_text
 
@@ -37,14 +37,14 @@ class Facts:
 
     status: MeshStatus  # status's one reading and judgment of every cluster
     exposes_local: dict[str, bool | None]  # cluster name -> a Gateway in istio-system exposes *.local on 15443
-    mesh: Mesh | None = None  # each cluster's role (None: the topology's, all sidecar)
+    mesh: Mesh  # each cluster's role and data plane
     istiod_addresses: dict[str, str | None] = field(default_factory=dict)  # remote's name -> where its istiod Service leads
 
 
 # --- judging -----------------------------------------------------------------------------------------
 
 def judge(topology: Topology, runs: dict[str, ClusterRun], facts: Facts, hints: Any) -> tuple[list[Pair], list[Cause]]:
-    mesh = facts.mesh or mesh_model(topology)
+    mesh = facts.mesh
     found = Findings(facts.status)
     planes = {c.context: control_plane_causes(mesh, mesh.member(c.context), found, hints, facts.istiod_addresses)
               for c in topology.clusters}

@@ -95,6 +95,8 @@ def test_a_cacerts_under_another_root_is_blamed_where_status_blames_it(tmp_path,
     causes = {c for p in result.pairs if not p.reached for c in p.causes}
     (cause,) = causes  # one cause, the same for every pair
     assert cause.code == "cacerts_other_root" and cause.status_problems == (("c2", "cacerts_foreign_root"),)
+    assert cause.message == ("the cacerts of c2 does not chain to the mesh's root: the workloads whose certificates it "
+                             "signs are not trusted across the mesh"), "c2 has no remotes"
     assert cause.hint == next(p.hint for c in status.clusters for p in c.problems if p.code == "cacerts_foreign_root")
 
 
@@ -289,6 +291,9 @@ def test_a_failed_step_and_a_helloworld_not_ready_are_told_once_per_cluster_and_
     assert set(problems) == {("step_failed", "c1: could not create namespace setup-mesh-verify: forbidden"),
                              ("pod_not_ready", "c2: the helloworld pod helloworld-7d9f is not ready: ImagePullBackOff")}
     assert problems[("step_failed", "c1: could not create namespace setup-mesh-verify: forbidden")].startswith("re-run verify")
+    hints = {c.hint for p in result.pairs if not p.reached and ("c1" in (p.source, p.target) or p.target == "c2")
+             for c in p.causes}
+    assert hints == {"see the problems above", "see why under c2's pods above"}, "each pair points at its cluster's problem"
     assert "kubectl --context c2 describe pod -n setup-mesh-verify helloworld-7d9f" in \
         problems[("pod_not_ready", "c2: the helloworld pod helloworld-7d9f is not ready: ImagePullBackOff")]
 
@@ -532,6 +537,8 @@ def test_a_curl_client_not_ready_or_never_created_leaves_its_calls_untested(tmp_
                for (s, _), causes in pairs.items() if s == "c2")
     assert all(causes == [("client_not_ready", "the curl client in c3 was never created, so nothing was called from it")]
                for (s, _), causes in pairs.items() if s == "c3")
+    assert {(p.source, c.hint) for p in result.pairs if not p.reached for c in p.causes} == {
+        ("c2", "see why under c2's pods above"), ("c3", "see why under c3's pods above")}
 
 
 def test_a_primary_on_another_root_is_blamed_for_its_remotes_workloads_too(tmp_path, roots):
@@ -554,3 +561,157 @@ def test_a_primary_on_another_root_is_blamed_for_its_remotes_workloads_too(tmp_p
     assert linked == (("c1", "cacerts_foreign_root"), ("c4", "cacerts_foreign_root"))
     assert message.startswith("the cacerts of c1 and c4 does not chain to the mesh's root")
     assert hint == f"c1: {repair['c1']}; c4: {repair['c4']}"
+
+
+def _judged(tmp_path, topology, status, runs):
+    hints = VerifyHints(Hints(tmp_path, topology), "setup-mesh-verify", None)
+    return judge(topology, runs, Facts(status, {}, mesh_model(topology)), hints)
+
+
+def test_each_pod_never_created_in_a_cluster_is_told_with_the_deployment_to_look_at(tmp_path, roots):
+    names = ("c1", "c2", "c3")
+    runs = {c: ClusterRun(applied=True, client=READY, server=READY, answered_by={n: 1 for n in names}) for c in names}
+    runs["c3"] = ClusterRun(applied=True, client=PodState("curl", False, "exceeded quota: pods=10", True, created=False),
+                            server=PodState("helloworld", False, "exceeded quota: pods=10", True, created=False))
+    _, result = _verify(tmp_path, roots, lambda o, i: None, set(), runs=runs)
+    hints = Hints(tmp_path, _topology(tmp_path))
+    c3 = _topology(tmp_path).clusters[2]
+    assert [(p.code, p.message, p.hint) for p in result.problems] == [
+        ("pod_missing", f"c3: no {what} pod was created: exceeded quota: pods=10",
+         f"look at its Deployment with `{hints.kubectl(c3, 'describe', 'deployment', '-n', 'setup-mesh-verify', name)}`")
+        for what, name in (("curl client", "curl"), ("helloworld", "helloworld"))]
+
+
+def test_pods_of_a_cluster_whose_control_plane_is_down_are_told_with_that_cause_as_their_hint(tmp_path, roots):
+    """c1's istiod has no ready replica: c1's and its remote c2's pods are refused or not ready because of it,
+    and each pod's problem points there rather than at the pod."""
+    topology, status = _primary_with_remotes(tmp_path, roots, change=lambda o, i: i.__setitem__(
+        "c1", Istiod(read=True, installed=True, version="1.29.0", ready=False, cluster_id="c1")))
+    runs = {c.context: ClusterRun(applied=True, client=READY, server=READY, answered_by={"c4": 1})
+            for c in topology.clusters}
+    refused = 'Internal error occurred: failed calling webhook "namespace.sidecar-injector.istio.io"'
+    runs["c1"].server = PodState("helloworld-7d9f", False, "ContainersNotReady", True)
+    runs["c2"].client = PodState("curl", False, refused, True, created=False, refused=True)
+    _, problems = _judged(tmp_path, topology, status, runs)
+    pods = f"`{Hints(tmp_path, topology).kubectl(topology.clusters[0], 'get', 'pods', '-n', 'istio-system', '-l', 'app=istiod')}`"
+    effect = "its injector refuses new pods and its sidecars get no configuration"
+    assert [(p.code, p.message, p.hint) for p in problems] == [
+        ("pod_not_ready", "c1: the helloworld pod helloworld-7d9f is not ready: ContainersNotReady",
+         f"c1's istiod has no ready replica: {effect}; look at its pods: {pods}"),
+        ("pod_missing", f"c2: no curl client pod was created: {refused}",
+         f"c2 is a remote of c1, whose istiod has no ready replica: c2's {effect.removeprefix('its ')}; "
+         f"look at c1's istiod pods: {pods}")]
+
+
+def test_a_remotes_pod_without_a_sidecar_names_the_istiod_its_injector_calls(tmp_path, roots):
+    topology, status = _primary_with_remotes(tmp_path, roots)
+    names = [c.name for c in topology.clusters]
+    runs = {c.context: ClusterRun(applied=True, client=READY, server=READY, answered_by={n: 1 for n in names})
+            for c in topology.clusters}
+    for remote in ("c2", "c4"):  # a remote of c1, and a primary
+        runs[remote].server = PodState("helloworld-7d9f", True, "", False)
+        for src in names:
+            runs[src].answered_by.pop(remote)
+    pairs, _ = _judged(tmp_path, topology, status, runs)
+    hint = {p.target: c.hint for p in pairs if p.source == "c1" and not p.reached for c in p.causes}
+    hints = Hints(tmp_path, topology)
+    webhooks = {ctx: hints.kubectl(topology.clusters[int(ctx[1]) - 1], "get", "mutatingwebhookconfigurations")
+                for ctx in ("c2", "c4")}
+    assert hint["c2"].endswith(f"check that c2's injector (`{webhooks['c2']}`, which calls c1's istiod) matches it")
+    assert hint["c4"].endswith(f"check that c4's injector (`{webhooks['c4']}`) matches it")
+
+
+def test_a_remotes_calls_blame_the_secret_or_view_its_primary_holds_of_the_peer(tmp_path, roots):
+    """A remote's sidecars get their endpoints from its primary: a peer that primary holds no secret of, or
+    reports unsynced, is named as the primary's, for the remote."""
+    def dropped(observed, istiod):
+        del observed["c1"].remote_secrets["c4"]
+
+    topology, status = _primary_with_remotes(tmp_path, roots, change=dropped)
+    blamed = _blamed(tmp_path, topology, status, {"c4"})
+    assert blamed[("c3", "c4")] == [("remote_secret_missing", "c1 (the control plane of c3) holds no remote secret of c4",
+                                     (("c1", "remote_secret_missing"),))]
+    assert blamed[("c1", "c4")] == [("remote_secret_missing", "c1 holds no remote secret of c4",
+                                     (("c1", "remote_secret_missing"),))]
+
+    views = {"c1": IstiodView(remotes={"c2": "synced", "c3": "synced", "c4": "timeout"})}
+    topology, status = _primary_with_remotes(tmp_path, roots, views=views)
+    blamed = _blamed(tmp_path, topology, status, {"c4"})
+    assert blamed[("c3", "c4")] == [("peer_not_synced", "c1's istiod (the control plane of c3) reports c4 as timeout",
+                                     (("c1", "remote_cluster_timeout"),))]
+
+
+def test_a_primary_missing_a_remotes_secret_does_not_hide_another_primary_missing_it_too(tmp_path, roots):
+    """c1 lacks its remote c2's secret (c2's control plane does not serve it), and c4 lacks it as well: c4's
+    calls to c2 name c4's missing secret, which is c4's own repair."""
+    def dropped(observed, istiod):
+        del observed["c1"].remote_secrets["c2"]
+        del observed["c4"].remote_secrets["c2"]
+
+    topology, status = _primary_with_remotes(tmp_path, roots, change=dropped)
+    blamed = _blamed(tmp_path, topology, status, {"c2"})
+    assert ("remote_secret_missing", "c4 holds no remote secret of c2", (("c4", "remote_secret_missing"),)) \
+        in blamed[("c4", "c2")]
+    assert all(code != "remote_secret_missing" for code, *_ in blamed[("c3", "c2")]), \
+        "c1's missing secret of c2 is told once, as c2's control plane's"
+
+
+def test_a_pair_nothing_explains_is_told_so_with_what_the_clients_proxy_knows(tmp_path, roots):
+    names = ("c1", "c2", "c3")
+    runs = {c: ClusterRun(applied=True, client=READY, server=READY, answered_by={n: 1 for n in names}) for c in names}
+    del runs["c1"].answered_by["c3"]
+    runs["c2"].answered_by.pop("c3")
+    runs["c2"].failures = ["curl: (56) Recv failure: Connection reset by peer"]
+    _, result = _verify(tmp_path, roots, lambda o, i: None, {("c1", "c3"), ("c2", "c3")}, runs=runs)
+    causes = {(p.source, p.target): [(c.code, c.message, c.hint) for c in p.causes] for p in result.pairs if not p.reached}
+    status = VerifyHints(Hints(tmp_path, _topology(tmp_path)), "setup-mesh-verify", None).status
+    assert causes == {(src, "c3"): [(
+        "unknown", f"no answer from c3 ({why}), and nothing status reads explains it",
+        f"look at what the client's sidecar knows: `istioctl proxy-config endpoint deploy/curl.setup-mesh-verify "
+        f"--context {src} | grep helloworld`, and at {status}")]
+        for src, why in (("c1", "other clusters answered"), ("c2", "curl: (56) Recv failure: Connection reset by peer"))}
+
+
+def test_ambient_a_primarys_istiod_down_is_said_to_leave_its_ztunnel_without_configuration(tmp_path, roots):
+    from dataclasses import replace
+
+    from lib.config import AMBIENT
+
+    topology = _topology(tmp_path)
+    observed, istiod = _healthy(topology, roots[0])
+    for seen in observed.values():
+        seen.daemonsets["ztunnel"] = {"status": {"numberReady": 1, "desiredNumberScheduled": 1}}
+    istiod["c2"] = replace(istiod["c2"], ready=False)
+    status = evaluate(replace(_ws(tmp_path, topology, roots[0]), data_plane=AMBIENT), observed, istiod, now=NOW)
+    names = [c.name for c in topology.clusters]
+    runs = {c.context: ClusterRun(applied=True, client=READY, server=READY,
+                                  answered_by={n: 1 for n in names if "c2" not in (c.name, n)})
+            for c in topology.clusters}
+    hints = VerifyHints(Hints(tmp_path, topology), "setup-mesh-verify", None, ambient=True)
+    pairs, _ = judge(topology, runs, Facts(status, {}, mesh_model(topology, AMBIENT)), hints)
+    (cause,) = {c for p in pairs if not p.reached for c in p.causes if c.code == "istiod_not_ready"}
+    assert (cause.code, cause.message) == ("istiod_not_ready", "c2's istiod has no ready replica: its ztunnel gets no "
+                                                               "configuration, so calls from the cluster's pods cannot connect")
+
+
+def test_a_primary_with_flaws_about_two_remotes_is_blamed_for_each_with_its_own(tmp_path, roots):
+    """c1 holds no secret of c2 and an outdated one of c3: each remote's pairs name that remote's flaw, with its
+    repair."""
+    def flaws(observed, istiod):
+        del observed["c1"].remote_secrets["c2"]
+        observed["c3"].reader_token = "a token issued after the secret c1 holds"
+
+    topology, status = _primary_with_remotes(tmp_path, roots, change=flaws)
+    blamed = _blamed(tmp_path, topology, status, {"c2", "c3"}, hints_too=True)
+    outdated = next(p for c in status.clusters for p in c.problems if p.code == "remote_secret_outdated")
+    held = Hints(tmp_path, topology).kubectl(topology.clusters[0], "get", "secrets", "-n", "istio-system", "-l",
+                                             "istio/multiCluster=true")
+    by_remote = {remote: next(c for c in blamed[("c4", remote)] if c[0] == "primary_lacks_secret")
+                 for remote in ("c2", "c3")}
+    assert by_remote["c2"][1].endswith("holds no current remote secret of c2 (missing): c1's istiod does not "
+                                       "configure c2's sidecars")
+    assert by_remote["c2"][3] == f"{Hints(tmp_path, topology).apply} creates it in c1 again (`{held}` lists the " \
+                                 f"secrets c1 holds)"
+    assert by_remote["c3"][1].endswith("holds no current remote secret of c3 (outdated): c1's istiod does not "
+                                       "configure c3's sidecars")
+    assert by_remote["c3"][3] == outdated.hint
