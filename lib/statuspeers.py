@@ -28,10 +28,8 @@ def judge_remotes(mesh: Mesh, result: list[ClusterStatus], injection: dict[str, 
         webhook = injection.get(member.context) or InjectorWebhook()
         wiring = assess_wiring(mesh, member, status.annotations, frozenset(), webhook.path, webhook.trusted)
         want = wiring.want_path
-        status.injection_path = webhook.path
-        status.injector_trusted = webhook.trusted
         if not wiring.path_right and status.istio_installed:
-            add(Problem("injection_path_wrong", f"the sidecar injector calls {status.injection_path or 'no path'}, "
+            add(Problem("injection_path_wrong", f"the sidecar injector calls {webhook.path or 'no path'}, "
                                                 f"not {want}: new pods would get another cluster's or network's "
                                                 f"identity", hints.apply))
         held = by_context[primary.context].remote_secrets.get(member.name)

@@ -63,8 +63,6 @@ class ClusterStatus:
     stale_secrets: list[str] = field(default_factory=list)  # secret names
     remote_clusters: dict[str, str] | None = None  # istiod's view: peer -> synced/syncing/timeout/closed
     primary: str | None = None  # a remote: the context of the primary whose istiod configures it
-    injection_path: str | None = None  # a remote: the path its sidecar injector webhook calls
-    injector_trusted: bool | None = None  # a remote: its injector webhook has a caBundle (None: not read)
     annotations: dict[str, str] = field(default_factory=dict)  # istio-system's, as read
     drift: bool | None = None
     revisions: dict[str, Any] | None = None  # control planes, default tag, proxies per revision (statusrevisions.py)

@@ -344,3 +344,58 @@ def test_a_cluster_missing_from_what_was_read_is_reported_not_read(tmp_path, roo
     (c2,) = [c for c in status.clusters if c.cluster.context == "c2"]
     assert not c2.reachable and not status.healthy
     assert [p.message for p in c2.problems] == ["cannot read the cluster: not read"]
+
+
+def test_the_table_shows_what_was_read_of_each_cluster_network_label_and_gateway(tmp_path, roots):
+    """evaluate's row of each cluster, as status's table shows it: the network label read (a wrong one as
+    read), the east-west gateway's address, or "missing" where a gateway is needed and there is none."""
+    import io
+
+    from rich.console import Console
+
+    from lib.statusview import render
+
+    def faults(observed, istiod):
+        observed["c1"].network_label = "n9"
+        observed["c3"].eastwest_exists, observed["c3"].eastwest_made_by = False, None
+        observed["c3"].eastwest_address = None
+
+    _, status = _status(tmp_path, roots, faults)
+    out = io.StringIO()
+    render(status, Console(file=out, width=160, color_system=None, force_terminal=True))
+    rows: dict[str, list[str]] = {}  # the first table's rows (the secrets' matrix has rows named alike)
+    for line in out.getvalue().splitlines():
+        if line.strip().startswith("c"):
+            rows.setdefault(line.split()[0], line.split())
+    assert (rows["c1"][3], rows["c1"][5]) == ("n9≠n1", "198.51.100.9"), "the label read, and the one expected"
+    assert (rows["c2"][3], rows["c2"][5]) == ("n1", "198.51.100.9")
+    assert (rows["c3"][3], rows["c3"][5]) == ("n2", "missing")
+    assert [rows[c][1:3] for c in ("c1", "c2", "c3")] == [["yes", "1.29.0"]] * 3, "reachable, istiod's version"
+    assert [c.to_json()["network_label"] for c in status.clusters] == ["n9", "n1", "n2"]
+
+
+def test_ambient_the_gateway_istiod_reports_and_a_ztunnel_with_no_pod_ready_are_shown_as_read(tmp_path, roots):
+    """c1's Gateway is programmed at its address; c2's is not, with istiod's reason and message; c3's is not,
+    with a reason alone. c2's ztunnel status has no numberReady: the API server leaves out a count of zero."""
+    def faults(observed, istiod):
+        observed["c2"].eastwest_gateway = {**PROGRAMMED, "status": {"conditions": [
+            {"type": "Programmed", "status": "False", "reason": "AddressNotAssigned",
+             "message": "Assigned to service(s) istio-eastwestgateway.istio-system.svc.cluster.local:15008, but "
+                        "failed to assign to all requested addresses"}]}}
+        observed["c3"].eastwest_gateway = {**PROGRAMMED, "status": {"conditions": [
+            {"type": "Programmed", "status": "False", "reason": "Pending"}]}}
+        observed["c2"].daemonsets["ztunnel"] = {"metadata": {"namespace": "istio-system"},
+                                                "status": {"desiredNumberScheduled": 2}}
+
+    _, status = _ambient(tmp_path, roots, faults)
+    by = {c.cluster.context: c for c in status.clusters}
+    assert [(c.gateway_address, c.gateway_programmed) for c in status.clusters] == [
+        ("198.51.100.9", True), (None, False), (None, False)]
+    assert [c.to_json()["gateway"] for c in status.clusters][0] == {"required": True, "address": "198.51.100.9",
+                                                                    "programmed": True}
+    assert _problem(status, "c2", "gateway_not_programmed").message == (
+        "the east-west Gateway is not programmed: AddressNotAssigned (Assigned to service(s) "
+        "istio-eastwestgateway.istio-system.svc.cluster.local:15008, but failed to assign to all requested addresses)")
+    assert _problem(status, "c3", "gateway_not_programmed").message == "the east-west Gateway is not programmed: Pending"
+    assert by["c2"].ztunnel == (0, 2) and _problem(status, "c2", "ztunnel_not_ready").message.startswith(
+        "0 of 2 ztunnel pods are ready")
