@@ -313,6 +313,9 @@ def test_status_of_a_remote_wired_to_the_wrong_place(pki):
     fakes["edge"].injector = InjectorWebhook("/inject/cluster/main/net/n1", True)
     assert _problems(_status(PRIMARY_REMOTE, fakes, pki))["edge"] == ["control_plane_annotation_wrong",
                                                                        "injection_path_wrong"]
+    edge = next(c for c in _status(PRIMARY_REMOTE, fakes, pki).clusters if c.cluster.context == "edge")
+    wrong = next(p for p in edge.problems if p.code == "injection_path_wrong")
+    assert wrong.message.startswith("the sidecar injector calls /inject/cluster/main/net/n1, not /inject/cluster/edge/net/n2")
     # without its caBundle, the injector refuses pods: the cause named is the annotation
     fakes["edge"].injector = InjectorWebhook("/inject/cluster/edge/net/n2", False)
     edge = next(c for c in _status(PRIMARY_REMOTE, fakes, pki).clusters if c.cluster.context == "edge")
@@ -742,7 +745,10 @@ def test_an_untrusted_injector_is_blamed_on_what_keeps_its_primary_from_patching
     problem, edge = untrusted()
     assert problem.message.endswith(": main does not hold this cluster's current remote secret")
     assert "the east-west gateway's included" in problem.message and "primary_lacks_secret" in [p.code for p in edge.problems]
-    assert "kubectl --context edge get mutatingwebhookconfiguration -l app=sidecar-injector" in problem.hint
+    assert problem.hint.endswith("check with `kubectl --context edge get mutatingwebhookconfiguration -l "
+                                 "app=sidecar-injector -o 'jsonpath={.items[*].webhooks[*].clientConfig.caBundle}'`")
+    assert [(c.to_json()["role"], c.to_json()["primary"]) for c in _status(PRIMARY_REMOTE, fakes, pki).clusters] == \
+        [("primary", None), ("remote", "main")]
     fakes["main"] = _live(PRIMARY_REMOTE, pki)["main"]
     problem, edge = untrusted()
     assert problem.message.endswith(": main's istiod has not patched it yet (is it running, and has it synced this "
