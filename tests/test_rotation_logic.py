@@ -514,3 +514,25 @@ def test_finishing_a_move_makes_the_new_root_the_workspaces_keeps_the_old_in_a_p
     assert finish_transition(tmp_path, done) == backup
     assert (tmp_path / "certs" / "root-cert.pem").read_text() == "new root"
     assert (backup / "root-cert.pem").read_text() == "old root"
+
+
+def test_root_bundles_annotations_and_times_are_read_as_written_by_hand_or_by_other_tools():
+    """A root-cert.pem holding two roots (stage 1 and 3 of a move), with the text openssl or an editor puts
+    around them; the transition annotation setup-mesh writes; times with an offset or none."""
+    from lib.carotation import parse_annotation, parse_iso, split_pems
+
+    body = [b"-----BEGIN CERTIFICATE-----\nMIIB" + bytes([65 + i]) * 8 + b"\n-----END CERTIFICATE-----\n" for i in range(2)]
+    bundle = b"subject=O = Istio, CN = Root CA\r\n" + body[0].replace(b"\n", b"\r\n") + b"\n\n# new root\n" + body[1] + b"  \n"
+    found = split_pems(bundle)
+    assert len(found) == 2 and found[1] == body[1], "each root, ending with one newline"
+    assert found[0].startswith(b"-----BEGIN CERTIFICATE-----") and found[0].endswith(b"-----END CERTIFICATE-----\n")
+    assert split_pems(None) == [] and split_pems(b"no certificate here") == []
+
+    assert parse_annotation("stage=2 root=0123456789abcdef since=2026-12-01T08:00:00Z") == {
+        "stage": "2", "root": "0123456789abcdef", "since": "2026-12-01T08:00:00Z"}
+    assert parse_annotation("note=a=b stray") == {"note": "a=b"}, "a value may hold '='; a word without one is skipped"
+
+    utc = dt.timezone.utc
+    assert parse_iso("2026-12-01T10:00:00+02:00") == dt.datetime(2026, 12, 1, 8, 0, tzinfo=utc)
+    assert parse_iso("2026-12-01T08:00:00Z") == parse_iso("2026-12-01T08:00:00") == dt.datetime(2026, 12, 1, 8, 0, tzinfo=utc)
+    assert parse_iso("yesterday") is None and parse_iso("") is None
