@@ -519,7 +519,7 @@ def test_finishing_a_move_makes_the_new_root_the_workspaces_keeps_the_old_in_a_p
 def test_root_bundles_annotations_and_times_are_read_as_written_by_hand_or_by_other_tools():
     """A root-cert.pem holding two roots (stage 1 and 3 of a move), with the text openssl or an editor puts
     around them; the transition annotation setup-mesh writes; times with an offset or none."""
-    from lib.carotation import parse_annotation, parse_iso, split_pems
+    from lib.carotation import iso, parse_annotation, parse_iso, split_pems, utc_now
 
     body = [b"-----BEGIN CERTIFICATE-----\nMIIB" + bytes([65 + i]) * 8 + b"\n-----END CERTIFICATE-----\n" for i in range(2)]
     bundle = b"subject=O = Istio, CN = Root CA\r\n" + body[0].replace(b"\n", b"\r\n") + b"\n\n# new root\n" + body[1] + b"  \n"
@@ -536,3 +536,7 @@ def test_root_bundles_annotations_and_times_are_read_as_written_by_hand_or_by_ot
     assert parse_iso("2026-12-01T10:00:00+02:00") == dt.datetime(2026, 12, 1, 8, 0, tzinfo=utc)
     assert parse_iso("2026-12-01T08:00:00Z") == parse_iso("2026-12-01T08:00:00") == dt.datetime(2026, 12, 1, 8, 0, tzinfo=utc)
     assert parse_iso("yesterday") is None and parse_iso("") is None
+    # What setup-mesh writes: UTC to the second, with a Z, whatever the zone of the moment given.
+    assert iso(dt.datetime(2026, 12, 1, 10, 0, 0, 500, tzinfo=dt.timezone(dt.timedelta(hours=2)))) == "2026-12-01T08:00:00Z"
+    now = utc_now()
+    assert now.tzinfo == utc and now.microsecond == 0 and parse_iso(iso(now)) == now
