@@ -4,7 +4,7 @@ parses out of kubectl and istioctl, answered as the real one answers.
 A context the fake does not hold is answered as kubectl answers for a context missing from the
 kubeconfig: unreachable, with kubectl's message. A read of a cluster returns a copy, so a judgment cannot
 change what the fake holds; without ``ambient`` the Gateway API fields stay unread, as the real read leaves
-them. Every read is recorded in ``reads`` (what, context), in order.
+them; the namespaces and their labels always come together, as kubectl's listing gives them. Every read is recorded in ``reads`` (what, context), in order.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from lib.config import Cluster
 from lib.errors import MeshError
 from lib.kube import Observed
 from lib.istiousage import IstioUsage
-from lib.names import APPLIED_ANNOTATION
+from lib.names import APPLIED_ANNOTATION, ISTIO_NAMESPACE, NETWORK_LABEL
 from lib.statusread import InjectorWebhook, IstiodView
 from lib.statusrevisions import Revisions
 
@@ -29,6 +29,23 @@ class FakeCluster:
     published: bytes | None = None  # istio-ca-root-cert's root-cert.pem (None: istiod has not written it)
     usage: IstioUsage | MeshError = field(default_factory=IstioUsage)
     revisions: Revisions | None = None  # None: the read failed (not judged)
+
+
+def _as_listed(seen: Observed) -> Observed:
+    """The real read lists every namespace with istio-system's objects (`kubectl get namespaces,...`): a
+    reachable cluster's read always has the namespaces and their labels, istio-system among them when it
+    exists, one being deleted left out of the namespaces (lib/kube.parse_inspect). A test gives either."""
+    labels = {name: dict(value) for name, value in (seen.namespace_labels or {}).items()}
+    for name in seen.namespaces or ():
+        labels.setdefault(name, {})
+    if seen.namespace:
+        labels.setdefault(ISTIO_NAMESPACE, {NETWORK_LABEL: seen.network_label} if seen.network_label else {})
+    seen.namespace_labels = labels
+    present = set(labels if seen.namespaces is None else seen.namespaces) - {ISTIO_NAMESPACE}
+    if seen.namespace and not seen.namespace_terminating:
+        present.add(ISTIO_NAMESPACE)
+    seen.namespaces = frozenset(present)
+    return seen
 
 
 def _missing(context: str) -> str:
@@ -55,7 +72,7 @@ class FakeClient:
             if held is None or not held.state.reachable:
                 found[context] = Observed(reachable=False, error=held.state.error if held else _missing(context))
                 continue
-            seen = copy.deepcopy(held.state)
+            seen = _as_listed(copy.deepcopy(held.state))
             if names[context] not in istio_objects_in:  # as kubectl's read: listed only when asked for
                 seen.istio_objects, seen.istio_gateways = None, None
             seen.published_root, seen.roots_read = (held.published, True) if published_roots else (None, False)

@@ -206,6 +206,34 @@ def test_a_judgment_cannot_change_what_the_fake_holds():
     assert client.read_state(MULTI_NETWORK.clusters)["east"].annotations
 
 
+def test_the_fakes_read_lists_the_namespaces_as_kubectls_read_does():
+    """kubectl's read lists every namespace beside istio-system's objects: parse_inspect of such a listing
+    gives the namespaces and their labels together, one being deleted among the labels only. The fake's
+    read does the same whatever a test filled in."""
+    import json
+
+    from lib.kube import parse_inspect
+
+    def ns(name, labels=None, deleting=False):
+        meta = {"name": name, "labels": labels or {}, **({"deletionTimestamp": "2026-12-05T10:00:00Z"} if deleting else {})}
+        return {"apiVersion": "v1", "kind": "Namespace", "metadata": meta}
+
+    listing = {"apiVersion": "v1", "kind": "List", "items": [
+        ns("default"), ns("team-a"), ns("istio-system", {"topology.istio.io/network": "n1"}), ns("old", deleting=True)]}
+    real = parse_inspect(json.dumps(listing))
+    held = Observed(reachable=True, namespace=True, network_label="n1",
+                    namespace_labels={"default": {}, "old": {}}, namespaces=frozenset({"default", "team-a"}))
+    fake = FakeClient({"east": held}).read_state(MULTI_NETWORK.clusters[:1])["east"]
+    assert (fake.namespaces, fake.namespace_labels) == (real.namespaces, real.namespace_labels)
+    # Given neither, istio-system alone (with its network label) is what such a cluster lists.
+    bare = FakeClient({"east": Observed(reachable=True, namespace=True, network_label="n1")}).read_state(
+        MULTI_NETWORK.clusters[:1])["east"]
+    assert (bare.namespaces, bare.namespace_labels) == (frozenset({"istio-system"}),
+                                                        {"istio-system": {"topology.istio.io/network": "n1"}})
+    empty = FakeClient({"east": Observed(reachable=True)}).read_state(MULTI_NETWORK.clusters[:1])["east"]
+    assert (empty.namespaces, empty.namespace_labels) == (frozenset(), {})
+
+
 @pytest.mark.parametrize("ambient", [False, True])
 def test_the_gateway_api_is_read_only_for_an_ambient_mesh(ambient):
     clusters = _set_up(MULTI_NETWORK, AMBIENT_BASE, east={"eastwest_gateway": {"status": {}}})
