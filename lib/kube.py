@@ -226,41 +226,48 @@ class Observed:
         return {name: dict((item.get("spec") or {}).get("selector") or {}) for name, item in self.istiod_services.items()}
 
 
+@dataclass
+class _Listing:
+    """What the items of one read add up to, set on Observed once all are read."""
+
+    published_roots: bool  # the read listed ConfigMaps (Tools.inspect)
+    tokens: list[tuple[str, str]] = field(default_factory=list)  # (secret name, reader token)
+    objects: set[tuple[str, str]] = field(default_factory=set)  # (kind, name) of Istio objects
+    gateways: list[dict] = field(default_factory=list)  # the networking.istio.io Gateways, whole
+    namespaces: set[str] = field(default_factory=set)  # those not being deleted
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)  # each namespace's
+
+
 def parse_inspect(output: str, istio_objects: bool = False, published_roots: bool = False) -> Observed:
     """``istio_objects``, ``published_roots``: what the read asked for besides (Tools.inspect)."""
     data = json.loads(output or "{}")
     items = data.get("items", []) if data.get("kind") == "List" else [data]
     seen = Observed(reachable=True)
-    objects: set[tuple[str, str]] = set()
-    tokens: list[tuple[str, str]] = []
     # The read lists namespaces with -n istio-system: a cluster-scoped kind is listed whole.
-    namespaces: set[str] = set()
-    labels: dict[str, dict[str, str]] = {}
-    gateways: list[dict] = []
+    listing = _Listing(published_roots)
     for item in items:
         meta = item.get("metadata") or {}
         if item.get("kind") == "Namespace":
-            _read_namespace(seen, meta, namespaces)
-            labels[meta.get("name")] = dict(meta.get("labels") or {})
+            _read_namespace(seen, meta, listing.namespaces)
+            listing.labels[meta.get("name")] = dict(meta.get("labels") or {})
         elif meta.get("namespace", ISTIO_NAMESPACE) == ISTIO_NAMESPACE:  # the read is of istio-system
-            _read_object(seen, item, tokens, objects, gateways, published_roots)
+            _read_object(seen, item, listing)
     seen.roots_read = published_roots
     if istio_objects:
-        seen.istio_objects = frozenset(objects)
-        seen.istio_gateways = gateways
-    if tokens:
-        seen.reader_token = sorted(tokens)[0][1]
+        seen.istio_objects = frozenset(listing.objects)
+        seen.istio_gateways = listing.gateways
+    if listing.tokens:
+        seen.reader_token = sorted(listing.tokens)[0][1]
     if data.get("kind") == "List":
-        seen.namespaces = frozenset(namespaces)
-        seen.namespace_labels = labels
+        seen.namespaces = frozenset(listing.namespaces)
+        seen.namespace_labels = listing.labels
     return seen
 
 
-def _read_object(seen: Observed, item: dict[str, Any], tokens: list[tuple[str, str]], objects: set[tuple[str, str]],
-                 gateways: list[dict], published_roots: bool) -> None:
+def _read_object(seen: Observed, item: dict[str, Any], listing: _Listing) -> None:
     kind, name = item.get("kind"), (item.get("metadata") or {}).get("name")
     if kind == "Secret":
-        _read_secret(seen, item, tokens)
+        _read_secret(seen, item, listing.tokens)
     elif kind == "Service":
         _read_service(seen, item)
     elif kind == "Deployment":
@@ -268,10 +275,10 @@ def _read_object(seen: Observed, item: dict[str, Any], tokens: list[tuple[str, s
     elif kind == "DaemonSet":
         seen.daemonsets[name] = item
     elif kind in ISTIO_OBJECT_KINDS and item.get("apiVersion", "").startswith(ISTIO_OBJECT_GROUP + "/"):
-        objects.add((kind, name))
+        listing.objects.add((kind, name))
         if kind == "Gateway":
-            gateways.append(item)
-    elif published_roots and kind == "ConfigMap" and name == CA_ROOT_CONFIGMAP:
+            listing.gateways.append(item)
+    elif listing.published_roots and kind == "ConfigMap" and name == CA_ROOT_CONFIGMAP:
         seen.published_root = published_root(item)
 
 
