@@ -7,12 +7,15 @@ import datetime as dt
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import invocation
 from .checks import ERROR
 from .config import Cluster, Topology
 from .redact import redact
+
+if TYPE_CHECKING:  # for the annotation only: the report does not depend on how clusters are read
+    from .kube import Observed
 
 
 # --- the report ------------------------------------------------------------------------------------
@@ -120,8 +123,8 @@ class MeshStatus:
     problems: list[Problem] = field(default_factory=list)  # about the workspace, not one cluster
     root: dict[str, Any] | None = None  # the workspace's root: expires, days_left
     transition: dict[str, Any] | None = None  # a move to a new root under way
-    # What the first read found per context (lib/kube.Observed): verify reads no cluster twice.
-    observed: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # What the first read found per context: verify reads no cluster twice.
+    observed: dict[str, Observed] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def healthy(self) -> bool:
