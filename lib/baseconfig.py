@@ -2,15 +2,15 @@
 some of its values), and the data-plane mode its profile sets."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .basenames import check_control_plane_namespace, check_operator_name, check_revision
 from .invocation import prep_hint
-from .names import EASTWEST_NAME, ISTIO_NAMESPACE
-from .yamlcheck import DNS1123_LABEL, did_you_mean, type_name, value_at
+from .names import EASTWEST_NAME
+from .yamlcheck import did_you_mean, type_name, value_at
 from .yamlfile import LocatedDoc, load_located
 
 OPERATOR_KEYS = ("apiVersion", "kind", "metadata", "spec")
@@ -167,37 +167,6 @@ def _check_components(doc: LocatedDoc) -> None:
                            + (f", or use a profile that installs them ({', '.join(profiles)})" if by_profile else ""))
 
 
-# Where istioctl puts the control plane: spec.namespace, passed on to the charts as values.global.istioNamespace,
-# which base.yaml may also set. istiod takes its CA (secret cacerts) and the remote secrets from its own
-# namespace, where setup-mesh writes them: istio-system.
-_CONTROL_PLANE_NAMESPACE_KEYS = (("spec", "namespace"), ("spec", "values", "global", "istioNamespace"))
-
-
-def _check_control_plane_namespace(doc: LocatedDoc) -> None:
-    for keys in _CONTROL_PLANE_NAMESPACE_KEYS:
-        present, value = value_at(doc.data, keys)
-        if present and value is not None and value != ISTIO_NAMESPACE:
-            raise ConfigError(f"{doc.where(*keys)}: {'.'.join(keys)} {value}: setup-mesh keeps the control plane "
-                              f"in {ISTIO_NAMESPACE}, where it writes secret cacerts and the remote secrets; istiod "
-                              f"in {value} would find neither (its own CA, no peers)",
-                              hint=f"delete the line (or set it to {ISTIO_NAMESPACE})")
-
-
-# A revision names istiod-<revision>, its webhook and its labels: istioctl refuses one that is no DNS-1123
-# label ("invalid revision specified", Istio's operator/pkg/apis/validation: labels.IsDNS1123Label).
-_REVISION_KEYS = (("spec", "revision"), ("spec", "values", "revision"))
-
-
-def _check_revision(doc: LocatedDoc) -> None:
-    for keys in _REVISION_KEYS:
-        present, value = value_at(doc.data, keys)
-        if present and value and (not DNS1123_LABEL.match(value) or len(value) > 63):
-            raise ConfigError(f"{doc.where(*keys)}: {'.'.join(keys)} {value!r} is no valid revision: istioctl install "
-                              f"would fail with `invalid revision specified`",
-                              hint="a revision is a DNS-1123 label: lower-case letters, digits and '-', e.g. "
-                                   + (re.sub(r"[^a-z0-9-]+", "-", value.lower()).strip("-")[:63] or "canary"))
-
-
 def _listed_gateways(data: dict):
     """(components key, index, gateway) of each gateway base.yaml lists."""
     for key in GATEWAY_COMPONENTS:
@@ -228,14 +197,14 @@ def load_base(path: Path) -> Base:
     data = doc.data
     hint = "base.yaml must be an IstioOperator: apiVersion: install.istio.io/v1alpha1, kind: IstioOperator, spec: {...}"
     _check_operator(doc, path, hint)
-    _check_control_plane_name(doc)
+    check_operator_name(doc)
     _check_profile(doc)
     problems, hint = _reserved_in_base(doc)
     if problems:
         raise ConfigError("base.yaml sets values that setup-mesh owns:\n" + "\n".join(problems), hint=hint)
     _check_components(doc)
-    _check_control_plane_namespace(doc)
-    _check_revision(doc)
+    check_control_plane_namespace(doc)
+    check_revision(doc)
     _check_gateway_names(doc)
     return Base(path=path, operator=data, doc=doc)
 
@@ -334,16 +303,6 @@ def _check_profile(doc: LocatedDoc) -> None:
 def _profile_key(keys: tuple[str, ...]) -> str:
     """How the profile's key is named to users: spec.profile, or values.profile as Istio's docs write it."""
     return ".".join(keys if keys == ("spec", "profile") else keys[1:])
-
-
-def _check_control_plane_name(doc: LocatedDoc) -> None:
-    present, name = value_at(doc.data, ("metadata", "name"))
-    if present and name is not None:
-        # The name labels everything istioctl installs for it; the east-west gateway already uses `eastwest`.
-        if not isinstance(name, str) or not DNS1123_LABEL.match(name) or len(name) > 63 or name == "eastwest":
-            raise ConfigError(f"{doc.where('metadata', 'name')}: metadata.name {name!r} cannot name the control plane's IstioOperator",
-                              hint="use a DNS-1123 label other than `eastwest` (the east-west gateway's), "
-                                   "or delete the line to use `setup-mesh`")
 
 
 def _reserved_in_base(doc: LocatedDoc) -> tuple[list[str], str]:

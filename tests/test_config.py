@@ -45,6 +45,14 @@ BAD_TOPOLOGIES = [
     ("mesh_id: m\ncontexts:\n  c1:\n    network: n1\n    cluster_name: x\n  c2:\n    network: n1\n    cluster_name: x\n",
      "cluster name 'x' of context 'c2' is already used by context 'c1'"),
     ("mesh_id: m\ncontexts:\n  c1:\n    network: n1\n    api_server: not-a-url\n", "invalid api_server"),
+    # A URL with a host but another scheme, or a scheme but no host, reaches no API server either.
+    ("mesh_id: m\ncontexts:\n  c1:\n    network: n1\n    api_server: ftp://10.0.0.2:6443\n", "invalid api_server"),
+    ("mesh_id: m\ncontexts:\n  c1:\n    network: n1\n    api_server: 'https://'\n", "invalid api_server"),
+    ("mesh_id: m\ncontexts:\n  c1:\n    network: n1\n    kubeconfig: ''\n", "kubeconfig must be a file path"),
+    ("mesh_id: m\ncontexts:\n  c1:\n    network: n1\n    kubeconfig: [a.yaml]\n", "kubeconfig must be a file path"),
+    # Kubernetes names and label values: at most 63 characters.
+    ("mesh_id: m\ncontexts:\n  c1:\n    network: n1\n    cluster_name: " + "c" * 64 + "\n", "invalid cluster_name"),
+    ("mesh_id: m\ncontexts:\n  c1:\n    network: " + "n" * 64 + "\n", "invalid network"),
     # A name YAML reads as something else: the hint says to quote it.
     ("mesh_id: m\ncontexts:\n  c1:\n    network: 5\n",
      'invalid network 5 for context \'c1\'\nput the name in quotes, e.g. network: "5": unquoted, YAML reads it as a number'),
@@ -601,6 +609,23 @@ def test_a_revision_that_is_no_dns_label_is_refused_before_istioctl_fails_on_it(
     assert refused.hint.endswith(f"e.g. {example}")
 
 
+@pytest.mark.parametrize("key, spec", [("spec.revision", "  revision: {}\n"),
+                                       ("spec.values.revision", "  values:\n    revision: {}\n")])
+def test_a_revision_too_long_for_istiods_service_name_is_refused(tmp_path, key, spec):
+    """istiod's Service is istiod-<revision>, and a Service name has at most 63 characters: 56 is the longest
+    revision an install can make."""
+    longest = "r" * 56
+    path = tmp_path / "ok" / "base.yaml"
+    path.parent.mkdir()
+    path.write_text("apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n" + spec.format(longest))
+    load_base(path)
+    path, refused = _refused_spec(tmp_path, spec.format(longest + "s"))
+    assert refused.message.startswith(f"{path}:") and refused.message.endswith(
+        f"{key} '{longest}s' has 57 characters: istiod's Service istiod-{longest}s would be longer than the 63 a "
+        "Service name may have, and the API server would refuse it halfway through istioctl install")
+    assert refused.hint == "use a revision of at most 56 characters"
+
+
 def test_a_gateway_of_base_yaml_may_not_take_the_east_west_gateways_name(tmp_path):
     # What pasting gen-eastwest-gateway.sh's gateway into base.yaml gives: two IstioOperators owning one Deployment.
     path, refused = _refused_spec(tmp_path, "  components:\n    ingressGateways:\n    - name: istio-ingressgateway\n"
@@ -655,3 +680,10 @@ def test_a_bad_context_is_refused_at_its_line_with_how_to_fix_it(tmp_path, conte
         load_topology(path)
     assert info.value.message == message.format(p=path)
     assert info.value.hint.startswith(hint)
+
+
+def test_names_and_label_values_of_63_characters_are_accepted(tmp_path):
+    path = tmp_path / "topology.yaml"
+    path.write_text(f"mesh_id: m\ncontexts:\n  c1:\n    network: {'n' * 63}\n    cluster_name: {'c' * 63}\n")
+    (cluster,) = load_topology(path).clusters
+    assert (cluster.network, cluster.name) == ("n" * 63, "c" * 63)
