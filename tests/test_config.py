@@ -167,6 +167,9 @@ def test_the_hint_for_reserved_values_of_several_owners_names_each_once(tmp_path
     assert info.value.hint == ("delete those lines from base.yaml: set mesh_id, network, cluster_name and primary in "
                                "topology.yaml instead; setup-mesh sets AMBIENT_ENABLE_MULTI_NETWORK for every istiod "
                                "of an ambient mesh")
+    lines = info.value.message.splitlines()[1:]  # every line it must delete, each named
+    assert [line.split(": ")[1].split(" ")[0] for line in lines] == [
+        "spec.values.global.meshID", "spec.values.global.network", "spec.values.pilot.env.AMBIENT_ENABLE_MULTI_NETWORK"]
 
 
 def test_the_second_root_switch_is_refused_in_istiods_env_list_too(tmp_path):
