@@ -651,3 +651,60 @@ def test_a_revision_edit_says_the_control_plane_installed_last_keeps_running(tmp
             assert said == [f"(the control plane of revision {before or 'default'} keeps running beside it: the "
                             f"workloads it injected use it until they restart; `istioctl uninstall --revision "
                             f"{before or 'default'} -y --context {c.context}` removes it once none does)"]
+
+
+def test_the_plans_secret_counts_add_up_over_clusters(tmp_path):
+    """The summary line's secrets: c2's reader token changed (c1 and c3 replace theirs), c1 lacks c3's secret
+    (one added), and c1 and c2 each hold one of a cluster gone (two pruned)."""
+    def observed(topology, desired):
+        obs = _healthy(topology, desired)
+        obs["c2"].reader_token = "new-token"
+        del obs["c1"].remote_secrets["c3"]
+        for holder in ("c1", "c2"):
+            obs[holder].remote_secrets["old"] = RemoteSecretInfo("istio-remote-secret-old", "old", "x", None)
+        return obs
+
+    plan = _plan(tmp_path, observed)
+    assert plan.secrets == {"add": 1, "replace": 2, "prune": 2}
+
+
+def test_a_secret_a_peer_holds_is_copied_from_it_as_read(tmp_path):
+    """c1 lacks c3's secret and c2 holds a current copy: c1's import applies that copy, and c3 exports
+    nothing."""
+    import io
+    import threading
+    from types import SimpleNamespace
+
+    import yaml
+    from rich.console import Console
+
+    from lib.executor import RunContext
+    from lib.reporter import Reporter
+
+    def observed(topology, desired):
+        obs = _healthy(topology, desired)
+        del obs["c1"].remote_secrets["c3"]
+        return obs
+
+    plan = _plan(tmp_path, observed)
+    assert _steps(plan) == {(IMPORT, "c1"): ["import c3's secret"]}
+    (step,) = [s for p in plan.phases for s in p.steps.get("c1", [])]
+    applied = []
+    runner = SimpleNamespace(run=lambda command: applied.append(command) or SimpleNamespace(ok=True, stdout=""))
+    step.action(RunContext(runner, Reporter(quiet=True, err_console=Console(file=io.StringIO())), "c1", {},
+                           threading.Lock(), threading.Event()))
+    (command,) = applied
+    assert [item["metadata"]["name"] for item in yaml.safe_load(command.stdin)["items"]] == ["copy-of-c3"]
+
+
+def test_a_removed_cluster_is_reached_through_its_own_kubeconfig(tmp_path):
+    def observed(topology, desired):
+        obs = _healthy(topology, desired)
+        obs["gone"] = Observed(reachable=True, namespace=True)
+        return obs
+
+    plan = _plan(tmp_path, observed, [Removal("gone", "gone", "/home/me/gone.yaml", False)],
+                 uninstall={"gone": Uninstall(tmp_path, OURS, IstioUsage())})
+    commands = [c.argv for p in plan.phases for s in p.steps.get("gone", []) for c in s.commands]
+    assert commands and all("--kubeconfig" in argv and argv[argv.index("--kubeconfig") + 1] == "/home/me/gone.yaml"
+                            for argv in commands), commands
