@@ -354,6 +354,46 @@ def test_the_ambient_gateway_wait_polls_until_programmed():
     assert len(runner.asked) == 3 and ctx.shared["gateway_address"] == {"c2": "198.51.100.7"}
 
 
+def test_the_sidecar_gateway_wait_polls_the_services_loadbalancer_until_it_has_an_address():
+    import lib.gatewaysteps
+
+    pending = {"spec": {"type": "LoadBalancer"}, "status": {"loadBalancer": {}}}
+    ready = {**pending, "status": {"loadBalancer": {"ingress": [{"hostname": "eastwest.elb.example.com"}]}}}
+    runner = Replies(json.dumps(pending), json.dumps(ready))
+    step = wait_gateway_step(Tools(), Cluster("c2", "n2", "c2"), timeout=30)
+    lib.gatewaysteps.GATEWAY_POLL_SECONDS, saved = 0.01, lib.gatewaysteps.GATEWAY_POLL_SECONDS
+    try:
+        ctx = _context(runner)
+        step.action(ctx)
+        with pytest.raises(MeshError) as failed:  # a LoadBalancer that never gets one: said, with the command
+            wait_gateway_step(Tools(), Cluster("c2", "n2", "c2"), timeout=0).action(_context(Replies(json.dumps(pending))))
+    finally:
+        lib.gatewaysteps.GATEWAY_POLL_SECONDS = saved
+    assert len(runner.asked) == 2 and ctx.shared["gateway_address"] == {"c2": "eastwest.elb.example.com"}
+    assert failed.value.message == "east-west gateway istio-eastwestgateway has no address after 0s"
+    assert "kubectl --context c2 get service istio-eastwestgateway -n istio-system -o json" in failed.value.hint
+
+
+def test_an_import_waits_for_each_peers_export_and_says_what_it_adds_and_replaces():
+    from lib.secretsteps import EXPORT_KEY, import_step
+
+    peers = [Cluster(c, "n1", c) for c in ("c2", "c3", "c4")]
+    step = import_step(Tools(), Cluster("c1", "n1", "c1"), peers, {},
+                       {"c2": "new address", "c4": "new credentials"})
+    assert [(a.cluster, a.key, a.required) for a in step.after] == [(p.context, EXPORT_KEY, False) for p in peers]
+    assert step.change == ("+ remote secret of c3; replace remote secrets of c2 (new address), c4 (new credentials)")
+    secrets = {p.context: {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": f"istio-remote-secret-{p.name}"}}
+               for p in peers}
+    ctx = _context(Replies(""))
+    ctx.shared["remote_secrets"] = secrets
+    assert step.action(ctx) == "1 secret imported, 2 replaced"
+    same = import_step(Tools(), Cluster("c1", "n1", "c1"), peers[:2], {}, {"c2": "new address", "c3": "new address"})
+    assert same.change == "~ remote secrets of c2, c3 (new address)"
+    ctx = _context(Replies(""))
+    ctx.shared["remote_secrets"] = secrets
+    assert same.action(ctx) == "2 secrets replaced"
+
+
 def _switch_plan(tmp_path, networks: tuple[str, str], running_base: dict, base: dict, made_by: str,
                  running_networks: tuple[str, str] | None = None, cluster: str = "c1"):
     """``cluster``'s steps in the plan for ``base`` over clusters set up from ``running_base`` (on
