@@ -385,9 +385,13 @@ def test_a_network_change_replaces_the_gateway_deployment_whose_selector_names_i
         obs["c1"].applied = "something-else"
         return obs
 
-    steps = _steps(_plan(tmp_path, observed))
+    plan = _plan(tmp_path, observed)
+    steps = _steps(plan)
     assert steps[(SETUP, "c3")][:3] == ["install Istio", "remove the east-west gateway's Deployment (it selects network old-network)",
                                         "install east-west gateway"]
+    (delete,) = next(s for s in plan.phases[0].steps["c3"] if s.title.startswith("remove the east-west")).commands
+    assert list(delete.argv[-6:]) == ["delete", "deployment", "istio-eastwestgateway", "-n", "istio-system", "--ignore-not-found"]
+    assert "--context" in delete.argv and delete.argv[delete.argv.index("--context") + 1] == "c3"
     assert not any("remove the east-west" in title for title in steps[(SETUP, "c1")]), "same network: updated in place"
 
 
