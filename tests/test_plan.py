@@ -94,6 +94,24 @@ def test_a_missing_secret_is_copied_from_a_peer_that_holds_a_current_one(tmp_pat
     assert _steps(plan) == {(IMPORT, "c1"): ["import c3's secret"]}
     argvs = [c.argv for phase in plan.phases for steps in phase.steps.values() for st in steps for c in st.commands]
     assert not any("create-remote-secret" in argv for argv in argvs)
+    # What c1's import applies is the copy as c2's read found it.
+    import io
+    import threading
+    from types import SimpleNamespace
+
+    import yaml
+    from rich.console import Console
+
+    from lib.executor import RunContext
+    from lib.reporter import Reporter
+
+    (step,) = [s for p in plan.phases for s in p.steps.get("c1", [])]
+    applied = []
+    runner = SimpleNamespace(run=lambda command: applied.append(command) or SimpleNamespace(ok=True, stdout=""))
+    step.action(RunContext(runner, Reporter(quiet=True, err_console=Console(file=io.StringIO())), "c1", {},
+                           threading.Lock(), threading.Event()))
+    (command,) = applied
+    assert [item["metadata"]["name"] for item in yaml.safe_load(command.stdin)["items"]] == ["copy-of-c3"]
 
 
 def test_a_secret_nobody_holds_is_exported_once(tmp_path):
@@ -670,35 +688,6 @@ def test_the_plans_secret_counts_add_up_over_clusters(tmp_path):
 
     plan = _plan(tmp_path, observed)
     assert plan.secrets == {"add": 1, "replace": 2, "prune": 2}
-
-
-def test_a_secret_a_peer_holds_is_copied_from_it_as_read(tmp_path):
-    """c1 lacks c3's secret and c2 holds a current copy: c1's import applies that copy, and c3 exports
-    nothing."""
-    import io
-    import threading
-    from types import SimpleNamespace
-
-    import yaml
-    from rich.console import Console
-
-    from lib.executor import RunContext
-    from lib.reporter import Reporter
-
-    def observed(topology, desired):
-        obs = _healthy(topology, desired)
-        del obs["c1"].remote_secrets["c3"]
-        return obs
-
-    plan = _plan(tmp_path, observed)
-    assert _steps(plan) == {(IMPORT, "c1"): ["import c3's secret"]}
-    (step,) = [s for p in plan.phases for s in p.steps.get("c1", [])]
-    applied = []
-    runner = SimpleNamespace(run=lambda command: applied.append(command) or SimpleNamespace(ok=True, stdout=""))
-    step.action(RunContext(runner, Reporter(quiet=True, err_console=Console(file=io.StringIO())), "c1", {},
-                           threading.Lock(), threading.Event()))
-    (command,) = applied
-    assert [item["metadata"]["name"] for item in yaml.safe_load(command.stdin)["items"]] == ["copy-of-c3"]
 
 
 def test_a_removed_cluster_is_reached_through_its_own_kubeconfig(tmp_path):

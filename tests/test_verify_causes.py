@@ -100,25 +100,36 @@ def test_a_cacerts_under_another_root_is_blamed_where_status_blames_it(tmp_path,
     assert cause.hint == next(p.hint for c in status.clusters for p in c.problems if p.code == "cacerts_foreign_root")
 
 
-def test_ambient_ztunnel_is_blamed_from_status_reading_of_the_daemonset(tmp_path, roots):
-    """verify reads no DaemonSet of its own: status's one reading of istio-system says ztunnel is gone."""
+def _ambient_pairs_from_c2(tmp_path, roots, breaks):
+    """An ambient mesh, every ztunnel ready, with ``breaks`` applied to what status read; verify's pairs when
+    every call from or to c2 fails."""
     from dataclasses import replace
 
     from lib.config import AMBIENT
 
     topology = _topology(tmp_path)
     observed, istiod = _healthy(topology, roots[0])
-    for ctx, seen in observed.items():
-        if ctx != "c2":  # c2's ztunnel was deleted
-            seen.daemonsets["ztunnel"] = {"status": {"numberReady": 1, "desiredNumberScheduled": 1}}
+    for seen in observed.values():
+        seen.daemonsets["ztunnel"] = {"status": {"numberReady": 1, "desiredNumberScheduled": 1}}
+    breaks(observed, istiod)
     status = evaluate(replace(_ws(tmp_path, topology, roots[0]), data_plane=AMBIENT), observed, istiod, now=NOW)
-    assert "ztunnel_missing" in _codes(status, "c2")
     names = [c.name for c in topology.clusters]
     runs = {c.context: ClusterRun(applied=True, client=READY, server=READY,
                                   answered_by={n: 1 for n in names if "c2" not in (c.name, n)})
             for c in topology.clusters}
     hints = VerifyHints(Hints(tmp_path, topology), "setup-mesh-verify", None, ambient=True)
     pairs, _ = judge(topology, runs, Facts(status, {}, mesh_model(topology, AMBIENT)), hints)
+    return topology, status, pairs
+
+
+def test_ambient_ztunnel_is_blamed_from_status_reading_of_the_daemonset(tmp_path, roots):
+    """verify reads no DaemonSet of its own: status's one reading of istio-system says ztunnel is gone."""
+    def gone(observed, istiod):
+        del observed["c2"].daemonsets["ztunnel"]  # c2's ztunnel was deleted
+
+    topology, status, pairs = _ambient_pairs_from_c2(tmp_path, roots, gone)
+    assert "ztunnel_missing" in _codes(status, "c2")
+    names = [c.name for c in topology.clusters]
     failed = {(p.source, p.target): p.causes for p in pairs if not p.reached}
     assert set(failed) == {(a, b) for a in names for b in names if "c2" in (a, b)}
     for causes in failed.values():
@@ -675,20 +686,8 @@ def test_a_pair_nothing_explains_is_told_so_with_what_the_clients_proxy_knows(tm
 def test_ambient_a_primarys_istiod_down_is_said_to_leave_its_ztunnel_without_configuration(tmp_path, roots):
     from dataclasses import replace
 
-    from lib.config import AMBIENT
-
-    topology = _topology(tmp_path)
-    observed, istiod = _healthy(topology, roots[0])
-    for seen in observed.values():
-        seen.daemonsets["ztunnel"] = {"status": {"numberReady": 1, "desiredNumberScheduled": 1}}
-    istiod["c2"] = replace(istiod["c2"], ready=False)
-    status = evaluate(replace(_ws(tmp_path, topology, roots[0]), data_plane=AMBIENT), observed, istiod, now=NOW)
-    names = [c.name for c in topology.clusters]
-    runs = {c.context: ClusterRun(applied=True, client=READY, server=READY,
-                                  answered_by={n: 1 for n in names if "c2" not in (c.name, n)})
-            for c in topology.clusters}
-    hints = VerifyHints(Hints(tmp_path, topology), "setup-mesh-verify", None, ambient=True)
-    pairs, _ = judge(topology, runs, Facts(status, {}, mesh_model(topology, AMBIENT)), hints)
+    _, _, pairs = _ambient_pairs_from_c2(tmp_path, roots,
+                                         lambda observed, istiod: istiod.__setitem__("c2", replace(istiod["c2"], ready=False)))
     (cause,) = {c for p in pairs if not p.reached for c in p.causes if c.code == "istiod_not_ready"}
     assert (cause.code, cause.message) == ("istiod_not_ready", "c2's istiod has no ready replica: its ztunnel gets no "
                                                                "configuration, so calls from the cluster's pods cannot connect")
