@@ -376,7 +376,7 @@ def test_the_table_shows_what_was_read_of_each_cluster_network_label_and_gateway
 
 def test_ambient_the_gateway_istiod_reports_and_a_ztunnel_with_no_pod_ready_are_shown_as_read(tmp_path, roots):
     """c1's Gateway is programmed at its address; c2's is not, with istiod's reason and message; c3's is not,
-    with a reason alone. c2's ztunnel status has no numberReady: the API server leaves out a count of zero."""
+    with a reason alone. c2's ztunnel status lacks numberReady: a count not there is read as none ready."""
     def faults(observed, istiod):
         observed["c2"].eastwest_gateway = {**PROGRAMMED, "status": {"conditions": [
             {"type": "Programmed", "status": "False", "reason": "AddressNotAssigned",
