@@ -95,22 +95,14 @@ def test_a_missing_secret_is_copied_from_a_peer_that_holds_a_current_one(tmp_pat
     argvs = [c.argv for phase in plan.phases for steps in phase.steps.values() for st in steps for c in st.commands]
     assert not any("create-remote-secret" in argv for argv in argvs)
     # What c1's import applies is the copy as c2's read found it.
-    import io
-    import threading
-    from types import SimpleNamespace
-
     import yaml
-    from rich.console import Console
 
-    from lib.executor import RunContext
-    from lib.reporter import Reporter
+    from tests.test_behaviours import Replies, _context
 
     (step,) = [s for p in plan.phases for s in p.steps.get("c1", [])]
-    applied = []
-    runner = SimpleNamespace(run=lambda command: applied.append(command) or SimpleNamespace(ok=True, stdout=""))
-    step.action(RunContext(runner, Reporter(quiet=True, err_console=Console(file=io.StringIO())), "c1", {},
-                           threading.Lock(), threading.Event()))
-    (command,) = applied
+    runner = Replies("")
+    step.action(_context(runner))
+    (command,) = runner.asked
     assert [item["metadata"]["name"] for item in yaml.safe_load(command.stdin)["items"]] == ["copy-of-c3"]
 
 

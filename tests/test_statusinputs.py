@@ -3,19 +3,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from cryptography.hazmat.primitives import serialization
-
 from lib import certs
 from lib.carotation import Transition, next_dir, save_transition
 from lib.statusinputs import status_workspace
+from tests.test_rotation_logic import _files
 from tests.test_status import _ca, _pem, _topology
 
 BASE = {"apiVersion": "install.istio.io/v1alpha1", "kind": "IstioOperator", "spec": {"profile": "default"}}
-
-
-def _key_pem(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
 
 
 def test_an_intermediate_key_that_is_not_its_certificates_is_judged_except_during_a_root_move(tmp_path):
@@ -25,13 +19,9 @@ def test_an_intermediate_key_that_is_not_its_certificates_is_judged_except_durin
     cert_dir.mkdir()
     (cert_dir / certs.ROOT_CERT).write_bytes(_pem(roots[0][0]))
     for cluster in topology.clusters:
-        inter, key = _ca("Intermediate CA", issuer=roots[0])
-        folder = cert_dir / cluster.name
-        folder.mkdir()
-        (folder / "ca-cert.pem").write_bytes(_pem(inter))
-        (folder / "ca-key.pem").write_bytes(_key_pem(key))
-        (folder / "root-cert.pem").write_bytes(_pem(roots[0][0]))
-        (folder / "cert-chain.pem").write_bytes(_pem(inter) + _pem(roots[0][0]))
+        (cert_dir / cluster.name).mkdir()
+        for name, data in _files(_ca("Intermediate CA", issuer=roots[0]), roots[0]).items():
+            (cert_dir / cluster.name / name).write_bytes(data)
     loaded = SimpleNamespace(topology=topology, base=BASE)
     assert status_workspace(tmp_path, loaded).unkeyed == frozenset()
 

@@ -349,11 +349,7 @@ def test_a_cluster_missing_from_what_was_read_is_reported_not_read(tmp_path, roo
 def test_the_table_shows_what_was_read_of_each_cluster_network_label_and_gateway(tmp_path, roots):
     """evaluate's row of each cluster, as status's table shows it: the network label read (a wrong one as
     read), the east-west gateway's address, or "missing" where a gateway is needed and there is none."""
-    import io
-
-    from rich.console import Console
-
-    from lib.statusview import render
+    from tests.test_statusview import _render
 
     def faults(observed, istiod):
         observed["c1"].network_label = "n9"
@@ -361,10 +357,8 @@ def test_the_table_shows_what_was_read_of_each_cluster_network_label_and_gateway
         observed["c3"].eastwest_address = None
 
     _, status = _status(tmp_path, roots, faults)
-    out = io.StringIO()
-    render(status, Console(file=out, width=160, color_system=None, force_terminal=True))
     rows: dict[str, list[str]] = {}  # the first table's rows (the secrets' matrix has rows named alike)
-    for line in out.getvalue().splitlines():
+    for line in _render(status, 160):
         if line.strip().startswith("c"):
             rows.setdefault(line.split()[0], line.split())
     assert (rows["c1"][3], rows["c1"][5]) == ("n9≠n1", "198.51.100.9"), "the label read, and the one expected"

@@ -161,9 +161,7 @@ def serve(fd: int) -> None:
     sys.path.append(str(ROOT))
     import apiserver  # noqa: F401 - loaded once for every child
     import encodings.idna  # noqa: F401 - loaded by socket.getfqdn, which each emulator's server_bind calls
-    from tests.cliserver import run_as_interpreter  # noqa: F401 - the child ends as an interpreter does
-
-    from tests.cliserver import serve_forks
+    from tests.cliserver import run_as_interpreter, serve_forks  # noqa: F401 - the children end as interpreters do
 
     sock.sendall(b"ok")
     serve_forks(sock, lambda request, fds: _child(sock, request, fds))
