@@ -6,7 +6,7 @@ import re
 
 from .errors import ConfigError
 from .names import ISTIO_NAMESPACE
-from .yamlcheck import DNS1123_LABEL, value_at
+from .yamlcheck import is_dns1123_label, value_at
 from .yamlfile import LocatedDoc
 
 # Where istioctl puts the control plane: spec.namespace, passed on to the charts as values.global.istioNamespace,
@@ -37,7 +37,7 @@ _REVISION_MAX = 63 - len("istiod-")
 def check_revision(doc: LocatedDoc) -> None:
     for keys in _REVISION_KEYS:
         present, value = value_at(doc.data, keys)
-        if present and value and (not DNS1123_LABEL.match(value) or len(value) > 63):
+        if present and value and not is_dns1123_label(value):
             raise ConfigError(f"{doc.where(*keys)}: {'.'.join(keys)} {value!r} is no valid revision: istioctl install "
                               f"would fail with `invalid revision specified`",
                               hint="a revision is a DNS-1123 label: lower-case letters, digits and '-', e.g. "
@@ -54,7 +54,7 @@ def check_operator_name(doc: LocatedDoc) -> None:
     present, name = value_at(doc.data, ("metadata", "name"))
     if present and name is not None:
         # The name labels everything istioctl installs for it; the east-west gateway already uses `eastwest`.
-        if not isinstance(name, str) or not DNS1123_LABEL.match(name) or len(name) > 63 or name == "eastwest":
+        if not is_dns1123_label(name) or name == "eastwest":
             raise ConfigError(f"{doc.where('metadata', 'name')}: metadata.name {name!r} cannot name the control plane's IstioOperator",
                               hint="use a DNS-1123 label other than `eastwest` (the east-west gateway's), "
                                    "or delete the line to use `setup-mesh`")

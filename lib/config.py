@@ -14,7 +14,7 @@ from .baseconfig import (AMBIENT, MULTI_NETWORK_ENV, MULTIROOT_ENV, MULTIROOT_VA
 from .errors import ConfigError
 from .invocation import prep_hint
 from .versions import version_problem
-from .yamlcheck import DNS1123_LABEL, did_you_mean, type_name  # noqa: F401
+from .yamlcheck import did_you_mean, is_dns1123_label, type_name  # noqa: F401
 from .yamlfile import LocatedDoc, load_located
 
 TOPOLOGY_FILE = "topology.yaml"
@@ -264,7 +264,7 @@ def _suggest(context: str) -> str:
 
 def is_cluster_name(name: object) -> bool:
     """Istio's cluster names are DNS-1123 labels."""
-    return isinstance(name, str) and bool(DNS1123_LABEL.match(name)) and len(name) <= 63
+    return is_dns1123_label(name)
 
 
 def cluster_names_for(contexts: list[str]) -> dict[str, str]:
