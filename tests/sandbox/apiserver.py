@@ -1937,6 +1937,10 @@ class Cluster:
         if not name:
             errs.required("metadata.name", "name or generateName is required")
         else:
+            # Names as kube-apiserver validates them (k8s.io/kubernetes pkg/apis/core/validation:
+            # ValidateNamespaceName is a DNS-1123 label, ValidateServiceName a DNS-1035 label, both at most 63
+            # characters; pkg/apis/rbac/validation: ValidateRBACName checks only path segments; most other
+            # kinds: a DNS-1123 subdomain of at most 253, k8s.io/apimachinery/pkg/util/validation).
             if rt.group == "" and rt.plural in ("namespaces",):
                 pattern, msg, limit = DNS1123_LABEL, MSG_LABEL, 63
             elif rt.group == "" and rt.plural == "services":
@@ -1952,6 +1956,8 @@ class Cluster:
                     errs.invalid_value("metadata.name", name, msg)
             elif "/" in name or name in (".", "..") or "%" in name:
                 errs.invalid_value("metadata.name", name, "may not contain '/'")
+        # Labels and annotations as apimachinery's ValidateLabels (IsQualifiedName keys, IsValidLabelValue values:
+        # at most 63 characters) and ValidateAnnotations (qualified keys, 256 KiB in all) check them.
         for key, value in (meta.get("labels") or {}).items():
             _validate_qualified(errs, "metadata.labels", key)
             if not isinstance(value, str):
