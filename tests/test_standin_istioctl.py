@@ -504,6 +504,20 @@ def test_latency_and_failure_injection_per_context(sb):
     assert crs.stderr.startswith("error: could not get access token")
 
 
+def test_an_install_spends_its_latency_waiting_after_it_has_applied_its_objects(sb, tmp_path):
+    # A real install applies first and then waits for pods: the east-west gateway's Service exists, and its
+    # load balancer is being provisioned, while the install still runs.
+    proc = subprocess.Popen([str(Path(sb.istio_dir) / "bin" / "istioctl"), "install", "-y", "--context", "c1",
+                             "-f", write(tmp_path / "ew.yaml", eastwest(sb, "n1"))], env=dict(sb.env, ISTIOCTL_STANDIN_LATENCY="install=30"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: exists(sb, "c1", "service", "istio-eastwestgateway", "-n", "istio-system"), 25)
+        assert proc.poll() is None, "the Service was created before the latency was spent"
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 def test_stopped_cluster_is_reported_like_client_go(sb):
     sb.stop_cluster("c2")
     proc = istioctl(sb, "install", "-y", "--context", "c2")
