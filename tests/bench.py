@@ -7,8 +7,9 @@ network2, so east-west gateways are needed), with the latencies of a real mesh s
 install 2 s, create-remote-secret 0.3 s (the stand-in's ISTIOCTL_STANDIN_LATENCY), LoadBalancer
 address 1 s after the east-west gateway's Service is created (the emulator's lb_delay). The workspace
 is made as a user makes it (`setup_mesh.py prep-mesh --context cluster1=network1 ...`). Each N is run
-once per key size (ROOTCA_KEYSZ, INTERMEDIATE_KEYSZ): 2048 bits, which keeps key generation small, and
-4096 bits, what Istio's certs Makefile makes by default (what users get).
+once per key size: 2048 bits (ROOTCA_KEYSZ, INTERMEDIATE_KEYSZ set), which keeps key generation small,
+and 4096 bits, what Istio's certs Makefile makes by default, measured as users get it: with neither
+variable set, so the Makefile makes the keys itself.
 
 Measured per N, each apply being `setup_mesh.py apply -y -q` run as a user runs it:
 
@@ -16,9 +17,10 @@ Measured per N, each apply being `setup_mesh.py apply -y -q` run as a user runs 
   cluster started and added to topology.yaml (add one); one sandbox and workspace;
 - apply --parallel 1 on a fresh sandbox and workspace (serial);
 - the critical path: the shortest time apply could take with unlimited parallelism, i.e. one
-  cluster's chain (its first read, make, cacerts, install, east-west install, the LoadBalancer delay
-  overlapping the Gateway apply and the annotation, one read of the address) plus one exchange (create-remote-secret,
-  one apply of the secrets). Per-command times come from the --parallel 1 run's log, where every
+  cluster's chain (its first read, make, cacerts, install, east-west install, what is left of the
+  LoadBalancer delay, which starts when the east-west install creates the Service and so runs beside that
+  install's own wait, overlapping the Gateway apply and the annotation, one read of the address) plus one
+  exchange (create-remote-secret, one apply of the secrets). Per-command times come from the --parallel 1 run's log, where every
   command ran alone (injected latency + uncontended start-up cost); the 1 s LoadBalancer delay is
   added as injected. The median over the clusters is used.
 - the tool processes apply spawned: the command lines of its run log (one per command);
@@ -269,7 +271,10 @@ def critical_path(entries: list[LogEntry], contexts: list[str]) -> dict | None:
     """One cluster's chain plus one exchange, from per-command times in a log; the median over clusters.
 
     chain = read (when the log has it) + make + cacerts + install + east-west install
-            + max(LoadBalancer delay, Gateway apply + annotate) + the read that sees the address
+            + max(LoadBalancer delay - install latency, Gateway apply + annotate) + the read that sees the address
+
+    The stand-in install applies its objects and then spends its latency waiting, as a real one waits for
+    its pods, so the gateway's Service, and the LoadBalancer's delay, start that long before it ends.
     exchange = create-remote-secret + one apply of remote secrets
     """
     per: dict[str, dict[str, list[float]]] = {}
@@ -282,7 +287,7 @@ def critical_path(entries: list[LogEntry], contexts: list[str]) -> dict | None:
         if any(k not in got for k in need):
             continue
         chain = (sum(got.get("read", [])[:1]) + got["make"][0] + got["cacerts"][0] + got["install"][0] + got["eastwest"][0]
-                 + max(LB_DELAY, got["gateway"][0] + got["annotate"][0])  # the address comes LB_DELAY after the Service
+                 + max(LB_DELAY - INSTALL_LATENCY, got["gateway"][0] + got["annotate"][0])  # LB_DELAY after the Service
                  + got["address"][-1])  # the read that sees the address
         exchange = got["export"][0] + got["import"][0]
         chains.append(chain)
@@ -342,7 +347,10 @@ def sandbox(directory: Path, contexts: list[str]):
 
 def cli_env(box, keys: int, pycache: Path) -> dict[str, str]:
     env = dict(box.env)
-    env.update({"ROOTCA_KEYSZ": str(keys), "INTERMEDIATE_KEYSZ": str(keys)})
+    env.pop("ROOTCA_KEYSZ", None)
+    env.pop("INTERMEDIATE_KEYSZ", None)
+    if keys != MAKEFILE_KEY_SIZE:  # the Makefile's own size is measured as users get it: nothing set
+        env.update({"ROOTCA_KEYSZ": str(keys), "INTERMEDIATE_KEYSZ": str(keys)})
     env["ISTIOCTL_STANDIN_LATENCY"] = LATENCY_ENV
     env.pop("ISTIOCTL_STANDIN_FAIL", None)
     # Bytecode cached as an installed copy has it, outside the source tree.
@@ -669,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"injected latency: istioctl install {INSTALL_LATENCY:g}s, create-remote-secret {SECRET_LATENCY:g}s "
                   f"(ISTIOCTL_STANDIN_LATENCY={LATENCY_ENV}), LoadBalancer address {LB_DELAY:g}s (lb_delay)")
     console.print(f"keys: ROOTCA_KEYSZ and INTERMEDIATE_KEYSZ {' and '.join(map(str, args.keys))} bits, a row each "
-                  f"({MAKEFILE_KEY_SIZE}: what Istio's certs Makefile makes by default)")
+                  f"({MAKEFILE_KEY_SIZE}: what Istio's certs Makefile makes by default, run with neither variable set)")
     if load_before is not None and load_before > 0.5 * host["nproc"]:
         console.print(f"[yellow]warning[/]: the machine is busy (load average {load_before:.1f} on "
                       f"{host['nproc']} CPU(s)): the figures will be slower than on an idle machine")
@@ -704,7 +712,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(commands_table(detail))
     console.print(
         "critical path = one cluster's chain (read, make, cacerts, install, east-west install, "
-        f"max({LB_DELAY:g}s LoadBalancer delay, Gateway apply + annotate), the read that sees the address) + one "
+        f"max({LB_DELAY:g}s LoadBalancer delay - the {INSTALL_LATENCY:g}s the east-west install waits after creating "
+        "its Service, Gateway apply + annotate), the read that sees the address) + one "
         "exchange (create-remote-secret + one apply of secrets), per-command times from the --parallel 1 run's log "
         "(each command ran alone: injected latency + uncontended start-up), median over the clusters; setup_mesh.py's "
         "own start-up is not in it. \"in this run\": the same sum from the parallel run's own log (commands slowed by "
