@@ -21,6 +21,7 @@ from .yamlfile import load_all_data, load_data
 
 READER_SERVICE_ACCOUNT = "istio-reader-service-account"
 GATEWAY_RESOURCE = GATEWAY_CRD  # a CRD is named as its resource: the Gateway API kind, not Istio's Gateway
+GATEWAY_API_GROUP = GATEWAY_CRD.split(".", 1)[1]
 # Every kind Istio's CRDs define is in this category, so one `kubectl get` lists all Istio resources.
 ISTIO_CATEGORY = "istio-io"
 # The Istio objects setup-mesh applies in istio-system (the cross-network Gateway, istiod's Gateway and
@@ -71,11 +72,6 @@ class Tools:
         return self.kubectl_cmd(cluster, "get", "daemonset", "ztunnel", "-n", namespace, "--ignore-not-found",
                                 "-o", "json", timeout=timeout)
 
-    def east_west_gateway(self, cluster: Cluster, timeout: float) -> Command:
-        """The ambient east-west Gateway, with the status istiod writes (nothing when there is none)."""
-        return self.kubectl_cmd(cluster, "get", GATEWAY_RESOURCE, EASTWEST_NAME, "-n", ISTIO_NAMESPACE,
-                                "--ignore-not-found", "-o", "json", timeout=timeout)
-
     def istio_resources(self, cluster: Cluster, timeout: float) -> Command:
         return self.kubectl_cmd(cluster, "get", ISTIO_CATEGORY, "--all-namespaces", "-o", "json", check=False,
                                 timeout=timeout)
@@ -100,13 +96,16 @@ class Tools:
                                 "--ignore-not-found", "-o", "json", check=False, timeout=timeout)
 
     def inspect(self, cluster: Cluster, timeout: float, istio_objects: bool = False,
-                published_roots: bool = False) -> Command:
+                published_roots: bool = False, gateway_api: bool = False) -> Command:
         # One read gives the namespace, its secrets (cacerts, remote secrets, tokens), services, deployments
         # and daemonsets (ztunnel and istio-cni in an ambient mesh); ``istio_objects``: also the Istio
         # objects setup-mesh applies there (fails where Istio's CRDs are not installed); ``published_roots``:
-        # also its ConfigMaps, one of which holds the root bundle istiod publishes (CA_ROOT_CONFIGMAP).
+        # also its ConfigMaps, one of which holds the root bundle istiod publishes (CA_ROOT_CONFIGMAP);
+        # ``gateway_api``: also its Gateway API Gateways, the ambient east-west one among them (only where
+        # the Gateway CRD is installed).
         kinds = ["namespaces", "secrets", "services", "deployments", "daemonsets",
-                 *(["configmaps"] if published_roots else ()), *(ISTIO_OBJECT_KINDS.values() if istio_objects else ())]
+                 *(["configmaps"] if published_roots else ()), *(ISTIO_OBJECT_KINDS.values() if istio_objects else ()),
+                 *([GATEWAY_RESOURCE] if gateway_api else ())]
         return self.kubectl_cmd(cluster, "get", ",".join(kinds), "-n", ISTIO_NAMESPACE, "-o", "json", timeout=timeout)
 
 
@@ -239,7 +238,8 @@ class _Listing:
 
 
 def parse_inspect(output: str, istio_objects: bool = False, published_roots: bool = False) -> Observed:
-    """``istio_objects``, ``published_roots``: what the read asked for besides (Tools.inspect)."""
+    """``istio_objects``, ``published_roots``: what the read asked for besides (Tools.inspect). A Gateway API
+    Gateway named as the ambient east-west gateway is kept whole, with the status istiod writes."""
     data = json.loads(output or "{}")
     items = data.get("items", []) if data.get("kind") == "List" else [data]
     seen = Observed(reachable=True)
@@ -274,6 +274,9 @@ def _read_object(seen: Observed, item: dict[str, Any], listing: _Listing) -> Non
         seen.deployments[name] = item
     elif kind == "DaemonSet":
         seen.daemonsets[name] = item
+    elif kind == "Gateway" and item.get("apiVersion", "").startswith(GATEWAY_API_GROUP + "/"):
+        if name == EASTWEST_NAME:
+            seen.eastwest_gateway = item
     elif kind in ISTIO_OBJECT_KINDS and item.get("apiVersion", "").startswith(ISTIO_OBJECT_GROUP + "/"):
         listing.objects.add((kind, name))
         if kind == "Gateway":

@@ -96,8 +96,9 @@ def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Re
                      ztunnel_namespace: str = ISTIO_NAMESPACE, istio_objects_in: frozenset[str] = frozenset(),
                      published_roots: bool = False) -> dict[str, Observed]:
     """One read per cluster, in parallel. An unreachable cluster is an Observed with an error.
-    ``ambient``: also the Gateway API CRDs and, where they exist, the east-west Gateway, and ztunnel's
-    DaemonSet when the profile puts it in ``ztunnel_namespace`` instead of istio-system.
+    ``ambient``: also the Gateway CRD, read first, and where it exists the one read lists istio-system's
+    Gateway API Gateways (the east-west one); and ztunnel's DaemonSet when the profile puts it in
+    ``ztunnel_namespace`` instead of istio-system.
     ``istio_objects_in``: the clusters whose read also lists the Istio objects in istio-system (those the
     workspace installed Istio in: elsewhere Istio's CRDs are likely absent, which fails such a read).
     ``published_roots``: the same read also lists istio-system's ConfigMaps, for the root bundle istiod
@@ -106,12 +107,12 @@ def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Re
 
     def read(ctx: RunContext, cluster: Cluster) -> Observed:
         try:
-            seen = _inspect(ctx, tools, cluster, timeout, cluster.name in istio_objects_in, published_roots)
+            # Ambient: the Gateway CRD first, so that where it is installed the one read lists the Gateways too.
+            crds = parse_crd_annotations(ctx.run(tools.gateway_api_crds(cluster, timeout)).stdout) if ambient else None
+            seen = _inspect(ctx, tools, cluster, timeout, cluster.name in istio_objects_in, published_roots,
+                            gateway_api=bool(crds and crds.installed))
             if ambient:
-                seen.gateway_api = parse_crd_annotations(ctx.run(tools.gateway_api_crds(cluster, timeout)).stdout)
-                if seen.gateway_api.installed:
-                    seen.eastwest_gateway = json.loads(
-                        ctx.run(tools.east_west_gateway(cluster, timeout)).stdout or "null")
+                seen.gateway_api = crds
                 if ztunnel_namespace != ISTIO_NAMESPACE:
                     found = json.loads(ctx.run(tools.ztunnel(cluster, ztunnel_namespace, timeout)).stdout or "null")
                     if found:
@@ -127,13 +128,13 @@ def inspect_clusters(clusters: list[Cluster], tools: Tools, runner, reporter: Re
 
 
 def _inspect(ctx: RunContext, tools: Tools, cluster: Cluster, timeout: float, istio_objects: bool,
-             published_roots: bool) -> Observed:
+             published_roots: bool, gateway_api: bool = False) -> Observed:
     """The one read, narrowed when a kind it lists cannot be: without Istio's objects where no Istio CRD is
     installed (none of them exists), without ConfigMaps where the user may not list them (the roots
     istiod publishes stay unread: status says so, as it does when a read of their own fails)."""
     while True:
         try:
-            command = tools.inspect(cluster, timeout, istio_objects, published_roots)
+            command = tools.inspect(cluster, timeout, istio_objects, published_roots, gateway_api)
             return parse_inspect(ctx.run(command).stdout, istio_objects, published_roots)
         except CommandFailed as exc:
             if exc.timed_out:

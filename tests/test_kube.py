@@ -150,6 +150,42 @@ def test_a_read_of_istio_objects_where_istios_crds_are_gone_falls_back_to_the_pl
     assert len([c for c in runner.commands if "broken" in c.argv]) == 1
 
 
+def test_an_ambient_read_lists_the_east_west_gateway_in_the_one_read_where_the_gateway_crd_is_installed():
+    from lib.config import Cluster
+    from lib.kube import Tools
+    from lib.reporter import Reporter
+    from lib.workspace import inspect_clusters
+    from tests.recording import RecordingRunner
+
+    ours = dict(_istio_object("Gateway", "istio-eastwestgateway", group="gateway.networking.k8s.io"),
+                status={"addresses": [{"type": "IPAddress", "value": "198.51.100.7"}]})
+    listing = json.dumps({"kind": "List", "items": [
+        {"kind": "Namespace", "metadata": {"name": "istio-system"}},
+        ours,
+        _istio_object("Gateway", "istio-eastwestgateway"),  # Istio's kind of the same name: not the ambient one
+        _istio_object("Gateway", "ingress", group="gateway.networking.k8s.io")]})
+
+    def answer(command):
+        if "customresourcedefinition" in command.argv:  # c1 has the Gateway API CRDs, c2 has none
+            return 0, ('{"gateway.networking.k8s.io/bundle-version":"v1.4.0"}' if "c1" in command.argv else ""), ""
+        return 0, listing, ""
+
+    runner = RecordingRunner(answer)
+    seen = inspect_clusters([Cluster("c1", "n1", "c1"), Cluster("c2", "n1", "c2")], Tools(), runner,
+                            Reporter(quiet=True), 2, ambient=True)
+    assert seen["c1"].eastwest_gateway == ours and seen["c1"].gateway_api.installed
+    asked = {ctx: [c.argv[c.argv.index("get") + 1] for c in runner.commands if ctx in c.argv] for ctx in ("c1", "c2")}
+    assert asked["c1"] == ["customresourcedefinition",
+                           "namespaces,secrets,services,deployments,daemonsets,gateways.gateway.networking.k8s.io"]
+    assert asked["c2"] == ["customresourcedefinition", "namespaces,secrets,services,deployments,daemonsets"], \
+        "without the CRD the read does not ask for Gateways, which would fail it"
+    assert not seen["c2"].gateway_api.installed
+    sidecar = RecordingRunner(answer)
+    assert inspect_clusters([Cluster("c1", "n1", "c1")], Tools(), sidecar, Reporter(quiet=True), 1)["c1"].gateway_api is None
+    assert [c.argv[c.argv.index("get") + 1] for c in sidecar.commands] == [
+        "namespaces,secrets,services,deployments,daemonsets"], "a sidecar-mode read asks nothing of the Gateway API"
+
+
 def _configmap(name: str, root: str | None, namespace: str = "istio-system") -> dict:
     return {"kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace},
             "data": {"root-cert.pem": root} if root is not None else {}}
