@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-GATEWAY_CRD = "gateways.gateway.networking.k8s.io"
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+GATEWAY_CRD = f"gateways.{GATEWAY_API_GROUP}"
 BUNDLE_VERSION_ANNOTATION = "gateway.networking.k8s.io/bundle-version"
 CHANNEL_ANNOTATION = "gateway.networking.k8s.io/channel"
 STANDARD_INSTALL_URL = "https://github.com/kubernetes-sigs/gateway-api/releases/download/{version}/standard-install.yaml"

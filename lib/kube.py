@@ -14,14 +14,13 @@ from .config import Cluster
 from .names import (APPLIED_ANNOTATION, CLUSTER_ANNOTATION, COMPONENT_LABEL, DATA_PLANE_ANNOTATION, DEFAULT_TAG_WEBHOOK,
                     EASTWEST_NAME, FIELD_MANAGER, ISTIO_NAMESPACE, MANAGED_BY_LABEL, MANAGED_GATEWAY_LABEL,
                     MULTICLUSTER_LABEL, NETWORK_LABEL, SECRET_SOURCE_ANNOTATION, is_istiod_name)
-from .gatewayapi import GATEWAY_CRD, ClusterCrds
+from .gatewayapi import GATEWAY_API_GROUP, GATEWAY_CRD, ClusterCrds
 from .istiousage import ISTIO_SYSTEM_KINDS
 from .runner import Command
 from .yamlfile import load_all_data, load_data
 
 READER_SERVICE_ACCOUNT = "istio-reader-service-account"
 GATEWAY_RESOURCE = GATEWAY_CRD  # a CRD is named as its resource: the Gateway API kind, not Istio's Gateway
-GATEWAY_API_GROUP = GATEWAY_CRD.split(".", 1)[1]
 # Every kind Istio's CRDs define is in this category, so one `kubectl get` lists all Istio resources.
 ISTIO_CATEGORY = "istio-io"
 # The Istio objects setup-mesh applies in istio-system (the cross-network Gateway, istiod's Gateway and
