@@ -1,4 +1,5 @@
 """The plan: what apply would do, from desired and observed state (no cluster needed)."""
+import json
 import os
 import subprocess
 import sys
@@ -693,3 +694,69 @@ def test_a_removed_cluster_is_reached_through_its_own_kubeconfig(tmp_path):
     commands = [c.argv for p in plan.phases for s in p.steps.get("gone", []) for c in s.commands]
     assert commands and all("--kubeconfig" in argv and argv[argv.index("--kubeconfig") + 1] == "/home/me/gone.yaml"
                             for argv in commands), commands
+
+
+def _gateway_install_step(tmp_path):
+    plan = _plan(tmp_path, lambda topology, desired: {c.context: Observed(reachable=True) for c in topology.clusters})
+    return next(s for phase in plan.phases for s in phase.steps.get("c3", []) if s.title == "install east-west gateway")
+
+
+class _FailingInstall:
+    """istioctl install fails as it does when the gateway's pods never come; the Deployment reads as given."""
+
+    def __init__(self, deployment):
+        self.deployment, self.asked = deployment, []
+
+    def run(self, command):
+        from types import SimpleNamespace
+
+        from lib.errors import CommandFailed, MeshError
+        self.asked.append(command)
+        if command.argv[0] == "istioctl":
+            raise CommandFailed(command, 1, "Error: failed to install manifests: failed to wait for resource: "
+                                            "resources not ready after 5m0s: context deadline exceeded")
+        if isinstance(self.deployment, MeshError):
+            raise self.deployment
+        if self.deployment is None:
+            return SimpleNamespace(ok=False, stdout="", stderr="Error from server (NotFound)", returncode=1)
+        text = self.deployment if isinstance(self.deployment, str) else json.dumps(self.deployment)
+        return SimpleNamespace(ok=True, stdout=text, stderr="", returncode=0)
+
+
+def _run_gateway_install(step, runner):
+    import threading
+
+    from lib.executor import RunContext
+    from lib.reporter import Reporter
+    step.action(RunContext(runner, Reporter(quiet=True), "c3", {}, threading.Lock(), threading.Event()))
+
+
+REFUSED = ('Internal error occurred: failed calling webhook "object.sidecar-injector.istio.io": failed to call webhook: '
+           'Post "https://istiod.istio-system.svc:443/inject/cluster/c3/net/n2?timeout=10s": EOF')
+
+
+def test_a_gateway_install_that_fails_because_its_pods_are_refused_says_what_the_api_server_said(tmp_path):
+    from lib.errors import CommandFailed, MeshError
+    step = _gateway_install_step(tmp_path)
+    conditions = [{"type": "Available", "status": "False", "message": "Deployment does not have minimum availability."},
+                  {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": REFUSED}]
+    runner = _FailingInstall({"status": {"conditions": conditions}})
+    with pytest.raises(MeshError) as failed:
+        _run_gateway_install(step, runner)
+    assert not isinstance(failed.value, CommandFailed)
+    assert failed.value.message.endswith(f"context deadline exceeded\nthe API server refuses the gateway's pods: {REFUSED}")
+    assert failed.value.message.startswith("`istioctl install")
+    read = runner.asked[-1].pasteable()
+    assert read == "kubectl --context c3 get deployment istio-eastwestgateway -n istio-system -o json"
+    assert f"see `{read}`" in failed.value.hint
+    assert "status" in failed.value.hint and "remote secret" in failed.value.hint
+
+    # Without a refusal to tell (no ReplicaFailure, one with no message, no Deployment, a read that fails or
+    # answers what is not JSON):
+    # istioctl's own failure, as it was.
+    for deployment in ({"status": {"conditions": conditions[:1]}},
+                       {"status": {"conditions": [dict(conditions[1], message="")]}},
+                       None, MeshError("`kubectl get deployment` timed out after 60s"), "<html>proxy error</html>"):
+        with pytest.raises(CommandFailed) as plain:
+            _run_gateway_install(step, _FailingInstall(deployment))
+        assert "refuses" not in plain.value.message
