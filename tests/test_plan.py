@@ -749,6 +749,8 @@ def test_a_gateway_install_that_fails_because_its_pods_are_refused_says_what_the
     read = runner.asked[-1].pasteable()
     assert read == "kubectl --context c3 get deployment istio-eastwestgateway -n istio-system -o json"
     assert f"see `{read}`" in failed.value.hint
+    # The read is short (a minute at most, not the install's timeout), and its failure is not apply's.
+    assert runner.asked[-1].timeout == 60.0 and runner.asked[-1].check is False
     assert "status" in failed.value.hint and "remote secret" in failed.value.hint
 
     # Without a refusal to tell (no ReplicaFailure, one with no message, no Deployment, a read that fails or
