@@ -27,3 +27,14 @@ def test_long_paths_are_not_mistaken_for_encoded_data():
     assert redact(f"wrote {path}") == f"wrote {path}"
     blob = base64.b64encode(os.urandom(120)).decode()
     assert blob not in redact(f"data: x\n{blob}")
+
+
+def test_each_credential_field_is_redacted_whatever_its_value_looks_like():
+    # A value too short or too plain for the base64 rule is still a credential under these names, in a
+    # kubeconfig, a secret's data or JSON (kubectl's -o json, istioctl's errors).
+    for field in ("token", "client-key-data", "client-certificate-data", "certificate-authority-data", "password",
+                  "ca-key.pem", "ca.crt", "id-token", "refresh-token", "access-token"):
+        for line in (f"{field}: c2hvcnQ=", f'"{field}": "c2hvcnQ="', f"  {field}=c2hvcnQ="):
+            out = redact(line)
+            assert "c2hvcnQ" not in out and "[redacted]" in out, (field, line, out)
+            assert field in out, "the field's name stays, to say what was removed"
