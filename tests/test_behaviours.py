@@ -447,3 +447,28 @@ def test_an_ambient_mesh_down_to_one_network_removes_its_east_west_gateway_after
                          cluster="c2")
     assert steps.count(REMOVE_AMBIENT_GATEWAY) == 1
     assert steps.index("install Istio") < steps.index(REMOVE_AMBIENT_GATEWAY)
+
+
+def test_teardown_takes_a_cluster_for_setup_meshs_by_any_one_thing_setup_mesh_leaves_there():
+    from lib.names import COMPONENT_LABEL, OWNER_LABEL
+    from lib.uninstallsteps import holds_setup_mesh
+
+    ours = frozenset({"istio", "eastwest"})
+    # istio-system kept for somebody's objects, with their own annotation, Istio and CA: nothing of setup-mesh's.
+    theirs = {"metadata": {"labels": {COMPONENT_LABEL: "Pilot", OWNER_LABEL: "their-istio"}}}
+    nothing = Observed(reachable=True, namespace=True, annotations={"team.example.com/owner": "payments"},
+                       deployments={"istiod": theirs}, cacerts={"ca-cert.pem": b"theirs"})
+    assert not holds_setup_mesh(nothing, ours)
+    ours_deployed = {"metadata": {"labels": {COMPONENT_LABEL: "Pilot", OWNER_LABEL: "istio"}}}
+    each = {"its Istio": replace(nothing, deployments={"istiod": ours_deployed}),
+            "its remote's istiod Service": replace(nothing, istiod_services={"istiod": ours_deployed}),
+            "a remote secret": replace(nothing, remote_secrets={"c2": RemoteSecretInfo("istio-remote-secret-c2", "c2", None, None)}),
+            "its cacerts": replace(nothing, cacerts_labelled=True),
+            "its east-west gateway": replace(nothing, eastwest_made_by="operator"),
+            **{f"its mark {key}": replace(nothing, annotations={**nothing.annotations, key: "x"})
+               for key in ("setup-mesh.io/applied", "setup-mesh.io/data-plane", "setup-mesh.io/root-transition",
+                           "topology.istio.io/controlPlaneClusters")}}
+    for what, seen in each.items():
+        assert holds_setup_mesh(seen, ours), what
+    marked = replace(nothing, namespace=False, annotations={"setup-mesh.io/applied": "x"})
+    assert not holds_setup_mesh(marked, ours), "marks are read off istio-system only"

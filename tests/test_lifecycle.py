@@ -261,6 +261,27 @@ def test_a_cluster_removed_while_unreachable_stays_recorded_and_the_next_apply_r
     assert "cluster3" not in recorded()
 
 
+def test_teardown_without_the_recorded_state_finds_what_setup_mesh_made_by_what_it_left(sandbox_factory, tmp_path):
+    # The workspace's .setup-mesh/ is gone (a copy of the workspace without it, a cleaned folder): teardown
+    # finds setup-mesh's clusters by what it left in them. cluster3's apply stopped at its install, so
+    # its istio-system holds setup-mesh's cacerts and nothing else.
+    sandbox = sandbox_factory(["cluster1", "cluster2", "cluster3"])
+    mesh = make_mesh(sandbox, tmp_path / "ws", {"cluster1": "network1", "cluster2": "network2"})
+    mesh.apply()
+    topology = mesh.workdir / "topology.yaml"
+    topology.write_text(topology.read_text().replace("contexts:\n", "contexts:\n  cluster3:\n    network: network2\n", 1))
+    mesh.apply(env={"ISTIOCTL_STANDIN_FAIL": "cluster3/install"}, ok=False)
+    assert mesh.get("cluster3", "secret", "cacerts", "-n", "istio-system")
+    assert mesh.get("cluster3", "deployment", "istiod", "-n", "istio-system", check=False) is None
+    (mesh.workdir / ".setup-mesh" / "state.json").unlink()
+
+    result = mesh.run("teardown", "-y")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert mesh.results(result.stdout) == {ctx: "removed" for ctx in ("cluster1", "cluster2", "cluster3")}, result.stdout
+    for ctx in ("cluster1", "cluster2", "cluster3"):
+        assert mesh.get(ctx, "namespace", "istio-system", check=False) is None, ctx
+
+
 def test_teardown_removes_a_recorded_clusters_istio_system_even_without_setup_mesh_marks(sandbox_factory, tmp_path):
     # An apply cut short before its install, by a version that did not label cacerts: istio-system holds
     # nothing teardown recognises as setup-mesh's, but the recorded state says apply worked there.
