@@ -282,6 +282,26 @@ def test_teardown_without_the_recorded_state_finds_what_setup_mesh_made_by_what_
         assert mesh.get(ctx, "namespace", "istio-system", check=False) is None, ctx
 
 
+def test_a_teardown_that_fails_in_one_cluster_keeps_the_keys_and_that_cluster_for_the_next_run(sandbox_factory, tmp_path):
+    # --purge-certs deletes the root key only once no cluster holds the mesh any more, and a cluster that
+    # failed stays in the recorded state: the next teardown removes it even once topology.yaml drops it.
+    sandbox = sandbox_factory(["cluster1", "cluster2"])
+    mesh = make_mesh(sandbox, tmp_path / "ws", {"cluster1": "network1", "cluster2": "network2"})
+    mesh.apply()
+    failed = mesh.run("teardown", "-y", "--purge-certs", env={"ISTIOCTL_STANDIN_FAIL": "cluster2/uninstall"})
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert mesh.get("cluster1", "namespace", "istio-system", check=False) is None
+    assert mesh.get("cluster2", "deployment", "istiod", "-n", "istio-system"), "cluster2 still runs the mesh"
+    assert (mesh.workdir / "certs" / "root-key.pem").exists(), "the keys of a mesh still running are kept"
+    assert "deleted " not in failed.stdout + failed.stderr
+
+    mesh.write_topology({"cluster1": "network1"})
+    again = mesh.run("teardown", "-y", "--purge-certs")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert mesh.get("cluster2", "namespace", "istio-system", check=False) is None, again.stdout
+    assert not (mesh.workdir / "certs").exists()
+
+
 def test_teardown_removes_a_recorded_clusters_istio_system_even_without_setup_mesh_marks(sandbox_factory, tmp_path):
     # An apply cut short before its install, by a version that did not label cacerts: istio-system holds
     # nothing teardown recognises as setup-mesh's, but the recorded state says apply worked there.
