@@ -491,6 +491,22 @@ def test_a_topology_edit_mid_move_is_left_to_apply_and_the_stage_changes_nothing
     assert moved.returncode == 0 and "moving on to stage 3 of 3" in moved.stdout, moved.stdout + moved.stderr
 
 
+def test_intermediates_are_not_reissued_in_the_middle_of_a_move_to_a_new_root(mesh2):
+    # Mid-move, certs/ still holds the old root and the clusters trust both: an intermediate re-issued under
+    # certs/ now would undo the stage. rotate-certs refuses, naming the stage, before any cluster is touched.
+    started = mesh2.run("rotate-certs", "-y", "--root")
+    assert started.returncode == 0, started.stdout + started.stderr
+    before = {ctx: cacerts(mesh2, ctx) for ctx in ("cluster1", "cluster2")}
+    files = workdir_snapshot(mesh2.workdir / "certs")
+    for args in (("-y",), ("--dry-run",)):
+        refused = mesh2.run("rotate-certs", *args)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "a move to a new root is under way (stage 1 of 3)" in refused.stderr
+        assert "rotate-certs --root until it reports the transition complete" in refused.stderr
+    assert {ctx: cacerts(mesh2, ctx) for ctx in ("cluster1", "cluster2")} == before
+    assert workdir_snapshot(mesh2.workdir / "certs") == files
+
+
 def test_teardown_mid_transition_keeps_or_purges_both_roots_together(mesh2):
     ws = mesh2.workdir
     started = mesh2.run("rotate-certs", "-y", "--root")
