@@ -59,12 +59,30 @@ def test_second_run_changes_nothing(tmp_path, release):
     ws = tmp_path / "ws"
     assert run(["--workdir", str(ws), "--istio-dir", str(release)]).returncode == 0
     (ws / "topology.yaml").write_text("mesh_id: edited\ncontexts:\n  a:\n    network: n\n")
+    (ws / "base.yaml").write_text((ws / "base.yaml").read_text() + "  meshConfig:\n    accessLogFile: /dev/stdout\n")
+    (ws / "certs" / "root-key.pem").chmod(0o644)  # loosened by hand, or by a copy
     before = {p: p.read_bytes() for p in ws.rglob("*") if p.is_file()}
-    again = run(["--workdir", str(ws), "--istio-dir", str(release), "--mesh-id", "other"])
+    again = run(["--workdir", str(ws), "--istio-dir", str(release), "--mesh-id", "other", "--org", "Other Org"])
     assert again.returncode == 0, again.stderr
     assert {p: p.read_bytes() for p in ws.rglob("*") if p.is_file()} == before
     assert "kept    topology.yaml" in again.stdout and "kept    certs/root-key.pem" in again.stdout
+    assert "kept    base.yaml" in again.stdout
     assert "mesh_id 'edited'" in again.stderr  # the ignored --mesh-id is pointed out
+    assert "kept the existing root CA" in again.stderr and "'Other Org'" in again.stderr  # and the ignored --org
+    assert mode(ws / "certs" / "root-key.pem") == 0o600, "the key is made private again"
+
+
+def test_a_root_certificate_deleted_by_mistake_is_made_again_from_the_key_that_is_kept(tmp_path, release):
+    ws = tmp_path / "ws"
+    assert run(["--workdir", str(ws), "--istio-dir", str(release)]).returncode == 0
+    key = (ws / "certs" / "root-key.pem").read_bytes()
+    (ws / "certs" / "root-cert.pem").unlink()
+    again = run(["--workdir", str(ws), "--istio-dir", str(release)])
+    assert again.returncode == 0, again.stderr
+    assert (ws / "certs" / "root-key.pem").read_bytes() == key
+    cert = x509.load_pem_x509_certificate((ws / "certs" / "root-cert.pem").read_bytes())
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    assert cert.public_key().public_numbers() == load_pem_private_key(key, None).public_key().public_numbers()
 
 
 def test_environment_variables_work_and_flags_win(tmp_path, release):
