@@ -507,6 +507,35 @@ def test_intermediates_are_not_reissued_in_the_middle_of_a_move_to_a_new_root(me
     assert workdir_snapshot(mesh2.workdir / "certs") == files
 
 
+def test_a_last_stage_that_fails_in_a_cluster_leaves_the_move_open_and_the_next_run_finishes_it(mesh2):
+    # The workspace takes the new root as its own only once every cluster has taken the last stage: until
+    # then certs/ keeps the old root (a cluster still on it needs it), and the next run finishes the move.
+    ws = mesh2.workdir
+    old_root = (ws / "certs" / "root-cert.pem").read_bytes()
+    for args in (("-y", "--root"), ("-y", "--root", "--min-wait", "0")):
+        done = mesh2.run("rotate-certs", *args)
+        assert done.returncode == 0, done.stdout + done.stderr
+    new_root = (ws / "certs-next" / "root-cert.pem").read_bytes()
+    # Somebody made cluster2's cacerts immutable: the API server refuses the stage's change there.
+    secret = mesh2.get("cluster2", "secret", "cacerts", "-n", "istio-system")
+    mesh2.kubectl("cluster2", "patch", "secret", "cacerts", "-n", "istio-system", "-p", '{"immutable": true}')
+    failed = mesh2.run("rotate-certs", "-y", "--root", "--min-wait", "0")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "field is immutable" in failed.stdout + failed.stderr
+    assert (ws / "certs" / "root-cert.pem").read_bytes() == old_root, "the old root stays the workspace's"
+    assert (ws / "certs-next" / "root-cert.pem").read_bytes() == new_root
+    assert not (ws / "backups").exists()
+    # Made mutable again (deleted and created as it was), the next run takes the stage there and finishes.
+    mesh2.kubectl("cluster2", "delete", "secret", "cacerts", "-n", "istio-system")
+    kept = {key: secret[key] for key in ("apiVersion", "kind", "type", "data")}
+    kept["metadata"] = {k: secret["metadata"][k] for k in ("name", "namespace", "labels") if k in secret["metadata"]}
+    mesh2.kubectl("cluster2", "create", "-f", "-", stdin=json.dumps(kept))
+    finished = mesh2.run("rotate-certs", "-y", "--root", "--min-wait", "0")
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert (ws / "certs" / "root-cert.pem").read_bytes() == new_root and not (ws / "certs-next").exists()
+    assert json.loads(mesh2.run("status", "-o", "json").stdout)["transition"] is None
+
+
 def test_teardown_mid_transition_keeps_or_purges_both_roots_together(mesh2):
     ws = mesh2.workdir
     started = mesh2.run("rotate-certs", "-y", "--root")
