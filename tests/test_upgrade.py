@@ -47,6 +47,20 @@ def test_an_interrupted_run_is_finished_by_the_next_from_what_the_cluster_holds(
     assert steps_left(done, NEW) == []
 
 
+def test_an_old_revision_is_kept_while_the_default_tag_or_the_gateway_still_names_it_even_with_no_proxy_on_it():
+    # No proxy of the old revision is running (none was ever created, or all restarted already): the run that
+    # moves the tag or the gateway still keeps the old revision, for a later run; pods the old tag admits
+    # meanwhile would otherwise point at an istiod that is gone.
+    tag_on_old = ClusterRevisions("c1", installed={"default": OLD, REV: NEW}, default_tag="default",
+                                  proxies={REV: {"istio-system": 1}}, gateway_revision=REV)
+    assert kinds(steps_left(tag_on_old, NEW)) == [(TAG, REV, False), (REMOVE, "default", True)]
+    untagged = replace(tag_on_old, default_tag=None)  # the charts' default revision answers without a tag
+    assert kinds(steps_left(untagged, NEW)) == [(TAG, REV, False), (REMOVE, "default", True)]
+    gateway_on_old = ClusterRevisions("c1", installed={"default": OLD, REV: NEW}, default_tag=REV,
+                                      proxies={REV: {"app": 1}}, gateway_revision="default")
+    assert kinds(steps_left(gateway_on_old, NEW)) == [(GATEWAY, REV, False), (REMOVE, "default", True)]
+
+
 def test_a_primary_keeps_the_revision_its_remotes_proxies_still_use():
     primary = ClusterRevisions("p1", installed={"default": OLD, REV: NEW}, default_tag=REV,
                                proxies={REV: {"istio-system": 1}}, gateway_revision=REV)
