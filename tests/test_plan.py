@@ -311,6 +311,12 @@ def test_istio_usage_tells_setup_mesh_objects_from_others():
     assert usage.resources == {("VirtualService", "shop"): 2, ("AuthorizationPolicy", "bank"): 1}
     assert usage.control_planes == ["other/istiod"]
     assert usage.describe() == "1 AuthorizationPolicy in bank; 2 VirtualService in shop; Istio deployments installed by others: other/istiod"
+    # An unnamed control plane is taken for one of setup-mesh's earlier versions only in istio-system: in
+    # another namespace it is somebody's (a Helm install carries no owner), and keeps Istio's CRDs.
+    helm = _deployment("istiod", None)
+    helm["metadata"] = {**helm["metadata"], "namespace": "istio-canary"}
+    usage = parse_istio_usage(None, json.dumps({"items": [_deployment("istiod", "unknown"), helm]}), OURS, made_by_setup_mesh)
+    assert usage.control_planes == ["istio-canary/istiod"] and usage.foreign
     assert not parse_istio_usage(None, '{"items": []}', OURS, made_by_setup_mesh).foreign
 
 
