@@ -155,6 +155,20 @@ def test_a_signing_cut_short_after_make_only_moves_what_was_made(tmp_path, monke
     assert (cert_dir / "c1" / "ca-cert.pem").read_bytes() == made and not stage.exists()
 
 
+def test_an_intermediate_made_under_another_root_is_never_put_in_place(tmp_path, monkeypatch):
+    # A signing folder whose intermediate names a root that is no longer the workspace's (the root was made
+    # again since the run that made it was cut short): discarded, with the advice to run again.
+    release, cert_dir, runner = _root_ca(tmp_path, monkeypatch, {})
+    stage = certs.prepare_signing(cert_dir, "c1")
+    runner.run(certs.cacerts_command(release, stage, "c1", {}))
+    (stage / "c1" / "root-cert.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nother\n-----END CERTIFICATE-----\n")
+    from lib.errors import MeshError
+    with pytest.raises(MeshError) as refused:
+        certs.finish_signing(cert_dir, "c1")
+    assert "names another root than" in refused.value.message and "run the same command again" in refused.value.hint
+    assert not (cert_dir / "c1").exists() and not (stage / "c1").exists()
+
+
 KEY_PEM = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
 
 
