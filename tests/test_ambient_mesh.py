@@ -164,6 +164,11 @@ def test_unsupported_or_alpha_shapes_are_named_before_any_cluster_is_touched(san
     assert "alpha in Istio" in plan.stdout + plan.stderr
     assert "+ Gateway API CRDs (v1.4.0)" in plan.stdout
     assert "istio-east-west" not in plan.stdout  # one network: no east-west gateway
+    # One cluster is not multicluster at all: nothing alpha about it.
+    mesh.write_topology({"east": "net1"})
+    alone = mesh.run("apply", "--dry-run", "--gateway-api-crds", str(CRDS))
+    assert alone.returncode == mesh.applied_code(), alone.stderr
+    assert "alpha in Istio" not in alone.stdout + alone.stderr and "Plan:" in alone.stdout
 
 
 def test_istios_ambient_profile_file_taken_as_base_yaml_builds_an_ambient_mesh(tmp_path):
