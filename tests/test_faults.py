@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -196,6 +197,8 @@ def test_token_in_a_failing_tools_stderr_is_neither_shown_nor_logged(mesh):
     assert "oauth2: cannot fetch token" in log, "the log keeps the stderr tail"
     assert scan_for_secrets(out) == [], f"a JWT reached the output:\n{out}"
     assert scan_for_secrets(log) == [], f"a JWT reached the run log {logs[0]}"
+    # The log keeps the tools' errors, which name clusters, users and endpoints: readable by its owner only.
+    assert stat.S_IMODE(logs[0].stat().st_mode) == 0o600
 
 
 def test_a_deleted_east_west_gateway_is_reinstalled_by_the_next_apply(mesh):
