@@ -27,6 +27,7 @@ class FakeCluster:
     istiod: IstiodView | None = None  # what `istioctl remote-clusters` reports (None: istioctl fails)
     injector: InjectorWebhook = field(default_factory=InjectorWebhook)
     published: bytes | None = None  # istio-ca-root-cert's root-cert.pem (None: istiod has not written it)
+    roots_readable: bool = True  # False: the user may not list ConfigMaps, so the read goes without them
     usage: IstioUsage | MeshError = field(default_factory=IstioUsage)
     revisions: Revisions | None = None  # None: the read failed (not judged)
 
@@ -75,7 +76,8 @@ class FakeClient:
             seen = _as_listed(copy.deepcopy(held.state))
             if names[context] not in istio_objects_in:  # as kubectl's read: listed only when asked for
                 seen.istio_objects, seen.istio_gateways = None, None
-            seen.published_root, seen.roots_read = (held.published, True) if published_roots else (None, False)
+            listed = published_roots and held.roots_readable  # the read narrowed as workspace._inspect narrows it
+            seen.published_root, seen.roots_read = (held.published, True) if listed else (None, False)
             found[context] = seen if ambient else replace(seen, gateway_api=None, eastwest_gateway=None)
         return found
 

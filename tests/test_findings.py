@@ -324,6 +324,19 @@ def test_status_names_the_findings_a_live_cluster_shows(pki):
                                                              "west": ["gateway_missing"]}
 
 
+def test_roots_istiod_publishes_that_could_not_be_read_are_a_warning_only_where_cacerts_gives_istiod_roots(pki):
+    # Where the user may not list ConfigMaps, the read goes without them: whether istiod took cacerts' roots
+    # is not known there, and said. A cluster without cacerts has no roots to take: nothing to say.
+    fakes = _live(MULTI_NETWORK, pki)
+    for ctx in ("east", "west"):
+        fakes[ctx] = replace(fakes[ctx], roots_readable=False, published=pki[0])
+    fakes["west"] = replace(fakes["west"], state=replace(fakes["west"].state, cacerts={}, cacerts_labelled=False))
+    problems = _problems(_status(MULTI_NETWORK, fakes, pki))
+    assert "istiod_roots_unread" in problems["east"] and "istiod_roots_unread" not in problems["west"]
+    fakes["east"] = replace(fakes["east"], roots_readable=True)
+    assert "istiod_roots_unread" not in _problems(_status(MULTI_NETWORK, fakes, pki))["east"]
+
+
 def test_status_names_the_revision_that_serves_each_cluster_once_a_canary_upgrade_moved_them(pki):
     fakes = _live(PRIMARY_REMOTE, pki)
     assert [c.serving_revision for c in _status(PRIMARY_REMOTE, fakes, pki).clusters] == [None, None]
