@@ -26,7 +26,7 @@ LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
 def is_label_value(value: object) -> bool:
     """A valid Kubernetes label value (what mesh ids and network names end up as)."""
-    return isinstance(value, str) and bool(LABEL_VALUE.match(value)) and len(value) <= 63
+    return isinstance(value, str) and bool(LABEL_VALUE.fullmatch(value)) and len(value) <= 63
 
 
 CONTEXT_KEYS = {

@@ -11,7 +11,7 @@ DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 def is_dns1123_label(value: object) -> bool:
     """A Kubernetes DNS-1123 label (k8s.io/apimachinery validation.IsDNS1123Label): lower-case letters,
     digits and '-', at most 63 characters."""
-    return isinstance(value, str) and bool(DNS1123_LABEL.match(value)) and len(value) <= 63
+    return isinstance(value, str) and bool(DNS1123_LABEL.fullmatch(value)) and len(value) <= 63
 
 
 def did_you_mean(word: object, choices) -> str:

@@ -690,3 +690,8 @@ def test_names_and_label_values_of_63_characters_are_accepted(tmp_path):
     path.write_text(f"mesh_id: m\ncontexts:\n  c1:\n    network: {'n' * 63}\n    cluster_name: {'c' * 63}\n")
     (cluster,) = load_topology(path).clusters
     assert (cluster.network, cluster.name) == ("n" * 63, "c" * 63)
+    # A YAML block scalar ends in a newline, which neither a name nor a label value may hold.
+    for key in ("network", "cluster_name"):
+        path.write_text(f"mesh_id: m\ncontexts:\n  c1:\n    network: n1\n    {key}: |\n      n1\n")
+        with pytest.raises(ConfigError):
+            load_topology(path)
