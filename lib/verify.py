@@ -9,7 +9,6 @@ failure or Ctrl-C, unless --keep.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +32,10 @@ from .traffic import (CREATED_BY, CREATOR, DEFAULT_CURL_TAG, DEFAULT_HELLOWORLD_
                       wait_step)
 from .verifyview import print_dry_run, render
 from .workspace import find_tools, load_workspace, pinned_release
+from .yamlcheck import is_dns1123_label
 
 
 DEFAULT_READY_TIMEOUT = 180.0
-NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 @dataclass
@@ -248,7 +247,7 @@ def run_verify(workdir: Path, *, kubeconfig: str | None, istio_dir: str | None, 
 
 
 def _check_namespace(namespace: str) -> None:
-    if not NAMESPACE_NAME.fullmatch(namespace) or len(namespace) > 63:
+    if not is_dns1123_label(namespace):
         raise ConfigError(f"--namespace {namespace!r} is not a valid namespace name",
                           hint="use lower-case letters, digits and '-' (at most 63), e.g. setup-mesh-verify")
 
