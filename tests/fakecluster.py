@@ -78,7 +78,10 @@ class FakeClient:
                 seen.istio_objects, seen.istio_gateways = None, None
             listed = published_roots and held.roots_readable  # the read narrowed as workspace._inspect narrows it
             seen.published_root, seen.roots_read = (held.published, True) if listed else (None, False)
-            found[context] = seen if ambient else replace(seen, gateway_api=None, eastwest_gateway=None)
+            # As the real read: Gateways are listed only in ambient mode, and only where the Gateway CRD is installed.
+            listed_gateways = ambient and seen.gateway_api is not None and seen.gateway_api.installed
+            found[context] = replace(seen, gateway_api=seen.gateway_api if ambient else None,
+                                     eastwest_gateway=seen.eastwest_gateway if listed_gateways else None)
         return found
 
     def istio_usage(self, clusters: Sequence[Cluster], ours: frozenset[str]) -> dict[str, IstioUsage | MeshError]:

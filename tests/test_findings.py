@@ -50,6 +50,9 @@ def _set_up(topology: Topology, base: dict | None = None, **per_cluster) -> dict
         seen = installed(c, d.fingerprint, annotations=dict(d.namespace_annotations))
         if d.eastwest is not None:
             seen = replace(seen, eastwest_exists=True, eastwest_address="198.51.100.7", eastwest_made_by="operator")
+        if d.ambient:  # apply installs the Gateway API CRDs an ambient mesh needs
+            from lib.gatewayapi import ClusterCrds
+            seen = replace(seen, gateway_api=ClusterCrds(True, "v1.4.0", "standard"))
         found[c.context] = replace(seen, **per_cluster.get(c.context, {}))
     return found
 
@@ -239,6 +242,10 @@ def test_the_gateway_api_is_read_only_for_an_ambient_mesh(ambient):
     clusters = _set_up(MULTI_NETWORK, AMBIENT_BASE, east={"eastwest_gateway": {"status": {}}})
     seen = FakeClient(clusters).read_state(MULTI_NETWORK.clusters, ambient=ambient)["east"]
     assert (seen.eastwest_gateway is not None) is ambient
+    # Without the Gateway CRD the real read lists no Gateway (asking for them would fail it): nor does the fake.
+    from lib.gatewayapi import ClusterCrds
+    clusters["east"] = replace(clusters["east"], gateway_api=ClusterCrds(installed=False))
+    assert FakeClient(clusters).read_state(MULTI_NETWORK.clusters, ambient=ambient)["east"].eastwest_gateway is None
 
 
 # --- status judges what the fake client answers, from the same findings ----------------------------
